@@ -1,0 +1,103 @@
+"""One index run: read every source, merge the records, write them to the store."""
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from .errors import ImgdexError, SourceError
+from .model import ImageRecord
+from .sources import parse_source
+from .sources.parse import Context
+
+BATCH = 5000
+
+
+@dataclass
+class RunSummary:
+    indexed: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0
+
+
+def merge(old: ImageRecord, new: ImageRecord) -> ImageRecord:
+    """Two records of one resource: the more exact one wins (the newer on a tie), tags are pooled."""
+    winner = new if new.exactness >= old.exactness else old
+    tags = tuple(sorted(set(old.tags) | set(new.tags)))
+    return winner if winner.tags == tags else dataclasses.replace(winner, tags=tags)
+
+
+def index_sources(
+    specs: Iterable[str],
+    writer,
+    *,
+    registry: str = "",
+    repository: str = "",
+    on_error: Callable[[str], None] = lambda message: None,
+    on_note: Callable[[str], None] = lambda message: None,
+    on_image: Callable[[ImageRecord], None] = lambda record: None,
+) -> RunSummary:
+    """Index every source into `writer` (a StoreWriter); failures are counted, never raised."""
+    from .store.writer import now_utc
+
+    started = time.monotonic()
+    started_at = now_utc()
+    summary = RunSummary()
+    pending: dict[str, ImageRecord] = {}
+
+    def fail(message: str) -> None:
+        summary.failed += 1
+        summary.errors.append(message)
+        on_error(message)
+
+    def note(message: str) -> None:
+        summary.notes.append(message)
+        on_note(message)
+
+    def flush() -> None:
+        if pending:
+            writer.write(list(pending.values()), now_utc())
+            summary.indexed += len(pending)
+            pending.clear()
+
+    spec_list = list(specs)
+    for spec in spec_list:
+        try:
+            source = parse_source(spec)
+            ctx = Context(source_kind=source.kind, source_path=source.location, registry=registry, repository=repository, note=note)
+            for item in source.records(ctx):
+                if isinstance(item, SourceError):
+                    fail(str(item))
+                    continue
+                known = pending.get(item.id)
+                pending[item.id] = item if known is None else merge(known, item)
+                on_image(item)
+                if len(pending) >= BATCH:
+                    flush()
+        except SourceError as exc:
+            fail(str(exc))
+        except ImgdexError as exc:
+            fail(f"{spec}: {exc}")
+    flush()
+    summary.seconds = time.monotonic() - started
+    writer.record_run(
+        {
+            "run_id": uuid.uuid4().hex,
+            "started_at": started_at,
+            "finished_at": now_utc(),
+            "sources": spec_list,
+            "images_indexed": summary.indexed,
+            "images_failed": summary.failed,
+            "errors": summary.errors,
+        }
+    )
+    writer.snapshot()
+    return summary

@@ -1,0 +1,383 @@
+"""The one parser of manifests, indexes and configs that every source hands raw bytes to.
+
+A source supplies a `BlobStore` (raw blobs by digest) and the top-level descriptors with their
+names; `walk` verifies every manifest and config against its descriptor and yields records.
+The classic docker save, which has no manifest, goes through `record_from_config`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Protocol
+
+from .. import timestamps
+from ..errors import SourceError
+from ..model import (
+    EXACT_MANIFEST,
+    KIND_ARTIFACT,
+    KIND_ATTESTATION,
+    KIND_IMAGE,
+    KIND_INDEX,
+    Blob,
+    HistoryEntry,
+    ImageConfig,
+    ImageRecord,
+    Platform,
+)
+from ..references import DIGEST_RE, Reference, image_id
+from . import mediatypes as mt
+
+# Manifests, indexes and configs above this size are refused unread: memory stays bounded.
+MAX_JSON_BYTES = 8 * 1024 * 1024
+
+
+class BlobStore(Protocol):
+    """Raw blobs of one source, by digest."""
+
+    def read_blob(self, digest: str, limit: int) -> bytes:
+        """The blob's bytes; SourceError when it is missing or larger than `limit`."""
+
+    def blob_size(self, digest: str) -> int | None:
+        """The stored size, or None when the blob is absent. Must not read the blob."""
+
+
+@dataclass
+class Context:
+    source_kind: str
+    source_path: str
+    registry: str = ""  # for images whose source carries no name
+    repository: str = ""
+    note: Callable[[str], None] = field(default=lambda message: None)
+
+
+def load_json(data: bytes, where: str, what: str) -> object:
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SourceError(where, f"{what} is not valid JSON ({reason})") from None
+
+
+def load_object(data: bytes, where: str, what: str) -> dict:
+    doc = load_json(data, where, what)
+    if not isinstance(doc, dict):
+        raise SourceError(where, f"{what} is not a JSON object")
+    return doc
+
+
+def sha256_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def verify(data: bytes, digest: str, size: int | None, where: str, what: str) -> None:
+    algorithm, _, _ = digest.partition(":")
+    if algorithm not in ("sha256", "sha384", "sha512"):
+        raise SourceError(where, f"{what} uses unsupported digest algorithm {algorithm!r}")
+    actual = f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
+    if actual != digest:
+        raise SourceError(where, f"{what} digest mismatch: descriptor says {digest}, bytes hash to {actual}")
+    if size is not None and size != len(data):
+        raise SourceError(where, f"{what} size mismatch: descriptor says {size}, blob has {len(data)} bytes")
+
+
+def parse_descriptor(raw: object, where: str, what: str) -> Blob:
+    if not isinstance(raw, dict):
+        raise SourceError(where, f"{what} is not a descriptor object")
+    digest = raw.get("digest")
+    size = raw.get("size")
+    media_type = raw.get("mediaType", "")
+    urls = raw.get("urls") or []
+    if not isinstance(digest, str) or not DIGEST_RE.match(digest):
+        raise SourceError(where, f"{what} has an invalid digest {digest!r}")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise SourceError(where, f"{what} has an invalid size {size!r}")
+    if not isinstance(media_type, str):
+        raise SourceError(where, f"{what} has an invalid mediaType")
+    if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+        raise SourceError(where, f"{what} has invalid urls")
+    return Blob(digest=digest, size=size, media_type=media_type, urls=tuple(urls))
+
+
+def _strings(value: object) -> tuple[str, ...]:
+    if isinstance(value, list):
+        return tuple(v for v in value if isinstance(v, str))
+    return ()
+
+
+def parse_config(data: bytes, where: str) -> ImageConfig:
+    doc = load_object(data, where, "config")
+    inner = doc.get("config") if isinstance(doc.get("config"), dict) else {}
+    labels = inner.get("Labels") if isinstance(inner.get("Labels"), dict) else {}
+    rootfs = doc.get("rootfs") if isinstance(doc.get("rootfs"), dict) else {}
+    created = None
+    raw_created = doc.get("created")
+    if isinstance(raw_created, str):
+        created = timestamps.normalise(raw_created)
+    history = []
+    for entry in doc.get("history") or [] if isinstance(doc.get("history"), list) else []:
+        if isinstance(entry, dict):
+            history.append(
+                HistoryEntry(
+                    created=(timestamps.normalise(entry["created"]) or "") if isinstance(entry.get("created"), str) else "",
+                    created_by=entry.get("created_by") if isinstance(entry.get("created_by"), str) else "",
+                    comment=entry.get("comment") if isinstance(entry.get("comment"), str) else "",
+                    empty_layer=entry.get("empty_layer") is True,
+                )
+            )
+    return ImageConfig(
+        created=created,
+        os=doc.get("os") if isinstance(doc.get("os"), str) else "",
+        architecture=doc.get("architecture") if isinstance(doc.get("architecture"), str) else "",
+        variant=doc.get("variant") if isinstance(doc.get("variant"), str) else "",
+        labels=tuple(sorted((k, v) for k, v in labels.items() if isinstance(v, str))),
+        env=_strings(inner.get("Env")),
+        entrypoint=_strings(inner.get("Entrypoint")),
+        cmd=_strings(inner.get("Cmd")),
+        diff_ids=_strings(rootfs.get("diff_ids")),
+        history=tuple(history),
+    )
+
+
+def parse_platform(raw: object) -> Platform | None:
+    if not isinstance(raw, dict):
+        return None
+    def text(key: str) -> str:
+        value = raw.get(key)
+        return value if isinstance(value, str) else ""
+    return Platform(os=text("os"), architecture=text("architecture"), variant=text("variant"))
+
+
+def group_names(names: Iterable[Reference], ctx: Context) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(registry, name, sorted tags) per repository; one unnamed group when there are no names."""
+    groups: dict[tuple[str, str], set[str]] = {}
+    for ref in names:
+        tags = groups.setdefault((ref.registry, ref.name), set())
+        if ref.tag:
+            tags.add(ref.tag)
+    if not groups:
+        return [(ctx.registry, ctx.repository, ())]
+    return [(registry, name, tuple(sorted(tags))) for (registry, name), tags in sorted(groups.items())]
+
+
+def _config_fields(config: ImageConfig | None) -> dict:
+    if config is None:
+        return {}
+    return dict(
+        created=config.created,
+        labels=config.labels,
+        env=config.env,
+        entrypoint=config.entrypoint,
+        cmd=config.cmd,
+        history=config.history,
+    )
+
+
+def layers_compressed(layers: Iterable[Blob]) -> bool:
+    return not any(layer.media_type in mt.UNCOMPRESSED_LAYERS for layer in layers)
+
+
+def _detect_media_type(declared: str, doc: dict) -> str:
+    own = doc.get("mediaType")
+    if isinstance(own, str) and own:
+        return own
+    if declared:
+        return declared
+    if doc.get("schemaVersion") == 1:
+        return mt.DOCKER_SCHEMA1
+    if "manifests" in doc:
+        return mt.OCI_INDEX
+    if "config" in doc or "layers" in doc:
+        return mt.OCI_MANIFEST
+    return ""
+
+
+def walk(
+    store: BlobStore,
+    descriptor: Blob,
+    names: list[Reference],
+    ctx: Context,
+    where: str,
+    *,
+    parent: str = "",
+    platform: Platform | None = None,
+    annotations: dict | None = None,
+) -> Iterator[ImageRecord | SourceError]:
+    """Yield the records of one descriptor (and of its children, for an index)."""
+    if descriptor.media_type in mt.SCHEMA1:
+        yield SourceError(where, f"manifest {descriptor.digest} is a schema1 manifest ({descriptor.media_type}), which is not supported")
+        return
+    if descriptor.media_type and descriptor.media_type not in mt.INDEXES and descriptor.media_type not in mt.MANIFESTS:
+        ctx.note(f"{where}: skipped {descriptor.digest}: unknown media type {descriptor.media_type}")
+        return
+    try:
+        data = store.read_blob(descriptor.digest, MAX_JSON_BYTES)
+        verify(data, descriptor.digest, descriptor.size, where, f"manifest {descriptor.digest}")
+        doc = load_object(data, where, f"manifest {descriptor.digest}")
+        media_type = _detect_media_type(descriptor.media_type, doc)
+        if media_type in mt.SCHEMA1:
+            raise SourceError(where, f"manifest {descriptor.digest} is a schema1 manifest, which is not supported")
+        if media_type in mt.INDEXES:
+            yield from _walk_index(store, descriptor, data, doc, media_type, names, ctx, where, parent, platform)
+            return
+        if media_type not in mt.MANIFESTS:
+            ctx.note(f"{where}: skipped {descriptor.digest}: unknown media type {media_type or '(none)'}")
+            return
+        yield from _manifest_records(store, descriptor, data, doc, media_type, names, ctx, where, parent, platform, annotations or {})
+    except SourceError as exc:
+        yield exc
+
+
+def _walk_index(store, descriptor, data, doc, media_type, names, ctx, where, parent, platform):
+    children = doc.get("manifests")
+    if children is None:
+        children = []
+    if not isinstance(children, list):
+        raise SourceError(where, f"index {descriptor.digest}: manifests is not a list")
+    for registry, name, tags in group_names(names, ctx):
+        yield ImageRecord(
+            id=image_id(registry, name, descriptor.digest),
+            registry=registry,
+            name=name,
+            digest=descriptor.digest,
+            media_type=media_type,
+            kind=KIND_INDEX,
+            config=None,
+            layers=(),
+            layers_compressed=True,
+            tags=tags,
+            created=None,
+            platform=platform,
+            parent_digest=parent,
+            source_kind=ctx.source_kind,
+            source_path=ctx.source_path,
+            exactness=EXACT_MANIFEST,
+            manifest_raw=data,
+        )
+    untagged = [Reference(registry, name) for registry, name, _ in group_names(names, ctx)]
+    for position, raw_child in enumerate(children):
+        child = parse_descriptor(raw_child, where, f"index {descriptor.digest} manifests[{position}]")
+        child_annotations = raw_child.get("annotations") if isinstance(raw_child.get("annotations"), dict) else {}
+        if child.media_type in (mt.INDEXES | mt.MANIFESTS) and store.blob_size(child.digest) is None:
+            # Layouts exported for one platform (ctr export, docker save --platform) omit the others.
+            ctx.note(f"{where}: child {child.digest} of index {descriptor.digest} is not in the source; skipped")
+            continue
+        yield from walk(
+            store,
+            child,
+            untagged,
+            ctx,
+            where,
+            parent=descriptor.digest,
+            platform=parse_platform(raw_child.get("platform")),
+            annotations=child_annotations,
+        )
+
+
+def _manifest_records(store, descriptor, data, doc, media_type, names, ctx, where, parent, platform, annotations):
+    label = f"manifest {descriptor.digest}"
+    config_blob = parse_descriptor(doc.get("config"), where, f"{label} config")
+    raw_layers = doc.get("layers")
+    if raw_layers is None:
+        raw_layers = []
+    if not isinstance(raw_layers, list):
+        raise SourceError(where, f"{label}: layers is not a list")
+    layers = tuple(parse_descriptor(layer, where, f"{label} layers[{i}]") for i, layer in enumerate(raw_layers))
+    for layer in layers:
+        if layer.urls:
+            continue
+        stored = store.blob_size(layer.digest)
+        if stored is None:
+            raise SourceError(where, f"{label}: layer {layer.digest} is missing")
+        if stored != layer.size:
+            raise SourceError(where, f"{label}: layer {layer.digest} is {stored} bytes, descriptor says {layer.size}")
+
+    config = None
+    config_raw = None
+    is_image_config = config_blob.media_type in mt.IMAGE_CONFIGS
+    if is_image_config or store.blob_size(config_blob.digest) is not None:
+        config_raw = store.read_blob(config_blob.digest, MAX_JSON_BYTES)
+        verify(config_raw, config_blob.digest, config_blob.size, where, f"{label} config")
+        if is_image_config:
+            config = parse_config(config_raw, f"{where} (config {config_blob.digest})")
+
+    artifact_type = doc.get("artifactType")
+    if annotations.get(mt.REFERENCE_TYPE) == mt.ATTESTATION:
+        kind = KIND_ATTESTATION
+    elif not is_image_config or (isinstance(artifact_type, str) and artifact_type):
+        kind = KIND_ARTIFACT
+    else:
+        kind = KIND_IMAGE
+    if platform is None and config is not None and (config.os or config.architecture):
+        platform = Platform(config.os, config.architecture, config.variant)
+
+    for registry, name, tags in group_names(names, ctx):
+        yield ImageRecord(
+            id=image_id(registry, name, descriptor.digest),
+            registry=registry,
+            name=name,
+            digest=descriptor.digest,
+            media_type=media_type,
+            kind=kind,
+            config=config_blob,
+            layers=layers,
+            layers_compressed=layers_compressed(layers),
+            tags=tags,
+            platform=platform,
+            parent_digest=parent,
+            source_kind=ctx.source_kind,
+            source_path=ctx.source_path,
+            exactness=EXACT_MANIFEST,
+            manifest_raw=data,
+            config_raw=config_raw,
+            **({"created": None} | _config_fields(config)),
+        )
+
+
+def record_from_config(
+    config_raw: bytes,
+    config_digest: str,
+    layer_sizes: list[int],
+    names: list[Reference],
+    ctx: Context,
+    where: str,
+    exactness: int,
+    foreign: dict[str, Blob] | None = None,
+) -> list[ImageRecord]:
+    """Records of an image known only by its config (classic docker save, an engine).
+
+    The layers are the config's diff_ids with the stored (uncompressed) sizes; `foreign` maps
+    a diff_id to the descriptor of a foreign layer that was not stored.
+    """
+    config = parse_config(config_raw, where)
+    if len(config.diff_ids) != len(layer_sizes):
+        raise SourceError(where, f"config lists {len(config.diff_ids)} diff_ids but the image has {len(layer_sizes)} layers")
+    foreign = foreign or {}
+    layers = tuple(
+        foreign.get(diff_id) or Blob(digest=diff_id, size=size, media_type=mt.DOCKER_LAYER_TAR)
+        for diff_id, size in zip(config.diff_ids, layer_sizes)
+    )
+    config_blob = Blob(digest=config_digest, size=len(config_raw), media_type=mt.DOCKER_CONFIG)
+    platform = Platform(config.os, config.architecture, config.variant) if (config.os or config.architecture) else None
+    return [
+        ImageRecord(
+            id=image_id(registry, name, config_digest),
+            registry=registry,
+            name=name,
+            digest="",
+            media_type="",
+            kind=KIND_IMAGE,
+            config=config_blob,
+            layers=layers,
+            layers_compressed=layers_compressed(layers),
+            tags=tags,
+            platform=platform,
+            parent_digest="",
+            source_kind=ctx.source_kind,
+            source_path=ctx.source_path,
+            exactness=exactness,
+            config_raw=config_raw,
+            **({"created": None} | _config_fields(config)),
+        )
+        for registry, name, tags in group_names(names, ctx)
+    ]

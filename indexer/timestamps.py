@@ -1,0 +1,78 @@
+"""RFC 3339 timestamps with nanosecond precision.
+
+`datetime` stops at microseconds, so the fraction is carried as an integer beside it.
+The text form follows the proto3 JSON mapping of google.protobuf.Timestamp: UTC, 'Z', and
+0, 3, 6 or 9 fractional digits.
+"""
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+
+_RFC3339 = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
+    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))$"
+)
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_NS_MIN = -(2**63)
+_NS_MAX = 2**63 - 1
+
+
+def parse(text: str) -> tuple[datetime, int] | None:
+    """Return (UTC datetime truncated to seconds, nanoseconds), or None if not RFC 3339."""
+    m = _RFC3339.match(text)
+    if not m:
+        return None
+    year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
+    nanos = int((m.group(7) or "").ljust(9, "0"))
+    try:
+        if m.group(8):
+            offset = timedelta(0)
+        else:
+            offset = timedelta(hours=int(m.group(10)), minutes=int(m.group(11)))
+            if m.group(9) == "-":
+                offset = -offset
+        if second == 60:  # a leap second is folded into the next second, as Go does
+            second = 59
+            nanos_extra = 1
+        else:
+            nanos_extra = 0
+        local = datetime(year, month, day, hour, minute, second, tzinfo=timezone(offset))
+        utc = local.astimezone(timezone.utc) + timedelta(seconds=nanos_extra)
+    except (ValueError, OverflowError):
+        return None
+    return utc, nanos
+
+
+def format_utc(utc: datetime, nanos: int) -> str:
+    base = utc.strftime("%Y-%m-%dT%H:%M:%S")
+    if len(base) != 19:  # strftime drops leading zeros of years before 1000 on some platforms
+        base = f"{utc.year:04d}" + base[base.index("-"):]
+    if nanos == 0:
+        return base + "Z"
+    if nanos % 1_000_000 == 0:
+        return f"{base}.{nanos // 1_000_000:03d}Z"
+    if nanos % 1_000 == 0:
+        return f"{base}.{nanos // 1_000:06d}Z"
+    return f"{base}.{nanos:09d}Z"
+
+
+def normalise(text: str) -> str | None:
+    """RFC 3339 text in any offset -> the canonical UTC text, or None when it is not valid."""
+    parsed = parse(text)
+    if parsed is None:
+        return None
+    return format_utc(*parsed)
+
+
+def epoch_nanos(canonical: str) -> int | None:
+    """Nanoseconds since the epoch, or None outside the int64 range (years before 1678 or after 2261)."""
+    parsed = parse(canonical)
+    if parsed is None:
+        return None
+    utc, nanos = parsed
+    delta = utc - _EPOCH
+    total = (delta.days * 86400 + delta.seconds) * 1_000_000_000 + nanos
+    if total < _NS_MIN or total > _NS_MAX:
+        return None
+    return total

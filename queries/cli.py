@@ -1,0 +1,215 @@
+"""The `imgdex` command: the only module that wires indexing and queries together.
+
+Each command opens the store, calls one library function and prints the result. Library
+errors become one-line messages and exit codes here and nowhere else. Heavy modules (pyarrow,
+the Docker SDK) are imported only by the commands that need them, so lookups start fast.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import click
+
+from indexer.errors import ImgdexError, NotFound
+from indexer.store.layout import default_store
+
+
+def fail(message: str, code: int = 1):
+    click.echo(f"imgdex: {message}", err=True)
+    sys.exit(code)
+
+
+def library_errors(command):
+    """Turn library errors into `imgdex: message` and exit 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except ImgdexError as exc:
+            fail(str(exc))
+
+    return wrapper
+
+
+store_option = click.option(
+    "--store",
+    metavar="DIR",
+    default=default_store,
+    show_default="./data, or $IMGDEX_STORE",
+    help="Store directory.",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="imgdex", prog_name="imgdex")
+def cli():
+    """Offline container-image metadata index with Yandex Cloud Container Registry lookups."""
+
+
+class _Progress:
+    """A one-line counter on stderr, only when stderr is a terminal."""
+
+    def __init__(self, total_sources: int):
+        self.enabled = sys.stderr.isatty()
+        self.total = total_sources
+        self.images = 0
+
+    def image(self, _record) -> None:
+        self.images += 1
+        if self.enabled and self.images % 50 == 1:
+            click.echo(f"\r{self.images} images read", err=True, nl=False)
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            click.echo("\r\033[K", err=True, nl=False)
+        click.echo(f"imgdex: {text}", err=True)
+
+    def done(self) -> None:
+        if self.enabled:
+            click.echo("\r\033[K", err=True, nl=False)
+
+
+def _split_repository(registry: str, repository: str) -> tuple[str, str]:
+    from indexer.references import parse_reference
+
+    if repository and not registry:
+        first, sep, rest = repository.partition("/")
+        if sep and ("." in first or ":" in first or first == "localhost"):
+            return parse_reference(repository).registry, parse_reference(repository).name
+    return registry, repository
+
+
+@cli.command()
+@click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
+@store_option
+@click.option("--registry", default="", metavar="HOST", help="Registry host for images whose source carries no name.")
+@click.option("--repository", default="", metavar="NAME", help="Repository for images whose source carries no name.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="Do not print notes (skipped entries).")
+@library_errors
+def index(sources, store, registry, repository, as_json, quiet):
+    """Index every image found in each SOURCE.
+
+    SOURCE is docker-archive:PATH, oci-archive:PATH[:REF], oci:DIR[:REF], or a bare path
+    (a layout directory, or a tar that is uncompressed, gzip or zstd).
+    """
+    from indexer.run import index_sources
+    from indexer.store.writer import StoreWriter
+
+    registry, repository = _split_repository(registry, repository)
+    progress = _Progress(len(sources))
+    with StoreWriter(store) as writer:
+        summary = index_sources(
+            sources,
+            writer,
+            registry=registry,
+            repository=repository,
+            on_error=progress.message,
+            on_note=(lambda text: None) if quiet else (lambda text: progress.message(f"note: {text}")),
+            on_image=progress.image,
+        )
+    progress.done()
+    if as_json:
+        click.echo(json.dumps({"indexed": summary.indexed, "failed": summary.failed, "seconds": round(summary.seconds, 3), "errors": summary.errors}))
+    else:
+        click.echo(f"indexed {summary.indexed} images, {summary.failed} failed, in {summary.seconds:.2f} s")
+    if not summary.ok:
+        sys.exit(1)
+
+
+platform_option = click.option(
+    "--platform", default="linux/amd64", show_default=True, metavar="OS/ARCH[/VARIANT]",
+    help="Child of a multi-platform index to return.",
+)
+
+
+@cli.command()
+@click.argument("image", required=False)
+@store_option
+@click.option("--format", "fmt", type=click.Choice(["json", "yaml"]), default="json", show_default=True)
+@platform_option
+@click.option("--ids-from", type=click.File("r"), metavar="FILE|-", help="Look up every id in FILE, one per line; print one JSON document per line.")
+@library_errors
+def get(image, store, fmt, platform, ids_from):
+    """Print the Image.Get response for IMAGE: an id, a reference [HOST/]NAME[:TAG|@DIGEST], or a unique image ID prefix."""
+    from queries import engine, lookup, render
+
+    if (image is None) == (ids_from is None):
+        raise click.UsageError("give either IMAGE or --ids-from")
+    con = engine.connect(store)
+    if ids_from is not None:
+        _get_batch(con, ids_from, platform)
+        return
+    doc = render.to_response(lookup.resolve(con, image, platform))
+    click.echo(render.to_yaml(doc) if fmt == "yaml" else render.to_json(doc), nl=fmt == "json")
+
+
+def _get_batch(con, stream, platform):
+    from queries import lookup, render
+
+    queries = (line.strip() for line in stream)
+    out = sys.stdout
+    missing = 0
+    for query, row in lookup.batch(con, (q for q in queries if q), platform):
+        if isinstance(row, ImgdexError):
+            missing += 1
+            click.echo(f"imgdex: {row}", err=True)
+        else:
+            out.write(render.to_json_line(render.to_response(row)))
+            out.write("\n")
+    out.flush()
+    if missing:
+        sys.exit(1)
+
+
+@cli.command(name="list")
+@store_option
+@click.option("--registry-id", default="", metavar="ID", help="Registry id (first name component) or registry host.")
+@click.option("--repository-name", default="", metavar="NAME")
+@click.option("--filter", "filter_", default="", metavar="EXPR", help='name="..", name!="..", name IN ("..", ..), joined by AND.')
+@click.option("--order-by", default="", metavar="FIELDS", help="name, digest, created_at, last_modified; each with an optional desc. Default: name, digest.")
+@click.option("--page-size", type=int, default=100, show_default=True)
+@click.option("--page-token", default="", metavar="T")
+@click.option("--format", "fmt", type=click.Choice(["json", "table", "yaml"]), default="json", show_default=True)
+@library_errors
+def list_(store, registry_id, repository_name, filter_, order_by, page_size, page_token, fmt):
+    """Print the Image.List response."""
+    from queries import engine, listing, render
+
+    con = engine.connect(store)
+    result = listing.list_images(
+        con,
+        listing.Query(registry_id, repository_name, filter_, order_by, page_size, page_token),
+    )
+    if fmt == "table":
+        click.echo(render.images_table(result.get("images", [])))
+        if result.get("nextPageToken"):
+            click.echo(f"next page token: {result['nextPageToken']}")
+    elif fmt == "yaml":
+        click.echo(render.to_yaml(result), nl=False)
+    else:
+        click.echo(render.to_json(result))
+
+
+@cli.command()
+@click.argument("query")
+@store_option
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@library_errors
+def sql(query, store, fmt):
+    """Run SQL over the store's tables (images, tags, runs) and views (image_layers)."""
+    from queries import engine, sqlshell
+
+    con = engine.connect(store)
+    click.echo(sqlshell.run(con, query, fmt), nl=False)
+
+
+def main():
+    cli(prog_name="imgdex")
+
+
+if __name__ == "__main__":
+    main()

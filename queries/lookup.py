@@ -1,0 +1,128 @@
+"""Get by id, by reference or by Docker image ID prefix; and batch get by ids."""
+from __future__ import annotations
+
+import re
+from typing import Iterable, Iterator
+
+from indexer.errors import Ambiguous, ImgdexError, NotFound
+from indexer.references import Reference, parse_reference
+
+from .render import SELECT
+
+ID_RE = re.compile(r"^crp[0-9a-v]{17}$")
+_HEX_PREFIX = re.compile(r"^(?:sha256:)?([0-9a-f]{1,64})$")
+_FULL_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+DEFAULT_PLATFORM = "linux/amd64"
+_BATCH = 20000
+
+
+def parse_platform(text: str) -> tuple[str, str, str]:
+    parts = text.split("/")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise ImgdexError(f"invalid platform {text!r}: expected OS/ARCH[/VARIANT]")
+    return parts[0], parts[1], parts[2] if len(parts) == 3 else ""
+
+
+def by_id(con, image_id: str):
+    return con.execute(f"SELECT {SELECT} FROM images WHERE id = ?", [image_id]).fetchone()
+
+
+def _candidates(con, where: str, params: list) -> list[tuple]:
+    return con.execute(
+        f"SELECT id, registry, name, kind, digest, config_digest FROM images WHERE {where} ORDER BY registry, name, id",
+        params,
+    ).fetchall()
+
+
+def _describe(row) -> str:
+    image_id, registry, name, _, digest, config_digest = row
+    place = f"{registry}/{name}" if registry else name
+    return f"{image_id} ({place or '<unnamed>'}@{digest or config_digest})"
+
+
+def _by_reference(con, ref: Reference, explicit_host: bool) -> list[tuple]:
+    if ref.digest:
+        condition, value = "(digest = ? OR config_digest = ?)", [ref.digest, ref.digest]
+    else:
+        condition, value = "id IN (SELECT image_id FROM tags WHERE registry = t.registry AND name = t.name AND tag = ?)", [ref.tag or "latest"]
+    condition = condition.replace("t.registry", "images.registry").replace("t.name", "images.name")
+    rows = _candidates(con, f"registry = ? AND name = ? AND {condition}", [ref.registry, ref.name, *value])
+    if rows or explicit_host:
+        return rows
+    # Images indexed without a registry, or from another registry, answer to their bare name.
+    names = [ref.name]
+    if ref.name.startswith("library/"):
+        names.append(ref.name[len("library/"):])
+    return _candidates(con, f"name IN (SELECT unnest(?::VARCHAR[])) AND {condition}", [names, *value])
+
+
+def _pick_platform(con, row, platform: str):
+    image_id, registry, name, kind, digest, _ = row
+    if kind != "index":
+        return image_id
+    os_name, arch, variant = parse_platform(platform)
+    children = con.execute(
+        "SELECT id, platform_variant FROM images WHERE registry = ? AND name = ? AND parent_digest = ? "
+        "AND kind = 'image' AND platform_os = ? AND platform_architecture = ? ORDER BY platform_variant, id",
+        [registry, name, digest, os_name, arch],
+    ).fetchall()
+    exact = [c for c in children if c[1] == variant] if variant else children
+    if not exact:
+        raise NotFound(f"image {name}@{digest} has no manifest for platform {platform}")
+    return exact[0][0]
+
+
+def resolve(con, query: str, platform: str = DEFAULT_PLATFORM):
+    """The row for an id, a reference or a unique config digest prefix; NotFound or Ambiguous."""
+    if ID_RE.match(query):
+        row = by_id(con, query)
+        if row is not None:
+            return row
+    rows: list[tuple] = []
+    try:
+        ref = parse_reference(query)
+    except ImgdexError:
+        ref = None
+    if ref is not None:
+        first = query.partition("/")[0]
+        explicit = "/" in query and ("." in first or ":" in first or first == "localhost")
+        rows = _by_reference(con, ref, explicit)
+    if not rows:
+        hex_match = _HEX_PREFIX.match(query)
+        if hex_match:
+            if _FULL_DIGEST.match(query):
+                rows = _candidates(con, "digest = ? OR config_digest = ?", [query, query])
+            else:
+                rows = _candidates(con, "starts_with(config_digest, ?)", ["sha256:" + hex_match.group(1)])
+    if not rows:
+        raise NotFound(f"image {query} not found")
+    if len(rows) > 1:
+        raise Ambiguous(query, [_describe(r) for r in rows])
+    return by_id(con, _pick_platform(con, rows[0], platform))
+
+
+def batch(con, queries: Iterable[str], platform: str = DEFAULT_PLATFORM) -> Iterator[tuple[str, object]]:
+    """(query, row or ImgdexError) for each query, in order. Ids are fetched in bulk."""
+    pending: list[str] = []
+
+    def drain():
+        ids = [q for q in pending if ID_RE.match(q)]
+        found = {}
+        if ids:
+            for row in con.execute(f"SELECT {SELECT} FROM images WHERE id IN (SELECT unnest(?::VARCHAR[]))", [ids]).fetchall():
+                found[row[0]] = row
+        for q in pending:
+            row = found.get(q)
+            if row is None:
+                try:
+                    row = resolve(con, q, platform)
+                except ImgdexError as exc:
+                    row = exc
+            yield q, row
+        pending.clear()
+
+    for query in queries:
+        pending.append(query)
+        if len(pending) >= _BATCH:
+            yield from drain()
+    yield from drain()
