@@ -1,0 +1,225 @@
+"""The CLI through click's CliRunner: exact output, goldens, paging, errors."""
+import json
+
+import pytest
+import yaml
+
+from golden import assert_golden
+from queries.cli import cli
+
+COMMANDS = ["index", "get", "list", "sql"]
+
+
+def test_every_command_has_help(run_cli):
+    assert "Usage:" in run_cli("--help").stdout
+    for command in COMMANDS:
+        result = run_cli(command, "--help")
+        assert result.exit_code == 0 and "Usage:" in result.stdout and "--store" in result.stdout
+
+
+def test_version(run_cli):
+    result = run_cli("--version")
+    assert result.exit_code == 0 and result.stdout.startswith("imgdex, version ")
+
+
+def _list_all(run_cli, store, *extra):
+    return json.loads(run_cli("list", "--store", store, "--page-size", "1000", *extra).stdout)["images"]
+
+
+def test_list_golden(run_cli, samples_store):
+    result = run_cli("list", "--store", samples_store)
+    assert result.exit_code == 0
+    assert_golden("list-samples.json", result.stdout)
+
+
+def test_get_golden_for_every_sample_image(run_cli, samples_store):
+    for image in _list_all(run_cli, samples_store):
+        result = run_cli("get", image["id"], "--store", samples_store)
+        assert result.exit_code == 0
+        assert json.loads(result.stdout) == image
+        assert_golden(f"get-{image['id']}.json", result.stdout)
+
+
+def test_get_by_reference_tag_and_digest(run_cli, samples_store):
+    images = _list_all(run_cli, samples_store)
+    app = next(i for i in images if i.get("name") == "imgdex-test/app")
+    by_ref = json.loads(run_cli("get", f"imgdex-test/app:{app['tags'][0]}", "--store", samples_store).stdout)
+    assert by_ref == app
+    digested = next(i for i in images if i.get("digest") and i.get("tags") and i.get("config"))
+    result = run_cli("get", f"{digested['name']}@{digested['digest']}", "--store", samples_store)
+    assert json.loads(result.stdout)["id"] == digested["id"]
+
+
+def test_get_index_reference_picks_platform_child(run_cli, samples_store):
+    images = _list_all(run_cli, samples_store)
+    index = next((i for i in images if i.get("digest") and not i.get("config") and i.get("tags")), None)
+    if index is None:
+        pytest.fail("the samples must hold a multi-platform index")
+    ref = f"{index['name']}:{index['tags'][0]}"
+    amd = json.loads(run_cli("get", ref, "--store", samples_store).stdout)
+    assert amd["id"] != index["id"] and "config" in amd
+    arm = run_cli("get", ref, "--platform", "linux/arm64", "--store", samples_store)
+    assert arm.exit_code == 0 and json.loads(arm.stdout)["id"] not in (amd["id"], index["id"])
+    missing = run_cli("get", ref, "--platform", "linux/s390x", "--store", samples_store)
+    assert missing.exit_code == 1 and "no manifest for platform linux/s390x" in missing.stderr
+    assert json.loads(run_cli("get", index["id"], "--store", samples_store).stdout) == index
+
+
+def test_get_by_docker_image_id_prefix(run_cli, samples_store):
+    images = _list_all(run_cli, samples_store)
+    counts = {}
+    for image in images:
+        if "config" in image:
+            counts.setdefault(image["config"]["digest"], []).append(image)
+    unique = next(d for d, found in counts.items() if len(found) == 1)
+    result = run_cli("get", unique[7:19], "--store", samples_store)
+    assert result.exit_code == 0 and json.loads(result.stdout) == counts[unique][0]
+    shared = next(d for d, found in counts.items() if len(found) > 1)
+    result = run_cli("get", shared[7:19], "--store", samples_store)
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"imgdex: {shared[7:19]} is ambiguous: ")
+    for candidate in counts[shared]:
+        assert candidate["id"] in result.stderr
+
+
+def test_get_not_found_message(run_cli, samples_store):
+    result = run_cli("get", "crp00000000000000000", "--store", samples_store)
+    assert result.exit_code == 1
+    assert result.stderr == "imgdex: image crp00000000000000000 not found\n"
+    assert result.stdout == ""
+
+
+def test_get_yaml_is_the_same_document(run_cli, samples_store):
+    image = _list_all(run_cli, samples_store)[0]
+    result = run_cli("get", image["id"], "--format", "yaml", "--store", samples_store)
+    assert yaml.safe_load(result.stdout) == image
+
+
+def test_get_ids_from_prints_one_document_per_line(run_cli, samples_store, tmp_path):
+    images = _list_all(run_cli, samples_store)
+    ids = [i["id"] for i in images]
+    result = run_cli("get", "--ids-from", "-", "--store", samples_store, input="\n".join(ids + [""]))
+    assert result.exit_code == 0
+    assert [json.loads(line) for line in result.stdout.splitlines()] == images
+    result = run_cli("get", "--ids-from", "-", "--store", samples_store, input=f"{ids[0]}\ncrp00000000000000000\n{ids[1]}\n")
+    assert result.exit_code == 1
+    assert [json.loads(line)["id"] for line in result.stdout.splitlines()] == ids[:2]
+    assert "imgdex: image crp00000000000000000 not found" in result.stderr
+
+
+def test_get_needs_image_or_ids_from(run_cli, samples_store):
+    assert run_cli("get", "--store", samples_store).exit_code == 2
+
+
+def test_list_default_order_is_name_then_digest(run_cli, samples_store):
+    images = _list_all(run_cli, samples_store)
+    keys = [(i.get("name", ""), i.get("digest", "")) for i in images]
+    assert keys == sorted(keys)
+
+
+def test_list_pages_cover_everything_once_with_stable_tokens(run_cli, samples_store):
+    everything = _list_all(run_cli, samples_store, "--order-by", "created_at desc, name")
+    seen, token, tokens = [], "", []
+    while True:
+        args = ["list", "--store", samples_store, "--page-size", "3", "--order-by", "created_at desc, name"]
+        if token:
+            args += ["--page-token", token]
+        page = json.loads(run_cli(*args).stdout)
+        again = json.loads(run_cli(*args).stdout)
+        assert page == again  # tokens are stable
+        seen += page.get("images", [])
+        token = page.get("nextPageToken", "")
+        if not token:
+            break
+        tokens.append(token)
+    assert seen == everything and len(tokens) == (len(everything) - 1) // 3
+
+
+def test_list_rejects_foreign_or_broken_tokens(run_cli, samples_store):
+    first = json.loads(run_cli("list", "--store", samples_store, "--page-size", "1").stdout)
+    token = first["nextPageToken"]
+    other = run_cli("list", "--store", samples_store, "--page-size", "1", "--order-by", "digest", "--page-token", token)
+    assert other.exit_code == 1 and "page token does not belong" in other.stderr
+    broken = run_cli("list", "--store", samples_store, "--page-token", "!!!")
+    assert broken.exit_code == 1 and "invalid page token" in broken.stderr
+    for size in ("0", "1001"):
+        assert run_cli("list", "--store", samples_store, "--page-size", size).exit_code == 1
+
+
+def test_list_order_by_created_at_desc(run_cli, samples_store):
+    images = _list_all(run_cli, samples_store, "--order-by", "created_at desc")
+    created = [i["createdAt"] for i in images if "createdAt" in i]
+    from indexer.timestamps import epoch_nanos
+
+    assert [epoch_nanos(c) for c in created] == sorted((epoch_nanos(c) for c in created), reverse=True)
+
+
+@pytest.mark.parametrize(
+    "expr, keep",
+    [
+        ('name="imgdex-test/app"', lambda n: n == "imgdex-test/app"),
+        ("name!='imgdex-test/app'", lambda n: n != "imgdex-test/app"),
+        ('name IN ("imgdex-test/app", "samples/app")', lambda n: n in ("imgdex-test/app", "samples/app")),
+        ('name IN ("imgdex-test/app", "samples/app") AND name != "samples/app"', lambda n: n == "imgdex-test/app"),
+    ],
+)
+def test_list_filter(run_cli, samples_store, expr, keep):
+    everything = _list_all(run_cli, samples_store)
+    filtered = _list_all(run_cli, samples_store, "--filter", expr)
+    assert filtered == [i for i in everything if keep(i.get("name", ""))]
+    assert filtered
+
+
+def test_list_filter_errors(run_cli, samples_store):
+    for expr in ("name", "tag='x'", "name='a' OR name='b'", "name IN ()", "name='a' AND"):
+        result = run_cli("list", "--store", samples_store, "--filter", expr)
+        assert result.exit_code == 1 and result.stderr.startswith("imgdex: invalid filter"), expr
+
+
+def test_list_repository_name_and_registry_id(run_cli, samples_store):
+    everything = _list_all(run_cli, samples_store)
+    only = _list_all(run_cli, samples_store, "--repository-name", "samples/app")
+    assert only == [i for i in everything if i.get("name") == "samples/app"] and only
+    by_first_component = _list_all(run_cli, samples_store, "--registry-id", "samples")
+    assert by_first_component == only
+
+
+def test_list_table_looks_like_yc(run_cli, samples_store):
+    lines = run_cli("list", "--store", samples_store, "--format", "table").stdout.splitlines()
+    assert [c.strip() for c in lines[1].strip("|").split("|")] == ["ID", "CREATED", "NAME", "TAGS", "COMPRESSED SIZE"]
+    assert lines[0].startswith("+-") and lines[-1].startswith("+-")
+    assert any(" KB " in line for line in lines)
+
+
+def test_sql_formats(run_cli, samples_store):
+    query = "SELECT name, count(*) AS n FROM images WHERE name <> '' GROUP BY name ORDER BY name"
+    rows = [json.loads(line) for line in run_cli("sql", query, "--store", samples_store, "--format", "json").stdout.splitlines()]
+    assert rows and all(set(r) == {"name", "n"} for r in rows)
+    csv_lines = run_cli("sql", query, "--store", samples_store, "--format", "csv").stdout.splitlines()
+    assert csv_lines[0] == "name,n" and len(csv_lines) == len(rows) + 1
+    table = run_cli("sql", query, "--store", samples_store).stdout
+    assert [c.strip() for c in table.splitlines()[1].strip("|").split("|")] == ["name", "n"]
+    bad = run_cli("sql", "SELECT nope FROM images", "--store", samples_store)
+    assert bad.exit_code == 1 and bad.stderr.startswith("imgdex: ") and "Traceback" not in bad.output
+
+
+def test_sql_layers_view(run_cli, samples_store):
+    out = run_cli("sql", "SELECT count(*) AS n FROM image_layers", "--store", samples_store, "--format", "json").stdout
+    total = run_cli("sql", "SELECT sum(len(layers)) AS n FROM images", "--store", samples_store, "--format", "json").stdout
+    assert json.loads(out)["n"] == json.loads(total)["n"] > 0
+
+
+def test_index_json_summary_and_exit_code(run_cli, tmp_path):
+    from conftest import sample_sources
+
+    result = run_cli("index", *sample_sources(), "--store", tmp_path / "s", "--json", "--quiet")
+    summary = json.loads(result.stdout)
+    assert result.exit_code == 0 and summary["failed"] == 0 and summary["indexed"] > 0
+    result = run_cli("index", tmp_path / "missing.tar", "--store", tmp_path / "s", "--json")
+    assert result.exit_code == 1 and json.loads(result.stdout)["failed"] == 1
+    assert f"imgdex: {tmp_path / 'missing.tar'}: no such file or directory" in result.stderr
+
+
+def test_missing_store_is_a_clear_error(run_cli, tmp_path):
+    result = run_cli("get", "x", "--store", tmp_path / "nothing")
+    assert result.exit_code == 1 and "no image store at" in result.stderr

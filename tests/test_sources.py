@@ -1,0 +1,202 @@
+"""Every local source kind on synthetic images: names, indexes, artifacts, compression, links."""
+import gzip
+import os
+import tarfile
+
+import pytest
+import zstandard
+
+from indexer.errors import SourceError
+from indexer.model import KIND_ARTIFACT, KIND_ATTESTATION, KIND_IMAGE, KIND_INDEX, ImageRecord
+from indexer.references import image_id
+from indexer.sources import parse_source
+from indexer.sources.parse import Context
+
+from builders import Blobs, classic_save_files, digest_of, dumps, named, tar_bytes, write_dir, write_tar
+
+
+def collect(spec, **ctx):
+    notes = []
+    source = parse_source(spec)
+    context = Context(source.kind, source.location, note=notes.append, **ctx)
+    items = list(source.records(context))
+    records = [i for i in items if isinstance(i, ImageRecord)]
+    errors = [i for i in items if isinstance(i, SourceError)]
+    return records, errors, notes
+
+
+def by_name(records):
+    return {(r.registry, r.name, r.digest or r.config.digest): r for r in records}
+
+
+def test_layout_names_from_full_reference_bare_tag_and_containerd(tmp_path):
+    blobs = Blobs()
+    a, b, c = blobs.image(layers=(b"1",)), blobs.image(layers=(b"2",)), blobs.image(layers=(b"3",))
+    top = [named(a, "v1"), named(b, "cr.yandex/crp1/app:2"), named(c, "3", containerd="docker.io/library/redis:7")]
+    write_dir(str(tmp_path), blobs.layout_files(top))
+    records, errors, _ = collect(f"oci:{tmp_path}", registry="reg.example", repository="team/app")
+    assert not errors
+    names = {(r.registry, r.name, r.tags) for r in records}
+    assert names == {("reg.example", "team/app", ("v1",)), ("cr.yandex", "crp1/app", ("2",)), ("docker.io", "library/redis", ("7",))}
+    record = next(r for r in records if r.name == "crp1/app")
+    assert record.id == image_id("cr.yandex", "crp1/app", b["digest"])
+    assert record.created == "2026-11-29T10:54:27.000347894Z"
+    assert record.layers_compressed and record.exactness == 3
+
+
+def test_layout_ref_selects_one_image(tmp_path):
+    blobs = Blobs()
+    a, b = blobs.image(layers=(b"1",)), blobs.image(layers=(b"2",))
+    write_dir(str(tmp_path), blobs.layout_files([named(a, "v1"), named(b, "v2")]))
+    records, errors, _ = collect(f"oci:{tmp_path}:v2", repository="x")
+    assert [r.digest for r in records] == [b["digest"]] and not errors
+    _, errors, _ = collect(f"oci:{tmp_path}:v9", repository="x")
+    assert len(errors) == 1 and "no image named 'v9'" in str(errors[0])
+
+
+def test_nested_index_gives_index_children_and_attestation(tmp_path):
+    blobs = Blobs()
+    amd = blobs.image(layers=(b"amd",))
+    arm = blobs.image(layers=(b"arm",), arch="arm64")
+    att = blobs.image(layers=(b"att",), created=None)
+    inner = blobs.index(
+        [
+            dict(amd, platform={"os": "linux", "architecture": "amd64"}),
+            dict(arm, platform={"os": "linux", "architecture": "arm64", "variant": "v8"}),
+            dict(att, platform={"os": "unknown", "architecture": "unknown"}, annotations={"vnd.docker.reference.type": "attestation-manifest"}),
+        ]
+    )
+    outer = blobs.index([inner])
+    write_dir(str(tmp_path), blobs.layout_files([named(outer, "docker.io/library/multi:1")]))
+    records, errors, _ = collect(str(tmp_path))
+    assert not errors
+    kinds = {r.digest: r for r in records}
+    assert kinds[outer["digest"]].kind == KIND_INDEX and kinds[outer["digest"]].tags == ("1",)
+    assert kinds[inner["digest"]].kind == KIND_INDEX and kinds[inner["digest"]].parent_digest == outer["digest"]
+    assert kinds[amd["digest"]].kind == KIND_IMAGE and kinds[amd["digest"]].tags == ()
+    assert str(kinds[arm["digest"]].platform) == "linux/arm64/v8" and kinds[arm["digest"]].parent_digest == inner["digest"]
+    assert kinds[att["digest"]].kind == KIND_ATTESTATION and kinds[att["digest"]].created is None
+    assert {r.name for r in records} == {"library/multi"}
+
+
+def test_unknown_media_type_is_a_note_and_artifacts_are_kept(tmp_path):
+    blobs = Blobs()
+    chart_config = blobs.add(b'{"name":"chart"}', "application/vnd.cncf.helm.config.v1+json")
+    chart_layer = blobs.add(b"tgz", "application/vnd.cncf.helm.chart.content.v1.tar+gzip")
+    chart = blobs.add(dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "config": chart_config, "layers": [chart_layer]}), "application/vnd.oci.image.manifest.v1+json")
+    odd = blobs.add(b"{}", "application/x-unknown")
+    write_dir(str(tmp_path), blobs.layout_files([named(chart, "charts/app:0.1.0"), odd]))
+    records, errors, notes = collect(str(tmp_path))
+    assert not errors
+    assert len(records) == 1 and records[0].kind == KIND_ARTIFACT
+    assert records[0].config.media_type == "application/vnd.cncf.helm.config.v1+json"
+    assert any("unknown media type application/x-unknown" in n for n in notes)
+
+
+def test_missing_child_of_an_index_is_skipped_with_a_note(tmp_path):
+    blobs = Blobs()
+    amd = blobs.image(layers=(b"amd",))
+    idx = blobs.index([dict(amd, platform={"os": "linux", "architecture": "amd64"}), {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:" + "e" * 64, "size": 10, "platform": {"os": "linux", "architecture": "s390x"}}])
+    write_dir(str(tmp_path), blobs.layout_files([named(idx, "x.example/multi:1")]))
+    records, errors, notes = collect(str(tmp_path))
+    assert not errors and len(records) == 2
+    assert any("not in the source" in n for n in notes)
+
+
+def classic(tags=("app:1", "app:2", "127.0.0.1:5000/team/app:v1")):
+    return classic_save_files([
+        {"tags": list(tags) if tags is not None else None, "layers": [b"aaaa", b"bb"], "created": "2026-11-29T12:54:27.000347894+02:00"},
+        {"tags": None, "layers": [b"c"]},
+    ])
+
+
+def test_classic_docker_save_one_resource_per_repository(tmp_path):
+    path = write_tar(str(tmp_path / "save.tar"), classic())
+    records, errors, _ = collect(f"docker-archive:{path}")
+    assert not errors
+    named_ = {(r.registry, r.name): r for r in records if r.name}
+    assert set(named_) == {("docker.io", "library/app"), ("127.0.0.1:5000", "team/app")}
+    app = named_[("docker.io", "library/app")]
+    assert app.tags == ("1", "2") and app.digest == "" and not app.layers_compressed
+    assert app.id == image_id("docker.io", "library/app", app.config.digest)
+    assert [layer.size for layer in app.layers] == [4, 2]
+    assert app.layers[0].digest == digest_of(b"aaaa")
+    assert app.created == "2026-11-29T10:54:27.000347894Z"
+    unnamed = [r for r in records if not r.name]
+    assert len(unnamed) == 1 and unnamed[0].created is None and unnamed[0].tags == ()
+
+
+@pytest.mark.parametrize("compress", ["gzip", "zstd"])
+def test_compressed_archives_read_in_one_pass(tmp_path, compress):
+    raw = tar_bytes(classic())
+    path = tmp_path / f"save.tar.{compress}"
+    path.write_bytes(gzip.compress(raw) if compress == "gzip" else zstandard.ZstdCompressor().compress(raw))
+    records, errors, _ = collect(str(path))
+    plain, _, _ = collect(write_tar(str(tmp_path / "plain.tar"), classic()))
+    assert not errors
+    assert sorted(r.id for r in records) == sorted(r.id for r in plain)
+
+
+def test_shared_layers_linked_inside_the_archive(tmp_path):
+    files = classic(tags=("app:1",))
+    layer_path = next(name for name in files if name.endswith("layer.tar"))
+    link = tarfile.TarInfo("linked/layer.tar")
+    link.type = tarfile.SYMTYPE
+    link.linkname = "../" + layer_path
+    manifest = __import__("json").loads(files["manifest.json"])
+    manifest[1]["Layers"] = ["linked/layer.tar"]
+    config_name = manifest[1]["Config"]
+    config = __import__("json").loads(files[config_name])
+    config["rootfs"]["diff_ids"] = [digest_of(b"aaaa")]
+    del files[config_name]
+    new_config = dumps(config)
+    manifest[1]["Config"] = digest_of(new_config).split(":")[1] + ".json"
+    files[manifest[1]["Config"]] = new_config
+    files["manifest.json"] = dumps(manifest)
+    path = write_tar(str(tmp_path / "linked.tar"), files, extra=[link])
+    records, errors, _ = collect(path)
+    assert not errors
+    unnamed = next(r for r in records if not r.name)
+    assert unnamed.layers[0].size == 4
+
+
+def docker25_files(index_manifests="named", repo_tags=("app:1",)):
+    """A save in the Docker 25+ layout: an OCI layout beside manifest.json, layers uncompressed."""
+    blobs = Blobs()
+    layer = blobs.add(b"layer-tar-bytes", "application/vnd.oci.image.layer.v1.tar")
+    config = blobs.add(dumps({"architecture": "amd64", "os": "linux", "created": "2026-01-02T03:04:05.123456789Z", "rootfs": {"type": "layers", "diff_ids": [layer["digest"]]}}), "application/vnd.oci.image.config.v1+json")
+    manifest = blobs.add(dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "config": config, "layers": [layer]}), "application/vnd.oci.image.manifest.v1+json")
+    top = {"named": [named(manifest, "1", containerd="docker.io/library/app:1")], "empty": [], "null": None}[index_manifests]
+    files = blobs.layout_files(top or [])
+    if top is None:
+        files["index.json"] = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":null}'
+    hexes = {d: d.split(":")[1] for d in (config["digest"], layer["digest"])}
+    files["manifest.json"] = dumps([{"Config": f"blobs/sha256/{hexes[config['digest']]}", "RepoTags": list(repo_tags) if repo_tags is not None else None, "Layers": [f"blobs/sha256/{hexes[layer['digest']]}"]}])
+    return files, manifest
+
+
+def test_docker25_save_uses_the_real_manifest(tmp_path):
+    files, manifest = docker25_files()
+    records, errors, _ = collect(write_tar(str(tmp_path / "d25.tar"), files))
+    assert not errors and len(records) == 1
+    record = records[0]
+    assert record.digest == manifest["digest"] and record.tags == ("1",) and record.name == "library/app"
+    assert not record.layers_compressed and record.exactness == 3
+
+
+@pytest.mark.parametrize("variant", ["empty", "null"])
+def test_docker25_save_without_index_entries_falls_back_to_manifest_json(tmp_path, variant):
+    files, _ = docker25_files(index_manifests=variant, repo_tags=None)
+    records, errors, _ = collect(write_tar(str(tmp_path / "d25.tar"), files), repository="local/app")
+    assert not errors and len(records) == 1
+    assert records[0].digest == "" and records[0].name == "local/app" and records[0].tags == ()
+
+
+def test_repo_tags_of_docker25_save_name_the_manifest(tmp_path):
+    files, manifest = docker25_files(repo_tags=("app:1", "app:extra", "other.example/x:y"))
+    records, errors, _ = collect(write_tar(str(tmp_path / "d25.tar"), files))
+    assert not errors
+    assert {(r.registry, r.name, r.tags, r.digest) for r in records} == {
+        ("docker.io", "library/app", ("1", "extra"), manifest["digest"]),
+        ("other.example", "x", ("y",), manifest["digest"]),
+    }

@@ -1,0 +1,55 @@
+from datetime import datetime, timezone
+
+import pytest
+from hypothesis import given, strategies as st
+
+from indexer import timestamps
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("2026-11-29T10:54:27.000347894Z", "2026-11-29T10:54:27.000347894Z"),
+        ("2026-11-29T12:54:27.000347894+02:00", "2026-11-29T10:54:27.000347894Z"),
+        ("2026-11-29T00:30:00-01:30", "2026-11-29T02:00:00Z"),
+        ("2026-11-29T10:54:27.5Z", "2026-11-29T10:54:27.500Z"),
+        ("2026-11-29T10:54:27.1234Z", "2026-11-29T10:54:27.123400Z"),
+        ("2026-11-29T10:54:27.000000000Z", "2026-11-29T10:54:27Z"),
+        ("2026-11-29t10:54:27z", "2026-11-29T10:54:27Z"),
+        ("0001-01-01T00:00:00Z", "0001-01-01T00:00:00Z"),
+    ],
+)
+def test_normalise_to_utc_with_proto_fraction_digits(text, expected):
+    assert timestamps.normalise(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "2026-11-29", "2026-13-01T00:00:00Z", "2026-11-29T10:54:27", "yesterday", "2026-11-29T10:54:27.1234567891Z"])
+def test_normalise_rejects_non_rfc3339(text):
+    assert timestamps.normalise(text) is None
+
+
+def test_epoch_nanos_keeps_every_nanosecond():
+    assert timestamps.epoch_nanos("1970-01-01T00:00:01.000000001Z") == 1_000_000_001
+    assert timestamps.epoch_nanos("0001-01-01T00:00:00Z") is None
+
+
+@given(
+    st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),
+    st.integers(0, 999_999_999),
+    st.integers(-14 * 60, 14 * 60),
+)
+def test_matches_protobuf_timestamp_json(moment, nanos, offset_minutes):
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    sign = "+" if offset_minutes >= 0 else "-"
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S").rjust(19, "0") + f".{nanos:09d}{sign}{abs(offset_minutes) // 60:02d}:{abs(offset_minutes) % 60:02d}"
+    if moment.year < 1000:
+        text = f"{moment.year:04d}" + text[text.index("-"):]
+    ours = timestamps.normalise(text)
+    judge = Timestamp()
+    try:
+        judge.FromJsonString(text)
+        expected = judge.ToJsonString()
+    except ValueError:
+        return  # out of the Timestamp range once moved to UTC
+    assert ours == expected
