@@ -5,6 +5,7 @@ This module imports nothing else of ours, so every layer can depend on it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 # How much a record can be trusted; a store never replaces a record with a less exact one.
 EXACT_MANIFEST = 3  # built from the manifest bytes whose digest we verified
@@ -16,16 +17,16 @@ KIND_ATTESTATION = "attestation"
 KIND_ARTIFACT = "artifact"
 
 
-@dataclass(frozen=True)
-class Blob:
+# The small value types are named tuples: there are many of them per image, and building
+# frozen dataclasses costs several times more.
+class Blob(NamedTuple):
     digest: str
     size: int
     media_type: str = ""
     urls: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class Platform:
+class Platform(NamedTuple):
     os: str = ""
     architecture: str = ""
     variant: str = ""
@@ -34,8 +35,7 @@ class Platform:
         return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
 
 
-@dataclass(frozen=True)
-class HistoryEntry:
+class HistoryEntry(NamedTuple):
     created: str = ""
     created_by: str = ""
     comment: str = ""

@@ -6,6 +6,7 @@ The text form follows the proto3 JSON mapping of google.protobuf.Timestamp: UTC,
 """
 from __future__ import annotations
 
+import functools
 import re
 from datetime import datetime, timedelta, timezone
 
@@ -57,6 +58,7 @@ def format_utc(utc: datetime, nanos: int) -> str:
     return f"{base}.{nanos:09d}Z"
 
 
+@functools.lru_cache(maxsize=4096)
 def normalise(text: str) -> str | None:
     """RFC 3339 text in any offset -> the canonical UTC text, or None when it is not valid."""
     parsed = parse(text)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from typing import Iterator
 
 from ..errors import ImgdexError, SourceError
@@ -24,13 +25,26 @@ class DirBlobs:
         self.root = os.path.abspath(root)
         self._real_root = os.path.realpath(root)
         self._sizes: dict[str, int | None] = {}
+        self._safe_folders: set[str] = set()
 
     def _checked_path(self, digest: str) -> str:
-        path = os.path.join(self.root, _blob_path(digest))
-        real = os.path.realpath(path)
-        if not real.startswith(self._real_root + os.sep):
-            raise SourceError(path, "blob is a symlink that points outside the layout")
+        relative = _blob_path(digest)
+        path = os.path.join(self.root, relative)
+        folder = os.path.dirname(relative)
+        if folder not in self._safe_folders:
+            self._check_inside(os.path.join(self.root, folder))
+            self._safe_folders.add(folder)
+        try:
+            if stat.S_ISLNK(os.lstat(path).st_mode):
+                self._check_inside(path)
+        except FileNotFoundError:
+            pass
         return path
+
+    def _check_inside(self, path: str) -> None:
+        real = os.path.realpath(path)
+        if real != self._real_root and not real.startswith(self._real_root + os.sep):
+            raise SourceError(path, "blob is a symlink that points outside the layout")
 
     def blob_size(self, digest: str) -> int | None:
         if digest not in self._sizes:

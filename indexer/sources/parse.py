@@ -100,42 +100,47 @@ def parse_descriptor(raw: object, where: str, what: str) -> Blob:
 
 
 def _strings(value: object) -> tuple[str, ...]:
-    if isinstance(value, list):
-        return tuple(v for v in value if isinstance(v, str))
+    if type(value) is list:
+        return tuple(v for v in value if type(v) is str)
     return ()
+
+
+def _text(doc: dict, key: str) -> str:
+    value = doc.get(key)
+    return value if type(value) is str else ""
+
+
+def _object(doc: dict, key: str) -> dict:
+    value = doc.get(key)
+    return value if type(value) is dict else {}
+
+
+def _history(raw: object) -> tuple[HistoryEntry, ...]:
+    if type(raw) is not list:
+        return ()
+    # Kept as written: history is for analysts, and normalising it would cost more than the rest of the config.
+    return tuple(
+        HistoryEntry(_text(e, "created"), _text(e, "created_by"), _text(e, "comment"), e.get("empty_layer") is True)
+        for e in raw
+        if type(e) is dict
+    )
 
 
 def parse_config(data: bytes, where: str) -> ImageConfig:
     doc = load_object(data, where, "config")
-    inner = doc.get("config") if isinstance(doc.get("config"), dict) else {}
-    labels = inner.get("Labels") if isinstance(inner.get("Labels"), dict) else {}
-    rootfs = doc.get("rootfs") if isinstance(doc.get("rootfs"), dict) else {}
-    created = None
-    raw_created = doc.get("created")
-    if isinstance(raw_created, str):
-        created = timestamps.normalise(raw_created)
-    history = []
-    for entry in doc.get("history") or [] if isinstance(doc.get("history"), list) else []:
-        if isinstance(entry, dict):
-            history.append(
-                HistoryEntry(
-                    created=(timestamps.normalise(entry["created"]) or "") if isinstance(entry.get("created"), str) else "",
-                    created_by=entry.get("created_by") if isinstance(entry.get("created_by"), str) else "",
-                    comment=entry.get("comment") if isinstance(entry.get("comment"), str) else "",
-                    empty_layer=entry.get("empty_layer") is True,
-                )
-            )
+    inner = _object(doc, "config")
+    created = _text(doc, "created")
     return ImageConfig(
-        created=created,
-        os=doc.get("os") if isinstance(doc.get("os"), str) else "",
-        architecture=doc.get("architecture") if isinstance(doc.get("architecture"), str) else "",
-        variant=doc.get("variant") if isinstance(doc.get("variant"), str) else "",
-        labels=tuple(sorted((k, v) for k, v in labels.items() if isinstance(v, str))),
+        created=timestamps.normalise(created) if created else None,
+        os=_text(doc, "os"),
+        architecture=_text(doc, "architecture"),
+        variant=_text(doc, "variant"),
+        labels=tuple(sorted((k, v) for k, v in _object(inner, "Labels").items() if type(v) is str)),
         env=_strings(inner.get("Env")),
         entrypoint=_strings(inner.get("Entrypoint")),
         cmd=_strings(inner.get("Cmd")),
-        diff_ids=_strings(rootfs.get("diff_ids")),
-        history=tuple(history),
+        diff_ids=_strings(_object(doc, "rootfs").get("diff_ids")),
+        history=_history(doc.get("history")),
     )
 
 
