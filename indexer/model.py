@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 # How much a record can be trusted; a store never replaces a record with a less exact one.
+IMPORTED = 4  # a registry's own record (YCR JSON): its id is the real one
 EXACT_MANIFEST = 3  # built from the manifest bytes whose digest we verified
 UNCOMPRESSED = 1  # built from a config alone (classic docker save, engine without manifests)
 
@@ -85,7 +86,9 @@ class ImageRecord:
     history: tuple[HistoryEntry, ...] = ()
     manifest_raw: bytes | None = None
     config_raw: bytes | None = None
-    notes: tuple[str, ...] = field(default=())
+    # "derived" ids follow the id formula; "imported" ids are a registry's real ids and are kept
+    # by every later record of the same (registry, name, digest).
+    id_origin: str = "derived"
 
     @property
     def compressed_size(self) -> int:

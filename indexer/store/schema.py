@@ -52,6 +52,7 @@ IMAGES = pa.schema(
         ("source_kind", pa.string()),
         ("source_path", pa.string()),
         ("exactness", pa.int8()),
+        ("id_origin", pa.string()),
         ("indexed_at", pa.timestamp("us", tz="UTC")),
         ("manifest_raw", pa.binary()),
         ("config_raw", pa.binary()),

@@ -112,6 +112,7 @@ def records_to_arrow(records: list[ImageRecord], indexed_at: datetime) -> pa.Tab
         "source_kind": column(lambda r: r.source_kind, string),
         "source_path": column(lambda r: r.source_path, string),
         "exactness": column(lambda r: r.exactness, pa.int8()),
+        "id_origin": column(lambda r: r.id_origin, string),
         "indexed_at": pa.array([indexed_at] * len(records), pa.timestamp("us", tz="UTC")),
         "manifest_raw": column(lambda r: r.manifest_raw, pa.binary()),
         "config_raw": column(lambda r: r.config_raw, pa.binary()),
@@ -128,9 +129,23 @@ def _tags_to_arrow(records: list[ImageRecord]) -> pa.Table:
 
 # Rows lose to an existing row of the same id that is more exact; tag claims always apply,
 # since a tag names one manifest per repository and the newest claim is the truth.
+# A resource with a known manifest digest is one resource whatever its id: an imported (real)
+# id is adopted by later records of the same (registry, name, digest), and replaces a derived one.
 _MERGE = [
     "CREATE OR REPLACE TEMP TABLE incoming AS SELECT * FROM incoming_arrow",
     "CREATE OR REPLACE TEMP TABLE claims AS SELECT * FROM claims_arrow",
+    """CREATE OR REPLACE TEMP TABLE renamed AS
+         SELECT i.id AS old_id, e.id AS new_id FROM incoming i JOIN images e
+           ON e.registry = i.registry AND e.name = i.name AND e.digest = i.digest
+         WHERE i.digest <> '' AND e.id <> i.id AND e.id_origin = 'imported' AND i.id_origin <> 'imported'""",
+    "UPDATE incoming SET id = r.new_id, id_origin = 'imported' FROM renamed r WHERE incoming.id = r.old_id",
+    "UPDATE claims SET image_id = r.new_id FROM renamed r WHERE claims.image_id = r.old_id",
+    """CREATE OR REPLACE TEMP TABLE replaced AS
+         SELECT e.id AS old_id, i.id AS new_id FROM incoming i JOIN images e
+           ON e.registry = i.registry AND e.name = i.name AND e.digest = i.digest
+         WHERE i.digest <> '' AND e.id <> i.id AND i.id_origin = 'imported' AND e.id_origin <> 'imported'""",
+    "UPDATE tags SET image_id = r.new_id FROM replaced r WHERE tags.image_id = r.old_id",
+    "DELETE FROM images WHERE id IN (SELECT old_id FROM replaced)",
     """CREATE OR REPLACE TEMP TABLE affected AS
          SELECT id FROM incoming
          UNION SELECT t.image_id FROM tags t JOIN claims c USING (registry, name, tag)""",
