@@ -4,6 +4,7 @@ This module imports nothing else of ours, so every layer can depend on it.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -25,6 +26,7 @@ class Blob(NamedTuple):
     size: int
     media_type: str = ""
     urls: tuple[str, ...] = ()
+    id: str = ""  # a registry's real blob id; empty means the id formula applies
 
 
 class Platform(NamedTuple):
@@ -93,3 +95,10 @@ class ImageRecord:
     @property
     def compressed_size(self) -> int:
         return sum(layer.size for layer in self.layers)
+
+
+def merge_records(old: ImageRecord, new: ImageRecord) -> ImageRecord:
+    """Two records of one resource: the more exact one wins (the newer on a tie), tags are pooled."""
+    winner = new if new.exactness >= old.exactness else old
+    tags = tuple(sorted(set(old.tags) | set(new.tags)))
+    return winner if winner.tags == tags else dataclasses.replace(winner, tags=tags)

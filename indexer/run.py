@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from .errors import ImgdexError, SourceError
-from .model import ImageRecord
+from .model import ImageRecord, merge_records
 from .sources import parse_source
 from .sources.parse import Context
 
@@ -28,13 +28,6 @@ class RunSummary:
         return self.failed == 0
 
 
-def merge(old: ImageRecord, new: ImageRecord) -> ImageRecord:
-    """Two records of one resource: the more exact one wins (the newer on a tie), tags are pooled."""
-    winner = new if new.exactness >= old.exactness else old
-    tags = tuple(sorted(set(old.tags) | set(new.tags)))
-    return winner if winner.tags == tags else dataclasses.replace(winner, tags=tags)
-
-
 def index_sources(
     specs: Iterable[str],
     writer,
@@ -52,6 +45,7 @@ def index_sources(
     started_at = now_utc()
     summary = RunSummary()
     pending: dict[str, ImageRecord] = {}
+    claims: dict[tuple[str, str, str], str] = {}  # (registry, name, tag) -> the pending id that claimed it last
 
     def fail(message: str) -> None:
         summary.failed += 1
@@ -67,6 +61,7 @@ def index_sources(
             writer.write(list(pending.values()), now_utc())
             summary.indexed += len(pending)
             pending.clear()
+            claims.clear()
 
     spec_list = list(specs)
     for spec in spec_list:
@@ -78,7 +73,15 @@ def index_sources(
                     fail(str(item))
                     continue
                 known = pending.get(item.id)
-                pending[item.id] = item if known is None else merge(known, item)
+                pending[item.id] = item if known is None else merge_records(known, item)
+                for tag in item.tags:
+                    # A tag names one manifest per repository: the later claim wins.
+                    key = (item.registry, item.name, tag)
+                    holder = claims.get(key)
+                    if holder is not None and holder != item.id:
+                        loser = pending[holder]
+                        pending[holder] = dataclasses.replace(loser, tags=tuple(t for t in loser.tags if t != tag))
+                    claims[key] = item.id
                 on_image(item)
                 if len(pending) >= BATCH:
                     flush()

@@ -153,13 +153,20 @@ def _get_batch(con, stream, platform):
     queries = (line.strip() for line in stream)
     out = sys.stdout
     missing = 0
+    lines: list[str] = []
     for query, row in lookup.batch(con, (q for q in queries if q), platform):
         if isinstance(row, ImgdexError):
             missing += 1
+            out.write("".join(lines))
+            lines.clear()
+            out.flush()
             click.echo(f"imgdex: {row}", err=True)
         else:
-            out.write(render.to_json_line(render.to_response(row)))
-            out.write("\n")
+            lines.append(render.to_json_line(render.to_response(row)) + "\n")
+            if len(lines) >= 4096:
+                out.write("".join(lines))
+                lines.clear()
+    out.write("".join(lines))
     out.flush()
     if missing:
         sys.exit(1)

@@ -7,6 +7,7 @@ _STRINGS = pa.list_(pa.string())
 
 BLOB = pa.struct(
     [
+        ("id", pa.string()),
         ("digest", pa.string()),
         ("size", pa.int64()),
         ("media_type", pa.string()),
@@ -30,6 +31,7 @@ IMAGES = pa.schema(
         ("digest", pa.string()),
         ("media_type", pa.string()),
         ("kind", pa.string()),
+        ("config_id", pa.string()),
         ("config_digest", pa.string()),
         ("config_size", pa.int64()),
         ("config_media_type", pa.string()),

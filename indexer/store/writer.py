@@ -17,7 +17,8 @@ import pyarrow as pa
 
 from .. import timestamps
 from ..errors import StoreError, StoreLocked
-from ..model import ImageRecord
+from ..model import ImageRecord, merge_records
+from ..references import blob_id
 from . import layout, schema
 from .views import create_views
 
@@ -39,6 +40,7 @@ def _blob_lists(groups: list) -> pa.Array:
     flat = [b for g in groups for b in g]
     struct = pa.StructArray.from_arrays(
         [
+            pa.array([b.id or blob_id(b.digest) for b in flat], pa.string()),
             pa.array([b.digest for b in flat], pa.string()),
             pa.array([b.size for b in flat], pa.int64()),
             pa.array([b.media_type for b in flat], pa.string()),
@@ -90,6 +92,7 @@ def records_to_arrow(records: list[ImageRecord], indexed_at: datetime) -> pa.Tab
         "digest": column(lambda r: r.digest, string),
         "media_type": column(lambda r: r.media_type, string),
         "kind": column(lambda r: r.kind, string),
+        "config_id": of_config(lambda c: c.id or blob_id(c.digest), string),
         "config_digest": of_config(lambda c: c.digest, string),
         "config_size": of_config(lambda c: c.size, int64),
         "config_media_type": of_config(lambda c: c.media_type, string),
@@ -120,8 +123,18 @@ def records_to_arrow(records: list[ImageRecord], indexed_at: datetime) -> pa.Tab
     return pa.Table.from_arrays([arrays[f.name] for f in schema.IMAGES], schema=schema.IMAGES)
 
 
+def _one_per_id(records: list[ImageRecord]) -> list[ImageRecord]:
+    by_id: dict[str, ImageRecord] = {}
+    for record in records:
+        known = by_id.get(record.id)
+        by_id[record.id] = record if known is None else merge_records(known, record)
+    return list(by_id.values())
+
+
 def _tags_to_arrow(records: list[ImageRecord]) -> pa.Table:
-    rows = [(r.registry, r.name, tag, r.id) for r in records for tag in r.tags]
+    # A tag names one manifest per repository: within a batch the last record that claims it wins.
+    latest = {(r.registry, r.name, tag): r.id for r in records for tag in r.tags}
+    rows = [(*key, image_id) for key, image_id in latest.items()]
     return pa.Table.from_arrays(
         [pa.array([row[i] for row in rows], pa.string()) for i in range(4)], schema=schema.TAGS
     )
@@ -194,6 +207,7 @@ class StoreWriter:
     def write(self, records: list[ImageRecord], indexed_at: datetime) -> None:
         if not records:
             return
+        records = _one_per_id(records)
         incoming_arrow = records_to_arrow(records, indexed_at)
         claims_arrow = _tags_to_arrow(records)
         con = self.con
@@ -217,6 +231,95 @@ class StoreWriter:
         self.con.execute("INSERT INTO runs SELECT * FROM run_arrow")
         self.con.unregister("run_arrow")
 
+    # ---- for incremental registry crawls: what a repository's tags point at, and tag moves that
+    # need no new record (the manifest is already indexed) or that remove a tag.
+
+    def known_tags(self, registry: str, prefix: str = "") -> list[tuple[str, str, str]]:
+        """(name, tag, manifest digest) of every tag of `registry` under the path `prefix`."""
+        return self.con.execute(
+            """SELECT t.name, t.tag, i.digest FROM tags t JOIN images i ON i.id = t.image_id
+               WHERE t.registry = ? AND i.digest <> '' AND (? = '' OR t.name = ? OR starts_with(t.name, ? || '/'))""",
+            [registry, prefix, prefix, prefix],
+        ).fetchall()
+
+    def indexed_digests(self, registry: str, prefix: str = "") -> list[tuple[str, str]]:
+        """(name, manifest digest) of every image of `registry` under the path `prefix`."""
+        return self.con.execute(
+            """SELECT DISTINCT name, digest FROM images
+               WHERE registry = ? AND digest <> '' AND (? = '' OR name = ? OR starts_with(name, ? || '/'))""",
+            [registry, prefix, prefix, prefix],
+        ).fetchall()
+
+    def claim_tags(self, registry: str, claims: list[tuple[str, str, str]]) -> int:
+        """Point each (name, tag) at the indexed image of (name, digest); returns the tags moved.
+
+        Claims whose manifest is not indexed are ignored. One transaction, like `write`.
+        """
+        if not claims:
+            return 0
+        table = pa.Table.from_arrays(
+            [pa.array([registry] * len(claims), pa.string())] + [pa.array([c[i] for c in claims], pa.string()) for i in range(3)],
+            names=["registry", "name", "tag", "digest"],
+        )
+        con = self.con
+        con.register("tag_claims_arrow", table)
+        try:
+            con.execute("BEGIN TRANSACTION")
+            # the most exact record of a (registry, name, digest) holds its tags
+            con.execute(
+                """CREATE OR REPLACE TEMP TABLE tag_claims AS
+                   SELECT c.registry, c.name, c.tag, arg_max(i.id, i.exactness) AS image_id
+                   FROM tag_claims_arrow c JOIN images i
+                     ON i.registry = c.registry AND i.name = c.name AND i.digest = c.digest
+                   GROUP BY c.registry, c.name, c.tag"""
+            )
+            moved = con.execute("SELECT count(*) FROM tag_claims").fetchone()[0]
+            con.execute(
+                """CREATE OR REPLACE TEMP TABLE tag_affected AS
+                   SELECT image_id AS id FROM tag_claims
+                   UNION SELECT t.image_id FROM tags t JOIN tag_claims c USING (registry, name, tag)"""
+            )
+            con.execute("DELETE FROM tags WHERE (registry, name, tag) IN (SELECT (registry, name, tag) FROM tag_claims)")
+            con.execute("INSERT INTO tags SELECT registry, name, tag, image_id FROM tag_claims")
+            self._recompute_tags("tag_affected")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        finally:
+            con.unregister("tag_claims_arrow")
+        return moved
+
+    def retire_tags(self, registry: str, name: str, tags: list[str]) -> None:
+        """Remove tags that vanished from a repository. Their images stay, untagged if it was the last."""
+        if not tags:
+            return
+        con = self.con
+        try:
+            con.execute("BEGIN TRANSACTION")
+            con.execute(
+                """CREATE OR REPLACE TEMP TABLE tag_affected AS
+                   SELECT DISTINCT image_id AS id FROM tags
+                   WHERE registry = ? AND name = ? AND tag IN (SELECT unnest(?::VARCHAR[]))""",
+                [registry, name, list(tags)],
+            )
+            con.execute(
+                "DELETE FROM tags WHERE registry = ? AND name = ? AND tag IN (SELECT unnest(?::VARCHAR[]))",
+                [registry, name, list(tags)],
+            )
+            self._recompute_tags("tag_affected")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    def _recompute_tags(self, affected_table: str) -> None:
+        self.con.execute(
+            f"""UPDATE images SET tags = coalesce(
+                   (SELECT list_sort(list(t.tag)) FROM tags t WHERE t.image_id = images.id), []::VARCHAR[])
+               WHERE id IN (SELECT id FROM {affected_table})"""
+        )
+
     def snapshot(self) -> str:
         """Write every table to a new Parquet folder and swap it in atomically."""
         snapshots = os.path.join(self.store, layout.SNAPSHOTS)
@@ -234,24 +337,27 @@ class StoreWriter:
             )
         _fsync_tree(target)
         link = os.path.join(self.store, layout.SNAPSHOT_LINK)
-        if os.path.isdir(link) and not os.path.islink(link):
+        previous = ""
+        if os.path.islink(link):
+            previous = os.path.basename(os.readlink(link))
+        elif os.path.isdir(link):
             # A snapshot copied in as a plain folder: keep it as an older snapshot.
-            os.replace(link, os.path.join(snapshots, f"copied-{name}"))
+            previous = f"copied-{name}"
+            os.replace(link, os.path.join(snapshots, previous))
         temporary = f"{link}.{os.getpid()}.tmp"
         if os.path.lexists(temporary):
             os.unlink(temporary)
         os.symlink(os.path.join(layout.SNAPSHOTS, name), temporary)
         os.replace(temporary, link)
         _fsync_dir(self.store)
-        self._prune(snapshots, keep={name})
+        self._prune(snapshots, keep={name, previous})
         return target
 
     def _prune(self, snapshots: str, keep: set[str]) -> None:
-        # The previous snapshot stays for readers that resolved the link just before the swap.
-        names = sorted(os.listdir(snapshots), key=lambda n: os.path.getmtime(os.path.join(snapshots, n)))
-        previous = [n for n in names if n not in keep][-1:]
-        for entry in names:
-            if entry not in keep and entry not in previous:
+        # The snapshot the link named before the swap stays, for readers that resolved it just
+        # before; anything else (older snapshots, folders of killed runs) goes.
+        for entry in os.listdir(snapshots):
+            if entry not in keep:
                 shutil.rmtree(os.path.join(snapshots, entry), ignore_errors=True)
 
     def close(self) -> None:
