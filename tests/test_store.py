@@ -1,0 +1,848 @@
+"""The store: schema, idempotent re-indexing, exactness, tag moves, readers beside a writer,
+the writer lock, killed index runs, Parquet-only copies and the IMGDEX_STORE variable.
+
+Anything that needs its own process runs `python -m queries.cli` in a subprocess. No test
+asserts on elapsed time; delays only pick the moment a run is killed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from indexer import timestamps
+from indexer.errors import StoreLocked
+from indexer.model import EXACT_MANIFEST, UNCOMPRESSED, Blob, ImageRecord
+from indexer.run import index_sources
+from indexer.sources import parse_source
+from indexer.sources.parse import Context
+from indexer.store import layout, schema
+from indexer.store.writer import StoreWriter, now_utc
+from queries import engine
+
+from builders import Blobs, classic_save_files, named, write_dir, write_tar
+
+CLI = [sys.executable, "-m", "queries.cli"]
+REGISTRY = "reg.example"
+BIG_IMAGES = 3000
+BIG_REPOS = 7
+SMALL_IMAGES = 5
+# Runs `imgdex` with a smaller batch, so that a run commits many transactions before its snapshot.
+SMALL_BATCH_RUNNER = "import sys, indexer.run; indexer.run.BATCH = int(sys.argv.pop(1)); from queries.cli import main; main()"
+KILL_BATCH = 200
+SUBPROCESS_TIMEOUT = 120
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def clean_env(**extra) -> dict:
+    env = dict(os.environ)
+    env.pop(layout.STORE_ENV, None)
+    env.update(extra)
+    return env
+
+
+def imgdex(*args, cwd, env=None, stdin=None, check=True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [*CLI, *map(str, args)],
+        cwd=cwd,
+        env=env if env is not None else clean_env(),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"imgdex {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr}")
+    return proc
+
+
+def sql_rows(store, query, cwd, env=None) -> list[dict]:
+    args = ["sql", query, "--format", "json"]
+    if store is not None:
+        args += ["--store", store]
+    out = imgdex(*args, cwd=cwd, env=env).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def count_images(store, cwd, env=None) -> int:
+    return sql_rows(store, "select count(*) as n from images", cwd, env)[0]["n"]
+
+
+def get_many(store, ids, cwd) -> list[dict]:
+    out = imgdex("get", "--store", store, "--ids-from", "-", cwd=cwd, stdin="\n".join(ids) + "\n").stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def list_all(store, cwd, *extra) -> list[dict]:
+    images, token = [], ""
+    while True:
+        args = ["list", "--store", store, "--page-size", "1000", *extra]
+        if token:
+            args += ["--page-token", token]
+        page = json.loads(imgdex(*args, cwd=cwd).stdout)
+        images += page.get("images", [])
+        token = page.get("nextPageToken", "")
+        if not token:
+            return images
+
+
+def oci_layout(root, count, *, repo="team/app", repos=1, salt="", created_base="2026-01-01T00:00:00") -> str:
+    """A layout of `count` single-platform images sharing one base layer, each named REGISTRY/REPO[N]:tI."""
+    blobs = Blobs()
+    top = []
+    for i in range(count):
+        desc = blobs.image(
+            created=f"{created_base}.{i:09d}Z",
+            layers=(b"shared-base-layer", f"{salt}unique-{i}".encode()),
+        )
+        name = f"{repo}{i % repos}" if repos > 1 else repo
+        top.append(named(desc, f"{REGISTRY}/{name}:t{i}"))
+    return write_dir(str(root), blobs.layout_files(top))
+
+
+def multi_platform_layout(root) -> str:
+    blobs = Blobs()
+    amd64 = blobs.image(layers=(b"multi-amd64-base", b"multi-amd64-top"), arch="amd64")
+    arm64 = blobs.image(layers=(b"multi-arm64-base",), arch="arm64", created="2026-02-03T04:05:06.7Z")
+    index = blobs.index(
+        [
+            dict(amd64, platform={"os": "linux", "architecture": "amd64"}),
+            dict(arm64, platform={"os": "linux", "architecture": "arm64", "variant": "v8"}),
+        ]
+    )
+    return write_dir(str(root), blobs.layout_files([named(index, f"{REGISTRY}/multi:v1")]))
+
+
+def classic_save(path) -> str:
+    return write_tar(
+        str(path),
+        classic_save_files(
+            [
+                {"tags": [f"{REGISTRY}/classic:1.0", f"{REGISTRY}/classic:latest"], "layers": [b"classic-1", b"classic-22"], "created": "2026-03-04T05:06:07.123456789Z"},
+                {"tags": [f"{REGISTRY}/other:2"], "layers": [b"other-333"], "created": None},
+            ]
+        ),
+    )
+
+
+def records_of(spec: str) -> list[ImageRecord]:
+    source = parse_source(spec)
+    ctx = Context(source_kind=source.kind, source_path=source.location)
+    records = list(source.records(ctx))
+    assert all(isinstance(r, ImageRecord) for r in records), records
+    return records
+
+
+def same_type(a: pa.DataType, b: pa.DataType) -> bool:
+    """Type equality that ignores the names Parquet gives list and map children."""
+    if pa.types.is_list(a) or pa.types.is_large_list(a):
+        return pa.types.is_list(b) and same_type(a.value_type, b.value_type)
+    if pa.types.is_map(a):
+        return pa.types.is_map(b) and same_type(a.key_type, b.key_type) and same_type(a.item_type, b.item_type)
+    if pa.types.is_struct(a):
+        return (
+            pa.types.is_struct(b)
+            and [f.name for f in a] == [f.name for f in b]
+            and all(same_type(x.type, y.type) for x, y in zip(a, b))
+        )
+    return a == b
+
+
+def is_scalar(dtype: pa.DataType) -> bool:
+    return not (pa.types.is_list(dtype) or pa.types.is_map(dtype) or pa.types.is_struct(dtype))
+
+
+def assert_consistent(con, where: str) -> int:
+    """Every image row is whole and the tags table agrees with it; returns the image count."""
+    rows = con.execute("SELECT id, registry, name, kind, manifest_raw, layers, compressed_size, tags FROM images").fetchall()
+    ids = [row[0] for row in rows]
+    assert len(ids) == len(set(ids)), f"{where}: duplicate image ids"
+    by_id = {}
+    for image_id, registry, name, kind, manifest_raw, layers, compressed_size, tags in rows:
+        by_id[image_id] = (registry, name)
+        sizes = [layer["size"] for layer in layers]
+        assert compressed_size == sum(sizes), f"{where}: {image_id} compressed_size {compressed_size} != sum of layers {sum(sizes)}"
+        if kind == "image" and manifest_raw is not None:
+            manifest = json.loads(bytes(manifest_raw))
+            expected = [(layer["digest"], layer["size"]) for layer in manifest["layers"]]
+            assert [(layer["digest"], layer["size"]) for layer in layers] == expected, f"{where}: {image_id} layers differ from its manifest"
+        assert list(tags) == sorted(tags), f"{where}: {image_id} tags not sorted"
+    tag_rows = con.execute("SELECT registry, name, tag, image_id FROM tags").fetchall()
+    keys = [row[:3] for row in tag_rows]
+    assert len(keys) == len(set(keys)), f"{where}: several rows for one (registry, name, tag)"
+    tags_of: dict[str, list[str]] = {}
+    for registry, name, tag, image_id in tag_rows:
+        assert image_id in by_id, f"{where}: tag {registry}/{name}:{tag} points at missing image {image_id}"
+        assert by_id[image_id] == (registry, name), f"{where}: tag {registry}/{name}:{tag} points into another repository"
+        tags_of.setdefault(image_id, []).append(tag)
+    for image_id, *_rest, tags in rows:
+        assert list(tags) == sorted(tags_of.get(image_id, [])), f"{where}: {image_id} tags column disagrees with the tags table"
+    return len(rows)
+
+
+def store_con(store):
+    """A reader's connection (the Parquet snapshot), as the CLI opens it."""
+    return engine.connect(str(store))
+
+
+# ---------------------------------------------------------------------------------------------
+# corpora shared by several tests
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpora")
+    return {
+        "classic": classic_save(root / "classic.tar"),
+        "oci": oci_layout(root / "oci", 3, repo="team/plain"),
+        "multi": multi_platform_layout(root / "multi"),
+        "small": oci_layout(root / "small", SMALL_IMAGES, repo="team/small", salt="small-"),
+    }
+
+
+@pytest.fixture(scope="module")
+def mixed_specs(corpora):
+    return [f"docker-archive:{corpora['classic']}", f"oci:{corpora['oci']}", f"oci:{corpora['multi']}"]
+
+
+@pytest.fixture(scope="module")
+def big_layout(tmp_path_factory):
+    return oci_layout(tmp_path_factory.mktemp("big") / "layout", BIG_IMAGES, repos=BIG_REPOS, salt="big-")
+
+
+@pytest.fixture(scope="module")
+def base_store(tmp_path_factory, corpora):
+    """A store holding one completed run of the small layout; copy it, never write to it."""
+    root = tmp_path_factory.mktemp("base")
+    store = root / "store"
+    imgdex("index", "--store", store, f"oci:{corpora['small']}", cwd=root)
+    return store
+
+
+def copy_store(base, target):
+    shutil.copytree(base, target, symlinks=True)
+    return target
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. schema
+# ---------------------------------------------------------------------------------------------
+
+
+def _assert_duckdb_matches(con, where):
+    for table, arrow_schema in schema.TABLES.items():
+        described = con.execute(f"DESCRIBE {table}").fetchall()
+        assert [row[0] for row in described] == arrow_schema.names, f"{where}: {table} columns"
+        for (column, duck_type, *_), field in zip(described, arrow_schema):
+            expected = schema.duckdb_type(field.type)
+            assert duckdb.sqltype(duck_type) == duckdb.sqltype(expected), f"{where}: {table}.{column} is {duck_type}, schema says {expected}"
+
+
+def _assert_parquet_matches(directory, where):
+    for table, arrow_schema in schema.TABLES.items():
+        path = layout.table_file(directory, table)
+        on_disk = pq.read_schema(path)
+        assert on_disk.names == arrow_schema.names, f"{where}: {table} columns"
+        read_back = pq.read_table(path).schema
+        for field in arrow_schema:
+            got = read_back.field(field.name).type
+            if is_scalar(field.type):
+                assert got == field.type, f"{where}: {table}.{field.name} reads back as {got}, schema says {field.type}"
+            else:
+                assert same_type(got, field.type), f"{where}: {table}.{field.name} reads back as {got}, schema says {field.type}"
+
+
+def test_schema_of_fresh_store(tmp_path):
+    store = tmp_path / "store"
+    with StoreWriter(str(store)) as writer:
+        _assert_duckdb_matches(writer.con, "fresh database")
+        snapshot = writer.snapshot()
+    _assert_parquet_matches(snapshot, "empty snapshot")
+    assert os.path.realpath(store / layout.SNAPSHOT_LINK) == os.path.realpath(snapshot)
+
+
+def test_schema_of_populated_snapshot(tmp_path, mixed_specs):
+    store = tmp_path / "store"
+    imgdex("index", "--store", store, *mixed_specs, cwd=tmp_path)
+    with StoreWriter(str(store)) as writer:
+        _assert_duckdb_matches(writer.con, "database after a run")
+    snapshot = layout.snapshot_dir(str(store))
+    _assert_parquet_matches(snapshot, "snapshot after a run")
+    # Readers query the snapshot with the same column types as the database.
+    _assert_duckdb_matches(store_con(store), "reader over the snapshot")
+    # created_at keeps nanoseconds; indexed_at is a UTC instant.
+    images = pq.read_table(layout.table_file(snapshot, "images"), columns=["created", "created_at", "indexed_at"])
+    created = images.column("created").to_pylist()
+    created_ns = images.column("created_at").cast(pa.int64()).to_pylist()
+    assert any(text and not text.endswith("000Z") for text in created)
+    for text, ns in zip(created, created_ns):
+        assert ns == (timestamps.epoch_nanos(text) if text else None)
+    assert images.schema.field("indexed_at").type == pa.timestamp("us", tz="UTC")
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. idempotence
+# ---------------------------------------------------------------------------------------------
+
+
+def _state(store, cwd):
+    ids = [row["id"] for row in sql_rows(store, "select id from images order by id", cwd)]
+    return {
+        "ids": ids,
+        "count": count_images(store, cwd),
+        "duplicates": sql_rows(store, "select count(*) - count(distinct id) as d from images", cwd)[0]["d"],
+        "tags": sql_rows(store, "select registry, name, tag, image_id from tags order by all", cwd),
+        "get": get_many(store, ids, cwd),
+        "list": list_all(store, cwd),
+    }
+
+
+def test_reindexing_is_idempotent(tmp_path, mixed_specs):
+    store = tmp_path / "store"
+    imgdex("index", "--store", store, *mixed_specs, cwd=tmp_path)
+    first = _state(store, tmp_path)
+    # 2 classic + 3 OCI + (index + 2 children)
+    assert first["count"] == 8
+    assert first["duplicates"] == 0
+    kinds = {row["kind"] for row in sql_rows(store, "select distinct kind from images", tmp_path)}
+    assert kinds == {"image", "index"}
+    assert {row["source_kind"] for row in sql_rows(store, "select distinct source_kind from images", tmp_path)} == {"docker-archive", "oci"}
+
+    imgdex("index", "--store", store, *mixed_specs, cwd=tmp_path)
+    second = _state(store, tmp_path)
+    assert second == first
+
+    # One source at a time, in another order: still the same store.
+    for spec in reversed(mixed_specs):
+        imgdex("index", "--store", store, spec, cwd=tmp_path)
+    assert _state(store, tmp_path) == first
+    assert count_images(store, tmp_path) == 8
+    assert len(sql_rows(store, "select run_id from runs", tmp_path)) == 5
+
+
+def test_reindexing_multi_platform_index_resolves_the_same(tmp_path, corpora):
+    store = tmp_path / "store"
+    spec = f"oci:{corpora['multi']}"
+    outputs = []
+    for _ in range(2):
+        imgdex("index", "--store", store, spec, cwd=tmp_path)
+        outputs.append(
+            [
+                json.loads(imgdex("get", "--store", store, f"{REGISTRY}/multi:v1", "--platform", platform, cwd=tmp_path).stdout)
+                for platform in ("linux/amd64", "linux/arm64", "linux/arm64/v8")
+            ]
+        )
+    assert outputs[0] == outputs[1]
+    amd64, arm64, arm64_v8 = outputs[0]
+    assert amd64["id"] != arm64["id"]
+    assert arm64 == arm64_v8
+    assert count_images(store, tmp_path) == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. exactness
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def exact_record(corpora) -> ImageRecord:
+    record = records_of(f"oci:{corpora['oci']}")[0]
+    assert record.exactness == EXACT_MANIFEST and record.tags
+    return record
+
+
+def _loose(record: ImageRecord, tag: str) -> ImageRecord:
+    """The same id, known less exactly: other layer sizes, another source, another tag."""
+    return dataclasses.replace(
+        record,
+        exactness=UNCOMPRESSED,
+        layers=tuple(Blob(layer.digest, layer.size * 10 + 1, layer.media_type, layer.urls) for layer in record.layers),
+        layers_compressed=False,
+        tags=(tag,),
+        source_kind="docker-archive",
+        source_path="/elsewhere.tar",
+        manifest_raw=None,
+    )
+
+
+def _row(con, image_id):
+    rows = con.execute(
+        "SELECT exactness, compressed_size, source_kind, source_path, tags FROM images WHERE id = ?", [image_id]
+    ).fetchall()
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
+def test_less_exact_record_never_replaces_a_more_exact_one(tmp_path, exact_record):
+    loose = _loose(exact_record, "from-loose")
+    with StoreWriter(str(tmp_path / "store")) as writer:
+        writer.write([exact_record], now_utc())
+        writer.write([loose], now_utc())
+        exactness, size, kind, path, tags = _row(writer.con, exact_record.id)
+        assert (exactness, size, kind, path) == (EXACT_MANIFEST, exact_record.compressed_size, "oci", exact_record.source_path)
+        assert tags == sorted({*exact_record.tags, "from-loose"})
+        # Written again, the loose record still loses, and a second loose tag is pooled too.
+        writer.write([_loose(exact_record, "second")], now_utc())
+        exactness, size, *_rest, tags = _row(writer.con, exact_record.id)
+        assert (exactness, size) == (EXACT_MANIFEST, exact_record.compressed_size)
+        assert tags == sorted({*exact_record.tags, "from-loose", "second"})
+        assert_consistent(writer.con, "database")
+        writer.snapshot()
+    con = store_con(tmp_path / "store")
+    assert _row(con, exact_record.id)[:2] == (EXACT_MANIFEST, exact_record.compressed_size)
+    assert_consistent(con, "snapshot")
+
+
+def test_more_exact_record_replaces_a_less_exact_one(tmp_path, exact_record):
+    loose = _loose(exact_record, "from-loose")
+    with StoreWriter(str(tmp_path / "store")) as writer:
+        writer.write([loose], now_utc())
+        assert _row(writer.con, exact_record.id)[0] == UNCOMPRESSED
+        writer.write([exact_record], now_utc())
+        exactness, size, kind, _path, tags = _row(writer.con, exact_record.id)
+        assert (exactness, size, kind) == (EXACT_MANIFEST, exact_record.compressed_size, "oci")
+        assert tags == sorted({*exact_record.tags, "from-loose"})
+        # An equally exact record is newer, so it wins.
+        newer = dataclasses.replace(exact_record, source_path="/newer", tags=())
+        writer.write([newer], now_utc())
+        assert _row(writer.con, exact_record.id)[3] == "/newer"
+        assert_consistent(writer.con, "database")
+
+
+@pytest.mark.parametrize("exact_first", [True, False], ids=["exact-first", "loose-first"])
+def test_exactness_holds_within_one_batch(tmp_path, exact_record, exact_first):
+    """Two records of one id in one write: the more exact one is stored, once, with both tags."""
+    loose = _loose(exact_record, "from-loose")
+    batch = [exact_record, loose] if exact_first else [loose, exact_record]
+    with StoreWriter(str(tmp_path / "store")) as writer:
+        writer.write(batch, now_utc())
+        exactness, size, *_rest, tags = _row(writer.con, exact_record.id)
+        assert (exactness, size) == (EXACT_MANIFEST, exact_record.compressed_size)
+        assert tags == sorted({*exact_record.tags, "from-loose"})
+
+
+def test_exactness_across_index_runs(tmp_path, exact_record, monkeypatch):
+    """Through index_sources: a later run that only knows the loose record keeps the exact row."""
+    import indexer.run as run_module
+
+    store = str(tmp_path / "store")
+
+    class Fixed:
+        kind = "test"
+
+        def __init__(self, records):
+            self.records_list = records
+            self.location = "fixed"
+
+        def records(self, ctx):
+            return iter(self.records_list)
+
+    sources = {"exact": Fixed([exact_record]), "loose": Fixed([_loose(exact_record, "from-loose")])}
+    monkeypatch.setattr(run_module, "parse_source", lambda spec, **_options: sources[spec])
+    for spec in ("exact", "loose"):
+        with StoreWriter(store) as writer:
+            assert index_sources([spec], writer).ok
+    con = store_con(store)
+    exactness, size, *_rest, tags = _row(con, exact_record.id)
+    assert (exactness, size) == (EXACT_MANIFEST, exact_record.compressed_size)
+    assert tags == sorted({*exact_record.tags, "from-loose"})
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. tags
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def moving_tag(tmp_path_factory):
+    """Layouts A and B both name reg.example/app:v1, for different images X and Y."""
+    root = tmp_path_factory.mktemp("moving")
+    out = {}
+    for key, payload in (("a", b"image-x"), ("b", b"image-y")):
+        blobs = Blobs()
+        desc = blobs.image(layers=(payload,))
+        other = blobs.image(layers=(payload + b"-other",))
+        write_dir(str(root / key), blobs.layout_files([named(desc, f"{REGISTRY}/app:v1"), named(other, f"{REGISTRY}/app:{key}-only")]))
+        out[key] = {"spec": f"oci:{root / key}", "digest": desc["digest"], "other": other["digest"]}
+    return out
+
+
+def _tag_view(store, cwd):
+    images = {row["digest"]: row for row in sql_rows(store, "select id, digest, tags from images", cwd)}
+    tags = sql_rows(store, "select registry, name, tag, image_id from tags order by all", cwd)
+    return images, tags
+
+
+def _assert_v1_on(store, cwd, moving_tag, winner, loser):
+    images, tags = _tag_view(store, cwd)
+    x, y = images[moving_tag[loser]["digest"]], images[moving_tag[winner]["digest"]]
+    assert "v1" not in x["tags"]
+    assert "v1" in y["tags"]
+    v1_rows = [row for row in tags if row["tag"] == "v1"]
+    assert v1_rows == [{"registry": REGISTRY, "name": "app", "tag": "v1", "image_id": y["id"]}]
+    keys = [(row["registry"], row["name"], row["tag"]) for row in tags]
+    assert len(keys) == len(set(keys))
+    got = json.loads(imgdex("get", "--store", store, f"{REGISTRY}/app:v1", cwd=cwd).stdout)
+    assert got["digest"] == moving_tag[winner]["digest"]
+    rendered = json.loads(imgdex("get", "--store", store, x["id"], cwd=cwd).stdout)
+    assert "v1" not in rendered.get("tags", [])
+    assert_consistent(store_con(store), "snapshot")
+    return images
+
+
+def test_tag_moves_between_runs(tmp_path, moving_tag):
+    store = tmp_path / "store"
+    imgdex("index", "--store", store, moving_tag["a"]["spec"], cwd=tmp_path)
+    imgdex("index", "--store", store, moving_tag["b"]["spec"], cwd=tmp_path)
+    images = _assert_v1_on(store, tmp_path, moving_tag, winner="b", loser="a")
+    # Tags that did not move stay where they were.
+    assert images[moving_tag["a"]["other"]]["tags"] == ["a-only"]
+    assert images[moving_tag["b"]["other"]]["tags"] == ["b-only"]
+    # And back again.
+    imgdex("index", "--store", store, moving_tag["a"]["spec"], cwd=tmp_path)
+    _assert_v1_on(store, tmp_path, moving_tag, winner="a", loser="b")
+
+
+def test_tag_moves_within_one_run(tmp_path, moving_tag):
+    """Both layouts in one run: the later claim wins, and the tags table still has one row per tag."""
+    store = tmp_path / "store"
+    imgdex("index", "--store", store, moving_tag["a"]["spec"], moving_tag["b"]["spec"], cwd=tmp_path)
+    _assert_v1_on(store, tmp_path, moving_tag, winner="b", loser="a")
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. readers while a run is writing
+# ---------------------------------------------------------------------------------------------
+
+
+def test_readers_see_the_last_completed_run_while_a_writer_holds_a_batch(tmp_path, base_store, corpora):
+    store = copy_store(base_store, tmp_path / "store")
+    old_ids = [row["id"] for row in sql_rows(store, "select id from images order by id", tmp_path)]
+    assert len(old_ids) == SMALL_IMAGES
+    new_layout = oci_layout(tmp_path / "new", 40, repo="team/new", salt="new-")
+    new_records = records_of(f"oci:{new_layout}")
+    with StoreWriter(str(store)) as writer:
+        writer.write(new_records, now_utc())
+        assert writer.con.execute("select count(*) from images").fetchone()[0] == SMALL_IMAGES + 40
+        # The batch is committed to the database, but no snapshot has been taken.
+        assert count_images(store, tmp_path) == SMALL_IMAGES
+        assert len(list_all(store, tmp_path)) == SMALL_IMAGES
+        assert [doc["id"] for doc in get_many(store, old_ids, tmp_path)] == old_ids
+        missing = imgdex("get", "--store", store, new_records[0].id, cwd=tmp_path, check=False)
+        assert missing.returncode == 1 and "not found" in missing.stderr
+        found = imgdex("get", "--store", store, f"{REGISTRY}/team/small:t0", cwd=tmp_path)
+        assert json.loads(found.stdout)["id"] in old_ids
+        # Once the snapshot is swapped in, readers see the new run, while the writer is still open.
+        writer.snapshot()
+        assert count_images(store, tmp_path) == SMALL_IMAGES + 40
+        assert json.loads(imgdex("get", "--store", store, new_records[0].id, cwd=tmp_path).stdout)["id"] == new_records[0].id
+    assert_consistent(store_con(store), "snapshot")
+
+
+def test_reader_of_a_store_without_snapshot_fails_cleanly_while_written(tmp_path, corpora):
+    store = tmp_path / "store"
+    with StoreWriter(str(store)) as writer:
+        writer.write(records_of(f"oci:{corpora['oci']}"), now_utc())
+        proc = imgdex("sql", "--store", store, "select count(*) from images", cwd=tmp_path, check=False)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("imgdex: ") and "Traceback" not in proc.stderr
+
+
+def _start_index(store, specs, cwd, batch=None) -> subprocess.Popen:
+    if batch is None:
+        command = [*CLI, "index", "-q", "--store", str(store), *specs]
+    else:
+        command = [sys.executable, "-c", SMALL_BATCH_RUNNER, str(batch), "index", "-q", "--store", str(store), *specs]
+    return subprocess.Popen(command, cwd=cwd, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_readers_in_other_processes_during_an_index_run(tmp_path, base_store, big_layout):
+    store = copy_store(base_store, tmp_path / "store")
+    per_repo = len(range(0, BIG_IMAGES, BIG_REPOS))
+    last = BIG_IMAGES - 1
+    last_ref = f"{REGISTRY}/team/app{last % BIG_REPOS}:t{last}"
+    writer = _start_index(store, [f"oci:{big_layout}"], tmp_path, batch=KILL_BATCH)
+    try:
+        seen = []
+        while True:
+            running = writer.poll() is None
+            count = count_images(store, tmp_path)
+            seen.append(count)
+            assert count in (SMALL_IMAGES, SMALL_IMAGES + BIG_IMAGES), f"a reader saw a partial run: {count} images"
+            repo = list_all(store, tmp_path, "--repository-name", "team/app0")
+            assert len(repo) in (0, per_repo)
+            old = imgdex("get", "--store", store, f"{REGISTRY}/team/small:t1", cwd=tmp_path)
+            assert json.loads(old.stdout)["name"] == "team/small"
+            new = imgdex("get", "--store", store, last_ref, cwd=tmp_path, check=False)
+            assert new.returncode == 0 or (new.returncode == 1 and "not found" in new.stderr), new.stderr
+            if not running:
+                break
+        out, err = writer.communicate(timeout=SUBPROCESS_TIMEOUT)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()
+    assert writer.returncode == 0, err
+    assert seen[-1] == SMALL_IMAGES + BIG_IMAGES
+    assert count_images(store, tmp_path) == SMALL_IMAGES + BIG_IMAGES
+    assert assert_consistent(store_con(store), "snapshot") == SMALL_IMAGES + BIG_IMAGES
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. two writers
+# ---------------------------------------------------------------------------------------------
+
+
+def test_second_writer_fails_fast(tmp_path, base_store, corpora):
+    store = copy_store(base_store, tmp_path / "store")
+    runs_before = sql_rows(store, "select count(*) as n from runs", tmp_path)[0]["n"]
+    with StoreWriter(str(store)) as writer:
+        with pytest.raises(StoreLocked) as caught:
+            StoreWriter(str(store))
+        message = str(caught.value)
+        assert "\n" not in message
+        assert "another index run" in message
+        assert str(os.getpid()) in message
+        # The failed attempt leaves the holder's pid in the lock file.
+        assert (store / layout.LOCK).read_text().strip() == str(os.getpid())
+
+        proc = imgdex("index", "--store", store, f"oci:{corpora['oci']}", cwd=tmp_path, check=False)
+        assert proc.returncode == 1
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1, proc.stderr
+        assert lines[0].startswith("imgdex: ") and "another index run" in lines[0]
+        assert proc.stdout == ""
+        # Readers are not blocked by the lock.
+        assert count_images(store, tmp_path) == SMALL_IMAGES
+        writer.con.execute("select 1")
+    # Nothing was written by the refused run; once the lock is free a run goes through.
+    assert sql_rows(store, "select count(*) as n from runs", tmp_path)[0]["n"] == runs_before
+    imgdex("index", "--store", store, f"oci:{corpora['oci']}", cwd=tmp_path)
+    assert count_images(store, tmp_path) == SMALL_IMAGES + 3
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. kill -9
+# ---------------------------------------------------------------------------------------------
+
+
+def _after(seconds):
+    def trigger(store, proc, started):
+        return time.monotonic() - started >= seconds
+
+    return f"after {seconds} s", trigger
+
+
+def _lock_taken(store, proc, started):
+    try:
+        return (store / layout.LOCK).read_text().strip() == str(proc.pid)
+    except OSError:
+        return False
+
+
+def _wal_over(size):
+    """The run's write-ahead log has grown past `size` bytes: some batches are committed."""
+
+    def trigger(store, proc, started):
+        try:
+            return os.path.getsize(store / (layout.DATABASE + ".wal")) > size and _lock_taken(store, proc, started)
+        except OSError:
+            return False
+
+    return trigger
+
+
+def _snapshot_started(before):
+    def trigger(store, proc, started):
+        try:
+            return bool(set(os.listdir(store / layout.SNAPSHOTS)) - before)
+        except OSError:
+            return False
+
+    return trigger
+
+
+KILL_POINTS = [
+    _after(0.2),
+    ("lock taken", _lock_taken),
+    ("first batch committed", _wal_over(64 * 1024)),
+    _after(0.8),
+    ("several batches committed", _wal_over(1536 * 1024)),
+    ("snapshot being written", None),
+    _after(1.6),
+]
+KILL_BUDGET = 45.0
+
+
+def test_kill_9_leaves_a_usable_store(tmp_path, base_store, big_layout, corpora):
+    started_test = time.monotonic()
+    base_ids = [row["id"] for row in sql_rows(base_store, "select id from images order by id", tmp_path)]
+    done = []
+    store = None
+    for number, (label, trigger) in enumerate(KILL_POINTS):
+        if done and len(done) >= 3 and time.monotonic() - started_test > KILL_BUDGET:
+            break
+        store = copy_store(base_store, tmp_path / f"store{number}")
+        if trigger is None:
+            trigger = _snapshot_started(set(os.listdir(store / layout.SNAPSHOTS)))
+        proc = _start_index(store, [f"oci:{big_layout}"], tmp_path, batch=KILL_BATCH)
+        started = time.monotonic()
+        try:
+            while proc.poll() is None and not trigger(store, proc, started):
+                time.sleep(0.002)
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+            proc.communicate(timeout=SUBPROCESS_TIMEOUT)
+        killed = proc.returncode == -signal.SIGKILL
+        where = f"kill point {label!r} ({'killed' if killed else 'ran to the end'})"
+
+        # Readers work and see a completed run, never a partial one.
+        count = count_images(store, tmp_path)
+        assert count in (SMALL_IMAGES, SMALL_IMAGES + BIG_IMAGES), f"{where}: readers see {count} images"
+        page = json.loads(imgdex("list", "--store", store, "--page-size", "3", cwd=tmp_path).stdout)
+        assert len(page["images"]) == 3
+        assert [doc["id"] for doc in get_many(store, base_ids, tmp_path)] == base_ids
+        assert assert_consistent(store_con(store), f"{where}, snapshot") == count
+
+        # The writer opens the store again; every row it holds is whole, in whole batches.
+        with StoreWriter(str(store)) as writer:
+            in_database = assert_consistent(writer.con, f"{where}, database")
+            written = in_database - SMALL_IMAGES
+            assert 0 <= written <= BIG_IMAGES
+            assert written == BIG_IMAGES or written % KILL_BATCH == 0, f"{where}: {written} rows is not whole batches"
+            # A new run completes and its snapshot matches the database.
+            summary = index_sources([f"oci:{corpora['oci']}"], writer)
+            assert summary.ok and summary.indexed == 3
+            after = writer.con.execute("select count(*) from images").fetchone()[0]
+        assert after == in_database + 3
+        assert assert_consistent(store_con(store), f"{where}, snapshot after a new run") == after
+        assert count_images(store, tmp_path) == after
+        done.append((label, killed, written))
+
+    assert len(done) >= 3
+    assert any(killed for _label, killed, _written in done), f"no run was killed: {done}"
+    # The last store finishes the interrupted work with a normal run.
+    imgdex("index", "-q", "--store", store, f"oci:{big_layout}", cwd=tmp_path)
+    assert count_images(store, tmp_path) == SMALL_IMAGES + BIG_IMAGES + 3
+    assert assert_consistent(store_con(store), "snapshot after the final run") == SMALL_IMAGES + BIG_IMAGES + 3
+
+
+def _resolved_then_swapped(store, corpora):
+    """The snapshot a reader resolves, then one more completed run; returns that resolved folder."""
+    resolved = layout.snapshot_dir(str(store))
+    with StoreWriter(str(store)) as writer:
+        assert index_sources([f"oci:{corpora['oci']}"], writer).ok
+    assert layout.snapshot_dir(str(store)) != resolved
+    return resolved
+
+
+def test_snapshot_resolved_before_a_swap_stays_readable(tmp_path, base_store, corpora):
+    store = copy_store(base_store, tmp_path / "store")
+    for _ in range(3):
+        resolved = _resolved_then_swapped(store, corpora)
+        assert pq.read_table(layout.table_file(resolved, "images")).num_rows >= SMALL_IMAGES
+
+
+def test_snapshot_resolved_before_a_swap_survives_a_killed_snapshot(tmp_path, base_store, corpora):
+    """A run killed while writing its snapshot leaves an unlinked, newer folder behind. The next
+    run must still keep the folder the link named before its swap, not that leftover."""
+    store = copy_store(base_store, tmp_path / "store")
+    leftover = store / layout.SNAPSHOTS / f"{time.time_ns()}-999999"
+    leftover.mkdir()
+    (leftover / "images.parquet").write_bytes(b"PAR1 cut short")
+    resolved = _resolved_then_swapped(store, corpora)
+    assert os.path.isdir(resolved), "the snapshot readers resolved just before the swap was pruned"
+    assert pq.read_table(layout.table_file(resolved, "images")).num_rows == SMALL_IMAGES
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. Parquet-only and copied stores
+# ---------------------------------------------------------------------------------------------
+
+
+def _reader_outputs(store, cwd, ids):
+    return {
+        "get": get_many(store, ids, cwd),
+        "get-ref": json.loads(imgdex("get", "--store", store, f"{REGISTRY}/classic:latest", cwd=cwd).stdout),
+        "get-multi": json.loads(imgdex("get", "--store", store, f"{REGISTRY}/multi:v1", "--platform", "linux/arm64", cwd=cwd).stdout),
+        "list": list_all(store, cwd),
+        "list-yaml": imgdex("list", "--store", store, "--format", "yaml", cwd=cwd).stdout,
+        "sql": sql_rows(
+            store,
+            "select name, count(*) as n, (select count(*) from image_layers) as layers,"
+            " (select count(*) from tags) as tags from images group by name order by name",
+            cwd,
+        ),
+    }
+
+
+def test_parquet_only_and_copied_stores(tmp_path, mixed_specs):
+    store = tmp_path / "store"
+    imgdex("index", "--store", store, *mixed_specs, cwd=tmp_path)
+    ids = [row["id"] for row in sql_rows(store, "select id from images order by id", tmp_path)]
+    expected = _reader_outputs(store, tmp_path, ids)
+    assert len(expected["list"]) == 8
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    snapshot = layout.snapshot_dir(str(store))
+    for table in schema.TABLES:
+        shutil.copy(layout.table_file(snapshot, table), bare)
+    assert sorted(os.listdir(bare)) == sorted(f"{t}.parquet" for t in schema.TABLES)
+    assert _reader_outputs(bare, tmp_path, ids) == expected
+
+    copied = tmp_path / "copied"
+    subprocess.run(["cp", "-r", str(store), str(copied)], check=True)
+    assert os.path.islink(copied / layout.SNAPSHOT_LINK)
+    assert _reader_outputs(copied, tmp_path, ids) == expected
+    # The copy is a store of its own: a run into it leaves the original alone.
+    imgdex("index", "--store", copied, mixed_specs[0], cwd=tmp_path)
+    assert os.path.realpath(copied / layout.SNAPSHOT_LINK).startswith(os.path.realpath(copied) + os.sep)
+    assert _reader_outputs(copied, tmp_path, ids) == expected
+    assert len(sql_rows(copied, "select * from runs", tmp_path)) == 2
+    assert len(sql_rows(store, "select * from runs", tmp_path)) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. IMGDEX_STORE
+# ---------------------------------------------------------------------------------------------
+
+
+def test_store_environment_variable(tmp_path, corpora):
+    store = tmp_path / "from-env"
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    env = clean_env(**{layout.STORE_ENV: str(store)})
+    imgdex("index", f"oci:{corpora['oci']}", cwd=workdir, env=env)
+    assert os.path.isfile(store / layout.DATABASE)
+    assert not os.path.exists(workdir / layout.DEFAULT_STORE)
+
+    assert count_images(None, workdir, env) == 3
+    listed = json.loads(imgdex("list", cwd=workdir, env=env).stdout)
+    assert len(listed["images"]) == 3
+    got = json.loads(imgdex("get", f"{REGISTRY}/team/plain:t0", cwd=workdir, env=env).stdout)
+    assert got["id"] in {image["id"] for image in listed["images"]}
+
+    # --store wins over the variable.
+    other = imgdex("list", "--store", tmp_path / "nowhere", cwd=workdir, env=env, check=False)
+    assert other.returncode == 1 and "no image store" in other.stderr
+    # Without either, the default ./data is used.
+    default = imgdex("list", cwd=workdir, check=False)
+    assert default.returncode == 1 and "no image store at data" in default.stderr
