@@ -200,3 +200,14 @@ def test_repo_tags_of_docker25_save_name_the_manifest(tmp_path):
         ("docker.io", "library/app", ("1", "extra"), manifest["digest"]),
         ("other.example", "x", ("y",), manifest["digest"]),
     }
+
+
+def test_index_json_symlinked_outside_the_layout_is_refused(tmp_path):
+    blobs = Blobs()
+    image = blobs.image()
+    layout = tmp_path / "layout"
+    write_dir(str(layout), blobs.layout_files([named(image, "v1")]))
+    (layout / "index.json").rename(tmp_path / "elsewhere.json")
+    os.symlink("../elsewhere.json", layout / "index.json")
+    with pytest.raises(SourceError, match="index.json is a symlink that points outside the layout"):
+        collect(str(layout))

@@ -32,19 +32,19 @@ class DirBlobs:
         path = os.path.join(self.root, relative)
         folder = os.path.dirname(relative)
         if folder not in self._safe_folders:
-            self._check_inside(os.path.join(self.root, folder))
+            self.check_inside(os.path.join(self.root, folder))
             self._safe_folders.add(folder)
         try:
             if stat.S_ISLNK(os.lstat(path).st_mode):
-                self._check_inside(path)
+                self.check_inside(path)
         except FileNotFoundError:
             pass
         return path
 
-    def _check_inside(self, path: str) -> None:
+    def check_inside(self, path: str, what: str = "blob") -> None:
         real = os.path.realpath(path)
         if real != self._real_root and not real.startswith(self._real_root + os.sep):
-            raise SourceError(path, "blob is a symlink that points outside the layout")
+            raise SourceError(path, f"{what} is a symlink that points outside the layout")
 
     def blob_size(self, digest: str) -> int | None:
         if digest not in self._sizes:
@@ -160,6 +160,7 @@ def read_layout_dir(path: str, ctx: Context, ref: str = "") -> Iterator[ImageRec
     if not os.path.isfile(index_path):
         raise SourceError(path, "directory is not an image layout (no index.json)")
     blobs = DirBlobs(path)
+    blobs.check_inside(index_path, "index.json")
     try:
         size = os.path.getsize(index_path)
         if size > MAX_JSON_BYTES:

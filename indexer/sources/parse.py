@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Protocol
 
@@ -30,6 +31,8 @@ from . import mediatypes as mt
 
 # Manifests, indexes and configs above this size are refused unread: memory stays bounded.
 MAX_JSON_BYTES = 8 * 1024 * 1024
+# Indexes nested deeper than this are refused (real images nest one or two levels).
+MAX_INDEX_DEPTH = 16
 
 
 class BlobStore(Protocol):
@@ -51,12 +54,24 @@ class Context:
     note: Callable[[str], None] = field(default=lambda message: None)
 
 
+# A \uD800-\uDFFF escape, or a UTF-8 encoded surrogate (json.loads decodes bytes with surrogatepass).
+_MAYBE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+
+
 def load_json(data: bytes, where: str, what: str) -> object:
     try:
-        return json.loads(data)
+        doc = json.loads(data)
+    except RecursionError:
+        raise SourceError(where, f"{what} is not valid JSON (nested too deeply)") from None
     except (ValueError, UnicodeDecodeError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SourceError(where, f"{what} is not valid JSON ({reason})") from None
+    if _MAYBE_SURROGATE.search(data):
+        try:
+            json.dumps(doc, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise SourceError(where, f"{what} is not valid JSON (a string holds a lone UTF-16 surrogate)") from None
+    return doc
 
 
 def load_object(data: bytes, where: str, what: str) -> dict:
@@ -207,8 +222,12 @@ def walk(
     parent: str = "",
     platform: Platform | None = None,
     annotations: dict | None = None,
+    depth: int = 0,
 ) -> Iterator[ImageRecord | SourceError]:
     """Yield the records of one descriptor (and of its children, for an index)."""
+    if depth > MAX_INDEX_DEPTH:
+        yield SourceError(where, f"manifest {descriptor.digest} is nested more than {MAX_INDEX_DEPTH} indexes deep")
+        return
     if descriptor.media_type in mt.SCHEMA1:
         yield SourceError(where, f"manifest {descriptor.digest} is a schema1 manifest ({descriptor.media_type}), which is not supported")
         return
@@ -223,7 +242,7 @@ def walk(
         if media_type in mt.SCHEMA1:
             raise SourceError(where, f"manifest {descriptor.digest} is a schema1 manifest, which is not supported")
         if media_type in mt.INDEXES:
-            yield from _walk_index(store, descriptor, data, doc, media_type, names, ctx, where, parent, platform)
+            yield from _walk_index(store, descriptor, data, doc, media_type, names, ctx, where, parent, platform, depth)
             return
         if media_type not in mt.MANIFESTS:
             ctx.note(f"{where}: skipped {descriptor.digest}: unknown media type {media_type or '(none)'}")
@@ -233,7 +252,7 @@ def walk(
         yield exc
 
 
-def _walk_index(store, descriptor, data, doc, media_type, names, ctx, where, parent, platform):
+def _walk_index(store, descriptor, data, doc, media_type, names, ctx, where, parent, platform, depth):
     children = doc.get("manifests")
     if children is None:
         children = []
@@ -276,6 +295,7 @@ def _walk_index(store, descriptor, data, doc, media_type, names, ctx, where, par
             parent=descriptor.digest,
             platform=parse_platform(raw_child.get("platform")),
             annotations=child_annotations,
+            depth=depth + 1,
         )
 
 

@@ -143,6 +143,13 @@ def _scan_seekable(path: str) -> dict[str, Member]:
                     _add(path, members, info, Member(size=0))
                 else:
                     _safe_name(path, info.name)
+            # tarfile ends the iteration silently at a cut or unreadable header after the first one.
+            raw.seek(tar.offset)
+            tail = raw.read(512)
+            if tail.strip(b"\0"):
+                if len(tail) < 512:
+                    raise SourceError(path, f"truncated tar: the file ends inside the member header at offset {tar.offset}")
+                raise SourceError(path, f"not a readable tar archive (invalid member header at offset {tar.offset})")
     except tarfile.TarError as exc:
         raise SourceError(path, f"not a readable tar archive ({exc})") from None
     except EOFError:
@@ -164,6 +171,50 @@ def _open_decompressed(path: str, compression: str):
 
         return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, read_size=_STREAM_BUFSIZE, closefd=True), _STREAM_BUFSIZE)
     raise SourceError(path, f"unsupported compression {compression}")
+
+
+def _check_zstd_whole(path: str, compression: str) -> None:
+    """Decompression ended without an error: make sure the zstd input did not stop inside a frame."""
+    if compression == "zstd":
+        cut = _zstd_truncation(path)
+        if cut:
+            raise SourceError(path, f"truncated zstd archive ({cut})")
+
+
+def _zstd_truncation(path: str) -> str:
+    """'' when the file is whole zstd frames, else where it ends early. Reads frame and block headers only.
+
+    zstandard's stream_reader returns a short read, not an error, when the input stops inside a frame.
+    """
+    import zstandard
+
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        pos = 0
+        while pos < size:
+            f.seek(pos)
+            head = f.read(18)
+            magic = int.from_bytes(head[:4], "little")
+            if 0x184D2A50 <= magic <= 0x184D2A5F:  # skippable frame
+                pos += 8 + int.from_bytes(head[4:8], "little")
+                continue
+            try:
+                params = zstandard.get_frame_parameters(head)
+                pos += zstandard.frame_header_size(head)
+            except zstandard.ZstdError:
+                return "the file ends inside a frame header" if pos + len(head) == size and len(head) < 18 else ""
+            while True:
+                f.seek(pos)
+                block = f.read(3)
+                if len(block) < 3:
+                    return f"the file ends inside a frame, at byte {size}"
+                value = int.from_bytes(block, "little")
+                kind, block_size = (value >> 1) & 3, value >> 3
+                pos += 3 + (1 if kind == 1 else block_size)  # an RLE block stores one byte
+                if value & 1:
+                    break
+            pos += 4 if params.has_checksum else 0
+        return f"the file ends inside a frame, at byte {size}" if pos > size else ""
 
 
 def _scan_stream(path: str, compression: str) -> dict[str, Member]:
@@ -191,6 +242,7 @@ def _scan_stream(path: str, compression: str) -> dict[str, Member]:
                 else:
                     _safe_name(path, info.name)
     except tarfile.TarError as exc:
+        _check_zstd_whole(path, compression)
         raise SourceError(path, f"not a readable {compression} tar archive ({exc})") from None
     except (EOFError, OSError, ValueError) as exc:
         text = str(exc) or type(exc).__name__
@@ -199,6 +251,7 @@ def _scan_stream(path: str, compression: str) -> dict[str, Member]:
         if type(exc).__name__ == "ZstdError":
             raise SourceError(path, f"corrupt zstd archive ({exc})") from None
         raise
+    _check_zstd_whole(path, compression)
     _fix_link_sizes(members)
     return members
 
