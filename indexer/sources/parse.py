@@ -66,7 +66,7 @@ def load_json(data: bytes, where: str, what: str) -> object:
     except (ValueError, UnicodeDecodeError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SourceError(where, f"{what} is not valid JSON ({reason})") from None
-    if _MAYBE_SURROGATE.search(data):
+    if (b"\\u" in data or b"\xed" in data) and _MAYBE_SURROGATE.search(data):
         try:
             json.dumps(doc, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
@@ -96,7 +96,19 @@ def verify(data: bytes, digest: str, size: int | None, where: str, what: str) ->
         raise SourceError(where, f"{what} size mismatch: descriptor says {size}, blob has {len(data)} bytes")
 
 
+# Layers shared by many images come back as equal descriptors: validate each shape once.
+_DESCRIPTORS: dict[tuple, Blob] = {}
+
+
 def parse_descriptor(raw: object, where: str, what: str) -> Blob:
+    key = None
+    if type(raw) is dict and len(raw) == 3:
+        candidate = (raw.get("mediaType"), raw.get("digest"), raw.get("size"))
+        if type(candidate[0]) is str and type(candidate[1]) is str and type(candidate[2]) is int:
+            key = candidate
+            known = _DESCRIPTORS.get(key)
+            if known is not None:
+                return known
     if not isinstance(raw, dict):
         raise SourceError(where, f"{what} is not a descriptor object")
     digest = raw.get("digest")
@@ -111,7 +123,10 @@ def parse_descriptor(raw: object, where: str, what: str) -> Blob:
         raise SourceError(where, f"{what} has an invalid mediaType")
     if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
         raise SourceError(where, f"{what} has invalid urls")
-    return Blob(digest=digest, size=size, media_type=media_type, urls=tuple(urls))
+    blob = Blob(digest=digest, size=size, media_type=media_type, urls=tuple(urls))
+    if key is not None and not urls and len(_DESCRIPTORS) < 100_000:
+        _DESCRIPTORS[key] = blob
+    return blob
 
 
 def _strings(value: object) -> tuple[str, ...]:
@@ -133,12 +148,23 @@ def _object(doc: dict, key: str) -> dict:
 def _history(raw: object) -> tuple[HistoryEntry, ...]:
     if type(raw) is not list:
         return ()
-    # Kept as written: history is for analysts, and normalising it would cost more than the rest of the config.
-    return tuple(
-        HistoryEntry(_text(e, "created"), _text(e, "created_by"), _text(e, "comment"), e.get("empty_layer") is True)
-        for e in raw
-        if type(e) is dict
-    )
+    # Kept as written: history is for analysts, and normalising it would cost more than the rest
+    # of the config. Inlined: this loop runs for every layer of every image.
+    out = []
+    for entry in raw:
+        if type(entry) is dict:
+            created = entry.get("created")
+            created_by = entry.get("created_by")
+            comment = entry.get("comment")
+            out.append(
+                HistoryEntry(
+                    created if type(created) is str else "",
+                    created_by if type(created_by) is str else "",
+                    comment if type(comment) is str else "",
+                    entry.get("empty_layer") is True,
+                )
+            )
+    return tuple(out)
 
 
 def parse_config(data: bytes, where: str) -> ImageConfig:
