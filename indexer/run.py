@@ -37,8 +37,13 @@ def index_sources(
     on_error: Callable[[str], None] = lambda message: None,
     on_note: Callable[[str], None] = lambda message: None,
     on_image: Callable[[ImageRecord], None] = lambda record: None,
+    docker_host: str = "",
+    all_images: bool = False,
 ) -> RunSummary:
-    """Index every source into `writer` (a StoreWriter); failures are counted, never raised."""
+    """Index every source into `writer` (a StoreWriter); failures are counted, never raised.
+
+    `docker_host` and `all_images` apply to `docker-daemon:` sources only.
+    """
     from .store.writer import now_utc
 
     started = time.monotonic()
@@ -66,7 +71,7 @@ def index_sources(
     spec_list = list(specs)
     for spec in spec_list:
         try:
-            source = parse_source(spec)
+            source = parse_source(spec, docker_host=docker_host, all_images=all_images)
             ctx = Context(source_kind=source.kind, source_path=source.location, registry=registry, repository=repository, note=note)
             for item in source.records(ctx):
                 if isinstance(item, SourceError):

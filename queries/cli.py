@@ -89,11 +89,14 @@ def _split_repository(registry: str, repository: str) -> tuple[str, str]:
 @click.option("--repository", default="", metavar="NAME", help="Repository for images whose source carries no name.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="Do not print notes (skipped entries).")
+@click.option("--docker-host", default="", metavar="URL", help="Docker engine for docker-daemon: sources. Default: $DOCKER_HOST, else the local socket.")
+@click.option("--all", "all_images", is_flag=True, help="docker-daemon: also index intermediate images.")
 @library_errors
-def index(sources, store, registry, repository, as_json, quiet):
+def index(sources, store, registry, repository, as_json, quiet, docker_host, all_images):
     """Index every image found in each SOURCE.
 
-    SOURCE is docker-archive:PATH, oci-archive:PATH[:REF], oci:DIR[:REF], or a bare path
+    SOURCE is docker-archive:PATH, oci-archive:PATH[:REF], oci:DIR[:REF], docker-daemon:[REF]
+    (a running Docker engine: every image, or the one named by reference or ID), or a bare path
     (a layout directory, or a tar that is uncompressed, gzip or zstd).
     """
     from indexer.run import index_sources
@@ -110,6 +113,8 @@ def index(sources, store, registry, repository, as_json, quiet):
             on_error=progress.message,
             on_note=(lambda text: None) if quiet else (lambda text: progress.message(f"note: {text}")),
             on_image=progress.image,
+            docker_host=docker_host,
+            all_images=all_images,
         )
     progress.done()
     if as_json:

@@ -79,15 +79,22 @@ def _split_ref(rest: str) -> tuple[str, str]:
     return (path, ref) if sep else (rest, "")
 
 
-def parse_source(text: str) -> Source:
-    """A source from its skopeo-style name; a bare path is detected."""
+def parse_source(text: str, *, docker_host: str = "", all_images: bool = False) -> Source:
+    """A source from its skopeo-style name; a bare path is detected.
+
+    `docker_host` and `all_images` apply to `docker-daemon:` only.
+    """
     if text.startswith("docker-archive:"):
         return DockerArchive(text[len("docker-archive:"):])
     if text.startswith("oci-archive:"):
         return OciArchive(*_split_ref(text[len("oci-archive:"):]))
     if text.startswith("oci:"):
         return OciLayout(*_split_ref(text[len("oci:"):]))
-    if text.startswith("docker-daemon:") or text.startswith("docker://"):
+    if text.startswith("docker-daemon:"):
+        from .daemon import DockerDaemon  # the Docker SDK itself is imported only on contact
+
+        return DockerDaemon.from_spec(text[len("docker-daemon:"):], docker_host, all_images)
+    if text.startswith("docker://"):
         raise SourceError(text, "this source kind is not supported yet")
     if os.path.isdir(text):
         return OciLayout(text)

@@ -1,0 +1,659 @@
+"""docker-daemon: the mapping of engine documents to records, on a fake engine behind the client interface.
+
+The same interface is served by the Docker SDK client against a real engine in
+test_daemon_live.py; here only the mapping, laziness, failures and the wiring are checked.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from indexer.errors import SourceError
+from indexer.model import EXACT_MANIFEST, KIND_ATTESTATION, KIND_IMAGE, KIND_INDEX, UNCOMPRESSED, HistoryEntry, ImageRecord, Platform
+from indexer.references import blob_id, image_id
+from indexer.sources import daemon, parse_source
+from indexer.sources.daemon import DockerDaemon, SdkEngineClient, match_history
+from indexer.sources.parse import Context
+from indexer.store.writer import StoreWriter, now_utc
+from queries import engine as store_engine
+from queries import render
+from queries.cli import cli
+
+from builders import Blobs, named, write_dir
+from fake_engine import DeadEngine, EngineRefused, EngineUnavailable, FakeEngine, NoSuchImage, Step, classic_image, containerd_image, fake_digest
+
+APP_STEPS = (
+    Step("", 7, comment="imported"),
+    Step("/bin/sh -c #(nop)  LABEL a=b", None),
+    Step("/bin/sh -c #(nop) COPY file:1 in /etc/app.conf ", 4),
+    Step("/bin/sh -c #(nop)  ENV APP_MODE=test", None),
+    Step("/bin/sh -c #(nop) COPY file:2 in /usr/local/bin/run.sh ", 5),
+)
+
+
+def collect(fake: FakeEngine, ref: str = "", *, all_images=False, workers=1, window=4, **ctx):
+    notes = []
+    source = DockerDaemon(location=fake.address, ref=ref, all_images=all_images, connect=lambda address: fake, workers=workers, window=window)
+    context = Context(source.kind, source.location, note=notes.append, **ctx)
+    items = list(source.records(context))
+    records = [i for i in items if isinstance(i, ImageRecord)]
+    errors = [i for i in items if isinstance(i, SourceError)]
+    return records, errors, notes
+
+
+def by_repo(records):
+    return {(r.registry, r.name): r for r in records}
+
+
+# ----------------------------------------------------------------------------- names and ids
+
+
+def test_parse_source_names_the_engine(monkeypatch):
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    source = parse_source("docker-daemon:")
+    assert isinstance(source, DockerDaemon) and source.kind == "docker-daemon"
+    assert source.location == "unix:///var/run/docker.sock" and source.ref == "" and not source.all_images
+    monkeypatch.setenv("DOCKER_HOST", "tcp://10.0.0.1:2375")
+    assert parse_source("docker-daemon:app:1").location == "tcp://10.0.0.1:2375"
+    source = parse_source("docker-daemon:sha256:abcd", docker_host="unix:///x.sock", all_images=True)
+    assert (source.location, source.ref, source.all_images) == ("unix:///x.sock", "sha256:abcd", True)
+
+
+def test_image_in_two_repositories_gives_one_resource_per_repository():
+    fake = FakeEngine()
+    pushed = fake_digest("pushed manifest")
+    image = fake.add(classic_image(
+        "app",
+        tags=["127.0.0.1:5000/team/app:v1", "t/app:1.0", "t/app:latest", "other/app:v1"],
+        digests=[f"127.0.0.1:5000/team/app@{pushed}"],
+        steps=APP_STEPS,
+        labels={"z": "1", "a": "2"},
+        env=("PATH=/bin", "APP_MODE=test"),
+        entrypoint=("/entry",),
+        cmd=("run",),
+    ))
+    config = image["inspect"]["Id"]
+    layers = image["inspect"]["RootFS"]["Layers"]
+    records, errors, notes = collect(fake)
+    assert not errors and not notes
+    repos = by_repo(records)
+    assert sorted(repos) == [("127.0.0.1:5000", "team/app"), ("docker.io", "other/app"), ("docker.io", "t/app")]
+
+    team = repos[("127.0.0.1:5000", "team/app")]
+    assert team.digest == pushed and team.id == image_id("127.0.0.1:5000", "team/app", pushed)
+    assert team.tags == ("v1",) and team.exactness == UNCOMPRESSED
+
+    app = repos[("docker.io", "t/app")]
+    assert app.digest == "" and app.id == image_id("docker.io", "t/app", config)
+    assert app.tags == ("1.0", "latest") and app.media_type == "" and app.kind == KIND_IMAGE
+    assert app.config.digest == config and app.config.size == 0
+    assert [(layer.digest, layer.size) for layer in app.layers] == list(zip(layers, [7, 4, 5]))
+    assert not app.layers_compressed and app.compressed_size == 16
+    assert app.created == "2026-11-29T11:48:54.000134049Z"
+    assert app.labels == (("a", "2"), ("z", "1"))
+    assert app.env == ("PATH=/bin", "APP_MODE=test") and app.entrypoint == ("/entry",) and app.cmd == ("run",)
+    assert app.platform == Platform("linux", "amd64", "") and app.parent_digest == ""
+    assert app.source_kind == "docker-daemon" and app.source_path == fake.address
+    assert app.config_raw is None and app.manifest_raw is None
+    assert [h.empty_layer for h in app.history] == [False, True, False, True, False]
+    assert app.history[0] == HistoryEntry("2026-11-29T11:48:50Z", "", "imported", False)
+
+
+def test_created_is_normalised_and_variant_kept():
+    fake = FakeEngine()
+    fake.add(classic_image("arm", tags=["arm/app:1"], created="2026-11-29T13:48:54.12345+02:00", architecture="arm64", variant="v8"))
+    records, _, _ = collect(fake)
+    assert records[0].created == "2026-11-29T11:48:54.123450Z"
+    assert str(records[0].platform) == "linux/arm64/v8"
+
+
+def test_untagged_image_takes_the_context_name_and_placeholders_are_ignored():
+    fake = FakeEngine()
+    fake.add(classic_image("dangling", tags=["<none>:<none>"], digests=["<none>@<none>"]))
+    records, errors, notes = collect(fake)
+    assert [(r.registry, r.name, r.tags) for r in records] == [("", "", ())] and not errors and not notes
+    records, _, _ = collect(fake, registry="cr.example", repository="team/x")
+    assert [(r.registry, r.name) for r in records] == [("cr.example", "team/x")]
+    assert records[0].id == image_id("cr.example", "team/x", fake.images[0]["inspect"]["Id"])
+
+
+def test_repository_known_only_by_digest_is_named_without_tags():
+    fake = FakeEngine()
+    digest = fake_digest("pulled by digest")
+    fake.add(classic_image("bydigest", digests=[f"reg.example/team/app@{digest}"]))
+    records, _, _ = collect(fake)
+    assert [(r.registry, r.name, r.digest, r.tags) for r in records] == [("reg.example", "team/app", digest, ())]
+
+
+def test_first_repo_digest_of_a_repository_wins():
+    fake = FakeEngine()
+    first, second = fake_digest("one"), fake_digest("two")
+    fake.add(classic_image("two-digests", tags=["reg.example/app:1"], digests=[f"reg.example/app@{first}", f"reg.example/app@{second}"]))
+    records, _, _ = collect(fake)
+    assert [r.digest for r in records] == [first]
+
+
+def test_bad_repo_tag_is_a_note_not_a_failure():
+    fake = FakeEngine()
+    fake.add(classic_image("bad", tags=["UPPER/Case:1", "good/app:1"]))
+    records, errors, notes = collect(fake)
+    assert [r.name for r in records] == ["good/app"] and not errors
+    assert len(notes) == 1 and "UPPER/Case:1" in notes[0]
+
+
+def test_intermediate_images_only_with_all():
+    fake = FakeEngine()
+    fake.add(classic_image("top", tags=["app:1"]))
+    fake.add(classic_image("step"), intermediate=True)
+    records, _, _ = collect(fake)
+    assert [r.name for r in records] == ["library/app"]
+    assert ("list", False, False) in fake.calls
+    records, _, _ = collect(fake, all_images=True)
+    assert sorted(r.name for r in records) == ["", "library/app"]
+    assert ("list", True, False) in fake.calls
+
+
+# ----------------------------------------------------------------------------- docker-daemon:REF
+
+
+def test_ref_by_reference_keeps_that_repository():
+    fake = FakeEngine()
+    fake.add(classic_image("app", tags=["t/app:1.0", "t/app:latest", "other/app:v1"]))
+    records, errors, _ = collect(fake, "t/app:1.0")
+    assert [(r.name, r.tags) for r in records] == [("t/app", ("1.0", "latest"))] and not errors
+    assert fake.count("list") == 0
+
+
+def test_ref_by_id_keeps_every_repository():
+    fake = FakeEngine()
+    image = fake.add(classic_image("app", tags=["t/app:1.0", "other/app:v1"]))
+    short = image["inspect"]["Id"].removeprefix("sha256:")[:12]
+    for ref in (short, image["inspect"]["Id"]):
+        records, errors, _ = collect(fake, ref)
+        assert sorted(r.name for r in records) == ["other/app", "t/app"] and not errors
+
+
+def test_ref_missing_is_an_error_naming_the_engine():
+    fake = FakeEngine()
+    records, errors, _ = collect(fake, "nope:1")
+    assert not records and len(errors) == 1
+    assert "has no image 'nope:1'" in str(errors[0]) and fake.address in str(errors[0])
+
+
+# ----------------------------------------------------------------------------- layer sizes from history
+
+
+def _history(*sizes):
+    return [{"Created": 1795952930, "CreatedBy": f"step {i}", "Comment": "", "Size": s} for i, s in reversed(list(enumerate(sizes)))]
+
+
+@pytest.mark.parametrize(
+    "layers, sizes, want, flags",
+    [
+        (3, (7, 0, 4, 0, 5), [7, 4, 5], [False, True, False, True, False]),
+        (1, (7,), [7], [False]),
+        (2, (7, 0), [7, 0], [False, False]),  # every entry is a layer
+        (3, (7, 0, 0, 5), [7, 0, 5], None),  # one gap: sizes known, empty flags not
+        (3, (0, 7, 0, 5), None, None),  # the zero layer is before or after 7
+        (4, (7, 5), None, None),  # fewer entries than layers
+        (1, (7, 5), None, None),  # more sized entries than layers
+        (0, (0, 0), [], [True, True]),
+        (2, (), None, None),
+    ],
+)
+def test_match_history(layers, sizes, want, flags):
+    got, history = match_history(layers, _history(*sizes))
+    assert got == want
+    if flags is None:
+        assert history == ()
+    else:
+        assert [h.empty_layer for h in history] == flags
+        assert [h.created_by for h in history] == [f"step {i}" for i in range(len(sizes))]
+
+
+def test_unknown_sizes_are_zero_with_a_note():
+    fake = FakeEngine()
+    # A layer of size 0 and an empty ENV step look alike: is the 0-byte layer before or after the 7-byte one?
+    fake.add(classic_image("odd", tags=["odd:1"], steps=(Step("RUN true", 0), Step("ADD x", 7), Step("ENV a=b", None))))
+    records, errors, notes = collect(fake)
+    assert not errors and [layer.size for layer in records[0].layers] == [0, 0]
+    assert records[0].history == ()
+    assert len(notes) == 1 and "sizes left unknown" in notes[0]
+
+
+# ----------------------------------------------------------------------------- laziness and failures
+
+
+def test_images_are_inspected_lazily_one_at_a_time():
+    fake = FakeEngine()
+    for i in range(30):
+        fake.add(classic_image(f"img{i}", tags=[f"app{i}:1"]))
+    source = DockerDaemon(location=fake.address, connect=lambda address: fake, workers=1)
+    items = source.records(Context("docker-daemon", fake.address))
+    assert fake.calls == []  # nothing before the first record is asked for
+    for k in range(1, 31):
+        record = next(items)
+        assert record.name == f"library/app{k - 1}"  # the engine's order
+        assert fake.count("inspect") == k and fake.count("history") == k
+    assert fake.count("list") == 1
+    assert list(items) == [] and fake.closed
+
+
+def test_prefetch_window_bounds_the_details_held():
+    fake = FakeEngine()
+    for i in range(40):
+        fake.add(classic_image(f"img{i}", tags=[f"app{i}:1"]))
+    source = DockerDaemon(location=fake.address, connect=lambda address: fake, workers=4, window=5)
+    items = source.records(Context("docker-daemon", fake.address))
+    names = []
+    for k in range(1, 41):
+        names.append(next(items).name)
+        assert fake.count("inspect") <= k + 5
+    assert names == [f"library/app{i}" for i in range(40)]
+    items.close()
+    assert fake.closed
+
+
+def test_closing_early_stops_fetching():
+    fake = FakeEngine()
+    for i in range(100):
+        fake.add(classic_image(f"img{i}", tags=[f"app{i}:1"]))
+    source = DockerDaemon(location=fake.address, connect=lambda address: fake, workers=4, window=8)
+    items = source.records(Context("docker-daemon", fake.address))
+    next(items)
+    items.close()
+    settled = fake.count("inspect")
+    assert settled <= 1 + 8
+    time.sleep(0.05)
+    assert fake.count("inspect") == settled and fake.closed
+
+
+def test_engine_unreachable_is_a_source_error():
+    source = DockerDaemon(location="unix:///gone.sock", connect=DeadEngine)
+    with pytest.raises(SourceError) as caught:
+        list(source.records(Context("docker-daemon", "unix:///gone.sock")))
+    assert str(caught.value) == "docker-daemon: cannot reach the Docker engine at unix:///gone.sock: No such file or directory"
+
+
+def test_engine_dying_midway_fails_the_source_after_what_was_read():
+    fake = FakeEngine()
+    for i in range(5):
+        fake.add(classic_image(f"img{i}", tags=[f"app{i}:1"]))
+    fake.fail_inspect[fake.images[2]["inspect"]["Id"]] = EngineUnavailable("the Docker engine at unix:///fake/docker.sock stopped answering (image x): Connection reset by peer")
+    source = DockerDaemon(location=fake.address, connect=lambda address: fake, workers=2, window=3)
+    got = []
+    with pytest.raises(SourceError, match="stopped answering"):
+        for item in source.records(Context("docker-daemon", fake.address)):
+            got.append(item)
+    assert [r.name for r in got] == ["library/app0", "library/app1"] and fake.closed
+
+
+def test_removed_and_refused_images_do_not_stop_the_others():
+    fake = FakeEngine()
+    for i in range(4):
+        fake.add(classic_image(f"img{i}", tags=[f"app{i}:1"]))
+    fake.fail_inspect[fake.images[1]["inspect"]["Id"]] = NoSuchImage("gone")
+    fake.fail_inspect[fake.images[2]["inspect"]["Id"]] = EngineRefused("image x: server error")
+    records, errors, notes = collect(fake, workers=3)
+    assert [r.name for r in records] == ["library/app0", "library/app3"]
+    assert len(errors) == 1 and "server error" in str(errors[0])
+    assert len(notes) == 1 and "removed while indexing" in notes[0]
+
+
+# ----------------------------------------------------------------------------- the containerd image store
+
+
+def test_containerd_multi_platform_gives_the_index_and_its_children():
+    fake = FakeEngine(api_version="1.49", containerd=True)
+    image = fake.add(containerd_image(
+        "multi",
+        tags=["reg.example/team/multi:1", "reg.example/team/multi:latest", "mirror.example/multi:1"],
+        platforms=(("linux", "amd64", ""), ("linux", "arm64", "v8"), ("linux", "arm", "v7")),
+        unavailable=(("linux", "arm", "v7"),),
+        attestation=True,
+    ))
+    records, errors, notes = collect(fake)
+    assert not errors
+    index_digest = image["inspect"]["Descriptor"]["digest"]
+    indexes = [r for r in records if r.kind == KIND_INDEX]
+    assert sorted((r.registry, r.name, r.tags) for r in indexes) == [
+        ("mirror.example", "multi", ("1",)),
+        ("reg.example", "team/multi", ("1", "latest")),
+    ]
+    assert all(r.digest == index_digest and r.media_type == "application/vnd.oci.image.index.v1+json" for r in indexes)
+    assert all(r.exactness == UNCOMPRESSED and r.config is None and r.layers == () for r in indexes)
+    children = [r for r in records if r.kind == KIND_IMAGE and r.name == "team/multi"]
+    assert [str(r.platform) for r in children] == ["linux/amd64", "linux/arm64/v8"]
+    for child in children:
+        digest, inspect, _ = image["per_platform"][child.platform]
+        assert child.digest == digest and child.id == image_id("reg.example", "team/multi", digest)
+        assert child.parent_digest == index_digest and child.tags == ()
+        assert child.config is None  # the containerd store's API has no config digest
+        assert [layer.digest for layer in child.layers] == inspect["RootFS"]["Layers"]
+        assert [layer.size for layer in child.layers] == [11, 3] and not child.layers_compressed
+        assert child.created == "2026-11-29T11:48:54.500Z"
+    attestations = [r for r in records if r.kind == KIND_ATTESTATION]
+    assert len(attestations) == 2 and all(r.parent_digest == index_digest for r in attestations)
+    assert len(notes) == 1 and "not in the engine" in notes[0]
+    assert ("list", False, True) in fake.calls
+    assert ("inspect", image["inspect"]["Id"], Platform("linux", "arm64", "v8"), False) in fake.calls
+
+
+def test_containerd_single_manifest_image():
+    fake = FakeEngine(api_version="1.48", containerd=True)
+    image = fake.add(containerd_image("single", tags=["app:2"], index=False))
+    records, errors, notes = collect(fake)
+    assert not errors and not notes and len(records) == 1
+    record = records[0]
+    assert record.kind == KIND_IMAGE and record.digest == image["inspect"]["Id"] and record.tags == ("2",)
+    assert record.media_type == "application/vnd.oci.image.manifest.v1+json" and record.parent_digest == ""
+    assert record.id == image_id("docker.io", "library/app", record.digest)
+    assert [layer.size for layer in record.layers] == [11, 3]
+
+
+def test_containerd_before_api_1_49_describes_the_default_platform_only():
+    fake = FakeEngine(api_version="1.47", containerd=True)
+    fake.add(containerd_image("old", tags=["app:3"], platforms=(("linux", "amd64", ""), ("linux", "arm64", "")), descriptor=False))
+    records, errors, notes = collect(fake)
+    assert not errors
+    assert [(r.kind, str(r.platform or "")) for r in records] == [(KIND_INDEX, ""), (KIND_IMAGE, "linux/amd64")]
+    assert len(notes) == 1 and "only from API 1.49" in notes[0]
+    assert not any(call[0] == "inspect" and call[2] is not None for call in fake.calls)
+
+
+def test_containerd_ref_uses_the_inspect_manifests():
+    fake = FakeEngine(api_version="1.49", containerd=True)
+    fake.add(containerd_image("named", tags=["app:4"], platforms=(("linux", "amd64", ""), ("linux", "arm64", ""))))
+    records, errors, _ = collect(fake, "app:4")
+    assert not errors and sorted(r.kind for r in records) == [KIND_IMAGE, KIND_IMAGE, KIND_INDEX]
+    assert fake.count("list") == 0
+
+
+def test_classic_engine_is_never_asked_for_manifests():
+    fake = FakeEngine(api_version="1.47")
+    fake.add(classic_image("classic", tags=["app:1"]))
+    records, _, _ = collect(fake)
+    assert ("list", False, False) in fake.calls and fake.count("info") == 1
+    assert records[0].config.digest == fake.images[0]["inspect"]["Id"]
+
+
+# ----------------------------------------------------------------------------- the store: exact records win
+
+
+def _write(store, records):
+    with StoreWriter(store) as writer:
+        writer.write(records, now_utc())
+        writer.snapshot()
+
+
+def _rows(store):
+    con = store_engine.connect(store)
+    return [render.to_response(row) for row in con.execute(f"SELECT {render.SELECT} FROM images ORDER BY id").fetchall()]
+
+
+def _engine_and_layout_of_one_image(tmp_path):
+    """An OCI layout of one image, and an engine holding the same image pulled from reg.example."""
+    blobs = Blobs()
+    manifest = blobs.image(layers=(b"layer-one", b"layer-two"))
+    write_dir(str(tmp_path / "layout"), blobs.layout_files([named(manifest, "reg.example/team/app:v1")]))
+    fake = FakeEngine()
+    fake.add(classic_image("pulled", tags=["reg.example/team/app:v1", "reg.example/team/app:stable"],
+                           digests=[f"reg.example/team/app@{manifest['digest']}"],
+                           steps=(Step("ADD a", 100), Step("ADD b", 200))))
+    return fake, manifest, str(tmp_path / "layout")
+
+
+def _exact_records(layout):
+    source = parse_source(f"oci:{layout}")
+    return [r for r in source.records(Context(source.kind, source.location)) if isinstance(r, ImageRecord)]
+
+
+@pytest.mark.parametrize("engine_first", [True, False])
+def test_engine_then_exact_record_is_one_resource_and_exact_wins(tmp_path, engine_first):
+    fake, manifest, layout = _engine_and_layout_of_one_image(tmp_path)
+    engine_records, _, _ = collect(fake)
+    exact = _exact_records(layout)
+    assert [r.id for r in engine_records] == [r.id for r in exact]
+    assert exact[0].exactness == EXACT_MANIFEST
+    store = str(tmp_path / "store")
+    for batch in ([engine_records, exact] if engine_first else [exact, engine_records]):
+        _write(store, batch)
+    rows = _rows(store)
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["digest"] == manifest["digest"]
+    assert [layer["size"] for layer in row["layers"]] == [str(len(b"layer-one")), str(len(b"layer-two"))]
+    assert row["config"]["size"]  # the exact record knows the config size the engine does not
+    assert row["tags"] == ["stable", "v1"]  # tags of both sources are pooled
+
+
+# ----------------------------------------------------------------------------- the CLI and the SDK client
+
+
+def test_cli_passes_docker_host_and_all(monkeypatch, tmp_path):
+    fake = FakeEngine()
+    fake.add(classic_image("app", tags=["t/app:1"], steps=APP_STEPS))
+    fake.add(classic_image("step"), intermediate=True)
+    addresses = []
+    monkeypatch.setattr(daemon, "connect_sdk", lambda address: addresses.append(address) or fake)
+    store = str(tmp_path)
+    result = CliRunner().invoke(cli, ["index", "docker-daemon:", "--docker-host", "unix:///run/x.sock", "--all", "--store", store])
+    assert result.exit_code == 0, result.output
+    assert addresses == ["unix:///run/x.sock"] and ("list", True, False) in fake.calls
+    got = json.loads(CliRunner().invoke(cli, ["get", "t/app:1", "--store", store]).stdout)
+    image = fake.images[0]["inspect"]
+    assert got == {
+        "id": image_id("docker.io", "t/app", image["Id"]),
+        "name": "t/app",
+        "compressedSize": "16",
+        "config": {"id": blob_id(image["Id"]), "digest": image["Id"]},
+        "layers": [{"id": blob_id(d), "digest": d, "size": str(s)} for d, s in zip(image["RootFS"]["Layers"], (7, 4, 5))],
+        "tags": ["1"],
+        "createdAt": "2026-11-29T11:48:54.000134049Z",
+    }
+
+
+def test_cli_unreachable_engine_is_one_line_and_exit_1(tmp_path):
+    sock = str(tmp_path / "absent.sock")
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "queries.cli", "index", "docker-daemon:", "--docker-host", f"unix://{sock}", "--store", str(tmp_path / "s")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [f"imgdex: docker-daemon: cannot reach the Docker engine at unix://{sock}: No such file or directory"]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert time.monotonic() - started < 60
+
+
+def test_refused_socket_is_one_line(tmp_path):
+    """A socket file left by a dead engine: nobody listens, the connection is refused."""
+    path = str(tmp_path / "stale.sock")
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(path)
+    stale.close()
+    source = DockerDaemon(location=f"unix://{path}")
+    with pytest.raises(SourceError) as caught:
+        list(source.records(Context("docker-daemon", source.location)))
+    assert str(caught.value) == f"docker-daemon: cannot reach the Docker engine at unix://{path}: Connection refused"
+
+
+def test_silent_engine_times_out(tmp_path):
+    """A socket that accepts and never answers: the first contact gives up after its timeout."""
+    path = str(tmp_path / "silent.sock")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.listen(8)
+    accepted = []
+    stop = threading.Event()
+
+    def accept():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        source = DockerDaemon(location=f"unix://{path}", connect=lambda address: SdkEngineClient(address, connect_timeout=1.0))
+        started = time.monotonic()
+        with pytest.raises(SourceError) as caught:
+            list(source.records(Context("docker-daemon", source.location)))
+        assert time.monotonic() - started < 15
+        assert str(caught.value) == f"docker-daemon: cannot reach the Docker engine at unix://{path}: no answer in 1 s"
+    finally:
+        stop.set()
+        thread.join()
+        for conn in accepted:
+            conn.close()
+        server.close()
+
+
+def test_docker_sdk_is_not_imported_off_the_engine_path(samples_store):
+    code = (
+        "import sys\n"
+        "import queries.cli, indexer.run, indexer.sources\n"
+        "from indexer.sources import parse_source\n"
+        "parse_source('docker-daemon:')\n"
+        "assert 'docker' not in sys.modules, 'imported by the modules'\n"
+        "from queries.cli import cli\n"
+        "try:\n"
+        f"    cli(['get', 'samples/app:v1', '--store', {samples_store!r}], prog_name='imgdex')\n"
+        "except SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        "assert 'docker' not in sys.modules, 'imported by get'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert result.returncode == 0, result.stderr
+
+
+class _StubEngine:
+    """A few Docker API answers over HTTP, on a unix socket or on loopback TCP; records the paths asked."""
+
+    def __init__(self, transport: str):
+        import http.server
+        import socketserver
+        import tempfile
+
+        seen = self.seen = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as the engine
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                seen.append(self.path)
+                path = self.path.split("?")[0]
+                if path == "/version":
+                    body, status = {"ApiVersion": "1.49", "Version": "28.2.2"}, 200
+                elif path == "/v1.49/images/json":
+                    body, status = [{"Id": "sha256:" + "a" * 64}], 200
+                elif path.startswith("/v1.49/images/missing"):
+                    body, status = {"message": "No such image: missing"}, 404
+                elif path.startswith("/v1.49/images/broken"):
+                    body, status = {"message": "boom"}, 500
+                elif path.endswith("/history"):
+                    body, status = [{"Size": 1}], 200
+                else:
+                    body, status = {"Id": "x"}, 200
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        if transport == "unix":
+            class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+                daemon_threads = True
+
+                def get_request(self):
+                    request, _ = super().get_request()
+                    return request, ("local", 0)
+
+            self.folder = tempfile.mkdtemp(prefix="imgdex-stub.", dir="/tmp")
+            path = os.path.join(self.folder, "d.sock")
+            self.server = Server(path, Handler)
+            self.address = f"unix://{path}"
+        else:
+            class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+                daemon_threads = True
+
+            self.folder = None
+            self.server = Server(("127.0.0.1", 0), Handler)
+            self.address = f"tcp://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        import shutil
+
+        self.server.shutdown()
+        self.server.server_close()
+        if self.folder:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+def test_sdk_client_requests_and_errors(transport):
+    """The real client's request shapes and error mapping, on a stub engine speaking the Docker API."""
+    from urllib.parse import parse_qs, urlsplit
+
+    stub = _StubEngine(transport)
+    try:
+        client = SdkEngineClient(stub.address)
+        assert client.api_version == "1.49"
+        assert client.list_images(all=True, manifests=True) == [{"Id": "sha256:" + "a" * 64}]
+        assert client.inspect_image("app:1", platform=Platform("linux", "arm64", "v8")) == {"Id": "x"}
+        assert client.image_history("app:1", platform=Platform("linux", "amd64")) == [{"Size": 1}]
+        client.inspect_image("app:1", manifests=True)
+        for _ in range(20):
+            client.inspect_image("sha256:" + "b" * 64)
+        with pytest.raises(NoSuchImage, match="No such image: missing"):
+            client.inspect_image("missing")
+        with pytest.raises(EngineRefused, match="boom"):
+            client.inspect_image("broken")
+        client.close()
+    finally:
+        stub.stop()
+    queries = [(urlsplit(p).path, parse_qs(urlsplit(p).query)) for p in stub.seen]
+    assert ("/v1.49/images/json", {"all": ["1"], "manifests": ["1"]}) in queries
+    assert ("/v1.49/images/app:1/json", {"platform": ['{"os":"linux","architecture":"arm64","variant":"v8"}']}) in queries
+    assert ("/v1.49/images/app:1/history", {"platform": ['{"os":"linux","architecture":"amd64"}']}) in queries
+    assert ("/v1.49/images/app:1/json", {"manifests": ["1"]}) in queries
+
+
+def test_sdk_client_reuses_one_connection_on_a_socket(monkeypatch):
+    """Every request to a unix socket goes over the same keep-alive connection."""
+    stub = _StubEngine("unix")
+    connects = []
+    original = socket.socket.connect
+
+    def counting(self, *args):
+        connects.append(args)
+        return original(self, *args)
+
+    try:
+        client = SdkEngineClient(stub.address)
+        monkeypatch.setattr(socket.socket, "connect", counting)
+        for i in range(50):
+            client.inspect_image(f"sha256:{i:064x}")
+            client.image_history(f"sha256:{i:064x}")
+        monkeypatch.undo()
+        client.close()
+    finally:
+        stub.stop()
+    assert len(connects) <= 1

@@ -1,0 +1,332 @@
+"""docker-daemon: against a real engine and a real registry, started privately (see services.py).
+
+The images are made by the engine itself: `docker import` of a tiny rootfs, a legacy build
+with LABEL/COPY/ENV steps, tags into several repositories, a push to the registry and
+`docker rmi` plus pull so that RepoDigests is set. The expected Image.Get documents are built
+from the docker client's own inspect and from the sizes of the files put into each layer
+(the engine's layer size is the size of the file contents it stores), never from imgdex.
+What the registry serves for the same image must agree with what the engine gave.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from indexer.references import blob_id, image_id, parse_reference
+from indexer.timestamps import normalise
+
+from services import engine, registry, services_folder  # noqa: F401  (session fixtures)
+
+pytestmark = pytest.mark.services
+
+IMGDEX = [shutil.which("imgdex")] if shutil.which("imgdex") else [sys.executable, "-m", "queries.cli"]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MANIFEST_TYPES = ", ".join(
+    [
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.oci.image.index.v1+json",
+    ]
+)
+
+BASE_FILES = {"hello": b"hello from the imgdex live base image\n", "etc/imgdex-release": b"NAME=imgdex-live-base\nVERSION=1.0\n"}
+APP_CONF = b"mode=test\nlisten=127.0.0.1:8080\n"
+RUN_SH = b"#!/bin/sh\necho imgdex live app\n"
+LOOSE_FILES = {"loose": b"an untagged import\n"}
+
+
+def imgdex(*args, env=None, check=True) -> subprocess.CompletedProcess:
+    result = subprocess.run([*IMGDEX, *map(str, args)], capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def get(store: str, query: str) -> dict:
+    return json.loads(imgdex("get", query, "--store", store).stdout)
+
+
+def listing(store: str) -> list[dict]:
+    return json.loads(imgdex("list", "--store", store, "--page-size", "1000").stdout).get("images", [])
+
+
+def make_rootfs_tar(folder: str, files: dict[str, bytes], name: str) -> str:
+    path = os.path.join(folder, name)
+    with tarfile.open(path, "w") as tar:
+        for member, data in sorted(files.items()):
+            parts = member.split("/")
+            for depth in range(1, len(parts)):
+                info = tarfile.TarInfo("/".join(parts[:depth]))
+                info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 1700000000
+                if info.name not in tar.getnames():
+                    tar.addfile(info)
+            info = tarfile.TarInfo(member)
+            info.size, info.mode, info.mtime = len(data), 0o755, 1700000000
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+class RegistryClient:
+    def __init__(self, address: str):
+        import requests
+
+        self.base = f"http://{address}/v2"
+        self.http = requests.Session()
+        self.http.trust_env = False
+
+    def manifest(self, name: str, reference: str) -> tuple[str, dict, bytes]:
+        response = self.http.get(f"{self.base}/{name}/manifests/{reference}", headers={"Accept": MANIFEST_TYPES}, timeout=30)
+        response.raise_for_status()
+        digest = "sha256:" + hashlib.sha256(response.content).hexdigest()
+        assert response.headers["Docker-Content-Digest"] == digest
+        return digest, response.json(), response.content
+
+    def blob(self, name: str, digest: str) -> bytes:
+        response = self.http.get(f"{self.base}/{name}/blobs/{digest}", timeout=30)
+        response.raise_for_status()
+        assert "sha256:" + hashlib.sha256(response.content).hexdigest() == digest
+        return response.content
+
+    def tags(self, name: str) -> list[str]:
+        response = self.http.get(f"{self.base}/{name}/tags/list", timeout=30)
+        response.raise_for_status()
+        return sorted(response.json()["tags"])
+
+
+def docker_inspect(engine, ref: str) -> dict:
+    return json.loads(engine.docker("image", "inspect", ref))[0]
+
+
+@pytest.fixture(scope="module")
+def world(engine, registry, tmp_path_factory):  # noqa: F811
+    """The images, made once by the engine; returns what the docker client says of them."""
+    work = str(tmp_path_factory.mktemp("daemon-live"))
+    reg = registry.address
+    base_tar = make_rootfs_tar(work, BASE_FILES, "base.tar")
+    engine.docker("import", "-m", "imgdex live base", "-c", "ENV FOO=bar", "-c", 'CMD ["/hello"]', base_tar, "imgdex-live/base:1.0")
+
+    app_dir = os.path.join(work, "app")
+    os.makedirs(app_dir)
+    with open(os.path.join(app_dir, "app.conf"), "wb") as f:
+        f.write(APP_CONF)
+    with open(os.path.join(app_dir, "run.sh"), "wb") as f:
+        f.write(RUN_SH)
+    with open(os.path.join(app_dir, "Dockerfile"), "w") as f:
+        f.write(
+            "FROM imgdex-live/base:1.0\n"
+            'LABEL org.opencontainers.image.title="imgdex live app" org.opencontainers.image.version="1.0"\n'
+            "COPY app.conf /etc/app.conf\n"
+            "ENV APP_MODE=test\n"
+            "COPY run.sh /usr/local/bin/run.sh\n"
+        )
+    engine.docker("build", "--no-cache", "-t", "imgdex-live/app:1.0", "-t", "imgdex-live/app:latest", app_dir)
+    engine.docker("tag", "imgdex-live/app:1.0", "example.org/mirror/app:v1")
+
+    # A push, then the pushed references removed and pulled back: RepoDigests comes from the pull.
+    engine.docker("tag", "imgdex-live/app:1.0", f"{reg}/team/app:v1")
+    engine.docker("push", f"{reg}/team/app:v1")
+    engine.docker("rmi", f"{reg}/team/app:v1")  # the repository's last tag: its digest reference goes too
+    assert not [d for d in docker_inspect(engine, "imgdex-live/app:1.0")["RepoDigests"] if d.startswith(reg)]
+    engine.docker("pull", f"{reg}/team/app:v1")
+
+    # The same image as an OCI manifest in the registry (skopeo converts it), pulled as its own engine image.
+    skopeo = shutil.which("skopeo")
+    if skopeo is None:
+        pytest.fail("skopeo is needed to make an OCI copy in the registry") if os.environ.get("CI") else pytest.skip("skopeo missing")
+    subprocess.run(
+        [skopeo, "--insecure-policy", "copy", "-q", "--format", "oci", "--src-tls-verify=false", "--dest-tls-verify=false",
+         f"docker://{reg}/team/app:v1", f"docker://{reg}/team/app-oci:v1"],
+        check=True, capture_output=True, timeout=300, env=engine.env,
+    )
+    engine.docker("pull", f"{reg}/team/app-oci:v1")
+
+    # An untagged image.
+    loose_tar = make_rootfs_tar(work, LOOSE_FILES, "loose.tar")
+    loose_id = engine.docker("import", "-c", "ENV LOOSE=1", loose_tar).strip()
+
+    refs = {
+        "base": "imgdex-live/base:1.0",
+        "app": "imgdex-live/app:1.0",
+        "pulled": f"{reg}/team/app:v1",
+        "oci": f"{reg}/team/app-oci:v1",
+        "loose": loose_id,
+    }
+    return {
+        "work": work,
+        "registry": reg,
+        "skopeo": skopeo,
+        "inspect": {key: docker_inspect(engine, ref) for key, ref in refs.items()},
+        "sizes": {
+            "base": [sum(len(d) for d in BASE_FILES.values())],
+            "app": [sum(len(d) for d in BASE_FILES.values()), len(APP_CONF), len(RUN_SH)],
+            "loose": [sum(len(d) for d in LOOSE_FILES.values())],
+        },
+        "top_ids": set(engine.docker("images", "-q", "--no-trunc").split()),
+        "all_ids": set(engine.docker("images", "-a", "-q", "--no-trunc").split()),
+    }
+
+
+@pytest.fixture(scope="module")
+def store(engine, world, tmp_path_factory):  # noqa: F811
+    """The whole engine indexed once through the CLI."""
+    folder = str(tmp_path_factory.mktemp("daemon-store"))
+    result = imgdex("index", "docker-daemon:", "--docker-host", engine.host, "--store", folder)
+    assert result.stdout.startswith("indexed ") and " 0 failed" in result.stdout
+    return folder
+
+
+def expected(inspect: dict, registry: str, name: str, sizes: list[int]) -> dict:
+    """The Image.Get document of one engine image in one repository, from the docker client's facts."""
+    tags = sorted(parse_reference(t).tag for t in inspect["RepoTags"] if (parse_reference(t).registry, parse_reference(t).name) == (registry, name))
+    digests = [parse_reference(d).digest for d in inspect["RepoDigests"] if (parse_reference(d).registry, parse_reference(d).name) == (registry, name)]
+    digest = digests[0] if digests else ""
+    layers = inspect["RootFS"]["Layers"]
+    assert len(layers) == len(sizes)
+    out = {"id": image_id(registry, name, digest or inspect["Id"])}
+    if name:
+        out["name"] = name
+    if digest:
+        out["digest"] = digest
+    out["compressedSize"] = str(sum(sizes))
+    out["config"] = {"id": blob_id(inspect["Id"]), "digest": inspect["Id"]}  # the engine cannot tell the config size
+    out["layers"] = [{"id": blob_id(d), "digest": d, "size": str(s)} for d, s in zip(layers, sizes)]
+    if tags:
+        out["tags"] = tags
+    out["createdAt"] = normalise(inspect["Created"])
+    return out
+
+
+# ----------------------------------------------------------------------------- exact documents
+
+
+def test_imported_image_gives_the_exact_document(store, world):
+    inspect = world["inspect"]["base"]
+    assert "FOO=bar" in inspect["Config"]["Env"]  # the import's -c ENV reached the config
+    assert get(store, "imgdex-live/base:1.0") == expected(inspect, "docker.io", "imgdex-live/base", world["sizes"]["base"])
+
+
+def test_built_image_gives_one_exact_document_per_repository(store, world):
+    inspect = world["inspect"]["app"]
+    assert inspect["Config"]["Labels"]["org.opencontainers.image.title"] == "imgdex live app"
+    assert get(store, "imgdex-live/app:latest") == expected(inspect, "docker.io", "imgdex-live/app", world["sizes"]["app"])
+    assert get(store, "example.org/mirror/app:v1") == expected(inspect, "example.org", "mirror/app", world["sizes"]["app"])
+    pulled = get(store, f"{world['registry']}/team/app:v1")
+    assert pulled == expected(world["inspect"]["pulled"], world["registry"], "team/app", world["sizes"]["app"])
+    assert pulled["digest"]  # from RepoDigests, set by the pull
+    assert world["inspect"]["pulled"]["Id"] == inspect["Id"]  # one engine image, three resources
+
+
+def test_oci_pulled_image_gives_the_exact_document(store, world):
+    inspect = world["inspect"]["oci"]
+    assert get(store, f"{world['registry']}/team/app-oci:v1") == expected(inspect, world["registry"], "team/app-oci", world["sizes"]["app"])
+
+
+def test_untagged_image_has_no_name(store, world):
+    inspect = world["inspect"]["loose"]
+    want = expected(inspect, "", "", world["sizes"]["loose"])
+    assert get(store, want["id"]) == want
+
+
+def test_every_repository_of_the_engine_is_one_resource(store, world):
+    rows = listing(store)
+    ids = [row["id"] for row in rows]
+    assert len(ids) == len(set(ids))
+    names = sorted(row.get("name", "") for row in rows)
+    assert names == sorted(["", "imgdex-live/base", "imgdex-live/app", "mirror/app", "team/app", "team/app-oci"])
+
+
+# ----------------------------------------------------------------------------- what the registry serves
+
+
+@pytest.mark.parametrize("key, name", [("pulled", "team/app"), ("oci", "team/app-oci")])
+def test_engine_record_agrees_with_the_registry(store, world, key, name):
+    client = RegistryClient(world["registry"])
+    digest, manifest, _ = client.manifest(name, "v1")
+    config = json.loads(client.blob(name, manifest["config"]["digest"]))
+    row = get(store, f"{world['registry']}/{name}:v1")
+    assert row["digest"] == digest
+    assert row["config"]["digest"] == manifest["config"]["digest"] == world["inspect"][key]["Id"]
+    assert row["tags"] == client.tags(name)
+    assert row["createdAt"] == normalise(config["created"])
+    assert [layer["digest"] for layer in row["layers"]] == config["rootfs"]["diff_ids"]
+
+
+def test_engine_then_oci_archive_is_one_resource_and_the_exact_record_wins(engine, world, tmp_path):  # noqa: F811
+    reg = world["registry"]
+    archive = str(tmp_path / "app-oci.tar")
+    subprocess.run(
+        [world["skopeo"], "--insecure-policy", "copy", "-q", "--src-tls-verify=false",
+         f"docker://{reg}/team/app-oci:v1", f"oci-archive:{archive}:{reg}/team/app-oci:v1"],
+        check=True, capture_output=True, timeout=300, env=engine.env,
+    )
+    folder = str(tmp_path / "store")
+    imgdex("index", "docker-daemon:", "--docker-host", engine.host, "--store", folder)
+    before = get(folder, f"{reg}/team/app-oci:v1")
+    imgdex("index", f"oci-archive:{archive}", "--store", folder)
+    after = get(folder, f"{reg}/team/app-oci:v1")
+
+    digest, manifest, _ = RegistryClient(reg).manifest("team/app-oci", "v1")
+    assert before["id"] == after["id"] and after["digest"] == digest
+    assert [row for row in listing(folder) if row.get("name") == "team/app-oci"] == [after]
+    assert after["config"] == {"id": blob_id(manifest["config"]["digest"]), "digest": manifest["config"]["digest"], "size": str(manifest["config"]["size"])}
+    assert [(layer["digest"], int(layer["size"])) for layer in after["layers"]] == [(layer["digest"], layer["size"]) for layer in manifest["layers"]]
+    assert after["compressedSize"] == str(sum(layer["size"] for layer in manifest["layers"]))
+    assert after["tags"] == ["v1"] and after["createdAt"] == before["createdAt"]
+    # Indexing the engine again does not bring the uncompressed record back.
+    imgdex("index", "docker-daemon:", "--docker-host", engine.host, "--store", folder)
+    assert get(folder, f"{reg}/team/app-oci:v1") == after
+
+
+# ----------------------------------------------------------------------------- selection and options
+
+
+def test_all_adds_the_intermediate_images(engine, world, tmp_path):  # noqa: F811
+    def config_digests(folder):
+        return {row["config"]["digest"] for row in listing(folder)}
+
+    imgdex("index", "docker-daemon:", "--docker-host", engine.host, "--store", tmp_path / "top")
+    imgdex("index", "docker-daemon:", "--all", "--docker-host", engine.host, "--store", tmp_path / "all")
+    assert config_digests(str(tmp_path / "top")) == world["top_ids"]
+    assert config_digests(str(tmp_path / "all")) == world["all_ids"]
+    assert world["all_ids"] > world["top_ids"]  # the legacy builder kept its intermediate images
+
+
+def test_ref_by_name_and_by_id(engine, world, tmp_path):  # noqa: F811
+    app = world["inspect"]["app"]
+    imgdex("index", "docker-daemon:imgdex-live/app:1.0", "--docker-host", engine.host, "--store", tmp_path / "name")
+    assert [row.get("name") for row in listing(str(tmp_path / "name"))] == ["imgdex-live/app"]
+    short = app["Id"].removeprefix("sha256:")[:12]
+    imgdex("index", f"docker-daemon:{short}", "--docker-host", engine.host, "--store", tmp_path / "id")
+    assert sorted(row.get("name") for row in listing(str(tmp_path / "id"))) == ["imgdex-live/app", "mirror/app", "team/app"]
+    missing = imgdex("index", "docker-daemon:imgdex-live/nope:1", "--docker-host", engine.host, "--store", tmp_path / "x", check=False)
+    assert missing.returncode == 1
+    assert missing.stderr.splitlines() == [f"imgdex: docker-daemon:imgdex-live/nope:1: the Docker engine at {engine.host} has no image 'imgdex-live/nope:1'"]
+
+
+def test_engine_found_through_docker_host(engine, world, tmp_path):  # noqa: F811
+    env = dict(os.environ, DOCKER_HOST=engine.host)
+    imgdex("index", "docker-daemon:imgdex-live/base:1.0", "--store", tmp_path, env=env)
+    assert get(str(tmp_path), "imgdex-live/base:1.0")["config"]["digest"] == world["inspect"]["base"]["Id"]
+
+
+def test_stopped_engine_is_one_line_and_exit_1(tmp_path, services_folder):  # noqa: F811
+    from services import Unavailable, start_engine
+
+    try:
+        spare = start_engine(os.path.join(services_folder, "spare"))
+    except Unavailable as exc:
+        pytest.fail(str(exc)) if os.environ.get("CI") else pytest.skip(str(exc))
+    spare.stop()
+    result = imgdex("index", "docker-daemon:", "--docker-host", spare.host, "--store", tmp_path, check=False)
+    assert result.returncode == 1
+    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"imgdex: docker-daemon: cannot reach the Docker engine at {spare.host}: ")
