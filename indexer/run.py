@@ -39,10 +39,20 @@ def index_sources(
     on_image: Callable[[ImageRecord], None] = lambda record: None,
     docker_host: str = "",
     all_images: bool = False,
+    repository_prefix: str = "",
+    username: str = "",
+    password: str | None = None,
+    tls_verify: bool = True,
+    ca_cert: str = "",
+    insecure_registries: Iterable[str] = (),
+    jobs: int = 8,
+    http_timeout: float = 30.0,
 ) -> RunSummary:
     """Index every source into `writer` (a StoreWriter); failures are counted, never raised.
 
-    `docker_host` and `all_images` apply to `docker-daemon:` sources only.
+    `docker_host` and `all_images` apply to `docker-daemon:` sources only; `repository_prefix`
+    to whole-registry `docker://HOST` crawls; the credentials, TLS settings, `jobs` and
+    `http_timeout` to every `docker://` source.
     """
     from .store.writer import now_utc
 
@@ -69,9 +79,25 @@ def index_sources(
             claims.clear()
 
     spec_list = list(specs)
+    registry_options = None
+    if any(spec.startswith("docker://") for spec in spec_list):
+        from .sources.registry_client import RegistryOptions
+
+        registry_options = RegistryOptions(
+            repository_prefix=repository_prefix,
+            username=username,
+            password=password,
+            tls_verify=tls_verify,
+            ca_cert=ca_cert,
+            insecure_registries=tuple(insecure_registries),
+            jobs=jobs,
+            timeout=http_timeout,
+        )
     for spec in spec_list:
         try:
-            source = parse_source(spec, docker_host=docker_host, all_images=all_images)
+            source = parse_source(spec, docker_host=docker_host, all_images=all_images, registry_options=registry_options)
+            if hasattr(source, "bind_store"):
+                source.bind_store(writer)  # registry crawls read what is indexed, to skip it
             ctx = Context(source_kind=source.kind, source_path=source.location, registry=registry, repository=repository, note=note)
             for item in source.records(ctx):
                 if isinstance(item, SourceError):

@@ -91,17 +91,44 @@ def _split_repository(registry: str, repository: str) -> tuple[str, str]:
 @click.option("-q", "--quiet", is_flag=True, help="Do not print notes (skipped entries).")
 @click.option("--docker-host", default="", metavar="URL", help="Docker engine for docker-daemon: sources. Default: $DOCKER_HOST, else the local socket.")
 @click.option("--all", "all_images", is_flag=True, help="docker-daemon: also index intermediate images.")
+@click.option("--repository-prefix", default="", metavar="PATH", help="docker://HOST: crawl only the repositories under PATH.")
+@click.option("--username", default="", metavar="USER", help="Registry user for docker:// sources; the password comes from --password-stdin or $IMGDEX_PASSWORD.")
+@click.option("--password-stdin", is_flag=True, help="Read the registry password from standard input.")
+@click.option("--tls-verify/--no-tls-verify", default=True, show_default=True, help="Verify registry TLS certificates.")
+@click.option("--ca-cert", default=None, metavar="FILE", type=click.Path(exists=True, dir_okay=False), help="CA bundle for registry TLS.")
+@click.option(
+    "--insecure-registry", "insecure_registries", multiple=True, metavar="HOST",
+    help="Allow plain HTTP and skip TLS verification for HOST[:PORT] or a CIDR network (repeatable). Loopback may always use plain HTTP.",
+)
+@click.option("--jobs", type=click.IntRange(1, 256), default=8, show_default=True, help="Parallel requests to a registry.")
 @library_errors
-def index(sources, store, registry, repository, as_json, quiet, docker_host, all_images):
+def index(
+    sources, store, registry, repository, as_json, quiet, docker_host, all_images,
+    repository_prefix, username, password_stdin, tls_verify, ca_cert, insecure_registries, jobs,
+):
     """Index every image found in each SOURCE.
 
     SOURCE is docker-archive:PATH, oci-archive:PATH[:REF], oci:DIR[:REF], docker-daemon:[REF]
-    (a running Docker engine: every image, or the one named by reference or ID), or a bare path
-    (a layout directory, or a tar that is uncompressed, gzip or zstd).
+    (a running Docker engine: every image, or the one named by reference or ID),
+    docker://HOST[/REPO[:TAG|@DIGEST]] (a registry: every repository, every tag of one, or one
+    image), ycr-json:PATH (Image.Get / Image.List JSON of Yandex Cloud; names go under
+    cr.yandex unless --registry), or a bare path (a layout directory, or a tar that is
+    uncompressed, gzip or zstd).
     """
+    import os
+
     from indexer.run import index_sources
     from indexer.store.writer import StoreWriter
 
+    password = None
+    if password_stdin:
+        if "ycr-json:-" in sources:
+            raise click.UsageError("--password-stdin and ycr-json:- cannot both read standard input")
+        password = click.get_text_stream("stdin").read().rstrip("\r\n")
+    elif os.environ.get("IMGDEX_PASSWORD") is not None:
+        password = os.environ["IMGDEX_PASSWORD"]
+    if password is not None and not username:
+        raise click.UsageError("a registry password needs --username")
     registry, repository = _split_repository(registry, repository)
     progress = _Progress(len(sources))
     with StoreWriter(store) as writer:
@@ -115,6 +142,13 @@ def index(sources, store, registry, repository, as_json, quiet, docker_host, all
             on_image=progress.image,
             docker_host=docker_host,
             all_images=all_images,
+            repository_prefix=repository_prefix,
+            username=username,
+            password=password,
+            tls_verify=tls_verify,
+            ca_cert=ca_cert or "",
+            insecure_registries=insecure_registries,
+            jobs=jobs,
         )
     progress.done()
     if as_json:

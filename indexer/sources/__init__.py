@@ -16,7 +16,7 @@ from .layout import read_layout_dir, read_layout_tar
 from .parse import Context
 from .tarball import TarMembers
 
-KINDS = ("docker-archive", "oci-archive", "oci", "docker-daemon", "docker")
+KINDS = ("docker-archive", "oci-archive", "oci", "docker-daemon", "docker", "ycr-json")
 
 
 class Source(Protocol):
@@ -79,10 +79,11 @@ def _split_ref(rest: str) -> tuple[str, str]:
     return (path, ref) if sep else (rest, "")
 
 
-def parse_source(text: str, *, docker_host: str = "", all_images: bool = False) -> Source:
+def parse_source(text: str, *, docker_host: str = "", all_images: bool = False, registry_options=None) -> Source:
     """A source from its skopeo-style name; a bare path is detected.
 
-    `docker_host` and `all_images` apply to `docker-daemon:` only.
+    `docker_host` and `all_images` apply to `docker-daemon:` only; `registry_options` (a
+    RegistryOptions) to `docker://` only.
     """
     if text.startswith("docker-archive:"):
         return DockerArchive(text[len("docker-archive:"):])
@@ -95,7 +96,13 @@ def parse_source(text: str, *, docker_host: str = "", all_images: bool = False) 
 
         return DockerDaemon.from_spec(text[len("docker-daemon:"):], docker_host, all_images)
     if text.startswith("docker://"):
-        raise SourceError(text, "this source kind is not supported yet")
+        from .registry import RegistrySource  # requests is imported only for registries
+
+        return RegistrySource(text, registry_options)
+    if text.startswith("ycr-json:"):
+        from .ycr_json import YcrJson
+
+        return YcrJson(text[len("ycr-json:"):])
     if os.path.isdir(text):
         return OciLayout(text)
     if os.path.exists(text):

@@ -6,6 +6,7 @@ readers always see the last completed run.
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 import shutil
@@ -124,6 +125,15 @@ def records_to_arrow(records: list[ImageRecord], indexed_at: datetime) -> pa.Tab
 
 
 def _one_per_id(records: list[ImageRecord]) -> list[ImageRecord]:
+    # Within a batch as across batches, a known manifest is one resource: an imported id wins.
+    imported = {(r.registry, r.name, r.digest): r.id for r in records if r.id_origin == "imported" and r.digest}
+    if imported:
+        records = [
+            dataclasses.replace(r, id=imported[key], id_origin="imported")
+            if r.id_origin != "imported" and (key := (r.registry, r.name, r.digest)) in imported
+            else r
+            for r in records
+        ]
     by_id: dict[str, ImageRecord] = {}
     for record in records:
         known = by_id.get(record.id)

@@ -1,0 +1,571 @@
+"""The registry source: `docker://HOST[/REPO[:TAG|@DIGEST]]` over the Docker Registry HTTP API V2.
+
+`docker://HOST` crawls every repository of `/v2/_catalog`; `docker://HOST/REPO` every tag of one
+repository; a tag or digest one image. Per tag the manifest is fetched (or, on a re-crawl, only
+HEADed), and the shared parser walks it through `HttpBlobs`, which fetches child manifests and
+config blobs on demand and never a layer. Work runs in a bounded thread pool; everything that
+touches the store stays on the calling thread.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import queue
+import re
+import threading
+import urllib.parse
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
+
+from ..errors import ImgdexError, SourceError
+from ..model import Blob, ImageRecord
+from ..references import DOCKER_HUB, Reference, parse_reference
+from . import mediatypes as mt
+from .parse import MAX_JSON_BYTES, Context, walk
+from .registry_auth import CATALOG_SCOPE, AuthError, Credentials, find_credentials, repository_scope
+from .registry_client import CATALOG_LIMIT, MANIFEST_ACCEPT, HttpError, RegistryClient, RegistryOptions, registry_error_text
+from .registry_schema1 import schema1_records
+
+PREFIX = "docker://"
+_LINK_NEXT = re.compile(r'<([^>]*)>\s*;\s*(?:[^,]*;\s*)*rel="?next"?', re.IGNORECASE)
+_MAX_PAGES = 100_000
+_CONFIG_CACHE_BYTES = 64 * 1024 * 1024
+_KNOWN_MANIFEST_TYPES = mt.INDEXES | mt.MANIFESTS | mt.SCHEMA1
+
+
+@dataclass(frozen=True)
+class Target:
+    registry: str  # as records name it (Docker Hub is docker.io)
+    api_host: str  # where the API answers
+    repository: str = ""
+    tag: str = ""
+    digest: str = ""
+
+
+def _looks_like_host(text: str) -> bool:
+    name = text.rsplit("]", 1)[0] if text.startswith("[") else text.partition(":")[0]
+    return text.startswith("[") or "." in name or name == "localhost"
+
+
+def parse_target(text: str) -> Target:
+    """`HOST`, `HOST/`, `HOST/REPO`, `HOST/REPO:TAG`, `HOST/REPO@DIGEST`; a bare name is on Docker Hub."""
+    spec = PREFIX + text
+    if not text:
+        raise SourceError(spec, "no registry host")
+    host_only = text.endswith("/") and "/" not in text.rstrip("/")
+    if host_only or ("/" not in text and _looks_like_host(text)):
+        host = text.rstrip("/")
+        try:
+            parse_reference(f"{host}/probe")
+        except ImgdexError:
+            raise SourceError(spec, f"invalid registry host {host!r}") from None
+        registry = DOCKER_HUB if host in ("docker.io", "index.docker.io", "registry-1.docker.io") else host.lower()
+        return Target(registry, _api_host(registry))
+    try:
+        ref = parse_reference(text)
+    except ImgdexError as exc:
+        raise SourceError(spec, str(exc)) from None
+    registry = ref.registry.lower()
+    return Target(registry, _api_host(registry), ref.name, ref.tag, ref.digest)
+
+
+def _api_host(registry: str) -> str:
+    return "registry-1.docker.io" if registry == DOCKER_HUB else registry
+
+
+def under_prefix(name: str, prefix: str) -> bool:
+    prefix = prefix.strip("/")
+    return not prefix or name == prefix or name.startswith(prefix + "/")
+
+
+def _media_type(content_type: str) -> str:
+    value = (content_type or "").split(";", 1)[0].strip().lower()
+    return value if value in _KNOWN_MANIFEST_TYPES else ""
+
+
+def _next_link(reply, where: str) -> str:
+    header = reply.headers.get("Link", "")
+    match = _LINK_NEXT.search(header) if header else None
+    if not match:
+        return ""
+    url = urllib.parse.urljoin(reply.url, match.group(1))
+    if urllib.parse.urlsplit(url).netloc != urllib.parse.urlsplit(reply.url).netloc:
+        raise HttpError(f"{where}: the Link header points to another host ({url})")
+    return url
+
+
+@dataclass
+class Fetched:
+    tag: str
+    digest: str
+    data: bytes | None  # None after a HEAD
+    media_type: str
+
+
+@dataclass
+class RepoState:
+    name: str
+    known: dict[str, str]  # tag -> digest, from the store
+    indexed: set[str]  # manifest digests the store already has for this repository
+    tags: list[str] = field(default_factory=list)
+    pending: int = 0
+    fetched: list[Fetched] = field(default_factory=list)
+
+
+@dataclass
+class Stats:
+    repositories: int = 0
+    tags: int = 0
+    fetched: int = 0
+    unchanged: int = 0
+    retagged: int = 0
+    removed: int = 0
+
+
+class ConfigCache:
+    """Config blobs by digest, verified before they are kept, shared by every repository of a crawl."""
+
+    def __init__(self, limit: int = _CONFIG_CACHE_BYTES):
+        self.limit = limit
+        self.size = 0
+        self._blobs: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+        self._fetching: dict[str, threading.Lock] = {}
+
+    def fetch_once(self, digest: str, fetch: Callable[[], bytes]) -> bytes:
+        """The cached blob, or `fetch()` run by one thread while the others wanting it wait."""
+        cached = self._blobs.get(digest)
+        if cached is not None:
+            return cached
+        with self._lock:
+            lock = self._fetching.setdefault(digest, threading.Lock())
+        with lock:
+            cached = self._blobs.get(digest)
+            if cached is not None:
+                return cached
+            data = fetch()
+            self.put(digest, data)
+            return data
+
+    def get(self, digest: str) -> bytes | None:
+        return self._blobs.get(digest)
+
+    def put(self, digest: str, data: bytes) -> None:
+        algorithm, _, _ = digest.partition(":")
+        if algorithm not in ("sha256", "sha384", "sha512") or f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}" != digest:
+            return
+        with self._lock:
+            if digest not in self._blobs and self.size + len(data) <= self.limit:
+                self._blobs[digest] = data
+                self.size += len(data)
+
+
+class HttpBlobs:
+    """A BlobStore over one repository of a registry, for `walk`.
+
+    Sizes come from the descriptors of manifests already read: the registry accepted those
+    manifests only with their blobs present, and asking it again per layer would cost one request
+    per layer for nothing. Manifests are fetched from /manifests/, everything else from /blobs/.
+    """
+
+    def __init__(self, crawl: "Crawl", repository: str, top_digest: str, top_data: bytes, where: str):
+        self.crawl = crawl
+        self.repository = repository
+        self.where = where
+        self.manifests: dict[str, bytes] = {top_digest: top_data}
+        self.declared: dict[str, tuple[str, int, str]] = {}
+        self._register(top_data)
+
+    def _register(self, data: bytes) -> None:
+        try:
+            doc = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            return
+        if not isinstance(doc, dict):
+            return
+
+        def note(raw, kind):
+            if isinstance(raw, dict) and isinstance(raw.get("digest"), str) and type(raw.get("size")) is int:
+                media_type = raw.get("mediaType") if isinstance(raw.get("mediaType"), str) else ""
+                self.declared.setdefault(raw["digest"], (kind, raw["size"], media_type))
+
+        children, layers = doc.get("manifests"), doc.get("layers")
+        for child in children if isinstance(children, list) else ():
+            note(child, "manifest")
+        note(doc.get("config"), "config")
+        for layer in layers if isinstance(layers, list) else ():
+            note(layer, "layer")
+
+    def blob_size(self, digest: str) -> int | None:
+        data = self.manifests.get(digest)
+        if data is not None:
+            return len(data)
+        entry = self.declared.get(digest)
+        if entry is None:
+            return None
+        kind, size, media_type = entry
+        if kind == "config" and media_type not in mt.IMAGE_CONFIGS and size > MAX_JSON_BYTES:
+            return None  # an artifact's payload, not JSON to parse
+        return size
+
+    def read_blob(self, digest: str, limit: int) -> bytes:
+        data = self.manifests.get(digest)
+        if data is not None:
+            return data
+        kind = self.declared.get(digest, ("", 0, ""))[0]
+        if kind == "layer":
+            raise SourceError(self.where, f"refusing to download layer {digest}")
+        if kind == "manifest":
+            try:
+                data, _, _ = self.crawl.get_manifest(self.repository, digest, self.where)
+            except HttpError as exc:  # one missing child costs that child, not the index and its siblings
+                raise SourceError(self.where, str(exc).removeprefix(f"{self.where}: ")) from None
+            self.manifests[digest] = data
+            self._register(data)
+            return data
+        return self.crawl.get_config(self.repository, digest, limit, self.where)
+
+
+class Crawl:
+    """One run of a registry source: the pool, the client and the bookkeeping of one crawl."""
+
+    def __init__(self, source: "RegistrySource", ctx: Context):
+        self.source = source
+        self.ctx = ctx
+        self.target = source.target
+        self.options = source.options
+        self.registry = self.target.registry
+        self.spec = source.location
+        self.client = RegistryClient(self.registry, self.target.api_host, self.options, self._credentials())
+        self.configs = ConfigCache()
+        self.stats = Stats()
+        self.store = source.store if _is_incremental_store(source.store) else None
+        self._futures: dict[Future, Callable] = {}
+        self._done: queue.SimpleQueue[Future] = queue.SimpleQueue()
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _credentials(self) -> Credentials | None:
+        options = self.options
+        if options.username:
+            if options.password is None:
+                raise SourceError(self.spec, "--username needs a password: give it on stdin with --password-stdin, or in IMGDEX_PASSWORD")
+            return Credentials(options.username, options.password, "--username")
+        if options.password is not None:
+            raise SourceError(self.spec, "a password was given without --username")
+        try:
+            return find_credentials(self.registry, self.target.repository, options.auth_files)
+        except AuthError as exc:
+            raise SourceError(self.spec, str(exc)) from None
+
+    # -------------------------------------------------------------- HTTP calls (worker threads)
+
+    def _where(self, repository: str, tag: str = "", digest: str = "") -> str:
+        out = f"{self.registry}/{repository}"
+        return out + (f":{tag}" if tag else "") + (f"@{digest}" if digest else "")
+
+    def get_manifest(self, repository: str, reference: str, where: str, method: str = "GET") -> tuple[bytes | None, str, str]:
+        """(bytes or None for HEAD, the registry's digest or '', media type or '')."""
+        reply = self.client.request(
+            method,
+            f"/v2/{repository}/manifests/{reference}",
+            scope=repository_scope(repository),
+            what=f"{where}: {method} manifest",
+            limit=MAX_JSON_BYTES,
+            headers={"Accept": MANIFEST_ACCEPT},
+        )
+        if reply.status != 200:
+            detail = registry_error_text(reply.body)
+            raise HttpError(f"{where}: {method} manifest {reference}: {reply.status}{' ' + detail if detail else ''}", reply.status)
+        digest = reply.headers.get("Docker-Content-Digest", "").strip()
+        return (None if method == "HEAD" else reply.body), digest, _media_type(reply.headers.get("Content-Type", ""))
+
+    def get_config(self, repository: str, digest: str, limit: int, where: str) -> bytes:
+        return self.configs.fetch_once(digest, lambda: self._fetch_blob(repository, digest, limit, where))
+
+    def _fetch_blob(self, repository: str, digest: str, limit: int, where: str) -> bytes:
+        try:
+            reply = self.client.request(
+                "GET", f"/v2/{repository}/blobs/{digest}", scope=repository_scope(repository), what=f"{where}: GET blob {digest}", limit=limit
+            )
+        except HttpError as exc:
+            raise SourceError(where, str(exc).removeprefix(f"{where}: ")) from None
+        if reply.status != 200:
+            detail = registry_error_text(reply.body)
+            raise SourceError(where, f"GET blob {digest}: {reply.status}{' ' + detail if detail else ''}")
+        return reply.body
+
+    def head_blob_size(self, repository: str, digest: str, where: str) -> int:
+        reply = self.client.request("HEAD", f"/v2/{repository}/blobs/{digest}", scope=repository_scope(repository), what=f"{where}: HEAD blob {digest}", limit=0)
+        length = reply.headers.get("Content-Length", "")
+        if reply.status != 200 or not length.isdigit():
+            raise SourceError(where, f"HEAD blob {digest}: {reply.status}, no size")
+        return int(length)
+
+    def _paged(self, path: str, key: str, scope: str, what: str, limit: int) -> tuple[list[str], str]:
+        """Every entry of a paged list (`repositories` or `tags`), and an error text ('' when complete)."""
+        out: list[str] = []
+        seen_entries: set[str] = set()
+        seen_urls: set[str] = set()
+        url = path
+        pages = 0
+        while url:
+            absolute = url if "://" in url else self.client.base + url
+            if absolute in seen_urls:
+                return out, f"{what}: the Link pagination loops back to {absolute} after {pages} pages"
+            seen_urls.add(absolute)
+            pages += 1
+            if pages > _MAX_PAGES:
+                return out, f"{what}: more than {_MAX_PAGES} pages"
+            try:
+                reply = self.client.request("GET", url, scope=scope, what=what, limit=limit)
+                if reply.status != 200:
+                    detail = registry_error_text(reply.body)
+                    return out, f"{what}: {reply.status}{' ' + detail if detail else ''}"
+                try:
+                    doc = json.loads(reply.body)
+                except (ValueError, UnicodeDecodeError) as exc:
+                    return out, f"{what}: the answer is not valid JSON ({str(exc).splitlines()[0]})"
+                entries = doc.get(key) if isinstance(doc, dict) else None
+                if entries is None and isinstance(doc, dict) and key in doc:
+                    entries = []  # distribution writes "tags": null for a repository without tags
+                if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+                    return out, f"{what}: the answer has no list of {key}"
+                for entry in entries:
+                    if entry not in seen_entries:
+                        seen_entries.add(entry)
+                        out.append(entry)
+                url = _next_link(reply, what)
+            except HttpError as exc:
+                return out, str(exc)
+        return out, ""
+
+    # -------------------------------------------------------------- tasks
+
+    def _fetch_tag(self, state: RepoState, tag: str) -> Fetched | SourceError:
+        where = self._where(state.name, tag)
+        try:
+            if state.known:  # a re-crawl: a HEAD tells whether the tag moved
+                _, digest, media_type = self.get_manifest(state.name, tag, where, "HEAD")
+                if digest:
+                    return Fetched(tag, digest, None, media_type)
+            data, digest, media_type = self.get_manifest(state.name, tag, where)
+            return Fetched(tag, digest, data, media_type)
+        except HttpError as exc:
+            return SourceError(where, str(exc).removeprefix(f"{where}: "))
+
+    def _walk(self, repository: str, digest: str, data: bytes | None, media_type: str, tags: list[str]) -> tuple[list, list[str]]:
+        if len(tags) == 1:
+            where = self._where(repository, tags[0])
+        else:
+            where = self._where(repository, digest=digest) + (f" (tags {', '.join(tags)})" if tags else "")
+        notes: list[str] = []
+        try:
+            if data is None:
+                data, served, media_type = self.get_manifest(repository, digest, where)
+                if served and served != digest:
+                    return [SourceError(where, f"asked for manifest {digest}, the registry answered with {served}")], notes
+            names = [Reference(self.registry, repository, tag) for tag in tags] or [Reference(self.registry, repository)]
+            ctx = dataclasses.replace(self.ctx, note=notes.append)
+            if media_type in mt.SCHEMA1 or (not media_type and _is_schema1(data)):
+                items = schema1_records(data, digest, media_type, names, ctx, where, lambda d: self.head_blob_size(repository, d, where))
+                return items, notes
+            if digest.startswith("sha256:") and digest != "sha256:" + hashlib.sha256(data).hexdigest():
+                return [SourceError(where, f"the registry says the manifest is {digest} (Docker-Content-Digest), but its bytes hash to sha256:{hashlib.sha256(data).hexdigest()}")], notes
+            blobs = HttpBlobs(self, repository, digest, data, where)
+            return list(walk(blobs, Blob(digest, len(data), media_type), names, ctx, where)), notes
+        except (SourceError, HttpError) as exc:
+            text = str(exc)
+            return [exc if isinstance(exc, SourceError) else SourceError(where, text.removeprefix(f"{where}: "))], notes
+        except Exception as exc:  # a malformed answer must cost one image, never the crawl
+            return [SourceError(where, f"unexpected {type(exc).__name__}: {exc}")], notes
+
+    # -------------------------------------------------------------- scheduling (calling thread)
+
+    def _submit(self, then: Callable, fn: Callable, *args) -> None:
+        assert self._pool is not None
+        future = self._pool.submit(fn, *args)
+        self._futures[future] = then
+        # a completion queue: waiting on thousands of futures at once costs O(n) per wake-up
+        future.add_done_callback(self._done.put)
+
+    def _drain(self) -> Iterator[ImageRecord | SourceError]:
+        while self._futures:
+            future = self._done.get()
+            then = self._futures.pop(future)
+            yield from then(future.result())
+
+    def run(self) -> Iterator[ImageRecord | SourceError]:
+        try:
+            self.client.ping()
+        except HttpError as exc:
+            raise SourceError(self.spec, str(exc)) from None
+        self._pool = ThreadPoolExecutor(max_workers=max(1, self.options.jobs), thread_name_prefix="imgdex-registry")
+        try:
+            yield from self._run()
+            yield from self._drain()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self.client.close()
+        s = self.stats
+        self.ctx.note(
+            f"{self.spec}: {s.repositories} repositories, {s.tags} tags; {s.fetched} manifests fetched, "
+            f"{s.unchanged} tags unchanged, {s.retagged} retagged, {s.removed} removed"
+        )
+
+    def _store_state(self, prefix: str, exact: str = "") -> tuple[dict[str, dict[str, str]], dict[str, set[str]]]:
+        if self.store is None:
+            return {}, {}
+        known: dict[str, dict[str, str]] = {}
+        for name, tag, digest in self.store.known_tags(self.registry, prefix):
+            if not exact or name == exact:
+                known.setdefault(name, {})[tag] = digest
+        indexed: dict[str, set[str]] = {}
+        for name, digest in self.store.indexed_digests(self.registry, prefix):
+            if not exact or name == exact:
+                indexed.setdefault(name, set()).add(digest)
+        return known, indexed
+
+    def _run(self) -> Iterator[ImageRecord | SourceError]:
+        target = self.target
+        if target.repository:
+            known, indexed = self._store_state(target.repository, exact=target.repository)
+            state = RepoState(target.repository, known.get(target.repository, {}), indexed.get(target.repository, set()))
+            self.stats.repositories = 1
+            if target.digest:
+                self.stats.tags = 0
+                if target.digest in state.indexed:
+                    self.stats.unchanged += 1
+                    return
+                self.stats.fetched += 1
+                self._submit(self._walked, self._walk, target.repository, target.digest, None, "", [])
+            elif target.tag:
+                state.tags = [target.tag]
+                self._start_tags(state, [target.tag], complete=False)
+            else:
+                self._submit(lambda result: self._listed(state, result), self._list_tags, state.name)
+            return
+        prefix = self.options.repository_prefix.strip("/")
+        # No `n`: distribution refuses an n above its catalog.maxentries, and every registry pages by Link anyway.
+        repositories, error = self._paged("/v2/_catalog", "repositories", CATALOG_SCOPE, f"{self.registry}: GET /v2/_catalog", CATALOG_LIMIT)
+        if error:
+            if not repositories:
+                raise SourceError(self.spec, f"cannot list the repositories: {error}")
+            yield SourceError(f"{self.registry} catalog", error)
+        repositories = [name for name in repositories if under_prefix(name, prefix)]
+        known, indexed = self._store_state(prefix)
+        self.stats.repositories = len(repositories)
+        for name in repositories:
+            state = RepoState(name, known.get(name, {}), indexed.get(name, set()))
+            self._submit(lambda result, state=state: self._listed(state, result), self._list_tags, name)
+        if not error and self.store is not None:
+            listed = set(repositories)
+            for name, tags in known.items():
+                if name not in listed and tags:
+                    self.store.retire_tags(self.registry, name, sorted(tags))
+                    self.stats.removed += len(tags)
+
+    def _list_tags(self, repository: str) -> tuple[list[str], str]:
+        return self._paged(f"/v2/{repository}/tags/list", "tags", repository_scope(repository), f"{self.registry}/{repository}: GET tags/list", CATALOG_LIMIT)
+
+    def _listed(self, state: RepoState, result: tuple[list[str], str]) -> Iterable:
+        tags, error = result
+        if error:
+            return [SourceError(self._where(state.name), error.removeprefix(f"{self._where(state.name)}: "))]
+        state.tags = tags
+        self.stats.tags += len(tags)
+        return self._start_tags(state, tags, complete=True)
+
+    def _start_tags(self, state: RepoState, tags: list[str], complete: bool) -> list:
+        if complete:
+            vanished = sorted(set(state.known) - set(tags))
+            if vanished and self.store is not None:
+                self.store.retire_tags(self.registry, state.name, vanished)
+                self.stats.removed += len(vanished)
+        if not complete:
+            self.stats.tags += len(tags)
+        state.pending = len(tags)
+        for tag in tags:
+            self._submit(lambda result, state=state: self._tag_done(state, result), self._fetch_tag, state, tag)
+        return []
+
+    def _tag_done(self, state: RepoState, result: Fetched | SourceError) -> Iterable:
+        state.pending -= 1
+        out: list = []
+        if isinstance(result, SourceError):
+            out.append(result)
+        else:
+            state.fetched.append(result)
+        if state.pending == 0:
+            self._group(state)
+        return out
+
+    def _group(self, state: RepoState) -> None:
+        by_digest: dict[str, list[Fetched]] = {}
+        for fetched in state.fetched:
+            key = fetched.digest or ("sha256:" + hashlib.sha256(fetched.data or b"").hexdigest())
+            by_digest.setdefault(key, []).append(fetched)
+        claims = []
+        for digest, group in by_digest.items():
+            tags = sorted(f.tag for f in group)
+            changed = [t for t in tags if state.known.get(t) != digest]
+            self.stats.unchanged += len(tags) - len(changed)
+            if not changed:
+                continue
+            if digest in state.indexed and self.store is not None:
+                claims += [(state.name, tag, digest) for tag in changed]
+                self.stats.retagged += len(changed)
+                continue
+            with_data = next((f for f in group if f.data is not None), None)
+            self.stats.fetched += 1
+            self._submit(
+                self._walked,
+                self._walk,
+                state.name,
+                digest,
+                with_data.data if with_data else None,
+                with_data.media_type if with_data else "",
+                tags,
+            )
+        if claims:
+            self.store.claim_tags(self.registry, claims)
+        state.fetched.clear()
+
+    def _walked(self, result: tuple[list, list[str]]) -> Iterable:
+        items, notes = result
+        for note in notes:
+            self.ctx.note(note)
+        return items
+
+
+def _is_schema1(data: bytes) -> bool:
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(doc, dict) and doc.get("schemaVersion") == 1
+
+
+def _is_incremental_store(store) -> bool:
+    return store is not None and all(
+        callable(getattr(store, name, None)) for name in ("known_tags", "indexed_digests", "claim_tags", "retire_tags")
+    )
+
+
+class RegistrySource:
+    """`docker://…` as a Source; `bind_store` makes re-crawls incremental."""
+
+    kind = "docker"
+
+    def __init__(self, location: str, options: RegistryOptions | None = None):
+        self.location = location
+        self.target = parse_target(location[len(PREFIX):] if location.startswith(PREFIX) else location)
+        self.options = options or RegistryOptions()
+        self.store = None
+
+    def bind_store(self, store) -> None:
+        self.store = store
+
+    def records(self, ctx: Context) -> Iterator[ImageRecord | SourceError]:
+        return Crawl(self, ctx).run()

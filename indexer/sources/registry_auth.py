@@ -1,0 +1,273 @@
+"""Registry credentials and the distribution auth protocols: anonymous, basic, and bearer tokens.
+
+Credentials come from the command line first, then from the auth files docker and skopeo read
+(`auths` entries with a base64 `auth`, `credHelpers` and `credsStore` helpers). A bearer token
+is asked for per scope from the realm named in the `WWW-Authenticate` challenge, and cached
+until shortly before it expires.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import re
+import subprocess
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+
+from ..errors import ImgdexError
+
+DOCKER_HUB_KEYS = ("docker.io", "index.docker.io", "registry-1.docker.io", "https://index.docker.io/v1/")
+# A token is renewed this long before the expiry the server gave, so a slow request still carries a valid one.
+_TOKEN_SLACK = 10.0
+_DEFAULT_TOKEN_LIFETIME = 60.0
+
+
+class AuthError(ImgdexError):
+    """Credentials are missing, rejected, or the token server failed."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str = field(repr=False)
+    origin: str = ""  # where they were found, for messages (never the secret)
+
+
+@dataclass(frozen=True)
+class Challenge:
+    scheme: str  # "basic" or "bearer", lower case
+    params: dict
+
+    @property
+    def realm(self) -> str:
+        return self.params.get("realm", "")
+
+
+_PARAM = re.compile(r'\s*([A-Za-z0-9_.-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,]*)\s*(?:,|$)')
+
+
+def parse_challenges(header: str) -> list[Challenge]:
+    """`Bearer realm="…",service="…",scope="a,b"` (one or more challenges) -> Challenge list."""
+    out: list[Challenge] = []
+    rest = header.strip()
+    while rest:
+        match = re.match(r"([A-Za-z][A-Za-z0-9_-]*)\s*", rest)
+        if not match:
+            break
+        scheme = match.group(1).lower()
+        rest = rest[match.end():]
+        params: dict[str, str] = {}
+        while rest:
+            param = _PARAM.match(rest)
+            if not param:
+                break
+            value = param.group(2)
+            if value.startswith('"'):
+                value = re.sub(r"\\(.)", r"\1", value[1:-1])
+            params[param.group(1).lower()] = value
+            rest = rest[param.end():]
+        out.append(Challenge(scheme, params))
+        rest = rest.lstrip(", ")
+    return out
+
+
+# ---------------------------------------------------------------- credential files
+
+
+def auth_files(env: dict | None = None) -> list[str]:
+    """The files docker and skopeo read credentials from, in the order skopeo tries them."""
+    env = os.environ if env is None else env
+    home = env.get("HOME") or os.path.expanduser("~")
+    files = []
+    if env.get("REGISTRY_AUTH_FILE"):
+        files.append(env["REGISTRY_AUTH_FILE"])
+    if env.get("XDG_RUNTIME_DIR"):
+        files.append(os.path.join(env["XDG_RUNTIME_DIR"], "containers", "auth.json"))
+    files.append(os.path.join(env.get("XDG_CONFIG_HOME") or os.path.join(home, ".config"), "containers", "auth.json"))
+    docker_config = env.get("DOCKER_CONFIG") or os.path.join(home, ".docker")
+    files.append(os.path.join(docker_config, "config.json"))
+    files.append(os.path.join(home, ".dockercfg"))
+    return files
+
+
+def _normalise_key(key: str) -> str:
+    """An `auths` key as docker writes it (`https://host/v1/`, `host`, `host/ns/repo`) -> `host[/path]`."""
+    text = key.strip()
+    if "://" in text:
+        parsed = urllib.parse.urlsplit(text)
+        text = parsed.netloc + parsed.path
+    text = text.rstrip("/")
+    if text in ("index.docker.io/v1", "index.docker.io", "registry-1.docker.io"):
+        return "docker.io"
+    if text.endswith("/v1") or text.endswith("/v2"):
+        text = text[:-3]
+    return text
+
+
+def _decode_auth(entry: dict, origin: str) -> Credentials | None:
+    encoded = entry.get("auth")
+    if isinstance(encoded, str) and encoded:
+        try:
+            user, sep, password = base64.b64decode(encoded, validate=False).decode("utf-8").partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            raise AuthError(f"{origin}: the auth value is not base64 of user:password") from None
+        if not sep:
+            raise AuthError(f"{origin}: the auth value is not base64 of user:password")
+        return Credentials(user, password, origin)
+    user, password = entry.get("username"), entry.get("password")
+    if isinstance(user, str) and user and isinstance(password, str):
+        return Credentials(user, password, origin)
+    return None
+
+
+def _run_helper(helper: str, server: str, origin: str) -> Credentials | None:
+    program = f"docker-credential-{helper}"
+    try:
+        result = subprocess.run([program, "get"], input=server.encode(), capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise AuthError(f"{origin}: credential helper {program} failed: {exc}") from None
+    if result.returncode != 0:
+        message = (result.stdout or result.stderr).decode(errors="replace").strip()
+        if "credentials not found" in message.lower():
+            return None
+        raise AuthError(f"{origin}: credential helper {program} failed: {message or 'exit ' + str(result.returncode)}")
+    try:
+        doc = json.loads(result.stdout)
+        user, secret = doc["Username"], doc["Secret"]
+    except (ValueError, KeyError, TypeError):
+        raise AuthError(f"{origin}: credential helper {program} printed no Username/Secret") from None
+    if user == "<token>":
+        return None  # an identity token for the OAuth refresh flow, which this client does not speak
+    return Credentials(user, secret, f"{origin} ({program})")
+
+
+def _host_keys(registry: str) -> tuple[str, ...]:
+    return DOCKER_HUB_KEYS if registry == "docker.io" else (registry,)
+
+
+def find_credentials(registry: str, repository: str = "", files: list[str] | None = None) -> Credentials | None:
+    """Credentials for `registry` (and `repository`, for repository-scoped keys) from the auth files.
+
+    The first file that has an entry for the registry wins; inside it the most specific key
+    (`host/ns/repo` before `host/ns` before `host`) wins, as skopeo does.
+    """
+    for path in files if files is not None else auth_files():
+        try:
+            with open(path, "rb") as f:
+                doc = json.load(f)
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError) as exc:
+            raise AuthError(f"cannot read credentials from {path}: {exc}") from None
+        if not isinstance(doc, dict):
+            continue
+        helpers = doc.get("credHelpers") if isinstance(doc.get("credHelpers"), dict) else {}
+        for key in _host_keys(registry):
+            helper = helpers.get(key)
+            if isinstance(helper, str) and helper:
+                found = _run_helper(helper, key, path)
+                if found is not None:
+                    return found
+        auths = doc.get("auths") if isinstance(doc.get("auths"), dict) else None
+        if auths is None and path.endswith(".dockercfg"):
+            auths = doc  # the legacy file is the auths map itself
+        if auths:
+            entries = {_normalise_key(key): value for key, value in auths.items() if isinstance(value, dict)}
+            host = "docker.io" if registry == "docker.io" else registry
+            candidates = []
+            parts = repository.split("/") if repository else []
+            for length in range(len(parts), 0, -1):
+                candidates.append(host + "/" + "/".join(parts[:length]))
+            candidates.append(host)
+            for candidate in candidates:
+                entry = entries.get(candidate)
+                if entry is not None:
+                    found = _decode_auth(entry, f"{path} ({candidate})")
+                    if found is not None:
+                        return found
+        store = doc.get("credsStore")
+        if isinstance(store, str) and store:
+            found = _run_helper(store, _host_keys(registry)[-1] if registry == "docker.io" else registry, path)
+            if found is not None:
+                return found
+    return None
+
+
+# ---------------------------------------------------------------- the per-host state
+
+
+def repository_scope(name: str) -> str:
+    return f"repository:{name}:pull"
+
+
+CATALOG_SCOPE = "registry:catalog:*"
+
+
+class HostAuth:
+    """What a host asked for, and the tokens it gave. Shared by all worker threads of a crawl."""
+
+    def __init__(self, registry: str, credentials: Credentials | None):
+        self.registry = registry
+        self.credentials = credentials
+        self.scheme = ""  # "", "basic" or "bearer": learned from the first challenge
+        self.realm = ""
+        self.service = ""
+        self._tokens: dict[str, tuple[str, float]] = {}
+        self._lock = threading.Lock()
+        self._scope_locks: dict[str, threading.Lock] = {}
+
+    def learn(self, header: str) -> Challenge | None:
+        """Remember the first usable challenge of a 401; None when there is none we can answer."""
+        for challenge in parse_challenges(header or ""):
+            if challenge.scheme == "bearer" and challenge.realm:
+                with self._lock:
+                    self.scheme, self.realm = "bearer", challenge.realm
+                    self.service = challenge.params.get("service", self.service)
+                return challenge
+            if challenge.scheme == "basic":
+                with self._lock:
+                    self.scheme = "basic"
+                return challenge
+        return None
+
+    def basic_header(self) -> dict:
+        if self.credentials is None:
+            return {}
+        raw = f"{self.credentials.username}:{self.credentials.password}".encode()
+        return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
+
+    def cached_token(self, scope: str) -> str | None:
+        entry = self._tokens.get(scope)
+        if entry and entry[1] > time.monotonic():
+            return entry[0]
+        return None
+
+    def scope_lock(self, scope: str) -> threading.Lock:
+        with self._lock:
+            return self._scope_locks.setdefault(scope, threading.Lock())
+
+    def store_token(self, scope: str, token: str, lifetime: float) -> None:
+        self._tokens[scope] = (token, time.monotonic() + max(lifetime - _TOKEN_SLACK, 1.0))
+
+    def drop_token(self, scope: str) -> None:
+        self._tokens.pop(scope, None)
+
+
+def parse_token_response(body: bytes, realm: str) -> tuple[str, float]:
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise AuthError(f"token server {realm} answered with something that is not JSON") from None
+    if not isinstance(doc, dict):
+        raise AuthError(f"token server {realm} answered with something that is not a JSON object")
+    token = doc.get("token") or doc.get("access_token")
+    if not isinstance(token, str) or not token:
+        raise AuthError(f"token server {realm} gave no token")
+    lifetime = doc.get("expires_in")
+    if not isinstance(lifetime, (int, float)) or isinstance(lifetime, bool) or lifetime <= 0:
+        lifetime = _DEFAULT_TOKEN_LIFETIME
+    return token, float(lifetime)

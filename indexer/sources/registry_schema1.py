@@ -1,0 +1,139 @@
+"""Docker schema1 manifests (deprecated, but still served by old registries): what can be recorded.
+
+The shared parser refuses schema1, since it has no config blob. A registry still serves some, so
+the registry source records them itself: the digest is verified (over the JWS payload for signed
+manifests, as distribution computes it), layers come from `fsLayers` without the throwaway
+entries, sizes from a HEAD of each blob, and the image facts from the top `v1Compatibility`.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from typing import Callable
+
+from .. import timestamps
+from ..errors import SourceError
+from ..model import EXACT_MANIFEST, KIND_IMAGE, Blob, HistoryEntry, ImageRecord, Platform
+from ..references import DIGEST_RE, Reference, image_id
+from . import mediatypes as mt
+from .parse import Context, group_names, load_object
+
+
+def _b64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def canonical_payload(data: bytes, doc: dict, where: str) -> bytes:
+    """The bytes a signed schema1 manifest's digest is computed over: the JWS payload."""
+    signatures = doc.get("signatures")
+    if not signatures:
+        return data
+    if not isinstance(signatures, list) or not isinstance(signatures[0], dict):
+        raise SourceError(where, "schema1 manifest: signatures is not a list of objects")
+    try:
+        protected = json.loads(_b64url(signatures[0]["protected"]))
+        length = protected["formatLength"]
+        tail = _b64url(protected["formatTail"])
+    except (KeyError, TypeError, ValueError, binascii.Error):
+        raise SourceError(where, "schema1 manifest: the signature has no usable formatLength/formatTail") from None
+    if not isinstance(length, int) or not 0 < length <= len(data):
+        raise SourceError(where, "schema1 manifest: formatLength is out of range")
+    return data[:length] + tail
+
+
+def _v1(entry: object, where: str, position: int) -> dict:
+    raw = entry.get("v1Compatibility") if isinstance(entry, dict) else None
+    if not isinstance(raw, str):
+        raise SourceError(where, f"schema1 manifest: history[{position}] has no v1Compatibility")
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        raise SourceError(where, f"schema1 manifest: history[{position}].v1Compatibility is not JSON") from None
+    if not isinstance(doc, dict):
+        raise SourceError(where, f"schema1 manifest: history[{position}].v1Compatibility is not an object")
+    return doc
+
+
+def _strings(value) -> tuple[str, ...]:
+    return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
+
+
+def schema1_records(
+    data: bytes,
+    digest: str,
+    media_type: str,
+    names: list[Reference],
+    ctx: Context,
+    where: str,
+    blob_size: Callable[[str], int],
+) -> list[ImageRecord]:
+    """Records of one schema1 manifest; `digest` is what the registry said ('' if nothing)."""
+    doc = load_object(data, where, "schema1 manifest")
+    payload = canonical_payload(data, doc, where)
+    algorithm = digest.partition(":")[0] if digest else "sha256"
+    if algorithm not in ("sha256", "sha384", "sha512"):
+        raise SourceError(where, f"schema1 manifest uses unsupported digest algorithm {algorithm!r}")
+    actual = f"{algorithm}:{hashlib.new(algorithm, payload).hexdigest()}"
+    if digest and digest != actual:
+        raise SourceError(where, f"schema1 manifest digest mismatch: the registry says {digest}, the payload hashes to {actual}")
+    fs_layers, history = doc.get("fsLayers"), doc.get("history")
+    if not isinstance(fs_layers, list) or not isinstance(history, list) or len(fs_layers) != len(history) or not fs_layers:
+        raise SourceError(where, "schema1 manifest: fsLayers and history are missing or of different lengths")
+    v1s = [_v1(entry, where, i) for i, entry in enumerate(history)]
+    layers = []
+    entries = []
+    # schema1 lists the top layer first; images list the base first
+    for position in range(len(fs_layers) - 1, -1, -1):
+        layer, v1 = fs_layers[position], v1s[position]
+        blob_sum = layer.get("blobSum") if isinstance(layer, dict) else None
+        if not isinstance(blob_sum, str) or not DIGEST_RE.match(blob_sum):
+            raise SourceError(where, f"schema1 manifest: fsLayers[{position}] has an invalid blobSum")
+        throwaway = v1.get("throwaway") is True
+        container = v1.get("container_config") if isinstance(v1.get("container_config"), dict) else {}
+        entries.append(
+            HistoryEntry(
+                created=v1.get("created") if isinstance(v1.get("created"), str) else "",
+                created_by=" ".join(_strings(container.get("Cmd"))),
+                comment=v1.get("comment") if isinstance(v1.get("comment"), str) else "",
+                empty_layer=throwaway,
+            )
+        )
+        if not throwaway:
+            layers.append(Blob(blob_sum, blob_size(blob_sum), "application/vnd.docker.image.rootfs.diff.tar.gzip"))
+    top = v1s[0]
+    config = top.get("config") if isinstance(top.get("config"), dict) else {}
+    labels = config.get("Labels") if isinstance(config.get("Labels"), dict) else {}
+    created = top.get("created") if isinstance(top.get("created"), str) else ""
+    architecture = doc.get("architecture") if isinstance(doc.get("architecture"), str) else ""
+    os_name = top.get("os") if isinstance(top.get("os"), str) else ""
+    platform = Platform(os_name, architecture or (top.get("architecture") or "")) if (os_name or architecture) else None
+    final = digest or actual
+    return [
+        ImageRecord(
+            id=image_id(registry, name, final),
+            registry=registry,
+            name=name,
+            digest=final,
+            media_type=media_type if media_type in mt.SCHEMA1 else mt.DOCKER_SCHEMA1_SIGNED if doc.get("signatures") else mt.DOCKER_SCHEMA1,
+            kind=KIND_IMAGE,
+            config=None,
+            layers=tuple(layers),
+            layers_compressed=True,
+            tags=tags,
+            created=timestamps.normalise(created) if created else None,
+            platform=platform,
+            parent_digest="",
+            source_kind=ctx.source_kind,
+            source_path=ctx.source_path,
+            exactness=EXACT_MANIFEST,
+            labels=tuple(sorted((k, v) for k, v in labels.items() if isinstance(v, str))),
+            env=_strings(config.get("Env")),
+            entrypoint=_strings(config.get("Entrypoint")),
+            cmd=_strings(config.get("Cmd")),
+            history=tuple(entries),
+            manifest_raw=data,
+        )
+        for registry, name, tags in group_names(names, ctx)
+    ]

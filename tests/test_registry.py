@@ -1,0 +1,375 @@
+"""docker:// against a real registry: Debian's docker-registry (distribution 2.8) on 127.0.0.1.
+
+Images are pushed with skopeo from the real fixtures. Expected documents are built from what the
+registry serves to skopeo (`skopeo inspect --raw`, `--config`), not from the crawler's parser.
+Without docker-registry or skopeo these tests skip, and fail when CI is set.
+"""
+import base64
+import json
+import os
+
+import pytest
+
+from conftest import REAL
+from indexer.references import blob_id, image_id
+from indexer.timestamps import normalise
+from registry_server import RealRegistry, TokenServer, htpasswd_line, http, sha256, skopeo_copy, skopeo_raw
+
+pytestmark = pytest.mark.services
+
+LAYOUT = os.path.join(REAL, "oci-layout")
+DOCKER_SAVE = os.path.join(REAL, "docker-save-app.tar")
+MULTIARCH = os.path.join(REAL, "oci-archive-base-multiarch.tar")
+
+
+def push_fixtures(host: str, creds: str = "") -> None:
+    skopeo_copy(f"docker-archive:{DOCKER_SAVE}:imgdex-test/app:1.0", f"docker://{host}/team/app:v1", creds=creds)
+    skopeo_copy(f"docker-archive:{DOCKER_SAVE}:imgdex-test/app:1.0", f"docker://{host}/team/app:1.0", creds=creds)
+    skopeo_copy(f"oci:{LAYOUT}:v1", f"docker://{host}/team/app-oci:v1", creds=creds)
+    skopeo_copy(f"oci-archive:{MULTIARCH}:1.0", f"docker://{host}/team/base:1.0", all_images=True, creds=creds)
+    skopeo_copy(f"oci:{LAYOUT}:base-1.0-amd64", f"docker://{host}/team/base:1.0-amd64", creds=creds)
+
+
+def served_documents(host: str, repositories: dict[str, list[str]], creds: str = "") -> dict[str, dict]:
+    """id -> the Image.Get document of every manifest the registry serves for these tags."""
+    docs: dict[str, dict] = {}
+
+    def visit(repo: str, digest: str, tags: list[str]) -> None:
+        raw = skopeo_raw(f"docker://{host}/{repo}@{digest}", creds=creds)
+        assert sha256(raw) == digest
+        manifest = json.loads(raw)
+        doc = {"id": image_id(host, repo, digest), "name": repo, "digest": digest}
+        if "manifests" in manifest:
+            if tags:
+                doc["tags"] = sorted(tags)
+            docs[doc["id"]] = doc
+            for child in manifest["manifests"]:
+                visit(repo, child["digest"], [])
+            return
+        config = json.loads(skopeo_raw(f"docker://{host}/{repo}@{digest}", config=True, creds=creds))
+        layers = manifest["layers"]
+        doc["compressedSize"] = str(sum(layer["size"] for layer in layers))
+        doc["config"] = {"id": blob_id(manifest["config"]["digest"]), "digest": manifest["config"]["digest"], "size": str(manifest["config"]["size"])}
+        doc["layers"] = [{"id": blob_id(layer["digest"]), "digest": layer["digest"], "size": str(layer["size"])} for layer in layers]
+        if tags:
+            doc["tags"] = sorted(tags)
+        doc["createdAt"] = normalise(config["created"])
+        docs[doc["id"]] = doc
+
+    for repo, tags in repositories.items():
+        by_digest: dict[str, list[str]] = {}
+        for tag in tags:
+            digest = sha256(skopeo_raw(f"docker://{host}/{repo}:{tag}", creds=creds))
+            by_digest.setdefault(digest, []).append(tag)
+        for digest, its_tags in by_digest.items():
+            visit(repo, digest, its_tags)
+    return docs
+
+
+FIXTURE_TAGS = {"team/app": ["1.0", "v1"], "team/app-oci": ["v1"], "team/base": ["1.0", "1.0-amd64"]}
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    reg = RealRegistry(str(tmp_path_factory.mktemp("registry")))
+    try:
+        push_fixtures(reg.host)
+        reg.expected = served_documents(reg.host, FIXTURE_TAGS)
+        yield reg
+    finally:
+        reg.stop()
+
+
+def listing(run_cli, store) -> dict[str, dict]:
+    result = run_cli("list", "--store", store, "--page-size", "1000")
+    assert result.exit_code == 0, result.output
+    return {d["id"]: d for d in json.loads(result.stdout).get("images", [])}
+
+
+def get(run_cli, store, query):
+    result = run_cli("get", query, "--store", store)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def index(run_cli, store, *args, ok=True):
+    result = run_cli("index", *args, "--store", store)
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+def test_whole_registry_gives_exact_documents(registry, run_cli, tmp_path):
+    store = str(tmp_path)
+    result = index(run_cli, store, f"docker://{registry.host}")
+    assert f"indexed {len(registry.expected)} images, 0 failed" in result.output
+    got = listing(run_cli, store)
+    assert got == registry.expected
+    for image_id_ in registry.expected:
+        assert get(run_cli, store, image_id_) == registry.expected[image_id_]
+    index_doc = next(d for d in registry.expected.values() if d["name"] == "team/base" and d.get("tags") == ["1.0"])
+    child = get(run_cli, store, f"{registry.host}/team/base:1.0")
+    assert child["id"] != index_doc["id"] and "config" in child  # the platform child of the index
+
+
+def test_jobs_one_gives_the_same_store(registry, run_cli, tmp_path):
+    index(run_cli, str(tmp_path / "a"), f"docker://{registry.host}", "--jobs", "1")
+    assert listing(run_cli, str(tmp_path / "a")) == registry.expected
+
+
+def test_single_tag_digest_and_repository(registry, run_cli, tmp_path):
+    host = registry.host
+    docs = registry.expected
+    store = str(tmp_path / "tag")
+    index(run_cli, store, f"docker://{host}/team/app:v1")
+    [only] = listing(run_cli, store).values()
+    assert only == dict(docs[only["id"]], tags=["v1"])
+
+    base_index = next(d for d in docs.values() if d["name"] == "team/base" and d.get("tags") == ["1.0"])
+    store = str(tmp_path / "digest")
+    index(run_cli, store, f"docker://{host}/team/base@{base_index['digest']}")
+    got = listing(run_cli, store)
+    assert len(got) == 3  # the index and both platforms, untagged
+    assert all("tags" not in d for d in got.values())
+
+    store = str(tmp_path / "repo")
+    index(run_cli, store, f"docker://{host}/team/app")
+    assert listing(run_cli, store) == {k: v for k, v in docs.items() if v["name"] == "team/app"}
+
+
+def test_repository_prefix(registry, run_cli, tmp_path):
+    store = str(tmp_path)
+    index(run_cli, store, f"docker://{registry.host}", "--repository-prefix", "team/app")
+    assert {d["name"] for d in listing(run_cli, store).values()} == {"team/app"}  # not team/app-oci
+
+
+def test_layers_are_never_fetched(registry, run_cli, tmp_path, monkeypatch):
+    from indexer.sources import registry_client
+
+    seen = []
+    original = registry_client.RegistryClient.send
+
+    def spy(self, method, url, *args, **kwargs):
+        seen.append((method, url))
+        return original(self, method, url, *args, **kwargs)
+
+    monkeypatch.setattr(registry_client.RegistryClient, "send", spy)
+    index(run_cli, str(tmp_path), f"docker://{registry.host}")
+    layer_digests = {layer["digest"] for d in registry.expected.values() for layer in d.get("layers", [])}
+    config_digests = {d["config"]["digest"] for d in registry.expected.values() if "config" in d}
+    fetched_blobs = {url.rsplit("/", 1)[1] for method, url in seen if "/blobs/" in url}
+    assert fetched_blobs <= config_digests and not fetched_blobs & layer_digests
+    assert len([u for m, u in seen if "/blobs/" in u]) == len(config_digests)  # each config once: cached by digest
+
+
+def test_recrawl_is_incremental_moves_and_retires_tags(run_cli, tmp_path):
+    reg = RealRegistry(str(tmp_path / "registry"))
+    try:
+        host = reg.host
+        skopeo_copy(f"docker-archive:{DOCKER_SAVE}:imgdex-test/app:1.0", f"docker://{host}/team/app:v1")
+        skopeo_copy(f"docker-archive:{DOCKER_SAVE}:imgdex-test/app:1.0", f"docker://{host}/team/app:latest")
+        skopeo_copy(f"oci:{LAYOUT}:base-1.0-amd64", f"docker://{host}/team/app:moving")
+        skopeo_copy(f"oci:{LAYOUT}:v1", f"docker://{host}/team/app:gone")
+        store = str(tmp_path / "store")
+        first = index(run_cli, store, f"docker://{host}")
+        assert "indexed 3 images, 0 failed" in first.output
+        app = get(run_cli, store, f"{host}/team/app:v1")
+        gone = get(run_cli, store, f"{host}/team/app:gone")
+        old_moving = get(run_cli, store, f"{host}/team/app:moving")
+        assert app["tags"] == ["latest", "v1"]
+
+        second = index(run_cli, store, f"docker://{host}")
+        assert "indexed 0 images" in second.output
+        assert "0 manifests fetched, 4 tags unchanged, 0 retagged, 0 removed" in second.output
+
+        # moving -> a manifest already indexed here; latest -> a new multi-platform index; gone -> deleted
+        skopeo_copy(f"docker-archive:{DOCKER_SAVE}:imgdex-test/app:1.0", f"docker://{host}/team/app:moving")
+        skopeo_copy(f"oci-archive:{MULTIARCH}:1.0", f"docker://{host}/team/app:latest", all_images=True)
+        status, _, body = http("DELETE", f"{reg.url}/v2/team/app/manifests/{gone['digest']}")
+        assert status == 202, body
+        third = index(run_cli, store, f"docker://{host}")
+        assert "1 manifests fetched, 1 tags unchanged, 1 retagged, 1 removed" in third.output
+        assert "indexed 3 images, 0 failed" in third.output  # the index and its two platforms
+
+        assert get(run_cli, store, f"{host}/team/app:moving")["id"] == app["id"]
+        assert get(run_cli, store, app["id"])["tags"] == ["moving", "v1"]
+        latest_digest = sha256(skopeo_raw(f"docker://{host}/team/app:latest"))
+        [latest_index] = [d for d in listing(run_cli, store).values() if d["digest"] == latest_digest]
+        assert latest_index["tags"] == ["latest"]
+        assert "tags" not in get(run_cli, store, gone["id"])  # kept, untagged
+        assert "tags" not in get(run_cli, store, old_moving["id"])
+        result = run_cli("get", f"{host}/team/app:gone", "--store", store)
+        assert result.exit_code == 1 and "not found" in result.output
+
+        fourth = index(run_cli, store, f"docker://{host}")
+        assert "0 manifests fetched, 3 tags unchanged, 0 retagged, 0 removed" in fourth.output
+    finally:
+        reg.stop()
+
+
+def test_catalog_pagination_of_a_real_registry(run_cli, tmp_path):
+    reg = RealRegistry(str(tmp_path / "registry"), extra="catalog:\n  maxentries: 2\n")
+    try:
+        names = [f"page/r{i}" for i in range(5)]
+        for name in names:
+            skopeo_copy(f"oci:{LAYOUT}:base-1.0-amd64", f"docker://{reg.host}/{name}:v1")
+        assert http("GET", f"{reg.url}/v2/_catalog")[1].get("Link")  # the registry really pages
+        store = str(tmp_path / "store")
+        index(run_cli, store, f"docker://{reg.host}")
+        assert sorted(d["name"] for d in listing(run_cli, store).values()) == names
+    finally:
+        reg.stop()
+
+
+def test_vanished_repository_tags_are_retired(run_cli, tmp_path):
+    reg = RealRegistry(str(tmp_path / "registry"))
+    try:
+        host = reg.host
+        skopeo_copy(f"oci:{LAYOUT}:v1", f"docker://{host}/keep/app:v1")
+        skopeo_copy(f"oci:{LAYOUT}:base-1.0-amd64", f"docker://{host}/drop/base:1.0")
+        store = str(tmp_path / "store")
+        index(run_cli, store, f"docker://{host}")
+        dropped = get(run_cli, store, f"{host}/drop/base:1.0")
+        digest = dropped["digest"]
+        assert http("DELETE", f"{reg.url}/v2/drop/base/manifests/{digest}")[0] == 202
+        # distribution keeps listing a repository whose manifests are deleted, with no tags
+        result = index(run_cli, store, f"docker://{host}")
+        assert "1 removed" in result.output
+        assert "tags" not in get(run_cli, store, dropped["id"])
+    finally:
+        reg.stop()
+
+
+# ---------------------------------------------------------------- basic auth
+
+
+@pytest.fixture(scope="module")
+def basic_registry(tmp_path_factory):
+    root = tmp_path_factory.mktemp("basic-registry")
+    path = os.path.join(root, "htpasswd")
+    with open(path, "w") as f:
+        f.write(htpasswd_line("crawler", "s3cret-pass"))
+    reg = RealRegistry(str(root / "registry"), auth={"htpasswd": {"realm": "imgdex-basic", "path": path}})
+    try:
+        skopeo_copy(f"oci:{LAYOUT}:v1", f"docker://{reg.host}/team/app-oci:v1", creds="crawler:s3cret-pass")
+        skopeo_copy(f"oci-archive:{MULTIARCH}:1.0", f"docker://{reg.host}/team/base:1.0", all_images=True, creds="crawler:s3cret-pass")
+        reg.expected = served_documents(reg.host, {"team/app-oci": ["v1"], "team/base": ["1.0"]}, creds="crawler:s3cret-pass")
+        yield reg
+    finally:
+        reg.stop()
+
+
+@pytest.fixture
+def no_auth_files(monkeypatch, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    for name in ("REGISTRY_AUTH_FILE", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "DOCKER_CONFIG", "IMGDEX_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    return home
+
+
+def test_basic_auth_needs_credentials(basic_registry, run_cli, tmp_path, no_auth_files):
+    result = index(run_cli, str(tmp_path), f"docker://{basic_registry.host}", ok=False)
+    assert result.exit_code == 1
+    assert f"authentication required and no credentials for {basic_registry.host}" in result.output
+
+
+def test_basic_auth_with_password_from_environment(basic_registry, run_cli, tmp_path, no_auth_files, monkeypatch):
+    monkeypatch.setenv("IMGDEX_PASSWORD", "s3cret-pass")
+    store = str(tmp_path)
+    index(run_cli, store, f"docker://{basic_registry.host}", "--username", "crawler")
+    assert listing(run_cli, store) == basic_registry.expected
+
+
+def test_basic_auth_with_password_stdin(basic_registry, run_cli, tmp_path, no_auth_files):
+    store = str(tmp_path)
+    result = run_cli("index", f"docker://{basic_registry.host}", "--username", "crawler", "--password-stdin", "--store", store, input="s3cret-pass\n")
+    assert result.exit_code == 0, result.output
+    assert listing(run_cli, store) == basic_registry.expected
+
+
+def test_basic_auth_wrong_password(basic_registry, run_cli, tmp_path, no_auth_files):
+    result = run_cli("index", f"docker://{basic_registry.host}", "--username", "crawler", "--password-stdin", "--store", str(tmp_path), input="wrong\n")
+    assert result.exit_code == 1
+    assert "rejected the credentials of crawler" in result.output
+    assert "wrong" not in result.output
+
+
+def test_basic_auth_from_docker_config(basic_registry, run_cli, tmp_path, no_auth_files):
+    docker = no_auth_files / ".docker"
+    docker.mkdir()
+    auth = base64.b64encode(b"crawler:s3cret-pass").decode()
+    (docker / "config.json").write_text(json.dumps({"auths": {basic_registry.host: {"auth": auth}}}))
+    store = str(tmp_path / "store")
+    index(run_cli, store, f"docker://{basic_registry.host}")
+    assert listing(run_cli, store) == basic_registry.expected
+
+
+# ---------------------------------------------------------------- bearer tokens
+
+
+@pytest.fixture(scope="module")
+def token_registry(tmp_path_factory):
+    root = tmp_path_factory.mktemp("token-registry")
+    tokens = TokenServer(str(root / "token"), {"crawler": "t0ken-pass"})
+    reg = RealRegistry(str(root / "registry"), auth=tokens.registry_auth())
+    try:
+        for repo in ("team/app-oci", "team/secret"):
+            skopeo_copy(f"oci:{LAYOUT}:v1", f"docker://{reg.host}/{repo}:v1", creds="crawler:t0ken-pass")
+        skopeo_copy(f"oci-archive:{MULTIARCH}:1.0", f"docker://{reg.host}/team/base:1.0", all_images=True, creds="crawler:t0ken-pass")
+        reg.expected = served_documents(reg.host, {"team/app-oci": ["v1"], "team/base": ["1.0"]}, creds="crawler:t0ken-pass")
+        reg.tokens = tokens
+        yield reg
+    finally:
+        reg.stop()
+        tokens.stop()
+
+
+def test_bearer_token_flow(token_registry, run_cli, tmp_path, no_auth_files, monkeypatch):
+    tokens = token_registry.tokens
+    tokens.denied_repositories = {"team/secret"}
+    before = len(tokens.requests)
+    monkeypatch.setenv("IMGDEX_PASSWORD", "t0ken-pass")
+    store = str(tmp_path)
+    result = index(run_cli, store, f"docker://{token_registry.host}", "--username", "crawler", ok=False)
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("imgdex: ") and "note:" not in line]
+    assert len(errors) == 1 and f"{token_registry.host}/team/secret" in errors[0] and "401" in errors[0]
+    assert listing(run_cli, store) == token_registry.expected
+    asked = [(scopes, user) for scopes, user, agent in tokens.requests[before:] if agent.startswith("imgdex")]
+    scopes = {scope for s, _ in asked for scope in s}
+    assert scopes == {"registry:catalog:*", "repository:team/app-oci:pull", "repository:team/base:pull", "repository:team/secret:pull"}
+    assert {user for _, user in asked} == {"crawler"}
+    # one token per scope, reused by every request of the crawl; an insufficient_scope answer is final
+    assert len(asked) == len(scopes)
+
+
+def test_bearer_without_credentials_is_a_clear_error(token_registry, run_cli, tmp_path, no_auth_files):
+    result = index(run_cli, str(tmp_path), f"docker://{token_registry.host}", ok=False)
+    assert result.exit_code == 1
+    assert "cannot list the repositories" in result.output and "401" in result.output
+    assert "no credentials were given" in result.output
+
+
+# ---------------------------------------------------------------- schema1
+
+
+def test_schema1_manifest_is_recorded(run_cli, tmp_path):
+    reg = RealRegistry(str(tmp_path / "registry"), extra="compatibility:\n  schema1:\n    enabled: true\n")
+    try:
+        skopeo_copy(f"oci:{LAYOUT}:v1", f"docker://{reg.host}/team/old:s1", fmt="v2s1")
+        skopeo_copy(f"oci:{LAYOUT}:v1", f"docker://{reg.host}/team/new:v1")
+        store = str(tmp_path / "store")
+        index(run_cli, store, f"docker://{reg.host}")
+        old = get(run_cli, store, f"{reg.host}/team/old:s1")
+        new = get(run_cli, store, f"{reg.host}/team/new:v1")
+        status, headers, raw = http("GET", f"{reg.url}/v2/team/old/manifests/s1", headers={"Accept": "application/vnd.docker.distribution.manifest.v1+prettyjws"})
+        assert status == 200 and headers["Content-Type"].startswith("application/vnd.docker.distribution.manifest.v1")
+        assert old["digest"] == headers["Docker-Content-Digest"]
+        assert [(l["digest"], l["size"]) for l in old["layers"]] == [(l["digest"], l["size"]) for l in new["layers"]]
+        assert old["compressedSize"] == new["compressedSize"]
+        assert old["createdAt"] == new["createdAt"]
+        assert "config" not in old
+    finally:
+        reg.stop()

@@ -1,0 +1,254 @@
+"""docker:// against answers a real registry never gives: each is one clear error, and the rest lands."""
+import json
+import re
+import threading
+import time
+
+import pytest
+
+from builders import OCI_MANIFEST, Blobs, digest_of, dumps
+from indexer.errors import SourceError
+from indexer.model import KIND_ARTIFACT, ImageRecord
+from indexer.sources import parse_source
+from indexer.sources.parse import Context
+from indexer.sources.registry_client import RegistryOptions
+from registry_server import FakeRegistry, Reply
+
+
+def image():
+    blobs = Blobs()
+    descriptor = blobs.image(layers=(b"only-layer",))
+    manifest = blobs.blobs[descriptor["digest"]]
+    config_digest = json.loads(manifest)["config"]["digest"]
+    layer_digest = json.loads(manifest)["layers"][0]["digest"]
+    return manifest, {config_digest: blobs.blobs[config_digest]}, layer_digest
+
+
+def crawl(spec, **options):
+    settings = dict(timeout=1.0, retries=2, backoff=0.01, jobs=4, auth_files=[])
+    settings.update(options)
+    source = parse_source(spec, registry_options=RegistryOptions(**settings))
+    notes = []
+    items = list(source.records(Context(source.kind, source.location, note=notes.append)))
+    records = [i for i in items if isinstance(i, ImageRecord)]
+    errors = [str(i) for i in items if isinstance(i, SourceError)]
+    return records, errors, notes
+
+
+class Flaky:
+    """The first `failures` requests get `reply`, the rest `then`; the times of the requests are kept."""
+
+    def __init__(self, reply: Reply, then: Reply, failures: int = 1):
+        self.reply, self.then, self.failures = reply, then, failures
+        self.times: list[float] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, method, headers):
+        with self.lock:
+            self.times.append(time.monotonic())
+            return self.reply if len(self.times) <= self.failures else self.then
+
+
+@pytest.fixture
+def fake():
+    server = FakeRegistry()
+    yield server
+    server.stop()
+
+
+def test_each_bad_answer_is_one_clear_error_and_the_rest_land(fake):
+    manifest, configs, layer_digest = image()
+    good_digest = digest_of(manifest)
+    json_type = {"Content-Type": "application/json"}
+    repos = {}
+
+    def add(name, **kwargs):
+        repos[name] = kwargs
+        fake.add_image(name, {"v1": manifest}, configs, OCI_MANIFEST, **kwargs)
+
+    add("good/one")
+    add("bad/digest", digest_header="sha256:" + "0" * 64)
+    truncated = manifest[:-7]
+    fake.add_image("bad/truncated", {"v1": truncated}, configs, OCI_MANIFEST)
+    add("bad/cut")
+    fake.routes["/v2/bad/cut/manifests/v1"] = Reply(200, manifest[:40], {"Content-Type": OCI_MANIFEST}, content_length=len(manifest))
+    add("bad/missing")
+    del fake.routes["/v2/bad/missing/manifests/v1"]
+    add("bad/denied")
+    fake.routes["/v2/bad/denied/tags/list"] = Reply(401, b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}', {"WWW-Authenticate": 'Basic realm="fake"', **json_type})
+    add("bad/busy")
+    fake.routes["/v2/bad/busy/manifests/v1"] = Reply(429, b"", {"Retry-After": "0"})
+    add("bad/broken")
+    fake.routes["/v2/bad/broken/manifests/v1"] = Reply(500, b'{"errors":[{"code":"UNKNOWN","message":"disk on fire"}]}', json_type)
+    add("bad/slow")
+    fake.routes["/v2/bad/slow/manifests/v1"] = Reply(200, manifest, {"Content-Type": OCI_MANIFEST, "Docker-Content-Digest": good_digest}, delay=2.5)
+    add("bad/noconfig")
+    fake.routes.pop(f"/v2/bad/noconfig/blobs/{next(iter(configs))}")
+    fake.routes["/v2/bad/tagsjson/tags/list"] = Reply(200, b'{"name": "bad/tagsjson", "tags": [', json_type)
+    add("flaky/busy")
+    busy = Flaky(Reply(429, b"", {"Retry-After": "1"}), fake.routes["/v2/flaky/busy/manifests/v1"])
+    fake.routes["/v2/flaky/busy/manifests/v1"] = busy
+    add("flaky/down")
+    down = Flaky(Reply(503, b""), fake.routes["/v2/flaky/down/manifests/v1"])
+    fake.routes["/v2/flaky/down/manifests/v1"] = down
+    fake.catalog(sorted(list(repos) + ["bad/truncated", "bad/tagsjson"]))
+
+    records, errors, _ = crawl(f"docker://{fake.host}")
+
+    landed = sorted(r.name for r in records)
+    assert landed == ["flaky/busy", "flaky/down", "good/one"]
+    assert all(r.digest == good_digest for r in records)
+    by_repo = {}
+    for error in errors:
+        match = re.match(rf"^{re.escape(fake.host)}/([^:@ ]+)", error)  # every error names host/repo first
+        assert match, error
+        by_repo.setdefault(match.group(1), []).append(error)
+    assert sorted(by_repo) == [
+        "bad/broken", "bad/busy", "bad/cut", "bad/denied", "bad/digest", "bad/missing", "bad/noconfig", "bad/slow", "bad/tagsjson", "bad/truncated",
+    ], errors
+    assert all(len(v) == 1 for v in by_repo.values()), errors
+
+    def one(repo):
+        return by_repo[repo][0]
+
+    assert "Docker-Content-Digest" in one("bad/digest") and "hash to" in one("bad/digest")
+    assert "not valid JSON" in one("bad/truncated")
+    assert "cut short" in one("bad/cut")
+    assert "404" in one("bad/missing")
+    assert "401 Unauthorized" in one("bad/denied") and "no credentials" in one("bad/denied")
+    assert "429" in one("bad/busy") and "after 3 attempts" in one("bad/busy")
+    assert "500" in one("bad/broken") and "disk on fire" in one("bad/broken")
+    assert "no answer within 1 s" in one("bad/slow")
+    assert "GET blob" in one("bad/noconfig") and "404" in one("bad/noconfig")
+    assert "not valid JSON" in one("bad/tagsjson")
+
+    assert fake.hits["/v2/bad/broken/manifests/v1"] == 3  # the first try and two retries
+    assert busy.times[1] - busy.times[0] >= 0.95  # Retry-After: 1 honoured
+    assert not any(path.endswith(layer_digest) for path in fake.hits)  # layers are never fetched
+
+
+def test_catalog_page_loop_is_reported_and_the_repositories_found_still_land(fake):
+    manifest, configs, _ = image()
+    for repo in ("a/one", "b/two"):
+        fake.add_image(repo, {"v1": manifest}, configs, OCI_MANIFEST)
+    json_type = {"Content-Type": "application/json"}
+    fake.routes["/v2/_catalog"] = Reply(200, b'{"repositories": ["a/one"]}', {**json_type, "Link": '</v2/_catalog?last=a%2Fone&n=1>; rel="next"'})
+    fake.routes["/v2/_catalog?last=a%2Fone&n=1"] = Reply(200, b'{"repositories": ["b/two"]}', {**json_type, "Link": '</v2/_catalog>; rel="next"'})
+    records, errors, _ = crawl(f"docker://{fake.host}")
+    assert sorted(r.name for r in records) == ["a/one", "b/two"]
+    assert len(errors) == 1 and "loops back" in errors[0] and "catalog" in errors[0]
+
+
+def test_catalog_pages_are_followed(fake):
+    manifest, configs, _ = image()
+    names = [f"repo/n{i}" for i in range(5)]
+    for repo in names:
+        fake.add_image(repo, {"v1": manifest, "v2": manifest}, configs, OCI_MANIFEST)
+    json_type = {"Content-Type": "application/json"}
+    pages = [names[0:2], names[2:4], names[4:]]
+    for number, page in enumerate(pages):
+        path = "/v2/_catalog" if number == 0 else f"/v2/_catalog?last={pages[number - 1][-1].replace('/', '%2F')}&n=2"
+        headers = dict(json_type)
+        if number + 1 < len(pages):
+            headers["Link"] = f'<http://{fake.host}/v2/_catalog?last={page[-1].replace("/", "%2F")}&n=2>; rel="next"'
+        fake.routes[path] = Reply(200, json.dumps({"repositories": page}).encode(), headers)
+    records, errors, _ = crawl(f"docker://{fake.host}", repository_prefix="repo")
+    assert not errors
+    assert sorted(r.name for r in records) == names
+    assert all(r.tags == ("v1", "v2") for r in records)  # two tags of one manifest: one record
+
+
+def test_link_to_another_host_is_refused(fake):
+    fake.routes["/v2/_catalog"] = Reply(200, b'{"repositories": ["x/y"]}', {"Link": '<http://127.0.0.2:1/v2/_catalog?last=x>; rel="next"'})
+    _, errors, _ = crawl(f"docker://{fake.host}")
+    assert any("another host" in e for e in errors)
+
+
+def test_unreachable_registry_fails_the_source(fake):
+    host = fake.host
+    fake.stop()
+    with pytest.raises(SourceError, match="connection refused"):
+        crawl(f"docker://{host}", retries=0)
+
+
+def test_not_a_registry(fake):
+    fake.routes["/v2/"] = Reply(404, b"not here")
+    with pytest.raises(SourceError, match="not a registry"):
+        crawl(f"docker://{fake.host}")
+
+
+def test_catalog_refused_fails_the_source(fake):
+    fake.routes["/v2/_catalog"] = Reply(404, b'{"errors":[{"code":"UNSUPPORTED","message":"catalog disabled"}]}')
+    with pytest.raises(SourceError, match="cannot list the repositories.*UNSUPPORTED"):
+        crawl(f"docker://{fake.host}")
+
+
+def test_artifacts_and_unknown_manifests_never_crash(fake):
+    blobs = Blobs()
+    config = blobs.add(b'{"chart": "demo"}', "application/vnd.cncf.helm.config.v1+json")
+    layer = blobs.add(b"chart-bytes", "application/vnd.cncf.helm.chart.content.v1.tar+gzip")
+    artifact = dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config, "layers": [layer]})
+    fake.add_image("charts/demo", {"0.1.0": artifact}, {config["digest"]: blobs.blobs[config["digest"]]}, OCI_MANIFEST)
+    odd = dumps({"mediaType": "application/vnd.example.thing.v1+json", "payload": 1})
+    fake.add_image("odd/thing", {"v1": odd}, {}, "application/vnd.example.thing.v1+json")
+    fake.catalog(["charts/demo", "odd/thing"])
+    records, errors, notes = crawl(f"docker://{fake.host}")
+    assert not errors
+    assert [(r.name, r.kind, r.tags) for r in records] == [("charts/demo", KIND_ARTIFACT, ("0.1.0",))]
+    assert any("odd/thing" in n and "unknown media type" in n for n in notes)
+
+
+def test_unsigned_schema1_keeps_what_it_can(fake):
+    layer_a, layer_b = digest_of(b"base"), digest_of(b"top")
+    v1 = [
+        {"id": "b", "parent": "a", "created": "2020-01-02T03:04:05.123456789Z", "os": "linux", "config": {"Env": ["A=1"], "Labels": {"k": "v"}}, "container_config": {"Cmd": ["/bin/sh", "-c", "add top"]}},
+        {"id": "e", "parent": "a", "throwaway": True, "created": "2020-01-02T03:04:04Z", "container_config": {"Cmd": ["ENV A=1"]}},
+        {"id": "a", "created": "2020-01-01T00:00:00Z"},
+    ]
+    manifest = dumps({
+        "schemaVersion": 1, "name": "old/one", "tag": "v1", "architecture": "amd64",
+        "fsLayers": [{"blobSum": layer_b}, {"blobSum": digest_of(b"empty")}, {"blobSum": layer_a}],
+        "history": [{"v1Compatibility": json.dumps(entry)} for entry in v1],
+    })
+    fake.add_image("old/one", {"v1": manifest}, {}, "application/vnd.docker.distribution.manifest.v1+json")
+    fake.routes[f"/v2/old/one/blobs/{layer_a}"] = Reply(200, b"x" * 11)
+    fake.routes[f"/v2/old/one/blobs/{layer_b}"] = Reply(200, b"x" * 7)
+    fake.catalog(["old/one"])
+    records, errors, _ = crawl(f"docker://{fake.host}")
+    assert not errors
+    [record] = records
+    assert record.digest == digest_of(manifest) and record.config is None
+    assert [(layer.digest, layer.size) for layer in record.layers] == [(layer_a, 11), (layer_b, 7)]
+    assert record.created == "2020-01-02T03:04:05.123456789Z" and str(record.platform) == "linux/amd64"
+    assert record.env == ("A=1",) and record.labels == (("k", "v"),)
+    assert [h.empty_layer for h in record.history] == [False, True, False]
+    assert fake.log.count(("HEAD", f"/v2/old/one/blobs/{layer_a}")) == 1  # sizes by HEAD, bodies never
+
+
+def test_plain_http_only_for_loopback_and_insecure_hosts():
+    from indexer.sources.registry_client import RegistryClient
+
+    def allowed(host, insecure=()):
+        return RegistryClient(host, host, RegistryOptions(insecure_registries=insecure, auth_files=[]), None).plain_http_allowed
+
+    assert allowed("127.0.0.1:5000") and allowed("localhost:5000") and allowed("[::1]:5000")
+    assert not allowed("registry.example.com") and not allowed("10.1.2.3:5000")
+    assert allowed("registry.example.com", ("registry.example.com",))
+    assert allowed("10.1.2.3:5000", ("10.0.0.0/8",))
+    assert not allowed("10.1.2.3:5000", ("10.1.2.3:6000",))
+
+
+def test_a_missing_child_costs_only_that_child(fake):
+    blobs = Blobs()
+    amd = blobs.image(layers=(b"amd",))
+    arm = blobs.image(layers=(b"arm",), arch="arm64")
+    top = blobs.index([dict(amd, platform={"os": "linux", "architecture": "amd64"}), dict(arm, platform={"os": "linux", "architecture": "arm64"})])
+    index_bytes = blobs.blobs[top["digest"]]
+    fake.add_image("multi/app", {"1.0": index_bytes}, {}, "application/vnd.oci.image.index.v1+json")
+    amd_manifest = blobs.blobs[amd["digest"]]
+    config = json.loads(amd_manifest)["config"]["digest"]
+    fake.routes[f"/v2/multi/app/manifests/{amd['digest']}"] = Reply(200, amd_manifest, {"Content-Type": OCI_MANIFEST})
+    fake.routes[f"/v2/multi/app/blobs/{config}"] = Reply(200, blobs.blobs[config])
+    records, errors, _ = crawl(f"docker://{fake.host}/multi/app")
+    assert sorted((r.kind, r.digest) for r in records) == sorted([("index", top["digest"]), ("image", amd["digest"])])
+    assert len(errors) == 1 and arm["digest"] in errors[0] and "404" in errors[0]
