@@ -38,7 +38,7 @@ def unavailable_or_fail(reason: str):
     pytest.skip(reason)
 
 
-def _missing(*tools: str) -> str:
+def missing_tools(*tools: str) -> str:
     missing = [tool for tool in tools if shutil.which(tool) is None]
     if missing:
         return "missing tools: " + ", ".join(missing)
@@ -137,7 +137,7 @@ class Engine:
 
 def start_engine(folder: str) -> Engine:
     """Start dockerd with its state in `folder`; Unavailable when it does not come up."""
-    reason = _missing(DOCKERD, DOCKER)
+    reason = missing_tools(DOCKERD, DOCKER)
     if reason:
         raise Unavailable(reason)
     for sub in ("root", "exec", "cli", "tmp"):
@@ -203,7 +203,7 @@ class Registry:
 def start_registry(folder: str) -> Registry:
     import requests
 
-    reason = _missing(REGISTRY_BIN)
+    reason = missing_tools(REGISTRY_BIN)
     if reason:
         raise Unavailable(reason)
     os.makedirs(folder, exist_ok=True)

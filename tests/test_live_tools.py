@@ -5,35 +5,23 @@ docker-registry and skopeo; when CI is set a missing tool is a failure, never a 
 """
 import json
 import os
-import shutil
 import subprocess
 
 import pytest
 
 from conftest import HERE
 from expectations import expected_documents
+from services import missing_tools, unavailable_or_fail
 from test_real_fixtures import index_and_list
 
 pytestmark = pytest.mark.services
-TOOLS = ("dockerd", "docker-registry", "skopeo", "zstd", "curl")
-
-
-def _unavailable() -> str:
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
-    if missing:
-        return "missing tools: " + ", ".join(missing)
-    if os.geteuid() != 0:
-        return "the engine must run as root"
-    return ""
 
 
 @pytest.fixture(scope="module")
 def fresh(tmp_path_factory):
-    reason = _unavailable()
+    reason = missing_tools("dockerd", "docker-registry", "skopeo", "zstd", "curl")
     if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"real tools required in CI: {reason}")
-        pytest.skip(reason)
+        unavailable_or_fail(reason)
     out = tmp_path_factory.mktemp("fresh-fixtures")
     env = dict(os.environ, FIXTURES_OUT=str(out / "real"), SAMPLES_OUT=str(out / "samples"))
     result = subprocess.run(["bash", os.path.join(HERE, "fixtures", "make_fixtures.sh")], env=env, capture_output=True, text=True, timeout=600)
