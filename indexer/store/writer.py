@@ -6,6 +6,7 @@ readers always see the last completed run.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import os
@@ -178,9 +179,6 @@ _MERGE = [
     "INSERT INTO images SELECT * FROM incoming",
     "DELETE FROM tags WHERE (registry, name, tag) IN (SELECT (registry, name, tag) FROM claims)",
     "INSERT INTO tags SELECT DISTINCT * FROM claims",
-    """UPDATE images SET tags = coalesce(
-           (SELECT list_sort(list(t.tag)) FROM tags t WHERE t.image_id = images.id), []::VARCHAR[])
-       WHERE id IN (SELECT id FROM affected)""",
 ]
 
 
@@ -224,13 +222,10 @@ class StoreWriter:
         con.register("incoming_arrow", incoming_arrow)
         con.register("claims_arrow", claims_arrow)
         try:
-            con.execute("BEGIN TRANSACTION")
-            for statement in _MERGE:
-                con.execute(statement)
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+            with self._transaction():
+                for statement in _MERGE:
+                    con.execute(statement)
+                self._recompute_tags("affected")
         finally:
             con.unregister("incoming_arrow")
             con.unregister("claims_arrow")
@@ -274,28 +269,24 @@ class StoreWriter:
         con = self.con
         con.register("tag_claims_arrow", table)
         try:
-            con.execute("BEGIN TRANSACTION")
-            # the most exact record of a (registry, name, digest) holds its tags
-            con.execute(
-                """CREATE OR REPLACE TEMP TABLE tag_claims AS
-                   SELECT c.registry, c.name, c.tag, arg_max(i.id, i.exactness) AS image_id
-                   FROM tag_claims_arrow c JOIN images i
-                     ON i.registry = c.registry AND i.name = c.name AND i.digest = c.digest
-                   GROUP BY c.registry, c.name, c.tag"""
-            )
-            moved = con.execute("SELECT count(*) FROM tag_claims").fetchone()[0]
-            con.execute(
-                """CREATE OR REPLACE TEMP TABLE tag_affected AS
-                   SELECT image_id AS id FROM tag_claims
-                   UNION SELECT t.image_id FROM tags t JOIN tag_claims c USING (registry, name, tag)"""
-            )
-            con.execute("DELETE FROM tags WHERE (registry, name, tag) IN (SELECT (registry, name, tag) FROM tag_claims)")
-            con.execute("INSERT INTO tags SELECT registry, name, tag, image_id FROM tag_claims")
-            self._recompute_tags("tag_affected")
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+            with self._transaction():
+                # the most exact record of a (registry, name, digest) holds its tags
+                con.execute(
+                    """CREATE OR REPLACE TEMP TABLE tag_claims AS
+                       SELECT c.registry, c.name, c.tag, arg_max(i.id, i.exactness) AS image_id
+                       FROM tag_claims_arrow c JOIN images i
+                         ON i.registry = c.registry AND i.name = c.name AND i.digest = c.digest
+                       GROUP BY c.registry, c.name, c.tag"""
+                )
+                moved = con.execute("SELECT count(*) FROM tag_claims").fetchone()[0]
+                con.execute(
+                    """CREATE OR REPLACE TEMP TABLE tag_affected AS
+                       SELECT image_id AS id FROM tag_claims
+                       UNION SELECT t.image_id FROM tags t JOIN tag_claims c USING (registry, name, tag)"""
+                )
+                con.execute("DELETE FROM tags WHERE (registry, name, tag) IN (SELECT (registry, name, tag) FROM tag_claims)")
+                con.execute("INSERT INTO tags SELECT registry, name, tag, image_id FROM tag_claims")
+                self._recompute_tags("tag_affected")
         finally:
             con.unregister("tag_claims_arrow")
         return moved
@@ -305,8 +296,7 @@ class StoreWriter:
         if not tags:
             return
         con = self.con
-        try:
-            con.execute("BEGIN TRANSACTION")
+        with self._transaction():
             con.execute(
                 """CREATE OR REPLACE TEMP TABLE tag_affected AS
                    SELECT DISTINCT image_id AS id FROM tags
@@ -318,10 +308,16 @@ class StoreWriter:
                 [registry, name, list(tags)],
             )
             self._recompute_tags("tag_affected")
-            con.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _transaction(self):
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            yield
         except BaseException:
-            con.execute("ROLLBACK")
+            self.con.execute("ROLLBACK")
             raise
+        self.con.execute("COMMIT")
 
     def _recompute_tags(self, affected_table: str) -> None:
         self.con.execute(
