@@ -37,6 +37,7 @@ def index_sources(
     on_error: Callable[[str], None] = lambda message: None,
     on_note: Callable[[str], None] = lambda message: None,
     on_image: Callable[[ImageRecord], None] = lambda record: None,
+    on_source: Callable[[str], None] = lambda spec: None,
     docker_host: str = "",
     all_images: bool = False,
     repository_prefix: str = "",
@@ -120,6 +121,7 @@ def index_sources(
             fail(str(exc))
         except ImgdexError as exc:
             fail(f"{spec}: {exc}")
+        on_source(spec)
     flush()
     summary.seconds = time.monotonic() - started
     writer.record_run(

@@ -50,22 +50,37 @@ def cli():
 
 
 class _Progress:
-    """A one-line counter on stderr, only when stderr is a terminal."""
+    """A progress bar over the sources, with the images read so far, on stderr when it is a terminal."""
+
+    WIDTH = 30
 
     def __init__(self, total_sources: int):
         self.enabled = sys.stderr.isatty()
-        self.total = total_sources
+        self.total = max(total_sources, 1)
+        self.sources = 0
         self.images = 0
+
+    def _draw(self) -> None:
+        filled = self.WIDTH * self.sources // self.total
+        bar = "#" * filled + "-" * (self.WIDTH - filled)
+        click.echo(f"\r[{bar}] {self.sources}/{self.total} sources, {self.images} images", err=True, nl=False)
 
     def image(self, _record) -> None:
         self.images += 1
         if self.enabled and self.images % 50 == 1:
-            click.echo(f"\r{self.images} images read", err=True, nl=False)
+            self._draw()
+
+    def source(self, _spec) -> None:
+        self.sources += 1
+        if self.enabled:
+            self._draw()
 
     def message(self, text: str) -> None:
         if self.enabled:
             click.echo("\r\033[K", err=True, nl=False)
         click.echo(f"imgdex: {text}", err=True)
+        if self.enabled:
+            self._draw()
 
     def done(self) -> None:
         if self.enabled:
@@ -140,6 +155,7 @@ def index(
             on_error=progress.message,
             on_note=(lambda text: None) if quiet else (lambda text: progress.message(f"note: {text}")),
             on_image=progress.image,
+            on_source=progress.source,
             docker_host=docker_host,
             all_images=all_images,
             repository_prefix=repository_prefix,
@@ -178,7 +194,7 @@ def get(image, store, fmt, platform, ids_from):
 
     if (image is None) == (ids_from is None):
         raise click.UsageError("give either IMAGE or --ids-from")
-    con = engine.connect(store)
+    con = engine.connect(store, tables=("images", "tags"))
     if ids_from is not None:
         _get_batch(con, ids_from, platform)
         return
@@ -225,7 +241,7 @@ def list_(store, registry_id, repository_name, filter_, order_by, page_size, pag
     """Print the Image.List response."""
     from queries import engine, listing, render
 
-    con = engine.connect(store)
+    con = engine.connect(store, tables=("images",))
     result = listing.list_images(
         con,
         listing.Query(registry_id, repository_name, filter_, order_by, page_size, page_token),

@@ -19,15 +19,17 @@ def _quote(path: str) -> str:
     return "'" + path.replace("'", "''") + "'"
 
 
-def connect(store: str) -> duckdb.DuckDBPyConnection:
+def connect(store: str, tables: tuple[str, ...] = layout.TABLES) -> duckdb.DuckDBPyConnection:
+    """`tables` limits the snapshot views to what a command reads: each view costs a Parquet footer read."""
     snapshot = layout.snapshot_dir(store)
     if snapshot is not None:
         con = duckdb.connect()
-        for table in layout.TABLES:
+        for table in tables:
             path = layout.table_file(snapshot, table)
             if os.path.isfile(path):
                 con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet({_quote(path)})")
-        create_views(con)
+        if tables == layout.TABLES:
+            create_views(con)
         return con
     database = os.path.join(store, layout.DATABASE)
     if os.path.isfile(database):

@@ -223,3 +223,20 @@ def test_index_json_summary_and_exit_code(run_cli, tmp_path):
 def test_missing_store_is_a_clear_error(run_cli, tmp_path):
     result = run_cli("get", "x", "--store", tmp_path / "nothing")
     assert result.exit_code == 1 and "no image store at" in result.stderr
+
+
+def test_progress_bar_only_on_a_terminal(monkeypatch, capsys):
+    from queries.cli import _Progress
+
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    progress = _Progress(2)
+    progress.image(None)
+    progress.source("a")
+    progress.done()
+    drawn = capsys.readouterr().err
+    assert "[###############---------------] 1/2 sources, 1 images" in drawn
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False)
+    quiet = _Progress(2)
+    quiet.image(None)
+    quiet.source("a")
+    assert capsys.readouterr().err == ""
