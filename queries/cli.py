@@ -93,7 +93,8 @@ def _split_repository(registry: str, repository: str) -> tuple[str, str]:
     if repository and not registry:
         first, sep, rest = repository.partition("/")
         if sep and ("." in first or ":" in first or first == "localhost"):
-            return parse_reference(repository).registry, parse_reference(repository).name
+            ref = parse_reference(repository)
+            return ref.registry, ref.name
     return registry, repository
 
 
@@ -270,7 +271,11 @@ def sql(query, store, fmt):
 
 
 def main():
-    cli(prog_name="imgdex")
+    try:
+        cli(prog_name="imgdex")
+    except KeyboardInterrupt:
+        # The batch being written was rolled back; the last snapshot is untouched.
+        fail("interrupted", 130)
 
 
 if __name__ == "__main__":
