@@ -271,11 +271,7 @@ def sql(query, store, fmt):
 
 
 def main():
-    try:
-        cli(prog_name="imgdex")
-    except KeyboardInterrupt:
-        # The batch being written was rolled back; the last snapshot is untouched.
-        fail("interrupted", 130)
+    cli(prog_name="imgdex")
 
 
 if __name__ == "__main__":
