@@ -61,3 +61,11 @@ def test_blob_id_uses_digest_alone():
 @pytest.mark.parametrize("text, bare", [("v1", True), ("1.0", True), ("latest", True), ("team/app:v1", False), ("app:1", False), ("a@sha256:x", False)])
 def test_is_bare_tag(text, bare):
     assert is_bare_tag(text) is bare
+
+
+@given(st.text(max_size=200))
+def test_short_hash_equals_the_rfc4648_base32hex_definition(text):
+    from indexer.references import _short_hash
+
+    reference = base64.b32hexencode(hashlib.sha256(text.encode()).digest()).decode().lower().rstrip("=")[:17]
+    assert _short_hash(text) == reference
