@@ -38,6 +38,7 @@ def index_sources(
     on_note: Callable[[str], None] = lambda message: None,
     on_image: Callable[[ImageRecord], None] = lambda record: None,
     on_source: Callable[[str], None] = lambda spec: None,
+    verify: bool = False,
     docker_host: str = "",
     all_images: bool = False,
     repository_prefix: str = "",
@@ -99,7 +100,11 @@ def index_sources(
             source = parse_source(spec, docker_host=docker_host, all_images=all_images, registry_options=registry_options)
             if hasattr(source, "bind_store"):
                 source.bind_store(writer)  # registry crawls read what is indexed, to skip it
-            ctx = Context(source_kind=source.kind, source_path=source.location, registry=registry, repository=repository, note=note)
+            ctx = Context(
+                source_kind=source.kind, source_path=source.location, registry=registry, repository=repository, note=note, verify=verify
+            )
+            if verify and source.kind in ("docker-daemon", "docker", "ycr-json"):
+                note(f"{spec}: --verify does not apply: layer contents are not read from this source")
             for item in source.records(ctx):
                 if isinstance(item, SourceError):
                     fail(str(item))

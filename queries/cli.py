@@ -105,6 +105,7 @@ def _split_repository(registry: str, repository: str) -> tuple[str, str]:
 @click.option("--repository", default="", metavar="NAME", help="Repository for images whose source carries no name.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="Do not print notes (skipped entries).")
+@click.option("--verify", is_flag=True, help="Also hash layer contents of archives and layouts against their digests (reads every layer).")
 @click.option("--docker-host", default="", metavar="URL", help="Docker engine for docker-daemon: sources. Default: $DOCKER_HOST, else the local socket.")
 @click.option("--all", "all_images", is_flag=True, help="docker-daemon: also index intermediate images.")
 @click.option("--repository-prefix", default="", metavar="PATH", help="docker://HOST: crawl only the repositories under PATH.")
@@ -119,7 +120,7 @@ def _split_repository(registry: str, repository: str) -> tuple[str, str]:
 @click.option("--jobs", type=click.IntRange(1, 256), default=8, show_default=True, help="Parallel requests to a registry.")
 @library_errors
 def index(
-    sources, store, registry, repository, as_json, quiet, docker_host, all_images,
+    sources, store, registry, repository, as_json, quiet, verify, docker_host, all_images,
     repository_prefix, username, password_stdin, tls_verify, ca_cert, insecure_registries, jobs,
 ):
     """Index every image found in each SOURCE.
@@ -157,6 +158,7 @@ def index(
             on_note=(lambda text: None) if quiet else (lambda text: progress.message(f"note: {text}")),
             on_image=progress.image,
             on_source=progress.source,
+            verify=verify,
             docker_host=docker_host,
             all_images=all_images,
             repository_prefix=repository_prefix,

@@ -32,7 +32,7 @@ class DockerArchive:
     kind: str = "docker-archive"
 
     def records(self, ctx):
-        return read_docker_archive(TarMembers.open(self.location), ctx)
+        return read_docker_archive(TarMembers.open(self.location, hash_members=ctx.verify), ctx)
 
 
 @dataclass
@@ -42,7 +42,7 @@ class OciArchive:
     kind: str = "oci-archive"
 
     def records(self, ctx):
-        return read_layout_tar(TarMembers.open(self.location), ctx, self.ref)
+        return read_layout_tar(TarMembers.open(self.location, hash_members=ctx.verify), ctx, self.ref)
 
 
 @dataclass
@@ -63,7 +63,7 @@ class DetectedArchive:
     kind: str = "archive"
 
     def records(self, ctx):
-        members = TarMembers.open(self.location)
+        members = TarMembers.open(self.location, hash_members=ctx.verify)
         if members.size("manifest.json") is not None:
             ctx.source_kind = self.kind = "docker-archive"
             return read_docker_archive(members, ctx)

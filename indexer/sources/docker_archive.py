@@ -71,9 +71,18 @@ def _classic_records(members: TarMembers, entry: dict, ctx: Context) -> list[Ima
     if isinstance(sources, dict):
         for diff_id, raw in sources.items():
             foreign[diff_id] = parse_descriptor(raw, where, f"LayerSources[{diff_id}]")
-    return record_from_config(
+    records = record_from_config(
         config_raw, config_digest, sizes, _repo_tags(entry, ctx, where), ctx, where, UNCOMPRESSED, foreign
     )
+    if ctx.verify and records:
+        # Stored layers are uncompressed tars: their sha256 must be the config's diff_ids.
+        for layer_path, layer in zip(layer_paths, records[0].layers):
+            if layer.urls:
+                continue
+            actual = members.sha256(layer_path)
+            if f"sha256:{actual}" != layer.digest:
+                raise SourceError(where, f"layer {layer_path!r} content hashes to sha256:{actual}, the config's diff_id is {layer.digest}")
+    return records
 
 
 def read_docker_archive(members: TarMembers, ctx: Context) -> Iterator[ImageRecord | SourceError]:

@@ -1,6 +1,7 @@
 """OCI image layouts: a directory (`oci:DIR[:REF]`) or the same as a tar (`oci-archive:PATH`)."""
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from typing import Iterator
@@ -69,6 +70,20 @@ class DirBlobs:
             raise SourceError(path, exc.strerror or str(exc)) from None
 
 
+    def blob_sha256(self, digest: str) -> str | None:
+        path = self._checked_path(digest)
+        hasher = hashlib.sha256()
+        try:
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    hasher.update(chunk)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise SourceError(path, exc.strerror or str(exc)) from None
+        return hasher.hexdigest()
+
+
 class TarBlobs:
     """Blobs of a layout packed in a tar (oci-archive, Docker 25+ save)."""
 
@@ -80,6 +95,9 @@ class TarBlobs:
 
     def read_blob(self, digest: str, limit: int) -> bytes:
         return self.members.read(_blob_path(digest), limit, "blob")
+
+    def blob_sha256(self, digest: str) -> str | None:
+        return self.members.sha256(_blob_path(digest))
 
 
 def names_from_annotations(annotations: dict, ctx: Context, where: str) -> list[Reference]:

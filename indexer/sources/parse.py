@@ -44,6 +44,8 @@ class BlobStore(Protocol):
     def blob_size(self, digest: str) -> int | None:
         """The stored size, or None when the blob is absent. Must not read the blob."""
 
+    # Stores that hold layer bytes also offer `blob_sha256(digest) -> hex | None`, for --verify.
+
 
 @dataclass
 class Context:
@@ -52,6 +54,7 @@ class Context:
     registry: str = ""  # for images whose source carries no name
     repository: str = ""
     note: Callable[[str], None] = field(default=lambda message: None)
+    verify: bool = False  # also hash layer contents against their digests (--verify)
 
 
 # A \uD800-\uDFFF escape, or a UTF-8 encoded surrogate (json.loads decodes bytes with surrogatepass).
@@ -183,6 +186,22 @@ def parse_config(data: bytes, where: str) -> ImageConfig:
         diff_ids=_strings(_object(doc, "rootfs").get("diff_ids")),
         history=_history(doc.get("history")),
     )
+
+
+def verify_layers(store, layers: Iterable[Blob], ctx: Context, where: str, label: str) -> None:
+    """--verify: hash each layer's stored bytes; a mismatch fails the image."""
+    hasher = getattr(store, "blob_sha256", None)
+    if hasher is None:
+        return  # engines and registries hold no layer bytes here; the run notes that once
+    for layer in layers:
+        if not layer.digest.startswith("sha256:"):
+            ctx.note(f"{where}: {label}: layer {layer.digest} not verified (its content is not read from this source)")
+            continue
+        actual = hasher(layer.digest)
+        if actual is None:
+            raise SourceError(where, f"{label}: layer {layer.digest} is missing")
+        if f"sha256:{actual}" != layer.digest:
+            raise SourceError(where, f"{label}: layer {layer.digest} content hashes to sha256:{actual}")
 
 
 def parse_platform(raw: object) -> Platform | None:
@@ -342,6 +361,8 @@ def _manifest_records(store, descriptor, data, doc, media_type, names, ctx, wher
             raise SourceError(where, f"{label}: layer {layer.digest} is missing")
         if stored != layer.size:
             raise SourceError(where, f"{label}: layer {layer.digest} is {stored} bytes, descriptor says {layer.size}")
+    if ctx.verify:
+        verify_layers(store, [layer for layer in layers if not layer.urls], ctx, where, label)
 
     config = None
     config_raw = None

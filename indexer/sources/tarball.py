@@ -7,6 +7,7 @@ config: memory stays bounded and no member is read twice.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import posixpath
@@ -28,6 +29,7 @@ class Member:
     offset: int = -1  # of the data, in an uncompressed tar
     data: bytes | None = None  # kept from a streaming pass
     link: str = ""  # resolved target of a symlink or hard link
+    sha256: str = ""  # hex digest of the content, when a streaming pass was asked to hash
 
 
 def sniff(path: str) -> str:
@@ -74,11 +76,12 @@ class TarMembers:
         self._reopen = reopen
 
     @classmethod
-    def open(cls, path: str, compression: str | None = None) -> "TarMembers":
+    def open(cls, path: str, compression: str | None = None, hash_members: bool = False) -> "TarMembers":
+        """`hash_members` hashes every member of a compressed archive during its one pass (for --verify)."""
         compression = compression or sniff(path)
         if compression == "tar":
             return cls(path, _scan_seekable(path), lambda: open(path, "rb"))
-        return cls(path, _scan_stream(path, compression), None)
+        return cls(path, _scan_stream(path, compression, hash_members), None)
 
     def names(self) -> list[str]:
         return list(self._members)
@@ -96,6 +99,29 @@ class TarMembers:
     def size(self, name: str) -> int | None:
         member = self._resolve(name)
         return None if member is None else member.size
+
+    def sha256(self, name: str) -> str | None:
+        """Hex sha256 of a member's content, read in chunks; None when the member is absent."""
+        member = self._resolve(name)
+        if member is None:
+            return None
+        if member.sha256:
+            return member.sha256
+        if member.data is not None:
+            return hashlib.sha256(member.data).hexdigest()
+        if member.offset < 0:
+            raise SourceError(self.path, f"member {name!r} was not hashed during the streaming pass")
+        digest = hashlib.sha256()
+        remaining = member.size
+        with self._reopen() as f:
+            f.seek(member.offset)
+            while remaining:
+                chunk = f.read(min(remaining, _STREAM_BUFSIZE))
+                if not chunk:
+                    raise SourceError(self.path, f"truncated tar: {name!r} ends early")
+                digest.update(chunk)
+                remaining -= len(chunk)
+        return digest.hexdigest()
 
     def read(self, name: str, limit: int, what: str) -> bytes:
         where = self.path
@@ -217,7 +243,7 @@ def _zstd_truncation(path: str) -> str:
         return f"the file ends inside a frame, at byte {size}" if pos > size else ""
 
 
-def _scan_stream(path: str, compression: str) -> dict[str, Member]:
+def _scan_stream(path: str, compression: str, hash_members: bool = False) -> dict[str, Member]:
     from .parse import MAX_JSON_BYTES
 
     members: dict[str, Member] = {}
@@ -228,14 +254,15 @@ def _scan_stream(path: str, compression: str) -> dict[str, Member]:
             for info in tar:
                 if info.isreg():
                     member = Member(size=info.size)
-                    if info.size <= MAX_JSON_BYTES:
-                        handle = tar.extractfile(info)
-                        first = handle.read(1)
-                        if first and first[0] in _JSON_STARTS:
-                            rest = handle.read()
-                            member.data = first + rest
-                            if len(member.data) != info.size:
-                                raise SourceError(path, f"truncated archive: member {info.name!r} ends early")
+                    small = info.size <= MAX_JSON_BYTES
+                    handle = tar.extractfile(info) if small or hash_members else None
+                    first = handle.read(1) if small else b""
+                    if first and first[0] in _JSON_STARTS:
+                        member.data = first + handle.read()
+                        if len(member.data) != info.size:
+                            raise SourceError(path, f"truncated archive: member {info.name!r} ends early")
+                    if hash_members:
+                        member.sha256 = _hash_rest(handle, first, member.data)
                     _add(path, members, info, member)
                 elif info.issym() or info.islnk():
                     _add(path, members, info, Member(size=0))
@@ -256,9 +283,20 @@ def _scan_stream(path: str, compression: str) -> dict[str, Member]:
     return members
 
 
+def _hash_rest(handle, first: bytes, data: bytes | None) -> str:
+    """sha256 of a member whose first bytes (or all of it, `data`) were already read from `handle`."""
+    if data is not None:
+        return hashlib.sha256(data).hexdigest()
+    digest = hashlib.sha256(first)
+    while chunk := handle.read(_STREAM_BUFSIZE):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _fix_link_sizes(members: dict[str, Member]) -> None:
     for member in members.values():
         if member.link:
             target = members.get(member.link)
             if target is not None:
                 member.size = target.size
+                member.sha256 = target.sha256

@@ -1,0 +1,54 @@
+"""--verify hashes layer contents; without it, layers are never read."""
+import gzip
+import json
+import os
+
+import pytest
+import zstandard
+
+from conftest import REAL
+from builders import Blobs, classic_save_files, named, tar_bytes, write_dir, write_tar
+
+
+def _tampered_layout(root):
+    blobs = Blobs()
+    image = blobs.image(layers=(b"good-layer",))
+    write_dir(str(root), blobs.layout_files([named(image, "cr.example/app:1")]))
+    layer = json.loads(blobs.blobs[image["digest"]])["layers"][0]["digest"]
+    path = root / "blobs" / "sha256" / layer.split(":")[1]
+    path.write_bytes(b"evil-layer")  # same size, other bytes
+    return layer
+
+
+def test_tampered_layer_passes_without_verify_and_fails_with_it(run_cli, tmp_path):
+    layer = _tampered_layout(tmp_path / "layout")
+    plain = run_cli("index", tmp_path / "layout", "--store", tmp_path / "a")
+    assert plain.exit_code == 0  # layer bytes are not read by default
+    checked = run_cli("index", tmp_path / "layout", "--store", tmp_path / "b", "--verify")
+    assert checked.exit_code == 1
+    assert f"layer {layer} content hashes to sha256:" in checked.stderr
+    assert "Traceback" not in checked.output
+
+
+@pytest.mark.parametrize("compress", ["", "gzip", "zstd"])
+def test_classic_layers_are_checked_against_diff_ids(run_cli, tmp_path, compress):
+    files = classic_save_files([{"tags": ["app:1"], "layers": [b"aaaa", b"bb"]}])
+    layer_path = next(name for name in files if name.endswith("layer.tar"))
+    files[layer_path] = b"zzzz"[: len(files[layer_path])]
+    raw = tar_bytes(files)
+    path = tmp_path / f"save.tar{'.' + compress if compress else ''}"
+    path.write_bytes(gzip.compress(raw) if compress == "gzip" else zstandard.ZstdCompressor().compress(raw) if compress == "zstd" else raw)
+    assert run_cli("index", path, "--store", tmp_path / "a").exit_code == 0
+    checked = run_cli("index", path, "--store", tmp_path / "b", "--verify")
+    assert checked.exit_code == 1 and f"layer {layer_path!r} content hashes to" in checked.stderr
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["docker-save-app.tar", "docker-save-app.tar.gz", "docker-save-app.tar.zst", "docker-save-base.tar",
+     "docker25-save-app.tar", "oci-archive-app.tar", "oci-archive-base-multiarch.tar", "oci-layout"],
+)
+def test_real_archives_verify(run_cli, tmp_path, name):
+    result = run_cli("index", os.path.join(REAL, name), "--store", tmp_path, "--verify", "--repository", "x/y")
+    assert result.exit_code == 0, result.output
+    assert json.loads(run_cli("sql", "SELECT count(*) AS n FROM images", "--store", tmp_path, "--format", "json").stdout)["n"] > 0
