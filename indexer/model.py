@@ -5,7 +5,7 @@ This module imports nothing else of ours, so every layer can depend on it.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 # How much a record can be trusted; a store never replaces a record with a less exact one.

@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from indexer.errors import ImgdexError, NotFound
+from indexer.errors import ImgdexError
 from indexer.store.layout import default_store
 
 

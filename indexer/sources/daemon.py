@@ -48,9 +48,9 @@ from ..model import (
     ImageRecord,
     Platform,
 )
-from ..references import Reference, image_id, parse_reference
+from ..references import Reference, parse_reference
 from . import mediatypes as mt
-from .parse import Context, layers_compressed, parse_config
+from .parse import Context, new_record, parse_config, platform_of
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 CONNECT_TIMEOUT = 10.0  # seconds for the first contact: an absent engine fails fast
@@ -402,12 +402,6 @@ def repositories(inspect: dict, ctx: Context, where: str, only: Reference | None
     return [found[key] for key in sorted(found)]
 
 
-def _platform_of(config: ImageConfig) -> Platform | None:
-    if config.os or config.architecture:
-        return Platform(config.os, config.architecture, config.variant)
-    return None
-
-
 def _layers(config: ImageConfig, sizes: list[int] | None) -> tuple[Blob, ...]:
     if sizes is None:
         sizes = [0] * len(config.diff_ids)
@@ -417,28 +411,18 @@ def _layers(config: ImageConfig, sizes: list[int] | None) -> tuple[Blob, ...]:
 def _image_record(ctx: Context, repo: _Repository, tags: tuple[str, ...], digest: str, media_type: str, kind: str,
                   config_blob: Blob | None, config: ImageConfig | None, layers: tuple[Blob, ...],
                   history: tuple[HistoryEntry, ...], platform: Platform | None, parent: str) -> ImageRecord:
-    config = config or ImageConfig()
-    return ImageRecord(
-        id=image_id(repo.registry, repo.name, digest or (config_blob.digest if config_blob is not None else "")),
-        registry=repo.registry,
-        name=repo.name,
+    return new_record(
+        ctx, repo.registry, repo.name,
         digest=digest,
+        config_blob=config_blob,
+        layers=layers,
+        config=config or ImageConfig(),
         media_type=media_type,
         kind=kind,
-        config=config_blob,
-        layers=layers,
-        layers_compressed=layers_compressed(layers),
         tags=tags,
-        created=config.created,
         platform=platform,
         parent_digest=parent,
-        source_kind=ctx.source_kind,
-        source_path=ctx.source_path,
         exactness=UNCOMPRESSED,
-        labels=config.labels,
-        env=config.env,
-        entrypoint=config.entrypoint,
-        cmd=config.cmd,
         history=history,
     )
 
@@ -617,7 +601,7 @@ class DockerDaemon:
         for repo in repos:
             digest = repo.digests[0] if repo.digests else ""
             yield _image_record(ctx, repo, tuple(sorted(repo.tags)), digest, "", KIND_IMAGE, config_blob, config,
-                                layers, history, _platform_of(config), "")
+                                layers, history, platform_of(config), "")
 
     def _map_containerd(self, details: _Details, repos: list[_Repository], ctx: Context, where: str, label: str):
         target, single = containerd_shape(details.inspect, details.manifests or [])
@@ -666,7 +650,7 @@ def _containerd_image(inspect, history, manifest, repos, tagged, parent, ctx, la
         return
     sizes, entries = _sizes(config, history, ctx, label)
     layers = _layers(config, sizes)
-    platform = manifest["platform"] or _platform_of(config)
+    platform = manifest["platform"] or platform_of(config)
     for repo in repos:
         # The containerd store's API gives no config digest: the config stays unknown.
         yield _image_record(ctx, repo, tuple(sorted(repo.tags)) if tagged else (), manifest["digest"], manifest["media_type"],

@@ -154,8 +154,8 @@ def walk_layout(
 ) -> Iterator[ImageRecord | SourceError]:
     """Every image of a layout's index.json. `extra_names(descriptor)` adds names a caller knows."""
     found = False
-    for position, (raw, annotations) in enumerate(top_descriptors(index_raw, where)):
-        if ref and not _matches(annotations, ref):
+    for position, (raw, notes) in enumerate(top_descriptors(index_raw, where)):
+        if ref and not _matches(notes, ref):
             continue
         found = True
         try:
@@ -163,10 +163,10 @@ def walk_layout(
         except SourceError as exc:
             yield exc
             continue
-        names = names_from_annotations(annotations, ctx, where)
+        names = names_from_annotations(notes, ctx, where)
         if extra_names is not None:
             names = names + extra_names(descriptor)
-        yield from walk(blobs, descriptor, names, ctx, where, annotations=annotations)
+        yield from walk(blobs, descriptor, names, ctx, where, annotations=notes)
     if ref and not found:
         yield SourceError(where, f"no image named {ref!r} in index.json")
 

@@ -227,7 +227,7 @@ def group_names(names: Iterable[Reference], ctx: Context) -> list[tuple[str, str
 
 def _config_fields(config: ImageConfig | None) -> dict:
     if config is None:
-        return {}
+        return {"created": None}
     return dict(
         created=config.created,
         labels=config.labels,
@@ -240,6 +240,41 @@ def _config_fields(config: ImageConfig | None) -> dict:
 
 def layers_compressed(layers: Iterable[Blob]) -> bool:
     return not any(layer.media_type in mt.UNCOMPRESSED_LAYERS for layer in layers)
+
+
+def platform_of(config: ImageConfig) -> Platform | None:
+    if config.os or config.architecture:
+        return Platform(config.os, config.architecture, config.variant)
+    return None
+
+
+def new_record(
+    ctx: Context,
+    registry: str,
+    name: str,
+    *,
+    digest: str,
+    config_blob: Blob | None,
+    layers: tuple[Blob, ...],
+    config: ImageConfig | None = None,
+    **fields,
+) -> ImageRecord:
+    """A record with what every source derives alike: the id (keyed by the manifest digest, else the
+    config digest), whether layer sizes are compressed, the source, and the analyst fields of `config`.
+    `fields` gives the rest and overrides what `config` would give."""
+    key = digest or (config_blob.digest if config_blob is not None else "")
+    return ImageRecord(
+        id=image_id(registry, name, key),
+        registry=registry,
+        name=name,
+        digest=digest,
+        config=config_blob,
+        layers=layers,
+        layers_compressed=layers_compressed(layers),
+        source_kind=ctx.source_kind,
+        source_path=ctx.source_path,
+        **{**_config_fields(config), **fields},
+    )
 
 
 def _detect_media_type(declared: str, doc: dict) -> str:
@@ -304,22 +339,16 @@ def _walk_index(store, descriptor, data, doc, media_type, names, ctx, where, par
     if not isinstance(children, list):
         raise SourceError(where, f"index {descriptor.digest}: manifests is not a list")
     for registry, name, tags in group_names(names, ctx):
-        yield ImageRecord(
-            id=image_id(registry, name, descriptor.digest),
-            registry=registry,
-            name=name,
+        yield new_record(
+            ctx, registry, name,
             digest=descriptor.digest,
+            config_blob=None,
+            layers=(),
             media_type=media_type,
             kind=KIND_INDEX,
-            config=None,
-            layers=(),
-            layers_compressed=True,
             tags=tags,
-            created=None,
             platform=platform,
             parent_digest=parent,
-            source_kind=ctx.source_kind,
-            source_path=ctx.source_path,
             exactness=EXACT_MANIFEST,
             manifest_raw=data,
         )
@@ -380,29 +409,24 @@ def _manifest_records(store, descriptor, data, doc, media_type, names, ctx, wher
         kind = KIND_ARTIFACT
     else:
         kind = KIND_IMAGE
-    if platform is None and config is not None and (config.os or config.architecture):
-        platform = Platform(config.os, config.architecture, config.variant)
+    if platform is None and config is not None:
+        platform = platform_of(config)
 
     for registry, name, tags in group_names(names, ctx):
-        yield ImageRecord(
-            id=image_id(registry, name, descriptor.digest),
-            registry=registry,
-            name=name,
+        yield new_record(
+            ctx, registry, name,
             digest=descriptor.digest,
+            config_blob=config_blob,
+            layers=layers,
+            config=config,
             media_type=media_type,
             kind=kind,
-            config=config_blob,
-            layers=layers,
-            layers_compressed=layers_compressed(layers),
             tags=tags,
             platform=platform,
             parent_digest=parent,
-            source_kind=ctx.source_kind,
-            source_path=ctx.source_path,
             exactness=EXACT_MANIFEST,
             manifest_raw=data,
             config_raw=config_raw,
-            **({"created": None} | _config_fields(config)),
         )
 
 
@@ -430,26 +454,20 @@ def record_from_config(
         for diff_id, size in zip(config.diff_ids, layer_sizes)
     )
     config_blob = Blob(digest=config_digest, size=len(config_raw), media_type=mt.DOCKER_CONFIG)
-    platform = Platform(config.os, config.architecture, config.variant) if (config.os or config.architecture) else None
     return [
-        ImageRecord(
-            id=image_id(registry, name, config_digest),
-            registry=registry,
-            name=name,
+        new_record(
+            ctx, registry, name,
             digest="",
+            config_blob=config_blob,
+            layers=layers,
+            config=config,
             media_type="",
             kind=KIND_IMAGE,
-            config=config_blob,
-            layers=layers,
-            layers_compressed=layers_compressed(layers),
             tags=tags,
-            platform=platform,
+            platform=platform_of(config),
             parent_digest="",
-            source_kind=ctx.source_kind,
-            source_path=ctx.source_path,
             exactness=exactness,
             config_raw=config_raw,
-            **({"created": None} | _config_fields(config)),
         )
         for registry, name, tags in group_names(names, ctx)
     ]

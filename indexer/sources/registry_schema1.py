@@ -16,9 +16,9 @@ from typing import Callable
 from .. import timestamps
 from ..errors import SourceError
 from ..model import EXACT_MANIFEST, KIND_IMAGE, Blob, HistoryEntry, ImageRecord, Platform
-from ..references import DIGEST_RE, Reference, image_id
+from ..references import DIGEST_RE, Reference
 from . import mediatypes as mt
-from .parse import Context, group_names, load_object
+from .parse import Context, _strings, group_names, load_object, new_record
 
 
 def _b64url(text: str) -> bytes:
@@ -54,10 +54,6 @@ def _v1(entry: object, where: str, position: int) -> dict:
     if not isinstance(doc, dict):
         raise SourceError(where, f"schema1 manifest: history[{position}].v1Compatibility is not an object")
     return doc
-
-
-def _strings(value) -> tuple[str, ...]:
-    return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
 
 
 def schema1_records(
@@ -111,22 +107,17 @@ def schema1_records(
     platform = Platform(os_name, architecture or (top.get("architecture") or "")) if (os_name or architecture) else None
     final = digest or actual
     return [
-        ImageRecord(
-            id=image_id(registry, name, final),
-            registry=registry,
-            name=name,
+        new_record(
+            ctx, registry, name,
             digest=final,
+            config_blob=None,
+            layers=tuple(layers),
             media_type=media_type if media_type in mt.SCHEMA1 else mt.DOCKER_SCHEMA1_SIGNED if doc.get("signatures") else mt.DOCKER_SCHEMA1,
             kind=KIND_IMAGE,
-            config=None,
-            layers=tuple(layers),
-            layers_compressed=True,
             tags=tags,
             created=timestamps.normalise(created) if created else None,
             platform=platform,
             parent_digest="",
-            source_kind=ctx.source_kind,
-            source_path=ctx.source_path,
             exactness=EXACT_MANIFEST,
             labels=tuple(sorted((k, v) for k, v in labels.items() if isinstance(v, str))),
             env=_strings(config.get("Env")),
