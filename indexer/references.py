@@ -16,12 +16,42 @@ from .errors import ReferenceError_
 DOCKER_HUB = "docker.io"
 _HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io"}
 
+# distribution's reference grammar, ASCII only. Patterns are used with fullmatch(), never
+# match() with `$`, which would accept a trailing newline.
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_PATH_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
-_HOST_RE = re.compile(r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*|\[[0-9a-fA-F:.]+\])(?::[0-9]+)?$")
-TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
-DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}$")
-SHA256_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
+_PATH_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*", re.ASCII)
+_HOST_RE = re.compile(
+    r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*|\[[0-9a-fA-F:.]+\])(?::[0-9]+)?",
+    re.ASCII,
+)
+TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", re.ASCII)
+DIGEST_RE = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}", re.ASCII)
+NAME_MAX = 255  # distribution's NameTotalLengthMax: host and path together
+
+
+def is_valid_tag(text) -> bool:
+    return isinstance(text, str) and TAG_RE.fullmatch(text) is not None
+
+
+def is_valid_repository(path) -> bool:
+    """A repository path without its host (`library/ubuntu`, `crp1/team/app`)."""
+    return isinstance(path, str) and len(path) <= NAME_MAX and _PATH_RE.fullmatch(path) is not None
+
+
+def is_valid_host(host) -> bool:
+    return isinstance(host, str) and _HOST_RE.fullmatch(host) is not None
+
+
+def is_valid_digest(text) -> bool:
+    return isinstance(text, str) and DIGEST_RE.fullmatch(text) is not None
+
+
+_USERINFO_RE = re.compile(r"(?<=://)[^/@\s]*@")
+
+
+def redact_userinfo(text: str) -> str:
+    """`docker://alice:secret@host/app` -> `docker://***@host/app`: credentials never reach logs or the store."""
+    return _USERINFO_RE.sub("***@", text)
 
 
 @dataclass(frozen=True)
@@ -52,7 +82,7 @@ def parse_reference(text: str, default_registry: str = DOCKER_HUB) -> Reference:
     if not text or len(text) > 4096:
         raise ReferenceError_(f"invalid reference {text!r}")
     remainder, _, digest = text.partition("@")
-    if digest and not DIGEST_RE.match(digest):
+    if digest and not is_valid_digest(digest):
         raise ReferenceError_(f"invalid digest in reference {text!r}")
     host, path = _split_host(remainder)
     tag = ""
@@ -60,11 +90,11 @@ def parse_reference(text: str, default_registry: str = DOCKER_HUB) -> Reference:
     colon = path.rfind(":")
     if colon > slash:
         path, tag = path[:colon], path[colon + 1 :]
-        if not TAG_RE.match(tag):
+        if not is_valid_tag(tag):
             raise ReferenceError_(f"invalid tag in reference {text!r}")
-    if host and not _HOST_RE.match(host):
+    if host and not is_valid_host(host):
         raise ReferenceError_(f"invalid registry host in reference {text!r}")
-    if not _PATH_RE.match(path):
+    if not is_valid_repository(path) or len(host) + 1 + len(path) > NAME_MAX:
         raise ReferenceError_(f"invalid repository name in reference {text!r}")
     registry = host or default_registry
     if registry in _HUB_ALIASES:
@@ -76,7 +106,7 @@ def parse_reference(text: str, default_registry: str = DOCKER_HUB) -> Reference:
 
 def is_bare_tag(text: str) -> bool:
     """True for an OCI `ref.name` that is only a tag (`v1`), not a reference."""
-    return bool(TAG_RE.match(text)) and not any(c in text for c in "/:@")
+    return is_valid_tag(text)
 
 
 _BASE32HEX = "0123456789abcdefghijklmnopqrstuv"

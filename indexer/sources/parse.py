@@ -118,7 +118,7 @@ def parse_descriptor(raw: object, where: str, what: str) -> Blob:
     size = raw.get("size")
     media_type = raw.get("mediaType", "")
     urls = raw.get("urls") or []
-    if not isinstance(digest, str) or not DIGEST_RE.match(digest):
+    if not isinstance(digest, str) or not DIGEST_RE.fullmatch(digest):
         raise SourceError(where, f"{what} has an invalid digest {digest!r}")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise SourceError(where, f"{what} has an invalid size {size!r}")

@@ -84,7 +84,7 @@ def schema1_records(
     for position in range(len(fs_layers) - 1, -1, -1):
         layer, v1 = fs_layers[position], v1s[position]
         blob_sum = layer.get("blobSum") if isinstance(layer, dict) else None
-        if not isinstance(blob_sum, str) or not DIGEST_RE.match(blob_sum):
+        if not isinstance(blob_sum, str) or not DIGEST_RE.fullmatch(blob_sum):
             raise SourceError(where, f"schema1 manifest: fsLayers[{position}] has an invalid blobSum")
         throwaway = v1.get("throwaway") is True
         container = v1.get("container_config") if isinstance(v1.get("container_config"), dict) else {}

@@ -69,7 +69,7 @@ def _blob(raw: object, where: str, what: str, notes: list[str]) -> Blob:
     if unknown:
         notes.append(f"{where}: {what} has fields that are not part of Blob and are not kept: {', '.join(unknown)}")
     digest = raw.get("digest", "")
-    if not isinstance(digest, str) or (digest and not DIGEST_RE.match(digest)):
+    if not isinstance(digest, str) or (digest and not DIGEST_RE.fullmatch(digest)):
         raise SourceError(where, f"{what} has an invalid digest {digest!r}")
     blob_id = raw.get("id", "")
     if not isinstance(blob_id, str):
@@ -102,7 +102,7 @@ def image_record(raw: object, registry: str, ctx: Context, where: str, notes: li
     except ImgdexError as exc:
         raise SourceError(where, f"image {image_id}: {exc}") from None
     digest = doc.get("digest", "")
-    if not isinstance(digest, str) or (digest and not DIGEST_RE.match(digest)):
+    if not isinstance(digest, str) or (digest and not DIGEST_RE.fullmatch(digest)):
         raise SourceError(where, f"image {image_id} has an invalid digest {digest!r}")
     config = _blob(doc["config"], where, "config", notes) if doc.get("config") is not None else None
     raw_layers = doc.get("layers", [])
@@ -110,7 +110,7 @@ def image_record(raw: object, registry: str, ctx: Context, where: str, notes: li
         raise SourceError(where, f"image {image_id}: layers is not a list")
     layers = tuple(_blob(layer, where, f"layers[{i}]", notes) for i, layer in enumerate(raw_layers))
     tags = doc.get("tags", [])
-    if not isinstance(tags, list) or not all(isinstance(t, str) and TAG_RE.match(t) for t in tags):
+    if not isinstance(tags, list) or not all(isinstance(t, str) and TAG_RE.fullmatch(t) for t in tags):
         raise SourceError(where, f"image {image_id} has invalid tags")
     created_text = doc.get("createdAt")
     created = None
