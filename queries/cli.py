@@ -87,6 +87,24 @@ class _Progress:
             click.echo("\r\033[K", err=True, nl=False)
 
 
+_STDIN_PATHS = ("-", "/dev/stdin", "/dev/fd/0", "/proc/self/fd/0")
+_STDIN_TRANSPORTS = ("docker-archive:", "oci-archive:", "ycr-json:")
+
+
+def _reads_stdin(source: str) -> bool:
+    for transport in _STDIN_TRANSPORTS:
+        if source.startswith(transport):
+            source = source[len(transport):].partition(":")[0]  # oci-archive:PATH:REF
+            break
+    return source in _STDIN_PATHS
+
+
+def _finite_seconds(_ctx, param, value: float) -> float:
+    if value != value or value == float("inf"):
+        raise click.BadParameter(f"{value} is not a number of seconds", param=param)
+    return value
+
+
 def _split_repository(registry: str, repository: str) -> tuple[str, str]:
     from indexer.references import parse_reference
 
@@ -118,10 +136,15 @@ def _split_repository(registry: str, repository: str) -> tuple[str, str]:
     help="Allow plain HTTP and skip TLS verification for HOST[:PORT] or a CIDR network (repeatable). Loopback may always use plain HTTP.",
 )
 @click.option("--jobs", type=click.IntRange(1, 256), default=8, show_default=True, help="Parallel requests to a registry.")
+@click.option(
+    "--timeout", type=click.FloatRange(0, min_open=True), default=30.0, show_default=True, metavar="SECONDS",
+    callback=_finite_seconds,
+    help="Deadline for each registry request, whole response included.",
+)
 @library_errors
 def index(
     sources, store, registry, repository, as_json, quiet, verify, docker_host, all_images,
-    repository_prefix, username, password_stdin, tls_verify, ca_cert, insecure_registries, jobs,
+    repository_prefix, username, password_stdin, tls_verify, ca_cert, insecure_registries, jobs, timeout,
 ):
     """Index every image found in each SOURCE.
 
@@ -138,14 +161,20 @@ def index(
     from indexer.store.writer import StoreWriter
 
     password = None
-    if password_stdin:
-        if "ycr-json:-" in sources:
-            raise click.UsageError("--password-stdin and ycr-json:- cannot both read standard input")
-        password = click.get_text_stream("stdin").read().rstrip("\r\n")
-    elif os.environ.get("IMGDEX_PASSWORD") is not None:
-        password = os.environ["IMGDEX_PASSWORD"]
-    if password is not None and not username:
-        raise click.UsageError("a registry password needs --username")
+    # The password is for registries only: an exported IMGDEX_PASSWORD must not get in the way
+    # of indexing archives.
+    if any(source.startswith("docker://") for source in sources):
+        if password_stdin:
+            for source in sources:
+                if _reads_stdin(source):
+                    raise click.UsageError(f"--password-stdin and {source} cannot both read standard input")
+            password = click.get_text_stream("stdin").read().rstrip("\r\n")
+        elif os.environ.get("IMGDEX_PASSWORD") is not None:
+            password = os.environ["IMGDEX_PASSWORD"]
+        if password is not None and not username:
+            raise click.UsageError("a registry password needs --username")
+    elif password_stdin:
+        raise click.UsageError("--password-stdin is for docker:// sources, and none is given")
     registry, repository = _split_repository(registry, repository)
     progress = _Progress(len(sources))
     with StoreWriter(store) as writer:
@@ -168,6 +197,7 @@ def index(
             ca_cert=ca_cert or "",
             insecure_registries=insecure_registries,
             jobs=jobs,
+            http_timeout=timeout,
         )
     progress.done()
     if as_json:
@@ -189,14 +219,26 @@ platform_option = click.option(
 @store_option
 @click.option("--format", "fmt", type=click.Choice(["json", "yaml"]), default="json", show_default=True)
 @platform_option
-@click.option("--ids-from", type=click.File("r"), metavar="FILE|-", help="Look up every id in FILE, one per line; print one JSON document per line.")
+@click.option(
+    "--ids-from", type=click.File("r", errors="replace"), metavar="FILE|-",
+    help="Look up every line of FILE; print one line per line read (see above).",
+)
 @library_errors
 def get(image, store, fmt, platform, ids_from):
-    """Print the Image.Get response for IMAGE: an id, a reference [HOST/]NAME[:TAG|@DIGEST], or a unique image ID prefix."""
+    """Print the Image.Get response for IMAGE: an id, a reference [HOST/]NAME[:TAG|@DIGEST], or a unique image ID prefix.
+
+    With --ids-from, every input line gives exactly one output line, in order, so the outputs
+    can be pasted beside the inputs: the image as compact JSON; for an image that is not found
+    or a line that is not a valid query, a compact error object in the google.rpc.Status form,
+    {"error":{"code":5,"message":"image X not found"}} (code 5 NOT_FOUND, 3 INVALID_ARGUMENT
+    for a malformed or ambiguous query); and an empty line for an empty line. Each error is also
+    reported on stderr, and the exit code is 1 when there was any.
+    """
     from queries import engine, lookup, render
 
     if (image is None) == (ids_from is None):
         raise click.UsageError("give either IMAGE or --ids-from")
+    lookup.parse_platform(platform)
     con = engine.connect(store, tables=("images", "tags"))
     if ids_from is not None:
         _get_batch(con, ids_from, platform)
@@ -206,27 +248,32 @@ def get(image, store, fmt, platform, ids_from):
 
 
 def _get_batch(con, stream, platform):
+    from indexer.errors import NotFound
     from queries import lookup, render
 
-    queries = (line.strip() for line in stream)
     out = sys.stdout
-    missing = 0
+    failed = 0
     lines: list[str] = []
-    for query, row in lookup.batch(con, (q for q in queries if q), platform):
-        if isinstance(row, ImgdexError):
-            missing += 1
+    for _query, row in lookup.batch(con, (line.strip() for line in stream), platform):
+        if row is None:
+            lines.append("\n")
+        elif isinstance(row, ImgdexError):
+            failed += 1
+            code = 5 if isinstance(row, NotFound) else 3
+            lines.append(render.to_json_line({"error": {"code": code, "message": str(row)}}) + "\n")
+            # stdout first, so that the two streams interleave as the lines were read
             out.write("".join(lines))
             lines.clear()
             out.flush()
             click.echo(f"imgdex: {row}", err=True)
         else:
             lines.append(render.to_json_line(render.to_response(row)) + "\n")
-            if len(lines) >= 4096:
-                out.write("".join(lines))
-                lines.clear()
+        if len(lines) >= 4096:
+            out.write("".join(lines))
+            lines.clear()
     out.write("".join(lines))
     out.flush()
-    if missing:
+    if failed:
         sys.exit(1)
 
 

@@ -1,41 +1,193 @@
-"""A read-only DuckDB connection over a store's last completed snapshot.
+"""A locked, read-only DuckDB connection over a store's last completed snapshot.
 
 Readers use the Parquet snapshot, so they never wait for or block an index run, and a store
 copied as bare Parquet files works the same. Only a store that has no snapshot yet is read
 from its database file. Never imports pyarrow.
+
+Read-only is enforced by DuckDB, not by looking at SQL text: once the views exist, DuckDB may
+open no file but the store's own (no COPY TO, ATTACH, read_csv or read_text of other files,
+INSTALL, LOAD from disk), the configuration is locked so that no statement can undo this, and
+every statement runs in a read-only transaction, so not even the in-memory catalog is written.
+The reader also pins its snapshot (see `layout.pin_snapshot`), so index runs never delete it.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import weakref
 
 import duckdb
 
-from indexer.errors import StoreError
+from indexer.errors import QueryError, StoreError
 from indexer.store import layout
-from indexer.store.views import create_views
+from indexer.store.views import VIEWS
+
+# A copy of the Parquet files without tags.parquet still answers every lookup: the images
+# table carries each image's tags, which is what the tags table is derived from.
+_TAGS_FROM_IMAGES = "SELECT registry, name, unnest(tags) AS tag, id AS image_id FROM images"
 
 
 def _quote(path: str) -> str:
     return "'" + path.replace("'", "''") + "'"
 
 
-def connect(store: str, tables: tuple[str, ...] = layout.TABLES) -> duckdb.DuckDBPyConnection:
-    """`tables` limits the snapshot views to what a command reads: each view costs a Parquet footer read."""
-    snapshot = layout.snapshot_dir(store)
-    if snapshot is not None:
-        con = duckdb.connect()
-        for table in tables:
-            path = layout.table_file(snapshot, table)
-            if os.path.isfile(path):
-                con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet({_quote(path)})")
-        if tables == layout.TABLES:
-            create_views(con)
-        return con
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+class Result:
+    """A query's rows. DuckDB streams them, so reading them can fail too; such failures are library errors."""
+
+    __slots__ = ("_reader", "_cursor")
+
+    def __init__(self, reader: "Reader", cursor):
+        self._reader = reader
+        self._cursor = cursor
+
+    @property
+    def description(self):
+        return self._cursor.description
+
+    def fetchone(self):
+        return self._reader._guard(self._cursor.fetchone)
+
+    def fetchall(self):
+        return self._reader._guard(self._cursor.fetchall)
+
+
+class Reader:
+    """One store, opened read-only by `connect`; every read path (get, list, sql) uses one.
+
+    `execute` runs the library's own parameterised SQL; `run` runs SQL from a user, statement by
+    statement, so that a COMMIT in it cannot leave the read-only transaction.
+    """
+
+    def __init__(self, con, store: str, files: list[str], pin: int | None, missing: tuple[str, ...] = ()):
+        self._con = con
+        self.store = store
+        self._files = files
+        self._missing = missing
+        self._outside = False  # a user's COMMIT may have ended the read-only transaction
+        self._unpin = weakref.finalize(self, os.close, pin) if pin is not None else None
+
+    def execute(self, sql: str, params=None) -> Result:
+        if self._outside:
+            self._guard(self._begin)
+            self._outside = False
+        return Result(self, self._guard(self._con.execute, sql, params))
+
+    def run(self, sql: str) -> Result | None:
+        """Every statement of `sql`; the result of the last one, or None when there is none."""
+        statements = self._guard(self._con.extract_statements, sql)
+        cursor = None
+        for statement in statements:
+            self._guard(self._begin)
+            self._outside = True
+            cursor = self._guard(self._con.execute, statement)
+        return None if cursor is None else Result(self, cursor)
+
+    def close(self) -> None:
+        self._con.close()
+        if self._unpin is not None:
+            self._unpin()
+
+    def _begin(self) -> None:
+        # A BEGIN inside a transaction would abort it, so end whatever is open first.
+        with contextlib.suppress(duckdb.TransactionException):
+            self._con.execute("ROLLBACK")
+        self._con.execute("BEGIN TRANSACTION READ ONLY")
+
+    def _guard(self, call, *args):
+        try:
+            return call(*args)
+        except duckdb.Error as exc:
+            # A failed statement aborts its transaction; the next one needs a new read-only one.
+            with contextlib.suppress(duckdb.Error):
+                self._begin()
+            raise self._translate(exc) from None
+
+    def _translate(self, exc: duckdb.Error) -> Exception:
+        message = _first_line(exc)
+        for path in self._files:
+            if not os.path.isfile(path):
+                # Deleted by something other than an index run, which leaves pinned snapshots be.
+                return StoreError(f"cannot read store {self.store}: {path} has been removed")
+        if isinstance(exc, duckdb.CatalogException):
+            for table in self._missing:
+                if f"Table with name {table} does not exist" in message:
+                    return StoreError(f"store {self.store} has no {table}.parquet")
+        if isinstance(exc, duckdb.IOException):
+            return StoreError(f"cannot read store {self.store}: {message}")
+        return QueryError(message)
+
+
+def _lock_down(files: list[str]) -> str:
+    """The statements that leave a connection able to read `files` and nothing else, for good."""
+    return (
+        f"SET allowed_paths = [{', '.join(map(_quote, files))}];"
+        " SET enable_external_access = false;"
+        " SET autoinstall_known_extensions = false;"
+        " SET autoload_known_extensions = false;"
+        " SET lock_configuration = true;"
+        " BEGIN TRANSACTION READ ONLY;"
+    )
+
+
+def _over_snapshot(store: str, snapshot: str, tables: tuple[str, ...], pin: int | None) -> Reader:
+    # One script, not one call per statement: each call costs start-up time on the `get` path.
+    script, files, missing = [], [], []
+    for table in tables:
+        path = layout.table_file(snapshot, table)
+        if os.path.isfile(path):
+            # Hive partitioning off: a `key=value` folder in the store's path is not a column.
+            source = f"read_parquet({_quote(path)}, hive_partitioning = false)"
+            script.append(f"CREATE VIEW {table} AS SELECT * FROM {source};")
+            files.append(path)
+        elif table == "tags":
+            script.append(f"CREATE VIEW tags AS {_TAGS_FROM_IMAGES};")
+        else:
+            missing.append(table)
+    if tables == layout.TABLES:
+        script += [f"CREATE VIEW {name} AS {body};" for name, body in VIEWS.items()]
+    script.append(_lock_down(files))
+    con = duckdb.connect()
+    try:
+        con.execute("\n".join(script))
+    except duckdb.Error as exc:
+        con.close()
+        if pin is not None:
+            os.close(pin)
+        raise StoreError(f"cannot read store {store}: {_first_line(exc)}") from None
+    return Reader(con, store, files, pin, tuple(missing))
+
+
+def _over_database(store: str, database: str) -> Reader:
+    try:
+        con = duckdb.connect(database, read_only=True)
+    except duckdb.Error as exc:
+        raise StoreError(f"store {store} has no snapshot yet and its database is busy ({_first_line(exc)})") from None
+    try:
+        con.execute(_lock_down([database]))
+    except duckdb.Error as exc:
+        con.close()
+        raise StoreError(f"cannot read store {store}: {_first_line(exc)}") from None
+    return Reader(con, store, [database], None)
+
+
+def connect(store: str, tables: tuple[str, ...] = layout.TABLES) -> Reader:
+    """A Reader over the store's snapshot, pinned until the Reader is closed or collected.
+
+    `tables` limits the snapshot views to what a command reads: each view costs a Parquet footer read.
+    """
+    pinned = layout.pin_snapshot(store)
+    if pinned is not None:
+        snapshot, pin = pinned
+        return _over_snapshot(store, snapshot, tables, pin)
     database = os.path.join(store, layout.DATABASE)
     if os.path.isfile(database):
-        try:
-            con = duckdb.connect(database, read_only=True)
-        except duckdb.Error as exc:
-            raise StoreError(f"store {store} has no snapshot yet and its database is busy ({exc})") from None
-        return con
+        return _over_database(store, database)
+    for folder in (store, os.path.join(store, layout.SNAPSHOT_LINK)):
+        if any(os.path.isfile(layout.table_file(folder, table)) for table in layout.TABLES):
+            raise StoreError(f"store {store} has no images.parquet")
     raise StoreError(f"no image store at {store} (run `imgdex index` first, or set --store / IMGDEX_STORE)")

@@ -36,6 +36,11 @@ class Query:
     page_token: str = ""
 
 
+def _quoted(text: str) -> str:
+    """A filter as messages quote it, cut short: it may be any length."""
+    return repr(text if len(text) <= 120 else text[:120] + "...")
+
+
 def _unquote(text: str) -> str:
     return re.sub(r"\\(.)", r"\1", text[1:-1])
 
@@ -50,28 +55,28 @@ def parse_filter(text: str) -> tuple[str, list]:
     while position < len(text):
         m = _TOKEN.match(text, position)
         if not m or m.end() == position:
-            raise QueryError(f"invalid filter {text!r} at position {position}: expected name=\"...\", name!=\"...\" or name IN (...)")
+            raise QueryError(f"invalid filter {_quoted(text)} at position {position}: expected name=\"...\", name!=\"...\" or name IN (...)")
         position = m.end()
         if m.group("and"):
             if expect_term:
-                raise QueryError(f"invalid filter {text!r}: AND without a condition before it")
+                raise QueryError(f"invalid filter {_quoted(text)}: AND without a condition before it")
             expect_term = True
             continue
         if not expect_term:
-            raise QueryError(f"invalid filter {text!r}: conditions must be joined by AND")
+            raise QueryError(f"invalid filter {_quoted(text)}: conditions must be joined by AND")
         expect_term = False
         if m.group("in"):
             items = re.findall(_STRING, m.group("list"))
             leftover = re.sub(_STRING, "", m.group("list")).replace(",", "").strip()
             if not items or leftover:
-                raise QueryError(f"invalid filter {text!r}: IN takes a list of quoted names")
+                raise QueryError(f"invalid filter {_quoted(text)}: IN takes a list of quoted names")
             conditions.append("name IN (SELECT unnest(?::VARCHAR[]))")
             params.append([_unquote(i) for i in items])
         else:
             conditions.append("name = ?" if m.group("op") == "=" else "name <> ?")
             params.append(_unquote(m.group(3)))
     if expect_term and conditions:
-        raise QueryError(f"invalid filter {text!r}: ends with AND")
+        raise QueryError(f"invalid filter {_quoted(text)}: ends with AND")
     return " AND ".join(conditions), params
 
 
@@ -99,11 +104,22 @@ def _decode(token: str) -> dict:
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         payload = json.loads(raw)
-        if not isinstance(payload, dict) or not isinstance(payload.get("k"), list):
-            raise ValueError
-        return payload
-    except (ValueError, UnicodeDecodeError):
-        raise QueryError(f"invalid page token {token!r}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        payload = None
+    if not isinstance(payload, dict) or not isinstance(payload.get("k"), list):
+        raise QueryError("invalid page token")
+    return payload
+
+
+# What each sort key holds, so that a hand-edited token fails here and not inside DuckDB.
+_KEY_TYPES = {"name": str, "digest": str, "created_at": int, "last_modified": int}
+_INT64 = range(-(2**63), 2**63)
+
+
+def _valid_key(value, kind) -> bool:
+    if kind is int:
+        return type(value) is int and value in _INT64
+    return type(value) is str
 
 
 def list_images(con, query: Query) -> dict:
@@ -130,6 +146,9 @@ def list_images(con, query: Query) -> dict:
         payload = _decode(query.page_token)
         if payload.get("q") != fingerprint or len(payload["k"]) != len(keys):
             raise QueryError("page token does not belong to this query")
+        kinds = [_KEY_TYPES[field] for field, _ in order] + [str]
+        if not all(_valid_key(value, kind) for value, kind in zip(payload["k"], kinds, strict=True)):
+            raise QueryError("invalid page token")
         alternatives = []
         for i, (expr, desc) in enumerate(keys):
             equal = [f"{keys[j][0]} = ?" for j in range(i)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from typing import Iterable, Iterator
 
-from indexer.errors import Ambiguous, ImgdexError, NotFound
+from indexer.errors import Ambiguous, ImgdexError, NotFound, QueryError
 from indexer.references import Reference, parse_reference
 
 from .render import SELECT
@@ -14,6 +14,15 @@ _HEX_PREFIX = re.compile(r"^(?:sha256:)?([0-9a-f]{1,64})$")
 _FULL_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 DEFAULT_PLATFORM = "linux/amd64"
 _BATCH = 20000
+_SHOWN = 120
+
+
+def shown(query: str) -> str:
+    """A query as messages quote it: cut short, and on one line whatever it holds."""
+    if not query:
+        return "''"
+    text = query if len(query) <= _SHOWN else query[:_SHOWN] + "..."
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def parse_platform(text: str) -> tuple[str, str, str]:
@@ -87,22 +96,28 @@ def resolve(con, query: str, platform: str = DEFAULT_PLATFORM):
         first = query.partition("/")[0]
         explicit = "/" in query and ("." in first or ":" in first or first == "localhost")
         rows = _by_reference(con, ref, explicit)
+    hex_match = _HEX_PREFIX.match(query)
     if not rows:
-        hex_match = _HEX_PREFIX.match(query)
         if hex_match:
             if _FULL_DIGEST.match(query):
                 rows = _candidates(con, "digest = ? OR config_digest = ?", [query, query])
             else:
                 rows = _candidates(con, "starts_with(config_digest, ?)", ["sha256:" + hex_match.group(1)])
     if not rows:
-        raise NotFound(f"image {query} not found")
+        if ref is None and not hex_match and not ID_RE.match(query):
+            raise QueryError(f"invalid image {shown(query)}: not an image id, a reference or an image ID prefix")
+        raise NotFound(f"image {shown(query)} not found")
     if len(rows) > 1:
-        raise Ambiguous(query, [_describe(r) for r in rows])
+        raise Ambiguous(shown(query), [_describe(r) for r in rows])
     return by_id(con, _pick_platform(con, rows[0], platform))
 
 
 def batch(con, queries: Iterable[str], platform: str = DEFAULT_PLATFORM) -> Iterator[tuple[str, object]]:
-    """(query, row or ImgdexError) for each query, in order. Ids are fetched in bulk."""
+    """(query, row or error) for each query, in order; None for an empty query. Ids are fetched in bulk.
+
+    The error is NotFound, Ambiguous or QueryError (a malformed query); a store that cannot be
+    read raises instead, since no later query could be answered either.
+    """
     pending: list[str] = []
 
     def drain():
@@ -113,10 +128,10 @@ def batch(con, queries: Iterable[str], platform: str = DEFAULT_PLATFORM) -> Iter
                 found[row[0]] = row
         for q in pending:
             row = found.get(q)
-            if row is None:
+            if row is None and q:
                 try:
                     row = resolve(con, q, platform)
-                except ImgdexError as exc:
+                except (NotFound, Ambiguous, QueryError) as exc:
                     row = exc
             yield q, row
         pending.clear()

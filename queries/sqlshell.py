@@ -6,10 +6,6 @@ import csv
 import io
 import json
 
-import duckdb
-
-from indexer.errors import QueryError
-
 from .render import format_table
 
 
@@ -25,17 +21,15 @@ def _plain(value):
     return str(value)
 
 
-def run(con, query: str, fmt: str) -> str:
-    try:
-        cursor = con.execute(query)
-        if cursor.description is None:
-            return ""
-        columns = [d[0] for d in cursor.description]
-        rows = cursor.fetchall()
-    except duckdb.Error as exc:
-        raise QueryError(str(exc).splitlines()[0]) from None
+def run(reader, query: str, fmt: str) -> str:
+    """`query` through an engine.Reader, which keeps it read-only; the last statement's rows as text."""
+    result = reader.run(query)
+    if result is None or result.description is None:
+        return ""
+    columns = [d[0] for d in result.description]
+    rows = result.fetchall()
     if fmt == "json":
-        return "".join(json.dumps(dict(zip(columns, map(_plain, row))), ensure_ascii=False) + "\n" for row in rows)
+        return "".join(json.dumps(dict(zip(columns, map(_plain, row), strict=True)), ensure_ascii=False) + "\n" for row in rows)
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")

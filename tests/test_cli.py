@@ -103,7 +103,9 @@ def test_get_ids_from_prints_one_document_per_line(run_cli, samples_store, tmp_p
     assert [json.loads(line) for line in result.stdout.splitlines()] == images
     result = run_cli("get", "--ids-from", "-", "--store", samples_store, input=f"{ids[0]}\ncrp00000000000000000\n{ids[1]}\n")
     assert result.exit_code == 1
-    assert [json.loads(line)["id"] for line in result.stdout.splitlines()] == ids[:2]
+    docs = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [docs[0]["id"], docs[2]["id"]] == ids[:2]
+    assert docs[1] == {"error": {"code": 5, "message": "image crp00000000000000000 not found"}}
     assert "imgdex: image crp00000000000000000 not found" in result.stderr
 
 

@@ -4,9 +4,15 @@
     STORE/parquet -> .snapshots/ID   the Parquet snapshot of the last completed run
     STORE/.snapshots/ID/TABLE.parquet
     STORE/.lock                  held by the index run that is writing
+
+Readers pin the snapshot folder they opened with a shared `flock` on the folder itself, and
+writers delete only folders they can lock exclusively. Locking a folder needs no write access,
+so a read-only copy pins as well.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 
 DATABASE = "imgdex.duckdb"
@@ -38,3 +44,61 @@ def snapshot_dir(store: str) -> str | None:
 
 def table_file(directory: str, table: str) -> str:
     return os.path.join(directory, f"{table}.parquet")
+
+
+# Each retry means an index run pruned the folder between resolving and locking it; the next
+# resolution finds the newer snapshot, which that run keeps.
+_PIN_TRIES = 5
+
+
+def pin_snapshot(store: str) -> tuple[str, int | None] | None:
+    """The last completed snapshot's folder, as `snapshot_dir`, and a descriptor holding it.
+
+    While the descriptor is open, no index run deletes the folder, so a long reader finishes on
+    the snapshot it started with. Pinning is best effort: where the folder cannot be opened or
+    locked (some network filesystems), the descriptor is None and the folder is read unpinned.
+    """
+    for _ in range(_PIN_TRIES):
+        snapshot = snapshot_dir(store)
+        if snapshot is None:
+            return None
+        try:
+            fd = os.open(snapshot, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return snapshot, None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        except OSError:
+            os.close(fd)
+            return snapshot, None
+        if os.path.isfile(table_file(snapshot, "images")):
+            return snapshot, fd
+        os.close(fd)
+    snapshot = snapshot_dir(store)
+    return None if snapshot is None else (snapshot, None)
+
+
+@contextlib.contextmanager
+def unpinned(directory: str):
+    """Yields True, holding `directory` so that no reader can pin it, when no reader has; else False."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        yield True  # not a folder (or gone): nothing can pin it
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        free = True
+    except BlockingIOError:
+        free = False
+    except OSError:
+        free = True  # no locks on this filesystem: readers cannot pin either
+    try:
+        yield free
+    finally:
+        os.close(fd)
