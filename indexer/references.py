@@ -46,12 +46,35 @@ def is_valid_digest(text) -> bool:
     return isinstance(text, str) and DIGEST_RE.fullmatch(text) is not None
 
 
-_USERINFO_RE = re.compile(r"(?<=://)[^/@\s]*@")
+def is_valid_name(registry: str, path: str) -> bool:
+    """A whole repository name: an optional host, a path, and at most NAME_MAX characters together."""
+    return (
+        is_valid_repository(path)
+        and (not registry or is_valid_host(registry))
+        and len(registry) + 1 + len(path) <= NAME_MAX
+    )
+
+
+# Up to the last '@' before the path: a password may hold '@' or ':' and must not leak a part.
+_DIGEST_AFTER_AT = re.compile(r"@[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}")
+
+
+_URL_REST = re.compile(r"(?<=://)\S+")
+
+
+def _hide_userinfo(match: re.Match) -> str:
+    rest = match.group()
+    ends = [i for i, c in enumerate(rest) if c == "@" and not _DIGEST_AFTER_AT.match(rest, i)]
+    return "***" + rest[ends[-1]:] if ends else rest
 
 
 def redact_userinfo(text: str) -> str:
-    """`docker://alice:secret@host/app` -> `docker://***@host/app`: credentials never reach logs or the store."""
-    return _USERINFO_RE.sub("***@", text)
+    """`docker://alice:secret@host/app` -> `docker://***@host/app`: credentials never reach logs or the store.
+
+    In each URL of `text`, the hidden part ends at the last '@' that does not start a digest, so
+    a password holding '/' or '@' is hidden whole and `docker://app@sha256:...` is left as it is.
+    """
+    return _URL_REST.sub(_hide_userinfo, text) if "://" in text else text
 
 
 @dataclass(frozen=True)
@@ -94,13 +117,16 @@ def parse_reference(text: str, default_registry: str = DOCKER_HUB) -> Reference:
             raise ReferenceError_(f"invalid tag in reference {text!r}")
     if host and not is_valid_host(host):
         raise ReferenceError_(f"invalid registry host in reference {text!r}")
-    if not is_valid_repository(path) or len(host) + 1 + len(path) > NAME_MAX:
+    if not is_valid_repository(path):
         raise ReferenceError_(f"invalid repository name in reference {text!r}")
     registry = host or default_registry
     if registry in _HUB_ALIASES:
         registry = DOCKER_HUB
         if "/" not in path:
             path = f"library/{path}"
+    # As distribution does, the length limit applies to the normalised name, host included.
+    if not is_valid_name(registry, path):
+        raise ReferenceError_(f"invalid repository name in reference {text!r}")
     return Reference(registry=registry, name=path, tag=tag, digest=digest)
 
 

@@ -4,7 +4,8 @@
   with `auth: htpasswd`, or with `auth: token` in front of `TokenServer`.
 - `TokenServer`: a small token endpoint that checks basic credentials, records the scopes asked
   for, and signs RS256 JWTs (with `openssl`) that distribution verifies against its root bundle.
-- `FakeRegistry`: a programmable /v2/ server for responses a real registry never gives.
+- `FakeRegistry`: a programmable /v2/ server for responses a real registry never gives, hostile
+  ones included (answers that trickle a byte at a time, or never come).
 
 When CI is set, a registry that cannot start is a failure, never a skip.
 """
@@ -342,20 +343,26 @@ class Reply:
     status: int = 200
     body: bytes = b""
     headers: dict = field(default_factory=dict)
-    delay: float = 0.0
+    delay: float = 0.0  # before answering; cut short when the server stops
     content_length: int | None = None  # a larger value than len(body) makes a truncated response
+    trickle: float = 0.0  # seconds between the bytes of the body, one byte at a time
+    trickle_headers: bool = False  # trickle the status line and headers too
 
 
 class FakeRegistry:
     """A /v2/ server whose answers are given per path: `routes[path] = Reply | callable(handler) -> Reply`.
 
-    `hits[path]` counts requests, so tests can check retries, and that layers are never fetched.
+    `hits[path]` counts requests, so tests can check retries, and that layers are never fetched;
+    `connections` counts the TCP connections accepted. Delays and trickles end when the server
+    stops, so no handler thread outlives a test by more than one byte's wait.
     """
 
     def __init__(self):
         self.routes: dict[str, Reply | Callable[[str, dict], Reply]] = {}
         self.hits: dict[str, int] = {}
         self.log: list[tuple[str, str]] = []
+        self.connections = 0
+        self.stopping = threading.Event()
         self._lock = threading.Lock()
         fake = self
 
@@ -364,6 +371,19 @@ class FakeRegistry:
 
             def log_message(self, *args):
                 pass
+
+            def setup(self):
+                super().setup()
+                with fake._lock:
+                    fake.connections += 1
+
+            def _trickle(self, data: bytes, interval: float) -> None:
+                for position in range(len(data)):
+                    if fake.stopping.is_set():
+                        raise ConnectionResetError("the server is stopping")
+                    self.wfile.write(data[position : position + 1])
+                    self.wfile.flush()
+                    fake.stopping.wait(interval)
 
             def _serve(self, method: str):
                 with fake._lock:
@@ -376,19 +396,32 @@ class FakeRegistry:
                     route = route(method, dict(self.headers))
                 if route is None:
                     route = Reply(404, b'{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known to registry"}]}', {"Content-Type": "application/json"})
-                if route.delay:
-                    time.sleep(route.delay)
+                if route.delay and fake.stopping.wait(route.delay):
+                    self.close_connection = True
+                    return
                 try:
-                    self.send_response(route.status)
+                    if route.trickle_headers:
+                        self._headers_buffer = []
+                        self.send_response_only(route.status)
+                    else:
+                        self.send_response(route.status)
                     for key, value in route.headers.items():
                         self.send_header(key, value)
                     length = route.content_length if route.content_length is not None else len(route.body)
                     self.send_header("Content-Length", str(length))
                     if route.content_length is not None:
                         self.send_header("Connection", "close")
-                    self.end_headers()
+                    if route.trickle_headers:
+                        self._headers_buffer.append(b"\r\n")
+                        head, self._headers_buffer = b"".join(self._headers_buffer), []
+                        self._trickle(head, route.trickle)
+                    else:
+                        self.end_headers()
                     if method != "HEAD":
-                        self.wfile.write(route.body)
+                        if route.trickle:
+                            self._trickle(route.body, route.trickle)
+                        else:
+                            self.wfile.write(route.body)
                     if route.content_length is not None:
                         self.close_connection = True
                 except (BrokenPipeError, ConnectionResetError):
@@ -422,5 +455,6 @@ class FakeRegistry:
             self.routes[f"/v2/{repo}/blobs/{digest}"] = Reply(200, data, {"Content-Type": "application/octet-stream", "Docker-Content-Digest": digest})
 
     def stop(self) -> None:
+        self.stopping.set()
         self.httpd.shutdown()
         self.httpd.server_close()

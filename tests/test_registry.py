@@ -367,7 +367,7 @@ def test_schema1_manifest_is_recorded(run_cli, tmp_path):
         status, headers, raw = http("GET", f"{reg.url}/v2/team/old/manifests/s1", headers={"Accept": "application/vnd.docker.distribution.manifest.v1+prettyjws"})
         assert status == 200 and headers["Content-Type"].startswith("application/vnd.docker.distribution.manifest.v1")
         assert old["digest"] == headers["Docker-Content-Digest"]
-        assert [(l["digest"], l["size"]) for l in old["layers"]] == [(l["digest"], l["size"]) for l in new["layers"]]
+        assert [(x["digest"], x["size"]) for x in old["layers"]] == [(x["digest"], x["size"]) for x in new["layers"]]
         assert old["compressedSize"] == new["compressedSize"]
         assert old["createdAt"] == new["createdAt"]
         assert "config" not in old

@@ -118,7 +118,7 @@ def test_each_bad_answer_is_one_clear_error_and_the_rest_land(fake):
     assert "401 Unauthorized" in one("bad/denied") and "no credentials" in one("bad/denied")
     assert "429" in one("bad/busy") and "after 3 attempts" in one("bad/busy")
     assert "500" in one("bad/broken") and "disk on fire" in one("bad/broken")
-    assert "no answer within 1 s" in one("bad/slow")
+    assert "no complete answer within 1 s" in one("bad/slow")
     assert "GET blob" in one("bad/noconfig") and "404" in one("bad/noconfig")
     assert "not valid JSON" in one("bad/tagsjson")
 

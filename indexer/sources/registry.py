@@ -5,6 +5,9 @@ repository; a tag or digest one image. Per tag the manifest is fetched (or, on a
 HEADed), and the shared parser walks it through `HttpBlobs`, which fetches child manifests and
 config blobs on demand and never a layer. Work runs in a bounded thread pool; everything that
 touches the store stays on the calling thread.
+
+Names and tags a registry lists are checked against Docker's grammar before anything is asked
+about them: a request path is built only from valid names, so it is exactly the name.
 """
 from __future__ import annotations
 
@@ -21,11 +24,28 @@ from typing import Callable, Iterable, Iterator
 
 from ..errors import ImgdexError, SourceError
 from ..model import Blob, ImageRecord
-from ..references import DOCKER_HUB, Reference, parse_reference
+from ..references import (
+    DOCKER_HUB,
+    NAME_MAX,
+    Reference,
+    is_valid_digest,
+    is_valid_repository,
+    is_valid_tag,
+    parse_reference,
+    redact_userinfo,
+)
 from . import mediatypes as mt
 from .parse import MAX_JSON_BYTES, Context, walk
 from .registry_auth import CATALOG_SCOPE, AuthError, Credentials, find_credentials, repository_scope
-from .registry_client import CATALOG_LIMIT, MANIFEST_ACCEPT, HttpError, RegistryClient, RegistryOptions, registry_error_text
+from .registry_client import (
+    CATALOG_LIMIT,
+    MANIFEST_ACCEPT,
+    HostDown,
+    HttpError,
+    RegistryClient,
+    RegistryOptions,
+    registry_error_text,
+)
 from .registry_schema1 import schema1_records
 
 PREFIX = "docker://"
@@ -33,6 +53,8 @@ _LINK_NEXT = re.compile(r'<([^>]*)>\s*;\s*(?:[^,]*;\s*)*rel="?next"?', re.IGNORE
 _MAX_PAGES = 100_000
 _CONFIG_CACHE_BYTES = 64 * 1024 * 1024
 _KNOWN_MANIFEST_TYPES = mt.INDEXES | mt.MANIFESTS | mt.SCHEMA1
+_DIGEST_ALGORITHMS = ("sha256:", "sha384:", "sha512:")
+_NOT_A_NAME = "not a valid repository name"
 
 
 @dataclass(frozen=True)
@@ -50,7 +72,28 @@ def _looks_like_host(text: str) -> bool:
 
 
 def parse_target(text: str) -> Target:
-    """`HOST`, `HOST/`, `HOST/REPO`, `HOST/REPO:TAG`, `HOST/REPO@DIGEST`; a bare name is on Docker Hub."""
+    """`HOST`, `HOST/`, `HOST/REPO`, `HOST/REPO:TAG`, `HOST/REPO@DIGEST`; a bare name is on Docker Hub.
+
+    `USER:PASSWORD@HOST` is refused without echoing it: a password on the command line shows in
+    process lists and shell history, which is why the CLI takes it only from stdin or the environment.
+    """
+    try:
+        return _parse_target(text)
+    except SourceError:
+        signs = [position for position, char in enumerate(text) if char == "@"]
+        if signs and text[signs[-1] + 1 :].startswith(_DIGEST_ALGORITHMS):
+            signs.pop()  # NAME@DIGEST: that @ is the digest's
+        if not signs:
+            raise
+        # everything up to the last @ before the host may be a password, @ and / included
+        raise SourceError(
+            f"{PREFIX}***@{text[signs[-1] + 1:]}",
+            "credentials in a registry source are not accepted; give --username with --password-stdin "
+            "or IMGDEX_PASSWORD, or log in with docker login",
+        ) from None
+
+
+def _parse_target(text: str) -> Target:
     spec = PREFIX + text
     if not text:
         raise SourceError(spec, "no registry host")
@@ -90,10 +133,32 @@ def _next_link(reply, where: str) -> str:
     match = _LINK_NEXT.search(header) if header else None
     if not match:
         return ""
-    url = urllib.parse.urljoin(reply.url, match.group(1))
-    if urllib.parse.urlsplit(url).netloc != urllib.parse.urlsplit(reply.url).netloc:
-        raise HttpError(f"{where}: the Link header points to another host ({url})")
+    target = match.group(1)
+    url = urllib.parse.urljoin(reply.url, target)
+    here, there = urllib.parse.urlsplit(reply.url), urllib.parse.urlsplit(url)
+    if there.netloc != here.netloc:
+        raise HttpError(f"{where}: the Link header points to another host ({redact_userinfo(url)})")
+    # A next page is the same list with another query; a path of the server's choosing (`..`
+    # included, which urllib3 would resolve) would make the crawl ask for something else.
+    if there.path != here.path or there.scheme != here.scheme or not target.isascii() or not target.isprintable():
+        raise HttpError(f"{where}: the Link header points away from {here.path} ({target[:200]!r})")
     return url
+
+
+def _shown(text: str, limit: int = 80) -> str:
+    """A name from a registry, quoted on one line, long ones cut short."""
+    return repr(text if len(text) <= limit else text[:limit] + "…")
+
+
+def _as_source_error(where: str, exc: HttpError | SourceError) -> SourceError:
+    if isinstance(exc, SourceError):
+        return exc
+    error_class = _HostDownError if isinstance(exc, HostDown) else SourceError
+    return error_class(where, str(exc).removeprefix(f"{where}: "))
+
+
+class _HostDownError(SourceError):
+    """A request not sent because the registry host is given up on: one line per repository is enough."""
 
 
 @dataclass
@@ -221,7 +286,7 @@ class HttpBlobs:
             try:
                 data, _, _ = self.crawl.get_manifest(self.repository, digest, self.where)
             except HttpError as exc:  # one missing child costs that child, not the index and its siblings
-                raise SourceError(self.where, str(exc).removeprefix(f"{self.where}: ")) from None
+                raise _as_source_error(self.where, exc) from None
             self.manifests[digest] = data
             self._register(data)
             return data
@@ -244,6 +309,7 @@ class Crawl:
         self.store = source.store if _is_incremental_store(source.store) else None
         self._futures: dict[Future, Callable] = {}
         self._done: queue.SimpleQueue[Future] = queue.SimpleQueue()
+        self._down_reported: set[str] = set()
         self._pool: ThreadPoolExecutor | None = None
 
     def _credentials(self) -> Credentials | None:
@@ -265,11 +331,21 @@ class Crawl:
         out = f"{self.registry}/{repository}"
         return out + (f":{tag}" if tag else "") + (f"@{digest}" if digest else "")
 
+    def _path(self, repository: str, kind: str, reference: str, where: str) -> str:
+        """`/v2/REPO/KIND/REF`, from names that passed Docker's grammar only."""
+        if not is_valid_repository(repository):
+            raise HttpError(f"{where}: refusing to request repository {_shown(repository)}: {_NOT_A_NAME}")
+        if kind == "blobs" and not is_valid_digest(reference):
+            raise HttpError(f"{where}: refusing to request blob {_shown(reference)}: not a valid digest")
+        if kind == "manifests" and not (is_valid_tag(reference) or is_valid_digest(reference)):
+            raise HttpError(f"{where}: refusing to request manifest {_shown(reference)}: not a valid tag or digest")
+        return f"/v2/{repository}/{kind}/{reference}"
+
     def get_manifest(self, repository: str, reference: str, where: str, method: str = "GET") -> tuple[bytes | None, str, str]:
         """(bytes or None for HEAD, the registry's digest or '', media type or '')."""
         reply = self.client.request(
             method,
-            f"/v2/{repository}/manifests/{reference}",
+            self._path(repository, "manifests", reference, where),
             scope=repository_scope(repository),
             what=f"{where}: {method} manifest",
             limit=MAX_JSON_BYTES,
@@ -279,6 +355,9 @@ class Crawl:
             detail = registry_error_text(reply.body)
             raise HttpError(f"{where}: {method} manifest {reference}: {reply.status}{' ' + detail if detail else ''}", reply.status)
         digest = reply.headers.get("Docker-Content-Digest", "").strip()
+        if digest and not is_valid_digest(digest):
+            header = f"the Docker-Content-Digest header {_shown(digest)}"
+            raise HttpError(f"{where}: {method} manifest {reference}: {header} is not a digest")
         return (None if method == "HEAD" else reply.body), digest, _media_type(reply.headers.get("Content-Type", ""))
 
     def get_config(self, repository: str, digest: str, limit: int, where: str) -> bytes:
@@ -287,24 +366,37 @@ class Crawl:
     def _fetch_blob(self, repository: str, digest: str, limit: int, where: str) -> bytes:
         try:
             reply = self.client.request(
-                "GET", f"/v2/{repository}/blobs/{digest}", scope=repository_scope(repository), what=f"{where}: GET blob {digest}", limit=limit
+                "GET",
+                self._path(repository, "blobs", digest, where),
+                scope=repository_scope(repository),
+                what=f"{where}: GET blob {digest}",
+                limit=limit,
             )
         except HttpError as exc:
-            raise SourceError(where, str(exc).removeprefix(f"{where}: ")) from None
+            raise _as_source_error(where, exc) from None
         if reply.status != 200:
             detail = registry_error_text(reply.body)
             raise SourceError(where, f"GET blob {digest}: {reply.status}{' ' + detail if detail else ''}")
         return reply.body
 
     def head_blob_size(self, repository: str, digest: str, where: str) -> int:
-        reply = self.client.request("HEAD", f"/v2/{repository}/blobs/{digest}", scope=repository_scope(repository), what=f"{where}: HEAD blob {digest}", limit=0)
+        try:
+            reply = self.client.request(
+                "HEAD",
+                self._path(repository, "blobs", digest, where),
+                scope=repository_scope(repository),
+                what=f"{where}: HEAD blob {digest}",
+                limit=0,
+            )
+        except HttpError as exc:
+            raise _as_source_error(where, exc) from None
         length = reply.headers.get("Content-Length", "")
         if reply.status != 200 or not length.isdigit():
             raise SourceError(where, f"HEAD blob {digest}: {reply.status}, no size")
         return int(length)
 
-    def _paged(self, path: str, key: str, scope: str, what: str, limit: int) -> tuple[list[str], str]:
-        """Every entry of a paged list (`repositories` or `tags`), and an error text ('' when complete)."""
+    def _paged(self, path: str, key: str, scope: str, what: str, limit: int) -> tuple[list[str], HttpError | None]:
+        """Every entry of a paged list (`repositories` or `tags`), and the error that cut it short (None if none)."""
         out: list[str] = []
         seen_entries: set[str] = set()
         seen_urls: set[str] = set()
@@ -313,33 +405,33 @@ class Crawl:
         while url:
             absolute = url if "://" in url else self.client.base + url
             if absolute in seen_urls:
-                return out, f"{what}: the Link pagination loops back to {absolute} after {pages} pages"
+                return out, HttpError(f"{what}: the Link pagination loops back to {absolute} after {pages} pages")
             seen_urls.add(absolute)
             pages += 1
             if pages > _MAX_PAGES:
-                return out, f"{what}: more than {_MAX_PAGES} pages"
+                return out, HttpError(f"{what}: more than {_MAX_PAGES} pages")
             try:
                 reply = self.client.request("GET", url, scope=scope, what=what, limit=limit)
                 if reply.status != 200:
                     detail = registry_error_text(reply.body)
-                    return out, f"{what}: {reply.status}{' ' + detail if detail else ''}"
+                    return out, HttpError(f"{what}: {reply.status}{' ' + detail if detail else ''}", reply.status)
                 try:
                     doc = json.loads(reply.body)
                 except (ValueError, UnicodeDecodeError) as exc:
-                    return out, f"{what}: the answer is not valid JSON ({str(exc).splitlines()[0]})"
+                    return out, HttpError(f"{what}: the answer is not valid JSON ({str(exc).splitlines()[0]})")
                 entries = doc.get(key) if isinstance(doc, dict) else None
                 if entries is None and isinstance(doc, dict) and key in doc:
                     entries = []  # distribution writes "tags": null for a repository without tags
                 if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
-                    return out, f"{what}: the answer has no list of {key}"
+                    return out, HttpError(f"{what}: the answer has no list of {key}")
                 for entry in entries:
                     if entry not in seen_entries:
                         seen_entries.add(entry)
                         out.append(entry)
                 url = _next_link(reply, what)
             except HttpError as exc:
-                return out, str(exc)
-        return out, ""
+                return out, exc
+        return out, None
 
     # -------------------------------------------------------------- tasks
 
@@ -353,7 +445,7 @@ class Crawl:
             data, digest, media_type = self.get_manifest(state.name, tag, where)
             return Fetched(tag, digest, data, media_type)
         except HttpError as exc:
-            return SourceError(where, str(exc).removeprefix(f"{where}: "))
+            return _as_source_error(where, exc)
 
     def _walk(self, repository: str, digest: str, data: bytes | None, media_type: str, tags: list[str]) -> tuple[list, list[str]]:
         if len(tags) == 1:
@@ -376,8 +468,7 @@ class Crawl:
             blobs = HttpBlobs(self, repository, digest, data, where)
             return list(walk(blobs, Blob(digest, len(data), media_type), names, ctx, where)), notes
         except (SourceError, HttpError) as exc:
-            text = str(exc)
-            return [exc if isinstance(exc, SourceError) else SourceError(where, text.removeprefix(f"{where}: "))], notes
+            return [_as_source_error(where, exc)], notes
         except Exception as exc:  # a malformed answer must cost one image, never the crawl
             return [SourceError(where, f"unexpected {type(exc).__name__}: {exc}")], notes
 
@@ -415,6 +506,12 @@ class Crawl:
         )
 
     def _store_state(self, prefix: str, exact: str = "") -> tuple[dict[str, dict[str, str]], dict[str, set[str]]]:
+        """(tag -> digest per repository, exact manifest digests per repository) from the store.
+
+        The store answers `indexed_digests` with exact records only (exactness >= 3). A tag is
+        left alone only when its digest is one of them, so an engine's record (diff_ids, no config
+        size) of a manifest the registry serves is replaced by the exact one, as promised.
+        """
         if self.store is None:
             return {}, {}
         known: dict[str, dict[str, str]] = {}
@@ -426,6 +523,35 @@ class Crawl:
             if not exact or name == exact:
                 indexed.setdefault(name, set()).add(digest)
         return known, indexed
+
+    def _valid_repositories(self, names: list[str]) -> list[str]:
+        out = []
+        for name in names:
+            if is_valid_repository(name) and len(self.registry) + 1 + len(name) <= NAME_MAX:
+                out.append(name)
+            else:
+                self.ctx.note(f"{self.registry}: skipped repository {_shown(name)} from the catalog: {_NOT_A_NAME}")
+        return out
+
+    def _valid_tags(self, repository: str, tags: list[str]) -> list[str]:
+        out = []
+        for tag in tags:
+            if is_valid_tag(tag):
+                out.append(tag)
+            else:
+                self.ctx.note(f"{self._where(repository)}: skipped tag {_shown(tag)} from tags/list: not a valid tag")
+        return out
+
+    def _report(self, repository: str, errors: Iterable) -> list:
+        """The errors worth a line: once the host is given up on, one line per repository says so."""
+        out = []
+        for error in errors:
+            if isinstance(error, _HostDownError):
+                if repository in self._down_reported:
+                    continue
+                self._down_reported.add(repository)
+            out.append(error)
+        return out
 
     def _run(self) -> Iterator[ImageRecord | SourceError]:
         target = self.target
@@ -439,7 +565,10 @@ class Crawl:
                     self.stats.unchanged += 1
                     return
                 self.stats.fetched += 1
-                self._submit(self._walked, self._walk, target.repository, target.digest, None, "", [])
+                self._submit(
+                    lambda result: self._walked(target.repository, result),
+                    self._walk, target.repository, target.digest, None, "", [],
+                )
             elif target.tag:
                 state.tags = [target.tag]
                 self._start_tags(state, [target.tag], complete=False)
@@ -452,8 +581,8 @@ class Crawl:
         if error:
             if not repositories:
                 raise SourceError(self.spec, f"cannot list the repositories: {error}")
-            yield SourceError(f"{self.registry} catalog", error)
-        repositories = [name for name in repositories if under_prefix(name, prefix)]
+            yield SourceError(f"{self.registry} catalog", str(error))
+        repositories = [name for name in self._valid_repositories(repositories) if under_prefix(name, prefix)]
         known, indexed = self._store_state(prefix)
         self.stats.repositories = len(repositories)
         for name in repositories:
@@ -466,13 +595,17 @@ class Crawl:
                     self.store.retire_tags(self.registry, name, sorted(tags))
                     self.stats.removed += len(tags)
 
-    def _list_tags(self, repository: str) -> tuple[list[str], str]:
-        return self._paged(f"/v2/{repository}/tags/list", "tags", repository_scope(repository), f"{self.registry}/{repository}: GET tags/list", CATALOG_LIMIT)
+    def _list_tags(self, repository: str) -> tuple[list[str], HttpError | None]:
+        what = f"{self.registry}/{repository}: GET tags/list"
+        if not is_valid_repository(repository):
+            return [], HttpError(f"{what}: refusing to request repository {_shown(repository)}: {_NOT_A_NAME}")
+        return self._paged(f"/v2/{repository}/tags/list", "tags", repository_scope(repository), what, CATALOG_LIMIT)
 
-    def _listed(self, state: RepoState, result: tuple[list[str], str]) -> Iterable:
+    def _listed(self, state: RepoState, result: tuple[list[str], HttpError | None]) -> Iterable:
         tags, error = result
         if error:
-            return [SourceError(self._where(state.name), error.removeprefix(f"{self._where(state.name)}: "))]
+            return self._report(state.name, [_as_source_error(self._where(state.name), error)])
+        tags = self._valid_tags(state.name, tags)
         state.tags = tags
         self.stats.tags += len(tags)
         return self._start_tags(state, tags, complete=True)
@@ -494,7 +627,7 @@ class Crawl:
         state.pending -= 1
         out: list = []
         if isinstance(result, SourceError):
-            out.append(result)
+            out = self._report(state.name, [result])
         else:
             state.fetched.append(result)
         if state.pending == 0:
@@ -509,18 +642,20 @@ class Crawl:
         claims = []
         for digest, group in by_digest.items():
             tags = sorted(f.tag for f in group)
-            changed = [t for t in tags if state.known.get(t) != digest]
+            exact = digest in state.indexed and self.store is not None
+            # a tag is unchanged only when the store already holds the exact record it points at
+            changed = [t for t in tags if not exact or state.known.get(t) != digest]
             self.stats.unchanged += len(tags) - len(changed)
             if not changed:
                 continue
-            if digest in state.indexed and self.store is not None:
+            if exact:
                 claims += [(state.name, tag, digest) for tag in changed]
                 self.stats.retagged += len(changed)
                 continue
             with_data = next((f for f in group if f.data is not None), None)
             self.stats.fetched += 1
             self._submit(
-                self._walked,
+                lambda result, name=state.name: self._walked(name, result),
                 self._walk,
                 state.name,
                 digest,
@@ -532,11 +667,11 @@ class Crawl:
             self.store.claim_tags(self.registry, claims)
         state.fetched.clear()
 
-    def _walked(self, result: tuple[list, list[str]]) -> Iterable:
+    def _walked(self, repository: str, result: tuple[list, list[str]]) -> Iterable:
         items, notes = result
         for note in notes:
             self.ctx.note(note)
-        return items
+        return self._report(repository, items)
 
 
 def _is_schema1(data: bytes) -> bool:
@@ -559,8 +694,10 @@ class RegistrySource:
     kind = "docker"
 
     def __init__(self, location: str, options: RegistryOptions | None = None):
-        self.location = location
+        # parse_target refuses USER:PASSWORD@ (without echoing it), so the location, which becomes
+        # every record's source_path, holds no credentials
         self.target = parse_target(location[len(PREFIX):] if location.startswith(PREFIX) else location)
+        self.location = location
         self.options = options or RegistryOptions()
         self.store = None
 

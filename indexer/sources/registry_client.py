@@ -5,14 +5,22 @@ manager is safe to share between threads and costs half the CPU per request of a
 Session, which matters when a crawl is thousands of small GETs. Transient failures (connection errors, timeouts, a cut-short body, 408/429/5xx) are retried with
 exponential backoff and jitter, and a server's `Retry-After` is honoured. A 401 is answered once
 per request with the credentials or token its challenge asks for.
+
+Every attempt has one deadline (`RegistryOptions.timeout`) for connect, headers and the whole
+body: urllib3's read timeout bounds each recv only, so a server sending a byte now and then
+would otherwise hold a worker, and the store lock, for as long as it likes. A host that gives
+no answer `breaker_threshold` times in a row is given up on for the rest of the crawl.
 """
 from __future__ import annotations
 
 import email.utils
-import ipaddress
 import glob
+import http.client
+import io
+import ipaddress
 import os
 import random
+import socket
 import threading
 import time
 import urllib.parse
@@ -21,10 +29,14 @@ from dataclasses import dataclass, field
 import urllib.request
 
 import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import HTTPError as Urllib3Error
-from urllib3.exceptions import MaxRetryError, ProtocolError, ReadTimeoutError, SSLError, TimeoutError as Urllib3Timeout
+from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, ProtocolError, ReadTimeoutError, SSLError
+from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
 from ..errors import ImgdexError
+from ..references import redact_userinfo
 from . import mediatypes as mt
 from .registry_auth import AuthError, Credentials, HostAuth, parse_token_response
 
@@ -46,6 +58,10 @@ class HttpError(ImgdexError):
         self.status = status
 
 
+class HostDown(HttpError):
+    """A request not sent because its host is given up on; the message names the host and why."""
+
+
 @dataclass
 class RegistryOptions:
     """Everything the registry source takes from the command line, with the CLI defaults."""
@@ -57,8 +73,9 @@ class RegistryOptions:
     ca_cert: str = ""
     insecure_registries: tuple[str, ...] = ()
     jobs: int = 8
-    timeout: float = 30.0
+    timeout: float = 30.0  # one deadline per attempt: connect, headers and the whole body
     retries: int = 3
+    breaker_threshold: int = 5  # attempts in a row without an answer before a host is given up on
     backoff: float = 0.5
     max_backoff: float = 10.0
     max_retry_after: float = 60.0
@@ -126,21 +143,31 @@ def _retry_after(reply_headers) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _describe(exc: BaseException, timeout: float) -> str:
+# What a failed attempt says about its host: these kinds mean no answer came at all, and count
+# towards giving the host up. A TLS error or a cut-short body is an answer of sorts.
+_NO_ANSWER = frozenset({"timeout", "refused", "broken", "failed"})
+
+
+def _classify(exc: BaseException, timeout: float) -> tuple[str, str]:
+    """(kind, one-line reason) of a failed attempt."""
     if isinstance(exc, MaxRetryError) and exc.reason is not None:
         exc = exc.reason
     text = _innermost(exc)
-    if isinstance(exc, ReadTimeoutError) or "Read timed out" in text:
-        return f"no answer within {timeout:g} s (read timeout)"
-    if isinstance(exc, SSLError):
-        return f"TLS error: {text}"
     if "Connection refused" in text:
-        return "connection refused"
-    if isinstance(exc, Urllib3Timeout):
-        return f"could not connect within {timeout:g} s"
-    if isinstance(exc, ProtocolError) or "IncompleteRead" in text:
-        return "the response body was cut short" if "IncompleteRead" in text else f"the connection broke: {text}"
-    return f"connection failed: {text}"
+        return "refused", "connection refused"
+    if isinstance(exc, ReadTimeoutError) or "Read timed out" in text:
+        return "timeout", f"no complete answer within {timeout:g} s"
+    if isinstance(exc, SSLError):
+        return "tls", f"TLS error: {text}"
+    if isinstance(exc, ConnectTimeoutError) and "timed out" in text:
+        return "timeout", f"could not connect within {timeout:g} s"
+    if isinstance(exc, Urllib3Timeout) and not isinstance(exc, ConnectTimeoutError):
+        return "timeout", f"no complete answer within {timeout:g} s"
+    if "IncompleteRead" in text:
+        return "cut", "the response body was cut short"
+    if isinstance(exc, ProtocolError):
+        return "broken", f"the connection broke: {text}"
+    return "failed", f"connection failed: {text}"
 
 
 def _innermost(exc: BaseException) -> str:
@@ -152,7 +179,18 @@ def _innermost(exc: BaseException) -> str:
             seen = seen.reason
         else:
             break
-    return str(seen)[:300]
+    return redact_userinfo(" ".join(str(seen).split()))[:300]
+
+
+def is_canonical_path(path: str) -> bool:
+    """True when urllib3 sends `path` exactly as given: printable ASCII, no dot segments, nothing to encode."""
+    if not path.startswith("/") or not path.isascii() or not path.isprintable() or " " in path:
+        return False
+    try:
+        parsed = urllib3.util.parse_url("http://host" + path)
+    except ValueError:
+        return False
+    return (parsed.path or "") + (f"?{parsed.query}" if parsed.query is not None else "") == path
 
 
 def registry_error_text(body: bytes) -> str:
@@ -174,7 +212,11 @@ class _TooLarge(Exception):
     pass
 
 
-def _read_capped(response: urllib3.BaseHTTPResponse, limit: int) -> bytes:
+def _read_capped(response: urllib3.BaseHTTPResponse, limit: int, method: str) -> bytes:
+    """The whole body, refused past `limit`; afterwards the response holds nothing unread."""
+    if method == "HEAD":
+        response.read()  # no body, but http.client counts the response open until it is read
+        return b""
     length = response.headers.get("Content-Length", "")
     if length.isdigit() and int(length) > limit:
         raise _TooLarge(int(length))
@@ -187,6 +229,95 @@ def _read_capped(response: urllib3.BaseHTTPResponse, limit: int) -> bytes:
         if total > limit:
             raise _TooLarge(total)
         chunks.append(chunk)
+
+
+# The deadline of the attempt running on this thread, for the responses it creates: urllib3 builds
+# them deep inside `urlopen`, where no argument reaches.
+_attempt = threading.local()
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A response's socket as http.client reads it, every recv bounded by what is left of the deadline."""
+
+    def __init__(self, sock: socket.socket, deadline: float):
+        super().__init__()
+        self._sock = sock
+        # makefile() counts a reader on the socket, so a response handed the connection
+        # (`Connection: close`) can read its body after http.client closes the socket
+        self._raw = sock.makefile("rb", buffering=0)
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout("timed out: the deadline of the request passed")
+        self._sock.settimeout(remaining)
+        return self._raw.readinto(buffer)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
+
+
+class _DeadlineResponse(http.client.HTTPResponse):
+    def __init__(self, sock, *args, **kwargs):
+        super().__init__(sock, *args, **kwargs)
+        deadline = getattr(_attempt, "deadline", None)
+        if deadline is not None:
+            self.fp.close()
+            self.fp = io.BufferedReader(_DeadlineReader(sock, deadline))
+
+
+class _HTTPConnection(HTTPConnection):
+    response_class = _DeadlineResponse
+
+
+class _HTTPSConnection(HTTPSConnection):
+    response_class = _DeadlineResponse
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+_POOL_CLASSES = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+class _Breaker:
+    """Attempts in a row that got no answer from one host; past the threshold the host is given up on."""
+
+    def __init__(self, host: str, threshold: int):
+        self.host = host
+        self.threshold = max(1, threshold)
+        self.failures = 0
+        self.down = ""  # why the host is given up on; '' while it is not
+        self._lock = threading.Lock()
+
+    def check(self, what: str) -> None:
+        if self.down:
+            raise HostDown(f"{what}: not sent: {self.down}")
+
+    def failed(self, cause: str) -> None:
+        with self._lock:
+            if self.down:
+                return
+            self.failures += 1
+            if self.failures >= self.threshold:
+                self.down = f"{self.host} gave no answer {self.failures} times in a row (the last: {cause})"
+
+    def answered(self) -> None:
+        if self.failures:
+            with self._lock:
+                if not self.down:
+                    self.failures = 0
 
 
 # Redirects are followed (blob stores hand out signed URLs; urllib3 drops Authorization when the
@@ -208,6 +339,7 @@ class RegistryClient:
         self.verify, self.client_cert = self._tls_settings(api_host)
         self._managers: dict[tuple[str, bool], urllib3.PoolManager] = {}
         self._proxy_cache: dict[tuple[str, str], str] = {}
+        self._breakers: dict[str, _Breaker] = {}
         self._lock = threading.Lock()
         self._timeout = urllib3.Timeout(connect=options.timeout, read=options.timeout)
         if self.verify is False:
@@ -269,8 +401,17 @@ class RegistryClient:
                         manager = urllib3.ProxyManager(proxy, num_pools=8, maxsize=size, block=True, **tls)
                     else:
                         manager = urllib3.PoolManager(num_pools=8, maxsize=size, block=True, **tls)
+                    manager.pool_classes_by_scheme = _POOL_CLASSES
                     self._managers[key] = manager
         return manager
+
+    def _breaker(self, url: str) -> _Breaker:
+        host = urllib.parse.urlsplit(url).netloc.rpartition("@")[2]
+        with self._lock:
+            breaker = self._breakers.get(host)
+            if breaker is None:
+                breaker = self._breakers[host] = _Breaker(host, self.options.breaker_threshold)
+            return breaker
 
     def close(self) -> None:
         with self._lock:
@@ -286,10 +427,15 @@ class RegistryClient:
         """One request with retries of transient failures; every final answer is returned, 4xx too."""
         retries = self.options.retries if retries is None else retries
         manager = self._manager(url, self.verify if verify is None else verify)
+        breaker = self._breaker(url)
+        timeout = self.options.timeout
         attempt = 0
         while True:
+            breaker.check(what)
             response = None
             complete = False
+            outer = getattr(_attempt, "deadline", None)
+            _attempt.deadline = time.monotonic() + timeout
             try:
                 response = manager.request(
                     method,
@@ -300,24 +446,31 @@ class RegistryClient:
                     preload_content=False,
                     enforce_content_length=True,
                 )
-                body = b"" if method == "HEAD" else _read_capped(response, limit)
+                body = _read_capped(response, limit, method)
                 complete = True
             except _TooLarge as exc:
                 raise HttpError(f"{what}: the answer is {exc.args[0]} bytes or more, over the {limit}-byte limit") from None
             except (Urllib3Error, OSError) as exc:
-                cause = exc.reason if isinstance(exc, MaxRetryError) and exc.reason is not None else exc
-                transient = not isinstance(cause, SSLError) and not (isinstance(exc, MaxRetryError) and "redirect" in str(exc).lower())
-                if transient and attempt < retries:
+                kind, reason = _classify(exc, timeout)
+                if kind in _NO_ANSWER:
+                    breaker.failed(reason)
+                redirect = isinstance(exc, MaxRetryError) and "redirect" in str(exc).lower()
+                if kind != "tls" and not redirect and attempt < retries and not breaker.down:
                     time.sleep(self._backoff(attempt))
                     attempt += 1
                     continue
                 tries = f" (after {attempt + 1} attempts)" if attempt else ""
-                raise HttpError(f"{what}: {_describe(exc, self.options.timeout)}{tries}") from None
+                raise HttpError(f"{what}: {reason}{tries}") from None
             finally:
+                _attempt.deadline = outer
                 if response is not None:
-                    if not complete:
-                        response.close()  # half-read: the connection must not serve another request
+                    # A connection goes back to the pool only with its response read to the end and
+                    # closed: http.client refuses a new request on it otherwise (ResponseNotReady),
+                    # and the worker that picks it up next would pay for it.
+                    if not (complete and response.isclosed()):
+                        response.close()
                     response.release_conn()
+            breaker.answered()
             status = response.status
             if status in RETRYABLE:
                 wait = _retry_after(response.headers)
@@ -351,11 +504,12 @@ class RegistryClient:
             if token:
                 return token
             realm = urllib.parse.urlsplit(auth.realm)
+            shown = redact_userinfo(auth.realm)  # a realm may carry credentials; never echo them
             if realm.scheme not in ("https", "http") or not realm.netloc:
-                raise HttpError(f"{self.registry}: the token realm {auth.realm!r} is not an http(s) URL", 401)
+                raise HttpError(f"{self.registry}: the token realm {shown!r} is not an http(s) URL", 401)
             realm_insecure = is_insecure(realm.netloc, self.options.insecure_registries)
             if realm.scheme == "http" and not (realm_insecure or is_loopback(realm.netloc)):
-                raise HttpError(f"{self.registry}: refusing to ask {auth.realm} for a token over plain HTTP", 401)
+                raise HttpError(f"{self.registry}: refusing to ask {shown} for a token over plain HTTP", 401)
             params = [("scope", scope)]
             if auth.service:
                 params.insert(0, ("service", auth.service))
@@ -369,11 +523,11 @@ class RegistryClient:
             reply = self.send("GET", url, headers, SMALL_LIMIT, f"{self.registry}: token for {scope}", verify=verify)
             if reply.status == 401:
                 who = f"the credentials of {auth.credentials.username}" if auth.credentials else "anonymous access"
-                raise HttpError(f"{self.registry}: the token server {auth.realm} refused {who}", 401)
+                raise HttpError(f"{self.registry}: the token server {shown} refused {who}", 401)
             if reply.status != 200:
-                raise HttpError(f"{self.registry}: the token server {auth.realm} answered {reply.status}", reply.status)
+                raise HttpError(f"{self.registry}: the token server {shown} answered {reply.status}", reply.status)
             try:
-                token, lifetime = parse_token_response(reply.body, auth.realm)
+                token, lifetime = parse_token_response(reply.body, shown)
             except AuthError as exc:
                 raise HttpError(f"{self.registry}: {exc}", reply.status) from None
             auth.store_token(scope, token, lifetime)
@@ -417,14 +571,14 @@ class RegistryClient:
         if self.base:
             return
         schemes = ["https", "http"] if self.plain_http_allowed else ["https"]
-        first_error: HttpError | None = None
+        failures: list[tuple[str, HttpError]] = []
         for position, scheme in enumerate(schemes):
             url = f"{scheme}://{self.host}/v2/"
             quick = position + 1 < len(schemes)  # the https probe of a plain-HTTP host fails fast; no retries
             try:
                 reply = self.send("GET", url, {}, SMALL_LIMIT, f"{self.registry}: GET {url}", retries=0 if quick else None)
             except HttpError as exc:
-                first_error = first_error or exc
+                failures.append((url, exc))
                 continue
             if reply.status == 401:
                 self.auth.learn(reply.headers.get("WWW-Authenticate", ""))
@@ -432,15 +586,21 @@ class RegistryClient:
                 raise HttpError(f"{self.registry}: GET {url} answered {reply.status}: not a registry (Docker Registry HTTP API V2)", reply.status)
             self.base = f"{scheme}://{self.host}"
             return
-        assert first_error is not None
-        if len(schemes) > 1:
-            raise HttpError(f"{first_error} (plain HTTP failed too)")
+        if len(failures) > 1:
+            # The https probe of a plain-HTTP registry fails by design; what plain HTTP met is the news.
+            (https_url, https_error), (_, http_error) = failures
+            https_reason = str(https_error).removeprefix(f"{self.registry}: GET {https_url}: ")
+            raise HttpError(f"{http_error}; over https: {https_reason}", http_error.status)
+        _, error = failures[0]
         if not self.plain_http_allowed:
-            raise HttpError(f"{first_error} (plain HTTP is used only for --insecure-registry hosts and loopback)")
-        raise first_error
+            hint = "plain HTTP is used only for --insecure-registry hosts and loopback"
+            raise HttpError(f"{error} ({hint})", error.status)
+        raise error
 
     def request(self, method: str, path: str, *, scope: str, what: str, limit: int, headers: dict | None = None) -> Reply:
         """`path` is relative to the host (`/v2/...`) or an absolute URL from a Link header."""
+        if "://" not in path and not is_canonical_path(path):
+            raise HttpError(f"{what}: refusing to request {path!r}: not a plain path (it would be rewritten)")
         url = path if "://" in path else self.base + path
         extra = headers or {}
         sent = self._auth_headers(scope)

@@ -248,10 +248,14 @@ class StoreWriter:
         ).fetchall()
 
     def indexed_digests(self, registry: str, prefix: str = "") -> list[tuple[str, str]]:
-        """(name, manifest digest) of every image of `registry` under the path `prefix`."""
+        """(name, manifest digest) of every exact image (exactness >= 3) of `registry` under the path `prefix`.
+
+        A re-crawl skips only these: a less exact record of the same manifest (from the engine) is
+        replaced by the registry's.
+        """
         return self.con.execute(
             """SELECT DISTINCT name, digest FROM images
-               WHERE registry = ? AND digest <> '' AND (? = '' OR name = ? OR starts_with(name, ? || '/'))""",
+               WHERE registry = ? AND digest <> '' AND exactness >= 3 AND (? = '' OR name = ? OR starts_with(name, ? || '/'))""",
             [registry, prefix, prefix, prefix],
         ).fetchall()
 

@@ -1,0 +1,352 @@
+"""docker:// against hostile or broken registries: names outside Docker's grammar, answers that
+trickle or never come, hosts that keep failing, flaky 503s under many jobs, credentials in the
+source name, and the exact record winning over an engine's.
+
+Hostile answers come from `FakeRegistry` on 127.0.0.1 (threads; every delay and trickle ends when
+the server stops). The exact-record test uses a real `docker-registry`.
+"""
+import dataclasses
+import json
+import os
+import random
+import threading
+import time
+
+import pytest
+
+from builders import OCI_MANIFEST, Blobs
+from indexer.errors import SourceError
+from indexer.model import UNCOMPRESSED, Blob, ImageRecord
+from indexer.sources import mediatypes as mt
+from indexer.sources import parse_source
+from indexer.sources.parse import Context
+from indexer.sources.registry import parse_target
+from indexer.sources.registry_client import RegistryOptions, is_canonical_path
+from registry_server import FakeRegistry, RealRegistry, Reply, skopeo_copy
+from test_registry_bad import crawl, image
+
+JSON = {"Content-Type": "application/json"}
+# Generous for a loaded two-core machine: with a 1 s deadline the runs below need under 9 s.
+BOUND = 15.0
+
+
+@pytest.fixture
+def fake():
+    server = FakeRegistry()
+    yield server
+    server.stop()
+
+
+def run_index(store: str, spec: str, **kwargs):
+    """One index run as the CLI makes it, store lock held: (summary, error lines, notes, seconds)."""
+    from indexer.run import index_sources
+    from indexer.store.writer import StoreWriter
+
+    errors, notes = [], []
+    started = time.monotonic()
+    with StoreWriter(store) as writer:
+        summary = index_sources([spec], writer, on_error=errors.append, on_note=notes.append, **kwargs)
+    return summary, errors, notes, time.monotonic() - started
+
+
+def distinct_images(count: int):
+    """`count` manifests with their own configs: (tag -> manifest bytes, config digest -> bytes)."""
+    tags, configs = {}, {}
+    for number in range(count):
+        blobs = Blobs()
+        descriptor = blobs.image(layers=(f"layer {number}".encode(),))
+        manifest = blobs.blobs[descriptor["digest"]]
+        config = json.loads(manifest)["config"]["digest"]
+        tags[f"t{number}"] = manifest
+        configs[config] = blobs.blobs[config]
+    return tags, configs
+
+
+# ---------------------------------------------------------------- names and tags
+
+
+def test_names_and_tags_outside_the_grammar_are_dropped_with_a_note_and_never_requested(fake):
+    manifest, configs, _ = image()
+    host = fake.host
+    long_tag = "t" * 128  # the longest valid tag
+    fake.add_image("ok/a", {"v1": manifest, "v2": manifest, long_tag: manifest}, configs, OCI_MANIFEST)
+    fake.add_image("ok/b", {"v1": manifest}, configs, OCI_MANIFEST)
+    fake.routes["/v2/ok/a/tags/list"] = Reply(
+        200, json.dumps({"name": "ok/a", "tags": ["v1", "тег", "t" * 129, "v1\n", "v2", long_tag]}).encode(), JSON
+    )
+    bad_names = [
+        "x/../ok/a",  # would be asked as /v2/ok/a/ once urllib3 removed the dot segments
+        "ok/./a",
+        "Upper/case",
+        "тест/app",
+        "ok/a\n",
+        "r" * 256,
+        "q" * (255 - len(host)),  # valid alone, but over 255 with the host
+    ]
+    fake.catalog(["ok/a", "ok/b"] + bad_names)
+
+    records, errors, notes = crawl(f"docker://{host}")
+
+    assert not errors
+    landed = sorted((r.name, r.tags) for r in records)
+    assert landed == [("ok/a", tuple(sorted(["v1", "v2", long_tag]))), ("ok/b", ("v1",))]
+    skipped_repos = [n for n in notes if "skipped repository" in n]
+    skipped_tags = [n for n in notes if "skipped tag" in n]
+    assert len(skipped_repos) == len(bad_names) and len(skipped_tags) == 3, notes
+    assert all("\n" not in n and len(n) < 300 for n in notes)
+    assert any("'x/../ok/a'" in n for n in skipped_repos) and any("'тег'" in n for n in skipped_tags)
+    # every request path is exactly one of these: built from valid names only, never rewritten
+    allowed = {"/v2/", "/v2/_catalog"}
+    for repo, tags in (("ok/a", ["v1", "v2", long_tag]), ("ok/b", ["v1"])):
+        allowed.add(f"/v2/{repo}/tags/list")
+        allowed.update(f"/v2/{repo}/manifests/{tag}" for tag in tags)
+        allowed.update(f"/v2/{repo}/blobs/{digest}" for digest in configs)
+    assert {path for _, path in fake.log} <= allowed, fake.log
+    assert fake.hits["/v2/ok/a/tags/list"] == 1
+
+
+class KnownTags:
+    """A store that knows some tags, so the crawl HEADs them, as a re-crawl does."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def known_tags(self, registry, prefix=""):
+        return self.rows
+
+    def indexed_digests(self, registry, prefix=""):
+        return []
+
+    def claim_tags(self, registry, claims):
+        return 0
+
+    def retire_tags(self, registry, name, tags):
+        pass
+
+
+def test_a_docker_content_digest_that_is_not_a_digest_is_an_error_and_never_requested(fake):
+    manifest, configs, _ = image()
+    header = "sha256:" + "a" * 64 + "/../../../../v2/_catalog"
+    fake.add_image("app/x", {"v1": manifest}, configs, OCI_MANIFEST, digest_header=header)
+    options = RegistryOptions(timeout=1.0, retries=0, jobs=2, auth_files=[])
+    source = parse_source(f"docker://{fake.host}/app/x:v1", registry_options=options)
+    source.bind_store(KnownTags([("app/x", "v1", "sha256:" + "b" * 64)]))
+    items = list(source.records(Context(source.kind, source.location, note=lambda text: None)))
+    errors = [str(i) for i in items if isinstance(i, SourceError)]
+    assert len(errors) == 1 and "Docker-Content-Digest" in errors[0] and "not a digest" in errors[0], errors
+    assert fake.log == [("GET", "/v2/"), ("HEAD", "/v2/app/x/manifests/v1")]
+
+
+def test_a_link_to_another_path_of_the_host_is_refused(fake):
+    manifest, configs, _ = image()
+    fake.add_image("a/one", {"v1": manifest}, configs, OCI_MANIFEST)
+    link = {"Link": '</v2/a/one/tags/list?n=1>; rel="next"'}
+    fake.routes["/v2/_catalog"] = Reply(200, b'{"repositories": ["a/one"]}', {**JSON, **link})
+    records, errors, _ = crawl(f"docker://{fake.host}")
+    assert [r.name for r in records] == ["a/one"]
+    assert len(errors) == 1 and "points away from /v2/_catalog" in errors[0]
+    assert fake.hits.get("/v2/a/one/tags/list?n=1") is None
+
+
+def test_request_paths_are_sent_as_they_are_or_not_at_all():
+    assert is_canonical_path("/v2/team/app/manifests/v1.0_rc-1") and is_canonical_path("/v2/_catalog?last=a%2Fb&n=2")
+    for path in ("/v2/x/../ok/tags/list", "/v2/./a", "/v2/тег", "/v2/a\n", "/v2/a b", "v2/a", "/v2/a#frag"):
+        assert not is_canonical_path(path), path
+
+
+# ---------------------------------------------------------------- bounded time
+
+
+@pytest.mark.parametrize("headers_too", [False, True], ids=["trickled-body", "trickled-headers"])
+def test_a_trickling_answer_costs_one_deadline_per_attempt(fake, tmp_path, headers_too):
+    manifest, configs, _ = image()
+    fake.add_image("slow/app", {"v1": manifest}, configs, OCI_MANIFEST)
+    served = fake.routes["/v2/slow/app/manifests/v1"]
+    # a byte every 50 ms: never a second of silence, so a per-recv timeout alone would wait it out
+    fake.routes["/v2/slow/app/manifests/v1"] = dataclasses.replace(served, trickle=0.05, trickle_headers=headers_too)
+    fake.catalog(["slow/app"])
+
+    summary, errors, _, seconds = run_index(str(tmp_path), f"docker://{fake.host}", http_timeout=1.0)
+
+    assert seconds < BOUND, (seconds, errors)
+    assert summary.indexed == 0 and len(errors) == 1, errors
+    expected = f"{fake.host}/slow/app:v1: GET manifest: no complete answer within 1 s (after 4 attempts)"
+    assert errors[0].startswith(expected), errors
+
+
+def test_a_registry_that_stops_answering_is_given_up_on_with_one_line_per_repository(fake, tmp_path):
+    repositories = [f"team/r{number:02d}" for number in range(24)]
+    for name in repositories:
+        fake.routes[f"/v2/{name}/tags/list"] = Reply(200, b'{"tags": []}', JSON, delay=60)  # ends when the server stops
+    fake.catalog(repositories)
+
+    summary, errors, _, seconds = run_index(str(tmp_path), f"docker://{fake.host}", http_timeout=1.0, jobs=4)
+
+    assert seconds < BOUND, (seconds, errors)
+    assert summary.failed == len(repositories) and len(errors) == len(repositories), errors
+    # one line per repository, each naming the host and the cause
+    assert sorted(line.split(": ", 1)[0] for line in errors) == [f"{fake.host}/{n}" for n in repositories]
+    assert all("GET tags/list" in line and "no complete answer within 1 s" in line for line in errors), errors
+    assert any(f"not sent: {fake.host} gave no answer" in line for line in errors), errors
+    asked = sum(count for path, count in fake.hits.items() if path.endswith("/tags/list"))
+    assert asked < len(repositories), fake.hits  # the rest were never sent
+
+
+def test_a_registry_that_never_answers_is_one_line_in_bounded_time(fake, tmp_path):
+    fake.routes["/v2/"] = Reply(200, b"{}", JSON, delay=60)
+    summary, errors, _, seconds = run_index(str(tmp_path), f"docker://{fake.host}", http_timeout=1.0)
+    assert seconds < BOUND, (seconds, errors)
+    assert summary.failed == 1 and len(errors) == 1, errors
+    # the plain-HTTP attempt is the news; the https probe of a plain-HTTP host failing is expected
+    assert f"GET http://{fake.host}/v2/: no complete answer within 1 s" in errors[0], errors
+
+
+def test_a_loopback_registry_failing_over_plain_http_reports_that_failure(fake):
+    fake.routes["/v2/"] = Reply(500, b'{"errors":[{"code":"UNKNOWN","message":"database is down"}]}', JSON)
+    with pytest.raises(SourceError) as caught:
+        crawl(f"docker://{fake.host}", retries=1)
+    message = str(caught.value)
+    assert f"GET http://{fake.host}/v2/: 500 Internal Server Error" in message, message
+    assert "database is down" in message, message
+    assert "over https:" in message  # what the https probe met is still there, after
+
+
+# ---------------------------------------------------------------- many jobs, flaky registry
+
+
+def test_flaky_503s_under_eight_jobs_lose_no_tag_and_no_connection(fake, tmp_path):
+    from indexer.store.writer import StoreWriter, now_utc
+
+    tags, configs = distinct_images(200)
+    fake.add_image("app/x", tags, configs, OCI_MANIFEST)
+    chance = random.Random(20261130)
+    lock = threading.Lock()
+
+    def flaky(served):
+        def route(method, headers):
+            with lock:
+                unlucky = chance.random() < 0.3
+            return Reply(503, b'{"errors":[{"code":"UNAVAILABLE","message":"busy"}]}', JSON) if unlucky else served
+
+        return route
+
+    for path in [p for p in fake.routes if p.startswith("/v2/app/x/")]:
+        fake.routes[path] = flaky(fake.routes[path])
+    fake.catalog(["app/x"])
+    options = RegistryOptions(jobs=8, retries=15, backoff=0.001, max_backoff=0.01, timeout=5.0, auth_files=[])
+
+    def crawl_into(writer):
+        source = parse_source(f"docker://{fake.host}", registry_options=options)
+        source.bind_store(writer)
+        before = fake.connections
+        items = list(source.records(Context(source.kind, source.location, note=lambda text: None)))
+        writer.write([i for i in items if isinstance(i, ImageRecord)], now_utc())
+        return items, fake.connections - before
+
+    with StoreWriter(str(tmp_path)) as writer:
+        first, _ = crawl_into(writer)
+        # the re-crawl HEADs every tag: a HEAD answer left open on a pooled connection broke the
+        # next request another worker sent on it (ResponseNotReady('Request-sent'))
+        second, connections = crawl_into(writer)
+        stored = writer.con.execute("SELECT count(*) FROM tags WHERE name = 'app/x'").fetchone()[0]
+    for items in (first, second):
+        errors = [str(i) for i in items if isinstance(i, SourceError)]
+        assert not errors, errors[:5]
+    assert len([i for i in first if isinstance(i, ImageRecord)]) == 200 and stored == 200
+    # every connection the pool opened lived to the end: one per job, two spare, one https probe
+    assert connections <= options.jobs + 3, connections
+
+
+# ---------------------------------------------------------------- credentials in the source
+
+
+@pytest.mark.parametrize(
+    "spec, shown",
+    [
+        ("alice:S3cr3t@127.0.0.1:5000", "docker://***@127.0.0.1:5000"),
+        ("alice:S3cr3t@registry.example.com/team/app:v1", "docker://***@registry.example.com/team/app:v1"),
+        ("a.b:S3cr3t@registry.example.com", "docker://***@registry.example.com"),
+        ("alice:S3/cr3t@registry.example.com", "docker://***@registry.example.com"),
+        ("alice:S3cr3t@reg.example.com/app@sha256:" + "a" * 64, "docker://***@reg.example.com/app@sha256:" + "a" * 64),
+        ("alice:S3@cr3t@registry.example.com", "docker://***@registry.example.com"),
+    ],
+)
+def test_credentials_in_the_source_are_refused_and_never_echoed(spec, shown):
+    with pytest.raises(SourceError) as caught:
+        parse_source("docker://" + spec)
+    assert "S3cr3t" not in str(caught.value) and "cr3t" not in str(caught.value)
+    assert caught.value.where == shown
+    assert "--password-stdin" in caught.value.reason
+
+
+def test_a_name_at_a_digest_is_not_taken_for_credentials():
+    digest = "sha256:" + "a" * 64
+    assert parse_target(f"ubuntu@{digest}").digest == digest
+    assert parse_source(f"docker://ubuntu@{digest}").location == f"docker://ubuntu@{digest}"
+    with pytest.raises(SourceError, match="invalid digest") as caught:
+        parse_target("ubuntu@sha256:short")
+    assert caught.value.where == "docker://ubuntu@sha256:short"
+
+
+def test_credentials_in_the_source_never_reach_the_output(run_cli, tmp_path):
+    result = run_cli("index", "docker://alice:S3cr3t@127.0.0.1:1/team/app:v1", "--store", str(tmp_path))
+    assert result.exit_code == 1
+    assert "S3cr3t" not in result.output and "docker://***@127.0.0.1:1/team/app:v1" in result.output
+
+
+def test_credentials_in_a_token_realm_are_never_echoed(fake):
+    challenge = 'Bearer realm="http://tok:T0kS3cret@auth.example.com/token",service="x"'
+    fake.routes["/v2/"] = Reply(401, b"{}", {**JSON, "WWW-Authenticate": challenge})
+    fake.catalog(["a/b"])
+    with pytest.raises(SourceError) as caught:
+        crawl(f"docker://{fake.host}")
+    assert "refusing to ask" in str(caught.value) and "T0kS3cret" not in str(caught.value)
+
+
+# ---------------------------------------------------------------- engine first, registry second
+
+
+@pytest.mark.services
+def test_an_engine_record_gives_way_to_the_exact_record_of_a_later_crawl(run_cli, tmp_path):
+    from conftest import REAL
+    from indexer.store.writer import StoreWriter, now_utc
+
+    reg = RealRegistry(str(tmp_path / "registry"))
+    try:
+        skopeo_copy(f"oci:{os.path.join(REAL, 'oci-layout')}:v1", f"docker://{reg.host}/team/app:v1")
+        source = parse_source(f"docker://{reg.host}/team/app:v1", registry_options=RegistryOptions(auth_files=[]))
+        [exact] = [i for i in source.records(Context(source.kind, source.location, note=lambda text: None))]
+        assert isinstance(exact, ImageRecord) and exact.exactness >= 3
+        # what docker-daemon: records for the same pushed image: diff_ids, sizes from history, no config size
+        diff_ids = json.loads(exact.config_raw)["rootfs"]["diff_ids"]
+        engine = dataclasses.replace(
+            exact,
+            media_type="",
+            config=Blob(exact.config.digest, 0, mt.DOCKER_CONFIG),
+            layers=tuple(Blob(d, 1000 + n, mt.DOCKER_LAYER_TAR) for n, d in enumerate(diff_ids)),
+            layers_compressed=False,
+            exactness=UNCOMPRESSED,
+            source_kind="docker-daemon",
+            source_path="docker-daemon:",
+            manifest_raw=None,
+            config_raw=None,
+        )
+        store = str(tmp_path / "store")
+        with StoreWriter(store) as writer:
+            writer.write([engine], now_utc())
+            writer.snapshot()
+
+        result = run_cli("index", f"docker://{reg.host}", "--store", store)
+        assert result.exit_code == 0, result.output
+        assert "1 manifests fetched, 0 tags unchanged" in result.output
+        query = f"SELECT exactness, source_kind, config_size, compressed_size FROM images WHERE id = '{exact.id}'"
+        got = run_cli("sql", query, "--store", store, "--format", "json")
+        [line] = got.stdout.splitlines()  # JSON lines, one per row
+        row = json.loads(line)
+        assert row["exactness"] == exact.exactness and row["source_kind"] == "docker"
+        assert row["config_size"] == exact.config.size and row["compressed_size"] == exact.compressed_size
+
+        again = run_cli("index", f"docker://{reg.host}", "--store", store)
+        assert "0 manifests fetched, 1 tags unchanged" in again.output  # exact now: skipped
+    finally:
+        reg.stop()
