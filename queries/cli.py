@@ -319,6 +319,15 @@ def sql(query, store, fmt):
     click.echo(sqlshell.run(con, query, fmt), nl=False)
 
 
+def _add_serve() -> None:
+    from queries.server.app import serve  # imports only click and the store layout
+
+    cli.add_command(serve)
+
+
+_add_serve()
+
+
 def main():
     cli(prog_name="imgdex")
 

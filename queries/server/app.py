@@ -1,0 +1,218 @@
+"""`imgdex serve`: the process around the gRPC and REST servers.
+
+Only click and the store layout are imported at module level: `queries.cli` registers this
+command, and `imgdex get` must not pay for grpc, protobuf or the SDK at start-up.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import signal
+import socket
+import sys
+import threading
+import time
+
+import click
+
+from indexer.store.layout import default_store
+
+SHUTDOWN_SECONDS = 5.0
+DEFAULT_GRPC = "127.0.0.1:50051"
+DEFAULT_HTTP = "127.0.0.1:8080"
+
+
+def parse_address(text: str, what: str) -> tuple[str, int] | None:
+    """`HOST:PORT` or `[IPV6]:PORT` -> (host, port); `off` -> None."""
+    if text.strip().lower() == "off":
+        return None
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise click.BadParameter(f"{text!r} is not HOST:PORT (or off)", param_hint=what)
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """True when every address `host` names is a loopback address."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except socket.gaierror:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
+
+
+def read_token(path: str) -> bytes:
+    with open(path, "rb") as f:
+        token = f.read().strip()
+    if not token or len(token.split()) != 1:
+        raise click.BadParameter(f"{path} must hold one non-empty token", param_hint="--token-file")
+    return token
+
+
+class Service:
+    """The snapshot source and the servers of one `imgdex serve`, startable in-process."""
+
+    def __init__(
+        self,
+        store: str,
+        grpc_address: tuple[str, int] | None,
+        http_address: tuple[str, int] | None,
+        token: bytes | None = None,
+        workers: int = 8,
+        poll: float = 0.5,
+    ):
+        from .api import Api
+        from .snapshots import SnapshotSource
+
+        self.store = store
+        self.source = SnapshotSource(store, poll=poll)
+        self.api = Api(self.source)
+        self.grpc = None
+        self.rest = None
+        self.grpc_address = self.http_address = None
+        try:
+            if grpc_address is not None:
+                from .grpc_api import GrpcServer
+
+                host, port = grpc_address
+                bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                self.grpc = GrpcServer(self.api, bind, workers, token)
+                self.grpc_address = f"{bind.rpartition(':')[0]}:{self.grpc.port}"
+            if http_address is not None:
+                from .rest_api import RestServer
+
+                host, port = http_address
+                self.rest = RestServer(self.api, host, port, workers, token)
+                shown = f"[{host}]" if ":" in host else host
+                self.http_address = f"{shown}:{self.rest.port}"
+        except BaseException:
+            self._close_unstarted()
+            raise
+
+    def _close_unstarted(self) -> None:
+        if self.grpc is not None:
+            self.grpc.stop(0)
+        if self.rest is not None:
+            self.rest.stop(0)
+
+    def start(self) -> None:
+        self.source.start()
+        if self.grpc is not None:
+            self.grpc.start()
+        if self.rest is not None:
+            self.rest.start()
+
+    def stop(self, grace: float = SHUTDOWN_SECONDS - 0.5) -> None:
+        """New requests are refused at once; running ones get `grace` seconds to finish."""
+        deadline = time.monotonic() + grace
+        done = self.grpc.stop(grace) if self.grpc is not None else None
+        if self.rest is not None:
+            self.rest.stop(max(0.0, deadline - time.monotonic()))
+        if done is not None:
+            done.wait(max(0.0, deadline - time.monotonic()))
+        self.source.stop()
+
+    def ready_line(self) -> str:
+        snapshot = self.source.current
+        held = f"{snapshot.images} images" if snapshot is not None else "no completed index run yet"
+        grpc_part = self.grpc_address or "off"
+        http_part = f"http://{self.http_address}" if self.http_address else "off"
+        return f"imgdex: serving gRPC {grpc_part}, REST {http_part}, store {self.store} ({held})"
+
+
+@click.command()
+@click.option(
+    "--store", metavar="DIR", default=default_store, show_default="./data, or $IMGDEX_STORE", help="Store directory."
+)
+@click.option(
+    "--grpc",
+    "grpc_text",
+    default=DEFAULT_GRPC,
+    show_default=True,
+    metavar="HOST:PORT|off",
+    help="gRPC address, or off.",
+)
+@click.option(
+    "--http",
+    "http_text",
+    default=DEFAULT_HTTP,
+    show_default=True,
+    metavar="HOST:PORT|off",
+    help="REST address, or off.",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(exists=True, dir_okay=False),
+    metavar="FILE",
+    help="Every request must carry `Authorization: Bearer <the token in FILE>`.",
+)
+@click.option("--insecure-no-auth", is_flag=True, help="Allow a non-loopback address without a token.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=8,
+    show_default=True,
+    help="Requests answered at once, per protocol.",
+)
+def serve(store, grpc_text, http_text, token_file, insecure_no_auth, workers):
+    """Serve the store over the Container Registry gRPC and REST read API.
+
+    Answers ImageService Get and List, RepositoryService Get, GetByName and List, and
+    RegistryService Get and List from the newest completed index run, and switches to the next
+    one without a restart. Write methods answer UNIMPLEMENTED. Stops on SIGTERM or SIGINT, letting
+    running requests finish.
+    """
+    import os
+
+    grpc_address = parse_address(grpc_text, "--grpc")
+    http_address = parse_address(http_text, "--http")
+    if grpc_address is None and http_address is None:
+        raise click.UsageError("--grpc and --http are both off: nothing to serve")
+    if token_file and insecure_no_auth:
+        raise click.UsageError("--token-file and --insecure-no-auth contradict each other")
+    token = read_token(token_file) if token_file else None
+    exposed = [f"{h}:{p}" for h, p in filter(None, (grpc_address, http_address)) if not is_loopback(h)]
+    if exposed and token is None and not insecure_no_auth:
+        raise click.UsageError(
+            f"{', '.join(exposed)} is not a loopback address: "
+            "give --token-file FILE, or --insecure-no-auth to serve without auth"
+        )
+    if not os.path.isdir(store):
+        click.echo(
+            f"imgdex: no image store at {store} (run `imgdex index` first, or set --store / IMGDEX_STORE)", err=True
+        )
+        sys.exit(1)
+    try:
+        service = Service(store, grpc_address, http_address, token, workers)
+    except ImportError as exc:
+        click.echo(f"imgdex: serve needs grpcio and yandexcloud ({exc})", err=True)
+        sys.exit(1)
+    except OSError as exc:
+        click.echo(f"imgdex: {exc}", err=True)
+        sys.exit(1)
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        service.start()
+        click.echo(service.ready_line(), err=True)
+        while not stop.wait(3600):
+            pass
+    finally:
+        service.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    click.echo("imgdex: stopped", err=True)
+
+
+if __name__ == "__main__":
+    serve(prog_name="imgdex serve")

@@ -1,0 +1,220 @@
+"""The REST side: the public API's read paths on a threaded HTTP/1.1 server from the standard library.
+
+Bodies are what MessageToJson prints for the response (two-space indent, proto field order),
+errors a google.rpc.Status JSON body with the HTTP status the public API gives its code. Query
+parameters are the request message's fields in JSON form (`pageSize`, also `page_size`), parsed
+with json_format into the official request message, so both transports validate the very same
+message.
+
+One thread per connection, keep-alive; at most `workers` requests are answered at once. Chosen by
+measurement (bench/serve_bench.py --asgi, 100,000 images, 8 clients, this 2-core machine): gets
+at 5,400 requests/s against 3,200 for the same routes on Starlette + uvicorn (httptools, uvloop,
+reads handed to its thread pool), and 10,000 against 4,400 for a request that only routes. The
+lookups are short and release the GIL in DuckDB, so threads lose nothing to an event loop here,
+and the server needs no dependency.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import threading
+import time
+import traceback
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from google.protobuf import json_format
+from yandex.cloud.containerregistry.v1 import image_service_pb2, registry_service_pb2, repository_service_pb2
+
+from indexer.errors import NotFound, QueryError
+
+from .api import INTERNAL, Api, Unauthenticated, Unimplemented, error_body, status_of
+from .grpc_api import token_matches
+
+PREFIX = "/container-registry/v1/"
+# Read methods of the public API that the index holds no data for.
+_UNSERVED_SUFFIXES = (":listAccessBindings", ":listIpPermission")
+
+
+def _dump(doc: dict) -> bytes:
+    return json.dumps(doc, indent=2, ensure_ascii=False).encode()
+
+
+def _request(message_class, query: dict[str, list[str]], **path):
+    """The request message from path parameters and the query string (the last value of a repeated one)."""
+    fields = {key: values[-1] for key, values in query.items()}
+    fields.update(path)
+    try:
+        return json_format.ParseDict(fields, message_class(), ignore_unknown_fields=True)
+    except json_format.ParseError as exc:
+        raise QueryError(f"invalid request parameter: {exc}") from None
+
+
+def route(api: Api, method: str, path: str, query: dict[str, list[str]]) -> dict:
+    """The response dict for one request, or an ImgdexError for its error status."""
+    if not path.startswith(PREFIX):
+        raise NotFound(f"no such path {path}")
+    rest = path[len(PREFIX) :]
+    collection, _, tail = rest.partition("/")
+    if collection not in ("images", "repositories", "registries"):
+        raise NotFound(f"no such path {path}")
+    if method != "GET":
+        raise Unimplemented(f"{method} {path} is not served by the read-only index")
+    tail = urllib.parse.unquote(tail)
+    if tail.endswith(_UNSERVED_SUFFIXES):
+        raise Unimplemented(f"{path} is not served by the index")
+    if collection == "images":
+        if tail:
+            return api.get_image(_request(image_service_pb2.GetImageRequest, query, imageId=tail))
+        return api.list_images(_request(image_service_pb2.ListImagesRequest, query))
+    if collection == "repositories":
+        if tail.endswith(":byName"):
+            name = tail[: -len(":byName")]
+            return api.get_repository_by_name(
+                _request(repository_service_pb2.GetRepositoryByNameRequest, query, repositoryName=name)
+            )
+        if tail:
+            return api.get_repository(_request(repository_service_pb2.GetRepositoryRequest, query, repositoryId=tail))
+        return api.list_repositories(_request(repository_service_pb2.ListRepositoriesRequest, query))
+    if tail:
+        return api.get_registry(_request(registry_service_pb2.GetRegistryRequest, query, registryId=tail))
+    return api.list_registries(_request(registry_service_pb2.ListRegistriesRequest, query))
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    # Headers and body leave in two writes; with Nagle on, the body waits for the client's
+    # delayed ACK (40 ms a request on Linux).
+    disable_nagle_algorithm = True
+    server_version = "imgdex"
+    sys_version = ""
+    server: "_Server"
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.track(self.connection, busy=False)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.untrack(self.connection)
+
+    def log_message(self, format, *args) -> None:  # noqa: A002 - the base class's signature
+        pass  # one line per request would drown the ready line and errors
+
+    def _handle(self, method: str) -> None:
+        server = self.server
+        server.track(self.connection, busy=True)
+        try:
+            if server.stopping:
+                self.close_connection = True
+            length = int(self.headers.get("Content-Length") or 0)
+            if length:
+                self.rfile.read(min(length, 1 << 20))  # no method here takes a body; drain it
+            url = urllib.parse.urlsplit(self.path)
+            try:
+                if server.token is not None and not token_matches(self.headers.get("Authorization"), server.token):
+                    raise Unauthenticated("missing or invalid bearer token (Authorization: Bearer TOKEN)")
+                with server.slots:
+                    doc = route(server.api, method, url.path, urllib.parse.parse_qs(url.query, keep_blank_values=True))
+                status, body = 200, _dump(doc)
+            except Exception as exc:  # every failure is a Status body
+                st = status_of(exc)
+                if st is INTERNAL:
+                    traceback.print_exc(file=sys.stderr)
+                status, body = st.http, _dump(error_body(exc))
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            if status == 401:
+                self.send_header("WWW-Authenticate", "Bearer")
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(body)
+        finally:
+            server.track(self.connection, busy=False)
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def do_PATCH(self) -> None:
+        self._handle("PATCH")
+
+    def do_DELETE(self) -> None:
+        self._handle("DELETE")
+
+    def do_PUT(self) -> None:
+        self._handle("PUT")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # The default backlog of 5 refuses connections under a burst of new clients.
+    request_queue_size = 128
+
+    def __init__(self, address, api: Api, token: bytes | None, workers: int):
+        self.api = api
+        self.token = token
+        self.slots = threading.BoundedSemaphore(workers)
+        self.stopping = False
+        self._connections: dict[socket.socket, bool] = {}
+        self._lock = threading.Condition()
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        if ":" in self.server_address[0]:
+            self.address_family = socket.AF_INET6
+            self.socket = socket.socket(self.address_family, self.socket_type)
+        super().server_bind()
+
+    def track(self, connection: socket.socket, busy: bool) -> None:
+        with self._lock:
+            self._connections[connection] = busy
+            self._lock.notify_all()
+
+    def untrack(self, connection: socket.socket) -> None:
+        with self._lock:
+            self._connections.pop(connection, None)
+            self._lock.notify_all()
+
+    def drain(self, deadline: float) -> None:
+        """Let running requests finish (until `deadline`), then hang up idle keep-alive connections."""
+        self.stopping = True
+        with self._lock:
+            while any(self._connections.values()) and time.monotonic() < deadline:
+                self._lock.wait(max(0.0, min(0.05, deadline - time.monotonic())))
+            idle = list(self._connections)
+        for connection in idle:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class RestServer:
+    def __init__(self, api: Api, host: str, port: int, workers: int, token: bytes | None):
+        self._server = _Server((host, port), api, token, workers)
+        self.port = self._server.server_address[1]
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="imgdex-http", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, grace: float) -> None:
+        deadline = time.monotonic() + grace
+        if self._thread is None:  # never started: nothing to wait for
+            self._server.server_close()
+            return
+        self._server.shutdown()  # no new connections are accepted
+        self._server.drain(deadline)
+        self._server.server_close()

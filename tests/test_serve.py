@@ -1,0 +1,760 @@
+"""`imgdex serve`: the official SDK and plain HTTP clients against a real server process on loopback.
+
+Every answer is compared with what the CLI prints for the same store. The server is started with
+`python -m queries.server.app` and stopped with SIGTERM, as a service manager would.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+
+import grpc
+import pytest
+import yandexcloud
+from google.protobuf.json_format import MessageToDict, MessageToJson
+from yandex.cloud.containerregistry.v1 import (
+    image_service_pb2 as isv,
+    image_service_pb2_grpc as isv_grpc,
+    registry_service_pb2 as gsv,
+    registry_service_pb2_grpc as gsv_grpc,
+    repository_service_pb2 as rsv,
+    repository_service_pb2_grpc as rsv_grpc,
+)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+REAL = os.path.join(HERE, "fixtures", "real")
+YCR = os.path.join(HERE, "fixtures", "ycr")
+READY = re.compile(r"gRPC (\S+), REST (?:http://(\S+)|off),")
+
+
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`imgdex` as users run it, in a new process."""
+    result = subprocess.run(
+        [sys.executable, "-m", "queries.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"imgdex {' '.join(args)} failed: {result.stderr}")
+    return result
+
+
+def build_store(store: str, *sources: str) -> None:
+    cli("index", *sources, "--store", store, "--quiet")
+
+
+def fixture_sources() -> list[str]:
+    """The committed real archives and layouts, plus YCR JSON (for registries and real ids)."""
+    archives = sorted(os.path.join(REAL, n) for n in os.listdir(REAL) if n.endswith(".tar"))
+    return [
+        *archives,
+        os.path.join(REAL, "oci-layout"),
+        f"ycr-json:{os.path.join(YCR, 'image-list.json')}",
+        f"ycr-json:{os.path.join(YCR, 'image-get.json')}",
+    ]
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen
+    grpc: str | None
+    http: str | None
+    ready_line: str
+
+    def stop(self, timeout: float = 5.0) -> tuple[int, float, str]:
+        """SIGTERM; (exit code, seconds to exit, rest of stderr)."""
+        t0 = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = self.proc.communicate(timeout=timeout + 5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate()
+            return -9, time.monotonic() - t0, err
+        return self.proc.returncode, time.monotonic() - t0, err
+
+
+def start_server(store: str, *args: str, timeout: float = 30.0) -> Server:
+    argv = [sys.executable, "-m", "queries.server.app", "--store", store]
+    if not any(a == "--grpc" for a in args):
+        argv += ["--grpc", "127.0.0.1:0"]
+    if not any(a == "--http" for a in args):
+        argv += ["--http", "127.0.0.1:0"]
+    proc = subprocess.Popen([*argv, *args], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    selector = selectors.DefaultSelector()
+    selector.register(proc.stderr, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if selector.select(timeout=max(0.0, deadline - time.monotonic())):
+            line = proc.stderr.readline()
+            if not line:
+                break
+            m = READY.search(line)
+            if m:
+                grpc = None if m.group(1) == "off" else m.group(1)
+                return Server(proc, grpc, m.group(2), line)
+    proc.kill()
+    _, err = proc.communicate()
+    raise AssertionError(f"server did not become ready: {err}")
+
+
+def http_get(address: str, path: str, headers: dict | None = None, method: str = "GET") -> tuple[int, bytes, dict]:
+    request = urllib.request.Request(f"http://{address}{path}", headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), dict(exc.headers)
+
+
+def http_json(address: str, path: str, headers: dict | None = None) -> tuple[int, dict]:
+    status, body, _ = http_get(address, path, headers)
+    return status, json.loads(body)
+
+
+# --- fixtures -------------------------------------------------------------------------------------
+
+REGISTRY_ID = "crp7b2m3p8k0v1ej5s4n"  # the YCR registry of tests/fixtures/ycr
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("serve-store"))
+    build_store(path, *fixture_sources())
+    return path
+
+
+@pytest.fixture(scope="module")
+def cli_images(store):
+    """Every image as `imgdex list` prints it, in list order."""
+    return json.loads(cli("list", "--store", store, "--page-size", "1000").stdout)["images"]
+
+
+@pytest.fixture(scope="module")
+def server(store):
+    srv = start_server(store)
+    yield srv
+    code, seconds, err = srv.stop()
+    assert code == 0, err
+    assert seconds < 5, f"shutdown took {seconds:.1f} s"
+
+
+@pytest.fixture(scope="module")
+def sdk():
+    # No credentials: with an explicit endpoint and insecure=True the SDK opens a plain channel
+    # and never asks the metadata service or IAM for a token.
+    return yandexcloud.SDK()
+
+
+@pytest.fixture(scope="module")
+def images(sdk, server):
+    return sdk.client(isv_grpc.ImageServiceStub, endpoint=server.grpc, insecure=True)
+
+
+@pytest.fixture(scope="module")
+def repositories(sdk, server):
+    return sdk.client(rsv_grpc.RepositoryServiceStub, endpoint=server.grpc, insecure=True)
+
+
+@pytest.fixture(scope="module")
+def registries(sdk, server):
+    return sdk.client(gsv_grpc.RegistryServiceStub, endpoint=server.grpc, insecure=True)
+
+
+def grpc_code(call, *args, **kwargs) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as info:
+        call(*args, timeout=10, **kwargs)
+    return info.value.code()
+
+
+def list_all_grpc(images, page_size: int, **fields) -> tuple[list[dict], list[str]]:
+    found, tokens, token = [], [], ""
+    for _ in range(1000):  # bounded: a broken token must not loop forever
+        page = images.List(isv.ListImagesRequest(page_size=page_size, page_token=token, **fields), timeout=10)
+        found += [MessageToDict(i) for i in page.images]
+        token = page.next_page_token
+        if not token:
+            return found, tokens
+        tokens.append(token)
+    raise AssertionError("paging did not end")
+
+
+def list_all_rest(address: str, page_size: int) -> tuple[list[dict], list[str]]:
+    found, tokens, token = [], [], ""
+    for _ in range(1000):
+        query = urllib.parse.urlencode({"pageSize": page_size, "pageToken": token})
+        status, doc = http_json(address, f"/container-registry/v1/images?{query}")
+        assert status == 200, doc
+        found += doc.get("images", [])
+        token = doc.get("nextPageToken", "")
+        if not token:
+            return found, tokens
+        tokens.append(token)
+    raise AssertionError("paging did not end")
+
+
+# --- ImageService ---------------------------------------------------------------------------------
+
+
+def test_store_has_what_the_tests_need(cli_images):
+    names = {i.get("name", "") for i in cli_images}
+    assert len(cli_images) >= 15
+    assert any(n.startswith(REGISTRY_ID + "/") for n in names) and "" in names
+
+
+def test_sdk_get_equals_cli_get_for_every_image(store, images, cli_images):
+    for image in cli_images:
+        printed = cli("get", image["id"], "--store", store).stdout
+        answer = images.Get(isv.GetImageRequest(image_id=image["id"]), timeout=10)
+        assert MessageToDict(answer) == json.loads(printed)
+        assert MessageToJson(answer) == printed.rstrip("\n")
+
+
+def test_rest_get_is_byte_for_byte_the_cli_get(store, server, cli_images):
+    for image in cli_images:
+        printed = cli("get", image["id"], "--store", store).stdout
+        status, body, headers = http_get(server.http, f"/container-registry/v1/images/{image['id']}")
+        assert status == 200 and headers["Content-Type"] == "application/json"
+        assert body.decode() == printed.rstrip("\n")
+
+
+def test_curl_smoke(server, cli_images):
+    curl = __import__("shutil").which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    image = cli_images[0]
+    out = subprocess.run(
+        [curl, "-sS", "--fail", "--max-time", "10", f"http://{server.http}/container-registry/v1/images/{image['id']}"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == image
+
+
+def test_list_equals_cli_list(store, images, server):
+    printed = json.loads(cli("list", "--store", store).stdout)
+    assert MessageToDict(images.List(isv.ListImagesRequest(), timeout=10)) == printed
+    assert http_json(server.http, "/container-registry/v1/images")[1] == printed
+    filtered = json.loads(
+        cli("list", "--store", store, "--filter", 'name="team/app"', "--order-by", "created_at desc").stdout
+    )
+    answer = images.List(isv.ListImagesRequest(filter='name="team/app"', order_by="created_at desc"), timeout=10)
+    assert MessageToDict(answer) == filtered and filtered["images"]
+    query = urllib.parse.urlencode({"filter": 'name="team/app"', "orderBy": "created_at desc"})
+    assert http_json(server.http, f"/container-registry/v1/images?{query}")[1] == filtered
+
+
+@pytest.mark.parametrize("page_size", [1, 2, 7])
+def test_grpc_paging_returns_every_image_exactly_once(images, cli_images, page_size):
+    found, tokens = list_all_grpc(images, page_size)
+    assert [i["id"] for i in found] == [i["id"] for i in cli_images]
+    assert found == cli_images
+    assert all(len(t) <= 100 for t in tokens)
+
+
+@pytest.mark.parametrize("page_size", [1, 4])
+def test_rest_paging_returns_every_image_exactly_once(server, cli_images, page_size):
+    found, tokens = list_all_rest(server.http, page_size)
+    assert found == cli_images
+    assert all(len(t) <= 100 for t in tokens)
+
+
+def test_page_tokens_of_listing_are_detected_when_too_long(store):
+    """`listing` tokens longer than the API's 100 characters are shortened by the server.
+
+    This records whether the library's own tokens fit; when they do, the server hands them out
+    unchanged and keeps nothing.
+    """
+    from queries import engine, listing
+    from queries.server.api import PageTokens
+
+    con = engine.connect(store, tables=("images",))
+    token = listing.list_images(con, listing.Query(page_size=1))["nextPageToken"]
+    bridge = PageTokens()
+    short = bridge.outgoing(token)
+    assert len(short) <= 100 and bridge.incoming(short) == token
+    assert (short == token) == (len(token) <= 100)
+    if len(token) > 100:
+        assert short.startswith("~") and bridge.bridged == 1
+    with pytest.raises(Exception, match="unknown or expired"):
+        bridge.incoming("~" + "A" * 20)
+
+
+def test_registry_id_and_repository_scopes(images, cli_images):
+    web = f"{REGISTRY_ID}/team/web"
+    in_registry = [i for i in cli_images if i.get("name", "").startswith(REGISTRY_ID + "/")]
+    found, _ = list_all_grpc(images, 100, registry_id=REGISTRY_ID)
+    assert found == in_registry
+    # registry_id is ignored when repository_name is set ...
+    found, _ = list_all_grpc(images, 100, registry_id="crpnosuchregistry000", repository_name=web)
+    assert found == [i for i in cli_images if i.get("name") == web] and found
+    # ... and folder_id when either is set; the index records no folders, so alone it does not narrow.
+    found, _ = list_all_grpc(images, 100, registry_id=REGISTRY_ID, folder_id="b1gnosuchfolder")
+    assert found == in_registry
+    found, _ = list_all_grpc(images, 100, folder_id="b1gnosuchfolder")
+    assert found == cli_images
+
+
+def test_page_size_zero_is_the_default(images, cli_images):
+    page = images.List(isv.ListImagesRequest(page_size=0), timeout=10)
+    assert len(page.images) == min(100, len(cli_images))
+
+
+def test_get_answers_ids_only(images, cli_images):
+    named = next(i for i in cli_images if i.get("tags") and i.get("name") and i.get("config"))
+    assert (
+        grpc_code(images.Get, isv.GetImageRequest(image_id=f"{named['name']}:{named['tags'][0]}"))
+        == grpc.StatusCode.NOT_FOUND
+    )
+    assert (
+        grpc_code(images.Get, isv.GetImageRequest(image_id=named["config"]["digest"][7:19]))
+        == grpc.StatusCode.NOT_FOUND
+    )
+
+
+# --- validation: every rule gets its status, on both transports -----------------------------------
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+LIST_CASES = [
+    ({"page_size": 1001}, INVALID),
+    ({"page_size": 1000}, grpc.StatusCode.OK),
+    ({"page_size": -1}, INVALID),
+    ({"page_token": "x" * 101}, INVALID),
+    ({"page_token": "x" * 100}, INVALID),  # within the length, but not a token of this query
+    ({"filter": 'name="' + "a" * 994 + '"'}, INVALID),  # 1,001 characters
+    ({"filter": 'name="' + "a" * 993 + '"'}, grpc.StatusCode.OK),  # 1,000
+    ({"filter": "tags CONTAINS x"}, INVALID),
+    ({"order_by": "name" + " " * 97}, INVALID),  # 101
+    ({"order_by": "size"}, INVALID),
+    ({"registry_id": "r" * 51}, INVALID),
+    ({"registry_id": "r" * 50}, grpc.StatusCode.OK),
+    ({"folder_id": "f" * 51}, INVALID),
+    ({"repository_name": "Not/Valid"}, INVALID),
+    ({"repository_name": "ok/name"}, grpc.StatusCode.OK),
+]
+
+
+def _call_code(call, request) -> grpc.StatusCode:
+    try:
+        call(request, timeout=10)
+    except grpc.RpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+@pytest.mark.parametrize(
+    "fields,code", LIST_CASES, ids=[f"{next(iter(f))}-{len(str(next(iter(f.values()))))}" for f, _ in LIST_CASES]
+)
+def test_list_images_rules(images, server, fields, code):
+    assert _call_code(images.List, isv.ListImagesRequest(**fields)) == code
+    camel = {
+        "page_size": "pageSize",
+        "page_token": "pageToken",
+        "order_by": "orderBy",
+        "registry_id": "registryId",
+        "folder_id": "folderId",
+        "repository_name": "repositoryName",
+        "filter": "filter",
+    }
+    query = urllib.parse.urlencode({camel[k]: v for k, v in fields.items()})
+    status, doc = http_json(server.http, f"/container-registry/v1/images?{query}")
+    if code == grpc.StatusCode.OK:
+        assert status == 200
+    else:
+        assert (status, doc["code"], doc["details"]) == (400, 3, []) and doc["message"]
+
+
+@pytest.mark.parametrize(
+    "image_id,code,http",
+    [
+        ("", INVALID, None),
+        ("c" * 51, INVALID, 400),
+        ("crp" + "0" * 47, grpc.StatusCode.NOT_FOUND, 404),
+        ("crp00000000000000000", grpc.StatusCode.NOT_FOUND, 404),
+    ],
+)
+def test_get_image_rules(images, server, image_id, code, http):
+    assert grpc_code(images.Get, isv.GetImageRequest(image_id=image_id)) == code
+    if http is not None:
+        status, doc = http_json(server.http, f"/container-registry/v1/images/{image_id}")
+        assert status == http and doc["code"] == code.value[0] and doc["details"] == []
+
+
+def test_rest_rejects_malformed_parameters(server):
+    status, doc = http_json(server.http, "/container-registry/v1/images?pageSize=ten")
+    assert (status, doc["code"]) == (400, 3)
+
+
+# --- repositories and registries ------------------------------------------------------------------
+
+
+def test_repositories_are_the_distinct_names(repositories, server, cli_images):
+    from queries.server.catalog import repository_id
+
+    names = sorted({i["name"] for i in cli_images if i.get("name")})
+    answer = MessageToDict(repositories.List(rsv.ListRepositoriesRequest(), timeout=10))
+    assert answer == {"repositories": [{"name": n, "id": repository_id(n)} for n in names]}
+    assert http_json(server.http, "/container-registry/v1/repositories")[1] == answer
+    # Paging: each once, in order, short tokens.
+    seen, token = [], ""
+    for _ in range(100):
+        page = repositories.List(rsv.ListRepositoriesRequest(page_size=2, page_token=token), timeout=10)
+        seen += [r.name for r in page.repositories]
+        token = page.next_page_token
+        assert len(token) <= 100
+        if not token:
+            break
+    assert seen == names
+    desc = repositories.List(rsv.ListRepositoriesRequest(order_by="name desc"), timeout=10)
+    assert [r.name for r in desc.repositories] == names[::-1]
+    scoped = repositories.List(rsv.ListRepositoriesRequest(registry_id=REGISTRY_ID), timeout=10)
+    assert [r.name for r in scoped.repositories] == [n for n in names if n.startswith(REGISTRY_ID + "/")]
+    filtered = repositories.List(rsv.ListRepositoriesRequest(filter='name="team/app"'), timeout=10)
+    assert [r.name for r in filtered.repositories] == ["team/app"]
+
+
+def test_repository_get_and_get_by_name(repositories, server):
+    from queries.server.catalog import repository_id
+
+    name = f"{REGISTRY_ID}/team/web"
+    expected = {"name": name, "id": repository_id(name)}
+    assert (
+        MessageToDict(repositories.Get(rsv.GetRepositoryRequest(repository_id=expected["id"]), timeout=10)) == expected
+    )
+    assert (
+        MessageToDict(repositories.GetByName(rsv.GetRepositoryByNameRequest(repository_name=name), timeout=10))
+        == expected
+    )
+    assert http_json(server.http, f"/container-registry/v1/repositories/{expected['id']}") == (200, expected)
+    assert http_json(server.http, f"/container-registry/v1/repositories/{name}:byName") == (200, expected)
+    assert http_json(
+        server.http, f"/container-registry/v1/repositories/{urllib.parse.quote(name, safe='')}:byName"
+    ) == (200, expected)
+    assert (
+        grpc_code(repositories.Get, rsv.GetRepositoryRequest(repository_id="crp00000000000000000"))
+        == grpc.StatusCode.NOT_FOUND
+    )
+    assert (
+        grpc_code(repositories.GetByName, rsv.GetRepositoryByNameRequest(repository_name="no/such"))
+        == grpc.StatusCode.NOT_FOUND
+    )
+    assert grpc_code(repositories.GetByName, rsv.GetRepositoryByNameRequest(repository_name="Bad Name")) == INVALID
+    assert grpc_code(repositories.Get, rsv.GetRepositoryRequest(repository_id="")) == INVALID
+
+
+def test_registries_from_ycr_names(registries, server):
+    expected = {"id": REGISTRY_ID, "status": "ACTIVE"}
+    answer = MessageToDict(registries.List(gsv.ListRegistriesRequest(folder_id="b1gfolder"), timeout=10))
+    assert answer == {"registries": [expected]}
+    assert http_json(server.http, "/container-registry/v1/registries?folderId=b1gfolder") == (200, answer)
+    assert MessageToDict(registries.Get(gsv.GetRegistryRequest(registry_id=REGISTRY_ID), timeout=10)) == expected
+    assert http_json(server.http, f"/container-registry/v1/registries/{REGISTRY_ID}") == (200, expected)
+    assert (
+        grpc_code(registries.Get, gsv.GetRegistryRequest(registry_id="crp00000000000000000"))
+        == grpc.StatusCode.NOT_FOUND
+    )
+    # folder_id is required by the API.
+    assert grpc_code(registries.List, gsv.ListRegistriesRequest()) == INVALID
+    assert http_json(server.http, "/container-registry/v1/registries")[0] == 400
+
+
+def test_writes_are_unimplemented(images, repositories, registries, server, cli_images):
+    image_id = cli_images[0]["id"]
+    assert grpc_code(images.Delete, isv.DeleteImageRequest(image_id=image_id)) == grpc.StatusCode.UNIMPLEMENTED
+    assert grpc_code(repositories.Upsert, rsv.UpsertRepositoryRequest(name="a/b")) == grpc.StatusCode.UNIMPLEMENTED
+    assert grpc_code(registries.Create, gsv.CreateRegistryRequest(folder_id="f")) == grpc.StatusCode.UNIMPLEMENTED
+    assert (
+        grpc_code(registries.ListIpPermission, gsv.ListIpPermissionRequest(registry_id=REGISTRY_ID))
+        == grpc.StatusCode.UNIMPLEMENTED
+    )
+    status, body, _ = http_get(server.http, f"/container-registry/v1/images/{image_id}", method="DELETE")
+    assert status == 501 and json.loads(body)["code"] == 12
+    status, body, _ = http_get(server.http, "/container-registry/v1/registries", method="POST")
+    assert status == 501
+    # And the image is still there.
+    assert images.Get(isv.GetImageRequest(image_id=image_id), timeout=10).id == image_id
+
+
+def test_unknown_rest_path_is_not_found(server):
+    status, doc = http_json(server.http, "/container-registry/v2/images")
+    assert (status, doc["code"]) == (404, 5)
+
+
+def test_health_and_reflection(server):
+    health = pytest.importorskip("grpc_health.v1.health_pb2")
+    health_grpc = pytest.importorskip("grpc_health.v1.health_pb2_grpc")
+    reflection = pytest.importorskip("grpc_reflection.v1alpha.reflection_pb2")
+    reflection_grpc = pytest.importorskip("grpc_reflection.v1alpha.reflection_pb2_grpc")
+    with grpc.insecure_channel(server.grpc) as channel:
+        answer = health_grpc.HealthStub(channel).Check(health.HealthCheckRequest(), timeout=10)
+        assert answer.status == health.HealthCheckResponse.SERVING
+        answer = health_grpc.HealthStub(channel).Check(
+            health.HealthCheckRequest(service="yandex.cloud.containerregistry.v1.ImageService"), timeout=10
+        )
+        assert answer.status == health.HealthCheckResponse.SERVING
+        responses = reflection_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([reflection.ServerReflectionRequest(list_services="")]), timeout=10
+        )
+        names = {s.name for r in responses for s in r.list_services_response.service}
+    assert {
+        "yandex.cloud.containerregistry.v1.ImageService",
+        "yandex.cloud.containerregistry.v1.RepositoryService",
+        "yandex.cloud.containerregistry.v1.RegistryService",
+        "grpc.health.v1.Health",
+    } <= names
+
+
+# --- a new index run is served without a restart --------------------------------------------------
+
+
+def test_new_index_run_is_served_without_restart(tmp_path, sdk):
+    store = str(tmp_path / "store")
+    build_store(store, os.path.join(REAL, "docker-save-base.tar"))
+    before = {i["id"] for i in json.loads(cli("list", "--store", store).stdout)["images"]}
+    srv = start_server(store)
+    try:
+        stub = sdk.client(isv_grpc.ImageServiceStub, endpoint=srv.grpc, insecure=True)
+        assert {i.id for i in stub.List(isv.ListImagesRequest(), timeout=10).images} == before
+        build_store(store, os.path.join(REAL, "oci-archive-app.tar"))
+        after = json.loads(cli("list", "--store", store).stdout)["images"]
+        new = [i for i in after if i["id"] not in before]
+        assert new
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 10:
+            try:
+                answer = stub.Get(isv.GetImageRequest(image_id=new[0]["id"]), timeout=10)
+                break
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.NOT_FOUND
+                time.sleep(0.1)
+        else:
+            raise AssertionError("the new image was not served within 10 s")
+        picked_up = time.monotonic() - t0
+        assert MessageToDict(answer) == new[0]
+        assert picked_up < 3, f"took {picked_up:.1f} s"
+        assert MessageToDict(stub.List(isv.ListImagesRequest(), timeout=10)) == {"images": after}
+        assert http_json(srv.http, f"/container-registry/v1/images/{new[0]['id']}") == (200, new[0])
+        assert srv.proc.poll() is None
+    finally:
+        code, _, err = srv.stop()
+    assert code == 0, err
+
+
+def test_store_without_a_run_yet_is_unavailable_until_indexed(tmp_path, sdk):
+    store = tmp_path / "empty"
+    store.mkdir()
+    srv = start_server(str(store))
+    try:
+        assert "no completed index run yet" in srv.ready_line
+        stub = sdk.client(isv_grpc.ImageServiceStub, endpoint=srv.grpc, insecure=True)
+        assert grpc_code(stub.List, isv.ListImagesRequest()) == grpc.StatusCode.UNAVAILABLE
+        status, doc = http_json(srv.http, "/container-registry/v1/images")
+        assert (status, doc["code"]) == (503, 14)
+        build_store(str(store), os.path.join(REAL, "docker-save-base.tar"))
+        for _ in range(100):
+            try:
+                if stub.List(isv.ListImagesRequest(), timeout=10).images:
+                    break
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the first index run was not picked up")
+    finally:
+        code, _, err = srv.stop()
+    assert code == 0, err
+
+
+# --- auth -----------------------------------------------------------------------------------------
+
+
+def test_bearer_token(tmp_path, store, sdk, cli_images):
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token\n")
+    srv = start_server(store, "--token-file", str(token_file))
+    try:
+        stub = sdk.client(isv_grpc.ImageServiceStub, endpoint=srv.grpc, insecure=True)
+        request = isv.GetImageRequest(image_id=cli_images[0]["id"])
+        assert grpc_code(stub.Get, request) == grpc.StatusCode.UNAUTHENTICATED
+        assert (
+            grpc_code(stub.Get, request, metadata=[("authorization", "Bearer wrong")])
+            == grpc.StatusCode.UNAUTHENTICATED
+        )
+        assert (
+            grpc_code(stub.Get, request, metadata=[("authorization", "s3cret-token")])
+            == grpc.StatusCode.UNAUTHENTICATED
+        )
+        assert (
+            grpc_code(stub.List, isv.ListImagesRequest(), metadata=[("authorization", "Bearer s3cret-tokenX")])
+            == grpc.StatusCode.UNAUTHENTICATED
+        )
+        answer = stub.Get(request, metadata=[("authorization", "Bearer s3cret-token")], timeout=10)
+        assert MessageToDict(answer) == cli_images[0]
+        if importlib.util.find_spec("grpc_health") is not None:  # health is optional: the token covers it too
+            from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+            with grpc.insecure_channel(srv.grpc) as channel:
+                check = health_pb2_grpc.HealthStub(channel).Check
+                assert grpc_code(check, health_pb2.HealthCheckRequest()) == grpc.StatusCode.UNAUTHENTICATED
+                assert (
+                    check(
+                        health_pb2.HealthCheckRequest(), metadata=[("authorization", "Bearer s3cret-token")], timeout=10
+                    ).status
+                    == 1
+                )
+        path = f"/container-registry/v1/images/{cli_images[0]['id']}"
+        status, body, headers = http_get(srv.http, path)
+        assert status == 401 and json.loads(body)["code"] == 16 and headers.get("WWW-Authenticate") == "Bearer"
+        assert http_get(srv.http, path, {"Authorization": "Bearer wrong"})[0] == 401
+        assert http_get(srv.http, path, {"Authorization": "Basic czNjcmV0LXRva2Vu"})[0] == 401
+        assert http_json(srv.http, path, {"Authorization": "Bearer s3cret-token"}) == (200, cli_images[0])
+    finally:
+        code, _, err = srv.stop()
+    assert code == 0, err
+
+
+def _serve_exit(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "queries.server.app", *args], cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
+
+
+def test_non_loopback_needs_a_token_or_an_explicit_opt_out(store, tmp_path):
+    # Refused before anything is bound: no test listens beyond loopback.
+    result = _serve_exit("--store", store, "--grpc", "0.0.0.0:0", "--http", "off")
+    assert result.returncode == 2 and "not a loopback address" in result.stderr
+    result = _serve_exit("--store", store, "--grpc", "off", "--http", "192.0.2.1:0")
+    assert result.returncode == 2 and "--insecure-no-auth" in result.stderr
+    token = tmp_path / "t"
+    token.write_text("x")
+    result = _serve_exit("--store", store, "--token-file", str(token), "--insecure-no-auth")
+    assert result.returncode == 2
+    result = _serve_exit("--store", store, "--grpc", "off", "--http", "off")
+    assert result.returncode == 2 and "nothing to serve" in result.stderr
+    result = _serve_exit("--store", store, "--grpc", "nonsense")
+    assert result.returncode == 2
+    empty = tmp_path / "empty-token"
+    empty.write_text("  \n")
+    assert _serve_exit("--store", store, "--token-file", str(empty)).returncode == 2
+
+
+def test_missing_store_and_taken_ports_fail_with_one_line(store, tmp_path):
+    result = _serve_exit("--store", str(tmp_path / "nowhere"), "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0")
+    assert result.returncode == 1 and result.stderr.startswith("imgdex: no image store at")
+    srv = start_server(store)
+    try:
+        for args in (["--grpc", srv.grpc, "--http", "off"], ["--grpc", "off", "--http", srv.http]):
+            result = _serve_exit("--store", store, *args)
+            assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+            assert result.stderr.startswith("imgdex: cannot listen on") or "Address already in use" in result.stderr
+    finally:
+        srv.stop()
+
+
+def test_one_protocol_off(store, cli_images):
+    srv = start_server(store, "--grpc", "off")
+    try:
+        assert srv.grpc is None and srv.http
+        assert http_json(srv.http, f"/container-registry/v1/images/{cli_images[0]['id']}") == (200, cli_images[0])
+    finally:
+        code, _, _ = srv.stop()
+    assert code == 0
+
+
+# --- lifecycle ------------------------------------------------------------------------------------
+
+
+def test_sigterm_with_idle_keepalive_connection_exits_promptly(store):
+    import http.client
+
+    srv = start_server(store)
+    host, _, port = srv.http.rpartition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("GET", "/container-registry/v1/images?pageSize=1")
+    assert conn.getresponse().read()
+    channel = grpc.insecure_channel(srv.grpc)
+    isv_grpc.ImageServiceStub(channel).List(isv.ListImagesRequest(page_size=1), timeout=10)
+    code, seconds, err = srv.stop()
+    channel.close()
+    conn.close()
+    assert code == 0 and seconds < 5, err
+    assert "imgdex: stopped" in err
+
+
+def test_in_flight_requests_finish_on_shutdown(store, cli_images):
+    """In-process: a request that is running when shutdown starts still gets its answer."""
+    import threading
+
+    from queries.server.app import Service
+
+    service = Service(store, ("127.0.0.1", 0), ("127.0.0.1", 0), workers=4)
+    started = threading.Event()
+    original = service.api.get_image
+
+    def slow_get(request):
+        started.set()
+        time.sleep(1.0)
+        return original(request)
+
+    service.api.get_image = slow_get
+    service.start()
+    results = {}
+
+    def call_grpc():
+        with grpc.insecure_channel(service.grpc_address) as channel:
+            stub = isv_grpc.ImageServiceStub(channel)
+            results["grpc"] = MessageToDict(stub.Get(isv.GetImageRequest(image_id=cli_images[0]["id"]), timeout=10))
+
+    def call_rest():
+        results["rest"] = http_json(service.http_address, f"/container-registry/v1/images/{cli_images[0]['id']}")
+
+    threads = [threading.Thread(target=call_grpc), threading.Thread(target=call_rest)]
+    for t in threads:
+        t.start()
+    assert started.wait(10)
+    time.sleep(0.2)  # both calls are inside the slow method now
+    t0 = time.monotonic()
+    service.stop(grace=4.5)
+    for t in threads:
+        t.join(10)
+    assert time.monotonic() - t0 < 5
+    assert results == {"grpc": cli_images[0], "rest": (200, cli_images[0])}
+
+
+def test_serve_is_a_click_command_for_the_cli_group():
+    import click
+    from click.testing import CliRunner
+
+    from queries.server.app import serve
+
+    @click.group()
+    def group():
+        pass
+
+    group.add_command(serve)
+    result = CliRunner().invoke(group, ["serve", "--help"])
+    assert result.exit_code == 0
+    for option in ("--store", "--grpc", "--http", "--token-file", "--insecure-no-auth", "--workers"):
+        assert option in result.output
+
+
+def test_cli_module_does_not_pay_for_grpc_at_import():
+    code = (
+        "import sys, queries.server.app; "
+        "print(sorted(m for m in ('grpc', 'duckdb', 'yandexcloud', 'google.protobuf') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stderr
