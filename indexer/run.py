@@ -7,8 +7,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from .errors import ImgdexError, SourceError
+from .errors import ImgdexError, SourceError, StoreError
 from .model import ImageRecord, merge_records
+from .references import redact_userinfo
 from .sources import parse_source
 from .sources.parse import Context
 
@@ -64,19 +65,36 @@ def index_sources(
     pending: dict[str, ImageRecord] = {}
     claims: dict[tuple[str, str, str], str] = {}  # (registry, name, tag) -> the pending id that claimed it last
 
+    # Every message leaves through these two, so URL credentials are redacted once for the
+    # terminal, the summary and the runs table alike, whatever source produced them.
     def fail(message: str) -> None:
+        message = redact_userinfo(message)
         summary.failed += 1
         summary.errors.append(message)
         on_error(message)
 
     def note(message: str) -> None:
+        message = redact_userinfo(message)
         summary.notes.append(message)
         on_note(message)
 
+    def store(records: list[ImageRecord]) -> int:
+        """Write a batch; a record the store refuses is isolated by halving, so the rest lands."""
+        try:
+            writer.write(records, now_utc())
+            return len(records)
+        except StoreError:
+            raise  # the store itself cannot be written: no batch would land
+        except Exception as exc:
+            if len(records) == 1:
+                fail(_unstorable(records[0], exc))
+                return 0
+            middle = len(records) // 2
+            return store(records[:middle]) + store(records[middle:])
+
     def flush() -> None:
         if pending:
-            writer.write(list(pending.values()), now_utc())
-            summary.indexed += len(pending)
+            summary.indexed += store(list(pending.values()))
             pending.clear()
             claims.clear()
 
@@ -129,12 +147,16 @@ def index_sources(
         on_source(spec)
     flush()
     summary.seconds = time.monotonic() - started
+    if summary.indexed == 0 and getattr(writer, "pristine", False):
+        # The store did not exist before this run and nothing landed: the writer removes
+        # what it created when it closes, rather than leave an empty store behind.
+        return summary
     writer.record_run(
         {
             "run_id": uuid.uuid4().hex,
             "started_at": started_at,
             "finished_at": now_utc(),
-            "sources": spec_list,
+            "sources": [redact_userinfo(spec) for spec in spec_list],
             "images_indexed": summary.indexed,
             "images_failed": summary.failed,
             "errors": summary.errors,
@@ -142,3 +164,11 @@ def index_sources(
     )
     writer.snapshot()
     return summary
+
+
+def _unstorable(record: ImageRecord, exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    reason = lines[0] if lines else type(exc).__name__
+    name = f"{record.registry}/{record.name}" if record.name else "(unnamed)"
+    key = record.digest or (record.config.digest if record.config is not None else "")
+    return f"{record.source_path}: image {record.id} ({name}{'@' + key if key else ''}) cannot be stored: {reason}"

@@ -10,9 +10,10 @@ import functools
 import re
 from datetime import datetime, timedelta, timezone
 
+# ASCII digits only, and fullmatch(): `\d` takes any Unicode digit and `$` a trailing newline.
 _RFC3339 = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
-    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))$"
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,9}))?"
+    r"(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))"
 )
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _NS_MIN = -(2**63)
@@ -21,7 +22,7 @@ _NS_MAX = 2**63 - 1
 
 def parse(text: str) -> tuple[datetime, int] | None:
     """Return (UTC datetime truncated to seconds, nanoseconds), or None if not RFC 3339."""
-    m = _RFC3339.match(text)
+    m = _RFC3339.fullmatch(text)
     if not m:
         return None
     year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))

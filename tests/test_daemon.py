@@ -229,6 +229,61 @@ def test_unknown_sizes_are_zero_with_a_note():
     assert len(notes) == 1 and "sizes left unknown" in notes[0]
 
 
+@pytest.mark.parametrize("bad, reason", [(10**30, "out of range"), (2**63, "out of range"), (1e30, "not an integer"),
+                                         (7.0, "not an integer"), (-5, "out of range"), (True, "not an integer")])
+def test_history_size_outside_int64_fails_that_image_only(bad, reason):
+    fake = FakeEngine()
+    fake.add(classic_image("good", tags=["good/app:1"]))
+    image = fake.add(classic_image("bad", tags=["bad/app:1"], steps=(Step("ADD a", 7), Step("ADD b", 5))))
+    image["history"][0]["Size"] = bad
+    records, errors, notes = collect(fake)
+    assert [r.name for r in records] == ["good/app"] and not notes
+    assert len(errors) == 1
+    assert str(errors[0]).startswith(f"docker-daemon (image {image['inspect']['Id']}): history entry 0 has an invalid size")
+    assert reason in str(errors[0])
+
+
+def test_history_sizes_adding_up_past_int64_fail_that_image_only(tmp_path, monkeypatch):
+    fake = FakeEngine()
+    fake.add(classic_image("good", tags=["good/app:1"]))
+    fake.add(classic_image("bad", tags=["bad/app:1"], steps=(Step("ADD a", 2**62), Step("ADD b", 2**62))))
+    records, errors, _ = collect(fake)
+    assert [r.name for r in records] == ["good/app"]
+    assert len(errors) == 1 and "add up to 9223372036854775808" in str(errors[0])
+    # Through the CLI: one line, and what is good lands.
+    monkeypatch.setattr(daemon, "connect_sdk", lambda address: fake)
+    result = CliRunner().invoke(cli, ["index", "docker-daemon:", "--store", str(tmp_path / "store")])
+    assert result.exit_code == 1 and result.stdout.startswith("indexed 1 images, 1 failed")
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
+def test_containerd_child_with_an_oversized_history_fails_alone():
+    fake = FakeEngine(api_version="1.49", containerd=True)
+    fake.add(containerd_image("multi", tags=["reg.example/multi:1"], platforms=(("linux", "amd64", ""), ("linux", "arm64", "v8"))))
+    image = fake.images[0]
+    arm = next(key for key in image["per_platform"] if key.architecture == "arm64")
+    image["per_platform"][arm][2][0]["Size"] = 2**64
+    records, errors, _ = collect(fake)
+    assert sorted(r.kind for r in records) == ["image", "index"]
+    assert len(errors) == 1 and "out of range" in str(errors[0])
+
+
+@pytest.mark.parametrize("bad", ["reg.example/app:v1\n", "reg.example/app:тег", "reg.example/app:" + "a" * 129,
+                                 "reg.example/App:1", "reg.example/team/../app:1", "reg.example/app@sha256:" + "a" * 64 + "\n"])
+def test_invalid_repo_tags_and_digests_are_dropped_with_a_note(bad):
+    fake = FakeEngine()
+    key = "RepoDigests" if "@" in bad else "RepoTags"
+    image = fake.add(classic_image("odd", tags=["reg.example/good:1"]))
+    image["inspect"][key] = image["inspect"][key] + [bad]
+    records, errors, notes = collect(fake)
+    assert not errors and [(r.registry, r.name, r.tags, r.digest) for r in records] == [("reg.example", "good", ("1",), "")]
+    assert len(notes) == 1 and f"ignoring {key} entry" in notes[0]
+    # Alone, the image lands untagged, as an image without names does.
+    image["inspect"]["RepoTags"], image["inspect"]["RepoDigests"] = ([bad], []) if key == "RepoTags" else ([], [bad])
+    records, errors, notes = collect(fake)
+    assert not errors and [(r.registry, r.name, r.tags) for r in records] == [("", "", ())] and len(notes) == 1
+
+
 # ----------------------------------------------------------------------------- laziness and failures
 
 

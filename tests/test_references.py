@@ -5,7 +5,19 @@ import pytest
 from hypothesis import given, strategies as st
 
 from indexer.errors import ReferenceError_
-from indexer.references import Reference, blob_id, image_id, is_bare_tag, parse_reference
+from indexer.references import (
+    Reference,
+    blob_id,
+    image_id,
+    is_bare_tag,
+    is_valid_digest,
+    is_valid_host,
+    is_valid_name,
+    is_valid_repository,
+    is_valid_tag,
+    parse_reference,
+    redact_userinfo,
+)
 
 
 @pytest.mark.parametrize(
@@ -69,3 +81,72 @@ def test_short_hash_equals_the_rfc4648_base32hex_definition(text):
 
     reference = base64.b32hexencode(hashlib.sha256(text.encode()).digest()).decode().lower().rstrip("=")[:17]
     assert _short_hash(text) == reference
+
+
+@pytest.mark.parametrize("text", [
+    "reg.example/app:v1\n", "reg.example/app:тег", "reg.example/app:" + "a" * 129, "reg.example/App:1",
+    "reg.example/team/../app:1", "reg.example/app\n", "reg.example/app@sha256:" + "a" * 64 + "\n",
+    "reg.example\n/app", "reg.example/" + "a" * 244, "a" * 246, "ａpp", "app:v١",
+])
+def test_parse_reference_rejects_what_docker_rejects(text):
+    with pytest.raises(ReferenceError_):
+        parse_reference(text)
+
+
+def test_name_length_counts_the_normalised_name():
+    assert parse_reference("reg.example/" + "a" * 243).name == "a" * 243  # 255 with the host
+    assert parse_reference("a" * 237).name == "library/" + "a" * 237  # docker.io/library/... is 255
+    with pytest.raises(ReferenceError_):
+        parse_reference("a" * 238)
+
+
+@pytest.mark.parametrize("tag, valid", [
+    ("v1", True), ("_x", True), ("1.0-rc_2", True), ("a" * 128, True),
+    ("a" * 129, False), ("v1\n", False), ("тег", False), ("-x", False), (".x", False), ("", False),
+    ("a:b", False), ("a/b", False), (None, False), (1, False),
+])
+def test_is_valid_tag(tag, valid):
+    assert is_valid_tag(tag) is valid
+
+
+@pytest.mark.parametrize("path, valid", [
+    ("library/ubuntu", True), ("crp1/team/app", True), ("a__b", True), ("a--b", True), ("a.b_c", True), ("a" * 255, True),
+    ("a" * 256, False), ("App", False), ("team/../app", False), ("a//b", False), ("a___b", False), ("app\n", False),
+    ("/app", False), ("app/", False), ("тест", False), ("", False), (None, False),
+])
+def test_is_valid_repository(path, valid):
+    assert is_valid_repository(path) is valid
+
+
+@pytest.mark.parametrize("host, valid", [
+    ("reg.example", True), ("127.0.0.1:5000", True), ("localhost", True), ("[::1]:5000", True), ("Reg-1.Example", True),
+    ("reg.example\n", False), ("-bad.example", False), ("host:port", False), ("hést", False), ("", False), (None, False),
+])
+def test_is_valid_host(host, valid):
+    assert is_valid_host(host) is valid
+
+
+@pytest.mark.parametrize("digest, valid", [
+    ("sha256:" + "a" * 64, True), ("sha512:" + "0" * 128, True),
+    ("sha256:abc", False), ("sha256:" + "a" * 64 + "\n", False), ("sha256" + "a" * 64, False), (None, False),
+])
+def test_is_valid_digest(digest, valid):
+    assert is_valid_digest(digest) is valid
+
+
+def test_is_valid_name_counts_the_host():
+    assert is_valid_name("", "a" * 254) and not is_valid_name("", "a" * 255)
+    assert is_valid_name("reg.example", "team/app") and not is_valid_name("bad host", "app")
+    assert not is_valid_name("reg.example", "App")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("docker://alice:s3cret@reg.example/app", "docker://***@reg.example/app"),
+    ("docker://alice@reg.example", "docker://***@reg.example"),
+    ("https://u:p@ss:w0rd@host:5000/v2/ and http://x:y@z/", "https://***@host:5000/v2/ and http://***@z/"),
+    ("docker://reg.example/app@sha256:" + "a" * 64, "docker://reg.example/app@sha256:" + "a" * 64),
+    ("reg.example/app:v1 (no URL)", "reg.example/app:v1 (no URL)"),
+    ("proxy https://a:b@c failed: https://d:e@f", "proxy https://***@c failed: https://***@f"),
+])
+def test_redact_userinfo(text, expected):
+    assert redact_userinfo(text) == expected

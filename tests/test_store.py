@@ -22,7 +22,7 @@ import pytest
 
 from indexer import timestamps
 from indexer.errors import StoreLocked
-from indexer.model import EXACT_MANIFEST, UNCOMPRESSED, Blob, ImageRecord
+from indexer.model import EXACT_MANIFEST, UNCOMPRESSED, Blob, HistoryEntry, ImageRecord, Platform, merge_records
 from indexer.run import index_sources
 from indexer.sources import parse_source
 from indexer.sources.parse import Context
@@ -31,6 +31,7 @@ from indexer.store.writer import StoreWriter, now_utc
 from queries import engine
 
 from builders import Blobs, classic_save_files, named, write_dir, write_tar
+from fake_engine import FakeEngine, Step, classic_image
 
 CLI = [sys.executable, "-m", "queries.cli"]
 REGISTRY = "reg.example"
@@ -434,6 +435,106 @@ def test_exactness_holds_within_one_batch(tmp_path, exact_record, exact_first):
         exactness, size, *_rest, tags = _row(writer.con, exact_record.id)
         assert (exactness, size) == (EXACT_MANIFEST, exact_record.compressed_size)
         assert tags == sorted({*exact_record.tags, "from-loose"})
+
+
+# ---------------------------------------------------------------------------------------------
+# 3b. equally exact records merge field by field, whatever their order
+# ---------------------------------------------------------------------------------------------
+
+
+def _save_and_engine(root):
+    """A classic docker save of one image and an engine holding the same image (same config, same
+    layers): two records of one resource, both exactness 1. The save knows the config size and
+    bytes and the layer tar sizes; the engine knows the history and a tag more, not the config size."""
+    files = classic_save_files([{"tags": [f"{REGISTRY}/same:1"], "layers": [b"same-layer-1", b"same-layer-22"],
+                                 "created": "2026-03-04T05:06:07.123456789Z"}])
+    archive = write_tar(str(root / "save.tar"), files)
+    config_name = json.loads(files["manifest.json"])[0]["Config"]
+    config = json.loads(files[config_name])
+    image = classic_image("same", tags=[f"{REGISTRY}/same:1", f"{REGISTRY}/same:engine"],
+                          steps=(Step("ADD a", 9), Step("ENV x", None), Step("ADD b", 11)),
+                          created=config["created"], env=("A=1",), cmd=None, labels={"n": "0"})
+    image["inspect"]["Id"] = "sha256:" + config_name.removesuffix(".json")
+    image["inspect"]["RootFS"]["Layers"] = config["rootfs"]["diff_ids"]
+    fake = FakeEngine()
+    fake.add(image)
+    return [f"docker-archive:{archive}", "docker-daemon:"], fake, len(files[config_name])
+
+
+def _child_and_standalone(root):
+    """One manifest as the child of an index (platform from the index, a parent digest) and the
+    same manifest named on its own: exactness 3 both, one id."""
+    blobs = Blobs()
+    child = blobs.image(layers=(b"arm-layer",), arch="arm64")
+    index = blobs.index([dict(child, platform={"os": "linux", "architecture": "arm64", "variant": "v8"})])
+    write_dir(str(root / "with-index"), blobs.layout_files([named(index, f"{REGISTRY}/multi:v1")]))
+    write_dir(str(root / "alone"), blobs.layout_files([named(child, f"{REGISTRY}/multi:arm")]))
+    return [f"oci:{root / 'with-index'}", f"oci:{root / 'alone'}"], None, None
+
+
+# Where and when a record was seen: the newest record's, so they follow the order of runs.
+_ORDER_DEPENDENT = ("indexed_at", "source_kind", "source_path")
+
+
+def _stored(store) -> tuple[list, list]:
+    con = store_con(store)
+    images = con.execute(f"SELECT * EXCLUDE ({', '.join(_ORDER_DEPENDENT)}) FROM images ORDER BY id").fetchall()
+    tags = con.execute("SELECT * FROM tags ORDER BY ALL").fetchall()
+    return images, tags
+
+
+@pytest.mark.parametrize("corpus", [_save_and_engine, _child_and_standalone], ids=["save-and-engine", "child-and-standalone"])
+def test_equally_exact_records_merge_field_by_field_in_any_order(tmp_path, monkeypatch, corpus):
+    from indexer.sources import daemon
+
+    specs, fake, config_size = corpus(tmp_path)
+    if fake is not None:
+        monkeypatch.setattr(daemon, "connect_sdk", lambda address: fake)
+    a, b = specs
+    layouts = {"a-then-b": [[a], [b]], "b-then-a": [[b], [a]], "one-run-ab": [[a, b]], "one-run-ba": [[b, a]]}
+    results = {}
+    for label, runs in layouts.items():
+        store = tmp_path / label
+        for run in runs:
+            with StoreWriter(str(store)) as writer:
+                assert index_sources(run, writer).ok
+        results[label] = _stored(store)
+    first = results["a-then-b"]
+    for label, got in results.items():
+        assert got == first, f"{label} differs from a-then-b"
+    con = store_con(tmp_path / "a-then-b")
+    if fake is not None:
+        [row] = con.execute("SELECT config_size, compressed_size, config_raw IS NOT NULL, len(history), tags FROM images").fetchall()
+        # the save's config size and bytes and its layer tar sizes; the engine's history; both tags
+        assert row == (config_size, len(b"same-layer-1") + len(b"same-layer-22"), True, 3, ["1", "engine"])
+    else:
+        rows = con.execute("SELECT kind, parent_digest, platform_variant, tags FROM images ORDER BY kind").fetchall()
+        [(kind, parent, variant, tags)] = [row for row in rows if row[0] == "image"]
+        assert parent and variant == "v8" and tags == ["arm"]
+
+
+def test_merge_records_keeps_known_fields_whatever_the_order(exact_record):
+    unknowing = dataclasses.replace(
+        exact_record,
+        config=Blob(exact_record.config.digest, 0, ""),
+        layers=tuple(Blob(layer.digest, 0, layer.media_type) for layer in exact_record.layers),
+        labels=(), history=(HistoryEntry("2026-01-01T00:00:00Z", "RUN x"),), platform=Platform("linux", "", "v9"),
+        manifest_raw=None, config_raw=None, tags=("other",), source_path="/second",
+    )
+    one, two = merge_records(exact_record, unknowing), merge_records(unknowing, exact_record)
+    for merged in (one, two):
+        assert merged.config == exact_record.config and merged.layers == exact_record.layers
+        assert merged.labels == exact_record.labels and merged.manifest_raw == exact_record.manifest_raw
+        assert merged.tags == tuple(sorted({*exact_record.tags, "other"}))
+    # Both know a history: the record that knows more gives it. The platform's variant is filled in.
+    assert exact_record.history and one.history == two.history == exact_record.history
+    assert one.platform == two.platform == Platform(exact_record.platform.os, exact_record.platform.architecture, "v9")
+    # Only where and when it was seen follow the newer record.
+    assert (one.source_path, two.source_path) == ("/second", exact_record.source_path)
+    assert dataclasses.replace(one, source_path="", tags=()) == dataclasses.replace(two, source_path="", tags=())
+    # A more exact record still wins whole.
+    loose = _loose(exact_record, "loose")
+    assert merge_records(loose, exact_record).layers == merge_records(exact_record, loose).layers == exact_record.layers
 
 
 def test_exactness_across_index_runs(tmp_path, exact_record, monkeypatch):

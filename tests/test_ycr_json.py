@@ -175,3 +175,58 @@ def test_import_and_manifest_source_in_one_run_are_one_resource(run_cli, tmp_pat
     rows = [d for d in listing(run_cli, store) if d.get("digest") == doc["digest"]]
     assert [d["id"] for d in rows] == [doc["id"]]
     assert get(run_cli, store, doc["id"]) == dict(doc, tags=sorted(set(doc["tags"]) | {"v1"}))
+
+
+@pytest.mark.parametrize("field, value, reason", [
+    ("compressedSize", "9223372036854775808", "out of range"),
+    ("compressedSize", 1e30, "not an integer"),
+    ("compressedSize", "١٢٣", "not an integer"),  # digits, but not ASCII ones
+    ("compressedSize", "12.0", "not an integer"),
+    ("compressedSize", True, "not an integer"),
+    ("layer size", "99999999999999999999", "out of range"),
+    ("layer size", 7.0, "not an integer"),
+    ("layer sizes", ["4611686018427387904", "4611686018427387904"], "add up to 9223372036854775808"),
+])
+def test_sizes_must_be_int64(run_cli, tmp_path, field, value, reason):
+    victim, good = images_of("image-array.json")[:2]  # the first has layers
+    victim = json.loads(json.dumps(victim))
+    if field == "compressedSize":
+        victim["compressedSize"] = value
+    elif field == "layer size":
+        victim["layers"][0]["size"] = value
+    else:
+        victim["layers"] = [dict(victim["layers"][0], size=size) for size in value]
+    path = tmp_path / "sizes.json"
+    path.write_text(json.dumps({"images": [good, victim]}, ensure_ascii=False), encoding="utf-8")
+    store = str(tmp_path / "store")
+    result = run_cli("index", f"ycr-json:{path}", "--store", store)
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"imgdex: {path} images[1]: ") and reason in lines[0], lines
+    assert get(run_cli, store, good["id"]) == good
+
+
+def test_invalid_tags_are_dropped_with_a_note_and_the_image_lands(run_cli, tmp_path):
+    doc = json.loads(json.dumps(load("image-get.json")))
+    bad_tags = ["v1\n", "тег", "a" * 129, "-lead"]
+    path = tmp_path / "tags.json"
+    path.write_text(json.dumps(dict(doc, tags=doc["tags"] + bad_tags), ensure_ascii=False), encoding="utf-8")
+    source = parse_source(f"ycr-json:{path}")
+    notes = []
+    [record] = list(source.records(Context(source.kind, source.location, note=notes.append)))
+    assert isinstance(record, ImageRecord) and record.tags == tuple(sorted(doc["tags"]))
+    assert len(notes) == 4 and all("ignoring tag" in n for n in notes)
+    store = str(tmp_path / "store")
+    result = run_cli("index", f"ycr-json:{path}", "--store", store)
+    assert result.exit_code == 0 and get(run_cli, store, doc["id"]) == doc
+
+
+@pytest.mark.parametrize("name", ["crp1/App", "crp1/team/../app", "crp1/app\n", "crp1/тест"])
+def test_invalid_name_fails_that_image_as_a_missing_name_does(run_cli, tmp_path, name):
+    good, victim = images_of("image-array.json")[:2]
+    path = tmp_path / "names.json"
+    path.write_text(json.dumps([good, dict(victim, name=name)], ensure_ascii=False), encoding="utf-8")
+    store = str(tmp_path / "store")
+    result = run_cli("index", f"ycr-json:{path}", "--store", store)
+    assert result.exit_code == 1 and "invalid repository name" in result.stderr
+    assert [d["id"] for d in listing(run_cli, store)] == [good["id"]]

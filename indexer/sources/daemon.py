@@ -50,7 +50,7 @@ from ..model import (
 )
 from ..references import Reference, parse_reference
 from . import mediatypes as mt
-from .parse import Context, new_record, parse_config, platform_of
+from .parse import Context, check_sizes, new_record, parse_config, platform_of, size_problem, valid_size
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 CONNECT_TIMEOUT = 10.0  # seconds for the first contact: an absent engine fails fast
@@ -61,7 +61,7 @@ WINDOW = 16  # images fetched ahead of the consumer; bounds the details held in 
 CONTAINERD_SNAPSHOTTER = "io.containerd.snapshotter.v1"
 _GO_ZERO_SECONDS = -62135596800  # time.Time{}.Unix(): the engine's "no time"
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_IMAGE_ID = re.compile(r"^(?:sha256:)?([0-9a-f]{4,64})$")
+_IMAGE_ID = re.compile(r"(?:sha256:)?([0-9a-f]{4,64})")
 
 
 class EngineUnavailable(ImgdexError):
@@ -523,7 +523,7 @@ class DockerDaemon:
             yield SourceError(where, str(exc))
             return
         only = None
-        match = _IMAGE_ID.match(self.ref)
+        match = _IMAGE_ID.fullmatch(self.ref)
         by_id = match is not None and _text(inspect, "Id").removeprefix("sha256:").startswith(match.group(1))
         if not by_id:
             try:
@@ -592,10 +592,10 @@ class DockerDaemon:
             return
         try:
             config = config_from_inspect(inspect, label)
+            sizes, history = _sizes(config, details.history, ctx, label)
         except SourceError as exc:
             yield exc
             return
-        sizes, history = _sizes(config, details.history, ctx, label)
         layers = _layers(config, sizes)
         config_blob = Blob(digest=image, size=0, media_type=mt.DOCKER_CONFIG)
         for repo in repos:
@@ -636,19 +636,26 @@ class DockerDaemon:
 
 
 def _sizes(config: ImageConfig, history: list[dict], ctx: Context, label: str):
+    """Layer sizes and history; SourceError when the engine reports a size the store cannot hold."""
+    for position, entry in enumerate(history):
+        size = entry.get("Size") if isinstance(entry, dict) else None
+        if size is not None and not valid_size(size):
+            raise SourceError(label, f"history entry {position} has an invalid size: {size_problem(size)}")
     sizes, entries = match_history(len(config.diff_ids), history)
     if sizes is None and config.diff_ids:
         ctx.note(f"{label}: the engine's history does not tell the sizes of its {len(config.diff_ids)} layers; sizes left unknown")
+    elif sizes:
+        check_sizes(_layers(config, sizes), None, label)
     return sizes, entries
 
 
 def _containerd_image(inspect, history, manifest, repos, tagged, parent, ctx, label):
     try:
         config = config_from_inspect(inspect, label)
+        sizes, entries = _sizes(config, history, ctx, label)
     except SourceError as exc:
         yield exc
         return
-    sizes, entries = _sizes(config, history, ctx, label)
     layers = _layers(config, sizes)
     platform = manifest["platform"] or platform_of(config)
     for repo in repos:

@@ -26,13 +26,15 @@ from ..model import (
     ImageRecord,
     Platform,
 )
-from ..references import DIGEST_RE, Reference, image_id
+from ..references import Reference, image_id, is_valid_digest, is_valid_name, is_valid_tag
 from . import mediatypes as mt
 
 # Manifests, indexes and configs above this size are refused unread: memory stays bounded.
 MAX_JSON_BYTES = 8 * 1024 * 1024
 # Indexes nested deeper than this are refused (real images nest one or two levels).
 MAX_INDEX_DEPTH = 16
+# Sizes are int64 in the store, the OCI descriptor and the Container Registry API alike.
+INT64_MAX = 2**63 - 1
 
 
 class BlobStore(Protocol):
@@ -99,6 +101,32 @@ def verify(data: bytes, digest: str, size: int | None, where: str, what: str) ->
         raise SourceError(where, f"{what} size mismatch: descriptor says {size}, blob has {len(data)} bytes")
 
 
+def valid_size(value: object) -> bool:
+    """A byte size as the store keeps it: an int (not a bool, not a float) from 0 to 2**63-1."""
+    return type(value) is int and 0 <= value <= INT64_MAX
+
+
+def size_problem(value: object) -> str:
+    if type(value) is int:
+        return f"{value} is out of range (0 to 2**63-1)"
+    return f"{value!r} is not an integer"
+
+
+def check_sizes(layers: Iterable[Blob], config: Blob | None, where: str, label: str = "") -> None:
+    """Every size fits the store's int64 columns, and so does their sum (the compressedSize)."""
+    prefix = f"{label}: " if label else ""
+    if config is not None and not valid_size(config.size):
+        raise SourceError(where, f"{prefix}config size {size_problem(config.size)}")
+    total = 0
+    for position, layer in enumerate(layers):
+        size = layer.size
+        if type(size) is not int or not 0 <= size <= INT64_MAX:
+            raise SourceError(where, f"{prefix}layer {position} ({layer.digest}) size {size_problem(size)}")
+        total += size
+    if total > INT64_MAX:
+        raise SourceError(where, f"{prefix}the layer sizes add up to {total}, more than 2**63-1")
+
+
 # Layers shared by many images come back as equal descriptors: validate each shape once.
 _DESCRIPTORS: dict[tuple, Blob] = {}
 
@@ -107,7 +135,7 @@ def parse_descriptor(raw: object, where: str, what: str) -> Blob:
     key = None
     if type(raw) is dict and len(raw) == 3:
         candidate = (raw.get("mediaType"), raw.get("digest"), raw.get("size"))
-        if type(candidate[0]) is str and type(candidate[1]) is str and type(candidate[2]) is int:
+        if type(candidate[0]) is str and type(candidate[1]) is str and valid_size(candidate[2]):
             key = candidate
             known = _DESCRIPTORS.get(key)
             if known is not None:
@@ -118,10 +146,10 @@ def parse_descriptor(raw: object, where: str, what: str) -> Blob:
     size = raw.get("size")
     media_type = raw.get("mediaType", "")
     urls = raw.get("urls") or []
-    if not isinstance(digest, str) or not DIGEST_RE.fullmatch(digest):
+    if not is_valid_digest(digest):
         raise SourceError(where, f"{what} has an invalid digest {digest!r}")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise SourceError(where, f"{what} has an invalid size {size!r}")
+    if not valid_size(size):
+        raise SourceError(where, f"{what} has an invalid size: {size_problem(size)}")
     if not isinstance(media_type, str):
         raise SourceError(where, f"{what} has an invalid mediaType")
     if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
@@ -213,13 +241,24 @@ def parse_platform(raw: object) -> Platform | None:
     return Platform(os=text("os"), architecture=text("architecture"), variant=text("variant"))
 
 
-def group_names(names: Iterable[Reference], ctx: Context) -> list[tuple[str, str, tuple[str, ...]]]:
-    """(registry, name, sorted tags) per repository; one unnamed group when there are no names."""
+def group_names(names: Iterable[Reference], ctx: Context, where: str = "") -> list[tuple[str, str, tuple[str, ...]]]:
+    """(registry, name, sorted tags) per repository; one unnamed group when there are no names.
+
+    Names reach here parsed by `parse_reference`; a name or tag that is still outside Docker's
+    grammar (a Reference built by hand) is dropped with a note, so it is never stored.
+    """
     groups: dict[tuple[str, str], set[str]] = {}
     for ref in names:
+        if ref.name and not is_valid_name(ref.registry, ref.name):
+            ctx.note(f"{where or ctx.source_path}: ignoring name {str(ref)!r}: not a valid repository name")
+            continue
         tags = groups.setdefault((ref.registry, ref.name), set())
         if ref.tag:
-            tags.add(ref.tag)
+            if is_valid_tag(ref.tag):
+                tags.add(ref.tag)
+            else:
+                repository = f"{ref.registry}/{ref.name}"
+                ctx.note(f"{where or ctx.source_path}: ignoring tag {ref.tag!r} of {repository}: not a valid tag")
     if not groups:
         return [(ctx.registry, ctx.repository, ())]
     return [(registry, name, tuple(sorted(tags))) for (registry, name), tags in sorted(groups.items())]
@@ -257,11 +296,14 @@ def new_record(
     config_blob: Blob | None,
     layers: tuple[Blob, ...],
     config: ImageConfig | None = None,
+    where: str = "",
     **fields,
 ) -> ImageRecord:
     """A record with what every source derives alike: the id (keyed by the manifest digest, else the
     config digest), whether layer sizes are compressed, the source, and the analyst fields of `config`.
-    `fields` gives the rest and overrides what `config` would give."""
+    `fields` gives the rest and overrides what `config` would give. SourceError (naming `where`)
+    when a size does not fit the store."""
+    check_sizes(layers, config_blob, where or ctx.source_path)
     key = digest or (config_blob.digest if config_blob is not None else "")
     return ImageRecord(
         id=image_id(registry, name, key),
@@ -338,9 +380,11 @@ def _walk_index(store, descriptor, data, doc, media_type, names, ctx, where, par
         children = []
     if not isinstance(children, list):
         raise SourceError(where, f"index {descriptor.digest}: manifests is not a list")
-    for registry, name, tags in group_names(names, ctx):
+    groups = group_names(names, ctx, where)
+    for registry, name, tags in groups:
         yield new_record(
             ctx, registry, name,
+            where=where,
             digest=descriptor.digest,
             config_blob=None,
             layers=(),
@@ -352,7 +396,7 @@ def _walk_index(store, descriptor, data, doc, media_type, names, ctx, where, par
             exactness=EXACT_MANIFEST,
             manifest_raw=data,
         )
-    untagged = [Reference(registry, name) for registry, name, _ in group_names(names, ctx)]
+    untagged = [Reference(registry, name) for registry, name, _ in groups]
     for position, raw_child in enumerate(children):
         child = parse_descriptor(raw_child, where, f"index {descriptor.digest} manifests[{position}]")
         child_annotations = raw_child.get("annotations") if isinstance(raw_child.get("annotations"), dict) else {}
@@ -382,6 +426,7 @@ def _manifest_records(store, descriptor, data, doc, media_type, names, ctx, wher
     if not isinstance(raw_layers, list):
         raise SourceError(where, f"{label}: layers is not a list")
     layers = tuple(parse_descriptor(layer, where, f"{label} layers[{i}]") for i, layer in enumerate(raw_layers))
+    check_sizes(layers, config_blob, where, label)
     for layer in layers:
         if layer.urls:
             continue
@@ -412,9 +457,10 @@ def _manifest_records(store, descriptor, data, doc, media_type, names, ctx, wher
     if platform is None and config is not None:
         platform = platform_of(config)
 
-    for registry, name, tags in group_names(names, ctx):
+    for registry, name, tags in group_names(names, ctx, where):
         yield new_record(
             ctx, registry, name,
+            where=where,
             digest=descriptor.digest,
             config_blob=config_blob,
             layers=layers,
@@ -448,15 +494,20 @@ def record_from_config(
     config = parse_config(config_raw, where)
     if len(config.diff_ids) != len(layer_sizes):
         raise SourceError(where, f"config lists {len(config.diff_ids)} diff_ids but the image has {len(layer_sizes)} layers")
+    for position, size in enumerate(layer_sizes):
+        if not valid_size(size):
+            raise SourceError(where, f"layer {position} size {size_problem(size)}")
     foreign = foreign or {}
     layers = tuple(
         foreign.get(diff_id) or Blob(digest=diff_id, size=size, media_type=mt.DOCKER_LAYER_TAR)
         for diff_id, size in zip(config.diff_ids, layer_sizes)
     )
     config_blob = Blob(digest=config_digest, size=len(config_raw), media_type=mt.DOCKER_CONFIG)
+    check_sizes(layers, config_blob, where)
     return [
         new_record(
             ctx, registry, name,
+            where=where,
             digest="",
             config_blob=config_blob,
             layers=layers,
@@ -469,5 +520,5 @@ def record_from_config(
             exactness=exactness,
             config_raw=config_raw,
         )
-        for registry, name, tags in group_names(names, ctx)
+        for registry, name, tags in group_names(names, ctx, where)
     ]

@@ -19,46 +19,35 @@ from typing import Iterator
 from .. import timestamps
 from ..errors import ImgdexError, SourceError
 from ..model import IMPORTED, KIND_IMAGE, KIND_INDEX, Blob, ImageRecord
-from ..references import DIGEST_RE, TAG_RE, parse_reference
-from .parse import Context
+from ..references import is_valid_digest, is_valid_tag, parse_reference
+from .parse import INT64_MAX, Context, check_sizes
 
 DEFAULT_REGISTRY = "cr.yandex"
 # The id shape `imgdex get` looks up directly: "crp" and 17 base32hex characters.
-_ID_RE = re.compile(r"^crp[0-9a-v]{17}$")
+_ID_RE = re.compile(r"crp[0-9a-v]{17}")
 _IMAGE_FIELDS = {"id", "name", "digest", "compressedSize", "config", "layers", "tags", "createdAt"}
 _BLOB_FIELDS = {"id", "digest", "size", "urls"}
 _SNAKE = {"compressed_size": "compressedSize", "created_at": "createdAt", "next_page_token": "nextPageToken"}
-
-
-@dataclass(frozen=True)
-class ImportedRecord(ImageRecord):
-    """A record whose compressed size is the registry's own figure, not the sum of its layers."""
-
-    declared_compressed_size: int | None = None
-
-    @property
-    def compressed_size(self) -> int:
-        if self.declared_compressed_size is not None:
-            return self.declared_compressed_size
-        return sum(layer.size for layer in self.layers)
 
 
 def _camel(doc: dict) -> dict:
     return {_SNAKE.get(key, key): value for key, value in doc.items()}
 
 
+_DECIMAL = re.compile(r"-?[0-9]+", re.ASCII)
+
+
 def _int64(value: object, where: str, what: str) -> int:
-    """proto3 JSON writes int64 as a string; older tools and yc write a number."""
-    if isinstance(value, bool):
-        raise SourceError(where, f"{what} is not an integer")
-    if isinstance(value, int):
+    """proto3 JSON writes int64 as a string of ASCII digits; older tools and yc write a number.
+    A float (1e30, 12.0) is refused: the size it stands for is not known exactly."""
+    if type(value) is int:
         number = value
-    elif isinstance(value, str) and re.fullmatch(r"-?\d+", value):
+    elif isinstance(value, str) and _DECIMAL.fullmatch(value):
         number = int(value)
     else:
         raise SourceError(where, f"{what} is not an integer ({value!r})")
-    if number < 0 or number >= 2**63:
-        raise SourceError(where, f"{what} is out of range ({number})")
+    if number < 0 or number > INT64_MAX:
+        raise SourceError(where, f"{what} is out of range ({number}; 0 to 2**63-1)")
     return number
 
 
@@ -69,7 +58,7 @@ def _blob(raw: object, where: str, what: str, notes: list[str]) -> Blob:
     if unknown:
         notes.append(f"{where}: {what} has fields that are not part of Blob and are not kept: {', '.join(unknown)}")
     digest = raw.get("digest", "")
-    if not isinstance(digest, str) or (digest and not DIGEST_RE.fullmatch(digest)):
+    if not isinstance(digest, str) or (digest and not is_valid_digest(digest)):
         raise SourceError(where, f"{what} has an invalid digest {digest!r}")
     blob_id = raw.get("id", "")
     if not isinstance(blob_id, str):
@@ -81,7 +70,7 @@ def _blob(raw: object, where: str, what: str, notes: list[str]) -> Blob:
     return Blob(digest=digest, size=size, media_type="", urls=tuple(urls), id=blob_id)
 
 
-def image_record(raw: object, registry: str, ctx: Context, where: str, notes: list[str]) -> ImportedRecord:
+def image_record(raw: object, registry: str, ctx: Context, where: str, notes: list[str]) -> ImageRecord:
     """One Image message (camelCase or snake_case JSON) -> an imported record."""
     if not isinstance(raw, dict):
         raise SourceError(where, "an image is not a JSON object")
@@ -92,7 +81,7 @@ def image_record(raw: object, registry: str, ctx: Context, where: str, notes: li
     image_id = doc.get("id")
     if not isinstance(image_id, str) or not image_id:
         raise SourceError(where, "the image has no id")
-    if not _ID_RE.match(image_id):
+    if not _ID_RE.fullmatch(image_id):
         notes.append(f"{where}: id {image_id!r} is not shaped like a Container Registry id; `imgdex get` finds it by reference only")
     name = doc.get("name", "")
     if not isinstance(name, str) or not name:
@@ -102,16 +91,23 @@ def image_record(raw: object, registry: str, ctx: Context, where: str, notes: li
     except ImgdexError as exc:
         raise SourceError(where, f"image {image_id}: {exc}") from None
     digest = doc.get("digest", "")
-    if not isinstance(digest, str) or (digest and not DIGEST_RE.fullmatch(digest)):
+    if not isinstance(digest, str) or (digest and not is_valid_digest(digest)):
         raise SourceError(where, f"image {image_id} has an invalid digest {digest!r}")
     config = _blob(doc["config"], where, "config", notes) if doc.get("config") is not None else None
     raw_layers = doc.get("layers", [])
     if not isinstance(raw_layers, list):
         raise SourceError(where, f"image {image_id}: layers is not a list")
     layers = tuple(_blob(layer, where, f"layers[{i}]", notes) for i, layer in enumerate(raw_layers))
-    tags = doc.get("tags", [])
-    if not isinstance(tags, list) or not all(isinstance(t, str) and TAG_RE.fullmatch(t) for t in tags):
-        raise SourceError(where, f"image {image_id} has invalid tags")
+    check_sizes(layers, config, where, f"image {image_id}")
+    raw_tags = doc.get("tags", [])
+    if not isinstance(raw_tags, list):
+        raise SourceError(where, f"image {image_id}: tags is not a list")
+    tags = []
+    for tag in raw_tags:
+        if is_valid_tag(tag):
+            tags.append(tag)
+        else:
+            notes.append(f"{where}: image {image_id}: ignoring tag {tag!r}: not a valid tag")
     created_text = doc.get("createdAt")
     created = None
     if created_text is not None:
@@ -119,7 +115,7 @@ def image_record(raw: object, registry: str, ctx: Context, where: str, notes: li
         if created is None:
             raise SourceError(where, f"image {image_id}: createdAt {created_text!r} is not an RFC 3339 time")
     declared = _int64(doc["compressedSize"], where, "compressedSize") if "compressedSize" in doc else 0
-    return ImportedRecord(
+    return ImageRecord(
         id=image_id,
         registry=ref.registry,
         name=ref.name,

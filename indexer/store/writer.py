@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import os
 import shutil
@@ -19,7 +20,7 @@ import pyarrow as pa
 
 from .. import timestamps
 from ..errors import StoreError, StoreLocked
-from ..model import ImageRecord, merge_records
+from ..model import IMPORTED, Blob, HistoryEntry, ImageRecord, Platform, merge_records
 from ..references import blob_id
 from . import layout, schema
 from .views import create_views
@@ -151,6 +152,96 @@ def _tags_to_arrow(records: list[ImageRecord]) -> pa.Table:
     )
 
 
+def _blob_from_row(digest: str, size: int, media_type: str, urls, stored_id: str) -> Blob:
+    # The formula id is stored spelled out; in a record it is the empty default.
+    return Blob(digest, size, media_type or "", tuple(urls or ()), "" if stored_id == blob_id(digest) else stored_id)
+
+
+def record_from_row(row: dict) -> ImageRecord:
+    """A stored `images` row back as the record that wrote it, for field-by-field merges."""
+    config = None
+    if row["config_digest"] is not None:
+        config = _blob_from_row(
+            row["config_digest"], row["config_size"], row["config_media_type"], row["config_urls"], row["config_id"]
+        )
+    layers = tuple(
+        _blob_from_row(b["digest"], b["size"], b["media_type"], b["urls"], b["id"]) for b in row["layers"] or ()
+    )
+    history = tuple(
+        HistoryEntry(h["created"], h["created_by"], h["comment"], h["empty_layer"]) for h in row["history"] or ()
+    )
+    platform = None
+    if any(row[f"platform_{part}"] is not None for part in ("os", "architecture", "variant")):
+        platform = Platform(row["platform_os"] or "", row["platform_architecture"] or "", row["platform_variant"] or "")
+    return ImageRecord(
+        id=row["id"],
+        registry=row["registry"],
+        name=row["name"],
+        digest=row["digest"],
+        media_type=row["media_type"],
+        kind=row["kind"],
+        config=config,
+        layers=layers,
+        layers_compressed=row["layers_compressed"],
+        tags=tuple(row["tags"] or ()),
+        created=row["created"],
+        platform=platform,
+        parent_digest=row["parent_digest"],
+        source_kind=row["source_kind"],
+        source_path=row["source_path"],
+        exactness=row["exactness"],
+        labels=tuple((k, v) for k, v in row["labels"] or ()),
+        env=tuple(row["env"] or ()),
+        entrypoint=tuple(row["entrypoint"] or ()),
+        cmd=tuple(row["cmd"] or ()),
+        history=history,
+        manifest_raw=row["manifest_raw"],
+        config_raw=row["config_raw"],
+        id_origin=row["id_origin"],
+        # Only imported records keep a compressed size of their own (see ImageRecord).
+        declared_compressed_size=row["compressed_size"] if row["exactness"] >= IMPORTED else None,
+    )
+
+
+# Columns that hold what a source knows of an image. Tags, the source and indexed_at (and
+# created_at, derived from created) never make two rows differ for a merge.
+_DATA_COLUMNS = [
+    f.name for f in schema.IMAGES
+    if f.name not in ("id", "tags", "source_kind", "source_path", "indexed_at", "created_at", "id_origin")
+]
+# created_at is left out: it derives from created, and nanosecond timestamps do not convert to Python.
+_ROW_COLUMNS = [f.name for f in schema.IMAGES if f.name not in ("created_at", "indexed_at")]
+_DIFFERING = (
+    f"SELECT {', '.join(f'e.{c}' for c in _ROW_COLUMNS)} FROM images e JOIN incoming_arrow i ON e.id = i.id"
+    " WHERE e.exactness = i.exactness"
+    f" AND ({', '.join(f'e.{c}' for c in _DATA_COLUMNS)})"
+    f" IS DISTINCT FROM ({', '.join(f'i.{c}' for c in _DATA_COLUMNS)})"
+)
+
+# Failures that mean the store's files cannot be written, whatever the data: DuckDB reports
+# them inside its own exception types (a failed WAL write is a TransactionException), so they
+# are known by their operating-system message as well as by their errno.
+_STORE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
+_STORE_CAUSES = {os.strerror(code): os.strerror(code).lower() for code in _STORE_ERRNOS}
+
+
+def store_failure(exc: BaseException) -> str | None:
+    """The cause, in a few words, when `exc` is a failure of the store's files; else None."""
+    if isinstance(exc, OSError):
+        # Any OSError on the store's own files is the store's: a full disk, a read-only
+        # mount, a folder that lost its permissions.
+        return exc.strerror.lower() if exc.strerror else (str(exc) or type(exc).__name__)
+    if isinstance(exc, duckdb.Error):
+        text = str(exc)
+        for message, cause in _STORE_CAUSES.items():
+            if message.lower() in text.lower():
+                return cause
+        if isinstance(exc, (duckdb.IOException, duckdb.FatalException, duckdb.InternalException)):
+            lines = text.strip().splitlines()
+            return lines[0] if lines else type(exc).__name__
+    return None
+
+
 # Rows lose to an existing row of the same id that is more exact; tag claims always apply,
 # since a tag names one manifest per repository and the newest claim is the truth.
 # A resource with a known manifest digest is one resource whatever its id: an imported (real)
@@ -187,11 +278,22 @@ class StoreWriter:
 
     def __init__(self, store: str):
         self.store = store
+        self.con = None
+        # What this writer creates, so that a run that lands nothing can leave no store behind:
+        # the topmost folder that did not exist, else the database and lock files.
+        self._created_dir = _first_missing(store)
+        self._created_files = [
+            name for name in (layout.DATABASE, layout.DATABASE + ".wal", layout.LOCK)
+            if self._created_dir is None and not os.path.lexists(os.path.join(store, name))
+        ]
+        self._created_database = self._created_dir is not None or layout.DATABASE in self._created_files
+        self._touched = False
         try:
             os.makedirs(store, exist_ok=True)
             self._lock_file = open(os.path.join(store, layout.LOCK), "a+")
         except OSError as exc:
-            raise StoreError(f"cannot open store {store}: {exc.strerror or exc}") from None
+            self._remove_created()
+            raise StoreError(f"cannot open store {store}: {store_failure(exc)}") from None
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -199,42 +301,96 @@ class StoreWriter:
             holder = self._lock_file.read().strip() or "unknown"
             self._lock_file.close()
             raise StoreLocked(f"store {store} is being written by another index run (pid {holder}); try again when it ends") from None
-        self._lock_file.seek(0)
-        self._lock_file.truncate()
-        self._lock_file.write(str(os.getpid()))
-        self._lock_file.flush()
+        if self._created_database and os.path.exists(os.path.join(store, layout.DATABASE)):
+            # Another run created the store between the look above and the lock: it is not ours.
+            self._created_dir, self._created_files, self._created_database = None, [], False
         try:
+            self._lock_file.seek(0)
+            self._lock_file.truncate()
+            self._lock_file.write(str(os.getpid()))
+            self._lock_file.flush()
             self.con = duckdb.connect(os.path.join(store, layout.DATABASE))
             for table in schema.TABLES:
                 self.con.execute(schema.create_table_sql(table))
             create_views(self.con)
-        except duckdb.Error as exc:
-            self.close()
-            raise StoreError(f"cannot open store {store}: {exc}") from None
+        except (OSError, duckdb.Error) as exc:
+            cause = store_failure(exc) or str(exc)
+            self.close(quiet=True)
+            raise StoreError(f"cannot open store {store}: {cause}") from None
+
+    @property
+    def pristine(self) -> bool:
+        """True while the store is this writer's own creation and nothing is committed to it:
+        closing the writer then removes the store again."""
+        return self._created_database and not self._touched
+
+    def _failed(self, exc: BaseException) -> None:
+        """Raise StoreError when `exc` is a failure of the store's files; return otherwise."""
+        cause = store_failure(exc)
+        if cause is not None:
+            raise StoreError(f"store {self.store}: {cause}") from None
+
+    def _remove_created(self) -> None:
+        if self._created_dir is not None:
+            shutil.rmtree(self._created_dir, ignore_errors=True)
+            return
+        for name in self._created_files:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(self.store, name))
 
     def write(self, records: list[ImageRecord], indexed_at: datetime) -> None:
+        """One transaction. StoreError when the store's files cannot be written; any other
+        exception means something in `records` cannot be stored, and nothing was written."""
         if not records:
             return
         records = _one_per_id(records)
         incoming_arrow = records_to_arrow(records, indexed_at)
         claims_arrow = _tags_to_arrow(records)
         con = self.con
-        con.register("incoming_arrow", incoming_arrow)
-        con.register("claims_arrow", claims_arrow)
         try:
+            con.register("incoming_arrow", incoming_arrow)
+            con.register("claims_arrow", claims_arrow)
             with self._transaction():
+                merged = self._merge_with_stored(records)
+                if merged is not None:
+                    con.unregister("incoming_arrow")
+                    con.register("incoming_arrow", records_to_arrow(merged, indexed_at))
                 for statement in _MERGE:
                     con.execute(statement)
                 self._recompute_tags("affected")
+        except Exception as exc:
+            self._failed(exc)
+            raise
         finally:
-            con.unregister("incoming_arrow")
-            con.unregister("claims_arrow")
+            for view in ("incoming_arrow", "claims_arrow"):
+                with contextlib.suppress(Exception):
+                    con.unregister(view)
+        self._touched = True
+
+    def _merge_with_stored(self, records: list[ImageRecord]) -> list[ImageRecord] | None:
+        """Records of ids already stored, equally exact and with other data, merged field by
+        field with the stored row exactly as within a run (merge_records), so the result does
+        not depend on the order of runs. None when no stored row differs."""
+        stored = self.con.sql(_DIFFERING).to_arrow_table().to_pylist()
+        if not stored:
+            return None
+        known = {row["id"]: record_from_row(row) for row in stored}
+        # Tags are left as the incoming records claim them: the tag tables pool them.
+        return [
+            dataclasses.replace(merge_records(known[r.id], r), tags=r.tags) if r.id in known else r
+            for r in records
+        ]
 
     def record_run(self, run: dict) -> None:
         table = pa.Table.from_pylist([run], schema=schema.RUNS)
-        self.con.register("run_arrow", table)
-        self.con.execute("INSERT INTO runs SELECT * FROM run_arrow")
-        self.con.unregister("run_arrow")
+        try:
+            self.con.register("run_arrow", table)
+            self.con.execute("INSERT INTO runs SELECT * FROM run_arrow")
+            self.con.unregister("run_arrow")
+        except Exception as exc:
+            self._failed(exc)
+            raise
+        self._touched = True
 
     # ---- for incremental registry crawls: what a repository's tags point at, and tag moves that
     # need no new record (the manifest is already indexed) or that remove a tag.
@@ -248,11 +404,8 @@ class StoreWriter:
         ).fetchall()
 
     def indexed_digests(self, registry: str, prefix: str = "") -> list[tuple[str, str]]:
-        """(name, manifest digest) of every exact image (exactness >= 3) of `registry` under the path `prefix`.
-
-        A re-crawl skips only these: a less exact record of the same manifest (from the engine) is
-        replaced by the registry's.
-        """
+        """(name, manifest digest) of every exact image (exactness >= 3) of `registry` under the path
+        `prefix`: a registry crawl skips only those, so a less exact record gets replaced."""
         return self.con.execute(
             """SELECT DISTINCT name, digest FROM images
                WHERE registry = ? AND digest <> '' AND exactness >= 3 AND (? = '' OR name = ? OR starts_with(name, ? || '/'))""",
@@ -271,8 +424,8 @@ class StoreWriter:
             names=["registry", "name", "tag", "digest"],
         )
         con = self.con
-        con.register("tag_claims_arrow", table)
         try:
+            con.register("tag_claims_arrow", table)
             with self._transaction():
                 # the most exact record of a (registry, name, digest) holds its tags
                 con.execute(
@@ -291,8 +444,13 @@ class StoreWriter:
                 con.execute("DELETE FROM tags WHERE (registry, name, tag) IN (SELECT (registry, name, tag) FROM tag_claims)")
                 con.execute("INSERT INTO tags SELECT registry, name, tag, image_id FROM tag_claims")
                 self._recompute_tags("tag_affected")
+        except Exception as exc:
+            self._failed(exc)
+            raise
         finally:
-            con.unregister("tag_claims_arrow")
+            with contextlib.suppress(Exception):
+                con.unregister("tag_claims_arrow")
+        self._touched = True
         return moved
 
     def retire_tags(self, registry: str, name: str, tags: list[str]) -> None:
@@ -300,18 +458,23 @@ class StoreWriter:
         if not tags:
             return
         con = self.con
-        with self._transaction():
-            con.execute(
-                """CREATE OR REPLACE TEMP TABLE tag_affected AS
-                   SELECT DISTINCT image_id AS id FROM tags
-                   WHERE registry = ? AND name = ? AND tag IN (SELECT unnest(?::VARCHAR[]))""",
-                [registry, name, list(tags)],
-            )
-            con.execute(
-                "DELETE FROM tags WHERE registry = ? AND name = ? AND tag IN (SELECT unnest(?::VARCHAR[]))",
-                [registry, name, list(tags)],
-            )
-            self._recompute_tags("tag_affected")
+        try:
+            with self._transaction():
+                con.execute(
+                    """CREATE OR REPLACE TEMP TABLE tag_affected AS
+                       SELECT DISTINCT image_id AS id FROM tags
+                       WHERE registry = ? AND name = ? AND tag IN (SELECT unnest(?::VARCHAR[]))""",
+                    [registry, name, list(tags)],
+                )
+                con.execute(
+                    "DELETE FROM tags WHERE registry = ? AND name = ? AND tag IN (SELECT unnest(?::VARCHAR[]))",
+                    [registry, name, list(tags)],
+                )
+                self._recompute_tags("tag_affected")
+        except Exception as exc:
+            self._failed(exc)
+            raise
+        self._touched = True
 
     @contextlib.contextmanager
     def _transaction(self):
@@ -319,7 +482,10 @@ class StoreWriter:
         try:
             yield
         except BaseException:
-            self.con.execute("ROLLBACK")
+            # A failed statement may have ended the transaction already (DuckDB does on a
+            # failed WAL write); the first error is the one to report.
+            with contextlib.suppress(duckdb.Error):
+                self.con.execute("ROLLBACK")
             raise
         self.con.execute("COMMIT")
 
@@ -331,59 +497,110 @@ class StoreWriter:
         )
 
     def snapshot(self) -> str:
-        """Write every table to a new Parquet folder and swap it in atomically."""
+        """Write every table to a new Parquet folder and swap it in atomically.
+
+        StoreError when the files cannot be written; readers keep the previous snapshot then."""
+        try:
+            snapshots, name, previous, target = self._write_snapshot()
+        except Exception as exc:
+            self._failed(exc)
+            raise
+        self._touched = True
+        self._prune(snapshots, keep={name, previous})
+        return target
+
+    def _write_snapshot(self) -> tuple[str, str, str, str]:
         snapshots = os.path.join(self.store, layout.SNAPSHOTS)
         os.makedirs(snapshots, exist_ok=True)
         name = f"{time.time_ns()}-{os.getpid()}"
         target = os.path.join(snapshots, name)
         os.makedirs(target)
         order = {"images": "id", "tags": "registry, name, tag", "runs": "started_at"}
-        for table in schema.TABLES:
-            path = layout.table_file(target, table).replace("'", "''")
-            # Sorted by id with small row groups, so a lookup by id reads one row group.
-            self.con.execute(
-                f"COPY (SELECT * FROM {table} ORDER BY {order[table]}) TO '{path}' "
-                "(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 8192)"
-            )
-        _fsync_tree(target)
         link = os.path.join(self.store, layout.SNAPSHOT_LINK)
-        previous = ""
-        if os.path.islink(link):
-            previous = os.path.basename(os.readlink(link))
-        elif os.path.isdir(link):
-            # A snapshot copied in as a plain folder: keep it as an older snapshot.
-            previous = f"copied-{name}"
-            os.replace(link, os.path.join(snapshots, previous))
         temporary = f"{link}.{os.getpid()}.tmp"
-        if os.path.lexists(temporary):
-            os.unlink(temporary)
-        os.symlink(os.path.join(layout.SNAPSHOTS, name), temporary)
-        os.replace(temporary, link)
+        try:
+            for table in schema.TABLES:
+                path = layout.table_file(target, table).replace("'", "''")
+                # Sorted by id with small row groups, so a lookup by id reads one row group.
+                self.con.execute(
+                    f"COPY (SELECT * FROM {table} ORDER BY {order[table]}) TO '{path}' "
+                    "(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 8192)"
+                )
+            _fsync_tree(target)
+            previous = ""
+            if os.path.islink(link):
+                previous = os.path.basename(os.readlink(link))
+            elif os.path.isdir(link):
+                # A snapshot copied in as a plain folder: keep it as an older snapshot.
+                previous = f"copied-{name}"
+                os.replace(link, os.path.join(snapshots, previous))
+            if os.path.lexists(temporary):
+                os.unlink(temporary)
+            os.symlink(os.path.join(layout.SNAPSHOTS, name), temporary)
+            os.replace(temporary, link)
+        except BaseException:
+            # Not swapped in: readers keep the previous snapshot, and on a full disk the
+            # half-written one must not hold on to the space.
+            with contextlib.suppress(OSError):
+                if os.path.lexists(temporary):
+                    os.unlink(temporary)
+            shutil.rmtree(target, ignore_errors=True)
+            raise
         _fsync_dir(self.store)
-        self._prune(snapshots, keep={name, previous})
-        return target
+        return snapshots, name, previous, target
 
     def _prune(self, snapshots: str, keep: set[str]) -> None:
         # The snapshot the link named before the swap stays, for readers that resolved it just
-        # before; anything else (older snapshots, folders of killed runs) goes.
+        # before; so does any snapshot a reader still pins (a later run prunes it). Anything
+        # else (older snapshots, folders of killed runs) goes.
         for entry in os.listdir(snapshots):
-            if entry not in keep:
-                shutil.rmtree(os.path.join(snapshots, entry), ignore_errors=True)
+            if entry in keep:
+                continue
+            path = os.path.join(snapshots, entry)
+            with layout.unpinned(path) as free:
+                if free:
+                    shutil.rmtree(path, ignore_errors=True)
 
-    def close(self) -> None:
+    def close(self, *, quiet: bool = False) -> None:
+        """Close the database and release the lock; a store this writer created and never
+        committed to is removed. `quiet`: an error is already on its way, keep it."""
+        failure = None
         con = getattr(self, "con", None)
         if con is not None:
-            con.close()
             self.con = None
-        if not self._lock_file.closed:
-            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
-            self._lock_file.close()
+            try:
+                con.close()  # checkpoints the write-ahead log into the database file
+            except (OSError, duckdb.Error) as exc:
+                failure = exc
+        if self.pristine:
+            self._remove_created()
+        lock_file = getattr(self, "_lock_file", None)
+        if lock_file is not None and not lock_file.closed:
+            with contextlib.suppress(OSError):
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
+            with contextlib.suppress(OSError):
+                lock_file.close()  # nothing left to flush: the pid was flushed when the lock was taken
+        if failure is not None and not quiet:
+            raise StoreError(f"store {self.store}: {store_failure(failure) or failure}") from None
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, exc, traceback):
+        self.close(quiet=exc_type is not None)
+
+
+def _first_missing(path: str) -> str | None:
+    """The topmost folder of `path` that does not exist yet (what makedirs would create)."""
+    path = os.path.abspath(path)
+    missing = None
+    while not os.path.lexists(path):
+        missing = path
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
 
 
 def _fsync_dir(path: str) -> None:
