@@ -191,7 +191,7 @@ def serve(store, grpc_text, http_text, token_file, insecure_no_auth, workers):
     try:
         service = Service(store, grpc_address, http_address, token, workers)
     except ImportError as exc:
-        click.echo(f"imgdex: serve needs grpcio and yandexcloud ({exc})", err=True)
+        click.echo(f"imgdex: serve needs the serve extra: pip install 'imgdex[serve]' ({exc})", err=True)
         sys.exit(1)
     except OSError as exc:
         click.echo(f"imgdex: {exc}", err=True)
