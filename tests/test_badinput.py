@@ -3,8 +3,9 @@
 For each entry, `imgdex index BAD GOOD --store TMP` must exit 1 with exactly one `imgdex: ` error
 line (notes, `imgdex: note: ...`, do not count) that names the file and states the reason, while
 the good image is still indexed and the store stays usable. The same holds for the whole corpus
-in one run. expected.json (written with the corpus by tests/badinput/make_corpus.py) holds the
-SOURCE argument and the error regex of every entry.
+in one run, within bounds of peak memory and time; entries marked `limits` (bombs, FIFOs,
+devices) are also bounded alone. expected.json (written with the corpus by
+tests/badinput/make_corpus.py) holds the SOURCE argument and the error regex of every entry.
 """
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 import tracemalloc
 from dataclasses import dataclass
 
@@ -21,6 +25,7 @@ import pytest
 from click.testing import CliRunner
 
 from indexer.sources.parse import MAX_JSON_BYTES
+from indexer.sources.tarball import printable
 from queries.cli import cli
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -43,8 +48,13 @@ builders = make_corpus.builders
 with open(os.path.join(BADINPUT, "expected.json")) as _f:
     EXPECTED = json.load(_f)
 ENTRIES = EXPECTED["entries"]
-ENTRY_IDS = [entry["name"] for entry in ENTRIES]
+ENTRY_IDS = [entry["name"].replace("\n", "\\n") for entry in ENTRIES]
 OVERSIZED = [entry for entry in ENTRIES if entry["name"].startswith("oversized-")]
+LIMITED = [entry for entry in ENTRIES if entry["limits"]]
+
+# Bounds for one `imgdex index` process on bad input: a small run peaks near 150 MB here.
+MAX_PEAK_RSS = 400 << 20
+MAX_SECONDS = 30
 
 # Settings the CLI reads from the environment; the runs here must not pick them up.
 IMGDEX_ENV = ("IMGDEX_STORE", "IMGDEX_PASSWORD")
@@ -75,6 +85,14 @@ def good(tmp_path) -> Good:
 
 
 def entry_path(entry: dict, tmp_path) -> str:
+    """The entry's path; a generated entry that cannot be built here skips the test."""
+    try:
+        return _entry_path(entry, tmp_path)
+    except make_corpus.Unavailable as exc:
+        pytest.skip(f"{entry['name']}: {exc}")
+
+
+def _entry_path(entry: dict, tmp_path) -> str:
     if entry["generated"]:
         directory = tmp_path / "generated"
         directory.mkdir(exist_ok=True)
@@ -87,7 +105,12 @@ def source_arg(entry: dict, path: str) -> str:
 
 
 def error_regex(entry: dict, path: str) -> str:
-    return entry["error"].replace("{path}", re.escape(path)).replace("{limit}", str(MAX_JSON_BYTES))
+    return (
+        entry["error"]
+        .replace("{path}", re.escape(path))
+        .replace("{where}", re.escape(printable(path)))
+        .replace("{limit}", str(MAX_JSON_BYTES))
+    )
 
 
 def _runner() -> CliRunner:
@@ -113,6 +136,85 @@ def invoke(*args: str) -> Outcome:
         text = "".join(traceback.format_exception(*result.exc_info)[-12:])  # the tail; a RecursionError's is long
         pytest.fail(f"imgdex {' '.join(args)} raised instead of reporting an error:\n{text}\nstderr:\n{result.stderr}")
     return Outcome(result.exit_code, result.stdout, result.stderr)
+
+
+@dataclass
+class Measured:
+    code: int
+    stdout: str
+    stderr: str
+    peak_rss: int  # bytes, of the imgdex process alone
+    seconds: float
+    stdin_broken: bool = False  # the process closed standard input before it was all written
+
+
+# Runs the command and reports its peak RSS. On Linux a child's maxrss starts from its parent's
+# RSS at fork, even across exec: forked from pytest (hundreds of MB), imgdex would report pytest's
+# size. This small process forks it instead, and waits for it with wait4.
+_MEASURE = """
+import json, os, subprocess, sys, threading
+report, timeout, command = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
+child = subprocess.Popen(command)
+killer = threading.Timer(timeout, child.kill)
+killer.start()
+_, status, usage = os.wait4(child.pid, 0)
+killer.cancel()
+child.returncode = os.waitstatus_to_exitcode(status)
+with open(report, "w") as f:
+    json.dump({"code": child.returncode, "maxrss": usage.ru_maxrss * 1024}, f)
+"""
+
+
+def run_measured(args: list[str], *, stdin_data: bytes | None = None, stdin=None, timeout: float = 300) -> Measured:
+    """`imgdex ARGS` in a child process, with its own peak RSS and wall time. `stdin_data` is
+    written through a pipe."""
+    env = {key: value for key, value in os.environ.items() if key not in IMGDEX_ENV}
+    with tempfile.TemporaryDirectory() as scratch:
+        report = os.path.join(scratch, "report.json")
+        command = [sys.executable, "-c", _MEASURE, report, str(timeout), sys.executable, "-m", "queries.cli", *args]
+        started = time.monotonic()
+        proc = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE if stdin_data is not None else (stdin if stdin is not None else subprocess.DEVNULL),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+            env=env,
+        )
+        broken = []
+        pipe = proc.stdin
+
+        def feed() -> None:
+            try:
+                pipe.write(stdin_data)
+                pipe.close()
+            except BrokenPipeError:
+                broken.append(True)
+
+        feeder = threading.Thread(target=feed) if stdin_data is not None else None
+        if feeder is not None:
+            feeder.start()
+            proc.stdin = None  # written by the feeder; communicate() must leave it alone
+        stdout, stderr = proc.communicate(timeout=timeout + 60)
+        seconds = time.monotonic() - started
+        if feeder is not None:
+            feeder.join()
+        with open(report) as f:
+            result = json.load(f)
+    return Measured(
+        result["code"],
+        stdout.decode("utf-8", "replace"),
+        stderr.decode("utf-8", "replace"),
+        result["maxrss"],
+        seconds,
+        bool(broken),
+    )
+
+
+def assert_within_limits(run: Measured, seconds: float = MAX_SECONDS) -> None:
+    assert run.code >= 0, f"killed by signal {-run.code} after {run.seconds:.1f} s\n{run.stderr}"
+    assert run.peak_rss < MAX_PEAK_RSS, f"peak RSS {run.peak_rss >> 20} MiB\n{run.stderr}"
+    assert run.seconds < seconds, f"took {run.seconds:.1f} s\n{run.stderr}"
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -249,34 +351,54 @@ def test_oversized_member_is_refused_unread(entry, tmp_path, good):
     assert peak < MAX_JSON_BYTES, f"peak traced memory {peak} bytes: the oversized member was read"
 
 
+@pytest.mark.parametrize("entry", LIMITED, ids=[entry["name"] for entry in LIMITED])
+def test_entry_alone_within_limits(entry, tmp_path, good):
+    """A bomb, a FIFO or a device, indexed by a process of its own: bounded memory and time, one error."""
+    path = entry_path(entry, tmp_path)
+
+    run = run_measured(["index", source_arg(entry, path), good.path, "--store", str(tmp_path / "store")])
+
+    assert_within_limits(run)
+    assert_no_traceback(run.stdout, run.stderr)
+    lines = error_lines(run.stderr)
+    assert run.code == 1 and len(lines) == 1, run.stderr
+    assert re.fullmatch(error_regex(entry, path), lines[0]), lines[0]
+    assert "indexed 1 images, 1 failed" in run.stdout, run.stdout
+
+
 # ---------------------------------------------------------------------------------------------
 # The whole corpus in one run
 
 
 def test_whole_corpus_in_one_run(tmp_path, good):
-    paths = {entry["name"]: entry_path(entry, tmp_path) for entry in ENTRIES}
-    sources = [source_arg(entry, paths[entry["name"]]) for entry in ENTRIES]
+    paths = {}
+    for entry in ENTRIES:
+        try:
+            paths[entry["name"]] = _entry_path(entry, tmp_path)
+        except make_corpus.Unavailable:
+            pass  # a device node without root; the other entries still run
+    entries = [entry for entry in ENTRIES if entry["name"] in paths]
+    sources = [source_arg(entry, paths[entry["name"]]) for entry in entries]
     half = len(sources) // 2
     store = str(tmp_path / "store")
-    command = [sys.executable, "-m", "queries.cli", "index", *sources[:half], good.path, *sources[half:], "--store", store]
 
-    env = {key: value for key, value in os.environ.items() if key not in IMGDEX_ENV}
-    proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    run = run_measured(["index", *sources[:half], good.path, *sources[half:], "--store", store], timeout=600)
 
-    assert_no_traceback(proc.stdout, proc.stderr)
-    assert proc.returncode == 1, proc.stderr
-    assert_one_line_messages(proc.stderr)
-    lines = error_lines(proc.stderr)
-    assert len(lines) == len(ENTRIES), "\n".join(lines)
+    assert_within_limits(run, seconds=120)
+    assert_no_traceback(run.stdout, run.stderr)
+    assert run.code == 1, run.stderr
+    assert_one_line_messages(run.stderr)
+    lines = error_lines(run.stderr)
+    assert len(lines) == len(entries), "\n".join(lines)
     unmatched = list(lines)
-    for entry in ENTRIES:
+    for entry in entries:
         regex = error_regex(entry, paths[entry["name"]])
         hits = [line for line in lines if re.fullmatch(regex, line)]
         assert len(hits) == 1, f"{entry['name']}: {len(hits)} error lines match {entry['error']!r}"
         if hits[0] in unmatched:
             unmatched.remove(hits[0])
     assert not unmatched, f"error lines of no entry: {unmatched}"
-    assert f"{len(ENTRIES)} failed" in proc.stdout, proc.stdout
+    assert f"{len(entries)} failed" in run.stdout, run.stdout
 
-    assert_good_landed(store, good, only_good=not any(entry["partial"] for entry in ENTRIES), failed=len(ENTRIES))
+    assert_good_landed(store, good, only_good=not any(entry["partial"] for entry in entries), failed=len(entries))
     assert_store_writable(store, good)

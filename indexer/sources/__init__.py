@@ -5,18 +5,34 @@ SourceError when the whole source cannot be read.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
+import stat
 from dataclasses import dataclass
 from typing import Iterator, Protocol
 
 from ..errors import SourceError
 from ..model import ImageRecord
 from .docker_archive import read_docker_archive
-from .layout import read_layout_dir, read_layout_tar
+from .layout import is_layout_dir, read_layout_dir, read_layout_tar
 from .parse import Context
-from .tarball import TarMembers
+from .tarball import STDIN_NAMES, NotAnArchive, TarMembers, not_regular, printable
 
 KINDS = ("docker-archive", "oci-archive", "oci", "docker-daemon", "docker", "ycr-json")
+TRANSPORTS = ("docker-archive:", "oci-archive:", "oci:", "docker-daemon:", "docker://", "ycr-json:")
+# What a mistyped transport looks like; two characters at least, so `C:` stays a path.
+_TRANSPORT_LIKE = re.compile(r"[A-Za-z][A-Za-z0-9._+-]+")
+
+
+def _stored_path(path: str) -> str:
+    """The path as records keep it: bytes that are not UTF-8 cannot be stored as text, so a
+    name holding them is kept escaped (the file is still opened by its real name)."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return printable(path)
 
 
 class Source(Protocol):
@@ -32,6 +48,7 @@ class DockerArchive:
     kind: str = "docker-archive"
 
     def records(self, ctx):
+        ctx.source_path = _stored_path(ctx.source_path)
         return read_docker_archive(TarMembers.open(self.location, hash_members=ctx.verify), ctx)
 
 
@@ -42,6 +59,7 @@ class OciArchive:
     kind: str = "oci-archive"
 
     def records(self, ctx):
+        ctx.source_path = _stored_path(ctx.source_path)
         return read_layout_tar(TarMembers.open(self.location, hash_members=ctx.verify), ctx, self.ref)
 
 
@@ -52,25 +70,105 @@ class OciLayout:
     kind: str = "oci"
 
     def records(self, ctx):
+        ctx.source_path = _stored_path(ctx.source_path)
         return read_layout_dir(self.location, ctx, self.ref)
+
+
+def _read_detected(members: TarMembers, ctx: Context) -> tuple[str, Iterator[ImageRecord | SourceError]]:
+    """(kind, records) of a tar: docker-archive when it has manifest.json, else oci-archive."""
+    if members.size("manifest.json") is not None:
+        return "docker-archive", read_docker_archive(members, ctx)
+    if members.size("index.json") is not None:
+        return "oci-archive", read_layout_tar(members, ctx)
+    raise NotAnArchive(members.where, "not an image archive (no manifest.json or index.json)")
 
 
 @dataclass
 class DetectedArchive:
-    """A bare file path: docker-archive when it has manifest.json, else oci-archive."""
+    """A bare file path (or `-`, standard input): docker-archive when it has manifest.json, else oci-archive."""
 
     location: str
     kind: str = "archive"
 
     def records(self, ctx):
-        members = TarMembers.open(self.location, hash_members=ctx.verify)
-        if members.size("manifest.json") is not None:
-            ctx.source_kind = self.kind = "docker-archive"
-            return read_docker_archive(members, ctx)
-        if members.size("index.json") is not None:
-            ctx.source_kind = self.kind = "oci-archive"
-            return read_layout_tar(members, ctx)
-        raise SourceError(self.location, "not an image archive (no manifest.json or index.json)")
+        ctx.source_path = _stored_path(ctx.source_path)
+        kind, records = _read_detected(TarMembers.open(self.location, hash_members=ctx.verify), ctx)
+        ctx.source_kind = self.kind = kind
+        return records
+
+
+@dataclass
+class ArchiveFolder:
+    """A bare directory that is not an OCI layout: every archive and layout below it, in path order.
+
+    Files that are no image archive are skipped with a note; each broken archive is one error
+    and the others still land.
+    """
+
+    location: str
+    kind: str = "directory"
+
+    def records(self, ctx):
+        ctx.source_path = _stored_path(ctx.source_path)
+        return _read_folder(self.location, ctx)
+
+
+def _folder_contents(root: str, ctx: Context) -> list[tuple[str, bool]]:
+    """(path, is a layout directory) of everything to try below `root`, sorted by path components."""
+    found: list[tuple[tuple[str, ...], str, bool]] = []
+    errors: list[OSError] = []
+    for folder, dirs, files in os.walk(root, onerror=errors.append):
+        descend = []
+        for name in dirs:
+            path = os.path.join(folder, name)
+            if os.path.islink(path):
+                ctx.note(f"{printable(path)}: symlinked directory not followed; skipped")
+            elif is_layout_dir(path):
+                found.append((tuple(os.path.relpath(path, root).split(os.sep)), path, True))
+            else:
+                descend.append(name)
+        dirs[:] = descend
+        for name in files:
+            path = os.path.join(folder, name)
+            try:
+                mode = os.stat(path).st_mode
+            except OSError as exc:
+                ctx.note(f"{printable(path)}: {exc.strerror or exc}; skipped")
+                continue
+            if not stat.S_ISREG(mode):  # never opened: a FIFO would block, a device never end
+                ctx.note(f"{printable(path)}: {not_regular('', mode)}; skipped")
+                continue
+            found.append((tuple(os.path.relpath(path, root).split(os.sep)), path, False))
+    for exc in errors:
+        if exc.filename == root:
+            raise SourceError(printable(root), exc.strerror or str(exc))
+        ctx.note(f"{printable(exc.filename or root)}: {exc.strerror or exc}; skipped")
+    return [(path, layout) for _, path, layout in sorted(found)]
+
+
+def _read_folder(root: str, ctx: Context) -> Iterator[ImageRecord | SourceError]:
+    archives = 0
+    for path, layout in _folder_contents(root, ctx):
+        # Records take their source from the context: one per archive.
+        sub = dataclasses.replace(ctx, source_kind="oci", source_path=_stored_path(path))
+        try:
+            if layout:
+                archives += 1
+                yield from read_layout_dir(path, sub)
+                continue
+            kind, records = _read_detected(TarMembers.open(path, hash_members=ctx.verify), sub)
+            archives += 1
+            sub.source_kind = kind
+            yield from records
+        except NotAnArchive as exc:
+            ctx.note(f"{exc}; skipped")
+        except SourceError as exc:
+            archives += 1
+            yield exc
+    if not archives:
+        raise SourceError(
+            printable(root), "directory is not an image layout (no index.json) and holds no image archives"
+        )
 
 
 def _split_ref(rest: str) -> tuple[str, str]:
@@ -103,8 +201,14 @@ def parse_source(text: str, *, docker_host: str = "", all_images: bool = False, 
         from .ycr_json import YcrJson
 
         return YcrJson(text[len("ycr-json:"):])
-    if os.path.isdir(text):
-        return OciLayout(text)
-    if os.path.exists(text):
+    if text in STDIN_NAMES:
         return DetectedArchive(text)
-    raise SourceError(text, "no such file or directory")
+    if os.path.isdir(text):
+        return OciLayout(text) if is_layout_dir(text) else ArchiveFolder(text)
+    if os.path.lexists(text):
+        return DetectedArchive(text)
+    prefix, colon, _ = text.partition(":")
+    if colon and _TRANSPORT_LIKE.fullmatch(prefix):
+        valid = ", ".join(TRANSPORTS)
+        raise SourceError(printable(text), f'unknown source type "{printable(prefix)}:"; valid: {valid}')
+    raise SourceError(printable(text), "no such file or directory")

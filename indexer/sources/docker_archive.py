@@ -3,6 +3,10 @@
 Classic archives carry no manifest, so their records have no digest and uncompressed layer
 sizes. Docker 25+ archives carry real manifests in `blobs/`; those are walked as an OCI
 layout and `manifest.json` only adds the names it knows.
+
+The image ID is the sha256 of the config's bytes, whatever the member is called: docker load,
+skopeo and go-containerregistry accept a `<hex>.json` whose name is not its digest, and so
+does this reader, with a note.
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from typing import Iterator
 from ..errors import ImgdexError, SourceError
 from ..model import UNCOMPRESSED, Blob, ImageRecord
 from ..references import Reference, parse_reference
-from .layout import TarBlobs, top_descriptors, walk_layout
+from .layout import TarBlobs, tar_index, walk_layout
 from .parse import MAX_JSON_BYTES, Context, load_json, parse_descriptor, record_from_config, sha256_digest
 from .tarball import TarMembers
 
@@ -33,7 +37,7 @@ def _repo_tags(entry: dict, ctx: Context, where: str) -> list[Reference]:
 
 
 def _entries(members: TarMembers) -> list[dict]:
-    where = members.path
+    where = members.where
     if members.size("manifest.json") is None:
         raise SourceError(where, "missing manifest.json: not a docker save archive")
     entries = load_json(members.read("manifest.json", MAX_JSON_BYTES, "manifest.json"), where, "manifest.json")
@@ -42,21 +46,34 @@ def _entries(members: TarMembers) -> list[dict]:
     return entries
 
 
-def _config_digest(members: TarMembers, entry: dict, where: str) -> tuple[bytes, str]:
-    config_name = entry.get("Config")
-    if not isinstance(config_name, str) or not config_name:
-        raise SourceError(where, "manifest.json entry has no Config")
-    raw = members.read(config_name, MAX_JSON_BYTES, "config")
-    digest = sha256_digest(raw)
-    named = _HEX_NAME.search(config_name)
-    if named and f"sha256:{named.group(1)}" != digest:
-        raise SourceError(where, f"config {config_name!r} digest mismatch: its bytes hash to {digest}")
-    return raw, digest
+class _Configs:
+    """Config members with the digest of their bytes; a name that claims another digest is noted once."""
+
+    def __init__(self, members: TarMembers, ctx: Context):
+        self.members = members
+        self.ctx = ctx
+        self._noted: set[str] = set()
+
+    def read(self, entry: dict) -> tuple[bytes, str]:
+        where = self.members.where
+        config_name = entry.get("Config")
+        if not isinstance(config_name, str) or not config_name:
+            raise SourceError(where, "manifest.json entry has no Config")
+        raw = self.members.read(config_name, MAX_JSON_BYTES, "config")
+        digest = sha256_digest(raw)
+        named = _HEX_NAME.search(config_name)
+        if named and f"sha256:{named.group(1)}" != digest and config_name not in self._noted:
+            self._noted.add(config_name)
+            self.ctx.note(
+                f"{where}: config {config_name!r} is named sha256:{named.group(1)} but its bytes hash to {digest}; "
+                f"the image ID is {digest}"
+            )
+        return raw, digest
 
 
-def _classic_records(members: TarMembers, entry: dict, ctx: Context) -> list[ImageRecord]:
-    where = members.path
-    config_raw, config_digest = _config_digest(members, entry, where)
+def _classic_records(members: TarMembers, configs: _Configs, entry: dict, ctx: Context) -> list[ImageRecord]:
+    where = members.where
+    config_raw, config_digest = configs.read(entry)
     layer_paths = entry.get("Layers") or []
     if not isinstance(layer_paths, list) or not all(isinstance(p, str) for p in layer_paths):
         raise SourceError(where, "manifest.json: Layers is not a list of paths")
@@ -86,18 +103,18 @@ def _classic_records(members: TarMembers, entry: dict, ctx: Context) -> list[Ima
 
 
 def read_docker_archive(members: TarMembers, ctx: Context) -> Iterator[ImageRecord | SourceError]:
-    where = members.path
+    where = members.where
     entries = _entries(members)
     blobs = TarBlobs(members)
+    configs = _Configs(members, ctx)
     covered: set[str] = set()
-    has_layout = members.size("index.json") is not None and bool(
-        top_descriptors(members.read("index.json", MAX_JSON_BYTES, "index.json"), where)
-    )
+    index = tar_index(members) if members.size("index.json") is not None else None
+    has_layout = index is not None and index.count() > 0
     if has_layout:
         tags_by_config: dict[str, list[Reference]] = {}
         for entry in entries:
             try:
-                _, digest = _config_digest(members, entry, where)
+                _, digest = configs.read(entry)
             except SourceError as exc:
                 yield exc
                 continue
@@ -112,15 +129,14 @@ def read_docker_archive(members: TarMembers, ctx: Context) -> Iterator[ImageReco
             digest = config.get("digest") if isinstance(config, dict) else None
             return tags_by_config.get(digest, []) if isinstance(digest, str) else []
 
-        index_raw = members.read("index.json", MAX_JSON_BYTES, "index.json")
-        for item in walk_layout(blobs, index_raw, ctx, where, extra_names=extra_names):
+        for item in walk_layout(blobs, index, ctx, where, extra_names=extra_names):
             if isinstance(item, ImageRecord) and item.config is not None:
                 covered.add(item.config.digest)
             yield item
     for entry in entries:
         try:
-            if has_layout and _config_digest(members, entry, where)[1] in covered:
+            if has_layout and configs.read(entry)[1] in covered:
                 continue
-            yield from _classic_records(members, entry, ctx)
+            yield from _classic_records(members, configs, entry, ctx)
         except SourceError as exc:
             yield exc

@@ -1,17 +1,28 @@
-"""OCI image layouts: a directory (`oci:DIR[:REF]`) or the same as a tar (`oci-archive:PATH`)."""
+"""OCI image layouts: a directory (`oci:DIR[:REF]`) or the same as a tar (`oci-archive:PATH`).
+
+Only regular files are read from a layout directory, each up to its size limit. The top-level
+index.json may be far larger than a manifest (it lists every image of the layout): up to
+MAX_JSON_BYTES it is parsed at once, above that descriptor by descriptor, so memory follows
+one descriptor rather than the whole list.
+"""
 from __future__ import annotations
 
+import codecs
 import hashlib
+import json
 import os
+import re
 import stat
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 from ..errors import ImgdexError, SourceError
 from ..model import ImageRecord
 from ..references import Reference, is_bare_tag, parse_reference
 from . import mediatypes as mt
 from .parse import MAX_JSON_BYTES, Context, load_object, parse_descriptor, walk
-from .tarball import TarMembers
+from .tarball import MAX_INDEX_BYTES, TarMembers, not_regular, open_regular, printable
+
+_PIECE = 1 << 20
 
 
 def _blob_path(digest: str) -> str:
@@ -45,42 +56,51 @@ class DirBlobs:
     def check_inside(self, path: str, what: str = "blob") -> None:
         real = os.path.realpath(path)
         if real != self._real_root and not real.startswith(self._real_root + os.sep):
-            raise SourceError(path, f"{what} is a symlink that points outside the layout")
+            raise SourceError(printable(path), f"{what} is a symlink that points outside the layout")
 
     def blob_size(self, digest: str) -> int | None:
         if digest not in self._sizes:
             path = self._checked_path(digest)
             try:
-                self._sizes[digest] = os.stat(path).st_size
+                info = os.stat(path)
             except OSError:
                 self._sizes[digest] = None
+            else:
+                if not stat.S_ISREG(info.st_mode):
+                    raise SourceError(printable(path), not_regular("blob", info.st_mode))
+                self._sizes[digest] = info.st_size
         return self._sizes[digest]
 
     def read_blob(self, digest: str, limit: int) -> bytes:
         path = self._checked_path(digest)
         try:
-            with open(path, "rb") as f:
+            with open_regular(path, "blob") as f:
                 size = os.fstat(f.fileno()).st_size
                 if size > limit:
-                    raise SourceError(path, f"blob is {size} bytes, over the {limit}-byte limit")
-                return f.read()
+                    raise SourceError(printable(path), f"blob is {size} bytes, over the {limit}-byte limit")
+                # Never more than the size checked (read(n) allocates n bytes up front), plus one
+                # byte to see whether the file grew since.
+                data = f.read(size)
+                grew = bool(f.read(1))
         except FileNotFoundError:
-            raise SourceError(path, "blob is missing") from None
+            raise SourceError(printable(path), "blob is missing") from None
         except OSError as exc:
-            raise SourceError(path, exc.strerror or str(exc)) from None
-
+            raise SourceError(printable(path), exc.strerror or str(exc)) from None
+        if grew or len(data) != size:
+            raise SourceError(printable(path), "blob changed size while it was read")
+        return data
 
     def blob_sha256(self, digest: str) -> str | None:
         path = self._checked_path(digest)
         hasher = hashlib.sha256()
         try:
-            with open(path, "rb") as f:
-                while chunk := f.read(1 << 20):
+            with open_regular(path, "blob") as f:
+                while chunk := f.read(_PIECE):
                     hasher.update(chunk)
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise SourceError(path, exc.strerror or str(exc)) from None
+            raise SourceError(printable(path), exc.strerror or str(exc)) from None
         return hasher.hexdigest()
 
 
@@ -127,6 +147,10 @@ def _matches(annotations: dict, wanted: str) -> bool:
     return False
 
 
+def _annotations(raw: object) -> dict:
+    return raw["annotations"] if isinstance(raw, dict) and isinstance(raw.get("annotations"), dict) else {}
+
+
 def top_descriptors(index_raw: bytes, where: str) -> list[tuple[object, dict]]:
     """(raw descriptor, annotations) of index.json; `"manifests": null` counts as empty."""
     doc = load_object(index_raw, where, "index.json")
@@ -137,16 +161,216 @@ def top_descriptors(index_raw: bytes, where: str) -> list[tuple[object, dict]]:
         return []
     if not isinstance(manifests, list):
         raise SourceError(where, "index.json: manifests is not a list")
-    out = []
-    for raw in manifests:
-        annotations = raw.get("annotations") if isinstance(raw, dict) and isinstance(raw.get("annotations"), dict) else {}
-        out.append((raw, annotations))
-    return out
+    return [(raw, _annotations(raw)) for raw in manifests]
+
+
+class IndexJson:
+    """A layout's top-level index.json, read from `chunks()` (a fresh iterator of byte pieces per call).
+
+    Up to MAX_JSON_BYTES it is parsed at once, as every other document. Above that it is parsed one
+    value at a time, twice: a first pass checks the whole document (syntax, schemaVersion, the type
+    of `manifests`) before any image is handed out, as for a small index; the second hands out
+    the descriptors. Memory follows the largest descriptor, not the number of images.
+    """
+
+    def __init__(self, where: str, size: int, chunks: Callable[[], Iterable[bytes]]):
+        self.where = where
+        self.size = size
+        self._chunks = chunks
+        self._small: list[tuple[object, dict]] | None = None
+        self._checked: tuple[int, int] | None = None  # (which `manifests` key counts, its length)
+
+    def count(self) -> int:
+        if self.size <= MAX_JSON_BYTES:
+            return len(self._parsed())
+        return self._check()[1]
+
+    def descriptors(self) -> Iterator[tuple[object, dict]]:
+        if self.size <= MAX_JSON_BYTES:
+            yield from self._parsed()
+            return
+        wanted, _ = self._check()
+        for ordinal, raw in _index_elements(self._chunks(), self.where, {}):
+            if ordinal == wanted:
+                yield raw, _annotations(raw)
+
+    def _parsed(self) -> list[tuple[object, dict]]:
+        if self._small is None:
+            self._small = top_descriptors(b"".join(self._chunks()), self.where)
+        return self._small
+
+    def _check(self) -> tuple[int, int]:
+        if self._checked is None:
+            summary: dict = {}
+            for _ in _index_elements(self._chunks(), self.where, summary):
+                pass
+            schema = summary["schema"]
+            if schema not in (2, None):
+                raise SourceError(self.where, f"index.json has unsupported schemaVersion {schema!r}")
+            last = summary["last"]  # json.loads keeps the last of repeated keys
+            kind = summary["kinds"].get(last, "null")
+            if kind == "other":
+                raise SourceError(self.where, "index.json: manifests is not a list")
+            self._checked = (last, summary["counts"][last]) if kind == "list" else (0, 0)
+        return self._checked
+
+
+_NOT_BLANK = re.compile(r"[^ \t\n\r]")
+_MAYBE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]|[\ud800-\udfff]")
+_DECODER = json.JSONDecoder()
+# A value that ends this close to the end of the decoded window may go on in the next piece
+# (`12` of `123`), and an error this close to it may be the piece boundary: read more first.
+_MARGIN = 64
+_STARTS_A_VALUE = frozenset('[{"-0123456789tfnNI')
+
+
+class _JsonText:
+    """JSON text decoded from byte pieces, read one value at a time through a sliding window."""
+
+    def __init__(self, pieces: Iterable[bytes], where: str, what: str):
+        self._pieces = iter(pieces)
+        self._utf8 = codecs.getincrementaldecoder("utf-8")("surrogatepass")  # as json.loads decodes bytes
+        self.where = where
+        self.what = what
+        self.text = ""
+        self.pos = 0
+        self._dropped = 0  # characters before `text`, for error positions
+        self._started = False
+        self._surrogates = False  # whether any text read so far may hold a lone surrogate
+        self.eof = False
+
+    def fail(self, reason: str, pos: int | None = None):
+        at = self._dropped + (self.pos if pos is None else pos)
+        raise SourceError(self.where, f"{self.what} is not valid JSON ({reason}: char {at})")
+
+    def _more(self, at_least: int = 1) -> None:
+        self._dropped += self.pos
+        parts, size = [self.text[self.pos :]], len(self.text) - self.pos
+        self.pos = 0
+        goal = size + at_least
+        while size < goal and not self.eof:
+            piece = next(self._pieces, None)
+            try:
+                decoded = self._utf8.decode(b"" if piece is None else piece, final=piece is None)
+            except UnicodeDecodeError as exc:
+                raise SourceError(self.where, f"{self.what} is not valid JSON ({exc})") from None
+            if not self._started and decoded:
+                self._started = True
+                if decoded.startswith("\ufeff"):  # json.loads accepts a UTF-8 byte order mark
+                    decoded = decoded[1:]
+            parts.append(decoded)
+            size += len(decoded)
+            self.eof = piece is None
+        tail = len(parts[0])
+        self.text = "".join(parts)
+        # Once per window, not per value; 5 characters back for an escape split between pieces.
+        if not self._surrogates and _MAYBE_SURROGATE.search(self.text, max(tail - 5, 0)):
+            self._surrogates = True
+
+    def peek(self) -> str:
+        """The next character that is not blank; '' at the end of the text."""
+        if self.pos < len(self.text) and self.text[self.pos] not in " \t\n\r":
+            return self.text[self.pos]  # compact JSON: no blanks to skip
+        while True:
+            match = _NOT_BLANK.search(self.text, self.pos)
+            if match:
+                self.pos = match.start()
+                return self.text[self.pos]
+            self.pos = len(self.text)
+            if self.eof:
+                return ""
+            self._more()
+
+    def take(self, char: str, expecting: str) -> None:
+        if self.peek() != char:
+            self.fail(f"Expecting {expecting}")
+        self.pos += 1
+
+    def value(self) -> object:
+        self.peek()
+        while True:
+            try:
+                value, end = _DECODER.raw_decode(self.text, self.pos)
+            except json.JSONDecodeError as exc:
+                if not self.eof and (exc.pos >= len(self.text) - _MARGIN or exc.msg.startswith("Unterminated")):
+                    self._more(max(len(self.text) - self.pos, _PIECE))  # at least double the window
+                    continue
+                self.fail(exc.msg, exc.pos)
+            except RecursionError:
+                raise SourceError(self.where, f"{self.what} is not valid JSON (nested too deeply)") from None
+            if not self.eof and end > len(self.text) - _MARGIN:
+                self._more(max(len(self.text) - self.pos, _PIECE))
+                continue
+            if self._surrogates and _MAYBE_SURROGATE.search(self.text, self.pos, end):
+                try:
+                    json.dumps(value, ensure_ascii=False).encode("utf-8")
+                except UnicodeEncodeError:
+                    reason = "a string holds a lone UTF-16 surrogate"
+                    raise SourceError(self.where, f"{self.what} is not valid JSON ({reason})") from None
+            self.pos = end
+            return value
+
+
+def _index_elements(pieces: Iterable[bytes], where: str, summary: dict) -> Iterator[tuple[int, object]]:
+    """(ordinal of its `manifests` key, element) for each element of each `manifests` array of a
+    top-level index.json. `summary` gets the last schemaVersion, the ordinal of the last
+    `manifests` key, and per key whether it held a list, null or other, and how many elements."""
+    text = _JsonText(pieces, where, "index.json")
+    summary.update(schema=None, last=0, kinds={}, counts={})
+    first = text.peek()
+    if first != "{":
+        if first in _STARTS_A_VALUE:
+            raise SourceError(where, "index.json is not a JSON object")
+        text.fail("Expecting value")
+    text.pos += 1
+    ordinal = 0
+    if text.peek() == "}":
+        text.pos += 1
+    else:
+        while True:
+            if text.peek() != '"':
+                text.fail("Expecting property name enclosed in double quotes")
+            key = text.value()
+            text.take(":", "':' delimiter")
+            if key == "manifests":
+                ordinal += 1
+                summary["last"] = ordinal
+                if text.peek() == "[":
+                    text.pos += 1
+                    summary["kinds"][ordinal] = "list"
+                    count = 0
+                    if text.peek() == "]":
+                        text.pos += 1
+                    else:
+                        while True:
+                            yield ordinal, text.value()
+                            count += 1
+                            after = text.peek()
+                            if after not in (",", "]"):
+                                text.fail("Expecting ',' delimiter")
+                            text.pos += 1
+                            if after == "]":
+                                break
+                    summary["counts"][ordinal] = count
+                else:
+                    summary["kinds"][ordinal] = "null" if text.value() is None else "other"
+            else:
+                value = text.value()
+                if key == "schemaVersion":
+                    summary["schema"] = value
+            after = text.peek()
+            if after not in (",", "}"):
+                text.fail("Expecting ',' delimiter")
+            text.pos += 1
+            if after == "}":
+                break
+    if text.peek() != "":
+        text.fail("Extra data")
 
 
 def walk_layout(
     blobs,
-    index_raw: bytes,
+    index: IndexJson | bytes,
     ctx: Context,
     where: str,
     ref: str = "",
@@ -154,7 +378,8 @@ def walk_layout(
 ) -> Iterator[ImageRecord | SourceError]:
     """Every image of a layout's index.json. `extra_names(descriptor)` adds names a caller knows."""
     found = False
-    for position, (raw, notes) in enumerate(top_descriptors(index_raw, where)):
+    descriptors = index.descriptors() if isinstance(index, IndexJson) else top_descriptors(index, where)
+    for position, (raw, notes) in enumerate(descriptors):
         if ref and not _matches(notes, ref):
             continue
         found = True
@@ -171,27 +396,67 @@ def walk_layout(
         yield SourceError(where, f"no image named {ref!r} in index.json")
 
 
+def is_layout_dir(path: str) -> bool:
+    """A directory that says it is an OCI layout: it holds an index.json or oci-layout file.
+
+    A folder of exports may hold a layout called `oci-layout`, a directory: that says nothing.
+    """
+    for name in ("index.json", "oci-layout"):
+        marker = os.path.join(path, name)
+        if os.path.lexists(marker) and not os.path.isdir(marker):
+            return True
+    return False
+
+
+def _file_chunks(f, where: str, limit: int) -> Iterator[bytes]:
+    f.seek(0)
+    total = 0
+    while chunk := f.read(_PIECE):
+        total += len(chunk)
+        if total > limit:
+            raise SourceError(where, f"index.json grew over the {limit}-byte limit while it was read")
+        yield chunk
+
+
 def read_layout_dir(path: str, ctx: Context, ref: str = "") -> Iterator[ImageRecord | SourceError]:
-    index_path = os.path.join(path, "index.json")
+    where = printable(path)
     if not os.path.isdir(path):
-        raise SourceError(path, "not a directory")
-    if not os.path.isfile(index_path):
-        raise SourceError(path, "directory is not an image layout (no index.json)")
+        raise SourceError(where, "not a directory")
+    marker = os.path.join(path, "oci-layout")
+    try:
+        mode = os.stat(marker).st_mode
+    except OSError:
+        pass  # not read; some tools write layouts without it
+    else:
+        if not stat.S_ISREG(mode):
+            raise SourceError(printable(marker), not_regular("oci-layout", mode))
+    index_path = os.path.join(path, "index.json")
+    index_where = printable(index_path)
+    if not os.path.lexists(index_path):
+        raise SourceError(where, "directory is not an image layout (no index.json)")
     blobs = DirBlobs(path)
     blobs.check_inside(index_path, "index.json")
     try:
-        size = os.path.getsize(index_path)
-        if size > MAX_JSON_BYTES:
-            raise SourceError(index_path, f"index.json is {size} bytes, over the {MAX_JSON_BYTES}-byte limit")
-        with open(index_path, "rb") as f:
-            index_raw = f.read()
+        f = open_regular(index_path, "index.json")
+    except FileNotFoundError:
+        raise SourceError(where, "directory is not an image layout (no index.json)") from None
     except OSError as exc:
-        raise SourceError(index_path, exc.strerror or str(exc)) from None
-    yield from walk_layout(blobs, index_raw, ctx, path, ref)
+        raise SourceError(index_where, exc.strerror or str(exc)) from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        if size > MAX_INDEX_BYTES:
+            raise SourceError(index_where, f"index.json is {size} bytes, over the {MAX_INDEX_BYTES}-byte limit")
+        index = IndexJson(where, size, lambda: _file_chunks(f, index_where, MAX_INDEX_BYTES))
+        yield from walk_layout(blobs, index, ctx, where, ref)
+
+
+def tar_index(members: TarMembers) -> IndexJson:
+    """The index.json of an archive (the caller checked that it has one)."""
+    chunks = members.chunks("index.json", MAX_INDEX_BYTES, "index.json")
+    return IndexJson(members.where, members.size("index.json"), chunks)
 
 
 def read_layout_tar(members: TarMembers, ctx: Context, ref: str = "") -> Iterator[ImageRecord | SourceError]:
     if members.size("index.json") is None:
-        raise SourceError(members.path, "not an OCI archive (no index.json)")
-    index_raw = members.read("index.json", MAX_JSON_BYTES, "index.json")
-    yield from walk_layout(TarBlobs(members), index_raw, ctx, members.path, ref)
+        raise SourceError(members.where, "not an OCI archive (no index.json)")
+    yield from walk_layout(TarBlobs(members), tar_index(members), ctx, members.where, ref)

@@ -1,9 +1,13 @@
 """Reading image tarballs by their headers, without extracting and without reading layers.
 
-An uncompressed tar is scanned header by header with seeks over member data; small JSON
-members are then read on demand. A gzip or zstd tar is decompressed once, in one streaming
-pass, keeping only members that look like JSON and are small enough to be a manifest or a
-config: memory stays bounded and no member is read twice.
+An uncompressed tar file is scanned header by header with seeks over member data; small JSON
+members are then read on demand. A gzip or zstd tar, or any tar on standard input, is read once,
+in one streaming pass that keeps only the members that can be a manifest, an index or a config:
+JSON, named as docker save, skopeo, go-containerregistry and OCI layouts name them, each under
+its size limit and all of them under MAX_KEPT_BYTES. Memory stays bounded whatever the archive
+holds, and no member is read twice.
+
+Only regular files are opened: a FIFO would block in open() and a device would be read forever.
 """
 from __future__ import annotations
 
@@ -11,10 +15,14 @@ import hashlib
 import io
 import os
 import posixpath
+import re
+import stat
+import sys
 import tarfile
 from dataclasses import dataclass
 
 from ..errors import SourceError
+from .parse import MAX_JSON_BYTES
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -22,32 +30,113 @@ _STREAM_BUFSIZE = 1 << 20
 # A stream member is kept when it starts with one of these and is small enough to be JSON we need.
 _JSON_STARTS = frozenset(b"{[ \t\r\n")
 
+# The top-level index.json of a layout lists every image: a layout of 100,000 images needs about
+# 30 MiB, so it has its own bound (layout.py parses a large one descriptor by descriptor).
+MAX_INDEX_BYTES = 256 * 1024 * 1024
+# What a streaming pass keeps, index.json aside: configs and manifests of a few thousand images
+# take a few MiB, while a crafted archive could hold any number of JSON-looking members.
+MAX_KEPT_BYTES = 64 * 1024 * 1024
+# Every member's name and size are kept (a layer may have any name), so their number is bounded.
+MAX_MEMBERS = 500_000
+MAX_NAME_BYTES = 64 * 1024 * 1024
+# tarfile reads pax and GNU long-name headers whole; real ones are a few hundred bytes.
+MAX_EXTENDED_HEADER = 1 << 20
 
-@dataclass
+# Members a manifest.json, an index or a layout can name: docker save's `<hex>.json` configs,
+# go-containerregistry's `sha256:<hex>`, and OCI blobs.
+_KEPT_NAMES = frozenset({"manifest.json", "index.json", "oci-layout", "repositories"})
+_KEPT_PATTERN = re.compile(r"(?:[^/]+/)*(?:sha256:)?[0-9a-f]{64}(?:\.json)?|blobs/[a-z0-9]+/[0-9a-f]+")
+_UNKEPT = "was not kept: a compressed or piped archive keeps only members named like manifests, configs and blobs"
+
+STDIN_NAMES = frozenset({"-", "/dev/stdin", "/dev/fd/0", "/proc/self/fd/0"})
+STDIN_WHERE = "<stdin>"
+
+
+class NotAnArchive(SourceError):
+    """The file is no image tarball at all (empty, not a tar, no manifest.json or index.json),
+    as opposed to an image tarball that is broken. A folder of archives skips it with a note."""
+
+
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def printable(text: str) -> str:
+    """`text` fit for a one-line message: control characters, line separators and bytes that
+    were not UTF-8 are escaped (`\\n`, `\\x1b`, `\\xff`), so a file name cannot split a message."""
+    return _UNPRINTABLE.sub(_escape, text)
+
+
+def _escape(match: re.Match) -> str:
+    code = ord(match.group())
+    if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode keeps an undecodable byte as a lone surrogate
+        return f"\\x{code - 0xDC00:02x}"
+    return repr(match.group())[1:-1]
+
+
+def _file_type(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISFIFO, "named pipe"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISSOCK, "socket"),
+    ):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def not_regular(what: str, mode: int) -> str:
+    return f"{what + ' is ' if what else ''}not a regular file ({_file_type(mode)})"
+
+
+def open_regular(path: str, what: str = "", buffering: int = -1):
+    """Open `path` for reading if it is a regular file; SourceError if it is anything else.
+
+    The type is checked before opening (opening some devices has effects of its own) and again
+    on the open descriptor, in case the path was swapped in between; O_NONBLOCK keeps a FIFO
+    swapped in from blocking open(). OSError (missing, unreadable) is left to the caller.
+    """
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise SourceError(printable(path), not_regular(what, mode))
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise SourceError(printable(path), not_regular(what, mode))
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb", buffering)
+
+
+@dataclass(slots=True)
 class Member:
     size: int
     offset: int = -1  # of the data, in an uncompressed tar
     data: bytes | None = None  # kept from a streaming pass
     link: str = ""  # resolved target of a symlink or hard link
     sha256: str = ""  # hex digest of the content, when a streaming pass was asked to hash
+    unkept: str = ""  # why a streaming pass did not keep the bytes of a member
 
 
-def sniff(path: str) -> str:
-    """'gzip', 'zstd', 'tar', or raise SourceError for anything else."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(512)
-    except OSError as exc:
-        raise SourceError(path, exc.strerror or str(exc)) from None
+def _compression(head: bytes, where: str) -> str:
+    """'gzip', 'zstd' or 'tar' from the first 512 bytes, or NotAnArchive."""
     if not head:
-        raise SourceError(path, "empty file")
+        raise NotAnArchive(where, "empty file")
     if head.startswith(GZIP_MAGIC):
         return "gzip"
-    if head.startswith(ZSTD_MAGIC):
+    if head.startswith(ZSTD_MAGIC) or _is_skippable_frame(head):
         return "zstd"
     if len(head) == 512 and (head[257:262] == b"ustar" or _looks_like_v7_tar(head)):
         return "tar"
-    raise SourceError(path, "not a tar archive (nor gzip or zstd)")
+    raise NotAnArchive(where, "not a tar archive (nor gzip or zstd)")
+
+
+def _is_skippable_frame(head: bytes) -> bool:
+    """A zstd skippable frame (metadata some tools put before the data)."""
+    return len(head) >= 4 and 0x184D2A50 <= int.from_bytes(head[:4], "little") <= 0x184D2A5F
 
 
 def _looks_like_v7_tar(head: bytes) -> bool:
@@ -67,21 +156,147 @@ def _safe_name(archive: str, name: str) -> str:
     return "" if normal == "." else normal
 
 
-class TarMembers:
-    """The regular-file members of one image tarball, by normalised path."""
+def _keep_limit(name: str) -> int:
+    """The largest member of this name a streaming pass keeps; -1 for names nothing refers to."""
+    if name == "index.json":
+        return MAX_INDEX_BYTES
+    if name in _KEPT_NAMES or _KEPT_PATTERN.fullmatch(name):
+        return MAX_JSON_BYTES
+    return -1
 
-    def __init__(self, path: str, members: dict[str, Member], reopen):
+
+_EXTENDED_HEADERS = (
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+)
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """tarfile reads a pax or GNU long-name header whole and builds GNU sparse maps from the data:
+    bound the first and refuse the second (no image tool writes sparse members)."""
+
+    def _proc_member(self, tar):
+        if self.type in _EXTENDED_HEADERS and self.size > MAX_EXTENDED_HEADER:
+            raise tarfile.SubsequentHeaderError(
+                f"extended header of {self.size} bytes at offset {self.offset}, "
+                f"over the {MAX_EXTENDED_HEADER}-byte limit"
+            )
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise tarfile.SubsequentHeaderError(f"sparse member at offset {self.offset}")
+        return super()._proc_member(tar)
+
+    def _sparse(self, *args):
+        raise tarfile.SubsequentHeaderError(f"sparse member at offset {self.offset}")
+
+    _proc_gnusparse_00 = _proc_gnusparse_01 = _proc_gnusparse_10 = _sparse
+
+
+class _Table:
+    """The members of one archive, by normalised name, with the bounds on what is kept."""
+
+    def __init__(self, where: str):
+        self.where = where
+        self.members: dict[str, Member] = {}
+        self.name_bytes = 0
+        self.kept = 0  # bytes of member data kept, index.json aside
+
+    def add(self, name: str, info: tarfile.TarInfo, member: Member) -> None:
+        if info.issym() or info.islnk():
+            # Classic docker save links layers shared by several images; a link must stay inside.
+            base = posixpath.dirname(name) if info.issym() else ""
+            target = posixpath.normpath(posixpath.join(base, info.linkname))
+            if info.linkname.startswith("/") or target == ".." or target.startswith("../"):
+                raise SourceError(self.where, f"member {info.name!r} links outside the archive ({info.linkname!r})")
+            member.link = target
+        old = self.members.get(name)
+        if old is None:
+            self.name_bytes += len(name)
+            if len(self.members) >= MAX_MEMBERS or self.name_bytes > MAX_NAME_BYTES:
+                raise SourceError(
+                    self.where,
+                    f"more than {MAX_MEMBERS} members or {MAX_NAME_BYTES} bytes of member names: not an image archive",
+                )
+        elif old.data is not None and name != "index.json":
+            self.kept -= len(old.data)
+        if member.data is not None and name != "index.json":
+            self.kept += len(member.data)
+        self.members[name] = member
+
+    def can_keep(self, name: str, size: int) -> None:
+        if name == "index.json":
+            return
+        old = self.members.get(name)
+        freed = len(old.data) if old is not None and old.data is not None else 0
+        if self.kept - freed + size > MAX_KEPT_BYTES:
+            raise SourceError(
+                self.where,
+                f"more than {MAX_KEPT_BYTES} bytes of members that may be manifests or configs, the limit for a "
+                "compressed or piped archive (an uncompressed tar file is read by seeking and has no such limit)",
+            )
+
+    def fix_link_sizes(self) -> None:
+        for member in self.members.values():
+            if member.link:
+                target = self.members.get(member.link)
+                if target is not None:
+                    member.size = target.size
+                    member.sha256 = target.sha256
+
+
+class TarMembers:
+    """The regular-file members of one image tarball, by normalised path.
+
+    `path` is the file as given (for opening); `where` is the same fit for messages.
+    """
+
+    def __init__(self, path: str, members: dict[str, Member], reopen, where: str | None = None):
         self.path = path
+        self.where = printable(path) if where is None else where
         self._members = members
         self._reopen = reopen
 
     @classmethod
     def open(cls, path: str, compression: str | None = None, hash_members: bool = False) -> "TarMembers":
-        """`hash_members` hashes every member of a compressed archive during its one pass (for --verify)."""
-        compression = compression or sniff(path)
-        if compression == "tar":
-            return cls(path, _scan_seekable(path), lambda: open(path, "rb"))
-        return cls(path, _scan_stream(path, compression, hash_members), None)
+        """`hash_members` hashes every member of a compressed archive during its one pass (for --verify).
+
+        `-`, /dev/stdin, /dev/fd/0 and /proc/self/fd/0 read standard input in one streaming pass,
+        plain or compressed.
+        """
+        if path in STDIN_NAMES:
+            return cls._from_stdin(path, hash_members)
+        where = printable(path)
+        try:
+            # Small buffer: headers are 512 bytes and member data is skipped with seeks.
+            with open_regular(path, buffering=4096) as f:
+                kind = compression or _compression(f.read(512), where)
+                if kind == "tar":
+                    return cls(path, _scan_seekable(f, where), lambda: open_regular(path), where)
+                f.seek(0)
+                return cls(path, _scan_stream(f, where, kind, hash_members), None, where)
+        except OSError as exc:
+            raise SourceError(where, exc.strerror or str(exc)) from None
+
+    @classmethod
+    def _from_stdin(cls, path: str, hash_members: bool) -> "TarMembers":
+        where = STDIN_WHERE if path == "-" else printable(path)
+        stdin = getattr(sys.stdin, "buffer", None)
+        if stdin is None:
+            raise SourceError(where, "standard input is closed")
+        try:
+            interactive = os.isatty(stdin.fileno())
+        except (OSError, ValueError):  # not a real descriptor (stdin replaced in-process)
+            interactive = False
+        if interactive:
+            raise SourceError(where, "standard input is a terminal, not an archive")
+        try:
+            head = stdin.read(512)
+        except OSError as exc:
+            raise SourceError(where, exc.strerror or str(exc)) from None
+        kind = _compression(head, where)
+        return cls(path, _scan_stream(_Prefixed(head, stdin), where, kind, hash_members, piped=True), None, where)
 
     def names(self) -> list[str]:
         return list(self._members)
@@ -92,7 +307,7 @@ class TarMembers:
         while member is not None and member.link:
             seen += 1
             if seen > 16:
-                raise SourceError(self.path, f"member {name!r}: too many levels of links")
+                raise SourceError(self.where, f"member {name!r}: too many levels of links")
             member = self._members.get(member.link)
         return member
 
@@ -110,177 +325,278 @@ class TarMembers:
         if member.data is not None:
             return hashlib.sha256(member.data).hexdigest()
         if member.offset < 0:
-            raise SourceError(self.path, f"member {name!r} was not hashed during the streaming pass")
+            raise SourceError(self.where, f"member {name!r} was not hashed during the streaming pass")
         digest = hashlib.sha256()
+        for chunk in self._file_chunks(name, member):
+            digest.update(chunk)
+        return digest.hexdigest()
+
+    def _readable(self, name: str, limit: int, what: str) -> Member:
+        member = self._resolve(name)
+        if member is None:
+            raise SourceError(self.where, f"{what} {name!r} is missing from the archive")
+        if member.size > limit:
+            raise SourceError(self.where, f"{what} {name!r} is {member.size} bytes, over the {limit}-byte limit")
+        if member.data is None and member.offset < 0:
+            raise SourceError(self.where, f"{what} {name!r} {member.unkept or 'is not JSON'}")
+        return member
+
+    def read(self, name: str, limit: int, what: str) -> bytes:
+        member = self._readable(name, limit, what)
+        if member.data is not None:
+            return member.data
+        with self._reopen() as f:
+            f.seek(member.offset)
+            data = f.read(member.size)
+        if len(data) != member.size:
+            raise SourceError(self.where, f"truncated tar: {name!r} ends early")
+        return data
+
+    def chunks(self, name: str, limit: int, what: str):
+        """A function that returns the member's bytes in pieces, from memory or from the file:
+        for an index.json too large to hold as parsed JSON."""
+        member = self._readable(name, limit, what)
+        if member.data is not None:
+            view = memoryview(member.data)
+            return lambda: (view[i : i + _STREAM_BUFSIZE] for i in range(0, len(view), _STREAM_BUFSIZE))
+        return lambda: self._file_chunks(name, member)
+
+    def _file_chunks(self, name: str, member: Member):
         remaining = member.size
         with self._reopen() as f:
             f.seek(member.offset)
             while remaining:
                 chunk = f.read(min(remaining, _STREAM_BUFSIZE))
                 if not chunk:
-                    raise SourceError(self.path, f"truncated tar: {name!r} ends early")
-                digest.update(chunk)
+                    raise SourceError(self.where, f"truncated tar: {name!r} ends early")
                 remaining -= len(chunk)
-        return digest.hexdigest()
-
-    def read(self, name: str, limit: int, what: str) -> bytes:
-        where = self.path
-        member = self._resolve(name)
-        if member is None:
-            raise SourceError(where, f"{what} {name!r} is missing from the archive")
-        if member.size > limit:
-            raise SourceError(where, f"{what} {name!r} is {member.size} bytes, over the {limit}-byte limit")
-        if member.data is not None:
-            return member.data
-        if member.offset < 0:
-            raise SourceError(where, f"{what} {name!r} is not JSON")
-        with self._reopen() as f:
-            f.seek(member.offset)
-            data = f.read(member.size)
-        if len(data) != member.size:
-            raise SourceError(where, f"truncated tar: {name!r} ends early")
-        return data
+                yield chunk
 
 
-def _add(archive: str, members: dict[str, Member], info: tarfile.TarInfo, member: Member) -> None:
-    name = _safe_name(archive, info.name)
-    if info.issym() or info.islnk():
-        # Classic docker save links layers shared by several images; a link must stay inside.
-        base = posixpath.dirname(name) if info.issym() else ""
-        target = posixpath.normpath(posixpath.join(base, info.linkname))
-        if info.linkname.startswith("/") or target == ".." or target.startswith("../"):
-            raise SourceError(archive, f"member {info.name!r} links outside the archive ({info.linkname!r})")
-        member.link = target
-    members[name] = member
-
-
-def _scan_seekable(path: str) -> dict[str, Member]:
-    members: dict[str, Member] = {}
+def _scan_seekable(raw, where: str) -> dict[str, Member]:
+    table = _Table(where)
     try:
-        file_size = os.path.getsize(path)
-        # Small buffer: headers are 512 bytes and member data is skipped with seeks.
-        with open(path, "rb", buffering=4096) as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
+        file_size = os.fstat(raw.fileno()).st_size
+        raw.seek(0)
+        with tarfile.open(fileobj=raw, mode="r:", tarinfo=_BoundedTarInfo) as tar:
             for info in tar:
+                tar.members.clear()  # tarfile keeps every header it reads; a long archive would hold them all
                 if info.isreg():
                     if info.offset_data + info.size > file_size:
-                        raise SourceError(path, f"truncated tar: member {info.name!r} ends past the end of the file")
-                    _add(path, members, info, Member(size=info.size, offset=info.offset_data))
+                        raise SourceError(where, f"truncated tar: member {info.name!r} ends past the end of the file")
+                    table.add(_safe_name(where, info.name), info, Member(size=info.size, offset=info.offset_data))
                 elif info.issym() or info.islnk():
-                    _add(path, members, info, Member(size=0))
+                    table.add(_safe_name(where, info.name), info, Member(size=0))
                 else:
-                    _safe_name(path, info.name)
+                    _safe_name(where, info.name)
             # tarfile ends the iteration silently at a cut or unreadable header after the first one.
             raw.seek(tar.offset)
             tail = raw.read(512)
             if tail.strip(b"\0"):
                 if len(tail) < 512:
-                    raise SourceError(path, f"truncated tar: the file ends inside the member header at offset {tar.offset}")
-                raise SourceError(path, f"not a readable tar archive (invalid member header at offset {tar.offset})")
+                    raise SourceError(
+                        where, f"truncated tar: the file ends inside the member header at offset {tar.offset}"
+                    )
+                raise SourceError(where, f"not a readable tar archive (invalid member header at offset {tar.offset})")
     except tarfile.TarError as exc:
-        raise SourceError(path, f"not a readable tar archive ({exc})") from None
+        raise SourceError(where, f"not a readable tar archive ({exc})") from None
     except EOFError:
-        raise SourceError(path, "truncated tar") from None
-    except OSError as exc:
-        raise SourceError(path, exc.strerror or str(exc)) from None
-    _fix_link_sizes(members)
-    return members
+        raise SourceError(where, "truncated tar") from None
+    table.fix_link_sizes()
+    return table.members
 
 
-def _open_decompressed(path: str, compression: str):
-    raw = open(path, "rb")
+class _Prefixed(io.RawIOBase):
+    """Standard input with its first bytes, read to tell the format, put back in front."""
+
+    def __init__(self, head: bytes, raw):
+        self._head = memoryview(head)
+        self._raw = raw
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if len(self._head):
+            count = min(len(buffer), len(self._head))
+            buffer[:count] = self._head[:count]
+            self._head = self._head[count:]
+            return count
+        return self._raw.readinto(buffer)
+
+
+class _ZstdFrames(io.RawIOBase):
+    """Passes a zstd stream through while following its frame and block headers.
+
+    zstandard's reader returns a short read, not an error, when its input stops inside a frame;
+    following the headers tells a cut stream from a whole one without seeking, so pipes work too.
+    """
+
+    def __init__(self, raw):
+        self._raw = raw
+        self.offset = 0  # bytes passed through
+        self._skip = 0  # bytes to pass over: header fields, a block's content, a checksum
+        self._head = bytearray()
+        self._want = 4
+        self._state = "magic"  # magic, skippable, descriptor, block; lost once it is not zstd
+        self._checksum = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        count = self._raw.readinto(buffer)
+        if count:
+            self._follow(memoryview(buffer)[:count])
+            self.offset += count
+        return count
+
+    def _follow(self, data) -> None:
+        pos, end = 0, len(data)
+        while pos < end and self._state != "lost":
+            if self._skip:
+                step = min(self._skip, end - pos)
+                self._skip -= step
+                pos += step
+                continue
+            step = min(self._want - len(self._head), end - pos)
+            self._head += data[pos : pos + step]
+            pos += step
+            if len(self._head) == self._want:
+                head = bytes(self._head)
+                self._head.clear()
+                self._header(head)
+
+    def _header(self, head: bytes) -> None:
+        if self._state == "magic":
+            if _is_skippable_frame(head):
+                self._state, self._want = "skippable", 4
+            elif head == ZSTD_MAGIC:
+                self._state, self._want = "descriptor", 1
+            else:
+                self._state = "lost"  # not zstd: the decompressor says so
+        elif self._state == "skippable":
+            self._skip = int.from_bytes(head, "little")
+            self._state, self._want = "magic", 4
+        elif self._state == "descriptor":
+            flags = head[0]
+            single_segment = flags >> 5 & 1
+            self._checksum = 4 if flags & 4 else 0
+            window = 0 if single_segment else 1
+            dictionary = (0, 1, 2, 4)[flags & 3]
+            content_size = (single_segment, 2, 4, 8)[flags >> 6]
+            self._skip = window + dictionary + content_size
+            self._state, self._want = "block", 3
+        else:
+            value = int.from_bytes(head, "little")
+            self._skip = 1 if (value >> 1) & 3 == 1 else value >> 3  # an RLE block stores one byte
+            if value & 1:
+                self._skip += self._checksum
+                self._state, self._want = "magic", 4
+
+    @property
+    def lost(self) -> bool:
+        return self._state == "lost"
+
+    def cut(self) -> str:
+        """'' when what passed through ends between frames, else where it was cut."""
+        if self._state == "lost" or (self._state == "magic" and not self._head and not self._skip):
+            return ""
+        return f"the archive ends inside a frame, at byte {self.offset}"
+
+
+def _decompressor(source, compression: str):
     if compression == "gzip":
         from isal import igzip
 
-        return igzip.IGzipFile(fileobj=raw, mode="rb")
+        return igzip.IGzipFile(fileobj=source, mode="rb")
     if compression == "zstd":
         import zstandard
 
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, read_size=_STREAM_BUFSIZE, closefd=True), _STREAM_BUFSIZE)
-    raise SourceError(path, f"unsupported compression {compression}")
+        reader = zstandard.ZstdDecompressor().stream_reader(source, read_size=_STREAM_BUFSIZE, closefd=False)
+        return io.BufferedReader(reader, _STREAM_BUFSIZE)
+    return source
 
 
-def _check_zstd_whole(path: str, compression: str) -> None:
-    """Decompression ended without an error: make sure the zstd input did not stop inside a frame."""
-    if compression == "zstd":
-        cut = _zstd_truncation(path)
-        if cut:
-            raise SourceError(path, f"truncated zstd archive ({cut})")
+def _drain(source, frames: _ZstdFrames | None, piped: bool) -> None:
+    """Read the rest of the input: a zstd tail must be whole, and a pipe's writer must not get EPIPE."""
+    buffer = bytearray(_STREAM_BUFSIZE)
+    while source.readinto(buffer):
+        if not piped and (frames is None or frames.lost):
+            return
 
 
-def _zstd_truncation(path: str) -> str:
-    """'' when the file is whole zstd frames, else where it ends early. Reads frame and block headers only.
-
-    zstandard's stream_reader returns a short read, not an error, when the input stops inside a frame.
-    """
-    import zstandard
-
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        pos = 0
-        while pos < size:
-            f.seek(pos)
-            head = f.read(18)
-            magic = int.from_bytes(head[:4], "little")
-            if 0x184D2A50 <= magic <= 0x184D2A5F:  # skippable frame
-                pos += 8 + int.from_bytes(head[4:8], "little")
-                continue
-            try:
-                params = zstandard.get_frame_parameters(head)
-                pos += zstandard.frame_header_size(head)
-            except zstandard.ZstdError:
-                return "the file ends inside a frame header" if pos + len(head) == size and len(head) < 18 else ""
-            while True:
-                f.seek(pos)
-                block = f.read(3)
-                if len(block) < 3:
-                    return f"the file ends inside a frame, at byte {size}"
-                value = int.from_bytes(block, "little")
-                kind, block_size = (value >> 1) & 3, value >> 3
-                pos += 3 + (1 if kind == 1 else block_size)  # an RLE block stores one byte
-                if value & 1:
-                    break
-            pos += 4 if params.has_checksum else 0
-        return f"the file ends inside a frame, at byte {size}" if pos > size else ""
-
-
-def _scan_stream(path: str, compression: str, hash_members: bool = False) -> dict[str, Member]:
-    from .parse import MAX_JSON_BYTES
-
-    members: dict[str, Member] = {}
+def _cut(source, frames: _ZstdFrames | None, piped: bool) -> str:
+    """For zstd, '' when the input, read to its end, is whole frames; else where it was cut."""
+    if frames is None:
+        return ""
     try:
-        with _open_decompressed(path, compression) as stream, tarfile.open(
-            fileobj=stream, mode="r|", bufsize=_STREAM_BUFSIZE
-        ) as tar:
-            for info in tar:
-                if info.isreg():
-                    member = Member(size=info.size)
-                    small = info.size <= MAX_JSON_BYTES
-                    handle = tar.extractfile(info) if small or hash_members else None
-                    first = handle.read(1) if small else b""
-                    if first and first[0] in _JSON_STARTS:
-                        member.data = first + handle.read()
-                        if len(member.data) != info.size:
-                            raise SourceError(path, f"truncated archive: member {info.name!r} ends early")
-                    if hash_members:
-                        member.sha256 = _hash_rest(handle, first, member.data)
-                    _add(path, members, info, member)
-                elif info.issym() or info.islnk():
-                    _add(path, members, info, Member(size=0))
-                else:
-                    _safe_name(path, info.name)
+        _drain(source, frames, piped)
+    except (OSError, ValueError):
+        return ""  # the read error is the one to report
+    return frames.cut()
+
+
+def _scan_stream(
+    raw, where: str, compression: str, hash_members: bool = False, piped: bool = False
+) -> dict[str, Member]:
+    """One pass over a compressed or piped tar, keeping what `_keep_limit` allows."""
+    frames = _ZstdFrames(raw) if compression == "zstd" else None
+    source = frames if frames is not None else raw
+    label = "tar" if compression == "tar" else f"{compression} tar"
+    table = _Table(where)
+    opened = False
+    try:
+        stream = _decompressor(source, compression)
+        try:
+            with tarfile.open(fileobj=stream, mode="r|", bufsize=_STREAM_BUFSIZE, tarinfo=_BoundedTarInfo) as tar:
+                opened = True
+                for info in tar:
+                    tar.members.clear()  # tarfile keeps every header it reads; a long archive would hold them all
+                    if info.isreg():
+                        name = _safe_name(where, info.name)
+                        member = Member(size=info.size)
+                        limit = _keep_limit(name)
+                        wanted = info.size <= limit
+                        handle = tar.extractfile(info) if wanted or hash_members else None
+                        first = handle.read(1) if wanted else b""
+                        if first and first[0] in _JSON_STARTS:
+                            table.can_keep(name, info.size)
+                            member.data = first + handle.read()
+                            if len(member.data) != info.size:
+                                raise SourceError(where, f"truncated archive: member {info.name!r} ends early")
+                        elif limit < 0:
+                            member.unkept = _UNKEPT
+                        if hash_members:
+                            member.sha256 = _hash_rest(handle, first, member.data)
+                        table.add(name, info, member)
+                    elif info.issym() or info.islnk():
+                        table.add(_safe_name(where, info.name), info, Member(size=0))
+                    else:
+                        _safe_name(where, info.name)
+            if piped:
+                _drain(source, frames, piped)
+        finally:
+            if stream is not source:
+                stream.close()
     except tarfile.TarError as exc:
-        _check_zstd_whole(path, compression)
-        raise SourceError(path, f"not a readable {compression} tar archive ({exc})") from None
+        cut = _cut(source, frames, piped)
+        if cut:
+            raise SourceError(where, f"truncated zstd archive ({cut})") from None
+        error = SourceError if opened else NotAnArchive
+        raise error(where, f"not a readable {label} archive ({exc})") from None
     except (EOFError, OSError, ValueError) as exc:
         text = str(exc) or type(exc).__name__
-        raise SourceError(path, f"truncated or corrupt {compression} archive ({text})") from None
+        raise SourceError(where, f"truncated or corrupt {compression} archive ({text})") from None
     except Exception as exc:  # zstandard raises its own ZstdError
         if type(exc).__name__ == "ZstdError":
-            raise SourceError(path, f"corrupt zstd archive ({exc})") from None
+            raise SourceError(where, f"corrupt zstd archive ({exc})") from None
         raise
-    _check_zstd_whole(path, compression)
-    _fix_link_sizes(members)
-    return members
+    cut = _cut(source, frames, piped)
+    if cut:
+        raise SourceError(where, f"truncated zstd archive ({cut})")
+    table.fix_link_sizes()
+    return table.members
 
 
 def _hash_rest(handle, first: bytes, data: bytes | None) -> str:
@@ -291,12 +607,3 @@ def _hash_rest(handle, first: bytes, data: bytes | None) -> str:
     while chunk := handle.read(_STREAM_BUFSIZE):
         digest.update(chunk)
     return digest.hexdigest()
-
-
-def _fix_link_sizes(members: dict[str, Member]) -> None:
-    for member in members.values():
-        if member.link:
-            target = members.get(member.link)
-            if target is not None:
-                member.size = target.size
-                member.sha256 = target.sha256

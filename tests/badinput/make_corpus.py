@@ -10,8 +10,12 @@ again rewrites the same bytes.
 The oversized-JSON entries are not committed (they are over 8 MiB): they are marked
 `"generated": true` in expected.json and `generate(name, directory)` builds them at test time.
 
+Some generated entries are special files (FIFOs, device nodes) that git cannot hold; device
+nodes need root, and generate() raises Unavailable without it.
+
 expected.json placeholders, replaced by the test:
   {path}   the absolute path of the entry (raw in "source", regex-escaped in "error")
+  {where}  the path as messages show it (control characters escaped), regex-escaped (in "error")
   {limit}  indexer.sources.parse.MAX_JSON_BYTES (in "error")
 
 Usage: python tests/badinput/make_corpus.py [--out DIR] [--expected FILE]
@@ -25,6 +29,7 @@ import json
 import os
 import random
 import shutil
+import stat
 import sys
 import tarfile
 from dataclasses import dataclass
@@ -58,6 +63,11 @@ class Entry:
     build: Callable[[str], None] | None = None  # writes the entry at the given path
     generated: bool = False  # built at test time by generate(), never committed
     partial: bool = False  # records read before the fault (outer indexes) may land in the store
+    limits: bool = False  # the test also bounds the peak RSS and wall time of this entry alone
+
+
+class Unavailable(Exception):
+    """A generated entry that cannot be built here (a device node needs root)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,6 +209,12 @@ def build_member_dotdot(path: str) -> None:
 def build_member_absolute(path: str) -> None:
     files = save_files("registry.example/bad/absolute:v1")
     files["/etc/imgdex-absolute.txt"] = b"written at an absolute path\n"
+    write_tar(path, files)
+
+
+def build_member_newline(path: str) -> None:
+    files = save_files("registry.example/bad/newline-member:v1")
+    files["../evil\nimgdex: forged line"] = b"a member name that would split a message in two\n"
     write_tar(path, files)
 
 
@@ -385,6 +401,87 @@ def generate_deeply_nested_index(path: str) -> None:
     write_layout(path, blobs.layout_files([named(top, containerd="registry.example/bad/deep-index:v1")]))
 
 
+BOMB_MEMBERS = 200
+BOMB_MEMBER_SIZE = 8 << 20
+
+
+def generate_member_bomb(path: str) -> None:
+    """A 1.6 MB gzip archive of 200 members of 8 MiB that start with `{`, each named like a docker
+    save config (`<hex>.json`), so a streaming pass that keeps what may be referenced must stop at
+    its budget. gzip members concatenate: the 8 MiB body is compressed once and repeated."""
+    body = gzip.compress(b"{" + b" " * (BOMB_MEMBER_SIZE - 2) + b"}", compresslevel=9, mtime=0)
+    with open(path, "wb") as f:
+        for i in range(BOMB_MEMBERS):
+            info = tarfile.TarInfo(digest_of(str(i).encode()).split(":")[1] + ".json")
+            info.size = BOMB_MEMBER_SIZE
+            info.mtime = 0
+            f.write(gzip.compress(info.tobuf(format=tarfile.GNU_FORMAT), mtime=0))
+            f.write(body)
+        f.write(gzip.compress(b"\0" * 1024, mtime=0))
+
+
+def _special_blob(path: str, which: str, make: Callable[[str], None]) -> None:
+    """A valid OCI layout whose `which` file (a blob, index.json or oci-layout) is replaced by `make`."""
+    files, _, manifest = layout_files(f"registry.example/bad/special-{which}:v1")
+    if which == "manifest":
+        name = blob_name(manifest["digest"])
+    elif which == "config":
+        name = blob_name(manifest_doc(files, manifest)["config"]["digest"])
+    else:
+        name = which
+    files.pop(name, None)
+    write_layout(path, files)
+    make(os.path.join(path, name))
+
+
+def _fifo(path: str) -> None:
+    os.mkfifo(path)
+
+
+def _zero_device(path: str) -> None:
+    """A character device node like /dev/zero (1, 5): endless bytes if it were read."""
+    try:
+        os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 5))
+    except PermissionError:
+        raise Unavailable("creating a device node needs root") from None
+
+
+def generate_oci_manifest_fifo(path: str) -> None:
+    _special_blob(path, "manifest", _fifo)
+
+
+def generate_oci_config_device(path: str) -> None:
+    _special_blob(path, "config", _zero_device)
+
+
+def generate_oci_index_fifo(path: str) -> None:
+    _special_blob(path, "index.json", _fifo)
+
+
+def generate_oci_layout_device(path: str) -> None:
+    _special_blob(path, "oci-layout", _zero_device)
+
+
+def generate_archive_fifo(path: str) -> None:
+    _fifo(path)
+
+
+def generate_archive_device(path: str) -> None:
+    _zero_device(path)
+
+
+def generate_empty_folder(path: str) -> None:
+    os.makedirs(path)
+
+
+def generate_newline_path(path: str) -> None:
+    build_not_an_image_tar(path)
+
+
+def generate_nothing(path: str) -> None:
+    """The entry is the SOURCE argument itself; no file is made."""
+
+
 def oversized_manifest_json() -> dict[str, bytes]:
     """A classic save whose manifest.json is valid and 1 MiB over the limit (padded with spaces)."""
     from indexer.sources.parse import MAX_JSON_BYTES
@@ -479,6 +576,14 @@ ENTRIES: list[Entry] = [
         LINE + r"{path}: member '/etc/imgdex-absolute\.txt' has an absolute path$",
         "A valid classic save plus a member named /etc/imgdex-absolute.txt.",
         build_member_absolute,
+    ),
+    Entry(
+        "member-newline.tar",
+        "{path}",
+        LINE + r"{path}: member '\.\./evil\\nimgdex: forged line' has a '\.\.' path component$",
+        "A valid classic save plus a member whose name climbs out and holds a newline: the error must stay on one "
+        "line, with the newline escaped.",
+        build_member_newline,
     ),
     Entry(
         "member-symlink-outside.tar",
@@ -579,8 +684,9 @@ ENTRIES: list[Entry] = [
     Entry(
         "not-a-layout",
         "{path}",
-        LINE + r"{path}: directory is not an image layout \(no index\.json\)$",
-        "A directory holding one text file: no oci-layout, index.json or blobs.",
+        LINE + r"{path}: directory is not an image layout \(no index\.json\) and holds no image archives$",
+        "A directory holding one text file: no oci-layout, index.json or blobs, and no archive (the file is skipped "
+        "with a note).",
         build_not_a_layout,
     ),
     Entry(
@@ -653,6 +759,98 @@ ENTRIES: list[Entry] = [
         partial=True,
     ),
     Entry(
+        "member-bomb.tar.gz",
+        "{path}",
+        LINE + r"{path}: more than \d+ bytes of members that may be manifests or configs, the limit for a compressed "
+        r"or piped archive \(.+\)$",
+        "A 1.6 MB gzip archive of 200 members of 8 MiB that start with `{` and are named like configs "
+        "(`<hex>.json`). A streaming pass keeps such members until they could be referenced: their total must be "
+        "bounded.",
+        generate_member_bomb,
+        generated=True,
+        limits=True,
+    ),
+    Entry(
+        "oci-manifest-fifo",
+        "oci:{path}",
+        LINE + r"{path}/blobs/sha256/" + HEX + r": blob is not a regular file \(named pipe\)$",
+        "An OCI layout directory whose manifest blob is a FIFO: opening it for reading would block for ever.",
+        generate_oci_manifest_fifo,
+        generated=True,
+        limits=True,
+    ),
+    Entry(
+        "oci-config-device",
+        "oci:{path}",
+        LINE + r"{path}/blobs/sha256/" + HEX + r": blob is not a regular file \(character device\)$",
+        "An OCI layout directory whose config blob is a character device like /dev/zero (needs root to make): "
+        "reading it would never end.",
+        generate_oci_config_device,
+        generated=True,
+        limits=True,
+    ),
+    Entry(
+        "oci-index-fifo",
+        "{path}",
+        LINE + r"{path}/index\.json: index\.json is not a regular file \(named pipe\)$",
+        "An OCI layout directory whose index.json is a FIFO.",
+        generate_oci_index_fifo,
+        generated=True,
+        limits=True,
+    ),
+    Entry(
+        "oci-layout-device",
+        "oci:{path}",
+        LINE + r"{path}/oci-layout: oci-layout is not a regular file \(character device\)$",
+        "An OCI layout directory whose oci-layout file is a character device like /dev/zero (needs root to make).",
+        generate_oci_layout_device,
+        generated=True,
+        limits=True,
+    ),
+    Entry(
+        "archive-fifo.tar",
+        "{path}",
+        LINE + r"{path}: not a regular file \(named pipe\)$",
+        "A bare path that is a FIFO (only standard input, `-`, is read as a stream).",
+        generate_archive_fifo,
+        generated=True,
+        limits=True,
+    ),
+    Entry(
+        "archive-device.tar",
+        "docker-archive:{path}",
+        LINE + r"{path}: not a regular file \(character device\)$",
+        "A docker-archive: path that is a character device like /dev/zero (needs root to make).",
+        generate_archive_device,
+        generated=True,
+        limits=True,
+    ),
+    Entry(
+        "empty-folder",
+        "{path}",
+        LINE + r"{path}: directory is not an image layout \(no index\.json\) and holds no image archives$",
+        "An empty directory: neither a layout nor a folder of archives.",
+        generate_empty_folder,
+        generated=True,
+    ),
+    Entry(
+        "newline\nin-name.tar",
+        "{path}",
+        LINE + r"{where}: not an image archive \(no manifest\.json or index\.json\)$",
+        "A tar of text files whose file name holds a newline: the error names it on one line, escaped.",
+        generate_newline_path,
+        generated=True,
+    ),
+    Entry(
+        "typo",
+        "docker-achive:{path}",
+        LINE + r"docker-achive:{path}: unknown source type \"docker-achive:\"; valid: docker-archive:, oci-archive:, "
+        r"oci:, docker-daemon:, docker://, ycr-json:$",
+        "A mistyped transport (docker-achive: for docker-archive:) before a path that does not exist.",
+        generate_nothing,
+        generated=True,
+    ),
+    Entry(
         "oversized-manifest-json.tar",
         "docker-archive:{path}",
         LINE + r"{path}: manifest\.json 'manifest\.json' is \d+ bytes, over the {limit}-byte limit$",
@@ -697,6 +895,7 @@ def expected_document() -> dict:
     return {
         "placeholders": {
             "{path}": "absolute path of the entry: raw in source, regex-escaped in error",
+            "{where}": "the path as messages show it (control characters escaped), regex-escaped in error",
             "{limit}": "indexer.sources.parse.MAX_JSON_BYTES",
         },
         "fields": {
@@ -704,9 +903,18 @@ def expected_document() -> dict:
             "error": "regex the one `imgdex: ` error line of the entry must fully match",
             "generated": "built at test time by make_corpus.generate() instead of committed",
             "partial": "records read before the fault may land; otherwise no record of the entry may",
+            "limits": "the peak RSS and wall time of `imgdex index` on this entry alone are bounded too",
         },
         "entries": [
-            {"name": e.name, "source": e.source, "error": e.error, "generated": e.generated, "partial": e.partial, "why": e.why}
+            {
+                "name": e.name,
+                "source": e.source,
+                "error": e.error,
+                "generated": e.generated,
+                "partial": e.partial,
+                "limits": e.limits,
+                "why": e.why,
+            }
             for e in ENTRIES
         ],
     }
@@ -728,14 +936,17 @@ def readme_text() -> str:
         "| --- | --- | --- |",
     ]
     for entry in ENTRIES:
-        where = f"`{entry.name}`" + (" (generated at test time)" if entry.generated else "")
+        shown = entry.name.replace("\n", "\\n")
+        where = f"`{shown}`" + (" (generated at test time)" if entry.generated else "")
         source = entry.source.replace("{path}", "PATH")
         lines.append(f"| {where} | `{source}` | {entry.why} |")
     lines += [
         "",
         "`symlink-*-outside/outside.json` are the targets of the symlinked blobs, not entries of their own.",
-        "The generated entries are over the 8 MiB JSON limit (MAX_JSON_BYTES in indexer/sources/parse.py)",
-        "and are built into a temporary directory by `generate()` in make_corpus.py.",
+        "The generated entries are too big to commit (over the 8 MiB JSON limit, MAX_JSON_BYTES in",
+        "indexer/sources/parse.py, or a decompression bomb), special files git cannot hold (FIFOs, device",
+        "nodes: these need root and are skipped without it), names git would mangle, or no file at all;",
+        "`generate()` in make_corpus.py builds them into a temporary directory.",
         "",
     ]
     return "\n".join(lines)

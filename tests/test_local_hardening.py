@@ -1,0 +1,644 @@
+"""Local sources against hostile or unusual input: bounded memory whatever an archive holds, only
+regular files read, large top-level indexes, folders of archives, standard input, config names
+that are not their digest, and one-line messages whatever a name holds."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import pty
+import tarfile
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from builders import Blobs, classic_save_files, digest_of, dumps, named, tar_bytes, write_dir, write_tar
+from conftest import REAL
+from expectations import REPOSITORY, expected_documents
+from indexer.errors import SourceError
+from indexer.model import ImageRecord
+from indexer.sources import layout, parse_source, tarball
+from indexer.sources.layout import IndexJson, top_descriptors
+from indexer.sources.parse import MAX_JSON_BYTES, Context
+from indexer.sources.tarball import MAX_KEPT_BYTES, TarMembers, printable
+from test_badinput import assert_within_limits, error_lines, run_measured
+
+with open(os.path.join(REAL, "expected.json")) as _f:
+    REAL_EXPECTED = json.load(_f)
+
+TRANSPORTS_TEXT = "valid: docker-archive:, oci-archive:, oci:, docker-daemon:, docker://, ycr-json:"
+
+
+def collect(spec: str, **ctx):
+    notes: list[str] = []
+    source = parse_source(spec)
+    context = Context(source.kind, source.location, note=notes.append, **ctx)
+    items = list(source.records(context))
+    return [i for i in items if isinstance(i, ImageRecord)], [i for i in items if isinstance(i, SourceError)], notes
+
+
+def save(tag: str, layer: bytes = b"layer") -> dict[str, bytes]:
+    return classic_save_files([{"tags": [tag], "layers": [layer], "created": "2024-05-01T12:00:00Z"}])
+
+
+def layout_files(ref: str) -> tuple[dict[str, bytes], dict]:
+    blobs = Blobs()
+    manifest = blobs.image(layers=(ref.encode(),))
+    return blobs.layout_files([named(manifest, containerd=ref)]), manifest
+
+
+def blob_name(digest: str) -> str:
+    return "blobs/sha256/" + digest.split(":")[1]
+
+
+def gzip_tar(members: list[tuple[str, bytes]], repeat: list[tuple[str, int, bytes]] = ()) -> bytes:
+    """A gzip tar of `members`, then of members (name, size, fill) whose data repeats one byte.
+
+    gzip members concatenate, so a large repeated body is compressed once: a 1.6 GB stream costs
+    a second to build and 1.6 MB to hold."""
+    out = [
+        gzip.compress(
+            b"".join(_header(name, len(data)) + data + b"\0" * (-len(data) % 512) for name, data in members), mtime=0
+        )
+    ]
+    bodies: dict[tuple[int, bytes], bytes] = {}
+    for name, size, fill in repeat:
+        out.append(gzip.compress(_header(name, size), mtime=0))
+        if (size, fill) not in bodies:
+            body = b"{" + fill * (size - 1) + b"\0" * (-size % 512)
+            bodies[size, fill] = gzip.compress(body, compresslevel=9, mtime=0)
+        out.append(bodies[size, fill])
+    out.append(gzip.compress(b"\0" * 1024, mtime=0))
+    return b"".join(out)
+
+
+def _header(name: str, size: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 0
+    return info.tobuf(format=tarfile.GNU_FORMAT)
+
+
+def hexname(i: int) -> str:
+    return hashlib.sha256(str(i).encode()).hexdigest() + ".json"
+
+
+def one_line_messages(stderr: str) -> list[str]:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    stray = [line for line in lines if not line.startswith("imgdex: ")]
+    assert not stray, f"lines that are not `imgdex: ` messages: {stray!r}\n{stderr}"
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. A streaming pass keeps only what can be referenced, within a budget
+
+
+def test_member_bomb_with_other_names_is_not_kept(tmp_path):
+    """200 members of 8 MiB that start with `{`, named like nothing a manifest refers to, beside a
+    good docker save: the image indexes and the members are never held."""
+    good = save("registry.example/good/app:v1")
+    path = tmp_path / "bomb.tar.gz"
+    path.write_bytes(gzip_tar(list(good.items()), [(f"junk/{i:04d}", 8 << 20, b" ") for i in range(200)]))
+    assert path.stat().st_size < 2_000_000
+
+    run = run_measured(["index", str(path), "--store", str(tmp_path / "store")])
+
+    assert_within_limits(run)
+    assert run.code == 0, run.stderr
+    assert "indexed 1 images, 0 failed" in run.stdout
+
+
+def test_member_bomb_with_config_names_stops_at_the_budget(tmp_path):
+    path = tmp_path / "bomb.tar.gz"
+    path.write_bytes(
+        gzip_tar(list(save("registry.example/good/app:v1").items()), [(hexname(i), 8 << 20, b" ") for i in range(200)])
+    )
+
+    run = run_measured(["index", str(path), "--store", str(tmp_path / "store")])
+
+    assert_within_limits(run)
+    [line] = error_lines(run.stderr)
+    assert f"more than {MAX_KEPT_BYTES} bytes of members that may be manifests or configs" in line
+
+
+def test_a_member_written_again_counts_once(tmp_path):
+    """A tar may hold a name twice (the later wins): 20 copies of 4 MiB stay within 64 MiB."""
+    config = save("registry.example/good/app:v1")
+    path = tmp_path / "again.tar.gz"
+    path.write_bytes(gzip_tar(list(config.items()), [(hexname(0), 4 << 20, b" ") for _ in range(20)]))
+    records, errors, _ = collect(str(path))
+    assert len(records) == 1 and not errors
+
+
+def test_streaming_keeps_json_only_under_names_that_can_be_referenced(tmp_path):
+    doc = b'{"a": 1}'
+    hex64 = "ab" * 32
+    members = [
+        ("manifest.json", b"[]"),
+        ("index.json", doc),
+        (f"{hex64}.json", doc),
+        (f"sha256:{hex64}", doc),
+        (f"blobs/sha256/{hex64}", doc),
+        (f"{hex64}/json", doc),
+        ("notes/readme.json", doc),
+    ]
+    path = tmp_path / "names.tar.gz"
+    path.write_bytes(gzip.compress(tar_bytes(dict(members)), mtime=0))
+    archive = TarMembers.open(str(path))
+    for name in ("manifest.json", "index.json", f"{hex64}.json", f"sha256:{hex64}", f"blobs/sha256/{hex64}"):
+        assert archive.read(name, MAX_JSON_BYTES, "config") in (doc, b"[]")
+    for name in (f"{hex64}/json", "notes/readme.json"):
+        assert archive.size(name) == len(doc)
+        with pytest.raises(
+            SourceError, match="was not kept: a compressed or piped archive keeps only members named like"
+        ):
+            archive.read(name, MAX_JSON_BYTES, "config")
+    # An uncompressed tar file is read by seeking: any member can be read.
+    plain = tmp_path / "names.tar"
+    plain.write_bytes(tar_bytes(dict(members)))
+    assert TarMembers.open(str(plain)).read("notes/readme.json", MAX_JSON_BYTES, "config") == doc
+
+
+def test_member_table_is_bounded(tmp_path, monkeypatch):
+    monkeypatch.setattr(tarball, "MAX_MEMBERS", 10)
+    files = {f"layers/{i}/layer.tar": b"x" for i in range(11)}
+    for path in (write_tar(str(tmp_path / "many.tar"), files), str(tmp_path / "many.tar.gz")):
+        if path.endswith(".gz"):
+            (tmp_path / "many.tar.gz").write_bytes(gzip.compress(tar_bytes(files), mtime=0))
+        with pytest.raises(SourceError, match="more than 10 members"):
+            TarMembers.open(path)
+
+
+def test_huge_pax_header_is_refused_unread(tmp_path):
+    """tarfile reads a pax header whole: a 2 MiB one (real ones are a few hundred bytes) is refused."""
+    files = save("registry.example/good/app:v1")
+    big = tarfile.TarInfo("notes.txt")
+    big.pax_headers = {"comment": "x" * (2 << 20)}
+    path = tmp_path / "pax.tar"
+    path.write_bytes(tar_bytes(files, [big]))
+    for target in (path, tmp_path / "pax.tar.gz"):
+        if target.suffix == ".gz":
+            target.write_bytes(gzip.compress(path.read_bytes(), mtime=0))
+        with pytest.raises(SourceError, match=r"extended header of \d+ bytes .*over the 1048576-byte limit"):
+            TarMembers.open(str(target))
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Only regular files are read
+
+
+def _layout_with(tmp_path, which: str, make) -> str:
+    files, manifest = layout_files("registry.example/special/app:v1")
+    root = tmp_path / f"layout-{which}"
+    if which == "layer":
+        name = blob_name(json.loads(files[blob_name(manifest["digest"])])["layers"][0]["digest"])
+    elif which == "config":
+        name = blob_name(json.loads(files[blob_name(manifest["digest"])])["config"]["digest"])
+    elif which == "manifest":
+        name = blob_name(manifest["digest"])
+    else:
+        name = which
+    del files[name]
+    write_dir(str(root), files)
+    make(str(root / name))
+    return str(root)
+
+
+def _char_device(path: str) -> None:
+    try:
+        os.mknod(path, 0o600 | 0o020000, os.makedev(1, 5))  # like /dev/zero
+    except PermissionError:
+        pytest.skip("making a device node needs root")
+
+
+@pytest.mark.parametrize("which", ["manifest", "config", "layer", "index.json", "oci-layout"])
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_layout_file_that_is_not_regular_is_refused(tmp_path, which, kind):
+    """Refused from a stat before opening: the tests/badinput corpus bounds the same in a process."""
+    root = _layout_with(tmp_path, which, os.mkfifo if kind == "fifo" else _char_device)
+    try:
+        records, errors, _ = collect(root)
+    except SourceError as exc:
+        errors = [exc]
+    label = "blob" if which in ("manifest", "config", "layer") else which
+    shown = "named pipe" if kind == "fifo" else "character device"
+    assert [e.reason for e in errors] == [f"{label} is not a regular file ({shown})"]
+
+
+@pytest.mark.parametrize("prefix", ["", "docker-archive:", "oci-archive:"])
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_archive_path_that_is_not_regular_is_refused(tmp_path, prefix, kind):
+    path = str(tmp_path / "archive.tar")
+    (os.mkfifo if kind == "fifo" else _char_device)(path)
+    shown = "named pipe" if kind == "fifo" else "character device"
+    with pytest.raises(SourceError) as caught:
+        collect(prefix + path)
+    assert str(caught.value) == f"{path}: not a regular file ({shown})"
+
+
+def test_dev_null_and_directories_as_archives_are_refused(tmp_path):
+    with pytest.raises(SourceError, match=r"not a regular file \(character device\)"):
+        collect("/dev/null")
+    with pytest.raises(SourceError, match=r"not a regular file \(character device\)"):
+        collect("docker-archive:/dev/null")
+    with pytest.raises(SourceError, match=r"not a regular file \(directory\)"):
+        collect(f"oci-archive:{tmp_path}")
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. A top-level index.json over the 8 MiB manifest bound
+
+
+def big_layout(root: str, count: int) -> list[dict]:
+    """A layout whose index.json names `count` images; they share one manifest (as tags may)."""
+    blobs = Blobs()
+    manifest = blobs.image()
+    files = blobs.layout_files([])
+    entry = {key: manifest[key] for key in ("mediaType", "digest", "size")}
+    parts = []
+    for i in range(count):
+        annotations = {
+            "io.containerd.image.name": f"registry.example/big/app{i}:v1",
+            "org.opencontainers.image.ref.name": f"v{i}",
+        }
+        parts.append(json.dumps(dict(entry, annotations=annotations), separators=(",", ":")))
+    files["index.json"] = b'{"schemaVersion":2,"manifests":[' + ",".join(parts).encode() + b"]}"
+    write_dir(root, files)
+    return files
+
+
+# VmHWM, not ru_maxrss: the latter starts from the parent's (pytest's) RSS at fork, even across exec.
+SOURCE_ONLY = """
+import re, sys
+from indexer.sources import parse_source
+from indexer.sources.parse import Context
+source = parse_source(sys.argv[1])
+names = set()
+for item in source.records(Context(source.kind, source.location)):
+    assert not isinstance(item, Exception), item
+    names.add(item.name)
+with open("/proc/self/status") as f:
+    peak = int(re.search(r"VmHWM:\\s+(\\d+) kB", f.read()).group(1)) * 1024
+print(len(names), peak)
+"""
+
+
+def test_layout_of_100000_images_indexes(tmp_path):
+    import subprocess
+    import sys
+
+    root = str(tmp_path / "big")
+    files = big_layout(root, 100_000)
+    assert len(files["index.json"]) > 3 * MAX_JSON_BYTES
+
+    # Every image comes out of the source, in memory that does not follow the index.
+    proc = subprocess.run([sys.executable, "-c", SOURCE_ONLY, root], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    count, peak = map(int, proc.stdout.split())
+    assert count == 100_000
+    assert peak < 200 << 20
+
+    # Through the command, the whole index is read and checked; the image asked for lands.
+    run = run_measured(["index", f"oci:{root}:v99999", "--store", str(tmp_path / "store")])
+    assert_within_limits(run)
+    assert run.code == 0 and "indexed 1 images, 0 failed" in run.stdout, run.stderr
+
+
+@pytest.mark.parametrize("packing", ["tar", "tar.gz", "stdin"])
+def test_large_index_in_an_archive(tmp_path, packing):
+    root = str(tmp_path / "big")
+    files = big_layout(root, 40_000)
+    assert len(files["index.json"]) > MAX_JSON_BYTES
+    data = tar_bytes(files)
+    path = tmp_path / f"big.{packing}"
+    path.write_bytes(gzip.compress(data, compresslevel=1, mtime=0) if packing != "tar" else data)
+    spec = "oci-archive:-:v39999" if packing == "stdin" else f"oci-archive:{path}:v39999"
+    run = run_measured(
+        ["index", spec, "--store", str(tmp_path / "store")],
+        stdin_data=path.read_bytes() if packing == "stdin" else None,
+    )
+    assert_within_limits(run)
+    assert run.code == 0 and "indexed 1 images, 0 failed" in run.stdout, run.stderr
+
+
+def test_large_index_is_checked_whole_before_any_image(tmp_path, monkeypatch):
+    """A document that turns bad after its descriptors (schemaVersion last, a cut) lands nothing."""
+    monkeypatch.setattr(layout, "MAX_JSON_BYTES", 16)  # stream even a small index
+    blobs = Blobs()
+    manifest = blobs.image()
+    files = blobs.layout_files([named(manifest, containerd="registry.example/a/b:1")])
+    good = json.loads(files["index.json"])
+    for text, message in [
+        (json.dumps({"manifests": good["manifests"], "schemaVersion": 3}), "unsupported schemaVersion 3"),
+        (json.dumps(good)[:-3], "index.json is not valid JSON"),
+        (json.dumps(good) + " x", r"index.json is not valid JSON \(Extra data"),
+        (json.dumps({"manifests": good["manifests"], "manifests": {}}), "manifests is not a list"),  # noqa: F601
+    ]:
+        files["index.json"] = text.encode()
+        write_dir(str(tmp_path), files)
+        with pytest.raises(SourceError, match=message):
+            collect(str(tmp_path))
+    files["index.json"] = json.dumps(good).encode()
+    write_dir(str(tmp_path), files)
+    records, errors, _ = collect(str(tmp_path))
+    assert [r.digest for r in records] == [manifest["digest"]] and not errors
+
+
+def test_index_over_its_own_bound_is_refused_unread(tmp_path, monkeypatch):
+    monkeypatch.setattr(layout, "MAX_INDEX_BYTES", 1000)
+    big_layout(str(tmp_path), 50)
+    with pytest.raises(SourceError, match=r"index\.json is \d+ bytes, over the 1000-byte limit"):
+        collect(str(tmp_path))
+
+
+json_leaf = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8)
+json_values = st.recursive(
+    json_leaf,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12,
+)
+index_docs = st.fixed_dictionaries(
+    {},
+    optional={
+        "schemaVersion": st.sampled_from([2, 1, None, "2"]),
+        "manifests": st.none() | st.lists(json_values, max_size=5) | json_values,
+        "annotations": json_values,
+    },
+)
+
+
+def _mangle(text: str, cut: int, insert: str) -> str:
+    position = cut % (len(text) + 1)
+    return text[:position] + insert + text[position:]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    index_docs,
+    st.sampled_from(["", " ", "\n", ",", "]", "}", "x", '"', "\\", "1", "\ud800", "\\ud800", "\ufeff", "e5", "-"]),
+    st.integers(min_value=0, max_value=10_000),
+    st.integers(min_value=1, max_value=7),
+    st.booleans(),
+)
+def test_streamed_index_reads_as_json_loads_does(doc, insert, cut, piece, indent):
+    """The descriptor-by-descriptor reader agrees with the one-shot parser on any document, cut
+    into tiny pieces so every value and error may straddle a boundary."""
+    text = _mangle(json.dumps(doc, indent=1 if indent else None), cut, insert)
+    data = text.encode("utf-8", "surrogatepass")
+    try:
+        expected = top_descriptors(data, "index.json")
+    except SourceError:
+        expected = SourceError
+    pieces = [data[i : i + piece] for i in range(0, len(data), piece)]
+    index = IndexJson("index.json", len(data), lambda: iter(pieces))
+    saved = layout.MAX_JSON_BYTES, layout._PIECE, layout._MARGIN
+    layout.MAX_JSON_BYTES, layout._PIECE, layout._MARGIN = -1, 1, 10
+    try:
+        got = list(index.descriptors())
+    except SourceError:
+        got = SourceError
+    finally:
+        layout.MAX_JSON_BYTES, layout._PIECE, layout._MARGIN = saved
+    assert got == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Mistyped transports and folders of archives
+
+
+@pytest.mark.parametrize(
+    "spec, prefix",
+    [("docker-achive:x.tar", "docker-achive:"), ("oci-layout:x", "oci-layout:"), ("docker:app", "docker:")],
+)
+def test_mistyped_transport_is_named(spec, prefix, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SourceError) as caught:
+        parse_source(spec)
+    assert str(caught.value) == f'{spec}: unknown source type "{prefix}"; {TRANSPORTS_TEXT}'
+
+
+def test_an_existing_path_with_a_colon_is_a_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_tar("docker-achive:x.tar", save("registry.example/colon/app:v1"))
+    records, errors, _ = collect("docker-achive:x.tar")
+    assert len(records) == 1 and not errors
+    with pytest.raises(SourceError, match="no such file or directory"):
+        parse_source("missing/dir:x.tar")
+
+
+def _folder(root) -> dict[str, str]:
+    """A folder of exports: archives of every kind, a layout, a broken archive and other files."""
+    os.makedirs(root / "nested" / "deeper")
+    write_tar(str(root / "b-save.tar"), save("registry.example/folder/b:v1", b"b"))
+    (root / "a-save.tar.gz").write_bytes(gzip.compress(tar_bytes(save("registry.example/folder/a:v1", b"a")), mtime=0))
+    files, _ = layout_files("registry.example/folder/oci-archive:v1")
+    write_tar(str(root / "nested" / "c.oci.tar"), files)
+    files, _ = layout_files("registry.example/folder/layout:v1")
+    write_dir(str(root / "nested" / "deeper" / "layout"), files)
+    (root / "notes.txt").write_text("not an archive\n")
+    write_tar(str(root / "nested" / "text.tar"), {"readme.txt": b"hello\n"})
+    os.mkfifo(root / "nested" / "pipe")
+    data = tar_bytes(save("registry.example/folder/cut:v1", b"c" * 4096))
+    (root / "nested" / "z-cut.tar").write_bytes(data[:2000])
+    return {
+        "registry.example/folder/a": str(root / "a-save.tar.gz"),
+        "registry.example/folder/b": str(root / "b-save.tar"),
+        "registry.example/folder/layout": str(root / "nested" / "deeper" / "layout"),
+        "registry.example/folder/oci-archive": str(root / "nested" / "c.oci.tar"),
+    }
+
+
+def test_folder_of_archives_indexes_each_in_path_order(tmp_path):
+    root = tmp_path / "exports"
+    want = _folder(root)
+    records, errors, notes = collect(str(root))
+    got = [(f"{r.registry}/{r.name}", r.source_path) for r in records]
+    assert got == sorted(want.items(), key=lambda item: item[1].split(os.sep))
+    assert {r.source_kind for r in records} == {"docker-archive", "oci-archive", "oci"}
+    assert [str(e) for e in errors] == [
+        f"{root}/nested/z-cut.tar: truncated tar: member " + errors[0].reason.split("member ")[1]
+    ]
+    assert sorted(notes) == sorted(
+        [
+            f"{root}/notes.txt: not a tar archive (nor gzip or zstd); skipped",
+            f"{root}/nested/pipe: not a regular file (named pipe); skipped",
+            f"{root}/nested/text.tar: not an image archive (no manifest.json or index.json); skipped",
+        ]
+    )
+    # The same again gives the same order: nothing depends on the directory's listing order.
+    assert [r.id for r in collect(str(root))[0]] == [r.id for r in records]
+
+
+def test_folder_through_the_command(tmp_path):
+    root = tmp_path / "exports"
+    _folder(root)
+    run = run_measured(["index", str(root), "--store", str(tmp_path / "store")])
+    assert run.code == 1
+    one_line_messages(run.stderr)
+    assert len(error_lines(run.stderr)) == 1
+    assert "indexed 4 images, 1 failed" in run.stdout
+
+
+def test_real_fixtures_folder_equals_its_archives(tmp_path):
+    """tests/fixtures/real holds archives, a layout named `oci-layout` and expected.json."""
+    records, errors, notes = collect(REAL)
+    assert not errors
+    assert notes == [f"{REAL}/expected.json: not a tar archive (nor gzip or zstd); skipped"]
+    one_by_one = set()
+    for name in sorted(os.listdir(REAL)):
+        if name != "expected.json":
+            one_by_one |= {r.id for r in collect(os.path.join(REAL, name))[0]}
+    assert {r.id for r in records} == one_by_one
+
+
+def test_empty_folder_is_one_error(tmp_path):
+    with pytest.raises(
+        SourceError, match=r"directory is not an image layout \(no index\.json\) and holds no image archives"
+    ):
+        collect(str(tmp_path))
+
+
+def test_folder_with_index_json_stays_a_layout(tmp_path):
+    files, _ = layout_files("registry.example/layout/app:v1")
+    write_dir(str(tmp_path), files)
+    write_tar(str(tmp_path / "extra.tar"), save("registry.example/ignored/app:v1"))
+    records, errors, _ = collect(str(tmp_path))
+    assert [r.name for r in records] == ["layout/app"] and not errors
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Standard input
+
+
+def _listing(store: str) -> list[dict]:
+    from click.testing import CliRunner
+
+    from queries.cli import cli
+
+    result = CliRunner().invoke(cli, ["list", "--store", store, "--page-size", "1000"])
+    assert result.exit_code == 0, result.output
+    return sorted(json.loads(result.stdout).get("images", []), key=lambda d: d["id"])
+
+
+REAL_ARCHIVES = sorted(name for name in REAL_EXPECTED["archives"] if os.path.isfile(os.path.join(REAL, name)))
+STDIN_CASES = [("-", name) for name in REAL_ARCHIVES] + [
+    ("docker-archive:-", "docker-save-app.tar.gz"),
+    ("docker-archive:-", "docker25-save-app.tar"),
+    ("oci-archive:-", "oci-archive-base-multiarch.tar"),
+    ("/dev/stdin", "docker-save-app.tar"),
+    ("/dev/stdin", "docker-save-app.tar.zst"),
+]
+
+
+@pytest.mark.parametrize("spec, name", STDIN_CASES)
+def test_archive_piped_on_stdin(spec, name, tmp_path):
+    store = str(tmp_path / "store")
+    with open(os.path.join(REAL, name), "rb") as f:
+        data = f.read()
+    if name.endswith(".tar"):
+        data += b"\0" * (1 << 20)  # zeros after the end of the archive, more than a pipe buffers
+    run = run_measured(["index", spec, "--store", store, "--repository", REPOSITORY, "--quiet"], stdin_data=data)
+    assert run.code == 0, run.stderr
+    assert not run.stdin_broken, "standard input was not read to its end: the writer of the pipe got EPIPE"
+    assert _listing(store) == expected_documents(REAL_EXPECTED["archives"][name])
+
+
+def test_stdin_with_verify_and_bad_streams(tmp_path):
+    with open(os.path.join(REAL, "docker-save-app.tar.zst"), "rb") as f:
+        data = f.read()
+    run = run_measured(["index", "-", "--verify", "--store", str(tmp_path / "a")], stdin_data=data)
+    assert run.code == 0, run.stderr
+    run = run_measured(["index", "-", "--store", str(tmp_path / "b")], stdin_data=data[: len(data) // 2])
+    assert error_lines(run.stderr) == [
+        f"imgdex: <stdin>: truncated zstd archive (the archive ends inside a frame, at byte {len(data) // 2})"
+    ]
+    run = run_measured(["index", "docker-archive:-", "--store", str(tmp_path / "c")], stdin_data=b"")
+    assert error_lines(run.stderr) == ["imgdex: <stdin>: empty file"]
+
+
+def test_stdin_terminal_is_refused(tmp_path):
+    leader, follower = pty.openpty()
+    try:
+        run = run_measured(["index", "-", "--store", str(tmp_path / "s")], stdin=follower, timeout=60)
+    finally:
+        os.close(leader)
+        os.close(follower)
+    assert error_lines(run.stderr) == ["imgdex: <stdin>: standard input is a terminal, not an archive"]
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. A docker save config whose name is not its digest
+
+
+def test_config_named_for_another_digest_uses_its_content_digest(tmp_path):
+    files = save("registry.example/renamed/app:v1")
+    entry = json.loads(files["manifest.json"])[0]
+    raw = files.pop(entry["Config"])
+    wrong = "0" * 64 + ".json"
+    files[wrong] = raw
+    entry["Config"] = wrong
+    files["manifest.json"] = dumps([entry])
+    for path in (tmp_path / "renamed.tar", tmp_path / "renamed.tar.gz"):
+        data = tar_bytes(files)
+        path.write_bytes(gzip.compress(data, mtime=0) if path.suffix == ".gz" else data)
+        records, errors, notes = collect(str(path))
+        assert not errors
+        [record] = records
+        assert record.config.digest == digest_of(raw)
+        assert notes == [
+            f"{path}: config {wrong!r} is named sha256:{'0' * 64} but its bytes hash to {digest_of(raw)}; "
+            f"the image ID is {digest_of(raw)}"
+        ]
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. One line per message, whatever a name holds
+
+
+def test_printable_escapes_what_would_split_or_forge_a_line():
+    assert printable("/data/app.tar") == "/data/app.tar"
+    assert printable("a\nb\rc\td\x1b[31m\x85\u2028") == "a\\nb\\rc\\td\\x1b[31m\\x85\\u2028"
+    assert printable("x" + os.fsdecode(b"\xff") + ".tar") == "x\\xff.tar"
+
+
+def test_names_with_newlines_give_one_line_messages(tmp_path):
+    broken = tmp_path / "bad\nimgdex: forged.tar"
+    files = save("registry.example/newline/app:v1")
+    del files[json.loads(files["manifest.json"])[0]["Layers"][0]]
+    write_tar(str(broken), files)
+    layout_dir = tmp_path / "layout\nname"
+    files, manifest = layout_files("registry.example/newline/layout:v1")
+    del files[blob_name(json.loads(files[blob_name(manifest["digest"])])["config"]["digest"])]
+    write_dir(str(layout_dir), files)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "note\nme.txt").write_text("x")
+    write_tar(str(folder / "ok.tar"), save("registry.example/newline/ok:v1"))
+
+    run = run_measured(
+        ["index", str(broken), str(layout_dir), str(folder), "docker-achive:\nx", "--store", str(tmp_path / "store")]
+    )
+
+    lines = one_line_messages(run.stderr)
+    errors = error_lines(run.stderr)
+    assert len(errors) == 3, run.stderr
+    assert errors[0].startswith(f"imgdex: {tmp_path}/bad\\nimgdex: forged.tar: layer ")
+    assert errors[1].startswith(f"imgdex: {tmp_path}/layout\\nname/blobs/sha256/") and errors[1].endswith(
+        ": blob is missing"
+    )
+    assert errors[2] == f'imgdex: docker-achive:\\nx: unknown source type "docker-achive:"; {TRANSPORTS_TEXT}'
+    assert f"imgdex: note: {folder}/note\\nme.txt: not a tar archive (nor gzip or zstd); skipped" in lines
+    assert "indexed 1 images, 3 failed" in run.stdout
+
+
+def test_name_that_is_not_utf8_is_escaped_and_stored(tmp_path):
+    path = os.path.join(str(tmp_path).encode(), b"app\xfe.tar")
+    write_tar(os.fsdecode(path), save("registry.example/bytes/app:v1"))
+    records, errors, _ = collect(os.fsdecode(path))
+    assert not errors
+    assert records[0].source_path == f"{tmp_path}/app\\xfe.tar"
+    records[0].source_path.encode("utf-8")
