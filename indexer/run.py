@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from .errors import ImgdexError, SourceError, StoreError
+from .errors import ImgdexError, SourceError, StoreError, printable
 from .model import ImageRecord, merge_records
 from .references import redact_userinfo
 from .sources import parse_source
@@ -68,13 +68,13 @@ def index_sources(
     # Every message leaves through these two, so URL credentials are redacted once for the
     # terminal, the summary and the runs table alike, whatever source produced them.
     def fail(message: str) -> None:
-        message = redact_userinfo(message)
+        message = printable(redact_userinfo(message))
         summary.failed += 1
         summary.errors.append(message)
         on_error(message)
 
     def note(message: str) -> None:
-        message = redact_userinfo(message)
+        message = printable(redact_userinfo(message))
         summary.notes.append(message)
         on_note(message)
 
@@ -156,7 +156,8 @@ def index_sources(
             "run_id": uuid.uuid4().hex,
             "started_at": started_at,
             "finished_at": now_utc(),
-            "sources": [redact_userinfo(spec) for spec in spec_list],
+            # A source argument may hold bytes that are not UTF-8 (os.fsdecode's surrogates).
+            "sources": [printable(redact_userinfo(spec)) for spec in spec_list],
             "images_indexed": summary.indexed,
             "images_failed": summary.failed,
             "errors": summary.errors,

@@ -25,7 +25,7 @@ import pytest
 from click.testing import CliRunner
 
 from indexer.sources.parse import MAX_JSON_BYTES
-from indexer.sources.tarball import printable
+from indexer.errors import printable
 from queries.cli import cli
 
 HERE = os.path.dirname(os.path.abspath(__file__))

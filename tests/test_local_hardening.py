@@ -9,6 +9,8 @@ import hashlib
 import json
 import os
 import pty
+import subprocess
+import sys
 import tarfile
 
 import pytest
@@ -18,12 +20,14 @@ from hypothesis import strategies as st
 from builders import Blobs, classic_save_files, digest_of, dumps, named, tar_bytes, write_dir, write_tar
 from conftest import REAL
 from expectations import REPOSITORY, expected_documents
-from indexer.errors import SourceError
+from indexer.errors import SourceError, printable
 from indexer.model import ImageRecord
 from indexer.sources import layout, parse_source, tarball
 from indexer.sources.layout import IndexJson, top_descriptors
 from indexer.sources.parse import MAX_JSON_BYTES, Context
-from indexer.sources.tarball import MAX_KEPT_BYTES, TarMembers, printable
+from indexer.sources.tarball import MAX_KEPT_BYTES, TarMembers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from test_badinput import assert_within_limits, error_lines, run_measured
 
 with open(os.path.join(REAL, "expected.json")) as _f:
@@ -642,3 +646,22 @@ def test_name_that_is_not_utf8_is_escaped_and_stored(tmp_path):
     assert not errors
     assert records[0].source_path == f"{tmp_path}/app\\xfe.tar"
     records[0].source_path.encode("utf-8")
+
+
+def test_source_argument_that_is_not_utf8_is_indexed_and_recorded_escaped(tmp_path):
+    sample = os.path.join(ROOT, "data", "samples", "docker-save-app.tar")
+    odd = os.path.join(os.fsencode(tmp_path), b"app\xff\n.tar")
+    with open(sample, "rb") as src, open(odd, "wb") as dst:
+        dst.write(src.read())
+    store = tmp_path / "store"
+    result = subprocess.run(
+        [sys.executable, "-m", "queries.cli", "index", odd, "--store", str(store), "--repository", "x/app"],
+        capture_output=True, cwd=ROOT, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert b"Traceback" not in result.stderr
+    out = subprocess.run(
+        [sys.executable, "-m", "queries.cli", "sql", "SELECT sources FROM runs", "--store", str(store), "--format", "json"],
+        capture_output=True, text=True, cwd=ROOT, timeout=60, check=True,
+    )
+    assert "app\\\\xff\\\\n.tar" in out.stdout

@@ -12,12 +12,12 @@ import stat
 from dataclasses import dataclass
 from typing import Iterator, Protocol
 
-from ..errors import SourceError
+from ..errors import SourceError, printable
 from ..model import ImageRecord
 from .docker_archive import read_docker_archive
 from .layout import is_layout_dir, read_layout_dir, read_layout_tar
 from .parse import Context
-from .tarball import STDIN_NAMES, NotAnArchive, TarMembers, not_regular, printable
+from .tarball import STDIN_NAMES, NotAnArchive, TarMembers, not_regular
 
 KINDS = ("docker-archive", "oci-archive", "oci", "docker-daemon", "docker", "ycr-json")
 TRANSPORTS = ("docker-archive:", "oci-archive:", "oci:", "docker-daemon:", "docker://", "ycr-json:")

@@ -15,12 +15,12 @@ import re
 import stat
 from typing import Callable, Iterable, Iterator
 
-from ..errors import ImgdexError, SourceError
+from ..errors import ImgdexError, SourceError, printable
 from ..model import ImageRecord
 from ..references import Reference, is_bare_tag, parse_reference
 from . import mediatypes as mt
 from .parse import MAX_JSON_BYTES, Context, load_object, parse_descriptor, walk
-from .tarball import MAX_INDEX_BYTES, TarMembers, not_regular, open_regular, printable
+from .tarball import MAX_INDEX_BYTES, TarMembers, not_regular, open_regular
 
 _PIECE = 1 << 20
 

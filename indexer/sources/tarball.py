@@ -21,7 +21,7 @@ import sys
 import tarfile
 from dataclasses import dataclass
 
-from ..errors import SourceError
+from ..errors import SourceError, printable
 from .parse import MAX_JSON_BYTES
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -57,20 +57,6 @@ class NotAnArchive(SourceError):
     as opposed to an image tarball that is broken. A folder of archives skips it with a note."""
 
 
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
-
-
-def printable(text: str) -> str:
-    """`text` fit for a one-line message: control characters, line separators and bytes that
-    were not UTF-8 are escaped (`\\n`, `\\x1b`, `\\xff`), so a file name cannot split a message."""
-    return _UNPRINTABLE.sub(_escape, text)
-
-
-def _escape(match: re.Match) -> str:
-    code = ord(match.group())
-    if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode keeps an undecodable byte as a lone surrogate
-        return f"\\x{code - 0xDC00:02x}"
-    return repr(match.group())[1:-1]
 
 
 def _file_type(mode: int) -> str:
