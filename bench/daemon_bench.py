@@ -5,7 +5,10 @@ ENV change, tagged into its own repository. Both sides read the same images:
 
 - imgdex: one `imgdex index docker-daemon: --docker-host H` process into a fresh store, timed
   whole (start-up, listing, inspect and history of every image, the store write and snapshot);
-  the run's own figure (`--json` "seconds", without interpreter start-up) is printed beside it;
+  the run's own figure (`--json` "seconds", without interpreter start-up) is printed beside it.
+  The console script beside this interpreter is run, not a version manager's shim on PATH
+  (pyenv's adds about 0.1 s to every command); --module runs `python -m queries.cli` from this
+  checkout instead, to compare two checkouts with the same start-up;
 - the loop: one `docker image inspect REF` process per image, one after the other, output
   discarded, as a shell script over `docker images` would do it.
 
@@ -18,7 +21,7 @@ engine under imgdex-bench/ and removed at the end unless --keep.
 
 Usage::
 
-    python bench/daemon_bench.py [--images 500] [--repeat 3] [--docker-host URL] [--keep] [--json]
+    python bench/daemon_bench.py [--images 500] [--repeat 3] [--docker-host URL] [--keep] [--module] [--json]
 """
 from __future__ import annotations
 
@@ -80,16 +83,21 @@ def remove_images(host: str, refs: list[str]) -> None:
     client.close()
 
 
-def imgdex_command() -> list[str]:
+def imgdex_command(module: bool = False) -> list[str]:
+    if module:
+        return [sys.executable, "-m", "queries.cli"]
+    beside = os.path.join(os.path.dirname(sys.executable), "imgdex")
+    if os.access(beside, os.X_OK):
+        return [beside]
     found = shutil.which("imgdex")
     return [found] if found else [sys.executable, "-m", "queries.cli"]
 
 
-def time_imgdex(host: str, work: str, run: int) -> tuple[float, float, int]:
+def time_imgdex(command: list[str], host: str, work: str, run: int) -> tuple[float, float, int]:
     store = os.path.join(work, f"store-{run}")
     started = time.perf_counter()
     result = subprocess.run(
-        [*imgdex_command(), "index", "docker-daemon:", "--docker-host", host, "--store", store, "--json", "--quiet"],
+        [*command, "index", "docker-daemon:", "--docker-host", host, "--store", store, "--json", "--quiet"],
         capture_output=True, text=True, cwd=ROOT,
     )
     wall = time.perf_counter() - started
@@ -103,7 +111,8 @@ def time_imgdex(host: str, work: str, run: int) -> tuple[float, float, int]:
 def time_inspect_loop(docker_cli: str, env: dict, refs: list[str]) -> float:
     started = time.perf_counter()
     for ref in refs:
-        subprocess.run([docker_cli, "image", "inspect", ref], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=True)
+        subprocess.run([docker_cli, "image", "inspect", ref], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       env=env, check=True)
     return time.perf_counter() - started
 
 
@@ -113,6 +122,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--docker-host", default="", help="use this engine instead of starting a private one")
     parser.add_argument("--keep", action="store_true", help="keep the images made in a --docker-host engine")
+    parser.add_argument("--module", action="store_true", help="run `python -m queries.cli` from this checkout")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -132,12 +142,14 @@ def main() -> None:
         refs = make_images(host, args.images)
         made = time.perf_counter() - made
         docker_cli = services.DOCKER
-        server = subprocess.run([docker_cli, "version", "-f", "{{.Server.Version}}"], env=env, capture_output=True, text=True).stdout.strip()
+        server = subprocess.run([docker_cli, "version", "-f", "{{.Server.Version}}"], env=env, capture_output=True,
+                                text=True).stdout.strip()
 
+        command = imgdex_command(args.module)
         walls, runs, loops = [], [], []
         indexed = 0
         for run in range(args.repeat):
-            wall, seconds, indexed = time_imgdex(host, folder, run)
+            wall, seconds, indexed = time_imgdex(command, host, folder, run)
             walls.append(wall)
             runs.append(seconds)
             loops.append(time_inspect_loop(docker_cli, env, refs))
@@ -149,6 +161,7 @@ def main() -> None:
             "images": n,
             "engine": server,
             "cpus": os.cpu_count(),
+            "imgdex": " ".join(command),
             "setup_seconds": round(made, 2),
             "imgdex_seconds": round(statistics.median(walls), 3),
             "imgdex_images_per_s": round(n / statistics.median(walls), 1),
@@ -163,9 +176,13 @@ def main() -> None:
             print(json.dumps(result))
         else:
             print(f"engine {server}, {n} images ({result['cpus']} CPUs), median of {args.repeat} runs")
-            print(f"  imgdex index docker-daemon:   {result['imgdex_seconds']:8.2f} s  {result['imgdex_images_per_s']:8.1f} images/s  (whole process)")
-            print(f"    of which the index run      {result['imgdex_run_seconds']:8.2f} s  {result['imgdex_run_images_per_s']:8.1f} images/s")
-            print(f"  docker image inspect loop     {result['inspect_loop_seconds']:8.2f} s  {result['inspect_loop_images_per_s']:8.1f} images/s")
+            r = result
+            print(f"  imgdex index docker-daemon:   {r['imgdex_seconds']:8.2f} s"
+                  f"  {r['imgdex_images_per_s']:8.1f} images/s  (whole process)")
+            print(f"    of which the index run      {r['imgdex_run_seconds']:8.2f} s"
+                  f"  {r['imgdex_run_images_per_s']:8.1f} images/s")
+            print(f"  docker image inspect loop     {r['inspect_loop_seconds']:8.2f} s"
+                  f"  {r['inspect_loop_images_per_s']:8.1f} images/s")
             print(f"  ratio {result['ratio']}x (whole process), {result['ratio_run']}x (index run)")
     finally:
         if engine is not None:

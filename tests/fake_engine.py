@@ -1,12 +1,16 @@
-"""An in-memory Docker engine behind the same narrow client interface as the SDK client.
+"""An in-memory Docker engine behind the same narrow client interface as the engine API client.
 
 It answers with documents shaped as a real engine's (/images/json, inspect, history, info),
 records every call, and can fail on purpose. Only the mapping is tested with it; the proof
-against a real engine is in test_daemon_live.py.
+against a real engine is in test_daemon_live.py. `make_tls_files` makes the certificates of an
+engine secured as Docker documents it (a CA, a server certificate, a client certificate).
 """
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import subprocess
 import threading
 from dataclasses import dataclass, field
 
@@ -75,14 +79,16 @@ def classic_image(
     if variant:
         inspect["Variant"] = variant
     history = [
-        {"Comment": s.comment, "Created": s.created, "CreatedBy": s.created_by, "Id": "<missing>", "Size": s.size or 0, "Tags": None}
+        {"Comment": s.comment, "Created": s.created, "CreatedBy": s.created_by, "Id": "<missing>", "Size": s.size or 0,
+         "Tags": None}
         for s in reversed(steps)
     ]
     history[0]["Id"] = image_id
     return {"inspect": inspect, "history": history, "intermediate": False}
 
 
-def containerd_image(seed: str, *, tags=(), platforms=(("linux", "amd64", ""),), unavailable=(), attestation=False, index=True, descriptor=True) -> dict:
+def containerd_image(seed: str, *, tags=(), platforms=(("linux", "amd64", ""),), unavailable=(), attestation=False,
+                     index=True, descriptor=True) -> dict:
     """An engine image (containerd store): an index of platform manifests, or one manifest."""
     children = []
     per_platform = {}
@@ -108,7 +114,8 @@ def containerd_image(seed: str, *, tags=(), platforms=(("linux", "amd64", ""),),
         children.append(
             {
                 "ID": digest,
-                "Descriptor": {"mediaType": OCI_MANIFEST, "digest": digest, "size": 300, "platform": {"os": "unknown", "architecture": "unknown"}},
+                "Descriptor": {"mediaType": OCI_MANIFEST, "digest": digest, "size": 300,
+                               "platform": {"os": "unknown", "architecture": "unknown"}},
                 "Available": True,
                 "Size": {"Total": 300, "Content": 300},
                 "Kind": "attestation",
@@ -121,14 +128,19 @@ def containerd_image(seed: str, *, tags=(), platforms=(("linux", "amd64", ""),),
         target = dict(children[0]["Descriptor"])
         target.pop("platform")
     first_digest, first = next(iter(per_platform.values()))
-    inspect = dict(first["inspect"], Id=target["digest"], RepoTags=list(tags), RepoDigests=[_digested(t, target["digest"]) for t in tags])
+    inspect = dict(first["inspect"], Id=target["digest"], RepoTags=list(tags),
+                   RepoDigests=[_digested(t, target["digest"]) for t in tags])
     if descriptor:
         inspect["Descriptor"] = target
     return {
         "inspect": inspect,
         "history": first["history"],
         "manifests": children,
-        "per_platform": {p: (d, dict(c["inspect"], Id=d, Descriptor={"mediaType": OCI_MANIFEST, "digest": d, "size": 500}), c["history"]) for p, (d, c) in per_platform.items()},
+        "per_platform": {
+            p: (d, dict(c["inspect"], Id=d, Descriptor={"mediaType": OCI_MANIFEST, "digest": d, "size": 500}),
+                c["history"])
+            for p, (d, c) in per_platform.items()
+        },
         "intermediate": False,
     }
 
@@ -212,7 +224,8 @@ class FakeEngine:
         if platform is not None:
             if "per_platform" not in image or platform not in image["per_platform"]:
                 raise EngineRefused(f"image {ref}: no match for platform in manifest")
-            return dict(image["per_platform"][platform][1], RepoTags=image["inspect"]["RepoTags"], RepoDigests=image["inspect"]["RepoDigests"])
+            return dict(image["per_platform"][platform][1], RepoTags=image["inspect"]["RepoTags"],
+                        RepoDigests=image["inspect"]["RepoDigests"])
         doc = dict(image["inspect"])
         if manifests and self.containerd:
             doc["Manifests"] = image.get("manifests", [])
@@ -227,11 +240,50 @@ class FakeEngine:
 
     def info(self) -> dict:
         self._record("info")
-        status = [["driver-type", "io.containerd.snapshotter.v1"]] if self.containerd else [["Backing Filesystem", "extfs"]]
+        status = ([["driver-type", "io.containerd.snapshotter.v1"]] if self.containerd
+                  else [["Backing Filesystem", "extfs"]])
         return {"Driver": "overlayfs" if self.containerd else "vfs", "DriverStatus": status}
 
     def close(self) -> None:
         self.closed = True
+
+
+def make_tls_files(folder: str) -> dict[str, str]:
+    """A CA, a server certificate for 127.0.0.1 and localhost, and a client certificate, made with openssl.
+
+    Returns the paths by role: ca, server_cert, server_key, and `client`: a folder laid out as
+    DOCKER_CERT_PATH wants it (ca.pem, cert.pem, key.pem). Raises FileNotFoundError without openssl.
+    """
+    if shutil.which("openssl") is None:
+        raise FileNotFoundError("openssl is not installed")
+    os.makedirs(folder, exist_ok=True)
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True, timeout=60)
+
+    openssl("req", "-x509", *key, "-keyout", "ca-key.pem", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=imgdex test CA")
+    extensions = {
+        "server": "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        "client": "extendedKeyUsage=clientAuth\n",
+    }
+    for role, text in extensions.items():
+        with open(os.path.join(folder, f"{role}.ext"), "w") as f:
+            f.write(text)
+        openssl("req", *key, "-keyout", f"{role}-key.pem", "-out", f"{role}.csr", "-subj", f"/CN=imgdex test {role}")
+        openssl("x509", "-req", "-in", f"{role}.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem", "-CAcreateserial",
+                "-out", f"{role}.pem", "-days", "2", "-extfile", f"{role}.ext")
+    client = os.path.join(folder, "client")
+    os.makedirs(client, exist_ok=True)
+    for source, target in (("ca.pem", "ca.pem"), ("client.pem", "cert.pem"), ("client-key.pem", "key.pem")):
+        shutil.copyfile(os.path.join(folder, source), os.path.join(client, target))
+    return {
+        "ca": os.path.join(folder, "ca.pem"),
+        "server_cert": os.path.join(folder, "server.pem"),
+        "server_key": os.path.join(folder, "server-key.pem"),
+        "client": client,
+    }
 
 
 class DeadEngine:
@@ -241,4 +293,7 @@ class DeadEngine:
         raise EngineUnavailable(f"cannot reach the Docker engine at {address}: No such file or directory")
 
 
-__all__ = ["FakeEngine", "DeadEngine", "Step", "classic_image", "containerd_image", "fake_digest", "EngineRefused", "EngineUnavailable", "NoSuchImage"]
+__all__ = [
+    "FakeEngine", "DeadEngine", "Step", "classic_image", "containerd_image", "fake_digest", "make_tls_files",
+    "EngineRefused", "EngineUnavailable", "NoSuchImage",
+]

@@ -1,6 +1,6 @@
 """docker-daemon: the mapping of engine documents to records, on a fake engine behind the client interface.
 
-The same interface is served by the Docker SDK client against a real engine in
+The same interface is served by the engine API client against a real engine in
 test_daemon_live.py; here only the mapping, laziness, failures and the wiring are checked.
 """
 from __future__ import annotations
@@ -17,10 +17,12 @@ import pytest
 from click.testing import CliRunner
 
 from indexer.errors import SourceError
-from indexer.model import EXACT_MANIFEST, KIND_ATTESTATION, KIND_IMAGE, KIND_INDEX, UNCOMPRESSED, HistoryEntry, ImageRecord, Platform
+from indexer.model import (
+    EXACT_MANIFEST, KIND_ATTESTATION, KIND_IMAGE, KIND_INDEX, UNCOMPRESSED, HistoryEntry, ImageRecord, Platform,
+)
 from indexer.references import blob_id, image_id
 from indexer.sources import daemon, parse_source
-from indexer.sources.daemon import DockerDaemon, SdkEngineClient, match_history
+from indexer.sources.daemon import DockerDaemon, EngineApiClient, match_history
 from indexer.sources.parse import Context
 from indexer.store.writer import StoreWriter, now_utc
 from queries import engine as store_engine
@@ -28,7 +30,10 @@ from queries import render
 from queries.cli import cli
 
 from builders import Blobs, named, write_dir
-from fake_engine import DeadEngine, EngineRefused, EngineUnavailable, FakeEngine, NoSuchImage, Step, classic_image, containerd_image, fake_digest
+from fake_engine import (
+    DeadEngine, EngineRefused, EngineUnavailable, FakeEngine, NoSuchImage, Step, classic_image, containerd_image,
+    fake_digest,
+)
 
 APP_STEPS = (
     Step("", 7, comment="imported"),
@@ -41,7 +46,8 @@ APP_STEPS = (
 
 def collect(fake: FakeEngine, ref: str = "", *, all_images=False, workers=1, window=4, **ctx):
     notes = []
-    source = DockerDaemon(location=fake.address, ref=ref, all_images=all_images, connect=lambda address: fake, workers=workers, window=window)
+    source = DockerDaemon(location=fake.address, ref=ref, all_images=all_images, connect=lambda address: fake,
+                          workers=workers, window=window)
     context = Context(source.kind, source.location, note=notes.append, **ctx)
     items = list(source.records(context))
     records = [i for i in items if isinstance(i, ImageRecord)]
@@ -95,7 +101,7 @@ def test_image_in_two_repositories_gives_one_resource_per_repository():
     assert app.digest == "" and app.id == image_id("docker.io", "t/app", config)
     assert app.tags == ("1.0", "latest") and app.media_type == "" and app.kind == KIND_IMAGE
     assert app.config.digest == config and app.config.size == 0
-    assert [(layer.digest, layer.size) for layer in app.layers] == list(zip(layers, [7, 4, 5]))
+    assert [(layer.digest, layer.size) for layer in app.layers] == list(zip(layers, [7, 4, 5], strict=True))
     assert not app.layers_compressed and app.compressed_size == 16
     assert app.created == "2026-11-29T11:48:54.000134049Z"
     assert app.labels == (("a", "2"), ("z", "1"))
@@ -109,7 +115,8 @@ def test_image_in_two_repositories_gives_one_resource_per_repository():
 
 def test_created_is_normalised_and_variant_kept():
     fake = FakeEngine()
-    fake.add(classic_image("arm", tags=["arm/app:1"], created="2026-11-29T13:48:54.12345+02:00", architecture="arm64", variant="v8"))
+    fake.add(classic_image("arm", tags=["arm/app:1"], created="2026-11-29T13:48:54.12345+02:00", architecture="arm64",
+                           variant="v8"))
     records, _, _ = collect(fake)
     assert records[0].created == "2026-11-29T11:48:54.123450Z"
     assert str(records[0].platform) == "linux/arm64/v8"
@@ -136,7 +143,8 @@ def test_repository_known_only_by_digest_is_named_without_tags():
 def test_first_repo_digest_of_a_repository_wins():
     fake = FakeEngine()
     first, second = fake_digest("one"), fake_digest("two")
-    fake.add(classic_image("two-digests", tags=["reg.example/app:1"], digests=[f"reg.example/app@{first}", f"reg.example/app@{second}"]))
+    fake.add(classic_image("two-digests", tags=["reg.example/app:1"],
+                           digests=[f"reg.example/app@{first}", f"reg.example/app@{second}"]))
     records, _, _ = collect(fake)
     assert [r.digest for r in records] == [first]
 
@@ -192,7 +200,8 @@ def test_ref_missing_is_an_error_naming_the_engine():
 
 
 def _history(*sizes):
-    return [{"Created": 1795952930, "CreatedBy": f"step {i}", "Comment": "", "Size": s} for i, s in reversed(list(enumerate(sizes)))]
+    return [{"Created": 1795952930, "CreatedBy": f"step {i}", "Comment": "", "Size": s}
+            for i, s in reversed(list(enumerate(sizes)))]
 
 
 @pytest.mark.parametrize(
@@ -239,7 +248,8 @@ def test_history_size_outside_int64_fails_that_image_only(bad, reason):
     records, errors, notes = collect(fake)
     assert [r.name for r in records] == ["good/app"] and not notes
     assert len(errors) == 1
-    assert str(errors[0]).startswith(f"docker-daemon (image {image['inspect']['Id']}): history entry 0 has an invalid size")
+    assert str(errors[0]).startswith(
+        f"docker-daemon (image {image['inspect']['Id']}): history entry 0 has an invalid size")
     assert reason in str(errors[0])
 
 
@@ -251,7 +261,7 @@ def test_history_sizes_adding_up_past_int64_fail_that_image_only(tmp_path, monke
     assert [r.name for r in records] == ["good/app"]
     assert len(errors) == 1 and "add up to 9223372036854775808" in str(errors[0])
     # Through the CLI: one line, and what is good lands.
-    monkeypatch.setattr(daemon, "connect_sdk", lambda address: fake)
+    monkeypatch.setattr(daemon, "connect_engine", lambda address: fake)
     result = CliRunner().invoke(cli, ["index", "docker-daemon:", "--store", str(tmp_path / "store")])
     assert result.exit_code == 1 and result.stdout.startswith("indexed 1 images, 1 failed")
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
@@ -259,7 +269,8 @@ def test_history_sizes_adding_up_past_int64_fail_that_image_only(tmp_path, monke
 
 def test_containerd_child_with_an_oversized_history_fails_alone():
     fake = FakeEngine(api_version="1.49", containerd=True)
-    fake.add(containerd_image("multi", tags=["reg.example/multi:1"], platforms=(("linux", "amd64", ""), ("linux", "arm64", "v8"))))
+    fake.add(containerd_image("multi", tags=["reg.example/multi:1"],
+                              platforms=(("linux", "amd64", ""), ("linux", "arm64", "v8"))))
     image = fake.images[0]
     arm = next(key for key in image["per_platform"] if key.architecture == "arm64")
     image["per_platform"][arm][2][0]["Size"] = 2**64
@@ -269,14 +280,16 @@ def test_containerd_child_with_an_oversized_history_fails_alone():
 
 
 @pytest.mark.parametrize("bad", ["reg.example/app:v1\n", "reg.example/app:тег", "reg.example/app:" + "a" * 129,
-                                 "reg.example/App:1", "reg.example/team/../app:1", "reg.example/app@sha256:" + "a" * 64 + "\n"])
+                                 "reg.example/App:1", "reg.example/team/../app:1",
+                                 "reg.example/app@sha256:" + "a" * 64 + "\n"])
 def test_invalid_repo_tags_and_digests_are_dropped_with_a_note(bad):
     fake = FakeEngine()
     key = "RepoDigests" if "@" in bad else "RepoTags"
     image = fake.add(classic_image("odd", tags=["reg.example/good:1"]))
     image["inspect"][key] = image["inspect"][key] + [bad]
     records, errors, notes = collect(fake)
-    assert not errors and [(r.registry, r.name, r.tags, r.digest) for r in records] == [("reg.example", "good", ("1",), "")]
+    assert not errors
+    assert [(r.registry, r.name, r.tags, r.digest) for r in records] == [("reg.example", "good", ("1",), "")]
     assert len(notes) == 1 and f"ignoring {key} entry" in notes[0]
     # Alone, the image lands untagged, as an image without names does.
     image["inspect"]["RepoTags"], image["inspect"]["RepoDigests"] = ([bad], []) if key == "RepoTags" else ([], [bad])
@@ -335,14 +348,16 @@ def test_engine_unreachable_is_a_source_error():
     source = DockerDaemon(location="unix:///gone.sock", connect=DeadEngine)
     with pytest.raises(SourceError) as caught:
         list(source.records(Context("docker-daemon", "unix:///gone.sock")))
-    assert str(caught.value) == "docker-daemon: cannot reach the Docker engine at unix:///gone.sock: No such file or directory"
+    assert str(caught.value) == (
+        "docker-daemon: cannot reach the Docker engine at unix:///gone.sock: No such file or directory")
 
 
 def test_engine_dying_midway_fails_the_source_after_what_was_read():
     fake = FakeEngine()
     for i in range(5):
         fake.add(classic_image(f"img{i}", tags=[f"app{i}:1"]))
-    fake.fail_inspect[fake.images[2]["inspect"]["Id"]] = EngineUnavailable("the Docker engine at unix:///fake/docker.sock stopped answering (image x): Connection reset by peer")
+    fake.fail_inspect[fake.images[2]["inspect"]["Id"]] = EngineUnavailable(
+        "the Docker engine at unix:///fake/docker.sock stopped answering (image x): Connection reset by peer")
     source = DockerDaemon(location=fake.address, connect=lambda address: fake, workers=2, window=3)
     got = []
     with pytest.raises(SourceError, match="stopped answering"):
@@ -416,7 +431,8 @@ def test_containerd_single_manifest_image():
 
 def test_containerd_before_api_1_49_describes_the_default_platform_only():
     fake = FakeEngine(api_version="1.47", containerd=True)
-    fake.add(containerd_image("old", tags=["app:3"], platforms=(("linux", "amd64", ""), ("linux", "arm64", "")), descriptor=False))
+    fake.add(containerd_image("old", tags=["app:3"], platforms=(("linux", "amd64", ""), ("linux", "arm64", "")),
+                              descriptor=False))
     records, errors, notes = collect(fake)
     assert not errors
     assert [(r.kind, str(r.platform or "")) for r in records] == [(KIND_INDEX, ""), (KIND_IMAGE, "linux/amd64")]
@@ -451,7 +467,8 @@ def _write(store, records):
 
 def _rows(store):
     con = store_engine.connect(store)
-    return [render.to_response(row) for row in con.execute(f"SELECT {render.SELECT} FROM images ORDER BY id").fetchall()]
+    rows = con.execute(f"SELECT {render.SELECT} FROM images ORDER BY id").fetchall()
+    return [render.to_response(row) for row in rows]
 
 
 def _engine_and_layout_of_one_image(tmp_path):
@@ -490,7 +507,7 @@ def test_engine_then_exact_record_is_one_resource_and_exact_wins(tmp_path, engin
     assert row["tags"] == ["stable", "v1"]  # tags of both sources are pooled
 
 
-# ----------------------------------------------------------------------------- the CLI and the SDK client
+# ----------------------------------------------------------------------------- the CLI and the engine API client
 
 
 def test_cli_passes_docker_host_and_all(monkeypatch, tmp_path):
@@ -498,9 +515,10 @@ def test_cli_passes_docker_host_and_all(monkeypatch, tmp_path):
     fake.add(classic_image("app", tags=["t/app:1"], steps=APP_STEPS))
     fake.add(classic_image("step"), intermediate=True)
     addresses = []
-    monkeypatch.setattr(daemon, "connect_sdk", lambda address: addresses.append(address) or fake)
+    monkeypatch.setattr(daemon, "connect_engine", lambda address: addresses.append(address) or fake)
     store = str(tmp_path)
-    result = CliRunner().invoke(cli, ["index", "docker-daemon:", "--docker-host", "unix:///run/x.sock", "--all", "--store", store])
+    result = CliRunner().invoke(
+        cli, ["index", "docker-daemon:", "--docker-host", "unix:///run/x.sock", "--all", "--store", store])
     assert result.exit_code == 0, result.output
     assert addresses == ["unix:///run/x.sock"] and ("list", True, False) in fake.calls
     got = json.loads(CliRunner().invoke(cli, ["get", "t/app:1", "--store", store]).stdout)
@@ -510,7 +528,8 @@ def test_cli_passes_docker_host_and_all(monkeypatch, tmp_path):
         "name": "t/app",
         "compressedSize": "16",
         "config": {"id": blob_id(image["Id"]), "digest": image["Id"]},
-        "layers": [{"id": blob_id(d), "digest": d, "size": str(s)} for d, s in zip(image["RootFS"]["Layers"], (7, 4, 5))],
+        "layers": [{"id": blob_id(d), "digest": d, "size": str(s)}
+                   for d, s in zip(image["RootFS"]["Layers"], (7, 4, 5), strict=True)],
         "tags": ["1"],
         "createdAt": "2026-11-29T11:48:54.000134049Z",
     }
@@ -520,11 +539,13 @@ def test_cli_unreachable_engine_is_one_line_and_exit_1(tmp_path):
     sock = str(tmp_path / "absent.sock")
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "queries.cli", "index", "docker-daemon:", "--docker-host", f"unix://{sock}", "--store", str(tmp_path / "s")],
+        [sys.executable, "-m", "queries.cli", "index", "docker-daemon:", "--docker-host", f"unix://{sock}",
+         "--store", str(tmp_path / "s")],
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 1
-    assert result.stderr.splitlines() == [f"imgdex: docker-daemon: cannot reach the Docker engine at unix://{sock}: No such file or directory"]
+    assert result.stderr.splitlines() == [
+        f"imgdex: docker-daemon: cannot reach the Docker engine at unix://{sock}: No such file or directory"]
     assert "Traceback" not in result.stdout + result.stderr
     assert time.monotonic() - started < 60
 
@@ -561,7 +582,8 @@ def test_silent_engine_times_out(tmp_path):
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
     try:
-        source = DockerDaemon(location=f"unix://{path}", connect=lambda address: SdkEngineClient(address, connect_timeout=1.0))
+        source = DockerDaemon(location=f"unix://{path}",
+                              connect=lambda address: EngineApiClient(address, connect_timeout=1.0))
         started = time.monotonic()
         with pytest.raises(SourceError) as caught:
             list(source.records(Context("docker-daemon", source.location)))
@@ -589,19 +611,24 @@ def test_docker_sdk_is_not_imported_off_the_engine_path(samples_store):
         "    assert not exc.code, exc.code\n"
         "assert 'docker' not in sys.modules, 'imported by get'\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=os.path.dirname(os.path.dirname(__file__)))
     assert result.returncode == 0, result.stderr
 
 
 class _StubEngine:
-    """A few Docker API answers over HTTP, on a unix socket or on loopback TCP; records the paths asked."""
+    """A few Docker API answers over HTTP, on a unix socket or on loopback TCP (with `tls`, a server
+    context, over TLS); records the paths asked and counts connections. `close_each` closes every
+    connection after its answer without saying so, as an engine restarting its listener would.
+    /v1.49/images/slow/json answers a byte every 0.1 s."""
 
-    def __init__(self, transport: str):
+    def __init__(self, transport: str, *, tls=None, close_each: bool = False):
         import http.server
         import socketserver
         import tempfile
 
         seen = self.seen = []
+        connections = self.connections = []
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as the engine
@@ -609,9 +636,28 @@ class _StubEngine:
             def log_message(self, *args):
                 pass
 
+            def setup(self):
+                connections.append(self.client_address)
+                super().setup()
+
+            def drip(self):
+                self.send_response(200)
+                self.send_header("Content-Length", "1000")
+                self.end_headers()
+                try:
+                    for _ in range(200):
+                        self.wfile.write(b" ")
+                        self.wfile.flush()
+                        time.sleep(0.1)
+                except OSError:
+                    pass
+                self.close_connection = True
+
             def do_GET(self):
                 seen.append(self.path)
                 path = self.path.split("?")[0]
+                if path == "/v1.49/images/slow/json":
+                    return self.drip()
                 if path == "/version":
                     body, status = {"ApiVersion": "1.49", "Version": "28.2.2"}, 200
                 elif path == "/v1.49/images/json":
@@ -630,6 +676,8 @@ class _StubEngine:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+                if close_each:
+                    self.close_connection = True
 
         if transport == "unix":
             class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -650,6 +698,8 @@ class _StubEngine:
             self.folder = None
             self.server = Server(("127.0.0.1", 0), Handler)
             self.address = f"tcp://127.0.0.1:{self.server.server_address[1]}"
+            if tls is not None:
+                self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
@@ -663,13 +713,13 @@ class _StubEngine:
 
 
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
-def test_sdk_client_requests_and_errors(transport):
+def test_api_client_requests_and_errors(transport):
     """The real client's request shapes and error mapping, on a stub engine speaking the Docker API."""
     from urllib.parse import parse_qs, urlsplit
 
     stub = _StubEngine(transport)
     try:
-        client = SdkEngineClient(stub.address)
+        client = EngineApiClient(stub.address)
         assert client.api_version == "1.49"
         assert client.list_images(all=True, manifests=True) == [{"Id": "sha256:" + "a" * 64}]
         assert client.inspect_image("app:1", platform=Platform("linux", "arm64", "v8")) == {"Id": "x"}
@@ -686,12 +736,13 @@ def test_sdk_client_requests_and_errors(transport):
         stub.stop()
     queries = [(urlsplit(p).path, parse_qs(urlsplit(p).query)) for p in stub.seen]
     assert ("/v1.49/images/json", {"all": ["1"], "manifests": ["1"]}) in queries
-    assert ("/v1.49/images/app:1/json", {"platform": ['{"os":"linux","architecture":"arm64","variant":"v8"}']}) in queries
+    platform = '{"os":"linux","architecture":"arm64","variant":"v8"}'
+    assert ("/v1.49/images/app:1/json", {"platform": [platform]}) in queries
     assert ("/v1.49/images/app:1/history", {"platform": ['{"os":"linux","architecture":"amd64"}']}) in queries
     assert ("/v1.49/images/app:1/json", {"manifests": ["1"]}) in queries
 
 
-def test_sdk_client_reuses_one_connection_on_a_socket(monkeypatch):
+def test_api_client_reuses_one_connection_on_a_socket(monkeypatch):
     """Every request to a unix socket goes over the same keep-alive connection."""
     stub = _StubEngine("unix")
     connects = []
@@ -702,7 +753,7 @@ def test_sdk_client_reuses_one_connection_on_a_socket(monkeypatch):
         return original(self, *args)
 
     try:
-        client = SdkEngineClient(stub.address)
+        client = EngineApiClient(stub.address)
         monkeypatch.setattr(socket.socket, "connect", counting)
         for i in range(50):
             client.inspect_image(f"sha256:{i:064x}")
@@ -712,3 +763,225 @@ def test_sdk_client_reuses_one_connection_on_a_socket(monkeypatch):
     finally:
         stub.stop()
     assert len(connects) <= 1
+
+
+def test_client_retries_a_keep_alive_connection_the_engine_closed():
+    stub = _StubEngine("unix", close_each=True)
+    try:
+        client = EngineApiClient(stub.address)
+        for i in range(10):
+            assert client.inspect_image(f"app:{i}") == {"Id": "x"}
+        client.close()
+    finally:
+        stub.stop()
+    assert len(stub.connections) == 11  # the version, then one per request
+    assert sum(1 for path in stub.seen if path.startswith("/v1.49/images/app:")) == 10
+
+
+def test_slow_engine_fails_the_request_at_its_deadline():
+    """An engine sending a byte every 0.1 s never trips a timeout per read; the deadline of the request stops it."""
+    stub = _StubEngine("unix")
+    try:
+        client = EngineApiClient(stub.address, timeout=1.0)
+        started = time.monotonic()
+        with pytest.raises(EngineUnavailable) as caught:
+            client.inspect_image("slow")
+        assert 0.9 < time.monotonic() - started < 5
+        assert str(caught.value) == (
+            f"the Docker engine at {stub.address} stopped answering (image slow): no complete answer in 1 s")
+        assert client.inspect_image("app:1") == {"Id": "x"}  # the others still go through
+        client.close()
+    finally:
+        stub.stop()
+
+
+# ----------------------------------------------------------------------------- the engine's address and TLS
+
+
+@pytest.mark.parametrize(
+    "address, env, want",
+    [
+        ("unix:///run/d.sock", {}, daemon.Endpoint(socket_path="/run/d.sock")),
+        ("unix://", {}, daemon.Endpoint(socket_path="/var/run/docker.sock")),
+        ("unix://var/run/docker.sock", {}, daemon.Endpoint(socket_path="/var/run/docker.sock")),
+        ("http+unix:///run/d.sock", {}, daemon.Endpoint(socket_path="/run/d.sock")),
+        ("tcp://10.0.0.1:2375", {}, daemon.Endpoint(host="10.0.0.1", port=2375)),
+        ("10.0.0.1:2375", {}, daemon.Endpoint(host="10.0.0.1", port=2375)),
+        ("tcp://:2375", {}, daemon.Endpoint(host="127.0.0.1", port=2375)),
+        ("tcp://[::1]:2375/api/", {}, daemon.Endpoint(host="::1", port=2375, prefix="/api")),
+        ("tcp://h:2376", {"DOCKER_TLS_VERIFY": "1"},
+         daemon.Endpoint(host="h", port=2376, tls=daemon.TlsSettings(True))),
+        ("tcp://h:2376", {"DOCKER_TLS_VERIFY": "0"},
+         daemon.Endpoint(host="h", port=2376, tls=daemon.TlsSettings(True))),
+        ("tcp://h:2376", {"DOCKER_TLS_VERIFY": ""}, daemon.Endpoint(host="h", port=2376)),
+        ("tcp://h:2376", {"DOCKER_CERT_PATH": "/nowhere"},
+         daemon.Endpoint(host="h", port=2376, tls=daemon.TlsSettings(False))),
+        ("http://h:2375", {"DOCKER_TLS_VERIFY": "1"}, daemon.Endpoint(host="h", port=2375)),
+        ("https://h:2376", {}, daemon.Endpoint(host="h", port=2376, tls=daemon.TlsSettings(True))),
+    ],
+)
+def test_engine_addresses_read_as_the_sdk_reads_them(address, env, want, monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.docker certificates
+    assert daemon.endpoint_of(address, env) == want
+
+
+def test_tls_files_are_taken_from_docker_cert_path_or_home(tmp_path, monkeypatch):
+    folder = tmp_path / "certs"
+    folder.mkdir()
+    (folder / "ca.pem").write_text("x")
+    assert daemon.tls_from_env({"DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(folder)}) == daemon.TlsSettings(
+        True, ca_file=str(folder / "ca.pem"))
+    (folder / "cert.pem").write_text("x")
+    (folder / "key.pem").write_text("x")
+    home = tmp_path / "home"
+    (home / ".docker").mkdir(parents=True)
+    for name in ("cert.pem", "key.pem"):
+        (home / ".docker" / name).write_text("x")
+    monkeypatch.setenv("HOME", str(home))
+    assert daemon.tls_from_env({"DOCKER_TLS_VERIFY": "yes"}) == daemon.TlsSettings(
+        True, cert_file=str(home / ".docker" / "cert.pem"), key_file=str(home / ".docker" / "key.pem"))
+    assert daemon.tls_from_env({"DOCKER_CERT_PATH": str(folder)}).cert_file == str(folder / "cert.pem")
+    assert daemon.tls_from_env({}) is None
+
+
+@pytest.mark.parametrize(
+    "address, reason",
+    [
+        ("ssh://me@build-host", "ssh:// addresses are not supported (unix://, tcp://, http:// and https:// are)"),
+        ("npipe:////./pipe/docker_engine",
+         "npipe:// addresses are not supported (unix://, tcp://, http:// and https:// are)"),
+        ("tcp://10.0.0.1", "not an engine address (unix://PATH or tcp://HOST:PORT)"),
+        ("tcp://10.0.0.1:99999", "not an engine address (unix://PATH or tcp://HOST:PORT)"),
+    ],
+)
+def test_unusable_engine_address_is_one_line(address, reason):
+    source = DockerDaemon(location=address)
+    with pytest.raises(SourceError) as caught:
+        list(source.records(Context("docker-daemon", address)))
+    assert str(caught.value) == f"docker-daemon: cannot reach the Docker engine at {address}: {reason}"
+
+
+def test_answer_that_is_not_the_engine_api_is_one_line(tmp_path):
+    import http.server
+
+    class NotDocker(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "5")
+            self.end_headers()
+            self.wfile.write(b"hello")
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), NotDocker)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    address = f"tcp://127.0.0.1:{server.server_address[1]}"
+    try:
+        with pytest.raises(EngineUnavailable) as caught:
+            EngineApiClient(address)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert str(caught.value) == (
+        f"cannot reach the Docker engine at {address}: the answer to GET /version is not the Docker engine API's")
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory):
+    from fake_engine import make_tls_files
+
+    try:
+        return make_tls_files(str(tmp_path_factory.mktemp("tls")))
+    except FileNotFoundError as exc:
+        pytest.fail(str(exc)) if os.environ.get("CI") else pytest.skip(str(exc))
+
+
+def _tls_server_context(files, require_client_certificate=True):
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(files["server_cert"], files["server_key"])
+    if require_client_certificate:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(files["ca"])
+    return context
+
+
+def test_tls_engine_found_through_docker_tls_verify_and_cert_path(tls_files, tmp_path):
+    """Client certificates checked by the engine, its certificate checked against ca.pem: `dockerd --tlsverify`."""
+    stub = _StubEngine("tcp", tls=_tls_server_context(tls_files))
+    env = {"DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": tls_files["client"]}
+    try:
+        client = EngineApiClient(stub.address, environ=env)
+        assert client.api_version == "1.49"
+        for _ in range(5):
+            assert client.inspect_image("app:1") == {"Id": "x"}
+        with pytest.raises(NoSuchImage, match="No such image: missing"):
+            client.inspect_image("missing")
+        client.close()
+        assert len(stub.connections) == 1
+
+        def refused(environ):
+            with pytest.raises(EngineUnavailable) as caught:
+                EngineApiClient(stub.address, environ=environ, connect_timeout=5)
+            text = str(caught.value)
+            assert text.startswith(f"cannot reach the Docker engine at {stub.address}: ") and "\n" not in text
+            return text
+
+        # Our CA alone, no client certificate: the engine refuses.
+        ca_only = tmp_path / "ca-only"
+        ca_only.mkdir()
+        (ca_only / "ca.pem").write_bytes(open(tls_files["ca"], "rb").read())
+        refused({"DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(ca_only)})
+        # A CA that did not sign the engine's certificate: we refuse.
+        other = tmp_path / "other"
+        other.mkdir()
+        (other / "ca.pem").write_bytes(open(tls_files["server_cert"], "rb").read())
+        assert "TLS: " in refused({"DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(other)})
+        # Plain HTTP to a TLS port.
+        refused({})
+    finally:
+        stub.stop()
+
+
+def test_tls_without_verification_when_only_docker_cert_path_is_set(tls_files):
+    stub = _StubEngine("tcp", tls=_tls_server_context(tls_files, require_client_certificate=False))
+    try:
+        client = EngineApiClient(stub.address, environ={"DOCKER_CERT_PATH": "/nonexistent"})
+        assert client.image_history("app:1") == [{"Size": 1}]
+        client.close()
+    finally:
+        stub.stop()
+
+
+def test_unusable_tls_files_are_one_line(tls_files, tmp_path):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    for name in ("ca.pem", "cert.pem", "key.pem"):
+        (folder / name).write_text("not a certificate\n")
+    with pytest.raises(EngineUnavailable) as caught:
+        EngineApiClient("tcp://127.0.0.1:9", environ={"DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(folder)})
+    assert str(caught.value).startswith(
+        f"cannot reach the Docker engine at tcp://127.0.0.1:9: the TLS files ({folder}/ca.pem")
+
+
+def test_engine_path_imports_neither_the_docker_sdk_nor_requests():
+    stub = _StubEngine("unix")
+    code = (
+        "import sys\n"
+        "from indexer.sources import parse_source\n"
+        "from indexer.sources.parse import Context\n"
+        f"source = parse_source('docker-daemon:', docker_host={stub.address!r})\n"
+        "items = list(source.records(Context(source.kind, source.location)))\n"
+        "assert len(items) == 1, items\n"
+        "leaked = [name for name in ('docker', 'requests') if name in sys.modules]\n"
+        "assert not leaked, leaked\n"
+    )
+    try:
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                                cwd=os.path.dirname(os.path.dirname(__file__)))
+    finally:
+        stub.stop()
+    assert result.returncode == 0, result.stderr

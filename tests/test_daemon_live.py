@@ -38,7 +38,10 @@ MANIFEST_TYPES = ", ".join(
     ]
 )
 
-BASE_FILES = {"hello": b"hello from the imgdex live base image\n", "etc/imgdex-release": b"NAME=imgdex-live-base\nVERSION=1.0\n"}
+BASE_FILES = {
+    "hello": b"hello from the imgdex live base image\n",
+    "etc/imgdex-release": b"NAME=imgdex-live-base\nVERSION=1.0\n",
+}
 APP_CONF = b"mode=test\nlisten=127.0.0.1:8080\n"
 RUN_SH = b"#!/bin/sh\necho imgdex live app\n"
 LOOSE_FILES = {"loose": b"an untagged import\n"}
@@ -84,7 +87,8 @@ class RegistryClient:
         self.http.trust_env = False
 
     def manifest(self, name: str, reference: str) -> tuple[str, dict, bytes]:
-        response = self.http.get(f"{self.base}/{name}/manifests/{reference}", headers={"Accept": MANIFEST_TYPES}, timeout=30)
+        response = self.http.get(f"{self.base}/{name}/manifests/{reference}", headers={"Accept": MANIFEST_TYPES},
+                                 timeout=30)
         response.raise_for_status()
         digest = "sha256:" + hashlib.sha256(response.content).hexdigest()
         assert response.headers["Docker-Content-Digest"] == digest
@@ -102,7 +106,7 @@ class RegistryClient:
         return sorted(response.json()["tags"])
 
 
-def docker_inspect(engine, ref: str) -> dict:
+def docker_inspect(engine, ref: str) -> dict:  # noqa: F811
     return json.loads(engine.docker("image", "inspect", ref))[0]
 
 
@@ -112,7 +116,8 @@ def world(engine, registry, tmp_path_factory):  # noqa: F811
     work = str(tmp_path_factory.mktemp("daemon-live"))
     reg = registry.address
     base_tar = make_rootfs_tar(work, BASE_FILES, "base.tar")
-    engine.docker("import", "-m", "imgdex live base", "-c", "ENV FOO=bar", "-c", 'CMD ["/hello"]', base_tar, "imgdex-live/base:1.0")
+    engine.docker("import", "-m", "imgdex live base", "-c", "ENV FOO=bar", "-c", 'CMD ["/hello"]', base_tar,
+                  "imgdex-live/base:1.0")
 
     app_dir = os.path.join(work, "app")
     os.makedirs(app_dir)
@@ -141,9 +146,11 @@ def world(engine, registry, tmp_path_factory):  # noqa: F811
     # The same image as an OCI manifest in the registry (skopeo converts it), pulled as its own engine image.
     skopeo = shutil.which("skopeo")
     if skopeo is None:
-        pytest.fail("skopeo is needed to make an OCI copy in the registry") if os.environ.get("CI") else pytest.skip("skopeo missing")
+        reason = "skopeo is needed to make an OCI copy in the registry"
+        pytest.fail(reason) if os.environ.get("CI") else pytest.skip("skopeo missing")
     subprocess.run(
-        [skopeo, "--insecure-policy", "copy", "-q", "--format", "oci", "--src-tls-verify=false", "--dest-tls-verify=false",
+        [skopeo, "--insecure-policy", "copy", "-q", "--format", "oci", "--src-tls-verify=false",
+         "--dest-tls-verify=false",
          f"docker://{reg}/team/app:v1", f"docker://{reg}/team/app-oci:v1"],
         check=True, capture_output=True, timeout=300, env=engine.env,
     )
@@ -184,10 +191,15 @@ def store(engine, world, tmp_path_factory):  # noqa: F811
     return folder
 
 
-def expected(inspect: dict, registry: str, name: str, sizes: list[int]) -> dict:
+def expected(inspect: dict, registry: str, name: str, sizes: list[int]) -> dict:  # noqa: F811
     """The Image.Get document of one engine image in one repository, from the docker client's facts."""
-    tags = sorted(parse_reference(t).tag for t in inspect["RepoTags"] if (parse_reference(t).registry, parse_reference(t).name) == (registry, name))
-    digests = [parse_reference(d).digest for d in inspect["RepoDigests"] if (parse_reference(d).registry, parse_reference(d).name) == (registry, name)]
+
+    def here(text: str) -> bool:
+        ref = parse_reference(text)
+        return (ref.registry, ref.name) == (registry, name)
+
+    tags = sorted(parse_reference(t).tag for t in inspect["RepoTags"] if here(t))
+    digests = [parse_reference(d).digest for d in inspect["RepoDigests"] if here(d)]
     digest = digests[0] if digests else ""
     layers = inspect["RootFS"]["Layers"]
     assert len(layers) == len(sizes)
@@ -198,7 +210,7 @@ def expected(inspect: dict, registry: str, name: str, sizes: list[int]) -> dict:
         out["digest"] = digest
     out["compressedSize"] = str(sum(sizes))
     out["config"] = {"id": blob_id(inspect["Id"]), "digest": inspect["Id"]}  # the engine cannot tell the config size
-    out["layers"] = [{"id": blob_id(d), "digest": d, "size": str(s)} for d, s in zip(layers, sizes)]
+    out["layers"] = [{"id": blob_id(d), "digest": d, "size": str(s)} for d, s in zip(layers, sizes, strict=True)]
     if tags:
         out["tags"] = tags
     out["createdAt"] = normalise(inspect["Created"])
@@ -211,14 +223,17 @@ def expected(inspect: dict, registry: str, name: str, sizes: list[int]) -> dict:
 def test_imported_image_gives_the_exact_document(store, world):
     inspect = world["inspect"]["base"]
     assert "FOO=bar" in inspect["Config"]["Env"]  # the import's -c ENV reached the config
-    assert get(store, "imgdex-live/base:1.0") == expected(inspect, "docker.io", "imgdex-live/base", world["sizes"]["base"])
+    want = expected(inspect, "docker.io", "imgdex-live/base", world["sizes"]["base"])
+    assert get(store, "imgdex-live/base:1.0") == want
 
 
 def test_built_image_gives_one_exact_document_per_repository(store, world):
     inspect = world["inspect"]["app"]
     assert inspect["Config"]["Labels"]["org.opencontainers.image.title"] == "imgdex live app"
-    assert get(store, "imgdex-live/app:latest") == expected(inspect, "docker.io", "imgdex-live/app", world["sizes"]["app"])
-    assert get(store, "example.org/mirror/app:v1") == expected(inspect, "example.org", "mirror/app", world["sizes"]["app"])
+    assert get(store, "imgdex-live/app:latest") == expected(inspect, "docker.io", "imgdex-live/app",
+                                                            world["sizes"]["app"])
+    assert get(store, "example.org/mirror/app:v1") == expected(inspect, "example.org", "mirror/app",
+                                                               world["sizes"]["app"])
     pulled = get(store, f"{world['registry']}/team/app:v1")
     assert pulled == expected(world["inspect"]["pulled"], world["registry"], "team/app", world["sizes"]["app"])
     assert pulled["digest"]  # from RepoDigests, set by the pull
@@ -227,7 +242,8 @@ def test_built_image_gives_one_exact_document_per_repository(store, world):
 
 def test_oci_pulled_image_gives_the_exact_document(store, world):
     inspect = world["inspect"]["oci"]
-    assert get(store, f"{world['registry']}/team/app-oci:v1") == expected(inspect, world["registry"], "team/app-oci", world["sizes"]["app"])
+    want = expected(inspect, world["registry"], "team/app-oci", world["sizes"]["app"])
+    assert get(store, f"{world['registry']}/team/app-oci:v1") == want
 
 
 def test_untagged_image_has_no_name(store, world):
@@ -277,8 +293,10 @@ def test_engine_then_oci_archive_is_one_resource_and_the_exact_record_wins(engin
     digest, manifest, _ = RegistryClient(reg).manifest("team/app-oci", "v1")
     assert before["id"] == after["id"] and after["digest"] == digest
     assert [row for row in listing(folder) if row.get("name") == "team/app-oci"] == [after]
-    assert after["config"] == {"id": blob_id(manifest["config"]["digest"]), "digest": manifest["config"]["digest"], "size": str(manifest["config"]["size"])}
-    assert [(layer["digest"], int(layer["size"])) for layer in after["layers"]] == [(layer["digest"], layer["size"]) for layer in manifest["layers"]]
+    config = manifest["config"]
+    assert after["config"] == {"id": blob_id(config["digest"]), "digest": config["digest"], "size": str(config["size"])}
+    assert [(layer["digest"], int(layer["size"])) for layer in after["layers"]] == [
+        (layer["digest"], layer["size"]) for layer in manifest["layers"]]
     assert after["compressedSize"] == str(sum(layer["size"] for layer in manifest["layers"]))
     assert after["tags"] == ["v1"] and after["createdAt"] == before["createdAt"]
     # Indexing the engine again does not bring the uncompressed record back.
@@ -306,16 +324,123 @@ def test_ref_by_name_and_by_id(engine, world, tmp_path):  # noqa: F811
     assert [row.get("name") for row in listing(str(tmp_path / "name"))] == ["imgdex-live/app"]
     short = app["Id"].removeprefix("sha256:")[:12]
     imgdex("index", f"docker-daemon:{short}", "--docker-host", engine.host, "--store", tmp_path / "id")
-    assert sorted(row.get("name") for row in listing(str(tmp_path / "id"))) == ["imgdex-live/app", "mirror/app", "team/app"]
-    missing = imgdex("index", "docker-daemon:imgdex-live/nope:1", "--docker-host", engine.host, "--store", tmp_path / "x", check=False)
+    names = sorted(row.get("name") for row in listing(str(tmp_path / "id")))
+    assert names == ["imgdex-live/app", "mirror/app", "team/app"]
+    missing = imgdex("index", "docker-daemon:imgdex-live/nope:1", "--docker-host", engine.host,
+                     "--store", tmp_path / "x", check=False)
     assert missing.returncode == 1
-    assert missing.stderr.splitlines() == [f"imgdex: docker-daemon:imgdex-live/nope:1: the Docker engine at {engine.host} has no image 'imgdex-live/nope:1'"]
+    assert missing.stderr.splitlines() == [
+        f"imgdex: docker-daemon:imgdex-live/nope:1: the Docker engine at {engine.host}"
+        " has no image 'imgdex-live/nope:1'"]
 
 
 def test_engine_found_through_docker_host(engine, world, tmp_path):  # noqa: F811
     env = dict(os.environ, DOCKER_HOST=engine.host)
     imgdex("index", "docker-daemon:imgdex-live/base:1.0", "--store", tmp_path, env=env)
     assert get(str(tmp_path), "imgdex-live/base:1.0")["config"]["digest"] == world["inspect"]["base"]["Id"]
+
+
+class _Relay:
+    """127.0.0.1:PORT relayed to the engine's unix socket, over TLS when given a server context.
+
+    The engine is then reached as `dockerd -H tcp://... [--tlsverify]` serves it, with the test
+    engine started as every other test starts it.
+    """
+
+    def __init__(self, socket_path: str, tls=None):
+        import socket
+        import threading
+
+        self._socket_path = socket_path
+        self._tls = tls
+        self._open = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import threading
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client):
+        import socket
+        import threading
+
+        try:
+            if self._tls is not None:
+                client = self._tls.wrap_socket(client, server_side=True)
+            upstream = socket.socket(socket.AF_UNIX)
+            upstream.connect(self._socket_path)
+        except OSError:
+            client.close()
+            return
+        self._open += [client, upstream]
+        threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+        self._pump(client, upstream)
+
+    @staticmethod
+    def _pump(source, target):
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                target.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, target):
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def stop(self):
+        self.listener.close()
+        for sock in self._open:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+
+@pytest.mark.parametrize("secure", [False, True], ids=["tcp", "tls"])
+def test_engine_over_tcp_and_tls_found_through_the_environment(engine, store, tmp_path, secure):  # noqa: F811
+    """DOCKER_HOST=tcp://..., and DOCKER_TLS_VERIFY with DOCKER_CERT_PATH for an engine checking client certificates."""
+    env = {key: value for key, value in os.environ.items() if key not in ("DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")}
+    tls = None
+    if secure:
+        import ssl
+
+        from fake_engine import make_tls_files
+
+        try:
+            files = make_tls_files(str(tmp_path / "tls"))
+        except FileNotFoundError as exc:
+            pytest.fail(str(exc)) if os.environ.get("CI") else pytest.skip(str(exc))
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(files["server_cert"], files["server_key"])
+        tls.verify_mode = ssl.CERT_REQUIRED
+        tls.load_verify_locations(files["ca"])
+        env.update(DOCKER_TLS_VERIFY="1", DOCKER_CERT_PATH=files["client"])
+    relay = _Relay(engine.socket_path, tls)
+    try:
+        env["DOCKER_HOST"] = f"tcp://127.0.0.1:{relay.port}"
+        imgdex("index", "docker-daemon:", "--store", tmp_path / "store", env=env)
+        assert listing(str(tmp_path / "store")) == listing(store)
+        if secure:
+            plain = {key: value for key, value in env.items() if key not in ("DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")}
+            result = imgdex("index", "docker-daemon:", "--store", tmp_path / "plain", env=plain, check=False)
+            assert result.returncode == 1 and len(result.stderr.splitlines()) == 1
+            assert result.stderr.startswith(
+                f"imgdex: docker-daemon: cannot reach the Docker engine at {env['DOCKER_HOST']}: ")
+    finally:
+        relay.stop()
 
 
 def test_stopped_engine_is_one_line_and_exit_1(tmp_path, services_folder):  # noqa: F811

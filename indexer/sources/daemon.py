@@ -18,22 +18,29 @@ engine reports the manifest descriptors, and a multi-platform image gives the in
 children.
 
 `docker-daemon:REF` indexes one image: by reference, in that reference's repository; by ID,
-in all of its repositories. The Docker SDK is imported only when an engine is contacted.
+in all of its repositories. The engine is found as the Docker SDK finds it (DOCKER_HOST,
+DOCKER_TLS_VERIFY, DOCKER_CERT_PATH), and its HTTP API is spoken directly (`EngineApiClient`).
 """
 from __future__ import annotations
 
 import bisect
+import http.client
 import json
 import os
 import re
+import socket
+import ssl
+import threading
+import time
 from collections import deque
+from collections.abc import Mapping
 from contextlib import closing
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from itertools import islice
 from typing import Callable, Iterable, Iterator, Protocol
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 from .. import timestamps
 from ..errors import ImgdexError, SourceError
@@ -53,8 +60,8 @@ from . import mediatypes as mt
 from .parse import Context, check_sizes, new_record, parse_config, platform_of, size_problem, valid_size
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
-CONNECT_TIMEOUT = 10.0  # seconds for the first contact: an absent engine fails fast
-REQUEST_TIMEOUT = 60.0  # seconds for each later request: a stuck engine fails, never hangs
+CONNECT_TIMEOUT = 10.0  # seconds for the whole first contact: an absent or silent engine fails fast
+REQUEST_TIMEOUT = 60.0  # seconds for the whole of each later request: a stuck engine fails, never hangs
 WORKERS = 4  # requests in flight: the engine answers while the previous image is mapped
 WINDOW = 16  # images fetched ahead of the consumer; bounds the details held in memory
 
@@ -77,7 +84,7 @@ class EngineRefused(ImgdexError):
 
 
 class EngineClient(Protocol):
-    """The few engine calls this source makes; the Docker SDK client and the test fake provide them.
+    """The few engine calls this source makes; `EngineApiClient` and the test fake provide them.
 
     Methods return the engine's JSON documents and raise only the three errors above.
     """
@@ -111,110 +118,309 @@ def api_at_least(version: str, wanted: str) -> bool:
 
 
 def resolve_host(docker_host: str = "") -> str:
-    """The engine address the Docker SDK would use: --docker-host, else DOCKER_HOST, else the local socket."""
+    """The engine address: --docker-host, else DOCKER_HOST, else the local socket, as the Docker SDK orders them."""
     return docker_host or os.environ.get("DOCKER_HOST") or DEFAULT_HOST
 
 
-# ----------------------------------------------------------------------------- the SDK client
+# ----------------------------------------------------------------------------- where the engine is
 
 
-def _root_cause(exc: BaseException, seen: set[int]) -> str:
-    """A timeout or an OS error anywhere in the chain (causes, contexts and wrapped exceptions)."""
-    if id(exc) in seen:
-        return ""
-    seen.add(id(exc))
-    if isinstance(exc, TimeoutError) or "Timeout" in type(exc).__name__:
-        return "timed out"
-    inner = [arg for arg in getattr(exc, "args", ()) if isinstance(arg, BaseException)]
-    for nested in (exc.__cause__, exc.__context__, *inner):
-        if nested is not None:
-            found = _root_cause(nested, seen)
-            if found:
-                return found
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return ""
+@dataclass(frozen=True)
+class TlsSettings:
+    """TLS to the engine: whether its certificate is verified, and the files found ("" when absent)."""
+
+    verify: bool
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the engine listens: a unix socket, or a TCP host and port, with TLS or without."""
+
+    socket_path: str = ""
+    host: str = ""
+    port: int = 0
+    tls: TlsSettings | None = None
+    prefix: str = ""  # the path the API is served under (tcp://host:2375/prefix)
+
+
+def tls_from_env(environ: Mapping[str, str]) -> TlsSettings | None:
+    """TLS as DOCKER_TLS_VERIFY and DOCKER_CERT_PATH ask for it, read with the Docker SDK's rules.
+
+    DOCKER_TLS_VERIFY set to anything but "" turns TLS on and verifies the engine; DOCKER_CERT_PATH
+    alone turns it on without verification. The files are ca.pem, cert.pem and key.pem in
+    DOCKER_CERT_PATH, else in ~/.docker. As the docker CLI does, a missing file is left out rather
+    than refused: without ca.pem the system's CAs are trusted, without the pair no client
+    certificate is offered, and the engine's answer decides.
+    """
+    verify = environ.get("DOCKER_TLS_VERIFY", "") != ""
+    cert_path = environ.get("DOCKER_CERT_PATH") or ""
+    if not verify and not cert_path:
+        return None
+    folder = cert_path or os.path.join(os.path.expanduser("~"), ".docker")
+
+    def present(name: str) -> str:
+        path = os.path.join(folder, name)
+        return path if os.path.isfile(path) else ""
+
+    cert, key = present("cert.pem"), present("key.pem")
+    if not (cert and key):
+        cert = key = ""
+    return TlsSettings(verify=verify, ca_file=present("ca.pem"), cert_file=cert, key_file=key)
+
+
+def endpoint_of(address: str, environ: Mapping[str, str] | None = None) -> Endpoint:
+    """The endpoint of an engine address, in the forms the Docker SDK takes: unix://PATH, tcp://HOST:PORT (TLS
+    when the environment asks for it), http://HOST:PORT, https://HOST:PORT and a bare HOST:PORT.
+
+    ValueError, with a short reason, for anything else (ssh:// and npipe:// among them).
+    """
+    environ = os.environ if environ is None else environ
+    text = address.strip()
+    scheme, separator, rest = text.partition("://")
+    if not separator:
+        scheme, rest = "tcp", text
+    scheme = scheme.lower()
+    if scheme in ("unix", "http+unix"):
+        path = rest or DEFAULT_HOST.removeprefix("unix://")
+        return Endpoint(socket_path=path if path.startswith("/") else "/" + path)
+    if scheme == "tcp":
+        tls = tls_from_env(environ)
+    elif scheme == "https":
+        tls = tls_from_env(environ) or TlsSettings(verify=True)
+    elif scheme == "http":
+        tls = None
+    else:
+        raise ValueError(f"{scheme}:// addresses are not supported (unix://, tcp://, http:// and https:// are)")
+    parts = urlsplit("//" + rest)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if not port or parts.query or parts.fragment or parts.username is not None:
+        raise ValueError("not an engine address (unix://PATH or tcp://HOST:PORT)")
+    return Endpoint(host=parts.hostname or "127.0.0.1", port=port, tls=tls, prefix=parts.path.rstrip("/"))
+
+
+def _tls_context(tls: TlsSettings) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        if not tls.verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        elif tls.ca_file:
+            context.load_verify_locations(cafile=tls.ca_file)
+        else:
+            context.load_default_certs()
+        if tls.cert_file:
+            context.load_cert_chain(tls.cert_file, tls.key_file)
+    except (OSError, ValueError) as exc:
+        files = ", ".join(path for path in (tls.ca_file, tls.cert_file, tls.key_file) if path)
+        raise ValueError(f"the TLS files ({files}) cannot be used: {_reason(exc)}") from None
+    context.sslsocket_class = _DeadlineTlsSocket
+    return context
+
+
+# ----------------------------------------------------------------------------- the engine's HTTP API
+
+
+class _Deadline:
+    """Mixed into the sockets of engine connections: no send or receive waits past `deadline`.
+
+    A timeout per receive alone would let an engine that sends a byte now and then hold a request
+    for as long as it likes; the deadline bounds the whole exchange (connect, request, headers, body).
+    """
+
+    deadline = 0.0  # a time.monotonic() value, set for each request
+
+    def _bound(self) -> None:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("timed out")
+        self.settimeout(left)
+
+    # http.client receives through makefile(), whose reader calls recv_into, and sends with sendall.
+    def recv_into(self, *args, **kwargs):
+        self._bound()
+        return super().recv_into(*args, **kwargs)
+
+    def sendall(self, *args, **kwargs):
+        self._bound()
+        return super().sendall(*args, **kwargs)
+
+
+class _DeadlineSocket(_Deadline, socket.socket):
+    pass
+
+
+class _DeadlineTlsSocket(_Deadline, ssl.SSLSocket):
+    pass
+
+
+def _open_socket(endpoint: Endpoint, context: ssl.SSLContext | None, deadline: float) -> socket.socket:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("timed out")
+    if endpoint.socket_path:
+        sock = _DeadlineSocket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(left)
+            sock.connect(endpoint.socket_path)
+        except BaseException:
+            sock.close()
+            raise
+    else:
+        plain = socket.create_connection((endpoint.host, endpoint.port), timeout=left)
+        plain.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = _DeadlineSocket(plain.family, plain.type, plain.proto, fileno=plain.detach())
+        if context is not None:
+            try:
+                sock.settimeout(max(deadline - time.monotonic(), 0.001))
+                sock = context.wrap_socket(sock, server_hostname=endpoint.host)
+            except BaseException:
+                sock.close()
+                raise
+    sock.deadline = deadline
+    return sock
+
+
+class _Connection(http.client.HTTPConnection):
+    """One keep-alive connection to the engine, on a socket that keeps the deadline of each request."""
+
+    def __init__(self, endpoint: Endpoint, context: ssl.SSLContext | None):
+        super().__init__(endpoint.host or "localhost", endpoint.port or None)
+        self._endpoint = endpoint
+        self._context = context
+        self.deadline = 0.0
+
+    def bound(self, deadline: float) -> None:
+        """The next request, and the connect it may need, end by `deadline`."""
+        self.deadline = deadline
+        if self.sock is not None:
+            self.sock.deadline = deadline
+
+    def connect(self) -> None:
+        self.sock = _open_socket(self._endpoint, self._context, self.deadline)
+
+
+# A reused keep-alive connection that the engine closed in the meantime fails in one of these ways
+# before any answer; the request is sent again on a new connection.
+_STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+_API_VERSION = re.compile(r"[0-9]{1,3}\.[0-9]{1,3}")
 
 
 def _reason(exc: BaseException) -> str:
-    """Why a connection failed, in a few words."""
-    found = _root_cause(exc, set())
-    if found:
-        return found
+    """Why an exchange with the engine failed, in a few words."""
+    if isinstance(exc, ssl.SSLError):
+        detail = getattr(exc, "verify_message", "") or (exc.reason or "").lower().replace("_", " ")
+        return f"TLS: {detail or exc}"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, http.client.RemoteDisconnected):
+        return "the connection was closed without an answer"
+    if isinstance(exc, http.client.IncompleteRead):
+        return "the answer was cut short"
+    if isinstance(exc, http.client.HTTPException):
+        return "the answer is not HTTP"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 
 
-class SdkEngineClient:
-    """The engine through the Docker SDK's low-level `docker.APIClient`.
+class EngineApiClient:
+    """The engine's HTTP API on its unix socket, or on TCP with or without TLS, through http.client.
 
-    The APIClient finds the engine, negotiates the API version and sets up the transport (unix
-    socket, TCP, TLS). On a unix socket the per-image requests then go straight to the
-    connection pool of the SDK's socket adapter: the `requests` layer above it costs about as
-    much as the engine's answer. Other transports use the APIClient's own request helpers.
-    The SDK has no parameters for the containerd store's `manifests` and `platform` options,
-    so every request is built here from the client's versioned URL.
+    The Docker SDK offers no public way to send the containerd store's `manifests` and `platform`
+    options, and its requests session costs more CPU per request than the engine takes to answer,
+    so the five GETs this source makes are spoken here. Connections are kept alive, one per request
+    in flight. Every request has one deadline for connect, send, headers and body, so an engine that
+    hangs fails the request instead of holding the run.
     """
 
-    def __init__(self, address: str, *, connect_timeout: float = CONNECT_TIMEOUT, timeout: float = REQUEST_TIMEOUT, pool: int = WORKERS):
-        try:
-            import docker
-            from docker.utils import kwargs_from_env
-        except ImportError:
-            raise EngineUnavailable(f"cannot contact the Docker engine at {address}: the Docker SDK for Python (docker) is not installed") from None
-
+    def __init__(self, address: str, *, connect_timeout: float = CONNECT_TIMEOUT, timeout: float = REQUEST_TIMEOUT,
+                 environ: Mapping[str, str] | None = None):
         self.address = address
-        self._errors = docker.errors
-        kwargs = kwargs_from_env()
-        kwargs["base_url"] = address
+        self._timeout = timeout
+        self._idle: list[_Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self._headers = {"User-Agent": "imgdex"}
         try:
-            client = docker.APIClient(version="auto", timeout=connect_timeout, max_pool_size=max(pool, 1), **kwargs)
-        except Exception as exc:  # DockerException for most; a malformed address or missing TLS files raise others
+            self._endpoint = endpoint_of(address, environ)
+            self._context = _tls_context(self._endpoint.tls) if self._endpoint.tls is not None else None
+        except ValueError as exc:
+            raise EngineUnavailable(f"cannot reach the Docker engine at {address}: {exc}") from None
+        self.api_version = self._negotiate(connect_timeout)
+        self._prefix = f"{self._endpoint.prefix}/v{self.api_version}"
+
+    def _negotiate(self, seconds: float) -> str:
+        """The engine's API version, from the first contact, which gets `seconds` in all."""
+
+        def unreachable(reason: str) -> EngineUnavailable:
+            return EngineUnavailable(f"cannot reach the Docker engine at {self.address}: {reason}")
+
+        try:
+            status, body = self._exchange(f"{self._endpoint.prefix}/version", seconds)
+        except (OSError, http.client.HTTPException) as exc:
+            reason = _reason(exc)
+            raise unreachable(f"no answer in {seconds:g} s" if reason == "timed out" else reason) from None
+        if status != 200:
+            message = _error_message(body)
+            raise unreachable(f"GET /version answered HTTP {status}" + (f": {message}" if message else ""))
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            doc = None
+        version = doc.get("ApiVersion") if isinstance(doc, dict) else None
+        if not isinstance(version, str) or not _API_VERSION.fullmatch(version):
+            raise unreachable("the answer to GET /version is not the Docker engine API's")
+        return version
+
+    def _exchange(self, target: str, seconds: float) -> tuple[int, bytes]:
+        """(status, body) of one GET, all of it within `seconds`."""
+        deadline = time.monotonic() + seconds
+        while True:
+            with self._lock:
+                connection = self._idle.pop() if self._idle else None
+            reused = connection is not None
+            if connection is None:
+                connection = _Connection(self._endpoint, self._context)
+            connection.bound(deadline)
+            try:
+                connection.request("GET", target, headers=self._headers)
+                response = connection.getresponse()
+                body = response.read()
+            except BaseException as exc:
+                connection.close()
+                if reused and isinstance(exc, _STALE):
+                    continue  # each idle connection is tried at most once, then a new one
+                raise
+            if not response.will_close:
+                with self._lock:
+                    if not self._closed:
+                        self._idle.append(connection)
+                        return response.status, body
+            connection.close()
+            return response.status, body
+
+    def _get_json(self, what: str, path: str, params: dict | None = None):
+        target = self._prefix + path + ("?" + urlencode(params) if params else "")
+        try:
+            status, body = self._exchange(target, self._timeout)
+        except (OSError, http.client.HTTPException) as exc:
             reason = _reason(exc)
             if reason == "timed out":
-                reason = f"no answer in {connect_timeout:g} s"
-            raise EngineUnavailable(f"cannot reach the Docker engine at {address}: {reason}") from None
-        client.timeout = timeout
-        self._client = client
-        self.api_version = client.api_version
-        self._pool = None
-        if address.startswith("unix://"):
-            client.trust_env = False  # a local socket never goes through a proxy
-            self._pool = _socket_pool(client)
-            if self._pool is not None:
-                import urllib3
-
-                self._pool_timeout = urllib3.Timeout(connect=timeout, read=timeout)
-                self._headers = {"User-Agent": client.headers.get("User-Agent", "docker-sdk-python")}
-
-    def _call(self, what: str, function: Callable[[], object]):
-        errors = self._errors
+                reason = f"no complete answer in {self._timeout:g} s"
+            raise EngineUnavailable(
+                f"the Docker engine at {self.address} stopped answering ({what}): {reason}") from None
+        if not 200 <= status < 300:
+            message = _error_message(body) or f"HTTP {status}"
+            raise (NoSuchImage if status == 404 else EngineRefused)(f"{what}: {message}")
         try:
-            return function()
-        except errors.NotFound as exc:
-            raise NoSuchImage(f"{what}: {_explanation(exc)}") from None
-        except errors.APIError as exc:
-            raise EngineRefused(f"{what}: {_explanation(exc)}") from None
-        except Exception as exc:  # connection reset, timeouts, a proxy in the way
-            raise EngineUnavailable(f"the Docker engine at {self.address} stopped answering ({what}): {_reason(exc)}") from None
-
-    def _get_json(self, what: str, path: str, ref: str | None, params: dict):
-        client = self._client
-        url = client._url(path, ref) if ref is not None else client._url(path)
-        if self._pool is None:
-            return self._call(what, lambda: client._result(client._get(url, params=params), True))
-        target = url[len(client.base_url):]
-        if params:
-            target += "?" + urlencode(params)
-        try:
-            response = self._pool.urlopen("GET", target, headers=self._headers, retries=False, timeout=self._pool_timeout)
-        except Exception as exc:
-            raise EngineUnavailable(f"the Docker engine at {self.address} stopped answering ({what}): {_reason(exc)}") from None
-        if response.status >= 400:
-            message = _error_message(response.data) or f"HTTP {response.status}"
-            raise (NoSuchImage if response.status == 404 else EngineRefused)(f"{what}: {message}")
-        try:
-            return json.loads(response.data)
+            return json.loads(body)
         except ValueError:
             raise EngineRefused(f"{what}: the engine's answer is not JSON") from None
 
@@ -222,7 +428,7 @@ class SdkEngineClient:
         params = {"all": 1 if all else 0}
         if manifests:
             params["manifests"] = 1
-        return self._get_json("listing images", "/images/json", None, params) or []
+        return self._get_json("listing images", "/images/json", params) or []
 
     def inspect_image(self, ref: str, *, platform: Platform | None = None, manifests: bool = False) -> dict:
         params = {}
@@ -230,37 +436,26 @@ class SdkEngineClient:
             params["platform"] = _platform_json(platform)
         if manifests:
             params["manifests"] = 1
-        return self._get_json(f"image {ref}", "/images/{0}/json", ref, params)
+        return self._get_json(f"image {ref}", f"/images/{_quote(ref)}/json", params)
 
     def image_history(self, ref: str, *, platform: Platform | None = None) -> list[dict]:
-        params = {"platform": _platform_json(platform)} if platform is not None else {}
-        return self._get_json(f"history of image {ref}", "/images/{0}/history", ref, params) or []
+        params = {"platform": _platform_json(platform)} if platform is not None else None
+        return self._get_json(f"history of image {ref}", f"/images/{_quote(ref)}/history", params) or []
 
     def info(self) -> dict:
-        return self._call("engine info", self._client.info)
+        return self._get_json("engine info", "/info")
 
     def close(self) -> None:
-        self._client.close()
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.close()
 
 
-def _socket_pool(client):
-    """The connection pool of the SDK's unix-socket adapter, shared by every request.
-
-    The adapter keys its pools by the whole request URL, so left alone every image's URL
-    would open a new connection and evict an older pool; one key keeps the engine's
-    keep-alive connections in use. None when the SDK's adapter is not the one expected.
-    """
-    adapter = getattr(client, "_custom_adapter", None)
-    original = getattr(adapter, "get_connection", None)
-    if original is None:
-        return None
-    key = client.base_url
-    adapter.get_connection = lambda url, proxies=None: original(key, proxies)
-    try:
-        pool = original(key)
-    except Exception:
-        return None
-    return pool if hasattr(pool, "urlopen") else None
+def _quote(ref: str) -> str:
+    # The engine routes /images/{name}/json with slashes and colons in the name, as the SDK sends them.
+    return quote(ref, safe="/:")
 
 
 def _error_message(data: bytes) -> str:
@@ -273,11 +468,6 @@ def _error_message(data: bytes) -> str:
     return lines[0] if lines else ""
 
 
-def _explanation(exc) -> str:
-    text = getattr(exc, "explanation", None) or str(exc)
-    return str(text).strip().splitlines()[0] if str(text).strip() else type(exc).__name__
-
-
 def _platform_json(platform: Platform) -> str:
     doc = {"os": platform.os, "architecture": platform.architecture}
     if platform.variant:
@@ -285,8 +475,8 @@ def _platform_json(platform: Platform) -> str:
     return json.dumps(doc, separators=(",", ":"))
 
 
-def connect_sdk(address: str) -> EngineClient:
-    return SdkEngineClient(address)
+def connect_engine(address: str) -> EngineClient:
+    return EngineApiClient(address)
 
 
 # ----------------------------------------------------------------------------- mapping
@@ -374,6 +564,9 @@ class _Repository:
     tags: set[str] = field(default_factory=set)
     digests: list[str] = field(default_factory=list)
 
+    def sorted_tags(self) -> tuple[str, ...]:
+        return tuple(sorted(self.tags))
+
 
 def repositories(inspect: dict, ctx: Context, where: str, only: Reference | None = None) -> list[_Repository]:
     """The image's repositories with their tags and manifest digests, in a stable order.
@@ -405,12 +598,15 @@ def repositories(inspect: dict, ctx: Context, where: str, only: Reference | None
 def _layers(config: ImageConfig, sizes: list[int] | None) -> tuple[Blob, ...]:
     if sizes is None:
         sizes = [0] * len(config.diff_ids)
-    return tuple(Blob(digest=d, size=s, media_type=mt.DOCKER_LAYER_TAR) for d, s in zip(config.diff_ids, sizes))
+    return tuple(Blob(digest=d, size=s, media_type=mt.DOCKER_LAYER_TAR)
+                 for d, s in zip(config.diff_ids, sizes, strict=True))
 
 
-def _image_record(ctx: Context, repo: _Repository, tags: tuple[str, ...], digest: str, media_type: str, kind: str,
-                  config_blob: Blob | None, config: ImageConfig | None, layers: tuple[Blob, ...],
-                  history: tuple[HistoryEntry, ...], platform: Platform | None, parent: str) -> ImageRecord:
+def _image_record(ctx: Context, repo: _Repository, *, digest: str, kind: str, tags: tuple[str, ...] = (),
+                  media_type: str = "", config_blob: Blob | None = None, config: ImageConfig | None = None,
+                  layers: tuple[Blob, ...] = (), history: tuple[HistoryEntry, ...] = (),
+                  platform: Platform | None = None, parent: str = "") -> ImageRecord:
+    """One resource of `repo`; index and attestation records leave the image fields at their defaults."""
     return new_record(
         ctx, repo.registry, repo.name,
         digest=digest,
@@ -427,14 +623,42 @@ def _image_record(ctx: Context, repo: _Repository, tags: tuple[str, ...], digest
     )
 
 
+@dataclass(frozen=True)
+class ManifestSummary:
+    """One of the manifests the containerd image store reports for an image (its `Manifests`)."""
+
+    digest: str
+    media_type: str
+    kind: str  # KIND_IMAGE or KIND_ATTESTATION; "" for any other kind the engine names
+    raw_kind: str  # the engine's own word for the kind, for notes
+    available: bool  # the manifest's content is in the engine
+    platform: Platform | None
+
+
+@dataclass(frozen=True)
+class ImageSummary:
+    """One image of the engine's listing: its ID and, with the containerd image store, its manifests."""
+
+    image_id: str
+    manifests: tuple[ManifestSummary, ...] | None = None
+
+
+@dataclass(frozen=True)
+class _Inspected:
+    """An image's (or one platform's) inspect and history documents, as the engine gave them."""
+
+    inspect: dict
+    history: list[dict]
+
+
 @dataclass
 class _Details:
     """What one image needs from the engine, fetched together off the consumer's thread."""
 
     inspect: dict
     history: list[dict]
-    manifests: list[dict] | None = None  # containerd image store only
-    children: dict[str, tuple[dict, list[dict]] | Exception] = field(default_factory=dict)
+    manifests: tuple[ManifestSummary, ...] | None = None  # containerd image store only
+    children: dict[str, _Inspected | Exception] = field(default_factory=dict)  # by manifest digest
 
 
 # ----------------------------------------------------------------------------- the source
@@ -448,7 +672,7 @@ class DockerDaemon:
     ref: str = ""
     all_images: bool = False
     kind: str = "docker-daemon"
-    connect: Callable[[str], EngineClient] | None = None  # None: the Docker SDK client
+    connect: Callable[[str], EngineClient] | None = None  # None: connect_engine, the engine's HTTP API
     workers: int = WORKERS
     window: int = WINDOW
 
@@ -463,7 +687,7 @@ class DockerDaemon:
     def records(self, ctx: Context) -> Iterator[ImageRecord | SourceError]:
         where = self.spec
         try:
-            client = (self.connect or connect_sdk)(self.location)
+            client = (self.connect or connect_engine)(self.location)
         except EngineUnavailable as exc:
             raise SourceError(where, str(exc)) from None
         try:
@@ -481,18 +705,16 @@ class DockerDaemon:
         status = client.info().get("DriverStatus") or []
         return any(isinstance(pair, list) and CONTAINERD_SNAPSHOTTER in pair for pair in status)
 
-    def _targets(self, client: EngineClient, containerd: bool) -> list[tuple[str, list[dict] | None]]:
-        """(image ID, manifest descriptors or None) of each image to read; only IDs are kept."""
-        summaries = client.list_images(all=self.all_images, manifests=containerd)
+    def _targets(self, client: EngineClient, containerd: bool) -> list[ImageSummary]:
+        """The images to read, each once, in the engine's order; only IDs (and manifests) are kept."""
         targets = []
         seen = set()
-        for summary in summaries:
-            image = _text(summary, "Id") if isinstance(summary, dict) else ""
+        for doc in client.list_images(all=self.all_images, manifests=containerd):
+            image = _text(doc, "Id") if isinstance(doc, dict) else ""
             if not image or image in seen:
                 continue
             seen.add(image)
-            manifests = _compact_manifests(summary.get("Manifests")) if containerd else None
-            targets.append((image, manifests))
+            targets.append(ImageSummary(image, manifest_summaries(doc.get("Manifests")) if containerd else None))
         return targets
 
     def _records(self, client: EngineClient, ctx: Context, where: str) -> Iterator[ImageRecord | SourceError]:
@@ -500,20 +722,24 @@ class DockerDaemon:
         if self.ref:
             yield from self._named(client, ctx, where, containerd)
             return
-        fetch = lambda target: self._fetch(client, target[0], target[1], containerd)  # noqa: E731
+
+        def fetch(target: ImageSummary) -> _Details:
+            return self._fetch(client, target.image_id, target.manifests, containerd)
+
         with closing(prefetch(self._targets(client, containerd), fetch, self.workers, self.window)) as fetched:
-            for (image, _), details in fetched:
+            for target, details in fetched:
                 if isinstance(details, NoSuchImage):
-                    ctx.note(f"{where}: image {image} was removed while indexing; skipped")
+                    ctx.note(f"{where}: image {target.image_id} was removed while indexing; skipped")
                     continue
                 if isinstance(details, EngineUnavailable):
                     raise details
                 if isinstance(details, Exception):
-                    yield SourceError(where, f"image {image}: {details}")
+                    yield SourceError(where, f"image {target.image_id}: {details}")
                     continue
                 yield from self._map(details, ctx, where, None, containerd)
 
-    def _named(self, client: EngineClient, ctx: Context, where: str, containerd: bool) -> Iterator[ImageRecord | SourceError]:
+    def _named(self, client: EngineClient, ctx: Context, where: str,
+               containerd: bool) -> Iterator[ImageRecord | SourceError]:
         try:
             inspect = client.inspect_image(self.ref)
         except NoSuchImage:
@@ -540,24 +766,25 @@ class DockerDaemon:
             return
         yield from self._map(details, ctx, where, only, containerd)
 
-    def _manifests_of(self, client: EngineClient, inspect: dict) -> list[dict] | None:
+    def _manifests_of(self, client: EngineClient, inspect: dict) -> tuple[ManifestSummary, ...] | None:
         if api_at_least(client.api_version, "1.48"):
             full = client.inspect_image(_text(inspect, "Id"), manifests=True)
-            return _compact_manifests(full.get("Manifests"))
+            return manifest_summaries(full.get("Manifests"))
         # API 1.47 reports manifests only in the listing.
-        for summary in client.list_images(all=True, manifests=True):
-            if isinstance(summary, dict) and summary.get("Id") == inspect.get("Id"):
-                return _compact_manifests(summary.get("Manifests"))
+        for doc in client.list_images(all=True, manifests=True):
+            if isinstance(doc, dict) and doc.get("Id") == inspect.get("Id"):
+                return manifest_summaries(doc.get("Manifests"))
         return None
 
     # -- fetching (runs on worker threads)
 
-    def _fetch(self, client: EngineClient, image: str, manifests: list[dict] | None, containerd: bool, inspect: dict | None = None) -> _Details:
+    def _fetch(self, client: EngineClient, image: str, manifests: tuple[ManifestSummary, ...] | None,
+               containerd: bool, inspect: dict | None = None) -> _Details:
         if inspect is None:
             inspect = client.inspect_image(image)
         if not containerd:
             return _Details(inspect, client.image_history(image))
-        details = _Details(inspect, [], manifests or [])
+        details = _Details(inspect, [], manifests or ())
         _, single = containerd_shape(inspect, details.manifests)
         if single is not None:
             details.history = client.image_history(image)
@@ -565,24 +792,25 @@ class DockerDaemon:
         per_platform = api_at_least(client.api_version, "1.49")
         default_platform = _inspect_platform(inspect)
         for manifest in details.manifests:
-            if manifest["kind"] != KIND_IMAGE or not manifest["available"] or manifest["platform"] is None:
+            if manifest.kind != KIND_IMAGE or not manifest.available or manifest.platform is None:
                 continue
             try:
                 if per_platform:
-                    details.children[manifest["digest"]] = (
-                        client.inspect_image(image, platform=manifest["platform"]),
-                        client.image_history(image, platform=manifest["platform"]),
+                    details.children[manifest.digest] = _Inspected(
+                        client.inspect_image(image, platform=manifest.platform),
+                        client.image_history(image, platform=manifest.platform),
                     )
-                elif manifest["platform"] == default_platform:
+                elif manifest.platform == default_platform:
                     # Before API 1.49 only the engine's default platform can be inspected.
-                    details.children[manifest["digest"]] = (inspect, client.image_history(image))
+                    details.children[manifest.digest] = _Inspected(inspect, client.image_history(image))
             except (NoSuchImage, EngineRefused) as exc:
-                details.children[manifest["digest"]] = exc
+                details.children[manifest.digest] = exc
         return details
 
     # -- mapping
 
-    def _map(self, details: _Details, ctx: Context, where: str, only: Reference | None, containerd: bool) -> Iterator[ImageRecord | SourceError]:
+    def _map(self, details: _Details, ctx: Context, where: str, only: Reference | None,
+             containerd: bool) -> Iterator[ImageRecord | SourceError]:
         inspect = details.inspect
         image = _text(inspect, "Id")
         label = f"{where} (image {image})"
@@ -599,40 +827,42 @@ class DockerDaemon:
         layers = _layers(config, sizes)
         config_blob = Blob(digest=image, size=0, media_type=mt.DOCKER_CONFIG)
         for repo in repos:
-            digest = repo.digests[0] if repo.digests else ""
-            yield _image_record(ctx, repo, tuple(sorted(repo.tags)), digest, "", KIND_IMAGE, config_blob, config,
-                                layers, history, platform_of(config), "")
+            yield _image_record(ctx, repo, digest=repo.digests[0] if repo.digests else "", kind=KIND_IMAGE,
+                                tags=repo.sorted_tags(), config_blob=config_blob, config=config, layers=layers,
+                                history=history, platform=platform_of(config))
 
     def _map_containerd(self, details: _Details, repos: list[_Repository], ctx: Context, where: str, label: str):
-        target, single = containerd_shape(details.inspect, details.manifests or [])
+        target, single = containerd_shape(details.inspect, details.manifests or ())
         if single is not None:
-            yield from _containerd_image(details.inspect, details.history, single, repos, True, "", ctx, label)
+            yield from _containerd_image(_Inspected(details.inspect, details.history), single, repos, ctx, label,
+                                         tagged=True, parent="")
             return
         for repo in repos:
-            yield _image_record(ctx, repo, tuple(sorted(repo.tags)), target.digest, target.media_type, KIND_INDEX,
-                                None, None, (), (), None, "")
-        for manifest in details.manifests or []:
-            child_label = f"{label} manifest {manifest['digest']}"
-            if manifest["kind"] == KIND_ATTESTATION:
+            yield _image_record(ctx, repo, digest=target.digest, kind=KIND_INDEX, tags=repo.sorted_tags(),
+                                media_type=target.media_type)
+        for manifest in details.manifests or ():
+            child_label = f"{label} manifest {manifest.digest}"
+            if manifest.kind == KIND_ATTESTATION:
                 for repo in repos:
-                    yield _image_record(ctx, repo, (), manifest["digest"], manifest["media_type"], KIND_ATTESTATION,
-                                        None, None, (), (), manifest["platform"], target.digest)
+                    yield _image_record(ctx, repo, digest=manifest.digest, kind=KIND_ATTESTATION,
+                                        media_type=manifest.media_type, platform=manifest.platform,
+                                        parent=target.digest)
                 continue
-            if manifest["kind"] != KIND_IMAGE:
-                ctx.note(f"{child_label}: skipped: the engine reports its kind as {manifest['raw_kind'] or 'unknown'}")
+            if manifest.kind != KIND_IMAGE:
+                ctx.note(f"{child_label}: skipped: the engine reports its kind as {manifest.raw_kind or 'unknown'}")
                 continue
-            if not manifest["available"]:
+            if not manifest.available:
                 ctx.note(f"{child_label}: skipped: its content is not in the engine")
                 continue
-            fetched = details.children.get(manifest["digest"])
+            fetched = details.children.get(manifest.digest)
             if fetched is None:
-                ctx.note(f"{child_label}: skipped: the engine inspects platform {manifest['platform'] or '(none)'} only from API 1.49")
+                ctx.note(f"{child_label}: skipped: the engine inspects platform {manifest.platform or '(none)'}"
+                         " only from API 1.49")
                 continue
             if isinstance(fetched, Exception):
                 yield SourceError(where, f"{child_label}: {fetched}")
                 continue
-            child_inspect, child_history = fetched
-            yield from _containerd_image(child_inspect, child_history, manifest, repos, False, target.digest, ctx, child_label)
+            yield from _containerd_image(fetched, manifest, repos, ctx, child_label, tagged=False, parent=target.digest)
 
 
 def _sizes(config: ImageConfig, history: list[dict], ctx: Context, label: str):
@@ -643,29 +873,32 @@ def _sizes(config: ImageConfig, history: list[dict], ctx: Context, label: str):
             raise SourceError(label, f"history entry {position} has an invalid size: {size_problem(size)}")
     sizes, entries = match_history(len(config.diff_ids), history)
     if sizes is None and config.diff_ids:
-        ctx.note(f"{label}: the engine's history does not tell the sizes of its {len(config.diff_ids)} layers; sizes left unknown")
+        ctx.note(f"{label}: the engine's history does not tell the sizes of its {len(config.diff_ids)} layers;"
+                 " sizes left unknown")
     elif sizes:
         check_sizes(_layers(config, sizes), None, label)
     return sizes, entries
 
 
-def _containerd_image(inspect, history, manifest, repos, tagged, parent, ctx, label):
+def _containerd_image(fetched: _Inspected, manifest: ManifestSummary, repos: list[_Repository], ctx: Context,
+                      label: str, *, tagged: bool, parent: str) -> Iterator[ImageRecord | SourceError]:
     try:
-        config = config_from_inspect(inspect, label)
-        sizes, entries = _sizes(config, history, ctx, label)
+        config = config_from_inspect(fetched.inspect, label)
+        sizes, entries = _sizes(config, fetched.history, ctx, label)
     except SourceError as exc:
         yield exc
         return
     layers = _layers(config, sizes)
-    platform = manifest["platform"] or platform_of(config)
+    platform = manifest.platform or platform_of(config)
     for repo in repos:
         # The containerd store's API gives no config digest: the config stays unknown.
-        yield _image_record(ctx, repo, tuple(sorted(repo.tags)) if tagged else (), manifest["digest"], manifest["media_type"],
-                            KIND_IMAGE, None, config, layers, entries, platform, parent)
+        yield _image_record(ctx, repo, digest=manifest.digest, kind=KIND_IMAGE,
+                            tags=repo.sorted_tags() if tagged else (), media_type=manifest.media_type,
+                            config=config, layers=layers, history=entries, platform=platform, parent=parent)
 
 
-def _compact_manifests(raw: object) -> list[dict] | None:
-    """The few fields kept of the engine's manifest summaries, in the engine's (index) order."""
+def manifest_summaries(raw: object) -> tuple[ManifestSummary, ...] | None:
+    """The engine's `Manifests` (in its index order) as summaries; None when it reports none."""
     if not isinstance(raw, list):
         return None
     out = []
@@ -677,22 +910,20 @@ def _compact_manifests(raw: object) -> list[dict] | None:
         if not digest:
             continue
         raw_kind = _text(item, "Kind")
-        kind = {"image": KIND_IMAGE, "attestation": KIND_ATTESTATION}.get(raw_kind, "")
         platform_doc = _object(_object(item, "ImageData"), "Platform") or _object(descriptor, "platform")
         platform = None
         if platform_doc:
-            platform = Platform(_text(platform_doc, "os"), _text(platform_doc, "architecture"), _text(platform_doc, "variant"))
-        out.append(
-            {
-                "digest": digest,
-                "media_type": _text(descriptor, "mediaType"),
-                "kind": kind,
-                "raw_kind": raw_kind,
-                "available": item.get("Available") is True,
-                "platform": platform,
-            }
-        )
-    return out or None
+            platform = Platform(_text(platform_doc, "os"), _text(platform_doc, "architecture"),
+                                _text(platform_doc, "variant"))
+        out.append(ManifestSummary(
+            digest=digest,
+            media_type=_text(descriptor, "mediaType"),
+            kind={"image": KIND_IMAGE, "attestation": KIND_ATTESTATION}.get(raw_kind, ""),
+            raw_kind=raw_kind,
+            available=item.get("Available") is True,
+            platform=platform,
+        ))
+    return tuple(out) or None
 
 
 def _target(inspect: dict) -> Blob:
@@ -702,17 +933,17 @@ def _target(inspect: dict) -> Blob:
     return Blob(digest=digest, size=size if isinstance(size, int) else 0, media_type=_text(descriptor, "mediaType"))
 
 
-def containerd_shape(inspect: dict, manifests: list[dict]) -> tuple[Blob, dict | None]:
+def containerd_shape(inspect: dict, manifests: tuple[ManifestSummary, ...]) -> tuple[Blob, ManifestSummary | None]:
     """The image's target, and the manifest it is when it is not an index (None for an index)."""
     target = _target(inspect)
     if target.media_type in mt.INDEXES:
         return target, None
     for manifest in manifests:
-        if manifest["digest"] == target.digest:
+        if manifest.digest == target.digest:
             return target, manifest
     if not manifests or target.media_type in mt.MANIFESTS:
-        return target, {"digest": target.digest, "media_type": target.media_type, "kind": KIND_IMAGE,
-                        "raw_kind": "image", "available": True, "platform": None}
+        return target, ManifestSummary(digest=target.digest, media_type=target.media_type, kind=KIND_IMAGE,
+                                       raw_kind="image", available=True, platform=None)
     return target, None  # children that are not the target itself: an index
 
 
