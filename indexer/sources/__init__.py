@@ -190,7 +190,7 @@ def parse_source(text: str, *, docker_host: str = "", all_images: bool = False, 
     if text.startswith("oci:"):
         return OciLayout(*_split_ref(text[len("oci:"):]))
     if text.startswith("docker-daemon:"):
-        from .daemon import DockerDaemon  # the Docker SDK itself is imported only on contact
+        from .daemon import DockerDaemon  # imported only when an engine is asked for
 
         return DockerDaemon.from_spec(text[len("docker-daemon:"):], docker_host, all_images)
     if text.startswith("docker://"):
