@@ -86,6 +86,8 @@ class ImageRecord:
     entrypoint: tuple[str, ...] = ()
     cmd: tuple[str, ...] = ()
     history: tuple[HistoryEntry, ...] = ()
+    # The config's rootfs.diff_ids: the uncompressed layers, which image lineage is computed from.
+    diff_ids: tuple[str, ...] = ()
     manifest_raw: bytes | None = None
     config_raw: bytes | None = None
     # "derived" ids follow the id formula; "imported" ids are a registry's real ids and are kept
@@ -120,7 +122,7 @@ def merge_records(old: ImageRecord, new: ImageRecord) -> ImageRecord:
 _DATA_FIELDS = (
     "digest", "media_type", "kind", "config", "layers", "layers_compressed", "declared_compressed_size",
     "created", "platform", "parent_digest", "labels", "env", "entrypoint", "cmd", "history",
-    "manifest_raw", "config_raw",
+    "manifest_raw", "config_raw", "diff_ids",
 )
 
 
@@ -134,7 +136,7 @@ def _knowledge(record: ImageRecord) -> int:
     fields = (
         record.digest, record.media_type, record.created, record.platform, record.parent_digest, record.labels,
         record.env, record.entrypoint, record.cmd, record.history, record.manifest_raw, record.config_raw,
-        record.layers, record.declared_compressed_size,
+        record.layers, record.declared_compressed_size, record.diff_ids,
     )
     return (
         sum(1 for value in fields if value)
@@ -195,6 +197,7 @@ def _merge_equal(old: ImageRecord, new: ImageRecord, tags: tuple[str, ...]) -> I
         entrypoint=a.entrypoint or b.entrypoint,
         cmd=a.cmd or b.cmd,
         history=a.history or b.history,
+        diff_ids=a.diff_ids or b.diff_ids,
         manifest_raw=a.manifest_raw or b.manifest_raw,
         config_raw=a.config_raw or b.config_raw,
         id_origin="imported" if "imported" in (a.id_origin, b.id_origin) else new.id_origin,

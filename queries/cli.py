@@ -319,6 +319,75 @@ def sql(query, store, fmt):
     click.echo(sqlshell.run(con, query, fmt), nl=False)
 
 
+lineage_format_option = click.option(
+    "--format", "fmt", type=click.Choice(["json", "table", "yaml"]), default="json", show_default=True,
+)
+lineage_platform_option = click.option(
+    "--platform", default="linux/amd64", show_default=True, metavar="OS/ARCH[/VARIANT]",
+    help="The child that answers when IMAGE is a multi-platform index (an index has no layers).",
+)
+
+
+def _note(text: str) -> None:
+    click.echo(f"imgdex: note: {text}", err=True)
+
+
+def _lineage(answer, image, store, platform, everything, fmt, table):
+    from queries import engine, lookup, render
+
+    lookup.parse_platform(platform)
+    con = engine.connect(store, tables=("images", "tags"))
+    row = lookup.resolve(con, image, platform)
+    doc = answer(con, row[0], platform, everything=everything, note=_note)
+    if fmt == "table":
+        click.echo(table(doc))
+    elif fmt == "yaml":
+        click.echo(render.to_yaml(doc), nl=False)
+    else:
+        click.echo(render.to_json(doc))
+
+
+@cli.command()
+@click.argument("image")
+@store_option
+@lineage_format_option
+@lineage_platform_option
+@click.option("--all", "everything", is_flag=True, help="Also the bases of the nearest base, down to the first layer.")
+@library_errors
+def base(image, store, fmt, platform, everything):
+    """Print the nearest base image of IMAGE (anything `get` accepts): the indexed images whose layers
+    are exactly IMAGE's first layers, the most layers first, by the OCI ChainIDs of their diff_ids.
+
+    JSON: {"bases": [{"id", "name", "digest", "tags", "sharedLayers", "totalLayers"}, ...]}, with
+    every resource that shares the nearest base's layers, exact records first; {} when there is none.
+    A base declared by the org.opencontainers.image.base.name/.digest annotations or labels is
+    reported as "declaredBase", with its "agreement": AGREES, ANCESTOR, DIFFERS or NOT_INDEXED.
+    """
+    from queries import lineage
+
+    _lineage(lineage.bases, image, store, platform, everything, fmt, lineage.bases_table)
+
+
+@cli.command()
+@click.argument("image")
+@store_option
+@lineage_format_option
+@lineage_platform_option
+@click.option(
+    "--all", "everything", is_flag=True, help="Every descendant, not only the images built directly on IMAGE.",
+)
+@library_errors
+def derived(image, store, fmt, platform, everything):
+    """Print the images whose nearest base is IMAGE (anything `get` accepts).
+
+    JSON: {"images": [{"id", "name", "digest", "tags", "sharedLayers"}, ...]}; {} when there is none.
+    With --all, every descendant, nearest first.
+    """
+    from queries import lineage
+
+    _lineage(lineage.derived, image, store, platform, everything, fmt, lineage.derived_table)
+
+
 def _add_serve() -> None:
     from queries.server.app import serve  # imports only click and the store layout
 

@@ -65,7 +65,7 @@ def _by_reference(con, ref: Reference, explicit_host: bool) -> list[tuple]:
     return _candidates(con, f"name IN (SELECT unnest(?::VARCHAR[])) AND {condition}", [names, *value])
 
 
-def _pick_platform(con, row, platform: str):
+def pick_platform(con, row, platform: str):
     image_id, registry, name, kind, digest, _ = row
     if kind != "index":
         return image_id
@@ -109,7 +109,7 @@ def resolve(con, query: str, platform: str = DEFAULT_PLATFORM):
         raise NotFound(f"image {shown(query)} not found")
     if len(rows) > 1:
         raise Ambiguous(shown(query), [_describe(r) for r in rows])
-    return by_id(con, _pick_platform(con, rows[0], platform))
+    return by_id(con, pick_platform(con, rows[0], platform))
 
 
 def batch(con, queries: Iterable[str], platform: str = DEFAULT_PLATFORM) -> Iterator[tuple[str, object]]:

@@ -274,6 +274,7 @@ def _config_fields(config: ImageConfig | None) -> dict:
         entrypoint=config.entrypoint,
         cmd=config.cmd,
         history=config.history,
+        diff_ids=config.diff_ids,
     )
 
 

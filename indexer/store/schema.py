@@ -51,6 +51,11 @@ IMAGES = pa.schema(
         ("entrypoint", _STRINGS),
         ("cmd", _STRINGS),
         ("history", pa.list_(HISTORY)),
+        # Lineage: the config's diff_ids and their ChainIDs (C1..Cn; see indexer/lineage.py), and
+        # the top ChainID on its own, so that finding bases reads one plain column.
+        ("diff_ids", _STRINGS),
+        ("chain_ids", _STRINGS),
+        ("chain_id", pa.string()),
         ("source_kind", pa.string()),
         ("source_path", pa.string()),
         ("exactness", pa.int8()),

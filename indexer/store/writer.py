@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 import duckdb
 import pyarrow as pa
 
-from .. import timestamps
+from .. import lineage, timestamps
 from ..errors import StoreError, StoreLocked
 from ..model import IMPORTED, Blob, HistoryEntry, ImageRecord, Platform, merge_records
 from ..references import blob_id
@@ -88,6 +88,7 @@ def records_to_arrow(records: list[ImageRecord], indexed_at: datetime) -> pa.Tab
         return pa.array([getattr(r.platform, attribute) if r.platform is not None else None for r in records], pa.string())
 
     string, int64 = pa.string(), pa.int64()
+    chains = [lineage.chain_ids(r.diff_ids) for r in records]
     arrays = {
         "id": column(lambda r: r.id, string),
         "registry": column(lambda r: r.registry, string),
@@ -115,6 +116,9 @@ def records_to_arrow(records: list[ImageRecord], indexed_at: datetime) -> pa.Tab
         "entrypoint": _string_lists([r.entrypoint for r in records]),
         "cmd": _string_lists([r.cmd for r in records]),
         "history": _history_lists([r.history for r in records]),
+        "diff_ids": _string_lists([r.diff_ids for r in records]),
+        "chain_ids": _string_lists(chains),
+        "chain_id": pa.array([c[-1] if c else None for c in chains], string),
         "source_kind": column(lambda r: r.source_kind, string),
         "source_path": column(lambda r: r.source_path, string),
         "exactness": column(lambda r: r.exactness, pa.int8()),
@@ -195,6 +199,7 @@ def record_from_row(row: dict) -> ImageRecord:
         entrypoint=tuple(row["entrypoint"] or ()),
         cmd=tuple(row["cmd"] or ()),
         history=history,
+        diff_ids=tuple(row["diff_ids"] or ()),
         manifest_raw=row["manifest_raw"],
         config_raw=row["config_raw"],
         id_origin=row["id_origin"],

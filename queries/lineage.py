@@ -1,0 +1,254 @@
+"""Base images and derived images, answered from the ChainIDs that index runs stored.
+
+Image A is a base of image B when A's top ChainID (`chain_id`) is one of B's proper prefixes
+(`chain_ids[i]`, i below B's layer count): A's layers are B's first i layers, whatever their
+compression, registry or source. B's nearest base is the base with the most layers; every
+resource that ends on that same ChainID is listed (the same image in two repositories, or seen
+by an engine and a registry), exact records first. Only images have lineage: an index has no
+layers, so its platform children answer for it; a record without diff_ids (imported YCR JSON,
+a schema 1 manifest) has none.
+
+The answers follow the proto3 JSON conventions of the Image responses: camelCase names, default
+values omitted. Layer counts are int32 fields, which proto3 JSON prints as numbers (int64 fields,
+such as compressedSize, are strings).
+"""
+from __future__ import annotations
+
+import json
+from typing import Callable
+
+from indexer.errors import ImgdexError, NotFound, QueryError, StoreError
+from indexer.references import parse_reference
+
+from . import lookup
+from .render import format_table
+
+BASE_NAME = "org.opencontainers.image.base.name"
+BASE_DIGEST = "org.opencontainers.image.base.digest"
+
+# How the base an image declares (annotations or labels) relates to the computed one.
+AGREES = "AGREES"  # it is the nearest base (or one of the resources sharing its chain)
+ANCESTOR = "ANCESTOR"  # it is a base further down, as when a base's labels were inherited
+DIFFERS = "DIFFERS"  # it is indexed, and is not a base of this image
+NOT_INDEXED = "NOT_INDEXED"  # nothing indexed matches it, so it cannot be checked
+
+_SUBJECT = (
+    "SELECT id, registry, name, kind, digest, config_digest, chain_ids, "
+    "labels[?] AS base_name, labels[?] AS base_digest, manifest_raw FROM images WHERE id = ?"
+)
+
+# Bases end on a proper prefix of the image's chain: one equality per stored row, no list scan.
+_BASES = """
+    SELECT id, registry, name, digest, tags, exactness, parent_digest, len(chain_ids) AS shared
+    FROM images
+    WHERE kind = 'image' AND chain_id IN (SELECT unnest(?::VARCHAR[]))
+    ORDER BY shared DESC, exactness DESC, registry, name, id
+"""
+
+# Descendants carry the image's top ChainID at its own depth k. A descendant's distance is one
+# more than the number of other descendants' ChainIDs it passes through above k, since any image
+# between the two is itself a descendant.
+_DERIVED = """
+    WITH descendants AS (
+        SELECT id, registry, name, digest, tags, exactness, chain_ids, chain_id
+        FROM images
+        WHERE kind = 'image' AND len(chain_ids) > ? AND chain_ids[?] = ?
+    ),
+    passed AS (
+        SELECT id, unnest(list_slice(chain_ids, ? + 1, len(chain_ids) - 1)) AS chain FROM descendants
+    ),
+    levels AS (
+        SELECT id, count(DISTINCT chain) AS between FROM passed
+        WHERE chain IN (SELECT chain_id FROM descendants)
+        GROUP BY id
+    )
+    SELECT d.id, d.registry, d.name, d.digest, d.tags, d.exactness, 1 + coalesce(l.between, 0) AS distance
+    FROM descendants d LEFT JOIN levels l USING (id)
+    {where}
+    ORDER BY distance, registry, name, exactness DESC, digest, id
+"""
+
+
+class _Subject:
+    """The image a lineage question is about: a platform child when IMAGE named an index."""
+
+    def __init__(self, row: tuple):
+        (self.id, self.registry, self.name, self.kind, self.digest, _config_digest,
+         chain_ids, self.label_name, self.label_digest, self.manifest_raw) = row
+        self.chain_ids: list[str] = list(chain_ids or ())
+
+
+def _subject(con, image_id: str, platform: str) -> _Subject:
+    params = [BASE_NAME, BASE_DIGEST]
+    try:
+        row = con.execute(_SUBJECT, [*params, image_id]).fetchone()
+    except QueryError as exc:
+        if "chain_ids" not in str(exc):
+            raise
+        # Stores are not migrated (see the README): name the remedy rather than DuckDB's binder error.
+        raise StoreError(
+            f"store {con.store} has no lineage columns (it was written by an older imgdex); re-index into a new store"
+        ) from None
+    if row is not None and row[3] == "index":
+        # Asked for by id, an index is itself; its lineage is its platform child's.
+        row = con.execute(_SUBJECT, [*params, lookup.pick_platform(con, row[:6], platform)]).fetchone()
+    if row is None:
+        raise NotFound(f"image {image_id} not found")
+    return _Subject(row)
+
+
+def _entry(row, **counts) -> dict:
+    image_id, _registry, name, digest, tags = row[:5]
+    out: dict = {"id": image_id}
+    if name:
+        out["name"] = name
+    if digest:
+        out["digest"] = digest
+    if tags:
+        out["tags"] = list(tags)
+    out.update((key, value) for key, value in counts.items() if value)
+    return out
+
+
+Note = Callable[[str], None]
+
+
+def _unknown(subject: _Subject, note: Note | None) -> bool:
+    if subject.kind == "image" and subject.chain_ids:
+        return False
+    if note is not None:
+        what = "is not an image" if subject.kind != "image" else "has no known diff_ids (no image config was indexed)"
+        note(f"image {subject.id} {what}, so its lineage is unknown")
+    return True
+
+
+def bases(con, image_id: str, platform: str = lookup.DEFAULT_PLATFORM, *, everything: bool = False,
+          note: Note | None = None) -> dict:
+    """{"bases": [...]}: the nearest base's resources, then (with `everything`) the bases below it,
+    nearest first; {} when there is none. `declaredBase` reports the base the image declares.
+    `note` hears why an image has no lineage at all."""
+    subject = _subject(con, image_id, platform)
+    _unknown(subject, note)
+    total = len(subject.chain_ids)
+    rows = []
+    if subject.kind == "image" and total > 1:
+        rows = con.execute(_BASES, [subject.chain_ids[:-1]]).fetchall()
+    nearest = rows[0][7] if rows else 0
+    shown = rows if everything else [row for row in rows if row[7] == nearest]
+    out: dict = {}
+    if shown:
+        out["bases"] = [_entry(row, sharedLayers=row[7], totalLayers=total) for row in shown]
+    declared = _declared(con, subject, rows)
+    if declared:
+        out["declaredBase"] = declared
+    return out
+
+
+def derived(con, image_id: str, platform: str = lookup.DEFAULT_PLATFORM, *, everything: bool = False,
+            note: Note | None = None) -> dict:
+    """{"images": [...]}: the images whose nearest base is the image (with `everything`, all its
+    descendants, nearest first); {} when there is none."""
+    subject = _subject(con, image_id, platform)
+    if _unknown(subject, note):
+        return {}
+    depth = len(subject.chain_ids)
+    sql = _DERIVED.format(where="" if everything else "WHERE distance = 1")
+    rows = con.execute(sql, [depth, depth, subject.chain_ids[-1], depth]).fetchall()
+    if not rows:
+        return {}
+    return {"images": [_entry(row, sharedLayers=depth) for row in rows]}
+
+
+# ----------------------------------------------------------------------------- declared bases
+
+
+def _annotations(manifest_raw: bytes | None) -> dict:
+    if not manifest_raw or BASE_NAME.encode() not in manifest_raw and BASE_DIGEST.encode() not in manifest_raw:
+        return {}
+    try:
+        doc = json.loads(manifest_raw)
+    except ValueError:
+        return {}
+    annotations = doc.get("annotations") if isinstance(doc, dict) else None
+    return annotations if isinstance(annotations, dict) else {}
+
+
+def _declared(con, subject: _Subject, rows: list[tuple]) -> dict:
+    """The base the manifest annotations (else the config labels) name, and how it relates to `rows`."""
+    annotations = _annotations(subject.manifest_raw)
+    name = annotations.get(BASE_NAME) or subject.label_name or ""
+    digest = annotations.get(BASE_DIGEST) or subject.label_digest or ""
+    name = name if isinstance(name, str) else ""
+    digest = digest if isinstance(digest, str) else ""
+    if not name and not digest:
+        return {}
+    try:
+        ref = parse_reference(name) if name else None
+    except ImgdexError:
+        ref = None
+    out: dict = {}
+    if name:
+        out["name"] = name
+    if digest:
+        out["digest"] = digest
+    nearest = rows[0][7] if rows else 0
+    matched = [row for row in rows if _matches(row, ref, digest)]
+    if matched:
+        out["agreement"] = AGREES if matched[0][7] == nearest else ANCESTOR
+    elif _indexed(con, ref, digest):
+        out["agreement"] = DIFFERS
+    else:
+        out["agreement"] = NOT_INDEXED
+    return out
+
+
+def _matches(row: tuple, ref, digest: str) -> bool:
+    _id, registry, name, own_digest, tags, _exactness, parent_digest = row[:7]
+    if digest and own_digest:
+        return digest in (own_digest, parent_digest)
+    if ref is None:
+        return False
+    # A record without a manifest digest (classic docker save) can only be matched by name; a
+    # platform child is untagged, its tags being its index's.
+    return (registry, name) == (ref.registry, ref.name) and (not ref.tag or not tags or ref.tag in tags)
+
+
+def _indexed(con, ref, digest: str) -> bool:
+    if digest:
+        found = con.execute("SELECT count(*) FROM images WHERE digest = ?", [digest]).fetchone()[0]
+        if found:
+            return True
+    if ref is None:
+        return False
+    named = con.execute("SELECT count(*) FROM images WHERE registry = ? AND name = ?", [ref.registry, ref.name])
+    return bool(named.fetchone()[0])
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def _cells(entry: dict) -> list[str]:
+    return [entry["id"], entry.get("name", ""), entry.get("digest", ""), ",".join(entry.get("tags", []))]
+
+
+def bases_table(doc: dict) -> str:
+    rows = [[*_cells(e), str(e["sharedLayers"]), str(e["totalLayers"])] for e in doc.get("bases", [])]
+    text = format_table(["ID", "NAME", "DIGEST", "TAGS", "SHARED LAYERS", "TOTAL LAYERS"], rows, numeric=(4, 5))
+    declared = doc.get("declaredBase")
+    if declared:
+        named = declared.get("name", "") + ("@" + declared["digest"] if declared.get("digest") else "")
+        text += f"\ndeclared base: {named} ({_AGREEMENT_TEXT[declared['agreement']]})"
+    return text
+
+
+_AGREEMENT_TEXT = {
+    AGREES: "agrees with the computed nearest base",
+    ANCESTOR: "disagrees: it is a base further down than the computed nearest base",
+    DIFFERS: "disagrees: it is indexed but is not a base of this image",
+    NOT_INDEXED: "not indexed, so not checked",
+}
+
+
+def derived_table(doc: dict) -> str:
+    rows = [[*_cells(e), str(e["sharedLayers"])] for e in doc.get("images", [])]
+    return format_table(["ID", "NAME", "DIGEST", "TAGS", "SHARED LAYERS"], rows, numeric=(4,))
