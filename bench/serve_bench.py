@@ -3,6 +3,7 @@
     python bench/serve_bench.py                  # 100,000 images, 5 s per figure
     python bench/serve_bench.py --images 10000 --seconds 2
     python bench/serve_bench.py --asgi           # also REST on Starlette + uvicorn, for comparison
+    python bench/serve_bench.py --only grpc-list,rest-list   # some figures only
 
 The store is written straight through the store writer (like bench/run.py's lookup store): this
 measures serving, not parsing. Names are YCR-style (`crp<registry id>/team/appN` under
@@ -11,7 +12,8 @@ of its own. Clients are separate processes (one client each, requests back to ba
 clients' own CPU competes with the server's exactly as it does for every figure, floors included.
 
 Figures: gRPC Get through the official SDK client, REST Get through http.client (keep-alive),
-gRPC List of 100 and REST List of 100, each as requests/s and p50/p99 latency; floors: the
+gRPC List of 100 (all images, and one registry's newest first) and REST List of 100, each as
+requests/s and p50/p99 latency, each list walking its pages from the first; floors: the
 server's gRPC health check (no store access) and a REST request for an unknown path (routing
 only), and the cold `imgdex get ID` rate (a new process per lookup). Nothing asserts a time.
 """
@@ -37,6 +39,7 @@ sys.path.insert(0, ROOT)
 # Two registry ids of the real shape: "crp" and 17 base32hex characters.
 REGISTRIES = ("crpbench0reg1str0001", "crpbench0reg1str0002")
 CLIENTS = 8
+KINDS = ("grpc-health", "grpc-get", "grpc-list", "grpc-list-scoped", "rest-noop", "rest-get", "rest-list")
 
 
 def make_store(store: str, n: int) -> list[str]:
@@ -123,11 +126,13 @@ def _make_call(kind: str, address: str, ids: list[str], rng: random.Random):
         images = sdk.client(ImageServiceStub, endpoint=address, insecure=True)
         if kind == "grpc-get":
             return lambda: images.Get(GetImageRequest(image_id=rng.choice(ids)), timeout=10)
-        if kind == "grpc-list":
+        if kind in ("grpc-list", "grpc-list-scoped"):
             state = {"token": ""}
+            # Scoped: one registry's images, newest first (a condition, and an order of its own).
+            fields = {"registry_id": REGISTRIES[0], "order_by": "created_at desc"} if kind == "grpc-list-scoped" else {}
 
             def list_page():
-                page = images.List(ListImagesRequest(page_size=100, page_token=state["token"]), timeout=10)
+                page = images.List(ListImagesRequest(page_size=100, page_token=state["token"], **fields), timeout=10)
                 state["token"] = page.next_page_token  # walk the pages, back to the first at the end
 
             return list_page
@@ -240,7 +245,8 @@ service.source.start()
 
 def answer(method, path, query):
     try:
-        return 200, _dump(route(service.api, method, path, parse_qs(query, keep_blank_values=True)))
+        doc = route(service.api, method, path, parse_qs(query, keep_blank_values=True))
+        return 200, doc.encode() if isinstance(doc, str) else _dump(doc)
     except Exception as exc:
         return status_of(exc).http, _dump(error_body(exc))
 
@@ -305,7 +311,12 @@ def main() -> None:
     parser.add_argument(
         "--asgi", action="store_true", help="also measure REST Get on Starlette + uvicorn (httptools, uvloop)"
     )
+    parser.add_argument("--only", default="", metavar="KIND,...", help=f"measure these only: {', '.join(KINDS)}")
     args = parser.parse_args()
+    kinds = [k for k in args.only.split(",") if k] or list(KINDS)
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:
+        parser.error(f"unknown kinds: {', '.join(unknown)}")
 
     store = os.path.join(args.work, "stores", f"serve{args.images}")
     ids_file = store + ".ids"
@@ -320,21 +331,20 @@ def main() -> None:
         ids = f.read().split()
 
     figures: dict[str, dict] = {}
+    # Other work on the machine shows in every tail latency: the load is printed with the figures.
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     proc, grpc_address, http_address = start_server(store, args.workers)
     try:
-        for kind, address in (
-            ("grpc-health", grpc_address),
-            ("grpc-get", grpc_address),
-            ("grpc-list", grpc_address),
-            ("rest-noop", http_address),
-            ("rest-get", http_address),
-            ("rest-list", http_address),
-        ):
+        for kind in kinds:
+            address = grpc_address if kind.startswith("grpc") else http_address
             figures[kind] = result = load(kind, address, ids, args.seconds)
-            print(f"{kind:12s} {_line(result)}  ({result['requests']} requests)", flush=True)
+            print(f"{kind:16s} {_line(result)}  ({result['requests']} requests)", flush=True)
     finally:
         stop_seconds = stop_server(proc)
     print(f"shutdown on SIGTERM: {stop_seconds:.2f} s")
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if args.only:
+        return
     started = start_asgi(store) if args.asgi else None
     args.asgi = started is not None
     if started is not None:

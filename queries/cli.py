@@ -279,23 +279,42 @@ def _get_batch(con, stream, platform):
 
 @cli.command(name="list")
 @store_option
-@click.option("--registry-id", default="", metavar="ID", help="Registry id (first name component) or registry host.")
+@click.option(
+    "--registry-id", default="", metavar="ID",
+    help="Registry id (first name component) or registry host. Ignored with --repository-name.",
+)
 @click.option("--repository-name", default="", metavar="NAME")
-@click.option("--filter", "filter_", default="", metavar="EXPR", help='name="..", name!="..", name IN ("..", ..), joined by AND.')
-@click.option("--order-by", default="", metavar="FIELDS", help="name, digest, created_at, last_modified; each with an optional desc. Default: name, digest.")
-@click.option("--page-size", type=int, default=100, show_default=True)
+@click.option(
+    "--folder-id", default="", metavar="ID",
+    help="Accepted as the API accepts it; the index records no folders, so it does not narrow the list.",
+)
+@click.option(
+    "--filter", "filter_", default="", metavar="EXPR",
+    help='name="..", name!="..", name IN ("..", ..), name NOT IN ("..", ..), joined by AND.',
+)
+@click.option(
+    "--order-by", default="", metavar="FIELDS",
+    help="name, digest, created_at, last_modified; each with an optional desc. Default: name, digest.",
+)
+@click.option("--page-size", type=int, default=100, show_default=True, help="At most 1000; 0 means the default.")
 @click.option("--page-token", default="", metavar="T")
 @click.option("--format", "fmt", type=click.Choice(["json", "table", "yaml"]), default="json", show_default=True)
 @library_errors
-def list_(store, registry_id, repository_name, filter_, order_by, page_size, page_token, fmt):
-    """Print the Image.List response."""
+def list_(store, registry_id, repository_name, folder_id, filter_, order_by, page_size, page_token, fmt):
+    """Print the Image.List response, with the API's own request rules."""
     from queries import engine, listing, render
 
-    con = engine.connect(store, tables=("images",))
-    result = listing.list_images(
-        con,
-        listing.Query(registry_id, repository_name, filter_, order_by, page_size, page_token),
+    query = listing.Query(
+        registry_id=registry_id,
+        repository_name=repository_name,
+        filter=filter_,
+        order_by=order_by,
+        page_size=page_size,
+        page_token=page_token,
+        folder_id=folder_id,
     )
+    con = engine.connect(store, tables=("images",))
+    result = listing.list_images(con, query)
     if fmt == "table":
         click.echo(render.images_table(result.get("images", [])))
         if result.get("nextPageToken"):

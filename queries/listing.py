@@ -1,17 +1,50 @@
-"""Image.List: filter, order and keyset pages with opaque, stable page tokens."""
+"""Image.List: the API's rules, filter, order and keyset pages with short, opaque, stable page tokens.
+
+`imgdex list` and `imgdex serve` both come here with the request's fields, so both apply the same
+rules (`api_rules`) in the same order and answer the same pages.
+
+A page is found in two steps: the keys of its rows first (the id and the order columns only, at
+most page_size + 1 rows after the token's position), then the rows themselves, by id. Rendering
+(and reading layers) thus costs the rows shown, not every row that matches. `Source` runs both
+steps as SQL over `images`; the server gives its own, which answers them from memory.
+
+A page token is URL-safe base64 (unpadded) of compact JSON `{"q": QUERY, "k": KEY}`:
+
+- QUERY: six characters of a hash of what the token is valid for: the scope after the precedence
+  rules, the filter as parsed and the order. A token of another query is refused.
+- KEY: the last row's key, one entry per order field and then its id. The id alone places a row
+  (ids are unique), so entries that never change for an id (name, digest, created_at) are null and
+  read back by id at the next call; last_modified, which a later index run may change, travels by
+  value, so that the list goes on from where the page ended even when that row moved since. A
+  token may carry any entry by value. Tokens stay within the API's 100 characters.
+"""
 from __future__ import annotations
 
 import base64
+import binascii
+import hashlib
 import json
 import re
 from dataclasses import dataclass
 
 from indexer.errors import QueryError
 
+from . import api_rules
+from .api_rules import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from .render import SELECT, list_response, to_response
 
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
+__all__ = [
+    "DEFAULT_PAGE_SIZE",
+    "MAX_PAGE_SIZE",
+    "Page",
+    "Plan",
+    "Query",
+    "Source",
+    "list_images",
+    "page",
+    "parse_filter",
+    "plan",
+]
 
 # Sort keys never NULL, so that keyset comparisons are total.
 _ORDER_FIELDS = {
@@ -20,42 +53,70 @@ _ORDER_FIELDS = {
     "created_at": "coalesce(epoch_ns(created_at), -9223372036854775807)",
     "last_modified": "epoch_us(indexed_at)",
 }
+# What each sort key holds, so that a hand-edited token fails here and not inside DuckDB.
+_KEY_TYPES = {"name": str, "digest": str, "created_at": int, "last_modified": int}
+# The one key a later index run may change for the same id (the time its record was written).
+BY_VALUE = frozenset({"last_modified"})
 _DEFAULT_ORDER = "name,digest"
+_INT64 = range(-(2**63), 2**63)
+_TOKEN_LIMIT = 100
 
 _STRING = r"""("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')"""
-_TOKEN = re.compile(rf"""\s*(?:(?P<field>name)\s*(?:(?P<op>!=|=)\s*{_STRING}|\s+(?P<in>IN)\s*\((?P<list>[^)]*)\))|(?P<and>AND))\s*""", re.IGNORECASE)
+_TERM = re.compile(
+    rf"""\s*(?:(?P<field>name)\s*(?:(?P<op>!=|=)\s*{_STRING}|\s+(?P<in>(?:NOT\s+)?IN)\s*\((?P<list>[^)]*)\))"""
+    r"""|(?P<and>AND))\s*""",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True)
 class Query:
+    """The fields of a ListImagesRequest, as the CLI and the server receive them (not yet checked)."""
+
     registry_id: str = ""
     repository_name: str = ""
     filter: str = ""
     order_by: str = ""
-    page_size: int = DEFAULT_PAGE_SIZE
+    page_size: int = 0  # 0: the default page
     page_token: str = ""
+    folder_id: str = ""
 
 
 def _quoted(text: str) -> str:
     """A filter as messages quote it, cut short: it may be any length."""
-    return repr(text if len(text) <= 120 else text[:120] + "...")
+    return api_rules.shown(text)
 
 
 def _unquote(text: str) -> str:
     return re.sub(r"\\(.)", r"\1", text[1:-1])
 
 
-def parse_filter(text: str) -> tuple[str, list]:
-    """`name="x"`, `name!="x"`, `name IN ("a", "b")`, joined by AND -> (SQL condition, params)."""
+def parse_filter(text: str, check_values: bool = True) -> tuple[str, list]:
+    """`name="x"`, `name!="x"`, `name IN ("a", "b")`, `name NOT IN (...)`, joined by AND -> (SQL, params).
+
+    Values must be repository names, as the API reference requires; `check_values=False` takes
+    any quoted text (for names that are not repository names, such as registries').
+    """
     conditions: list[str] = []
     params: list = []
     position = 0
     expect_term = True
     text = text.strip()
+
+    def value(quoted: str) -> str:
+        name = _unquote(quoted)
+        problem = api_rules.filter_value_problem(name) if check_values else ""
+        if problem:
+            raise QueryError(f"invalid filter {_quoted(text)}: {problem}")
+        return name
+
     while position < len(text):
-        m = _TOKEN.match(text, position)
+        m = _TERM.match(text, position)
         if not m or m.end() == position:
-            raise QueryError(f"invalid filter {_quoted(text)} at position {position}: expected name=\"...\", name!=\"...\" or name IN (...)")
+            raise QueryError(
+                f"invalid filter {_quoted(text)} at position {position}: "
+                'expected name="...", name!="...", name IN (...) or name NOT IN (...)'
+            )
         position = m.end()
         if m.group("and"):
             if expect_term:
@@ -70,29 +131,130 @@ def parse_filter(text: str) -> tuple[str, list]:
             leftover = re.sub(_STRING, "", m.group("list")).replace(",", "").strip()
             if not items or leftover:
                 raise QueryError(f"invalid filter {_quoted(text)}: IN takes a list of quoted names")
-            conditions.append("name IN (SELECT unnest(?::VARCHAR[]))")
-            params.append([_unquote(i) for i in items])
+            negated = m.group("in").upper() != "IN"
+            conditions.append(f"name {'NOT IN' if negated else 'IN'} (SELECT unnest(?::VARCHAR[]))")
+            params.append([value(i) for i in items])
         else:
             conditions.append("name = ?" if m.group("op") == "=" else "name <> ?")
-            params.append(_unquote(m.group(3)))
+            params.append(value(m.group(3)))
     if expect_term and conditions:
         raise QueryError(f"invalid filter {_quoted(text)}: ends with AND")
     return " AND ".join(conditions), params
 
 
 def parse_order(text: str) -> list[tuple[str, bool]]:
-    """`name, created_at desc` -> [(field, descending)]; id is appended as the final tie-break."""
+    """`name, created_at desc` -> [(field, descending)]; the id breaks the remaining ties.
+
+    A field named again is dropped: the first mention already ordered every tie it could break.
+    """
     order: list[tuple[str, bool]] = []
     for part in (text or _DEFAULT_ORDER).split(","):
         words = part.split()
         if not words:
             continue
-        if words[0] not in _ORDER_FIELDS or len(words) > 2 or (len(words) == 2 and words[1].lower() not in ("asc", "desc")):
-            raise QueryError(f"invalid order {part.strip()!r}: fields are {', '.join(_ORDER_FIELDS)}, each with an optional desc")
-        order.append((words[0], len(words) == 2 and words[1].lower() == "desc"))
+        if (
+            words[0] not in _ORDER_FIELDS
+            or len(words) > 2
+            or (len(words) == 2 and words[1].lower() not in ("asc", "desc"))
+        ):
+            raise QueryError(
+                f"invalid order {api_rules.shown(part.strip())}: "
+                f"fields are {', '.join(_ORDER_FIELDS)}, each with an optional desc"
+            )
+        if all(field != words[0] for field, _ in order):
+            order.append((words[0], len(words) == 2 and words[1].lower() == "desc"))
     if not order:
         raise QueryError("empty order")
     return order
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A checked query: what to select, in which order, from where on, and what the token must say."""
+
+    conditions: tuple[str, ...]
+    params: tuple
+    order: tuple[tuple[str, bool], ...]  # (field, descending), the id not included
+    page_size: int
+    fingerprint: str
+    token_keys: tuple | None  # the previous page's last key: values (None: read back by id), then the id
+
+    @property
+    def keys(self) -> list[tuple[str, bool]]:
+        """(SQL expression, descending) of every sort key, the id last."""
+        return [(_ORDER_FIELDS[field], desc) for field, desc in self.order] + [("id", False)]
+
+    @property
+    def key_sql(self) -> str:
+        return ", ".join(expr for expr, _ in self.keys)
+
+    @property
+    def order_sql(self) -> str:
+        return ", ".join(f"{expr} {'DESC' if desc else 'ASC'}" for expr, desc in self.keys)
+
+    def after(self, key: tuple) -> tuple[str, list]:
+        """The keyset condition for the rows after `key` (one value per sort key), with its params."""
+        alternatives, params = [], []
+        keys = self.keys
+        for i, (expr, desc) in enumerate(keys):
+            equal = [f"{keys[j][0]} = ?" for j in range(i)]
+            alternatives.append("(" + " AND ".join(equal + [f"{expr} {'<' if desc else '>'} ?"]) + ")")
+            params += list(key[:i]) + [key[i]]
+        return "(" + " OR ".join(alternatives) + ")", params
+
+    def where(self, after: tuple | None) -> tuple[str, list]:
+        conditions, params = list(self.conditions), list(self.params)
+        if after is not None:
+            condition, values = self.after(after)
+            conditions.append(condition)
+            params += values
+        return " AND ".join(conditions) or "TRUE", params
+
+
+def _scope_conditions(scope: api_rules.ImageScope) -> tuple[list[str], list]:
+    conditions: list[str] = []
+    params: list = []
+    registry = scope.registry_id
+    if registry:
+        # A YCR registry id is the first component of the name; other registries go by host.
+        # `name = ? OR starts_with(...)` is that first component, and far cheaper than splitting
+        # every name; a '/' in the id can never be a first component.
+        if "/" in registry:
+            conditions.append("registry = ?")
+            params.append(registry)
+        else:
+            conditions.append("(registry = ? OR name = ? OR starts_with(name, ?))")
+            params += [registry, registry, registry + "/"]
+    if scope.repository_name:
+        conditions.append("name = ?")
+        params.append(scope.repository_name)
+    return conditions, params
+
+
+def _fingerprint(scope: api_rules.ImageScope, conditions: list[str], params: list, order) -> str:
+    text = json.dumps([scope.registry_id, scope.repository_name, conditions, params, order], separators=(",", ":"))
+    return base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()[:6]).decode()[:6]
+
+
+def plan(query: Query) -> Plan:
+    """Every rule of the API applied to `query`, in the order of its fields; QueryError at the first broken one."""
+    api_rules.check(api_rules.LIST_IMAGES, query.__dict__)
+    size = api_rules.page_size(query.page_size)
+    scope = api_rules.image_scope(query.registry_id, query.repository_name, query.folder_id)
+    # The index records no folders: a folder_id alone does not narrow the list.
+    conditions, params = _scope_conditions(scope)
+    if query.filter:
+        condition, values = parse_filter(query.filter)
+        if condition:
+            conditions.append(condition)
+            params += values
+    order = tuple(parse_order(query.order_by))
+    fingerprint = _fingerprint(scope, conditions, params, order)
+    token = _decode(query.page_token, fingerprint, order) if query.page_token else None
+    return Plan(tuple(conditions), tuple(params), order, size, fingerprint, token)
+
+
+# --- page tokens ---------------------------------------------------------------------------------
 
 
 def _encode(payload: dict) -> str:
@@ -100,71 +262,113 @@ def _encode(payload: dict) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _decode(token: str) -> dict:
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        payload = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        payload = None
-    if not isinstance(payload, dict) or not isinstance(payload.get("k"), list):
-        raise QueryError("invalid page token")
-    return payload
-
-
-# What each sort key holds, so that a hand-edited token fails here and not inside DuckDB.
-_KEY_TYPES = {"name": str, "digest": str, "created_at": int, "last_modified": int}
-_INT64 = range(-(2**63), 2**63)
-
-
 def _valid_key(value, kind) -> bool:
+    if value is None:
+        return True
     if kind is int:
         return type(value) is int and value in _INT64
     return type(value) is str
 
 
-def list_images(con, query: Query) -> dict:
-    if not 1 <= query.page_size <= MAX_PAGE_SIZE:
-        raise QueryError(f"page size must be between 1 and {MAX_PAGE_SIZE}")
-    order = parse_order(query.order_by)
-    keys = [(_ORDER_FIELDS[field], desc) for field, desc in order] + [("id", False)]
-    conditions: list[str] = []
-    params: list = []
-    if query.registry_id:
-        # A YCR registry id is the first component of the name; other registries go by host.
-        conditions.append("(registry = ? OR split_part(name, '/', 1) = ?)")
-        params += [query.registry_id, query.registry_id]
-    if query.repository_name:
-        conditions.append("name = ?")
-        params.append(query.repository_name)
-    if query.filter:
-        condition, values = parse_filter(query.filter)
-        if condition:
-            conditions.append(condition)
-            params += values
-    fingerprint = [query.registry_id, query.repository_name, query.filter, [list(o) for o in order]]
-    if query.page_token:
-        payload = _decode(query.page_token)
-        if payload.get("q") != fingerprint or len(payload["k"]) != len(keys):
-            raise QueryError("page token does not belong to this query")
-        kinds = [_KEY_TYPES[field] for field, _ in order] + [str]
-        if not all(_valid_key(value, kind) for value, kind in zip(payload["k"], kinds, strict=True)):
-            raise QueryError("invalid page token")
-        alternatives = []
-        for i, (expr, desc) in enumerate(keys):
-            equal = [f"{keys[j][0]} = ?" for j in range(i)]
-            alternatives.append("(" + " AND ".join(equal + [f"{expr} {'<' if desc else '>'} ?"]) + ")")
-            params += payload["k"][:i] + [payload["k"][i]]
-        conditions.append("(" + " OR ".join(alternatives) + ")")
-    where = " AND ".join(conditions) or "TRUE"
-    order_sql = ", ".join(f"{expr} {'DESC' if desc else 'ASC'}" for expr, desc in keys)
-    key_sql = ", ".join(expr for expr, _ in keys)
-    rows = con.execute(
-        f"SELECT {SELECT}, {key_sql} FROM images WHERE {where} ORDER BY {order_sql} LIMIT ?",
-        params + [query.page_size + 1],
-    ).fetchall()
-    width = len(SELECT.split(", "))
-    page = rows[: query.page_size]
-    token = ""
-    if len(rows) > query.page_size:
-        token = _encode({"q": fingerprint, "k": list(page[-1][width:])})
-    return list_response([to_response(row[:width]) for row in page], token)
+def _decode(token: str, fingerprint: str, order) -> tuple:
+    try:
+        raw = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True)
+        payload = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError, binascii.Error):
+        payload = None
+    if not isinstance(payload, dict) or not isinstance(payload.get("q"), str) or not isinstance(payload.get("k"), list):
+        raise QueryError("invalid page token")
+    if payload["q"] != fingerprint:
+        raise QueryError("invalid page token: it belongs to another query (filter, order or scope)")
+    keys = payload["k"]
+    kinds = [_KEY_TYPES[field] for field, _ in order]
+    if len(keys) != len(kinds) + 1 or type(keys[-1]) is not str:
+        raise QueryError("invalid page token")
+    if not all(_valid_key(value, kind) for value, kind in zip(keys[:-1], kinds, strict=True)):
+        raise QueryError("invalid page token")
+    return tuple(keys)
+
+
+def page_token(plan: Plan, key: tuple) -> str:
+    """The token for the rows after `key` (the last row's sort keys, the id last).
+
+    Only the values of `BY_VALUE` fields are read from `key`; the others may be None.
+    """
+    values = [value if field in BY_VALUE else None for (field, _), value in zip(plan.order, key[:-1], strict=True)]
+    token = _encode({"q": plan.fingerprint, "k": [*values, key[-1]]})
+    if len(token) > _TOKEN_LIMIT:
+        # Not with 20-character ids: the longest order (all four fields) then fits in 100 exactly.
+        # Longer ids would have every value read back, rather than a token the API refuses.
+        token = _encode({"q": plan.fingerprint, "k": [None] * len(plan.order) + [key[-1]]})
+    return token
+
+
+# --- the two steps -------------------------------------------------------------------------------
+
+
+class Source:
+    """A page's keys and rows, as SQL over the `images` table or view of `con`."""
+
+    def __init__(self, con):
+        self.con = con
+
+    def keys_of(self, plan: Plan, image_id: str) -> tuple | None:
+        """Every sort key of one image, the id last; None when it is not indexed."""
+        return self.con.execute(f"SELECT {plan.key_sql} FROM images WHERE id = ?", [image_id]).fetchone()
+
+    def resolve(self, plan: Plan, token_keys: tuple) -> tuple:
+        """A token's key with the values it leaves to be read back filled in."""
+        if None not in token_keys:
+            return token_keys
+        current = self.keys_of(plan, token_keys[-1])
+        if current is None:
+            raise QueryError(
+                f"page token is stale: image {api_rules.shown(token_keys[-1])} is no longer indexed;"
+                " start the list again"
+            )
+        return tuple(current[i] if value is None else value for i, value in enumerate(token_keys))
+
+    def page_keys(self, plan: Plan, limit: int) -> list[tuple]:
+        """The sort keys (id last) of the first `limit` images after the plan's token, in order.
+
+        A value the token would not carry (see `page_token`) may be None.
+        """
+        after = self.resolve(plan, plan.token_keys) if plan.token_keys is not None else None
+        where, params = plan.where(after)
+        return self.con.execute(
+            f"SELECT {plan.key_sql} FROM images WHERE {where} ORDER BY {plan.order_sql} LIMIT ?",
+            params + [limit],
+        ).fetchall()
+
+    def rows(self, ids: list[str]) -> list[tuple]:
+        """The rows `to_response` renders, for `ids`, in that order."""
+        if not ids:
+            return []
+        found = self.con.execute(
+            f"SELECT {SELECT} FROM images WHERE id IN ({', '.join('?' * len(ids))})", ids
+        ).fetchall()
+        by_id = {row[0]: row for row in found}
+        return [by_id[image_id] for image_id in ids]
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[tuple]  # as `render.SELECT` selects them, in list order
+    next_page_token: str
+
+
+def page(con, query: Query, source: Source | None = None) -> Page:
+    """The rows and the next page token that answer `query`."""
+    checked = plan(query)
+    source = source if source is not None else Source(con)
+    keys = source.page_keys(checked, checked.page_size + 1)
+    shown = keys[: checked.page_size]
+    rows = source.rows([key[-1] for key in shown])
+    token = page_token(checked, tuple(shown[-1])) if len(keys) > checked.page_size else ""
+    return Page(rows, token)
+
+
+def list_images(con, query: Query, source: Source | None = None) -> dict:
+    """The ListImagesResponse for `query` as the JSON dict MessageToJson prints."""
+    found = page(con, query, source)
+    return list_response([to_response(row) for row in found.rows], found.next_page_token)

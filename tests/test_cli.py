@@ -140,12 +140,46 @@ def test_list_pages_cover_everything_once_with_stable_tokens(run_cli, samples_st
 def test_list_rejects_foreign_or_broken_tokens(run_cli, samples_store):
     first = json.loads(run_cli("list", "--store", samples_store, "--page-size", "1").stdout)
     token = first["nextPageToken"]
-    other = run_cli("list", "--store", samples_store, "--page-size", "1", "--order-by", "digest", "--page-token", token)
-    assert other.exit_code == 1 and "page token does not belong" in other.stderr
-    broken = run_cli("list", "--store", samples_store, "--page-token", "!!!")
-    assert broken.exit_code == 1 and "invalid page token" in broken.stderr
-    for size in ("0", "1001"):
-        assert run_cli("list", "--store", samples_store, "--page-size", size).exit_code == 1
+    assert len(token) <= 100
+    for other in (["--order-by", "digest"], ["--filter", 'name != "x"'], ["--registry-id", "samples"]):
+        result = run_cli("list", "--store", samples_store, "--page-size", "1", *other, "--page-token", token)
+        assert result.exit_code == 1 and result.stderr.startswith("imgdex: invalid page token"), other
+    # The page size is not part of the query: a token goes on with any.
+    assert run_cli("list", "--store", samples_store, "--page-size", "5", "--page-token", token).exit_code == 0
+    for broken in ("!!!", token[:-3], token + "x", "x" * 101):
+        result = run_cli("list", "--store", samples_store, "--page-token", broken)
+        assert result.exit_code == 1 and result.stderr.startswith("imgdex: invalid page token"), broken
+        assert len(result.stderr.splitlines()) == 1
+
+
+def test_list_page_size_zero_is_the_default_and_1000_the_most(run_cli, samples_store):
+    assert run_cli("list", "--store", samples_store, "--page-size", "0").stdout == run_cli(
+        "list", "--store", samples_store
+    ).stdout
+    for size, message in (("1001", "page_size must be at most 1000"), ("-1", "page_size must be at least 0")):
+        result = run_cli("list", "--store", samples_store, "--page-size", size)
+        assert (result.exit_code, result.stderr) == (1, f"imgdex: {message}\n")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--page-token", "t" * 101], "invalid page token: page_token length must be at most 100"),
+        (["--filter", 'name="' + "a" * 994 + '"'], "filter length must be at most 1000"),
+        (["--filter", 'name="' + "a" * 257 + '"'], "is longer than 256 characters"),
+        (["--filter", 'name="Not/Valid"'], "is not a repository name"),
+        (["--filter", 'name NOT IN ("ok", "")'], "is not a repository name"),
+        (["--order-by", "name" + " " * 97], "order_by length must be at most 100"),
+        (["--registry-id", "r" * 51], "registry_id length must be at most 50"),
+        (["--folder-id", "f" * 51], "folder_id length must be at most 50"),
+        (["--repository-name", "Not/Valid"], "repository_name 'Not/Valid' does not match"),
+    ],
+)
+def test_list_applies_the_api_rules(run_cli, samples_store, args, message):
+    result = run_cli("list", "--store", samples_store, *args)
+    assert result.exit_code == 1 and result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("imgdex: ") and message in lines[0], lines
 
 
 def test_list_order_by_created_at_desc(run_cli, samples_store):
@@ -163,6 +197,11 @@ def test_list_order_by_created_at_desc(run_cli, samples_store):
         ("name!='imgdex-test/app'", lambda n: n != "imgdex-test/app"),
         ('name IN ("imgdex-test/app", "samples/app")', lambda n: n in ("imgdex-test/app", "samples/app")),
         ('name IN ("imgdex-test/app", "samples/app") AND name != "samples/app"', lambda n: n == "imgdex-test/app"),
+        ('name NOT IN ("imgdex-test/app", "samples/app")', lambda n: n not in ("imgdex-test/app", "samples/app")),
+        (
+            "name not in ('samples/app') and name in ('samples/app', 'imgdex-test/app')",
+            lambda n: n == "imgdex-test/app",
+        ),
     ],
 )
 def test_list_filter(run_cli, samples_store, expr, keep):
@@ -173,7 +212,7 @@ def test_list_filter(run_cli, samples_store, expr, keep):
 
 
 def test_list_filter_errors(run_cli, samples_store):
-    for expr in ("name", "tag='x'", "name='a' OR name='b'", "name IN ()", "name='a' AND"):
+    for expr in ("name", "tag='x'", "name='a' OR name='b'", "name IN ()", "name='a' AND", "name NOT ('a')", 'name="A"'):
         result = run_cli("list", "--store", samples_store, "--filter", expr)
         assert result.exit_code == 1 and result.stderr.startswith("imgdex: invalid filter"), expr
 
@@ -184,6 +223,18 @@ def test_list_repository_name_and_registry_id(run_cli, samples_store):
     assert only == [i for i in everything if i.get("name") == "samples/app"] and only
     by_first_component = _list_all(run_cli, samples_store, "--registry-id", "samples")
     assert by_first_component == only
+    # A '/' is never in a first component.
+    assert run_cli("list", "--store", samples_store, "--registry-id", "samples/app").stdout == "{}\n"
+
+
+def test_list_scope_precedence_as_the_api(run_cli, samples_store):
+    everything = _list_all(run_cli, samples_store)
+    only = [i for i in everything if i.get("name") == "samples/app"]
+    # registry_id is ignored when repository_name is set ...
+    assert _list_all(run_cli, samples_store, "--registry-id", "nosuch", "--repository-name", "samples/app") == only
+    # ... and folder_id when either is set; the index records no folders, so alone it does not narrow.
+    assert _list_all(run_cli, samples_store, "--registry-id", "samples", "--folder-id", "b1gnosuch") == only
+    assert _list_all(run_cli, samples_store, "--folder-id", "b1gnosuch") == everything
 
 
 def test_list_table_looks_like_yc(run_cli, samples_store):
@@ -191,6 +242,21 @@ def test_list_table_looks_like_yc(run_cli, samples_store):
     assert [c.strip() for c in lines[1].strip("|").split("|")] == ["ID", "CREATED", "NAME", "TAGS", "COMPRESSED SIZE"]
     assert lines[0].startswith("+-") and lines[-1].startswith("+-")
     assert any(" KB " in line for line in lines)
+    # Numbers are right-aligned, as yc aligns them; text is left-aligned.
+    sizes = [line.strip("|").split("|")[4] for line in lines[3:-1]]
+    assert len({len(cell.strip()) for cell in sizes}) > 1
+    assert all(cell.endswith(" ") and not cell.endswith("  ") and cell.startswith(" ") for cell in sizes)
+    ids = [line.strip("|").split("|")[0] for line in lines[3:-1]]
+    assert all(cell.startswith(" crp") for cell in ids)
+
+
+def test_format_table_aligns_the_numeric_columns_only():
+    from queries.render import format_table
+
+    table = format_table(["NAME", "SIZE"], [["a", "1.5 KB"], ["long name", "12 B"]], numeric=(1,))
+    assert table.splitlines()[3:5] == ["| a         | 1.5 KB |", "| long name |   12 B |"]
+    plain = format_table(["NAME", "SIZE"], [["a", "1.5 KB"], ["long name", "12 B"]])
+    assert plain.splitlines()[4] == "| long name | 12 B   |"
 
 
 def test_sql_formats(run_cli, samples_store):

@@ -500,7 +500,6 @@ def test_password_stdin(tmp_path, fake_index):
         ("get", "imgdex-test/app:1.0", "--platform", "linux"),
         ("get", "imgdex-test/app:1.0", "--platform", "a/b/c/d"),
         ("list", "--page-size", "-1"),
-        ("list", "--page-size", "0"),
         ("list", "--page-size", "100000"),
         ("list", "--page-size", str(10**30)),
         ("list", "--filter", "garbage"),

@@ -272,25 +272,18 @@ def test_rest_paging_returns_every_image_exactly_once(server, cli_images, page_s
     assert all(len(t) <= 100 for t in tokens)
 
 
-def test_page_tokens_of_listing_are_detected_when_too_long(store):
-    """`listing` tokens longer than the API's 100 characters are shortened by the server.
-
-    This records whether the library's own tokens fit; when they do, the server hands them out
-    unchanged and keeps nothing.
-    """
-    from queries import engine, listing
-    from queries.server.api import PageTokens
-
-    con = engine.connect(store, tables=("images",))
-    token = listing.list_images(con, listing.Query(page_size=1))["nextPageToken"]
-    bridge = PageTokens()
-    short = bridge.outgoing(token)
-    assert len(short) <= 100 and bridge.incoming(short) == token
-    assert (short == token) == (len(token) <= 100)
-    if len(token) > 100:
-        assert short.startswith("~") and bridge.bridged == 1
-    with pytest.raises(Exception, match="unknown or expired"):
-        bridge.incoming("~" + "A" * 20)
+def test_page_tokens_pass_through_between_cli_and_server(store, images, server):
+    """The server hands out `listing`'s own tokens, short enough for the API, and takes the CLI's."""
+    for order in ("", "created_at desc", "last_modified desc, name", "name, digest, created_at, last_modified"):
+        printed = json.loads(cli("list", "--store", store, "--page-size", "2", "--order-by", order).stdout)
+        answer = MessageToDict(images.List(isv.ListImagesRequest(page_size=2, order_by=order), timeout=10))
+        assert answer == printed and 0 < len(answer["nextPageToken"]) <= 100
+        token = answer["nextPageToken"]
+        following = json.loads(
+            cli("list", "--store", store, "--page-size", "2", "--order-by", order, "--page-token", token).stdout
+        )
+        query = urllib.parse.urlencode({"pageSize": 2, "orderBy": order, "pageToken": token})
+        assert http_json(server.http, f"/container-registry/v1/images?{query}") == (200, following)
 
 
 def test_registry_id_and_repository_scopes(images, cli_images):
@@ -328,15 +321,22 @@ def test_get_answers_ids_only(images, cli_images):
 # --- validation: every rule gets its status, on both transports -----------------------------------
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
+OK = grpc.StatusCode.OK
 LIST_CASES = [
     ({"page_size": 1001}, INVALID),
     ({"page_size": 1000}, grpc.StatusCode.OK),
+    ({"page_size": 0}, grpc.StatusCode.OK),
     ({"page_size": -1}, INVALID),
     ({"page_token": "x" * 101}, INVALID),
     ({"page_token": "x" * 100}, INVALID),  # within the length, but not a token of this query
-    ({"filter": 'name="' + "a" * 994 + '"'}, INVALID),  # 1,001 characters
-    ({"filter": 'name="' + "a" * 993 + '"'}, grpc.StatusCode.OK),  # 1,000
+    ({"filter": "name IN (" + ", ".join(['"' + "a" * 244 + '"'] * 3 + ['"' + "a" * 245 + '"']) + ")"}, INVALID),
+    ({"filter": "name IN (" + ", ".join(['"' + "a" * 244 + '"'] * 4) + ")"}, OK),  # 1,000 characters; 1,001 above
+    ({"filter": 'name="' + "a" * 257 + '"'}, INVALID),  # a value of 257 characters
+    ({"filter": 'name="' + "a" * 256 + '"'}, OK),
+    ({"filter": 'name="Not/Valid"'}, INVALID),  # not a repository name
+    ({"filter": 'name NOT IN ("team/app", "x")'}, OK),
     ({"filter": "tags CONTAINS x"}, INVALID),
+    ({"page_token": "eyJxIjoiQUFBQUFBIiwiayI6W251bGwsbnVsbCwiY3JwMDAwMDAwMDAwMDAwMDAwMDAiXX0"}, INVALID),  # foreign
     ({"order_by": "name" + " " * 97}, INVALID),  # 101
     ({"order_by": "size"}, INVALID),
     ({"registry_id": "r" * 51}, INVALID),

@@ -1,4 +1,4 @@
-"""`imgdex serve` without a network: the validation rules, snapshot switching, token shortening."""
+"""`imgdex serve` without a network: the validation rules, snapshot switching, pages from memory."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from yandex.cloud.containerregistry.v1 import registry_service_pb2 as gsv
 from yandex.cloud.containerregistry.v1 import repository_service_pb2 as rsv
 
 from indexer.errors import QueryError, StoreError
+from queries import api_rules
 from queries.server import rules
 from test_serve import REAL, build_store, fixture_sources
 
@@ -90,11 +91,11 @@ def test_page_size_default_and_scope_precedence():
     assert rules.page_size(0) == 100 and rules.page_size(7) == 7
     with pytest.raises(QueryError):
         rules.page_size(-1)
-    scope = rules.image_scope(isv.ListImagesRequest(registry_id="r", repository_name="n", folder_id="f"))
+    scope = api_rules.image_scope(registry_id="r", repository_name="n", folder_id="f")
     assert (scope.registry_id, scope.repository_name, scope.folder_id) == ("", "n", "")
-    scope = rules.image_scope(isv.ListImagesRequest(registry_id="r", folder_id="f"))
+    scope = api_rules.image_scope(registry_id="r", repository_name="", folder_id="f")
     assert (scope.registry_id, scope.repository_name, scope.folder_id) == ("r", "", "")
-    scope = rules.image_scope(isv.ListImagesRequest(folder_id="f"))
+    scope = api_rules.image_scope(registry_id="", repository_name="", folder_id="f")
     assert (scope.registry_id, scope.repository_name, scope.folder_id) == ("", "", "f")
 
 
@@ -179,17 +180,109 @@ def test_served_database_reads_no_files(unit_store):
     snapshot.retire()
 
 
-def test_page_tokens_pass_through_when_short():
-    from queries.server.api import PageTokens
+def _walk(list_page, size: int, **fields) -> tuple[list[dict], list[str]]:
+    """Every page of one query: the pages as answered, and the tokens between them."""
+    pages, tokens, token = [], [], ""
+    for _ in range(1000):
+        page = list_page(size=size, token=token, **fields)
+        pages.append(page)
+        token = page.get("nextPageToken", "")
+        if not token:
+            return pages, tokens
+        tokens.append(token)
+    raise AssertionError("paging did not end")
 
-    tokens = PageTokens(capacity=2)
-    assert tokens.outgoing("short") == "short" and tokens.incoming("short") == "short"
-    long = ["L" * 150 + str(i) for i in range(3)]
-    shorts = [tokens.outgoing(t) for t in long]
-    assert all(len(s) <= 100 for s in shorts)
-    assert tokens.incoming(shorts[2]) == long[2]
-    with pytest.raises(QueryError):
-        tokens.incoming(shorts[0])  # evicted: the map is bounded
+
+@pytest.fixture(scope="module")
+def served(unit_store):
+    """The server's ListImages (pages from memory) and the CLI's (SQL over the Parquet snapshot)."""
+    from queries import engine, listing
+    from queries.server.api import Api
+    from queries.server.snapshots import SnapshotSource
+
+    source = SnapshotSource(unit_store, poll=3600)
+    source.start()
+    api = Api(source)
+    reader = engine.connect(unit_store, tables=("images",))
+
+    def server(size, token, **fields):
+        request = isv.ListImagesRequest(page_size=size, page_token=token, **fields)
+        return api.list_images(request)
+
+    def cli(size, token, **fields):
+        return listing.list_images(reader, listing.Query(page_size=size, page_token=token, **fields))
+
+    yield server, cli, api
+    source.stop()
+
+
+ORDERS = ["", "name desc", "created_at desc", "created_at", "last_modified desc, name", "digest desc, name desc"]
+
+
+@pytest.mark.parametrize("order_by", ORDERS)
+def test_served_pages_and_tokens_are_the_cli_s(served, order_by):
+    """The server answers every page from memory exactly as `imgdex list` does, tokens included:
+    tokens pass through both ways, unchanged."""
+    server, cli, _ = served
+    for size in (1, 3, 100):
+        for fields in ({}, {"filter": 'name != "team/app"'}, {"registry_id": "crp7b2m3p8k0v1ej5s4n"}):
+            served_pages, tokens = _walk(server, size, order_by=order_by, **fields)
+            assert served_pages == _walk(cli, size, order_by=order_by, **fields)[0]
+            assert all(len(t) <= 100 for t in tokens)
+
+
+def test_served_pages_fall_back_to_sql_when_the_token_s_row_moved_or_left(served):
+    import base64
+    import json
+
+    server, cli, api = served
+    first = server(2, "", order_by="last_modified desc")
+    token = first["nextPageToken"]
+    payload = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    # The row was rewritten by a later run: its last_modified in the token is an older one.
+    payload["k"][0] -= 1
+    moved = base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+    assert server(2, moved, order_by="last_modified desc") == cli(2, moved, order_by="last_modified desc")
+    # A row that is gone: with its values in the token, the list goes on from there.
+    payload["k"][1] = "crp00000000000000000"
+    gone = base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+    assert server(2, gone, order_by="last_modified desc") == cli(2, gone, order_by="last_modified desc")
+    # Without them, it cannot.
+    default = server(2, "")["nextPageToken"]
+    payload = json.loads(base64.urlsafe_b64decode(default + "=" * (-len(default) % 4)))
+    payload["k"][-1] = "crp00000000000000000"
+    stale = base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+    for list_page in (server, cli):
+        with pytest.raises(QueryError, match="page token is stale"):
+            list_page(2, stale)
+
+
+@pytest.mark.parametrize("merge_groups, walk_share", [(64, 0.05), (0, 0.0), (0, 2.0)], ids=["merge", "walk", "sql"])
+def test_conditions_take_every_way_to_the_same_pages(served, monkeypatch, merge_groups, walk_share):
+    """Matching names merged, a walk along the order, or SQL: the pages are the CLI's."""
+    from queries.server import pages
+
+    server, cli, _ = served
+    monkeypatch.setattr(pages, "MERGE_GROUPS", merge_groups)
+    monkeypatch.setattr(pages, "WALK_SHARE", walk_share)
+    for fields in (
+        {"filter": 'name != "team/app"', "order_by": "created_at desc"},
+        {"filter": 'name NOT IN ("team/app", "samples/app") AND name != "x"', "order_by": "name desc"},
+        {"registry_id": "crp7b2m3p8k0v1ej5s4n", "order_by": "last_modified desc, digest"},
+        {"repository_name": "team/app"},
+        {"filter": 'name = "no/such"'},
+    ):
+        for size in (1, 2, 5):
+            assert _walk(server, size, **fields) == _walk(cli, size, **fields), (fields, size)
+
+
+def test_orders_beyond_the_kept_ones_are_answered_by_sql(served, monkeypatch):
+    from queries.server import pages
+
+    server, cli, _ = served
+    monkeypatch.setattr(pages, "MAX_ORDERINGS", 0)
+    for order in ("name, created_at desc", "digest"):
+        assert _walk(server, 4, order_by=order) == _walk(cli, 4, order_by=order)
 
 
 def test_catalog_ids_are_stable():

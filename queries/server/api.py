@@ -1,18 +1,15 @@
 """The read methods of the Container Registry API over the served snapshot, transport-neutral.
 
 Each method takes the official request message (the gRPC servicers get it from the wire, the
-REST routes build it from the path and query string), applies `rules`, runs on one snapshot from
-start to end and answers the response as the JSON dict MessageToJson prints: for images, the
-very dict `imgdex get` and `imgdex list` print (`render` over the row `lookup.by_id` selects,
-and `listing` itself).
+REST routes build it from the path and query string), applies the API's rules (`rules`; ListImages
+through `listing`, which applies them for `imgdex list` too), runs on one snapshot from start to
+end and answers the response as the JSON dict MessageToJson prints: for images, the very dict
+`imgdex get` and `imgdex list` print (`render` over the row `lookup.by_id` selects, and `listing`
+itself, with its page steps answered from memory by `pages`).
 """
 
 from __future__ import annotations
 
-import base64
-import collections
-import hashlib
-import threading
 from typing import NamedTuple
 
 from yandex.cloud.containerregistry.v1 import image_service_pb2, registry_service_pb2, repository_service_pb2
@@ -21,6 +18,7 @@ from indexer.errors import ImgdexError, NotFound, QueryError, StoreError
 
 from .. import listing, render
 from . import catalog, rules
+from .pages import ServedPages
 from .snapshots import SnapshotSource
 
 
@@ -67,49 +65,9 @@ def error_body(exc: BaseException) -> dict:
     return {"code": status_of(exc).code, "message": message, "details": []}
 
 
-class PageTokens:
-    """Keeps page tokens within the API's 100 characters.
-
-    `listing` tokens carry the last row's sort keys, which can be longer (a digest alone is 71
-    characters). A longer one is handed out as `~` and 20 characters of its hash and mapped back
-    when it returns; the map is bounded and lives as long as the process, so such a token does
-    not survive a restart. Tokens that fit pass through untouched, so nothing is kept for them.
-    """
-
-    LIMIT = 100
-
-    def __init__(self, capacity: int = 100_000):
-        self._map: collections.OrderedDict[str, str] = collections.OrderedDict()
-        self._capacity = capacity
-        self._lock = threading.Lock()
-        self.bridged = 0  # how many long tokens were shortened, for tests and reports
-
-    def outgoing(self, token: str) -> str:
-        if len(token) <= self.LIMIT:
-            return token
-        short = "~" + base64.urlsafe_b64encode(hashlib.sha256(token.encode()).digest()[:15]).decode()
-        with self._lock:
-            self._map[short] = token
-            self._map.move_to_end(short)
-            while len(self._map) > self._capacity:
-                self._map.popitem(last=False)
-            self.bridged += 1
-        return short
-
-    def incoming(self, token: str) -> str:
-        if not token.startswith("~"):
-            return token
-        with self._lock:
-            long = self._map.get(token)
-        if long is None:
-            raise QueryError("page token is unknown or expired; start the list again")
-        return long
-
-
 class Api:
     def __init__(self, source: SnapshotSource):
         self.source = source
-        self.tokens = PageTokens()
 
     # ImageService
 
@@ -122,23 +80,24 @@ class Api:
             raise NotFound(f"image {request.image_id} not found")
         return render.to_response(row)
 
-    def list_images(self, request: image_service_pb2.ListImagesRequest) -> dict:
-        rules.validate(request)
-        scope = rules.image_scope(request)
-        # The index records no folders: a folder_id alone does not narrow the list.
+    def list_image_rows(self, request: image_service_pb2.ListImagesRequest) -> listing.Page:
+        """The page's rows (as `render.SELECT` selects them) and its next page token."""
+        # `listing` applies the ListImagesRequest rules itself: the same code as `imgdex list`.
         query = listing.Query(
-            registry_id=scope.registry_id,
-            repository_name=scope.repository_name,
+            registry_id=request.registry_id,
+            repository_name=request.repository_name,
             filter=request.filter,
             order_by=request.order_by,
-            page_size=rules.page_size(request.page_size),
-            page_token=self.tokens.incoming(request.page_token),
+            page_size=request.page_size,
+            page_token=request.page_token,
+            folder_id=request.folder_id,
         )
         with self.source.use() as snapshot:
-            result = listing.list_images(snapshot.cursor(), query)
-        if result.get("nextPageToken"):
-            result["nextPageToken"] = self.tokens.outgoing(result["nextPageToken"])
-        return result
+            return listing.page(snapshot.cursor(), query, ServedPages(snapshot))
+
+    def list_images(self, request: image_service_pb2.ListImagesRequest) -> dict:
+        page = self.list_image_rows(request)
+        return render.list_response([render.to_response(row) for row in page.rows], page.next_page_token)
 
     # RepositoryService
 

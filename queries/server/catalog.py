@@ -114,7 +114,8 @@ def _page(cursor, select: str, where: list[str], params: list, key: str, descend
 def _filtered(text: str) -> tuple[list[str], list]:
     if not text:
         return [], []
-    condition, values = parse_filter(text)
+    # The grammar of ListImages filters, over names that need not be repository names.
+    condition, values = parse_filter(text, check_values=False)
     return ([condition] if condition else []), values
 
 

@@ -2,20 +2,22 @@
 
 Messages and service definitions all come from the yandexcloud package. Responses are the JSON
 dicts of `api` turned into messages: images by a direct builder (four times faster than
-`json_format.ParseDict`, which it falls back to for any key it does not know), everything else by
+`json_format.ParseDict`, which it falls back to for any key it does not know), a list's images
+in place from their rows (the same fields `render.to_response` writes), everything else by
 ParseDict. Methods the index cannot answer (every write, access bindings, IP permissions)
 answer UNIMPLEMENTED.
 """
 
 from __future__ import annotations
 
+import datetime
 import hmac
 import sys
 import traceback
 from concurrent import futures
 
 import grpc
-from google.protobuf import json_format
+from google.protobuf import json_format, timestamp_pb2
 from yandex.cloud.containerregistry.v1 import (
     blob_pb2,
     image_pb2,
@@ -29,6 +31,7 @@ from yandex.cloud.containerregistry.v1 import (
     repository_service_pb2_grpc,
 )
 
+from .. import render
 from . import api as api_module
 from .api import INTERNAL, Api, Unimplemented, status_of
 
@@ -43,6 +46,34 @@ def _blob(doc: dict) -> blob_pb2.Blob:
     return blob_pb2.Blob(id=doc["id"], digest=doc["digest"], size=int(doc.get("size", 0)), urls=doc.get("urls", ()))
 
 
+_EPOCH = datetime.datetime(1970, 1, 1)
+_SECOND = datetime.timedelta(seconds=1)
+
+
+def _timestamp(text: str) -> timestamp_pb2.Timestamp:
+    """`createdAt` as render writes it (UTC, `Z`, 0-9 fractional digits) without Timestamp.FromJsonString.
+
+    FromJsonString parses with strptime: a third of the time of a 100-image page went there.
+    """
+    fraction = text[19:-1]
+    if (
+        len(text) >= 20
+        and text[-1] == "Z"
+        and text[10] == "T"
+        and (not fraction or (fraction[0] == "." and 1 < len(fraction) <= 10 and fraction[1:].isdigit()))
+    ):
+        try:
+            moment = datetime.datetime.fromisoformat(text[:19])
+        except ValueError:
+            moment = None
+        if moment is not None:
+            nanos = int(fraction[1:].ljust(9, "0")) if fraction else 0
+            return timestamp_pb2.Timestamp(seconds=(moment - _EPOCH) // _SECOND, nanos=nanos)
+    message = timestamp_pb2.Timestamp()
+    message.FromJsonString(text)
+    return message
+
+
 def image_message(doc: dict) -> image_pb2.Image:
     """The Image whose MessageToJson is `doc`."""
     config, layers = doc.get("config"), doc.get("layers", ())
@@ -52,27 +83,44 @@ def image_message(doc: dict) -> image_pb2.Image:
         and all(layer.keys() <= _BLOB_KEYS for layer in layers)
     ):
         return json_format.ParseDict(doc, image_pb2.Image())
-    message = image_pb2.Image(
+    created = doc.get("createdAt")
+    return image_pb2.Image(
         id=doc["id"],
         name=doc.get("name", ""),
         digest=doc.get("digest", ""),
         compressed_size=int(doc.get("compressedSize", 0)),
+        config=_blob(config) if config is not None else None,
+        layers=[_blob(layer) for layer in layers],
         tags=doc.get("tags", ()),
+        created_at=_timestamp(created) if created else None,
     )
-    if config is not None:
-        message.config.CopyFrom(_blob(config))
-    if layers:
-        message.layers.extend([_blob(layer) for layer in layers])
-    created = doc.get("createdAt")
-    if created:
-        message.created_at.FromJsonString(created)
-    return message
 
 
-def list_images_message(doc: dict) -> image_service_pb2.ListImagesResponse:
-    return image_service_pb2.ListImagesResponse(
-        images=[image_message(image) for image in doc.get("images", ())], next_page_token=doc.get("nextPageToken", "")
-    )
+def page_message(page) -> image_service_pb2.ListImagesResponse:
+    """A `listing.Page` as the ListImagesResponse whose MessageToJson is what `imgdex list` prints.
+
+    Built in place from the rows, with the fields `render.to_response` writes (proto3 leaves unset
+    what it omits): a third of the time of building each Image from its dict and copying it in.
+    """
+    response = image_service_pb2.ListImagesResponse(next_page_token=page.next_page_token)
+    add = response.images.add
+    for row, layers in zip(page.rows, render.layers_of(page.rows), strict=True):
+        image_id, name, digest, size, config_id, config_digest, config_size, config_urls, _, tags, created = row
+        image = add(id=image_id, name=name or "", digest=digest or "", compressed_size=size or 0, tags=tags or ())
+        if config_digest:
+            config = image.config
+            config.id = config_id or ""
+            config.digest = config_digest
+            config.size = config_size or 0
+            if config_urls:
+                config.urls.extend(config_urls)
+        if layers:
+            add_layer = image.layers.add
+            for layer in layers:
+                add_layer(id=layer["id"], digest=layer["digest"], size=layer["size"] or 0, urls=layer["urls"] or ())
+        if created:
+            image.created_at.MergeFrom(_timestamp(created))
+    return response
 
 
 def _parse(message_class):
@@ -125,7 +173,7 @@ def _servicer(base, service_descriptor, served: dict):
 ImageService = _servicer(
     image_service_pb2_grpc.ImageServiceServicer,
     image_service_pb2.DESCRIPTOR.services_by_name["ImageService"],
-    {"Get": ("get_image", image_message), "List": ("list_images", list_images_message)},
+    {"Get": ("get_image", image_message), "List": ("list_image_rows", page_message)},
 )
 RepositoryService = _servicer(
     repository_service_pb2_grpc.RepositoryServiceServicer,

@@ -16,7 +16,6 @@ and the server needs no dependency.
 
 from __future__ import annotations
 
-import json
 import socket
 import sys
 import threading
@@ -30,6 +29,7 @@ from yandex.cloud.containerregistry.v1 import image_service_pb2, registry_servic
 
 from indexer.errors import NotFound, QueryError
 
+from .. import render
 from .api import INTERNAL, Api, Unauthenticated, Unimplemented, error_body, status_of
 from .grpc_api import token_matches
 
@@ -39,7 +39,7 @@ _UNSERVED_SUFFIXES = (":listAccessBindings", ":listIpPermission")
 
 
 def _dump(doc: dict) -> bytes:
-    return json.dumps(doc, indent=2, ensure_ascii=False).encode()
+    return render.to_json(doc).encode()
 
 
 def _request(message_class, query: dict[str, list[str]], **path):
@@ -52,8 +52,11 @@ def _request(message_class, query: dict[str, list[str]], **path):
         raise QueryError(f"invalid request parameter: {exc}") from None
 
 
-def route(api: Api, method: str, path: str, query: dict[str, list[str]]) -> dict:
-    """The response dict for one request, or an ImgdexError for its error status."""
+def route(api: Api, method: str, path: str, query: dict[str, list[str]]) -> dict | str:
+    """The response dict (or, for a list of images, its body already written) for one request.
+
+    An ImgdexError for its error status.
+    """
     if not path.startswith(PREFIX):
         raise NotFound(f"no such path {path}")
     rest = path[len(PREFIX) :]
@@ -68,7 +71,8 @@ def route(api: Api, method: str, path: str, query: dict[str, list[str]]) -> dict
     if collection == "images":
         if tail:
             return api.get_image(_request(image_service_pb2.GetImageRequest, query, imageId=tail))
-        return api.list_images(_request(image_service_pb2.ListImagesRequest, query))
+        page = api.list_image_rows(_request(image_service_pb2.ListImagesRequest, query))
+        return render.list_json(page.rows, page.next_page_token)
     if collection == "repositories":
         if tail.endswith(":byName"):
             name = tail[: -len(":byName")]
@@ -120,7 +124,7 @@ class _Handler(BaseHTTPRequestHandler):
                     raise Unauthenticated("missing or invalid bearer token (Authorization: Bearer TOKEN)")
                 with server.slots:
                     doc = route(server.api, method, url.path, urllib.parse.parse_qs(url.query, keep_blank_values=True))
-                status, body = 200, _dump(doc)
+                status, body = 200, doc.encode() if isinstance(doc, str) else _dump(doc)
             except Exception as exc:  # every failure is a Status body
                 st = status_of(exc)
                 if st is INTERNAL:
