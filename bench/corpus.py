@@ -61,8 +61,7 @@ NAMESPACE = "team"
 PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # 2026-11-29T10:54:27Z, the newest timestamp the corpus uses.
-EPOCH_NS = int(datetime.datetime(2026, 11, 29, 10, 54, 27,
-                                 tzinfo=datetime.timezone.utc).timestamp()) * 10**9
+EPOCH_NS = int(datetime.datetime(2026, 11, 29, 10, 54, 27, tzinfo=datetime.timezone.utc).timestamp()) * 10**9
 # Fixed mtime for tar members so output only depends on the seed.
 TAR_MTIME = EPOCH_NS // 10**9
 
@@ -75,6 +74,7 @@ JSON_COMPACT = {"separators": (",", ":")}
 # --------------------------------------------------------------------------
 # small helpers
 # --------------------------------------------------------------------------
+
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -102,8 +102,9 @@ def _pad(n: int) -> int:
 
 
 @functools.lru_cache(maxsize=256)
-def _tar_header(name: str, size: int = 0, *, directory: bool = False,
-                mode: int | None = None, mtime: int = TAR_MTIME) -> bytes:
+def _tar_header(
+    name: str, size: int = 0, *, directory: bool = False, mode: int | None = None, mtime: int = TAR_MTIME
+) -> bytes:
     ti = tarfile.TarInfo(name)
     ti.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
     ti.size = 0 if directory else size
@@ -175,7 +176,7 @@ class _Payload:
     def take(self, n: int, offset: int) -> memoryview:
         assert n <= self.size
         offset %= self.size
-        return self._mv[offset:offset + n]
+        return self._mv[offset : offset + n]
 
     def chunks(self, total: int, offset: int, chunk: int = 1 << 20):
         left = total
@@ -188,13 +189,12 @@ class _Payload:
 
 def _image_files(rng: random.Random, payload: _Payload, i: int, repo: str) -> list:
     """Members of the unique top layer of image ``i``."""
-    build = (f"image={REGISTRY}/{NAMESPACE}/{repo}:t{i}\nbuild={i}\n"
-             f"revision={rng.randbytes(20).hex()}\n").encode()
+    build = (f"image={REGISTRY}/{NAMESPACE}/{repo}:t{i}\nbuild={i}\nrevision={rng.randbytes(20).hex()}\n").encode()
     blob = bytes(payload.take(rng.randint(256, 2048), rng.randrange(payload.size)))
     return [
         ("app", None),
         ("app/BUILD", build),
-        ("app/entrypoint.sh", b"#!/bin/sh\nexec /app/server \"$@\"\n"),
+        ("app/entrypoint.sh", b'#!/bin/sh\nexec /app/server "$@"\n'),
         (f"app/data-{i}.txt", blob),
     ]
 
@@ -203,9 +203,13 @@ def _base_layer_tars(seed: int, count: int, payload: _Payload) -> list[bytes]:
     rng = random.Random(f"base-{seed}")
     tars = []
     for k in range(count):
-        members = [("etc", None),
-                   ("etc/bench-release", f"NAME=bench-base\nLAYER={k}\n".encode()),
-                   ("usr", None), ("usr/lib", None), (f"usr/lib/bench{k}", None)]
+        members = [
+            ("etc", None),
+            ("etc/bench-release", f"NAME=bench-base\nLAYER={k}\n".encode()),
+            ("usr", None),
+            ("usr/lib", None),
+            (f"usr/lib/bench{k}", None),
+        ]
         for j in range(rng.randint(2, 5)):
             data = bytes(payload.take(rng.randint(1024, 8192), rng.randrange(payload.size)))
             members.append((f"usr/lib/bench{k}/lib{j}.so", data))
@@ -216,13 +220,13 @@ def _base_layer_tars(seed: int, count: int, payload: _Payload) -> list[bytes]:
 def _base_history(base_diff_ids: list[str], created: list[str]) -> list[dict]:
     hist = []
     for k, diff_id in enumerate(base_diff_ids):
-        hist.append({"created": created[k],
-                     "created_by": f"/bin/sh -c #(nop) ADD file:{diff_id[7:71]} in / "})
+        hist.append({"created": created[k], "created_by": f"/bin/sh -c #(nop) ADD file:{diff_id[7:71]} in / "})
     return hist
 
 
-def make_config(*, created: str, base_created: list[str], repo: str, i: int,
-                diff_ids: list[str], revision: str) -> dict:
+def make_config(
+    *, created: str, base_created: list[str], repo: str, i: int, diff_ids: list[str], revision: str
+) -> dict:
     """A realistic image config (what buildkit writes for a small service)."""
     n_base = len(base_created)
     labels = {
@@ -235,21 +239,37 @@ def make_config(*, created: str, base_created: list[str], repo: str, i: int,
     }
     history = _base_history(diff_ids[:n_base], base_created)
     history += [
-        {"created": created, "created_by": f"ENV APP_NAME={repo} APP_BUILD={i}",
-         "comment": "buildkit.dockerfile.v0", "empty_layer": True},
-        {"created": created, "created_by": "LABEL " + " ".join(f"{k}={v}" for k, v in labels.items()),
-         "comment": "buildkit.dockerfile.v0", "empty_layer": True},
-        {"created": created, "created_by": "WORKDIR /app",
-         "comment": "buildkit.dockerfile.v0", "empty_layer": True},
+        {
+            "created": created,
+            "created_by": f"ENV APP_NAME={repo} APP_BUILD={i}",
+            "comment": "buildkit.dockerfile.v0",
+            "empty_layer": True,
+        },
+        {
+            "created": created,
+            "created_by": "LABEL " + " ".join(f"{k}={v}" for k, v in labels.items()),
+            "comment": "buildkit.dockerfile.v0",
+            "empty_layer": True,
+        },
+        {"created": created, "created_by": "WORKDIR /app", "comment": "buildkit.dockerfile.v0", "empty_layer": True},
     ]
     for _ in diff_ids[n_base:]:
-        history.append({"created": created, "created_by": "COPY app/ /app/ # buildkit",
-                        "comment": "buildkit.dockerfile.v0"})
+        history.append(
+            {"created": created, "created_by": "COPY app/ /app/ # buildkit", "comment": "buildkit.dockerfile.v0"}
+        )
     history += [
-        {"created": created, "created_by": "EXPOSE map[8080/tcp:{}]",
-         "comment": "buildkit.dockerfile.v0", "empty_layer": True},
-        {"created": created, "created_by": 'CMD ["serve" "--port" "8080"]',
-         "comment": "buildkit.dockerfile.v0", "empty_layer": True},
+        {
+            "created": created,
+            "created_by": "EXPOSE map[8080/tcp:{}]",
+            "comment": "buildkit.dockerfile.v0",
+            "empty_layer": True,
+        },
+        {
+            "created": created,
+            "created_by": 'CMD ["serve" "--port" "8080"]',
+            "comment": "buildkit.dockerfile.v0",
+            "empty_layer": True,
+        },
     ]
     return {
         "architecture": "amd64",
@@ -296,8 +316,8 @@ def _ensure_empty_dir(path: str) -> None:
 # OCI image layout
 # --------------------------------------------------------------------------
 
-def write_oci_layout(path: str, images: int, *, base_layers: int = 3, seed: int = 0,
-                     repos: int = 50) -> dict:
+
+def write_oci_layout(path: str, images: int, *, base_layers: int = 3, seed: int = 0, repos: int = 50) -> dict:
     """Write an OCI image layout with ``images`` images; returns a summary."""
     _ensure_empty_dir(path)
     blob_dir = os.path.join(path, "blobs", "sha256")
@@ -331,24 +351,30 @@ def write_oci_layout(path: str, images: int, *, base_layers: int = 3, seed: int 
         top_tar = small_tar(_image_files(rng, payload, i, repo))
         top_gz = gzip_blob(top_tar)
         top_desc = {"mediaType": MT_OCI_LAYER_GZIP, "digest": put(top_gz), "size": len(top_gz)}
-        config = make_config(created=_image_created(rng, i, images), base_created=base_created,
-                             repo=repo, i=i, diff_ids=base_diff_ids + ["sha256:" + sha256_hex(top_tar)],
-                             revision=rng.randbytes(20).hex())
+        config = make_config(
+            created=_image_created(rng, i, images),
+            base_created=base_created,
+            repo=repo,
+            i=i,
+            diff_ids=base_diff_ids + ["sha256:" + sha256_hex(top_tar)],
+            revision=rng.randbytes(20).hex(),
+        )
         config_bytes = json.dumps(config, **JSON_COMPACT).encode()
         manifest = {
             "schemaVersion": 2,
             "mediaType": MT_OCI_MANIFEST,
-            "config": {"mediaType": MT_OCI_CONFIG, "digest": put(config_bytes),
-                       "size": len(config_bytes)},
+            "config": {"mediaType": MT_OCI_CONFIG, "digest": put(config_bytes), "size": len(config_bytes)},
             "layers": base_descs + [top_desc],
         }
         manifest_bytes = json.dumps(manifest, **JSON_COMPACT).encode()
-        index_entries.append({
-            "mediaType": MT_OCI_MANIFEST,
-            "digest": put(manifest_bytes),
-            "size": len(manifest_bytes),
-            "annotations": {REF_NAME: f"{REGISTRY}/{NAMESPACE}/{repo}:t{i}"},
-        })
+        index_entries.append(
+            {
+                "mediaType": MT_OCI_MANIFEST,
+                "digest": put(manifest_bytes),
+                "size": len(manifest_bytes),
+                "annotations": {REF_NAME: f"{REGISTRY}/{NAMESPACE}/{repo}:t{i}"},
+            }
+        )
 
     index = {"schemaVersion": 2, "mediaType": MT_OCI_INDEX, "manifests": index_entries}
     with open(os.path.join(path, "index.json"), "w") as f:
@@ -361,6 +387,7 @@ def write_oci_layout(path: str, images: int, *, base_layers: int = 3, seed: int 
 # --------------------------------------------------------------------------
 # classic docker save archives
 # --------------------------------------------------------------------------
+
 
 def v1_layer_id(parent: str, diff_id: str, top_config: bytes | None = None) -> str:
     """Stable pseudo v1 layer id from the chain (parent id + diff id)."""
@@ -376,15 +403,27 @@ def _v1_json(layer_id: str, parent: str, created: str, config: dict | None) -> b
         doc["parent"] = parent
     doc["created"] = created
     if config is None:
-        doc["container_config"] = {"Hostname": "", "Domainname": "", "User": "",
-                                   "AttachStdin": False, "AttachStdout": False,
-                                   "AttachStderr": False, "Tty": False, "OpenStdin": False,
-                                   "StdinOnce": False, "Env": None, "Cmd": None, "Image": "",
-                                   "Volumes": None, "WorkingDir": "", "Entrypoint": None,
-                                   "OnBuild": None, "Labels": None}
+        doc["container_config"] = {
+            "Hostname": "",
+            "Domainname": "",
+            "User": "",
+            "AttachStdin": False,
+            "AttachStdout": False,
+            "AttachStderr": False,
+            "Tty": False,
+            "OpenStdin": False,
+            "StdinOnce": False,
+            "Env": None,
+            "Cmd": None,
+            "Image": "",
+            "Volumes": None,
+            "WorkingDir": "",
+            "Entrypoint": None,
+            "OnBuild": None,
+            "Labels": None,
+        }
     else:
-        doc.update({"architecture": config["architecture"], "os": config["os"],
-                    "config": config["config"]})
+        doc.update({"architecture": config["architecture"], "os": config["os"], "config": config["config"]})
     return json.dumps(doc, **JSON_COMPACT).encode()
 
 
@@ -422,9 +461,10 @@ def _open_archive(path: str, gz: bool, level: int):
 
 
 def _manifest_json(config_name: str, tag: str, layer_ids: list[str]) -> bytes:
-    return json.dumps([{"Config": config_name, "RepoTags": [tag],
-                        "Layers": [f"{lid}/layer.tar" for lid in layer_ids]}],
-                      **JSON_COMPACT).encode()
+    return json.dumps(
+        [{"Config": config_name, "RepoTags": [tag], "Layers": [f"{lid}/layer.tar" for lid in layer_ids]}],
+        **JSON_COMPACT,
+    ).encode()
 
 
 def _repositories_json(tag: str, top_id: str) -> bytes:
@@ -432,8 +472,9 @@ def _repositories_json(tag: str, top_id: str) -> bytes:
     return json.dumps({repo: {t: top_id}}, **JSON_COMPACT).encode()
 
 
-def write_docker_save(path: str, images: int, *, base_layers: int = 3, seed: int = 0,
-                      gz: bool = False, level: int = 1) -> dict:
+def write_docker_save(
+    path: str, images: int, *, base_layers: int = 3, seed: int = 0, gz: bool = False, level: int = 1
+) -> dict:
     """Write ``images`` classic docker-save archives into directory ``path``."""
     _ensure_empty_dir(path)
     rng = random.Random(seed)
@@ -450,8 +491,14 @@ def write_docker_save(path: str, images: int, *, base_layers: int = 3, seed: int
         layer_tars = base_tars + [top_tar]
         diff_ids = base_diff_ids + ["sha256:" + sha256_hex(top_tar)]
         created = _image_created(rng, i, images)
-        config = make_config(created=created, base_created=base_created, repo=repo, i=i,
-                             diff_ids=diff_ids, revision=rng.randbytes(20).hex())
+        config = make_config(
+            created=created,
+            base_created=base_created,
+            repo=repo,
+            i=i,
+            diff_ids=diff_ids,
+            revision=rng.randbytes(20).hex(),
+        )
         config_bytes = json.dumps(config, **JSON_COMPACT).encode()
         config_name = sha256_hex(config_bytes) + ".json"
         ids = _layer_ids(diff_ids, config_bytes)
@@ -463,8 +510,7 @@ def write_docker_save(path: str, images: int, *, base_layers: int = 3, seed: int
             top = config if k == len(ids) - 1 else None
             members[lid + "/"] = None
             members[lid + "/VERSION"] = b"1.0"
-            members[lid + "/json"] = _v1_json(lid, parent, created if top else
-                                              "1970-01-01T00:00:00Z", top)
+            members[lid + "/json"] = _v1_json(lid, parent, created if top else "1970-01-01T00:00:00Z", top)
             members[lid + "/layer.tar"] = ltar
             parent = lid
         members["manifest.json"] = _manifest_json(config_name, tag, ids)
@@ -524,9 +570,17 @@ def _big_layer_plan(target: int, max_file: int) -> tuple[int, int, int]:
     return files, per_file, files * (BLOCK + per_file) + len(_EOF)
 
 
-def write_big_docker_save(path: str, size: int, *, layers: int = 8, seed: int = 0,
-                          gz: bool = False, level: int = 1, tag: str | None = None,
-                          max_file: int = 16 << 20) -> dict:
+def write_big_docker_save(
+    path: str,
+    size: int,
+    *,
+    layers: int = 8,
+    seed: int = 0,
+    gz: bool = False,
+    level: int = 1,
+    tag: str | None = None,
+    max_file: int = 16 << 20,
+) -> dict:
     """One docker-save archive whose layer tars total about ``size`` bytes."""
     if layers < 1:
         raise ValueError("layers must be >= 1")
@@ -567,8 +621,14 @@ def write_big_docker_save(path: str, size: int, *, layers: int = 8, seed: int = 
                 _add_bytes(tf, lid + "/json", _v1_json(lid, parent, "1970-01-01T00:00:00Z", None))
             parent = lid
 
-        config = make_config(created=created, base_created=base_created, repo="big", i=0,
-                             diff_ids=diff_ids, revision=rng.randbytes(20).hex())
+        config = make_config(
+            created=created,
+            base_created=base_created,
+            repo="big",
+            i=0,
+            diff_ids=diff_ids,
+            revision=rng.randbytes(20).hex(),
+        )
         config_bytes = json.dumps(config, **JSON_COMPACT).encode()
         config_name = sha256_hex(config_bytes) + ".json"
         top_parent = ids[-2] if len(ids) > 1 else ""
@@ -580,13 +640,13 @@ def write_big_docker_save(path: str, size: int, *, layers: int = 8, seed: int = 
         tf.close()
         if raw is not None:
             raw.close()
-    return {"images": 1, "layers": layers, "layer_bytes": layer_total,
-            "bytes": os.path.getsize(path)}
+    return {"images": 1, "layers": layers, "layer_bytes": layer_total, "bytes": os.path.getsize(path)}
 
 
 # --------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------
+
 
 def _fmt_bytes(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -603,13 +663,13 @@ def main(argv: list[str] | None = None) -> int:
     def common(sp, base=True):
         sp.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
         if base:
-            sp.add_argument("--base-layers", type=int, default=3,
-                            help="shared base layers per image (default 3)")
+            sp.add_argument("--base-layers", type=int, default=3, help="shared base layers per image (default 3)")
 
     def compression(sp):
         sp.add_argument("--gzip", action="store_true", help="write .tar.gz")
-        sp.add_argument("--compresslevel", type=int, default=1,
-                        help="gzip level (default 1; isal supports 0-3, higher is clamped)")
+        sp.add_argument(
+            "--compresslevel", type=int, default=1, help="gzip level (default 1; isal supports 0-3, higher is clamped)"
+        )
 
     sp = sub.add_parser("oci-layout", help="one OCI image layout with N images")
     sp.add_argument("dir")
@@ -625,8 +685,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sp = sub.add_parser("big-docker-save", help="one large classic docker-save archive")
     sp.add_argument("path")
-    sp.add_argument("--size", type=parse_size, required=True,
-                    help="total layer bytes, e.g. 1048576, 1MiB, 1G")
+    sp.add_argument("--size", type=parse_size, required=True, help="total layer bytes, e.g. 1048576, 1MiB, 1G")
     sp.add_argument("--layers", type=int, default=8, help="number of layers (default 8)")
     sp.add_argument("--tag", default=None, help="RepoTags entry (default bench.example/team/big:<size>)")
     common(sp, base=False)
@@ -635,17 +694,18 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     if args.cmd == "oci-layout":
-        res = write_oci_layout(args.dir, args.images, base_layers=args.base_layers,
-                               seed=args.seed, repos=args.repos)
+        res = write_oci_layout(args.dir, args.images, base_layers=args.base_layers, seed=args.seed, repos=args.repos)
     elif args.cmd == "docker-save":
-        res = write_docker_save(args.dir, args.images, base_layers=args.base_layers,
-                                seed=args.seed, gz=args.gzip, level=args.compresslevel)
+        res = write_docker_save(
+            args.dir, args.images, base_layers=args.base_layers, seed=args.seed, gz=args.gzip, level=args.compresslevel
+        )
     else:
         path = args.path
         if args.gzip and not path.endswith((".gz", ".tgz")):
             path += ".gz"
-        res = write_big_docker_save(path, args.size, layers=args.layers, seed=args.seed,
-                                    gz=args.gzip, level=args.compresslevel, tag=args.tag)
+        res = write_big_docker_save(
+            path, args.size, layers=args.layers, seed=args.seed, gz=args.gzip, level=args.compresslevel, tag=args.tag
+        )
     dt = time.perf_counter() - t0
     extra = ", ".join(f"{k}={_fmt_bytes(v) if 'bytes' in k else v}" for k, v in res.items())
     print(f"{args.cmd}: {extra} in {dt:.2f}s", file=sys.stderr)

@@ -23,6 +23,7 @@ Usage::
 
     python bench/daemon_bench.py [--images 500] [--repeat 3] [--docker-host URL] [--keep] [--module] [--json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -98,7 +99,9 @@ def time_imgdex(command: list[str], host: str, work: str, run: int) -> tuple[flo
     started = time.perf_counter()
     result = subprocess.run(
         [*command, "index", "docker-daemon:", "--docker-host", host, "--store", store, "--json", "--quiet"],
-        capture_output=True, text=True, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     wall = time.perf_counter() - started
     if result.returncode != 0:
@@ -111,8 +114,13 @@ def time_imgdex(command: list[str], host: str, work: str, run: int) -> tuple[flo
 def time_inspect_loop(docker_cli: str, env: dict, refs: list[str]) -> float:
     started = time.perf_counter()
     for ref in refs:
-        subprocess.run([docker_cli, "image", "inspect", ref], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       env=env, check=True)
+        subprocess.run(
+            [docker_cli, "image", "inspect", ref],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            check=True,
+        )
     return time.perf_counter() - started
 
 
@@ -142,8 +150,9 @@ def main() -> None:
         refs = make_images(host, args.images)
         made = time.perf_counter() - made
         docker_cli = services.DOCKER
-        server = subprocess.run([docker_cli, "version", "-f", "{{.Server.Version}}"], env=env, capture_output=True,
-                                text=True).stdout.strip()
+        server = subprocess.run(
+            [docker_cli, "version", "-f", "{{.Server.Version}}"], env=env, capture_output=True, text=True
+        ).stdout.strip()
 
         command = imgdex_command(args.module)
         walls, runs, loops = [], [], []
@@ -177,12 +186,18 @@ def main() -> None:
         else:
             print(f"engine {server}, {n} images ({result['cpus']} CPUs), median of {args.repeat} runs")
             r = result
-            print(f"  imgdex index docker-daemon:   {r['imgdex_seconds']:8.2f} s"
-                  f"  {r['imgdex_images_per_s']:8.1f} images/s  (whole process)")
-            print(f"    of which the index run      {r['imgdex_run_seconds']:8.2f} s"
-                  f"  {r['imgdex_run_images_per_s']:8.1f} images/s")
-            print(f"  docker image inspect loop     {r['inspect_loop_seconds']:8.2f} s"
-                  f"  {r['inspect_loop_images_per_s']:8.1f} images/s")
+            print(
+                f"  imgdex index docker-daemon:   {r['imgdex_seconds']:8.2f} s"
+                f"  {r['imgdex_images_per_s']:8.1f} images/s  (whole process)"
+            )
+            print(
+                f"    of which the index run      {r['imgdex_run_seconds']:8.2f} s"
+                f"  {r['imgdex_run_images_per_s']:8.1f} images/s"
+            )
+            print(
+                f"  docker image inspect loop     {r['inspect_loop_seconds']:8.2f} s"
+                f"  {r['inspect_loop_images_per_s']:8.1f} images/s"
+            )
             print(f"  ratio {result['ratio']}x (whole process), {result['ratio_run']}x (index run)")
     finally:
         if engine is not None:

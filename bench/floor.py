@@ -119,8 +119,10 @@ def floor_docker_save(paths, *, use_isal: bool = True) -> tuple[int, float]:
 def _evict(paths) -> None:
     # io_counter.py sits next to this file; import it without needing a package.
     import importlib.util
+
     spec = importlib.util.spec_from_file_location(
-        "_bench_io_counter", os.path.join(os.path.dirname(os.path.abspath(__file__)), "io_counter.py"))
+        "_bench_io_counter", os.path.join(os.path.dirname(os.path.abspath(__file__)), "io_counter.py")
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     mod.evict_page_cache(paths)
@@ -137,12 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("dir")
     sp = sub.add_parser("docker-save", help="floor for docker-save archives")
     sp.add_argument("files", nargs="+")
-    sp.add_argument("--stdlib-gzip", action="store_true",
-                    help="decompress with the gzip module even if isal is installed")
+    sp.add_argument(
+        "--stdlib-gzip", action="store_true", help="decompress with the gzip module even if isal is installed"
+    )
     for sp in sub.choices.values():
         sp.add_argument("--repeat", type=int, default=1, help="runs (default 1)")
-        sp.add_argument("--cold", action="store_true",
-                        help="drop the inputs from the page cache before every run")
+        sp.add_argument("--cold", action="store_true", help="drop the inputs from the page cache before every run")
         sp.add_argument("--json", action="store_true", help="print one JSON object per run")
     args = p.parse_args(argv)
 
@@ -159,8 +161,17 @@ def main(argv: list[str] | None = None) -> int:
         images, secs = run()
         rate = images / secs if secs > 0 else float("inf")
         if args.json:
-            print(json.dumps({"kind": args.cmd, "run": r, "images": images,
-                              "seconds": round(secs, 6), "images_per_s": round(rate, 1)}))
+            print(
+                json.dumps(
+                    {
+                        "kind": args.cmd,
+                        "run": r,
+                        "images": images,
+                        "seconds": round(secs, 6),
+                        "images_per_s": round(rate, 1),
+                    }
+                )
+            )
         else:
             print(f"run {r}: {images} images in {secs:.3f}s = {_rate(rate)} images/s")
         best = secs if best is None else min(best, secs)

@@ -78,8 +78,7 @@ else:
     runpy.run_path(_target, run_name="__main__")
 """
 
-IO_FIELDS = ("rchar", "wchar", "syscr", "syscw", "read_bytes", "write_bytes",
-             "cancelled_write_bytes")
+IO_FIELDS = ("rchar", "wchar", "syscr", "syscw", "read_bytes", "write_bytes", "cancelled_write_bytes")
 
 
 def _split_command(cmd) -> tuple[str | None, str, str, list[str]]:
@@ -88,8 +87,12 @@ def _split_command(cmd) -> tuple[str | None, str, str, list[str]]:
         cmd = shlex.split(cmd)
     cmd = list(cmd)
     python = None
-    if cmd and not cmd[0].startswith("-") and os.path.basename(cmd[0]).startswith("python") \
-            and not cmd[0].endswith(".py"):
+    if (
+        cmd
+        and not cmd[0].startswith("-")
+        and os.path.basename(cmd[0]).startswith("python")
+        and not cmd[0].endswith(".py")
+    ):
         python, cmd = cmd[0], cmd[1:]
     if not cmd:
         raise ValueError("empty command")
@@ -102,8 +105,17 @@ def _split_command(cmd) -> tuple[str | None, str, str, list[str]]:
     return python, "script", cmd[0], cmd[1:]
 
 
-def measure(cmd, *, python: str | None = None, python_flags=(), cwd=None, env=None,
-            stdout=None, stderr=None, timeout: float | None = None) -> dict:
+def measure(
+    cmd,
+    *,
+    python: str | None = None,
+    python_flags=(),
+    cwd=None,
+    env=None,
+    stdout=None,
+    stderr=None,
+    timeout: float | None = None,
+) -> dict:
     """Run a Python command and return its wall time and I/O counters.
 
     ``cmd`` is what would follow the interpreter on a command line, as a
@@ -150,9 +162,11 @@ def measure(cmd, *, python: str | None = None, python_flags=(), cwd=None, env=No
             timer.cancel()
         os.unlink(out_path)
 
-    result: dict = {"cmd": [python, *python_flags,
-                            *([mode, target] if mode != "script" else [target]), *args],
-                    "wall": wall, "returncode": proc.returncode}
+    result: dict = {
+        "cmd": [python, *python_flags, *([mode, target] if mode != "script" else [target]), *args],
+        "wall": wall,
+        "returncode": proc.returncode,
+    }
     data = ast.literal_eval(text) if text else None
     result["complete"] = data is not None
     result["wall_target"] = data["wall_target"] if data else None
@@ -202,15 +216,22 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="io_counter.py",
         description="Run a Python command and print its wall time and /proc I/O counters.",
-        usage="%(prog)s [options] -- (-m MODULE | SCRIPT | -c CODE) [ARGS...]")
+        usage="%(prog)s [options] -- (-m MODULE | SCRIPT | -c CODE) [ARGS...]",
+    )
     p.add_argument("--cwd", help="working directory for the command")
     p.add_argument("--quiet", action="store_true", help="discard the command's stdout")
     p.add_argument("--python", help="interpreter (default: this one)")
-    p.add_argument("-X", dest="xopts", action="append", default=[],
-                   help="pass -X OPTION to the interpreter (repeatable)")
+    p.add_argument(
+        "-X", dest="xopts", action="append", default=[], help="pass -X OPTION to the interpreter (repeatable)"
+    )
     p.add_argument("--timeout", type=float, help="kill the command after this many seconds")
-    p.add_argument("--evict", action="append", default=[], metavar="PATH",
-                   help="drop PATH (file or directory) from the page cache first (repeatable)")
+    p.add_argument(
+        "--evict",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="drop PATH (file or directory) from the page cache first (repeatable)",
+    )
     p.add_argument("command", nargs=argparse.REMAINDER)
     args = p.parse_args(argv)
     cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -219,8 +240,14 @@ def main(argv: list[str] | None = None) -> int:
     flags = [f for x in args.xopts for f in ("-X", x)]
     if args.evict:
         evict_page_cache(args.evict)
-    res = measure(cmd, python=args.python, python_flags=flags, cwd=args.cwd,
-                  stdout=subprocess.DEVNULL if args.quiet else None, timeout=args.timeout)
+    res = measure(
+        cmd,
+        python=args.python,
+        python_flags=flags,
+        cwd=args.cwd,
+        stdout=subprocess.DEVNULL if args.quiet else None,
+        timeout=args.timeout,
+    )
     print(json.dumps(res, indent=2), file=sys.stderr if not args.quiet else sys.stdout)
     return 0 if res["returncode"] == 0 else 1
 

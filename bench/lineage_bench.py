@@ -26,6 +26,7 @@ query
 Corpora and stores are kept under --work (default /tmp/imgdex-bench) and reused.
 Nothing here asserts a time: the figures go in the README.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -110,8 +111,8 @@ class _Switch:
     def set(self, on: bool) -> None:
         fields = self.fields
         self.lineage.chain_ids = self.chain_ids if on else (lambda diff_ids: ())
-        self.parse._config_fields = fields if on else (
-            lambda config: {k: v for k, v in fields(config).items() if k != "diff_ids"}
+        self.parse._config_fields = (
+            fields if on else (lambda config: {k: v for k, v in fields(config).items() if k != "diff_ids"})
         )
 
 
@@ -124,7 +125,7 @@ def _in_process(layout: str, work: str, repeat: int) -> dict[bool, list[float]]:
     switch = _Switch()
     cpus: dict[bool, list[float]] = {True: [], False: []}
     for i in range(repeat + 1):
-        for on in ((False, True) if i % 2 else (True, False)):
+        for on in (False, True) if i % 2 else (True, False):
             switch.set(on)
             parse._DESCRIPTORS.clear()  # as in a new process
             switch.lineage._PREFIXES.clear()
@@ -185,18 +186,32 @@ def bench_index(args) -> None:
             cpus[lineage_on].append(cpu)
     print(f"[index] {n} images, medians of {args.repeat} alternating runs (whole process, store and snapshot)")
     for label, on in (("with lineage:   ", True), ("without lineage:", False)):
-        print(f"[index]   {label} wall {', '.join(f'{w:.2f}' for w in walls[on])} s;"
-              f" CPU {', '.join(f'{c:.2f}' for c in cpus[on])} s")
+        print(
+            f"[index]   {label} wall {', '.join(f'{w:.2f}' for w in walls[on])} s;"
+            f" CPU {', '.join(f'{c:.2f}' for c in cpus[on])} s"
+        )
     with_, without = statistics.median(walls[True]), statistics.median(walls[False])
     _report("[index] index wall time with lineage", with_, "s", without, "the same run without lineage")
-    _report("[index] index CPU time with lineage", statistics.median(cpus[True]), "s",
-            statistics.median(cpus[False]), "the same run without lineage")
+    _report(
+        "[index] index CPU time with lineage",
+        statistics.median(cpus[True]),
+        "s",
+        statistics.median(cpus[False]),
+        "the same run without lineage",
+    )
     cpu = statistics.median(cpus[True])
     inproc = _in_process(layout, args.work, args.repeat)
-    print(f"[index] in one process, CPU: with {', '.join(f'{c:.2f}' for c in inproc[True])} s;"
-          f" without {', '.join(f'{c:.2f}' for c in inproc[False])} s")
-    _report("[index] in-process index CPU time with lineage", statistics.median(inproc[True]), "s",
-            statistics.median(inproc[False]), "the same run without lineage")
+    print(
+        f"[index] in one process, CPU: with {', '.join(f'{c:.2f}' for c in inproc[True])} s;"
+        f" without {', '.join(f'{c:.2f}' for c in inproc[False])} s"
+    )
+    _report(
+        "[index] in-process index CPU time with lineage",
+        statistics.median(inproc[True]),
+        "s",
+        statistics.median(inproc[False]),
+        "the same run without lineage",
+    )
     images, work = _lineage_work(layout)
     _report(f"[index] lineage work alone for {images} images (ChainIDs + Arrow columns)", work * 1000, "ms")
     print(f"[index]   = {100 * work / cpu:.2f} % of the index run's CPU time")
@@ -219,12 +234,23 @@ def _synthetic_store(store: str, families: int, children: int) -> None:
         digest = _digest(1, serial)
         layers = tuple(Blob(_digest(2, serial, k), 1000 + k, LAYER) for k in range(len(diff_ids)))
         return ImageRecord(
-            id=image_id(REGISTRY, name, digest), registry=REGISTRY, name=name, digest=digest,
-            media_type="application/vnd.oci.image.manifest.v1+json", kind="image",
+            id=image_id(REGISTRY, name, digest),
+            registry=REGISTRY,
+            name=name,
+            digest=digest,
+            media_type="application/vnd.oci.image.manifest.v1+json",
+            kind="image",
             config=Blob(_digest(3, serial), 1500, "application/vnd.oci.image.config.v1+json"),
-            layers=layers, layers_compressed=True, tags=(tag,), created=created,
-            platform=Platform("linux", "amd64"), parent_digest="", source_kind="oci", source_path="bench",
-            exactness=3, diff_ids=tuple(diff_ids),
+            layers=layers,
+            layers_compressed=True,
+            tags=(tag,),
+            created=created,
+            platform=Platform("linux", "amd64"),
+            parent_digest="",
+            source_kind="oci",
+            source_path="bench",
+            exactness=3,
+            diff_ids=tuple(diff_ids),
         )
 
     records = []
@@ -236,12 +262,17 @@ def _synthetic_store(store: str, families: int, children: int) -> None:
         for child in range(children):
             serial += 1
             records.append(
-                record(f"team/app{family}", f"t{child}", serial, [*base_diff_ids, _digest(5, family, child)],
-                       f"2026-11-{1 + child % 28:02d}T10:54:27Z")
+                record(
+                    f"team/app{family}",
+                    f"t{child}",
+                    serial,
+                    [*base_diff_ids, _digest(5, family, child)],
+                    f"2026-11-{1 + child % 28:02d}T10:54:27Z",
+                )
             )
     with StoreWriter(store) as writer:
         for start in range(0, len(records), 20_000):
-            writer.write(records[start:start + 20_000], now_utc())
+            writer.write(records[start : start + 20_000], now_utc())
         writer.snapshot()
 
 
@@ -258,12 +289,22 @@ def bench_query(args) -> None:
     target = f"{REGISTRY}/base/os{families // 2}:1"
     child = f"{REGISTRY}/team/app{families // 2}:t7"
     commands = {
-        f"cold `imgdex derived BASE` ({children} images built on it, {total}-image store)":
-            [*imgdex, "derived", target, "--store", store],
+        f"cold `imgdex derived BASE` ({children} images built on it, {total}-image store)": [
+            *imgdex,
+            "derived",
+            target,
+            "--store",
+            store,
+        ],
         "cold `imgdex derived BASE --all`": [*imgdex, "derived", target, "--all", "--store", store],
         "cold `imgdex base IMAGE`": [*imgdex, "base", child, "--store", store],
-        "cold `imgdex sql 'SELECT count(*) FROM image_bases'`":
-            [*imgdex, "sql", "SELECT count(*) FROM image_bases", "--store", store],
+        "cold `imgdex sql 'SELECT count(*) FROM image_bases'`": [
+            *imgdex,
+            "sql",
+            "SELECT count(*) FROM image_bases",
+            "--store",
+            store,
+        ],
     }
     out = subprocess.run(commands[next(iter(commands))], check=True, capture_output=True, text=True, cwd=ROOT).stdout
     assert out.count('"sharedLayers"') == children, "the derived answer is not the expected one"
@@ -273,8 +314,13 @@ def bench_query(args) -> None:
         for _ in range(repeat):
             floors.append(_wall([sys.executable, "-c", "import duckdb"]))
             walls.append(_wall(argv))
-        _report(f"[query] {figure}, median of {repeat}", statistics.median(walls), "s",
-                statistics.median(floors), "python -c 'import duckdb'")
+        _report(
+            f"[query] {figure}, median of {repeat}",
+            statistics.median(walls),
+            "s",
+            statistics.median(floors),
+            "python -c 'import duckdb'",
+        )
         print(f"[query]   range {min(walls):.3f}-{max(walls):.3f} s")
 
 
@@ -294,14 +340,30 @@ def bench_instructions(args) -> None:
         shutil.rmtree(store, ignore_errors=True)
         mode = "_index-with" if lineage_on else "_index-without"
         result = subprocess.run(
-            [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, os.path.abspath(__file__),
-             mode, layout, store],
-            capture_output=True, text=True, cwd=ROOT, check=True,
+            [
+                valgrind,
+                "--tool=callgrind",
+                "--callgrind-out-file=/dev/null",
+                sys.executable,
+                os.path.abspath(__file__),
+                mode,
+                layout,
+                store,
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=True,
         )
         collected = [line for line in result.stderr.splitlines() if "Collected :" in line]
         counts[lineage_on] = int(collected[-1].split(":")[-1])
-    _report(f"[instructions] index of {n} images with lineage (whole process)", counts[True] / 1e9, "G instructions",
-            counts[False] / 1e9, "the same run without lineage")
+    _report(
+        f"[instructions] index of {n} images with lineage (whole process)",
+        counts[True] / 1e9,
+        "G instructions",
+        counts[False] / 1e9,
+        "the same run without lineage",
+    )
 
 
 SECTIONS = {"index": bench_index, "query": bench_query, "instructions": bench_instructions}

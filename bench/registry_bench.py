@@ -12,6 +12,7 @@ and verifies 2,000 manifests; configs repeat, as they do across the tags of real
 The skopeo loop is timed on a random sample of images and extrapolated to all of them (a full
 loop takes minutes); the sample size is printed with the figures.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,7 +59,9 @@ def fill(registry: RealRegistry, repositories: int, tags: int, configs: int) -> 
                     "rootfs": {"type": "layers", "diff_ids": [sha256(layer + b"-diff")]},
                 }
             ).encode()
-            config_descriptors.append({"mediaType": OCI_CONFIG, "digest": push_blob(registry.url, repo, config), "size": len(config)})
+            config_descriptors.append(
+                {"mediaType": OCI_CONFIG, "digest": push_blob(registry.url, repo, config), "size": len(config)}
+            )
         for t in range(tags):
             manifest = json.dumps(
                 {
@@ -74,7 +77,9 @@ def fill(registry: RealRegistry, repositories: int, tags: int, configs: int) -> 
 
     def put(job):
         repo, tag, manifest = job
-        response = session.put(f"{registry.url}/v2/{repo}/manifests/{tag}", data=manifest, headers={"Content-Type": OCI_MANIFEST})
+        response = session.put(
+            f"{registry.url}/v2/{repo}/manifests/{tag}", data=manifest, headers={"Content-Type": OCI_MANIFEST}
+        )
         if response.status_code != 201:
             raise RuntimeError(f"PUT {repo}:{tag}: {response.status_code} {response.text[:200]}")
 
@@ -94,12 +99,18 @@ def crawl(host: str, store: str, jobs: int) -> dict:
     if result.returncode != 0:
         raise RuntimeError(f"imgdex index failed: {result.stderr[-2000:]}")
     summary = json.loads(result.stdout)
-    return {"indexed": summary["indexed"], "failed": summary["failed"], "run_seconds": summary["seconds"], "wall_seconds": round(wall, 3)}
+    return {
+        "indexed": summary["indexed"],
+        "failed": summary["failed"],
+        "run_seconds": summary["seconds"],
+        "wall_seconds": round(wall, 3),
+    }
 
 
 def skopeo_loop(host: str, refs: list[tuple[str, str]]) -> float:
     script = "\n".join(
-        f"skopeo inspect --tls-verify=false {shlex.quote(f'docker://{host}/{repo}:{tag}')} >/dev/null || exit 1" for repo, tag in refs
+        f"skopeo inspect --tls-verify=false {shlex.quote(f'docker://{host}/{repo}:{tag}')} >/dev/null || exit 1"
+        for repo, tag in refs
     )
     started = time.monotonic()
     subprocess.run(["bash", "-c", script], check=True)
@@ -123,14 +134,21 @@ def main() -> None:
         refs = fill(registry, args.repositories, args.tags, args.configs)
         fill_seconds = time.monotonic() - started
         total = len(refs)
-        figures: dict = {"manifests": total, "repositories": args.repositories, "fill_seconds": round(fill_seconds, 2), "cpus": os.cpu_count()}
+        figures: dict = {
+            "manifests": total,
+            "repositories": args.repositories,
+            "fill_seconds": round(fill_seconds, 2),
+            "cpus": os.cpu_count(),
+        }
         for jobs in (1, 8):
             best = None
             for round_ in range(args.rounds):
                 store = os.path.join(work, f"store-j{jobs}-{round_}")
                 result = crawl(registry.host, store, jobs)
                 if result["indexed"] != total or result["failed"]:
-                    raise RuntimeError(f"--jobs {jobs}: indexed {result['indexed']} of {total}, {result['failed']} failed")
+                    raise RuntimeError(
+                        f"--jobs {jobs}: indexed {result['indexed']} of {total}, {result['failed']} failed"
+                    )
                 if best is None or result["wall_seconds"] < best["wall_seconds"]:
                     best = result
             best["manifests_per_second"] = round(total / best["wall_seconds"], 1)
@@ -140,7 +158,11 @@ def main() -> None:
         recrawl["tags_per_second"] = round(total / recrawl["wall_seconds"], 1)
         figures["recrawl_jobs_8"] = recrawl
 
-        sample = refs if args.skopeo_sample <= 0 or args.skopeo_sample >= total else random.Random(7).sample(refs, args.skopeo_sample)
+        sample = (
+            refs
+            if args.skopeo_sample <= 0 or args.skopeo_sample >= total
+            else random.Random(7).sample(refs, args.skopeo_sample)
+        )
         seconds = skopeo_loop(registry.host, sample)
         per_image = seconds / len(sample)
         figures["skopeo"] = {
@@ -151,7 +173,9 @@ def main() -> None:
             "manifests_per_second": round(1 / per_image, 1),
         }
         figures["speedup_jobs_8_vs_skopeo"] = round(figures["jobs_8"]["manifests_per_second"] * per_image, 1)
-        figures["speedup_jobs_8_vs_jobs_1"] = round(figures["jobs_1"]["wall_seconds"] / figures["jobs_8"]["wall_seconds"], 2)
+        figures["speedup_jobs_8_vs_jobs_1"] = round(
+            figures["jobs_1"]["wall_seconds"] / figures["jobs_8"]["wall_seconds"], 2
+        )
     finally:
         registry.stop()
         subprocess.run(["rm", "-rf", work])
@@ -163,9 +187,11 @@ def main() -> None:
         f"  imgdex --jobs 1   {j1['wall_seconds']:7.2f} s  {j1['manifests_per_second']:7.1f} manifests/s\n"
         f"  imgdex --jobs 8   {j8['wall_seconds']:7.2f} s  {j8['manifests_per_second']:7.1f} manifests/s\n"
         f"  re-crawl --jobs 8 {figures['recrawl_jobs_8']['wall_seconds']:7.2f} s  (HEAD per tag, nothing changed)\n"
-        f"  skopeo inspect    {sk['extrapolated_seconds_for_all']:7.1f} s  {sk['manifests_per_second']:7.1f} manifests/s "
+        f"  skopeo inspect    {sk['extrapolated_seconds_for_all']:7.1f} s  "
+        f"{sk['manifests_per_second']:7.1f} manifests/s "
         f"(timed on {sk['sampled_images']} images, extrapolated)\n"
-        f"  --jobs 8 is {figures['speedup_jobs_8_vs_skopeo']}x the skopeo loop and {figures['speedup_jobs_8_vs_jobs_1']}x --jobs 1"
+        f"  --jobs 8 is {figures['speedup_jobs_8_vs_skopeo']}x the skopeo loop and "
+        f"{figures['speedup_jobs_8_vs_jobs_1']}x --jobs 1"
     )
     if args.json_out:
         with open(args.json_out, "w") as f:

@@ -7,6 +7,7 @@
 Corpora are generated under --work (default /tmp/imgdex-bench) and reused across runs.
 Timings are medians of --repeat runs. Nothing here asserts a time: the figures go in the README.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,24 @@ CLI = ["-m", "queries.cli"]
 RESULTS: list[dict] = []
 
 
-def report(section: str, figure: str, value: float, unit: str, floor_value: float | None = None, floor_name: str = "", target: str = "") -> None:
-    row = {"section": section, "figure": figure, "value": value, "unit": unit, "floor": floor_value, "floor_name": floor_name, "target": target}
+def report(
+    section: str,
+    figure: str,
+    value: float,
+    unit: str,
+    floor_value: float | None = None,
+    floor_name: str = "",
+    target: str = "",
+) -> None:
+    row = {
+        "section": section,
+        "figure": figure,
+        "value": value,
+        "unit": unit,
+        "floor": floor_value,
+        "floor_name": floor_name,
+        "target": target,
+    }
     if floor_value:
         row["ratio"] = value / floor_value
     RESULTS.append(row)
@@ -71,22 +88,40 @@ def fresh_store(work: str, name: str) -> str:
 
 def bench_index(args) -> None:
     n = 1000 if args.quick else 10_000
-    layout = ensure(os.path.join(args.work, f"oci{n}"), lambda: corpus.write_oci_layout(os.path.join(args.work, f"oci{n}"), n))
+    layout = ensure(
+        os.path.join(args.work, f"oci{n}"), lambda: corpus.write_oci_layout(os.path.join(args.work, f"oci{n}"), n)
+    )
     floor_times = [floor.floor_oci_layout(layout)[1] for _ in range(args.repeat)]
     floor_time = statistics.median(floor_times)
     walls = []
     for _ in range(args.repeat):
         store = fresh_store(args.work, "index")
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, *CLI, "index", layout, "--store", store, "--quiet"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, *CLI, "index", layout, "--store", store, "--quiet"],
+            check=True,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+        )
         walls.append(time.perf_counter() - t0)
     wall = statistics.median(walls)
-    report("index", f"imgdex index OCI layout, {n} images (wall, whole process)", wall, "s", floor_time, "read+json.loads loop", "<= 2x")
+    report(
+        "index",
+        f"imgdex index OCI layout, {n} images (wall, whole process)",
+        wall,
+        "s",
+        floor_time,
+        "read+json.loads loop",
+        "<= 2x",
+    )
     report("index", "imgdex throughput", n / wall, "images/s")
 
 
 def bench_big(args) -> None:
-    small = ensure(os.path.join(args.work, "big-1m.tar"), lambda: corpus.write_big_docker_save(os.path.join(args.work, "big-1m.tar"), 1 << 20))
+    small = ensure(
+        os.path.join(args.work, "big-1m.tar"),
+        lambda: corpus.write_big_docker_save(os.path.join(args.work, "big-1m.tar"), 1 << 20),
+    )
     big_size = (64 << 20) if args.quick else (1 << 30)
     big_path = os.path.join(args.work, f"big-{big_size >> 20}m.tar")
     big = ensure(big_path, lambda: corpus.write_big_docker_save(big_path, big_size))
@@ -96,10 +131,23 @@ def bench_big(args) -> None:
         wall, run = median_wall([*CLI, "index", path, "--store", store, "--quiet"], args.repeat)
         results[label] = (wall, run)
         startup = run["startup"]["rchar"] or 0
-        report("big", f"docker-save {label}: bytes read by the run (rchar, minus interpreter start-up)", (run["rchar"] - startup) / 1024, "KiB")
+        report(
+            "big",
+            f"docker-save {label}: bytes read by the run (rchar, minus interpreter start-up)",
+            (run["rchar"] - startup) / 1024,
+            "KiB",
+        )
     (small_wall, small_run), (big_wall, big_run) = results["1 MiB"], results[f"{big_size >> 20} MiB"]
-    report("big", f"extra bytes read for the {big_size >> 20} MiB archive over the 1 MiB one", (big_run["rchar"] - small_run["rchar"]) / 1024, "KiB", target="a few KiB per layer")
-    report("big", f"docker-save {big_size >> 20} MiB index time", big_wall, "s", small_wall, "the 1 MiB archive", "<= 2x")
+    report(
+        "big",
+        f"extra bytes read for the {big_size >> 20} MiB archive over the 1 MiB one",
+        (big_run["rchar"] - small_run["rchar"]) / 1024,
+        "KiB",
+        target="a few KiB per layer",
+    )
+    report(
+        "big", f"docker-save {big_size >> 20} MiB index time", big_wall, "s", small_wall, "the 1 MiB archive", "<= 2x"
+    )
 
 
 def bench_gzip(args) -> None:
@@ -110,15 +158,45 @@ def bench_gzip(args) -> None:
     store = fresh_store(args.work, "gz")
     wall, _ = median_wall([*CLI, "index", gz, "--store", store, "--quiet"], args.repeat)
     mib = os.path.getsize(gz) / (1 << 20)
-    report("gzip", f"imgdex index of a {mib:.0f} MiB .tar.gz, throughput", mib / wall, "MiB/s", mib / gunzip, "gzip -dc > /dev/null", ">= 1.0x")
+    report(
+        "gzip",
+        f"imgdex index of a {mib:.0f} MiB .tar.gz, throughput",
+        mib / wall,
+        "MiB/s",
+        mib / gunzip,
+        "gzip -dc > /dev/null",
+        ">= 1.0x",
+    )
 
 
 def _small_store(args) -> tuple[str, str]:
-    layout = ensure(os.path.join(args.work, "oci1000"), lambda: corpus.write_oci_layout(os.path.join(args.work, "oci1000"), 1000))
+    layout = ensure(
+        os.path.join(args.work, "oci1000"), lambda: corpus.write_oci_layout(os.path.join(args.work, "oci1000"), 1000)
+    )
     store = os.path.join(args.work, "stores", "get")
     if not os.path.exists(os.path.join(store, "parquet")):
-        subprocess.run([sys.executable, *CLI, "index", layout, "--store", store, "--quiet"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-    out = subprocess.run([sys.executable, *CLI, "sql", "SELECT id FROM images WHERE kind = 'image' LIMIT 1", "--store", store, "--format", "csv"], check=True, cwd=ROOT, capture_output=True, text=True)
+        subprocess.run(
+            [sys.executable, *CLI, "index", layout, "--store", store, "--quiet"],
+            check=True,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+        )
+    out = subprocess.run(
+        [
+            sys.executable,
+            *CLI,
+            "sql",
+            "SELECT id FROM images WHERE kind = 'image' LIMIT 1",
+            "--store",
+            store,
+            "--format",
+            "csv",
+        ],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     return store, out.stdout.splitlines()[1]
 
 
@@ -129,17 +207,31 @@ def bench_get(args) -> None:
     # add its own start-up to every run.
     beside = os.path.join(os.path.dirname(sys.executable), "imgdex")
     imgdex = beside if os.access(beside, os.X_OK) else shutil.which("imgdex")
-    get_cmd = [imgdex, "get", image_id, "--store", store] if imgdex else [sys.executable, *CLI, "get", image_id, "--store", store]
+    get_cmd = (
+        [imgdex, "get", image_id, "--store", store]
+        if imgdex
+        else [sys.executable, *CLI, "get", image_id, "--store", store]
+    )
     # Interleaved, so that a noisy moment of the machine hits both sides alike.
     floor_walls, walls = [], []
     for _ in range(repeat):
         floor_walls.append(timed([sys.executable, "-c", "import duckdb"], 1))
         walls.append(timed(get_cmd, 1))
     floor_wall, wall = statistics.median(floor_walls), statistics.median(walls)
-    report("get", "cold `imgdex get ID` (new process each)", wall, "s", floor_wall, "python -c 'import duckdb'", "<= 1.5x")
+    report(
+        "get", "cold `imgdex get ID` (new process each)", wall, "s", floor_wall, "python -c 'import duckdb'", "<= 1.5x"
+    )
     check = subprocess.run(
-        [sys.executable, "-c", "import sys, queries.cli, queries.engine, queries.lookup, queries.render; print(sorted(m for m in ('pyarrow', 'docker') if m in sys.modules))"],
-        capture_output=True, text=True, cwd=ROOT, check=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, queries.cli, queries.engine, queries.lookup, queries.render; "
+            "print(sorted(m for m in ('pyarrow', 'docker') if m in sys.modules))",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
     )
     print(f"[get] heavy modules imported on the get path: {check.stdout.strip()}")
 
@@ -159,17 +251,41 @@ def _synthetic_store(store: str, n: int) -> list[str]:
         ids.append(rid)
         records.append(
             ImageRecord(
-                id=rid, registry="bench.example", name=name, digest=digest, media_type="application/vnd.oci.image.manifest.v1+json",
-                kind="image", config=Blob(f"sha256:{i + 2 * 10**6:064x}", 1500, "application/vnd.oci.image.config.v1+json"),
-                layers=(*base, Blob(f"sha256:{i + 3 * 10**6:064x}", 5000 + i, "application/vnd.oci.image.layer.v1.tar+gzip")),
-                layers_compressed=True, tags=(f"t{i}",), created=f"2026-11-{1 + i % 28:02d}T10:54:27.{i:09d}Z",
-                platform=Platform("linux", "amd64"), parent_digest="", source_kind="oci", source_path="bench", exactness=3,
+                id=rid,
+                registry="bench.example",
+                name=name,
+                digest=digest,
+                media_type="application/vnd.oci.image.manifest.v1+json",
+                kind="image",
+                config=Blob(f"sha256:{i + 2 * 10**6:064x}", 1500, "application/vnd.oci.image.config.v1+json"),
+                layers=(
+                    *base,
+                    Blob(f"sha256:{i + 3 * 10**6:064x}", 5000 + i, "application/vnd.oci.image.layer.v1.tar+gzip"),
+                ),
+                layers_compressed=True,
+                tags=(f"t{i}",),
+                created=f"2026-11-{1 + i % 28:02d}T10:54:27.{i:09d}Z",
+                platform=Platform("linux", "amd64"),
+                parent_digest="",
+                source_kind="oci",
+                source_path="bench",
+                exactness=3,
             )
         )
     with StoreWriter(store) as writer:
         for start in range(0, n, 20_000):
-            writer.write(records[start:start + 20_000], now_utc())
-        writer.record_run({"run_id": "bench", "started_at": now_utc(), "finished_at": now_utc(), "sources": [], "images_indexed": n, "images_failed": 0, "errors": []})
+            writer.write(records[start : start + 20_000], now_utc())
+        writer.record_run(
+            {
+                "run_id": "bench",
+                "started_at": now_utc(),
+                "finished_at": now_utc(),
+                "sources": [],
+                "images_indexed": n,
+                "images_failed": 0,
+                "errors": [],
+            }
+        )
         writer.snapshot()
     return ids
 
@@ -204,12 +320,31 @@ def bench_skopeo(args) -> None:
     skopeo_rate = n / (time.perf_counter() - t0)
     store = fresh_store(args.work, "skopeo")
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, *CLI, "index", *archives, "--store", store, "--quiet"], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, *CLI, "index", *archives, "--store", store, "--quiet"],
+        check=True,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+    )
     rate = n / (time.perf_counter() - t0)
-    report("skopeo", f"imgdex index of {n} docker-save archives", rate, "images/s", skopeo_rate, "skopeo inspect, one process per image")
+    report(
+        "skopeo",
+        f"imgdex index of {n} docker-save archives",
+        rate,
+        "images/s",
+        skopeo_rate,
+        "skopeo inspect, one process per image",
+    )
 
 
-SECTIONS = {"index": bench_index, "big": bench_big, "gzip": bench_gzip, "get": bench_get, "batch": bench_batch, "skopeo": bench_skopeo}
+SECTIONS = {
+    "index": bench_index,
+    "big": bench_big,
+    "gzip": bench_gzip,
+    "get": bench_get,
+    "batch": bench_batch,
+    "skopeo": bench_skopeo,
+}
 
 
 def main() -> None:

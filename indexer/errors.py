@@ -1,4 +1,5 @@
 """The one error hierarchy of the library. Only the CLI turns these into messages and exit codes."""
+
 from __future__ import annotations
 
 import re

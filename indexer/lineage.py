@@ -6,6 +6,7 @@ where D1..Dn are the config's `rootfs.diff_ids` (empty layers are not among them
 base of image B when A's top ChainID is B's Ci for some i below B's layer count: A's layers are
 then exactly B's first i layers, however either was stored or shipped.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -2,6 +2,7 @@
 
 This module imports nothing else of ours, so every layer can depend on it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -120,9 +121,24 @@ def merge_records(old: ImageRecord, new: ImageRecord) -> ImageRecord:
 # What a source knows of an image, as opposed to where and when it was seen (source_kind,
 # source_path, the store's indexed_at) and the tags, which are pooled.
 _DATA_FIELDS = (
-    "digest", "media_type", "kind", "config", "layers", "layers_compressed", "declared_compressed_size",
-    "created", "platform", "parent_digest", "labels", "env", "entrypoint", "cmd", "history",
-    "manifest_raw", "config_raw", "diff_ids",
+    "digest",
+    "media_type",
+    "kind",
+    "config",
+    "layers",
+    "layers_compressed",
+    "declared_compressed_size",
+    "created",
+    "platform",
+    "parent_digest",
+    "labels",
+    "env",
+    "entrypoint",
+    "cmd",
+    "history",
+    "manifest_raw",
+    "config_raw",
+    "diff_ids",
 )
 
 
@@ -134,13 +150,26 @@ def _knowledge(record: ImageRecord) -> int:
     """How many of the record's fields are known; 0, "", None and () mean unknown."""
     config = record.config
     fields = (
-        record.digest, record.media_type, record.created, record.platform, record.parent_digest, record.labels,
-        record.env, record.entrypoint, record.cmd, record.history, record.manifest_raw, record.config_raw,
-        record.layers, record.declared_compressed_size, record.diff_ids,
+        record.digest,
+        record.media_type,
+        record.created,
+        record.platform,
+        record.parent_digest,
+        record.labels,
+        record.env,
+        record.entrypoint,
+        record.cmd,
+        record.history,
+        record.manifest_raw,
+        record.config_raw,
+        record.layers,
+        record.declared_compressed_size,
+        record.diff_ids,
     )
     return (
         sum(1 for value in fields if value)
-        + (config is not None) + (config is not None and config.size > 0)
+        + (config is not None)
+        + (config is not None and config.size > 0)
         + sum(1 for layer in record.layers if layer.size > 0)
     )
 

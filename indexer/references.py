@@ -4,6 +4,7 @@ Follows the grammar of distribution's `reference` package: the first path compon
 registry host when it holds a '.' or ':' or is 'localhost'; Docker Hub names are normalised to
 `docker.io` with `library/` for one-component names.
 """
+
 from __future__ import annotations
 
 import functools
@@ -65,7 +66,7 @@ _URL_REST = re.compile(r"(?<=://)\S+")
 def _hide_userinfo(match: re.Match) -> str:
     rest = match.group()
     ends = [i for i, c in enumerate(rest) if c == "@" and not _DIGEST_AFTER_AT.match(rest, i)]
-    return "***" + rest[ends[-1]:] if ends else rest
+    return "***" + rest[ends[-1] :] if ends else rest
 
 
 def redact_userinfo(text: str) -> str:

@@ -1,4 +1,5 @@
 """One index run: read every source, merge the records, write them to the store."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -115,11 +116,18 @@ def index_sources(
         )
     for spec in spec_list:
         try:
-            source = parse_source(spec, docker_host=docker_host, all_images=all_images, registry_options=registry_options)
+            source = parse_source(
+                spec, docker_host=docker_host, all_images=all_images, registry_options=registry_options
+            )
             if hasattr(source, "bind_store"):
                 source.bind_store(writer)  # registry crawls read what is indexed, to skip it
             ctx = Context(
-                source_kind=source.kind, source_path=source.location, registry=registry, repository=repository, note=note, verify=verify
+                source_kind=source.kind,
+                source_path=source.location,
+                registry=registry,
+                repository=repository,
+                note=note,
+                verify=verify,
             )
             if verify and source.kind in ("docker-daemon", "docker", "ycr-json"):
                 note(f"{spec}: --verify does not apply: layer contents are not read from this source")

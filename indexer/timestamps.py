@@ -4,6 +4,7 @@
 The text form follows the proto3 JSON mapping of google.protobuf.Timestamp: UTC, 'Z', and
 0, 3, 6 or 9 fractional digits.
 """
+
 from __future__ import annotations
 
 import functools
@@ -49,7 +50,7 @@ def parse(text: str) -> tuple[datetime, int] | None:
 def format_utc(utc: datetime, nanos: int) -> str:
     base = utc.strftime("%Y-%m-%dT%H:%M:%S")
     if len(base) != 19:  # strftime drops leading zeros of years before 1000 on some platforms
-        base = f"{utc.year:04d}" + base[base.index("-"):]
+        base = f"{utc.year:04d}" + base[base.index("-") :]
     if nanos == 0:
         return base + "Z"
     if nanos % 1_000_000 == 0:

@@ -4,6 +4,7 @@ Each command opens the store, calls one library function and prints the result. 
 errors become one-line messages and exit codes here and nowhere else. Heavy modules (pyarrow,
 the Docker SDK) are imported only by the commands that need them, so lookups start fast.
 """
+
 from __future__ import annotations
 
 import functools
@@ -94,7 +95,7 @@ _STDIN_TRANSPORTS = ("docker-archive:", "oci-archive:", "ycr-json:")
 def _reads_stdin(source: str) -> bool:
     for transport in _STDIN_TRANSPORTS:
         if source.startswith(transport):
-            source = source[len(transport):].partition(":")[0]  # oci-archive:PATH:REF
+            source = source[len(transport) :].partition(":")[0]  # oci-archive:PATH:REF
             break
     return source in _STDIN_PATHS
 
@@ -123,28 +124,75 @@ def _split_repository(registry: str, repository: str) -> tuple[str, str]:
 @click.option("--repository", default="", metavar="NAME", help="Repository for images whose source carries no name.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="Do not print notes (skipped entries).")
-@click.option("--verify", is_flag=True, help="Also hash layer contents of archives and layouts against their digests (reads every layer).")
-@click.option("--docker-host", default="", metavar="URL", help="Docker engine for docker-daemon: sources. Default: $DOCKER_HOST, else the local socket.")
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Also hash layer contents of archives and layouts against their digests (reads every layer).",
+)
+@click.option(
+    "--docker-host",
+    default="",
+    metavar="URL",
+    help="Docker engine for docker-daemon: sources. Default: $DOCKER_HOST, else the local socket.",
+)
 @click.option("--all", "all_images", is_flag=True, help="docker-daemon: also index intermediate images.")
-@click.option("--repository-prefix", default="", metavar="PATH", help="docker://HOST: crawl only the repositories under PATH.")
-@click.option("--username", default="", metavar="USER", help="Registry user for docker:// sources; the password comes from --password-stdin or $IMGDEX_PASSWORD.")
+@click.option(
+    "--repository-prefix", default="", metavar="PATH", help="docker://HOST: crawl only the repositories under PATH."
+)
+@click.option(
+    "--username",
+    default="",
+    metavar="USER",
+    help="Registry user for docker:// sources; the password comes from --password-stdin or $IMGDEX_PASSWORD.",
+)
 @click.option("--password-stdin", is_flag=True, help="Read the registry password from standard input.")
 @click.option("--tls-verify/--no-tls-verify", default=True, show_default=True, help="Verify registry TLS certificates.")
-@click.option("--ca-cert", default=None, metavar="FILE", type=click.Path(exists=True, dir_okay=False), help="CA bundle for registry TLS.")
 @click.option(
-    "--insecure-registry", "insecure_registries", multiple=True, metavar="HOST",
-    help="Allow plain HTTP and skip TLS verification for HOST[:PORT] or a CIDR network (repeatable). Loopback may always use plain HTTP.",
+    "--ca-cert",
+    default=None,
+    metavar="FILE",
+    type=click.Path(exists=True, dir_okay=False),
+    help="CA bundle for registry TLS.",
 )
-@click.option("--jobs", type=click.IntRange(1, 256), default=8, show_default=True, help="Parallel requests to a registry.")
 @click.option(
-    "--timeout", type=click.FloatRange(0, min_open=True), default=30.0, show_default=True, metavar="SECONDS",
+    "--insecure-registry",
+    "insecure_registries",
+    multiple=True,
+    metavar="HOST",
+    help="Allow plain HTTP and skip TLS verification for HOST[:PORT] or a CIDR network (repeatable). "
+    "Loopback may always use plain HTTP.",
+)
+@click.option(
+    "--jobs", type=click.IntRange(1, 256), default=8, show_default=True, help="Parallel requests to a registry."
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=30.0,
+    show_default=True,
+    metavar="SECONDS",
     callback=_finite_seconds,
     help="Deadline for each registry request, whole response included.",
 )
 @library_errors
 def index(
-    sources, store, registry, repository, as_json, quiet, verify, docker_host, all_images,
-    repository_prefix, username, password_stdin, tls_verify, ca_cert, insecure_registries, jobs, timeout,
+    sources,
+    store,
+    registry,
+    repository,
+    as_json,
+    quiet,
+    verify,
+    docker_host,
+    all_images,
+    repository_prefix,
+    username,
+    password_stdin,
+    tls_verify,
+    ca_cert,
+    insecure_registries,
+    jobs,
+    timeout,
 ):
     """Index every image found in each SOURCE.
 
@@ -201,7 +249,16 @@ def index(
         )
     progress.done()
     if as_json:
-        click.echo(json.dumps({"indexed": summary.indexed, "failed": summary.failed, "seconds": round(summary.seconds, 3), "errors": summary.errors}))
+        click.echo(
+            json.dumps(
+                {
+                    "indexed": summary.indexed,
+                    "failed": summary.failed,
+                    "seconds": round(summary.seconds, 3),
+                    "errors": summary.errors,
+                }
+            )
+        )
     else:
         click.echo(f"indexed {summary.indexed} images, {summary.failed} failed, in {summary.seconds:.2f} s")
     if not summary.ok:
@@ -209,7 +266,10 @@ def index(
 
 
 platform_option = click.option(
-    "--platform", default="linux/amd64", show_default=True, metavar="OS/ARCH[/VARIANT]",
+    "--platform",
+    default="linux/amd64",
+    show_default=True,
+    metavar="OS/ARCH[/VARIANT]",
     help="Child of a multi-platform index to return.",
 )
 
@@ -220,12 +280,14 @@ platform_option = click.option(
 @click.option("--format", "fmt", type=click.Choice(["json", "yaml"]), default="json", show_default=True)
 @platform_option
 @click.option(
-    "--ids-from", type=click.File("r", errors="replace"), metavar="FILE|-",
+    "--ids-from",
+    type=click.File("r", errors="replace"),
+    metavar="FILE|-",
     help="Look up every line of FILE; print one line per line read (see above).",
 )
 @library_errors
 def get(image, store, fmt, platform, ids_from):
-    """Print the Image.Get response for IMAGE: an id, a reference [HOST/]NAME[:TAG|@DIGEST], or a unique image ID prefix.
+    """Print the Image.Get response for IMAGE: an id, a reference [HOST/]NAME[:TAG|@DIGEST], or an image ID prefix.
 
     With --ids-from, every input line gives exactly one output line, in order, so the outputs
     can be pasted beside the inputs: the image as compact JSON; for an image that is not found
@@ -280,20 +342,29 @@ def _get_batch(con, stream, platform):
 @cli.command(name="list")
 @store_option
 @click.option(
-    "--registry-id", default="", metavar="ID",
+    "--registry-id",
+    default="",
+    metavar="ID",
     help="Registry id (first name component) or registry host. Ignored with --repository-name.",
 )
 @click.option("--repository-name", default="", metavar="NAME")
 @click.option(
-    "--folder-id", default="", metavar="ID",
+    "--folder-id",
+    default="",
+    metavar="ID",
     help="Accepted as the API accepts it; the index records no folders, so it does not narrow the list.",
 )
 @click.option(
-    "--filter", "filter_", default="", metavar="EXPR",
+    "--filter",
+    "filter_",
+    default="",
+    metavar="EXPR",
     help='name="..", name!="..", name IN ("..", ..), name NOT IN ("..", ..), joined by AND.',
 )
 @click.option(
-    "--order-by", default="", metavar="FIELDS",
+    "--order-by",
+    default="",
+    metavar="FIELDS",
     help="name, digest, created_at, last_modified; each with an optional desc. Default: name, digest.",
 )
 @click.option("--page-size", type=int, default=100, show_default=True, help="At most 1000; 0 means the default.")
@@ -339,10 +410,17 @@ def sql(query, store, fmt):
 
 
 lineage_format_option = click.option(
-    "--format", "fmt", type=click.Choice(["json", "table", "yaml"]), default="json", show_default=True,
+    "--format",
+    "fmt",
+    type=click.Choice(["json", "table", "yaml"]),
+    default="json",
+    show_default=True,
 )
 lineage_platform_option = click.option(
-    "--platform", default="linux/amd64", show_default=True, metavar="OS/ARCH[/VARIANT]",
+    "--platform",
+    default="linux/amd64",
+    show_default=True,
+    metavar="OS/ARCH[/VARIANT]",
     help="The child that answers when IMAGE is a multi-platform index (an index has no layers).",
 )
 
@@ -393,7 +471,10 @@ def base(image, store, fmt, platform, everything):
 @lineage_format_option
 @lineage_platform_option
 @click.option(
-    "--all", "everything", is_flag=True, help="Every descendant, not only the images built directly on IMAGE.",
+    "--all",
+    "everything",
+    is_flag=True,
+    help="Every descendant, not only the images built directly on IMAGE.",
 )
 @library_errors
 def derived(image, store, fmt, platform, everything):

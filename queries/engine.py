@@ -10,6 +10,7 @@ INSTALL, LOAD from disk), the configuration is locked so that no statement can u
 every statement runs in a read-only transaction, so not even the in-memory catalog is written.
 The reader also pins its snapshot (see `layout.pin_snapshot`), so index runs never delete it.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -12,6 +12,7 @@ The answers follow the proto3 JSON conventions of the Image responses: camelCase
 values omitted. Layer counts are int32 fields, which proto3 JSON prints as numbers (int64 fields,
 such as compressedSize, are strings).
 """
+
 from __future__ import annotations
 
 import json
@@ -73,8 +74,18 @@ class _Subject:
     """The image a lineage question is about: a platform child when IMAGE named an index."""
 
     def __init__(self, row: tuple):
-        (self.id, self.registry, self.name, self.kind, self.digest, _config_digest,
-         chain_ids, self.label_name, self.label_digest, self.manifest_raw) = row
+        (
+            self.id,
+            self.registry,
+            self.name,
+            self.kind,
+            self.digest,
+            _config_digest,
+            chain_ids,
+            self.label_name,
+            self.label_digest,
+            self.manifest_raw,
+        ) = row
         self.chain_ids: list[str] = list(chain_ids or ())
 
 
@@ -122,8 +133,9 @@ def _unknown(subject: _Subject, note: Note | None) -> bool:
     return True
 
 
-def bases(con, image_id: str, platform: str = lookup.DEFAULT_PLATFORM, *, everything: bool = False,
-          note: Note | None = None) -> dict:
+def bases(
+    con, image_id: str, platform: str = lookup.DEFAULT_PLATFORM, *, everything: bool = False, note: Note | None = None
+) -> dict:
     """{"bases": [...]}: the nearest base's resources, then (with `everything`) the bases below it,
     nearest first; {} when there is none. `declaredBase` reports the base the image declares.
     `note` hears why an image has no lineage at all."""
@@ -144,8 +156,9 @@ def bases(con, image_id: str, platform: str = lookup.DEFAULT_PLATFORM, *, everyt
     return out
 
 
-def derived(con, image_id: str, platform: str = lookup.DEFAULT_PLATFORM, *, everything: bool = False,
-            note: Note | None = None) -> dict:
+def derived(
+    con, image_id: str, platform: str = lookup.DEFAULT_PLATFORM, *, everything: bool = False, note: Note | None = None
+) -> dict:
     """{"images": [...]}: the images whose nearest base is the image (with `everything`, all its
     descendants, nearest first); {} when there is none."""
     subject = _subject(con, image_id, platform)

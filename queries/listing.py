@@ -18,6 +18,7 @@ A page token is URL-safe base64 (unpadded) of compact JSON `{"q": QUERY, "k": KE
   value, so that the list goes on from where the page ended even when that row moved since. A
   token may carry any entry by value. Tokens stay within the API's 100 characters.
 """
+
 from __future__ import annotations
 
 import base64

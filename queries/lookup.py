@@ -1,4 +1,5 @@
 """Get by id, by reference or by Docker image ID prefix; and batch get by ids."""
+
 from __future__ import annotations
 
 import re
@@ -53,7 +54,10 @@ def _by_reference(con, ref: Reference, explicit_host: bool) -> list[tuple]:
     if ref.digest:
         condition, value = "(digest = ? OR config_digest = ?)", [ref.digest, ref.digest]
     else:
-        condition, value = "id IN (SELECT image_id FROM tags WHERE registry = t.registry AND name = t.name AND tag = ?)", [ref.tag or "latest"]
+        condition, value = (
+            "id IN (SELECT image_id FROM tags WHERE registry = t.registry AND name = t.name AND tag = ?)",
+            [ref.tag or "latest"],
+        )
     condition = condition.replace("t.registry", "images.registry").replace("t.name", "images.name")
     rows = _candidates(con, f"registry = ? AND name = ? AND {condition}", [ref.registry, ref.name, *value])
     if rows or explicit_host:
@@ -61,7 +65,7 @@ def _by_reference(con, ref: Reference, explicit_host: bool) -> list[tuple]:
     # Images indexed without a registry, or from another registry, answer to their bare name.
     names = [ref.name]
     if ref.name.startswith("library/"):
-        names.append(ref.name[len("library/"):])
+        names.append(ref.name[len("library/") :])
     return _candidates(con, f"name IN (SELECT unnest(?::VARCHAR[])) AND {condition}", [names, *value])
 
 
@@ -124,7 +128,9 @@ def batch(con, queries: Iterable[str], platform: str = DEFAULT_PLATFORM) -> Iter
         ids = [q for q in pending if ID_RE.match(q)]
         found = {}
         if ids:
-            for row in con.execute(f"SELECT {SELECT} FROM images WHERE id IN (SELECT unnest(?::VARCHAR[]))", [ids]).fetchall():
+            for row in con.execute(
+                f"SELECT {SELECT} FROM images WHERE id IN (SELECT unnest(?::VARCHAR[]))", [ids]
+            ).fetchall():
                 found[row[0]] = row
         for q in pending:
             row = found.get(q)

@@ -4,6 +4,7 @@
 JSON mapping of yandex.cloud.containerregistry.v1.Image: camelCase names, int64 as strings,
 default values omitted, fields in proto order.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,17 @@ from json.encoder import encode_basestring as _escape
 # What `to_response` reads, in this order. Layers come as JSON text: DuckDB turns a list of
 # structs into Python dicts several times slower than json.loads parses the same list.
 COLUMNS = (
-    "id", "name", "digest", "compressed_size", "config_id", "config_digest", "config_size", "config_urls",
-    "to_json(layers)::VARCHAR", "tags", "created",
+    "id",
+    "name",
+    "digest",
+    "compressed_size",
+    "config_id",
+    "config_digest",
+    "config_size",
+    "config_urls",
+    "to_json(layers)::VARCHAR",
+    "tags",
+    "created",
 )
 SELECT = ", ".join(COLUMNS)
 
@@ -29,8 +39,19 @@ def _blob(blob_id: str, digest: str, size: int | None, urls) -> dict:
 
 def to_response(row: tuple) -> dict:
     """One row of `SELECT {SELECT} FROM images` as an Image message in JSON form."""
-    (image_id, name, digest, compressed_size, config_id, config_digest, config_size, config_urls, layers_json, tags,
-     created) = row
+    (
+        image_id,
+        name,
+        digest,
+        compressed_size,
+        config_id,
+        config_digest,
+        config_size,
+        config_urls,
+        layers_json,
+        tags,
+        created,
+    ) = row
     layers = json.loads(layers_json) if layers_json else None
     out: dict = {"id": image_id}
     if name:

@@ -1,4 +1,5 @@
 """SQL over the store for analysts, printed as a table, CSV or JSON lines."""
+
 from __future__ import annotations
 
 import base64
@@ -29,13 +30,20 @@ def run(reader, query: str, fmt: str) -> str:
     columns = [d[0] for d in result.description]
     rows = result.fetchall()
     if fmt == "json":
-        return "".join(json.dumps(dict(zip(columns, map(_plain, row), strict=True)), ensure_ascii=False) + "\n" for row in rows)
+        return "".join(
+            json.dumps(dict(zip(columns, map(_plain, row), strict=True)), ensure_ascii=False) + "\n" for row in rows
+        )
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(columns)
         for row in rows:
-            writer.writerow([json.dumps(_plain(v)) if isinstance(v, (list, dict)) else ("" if v is None else _plain(v)) for v in row])
+            writer.writerow(
+                [
+                    json.dumps(_plain(v)) if isinstance(v, (list, dict)) else ("" if v is None else _plain(v))
+                    for v in row
+                ]
+            )
         return buffer.getvalue()
     cells = [["NULL" if v is None else str(_plain(v)) for v in row] for row in rows]
     return format_table(columns, cells) + "\n"

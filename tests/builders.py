@@ -3,6 +3,7 @@
 The fixtures under tests/fixtures/real come from real tools; these builders make the odd cases
 (nested indexes, artifacts, bad input) that real tools rarely write.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,7 +38,15 @@ class Blobs:
         self.blobs[digest] = data
         return {"mediaType": media_type, "digest": digest, "size": len(data), **extra}
 
-    def image(self, created="2026-11-29T10:54:27.000347894Z", layers=(b"layer-a", b"layer-b"), arch="amd64", os_name="linux", labels=None, extra_config=None):
+    def image(
+        self,
+        created="2026-11-29T10:54:27.000347894Z",
+        layers=(b"layer-a", b"layer-b"),
+        arch="amd64",
+        os_name="linux",
+        labels=None,
+        extra_config=None,
+    ):
         layer_descs = [self.add(data, OCI_LAYER_GZ) for data in layers]
         config = {
             "architecture": arch,
@@ -58,7 +67,10 @@ class Blobs:
         return self.add(dumps(doc), OCI_INDEX, **extra)
 
     def layout_files(self, top: list[dict]) -> dict[str, bytes]:
-        files = {"oci-layout": b'{"imageLayoutVersion":"1.0.0"}', "index.json": dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": top})}
+        files = {
+            "oci-layout": b'{"imageLayoutVersion":"1.0.0"}',
+            "index.json": dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": top}),
+        }
         for digest, data in self.blobs.items():
             algorithm, hexpart = digest.split(":")
             files[f"blobs/{algorithm}/{hexpart}"] = data

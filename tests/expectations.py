@@ -3,6 +3,7 @@
 expected.json records what the real tools wrote and what the registry served; this module
 turns those facts into the exact response documents, independently of the indexer's parser.
 """
+
 from __future__ import annotations
 
 from indexer.references import blob_id, image_id, is_bare_tag, parse_reference

@@ -5,6 +5,7 @@ records every call, and can fail on purpose. Only the mapping is tested with it;
 against a real engine is in test_daemon_live.py. `make_tls_files` makes the certificates of an
 engine secured as Docker documents it (a CA, a server certificate, a client certificate).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -40,7 +41,7 @@ def classic_image(
     *,
     tags=(),
     digests=(),
-    steps=(Step("ADD rootfs", 7),),
+    steps=None,
     created="2026-11-29T11:48:54.000134049Z",
     os="linux",
     architecture="amd64",
@@ -52,6 +53,8 @@ def classic_image(
     parent="",
 ) -> dict:
     """An engine image (classic store): its inspect and history documents, made consistent."""
+    if steps is None:
+        steps = (Step("ADD rootfs", 7),)
     image_id = fake_digest("config " + seed)
     layers = [fake_digest(f"layer {seed} {i}") for i, step in enumerate(steps) if step.size is not None]
     inspect = {
@@ -79,16 +82,30 @@ def classic_image(
     if variant:
         inspect["Variant"] = variant
     history = [
-        {"Comment": s.comment, "Created": s.created, "CreatedBy": s.created_by, "Id": "<missing>", "Size": s.size or 0,
-         "Tags": None}
+        {
+            "Comment": s.comment,
+            "Created": s.created,
+            "CreatedBy": s.created_by,
+            "Id": "<missing>",
+            "Size": s.size or 0,
+            "Tags": None,
+        }
         for s in reversed(steps)
     ]
     history[0]["Id"] = image_id
     return {"inspect": inspect, "history": history, "intermediate": False}
 
 
-def containerd_image(seed: str, *, tags=(), platforms=(("linux", "amd64", ""),), unavailable=(), attestation=False,
-                     index=True, descriptor=True) -> dict:
+def containerd_image(
+    seed: str,
+    *,
+    tags=(),
+    platforms=(("linux", "amd64", ""),),
+    unavailable=(),
+    attestation=False,
+    index=True,
+    descriptor=True,
+) -> dict:
     """An engine image (containerd store): an index of platform manifests, or one manifest."""
     children = []
     per_platform = {}
@@ -96,8 +113,14 @@ def containerd_image(seed: str, *, tags=(), platforms=(("linux", "amd64", ""),),
         key = f"{seed} {os_name}/{arch}/{variant}"
         digest = fake_digest("manifest " + key)
         platform = {"os": os_name, "architecture": arch, **({"variant": variant} if variant else {})}
-        child = classic_image(key, created="2026-11-29T11:48:54.5Z", os=os_name, architecture=arch, variant=variant,
-                              steps=(Step("ADD rootfs", 11), Step("ENV A=1", None), Step("COPY x", 3)))
+        child = classic_image(
+            key,
+            created="2026-11-29T11:48:54.5Z",
+            os=os_name,
+            architecture=arch,
+            variant=variant,
+            steps=(Step("ADD rootfs", 11), Step("ENV A=1", None), Step("COPY x", 3)),
+        )
         per_platform[Platform(os_name, arch, variant)] = (digest, child)
         children.append(
             {
@@ -114,8 +137,12 @@ def containerd_image(seed: str, *, tags=(), platforms=(("linux", "amd64", ""),),
         children.append(
             {
                 "ID": digest,
-                "Descriptor": {"mediaType": OCI_MANIFEST, "digest": digest, "size": 300,
-                               "platform": {"os": "unknown", "architecture": "unknown"}},
+                "Descriptor": {
+                    "mediaType": OCI_MANIFEST,
+                    "digest": digest,
+                    "size": 300,
+                    "platform": {"os": "unknown", "architecture": "unknown"},
+                },
                 "Available": True,
                 "Size": {"Total": 300, "Content": 300},
                 "Kind": "attestation",
@@ -128,8 +155,12 @@ def containerd_image(seed: str, *, tags=(), platforms=(("linux", "amd64", ""),),
         target = dict(children[0]["Descriptor"])
         target.pop("platform")
     first_digest, first = next(iter(per_platform.values()))
-    inspect = dict(first["inspect"], Id=target["digest"], RepoTags=list(tags),
-                   RepoDigests=[_digested(t, target["digest"]) for t in tags])
+    inspect = dict(
+        first["inspect"],
+        Id=target["digest"],
+        RepoTags=list(tags),
+        RepoDigests=[_digested(t, target["digest"]) for t in tags],
+    )
     if descriptor:
         inspect["Descriptor"] = target
     return {
@@ -137,8 +168,11 @@ def containerd_image(seed: str, *, tags=(), platforms=(("linux", "amd64", ""),),
         "history": first["history"],
         "manifests": children,
         "per_platform": {
-            p: (d, dict(c["inspect"], Id=d, Descriptor={"mediaType": OCI_MANIFEST, "digest": d, "size": 500}),
-                c["history"])
+            p: (
+                d,
+                dict(c["inspect"], Id=d, Descriptor={"mediaType": OCI_MANIFEST, "digest": d, "size": 500}),
+                c["history"],
+            )
             for p, (d, c) in per_platform.items()
         },
         "intermediate": False,
@@ -224,8 +258,11 @@ class FakeEngine:
         if platform is not None:
             if "per_platform" not in image or platform not in image["per_platform"]:
                 raise EngineRefused(f"image {ref}: no match for platform in manifest")
-            return dict(image["per_platform"][platform][1], RepoTags=image["inspect"]["RepoTags"],
-                        RepoDigests=image["inspect"]["RepoDigests"])
+            return dict(
+                image["per_platform"][platform][1],
+                RepoTags=image["inspect"]["RepoTags"],
+                RepoDigests=image["inspect"]["RepoDigests"],
+            )
         doc = dict(image["inspect"])
         if manifests and self.containerd:
             doc["Manifests"] = image.get("manifests", [])
@@ -240,8 +277,9 @@ class FakeEngine:
 
     def info(self) -> dict:
         self._record("info")
-        status = ([["driver-type", "io.containerd.snapshotter.v1"]] if self.containerd
-                  else [["Backing Filesystem", "extfs"]])
+        status = (
+            [["driver-type", "io.containerd.snapshotter.v1"]] if self.containerd else [["Backing Filesystem", "extfs"]]
+        )
         return {"Driver": "overlayfs" if self.containerd else "vfs", "DriverStatus": status}
 
     def close(self) -> None:
@@ -262,8 +300,9 @@ def make_tls_files(folder: str) -> dict[str, str]:
     def openssl(*args: str) -> None:
         subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True, timeout=60)
 
-    openssl("req", "-x509", *key, "-keyout", "ca-key.pem", "-out", "ca.pem", "-days", "2",
-            "-subj", "/CN=imgdex test CA")
+    openssl(
+        "req", "-x509", *key, "-keyout", "ca-key.pem", "-out", "ca.pem", "-days", "2", "-subj", "/CN=imgdex test CA"
+    )
     extensions = {
         "server": "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
         "client": "extendedKeyUsage=clientAuth\n",
@@ -272,8 +311,23 @@ def make_tls_files(folder: str) -> dict[str, str]:
         with open(os.path.join(folder, f"{role}.ext"), "w") as f:
             f.write(text)
         openssl("req", *key, "-keyout", f"{role}-key.pem", "-out", f"{role}.csr", "-subj", f"/CN=imgdex test {role}")
-        openssl("x509", "-req", "-in", f"{role}.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem", "-CAcreateserial",
-                "-out", f"{role}.pem", "-days", "2", "-extfile", f"{role}.ext")
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{role}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-out",
+            f"{role}.pem",
+            "-days",
+            "2",
+            "-extfile",
+            f"{role}.ext",
+        )
     client = os.path.join(folder, "client")
     os.makedirs(client, exist_ok=True)
     for source, target in (("ca.pem", "ca.pem"), ("client.pem", "cert.pem"), ("client-key.pem", "key.pem")):
@@ -294,6 +348,14 @@ class DeadEngine:
 
 
 __all__ = [
-    "FakeEngine", "DeadEngine", "Step", "classic_image", "containerd_image", "fake_digest", "make_tls_files",
-    "EngineRefused", "EngineUnavailable", "NoSuchImage",
+    "FakeEngine",
+    "DeadEngine",
+    "Step",
+    "classic_image",
+    "containerd_image",
+    "fake_digest",
+    "make_tls_files",
+    "EngineRefused",
+    "EngineUnavailable",
+    "NoSuchImage",
 ]

@@ -1,4 +1,5 @@
 """Golden files for JSON output, compared as parsed JSON. IMGDEX_UPDATE_GOLDEN=1 rewrites them."""
+
 import json
 import os
 

@@ -9,6 +9,7 @@
 
 When CI is set, a registry that cannot start is a failure, never a skip.
 """
+
 from __future__ import annotations
 
 import base64
@@ -205,9 +206,14 @@ def push_blob(base_url: str, repo: str, data: bytes, headers: dict | None = None
     return digest
 
 
-def push_manifest(base_url: str, repo: str, reference: str, data: bytes, media_type: str, headers: dict | None = None) -> str:
+def push_manifest(
+    base_url: str, repo: str, reference: str, data: bytes, media_type: str, headers: dict | None = None
+) -> str:
     status, got, body = http(
-        "PUT", f"{base_url}/v2/{repo}/manifests/{reference}", data=data, headers={**(headers or {}), "Content-Type": media_type}
+        "PUT",
+        f"{base_url}/v2/{repo}/manifests/{reference}",
+        data=data,
+        headers={**(headers or {}), "Content-Type": media_type},
     )
     assert status == 201, (status, body)
     return got.get("Docker-Content-Digest", sha256(data))
@@ -233,7 +239,14 @@ class TokenServer:
     anonymous requests get a token that grants nothing.
     """
 
-    def __init__(self, workdir: str, users: dict[str, str], *, service: str = "imgdex-test-registry", issuer: str = "imgdex-test-issuer"):
+    def __init__(
+        self,
+        workdir: str,
+        users: dict[str, str],
+        *,
+        service: str = "imgdex-test-registry",
+        issuer: str = "imgdex-test-issuer",
+    ):
         require("openssl")
         os.makedirs(workdir, exist_ok=True)
         self.users = users
@@ -243,13 +256,27 @@ class TokenServer:
         self.cert_path = os.path.join(workdir, "token.crt")
         subprocess.run(
             [
-                "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                "-subj", "/CN=imgdex-test-token-issuer", "-keyout", self.key_path, "-out", self.cert_path,
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=imgdex-test-token-issuer",
+                "-keyout",
+                self.key_path,
+                "-out",
+                self.cert_path,
             ],
             check=True,
             capture_output=True,
         )
-        der = subprocess.run(["openssl", "x509", "-in", self.cert_path, "-outform", "DER"], check=True, capture_output=True).stdout
+        der = subprocess.run(
+            ["openssl", "x509", "-in", self.cert_path, "-outform", "DER"], check=True, capture_output=True
+        ).stdout
         self._x5c = base64.b64encode(der).decode()
         self.requests: list[tuple[list[str], str]] = []
         self.denied_repositories: set[str] = set()
@@ -287,7 +314,13 @@ class TokenServer:
                     if not user or name in server.denied_repositories:
                         continue  # anonymous users get a token without access, as real servers do
                     access.append({"type": kind, "name": name, "actions": actions.split(",")})
-                body = json.dumps({"token": server.sign(user, access), "expires_in": 300, "issued_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}).encode()
+                body = json.dumps(
+                    {
+                        "token": server.sign(user, access),
+                        "expires_in": 300,
+                        "issued_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    }
+                ).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -316,7 +349,10 @@ class TokenServer:
         }
         signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
         signature = subprocess.run(
-            ["openssl", "dgst", "-sha256", "-sign", self.key_path], input=signing_input.encode(), check=True, capture_output=True
+            ["openssl", "dgst", "-sha256", "-sign", self.key_path],
+            input=signing_input.encode(),
+            check=True,
+            capture_output=True,
         ).stdout
         return f"{signing_input}.{_b64url(signature)}"
 
@@ -395,7 +431,11 @@ class FakeRegistry:
                 if callable(route):
                     route = route(method, dict(self.headers))
                 if route is None:
-                    route = Reply(404, b'{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known to registry"}]}', {"Content-Type": "application/json"})
+                    route = Reply(
+                        404,
+                        b'{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known to registry"}]}',
+                        {"Content-Type": "application/json"},
+                    )
                 if route.delay and fake.stopping.wait(route.delay):
                     self.close_connection = True
                     return
@@ -437,22 +477,39 @@ class FakeRegistry:
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self.host = f"127.0.0.1:{self.port}"
-        self.routes["/v2/"] = Reply(200, b"{}", {"Content-Type": "application/json", "Docker-Distribution-API-Version": "registry/2.0"})
+        self.routes["/v2/"] = Reply(
+            200, b"{}", {"Content-Type": "application/json", "Docker-Distribution-API-Version": "registry/2.0"}
+        )
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self._thread.start()
 
     def catalog(self, repositories: list[str]) -> None:
-        self.routes["/v2/_catalog"] = Reply(200, json.dumps({"repositories": repositories}).encode(), {"Content-Type": "application/json"})
+        self.routes["/v2/_catalog"] = Reply(
+            200, json.dumps({"repositories": repositories}).encode(), {"Content-Type": "application/json"}
+        )
 
-    def add_image(self, repo: str, tags: dict[str, bytes], blobs: dict[str, bytes], media_type: str, digest_header: str | None = None) -> None:
+    def add_image(
+        self,
+        repo: str,
+        tags: dict[str, bytes],
+        blobs: dict[str, bytes],
+        media_type: str,
+        digest_header: str | None = None,
+    ) -> None:
         """Serve `tags` (tag -> manifest bytes) and `blobs` of `repo`, as distribution does."""
-        self.routes[f"/v2/{repo}/tags/list"] = Reply(200, json.dumps({"name": repo, "tags": sorted(tags)}).encode(), {"Content-Type": "application/json"})
+        self.routes[f"/v2/{repo}/tags/list"] = Reply(
+            200, json.dumps({"name": repo, "tags": sorted(tags)}).encode(), {"Content-Type": "application/json"}
+        )
         for tag, data in tags.items():
-            reply = Reply(200, data, {"Content-Type": media_type, "Docker-Content-Digest": digest_header or sha256(data)})
+            reply = Reply(
+                200, data, {"Content-Type": media_type, "Docker-Content-Digest": digest_header or sha256(data)}
+            )
             self.routes[f"/v2/{repo}/manifests/{tag}"] = reply
             self.routes[f"/v2/{repo}/manifests/{sha256(data)}"] = reply
         for digest, data in blobs.items():
-            self.routes[f"/v2/{repo}/blobs/{digest}"] = Reply(200, data, {"Content-Type": "application/octet-stream", "Docker-Content-Digest": digest})
+            self.routes[f"/v2/{repo}/blobs/{digest}"] = Reply(
+                200, data, {"Content-Type": "application/octet-stream", "Docker-Content-Digest": digest}
+            )
 
     def stop(self) -> None:
         self.stopping.set()

@@ -8,6 +8,7 @@ Nothing outside that folder is touched, and teardown removes it.
 When they cannot start, tests skip, unless the CI variable is set: then they fail, so CI
 never passes by skipping the proof.
 """
+
 from __future__ import annotations
 
 import os
@@ -154,10 +155,14 @@ def start_engine(folder: str) -> Engine:
         engine.process = subprocess.Popen(
             [
                 DOCKERD,
-                "--host", engine.host,
-                "--data-root", os.path.join(folder, "root"),
-                "--exec-root", os.path.join(folder, "exec"),
-                "--pidfile", os.path.join(folder, "docker.pid"),
+                "--host",
+                engine.host,
+                "--data-root",
+                os.path.join(folder, "root"),
+                "--exec-root",
+                os.path.join(folder, "exec"),
+                "--pidfile",
+                os.path.join(folder, "docker.pid"),
                 "--storage-driver=vfs",
                 "--iptables=false",
                 "--ip6tables=false",
@@ -175,7 +180,9 @@ def start_engine(folder: str) -> Engine:
             engine.stop()
             raise Unavailable(f"dockerd exited during start-up: {tail.strip()[-500:]}")
         if os.path.exists(engine.socket_path):
-            probe = subprocess.run([DOCKER, "version", "-f", "{{.Server.Version}}"], env=engine.env, capture_output=True, timeout=30)
+            probe = subprocess.run(
+                [DOCKER, "version", "-f", "{{.Server.Version}}"], env=engine.env, capture_output=True, timeout=30
+            )
             if probe.returncode == 0:
                 return engine
         time.sleep(0.3)

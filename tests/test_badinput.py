@@ -7,6 +7,7 @@ in one run, within bounds of peak memory and time; entries marked `limits` (bomb
 devices) are also bounded alone. expected.json (written with the corpus by
 tests/badinput/make_corpus.py) holds the SOURCE argument and the error regex of every entry.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -218,7 +219,9 @@ def assert_within_limits(run: Measured, seconds: float = MAX_SECONDS) -> None:
 
 
 def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("imgdex: ") and not line.startswith("imgdex: note:")]
+    return [
+        line for line in stderr.splitlines() if line.startswith("imgdex: ") and not line.startswith("imgdex: note:")
+    ]
 
 
 def assert_no_traceback(*texts: str) -> None:
@@ -321,7 +324,9 @@ def test_bad_source_fails_alone(entry, tmp_path, good):
     assert out.code == 1, f"exit code {out.code}\nstdout: {out.stdout}\nstderr: {out.stderr}"
     lines = error_lines(out.stderr)
     assert len(lines) == 1, f"expected one error line, got {len(lines)}:\n{out.stderr}"
-    assert re.fullmatch(error_regex(entry, path), lines[0]), f"error line does not match {entry['error']!r}:\n{lines[0]}"
+    assert re.fullmatch(error_regex(entry, path), lines[0]), (
+        f"error line does not match {entry['error']!r}:\n{lines[0]}"
+    )
     assert_one_line_messages(out.stderr)
     assert "1 failed" in out.stdout, out.stdout
 

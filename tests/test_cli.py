@@ -1,11 +1,11 @@
 """The CLI through click's CliRunner: exact output, goldens, paging, errors."""
+
 import json
 
 import pytest
 import yaml
 
 from golden import assert_golden
-from queries.cli import cli
 
 COMMANDS = ["index", "get", "list", "sql"]
 
@@ -101,7 +101,9 @@ def test_get_ids_from_prints_one_document_per_line(run_cli, samples_store, tmp_p
     result = run_cli("get", "--ids-from", "-", "--store", samples_store, input="\n".join(ids + [""]))
     assert result.exit_code == 0
     assert [json.loads(line) for line in result.stdout.splitlines()] == images
-    result = run_cli("get", "--ids-from", "-", "--store", samples_store, input=f"{ids[0]}\ncrp00000000000000000\n{ids[1]}\n")
+    result = run_cli(
+        "get", "--ids-from", "-", "--store", samples_store, input=f"{ids[0]}\ncrp00000000000000000\n{ids[1]}\n"
+    )
     assert result.exit_code == 1
     docs = [json.loads(line) for line in result.stdout.splitlines()]
     assert [docs[0]["id"], docs[2]["id"]] == ids[:2]
@@ -153,9 +155,10 @@ def test_list_rejects_foreign_or_broken_tokens(run_cli, samples_store):
 
 
 def test_list_page_size_zero_is_the_default_and_1000_the_most(run_cli, samples_store):
-    assert run_cli("list", "--store", samples_store, "--page-size", "0").stdout == run_cli(
-        "list", "--store", samples_store
-    ).stdout
+    assert (
+        run_cli("list", "--store", samples_store, "--page-size", "0").stdout
+        == run_cli("list", "--store", samples_store).stdout
+    )
     for size, message in (("1001", "page_size must be at most 1000"), ("-1", "page_size must be at least 0")):
         result = run_cli("list", "--store", samples_store, "--page-size", size)
         assert (result.exit_code, result.stderr) == (1, f"imgdex: {message}\n")
@@ -261,7 +264,10 @@ def test_format_table_aligns_the_numeric_columns_only():
 
 def test_sql_formats(run_cli, samples_store):
     query = "SELECT name, count(*) AS n FROM images WHERE name <> '' GROUP BY name ORDER BY name"
-    rows = [json.loads(line) for line in run_cli("sql", query, "--store", samples_store, "--format", "json").stdout.splitlines()]
+    rows = [
+        json.loads(line)
+        for line in run_cli("sql", query, "--store", samples_store, "--format", "json").stdout.splitlines()
+    ]
     assert rows and all(set(r) == {"name", "n"} for r in rows)
     csv_lines = run_cli("sql", query, "--store", samples_store, "--format", "csv").stdout.splitlines()
     assert csv_lines[0] == "name,n" and len(csv_lines) == len(rows) + 1
@@ -273,7 +279,9 @@ def test_sql_formats(run_cli, samples_store):
 
 def test_sql_layers_view(run_cli, samples_store):
     out = run_cli("sql", "SELECT count(*) AS n FROM image_layers", "--store", samples_store, "--format", "json").stdout
-    total = run_cli("sql", "SELECT sum(len(layers)) AS n FROM images", "--store", samples_store, "--format", "json").stdout
+    total = run_cli(
+        "sql", "SELECT sum(len(layers)) AS n FROM images", "--store", samples_store, "--format", "json"
+    ).stdout
     assert json.loads(out)["n"] == json.loads(total)["n"] > 0
 
 

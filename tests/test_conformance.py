@@ -3,6 +3,7 @@
 The official message is the judge: strict parsing (unknown fields fail), and MessageToJson of
 the parsed message must give back our exact text.
 """
+
 import glob
 import json
 import os
@@ -61,7 +62,9 @@ def test_every_rendered_image_conforms(real_store):
     for image in listing["images"]:
         text = runner.invoke(cli, ["get", image["id"], "--store", real_store]).stdout
         assert_conforms(text)
-    batch = runner.invoke(cli, ["get", "--ids-from", "-", "--store", real_store], input="\n".join(i["id"] for i in listing["images"]))
+    batch = runner.invoke(
+        cli, ["get", "--ids-from", "-", "--store", real_store], input="\n".join(i["id"] for i in listing["images"])
+    )
     for line in batch.stdout.splitlines():
         message = json_format.Parse(line, image_pb2.Image(), ignore_unknown_fields=False)
         assert json.loads(json_format.MessageToJson(message)) == json.loads(line)

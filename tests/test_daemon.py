@@ -3,6 +3,7 @@
 The same interface is served by the engine API client against a real engine in
 test_daemon_live.py; here only the mapping, laziness, failures and the wiring are checked.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,14 @@ from click.testing import CliRunner
 
 from indexer.errors import SourceError
 from indexer.model import (
-    EXACT_MANIFEST, KIND_ATTESTATION, KIND_IMAGE, KIND_INDEX, UNCOMPRESSED, HistoryEntry, ImageRecord, Platform,
+    EXACT_MANIFEST,
+    KIND_ATTESTATION,
+    KIND_IMAGE,
+    KIND_INDEX,
+    UNCOMPRESSED,
+    HistoryEntry,
+    ImageRecord,
+    Platform,
 )
 from indexer.references import blob_id, image_id
 from indexer.sources import daemon, parse_source
@@ -31,7 +39,14 @@ from queries.cli import cli
 
 from builders import Blobs, named, write_dir
 from fake_engine import (
-    DeadEngine, EngineRefused, EngineUnavailable, FakeEngine, NoSuchImage, Step, classic_image, containerd_image,
+    DeadEngine,
+    EngineRefused,
+    EngineUnavailable,
+    FakeEngine,
+    NoSuchImage,
+    Step,
+    classic_image,
+    containerd_image,
     fake_digest,
 )
 
@@ -46,8 +61,14 @@ APP_STEPS = (
 
 def collect(fake: FakeEngine, ref: str = "", *, all_images=False, workers=1, window=4, **ctx):
     notes = []
-    source = DockerDaemon(location=fake.address, ref=ref, all_images=all_images, connect=lambda address: fake,
-                          workers=workers, window=window)
+    source = DockerDaemon(
+        location=fake.address,
+        ref=ref,
+        all_images=all_images,
+        connect=lambda address: fake,
+        workers=workers,
+        window=window,
+    )
     context = Context(source.kind, source.location, note=notes.append, **ctx)
     items = list(source.records(context))
     records = [i for i in items if isinstance(i, ImageRecord)]
@@ -76,16 +97,18 @@ def test_parse_source_names_the_engine(monkeypatch):
 def test_image_in_two_repositories_gives_one_resource_per_repository():
     fake = FakeEngine()
     pushed = fake_digest("pushed manifest")
-    image = fake.add(classic_image(
-        "app",
-        tags=["127.0.0.1:5000/team/app:v1", "t/app:1.0", "t/app:latest", "other/app:v1"],
-        digests=[f"127.0.0.1:5000/team/app@{pushed}"],
-        steps=APP_STEPS,
-        labels={"z": "1", "a": "2"},
-        env=("PATH=/bin", "APP_MODE=test"),
-        entrypoint=("/entry",),
-        cmd=("run",),
-    ))
+    image = fake.add(
+        classic_image(
+            "app",
+            tags=["127.0.0.1:5000/team/app:v1", "t/app:1.0", "t/app:latest", "other/app:v1"],
+            digests=[f"127.0.0.1:5000/team/app@{pushed}"],
+            steps=APP_STEPS,
+            labels={"z": "1", "a": "2"},
+            env=("PATH=/bin", "APP_MODE=test"),
+            entrypoint=("/entry",),
+            cmd=("run",),
+        )
+    )
     config = image["inspect"]["Id"]
     layers = image["inspect"]["RootFS"]["Layers"]
     records, errors, notes = collect(fake)
@@ -115,8 +138,11 @@ def test_image_in_two_repositories_gives_one_resource_per_repository():
 
 def test_created_is_normalised_and_variant_kept():
     fake = FakeEngine()
-    fake.add(classic_image("arm", tags=["arm/app:1"], created="2026-11-29T13:48:54.12345+02:00", architecture="arm64",
-                           variant="v8"))
+    fake.add(
+        classic_image(
+            "arm", tags=["arm/app:1"], created="2026-11-29T13:48:54.12345+02:00", architecture="arm64", variant="v8"
+        )
+    )
     records, _, _ = collect(fake)
     assert records[0].created == "2026-11-29T11:48:54.123450Z"
     assert str(records[0].platform) == "linux/arm64/v8"
@@ -143,8 +169,11 @@ def test_repository_known_only_by_digest_is_named_without_tags():
 def test_first_repo_digest_of_a_repository_wins():
     fake = FakeEngine()
     first, second = fake_digest("one"), fake_digest("two")
-    fake.add(classic_image("two-digests", tags=["reg.example/app:1"],
-                           digests=[f"reg.example/app@{first}", f"reg.example/app@{second}"]))
+    fake.add(
+        classic_image(
+            "two-digests", tags=["reg.example/app:1"], digests=[f"reg.example/app@{first}", f"reg.example/app@{second}"]
+        )
+    )
     records, _, _ = collect(fake)
     assert [r.digest for r in records] == [first]
 
@@ -200,8 +229,10 @@ def test_ref_missing_is_an_error_naming_the_engine():
 
 
 def _history(*sizes):
-    return [{"Created": 1795952930, "CreatedBy": f"step {i}", "Comment": "", "Size": s}
-            for i, s in reversed(list(enumerate(sizes)))]
+    return [
+        {"Created": 1795952930, "CreatedBy": f"step {i}", "Comment": "", "Size": s}
+        for i, s in reversed(list(enumerate(sizes)))
+    ]
 
 
 @pytest.mark.parametrize(
@@ -238,8 +269,17 @@ def test_unknown_sizes_are_zero_with_a_note():
     assert len(notes) == 1 and "sizes left unknown" in notes[0]
 
 
-@pytest.mark.parametrize("bad, reason", [(10**30, "out of range"), (2**63, "out of range"), (1e30, "not an integer"),
-                                         (7.0, "not an integer"), (-5, "out of range"), (True, "not an integer")])
+@pytest.mark.parametrize(
+    "bad, reason",
+    [
+        (10**30, "out of range"),
+        (2**63, "out of range"),
+        (1e30, "not an integer"),
+        (7.0, "not an integer"),
+        (-5, "out of range"),
+        (True, "not an integer"),
+    ],
+)
 def test_history_size_outside_int64_fails_that_image_only(bad, reason):
     fake = FakeEngine()
     fake.add(classic_image("good", tags=["good/app:1"]))
@@ -249,7 +289,8 @@ def test_history_size_outside_int64_fails_that_image_only(bad, reason):
     assert [r.name for r in records] == ["good/app"] and not notes
     assert len(errors) == 1
     assert str(errors[0]).startswith(
-        f"docker-daemon (image {image['inspect']['Id']}): history entry 0 has an invalid size")
+        f"docker-daemon (image {image['inspect']['Id']}): history entry 0 has an invalid size"
+    )
     assert reason in str(errors[0])
 
 
@@ -269,8 +310,11 @@ def test_history_sizes_adding_up_past_int64_fail_that_image_only(tmp_path, monke
 
 def test_containerd_child_with_an_oversized_history_fails_alone():
     fake = FakeEngine(api_version="1.49", containerd=True)
-    fake.add(containerd_image("multi", tags=["reg.example/multi:1"],
-                              platforms=(("linux", "amd64", ""), ("linux", "arm64", "v8"))))
+    fake.add(
+        containerd_image(
+            "multi", tags=["reg.example/multi:1"], platforms=(("linux", "amd64", ""), ("linux", "arm64", "v8"))
+        )
+    )
     image = fake.images[0]
     arm = next(key for key in image["per_platform"] if key.architecture == "arm64")
     image["per_platform"][arm][2][0]["Size"] = 2**64
@@ -279,9 +323,17 @@ def test_containerd_child_with_an_oversized_history_fails_alone():
     assert len(errors) == 1 and "out of range" in str(errors[0])
 
 
-@pytest.mark.parametrize("bad", ["reg.example/app:v1\n", "reg.example/app:тег", "reg.example/app:" + "a" * 129,
-                                 "reg.example/App:1", "reg.example/team/../app:1",
-                                 "reg.example/app@sha256:" + "a" * 64 + "\n"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "reg.example/app:v1\n",
+        "reg.example/app:тег",
+        "reg.example/app:" + "a" * 129,
+        "reg.example/App:1",
+        "reg.example/team/../app:1",
+        "reg.example/app@sha256:" + "a" * 64 + "\n",
+    ],
+)
 def test_invalid_repo_tags_and_digests_are_dropped_with_a_note(bad):
     fake = FakeEngine()
     key = "RepoDigests" if "@" in bad else "RepoTags"
@@ -349,7 +401,8 @@ def test_engine_unreachable_is_a_source_error():
     with pytest.raises(SourceError) as caught:
         list(source.records(Context("docker-daemon", "unix:///gone.sock")))
     assert str(caught.value) == (
-        "docker-daemon: cannot reach the Docker engine at unix:///gone.sock: No such file or directory")
+        "docker-daemon: cannot reach the Docker engine at unix:///gone.sock: No such file or directory"
+    )
 
 
 def test_engine_dying_midway_fails_the_source_after_what_was_read():
@@ -357,7 +410,8 @@ def test_engine_dying_midway_fails_the_source_after_what_was_read():
     for i in range(5):
         fake.add(classic_image(f"img{i}", tags=[f"app{i}:1"]))
     fake.fail_inspect[fake.images[2]["inspect"]["Id"]] = EngineUnavailable(
-        "the Docker engine at unix:///fake/docker.sock stopped answering (image x): Connection reset by peer")
+        "the Docker engine at unix:///fake/docker.sock stopped answering (image x): Connection reset by peer"
+    )
     source = DockerDaemon(location=fake.address, connect=lambda address: fake, workers=2, window=3)
     got = []
     with pytest.raises(SourceError, match="stopped answering"):
@@ -383,13 +437,15 @@ def test_removed_and_refused_images_do_not_stop_the_others():
 
 def test_containerd_multi_platform_gives_the_index_and_its_children():
     fake = FakeEngine(api_version="1.49", containerd=True)
-    image = fake.add(containerd_image(
-        "multi",
-        tags=["reg.example/team/multi:1", "reg.example/team/multi:latest", "mirror.example/multi:1"],
-        platforms=(("linux", "amd64", ""), ("linux", "arm64", "v8"), ("linux", "arm", "v7")),
-        unavailable=(("linux", "arm", "v7"),),
-        attestation=True,
-    ))
+    image = fake.add(
+        containerd_image(
+            "multi",
+            tags=["reg.example/team/multi:1", "reg.example/team/multi:latest", "mirror.example/multi:1"],
+            platforms=(("linux", "amd64", ""), ("linux", "arm64", "v8"), ("linux", "arm", "v7")),
+            unavailable=(("linux", "arm", "v7"),),
+            attestation=True,
+        )
+    )
     records, errors, notes = collect(fake)
     assert not errors
     index_digest = image["inspect"]["Descriptor"]["digest"]
@@ -431,8 +487,11 @@ def test_containerd_single_manifest_image():
 
 def test_containerd_before_api_1_49_describes_the_default_platform_only():
     fake = FakeEngine(api_version="1.47", containerd=True)
-    fake.add(containerd_image("old", tags=["app:3"], platforms=(("linux", "amd64", ""), ("linux", "arm64", "")),
-                              descriptor=False))
+    fake.add(
+        containerd_image(
+            "old", tags=["app:3"], platforms=(("linux", "amd64", ""), ("linux", "arm64", "")), descriptor=False
+        )
+    )
     records, errors, notes = collect(fake)
     assert not errors
     assert [(r.kind, str(r.platform or "")) for r in records] == [(KIND_INDEX, ""), (KIND_IMAGE, "linux/amd64")]
@@ -477,9 +536,14 @@ def _engine_and_layout_of_one_image(tmp_path):
     manifest = blobs.image(layers=(b"layer-one", b"layer-two"))
     write_dir(str(tmp_path / "layout"), blobs.layout_files([named(manifest, "reg.example/team/app:v1")]))
     fake = FakeEngine()
-    fake.add(classic_image("pulled", tags=["reg.example/team/app:v1", "reg.example/team/app:stable"],
-                           digests=[f"reg.example/team/app@{manifest['digest']}"],
-                           steps=(Step("ADD a", 100), Step("ADD b", 200))))
+    fake.add(
+        classic_image(
+            "pulled",
+            tags=["reg.example/team/app:v1", "reg.example/team/app:stable"],
+            digests=[f"reg.example/team/app@{manifest['digest']}"],
+            steps=(Step("ADD a", 100), Step("ADD b", 200)),
+        )
+    )
     return fake, manifest, str(tmp_path / "layout")
 
 
@@ -496,7 +560,7 @@ def test_engine_then_exact_record_is_one_resource_and_exact_wins(tmp_path, engin
     assert [r.id for r in engine_records] == [r.id for r in exact]
     assert exact[0].exactness == EXACT_MANIFEST
     store = str(tmp_path / "store")
-    for batch in ([engine_records, exact] if engine_first else [exact, engine_records]):
+    for batch in [engine_records, exact] if engine_first else [exact, engine_records]:
         _write(store, batch)
     rows = _rows(store)
     assert len(rows) == 1
@@ -518,7 +582,8 @@ def test_cli_passes_docker_host_and_all(monkeypatch, tmp_path):
     monkeypatch.setattr(daemon, "connect_engine", lambda address: addresses.append(address) or fake)
     store = str(tmp_path)
     result = CliRunner().invoke(
-        cli, ["index", "docker-daemon:", "--docker-host", "unix:///run/x.sock", "--all", "--store", store])
+        cli, ["index", "docker-daemon:", "--docker-host", "unix:///run/x.sock", "--all", "--store", store]
+    )
     assert result.exit_code == 0, result.output
     assert addresses == ["unix:///run/x.sock"] and ("list", True, False) in fake.calls
     got = json.loads(CliRunner().invoke(cli, ["get", "t/app:1", "--store", store]).stdout)
@@ -528,8 +593,10 @@ def test_cli_passes_docker_host_and_all(monkeypatch, tmp_path):
         "name": "t/app",
         "compressedSize": "16",
         "config": {"id": blob_id(image["Id"]), "digest": image["Id"]},
-        "layers": [{"id": blob_id(d), "digest": d, "size": str(s)}
-                   for d, s in zip(image["RootFS"]["Layers"], (7, 4, 5), strict=True)],
+        "layers": [
+            {"id": blob_id(d), "digest": d, "size": str(s)}
+            for d, s in zip(image["RootFS"]["Layers"], (7, 4, 5), strict=True)
+        ],
         "tags": ["1"],
         "createdAt": "2026-11-29T11:48:54.000134049Z",
     }
@@ -539,13 +606,25 @@ def test_cli_unreachable_engine_is_one_line_and_exit_1(tmp_path):
     sock = str(tmp_path / "absent.sock")
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "queries.cli", "index", "docker-daemon:", "--docker-host", f"unix://{sock}",
-         "--store", str(tmp_path / "s")],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "queries.cli",
+            "index",
+            "docker-daemon:",
+            "--docker-host",
+            f"unix://{sock}",
+            "--store",
+            str(tmp_path / "s"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
-        f"imgdex: docker-daemon: cannot reach the Docker engine at unix://{sock}: No such file or directory"]
+        f"imgdex: docker-daemon: cannot reach the Docker engine at unix://{sock}: No such file or directory"
+    ]
     assert "Traceback" not in result.stdout + result.stderr
     assert time.monotonic() - started < 60
 
@@ -582,8 +661,9 @@ def test_silent_engine_times_out(tmp_path):
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
     try:
-        source = DockerDaemon(location=f"unix://{path}",
-                              connect=lambda address: EngineApiClient(address, connect_timeout=1.0))
+        source = DockerDaemon(
+            location=f"unix://{path}", connect=lambda address: EngineApiClient(address, connect_timeout=1.0)
+        )
         started = time.monotonic()
         with pytest.raises(SourceError) as caught:
             list(source.records(Context("docker-daemon", source.location)))
@@ -611,8 +691,13 @@ def test_docker_sdk_is_not_imported_off_the_engine_path(samples_store):
         "    assert not exc.code, exc.code\n"
         "assert 'docker' not in sys.modules, 'imported by get'\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                            cwd=os.path.dirname(os.path.dirname(__file__)))
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -680,6 +765,7 @@ class _StubEngine:
                     self.close_connection = True
 
         if transport == "unix":
+
             class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
                 daemon_threads = True
 
@@ -692,6 +778,7 @@ class _StubEngine:
             self.server = Server(path, Handler)
             self.address = f"unix://{path}"
         else:
+
             class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
                 daemon_threads = True
 
@@ -788,7 +875,8 @@ def test_slow_engine_fails_the_request_at_its_deadline():
             client.inspect_image("slow")
         assert 0.9 < time.monotonic() - started < 5
         assert str(caught.value) == (
-            f"the Docker engine at {stub.address} stopped answering (image slow): no complete answer in 1 s")
+            f"the Docker engine at {stub.address} stopped answering (image slow): no complete answer in 1 s"
+        )
         assert client.inspect_image("app:1") == {"Id": "x"}  # the others still go through
         client.close()
     finally:
@@ -809,13 +897,22 @@ def test_slow_engine_fails_the_request_at_its_deadline():
         ("10.0.0.1:2375", {}, daemon.Endpoint(host="10.0.0.1", port=2375)),
         ("tcp://:2375", {}, daemon.Endpoint(host="127.0.0.1", port=2375)),
         ("tcp://[::1]:2375/api/", {}, daemon.Endpoint(host="::1", port=2375, prefix="/api")),
-        ("tcp://h:2376", {"DOCKER_TLS_VERIFY": "1"},
-         daemon.Endpoint(host="h", port=2376, tls=daemon.TlsSettings(True))),
-        ("tcp://h:2376", {"DOCKER_TLS_VERIFY": "0"},
-         daemon.Endpoint(host="h", port=2376, tls=daemon.TlsSettings(True))),
+        (
+            "tcp://h:2376",
+            {"DOCKER_TLS_VERIFY": "1"},
+            daemon.Endpoint(host="h", port=2376, tls=daemon.TlsSettings(True)),
+        ),
+        (
+            "tcp://h:2376",
+            {"DOCKER_TLS_VERIFY": "0"},
+            daemon.Endpoint(host="h", port=2376, tls=daemon.TlsSettings(True)),
+        ),
         ("tcp://h:2376", {"DOCKER_TLS_VERIFY": ""}, daemon.Endpoint(host="h", port=2376)),
-        ("tcp://h:2376", {"DOCKER_CERT_PATH": "/nowhere"},
-         daemon.Endpoint(host="h", port=2376, tls=daemon.TlsSettings(False))),
+        (
+            "tcp://h:2376",
+            {"DOCKER_CERT_PATH": "/nowhere"},
+            daemon.Endpoint(host="h", port=2376, tls=daemon.TlsSettings(False)),
+        ),
         ("http://h:2375", {"DOCKER_TLS_VERIFY": "1"}, daemon.Endpoint(host="h", port=2375)),
         ("https://h:2376", {}, daemon.Endpoint(host="h", port=2376, tls=daemon.TlsSettings(True))),
     ],
@@ -830,7 +927,8 @@ def test_tls_files_are_taken_from_docker_cert_path_or_home(tmp_path, monkeypatch
     folder.mkdir()
     (folder / "ca.pem").write_text("x")
     assert daemon.tls_from_env({"DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(folder)}) == daemon.TlsSettings(
-        True, ca_file=str(folder / "ca.pem"))
+        True, ca_file=str(folder / "ca.pem")
+    )
     (folder / "cert.pem").write_text("x")
     (folder / "key.pem").write_text("x")
     home = tmp_path / "home"
@@ -839,7 +937,8 @@ def test_tls_files_are_taken_from_docker_cert_path_or_home(tmp_path, monkeypatch
         (home / ".docker" / name).write_text("x")
     monkeypatch.setenv("HOME", str(home))
     assert daemon.tls_from_env({"DOCKER_TLS_VERIFY": "yes"}) == daemon.TlsSettings(
-        True, cert_file=str(home / ".docker" / "cert.pem"), key_file=str(home / ".docker" / "key.pem"))
+        True, cert_file=str(home / ".docker" / "cert.pem"), key_file=str(home / ".docker" / "key.pem")
+    )
     assert daemon.tls_from_env({"DOCKER_CERT_PATH": str(folder)}).cert_file == str(folder / "cert.pem")
     assert daemon.tls_from_env({}) is None
 
@@ -848,8 +947,10 @@ def test_tls_files_are_taken_from_docker_cert_path_or_home(tmp_path, monkeypatch
     "address, reason",
     [
         ("ssh://me@build-host", "ssh:// addresses are not supported (unix://, tcp://, http:// and https:// are)"),
-        ("npipe:////./pipe/docker_engine",
-         "npipe:// addresses are not supported (unix://, tcp://, http:// and https:// are)"),
+        (
+            "npipe:////./pipe/docker_engine",
+            "npipe:// addresses are not supported (unix://, tcp://, http:// and https:// are)",
+        ),
         ("tcp://10.0.0.1", "not an engine address (unix://PATH or tcp://HOST:PORT)"),
         ("tcp://10.0.0.1:99999", "not an engine address (unix://PATH or tcp://HOST:PORT)"),
     ],
@@ -885,7 +986,8 @@ def test_answer_that_is_not_the_engine_api_is_one_line(tmp_path):
         server.shutdown()
         server.server_close()
     assert str(caught.value) == (
-        f"cannot reach the Docker engine at {address}: the answer to GET /version is not the Docker engine API's")
+        f"cannot reach the Docker engine at {address}: the answer to GET /version is not the Docker engine API's"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -964,7 +1066,8 @@ def test_unusable_tls_files_are_one_line(tls_files, tmp_path):
     with pytest.raises(EngineUnavailable) as caught:
         EngineApiClient("tcp://127.0.0.1:9", environ={"DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(folder)})
     assert str(caught.value).startswith(
-        f"cannot reach the Docker engine at tcp://127.0.0.1:9: the TLS files ({folder}/ca.pem")
+        f"cannot reach the Docker engine at tcp://127.0.0.1:9: the TLS files ({folder}/ca.pem"
+    )
 
 
 def test_engine_path_imports_neither_the_docker_sdk_nor_requests():
@@ -980,8 +1083,13 @@ def test_engine_path_imports_neither_the_docker_sdk_nor_requests():
         "assert not leaked, leaked\n"
     )
     try:
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                                cwd=os.path.dirname(os.path.dirname(__file__)))
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=os.path.dirname(os.path.dirname(__file__)),
+        )
     finally:
         stub.stop()
     assert result.returncode == 0, result.stderr

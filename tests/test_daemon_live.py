@@ -7,6 +7,7 @@ from the docker client's own inspect and from the sizes of the files put into ea
 (the engine's layer size is the size of the file contents it stores), never from imgdex.
 What the registry serves for the same image must agree with what the engine gave.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -87,8 +88,9 @@ class RegistryClient:
         self.http.trust_env = False
 
     def manifest(self, name: str, reference: str) -> tuple[str, dict, bytes]:
-        response = self.http.get(f"{self.base}/{name}/manifests/{reference}", headers={"Accept": MANIFEST_TYPES},
-                                 timeout=30)
+        response = self.http.get(
+            f"{self.base}/{name}/manifests/{reference}", headers={"Accept": MANIFEST_TYPES}, timeout=30
+        )
         response.raise_for_status()
         digest = "sha256:" + hashlib.sha256(response.content).hexdigest()
         assert response.headers["Docker-Content-Digest"] == digest
@@ -116,8 +118,17 @@ def world(engine, registry, tmp_path_factory):  # noqa: F811
     work = str(tmp_path_factory.mktemp("daemon-live"))
     reg = registry.address
     base_tar = make_rootfs_tar(work, BASE_FILES, "base.tar")
-    engine.docker("import", "-m", "imgdex live base", "-c", "ENV FOO=bar", "-c", 'CMD ["/hello"]', base_tar,
-                  "imgdex-live/base:1.0")
+    engine.docker(
+        "import",
+        "-m",
+        "imgdex live base",
+        "-c",
+        "ENV FOO=bar",
+        "-c",
+        'CMD ["/hello"]',
+        base_tar,
+        "imgdex-live/base:1.0",
+    )
 
     app_dir = os.path.join(work, "app")
     os.makedirs(app_dir)
@@ -149,10 +160,22 @@ def world(engine, registry, tmp_path_factory):  # noqa: F811
         reason = "skopeo is needed to make an OCI copy in the registry"
         pytest.fail(reason) if os.environ.get("CI") else pytest.skip("skopeo missing")
     subprocess.run(
-        [skopeo, "--insecure-policy", "copy", "-q", "--format", "oci", "--src-tls-verify=false",
-         "--dest-tls-verify=false",
-         f"docker://{reg}/team/app:v1", f"docker://{reg}/team/app-oci:v1"],
-        check=True, capture_output=True, timeout=300, env=engine.env,
+        [
+            skopeo,
+            "--insecure-policy",
+            "copy",
+            "-q",
+            "--format",
+            "oci",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            f"docker://{reg}/team/app:v1",
+            f"docker://{reg}/team/app-oci:v1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+        env=engine.env,
     )
     engine.docker("pull", f"{reg}/team/app-oci:v1")
 
@@ -230,10 +253,12 @@ def test_imported_image_gives_the_exact_document(store, world):
 def test_built_image_gives_one_exact_document_per_repository(store, world):
     inspect = world["inspect"]["app"]
     assert inspect["Config"]["Labels"]["org.opencontainers.image.title"] == "imgdex live app"
-    assert get(store, "imgdex-live/app:latest") == expected(inspect, "docker.io", "imgdex-live/app",
-                                                            world["sizes"]["app"])
-    assert get(store, "example.org/mirror/app:v1") == expected(inspect, "example.org", "mirror/app",
-                                                               world["sizes"]["app"])
+    assert get(store, "imgdex-live/app:latest") == expected(
+        inspect, "docker.io", "imgdex-live/app", world["sizes"]["app"]
+    )
+    assert get(store, "example.org/mirror/app:v1") == expected(
+        inspect, "example.org", "mirror/app", world["sizes"]["app"]
+    )
     pulled = get(store, f"{world['registry']}/team/app:v1")
     assert pulled == expected(world["inspect"]["pulled"], world["registry"], "team/app", world["sizes"]["app"])
     assert pulled["digest"]  # from RepoDigests, set by the pull
@@ -280,9 +305,19 @@ def test_engine_then_oci_archive_is_one_resource_and_the_exact_record_wins(engin
     reg = world["registry"]
     archive = str(tmp_path / "app-oci.tar")
     subprocess.run(
-        [world["skopeo"], "--insecure-policy", "copy", "-q", "--src-tls-verify=false",
-         f"docker://{reg}/team/app-oci:v1", f"oci-archive:{archive}:{reg}/team/app-oci:v1"],
-        check=True, capture_output=True, timeout=300, env=engine.env,
+        [
+            world["skopeo"],
+            "--insecure-policy",
+            "copy",
+            "-q",
+            "--src-tls-verify=false",
+            f"docker://{reg}/team/app-oci:v1",
+            f"oci-archive:{archive}:{reg}/team/app-oci:v1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+        env=engine.env,
     )
     folder = str(tmp_path / "store")
     imgdex("index", "docker-daemon:", "--docker-host", engine.host, "--store", folder)
@@ -296,7 +331,8 @@ def test_engine_then_oci_archive_is_one_resource_and_the_exact_record_wins(engin
     config = manifest["config"]
     assert after["config"] == {"id": blob_id(config["digest"]), "digest": config["digest"], "size": str(config["size"])}
     assert [(layer["digest"], int(layer["size"])) for layer in after["layers"]] == [
-        (layer["digest"], layer["size"]) for layer in manifest["layers"]]
+        (layer["digest"], layer["size"]) for layer in manifest["layers"]
+    ]
     assert after["compressedSize"] == str(sum(layer["size"] for layer in manifest["layers"]))
     assert after["tags"] == ["v1"] and after["createdAt"] == before["createdAt"]
     # Indexing the engine again does not bring the uncompressed record back.
@@ -326,12 +362,20 @@ def test_ref_by_name_and_by_id(engine, world, tmp_path):  # noqa: F811
     imgdex("index", f"docker-daemon:{short}", "--docker-host", engine.host, "--store", tmp_path / "id")
     names = sorted(row.get("name") for row in listing(str(tmp_path / "id")))
     assert names == ["imgdex-live/app", "mirror/app", "team/app"]
-    missing = imgdex("index", "docker-daemon:imgdex-live/nope:1", "--docker-host", engine.host,
-                     "--store", tmp_path / "x", check=False)
+    missing = imgdex(
+        "index",
+        "docker-daemon:imgdex-live/nope:1",
+        "--docker-host",
+        engine.host,
+        "--store",
+        tmp_path / "x",
+        check=False,
+    )
     assert missing.returncode == 1
     assert missing.stderr.splitlines() == [
         f"imgdex: docker-daemon:imgdex-live/nope:1: the Docker engine at {engine.host}"
-        " has no image 'imgdex-live/nope:1'"]
+        " has no image 'imgdex-live/nope:1'"
+    ]
 
 
 def test_engine_found_through_docker_host(engine, world, tmp_path):  # noqa: F811
@@ -438,7 +482,8 @@ def test_engine_over_tcp_and_tls_found_through_the_environment(engine, store, tm
             result = imgdex("index", "docker-daemon:", "--store", tmp_path / "plain", env=plain, check=False)
             assert result.returncode == 1 and len(result.stderr.splitlines()) == 1
             assert result.stderr.startswith(
-                f"imgdex: docker-daemon: cannot reach the Docker engine at {env['DOCKER_HOST']}: ")
+                f"imgdex: docker-daemon: cannot reach the Docker engine at {env['DOCKER_HOST']}: "
+            )
     finally:
         relay.stop()
 

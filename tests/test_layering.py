@@ -1,4 +1,5 @@
 """Data flows one way: indexer never imports queries, and lookups never import heavy modules."""
+
 import ast
 import os
 import subprocess
@@ -36,7 +37,8 @@ def test_lookup_path_does_not_import_pyarrow_or_docker(samples_store):
         "from queries.cli import cli\n"
         f"try:\n    cli.main(['get', 'imgdex-test/app:1.0', '--store', {samples_store!r}], standalone_mode=False)\n"
         "except SystemExit:\n    pass\n"
-        "print(sorted(m for m in ('pyarrow', 'docker', 'requests', 'urllib3', 'yaml') if m in sys.modules), file=sys.stderr)\n"
+        "heavy = ('pyarrow', 'docker', 'requests', 'urllib3', 'yaml')\n"
+        "print(sorted(m for m in heavy if m in sys.modules), file=sys.stderr)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr

@@ -1,4 +1,5 @@
 """Base-image lineage: ChainIDs as the OCI image spec defines them, and `imgdex base` / `derived`."""
+
 from __future__ import annotations
 
 import hashlib
@@ -7,7 +8,16 @@ import os
 
 import pytest
 from builders import (
-    OCI_CONFIG, OCI_LAYER_GZ, OCI_MANIFEST, Blobs, classic_save_files, digest_of, dumps, named, write_dir, write_tar,
+    OCI_CONFIG,
+    OCI_LAYER_GZ,
+    OCI_MANIFEST,
+    Blobs,
+    classic_save_files,
+    digest_of,
+    dumps,
+    named,
+    write_dir,
+    write_tar,
 )
 from fake_engine import FakeEngine, Step, classic_image
 
@@ -66,8 +76,16 @@ def layer(text: str) -> bytes:
     return text.encode()
 
 
-def image(blobs: Blobs, layers: list[str], *, labels=None, empty_steps=0, arch="amd64", annotations=None,
-          created="2026-11-29T10:54:27Z") -> dict:
+def image(
+    blobs: Blobs,
+    layers: list[str],
+    *,
+    labels=None,
+    empty_steps=0,
+    arch="amd64",
+    annotations=None,
+    created="2026-11-29T10:54:27Z",
+) -> dict:
     """An OCI image whose diff_ids are digest_of(b"diff-" + layer); `empty_steps` history entries
     that made no layer (ENV, LABEL) come after the layers."""
     data = [layer(t) for t in layers]
@@ -146,7 +164,10 @@ def test_all_goes_down_to_the_first_base(run_cli, family):
     assert names(answer(run_cli, family, "base", f"{REG}/team/web:1"), "bases") == [("team/app", "1", 3)]
     doc = answer(run_cli, family, "base", f"{REG}/team/web:1", "--all")
     assert names(doc, "bases") == [
-        ("team/app", "1", 3), ("base/os", "1", 2), ("base/os-env", "1", 2), ("mirror/os", "1", 2)
+        ("team/app", "1", 3),
+        ("base/os", "1", 2),
+        ("base/os-env", "1", 2),
+        ("mirror/os", "1", 2),
     ]
     assert {e["totalLayers"] for e in doc["bases"]} == {4}
 
@@ -277,10 +298,12 @@ def test_lineage_is_per_platform_child(tmp_path, run_cli):
     app_arm = image(blobs, ["os-arm", "app-arm"], arch="arm64")
 
     def platforms(amd, arm):
-        return blobs.index([
-            {**amd, "platform": {"os": "linux", "architecture": "amd64"}},
-            {**arm, "platform": {"os": "linux", "architecture": "arm64"}},
-        ])
+        return blobs.index(
+            [
+                {**amd, "platform": {"os": "linux", "architecture": "amd64"}},
+                {**arm, "platform": {"os": "linux", "architecture": "arm64"}},
+            ]
+        )
 
     top = [
         named(platforms(os_amd, os_arm), f"{REG}/base/os:1"),
@@ -345,8 +368,13 @@ def test_declared_base_is_reported_beside_the_computed_one(tmp_path, run_cli):
 
 
 def test_imported_json_has_no_lineage_and_says_so(tmp_path, run_cli):
-    doc = {"id": "crp9s8r7q6p5o4n3m2l1", "name": "crp1/app", "digest": "sha256:" + "1" * 64,
-           "layers": [{"id": "crp9s8r7q6p5o4n3m2l2", "digest": "sha256:" + "2" * 64, "size": "3"}], "tags": ["1"]}
+    doc = {
+        "id": "crp9s8r7q6p5o4n3m2l1",
+        "name": "crp1/app",
+        "digest": "sha256:" + "1" * 64,
+        "layers": [{"id": "crp9s8r7q6p5o4n3m2l2", "digest": "sha256:" + "2" * 64, "size": "3"}],
+        "tags": ["1"],
+    }
     source = tmp_path / "ycr.json"
     source.write_text(json.dumps(doc))
     store = str(tmp_path / "store")
@@ -364,15 +392,24 @@ def test_imported_json_has_no_lineage_and_says_so(tmp_path, run_cli):
 
 
 def test_store_keeps_diff_ids_and_chains_and_the_view(run_cli, family):
-    result = run_cli("sql", "SELECT name, len(diff_ids), len(chain_ids), chain_id = chain_ids[-1] FROM images "
-                            "WHERE name = 'team/web'", "--store", family, "--format", "csv")
+    result = run_cli(
+        "sql",
+        "SELECT name, len(diff_ids), len(chain_ids), chain_id = chain_ids[-1] FROM images WHERE name = 'team/web'",
+        "--store",
+        family,
+        "--format",
+        "csv",
+    )
     assert result.stdout.splitlines()[1] == "team/web,4,4,True"
     sql = """SELECT i.name, b.name, v.shared_layers, v.distance FROM image_bases v
              JOIN images i ON i.id = v.image_id JOIN images b ON b.id = v.base_id
              WHERE i.name = 'team/web' ORDER BY v.distance, b.name"""
     rows = run_cli("sql", sql, "--store", family, "--format", "csv").stdout.splitlines()[1:]
     assert rows == [
-        "team/web,team/app,3,1", "team/web,base/os,2,2", "team/web,base/os-env,2,2", "team/web,mirror/os,2,2"
+        "team/web,team/app,3,1",
+        "team/web,base/os,2,2",
+        "team/web,base/os-env,2,2",
+        "team/web,mirror/os,2,2",
     ]
     count = "SELECT count(*) FROM image_bases"
     assert run_cli("sql", count, "--store", family, "--format", "csv").stdout.splitlines()[1] == "10"
@@ -403,7 +440,9 @@ def test_reindexing_and_stored_rows_keep_diff_ids(tmp_path, run_cli, family):
     top = [named(image(blobs, ["os1", "os2", "app"], empty_steps=2), f"{REG}/team/app:1")]
     index_into(run_cli, family, layout(tmp_path, "again", blobs, top))
     assert names(answer(run_cli, family, "base", f"{REG}/team/app:1"), "bases") == [
-        ("base/os", "1", 2), ("base/os-env", "1", 2), ("mirror/os", "1", 2)
+        ("base/os", "1", 2),
+        ("base/os-env", "1", 2),
+        ("mirror/os", "1", 2),
     ]
     import duckdb
 

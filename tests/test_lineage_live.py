@@ -7,6 +7,7 @@ indexed from the engine (docker-daemon:), the registry (docker://) and the archi
 its own store and all into one. `base` and `derived` must give the same answer from every
 source; the ChainIDs must be the ones the engine itself keeps in its layer database.
 """
+
 from __future__ import annotations
 
 import io
@@ -66,24 +67,43 @@ def family(engine, registry, tmp_path_factory):  # noqa: F811
     work = str(tmp_path_factory.mktemp("lineage-live"))
     reg = registry.address
     refs = {key: f"{reg}/lineage/{key}:1.0" for key in ORDER}
-    engine.docker("import", "-c", 'CMD ["/hello"]', rootfs_tar(os.path.join(work, "root.tar"), {"hello": b"root\n"}),
-                  refs["root"])
-    build(engine, os.path.join(work, "base"), refs["base"],
-          f"FROM {refs['root']}\nENV BASE=1\nCOPY base.txt /base.txt\nLABEL org.example.role=base\n",
-          {"base.txt": b"base layer\n"})
+    engine.docker(
+        "import", "-c", 'CMD ["/hello"]', rootfs_tar(os.path.join(work, "root.tar"), {"hello": b"root\n"}), refs["root"]
+    )
+    build(
+        engine,
+        os.path.join(work, "base"),
+        refs["base"],
+        f"FROM {refs['root']}\nENV BASE=1\nCOPY base.txt /base.txt\nLABEL org.example.role=base\n",
+        {"base.txt": b"base layer\n"},
+    )
     engine.docker("push", refs["base"])
     base_digest = next(d.split("@")[1] for d in inspect(engine, refs["base"])["RepoDigests"] if d.startswith(reg))
-    build(engine, os.path.join(work, "app1"), refs["app1"],
-          f"FROM {refs['base']}\nARG BASE_DIGEST\n"
-          f"LABEL org.opencontainers.image.base.name={refs['base']} org.opencontainers.image.base.digest=$BASE_DIGEST\n"
-          "COPY app1.txt /app1.txt\n",
-          {"app1.txt": b"app one\n"}, f"BASE_DIGEST={base_digest}")
-    build(engine, os.path.join(work, "app2"), refs["app2"],
-          f"FROM {refs['base']}\nCOPY app2.txt /app2.txt\nENV APP=2\nCOPY more.txt /more.txt\n",
-          {"app2.txt": b"app two\n", "more.txt": b"more\n"})
+    build(
+        engine,
+        os.path.join(work, "app1"),
+        refs["app1"],
+        f"FROM {refs['base']}\nARG BASE_DIGEST\n"
+        f"LABEL org.opencontainers.image.base.name={refs['base']} org.opencontainers.image.base.digest=$BASE_DIGEST\n"
+        "COPY app1.txt /app1.txt\n",
+        {"app1.txt": b"app one\n"},
+        f"BASE_DIGEST={base_digest}",
+    )
+    build(
+        engine,
+        os.path.join(work, "app2"),
+        refs["app2"],
+        f"FROM {refs['base']}\nCOPY app2.txt /app2.txt\nENV APP=2\nCOPY more.txt /more.txt\n",
+        {"app2.txt": b"app two\n", "more.txt": b"more\n"},
+    )
     # app3 inherits app1's labels, so it declares base while it is built on app1
-    build(engine, os.path.join(work, "app3"), refs["app3"], f"FROM {refs['app1']}\nCOPY app3.txt /app3.txt\n",
-          {"app3.txt": b"app three\n"})
+    build(
+        engine,
+        os.path.join(work, "app3"),
+        refs["app3"],
+        f"FROM {refs['app1']}\nCOPY app3.txt /app3.txt\n",
+        {"app3.txt": b"app three\n"},
+    )
     for key in ORDER:
         engine.docker("push", refs[key])
     archive = os.path.join(work, "family.tar")
@@ -220,7 +240,8 @@ def test_one_store_with_every_source_lists_each_resource_exact_first(family, sto
     # app1 from the registry (merged with the engine's record of the same manifest), then the
     # classic docker save's record of the same image, which has no manifest digest
     assert [(e["name"], "digest" in e, e["sharedLayers"]) for e in doc["bases"]] == [
-        ("lineage/app1", True, 3), ("lineage/app1", False, 3)
+        ("lineage/app1", True, 3),
+        ("lineage/app1", False, 3),
     ]
     registry_ids = [e["id"] for e in answer(stores["registry"], "base", family["refs"]["app3"])["bases"]]
     archive_ids = [e["id"] for e in answer(stores["archive"], "base", family["refs"]["app3"])["bases"]]

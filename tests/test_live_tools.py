@@ -3,6 +3,7 @@
 Runs tests/fixtures/make_fixtures.sh into a temporary folder. Needs root and Debian's docker.io,
 docker-registry and skopeo; when CI is set a missing tool is a failure, never a skip.
 """
+
 import json
 import os
 import subprocess
@@ -24,7 +25,13 @@ def fresh(tmp_path_factory):
         unavailable_or_fail(reason)
     out = tmp_path_factory.mktemp("fresh-fixtures")
     env = dict(os.environ, FIXTURES_OUT=str(out / "real"), SAMPLES_OUT=str(out / "samples"))
-    result = subprocess.run(["bash", os.path.join(HERE, "fixtures", "make_fixtures.sh")], env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        ["bash", os.path.join(HERE, "fixtures", "make_fixtures.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     with open(out / "real" / "expected.json") as f:
         return str(out / "real"), json.load(f)

@@ -26,9 +26,9 @@ from indexer.sources import layout, parse_source, tarball
 from indexer.sources.layout import IndexJson, top_descriptors
 from indexer.sources.parse import MAX_JSON_BYTES, Context
 from indexer.sources.tarball import MAX_KEPT_BYTES, TarMembers
+from test_badinput import assert_within_limits, error_lines, run_measured
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-from test_badinput import assert_within_limits, error_lines, run_measured
 
 with open(os.path.join(REAL, "expected.json")) as _f:
     REAL_EXPECTED = json.load(_f)
@@ -656,12 +656,28 @@ def test_source_argument_that_is_not_utf8_is_indexed_and_recorded_escaped(tmp_pa
     store = tmp_path / "store"
     result = subprocess.run(
         [sys.executable, "-m", "queries.cli", "index", odd, "--store", str(store), "--repository", "x/app"],
-        capture_output=True, cwd=ROOT, timeout=120,
+        capture_output=True,
+        cwd=ROOT,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert b"Traceback" not in result.stderr
     out = subprocess.run(
-        [sys.executable, "-m", "queries.cli", "sql", "SELECT sources FROM runs", "--store", str(store), "--format", "json"],
-        capture_output=True, text=True, cwd=ROOT, timeout=60, check=True,
+        [
+            sys.executable,
+            "-m",
+            "queries.cli",
+            "sql",
+            "SELECT sources FROM runs",
+            "--store",
+            str(store),
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=True,
     )
     assert "app\\\\xff\\\\n.tar" in out.stdout

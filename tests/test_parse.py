@@ -1,4 +1,5 @@
 """The shared parser: digest checks, config fields, and fuzzing with hypothesis."""
+
 import json
 
 import pytest
@@ -22,9 +23,19 @@ manifest_like = st.fixed_dictionaries(
     {},
     optional={
         "schemaVersion": st.sampled_from([1, 2, "2", None]),
-        "mediaType": st.sampled_from(["application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.index.v1+json", "x/y", 3]),
-        "config": json_values | st.fixed_dictionaries({"digest": st.text(max_size=80) | st.just("use-real"), "size": json_values, "mediaType": st.sampled_from(["application/vnd.oci.image.config.v1+json", "x/y"]) | json_values}),
-        "layers": json_values | st.lists(st.fixed_dictionaries({"digest": st.text(max_size=80), "size": json_values}), max_size=3),
+        "mediaType": st.sampled_from(
+            ["application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.index.v1+json", "x/y", 3]
+        ),
+        "config": json_values
+        | st.fixed_dictionaries(
+            {
+                "digest": st.text(max_size=80) | st.just("use-real"),
+                "size": json_values,
+                "mediaType": st.sampled_from(["application/vnd.oci.image.config.v1+json", "x/y"]) | json_values,
+            }
+        ),
+        "layers": json_values
+        | st.lists(st.fixed_dictionaries({"digest": st.text(max_size=80), "size": json_values}), max_size=3),
         "manifests": json_values,
     },
 )
@@ -123,10 +134,19 @@ def test_index_fuzz_raises_only_source_errors(data):
 INT64_MAX = 2**63 - 1
 
 
-@pytest.mark.parametrize("size, reason", [
-    (10**30, "out of range"), (1e30, "not an integer"), (12.0, "not an integer"), (True, "not an integer"),
-    (-1, "out of range"), ("12", "not an integer"), (INT64_MAX + 1, "out of range"), (None, "not an integer"),
-])
+@pytest.mark.parametrize(
+    "size, reason",
+    [
+        (10**30, "out of range"),
+        (1e30, "not an integer"),
+        (12.0, "not an integer"),
+        (True, "not an integer"),
+        (-1, "out of range"),
+        ("12", "not an integer"),
+        (INT64_MAX + 1, "out of range"),
+        (None, "not an integer"),
+    ],
+)
 def test_descriptor_size_must_be_an_int64(size, reason):
     raw = {"mediaType": "x/y", "digest": "sha256:" + "a" * 64, "size": size}
     with pytest.raises(SourceError, match=f"^f: layers\\[0\\] has an invalid size: .*{reason}"):
@@ -139,29 +159,50 @@ def _foreign_layers_layout(root, sizes) -> str:
     only what the manifest says) have the given sizes."""
     blobs = Blobs()
     good = blobs.image(layers=(b"good",))
-    config = blobs.add(dumps({"architecture": "amd64", "os": "linux", "rootfs": {"diff_ids": []}}), "application/vnd.oci.image.config.v1+json")
+    config = blobs.add(
+        dumps({"architecture": "amd64", "os": "linux", "rootfs": {"diff_ids": []}}),
+        "application/vnd.oci.image.config.v1+json",
+    )
     layers = [
-        {"mediaType": "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip", "digest": "sha256:" + f"{i:x}" * 64,
-         "size": size, "urls": [f"https://example.net/{i}"]}
+        {
+            "mediaType": "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+            "digest": "sha256:" + f"{i:x}" * 64,
+            "size": size,
+            "urls": [f"https://example.net/{i}"],
+        }
         for i, size in enumerate(sizes)
     ]
-    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "config": config, "layers": layers})
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": config,
+            "layers": layers,
+        }
+    )
     bad = blobs.add(manifest.encode(), "application/vnd.oci.image.manifest.v1+json")
-    return write_dir(str(root), blobs.layout_files([named(good, "reg.example/good:1"), named(bad, "reg.example/bad:1")]))
+    return write_dir(
+        str(root), blobs.layout_files([named(good, "reg.example/good:1"), named(bad, "reg.example/bad:1")])
+    )
 
 
-@pytest.mark.parametrize("sizes, reason", [
-    ([10**30], "out of range"),
-    ([2**62, 2**62], "add up to 9223372036854775808"),
-    ([INT64_MAX, 1], "add up to"),
-])
+@pytest.mark.parametrize(
+    "sizes, reason",
+    [
+        ([10**30], "out of range"),
+        ([2**62, 2**62], "add up to 9223372036854775808"),
+        ([INT64_MAX, 1], "add up to"),
+    ],
+)
 def test_oversized_layers_fail_their_image_and_the_run_goes_on(tmp_path, run_cli, sizes, reason):
     layout_dir = _foreign_layers_layout(tmp_path / "layout", sizes)
     store = tmp_path / "store"
     result = run_cli("index", f"oci:{layout_dir}", "--store", store)
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"imgdex: {layout_dir}: manifest sha256:") and reason in lines[0], lines
+    assert len(lines) == 1 and lines[0].startswith(f"imgdex: {layout_dir}: manifest sha256:") and reason in lines[0], (
+        lines
+    )
     listed = json.loads(run_cli("sql", "SELECT name FROM images", "--store", store, "--format", "json").stdout)
     assert listed == {"name": "good"}
     runs = run_cli("sql", "SELECT images_indexed, images_failed FROM runs", "--store", store, "--format", "json").stdout
@@ -176,23 +217,38 @@ def test_largest_sizes_that_fit_are_stored(tmp_path, run_cli):
     assert doc["compressedSize"] == str(INT64_MAX)
 
 
-@pytest.mark.parametrize("sizes, reason", [([2**63], "layer 0 size 9223372036854775808 is out of range"),
-                                           ([1.5], "layer 0 size 1.5 is not an integer"),
-                                           ([2**62, 2**62], "add up to")])
+@pytest.mark.parametrize(
+    "sizes, reason",
+    [
+        ([2**63], "layer 0 size 9223372036854775808 is out of range"),
+        ([1.5], "layer 0 size 1.5 is not an integer"),
+        ([2**62, 2**62], "add up to"),
+    ],
+)
 def test_record_from_config_checks_stored_sizes(sizes, reason):
     config = dumps({"rootfs": {"diff_ids": ["sha256:" + f"{i}" * 64 for i in range(len(sizes))]}})
     with pytest.raises(SourceError, match=reason) as caught:
-        record_from_config(config, digest_of(config), sizes, [], Context("docker-archive", "a.tar"), "a.tar", UNCOMPRESSED)
+        record_from_config(
+            config, digest_of(config), sizes, [], Context("docker-archive", "a.tar"), "a.tar", UNCOMPRESSED
+        )
     assert caught.value.where == "a.tar"
 
 
 def test_classic_save_with_a_huge_foreign_layer_fails_that_image(tmp_path, run_cli):
-    files = classic_save_files([{"tags": ["reg.example/ok:1"], "layers": [b"ok"]}, {"tags": ["reg.example/huge:1"], "layers": [b"x"]}])
+    files = classic_save_files(
+        [{"tags": ["reg.example/ok:1"], "layers": [b"ok"]}, {"tags": ["reg.example/huge:1"], "layers": [b"x"]}]
+    )
     manifest = json.loads(files["manifest.json"])
     config_name = manifest[1]["Config"]
     diff_id = json.loads(files[config_name])["rootfs"]["diff_ids"][0]
-    manifest[1]["LayerSources"] = {diff_id: {"mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
-                                             "digest": "sha256:" + "f" * 64, "size": 2**64, "urls": ["https://example.net/x"]}}
+    manifest[1]["LayerSources"] = {
+        diff_id: {
+            "mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+            "digest": "sha256:" + "f" * 64,
+            "size": 2**64,
+            "urls": ["https://example.net/x"],
+        }
+    }
     files["manifest.json"] = dumps(manifest)
     archive = write_tar(str(tmp_path / "save.tar"), files)
     result = run_cli("index", archive, "--store", tmp_path / "store")
@@ -242,7 +298,9 @@ def test_invalid_annotation_name_is_dropped_with_a_note(tmp_path, bad, key):
 
 @pytest.mark.parametrize("bad", BAD_NAMES, ids=range(len(BAD_NAMES)))
 def test_invalid_repo_tag_of_a_docker_save_is_dropped_with_a_note(tmp_path, bad):
-    archive = write_tar(str(tmp_path / "save.tar"), classic_save_files([{"tags": [bad, "reg.example/good:1"], "layers": [b"l"]}]))
+    archive = write_tar(
+        str(tmp_path / "save.tar"), classic_save_files([{"tags": [bad, "reg.example/good:1"], "layers": [b"l"]}])
+    )
     records, errors, notes = _collect(f"docker-archive:{archive}")
     assert not errors and [(r.registry, r.name, r.tags) for r in records] == [("reg.example", "good", ("1",))]
     assert len(notes) == 1 and "ignoring" in notes[0]
@@ -256,9 +314,15 @@ def test_group_names_drops_references_outside_the_grammar():
     notes = []
     ctx = Context("oci", "p", note=notes.append)
     groups = group_names(
-        [Reference("reg.example", "app", "v1\n"), Reference("reg.example", "App"), Reference("reg.example", "app", "ok"),
-         Reference("bad host!", "app", "1"), Reference("reg.example", "app", "x" * 129)],
-        ctx, "where",
+        [
+            Reference("reg.example", "app", "v1\n"),
+            Reference("reg.example", "App"),
+            Reference("reg.example", "app", "ok"),
+            Reference("bad host!", "app", "1"),
+            Reference("reg.example", "app", "x" * 129),
+        ],
+        ctx,
+        "where",
     )
     assert groups == [("reg.example", "app", ("ok",))]
     assert len(notes) == 4 and all(n.startswith("where: ignoring ") for n in notes)

@@ -1,6 +1,7 @@
 """The read side under hostile or unlucky input: read-only SQL, odd store paths and copies,
 broken page tokens, batch lookups, snapshots pruned under a reader, and bad arguments.
 Every failure is one `imgdex: ...` line and exit 1 (or a usage error, exit 2), never a traceback."""
+
 import base64
 import json
 import os
@@ -236,11 +237,33 @@ def test_hand_edited_page_tokens(store):
     real = first["nextPageToken"]
     fingerprint = json.loads(base64.urlsafe_b64decode(real + "=" * (-len(real) % 4)))["q"]
     garbage = [
-        real[:-1], real[:-2], real[: len(real) // 2], real[1:], real + "A", real + "!!",
-        "=", "====", "A", "AAAA", "%%%%", "é", "\x00", "a" * 10_000,
-        _token(b"\xff\xfe\x00garbage"), _token(b"not json"), _token(b"{\"k\": [1,"),
-        _token(b"[" * 100_000), _token(b"1e999999"), _token(b"NaN"),
-        _token([]), _token(42), _token("k"), _token(None), _token({}), _token({"k": "x"}), _token({"k": {}}),
+        real[:-1],
+        real[:-2],
+        real[: len(real) // 2],
+        real[1:],
+        real + "A",
+        real + "!!",
+        "=",
+        "====",
+        "A",
+        "AAAA",
+        "%%%%",
+        "é",
+        "\x00",
+        "a" * 10_000,
+        _token(b"\xff\xfe\x00garbage"),
+        _token(b"not json"),
+        _token(b'{"k": [1,'),
+        _token(b"[" * 100_000),
+        _token(b"1e999999"),
+        _token(b"NaN"),
+        _token([]),
+        _token(42),
+        _token("k"),
+        _token(None),
+        _token({}),
+        _token({"k": "x"}),
+        _token({"k": {}}),
         _token({"q": fingerprint, "k": None}),
         _token({"q": fingerprint, "k": [1, 2, 3]}),
         _token({"q": fingerprint, "k": [None, None, None]}),
@@ -276,7 +299,16 @@ def test_hand_edited_page_tokens(store):
 def test_ids_from_prints_one_line_per_input_line(store, ids):
     shared = "8b3baa161d18"  # the config of three samples: an ambiguous image ID prefix
     lines = [
-        ids[0], "", "crp00000000000000000", "UPPER case!", "   ", ids[1], shared, "samples/app:v1", "a\x00b", ids[2],
+        ids[0],
+        "",
+        "crp00000000000000000",
+        "UPPER case!",
+        "   ",
+        ids[1],
+        shared,
+        "samples/app:v1",
+        "a\x00b",
+        ids[2],
     ]
     result = invoke("get", "--ids-from", "-", "--store", store, input="\n".join(lines))  # no final newline
     assert result.exit_code == 1
@@ -302,7 +334,9 @@ def test_ids_from_all_found_exits_zero_and_undecodable_lines_are_errors(store, i
     proc = subprocess.run(
         [*CLI, "get", "--ids-from", "-", "--store", str(store)],
         input=ids[0].encode() + b"\n\xff\xfe\x80\n" + ids[1].encode() + b"\n",
-        capture_output=True, cwd=ROOT, timeout=60,
+        capture_output=True,
+        cwd=ROOT,
+        timeout=60,
     )
     assert proc.returncode == 1 and b"Traceback" not in proc.stderr
     out = proc.stdout.decode().splitlines()
@@ -365,7 +399,11 @@ def test_get_ids_from_finishes_on_its_snapshot(tmp_path):
     pinned = layout.snapshot_dir(str(store))
     proc = subprocess.Popen(
         [*CLI, "get", "--ids-from", "-", "--store", str(store)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 30
@@ -471,8 +509,13 @@ def test_password_stdin(tmp_path, fake_index):
     result = invoke("index", "docker://127.0.0.1:1/app", "--username", "u", *options, input="pw\n")
     assert result.exit_code == 0 and fake_index["password"] == "pw"
     stdin_sources = (
-        "-", "docker-archive:-", "oci-archive:-", "oci-archive:-:v1", "ycr-json:-",
-        "/dev/stdin", "docker-archive:/dev/stdin",
+        "-",
+        "docker-archive:-",
+        "oci-archive:-",
+        "oci-archive:-:v1",
+        "ycr-json:-",
+        "/dev/stdin",
+        "docker-archive:/dev/stdin",
     )
     for source in stdin_sources:
         result = invoke("index", "docker://127.0.0.1:1/app", source, "--username", "u", *options, input="pw\n")

@@ -1,4 +1,5 @@
 """Archives written by real Docker, skopeo and zstd give exactly the expected Image.Get documents."""
+
 import json
 import os
 
@@ -28,9 +29,14 @@ def test_archive_gives_exact_documents(name, tmp_path):
     assert got == want
 
 
-@pytest.mark.parametrize("prefix, name", [("docker-archive:", "docker-save-app.tar"), ("oci-archive:", "oci-archive-app.tar"), ("oci:", "oci-layout")])
+@pytest.mark.parametrize(
+    "prefix, name",
+    [("docker-archive:", "docker-save-app.tar"), ("oci-archive:", "oci-archive-app.tar"), ("oci:", "oci-layout")],
+)
 def test_explicit_source_kinds(prefix, name, tmp_path):
-    assert index_and_list(prefix + os.path.join(REAL, name), str(tmp_path)) == expected_documents(EXPECTED["archives"][name])
+    assert index_and_list(prefix + os.path.join(REAL, name), str(tmp_path)) == expected_documents(
+        EXPECTED["archives"][name]
+    )
 
 
 def test_oci_copies_match_what_the_registry_serves(tmp_path):

@@ -1,4 +1,5 @@
 """Credentials in a source name never reach a message or the store."""
+
 from indexer.references import redact_userinfo
 
 DIGEST = "sha256:" + "ab" * 32
@@ -15,5 +16,11 @@ def test_password_with_slash_or_at_is_hidden_whole():
 
 
 def test_references_with_digests_are_left_alone():
-    for text in (f"docker://ubuntu@{DIGEST}", f"docker://host:5000/team/app@{DIGEST}", "docker://host/app", "x.tar", "-"):
+    for text in (
+        f"docker://ubuntu@{DIGEST}",
+        f"docker://host:5000/team/app@{DIGEST}",
+        "docker://host/app",
+        "x.tar",
+        "-",
+    ):
         assert redact_userinfo(text) == text

@@ -70,7 +70,10 @@ def test_blob_id_uses_digest_alone():
     assert blob_id(digest) == "crp" + base64.b32hexencode(raw).decode().lower()[:17]
 
 
-@pytest.mark.parametrize("text, bare", [("v1", True), ("1.0", True), ("latest", True), ("team/app:v1", False), ("app:1", False), ("a@sha256:x", False)])
+@pytest.mark.parametrize(
+    "text, bare",
+    [("v1", True), ("1.0", True), ("latest", True), ("team/app:v1", False), ("app:1", False), ("a@sha256:x", False)],
+)
 def test_is_bare_tag(text, bare):
     assert is_bare_tag(text) is bare
 
@@ -83,11 +86,23 @@ def test_short_hash_equals_the_rfc4648_base32hex_definition(text):
     assert _short_hash(text) == reference
 
 
-@pytest.mark.parametrize("text", [
-    "reg.example/app:v1\n", "reg.example/app:тег", "reg.example/app:" + "a" * 129, "reg.example/App:1",
-    "reg.example/team/../app:1", "reg.example/app\n", "reg.example/app@sha256:" + "a" * 64 + "\n",
-    "reg.example\n/app", "reg.example/" + "a" * 244, "a" * 246, "ａpp", "app:v١",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "reg.example/app:v1\n",
+        "reg.example/app:тег",
+        "reg.example/app:" + "a" * 129,
+        "reg.example/App:1",
+        "reg.example/team/../app:1",
+        "reg.example/app\n",
+        "reg.example/app@sha256:" + "a" * 64 + "\n",
+        "reg.example\n/app",
+        "reg.example/" + "a" * 244,
+        "a" * 246,
+        "ａpp",
+        "app:v١",
+    ],
+)
 def test_parse_reference_rejects_what_docker_rejects(text):
     with pytest.raises(ReferenceError_):
         parse_reference(text)
@@ -100,36 +115,86 @@ def test_name_length_counts_the_normalised_name():
         parse_reference("a" * 238)
 
 
-@pytest.mark.parametrize("tag, valid", [
-    ("v1", True), ("_x", True), ("1.0-rc_2", True), ("a" * 128, True),
-    ("a" * 129, False), ("v1\n", False), ("тег", False), ("-x", False), (".x", False), ("", False),
-    ("a:b", False), ("a/b", False), (None, False), (1, False),
-])
+@pytest.mark.parametrize(
+    "tag, valid",
+    [
+        ("v1", True),
+        ("_x", True),
+        ("1.0-rc_2", True),
+        ("a" * 128, True),
+        ("a" * 129, False),
+        ("v1\n", False),
+        ("тег", False),
+        ("-x", False),
+        (".x", False),
+        ("", False),
+        ("a:b", False),
+        ("a/b", False),
+        (None, False),
+        (1, False),
+    ],
+)
 def test_is_valid_tag(tag, valid):
     assert is_valid_tag(tag) is valid
 
 
-@pytest.mark.parametrize("path, valid", [
-    ("library/ubuntu", True), ("crp1/team/app", True), ("a__b", True), ("a--b", True), ("a.b_c", True), ("a" * 255, True),
-    ("a" * 256, False), ("App", False), ("team/../app", False), ("a//b", False), ("a___b", False), ("app\n", False),
-    ("/app", False), ("app/", False), ("тест", False), ("", False), (None, False),
-])
+@pytest.mark.parametrize(
+    "path, valid",
+    [
+        ("library/ubuntu", True),
+        ("crp1/team/app", True),
+        ("a__b", True),
+        ("a--b", True),
+        ("a.b_c", True),
+        ("a" * 255, True),
+        ("a" * 256, False),
+        ("App", False),
+        ("team/../app", False),
+        ("a//b", False),
+        ("a___b", False),
+        ("app\n", False),
+        ("/app", False),
+        ("app/", False),
+        ("тест", False),
+        ("", False),
+        (None, False),
+    ],
+)
 def test_is_valid_repository(path, valid):
     assert is_valid_repository(path) is valid
 
 
-@pytest.mark.parametrize("host, valid", [
-    ("reg.example", True), ("127.0.0.1:5000", True), ("localhost", True), ("[::1]:5000", True), ("Reg-1.Example", True),
-    ("reg.example\n", False), ("-bad.example", False), ("host:port", False), ("hést", False), ("", False), (None, False),
-])
+@pytest.mark.parametrize(
+    "host, valid",
+    [
+        ("reg.example", True),
+        ("127.0.0.1:5000", True),
+        ("localhost", True),
+        ("[::1]:5000", True),
+        ("Reg-1.Example", True),
+        ("reg.example\n", False),
+        ("-bad.example", False),
+        ("host:port", False),
+        ("hést", False),
+        ("", False),
+        (None, False),
+    ],
+)
 def test_is_valid_host(host, valid):
     assert is_valid_host(host) is valid
 
 
-@pytest.mark.parametrize("digest, valid", [
-    ("sha256:" + "a" * 64, True), ("sha512:" + "0" * 128, True),
-    ("sha256:abc", False), ("sha256:" + "a" * 64 + "\n", False), ("sha256" + "a" * 64, False), (None, False),
-])
+@pytest.mark.parametrize(
+    "digest, valid",
+    [
+        ("sha256:" + "a" * 64, True),
+        ("sha512:" + "0" * 128, True),
+        ("sha256:abc", False),
+        ("sha256:" + "a" * 64 + "\n", False),
+        ("sha256" + "a" * 64, False),
+        (None, False),
+    ],
+)
 def test_is_valid_digest(digest, valid):
     assert is_valid_digest(digest) is valid
 
@@ -140,13 +205,16 @@ def test_is_valid_name_counts_the_host():
     assert not is_valid_name("reg.example", "App")
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("docker://alice:s3cret@reg.example/app", "docker://***@reg.example/app"),
-    ("docker://alice@reg.example", "docker://***@reg.example"),
-    ("https://u:p@ss:w0rd@host:5000/v2/ and http://x:y@z/", "https://***@host:5000/v2/ and http://***@z/"),
-    ("docker://reg.example/app@sha256:" + "a" * 64, "docker://reg.example/app@sha256:" + "a" * 64),
-    ("reg.example/app:v1 (no URL)", "reg.example/app:v1 (no URL)"),
-    ("proxy https://a:b@c failed: https://d:e@f", "proxy https://***@c failed: https://***@f"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("docker://alice:s3cret@reg.example/app", "docker://***@reg.example/app"),
+        ("docker://alice@reg.example", "docker://***@reg.example"),
+        ("https://u:p@ss:w0rd@host:5000/v2/ and http://x:y@z/", "https://***@host:5000/v2/ and http://***@z/"),
+        ("docker://reg.example/app@sha256:" + "a" * 64, "docker://reg.example/app@sha256:" + "a" * 64),
+        ("reg.example/app:v1 (no URL)", "reg.example/app:v1 (no URL)"),
+        ("proxy https://a:b@c failed: https://d:e@f", "proxy https://***@c failed: https://***@f"),
+    ],
+)
 def test_redact_userinfo(text, expected):
     assert redact_userinfo(text) == expected

@@ -4,6 +4,7 @@ Images are pushed with skopeo from the real fixtures. Expected documents are bui
 registry serves to skopeo (`skopeo inspect --raw`, `--config`), not from the crawler's parser.
 Without docker-registry or skopeo these tests skip, and fail when CI is set.
 """
+
 import base64
 import json
 import os
@@ -49,8 +50,14 @@ def served_documents(host: str, repositories: dict[str, list[str]], creds: str =
         config = json.loads(skopeo_raw(f"docker://{host}/{repo}@{digest}", config=True, creds=creds))
         layers = manifest["layers"]
         doc["compressedSize"] = str(sum(layer["size"] for layer in layers))
-        doc["config"] = {"id": blob_id(manifest["config"]["digest"]), "digest": manifest["config"]["digest"], "size": str(manifest["config"]["size"])}
-        doc["layers"] = [{"id": blob_id(layer["digest"]), "digest": layer["digest"], "size": str(layer["size"])} for layer in layers]
+        doc["config"] = {
+            "id": blob_id(manifest["config"]["digest"]),
+            "digest": manifest["config"]["digest"],
+            "size": str(manifest["config"]["size"]),
+        }
+        doc["layers"] = [
+            {"id": blob_id(layer["digest"]), "digest": layer["digest"], "size": str(layer["size"])} for layer in layers
+        ]
         if tags:
             doc["tags"] = sorted(tags)
         doc["createdAt"] = normalise(config["created"])
@@ -252,8 +259,15 @@ def basic_registry(tmp_path_factory):
     reg = RealRegistry(str(root / "registry"), auth={"htpasswd": {"realm": "imgdex-basic", "path": path}})
     try:
         skopeo_copy(f"oci:{LAYOUT}:v1", f"docker://{reg.host}/team/app-oci:v1", creds="crawler:s3cret-pass")
-        skopeo_copy(f"oci-archive:{MULTIARCH}:1.0", f"docker://{reg.host}/team/base:1.0", all_images=True, creds="crawler:s3cret-pass")
-        reg.expected = served_documents(reg.host, {"team/app-oci": ["v1"], "team/base": ["1.0"]}, creds="crawler:s3cret-pass")
+        skopeo_copy(
+            f"oci-archive:{MULTIARCH}:1.0",
+            f"docker://{reg.host}/team/base:1.0",
+            all_images=True,
+            creds="crawler:s3cret-pass",
+        )
+        reg.expected = served_documents(
+            reg.host, {"team/app-oci": ["v1"], "team/base": ["1.0"]}, creds="crawler:s3cret-pass"
+        )
         yield reg
     finally:
         reg.stop()
@@ -284,13 +298,31 @@ def test_basic_auth_with_password_from_environment(basic_registry, run_cli, tmp_
 
 def test_basic_auth_with_password_stdin(basic_registry, run_cli, tmp_path, no_auth_files):
     store = str(tmp_path)
-    result = run_cli("index", f"docker://{basic_registry.host}", "--username", "crawler", "--password-stdin", "--store", store, input="s3cret-pass\n")
+    result = run_cli(
+        "index",
+        f"docker://{basic_registry.host}",
+        "--username",
+        "crawler",
+        "--password-stdin",
+        "--store",
+        store,
+        input="s3cret-pass\n",
+    )
     assert result.exit_code == 0, result.output
     assert listing(run_cli, store) == basic_registry.expected
 
 
 def test_basic_auth_wrong_password(basic_registry, run_cli, tmp_path, no_auth_files):
-    result = run_cli("index", f"docker://{basic_registry.host}", "--username", "crawler", "--password-stdin", "--store", str(tmp_path), input="wrong\n")
+    result = run_cli(
+        "index",
+        f"docker://{basic_registry.host}",
+        "--username",
+        "crawler",
+        "--password-stdin",
+        "--store",
+        str(tmp_path),
+        input="wrong\n",
+    )
     assert result.exit_code == 1
     assert "rejected the credentials of crawler" in result.output
     assert "wrong" not in result.output
@@ -317,8 +349,15 @@ def token_registry(tmp_path_factory):
     try:
         for repo in ("team/app-oci", "team/secret"):
             skopeo_copy(f"oci:{LAYOUT}:v1", f"docker://{reg.host}/{repo}:v1", creds="crawler:t0ken-pass")
-        skopeo_copy(f"oci-archive:{MULTIARCH}:1.0", f"docker://{reg.host}/team/base:1.0", all_images=True, creds="crawler:t0ken-pass")
-        reg.expected = served_documents(reg.host, {"team/app-oci": ["v1"], "team/base": ["1.0"]}, creds="crawler:t0ken-pass")
+        skopeo_copy(
+            f"oci-archive:{MULTIARCH}:1.0",
+            f"docker://{reg.host}/team/base:1.0",
+            all_images=True,
+            creds="crawler:t0ken-pass",
+        )
+        reg.expected = served_documents(
+            reg.host, {"team/app-oci": ["v1"], "team/base": ["1.0"]}, creds="crawler:t0ken-pass"
+        )
         reg.tokens = tokens
         yield reg
     finally:
@@ -339,7 +378,12 @@ def test_bearer_token_flow(token_registry, run_cli, tmp_path, no_auth_files, mon
     assert listing(run_cli, store) == token_registry.expected
     asked = [(scopes, user) for scopes, user, agent in tokens.requests[before:] if agent.startswith("imgdex")]
     scopes = {scope for s, _ in asked for scope in s}
-    assert scopes == {"registry:catalog:*", "repository:team/app-oci:pull", "repository:team/base:pull", "repository:team/secret:pull"}
+    assert scopes == {
+        "registry:catalog:*",
+        "repository:team/app-oci:pull",
+        "repository:team/base:pull",
+        "repository:team/secret:pull",
+    }
     assert {user for _, user in asked} == {"crawler"}
     # one token per scope, reused by every request of the crawl; an insufficient_scope answer is final
     assert len(asked) == len(scopes)
@@ -364,7 +408,11 @@ def test_schema1_manifest_is_recorded(run_cli, tmp_path):
         index(run_cli, store, f"docker://{reg.host}")
         old = get(run_cli, store, f"{reg.host}/team/old:s1")
         new = get(run_cli, store, f"{reg.host}/team/new:v1")
-        status, headers, raw = http("GET", f"{reg.url}/v2/team/old/manifests/s1", headers={"Accept": "application/vnd.docker.distribution.manifest.v1+prettyjws"})
+        status, headers, raw = http(
+            "GET",
+            f"{reg.url}/v2/team/old/manifests/s1",
+            headers={"Accept": "application/vnd.docker.distribution.manifest.v1+prettyjws"},
+        )
         assert status == 200 and headers["Content-Type"].startswith("application/vnd.docker.distribution.manifest.v1")
         assert old["digest"] == headers["Docker-Content-Digest"]
         assert [(x["digest"], x["size"]) for x in old["layers"]] == [(x["digest"], x["size"]) for x in new["layers"]]

@@ -1,4 +1,5 @@
 """docker:// against answers a real registry never gives: each is one clear error, and the rest lands."""
+
 import json
 import re
 import threading
@@ -71,17 +72,27 @@ def test_each_bad_answer_is_one_clear_error_and_the_rest_land(fake):
     truncated = manifest[:-7]
     fake.add_image("bad/truncated", {"v1": truncated}, configs, OCI_MANIFEST)
     add("bad/cut")
-    fake.routes["/v2/bad/cut/manifests/v1"] = Reply(200, manifest[:40], {"Content-Type": OCI_MANIFEST}, content_length=len(manifest))
+    fake.routes["/v2/bad/cut/manifests/v1"] = Reply(
+        200, manifest[:40], {"Content-Type": OCI_MANIFEST}, content_length=len(manifest)
+    )
     add("bad/missing")
     del fake.routes["/v2/bad/missing/manifests/v1"]
     add("bad/denied")
-    fake.routes["/v2/bad/denied/tags/list"] = Reply(401, b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}', {"WWW-Authenticate": 'Basic realm="fake"', **json_type})
+    fake.routes["/v2/bad/denied/tags/list"] = Reply(
+        401,
+        b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}',
+        {"WWW-Authenticate": 'Basic realm="fake"', **json_type},
+    )
     add("bad/busy")
     fake.routes["/v2/bad/busy/manifests/v1"] = Reply(429, b"", {"Retry-After": "0"})
     add("bad/broken")
-    fake.routes["/v2/bad/broken/manifests/v1"] = Reply(500, b'{"errors":[{"code":"UNKNOWN","message":"disk on fire"}]}', json_type)
+    fake.routes["/v2/bad/broken/manifests/v1"] = Reply(
+        500, b'{"errors":[{"code":"UNKNOWN","message":"disk on fire"}]}', json_type
+    )
     add("bad/slow")
-    fake.routes["/v2/bad/slow/manifests/v1"] = Reply(200, manifest, {"Content-Type": OCI_MANIFEST, "Docker-Content-Digest": good_digest}, delay=2.5)
+    fake.routes["/v2/bad/slow/manifests/v1"] = Reply(
+        200, manifest, {"Content-Type": OCI_MANIFEST, "Docker-Content-Digest": good_digest}, delay=2.5
+    )
     add("bad/noconfig")
     fake.routes.pop(f"/v2/bad/noconfig/blobs/{next(iter(configs))}")
     fake.routes["/v2/bad/tagsjson/tags/list"] = Reply(200, b'{"name": "bad/tagsjson", "tags": [', json_type)
@@ -104,7 +115,16 @@ def test_each_bad_answer_is_one_clear_error_and_the_rest_land(fake):
         assert match, error
         by_repo.setdefault(match.group(1), []).append(error)
     assert sorted(by_repo) == [
-        "bad/broken", "bad/busy", "bad/cut", "bad/denied", "bad/digest", "bad/missing", "bad/noconfig", "bad/slow", "bad/tagsjson", "bad/truncated",
+        "bad/broken",
+        "bad/busy",
+        "bad/cut",
+        "bad/denied",
+        "bad/digest",
+        "bad/missing",
+        "bad/noconfig",
+        "bad/slow",
+        "bad/tagsjson",
+        "bad/truncated",
     ], errors
     assert all(len(v) == 1 for v in by_repo.values()), errors
 
@@ -132,8 +152,12 @@ def test_catalog_page_loop_is_reported_and_the_repositories_found_still_land(fak
     for repo in ("a/one", "b/two"):
         fake.add_image(repo, {"v1": manifest}, configs, OCI_MANIFEST)
     json_type = {"Content-Type": "application/json"}
-    fake.routes["/v2/_catalog"] = Reply(200, b'{"repositories": ["a/one"]}', {**json_type, "Link": '</v2/_catalog?last=a%2Fone&n=1>; rel="next"'})
-    fake.routes["/v2/_catalog?last=a%2Fone&n=1"] = Reply(200, b'{"repositories": ["b/two"]}', {**json_type, "Link": '</v2/_catalog>; rel="next"'})
+    fake.routes["/v2/_catalog"] = Reply(
+        200, b'{"repositories": ["a/one"]}', {**json_type, "Link": '</v2/_catalog?last=a%2Fone&n=1>; rel="next"'}
+    )
+    fake.routes["/v2/_catalog?last=a%2Fone&n=1"] = Reply(
+        200, b'{"repositories": ["b/two"]}', {**json_type, "Link": '</v2/_catalog>; rel="next"'}
+    )
     records, errors, _ = crawl(f"docker://{fake.host}")
     assert sorted(r.name for r in records) == ["a/one", "b/two"]
     assert len(errors) == 1 and "loops back" in errors[0] and "catalog" in errors[0]
@@ -159,7 +183,9 @@ def test_catalog_pages_are_followed(fake):
 
 
 def test_link_to_another_host_is_refused(fake):
-    fake.routes["/v2/_catalog"] = Reply(200, b'{"repositories": ["x/y"]}', {"Link": '<http://127.0.0.2:1/v2/_catalog?last=x>; rel="next"'})
+    fake.routes["/v2/_catalog"] = Reply(
+        200, b'{"repositories": ["x/y"]}', {"Link": '<http://127.0.0.2:1/v2/_catalog?last=x>; rel="next"'}
+    )
     _, errors, _ = crawl(f"docker://{fake.host}")
     assert any("another host" in e for e in errors)
 
@@ -201,15 +227,33 @@ def test_artifacts_and_unknown_manifests_never_crash(fake):
 def test_unsigned_schema1_keeps_what_it_can(fake):
     layer_a, layer_b = digest_of(b"base"), digest_of(b"top")
     v1 = [
-        {"id": "b", "parent": "a", "created": "2020-01-02T03:04:05.123456789Z", "os": "linux", "config": {"Env": ["A=1"], "Labels": {"k": "v"}}, "container_config": {"Cmd": ["/bin/sh", "-c", "add top"]}},
-        {"id": "e", "parent": "a", "throwaway": True, "created": "2020-01-02T03:04:04Z", "container_config": {"Cmd": ["ENV A=1"]}},
+        {
+            "id": "b",
+            "parent": "a",
+            "created": "2020-01-02T03:04:05.123456789Z",
+            "os": "linux",
+            "config": {"Env": ["A=1"], "Labels": {"k": "v"}},
+            "container_config": {"Cmd": ["/bin/sh", "-c", "add top"]},
+        },
+        {
+            "id": "e",
+            "parent": "a",
+            "throwaway": True,
+            "created": "2020-01-02T03:04:04Z",
+            "container_config": {"Cmd": ["ENV A=1"]},
+        },
         {"id": "a", "created": "2020-01-01T00:00:00Z"},
     ]
-    manifest = dumps({
-        "schemaVersion": 1, "name": "old/one", "tag": "v1", "architecture": "amd64",
-        "fsLayers": [{"blobSum": layer_b}, {"blobSum": digest_of(b"empty")}, {"blobSum": layer_a}],
-        "history": [{"v1Compatibility": json.dumps(entry)} for entry in v1],
-    })
+    manifest = dumps(
+        {
+            "schemaVersion": 1,
+            "name": "old/one",
+            "tag": "v1",
+            "architecture": "amd64",
+            "fsLayers": [{"blobSum": layer_b}, {"blobSum": digest_of(b"empty")}, {"blobSum": layer_a}],
+            "history": [{"v1Compatibility": json.dumps(entry)} for entry in v1],
+        }
+    )
     fake.add_image("old/one", {"v1": manifest}, {}, "application/vnd.docker.distribution.manifest.v1+json")
     fake.routes[f"/v2/old/one/blobs/{layer_a}"] = Reply(200, b"x" * 11)
     fake.routes[f"/v2/old/one/blobs/{layer_b}"] = Reply(200, b"x" * 7)
@@ -229,7 +273,9 @@ def test_plain_http_only_for_loopback_and_insecure_hosts():
     from indexer.sources.registry_client import RegistryClient
 
     def allowed(host, insecure=()):
-        return RegistryClient(host, host, RegistryOptions(insecure_registries=insecure, auth_files=[]), None).plain_http_allowed
+        return RegistryClient(
+            host, host, RegistryOptions(insecure_registries=insecure, auth_files=[]), None
+        ).plain_http_allowed
 
     assert allowed("127.0.0.1:5000") and allowed("localhost:5000") and allowed("[::1]:5000")
     assert not allowed("registry.example.com") and not allowed("10.1.2.3:5000")
@@ -242,7 +288,12 @@ def test_a_missing_child_costs_only_that_child(fake):
     blobs = Blobs()
     amd = blobs.image(layers=(b"amd",))
     arm = blobs.image(layers=(b"arm",), arch="arm64")
-    top = blobs.index([dict(amd, platform={"os": "linux", "architecture": "amd64"}), dict(arm, platform={"os": "linux", "architecture": "arm64"})])
+    top = blobs.index(
+        [
+            dict(amd, platform={"os": "linux", "architecture": "amd64"}),
+            dict(arm, platform={"os": "linux", "architecture": "arm64"}),
+        ]
+    )
     index_bytes = blobs.blobs[top["digest"]]
     fake.add_image("multi/app", {"1.0": index_bytes}, {}, "application/vnd.oci.image.index.v1+json")
     amd_manifest = blobs.blobs[amd["digest"]]

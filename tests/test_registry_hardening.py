@@ -5,6 +5,7 @@ source name, and the exact record winning over an engine's.
 Hostile answers come from `FakeRegistry` on 127.0.0.1 (threads; every delay and trickle ends when
 the server stops). The exact-record test uses a real `docker-registry`.
 """
+
 import dataclasses
 import json
 import os

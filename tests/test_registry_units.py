@@ -1,4 +1,5 @@
 """The registry source's small parts: names, challenges, credential files, Retry-After."""
+
 import base64
 import json
 import os
@@ -41,7 +42,9 @@ def test_under_prefix_is_by_path_component():
 
 
 def test_parse_challenges():
-    [bearer] = parse_challenges('Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push",error="insufficient_scope"')
+    [bearer] = parse_challenges(
+        'Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push",error="insufficient_scope"'
+    )
     assert bearer.scheme == "bearer" and bearer.realm == "https://auth.example/token"
     assert bearer.params["scope"] == "repository:a/b:pull,push" and bearer.params["error"] == "insufficient_scope"
     basic, other = parse_challenges('Basic realm="a \\"quoted\\" realm", Bearer realm="https://t/x"')
@@ -67,12 +70,17 @@ def auth(user, password):
 
 
 def test_docker_config_auths(tmp_path):
-    path = write(tmp_path / "config.json", {"auths": {
-        "https://reg.example:5000/v1/": {"auth": auth("u", "p:with:colons")},
-        "reg.example:5000/team": {"auth": auth("team", "t")},
-        "https://index.docker.io/v1/": {"auth": auth("hub", "h")},
-        "other.example": {"username": "plain", "password": "pw"},
-    }})
+    path = write(
+        tmp_path / "config.json",
+        {
+            "auths": {
+                "https://reg.example:5000/v1/": {"auth": auth("u", "p:with:colons")},
+                "reg.example:5000/team": {"auth": auth("team", "t")},
+                "https://index.docker.io/v1/": {"auth": auth("hub", "h")},
+                "other.example": {"username": "plain", "password": "pw"},
+            }
+        },
+    )
     found = find_credentials("reg.example:5000", "", [path])
     assert (found.username, found.password) == ("u", "p:with:colons")
     assert find_credentials("reg.example:5000", "team/app", [path]).username == "team"  # the most specific key
@@ -100,12 +108,16 @@ def test_credential_helper(tmp_path, monkeypatch):
     helper = bin_dir / "docker-credential-imgdextest"
     helper.write_text(
         "#!/bin/sh\nread host\n"
-        'if [ "$host" = "helped.example" ]; then echo \'{"ServerURL":"helped.example","Username":"hu","Secret":"hs"}\'; '
+        'if [ "$host" = "helped.example" ]; then '
+        'echo \'{"ServerURL":"helped.example","Username":"hu","Secret":"hs"}\'; '
         'else echo "credentials not found in native keychain"; exit 1; fi\n'
     )
     helper.chmod(helper.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    path = write(tmp_path / "config.json", {"credHelpers": {"helped.example": "imgdextest"}, "credsStore": "imgdextest", "auths": {}})
+    path = write(
+        tmp_path / "config.json",
+        {"credHelpers": {"helped.example": "imgdextest"}, "credsStore": "imgdextest", "auths": {}},
+    )
     found = find_credentials("helped.example", "", [path])
     assert (found.username, found.password) == ("hu", "hs")
     assert find_credentials("unknown.example", "", [path]) is None

@@ -1,4 +1,5 @@
 """Every local source kind on synthetic images: names, indexes, artifacts, compression, links."""
+
 import gzip
 import os
 import tarfile
@@ -37,7 +38,11 @@ def test_layout_names_from_full_reference_bare_tag_and_containerd(tmp_path):
     records, errors, _ = collect(f"oci:{tmp_path}", registry="reg.example", repository="team/app")
     assert not errors
     names = {(r.registry, r.name, r.tags) for r in records}
-    assert names == {("reg.example", "team/app", ("v1",)), ("cr.yandex", "crp1/app", ("2",)), ("docker.io", "library/redis", ("7",))}
+    assert names == {
+        ("reg.example", "team/app", ("v1",)),
+        ("cr.yandex", "crp1/app", ("2",)),
+        ("docker.io", "library/redis", ("7",)),
+    }
     record = next(r for r in records if r.name == "crp1/app")
     assert record.id == image_id("cr.yandex", "crp1/app", b["digest"])
     assert record.created == "2026-11-29T10:54:27.000347894Z"
@@ -63,7 +68,11 @@ def test_nested_index_gives_index_children_and_attestation(tmp_path):
         [
             dict(amd, platform={"os": "linux", "architecture": "amd64"}),
             dict(arm, platform={"os": "linux", "architecture": "arm64", "variant": "v8"}),
-            dict(att, platform={"os": "unknown", "architecture": "unknown"}, annotations={"vnd.docker.reference.type": "attestation-manifest"}),
+            dict(
+                att,
+                platform={"os": "unknown", "architecture": "unknown"},
+                annotations={"vnd.docker.reference.type": "attestation-manifest"},
+            ),
         ]
     )
     outer = blobs.index([inner])
@@ -74,7 +83,9 @@ def test_nested_index_gives_index_children_and_attestation(tmp_path):
     assert kinds[outer["digest"]].kind == KIND_INDEX and kinds[outer["digest"]].tags == ("1",)
     assert kinds[inner["digest"]].kind == KIND_INDEX and kinds[inner["digest"]].parent_digest == outer["digest"]
     assert kinds[amd["digest"]].kind == KIND_IMAGE and kinds[amd["digest"]].tags == ()
-    assert str(kinds[arm["digest"]].platform) == "linux/arm64/v8" and kinds[arm["digest"]].parent_digest == inner["digest"]
+    assert (
+        str(kinds[arm["digest"]].platform) == "linux/arm64/v8" and kinds[arm["digest"]].parent_digest == inner["digest"]
+    )
     assert kinds[att["digest"]].kind == KIND_ATTESTATION and kinds[att["digest"]].created is None
     assert {r.name for r in records} == {"library/multi"}
 
@@ -83,7 +94,17 @@ def test_unknown_media_type_is_a_note_and_artifacts_are_kept(tmp_path):
     blobs = Blobs()
     chart_config = blobs.add(b'{"name":"chart"}', "application/vnd.cncf.helm.config.v1+json")
     chart_layer = blobs.add(b"tgz", "application/vnd.cncf.helm.chart.content.v1.tar+gzip")
-    chart = blobs.add(dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "config": chart_config, "layers": [chart_layer]}), "application/vnd.oci.image.manifest.v1+json")
+    chart = blobs.add(
+        dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": chart_config,
+                "layers": [chart_layer],
+            }
+        ),
+        "application/vnd.oci.image.manifest.v1+json",
+    )
     odd = blobs.add(b"{}", "application/x-unknown")
     write_dir(str(tmp_path), blobs.layout_files([named(chart, "charts/app:0.1.0"), odd]))
     records, errors, notes = collect(str(tmp_path))
@@ -96,7 +117,17 @@ def test_unknown_media_type_is_a_note_and_artifacts_are_kept(tmp_path):
 def test_missing_child_of_an_index_is_skipped_with_a_note(tmp_path):
     blobs = Blobs()
     amd = blobs.image(layers=(b"amd",))
-    idx = blobs.index([dict(amd, platform={"os": "linux", "architecture": "amd64"}), {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:" + "e" * 64, "size": 10, "platform": {"os": "linux", "architecture": "s390x"}}])
+    idx = blobs.index(
+        [
+            dict(amd, platform={"os": "linux", "architecture": "amd64"}),
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": "sha256:" + "e" * 64,
+                "size": 10,
+                "platform": {"os": "linux", "architecture": "s390x"},
+            },
+        ]
+    )
     write_dir(str(tmp_path), blobs.layout_files([named(idx, "x.example/multi:1")]))
     records, errors, notes = collect(str(tmp_path))
     assert not errors and len(records) == 2
@@ -104,10 +135,16 @@ def test_missing_child_of_an_index_is_skipped_with_a_note(tmp_path):
 
 
 def classic(tags=("app:1", "app:2", "127.0.0.1:5000/team/app:v1")):
-    return classic_save_files([
-        {"tags": list(tags) if tags is not None else None, "layers": [b"aaaa", b"bb"], "created": "2026-11-29T12:54:27.000347894+02:00"},
-        {"tags": None, "layers": [b"c"]},
-    ])
+    return classic_save_files(
+        [
+            {
+                "tags": list(tags) if tags is not None else None,
+                "layers": [b"aaaa", b"bb"],
+                "created": "2026-11-29T12:54:27.000347894+02:00",
+            },
+            {"tags": None, "layers": [b"c"]},
+        ]
+    )
 
 
 def test_classic_docker_save_one_resource_per_repository(tmp_path):
@@ -164,14 +201,46 @@ def docker25_files(index_manifests="named", repo_tags=("app:1",)):
     """A save in the Docker 25+ layout: an OCI layout beside manifest.json, layers uncompressed."""
     blobs = Blobs()
     layer = blobs.add(b"layer-tar-bytes", "application/vnd.oci.image.layer.v1.tar")
-    config = blobs.add(dumps({"architecture": "amd64", "os": "linux", "created": "2026-01-02T03:04:05.123456789Z", "rootfs": {"type": "layers", "diff_ids": [layer["digest"]]}}), "application/vnd.oci.image.config.v1+json")
-    manifest = blobs.add(dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "config": config, "layers": [layer]}), "application/vnd.oci.image.manifest.v1+json")
-    top = {"named": [named(manifest, "1", containerd="docker.io/library/app:1")], "empty": [], "null": None}[index_manifests]
+    config = blobs.add(
+        dumps(
+            {
+                "architecture": "amd64",
+                "os": "linux",
+                "created": "2026-01-02T03:04:05.123456789Z",
+                "rootfs": {"type": "layers", "diff_ids": [layer["digest"]]},
+            }
+        ),
+        "application/vnd.oci.image.config.v1+json",
+    )
+    manifest = blobs.add(
+        dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": config,
+                "layers": [layer],
+            }
+        ),
+        "application/vnd.oci.image.manifest.v1+json",
+    )
+    top = {"named": [named(manifest, "1", containerd="docker.io/library/app:1")], "empty": [], "null": None}[
+        index_manifests
+    ]
     files = blobs.layout_files(top or [])
     if top is None:
-        files["index.json"] = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":null}'
+        files["index.json"] = (
+            b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":null}'
+        )
     hexes = {d: d.split(":")[1] for d in (config["digest"], layer["digest"])}
-    files["manifest.json"] = dumps([{"Config": f"blobs/sha256/{hexes[config['digest']]}", "RepoTags": list(repo_tags) if repo_tags is not None else None, "Layers": [f"blobs/sha256/{hexes[layer['digest']]}"]}])
+    files["manifest.json"] = dumps(
+        [
+            {
+                "Config": f"blobs/sha256/{hexes[config['digest']]}",
+                "RepoTags": list(repo_tags) if repo_tags is not None else None,
+                "Layers": [f"blobs/sha256/{hexes[layer['digest']]}"],
+            }
+        ]
+    )
     return files, manifest
 
 

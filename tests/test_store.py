@@ -4,6 +4,7 @@ the writer lock, killed index runs, Parquet-only copies and the IMGDEX_STORE var
 Anything that needs its own process runs `python -m queries.cli` in a subprocess. No test
 asserts on elapsed time; delays only pick the moment a run is killed.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,7 +40,9 @@ BIG_IMAGES = 3000
 BIG_REPOS = 7
 SMALL_IMAGES = 5
 # Runs `imgdex` with a smaller batch, so that a run commits many transactions before its snapshot.
-SMALL_BATCH_RUNNER = "import sys, indexer.run; indexer.run.BATCH = int(sys.argv.pop(1)); from queries.cli import main; main()"
+SMALL_BATCH_RUNNER = (
+    "import sys, indexer.run; indexer.run.BATCH = int(sys.argv.pop(1)); from queries.cli import main; main()"
+)
 KILL_BATCH = 200
 SUBPROCESS_TIMEOUT = 120
 
@@ -133,7 +136,11 @@ def classic_save(path) -> str:
         str(path),
         classic_save_files(
             [
-                {"tags": [f"{REGISTRY}/classic:1.0", f"{REGISTRY}/classic:latest"], "layers": [b"classic-1", b"classic-22"], "created": "2026-03-04T05:06:07.123456789Z"},
+                {
+                    "tags": [f"{REGISTRY}/classic:1.0", f"{REGISTRY}/classic:latest"],
+                    "layers": [b"classic-1", b"classic-22"],
+                    "created": "2026-03-04T05:06:07.123456789Z",
+                },
                 {"tags": [f"{REGISTRY}/other:2"], "layers": [b"other-333"], "created": None},
             ]
         ),
@@ -169,18 +176,24 @@ def is_scalar(dtype: pa.DataType) -> bool:
 
 def assert_consistent(con, where: str) -> int:
     """Every image row is whole and the tags table agrees with it; returns the image count."""
-    rows = con.execute("SELECT id, registry, name, kind, manifest_raw, layers, compressed_size, tags FROM images").fetchall()
+    rows = con.execute(
+        "SELECT id, registry, name, kind, manifest_raw, layers, compressed_size, tags FROM images"
+    ).fetchall()
     ids = [row[0] for row in rows]
     assert len(ids) == len(set(ids)), f"{where}: duplicate image ids"
     by_id = {}
     for image_id, registry, name, kind, manifest_raw, layers, compressed_size, tags in rows:
         by_id[image_id] = (registry, name)
         sizes = [layer["size"] for layer in layers]
-        assert compressed_size == sum(sizes), f"{where}: {image_id} compressed_size {compressed_size} != sum of layers {sum(sizes)}"
+        assert compressed_size == sum(sizes), (
+            f"{where}: {image_id} compressed_size {compressed_size} != sum of layers {sum(sizes)}"
+        )
         if kind == "image" and manifest_raw is not None:
             manifest = json.loads(bytes(manifest_raw))
             expected = [(layer["digest"], layer["size"]) for layer in manifest["layers"]]
-            assert [(layer["digest"], layer["size"]) for layer in layers] == expected, f"{where}: {image_id} layers differ from its manifest"
+            assert [(layer["digest"], layer["size"]) for layer in layers] == expected, (
+                f"{where}: {image_id} layers differ from its manifest"
+            )
         assert list(tags) == sorted(tags), f"{where}: {image_id} tags not sorted"
     tag_rows = con.execute("SELECT registry, name, tag, image_id FROM tags").fetchall()
     keys = [row[:3] for row in tag_rows]
@@ -188,10 +201,14 @@ def assert_consistent(con, where: str) -> int:
     tags_of: dict[str, list[str]] = {}
     for registry, name, tag, image_id in tag_rows:
         assert image_id in by_id, f"{where}: tag {registry}/{name}:{tag} points at missing image {image_id}"
-        assert by_id[image_id] == (registry, name), f"{where}: tag {registry}/{name}:{tag} points into another repository"
+        assert by_id[image_id] == (registry, name), (
+            f"{where}: tag {registry}/{name}:{tag} points into another repository"
+        )
         tags_of.setdefault(image_id, []).append(tag)
     for image_id, *_rest, tags in rows:
-        assert list(tags) == sorted(tags_of.get(image_id, [])), f"{where}: {image_id} tags column disagrees with the tags table"
+        assert list(tags) == sorted(tags_of.get(image_id, [])), (
+            f"{where}: {image_id} tags column disagrees with the tags table"
+        )
     return len(rows)
 
 
@@ -251,7 +268,9 @@ def _assert_duckdb_matches(con, where):
         assert [row[0] for row in described] == arrow_schema.names, f"{where}: {table} columns"
         for (column, duck_type, *_), field in zip(described, arrow_schema):
             expected = schema.duckdb_type(field.type)
-            assert duckdb.sqltype(duck_type) == duckdb.sqltype(expected), f"{where}: {table}.{column} is {duck_type}, schema says {expected}"
+            assert duckdb.sqltype(duck_type) == duckdb.sqltype(expected), (
+                f"{where}: {table}.{column} is {duck_type}, schema says {expected}"
+            )
 
 
 def _assert_parquet_matches(directory, where):
@@ -265,7 +284,9 @@ def _assert_parquet_matches(directory, where):
             if is_scalar(field.type):
                 assert got == field.type, f"{where}: {table}.{field.name} reads back as {got}, schema says {field.type}"
             else:
-                assert same_type(got, field.type), f"{where}: {table}.{field.name} reads back as {got}, schema says {field.type}"
+                assert same_type(got, field.type), (
+                    f"{where}: {table}.{field.name} reads back as {got}, schema says {field.type}"
+                )
 
 
 def test_schema_of_fresh_store(tmp_path):
@@ -322,7 +343,10 @@ def test_reindexing_is_idempotent(tmp_path, mixed_specs):
     assert first["duplicates"] == 0
     kinds = {row["kind"] for row in sql_rows(store, "select distinct kind from images", tmp_path)}
     assert kinds == {"image", "index"}
-    assert {row["source_kind"] for row in sql_rows(store, "select distinct source_kind from images", tmp_path)} == {"docker-archive", "oci"}
+    assert {row["source_kind"] for row in sql_rows(store, "select distinct source_kind from images", tmp_path)} == {
+        "docker-archive",
+        "oci",
+    }
 
     imgdex("index", "--store", store, *mixed_specs, cwd=tmp_path)
     second = _state(store, tmp_path)
@@ -344,7 +368,9 @@ def test_reindexing_multi_platform_index_resolves_the_same(tmp_path, corpora):
         imgdex("index", "--store", store, spec, cwd=tmp_path)
         outputs.append(
             [
-                json.loads(imgdex("get", "--store", store, f"{REGISTRY}/multi:v1", "--platform", platform, cwd=tmp_path).stdout)
+                json.loads(
+                    imgdex("get", "--store", store, f"{REGISTRY}/multi:v1", "--platform", platform, cwd=tmp_path).stdout
+                )
                 for platform in ("linux/amd64", "linux/arm64", "linux/arm64/v8")
             ]
         )
@@ -395,7 +421,12 @@ def test_less_exact_record_never_replaces_a_more_exact_one(tmp_path, exact_recor
         writer.write([exact_record], now_utc())
         writer.write([loose], now_utc())
         exactness, size, kind, path, tags = _row(writer.con, exact_record.id)
-        assert (exactness, size, kind, path) == (EXACT_MANIFEST, exact_record.compressed_size, "oci", exact_record.source_path)
+        assert (exactness, size, kind, path) == (
+            EXACT_MANIFEST,
+            exact_record.compressed_size,
+            "oci",
+            exact_record.source_path,
+        )
         assert tags == sorted({*exact_record.tags, "from-loose"})
         # Written again, the loose record still loses, and a second loose tag is pooled too.
         writer.write([_loose(exact_record, "second")], now_utc())
@@ -446,14 +477,27 @@ def _save_and_engine(root):
     """A classic docker save of one image and an engine holding the same image (same config, same
     layers): two records of one resource, both exactness 1. The save knows the config size and
     bytes and the layer tar sizes; the engine knows the history and a tag more, not the config size."""
-    files = classic_save_files([{"tags": [f"{REGISTRY}/same:1"], "layers": [b"same-layer-1", b"same-layer-22"],
-                                 "created": "2026-03-04T05:06:07.123456789Z"}])
+    files = classic_save_files(
+        [
+            {
+                "tags": [f"{REGISTRY}/same:1"],
+                "layers": [b"same-layer-1", b"same-layer-22"],
+                "created": "2026-03-04T05:06:07.123456789Z",
+            }
+        ]
+    )
     archive = write_tar(str(root / "save.tar"), files)
     config_name = json.loads(files["manifest.json"])[0]["Config"]
     config = json.loads(files[config_name])
-    image = classic_image("same", tags=[f"{REGISTRY}/same:1", f"{REGISTRY}/same:engine"],
-                          steps=(Step("ADD a", 9), Step("ENV x", None), Step("ADD b", 11)),
-                          created=config["created"], env=("A=1",), cmd=None, labels={"n": "0"})
+    image = classic_image(
+        "same",
+        tags=[f"{REGISTRY}/same:1", f"{REGISTRY}/same:engine"],
+        steps=(Step("ADD a", 9), Step("ENV x", None), Step("ADD b", 11)),
+        created=config["created"],
+        env=("A=1",),
+        cmd=None,
+        labels={"n": "0"},
+    )
     image["inspect"]["Id"] = "sha256:" + config_name.removesuffix(".json")
     image["inspect"]["RootFS"]["Layers"] = config["rootfs"]["diff_ids"]
     fake = FakeEngine()
@@ -483,7 +527,9 @@ def _stored(store) -> tuple[list, list]:
     return images, tags
 
 
-@pytest.mark.parametrize("corpus", [_save_and_engine, _child_and_standalone], ids=["save-and-engine", "child-and-standalone"])
+@pytest.mark.parametrize(
+    "corpus", [_save_and_engine, _child_and_standalone], ids=["save-and-engine", "child-and-standalone"]
+)
 def test_equally_exact_records_merge_field_by_field_in_any_order(tmp_path, monkeypatch, corpus):
     from indexer.sources import daemon
 
@@ -504,7 +550,9 @@ def test_equally_exact_records_merge_field_by_field_in_any_order(tmp_path, monke
         assert got == first, f"{label} differs from a-then-b"
     con = store_con(tmp_path / "a-then-b")
     if fake is not None:
-        [row] = con.execute("SELECT config_size, compressed_size, config_raw IS NOT NULL, len(history), tags FROM images").fetchall()
+        [row] = con.execute(
+            "SELECT config_size, compressed_size, config_raw IS NOT NULL, len(history), tags FROM images"
+        ).fetchall()
         # the save's config size and bytes and its layer tar sizes; the engine's history; both tags
         assert row == (config_size, len(b"same-layer-1") + len(b"same-layer-22"), True, 3, ["1", "engine"])
     else:
@@ -518,8 +566,13 @@ def test_merge_records_keeps_known_fields_whatever_the_order(exact_record):
         exact_record,
         config=Blob(exact_record.config.digest, 0, ""),
         layers=tuple(Blob(layer.digest, 0, layer.media_type) for layer in exact_record.layers),
-        labels=(), history=(HistoryEntry("2026-01-01T00:00:00Z", "RUN x"),), platform=Platform("linux", "", "v9"),
-        manifest_raw=None, config_raw=None, tags=("other",), source_path="/second",
+        labels=(),
+        history=(HistoryEntry("2026-01-01T00:00:00Z", "RUN x"),),
+        platform=Platform("linux", "", "v9"),
+        manifest_raw=None,
+        config_raw=None,
+        tags=("other",),
+        source_path="/second",
     )
     one, two = merge_records(exact_record, unknowing), merge_records(unknowing, exact_record)
     for merged in (one, two):
@@ -578,7 +631,10 @@ def moving_tag(tmp_path_factory):
         blobs = Blobs()
         desc = blobs.image(layers=(payload,))
         other = blobs.image(layers=(payload + b"-other",))
-        write_dir(str(root / key), blobs.layout_files([named(desc, f"{REGISTRY}/app:v1"), named(other, f"{REGISTRY}/app:{key}-only")]))
+        write_dir(
+            str(root / key),
+            blobs.layout_files([named(desc, f"{REGISTRY}/app:v1"), named(other, f"{REGISTRY}/app:{key}-only")]),
+        )
         out[key] = {"spec": f"oci:{root / key}", "digest": desc["digest"], "other": other["digest"]}
     return out
 
@@ -651,7 +707,10 @@ def test_readers_see_the_last_completed_run_while_a_writer_holds_a_batch(tmp_pat
         # Once the snapshot is swapped in, readers see the new run, while the writer is still open.
         writer.snapshot()
         assert count_images(store, tmp_path) == SMALL_IMAGES + 40
-        assert json.loads(imgdex("get", "--store", store, new_records[0].id, cwd=tmp_path).stdout)["id"] == new_records[0].id
+        assert (
+            json.loads(imgdex("get", "--store", store, new_records[0].id, cwd=tmp_path).stdout)["id"]
+            == new_records[0].id
+        )
     assert_consistent(store_con(store), "snapshot")
 
 
@@ -670,7 +729,9 @@ def _start_index(store, specs, cwd, batch=None) -> subprocess.Popen:
         command = [*CLI, "index", "-q", "--store", str(store), *specs]
     else:
         command = [sys.executable, "-c", SMALL_BATCH_RUNNER, str(batch), "index", "-q", "--store", str(store), *specs]
-    return subprocess.Popen(command, cwd=cwd, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        command, cwd=cwd, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def test_readers_in_other_processes_during_an_index_run(tmp_path, base_store, big_layout):
@@ -882,7 +943,9 @@ def _reader_outputs(store, cwd, ids):
     return {
         "get": get_many(store, ids, cwd),
         "get-ref": json.loads(imgdex("get", "--store", store, f"{REGISTRY}/classic:latest", cwd=cwd).stdout),
-        "get-multi": json.loads(imgdex("get", "--store", store, f"{REGISTRY}/multi:v1", "--platform", "linux/arm64", cwd=cwd).stdout),
+        "get-multi": json.loads(
+            imgdex("get", "--store", store, f"{REGISTRY}/multi:v1", "--platform", "linux/arm64", cwd=cwd).stdout
+        ),
         "list": list_all(store, cwd),
         "list-yaml": imgdex("list", "--store", store, "--format", "yaml", cwd=cwd).stdout,
         "sql": sql_rows(

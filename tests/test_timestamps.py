@@ -1,4 +1,4 @@
-from datetime import datetime, timezone
+from datetime import datetime
 
 import pytest
 from hypothesis import given, strategies as st
@@ -23,7 +23,10 @@ def test_normalise_to_utc_with_proto_fraction_digits(text, expected):
     assert timestamps.normalise(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "2026-11-29", "2026-13-01T00:00:00Z", "2026-11-29T10:54:27", "yesterday", "2026-11-29T10:54:27.1234567891Z"])
+@pytest.mark.parametrize(
+    "text",
+    ["", "2026-11-29", "2026-13-01T00:00:00Z", "2026-11-29T10:54:27", "yesterday", "2026-11-29T10:54:27.1234567891Z"],
+)
 def test_normalise_rejects_non_rfc3339(text):
     assert timestamps.normalise(text) is None
 
@@ -42,9 +45,12 @@ def test_matches_protobuf_timestamp_json(moment, nanos, offset_minutes):
     from google.protobuf.timestamp_pb2 import Timestamp
 
     sign = "+" if offset_minutes >= 0 else "-"
-    text = moment.strftime("%Y-%m-%dT%H:%M:%S").rjust(19, "0") + f".{nanos:09d}{sign}{abs(offset_minutes) // 60:02d}:{abs(offset_minutes) % 60:02d}"
+    text = (
+        moment.strftime("%Y-%m-%dT%H:%M:%S").rjust(19, "0")
+        + f".{nanos:09d}{sign}{abs(offset_minutes) // 60:02d}:{abs(offset_minutes) % 60:02d}"
+    )
     if moment.year < 1000:
-        text = f"{moment.year:04d}" + text[text.index("-"):]
+        text = f"{moment.year:04d}" + text[text.index("-") :]
     ours = timestamps.normalise(text)
     judge = Timestamp()
     try:

@@ -1,4 +1,5 @@
 """--verify hashes layer contents; without it, layers are never read."""
+
 import gzip
 import json
 import os
@@ -7,7 +8,7 @@ import pytest
 import zstandard
 
 from conftest import REAL
-from builders import Blobs, classic_save_files, named, tar_bytes, write_dir, write_tar
+from builders import Blobs, classic_save_files, named, tar_bytes, write_dir
 
 
 def _tampered_layout(root):
@@ -37,7 +38,13 @@ def test_classic_layers_are_checked_against_diff_ids(run_cli, tmp_path, compress
     files[layer_path] = b"zzzz"[: len(files[layer_path])]
     raw = tar_bytes(files)
     path = tmp_path / f"save.tar{'.' + compress if compress else ''}"
-    path.write_bytes(gzip.compress(raw) if compress == "gzip" else zstandard.ZstdCompressor().compress(raw) if compress == "zstd" else raw)
+    path.write_bytes(
+        gzip.compress(raw)
+        if compress == "gzip"
+        else zstandard.ZstdCompressor().compress(raw)
+        if compress == "zstd"
+        else raw
+    )
     assert run_cli("index", path, "--store", tmp_path / "a").exit_code == 0
     checked = run_cli("index", path, "--store", tmp_path / "b", "--verify")
     assert checked.exit_code == 1 and f"layer {layer_path!r} content hashes to" in checked.stderr
@@ -45,10 +52,23 @@ def test_classic_layers_are_checked_against_diff_ids(run_cli, tmp_path, compress
 
 @pytest.mark.parametrize(
     "name",
-    ["docker-save-app.tar", "docker-save-app.tar.gz", "docker-save-app.tar.zst", "docker-save-base.tar",
-     "docker25-save-app.tar", "oci-archive-app.tar", "oci-archive-base-multiarch.tar", "oci-layout"],
+    [
+        "docker-save-app.tar",
+        "docker-save-app.tar.gz",
+        "docker-save-app.tar.zst",
+        "docker-save-base.tar",
+        "docker25-save-app.tar",
+        "oci-archive-app.tar",
+        "oci-archive-base-multiarch.tar",
+        "oci-layout",
+    ],
 )
 def test_real_archives_verify(run_cli, tmp_path, name):
     result = run_cli("index", os.path.join(REAL, name), "--store", tmp_path, "--verify", "--repository", "x/y")
     assert result.exit_code == 0, result.output
-    assert json.loads(run_cli("sql", "SELECT count(*) AS n FROM images", "--store", tmp_path, "--format", "json").stdout)["n"] > 0
+    assert (
+        json.loads(run_cli("sql", "SELECT count(*) AS n FROM images", "--store", tmp_path, "--format", "json").stdout)[
+            "n"
+        ]
+        > 0
+    )

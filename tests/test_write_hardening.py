@@ -1,6 +1,7 @@
 """The writer under bad records and failing disks: one bad record never sinks a run, a full
 disk is one line that names the store and leaves it as it was, a run that lands nothing
 creates no store, and URL credentials never reach the runs table or a message."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -1,4 +1,5 @@
 """ycr-json: imports keep YCR's real ids, and `imgdex get <real id>` gives the imported document back."""
+
 import json
 import os
 
@@ -69,7 +70,12 @@ def test_records_are_imported_and_exact(tmp_path):
 
 def test_registry_option_overrides_cr_yandex(run_cli, tmp_path):
     store = str(tmp_path)
-    assert run_cli("index", f"ycr-json:{os.path.join(YCR, 'image-get.json')}", "--store", store, "--registry", "cr.example.net").exit_code == 0
+    assert (
+        run_cli(
+            "index", f"ycr-json:{os.path.join(YCR, 'image-get.json')}", "--store", store, "--registry", "cr.example.net"
+        ).exit_code
+        == 0
+    )
     doc = load("image-get.json")
     assert get(run_cli, store, f"cr.example.net/{doc['name']}:latest") == doc
     result = run_cli("sql", "SELECT DISTINCT registry FROM images", "--store", store, "--format", "csv")
@@ -177,16 +183,19 @@ def test_import_and_manifest_source_in_one_run_are_one_resource(run_cli, tmp_pat
     assert get(run_cli, store, doc["id"]) == dict(doc, tags=sorted(set(doc["tags"]) | {"v1"}))
 
 
-@pytest.mark.parametrize("field, value, reason", [
-    ("compressedSize", "9223372036854775808", "out of range"),
-    ("compressedSize", 1e30, "not an integer"),
-    ("compressedSize", "١٢٣", "not an integer"),  # digits, but not ASCII ones
-    ("compressedSize", "12.0", "not an integer"),
-    ("compressedSize", True, "not an integer"),
-    ("layer size", "99999999999999999999", "out of range"),
-    ("layer size", 7.0, "not an integer"),
-    ("layer sizes", ["4611686018427387904", "4611686018427387904"], "add up to 9223372036854775808"),
-])
+@pytest.mark.parametrize(
+    "field, value, reason",
+    [
+        ("compressedSize", "9223372036854775808", "out of range"),
+        ("compressedSize", 1e30, "not an integer"),
+        ("compressedSize", "١٢٣", "not an integer"),  # digits, but not ASCII ones
+        ("compressedSize", "12.0", "not an integer"),
+        ("compressedSize", True, "not an integer"),
+        ("layer size", "99999999999999999999", "out of range"),
+        ("layer size", 7.0, "not an integer"),
+        ("layer sizes", ["4611686018427387904", "4611686018427387904"], "add up to 9223372036854775808"),
+    ],
+)
 def test_sizes_must_be_int64(run_cli, tmp_path, field, value, reason):
     victim, good = images_of("image-array.json")[:2]  # the first has layers
     victim = json.loads(json.dumps(victim))

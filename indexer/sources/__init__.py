@@ -3,6 +3,7 @@
 Each source yields normalised records (or a SourceError per image that failed) and raises
 SourceError when the whole source cannot be read.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -184,15 +185,15 @@ def parse_source(text: str, *, docker_host: str = "", all_images: bool = False, 
     RegistryOptions) to `docker://` only.
     """
     if text.startswith("docker-archive:"):
-        return DockerArchive(text[len("docker-archive:"):])
+        return DockerArchive(text[len("docker-archive:") :])
     if text.startswith("oci-archive:"):
-        return OciArchive(*_split_ref(text[len("oci-archive:"):]))
+        return OciArchive(*_split_ref(text[len("oci-archive:") :]))
     if text.startswith("oci:"):
-        return OciLayout(*_split_ref(text[len("oci:"):]))
+        return OciLayout(*_split_ref(text[len("oci:") :]))
     if text.startswith("docker-daemon:"):
         from .daemon import DockerDaemon  # imported only when an engine is asked for
 
-        return DockerDaemon.from_spec(text[len("docker-daemon:"):], docker_host, all_images)
+        return DockerDaemon.from_spec(text[len("docker-daemon:") :], docker_host, all_images)
     if text.startswith("docker://"):
         from .registry import RegistrySource  # requests is imported only for registries
 
@@ -200,7 +201,7 @@ def parse_source(text: str, *, docker_host: str = "", all_images: bool = False, 
     if text.startswith("ycr-json:"):
         from .ycr_json import YcrJson
 
-        return YcrJson(text[len("ycr-json:"):])
+        return YcrJson(text[len("ycr-json:") :])
     if text in STDIN_NAMES:
         return DetectedArchive(text)
     if os.path.isdir(text):

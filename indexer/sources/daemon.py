@@ -21,6 +21,7 @@ children.
 in all of its repositories. The engine is found as the Docker SDK finds it (DOCKER_HOST,
 DOCKER_TLS_VERIFY, DOCKER_CERT_PATH), and its HTTP API is spoken directly (`EngineApiClient`).
 """
+
 from __future__ import annotations
 
 import bisect
@@ -340,8 +341,14 @@ class EngineApiClient:
     hangs fails the request instead of holding the run.
     """
 
-    def __init__(self, address: str, *, connect_timeout: float = CONNECT_TIMEOUT, timeout: float = REQUEST_TIMEOUT,
-                 environ: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        address: str,
+        *,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        timeout: float = REQUEST_TIMEOUT,
+        environ: Mapping[str, str] | None = None,
+    ):
         self.address = address
         self._timeout = timeout
         self._idle: list[_Connection] = []
@@ -415,7 +422,8 @@ class EngineApiClient:
             if reason == "timed out":
                 reason = f"no complete answer in {self._timeout:g} s"
             raise EngineUnavailable(
-                f"the Docker engine at {self.address} stopped answering ({what}): {reason}") from None
+                f"the Docker engine at {self.address} stopped answering ({what}): {reason}"
+            ) from None
         if not 200 <= status < 300:
             message = _error_message(body) or f"HTTP {status}"
             raise (NoSuchImage if status == 404 else EngineRefused)(f"{what}: {message}")
@@ -598,17 +606,31 @@ def repositories(inspect: dict, ctx: Context, where: str, only: Reference | None
 def _layers(config: ImageConfig, sizes: list[int] | None) -> tuple[Blob, ...]:
     if sizes is None:
         sizes = [0] * len(config.diff_ids)
-    return tuple(Blob(digest=d, size=s, media_type=mt.DOCKER_LAYER_TAR)
-                 for d, s in zip(config.diff_ids, sizes, strict=True))
+    return tuple(
+        Blob(digest=d, size=s, media_type=mt.DOCKER_LAYER_TAR) for d, s in zip(config.diff_ids, sizes, strict=True)
+    )
 
 
-def _image_record(ctx: Context, repo: _Repository, *, digest: str, kind: str, tags: tuple[str, ...] = (),
-                  media_type: str = "", config_blob: Blob | None = None, config: ImageConfig | None = None,
-                  layers: tuple[Blob, ...] = (), history: tuple[HistoryEntry, ...] = (),
-                  platform: Platform | None = None, parent: str = "") -> ImageRecord:
+def _image_record(
+    ctx: Context,
+    repo: _Repository,
+    *,
+    digest: str,
+    kind: str,
+    tags: tuple[str, ...] = (),
+    media_type: str = "",
+    config_blob: Blob | None = None,
+    config: ImageConfig | None = None,
+    layers: tuple[Blob, ...] = (),
+    history: tuple[HistoryEntry, ...] = (),
+    platform: Platform | None = None,
+    parent: str = "",
+) -> ImageRecord:
     """One resource of `repo`; index and attestation records leave the image fields at their defaults."""
     return new_record(
-        ctx, repo.registry, repo.name,
+        ctx,
+        repo.registry,
+        repo.name,
         digest=digest,
         config_blob=config_blob,
         layers=layers,
@@ -738,8 +760,9 @@ class DockerDaemon:
                     continue
                 yield from self._map(details, ctx, where, None, containerd)
 
-    def _named(self, client: EngineClient, ctx: Context, where: str,
-               containerd: bool) -> Iterator[ImageRecord | SourceError]:
+    def _named(
+        self, client: EngineClient, ctx: Context, where: str, containerd: bool
+    ) -> Iterator[ImageRecord | SourceError]:
         try:
             inspect = client.inspect_image(self.ref)
         except NoSuchImage:
@@ -778,8 +801,14 @@ class DockerDaemon:
 
     # -- fetching (runs on worker threads)
 
-    def _fetch(self, client: EngineClient, image: str, manifests: tuple[ManifestSummary, ...] | None,
-               containerd: bool, inspect: dict | None = None) -> _Details:
+    def _fetch(
+        self,
+        client: EngineClient,
+        image: str,
+        manifests: tuple[ManifestSummary, ...] | None,
+        containerd: bool,
+        inspect: dict | None = None,
+    ) -> _Details:
         if inspect is None:
             inspect = client.inspect_image(image)
         if not containerd:
@@ -809,8 +838,9 @@ class DockerDaemon:
 
     # -- mapping
 
-    def _map(self, details: _Details, ctx: Context, where: str, only: Reference | None,
-             containerd: bool) -> Iterator[ImageRecord | SourceError]:
+    def _map(
+        self, details: _Details, ctx: Context, where: str, only: Reference | None, containerd: bool
+    ) -> Iterator[ImageRecord | SourceError]:
         inspect = details.inspect
         image = _text(inspect, "Id")
         label = f"{where} (image {image})"
@@ -827,26 +857,43 @@ class DockerDaemon:
         layers = _layers(config, sizes)
         config_blob = Blob(digest=image, size=0, media_type=mt.DOCKER_CONFIG)
         for repo in repos:
-            yield _image_record(ctx, repo, digest=repo.digests[0] if repo.digests else "", kind=KIND_IMAGE,
-                                tags=repo.sorted_tags(), config_blob=config_blob, config=config, layers=layers,
-                                history=history, platform=platform_of(config))
+            yield _image_record(
+                ctx,
+                repo,
+                digest=repo.digests[0] if repo.digests else "",
+                kind=KIND_IMAGE,
+                tags=repo.sorted_tags(),
+                config_blob=config_blob,
+                config=config,
+                layers=layers,
+                history=history,
+                platform=platform_of(config),
+            )
 
     def _map_containerd(self, details: _Details, repos: list[_Repository], ctx: Context, where: str, label: str):
         target, single = containerd_shape(details.inspect, details.manifests or ())
         if single is not None:
-            yield from _containerd_image(_Inspected(details.inspect, details.history), single, repos, ctx, label,
-                                         tagged=True, parent="")
+            yield from _containerd_image(
+                _Inspected(details.inspect, details.history), single, repos, ctx, label, tagged=True, parent=""
+            )
             return
         for repo in repos:
-            yield _image_record(ctx, repo, digest=target.digest, kind=KIND_INDEX, tags=repo.sorted_tags(),
-                                media_type=target.media_type)
+            yield _image_record(
+                ctx, repo, digest=target.digest, kind=KIND_INDEX, tags=repo.sorted_tags(), media_type=target.media_type
+            )
         for manifest in details.manifests or ():
             child_label = f"{label} manifest {manifest.digest}"
             if manifest.kind == KIND_ATTESTATION:
                 for repo in repos:
-                    yield _image_record(ctx, repo, digest=manifest.digest, kind=KIND_ATTESTATION,
-                                        media_type=manifest.media_type, platform=manifest.platform,
-                                        parent=target.digest)
+                    yield _image_record(
+                        ctx,
+                        repo,
+                        digest=manifest.digest,
+                        kind=KIND_ATTESTATION,
+                        media_type=manifest.media_type,
+                        platform=manifest.platform,
+                        parent=target.digest,
+                    )
                 continue
             if manifest.kind != KIND_IMAGE:
                 ctx.note(f"{child_label}: skipped: the engine reports its kind as {manifest.raw_kind or 'unknown'}")
@@ -856,8 +903,10 @@ class DockerDaemon:
                 continue
             fetched = details.children.get(manifest.digest)
             if fetched is None:
-                ctx.note(f"{child_label}: skipped: the engine inspects platform {manifest.platform or '(none)'}"
-                         " only from API 1.49")
+                ctx.note(
+                    f"{child_label}: skipped: the engine inspects platform {manifest.platform or '(none)'}"
+                    " only from API 1.49"
+                )
                 continue
             if isinstance(fetched, Exception):
                 yield SourceError(where, f"{child_label}: {fetched}")
@@ -873,15 +922,25 @@ def _sizes(config: ImageConfig, history: list[dict], ctx: Context, label: str):
             raise SourceError(label, f"history entry {position} has an invalid size: {size_problem(size)}")
     sizes, entries = match_history(len(config.diff_ids), history)
     if sizes is None and config.diff_ids:
-        ctx.note(f"{label}: the engine's history does not tell the sizes of its {len(config.diff_ids)} layers;"
-                 " sizes left unknown")
+        ctx.note(
+            f"{label}: the engine's history does not tell the sizes of its {len(config.diff_ids)} layers;"
+            " sizes left unknown"
+        )
     elif sizes:
         check_sizes(_layers(config, sizes), None, label)
     return sizes, entries
 
 
-def _containerd_image(fetched: _Inspected, manifest: ManifestSummary, repos: list[_Repository], ctx: Context,
-                      label: str, *, tagged: bool, parent: str) -> Iterator[ImageRecord | SourceError]:
+def _containerd_image(
+    fetched: _Inspected,
+    manifest: ManifestSummary,
+    repos: list[_Repository],
+    ctx: Context,
+    label: str,
+    *,
+    tagged: bool,
+    parent: str,
+) -> Iterator[ImageRecord | SourceError]:
     try:
         config = config_from_inspect(fetched.inspect, label)
         sizes, entries = _sizes(config, fetched.history, ctx, label)
@@ -892,9 +951,19 @@ def _containerd_image(fetched: _Inspected, manifest: ManifestSummary, repos: lis
     platform = manifest.platform or platform_of(config)
     for repo in repos:
         # The containerd store's API gives no config digest: the config stays unknown.
-        yield _image_record(ctx, repo, digest=manifest.digest, kind=KIND_IMAGE,
-                            tags=repo.sorted_tags() if tagged else (), media_type=manifest.media_type,
-                            config=config, layers=layers, history=entries, platform=platform, parent=parent)
+        yield _image_record(
+            ctx,
+            repo,
+            digest=manifest.digest,
+            kind=KIND_IMAGE,
+            tags=repo.sorted_tags() if tagged else (),
+            media_type=manifest.media_type,
+            config=config,
+            layers=layers,
+            history=entries,
+            platform=platform,
+            parent=parent,
+        )
 
 
 def manifest_summaries(raw: object) -> tuple[ManifestSummary, ...] | None:
@@ -913,16 +982,19 @@ def manifest_summaries(raw: object) -> tuple[ManifestSummary, ...] | None:
         platform_doc = _object(_object(item, "ImageData"), "Platform") or _object(descriptor, "platform")
         platform = None
         if platform_doc:
-            platform = Platform(_text(platform_doc, "os"), _text(platform_doc, "architecture"),
-                                _text(platform_doc, "variant"))
-        out.append(ManifestSummary(
-            digest=digest,
-            media_type=_text(descriptor, "mediaType"),
-            kind={"image": KIND_IMAGE, "attestation": KIND_ATTESTATION}.get(raw_kind, ""),
-            raw_kind=raw_kind,
-            available=item.get("Available") is True,
-            platform=platform,
-        ))
+            platform = Platform(
+                _text(platform_doc, "os"), _text(platform_doc, "architecture"), _text(platform_doc, "variant")
+            )
+        out.append(
+            ManifestSummary(
+                digest=digest,
+                media_type=_text(descriptor, "mediaType"),
+                kind={"image": KIND_IMAGE, "attestation": KIND_ATTESTATION}.get(raw_kind, ""),
+                raw_kind=raw_kind,
+                available=item.get("Available") is True,
+                platform=platform,
+            )
+        )
     return tuple(out) or None
 
 
@@ -942,8 +1014,14 @@ def containerd_shape(inspect: dict, manifests: tuple[ManifestSummary, ...]) -> t
         if manifest.digest == target.digest:
             return target, manifest
     if not manifests or target.media_type in mt.MANIFESTS:
-        return target, ManifestSummary(digest=target.digest, media_type=target.media_type, kind=KIND_IMAGE,
-                                       raw_kind="image", available=True, platform=None)
+        return target, ManifestSummary(
+            digest=target.digest,
+            media_type=target.media_type,
+            kind=KIND_IMAGE,
+            raw_kind="image",
+            available=True,
+            platform=None,
+        )
     return target, None  # children that are not the target itself: an index
 
 

@@ -8,6 +8,7 @@ The image ID is the sha256 of the config's bytes, whatever the member is called:
 skopeo and go-containerregistry accept a `<hex>.json` whose name is not its digest, and so
 does this reader, with a note.
 """
+
 from __future__ import annotations
 
 import re
@@ -98,7 +99,10 @@ def _classic_records(members: TarMembers, configs: _Configs, entry: dict, ctx: C
                 continue
             actual = members.sha256(layer_path)
             if f"sha256:{actual}" != layer.digest:
-                raise SourceError(where, f"layer {layer_path!r} content hashes to sha256:{actual}, the config's diff_id is {layer.digest}")
+                raise SourceError(
+                    where,
+                    f"layer {layer_path!r} content hashes to sha256:{actual}, the config's diff_id is {layer.digest}",
+                )
     return records
 
 

@@ -5,6 +5,7 @@ index.json may be far larger than a manifest (it lists every image of the layout
 MAX_JSON_BYTES it is parsed at once, above that descriptor by descriptor, so memory follows
 one descriptor rather than the whole list.
 """
+
 from __future__ import annotations
 
 import codecs

@@ -19,7 +19,9 @@ SCHEMA1 = frozenset({DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED})
 IMAGE_CONFIGS = frozenset({OCI_CONFIG, DOCKER_CONFIG})
 
 # Layers stored as plain tar: their sizes are not compressed sizes.
-UNCOMPRESSED_LAYERS = frozenset({OCI_LAYER_TAR, DOCKER_LAYER_TAR, "application/vnd.oci.image.layer.nondistributable.v1.tar"})
+UNCOMPRESSED_LAYERS = frozenset(
+    {OCI_LAYER_TAR, DOCKER_LAYER_TAR, "application/vnd.oci.image.layer.nondistributable.v1.tar"}
+)
 
 # buildx marks attestation manifests in an index with this annotation.
 REFERENCE_TYPE = "vnd.docker.reference.type"

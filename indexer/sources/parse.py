@@ -4,6 +4,7 @@ A source supplies a `BlobStore` (raw blobs by digest) and the top-level descript
 names; `walk` verifies every manifest and config against its descriptor and yields records.
 The classic docker save, which has no manifest, goes through `record_from_config`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -235,9 +236,11 @@ def verify_layers(store, layers: Iterable[Blob], ctx: Context, where: str, label
 def parse_platform(raw: object) -> Platform | None:
     if not isinstance(raw, dict):
         return None
+
     def text(key: str) -> str:
         value = raw.get(key)
         return value if isinstance(value, str) else ""
+
     return Platform(os=text("os"), architecture=text("architecture"), variant=text("variant"))
 
 
@@ -352,7 +355,10 @@ def walk(
         yield SourceError(where, f"manifest {descriptor.digest} is nested more than {MAX_INDEX_DEPTH} indexes deep")
         return
     if descriptor.media_type in mt.SCHEMA1:
-        yield SourceError(where, f"manifest {descriptor.digest} is a schema1 manifest ({descriptor.media_type}), which is not supported")
+        yield SourceError(
+            where,
+            f"manifest {descriptor.digest} is a schema1 manifest ({descriptor.media_type}), which is not supported",
+        )
         return
     if descriptor.media_type and descriptor.media_type not in mt.INDEXES and descriptor.media_type not in mt.MANIFESTS:
         ctx.note(f"{where}: skipped {descriptor.digest}: unknown media type {descriptor.media_type}")
@@ -370,7 +376,9 @@ def walk(
         if media_type not in mt.MANIFESTS:
             ctx.note(f"{where}: skipped {descriptor.digest}: unknown media type {media_type or '(none)'}")
             return
-        yield from _manifest_records(store, descriptor, data, doc, media_type, names, ctx, where, parent, platform, annotations or {})
+        yield from _manifest_records(
+            store, descriptor, data, doc, media_type, names, ctx, where, parent, platform, annotations or {}
+        )
     except SourceError as exc:
         yield exc
 
@@ -384,7 +392,9 @@ def _walk_index(store, descriptor, data, doc, media_type, names, ctx, where, par
     groups = group_names(names, ctx, where)
     for registry, name, tags in groups:
         yield new_record(
-            ctx, registry, name,
+            ctx,
+            registry,
+            name,
             where=where,
             digest=descriptor.digest,
             config_blob=None,
@@ -460,7 +470,9 @@ def _manifest_records(store, descriptor, data, doc, media_type, names, ctx, wher
 
     for registry, name, tags in group_names(names, ctx, where):
         yield new_record(
-            ctx, registry, name,
+            ctx,
+            registry,
+            name,
             where=where,
             digest=descriptor.digest,
             config_blob=config_blob,
@@ -494,7 +506,9 @@ def record_from_config(
     """
     config = parse_config(config_raw, where)
     if len(config.diff_ids) != len(layer_sizes):
-        raise SourceError(where, f"config lists {len(config.diff_ids)} diff_ids but the image has {len(layer_sizes)} layers")
+        raise SourceError(
+            where, f"config lists {len(config.diff_ids)} diff_ids but the image has {len(layer_sizes)} layers"
+        )
     for position, size in enumerate(layer_sizes):
         if not valid_size(size):
             raise SourceError(where, f"layer {position} size {size_problem(size)}")
@@ -507,7 +521,9 @@ def record_from_config(
     check_sizes(layers, config_blob, where)
     return [
         new_record(
-            ctx, registry, name,
+            ctx,
+            registry,
+            name,
             where=where,
             digest="",
             config_blob=config_blob,

@@ -9,6 +9,7 @@ touches the store stays on the calling thread.
 Names and tags a registry lists are checked against Docker's grammar before anything is asked
 about them: a request path is built only from valid names, so it is exactly the name.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -87,7 +88,7 @@ def parse_target(text: str) -> Target:
             raise
         # everything up to the last @ before the host may be a password, @ and / included
         raise SourceError(
-            f"{PREFIX}***@{text[signs[-1] + 1:]}",
+            f"{PREFIX}***@{text[signs[-1] + 1 :]}",
             "credentials in a registry source are not accepted; give --username with --password-stdin "
             "or IMGDEX_PASSWORD, or log in with docker login",
         ) from None
@@ -219,7 +220,10 @@ class ConfigCache:
 
     def put(self, digest: str, data: bytes) -> None:
         algorithm, _, _ = digest.partition(":")
-        if algorithm not in ("sha256", "sha384", "sha512") or f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}" != digest:
+        if (
+            algorithm not in ("sha256", "sha384", "sha512")
+            or f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}" != digest
+        ):
             return
         with self._lock:
             if digest not in self._blobs and self.size + len(data) <= self.limit:
@@ -316,7 +320,10 @@ class Crawl:
         options = self.options
         if options.username:
             if options.password is None:
-                raise SourceError(self.spec, "--username needs a password: give it on stdin with --password-stdin, or in IMGDEX_PASSWORD")
+                raise SourceError(
+                    self.spec,
+                    "--username needs a password: give it on stdin with --password-stdin, or in IMGDEX_PASSWORD",
+                )
             return Credentials(options.username, options.password, "--username")
         if options.password is not None:
             raise SourceError(self.spec, "a password was given without --username")
@@ -341,7 +348,9 @@ class Crawl:
             raise HttpError(f"{where}: refusing to request manifest {_shown(reference)}: not a valid tag or digest")
         return f"/v2/{repository}/{kind}/{reference}"
 
-    def get_manifest(self, repository: str, reference: str, where: str, method: str = "GET") -> tuple[bytes | None, str, str]:
+    def get_manifest(
+        self, repository: str, reference: str, where: str, method: str = "GET"
+    ) -> tuple[bytes | None, str, str]:
         """(bytes or None for HEAD, the registry's digest or '', media type or '')."""
         reply = self.client.request(
             method,
@@ -353,7 +362,9 @@ class Crawl:
         )
         if reply.status != 200:
             detail = registry_error_text(reply.body)
-            raise HttpError(f"{where}: {method} manifest {reference}: {reply.status}{' ' + detail if detail else ''}", reply.status)
+            raise HttpError(
+                f"{where}: {method} manifest {reference}: {reply.status}{' ' + detail if detail else ''}", reply.status
+            )
         digest = reply.headers.get("Docker-Content-Digest", "").strip()
         if digest and not is_valid_digest(digest):
             header = f"the Docker-Content-Digest header {_shown(digest)}"
@@ -447,7 +458,9 @@ class Crawl:
         except HttpError as exc:
             return _as_source_error(where, exc)
 
-    def _walk(self, repository: str, digest: str, data: bytes | None, media_type: str, tags: list[str]) -> tuple[list, list[str]]:
+    def _walk(
+        self, repository: str, digest: str, data: bytes | None, media_type: str, tags: list[str]
+    ) -> tuple[list, list[str]]:
         if len(tags) == 1:
             where = self._where(repository, tags[0])
         else:
@@ -457,14 +470,26 @@ class Crawl:
             if data is None:
                 data, served, media_type = self.get_manifest(repository, digest, where)
                 if served and served != digest:
-                    return [SourceError(where, f"asked for manifest {digest}, the registry answered with {served}")], notes
-            names = [Reference(self.registry, repository, tag) for tag in tags] or [Reference(self.registry, repository)]
+                    return [
+                        SourceError(where, f"asked for manifest {digest}, the registry answered with {served}")
+                    ], notes
+            names = [Reference(self.registry, repository, tag) for tag in tags] or [
+                Reference(self.registry, repository)
+            ]
             ctx = dataclasses.replace(self.ctx, note=notes.append)
             if media_type in mt.SCHEMA1 or (not media_type and _is_schema1(data)):
-                items = schema1_records(data, digest, media_type, names, ctx, where, lambda d: self.head_blob_size(repository, d, where))
+                items = schema1_records(
+                    data, digest, media_type, names, ctx, where, lambda d: self.head_blob_size(repository, d, where)
+                )
                 return items, notes
             if digest.startswith("sha256:") and digest != "sha256:" + hashlib.sha256(data).hexdigest():
-                return [SourceError(where, f"the registry says the manifest is {digest} (Docker-Content-Digest), but its bytes hash to sha256:{hashlib.sha256(data).hexdigest()}")], notes
+                return [
+                    SourceError(
+                        where,
+                        f"the registry says the manifest is {digest} (Docker-Content-Digest), "
+                        f"but its bytes hash to sha256:{hashlib.sha256(data).hexdigest()}",
+                    )
+                ], notes
             blobs = HttpBlobs(self, repository, digest, data, where)
             return list(walk(blobs, Blob(digest, len(data), media_type), names, ctx, where)), notes
         except (SourceError, HttpError) as exc:
@@ -557,7 +582,9 @@ class Crawl:
         target = self.target
         if target.repository:
             known, indexed = self._store_state(target.repository, exact=target.repository)
-            state = RepoState(target.repository, known.get(target.repository, {}), indexed.get(target.repository, set()))
+            state = RepoState(
+                target.repository, known.get(target.repository, {}), indexed.get(target.repository, set())
+            )
             self.stats.repositories = 1
             if target.digest:
                 self.stats.tags = 0
@@ -567,7 +594,12 @@ class Crawl:
                 self.stats.fetched += 1
                 self._submit(
                     lambda result: self._walked(target.repository, result),
-                    self._walk, target.repository, target.digest, None, "", [],
+                    self._walk,
+                    target.repository,
+                    target.digest,
+                    None,
+                    "",
+                    [],
                 )
             elif target.tag:
                 state.tags = [target.tag]
@@ -577,7 +609,9 @@ class Crawl:
             return
         prefix = self.options.repository_prefix.strip("/")
         # No `n`: distribution refuses an n above its catalog.maxentries, and every registry pages by Link anyway.
-        repositories, error = self._paged("/v2/_catalog", "repositories", CATALOG_SCOPE, f"{self.registry}: GET /v2/_catalog", CATALOG_LIMIT)
+        repositories, error = self._paged(
+            "/v2/_catalog", "repositories", CATALOG_SCOPE, f"{self.registry}: GET /v2/_catalog", CATALOG_LIMIT
+        )
         if error:
             if not repositories:
                 raise SourceError(self.spec, f"cannot list the repositories: {error}")
@@ -696,7 +730,7 @@ class RegistrySource:
     def __init__(self, location: str, options: RegistryOptions | None = None):
         # parse_target refuses USER:PASSWORD@ (without echoing it), so the location, which becomes
         # every record's source_path, holds no credentials
-        self.target = parse_target(location[len(PREFIX):] if location.startswith(PREFIX) else location)
+        self.target = parse_target(location[len(PREFIX) :] if location.startswith(PREFIX) else location)
         self.location = location
         self.options = options or RegistryOptions()
         self.store = None

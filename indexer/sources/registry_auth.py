@@ -5,6 +5,7 @@ Credentials come from the command line first, then from the auth files docker an
 is asked for per scope from the realm named in the `WWW-Authenticate` challenge, and cached
 until shortly before it expires.
 """
+
 from __future__ import annotations
 
 import base64
@@ -59,7 +60,7 @@ def parse_challenges(header: str) -> list[Challenge]:
         if not match:
             break
         scheme = match.group(1).lower()
-        rest = rest[match.end():]
+        rest = rest[match.end() :]
         params: dict[str, str] = {}
         while rest:
             param = _PARAM.match(rest)
@@ -69,7 +70,7 @@ def parse_challenges(header: str) -> list[Challenge]:
             if value.startswith('"'):
                 value = re.sub(r"\\(.)", r"\1", value[1:-1])
             params[param.group(1).lower()] = value
-            rest = rest[param.end():]
+            rest = rest[param.end() :]
         out.append(Challenge(scheme, params))
         rest = rest.lstrip(", ")
     return out

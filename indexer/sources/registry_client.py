@@ -2,7 +2,8 @@
 
 Network I/O uses urllib3 directly (the transport under requests and the Docker SDK): its pool
 manager is safe to share between threads and costs half the CPU per request of a requests
-Session, which matters when a crawl is thousands of small GETs. Transient failures (connection errors, timeouts, a cut-short body, 408/429/5xx) are retried with
+Session, which matters when a crawl is thousands of small GETs. Transient failures (connection
+errors, timeouts, a cut-short body, 408/429/5xx) are retried with
 exponential backoff and jitter, and a server's `Retry-After` is honoured. A 401 is answered once
 per request with the credentials or token its challenge asks for.
 
@@ -11,6 +12,7 @@ body: urllib3's read timeout bounds each recv only, so a server sending a byte n
 would otherwise hold a worker, and the store lock, for as long as it likes. A host that gives
 no answer `breaker_threshold` times in a row is given up on for the rest of the crawl.
 """
+
 from __future__ import annotations
 
 import email.utils
@@ -334,7 +336,9 @@ class RegistryClient:
         self.options = options
         self.auth = HostAuth(registry, credentials)
         self.base = ""
-        self.insecure = is_insecure(api_host, options.insecure_registries) or is_insecure(registry, options.insecure_registries)
+        self.insecure = is_insecure(api_host, options.insecure_registries) or is_insecure(
+            registry, options.insecure_registries
+        )
         self.plain_http_allowed = self.insecure or is_loopback(api_host)
         self.verify, self.client_cert = self._tls_settings(api_host)
         self._managers: dict[tuple[str, bool], urllib3.PoolManager] = {}
@@ -423,7 +427,9 @@ class RegistryClient:
         delay = min(self.options.max_backoff, self.options.backoff * (2**attempt))
         return delay * random.uniform(0.5, 1.0)
 
-    def send(self, method: str, url: str, headers: dict, limit: int, what: str, *, retries: int | None = None, verify=None) -> Reply:
+    def send(
+        self, method: str, url: str, headers: dict, limit: int, what: str, *, retries: int | None = None, verify=None
+    ) -> Reply:
         """One request with retries of transient failures; every final answer is returned, 4xx too."""
         retries = self.options.retries if retries is None else retries
         manager = self._manager(url, self.verify if verify is None else verify)
@@ -449,7 +455,9 @@ class RegistryClient:
                 body = _read_capped(response, limit, method)
                 complete = True
             except _TooLarge as exc:
-                raise HttpError(f"{what}: the answer is {exc.args[0]} bytes or more, over the {limit}-byte limit") from None
+                raise HttpError(
+                    f"{what}: the answer is {exc.args[0]} bytes or more, over the {limit}-byte limit"
+                ) from None
             except (Urllib3Error, OSError) as exc:
                 kind, reason = _classify(exc, timeout)
                 if kind in _NO_ANSWER:
@@ -482,7 +490,9 @@ class RegistryClient:
                     attempt += 1
                     continue
                 detail = registry_error_text(body)
-                raise HttpError(f"{what}: {text}{' (' + detail + ')' if detail else ''} (after {attempt + 1} attempts)", status)
+                raise HttpError(
+                    f"{what}: {text}{' (' + detail + ')' if detail else ''} (after {attempt + 1} attempts)", status
+                )
             final = response.geturl() or ""
             return Reply(status, response.headers, body, final if "://" in final else url, response.reason or "")
 
@@ -557,7 +567,8 @@ class RegistryClient:
         if self.auth.scheme == "basic" and self.auth.credentials is None:
             hint = f"authentication required and no credentials for {self.registry} (use --username, or docker login)"
         elif self.auth.scheme == "basic":
-            hint = f"the registry rejected the credentials of {self.auth.credentials.username} ({self.auth.credentials.origin})"
+            credentials = self.auth.credentials
+            hint = f"the registry rejected the credentials of {credentials.username} ({credentials.origin})"
         elif self.auth.scheme == "bearer":
             hint = "the token does not grant access" + ("" if self.auth.credentials else " (no credentials were given)")
         else:
@@ -576,14 +587,19 @@ class RegistryClient:
             url = f"{scheme}://{self.host}/v2/"
             quick = position + 1 < len(schemes)  # the https probe of a plain-HTTP host fails fast; no retries
             try:
-                reply = self.send("GET", url, {}, SMALL_LIMIT, f"{self.registry}: GET {url}", retries=0 if quick else None)
+                reply = self.send(
+                    "GET", url, {}, SMALL_LIMIT, f"{self.registry}: GET {url}", retries=0 if quick else None
+                )
             except HttpError as exc:
                 failures.append((url, exc))
                 continue
             if reply.status == 401:
                 self.auth.learn(reply.headers.get("WWW-Authenticate", ""))
             elif reply.status != 200:
-                raise HttpError(f"{self.registry}: GET {url} answered {reply.status}: not a registry (Docker Registry HTTP API V2)", reply.status)
+                raise HttpError(
+                    f"{self.registry}: GET {url} answered {reply.status}: not a registry (Docker Registry HTTP API V2)",
+                    reply.status,
+                )
             self.base = f"{scheme}://{self.host}"
             return
         if len(failures) > 1:
@@ -597,7 +613,9 @@ class RegistryClient:
             raise HttpError(f"{error} ({hint})", error.status)
         raise error
 
-    def request(self, method: str, path: str, *, scope: str, what: str, limit: int, headers: dict | None = None) -> Reply:
+    def request(
+        self, method: str, path: str, *, scope: str, what: str, limit: int, headers: dict | None = None
+    ) -> Reply:
         """`path` is relative to the host (`/v2/...`) or an absolute URL from a Link header."""
         if "://" not in path and not is_canonical_path(path):
             raise HttpError(f"{what}: refusing to request {path!r}: not a plain path (it would be rewritten)")

@@ -5,6 +5,7 @@ the registry source records them itself: the digest is verified (over the JWS pa
 manifests, as distribution computes it), layers come from `fsLayers` without the throwaway
 entries, sizes from a HEAD of each blob, and the image facts from the top `v1Compatibility`.
 """
+
 from __future__ import annotations
 
 import base64
@@ -73,9 +74,16 @@ def schema1_records(
         raise SourceError(where, f"schema1 manifest uses unsupported digest algorithm {algorithm!r}")
     actual = f"{algorithm}:{hashlib.new(algorithm, payload).hexdigest()}"
     if digest and digest != actual:
-        raise SourceError(where, f"schema1 manifest digest mismatch: the registry says {digest}, the payload hashes to {actual}")
+        raise SourceError(
+            where, f"schema1 manifest digest mismatch: the registry says {digest}, the payload hashes to {actual}"
+        )
     fs_layers, history = doc.get("fsLayers"), doc.get("history")
-    if not isinstance(fs_layers, list) or not isinstance(history, list) or len(fs_layers) != len(history) or not fs_layers:
+    if (
+        not isinstance(fs_layers, list)
+        or not isinstance(history, list)
+        or len(fs_layers) != len(history)
+        or not fs_layers
+    ):
         raise SourceError(where, "schema1 manifest: fsLayers and history are missing or of different lengths")
     v1s = [_v1(entry, where, i) for i, entry in enumerate(history)]
     layers = []
@@ -108,11 +116,17 @@ def schema1_records(
     final = digest or actual
     return [
         new_record(
-            ctx, registry, name,
+            ctx,
+            registry,
+            name,
             digest=final,
             config_blob=None,
             layers=tuple(layers),
-            media_type=media_type if media_type in mt.SCHEMA1 else mt.DOCKER_SCHEMA1_SIGNED if doc.get("signatures") else mt.DOCKER_SCHEMA1,
+            media_type=media_type
+            if media_type in mt.SCHEMA1
+            else mt.DOCKER_SCHEMA1_SIGNED
+            if doc.get("signatures")
+            else mt.DOCKER_SCHEMA1,
             kind=KIND_IMAGE,
             tags=tags,
             created=timestamps.normalise(created) if created else None,

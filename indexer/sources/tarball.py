@@ -9,6 +9,7 @@ holds, and no member is read twice.
 
 Only regular files are opened: a FIFO would block in open() and a device would be read forever.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -55,8 +56,6 @@ STDIN_WHERE = "<stdin>"
 class NotAnArchive(SourceError):
     """The file is no image tarball at all (empty, not a tar, no manifest.json or index.json),
     as opposed to an image tarball that is broken. A folder of archives skips it with a note."""
-
-
 
 
 def _file_type(mode: int) -> str:

@@ -8,6 +8,7 @@ The records keep YCR's real ids (image and blob ids), the push time as `createdA
 own compressed size, so that the stored resource renders as the imported document. Names are
 `REGISTRY_ID/REPO` under the registry host `cr.yandex` unless `--registry` says otherwise.
 """
+
 from __future__ import annotations
 
 import json
@@ -82,7 +83,10 @@ def image_record(raw: object, registry: str, ctx: Context, where: str, notes: li
     if not isinstance(image_id, str) or not image_id:
         raise SourceError(where, "the image has no id")
     if not _ID_RE.fullmatch(image_id):
-        notes.append(f"{where}: id {image_id!r} is not shaped like a Container Registry id; `imgdex get` finds it by reference only")
+        notes.append(
+            f"{where}: id {image_id!r} is not shaped like a Container Registry id; "
+            "`imgdex get` finds it by reference only"
+        )
     name = doc.get("name", "")
     if not isinstance(name, str) or not name:
         raise SourceError(where, f"image {image_id} has no name")

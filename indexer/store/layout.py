@@ -9,6 +9,7 @@ Readers pin the snapshot folder they opened with a shared `flock` on the folder 
 writers delete only folders they can lock exclusively. Locking a folder needs no write access,
 so a read-only copy pins as well.
 """
+
 from __future__ import annotations
 
 import contextlib

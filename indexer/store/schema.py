@@ -1,4 +1,5 @@
 """The store's tables, defined once as Arrow schemas. DuckDB DDL and Parquet files follow from them."""
+
 from __future__ import annotations
 
 import pyarrow as pa
@@ -88,6 +89,7 @@ RUNS = pa.schema(
 )
 
 TABLES = {"images": IMAGES, "tags": TAGS, "runs": RUNS}
+
 
 def duckdb_type(dtype: pa.DataType) -> str:
     if pa.types.is_string(dtype):

@@ -4,6 +4,7 @@ Every batch is one transaction, so a killed run leaves whole images or none. The
 written to a new folder and swapped in with one atomic rename of the `parquet` link, so
 readers always see the last completed run.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -78,6 +79,7 @@ def _label_maps(groups: list) -> pa.Array:
 
 def records_to_arrow(records: list[ImageRecord], indexed_at: datetime) -> pa.Table:
     """Column by column: building nested Arrow arrays from flat lists is far cheaper than row dicts."""
+
     def column(getter, dtype):
         return pa.array([getter(r) for r in records], dtype)
 
@@ -85,7 +87,9 @@ def records_to_arrow(records: list[ImageRecord], indexed_at: datetime) -> pa.Tab
         return pa.array([getter(r.config) if r.config is not None else None for r in records], dtype)
 
     def of_platform(attribute):
-        return pa.array([getattr(r.platform, attribute) if r.platform is not None else None for r in records], pa.string())
+        return pa.array(
+            [getattr(r.platform, attribute) if r.platform is not None else None for r in records], pa.string()
+        )
 
     string, int64 = pa.string(), pa.int64()
     chains = [lineage.chain_ids(r.diff_ids) for r in records]
@@ -106,7 +110,9 @@ def records_to_arrow(records: list[ImageRecord], indexed_at: datetime) -> pa.Tab
         "compressed_size": column(lambda r: r.compressed_size, int64),
         "tags": _string_lists([r.tags for r in records]),
         "created": column(lambda r: r.created, string),
-        "created_at": column(lambda r: timestamps.epoch_nanos(r.created) if r.created else None, int64).cast(pa.timestamp("ns")),
+        "created_at": column(lambda r: timestamps.epoch_nanos(r.created) if r.created else None, int64).cast(
+            pa.timestamp("ns")
+        ),
         "platform_os": of_platform("os"),
         "platform_architecture": of_platform("architecture"),
         "platform_variant": of_platform("variant"),
@@ -151,9 +157,7 @@ def _tags_to_arrow(records: list[ImageRecord]) -> pa.Table:
     # A tag names one manifest per repository: within a batch the last record that claims it wins.
     latest = {(r.registry, r.name, tag): r.id for r in records for tag in r.tags}
     rows = [(*key, image_id) for key, image_id in latest.items()]
-    return pa.Table.from_arrays(
-        [pa.array([row[i] for row in rows], pa.string()) for i in range(4)], schema=schema.TAGS
-    )
+    return pa.Table.from_arrays([pa.array([row[i] for row in rows], pa.string()) for i in range(4)], schema=schema.TAGS)
 
 
 def _blob_from_row(digest: str, size: int, media_type: str, urls, stored_id: str) -> Blob:
@@ -211,7 +215,8 @@ def record_from_row(row: dict) -> ImageRecord:
 # Columns that hold what a source knows of an image. Tags, the source and indexed_at (and
 # created_at, derived from created) never make two rows differ for a merge.
 _DATA_COLUMNS = [
-    f.name for f in schema.IMAGES
+    f.name
+    for f in schema.IMAGES
     if f.name not in ("id", "tags", "source_kind", "source_path", "indexed_at", "created_at", "id_origin")
 ]
 # created_at is left out: it derives from created, and nanosecond timestamps do not convert to Python.
@@ -288,7 +293,8 @@ class StoreWriter:
         # the topmost folder that did not exist, else the database and lock files.
         self._created_dir = _first_missing(store)
         self._created_files = [
-            name for name in (layout.DATABASE, layout.DATABASE + ".wal", layout.LOCK)
+            name
+            for name in (layout.DATABASE, layout.DATABASE + ".wal", layout.LOCK)
             if self._created_dir is None and not os.path.lexists(os.path.join(store, name))
         ]
         self._created_database = self._created_dir is not None or layout.DATABASE in self._created_files
@@ -305,7 +311,9 @@ class StoreWriter:
             self._lock_file.seek(0)
             holder = self._lock_file.read().strip() or "unknown"
             self._lock_file.close()
-            raise StoreLocked(f"store {store} is being written by another index run (pid {holder}); try again when it ends") from None
+            raise StoreLocked(
+                f"store {store} is being written by another index run (pid {holder}); try again when it ends"
+            ) from None
         if self._created_database and os.path.exists(os.path.join(store, layout.DATABASE)):
             # Another run created the store between the look above and the lock: it is not ours.
             self._created_dir, self._created_files, self._created_database = None, [], False
@@ -382,8 +390,7 @@ class StoreWriter:
         known = {row["id"]: record_from_row(row) for row in stored}
         # Tags are left as the incoming records claim them: the tag tables pool them.
         return [
-            dataclasses.replace(merge_records(known[r.id], r), tags=r.tags) if r.id in known else r
-            for r in records
+            dataclasses.replace(merge_records(known[r.id], r), tags=r.tags) if r.id in known else r for r in records
         ]
 
     def record_run(self, run: dict) -> None:
@@ -413,7 +420,8 @@ class StoreWriter:
         `prefix`: a registry crawl skips only those, so a less exact record gets replaced."""
         return self.con.execute(
             """SELECT DISTINCT name, digest FROM images
-               WHERE registry = ? AND digest <> '' AND exactness >= 3 AND (? = '' OR name = ? OR starts_with(name, ? || '/'))""",
+               WHERE registry = ? AND digest <> '' AND exactness >= 3
+                 AND (? = '' OR name = ? OR starts_with(name, ? || '/'))""",
             [registry, prefix, prefix, prefix],
         ).fetchall()
 
@@ -425,7 +433,8 @@ class StoreWriter:
         if not claims:
             return 0
         table = pa.Table.from_arrays(
-            [pa.array([registry] * len(claims), pa.string())] + [pa.array([c[i] for c in claims], pa.string()) for i in range(3)],
+            [pa.array([registry] * len(claims), pa.string())]
+            + [pa.array([c[i] for c in claims], pa.string()) for i in range(3)],
             names=["registry", "name", "tag", "digest"],
         )
         con = self.con
@@ -446,7 +455,9 @@ class StoreWriter:
                        SELECT image_id AS id FROM tag_claims
                        UNION SELECT t.image_id FROM tags t JOIN tag_claims c USING (registry, name, tag)"""
                 )
-                con.execute("DELETE FROM tags WHERE (registry, name, tag) IN (SELECT (registry, name, tag) FROM tag_claims)")
+                con.execute(
+                    "DELETE FROM tags WHERE (registry, name, tag) IN (SELECT (registry, name, tag) FROM tag_claims)"
+                )
                 con.execute("INSERT INTO tags SELECT registry, name, tag, image_id FROM tag_claims")
                 self._recompute_tags("tag_affected")
         except Exception as exc:

@@ -72,9 +72,11 @@ class Ordering:
         fields = [field for field, _ in plan.order]
         self.by_value = [i for i, field in enumerate(fields) if field in listing.BY_VALUE]
         exprs = [plan.keys[i][0] for i in self.by_value]
-        rows = snapshot.cursor().execute(
-            f"SELECT {', '.join(['id', 'registry', 'name', *exprs])} FROM images ORDER BY {plan.order_sql}"
-        ).fetchall()
+        rows = (
+            snapshot.cursor()
+            .execute(f"SELECT {', '.join(['id', 'registry', 'name', *exprs])} FROM images ORDER BY {plan.order_sql}")
+            .fetchall()
+        )
         self.width = len(fields)
         self.ids = [row[0] for row in rows]
         self.values = [row[3:] for row in rows] if self.by_value else None

@@ -36,9 +36,20 @@ from indexer.store import layout
 from .. import render
 
 # Columns no response, filter or order reads, and by far the largest: left on disk.
-_NOT_LOADED = frozenset({
-    "manifest_raw", "config_raw", "history", "labels", "env", "entrypoint", "cmd", "diff_ids", "chain_ids", "chain_id",
-})
+_NOT_LOADED = frozenset(
+    {
+        "manifest_raw",
+        "config_raw",
+        "history",
+        "labels",
+        "env",
+        "entrypoint",
+        "cmd",
+        "diff_ids",
+        "chain_ids",
+        "chain_id",
+    }
+)
 
 
 def _quote(text: str) -> str:

@@ -20,6 +20,7 @@ expected.json placeholders, replaced by the test:
 
 Usage: python tests/badinput/make_corpus.py [--out DIR] [--expected FILE]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -111,7 +112,9 @@ def layout_with_config(ref: str, config_raw: bytes) -> dict[str, bytes]:
     blobs = Blobs()
     layer = blobs.add(b"layer-a", OCI_LAYER_GZ)
     config = blobs.add(config_raw, OCI_CONFIG)
-    manifest = blobs.add(dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config, "layers": [layer]}), OCI_MANIFEST)
+    manifest = blobs.add(
+        dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config, "layers": [layer]}), OCI_MANIFEST
+    )
     return blobs.layout_files([named(manifest, containerd=ref)])
 
 
@@ -158,7 +161,14 @@ def build_truncated_tar(path: str) -> None:
 
 
 def build_not_an_image_tar(path: str) -> None:
-    write_tar(path, {"notes/readme.txt": b"just some notes\n", "notes/todo.txt": b"- water the plants\n- call Bob\n", "hello.txt": b"hello\n"})
+    write_tar(
+        path,
+        {
+            "notes/readme.txt": b"just some notes\n",
+            "notes/todo.txt": b"- water the plants\n- call Bob\n",
+            "hello.txt": b"hello\n",
+        },
+    )
 
 
 def build_missing_manifest(path: str) -> None:
@@ -260,7 +270,12 @@ def build_manifest_digest_mismatch_archive(path: str) -> None:
 
 
 def build_config_not_json_oci(path: str) -> None:
-    write_layout(path, layout_with_config("registry.example/bad/oci-config-not-json:v1", b'{"architecture": "amd64", "os": "linux",\n'))
+    write_layout(
+        path,
+        layout_with_config(
+            "registry.example/bad/oci-config-not-json:v1", b'{"architecture": "amd64", "os": "linux",\n'
+        ),
+    )
 
 
 def build_index_not_json(path: str) -> None:
@@ -350,7 +365,9 @@ def _zstd(data: bytes) -> bytes:
 
 
 def build_corrupt_zstd(path: str) -> None:
-    packed = bytearray(_zstd(builders.tar_bytes(save_files("registry.example/bad/corrupt-zstd:v1", layer=noise(4, 4096)))))
+    packed = bytearray(
+        _zstd(builders.tar_bytes(save_files("registry.example/bad/corrupt-zstd:v1", layer=noise(4, 4096))))
+    )
     middle = len(packed) // 2
     for i in range(middle, middle + 16):
         packed[i] ^= 0x5A
@@ -504,7 +521,9 @@ def generate_oversized_config_blob(path: str) -> None:
     """An OCI layout whose config blob is valid JSON, correctly named, and 1 MiB over the limit."""
     from indexer.sources.parse import MAX_JSON_BYTES
 
-    config = dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [digest_of(b"diff")]}})
+    config = dumps(
+        {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [digest_of(b"diff")]}}
+    )
     config = config[:-1] + b" " * (MAX_JSON_BYTES + (1 << 20) - len(config)) + b"}"
     write_layout(path, layout_with_config("registry.example/bad/oversized-config:v1", config))
 
@@ -616,14 +635,29 @@ ENTRIES: list[Entry] = [
     Entry(
         "manifest-digest-mismatch",
         "{path}",
-        LINE + r"{path}: manifest " + SHA + r" digest mismatch: descriptor says " + SHA + r", bytes hash to " + SHA + r"$",
-        "An OCI layout directory whose manifest blob was edited after it was named: its bytes no longer hash to its name.",
+        LINE
+        + r"{path}: manifest "
+        + SHA
+        + r" digest mismatch: descriptor says "
+        + SHA
+        + r", bytes hash to "
+        + SHA
+        + r"$",
+        "An OCI layout directory whose manifest blob was edited after it was named: "
+        "its bytes no longer hash to its name.",
         build_manifest_digest_mismatch_dir,
     ),
     Entry(
         "manifest-digest-mismatch.oci.tar",
         "oci-archive:{path}",
-        LINE + r"{path}: manifest " + SHA + r" digest mismatch: descriptor says " + SHA + r", bytes hash to " + SHA + r"$",
+        LINE
+        + r"{path}: manifest "
+        + SHA
+        + r" digest mismatch: descriptor says "
+        + SHA
+        + r", bytes hash to "
+        + SHA
+        + r"$",
         "The same edit in an oci-archive tar.",
         build_manifest_digest_mismatch_archive,
     ),
@@ -744,7 +778,7 @@ ENTRIES: list[Entry] = [
         "lone-surrogate-label",
         "{path}",
         LINE + r"{path}\b.*\b(surrogates?|[Uu]nicode|UTF-8|JSON)\b.*$",
-        "An OCI layout directory whose config (correctly named) has a label value \"\\ud800\": a lone UTF-16 "
+        'An OCI layout directory whose config (correctly named) has a label value "\\ud800": a lone UTF-16 '
         "surrogate escape, which decodes to a string that is not valid Unicode and cannot be stored.",
         build_lone_surrogate,
     ),
@@ -854,8 +888,7 @@ ENTRIES: list[Entry] = [
         "oversized-manifest-json.tar",
         "docker-archive:{path}",
         LINE + r"{path}: manifest\.json 'manifest\.json' is \d+ bytes, over the {limit}-byte limit$",
-        "A classic save whose manifest.json is valid JSON padded to 1 MiB over the limit. "
-        "It must be refused unread.",
+        "A classic save whose manifest.json is valid JSON padded to 1 MiB over the limit. It must be refused unread.",
         generate_oversized_manifest_tar,
         generated=True,
     ),
@@ -871,8 +904,7 @@ ENTRIES: list[Entry] = [
         "oversized-config-blob",
         "oci:{path}",
         LINE + r"{path}/blobs/sha256/" + HEX + r": blob is \d+ bytes, over the {limit}-byte limit$",
-        "An OCI layout directory whose correctly named config blob is valid JSON padded to "
-        "1 MiB over the limit.",
+        "An OCI layout directory whose correctly named config blob is valid JSON padded to 1 MiB over the limit.",
         generate_oversized_config_blob,
         generated=True,
     ),
