@@ -1,0 +1,1271 @@
+"""The store as three append-only Delta Lake tables (images, tags, runs), written through delta-rs.
+
+    STORE/images/_delta_log/…   STORE/images/part-….parquet
+    STORE/tags/_delta_log/…     STORE/tags/part-….parquet
+    STORE/runs/_delta_log/…     STORE/runs/part-….parquet
+
+Why append-only: delta-rs writes no deletion vectors, so any update or MERGE rewrites every file
+holding a touched row; with ids spread uniformly by hashing, that is every file. A run therefore
+appends new row versions, and readers resolve the current one per key (the SQL is
+`deltalog.resolved_sql`, one window per table):
+
+- images: per id, the data row with the highest `exactness` wins, then the newest `written_at`,
+  then the greater `run_id`; the image's tags are those of its newest row, data or tags-only (a
+  tag move appends a small tags-only row instead of the image again). A tombstone (an id replaced
+  by an imported one) has exactness 127, so it retires the id for good.
+- tags: per (registry, name, tag), the newest claim wins; a tombstone retires the tag.
+- runs: every row stays.
+
+Columns added to the Arrow schemas of `schema.py`: `written_at` (the attempt's time, later than
+every row the attempt read), `run_id`, `tombstone`; images also get `content_hash` (DuckDB's hash
+of the data columns, so that a run tells an unchanged record without reading it back),
+`tags_only`, and `tags_written_at` (set by compaction when the tags came from a newer row than the
+data). `images.created_at` is stored as TIMESTAMP(us, UTC) instead of TIMESTAMP_NS, because Spark
+cannot read nanoseconds; `created` keeps the exact text.
+
+Concurrent runs: each attempt reads a snapshot, derives its rows (`write_run(prepare)`), writes its
+data files and commits each table at exactly the next version, after checking that no run that
+committed since its snapshot wrote the same keys. An overlap makes the attempt start over from a
+fresh snapshot, so the outcome equals running the runs one after another. Data files of an
+attempt that did not commit are never referenced; `vacuum` removes them after the retention window.
+
+`compact` rewrites each table to one row per key sorted by key (row groups of 4,096 rows with
+statistics and a Bloom filter on the key, so a lookup reads one row group) as one commit that
+removes exactly the files it read; runs that commit meanwhile keep theirs, and of two compactions
+at once the second starts over. `vacuum` then deletes files that left the table more than the
+retention window ago (7 days by default): a reader holding an older file list keeps working for
+that long.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import random
+import tempfile
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Callable, Iterable, Iterator, Sequence
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from deltalake import CommitProperties, DeltaTable, Field, PostCommitHookProperties
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+from deltalake.transaction import AddAction, RemoveAction
+
+from ..errors import StoreError
+from . import deltalog, schema
+from .deltalog import CONTENT_HASH, RUN_ID, TAGS_ONLY, TAGS_WRITTEN_AT, TOMBSTONE, TOMBSTONE_EXACTNESS, WRITTEN_AT
+
+TABLES = deltalog.TABLES
+DEFAULT_RETENTION = timedelta(days=7)
+# Vacuum deletes unreferenced files older than the retention, including those an attempt has
+# written and not yet committed; below this, an ordinary slow run could lose its files.
+MIN_RETENTION = timedelta(hours=1)
+BATCH_ROWS = 50_000
+# Row groups of appended files. Smaller ones cost a premerge less to fetch a stored row from.
+ROW_GROUP_ROWS = 1024
+# Compacted files: sorted by key, each holding one range of ids, so that a lookup can open the one
+# file whose id range (Delta statistics, `TableFiles.for_key`) holds its id. DuckDB spends ~10 us
+# per row group of every file it opens even with footers cached, and decodes a page per column of
+# the matching row group: at this row shape a lookup measured 3.5-4.4 ms in a file of 25-50k rows
+# against 7 ms in one of 250k, whatever the row group size from 1,024 to 4,096 (256 cost more).
+COMPACT_ROW_GROUP_ROWS = 2048
+COMPACT_FILE_ROWS = 50_000
+COMPACT_RANGE_ROWS = 50_000
+MAX_ATTEMPTS = 50
+
+_UTC_US = pa.timestamp("us", tz="UTC")
+_META = "imgdex."
+
+# What a source knows of an image: the columns whose change makes a new version. Tags, the
+# source and indexed_at (and created_at, derived from created) do not (as in writer.py).
+DATA_COLUMNS = tuple(
+    f.name
+    for f in schema.IMAGES
+    if f.name not in ("id", "tags", "source_kind", "source_path", "indexed_at", "created_at", "id_origin")
+)
+KEYS = {"images": ("id",), "tags": ("registry", "name", "tag"), "runs": ("run_id",)}
+_SORT = {"images": ("id",), "tags": ("registry", "name", "tag"), "runs": ("started_at", "run_id")}
+
+
+def _delta_schema(table: str) -> pa.Schema:
+    fields = []
+    for field in schema.TABLES[table]:
+        if table == "images" and field.name == "created_at":
+            field = pa.field("created_at", _UTC_US)
+        fields.append(field)
+    if table in ("images", "tags"):
+        fields += [pa.field(WRITTEN_AT, _UTC_US), pa.field(RUN_ID, pa.string()), pa.field(TOMBSTONE, pa.bool_())]
+    if table == "images":
+        fields += [
+            pa.field(CONTENT_HASH, pa.int64()),
+            pa.field(TAGS_ONLY, pa.bool_()),
+            pa.field(TAGS_WRITTEN_AT, _UTC_US),
+        ]
+    return pa.schema(fields)
+
+
+DELTA_SCHEMAS = {table: _delta_schema(table) for table in TABLES}
+
+# Retention here must not be shorter than what `vacuum` uses, or delta-rs refuses to vacuum.
+TABLE_CONFIGURATION = {
+    "delta.checkpointInterval": "20",
+    "delta.logRetentionDuration": "interval 30 days",
+    "delta.deletedFileRetentionDuration": "interval 7 days",
+}
+
+# Statistics only where a reader filters: the key, and what orders versions. Min/max of raw JSON
+# would bloat every footer that a cold lookup parses.
+_STATISTICS = {
+    "images": ["id", "registry", "name", "digest", "config_digest", "exactness", WRITTEN_AT, RUN_ID, TOMBSTONE],
+    "tags": ["registry", "name", "tag", "image_id", WRITTEN_AT, RUN_ID, TOMBSTONE],
+    "runs": ["run_id", "started_at"],
+}
+# Up to this many keys go into a query as constants (see Snapshot._filter).
+_LITERAL_KEYS = 5_000
+_BLOOM = {"images": ("id",), "tags": ("image_id",)}
+_NO_DICTIONARY = {"images": {"id", "digest", "config_id", "config_digest", "manifest_raw", "config_raw", "created"}}
+
+
+# ---- conversions into the Delta schemas
+
+
+def _cast(table: str, data: pa.Table) -> pa.Table:
+    target = DELTA_SCHEMAS[table]
+    columns = []
+    for field in target:
+        if field.name in data.column_names:
+            column = data.column(field.name)
+            if field.name == "created_at" and column.type.unit == "ns":
+                # Floor, not truncate: a time before 1970 keeps its microsecond.
+                column = pc.floor_temporal(column, unit="microsecond").cast(pa.timestamp("us", tz=column.type.tz))
+            columns.append(column.cast(field.type))
+        else:
+            columns.append(pa.chunked_array([pa.nulls(len(data), field.type)], field.type))
+    return pa.Table.from_arrays(columns, schema=target)
+
+
+def _as_table(data) -> pa.Table:
+    if isinstance(data, pa.Table):
+        return data
+    if isinstance(data, pa.RecordBatch):
+        return pa.Table.from_batches([data])
+    raise StoreError(f"expected Arrow tables or record batches, got {type(data).__name__}")
+
+
+def _batches(data) -> Iterator[pa.Table]:
+    if data is None:
+        return
+    if isinstance(data, (pa.Table, pa.RecordBatch)):
+        yield _as_table(data)
+        return
+    if isinstance(data, pa.RecordBatchReader):
+        for batch in data:
+            yield pa.Table.from_batches([batch])
+        return
+    for item in data:
+        yield _as_table(item)
+
+
+def image_tombstones(ids: Sequence[str]) -> pa.Table:
+    """Rows that retire `ids` (ids replaced by another): no data, exactness 127."""
+    n = len(ids)
+    return pa.table(
+        {
+            "id": pa.array(list(ids), pa.string()),
+            "exactness": pa.array([TOMBSTONE_EXACTNESS] * n, pa.int8()),
+            TOMBSTONE: pa.array([True] * n, pa.bool_()),
+        }
+    )
+
+
+def tag_tombstones(keys: Sequence[tuple[str, str, str]]) -> pa.Table:
+    """Rows that retire (registry, name, tag) keys: the tag vanished from its repository."""
+    return pa.table(
+        {
+            "registry": pa.array([k[0] for k in keys], pa.string()),
+            "name": pa.array([k[1] for k in keys], pa.string()),
+            "tag": pa.array([k[2] for k in keys], pa.string()),
+            TOMBSTONE: pa.array([True] * len(keys), pa.bool_()),
+        }
+    )
+
+
+# ---- what a run hands in
+
+
+@dataclasses.dataclass
+class Changes:
+    """What one attempt of a run appends. Images and tags come as Arrow tables or record batches
+    (an iterable is consumed once per attempt, so a large load streams) in the columns of
+    `schema.IMAGES` / `schema.TAGS`; created_at may be TIMESTAMP_NS or already TIMESTAMP(us, UTC).
+    Each key at most once per run."""
+
+    images: object = None
+    image_tags: pa.Table | None = None  # id, tags: new tag lists of images whose data stays
+    retired_images: Sequence[str] = ()
+    tags: object = None
+    retired_tags: Sequence[tuple[str, str, str]] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    run_id: str
+    versions: dict  # table -> version committed by this run, or None when it wrote nothing there
+    rows: dict  # table -> rows appended (tombstones included)
+    attempts: int
+
+
+@dataclasses.dataclass(frozen=True)
+class HistoryEntry:
+    table: str
+    version: int
+    time: datetime
+    operation: str  # append, compact, create, vacuum, or delta-rs's own name for other commits
+    run_id: str | None
+    rows: int | None
+    tombstones: int | None
+
+
+class Conflict(Exception):
+    """A commit made since the attempt's snapshot touched the same keys."""
+
+
+# ---- reading a snapshot, for runs that merge with what is stored
+
+
+class Snapshot:
+    """The store at fixed versions, over DuckDB: views `images`, `tags`, `runs` (current rows) and
+    `TABLE_versions` (every row version). What a run reads to decide what it appends."""
+
+    def __init__(self, files: dict[str, deltalog.TableFiles], con: duckdb.DuckDBPyConnection):
+        self.files = files
+        self.con = con
+        for statement in deltalog.view_statements(files):
+            con.execute(statement)
+
+    @property
+    def versions(self) -> dict[str, int]:
+        return {table: f.version for table, f in self.files.items()}
+
+    def _filter(self, column: str, values: Sequence[str], table: str) -> str:
+        """A filter on `column`: constants for a short list, which DuckDB pushes into the Parquet
+        scan (min/max and Bloom filters skip row groups), else a semi-join with registered keys."""
+        values = list(dict.fromkeys(v for v in values if v is not None))
+        if len(values) <= _LITERAL_KEYS:
+            return f"{column} IN ({', '.join(_quote(v) for v in values) or 'NULL'})"
+        self.con.register(table, pa.table({column: pa.array(values, pa.string())}))
+        return f"{column} IN (SELECT {column} FROM {table})"
+
+    def image_state(self, ids: Sequence[str] | pa.Array) -> pa.Table:
+        """id, exactness, content_hash and tags of the current rows of `ids` that exist; reads only
+        those narrow columns, so it stays cheap on a large table."""
+        ids = ids.to_pylist() if isinstance(ids, (pa.Array, pa.ChunkedArray)) else list(ids)
+        where = self._filter("id", ids, "wanted_ids")
+        sql = deltalog.resolved_sql(
+            self.files["images"],
+            f"(SELECT id, exactness, content_hash, tags, written_at, run_id, tombstone, tags_only, tags_written_at "
+            f"FROM images_versions WHERE {where})",
+            columns=("id", "exactness", CONTENT_HASH, "tags"),
+        )
+        return _arrow(self.con, sql)
+
+    def images(self, ids: Sequence[str] | pa.Array) -> pa.Table:
+        """The current rows of `ids` that exist, in the columns of `schema.IMAGES`."""
+        ids = ids.to_pylist() if isinstance(ids, (pa.Array, pa.ChunkedArray)) else list(ids)
+        where = self._filter("id", ids, "wanted_ids")
+        sql = deltalog.resolved_sql(self.files["images"], f"(SELECT * FROM images_versions WHERE {where})")
+        return _arrow(self.con, sql).select([f.name for f in schema.IMAGES])
+
+    def tag_holders(self, keys: pa.Table) -> pa.Table:
+        """registry, name, tag, image_id of the current claims among `keys` (registry, name, tag)."""
+        keys = keys.select(["registry", "name", "tag"])
+        names = self._filter("name", keys.column("name").to_pylist(), "wanted_names")
+        self.con.register("wanted_keys", keys)
+        try:
+            sql = deltalog.resolved_sql(
+                self.files["tags"],
+                f"(SELECT * FROM tags_versions WHERE {names} AND (registry, name, tag) IN "
+                "(SELECT (registry, name, tag) FROM wanted_keys))",
+            )
+            return _arrow(self.con, sql)
+        finally:
+            self.con.unregister("wanted_keys")
+
+    def latest_written_at(self) -> datetime | None:
+        row = self.con.execute(
+            "SELECT max(w) FROM (SELECT max(written_at) AS w FROM images_versions "
+            "UNION ALL SELECT max(written_at) FROM tags_versions)"
+        ).fetchall()
+        return row[0][0]
+
+
+# ---- the store
+
+
+class DeltaStore:
+    """One store folder (or object-storage prefix) of three Delta tables."""
+
+    def __init__(
+        self,
+        store: str,
+        *,
+        storage_options: dict[str, str] | None = None,
+        batch_rows: int = BATCH_ROWS,
+        row_group_rows: int = ROW_GROUP_ROWS,
+        compact_row_group_rows: int = COMPACT_ROW_GROUP_ROWS,
+        memory_limit: str = "512MB",
+        temp_directory: str | None = None,
+    ):
+        self.store = store.rstrip("/") if "://" in store else os.path.abspath(store)
+        self.storage_options = storage_options if storage_options is not None else (deltalog.storage_options_from_env())
+        self.batch_rows = batch_rows
+        self.row_group_rows = row_group_rows
+        self.memory_limit = memory_limit
+        self.compact_range_rows = COMPACT_RANGE_ROWS
+        self.compact_row_group_rows = compact_row_group_rows
+        self.temp_directory = temp_directory
+        self._fs, self._root = self._filesystem()
+        self._con: duckdb.DuckDBPyConnection | None = None
+
+    # -- plumbing
+
+    def _filesystem(self) -> tuple[pafs.FileSystem, str]:
+        if deltalog.is_local(self.store):
+            return pafs.LocalFileSystem(), deltalog.local_path(self.store)
+        try:
+            return pafs.FileSystem.from_uri(self.store)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise StoreError(f"cannot open store {self.store}: {str(exc).splitlines()[0]}") from None
+
+    def _relative(self, table: str, path: str) -> str:
+        # A data file's path as its table's log names it: relative to the table's folder.
+        for prefix in (self._table_dir(table), self.location(table)):
+            prefix = prefix.rstrip("/") + "/"
+            if path.startswith(prefix):
+                return path[len(prefix) :]
+        for prefix in (self._table_dir(table), self.location(table)):
+            marker = prefix.rstrip("/").rsplit("://", 1)[-1] + "/"
+            if marker in path:
+                return path.split(marker, 1)[1]
+        raise StoreError(f"data file {path} is outside table {table}")
+
+    def location(self, table: str) -> str:
+        return deltalog.table_location(self.store, table)
+
+    def _table_dir(self, table: str) -> str:
+        return f"{self._root.rstrip('/')}/{table}"
+
+    def _delta(self, table: str, version: int | None = None) -> DeltaTable:
+        try:
+            return DeltaTable(self.location(table), version=version, storage_options=self.storage_options or None)
+        except TableNotFoundError:
+            raise StoreError(f"store {self.store} has no {table} table; create it first") from None
+        except (DeltaError, OSError) as exc:
+            raise StoreError(f"cannot open table {table} of {self.store}: {_first_line(exc)}") from None
+
+    def _duckdb(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            config = {"memory_limit": self.memory_limit, "threads": max(1, min(4, os.cpu_count() or 1))}
+            # Sorting a large table for compaction spills here; DuckDB's default is a folder in the
+            # working directory.
+            config["temp_directory"] = self.temp_directory or os.path.join(
+                tempfile.gettempdir(), f"imgdex-spill-{os.getpid()}"
+            )
+            self._con = duckdb.connect(config=config)
+            self._con.execute("SET TimeZone = 'UTC'")
+        return self._con
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+            if not self.temp_directory:
+                with contextlib.suppress(OSError):  # DuckDB removed its files; the folder is ours
+                    os.rmdir(os.path.join(tempfile.gettempdir(), f"imgdex-spill-{os.getpid()}"))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- creation
+
+    def exists(self) -> bool:
+        return all(DeltaTable.is_deltatable(self.location(t), self.storage_options or None) for t in TABLES)
+
+    def create(self) -> None:
+        """Create whichever tables do not exist yet. Safe when several processes do it at once."""
+        for table in TABLES:
+            location = self.location(table)
+            if DeltaTable.is_deltatable(location, self.storage_options or None):
+                self._add_new_columns(table)
+                continue
+            try:
+                if deltalog.is_local(location):
+                    os.makedirs(deltalog.local_path(location), exist_ok=True)
+                DeltaTable.create(
+                    location,
+                    DELTA_SCHEMAS[table],
+                    mode="ignore",
+                    name=table,
+                    configuration=TABLE_CONFIGURATION,
+                    storage_options=self.storage_options or None,
+                    commit_properties=CommitProperties(custom_metadata={_META + "operation": "create"}),
+                )
+            except (CommitFailedError, DeltaError) as exc:
+                # another process created it first
+                if not DeltaTable.is_deltatable(location, self.storage_options or None):
+                    raise StoreError(f"cannot create table {table} in {self.store}: {_first_line(exc)}") from None
+            except OSError as exc:
+                raise StoreError(f"cannot create table {table} in {self.store}: {exc.strerror or exc}") from None
+
+    def _add_new_columns(self, table: str) -> None:
+        """Columns added to `schema.py` since the table was created are added to it (files written
+        before read them as NULL); any other difference is refused rather than guessed at."""
+        dt = self._delta(table)
+        stored = {f.name: f.type for f in pa.schema(dt.schema().to_arrow())}
+        missing = [f for f in DELTA_SCHEMAS[table] if f.name not in stored]
+        if not missing:
+            return
+        try:
+            dt.alter.add_columns([Field.from_arrow(f) for f in missing])
+            # Files written before now lack the new columns: readers match columns by name until
+            # compaction has rewritten them all.
+            self._delta(table).alter.set_table_properties({deltalog.MIXED_SCHEMAS: "true"}, raise_if_not_exists=False)
+        except (CommitFailedError, DeltaError) as exc:
+            latest = {f.name for f in pa.schema(self._delta(table).schema().to_arrow())}
+            if not all(f.name in latest for f in missing):  # else another process added them first
+                raise StoreError(f"cannot add columns to table {table}: {_first_line(exc)}") from None
+
+    # -- reading
+
+    def files(self, *, version: int | None = None, as_of=None) -> dict[str, deltalog.TableFiles]:
+        return deltalog.read_store(self.store, version=version, as_of=as_of, con=self._duckdb())
+
+    def snapshot(self, *, version: int | None = None, as_of=None) -> Snapshot:
+        return Snapshot(self.files(version=version, as_of=as_of), self._duckdb())
+
+    # -- writing
+
+    def write_run(
+        self,
+        run: dict,
+        prepare: Callable[[Snapshot], Changes] | Changes | None = None,
+        *,
+        max_attempts: int = MAX_ATTEMPTS,
+        _before_commit: Callable[[str], None] | None = None,
+    ) -> RunResult:
+        """Append one run: its images and tags, then its `runs` row (columns of `schema.RUNS`).
+
+        `prepare(snapshot)` derives the changes from the store as it is; when another run commits
+        rows with the same keys first, it is called again on a fresh snapshot (so it must not
+        have side effects). A `Changes` value instead is appended blindly: the resolution rule alone
+        decides. A run that changes nothing appends only its `runs` row."""
+        run_id = run.get("run_id") or uuid.uuid4().hex
+        run = dict(run, run_id=run_id)
+        versions: dict = {"images": None, "tags": None, "runs": None}
+        rows: dict = {"images": 0, "tags": 0, "runs": 1}
+        for attempt in range(1, max_attempts + 1):
+            snapshot = self.snapshot()
+            changes = prepare(snapshot) if callable(prepare) else (prepare or Changes())
+            written_at = _next_time(snapshot.latest_written_at())
+            try:
+                outcome = self._attempt(
+                    run_id, changes, snapshot, written_at, check=callable(prepare), before_commit=_before_commit
+                )
+            except Conflict:
+                # Back off a little, at random, so that runs racing for the same keys spread out.
+                time.sleep(random.uniform(0, min(0.05 * attempt, 0.5)))
+                continue
+            for table, (version, count) in outcome.items():
+                versions[table], rows[table] = version, count
+            versions["runs"] = self._append_runs_row(run)
+            return RunResult(run_id, versions, rows, attempt)
+        raise StoreError(
+            f"run {run_id}: other runs kept changing the same images; gave up after {max_attempts} attempts"
+        )
+
+    def _attempt(
+        self, run_id, changes: Changes, snapshot: Snapshot, written_at: datetime, *, check: bool, before_commit
+    ) -> dict:
+        outcome = {}
+        images = self._stream_images(changes)
+        tags = self._stream_tags(changes)
+        staged = {}
+        try:
+            staged["images"] = self._write_files("images", images, written_at, run_id)
+            staged["tags"] = self._write_files("tags", tags, written_at, run_id)
+            if before_commit is not None:
+                before_commit("images")
+            for table in ("images", "tags"):
+                adds, keys, count, tombstones = staged[table]
+                if not adds:
+                    continue
+                version = self._commit_append(
+                    table,
+                    adds,
+                    snapshot.files[table].version if check else None,
+                    keys,
+                    {
+                        "operation": "append",
+                        "runId": run_id,
+                        "rows": count,
+                        "tombstones": tombstones,
+                        "writtenAt": written_at.isoformat(),
+                    },
+                )
+                staged[table] = ([], None, 0, 0)
+                outcome[table] = (version, count)
+        except BaseException:
+            for table, (adds, *_) in staged.items():
+                self._discard(table, adds)
+            raise
+        return outcome
+
+    def _stream_images(self, changes: Changes) -> Iterator[pa.Table]:
+        for data in _batches(changes.images):
+            yield _cast("images", data)
+        if changes.image_tags is not None and len(changes.image_tags):
+            ids = changes.image_tags.column("id")
+            yield _cast(
+                "images",
+                pa.table(
+                    {
+                        "id": ids,
+                        "tags": changes.image_tags.column("tags").cast(pa.list_(pa.string())),
+                        TAGS_ONLY: pa.array([True] * len(ids), pa.bool_()),
+                    }
+                ),
+            )
+        if changes.retired_images:
+            yield _cast("images", image_tombstones(list(changes.retired_images)))
+
+    def _stream_tags(self, changes: Changes) -> Iterator[pa.Table]:
+        for data in _batches(changes.tags):
+            yield _cast("tags", data)
+        if changes.retired_tags:
+            yield _cast("tags", tag_tombstones(list(changes.retired_tags)))
+
+    def _content_hash(self, data: pa.Table) -> pa.Array:
+        con = self._duckdb()
+        con.register("hash_input", data)
+        try:
+            columns = ", ".join(f'"{c}"' for c in DATA_COLUMNS)
+            # A tombstone or a tags-only row has no data: its hash stays NULL.
+            result = _arrow(
+                con,
+                f"SELECT CASE WHEN coalesce({TOMBSTONE}, false) OR coalesce({TAGS_ONLY}, false) THEN NULL "
+                f"ELSE (hash({columns}) >> 1)::BIGINT END FROM hash_input",
+            )
+        finally:
+            con.unregister("hash_input")
+        return result.column(0).combine_chunks()
+
+    def _write_files(self, table: str, stream: Iterable[pa.Table], written_at: datetime, run_id: str):
+        """Write the stream as sorted Parquet files of at most `batch_rows` rows. Returns the add
+        actions, the keys written, the row count and the tombstone count."""
+        adds: list[AddAction] = []
+        keys: list[pa.Table] = []
+        count = tombstones = 0
+        pending: list[pa.Table] = []
+        pending_rows = 0
+
+        def flush():
+            nonlocal count, tombstones, pending, pending_rows
+            if not pending:
+                return
+            data = pa.concat_tables(pending) if len(pending) > 1 else pending[0]
+            pending, pending_rows = [], 0
+            n = len(data)
+            data = data.set_column(
+                data.schema.get_field_index(WRITTEN_AT), WRITTEN_AT, pa.array([written_at] * n, _UTC_US)
+            )
+            data = data.set_column(data.schema.get_field_index(RUN_ID), RUN_ID, pa.array([run_id] * n, pa.string()))
+            flags = pc.fill_null(data.column(TOMBSTONE), False)
+            data = data.set_column(data.schema.get_field_index(TOMBSTONE), TOMBSTONE, flags)
+            if table == "images":
+                data = data.set_column(
+                    data.schema.get_field_index(CONTENT_HASH), CONTENT_HASH, self._content_hash(data)
+                )
+            order = pc.sort_indices(data, sort_keys=[(k, "ascending") for k in _SORT[table]])
+            sorted_keys = data.select(list(KEYS[table])).take(order)
+            if _has_adjacent_duplicates(sorted_keys):
+                raise StoreError(f"a run wrote the same {table} key twice; each key may appear once per run")
+            # Sorted a few row groups at a time: a sorted copy of the whole batch would double
+            # the memory a load needs.
+            step = self.row_group_rows * 4
+            pieces = (data.take(order.slice(start, step)) for start in range(0, n, step))
+            adds.append(self._write_parquet(table, pieces, data_change=True))
+            keys.append(sorted_keys)
+            count += n
+            tombstones += pc.sum(pc.cast(flags, pa.int64())).as_py() or 0
+
+        try:
+            for data in stream:
+                for offset in range(0, len(data), self.batch_rows):
+                    piece = data.slice(offset, self.batch_rows)
+                    pending.append(piece)
+                    pending_rows += len(piece)
+                    if pending_rows >= self.batch_rows:
+                        flush()
+            flush()
+        except BaseException:
+            self._discard(table, adds)
+            raise
+        key_table = pa.concat_tables(keys) if keys else None
+        if len(adds) > 1 and self._duplicates_across(table, adds):
+            self._discard(table, adds)
+            raise StoreError(f"a run wrote the same {table} key twice; each key may appear once per run")
+        return adds, key_table, count, tombstones
+
+    def _duplicates_across(self, table: str, adds: Sequence[AddAction]) -> bool:
+        """Whether a key repeats across the files of one run (each file was checked by itself); read
+        back from the files, so that a run of a million rows needs no hash set of its keys."""
+        listed = ", ".join(_quote(f"{self._table_dir(table)}/{a.path}") for a in adds)
+        keys = ", ".join(KEYS[table])
+        rows = (
+            self._duckdb()
+            .execute(f"SELECT 1 FROM read_parquet([{listed}]) GROUP BY {keys} HAVING count(*) > 1 LIMIT 1")
+            .fetchall()
+        )
+        return bool(rows)
+
+    def _write_parquet(
+        self,
+        table: str,
+        data: pa.Table | Iterable[pa.Table | pa.RecordBatch],
+        *,
+        data_change: bool,
+        row_group_rows: int | None = None,
+    ) -> AddAction:
+        """One data file from a table or a stream of pieces (written as they come, so a compacted
+        file never sits whole in memory), and its add action with Delta statistics."""
+        name = f"part-{int(time.time() * 1e6):016d}-{uuid.uuid4().hex}.zstd.parquet"
+        path = f"{self._table_dir(table)}/{name}"
+        target = DELTA_SCHEMAS[table]
+        no_dictionary = _NO_DICTIONARY.get(table, set())
+        stats = _Stats(table)
+        pieces = [data] if isinstance(data, pa.Table) else data
+        row_group_rows = row_group_rows or self.row_group_rows
+        try:
+            with (
+                self._fs.open_output_stream(path) as sink,
+                pq.ParquetWriter(
+                    sink,
+                    target,
+                    compression="zstd",
+                    compression_level=3,
+                    use_dictionary=[f.name for f in target if f.name not in no_dictionary],
+                    write_statistics=_STATISTICS[table],
+                    store_schema=False,
+                    # DuckDB skips a row group whose Bloom filter rules the key out: with ids spread by
+                    # hashing, min/max alone cannot, in any file not sorted together with the others.
+                    bloom_filter_options={k: {"ndv": row_group_rows, "fpp": 0.01} for k in _BLOOM.get(table, ())},
+                ) as writer,
+            ):
+                for piece in pieces:
+                    piece = _as_table(piece)
+                    if piece.schema != target:
+                        piece = piece.cast(target)
+                    stats.update(piece)
+                    writer.write_table(piece, row_group_size=row_group_rows)
+            info = self._fs.get_file_info(path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                self._fs.delete_file(path)
+            cause = exc.strerror or _first_line(exc)
+            raise StoreError(f"store {self.store}: cannot write {table} data: {cause}") from None
+        except BaseException:
+            with contextlib.suppress(OSError):
+                self._fs.delete_file(path)
+            raise
+        mtime = int(info.mtime.timestamp() * 1000) if info.mtime else int(time.time() * 1000)
+        return AddAction(name, info.size, {}, mtime, data_change, stats.json())
+
+    def _discard(self, table: str, adds: Sequence[AddAction]) -> None:
+        """Delete files of an attempt that will not commit (vacuum would, after the retention)."""
+        for add in adds:
+            with contextlib.suppress(OSError):
+                self._fs.delete_file(f"{self._table_dir(table)}/{add.path}")
+
+    def _commit_append(
+        self, table: str, adds: list[AddAction], read_version: int | None, keys: pa.Table | None, metadata: dict
+    ) -> int:
+        """Commit at exactly the next version; with `read_version`, only while no commit after it
+        touched `keys`. Returns the version committed."""
+        meta = {_META + k: v for k, v in metadata.items()}
+        while True:
+            dt = self._delta(table)
+            latest = dt.version()
+            if read_version is not None and latest > read_version:
+                if self._overlaps(table, dt, read_version, keys):
+                    raise Conflict(table)
+                read_version = latest
+            try:
+                dt.create_write_transaction(
+                    adds,
+                    "append",
+                    DELTA_SCHEMAS[table],
+                    commit_properties=CommitProperties(custom_metadata=meta, max_commit_retries=0),
+                    post_commithook_properties=PostCommitHookProperties(create_checkpoint=True),
+                )
+                return latest + 1
+            except CommitFailedError:
+                continue  # another commit took that version; check what it holds and try the next
+            except (DeltaError, OSError) as exc:
+                raise StoreError(f"store {self.store}: cannot commit to {table}: {_first_line(exc)}") from None
+
+    def _overlaps(self, table: str, dt: DeltaTable, since: int, keys: pa.Table) -> bool:
+        """Whether a run committed after version `since` wrote any of `keys`."""
+        latest = dt.version()
+        runs = set()
+        for entry in dt.history(latest - since):
+            if entry.get("version", -1) > since and entry.get(_META + "operation") != "compact":
+                run = entry.get(_META + "runId")
+                runs.add(run)
+        runs.discard(None)
+        if not runs:
+            return False
+        before = set(deltalog.read_table(self.location(table), table=table, version=since, con=self._duckdb()).files)
+        after = deltalog.read_table(self.location(table), table=table, version=latest, con=self._duckdb()).files
+        new_files = [f for f in after if f not in before]
+        if not new_files:
+            return False
+        con = self._duckdb()
+        listed = ", ".join(_quote(f) for f in new_files)
+        key_list = ", ".join(KEYS[table])
+        con.register("own_keys", keys)
+        try:
+            row = con.execute(
+                f"SELECT 1 FROM read_parquet([{listed}], hive_partitioning = false) "
+                "WHERE run_id IN (SELECT unnest(?::VARCHAR[])) "
+                f"AND ({key_list}) IN (SELECT ({key_list}) FROM own_keys) "
+                "LIMIT 1",
+                [sorted(runs)],
+            ).fetchall()
+        finally:
+            con.unregister("own_keys")
+        return bool(row)
+
+    def _append_runs_row(self, run: dict) -> int:
+        data = pa.Table.from_pylist([run], schema=schema.RUNS)
+        add = self._write_parquet("runs", _cast("runs", data), data_change=True)
+        meta = {_META + "operation": "append", _META + "runId": run["run_id"], _META + "rows": 1}
+        for _ in range(MAX_ATTEMPTS):
+            dt = self._delta("runs")
+            latest = dt.version()
+            try:
+                dt.create_write_transaction(
+                    [add],
+                    "append",
+                    DELTA_SCHEMAS["runs"],
+                    commit_properties=CommitProperties(custom_metadata=meta, max_commit_retries=0),
+                )
+                return latest + 1
+            except CommitFailedError:
+                continue
+            except (DeltaError, OSError) as exc:
+                self._discard("runs", [add])
+                raise StoreError(f"store {self.store}: cannot commit to runs: {_first_line(exc)}") from None
+        self._discard("runs", [add])
+        raise StoreError(f"store {self.store}: cannot commit to runs: too many concurrent commits")
+
+    # -- compaction and vacuum
+
+    def compact(
+        self,
+        *,
+        tables: Sequence[str] = TABLES,
+        retention: timedelta = DEFAULT_RETENTION,
+        vacuum: bool = True,
+        file_rows: int = COMPACT_FILE_ROWS,
+        now: datetime | None = None,
+        allow_short_retention: bool = False,
+    ) -> dict[str, dict]:
+        """Rewrite each table to its current rows sorted by key, then vacuum.
+
+        Tombstones that won are kept while younger than `retention` (a run that started before
+        them may still commit an older version of their key) and dropped after. Runs that commit
+        during compaction keep their files: the compaction commit removes only what it read, and
+        it starts over when another compaction removed the same files first."""
+        _check_retention(retention, allow_short_retention)
+        now = now or datetime.now(timezone.utc)
+        report = {}
+        for table in tables:
+            report[table] = self._compact_table(table, now - retention, file_rows)
+        if vacuum:
+            removed = self.vacuum(tables=tables, retention=retention, allow_short_retention=allow_short_retention)
+            for table in tables:
+                report[table]["vacuumed"] = removed[table]
+        return report
+
+    def _compact_table(self, table: str, cutoff: datetime, file_rows: int) -> dict:
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            files = deltalog.read_table(self.location(table), table=table, con=self._duckdb())
+            if not files.files:
+                return {"version": files.version, "files_before": 0, "files_after": 0, "rows": 0, "attempts": attempt}
+            adds: list[AddAction] = []
+            rows = 0
+            try:
+                for chunk in _chunks(self._current_rows(table, files, cutoff), file_rows):
+                    adds.append(
+                        self._write_parquet(table, chunk, data_change=False, row_group_rows=self.compact_row_group_rows)
+                    )
+                rows = sum(json.loads(a.stats)["numRecords"] for a in adds)
+                removes = [RemoveAction(self._relative(table, p), False, int(time.time() * 1000)) for p in files.files]
+                meta = {
+                    _META + "operation": "compact",
+                    _META + "rows": rows,
+                    _META + "filesRemoved": len(removes),
+                    _META + "readVersion": files.version,
+                }
+                self._commit_compaction(table, files, adds + removes, meta)
+            except Conflict:
+                self._discard(table, adds)
+                continue
+            except (CommitFailedError, DeltaError) as exc:
+                self._discard(table, adds)
+                if _is_conflict(exc):
+                    continue
+                raise StoreError(f"store {self.store}: cannot compact {table}: {_first_line(exc)}") from None
+            except duckdb.Error as exc:
+                self._discard(table, adds)
+                raise StoreError(f"store {self.store}: cannot compact {table}: {_first_line(exc)}") from None
+            except BaseException:
+                self._discard(table, adds)
+                raise
+            if not files.uniform:
+                with contextlib.suppress(CommitFailedError, DeltaError):
+                    # every file now has every column
+                    self._delta(table).alter.set_table_properties(
+                        {deltalog.MIXED_SCHEMAS: "false"}, raise_if_not_exists=False
+                    )
+            with contextlib.suppress(DeltaError, OSError):
+                # A checkpoint right after compaction lets a reader load the table from one file.
+                self._delta(table).create_checkpoint()
+            return {
+                "version": self._delta(table).version(),
+                "files_before": len(files.files),
+                "files_after": len(adds),
+                "rows": rows,
+                "attempts": attempt,
+            }
+        raise StoreError(f"store {self.store}: cannot compact {table}: other compactions kept winning")
+
+    def _current_rows(self, table: str, files: deltalog.TableFiles, cutoff: datetime) -> Iterator[pa.RecordBatch]:
+        """The current rows of the table sorted by key, as a stream of batches.
+
+        Images go range by range of ids, each range about COMPACT_RANGE_ROWS row versions: sorting
+        a whole table of raw JSON at once would need memory in proportion to it. A range filter
+        reads only the row groups that overlap it, since every file is sorted by id. Within a range,
+        the winners are ranked on the narrow columns first and their wide rows fetched after."""
+        con = self._duckdb()
+        scan = f"({deltalog.versions_sql(files, positions=True)})"
+        columns = ", ".join(f'"{f.name}"' for f in DELTA_SCHEMAS[table])
+        order = ", ".join(_SORT[table])
+        if table not in deltalog.RESOLUTION:
+            yield from _arrow_reader(con, f"SELECT {columns} FROM {scan} AS v ORDER BY {order}", None, 16_384)
+            return
+        keys, ranking = deltalog.RESOLUTION[table]
+        keep = f"WHERE NOT coalesce({TOMBSTONE}, false) OR {WRITTEN_AT} >= ?"
+        window = f"QUALIFY row_number() OVER (PARTITION BY {', '.join(keys)} ORDER BY {ranking}) = 1"
+        if table != "images":  # narrow rows: one pass
+            query = f"SELECT {columns} FROM (SELECT * FROM {scan} AS v {window}) AS current {keep} ORDER BY {order}"
+            yield from _arrow_reader(con, query, [cutoff], 16_384)
+            return
+        # Per id, one row: the data row that wins, with the tags of the id's newest row and, when that
+        # row is newer, its time; nothing of an id whose winner is a tombstone older than the cutoff.
+        by_id = "PARTITION BY id"
+        newest = f"OVER ({by_id} ORDER BY {deltalog.NEWEST})"
+        ranked = (
+            f"SELECT filename, file_row_number, {TAGS_ONLY}, {TOMBSTONE}, {WRITTEN_AT}, "
+            f"first_value(tags) {newest} AS newest_tags, "
+            f"first_value(coalesce({TAGS_WRITTEN_AT}, {WRITTEN_AT})) {newest} AS newest_at "
+            "FROM {scan} {where} "
+            f"QUALIFY row_number() OVER ({by_id} ORDER BY {ranking}) = 1"
+        )
+        chosen = f"WHERE NOT coalesce({TAGS_ONLY}, false) AND (NOT coalesce({TOMBSTONE}, false) OR {WRITTEN_AT} >= ?)"
+        merged = ", ".join(
+            "k.newest_tags AS tags"
+            if f.name == "tags"
+            else f"CASE WHEN k.newest_at > v.{WRITTEN_AT} THEN k.newest_at END AS {TAGS_WRITTEN_AT}"
+            if f.name == TAGS_WRITTEN_AT
+            else f'v."{f.name}"'
+            for f in DELTA_SCHEMAS[table]
+        )
+        total = con.execute(f"SELECT count(*) FROM {scan}").fetchall()[0][0]
+        parts = max(1, -(-total // self.compact_range_rows))
+        bounds: list = []
+        if parts > 1:
+            cuts = [i / parts for i in range(1, parts)]
+            bounds = con.execute(f"SELECT quantile_disc(id, {cuts!r}) FROM {scan}").fetchall()[0][0]
+        edges = [None, *dict.fromkeys(bounds), None]
+        for low, high in zip(edges, edges[1:], strict=False):
+            conditions, params = [], []
+            if low is not None:
+                conditions.append("id >= ?")
+                params.append(low)
+            if high is not None:
+                conditions.append("id < ?")
+                params.append(high)
+            where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+            con.execute(
+                "CREATE OR REPLACE TEMP TABLE compact_keep AS SELECT filename, file_row_number, newest_tags, "
+                f"newest_at FROM ({ranked.format(scan=scan, where=where)}) AS ranked {chosen}",
+                [*params, cutoff],
+            )
+            query = (
+                f"SELECT {merged} FROM (SELECT * FROM {scan} {where}) AS v "
+                f"JOIN compact_keep AS k USING (filename, file_row_number) ORDER BY v.{order}"
+            )
+            yield from _arrow_reader(con, query, params or None, 8_192)
+        con.execute("DROP TABLE IF EXISTS compact_keep")
+
+    def _commit_compaction(self, table: str, files: deltalog.TableFiles, actions: list, meta: dict) -> None:
+        """Commit at exactly the next version while every file read is still live. delta-rs does not
+        see two removes of one file as a conflict, so without this check two compactions at once
+        would both land and store every row twice."""
+        read = set(files.files)
+        while True:
+            dt = self._delta(table)
+            latest = dt.version()
+            if latest > files.version:
+                live = set(
+                    deltalog.read_table(self.location(table), table=table, version=latest, con=self._duckdb()).files
+                )
+                if not read <= live:
+                    raise Conflict(table)
+            try:
+                dt.create_write_transaction(
+                    actions,
+                    "append",
+                    DELTA_SCHEMAS[table],
+                    commit_properties=CommitProperties(custom_metadata=meta, max_commit_retries=0),
+                )
+                return
+            except CommitFailedError:
+                continue  # another commit took that version: look at what it did, then try the next
+
+    def vacuum(
+        self,
+        *,
+        tables: Sequence[str] = TABLES,
+        retention: timedelta = DEFAULT_RETENTION,
+        allow_short_retention: bool = False,
+    ) -> dict[str, int]:
+        """Delete data files that no version within `retention` needs, and files of attempts that
+        never committed once they are older than `retention`. Returns the count per table."""
+        _check_retention(retention, allow_short_retention)
+        hours = int(retention.total_seconds() // 3600)
+        out = {}
+        for table in tables:
+            try:
+                removed = self._delta(table).vacuum(
+                    retention_hours=hours,
+                    dry_run=False,
+                    enforce_retention_duration=False,
+                    full=True,
+                    commit_properties=CommitProperties(custom_metadata={_META + "operation": "vacuum"}),
+                )
+            except (DeltaError, OSError) as exc:
+                raise StoreError(f"store {self.store}: cannot vacuum {table}: {_first_line(exc)}") from None
+            out[table] = len(removed)
+        return out
+
+    # -- history
+
+    def history(self, *, tables: Sequence[str] = TABLES, limit: int | None = None) -> list[HistoryEntry]:
+        """Every commit of the tables, newest first: time, operation, run id and row counts."""
+        entries = []
+        for table in tables:
+            for info in self._delta(table).history(limit):
+                operation = info.get(_META + "operation") or str(info.get("operation", "")).lower()
+                stamp = datetime.fromtimestamp(int(info.get("timestamp", 0)) / 1000, timezone.utc)
+                entries.append(
+                    HistoryEntry(
+                        table,
+                        int(info["version"]),
+                        stamp,
+                        operation,
+                        info.get(_META + "runId"),
+                        _int(info.get(_META + "rows")),
+                        _int(info.get(_META + "tombstones")),
+                    )
+                )
+        entries.sort(key=lambda e: (e.time, e.table, e.version), reverse=True)
+        return entries[:limit] if limit else entries
+
+
+# ---- a reference pre-merge: what a run appends, given the store as it is
+
+
+def premerge(
+    snapshot: Snapshot,
+    incoming: pa.Table,
+    *,
+    retired_tags: Sequence[tuple[str, str, str]] = (),
+    retired_images: Sequence[str] = (),
+    merge: Callable[[dict, dict], dict] | None = None,
+) -> Changes:
+    """The changes that apply `incoming` (rows in `schema.IMAGES`, one per id, tags as claimed by
+    each record) to the store as `snapshot` has it, as the DuckDB writer does:
+
+    - a record less exact than the stored one keeps the stored data; a more exact one wins whole;
+      of two equally exact ones with different data, `merge(stored_row, incoming_row)` decides
+      (rows as Arrow dicts; without `merge` the incoming row wins and no stored row is read; the
+      writer passes `model.merge_records` here);
+    - tags are pooled with the stored ones, a tag claimed here moves from its previous image (which
+      gets a tags-only row without it), and a tag claimed twice in `incoming` goes to the later row;
+    - nothing is appended for a record whose data and tags are unchanged; a tags-only row for one
+      whose data is unchanged (or loses) but whose tags change.
+    Reads only the keys involved, and the narrow columns of them unless `merge` needs a whole row,
+    so its cost follows the size of `incoming`, not of the store."""
+    incoming = _cast("images", incoming).select([f.name for f in schema.IMAGES])
+    ids = incoming.column("id").to_pylist()
+    # the hash decides "unchanged" without reading stored rows
+    store_hash = _hash_via(snapshot.con, incoming)
+    registries = incoming.column("registry").to_pylist()
+    names = incoming.column("name").to_pylist()
+    claimed_tags = incoming.column("tags").to_pylist()
+
+    final_holder: dict[tuple, str] = {}
+    for image_id, registry, name, tags in zip(ids, registries, names, claimed_tags, strict=True):
+        for tag in tags or ():
+            final_holder[(registry, name, tag)] = image_id
+    retired_keys = [tuple(k) for k in retired_tags if tuple(k) not in final_holder]
+    key_table = pa.table(
+        {
+            "registry": [k[0] for k in list(final_holder) + retired_keys],
+            "name": [k[1] for k in list(final_holder) + retired_keys],
+            "tag": [k[2] for k in list(final_holder) + retired_keys],
+        },
+        schema=pa.schema([("registry", pa.string()), ("name", pa.string()), ("tag", pa.string())]),
+    )
+    holders = {}
+    if len(key_table):
+        for row in snapshot.tag_holders(key_table).to_pylist():
+            holders[(row["registry"], row["name"], row["tag"])] = row["image_id"]
+
+    # tags each image loses: claimed by another image here, or retired
+    losing: dict[str, set] = {}
+    for key, new_holder in final_holder.items():
+        old = holders.get(key)
+        if old is not None and old != new_holder:
+            losing.setdefault(old, set()).add(key[2])
+    for key in retired_keys:
+        old = holders.get(key)
+        if old is not None:
+            losing.setdefault(old, set()).add(key[2])
+    tag_rows = [(k, v) for k, v in final_holder.items() if holders.get(k) != v]
+    tag_tombs = [k for k in retired_keys if k in holders]
+
+    wanted = list(dict.fromkeys(ids + list(losing)))
+    state = {r["id"]: r for r in snapshot.image_state(wanted).to_pylist()} if wanted else {}
+    need_full = []
+    decisions = []
+    incoming_rows = incoming.to_pylist()
+    for row, content in zip(incoming_rows, store_hash, strict=True):
+        image_id = row["id"]
+        stored = state.get(image_id)
+        own = {t for t in row["tags"] or () if final_holder.get((row["registry"], row["name"], t)) == image_id}
+        keep_stored = set(stored["tags"] or ()) if stored else set()
+        tags = sorted((keep_stored | own) - losing.get(image_id, set()))
+        if stored is None or row["exactness"] > stored["exactness"]:
+            decisions.append(("incoming", row, tags))
+        elif row["exactness"] < stored["exactness"] or content == stored[CONTENT_HASH]:
+            if tags != list(stored["tags"] or ()):
+                decisions.append(("tags", image_id, tags))
+        elif merge is None:
+            decisions.append(("incoming", row, tags))
+        else:
+            decisions.append(("merge", row, tags))
+            need_full.append(image_id)
+    incoming_ids = set(ids)
+    for image_id, lost in losing.items():
+        if image_id in incoming_ids or image_id not in state:
+            continue
+        tags = sorted(set(state[image_id]["tags"] or ()) - lost)
+        decisions.append(("tags", image_id, tags))
+
+    full = {r["id"]: r for r in snapshot.images(need_full).to_pylist()} if need_full else {}
+    out_rows, tag_updates = [], []
+    for kind, subject, tags in decisions:
+        if kind == "incoming":
+            out_rows.append(dict(subject, tags=tags))
+        elif kind == "tags":
+            tag_updates.append({"id": subject, "tags": tags})
+        else:
+            out_rows.append(dict(merge(full[subject["id"]], subject), tags=tags))
+    images = pa.Table.from_pylist(out_rows, schema=_cast_schema_for_rows()) if out_rows else None
+    image_tags = pa.Table.from_pylist(tag_updates, schema=_IMAGE_TAGS) if tag_updates else None
+    tags_table = None
+    if tag_rows:
+        tags_table = pa.table(
+            {
+                "registry": [k[0] for k, _ in tag_rows],
+                "name": [k[1] for k, _ in tag_rows],
+                "tag": [k[2] for k, _ in tag_rows],
+                "image_id": [v for _, v in tag_rows],
+            },
+            schema=schema.TAGS,
+        )
+    return Changes(
+        images=images,
+        image_tags=image_tags,
+        tags=tags_table,
+        retired_tags=tag_tombs,
+        retired_images=list(retired_images),
+    )
+
+
+_IMAGE_TAGS = pa.schema([("id", pa.string()), ("tags", pa.list_(pa.string()))])
+
+
+def _cast_schema_for_rows() -> pa.Schema:
+    # Rows read back from the store carry created_at as TIMESTAMP(us, UTC).
+    return pa.schema([pa.field("created_at", _UTC_US) if f.name == "created_at" else f for f in schema.IMAGES])
+
+
+def _hash_via(con: duckdb.DuckDBPyConnection, data: pa.Table) -> list:
+    con.register("hash_input", data)
+    try:
+        columns = ", ".join(f'"{c}"' for c in DATA_COLUMNS)
+        return [r[0] for r in con.execute(f"SELECT (hash({columns}) >> 1)::BIGINT FROM hash_input").fetchall()]
+    finally:
+        con.unregister("hash_input")
+
+
+# ---- helpers
+
+
+def _arrow(con, sql: str, params=None) -> pa.Table:
+    # A relation hands Arrow over without the copy a DB-API result makes; DuckDB 2 renamed the method.
+    relation = con.sql(sql, params=params)
+    method = getattr(relation, "to_arrow_table", None) or relation.fetch_arrow_table
+    return method()
+
+
+def _arrow_reader(con, sql: str, params, batch_rows: int) -> pa.RecordBatchReader:
+    relation = con.sql(sql, params=params)
+    method = getattr(relation, "to_arrow_reader", None) or relation.fetch_record_batch
+    return method(batch_rows)
+
+
+def _next_time(seen: datetime | None) -> datetime:
+    """Now, or just after the newest row already written when a clock is behind: a row version
+    must sort after every version its run could read."""
+    now = datetime.now(timezone.utc)
+    if seen is not None:
+        if seen.tzinfo is None:
+            seen = seen.replace(tzinfo=timezone.utc)
+        if seen >= now:
+            return seen + timedelta(microseconds=1)
+    return now
+
+
+def _has_adjacent_duplicates(sorted_keys: pa.Table) -> bool:
+    if len(sorted_keys) < 2:
+        return False
+    same = None
+    for column in sorted_keys.columns:
+        equal = pc.equal(column.slice(1), column.slice(0, len(column) - 1))
+        same = equal if same is None else pc.and_(same, equal)
+    return bool(pc.any(same).as_py())
+
+
+class _Stats:
+    """Delta file statistics for the key columns, gathered piece by piece: what delta-rs and Spark
+    skip files by."""
+
+    def __init__(self, table: str):
+        self.columns = KEYS[table]
+        self.rows = 0
+        self.nulls = dict.fromkeys(self.columns, 0)
+        self.low: dict = dict.fromkeys(self.columns)
+        self.high: dict = dict.fromkeys(self.columns)
+
+    def update(self, data: pa.Table) -> None:
+        self.rows += len(data)
+        for column in self.columns:
+            values = data.column(column)
+            self.nulls[column] += values.null_count
+            if values.null_count == len(values):
+                continue
+            bounds = pc.min_max(values)
+            low, high = bounds["min"].as_py(), bounds["max"].as_py()
+            self.low[column] = low if self.low[column] is None else min(low, self.low[column])
+            self.high[column] = high if self.high[column] is None else max(high, self.high[column])
+
+    def json(self) -> str:
+        stats = {"numRecords": self.rows, "minValues": {}, "maxValues": {}, "nullCount": self.nulls}
+        for column in self.columns:
+            low, high = self.low[column], self.high[column]
+            # Delta truncates string statistics at 32 characters; longer ones are left out rather
+            # than written in a way a reader could misjudge.
+            if isinstance(low, str) and isinstance(high, str) and len(low) <= 32 and len(high) <= 32:
+                stats["minValues"][column] = low
+                stats["maxValues"][column] = high
+        return json.dumps(stats, separators=(",", ":"))
+
+
+def _chunks(reader: pa.RecordBatchReader, rows: int) -> Iterator[Iterator[pa.RecordBatch]]:
+    """The reader's batches in runs of `rows` rows, each run a stream, so a file is written as
+    its batches arrive."""
+    batches = iter(reader)
+    carry: list[pa.RecordBatch] = []
+
+    def run():
+        count = 0
+        while count < rows:
+            batch = carry.pop() if carry else next(batches, None)
+            if batch is None:
+                return
+            if count + len(batch) > rows:
+                carry.append(batch.slice(rows - count))
+                batch = batch.slice(0, rows - count)
+            count += len(batch)
+            yield batch
+
+    while True:
+        first = carry.pop() if carry else next(batches, None)
+        if first is None:
+            return
+        carry.append(first)
+        yield run()
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _int(value) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _is_conflict(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, CommitFailedError) or "conflict" in text or "concurrent" in text
+
+
+def _check_retention(retention: timedelta, allow_short: bool) -> None:
+    if retention < timedelta(0):
+        raise StoreError("retention cannot be negative")
+    if retention < MIN_RETENTION and not allow_short:
+        raise StoreError(f"retention below {MIN_RETENTION} could delete files of a run that is still writing")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

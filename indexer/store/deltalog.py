@@ -1,0 +1,555 @@
+"""Which Parquet files make up a Delta table, read from its `_delta_log` without importing deltalake.
+
+The lookup path needs only the list of live data files of each table. Replaying the log with the
+standard library (JSON commits) and DuckDB (a Parquet checkpoint, when there is one) costs a few
+milliseconds, where importing deltalake and pyarrow costs far more (see bench/store_bench.py).
+
+The reader is strict rather than complete: it accepts only what the tables of this store use
+(no partitions, no deletion vectors, no column mapping, classic single or multi-part checkpoints)
+and refuses anything else with a StoreError, since reading the data files of such a table directly
+would return wrong rows. A table at another location (`s3://...`) is listed through deltalake.
+
+This module also holds the DuckDB SQL that turns the append-only tables into current rows, so the
+rule lives in one place for readers and for compaction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from datetime import datetime, timezone
+from urllib.parse import unquote, urlparse
+
+from ..errors import StoreError
+
+TABLES = ("images", "tags", "runs")
+LOG_DIR = "_delta_log"
+
+# Columns this store adds to the Arrow schemas of `schema.py`: when a row was written, by which
+# run, and whether it retires its key instead of describing it.
+WRITTEN_AT = "written_at"
+RUN_ID = "run_id"
+TOMBSTONE = "tombstone"
+CONTENT_HASH = "content_hash"
+# An images row that changes only the image's tags (a tag moved away, or a less exact record
+# added one): no data, so a tag move never rewrites, nor reads, an image's raw JSON.
+TAGS_ONLY = "tags_only"
+# Set by compaction when an image's tags came from a newer row than its data: the time of that row.
+TAGS_WRITTEN_AT = "tags_written_at"
+VERSION_COLUMNS = (WRITTEN_AT, RUN_ID, TOMBSTONE, CONTENT_HASH, TAGS_ONLY, TAGS_WRITTEN_AT)
+
+# Table property set while some files predate the table's last added column (until compaction).
+MIXED_SCHEMAS = "imgdex.mixedSchemas"
+
+# A tombstone of an image carries this exactness, above any record's, so that the resolution
+# rule retires the id for good: an id replaced by an imported one is never used again.
+TOMBSTONE_EXACTNESS = 127
+
+# Which rows are current. Windows partitioned by the key, so that DuckDB pushes an equality
+# filter on the key below them into the Parquet scan (row-group pruning by id).
+RESOLUTION = {
+    "images": (("id",), f"coalesce({TAGS_ONLY}, false), exactness DESC, {WRITTEN_AT} DESC, {RUN_ID} DESC"),
+    "tags": (("registry", "name", "tag"), f"{WRITTEN_AT} DESC, {RUN_ID} DESC"),
+}
+# An image's tags are those of its newest row, data or tags-only.
+NEWEST = f"coalesce({TAGS_WRITTEN_AT}, {WRITTEN_AT}) DESC, {RUN_ID} DESC"
+
+# Reader features whose only effect is on how values are typed, not on which rows a file holds.
+_SAFE_READER_FEATURES = frozenset({"timestampNtz"})
+_COMMIT = re.compile(r"^(\d{20})\.json$")
+_CHECKPOINT = re.compile(r"^(\d{20})\.checkpoint\.parquet$")
+_MULTIPART = re.compile(r"^(\d{20})\.checkpoint\.(\d{10})\.(\d{10})\.parquet$")
+_V2_CHECKPOINT = re.compile(r"^(\d{20})\.checkpoint\.[0-9a-fA-F-]{36}\.(json|parquet)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class TableFiles:
+    """The live data files of one table at one version."""
+
+    table: str
+    location: str
+    version: int
+    timestamp_ms: int  # the commit's time (commitInfo.timestamp), as deltalake reads it
+    files: tuple[str, ...]
+    columns: tuple[tuple[str, str], ...]  # (name, DuckDB type) from the table's schema
+    run_id: str | None = None  # the run that made this version, from the commit's metadata
+    # Per file, the (min, max) of the first key column from the add action's statistics, or None.
+    key_ranges: tuple = ()
+    # False when some file predates the last schema change: such files lack the newer columns,
+    # so DuckDB must match columns by name (slower: every file's schema is read per query).
+    uniform: bool = True
+
+    def candidates(self, key: str) -> tuple[str, ...]:
+        """The files whose key range may hold `key`: a point lookup needs to open only these."""
+        if len(self.key_ranges) != len(self.files):
+            return self.files
+        return tuple(f for f, r in zip(self.files, self.key_ranges, strict=True) if r is None or r[0] <= key <= r[1])
+
+    def for_key(self, key: str) -> "TableFiles":
+        """This table narrowed to the files that may hold `key` (for `resolved_sql` of one lookup)."""
+        if len(self.key_ranges) != len(self.files):
+            return self
+        kept = [(f, r) for f, r in zip(self.files, self.key_ranges, strict=True) if r is None or r[0] <= key <= r[1]]
+        return dataclasses.replace(self, files=tuple(f for f, _ in kept), key_ranges=tuple(r for _, r in kept))
+
+
+def is_local(location: str) -> bool:
+    scheme = urlparse(location).scheme
+    return scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt")
+
+
+def local_path(location: str) -> str:
+    parsed = urlparse(location)
+    return unquote(parsed.path) if parsed.scheme == "file" else location
+
+
+def table_location(store: str, table: str) -> str:
+    return f"{store.rstrip('/')}/{table}"
+
+
+def _ms(when: datetime | int | float | str) -> int:
+    if isinstance(when, (int, float)):
+        return int(when)
+    if isinstance(when, str):
+        when = datetime.fromisoformat(when.replace("Z", "+00:00"))
+    if when.tzinfo is None:
+        raise StoreError("a time-travel timestamp needs a time zone")
+    return int(when.timestamp() * 1000)
+
+
+class _Replay:
+    """The state of one table's log, built from a checkpoint and the commits after it."""
+
+    def __init__(self, table: str, directory: str):
+        self.table = table
+        self.directory = directory
+        self.files: dict[str, tuple] = {}  # relative path -> (version added, statistics text)
+        self.protocol: dict | None = None
+        self.metadata: dict | None = None
+        self.version = -1  # of the action being applied
+
+    def _add(self, action: dict) -> None:
+        if action.get("deletionVector"):
+            raise StoreError(f"table {self.table} has deletion vectors, which this reader refuses")
+        if action.get("partitionValues"):
+            raise StoreError(f"table {self.table} is partitioned, which this reader refuses")
+        self.files[unquote(action["path"])] = (self.version, action.get("stats"))
+
+    def apply(self, action: dict) -> None:
+        if "add" in action:
+            self._add(action["add"])
+        elif "remove" in action:
+            self.files.pop(unquote(action["remove"]["path"]), None)
+        elif "protocol" in action:
+            self.protocol = action["protocol"]
+        elif "metaData" in action:
+            self.metadata = action["metaData"]
+        # commitInfo, txn, cdc and domainMetadata change no file list; anything the protocol
+        # does not allow is caught by the protocol check.
+
+    def check(self) -> None:
+        protocol, metadata = self.protocol, self.metadata
+        if protocol is None or metadata is None:
+            raise StoreError(f"table {self.table} has no protocol or metadata in its log")
+        reader = protocol.get("minReaderVersion")
+        configuration = _as_dict(metadata.get("configuration"))
+        mapping = configuration.get("delta.columnMapping.mode", "none")
+        features = set(protocol.get("readerFeatures") or ())
+        if reader not in (1, 2, 3):
+            raise StoreError(f"table {self.table} needs Delta reader version {reader}, which this reader refuses")
+        if mapping not in ("none", None) or "columnMapping" in features:
+            raise StoreError(f"table {self.table} uses column mapping, which this reader refuses")
+        if "deletionVectors" in features:
+            raise StoreError(f"table {self.table} has deletion vectors, which this reader refuses")
+        if reader == 3 and not features <= _SAFE_READER_FEATURES:
+            refused = ", ".join(sorted(features - _SAFE_READER_FEATURES))
+            raise StoreError(f"table {self.table} needs reader features {refused}, which this reader refuses")
+        if metadata.get("partitionColumns"):
+            raise StoreError(f"table {self.table} is partitioned, which this reader refuses")
+
+    def path(self, relative: str) -> str:
+        if urlparse(relative).scheme:
+            if not is_local(relative):
+                raise StoreError(f"table {self.table} names a data file outside the file system: {relative}")
+            return local_path(relative)
+        return os.path.join(self.directory, relative)
+
+
+def _as_dict(value) -> dict:
+    # DuckDB returns a MAP as a dict, older versions as {"key": [...], "value": [...]}.
+    if not value:
+        return {}
+    if set(value) == {"key", "value"} and isinstance(value["key"], list):
+        return dict(zip(value["key"], value["value"], strict=True))
+    return dict(value)
+
+
+def _list_log(table: str, log: str) -> tuple[dict[int, str], dict[int, list[str]]]:
+    commits: dict[int, str] = {}
+    parts: dict[int, dict[int, list[str]]] = {}
+    try:
+        names = os.listdir(log)
+    except FileNotFoundError:
+        raise StoreError(f"table {table} has no Delta log at {log}") from None
+    except OSError as exc:
+        raise StoreError(f"cannot read the log of table {table}: {exc.strerror or exc}") from None
+    for name in names:
+        if match := _COMMIT.match(name):
+            commits[int(match.group(1))] = name
+        elif match := _CHECKPOINT.match(name):
+            parts.setdefault(int(match.group(1)), {}).setdefault(1, []).append(name)
+        elif match := _MULTIPART.match(name):
+            parts.setdefault(int(match.group(1)), {}).setdefault(int(match.group(3)), []).append(name)
+        elif _V2_CHECKPOINT.match(name):
+            raise StoreError(f"table {table} has a v2 checkpoint, which this reader refuses")
+    complete: dict[int, list[str]] = {}
+    for version, by_count in parts.items():
+        for count, names_ in by_count.items():
+            if len(names_) == count:  # a multi-part checkpoint is usable only whole
+                complete[version] = sorted(names_)
+    return commits, complete
+
+
+def _read_commit(table: str, log: str, name: str) -> list[dict]:
+    try:
+        with open(os.path.join(log, name), "rb") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except FileNotFoundError:
+        # removed by log clean-up between listing and reading
+        raise StoreError(f"table {table}: commit {name} vanished while reading; try again") from None
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"table {table}: cannot read commit {name}: {exc}") from None
+
+
+def _commit_info(actions: list[dict]) -> dict:
+    for action in actions:
+        if "commitInfo" in action:
+            return action["commitInfo"]
+    return {}
+
+
+def _read_checkpoint(replay: _Replay, log: str, names: list[str], con) -> None:
+    paths = [os.path.join(log, name) for name in names]
+    own = con is None
+    if own:
+        import duckdb  # only when a checkpoint must be read: the connection costs start-up time
+
+        con = duckdb.connect()
+    try:
+        listed = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
+        rows = con.execute(
+            f"SELECT add.path, add.partitionValues, add.deletionVector IS NOT NULL, add.stats, protocol, metaData "
+            f"FROM read_parquet([{listed}], hive_partitioning = false) "
+            f"WHERE add IS NOT NULL OR protocol IS NOT NULL OR metaData IS NOT NULL"
+        ).fetchall()
+    except Exception as exc:  # duckdb.Error, without importing duckdb on the common path
+        cause = str(exc).splitlines()[0]
+        raise StoreError(f"table {replay.table}: cannot read checkpoint {names[0]}: {cause}") from None
+    finally:
+        if own:
+            con.close()
+    for path, partition_values, has_dv, stats, protocol, metadata in rows:
+        if path is not None:
+            replay._add(
+                {"path": path, "partitionValues": _as_dict(partition_values), "deletionVector": has_dv, "stats": stats}
+            )
+        if protocol is not None:
+            replay.protocol = protocol
+        if metadata is not None:
+            replay.metadata = dict(metadata, configuration=_as_dict(metadata.get("configuration")))
+
+
+def read_table(
+    location: str,
+    *,
+    table: str | None = None,
+    version: int | None = None,
+    as_of: datetime | int | str | None = None,
+    con=None,
+) -> TableFiles:
+    """The live files of the Delta table at `location`, at `version`, at the newest version
+    committed at or before `as_of` (a datetime with a zone, ISO text or epoch milliseconds), or
+    at the latest version. `con`: a DuckDB connection to read a checkpoint with, if one is needed."""
+    table = table or os.path.basename(location.rstrip("/"))
+    if not is_local(location):
+        return _read_with_deltalake(location, table, version, as_of)
+    directory = local_path(location)
+    log = os.path.join(directory, LOG_DIR)
+    commits, checkpoints = _list_log(table, log)
+    if not commits and not checkpoints:
+        raise StoreError(f"table {table} has no commits in {log}")
+    latest = max(list(commits) + list(checkpoints))
+    infos: dict[int, list[dict]] = {}
+    if as_of is not None:
+        version = _version_at(table, log, commits, _ms(as_of), infos)
+    if version is None:
+        version = latest
+    if version < 0 or version > latest:
+        raise StoreError(f"table {table} has no version {version} (latest is {latest})")
+    usable = [v for v in checkpoints if v <= version]
+    start = max(usable) if usable else -1
+    missing = [v for v in range(start + 1, version + 1) if v not in commits]
+    if missing:
+        raise StoreError(f"table {table}: version {version} can no longer be read (its log was cleaned up)")
+    replay = _Replay(table, directory)
+    if start >= 0:
+        replay.version = start
+        _read_checkpoint(replay, log, checkpoints[start], con)
+    timestamp, run_id = 0, None
+    for v in range(start + 1, version + 1):
+        actions = infos.get(v) or _read_commit(table, log, commits[v])
+        replay.version = v
+        for action in actions:
+            replay.apply(action)
+        if v == version:
+            info = _commit_info(actions)
+            timestamp, run_id = int(info.get("timestamp") or 0), info.get("imgdex.runId")
+    if start == version and version in commits:
+        info = _commit_info(_read_commit(table, log, commits[version]))
+        timestamp, run_id = int(info.get("timestamp") or 0), info.get("imgdex.runId")
+    replay.check()
+    columns = _columns(replay.metadata)
+    files = tuple(replay.path(p) for p in replay.files)
+    first_key = columns[0][0] if columns else None
+    ranges = tuple(_key_range(stats, first_key) for _, stats in replay.files.values())
+    uniform = _as_dict(replay.metadata.get("configuration")).get(MIXED_SCHEMAS) != "true"
+    return TableFiles(table, location, version, timestamp, files, columns, run_id, ranges, uniform)
+
+
+def _key_range(stats: str | None, column: str | None) -> tuple | None:
+    if not stats or not column:
+        return None
+    try:
+        parsed = json.loads(stats)
+        low, high = parsed["minValues"][column], parsed["maxValues"][column]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return (low, high) if isinstance(low, str) and isinstance(high, str) else None
+
+
+def _version_at(table: str, log: str, commits: dict[int, str], when_ms: int, infos: dict) -> int:
+    # Commit times only grow with the version in a log written by one clock; the newest version
+    # at or before the time is what deltalake's load_as_version picks as well.
+    found = None
+    for v in sorted(commits):
+        actions = infos[v] = _read_commit(table, log, commits[v])
+        stamp = _commit_info(actions).get("timestamp")
+        if stamp is not None and int(stamp) <= when_ms:
+            found = v
+    if found is None:
+        raise StoreError(f"table {table} has no version committed at or before that time")
+    return found
+
+
+def _read_with_deltalake(location: str, table: str, version, as_of) -> TableFiles:
+    from deltalake import DeltaTable  # object storage: delta-rs knows its protocols and credentials
+
+    storage = storage_options_from_env()
+    try:
+        dt = DeltaTable(location, storage_options=storage or None)
+        if as_of is not None:
+            when = as_of if isinstance(as_of, datetime) else datetime.fromtimestamp(_ms(as_of) / 1000, timezone.utc)
+            dt.load_as_version(when)
+        elif version is not None:
+            dt.load_as_version(version)
+        protocol = dt.protocol()
+        if protocol.min_reader_version > 1 or protocol.reader_features:
+            raise StoreError(f"table {table} needs Delta reader features this reader refuses")
+        metadata = {"schemaString": dt.schema().to_json()}
+        info = dt.history(1)[0] if version is None and as_of is None else {}
+        return TableFiles(
+            table,
+            location,
+            dt.version(),
+            int(info.get("timestamp") or 0),
+            tuple(dt.file_uris()),
+            _columns(metadata),
+            info.get("imgdex.runId"),
+        )
+    except StoreError:
+        raise
+    except Exception as exc:
+        raise StoreError(f"cannot read table {table} at {location}: {str(exc).splitlines()[0]}") from None
+
+
+def storage_options_from_env() -> dict[str, str]:
+    """delta-rs storage options for object storage, from IMGDEX_STORAGE_OPTIONS (a JSON object)."""
+    text = os.environ.get("IMGDEX_STORAGE_OPTIONS")
+    if not text:
+        return {}
+    try:
+        options = json.loads(text)
+    except ValueError:
+        raise StoreError("IMGDEX_STORAGE_OPTIONS is not a JSON object") from None
+    if not isinstance(options, dict):
+        raise StoreError("IMGDEX_STORAGE_OPTIONS is not a JSON object")
+    return {str(k): str(v) for k, v in options.items()}
+
+
+# ---- Delta types to DuckDB types: the log's own schema, so an empty table still has typed columns.
+
+_PRIMITIVES = {
+    "string": "VARCHAR",
+    "long": "BIGINT",
+    "integer": "INTEGER",
+    "short": "SMALLINT",
+    "byte": "TINYINT",
+    "boolean": "BOOLEAN",
+    "binary": "BLOB",
+    "double": "DOUBLE",
+    "float": "FLOAT",
+    "date": "DATE",
+    "timestamp": "TIMESTAMP WITH TIME ZONE",
+    "timestamp_ntz": "TIMESTAMP",
+}
+
+
+def _duck_type(delta_type) -> str:
+    if isinstance(delta_type, str):
+        if delta_type in _PRIMITIVES:
+            return _PRIMITIVES[delta_type]
+        if delta_type.startswith("decimal"):
+            return delta_type.upper()
+        raise StoreError(f"unknown Delta type {delta_type}")
+    kind = delta_type.get("type")
+    if kind == "array":
+        return f"{_duck_type(delta_type['elementType'])}[]"
+    if kind == "map":
+        return f"MAP({_duck_type(delta_type['keyType'])}, {_duck_type(delta_type['valueType'])})"
+    if kind == "struct":
+        fields = ", ".join(f'"{f["name"]}" {_duck_type(f["type"])}' for f in delta_type["fields"])
+        return f"STRUCT({fields})"
+    raise StoreError(f"unknown Delta type {kind}")
+
+
+def _columns(metadata: dict) -> tuple[tuple[str, str], ...]:
+    try:
+        fields = json.loads(metadata["schemaString"])["fields"]
+    except (KeyError, TypeError, ValueError):
+        raise StoreError("a Delta table's schema cannot be read") from None
+    return tuple((f["name"], _duck_type(f["type"])) for f in fields)
+
+
+# ---- a whole store
+
+
+def read_store(
+    store: str,
+    *,
+    version: int | None = None,
+    as_of: datetime | int | str | None = None,
+    tables: tuple[str, ...] = TABLES,
+    con=None,
+) -> dict[str, TableFiles]:
+    """The live files of each table of `store`.
+
+    `as_of` applies to every table. `version` is a version of the images table; the other tables
+    are read as they were when it was committed, and include the rest of the same run (a run
+    commits images, then tags, then its runs row), so a version names one consistent state.
+    """
+    out: dict[str, TableFiles] = {}
+    if version is not None and as_of is None:
+        images = read_table(table_location(store, "images"), table="images", version=version, con=con)
+        out["images"] = images
+        for table in tables:
+            if table != "images":
+                out[table] = _same_run(table_location(store, table), table, images, con)
+        return {t: out[t] for t in tables}
+    for table in tables:
+        out[table] = read_table(table_location(store, table), table=table, as_of=as_of, con=con)
+    return out
+
+
+def _same_run(location: str, table: str, images: TableFiles, con) -> TableFiles:
+    if not is_local(location):
+        return read_table(location, table=table, as_of=images.timestamp_ms, con=con)
+    log = os.path.join(local_path(location), LOG_DIR)
+    commits, _ = _list_log(table, log)
+    chosen = None
+    for v in sorted(commits):
+        info = _commit_info(_read_commit(table, log, commits[v]))
+        stamp = int(info.get("timestamp") or 0)
+        if stamp <= images.timestamp_ms or (images.run_id and info.get("imgdex.runId") == images.run_id):
+            chosen = v
+    if chosen is None:
+        chosen = min(commits) if commits else None
+    return read_table(location, table=table, version=chosen, con=con)
+
+
+# ---- SQL over the files
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def versions_sql(files: TableFiles, *, positions: bool = False) -> str:
+    """Every row version of the table (the raw Delta table), or no rows of its types when empty.
+    `positions` adds each row's `filename` and `file_row_number`."""
+    columns = list(files.columns) + ([("filename", "VARCHAR"), ("file_row_number", "BIGINT")] if positions else [])
+    typed = ", ".join(f"NULL::{dtype} AS {_ident(name)}" for name, dtype in columns)
+    if not files.files:
+        return f"SELECT {typed} WHERE false"
+    listed = ", ".join(_quote(p) for p in files.files)
+    options = ", filename = true, file_row_number = true" if positions else ""
+    if files.uniform:
+        return f"SELECT * FROM read_parquet([{listed}], hive_partitioning = false{options})"
+    # Some files predate a column: match columns by name, and take the table's own column list
+    # first, so that a column no file has yet reads as NULL.
+    return (
+        f"SELECT {typed} WHERE false UNION ALL BY NAME "
+        f"SELECT * FROM read_parquet([{listed}], hive_partitioning = false, union_by_name = true{options})"
+    )
+
+
+def resolved_sql(files: TableFiles, source: str | None = None, columns: tuple[str, ...] | None = None) -> str:
+    """The current rows of the table: for images, per id the data row with the highest exactness,
+    then the newest write (written_at, then run_id), with the tags of the id's newest row (data or
+    tags-only); for tags, per (registry, name, tag) the newest claim.
+    A winning tombstone removes the key. The store's own columns are left out. `source` replaces
+    the table's files (any relation with the same columns); `columns` the columns returned."""
+    source = source or f"({versions_sql(files)})"
+    if files.table not in RESOLUTION:
+        # runs keeps every row, and its run_id is its own column
+        names = columns or tuple(n for n, _ in files.columns)
+        return f"SELECT {', '.join(_ident(n) for n in names)} FROM {source} AS v"
+    names = columns or tuple(n for n, _ in files.columns if n not in VERSION_COLUMNS)
+    public = ", ".join(_ident(n) for n in names)
+    keys, order = RESOLUTION[files.table]
+    partition = ", ".join(keys)
+    if files.table == "images":
+        tags = (
+            f"first_value(tags) OVER (PARTITION BY {partition} ORDER BY {NEWEST} "
+            "ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) AS newest_tags"
+        )
+        public = ", ".join("newest_tags AS tags" if n == "tags" else _ident(n) for n in names)
+        return (
+            f"SELECT {public} FROM (SELECT *, {tags} FROM {source} AS v "
+            f"QUALIFY row_number() OVER (PARTITION BY {partition} ORDER BY {order}) = 1) AS current "
+            f"WHERE NOT coalesce({TOMBSTONE}, false) AND NOT coalesce({TAGS_ONLY}, false)"
+        )
+    return (
+        f"SELECT {public} FROM (SELECT * FROM {source} AS v "
+        f"QUALIFY row_number() OVER (PARTITION BY {partition} ORDER BY {order}) = 1) AS current "
+        f"WHERE NOT coalesce({TOMBSTONE}, false)"
+    )
+
+
+def view_statements(store_files: dict[str, TableFiles]) -> list[str]:
+    """CREATE VIEW statements: TABLE (current rows) and TABLE_versions (every row version)."""
+    statements = []
+    for table, files in store_files.items():
+        statements.append(f"CREATE OR REPLACE VIEW {table}_versions AS {versions_sql(files)}")
+        statements.append(f"CREATE OR REPLACE VIEW {table} AS {resolved_sql(files, f'{table}_versions')}")
+    return statements
+
+
+def all_files(store_files: dict[str, TableFiles]) -> list[str]:
+    """Every file the views read: what a locked-down reader must be allowed to open."""
+    return [path for files in store_files.values() for path in files.files]

@@ -1,0 +1,576 @@
+"""The Delta Lake store: append-only versions, the resolution rule, compaction, vacuum, history,
+concurrent writers, killed writers, and the log reader of the lookup path."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import datetime, timedelta, timezone
+
+import deltalake
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+
+from indexer.errors import StoreError
+from indexer.store import delta, deltalog, schema
+from indexer.store.delta import Changes, DeltaStore, premerge
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHORT = {"retention": timedelta(0), "allow_short_retention": True}
+IGNORED = ("indexed_at", "source_path")  # where and when a record was seen, not what it says
+
+
+def image(n: int, exactness: int = 1, tags=(), note: str = "", name: str = "app", registry: str = "r.example") -> dict:
+    return {
+        "id": f"crp{n:017d}",
+        "registry": registry,
+        "name": name,
+        "digest": f"sha256:{n:064x}",
+        "media_type": "application/vnd.oci.image.manifest.v1+json",
+        "kind": "image",
+        "config_digest": f"sha256:{n + 1000:064x}",
+        "config_size": 100 + n,
+        "exactness": exactness,
+        "tags": sorted(tags),
+        "created": "2026-11-29T10:54:27.000347894Z",
+        "created_at": 1796035467000347894,
+        "layers": [{"id": f"blob{n}", "digest": f"sha256:{n + 2000:064x}", "size": n, "media_type": "m", "urls": []}],
+        "labels": [("note", note)],
+        "config_raw": f'{{"note": "{note}"}}'.encode(),
+        "source_kind": "oci",
+        "source_path": f"/src/{n}",
+        "indexed_at": datetime(2026, 11, 29, tzinfo=timezone.utc),
+    }
+
+
+def images(*rows) -> pa.Table:
+    return pa.Table.from_pylist(list(rows), schema=schema.IMAGES)
+
+
+def claims(*rows) -> pa.Table:
+    return pa.Table.from_pylist(
+        [dict(zip(("registry", "name", "tag", "image_id"), r, strict=True)) for r in rows], schema=schema.TAGS
+    )
+
+
+def current(store: DeltaStore, version=None, as_of=None) -> dict:
+    snap = store.snapshot(version=version, as_of=as_of)
+    columns = [f.name for f in schema.IMAGES if f.name not in IGNORED]
+    rows = snap.con.execute(f"SELECT {', '.join(columns)} FROM images ORDER BY id").fetchall()
+    tags = snap.con.execute("SELECT * FROM tags ORDER BY registry, name, tag").fetchall()
+    return {"images": rows, "tags": tags}
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = DeltaStore(str(tmp_path / "store"))
+    s.create()
+    yield s
+    s.close()
+
+
+def test_append_resolves_highest_exactness_then_newest(store):
+    store.write_run({"run_id": "a"}, Changes(images=images(image(1, 3, note="exact"), image(2, 1, note="old"))))
+    store.write_run({"run_id": "b"}, Changes(images=images(image(1, 1, note="engine"), image(2, 1, note="new"))))
+    rows = {r[0]: r for r in store.snapshot().con.execute("SELECT id, exactness, labels FROM images").fetchall()}
+    assert rows["crp00000000000000001"][1:] == (3, {"note": "exact"})  # a newer, less exact record loses
+    assert rows["crp00000000000000002"][1:] == (1, {"note": "new"})  # equally exact: the newest write wins
+    store.write_run({"run_id": "c"}, Changes(images=images(image(1, 3, note="exact again"))))
+    labels = store.snapshot().con.execute("SELECT labels FROM images WHERE id = 'crp00000000000000001'").fetchall()
+    assert labels == [({"note": "exact again"},)]
+
+
+def test_created_at_is_utc_microseconds_and_created_keeps_nanoseconds(store):
+    store.write_run({"run_id": "a"}, Changes(images=images(image(1))))
+    table = deltalake.DeltaTable(store.location("images"))
+    field = pa.schema(table.schema().to_arrow()).field("created_at")
+    assert field.type == pa.timestamp("us", tz="UTC")
+    (path,) = deltalog.read_table(store.location("images")).files
+    assert pq.read_schema(path).field("created_at").type == pa.timestamp("us", tz="UTC")
+    row = store.snapshot().con.execute("SELECT created, epoch_us(created_at) FROM images").fetchall()
+    assert row == [("2026-11-29T10:54:27.000347894Z", 1796035467000347)]
+
+
+def test_image_tombstone_retires_the_id_for_good(store):
+    store.write_run({"run_id": "a"}, Changes(images=images(image(1, 3), image(2))))
+    store.write_run({"run_id": "b"}, Changes(retired_images=["crp00000000000000001"]))
+    store.write_run({"run_id": "c"}, Changes(images=images(image(1, 4))))
+    ids = [r[0] for r in store.snapshot().con.execute("SELECT id FROM images ORDER BY id").fetchall()]
+    assert ids == ["crp00000000000000002"]
+    tombstones = store.snapshot().con.execute("SELECT count(*) FROM images_versions WHERE tombstone").fetchall()
+    assert tombstones == [(1,)]
+
+
+def test_tags_newest_claim_wins_and_a_tombstone_retires_it(store):
+    key = ("r.example", "app", "latest")
+    store.write_run({"run_id": "a"}, Changes(tags=claims((*key, "crp1"), ("r.example", "app", "v1", "crp1"))))
+    store.write_run({"run_id": "b"}, Changes(tags=claims((*key, "crp2"))))
+    con = store.snapshot().con
+    assert con.execute("SELECT tag, image_id FROM tags ORDER BY tag").fetchall() == [("latest", "crp2"), ("v1", "crp1")]
+    store.write_run({"run_id": "c"}, Changes(retired_tags=[key]))
+    assert store.snapshot().con.execute("SELECT tag FROM tags").fetchall() == [("v1",)]
+    store.write_run({"run_id": "d"}, Changes(tags=claims((*key, "crp3"))))
+    con = store.snapshot().con
+    assert con.execute("SELECT tag, image_id FROM tags ORDER BY tag").fetchall() == [("latest", "crp3"), ("v1", "crp1")]
+
+
+def test_a_key_twice_in_one_run_is_refused(store):
+    with pytest.raises(StoreError, match="same images key twice"):
+        store.write_run({"run_id": "a"}, Changes(images=images(image(1), image(1, note="again"))))
+    assert store.snapshot().con.execute("SELECT count(*) FROM images_versions").fetchall() == [(0,)]
+
+
+def test_identical_reappend_resolves_to_the_same_state(store):
+    rows = images(image(1, 3, tags=["v1"]), image(2, 1, tags=["v2"]))
+    tags = claims(
+        ("r.example", "app", "v1", "crp00000000000000001"), ("r.example", "app", "v2", "crp00000000000000002")
+    )
+    store.write_run({"run_id": "a"}, Changes(images=rows, tags=tags))
+    before = current(store)
+    store.write_run({"run_id": "b"}, Changes(images=rows, tags=tags))
+    assert current(store) == before
+    assert store.snapshot().con.execute("SELECT count(*) FROM images_versions").fetchall() == [(4,)]
+
+
+def test_premerge_moves_tags_pools_them_and_writes_nothing_when_nothing_is_new(store):
+    def run(run_id, *rows, retired=()):
+        return store.write_run({"run_id": run_id}, lambda snap: premerge(snap, images(*rows), retired_tags=retired))
+
+    run("a", image(1, tags=["latest", "v1"]), image(2, tags=["v2"]))
+    run("b", image(2, tags=["latest"]))  # latest moves from 1 to 2; 2 keeps v2
+    state = current(store)
+    tags_of = {row[0]: row[14] for row in state["images"]}
+    assert tags_of == {"crp00000000000000001": ["v1"], "crp00000000000000002": ["latest", "v2"]}
+    assert ("r.example", "app", "latest", "crp00000000000000002") in state["tags"]
+    again = run("c", image(2, tags=["latest"]))
+    assert again.versions["images"] is None and again.versions["tags"] is None and again.versions["runs"] is not None
+    assert current(store) == state
+    run("d", retired=[("r.example", "app", "v1")])
+    tags_of = {row[0]: row[14] for row in current(store)["images"]}
+    assert tags_of["crp00000000000000001"] == []
+    run("e", image(1, 3, tags=["v1"], note="exact"))  # a more exact record wins whole; tags pooled
+    run("f", image(1, 1, note="engine"))  # a less exact one changes nothing
+    row = [r for r in current(store)["images"] if r[0] == "crp00000000000000001"][0]
+    assert (row[schema.IMAGES.get_field_index("exactness") - 1], row[14]) == (3, ["v1"])
+    # tag moves append tags-only rows, never the image's data again
+    versions = (
+        store.snapshot()
+        .con.execute(
+            "SELECT count(*) FILTER (WHERE tags_only), count(*) FILTER (WHERE manifest_raw IS NULL AND NOT tags_only) "
+            "FROM images_versions"
+        )
+        .fetchall()
+    )
+    assert versions[0][0] >= 2
+    state = current(store)
+    store.compact(vacuum=False)
+    assert current(store) == state
+    rows = store.snapshot().con.execute("SELECT count(*), count(DISTINCT id) FROM images_versions").fetchall()
+    assert rows == [(2, 2)]  # one row per image: the winning data with the newest tags
+
+
+def test_compaction_keeps_the_resolved_state_sorted_by_id(store, tmp_path):
+    for run in range(6):
+        rows = [image(n, 1 + (n + run) % 3, note=f"run {run}") for n in range(run * 7 % 13, 60, 3)]
+        store.write_run({"run_id": f"r{run}"}, Changes(images=images(*rows)))
+    store.write_run({"run_id": "t"}, Changes(retired_images=["crp00000000000000003"]))
+    before = current(store)
+    store.row_group_rows = 8
+    store.compact_range_rows = 10  # several id ranges, as a large table is compacted
+    report = store.compact(retention=timedelta(days=7))
+    assert report["images"]["files_after"] == 1 and report["images"]["files_before"] == 7
+    assert current(store) == before
+    files = deltalog.read_table(store.location("images")).files
+    assert len(files) == 1
+    data = pq.read_table(files[0])
+    ids = data.column("id").to_pylist()
+    assert ids == sorted(ids) and len(ids) == len(set(ids))
+    assert "crp00000000000000003" in ids  # a young tombstone stays: an older run may still commit
+    # split into files by id range, a lookup opens only the file whose range holds its id
+    store.compact(retention=timedelta(days=7), vacuum=False, file_rows=16)
+    images_files = deltalog.read_table(store.location("images"))
+    assert len(images_files.files) > 1
+    narrowed = images_files.for_key("crp00000000000000007")
+    assert len(narrowed.files) == 1
+    one = (
+        store.snapshot()
+        .con.execute(f"SELECT id, labels FROM ({deltalog.resolved_sql(narrowed)}) WHERE id = 'crp00000000000000007'")
+        .fetchall()
+    )
+    assert (
+        one
+        == store.snapshot().con.execute("SELECT id, labels FROM images WHERE id = 'crp00000000000000007'").fetchall()
+        and one
+    )
+    meta = pq.ParquetFile(files[0]).metadata
+    assert meta.num_row_groups > 1 and meta.row_group(0).column(0).statistics.has_min_max
+    # once older than the retention, a tombstone goes
+    store.compact(retention=timedelta(hours=1), now=datetime.now(timezone.utc) + timedelta(hours=2), vacuum=False)
+    ids = pq.read_table(list(deltalog.read_table(store.location("images")).files)).column("id").to_pylist()
+    assert "crp00000000000000003" not in ids and ids == sorted(ids)
+    assert current(store) == before
+
+
+def test_compaction_tolerates_concurrent_runs_and_loses_no_commit(store):
+    store.write_run({"run_id": "base"}, Changes(images=images(*[image(n) for n in range(50)])))
+    script = _writer_script(
+        store.store,
+        """
+        for i in range(8):
+            rows = images(*[image(1000 + 10 * i + k, note=str(i)) for k in range(10)])
+            s.write_run({"run_id": f"w{i}"}, Changes(images=rows))
+    """,
+    )
+    writer = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
+    try:
+        for _ in range(4):
+            store.compact(vacuum=False)
+    finally:
+        assert writer.wait(timeout=120) == 0
+    store.compact(vacuum=False)
+    ids = store.snapshot().con.execute("SELECT count(*), count(DISTINCT id) FROM images").fetchall()
+    assert ids == [(130, 130)]
+
+
+def test_two_compactions_at_once_leave_one_version_per_id(store):
+    for run in range(5):
+        store.write_run({"run_id": f"r{run}"}, Changes(images=images(*[image(n, note=str(run)) for n in range(40)])))
+    before = current(store)
+    script = _writer_script(
+        store.store,
+        """
+        s.compact(vacuum=False)
+    """,
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script], cwd=ROOT) for _ in range(2)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    assert current(store) == before
+    versions = store.snapshot().con.execute("SELECT count(*), count(DISTINCT id) FROM images_versions").fetchall()
+    assert versions == [(40, 40)]
+
+
+def test_a_column_added_to_the_schema_is_added_to_the_table(tmp_path, monkeypatch):
+    old = delta.DELTA_SCHEMAS["images"]
+    monkeypatch.setitem(delta.DELTA_SCHEMAS, "images", old.remove(old.get_field_index("id_origin")))
+    s = DeltaStore(str(tmp_path / "store"))
+    s.create()
+    s.write_run({"run_id": "old"}, Changes(images=images(image(1))))
+    monkeypatch.setitem(delta.DELTA_SCHEMAS, "images", old)
+    s.create()
+    assert not deltalog.read_table(s.location("images")).uniform
+    s.write_run({"run_id": "new"}, Changes(images=images(dict(image(2), id_origin="imported"))))
+    query = "SELECT id, id_origin FROM images ORDER BY id"
+    expected = [("crp00000000000000001", None), ("crp00000000000000002", "imported")]
+    assert s.snapshot().con.execute(query).fetchall() == expected
+    s.compact(vacuum=False)
+    assert deltalog.read_table(s.location("images")).uniform
+    assert s.snapshot().con.execute(query).fetchall() == expected
+    s.close()
+
+
+def test_vacuum_keeps_files_within_the_retention_window(store):
+    store.write_run({"run_id": "a"}, Changes(images=images(image(1))))
+    store.write_run({"run_id": "b"}, Changes(images=images(image(2))))
+    old = deltalog.read_table(store.location("images"))
+    orphan = os.path.join(deltalog.local_path(store.location("images")), "part-orphan.parquet")
+    pq.write_table(pa.table({"id": ["x"]}), orphan)  # a killed run's file: never committed
+    report = store.compact()
+    assert report["images"]["vacuumed"] == 0
+    assert all(os.path.exists(p) for p in old.files) and os.path.exists(orphan)
+    assert len(current(store, version=old.version)["images"]) == 2  # older versions still read
+    assert store.vacuum(**SHORT)["images"] == len(old.files) + 1
+    assert not any(os.path.exists(p) for p in old.files) and not os.path.exists(orphan)
+    assert len(current(store)["images"]) == 2
+    with pytest.raises(StoreError, match="retention below"):
+        store.vacuum(retention=timedelta(minutes=5))
+
+
+def test_history_and_reading_as_of_a_version_or_a_time(store):
+    store.write_run({"run_id": "a"}, Changes(images=images(image(1)), tags=claims(("r.example", "app", "v", "crp1"))))
+    first = current(store)
+    middle = datetime.now(timezone.utc)
+    time.sleep(0.01)
+    store.write_run({"run_id": "b"}, Changes(images=images(image(2)), tags=claims(("r.example", "app", "v", "crp2"))))
+    entries = [e for e in store.history() if e.operation == "append"]
+    newest = [(e.table, e.run_id, e.rows) for e in entries[:3]]
+    assert newest == [("runs", "b", 1), ("tags", "b", 1), ("images", "b", 1)]
+    version_a = next(e.version for e in entries if e.table == "images" and e.run_id == "a")
+    assert current(store, version=version_a) == first  # a version includes its run's tags
+    assert current(store, as_of=middle) == first
+    dt = deltalake.DeltaTable(store.location("images"))
+    dt.load_as_version(middle)
+    assert deltalog.read_table(store.location("images"), as_of=middle).version == dt.version()
+    with pytest.raises(StoreError, match="no version"):
+        store.snapshot(version=99)
+
+
+def test_the_log_reader_agrees_with_deltalake(store):
+    for run in range(45):  # past two checkpoints (every 20 commits)
+        store.write_run({"run_id": f"r{run}"}, Changes(images=images(image(run % 17, note=str(run)))))
+        if run == 30:
+            store.compact(vacuum=False)
+    log = os.listdir(os.path.join(deltalog.local_path(store.location("images")), "_delta_log"))
+    assert any(name.endswith(".checkpoint.parquet") for name in log)
+    for table in delta.TABLES:
+        dt = deltalake.DeltaTable(store.location(table))
+        for version in range(dt.version() + 1):
+            dt.load_as_version(version)
+            expected = sorted(deltalog.local_path(u) for u in dt.file_uris())
+            assert sorted(deltalog.read_table(store.location(table), version=version).files) == expected
+
+
+def _handmade_table(path, protocol: dict, configuration: dict | None = None, add: dict | None = None) -> str:
+    os.makedirs(os.path.join(path, "_delta_log"))
+    schema_string = json.dumps(
+        {"type": "struct", "fields": [{"name": "id", "type": "string", "nullable": True, "metadata": {}}]}
+    )
+    actions = [
+        {"protocol": protocol},
+        {
+            "metaData": {
+                "id": "x",
+                "format": {"provider": "parquet", "options": {}},
+                "schemaString": schema_string,
+                "partitionColumns": [],
+                "configuration": configuration or {},
+                "createdTime": 0,
+            }
+        },
+    ]
+    if add:
+        actions.append({"add": add})
+    with open(os.path.join(path, "_delta_log", f"{0:020d}.json"), "w") as f:
+        f.write("\n".join(json.dumps(a) for a in actions) + "\n")
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "protocol, configuration, add, reason",
+    [
+        (
+            {
+                "minReaderVersion": 3,
+                "minWriterVersion": 7,
+                "readerFeatures": ["deletionVectors"],
+                "writerFeatures": ["deletionVectors"],
+            },
+            {},
+            None,
+            "deletion vectors",
+        ),
+        ({"minReaderVersion": 2, "minWriterVersion": 5}, {"delta.columnMapping.mode": "name"}, None, "column mapping"),
+        (
+            {
+                "minReaderVersion": 3,
+                "minWriterVersion": 7,
+                "readerFeatures": ["columnMapping"],
+                "writerFeatures": ["columnMapping"],
+            },
+            {"delta.columnMapping.mode": "id"},
+            None,
+            "column mapping",
+        ),
+        (
+            {"minReaderVersion": 1, "minWriterVersion": 2},
+            {},
+            {
+                "path": "a.parquet",
+                "partitionValues": {},
+                "size": 1,
+                "modificationTime": 0,
+                "dataChange": True,
+                "deletionVector": {
+                    "storageType": "u",
+                    "pathOrInlineDv": "x",
+                    "offset": 1,
+                    "sizeInBytes": 1,
+                    "cardinality": 1,
+                },
+            },
+            "deletion vectors",
+        ),
+        (
+            {"minReaderVersion": 3, "minWriterVersion": 7, "readerFeatures": ["v2Checkpoint"], "writerFeatures": []},
+            {},
+            None,
+            "reader features",
+        ),
+        ({"minReaderVersion": 4, "minWriterVersion": 7}, {}, None, "reader version"),
+    ],
+)
+def test_the_log_reader_refuses_what_it_cannot_read_right(tmp_path, protocol, configuration, add, reason):
+    path = _handmade_table(tmp_path / "t", protocol, configuration, add)
+    with pytest.raises(StoreError, match=reason):
+        deltalog.read_table(path)
+
+
+def test_views_give_duckdb_the_current_rows(store):
+    import duckdb
+
+    store.write_run(
+        {"run_id": "a"}, Changes(images=images(image(1, 1), image(2)), tags=claims(("r.example", "app", "v", "crp2")))
+    )
+    store.write_run({"run_id": "b"}, Changes(images=images(image(1, 3, note="x"))))
+    files = deltalog.read_store(store.store)
+    con = duckdb.connect()
+    for statement in deltalog.view_statements(files):
+        con.execute(statement)
+    assert con.execute("SELECT id, exactness FROM images ORDER BY id").fetchall() == [
+        ("crp00000000000000001", 3),
+        ("crp00000000000000002", 1),
+    ]
+    assert con.execute("SELECT count(*) FROM images_versions").fetchall() == [(3,)]
+    assert "written_at" not in [d[0] for d in con.execute("SELECT * FROM images").description]
+    assert sorted(deltalog.all_files(files)) == sorted(p for f in files.values() for p in f.files)
+
+
+def test_an_empty_store_has_typed_empty_views(store):
+    con = store.snapshot().con
+    assert con.execute("SELECT count(*) FROM images").fetchall() == [(0,)]
+    types = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE images)").fetchall())
+    assert types["created_at"] == "TIMESTAMP WITH TIME ZONE" and types["exactness"] == "TINYINT"
+
+
+# ---- several processes
+
+_PRELUDE = """
+import sys
+sys.path.insert(0, {root!r})
+from test_delta_store import image, images, claims
+from indexer.store.delta import Changes, DeltaStore, premerge
+s = DeltaStore({store!r})
+"""
+
+
+def _writer_script(store: str, body: str) -> str:
+    prelude = _PRELUDE.format(root=os.path.join(ROOT, "tests"), store=store)
+    return prelude + textwrap.dedent(body)
+
+
+# Four runs that overlap: the same images at different exactness, and tags that move between them.
+_RUNS = {
+    "w0": [image(1, 1, ["latest", "a"], "w0"), image(2, 1, ["b"], "w0"), image(10, 1, [], "w0")],
+    "w1": [image(1, 3, ["stable"], "w1"), image(3, 1, ["latest"], "w1"), image(11, 1, [], "w1")],
+    "w2": [image(2, 1, ["latest"], "w2"), image(3, 3, ["a"], "w2"), image(12, 1, ["b"], "w2")],
+    "w3": [image(1, 1, ["b"], "w3"), image(4, 1, ["latest", "stable"], "w3"), image(2, 3, [], "w3")],
+}
+
+
+def _run_sequentially(path, order) -> dict:
+    s = DeltaStore(path)
+    s.create()
+    for run_id in order:
+        s.write_run({"run_id": run_id}, lambda snap, r=run_id: premerge(snap, images(*_RUNS[r])))
+    try:
+        return current(s)
+    finally:
+        s.close()
+
+
+def test_four_concurrent_writers_equal_a_sequential_run(store, tmp_path):
+    start = time.time() + 2.0
+    procs = []
+    for run_id in _RUNS:
+        script = _writer_script(
+            store.store,
+            f"""
+            import time
+            time.sleep(max(0, {start} - time.time()))
+            from test_delta_store import _RUNS
+            s.write_run({{"run_id": {run_id!r}}}, lambda snap: premerge(snap, images(*_RUNS[{run_id!r}])))
+        """,
+        )
+        procs.append(subprocess.Popen([sys.executable, "-c", script], cwd=ROOT))
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
+    result = current(store)
+    runs = store.snapshot().con.execute("SELECT run_id FROM runs").fetchall()
+    assert sorted(r[0] for r in runs) == sorted(_RUNS)
+    # The runs serialise: the result is that of running them one after another in some order.
+    # Try first the order their commits landed in.
+    landed = [e.run_id for e in sorted(store.history(tables=("tags",)), key=lambda e: e.version) if e.run_id]
+    first = list(dict.fromkeys(reversed(landed)))[::-1]
+    orders = [first] + [list(p) for p in itertools.permutations(_RUNS) if list(p) != first]
+    for n, order in enumerate(orders):
+        if _run_sequentially(str(tmp_path / f"seq{n}"), order) == result:
+            break
+    else:
+        pytest.fail("the concurrent result equals no sequential order of the runs")
+
+
+def test_concurrent_blind_appends_all_land(store):
+    procs = []
+    start = time.time() + 2.0
+    for w in range(4):
+        script = _writer_script(
+            store.store,
+            f"""
+            import time
+            time.sleep(max(0, {start} - time.time()))
+            for i in range(5):
+                s.write_run({{"run_id": "w{w}-%d" % i}}, Changes(images=images(image({w} * 100 + i))))
+        """,
+        )
+        procs.append(subprocess.Popen([sys.executable, "-c", script], cwd=ROOT))
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
+    assert store.snapshot().con.execute("SELECT count(*) FROM images").fetchall() == [(20,)]
+    assert deltalake.DeltaTable(store.location("images")).version() == 20
+
+
+def test_a_writer_killed_between_writing_files_and_committing_leaves_nothing(store, tmp_path):
+    store.write_run({"run_id": "base"}, Changes(images=images(image(1))))
+    before = current(store)
+    marker = tmp_path / "written"
+    script = _writer_script(
+        store.store,
+        f"""
+        import time
+        def hold(table):
+            open({str(marker)!r}, "w").close()
+            time.sleep(60)
+        s.write_run({{"run_id": "killed"}}, Changes(images=images(image(2), image(3))), _before_commit=hold)
+    """,
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
+    deadline = time.time() + 60
+    while not marker.exists():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    folder = deltalog.local_path(store.location("images"))
+    live = set(deltalog.read_table(store.location("images")).files)
+    written = [os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".parquet")]
+    stray = [p for p in written if p not in live]
+    assert stray  # its data files were written ...
+    assert current(store) == before  # ... and are not part of the table
+    assert store.vacuum(**SHORT)["images"] == len(stray)
+    store.write_run({"run_id": "next"}, Changes(images=images(image(4))))
+    assert len(current(store)["images"]) == 2
+
+
+def test_a_writer_killed_at_any_moment_leaves_whole_commits(store):
+    script = _writer_script(
+        store.store,
+        """
+        for i in range(1000):
+            s.write_run({"run_id": "k%d" % i}, Changes(images=images(*[image(10 * i + k) for k in range(10)])))
+    """,
+    )
+    for delay in (0.9, 1.3, 1.7):
+        proc = subprocess.Popen([sys.executable, "-c", script.replace("k%d", f"k{delay}-%d")], cwd=ROOT)
+        time.sleep(delay)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        files = deltalog.read_table(store.location("images"))
+        assert all(os.path.exists(p) for p in files.files)
+        counts = store.snapshot().con.execute("SELECT run_id, count(*) FROM images_versions GROUP BY run_id").fetchall()
+        assert all(count == 10 for _, count in counts)  # every commit holds its whole run
+        assert deltalake.DeltaTable(store.location("images")).version() == files.version
