@@ -88,6 +88,7 @@ class _Progress:
             click.echo("\r\033[K", err=True, nl=False)
 
 
+_MAX_PASSWORD = 64 * 1024  # a password or token; standard input may be anything
 _STDIN_PATHS = ("-", "/dev/stdin", "/dev/fd/0", "/proc/self/fd/0")
 _STDIN_TRANSPORTS = ("docker-archive:", "oci-archive:", "ycr-json:")
 
@@ -216,7 +217,10 @@ def index(
             for source in sources:
                 if _reads_stdin(source):
                     raise click.UsageError(f"--password-stdin and {source} cannot both read standard input")
-            password = click.get_text_stream("stdin").read().rstrip("\r\n")
+            password = sys.stdin.read(_MAX_PASSWORD + 1)
+            if len(password) > _MAX_PASSWORD:
+                raise click.UsageError(f"--password-stdin takes at most {_MAX_PASSWORD} characters")
+            password = password.rstrip("\r\n")
         elif os.environ.get("IMGDEX_PASSWORD") is not None:
             password = os.environ["IMGDEX_PASSWORD"]
         if password is not None and not username:

@@ -576,3 +576,14 @@ def test_bad_arguments_are_one_line(store, args):
 def test_bad_arguments_are_usage_errors(store, args):
     result = invoke(*args, "--store", store)
     assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_password_stdin_is_bounded(tmp_path):
+    result = CliRunner().invoke(
+        cli,
+        ["index", "docker://127.0.0.1:1/app:1", "--username", "u", "--password-stdin", "--store", str(tmp_path / "s")],
+        input="x" * (64 * 1024 + 10),
+    )
+    assert result.exit_code == 2
+    assert "at most 65536 characters" in result.output
+    assert not (tmp_path / "s").exists()
