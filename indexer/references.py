@@ -1,8 +1,8 @@
 """Docker reference parsing and normalisation, and the resource id derivation.
 
 Follows the grammar of distribution's `reference` package: the first path component is a
-registry host when it holds a '.' or ':' or is 'localhost'; Docker Hub names are normalised to
-`docker.io` with `library/` for one-component names.
+registry host when it holds a '.' or ':', is 'localhost' or has an uppercase letter; Docker Hub
+names are normalised to `docker.io` with `library/` for one-component names.
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ from dataclasses import dataclass
 from .errors import ReferenceError_
 
 DOCKER_HUB = "docker.io"
-_HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io"}
+# The names Docker Hub answers to; records and credentials file it under DOCKER_HUB.
+DOCKER_HUB_ALIASES = ("docker.io", "index.docker.io", "registry-1.docker.io")
+# The platform a reference to a multi-platform index resolves to when none is asked for, as docker pull does.
+DEFAULT_PLATFORM = "linux/amd64"
 
 # distribution's reference grammar, ASCII only. Patterns are used with fullmatch(), never
 # match() with `$`, which would accept a trailing newline.
@@ -28,6 +31,8 @@ _HOST_RE = re.compile(
 TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", re.ASCII)
 DIGEST_RE = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}", re.ASCII)
 NAME_MAX = 255  # distribution's NameTotalLengthMax: host and path together
+# The algorithms whose digests are checked against the bytes; a digest of any other is refused, not trusted.
+DIGEST_ALGORITHMS = ("sha256", "sha384", "sha512")
 
 
 def is_valid_tag(text) -> bool:
@@ -45,6 +50,18 @@ def is_valid_host(host) -> bool:
 
 def is_valid_digest(text) -> bool:
     return isinstance(text, str) and DIGEST_RE.fullmatch(text) is not None
+
+
+def is_docker_hub(host: str) -> bool:
+    return host in DOCKER_HUB_ALIASES
+
+
+def is_registry_host(component: str) -> bool:
+    """Whether the first path component of a name is a registry host (`reg.example/app`) or a path (`team/app`).
+
+    Docker's rule, so that a name means here what it means to docker pull.
+    """
+    return "." in component or ":" in component or component == "localhost" or component != component.lower()
 
 
 def is_valid_name(registry: str, path: str) -> bool:
@@ -96,7 +113,7 @@ class Reference:
 
 def _split_host(remainder: str) -> tuple[str, str]:
     first, sep, rest = remainder.partition("/")
-    if sep and ("." in first or ":" in first or first == "localhost" or first != first.lower()):
+    if sep and is_registry_host(first):
         return first, rest
     return "", remainder
 
@@ -121,7 +138,7 @@ def parse_reference(text: str, default_registry: str = DOCKER_HUB) -> Reference:
     if not is_valid_repository(path):
         raise ReferenceError_(f"invalid repository name in reference {text!r}")
     registry = host or default_registry
-    if registry in _HUB_ALIASES:
+    if is_docker_hub(registry):
         registry = DOCKER_HUB
         if "/" not in path:
             path = f"library/{path}"
@@ -146,6 +163,10 @@ def _short_hash(text: str) -> str:
     """
     bits = int.from_bytes(hashlib.sha256(text.encode()).digest()[:11], "big") >> 3
     return "".join([_BASE32HEX[(bits >> shift) & 31] for shift in range(80, -1, -5)])
+
+
+# The shape of image_id() and blob_id(): "crp" and 17 lowercase base32hex characters.
+ID_RE = re.compile(r"crp[0-9a-v]{17}", re.ASCII)
 
 
 def image_id(registry: str, name: str, key: str) -> str:

@@ -14,7 +14,8 @@ import sys
 import click
 
 from indexer.errors import ImgdexError
-from indexer.store.layout import default_store
+from indexer.references import DEFAULT_PLATFORM, is_registry_host, parse_reference
+from indexer.store.paths import default_store
 
 
 def fail(message: str, code: int = 1):
@@ -108,11 +109,9 @@ def _finite_seconds(_ctx, param, value: float) -> float:
 
 
 def _split_repository(registry: str, repository: str) -> tuple[str, str]:
-    from indexer.references import parse_reference
-
     if repository and not registry:
-        first, sep, rest = repository.partition("/")
-        if sep and ("." in first or ":" in first or first == "localhost"):
+        first, sep, _ = repository.partition("/")
+        if sep and is_registry_host(first):
             ref = parse_reference(repository)
             return ref.registry, ref.name
     return registry, repository
@@ -271,7 +270,7 @@ def index(
 
 platform_option = click.option(
     "--platform",
-    default="linux/amd64",
+    default=DEFAULT_PLATFORM,
     show_default=True,
     metavar="OS/ARCH[/VARIANT]",
     help="Child of a multi-platform index to return.",
@@ -422,7 +421,7 @@ lineage_format_option = click.option(
 )
 lineage_platform_option = click.option(
     "--platform",
-    default="linux/amd64",
+    default=DEFAULT_PLATFORM,
     show_default=True,
     metavar="OS/ARCH[/VARIANT]",
     help="The child that answers when IMAGE is a multi-platform index (an index has no layers).",
@@ -493,7 +492,7 @@ def derived(image, store, fmt, platform, everything):
 
 
 def _add_serve() -> None:
-    from queries.server.app import serve  # imports only click and the store layout
+    from queries.server.app import serve  # imports only click and indexer.store.paths
 
     cli.add_command(serve)
 

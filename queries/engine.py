@@ -8,7 +8,7 @@ Read-only is enforced by DuckDB, not by looking at SQL text: once the views exis
 open no file but the store's own (no COPY TO, ATTACH, read_csv or read_text of other files,
 INSTALL, LOAD from disk), the configuration is locked so that no statement can undo this, and
 every statement runs in a read-only transaction, so not even the in-memory catalog is written.
-The reader also pins its snapshot (see `layout.pin_snapshot`), so index runs never delete it.
+The reader also pins its snapshot (see `paths.pin_snapshot`), so index runs never delete it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import weakref
 import duckdb
 
 from indexer.errors import QueryError, StoreError
-from indexer.store import layout
+from indexer.store import paths
 from indexer.store.views import VIEWS
 
 # A copy of the Parquet files without tags.parquet still answers every lookup: the images
@@ -139,7 +139,7 @@ def _over_snapshot(store: str, snapshot: str, tables: tuple[str, ...], pin: int 
     # One script, not one call per statement: each call costs start-up time on the `get` path.
     script, files, missing = [], [], []
     for table in tables:
-        path = layout.table_file(snapshot, table)
+        path = paths.table_file(snapshot, table)
         if os.path.isfile(path):
             # Hive partitioning off: a `key=value` folder in the store's path is not a column.
             source = f"read_parquet({_quote(path)}, hive_partitioning = false)"
@@ -149,7 +149,7 @@ def _over_snapshot(store: str, snapshot: str, tables: tuple[str, ...], pin: int 
             script.append(f"CREATE VIEW tags AS {_TAGS_FROM_IMAGES};")
         else:
             missing.append(table)
-    if tables == layout.TABLES:
+    if tables == paths.TABLES:
         script += [f"CREATE VIEW {name} AS {body};" for name, body in VIEWS.items()]
     script.append(_lock_down(files))
     con = duckdb.connect()
@@ -176,19 +176,19 @@ def _over_database(store: str, database: str) -> Reader:
     return Reader(con, store, [database], None)
 
 
-def connect(store: str, tables: tuple[str, ...] = layout.TABLES) -> Reader:
+def connect(store: str, tables: tuple[str, ...] = paths.TABLES) -> Reader:
     """A Reader over the store's snapshot, pinned until the Reader is closed or collected.
 
     `tables` limits the snapshot views to what a command reads: each view costs a Parquet footer read.
     """
-    pinned = layout.pin_snapshot(store)
+    pinned = paths.pin_snapshot(store)
     if pinned is not None:
         snapshot, pin = pinned
         return _over_snapshot(store, snapshot, tables, pin)
-    database = os.path.join(store, layout.DATABASE)
+    database = os.path.join(store, paths.DATABASE)
     if os.path.isfile(database):
         return _over_database(store, database)
-    for folder in (store, os.path.join(store, layout.SNAPSHOT_LINK)):
-        if any(os.path.isfile(layout.table_file(folder, table)) for table in layout.TABLES):
+    for folder in (store, os.path.join(store, paths.SNAPSHOT_LINK)):
+        if any(os.path.isfile(paths.table_file(folder, table)) for table in paths.TABLES):
             raise StoreError(f"store {store} has no images.parquet")
     raise StoreError(f"no image store at {store} (run `imgdex index` first, or set --store / IMGDEX_STORE)")

@@ -19,7 +19,7 @@ import json
 from typing import Callable
 
 from indexer.errors import ImgdexError, NotFound, QueryError, StoreError
-from indexer.references import parse_reference
+from indexer.references import DEFAULT_PLATFORM, parse_reference
 
 from . import lookup
 from .render import format_table
@@ -134,7 +134,7 @@ def _unknown(subject: _Subject, note: Note | None) -> bool:
 
 
 def bases(
-    con, image_id: str, platform: str = lookup.DEFAULT_PLATFORM, *, everything: bool = False, note: Note | None = None
+    con, image_id: str, platform: str = DEFAULT_PLATFORM, *, everything: bool = False, note: Note | None = None
 ) -> dict:
     """{"bases": [...]}: the nearest base's resources, then (with `everything`) the bases below it,
     nearest first; {} when there is none. `declaredBase` reports the base the image declares.
@@ -157,7 +157,7 @@ def bases(
 
 
 def derived(
-    con, image_id: str, platform: str = lookup.DEFAULT_PLATFORM, *, everything: bool = False, note: Note | None = None
+    con, image_id: str, platform: str = DEFAULT_PLATFORM, *, everything: bool = False, note: Note | None = None
 ) -> dict:
     """{"images": [...]}: the images whose nearest base is the image (with `everything`, all its
     descendants, nearest first); {} when there is none."""

@@ -6,14 +6,12 @@ import re
 from typing import Iterable, Iterator
 
 from indexer.errors import Ambiguous, ImgdexError, NotFound, QueryError
-from indexer.references import Reference, parse_reference
+from indexer.references import DEFAULT_PLATFORM, ID_RE, Reference, is_registry_host, parse_reference
 
 from .render import SELECT
 
-ID_RE = re.compile(r"^crp[0-9a-v]{17}$")
 _HEX_PREFIX = re.compile(r"^(?:sha256:)?([0-9a-f]{1,64})$")
 _FULL_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-DEFAULT_PLATFORM = "linux/amd64"
 _BATCH = 20000
 _SHOWN = 120
 
@@ -87,7 +85,7 @@ def pick_platform(con, row, platform: str):
 
 def resolve(con, query: str, platform: str = DEFAULT_PLATFORM):
     """The row for an id, a reference or a unique config digest prefix; NotFound or Ambiguous."""
-    if ID_RE.match(query):
+    if ID_RE.fullmatch(query):
         row = by_id(con, query)
         if row is not None:
             return row
@@ -97,8 +95,7 @@ def resolve(con, query: str, platform: str = DEFAULT_PLATFORM):
     except ImgdexError:
         ref = None
     if ref is not None:
-        first = query.partition("/")[0]
-        explicit = "/" in query and ("." in first or ":" in first or first == "localhost")
+        explicit = "/" in query and is_registry_host(query.partition("/")[0])
         rows = _by_reference(con, ref, explicit)
     hex_match = _HEX_PREFIX.match(query)
     if not rows:
@@ -108,7 +105,7 @@ def resolve(con, query: str, platform: str = DEFAULT_PLATFORM):
             else:
                 rows = _candidates(con, "starts_with(config_digest, ?)", ["sha256:" + hex_match.group(1)])
     if not rows:
-        if ref is None and not hex_match and not ID_RE.match(query):
+        if ref is None and not hex_match and not ID_RE.fullmatch(query):
             raise QueryError(f"invalid image {shown(query)}: not an image id, a reference or an image ID prefix")
         raise NotFound(f"image {shown(query)} not found")
     if len(rows) > 1:
@@ -125,7 +122,7 @@ def batch(con, queries: Iterable[str], platform: str = DEFAULT_PLATFORM) -> Iter
     pending: list[str] = []
 
     def drain():
-        ids = [q for q in pending if ID_RE.match(q)]
+        ids = [q for q in pending if ID_RE.fullmatch(q)]
         found = {}
         if ids:
             for row in con.execute(

@@ -316,3 +316,19 @@ def test_progress_bar_only_on_a_terminal(monkeypatch, capsys):
     quiet.image(None)
     quiet.source("a")
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    "repository, split",
+    [
+        ("reg.example/team/app", ("reg.example", "team/app")),
+        ("localhost:5000/app", ("localhost:5000", "app")),
+        ("team/app", ("", "team/app")),
+        ("app", ("", "app")),
+    ],
+)
+def test_repository_with_a_host_sets_the_registry(repository, split):
+    from queries.cli import _split_repository
+
+    assert _split_repository("", repository) == split
+    assert _split_repository("given.example", repository) == ("given.example", repository)

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from conftest import ROOT, SAMPLES, sample_sources
 from indexer.errors import QueryError, StoreError
 from indexer.run import RunSummary
-from indexer.store import layout
+from indexer.store import paths
 from queries import engine, lookup
 from queries.cli import cli
 
@@ -66,7 +66,7 @@ def ids(store):
 
 
 def _attacks(store, tmp_path):
-    database = store / layout.DATABASE
+    database = store / paths.DATABASE
     secret = tmp_path / "secret.txt"
     secret.write_text("s3cr3t\n")
     written = tmp_path / "written.csv"
@@ -107,7 +107,7 @@ def test_sql_cannot_write_or_read_other_files(store, tmp_path):
         assert result.stdout == "", query
         assert "imgdex: " in line, query
     assert not written.exists() and not (tmp_path / "exported").exists()
-    with duckdb.connect(str(store / layout.DATABASE), read_only=True) as con:
+    with duckdb.connect(str(store / paths.DATABASE), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM images").fetchone()[0] == before[0]["n"]
     assert sql_json(store, "SELECT count(*) AS n FROM images") == before
 
@@ -142,12 +142,12 @@ def test_store_without_snapshot_is_locked_too(store, tmp_path):
     """A store read from its database (no snapshot yet) gets the same lock."""
     copy = tmp_path / "dbonly"
     copy.mkdir()
-    shutil.copy(store / layout.DATABASE, copy / layout.DATABASE)
+    shutil.copy(store / paths.DATABASE, copy / paths.DATABASE)
     assert sql_json(copy, "SELECT count(*) AS n FROM images")[0]["n"] > 0
     for query in ("DELETE FROM images", "COMMIT; DELETE FROM images", f"COPY images TO '{tmp_path / 'out.csv'}'"):
         assert_one_line(invoke("sql", query, "--store", copy))
     assert not (tmp_path / "out.csv").exists()
-    with duckdb.connect(str(copy / layout.DATABASE), read_only=True) as con:
+    with duckdb.connect(str(copy / paths.DATABASE), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM images").fetchone()[0] > 0
 
 
@@ -175,9 +175,9 @@ def test_key_value_folders_in_the_store_path_add_no_columns(store, tmp_path, ids
 
 def _bare_copy(store, folder, tables):
     folder.mkdir()
-    snapshot = layout.snapshot_dir(str(store))
+    snapshot = paths.snapshot_dir(str(store))
     for table in tables:
-        shutil.copy(layout.table_file(snapshot, table), folder)
+        shutil.copy(paths.table_file(snapshot, table), folder)
     return folder
 
 
@@ -378,10 +378,10 @@ def test_reader_keeps_its_snapshot_across_index_runs(tmp_path):
     store = tmp_path / "store"
     index_samples(store)
     reader = engine.connect(str(store))
-    pinned = layout.snapshot_dir(str(store))
+    pinned = paths.snapshot_dir(str(store))
     before = reader.execute("SELECT id FROM images ORDER BY id").fetchall()
     _index_more(store, 2)
-    assert layout.snapshot_dir(str(store)) != pinned
+    assert paths.snapshot_dir(str(store)) != pinned
     assert os.path.isdir(pinned)
     assert reader.execute("SELECT id FROM images ORDER BY id").fetchall() == before
     assert reader.execute("SELECT count(*) FROM image_layers").fetchone()[0] > 0
@@ -389,14 +389,14 @@ def test_reader_keeps_its_snapshot_across_index_runs(tmp_path):
     reader.close()
     _index_more(store, 1)
     assert not os.path.exists(pinned)
-    assert len(os.listdir(store / layout.SNAPSHOTS)) == 2
+    assert len(os.listdir(store / paths.SNAPSHOTS)) == 2
 
 
 def test_get_ids_from_finishes_on_its_snapshot(tmp_path):
     store = tmp_path / "store"
     index_samples(store)
     ids = [row["id"] for row in sql_json(store, "SELECT id FROM images ORDER BY id")]
-    pinned = layout.snapshot_dir(str(store))
+    pinned = paths.snapshot_dir(str(store))
     proc = subprocess.Popen(
         [*CLI, "get", "--ids-from", "-", "--store", str(store)],
         stdin=subprocess.PIPE,
@@ -408,7 +408,7 @@ def test_get_ids_from_finishes_on_its_snapshot(tmp_path):
     try:
         deadline = time.monotonic() + 30
         while True:
-            with layout.unpinned(pinned) as free:
+            with paths.unpinned(pinned) as free:
                 if not free:
                     break
             assert proc.poll() is None and time.monotonic() < deadline, "the reader never pinned its snapshot"
@@ -436,7 +436,7 @@ def test_unpinnable_folders_are_read_unpinned(store, ids, monkeypatch):
 
 
 def test_read_only_copy_works(store, tmp_path, ids):
-    bare = _bare_copy(store, tmp_path / "ro", layout.TABLES)
+    bare = _bare_copy(store, tmp_path / "ro", paths.TABLES)
     for name in os.listdir(bare):
         os.chmod(bare / name, 0o444)
     os.chmod(bare, 0o555)
@@ -451,7 +451,7 @@ def test_a_snapshot_removed_under_a_reader_is_one_error(tmp_path):
     store = tmp_path / "store"
     index_samples(store)
     reader = engine.connect(str(store))
-    os.unlink(layout.table_file(layout.snapshot_dir(str(store)), "images"))
+    os.unlink(paths.table_file(paths.snapshot_dir(str(store)), "images"))
     with pytest.raises(StoreError, match="cannot read store"):
         reader.execute("SELECT count(*) FROM images").fetchall()
 

@@ -6,10 +6,14 @@ from hypothesis import given, strategies as st
 
 from indexer.errors import ReferenceError_
 from indexer.references import (
+    DIGEST_ALGORITHMS,
+    ID_RE,
     Reference,
     blob_id,
     image_id,
     is_bare_tag,
+    is_docker_hub,
+    is_registry_host,
     is_valid_digest,
     is_valid_host,
     is_valid_name,
@@ -218,3 +222,42 @@ def test_is_valid_name_counts_the_host():
 )
 def test_redact_userinfo(text, expected):
     assert redact_userinfo(text) == expected
+
+
+@pytest.mark.parametrize(
+    "component, host",
+    [
+        ("reg.example", True),
+        ("myregistry:5000", True),
+        ("localhost", True),
+        ("Team", True),
+        ("team", False),
+        ("library", False),
+        ("crp1", False),
+    ],
+)
+def test_is_registry_host(component, host):
+    assert is_registry_host(component) is host
+    # parse_reference splits a name by the same rule
+    assert (parse_reference(f"{component}/app").name == "app") is host
+
+
+@pytest.mark.parametrize(
+    "host, hub",
+    [("docker.io", True), ("index.docker.io", True), ("registry-1.docker.io", True), ("cr.yandex", False)],
+)
+def test_is_docker_hub(host, hub):
+    assert is_docker_hub(host) is hub
+    assert (parse_reference(f"{host}/team/app").registry == "docker.io") is hub
+
+
+def test_ids_have_the_id_shape():
+    assert ID_RE.fullmatch(image_id("cr.yandex", "crp123/app", "sha256:" + "a" * 64))
+    assert ID_RE.fullmatch(blob_id("sha256:" + "b" * 64))
+    for text in ("crp" + "0" * 16, "crp" + "0" * 18, "crp" + "w" * 17, "crp" + "A" * 17, "crp" + "0" * 17 + "\n"):
+        assert not ID_RE.fullmatch(text)
+
+
+def test_digest_algorithms_are_the_ones_hashlib_checks():
+    for algorithm in DIGEST_ALGORITHMS:
+        assert is_valid_digest(f"{algorithm}:{hashlib.new(algorithm, b'').hexdigest()}")

@@ -128,3 +128,15 @@ def test_retry_after_forms():
     assert _retry_after({}) is None
     assert _retry_after({"Retry-After": "soon"}) is None
     assert 0 <= _retry_after({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}) < 1
+
+
+@pytest.mark.parametrize("key", ["index.docker.io", "registry-1.docker.io", "https://index.docker.io/v1/", "docker.io"])
+def test_every_docker_hub_alias_is_a_key_for_docker_hub(tmp_path, key):
+    path = write(tmp_path / "config.json", {"auths": {key: {"auth": auth("hub", "h")}}})
+    assert find_credentials("docker.io", "library/redis", [path]).username == "hub"
+
+
+@pytest.mark.parametrize("host", ["docker.io", "index.docker.io", "registry-1.docker.io"])
+def test_a_docker_hub_alias_is_docker_hub(host):
+    assert parse_target(host) == Target("docker.io", "registry-1.docker.io")
+    assert parse_target(f"{host}/team/app") == Target("docker.io", "registry-1.docker.io", "team/app")

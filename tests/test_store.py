@@ -27,7 +27,7 @@ from indexer.model import EXACT_MANIFEST, UNCOMPRESSED, Blob, HistoryEntry, Imag
 from indexer.run import index_sources
 from indexer.sources import parse_source
 from indexer.sources.parse import Context
-from indexer.store import layout, schema
+from indexer.store import paths, schema
 from indexer.store.writer import StoreWriter, now_utc
 from queries import engine
 
@@ -54,7 +54,7 @@ SUBPROCESS_TIMEOUT = 120
 
 def clean_env(**extra) -> dict:
     env = dict(os.environ)
-    env.pop(layout.STORE_ENV, None)
+    env.pop(paths.STORE_ENV, None)
     env.update(extra)
     return env
 
@@ -275,7 +275,7 @@ def _assert_duckdb_matches(con, where):
 
 def _assert_parquet_matches(directory, where):
     for table, arrow_schema in schema.TABLES.items():
-        path = layout.table_file(directory, table)
+        path = paths.table_file(directory, table)
         on_disk = pq.read_schema(path)
         assert on_disk.names == arrow_schema.names, f"{where}: {table} columns"
         read_back = pq.read_table(path).schema
@@ -295,7 +295,7 @@ def test_schema_of_fresh_store(tmp_path):
         _assert_duckdb_matches(writer.con, "fresh database")
         snapshot = writer.snapshot()
     _assert_parquet_matches(snapshot, "empty snapshot")
-    assert os.path.realpath(store / layout.SNAPSHOT_LINK) == os.path.realpath(snapshot)
+    assert os.path.realpath(store / paths.SNAPSHOT_LINK) == os.path.realpath(snapshot)
 
 
 def test_schema_of_populated_snapshot(tmp_path, mixed_specs):
@@ -303,12 +303,12 @@ def test_schema_of_populated_snapshot(tmp_path, mixed_specs):
     imgdex("index", "--store", store, *mixed_specs, cwd=tmp_path)
     with StoreWriter(str(store)) as writer:
         _assert_duckdb_matches(writer.con, "database after a run")
-    snapshot = layout.snapshot_dir(str(store))
+    snapshot = paths.snapshot_dir(str(store))
     _assert_parquet_matches(snapshot, "snapshot after a run")
     # Readers query the snapshot with the same column types as the database.
     _assert_duckdb_matches(store_con(store), "reader over the snapshot")
     # created_at keeps nanoseconds; indexed_at is a UTC instant.
-    images = pq.read_table(layout.table_file(snapshot, "images"), columns=["created", "created_at", "indexed_at"])
+    images = pq.read_table(paths.table_file(snapshot, "images"), columns=["created", "created_at", "indexed_at"])
     created = images.column("created").to_pylist()
     created_ns = images.column("created_at").cast(pa.int64()).to_pylist()
     assert any(text and not text.endswith("000Z") for text in created)
@@ -782,7 +782,7 @@ def test_second_writer_fails_fast(tmp_path, base_store, corpora):
         assert "another index run" in message
         assert str(os.getpid()) in message
         # The failed attempt leaves the holder's pid in the lock file.
-        assert (store / layout.LOCK).read_text().strip() == str(os.getpid())
+        assert (store / paths.LOCK).read_text().strip() == str(os.getpid())
 
         proc = imgdex("index", "--store", store, f"oci:{corpora['oci']}", cwd=tmp_path, check=False)
         assert proc.returncode == 1
@@ -813,7 +813,7 @@ def _after(seconds):
 
 def _lock_taken(store, proc, started):
     try:
-        return (store / layout.LOCK).read_text().strip() == str(proc.pid)
+        return (store / paths.LOCK).read_text().strip() == str(proc.pid)
     except OSError:
         return False
 
@@ -823,7 +823,7 @@ def _wal_over(size):
 
     def trigger(store, proc, started):
         try:
-            return os.path.getsize(store / (layout.DATABASE + ".wal")) > size and _lock_taken(store, proc, started)
+            return os.path.getsize(store / (paths.DATABASE + ".wal")) > size and _lock_taken(store, proc, started)
         except OSError:
             return False
 
@@ -833,7 +833,7 @@ def _wal_over(size):
 def _snapshot_started(before):
     def trigger(store, proc, started):
         try:
-            return bool(set(os.listdir(store / layout.SNAPSHOTS)) - before)
+            return bool(set(os.listdir(store / paths.SNAPSHOTS)) - before)
         except OSError:
             return False
 
@@ -862,7 +862,7 @@ def test_kill_9_leaves_a_usable_store(tmp_path, base_store, big_layout, corpora)
             break
         store = copy_store(base_store, tmp_path / f"store{number}")
         if trigger is None:
-            trigger = _snapshot_started(set(os.listdir(store / layout.SNAPSHOTS)))
+            trigger = _snapshot_started(set(os.listdir(store / paths.SNAPSHOTS)))
         proc = _start_index(store, [f"oci:{big_layout}"], tmp_path, batch=KILL_BATCH)
         started = time.monotonic()
         try:
@@ -908,10 +908,10 @@ def test_kill_9_leaves_a_usable_store(tmp_path, base_store, big_layout, corpora)
 
 def _resolved_then_swapped(store, corpora):
     """The snapshot a reader resolves, then one more completed run; returns that resolved folder."""
-    resolved = layout.snapshot_dir(str(store))
+    resolved = paths.snapshot_dir(str(store))
     with StoreWriter(str(store)) as writer:
         assert index_sources([f"oci:{corpora['oci']}"], writer).ok
-    assert layout.snapshot_dir(str(store)) != resolved
+    assert paths.snapshot_dir(str(store)) != resolved
     return resolved
 
 
@@ -919,19 +919,19 @@ def test_snapshot_resolved_before_a_swap_stays_readable(tmp_path, base_store, co
     store = copy_store(base_store, tmp_path / "store")
     for _ in range(3):
         resolved = _resolved_then_swapped(store, corpora)
-        assert pq.read_table(layout.table_file(resolved, "images")).num_rows >= SMALL_IMAGES
+        assert pq.read_table(paths.table_file(resolved, "images")).num_rows >= SMALL_IMAGES
 
 
 def test_snapshot_resolved_before_a_swap_survives_a_killed_snapshot(tmp_path, base_store, corpora):
     """A run killed while writing its snapshot leaves an unlinked, newer folder behind. The next
     run must still keep the folder the link named before its swap, not that leftover."""
     store = copy_store(base_store, tmp_path / "store")
-    leftover = store / layout.SNAPSHOTS / f"{time.time_ns()}-999999"
+    leftover = store / paths.SNAPSHOTS / f"{time.time_ns()}-999999"
     leftover.mkdir()
     (leftover / "images.parquet").write_bytes(b"PAR1 cut short")
     resolved = _resolved_then_swapped(store, corpora)
     assert os.path.isdir(resolved), "the snapshot readers resolved just before the swap was pruned"
-    assert pq.read_table(layout.table_file(resolved, "images")).num_rows == SMALL_IMAGES
+    assert pq.read_table(paths.table_file(resolved, "images")).num_rows == SMALL_IMAGES
 
 
 # ---------------------------------------------------------------------------------------------
@@ -966,19 +966,19 @@ def test_parquet_only_and_copied_stores(tmp_path, mixed_specs):
 
     bare = tmp_path / "bare"
     bare.mkdir()
-    snapshot = layout.snapshot_dir(str(store))
+    snapshot = paths.snapshot_dir(str(store))
     for table in schema.TABLES:
-        shutil.copy(layout.table_file(snapshot, table), bare)
+        shutil.copy(paths.table_file(snapshot, table), bare)
     assert sorted(os.listdir(bare)) == sorted(f"{t}.parquet" for t in schema.TABLES)
     assert _reader_outputs(bare, tmp_path, ids) == expected
 
     copied = tmp_path / "copied"
     subprocess.run(["cp", "-r", str(store), str(copied)], check=True)
-    assert os.path.islink(copied / layout.SNAPSHOT_LINK)
+    assert os.path.islink(copied / paths.SNAPSHOT_LINK)
     assert _reader_outputs(copied, tmp_path, ids) == expected
     # The copy is a store of its own: a run into it leaves the original alone.
     imgdex("index", "--store", copied, mixed_specs[0], cwd=tmp_path)
-    assert os.path.realpath(copied / layout.SNAPSHOT_LINK).startswith(os.path.realpath(copied) + os.sep)
+    assert os.path.realpath(copied / paths.SNAPSHOT_LINK).startswith(os.path.realpath(copied) + os.sep)
     assert _reader_outputs(copied, tmp_path, ids) == expected
     assert len(sql_rows(copied, "select * from runs", tmp_path)) == 2
     assert len(sql_rows(store, "select * from runs", tmp_path)) == 1
@@ -993,10 +993,10 @@ def test_store_environment_variable(tmp_path, corpora):
     store = tmp_path / "from-env"
     workdir = tmp_path / "work"
     workdir.mkdir()
-    env = clean_env(**{layout.STORE_ENV: str(store)})
+    env = clean_env(**{paths.STORE_ENV: str(store)})
     imgdex("index", f"oci:{corpora['oci']}", cwd=workdir, env=env)
-    assert os.path.isfile(store / layout.DATABASE)
-    assert not os.path.exists(workdir / layout.DEFAULT_STORE)
+    assert os.path.isfile(store / paths.DATABASE)
+    assert not os.path.exists(workdir / paths.DEFAULT_STORE)
 
     assert count_images(None, workdir, env) == 3
     listed = json.loads(imgdex("list", cwd=workdir, env=env).stdout)

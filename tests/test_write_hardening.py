@@ -22,7 +22,7 @@ from indexer.model import Blob, ImageRecord
 from indexer.run import index_sources
 from indexer.sources import parse_source
 from indexer.sources.parse import Context
-from indexer.store import layout
+from indexer.store import paths
 from indexer.store import writer as writer_module
 from indexer.store.writer import StoreWriter, now_utc
 from queries import engine
@@ -215,8 +215,8 @@ def test_full_disk_is_one_line_naming_the_store(tmp_path, monkeypatch, base_stor
 
 
 def test_full_disk_while_syncing_the_snapshot(tmp_path, monkeypatch, base_store):
-    snapshots = set(os.listdir(base_store / layout.SNAPSHOTS))
-    previous = layout.snapshot_dir(str(base_store))
+    snapshots = set(os.listdir(base_store / paths.SNAPSHOTS))
+    previous = paths.snapshot_dir(str(base_store))
 
     def fsync_fails(path):
         raise OSError(errno.EIO, os.strerror(errno.EIO))
@@ -225,9 +225,9 @@ def test_full_disk_while_syncing_the_snapshot(tmp_path, monkeypatch, base_store)
     result = invoke("index", _more(tmp_path, 2), "--store", base_store)
     monkeypatch.undo()
     assert result.exit_code == 1 and result.stderr.splitlines() == [f"imgdex: store {base_store}: input/output error"]
-    assert layout.snapshot_dir(str(base_store)) == previous
+    assert paths.snapshot_dir(str(base_store)) == previous
     # The half-written snapshot does not hold on to the space.
-    assert set(os.listdir(base_store / layout.SNAPSHOTS)) == snapshots
+    assert set(os.listdir(base_store / paths.SNAPSHOTS)) == snapshots
 
 
 def test_full_disk_while_writing_the_lock(tmp_path, monkeypatch, base_store):
@@ -331,7 +331,7 @@ def test_failed_run_creates_no_store(tmp_path):
     # Through the default ./data as well.
     workdir = tmp_path / "work"
     workdir.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != layout.STORE_ENV}
+    env = {k: v for k, v in os.environ.items() if k != paths.STORE_ENV}
     command = [sys.executable, "-m", "queries.cli", "index", str(tmp_path / "nonexistent")]
     proc = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and os.listdir(workdir) == []
@@ -363,10 +363,10 @@ def test_writer_that_commits_nothing_removes_the_store_it_created(tmp_path):
     with StoreWriter(str(tmp_path / "b")) as writer:
         writer.snapshot()
         assert not writer.pristine
-    assert os.path.isfile(tmp_path / "b" / layout.DATABASE)
+    assert os.path.isfile(tmp_path / "b" / paths.DATABASE)
     with StoreWriter(str(tmp_path / "b")) as writer:
         assert not writer.pristine  # not its own creation
-    assert os.path.isfile(tmp_path / "b" / layout.DATABASE)
+    assert os.path.isfile(tmp_path / "b" / paths.DATABASE)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ from .layout import is_layout_dir, read_layout_dir, read_layout_tar
 from .parse import Context
 from .tarball import STDIN_NAMES, NotAnArchive, TarMembers, not_regular
 
-KINDS = ("docker-archive", "oci-archive", "oci", "docker-daemon", "docker", "ycr-json")
 TRANSPORTS = ("docker-archive:", "oci-archive:", "oci:", "docker-daemon:", "docker://", "ycr-json:")
 # What a mistyped transport looks like; two characters at least, so `C:` stays a path.
 _TRANSPORT_LIKE = re.compile(r"[A-Za-z][A-Za-z0-9._+-]+")
@@ -195,7 +194,7 @@ def parse_source(text: str, *, docker_host: str = "", all_images: bool = False, 
 
         return DockerDaemon.from_spec(text[len("docker-daemon:") :], docker_host, all_images)
     if text.startswith("docker://"):
-        from .registry import RegistrySource  # requests is imported only for registries
+        from .registry import RegistrySource  # urllib3 is imported only for registries
 
         return RegistrySource(text, registry_options)
     if text.startswith("ycr-json:"):

@@ -58,6 +58,7 @@ from ..model import (
 )
 from ..references import Reference, parse_reference
 from . import mediatypes as mt
+from .jsonshape import list_at, object_at, string_at
 from .parse import Context, check_sizes, new_record, parse_config, platform_of, size_problem, valid_size
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
@@ -490,21 +491,6 @@ def connect_engine(address: str) -> EngineClient:
 # ----------------------------------------------------------------------------- mapping
 
 
-def _text(doc: dict, key: str) -> str:
-    value = doc.get(key)
-    return value if isinstance(value, str) else ""
-
-
-def _list(doc: dict, key: str) -> list:
-    value = doc.get(key)
-    return value if isinstance(value, list) else []
-
-
-def _object(doc: dict, key: str) -> dict:
-    value = doc.get(key)
-    return value if isinstance(value, dict) else {}
-
-
 def _history_time(seconds: object) -> str:
     if not isinstance(seconds, int) or isinstance(seconds, bool) or seconds <= _GO_ZERO_SECONDS:
         return ""
@@ -545,7 +531,9 @@ def match_history(layer_count: int, history: list[dict]) -> tuple[list[int] | No
         return None, ()
     layer_sizes = [sizes[i] for i in range(len(entries)) if i in chosen]
     history_entries = tuple(
-        HistoryEntry(_history_time(e.get("Created")), _text(e, "CreatedBy"), _text(e, "Comment"), i not in chosen)
+        HistoryEntry(
+            _history_time(e.get("Created")), string_at(e, "CreatedBy"), string_at(e, "Comment"), i not in chosen
+        )
         for i, e in enumerate(entries)
     )
     return layer_sizes, history_entries
@@ -553,14 +541,14 @@ def match_history(layer_count: int, history: list[dict]) -> tuple[list[int] | No
 
 def config_from_inspect(inspect: dict, where: str) -> ImageConfig:
     """The inspect's config fields, through the shared config parser."""
-    rootfs = _object(inspect, "RootFS")
+    rootfs = object_at(inspect, "RootFS")
     doc = {
-        "created": _text(inspect, "Created"),
-        "os": _text(inspect, "Os"),
-        "architecture": _text(inspect, "Architecture"),
-        "variant": _text(inspect, "Variant"),
-        "config": _object(inspect, "Config"),
-        "rootfs": {"type": _text(rootfs, "Type"), "diff_ids": _list(rootfs, "Layers")},
+        "created": string_at(inspect, "Created"),
+        "os": string_at(inspect, "Os"),
+        "architecture": string_at(inspect, "Architecture"),
+        "variant": string_at(inspect, "Variant"),
+        "config": object_at(inspect, "Config"),
+        "rootfs": {"type": string_at(rootfs, "Type"), "diff_ids": list_at(rootfs, "Layers")},
     }
     return parse_config(json.dumps(doc).encode(), where)
 
@@ -583,7 +571,7 @@ def repositories(inspect: dict, ctx: Context, where: str, only: Reference | None
     """
     found: dict[tuple[str, str], _Repository] = {}
     for key in ("RepoTags", "RepoDigests"):
-        for text in _list(inspect, key):
+        for text in list_at(inspect, key):
             if not isinstance(text, str) or text.startswith("<none>"):
                 continue  # the engine's placeholder for an untagged image
             try:
@@ -732,7 +720,7 @@ class DockerDaemon:
         targets = []
         seen = set()
         for doc in client.list_images(all=self.all_images, manifests=containerd):
-            image = _text(doc, "Id") if isinstance(doc, dict) else ""
+            image = string_at(doc, "Id") if isinstance(doc, dict) else ""
             if not image or image in seen:
                 continue
             seen.add(image)
@@ -773,7 +761,7 @@ class DockerDaemon:
             return
         only = None
         match = _IMAGE_ID.fullmatch(self.ref)
-        by_id = match is not None and _text(inspect, "Id").removeprefix("sha256:").startswith(match.group(1))
+        by_id = match is not None and string_at(inspect, "Id").removeprefix("sha256:").startswith(match.group(1))
         if not by_id:
             try:
                 only = parse_reference(self.ref)
@@ -783,7 +771,7 @@ class DockerDaemon:
         if containerd:
             manifests = self._manifests_of(client, inspect)
         try:
-            details = self._fetch(client, _text(inspect, "Id"), manifests, containerd, inspect=inspect)
+            details = self._fetch(client, string_at(inspect, "Id"), manifests, containerd, inspect=inspect)
         except (NoSuchImage, EngineRefused) as exc:
             yield SourceError(where, str(exc))
             return
@@ -791,7 +779,7 @@ class DockerDaemon:
 
     def _manifests_of(self, client: EngineClient, inspect: dict) -> tuple[ManifestSummary, ...] | None:
         if api_at_least(client.api_version, "1.48"):
-            full = client.inspect_image(_text(inspect, "Id"), manifests=True)
+            full = client.inspect_image(string_at(inspect, "Id"), manifests=True)
             return manifest_summaries(full.get("Manifests"))
         # API 1.47 reports manifests only in the listing.
         for doc in client.list_images(all=True, manifests=True):
@@ -842,7 +830,7 @@ class DockerDaemon:
         self, details: _Details, ctx: Context, where: str, only: Reference | None, containerd: bool
     ) -> Iterator[ImageRecord | SourceError]:
         inspect = details.inspect
-        image = _text(inspect, "Id")
+        image = string_at(inspect, "Id")
         label = f"{where} (image {image})"
         repos = repositories(inspect, ctx, where, only)
         if containerd:
@@ -974,21 +962,23 @@ def manifest_summaries(raw: object) -> tuple[ManifestSummary, ...] | None:
     for item in raw:
         if not isinstance(item, dict):
             continue
-        descriptor = _object(item, "Descriptor")
-        digest = _text(descriptor, "digest") or _text(item, "ID") or _text(item, "Id")
+        descriptor = object_at(item, "Descriptor")
+        digest = string_at(descriptor, "digest") or string_at(item, "ID") or string_at(item, "Id")
         if not digest:
             continue
-        raw_kind = _text(item, "Kind")
-        platform_doc = _object(_object(item, "ImageData"), "Platform") or _object(descriptor, "platform")
+        raw_kind = string_at(item, "Kind")
+        platform_doc = object_at(object_at(item, "ImageData"), "Platform") or object_at(descriptor, "platform")
         platform = None
         if platform_doc:
             platform = Platform(
-                _text(platform_doc, "os"), _text(platform_doc, "architecture"), _text(platform_doc, "variant")
+                string_at(platform_doc, "os"),
+                string_at(platform_doc, "architecture"),
+                string_at(platform_doc, "variant"),
             )
         out.append(
             ManifestSummary(
                 digest=digest,
-                media_type=_text(descriptor, "mediaType"),
+                media_type=string_at(descriptor, "mediaType"),
                 kind={"image": KIND_IMAGE, "attestation": KIND_ATTESTATION}.get(raw_kind, ""),
                 raw_kind=raw_kind,
                 available=item.get("Available") is True,
@@ -999,10 +989,10 @@ def manifest_summaries(raw: object) -> tuple[ManifestSummary, ...] | None:
 
 
 def _target(inspect: dict) -> Blob:
-    descriptor = _object(inspect, "Descriptor")
-    digest = _text(descriptor, "digest") or _text(inspect, "Id")
+    descriptor = object_at(inspect, "Descriptor")
+    digest = string_at(descriptor, "digest") or string_at(inspect, "Id")
     size = descriptor.get("size")
-    return Blob(digest=digest, size=size if isinstance(size, int) else 0, media_type=_text(descriptor, "mediaType"))
+    return Blob(digest=digest, size=size if isinstance(size, int) else 0, media_type=string_at(descriptor, "mediaType"))
 
 
 def containerd_shape(inspect: dict, manifests: tuple[ManifestSummary, ...]) -> tuple[Blob, ManifestSummary | None]:
@@ -1026,7 +1016,7 @@ def containerd_shape(inspect: dict, manifests: tuple[ManifestSummary, ...]) -> t
 
 
 def _inspect_platform(inspect: dict) -> Platform:
-    return Platform(_text(inspect, "Os"), _text(inspect, "Architecture"), _text(inspect, "Variant"))
+    return Platform(string_at(inspect, "Os"), string_at(inspect, "Architecture"), string_at(inspect, "Variant"))
 
 
 def prefetch(items: Iterable, fetch: Callable, workers: int, window: int) -> Iterator[tuple[object, object]]:

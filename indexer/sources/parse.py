@@ -27,8 +27,9 @@ from ..model import (
     ImageRecord,
     Platform,
 )
-from ..references import Reference, image_id, is_valid_digest, is_valid_name, is_valid_tag
+from ..references import DIGEST_ALGORITHMS, Reference, image_id, is_valid_digest, is_valid_name, is_valid_tag
 from . import mediatypes as mt
+from .jsonshape import object_at, string_at
 
 # Manifests, indexes and configs above this size are refused unread: memory stays bounded.
 MAX_JSON_BYTES = 8 * 1024 * 1024
@@ -93,7 +94,7 @@ def sha256_digest(data: bytes) -> str:
 
 def verify(data: bytes, digest: str, size: int | None, where: str, what: str) -> None:
     algorithm, _, _ = digest.partition(":")
-    if algorithm not in ("sha256", "sha384", "sha512"):
+    if algorithm not in DIGEST_ALGORITHMS:
         raise SourceError(where, f"{what} uses unsupported digest algorithm {algorithm!r}")
     actual = f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
     if actual != digest:
@@ -167,16 +168,6 @@ def _strings(value: object) -> tuple[str, ...]:
     return ()
 
 
-def _text(doc: dict, key: str) -> str:
-    value = doc.get(key)
-    return value if type(value) is str else ""
-
-
-def _object(doc: dict, key: str) -> dict:
-    value = doc.get(key)
-    return value if type(value) is dict else {}
-
-
 def _history(raw: object) -> tuple[HistoryEntry, ...]:
     if type(raw) is not list:
         return ()
@@ -201,18 +192,18 @@ def _history(raw: object) -> tuple[HistoryEntry, ...]:
 
 def parse_config(data: bytes, where: str) -> ImageConfig:
     doc = load_object(data, where, "config")
-    inner = _object(doc, "config")
-    created = _text(doc, "created")
+    inner = object_at(doc, "config")
+    created = string_at(doc, "created")
     return ImageConfig(
         created=timestamps.normalise(created) if created else None,
-        os=_text(doc, "os"),
-        architecture=_text(doc, "architecture"),
-        variant=_text(doc, "variant"),
-        labels=tuple(sorted((k, v) for k, v in _object(inner, "Labels").items() if type(v) is str)),
+        os=string_at(doc, "os"),
+        architecture=string_at(doc, "architecture"),
+        variant=string_at(doc, "variant"),
+        labels=tuple(sorted((k, v) for k, v in object_at(inner, "Labels").items() if type(v) is str)),
         env=_strings(inner.get("Env")),
         entrypoint=_strings(inner.get("Entrypoint")),
         cmd=_strings(inner.get("Cmd")),
-        diff_ids=_strings(_object(doc, "rootfs").get("diff_ids")),
+        diff_ids=_strings(object_at(doc, "rootfs").get("diff_ids")),
         history=_history(doc.get("history")),
     )
 

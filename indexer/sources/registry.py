@@ -26,9 +26,11 @@ from typing import Callable, Iterable, Iterator
 from ..errors import ImgdexError, SourceError
 from ..model import Blob, ImageRecord
 from ..references import (
+    DIGEST_ALGORITHMS,
     DOCKER_HUB,
     NAME_MAX,
     Reference,
+    is_docker_hub,
     is_valid_digest,
     is_valid_repository,
     is_valid_tag,
@@ -54,7 +56,7 @@ _LINK_NEXT = re.compile(r'<([^>]*)>\s*;\s*(?:[^,]*;\s*)*rel="?next"?', re.IGNORE
 _MAX_PAGES = 100_000
 _CONFIG_CACHE_BYTES = 64 * 1024 * 1024
 _KNOWN_MANIFEST_TYPES = mt.INDEXES | mt.MANIFESTS | mt.SCHEMA1
-_DIGEST_ALGORITHMS = ("sha256:", "sha384:", "sha512:")
+_DIGEST_PREFIXES = tuple(f"{algorithm}:" for algorithm in DIGEST_ALGORITHMS)
 _NOT_A_NAME = "not a valid repository name"
 
 
@@ -68,6 +70,8 @@ class Target:
 
 
 def _looks_like_host(text: str) -> bool:
+    # Not references.is_registry_host: this text has no '/', so `ubuntu:22` is a name and a tag, and
+    # an uppercase word is refused as a name rather than taken for a host.
     name = text.rsplit("]", 1)[0] if text.startswith("[") else text.partition(":")[0]
     return text.startswith("[") or "." in name or name == "localhost"
 
@@ -82,7 +86,7 @@ def parse_target(text: str) -> Target:
         return _parse_target(text)
     except SourceError:
         signs = [position for position, char in enumerate(text) if char == "@"]
-        if signs and text[signs[-1] + 1 :].startswith(_DIGEST_ALGORITHMS):
+        if signs and text[signs[-1] + 1 :].startswith(_DIGEST_PREFIXES):
             signs.pop()  # NAME@DIGEST: that @ is the digest's
         if not signs:
             raise
@@ -105,7 +109,7 @@ def _parse_target(text: str) -> Target:
             parse_reference(f"{host}/probe")
         except ImgdexError:
             raise SourceError(spec, f"invalid registry host {host!r}") from None
-        registry = DOCKER_HUB if host in ("docker.io", "index.docker.io", "registry-1.docker.io") else host.lower()
+        registry = DOCKER_HUB if is_docker_hub(host) else host.lower()
         return Target(registry, _api_host(registry))
     try:
         ref = parse_reference(text)
@@ -215,15 +219,9 @@ class ConfigCache:
             self.put(digest, data)
             return data
 
-    def get(self, digest: str) -> bytes | None:
-        return self._blobs.get(digest)
-
     def put(self, digest: str, data: bytes) -> None:
         algorithm, _, _ = digest.partition(":")
-        if (
-            algorithm not in ("sha256", "sha384", "sha512")
-            or f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}" != digest
-        ):
+        if algorithm not in DIGEST_ALGORITHMS or f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}" != digest:
             return
         with self._lock:
             if digest not in self._blobs and self.size + len(data) <= self.limit:

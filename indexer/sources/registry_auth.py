@@ -20,8 +20,9 @@ import urllib.parse
 from dataclasses import dataclass, field
 
 from ..errors import ImgdexError
+from ..references import DOCKER_HUB, DOCKER_HUB_ALIASES, is_docker_hub
 
-DOCKER_HUB_KEYS = ("docker.io", "index.docker.io", "registry-1.docker.io", "https://index.docker.io/v1/")
+DOCKER_HUB_KEYS = (*DOCKER_HUB_ALIASES, "https://index.docker.io/v1/")
 # A token is renewed this long before the expiry the server gave, so a slow request still carries a valid one.
 _TOKEN_SLACK = 10.0
 _DEFAULT_TOKEN_LIFETIME = 60.0
@@ -102,8 +103,8 @@ def _normalise_key(key: str) -> str:
         parsed = urllib.parse.urlsplit(text)
         text = parsed.netloc + parsed.path
     text = text.rstrip("/")
-    if text in ("index.docker.io/v1", "index.docker.io", "registry-1.docker.io"):
-        return "docker.io"
+    if text == "index.docker.io/v1" or is_docker_hub(text):
+        return DOCKER_HUB
     if text.endswith("/v1") or text.endswith("/v2"):
         text = text[:-3]
     return text
@@ -147,7 +148,7 @@ def _run_helper(helper: str, server: str, origin: str) -> Credentials | None:
 
 
 def _host_keys(registry: str) -> tuple[str, ...]:
-    return DOCKER_HUB_KEYS if registry == "docker.io" else (registry,)
+    return DOCKER_HUB_KEYS if registry == DOCKER_HUB else (registry,)
 
 
 def find_credentials(registry: str, repository: str = "", files: list[str] | None = None) -> Credentials | None:
@@ -178,7 +179,7 @@ def find_credentials(registry: str, repository: str = "", files: list[str] | Non
             auths = doc  # the legacy file is the auths map itself
         if auths:
             entries = {_normalise_key(key): value for key, value in auths.items() if isinstance(value, dict)}
-            host = "docker.io" if registry == "docker.io" else registry
+            host = DOCKER_HUB if registry == DOCKER_HUB else registry
             candidates = []
             parts = repository.split("/") if repository else []
             for length in range(len(parts), 0, -1):
@@ -192,7 +193,7 @@ def find_credentials(registry: str, repository: str = "", files: list[str] | Non
                         return found
         store = doc.get("credsStore")
         if isinstance(store, str) and store:
-            found = _run_helper(store, _host_keys(registry)[-1] if registry == "docker.io" else registry, path)
+            found = _run_helper(store, _host_keys(registry)[-1] if registry == DOCKER_HUB else registry, path)
             if found is not None:
                 return found
     return None

@@ -17,7 +17,7 @@ from typing import Callable
 from .. import timestamps
 from ..errors import SourceError
 from ..model import EXACT_MANIFEST, KIND_IMAGE, Blob, HistoryEntry, ImageRecord, Platform
-from ..references import DIGEST_RE, Reference
+from ..references import DIGEST_ALGORITHMS, DIGEST_RE, Reference
 from . import mediatypes as mt
 from .parse import Context, _strings, group_names, load_object, new_record
 
@@ -70,7 +70,7 @@ def schema1_records(
     doc = load_object(data, where, "schema1 manifest")
     payload = canonical_payload(data, doc, where)
     algorithm = digest.partition(":")[0] if digest else "sha256"
-    if algorithm not in ("sha256", "sha384", "sha512"):
+    if algorithm not in DIGEST_ALGORITHMS:
         raise SourceError(where, f"schema1 manifest uses unsupported digest algorithm {algorithm!r}")
     actual = f"{algorithm}:{hashlib.new(algorithm, payload).hexdigest()}"
     if digest and digest != actual:

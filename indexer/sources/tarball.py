@@ -283,9 +283,6 @@ class TarMembers:
         kind = _compression(head, where)
         return cls(path, _scan_stream(_Prefixed(head, stdin), where, kind, hash_members, piped=True), None, where)
 
-    def names(self) -> list[str]:
-        return list(self._members)
-
     def _resolve(self, name: str) -> Member | None:
         seen = 0
         member = self._members.get(posixpath.normpath(name))

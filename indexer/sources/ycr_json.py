@@ -20,12 +20,10 @@ from typing import Iterator
 from .. import timestamps
 from ..errors import ImgdexError, SourceError
 from ..model import IMPORTED, KIND_IMAGE, KIND_INDEX, Blob, ImageRecord
-from ..references import is_valid_digest, is_valid_tag, parse_reference
+from ..references import ID_RE, is_valid_digest, is_valid_tag, parse_reference
 from .parse import INT64_MAX, Context, check_sizes
 
 DEFAULT_REGISTRY = "cr.yandex"
-# The id shape `imgdex get` looks up directly: "crp" and 17 base32hex characters.
-_ID_RE = re.compile(r"crp[0-9a-v]{17}")
 _IMAGE_FIELDS = {"id", "name", "digest", "compressedSize", "config", "layers", "tags", "createdAt"}
 _BLOB_FIELDS = {"id", "digest", "size", "urls"}
 _SNAKE = {"compressed_size": "compressedSize", "created_at": "createdAt", "next_page_token": "nextPageToken"}
@@ -82,7 +80,7 @@ def image_record(raw: object, registry: str, ctx: Context, where: str, notes: li
     image_id = doc.get("id")
     if not isinstance(image_id, str) or not image_id:
         raise SourceError(where, "the image has no id")
-    if not _ID_RE.fullmatch(image_id):
+    if not ID_RE.fullmatch(image_id):
         notes.append(
             f"{where}: id {image_id!r} is not shaped like a Container Registry id; "
             "`imgdex get` finds it by reference only"

@@ -23,7 +23,7 @@ from .. import lineage, timestamps
 from ..errors import StoreError, StoreLocked
 from ..model import IMPORTED, Blob, HistoryEntry, ImageRecord, Platform, merge_records
 from ..references import blob_id
-from . import layout, schema
+from . import paths, schema
 from .views import create_views
 
 
@@ -294,14 +294,14 @@ class StoreWriter:
         self._created_dir = _first_missing(store)
         self._created_files = [
             name
-            for name in (layout.DATABASE, layout.DATABASE + ".wal", layout.LOCK)
+            for name in (paths.DATABASE, paths.DATABASE + ".wal", paths.LOCK)
             if self._created_dir is None and not os.path.lexists(os.path.join(store, name))
         ]
-        self._created_database = self._created_dir is not None or layout.DATABASE in self._created_files
+        self._created_database = self._created_dir is not None or paths.DATABASE in self._created_files
         self._touched = False
         try:
             os.makedirs(store, exist_ok=True)
-            self._lock_file = open(os.path.join(store, layout.LOCK), "a+")
+            self._lock_file = open(os.path.join(store, paths.LOCK), "a+")
         except OSError as exc:
             self._remove_created()
             raise StoreError(f"cannot open store {store}: {store_failure(exc)}") from None
@@ -314,7 +314,7 @@ class StoreWriter:
             raise StoreLocked(
                 f"store {store} is being written by another index run (pid {holder}); try again when it ends"
             ) from None
-        if self._created_database and os.path.exists(os.path.join(store, layout.DATABASE)):
+        if self._created_database and os.path.exists(os.path.join(store, paths.DATABASE)):
             # Another run created the store between the look above and the lock: it is not ours.
             self._created_dir, self._created_files, self._created_database = None, [], False
         try:
@@ -322,7 +322,7 @@ class StoreWriter:
             self._lock_file.truncate()
             self._lock_file.write(str(os.getpid()))
             self._lock_file.flush()
-            self.con = duckdb.connect(os.path.join(store, layout.DATABASE))
+            self.con = duckdb.connect(os.path.join(store, paths.DATABASE))
             for table in schema.TABLES:
                 self.con.execute(schema.create_table_sql(table))
             create_views(self.con)
@@ -526,17 +526,17 @@ class StoreWriter:
         return target
 
     def _write_snapshot(self) -> tuple[str, str, str, str]:
-        snapshots = os.path.join(self.store, layout.SNAPSHOTS)
+        snapshots = os.path.join(self.store, paths.SNAPSHOTS)
         os.makedirs(snapshots, exist_ok=True)
         name = f"{time.time_ns()}-{os.getpid()}"
         target = os.path.join(snapshots, name)
         os.makedirs(target)
         order = {"images": "id", "tags": "registry, name, tag", "runs": "started_at"}
-        link = os.path.join(self.store, layout.SNAPSHOT_LINK)
+        link = os.path.join(self.store, paths.SNAPSHOT_LINK)
         temporary = f"{link}.{os.getpid()}.tmp"
         try:
             for table in schema.TABLES:
-                path = layout.table_file(target, table).replace("'", "''")
+                path = paths.table_file(target, table).replace("'", "''")
                 # Sorted by id with small row groups, so a lookup by id reads one row group.
                 self.con.execute(
                     f"COPY (SELECT * FROM {table} ORDER BY {order[table]}) TO '{path}' "
@@ -552,7 +552,7 @@ class StoreWriter:
                 os.replace(link, os.path.join(snapshots, previous))
             if os.path.lexists(temporary):
                 os.unlink(temporary)
-            os.symlink(os.path.join(layout.SNAPSHOTS, name), temporary)
+            os.symlink(os.path.join(paths.SNAPSHOTS, name), temporary)
             os.replace(temporary, link)
         except BaseException:
             # Not swapped in: readers keep the previous snapshot, and on a full disk the
@@ -573,7 +573,7 @@ class StoreWriter:
             if entry in keep:
                 continue
             path = os.path.join(snapshots, entry)
-            with layout.unpinned(path) as free:
+            with paths.unpinned(path) as free:
                 if free:
                     shutil.rmtree(path, ignore_errors=True)
 

@@ -1,6 +1,6 @@
 """`imgdex serve`: the process around the gRPC and REST servers.
 
-Only click and the store layout are imported at module level: `queries.cli` registers this
+Only click and indexer.store.paths are imported at module level: `queries.cli` registers this
 command, and `imgdex get` must not pay for grpc, protobuf or the SDK at start-up.
 """
 
@@ -15,7 +15,7 @@ import time
 
 import click
 
-from indexer.store.layout import default_store
+from indexer.store.paths import default_store
 
 SHUTDOWN_SECONDS = 5.0
 DEFAULT_GRPC = "127.0.0.1:50051"

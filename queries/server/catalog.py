@@ -24,10 +24,11 @@ import hashlib
 import json
 
 from indexer.errors import NotFound, QueryError
+from indexer.references import ID_RE
 
 from ..listing import parse_filter
 
-_YCR_NAME = "regexp_full_match(name, '^crp[0-9a-v]{17}/.+')"
+_YCR_NAME = f"regexp_full_match(name, '^{ID_RE.pattern}/.+')"
 
 
 def _short_hash(text: str, length: int) -> str:

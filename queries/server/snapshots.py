@@ -31,7 +31,7 @@ import duckdb
 import pyarrow
 
 from indexer.errors import StoreError
-from indexer.store import layout
+from indexer.store import paths
 
 from .. import render
 
@@ -69,11 +69,11 @@ def settle() -> None:
 
 def snapshot_key(store: str) -> tuple | None:
     """What identifies the store's current snapshot, cheaply: one readlink and one stat."""
-    directory = layout.snapshot_dir(store)
+    directory = paths.snapshot_dir(store)
     if directory is None:
         return None
     try:
-        st = os.stat(layout.table_file(directory, "images"))
+        st = os.stat(paths.table_file(directory, "images"))
     except FileNotFoundError:
         return None
     return (directory, st.st_ino, st.st_mtime_ns, st.st_size)
@@ -104,7 +104,7 @@ class Snapshot:
     @classmethod
     def load(cls, key: tuple) -> "Snapshot":
         started = time.perf_counter()
-        path = layout.table_file(key[0], "images")
+        path = paths.table_file(key[0], "images")
         con = duckdb.connect(":memory:")
         try:
             source = f"read_parquet({_quote(path)}, hive_partitioning = false)"
