@@ -7,18 +7,18 @@ names are normalised to `docker.io` with `library/` for one-component names.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import re
 from dataclasses import dataclass
 
 from .errors import ReferenceError_
 
+# Re-exported: callers that already parse names take ids from here too.
+from .identifiers import DEFAULT_PLATFORM, ID_RE, blob_id, image_id  # noqa: F401
+
 DOCKER_HUB = "docker.io"
 # The names Docker Hub answers to; records and credentials file it under DOCKER_HUB.
 DOCKER_HUB_ALIASES = ("docker.io", "index.docker.io", "registry-1.docker.io")
 # The platform a reference to a multi-platform index resolves to when none is asked for, as docker pull does.
-DEFAULT_PLATFORM = "linux/amd64"
 
 # distribution's reference grammar, ASCII only. Patterns are used with fullmatch(), never
 # match() with `$`, which would accept a trailing newline.
@@ -151,29 +151,3 @@ def parse_reference(text: str, default_registry: str = DOCKER_HUB) -> Reference:
 def is_bare_tag(text: str) -> bool:
     """True for an OCI `ref.name` that is only a tag (`v1`), not a reference."""
     return is_valid_tag(text)
-
-
-_BASE32HEX = "0123456789abcdefghijklmnopqrstuv"
-
-
-def _short_hash(text: str) -> str:
-    """The first 17 base32hex characters (85 bits) of sha256(text), lowercased.
-
-    Same as base64.b32hexencode(...).lower()[:17], which is pure Python and slow on the lookup path.
-    """
-    bits = int.from_bytes(hashlib.sha256(text.encode()).digest()[:11], "big") >> 3
-    return "".join([_BASE32HEX[(bits >> shift) & 31] for shift in range(80, -1, -5)])
-
-
-# The shape of image_id() and blob_id(): "crp" and 17 lowercase base32hex characters.
-ID_RE = re.compile(r"crp[0-9a-v]{17}", re.ASCII)
-
-
-def image_id(registry: str, name: str, key: str) -> str:
-    """Stable resource id; `key` is the manifest digest, or the config digest if that is unknown."""
-    return "crp" + _short_hash(f"{registry}/{name}@{key}")
-
-
-@functools.lru_cache(maxsize=65536)
-def blob_id(digest: str) -> str:
-    return "crp" + _short_hash(digest)

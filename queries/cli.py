@@ -14,7 +14,7 @@ import sys
 import click
 
 from indexer.errors import ImgdexError
-from indexer.references import DEFAULT_PLATFORM, is_registry_host, parse_reference
+from indexer.identifiers import DEFAULT_PLATFORM
 from indexer.store.paths import default_store
 
 
@@ -109,6 +109,8 @@ def _finite_seconds(_ctx, param, value: float) -> float:
 
 
 def _split_repository(registry: str, repository: str) -> tuple[str, str]:
+    from indexer.references import is_registry_host, parse_reference
+
     if repository and not registry:
         first, sep, _ = repository.partition("/")
         if sep and is_registry_host(first):

@@ -6,7 +6,9 @@ import re
 from typing import Iterable, Iterator
 
 from indexer.errors import Ambiguous, ImgdexError, NotFound, QueryError
-from indexer.references import DEFAULT_PLATFORM, ID_RE, Reference, is_registry_host, parse_reference
+
+# Ids only at import time: the reference grammar is compiled only when a reference is looked up.
+from indexer.identifiers import DEFAULT_PLATFORM, ID_RE
 
 from .render import SELECT
 
@@ -48,7 +50,7 @@ def _describe(row) -> str:
     return f"{image_id} ({place or '<unnamed>'}@{digest or config_digest})"
 
 
-def _by_reference(con, ref: Reference, explicit_host: bool) -> list[tuple]:
+def _by_reference(con, ref, explicit_host: bool) -> list[tuple]:
     if ref.digest:
         condition, value = "(digest = ? OR config_digest = ?)", [ref.digest, ref.digest]
     else:
@@ -89,6 +91,8 @@ def resolve(con, query: str, platform: str = DEFAULT_PLATFORM):
         row = by_id(con, query)
         if row is not None:
             return row
+    from indexer.references import is_registry_host, parse_reference
+
     rows: list[tuple] = []
     try:
         ref = parse_reference(query)

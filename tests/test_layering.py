@@ -44,3 +44,21 @@ def test_lookup_path_does_not_import_pyarrow_or_docker(samples_store):
     assert result.returncode == 0, result.stderr
     assert '"id"' in result.stdout
     assert result.stderr.strip().splitlines()[-1] == "[]"
+
+
+def test_get_by_id_does_not_compile_the_reference_grammar(samples_store):
+    """A cold `imgdex get ID` imports ids only; references.py is for lookups by reference."""
+    code = (
+        "import sys\n"
+        "from queries.cli import cli\n"
+        "from queries import engine, lookup\n"
+        f"reader = engine.connect({samples_store!r}, tables=('images',))\n"
+        "some_id = reader.execute('SELECT id FROM images LIMIT 1').fetchone()[0]\n"
+        f"try:\n    cli.main(['get', some_id, '--store', {samples_store!r}], standalone_mode=False)\n"
+        "except SystemExit:\n    pass\n"
+        "print('indexer.references' in sys.modules, file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert '"id"' in result.stdout
+    assert result.stderr.strip().splitlines()[-1] == "False"

@@ -84,7 +84,7 @@ def test_is_bare_tag(text, bare):
 
 @given(st.text(max_size=200))
 def test_short_hash_equals_the_rfc4648_base32hex_definition(text):
-    from indexer.references import _short_hash
+    from indexer.identifiers import _short_hash
 
     reference = base64.b32hexencode(hashlib.sha256(text.encode()).digest()).decode().lower().rstrip("=")[:17]
     assert _short_hash(text) == reference

@@ -6,11 +6,7 @@ command, and `imgdex get` must not pay for grpc, protobuf or the SDK at start-up
 
 from __future__ import annotations
 
-import ipaddress
-import signal
-import socket
 import sys
-import threading
 import time
 
 import click
@@ -36,6 +32,9 @@ def parse_address(text: str, what: str) -> tuple[str, int] | None:
 
 def is_loopback(host: str) -> bool:
     """True when every address `host` names is a loopback address."""
+    import ipaddress
+    import socket
+
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -196,6 +195,9 @@ def serve(store, grpc_text, http_text, token_file, insecure_no_auth, workers):
     except OSError as exc:
         click.echo(f"imgdex: {exc}", err=True)
         sys.exit(1)
+    import signal
+    import threading
+
     stop = threading.Event()
 
     def on_signal(signum, frame):

@@ -1,0 +1,38 @@
+"""Resource and blob ids, and the platform a lookup picks by default.
+
+Kept apart from references.py because `imgdex get ID` needs only these: the cold lookup path
+imports nothing that compiles the reference grammar.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+
+DEFAULT_PLATFORM = "linux/amd64"
+
+_BASE32HEX = "0123456789abcdefghijklmnopqrstuv"
+
+
+def _short_hash(text: str) -> str:
+    """The first 17 base32hex characters (85 bits) of sha256(text), lowercased.
+
+    Same as base64.b32hexencode(...).lower()[:17], which is pure Python and slow on the lookup path.
+    """
+    bits = int.from_bytes(hashlib.sha256(text.encode()).digest()[:11], "big") >> 3
+    return "".join([_BASE32HEX[(bits >> shift) & 31] for shift in range(80, -1, -5)])
+
+
+# The shape of image_id() and blob_id(): "crp" and 17 lowercase base32hex characters.
+ID_RE = re.compile(r"crp[0-9a-v]{17}", re.ASCII)
+
+
+def image_id(registry: str, name: str, key: str) -> str:
+    """Stable resource id; `key` is the manifest digest, or the config digest if that is unknown."""
+    return "crp" + _short_hash(f"{registry}/{name}@{key}")
+
+
+@functools.lru_cache(maxsize=65536)
+def blob_id(digest: str) -> str:
+    return "crp" + _short_hash(digest)
