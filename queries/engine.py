@@ -123,16 +123,22 @@ class Reader:
         return QueryError(message)
 
 
-def _lock_down(files: list[str]) -> str:
-    """The statements that leave a connection able to read `files` and nothing else, for good."""
+def lock_settings(files: list[str]) -> str:
+    """The settings that leave a connection able to read `files` and nothing else, for good.
+
+    Every reader applies them: the Reader here, and the server's in-memory copy of a snapshot.
+    """
     return (
         f"SET allowed_paths = [{', '.join(map(_quote, files))}];"
         " SET enable_external_access = false;"
         " SET autoinstall_known_extensions = false;"
         " SET autoload_known_extensions = false;"
         " SET lock_configuration = true;"
-        " BEGIN TRANSACTION READ ONLY;"
     )
+
+
+def _lock_down(files: list[str]) -> str:
+    return lock_settings(files) + " BEGIN TRANSACTION READ ONLY;"
 
 
 def _over_snapshot(store: str, snapshot: str, tables: tuple[str, ...], pin: int | None) -> Reader:

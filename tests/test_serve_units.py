@@ -177,6 +177,8 @@ def test_served_database_reads_no_files(unit_store):
         cursor.execute(f"SELECT * FROM read_parquet('{snapshot.path}/images.parquet')").fetchall()
     with pytest.raises(duckdb.Error):
         cursor.execute("SET enable_external_access = true")
+    for setting in ("autoload_known_extensions", "autoinstall_known_extensions"):
+        assert cursor.execute(f"SELECT current_setting('{setting}')").fetchone()[0] is False
     snapshot.retire()
 
 

@@ -33,7 +33,7 @@ import pyarrow
 from indexer.errors import StoreError
 from indexer.store import paths
 
-from .. import render
+from .. import engine, render
 
 # Columns no response, filter or order reads, and by far the largest: left on disk.
 _NOT_LOADED = frozenset(
@@ -116,9 +116,8 @@ class Snapshot:
             columns = [column.combine_chunks() for column in table.columns]
             index = {image_id: row for row, image_id in enumerate(columns[0].to_pylist())}
             # Requests bind user input as parameters only; still, a served database reads no
-            # file and cannot be reconfigured.
-            con.execute("SET enable_external_access = false")
-            con.execute("SET lock_configuration = true")
+            # file and cannot be reconfigured, with the same settings as every other reader.
+            con.execute(engine.lock_settings([]))
         except duckdb.Error as exc:
             con.close()
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
