@@ -240,7 +240,6 @@ def _synthetic_store(store: str, n: int) -> list[str]:
     """A store of n images written straight through the writer: this measures lookups, not parsing."""
     from indexer.model import Blob, ImageRecord, Platform
     from indexer.references import image_id
-    from indexer.store.writer import StoreWriter, now_utc
 
     records, ids = [], []
     base = [Blob(f"sha256:{i:064x}", 1000 + i, "application/vnd.oci.image.layer.v1.tar+gzip") for i in range(3)]
@@ -272,21 +271,7 @@ def _synthetic_store(store: str, n: int) -> list[str]:
                 exactness=3,
             )
         )
-    with StoreWriter(store) as writer:
-        for start in range(0, n, 20_000):
-            writer.write(records[start : start + 20_000], now_utc())
-        writer.record_run(
-            {
-                "run_id": "bench",
-                "started_at": now_utc(),
-                "finished_at": now_utc(),
-                "sources": [],
-                "images_indexed": n,
-                "images_failed": 0,
-                "errors": [],
-            }
-        )
-        writer.snapshot()
+    corpus.write_records(store, records)
     return ids
 
 

@@ -36,6 +36,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
+import corpus  # noqa: E402  (beside this file)
+
 # Two registry ids of the real shape: "crp" and 17 base32hex characters.
 REGISTRIES = ("crpbench0reg1str0001", "crpbench0reg1str0002")
 CLIENTS = 8
@@ -46,7 +48,6 @@ def make_store(store: str, n: int) -> list[str]:
     """n images in `store`; returns their ids."""
     from indexer.model import Blob, ImageRecord, Platform
     from indexer.references import image_id
-    from indexer.store.writer import StoreWriter, now_utc
 
     base = [Blob(f"sha256:{i:064x}", 10_000_000 + i, "application/vnd.oci.image.layer.v1.tar+gzip") for i in range(3)]
     ids, records = [], []
@@ -80,21 +81,7 @@ def make_store(store: str, n: int) -> list[str]:
                 exactness=3,
             )
         )
-    with StoreWriter(store) as writer:
-        for start in range(0, n, 20_000):
-            writer.write(records[start : start + 20_000], now_utc())
-        writer.record_run(
-            {
-                "run_id": "bench",
-                "started_at": now_utc(),
-                "finished_at": now_utc(),
-                "sources": [],
-                "images_indexed": n,
-                "images_failed": 0,
-                "errors": [],
-            }
-        )
-        writer.snapshot()
+    corpus.write_records(store, records)
     return ids
 
 
