@@ -270,20 +270,29 @@ def index(
         sys.exit(1)
 
 
-platform_option = click.option(
-    "--platform",
-    default=DEFAULT_PLATFORM,
-    show_default=True,
-    metavar="OS/ARCH[/VARIANT]",
-    help="Child of a multi-platform index to return.",
-)
+def platform_option(help_text: str):
+    return click.option(
+        "--platform", default=DEFAULT_PLATFORM, show_default=True, metavar="OS/ARCH[/VARIANT]", help=help_text
+    )
+
+
+def _echo_document(doc: dict, fmt: str, table=None) -> None:
+    """One response as JSON (the default), YAML or, where the command has one, a table."""
+    from queries import render
+
+    if fmt == "table":
+        click.echo(table(doc))
+    elif fmt == "yaml":
+        click.echo(render.to_yaml(doc), nl=False)
+    else:
+        click.echo(render.to_json(doc))
 
 
 @cli.command()
 @click.argument("image", required=False)
 @store_option
 @click.option("--format", "fmt", type=click.Choice(["json", "yaml"]), default="json", show_default=True)
-@platform_option
+@platform_option("Child of a multi-platform index to return.")
 @click.option(
     "--ids-from",
     type=click.File("r", errors="replace"),
@@ -311,7 +320,7 @@ def get(image, store, fmt, platform, ids_from):
         _get_batch(con, ids_from, platform)
         return
     doc = render.to_response(lookup.resolve(con, image, platform))
-    click.echo(render.to_yaml(doc) if fmt == "yaml" else render.to_json(doc), nl=fmt == "json")
+    _echo_document(doc, fmt)
 
 
 def _get_batch(con, stream, platform):
@@ -378,7 +387,7 @@ def _get_batch(con, stream, platform):
 @library_errors
 def list_(store, registry_id, repository_name, folder_id, filter_, order_by, page_size, page_token, fmt):
     """Print the Image.List response, with the API's own request rules."""
-    from queries import engine, listing, render
+    from queries import engine, listing
 
     query = listing.Query(
         registry_id=registry_id,
@@ -390,15 +399,15 @@ def list_(store, registry_id, repository_name, folder_id, filter_, order_by, pag
         folder_id=folder_id,
     )
     con = engine.connect(store, tables=("images",))
-    result = listing.list_images(con, query)
-    if fmt == "table":
-        click.echo(render.images_table(result.get("images", [])))
-        if result.get("nextPageToken"):
-            click.echo(f"next page token: {result['nextPageToken']}")
-    elif fmt == "yaml":
-        click.echo(render.to_yaml(result), nl=False)
-    else:
-        click.echo(render.to_json(result))
+    _echo_document(listing.list_images(con, query), fmt, _images_table)
+
+
+def _images_table(result: dict) -> str:
+    from queries import render
+
+    table = render.images_table(result.get("images", []))
+    token = result.get("nextPageToken")
+    return f"{table}\nnext page token: {token}" if token else table
 
 
 @cli.command()
@@ -407,7 +416,7 @@ def list_(store, registry_id, repository_name, folder_id, filter_, order_by, pag
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @library_errors
 def sql(query, store, fmt):
-    """Run SQL over the store's tables (images, tags, runs) and views (image_layers)."""
+    """Run read-only SQL over the store's tables (images, tags, runs) and views (image_layers, image_bases)."""
     from queries import engine, sqlshell
 
     con = engine.connect(store)
@@ -421,12 +430,8 @@ lineage_format_option = click.option(
     default="json",
     show_default=True,
 )
-lineage_platform_option = click.option(
-    "--platform",
-    default=DEFAULT_PLATFORM,
-    show_default=True,
-    metavar="OS/ARCH[/VARIANT]",
-    help="The child that answers when IMAGE is a multi-platform index (an index has no layers).",
+lineage_platform_option = platform_option(
+    "The child that answers when IMAGE is a multi-platform index (an index has no layers)."
 )
 
 
@@ -435,18 +440,12 @@ def _note(text: str) -> None:
 
 
 def _lineage(answer, image, store, platform, everything, fmt, table):
-    from queries import engine, lookup, render
+    from queries import engine, lookup
 
     lookup.parse_platform(platform)
     con = engine.connect(store, tables=("images", "tags"))
     row = lookup.resolve(con, image, platform)
-    doc = answer(con, row[0], platform, everything=everything, note=_note)
-    if fmt == "table":
-        click.echo(table(doc))
-    elif fmt == "yaml":
-        click.echo(render.to_yaml(doc), nl=False)
-    else:
-        click.echo(render.to_json(doc))
+    _echo_document(answer(con, row[0], platform, everything=everything, note=_note), fmt, table)
 
 
 @cli.command()
