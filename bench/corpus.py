@@ -719,9 +719,10 @@ if __name__ == "__main__":
 def write_records(store: str, records: list, batch: int = 20_000) -> None:
     """Write records straight through the store writer as one run: stores for measuring reads,
     where parsing is not what is measured."""
-    from indexer.store.writer import StoreWriter, now_utc
+    from indexer.store.delta_writer import DeltaWriter
+    from indexer.store.writer import now_utc
 
-    with StoreWriter(store) as writer:
+    with DeltaWriter(store) as writer:
         for start in range(0, len(records), batch):
             writer.write(records[start : start + batch], now_utc())
         writer.record_run(
@@ -735,4 +736,4 @@ def write_records(store: str, records: list, batch: int = 20_000) -> None:
                 "errors": [],
             }
         )
-        writer.snapshot()
+        writer.finish()

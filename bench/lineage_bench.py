@@ -120,7 +120,7 @@ def _in_process(layout: str, work: str, repeat: int) -> dict[bool, list[float]]:
     """CPU seconds of whole index runs (sources, store, snapshot) in this process, alternating."""
     from indexer.run import index_sources
     from indexer.sources import parse
-    from indexer.store.writer import StoreWriter
+    from indexer.store.delta_writer import DeltaWriter
 
     switch = _Switch()
     cpus: dict[bool, list[float]] = {True: [], False: []}
@@ -132,7 +132,7 @@ def _in_process(layout: str, work: str, repeat: int) -> dict[bool, list[float]]:
             store = os.path.join(work, "stores", "lineage-inproc")
             shutil.rmtree(store, ignore_errors=True)
             t0 = time.process_time()
-            with StoreWriter(store) as writer:
+            with DeltaWriter(store) as writer:
                 index_sources([layout], writer)
             if i:  # the first round warms imports and caches
                 cpus[on].append(time.process_time() - t0)
@@ -228,7 +228,8 @@ def _synthetic_store(store: str, families: int, children: int) -> None:
     """`families` bases of BASE_LAYERS layers, each with `children` images of one more layer."""
     from indexer.model import Blob, ImageRecord, Platform
     from indexer.references import image_id
-    from indexer.store.writer import StoreWriter, now_utc
+    from indexer.store.delta_writer import DeltaWriter
+    from indexer.store.writer import now_utc
 
     def record(name: str, tag: str, serial: int, diff_ids: list[str], created: str) -> ImageRecord:
         digest = _digest(1, serial)
@@ -270,10 +271,10 @@ def _synthetic_store(store: str, families: int, children: int) -> None:
                     f"2026-11-{1 + child % 28:02d}T10:54:27Z",
                 )
             )
-    with StoreWriter(store) as writer:
+    with DeltaWriter(store) as writer:
         for start in range(0, len(records), 20_000):
             writer.write(records[start : start + 20_000], now_utc())
-        writer.snapshot()
+        writer.finish()
 
 
 def bench_query(args) -> None:

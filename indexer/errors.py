@@ -43,10 +43,6 @@ class StoreError(ImgdexError):
     """The store cannot be opened, read or written."""
 
 
-class StoreLocked(StoreError):
-    """Another index run holds the store."""
-
-
 class NotFound(ImgdexError):
     """No image matches a lookup."""
 

@@ -11,6 +11,7 @@ from typing import Callable, Iterable
 from .errors import ImgdexError, SourceError, StoreError, printable
 from .model import ImageRecord, merge_records
 from .references import redact_userinfo
+from .shard import Shard
 from .sources import parse_source
 from .sources.parse import Context
 
@@ -51,12 +52,13 @@ def index_sources(
     insecure_registries: Iterable[str] = (),
     jobs: int = 8,
     http_timeout: float = 30.0,
+    shard: Shard | None = None,
 ) -> RunSummary:
-    """Index every source into `writer` (a StoreWriter); failures are counted, never raised.
+    """Index every source into `writer` (a DeltaWriter); failures are counted, never raised.
 
     `docker_host` and `all_images` apply to `docker-daemon:` sources only; `repository_prefix`
     to whole-registry `docker://HOST` crawls; the credentials, TLS settings, `jobs` and
-    `http_timeout` to every `docker://` source.
+    `http_timeout` to every `docker://` source; `shard` (--shard K/N) to every source.
     """
     from .store.writer import now_utc
 
@@ -128,6 +130,7 @@ def index_sources(
                 repository=repository,
                 note=note,
                 verify=verify,
+                shard=shard,
             )
             if verify and source.kind in ("docker-daemon", "docker", "ycr-json"):
                 note(f"{spec}: --verify does not apply: layer contents are not read from this source")
@@ -171,7 +174,7 @@ def index_sources(
             "errors": summary.errors,
         }
     )
-    writer.snapshot()
+    writer.finish()
     return summary
 
 

@@ -45,6 +45,29 @@ store_option = click.option(
 )
 
 
+def _as_of(_ctx, param, value):
+    """A version number of the images table, or a time (ISO 8601; UTC unless it says otherwise)."""
+    if value is None:
+        return None
+    from datetime import datetime, timezone
+
+    if value.isdigit():
+        return int(value)
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither a version number nor an ISO 8601 time", param=param) from None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+as_of_option = click.option(
+    "--as-of",
+    metavar="VERSION|TIME",
+    callback=_as_of,
+    help="Read the store as it was: at a version of `imgdex history`, or at a time (2026-11-24T09:00:00Z).",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="imgdex", prog_name="imgdex")
 def cli():
@@ -108,6 +131,17 @@ def _finite_seconds(_ctx, param, value: float) -> float:
     return value
 
 
+def _shard(_ctx, param, value):
+    if value is None:
+        return None
+    from indexer.shard import Shard
+
+    try:
+        return Shard.parse(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param=param) from None
+
+
 def _split_repository(registry: str, repository: str) -> tuple[str, str]:
     from indexer.references import is_registry_host, parse_reference
 
@@ -168,6 +202,14 @@ def _split_repository(registry: str, repository: str) -> tuple[str, str]:
     "--jobs", type=click.IntRange(1, 256), default=8, show_default=True, help="Parallel requests to a registry."
 )
 @click.option(
+    "--shard",
+    default=None,
+    metavar="K/N",
+    callback=_shard,
+    help="Index only the K-th of N deterministic slices of the sources (by repository for registries and "
+    "engines, by image for archives and layouts), so N workers index them together into one store.",
+)
+@click.option(
     "--timeout",
     type=click.FloatRange(0, min_open=True),
     default=30.0,
@@ -194,6 +236,7 @@ def index(
     ca_cert,
     insecure_registries,
     jobs,
+    shard,
     timeout,
 ):
     """Index every image found in each SOURCE.
@@ -208,7 +251,7 @@ def index(
     import os
 
     from indexer.run import index_sources
-    from indexer.store.writer import StoreWriter
+    from indexer.store.delta_writer import DeltaWriter
 
     password = None
     # The password is for registries only: an exported IMGDEX_PASSWORD must not get in the way
@@ -230,7 +273,7 @@ def index(
         raise click.UsageError("--password-stdin is for docker:// sources, and none is given")
     registry, repository = _split_repository(registry, repository)
     progress = _Progress(len(sources))
-    with StoreWriter(store) as writer:
+    with DeltaWriter(store) as writer:
         summary = index_sources(
             sources,
             writer,
@@ -251,6 +294,7 @@ def index(
             insecure_registries=insecure_registries,
             jobs=jobs,
             http_timeout=timeout,
+            shard=shard,
         )
     progress.done()
     if as_json:
@@ -299,8 +343,9 @@ def _echo_document(doc: dict, fmt: str, table=None) -> None:
     metavar="FILE|-",
     help="Look up every line of FILE; print one line per line read (see above).",
 )
+@as_of_option
 @library_errors
-def get(image, store, fmt, platform, ids_from):
+def get(image, store, fmt, platform, ids_from, as_of):
     """Print the Image.Get response for IMAGE: an id, a reference [HOST/]NAME[:TAG|@DIGEST], or an image ID prefix.
 
     With --ids-from, every input line gives exactly one output line, in order, so the outputs
@@ -315,7 +360,7 @@ def get(image, store, fmt, platform, ids_from):
     if (image is None) == (ids_from is None):
         raise click.UsageError("give either IMAGE or --ids-from")
     lookup.parse_platform(platform)
-    con = engine.connect(store, tables=("images", "tags"))
+    con = engine.connect(store, tables=("images", "tags"), as_of=as_of)
     if ids_from is not None:
         _get_batch(con, ids_from, platform)
         return
@@ -384,8 +429,9 @@ def _get_batch(con, stream, platform):
 @click.option("--page-size", type=int, default=100, show_default=True, help="At most 1000; 0 means the default.")
 @click.option("--page-token", default="", metavar="T")
 @click.option("--format", "fmt", type=click.Choice(["json", "table", "yaml"]), default="json", show_default=True)
+@as_of_option
 @library_errors
-def list_(store, registry_id, repository_name, folder_id, filter_, order_by, page_size, page_token, fmt):
+def list_(store, registry_id, repository_name, folder_id, filter_, order_by, page_size, page_token, fmt, as_of):
     """Print the Image.List response, with the API's own request rules."""
     from queries import engine, listing
 
@@ -398,7 +444,7 @@ def list_(store, registry_id, repository_name, folder_id, filter_, order_by, pag
         page_token=page_token,
         folder_id=folder_id,
     )
-    con = engine.connect(store, tables=("images",))
+    con = engine.connect(store, tables=("images",), as_of=as_of)
     _echo_document(listing.list_images(con, query), fmt, _images_table)
 
 
@@ -414,12 +460,13 @@ def _images_table(result: dict) -> str:
 @click.argument("query")
 @store_option
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@as_of_option
 @library_errors
-def sql(query, store, fmt):
+def sql(query, store, fmt, as_of):
     """Run read-only SQL over the store's tables (images, tags, runs) and views (image_layers, image_bases)."""
     from queries import engine, sqlshell
 
-    con = engine.connect(store)
+    con = engine.connect(store, as_of=as_of)
     click.echo(sqlshell.run(con, query, fmt), nl=False)
 
 
@@ -439,11 +486,11 @@ def _note(text: str) -> None:
     click.echo(f"imgdex: note: {text}", err=True)
 
 
-def _lineage(answer, image, store, platform, everything, fmt, table):
+def _lineage(answer, image, store, platform, everything, fmt, table, as_of=None):
     from queries import engine, lookup
 
     lookup.parse_platform(platform)
-    con = engine.connect(store, tables=("images", "tags"))
+    con = engine.connect(store, tables=("images", "tags"), as_of=as_of)
     row = lookup.resolve(con, image, platform)
     _echo_document(answer(con, row[0], platform, everything=everything, note=_note), fmt, table)
 
@@ -454,8 +501,9 @@ def _lineage(answer, image, store, platform, everything, fmt, table):
 @lineage_format_option
 @lineage_platform_option
 @click.option("--all", "everything", is_flag=True, help="Also the bases of the nearest base, down to the first layer.")
+@as_of_option
 @library_errors
-def base(image, store, fmt, platform, everything):
+def base(image, store, fmt, platform, everything, as_of):
     """Print the nearest base image of IMAGE (anything `get` accepts): the indexed images whose layers
     are exactly IMAGE's first layers, the most layers first, by the OCI ChainIDs of their diff_ids.
 
@@ -466,7 +514,7 @@ def base(image, store, fmt, platform, everything):
     """
     from queries import lineage
 
-    _lineage(lineage.bases, image, store, platform, everything, fmt, lineage.bases_table)
+    _lineage(lineage.bases, image, store, platform, everything, fmt, lineage.bases_table, as_of)
 
 
 @cli.command()
@@ -480,8 +528,9 @@ def base(image, store, fmt, platform, everything):
     is_flag=True,
     help="Every descendant, not only the images built directly on IMAGE.",
 )
+@as_of_option
 @library_errors
-def derived(image, store, fmt, platform, everything):
+def derived(image, store, fmt, platform, everything, as_of):
     """Print the images whose nearest base is IMAGE (anything `get` accepts).
 
     JSON: {"images": [{"id", "name", "digest", "tags", "sharedLayers"}, ...]}; {} when there is none.
@@ -489,7 +538,123 @@ def derived(image, store, fmt, platform, everything):
     """
     from queries import lineage
 
-    _lineage(lineage.derived, image, store, platform, everything, fmt, lineage.derived_table)
+    _lineage(lineage.derived, image, store, platform, everything, fmt, lineage.derived_table, as_of)
+
+
+@cli.command()
+@store_option
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the newest N versions.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@library_errors
+def history(store, limit, fmt):
+    """List the store's versions, newest first: one line per commit of a table (a run commits its
+    images, then its tags, then its runs row). `--as-of` takes a VERSION of the images table, or a time."""
+    from indexer.store.delta import DeltaStore
+    from indexer.store.paths import is_table_store
+
+    _need_tables(store, is_table_store)
+    with DeltaStore(store) as tables:
+        entries = tables.history(limit=limit)
+    rows = [
+        {
+            "time": entry.time.isoformat().replace("+00:00", "Z"),
+            "table": entry.table,
+            "version": entry.version,
+            "operation": entry.operation,
+            "run": entry.run_id or "",
+            "rows": entry.rows,
+            "tombstones": entry.tombstones,
+        }
+        for entry in entries
+    ]
+    if fmt == "json":
+        click.echo(json.dumps({"versions": rows}, indent=2))
+        return
+    from queries.render import format_table
+
+    columns = ["time", "table", "version", "operation", "run", "rows", "tombstones"]
+    cells = [["" if r[c] is None else str(r[c]) for c in columns] for r in rows]
+    click.echo(format_table([c.upper() for c in columns], cells))
+
+
+def _need_tables(store: str, is_table_store) -> None:
+    from indexer.errors import StoreError
+    from indexer.store.paths import is_old_layout
+
+    if is_table_store(store):
+        return
+    if is_old_layout(store):
+        raise StoreError(f"store {store} has the old layout; convert it with `imgdex migrate --store {store}`")
+    raise StoreError(f"no image store at {store} (run `imgdex index` first, or set --store / IMGDEX_STORE)")
+
+
+def _duration(_ctx, param, value: str):
+    from datetime import timedelta
+
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = value.strip().lower()
+    try:
+        if text and text[-1] in units:
+            return timedelta(seconds=float(text[:-1]) * units[text[-1]])
+        return timedelta(seconds=float(text))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a duration such as 7d, 12h, 30m or 0", param=param) from None
+
+
+@cli.command()
+@store_option
+@click.option(
+    "--retention",
+    default="7d",
+    show_default=True,
+    callback=_duration,
+    help="Keep files that left the table this recently, for readers and --as-of (7d, 12h, 30m).",
+)
+@click.option(
+    "--allow-short-retention",
+    is_flag=True,
+    help="Accept a retention under one hour: a run or reader older than it may lose files.",
+)
+@click.option("--no-vacuum", is_flag=True, help="Rewrite the tables, but delete no file.")
+@library_errors
+def compact(store, retention, allow_short_retention, no_vacuum):
+    """Rewrite each table to one current row per key, sorted by key, then delete files that left the
+    tables longer ago than --retention. Safe while index runs and readers work on the store."""
+    from indexer.store.delta import DeltaStore
+    from indexer.store.paths import is_table_store
+
+    _need_tables(store, is_table_store)
+    with DeltaStore(store) as tables:
+        outcome = tables.compact(retention=retention, vacuum=not no_vacuum, allow_short_retention=allow_short_retention)
+    click.echo(json.dumps(outcome, indent=2, default=str))
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@store_option
+@as_of_option
+@library_errors
+def export(directory, store, as_of):
+    """Write the current rows of images, tags and runs to DIRECTORY/TABLE.parquet: plain Parquet files
+    that any engine reads (Spark with no extra jars included), and that `--store DIRECTORY` reads too."""
+    from queries.export import export_from_store
+
+    counts = export_from_store(store, directory, as_of=as_of)
+    click.echo(", ".join(f"{counts[table]} {table}" for table in counts) + f" written to {directory}")
+
+
+@cli.command()
+@store_option
+@library_errors
+def migrate(store):
+    """Convert a store of the old layout (imgdex.duckdb and Parquet snapshots) to Delta tables, in place."""
+    from indexer.store.migrate import migrate as convert
+
+    counts = convert(store)
+    click.echo(
+        f"migrated {store}: {counts.get('images', 0)} images, {counts.get('tags', 0)} tags, "
+        f"{counts.get('runs', 0)} runs"
+    )
 
 
 def _add_serve() -> None:

@@ -1,14 +1,16 @@
-"""A locked, read-only DuckDB connection over a store's last completed snapshot.
+"""A locked, read-only DuckDB connection over one version of a store.
 
-Readers use the Parquet snapshot, so they never wait for or block an index run, and a store
-copied as bare Parquet files works the same. Only a store that has no snapshot yet is read
-from its database file. Never imports pyarrow.
+A store of Delta tables is read at its newest version (or the one `--as-of` names) through views
+over the data files its logs list (`deltalog`), so readers never wait for or block index runs and
+see one version from start to end. A folder of plain Parquet files (`imgdex export`) and a store
+of the first layout (its snapshot, else its database file) are read as they are. Never imports
+pyarrow or deltalake.
 
 Read-only is enforced by DuckDB, not by looking at SQL text: once the views exist, DuckDB may
 open no file but the store's own (no COPY TO, ATTACH, read_csv or read_text of other files,
 INSTALL, LOAD from disk), the configuration is locked so that no statement can undo this, and
 every statement runs in a read-only transaction, so not even the in-memory catalog is written.
-The reader also pins its snapshot (see `paths.pin_snapshot`), so index runs never delete it.
+A reader of the first layout also pins its snapshot (see `paths.pin_snapshot`).
 """
 
 from __future__ import annotations
@@ -182,11 +184,44 @@ def _over_database(store: str, database: str) -> Reader:
     return Reader(con, store, [database], None)
 
 
-def connect(store: str, tables: tuple[str, ...] = paths.TABLES) -> Reader:
-    """A Reader over the store's snapshot, pinned until the Reader is closed or collected.
+def _over_tables(store: str, tables: tuple[str, ...], as_of) -> Reader:
+    from indexer.store import deltalog
 
-    `tables` limits the snapshot views to what a command reads: each view costs a Parquet footer read.
+    version = None
+    if isinstance(as_of, int):
+        version, as_of = as_of, None
+    if version is not None and "images" not in tables:
+        tables = ("images", *tables)
+    con = duckdb.connect()
+    try:
+        files = deltalog.read_store(store, version=version, as_of=as_of, tables=tables, con=con)
+        # created_at is a TIMESTAMPTZ here: shown in UTC, whatever the machine's zone.
+        script = ["SET TimeZone = 'UTC';"] + [statement + ";" for statement in deltalog.view_statements(files)]
+        if set(paths.TABLES) <= set(tables):
+            script += [f"CREATE VIEW {name} AS {body};" for name, body in VIEWS.items()]
+        allowed = deltalog.all_files(files)
+        script.append(_lock_down(allowed))
+        con.execute("\n".join(script))
+    except StoreError:
+        con.close()
+        raise
+    except duckdb.Error as exc:
+        con.close()
+        raise StoreError(f"cannot read store {store}: {_first_line(exc)}") from None
+    # Versions stay readable for the store's retention window (see `imgdex compact`): no pin.
+    return Reader(con, store, allowed if deltalog.is_local(store) else [], None)
+
+
+def connect(store: str, tables: tuple[str, ...] = paths.TABLES, *, as_of=None) -> Reader:
+    """A Reader over the store's current version (or the one `as_of` names: a version number of
+    the images table, or a time), pinned until the Reader is closed or collected.
+
+    `tables` limits the views to what a command reads: each view costs a Parquet footer read.
     """
+    if paths.is_table_store(store):
+        return _over_tables(store, tables, as_of)
+    if as_of is not None and (paths.is_old_layout(store)):
+        raise StoreError(f"store {store} keeps no history in its old layout; convert it with `imgdex migrate`")
     pinned = paths.pin_snapshot(store)
     if pinned is not None:
         snapshot, pin = pinned

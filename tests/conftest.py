@@ -28,6 +28,20 @@ def samples_store(tmp_path_factory):
     return store
 
 
+def store_views(store: str):
+    """A plain DuckDB connection with the store's current tables as views, for tests that look
+    under the CLI (a reader of the library is locked down to the store's files)."""
+    import duckdb
+
+    from indexer.store import deltalog
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    for statement in deltalog.view_statements(deltalog.read_store(store, con=con)):
+        con.execute(statement)
+    return con
+
+
 @pytest.fixture
 def run_cli():
     from queries.cli import cli

@@ -32,7 +32,8 @@ from indexer.references import blob_id, image_id
 from indexer.sources import daemon, parse_source
 from indexer.sources.daemon import DockerDaemon, EngineApiClient, match_history
 from indexer.sources.parse import Context
-from indexer.store.writer import StoreWriter, now_utc
+from indexer.store.delta_writer import DeltaWriter
+from indexer.store.writer import now_utc
 from queries import engine as store_engine
 from queries import render
 from queries.cli import cli
@@ -519,9 +520,9 @@ def test_classic_engine_is_never_asked_for_manifests():
 
 
 def _write(store, records):
-    with StoreWriter(store) as writer:
+    with DeltaWriter(store) as writer:
         writer.write(records, now_utc())
-        writer.snapshot()
+        writer.finish()
 
 
 def _rows(store):

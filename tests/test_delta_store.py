@@ -110,16 +110,30 @@ def test_image_tombstone_retires_the_id_for_good(store):
 
 
 def test_tags_newest_claim_wins_and_a_tombstone_retires_it(store):
+    """The tags table is the log of claims; its resolved state is the newest claim per key."""
     key = ("r.example", "app", "latest")
+
+    def claimed():
+        files = store.files()["tags"]
+        sql = f"SELECT tag, image_id FROM ({deltalog.resolved_sql(files)}) ORDER BY tag"
+        return store.snapshot().con.execute(sql).fetchall()
+
     store.write_run({"run_id": "a"}, Changes(tags=claims((*key, "crp1"), ("r.example", "app", "v1", "crp1"))))
     store.write_run({"run_id": "b"}, Changes(tags=claims((*key, "crp2"))))
-    con = store.snapshot().con
-    assert con.execute("SELECT tag, image_id FROM tags ORDER BY tag").fetchall() == [("latest", "crp2"), ("v1", "crp1")]
+    assert claimed() == [("latest", "crp2"), ("v1", "crp1")]
     store.write_run({"run_id": "c"}, Changes(retired_tags=[key]))
-    assert store.snapshot().con.execute("SELECT tag FROM tags").fetchall() == [("v1",)]
+    assert claimed() == [("v1", "crp1")]
     store.write_run({"run_id": "d"}, Changes(tags=claims((*key, "crp3"))))
+    assert claimed() == [("latest", "crp3"), ("v1", "crp1")]
+
+
+def test_current_tags_are_those_the_images_carry(store):
+    store.write_run({"run_id": "a"}, Changes(images=images(image(1, tags=["v1", "latest"]), image(2))))
     con = store.snapshot().con
-    assert con.execute("SELECT tag, image_id FROM tags ORDER BY tag").fetchall() == [("latest", "crp3"), ("v1", "crp1")]
+    assert con.execute("SELECT tag, image_id FROM tags ORDER BY tag").fetchall() == [
+        ("latest", "crp00000000000000001"),
+        ("v1", "crp00000000000000001"),
+    ]
 
 
 def test_a_key_twice_in_one_run_is_refused(store):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 
 import pytest
 from builders import (
@@ -25,7 +24,8 @@ from indexer import lineage
 from indexer.model import ImageRecord
 from indexer.sources.daemon import DockerDaemon
 from indexer.sources.parse import Context
-from indexer.store.writer import StoreWriter, now_utc, record_from_row
+from indexer.store.delta_writer import DeltaWriter
+from indexer.store.writer import now_utc, record_from_row
 
 REG = "reg.example"
 BASE_NAME = "org.opencontainers.image.base.name"
@@ -280,9 +280,9 @@ def test_engine_records_have_lineage(tmp_path, run_cli):
     records = [r for r in source.records(Context(source.kind, source.location)) if isinstance(r, ImageRecord)]
     assert {r.name: r.diff_ids for r in records}["lin/app"] == tuple(app["inspect"]["RootFS"]["Layers"])
     store = str(tmp_path / "store")
-    with StoreWriter(store) as writer:
+    with DeltaWriter(store) as writer:
         writer.write(records, now_utc())
-        writer.snapshot()
+        writer.finish()
     assert names(answer(run_cli, store, "base", "lin/app:1"), "bases") == [("lin/base", "1", 1)]
     assert names(answer(run_cli, store, "derived", "lin/base:1"), "images") == [("lin/app", "1", 1)]
 
@@ -428,10 +428,10 @@ def test_documented_analyst_query_runs(run_cli, family):
     # os-env shares os's chain but is new; web's nearest base is app, which is new too
     assert result.stdout.splitlines() == [
         "registry,name,base,base_created",
-        "reg.example,team/app,base/os,2020-01-01 00:00:00",
-        "reg.example,team/app,mirror/os,2020-01-01 00:00:00",
-        "reg.example,team/tool,base/os,2020-01-01 00:00:00",
-        "reg.example,team/tool,mirror/os,2020-01-01 00:00:00",
+        "reg.example,team/app,base/os,2020-01-01 00:00:00+00:00",
+        "reg.example,team/app,mirror/os,2020-01-01 00:00:00+00:00",
+        "reg.example,team/tool,base/os,2020-01-01 00:00:00+00:00",
+        "reg.example,team/tool,mirror/os,2020-01-01 00:00:00+00:00",
     ]
 
 
@@ -444,9 +444,9 @@ def test_reindexing_and_stored_rows_keep_diff_ids(tmp_path, run_cli, family):
         ("base/os-env", "1", 2),
         ("mirror/os", "1", 2),
     ]
-    import duckdb
+    from conftest import store_views
 
-    con = duckdb.connect(os.path.join(family, "imgdex.duckdb"), read_only=True)
+    con = store_views(family)
     try:
         cursor = con.execute("SELECT * EXCLUDE (created_at, indexed_at) FROM images WHERE name = 'team/app'")
         columns = [d[0] for d in cursor.description]
@@ -480,13 +480,12 @@ def test_lineage_commands_import_neither_pyarrow_nor_docker(family):
 
 def test_a_store_without_lineage_columns_says_so(tmp_path, run_cli, family):
     """A store written before lineage existed (copied as bare Parquet files here) is one line, not a traceback."""
-    import duckdb
+    from conftest import store_views
 
     bare = tmp_path / "old"
     bare.mkdir()
-    images = os.path.join(family, "parquet", "images.parquet")
-    old = "SELECT * EXCLUDE (diff_ids, chain_ids, chain_id) FROM read_parquet(?)"
-    duckdb.connect().execute(f"COPY ({old}) TO '{bare / 'images.parquet'}' (FORMAT parquet)", [images])
+    old = "SELECT * EXCLUDE (diff_ids, chain_ids, chain_id) FROM images"
+    store_views(family).execute(f"COPY ({old}) TO '{bare / 'images.parquet'}' (FORMAT parquet)")
     for command in ("base", "derived"):
         result = run_cli(command, f"{REG}/team/app:1", "--store", str(bare))
         assert result.exit_code == 1 and result.stdout == ""

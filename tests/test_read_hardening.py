@@ -65,8 +65,16 @@ def ids(store):
 # ---------------------------------------------------------------------------------------------
 
 
+def _store_files(store) -> dict[str, int]:
+    return {
+        os.path.relpath(os.path.join(root, name), store): os.path.getsize(os.path.join(root, name))
+        for root, _, names in os.walk(store)
+        for name in names
+    }
+
+
 def _attacks(store, tmp_path):
-    database = store / paths.DATABASE
+    database = next(os.path.join(store, "images", n) for n in os.listdir(store / "images") if n.endswith(".parquet"))
     secret = tmp_path / "secret.txt"
     secret.write_text("s3cr3t\n")
     written = tmp_path / "written.csv"
@@ -100,6 +108,7 @@ def _attacks(store, tmp_path):
 def test_sql_cannot_write_or_read_other_files(store, tmp_path):
     written, attacks = _attacks(store, tmp_path)
     before = sql_json(store, "SELECT count(*) AS n FROM images")
+    files = _store_files(store)
     for query in attacks:
         result = invoke("sql", query, "--store", store)
         line = assert_one_line(result)
@@ -107,8 +116,7 @@ def test_sql_cannot_write_or_read_other_files(store, tmp_path):
         assert result.stdout == "", query
         assert "imgdex: " in line, query
     assert not written.exists() and not (tmp_path / "exported").exists()
-    with duckdb.connect(str(store / paths.DATABASE), read_only=True) as con:
-        assert con.execute("SELECT count(*) FROM images").fetchone()[0] == before[0]["n"]
+    assert _store_files(store) == files
     assert sql_json(store, "SELECT count(*) AS n FROM images") == before
 
 
@@ -139,10 +147,13 @@ def test_every_read_path_shares_the_lock(store, tmp_path):
 
 
 def test_store_without_snapshot_is_locked_too(store, tmp_path):
-    """A store read from its database (no snapshot yet) gets the same lock."""
+    """A store of the old layout read from its database (no snapshot) gets the same lock."""
+    exported = _bare_copy(store, tmp_path / "exported", paths.TABLES)
     copy = tmp_path / "dbonly"
     copy.mkdir()
-    shutil.copy(store / paths.DATABASE, copy / paths.DATABASE)
+    with duckdb.connect(str(copy / paths.DATABASE)) as con:
+        for table in paths.TABLES:
+            con.execute(f"CREATE TABLE {table} AS SELECT * FROM '{exported / (table + '.parquet')}'")
     assert sql_json(copy, "SELECT count(*) AS n FROM images")[0]["n"] > 0
     for query in ("DELETE FROM images", "COMMIT; DELETE FROM images", f"COPY images TO '{tmp_path / 'out.csv'}'"):
         assert_one_line(invoke("sql", query, "--store", copy))
@@ -174,10 +185,12 @@ def test_key_value_folders_in_the_store_path_add_no_columns(store, tmp_path, ids
 
 
 def _bare_copy(store, folder, tables):
-    folder.mkdir()
-    snapshot = paths.snapshot_dir(str(store))
-    for table in tables:
-        shutil.copy(paths.table_file(snapshot, table), folder)
+    """The store's current rows as plain Parquet files (`imgdex export`), `tables` of them kept."""
+    result = invoke("export", folder, "--store", store)
+    assert result.exit_code == 0, result.output
+    for table in paths.TABLES:
+        if table not in tables:
+            os.unlink(paths.table_file(str(folder), table))
     return folder
 
 
@@ -374,29 +387,21 @@ def _index_more(store, n):
         index_samples(store, repository=f"more/run{i}-{time.time_ns()}")
 
 
-def test_reader_keeps_its_snapshot_across_index_runs(tmp_path):
+def test_reader_keeps_its_version_across_index_runs(tmp_path):
     store = tmp_path / "store"
     index_samples(store)
     reader = engine.connect(str(store))
-    pinned = paths.snapshot_dir(str(store))
-    before = reader.execute("SELECT id FROM images ORDER BY id").fetchall()
+    before = reader.execute("SELECT id, tags FROM images ORDER BY id").fetchall()
     _index_more(store, 2)
-    assert paths.snapshot_dir(str(store)) != pinned
-    assert os.path.isdir(pinned)
-    assert reader.execute("SELECT id FROM images ORDER BY id").fetchall() == before
+    assert sql_json(store, "SELECT count(*) AS n FROM images") != [{"n": len(before)}]
+    assert reader.execute("SELECT id, tags FROM images ORDER BY id").fetchall() == before
     assert reader.execute("SELECT count(*) FROM image_layers").fetchone()[0] > 0
-    # once the reader is gone, the next run prunes the folder
-    reader.close()
-    _index_more(store, 1)
-    assert not os.path.exists(pinned)
-    assert len(os.listdir(store / paths.SNAPSHOTS)) == 2
 
 
-def test_get_ids_from_finishes_on_its_snapshot(tmp_path):
+def test_get_ids_from_finishes_on_its_version(tmp_path):
     store = tmp_path / "store"
     index_samples(store)
     ids = [row["id"] for row in sql_json(store, "SELECT id FROM images ORDER BY id")]
-    pinned = paths.snapshot_dir(str(store))
     proc = subprocess.Popen(
         [*CLI, "get", "--ids-from", "-", "--store", str(store)],
         stdin=subprocess.PIPE,
@@ -406,33 +411,17 @@ def test_get_ids_from_finishes_on_its_snapshot(tmp_path):
         text=True,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            with paths.unpinned(pinned) as free:
-                if not free:
-                    break
-            assert proc.poll() is None and time.monotonic() < deadline, "the reader never pinned its snapshot"
-            time.sleep(0.05)
+        time.sleep(2)  # the process has opened the store's current version and waits for input
         _index_more(store, 2)
+        # compaction with the default retention keeps every file that version reads
+        result = invoke("compact", "--store", store)
+        assert result.exit_code == 0, result.output
         out, err = proc.communicate("\n".join(ids) + "\n", timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err
     assert [json.loads(line)["id"] for line in out.splitlines()] == ids
-
-
-def test_unpinnable_folders_are_read_unpinned(store, ids, monkeypatch):
-    real_open = os.open
-
-    def refuse_folders(path, flags, *args, **kwargs):
-        if flags & os.O_DIRECTORY:
-            raise PermissionError(13, "Permission denied", path)
-        return real_open(path, flags, *args, **kwargs)
-
-    monkeypatch.setattr(os, "open", refuse_folders)
-    reader = engine.connect(str(store))
-    assert reader.execute("SELECT count(*) FROM images").fetchone()[0] == len(ids)
 
 
 def test_read_only_copy_works(store, tmp_path, ids):
@@ -447,13 +436,34 @@ def test_read_only_copy_works(store, tmp_path, ids):
         os.chmod(bare, 0o755)
 
 
-def test_a_snapshot_removed_under_a_reader_is_one_error(tmp_path):
+def test_a_file_removed_under_a_reader_is_one_error(tmp_path):
     store = tmp_path / "store"
     index_samples(store)
     reader = engine.connect(str(store))
-    os.unlink(paths.table_file(paths.snapshot_dir(str(store)), "images"))
+    for name in os.listdir(store / "images"):
+        if name.endswith(".parquet"):
+            os.unlink(store / "images" / name)
     with pytest.raises(StoreError, match="cannot read store"):
         reader.execute("SELECT count(*) FROM images").fetchall()
+
+
+def test_read_only_store_works(tmp_path):
+    store = tmp_path / "store"
+    index_samples(store)
+    ids = [row["id"] for row in sql_json(store, "SELECT id FROM images ORDER BY id")]
+    for root, _folders, names in os.walk(store):
+        for name in names:
+            os.chmod(os.path.join(root, name), 0o444)
+    modes = [(root, 0o555) for root, _, _ in os.walk(store)]
+    for root, mode in modes:
+        os.chmod(root, mode)
+    try:
+        assert json.loads(invoke("get", ids[0], "--store", store).stdout)["id"] == ids[0]
+        assert sql_json(store, "SELECT count(*) AS n FROM images") == [{"n": len(ids)}]
+        assert invoke("history", "--store", store).exit_code == 0
+    finally:
+        for root, _ in modes:
+            os.chmod(root, 0o755)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import time
 import pytest
 
 from builders import OCI_MANIFEST, Blobs
+from conftest import store_views
 from indexer.errors import SourceError
 from indexer.model import UNCOMPRESSED, Blob, ImageRecord
 from indexer.sources import mediatypes as mt
@@ -41,11 +42,11 @@ def fake():
 def run_index(store: str, spec: str, **kwargs):
     """One index run as the CLI makes it, store lock held: (summary, error lines, notes, seconds)."""
     from indexer.run import index_sources
-    from indexer.store.writer import StoreWriter
+    from indexer.store.delta_writer import DeltaWriter
 
     errors, notes = [], []
     started = time.monotonic()
-    with StoreWriter(store) as writer:
+    with DeltaWriter(store) as writer:
         summary = index_sources([spec], writer, on_error=errors.append, on_note=notes.append, **kwargs)
     return summary, errors, notes, time.monotonic() - started
 
@@ -216,7 +217,8 @@ def test_a_loopback_registry_failing_over_plain_http_reports_that_failure(fake):
 
 
 def test_flaky_503s_under_eight_jobs_lose_no_tag_and_no_connection(fake, tmp_path):
-    from indexer.store.writer import StoreWriter, now_utc
+    from indexer.store.delta_writer import DeltaWriter
+    from indexer.store.writer import now_utc
 
     tags, configs = distinct_images(200)
     fake.add_image("app/x", tags, configs, OCI_MANIFEST)
@@ -244,12 +246,12 @@ def test_flaky_503s_under_eight_jobs_lose_no_tag_and_no_connection(fake, tmp_pat
         writer.write([i for i in items if isinstance(i, ImageRecord)], now_utc())
         return items, fake.connections - before
 
-    with StoreWriter(str(tmp_path)) as writer:
+    with DeltaWriter(str(tmp_path)) as writer:
         first, _ = crawl_into(writer)
         # the re-crawl HEADs every tag: a HEAD answer left open on a pooled connection broke the
         # next request another worker sent on it (ResponseNotReady('Request-sent'))
         second, connections = crawl_into(writer)
-        stored = writer.con.execute("SELECT count(*) FROM tags WHERE name = 'app/x'").fetchone()[0]
+        stored = store_views(writer.store).execute("SELECT count(*) FROM tags WHERE name = 'app/x'").fetchone()[0]
     for items in (first, second):
         errors = [str(i) for i in items if isinstance(i, SourceError)]
         assert not errors, errors[:5]
@@ -310,7 +312,8 @@ def test_credentials_in_a_token_realm_are_never_echoed(fake):
 @pytest.mark.services
 def test_an_engine_record_gives_way_to_the_exact_record_of_a_later_crawl(run_cli, tmp_path):
     from conftest import REAL
-    from indexer.store.writer import StoreWriter, now_utc
+    from indexer.store.delta_writer import DeltaWriter
+    from indexer.store.writer import now_utc
 
     reg = RealRegistry(str(tmp_path / "registry"))
     try:
@@ -333,9 +336,8 @@ def test_an_engine_record_gives_way_to_the_exact_record_of_a_later_crawl(run_cli
             config_raw=None,
         )
         store = str(tmp_path / "store")
-        with StoreWriter(store) as writer:
+        with DeltaWriter(store) as writer:
             writer.write([engine], now_utc())
-            writer.snapshot()
 
         result = run_cli("index", f"docker://{reg.host}", "--store", store)
         assert result.exit_code == 0, result.output

@@ -18,20 +18,20 @@ import time
 
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from indexer import timestamps
-from indexer.errors import StoreLocked
 from indexer.model import EXACT_MANIFEST, UNCOMPRESSED, Blob, HistoryEntry, ImageRecord, Platform, merge_records
 from indexer.run import index_sources
 from indexer.sources import parse_source
 from indexer.sources.parse import Context
 from indexer.store import paths, schema
-from indexer.store.writer import StoreWriter, now_utc
+from indexer.store.delta_writer import DeltaWriter
+from indexer.store.writer import now_utc
 from queries import engine
 
 from builders import Blobs, classic_save_files, named, write_dir, write_tar
+from conftest import store_views
 from fake_engine import FakeEngine, Step, classic_image
 
 CLI = [sys.executable, "-m", "queries.cli"]
@@ -262,59 +262,60 @@ def copy_store(base, target):
 # ---------------------------------------------------------------------------------------------
 
 
-def _assert_duckdb_matches(con, where):
+def _reader_type(field: pa.Field) -> str:
+    # Delta keeps microseconds, so created_at is a UTC instant of microseconds (see delta.py).
+    if field.name == "created_at":
+        return "TIMESTAMP WITH TIME ZONE"
+    return schema.duckdb_type(field.type)
+
+
+def _assert_reader_matches(con, where):
     for table, arrow_schema in schema.TABLES.items():
         described = con.execute(f"DESCRIBE {table}").fetchall()
         assert [row[0] for row in described] == arrow_schema.names, f"{where}: {table} columns"
         for (column, duck_type, *_), field in zip(described, arrow_schema):
-            expected = schema.duckdb_type(field.type)
+            expected = _reader_type(field)
             assert duckdb.sqltype(duck_type) == duckdb.sqltype(expected), (
                 f"{where}: {table}.{column} is {duck_type}, schema says {expected}"
             )
 
 
-def _assert_parquet_matches(directory, where):
-    for table, arrow_schema in schema.TABLES.items():
-        path = paths.table_file(directory, table)
-        on_disk = pq.read_schema(path)
-        assert on_disk.names == arrow_schema.names, f"{where}: {table} columns"
-        read_back = pq.read_table(path).schema
-        for field in arrow_schema:
-            got = read_back.field(field.name).type
-            if is_scalar(field.type):
-                assert got == field.type, f"{where}: {table}.{field.name} reads back as {got}, schema says {field.type}"
-            else:
-                assert same_type(got, field.type), (
-                    f"{where}: {table}.{field.name} reads back as {got}, schema says {field.type}"
-                )
+def _assert_tables_match(store, where):
+    import deltalake
+
+    from indexer.store.delta import DELTA_SCHEMAS
+
+    for table in schema.TABLES:
+        stored = pa.schema(deltalake.DeltaTable(os.path.join(store, table)).schema().to_arrow())
+        expected = DELTA_SCHEMAS[table]
+        assert stored.names == expected.names, f"{where}: {table} columns"
+        for field in expected:
+            got = stored.field(field.name).type
+            got = pa.string() if got == pa.string_view() else got
+            assert same_type(got, field.type) or str(got).replace("large_", "") == str(field.type), (
+                f"{where}: {table}.{field.name} is {got} in the table, schema says {field.type}"
+            )
 
 
-def test_schema_of_fresh_store(tmp_path):
+def test_schema_of_a_new_store(tmp_path, corpora):
     store = tmp_path / "store"
-    with StoreWriter(str(store)) as writer:
-        _assert_duckdb_matches(writer.con, "fresh database")
-        snapshot = writer.snapshot()
-    _assert_parquet_matches(snapshot, "empty snapshot")
-    assert os.path.realpath(store / paths.SNAPSHOT_LINK) == os.path.realpath(snapshot)
+    imgdex("index", "--store", store, f"oci:{corpora['oci']}", cwd=tmp_path)
+    _assert_tables_match(str(store), "new store")
+    _assert_reader_matches(store_con(store), "reader")
 
 
-def test_schema_of_populated_snapshot(tmp_path, mixed_specs):
+def test_schema_of_populated_store(tmp_path, mixed_specs):
     store = tmp_path / "store"
     imgdex("index", "--store", store, *mixed_specs, cwd=tmp_path)
-    with StoreWriter(str(store)) as writer:
-        _assert_duckdb_matches(writer.con, "database after a run")
-    snapshot = paths.snapshot_dir(str(store))
-    _assert_parquet_matches(snapshot, "snapshot after a run")
-    # Readers query the snapshot with the same column types as the database.
-    _assert_duckdb_matches(store_con(store), "reader over the snapshot")
-    # created_at keeps nanoseconds; indexed_at is a UTC instant.
-    images = pq.read_table(paths.table_file(snapshot, "images"), columns=["created", "created_at", "indexed_at"])
-    created = images.column("created").to_pylist()
-    created_ns = images.column("created_at").cast(pa.int64()).to_pylist()
+    _assert_tables_match(str(store), "store after a run")
+    _assert_reader_matches(store_con(store), "reader after a run")
+    # created has every digit the config gave; created_at is that instant floored to microseconds.
+    rows = store_views(str(store)).execute("SELECT created, epoch_us(created_at), indexed_at FROM images").fetchall()
+    created = [row[0] for row in rows]
     assert any(text and not text.endswith("000Z") for text in created)
-    for text, ns in zip(created, created_ns):
-        assert ns == (timestamps.epoch_nanos(text) if text else None)
-    assert images.schema.field("indexed_at").type == pa.timestamp("us", tz="UTC")
+    for text, micros, indexed_at in rows:
+        assert micros == (timestamps.epoch_nanos(text) // 1000 if text else None)
+        assert indexed_at.tzinfo is not None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -417,10 +418,10 @@ def _row(con, image_id):
 
 def test_less_exact_record_never_replaces_a_more_exact_one(tmp_path, exact_record):
     loose = _loose(exact_record, "from-loose")
-    with StoreWriter(str(tmp_path / "store")) as writer:
+    with DeltaWriter(str(tmp_path / "store")) as writer:
         writer.write([exact_record], now_utc())
         writer.write([loose], now_utc())
-        exactness, size, kind, path, tags = _row(writer.con, exact_record.id)
+        exactness, size, kind, path, tags = _row(store_views(writer.store), exact_record.id)
         assert (exactness, size, kind, path) == (
             EXACT_MANIFEST,
             exact_record.compressed_size,
@@ -430,11 +431,11 @@ def test_less_exact_record_never_replaces_a_more_exact_one(tmp_path, exact_recor
         assert tags == sorted({*exact_record.tags, "from-loose"})
         # Written again, the loose record still loses, and a second loose tag is pooled too.
         writer.write([_loose(exact_record, "second")], now_utc())
-        exactness, size, *_rest, tags = _row(writer.con, exact_record.id)
+        exactness, size, *_rest, tags = _row(store_views(writer.store), exact_record.id)
         assert (exactness, size) == (EXACT_MANIFEST, exact_record.compressed_size)
         assert tags == sorted({*exact_record.tags, "from-loose", "second"})
-        assert_consistent(writer.con, "database")
-        writer.snapshot()
+        assert_consistent(store_views(writer.store), "database")
+        writer.finish()
     con = store_con(tmp_path / "store")
     assert _row(con, exact_record.id)[:2] == (EXACT_MANIFEST, exact_record.compressed_size)
     assert_consistent(con, "snapshot")
@@ -442,18 +443,18 @@ def test_less_exact_record_never_replaces_a_more_exact_one(tmp_path, exact_recor
 
 def test_more_exact_record_replaces_a_less_exact_one(tmp_path, exact_record):
     loose = _loose(exact_record, "from-loose")
-    with StoreWriter(str(tmp_path / "store")) as writer:
+    with DeltaWriter(str(tmp_path / "store")) as writer:
         writer.write([loose], now_utc())
-        assert _row(writer.con, exact_record.id)[0] == UNCOMPRESSED
+        assert _row(store_views(writer.store), exact_record.id)[0] == UNCOMPRESSED
         writer.write([exact_record], now_utc())
-        exactness, size, kind, _path, tags = _row(writer.con, exact_record.id)
+        exactness, size, kind, _path, tags = _row(store_views(writer.store), exact_record.id)
         assert (exactness, size, kind) == (EXACT_MANIFEST, exact_record.compressed_size, "oci")
         assert tags == sorted({*exact_record.tags, "from-loose"})
-        # An equally exact record is newer, so it wins.
-        newer = dataclasses.replace(exact_record, source_path="/newer", tags=())
-        writer.write([newer], now_utc())
-        assert _row(writer.con, exact_record.id)[3] == "/newer"
-        assert_consistent(writer.con, "database")
+        # An equally exact record with the same data changes nothing: where it was seen is not data.
+        again = dataclasses.replace(exact_record, source_path="/again", tags=())
+        writer.write([again], now_utc())
+        assert _row(store_views(writer.store), exact_record.id)[3] == exact_record.source_path
+        assert_consistent(store_views(writer.store), "database")
 
 
 @pytest.mark.parametrize("exact_first", [True, False], ids=["exact-first", "loose-first"])
@@ -461,9 +462,9 @@ def test_exactness_holds_within_one_batch(tmp_path, exact_record, exact_first):
     """Two records of one id in one write: the more exact one is stored, once, with both tags."""
     loose = _loose(exact_record, "from-loose")
     batch = [exact_record, loose] if exact_first else [loose, exact_record]
-    with StoreWriter(str(tmp_path / "store")) as writer:
+    with DeltaWriter(str(tmp_path / "store")) as writer:
         writer.write(batch, now_utc())
-        exactness, size, *_rest, tags = _row(writer.con, exact_record.id)
+        exactness, size, *_rest, tags = _row(store_views(writer.store), exact_record.id)
         assert (exactness, size) == (EXACT_MANIFEST, exact_record.compressed_size)
         assert tags == sorted({*exact_record.tags, "from-loose"})
 
@@ -542,7 +543,7 @@ def test_equally_exact_records_merge_field_by_field_in_any_order(tmp_path, monke
     for label, runs in layouts.items():
         store = tmp_path / label
         for run in runs:
-            with StoreWriter(str(store)) as writer:
+            with DeltaWriter(str(store)) as writer:
                 assert index_sources(run, writer).ok
         results[label] = _stored(store)
     first = results["a-then-b"]
@@ -609,7 +610,7 @@ def test_exactness_across_index_runs(tmp_path, exact_record, monkeypatch):
     sources = {"exact": Fixed([exact_record]), "loose": Fixed([_loose(exact_record, "from-loose")])}
     monkeypatch.setattr(run_module, "parse_source", lambda spec, **_options: sources[spec])
     for spec in ("exact", "loose"):
-        with StoreWriter(store) as writer:
+        with DeltaWriter(store) as writer:
             assert index_sources([spec], writer).ok
     con = store_con(store)
     exactness, size, *_rest, tags = _row(con, exact_record.id)
@@ -687,41 +688,33 @@ def test_tag_moves_within_one_run(tmp_path, moving_tag):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_readers_see_the_last_completed_run_while_a_writer_holds_a_batch(tmp_path, base_store, corpora):
+def test_readers_see_each_committed_batch_whole(tmp_path, base_store, corpora):
     store = copy_store(base_store, tmp_path / "store")
     old_ids = [row["id"] for row in sql_rows(store, "select id from images order by id", tmp_path)]
     assert len(old_ids) == SMALL_IMAGES
     new_layout = oci_layout(tmp_path / "new", 40, repo="team/new", salt="new-")
     new_records = records_of(f"oci:{new_layout}")
-    with StoreWriter(str(store)) as writer:
+    reader = store_con(store)  # opened before the batch: it keeps its version
+    with DeltaWriter(str(store)) as writer:
         writer.write(new_records, now_utc())
-        assert writer.con.execute("select count(*) from images").fetchone()[0] == SMALL_IMAGES + 40
-        # The batch is committed to the database, but no snapshot has been taken.
-        assert count_images(store, tmp_path) == SMALL_IMAGES
-        assert len(list_all(store, tmp_path)) == SMALL_IMAGES
-        assert [doc["id"] for doc in get_many(store, old_ids, tmp_path)] == old_ids
-        missing = imgdex("get", "--store", store, new_records[0].id, cwd=tmp_path, check=False)
-        assert missing.returncode == 1 and "not found" in missing.stderr
-        found = imgdex("get", "--store", store, f"{REGISTRY}/team/small:t0", cwd=tmp_path)
-        assert json.loads(found.stdout)["id"] in old_ids
-        # Once the snapshot is swapped in, readers see the new run, while the writer is still open.
-        writer.snapshot()
+        # The batch is one commit: readers that open now see all of it, with its tags.
         assert count_images(store, tmp_path) == SMALL_IMAGES + 40
-        assert (
-            json.loads(imgdex("get", "--store", store, new_records[0].id, cwd=tmp_path).stdout)["id"]
-            == new_records[0].id
-        )
-    assert_consistent(store_con(store), "snapshot")
+        assert [doc["id"] for doc in get_many(store, old_ids, tmp_path)] == old_ids
+        found = imgdex("get", "--store", store, f"{REGISTRY}/team/new:t0", cwd=tmp_path)
+        assert json.loads(found.stdout)["id"] in {r.id for r in new_records}
+        assert reader.execute("select count(*) from images").fetchone()[0] == SMALL_IMAGES
+    assert_consistent(store_con(store), "store")
 
 
-def test_reader_of_a_store_without_snapshot_fails_cleanly_while_written(tmp_path, corpora):
+def test_reader_of_a_store_that_is_not_there_yet_fails_cleanly(tmp_path, corpora):
     store = tmp_path / "store"
-    with StoreWriter(str(store)) as writer:
-        writer.write(records_of(f"oci:{corpora['oci']}"), now_utc())
+    with DeltaWriter(str(store)) as writer:
         proc = imgdex("sql", "--store", store, "select count(*) from images", cwd=tmp_path, check=False)
-    assert proc.returncode == 1
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("imgdex: ") and "Traceback" not in proc.stderr
+        assert proc.returncode == 1
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("imgdex: no image store") and "Traceback" not in proc.stderr
+        writer.write(records_of(f"oci:{corpora['oci']}"), now_utc())
+        assert count_images(store, tmp_path) == 3
 
 
 def _start_index(store, specs, cwd, batch=None) -> subprocess.Popen:
@@ -746,9 +739,11 @@ def test_readers_in_other_processes_during_an_index_run(tmp_path, base_store, bi
             running = writer.poll() is None
             count = count_images(store, tmp_path)
             seen.append(count)
-            assert count in (SMALL_IMAGES, SMALL_IMAGES + BIG_IMAGES), f"a reader saw a partial run: {count} images"
+            written = count - SMALL_IMAGES
+            assert written in (0, BIG_IMAGES) or written % KILL_BATCH == 0, f"a reader saw a partial batch: {count}"
+            assert seen == sorted(seen), "a reader went back in time"
             repo = list_all(store, tmp_path, "--repository-name", "team/app0")
-            assert len(repo) in (0, per_repo)
+            assert len(repo) <= per_repo
             old = imgdex("get", "--store", store, f"{REGISTRY}/team/small:t1", cwd=tmp_path)
             assert json.loads(old.stdout)["name"] == "team/small"
             new = imgdex("get", "--store", store, last_ref, cwd=tmp_path, check=False)
@@ -771,32 +766,19 @@ def test_readers_in_other_processes_during_an_index_run(tmp_path, base_store, bi
 # ---------------------------------------------------------------------------------------------
 
 
-def test_second_writer_fails_fast(tmp_path, base_store, corpora):
+def test_a_second_writer_runs_beside_the_first(tmp_path, base_store, corpora):
     store = copy_store(base_store, tmp_path / "store")
     runs_before = sql_rows(store, "select count(*) as n from runs", tmp_path)[0]["n"]
-    with StoreWriter(str(store)) as writer:
-        with pytest.raises(StoreLocked) as caught:
-            StoreWriter(str(store))
-        message = str(caught.value)
-        assert "\n" not in message
-        assert "another index run" in message
-        assert str(os.getpid()) in message
-        # The failed attempt leaves the holder's pid in the lock file.
-        assert (store / paths.LOCK).read_text().strip() == str(os.getpid())
-
-        proc = imgdex("index", "--store", store, f"oci:{corpora['oci']}", cwd=tmp_path, check=False)
-        assert proc.returncode == 1
-        lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1, proc.stderr
-        assert lines[0].startswith("imgdex: ") and "another index run" in lines[0]
-        assert proc.stdout == ""
-        # Readers are not blocked by the lock.
-        assert count_images(store, tmp_path) == SMALL_IMAGES
-        writer.con.execute("select 1")
-    # Nothing was written by the refused run; once the lock is free a run goes through.
-    assert sql_rows(store, "select count(*) as n from runs", tmp_path)[0]["n"] == runs_before
-    imgdex("index", "--store", store, f"oci:{corpora['oci']}", cwd=tmp_path)
-    assert count_images(store, tmp_path) == SMALL_IMAGES + 3
+    new_records = records_of(f"oci:{oci_layout(tmp_path / 'new', 4, repo='team/new', salt='new-')}")
+    with DeltaWriter(str(store)) as writer:
+        writer.write(new_records[:2], now_utc())
+        proc = imgdex("index", "--store", store, f"oci:{corpora['oci']}", cwd=tmp_path)
+        assert proc.stderr == ""
+        writer.write(new_records[2:], now_utc())
+        writer.record_run({"started_at": now_utc(), "finished_at": now_utc(), "sources": [], "images_indexed": 4})
+    assert count_images(store, tmp_path) == SMALL_IMAGES + 3 + 4
+    assert sql_rows(store, "select count(*) as n from runs", tmp_path)[0]["n"] == runs_before + 2
+    assert_consistent(store_con(store), "two writers")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -811,29 +793,12 @@ def _after(seconds):
     return f"after {seconds} s", trigger
 
 
-def _lock_taken(store, proc, started):
-    try:
-        return (store / paths.LOCK).read_text().strip() == str(proc.pid)
-    except OSError:
-        return False
-
-
-def _wal_over(size):
-    """The run's write-ahead log has grown past `size` bytes: some batches are committed."""
+def _commits_over(count):
+    """The run has committed more than `count` batches of images."""
 
     def trigger(store, proc, started):
         try:
-            return os.path.getsize(store / (paths.DATABASE + ".wal")) > size and _lock_taken(store, proc, started)
-        except OSError:
-            return False
-
-    return trigger
-
-
-def _snapshot_started(before):
-    def trigger(store, proc, started):
-        try:
-            return bool(set(os.listdir(store / paths.SNAPSHOTS)) - before)
+            return len([n for n in os.listdir(store / "images" / "_delta_log") if n.endswith(".json")]) > count + 2
         except OSError:
             return False
 
@@ -842,11 +807,10 @@ def _snapshot_started(before):
 
 KILL_POINTS = [
     _after(0.2),
-    ("lock taken", _lock_taken),
-    ("first batch committed", _wal_over(64 * 1024)),
+    _after(0.5),
+    ("first batch committed", _commits_over(0)),
     _after(0.8),
-    ("several batches committed", _wal_over(1536 * 1024)),
-    ("snapshot being written", None),
+    ("several batches committed", _commits_over(4)),
     _after(1.6),
 ]
 KILL_BUDGET = 45.0
@@ -861,8 +825,6 @@ def test_kill_9_leaves_a_usable_store(tmp_path, base_store, big_layout, corpora)
         if done and len(done) >= 3 and time.monotonic() - started_test > KILL_BUDGET:
             break
         store = copy_store(base_store, tmp_path / f"store{number}")
-        if trigger is None:
-            trigger = _snapshot_started(set(os.listdir(store / paths.SNAPSHOTS)))
         proc = _start_index(store, [f"oci:{big_layout}"], tmp_path, batch=KILL_BATCH)
         started = time.monotonic()
         try:
@@ -875,26 +837,22 @@ def test_kill_9_leaves_a_usable_store(tmp_path, base_store, big_layout, corpora)
         killed = proc.returncode == -signal.SIGKILL
         where = f"kill point {label!r} ({'killed' if killed else 'ran to the end'})"
 
-        # Readers work and see a completed run, never a partial one.
+        # Readers work and see whole batches, never a part of one.
         count = count_images(store, tmp_path)
-        assert count in (SMALL_IMAGES, SMALL_IMAGES + BIG_IMAGES), f"{where}: readers see {count} images"
+        written = count - SMALL_IMAGES
+        assert written in (0, BIG_IMAGES) or written % KILL_BATCH == 0, f"{where}: readers see {count} images"
         page = json.loads(imgdex("list", "--store", store, "--page-size", "3", cwd=tmp_path).stdout)
         assert len(page["images"]) == 3
         assert [doc["id"] for doc in get_many(store, base_ids, tmp_path)] == base_ids
-        assert assert_consistent(store_con(store), f"{where}, snapshot") == count
+        assert assert_consistent(store_con(store), f"{where}") == count
 
-        # The writer opens the store again; every row it holds is whole, in whole batches.
-        with StoreWriter(str(store)) as writer:
-            in_database = assert_consistent(writer.con, f"{where}, database")
-            written = in_database - SMALL_IMAGES
-            assert 0 <= written <= BIG_IMAGES
-            assert written == BIG_IMAGES or written % KILL_BATCH == 0, f"{where}: {written} rows is not whole batches"
-            # A new run completes and its snapshot matches the database.
+        # A new run goes through on the store the killed one left.
+        with DeltaWriter(str(store)) as writer:
             summary = index_sources([f"oci:{corpora['oci']}"], writer)
             assert summary.ok and summary.indexed == 3
-            after = writer.con.execute("select count(*) from images").fetchone()[0]
-        assert after == in_database + 3
-        assert assert_consistent(store_con(store), f"{where}, snapshot after a new run") == after
+        after = count_images(store, tmp_path)
+        assert after == count + 3
+        assert assert_consistent(store_con(store), f"{where}, after a new run") == after
         assert count_images(store, tmp_path) == after
         done.append((label, killed, written))
 
@@ -906,32 +864,17 @@ def test_kill_9_leaves_a_usable_store(tmp_path, base_store, big_layout, corpora)
     assert assert_consistent(store_con(store), "snapshot after the final run") == SMALL_IMAGES + BIG_IMAGES + 3
 
 
-def _resolved_then_swapped(store, corpora):
-    """The snapshot a reader resolves, then one more completed run; returns that resolved folder."""
-    resolved = paths.snapshot_dir(str(store))
-    with StoreWriter(str(store)) as writer:
-        assert index_sources([f"oci:{corpora['oci']}"], writer).ok
-    assert paths.snapshot_dir(str(store)) != resolved
-    return resolved
+def test_a_reader_keeps_its_version_across_runs_and_compaction(tmp_path, base_store, corpora):
+    from indexer.store.delta import DeltaStore
 
-
-def test_snapshot_resolved_before_a_swap_stays_readable(tmp_path, base_store, corpora):
     store = copy_store(base_store, tmp_path / "store")
-    for _ in range(3):
-        resolved = _resolved_then_swapped(store, corpora)
-        assert pq.read_table(paths.table_file(resolved, "images")).num_rows >= SMALL_IMAGES
-
-
-def test_snapshot_resolved_before_a_swap_survives_a_killed_snapshot(tmp_path, base_store, corpora):
-    """A run killed while writing its snapshot leaves an unlinked, newer folder behind. The next
-    run must still keep the folder the link named before its swap, not that leftover."""
-    store = copy_store(base_store, tmp_path / "store")
-    leftover = store / paths.SNAPSHOTS / f"{time.time_ns()}-999999"
-    leftover.mkdir()
-    (leftover / "images.parquet").write_bytes(b"PAR1 cut short")
-    resolved = _resolved_then_swapped(store, corpora)
-    assert os.path.isdir(resolved), "the snapshot readers resolved just before the swap was pruned"
-    assert pq.read_table(paths.table_file(resolved, "images")).num_rows == SMALL_IMAGES
+    reader = store_con(store)
+    before = reader.execute("select id, tags from images order by id").fetchall()
+    imgdex("index", "--store", store, f"oci:{corpora['oci']}", cwd=tmp_path)
+    with DeltaStore(str(store)) as tables:
+        tables.compact()  # the default retention keeps what readers hold
+    assert reader.execute("select id, tags from images order by id").fetchall() == before
+    assert count_images(store, tmp_path) == SMALL_IMAGES + 3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -965,20 +908,15 @@ def test_parquet_only_and_copied_stores(tmp_path, mixed_specs):
     assert len(expected["list"]) == 8
 
     bare = tmp_path / "bare"
-    bare.mkdir()
-    snapshot = paths.snapshot_dir(str(store))
-    for table in schema.TABLES:
-        shutil.copy(paths.table_file(snapshot, table), bare)
+    imgdex("export", bare, "--store", store, cwd=tmp_path)
     assert sorted(os.listdir(bare)) == sorted(f"{t}.parquet" for t in schema.TABLES)
     assert _reader_outputs(bare, tmp_path, ids) == expected
 
     copied = tmp_path / "copied"
     subprocess.run(["cp", "-r", str(store), str(copied)], check=True)
-    assert os.path.islink(copied / paths.SNAPSHOT_LINK)
     assert _reader_outputs(copied, tmp_path, ids) == expected
     # The copy is a store of its own: a run into it leaves the original alone.
     imgdex("index", "--store", copied, mixed_specs[0], cwd=tmp_path)
-    assert os.path.realpath(copied / paths.SNAPSHOT_LINK).startswith(os.path.realpath(copied) + os.sep)
     assert _reader_outputs(copied, tmp_path, ids) == expected
     assert len(sql_rows(copied, "select * from runs", tmp_path)) == 2
     assert len(sql_rows(store, "select * from runs", tmp_path)) == 1
@@ -995,7 +933,7 @@ def test_store_environment_variable(tmp_path, corpora):
     workdir.mkdir()
     env = clean_env(**{paths.STORE_ENV: str(store)})
     imgdex("index", f"oci:{corpora['oci']}", cwd=workdir, env=env)
-    assert os.path.isfile(store / paths.DATABASE)
+    assert paths.is_table_store(str(store))
     assert not os.path.exists(workdir / paths.DEFAULT_STORE)
 
     assert count_images(None, workdir, env) == 3

@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 
-import duckdb
 import pytest
 from click.testing import CliRunner
 
@@ -23,8 +22,8 @@ from indexer.run import index_sources
 from indexer.sources import parse_source
 from indexer.sources.parse import Context
 from indexer.store import paths
-from indexer.store import writer as writer_module
-from indexer.store.writer import StoreWriter, now_utc
+from indexer.store.delta_writer import DeltaWriter
+from indexer.store.writer import now_utc
 from queries import engine
 from queries.cli import cli
 
@@ -104,7 +103,7 @@ def test_bad_records_are_isolated_and_the_rest_lands(tmp_path, monkeypatch, batc
     monkeypatch.setattr(run_module, "BATCH", batch)
     errors = []
     store = tmp_path / "store"
-    with StoreWriter(str(store)) as writer:
+    with DeltaWriter(str(store)) as writer:
         summary = index_sources(["fixed"], writer, on_error=errors.append)
     assert (summary.indexed, summary.failed) == (6, 3)
     assert errors == summary.errors and len(errors) == 3
@@ -134,41 +133,56 @@ def test_bad_record_through_the_cli_is_one_line_and_exit_1(tmp_path, monkeypatch
 # ---------------------------------------------------------------------------------------------
 
 
-class FailingConnection:
-    """A DuckDB connection whose statements starting with `prefix` fail as a full disk would."""
-
-    def __init__(self, con, prefix: str, exc: BaseException):
-        self._con, self._prefix, self._exc = con, prefix, exc
-
-    def execute(self, sql, *args):
-        if sql.lstrip().upper().startswith(self._prefix):
-            raise self._exc
-        return self._con.execute(sql, *args)
-
-    def __getattr__(self, name):
-        return getattr(self._con, name)
-
-
 def _enospc():
     return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
-def _duckdb_wal_full():
-    # what DuckDB raises when its write-ahead log hits a full disk
-    return duckdb.TransactionException(
-        'TransactionContext Error: Failed to commit: Could not write file "imgdex.duckdb.wal": No space left on device'
+class _FailingParquetWriter:
+    """pyarrow's ParquetWriter for the tables in `tables`, failing as a full disk would."""
+
+    def __init__(self, real, tables, exc):
+        self.real, self.tables, self.exc = real, tables, exc
+
+    def __call__(self, sink, schema, **kwargs):
+        if any(f"/{table}/" in str(getattr(sink, "path", "")) or self._writes(schema, table) for table in self.tables):
+            raise self.exc()
+        return self.real(sink, schema, **kwargs)
+
+    @staticmethod
+    def _writes(schema, table) -> bool:
+        return {"images": "manifest_raw", "tags": "image_id", "runs": "images_indexed"}[table] in schema.names
+
+
+def _fail_data_files(monkeypatch, tables, exc):
+    import indexer.store.delta as delta_module
+
+    monkeypatch.setattr(
+        delta_module.pq, "ParquetWriter", _FailingParquetWriter(delta_module.pq.ParquetWriter, tables, exc)
     )
 
 
-def _quota_exceeded():
-    return duckdb.IOException('IO Error: Could not write file "images.parquet": Disk quota exceeded')
+def _fail_commits(monkeypatch, exc):
+    from deltalake import DeltaTable
+
+    def failing(self, *args, **kwargs):
+        raise exc()
+
+    monkeypatch.setattr(DeltaTable, "create_write_transaction", failing)
 
 
 FAILURES = {
-    "commit-oserror": ("COMMIT", _enospc, "no space left on device"),
-    "commit-duckdb": ("COMMIT", _duckdb_wal_full, "no space left on device"),
-    "runs-row": ("INSERT INTO RUNS", lambda: OSError(errno.EROFS, os.strerror(errno.EROFS)), "read-only file system"),
-    "snapshot-copy": ("COPY", _quota_exceeded, "disk quota exceeded"),
+    "images-data": (lambda mp: _fail_data_files(mp, ["images"], _enospc), "no space left on device", 3),
+    "commit": (lambda mp: _fail_commits(mp, _enospc), "no space left on device", 3),
+    "runs-row": (
+        lambda mp: _fail_data_files(mp, ["runs"], lambda: OSError(errno.EROFS, os.strerror(errno.EROFS))),
+        "read-only file system",
+        7,
+    ),
+    "quota": (
+        lambda mp: _fail_data_files(mp, ["images"], lambda: OSError("Error writing bytes: Disk quota exceeded")),
+        "disk quota exceeded",
+        3,
+    ),
 }
 
 
@@ -184,82 +198,54 @@ def _more(tmp_path, images: int) -> str:
     return f"oci:{oci_layout(tmp_path / 'more', images, repo='team/more', salt='more')}"
 
 
-def _assert_previous_state(store, tmp_path, in_database=3):
-    assert count(store) == 3
+def _data_files(store) -> set[str]:
+    return {
+        os.path.join(root, name) for root, _, names in os.walk(store) for name in names if name.endswith(".parquet")
+    }
+
+
+def _assert_store_goes_on(store, tmp_path, images):
+    assert count(store) == images
     assert len(runs(store)) == 1
-    with StoreWriter(str(store)) as writer:  # the writer opens it again, and a run goes through
-        assert writer.con.execute("SELECT count(*) FROM images").fetchall()[0][0] == in_database
-        assert index_sources([f"oci:{oci_layout(tmp_path / 'after', 2, repo='team/after', salt='after')}"], writer).ok
-    assert count(store) == in_database + 2
+    assert (
+        invoke(
+            "index", f"oci:{oci_layout(tmp_path / 'after', 2, repo='team/after', salt='after')}", "--store", store
+        ).exit_code
+        == 0
+    )
+    assert count(store) == images + 2
 
 
 @pytest.mark.parametrize("failure", sorted(FAILURES))
 def test_full_disk_is_one_line_naming_the_store(tmp_path, monkeypatch, base_store, failure):
-    prefix, make, cause = FAILURES[failure]
-    original = StoreWriter.__init__
-
-    def failing_init(self, store):
-        original(self, store)
-        self.con = FailingConnection(self.con, prefix, make())
-
-    monkeypatch.setattr(StoreWriter, "__init__", failing_init)
+    inject, cause, images_after = FAILURES[failure]
+    files = _data_files(base_store)
+    inject(monkeypatch)
     result = invoke("index", _more(tmp_path, 4), "--store", base_store)
     monkeypatch.undo()
     assert result.exit_code == 1
-    assert result.stderr.splitlines() == [f"imgdex: store {base_store}: {cause}"]
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"imgdex: store {base_store}: ") and line.endswith(cause), line
     assert result.stdout == ""
-    assert count(base_store) == 3  # readers still see the previous snapshot
-    # A failed commit leaves nothing of its batch; batches committed before a failed snapshot
-    # stay in the database (as after kill -9), and the next run's snapshot shows them.
-    _assert_previous_state(base_store, tmp_path, in_database=3 if prefix == "COMMIT" else 7)
+    # A batch that failed left nothing, not even its files; one that committed before its run's
+    # record failed stays, as after kill -9.
+    assert count(base_store) == images_after
+    if images_after == 3:
+        assert _data_files(base_store) == files
+    _assert_store_goes_on(base_store, tmp_path, images_after)
 
 
-def test_full_disk_while_syncing_the_snapshot(tmp_path, monkeypatch, base_store):
-    snapshots = set(os.listdir(base_store / paths.SNAPSHOTS))
-    previous = paths.snapshot_dir(str(base_store))
-
-    def fsync_fails(path):
-        raise OSError(errno.EIO, os.strerror(errno.EIO))
-
-    monkeypatch.setattr(writer_module, "_fsync_tree", fsync_fails)
-    result = invoke("index", _more(tmp_path, 2), "--store", base_store)
-    monkeypatch.undo()
-    assert result.exit_code == 1 and result.stderr.splitlines() == [f"imgdex: store {base_store}: input/output error"]
-    assert paths.snapshot_dir(str(base_store)) == previous
-    # The half-written snapshot does not hold on to the space.
-    assert set(os.listdir(base_store / paths.SNAPSHOTS)) == snapshots
-
-
-def test_full_disk_while_writing_the_lock(tmp_path, monkeypatch, base_store):
-    class FullFile:
-        def __init__(self, f):
-            self._f = f
-
-        def flush(self):
-            raise _enospc()
-
-        def __getattr__(self, name):
-            return getattr(self._f, name)
-
-    monkeypatch.setattr(writer_module, "open", lambda *a, **k: FullFile(open(*a, **k)), raising=False)
-    result = invoke("index", _more(tmp_path, 2), "--store", base_store)
-    monkeypatch.undo()
-    assert result.exit_code == 1
-    assert result.stderr.splitlines() == [f"imgdex: cannot open store {base_store}: no space left on device"]
-    _assert_previous_state(base_store, tmp_path)
-
-
-def test_write_raises_store_error_only_for_the_store(tmp_path):
-    with StoreWriter(str(tmp_path / "store")) as writer:
-        writer.con = FailingConnection(writer.con, "COMMIT", _duckdb_wal_full())
-        record = [r for r in records_of(f"oci:{oci_layout(tmp_path / 'l', 1)}") if isinstance(r, ImageRecord)][0]
-        with pytest.raises(StoreError, match="no space left on device"):
-            writer.write([record], now_utc())
+def test_write_raises_store_error_only_for_the_store(tmp_path, monkeypatch):
+    record = [r for r in records_of(f"oci:{oci_layout(tmp_path / 'l', 1)}") if isinstance(r, ImageRecord)][0]
+    with DeltaWriter(str(tmp_path / "store")) as writer:
+        with monkeypatch.context() as mp:
+            _fail_commits(mp, _enospc)
+            with pytest.raises(StoreError, match="no space left on device"):
+                writer.write([record], now_utc())
         # Bad data is not a store failure: the caller isolates the record.
         with pytest.raises(Exception) as caught:
             writer.write([_spoil(record, "refused-by-duckdb")], now_utc())
         assert not isinstance(caught.value, StoreError)
-        writer.con = writer.con._con
 
 
 def _mount_tmpfs(path, size) -> bool:
@@ -311,8 +297,6 @@ def test_a_really_full_tmpfs(tmp_path):
             got = count(store)
             assert got in (expected, expected + 300) and got % 300 == 3, got
             expected = got
-            with StoreWriter(str(store)) as writer:
-                assert writer.con.execute("SELECT count(*) FROM images").fetchall()[0][0] >= got
     finally:
         if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", str(mount)], capture_output=True)
@@ -356,17 +340,16 @@ def test_runs_that_land_something_or_hit_a_store_record_their_run(tmp_path):
     assert [(r[1], r[2]) for r in runs(store)] == [(2, 1), (0, 1)]
 
 
-def test_writer_that_commits_nothing_removes_the_store_it_created(tmp_path):
-    with StoreWriter(str(tmp_path / "a" / "store")) as writer:
+def test_writer_that_commits_nothing_creates_no_store(tmp_path):
+    with DeltaWriter(str(tmp_path / "a" / "store")) as writer:
         assert writer.pristine
     assert not os.path.exists(tmp_path / "a")
-    with StoreWriter(str(tmp_path / "b")) as writer:
-        writer.snapshot()
+    with DeltaWriter(str(tmp_path / "b")) as writer:
+        writer.record_run({"started_at": now_utc(), "finished_at": now_utc(), "sources": []})
         assert not writer.pristine
-    assert os.path.isfile(tmp_path / "b" / paths.DATABASE)
-    with StoreWriter(str(tmp_path / "b")) as writer:
+    assert paths.is_table_store(str(tmp_path / "b"))
+    with DeltaWriter(str(tmp_path / "b")) as writer:
         assert not writer.pristine  # not its own creation
-    assert os.path.isfile(tmp_path / "b" / paths.DATABASE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -387,7 +370,7 @@ def test_url_credentials_never_reach_the_runs_table_or_messages(tmp_path, monkey
     monkeypatch.setattr(run_module, "parse_source", lambda spec, **_options: sources[spec])
     errors, notes = [], []
     store = tmp_path / "store"
-    with StoreWriter(str(store)) as writer:
+    with DeltaWriter(str(store)) as writer:
         summary = index_sources([secret_spec], writer, on_error=errors.append, on_note=notes.append)
     assert summary.indexed == 1 and summary.failed == 1
     everything = json.dumps([errors, notes, summary.errors, summary.notes, runs(store)], default=str)

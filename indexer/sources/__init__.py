@@ -15,6 +15,7 @@ from typing import Iterator, Protocol
 
 from ..errors import SourceError, printable
 from ..model import ImageRecord
+from ..shard import in_shard
 from .docker_archive import read_docker_archive
 from .layout import is_layout_dir, read_layout_dir, read_layout_tar
 from .parse import Context
@@ -113,16 +114,29 @@ class ArchiveFolder:
         return _read_folder(self.location, ctx)
 
 
+def _folder_key(root: str, path: str) -> str:
+    """The shard key of an entry of a folder: its path below the folder, `/`-separated, so workers
+    that mount the folder in different places agree."""
+    return "/".join(os.path.relpath(path, root).split(os.sep))
+
+
 def _folder_contents(root: str, ctx: Context) -> list[tuple[str, bool]]:
-    """(path, is a layout directory) of everything to try below `root`, sorted by path components."""
+    """(path, is a layout directory) of everything to try below `root`, sorted by path components.
+
+    Notes about what is skipped come from the shard that owns the path, so each is said once."""
     found: list[tuple[tuple[str, ...], str, bool]] = []
     errors: list[OSError] = []
+
+    def note(path: str, message: str) -> None:
+        if in_shard(ctx.shard, _folder_key(root, path)):
+            ctx.note(message)
+
     for folder, dirs, files in os.walk(root, onerror=errors.append):
         descend = []
         for name in dirs:
             path = os.path.join(folder, name)
             if os.path.islink(path):
-                ctx.note(f"{printable(path)}: symlinked directory not followed; skipped")
+                note(path, f"{printable(path)}: symlinked directory not followed; skipped")
             elif is_layout_dir(path):
                 found.append((tuple(os.path.relpath(path, root).split(os.sep)), path, True))
             else:
@@ -133,24 +147,31 @@ def _folder_contents(root: str, ctx: Context) -> list[tuple[str, bool]]:
             try:
                 mode = os.stat(path).st_mode
             except OSError as exc:
-                ctx.note(f"{printable(path)}: {exc.strerror or exc}; skipped")
+                note(path, f"{printable(path)}: {exc.strerror or exc}; skipped")
                 continue
             if not stat.S_ISREG(mode):  # never opened: a FIFO would block, a device never end
-                ctx.note(f"{printable(path)}: {not_regular('', mode)}; skipped")
+                note(path, f"{printable(path)}: {not_regular('', mode)}; skipped")
                 continue
             found.append((tuple(os.path.relpath(path, root).split(os.sep)), path, False))
     for exc in errors:
         if exc.filename == root:
             raise SourceError(printable(root), exc.strerror or str(exc))
-        ctx.note(f"{printable(exc.filename or root)}: {exc.strerror or exc}; skipped")
+        note(exc.filename or root, f"{printable(exc.filename or root)}: {exc.strerror or exc}; skipped")
     return [(path, layout) for _, path, layout in sorted(found)]
 
 
 def _read_folder(root: str, ctx: Context) -> Iterator[ImageRecord | SourceError]:
+    """With `ctx.shard`, each archive or layout is taken whole by the shard that owns its path
+    below the folder; the others never open it."""
     archives = 0
+    others = 0  # candidates another shard takes: whether they are archives is not known here
     for path, layout in _folder_contents(root, ctx):
-        # Records take their source from the context: one per archive.
-        sub = dataclasses.replace(ctx, source_kind="oci", source_path=_stored_path(path))
+        if not in_shard(ctx.shard, _folder_key(root, path)):
+            others += 1
+            continue
+        # Records take their source from the context: one per archive. The archive is this
+        # shard's whole, so its images are not sharded again.
+        sub = dataclasses.replace(ctx, source_kind="oci", source_path=_stored_path(path), shard=None)
         try:
             if layout:
                 archives += 1
@@ -165,7 +186,7 @@ def _read_folder(root: str, ctx: Context) -> Iterator[ImageRecord | SourceError]
         except SourceError as exc:
             archives += 1
             yield exc
-    if not archives:
+    if not archives and not others:
         raise SourceError(
             printable(root), "directory is not an image layout (no index.json) and holds no image archives"
         )

@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import Mapping
 from contextlib import closing
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from itertools import islice
 from typing import Callable, Iterable, Iterator, Protocol
@@ -57,6 +57,7 @@ from ..model import (
     Platform,
 )
 from ..references import Reference, parse_reference
+from ..shard import Shard, in_shard, repository_key
 from . import mediatypes as mt
 from .jsonshape import list_at, object_at, string_at
 from .parse import Context, check_sizes, new_record, parse_config, platform_of, size_problem, valid_size
@@ -559,9 +560,16 @@ class _Repository:
     name: str
     tags: set[str] = field(default_factory=set)
     digests: list[str] = field(default_factory=list)
+    named: bool = True  # False: the image has no name, and takes the context's
 
     def sorted_tags(self) -> tuple[str, ...]:
         return tuple(sorted(self.tags))
+
+    def shard_key(self, image: str) -> str:
+        """A named repository is one shard's whole, as in a registry crawl. Images without a name
+        (intermediate ones under --all, whatever --repository says) are keyed by their ID, so they
+        spread over the shards instead of falling to one."""
+        return repository_key(self.registry, self.name) if self.named else image
 
 
 def repositories(inspect: dict, ctx: Context, where: str, only: Reference | None = None) -> list[_Repository]:
@@ -587,8 +595,20 @@ def repositories(inspect: dict, ctx: Context, where: str, only: Reference | None
     if only is not None and (only.registry, only.name) in found:
         found = {(only.registry, only.name): found[(only.registry, only.name)]}
     if not found:
-        return [_Repository(ctx.registry, ctx.repository)]
+        return [_Repository(ctx.registry, ctx.repository, named=False)]
     return [found[key] for key in sorted(found)]
+
+
+def _owned(repos: list[_Repository], image: str, shard: Shard | None) -> tuple[list[_Repository], bool]:
+    """(the repositories this shard takes, whether it speaks for the whole image).
+
+    An image in repositories of several shards gives each shard its own records; what is about
+    the image itself (it cannot be read, a platform failed) is said by the shard of its first
+    repository only, so the shards together say it once.
+    """
+    if shard is None:
+        return repos, True
+    return [repo for repo in repos if shard.owns(repo.shard_key(image))], shard.owns(repos[0].shard_key(image))
 
 
 def _layers(config: ImageConfig, sizes: list[int] | None) -> tuple[Blob, ...]:
@@ -651,6 +671,7 @@ class ImageSummary:
 
     image_id: str
     manifests: tuple[ManifestSummary, ...] | None = None
+    lead: bool = True  # this shard speaks for the image (see `_owned`)
 
 
 @dataclass(frozen=True)
@@ -715,16 +736,26 @@ class DockerDaemon:
         status = client.info().get("DriverStatus") or []
         return any(isinstance(pair, list) and CONTAINERD_SNAPSHOTTER in pair for pair in status)
 
-    def _targets(self, client: EngineClient, containerd: bool) -> list[ImageSummary]:
-        """The images to read, each once, in the engine's order; only IDs (and manifests) are kept."""
+    def _targets(self, client: EngineClient, containerd: bool, ctx: Context) -> list[ImageSummary]:
+        """The images to read, each once, in the engine's order; only IDs (and manifests) are kept.
+
+        With a shard, an image none of whose repositories (as the listing names them) the shard
+        takes is dropped here, before its inspect and history are asked for."""
         targets = []
         seen = set()
+        quiet = replace(ctx, note=lambda message: None)  # what the listing names wrongly is noted by the mapping
         for doc in client.list_images(all=self.all_images, manifests=containerd):
             image = string_at(doc, "Id") if isinstance(doc, dict) else ""
             if not image or image in seen:
                 continue
             seen.add(image)
-            targets.append(ImageSummary(image, manifest_summaries(doc.get("Manifests")) if containerd else None))
+            lead = True
+            if ctx.shard is not None:
+                owned, lead = _owned(repositories(doc, quiet, self.spec), image, ctx.shard)
+                if not owned:
+                    continue
+            summary = ImageSummary(image, manifest_summaries(doc.get("Manifests")) if containerd else None, lead)
+            targets.append(summary)
         return targets
 
     def _records(self, client: EngineClient, ctx: Context, where: str) -> Iterator[ImageRecord | SourceError]:
@@ -736,28 +767,35 @@ class DockerDaemon:
         def fetch(target: ImageSummary) -> _Details:
             return self._fetch(client, target.image_id, target.manifests, containerd)
 
-        with closing(prefetch(self._targets(client, containerd), fetch, self.workers, self.window)) as fetched:
+        with closing(prefetch(self._targets(client, containerd, ctx), fetch, self.workers, self.window)) as fetched:
             for target, details in fetched:
                 if isinstance(details, NoSuchImage):
-                    ctx.note(f"{where}: image {target.image_id} was removed while indexing; skipped")
+                    if target.lead:
+                        ctx.note(f"{where}: image {target.image_id} was removed while indexing; skipped")
                     continue
                 if isinstance(details, EngineUnavailable):
                     raise details
                 if isinstance(details, Exception):
-                    yield SourceError(where, f"image {target.image_id}: {details}")
+                    if target.lead:
+                        yield SourceError(where, f"image {target.image_id}: {details}")
                     continue
                 yield from self._map(details, ctx, where, None, containerd)
 
     def _named(
         self, client: EngineClient, ctx: Context, where: str, containerd: bool
     ) -> Iterator[ImageRecord | SourceError]:
+        # The one inspect is asked for by every shard: only the image's names tell which shard's
+        # it is (a name may be an alias, an ID prefix stands for all its repositories). A failure
+        # to find it is said by the shard that owns the name as given.
         try:
             inspect = client.inspect_image(self.ref)
         except NoSuchImage:
-            yield SourceError(where, f"the Docker engine at {self.location} has no image {self.ref!r}")
+            if in_shard(ctx.shard, self._ref_key()):
+                yield SourceError(where, f"the Docker engine at {self.location} has no image {self.ref!r}")
             return
         except EngineRefused as exc:
-            yield SourceError(where, str(exc))
+            if in_shard(ctx.shard, self._ref_key()):
+                yield SourceError(where, str(exc))
             return
         only = None
         match = _IMAGE_ID.fullmatch(self.ref)
@@ -767,15 +805,29 @@ class DockerDaemon:
                 only = parse_reference(self.ref)
             except ImgdexError:
                 only = None
+        lead = True
+        if ctx.shard is not None:
+            quiet = replace(ctx, note=lambda message: None)
+            owned, lead = _owned(repositories(inspect, quiet, where, only), string_at(inspect, "Id"), ctx.shard)
+            if not owned:
+                return
         manifests = None
         if containerd:
             manifests = self._manifests_of(client, inspect)
         try:
             details = self._fetch(client, string_at(inspect, "Id"), manifests, containerd, inspect=inspect)
         except (NoSuchImage, EngineRefused) as exc:
-            yield SourceError(where, str(exc))
+            if lead:
+                yield SourceError(where, str(exc))
             return
         yield from self._map(details, ctx, where, only, containerd)
+
+    def _ref_key(self) -> str:
+        try:
+            ref = parse_reference(self.ref)
+        except ImgdexError:
+            return self.ref
+        return repository_key(ref.registry, ref.name)
 
     def _manifests_of(self, client: EngineClient, inspect: dict) -> tuple[ManifestSummary, ...] | None:
         if api_at_least(client.api_version, "1.48"):
@@ -832,15 +884,18 @@ class DockerDaemon:
         inspect = details.inspect
         image = string_at(inspect, "Id")
         label = f"{where} (image {image})"
-        repos = repositories(inspect, ctx, where, only)
+        repos, lead = _owned(repositories(inspect, ctx, where, only), image, ctx.shard)
+        if not repos:
+            return
         if containerd:
-            yield from self._map_containerd(details, repos, ctx, where, label)
+            yield from self._map_containerd(details, repos, ctx, where, label, lead)
             return
         try:
             config = config_from_inspect(inspect, label)
             sizes, history = _sizes(config, details.history, ctx, label)
         except SourceError as exc:
-            yield exc
+            if lead:
+                yield exc
             return
         layers = _layers(config, sizes)
         config_blob = Blob(digest=image, size=0, media_type=mt.DOCKER_CONFIG)
@@ -858,11 +913,20 @@ class DockerDaemon:
                 platform=platform_of(config),
             )
 
-    def _map_containerd(self, details: _Details, repos: list[_Repository], ctx: Context, where: str, label: str):
+    def _map_containerd(
+        self, details: _Details, repos: list[_Repository], ctx: Context, where: str, label: str, lead: bool = True
+    ):
         target, single = containerd_shape(details.inspect, details.manifests or ())
         if single is not None:
             yield from _containerd_image(
-                _Inspected(details.inspect, details.history), single, repos, ctx, label, tagged=True, parent=""
+                _Inspected(details.inspect, details.history),
+                single,
+                repos,
+                ctx,
+                label,
+                tagged=True,
+                parent="",
+                lead=lead,
             )
             return
         for repo in repos:
@@ -897,9 +961,12 @@ class DockerDaemon:
                 )
                 continue
             if isinstance(fetched, Exception):
-                yield SourceError(where, f"{child_label}: {fetched}")
+                if lead:
+                    yield SourceError(where, f"{child_label}: {fetched}")
                 continue
-            yield from _containerd_image(fetched, manifest, repos, ctx, child_label, tagged=False, parent=target.digest)
+            yield from _containerd_image(
+                fetched, manifest, repos, ctx, child_label, tagged=False, parent=target.digest, lead=lead
+            )
 
 
 def _sizes(config: ImageConfig, history: list[dict], ctx: Context, label: str):
@@ -928,12 +995,14 @@ def _containerd_image(
     *,
     tagged: bool,
     parent: str,
+    lead: bool = True,
 ) -> Iterator[ImageRecord | SourceError]:
     try:
         config = config_from_inspect(fetched.inspect, label)
         sizes, entries = _sizes(config, fetched.history, ctx, label)
     except SourceError as exc:
-        yield exc
+        if lead:
+            yield exc
         return
     layers = _layers(config, sizes)
     platform = manifest.platform or platform_of(config)

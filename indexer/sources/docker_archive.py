@@ -16,9 +16,18 @@ from typing import Iterator
 
 from ..errors import ImgdexError, SourceError
 from ..model import UNCOMPRESSED, Blob, ImageRecord
-from ..references import Reference, parse_reference
-from .layout import TarBlobs, tar_index, walk_layout
-from .parse import MAX_JSON_BYTES, Context, load_json, parse_descriptor, record_from_config, sha256_digest
+from ..references import Reference, is_valid_digest, parse_reference
+from ..shard import in_shard
+from .layout import TarBlobs, descriptor_key, shard_keys, tar_index, walk_layout
+from .parse import (
+    MAX_INDEX_DEPTH,
+    MAX_JSON_BYTES,
+    Context,
+    load_json,
+    parse_descriptor,
+    record_from_config,
+    sha256_digest,
+)
 from .tarball import TarMembers
 
 _HEX_NAME = re.compile(r"(?:^|/)([a-f0-9]{64})(?:\.json)?$")
@@ -106,7 +115,58 @@ def _classic_records(members: TarMembers, configs: _Configs, entry: dict, ctx: C
     return records
 
 
+def _entry_key(entry: dict, position: int) -> str:
+    """The shard key of an entry whose config cannot be read: its config member's name."""
+    config_name = entry.get("Config")
+    return config_name if isinstance(config_name, str) and config_name else f"manifest.json[{position}]"
+
+
+def _configs_below(blobs: TarBlobs, digest: str, depth: int = 0) -> list[str]:
+    """The config digests a manifest (or an index, through its children) names: what a walk of it
+    could cover. Best effort: what cannot be read covers nothing, as it would in the walk."""
+    if depth > MAX_INDEX_DEPTH or blobs.blob_size(digest) is None:
+        return []
+    try:
+        doc = load_json(blobs.read_blob(digest, MAX_JSON_BYTES), blobs.members.where, "manifest")
+    except SourceError:
+        return []
+    if not isinstance(doc, dict):
+        return []
+    config = doc.get("config")
+    found = [config["digest"]] if isinstance(config, dict) and isinstance(config.get("digest"), str) else []
+    children = doc.get("manifests")
+    for child in children if isinstance(children, list) else ():
+        if isinstance(child, dict) and isinstance(child.get("digest"), str):
+            found += _configs_below(blobs, child["digest"], depth + 1)
+    return found
+
+
+class _ConfigOwners:
+    """Whose shard decides the manifest.json entry of a config: that of the first top-level
+    descriptor, in index.json order, whose walk could cover it (that shard, and only it, knows
+    whether the walk did, or the entry needs its classic record). Read once, when first asked."""
+
+    def __init__(self, blobs: TarBlobs, index, keys: list[str]):
+        self.blobs = blobs
+        self.index = index
+        self.keys = keys
+        self._owners: dict[str, str] | None = None
+
+    def get(self, config_digest: str) -> str | None:
+        if self._owners is None:
+            self._owners = {}
+            for position, (raw, _) in enumerate(self.index.descriptors()):
+                digest = descriptor_key(raw, position)
+                if is_valid_digest(digest):
+                    for config in _configs_below(self.blobs, digest):
+                        self._owners.setdefault(config, self.keys[position])
+        return self._owners.get(config_digest)
+
+
 def read_docker_archive(members: TarMembers, ctx: Context) -> Iterator[ImageRecord | SourceError]:
+    """The archive's images. With `ctx.shard`, the layout's descriptors are sharded as a layout's
+    are (`shard_keys`), an entry whose config a descriptor names goes with that descriptor, and an
+    image known only from manifest.json is keyed by its config digest (the image ID)."""
     where = members.where
     entries = _entries(members)
     blobs = TarBlobs(members)
@@ -114,13 +174,24 @@ def read_docker_archive(members: TarMembers, ctx: Context) -> Iterator[ImageReco
     covered: set[str] = set()
     index = tar_index(members) if members.size("index.json") is not None else None
     has_layout = index is not None and index.count() > 0
+    shard = ctx.shard
+    keys = shard_keys(blobs, index, where) if has_layout and shard is not None else None
+    owners = _ConfigOwners(blobs, index, keys) if keys is not None else None
+
+    def entry_owned(config_digest: str) -> bool:
+        if shard is None:
+            return True
+        owner = owners.get(config_digest) if owners is not None else None
+        return shard.owns(owner if owner is not None else config_digest)
+
     if has_layout:
         tags_by_config: dict[str, list[Reference]] = {}
-        for entry in entries:
+        for position, entry in enumerate(entries):
             try:
                 _, digest = configs.read(entry)
             except SourceError as exc:
-                yield exc
+                if in_shard(shard, _entry_key(entry, position)):
+                    yield exc
                 continue
             tags_by_config.setdefault(digest, []).extend(_repo_tags(entry, ctx, where))
 
@@ -133,14 +204,21 @@ def read_docker_archive(members: TarMembers, ctx: Context) -> Iterator[ImageReco
             digest = config.get("digest") if isinstance(config, dict) else None
             return tags_by_config.get(digest, []) if isinstance(digest, str) else []
 
-        for item in walk_layout(blobs, index, ctx, where, extra_names=extra_names):
+        for item in walk_layout(blobs, index, ctx, where, extra_names=extra_names, keys=keys):
             if isinstance(item, ImageRecord) and item.config is not None:
                 covered.add(item.config.digest)
             yield item
-    for entry in entries:
+    for position, entry in enumerate(entries):
         try:
-            if has_layout and configs.read(entry)[1] in covered:
-                continue
+            if has_layout or shard is not None:
+                try:
+                    _, digest = configs.read(entry)
+                except SourceError:
+                    if in_shard(shard, _entry_key(entry, position)):
+                        raise
+                    continue
+                if (has_layout and digest in covered) or not entry_owned(digest):
+                    continue
             yield from _classic_records(members, configs, entry, ctx)
         except SourceError as exc:
             yield exc

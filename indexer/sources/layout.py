@@ -19,8 +19,9 @@ from typing import Callable, Iterable, Iterator
 from ..errors import ImgdexError, SourceError, printable
 from ..model import ImageRecord
 from ..references import Reference, is_bare_tag, parse_reference
+from ..shard import in_shard
 from . import mediatypes as mt
-from .parse import MAX_JSON_BYTES, Context, load_object, parse_descriptor, walk
+from .parse import MAX_INDEX_DEPTH, MAX_JSON_BYTES, Context, load_object, parse_descriptor, walk
 from .tarball import MAX_INDEX_BYTES, TarMembers, not_regular, open_regular
 
 _PIECE = 1 << 20
@@ -376,14 +377,23 @@ def walk_layout(
     where: str,
     ref: str = "",
     extra_names=None,
+    keys: list[str] | None = None,
 ) -> Iterator[ImageRecord | SourceError]:
-    """Every image of a layout's index.json. `extra_names(descriptor)` adds names a caller knows."""
+    """Every image of a layout's index.json. `extra_names(descriptor)` adds names a caller knows.
+
+    With `ctx.shard`, each top-level descriptor is walked by the shard that owns its key (`keys`,
+    by position; `shard_keys` when not given).
+    """
+    if ctx.shard is not None and keys is None:
+        keys = shard_keys(blobs, index, where)
     found = False
     descriptors = index.descriptors() if isinstance(index, IndexJson) else top_descriptors(index, where)
     for position, (raw, notes) in enumerate(descriptors):
         if ref and not _matches(notes, ref):
             continue
-        found = True
+        found = True  # before the shard test: "no image named" is for a ref no shard finds
+        if keys is not None and not in_shard(ctx.shard, keys[position]):
+            continue
         try:
             descriptor = parse_descriptor(raw, where, f"index.json manifests[{position}]")
         except SourceError as exc:
@@ -395,6 +405,69 @@ def walk_layout(
         yield from walk(blobs, descriptor, names, ctx, where, annotations=notes)
     if ref and not found:
         yield SourceError(where, f"no image named {ref!r} in index.json")
+
+
+def descriptor_key(raw: object, position: int) -> str:
+    """A top-level descriptor's manifest digest, from index.json alone; one without a digest (an
+    error either way) is named by its position."""
+    digest = raw.get("digest") if isinstance(raw, dict) else None
+    return digest if isinstance(digest, str) and digest else f"manifests[{position}]"
+
+
+def _may_be_index(media_type: object) -> bool:
+    return not media_type or media_type in mt.INDEXES  # without a media type, only its bytes tell
+
+
+def _reachable(blobs, digest: str, depth: int = 0) -> Iterator[str]:
+    """The manifests an index leads to, best effort: what cannot be read leads nowhere, as in the
+    walk. Read unverified; a wrong answer only joins more descriptors, never splits them."""
+    if depth > MAX_INDEX_DEPTH:
+        return
+    try:
+        if blobs.blob_size(digest) is None:
+            return
+        doc = json.loads(blobs.read_blob(digest, MAX_JSON_BYTES))
+    except (SourceError, ValueError, UnicodeDecodeError, RecursionError):
+        return
+    children = doc.get("manifests") if isinstance(doc, dict) else None
+    for child in children if isinstance(children, list) else ():
+        if isinstance(child, dict) and isinstance(child.get("digest"), str):
+            yield child["digest"]
+            if _may_be_index(child.get("mediaType")):
+                yield from _reachable(blobs, child["digest"], depth + 1)
+
+
+def shard_keys(blobs, index: IndexJson | bytes, where: str) -> list[str]:
+    """The shard key of each top-level descriptor, by position.
+
+    A manifest may be reached from several descriptors: listed under two names, or an index's
+    child that is also listed on its own (as `skopeo copy` and `docker save` of a platform leave
+    them). All of them must be walked by one shard, or two shards would each write its record. So
+    descriptors that reach a common manifest form one group, keyed by the least digest in it (a
+    key that does not depend on the order anything is read in). Only indexes are read to find
+    this out, never a plain manifest, a config or a layer.
+    """
+    parent: dict[str, str] = {}
+
+    def root(node: str) -> str:
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    tops = []
+    descriptors = index.descriptors() if isinstance(index, IndexJson) else top_descriptors(index, where)
+    for position, (raw, _) in enumerate(descriptors):
+        key = descriptor_key(raw, position)
+        tops.append(key)
+        parent.setdefault(key, key)
+        if isinstance(raw, dict) and key == raw.get("digest") and _may_be_index(raw.get("mediaType")):
+            for reached in _reachable(blobs, key):
+                parent.setdefault(reached, reached)
+                a, b = root(key), root(reached)
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+    return [root(key) for key in tops]
 
 
 def is_layout_dir(path: str) -> bool:

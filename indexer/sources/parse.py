@@ -28,6 +28,7 @@ from ..model import (
     Platform,
 )
 from ..references import DIGEST_ALGORITHMS, Reference, image_id, is_valid_digest, is_valid_name, is_valid_tag
+from ..shard import Shard
 from . import mediatypes as mt
 from .jsonshape import object_at, string_at
 
@@ -59,6 +60,7 @@ class Context:
     repository: str = ""
     note: Callable[[str], None] = field(default=lambda message: None)
     verify: bool = False  # also hash layer contents against their digests (--verify)
+    shard: Shard | None = None  # --shard K/N: the slice of each source this run takes; None takes all
 
 
 # A \uD800-\uDFFF escape, or a UTF-8 encoded surrogate (json.loads decodes bytes with surrogatepass).

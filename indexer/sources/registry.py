@@ -38,6 +38,7 @@ from ..references import (
     redact_userinfo,
 )
 from . import mediatypes as mt
+from ..shard import in_shard, repository_key
 from .parse import MAX_JSON_BYTES, Context, walk
 from .registry_auth import CATALOG_SCOPE, AuthError, Credentials, find_credentials, repository_scope
 from .registry_client import (
@@ -576,6 +577,11 @@ class Crawl:
             out.append(error)
         return out
 
+    def owns(self, repository: str) -> bool:
+        """Whether this crawl's shard takes the repository: all its tags are one shard's, so
+        that shard alone decides which of them moved or vanished."""
+        return in_shard(self.ctx.shard, repository_key(self.registry, repository))
+
     def _run(self) -> Iterator[ImageRecord | SourceError]:
         target = self.target
         if target.repository:
@@ -614,7 +620,9 @@ class Crawl:
             if not repositories:
                 raise SourceError(self.spec, f"cannot list the repositories: {error}")
             yield SourceError(f"{self.registry} catalog", str(error))
-        repositories = [name for name in self._valid_repositories(repositories) if under_prefix(name, prefix)]
+        repositories = [
+            name for name in self._valid_repositories(repositories) if under_prefix(name, prefix) and self.owns(name)
+        ]
         known, indexed = self._store_state(prefix)
         self.stats.repositories = len(repositories)
         for name in repositories:
@@ -623,7 +631,7 @@ class Crawl:
         if not error and self.store is not None:
             listed = set(repositories)
             for name, tags in known.items():
-                if name not in listed and tags:
+                if name not in listed and tags and self.owns(name):
                     self.store.retire_tags(self.registry, name, sorted(tags))
                     self.stats.removed += len(tags)
 
@@ -737,4 +745,7 @@ class RegistrySource:
         self.store = store
 
     def records(self, ctx: Context) -> Iterator[ImageRecord | SourceError]:
+        target = self.target
+        if target.repository and not in_shard(ctx.shard, repository_key(target.registry, target.repository)):
+            return iter(())  # another shard's repository: no request, no credential helper run
         return Crawl(self, ctx).run()

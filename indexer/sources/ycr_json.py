@@ -181,6 +181,13 @@ def _images(value: object, where: str, notes: list[str]) -> Iterator[tuple[str, 
     yield where, value
 
 
+def _shard_key(raw: object, ordinal: int) -> str:
+    """The shard key of an image: its real id, so an image listed twice goes to one shard. One
+    without an id (an error either way) is keyed by its place in the file."""
+    image_id = raw.get("id") if isinstance(raw, dict) else None
+    return image_id if isinstance(image_id, str) and image_id else f"#{ordinal}"
+
+
 @dataclass
 class YcrJson:
     location: str
@@ -208,6 +215,8 @@ class YcrJson:
             base = self.location if len(documents) == 1 else f"{self.location} line {position + 1}"
             for where, raw in _images(document, base, notes):
                 found += 1
+                if ctx.shard is not None and not ctx.shard.owns(_shard_key(raw, found)):
+                    continue
                 try:
                     yield image_record(raw, registry, ctx, where, notes)
                 except SourceError as exc:

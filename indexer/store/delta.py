@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import random
@@ -290,10 +291,16 @@ class Snapshot:
         names = self._filter("name", keys.column("name").to_pylist(), "wanted_names")
         self.con.register("wanted_keys", keys)
         try:
-            sql = deltalog.resolved_sql(
-                self.files["tags"],
-                f"(SELECT * FROM tags_versions WHERE {names} AND (registry, name, tag) IN "
-                "(SELECT (registry, name, tag) FROM wanted_keys))",
+            # Read from the images that carry these names, as readers see tags (deltalog.current_tags_sql):
+            # the images of the names first, by a scan of the name column, then their current rows.
+            images = deltalog.resolved_sql(
+                self.files["images"],
+                f"(SELECT * FROM images_versions WHERE id IN (SELECT id FROM images_versions WHERE {names}))",
+                columns=("id", "registry", "name", "tags"),
+            )
+            sql = (
+                f"SELECT registry, name, tag, image_id FROM ({deltalog.current_tags_sql(f'({images})')}) "
+                "WHERE (registry, name, tag) IN (SELECT (registry, name, tag) FROM wanted_keys)"
             )
             return _arrow(self.con, sql)
         finally:
@@ -471,9 +478,23 @@ class DeltaStore:
         have side effects). A `Changes` value instead is appended blindly: the resolution rule alone
         decides. A run that changes nothing appends only its `runs` row."""
         run_id = run.get("run_id") or uuid.uuid4().hex
-        run = dict(run, run_id=run_id)
+        result = self.write_changes(run_id, prepare, max_attempts=max_attempts, _before_commit=_before_commit)
+        result.versions["runs"] = self.append_run(dict(run, run_id=run_id))
+        result.rows["runs"] = 1
+        return result
+
+    def write_changes(
+        self,
+        run_id: str,
+        prepare: Callable[[Snapshot], Changes] | Changes | None,
+        *,
+        max_attempts: int = MAX_ATTEMPTS,
+        _before_commit: Callable[[str], None] | None = None,
+    ) -> RunResult:
+        """One part of run `run_id`: `write_run` without the `runs` row, for a run that commits its
+        images in bounded batches and records itself once at the end (`append_run`)."""
         versions: dict = {"images": None, "tags": None, "runs": None}
-        rows: dict = {"images": 0, "tags": 0, "runs": 1}
+        rows: dict = {"images": 0, "tags": 0, "runs": 0}
         for attempt in range(1, max_attempts + 1):
             snapshot = self.snapshot()
             changes = prepare(snapshot) if callable(prepare) else (prepare or Changes())
@@ -488,7 +509,6 @@ class DeltaStore:
                 continue
             for table, (version, count) in outcome.items():
                 versions[table], rows[table] = version, count
-            versions["runs"] = self._append_runs_row(run)
             return RunResult(run_id, versions, rows, attempt)
         raise StoreError(
             f"run {run_id}: other runs kept changing the same images; gave up after {max_attempts} attempts"
@@ -682,8 +702,7 @@ class DeltaStore:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 self._fs.delete_file(path)
-            cause = exc.strerror or _first_line(exc)
-            raise StoreError(f"store {self.store}: cannot write {table} data: {cause}") from None
+            raise StoreError(f"store {self.store}: cannot write {table} data: {_cause(exc)}") from None
         except BaseException:
             with contextlib.suppress(OSError):
                 self._fs.delete_file(path)
@@ -722,7 +741,7 @@ class DeltaStore:
             except CommitFailedError:
                 continue  # another commit took that version; check what it holds and try the next
             except (DeltaError, OSError) as exc:
-                raise StoreError(f"store {self.store}: cannot commit to {table}: {_first_line(exc)}") from None
+                raise StoreError(f"store {self.store}: cannot commit to {table}: {_cause(exc)}") from None
 
     def _overlaps(self, table: str, dt: DeltaTable, since: int, keys: pa.Table) -> bool:
         """Whether a run committed after version `since` wrote any of `keys`."""
@@ -756,7 +775,8 @@ class DeltaStore:
             con.unregister("own_keys")
         return bool(row)
 
-    def _append_runs_row(self, run: dict) -> int:
+    def append_run(self, run: dict) -> int:
+        """Record a run (columns of `schema.RUNS`); returns the runs table's version."""
         data = pa.Table.from_pylist([run], schema=schema.RUNS)
         add = self._write_parquet("runs", _cast("runs", data), data_change=True)
         meta = {_META + "operation": "append", _META + "runId": run["run_id"], _META + "rows": 1}
@@ -775,7 +795,7 @@ class DeltaStore:
                 continue
             except (DeltaError, OSError) as exc:
                 self._discard("runs", [add])
-                raise StoreError(f"store {self.store}: cannot commit to runs: {_first_line(exc)}") from None
+                raise StoreError(f"store {self.store}: cannot commit to runs: {_cause(exc)}") from None
         self._discard("runs", [add])
         raise StoreError(f"store {self.store}: cannot commit to runs: too many concurrent commits")
 
@@ -1010,10 +1030,11 @@ class DeltaStore:
 
 def premerge(
     snapshot: Snapshot,
-    incoming: pa.Table,
+    incoming: pa.Table | None,
     *,
     retired_tags: Sequence[tuple[str, str, str]] = (),
     retired_images: Sequence[str] = (),
+    claims: Sequence[tuple[str, str, str, str]] = (),
     merge: Callable[[dict, dict], dict] | None = None,
 ) -> Changes:
     """The changes that apply `incoming` (rows in `schema.IMAGES`, one per id, tags as claimed by
@@ -1026,11 +1047,17 @@ def premerge(
     - tags are pooled with the stored ones, a tag claimed here moves from its previous image (which
       gets a tags-only row without it), and a tag claimed twice in `incoming` goes to the later row;
     - nothing is appended for a record whose data and tags are unchanged; a tags-only row for one
-      whose data is unchanged (or loses) but whose tags change.
+      whose data is unchanged (or loses) but whose tags change;
+    - `claims` (registry, name, tag, image_id) point tags at stored images that `incoming` does not
+      carry (a tag moved to a manifest already indexed), and lose to a claim of `incoming`;
+    - `retired_images` get a tombstone and nothing else.
     Reads only the keys involved, and the narrow columns of them unless `merge` needs a whole row,
     so its cost follows the size of `incoming`, not of the store."""
+    if incoming is None:
+        incoming = _cast_schema_for_rows().empty_table()
     incoming = _cast("images", incoming).select([f.name for f in schema.IMAGES])
     ids = incoming.column("id").to_pylist()
+    retired = set(retired_images)
     # the hash decides "unchanged" without reading stored rows
     store_hash = _hash_via(snapshot.con, incoming)
     registries = incoming.column("registry").to_pylist()
@@ -1038,6 +1065,8 @@ def premerge(
     claimed_tags = incoming.column("tags").to_pylist()
 
     final_holder: dict[tuple, str] = {}
+    for registry, name, tag, image_id in claims:
+        final_holder[(registry, name, tag)] = image_id
     for image_id, registry, name, tags in zip(ids, registries, names, claimed_tags, strict=True):
         for tag in tags or ():
             final_holder[(registry, name, tag)] = image_id
@@ -1050,25 +1079,31 @@ def premerge(
         },
         schema=pa.schema([("registry", pa.string()), ("name", pa.string()), ("tag", pa.string())]),
     )
-    holders = {}
+    # Every image that holds a key now: one, unless concurrent runs both claimed it (each commits
+    # its images before the tags commit that detects the clash); the claim here settles it.
+    holders: dict[tuple, set] = {}
     if len(key_table):
         for row in snapshot.tag_holders(key_table).to_pylist():
-            holders[(row["registry"], row["name"], row["tag"])] = row["image_id"]
+            holders.setdefault((row["registry"], row["name"], row["tag"]), set()).add(row["image_id"])
 
     # tags each image loses: claimed by another image here, or retired
     losing: dict[str, set] = {}
     for key, new_holder in final_holder.items():
-        old = holders.get(key)
-        if old is not None and old != new_holder:
-            losing.setdefault(old, set()).add(key[2])
+        for old in holders.get(key, ()):
+            if old != new_holder:
+                losing.setdefault(old, set()).add(key[2])
     for key in retired_keys:
-        old = holders.get(key)
-        if old is not None:
+        for old in holders.get(key, ()):
             losing.setdefault(old, set()).add(key[2])
-    tag_rows = [(k, v) for k, v in final_holder.items() if holders.get(k) != v]
+    incoming_ids = set(ids)
+    gaining: dict[str, set] = {}
+    for key, new_holder in final_holder.items():
+        if new_holder not in incoming_ids and new_holder not in holders.get(key, ()):
+            gaining.setdefault(new_holder, set()).add(key[2])
+    tag_rows = [(k, v) for k, v in final_holder.items() if holders.get(k) != {v}]
     tag_tombs = [k for k in retired_keys if k in holders]
 
-    wanted = list(dict.fromkeys(ids + list(losing)))
+    wanted = list(dict.fromkeys(ids + list(losing) + list(gaining)))
     state = {r["id"]: r for r in snapshot.image_state(wanted).to_pylist()} if wanted else {}
     need_full = []
     decisions = []
@@ -1089,12 +1124,13 @@ def premerge(
         else:
             decisions.append(("merge", row, tags))
             need_full.append(image_id)
-    incoming_ids = set(ids)
-    for image_id, lost in losing.items():
-        if image_id in incoming_ids or image_id not in state:
+    for image_id in dict.fromkeys(list(losing) + list(gaining)):
+        if image_id in incoming_ids or image_id not in state or image_id in retired:
             continue
-        tags = sorted(set(state[image_id]["tags"] or ()) - lost)
-        decisions.append(("tags", image_id, tags))
+        stored_tags = set(state[image_id]["tags"] or ())
+        tags = sorted((stored_tags | gaining.get(image_id, set())) - losing.get(image_id, set()))
+        if tags != sorted(stored_tags):
+            decisions.append(("tags", image_id, tags))
 
     full = {r["id"]: r for r in snapshot.images(need_full).to_pylist()} if need_full else {}
     out_rows, tag_updates = [], []
@@ -1264,6 +1300,23 @@ def _check_retention(retention: timedelta, allow_short: bool) -> None:
         raise StoreError("retention cannot be negative")
     if retention < MIN_RETENTION and not allow_short:
         raise StoreError(f"retention below {MIN_RETENTION} could delete files of a run that is still writing")
+
+
+# Failures of the store's files, whatever layer reports them: pyarrow and delta-rs put the
+# operating system's words in their own messages, not always with an errno.
+_STORE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES)
+
+
+def _cause(exc: BaseException) -> str:
+    """Why the store's files cannot be written, in a few words: `no space left on device`."""
+    code = getattr(exc, "errno", None)
+    if code in _STORE_ERRNOS:
+        return os.strerror(code).lower()
+    text = str(exc).lower()
+    for known in _STORE_ERRNOS:
+        if os.strerror(known).lower() in text:
+            return os.strerror(known).lower()
+    return _first_line(exc)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -318,6 +318,15 @@ def read_table(
     return TableFiles(table, location, version, timestamp, files, columns, run_id, ranges, uniform)
 
 
+def latest_version(location: str, table: str) -> int | None:
+    """The newest committed version of a table, from one listing of its log; None without one."""
+    if not is_local(location):
+        return _read_with_deltalake(location, table, None, None).version
+    commits, checkpoints = _list_log(table, os.path.join(local_path(location), LOG_DIR))
+    versions = list(commits) + list(checkpoints)
+    return max(versions) if versions else None
+
+
 def _key_range(stats: str | None, column: str | None) -> tuple | None:
     if not stats or not column:
         return None
@@ -541,11 +550,22 @@ def resolved_sql(files: TableFiles, source: str | None = None, columns: tuple[st
     )
 
 
+# The current tags come from the images table, whose tags column every commit of a batch keeps
+# whole: a run commits images before tags, so a run killed between the two leaves the tags table
+# behind the images, never the other way. The tags table is the log of claims (who claimed a tag,
+# when, in which run), which is what "what did this tag point at last Tuesday" reads.
+def current_tags_sql(images: str = "images") -> str:
+    return f"SELECT registry, name, unnest(tags) AS tag, id AS image_id FROM {images}"
+
+
 def view_statements(store_files: dict[str, TableFiles]) -> list[str]:
     """CREATE VIEW statements: TABLE (current rows) and TABLE_versions (every row version)."""
     statements = []
     for table, files in store_files.items():
         statements.append(f"CREATE OR REPLACE VIEW {table}_versions AS {versions_sql(files)}")
+        if table == "tags" and "images" in store_files:
+            statements.append(f"CREATE OR REPLACE VIEW tags AS {current_tags_sql()}")
+            continue
         statements.append(f"CREATE OR REPLACE VIEW {table} AS {resolved_sql(files, f'{table}_versions')}")
     return statements
 

@@ -1,13 +1,18 @@
 """Where a store keeps its files. Imports nothing heavy: the lookup path reads this.
 
-    STORE/imgdex.duckdb          the embedded database, written by index runs
-    STORE/parquet -> .snapshots/ID   the Parquet snapshot of the last completed run
-    STORE/.snapshots/ID/TABLE.parquet
-    STORE/.lock                  held by the index run that is writing
+    STORE/images/_delta_log/…   STORE/images/part-….parquet     (see delta.py)
+    STORE/tags/…                STORE/runs/…
 
-Readers pin the snapshot folder they opened with a shared `flock` on the folder itself, and
-writers delete only folders they can lock exclusively. Locking a folder needs no write access,
-so a read-only copy pins as well.
+A folder of plain Parquet files (`imgdex export`: images.parquet, tags.parquet, runs.parquet) is
+read as a store too. So is a store of the first layout, until `imgdex migrate` converts it:
+
+    STORE/imgdex.duckdb          the embedded database
+    STORE/parquet -> .snapshots/ID   its Parquet snapshot
+    STORE/.snapshots/ID/TABLE.parquet
+    STORE/.lock
+
+Readers of that layout pin the snapshot folder they opened with a shared `flock` on the folder,
+as its writer deleted only folders it could lock exclusively.
 """
 
 from __future__ import annotations
@@ -23,6 +28,22 @@ LOCK = ".lock"
 TABLES = ("images", "tags", "runs")
 DEFAULT_STORE = "data"
 STORE_ENV = "IMGDEX_STORE"
+
+
+def is_table_store(store: str) -> bool:
+    """Whether `store` holds the Delta tables of this version (or is an object-storage URI, which
+    can hold nothing else)."""
+    if "://" in store and not store.startswith("file://"):
+        return True
+    store = store.removeprefix("file://")
+    return os.path.isdir(os.path.join(store, "images", "_delta_log"))
+
+
+def is_old_layout(store: str) -> bool:
+    """Whether `store` is a store of the first layout: a DuckDB file plus Parquet snapshots."""
+    if "://" in store:
+        return False
+    return os.path.isfile(os.path.join(store, DATABASE)) or snapshot_dir(store) is not None
 
 
 def default_store() -> str:

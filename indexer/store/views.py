@@ -24,8 +24,3 @@ VIEWS = {
         JOIN images b ON b.chain_id = p.chain AND b.kind = 'image'
     """,
 }
-
-
-def create_views(con) -> None:
-    for name, body in VIEWS.items():
-        con.execute(f"CREATE OR REPLACE VIEW {name} AS {body}")

@@ -10,11 +10,11 @@ from id to row: a get is then ~15 us, and the rows of a list page one take per c
 is memory: a server holding 100,000 images has ~470 MB resident (~1 KB an image of it the Arrow
 columns), ~15 MB more for each order a list asked for, and twice that for the moment of a swap.
 
-Every request runs on one snapshot from start to end: a response never mixes two index runs. A
-watcher notices a new snapshot (the `parquet` link re-pointed, or the files of a bare copy
-replaced), loads it beside the current one and swaps it in; the old database is closed when its
-last request finishes. Once loaded, nothing reads the snapshot's files again, so index runs may
-prune them freely.
+Every request runs on one snapshot from start to end: a response never mixes two versions. A
+watcher notices a new version (a commit to the images table, which carries every image's tags;
+in a bare Parquet copy or an old-layout store, the files replaced), loads it beside the current one
+and swaps it in; the old database is closed when its last request finishes. Once loaded, nothing
+reads the version's files again, so compaction and vacuum may remove them freely.
 """
 
 from __future__ import annotations
@@ -68,7 +68,14 @@ def settle() -> None:
 
 
 def snapshot_key(store: str) -> tuple | None:
-    """What identifies the store's current snapshot, cheaply: one readlink and one stat."""
+    """What identifies the store's current version, cheaply: one listing of the images table's log
+    (the images table carries every image's tags, so it alone decides what a response holds), or,
+    in the old layout, one readlink and one stat."""
+    if paths.is_table_store(store):
+        from indexer.store import deltalog
+
+        version = deltalog.latest_version(deltalog.table_location(store, "images"), "images")
+        return None if version is None else (store, "images", version)
     directory = paths.snapshot_dir(store)
     if directory is None:
         return None
@@ -104,10 +111,17 @@ class Snapshot:
     @classmethod
     def load(cls, key: tuple) -> "Snapshot":
         started = time.perf_counter()
-        path = paths.table_file(key[0], "images")
         con = duckdb.connect(":memory:")
         try:
-            source = f"read_parquet({_quote(path)}, hive_partitioning = false)"
+            if key[1:2] == ("images",):
+                from indexer.store import deltalog
+
+                files = deltalog.read_table(
+                    deltalog.table_location(key[0], "images"), table="images", version=key[2], con=con
+                )
+                source = f"({deltalog.resolved_sql(files)})"
+            else:
+                source = f"read_parquet({_quote(paths.table_file(key[0], 'images'))}, hive_partitioning = false)"
             columns = [row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()]
             keep = ", ".join('"' + c.replace('"', '""') + '"' for c in columns if c not in _NOT_LOADED)
             con.execute(f"CREATE TABLE images AS SELECT {keep} FROM {source}")
@@ -122,6 +136,9 @@ class Snapshot:
             con.close()
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise StoreError(f"cannot load snapshot {key[0]}: {first}") from None
+        except StoreError:
+            con.close()
+            raise
         return cls(key, con, images, time.perf_counter() - started, columns, index)
 
     def image_row(self, image_id: str) -> tuple | None:

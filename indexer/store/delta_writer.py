@@ -1,0 +1,243 @@
+"""An index run's writer: records in, appended Delta commits out (see `delta.py` for the tables).
+
+Each batch of records is one commit of the images and tags tables, derived by `delta.premerge` from
+the store as it is when the batch commits, so the merge rules hold against every run that committed
+before it, concurrent ones included: a batch whose keys another run wrote meanwhile starts over on a
+fresh snapshot. The run's `runs` row comes last. A killed run leaves whole batches or nothing, and a
+store this writer would create exists only once a batch has landed.
+
+The merge policy lives here and in `premerge`, and nowhere else:
+- a resource with a known manifest digest is one resource whatever its id: a record adopts the
+  imported (real) id stored for its (registry, name, digest), and an imported record retires the
+  derived id stored for it, taking its tags;
+- the more exact record wins; equally exact ones with different data merge field by field
+  (`model.merge_records`), so the result does not depend on the order of runs;
+- a tag names one manifest per repository, and the newest claim wins.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pyarrow as pa
+
+from .. import timestamps
+from ..errors import StoreError
+from ..model import ImageRecord, merge_records
+from . import paths
+from .delta import Changes, DeltaStore, Snapshot, premerge
+from .writer import _one_per_id, record_from_row, records_to_arrow, store_failure
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+class DeltaWriter:
+    """Writes one index run into a store of Delta tables. Many may write one store at once."""
+
+    def __init__(self, store: str):
+        self.store = store
+        if not paths.is_table_store(store) and paths.is_old_layout(store):
+            raise StoreError(
+                f"store {store} has the layout of imgdex 0.1 (imgdex.duckdb and Parquet snapshots); "
+                f"convert it once with `imgdex migrate --store {store}`"
+            )
+        self.run_id = uuid.uuid4().hex
+        self._tables = DeltaStore(store)
+        try:
+            self._exists = self._tables.exists()
+        except Exception as exc:  # an unreadable folder, an unreachable bucket
+            raise StoreError(f"cannot open store {store}: {store_failure(exc) or exc}") from None
+        self._touched = False
+
+    @property
+    def pristine(self) -> bool:
+        """True while this run has committed nothing to a store that did not exist before it."""
+        return not self._exists and not self._touched
+
+    def _ensure_tables(self) -> None:
+        if not self._exists:
+            self._guarded(self._tables.create)
+            self._exists = True
+
+    def _guarded(self, call, *args, **kwargs):
+        try:
+            return call(*args, **kwargs)
+        except StoreError:
+            raise
+        except OSError as exc:
+            raise StoreError(f"store {self.store}: {store_failure(exc)}") from None
+
+    def _snapshot(self) -> Snapshot | None:
+        return self._guarded(self._tables.snapshot) if self._exists else None
+
+    # ---- what an index run calls
+
+    def write(self, records: list[ImageRecord], indexed_at: datetime) -> None:
+        """One commit. StoreError when the store cannot be written; any other exception means
+        something in `records` cannot be stored, and nothing was written."""
+        if not records:
+            return
+        records = _one_per_id(records)
+        # Built once: a record that cannot become Arrow fails here, before any file is written.
+        records_to_arrow(records, indexed_at)
+
+        def prepare(snapshot: Snapshot) -> Changes:
+            adopted, retired = _adopt_ids(snapshot, records)
+            return premerge(snapshot, records_to_arrow(adopted, indexed_at), retired_images=retired, merge=_merge_rows)
+
+        self._ensure_tables()
+        self._guarded(self._tables.write_changes, self.run_id, prepare)
+        self._touched = True
+
+    def record_run(self, run: dict) -> None:
+        self._ensure_tables()
+        self._guarded(self._tables.append_run, dict(run, run_id=self.run_id))
+        self._touched = True
+
+    def finish(self) -> str:
+        """Nothing left to do: every batch committed as it was written."""
+        return self.store
+
+    # ---- for incremental registry crawls
+
+    def known_tags(self, registry: str, prefix: str = "") -> list[tuple[str, str, str]]:
+        """(name, tag, manifest digest) of every tag of `registry` under the path `prefix`."""
+        snapshot = self._snapshot()
+        if snapshot is None:
+            return []
+        return snapshot.con.execute(
+            """SELECT t.name, t.tag, i.digest FROM tags t JOIN images i ON i.id = t.image_id
+               WHERE t.registry = ? AND i.digest <> '' AND (? = '' OR t.name = ? OR starts_with(t.name, ? || '/'))""",
+            [registry, prefix, prefix, prefix],
+        ).fetchall()
+
+    def indexed_digests(self, registry: str, prefix: str = "") -> list[tuple[str, str]]:
+        """(name, manifest digest) of every exact image (exactness >= 3) of `registry` under `prefix`:
+        a registry crawl skips only those, so a less exact record gets replaced."""
+        snapshot = self._snapshot()
+        if snapshot is None:
+            return []
+        return snapshot.con.execute(
+            """SELECT DISTINCT name, digest FROM images
+               WHERE registry = ? AND digest <> '' AND exactness >= 3
+                 AND (? = '' OR name = ? OR starts_with(name, ? || '/'))""",
+            [registry, prefix, prefix, prefix],
+        ).fetchall()
+
+    def claim_tags(self, registry: str, claims: list[tuple[str, str, str]]) -> int:
+        """Point each (name, tag, digest) at the indexed image of (name, digest); returns the tags
+        moved. Claims whose manifest is not indexed are ignored. One commit, like `write`."""
+        if not claims or not self._exists:
+            return 0
+        moved = 0
+
+        def prepare(snapshot: Snapshot) -> Changes:
+            nonlocal moved
+            holders = _most_exact(snapshot, registry, {(name, digest) for name, _, digest in claims})
+            pointed = [
+                (registry, name, tag, holders[(name, digest)])
+                for name, tag, digest in claims
+                if (name, digest) in holders
+            ]
+            moved = len(pointed)
+            return premerge(snapshot, None, claims=pointed)
+
+        self._guarded(self._tables.write_changes, self.run_id, prepare)
+        self._touched = True
+        return moved
+
+    def retire_tags(self, registry: str, name: str, tags: list[str]) -> None:
+        """Remove tags that vanished from a repository. Their images stay, untagged if it was the last."""
+        if not tags or not self._exists:
+            return
+        keys = [(registry, name, tag) for tag in tags]
+        self._guarded(
+            self._tables.write_changes, self.run_id, lambda snapshot: premerge(snapshot, None, retired_tags=keys)
+        )
+        self._touched = True
+
+    def close(self, *, quiet: bool = False) -> None:
+        self._tables.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, traceback):
+        self.close(quiet=exc_type is not None)
+
+
+def _adopt_ids(snapshot: Snapshot, records: list[ImageRecord]) -> tuple[list[ImageRecord], list[str]]:
+    """Records with the imported ids the store holds for their manifests, and the derived ids that
+    imported records replace (their tags move to the imported id)."""
+    keyed = [r for r in records if r.digest]
+    if not keyed:
+        return records, []
+    con = snapshot.con
+    con.register("incoming_keys", pa.table({"digest": pa.array(sorted({r.digest for r in keyed}), pa.string())}))
+    try:
+        stored = con.execute(
+            """SELECT id, registry, name, digest, id_origin, tags FROM images
+               WHERE id IN (SELECT id FROM images_versions WHERE digest IN (SELECT digest FROM incoming_keys))"""
+        ).fetchall()
+    finally:
+        con.unregister("incoming_keys")
+    if not stored:
+        return records, []
+    imported = {
+        (reg, name, digest): image_id for image_id, reg, name, digest, origin, _ in stored if origin == "imported"
+    }
+    derived: dict[tuple, list[tuple[str, tuple]]] = {}
+    for image_id, reg, name, digest, origin, tags in stored:
+        if origin != "imported":
+            derived.setdefault((reg, name, digest), []).append((image_id, tuple(tags or ())))
+    out, retired = [], []
+    for record in records:
+        key = (record.registry, record.name, record.digest)
+        if not record.digest:
+            out.append(record)
+        elif record.id_origin != "imported" and key in imported and imported[key] != record.id:
+            out.append(dataclasses.replace(record, id=imported[key], id_origin="imported"))
+        elif record.id_origin == "imported" and key in derived:
+            replaced = [(i, t) for i, t in derived[key] if i != record.id]
+            retired += [i for i, _ in replaced]
+            tags = {t for _, held in replaced for t in held} | set(record.tags)
+            out.append(dataclasses.replace(record, tags=tuple(sorted(tags))))
+        else:
+            out.append(record)
+    return _one_per_id(out), retired
+
+
+def _most_exact(snapshot: Snapshot, registry: str, wanted: set[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """The id of the most exact current image of each (name, digest) of `registry` in `wanted`."""
+    if not wanted:
+        return {}
+    con = snapshot.con
+    con.register("wanted_manifests", pa.table({"digest": pa.array(sorted({d for _, d in wanted}), pa.string())}))
+    try:
+        rows = con.execute(
+            """SELECT name, digest, arg_max(id, exactness) FROM images
+               WHERE id IN (SELECT id FROM images_versions WHERE digest IN (SELECT digest FROM wanted_manifests))
+                 AND registry = ?
+               GROUP BY name, digest""",
+            [registry],
+        ).fetchall()
+    finally:
+        con.unregister("wanted_manifests")
+    return {(name, digest): image_id for name, digest, image_id in rows if (name, digest) in wanted}
+
+
+def _merge_rows(stored: dict, incoming: dict) -> dict:
+    """`premerge`'s field-by-field merge of two equally exact rows, by `model.merge_records`."""
+    merged = merge_records(record_from_row(stored), record_from_row(incoming))
+    row = records_to_arrow([merged], incoming["indexed_at"]).drop_columns(["created_at"]).to_pylist()[0]
+    row["created_at"] = _microseconds(merged.created)
+    return row
+
+
+def _microseconds(created: str | None) -> datetime | None:
+    # Floored, as the table stores every created_at (Delta keeps microseconds only).
+    if not created:
+        return None
+    return _EPOCH + timedelta(microseconds=timestamps.epoch_nanos(created) // 1000)

@@ -1,0 +1,233 @@
+"""The store on Delta tables, end to end through the CLI: history and --as-of, compact, migrate from
+the first layout, several index runs at once, and a run killed with SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from builders import Blobs, named, write_dir
+from conftest import sample_sources
+
+from indexer.store import paths
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def layout(root: str, images: dict[str, bytes]) -> str:
+    """An OCI layout whose `org.opencontainers.image.ref.name` tags point at images built from the
+    given layer bytes (one distinct image per distinct value)."""
+    blobs = Blobs()
+    top = [named(blobs.image(layers=(layer,)), ref) for ref, layer in images.items()]
+    return write_dir(root, blobs.layout_files(top))
+
+
+def as_json(result) -> dict | list:
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def current(run_cli, store, *extra) -> dict:
+    """id -> (name, tags) of every image, as `list` prints it."""
+    doc = as_json(run_cli("list", "--store", store, "--page-size", "1000", "--format", "json", *extra))
+    return {image["id"]: (image.get("name", ""), tuple(image.get("tags", []))) for image in doc.get("images", [])}
+
+
+def test_history_and_as_of_answer_what_a_tag_pointed_at_then(run_cli, tmp_path):
+    store = str(tmp_path / "store")
+    first = layout(str(tmp_path / "one"), {"v1": b"old"})
+    second = layout(str(tmp_path / "two"), {"v1": b"new"})
+    args = ["--registry", "cr.example", "--repository", "team/app"]
+    assert run_cli("index", "--store", store, *args, f"oci:{first}").exit_code == 0
+    then = current(run_cli, store)
+    time.sleep(0.05)
+    middle = time.time()
+    time.sleep(0.05)
+    assert run_cli("index", "--store", store, *args, f"oci:{second}").exit_code == 0
+    now = current(run_cli, store)
+    assert [tags for _, tags in then.values()] == [("v1",)]
+    # the tag moved to the new image; the old one stays, untagged
+    assert sorted(tags for _, tags in now.values()) == [(), ("v1",)]
+    moved_to = next(i for i, (_, tags) in now.items() if tags)
+    assert moved_to not in then
+
+    versions = as_json(run_cli("history", "--store", store, "--format", "json"))["versions"]
+    images = [v for v in versions if v["table"] == "images" and v["operation"] == "append"]
+    assert len(images) == 2 and images[0]["version"] > images[1]["version"]
+    assert {v["run"] for v in versions if v["operation"] == "append"} == {images[0]["run"], images[1]["run"]}
+
+    old_version = str(images[1]["version"])
+    assert current(run_cli, store, "--as-of", old_version) == then
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(middle)) + f".{int(middle % 1 * 1e6):06d}Z"
+    assert current(run_cli, store, "--as-of", stamp) == then
+    got = as_json(run_cli("get", "cr.example/team/app:v1", "--store", store, "--as-of", old_version))
+    assert got["id"] in then
+    assert as_json(run_cli("get", "cr.example/team/app:v1", "--store", store))["id"] == moved_to
+    counts = run_cli(
+        "sql", "SELECT count(*) AS n FROM images", "--store", store, "--as-of", old_version, "--format", "json"
+    )
+    assert json.loads(counts.output) == {"n": 1}
+
+    bad = run_cli("list", "--store", store, "--as-of", "last tuesday")
+    assert bad.exit_code == 2 and "neither a version number nor an ISO 8601 time" in bad.output
+    early = run_cli("list", "--store", store, "--as-of", "2001-01-01T00:00:00Z")
+    assert early.exit_code == 1 and early.output.count("\n") == 1 and "Traceback" not in early.output
+
+
+def test_a_recrawl_that_finds_nothing_new_writes_only_its_run_record(run_cli, tmp_path):
+    store = str(tmp_path / "store")
+    assert run_cli("index", "--store", store, *sample_sources()).exit_code == 0
+    before = as_json(run_cli("history", "--store", store, "--format", "json"))["versions"]
+    assert run_cli("index", "--store", store, *sample_sources()).exit_code == 0
+    after = as_json(run_cli("history", "--store", store, "--format", "json"))["versions"]
+    added = [v for v in after if v not in before]
+    assert [(v["table"], v["operation"]) for v in added] == [("runs", "append")]
+
+
+def test_compact_keeps_every_answer_and_leaves_one_file_per_table(run_cli, tmp_path):
+    store = str(tmp_path / "store")
+    for source in sample_sources():
+        assert run_cli("index", "--store", store, source).exit_code == 0
+    before = current(run_cli, store)
+    documents = {i: as_json(run_cli("get", i, "--store", store)) for i in before}
+    result = run_cli("compact", "--store", store, "--retention", "0", "--allow-short-retention")
+    outcome = as_json(result)
+    assert outcome["images"]["files_after"] == 1 and outcome["images"]["files_before"] == len(sample_sources())
+    assert current(run_cli, store) == before
+    assert {i: as_json(run_cli("get", i, "--store", store)) for i in before} == documents
+    parquet = [n for n in os.listdir(os.path.join(store, "images")) if n.endswith(".parquet")]
+    assert len(parquet) == 1  # vacuumed: nothing but the compacted file is left
+    refused = run_cli("compact", "--store", store, "--retention", "10m")
+    assert refused.exit_code == 1 and "retention" in refused.output
+
+
+OLD_STORE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "old-store")
+
+
+def _old_store(store: str, form: str) -> None:
+    """A store in the first layout (see tests/fixtures/README.md): its database and Parquet
+    snapshot, or a bare copy of the snapshot's Parquet files."""
+    import duckdb
+
+    os.makedirs(store)
+    if form == "bare":
+        for table in paths.TABLES:
+            shutil.copy(paths.table_file(OLD_STORE, table), store)
+        return
+    snapshot = os.path.join(store, paths.SNAPSHOTS, "1")
+    os.makedirs(snapshot)
+    with duckdb.connect(os.path.join(store, paths.DATABASE)) as con:
+        for table in paths.TABLES:
+            shutil.copy(paths.table_file(OLD_STORE, table), snapshot)
+            con.execute(f"CREATE TABLE {table} AS SELECT * FROM '{paths.table_file(OLD_STORE, table)}'")
+    os.symlink(os.path.join(paths.SNAPSHOTS, "1"), os.path.join(store, paths.SNAPSHOT_LINK))
+
+
+@pytest.mark.parametrize("form", ["database", "bare"])
+def test_migrate_converts_the_first_layout_in_place_with_the_same_answers(run_cli, tmp_path, form):
+    store = str(tmp_path / "old")
+    _old_store(store, form)
+    before = current(run_cli, store)
+    documents = {i: as_json(run_cli("get", i, "--store", store)) for i in before}
+    runs_before = run_cli("sql", "SELECT run_id, images_indexed FROM runs", "--store", store, "--format", "json").output
+
+    refused = run_cli("index", "--store", store, sample_sources()[0])
+    assert refused.exit_code == 1 and "imgdex migrate" in refused.output and refused.output.count("\n") == 1
+    history = run_cli("history", "--store", store)
+    assert history.exit_code == 1 and "imgdex migrate" in history.output
+
+    result = run_cli("migrate", "--store", store)
+    assert result.exit_code == 0, result.output
+    assert f"{len(before)} images" in result.output
+    assert sorted(os.listdir(store)) == ["images", "runs", "tags"]
+    assert current(run_cli, store) == before
+    assert {i: as_json(run_cli("get", i, "--store", store)) for i in before} == documents
+    runs_after = run_cli("sql", "SELECT run_id, images_indexed FROM runs", "--store", store, "--format", "json").output
+    assert runs_after == runs_before
+    # and the store takes runs again
+    assert run_cli("index", "--store", store, "--repository", "samples/app", *sample_sources()).exit_code == 0
+    assert current(run_cli, store) == before
+    again = run_cli("migrate", "--store", store)
+    assert again.exit_code == 1 and "already" in again.output
+
+
+def test_migrate_refuses_a_folder_that_holds_no_store(run_cli, tmp_path):
+    result = run_cli("migrate", "--store", str(tmp_path))
+    assert result.exit_code == 1 and "no store to migrate" in result.output
+
+
+def _index_process(store: str, *sources: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "queries.cli", "index", "--store", store, *sources],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _tag_layouts(tmp_path) -> list[str]:
+    """Four layouts that share images and move the same tags between them."""
+    specs = [
+        {"a": b"1", "b": b"2", "shared": b"s"},
+        {"a": b"3", "c": b"4", "shared": b"s"},
+        {"b": b"1", "c": b"5", "d": b"6"},
+        {"a": b"1", "d": b"7", "shared": b"s2"},
+    ]
+    return [f"oci:{layout(str(tmp_path / f'l{n}'), spec)}" for n, spec in enumerate(specs)]
+
+
+def test_four_index_runs_at_once_all_land(run_cli, tmp_path):
+    """Overlapping images and tag moves, four processes at once: every image lands, every run is
+    recorded, and each tag points at an image that one of the runs gave it (which one depends on the
+    order of commits, as with runs one after another)."""
+    sources = _tag_layouts(tmp_path)
+    store = str(tmp_path / "store")
+    procs = [_index_process(store, "--repository", "team/app", source) for source in sources]
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    together = current(run_cli, store)
+
+    sequential = str(tmp_path / "sequential")
+    for source in sources:
+        assert run_cli("index", "--store", sequential, "--repository", "team/app", source).exit_code == 0
+    one_by_one = current(run_cli, sequential)
+    assert set(together) == set(one_by_one)
+    tags = [tag for _, held in together.values() for tag in held]
+    assert sorted(tags) == sorted(set(tags)) == ["a", "b", "c", "d", "shared"]
+    runs = json.loads(run_cli("sql", "SELECT count(*) AS n FROM runs", "--store", store, "--format", "json").output)
+    assert runs == {"n": 4}
+
+
+def test_an_index_run_killed_at_any_moment_leaves_a_readable_store(run_cli, tmp_path):
+    sources = _tag_layouts(tmp_path)
+    store = str(tmp_path / "store")
+    assert run_cli("index", "--store", store, "--repository", "team/app", sources[0]).exit_code == 0
+    baseline = current(run_cli, store)
+    for delay in (0.05, 0.2, 0.4, 0.8, 1.2):
+        proc = _index_process(store, "--repository", "team/app", *sources[1:])
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        state = current(run_cli, store)
+        assert set(baseline) <= set(state)
+        tags = [tag for _, held in state.values() for tag in held]
+        assert len(tags) == len(set(tags))  # a tag names one image, whatever was cut short
+    assert run_cli("index", "--store", store, "--repository", "team/app", *sources[1:]).exit_code == 0
+    reference = str(tmp_path / "reference")
+    for source in sources:
+        assert run_cli("index", "--store", reference, "--repository", "team/app", source).exit_code == 0
+    assert set(current(run_cli, store)) == set(current(run_cli, reference))
+
+
+@pytest.mark.parametrize("command", ["history", "compact"])
+def test_maintenance_commands_on_a_missing_store_say_so(run_cli, tmp_path, command):
+    result = run_cli(command, "--store", str(tmp_path / "nothing"))
+    assert result.exit_code == 1 and "no image store" in result.output
