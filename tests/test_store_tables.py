@@ -231,3 +231,26 @@ def test_an_index_run_killed_at_any_moment_leaves_a_readable_store(run_cli, tmp_
 def test_maintenance_commands_on_a_missing_store_say_so(run_cli, tmp_path, command):
     result = run_cli(command, "--store", str(tmp_path / "nothing"))
     assert result.exit_code == 1 and "no image store" in result.output
+
+
+def test_a_store_of_a_newer_schema_version_is_refused_in_one_line(run_cli, tmp_path):
+    from deltalake import DeltaTable
+
+    from indexer.store import deltalog
+
+    store = str(tmp_path / "store")
+    assert run_cli("index", "--store", store, sample_sources()[0]).exit_code == 0
+    version = json.loads(
+        run_cli("sql", "SELECT count(*) AS n FROM images", "--store", store, "--format", "json").output
+    )
+    assert version["n"] > 0
+    table = DeltaTable(os.path.join(store, "images"))
+    assert table.metadata().configuration[deltalog.SCHEMA_VERSION_PROPERTY] == str(deltalog.SCHEMA_VERSION)
+    table.alter.set_table_properties(
+        {deltalog.SCHEMA_VERSION_PROPERTY: str(deltalog.SCHEMA_VERSION + 1)}, raise_if_not_exists=False
+    )
+    for args in (("list",), ("sql", "SELECT 1"), ("index", sample_sources()[0]), ("history",)):
+        result = run_cli(*args, "--store", store)
+        assert result.exit_code == 1, args
+        [line] = result.output.splitlines()
+        assert "written by a newer imgdex" in line and "Traceback" not in result.output, args

@@ -407,7 +407,15 @@ class DeltaStore:
     # -- creation
 
     def exists(self) -> bool:
-        return all(DeltaTable.is_deltatable(self.location(t), self.storage_options or None) for t in TABLES)
+        """Whether every table exists; StoreError when one was written by a newer imgdex."""
+        if not all(DeltaTable.is_deltatable(self.location(t), self.storage_options or None) for t in TABLES):
+            return False
+        self._check_schema_versions(TABLES)
+        return True
+
+    def _check_schema_versions(self, tables: Sequence[str]) -> None:
+        for table in tables:
+            deltalog.check_schema_version(table, dict(self._delta(table).metadata().configuration or {}))
 
     def create(self) -> None:
         """Create whichever tables do not exist yet. Safe when several processes do it at once."""
@@ -434,6 +442,20 @@ class DeltaStore:
                     raise StoreError(f"cannot create table {table} in {self.store}: {_first_line(exc)}") from None
             except OSError as exc:
                 raise StoreError(f"cannot create table {table} in {self.store}: {exc.strerror or exc}") from None
+            self._mark_schema_version(table)
+
+    def _mark_schema_version(self, table: str) -> None:
+        # delta-rs refuses properties it does not know at creation, but sets them afterwards.
+        dt = self._delta(table)
+        if deltalog.SCHEMA_VERSION_PROPERTY in (dt.metadata().configuration or {}):
+            return
+        try:
+            dt.alter.set_table_properties(
+                {deltalog.SCHEMA_VERSION_PROPERTY: str(deltalog.SCHEMA_VERSION)}, raise_if_not_exists=False
+            )
+        except (CommitFailedError, DeltaError) as exc:
+            if deltalog.SCHEMA_VERSION_PROPERTY not in (self._delta(table).metadata().configuration or {}):
+                raise StoreError(f"cannot create table {table} in {self.store}: {_first_line(exc)}") from None
 
     def _add_new_columns(self, table: str) -> None:
         """Columns added to `schema.py` since the table was created are added to it (files written
@@ -818,6 +840,7 @@ class DeltaStore:
         during compaction keep their files: the compaction commit removes only what it read, and
         it starts over when another compaction removed the same files first."""
         _check_retention(retention, allow_short_retention)
+        self._check_schema_versions(tables)
         now = now or datetime.now(timezone.utc)
         report = {}
         for table in tables:
@@ -1005,6 +1028,7 @@ class DeltaStore:
 
     def history(self, *, tables: Sequence[str] = TABLES, limit: int | None = None) -> list[HistoryEntry]:
         """Every commit of the tables, newest first: time, operation, run id and row counts."""
+        self._check_schema_versions(tables)
         entries = []
         for table in tables:
             for info in self._delta(table).history(limit):

@@ -42,6 +42,26 @@ VERSION_COLUMNS = (WRITTEN_AT, RUN_ID, TOMBSTONE, CONTENT_HASH, TAGS_ONLY, TAGS_
 
 # Table property set while some files predate the table's last added column (until compaction).
 MIXED_SCHEMAS = "imgdex.mixedSchemas"
+# The store's layout version, a table property of each table. 1 was the DuckDB database with Parquet
+# snapshots (`imgdex migrate` converts it); 2 are these tables, whose columns only ever grow (new
+# ones are added when a run opens the store). A version above this one means a newer imgdex changed
+# the layout in a way this one cannot read right, so it is refused rather than guessed at.
+SCHEMA_VERSION_PROPERTY = "imgdex.schemaVersion"
+SCHEMA_VERSION = 2
+
+
+def check_schema_version(table: str, configuration: dict) -> None:
+    text = configuration.get(SCHEMA_VERSION_PROPERTY) or str(SCHEMA_VERSION)
+    try:
+        version = int(text)
+    except ValueError:
+        version = SCHEMA_VERSION + 1
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"table {table} has store schema version {text}, written by a newer imgdex; "
+            f"this one reads version {SCHEMA_VERSION} (upgrade imgdex)"
+        )
+
 
 # A tombstone of an image carries this exactness, above any record's, so that the resolution
 # rule retires the id for good: an id replaced by an imported one is never used again.
@@ -168,6 +188,7 @@ class _Replay:
             raise StoreError(f"table {self.table} needs reader features {refused}, which this reader refuses")
         if metadata.get("partitionColumns"):
             raise StoreError(f"table {self.table} is partitioned, which this reader refuses")
+        check_schema_version(self.table, configuration)
 
     def path(self, relative: str) -> str:
         if urlparse(relative).scheme:
@@ -366,6 +387,7 @@ def _read_with_deltalake(location: str, table: str, version, as_of) -> TableFile
         protocol = dt.protocol()
         if protocol.min_reader_version > 1 or protocol.reader_features:
             raise StoreError(f"table {table} needs Delta reader features this reader refuses")
+        check_schema_version(table, dict(dt.metadata().configuration or {}))
         metadata = {"schemaString": dt.schema().to_json()}
         info = dt.history(1)[0] if version is None and as_of is None else {}
         return TableFiles(
