@@ -14,7 +14,7 @@ import sys
 import click
 
 from indexer.errors import ImgdexError
-from indexer.identifiers import DEFAULT_PLATFORM
+from indexer.identifiers import DEFAULT_PLATFORM, ID_RE
 from indexer.store.paths import default_store
 
 
@@ -360,6 +360,13 @@ def get(image, store, fmt, platform, ids_from, as_of):
     if (image is None) == (ids_from is None):
         raise click.UsageError("give either IMAGE or --ids-from")
     lookup.parse_platform(platform)
+    if ids_from is None and ID_RE.fullmatch(image):
+        # Most gets name an id: look in the files that may hold it first, the whole store only if
+        # it is not there (a reference can look like an id).
+        row = lookup.by_id(engine.connect(store, tables=("images",), as_of=as_of, key=image), image)
+        if row is not None:
+            _echo_document(render.to_response(row), fmt)
+            return
     con = engine.connect(store, tables=("images", "tags"), as_of=as_of)
     if ids_from is not None:
         _get_batch(con, ids_from, platform)

@@ -184,7 +184,7 @@ def _over_database(store: str, database: str) -> Reader:
     return Reader(con, store, [database], None)
 
 
-def _over_tables(store: str, tables: tuple[str, ...], as_of) -> Reader:
+def _over_tables(store: str, tables: tuple[str, ...], as_of, key: str | None = None) -> Reader:
     from indexer.store import deltalog
 
     version = None
@@ -195,6 +195,9 @@ def _over_tables(store: str, tables: tuple[str, ...], as_of) -> Reader:
     con = duckdb.connect()
     try:
         files = deltalog.read_store(store, version=version, as_of=as_of, tables=tables, con=con)
+        if key is not None:
+            # Only the files whose id range holds `key` (Delta statistics): after compaction one.
+            files["images"] = files["images"].for_key(key)
         # created_at is a TIMESTAMPTZ here: shown in UTC, whatever the machine's zone.
         script = ["SET TimeZone = 'UTC';"] + [statement + ";" for statement in deltalog.view_statements(files)]
         if set(paths.TABLES) <= set(tables):
@@ -212,14 +215,15 @@ def _over_tables(store: str, tables: tuple[str, ...], as_of) -> Reader:
     return Reader(con, store, allowed if deltalog.is_local(store) else [], None)
 
 
-def connect(store: str, tables: tuple[str, ...] = paths.TABLES, *, as_of=None) -> Reader:
+def connect(store: str, tables: tuple[str, ...] = paths.TABLES, *, as_of=None, key: str | None = None) -> Reader:
     """A Reader over the store's current version (or the one `as_of` names: a version number of
     the images table, or a time), pinned until the Reader is closed or collected.
 
     `tables` limits the views to what a command reads: each view costs a Parquet footer read.
+    `key`: the reader answers only about the image with this id (a get by id reads fewer files).
     """
     if paths.is_table_store(store):
-        return _over_tables(store, tables, as_of)
+        return _over_tables(store, tables, as_of, key)
     if as_of is not None and (paths.is_old_layout(store)):
         raise StoreError(f"store {store} keeps no history in its old layout; convert it with `imgdex migrate`")
     pinned = paths.pin_snapshot(store)

@@ -254,3 +254,24 @@ def test_a_store_of_a_newer_schema_version_is_refused_in_one_line(run_cli, tmp_p
         assert result.exit_code == 1, args
         [line] = result.output.splitlines()
         assert "written by a newer imgdex" in line and "Traceback" not in result.output, args
+
+
+def test_get_by_id_reads_the_files_that_may_hold_it_and_falls_back_to_references(run_cli, tmp_path):
+    """Each data file's id range is in the Delta log; a get by id opens only the files whose range
+    holds it. A query shaped like an id that names a repository still finds its image."""
+    from queries import engine
+
+    store = str(tmp_path / "store")
+    assert run_cli("index", "--store", store, "--repository", "samples/app", *sample_sources()).exit_code == 0
+    lookalike = "crp0123456789abcdefg"
+    source = layout(str(tmp_path / "lookalike"), {"latest": b"x"})
+    assert run_cli("index", "--store", store, "--repository", lookalike, f"oci:{source}").exit_code == 0
+    ids = sorted(current(run_cli, store))
+    whole = engine.connect(store, tables=("images",))
+    narrowed = engine.connect(store, tables=("images",), key=ids[0])
+    assert narrowed._files and len(narrowed._files) < len(whole._files)
+    for image_id in ids:
+        got = as_json(run_cli("get", image_id, "--store", store))
+        assert got["id"] == image_id
+    by_name = as_json(run_cli("get", lookalike, "--store", store))
+    assert by_name["name"] == lookalike
