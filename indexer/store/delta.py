@@ -691,7 +691,10 @@ class DeltaStore:
     ) -> AddAction:
         """One data file from a table or a stream of pieces (written as they come, so a compacted
         file never sits whole in memory), and its add action with Delta statistics."""
-        name = f"part-{int(time.time() * 1e6):016d}-{uuid.uuid4().hex}.zstd.parquet"
+        # Compaction's files (the only ones that change no data) are known by their name: readers
+        # take their rows as they are (deltalog.COMPACTED_PREFIX).
+        prefix = "part-" if data_change else deltalog.COMPACTED_PREFIX
+        name = f"{prefix}{int(time.time() * 1e6):016d}-{uuid.uuid4().hex}.zstd.parquet"
         path = f"{self._table_dir(table)}/{name}"
         target = DELTA_SCHEMAS[table]
         no_dictionary = _NO_DICTIONARY.get(table, set())

@@ -539,12 +539,56 @@ def versions_sql(files: TableFiles, *, positions: bool = False) -> str:
     )
 
 
+# Data files written by compaction are named so (see delta.py): together they hold at most one row
+# per key, none of them tags-only, so a key that no later file touches needs no resolution.
+COMPACTED_PREFIX = "compact-"
+
+
+def _split(files: TableFiles) -> tuple[TableFiles, TableFiles]:
+    """(compacted, appended): the files of the last compaction, and those appended since."""
+    ranges = files.key_ranges if len(files.key_ranges) == len(files.files) else (None,) * len(files.files)
+    pairs = list(zip(files.files, ranges, strict=True))
+
+    def part(keep: bool) -> TableFiles:
+        chosen = [(f, r) for f, r in pairs if os.path.basename(f).startswith(COMPACTED_PREFIX) == keep]
+        return dataclasses.replace(files, files=tuple(f for f, _ in chosen), key_ranges=tuple(r for _, r in chosen))
+
+    return part(True), part(False)
+
+
+def _resolved_after_compaction(
+    files: TableFiles, compacted: TableFiles, appended: TableFiles, columns: tuple[str, ...] | None
+) -> str:
+    """The current rows, reading each key of the compacted files as it is unless an appended file
+    touches it: only those keys (few, between two compactions) go through the resolution window."""
+    keys, _ = RESOLUTION[files.table]
+    names = columns or tuple(n for n, _ in files.columns if n not in VERSION_COLUMNS)
+    public = ", ".join(_ident(n) for n in names)
+    key_list = ", ".join(keys)
+    alive = f"NOT coalesce({TOMBSTONE}, false)"
+    base = f"({versions_sql(compacted)})"
+    if not appended.files:
+        return f"SELECT {public} FROM {base} AS v WHERE {alive}"
+    recent = f"({versions_sql(appended)})"
+    touched = f"(SELECT DISTINCT {key_list} FROM {recent} AS r)"
+    untouched = f"SELECT {public} FROM {base} AS v ANTI JOIN {touched} AS t USING ({key_list}) WHERE {alive}"
+    versions = (
+        f"(SELECT v.* FROM {base} AS v SEMI JOIN {touched} AS t USING ({key_list}) "
+        f"UNION ALL BY NAME SELECT * FROM {recent} AS r)"
+    )
+    return f"{untouched} UNION ALL {resolved_sql(files, versions, names)}"
+
+
 def resolved_sql(files: TableFiles, source: str | None = None, columns: tuple[str, ...] | None = None) -> str:
     """The current rows of the table: for images, per id the data row with the highest exactness,
     then the newest write (written_at, then run_id), with the tags of the id's newest row (data or
     tags-only); for tags, per (registry, name, tag) the newest claim.
     A winning tombstone removes the key. The store's own columns are left out. `source` replaces
     the table's files (any relation with the same columns); `columns` the columns returned."""
+    if source is None and files.table in RESOLUTION:
+        compacted, appended = _split(files)
+        if compacted.files:
+            return _resolved_after_compaction(files, compacted, appended, columns)
     source = source or f"({versions_sql(files)})"
     if files.table not in RESOLUTION:
         # runs keeps every row, and its run_id is its own column
@@ -588,7 +632,7 @@ def view_statements(store_files: dict[str, TableFiles]) -> list[str]:
         if table == "tags" and "images" in store_files:
             statements.append(f"CREATE OR REPLACE VIEW tags AS {current_tags_sql()}")
             continue
-        statements.append(f"CREATE OR REPLACE VIEW {table} AS {resolved_sql(files, f'{table}_versions')}")
+        statements.append(f"CREATE OR REPLACE VIEW {table} AS {resolved_sql(files)}")
     return statements
 
 
