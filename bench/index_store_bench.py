@@ -3,6 +3,7 @@
     python bench/index_store_bench.py                   # a 1,000,000-image store (about 5 minutes here)
     python bench/index_store_bench.py --rows 100000     # a quicker pass
     python bench/index_store_bench.py --json out.json
+    python bench/index_store_bench.py --skip-index --compacted   # only the reads, as loaded and compacted
 
 The store is the load phase of bench/store_bench.py: the same synthetic images (its Arrow input file
 is reused from --input-dir when it is there), written by DeltaStore as one streamed run, not
@@ -15,7 +16,8 @@ Measured, with the console script beside this interpreter (`.venv/bin/imgdex`, n
   and the plain-parse floor of the layout (bench/floor.py) for reference;
 - `imgdex index docker-archive:PATH` of one docker-save archive, the same way;
 - cold `imgdex get ID` and `imgdex list --page-size 100` (first page) on the large store, against
-  `python -c "import duckdb"`.
+  `python -c "import duckdb"`; with --compacted also `imgdex compact` of a copy of the store, and
+  the same reads on that copy.
 
 Each index run into the large store goes into its own copy of it (data files hard-linked, which runs
 never rewrite; `_delta_log` copied), made outside the timed part. Repetitions interleave the command
@@ -189,13 +191,13 @@ def bench_index(args, label: str, source: str, floor_seconds: float | None, expe
     shutil.rmtree(empty, ignore_errors=True)
 
 
-def bench_reads(args) -> None:
+def bench_reads(args, store: str, what: str) -> None:
     imgdex = imgdex_script()
     image_id = store_bench._image_id(12345)
     commands = {
         "floor": [sys.executable, "-c", "import duckdb"],
-        "get": [*imgdex, "get", image_id, "--store", args.base],
-        "list": [*imgdex, "list", "--page-size", "100", "--store", args.base],
+        "get": [*imgdex, "get", image_id, "--store", store],
+        "list": [*imgdex, "list", "--page-size", "100", "--store", store],
     }
     # once each, untimed: page cache and .pyc
     outputs = {name: run(cmd, capture=True)[2] for name, cmd in commands.items()}
@@ -211,7 +213,7 @@ def bench_reads(args) -> None:
     med = {name: statistics.median(v) for name, v in walls.items()}
     n = f"{args.rows:,}"
     report(
-        f"cold imgdex get ID on the {n}-image store (new process, median of {args.cold_runs})",
+        f"cold imgdex get ID on the {n}-image store, {what} (new process, median of {args.cold_runs})",
         med["get"],
         "s",
         med["floor"],
@@ -219,7 +221,7 @@ def bench_reads(args) -> None:
         peak_rss_mib=peak["get"],
     )
     report(
-        f"cold imgdex list --page-size 100, first page, on the {n}-image store (median of {args.cold_runs})",
+        f"cold imgdex list --page-size 100, first page, on the {n}-image store, {what} (median of {args.cold_runs})",
         med["list"],
         "s",
         med["floor"],
@@ -227,6 +229,13 @@ def bench_reads(args) -> None:
         peak_rss_mib=peak["list"],
         listed=len(listed.get("images", [])) if isinstance(listed, dict) else -1,
     )
+
+
+def load_files(store: str) -> int:
+    """Data files in the current version of the images table."""
+    from indexer.store import deltalog
+
+    return len(deltalog.read_table(os.path.join(store, "images")).files)
 
 
 def main() -> int:
@@ -238,6 +247,8 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=1000, help="images in the OCI layout")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--cold-runs", type=int, default=11)
+    parser.add_argument("--skip-index", action="store_true", help="only the reads")
+    parser.add_argument("--compacted", action="store_true", help="also the reads on a compacted copy of the store")
     parser.add_argument("--json")
     args = parser.parse_args()
     os.makedirs(args.dir, exist_ok=True)
@@ -266,9 +277,22 @@ def main() -> int:
     archive = os.path.join(archives, sorted(os.listdir(archives))[0])
 
     parse_floor = statistics.median(floor.floor_oci_layout(layout)[1] for _ in range(args.repeat))
-    bench_index(args, f"oci:LAYOUT of {args.images:,} new images", f"oci:{layout}", parse_floor, args.images)
-    bench_index(args, "docker-archive: of one image", f"docker-archive:{archive}", None, 1)
-    bench_reads(args)
+    if not args.skip_index:
+        bench_index(args, f"oci:LAYOUT of {args.images:,} new images", f"oci:{layout}", parse_floor, args.images)
+        bench_index(args, "docker-archive: of one image", f"docker-archive:{archive}", None, 1)
+    bench_reads(args, args.base, f"as loaded ({load_files(args.base)} data files, not compacted)")
+    if args.compacted:
+        compacted = os.path.join(args.dir, "compacted")
+        clone_store(args.base, compacted)
+        wall, rss, _ = run([*imgdex_script(), "compact", "--store", compacted])
+        report(
+            f"imgdex compact of the {args.rows:,}-image store (whole process, vacuum included)",
+            wall,
+            "s",
+            peak_rss_mib=rss,
+        )
+        bench_reads(args, compacted, f"compacted ({load_files(compacted)} data files)")
+        shutil.rmtree(compacted, ignore_errors=True)
 
     if args.json:
         with open(args.json, "w") as f:

@@ -12,7 +12,7 @@ from .errors import ImgdexError, SourceError, StoreError, printable
 from .model import ImageRecord, merge_records
 from .references import redact_userinfo
 from .shard import Shard
-from .sources import parse_source
+from .sources import SourceOptions, parse_source
 from .sources.parse import Context
 
 BATCH = 5000
@@ -35,33 +35,24 @@ def index_sources(
     specs: Iterable[str],
     writer,
     *,
+    options: SourceOptions | None = None,
     registry: str = "",
     repository: str = "",
+    verify: bool = False,
+    shard: Shard | None = None,
     on_error: Callable[[str], None] = lambda message: None,
     on_note: Callable[[str], None] = lambda message: None,
     on_image: Callable[[ImageRecord], None] = lambda record: None,
     on_source: Callable[[str], None] = lambda spec: None,
-    verify: bool = False,
-    docker_host: str = "",
-    all_images: bool = False,
-    repository_prefix: str = "",
-    username: str = "",
-    password: str | None = None,
-    tls_verify: bool = True,
-    ca_cert: str = "",
-    insecure_registries: Iterable[str] = (),
-    jobs: int = 8,
-    http_timeout: float = 30.0,
-    shard: Shard | None = None,
 ) -> RunSummary:
     """Index every source into `writer` (a DeltaWriter); failures are counted, never raised.
 
-    `docker_host` and `all_images` apply to `docker-daemon:` sources only; `repository_prefix`
-    to whole-registry `docker://HOST` crawls; the credentials, TLS settings, `jobs` and
-    `http_timeout` to every `docker://` source; `shard` (--shard K/N) to every source.
+    Each source takes its own settings from `options` (see sources.SourceOptions); `registry`,
+    `repository`, `verify` and `shard` (--shard K/N) apply to every source.
     """
     from .store.writer import now_utc
 
+    options = options or SourceOptions()
     started = time.monotonic()
     started_at = now_utc()
     summary = RunSummary()
@@ -102,27 +93,11 @@ def index_sources(
             claims.clear()
 
     spec_list = list(specs)
-    registry_options = None
-    if any(spec.startswith("docker://") for spec in spec_list):
-        from .sources.registry_client import RegistryOptions
-
-        registry_options = RegistryOptions(
-            repository_prefix=repository_prefix,
-            username=username,
-            password=password,
-            tls_verify=tls_verify,
-            ca_cert=ca_cert,
-            insecure_registries=tuple(insecure_registries),
-            jobs=jobs,
-            timeout=http_timeout,
-        )
     for spec in spec_list:
         try:
-            source = parse_source(
-                spec, docker_host=docker_host, all_images=all_images, registry_options=registry_options
-            )
-            if hasattr(source, "bind_store"):
-                source.bind_store(writer)  # registry crawls read what is indexed, to skip it
+            source = parse_source(spec, options)
+            if source.reads_index:
+                source.bind_store(writer)
             ctx = Context(
                 source_kind=source.kind,
                 source_path=source.location,
@@ -132,7 +107,7 @@ def index_sources(
                 verify=verify,
                 shard=shard,
             )
-            if verify and source.kind in ("docker-daemon", "docker", "ycr-json"):
+            if verify and not source.reads_layers:
                 note(f"{spec}: --verify does not apply: layer contents are not read from this source")
             for item in source.records(ctx):
                 if isinstance(item, SourceError):

@@ -251,6 +251,7 @@ def index(
     import os
 
     from indexer.run import index_sources
+    from indexer.sources import SourceOptions
     from indexer.store.delta_writer import DeltaWriter
 
     password = None
@@ -273,28 +274,34 @@ def index(
         raise click.UsageError("--password-stdin is for docker:// sources, and none is given")
     registry, repository = _split_repository(registry, repository)
     progress = _Progress(len(sources))
-    with DeltaWriter(store) as writer:
-        summary = index_sources(
-            sources,
-            writer,
-            registry=registry,
-            repository=repository,
-            on_error=progress.message,
-            on_note=(lambda text: None) if quiet else (lambda text: progress.message(f"note: {text}")),
-            on_image=progress.image,
-            on_source=progress.source,
-            verify=verify,
-            docker_host=docker_host,
-            all_images=all_images,
+    registry_options = None
+    if any(source.startswith("docker://") for source in sources):
+        from indexer.sources.registry_client import RegistryOptions  # imports urllib3
+
+        registry_options = RegistryOptions(
             repository_prefix=repository_prefix,
             username=username,
             password=password,
             tls_verify=tls_verify,
             ca_cert=ca_cert or "",
-            insecure_registries=insecure_registries,
+            insecure_registries=tuple(insecure_registries),
             jobs=jobs,
-            http_timeout=timeout,
+            timeout=timeout,
+        )
+    options = SourceOptions(docker_host=docker_host, all_images=all_images, registry=registry_options)
+    with DeltaWriter(store) as writer:
+        summary = index_sources(
+            sources,
+            writer,
+            options=options,
+            registry=registry,
+            repository=repository,
+            verify=verify,
             shard=shard,
+            on_error=progress.message,
+            on_note=(lambda text: None) if quiet else (lambda text: progress.message(f"note: {text}")),
+            on_image=progress.image,
+            on_source=progress.source,
         )
     progress.done()
     if as_json:

@@ -29,7 +29,7 @@ from indexer.model import (
     Platform,
 )
 from indexer.references import blob_id, image_id
-from indexer.sources import daemon, parse_source
+from indexer.sources import SourceOptions, daemon, parse_source
 from indexer.sources.daemon import DockerDaemon, EngineApiClient, match_history
 from indexer.sources.parse import Context
 from indexer.store.delta_writer import DeltaWriter
@@ -91,7 +91,7 @@ def test_parse_source_names_the_engine(monkeypatch):
     assert source.location == "unix:///var/run/docker.sock" and source.ref == "" and not source.all_images
     monkeypatch.setenv("DOCKER_HOST", "tcp://10.0.0.1:2375")
     assert parse_source("docker-daemon:app:1").location == "tcp://10.0.0.1:2375"
-    source = parse_source("docker-daemon:sha256:abcd", docker_host="unix:///x.sock", all_images=True)
+    source = parse_source("docker-daemon:sha256:abcd", SourceOptions(docker_host="unix:///x.sock", all_images=True))
     assert (source.location, source.ref, source.all_images) == ("unix:///x.sock", "sha256:abcd", True)
 
 
@@ -1075,9 +1075,9 @@ def test_engine_path_imports_neither_the_docker_sdk_nor_requests():
     stub = _StubEngine("unix")
     code = (
         "import sys\n"
-        "from indexer.sources import parse_source\n"
+        "from indexer.sources import SourceOptions, parse_source\n"
         "from indexer.sources.parse import Context\n"
-        f"source = parse_source('docker-daemon:', docker_host={stub.address!r})\n"
+        f"source = parse_source('docker-daemon:', SourceOptions(docker_host={stub.address!r}))\n"
         "items = list(source.records(Context(source.kind, source.location)))\n"
         "assert len(items) == 1, items\n"
         "leaked = [name for name in ('docker', 'requests') if name in sys.modules]\n"

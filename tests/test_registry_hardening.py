@@ -44,10 +44,13 @@ def run_index(store: str, spec: str, **kwargs):
     from indexer.run import index_sources
     from indexer.store.delta_writer import DeltaWriter
 
+    from indexer.sources import SourceOptions
+
     errors, notes = [], []
     started = time.monotonic()
+    options = SourceOptions(registry=RegistryOptions(**kwargs)) if kwargs else None
     with DeltaWriter(store) as writer:
-        summary = index_sources([spec], writer, on_error=errors.append, on_note=notes.append, **kwargs)
+        summary = index_sources([spec], writer, options=options, on_error=errors.append, on_note=notes.append)
     return summary, errors, notes, time.monotonic() - started
 
 
@@ -168,7 +171,7 @@ def test_a_trickling_answer_costs_one_deadline_per_attempt(fake, tmp_path, heade
     fake.routes["/v2/slow/app/manifests/v1"] = dataclasses.replace(served, trickle=0.05, trickle_headers=headers_too)
     fake.catalog(["slow/app"])
 
-    summary, errors, _, seconds = run_index(str(tmp_path), f"docker://{fake.host}", http_timeout=1.0)
+    summary, errors, _, seconds = run_index(str(tmp_path), f"docker://{fake.host}", timeout=1.0)
 
     assert seconds < BOUND, (seconds, errors)
     assert summary.indexed == 0 and len(errors) == 1, errors
@@ -182,7 +185,7 @@ def test_a_registry_that_stops_answering_is_given_up_on_with_one_line_per_reposi
         fake.routes[f"/v2/{name}/tags/list"] = Reply(200, b'{"tags": []}', JSON, delay=60)  # ends when the server stops
     fake.catalog(repositories)
 
-    summary, errors, _, seconds = run_index(str(tmp_path), f"docker://{fake.host}", http_timeout=1.0, jobs=4)
+    summary, errors, _, seconds = run_index(str(tmp_path), f"docker://{fake.host}", timeout=1.0, jobs=4)
 
     assert seconds < BOUND, (seconds, errors)
     assert summary.failed == len(repositories) and len(errors) == len(repositories), errors
@@ -196,7 +199,7 @@ def test_a_registry_that_stops_answering_is_given_up_on_with_one_line_per_reposi
 
 def test_a_registry_that_never_answers_is_one_line_in_bounded_time(fake, tmp_path):
     fake.routes["/v2/"] = Reply(200, b"{}", JSON, delay=60)
-    summary, errors, _, seconds = run_index(str(tmp_path), f"docker://{fake.host}", http_timeout=1.0)
+    summary, errors, _, seconds = run_index(str(tmp_path), f"docker://{fake.host}", timeout=1.0)
     assert seconds < BOUND, (seconds, errors)
     assert summary.failed == 1 and len(errors) == 1, errors
     # the plain-HTTP attempt is the news; the https probe of a plain-HTTP host failing is expected

@@ -599,6 +599,8 @@ def test_exactness_across_index_runs(tmp_path, exact_record, monkeypatch):
 
     class Fixed:
         kind = "test"
+        reads_layers = True
+        reads_index = False
 
         def __init__(self, records):
             self.records_list = records
@@ -608,7 +610,7 @@ def test_exactness_across_index_runs(tmp_path, exact_record, monkeypatch):
             return iter(self.records_list)
 
     sources = {"exact": Fixed([exact_record]), "loose": Fixed([_loose(exact_record, "from-loose")])}
-    monkeypatch.setattr(run_module, "parse_source", lambda spec, **_options: sources[spec])
+    monkeypatch.setattr(run_module, "parse_source", lambda spec, _options=None: sources[spec])
     for spec in ("exact", "loose"):
         with DeltaWriter(store) as writer:
             assert index_sources([spec], writer).ok

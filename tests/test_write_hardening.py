@@ -50,6 +50,8 @@ class Fixed:
     """A source that yields given records, errors and notes."""
 
     kind = "test"
+    reads_layers = True
+    reads_index = False
 
     def __init__(self, items, location="fixed", notes=()):
         self.items = items
@@ -99,7 +101,7 @@ def test_bad_records_are_isolated_and_the_rest_lands(tmp_path, monkeypatch, batc
         dataclasses.replace(_spoil(r, spoiled[i]), source_path=f"/data/bad-{i}.tar") if i in spoiled else r
         for i, r in enumerate(records)
     ]
-    monkeypatch.setattr(run_module, "parse_source", lambda spec, **_options: Fixed(items))
+    monkeypatch.setattr(run_module, "parse_source", lambda spec, _options=None: Fixed(items))
     monkeypatch.setattr(run_module, "BATCH", batch)
     errors = []
     store = tmp_path / "store"
@@ -119,7 +121,7 @@ def test_bad_records_are_isolated_and_the_rest_lands(tmp_path, monkeypatch, batc
 def test_bad_record_through_the_cli_is_one_line_and_exit_1(tmp_path, monkeypatch):
     records = [r for r in records_of(f"oci:{oci_layout(tmp_path / 'layout', 3)}") if isinstance(r, ImageRecord)]
     items = [records[0], dataclasses.replace(_spoil(records[1], "too-big"), source_path="/data/x.tar"), records[2]]
-    monkeypatch.setattr(run_module, "parse_source", lambda spec, **_options: Fixed(items))
+    monkeypatch.setattr(run_module, "parse_source", lambda spec, _options=None: Fixed(items))
     result = invoke("index", "fixed", "--store", tmp_path / "store")
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
@@ -258,7 +260,7 @@ def _mount_tmpfs(path, size) -> bool:
 
 def _fill(path, leave: int) -> None:
     """Fill the file system of `path` until `leave` bytes (roughly) are free."""
-    with open(os.path.join(path, "filler"), "wb") as f:
+    with open(os.path.join(path, "filler"), "wb", buffering=0) as f:
         chunk = b"\0" * 65536
         try:
             while True:
@@ -352,6 +354,19 @@ def test_writer_that_commits_nothing_creates_no_store(tmp_path):
         assert not writer.pristine  # not its own creation
 
 
+def test_a_run_that_lands_nothing_is_recorded_in_a_store_created_meanwhile(tmp_path):
+    """Shard workers start together on a store that does not exist yet; one whose slice is empty
+    still records its run once another has created the store."""
+    store = str(tmp_path / "store")
+    empty = DeltaWriter(store)
+    with DeltaWriter(store) as other:
+        assert index_sources([oci_layout(tmp_path / "layout", 2)], other).ok
+    with empty:
+        summary = index_sources([], empty)
+    assert summary.indexed == 0
+    assert [(r[1], r[2]) for r in runs(store)] == [(2, 0), (0, 0)]
+
+
 # ---------------------------------------------------------------------------------------------
 # credentials
 # ---------------------------------------------------------------------------------------------
@@ -367,7 +382,7 @@ def test_url_credentials_never_reach_the_runs_table_or_messages(tmp_path, monkey
             notes=["https://bob:hunter2@reg.example/v2/_catalog: skipped a page"],
         ),
     }
-    monkeypatch.setattr(run_module, "parse_source", lambda spec, **_options: sources[spec])
+    monkeypatch.setattr(run_module, "parse_source", lambda spec, _options=None: sources[spec])
     errors, notes = [], []
     store = tmp_path / "store"
     with DeltaWriter(str(store)) as writer:

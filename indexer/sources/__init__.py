@@ -1,7 +1,8 @@
 """Image sources, named as skopeo names them, behind one small protocol.
 
 Each source yields normalised records (or a SourceError per image that failed) and raises
-SourceError when the whole source cannot be read.
+SourceError when the whole source cannot be read. A new source is one module with a class that
+satisfies `Source`, and one line in `SCHEMES`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 import re
 import stat
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 from ..errors import SourceError, printable
 from ..model import ImageRecord
@@ -21,7 +22,6 @@ from .layout import is_layout_dir, read_layout_dir, read_layout_tar
 from .parse import Context
 from .tarball import STDIN_NAMES, NotAnArchive, TarMembers, not_regular
 
-TRANSPORTS = ("docker-archive:", "oci-archive:", "oci:", "docker-daemon:", "docker://", "ycr-json:")
 # What a mistyped transport looks like; two characters at least, so `C:` stays a path.
 _TRANSPORT_LIKE = re.compile(r"[A-Za-z][A-Za-z0-9._+-]+")
 
@@ -39,14 +39,29 @@ def _stored_path(path: str) -> str:
 class Source(Protocol):
     kind: str
     location: str
+    # Whether layer contents can be read (and so checked with --verify): archives and layouts only.
+    reads_layers: bool
+    # Whether it reads what is already indexed (`bind_store`), to skip it: registry crawls.
+    reads_index: bool
 
     def records(self, ctx: Context) -> Iterator[ImageRecord | SourceError]: ...
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """What the command line says about sources; each kind takes its own fields."""
+
+    docker_host: str = ""  # docker-daemon:
+    all_images: bool = False  # docker-daemon:
+    registry: object = None  # docker://: a registry_client.RegistryOptions (which imports urllib3)
 
 
 @dataclass
 class DockerArchive:
     location: str
     kind: str = "docker-archive"
+    reads_layers = True
+    reads_index = False
 
     def records(self, ctx):
         ctx.source_path = _stored_path(ctx.source_path)
@@ -58,6 +73,8 @@ class OciArchive:
     location: str
     ref: str = ""
     kind: str = "oci-archive"
+    reads_layers = True
+    reads_index = False
 
     def records(self, ctx):
         ctx.source_path = _stored_path(ctx.source_path)
@@ -69,6 +86,8 @@ class OciLayout:
     location: str
     ref: str = ""
     kind: str = "oci"
+    reads_layers = True
+    reads_index = False
 
     def records(self, ctx):
         ctx.source_path = _stored_path(ctx.source_path)
@@ -90,6 +109,8 @@ class DetectedArchive:
 
     location: str
     kind: str = "archive"
+    reads_layers = True
+    reads_index = False
 
     def records(self, ctx):
         ctx.source_path = _stored_path(ctx.source_path)
@@ -108,6 +129,8 @@ class ArchiveFolder:
 
     location: str
     kind: str = "directory"
+    reads_layers = True
+    reads_index = False
 
     def records(self, ctx):
         ctx.source_path = _stored_path(ctx.source_path)
@@ -198,30 +221,44 @@ def _split_ref(rest: str) -> tuple[str, str]:
     return (path, ref) if sep else (rest, "")
 
 
-def parse_source(text: str, *, docker_host: str = "", all_images: bool = False, registry_options=None) -> Source:
-    """A source from its skopeo-style name; a bare path is detected.
+def _daemon(rest: str, options: SourceOptions) -> Source:
+    from .daemon import DockerDaemon  # imported only when an engine is asked for
 
-    `docker_host` and `all_images` apply to `docker-daemon:` only; `registry_options` (a
-    RegistryOptions) to `docker://` only.
-    """
-    if text.startswith("docker-archive:"):
-        return DockerArchive(text[len("docker-archive:") :])
-    if text.startswith("oci-archive:"):
-        return OciArchive(*_split_ref(text[len("oci-archive:") :]))
-    if text.startswith("oci:"):
-        return OciLayout(*_split_ref(text[len("oci:") :]))
-    if text.startswith("docker-daemon:"):
-        from .daemon import DockerDaemon  # imported only when an engine is asked for
+    return DockerDaemon.from_spec(rest, options.docker_host, options.all_images)
 
-        return DockerDaemon.from_spec(text[len("docker-daemon:") :], docker_host, all_images)
-    if text.startswith("docker://"):
-        from .registry import RegistrySource  # urllib3 is imported only for registries
 
-        return RegistrySource(text, registry_options)
-    if text.startswith("ycr-json:"):
-        from .ycr_json import YcrJson
+def _registry(rest: str, options: SourceOptions) -> Source:
+    from .registry import PREFIX, RegistrySource  # urllib3 is imported only for registries
 
-        return YcrJson(text[len("ycr-json:") :])
+    return RegistrySource(PREFIX + rest, options.registry)
+
+
+def _ycr_json(rest: str, options: SourceOptions) -> Source:
+    from .ycr_json import YcrJson
+
+    return YcrJson(rest)
+
+
+# Each transport and what it makes of the rest of the name.
+SCHEMES: dict[str, Callable[[str, SourceOptions], Source]] = {
+    "docker-archive:": lambda rest, options: DockerArchive(rest),
+    "oci-archive:": lambda rest, options: OciArchive(*_split_ref(rest)),
+    "oci:": lambda rest, options: OciLayout(*_split_ref(rest)),
+    "docker-daemon:": _daemon,
+    "docker://": _registry,
+    "ycr-json:": _ycr_json,
+}
+TRANSPORTS = tuple(SCHEMES)
+
+
+def parse_source(text: str, options: SourceOptions | None = None, *, registry_options=None) -> Source:
+    """A source from its skopeo-style name; a bare path is detected. `registry_options`: a
+    shorthand for SourceOptions(registry=...)."""
+    if options is None:
+        options = SourceOptions(registry=registry_options)
+    for transport, make in SCHEMES.items():
+        if text.startswith(transport):
+            return make(text[len(transport) :], options)
     if text in STDIN_NAMES:
         return DetectedArchive(text)
     if os.path.isdir(text):

@@ -703,6 +703,8 @@ class DockerDaemon:
     ref: str = ""
     all_images: bool = False
     kind: str = "docker-daemon"
+    reads_layers = False
+    reads_index = False
     connect: Callable[[str], EngineClient] | None = None  # None: connect_engine, the engine's HTTP API
     workers: int = WORKERS
     window: int = WINDOW

@@ -732,6 +732,8 @@ class RegistrySource:
     """`docker://…` as a Source; `bind_store` makes re-crawls incremental."""
 
     kind = "docker"
+    reads_layers = False
+    reads_index = True
 
     def __init__(self, location: str, options: RegistryOptions | None = None):
         # parse_target refuses USER:PASSWORD@ (without echoing it), so the location, which becomes

@@ -192,6 +192,8 @@ def _shard_key(raw: object, ordinal: int) -> str:
 class YcrJson:
     location: str
     kind: str = "ycr-json"
+    reads_layers = False
+    reads_index = False
 
     def records(self, ctx: Context) -> Iterator[ImageRecord | SourceError]:
         registry = ctx.registry or DEFAULT_REGISTRY

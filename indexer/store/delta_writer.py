@@ -53,8 +53,13 @@ class DeltaWriter:
 
     @property
     def pristine(self) -> bool:
-        """True while this run has committed nothing to a store that did not exist before it."""
-        return not self._exists and not self._touched
+        """True while this run has committed nothing to a store that does not exist: a run that
+        lands nothing then leaves nothing behind. A store another run created meanwhile (shard
+        workers start together) exists, and this run's record goes into it."""
+        if self._exists or self._touched:
+            return False
+        self._exists = self._guarded(self._tables.exists)
+        return not self._exists
 
     def _ensure_tables(self) -> None:
         if not self._exists:
