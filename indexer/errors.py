@@ -57,3 +57,49 @@ class Ambiguous(ImgdexError):
 
 class QueryError(ImgdexError):
     """A filter, order, page token or SQL query is not valid."""
+
+
+# ---- where each kind of failure comes from (their modules raise them; only the CLI words exit codes)
+
+
+class NotAnArchive(SourceError):
+    """The file is no image tarball at all (empty, not a tar, no manifest.json or index.json),
+    as opposed to an image tarball that is broken. A folder of archives skips it with a note."""
+
+
+class HttpError(ImgdexError):
+    """A registry request failed for good: `where` says what was asked, `reason` why it failed."""
+
+    def __init__(self, where: str, reason: str, status: int | None = None):
+        super().__init__(f"{where}: {reason}")
+        self.where = where
+        self.reason = reason
+        self.status = status
+
+
+class HostDown(HttpError):
+    """A request not sent because its host is given up on; the message names the host and why."""
+
+
+class AuthError(ImgdexError):
+    """Registry credentials are missing, rejected, or the token server failed."""
+
+
+class EngineUnavailable(ImgdexError):
+    """The Docker engine cannot be reached, or stopped answering."""
+
+
+class NoSuchImage(ImgdexError):
+    """The engine has no image by that name or ID."""
+
+
+class EngineRefused(ImgdexError):
+    """The engine answered one request with an error."""
+
+
+class Unauthenticated(ImgdexError):
+    """A request to `imgdex serve` without the server's bearer token."""
+
+
+class Unimplemented(ImgdexError):
+    """A method the index cannot answer: every write, and reads of data it does not hold."""

@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass, field
 
 from indexer.model import Platform
-from indexer.sources.daemon import EngineRefused, EngineUnavailable, NoSuchImage
+from indexer.errors import EngineRefused, EngineUnavailable, NoSuchImage
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

@@ -9,7 +9,8 @@ import pytest
 
 from indexer.errors import SourceError
 from indexer.sources.registry import Target, parse_target, under_prefix
-from indexer.sources.registry_auth import AuthError, find_credentials, parse_challenges, parse_token_response
+from indexer.errors import AuthError
+from indexer.sources.registry_auth import find_credentials, parse_challenges, parse_token_response
 from indexer.sources.registry_client import _retry_after
 
 

@@ -44,7 +44,7 @@ from typing import Callable, Iterable, Iterator, Protocol
 from urllib.parse import quote, urlencode, urlsplit
 
 from .. import timestamps
-from ..errors import ImgdexError, SourceError
+from ..errors import EngineRefused, EngineUnavailable, ImgdexError, NoSuchImage, SourceError
 from ..model import (
     KIND_ATTESTATION,
     KIND_IMAGE,
@@ -72,18 +72,6 @@ CONTAINERD_SNAPSHOTTER = "io.containerd.snapshotter.v1"
 _GO_ZERO_SECONDS = -62135596800  # time.Time{}.Unix(): the engine's "no time"
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _IMAGE_ID = re.compile(r"(?:sha256:)?([0-9a-f]{4,64})")
-
-
-class EngineUnavailable(ImgdexError):
-    """The engine cannot be reached, or stopped answering."""
-
-
-class NoSuchImage(ImgdexError):
-    """The engine has no image by that name or ID."""
-
-
-class EngineRefused(ImgdexError):
-    """The engine answered one request with an error."""
 
 
 class EngineClient(Protocol):

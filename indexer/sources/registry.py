@@ -23,7 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
-from ..errors import ImgdexError, SourceError
+from ..errors import AuthError, HostDown, HttpError, ImgdexError, SourceError
 from ..model import Blob, ImageRecord
 from ..references import (
     DIGEST_ALGORITHMS,
@@ -40,12 +40,10 @@ from ..references import (
 from . import mediatypes as mt
 from ..shard import in_shard, repository_key
 from .parse import MAX_JSON_BYTES, Context, walk
-from .registry_auth import CATALOG_SCOPE, AuthError, Credentials, find_credentials, repository_scope
+from .registry_auth import CATALOG_SCOPE, Credentials, find_credentials, repository_scope
 from .registry_client import (
     CATALOG_LIMIT,
     MANIFEST_ACCEPT,
-    HostDown,
-    HttpError,
     RegistryClient,
     RegistryOptions,
     registry_error_text,
@@ -143,11 +141,11 @@ def _next_link(reply, where: str) -> str:
     url = urllib.parse.urljoin(reply.url, target)
     here, there = urllib.parse.urlsplit(reply.url), urllib.parse.urlsplit(url)
     if there.netloc != here.netloc:
-        raise HttpError(f"{where}: the Link header points to another host ({redact_userinfo(url)})")
+        raise HttpError(where, f"the Link header points to another host ({redact_userinfo(url)})")
     # A next page is the same list with another query; a path of the server's choosing (`..`
     # included, which urllib3 would resolve) would make the crawl ask for something else.
     if there.path != here.path or there.scheme != here.scheme or not target.isascii() or not target.isprintable():
-        raise HttpError(f"{where}: the Link header points away from {here.path} ({target[:200]!r})")
+        raise HttpError(where, f"the Link header points away from {here.path} ({target[:200]!r})")
     return url
 
 
@@ -160,7 +158,13 @@ def _as_source_error(where: str, exc: HttpError | SourceError) -> SourceError:
     if isinstance(exc, SourceError):
         return exc
     error_class = _HostDownError if isinstance(exc, HostDown) else SourceError
-    return error_class(where, str(exc).removeprefix(f"{where}: "))
+    if exc.where == where:
+        reason = exc.reason
+    elif exc.where.startswith(f"{where}: "):  # what was asked, within `where`: GET manifest, …
+        reason = f"{exc.where[len(where) + 2 :]}: {exc.reason}"
+    else:
+        reason = str(exc)
+    return error_class(where, reason)
 
 
 class _HostDownError(SourceError):
@@ -340,11 +344,11 @@ class Crawl:
     def _path(self, repository: str, kind: str, reference: str, where: str) -> str:
         """`/v2/REPO/KIND/REF`, from names that passed Docker's grammar only."""
         if not is_valid_repository(repository):
-            raise HttpError(f"{where}: refusing to request repository {_shown(repository)}: {_NOT_A_NAME}")
+            raise HttpError(where, f"refusing to request repository {_shown(repository)}: {_NOT_A_NAME}")
         if kind == "blobs" and not is_valid_digest(reference):
-            raise HttpError(f"{where}: refusing to request blob {_shown(reference)}: not a valid digest")
+            raise HttpError(where, f"refusing to request blob {_shown(reference)}: not a valid digest")
         if kind == "manifests" and not (is_valid_tag(reference) or is_valid_digest(reference)):
-            raise HttpError(f"{where}: refusing to request manifest {_shown(reference)}: not a valid tag or digest")
+            raise HttpError(where, f"refusing to request manifest {_shown(reference)}: not a valid tag or digest")
         return f"/v2/{repository}/{kind}/{reference}"
 
     def get_manifest(
@@ -362,12 +366,12 @@ class Crawl:
         if reply.status != 200:
             detail = registry_error_text(reply.body)
             raise HttpError(
-                f"{where}: {method} manifest {reference}: {reply.status}{' ' + detail if detail else ''}", reply.status
+                where, f"{method} manifest {reference}: {reply.status}{' ' + detail if detail else ''}", reply.status
             )
         digest = reply.headers.get("Docker-Content-Digest", "").strip()
         if digest and not is_valid_digest(digest):
             header = f"the Docker-Content-Digest header {_shown(digest)}"
-            raise HttpError(f"{where}: {method} manifest {reference}: {header} is not a digest")
+            raise HttpError(where, f"{method} manifest {reference}: {header} is not a digest")
         return (None if method == "HEAD" else reply.body), digest, _media_type(reply.headers.get("Content-Type", ""))
 
     def get_config(self, repository: str, digest: str, limit: int, where: str) -> bytes:
@@ -415,25 +419,25 @@ class Crawl:
         while url:
             absolute = url if "://" in url else self.client.base + url
             if absolute in seen_urls:
-                return out, HttpError(f"{what}: the Link pagination loops back to {absolute} after {pages} pages")
+                return out, HttpError(what, f"the Link pagination loops back to {absolute} after {pages} pages")
             seen_urls.add(absolute)
             pages += 1
             if pages > _MAX_PAGES:
-                return out, HttpError(f"{what}: more than {_MAX_PAGES} pages")
+                return out, HttpError(what, f"more than {_MAX_PAGES} pages")
             try:
                 reply = self.client.request("GET", url, scope=scope, what=what, limit=limit)
                 if reply.status != 200:
                     detail = registry_error_text(reply.body)
-                    return out, HttpError(f"{what}: {reply.status}{' ' + detail if detail else ''}", reply.status)
+                    return out, HttpError(what, f"{reply.status}{' ' + detail if detail else ''}", reply.status)
                 try:
                     doc = json.loads(reply.body)
                 except (ValueError, UnicodeDecodeError) as exc:
-                    return out, HttpError(f"{what}: the answer is not valid JSON ({str(exc).splitlines()[0]})")
+                    return out, HttpError(what, f"the answer is not valid JSON ({str(exc).splitlines()[0]})")
                 entries = doc.get(key) if isinstance(doc, dict) else None
                 if entries is None and isinstance(doc, dict) and key in doc:
                     entries = []  # distribution writes "tags": null for a repository without tags
                 if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
-                    return out, HttpError(f"{what}: the answer has no list of {key}")
+                    return out, HttpError(what, f"the answer has no list of {key}")
                 for entry in entries:
                     if entry not in seen_entries:
                         seen_entries.add(entry)
@@ -638,7 +642,7 @@ class Crawl:
     def _list_tags(self, repository: str) -> tuple[list[str], HttpError | None]:
         what = f"{self.registry}/{repository}: GET tags/list"
         if not is_valid_repository(repository):
-            return [], HttpError(f"{what}: refusing to request repository {_shown(repository)}: {_NOT_A_NAME}")
+            return [], HttpError(what, f"refusing to request repository {_shown(repository)}: {_NOT_A_NAME}")
         return self._paged(f"/v2/{repository}/tags/list", "tags", repository_scope(repository), what, CATALOG_LIMIT)
 
     def _listed(self, state: RepoState, result: tuple[list[str], HttpError | None]) -> Iterable:

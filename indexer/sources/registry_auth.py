@@ -19,17 +19,13 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 
-from ..errors import ImgdexError
+from ..errors import AuthError
 from ..references import DOCKER_HUB, DOCKER_HUB_ALIASES, is_docker_hub
 
 DOCKER_HUB_KEYS = (*DOCKER_HUB_ALIASES, "https://index.docker.io/v1/")
 # A token is renewed this long before the expiry the server gave, so a slow request still carries a valid one.
 _TOKEN_SLACK = 10.0
 _DEFAULT_TOKEN_LIFETIME = 60.0
-
-
-class AuthError(ImgdexError):
-    """Credentials are missing, rejected, or the token server failed."""
 
 
 @dataclass(frozen=True)

@@ -37,10 +37,10 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, ProtocolError, ReadTimeoutError, SSLError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
-from ..errors import ImgdexError
+from ..errors import AuthError, HostDown, HttpError
 from ..references import redact_userinfo
 from . import mediatypes as mt
-from .registry_auth import AuthError, Credentials, HostAuth, parse_token_response
+from .registry_auth import Credentials, HostAuth, parse_token_response
 
 USER_AGENT = "imgdex-registry-crawler/0.1"
 MANIFEST_ACCEPT = ", ".join(
@@ -50,18 +50,6 @@ RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
 CERTS_DIRS = ("/etc/docker/certs.d", "/etc/containers/certs.d")
 SMALL_LIMIT = 1024 * 1024  # pings, tag lists pages and token answers
 CATALOG_LIMIT = 64 * 1024 * 1024
-
-
-class HttpError(ImgdexError):
-    """A request failed for good; the message says what was asked and why it failed."""
-
-    def __init__(self, message: str, status: int | None = None):
-        super().__init__(message)
-        self.status = status
-
-
-class HostDown(HttpError):
-    """A request not sent because its host is given up on; the message names the host and why."""
 
 
 @dataclass
@@ -305,7 +293,7 @@ class _Breaker:
 
     def check(self, what: str) -> None:
         if self.down:
-            raise HostDown(f"{what}: not sent: {self.down}")
+            raise HostDown(what, f"not sent: {self.down}")
 
     def failed(self, cause: str) -> None:
         with self._lock:
@@ -456,7 +444,7 @@ class RegistryClient:
                 complete = True
             except _TooLarge as exc:
                 raise HttpError(
-                    f"{what}: the answer is {exc.args[0]} bytes or more, over the {limit}-byte limit"
+                    what, f"the answer is {exc.args[0]} bytes or more, over the {limit}-byte limit"
                 ) from None
             except (Urllib3Error, OSError) as exc:
                 kind, reason = _classify(exc, timeout)
@@ -468,7 +456,7 @@ class RegistryClient:
                     attempt += 1
                     continue
                 tries = f" (after {attempt + 1} attempts)" if attempt else ""
-                raise HttpError(f"{what}: {reason}{tries}") from None
+                raise HttpError(what, f"{reason}{tries}") from None
             finally:
                 _attempt.deadline = outer
                 if response is not None:
@@ -484,14 +472,14 @@ class RegistryClient:
                 wait = _retry_after(response.headers)
                 text = f"{status} {response.reason or ''}".strip()
                 if wait is not None and wait > self.options.max_retry_after:
-                    raise HttpError(f"{what}: {text}, and the server asks to retry after {wait:.0f} s", status)
+                    raise HttpError(what, f"{text}, and the server asks to retry after {wait:.0f} s", status)
                 if attempt < retries:
                     time.sleep(max(wait or 0.0, self._backoff(attempt)))
                     attempt += 1
                     continue
                 detail = registry_error_text(body)
                 raise HttpError(
-                    f"{what}: {text}{' (' + detail + ')' if detail else ''} (after {attempt + 1} attempts)", status
+                    what, f"{text}{' (' + detail + ')' if detail else ''} (after {attempt + 1} attempts)", status
                 )
             final = response.geturl() or ""
             return Reply(status, response.headers, body, final if "://" in final else url, response.reason or "")
@@ -516,10 +504,10 @@ class RegistryClient:
             realm = urllib.parse.urlsplit(auth.realm)
             shown = redact_userinfo(auth.realm)  # a realm may carry credentials; never echo them
             if realm.scheme not in ("https", "http") or not realm.netloc:
-                raise HttpError(f"{self.registry}: the token realm {shown!r} is not an http(s) URL", 401)
+                raise HttpError(self.registry, f"the token realm {shown!r} is not an http(s) URL", 401)
             realm_insecure = is_insecure(realm.netloc, self.options.insecure_registries)
             if realm.scheme == "http" and not (realm_insecure or is_loopback(realm.netloc)):
-                raise HttpError(f"{self.registry}: refusing to ask {shown} for a token over plain HTTP", 401)
+                raise HttpError(self.registry, f"refusing to ask {shown} for a token over plain HTTP", 401)
             params = [("scope", scope)]
             if auth.service:
                 params.insert(0, ("service", auth.service))
@@ -533,13 +521,13 @@ class RegistryClient:
             reply = self.send("GET", url, headers, SMALL_LIMIT, f"{self.registry}: token for {scope}", verify=verify)
             if reply.status == 401:
                 who = f"the credentials of {auth.credentials.username}" if auth.credentials else "anonymous access"
-                raise HttpError(f"{self.registry}: the token server {shown} refused {who}", 401)
+                raise HttpError(self.registry, f"the token server {shown} refused {who}", 401)
             if reply.status != 200:
-                raise HttpError(f"{self.registry}: the token server {shown} answered {reply.status}", reply.status)
+                raise HttpError(self.registry, f"the token server {shown} answered {reply.status}", reply.status)
             try:
                 token, lifetime = parse_token_response(reply.body, shown)
             except AuthError as exc:
-                raise HttpError(f"{self.registry}: {exc}", reply.status) from None
+                raise HttpError(self.registry, f"{exc}", reply.status) from None
             auth.store_token(scope, token, lifetime)
             return token
 
@@ -573,7 +561,7 @@ class RegistryClient:
             hint = "the token does not grant access" + ("" if self.auth.credentials else " (no credentials were given)")
         else:
             hint = "authentication required, and the registry sent no challenge this client can answer"
-        return HttpError(f"{what}: 401 Unauthorized: {hint}{' (' + detail + ')' if detail else ''}", 401)
+        return HttpError(what, f"401 Unauthorized: {hint}{' (' + detail + ')' if detail else ''}", 401)
 
     # -------------------------------------------------------------- the API
 
@@ -597,20 +585,22 @@ class RegistryClient:
                 self.auth.learn(reply.headers.get("WWW-Authenticate", ""))
             elif reply.status != 200:
                 raise HttpError(
-                    f"{self.registry}: GET {url} answered {reply.status}: not a registry (Docker Registry HTTP API V2)",
+                    self.registry,
+                    f"GET {url} answered {reply.status}: not a registry (Docker Registry HTTP API V2)",
                     reply.status,
                 )
             self.base = f"{scheme}://{self.host}"
             return
         if len(failures) > 1:
             # The https probe of a plain-HTTP registry fails by design; what plain HTTP met is the news.
-            (https_url, https_error), (_, http_error) = failures
-            https_reason = str(https_error).removeprefix(f"{self.registry}: GET {https_url}: ")
-            raise HttpError(f"{http_error}; over https: {https_reason}", http_error.status)
+            (_, https_error), (_, http_error) = failures
+            raise HttpError(
+                http_error.where, f"{http_error.reason}; over https: {https_error.reason}", http_error.status
+            )
         _, error = failures[0]
         if not self.plain_http_allowed:
             hint = "plain HTTP is used only for --insecure-registry hosts and loopback"
-            raise HttpError(f"{error} ({hint})", error.status)
+            raise HttpError(error.where, f"{error.reason} ({hint})", error.status)
         raise error
 
     def request(
@@ -618,7 +608,7 @@ class RegistryClient:
     ) -> Reply:
         """`path` is relative to the host (`/v2/...`) or an absolute URL from a Link header."""
         if "://" not in path and not is_canonical_path(path):
-            raise HttpError(f"{what}: refusing to request {path!r}: not a plain path (it would be rewritten)")
+            raise HttpError(what, f"refusing to request {path!r}: not a plain path (it would be rewritten)")
         url = path if "://" in path else self.base + path
         extra = headers or {}
         sent = self._auth_headers(scope)

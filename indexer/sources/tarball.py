@@ -22,7 +22,7 @@ import sys
 import tarfile
 from dataclasses import dataclass
 
-from ..errors import SourceError, printable
+from ..errors import NotAnArchive, SourceError, printable
 from .parse import MAX_JSON_BYTES
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -51,11 +51,6 @@ _UNKEPT = "was not kept: a compressed or piped archive keeps only members named 
 
 STDIN_NAMES = frozenset({"-", "/dev/stdin", "/dev/fd/0", "/proc/self/fd/0"})
 STDIN_WHERE = "<stdin>"
-
-
-class NotAnArchive(SourceError):
-    """The file is no image tarball at all (empty, not a tar, no manifest.json or index.json),
-    as opposed to an image tarball that is broken. A folder of archives skips it with a note."""
 
 
 def _file_type(mode: int) -> str:

@@ -14,20 +14,12 @@ from typing import NamedTuple
 
 from yandex.cloud.containerregistry.v1 import image_service_pb2, registry_service_pb2, repository_service_pb2
 
-from indexer.errors import ImgdexError, NotFound, QueryError, StoreError
+from indexer.errors import ImgdexError, NotFound, QueryError, StoreError, Unauthenticated, Unimplemented
 
 from .. import listing, render
 from . import catalog, rules
 from .pages import ServedPages
 from .snapshots import SnapshotSource
-
-
-class Unauthenticated(ImgdexError):
-    """A request without the server's bearer token."""
-
-
-class Unimplemented(ImgdexError):
-    """A method the index cannot answer: every write, and reads of data it does not hold."""
 
 
 class Status(NamedTuple):

@@ -31,9 +31,11 @@ from yandex.cloud.containerregistry.v1 import (
     repository_service_pb2_grpc,
 )
 
+from indexer.errors import Unimplemented
+
 from .. import render
 from . import api as api_module
-from .api import INTERNAL, Api, Unimplemented, status_of
+from .api import INTERNAL, Api, status_of
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 

@@ -27,10 +27,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from google.protobuf import json_format
 from yandex.cloud.containerregistry.v1 import image_service_pb2, registry_service_pb2, repository_service_pb2
 
-from indexer.errors import NotFound, QueryError
+from indexer.errors import NotFound, QueryError, Unauthenticated, Unimplemented
 
 from .. import render
-from .api import INTERNAL, Api, Unauthenticated, Unimplemented, error_body, status_of
+from .api import INTERNAL, Api, error_body, status_of
 from .grpc_api import token_matches
 
 PREFIX = "/container-registry/v1/"
