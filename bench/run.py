@@ -174,7 +174,7 @@ def _small_store(args) -> tuple[str, str]:
         os.path.join(args.work, "oci1000"), lambda: corpus.write_oci_layout(os.path.join(args.work, "oci1000"), 1000)
     )
     store = os.path.join(args.work, "stores", "get")
-    if not os.path.exists(os.path.join(store, "parquet")):
+    if not os.path.isdir(os.path.join(store, "images", "_delta_log")):
         subprocess.run(
             [sys.executable, *CLI, "index", layout, "--store", store, "--quiet"],
             check=True,

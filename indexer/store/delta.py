@@ -278,6 +278,17 @@ class Snapshot:
         )
         return _arrow(self.con, sql)
 
+    def current_images(self, where: str, columns: tuple[str, ...]) -> str:
+        """SQL for the current rows, in `columns`, of the images that have a row version matching
+        `where` (SQL over the images columns). The ids come first from a scan of the columns
+        `where` reads, then only their versions are resolved, so its cost follows the matches,
+        not the table (the `images` view would rank every row of an uncompacted table)."""
+        return deltalog.resolved_sql(
+            self.files["images"],
+            f"(SELECT * FROM images_versions WHERE id IN (SELECT id FROM images_versions WHERE {where}))",
+            columns=columns,
+        )
+
     def images(self, ids: Sequence[str] | pa.Array) -> pa.Table:
         """The current rows of `ids` that exist, in the columns of `schema.IMAGES`."""
         ids = ids.to_pylist() if isinstance(ids, (pa.Array, pa.ChunkedArray)) else list(ids)
@@ -293,11 +304,7 @@ class Snapshot:
         try:
             # Read from the images that carry these names, as readers see tags (deltalog.current_tags_sql):
             # the images of the names first, by a scan of the name column, then their current rows.
-            images = deltalog.resolved_sql(
-                self.files["images"],
-                f"(SELECT * FROM images_versions WHERE id IN (SELECT id FROM images_versions WHERE {names}))",
-                columns=("id", "registry", "name", "tags"),
-            )
+            images = self.current_images(names, ("id", "registry", "name", "tags"))
             sql = (
                 f"SELECT registry, name, tag, image_id FROM ({deltalog.current_tags_sql(f'({images})')}) "
                 "WHERE (registry, name, tag) IN (SELECT (registry, name, tag) FROM wanted_keys)"

@@ -31,6 +31,8 @@ from .delta import Changes, DeltaStore, Snapshot, premerge
 from .writer import _one_per_id, record_from_row, records_to_arrow, store_failure
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+# The row versions of a registry's repositories under a path (parameters: registry, prefix × 3).
+_UNDER = "registry = ? AND (? = '' OR name = ? OR starts_with(name, ? || '/'))"
 
 
 class DeltaWriter:
@@ -85,9 +87,8 @@ class DeltaWriter:
         if not records:
             return
         records = _one_per_id(records)
-        # Built once: a record that cannot become Arrow fails here, before any file is written.
-        records_to_arrow(records, indexed_at)
 
+        # A record that cannot become Arrow fails in prepare, before any file is written.
         def prepare(snapshot: Snapshot) -> Changes:
             adopted, retired = _adopt_ids(snapshot, records)
             return premerge(snapshot, records_to_arrow(adopted, indexed_at), retired_images=retired, merge=_merge_rows)
@@ -112,10 +113,11 @@ class DeltaWriter:
         snapshot = self._snapshot()
         if snapshot is None:
             return []
+        images = snapshot.current_images(_UNDER, ("id", "registry", "name", "digest", "tags"))
         return snapshot.con.execute(
-            """SELECT t.name, t.tag, i.digest FROM tags t JOIN images i ON i.id = t.image_id
-               WHERE t.registry = ? AND i.digest <> '' AND (? = '' OR t.name = ? OR starts_with(t.name, ? || '/'))""",
-            [registry, prefix, prefix, prefix],
+            f"""SELECT name, unnest(tags), digest FROM ({images})
+               WHERE registry = ? AND digest <> '' AND (? = '' OR name = ? OR starts_with(name, ? || '/'))""",
+            [registry, prefix, prefix, prefix] * 2,
         ).fetchall()
 
     def indexed_digests(self, registry: str, prefix: str = "") -> list[tuple[str, str]]:
@@ -124,11 +126,12 @@ class DeltaWriter:
         snapshot = self._snapshot()
         if snapshot is None:
             return []
+        images = snapshot.current_images(_UNDER, ("registry", "name", "digest", "exactness"))
         return snapshot.con.execute(
-            """SELECT DISTINCT name, digest FROM images
+            f"""SELECT DISTINCT name, digest FROM ({images})
                WHERE registry = ? AND digest <> '' AND exactness >= 3
                  AND (? = '' OR name = ? OR starts_with(name, ? || '/'))""",
-            [registry, prefix, prefix, prefix],
+            [registry, prefix, prefix, prefix] * 2,
         ).fetchall()
 
     def claim_tags(self, registry: str, claims: list[tuple[str, str, str]]) -> int:
@@ -182,10 +185,10 @@ def _adopt_ids(snapshot: Snapshot, records: list[ImageRecord]) -> tuple[list[Ima
     con = snapshot.con
     con.register("incoming_keys", pa.table({"digest": pa.array(sorted({r.digest for r in keyed}), pa.string())}))
     try:
-        stored = con.execute(
-            """SELECT id, registry, name, digest, id_origin, tags FROM images
-               WHERE id IN (SELECT id FROM images_versions WHERE digest IN (SELECT digest FROM incoming_keys))"""
-        ).fetchall()
+        images = snapshot.current_images(
+            "digest IN (SELECT digest FROM incoming_keys)", ("id", "registry", "name", "digest", "id_origin", "tags")
+        )
+        stored = con.execute(f"SELECT id, registry, name, digest, id_origin, tags FROM ({images})").fetchall()
     finally:
         con.unregister("incoming_keys")
     if not stored:
@@ -221,11 +224,11 @@ def _most_exact(snapshot: Snapshot, registry: str, wanted: set[tuple[str, str]])
     con = snapshot.con
     con.register("wanted_manifests", pa.table({"digest": pa.array(sorted({d for _, d in wanted}), pa.string())}))
     try:
+        images = snapshot.current_images(
+            "digest IN (SELECT digest FROM wanted_manifests)", ("id", "registry", "name", "digest", "exactness")
+        )
         rows = con.execute(
-            """SELECT name, digest, arg_max(id, exactness) FROM images
-               WHERE id IN (SELECT id FROM images_versions WHERE digest IN (SELECT digest FROM wanted_manifests))
-                 AND registry = ?
-               GROUP BY name, digest""",
+            f"SELECT name, digest, arg_max(id, exactness) FROM ({images}) WHERE registry = ? GROUP BY name, digest",
             [registry],
         ).fetchall()
     finally:
