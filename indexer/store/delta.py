@@ -1141,22 +1141,25 @@ def premerge(
     state = {r["id"]: r for r in snapshot.image_state(wanted).to_pylist()} if wanted else {}
     need_full = []
     decisions = []
-    incoming_rows = incoming.to_pylist()
-    for row, content in zip(incoming_rows, store_hash, strict=True):
-        image_id = row["id"]
+    # Decided on the narrow columns; the wide rows stay in Arrow, and only those that merge
+    # field by field become Python (a batch of new images is one `take`).
+    exactness = incoming.column("exactness").to_pylist()
+    for position, (image_id, registry, name, claimed, exact, content) in enumerate(
+        zip(ids, registries, names, claimed_tags, exactness, store_hash, strict=True)
+    ):
         stored = state.get(image_id)
-        own = {t for t in row["tags"] or () if final_holder.get((row["registry"], row["name"], t)) == image_id}
+        own = {t for t in claimed or () if final_holder.get((registry, name, t)) == image_id}
         keep_stored = set(stored["tags"] or ()) if stored else set()
         tags = sorted((keep_stored | own) - losing.get(image_id, set()))
-        if stored is None or row["exactness"] > stored["exactness"]:
-            decisions.append(("incoming", row, tags))
-        elif row["exactness"] < stored["exactness"] or content == stored[CONTENT_HASH]:
+        if stored is None or exact > stored["exactness"]:
+            decisions.append(("incoming", position, tags))
+        elif exact < stored["exactness"] or content == stored[CONTENT_HASH]:
             if tags != list(stored["tags"] or ()):
                 decisions.append(("tags", image_id, tags))
         elif merge is None:
-            decisions.append(("incoming", row, tags))
+            decisions.append(("incoming", position, tags))
         else:
-            decisions.append(("merge", row, tags))
+            decisions.append(("merge", position, tags))
             need_full.append(image_id)
     for image_id in dict.fromkeys(list(losing) + list(gaining)):
         if image_id in incoming_ids or image_id not in state or image_id in retired:
@@ -1167,15 +1170,24 @@ def premerge(
             decisions.append(("tags", image_id, tags))
 
     full = {r["id"]: r for r in snapshot.images(need_full).to_pylist()} if need_full else {}
-    out_rows, tag_updates = [], []
+    taken, taken_tags, merged_rows, tag_updates = [], [], [], []
     for kind, subject, tags in decisions:
         if kind == "incoming":
-            out_rows.append(dict(subject, tags=tags))
+            taken.append(subject)
+            taken_tags.append(tags)
         elif kind == "tags":
             tag_updates.append({"id": subject, "tags": tags})
         else:
-            out_rows.append(dict(merge(full[subject["id"]], subject), tags=tags))
-    images = pa.Table.from_pylist(out_rows, schema=_cast_schema_for_rows()) if out_rows else None
+            row = incoming.slice(subject, 1).to_pylist()[0]
+            merged_rows.append(dict(merge(full[row["id"]], row), tags=tags))
+    parts = []
+    if taken:
+        chosen = incoming.take(pa.array(taken, pa.int64()))
+        column = chosen.schema.get_field_index("tags")
+        parts.append(chosen.set_column(column, "tags", pa.array(taken_tags, chosen.schema.field("tags").type)))
+    if merged_rows:
+        parts.append(pa.Table.from_pylist(merged_rows, schema=_cast_schema_for_rows()).cast(incoming.schema))
+    images = pa.concat_tables(parts) if parts else None
     image_tags = pa.Table.from_pylist(tag_updates, schema=_IMAGE_TAGS) if tag_updates else None
     tags_table = None
     if tag_rows:
