@@ -119,7 +119,6 @@ class _Switch:
 def _in_process(layout: str, work: str, repeat: int) -> dict[bool, list[float]]:
     """CPU seconds of whole index runs (sources, store, snapshot) in this process, alternating."""
     from indexer.run import index_sources
-    from indexer.sources import parse
     from indexer.store.delta_writer import DeltaWriter
 
     switch = _Switch()
@@ -127,7 +126,6 @@ def _in_process(layout: str, work: str, repeat: int) -> dict[bool, list[float]]:
     for i in range(repeat + 1):
         for on in (False, True) if i % 2 else (True, False):
             switch.set(on)
-            parse._DESCRIPTORS.clear()  # as in a new process
             switch.lineage._PREFIXES.clear()
             store = os.path.join(work, "stores", "lineage-inproc")
             shutil.rmtree(store, ignore_errors=True)

@@ -61,6 +61,8 @@ class Context:
     note: Callable[[str], None] = field(default=lambda message: None)
     verify: bool = False  # also hash layer contents against their digests (--verify)
     shard: Shard | None = None  # --shard K/N: the slice of each source this run takes; None takes all
+    # Layers shared by many images come back as equal descriptors: each shape is validated once a run.
+    descriptors: dict = field(default_factory=dict, repr=False)
 
 
 # A \uD800-\uDFFF escape, or a UTF-8 encoded surrogate (json.loads decodes bytes with surrogatepass).
@@ -131,17 +133,15 @@ def check_sizes(layers: Iterable[Blob], config: Blob | None, where: str, label: 
         raise SourceError(where, f"{prefix}the layer sizes add up to {total}, more than 2**63-1")
 
 
-# Layers shared by many images come back as equal descriptors: validate each shape once.
-_DESCRIPTORS: dict[tuple, Blob] = {}
-
-
-def parse_descriptor(raw: object, where: str, what: str) -> Blob:
+def parse_descriptor(raw: object, where: str, what: str, known_shapes: dict | None = None) -> Blob:
+    """A validated descriptor. `known_shapes` (a run's `Context.descriptors`) remembers the plain
+    ones already validated, so that a layer shared by many images is checked once."""
     key = None
     if type(raw) is dict and len(raw) == 3:
         candidate = (raw.get("mediaType"), raw.get("digest"), raw.get("size"))
         if type(candidate[0]) is str and type(candidate[1]) is str and valid_size(candidate[2]):
             key = candidate
-            known = _DESCRIPTORS.get(key)
+            known = known_shapes.get(key) if known_shapes is not None else None
             if known is not None:
                 return known
     if not isinstance(raw, dict):
@@ -159,8 +159,8 @@ def parse_descriptor(raw: object, where: str, what: str) -> Blob:
     if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
         raise SourceError(where, f"{what} has invalid urls")
     blob = Blob(digest=digest, size=size, media_type=media_type, urls=tuple(urls))
-    if key is not None and not urls and len(_DESCRIPTORS) < 100_000:
-        _DESCRIPTORS[key] = blob
+    if key is not None and not urls and known_shapes is not None and len(known_shapes) < 100_000:
+        known_shapes[key] = blob
     return blob
 
 
@@ -402,7 +402,7 @@ def _walk_index(store, descriptor, data, doc, media_type, names, ctx, where, par
         )
     untagged = [Reference(registry, name) for registry, name, _ in groups]
     for position, raw_child in enumerate(children):
-        child = parse_descriptor(raw_child, where, f"index {descriptor.digest} manifests[{position}]")
+        child = parse_descriptor(raw_child, where, f"index {descriptor.digest} manifests[{position}]", ctx.descriptors)
         child_annotations = raw_child.get("annotations") if isinstance(raw_child.get("annotations"), dict) else {}
         if child.media_type in (mt.INDEXES | mt.MANIFESTS) and store.blob_size(child.digest) is None:
             # Layouts exported for one platform (ctr export, docker save --platform) omit the others.
@@ -423,13 +423,15 @@ def _walk_index(store, descriptor, data, doc, media_type, names, ctx, where, par
 
 def _manifest_records(store, descriptor, data, doc, media_type, names, ctx, where, parent, platform, annotations):
     label = f"manifest {descriptor.digest}"
-    config_blob = parse_descriptor(doc.get("config"), where, f"{label} config")
+    config_blob = parse_descriptor(doc.get("config"), where, f"{label} config", ctx.descriptors)
     raw_layers = doc.get("layers")
     if raw_layers is None:
         raw_layers = []
     if not isinstance(raw_layers, list):
         raise SourceError(where, f"{label}: layers is not a list")
-    layers = tuple(parse_descriptor(layer, where, f"{label} layers[{i}]") for i, layer in enumerate(raw_layers))
+    layers = tuple(
+        parse_descriptor(layer, where, f"{label} layers[{i}]", ctx.descriptors) for i, layer in enumerate(raw_layers)
+    )
     check_sizes(layers, config_blob, where, label)
     for layer in layers:
         if layer.urls:
