@@ -165,23 +165,19 @@ def _image_json(row: tuple, layers: list | None, out: list[str]) -> None:
     out.append("\n    }")
 
 
-def layers_of(rows: list[tuple]) -> list:
-    """The layers of each row (the JSON text `SELECT` gives), parsed in one call rather than one a row."""
-    return json.loads("[" + ",".join(row[8] or "null" for row in rows) + "]")
+def list_fragment(row: tuple) -> str:
+    """One image of a list response as `to_json` writes it there (at four spaces): what a server
+    keeps per image. Half the time of building the image's dict and writing it."""
+    out: list[str] = []
+    _image_json(row, json.loads(row[8] or "null"), out)
+    return "".join(out)
 
 
-def list_json(rows: list[tuple], next_page_token: str) -> str:
-    """`to_json(list_response([to_response(row) for row in rows], next_page_token))`, from the rows.
-
-    The server's REST list writes its body so: half the time of building the dicts and writing them.
-    """
-    if not rows:
+def list_json_of(fragments: list[str], next_page_token: str) -> str:
+    """`to_json(list_response([to_response(row) ...], next_page_token))` from the rows' `list_fragment`s."""
+    if not fragments:
         return to_json(list_response([], next_page_token))
-    out = ['{\n  "images": [']
-    for n, (row, layers) in enumerate(zip(rows, layers_of(rows), strict=True)):
-        out.append(",\n    " if n else "\n    ")
-        _image_json(row, layers, out)
-    out.append("\n  ]")
+    out = ['{\n  "images": [\n    ', ",\n    ".join(fragments), "\n  ]"]
     if next_page_token:
         out.append(',\n  "nextPageToken": ' + _text(next_page_token))
     out.append("\n}")

@@ -336,7 +336,7 @@ def test_fast_renderers_write_what_the_general_ones_write(ties_store):
     from google.protobuf.json_format import ParseDict
     from yandex.cloud.containerregistry.v1 import image_service_pb2
 
-    from queries.server.grpc_api import page_message
+    from queries.server.grpc_api import image_field
 
     reader = engine.connect(ties_store, tables=("images",))
     rows = reader.execute(f"SELECT {render.SELECT} FROM images ORDER BY id").fetchall()
@@ -353,8 +353,9 @@ def test_fast_renderers_write_what_the_general_ones_write(ties_store):
         doc = render.list_response([render.to_response(r) for r in chunk], token)
         text = render.to_json(doc)
         assert text == json.dumps(doc, indent=2, ensure_ascii=False)
-        assert render.list_json(chunk, token) == text
-        message = page_message(listing.Page(chunk, token))
+        assert render.list_json_of([render.list_fragment(row) for row in chunk], token) == text
+        message = image_service_pb2.ListImagesResponse.FromString(b"".join(image_field(row) for row in chunk))
+        message.next_page_token = token
         assert message == ParseDict(doc, image_service_pb2.ListImagesResponse())
 
 

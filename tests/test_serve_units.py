@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 
 import pytest
+from google.protobuf import json_format
 from yandex.cloud.containerregistry.v1 import image_service_pb2 as isv
 from yandex.cloud.containerregistry.v1 import registry_service_pb2 as gsv
 from yandex.cloud.containerregistry.v1 import repository_service_pb2 as rsv
@@ -293,3 +295,46 @@ def test_catalog_ids_are_stable():
     assert repository_id("crp7b2m3p8k0v1ej5s4n/team/web") == repository_id("crp7b2m3p8k0v1ej5s4n/team/web")
     assert len(repository_id("a")) == 20 and repository_id("a").startswith("crp")
     assert repository_id("a") != repository_id("b")
+
+
+def test_rendered_images_are_kept_per_version_and_follow_a_tag_move(tmp_path):
+    """A list renders each image once per served version; the next version renders afresh, so a
+    tag moved by an index run shows in the next list."""
+    from builders import Blobs, named, write_dir
+
+    from queries import engine, listing
+    from queries.server import grpc_api, rest_api
+    from queries.server.api import Api
+    from queries.server.snapshots import SnapshotSource
+
+    def layout(name: str, layer: bytes) -> str:
+        blobs = Blobs()
+        return write_dir(str(tmp_path / name), blobs.layout_files([named(blobs.image(layers=(layer,)), "v1")]))
+
+    store = str(tmp_path / "store")
+    build_store(store, "--repository", "team/app", f"oci:{layout('one', b'a')}")
+    source = SnapshotSource(store, poll=3600)
+    source.start()
+    try:
+        api = Api(source)
+        request = isv.ListImagesRequest(page_size=10)
+
+        def cli_list():
+            reader = engine.connect(store, tables=("images",))
+            return listing.list_images(reader, listing.Query(page_size=10))
+
+        first = api.list_images(request)
+        assert api.list_images(request) == first == cli_list()
+        assert json.loads(rest_api.route(api, "GET", "/container-registry/v1/images", {"pageSize": ["10"]})) == first
+        kept = source.current.derived("image-docs", dict)
+        assert set(kept) == {image["id"] for image in first["images"]}
+
+        build_store(store, "--repository", "team/app", f"oci:{layout('two', b'b')}")
+        assert source.refresh()
+        second = api.list_images(request)
+        assert second == cli_list() and second != first
+        assert sorted(tuple(image.get("tags", [])) for image in second["images"]) == [(), ("v1",)]
+        message = grpc_api.list_images(api, request)
+        assert json_format.MessageToDict(message) == second
+    finally:
+        source.stop()

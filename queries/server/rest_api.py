@@ -71,8 +71,9 @@ def route(api: Api, method: str, path: str, query: dict[str, list[str]]) -> dict
     if collection == "images":
         if tail:
             return api.get_image(_request(image_service_pb2.GetImageRequest, query, imageId=tail))
-        page = api.list_image_rows(_request(image_service_pb2.ListImagesRequest, query))
-        return render.list_json(page.rows, page.next_page_token)
+        request = _request(image_service_pb2.ListImagesRequest, query)
+        fragments, token = api.list_rendered(request, "rest-image-fragments", render.list_fragment)
+        return render.list_json_of(fragments, token)
     if collection == "repositories":
         if tail.endswith(":byName"):
             name = tail[: -len(":byName")]
