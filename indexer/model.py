@@ -231,3 +231,25 @@ def _merge_equal(old: ImageRecord, new: ImageRecord, tags: tuple[str, ...]) -> I
         config_raw=a.config_raw or b.config_raw,
         id_origin="imported" if "imported" in (a.id_origin, b.id_origin) else new.id_origin,
     )
+
+
+# What a registry crawl learns without a new record: tags that moved to manifests already
+# indexed, and tags that vanished. Sources yield them beside records; the run hands them to the
+# store, so a source never writes.
+
+
+@dataclass(frozen=True)
+class TagMoves:
+    """Tags now pointing at manifests the store already holds: (name, tag, manifest digest)."""
+
+    registry: str
+    claims: tuple[tuple[str, str, str], ...]
+
+
+@dataclass(frozen=True)
+class TagsRetired:
+    """Tags that vanished from a repository; its images stay (untagged if it was the last)."""
+
+    registry: str
+    name: str
+    tags: tuple[str, ...]

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from .errors import ImgdexError, SourceError, StoreError, printable
-from .model import ImageRecord, merge_records
+from .model import ImageRecord, TagMoves, TagsRetired, merge_records
 from .references import redact_userinfo
 from .shard import Shard
 from .sources import SourceOptions, parse_source
@@ -112,6 +112,12 @@ def index_sources(
             for item in source.records(ctx):
                 if isinstance(item, SourceError):
                     fail(str(item))
+                    continue
+                if isinstance(item, TagMoves):
+                    writer.claim_tags(item.registry, list(item.claims))
+                    continue
+                if isinstance(item, TagsRetired):
+                    writer.retire_tags(item.registry, item.name, list(item.tags))
                     continue
                 known = pending.get(item.id)
                 pending[item.id] = item if known is None else merge_records(known, item)

@@ -122,12 +122,6 @@ class KnownTags:
     def indexed_digests(self, registry, prefix=""):
         return []
 
-    def claim_tags(self, registry, claims):
-        return 0
-
-    def retire_tags(self, registry, name, tags):
-        pass
-
 
 def test_a_docker_content_digest_that_is_not_a_digest_is_an_error_and_never_requested(fake):
     manifest, configs, _ = image()

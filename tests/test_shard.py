@@ -628,6 +628,7 @@ def shard_registry(tmp_path_factory):
 
 
 def crawl(spec: str, shard: Shard | None, store=None, **options):
+    from indexer.model import TagMoves, TagsRetired
     from indexer.sources.registry_client import RegistryOptions
 
     settings_ = dict(jobs=4, auth_files=[])
@@ -635,7 +636,16 @@ def crawl(spec: str, shard: Shard | None, store=None, **options):
     source = parse_source(spec, registry_options=RegistryOptions(**settings_))
     if store is not None:
         source.bind_store(store)
-    return run(source, shard)
+    notes: list[str] = []
+    items = list(source.records(Context(source.kind, source.location, note=notes.append, shard=shard)))
+    for item in items:  # what the run hands to the store
+        if isinstance(item, TagMoves):
+            store.claim_tags(item.registry, list(item.claims))
+        elif isinstance(item, TagsRetired):
+            store.retire_tags(item.registry, item.name, list(item.tags))
+    records = [i for i in items if isinstance(i, ImageRecord)]
+    errors = [str(i) for i in items if isinstance(i, SourceError)]
+    return records, errors, notes
 
 
 class RequestLog:

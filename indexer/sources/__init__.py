@@ -41,7 +41,8 @@ class Source(Protocol):
     location: str
     # Whether layer contents can be read (and so checked with --verify): archives and layouts only.
     reads_layers: bool
-    # Whether it reads what is already indexed (`bind_store`), to skip it: registry crawls.
+    # Whether it reads what is already indexed (`bind_store`), to skip it: registry crawls, which
+    # also yield TagMoves and TagsRetired (model.py) for tags that changed without a new record.
     reads_index: bool
 
     def records(self, ctx: Context) -> Iterator[ImageRecord | SourceError]: ...

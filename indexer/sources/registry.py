@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 from ..errors import AuthError, HostDown, HttpError, ImgdexError, SourceError
-from ..model import Blob, ImageRecord
+from ..model import Blob, ImageRecord, TagMoves, TagsRetired
 from ..references import (
     DIGEST_ALGORITHMS,
     DOCKER_HUB,
@@ -636,7 +636,7 @@ class Crawl:
             listed = set(repositories)
             for name, tags in known.items():
                 if name not in listed and tags and self.owns(name):
-                    self.store.retire_tags(self.registry, name, sorted(tags))
+                    yield TagsRetired(self.registry, name, tuple(sorted(tags)))
                     self.stats.removed += len(tags)
 
     def _list_tags(self, repository: str) -> tuple[list[str], HttpError | None]:
@@ -655,17 +655,18 @@ class Crawl:
         return self._start_tags(state, tags, complete=True)
 
     def _start_tags(self, state: RepoState, tags: list[str], complete: bool) -> list:
+        out: list = []
         if complete:
             vanished = sorted(set(state.known) - set(tags))
             if vanished and self.store is not None:
-                self.store.retire_tags(self.registry, state.name, vanished)
+                out.append(TagsRetired(self.registry, state.name, tuple(vanished)))
                 self.stats.removed += len(vanished)
         if not complete:
             self.stats.tags += len(tags)
         state.pending = len(tags)
         for tag in tags:
             self._submit(lambda result, state=state: self._tag_done(state, result), self._fetch_tag, state, tag)
-        return []
+        return out
 
     def _tag_done(self, state: RepoState, result: Fetched | SourceError) -> Iterable:
         state.pending -= 1
@@ -675,10 +676,12 @@ class Crawl:
         else:
             state.fetched.append(result)
         if state.pending == 0:
-            self._group(state)
+            out += self._group(state)
         return out
 
-    def _group(self, state: RepoState) -> None:
+    def _group(self, state: RepoState) -> list:
+        """Fetches the manifests of the tags that changed; the tags that only moved to a manifest
+        already indexed come back as one TagMoves."""
         by_digest: dict[str, list[Fetched]] = {}
         for fetched in state.fetched:
             key = fetched.digest or ("sha256:" + hashlib.sha256(fetched.data or b"").hexdigest())
@@ -707,9 +710,8 @@ class Crawl:
                 with_data.media_type if with_data else "",
                 tags,
             )
-        if claims:
-            self.store.claim_tags(self.registry, claims)
         state.fetched.clear()
+        return [TagMoves(self.registry, tuple(claims))] if claims else []
 
     def _walked(self, repository: str, result: tuple[list, list[str]]) -> Iterable:
         items, notes = result
@@ -727,13 +729,13 @@ def _is_schema1(data: bytes) -> bool:
 
 
 def _is_incremental_store(store) -> bool:
-    return store is not None and all(
-        callable(getattr(store, name, None)) for name in ("known_tags", "indexed_digests", "claim_tags", "retire_tags")
-    )
+    return store is not None and all(callable(getattr(store, name, None)) for name in ("known_tags", "indexed_digests"))
 
 
 class RegistrySource:
-    """`docker://…` as a Source; `bind_store` makes re-crawls incremental."""
+    """`docker://…` as a Source. `bind_store` gives it what is indexed (`known_tags` and
+    `indexed_digests`, read only), which makes re-crawls incremental: it then yields TagMoves and
+    TagsRetired beside records, for the run to hand to the store."""
 
     kind = "docker"
     reads_layers = False
