@@ -736,4 +736,3 @@ def write_records(store: str, records: list, batch: int = 20_000) -> None:
                 "errors": [],
             }
         )
-        writer.finish()

@@ -272,7 +272,6 @@ def _synthetic_store(store: str, families: int, children: int) -> None:
     with DeltaWriter(store) as writer:
         for start in range(0, len(records), 20_000):
             writer.write(records[start : start + 20_000], now_utc())
-        writer.finish()
 
 
 def bench_query(args) -> None:

@@ -139,9 +139,9 @@ def index_sources(
         on_source(spec)
     flush()
     summary.seconds = time.monotonic() - started
-    if summary.indexed == 0 and getattr(writer, "pristine", False):
-        # The store did not exist before this run and nothing landed: the writer removes
-        # what it created when it closes, rather than leave an empty store behind.
+    if summary.indexed == 0 and writer.pristine:
+        # The store does not exist and nothing landed: no run record creates it for nothing
+        # (the writer creates a store with its first commit).
         return summary
     writer.record_run(
         {
@@ -155,7 +155,6 @@ def index_sources(
             "errors": summary.errors,
         }
     )
-    writer.finish()
     return summary
 
 

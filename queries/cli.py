@@ -255,9 +255,10 @@ def index(
     from indexer.store.delta_writer import DeltaWriter
 
     password = None
+    crawls_registries = any(source.startswith("docker://") for source in sources)
     # The password is for registries only: an exported IMGDEX_PASSWORD must not get in the way
     # of indexing archives.
-    if any(source.startswith("docker://") for source in sources):
+    if crawls_registries:
         if password_stdin:
             for source in sources:
                 if _reads_stdin(source):
@@ -275,7 +276,7 @@ def index(
     registry, repository = _split_repository(registry, repository)
     progress = _Progress(len(sources))
     registry_options = None
-    if any(source.startswith("docker://") for source in sources):
+    if crawls_registries:
         from indexer.sources.registry_client import RegistryOptions  # imports urllib3
 
         registry_options = RegistryOptions(
@@ -564,9 +565,9 @@ def history(store, limit, fmt):
     """List the store's versions, newest first: one line per commit of a table (a run commits its
     images, then its tags, then its runs row). `--as-of` takes a VERSION of the images table, or a time."""
     from indexer.store.delta import DeltaStore
-    from indexer.store.paths import is_table_store
+    from indexer.store.paths import require_table_store
 
-    _need_tables(store, is_table_store)
+    require_table_store(store)
     with DeltaStore(store) as tables:
         entries = tables.history(limit=limit)
     rows = [
@@ -589,17 +590,6 @@ def history(store, limit, fmt):
     columns = ["time", "table", "version", "operation", "run", "rows", "tombstones"]
     cells = [["" if r[c] is None else str(r[c]) for c in columns] for r in rows]
     click.echo(format_table([c.upper() for c in columns], cells))
-
-
-def _need_tables(store: str, is_table_store) -> None:
-    from indexer.errors import StoreError
-    from indexer.store.paths import is_old_layout
-
-    if is_table_store(store):
-        return
-    if is_old_layout(store):
-        raise StoreError(f"store {store} has the old layout; convert it with `imgdex migrate --store {store}`")
-    raise StoreError(f"no image store at {store} (run `imgdex index` first, or set --store / IMGDEX_STORE)")
 
 
 def _duration(_ctx, param, value: str):
@@ -635,9 +625,9 @@ def compact(store, retention, allow_short_retention, no_vacuum):
     """Rewrite each table to one current row per key, sorted by key, then delete files that left the
     tables longer ago than --retention. Safe while index runs and readers work on the store."""
     from indexer.store.delta import DeltaStore
-    from indexer.store.paths import is_table_store
+    from indexer.store.paths import require_table_store
 
-    _need_tables(store, is_table_store)
+    require_table_store(store)
     with DeltaStore(store) as tables:
         outcome = tables.compact(retention=retention, vacuum=not no_vacuum, allow_short_retention=allow_short_retention)
     click.echo(json.dumps(outcome, indent=2, default=str))

@@ -522,7 +522,6 @@ def test_classic_engine_is_never_asked_for_manifests():
 def _write(store, records):
     with DeltaWriter(store) as writer:
         writer.write(records, now_utc())
-        writer.finish()
 
 
 def _rows(store):

@@ -282,7 +282,6 @@ def test_engine_records_have_lineage(tmp_path, run_cli):
     store = str(tmp_path / "store")
     with DeltaWriter(store) as writer:
         writer.write(records, now_utc())
-        writer.finish()
     assert names(answer(run_cli, store, "base", "lin/app:1"), "bases") == [("lin/base", "1", 1)]
     assert names(answer(run_cli, store, "derived", "lin/base:1"), "images") == [("lin/app", "1", 1)]
 

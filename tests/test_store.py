@@ -435,7 +435,6 @@ def test_less_exact_record_never_replaces_a_more_exact_one(tmp_path, exact_recor
         assert (exactness, size) == (EXACT_MANIFEST, exact_record.compressed_size)
         assert tags == sorted({*exact_record.tags, "from-loose", "second"})
         assert_consistent(store_views(writer.store), "database")
-        writer.finish()
     con = store_con(tmp_path / "store")
     assert _row(con, exact_record.id)[:2] == (EXACT_MANIFEST, exact_record.compressed_size)
     assert_consistent(con, "snapshot")

@@ -129,7 +129,7 @@ _STATISTICS = {
     "tags": ["registry", "name", "tag", "image_id", WRITTEN_AT, RUN_ID, TOMBSTONE],
     "runs": ["run_id", "started_at"],
 }
-# Up to this many keys go into a query as constants (see Snapshot._filter).
+# Up to this many keys go into a query as constants (see Snapshot.key_filter).
 _LITERAL_KEYS = 5_000
 _BLOOM = {"images": ("id",), "tags": ("image_id",)}
 _NO_DICTIONARY = {"images": {"id", "digest", "config_id", "config_digest", "manifest_raw", "config_raw", "created"}}
@@ -256,7 +256,7 @@ class Snapshot:
     def versions(self) -> dict[str, int]:
         return {table: f.version for table, f in self.files.items()}
 
-    def _filter(self, column: str, values: Sequence[str], table: str) -> str:
+    def key_filter(self, column: str, values: Sequence[str], table: str) -> str:
         """A filter on `column`: constants for a short list, which DuckDB pushes into the Parquet
         scan (min/max and Bloom filters skip row groups), else a semi-join with registered keys."""
         values = list(dict.fromkeys(v for v in values if v is not None))
@@ -269,7 +269,7 @@ class Snapshot:
         """id, exactness, content_hash and tags of the current rows of `ids` that exist; reads only
         those narrow columns, so it stays cheap on a large table."""
         ids = ids.to_pylist() if isinstance(ids, (pa.Array, pa.ChunkedArray)) else list(ids)
-        where = self._filter("id", ids, "wanted_ids")
+        where = self.key_filter("id", ids, "wanted_ids")
         sql = deltalog.resolved_sql(
             self.files["images"],
             f"(SELECT id, exactness, content_hash, tags, written_at, run_id, tombstone, tags_only, tags_written_at "
@@ -292,14 +292,14 @@ class Snapshot:
     def images(self, ids: Sequence[str] | pa.Array) -> pa.Table:
         """The current rows of `ids` that exist, in the columns of `schema.IMAGES`."""
         ids = ids.to_pylist() if isinstance(ids, (pa.Array, pa.ChunkedArray)) else list(ids)
-        where = self._filter("id", ids, "wanted_ids")
+        where = self.key_filter("id", ids, "wanted_ids")
         sql = deltalog.resolved_sql(self.files["images"], f"(SELECT * FROM images_versions WHERE {where})")
         return _arrow(self.con, sql).select([f.name for f in schema.IMAGES])
 
     def tag_holders(self, keys: pa.Table) -> pa.Table:
         """registry, name, tag, image_id of the current claims among `keys` (registry, name, tag)."""
         keys = keys.select(["registry", "name", "tag"])
-        names = self._filter("name", keys.column("name").to_pylist(), "wanted_names")
+        names = self.key_filter("name", keys.column("name").to_pylist(), "wanted_names")
         self.con.register("wanted_keys", keys)
         try:
             # Read from the images that carry these names, as readers see tags (deltalog.current_tags_sql):

@@ -21,7 +21,6 @@ import dataclasses
 import uuid
 from datetime import datetime, timedelta, timezone
 
-import pyarrow as pa
 
 from .. import timestamps
 from ..errors import StoreError
@@ -31,7 +30,8 @@ from .delta import Changes, DeltaStore, Snapshot, premerge
 from .writer import _one_per_id, record_from_row, records_to_arrow, store_failure
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-# The row versions of a registry's repositories under a path (parameters: registry, prefix × 3).
+# Rows of a registry's repositories under a path (parameters: registry, prefix × 3): which row
+# versions to resolve, then which current rows to keep (an id's current row may be elsewhere).
 _UNDER = "registry = ? AND (? = '' OR name = ? OR starts_with(name, ? || '/'))"
 
 
@@ -40,11 +40,7 @@ class DeltaWriter:
 
     def __init__(self, store: str):
         self.store = store
-        if not paths.is_table_store(store) and paths.is_old_layout(store):
-            raise StoreError(
-                f"store {store} has the layout of imgdex 0.1 (imgdex.duckdb and Parquet snapshots); "
-                f"convert it once with `imgdex migrate --store {store}`"
-            )
+        paths.refuse_old_layout(store)
         self.run_id = uuid.uuid4().hex
         self._tables = DeltaStore(store)
         try:
@@ -102,10 +98,6 @@ class DeltaWriter:
         self._guarded(self._tables.append_run, dict(run, run_id=self.run_id))
         self._touched = True
 
-    def finish(self) -> str:
-        """Nothing left to do: every batch committed as it was written."""
-        return self.store
-
     # ---- for incremental registry crawls
 
     def known_tags(self, registry: str, prefix: str = "") -> list[tuple[str, str, str]]:
@@ -115,8 +107,7 @@ class DeltaWriter:
             return []
         images = snapshot.current_images(_UNDER, ("id", "registry", "name", "digest", "tags"))
         return snapshot.con.execute(
-            f"""SELECT name, unnest(tags), digest FROM ({images})
-               WHERE registry = ? AND digest <> '' AND (? = '' OR name = ? OR starts_with(name, ? || '/'))""",
+            f"SELECT name, unnest(tags), digest FROM ({images}) WHERE {_UNDER} AND digest <> ''",
             [registry, prefix, prefix, prefix] * 2,
         ).fetchall()
 
@@ -128,9 +119,7 @@ class DeltaWriter:
             return []
         images = snapshot.current_images(_UNDER, ("registry", "name", "digest", "exactness"))
         return snapshot.con.execute(
-            f"""SELECT DISTINCT name, digest FROM ({images})
-               WHERE registry = ? AND digest <> '' AND exactness >= 3
-                 AND (? = '' OR name = ? OR starts_with(name, ? || '/'))""",
+            f"SELECT DISTINCT name, digest FROM ({images}) WHERE {_UNDER} AND digest <> '' AND exactness >= 3",
             [registry, prefix, prefix, prefix] * 2,
         ).fetchall()
 
@@ -166,31 +155,23 @@ class DeltaWriter:
         )
         self._touched = True
 
-    def close(self, *, quiet: bool = False) -> None:
+    def close(self) -> None:
         self._tables.close()
 
     def __enter__(self):
         return self
 
-    def __exit__(self, exc_type, exc, traceback):
-        self.close(quiet=exc_type is not None)
+    def __exit__(self, *exc):
+        self.close()
 
 
 def _adopt_ids(snapshot: Snapshot, records: list[ImageRecord]) -> tuple[list[ImageRecord], list[str]]:
     """Records with the imported ids the store holds for their manifests, and the derived ids that
     imported records replace (their tags move to the imported id)."""
-    keyed = [r for r in records if r.digest]
-    if not keyed:
+    digests = {r.digest for r in records if r.digest}
+    if not digests:
         return records, []
-    con = snapshot.con
-    con.register("incoming_keys", pa.table({"digest": pa.array(sorted({r.digest for r in keyed}), pa.string())}))
-    try:
-        images = snapshot.current_images(
-            "digest IN (SELECT digest FROM incoming_keys)", ("id", "registry", "name", "digest", "id_origin", "tags")
-        )
-        stored = con.execute(f"SELECT id, registry, name, digest, id_origin, tags FROM ({images})").fetchall()
-    finally:
-        con.unregister("incoming_keys")
+    stored = _with_digests(snapshot, digests, ("id", "registry", "name", "digest", "id_origin", "tags"))
     if not stored:
         return records, []
     imported = {
@@ -221,19 +202,22 @@ def _most_exact(snapshot: Snapshot, registry: str, wanted: set[tuple[str, str]])
     """The id of the most exact current image of each (name, digest) of `registry` in `wanted`."""
     if not wanted:
         return {}
-    con = snapshot.con
-    con.register("wanted_manifests", pa.table({"digest": pa.array(sorted({d for _, d in wanted}), pa.string())}))
-    try:
-        images = snapshot.current_images(
-            "digest IN (SELECT digest FROM wanted_manifests)", ("id", "registry", "name", "digest", "exactness")
-        )
-        rows = con.execute(
-            f"SELECT name, digest, arg_max(id, exactness) FROM ({images}) WHERE registry = ? GROUP BY name, digest",
-            [registry],
-        ).fetchall()
-    finally:
-        con.unregister("wanted_manifests")
-    return {(name, digest): image_id for name, digest, image_id in rows if (name, digest) in wanted}
+    best: dict[tuple[str, str], tuple[int, str]] = {}
+    for image_id, reg, name, digest, exactness in _with_digests(
+        snapshot, {d for _, d in wanted}, ("id", "registry", "name", "digest", "exactness")
+    ):
+        key = (name, digest)
+        if reg == registry and key in wanted and (key not in best or exactness > best[key][0]):
+            best[key] = (exactness, image_id)
+    return {key: image_id for key, (_, image_id) in best.items()}
+
+
+def _with_digests(snapshot: Snapshot, digests: set[str], columns: tuple[str, ...]) -> list[tuple]:
+    """`columns` of the current images that have a row version with one of `digests`."""
+    where = snapshot.key_filter("digest", sorted(digests), "wanted_digests")
+    return snapshot.con.execute(
+        f"SELECT {', '.join(columns)} FROM ({snapshot.current_images(where, columns)})"
+    ).fetchall()
 
 
 def _merge_rows(stored: dict, incoming: dict) -> dict:

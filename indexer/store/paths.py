@@ -21,6 +21,8 @@ import contextlib
 import fcntl
 import os
 
+from ..errors import StoreError
+
 DATABASE = "imgdex.duckdb"
 SNAPSHOT_LINK = "parquet"
 SNAPSHOTS = ".snapshots"
@@ -44,6 +46,26 @@ def is_old_layout(store: str) -> bool:
     if "://" in store:
         return False
     return os.path.isfile(os.path.join(store, DATABASE)) or snapshot_dir(store) is not None
+
+
+def no_store_message(store: str) -> str:
+    return f"no image store at {store} (run `imgdex index` first, or set --store / IMGDEX_STORE)"
+
+
+def refuse_old_layout(store: str) -> None:
+    """StoreError when `store` is of the first layout, which only `imgdex migrate` turns into tables."""
+    if not is_table_store(store) and is_old_layout(store):
+        raise StoreError(
+            f"store {store} has the layout of imgdex 0.1 (imgdex.duckdb and Parquet snapshots); "
+            f"convert it once with `imgdex migrate --store {store}`"
+        )
+
+
+def require_table_store(store: str) -> None:
+    """StoreError unless `store` holds the Delta tables (what history and compact work on)."""
+    refuse_old_layout(store)
+    if not is_table_store(store):
+        raise StoreError(no_store_message(store))
 
 
 def default_store() -> str:

@@ -183,9 +183,9 @@ def serve(store, grpc_text, http_text, token_file, insecure_no_auth, workers):
             "give --token-file FILE, or --insecure-no-auth to serve without auth"
         )
     if not os.path.isdir(store):
-        click.echo(
-            f"imgdex: no image store at {store} (run `imgdex index` first, or set --store / IMGDEX_STORE)", err=True
-        )
+        from indexer.store.paths import no_store_message
+
+        click.echo(f"imgdex: {no_store_message(store)}", err=True)
         sys.exit(1)
     try:
         service = Service(store, grpc_address, http_address, token, workers)
