@@ -57,41 +57,44 @@ class SourceOptions:
     registry: object = None  # docker://: a registry_client.RegistryOptions (which imports urllib3)
 
 
-@dataclass
-class DockerArchive:
-    location: str
-    kind: str = "docker-archive"
+class _LocalFiles:
+    """Archives and layouts on this machine: their layers can be read (--verify), and their path
+    is what records keep as their source."""
+
     reads_layers = True
     reads_index = False
 
     def records(self, ctx):
         ctx.source_path = _stored_path(ctx.source_path)
+        return self._read(ctx)
+
+
+@dataclass
+class DockerArchive(_LocalFiles):
+    location: str
+    kind: str = "docker-archive"
+
+    def _read(self, ctx):
         return read_docker_archive(TarMembers.open(self.location, hash_members=ctx.verify), ctx)
 
 
 @dataclass
-class OciArchive:
+class OciArchive(_LocalFiles):
     location: str
     ref: str = ""
     kind: str = "oci-archive"
-    reads_layers = True
-    reads_index = False
 
-    def records(self, ctx):
-        ctx.source_path = _stored_path(ctx.source_path)
+    def _read(self, ctx):
         return read_layout_tar(TarMembers.open(self.location, hash_members=ctx.verify), ctx, self.ref)
 
 
 @dataclass
-class OciLayout:
+class OciLayout(_LocalFiles):
     location: str
     ref: str = ""
     kind: str = "oci"
-    reads_layers = True
-    reads_index = False
 
-    def records(self, ctx):
-        ctx.source_path = _stored_path(ctx.source_path)
+    def _read(self, ctx):
         return read_layout_dir(self.location, ctx, self.ref)
 
 
@@ -105,23 +108,20 @@ def _read_detected(members: TarMembers, ctx: Context) -> tuple[str, Iterator[Ima
 
 
 @dataclass
-class DetectedArchive:
+class DetectedArchive(_LocalFiles):
     """A bare file path (or `-`, standard input): docker-archive when it has manifest.json, else oci-archive."""
 
     location: str
     kind: str = "archive"
-    reads_layers = True
-    reads_index = False
 
-    def records(self, ctx):
-        ctx.source_path = _stored_path(ctx.source_path)
+    def _read(self, ctx):
         kind, records = _read_detected(TarMembers.open(self.location, hash_members=ctx.verify), ctx)
         ctx.source_kind = self.kind = kind
         return records
 
 
 @dataclass
-class ArchiveFolder:
+class ArchiveFolder(_LocalFiles):
     """A bare directory that is not an OCI layout: every archive and layout below it, in path order.
 
     Files that are no image archive are skipped with a note; each broken archive is one error
@@ -130,11 +130,8 @@ class ArchiveFolder:
 
     location: str
     kind: str = "directory"
-    reads_layers = True
-    reads_index = False
 
-    def records(self, ctx):
-        ctx.source_path = _stored_path(ctx.source_path)
+    def _read(self, ctx):
         return _read_folder(self.location, ctx)
 
 
