@@ -80,6 +80,14 @@ class Reader:
             self._outside = False
         return Result(self, self._guard(self._con.execute, sql, params))
 
+    def arrow_batches(self, sql: str, batch_rows: int):
+        """The rows of the library's own `sql` as a pyarrow RecordBatchReader that streams them (for
+        exports: a large table never sits whole in memory). Read errors surface as duckdb errors."""
+        if self._outside:
+            self._guard(self._begin)
+            self._outside = False
+        return self._guard(lambda: self._con.sql(sql).to_arrow_reader(batch_rows))
+
     def run(self, sql: str) -> Result | None:
         """Every statement of `sql`; the result of the last one, or None when there is none."""
         statements = self._guard(self._con.extract_statements, sql)
@@ -236,4 +244,4 @@ def connect(store: str, tables: tuple[str, ...] = paths.TABLES, *, as_of=None, k
     for folder in (store, os.path.join(store, paths.SNAPSHOT_LINK)):
         if any(os.path.isfile(paths.table_file(folder, table)) for table in paths.TABLES):
             raise StoreError(f"store {store} has no images.parquet")
-    raise StoreError(f"no image store at {store} (run `imgdex index` first, or set --store / IMGDEX_STORE)")
+    raise StoreError(paths.no_store_message(store))
