@@ -601,7 +601,7 @@ def _duration(_ctx, param, value: str):
         if text and text[-1] in units:
             return timedelta(seconds=float(text[:-1]) * units[text[-1]])
         return timedelta(seconds=float(text))
-    except ValueError:
+    except (ValueError, OverflowError):  # nan, inf, more days than a timedelta holds
         raise click.BadParameter(f"{value!r} is not a duration such as 7d, 12h, 30m or 0", param=param) from None
 
 

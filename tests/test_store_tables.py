@@ -105,6 +105,11 @@ def test_compact_keeps_every_answer_and_leaves_one_file_per_table(run_cli, tmp_p
     assert len(parquet) == 1  # vacuumed: nothing but the compacted file is left
     refused = run_cli("compact", "--store", store, "--retention", "10m")
     assert refused.exit_code == 1 and "retention" in refused.output
+    for bad in ("inf", "nan", "1e300d", "10x", ""):
+        result = run_cli("compact", "--store", store, "--retention", bad)
+        assert result.exit_code == 2 and "is not a duration" in result.output, bad
+    negative = run_cli("compact", "--store", store, "--retention", "-5d")
+    assert negative.exit_code == 1 and negative.output.count("\n") == 1
 
 
 OLD_STORE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "old-store")
