@@ -1,15 +1,21 @@
-"""The registry source's small parts: names, challenges, credential files, Retry-After."""
+"""The registry source's small parts: names, challenges, credential files, Retry-After, the crawl's scheduling."""
 
 import base64
 import json
 import os
 import stat
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 
-from indexer.errors import SourceError
-from indexer.sources.registry import Target, parse_target, under_prefix
-from indexer.errors import AuthError
+from indexer.errors import AuthError, HttpError, SourceError
+from indexer.model import TagMoves, TagsRetired
+from indexer.sources import registry
+from indexer.sources.parse import Context
+from indexer.sources.registry import Crawl, Fetched, RegistrySource, Target, interleave, parse_target, under_prefix
+from indexer.sources.registry_client import RegistryOptions
 from indexer.sources.registry_auth import find_credentials, parse_challenges, parse_token_response
 from indexer.sources.registry_client import _retry_after
 
@@ -141,3 +147,155 @@ def test_every_docker_hub_alias_is_a_key_for_docker_hub(tmp_path, key):
 def test_a_docker_hub_alias_is_docker_hub(host):
     assert parse_target(host) == Target("docker.io", "registry-1.docker.io")
     assert parse_target(f"{host}/team/app") == Target("docker.io", "registry-1.docker.io", "team/app")
+
+
+# ---------------------------------------------------------------- the crawl's scheduling, without a registry
+
+D1, D2, D3, D4 = (f"sha256:{n * 64}" for n in "1234")
+
+
+def finished_within(seconds, iterator):
+    """The items of `iterator`, read on another thread; None if they do not all come in time."""
+    items = []
+    reader = threading.Thread(target=lambda: items.extend(iterator), daemon=True)
+    reader.start()
+    reader.join(seconds)
+    return None if reader.is_alive() else items
+
+
+def test_a_flow_that_waits_lets_the_others_run():
+    out = deque()
+    gate = Future()
+
+    def waiter():
+        out.append("waiting")
+        yield gate
+        out.append(f"got {gate.result()}")
+
+    def opener():
+        out.append("opening")
+        gate.set_result(1)
+        yield from ()
+
+    assert finished_within(10, interleave([waiter(), opener()], out)) == ["waiting", "opening", "got 1"]
+
+
+def test_closing_interleave_closes_the_flows_still_waiting():
+    out = deque()
+    closed = []
+
+    def flow(name, future):
+        try:
+            out.append(name)
+            yield future
+        finally:
+            closed.append(name)
+
+    items = interleave([flow("a", Future()), flow("b", Future())], out)
+    assert next(items) == "a"
+    items.close()
+    assert sorted(closed) == ["a", "b"]
+
+
+class FakeStore:
+    def __init__(self, known, indexed):
+        self.known, self.indexed = known, indexed
+
+    def known_tags(self, registry, prefix):
+        return [(name, tag, digest) for name, tags in self.known.items() for tag, digest in tags.items()]
+
+    def indexed_digests(self, registry, prefix):
+        return [(name, digest) for name, digests in self.indexed.items() for digest in digests]
+
+
+def offline_crawl(monkeypatch, repositories, jobs=2, store=None, list_tags=None, fetch_tag=None):
+    """A crawl of `docker://registry.example` whose requests are the given functions."""
+    source = RegistrySource("docker://registry.example", RegistryOptions(jobs=jobs, auth_files=[]))
+    if store is not None:
+        source.bind_store(store)
+    notes = []
+    crawl = Crawl(source, Context("docker", source.location, note=notes.append))
+    crawl.client.base = "https://registry.example"  # the scheme is known: no /v2/ probe
+    monkeypatch.setattr(crawl, "_paged", lambda path, *rest: (list(repositories), None))  # the catalog
+    monkeypatch.setattr(crawl, "_list_tags", list_tags or (lambda name: (["t"], None)))
+    monkeypatch.setattr(
+        crawl, "_fetch_tag", fetch_tag or (lambda state, tag: Fetched(tag, f"sha256:{state.name}", None, ""))
+    )
+    monkeypatch.setattr(
+        crawl, "_walk", lambda name, digest, data, media_type, tags: ([f"{name}@{digest} {tags}"], [f"walked {name}"])
+    )
+    return crawl, notes
+
+
+def test_a_repository_s_tags_are_fetched_while_another_is_still_listed(monkeypatch):
+    fetching_a, listing_b = threading.Event(), threading.Event()
+    met = {}
+
+    def list_tags(name):
+        if name == "b":
+            listing_b.set()
+            met["listing b saw a fetch"] = fetching_a.wait(10)
+        return ["t"], None
+
+    def fetch_tag(state, tag):
+        if state.name == "a":
+            fetching_a.set()
+            met["fetching a saw b listed"] = listing_b.wait(10)
+        return Fetched(tag, f"sha256:{state.name}", None, "")
+
+    crawl, notes = offline_crawl(monkeypatch, ["a", "b"], jobs=2, list_tags=list_tags, fetch_tag=fetch_tag)
+    assert sorted(crawl.run()) == ["a@sha256:a ['t']", "b@sha256:b ['t']"]
+    assert met == {"listing b saw a fetch": True, "fetching a saw b listed": True}
+    assert sorted(notes[:2]) == ["walked a", "walked b"]
+    assert notes[2] == (
+        "docker://registry.example: 2 repositories, 2 tags; 2 manifests fetched, "
+        "0 tags unchanged, 0 retagged, 0 removed"
+    )
+
+
+def test_a_crawl_closed_early_sends_no_more_requests_and_leaves_no_thread(monkeypatch):
+    listed = []
+    cancelled = threading.Event()
+
+    class Pool(ThreadPoolExecutor):
+        def shutdown(self, wait=True, *, cancel_futures=False):
+            super().shutdown(wait=False, cancel_futures=cancel_futures)
+            cancelled.set()  # only now may the listing under way finish: nothing queued may start
+            super().shutdown(wait=wait)
+
+    def list_tags(name):
+        listed.append(name)
+        if name == "r01":
+            cancelled.wait(10)
+        return [], HttpError(f"registry.example/{name}: GET tags/list", "500")
+
+    monkeypatch.setattr(registry, "ThreadPoolExecutor", Pool)
+    crawl, _ = offline_crawl(monkeypatch, [f"r{i:02d}" for i in range(50)], jobs=1, list_tags=list_tags)
+    items = crawl.run()
+    first = next(items)
+    assert isinstance(first, SourceError) and "registry.example/r00" in str(first)
+    items.close()
+    assert listed in (["r00"], ["r00", "r01"])
+    assert not [thread for thread in threading.enumerate() if thread.name.startswith("imgdex-registry")]
+
+
+def test_a_recrawl_retires_then_moves_then_walks_each_repository(monkeypatch):
+    store = FakeStore({"app": {"v1": D1, "old": D2, "moved": D1}}, {"app": {D1, D3}})
+    served = {"v1": D1, "moved": D3, "new": D4, "dup": D4}
+    crawl, notes = offline_crawl(
+        monkeypatch,
+        ["app"],
+        store=store,
+        list_tags=lambda name: (list(served), None),
+        fetch_tag=lambda state, tag: Fetched(tag, served[tag], None, ""),
+    )
+    assert list(crawl.run()) == [
+        TagsRetired("registry.example", "app", ("old",)),
+        TagMoves("registry.example", (("app", "moved", D3),)),
+        f"app@{D4} ['dup', 'new']",
+    ]
+    assert notes == [
+        "walked app",
+        "docker://registry.example: 1 repositories, 4 tags; 1 manifests fetched, "
+        "1 tags unchanged, 1 retagged, 1 removed",
+    ]

@@ -3,8 +3,9 @@
 `docker://HOST` crawls every repository of `/v2/_catalog`; `docker://HOST/REPO` every tag of one
 repository; a tag or digest one image. Per tag the manifest is fetched (or, on a re-crawl, only
 HEADed), and the shared parser walks it through `HttpBlobs`, which fetches child manifests and
-config blobs on demand and never a layer. Work runs in a bounded thread pool; everything that
-touches the store stays on the calling thread.
+config blobs on demand and never a layer. Requests run in a pool of `--jobs` threads; each
+repository's crawl is plain sequential code on the calling thread, interleaved with the others by
+`interleave`, so everything that touches the store or the bookkeeping stays on the calling thread.
 
 Names and tags a registry lists are checked against Docker's grammar before anything is asked
 about them: a request path is built only from valid names, so it is exactly the name.
@@ -19,8 +20,9 @@ import queue
 import re
 import threading
 import urllib.parse
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 from ..errors import AuthError, HostDown, HttpError, ImgdexError, SourceError
@@ -184,9 +186,6 @@ class RepoState:
     name: str
     known: dict[str, str]  # tag -> digest, from the store
     indexed: set[str]  # manifest digests the store already has for this repository
-    tags: list[str] = field(default_factory=list)
-    pending: int = 0
-    fetched: list[Fetched] = field(default_factory=list)
 
 
 @dataclass
@@ -197,6 +196,48 @@ class Stats:
     unchanged: int = 0
     retagged: int = 0
     removed: int = 0
+
+
+# A manifest to walk: its digest, its bytes (None: fetch them by digest), media type, and its tags.
+Walk = tuple[str, bytes | None, str, list[str]]
+
+# One sequential piece of a crawl, run by `interleave`: it yields each future it has to wait for.
+Flow = Iterator[Future]
+
+
+def interleave(flows: Iterable[Flow], out: deque) -> Iterator:
+    """Runs many flows at once on the calling thread, and yields what they put in `out` as they go.
+
+    A flow is a generator that submits work to a pool and yields each future it needs before it can
+    go on; it is resumed once that future is done, and reads its result. Meanwhile the other flows
+    run, so each flow is straight-line code while the pool's threads stay busy across all of them.
+    A future is waited on by one flow. Futures come back through one queue, in the order they
+    finish: waiting on thousands of futures at once (`concurrent.futures.wait`, `as_completed`)
+    costs O(n) per wake-up. Closing this generator closes the flows still waiting; the work they
+    left queued is the pool's to cancel, by its owner's shutdown.
+    """
+    finished: queue.SimpleQueue[Future] = queue.SimpleQueue()
+    waiting: dict[Future, Flow] = {}
+
+    def resume(flow: Flow) -> None:
+        for future in flow:
+            if not future.done():
+                waiting[future] = flow
+                future.add_done_callback(finished.put)
+                return
+
+    try:
+        for flow in flows:
+            resume(flow)
+        while True:
+            while out:
+                yield out.popleft()
+            if not waiting:
+                return
+            resume(waiting.pop(finished.get()))
+    finally:
+        for flow in waiting.values():
+            flow.close()
 
 
 class ConfigCache:
@@ -314,10 +355,9 @@ class Crawl:
         self.configs = ConfigCache()
         self.stats = Stats()
         self.store = source.store if _is_incremental_store(source.store) else None
-        self._futures: dict[Future, Callable] = {}
-        self._done: queue.SimpleQueue[Future] = queue.SimpleQueue()
         self._down_reported: set[str] = set()
         self._pool: ThreadPoolExecutor | None = None
+        self._out: deque = deque()  # what the flows found, for `interleave` to hand on
 
     def _credentials(self) -> Credentials | None:
         options = self.options
@@ -449,6 +489,12 @@ class Crawl:
 
     # -------------------------------------------------------------- tasks
 
+    def _list_tags(self, repository: str) -> tuple[list[str], HttpError | None]:
+        what = f"{self.registry}/{repository}: GET tags/list"
+        if not is_valid_repository(repository):
+            return [], HttpError(what, f"refusing to request repository {_shown(repository)}: {_NOT_A_NAME}")
+        return self._paged(f"/v2/{repository}/tags/list", "tags", repository_scope(repository), what, CATALOG_LIMIT)
+
     def _fetch_tag(self, state: RepoState, tag: str) -> Fetched | SourceError:
         where = self._where(state.name, tag)
         try:
@@ -500,31 +546,18 @@ class Crawl:
         except Exception as exc:  # a malformed answer must cost one image, never the crawl
             return [SourceError(where, f"unexpected {type(exc).__name__}: {exc}")], notes
 
-    # -------------------------------------------------------------- scheduling (calling thread)
+    # -------------------------------------------------------------- the crawl (calling thread)
 
-    def _submit(self, then: Callable, fn: Callable, *args) -> None:
-        assert self._pool is not None
-        future = self._pool.submit(fn, *args)
-        self._futures[future] = then
-        # a completion queue: waiting on thousands of futures at once costs O(n) per wake-up
-        future.add_done_callback(self._done.put)
-
-    def _drain(self) -> Iterator[ImageRecord | SourceError]:
-        while self._futures:
-            future = self._done.get()
-            then = self._futures.pop(future)
-            yield from then(future.result())
-
-    def run(self) -> Iterator[ImageRecord | SourceError]:
+    def run(self) -> Iterator[ImageRecord | SourceError | TagMoves | TagsRetired]:
         try:
             self.client.ping()
         except HttpError as exc:
             raise SourceError(self.spec, str(exc)) from None
         self._pool = ThreadPoolExecutor(max_workers=max(1, self.options.jobs), thread_name_prefix="imgdex-registry")
         try:
-            yield from self._run()
-            yield from self._drain()
+            yield from self._crawl()
         finally:
+            # after an error, or when the caller stops reading, the requests not yet sent never are
             self._pool.shutdown(wait=True, cancel_futures=True)
             self.client.close()
         s = self.stats
@@ -532,6 +565,127 @@ class Crawl:
             f"{self.spec}: {s.repositories} repositories, {s.tags} tags; {s.fetched} manifests fetched, "
             f"{s.unchanged} tags unchanged, {s.retagged} retagged, {s.removed} removed"
         )
+
+    def _crawl(self) -> Iterator[ImageRecord | SourceError | TagMoves | TagsRetired]:
+        """The catalog's repositories, or the repository, tag or image asked for: a flow each, interleaved."""
+        target = self.target
+        if not target.repository:
+            yield from self._catalog()
+            return
+        name = target.repository
+        known, indexed = self._store_state(name, exact=name)
+        state = RepoState(name, known.get(name, {}), indexed.get(name, set()))
+        self.stats.repositories = 1
+        if target.digest:
+            if target.digest in state.indexed:
+                self.stats.unchanged += 1
+                return
+            flow = self._walks(name, [(target.digest, None, "", [])])
+        elif target.tag:  # one tag is not the list of tags: the others are not retired
+            self.stats.tags += 1
+            flow = self._tags(state, [target.tag])
+        else:
+            flow = self._repository(state)
+        yield from interleave([flow], self._out)
+
+    def _catalog(self) -> Iterator[ImageRecord | SourceError | TagMoves | TagsRetired]:
+        """Every repository of the catalog under the prefix and in this shard; those of the store that
+        the catalog no longer lists have all their tags retired."""
+        prefix = self.options.repository_prefix.strip("/")
+        # No `n`: distribution refuses an n above its catalog.maxentries, and every registry pages by Link anyway.
+        repositories, error = self._paged(
+            "/v2/_catalog", "repositories", CATALOG_SCOPE, f"{self.registry}: GET /v2/_catalog", CATALOG_LIMIT
+        )
+        if error:
+            if not repositories:
+                raise SourceError(self.spec, f"cannot list the repositories: {error}")
+            yield SourceError(f"{self.registry} catalog", str(error))
+        repositories = [
+            name for name in self._valid_repositories(repositories) if under_prefix(name, prefix) and self.owns(name)
+        ]
+        known, indexed = self._store_state(prefix)
+        self.stats.repositories = len(repositories)
+        if not error and self.store is not None:  # a catalog cut short does not say which repositories are gone
+            listed = set(repositories)
+            for name, tags in known.items():
+                if name not in listed and tags and self.owns(name):
+                    self._out.append(TagsRetired(self.registry, name, tuple(sorted(tags))))
+                    self.stats.removed += len(tags)
+        flows = [
+            self._repository(RepoState(name, known.get(name, {}), indexed.get(name, set()))) for name in repositories
+        ]
+        yield from interleave(flows, self._out)
+
+    def _repository(self, state: RepoState) -> Flow:
+        """One repository: list its tags, retire those that vanished, crawl the others."""
+        listing = self._pool.submit(self._list_tags, state.name)
+        yield listing
+        tags, error = listing.result()
+        if error:
+            self._emit(state.name, [_as_source_error(self._where(state.name), error)])
+            return
+        tags = self._valid_tags(state.name, tags)
+        self.stats.tags += len(tags)
+        vanished = sorted(set(state.known) - set(tags))
+        if vanished and self.store is not None:
+            self._out.append(TagsRetired(self.registry, state.name, tuple(vanished)))
+            self.stats.removed += len(vanished)
+        yield from self._tags(state, tags)
+
+    def _tags(self, state: RepoState, tags: list[str]) -> Flow:
+        """Fetch every tag's manifest at once (a HEAD on a re-crawl), then walk the manifests that changed.
+
+        A repository's tags are settled together: which of them moved is known only once all are in."""
+        fetches = [self._pool.submit(self._fetch_tag, state, tag) for tag in tags]
+        yield from fetches
+        results = [fetch.result() for fetch in fetches]
+        self._emit(state.name, [result for result in results if isinstance(result, SourceError)])
+        claims, walks = self._group(state, [result for result in results if isinstance(result, Fetched)])
+        if claims:
+            self._out.append(TagMoves(self.registry, tuple(claims)))
+        yield from self._walks(state.name, walks)
+
+    def _walks(self, repository: str, walks: list[Walk]) -> Flow:
+        """Walk every manifest at once; what each walk found is handed on in order."""
+        self.stats.fetched += len(walks)
+        futures = [self._pool.submit(self._walk, repository, *walk) for walk in walks]
+        for future in futures:
+            yield future
+            items, notes = future.result()
+            for note in notes:
+                self.ctx.note(note)
+            self._emit(repository, items)
+
+    def _group(self, state: RepoState, fetched: list[Fetched]) -> tuple[list[tuple[str, str, str]], list[Walk]]:
+        """The tags by manifest: (claims of the tags that only moved to a manifest already indexed, as
+        one TagMoves; the manifests to walk)."""
+        by_digest: dict[str, list[Fetched]] = {}
+        for one in fetched:
+            key = one.digest or ("sha256:" + hashlib.sha256(one.data or b"").hexdigest())
+            by_digest.setdefault(key, []).append(one)
+        claims: list[tuple[str, str, str]] = []
+        walks: list[Walk] = []
+        for digest, group in by_digest.items():
+            tags = sorted(f.tag for f in group)
+            exact = digest in state.indexed and self.store is not None
+            # a tag is unchanged only when the store already holds the exact record it points at
+            changed = [t for t in tags if not exact or state.known.get(t) != digest]
+            self.stats.unchanged += len(tags) - len(changed)
+            if not changed:
+                continue
+            if exact:
+                claims += [(state.name, tag, digest) for tag in changed]
+                self.stats.retagged += len(changed)
+                continue
+            with_data = next((f for f in group if f.data is not None), None)
+            if with_data is None:
+                walks.append((digest, None, "", tags))
+            else:
+                walks.append((digest, with_data.data, with_data.media_type, tags))
+        return claims, walks
+
+    def _emit(self, repository: str, items: Iterable) -> None:
+        self._out.extend(self._report(repository, items))
 
     def _store_state(self, prefix: str, exact: str = "") -> tuple[dict[str, dict[str, str]], dict[str, set[str]]]:
         """(tag -> digest per repository, exact manifest digests per repository) from the store.
@@ -585,139 +739,6 @@ class Crawl:
         """Whether this crawl's shard takes the repository: all its tags are one shard's, so
         that shard alone decides which of them moved or vanished."""
         return in_shard(self.ctx.shard, repository_key(self.registry, repository))
-
-    def _run(self) -> Iterator[ImageRecord | SourceError]:
-        target = self.target
-        if target.repository:
-            known, indexed = self._store_state(target.repository, exact=target.repository)
-            state = RepoState(
-                target.repository, known.get(target.repository, {}), indexed.get(target.repository, set())
-            )
-            self.stats.repositories = 1
-            if target.digest:
-                self.stats.tags = 0
-                if target.digest in state.indexed:
-                    self.stats.unchanged += 1
-                    return
-                self.stats.fetched += 1
-                self._submit(
-                    lambda result: self._walked(target.repository, result),
-                    self._walk,
-                    target.repository,
-                    target.digest,
-                    None,
-                    "",
-                    [],
-                )
-            elif target.tag:
-                state.tags = [target.tag]
-                self._start_tags(state, [target.tag], complete=False)
-            else:
-                self._submit(lambda result: self._listed(state, result), self._list_tags, state.name)
-            return
-        prefix = self.options.repository_prefix.strip("/")
-        # No `n`: distribution refuses an n above its catalog.maxentries, and every registry pages by Link anyway.
-        repositories, error = self._paged(
-            "/v2/_catalog", "repositories", CATALOG_SCOPE, f"{self.registry}: GET /v2/_catalog", CATALOG_LIMIT
-        )
-        if error:
-            if not repositories:
-                raise SourceError(self.spec, f"cannot list the repositories: {error}")
-            yield SourceError(f"{self.registry} catalog", str(error))
-        repositories = [
-            name for name in self._valid_repositories(repositories) if under_prefix(name, prefix) and self.owns(name)
-        ]
-        known, indexed = self._store_state(prefix)
-        self.stats.repositories = len(repositories)
-        for name in repositories:
-            state = RepoState(name, known.get(name, {}), indexed.get(name, set()))
-            self._submit(lambda result, state=state: self._listed(state, result), self._list_tags, name)
-        if not error and self.store is not None:
-            listed = set(repositories)
-            for name, tags in known.items():
-                if name not in listed and tags and self.owns(name):
-                    yield TagsRetired(self.registry, name, tuple(sorted(tags)))
-                    self.stats.removed += len(tags)
-
-    def _list_tags(self, repository: str) -> tuple[list[str], HttpError | None]:
-        what = f"{self.registry}/{repository}: GET tags/list"
-        if not is_valid_repository(repository):
-            return [], HttpError(what, f"refusing to request repository {_shown(repository)}: {_NOT_A_NAME}")
-        return self._paged(f"/v2/{repository}/tags/list", "tags", repository_scope(repository), what, CATALOG_LIMIT)
-
-    def _listed(self, state: RepoState, result: tuple[list[str], HttpError | None]) -> Iterable:
-        tags, error = result
-        if error:
-            return self._report(state.name, [_as_source_error(self._where(state.name), error)])
-        tags = self._valid_tags(state.name, tags)
-        state.tags = tags
-        self.stats.tags += len(tags)
-        return self._start_tags(state, tags, complete=True)
-
-    def _start_tags(self, state: RepoState, tags: list[str], complete: bool) -> list:
-        out: list = []
-        if complete:
-            vanished = sorted(set(state.known) - set(tags))
-            if vanished and self.store is not None:
-                out.append(TagsRetired(self.registry, state.name, tuple(vanished)))
-                self.stats.removed += len(vanished)
-        if not complete:
-            self.stats.tags += len(tags)
-        state.pending = len(tags)
-        for tag in tags:
-            self._submit(lambda result, state=state: self._tag_done(state, result), self._fetch_tag, state, tag)
-        return out
-
-    def _tag_done(self, state: RepoState, result: Fetched | SourceError) -> Iterable:
-        state.pending -= 1
-        out: list = []
-        if isinstance(result, SourceError):
-            out = self._report(state.name, [result])
-        else:
-            state.fetched.append(result)
-        if state.pending == 0:
-            out += self._group(state)
-        return out
-
-    def _group(self, state: RepoState) -> list:
-        """Fetches the manifests of the tags that changed; the tags that only moved to a manifest
-        already indexed come back as one TagMoves."""
-        by_digest: dict[str, list[Fetched]] = {}
-        for fetched in state.fetched:
-            key = fetched.digest or ("sha256:" + hashlib.sha256(fetched.data or b"").hexdigest())
-            by_digest.setdefault(key, []).append(fetched)
-        claims = []
-        for digest, group in by_digest.items():
-            tags = sorted(f.tag for f in group)
-            exact = digest in state.indexed and self.store is not None
-            # a tag is unchanged only when the store already holds the exact record it points at
-            changed = [t for t in tags if not exact or state.known.get(t) != digest]
-            self.stats.unchanged += len(tags) - len(changed)
-            if not changed:
-                continue
-            if exact:
-                claims += [(state.name, tag, digest) for tag in changed]
-                self.stats.retagged += len(changed)
-                continue
-            with_data = next((f for f in group if f.data is not None), None)
-            self.stats.fetched += 1
-            self._submit(
-                lambda result, name=state.name: self._walked(name, result),
-                self._walk,
-                state.name,
-                digest,
-                with_data.data if with_data else None,
-                with_data.media_type if with_data else "",
-                tags,
-            )
-        state.fetched.clear()
-        return [TagMoves(self.registry, tuple(claims))] if claims else []
-
-    def _walked(self, repository: str, result: tuple[list, list[str]]) -> Iterable:
-        items, notes = result
-        for note in notes:
-            self.ctx.note(note)
-        return self._report(repository, items)
 
 
 def _is_schema1(data: bytes) -> bool:
