@@ -6,12 +6,13 @@ import dataclasses
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Callable, Iterable
 
 from .errors import ImgdexError, SourceError, StoreError, printable
 from .model import ImageRecord, TagMoves, TagsRetired, merge_records
 from .references import redact_userinfo
-from .shard import Shard
+from .shard import CountedShard, Shard
 from .sources import SourceOptions, parse_source
 from .sources.parse import Context
 
@@ -25,10 +26,24 @@ class RunSummary:
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # (registry, name, tag) -> (order, image id, manifest digest) of the last claim of each tag in
+    # this run, when `run_tasks` is asked to keep them (for `index --jobs`, see workers.py). The
+    # order, (source position, units asked about, record number), ranks claims as one process
+    # reading the sources in turn would meet them. A registry's tag move has no image id.
+    claims: dict[tuple[str, str, str], tuple[tuple[int, int, int], str, str]] = field(default_factory=dict, repr=False)
 
     @property
     def ok(self) -> bool:
         return self.failed == 0
+
+
+@dataclass(frozen=True)
+class Task:
+    """A source of the run, or one worker's slice of it (`index --jobs`)."""
+
+    position: int  # the source's place among the run's sources
+    spec: str
+    shard: Shard | CountedShard | None = None
 
 
 def index_sources(
@@ -45,19 +60,59 @@ def index_sources(
     on_image: Callable[[ImageRecord], None] = lambda record: None,
     on_source: Callable[[str], None] = lambda spec: None,
 ) -> RunSummary:
-    """Index every source into `writer` (a DeltaWriter); failures are counted, never raised.
+    """Index every source into `writer` (a DeltaWriter) and record the run; failures are counted,
+    never raised.
 
     Each source takes its own settings from `options` (see sources.SourceOptions); `registry`,
     `repository`, `verify` and `shard` (--shard K/N) apply to every source.
     """
-    from .store.writer import now_utc
+    started_at = now()
+    spec_list = list(specs)
+    summary = run_tasks(
+        [Task(position, spec, shard) for position, spec in enumerate(spec_list)],
+        writer,
+        options=options,
+        registry=registry,
+        repository=repository,
+        verify=verify,
+        on_error=lambda message, _where: on_error(message),
+        on_note=lambda message, _where: on_note(message),
+        on_image=on_image,
+        on_source=on_source,
+    )
+    record_run(writer, spec_list, summary, started_at)
+    return summary
 
+
+def run_tasks(
+    tasks: Iterable[Task],
+    writer,
+    *,
+    options: SourceOptions | None = None,
+    registry: str = "",
+    repository: str = "",
+    verify: bool = False,
+    on_error: Callable[[str, tuple[int, int]], None] = lambda message, where: None,
+    on_note: Callable[[str, tuple[int, int]], None] = lambda message, where: None,
+    on_image: Callable[[ImageRecord], None] = lambda record: None,
+    on_source: Callable[[str], None] = lambda spec: None,
+    keep_claims: bool = False,
+) -> RunSummary:
+    """Index each task's source, or its slice of it, into `writer`, recording no run.
+
+    `on_error` and `on_note` also get where the message arose: (the task's position, units its
+    shard had been asked about), the same in every worker of `index --jobs` for a message that
+    does not depend on the slice."""
     options = options or SourceOptions()
     started = time.monotonic()
-    started_at = now_utc()
     summary = RunSummary()
     pending: dict[str, ImageRecord] = {}
     claims: dict[tuple[str, str, str], str] = {}  # (registry, name, tag) -> the pending id that claimed it last
+    task = Task(0, "")
+    records_seen = 0
+
+    def where() -> tuple[int, int]:
+        return task.position, task.shard.asked if isinstance(task.shard, CountedShard) else 0
 
     # Every message leaves through these two, so URL credentials are redacted once for the
     # terminal, the summary and the runs table alike, whatever source produced them.
@@ -65,17 +120,17 @@ def index_sources(
         message = printable(redact_userinfo(message))
         summary.failed += 1
         summary.errors.append(message)
-        on_error(message)
+        on_error(message, where())
 
     def note(message: str) -> None:
         message = printable(redact_userinfo(message))
         summary.notes.append(message)
-        on_note(message)
+        on_note(message, where())
 
     def store(records: list[ImageRecord]) -> int:
         """Write a batch; a record the store refuses is isolated by halving, so the rest lands."""
         try:
-            writer.write(records, now_utc())
+            writer.write(records, now())
             return len(records)
         except StoreError:
             raise  # the store itself cannot be written: no batch would land
@@ -92,8 +147,8 @@ def index_sources(
             pending.clear()
             claims.clear()
 
-    spec_list = list(specs)
-    for spec in spec_list:
+    for task in tasks:
+        spec = task.spec
         try:
             source = parse_source(spec, options)
             if source.reads_index:
@@ -105,7 +160,7 @@ def index_sources(
                 repository=repository,
                 note=note,
                 verify=verify,
-                shard=shard,
+                shard=task.shard,
             )
             if verify and not source.reads_layers:
                 note(f"{spec}: --verify does not apply: layer contents are not read from this source")
@@ -115,12 +170,22 @@ def index_sources(
                     continue
                 if isinstance(item, TagMoves):
                     writer.claim_tags(item.registry, list(item.claims))
+                    if keep_claims:
+                        records_seen += 1
+                        order = (*where(), records_seen)
+                        for name, tag, digest in item.claims:
+                            summary.claims[(item.registry, name, tag)] = (order, "", digest)
                     continue
                 if isinstance(item, TagsRetired):
                     writer.retire_tags(item.registry, item.name, list(item.tags))
                     continue
                 known = pending.get(item.id)
                 pending[item.id] = item if known is None else merge_records(known, item)
+                if keep_claims and item.tags:
+                    records_seen += 1
+                    order = (*where(), records_seen)
+                    for tag in item.tags:
+                        summary.claims[(item.registry, item.name, tag)] = (order, item.id, item.digest)
                 for tag in item.tags:
                     # A tag names one manifest per repository: the later claim wins.
                     key = (item.registry, item.name, tag)
@@ -139,23 +204,33 @@ def index_sources(
         on_source(spec)
     flush()
     summary.seconds = time.monotonic() - started
+    return summary
+
+
+def record_run(writer, specs: list[str], summary: RunSummary, started_at: datetime) -> None:
+    """The run's one `runs` row, with its totals and every error."""
     if summary.indexed == 0 and writer.pristine:
         # The store does not exist and nothing landed: no run record creates it for nothing
         # (the writer creates a store with its first commit).
-        return summary
+        return
     writer.record_run(
         {
             "run_id": uuid.uuid4().hex,
             "started_at": started_at,
-            "finished_at": now_utc(),
+            "finished_at": now(),
             # A source argument may hold bytes that are not UTF-8 (os.fsdecode's surrogates).
-            "sources": [printable(redact_userinfo(spec)) for spec in spec_list],
+            "sources": [printable(redact_userinfo(spec)) for spec in specs],
             "images_indexed": summary.indexed,
             "images_failed": summary.failed,
             "errors": summary.errors,
         }
     )
-    return summary
+
+
+def now() -> datetime:
+    # store.writer.now_utc, without importing pyarrow and DuckDB: `index --jobs` starts its
+    # workers before anything loads them.
+    return datetime.now(timezone.utc)
 
 
 def _unstorable(record: ImageRecord, exc: Exception) -> str:

@@ -53,11 +53,40 @@ class Shard:
         digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
         return int.from_bytes(digest[:8], "big") % self.count == self.index - 1
 
+    def within(self, index: int, count: int) -> Shard:
+        """The `index`-th of `count` slices of this shard's slice (`index --jobs` within `--shard`).
+
+        `owns` keeps residue K-1 of N; the key's hash divided by N, taken modulo `count`, splits
+        that residue class again. Together that is one residue of N*count: a plain Shard, and the
+        `count` slices are disjoint and make up exactly this one."""
+        inner = Shard(index, count)
+        return Shard(self.index + self.count * (inner.index - 1), self.count * inner.count)
+
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
 
 
 Shard.ALL = Shard(1, 1)
+
+
+class CountedShard:
+    """A shard that counts the units it is asked about, owned or not.
+
+    Every slice of a source asks about the same units in the same order (ownership is decided per
+    unit, never by what came before), so `asked` names a unit's place in the source's enumeration
+    identically in every worker of `index --jobs`: the run orders tag claims by it.
+    """
+
+    def __init__(self, shard: Shard):
+        self.shard = shard
+        self.asked = 0
+
+    def owns(self, key: str) -> bool:
+        self.asked += 1
+        return self.shard.owns(key)
+
+    def __str__(self) -> str:
+        return str(self.shard)
 
 
 def in_shard(shard: Shard | None, key: str) -> bool:

@@ -199,7 +199,12 @@ def _split_repository(registry: str, repository: str) -> tuple[str, str]:
     "Loopback may always use plain HTTP.",
 )
 @click.option(
-    "--jobs", type=click.IntRange(1, 256), default=8, show_default=True, help="Parallel requests to a registry."
+    "--jobs",
+    type=click.IntRange(1, 256),
+    default=None,
+    metavar="N",
+    help="Processes for archives, layouts and folders of them (default: the CPUs this process may use; a "
+    "run with little work stays in one), and requests at once to a registry (default 8).",
 )
 @click.option(
     "--shard",
@@ -250,9 +255,9 @@ def index(
     """
     import os
 
+    from indexer import workers
     from indexer.run import index_sources
     from indexer.sources import SourceOptions
-    from indexer.store.delta_writer import DeltaWriter
 
     password = None
     crawls_registries = any(source.startswith("docker://") for source in sources)
@@ -286,24 +291,31 @@ def index(
             tls_verify=tls_verify,
             ca_cert=ca_cert or "",
             insecure_registries=tuple(insecure_registries),
-            jobs=jobs,
+            jobs=jobs or 8,
             timeout=timeout,
         )
     options = SourceOptions(docker_host=docker_host, all_images=all_images, registry=registry_options)
-    with DeltaWriter(store) as writer:
-        summary = index_sources(
-            sources,
-            writer,
-            options=options,
-            registry=registry,
-            repository=repository,
-            verify=verify,
-            shard=shard,
-            on_error=progress.message,
-            on_note=(lambda text: None) if quiet else (lambda text: progress.message(f"note: {text}")),
-            on_image=progress.image,
-            on_source=progress.source,
-        )
+    run_options = {
+        "options": options,
+        "registry": registry,
+        "repository": repository,
+        "verify": verify,
+        "shard": shard,
+        "on_error": progress.message,
+        "on_note": (lambda text: None) if quiet else (lambda text: progress.message(f"note: {text}")),
+        "on_image": progress.image,
+        "on_source": progress.source,
+    }
+    # Planned, and workers started, before the store's libraries are loaded (see workers.py).
+    local_jobs = jobs or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    work = workers.plan(list(sources), jobs=local_jobs, shard=shard, options=options, verify=verify)
+    if work is not None:
+        summary = workers.index_parallel(work, store, **run_options)
+    else:
+        from indexer.store.delta_writer import DeltaWriter
+
+        with DeltaWriter(store) as writer:
+            summary = index_sources(sources, writer, **run_options)
     progress.done()
     if as_json:
         click.echo(

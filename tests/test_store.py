@@ -719,10 +719,12 @@ def test_reader_of_a_store_that_is_not_there_yet_fails_cleanly(tmp_path, corpora
 
 
 def _start_index(store, specs, cwd, batch=None) -> subprocess.Popen:
+    # One process: these tests count whole batches of one writer (tests/test_jobs.py covers workers).
+    args = ["index", "-q", "--jobs", "1", "--store", str(store), *specs]
     if batch is None:
-        command = [*CLI, "index", "-q", "--store", str(store), *specs]
+        command = [*CLI, *args]
     else:
-        command = [sys.executable, "-c", SMALL_BATCH_RUNNER, str(batch), "index", "-q", "--store", str(store), *specs]
+        command = [sys.executable, "-c", SMALL_BATCH_RUNNER, str(batch), *args]
     return subprocess.Popen(
         command, cwd=cwd, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

@@ -145,6 +145,16 @@ class DeltaWriter:
         self._touched = True
         return moved
 
+    def claim_tags_by_id(self, claims: list[tuple[str, str, str, str]]) -> None:
+        """Point each (registry, name, tag, image id) at that image: for images without a manifest
+        digest (a classic docker save), which `claim_tags` cannot find. One commit, like `write`."""
+        if not claims or not self._exists:
+            return
+        self._guarded(
+            self._tables.write_changes, self.run_id, lambda snapshot: premerge(snapshot, None, claims=list(claims))
+        )
+        self._touched = True
+
     def retire_tags(self, registry: str, name: str, tags: list[str]) -> None:
         """Remove tags that vanished from a repository. Their images stay, untagged if it was the last."""
         if not tags or not self._exists:
