@@ -8,24 +8,20 @@ default values omitted, fields in proto order.
 from __future__ import annotations
 
 import json
+from collections import namedtuple
 from json.encoder import encode_basestring as _escape
 
-# What `to_response` reads, in this order. Layers come as JSON text: DuckDB turns a list of
-# structs into Python dicts several times slower than json.loads parses the same list.
-COLUMNS = (
-    "id",
-    "name",
-    "digest",
-    "compressed_size",
-    "config_id",
-    "config_digest",
-    "config_size",
-    "config_urls",
-    "to_json(layers)::VARCHAR",
-    "tags",
-    "created",
-)
-SELECT = ", ".join(COLUMNS)
+from indexer.store.columns import RESPONSE_COLUMNS
+
+# Layers come as JSON text: DuckDB turns a list of structs into Python dicts several times slower
+# than json.loads parses the same list.
+_SELECTED_AS = {"layers": "to_json(layers)::VARCHAR"}
+# What `to_response` reads, in the order of `RESPONSE_COLUMNS` (the column table's response fields,
+# in proto order; the id first).
+SELECT = ", ".join(_SELECTED_AS.get(name, name) for name in RESPONSE_COLUMNS)
+# A selected row by column name: renderers read fields by name, never by position.
+Row = namedtuple("Row", RESPONSE_COLUMNS)
+assert RESPONSE_COLUMNS[0] == "id", "readers key rows by their first value"
 
 
 def _blob(blob_id: str, digest: str, size: int | None, urls) -> dict:
@@ -39,35 +35,23 @@ def _blob(blob_id: str, digest: str, size: int | None, urls) -> dict:
 
 def to_response(row: tuple) -> dict:
     """One row of `SELECT {SELECT} FROM images` as an Image message in JSON form."""
-    (
-        image_id,
-        name,
-        digest,
-        compressed_size,
-        config_id,
-        config_digest,
-        config_size,
-        config_urls,
-        layers_json,
-        tags,
-        created,
-    ) = row
-    layers = json.loads(layers_json) if layers_json else None
-    out: dict = {"id": image_id}
-    if name:
-        out["name"] = name
-    if digest:
-        out["digest"] = digest
-    if compressed_size:
-        out["compressedSize"] = str(compressed_size)
-    if config_digest:
-        out["config"] = _blob(config_id, config_digest, config_size, config_urls)
+    r = Row._make(row)
+    layers = json.loads(r.layers) if r.layers else None
+    out: dict = {"id": r.id}
+    if r.name:
+        out["name"] = r.name
+    if r.digest:
+        out["digest"] = r.digest
+    if r.compressed_size:
+        out["compressedSize"] = str(r.compressed_size)
+    if r.config_digest:
+        out["config"] = _blob(r.config_id, r.config_digest, r.config_size, r.config_urls)
     if layers:
         out["layers"] = [_blob(layer["id"], layer["digest"], layer["size"], layer["urls"]) for layer in layers]
-    if tags:
-        out["tags"] = list(tags)
-    if created:
-        out["createdAt"] = created
+    if r.tags:
+        out["tags"] = list(r.tags)
+    if r.created:
+        out["createdAt"] = r.created
     return out
 
 
@@ -141,27 +125,26 @@ def _blob_json(blob_id, digest, size, urls, newline: str) -> str:
     return text + newline + "}"
 
 
-def _image_json(row: tuple, layers: list | None, out: list[str]) -> None:
+def _image_json(r: Row, layers: list | None, out: list[str]) -> None:
     """`to_response(row)` as `to_json` writes it inside a list response (at four spaces); `layers` parsed."""
-    image_id, name, digest, compressed_size, config_id, config_digest, config_size, config_urls, _, tags, created = row
     nl = "\n      "
-    out.append("{" + nl + '"id": ' + _text(image_id))
-    if name:
-        out.append("," + nl + '"name": ' + _text(name))
-    if digest:
-        out.append("," + nl + '"digest": ' + _text(digest))
-    if compressed_size:
-        out.append("," + nl + '"compressedSize": "' + str(compressed_size) + '"')
-    if config_digest:
-        out.append("," + nl + '"config": ' + _blob_json(config_id, config_digest, config_size, config_urls, nl))
+    out.append("{" + nl + '"id": ' + _text(r.id))
+    if r.name:
+        out.append("," + nl + '"name": ' + _text(r.name))
+    if r.digest:
+        out.append("," + nl + '"digest": ' + _text(r.digest))
+    if r.compressed_size:
+        out.append("," + nl + '"compressedSize": "' + str(r.compressed_size) + '"')
+    if r.config_digest:
+        out.append("," + nl + '"config": ' + _blob_json(r.config_id, r.config_digest, r.config_size, r.config_urls, nl))
     if layers:
         inner = nl + "  "
         blobs = [inner + _blob_json(x["id"], x["digest"], x["size"], x["urls"], inner) for x in layers]
         out.append("," + nl + '"layers": [' + ",".join(blobs) + nl + "]")
-    if tags:
-        out.append("," + nl + '"tags": [' + ",".join(nl + "  " + _text(t) for t in tags) + nl + "]")
-    if created:
-        out.append("," + nl + '"createdAt": ' + _text(created))
+    if r.tags:
+        out.append("," + nl + '"tags": [' + ",".join(nl + "  " + _text(t) for t in r.tags) + nl + "]")
+    if r.created:
+        out.append("," + nl + '"createdAt": ' + _text(r.created))
     out.append("\n    }")
 
 
@@ -169,7 +152,8 @@ def list_fragment(row: tuple) -> str:
     """One image of a list response as `to_json` writes it there (at four spaces): what a server
     keeps per image. Half the time of building the image's dict and writing it."""
     out: list[str] = []
-    _image_json(row, json.loads(row[8] or "null"), out)
+    r = Row._make(row)
+    _image_json(r, json.loads(r.layers or "null"), out)
     return "".join(out)
 
 

@@ -14,8 +14,10 @@ import json
 import os
 import re
 import stat
+import weakref
 from typing import Callable, Iterable, Iterator
 
+from .. import collector
 from ..errors import ImgdexError, SourceError, printable
 from ..model import ImageRecord
 from ..references import Reference, is_bare_tag, parse_reference
@@ -25,6 +27,29 @@ from .parse import MAX_INDEX_DEPTH, MAX_JSON_BYTES, Context, load_object, parse_
 from .tarball import MAX_INDEX_BYTES, TarMembers, not_regular, open_regular
 
 _PIECE = 1 << 20
+# A plain blob is opened without following links, and without blocking should a FIFO be swapped in.
+_PLAIN_OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# A blob folder read this many times is listed once (a cheaper way to learn which blobs are plain
+# files than an lstat each), unless it holds more than _MAX_LISTED files (about 100 bytes each).
+_LIST_AFTER = 64
+_DIR_FD = os.open in os.supports_dir_fd and os.stat in os.supports_dir_fd
+_MAX_LISTED = 1_000_000
+
+
+def _regular_names(folder: int) -> frozenset[str]:
+    """The names of the regular files (not links) in `folder`, from one listing: the type of each
+    comes with its name. Empty when the folder cannot be listed or holds more than _MAX_LISTED."""
+    names = set()
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_file(follow_symlinks=False):
+                    names.add(entry.name)
+                    if len(names) > _MAX_LISTED:
+                        return frozenset()
+    except OSError:
+        return frozenset()
+    return frozenset(names)
 
 
 def _blob_path(digest: str) -> str:
@@ -40,6 +65,12 @@ class DirBlobs:
         self._real_root = os.path.realpath(root)
         self._sizes: dict[str, int | None] = {}
         self._safe_folders: set[str] = set()
+        # algorithm -> a descriptor of its blob folder, once that folder was found inside the layout:
+        # blobs are opened relative to it, which spares the kernel the walk down the whole path
+        self._plain_folders: dict[str, int] = {}
+        # algorithm -> the names of the regular files of its folder, listed once it is read much
+        self._regular: dict[str, frozenset[str]] = {}
+        self._reads: dict[str, int] = {}
 
     def _checked_path(self, digest: str) -> str:
         relative = _blob_path(digest)
@@ -48,6 +79,9 @@ class DirBlobs:
         if folder not in self._safe_folders:
             self.check_inside(os.path.join(self.root, folder))
             self._safe_folders.add(folder)
+            algorithm = digest.partition(":")[0]
+            if folder == f"blobs/{algorithm}" and "/" not in algorithm and algorithm not in (".", ".."):
+                self._open_plain_folder(algorithm, os.path.join(self.root, folder))
         try:
             if stat.S_ISLNK(os.lstat(path).st_mode):
                 self.check_inside(path)
@@ -55,13 +89,55 @@ class DirBlobs:
             pass
         return path
 
+    def _open_plain_folder(self, algorithm: str, path: str) -> None:
+        if not _DIR_FD:
+            return
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return  # a linked or unreadable folder: its blobs go the checked way
+        self._plain_folders[algorithm] = fd
+        weakref.finalize(self, os.close, fd)
+
     def check_inside(self, path: str, what: str = "blob") -> None:
         real = os.path.realpath(path)
         if real != self._real_root and not real.startswith(self._real_root + os.sep):
             raise SourceError(printable(path), f"{what} is a symlink that points outside the layout")
 
+    def _plain_file(self, digest: str) -> tuple[str, int, os.stat_result] | None:
+        """(name, folder descriptor, lstat) of a blob that is a regular file, not a symlink, in a
+        folder already found inside the layout; None for anything else, which the checked path
+        (`_checked_path`) handles."""
+        algorithm, _, encoded = digest.partition(":")
+        folder = self._plain_folders.get(algorithm)
+        if folder is None or not encoded or "/" in encoded or encoded[0] == ".":
+            return None
+        try:
+            info = os.lstat(encoded, dir_fd=folder)
+        except (OSError, ValueError):
+            return None
+        return (encoded, folder, info) if stat.S_ISREG(info.st_mode) else None
+
+    def _plain_read_path(self, digest: str) -> tuple[str, int] | None:
+        """(name, folder descriptor) of a blob that is a regular file, as `_plain_file`; for a folder
+        read often, its listing tells the file's type, so no lstat is needed before opening it."""
+        algorithm, _, encoded = digest.partition(":")
+        regular = self._regular.get(algorithm)
+        if regular is None:
+            reads = self._reads[algorithm] = self._reads.get(algorithm, 0) + 1
+            if reads == _LIST_AFTER and algorithm in self._plain_folders:
+                regular = self._regular[algorithm] = _regular_names(self._plain_folders[algorithm])
+        if regular is not None and encoded in regular:
+            return encoded, self._plain_folders[algorithm]
+        plain = self._plain_file(digest)
+        return None if plain is None else plain[:2]
+
     def blob_size(self, digest: str) -> int | None:
         if digest not in self._sizes:
+            plain = self._plain_file(digest)
+            if plain is not None:
+                self._sizes[digest] = plain[2].st_size
+                return plain[2].st_size
             path = self._checked_path(digest)
             try:
                 info = os.stat(path)
@@ -74,6 +150,29 @@ class DirBlobs:
         return self._sizes[digest]
 
     def read_blob(self, digest: str, limit: int) -> bytes:
+        # Most blobs are plain files: one lstat (or the folder's listing), an open that cannot follow
+        # a link swapped in since, one fstat and one read. Anything else (a link, a special file, a
+        # file that changes, any error) goes the checked way below, which also words the error.
+        plain = self._plain_read_path(digest)
+        if plain is not None:
+            try:
+                fd = os.open(plain[0], _PLAIN_OPEN, dir_fd=plain[1])
+            except OSError:
+                pass
+            else:
+                try:
+                    info = os.fstat(fd)
+                    if stat.S_ISREG(info.st_mode) and info.st_size <= limit:
+                        data = os.read(fd, info.st_size + 1)
+                        if len(data) == info.st_size:
+                            return data
+                except OSError:
+                    pass
+                finally:
+                    os.close(fd)
+        return self._read_checked(digest, limit)
+
+    def _read_checked(self, digest: str, limit: int) -> bytes:
         path = self._checked_path(digest)
         try:
             with open_regular(path, "blob") as f:
@@ -384,6 +483,10 @@ def walk_layout(
     With `ctx.shard`, each top-level descriptor is walked by the shard that owns its key (`keys`,
     by position; `shard_keys` when not given).
     """
+    return collector.paused_while(_walk_layout(blobs, index, ctx, where, ref, extra_names, keys))
+
+
+def _walk_layout(blobs, index, ctx, where, ref, extra_names, keys) -> Iterator[ImageRecord | SourceError]:
     if ctx.shard is not None and keys is None:
         keys = shard_keys(blobs, index, where)
     found = False

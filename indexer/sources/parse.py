@@ -30,6 +30,7 @@ from ..model import (
 from ..references import DIGEST_ALGORITHMS, Reference, image_id, is_valid_digest, is_valid_name, is_valid_tag
 from ..shard import Shard
 from . import mediatypes as mt
+from . import typed
 from .jsonshape import object_at, string_at
 
 # Manifests, indexes and configs above this size are refused unread: memory stays bounded.
@@ -100,7 +101,7 @@ def verify(data: bytes, digest: str, size: int | None, where: str, what: str) ->
     algorithm, _, _ = digest.partition(":")
     if algorithm not in DIGEST_ALGORITHMS:
         raise SourceError(where, f"{what} uses unsupported digest algorithm {algorithm!r}")
-    actual = f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
+    actual = f"{algorithm}:{getattr(hashlib, algorithm)(data).hexdigest()}"
     if actual != digest:
         raise SourceError(where, f"{what} digest mismatch: descriptor says {digest}, bytes hash to {actual}")
     if size is not None and size != len(data):
@@ -193,6 +194,12 @@ def _history(raw: object) -> tuple[HistoryEntry, ...]:
 
 
 def parse_config(data: bytes, where: str) -> ImageConfig:
+    config = typed.decode_config(data)
+    return config if config is not None else parse_config_exact(data, where)
+
+
+def parse_config_exact(data: bytes, where: str) -> ImageConfig:
+    """The config by json.loads, for what the typed decoder leaves (and for its error messages)."""
     doc = load_object(data, where, "config")
     inner = object_at(doc, "config")
     created = string_at(doc, "created")
@@ -272,6 +279,9 @@ def _config_fields(config: ImageConfig | None) -> dict:
         history=config.history,
         diff_ids=config.diff_ids,
     )
+
+
+_NO_CONFIG = ImageConfig()
 
 
 def layers_compressed(layers: Iterable[Blob]) -> bool:
@@ -359,6 +369,25 @@ def walk(
     try:
         data = store.read_blob(descriptor.digest, MAX_JSON_BYTES)
         verify(data, descriptor.digest, descriptor.size, where, f"manifest {descriptor.digest}")
+        decoded = typed.decode_manifest(data, descriptor.media_type, ctx.descriptors)
+        if decoded is not None:
+            media_type, config_blob, layers, artifact_type = decoded
+            yield from _image_records(
+                store,
+                descriptor,
+                data,
+                media_type,
+                config_blob,
+                layers,
+                artifact_type,
+                names,
+                ctx,
+                where,
+                parent,
+                platform,
+                annotations or {},
+            )
+            return
         doc = load_object(data, where, f"manifest {descriptor.digest}")
         media_type = _detect_media_type(descriptor.media_type, doc)
         if media_type in mt.SCHEMA1:
@@ -432,6 +461,40 @@ def _manifest_records(store, descriptor, data, doc, media_type, names, ctx, wher
     layers = tuple(
         parse_descriptor(layer, where, f"{label} layers[{i}]", ctx.descriptors) for i, layer in enumerate(raw_layers)
     )
+    yield from _image_records(
+        store,
+        descriptor,
+        data,
+        media_type,
+        config_blob,
+        layers,
+        doc.get("artifactType"),
+        names,
+        ctx,
+        where,
+        parent,
+        platform,
+        annotations,
+    )
+
+
+def _image_records(
+    store,
+    descriptor,
+    data,
+    media_type,
+    config_blob,
+    layers,
+    artifact_type,
+    names,
+    ctx,
+    where,
+    parent,
+    platform,
+    annotations,
+):
+    """The records of an image manifest whose descriptors are parsed and validated, by either path."""
+    label = f"manifest {descriptor.digest}"
     check_sizes(layers, config_blob, where, label)
     for layer in layers:
         if layer.urls:
@@ -453,7 +516,6 @@ def _manifest_records(store, descriptor, data, doc, media_type, names, ctx, wher
         if is_image_config:
             config = parse_config(config_raw, f"{where} (config {config_blob.digest})")
 
-    artifact_type = doc.get("artifactType")
     if annotations.get(mt.REFERENCE_TYPE) == mt.ATTESTATION:
         kind = KIND_ATTESTATION
     elif not is_image_config or (isinstance(artifact_type, str) and artifact_type):
@@ -463,22 +525,33 @@ def _manifest_records(store, descriptor, data, doc, media_type, names, ctx, wher
     if platform is None and config is not None:
         platform = platform_of(config)
 
+    # As new_record builds it (sizes were checked above), once per repository.
+    config = config if config is not None else _NO_CONFIG
+    compressed = layers_compressed(layers)
     for registry, name, tags in group_names(names, ctx, where):
-        yield new_record(
-            ctx,
-            registry,
-            name,
-            where=where,
+        yield ImageRecord(
+            id=image_id(registry, name, descriptor.digest),
+            registry=registry,
+            name=name,
             digest=descriptor.digest,
-            config_blob=config_blob,
-            layers=layers,
-            config=config,
             media_type=media_type,
             kind=kind,
+            config=config_blob,
+            layers=layers,
+            layers_compressed=compressed,
             tags=tags,
+            created=config.created,
             platform=platform,
             parent_digest=parent,
+            source_kind=ctx.source_kind,
+            source_path=ctx.source_path,
             exactness=EXACT_MANIFEST,
+            labels=config.labels,
+            env=config.env,
+            entrypoint=config.entrypoint,
+            cmd=config.cmd,
+            history=config.history,
+            diff_ids=config.diff_ids,
             manifest_raw=data,
             config_raw=config_raw,
         )

@@ -53,7 +53,6 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import duckdb
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, Field, PostCommitHookProperties
@@ -61,7 +60,7 @@ from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundErr
 from deltalake.transaction import AddAction, RemoveAction
 
 from ..errors import StoreError
-from . import deltalog, schema
+from . import arrow, deltalog, schema
 from .deltalog import CONTENT_HASH, RUN_ID, TAGS_ONLY, TAGS_WRITTEN_AT, TOMBSTONE, TOMBSTONE_EXACTNESS, WRITTEN_AT
 
 TABLES = deltalog.TABLES
@@ -131,6 +130,8 @@ _STATISTICS = {
 }
 # Up to this many keys go into a query as constants (see Snapshot.key_filter).
 _LITERAL_KEYS = 5_000
+# Images whose keys a DeltaStore keeps in memory (OwnRows): about 20 MB.
+MAX_OWN_KEYS = 100_000
 _BLOOM = {"images": ("id",), "tags": ("image_id",)}
 _NO_DICTIONARY = {"images": {"id", "digest", "config_id", "config_digest", "manifest_raw", "config_raw", "created"}}
 
@@ -145,12 +146,18 @@ def _cast(table: str, data: pa.Table) -> pa.Table:
         if field.name in data.column_names:
             column = data.column(field.name)
             if field.name == "created_at" and column.type.unit == "ns":
-                # Floor, not truncate: a time before 1970 keeps its microsecond.
-                column = pc.floor_temporal(column, unit="microsecond").cast(pa.timestamp("us", tz=column.type.tz))
-            columns.append(column.cast(field.type))
+                column = pa.chunked_array([_floor_micros(chunk) for chunk in column.chunks], _UTC_US)
+            # A cast, even to the same type, would import pyarrow.compute (see arrow.py).
+            columns.append(column if column.type == field.type else column.cast(field.type))
         else:
             columns.append(pa.chunked_array([pa.nulls(len(data), field.type)], field.type))
     return pa.Table.from_arrays(columns, schema=target)
+
+
+def _floor_micros(nanos: pa.Array) -> pa.Array:
+    """timestamp[ns] (UTC) as timestamp[us, UTC], floored: a time before 1970 keeps its microsecond."""
+    values = nanos.view(pa.int64()).to_pylist()
+    return arrow.int64s([None if v is None else v // 1000 for v in values]).view(_UTC_US)
 
 
 def _as_table(data) -> pa.Table:
@@ -178,23 +185,23 @@ def _batches(data) -> Iterator[pa.Table]:
 def image_tombstones(ids: Sequence[str]) -> pa.Table:
     """Rows that retire `ids` (ids replaced by another): no data, exactness 127."""
     n = len(ids)
-    return pa.table(
+    return arrow.table(
         {
-            "id": pa.array(list(ids), pa.string()),
-            "exactness": pa.array([TOMBSTONE_EXACTNESS] * n, pa.int8()),
-            TOMBSTONE: pa.array([True] * n, pa.bool_()),
+            "id": arrow.strings(list(ids)),
+            "exactness": arrow.int8s([TOMBSTONE_EXACTNESS] * n),
+            TOMBSTONE: arrow.bools([True] * n),
         }
     )
 
 
 def tag_tombstones(keys: Sequence[tuple[str, str, str]]) -> pa.Table:
     """Rows that retire (registry, name, tag) keys: the tag vanished from its repository."""
-    return pa.table(
+    return arrow.table(
         {
-            "registry": pa.array([k[0] for k in keys], pa.string()),
-            "name": pa.array([k[1] for k in keys], pa.string()),
-            "tag": pa.array([k[2] for k in keys], pa.string()),
-            TOMBSTONE: pa.array([True] * len(keys), pa.bool_()),
+            "registry": arrow.strings([k[0] for k in keys]),
+            "name": arrow.strings([k[1] for k in keys]),
+            "tag": arrow.strings([k[2] for k in keys]),
+            TOMBSTONE: arrow.bools([True] * len(keys)),
         }
     )
 
@@ -242,15 +249,85 @@ class Conflict(Exception):
 # ---- reading a snapshot, for runs that merge with what is stored
 
 
+@dataclasses.dataclass
+class OwnRows:
+    """What one DeltaStore has committed itself: its data files and the keys their rows hold. While
+    every live file of the images and tags tables is among them (a store this process created, and
+    no other process wrote since), a question about keys none of them holds has an empty answer,
+    known without reading a file; a run into a new store then never starts DuckDB to read.
+    Beyond MAX_OWN_KEYS images it stops keeping keys, and every question goes to the files."""
+
+    files: set = dataclasses.field(default_factory=set)  # absolute paths
+    ids: set = dataclasses.field(default_factory=set)
+    digests: set = dataclasses.field(default_factory=set)
+    tags: set = dataclasses.field(default_factory=set)  # (registry, name, tag) of the images' rows
+    names: dict = dataclasses.field(default_factory=dict)  # id -> (registry, name) of its data rows
+    latest_written_at: datetime | None = None
+    complete: bool = True  # False once a key could not be kept
+
+    def add(self, table: str, paths: Sequence[str], written: Sequence[pa.Table], written_at: datetime) -> None:
+        self.files.update(paths)
+        if self.latest_written_at is None or written_at > self.latest_written_at:
+            self.latest_written_at = written_at
+        if table != "images" or not self.complete:
+            return
+        for piece in written:
+            columns = [piece.column(c).to_pylist() for c in ("id", "digest", "registry", "name", "tags")]
+            for image_id, digest, registry, name, tags in zip(*columns, strict=True):
+                self.ids.add(image_id)
+                if digest is not None:
+                    self.digests.add(digest)
+                if registry is not None and name is not None:
+                    self.names[image_id] = (registry, name)
+                elif tags:  # a tags-only row: its image's name is that of its data row
+                    registry, name = self.names.get(image_id, (None, None))
+                    if registry is None:
+                        self.complete = False
+                        return
+                self.tags.update((registry, name, tag) for tag in tags or ())
+        if len(self.ids) > MAX_OWN_KEYS:
+            self.complete = False
+
+    def covers(self, files: dict[str, deltalog.TableFiles]) -> bool:
+        return self.complete and all(
+            set(files[table].files) <= self.files for table in ("images", "tags") if table in files
+        )
+
+
 class Snapshot:
     """The store at fixed versions, over DuckDB: views `images`, `tags`, `runs` (current rows) and
-    `TABLE_versions` (every row version). What a run reads to decide what it appends."""
+    `TABLE_versions` (every row version). What a run reads to decide what it appends.
 
-    def __init__(self, files: dict[str, deltalog.TableFiles], con: duckdb.DuckDBPyConnection):
+    DuckDB starts when first asked: with `own` (the rows of a store one process wrote alone), the
+    questions about keys the store does not hold are answered without it."""
+
+    def __init__(self, files: dict[str, deltalog.TableFiles], con, own: OwnRows | None = None):
         self.files = files
-        self.con = con
-        for statement in deltalog.view_statements(files):
-            con.execute(statement)
+        self._connect = con if callable(con) else (lambda: con)
+        self._con = None
+        self.own = own if own is not None and own.covers(files) else None
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            con = self._connect()
+            for statement in deltalog.view_statements(self.files):
+                con.execute(statement)
+            self._con = con
+        return self._con
+
+    @property
+    def hashing_con(self) -> duckdb.DuckDBPyConnection:
+        """A connection for computing, not reading: no views needed."""
+        return self._con if self._con is not None else self._connect()
+
+    def may_hold(self, column: str, values) -> bool:
+        """False when no row version of the images table has one of `values` in `column` (id,
+        digest, or (registry, name, tag) for "tag"), as far as is known without reading a file."""
+        if self.own is None:
+            return True
+        held = {"id": self.own.ids, "digest": self.own.digests, "tag": self.own.tags}[column]
+        return not held.isdisjoint(values)
 
     @property
     def versions(self) -> dict[str, int]:
@@ -262,13 +339,15 @@ class Snapshot:
         values = list(dict.fromkeys(v for v in values if v is not None))
         if len(values) <= _LITERAL_KEYS:
             return f"{column} IN ({', '.join(_quote(v) for v in values) or 'NULL'})"
-        self.con.register(table, pa.table({column: pa.array(values, pa.string())}))
+        self.con.register(table, arrow.table({column: arrow.strings(values)}))
         return f"{column} IN (SELECT {column} FROM {table})"
 
     def image_state(self, ids: Sequence[str] | pa.Array) -> pa.Table:
         """id, exactness, content_hash and tags of the current rows of `ids` that exist; reads only
         those narrow columns, so it stays cheap on a large table."""
         ids = ids.to_pylist() if isinstance(ids, (pa.Array, pa.ChunkedArray)) else list(ids)
+        if not self.may_hold("id", ids):
+            return arrow.empty(_IMAGE_STATE)
         where = self.key_filter("id", ids, "wanted_ids")
         sql = deltalog.resolved_sql(
             self.files["images"],
@@ -292,6 +371,8 @@ class Snapshot:
     def images(self, ids: Sequence[str] | pa.Array) -> pa.Table:
         """The current rows of `ids` that exist, in the columns of `schema.IMAGES`."""
         ids = ids.to_pylist() if isinstance(ids, (pa.Array, pa.ChunkedArray)) else list(ids)
+        if not self.may_hold("id", ids):
+            return arrow.empty(schema.IMAGES)
         where = self.key_filter("id", ids, "wanted_ids")
         sql = deltalog.resolved_sql(self.files["images"], f"(SELECT * FROM images_versions WHERE {where})")
         return _arrow(self.con, sql).select([f.name for f in schema.IMAGES])
@@ -299,6 +380,9 @@ class Snapshot:
     def tag_holders(self, keys: pa.Table) -> pa.Table:
         """registry, name, tag, image_id of the current claims among `keys` (registry, name, tag)."""
         keys = keys.select(["registry", "name", "tag"])
+        columns = [keys.column(c).to_pylist() for c in ("registry", "name", "tag")]
+        if not self.may_hold("tag", zip(*columns)):
+            return arrow.empty(schema.TAGS)
         names = self.key_filter("name", keys.column("name").to_pylist(), "wanted_names")
         self.con.register("wanted_keys", keys)
         try:
@@ -314,6 +398,8 @@ class Snapshot:
             self.con.unregister("wanted_keys")
 
     def latest_written_at(self) -> datetime | None:
+        if self.own is not None:
+            return self.own.latest_written_at
         row = self.con.execute(
             "SELECT max(w) FROM (SELECT max(written_at) AS w FROM images_versions "
             "UNION ALL SELECT max(written_at) FROM tags_versions)"
@@ -348,6 +434,7 @@ class DeltaStore:
         self.temp_directory = temp_directory
         self._fs, self._root = self._filesystem()
         self._con: duckdb.DuckDBPyConnection | None = None
+        self._own = OwnRows()
 
     # -- plumbing
 
@@ -485,10 +572,13 @@ class DeltaStore:
     # -- reading
 
     def files(self, *, version: int | None = None, as_of=None) -> dict[str, deltalog.TableFiles]:
-        return deltalog.read_store(self.store, version=version, as_of=as_of, con=self._duckdb())
+        # A checkpoint is read with DuckDB: this store's connection once it has one, else one of
+        # deltalog's own (the log alone needs none).
+        return deltalog.read_store(self.store, version=version, as_of=as_of, con=self._con)
 
     def snapshot(self, *, version: int | None = None, as_of=None) -> Snapshot:
-        return Snapshot(self.files(version=version, as_of=as_of), self._duckdb())
+        own = self._own if version is None and as_of is None else None
+        return Snapshot(self.files(version=version, as_of=as_of), self._duckdb, own)
 
     # -- writing
 
@@ -556,7 +646,7 @@ class DeltaStore:
             if before_commit is not None:
                 before_commit("images")
             for table in ("images", "tags"):
-                adds, keys, count, tombstones = staged[table]
+                adds, keys, count, tombstones, written = staged[table]
                 if not adds:
                     continue
                 version = self._commit_append(
@@ -572,7 +662,8 @@ class DeltaStore:
                         "writtenAt": written_at.isoformat(),
                     },
                 )
-                staged[table] = ([], None, 0, 0)
+                staged[table] = ([], None, 0, 0, [])
+                self._own.add(table, [f"{self._table_dir(table)}/{a.path}" for a in adds], written, written_at)
                 outcome[table] = (version, count)
         except BaseException:
             for table, (adds, *_) in staged.items():
@@ -591,7 +682,7 @@ class DeltaStore:
                     {
                         "id": ids,
                         "tags": changes.image_tags.column("tags").cast(pa.list_(pa.string())),
-                        TAGS_ONLY: pa.array([True] * len(ids), pa.bool_()),
+                        TAGS_ONLY: arrow.bools([True] * len(ids)),
                     }
                 ),
             )
@@ -621,9 +712,11 @@ class DeltaStore:
 
     def _write_files(self, table: str, stream: Iterable[pa.Table], written_at: datetime, run_id: str):
         """Write the stream as sorted Parquet files of at most `batch_rows` rows. Returns the add
-        actions, the keys written, the row count and the tombstone count."""
+        actions, the keys written, the row count, the tombstone count and the key columns of the
+        images rows written."""
         adds: list[AddAction] = []
         keys: list[pa.Table] = []
+        written: list[pa.Table] = []  # the key columns of the images rows, for OwnRows
         count = tombstones = 0
         pending: list[pa.Table] = []
         pending_rows = 0
@@ -636,27 +729,35 @@ class DeltaStore:
             pending, pending_rows = [], 0
             n = len(data)
             data = data.set_column(
-                data.schema.get_field_index(WRITTEN_AT), WRITTEN_AT, pa.array([written_at] * n, _UTC_US)
+                data.schema.get_field_index(WRITTEN_AT), WRITTEN_AT, arrow.utc_micros([written_at] * n, _UTC_US)
             )
-            data = data.set_column(data.schema.get_field_index(RUN_ID), RUN_ID, pa.array([run_id] * n, pa.string()))
-            flags = pc.fill_null(data.column(TOMBSTONE), False)
+            data = data.set_column(data.schema.get_field_index(RUN_ID), RUN_ID, arrow.strings([run_id] * n))
+            flags = _flags(data.column(TOMBSTONE))
             data = data.set_column(data.schema.get_field_index(TOMBSTONE), TOMBSTONE, flags)
-            if table == "images":
+            if table == "images" and _lacks_hashes(data):
                 data = data.set_column(
                     data.schema.get_field_index(CONTENT_HASH), CONTENT_HASH, self._content_hash(data)
                 )
-            order = pc.sort_indices(data, sort_keys=[(k, "ascending") for k in _SORT[table]])
-            sorted_keys = data.select(list(KEYS[table])).take(order)
+            if _sorted_by(data, _SORT[table]):
+                pieces = iter((data,))
+                sorted_keys = data.select(list(KEYS[table]))
+            else:  # a take imports pyarrow.compute: the index path hands rows in order
+                import pyarrow.compute as pc
+
+                order = pc.sort_indices(data, sort_keys=[(k, "ascending") for k in _SORT[table]])
+                sorted_keys = data.select(list(KEYS[table])).take(order)
+                # Sorted a few row groups at a time: a sorted copy of the whole batch would double
+                # the memory a load needs.
+                step = self.row_group_rows * 4
+                pieces = (data.take(order.slice(start, step)) for start in range(0, n, step))
             if _has_adjacent_duplicates(sorted_keys):
                 raise StoreError(f"a run wrote the same {table} key twice; each key may appear once per run")
-            # Sorted a few row groups at a time: a sorted copy of the whole batch would double
-            # the memory a load needs.
-            step = self.row_group_rows * 4
-            pieces = (data.take(order.slice(start, step)) for start in range(0, n, step))
             adds.append(self._write_parquet(table, pieces, data_change=True))
             keys.append(sorted_keys)
+            if table == "images":
+                written.append(data.select(["id", "digest", "registry", "name", "tags"]))
             count += n
-            tombstones += pc.sum(pc.cast(flags, pa.int64())).as_py() or 0
+            tombstones += flags.to_pylist().count(True)
 
         try:
             for data in stream:
@@ -674,7 +775,7 @@ class DeltaStore:
         if len(adds) > 1 and self._duplicates_across(table, adds):
             self._discard(table, adds)
             raise StoreError(f"a run wrote the same {table} key twice; each key may appear once per run")
-        return adds, key_table, count, tombstones
+        return adds, key_table, count, tombstones, written
 
     def _duplicates_across(self, table: str, adds: Sequence[AddAction]) -> bool:
         """Whether a key repeats across the files of one run (each file was checked by itself); read
@@ -715,7 +816,9 @@ class DeltaStore:
                     sink,
                     target,
                     compression="zstd",
-                    compression_level=3,
+                    # A run's files are rewritten by compaction: they favour speed (zstd 1 also came
+                    # out smaller at this row group size), compacted files size.
+                    compression_level=1 if data_change else 3,
                     use_dictionary=[f.name for f in target if f.name not in no_dictionary],
                     write_statistics=_STATISTICS[table],
                     store_schema=False,
@@ -809,7 +912,7 @@ class DeltaStore:
 
     def append_run(self, run: dict) -> int:
         """Record a run (columns of `schema.RUNS`); returns the runs table's version."""
-        data = pa.Table.from_pylist([run], schema=schema.RUNS)
+        data = arrow.rows_table([run], schema.RUNS)
         add = self._write_parquet("runs", _cast("runs", data), data_change=True)
         meta = {_META + "operation": "append", _META + "runId": run["run_id"], _META + "rows": 1}
         for _ in range(MAX_ATTEMPTS):
@@ -1088,12 +1191,12 @@ def premerge(
     Reads only the keys involved, and the narrow columns of them unless `merge` needs a whole row,
     so its cost follows the size of `incoming`, not of the store."""
     if incoming is None:
-        incoming = _cast_schema_for_rows().empty_table()
+        incoming = arrow.empty(_cast_schema_for_rows())
     incoming = _cast("images", incoming).select([f.name for f in schema.IMAGES])
     ids = incoming.column("id").to_pylist()
     retired = set(retired_images)
-    # the hash decides "unchanged" without reading stored rows
-    store_hash = _hash_via(snapshot.con, incoming)
+    # the hash decides "unchanged" without reading stored rows; the rows written keep it
+    store_hash = _hash_via(snapshot.hashing_con, incoming) if len(incoming) else []
     registries = incoming.column("registry").to_pylist()
     names = incoming.column("name").to_pylist()
     claimed_tags = incoming.column("tags").to_pylist()
@@ -1105,13 +1208,13 @@ def premerge(
         for tag in tags or ():
             final_holder[(registry, name, tag)] = image_id
     retired_keys = [tuple(k) for k in retired_tags if tuple(k) not in final_holder]
-    key_table = pa.table(
+    keys = list(final_holder) + retired_keys
+    key_table = arrow.table(
         {
-            "registry": [k[0] for k in list(final_holder) + retired_keys],
-            "name": [k[1] for k in list(final_holder) + retired_keys],
-            "tag": [k[2] for k in list(final_holder) + retired_keys],
-        },
-        schema=pa.schema([("registry", pa.string()), ("name", pa.string()), ("tag", pa.string())]),
+            "registry": arrow.strings([k[0] for k in keys]),
+            "name": arrow.strings([k[1] for k in keys]),
+            "tag": arrow.strings([k[2] for k in keys]),
+        }
     )
     # Every image that holds a key now: one, unless concurrent runs both claimed it (each commits
     # its images before the tags commit that detects the clash); the claim here settles it.
@@ -1182,23 +1285,33 @@ def premerge(
             merged_rows.append(dict(merge(full[row["id"]], row), tags=tags))
     parts = []
     if taken:
-        chosen = incoming.take(pa.array(taken, pa.int64()))
+        # In id order, the order the files are written in: a batch of new images in id order is
+        # then written as it comes, without a take.
+        order = sorted(range(len(taken)), key=lambda i: ids[taken[i]])
+        taken = [taken[i] for i in order]
+        taken_tags = [taken_tags[i] for i in order]
+        chosen = incoming if taken == list(range(len(incoming))) else incoming.take(arrow.int64s(taken))
         column = chosen.schema.get_field_index("tags")
-        parts.append(chosen.set_column(column, "tags", pa.array(taken_tags, chosen.schema.field("tags").type)))
+        chosen = chosen.set_column(column, "tags", arrow.string_lists(taken_tags))
+        parts.append(chosen.append_column(CONTENT_HASH, arrow.int64s([store_hash[i] for i in taken])))
     if merged_rows:
-        parts.append(pa.Table.from_pylist(merged_rows, schema=_cast_schema_for_rows()).cast(incoming.schema))
+        merged = pa.Table.from_pylist(merged_rows, schema=_cast_schema_for_rows()).cast(incoming.schema)
+        parts.append(merged.append_column(CONTENT_HASH, pa.nulls(len(merged), pa.int64())))
     images = pa.concat_tables(parts) if parts else None
-    image_tags = pa.Table.from_pylist(tag_updates, schema=_IMAGE_TAGS) if tag_updates else None
+    image_tags = arrow.rows_table(tag_updates, _IMAGE_TAGS) if tag_updates else None
     tags_table = None
     if tag_rows:
-        tags_table = pa.table(
+        # The order the tags files are written in, by one string per key (registry, name and tag
+        # hold no NUL): comparing tuples that share their first parts costs far more.
+        tag_rows.sort(key=lambda row: "\0".join(row[0]))
+        tags_table = arrow.table(
             {
-                "registry": [k[0] for k, _ in tag_rows],
-                "name": [k[1] for k, _ in tag_rows],
-                "tag": [k[2] for k, _ in tag_rows],
-                "image_id": [v for _, v in tag_rows],
+                "registry": arrow.strings([k[0] for k, _ in tag_rows]),
+                "name": arrow.strings([k[1] for k, _ in tag_rows]),
+                "tag": arrow.strings([k[2] for k, _ in tag_rows]),
+                "image_id": arrow.strings([v for _, v in tag_rows]),
             },
-            schema=schema.TAGS,
+            schema.TAGS,
         )
     return Changes(
         images=images,
@@ -1210,6 +1323,9 @@ def premerge(
 
 
 _IMAGE_TAGS = pa.schema([("id", pa.string()), ("tags", pa.list_(pa.string()))])
+_IMAGE_STATE = pa.schema(
+    [("id", pa.string()), ("exactness", pa.int8()), (CONTENT_HASH, pa.int64()), ("tags", pa.list_(pa.string()))]
+)
 
 
 def _cast_schema_for_rows() -> pa.Schema:
@@ -1254,14 +1370,43 @@ def _next_time(seen: datetime | None) -> datetime:
     return now
 
 
+def _flags(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A boolean column with null as False."""
+    if column.null_count == 0:
+        return column
+    return pa.chunked_array([arrow.bools([v is True for v in column.to_pylist()])], pa.bool_())
+
+
+def _lacks_hashes(data: pa.Table) -> bool:
+    """Whether a data row (not a tombstone, not tags-only) of `data` has no content hash yet."""
+    hashes = data.column(CONTENT_HASH)
+    if hashes.null_count == 0:
+        return False
+    no_data = [
+        tomb is True or tags is True
+        for tomb, tags in zip(data.column(TOMBSTONE).to_pylist(), data.column(TAGS_ONLY).to_pylist(), strict=True)
+    ]
+    return hashes.null_count > no_data.count(True)
+
+
+def _sorted_by(data: pa.Table, keys: Sequence[str]) -> bool:
+    """Whether `data` is already in the order of its sort keys (no nulls), so needs no take.
+    Python orders str as Arrow orders their UTF-8 bytes."""
+    if len(data) < 2:
+        return True
+    columns = [data.column(key).to_pylist() for key in keys]
+    if any(None in values for values in columns):
+        return False
+    rows = columns[0] if len(columns) == 1 else list(zip(*columns))
+    return all(a <= b for a, b in zip(rows, rows[1:]))
+
+
 def _has_adjacent_duplicates(sorted_keys: pa.Table) -> bool:
     if len(sorted_keys) < 2:
         return False
-    same = None
-    for column in sorted_keys.columns:
-        equal = pc.equal(column.slice(1), column.slice(0, len(column) - 1))
-        same = equal if same is None else pc.and_(same, equal)
-    return bool(pc.any(same).as_py())
+    rows = list(zip(*(column.to_pylist() for column in sorted_keys.columns)))
+    # As Arrow compares: a null key equals nothing, not even another null.
+    return any(a == b and None not in a for a, b in zip(rows, rows[1:]))
 
 
 class _Stats:
@@ -1282,8 +1427,8 @@ class _Stats:
             self.nulls[column] += values.null_count
             if values.null_count == len(values):
                 continue
-            bounds = pc.min_max(values)
-            low, high = bounds["min"].as_py(), bounds["max"].as_py()
+            present = [v for v in values.to_pylist() if v is not None]
+            low, high = min(present), max(present)
             self.low[column] = low if self.low[column] is None else min(low, self.low[column])
             self.high[column] = high if self.high[column] is None else max(high, self.high[column])
 

@@ -22,7 +22,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 
-from .. import timestamps
+from .. import collector, timestamps
 from ..errors import StoreError
 from ..model import ImageRecord, merge_records
 from . import paths
@@ -82,7 +82,7 @@ class DeltaWriter:
         something in `records` cannot be stored, and nothing was written."""
         if not records:
             return
-        records = _one_per_id(records)
+        records = _in_id_order(_one_per_id(records))
 
         # A record that cannot become Arrow fails in prepare, before any file is written.
         def prepare(snapshot: Snapshot) -> Changes:
@@ -90,7 +90,8 @@ class DeltaWriter:
             return premerge(snapshot, records_to_arrow(adopted, indexed_at), retired_images=retired, merge=_merge_rows)
 
         self._ensure_tables()
-        self._guarded(self._tables.write_changes, self.run_id, prepare)
+        with collector.paused():
+            self._guarded(self._tables.write_changes, self.run_id, prepare)
         self._touched = True
 
     def record_run(self, run: dict) -> None:
@@ -175,6 +176,19 @@ class DeltaWriter:
         self.close()
 
 
+def _in_id_order(records: list[ImageRecord]) -> list[ImageRecord]:
+    """The records by id, the order the store's files are written in (so they are written without
+    reordering), unless two claim one tag: premerge gives it to the later one."""
+    claimed = set()
+    for record in records:
+        for tag in record.tags:
+            key = (record.registry, record.name, tag)
+            if key in claimed:
+                return records
+            claimed.add(key)
+    return sorted(records, key=lambda record: record.id)
+
+
 def _adopt_ids(snapshot: Snapshot, records: list[ImageRecord]) -> tuple[list[ImageRecord], list[str]]:
     """Records with the imported ids the store holds for their manifests, and the derived ids that
     imported records replace (their tags move to the imported id)."""
@@ -224,6 +238,8 @@ def _most_exact(snapshot: Snapshot, registry: str, wanted: set[tuple[str, str]])
 
 def _with_digests(snapshot: Snapshot, digests: set[str], columns: tuple[str, ...]) -> list[tuple]:
     """`columns` of the current images that have a row version with one of `digests`."""
+    if not snapshot.may_hold("digest", digests):
+        return []
     where = snapshot.key_filter("digest", sorted(digests), "wanted_digests")
     return snapshot.con.execute(
         f"SELECT {', '.join(columns)} FROM ({snapshot.current_images(where, columns)})"

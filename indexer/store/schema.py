@@ -1,71 +1,39 @@
-"""The store's tables, defined once as Arrow schemas. DuckDB DDL and Parquet files follow from them."""
+"""The store's tables, defined once as Arrow schemas. DuckDB DDL and Parquet files follow from them.
+
+The images table is described column by column in `columns.py`; its schema here derives from that.
+"""
 
 from __future__ import annotations
 
 import pyarrow as pa
 
+from . import columns
+
 _STRINGS = pa.list_(pa.string())
+_SCALARS = {
+    "string": pa.string(),
+    "int8": pa.int8(),
+    "int64": pa.int64(),
+    "bool": pa.bool_(),
+    "binary": pa.binary(),
+    "timestamp[ns]": pa.timestamp("ns"),
+    "timestamp[us, UTC]": pa.timestamp("us", tz="UTC"),
+    "map<string, string>": pa.map_(pa.string(), pa.string()),
+}
 
-BLOB = pa.struct(
-    [
-        ("id", pa.string()),
-        ("digest", pa.string()),
-        ("size", pa.int64()),
-        ("media_type", pa.string()),
-        ("urls", _STRINGS),
-    ]
-)
-HISTORY = pa.struct(
-    [
-        ("created", pa.string()),
-        ("created_by", pa.string()),
-        ("comment", pa.string()),
-        ("empty_layer", pa.bool_()),
-    ]
-)
 
-IMAGES = pa.schema(
-    [
-        ("id", pa.string()),
-        ("registry", pa.string()),
-        ("name", pa.string()),
-        ("digest", pa.string()),
-        ("media_type", pa.string()),
-        ("kind", pa.string()),
-        ("config_id", pa.string()),
-        ("config_digest", pa.string()),
-        ("config_size", pa.int64()),
-        ("config_media_type", pa.string()),
-        ("config_urls", _STRINGS),
-        ("layers", pa.list_(BLOB)),
-        ("layers_compressed", pa.bool_()),
-        ("compressed_size", pa.int64()),
-        ("tags", _STRINGS),
-        ("created", pa.string()),
-        ("created_at", pa.timestamp("ns")),
-        ("platform_os", pa.string()),
-        ("platform_architecture", pa.string()),
-        ("platform_variant", pa.string()),
-        ("parent_digest", pa.string()),
-        ("labels", pa.map_(pa.string(), pa.string())),
-        ("env", _STRINGS),
-        ("entrypoint", _STRINGS),
-        ("cmd", _STRINGS),
-        ("history", pa.list_(HISTORY)),
-        # Lineage: the config's diff_ids and their ChainIDs (C1..Cn; see indexer/lineage.py), and
-        # the top ChainID on its own, so that finding bases reads one plain column.
-        ("diff_ids", _STRINGS),
-        ("chain_ids", _STRINGS),
-        ("chain_id", pa.string()),
-        ("source_kind", pa.string()),
-        ("source_path", pa.string()),
-        ("exactness", pa.int8()),
-        ("id_origin", pa.string()),
-        ("indexed_at", pa.timestamp("us", tz="UTC")),
-        ("manifest_raw", pa.binary()),
-        ("config_raw", pa.binary()),
-    ]
-)
+def arrow_type(spelled: str) -> pa.DataType:
+    """The Arrow type of a column of `columns.py` from its spelling there."""
+    if spelled.startswith("list<") and spelled.endswith(">"):
+        return pa.list_(arrow_type(spelled[5:-1]))
+    if spelled in columns.STRUCTS:
+        return pa.struct([(c.name, arrow_type(c.type)) for c in columns.STRUCTS[spelled]])
+    return _SCALARS[spelled]
+
+
+BLOB = arrow_type("blob")
+HISTORY = arrow_type("history")
+IMAGES = pa.schema([(c.name, arrow_type(c.type)) for c in columns.IMAGES])
 
 TAGS = pa.schema(
     [

@@ -6,124 +6,86 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+from itertools import chain
+from operator import attrgetter
 from datetime import datetime, timezone
 
 import duckdb
 import pyarrow as pa
 
-from .. import lineage, timestamps
+from .. import lineage
 from ..model import IMPORTED, Blob, HistoryEntry, ImageRecord, Platform, merge_records
 from ..references import blob_id
-from . import schema
+from . import arrow, columns, schema
 
 
-def _offsets(groups) -> pa.Array:
-    offsets = [0]
-    total = 0
-    for group in groups:
-        total += len(group)
-        offsets.append(total)
-    return pa.array(offsets, pa.int32())
+_SCALARS = {
+    "string": arrow.strings,
+    "int64": arrow.int64s,
+    "int8": arrow.int8s,
+    "bool": arrow.bools,
+    "binary": arrow.binaries,
+    "timestamp[ns]": arrow.timestamps_ns,
+}
 
 
-def _string_lists(groups: list) -> pa.Array:
-    return pa.ListArray.from_arrays(_offsets(groups), pa.array([v for g in groups for v in g], pa.string()))
+def _values(table: tuple[columns.Column, ...], items) -> dict[str, list]:
+    """Each column's values from `items` (records, or a struct's members): the attribute columns
+    in one pass, each item giving a tuple of them that is then turned into columns."""
+    by_attribute = [c for c in table if isinstance(c.get, str)]
+    out: dict[str, list] = {}
+    fields = getattr(type(items[0]), "_fields", None) if items else None
+    if fields is not None and len(set(map(type, items))) == 1:
+        # Named tuples (layers, history entries) turn into columns without a getter call each.
+        transposed = list(zip(*items))
+        out.update((c.name, transposed[fields.index(c.get)]) for c in by_attribute)
+    elif len(by_attribute) == 1:
+        out[by_attribute[0].name] = list(map(attrgetter(by_attribute[0].get), items))
+    elif by_attribute:
+        rows = list(map(attrgetter(*(c.get for c in by_attribute)), items))
+        transposed = list(zip(*rows)) if rows else [()] * len(by_attribute)
+        out.update(zip((c.name for c in by_attribute), transposed))
+    for c in table:
+        if callable(c.get):
+            out[c.name] = [c.get(item) for item in items]
+    return out
 
 
-def _blob_lists(groups: list) -> pa.Array:
-    flat = [b for g in groups for b in g]
-    struct = pa.StructArray.from_arrays(
-        [
-            pa.array([b.id or blob_id(b.digest) for b in flat], pa.string()),
-            pa.array([b.digest for b in flat], pa.string()),
-            pa.array([b.size for b in flat], pa.int64()),
-            pa.array([b.media_type for b in flat], pa.string()),
-            _string_lists([b.urls for b in flat]),
-        ],
-        fields=list(schema.BLOB),
-    )
-    return pa.ListArray.from_arrays(_offsets(groups), struct)
-
-
-def _history_lists(groups: list) -> pa.Array:
-    flat = [h for g in groups for h in g]
-    struct = pa.StructArray.from_arrays(
-        [
-            pa.array([h.created for h in flat], pa.string()),
-            pa.array([h.created_by for h in flat], pa.string()),
-            pa.array([h.comment for h in flat], pa.string()),
-            pa.array([h.empty_layer for h in flat], pa.bool_()),
-        ],
-        fields=list(schema.HISTORY),
-    )
-    return pa.ListArray.from_arrays(_offsets(groups), struct)
-
-
-def _label_maps(groups: list) -> pa.Array:
-    return pa.MapArray.from_arrays(
-        _offsets(groups),
-        pa.array([k for g in groups for k, _ in g], pa.string()),
-        pa.array([v for g in groups for _, v in g], pa.string()),
-    )
+def _array(spelled: str, values) -> pa.Array:
+    """An Arrow array of a `columns.py` type from one value per row."""
+    if isinstance(values, pa.Array):
+        return values
+    build = _SCALARS.get(spelled)
+    if build is not None:
+        return build(values)
+    if spelled.startswith("list<"):
+        inner = spelled[5:-1]
+        flat = list(chain.from_iterable(values))
+        if inner in columns.STRUCTS:
+            fields = columns.STRUCTS[inner]
+            members = _values(fields, flat)
+            items = pa.StructArray.from_arrays(
+                [_array(f.type, members[f.name]) for f in fields], fields=list(schema.arrow_type(inner))
+            )
+        else:
+            items = _array(inner, flat)
+        return pa.ListArray.from_arrays(arrow.offsets(values), items)
+    if spelled == "map<string, string>":
+        pairs = list(chain.from_iterable(values))
+        keys, items = zip(*pairs) if pairs else ((), ())
+        return pa.MapArray.from_arrays(arrow.offsets(values), arrow.strings(keys), arrow.strings(items))
+    if spelled == "timestamp[us, UTC]":
+        return arrow.utc_micros(values, schema.arrow_type(spelled))
+    raise ValueError(f"no Arrow build for {spelled}")
 
 
 def records_to_arrow(records: list[ImageRecord], indexed_at: datetime) -> pa.Table:
-    """Column by column: building nested Arrow arrays from flat lists is far cheaper than row dicts."""
-
-    def column(getter, dtype):
-        return pa.array([getter(r) for r in records], dtype)
-
-    def of_config(getter, dtype):
-        return pa.array([getter(r.config) if r.config is not None else None for r in records], dtype)
-
-    def of_platform(attribute):
-        return pa.array(
-            [getattr(r.platform, attribute) if r.platform is not None else None for r in records], pa.string()
-        )
-
-    string, int64 = pa.string(), pa.int64()
-    chains = [lineage.chain_ids(r.diff_ids) for r in records]
-    arrays = {
-        "id": column(lambda r: r.id, string),
-        "registry": column(lambda r: r.registry, string),
-        "name": column(lambda r: r.name, string),
-        "digest": column(lambda r: r.digest, string),
-        "media_type": column(lambda r: r.media_type, string),
-        "kind": column(lambda r: r.kind, string),
-        "config_id": of_config(lambda c: c.id or blob_id(c.digest), string),
-        "config_digest": of_config(lambda c: c.digest, string),
-        "config_size": of_config(lambda c: c.size, int64),
-        "config_media_type": of_config(lambda c: c.media_type, string),
-        "config_urls": _string_lists([r.config.urls if r.config is not None else () for r in records]),
-        "layers": _blob_lists([r.layers for r in records]),
-        "layers_compressed": column(lambda r: r.layers_compressed, pa.bool_()),
-        "compressed_size": column(lambda r: r.compressed_size, int64),
-        "tags": _string_lists([r.tags for r in records]),
-        "created": column(lambda r: r.created, string),
-        "created_at": column(lambda r: timestamps.epoch_nanos(r.created) if r.created else None, int64).cast(
-            pa.timestamp("ns")
-        ),
-        "platform_os": of_platform("os"),
-        "platform_architecture": of_platform("architecture"),
-        "platform_variant": of_platform("variant"),
-        "parent_digest": column(lambda r: r.parent_digest, string),
-        "labels": _label_maps([r.labels for r in records]),
-        "env": _string_lists([r.env for r in records]),
-        "entrypoint": _string_lists([r.entrypoint for r in records]),
-        "cmd": _string_lists([r.cmd for r in records]),
-        "history": _history_lists([r.history for r in records]),
-        "diff_ids": _string_lists([r.diff_ids for r in records]),
-        "chain_ids": _string_lists(chains),
-        "chain_id": pa.array([c[-1] if c else None for c in chains], string),
-        "source_kind": column(lambda r: r.source_kind, string),
-        "source_path": column(lambda r: r.source_path, string),
-        "exactness": column(lambda r: r.exactness, pa.int8()),
-        "id_origin": column(lambda r: r.id_origin, string),
-        "indexed_at": pa.array([indexed_at] * len(records), pa.timestamp("us", tz="UTC")),
-        "manifest_raw": column(lambda r: r.manifest_raw, pa.binary()),
-        "config_raw": column(lambda r: r.config_raw, pa.binary()),
-    }
-    return pa.Table.from_arrays([arrays[f.name] for f in schema.IMAGES], schema=schema.IMAGES)
+    """Column by column, as `columns.IMAGES` describes them: building nested Arrow arrays from flat
+    lists is far cheaper than from row dicts."""
+    batch = columns.Batch(records, indexed_at, [lineage.chain_ids(r.diff_ids) for r in records])
+    values = _values(columns.IMAGES, records)
+    arrays = [_array(c.type, c.build(batch) if c.build is not None else values[c.name]) for c in columns.IMAGES]
+    return pa.Table.from_arrays(arrays, schema=schema.IMAGES)
 
 
 def _one_per_id(records: list[ImageRecord]) -> list[ImageRecord]:

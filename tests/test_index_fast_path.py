@@ -1,0 +1,200 @@
+"""The index path's shortcuts give what the long way gives: Arrow arrays built from their buffers,
+blobs read through a folder's listing, and a new store's questions answered from what the run
+itself wrote (delta.OwnRows) instead of from its files."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import pyarrow as pa
+import pytest
+from builders import Blobs, named, write_dir
+from hypothesis import given, settings, strategies as st
+
+from indexer.errors import SourceError
+from indexer.model import ImageRecord
+from indexer.sources import layout as layout_module, parse_source
+from indexer.sources.parse import Context
+from indexer.store import arrow, delta
+from indexer.store.delta_writer import DeltaWriter
+from indexer.store.writer import now_utc
+
+# ----------------------------------------------------------------------------- Arrow builders
+
+texts = st.text(max_size=12) | st.sampled_from(["", "é", "\U0001f600", "a\x00b"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.none() | texts, max_size=40),
+    st.lists(st.none() | st.binary(max_size=8), max_size=40),
+    st.lists(st.none() | st.integers(-(2**63), 2**63 - 1), max_size=40),
+    st.lists(st.none() | st.integers(-128, 127), max_size=40),
+    st.lists(st.none() | st.booleans(), max_size=40),
+    st.lists(st.none() | st.lists(texts, max_size=3), max_size=20),
+)
+def test_arrays_from_buffers_equal_pa_array(strings, binaries, int64s, int8s, bools, string_lists):
+    assert arrow.strings(strings).equals(pa.array(strings, pa.string()))
+    assert arrow.binaries(binaries).equals(pa.array(binaries, pa.binary()))
+    assert arrow.int64s(int64s).equals(pa.array(int64s, pa.int64()))
+    assert arrow.int8s(int8s).equals(pa.array(int8s, pa.int8()))
+    assert arrow.bools(bools).equals(pa.array(bools, pa.bool_()))
+    assert arrow.string_lists(string_lists).equals(pa.array(string_lists, pa.list_(pa.string())))
+
+
+@pytest.mark.parametrize(
+    "build, values",
+    [
+        (arrow.strings, ["a", 1]),
+        (arrow.strings, ["\ud800"]),  # a lone surrogate is no UTF-8
+        (arrow.binaries, [b"a", "a"]),
+        (arrow.int64s, [1, True]),
+        (arrow.int64s, [1, 1.5]),
+        (arrow.int64s, [2**63]),
+        (arrow.int8s, [128]),
+        (arrow.bools, [True, 1]),
+        (arrow.string_lists, [["a"], [2]]),
+    ],
+)
+def test_values_of_another_type_are_refused(build, values):
+    with pytest.raises((TypeError, OverflowError, UnicodeEncodeError)):
+        build(values)
+
+
+# ----------------------------------------------------------------------------- blobs of a layout
+
+
+def _special_layout(tmp_path, spoil) -> str:
+    """A layout of 80 images (enough for its blob folder to be listed) whose 70th image's `which`
+    blob is made special after the files are written."""
+    blobs = Blobs()
+    top = [named(blobs.image(layers=(b"base", f"layer-{i}".encode())), f"v{i}") for i in range(80)]
+    root = write_dir(str(tmp_path / "layout"), blobs.layout_files(top))
+    manifest_digest = top[70]["digest"]
+    manifest = json.loads(blobs.blobs[manifest_digest])
+    spoil(root, manifest_digest, manifest)
+    return root
+
+
+def _blob(root, digest) -> str:
+    return os.path.join(root, "blobs", *digest.split(":"))
+
+
+def _replace(kind):
+    def spoil(root, manifest_digest, manifest):
+        target = {"manifest": manifest_digest, "config": manifest["config"]["digest"]}.get(kind)
+        if target is None:
+            target = manifest["layers"][1]["digest"]
+        path = _blob(root, target)
+        os.remove(path)
+        if kind.endswith("fifo"):
+            os.mkfifo(path)
+        elif kind.endswith("outside"):
+            outside = os.path.join(os.path.dirname(root), "outside")
+            with open(outside, "wb") as f:
+                f.write(b"x")
+            os.symlink(outside, path)
+        elif kind.endswith("inside"):
+            os.symlink(os.path.join(root, "oci-layout"), path)
+        # else: missing
+
+    return spoil
+
+
+def _walked(root, monkeypatch, plain: bool) -> list:
+    with monkeypatch.context() as patch:
+        if not plain:
+            patch.setattr(layout_module, "_DIR_FD", False)  # every blob the checked way
+        source = parse_source(root)
+        ctx = Context(source_kind=source.kind, source_path=source.location)
+        return [str(item) if isinstance(item, SourceError) else item for item in source.records(ctx)]
+
+
+@pytest.mark.parametrize(
+    "kind", ["manifest", "config", "layer", "config-fifo", "layer-fifo", "config-outside", "manifest-inside"]
+)
+def test_blobs_read_through_the_listing_fail_as_the_checked_way_words_it(tmp_path, monkeypatch, kind):
+    root = _special_layout(tmp_path, _replace(kind))
+    fast = _walked(root, monkeypatch, plain=True)
+    checked = _walked(root, monkeypatch, plain=False)
+    assert fast == checked
+    assert sum(isinstance(item, ImageRecord) for item in fast) == 79
+    [error] = [item for item in fast if isinstance(item, str)]
+    assert error.startswith(root) or error.startswith(os.path.join(root, "blobs")), error
+
+
+# ----------------------------------------------------------------------------- a new store
+
+
+def _records(tmp_path, count: int, name: str = "team/app") -> list[ImageRecord]:
+    blobs = Blobs()
+    top = [named(blobs.image(layers=(f"{name}-{i}".encode(),)), f"v{i}") for i in range(count)]
+    root = write_dir(str(tmp_path / name.replace("/", "-")), blobs.layout_files(top))
+    source = parse_source(root)
+    ctx = Context(source_kind=source.kind, source_path=source.location, registry="cr.example", repository=name)
+    return [r for r in source.records(ctx) if isinstance(r, ImageRecord)]
+
+
+def _state(store: str) -> list[tuple]:
+    with delta.DeltaStore(store) as tables:
+        snapshot = tables.snapshot()
+        ids = [row[0] for row in snapshot.con.execute("SELECT id FROM images").fetchall()]
+        rows = snapshot.image_state(ids).to_pylist()  # the content hash too, which the views leave out
+        return sorted((r["id"], r["tags"], r["exactness"], r["content_hash"]) for r in rows)
+
+
+def _never_read(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a new store's own rows were read back")
+
+    monkeypatch.setattr(delta, "_arrow", refuse)
+
+
+def test_a_new_store_is_written_without_reading_its_files(tmp_path, monkeypatch):
+    records = _records(tmp_path, 6)
+    store = str(tmp_path / "store")
+    with DeltaWriter(store) as writer, monkeypatch.context() as patch:
+        _never_read(patch)
+        writer.write(records[:3], now_utc())
+        writer.write(records[3:], now_utc())
+    assert [row[0] for row in _state(store)] == sorted(r.id for r in records)
+
+
+def _runs(tmp_path, store: str, steps) -> list[tuple]:
+    with DeltaWriter(store) as writer:
+        for records in steps:
+            writer.write(records, now_utc())
+    return _state(store)
+
+
+def test_own_rows_answer_as_the_files_do(tmp_path, monkeypatch):
+    records = _records(tmp_path, 6)
+    others = _records(tmp_path, 2, "team/other")
+    # a tag that moves to another image, one record again, one less exact
+    moved = dataclasses.replace(records[4], tags=("v0",))
+    poorer = dataclasses.replace(records[5], exactness=1, tags=("v5", "extra"))
+    steps = [records[:3], records[3:], others, [moved, records[1], poorer]]
+    with_own = _runs(tmp_path, str(tmp_path / "own"), steps)
+    with monkeypatch.context() as patch:
+        patch.setattr(delta.OwnRows, "covers", lambda self, files: False)
+        from_files = _runs(tmp_path, str(tmp_path / "files"), steps)
+    assert with_own == from_files
+    tags = {row[0]: row[1] for row in with_own}
+    assert tags[records[0].id] == [] and tags[records[4].id] == ["v0", "v4"]
+    assert tags[records[5].id] == ["extra", "v5"]
+
+
+def test_rows_another_writer_added_are_read_from_the_files(tmp_path, monkeypatch):
+    records = _records(tmp_path, 4)
+    store = str(tmp_path / "store")
+    with DeltaWriter(store) as first:
+        first.write(records[:2], now_utc())
+        with DeltaWriter(store) as second:
+            second.write([dataclasses.replace(records[2], tags=("v0",))], now_utc())
+        # The store now holds a file the first writer did not write: it must read to see v0 moved.
+        first.write([records[3]], now_utc())
+        first.write([dataclasses.replace(records[3], tags=("v0", "v3"))], now_utc())
+    tags = {row[0]: row[1] for row in _state(store)}
+    assert tags[records[0].id] == [] and tags[records[2].id] == [] and tags[records[3].id] == ["v0", "v3"]

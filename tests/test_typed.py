@@ -1,0 +1,391 @@
+"""The typed fast path (`indexer/sources/typed.py`) against the exact parser it stands in for.
+
+On a valid document both give the same record; on any document the fast path either gives what
+the exact parser gives or leaves the document to it, so records and error messages never depend
+on which path read them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings, strategies as st
+
+from indexer import timestamps
+from indexer.errors import SourceError
+from indexer.model import Blob
+from indexer.references import Reference
+from indexer.sources import mediatypes as mt, parse, typed
+from indexer.sources.parse import Context, parse_config, parse_config_exact, walk
+
+SLOW = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+# ----------------------------------------------------------------------------- documents
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=12),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    max_leaves=12,
+)
+# Mostly what real configs hold, sometimes anything else in the same place.
+texts = st.text(max_size=16) | st.sampled_from(["", "linux", "amd64", "PATH=/usr/bin", "é", "\U0001f600", "a\tb"])
+
+
+def maybe(valid, other=json_values):
+    return st.one_of(valid, valid, valid, other)
+
+
+def rfc3339() -> st.SearchStrategy[str]:
+    """RFC 3339 times in every form `timestamps.parse` takes, and some it does not."""
+    fraction = st.sampled_from(
+        ["", ".0", ".5", ".000", ".500", ".123", ".000001", ".120000", ".123456789", ".100000000"]
+    )
+    zone = st.sampled_from(["Z", "z", "+00:00", "-07:30", "+14:00"])
+    parts = st.tuples(
+        st.integers(0, 9999),
+        st.integers(0, 13),
+        st.integers(0, 32),
+        st.integers(0, 24),
+        st.integers(0, 60),
+        st.integers(0, 61),
+        fraction,
+        st.sampled_from(["T", "t", " "]),
+        zone,
+    )
+    return parts.map(lambda p: f"{p[0]:04d}-{p[1]:02d}-{p[2]:02d}{p[7]}{p[3]:02d}:{p[4]:02d}:{p[5]:02d}{p[6]}{p[8]}")
+
+
+history_entries = st.fixed_dictionaries(
+    {},
+    optional={
+        "created": maybe(rfc3339() | texts),
+        "created_by": maybe(texts),
+        "comment": maybe(texts),
+        "empty_layer": maybe(st.booleans()),
+        "author": json_values,
+    },
+)
+configs = st.fixed_dictionaries(
+    {},
+    optional={
+        "created": maybe(rfc3339() | texts),
+        "os": maybe(texts),
+        "architecture": maybe(texts),
+        "variant": maybe(texts),
+        "config": maybe(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "Labels": maybe(st.dictionaries(texts, maybe(texts), max_size=4) | st.none()),
+                    "Env": maybe(st.lists(maybe(texts), max_size=4) | st.none()),
+                    "Entrypoint": maybe(st.lists(texts, max_size=3) | st.none()),
+                    "Cmd": maybe(st.lists(texts, max_size=3) | st.none()),
+                    "ExposedPorts": json_values,
+                },
+            )
+            | st.none()
+        ),
+        "rootfs": maybe(
+            st.fixed_dictionaries(
+                {"type": st.just("layers")},
+                optional={"diff_ids": maybe(st.lists(st.sampled_from([digest_of(b"a"), digest_of(b"b")]), max_size=3))},
+            )
+        ),
+        "history": maybe(st.lists(maybe(history_entries), max_size=5) | st.none()),
+        "extra": json_values,
+    },
+)
+
+
+def encode(doc, data: st.DataObject) -> bytes:
+    """JSON text of `doc` as tools write it: compact or indented, escaped or raw UTF-8."""
+    return json.dumps(doc, ensure_ascii=data.draw(st.booleans()), indent=data.draw(st.sampled_from([None, 2]))).encode(
+        "utf-8"
+    )
+
+
+def mutate(text: bytes, data: st.DataObject) -> bytes:
+    """`text` with a few bytes changed, inserted or removed: mostly no longer what it was."""
+    out = bytearray(text)
+    for _ in range(data.draw(st.integers(1, 3))):
+        at = data.draw(st.integers(0, len(out)))
+        what = data.draw(st.sampled_from(["flip", "insert", "delete"]))
+        byte = data.draw(
+            st.sampled_from([0x00, 0x22, 0x5C, 0x7B, 0x5B, 0x5D, 0x7D, 0x2C, 0x3A, 0xED, 0xA0, 0xFF, 0xC3, 0x75, 0x64])
+        )
+        if what == "insert":
+            out[at:at] = bytes([byte])
+        elif out and at < len(out):
+            if what == "flip":
+                out[at] = byte
+            else:
+                del out[at]
+    return bytes(out)
+
+
+def exact_config(data: bytes):
+    try:
+        return parse_config_exact(data, "f")
+    except SourceError as exc:
+        return str(exc)
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+@SLOW
+@given(configs, st.data())
+def test_a_valid_config_decodes_alike_on_both_paths(doc, data):
+    text = encode(doc, data)
+    exact = exact_config(text)
+    fast = typed.decode_config(text)
+    assert fast is None or fast == exact
+    assert parse_config(text, "f") == exact
+
+
+@SLOW
+@given(configs, st.data())
+def test_any_config_bytes_decode_alike_or_go_to_the_exact_parser(doc, data):
+    text = mutate(encode(doc, data), data)
+    exact = exact_config(text)
+    fast = typed.decode_config(text)
+    if fast is not None:
+        assert fast == exact
+    try:
+        assert parse_config(text, "f") == exact
+    except SourceError as exc:
+        assert str(exc) == exact
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300) | json_values.map(lambda v: json.dumps(v).encode()))
+def test_arbitrary_bytes_never_decode_as_a_config_the_exact_parser_refuses(data):
+    fast = typed.decode_config(data)
+    assert fast is None or fast == exact_config(data)
+
+
+def test_plain_configs_take_the_fast_path():
+    # Not a test of speed: that the typed decoder answers for the documents tools write.
+    doc = {
+        "created": "2026-11-29T10:54:27.000347894Z",
+        "os": "linux",
+        "architecture": "arm64",
+        "variant": "v8",
+        "config": {"Labels": {"b": "2", "a": "1"}, "Env": ["A=1"], "Entrypoint": ["/e"], "Cmd": None},
+        "rootfs": {"type": "layers", "diff_ids": [digest_of(b"a")]},
+        "history": [{"created": "2026-01-01T00:00:00Z", "created_by": "ADD x"}, {"empty_layer": True}],
+    }
+    for text in (json.dumps(doc).encode(), json.dumps(doc, indent=2, ensure_ascii=False).encode()):
+        fast = typed.decode_config(text)
+        assert fast is not None and fast == parse_config_exact(text, "f")
+        assert fast.labels == (("a", "1"), ("b", "2")) and fast.cmd == ()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'{"os": "linux", "os": 3}',  # json.loads keeps the last of repeated keys
+        b'{"config": {"Env": ["A", 1]}}',  # the exact parser drops what is not a string
+        b'{"created": null, "history": [1, {"created_by": "x"}]}',
+        b'{"os": "\\ud800"}',  # a lone surrogate: refused with a message of the exact parser's
+        b'{"os": "linux", "x": "\xed\xa0\x80"}',  # an encoded one, where msgspec does not look
+        b'{"os": "linux", "x": "\xff"}',  # not UTF-8, where msgspec does not look
+        b'\xef\xbb\xbf{"os": "linux"}',  # a byte order mark, which json.loads takes
+        b'{"os": "linux", "x": NaN}',
+        b'{"os": "linux", "x": ' + b"[" * 990 + b"]" * 990 + b"}",  # deeper than json.loads goes
+        b"[]",
+        b"",
+    ],
+)
+def test_unusual_configs_go_to_the_exact_parser(text):
+    assert typed.decode_config(text) is None
+    exact = exact_config(text)
+    try:
+        assert parse_config(text, "f") == exact
+    except SourceError as exc:
+        assert str(exc) == exact
+
+
+@settings(max_examples=1000, deadline=None)
+@given(rfc3339() | st.text(max_size=32))
+@example("2026-11-29T10:54:27.000347894Z")
+@example("2026-11-29T10:54:27.500000Z")
+@example("1000-01-01T00:00:00Z")
+@example("0000-01-01T00:00:00Z")
+@example("2026-02-29T00:00:00Z")
+def test_canonical_times_are_kept_as_normalise_would(text):
+    assert typed._created(text) == timestamps.normalise(text)
+
+
+# ----------------------------------------------------------------------------- manifests
+
+
+class MemoryBlobs:
+    def __init__(self, blobs: dict[str, bytes], sizes: dict[str, int] | None = None):
+        self.blobs = blobs
+        self.sizes = sizes or {}
+
+    def read_blob(self, digest, limit):
+        if digest not in self.blobs:
+            raise SourceError("mem", f"blob {digest} is missing")
+        return self.blobs[digest]
+
+    def blob_size(self, digest):
+        if digest in self.sizes:
+            return self.sizes[digest]
+        data = self.blobs.get(digest)
+        return None if data is None else len(data)
+
+
+def _walked(store, descriptor, names, fast: bool, monkeypatch) -> list:
+    with monkeypatch.context() as patch:
+        if not fast:
+            patch.setattr(typed, "decode_manifest", lambda *args, **kwargs: None)
+            patch.setattr(typed, "decode_config", lambda *args, **kwargs: None)
+        notes: list[str] = []
+        ctx = Context(source_kind="oci", source_path="/l", note=notes.append)
+        out = [
+            str(item) if isinstance(item, SourceError) else item for item in walk(store, descriptor, names, ctx, "/l")
+        ]
+    return out + notes
+
+
+LAYER_TYPES = [mt.OCI_LAYER_TAR + "+gzip", mt.OCI_LAYER_TAR, "application/vnd.docker.image.rootfs.diff.tar.gzip"]
+descriptor_sizes = st.integers(0, 2**63 - 1) | st.sampled_from([-1, 2**63, 2**64, 1.0, True, "3", None])
+
+
+@st.composite
+def layouts(draw, broken: bool):
+    """(store, top descriptor, names) of one image manifest, its config and layers; with `broken`,
+    any of their parts may be wrong in any way the exact parser has words for."""
+    config_doc = draw(configs)
+    config = json.dumps(config_doc).encode()
+    layers = [draw(st.binary(min_size=1, max_size=8)) for _ in range(draw(st.integers(0, 4)))]
+    blobs = {digest_of(layer): layer for layer in layers}
+    blobs[digest_of(config)] = config
+
+    def descriptor(data: bytes, media_type: str) -> dict:
+        out = {"mediaType": media_type, "digest": digest_of(data), "size": len(data)}
+        if broken and draw(st.integers(0, 5)) == 0:
+            key = draw(st.sampled_from(["mediaType", "digest", "size", "urls", "annotations"]))
+            out[key] = draw(
+                {
+                    "mediaType": st.sampled_from(["", "x/y", 3, None]),
+                    "digest": st.sampled_from(["sha256:abc", "md5:" + "0" * 32, "", None, digest_of(b"missing")]),
+                    "size": descriptor_sizes,
+                    "urls": st.sampled_from([[], None, ["https://x/y"], "u", [1], 0, False]),
+                    "annotations": json_values,
+                }[key]
+            )
+        return out
+
+    config_type = draw(st.sampled_from([mt.OCI_CONFIG, mt.OCI_CONFIG, mt.DOCKER_CONFIG, "application/x-artifact"]))
+    manifest: dict = {
+        "schemaVersion": 2,
+        "mediaType": draw(st.sampled_from([mt.OCI_MANIFEST, mt.DOCKER_MANIFEST, ""])),
+        "config": descriptor(config, config_type),
+        "layers": [descriptor(layer, draw(st.sampled_from(LAYER_TYPES))) for layer in layers],
+    }
+    if draw(st.booleans()):
+        manifest["annotations"] = {"a": "b"}
+    if draw(st.integers(0, 4)) == 0:
+        manifest["artifactType"] = draw(st.sampled_from(["", "application/x", 3, None]))
+    if broken:
+        for key in draw(st.lists(st.sampled_from(["mediaType", "config", "layers", "schemaVersion"]), max_size=2)):
+            manifest[key] = draw(json_values | st.sampled_from([mt.OCI_INDEX, mt.DOCKER_SCHEMA1]))
+    text = json.dumps(manifest, indent=draw(st.sampled_from([None, 3]))).encode()
+    if broken and draw(st.integers(0, 3)) == 0:
+        text = mutate(text, draw(st.data()))
+    blobs[digest_of(text)] = text
+    sizes = {}
+    if broken and layers and draw(st.integers(0, 5)) == 0:
+        sizes[digest_of(layers[0])] = len(layers[0]) + 1  # the stored layer is not the size it says
+    declared = draw(st.sampled_from([mt.OCI_MANIFEST, mt.DOCKER_MANIFEST, ""]))
+    top = Blob(digest_of(text), len(text), declared)
+    names = draw(st.sampled_from([[], [Reference("cr.example", "team/app", "1.0")], [Reference("r", "Bad", "x")]]))
+    return MemoryBlobs(blobs, sizes), top, names
+
+
+@SLOW
+@given(layouts(broken=False))
+def test_a_valid_manifest_gives_the_same_records_on_both_paths(layout):
+    store, top, names = layout
+    with pytest.MonkeyPatch.context() as patch:
+        exact = _walked(store, top, names, False, patch)
+        fast = _walked(store, top, names, True, patch)
+    assert fast == exact
+
+
+@SLOW
+@given(layouts(broken=True))
+def test_any_manifest_gives_the_same_records_or_message_on_both_paths(layout):
+    store, top, names = layout
+    with pytest.MonkeyPatch.context() as patch:
+        exact = _walked(store, top, names, False, patch)
+        fast = _walked(store, top, names, True, patch)
+    assert fast == exact
+
+
+@SLOW
+@given(layouts(broken=True))
+def test_the_typed_manifest_decoder_answers_only_for_what_the_exact_parser_accepts(layout):
+    store, top, names = layout
+    data = store.blobs[top.digest]
+    decoded = typed.decode_manifest(data, top.media_type, {})
+    if decoded is None:
+        return
+    media_type, config, layers, artifact_type = decoded
+    doc = json.loads(data)  # the fast path took it, so json.loads must too
+    assert media_type == (doc.get("mediaType") or top.media_type) and media_type in mt.MANIFESTS
+    assert config == parse.parse_descriptor(doc["config"], "w", "config")
+    assert layers == tuple(parse.parse_descriptor(d, "w", "layer") for d in doc.get("layers") or [])
+    assert artifact_type == (doc.get("artifactType") or "")
+
+
+def test_descriptor_shapes_are_shared_between_the_paths():
+    # Both paths remember a validated plain descriptor under the same key, with the same value.
+    shapes: dict = {}
+    layer = b"layer"
+    config = b"{}"
+    manifest = json.dumps(
+        {
+            "mediaType": mt.OCI_MANIFEST,
+            "config": {"mediaType": mt.OCI_CONFIG, "digest": digest_of(config), "size": 2},
+            "layers": [{"mediaType": LAYER_TYPES[0], "digest": digest_of(layer), "size": 5}],
+        }
+    ).encode()
+    decoded = typed.decode_manifest(manifest, "", shapes)
+    assert decoded is not None
+    raw = {"mediaType": LAYER_TYPES[0], "digest": digest_of(layer), "size": 5}
+    assert parse.parse_descriptor(raw, "w", "layer", shapes) is decoded[2][0]
+    assert shapes == {
+        (mt.OCI_CONFIG, digest_of(config), 2): decoded[1],
+        (LAYER_TYPES[0], digest_of(layer), 5): decoded[2][0],
+    }
+
+
+def test_a_real_layout_is_read_alike_on_both_paths(monkeypatch):
+    from pathlib import Path
+
+    from indexer.sources import parse_source
+
+    fixtures = Path(__file__).parent / "fixtures" / "real"
+    for path in sorted(fixtures.glob("*.tar")):
+        outputs = []
+        for fast in (False, True):
+            with monkeypatch.context() as patch:
+                if not fast:
+                    patch.setattr(typed, "decode_manifest", lambda *args, **kwargs: None)
+                    patch.setattr(typed, "decode_config", lambda *args, **kwargs: None)
+                source = parse_source(str(path))
+                ctx = Context(source_kind=source.kind, source_path=source.location)
+                outputs.append([str(r) if isinstance(r, Exception) else r for r in source.records(ctx)])
+        assert outputs[0] == outputs[1], path.name
+        assert outputs[0], path.name
