@@ -6,7 +6,7 @@ import os
 import stat
 import threading
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future
 
 import pytest
 
@@ -14,8 +14,20 @@ from indexer.errors import AuthError, HttpError, SourceError
 from indexer.model import TagMoves, TagsRetired
 from indexer.sources import registry
 from indexer.sources.parse import Context
-from indexer.sources.registry import Crawl, Fetched, RegistrySource, Target, interleave, parse_target, under_prefix
-from indexer.sources.registry_client import RegistryOptions
+from indexer.sources.registry import (
+    FETCH,
+    WALK,
+    Crawl,
+    Fetched,
+    Pool,
+    RegistrySource,
+    Target,
+    all_done,
+    interleave,
+    parse_target,
+    under_prefix,
+)
+from indexer.sources.registry_client import RegistryOptions, is_canonical_path
 from indexer.sources.registry_auth import find_credentials, parse_challenges, parse_token_response
 from indexer.sources.registry_client import _retry_after
 
@@ -197,6 +209,88 @@ def test_closing_interleave_closes_the_flows_still_waiting():
     assert sorted(closed) == ["a", "b"]
 
 
+def test_the_pool_takes_walks_before_fetches_queued_earlier_and_cancels_what_is_left():
+    pool = Pool(1, "imgdex-registry-test")
+    gate, ran = threading.Event(), []
+    try:
+        pool.submit(FETCH, gate.wait, 10)  # holds the only thread while the rest is queued
+        fetches = [pool.submit(FETCH, ran.append, f"fetch {n}") for n in range(2)]
+        walk = pool.submit(WALK, ran.append, "walk")
+        gate.set()
+        for future in [walk, *fetches]:
+            future.result(10)
+        assert ran == ["walk", "fetch 0", "fetch 1"]
+        gate.clear()
+        pool.submit(FETCH, gate.wait, 10)
+        left = pool.submit(WALK, ran.append, "never")
+    finally:
+        gate.set()
+        pool.shutdown(cancel_futures=True)
+    assert "never" not in ran
+    with pytest.raises(CancelledError):
+        left.result(0)
+    with pytest.raises(RuntimeError):
+        pool.submit(FETCH, ran.append, "after")
+    assert not [thread for thread in threading.enumerate() if thread.name.startswith("imgdex-registry-test")]
+
+
+def test_a_worker_s_exception_reaches_the_future():
+    pool = Pool(2, "imgdex-registry-test")
+    try:
+        future = pool.submit(FETCH, int, "not a number")
+        with pytest.raises(ValueError):
+            future.result(10)
+        assert pool.submit(FETCH, int, "7").result(10) == 7  # the thread survived it
+    finally:
+        pool.shutdown()
+
+
+def test_all_done_is_done_only_once_every_future_is():
+    futures = [Future() for _ in range(3)]
+    done = all_done(futures)
+    futures[2].set_result(1)
+    futures[0].set_exception(ValueError("x"))
+    assert not done.done()
+    futures[1].cancel()
+    assert done.done()
+    assert all_done([]).done()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v2/team/app/manifests/v1.0_rc-1",
+        "/v2/a/blobs/sha256:" + "0" * 64,
+        "/v2/a@b/manifests/x",
+        "/",
+        "/v2/_catalog?last=a%2Fb&n=2",
+        "/v2/a/./b",
+        "/v2/a/../b",
+        "/v2/a/.hidden",
+        "/v2/a//b",
+        "/v2/a/b/.",
+        "/v2/a/b/..",
+        "/v2/a b",
+        "/v2/a%2e%2e/b",
+        "/v2/é",
+        "/v2/a\nb",
+        "/v2/a#b",
+        "/v2/a/b/",
+        "v2/a",
+    ],
+)
+def test_the_quick_path_check_agrees_with_urllib3(path):
+    import urllib3
+
+    try:
+        parsed = urllib3.util.parse_url("http://host" + path)
+        sent = (parsed.path or "") + (f"?{parsed.query}" if parsed.query is not None else "")
+        expected = path.startswith("/") and path.isascii() and path.isprintable() and " " not in path and sent == path
+    except ValueError:
+        expected = False
+    assert is_canonical_path(path) is expected
+
+
 class FakeStore:
     def __init__(self, known, indexed):
         self.known, self.indexed = known, indexed
@@ -257,9 +351,9 @@ def test_a_crawl_closed_early_sends_no_more_requests_and_leaves_no_thread(monkey
     listed = []
     cancelled = threading.Event()
 
-    class Pool(ThreadPoolExecutor):
-        def shutdown(self, wait=True, *, cancel_futures=False):
-            super().shutdown(wait=False, cancel_futures=cancel_futures)
+    class Pool(registry.Pool):
+        def shutdown(self, cancel_futures=True, wait=True):
+            super().shutdown(cancel_futures=cancel_futures, wait=False)
             cancelled.set()  # only now may the listing under way finish: nothing queued may start
             super().shutdown(wait=wait)
 
@@ -269,7 +363,7 @@ def test_a_crawl_closed_early_sends_no_more_requests_and_leaves_no_thread(monkey
             cancelled.wait(10)
         return [], HttpError(f"registry.example/{name}: GET tags/list", "500")
 
-    monkeypatch.setattr(registry, "ThreadPoolExecutor", Pool)
+    monkeypatch.setattr(registry, "Pool", Pool)
     crawl, _ = offline_crawl(monkeypatch, [f"r{i:02d}" for i in range(50)], jobs=1, list_tags=list_tags)
     items = crawl.run()
     first = next(items)

@@ -6,6 +6,9 @@ HEADed), and the shared parser walks it through `HttpBlobs`, which fetches child
 config blobs on demand and never a layer. Requests run in a pool of `--jobs` threads; each
 repository's crawl is plain sequential code on the calling thread, interleaved with the others by
 `interleave`, so everything that touches the store or the bookkeeping stays on the calling thread.
+The pool takes walks before fetches: a repository's manifests are walked as soon as its tags are
+in, while the other repositories' fetches keep the threads busy, instead of all walks waiting at
+the end behind every fetch of the crawl.
 
 Names and tags a registry lists are checked against Docker's grammar before anything is asked
 about them: a request path is built only from valid names, so it is exactly the name.
@@ -15,13 +18,15 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import heapq
+import itertools
 import json
 import queue
 import re
 import threading
 import urllib.parse
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
@@ -240,6 +245,81 @@ def interleave(flows: Iterable[Flow], out: deque) -> Iterator:
             flow.close()
 
 
+def all_done(futures: list[Future]) -> Future:
+    """A future done once all of `futures` are: a flow waiting on many wakes once, not once each."""
+    done: Future = Future()
+    left = [len(futures)]
+    lock = threading.Lock()
+
+    def one(_: Future) -> None:
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            done.set_result(None)
+
+    if not futures:
+        done.set_result(None)
+    for future in futures:
+        future.add_done_callback(one)
+    return done
+
+
+# What the pool runs first: walking what was fetched, then listing and fetching.
+WALK, FETCH = 0, 1
+
+
+class Pool:
+    """`workers` threads that take work by priority (lowest first), then in the order it came."""
+
+    def __init__(self, workers: int, name: str):
+        self._queue: list = []
+        self._order = itertools.count()
+        self._ready = threading.Condition(threading.Lock())
+        self._closed = False
+        self._threads = [threading.Thread(target=self._work, name=f"{name}_{n}", daemon=True) for n in range(workers)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, priority: int, fn: Callable, *args) -> Future:
+        future: Future = Future()
+        with self._ready:
+            if self._closed:
+                raise RuntimeError("the pool is shut down")
+            heapq.heappush(self._queue, (priority, next(self._order), future, fn, args))
+            self._ready.notify()
+        return future
+
+    def _work(self) -> None:
+        while True:
+            with self._ready:
+                while not self._queue and not self._closed:
+                    self._ready.wait()
+                if not self._queue:
+                    return
+                _, _, future, fn, args = heapq.heappop(self._queue)
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn(*args)
+            except BaseException as exc:  # the flow waiting on it reads it, as from any future
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+    def shutdown(self, cancel_futures: bool = True, wait: bool = True) -> None:
+        """Stop taking work; queued work is cancelled (or, without `cancel_futures`, run); `wait`: the threads end."""
+        with self._ready:
+            self._closed = True
+            dropped, self._queue = (self._queue, []) if cancel_futures else ([], self._queue)
+            self._ready.notify_all()
+        for entry in dropped:
+            entry[2].cancel()
+        for thread in self._threads if wait else ():
+            if thread is not threading.current_thread():
+                thread.join()
+
+
 class ConfigCache:
     """Config blobs by digest, verified before they are kept, shared by every repository of a crawl."""
 
@@ -356,7 +436,7 @@ class Crawl:
         self.stats = Stats()
         self.store = source.store if _is_incremental_store(source.store) else None
         self._down_reported: set[str] = set()
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: Pool | None = None
         self._out: deque = deque()  # what the flows found, for `interleave` to hand on
 
     def _credentials(self) -> Credentials | None:
@@ -553,12 +633,12 @@ class Crawl:
             self.client.ping()
         except HttpError as exc:
             raise SourceError(self.spec, str(exc)) from None
-        self._pool = ThreadPoolExecutor(max_workers=max(1, self.options.jobs), thread_name_prefix="imgdex-registry")
+        self._pool = Pool(max(1, self.options.jobs), "imgdex-registry")
         try:
             yield from self._crawl()
         finally:
             # after an error, or when the caller stops reading, the requests not yet sent never are
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.shutdown(cancel_futures=True)
             self.client.close()
         s = self.stats
         self.ctx.note(
@@ -618,7 +698,7 @@ class Crawl:
 
     def _repository(self, state: RepoState) -> Flow:
         """One repository: list its tags, retire those that vanished, crawl the others."""
-        listing = self._pool.submit(self._list_tags, state.name)
+        listing = self._pool.submit(FETCH, self._list_tags, state.name)
         yield listing
         tags, error = listing.result()
         if error:
@@ -636,8 +716,8 @@ class Crawl:
         """Fetch every tag's manifest at once (a HEAD on a re-crawl), then walk the manifests that changed.
 
         A repository's tags are settled together: which of them moved is known only once all are in."""
-        fetches = [self._pool.submit(self._fetch_tag, state, tag) for tag in tags]
-        yield from fetches
+        fetches = [self._pool.submit(FETCH, self._fetch_tag, state, tag) for tag in tags]
+        yield all_done(fetches)
         results = [fetch.result() for fetch in fetches]
         self._emit(state.name, [result for result in results if isinstance(result, SourceError)])
         claims, walks = self._group(state, [result for result in results if isinstance(result, Fetched)])
@@ -648,7 +728,7 @@ class Crawl:
     def _walks(self, repository: str, walks: list[Walk]) -> Flow:
         """Walk every manifest at once; what each walk found is handed on in order."""
         self.stats.fetched += len(walks)
-        futures = [self._pool.submit(self._walk, repository, *walk) for walk in walks]
+        futures = [self._pool.submit(WALK, self._walk, repository, *walk) for walk in walks]
         for future in futures:
             yield future
             items, notes = future.result()

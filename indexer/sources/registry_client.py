@@ -22,6 +22,7 @@ import io
 import ipaddress
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -172,8 +173,16 @@ def _innermost(exc: BaseException) -> str:
     return redact_userinfo(" ".join(str(seen).split()))[:300]
 
 
+# Paths of names that passed Docker's grammar: nothing urllib3 would encode or resolve, unless a
+# segment starts with a dot or is empty, which the full check below decides.
+_PLAIN_PATH = re.compile(r"/[A-Za-z0-9_.:@/-]*\Z")
+_ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
+
+
 def is_canonical_path(path: str) -> bool:
     """True when urllib3 sends `path` exactly as given: printable ASCII, no dot segments, nothing to encode."""
+    if _PLAIN_PATH.match(path) and "/." not in path and "//" not in path:
+        return True  # the common case, without parsing: every manifest and blob path of a crawl
     if not path.startswith("/") or not path.isascii() or not path.isprintable() or " " in path:
         return False
     try:
@@ -208,8 +217,11 @@ def _read_capped(response: urllib3.BaseHTTPResponse, limit: int, method: str) ->
         response.read()  # no body, but http.client counts the response open until it is read
         return b""
     length = response.headers.get("Content-Length", "")
-    if length.isdigit() and int(length) > limit:
-        raise _TooLarge(int(length))
+    if length.isdigit():
+        if int(length) > limit:
+            raise _TooLarge(int(length))
+        # http.client reads exactly Content-Length bytes (and urllib3 fails a shorter body): one call will do
+        return response.read()
     chunks, total = [], 0
     while True:
         chunk = response.read(65536)
@@ -229,12 +241,13 @@ _attempt = threading.local()
 class _DeadlineReader(io.RawIOBase):
     """A response's socket as http.client reads it, every recv bounded by what is left of the deadline."""
 
-    def __init__(self, sock: socket.socket, deadline: float):
+    def __init__(self, sock: socket.socket, raw, deadline: float):
         super().__init__()
         self._sock = sock
-        # makefile() counts a reader on the socket, so a response handed the connection
-        # (`Connection: close`) can read its body after http.client closes the socket
-        self._raw = sock.makefile("rb", buffering=0)
+        # the reader http.client made with makefile(), which counts a reader on the socket, so a
+        # response handed the connection (`Connection: close`) can read its body after http.client
+        # closes the socket
+        self._raw = raw
         self._deadline = deadline
 
     def readable(self) -> bool:
@@ -258,8 +271,7 @@ class _DeadlineResponse(http.client.HTTPResponse):
         super().__init__(sock, *args, **kwargs)
         deadline = getattr(_attempt, "deadline", None)
         if deadline is not None:
-            self.fp.close()
-            self.fp = io.BufferedReader(_DeadlineReader(sock, deadline))
+            self.fp = io.BufferedReader(_DeadlineReader(sock, self.fp.detach(), deadline))
 
 
 class _HTTPConnection(HTTPConnection):
@@ -332,6 +344,8 @@ class RegistryClient:
         self._managers: dict[tuple[str, bool], urllib3.PoolManager] = {}
         self._proxy_cache: dict[tuple[str, str], str] = {}
         self._breakers: dict[str, _Breaker] = {}
+        # (scheme://netloc, verify) -> (pool manager, breaker): one dict read per request once known
+        self._routes: dict[tuple[str, object], tuple[urllib3.PoolManager, _Breaker]] = {}
         self._lock = threading.Lock()
         self._timeout = urllib3.Timeout(connect=options.timeout, read=options.timeout)
         if self.verify is False:
@@ -405,11 +419,22 @@ class RegistryClient:
                 breaker = self._breakers[host] = _Breaker(host, self.options.breaker_threshold)
             return breaker
 
+    def _route(self, url: str, verify) -> tuple[urllib3.PoolManager, _Breaker]:
+        match = _ORIGIN.match(url)
+        key = (match.group(0) if match else url, verify)
+        route = self._routes.get(key)
+        if route is None:
+            route = (self._manager(url, verify), self._breaker(url))
+            if match:
+                self._routes[key] = route
+        return route
+
     def close(self) -> None:
         with self._lock:
             for manager in self._managers.values():
                 manager.clear()
             self._managers.clear()
+            self._routes.clear()
 
     def _backoff(self, attempt: int) -> float:
         delay = min(self.options.max_backoff, self.options.backoff * (2**attempt))
@@ -420,8 +445,7 @@ class RegistryClient:
     ) -> Reply:
         """One request with retries of transient failures; every final answer is returned, 4xx too."""
         retries = self.options.retries if retries is None else retries
-        manager = self._manager(url, self.verify if verify is None else verify)
-        breaker = self._breaker(url)
+        manager, breaker = self._route(url, self.verify if verify is None else verify)
         timeout = self.options.timeout
         attempt = 0
         while True:
@@ -431,7 +455,7 @@ class RegistryClient:
             outer = getattr(_attempt, "deadline", None)
             _attempt.deadline = time.monotonic() + timeout
             try:
-                response = manager.request(
+                response = manager.urlopen(
                     method,
                     url,
                     headers={"User-Agent": USER_AGENT, **headers},
