@@ -28,7 +28,9 @@ from services import engine, registry, services_folder  # noqa: F401  (session f
 
 pytestmark = pytest.mark.services
 
-IMGDEX = [shutil.which("imgdex")] if shutil.which("imgdex") else [sys.executable, "-m", "queries.cli"]
+# The console script of the interpreter running the tests, never another `imgdex` on PATH.
+_SCRIPT = os.path.join(os.path.dirname(sys.executable), "imgdex")
+IMGDEX = [_SCRIPT] if os.access(_SCRIPT, os.X_OK) else [sys.executable, "-m", "queries.cli"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MANIFEST_TYPES = ", ".join(
     [
