@@ -3,6 +3,7 @@
     python bench/store_bench.py                  # 1,000,000 images (about 10 minutes here)
     python bench/store_bench.py --rows 100000    # a quicker pass
     python bench/store_bench.py --json out.json
+    python bench/store_bench.py --phase list --rows 1000000   # only the list figures, on the store as it is
 
 The synthetic images are generated once, deterministically, into an Arrow IPC file under --dir
 (default /tmp/imgdex-store-bench) and streamed from there, so load timings exclude generation:
@@ -331,6 +332,46 @@ def phase_get(args) -> dict:
     return out
 
 
+def phase_list(args) -> dict:
+    """`imgdex list` pages of 100 in the default order: the first and page 501 (rows 50,001 to
+    50,100), each on a new reader in this process (median of --lookups // 50 runs, at least 5) and
+    as a whole `imgdex list` process (median of 3)."""
+    from queries import engine, listing
+
+    def page(token: str) -> tuple[dict, float, float]:
+        t0, c0 = time.perf_counter(), time.process_time()
+        reader = engine.connect(args.store, tables=("images",))
+        result = listing.list_images(reader, listing.Query(page_size=100, page_token=token))
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+        reader.close()
+        return result, seconds, cpu
+
+    reader = engine.connect(args.store, tables=("images",))
+    plan = listing.plan(listing.Query())
+    key = reader.execute(f"SELECT {plan.key_sql} FROM images ORDER BY {plan.order_sql} LIMIT 1 OFFSET 49999")
+    deep = listing.page_token(plan, tuple(key.fetchone()))
+    reader.close()
+    out = {}
+    for label, token in (("first", ""), ("deep", deep)):
+        result = page(token)[0]
+        assert len(result["images"]) == 100, label
+        timed = [page(token)[1:] for _ in range(max(5, args.lookups // 50))]
+        argv = [sys.executable, "-m", "queries.cli", "list", "--store", args.store]
+        argv += ["--page-token", token] if token else []
+        walls = []
+        for _ in range(3):
+            started = time.perf_counter()
+            subprocess.run(argv, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+            walls.append(time.perf_counter() - started)
+        out[label] = {
+            "ms": 1000 * statistics.median(t[0] for t in timed),
+            "cpu_ms": 1000 * statistics.median(t[1] for t in timed),
+            "process_ms": 1000 * statistics.median(walls),
+            "first_id": result["images"][0]["id"],
+        }
+    return out
+
+
 def phase_compact(args) -> dict:
     from datetime import timedelta
 
@@ -363,6 +404,7 @@ PHASES = {
     "load": phase_load,
     "incremental": phase_incremental,
     "get": phase_get,
+    "list": phase_list,
     "compact": phase_compact,
     "writer": phase_writer,
 }
@@ -430,6 +472,14 @@ def report(
     print(text, flush=True)
 
 
+def report_list(figures: dict, what: str) -> None:
+    for label, shown in (("first", "first page"), ("deep", "page 501")):
+        row = figures[label]
+        report(f"imgdex list {shown} of 100, {what}, in-process (new reader)", row["ms"], "ms", target="<= 200 ms")
+        report("  CPU of the same (all threads)", row["cpu_ms"], "ms")
+        report("  whole process", row["process_ms"], "ms")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -465,6 +515,7 @@ def main() -> int:
     report("images table bytes after load", loaded_bytes / 2**20, "MiB", floor["bytes"] / 2**20, "floor Parquet")
 
     get_before, _, _ = run_phase(args, "get")
+    report_list(run_phase(args, "list")[0], f"{get_before['files']} load files")
     report(
         f"warm get by id p50, {get_before['files']} load files (resolution view)",
         get_before["view"]["p50_ms"],
@@ -516,6 +567,7 @@ def main() -> int:
     )
 
     get_after, _, _ = run_phase(args, "get")
+    report_list(run_phase(args, "list")[0], "compacted")
     report(
         "warm get by id p50, compacted",
         get_after["view"]["p50_ms"],

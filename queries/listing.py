@@ -4,9 +4,11 @@
 rules (`api_rules`) in the same order and answer the same pages.
 
 A page is found in two steps: the keys of its rows first (the id and the order columns only, at
-most page_size + 1 rows after the token's position), then the rows themselves, by id. Rendering
-(and reading layers) thus costs the rows shown, not every row that matches. `Source` runs both
-steps as SQL over `images`; the server gives its own, which answers them from memory.
+most page_size + 1 rows after the token's position), then the rows themselves, by id and within
+the page's names. Rendering (and reading layers) thus costs the rows shown, not every row that
+matches. `Source` runs both steps as SQL over `images`; the server gives its own, which answers
+them from memory. Compaction keeps each file in the default order, so that in a compacted store
+both steps read a row group or two of each file (statistics on name), not the whole table.
 
 A page token is URL-safe base64 (unpadded) of compact JSON `{"q": QUERY, "k": KEY}`:
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
 import re
@@ -61,6 +64,8 @@ BY_VALUE = frozenset({"last_modified"})
 _DEFAULT_ORDER = "name,digest"
 _INT64 = range(-(2**63), 2**63)
 _TOKEN_LIMIT = 100
+# Up to this many ids go into a query as constants, beyond as one list parameter.
+_LITERAL_IDS = 1000
 
 _STRING = r"""("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')"""
 _TERM = re.compile(
@@ -195,13 +200,41 @@ class Plan:
 
     def after(self, key: tuple) -> tuple[str, list]:
         """The keyset condition for the rows after `key` (one value per sort key), with its params."""
-        alternatives, params = [], []
+        return self._keyset(key, later=True)
+
+    def until(self, key: tuple) -> tuple[str, list]:
+        """The keyset condition for the rows up to `key`, itself included, with its params."""
+        return self._keyset(key, later=False)
+
+    def _keyset(self, key: tuple, later: bool) -> tuple[str, list]:
+        # Led by the bound on the first sort key that the alternatives imply (`name >= ?`): DuckDB
+        # does not derive it from an OR, and as a plain conjunct it reaches the Parquet scan, where
+        # the row groups' statistics skip everything outside the page.
         keys = self.keys
+        first, first_desc = keys[0]
+        conditions, params = [f"{first} {'>=' if later != first_desc else '<='} ?"], [key[0]]
+        alternatives = []
         for i, (expr, desc) in enumerate(keys):
+            op = ">" if later != desc else "<"
+            if not later and i == len(keys) - 1:
+                op += "="  # the id is unique: equal on every key is the row `key` itself
             equal = [f"{keys[j][0]} = ?" for j in range(i)]
-            alternatives.append("(" + " AND ".join(equal + [f"{expr} {'<' if desc else '>'} ?"]) + ")")
+            alternatives.append("(" + " AND ".join(equal + [f"{expr} {op} ?"]) + ")")
             params += list(key[:i]) + [key[i]]
-        return "(" + " OR ".join(alternatives) + ")", params
+        conditions.append("(" + " OR ".join(alternatives) + ")")
+        return "(" + " AND ".join(conditions) + ")", params
+
+    def sort(self, rows: list[tuple]) -> list[tuple]:
+        """Key rows (one value per sort key, the id last) in the plan's order, as DuckDB orders them:
+        strings by code point (their UTF-8 bytes), which is how Python compares them too."""
+
+        def compare(a: tuple, b: tuple) -> int:
+            for (_, desc), x, y in zip(self.keys, a, b, strict=True):
+                if x != y:
+                    return (1 if x < y else -1) if desc else (-1 if x < y else 1)
+            return 0
+
+        return sorted(rows, key=functools.cmp_to_key(compare))
 
     def where(self, after: tuple | None) -> tuple[str, list]:
         conditions, params = list(self.conditions), list(self.params)
@@ -307,15 +340,44 @@ def page_token(plan: Plan, key: tuple) -> str:
 # --- the two steps -------------------------------------------------------------------------------
 
 
+def _among(ids: list[str]) -> tuple[str, list]:
+    """`id IN (...)` for `ids`, with its params. Constants reach the Parquet scan, where min/max
+    and Bloom filters skip row groups; a long list goes as one parameter instead."""
+    if len(ids) <= _LITERAL_IDS:
+        return f"id IN ({', '.join('?' * len(ids))})", list(ids)
+    return "id IN (SELECT unnest(?::VARCHAR[]))", [list(ids)]
+
+
 class Source:
-    """A page's keys and rows, as SQL over the `images` table or view of `con`."""
+    """A page's keys and rows, as SQL over the `images` table or view of `con`.
+
+    Over a compacted Delta table with files appended since (a Reader's `images_parts`), both steps
+    query the parts of the view apart (`deltalog.Compacted`): the rows of the compacted files that
+    no appended file touches, whose row groups DuckDB prunes by their statistics on name (compaction
+    keeps each file in the default list order), and the touched images that may belong on the page,
+    resolved by id. Through the view as one, every touched image would be resolved, which reads the
+    compacted rows of each of them: a scan of every compacted file.
+    """
 
     def __init__(self, con):
         self.con = con
+        parts = getattr(con, "images_parts", None)
+        self._parts = parts if parts is not None and parts.recent is not None else None
+        # The name of each image of the last page_keys, when the order has it (see `rows`).
+        self._names: dict[str, str] = {}
 
     def keys_of(self, plan: Plan, image_id: str) -> tuple | None:
         """Every sort key of one image, the id last; None when it is not indexed."""
-        return self.con.execute(f"SELECT {plan.key_sql} FROM images WHERE id = ?", [image_id]).fetchone()
+        if self._parts is None:
+            return self.con.execute(f"SELECT {plan.key_sql} FROM images WHERE id = ?", [image_id]).fetchone()
+        found = self.con.execute(
+            f"SELECT {plan.key_sql} FROM ({self._parts.untouched}) WHERE id = ?", [image_id]
+        ).fetchone()
+        if found is None:
+            found = self.con.execute(
+                f"SELECT {plan.key_sql} FROM ({self._parts.resolved('id = ?')})", [image_id]
+            ).fetchone()
+        return found
 
     def resolve(self, plan: Plan, token_keys: tuple) -> tuple:
         """A token's key with the values it leaves to be read back filled in."""
@@ -329,6 +391,12 @@ class Source:
             )
         return tuple(current[i] if value is None else value for i, value in enumerate(token_keys))
 
+    def _top(self, relation: str, plan: Plan, where: str, params: list, limit: int) -> list[tuple]:
+        return self.con.execute(
+            f"SELECT {plan.key_sql} FROM {relation} AS images WHERE {where} ORDER BY {plan.order_sql} LIMIT ?",
+            params + [limit],
+        ).fetchall()
+
     def page_keys(self, plan: Plan, limit: int) -> list[tuple]:
         """The sort keys (id last) of the first `limit` images after the plan's token, in order.
 
@@ -336,19 +404,65 @@ class Source:
         """
         after = self.resolve(plan, plan.token_keys) if plan.token_keys is not None else None
         where, params = plan.where(after)
-        return self.con.execute(
-            f"SELECT {plan.key_sql} FROM images WHERE {where} ORDER BY {plan.order_sql} LIMIT ?",
-            params + [limit],
-        ).fetchall()
+        keys = self._page_keys_apart(plan, where, params, limit) if self._parts is not None else None
+        if keys is None:
+            keys = self._top("images", plan, where, params, limit)
+        fields = [field for field, _ in plan.order]
+        at = fields.index("name") if "name" in fields else None
+        self._names = {key[-1]: key[at] for key in keys} if at is not None else {}
+        return keys
+
+    def _page_keys_apart(self, plan: Plan, where: str, params: list, limit: int) -> list[tuple] | None:
+        """`page_keys` from the parts of a compacted table; None when the view must answer."""
+        parts = self._parts
+        first = self._top(f"({parts.untouched})", plan, where, params, limit)
+        # A touched image belongs on the page only if its current row, one of its row versions,
+        # sorts within it: no later than the last untouched row found, when there are enough.
+        bound, bound_params = plan.until(first[-1]) if len(first) == limit else ("TRUE", [])
+        versions = (
+            f"(SELECT v.* FROM ({parts.rows}) AS v SEMI JOIN ({parts.touched}) AS t USING (id) "
+            f"UNION ALL BY NAME SELECT * FROM ({parts.recent}))"
+        )
+        candidates = [
+            row[0]
+            for row in self.con.execute(
+                f"SELECT DISTINCT id FROM {versions} AS images WHERE {where} AND {bound}", params + bound_params
+            ).fetchall()
+        ]
+        if not candidates:
+            return first
+        chosen, chosen_params = _among(candidates)
+        resolved = self._top(f"({parts.resolved(chosen)})", plan, where, chosen_params + params, limit)
+        merged = first + resolved
+        if any(value is None for row in merged for value in row):
+            return None  # keys are never NULL; should one be, DuckDB's order is the one to keep
+        return plan.sort(merged)[:limit]
 
     def rows(self, ids: list[str]) -> list[tuple]:
-        """The rows `to_response` renders, for `ids`, in that order."""
+        """The rows `to_response` renders, for `ids`, in that order.
+
+        When the last `page_keys` gave these ids and their names, the names' range goes beside the
+        ids: compaction keeps each file's rows in name order (indexer/store/delta.py), so the row
+        groups' statistics on name leave the one or two of each file that can hold the page, where
+        the ids alone, spread by hashing, match a row group of nearly every file.
+        """
         if not ids:
             return []
-        found = self.con.execute(
-            f"SELECT {SELECT} FROM images WHERE id IN ({', '.join('?' * len(ids))})", ids
-        ).fetchall()
+        where, params = _among(ids)
+        names = [self._names.get(image_id) for image_id in ids]
+        if None not in names:
+            where += " AND name BETWEEN ? AND ?"
+            params += [min(names), max(names)]
+        relation = "images" if self._parts is None else f"({self._parts.untouched})"
+        found = self.con.execute(f"SELECT {SELECT} FROM {relation} AS images WHERE {where}", params).fetchall()
         by_id = {row[0]: row for row in found}
+        missing = [image_id for image_id in ids if image_id not in by_id]
+        if missing and self._parts is not None:
+            # Images an appended file touches, resolved by id alone: their older rows may hold
+            # another name.
+            chosen, chosen_params = _among(missing)
+            found = self.con.execute(f"SELECT {SELECT} FROM ({self._parts.resolved(chosen)})", chosen_params)
+            by_id.update((row[0], row) for row in found.fetchall())
         return [by_id[image_id] for image_id in ids]
 
 

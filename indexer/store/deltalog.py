@@ -556,25 +556,74 @@ def _split(files: TableFiles) -> tuple[TableFiles, TableFiles]:
     return part(True), part(False)
 
 
-def _resolved_after_compaction(
-    files: TableFiles, compacted: TableFiles, appended: TableFiles, columns: tuple[str, ...] | None
-) -> str:
+@dataclasses.dataclass(frozen=True)
+class Compacted:
+    """A table read after compaction, as SQL for the parts its current rows are made of (`resolved_sql`).
+
+    The compacted files hold at most one row per key, none of them tags-only; their live rows are
+    current unless a file appended since touches their key. Readers that know what they look for
+    (`queries/listing.py`) query the parts apart, so that DuckDB can prune each by its statistics.
+    """
+
+    files: TableFiles
+    versions: str  # every row of the compacted files, tombstones included
+    recent: str | None  # every row version of the files appended since; None when there are none
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return RESOLUTION[self.files.table][0]
+
+    @property
+    def rows(self) -> str:
+        """The live rows of the compacted files, every column."""
+        return f"SELECT * FROM ({self.versions}) AS v WHERE NOT coalesce({TOMBSTONE}, false)"
+
+    @property
+    def touched(self) -> str | None:
+        """The keys the appended files touch (distinct)."""
+        return None if self.recent is None else f"SELECT DISTINCT {', '.join(self.keys)} FROM ({self.recent}) AS r"
+
+    @property
+    def untouched(self) -> str:
+        """The live rows of the compacted files whose key no appended file touches: current rows."""
+        if self.recent is None:
+            return self.rows
+        return f"SELECT * FROM ({self.rows}) AS v ANTI JOIN ({self.touched}) AS t USING ({', '.join(self.keys)})"
+
+    def resolved(self, condition: str) -> str:
+        """The current rows (public columns) of the keys that `condition`, SQL on the key columns
+        alone, holds: resolved from every version of theirs, so DuckDB prunes each file by it."""
+        versions = f"SELECT * FROM ({self.versions})"
+        if self.recent is not None:
+            versions += f" UNION ALL BY NAME SELECT * FROM ({self.recent})"
+        return resolved_sql(self.files, f"(SELECT * FROM ({versions}) AS v WHERE {condition})")
+
+
+def compacted_parts(files: TableFiles) -> Compacted | None:
+    """The parts of a table with compacted files; None for one without, or for a table kept whole (runs)."""
+    if files.table not in RESOLUTION:
+        return None
+    compacted, appended = _split(files)
+    if not compacted.files:
+        return None
+    recent = versions_sql(appended) if appended.files else None
+    return Compacted(files, versions_sql(compacted), recent)
+
+
+def _resolved_after_compaction(files: TableFiles, parts: Compacted, columns: tuple[str, ...] | None) -> str:
     """The current rows, reading each key of the compacted files as it is unless an appended file
     touches it: only those keys (few, between two compactions) go through the resolution window."""
-    keys, _ = RESOLUTION[files.table]
     names = columns or tuple(n for n, _ in files.columns if n not in VERSION_COLUMNS)
     public = ", ".join(_ident(n) for n in names)
-    key_list = ", ".join(keys)
-    alive = f"NOT coalesce({TOMBSTONE}, false)"
-    base = f"({versions_sql(compacted)})"
-    if not appended.files:
-        return f"SELECT {public} FROM {base} AS v WHERE {alive}"
-    recent = f"({versions_sql(appended)})"
-    touched = f"(SELECT DISTINCT {key_list} FROM {recent} AS r)"
-    untouched = f"SELECT {public} FROM {base} AS v ANTI JOIN {touched} AS t USING ({key_list}) WHERE {alive}"
+    if parts.recent is None:
+        return f"SELECT {public} FROM ({parts.rows}) AS v"
+    key_list = ", ".join(parts.keys)
+    touched = f"({parts.touched})"
+    untouched = f"SELECT {public} FROM ({parts.untouched}) AS v"
+    # Every version of a touched key, tombstones included: a young one may be what retires it.
     versions = (
-        f"(SELECT v.* FROM {base} AS v SEMI JOIN {touched} AS t USING ({key_list}) "
-        f"UNION ALL BY NAME SELECT * FROM {recent} AS r)"
+        f"(SELECT v.* FROM ({parts.versions}) AS v SEMI JOIN {touched} AS t USING ({key_list}) "
+        f"UNION ALL BY NAME SELECT * FROM ({parts.recent}) AS r)"
     )
     return f"{untouched} UNION ALL {resolved_sql(files, versions, names)}"
 
@@ -585,10 +634,8 @@ def resolved_sql(files: TableFiles, source: str | None = None, columns: tuple[st
     tags-only); for tags, per (registry, name, tag) the newest claim.
     A winning tombstone removes the key. The store's own columns are left out. `source` replaces
     the table's files (any relation with the same columns); `columns` the columns returned."""
-    if source is None and files.table in RESOLUTION:
-        compacted, appended = _split(files)
-        if compacted.files:
-            return _resolved_after_compaction(files, compacted, appended, columns)
+    if source is None and (parts := compacted_parts(files)) is not None:
+        return _resolved_after_compaction(files, parts, columns)
     source = source or f"({versions_sql(files)})"
     if files.table not in RESOLUTION:
         # runs keeps every row, and its run_id is its own column
