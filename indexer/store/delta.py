@@ -29,8 +29,9 @@ committed since its snapshot wrote the same keys. An overlap makes the attempt s
 fresh snapshot, so the outcome equals running the runs one after another. Data files of an
 attempt that did not commit are never referenced; `vacuum` removes them after the retention window.
 
-`compact` rewrites each table to one row per key sorted by key (row groups of 4,096 rows with
-statistics and a Bloom filter on the key, so a lookup reads one row group) as one commit that
+`compact` rewrites each table to one row per key (images: each file one range of ids, its rows in
+list order in sorted runs; the other tables sorted by key; row-group statistics and a Bloom filter
+on the key, so a lookup reads one row group) as one commit that
 removes exactly the files it read; runs that commit meanwhile keep theirs, and of two compactions
 at once the second starts over. `vacuum` then deletes files that left the table more than the
 retention window ago (7 days by default): a reader holding an older file list keeps working for
