@@ -313,23 +313,23 @@ def layouts(draw, broken: bool):
     return MemoryBlobs(blobs, sizes), top, names
 
 
+def _both_paths(layout) -> tuple:
+    store, top, names = layout
+    with pytest.MonkeyPatch.context() as patch:
+        return _walked(store, top, names, False, patch), _walked(store, top, names, True, patch)
+
+
 @SLOW
 @given(layouts(broken=False))
 def test_a_valid_manifest_gives_the_same_records_on_both_paths(layout):
-    store, top, names = layout
-    with pytest.MonkeyPatch.context() as patch:
-        exact = _walked(store, top, names, False, patch)
-        fast = _walked(store, top, names, True, patch)
+    exact, fast = _both_paths(layout)
     assert fast == exact
 
 
 @SLOW
 @given(layouts(broken=True))
 def test_any_manifest_gives_the_same_records_or_message_on_both_paths(layout):
-    store, top, names = layout
-    with pytest.MonkeyPatch.context() as patch:
-        exact = _walked(store, top, names, False, patch)
-        fast = _walked(store, top, names, True, patch)
+    exact, fast = _both_paths(layout)
     assert fast == exact
 
 

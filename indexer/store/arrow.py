@@ -131,10 +131,6 @@ def utc_micros(values, dtype: pa.DataType) -> pa.Array:
 _MICROSECOND = datetime(1970, 1, 1, 0, 0, 0, 1, tzinfo=timezone.utc) - _EPOCH
 
 
-def int32s(values) -> pa.Array:
-    return _integers(values, pa.int32(), "i")
-
-
 def string_lists(groups) -> pa.Array:
     """A list<string> array of sequences of str, or None."""
     try:

@@ -105,13 +105,6 @@ def _one_per_id(records: list[ImageRecord]) -> list[ImageRecord]:
     return list(by_id.values())
 
 
-def _tags_to_arrow(records: list[ImageRecord]) -> pa.Table:
-    # A tag names one manifest per repository: within a batch the last record that claims it wins.
-    latest = {(r.registry, r.name, tag): r.id for r in records for tag in r.tags}
-    rows = [(*key, image_id) for key, image_id in latest.items()]
-    return pa.Table.from_arrays([pa.array([row[i] for row in rows], pa.string()) for i in range(4)], schema=schema.TAGS)
-
-
 def _blob_from_row(digest: str, size: int, media_type: str, urls, stored_id: str) -> Blob:
     # The formula id is stored spelled out; in a record it is the empty default.
     return Blob(digest, size, media_type or "", tuple(urls or ()), "" if stored_id == blob_id(digest) else stored_id)
