@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Iterable
@@ -215,7 +214,6 @@ def record_run(writer, specs: list[str], summary: RunSummary, started_at: dateti
         return
     writer.record_run(
         {
-            "run_id": uuid.uuid4().hex,
             "started_at": started_at,
             "finished_at": now(),
             # A source argument may hold bytes that are not UTF-8 (os.fsdecode's surrogates).

@@ -251,8 +251,8 @@ def index_parallel(
             children.append(_Child(worker, process, receiver))
         from .store.delta_writer import DeltaWriter
 
-        with DeltaWriter(store) as writer:
-            writer.run_id = run_id  # the workers' commits carry it too: one run in `history`
+        # The workers' commits carry the run's id too: one run in `history`.
+        with DeltaWriter(store, run_id) as writer:
             own = run_tasks(
                 work.shares[0],
                 writer,
@@ -334,8 +334,7 @@ def _work(conn, parent: int, store: str, run_id: str, tasks: list[Task], setting
     try:
         from .store.delta_writer import DeltaWriter
 
-        with DeltaWriter(store) as writer:
-            writer.run_id = run_id
+        with DeltaWriter(store, run_id) as writer:
             summary = run_tasks(
                 tasks,
                 writer,

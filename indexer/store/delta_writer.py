@@ -38,10 +38,11 @@ _UNDER = "registry = ? AND (? = '' OR name = ? OR starts_with(name, ? || '/'))"
 class DeltaWriter:
     """Writes one index run into a store of Delta tables. Many may write one store at once."""
 
-    def __init__(self, store: str):
+    def __init__(self, store: str, run_id: str = ""):
         self.store = store
         paths.refuse_old_layout(store)
-        self.run_id = uuid.uuid4().hex
+        # Every commit of the run carries it, the runs row too (workers of one run share it).
+        self.run_id = run_id or uuid.uuid4().hex
         self._tables = DeltaStore(store)
         try:
             self._exists = self._tables.exists()
