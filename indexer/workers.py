@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import signal
-import stat
 import sys
 import threading
 import time
@@ -32,12 +31,12 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .errors import ImgdexError, StoreError
+from .errors import ImgdexError, SourceError, StoreError
 from .run import RunSummary, Task, now, record_run, run_tasks
 from .shard import CountedShard, Shard
 from .sources import ArchiveFolder, DetectedArchive, DockerArchive, OciArchive, OciLayout, SourceOptions, parse_source
 from .sources.layout import is_layout_dir
-from .sources.tarball import STDIN_NAMES
+from .sources.tarball import MAX_INDEX_BYTES, STDIN_NAMES, open_regular
 
 # Below this much work (in images, or their equivalent in compressed bytes) one process is
 # chosen. A second one costs about 0.5 s of CPU (loading the store's libraries, reading the
@@ -126,19 +125,12 @@ def _estimate(spec: str, options: SourceOptions, verify: bool, jobs: int) -> tup
 
 
 def _open_regular(path: str):
-    """The file for reading, or None when it is not a regular file: opening a FIFO would wait for
-    a writer, and what a pipe holds can be read once only (by the source itself)."""
+    """The file for reading, or None when it is not a regular file (what a pipe holds can be read
+    once only, by the source itself) or cannot be opened: the source then says why."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
+        return open_regular(path)
+    except (SourceError, OSError):
         return None
-    try:
-        if stat.S_ISREG(os.fstat(fd).st_mode):
-            return os.fdopen(fd, "rb")
-    except OSError:
-        pass
-    os.close(fd)
-    return None
 
 
 def _layout_images(path: str, enough: int) -> int:
@@ -149,7 +141,8 @@ def _layout_images(path: str, enough: int) -> int:
         return 0
     count, tail = 0, b""
     with f:
-        while count < enough and (chunk := f.read(1 << 20)):
+        # No further than the source reads an index.json either.
+        while count < enough and f.tell() < MAX_INDEX_BYTES and (chunk := f.read(1 << 20)):
             data = tail + chunk
             count += data.count(b'"digest"')
             tail = data[-7:]  # a key cut in two is counted in the next chunk, never twice
