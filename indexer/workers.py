@@ -51,6 +51,19 @@ PROGRESS_STEP = 256
 _THREADED = ("duckdb", "pyarrow", "deltalake")
 
 
+def free_cpus(loadavg: str = "/proc/loadavg") -> int:
+    """The CPUs this process may use, less the machine's 1-minute load average (as `make -l` reads
+    it), at least one: a second worker only pays when a core is idle, and on a busy machine it
+    costs more than it saves."""
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        with open(loadavg, "rb") as f:
+            busy = float(f.read(64).split()[0])
+    except (OSError, ValueError, IndexError):
+        return allowed
+    return max(1, min(allowed, allowed - int(busy + 0.5)))
+
+
 @dataclass
 class Plan:
     specs: list[str]

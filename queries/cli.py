@@ -203,8 +203,9 @@ def _split_repository(registry: str, repository: str) -> tuple[str, str]:
     type=click.IntRange(1, 256),
     default=None,
     metavar="N",
-    help="Processes for archives, layouts and folders of them (default: the CPUs this process may use; a "
-    "run with little work stays in one), and requests at once to a registry (default 8).",
+    help="Processes for archives, layouts and folders of them (default: the CPUs this process may use less "
+    "the 1-minute load average, at least 1; a run with little work stays in one), and requests at once to "
+    "a registry (default 8).",
 )
 @click.option(
     "--shard",
@@ -307,7 +308,7 @@ def index(
         "on_source": progress.source,
     }
     # Planned, and workers started, before the store's libraries are loaded (see workers.py).
-    local_jobs = jobs or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    local_jobs = jobs or workers.free_cpus()
     work = workers.plan(list(sources), jobs=local_jobs, shard=shard, options=options, verify=verify)
     if work is not None:
         summary = workers.index_parallel(work, store, **run_options)

@@ -506,3 +506,15 @@ def test_workers_die_with_the_command(tmp_path):
     finally:
         if not gone(worker, 0):
             os.kill(worker, signal.SIGKILL)
+
+
+@pytest.mark.parametrize(
+    ("load", "expected"),
+    [("0.20 0.50 0.70 1/300 99\n", 4), ("1.60 1.00 1.00 3/300 99\n", 2), ("9.00 9 9 9/300 9\n", 1), ("junk", 4)],
+)
+def test_the_default_jobs_are_the_cpus_left_free(tmp_path, monkeypatch, load, expected):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    path = tmp_path / "loadavg"
+    path.write_text(load)
+    assert workers.free_cpus(str(path)) == expected
+    assert workers.free_cpus(str(tmp_path / "missing")) == 4
