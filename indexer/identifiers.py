@@ -15,13 +15,29 @@ DEFAULT_PLATFORM = "linux/amd64"
 _BASE32HEX = "0123456789abcdefghijklmnopqrstuv"
 
 
+# Two base32hex characters for each 10-bit value.
+_PAIRS = [a + b for a in _BASE32HEX for b in _BASE32HEX]
+
+
 def _short_hash(text: str) -> str:
     """The first 17 base32hex characters (85 bits) of sha256(text), lowercased.
 
-    Same as base64.b32hexencode(...).lower()[:17], which is pure Python and slow on the lookup path.
+    Same as base64.b32hexencode(...).lower()[:17], which is pure Python and slow on the lookup path;
+    ten bits at a time, as indexing computes one for every image and config.
     """
     bits = int.from_bytes(hashlib.sha256(text.encode()).digest()[:11], "big") >> 3
-    return "".join([_BASE32HEX[(bits >> shift) & 31] for shift in range(80, -1, -5)])
+    pairs = _PAIRS
+    return (
+        _BASE32HEX[bits >> 80]
+        + pairs[(bits >> 70) & 1023]
+        + pairs[(bits >> 60) & 1023]
+        + pairs[(bits >> 50) & 1023]
+        + pairs[(bits >> 40) & 1023]
+        + pairs[(bits >> 30) & 1023]
+        + pairs[(bits >> 20) & 1023]
+        + pairs[(bits >> 10) & 1023]
+        + pairs[bits & 1023]
+    )
 
 
 # The shape of image_id() and blob_id(): "crp" and 17 lowercase base32hex characters.
