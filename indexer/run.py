@@ -45,39 +45,69 @@ class Task:
     shard: Shard | CountedShard | None = None
 
 
+def _ignore(*_args) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What applies to every source of a run; each source takes its own fields of `options` (see
+    sources.SourceOptions)."""
+
+    options: SourceOptions = field(default_factory=SourceOptions)
+    registry: str = ""  # --registry
+    repository: str = ""  # --repository
+    verify: bool = False  # --verify
+    # --shard K/N, which `index_sources` gives every source; a Task carries its own.
+    shard: Shard | None = None
+
+
+@dataclass(frozen=True)
+class RunObserver:
+    """What a run tells as it goes: each error and note (already counted in the summary), each
+    image read (None for one a worker of `index --jobs` read), each source finished."""
+
+    on_error: Callable[[str], None] = _ignore
+    on_note: Callable[[str], None] = _ignore
+    on_image: Callable[[ImageRecord | None], None] = _ignore
+    on_source: Callable[[str], None] = _ignore
+
+
+@dataclass(frozen=True)
+class TaskObserver:
+    """A RunObserver for `run_tasks`, whose errors and notes also get where they arose: (the task's
+    position, units its shard had been asked about), the same in every worker of `index --jobs`
+    for a message that does not depend on the slice."""
+
+    on_error: Callable[[str, tuple[int, int]], None] = _ignore
+    on_note: Callable[[str, tuple[int, int]], None] = _ignore
+    on_image: Callable[[ImageRecord], None] = _ignore
+    on_source: Callable[[str], None] = _ignore
+
+
 def index_sources(
     specs: Iterable[str],
     writer,
     *,
-    options: SourceOptions | None = None,
-    registry: str = "",
-    repository: str = "",
-    verify: bool = False,
-    shard: Shard | None = None,
-    on_error: Callable[[str], None] = lambda message: None,
-    on_note: Callable[[str], None] = lambda message: None,
-    on_image: Callable[[ImageRecord], None] = lambda record: None,
-    on_source: Callable[[str], None] = lambda spec: None,
+    settings: RunSettings | None = None,
+    observer: RunObserver | None = None,
 ) -> RunSummary:
     """Index every source into `writer` (a DeltaWriter) and record the run; failures are counted,
-    never raised.
-
-    Each source takes its own settings from `options` (see sources.SourceOptions); `registry`,
-    `repository`, `verify` and `shard` (--shard K/N) apply to every source.
-    """
+    never raised."""
+    settings = settings or RunSettings()
+    observer = observer or RunObserver()
     started_at = now()
     spec_list = list(specs)
     summary = run_tasks(
-        [Task(position, spec, shard) for position, spec in enumerate(spec_list)],
+        [Task(position, spec, settings.shard) for position, spec in enumerate(spec_list)],
         writer,
-        options=options,
-        registry=registry,
-        repository=repository,
-        verify=verify,
-        on_error=lambda message, _where: on_error(message),
-        on_note=lambda message, _where: on_note(message),
-        on_image=on_image,
-        on_source=on_source,
+        settings=settings,
+        observer=TaskObserver(
+            on_error=lambda message, _where: observer.on_error(message),
+            on_note=lambda message, _where: observer.on_note(message),
+            on_image=observer.on_image,
+            on_source=observer.on_source,
+        ),
     )
     record_run(writer, spec_list, summary, started_at)
     return summary
@@ -87,22 +117,14 @@ def run_tasks(
     tasks: Iterable[Task],
     writer,
     *,
-    options: SourceOptions | None = None,
-    registry: str = "",
-    repository: str = "",
-    verify: bool = False,
-    on_error: Callable[[str, tuple[int, int]], None] = lambda message, where: None,
-    on_note: Callable[[str, tuple[int, int]], None] = lambda message, where: None,
-    on_image: Callable[[ImageRecord], None] = lambda record: None,
-    on_source: Callable[[str], None] = lambda spec: None,
+    settings: RunSettings | None = None,
+    observer: TaskObserver | None = None,
     keep_claims: bool = False,
 ) -> RunSummary:
-    """Index each task's source, or its slice of it, into `writer`, recording no run.
-
-    `on_error` and `on_note` also get where the message arose: (the task's position, units its
-    shard had been asked about), the same in every worker of `index --jobs` for a message that
-    does not depend on the slice."""
-    options = options or SourceOptions()
+    """Index each task's source, or its slice of it (`settings.shard` is not read: each task
+    carries its own), into `writer`, recording no run."""
+    settings = settings or RunSettings()
+    observer = observer or TaskObserver()
     started = time.monotonic()
     summary = RunSummary()
     pending: dict[str, ImageRecord] = {}
@@ -119,12 +141,12 @@ def run_tasks(
         message = printable(redact_userinfo(message))
         summary.failed += 1
         summary.errors.append(message)
-        on_error(message, where())
+        observer.on_error(message, where())
 
     def note(message: str) -> None:
         message = printable(redact_userinfo(message))
         summary.notes.append(message)
-        on_note(message, where())
+        observer.on_note(message, where())
 
     def store(records: list[ImageRecord]) -> int:
         """Write a batch; a record the store refuses is isolated by halving, so the rest lands."""
@@ -149,19 +171,19 @@ def run_tasks(
     for task in tasks:
         spec = task.spec
         try:
-            source = parse_source(spec, options)
+            source = parse_source(spec, settings.options)
             if source.reads_index:
                 source.bind_store(writer)
             ctx = Context(
                 source_kind=source.kind,
                 source_path=source.location,
-                registry=registry,
-                repository=repository,
+                registry=settings.registry,
+                repository=settings.repository,
                 note=note,
-                verify=verify,
+                verify=settings.verify,
                 shard=task.shard,
             )
-            if verify and not source.reads_layers:
+            if settings.verify and not source.reads_layers:
                 note(f"{spec}: --verify does not apply: layer contents are not read from this source")
             for item in source.records(ctx):
                 if isinstance(item, SourceError):
@@ -193,14 +215,14 @@ def run_tasks(
                         loser = pending[holder]
                         pending[holder] = dataclasses.replace(loser, tags=tuple(t for t in loser.tags if t != tag))
                     claims[key] = item.id
-                on_image(item)
+                observer.on_image(item)
                 if len(pending) >= BATCH:
                     flush()
         except SourceError as exc:
             fail(str(exc))
         except ImgdexError as exc:
             fail(f"{spec}: {exc}")
-        on_source(spec)
+        observer.on_source(spec)
     flush()
     summary.seconds = time.monotonic() - started
     return summary

@@ -29,10 +29,9 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Callable
 
 from .errors import ImgdexError, SourceError, StoreError
-from .run import RunSummary, Task, now, record_run, run_tasks
+from .run import RunObserver, RunSettings, RunSummary, Task, TaskObserver, now, record_run, run_tasks
 from .shard import CountedShard, Shard
 from .sources import ArchiveFolder, DetectedArchive, DockerArchive, OciArchive, OciLayout, SourceOptions, parse_source
 from .sources.layout import is_layout_dir
@@ -209,15 +208,8 @@ def index_parallel(
     work: Plan,
     store: str,
     *,
-    options: SourceOptions | None = None,
-    registry: str = "",
-    repository: str = "",
-    verify: bool = False,
-    shard: Shard | None = None,
-    on_error: Callable[[str], None] = lambda message: None,
-    on_note: Callable[[str], None] = lambda message: None,
-    on_image: Callable[[object], None] = lambda record: None,
-    on_source: Callable[[str], None] = lambda spec: None,
+    settings: RunSettings | None = None,
+    observer: RunObserver | None = None,
 ) -> RunSummary:
     """Run `work` with one worker process per share after the first, which runs here; then settle
     the tags the shares both claimed and record the run.
@@ -227,11 +219,15 @@ def index_parallel(
     multiprocessing does: a program calling this then needs the `if __name__ == "__main__"` guard."""
     import multiprocessing
 
+    settings = settings or RunSettings()
+    observer = observer or RunObserver()
     started = time.monotonic()
     started_at = now()
     run_id = uuid.uuid4().hex
-    settings = {"registry": registry, "repository": repository, "verify": verify}
-    merged = _Merge(work, on_error, on_note, on_image, on_source)
+    # Workers read only archives and layouts, which take no source options: the options (a registry
+    # password among them) stay in this process. Each task carries its shard.
+    shared = RunSettings(registry=settings.registry, repository=settings.repository, verify=settings.verify)
+    merged = _Merge(work, observer)
     context = multiprocessing.get_context(_start_method())
     children: list[_Child] = []
     try:
@@ -239,7 +235,7 @@ def index_parallel(
             receiver, sender = context.Pipe(duplex=False)
             process = context.Process(
                 target=_work,
-                args=(sender, os.getpid(), store, run_id, work.shares[worker], settings),
+                args=(sender, os.getpid(), store, run_id, work.shares[worker], shared),
                 name=f"imgdex-worker-{worker + 1}",
                 daemon=True,
             )
@@ -262,12 +258,13 @@ def index_parallel(
             own = run_tasks(
                 work.shares[0],
                 writer,
-                options=options,
-                **settings,
-                on_error=lambda message, where: merged.message(0, "error", message, where, children),
-                on_note=lambda message, where: merged.message(0, "note", message, where, children),
-                on_image=lambda record: merged.own_image(record, children),
-                on_source=lambda spec: merged.own_source(spec),
+                settings=settings,
+                observer=TaskObserver(
+                    on_error=lambda message, where: merged.message(0, "error", message, where, children),
+                    on_note=lambda message, where: merged.message(0, "note", message, where, children),
+                    on_image=lambda record: merged.own_image(record, children),
+                    on_source=lambda spec: merged.own_source(spec),
+                ),
                 keep_claims=True,
             )
             merged.finished(0, own.indexed, own.claims)
@@ -276,11 +273,12 @@ def index_parallel(
                 # A folder whose slices found nothing: as one reader, it is an error when no entry
                 # is an archive, which no slice alone can tell. Read again whole; notes were said.
                 again = run_tasks(
-                    [Task(task.position, task.spec, shard)],
+                    [Task(task.position, task.spec, settings.shard)],
                     writer,
-                    options=options,
-                    **settings,
-                    on_error=lambda message, where: merged.message(0, "error", message, where, ()),
+                    settings=settings,
+                    observer=TaskObserver(
+                        on_error=lambda message, where: merged.message(0, "error", message, where, ()),
+                    ),
                 )
                 merged.indexed += again.indexed
             summary = merged.summary()
@@ -316,7 +314,7 @@ class _Child:
     done: bool = False
 
 
-def _work(conn, parent: int, store: str, run_id: str, tasks: list[Task], settings: dict) -> None:
+def _work(conn, parent: int, store: str, run_id: str, tasks: list[Task], settings: RunSettings) -> None:
     """A worker process: index `tasks` with a writer of its own; report through `conn`."""
     _die_with(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -344,11 +342,13 @@ def _work(conn, parent: int, store: str, run_id: str, tasks: list[Task], setting
             summary = run_tasks(
                 tasks,
                 writer,
-                **settings,
-                on_error=lambda message, where: conn.send(("error", message, where)),
-                on_note=lambda message, where: conn.send(("note", message, where)),
-                on_image=on_image,
-                on_source=on_source,
+                settings=settings,
+                observer=TaskObserver(
+                    on_error=lambda message, where: conn.send(("error", message, where)),
+                    on_note=lambda message, where: conn.send(("note", message, where)),
+                    on_image=on_image,
+                    on_source=on_source,
+                ),
                 keep_claims=True,
             )
         conn.send(("done", summary.indexed, summary.claims))
@@ -378,10 +378,7 @@ class _Merge:
     """What the workers say, as one run says it: each message once, the totals, the claims."""
 
     work: Plan
-    on_error: Callable[[str], None]
-    on_note: Callable[[str], None]
-    on_image: Callable[[object], None]
-    on_source: Callable[[str], None]
+    observer: RunObserver
     indexed: int = 0
     errors: list = field(default_factory=list)  # (where, message)
     notes: list = field(default_factory=list)
@@ -407,16 +404,16 @@ class _Merge:
             if kind == "error":
                 self.errors.append((key[1], message))
                 self._found[key[1][0]] = self._found.get(key[1][0], 0) + 1
-                self.on_error(message)
+                self.observer.on_error(message)
             else:
                 self.notes.append((key[1], message))
-                self.on_note(message)
+                self.observer.on_note(message)
         if worker == 0:
             self.poll(children)
 
     def own_image(self, record, children) -> None:
         self._own_images += 1
-        self.on_image(record)
+        self.observer.on_image(record)
         if self._own_images % 64 == 0:
             self.poll(children)
 
@@ -430,7 +427,7 @@ class _Merge:
         self._unfinished[position] -= 1
         if self._unfinished[position] == 0:
             del self._unfinished[position]
-            self.on_source(self.work.specs[position])
+            self.observer.on_source(self.work.specs[position])
 
     def finished(self, worker: int, indexed: int, claims: dict) -> None:
         self.indexed += indexed
@@ -454,10 +451,10 @@ class _Merge:
             self.message(child.worker, kind, item[1], item[2], ())
         elif kind == "images":
             for _ in range(item[1]):
-                self.on_image(None)
+                self.observer.on_image(None)
         elif kind == "source":
             for _ in range(item[2]):
-                self.on_image(None)
+                self.observer.on_image(None)
             self._source_done(item[1], item[2])
         elif kind == "done":
             child.done = True
@@ -505,7 +502,7 @@ class _Merge:
             how = f"exited with code {code}"
         message = f"worker {child.worker + 1} of {workers} {how} before it finished; what it had not written is missing"
         self.errors.append(((len(self.work.specs), 0), message))
-        self.on_error(message)
+        self.observer.on_error(message)
 
     # ---- the outcome
 

@@ -257,7 +257,7 @@ def index(
     import os
 
     from indexer import workers
-    from indexer.run import index_sources
+    from indexer.run import RunObserver, RunSettings, index_sources
     from indexer.sources import SourceOptions
 
     password = None
@@ -296,27 +296,23 @@ def index(
             timeout=timeout,
         )
     options = SourceOptions(docker_host=docker_host, all_images=all_images, registry=registry_options)
-    run_options = {
-        "options": options,
-        "registry": registry,
-        "repository": repository,
-        "verify": verify,
-        "shard": shard,
-        "on_error": progress.message,
-        "on_note": (lambda text: None) if quiet else (lambda text: progress.message(f"note: {text}")),
-        "on_image": progress.image,
-        "on_source": progress.source,
-    }
+    settings = RunSettings(options=options, registry=registry, repository=repository, verify=verify, shard=shard)
+    observer = RunObserver(
+        on_error=progress.message,
+        on_note=(lambda text: None) if quiet else (lambda text: progress.message(f"note: {text}")),
+        on_image=progress.image,
+        on_source=progress.source,
+    )
     # Planned, and workers started, before the store's libraries are loaded (see workers.py).
     local_jobs = jobs or workers.free_cpus()
     work = workers.plan(list(sources), jobs=local_jobs, shard=shard, options=options, verify=verify)
     if work is not None:
-        summary = workers.index_parallel(work, store, **run_options)
+        summary = workers.index_parallel(work, store, settings=settings, observer=observer)
     else:
         from indexer.store.delta_writer import DeltaWriter
 
         with DeltaWriter(store) as writer:
-            summary = index_sources(sources, writer, **run_options)
+            summary = index_sources(sources, writer, settings=settings, observer=observer)
     progress.done()
     if as_json:
         click.echo(

@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from conftest import ROOT, store_views
 
 from indexer import workers
+from indexer.run import RunObserver
 from indexer.shard import CountedShard, Shard
 from indexer.sources import SourceOptions
 
@@ -397,7 +398,7 @@ def test_a_worker_that_exits_before_it_is_done_is_one_failure(tmp_path):
     sender.close()
     work = workers.Plan(["x"], [[], []])
     said = []
-    merged = workers._Merge(work, said.append, said.append, lambda record: None, lambda spec: None)
+    merged = workers._Merge(work, RunObserver(on_error=said.append, on_note=said.append))
     merged.wait([workers._Child(1, process, receiver)])
     assert said == ["worker 2 of 2 exited with code 3 before it finished; what it had not written is missing"]
     assert merged.summary().failed == 1

@@ -485,9 +485,9 @@ def fake_index(monkeypatch):
 
 def test_index_timeout_reaches_the_run(tmp_path, fake_index):
     assert invoke("index", "docker://127.0.0.1:1/app", "--store", tmp_path / "s").exit_code == 0
-    assert fake_index["options"].registry.timeout == 30.0
+    assert fake_index["settings"].options.registry.timeout == 30.0
     assert invoke("index", "docker://127.0.0.1:1/app", "--store", tmp_path / "s", "--timeout", "2.5").exit_code == 0
-    assert fake_index["options"].registry.timeout == 2.5
+    assert fake_index["settings"].options.registry.timeout == 2.5
     for bad in ("0", "-1", "nan", "inf", "soon"):
         result = invoke("index", "docker://127.0.0.1:1/app", "--store", tmp_path / "s", "--timeout", bad)
         assert result.exit_code == 2 and "--timeout" in result.stderr, bad
@@ -498,11 +498,11 @@ def test_password_variable_only_matters_for_registries(tmp_path, fake_index):
     archive = os.path.join(SAMPLES, "docker-save-app.tar")
     env = {"IMGDEX_PASSWORD": "hunter2"}
     assert invoke("index", archive, "--store", tmp_path / "s", env=env).exit_code == 0
-    assert fake_index["options"].registry is None
+    assert fake_index["settings"].options.registry is None
     result = invoke("index", "docker://127.0.0.1:1/app", "--store", tmp_path / "s", env=env)
     assert result.exit_code == 2 and "needs --username" in result.stderr
     result = invoke("index", "docker://127.0.0.1:1/app", "--username", "u", "--store", tmp_path / "s", env=env)
-    assert result.exit_code == 0 and fake_index["options"].registry.password == "hunter2"
+    assert result.exit_code == 0 and fake_index["settings"].options.registry.password == "hunter2"
 
 
 def test_real_index_ignores_the_password_variable(tmp_path):
@@ -517,7 +517,7 @@ def test_password_stdin(tmp_path, fake_index):
     result = invoke("index", archive, *options, input="pw\n")
     assert result.exit_code == 2 and "docker://" in result.stderr
     result = invoke("index", "docker://127.0.0.1:1/app", "--username", "u", *options, input="pw\n")
-    assert result.exit_code == 0 and fake_index["options"].registry.password == "pw"
+    assert result.exit_code == 0 and fake_index["settings"].options.registry.password == "pw"
     stdin_sources = (
         "-",
         "docker-archive:-",

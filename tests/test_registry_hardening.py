@@ -41,16 +41,17 @@ def fake():
 
 def run_index(store: str, spec: str, **kwargs):
     """One index run as the CLI makes it, store lock held: (summary, error lines, notes, seconds)."""
-    from indexer.run import index_sources
+    from indexer.run import RunObserver, RunSettings, index_sources
     from indexer.store.delta_writer import DeltaWriter
 
     from indexer.sources import SourceOptions
 
     errors, notes = [], []
     started = time.monotonic()
-    options = SourceOptions(registry=RegistryOptions(**kwargs)) if kwargs else None
+    settings = RunSettings(options=SourceOptions(registry=RegistryOptions(**kwargs) if kwargs else None))
+    observer = RunObserver(on_error=errors.append, on_note=notes.append)
     with DeltaWriter(store) as writer:
-        summary = index_sources([spec], writer, options=options, on_error=errors.append, on_note=notes.append)
+        summary = index_sources([spec], writer, settings=settings, observer=observer)
     return summary, errors, notes, time.monotonic() - started
 
 

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 import indexer.run as run_module
 from indexer.errors import SourceError, StoreError
 from indexer.model import Blob, ImageRecord
-from indexer.run import index_sources
+from indexer.run import RunObserver, index_sources
 from indexer.sources import parse_source
 from indexer.sources.parse import Context
 from indexer.store import paths
@@ -106,7 +106,7 @@ def test_bad_records_are_isolated_and_the_rest_lands(tmp_path, monkeypatch, batc
     errors = []
     store = tmp_path / "store"
     with DeltaWriter(str(store)) as writer:
-        summary = index_sources(["fixed"], writer, on_error=errors.append)
+        summary = index_sources(["fixed"], writer, observer=RunObserver(on_error=errors.append))
     assert (summary.indexed, summary.failed) == (6, 3)
     assert errors == summary.errors and len(errors) == 3
     for i in spoiled:
@@ -386,7 +386,8 @@ def test_url_credentials_never_reach_the_runs_table_or_messages(tmp_path, monkey
     errors, notes = [], []
     store = tmp_path / "store"
     with DeltaWriter(str(store)) as writer:
-        summary = index_sources([secret_spec], writer, on_error=errors.append, on_note=notes.append)
+        observer = RunObserver(on_error=errors.append, on_note=notes.append)
+        summary = index_sources([secret_spec], writer, observer=observer)
     assert summary.indexed == 1 and summary.failed == 1
     everything = json.dumps([errors, notes, summary.errors, summary.notes, runs(store)], default=str)
     assert "s3cret" not in everything and "hunter2" not in everything
