@@ -70,14 +70,13 @@ class Plan:
     folders: set[int] = field(default_factory=set)  # positions of the folders among the sources
 
 
-def plan(
-    specs: list[str], *, jobs: int, shard: Shard | None = None, options: SourceOptions | None = None, verify=False
-) -> Plan | None:
+def plan(specs: list[str], *, jobs: int, settings: RunSettings | None = None) -> Plan | None:
     """How `jobs` workers share the sources, or None when one process is the better choice: fewer
     than two units of work among the local sources, or too little work to pay for a worker."""
     if jobs < 2:
         return None
-    options = options or SourceOptions()
+    settings = settings or RunSettings()
+    options, verify, shard = settings.options, settings.verify, settings.shard
     kinds: list[str] = []  # per source: split (every worker its slice), whole (one worker) or here
     weights: list[float] = []
     units = 0

@@ -305,7 +305,7 @@ def index(
     )
     # Planned, and workers started, before the store's libraries are loaded (see workers.py).
     local_jobs = jobs or workers.free_cpus()
-    work = workers.plan(list(sources), jobs=local_jobs, shard=shard, options=options, verify=verify)
+    work = workers.plan(list(sources), jobs=local_jobs, settings=settings)
     if work is not None:
         summary = workers.index_parallel(work, store, settings=settings, observer=observer)
     else:

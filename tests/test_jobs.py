@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from conftest import ROOT, store_views
 
 from indexer import workers
-from indexer.run import RunObserver
+from indexer.run import RunObserver, RunSettings
 from indexer.shard import CountedShard, Shard
 from indexer.sources import SourceOptions
 
@@ -193,7 +193,7 @@ def test_the_plan_keeps_what_can_be_read_once_and_what_is_not_a_file_here(tmp_pa
     fifo = str(tmp_path / "pipe")
     os.mkfifo(fifo)
     specs = [folder, "-", "docker-archive:-", fifo, "docker://127.0.0.1:1/app", "ycr-json:x.json", archive]
-    work = workers.plan(specs, jobs=2, options=SourceOptions())
+    work = workers.plan(specs, jobs=2, settings=RunSettings(options=SourceOptions()))
     assert len(work.shares) == 2
     here = [t.spec for t in work.shares[0] if not isinstance(t.shard, CountedShard)]
     there = [t.spec for t in work.shares[1] if not isinstance(t.shard, CountedShard)]
@@ -205,7 +205,7 @@ def test_the_plan_keeps_what_can_be_read_once_and_what_is_not_a_file_here(tmp_pa
 
 def test_a_user_shard_is_split_again_not_replaced(tmp_path, small_runs_split):
     folder = mixed_folder(tmp_path / "folder")
-    work = workers.plan([folder], jobs=2, shard=Shard(2, 3))
+    work = workers.plan([folder], jobs=2, settings=RunSettings(shard=Shard(2, 3)))
     assert [task.shard.shard for share in work.shares for task in share] == [Shard(2, 6), Shard(5, 6)]
 
 
