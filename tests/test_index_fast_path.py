@@ -125,6 +125,22 @@ def test_blobs_read_through_the_listing_fail_as_the_checked_way_words_it(tmp_pat
     assert error.startswith(root) or error.startswith(os.path.join(root, "blobs")), error
 
 
+def test_the_blob_size_cache_is_bounded_and_answers_alike(tmp_path, monkeypatch):
+    root = _special_layout(tmp_path, _replace("layer"))
+    unbounded = _walked(root, monkeypatch, plain=True)
+    largest = []
+    size_of = layout_module.DirBlobs.blob_size
+
+    def watched(self, digest):
+        largest.append(len(self._sizes))
+        return size_of(self, digest)
+
+    monkeypatch.setattr(layout_module, "_MAX_SIZES", 5)
+    monkeypatch.setattr(layout_module.DirBlobs, "blob_size", watched)
+    assert _walked(root, monkeypatch, plain=True) == unbounded
+    assert max(largest) == 5  # 80 own layers were asked about, and a few kept
+
+
 # ----------------------------------------------------------------------------- a new store
 
 

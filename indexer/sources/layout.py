@@ -34,6 +34,9 @@ _PLAIN_OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _LIST_AFTER = 64
 _DIR_FD = os.open in os.supports_dir_fd and os.stat in os.supports_dir_fd
 _MAX_LISTED = 1_000_000
+# Blob sizes kept at most (about 200 bytes each). Shared base layers are what the cache is for; an
+# image's own layers are asked about once, so a large layout would otherwise keep them all.
+_MAX_SIZES = 65_536
 
 
 def _regular_names(folder: int) -> frozenset[str]:
@@ -134,6 +137,8 @@ class DirBlobs:
 
     def blob_size(self, digest: str) -> int | None:
         if digest not in self._sizes:
+            if len(self._sizes) >= _MAX_SIZES:
+                self._sizes.clear()  # what is still shared is asked about again soon
             plain = self._plain_file(digest)
             if plain is not None:
                 self._sizes[digest] = plain[2].st_size
