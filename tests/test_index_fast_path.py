@@ -202,6 +202,36 @@ def test_own_rows_answer_as_the_files_do(tmp_path, monkeypatch):
     assert tags[records[5].id] == ["extra", "v5"]
 
 
+def test_a_tag_claimed_after_a_tags_only_row_moves_as_read_from_the_files(tmp_path, monkeypatch):
+    # records[2] with new tags only is a tags-only row, which carries no name: its tags are kept
+    # alone, and a later claim of one of them must still be seen.
+    records = _records(tmp_path, 4)
+    steps = [
+        records[:3],
+        [dataclasses.replace(records[2], tags=("v2", "next"))],
+        [dataclasses.replace(records[3], tags=("next",))],
+    ]
+    with_own = _runs(tmp_path, str(tmp_path / "own"), steps)
+    with monkeypatch.context() as patch:
+        patch.setattr(delta.OwnRows, "covers", lambda self, files: False)
+        from_files = _runs(tmp_path, str(tmp_path / "files"), steps)
+    assert with_own == from_files
+    tags = {row[0]: row[1] for row in with_own}
+    assert tags[records[2].id] == ["v2"] and tags[records[3].id] == ["next"]
+
+
+def test_beyond_the_key_limit_questions_go_to_the_files(tmp_path, monkeypatch):
+    records = _records(tmp_path, 6)
+    monkeypatch.setattr(delta, "MAX_OWN_KEYS", 2)
+    store = str(tmp_path / "store")
+    with DeltaWriter(store) as writer:
+        writer.write(records[:3], now_utc())
+        assert not writer._tables._own.complete and not writer._tables._own.ids
+        writer.write([dataclasses.replace(records[3], tags=("v0",)), *records[4:]], now_utc())
+    tags = {row[0]: row[1] for row in _state(store)}
+    assert tags[records[0].id] == [] and tags[records[3].id] == ["v0"]
+
+
 def test_rows_another_writer_added_are_read_from_the_files(tmp_path, monkeypatch):
     records = _records(tmp_path, 4)
     store = str(tmp_path / "store")

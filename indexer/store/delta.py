@@ -138,8 +138,8 @@ _STATISTICS = {
 }
 # Up to this many keys go into a query as constants (see Snapshot.key_filter).
 _LITERAL_KEYS = 5_000
-# Images whose keys a DeltaStore keeps in memory (OwnRows): about 20 MB.
-MAX_OWN_KEYS = 100_000
+# Images whose keys a DeltaStore keeps in memory (OwnRows): about 500 MB at most.
+MAX_OWN_KEYS = 2_000_000
 _BLOOM = {"images": ("id",), "tags": ("image_id",)}
 _NO_DICTIONARY = {"images": {"id", "digest", "config_id", "config_digest", "manifest_raw", "config_raw", "created"}}
 
@@ -263,15 +263,20 @@ class OwnRows:
     every live file of the images and tags tables is among them (a store this process created, and
     no other process wrote since), a question about keys none of them holds has an empty answer,
     known without reading a file; a run into a new store then never starts DuckDB to read.
-    Beyond MAX_OWN_KEYS images it stops keeping keys, and every question goes to the files."""
+
+    Keys are kept as their `hash()`, a 64-bit int: about 75 bytes a key where the strings would
+    cost twice that, so the keys of a 1M-image run fit in ~230 MB and no batch has to scan the
+    files it wrote before (which made long runs quadratic). A hash shared by two keys only sends a
+    question to the files. The tag of a row with no name (a tags-only row) is kept alone, so any
+    image's claim of that tag goes to the files. Beyond MAX_OWN_KEYS images it stops keeping keys,
+    and every question goes to the files."""
 
     files: set = dataclasses.field(default_factory=set)  # absolute paths
-    ids: set = dataclasses.field(default_factory=set)
-    digests: set = dataclasses.field(default_factory=set)
-    tags: set = dataclasses.field(default_factory=set)  # (registry, name, tag) of the images' rows
-    names: dict = dataclasses.field(default_factory=dict)  # id -> (registry, name) of its data rows
+    ids: set = dataclasses.field(default_factory=set)  # hash(id)
+    digests: set = dataclasses.field(default_factory=set)  # hash(digest)
+    tags: set = dataclasses.field(default_factory=set)  # hash((registry, name, tag)), hash(tag) when unnamed
     latest_written_at: datetime | None = None
-    complete: bool = True  # False once a key could not be kept
+    complete: bool = True  # False once the keys were dropped
 
     def add(self, table: str, paths: Sequence[str], written: Sequence[pa.Table], written_at: datetime) -> None:
         self.files.update(paths)
@@ -279,22 +284,28 @@ class OwnRows:
             self.latest_written_at = written_at
         if table != "images" or not self.complete:
             return
+        ids, digests, tags = self.ids, self.digests, self.tags
         for piece in written:
             columns = [piece.column(c).to_pylist() for c in ("id", "digest", "registry", "name", "tags")]
-            for image_id, digest, registry, name, tags in zip(*columns, strict=True):
-                self.ids.add(image_id)
-                if digest is not None:
-                    self.digests.add(digest)
-                if registry is not None and name is not None:
-                    self.names[image_id] = (registry, name)
-                elif tags:  # a tags-only row: its image's name is that of its data row
-                    registry, name = self.names.get(image_id, (None, None))
-                    if registry is None:
-                        self.complete = False
-                        return
-                self.tags.update((registry, name, tag) for tag in tags or ())
-        if len(self.ids) > MAX_OWN_KEYS:
+            ids.update(map(hash, columns[0]))
+            digests.update(hash(d) for d in columns[1] if d is not None)
+            for registry, name, image_tags in zip(*columns[2:], strict=True):
+                if not image_tags:
+                    continue
+                if registry is None or name is None:
+                    tags.update(map(hash, image_tags))
+                else:
+                    tags.update(hash((registry, name, tag)) for tag in image_tags)
+        if len(ids) > MAX_OWN_KEYS:
             self.complete = False
+            self.ids, self.digests, self.tags = set(), set(), set()
+
+    def may_hold(self, column: str, values) -> bool:
+        if column == "tag":
+            held = self.tags
+            return any(hash(key) in held or hash(key[2]) in held for key in values)
+        held = self.ids if column == "id" else self.digests
+        return any(hash(value) in held for value in values)
 
     def covers(self, files: dict[str, deltalog.TableFiles]) -> bool:
         return self.complete and all(
@@ -332,10 +343,7 @@ class Snapshot:
     def may_hold(self, column: str, values) -> bool:
         """False when no row version of the images table has one of `values` in `column` (id,
         digest, or (registry, name, tag) for "tag"), as far as is known without reading a file."""
-        if self.own is None:
-            return True
-        held = {"id": self.own.ids, "digest": self.own.digests, "tag": self.own.tags}[column]
-        return not held.isdisjoint(values)
+        return self.own is None or self.own.may_hold(column, values)
 
     @property
     def versions(self) -> dict[str, int]:
