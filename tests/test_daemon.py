@@ -705,7 +705,8 @@ class _StubEngine:
     """A few Docker API answers over HTTP, on a unix socket or on loopback TCP (with `tls`, a server
     context, over TLS); records the paths asked and counts connections. `close_each` closes every
     connection after its answer without saying so, as an engine restarting its listener would.
-    /v1.49/images/slow/json answers a byte every 0.1 s."""
+    /v1.49/images/slow/json answers a byte every 0.1 s; /v1.49/images/endless/json says it sends
+    1 GiB and tries to."""
 
     def __init__(self, transport: str, *, tls=None, close_each: bool = False):
         import http.server
@@ -738,11 +739,24 @@ class _StubEngine:
                     pass
                 self.close_connection = True
 
+            def flood(self):
+                self.send_response(200)
+                self.send_header("Content-Length", str(1 << 30))
+                self.end_headers()
+                try:
+                    for _ in range(1 << 14):
+                        self.wfile.write(b" " * 65536)
+                except OSError:
+                    pass
+                self.close_connection = True
+
             def do_GET(self):
                 seen.append(self.path)
                 path = self.path.split("?")[0]
                 if path == "/v1.49/images/slow/json":
                     return self.drip()
+                if path == "/v1.49/images/endless/json":
+                    return self.flood()
                 if path == "/version":
                     body, status = {"ApiVersion": "1.49", "Version": "28.2.2"}, 200
                 elif path == "/v1.49/images/json":
@@ -877,6 +891,20 @@ def test_slow_engine_fails_the_request_at_its_deadline():
         assert str(caught.value) == (
             f"the Docker engine at {stub.address} stopped answering (image slow): no complete answer in 1 s"
         )
+        assert client.inspect_image("app:1") == {"Id": "x"}  # the others still go through
+        client.close()
+    finally:
+        stub.stop()
+
+
+def test_an_answer_past_the_limit_fails_the_request_in_one_line(monkeypatch):
+    monkeypatch.setattr(daemon, "MAX_ANSWER_BYTES", 100_000)
+    stub = _StubEngine("unix")
+    try:
+        client = EngineApiClient(stub.address)
+        with pytest.raises(EngineRefused) as caught:
+            client.inspect_image("endless")
+        assert str(caught.value) == "image endless: the answer is over 100,000 bytes"
         assert client.inspect_image("app:1") == {"Id": "x"}  # the others still go through
         client.close()
     finally:

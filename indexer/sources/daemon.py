@@ -67,6 +67,9 @@ CONNECT_TIMEOUT = 10.0  # seconds for the whole first contact: an absent or sile
 REQUEST_TIMEOUT = 60.0  # seconds for the whole of each later request: a stuck engine fails, never hangs
 WORKERS = 4  # requests in flight: the engine answers while the previous image is mapped
 WINDOW = 16  # images fetched ahead of the consumer; bounds the details held in memory
+# The longest answer read from the engine: GET /images/json lists ~600 bytes an image, so this
+# holds about 800,000 images; an engine that sends more (or sends forever) fails in one line.
+MAX_ANSWER_BYTES = 512 * 1024 * 1024
 
 CONTAINERD_SNAPSHOTTER = "io.containerd.snapshotter.v1"
 _GO_ZERO_SECONDS = -62135596800  # time.Time{}.Unix(): the engine's "no time"
@@ -302,8 +305,24 @@ _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 _API_VERSION = re.compile(r"[0-9]{1,3}\.[0-9]{1,3}")
 
 
+class _AnswerTooLong(http.client.HTTPException):
+    pass
+
+
+def _read_at_most(response: http.client.HTTPResponse, limit: int) -> bytes:
+    pieces, total = [], 0
+    while piece := response.read(min(1 << 20, limit + 1 - total)):
+        pieces.append(piece)
+        total += len(piece)
+        if total > limit:
+            raise _AnswerTooLong(f"the answer is over {limit:,} bytes")
+    return b"".join(pieces)
+
+
 def _reason(exc: BaseException) -> str:
     """Why an exchange with the engine failed, in a few words."""
+    if isinstance(exc, _AnswerTooLong):
+        return str(exc)
     if isinstance(exc, ssl.SSLError):
         detail = getattr(exc, "verify_message", "") or (exc.reason or "").lower().replace("_", " ")
         return f"TLS: {detail or exc}"
@@ -389,7 +408,7 @@ class EngineApiClient:
             try:
                 connection.request("GET", target, headers=self._headers)
                 response = connection.getresponse()
-                body = response.read()
+                body = _read_at_most(response, MAX_ANSWER_BYTES)
             except BaseException as exc:
                 connection.close()
                 if reused and isinstance(exc, _STALE):
@@ -407,6 +426,8 @@ class EngineApiClient:
         target = self._prefix + path + ("?" + urlencode(params) if params else "")
         try:
             status, body = self._exchange(target, self._timeout)
+        except _AnswerTooLong as exc:
+            raise EngineRefused(f"{what}: {exc}") from None
         except (OSError, http.client.HTTPException) as exc:
             reason = _reason(exc)
             if reason == "timed out":
