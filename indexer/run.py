@@ -16,6 +16,17 @@ from .sources import SourceOptions, parse_source
 from .sources.parse import Context
 
 BATCH = 5000
+# A batch is also written once its records hold this many bytes of manifests and configs: 5,000
+# manifests may each carry a config of up to 8 MiB, read anew for every one of them.
+BATCH_BYTES = 64 * 1024 * 1024
+# Errors and notes kept for the summary and the runs row, of each kind; every one is still said as
+# it happens and counted. A source of a million broken entries would otherwise keep them all.
+MAX_MESSAGES = 1000
+
+
+def unlisted(count: int, kind: str) -> str:
+    """The line that stands for the messages not kept."""
+    return f"{count} more {kind} not listed here (each was reported as it happened)"
 
 
 @dataclass
@@ -23,7 +34,7 @@ class RunSummary:
     indexed: int = 0
     failed: int = 0
     seconds: float = 0.0
-    errors: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # the first MAX_MESSAGES, then a line for the rest
     notes: list[str] = field(default_factory=list)
     # (registry, name, tag) -> (order, image id, manifest digest) of the last claim of each tag in
     # this run, when `run_tasks` is asked to keep them (for `index --jobs`, see workers.py). The
@@ -131,6 +142,8 @@ def run_tasks(
     claims: dict[tuple[str, str, str], str] = {}  # (registry, name, tag) -> the pending id that claimed it last
     task = Task(0, "")
     records_seen = 0
+    notes_seen = 0
+    pending_bytes = 0
 
     def where() -> tuple[int, int]:
         return task.position, task.shard.asked if isinstance(task.shard, CountedShard) else 0
@@ -140,12 +153,16 @@ def run_tasks(
     def fail(message: str) -> None:
         message = printable(redact_userinfo(message))
         summary.failed += 1
-        summary.errors.append(message)
+        if len(summary.errors) < MAX_MESSAGES:
+            summary.errors.append(message)
         observer.on_error(message, where())
 
     def note(message: str) -> None:
+        nonlocal notes_seen
         message = printable(redact_userinfo(message))
-        summary.notes.append(message)
+        notes_seen += 1
+        if len(summary.notes) < MAX_MESSAGES:
+            summary.notes.append(message)
         observer.on_note(message, where())
 
     def store(records: list[ImageRecord]) -> int:
@@ -163,10 +180,12 @@ def run_tasks(
             return store(records[:middle]) + store(records[middle:])
 
     def flush() -> None:
+        nonlocal pending_bytes
         if pending:
             summary.indexed += store(list(pending.values()))
             pending.clear()
             claims.clear()
+        pending_bytes = 0
 
     for task in tasks:
         spec = task.spec
@@ -216,7 +235,8 @@ def run_tasks(
                         pending[holder] = dataclasses.replace(loser, tags=tuple(t for t in loser.tags if t != tag))
                     claims[key] = item.id
                 observer.on_image(item)
-                if len(pending) >= BATCH:
+                pending_bytes += len(item.manifest_raw or b"") + len(item.config_raw or b"")
+                if len(pending) >= BATCH or pending_bytes >= BATCH_BYTES:
                     flush()
         except SourceError as exc:
             fail(str(exc))
@@ -224,6 +244,10 @@ def run_tasks(
             fail(f"{spec}: {exc}")
         observer.on_source(spec)
     flush()
+    if summary.failed > len(summary.errors):
+        summary.errors.append(unlisted(summary.failed - len(summary.errors), "errors"))
+    if notes_seen > len(summary.notes):
+        summary.notes.append(unlisted(notes_seen - len(summary.notes), "notes"))
     summary.seconds = time.monotonic() - started
     return summary
 

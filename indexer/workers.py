@@ -31,7 +31,18 @@ import uuid
 from dataclasses import dataclass, field
 
 from .errors import ImgdexError, SourceError, StoreError
-from .run import RunObserver, RunSettings, RunSummary, Task, TaskObserver, now, record_run, run_tasks
+from .run import (
+    MAX_MESSAGES,
+    RunObserver,
+    RunSettings,
+    RunSummary,
+    Task,
+    TaskObserver,
+    now,
+    record_run,
+    run_tasks,
+    unlisted,
+)
 from .shard import CountedShard, Shard
 from .sources import ArchiveFolder, DetectedArchive, DockerArchive, OciArchive, OciLayout, SourceOptions, parse_source
 from .sources.layout import is_layout_dir
@@ -379,12 +390,16 @@ class _Merge:
     work: Plan
     observer: RunObserver
     indexed: int = 0
-    errors: list = field(default_factory=list)  # (where, message)
+    failed: int = 0
+    errors: list = field(default_factory=list)  # (where, message): the first MAX_MESSAGES said
     notes: list = field(default_factory=list)
+    notes_said: int = 0
     claims: dict = field(default_factory=dict)  # (registry, name, tag) -> [(order, id, digest)]
     store_error: str = ""
-    _heard: dict = field(default_factory=dict)  # (worker, kind, where, message) -> times that worker said it
-    _said: dict = field(default_factory=dict)  # (kind, where, message) -> times said
+    # hash((worker, kind, where, message)) -> times that worker said it; hashes, as a source of
+    # many broken entries may say a great many messages
+    _heard: dict = field(default_factory=dict)
+    _said: dict = field(default_factory=dict)  # hash((kind, where, message)) -> times said
     _unfinished: dict = field(default_factory=dict)  # position -> workers still reading that source
     _found: dict = field(default_factory=dict)  # position -> images and errors its slices found
     _own_images: int = 0
@@ -396,16 +411,19 @@ class _Merge:
                 self._unfinished[task.position] = self._unfinished.get(task.position, 0) + 1
 
     def message(self, worker: int, kind: str, message: str, where: tuple, children) -> None:
-        key = (kind, tuple(where), message)
-        heard = self._heard[(worker, *key)] = self._heard.get((worker, *key), 0) + 1
+        where = tuple(where)
+        key = hash((kind, where, message))
+        by_worker = hash((worker, kind, where, message))
+        heard = self._heard[by_worker] = self._heard.get(by_worker, 0) + 1
         if heard > self._said.get(key, 0):  # not yet said as often by another worker
             self._said[key] = heard
             if kind == "error":
-                self.errors.append((key[1], message))
-                self._found[key[1][0]] = self._found.get(key[1][0], 0) + 1
-                self.observer.on_error(message)
+                self._error(where, message)
+                self._found[where[0]] = self._found.get(where[0], 0) + 1
             else:
-                self.notes.append((key[1], message))
+                self.notes_said += 1
+                if len(self.notes) < MAX_MESSAGES:
+                    self.notes.append((where, message))
                 self.observer.on_note(message)
         if worker == 0:
             self.poll(children)
@@ -500,7 +518,12 @@ class _Merge:
         else:
             how = f"exited with code {code}"
         message = f"worker {child.worker + 1} of {workers} {how} before it finished; what it had not written is missing"
-        self.errors.append(((len(self.work.specs), 0), message))
+        self._error((len(self.work.specs), 0), message)
+
+    def _error(self, where: tuple, message: str) -> None:
+        self.failed += 1
+        if len(self.errors) < MAX_MESSAGES:
+            self.errors.append((where, message))
         self.observer.on_error(message)
 
     # ---- the outcome
@@ -519,7 +542,11 @@ class _Merge:
         # Sorted by where they arose, so the runs row lists them in the order of the sources.
         errors = [message for _, message in sorted(self.errors, key=lambda e: e[0])]
         notes = [message for _, message in sorted(self.notes, key=lambda n: n[0])]
-        return RunSummary(indexed=self.indexed, failed=len(errors), errors=errors, notes=notes)
+        if self.failed > len(errors):
+            errors.append(unlisted(self.failed - len(errors), "errors"))
+        if self.notes_said > len(notes):
+            notes.append(unlisted(self.notes_said - len(notes), "notes"))
+        return RunSummary(indexed=self.indexed, failed=self.failed, errors=errors, notes=notes)
 
     def contested(self) -> list[tuple[str, str, str, str, str]]:
         """(registry, name, tag, image id, digest) of the later claim of each tag that two images

@@ -404,6 +404,26 @@ def test_a_worker_that_exits_before_it_is_done_is_one_failure(tmp_path):
     assert merged.summary().failed == 1
 
 
+def test_the_merged_run_keeps_the_first_messages_and_counts_them_all(monkeypatch):
+    monkeypatch.setattr(workers, "MAX_MESSAGES", 2)
+    work = workers.Plan(["x"], [[], []])
+    said = []
+    merged = workers._Merge(work, RunObserver(on_error=said.append, on_note=said.append))
+    for worker in (0, 1):  # a message every slice meets is said once
+        merged.message(worker, "error", "x: broken index.json", (0, 0), ())
+    for n in range(1, 5):
+        merged.message(1, "error", f"x: entry {n} is broken", (0, n), ())
+    merged.message(0, "note", "x: a note", (0, 0), ())
+    summary = merged.summary()
+    assert len(said) == 6 and summary.failed == 5
+    assert summary.errors == [
+        "x: broken index.json",
+        "x: entry 1 is broken",
+        "3 more errors not listed here (each was reported as it happened)",
+    ]
+    assert summary.notes == ["x: a note"]
+
+
 def children_of(pid: int) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):

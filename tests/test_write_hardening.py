@@ -118,6 +118,38 @@ def test_bad_records_are_isolated_and_the_rest_lands(tmp_path, monkeypatch, batc
     assert (sources, indexed, failed) == (["fixed"], 6, 3) and run_errors == errors
 
 
+def test_a_batch_is_written_once_its_bytes_pass_the_budget(tmp_path, monkeypatch):
+    # Six records whose manifests and configs pass the budget every two records: three batches,
+    # and every record lands.
+    records = [r for r in records_of(f"oci:{oci_layout(tmp_path / 'layout', 6)}") if isinstance(r, ImageRecord)]
+    each = len(records[0].manifest_raw) + len(records[0].config_raw)
+    monkeypatch.setattr(run_module, "parse_source", lambda spec, _options=None: Fixed(records))
+    monkeypatch.setattr(run_module, "BATCH_BYTES", 2 * each - 1)
+    batches = []
+    store = tmp_path / "store"
+    with DeltaWriter(str(store)) as writer:
+        write = writer.write
+        monkeypatch.setattr(writer, "write", lambda batch, at: (batches.append(len(batch)), write(batch, at))[1])
+        assert index_sources(["fixed"], writer).indexed == 6
+    assert batches == [2, 2, 2]
+    stored = {row[0] for row in engine.connect(str(store)).execute("SELECT id FROM images").fetchall()}
+    assert stored == {r.id for r in records}
+
+
+def test_errors_and_notes_past_the_limit_are_counted_and_said_not_kept(tmp_path, monkeypatch):
+    errors = [SourceError(f"/data/bad-{i}.tar", "broken") for i in range(7)]
+    notes = [f"note {i}" for i in range(5)]
+    monkeypatch.setattr(run_module, "parse_source", lambda spec, _options=None: Fixed(errors, notes=notes))
+    monkeypatch.setattr(run_module, "MAX_MESSAGES", 3)
+    said, noted = [], []
+    with DeltaWriter(str(tmp_path / "store")) as writer:
+        summary = index_sources(["fixed"], writer, observer=RunObserver(on_error=said.append, on_note=noted.append))
+    assert len(said) == 7 and len(noted) == 5  # every one is said as it happens
+    assert summary.failed == 7
+    assert summary.errors == [*said[:3], "4 more errors not listed here (each was reported as it happened)"]
+    assert summary.notes == [*noted[:3], "2 more notes not listed here (each was reported as it happened)"]
+
+
 def test_bad_record_through_the_cli_is_one_line_and_exit_1(tmp_path, monkeypatch):
     records = [r for r in records_of(f"oci:{oci_layout(tmp_path / 'layout', 3)}") if isinstance(r, ImageRecord)]
     items = [records[0], dataclasses.replace(_spoil(records[1], "too-big"), source_path="/data/x.tar"), records[2]]
