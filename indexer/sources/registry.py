@@ -6,6 +6,8 @@ HEADed), and the shared parser walks it through `HttpBlobs`, which fetches child
 config blobs on demand and never a layer. Requests run in a pool of `--jobs` threads; each
 repository's crawl is plain sequential code on the calling thread, interleaved with the others by
 `interleave`, so everything that touches the store or the bookkeeping stays on the calling thread.
+A few repositories per thread are under way at a time, the next starting as one ends, so what a
+crawl holds does not grow with the catalog.
 The pool takes walks before fetches: a repository's manifests are walked as soon as its tags are
 in, while the other repositories' fetches keep the threads busy, instead of all walks waiting at
 the end behind every fetch of the crawl.
@@ -47,7 +49,7 @@ from ..references import (
 from . import mediatypes as mt
 from ..shard import in_shard, repository_key
 from .parse import MAX_JSON_BYTES, Context, walk
-from .registry_auth import CATALOG_SCOPE, Credentials, find_credentials, repository_scope
+from .registry_auth import CATALOG_SCOPE, Credentials, KeyedLocks, find_credentials, repository_scope
 from .registry_client import (
     CATALOG_LIMIT,
     MANIFEST_ACCEPT,
@@ -64,6 +66,11 @@ _CONFIG_CACHE_BYTES = 64 * 1024 * 1024
 _KNOWN_MANIFEST_TYPES = mt.INDEXES | mt.MANIFESTS | mt.SCHEMA1
 _DIGEST_PREFIXES = tuple(f"{algorithm}:" for algorithm in DIGEST_ALGORITHMS)
 _NOT_A_NAME = "not a valid repository name"
+# Repositories crawled at once, per job: enough that while some wait on their listing or on the
+# last of their fetches, the others keep every thread busy; few enough that what a repository holds
+# while under way (its flow, its queued requests and their answers) stays bounded, however long the
+# catalog.
+_REPOSITORY_WINDOW = 4
 
 
 @dataclass(frozen=True)
@@ -210,7 +217,7 @@ Walk = tuple[str, bytes | None, str, list[str]]
 Flow = Iterator[Future]
 
 
-def interleave(flows: Iterable[Flow], out: deque) -> Iterator:
+def interleave(flows: Iterable[Flow], out: deque, window: int | None = None) -> Iterator:
     """Runs many flows at once on the calling thread, and yields what they put in `out` as they go.
 
     A flow is a generator that submits work to a pool and yields each future it needs before it can
@@ -220,9 +227,15 @@ def interleave(flows: Iterable[Flow], out: deque) -> Iterator:
     finish: waiting on thousands of futures at once (`concurrent.futures.wait`, `as_completed`)
     costs O(n) per wake-up. Closing this generator closes the flows still waiting; the work they
     left queued is the pool's to cancel, by its owner's shutdown.
+
+    `flows` is read lazily, and with a `window` (at least 1) at most that many flows are under way
+    at once: a flow and the work it queues cost memory until it ends, so a catalog of a million
+    repositories must not start them all before the first is done. The next flow starts as one ends.
     """
     finished: queue.SimpleQueue[Future] = queue.SimpleQueue()
     waiting: dict[Future, Flow] = {}
+    pending = iter(flows)
+    more = True  # `pending` may have flows left
 
     def resume(flow: Flow) -> None:
         for future in flow:
@@ -231,15 +244,27 @@ def interleave(flows: Iterable[Flow], out: deque) -> Iterator:
                 future.add_done_callback(finished.put)
                 return
 
-    try:
-        for flow in flows:
+    def start() -> None:
+        """Start flows until `window` wait; a flow that ends at once still takes its turn, so a
+        round starts at most `window` before what they found is handed on."""
+        nonlocal more
+        for _ in itertools.count() if window is None else range(len(waiting), window):
+            flow = next(pending, None)
+            if flow is None:
+                more = False
+                return
             resume(flow)
+
+    try:
         while True:
+            if more:
+                start()
             while out:
                 yield out.popleft()
-            if not waiting:
+            if waiting:
+                resume(waiting.pop(finished.get()))
+            elif not more:
                 return
-            resume(waiting.pop(finished.get()))
     finally:
         for flow in waiting.values():
             flow.close()
@@ -328,16 +353,17 @@ class ConfigCache:
         self.size = 0
         self._blobs: dict[str, bytes] = {}
         self._lock = threading.Lock()
-        self._fetching: dict[str, threading.Lock] = {}
+        self._fetching = KeyedLocks()
 
     def fetch_once(self, digest: str, fetch: Callable[[], bytes]) -> bytes:
-        """The cached blob, or `fetch()` run by one thread while the others wanting it wait."""
+        """The cached blob, or `fetch()` run by one thread while the others wanting it wait.
+
+        A thread that waited finds the blob cached, or fetches it in turn when it was not kept
+        (too big for what is left of the cache, or not matching its digest)."""
         cached = self._blobs.get(digest)
         if cached is not None:
             return cached
-        with self._lock:
-            lock = self._fetching.setdefault(digest, threading.Lock())
-        with lock:
+        with self._fetching.hold(digest):
             cached = self._blobs.get(digest)
             if cached is not None:
                 return cached
@@ -691,10 +717,10 @@ class Crawl:
                 if name not in listed and tags and self.owns(name):
                     self._out.append(TagsRetired(self.registry, name, tuple(sorted(tags))))
                     self.stats.removed += len(tags)
-        flows = [
+        flows = (
             self._repository(RepoState(name, known.get(name, {}), indexed.get(name, set()))) for name in repositories
-        ]
-        yield from interleave(flows, self._out)
+        )
+        yield from interleave(flows, self._out, window=_REPOSITORY_WINDOW * max(1, self.options.jobs))
 
     def _repository(self, state: RepoState) -> Flow:
         """One repository: list its tags, retire those that vanished, crawl the others."""

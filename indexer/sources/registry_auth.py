@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import os
 import re
@@ -17,7 +18,9 @@ import subprocess
 import threading
 import time
 import urllib.parse
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Iterator
 
 from ..errors import AuthError
 from ..references import DOCKER_HUB, DOCKER_HUB_ALIASES, is_docker_hub
@@ -26,6 +29,10 @@ DOCKER_HUB_KEYS = (*DOCKER_HUB_ALIASES, "https://index.docker.io/v1/")
 # A token is renewed this long before the expiry the server gave, so a slow request still carries a valid one.
 _TOKEN_SLACK = 10.0
 _DEFAULT_TOKEN_LIFETIME = 60.0
+# Tokens kept per host. A crawl asks for one per repository, so a catalog of a million repositories
+# would otherwise keep a million; only the repositories under way at once (a few per job) use theirs,
+# and a token dropped too early costs one more request to the token server.
+_MAX_TOKENS = 4096
 
 
 @dataclass(frozen=True)
@@ -205,6 +212,34 @@ def repository_scope(name: str) -> str:
 CATALOG_SCOPE = "registry:catalog:*"
 
 
+class KeyedLocks:
+    """A lock per key, kept only while some thread holds or waits for it: keys come from what a
+    registry lists (scopes, digests), so locks kept for good would grow with the registry."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._locks: dict[str, list] = {}  # key -> [lock, threads holding or waiting for it]
+
+    @contextlib.contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._lock:
+            entry = self._locks.get(key)
+            if entry is None:
+                entry = self._locks[key] = [threading.Lock(), 0]
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._lock:
+                entry[1] -= 1
+                if not entry[1]:
+                    del self._locks[key]
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
 class HostAuth:
     """What a host asked for, and the tokens it gave. Shared by all worker threads of a crawl."""
 
@@ -214,9 +249,9 @@ class HostAuth:
         self.scheme = ""  # "", "basic" or "bearer": learned from the first challenge
         self.realm = ""
         self.service = ""
-        self._tokens: dict[str, tuple[str, float]] = {}
+        self._tokens: OrderedDict[str, tuple[str, float]] = OrderedDict()  # least recently used first
         self._lock = threading.Lock()
-        self._scope_locks: dict[str, threading.Lock] = {}
+        self._scope_locks = KeyedLocks()
 
     def learn(self, header: str) -> Challenge | None:
         """Remember the first usable challenge of a 401; None when there is none we can answer."""
@@ -239,20 +274,36 @@ class HostAuth:
         return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
 
     def cached_token(self, scope: str) -> str | None:
-        entry = self._tokens.get(scope)
-        if entry and entry[1] > time.monotonic():
-            return entry[0]
-        return None
-
-    def scope_lock(self, scope: str) -> threading.Lock:
         with self._lock:
-            return self._scope_locks.setdefault(scope, threading.Lock())
+            entry = self._tokens.get(scope)
+            if entry is None:
+                return None
+            if entry[1] <= time.monotonic():
+                del self._tokens[scope]
+                return None
+            self._tokens.move_to_end(scope)
+            return entry[0]
+
+    def scope_lock(self, scope: str) -> contextlib.AbstractContextManager:
+        """Held while a token for `scope` is asked for, so threads wanting the same one ask once."""
+        return self._scope_locks.hold(scope)
 
     def store_token(self, scope: str, token: str, lifetime: float) -> None:
-        self._tokens[scope] = (token, time.monotonic() + max(lifetime - _TOKEN_SLACK, 1.0))
+        now = time.monotonic()
+        with self._lock:
+            self._tokens[scope] = (token, now + max(lifetime - _TOKEN_SLACK, 1.0))
+            self._tokens.move_to_end(scope)
+            # The least recently used go first, and with them those that expired: unused tokens
+            # gather at the front, so this costs no scan of the map.
+            while self._tokens:
+                oldest = next(iter(self._tokens.values()))
+                if len(self._tokens) <= _MAX_TOKENS and oldest[1] > now:
+                    break
+                self._tokens.popitem(last=False)
 
     def drop_token(self, scope: str) -> None:
-        self._tokens.pop(scope, None)
+        with self._lock:
+            self._tokens.pop(scope, None)
 
 
 def parse_token_response(body: bytes, realm: str) -> tuple[str, float]:
