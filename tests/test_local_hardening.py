@@ -22,7 +22,7 @@ from conftest import REAL
 from expectations import REPOSITORY, expected_documents
 from indexer.errors import SourceError, printable
 from indexer.model import ImageRecord
-from indexer.sources import layout, parse_source, tarball
+from indexer.sources import jsonstream, layout, parse_source, tarball
 from indexer.sources.layout import IndexJson, top_descriptors
 from indexer.sources.parse import MAX_JSON_BYTES, Context
 from indexer.sources.tarball import MAX_KEPT_BYTES, TarMembers
@@ -399,14 +399,14 @@ def test_streamed_index_reads_as_json_loads_does(doc, insert, cut, piece, indent
         expected = SourceError
     pieces = [data[i : i + piece] for i in range(0, len(data), piece)]
     index = IndexJson("index.json", len(data), lambda: iter(pieces))
-    saved = layout.MAX_JSON_BYTES, layout._PIECE, layout._MARGIN
-    layout.MAX_JSON_BYTES, layout._PIECE, layout._MARGIN = -1, 1, 10
+    saved = layout.MAX_JSON_BYTES, jsonstream.GROW, jsonstream._MARGIN
+    layout.MAX_JSON_BYTES, jsonstream.GROW, jsonstream._MARGIN = -1, 1, 10
     try:
         got = list(index.descriptors())
     except SourceError:
         got = SourceError
     finally:
-        layout.MAX_JSON_BYTES, layout._PIECE, layout._MARGIN = saved
+        layout.MAX_JSON_BYTES, jsonstream.GROW, jsonstream._MARGIN = saved
     assert got == expected
 
 

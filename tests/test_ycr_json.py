@@ -1,7 +1,12 @@
 """ycr-json: imports keep YCR's real ids, and `imgdex get <real id>` gives the imported document back."""
 
+import io
 import json
 import os
+import sys
+import threading
+import time
+import tracemalloc
 
 import pytest
 
@@ -9,7 +14,9 @@ from conftest import HERE, REAL
 from indexer.errors import SourceError
 from indexer.model import IMPORTED, ImageRecord
 from indexer.sources import parse_source
+from indexer.sources import ycr_json
 from indexer.sources.parse import Context
+from test_badinput import assert_within_limits, error_lines, run_measured
 
 YCR = os.path.join(HERE, "fixtures", "ycr")
 SNAKE = {"compressed_size": "compressedSize", "created_at": "createdAt"}
@@ -239,3 +246,184 @@ def test_invalid_name_fails_that_image_as_a_missing_name_does(run_cli, tmp_path,
     result = run_cli("index", f"ycr-json:{path}", "--store", store)
     assert result.exit_code == 1 and "invalid repository name" in result.stderr
     assert [d["id"] for d in listing(run_cli, store)] == [good["id"]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Bounded reading: streamed input, size limits, devices and pipes
+
+
+def many_images(count: int) -> list[dict]:
+    template = images_of("image-array.json")[0]
+    return [dict(template, id=f"crp{i:017d}", tags=[f"v{i}"]) for i in range(count)]
+
+
+def records_of(spec: str, notes=None) -> list:
+    source = parse_source(spec)
+    ctx = Context(source.kind, source.location, note=(notes.append if notes is not None else lambda _: None))
+    return list(source.records(ctx))
+
+
+def expected_records(images: list[dict], location: str) -> list[ImageRecord]:
+    ctx = Context("ycr-json", location)
+    return [ycr_json.image_record(image, "cr.yandex", ctx, location, []) for image in images]
+
+
+class Endless(io.RawIOBase):
+    """A stream that never ends: `head` once, then `filler` for ever."""
+
+    def __init__(self, head: bytes, filler: bytes):
+        self.head, self.filler = head, filler
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        data = self.head or self.filler * (len(buffer) // len(self.filler) or 1)
+        self.head = b""
+        data = data[: len(buffer)]
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def with_stdin(monkeypatch, stream) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BufferedReader(stream)))
+
+
+@pytest.mark.parametrize("piece", [1 << 20, 333])
+@pytest.mark.parametrize("shape", ["lines", "array", "list response", "pretty array"])
+def test_streamed_shapes_give_the_records_of_the_whole_document(tmp_path, monkeypatch, shape, piece):
+    monkeypatch.setattr(ycr_json, "_PIECE", piece)  # pieces that cut values and lines anywhere
+    images = many_images(300)
+    path = tmp_path / "many.json"
+    if shape == "lines":
+        path.write_text("\n\n".join(json.dumps(image) for image in images) + "\n")
+    elif shape == "array":
+        path.write_text(json.dumps(images))
+    elif shape == "list response":
+        path.write_text(json.dumps({"images": images, "nextPageToken": ""}))
+    else:
+        path.write_text(json.dumps([camel(image) for image in images], indent=2))
+    got = records_of(f"ycr-json:{path}")
+    assert got == expected_records(images, str(path))
+
+
+def test_a_large_array_is_read_one_image_at_a_time(tmp_path, monkeypatch):
+    # A line up to MAX_VALUE_BYTES may be parsed at once (it may be one JSON line); the file is larger.
+    monkeypatch.setattr(ycr_json, "MAX_VALUE_BYTES", 1 << 20)
+    images = many_images(20_000)
+    path = tmp_path / "large.json"
+    path.write_text(json.dumps({"images": images}))
+    size = path.stat().st_size
+    source = parse_source(f"ycr-json:{path}")
+    count = 0
+    tracemalloc.start()
+    try:
+        for record in source.records(Context(source.kind, source.location)):
+            assert isinstance(record, ImageRecord)
+            count += 1
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == len(images)
+    # Parsed whole, the document takes several times its size (about 80 MB); streamed, a window of pieces.
+    assert size > 12 << 20 and peak < 16 << 20, (size, peak)
+
+
+def test_an_endless_stream_stops_at_the_export_limit(monkeypatch):
+    monkeypatch.setattr(ycr_json, "MAX_EXPORT_BYTES", 4 << 20)
+    line = json.dumps(images_of("image-array.json")[0]).encode() + b"\n"
+    for head, filler in [(b"", line), (b"[", line.replace(b"\n", b",")), (line, b"\n")]:
+        with_stdin(monkeypatch, Endless(head, filler))
+        with pytest.raises(SourceError) as caught:
+            records_of("ycr-json:-")
+        assert str(caught.value) == f"-: more than {4 << 20} bytes, the limit for one export"
+
+
+@pytest.mark.parametrize(
+    "head, filler, where",
+    [
+        (b'{"images": [{"id": "crp1", "name": "', b"x", "-"),  # a string that never ends
+        (b"", b"\x00", "-"),  # /dev/zero through a pipe
+        (json.dumps({"id": "crp1"}).encode() + b"\n", b"y", "- line 2"),  # a JSON line that never ends
+    ],
+)
+def test_a_value_over_the_limit_fails_in_one_line(monkeypatch, head, filler, where):
+    monkeypatch.setattr(ycr_json, "MAX_VALUE_BYTES", 1 << 20)
+    with_stdin(monkeypatch, Endless(head, filler))
+    with pytest.raises(SourceError) as caught:
+        records_of("ycr-json:-")
+    message = str(caught.value)
+    assert message.startswith(f"{where}: ") and "\n" not in message
+    assert f"{1 << 20}-byte limit" in message or "not valid JSON" in message
+
+
+def test_a_malformed_file_lands_nothing_but_stdin_hands_out_what_came_before(run_cli, tmp_path, monkeypatch):
+    images = many_images(3)
+    text = json.dumps(images)[:-1] + ", {"
+    path = tmp_path / "cut.json"
+    path.write_text(text)
+    with pytest.raises(SourceError, match="not valid JSON"):
+        records_of(f"ycr-json:{path}")  # before any record
+    with_stdin(monkeypatch, io.BytesIO(text.encode()))
+    got = []
+    with pytest.raises(SourceError, match="not valid JSON"):
+        for record in parse_source("ycr-json:-").records(Context("ycr-json", "-")):
+            got.append(record)
+    assert [r.id for r in got] == [image["id"] for image in images]
+
+
+def test_a_device_fails_in_one_line_within_limits(tmp_path):
+    good = os.path.join(YCR, "image-get.json")
+    run = run_measured(["index", "ycr-json:/dev/zero", f"ycr-json:{good}", "--store", str(tmp_path / "store")])
+    assert_within_limits(run)
+    assert run.code == 1, run.stderr
+    assert error_lines(run.stderr) == ["imgdex: /dev/zero: not a regular file (character device)"]
+    assert "indexed 1 images, 1 failed" in run.stdout, run.stdout
+
+
+def test_an_endless_pipe_fails_in_one_line_within_limits(tmp_path):
+    endless = b'[{"id": "crp1", "name": "' + b"x" * (64 << 20)  # piped: more than the stream is read
+    good = os.path.join(YCR, "image-get.json")
+    run = run_measured(["index", "ycr-json:-", f"ycr-json:{good}", "--store", str(tmp_path / "s")], stdin_data=endless)
+    assert_within_limits(run)
+    assert run.code == 1, run.stderr
+    limit = ycr_json.MAX_VALUE_BYTES
+    assert error_lines(run.stderr) == [f"imgdex: -: a JSON value is longer than the {limit}-byte limit"]
+    assert "indexed 1 images, 1 failed" in run.stdout, run.stdout
+
+
+def test_a_named_pipe_is_read_as_a_stream(tmp_path):
+    images = many_images(5)
+    fifo = str(tmp_path / "images.fifo")
+    os.mkfifo(fifo)
+    opened = threading.Event()
+
+    def write() -> None:
+        with open(fifo, "w") as f:  # as `<(yc ...)`: the writer holds the pipe before imgdex opens it
+            opened.set()
+            f.write("\n".join(json.dumps(image) for image in images))
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    holder = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # lets the writer's open return
+    try:
+        assert opened.wait(10)
+        got = records_of(f"ycr-json:{fifo}")
+    finally:
+        os.close(holder)
+        writer.join(timeout=10)
+    assert got == expected_records(images, fifo)
+
+
+def test_a_named_pipe_without_a_writer_does_not_wait(tmp_path):
+    fifo = str(tmp_path / "nobody.fifo")
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    with pytest.raises(SourceError, match="not valid JSON"):
+        records_of(f"ycr-json:{fifo}")
+    assert time.monotonic() - started < 5
+
+
+def test_a_directory_is_refused(tmp_path):
+    with pytest.raises(SourceError, match=r"not a regular file \(directory\)$"):
+        records_of(f"ycr-json:{tmp_path}")

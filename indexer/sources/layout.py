@@ -8,11 +8,9 @@ one descriptor rather than the whole list.
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import json
 import os
-import re
 import stat
 import weakref
 from typing import Callable, Iterable, Iterator
@@ -24,6 +22,7 @@ from ..references import Reference, is_bare_tag, parse_reference
 from ..shard import in_shard
 from . import mediatypes as mt
 from .parse import MAX_INDEX_DEPTH, MAX_JSON_BYTES, Context, load_object, parse_descriptor, walk
+from .jsonstream import STARTS_A_VALUE, JsonText
 from .tarball import MAX_INDEX_BYTES, TarMembers, not_regular, open_regular
 
 _PIECE = 1 << 20
@@ -321,111 +320,15 @@ class IndexJson:
         return self._checked
 
 
-_NOT_BLANK = re.compile(r"[^ \t\n\r]")
-_MAYBE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]|[\ud800-\udfff]")
-_DECODER = json.JSONDecoder()
-# A value that ends this close to the end of the decoded window may go on in the next piece
-# (`12` of `123`), and an error this close to it may be the piece boundary: read more first.
-_MARGIN = 64
-_STARTS_A_VALUE = frozenset('[{"-0123456789tfnNI')
-
-
-class _JsonText:
-    """JSON text decoded from byte pieces, read one value at a time through a sliding window."""
-
-    def __init__(self, pieces: Iterable[bytes], where: str, what: str):
-        self._pieces = iter(pieces)
-        self._utf8 = codecs.getincrementaldecoder("utf-8")("surrogatepass")  # as json.loads decodes bytes
-        self.where = where
-        self.what = what
-        self.text = ""
-        self.pos = 0
-        self._dropped = 0  # characters before `text`, for error positions
-        self._started = False
-        self._surrogates = False  # whether any text read so far may hold a lone surrogate
-        self.eof = False
-
-    def fail(self, reason: str, pos: int | None = None):
-        at = self._dropped + (self.pos if pos is None else pos)
-        raise SourceError(self.where, f"{self.what} is not valid JSON ({reason}: char {at})")
-
-    def _more(self, at_least: int = 1) -> None:
-        self._dropped += self.pos
-        parts, size = [self.text[self.pos :]], len(self.text) - self.pos
-        self.pos = 0
-        goal = size + at_least
-        while size < goal and not self.eof:
-            piece = next(self._pieces, None)
-            try:
-                decoded = self._utf8.decode(b"" if piece is None else piece, final=piece is None)
-            except UnicodeDecodeError as exc:
-                raise SourceError(self.where, f"{self.what} is not valid JSON ({exc})") from None
-            if not self._started and decoded:
-                self._started = True
-                if decoded.startswith("\ufeff"):  # json.loads accepts a UTF-8 byte order mark
-                    decoded = decoded[1:]
-            parts.append(decoded)
-            size += len(decoded)
-            self.eof = piece is None
-        tail = len(parts[0])
-        self.text = "".join(parts)
-        # Once per window, not per value; 5 characters back for an escape split between pieces.
-        if not self._surrogates and _MAYBE_SURROGATE.search(self.text, max(tail - 5, 0)):
-            self._surrogates = True
-
-    def peek(self) -> str:
-        """The next character that is not blank; '' at the end of the text."""
-        if self.pos < len(self.text) and self.text[self.pos] not in " \t\n\r":
-            return self.text[self.pos]  # compact JSON: no blanks to skip
-        while True:
-            match = _NOT_BLANK.search(self.text, self.pos)
-            if match:
-                self.pos = match.start()
-                return self.text[self.pos]
-            self.pos = len(self.text)
-            if self.eof:
-                return ""
-            self._more()
-
-    def take(self, char: str, expecting: str) -> None:
-        if self.peek() != char:
-            self.fail(f"Expecting {expecting}")
-        self.pos += 1
-
-    def value(self) -> object:
-        self.peek()
-        while True:
-            try:
-                value, end = _DECODER.raw_decode(self.text, self.pos)
-            except json.JSONDecodeError as exc:
-                if not self.eof and (exc.pos >= len(self.text) - _MARGIN or exc.msg.startswith("Unterminated")):
-                    self._more(max(len(self.text) - self.pos, _PIECE))  # at least double the window
-                    continue
-                self.fail(exc.msg, exc.pos)
-            except RecursionError:
-                raise SourceError(self.where, f"{self.what} is not valid JSON (nested too deeply)") from None
-            if not self.eof and end > len(self.text) - _MARGIN:
-                self._more(max(len(self.text) - self.pos, _PIECE))
-                continue
-            if self._surrogates and _MAYBE_SURROGATE.search(self.text, self.pos, end):
-                try:
-                    json.dumps(value, ensure_ascii=False).encode("utf-8")
-                except UnicodeEncodeError:
-                    reason = "a string holds a lone UTF-16 surrogate"
-                    raise SourceError(self.where, f"{self.what} is not valid JSON ({reason})") from None
-            self.pos = end
-            return value
-
-
 def _index_elements(pieces: Iterable[bytes], where: str, summary: dict) -> Iterator[tuple[int, object]]:
     """(ordinal of its `manifests` key, element) for each element of each `manifests` array of a
     top-level index.json. `summary` gets the last schemaVersion, the ordinal of the last
     `manifests` key, and per key whether it held a list, null or other, and how many elements."""
-    text = _JsonText(pieces, where, "index.json")
+    text = JsonText(pieces, where, "index.json")
     summary.update(schema=None, last=0, kinds={}, counts={})
     first = text.peek()
     if first != "{":
-        if first in _STARTS_A_VALUE:
+        if first in STARTS_A_VALUE:
             raise SourceError(where, "index.json is not a JSON object")
         text.fail("Expecting value")
     text.pos += 1

@@ -7,23 +7,44 @@ response, a JSON array of either, JSON lines, and the snake_case output of
 The records keep YCR's real ids (image and blob ids), the push time as `createdAt` and YCR's
 own compressed size, so that the stored resource renders as the imported document. Names are
 `REGISTRY_ID/REPO` under the registry host `cr.yandex` unless `--registry` says otherwise.
+
+The input is read in pieces, never whole: JSON lines one line at a time, a single document one
+array element (or one image of an `images` list) at a time, so memory follows the largest image
+rather than the file. A regular file is read twice, a check of the whole text before any image is
+handed out (so a malformed file lands nothing, as when it was parsed at once); standard input and
+pipes are read once, and images before a fault in them may land.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 import sys
 from dataclasses import dataclass
-from typing import Iterator
+from itertools import chain
+from typing import BinaryIO, Iterable, Iterator
 
 from .. import timestamps
 from ..errors import ImgdexError, SourceError
 from ..model import IMPORTED, KIND_IMAGE, KIND_INDEX, Blob, ImageRecord
 from ..references import ID_RE, is_valid_digest, is_valid_tag, parse_reference
+from .jsonstream import JsonText
 from .parse import INT64_MAX, Context, check_sizes
+from .tarball import not_regular
 
 DEFAULT_REGISTRY = "cr.yandex"
+# What one export may hold, so that an endless stream stops. An image with ten layers is about
+# 2 KB of JSON (more pretty-printed, as `yc` writes it): a registry of 1M images exports to 2-3 GB.
+# Memory does not grow with it (the input is streamed); only the time to reach the limit does.
+MAX_EXPORT_BYTES = 4 << 30
+# One JSON line, one element of a top-level array, or the members of an object other than its
+# `images` list: one image (a few KB) or one `Image.List` page (at most 1000 images, the API's
+# page size, a few MB). Parsing one takes a few times its size in memory.
+MAX_VALUE_BYTES = 16 << 20
+_PIECE = 1 << 20
+_BLANK = b" \t\r\n"  # JSON's whitespace
 _IMAGE_FIELDS = {"id", "name", "digest", "compressedSize", "config", "layers", "tags", "createdAt"}
 _BLOB_FIELDS = {"id", "digest", "size", "urls"}
 _SNAKE = {"compressed_size": "compressedSize", "created_at": "createdAt", "next_page_token": "nextPageToken"}
@@ -140,20 +161,198 @@ def image_record(raw: object, registry: str, ctx: Context, where: str, notes: li
     )
 
 
-def _documents(text: str, where: str) -> list:
+_PARSER_WHAT = "the document"
+_PARSER_SAYS = f"{_PARSER_WHAT} is "
+
+
+def _document_text(pieces: Iterable[bytes], where: str) -> JsonText:
+    """A single JSON document, one value at a time, no value longer than MAX_VALUE_BYTES."""
+    return JsonText(pieces, where, _PARSER_WHAT, max_value=MAX_VALUE_BYTES)
+
+
+def _pieces(f: BinaryIO, where: str) -> Iterator[bytes]:
+    total = 0
+    while True:
+        try:
+            piece = f.read(_PIECE)
+        except OSError as exc:
+            raise SourceError(where, exc.strerror or str(exc)) from None
+        if not piece:
+            return
+        total += len(piece)
+        if total > MAX_EXPORT_BYTES:
+            raise SourceError(where, f"more than {MAX_EXPORT_BYTES} bytes, the limit for one export")
+        yield piece
+
+
+def _lines(pieces: Iterator[bytes], where: str, number: int) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of each line that is not blank; the pieces start at line `number`."""
+    parts: list[bytes] = []  # the line read so far, without a newline yet
+    size = 0
+    for piece in pieces:
+        if not parts and not piece.strip(_BLANK):
+            number += piece.count(b"\n")  # a run of blank lines costs one scan, not one step a line
+            continue
+        if b"\n" not in piece:
+            parts.append(piece)
+            size += len(piece)
+            if size > MAX_VALUE_BYTES:
+                raise SourceError(f"{where} line {number}", f"longer than the {MAX_VALUE_BYTES}-byte limit")
+            continue
+        lines = b"".join((*parts, piece)).split(b"\n")
+        tail = lines.pop()
+        parts, size = [tail], len(tail)
+        for line in lines:
+            if len(line) > MAX_VALUE_BYTES:
+                raise SourceError(f"{where} line {number}", f"longer than the {MAX_VALUE_BYTES}-byte limit")
+            if line.strip(_BLANK):
+                yield number, line
+            number += 1
+    last = b"".join(parts)
+    if last.strip(_BLANK):
+        yield number, last
+
+
+def _line_document(line: bytes, where: str, number: int) -> object:
+    place = f"{where} line {number}"
     try:
-        return [json.loads(text)]
+        return json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise SourceError(place, str(exc)) from None
     except ValueError as exc:
-        if "Extra data" not in str(exc):
-            raise SourceError(where, f"not valid JSON ({str(exc).splitlines()[0]})") from None
-    out = []  # JSON lines, as `imgdex get --ids-from` writes them
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except ValueError as exc:
-                raise SourceError(f"{where} line {number}", f"not valid JSON ({str(exc).splitlines()[0]})") from None
-    return out
+        raise SourceError(place, f"not valid JSON ({str(exc).splitlines()[0]})") from None
+    except RecursionError:
+        raise SourceError(place, "not valid JSON (nested too deeply)") from None
+
+
+def _raw_images(pieces: Iterator[bytes], where: str, notes: list[str]) -> Iterator[tuple[str, object]]:
+    """(where, raw image) of each image of the input, JSON lines or one document.
+
+    It is JSON lines, as `imgdex get --ids-from` writes them, when its first line that is not blank
+    is a JSON value of its own and more follows; otherwise it is one document (which may be a
+    single line, or a pretty-printed one)."""
+    first = 1
+    head: list[bytes] = []  # from the first character that is not blank up to a newline
+    size = 0
+    for piece in pieces:
+        if not head:
+            blanks = len(piece) - len(piece.lstrip(_BLANK))
+            first += piece.count(b"\n", 0, blanks)
+            piece = piece[blanks:]
+            if not piece:
+                continue
+        head.append(piece)
+        size += len(piece)
+        if b"\n" in piece or size > MAX_VALUE_BYTES:
+            break
+    data = b"".join(head)
+    line, newline, rest = data.partition(b"\n")
+    if (newline or size <= MAX_VALUE_BYTES) and len(line) <= MAX_VALUE_BYTES:
+        try:
+            value = json.loads(line.decode("utf-8-sig"))
+        except ValueError as exc:
+            if "Extra data" in str(exc):  # two values on one line
+                raise SourceError(f"{where} line {first}", f"not valid JSON ({str(exc).splitlines()[0]})") from None
+        except RecursionError:
+            pass  # reported by the document parser
+        else:
+            lines = _lines(chain([rest], pieces), where, first + 1)
+            following = next(lines, None)
+            if following is None:
+                yield from _images(value, where, notes)
+                return
+            yield from _images(value, f"{where} line {first}", notes)
+            for number, text in chain([following], lines):
+                yield from _images(_line_document(text, where, number), f"{where} line {number}", notes)
+            return
+    try:
+        yield from _document(_document_text(chain([data], pieces), where), where, notes)
+    except SourceError as exc:
+        # "not valid JSON (...)", as for the other shapes, rather than the parser's "the document is ..."
+        if not exc.reason.startswith(_PARSER_SAYS):
+            raise
+        raise SourceError(exc.where, exc.reason[len(_PARSER_SAYS) :]) from None
+
+
+def _document(text: JsonText, where: str, notes: list[str]) -> Iterator[tuple[str, object]]:
+    first = text.peek()
+    if first == "[":
+        text.pos += 1
+        position = 0
+        if text.peek() == "]":
+            text.pos += 1
+        else:
+            while True:
+                yield from _images(text.value(), f"{where}[{position}]", notes)
+                position += 1
+                after = text.peek()
+                if after not in (",", "]"):
+                    text.fail("Expecting ',' delimiter")
+                text.pos += 1
+                if after == "]":
+                    break
+    elif first == "{":
+        yield from _object(text, where, notes)
+    else:
+        yield from _images(text.value(), where, notes)
+    if text.peek() != "":
+        text.fail("Extra data")
+
+
+def _object(text: JsonText, where: str, notes: list[str]) -> Iterator[tuple[str, object]]:
+    """The images of a top-level object: its `images` list one image at a time, or the object
+    itself (an image, or an `Image.List` response without a list)."""
+    text.pos += 1
+    members: dict = {}  # all but a list of images handed out one by one
+    kept = 0
+    streamed = False
+    if text.peek() == "}":
+        text.pos += 1
+    else:
+        while True:
+            if text.peek() != '"':
+                text.fail("Expecting property name enclosed in double quotes")
+            key = text.value()
+            text.take(":", "':' delimiter")
+            # An object with an `id` is an image, whatever else it holds; one with an `images`
+            # list before any `id` is taken for an Image.List response.
+            if key == "images" and not streamed and "id" not in members and text.peek() == "[":
+                streamed = True
+                text.pos += 1
+                position = 0
+                if text.peek() == "]":
+                    text.pos += 1
+                else:
+                    while True:
+                        yield f"{where} images[{position}]", text.value()
+                        position += 1
+                        after = text.peek()
+                        if after not in (",", "]"):
+                            text.fail("Expecting ',' delimiter")
+                        text.pos += 1
+                        if after == "]":
+                            break
+            else:
+                start = text.offset()
+                members[key] = text.value()
+                kept += text.offset() - start
+                if kept > MAX_VALUE_BYTES:
+                    raise SourceError(where, f"the object is longer than the {MAX_VALUE_BYTES}-byte limit")
+            after = text.peek()
+            if after not in (",", "}"):
+                text.fail("Expecting ',' delimiter")
+            text.pos += 1
+            if after == "}":
+                break
+    if not streamed:
+        yield from _images(members, where, notes)
+        return
+    doc = _camel(members)
+    if "id" in doc or "images" in doc:
+        repeated = "an id" if "id" in doc else "a second images"
+        raise SourceError(where, f"the response has {repeated} after its images list")
+    if doc.get("nextPageToken"):
+        notes.append(f"{where}: the response has a nextPageToken; images of later pages are not in this file")
 
 
 def _images(value: object, where: str, notes: list[str]) -> Iterator[tuple[str, object]]:
@@ -197,36 +396,65 @@ class YcrJson:
 
     def records(self, ctx: Context) -> Iterator[ImageRecord | SourceError]:
         registry = ctx.registry or DEFAULT_REGISTRY
-        try:
-            if self.location == "-":
-                text = sys.stdin.read()
-            else:
-                with open(self.location, encoding="utf-8") as f:
-                    text = f.read()
-        except FileNotFoundError:
-            raise SourceError(self.location, "no such file") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SourceError(self.location, getattr(exc, "strerror", None) or str(exc)) from None
-        return self._records(text, registry, ctx)
+        if self.location == "-":
+            stdin = getattr(sys.stdin, "buffer", None)
+            if stdin is None:
+                raise SourceError(self.location, "standard input is closed")
+            return self._records(stdin, False, registry, ctx)
+        f = _open(self.location)
+        return self._records(f, True, registry, ctx)
 
-    def _records(self, text: str, registry: str, ctx: Context) -> Iterator[ImageRecord | SourceError]:
+    def _records(self, f: BinaryIO, own: bool, registry: str, ctx: Context) -> Iterator[ImageRecord | SourceError]:
+        try:
+            if own and stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                # A first pass checks the whole text, so that a malformed file lands nothing.
+                for _ in _raw_images(_pieces(f, self.location), self.location, []):
+                    pass
+                f.seek(0)
+            yield from self._images(_pieces(f, self.location), registry, ctx)
+        finally:
+            if own:
+                f.close()
+
+    def _images(self, pieces: Iterator[bytes], registry: str, ctx: Context) -> Iterator[ImageRecord | SourceError]:
         notes: list[str] = []
         found = 0
-        documents = _documents(text, self.location)
-        for position, document in enumerate(documents):
-            base = self.location if len(documents) == 1 else f"{self.location} line {position + 1}"
-            for where, raw in _images(document, base, notes):
-                found += 1
-                if ctx.shard is not None and not ctx.shard.owns(_shard_key(raw, found)):
-                    continue
-                try:
-                    yield image_record(raw, registry, ctx, where, notes)
-                except SourceError as exc:
-                    yield exc
-                for note in notes:
-                    ctx.note(note)
-                notes.clear()
+        for where, raw in _raw_images(pieces, self.location, notes):
+            found += 1
+            if ctx.shard is not None and not ctx.shard.owns(_shard_key(raw, found)):
+                continue
+            try:
+                yield image_record(raw, registry, ctx, where, notes)
+            except SourceError as exc:
+                yield exc
+            for note in notes:
+                ctx.note(note)
+            notes.clear()
         for note in notes:
             ctx.note(note)
         if not found:
             ctx.note(f"{self.location}: no images in the file")
+
+
+def _open(path: str) -> BinaryIO:
+    """A regular file, or a pipe (`<(yc ...)`, /dev/stdin in a pipeline), which is read as a stream
+    as standard input is; anything else (a device would never end) is refused before it is read.
+    The open does not block: a FIFO that no one writes reads as empty instead of waiting."""
+    try:
+        mode = os.stat(path).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+            raise SourceError(path, not_regular("", mode))
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise SourceError(path, "no such file") from None
+    except OSError as exc:
+        raise SourceError(path, exc.strerror or str(exc)) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+            raise SourceError(path, not_regular("", mode))
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb", buffering=0)

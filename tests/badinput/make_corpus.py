@@ -842,6 +842,16 @@ ENTRIES: list[Entry] = [
         limits=True,
     ),
     Entry(
+        "ycr-device.json",
+        "ycr-json:{path}",
+        LINE + r"{path}: not a regular file \(character device\)$",
+        "A YCR JSON export that is a character device like /dev/zero (needs root to make): reading it would "
+        "never end. A pipe is read as a stream, up to the export limit.",
+        generate_archive_device,
+        generated=True,
+        limits=True,
+    ),
+    Entry(
         "archive-fifo.tar",
         "{path}",
         LINE + r"{path}: not a regular file \(named pipe\)$",
