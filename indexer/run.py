@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Iterable
 
+from .claims import ClaimLog
 from .errors import ImgdexError, SourceError, StoreError, printable
 from .model import ImageRecord, TagMoves, TagsRetired, merge_records
 from .references import redact_userinfo
@@ -36,11 +37,9 @@ class RunSummary:
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)  # the first MAX_MESSAGES, then a line for the rest
     notes: list[str] = field(default_factory=list)
-    # (registry, name, tag) -> (order, image id, manifest digest) of the last claim of each tag in
-    # this run, when `run_tasks` is asked to keep them (for `index --jobs`, see workers.py). The
-    # order, (source position, units asked about, record number), ranks claims as one process
-    # reading the sources in turn would meet them. A registry's tag move has no image id.
-    claims: dict[tuple[str, str, str], tuple[tuple[int, int, int], str, str]] = field(default_factory=dict, repr=False)
+    # The tags this run's records claimed, when `run_tasks` is asked to keep them (for
+    # `index --jobs`, see workers.py and claims.py).
+    claims: ClaimLog = field(default_factory=ClaimLog, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -214,7 +213,7 @@ def run_tasks(
                         records_seen += 1
                         order = (*where(), records_seen)
                         for name, tag, digest in item.claims:
-                            summary.claims[(item.registry, name, tag)] = (order, "", digest)
+                            summary.claims.add(item.registry, name, tag, order, "", digest)
                     continue
                 if isinstance(item, TagsRetired):
                     writer.retire_tags(item.registry, item.name, list(item.tags))
@@ -225,7 +224,7 @@ def run_tasks(
                     records_seen += 1
                     order = (*where(), records_seen)
                     for tag in item.tags:
-                        summary.claims[(item.registry, item.name, tag)] = (order, item.id, item.digest)
+                        summary.claims.add(item.registry, item.name, tag, order, item.id, item.digest)
                 for tag in item.tags:
                     # A tag names one manifest per repository: the later claim wins.
                     key = (item.registry, item.name, tag)

@@ -30,6 +30,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from . import claims
 from .errors import ImgdexError, SourceError, StoreError
 from .run import (
     MAX_MESSAGES,
@@ -277,7 +278,7 @@ def index_parallel(
                 ),
                 keep_claims=True,
             )
-            merged.finished(0, own.indexed, own.claims)
+            merged.finished(0, own.indexed, own.claims.sealed())
             merged.wait(children)
             for task in merged.empty_folders():
                 # A folder whose slices found nothing: as one reader, it is an error when no entry
@@ -361,7 +362,7 @@ def _work(conn, parent: int, store: str, run_id: str, tasks: list[Task], setting
                 ),
                 keep_claims=True,
             )
-        conn.send(("done", summary.indexed, summary.claims))
+        conn.send(("done", summary.indexed, summary.claims.sealed()))
     except StoreError as exc:
         conn.send(("store", str(exc)))
         sys.exit(1)
@@ -394,7 +395,7 @@ class _Merge:
     errors: list = field(default_factory=list)  # (where, message): the first MAX_MESSAGES said
     notes: list = field(default_factory=list)
     notes_said: int = 0
-    claims: dict = field(default_factory=dict)  # (registry, name, tag) -> [(order, id, digest)]
+    claims: dict = field(default_factory=dict)  # worker -> its claims, sealed (claims.ClaimLog)
     store_error: str = ""
     # hash((worker, kind, where, message)) -> times that worker said it; hashes, as a source of
     # many broken entries may say a great many messages
@@ -446,10 +447,9 @@ class _Merge:
             del self._unfinished[position]
             self.observer.on_source(self.work.specs[position])
 
-    def finished(self, worker: int, indexed: int, claims: dict) -> None:
+    def finished(self, worker: int, indexed: int, claims: list) -> None:
         self.indexed += indexed
-        for key, claim in claims.items():
-            self.claims.setdefault(key, []).append(claim)
+        self.claims[worker] = claims
 
     # ---- the workers' pipes
 
@@ -551,12 +551,7 @@ class _Merge:
     def contested(self) -> list[tuple[str, str, str, str, str]]:
         """(registry, name, tag, image id, digest) of the later claim of each tag that two images
         of the run claimed."""
-        winners = []
-        for (registry, name, tag), held in self.claims.items():
-            if len({(image_id, digest if not image_id else "") for _, image_id, digest in held}) > 1:
-                _, image_id, digest = max(held)
-                winners.append((registry, name, tag, image_id, digest))
-        return winners
+        return claims.contested(self.claims)
 
 
 def _settle(writer, winners: list[tuple[str, str, str, str, str]]) -> None:
@@ -569,8 +564,8 @@ def _settle(writer, winners: list[tuple[str, str, str, str, str]]) -> None:
             by_digest.setdefault(registry, []).append((name, tag, digest))
         else:
             by_id.append((registry, name, tag, image_id))
-    for registry, claims in by_digest.items():
-        writer.claim_tags(registry, claims)
+    for registry, moves in by_digest.items():
+        writer.claim_tags(registry, moves)
     writer.claim_tags_by_id(by_id)
 
 

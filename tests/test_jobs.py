@@ -539,3 +539,40 @@ def test_the_default_jobs_are_the_cpus_left_free(tmp_path, monkeypatch, load, ex
     path.write_text(load)
     assert workers.free_cpus(str(path)) == expected
     assert workers.free_cpus(str(tmp_path / "missing")) == 4
+
+
+def test_contested_tags_go_to_the_later_claim_by_source_then_unit_then_record():
+    from indexer.claims import ClaimLog, contested
+
+    first, second = ClaimLog(), ClaimLog()
+    r = "cr.example"
+    # "a": claimed in a later source by worker 1, though worker 0 met its claim later in its slice
+    first.add(r, "app", "a", (0, 9, 50), "id-early", "sha256:1")
+    second.add(r, "app", "a", (1, 0, 1), "id-late", "sha256:2")
+    # "b": one source; the later unit wins; worker 0's earlier claim of "b" is not its last
+    first.add(r, "app", "b", (0, 1, 1), "id-x", "sha256:x")
+    first.add(r, "app", "b", (0, 2, 2), "id-y", "sha256:y")
+    second.add(r, "app", "b", (0, 3, 3), "id-z", "sha256:z")
+    # "c": both workers point it at the same image: nothing to settle
+    first.add(r, "app", "c", (0, 1, 1), "id-same", "sha256:s")
+    second.add(r, "app", "c", (0, 5, 1), "id-same", "sha256:s")
+    # "d": a registry's tag moves (no id) to two manifests: told apart by digest
+    first.add(r, "svc", "d", (2, 0, 1), "", "sha256:m1")
+    second.add(r, "svc", "d", (2, 0, 2), "", "sha256:m2")
+    # "e": two images within worker 0 only, which its own writer settled as it went
+    first.add(r, "app", "e", (0, 1, 1), "id-1", "sha256:e1")
+    first.add(r, "app", "e", (0, 2, 2), "id-2", "sha256:e2")
+    # "f": worker 0 moved it on to the image worker 1 also gives it; only each one's last claim counts
+    first.add(r, "app", "f", (0, 1, 1), "id-old", "sha256:f0")
+    first.add(r, "app", "f", (0, 2, 2), "id-new", "sha256:f1")
+    second.add(r, "app", "f", (0, 4, 1), "id-new", "sha256:f1")
+    for n in range(70_000):  # past one sealed batch
+        second.add(r, "bulk", f"t{n}", (3, n, n), f"id-{n}", "sha256:b")
+    assert len(second) == 70_005
+    winners = contested({0: first.sealed(), 1: second.sealed()})
+    assert winners == [
+        (r, "app", "a", "id-late", "sha256:2"),
+        (r, "app", "b", "id-z", "sha256:z"),
+        (r, "svc", "d", "", "sha256:m2"),
+    ]
+    assert contested({0: first.sealed()}) == []
