@@ -232,6 +232,38 @@ def test_beyond_the_key_limit_questions_go_to_the_files(tmp_path, monkeypatch):
     assert tags[records[0].id] == [] and tags[records[3].id] == ["v0"]
 
 
+def _two_processes_of_one_run(tmp_path, store: str, records, run_id: str) -> tuple[list[tuple], bool]:
+    """Two writers of one store, as two workers of `index --jobs`: the second writes after the
+    first, claiming one of its tags and writing one of its images again."""
+    with DeltaWriter(store, run_id) as first, DeltaWriter(store, run_id) as second:
+        first.write(records[:3], now_utc())
+        second.write([dataclasses.replace(records[3], tags=("v0", "v3")), records[1]], now_utc())
+        second.write(records[4:], now_utc())
+        covered = second._tables.snapshot(run_id=second.run_id).own is not None
+    return _state(store), covered
+
+
+def test_a_run_takes_in_the_keys_its_other_processes_wrote(tmp_path, monkeypatch):
+    records = _records(tmp_path, 6)
+    absorbed, covered = _two_processes_of_one_run(tmp_path, str(tmp_path / "one"), records, "a" * 32)
+    assert covered  # the second writer answers from memory, the first one's files included
+    with monkeypatch.context() as patch:
+        patch.setattr(delta.OwnRows, "covers", lambda self, files: False)
+        from_files, _ = _two_processes_of_one_run(tmp_path, str(tmp_path / "files"), records, "b" * 32)
+    assert absorbed == from_files
+    tags = {row[0]: row[1] for row in absorbed}
+    assert tags[records[0].id] == [] and tags[records[3].id] == ["v0", "v3"]
+
+
+def test_files_of_another_run_are_not_taken_in(tmp_path):
+    records = _records(tmp_path, 4)
+    store = str(tmp_path / "store")
+    with DeltaWriter(store, "a" * 32) as first, DeltaWriter(store, "b" * 32) as second:
+        first.write(records[:2], now_utc())
+        second.write(records[2:], now_utc())
+        assert second._tables.snapshot(run_id=second.run_id).own is None
+
+
 def test_rows_another_writer_added_are_read_from_the_files(tmp_path, monkeypatch):
     records = _records(tmp_path, 4)
     store = str(tmp_path / "store")

@@ -592,9 +592,43 @@ class DeltaStore:
         # deltalog's own (the log alone needs none).
         return deltalog.read_store(self.store, version=version, as_of=as_of, con=self._con)
 
-    def snapshot(self, *, version: int | None = None, as_of=None) -> Snapshot:
-        own = self._own if version is None and as_of is None else None
-        return Snapshot(self.files(version=version, as_of=as_of), self._duckdb, own)
+    def snapshot(self, *, version: int | None = None, as_of=None, run_id: str = "") -> Snapshot:
+        """The store at `version` (or `as_of`), else now. With `run_id`, the files other processes of
+        that run added since are first read for their keys (`_absorb`)."""
+        files = self.files(version=version, as_of=as_of)
+        own = None
+        if version is None and as_of is None:
+            own = self._own
+            if run_id:
+                self._absorb(files, run_id)
+        return Snapshot(files, self._duckdb, own)
+
+    def _absorb(self, files: dict[str, deltalog.TableFiles], run_id: str) -> None:
+        """Take into OwnRows the keys of the files that the other processes of this run (the workers
+        of `index --jobs`, which share its id) committed: each file is read once, five narrow
+        columns, so every process keeps answering from memory instead of scanning every file for
+        every batch. A file of any other run leaves the questions to the files, as before."""
+        own = self._own
+        if not own.complete:
+            return
+        mark = _run_mark(run_id)
+        unknown = {
+            table: [path for path in files[table].files if path not in own.files]
+            for table in ("images", "tags")
+            if table in files
+        }
+        if not all(mark in path.rsplit("/", 1)[-1] for paths in unknown.values() for path in paths):
+            return
+        for table, paths in unknown.items():
+            columns = ["id", "digest", "registry", "name", "tags", WRITTEN_AT] if table == "images" else [WRITTEN_AT]
+            for path in paths:
+                try:
+                    data = pq.read_table(path, columns=columns, filesystem=self._fs)
+                except (OSError, ValueError, TypeError, pa.ArrowException):
+                    return  # vacuumed or unreadable: the questions go to the files
+                written = [t for t in data.column(WRITTEN_AT).to_pylist() if t is not None]
+                latest = max(written, default=own.latest_written_at) or datetime.min.replace(tzinfo=timezone.utc)
+                own.add(table, [path], [data] if table == "images" else [], latest)
 
     # -- writing
 
@@ -631,7 +665,7 @@ class DeltaStore:
         versions: dict = {"images": None, "tags": None, "runs": None}
         rows: dict = {"images": 0, "tags": 0, "runs": 0}
         for attempt in range(1, max_attempts + 1):
-            snapshot = self.snapshot()
+            snapshot = self.snapshot(run_id=run_id)
             changes = prepare(snapshot) if callable(prepare) else (prepare or Changes())
             written_at = _next_time(snapshot.latest_written_at())
             try:
@@ -768,7 +802,7 @@ class DeltaStore:
                 pieces = (data.take(order.slice(start, step)) for start in range(0, n, step))
             if _has_adjacent_duplicates(sorted_keys):
                 raise StoreError(f"a run wrote the same {table} key twice; each key may appear once per run")
-            adds.append(self._write_parquet(table, pieces, data_change=True))
+            adds.append(self._write_parquet(table, pieces, data_change=True, run_id=run_id))
             keys.append(sorted_keys)
             if table == "images":
                 written.append(data.select(["id", "digest", "registry", "name", "tags"]))
@@ -812,13 +846,17 @@ class DeltaStore:
         *,
         data_change: bool,
         row_group_rows: int | None = None,
+        run_id: str = "",
     ) -> AddAction:
         """One data file from a table or a stream of pieces (written as they come, so a compacted
         file never sits whole in memory), and its add action with Delta statistics."""
         # Compaction's files (the only ones that change no data) are known by their name: readers
         # take their rows as they are (deltalog.COMPACTED_PREFIX).
         prefix = "part-" if data_change else deltalog.COMPACTED_PREFIX
-        name = f"{prefix}{int(time.time() * 1e6):016d}-{uuid.uuid4().hex}.zstd.parquet"
+        # The run's id in the name tells the processes of one `index --jobs` run each other's files
+        # (see `_absorb`).
+        run = f"{_run_mark(run_id)}" if run_id else ""
+        name = f"{prefix}{int(time.time() * 1e6):016d}-{run}{uuid.uuid4().hex}.zstd.parquet"
         path = f"{self._table_dir(table)}/{name}"
         target = DELTA_SCHEMAS[table]
         no_dictionary = _NO_DICTIONARY.get(table, set())
@@ -1397,6 +1435,10 @@ def _arrow_reader(con, sql: str, params, batch_rows: int) -> pa.RecordBatchReade
     relation = con.sql(sql, params=params)
     method = getattr(relation, "to_arrow_reader", None) or relation.fetch_record_batch
     return method(batch_rows)
+
+
+def _run_mark(run_id: str) -> str:
+    return f"r{run_id}-"
 
 
 def _next_time(seen: datetime | None) -> datetime:
