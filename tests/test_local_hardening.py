@@ -352,6 +352,28 @@ def test_large_index_is_checked_whole_before_any_image(tmp_path, monkeypatch):
     assert [r.digest for r in records] == [manifest["digest"]] and not errors
 
 
+def test_an_index_of_many_tiny_values_is_streamed_in_bounded_memory(monkeypatch):
+    """Four million `0,` fit in 8 MiB and would take ~250 MB as objects: such an index is read one
+    value at a time, as a large one is, and says what parsing it at once would say."""
+    import tracemalloc
+
+    data = b'{"schemaVersion":2,"manifests":[' + b"0," * (1 << 19) + b"0]}"  # 1 MiB, 512Ki values
+    monkeypatch.setattr(layout, "MAX_PARSED_BYTES", 8 << 20)
+    index = IndexJson("index.json", len(data), lambda: iter([data[i : i + 65536] for i in range(0, len(data), 65536)]))
+    tracemalloc.start()
+    try:
+        count = sum(1 for raw, _ in index.descriptors() if raw == 0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert count == (1 << 19) + 1 == index.count()
+    assert index._small is None and peak < 8 << 20  # parsed at once: ~30 MB
+    # a plain index of real descriptors is still parsed at once
+    plain = json.dumps({"schemaVersion": 2, "manifests": [{"digest": "sha256:" + "a" * 64, "size": 1}]}).encode()
+    small = IndexJson("index.json", len(plain), lambda: iter([plain]))
+    assert small.count() == 1 and small._small is not None
+
+
 def test_index_over_its_own_bound_is_refused_unread(tmp_path, monkeypatch):
     monkeypatch.setattr(layout, "MAX_INDEX_BYTES", 1000)
     big_layout(str(tmp_path), 50)

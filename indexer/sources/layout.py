@@ -269,13 +269,21 @@ def top_descriptors(index_raw: bytes, where: str) -> list[tuple[object, dict]]:
     return [(raw, _annotations(raw)) for raw in manifests]
 
 
+# What parsing an index.json at once may take: about _BYTES_PER_VALUE for each JSON value (a small
+# int, an empty list and a short string each cost 28 to 56 bytes, with their place in a list or dict).
+MAX_PARSED_BYTES = 64 * 1024 * 1024
+_BYTES_PER_VALUE = 64
+
+
 class IndexJson:
     """A layout's top-level index.json, read from `chunks()` (a fresh iterator of byte pieces per call).
 
-    Up to MAX_JSON_BYTES it is parsed at once, as every other document. Above that it is parsed one
-    value at a time, twice: a first pass checks the whole document (syntax, schemaVersion, the type
-    of `manifests`) before any image is handed out, as for a small index; the second hands out
-    the descriptors. Memory follows the largest descriptor, not the number of images.
+    Up to MAX_JSON_BYTES it is parsed at once, as every other document, unless it holds so many
+    small values that their objects would take more than MAX_PARSED_BYTES (8 MiB of `0,` is four
+    million of them). Otherwise it is parsed one value at a time, twice: a first pass checks the
+    whole document (syntax, schemaVersion, the type of `manifests`) before any image is handed out,
+    as for a small index; the second hands out the descriptors. Memory follows the largest
+    descriptor, not the number of images.
     """
 
     def __init__(self, where: str, size: int, chunks: Callable[[], Iterable[bytes]]):
@@ -283,26 +291,35 @@ class IndexJson:
         self.size = size
         self._chunks = chunks
         self._small: list[tuple[object, dict]] | None = None
+        self._whole: bool | None = None
         self._checked: tuple[int, int] | None = None  # (which `manifests` key counts, its length)
 
     def count(self) -> int:
-        if self.size <= MAX_JSON_BYTES:
-            return len(self._parsed())
+        if self._parsed_at_once():
+            return len(self._small)
         return self._check()[1]
 
     def descriptors(self) -> Iterator[tuple[object, dict]]:
-        if self.size <= MAX_JSON_BYTES:
-            yield from self._parsed()
+        if self._parsed_at_once():
+            yield from self._small
             return
         wanted, _ = self._check()
         for ordinal, raw in _index_elements(self._chunks(), self.where, {}):
             if ordinal == wanted:
                 yield raw, _annotations(raw)
 
-    def _parsed(self) -> list[tuple[object, dict]]:
-        if self._small is None:
-            self._small = top_descriptors(b"".join(self._chunks()), self.where)
-        return self._small
+    def _parsed_at_once(self) -> bool:
+        if self._whole is None:
+            self._whole = False
+            if self.size <= MAX_JSON_BYTES:
+                data = b"".join(self._chunks())
+                # Each value is a separate object, and every value but the first follows a comma
+                # or a colon: a bound counted without parsing.
+                values = data.count(b",") + data.count(b":") + 1
+                if values * _BYTES_PER_VALUE <= MAX_PARSED_BYTES:
+                    self._small = top_descriptors(data, self.where)
+                    self._whole = True
+        return self._whole
 
     def _check(self) -> tuple[int, int]:
         if self._checked is None:
