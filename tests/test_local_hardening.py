@@ -621,6 +621,28 @@ def test_config_named_for_another_digest_uses_its_content_digest(tmp_path):
         ]
 
 
+def test_a_manifest_json_of_many_tiny_values_is_refused_before_it_is_parsed(tmp_path, monkeypatch):
+    from indexer.sources import docker_archive
+
+    files = save("registry.example/tiny/app:v1")
+    real = tmp_path / "real.tar"
+    real.write_bytes(tar_bytes(files))
+    files["manifest.json"] = b"[" + b"{}," * 5000 + b"{}]"
+    tiny = tmp_path / "tiny.tar"
+    tiny.write_bytes(tar_bytes(files))
+    monkeypatch.setattr(docker_archive, "MAX_PARSED_BYTES", 64 * 1024)
+    monkeypatch.setattr(docker_archive, "load_json", lambda *a: pytest.fail("parsed"))
+    with pytest.raises(SourceError) as refused:
+        collect(str(tiny))
+    assert (
+        str(refused.value) == f"{tiny}: manifest.json holds too many values for its {len(files['manifest.json'])} bytes"
+    )
+    monkeypatch.undo()
+    monkeypatch.setattr(docker_archive, "MAX_PARSED_BYTES", 64 * 1024)
+    records, errors, _ = collect(str(real))  # a real one is far under the bound
+    assert len(records) == 1 and not errors
+
+
 # ---------------------------------------------------------------------------------------------
 # 7. One line per message, whatever a name holds
 

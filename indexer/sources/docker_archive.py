@@ -22,9 +22,11 @@ from .layout import TarBlobs, descriptor_key, shard_keys, tar_index, walk_layout
 from .parse import (
     MAX_INDEX_DEPTH,
     MAX_JSON_BYTES,
+    MAX_PARSED_BYTES,
     Context,
     load_json,
     parse_descriptor,
+    parsed_size,
     record_from_config,
     sha256_digest,
 )
@@ -50,7 +52,11 @@ def _entries(members: TarMembers) -> list[dict]:
     where = members.where
     if members.size("manifest.json") is None:
         raise SourceError(where, "missing manifest.json: not a docker save archive")
-    entries = load_json(members.read("manifest.json", MAX_JSON_BYTES, "manifest.json"), where, "manifest.json")
+    data = members.read("manifest.json", MAX_JSON_BYTES, "manifest.json")
+    if parsed_size(data) > MAX_PARSED_BYTES:
+        # A docker save lists a few dozen values per image, most of them long strings.
+        raise SourceError(where, f"manifest.json holds too many values for its {len(data)} bytes")
+    entries = load_json(data, where, "manifest.json")
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise SourceError(where, "manifest.json is not a list of objects")
     return entries

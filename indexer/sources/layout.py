@@ -21,7 +21,16 @@ from ..model import ImageRecord
 from ..references import Reference, is_bare_tag, parse_reference
 from ..shard import in_shard
 from . import mediatypes as mt
-from .parse import MAX_INDEX_DEPTH, MAX_JSON_BYTES, Context, load_object, parse_descriptor, walk
+from .parse import (
+    MAX_INDEX_DEPTH,
+    MAX_JSON_BYTES,
+    MAX_PARSED_BYTES,
+    Context,
+    load_object,
+    parse_descriptor,
+    parsed_size,
+    walk,
+)
 from .jsonstream import STARTS_A_VALUE, JsonText
 from .tarball import MAX_INDEX_BYTES, TarMembers, not_regular, open_regular
 
@@ -269,12 +278,6 @@ def top_descriptors(index_raw: bytes, where: str) -> list[tuple[object, dict]]:
     return [(raw, _annotations(raw)) for raw in manifests]
 
 
-# What parsing an index.json at once may take: about _BYTES_PER_VALUE for each JSON value (a small
-# int, an empty list and a short string each cost 28 to 56 bytes, with their place in a list or dict).
-MAX_PARSED_BYTES = 64 * 1024 * 1024
-_BYTES_PER_VALUE = 64
-
-
 class IndexJson:
     """A layout's top-level index.json, read from `chunks()` (a fresh iterator of byte pieces per call).
 
@@ -313,10 +316,7 @@ class IndexJson:
             self._whole = False
             if self.size <= MAX_JSON_BYTES:
                 data = b"".join(self._chunks())
-                # Each value is a separate object, and every value but the first follows a comma
-                # or a colon: a bound counted without parsing.
-                values = data.count(b",") + data.count(b":") + 1
-                if values * _BYTES_PER_VALUE <= MAX_PARSED_BYTES:
+                if parsed_size(data) <= MAX_PARSED_BYTES:
                     self._small = top_descriptors(data, self.where)
                     self._whole = True
         return self._whole

@@ -35,6 +35,12 @@ from .jsonshape import object_at, string_at
 
 # Manifests, indexes and configs above this size are refused unread: memory stays bounded.
 MAX_JSON_BYTES = 8 * 1024 * 1024
+# What parsing one document at once may take, as `parsed_size` bounds it: 8 MiB of `0,` is four
+# million values, ~250 MB of objects.
+MAX_PARSED_BYTES = 64 * 1024 * 1024
+# About what a JSON value costs once parsed: a small int, an empty list or a short string takes 28
+# to 56 bytes, and its place in a list or dict 8 to 16 more.
+_BYTES_PER_VALUE = 64
 # Indexes nested deeper than this are refused (real images nest one or two levels).
 MAX_INDEX_DEPTH = 16
 # Sizes are int64 in the store, the OCI descriptor and the Container Registry API alike.
@@ -68,6 +74,12 @@ class Context:
 
 # A \uD800-\uDFFF escape, or a UTF-8 encoded surrogate (json.loads decodes bytes with surrogatepass).
 _MAYBE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+
+
+def parsed_size(data: bytes) -> int:
+    """A bound, counted without parsing, on the memory `data` takes once parsed, beyond its strings:
+    every value but the first follows a comma or a colon."""
+    return (data.count(b",") + data.count(b":") + 1) * _BYTES_PER_VALUE
 
 
 def load_json(data: bytes, where: str, what: str) -> object:
