@@ -333,3 +333,26 @@ def test_created_with_a_trailing_newline_or_non_ascii_digits_is_not_a_time():
     assert parse_config(dumps({"created": "2026-11-29T12:00:00Z\n"}), "f").created is None
     assert parse_config(dumps({"created": "２０２６-11-29T12:00:00Z"}), "f").created is None
     assert parse_config(dumps({"created": "2026-11-29T12:00:00Z"}), "f").created == "2026-11-29T12:00:00Z"
+
+
+def test_only_descriptors_with_a_media_type_of_legal_length_are_kept_as_shapes():
+    from indexer.sources import typed
+
+    digest = "sha256:" + "a" * 64
+    plain = {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest, "size": 3}
+    long = dict(plain, mediaType="application/" + "x" * 1000)
+    shapes: dict = {}
+    for raw in (plain, long):
+        blob = parse_descriptor(raw, "w", "layer", shapes)
+        assert (blob.media_type, blob.digest, blob.size) == (raw["mediaType"], digest, 3)
+    assert list(shapes) == [(plain["mediaType"], digest, 3)]
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": dict(plain, mediaType="application/vnd.oci.image.config.v1+json"),
+        "layers": [plain, long],
+    }
+    typed_shapes: dict = {}
+    decoded = typed.decode_manifest(json.dumps(manifest).encode(), manifest["mediaType"], typed_shapes)
+    assert decoded is not None and [b.media_type for b in decoded[2]] == [plain["mediaType"], long["mediaType"]]
+    assert all(len(key[0]) <= 255 for key in typed_shapes) and len(typed_shapes) == 2

@@ -28,3 +28,7 @@ ATTESTATION = "attestation-manifest"
 
 ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
 ANNOTATION_CONTAINERD_NAME = "io.containerd.image.name"
+
+# The longest media type RFC 6838 allows (a type and a subtype of 127 characters each). Longer ones
+# are read but never kept as a cache key, so a hostile one cannot multiply memory.
+MAX_LENGTH = 255

@@ -172,7 +172,13 @@ def parse_descriptor(raw: object, where: str, what: str, known_shapes: dict | No
     if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
         raise SourceError(where, f"{what} has invalid urls")
     blob = Blob(digest=digest, size=size, media_type=media_type, urls=tuple(urls))
-    if key is not None and not urls and known_shapes is not None and len(known_shapes) < 100_000:
+    if (
+        key is not None
+        and not urls
+        and known_shapes is not None
+        and len(known_shapes) < 100_000
+        and len(media_type) <= mt.MAX_LENGTH
+    ):
         known_shapes[key] = blob
     return blob
 

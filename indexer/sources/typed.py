@@ -110,7 +110,7 @@ def _descriptor(raw: _Descriptor, shapes: dict | None) -> Blob | None:
     if not 0 <= raw.size <= INT64_MAX or not is_valid_digest(raw.digest):
         return None
     blob = Blob(raw.digest, raw.size, raw.mediaType, tuple(urls) if urls else ())
-    if not urls and shapes is not None and len(shapes) < _MAX_SHAPES:
+    if not urls and shapes is not None and len(shapes) < _MAX_SHAPES and len(raw.mediaType) <= mt.MAX_LENGTH:
         shapes[key] = blob
     return blob
 
