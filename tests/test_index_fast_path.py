@@ -276,3 +276,26 @@ def test_rows_another_writer_added_are_read_from_the_files(tmp_path, monkeypatch
         first.write([dataclasses.replace(records[3], tags=("v0", "v3"))], now_utc())
     tags = {row[0]: row[1] for row in _state(store)}
     assert tags[records[0].id] == [] and tags[records[2].id] == [] and tags[records[3].id] == ["v0", "v3"]
+
+
+# ----------------------------------------------------------------------------- a store's states, for re-crawls
+
+
+def test_repository_states_come_in_name_order_with_tags_and_exact_digests(tmp_path):
+    apps = _records(tmp_path, 3, "team/app")
+    tools = _records(tmp_path, 2, "team/app/tools")
+    other = _records(tmp_path, 1, "teamx")
+    loose = dataclasses.replace(tools[1], exactness=1)
+    store = str(tmp_path / "store")
+    with DeltaWriter(store) as writer:
+        assert list(writer.repository_states("cr.example")) == []  # no store yet
+        writer.write([*other, *apps, tools[0], loose], now_utc())
+        states = list(writer.repository_states("cr.example", "team/app"))
+        assert list(writer.repository_states("elsewhere.example")) == []
+        everything = [name for name, _, _ in writer.repository_states("cr.example")]
+    assert [name for name, _, _ in states] == ["team/app", "team/app/tools"]  # not teamx: not below
+    app, app_tools = states
+    assert app[1] == {f"v{i}": r.digest for i, r in enumerate(apps)} and app[2] == {r.digest for r in apps}
+    assert app_tools[1] == {"v0": tools[0].digest, "v1": tools[1].digest}
+    assert app_tools[2] == {tools[0].digest}  # the loose record's digest is not exact
+    assert everything == ["team/app", "team/app/tools", "teamx"]

@@ -117,11 +117,12 @@ class KnownTags:
     def __init__(self, rows):
         self.rows = rows
 
-    def known_tags(self, registry, prefix=""):
-        return self.rows
-
-    def indexed_digests(self, registry, prefix=""):
-        return []
+    def repository_states(self, registry, prefix=""):
+        known: dict[str, dict[str, str]] = {}
+        for name, tag, digest in self.rows:
+            known.setdefault(name, {})[tag] = digest
+        for name in sorted(known):
+            yield name, known[name], set()
 
 
 def test_a_docker_content_digest_that_is_not_a_digest_is_an_error_and_never_requested(fake):

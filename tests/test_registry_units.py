@@ -295,11 +295,9 @@ class FakeStore:
     def __init__(self, known, indexed):
         self.known, self.indexed = known, indexed
 
-    def known_tags(self, registry, prefix):
-        return [(name, tag, digest) for name, tags in self.known.items() for tag, digest in tags.items()]
-
-    def indexed_digests(self, registry, prefix):
-        return [(name, digest) for name, digests in self.indexed.items() for digest in digests]
+    def repository_states(self, registry, prefix):
+        for name in sorted(set(self.known) | set(self.indexed)):
+            yield name, dict(self.known.get(name, {})), set(self.indexed.get(name, ()))
 
 
 def offline_crawl(monkeypatch, repositories, jobs=2, store=None, list_tags=None, fetch_tag=None):
@@ -393,3 +391,42 @@ def test_a_recrawl_retires_then_moves_then_walks_each_repository(monkeypatch):
         "docker://registry.example: 1 repositories, 4 tags; 1 manifests fetched, "
         "1 tags unchanged, 1 retagged, 1 removed",
     ]
+
+
+class StreamedStore(FakeStore):
+    """A FakeStore that records how far the crawl has read its states when each repository is listed."""
+
+    def __init__(self, known, indexed):
+        super().__init__(known, indexed)
+        self.read: list[str] = []
+
+    def repository_states(self, registry, prefix):
+        for state in super().repository_states(registry, prefix):
+            self.read.append(state[0])
+            yield state
+
+
+def test_a_recrawl_reads_the_store_s_states_as_it_goes_and_retires_what_the_catalog_dropped(monkeypatch):
+    # The store holds r00..r59 (r05 and r50 dropped from the catalog); the catalog lists r00..r59
+    # but those two, and a new r99, out of order.
+    known = {f"r{n:02d}": {"t": D1} for n in range(60)}
+    store = StreamedStore(known, {name: {D1} for name in known})
+    catalog = sorted((set(known) - {"r05", "r50"}) | {"r99"}, reverse=True)
+    seen_when_listed = {}
+
+    def list_tags(name):
+        seen_when_listed[name] = len(store.read)
+        return ["t"], None
+
+    def fetch_tag(state, tag):
+        return Fetched(tag, D1 if state.name in known else f"sha256:{state.name}", None, "")
+
+    crawl, _ = offline_crawl(monkeypatch, catalog, jobs=1, store=store, list_tags=list_tags, fetch_tag=fetch_tag)
+    out = list(crawl.run())
+    retired = [item for item in out if isinstance(item, TagsRetired)]
+    assert retired == [TagsRetired("registry.example", "r05", ("t",)), TagsRetired("registry.example", "r50", ("t",))]
+    assert [item for item in out if not isinstance(item, TagsRetired)] == ["r99@sha256:r99 ['t']"]
+    assert crawl.stats.unchanged == 58 and crawl.stats.removed == 2
+    # a repository is listed when the store has been read no further than the window (4 a job)
+    # past it, not all 60 states at once
+    assert seen_when_listed["r00"] <= 6 and seen_when_listed["r40"] <= 40 + 7

@@ -737,11 +737,9 @@ class FakeStore:
         self.retired: list[tuple[str, str]] = []
         self.claimed: list[tuple[str, str, str]] = []
 
-    def known_tags(self, registry, prefix):
-        return [(name, tag, digest) for name, tags in self.known.items() for tag, digest in tags.items()]
-
-    def indexed_digests(self, registry, prefix):
-        return []
+    def repository_states(self, registry, prefix):
+        for name in sorted(self.known):
+            yield name, dict(self.known[name]), set()
 
     def claim_tags(self, registry, claims):
         self.claimed += claims

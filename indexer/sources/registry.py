@@ -679,8 +679,15 @@ class Crawl:
             yield from self._catalog()
             return
         name = target.repository
-        known, indexed = self._store_state(name, exact=name)
-        state = RepoState(name, known.get(name, {}), indexed.get(name, set()))
+        state = RepoState(name, {}, set())
+        states = self._states(name)
+        try:
+            for held, tags, exact in states:
+                if held == name:  # the prefix also holds the repositories below it
+                    state = RepoState(name, tags, exact)
+                    break
+        finally:
+            states.close()
         self.stats.repositories = 1
         if target.digest:
             if target.digest in state.indexed:
@@ -709,18 +716,39 @@ class Crawl:
         repositories = [
             name for name in self._valid_repositories(repositories) if under_prefix(name, prefix) and self.owns(name)
         ]
-        known, indexed = self._store_state(prefix)
         self.stats.repositories = len(repositories)
-        if not error and self.store is not None:  # a catalog cut short does not say which repositories are gone
-            listed = set(repositories)
-            for name, tags in known.items():
-                if name not in listed and tags and self.owns(name):
-                    self._out.append(TagsRetired(self.registry, name, tuple(sorted(tags))))
+        # Repositories and the store's states meet in name order, so the store's side is read as the
+        # crawl goes; those of the store that the catalog no longer lists have their tags retired as
+        # they are passed (a catalog cut short does not say which repositories are gone).
+        repositories.sort()
+        retire = not error and self.store is not None
+        states = self._states(prefix)
+        pending = next(states, None)
+
+        def state_of(name: str | None) -> RepoState | None:
+            nonlocal pending
+            while pending is not None and (name is None or pending[0] < name):
+                held, tags, _ = pending
+                if retire and tags and self.owns(held):
+                    self._out.append(TagsRetired(self.registry, held, tuple(sorted(tags))))
                     self.stats.removed += len(tags)
-        flows = (
-            self._repository(RepoState(name, known.get(name, {}), indexed.get(name, set()))) for name in repositories
-        )
-        yield from interleave(flows, self._out, window=_REPOSITORY_WINDOW * max(1, self.options.jobs))
+                pending = next(states, None)
+            if name is None:
+                return None
+            if pending is not None and pending[0] == name:
+                state, pending = RepoState(name, pending[1], pending[2]), next(states, None)
+                return state
+            return RepoState(name, {}, set())
+
+        def flows() -> Iterator[Flow]:
+            for name in repositories:
+                yield self._repository(state_of(name))
+            state_of(None)
+
+        try:
+            yield from interleave(flows(), self._out, window=_REPOSITORY_WINDOW * max(1, self.options.jobs))
+        finally:
+            states.close()
 
     def _repository(self, state: RepoState) -> Flow:
         """One repository: list its tags, retire those that vanished, crawl the others."""
@@ -793,24 +821,15 @@ class Crawl:
     def _emit(self, repository: str, items: Iterable) -> None:
         self._out.extend(self._report(repository, items))
 
-    def _store_state(self, prefix: str, exact: str = "") -> tuple[dict[str, dict[str, str]], dict[str, set[str]]]:
-        """(tag -> digest per repository, exact manifest digests per repository) from the store.
+    def _states(self, prefix: str) -> Iterator[tuple[str, dict[str, str], set[str]]]:
+        """(repository, tag -> digest, exact manifest digests) from the store, in name order.
 
-        The store answers `indexed_digests` with exact records only (exactness >= 3). A tag is
-        left alone only when its digest is one of them, so an engine's record (diff_ids, no config
+        The store answers exact digests from exact records only (exactness >= 3). A tag is left
+        alone only when its digest is one of them, so an engine's record (diff_ids, no config
         size) of a manifest the registry serves is replaced by the exact one, as promised.
         """
-        if self.store is None:
-            return {}, {}
-        known: dict[str, dict[str, str]] = {}
-        for name, tag, digest in self.store.known_tags(self.registry, prefix):
-            if not exact or name == exact:
-                known.setdefault(name, {})[tag] = digest
-        indexed: dict[str, set[str]] = {}
-        for name, digest in self.store.indexed_digests(self.registry, prefix):
-            if not exact or name == exact:
-                indexed.setdefault(name, set()).add(digest)
-        return known, indexed
+        if self.store is not None:
+            yield from self.store.repository_states(self.registry, prefix)
 
     def _valid_repositories(self, names: list[str]) -> list[str]:
         out = []
@@ -856,12 +875,12 @@ def _is_schema1(data: bytes) -> bool:
 
 
 def _is_incremental_store(store) -> bool:
-    return store is not None and all(callable(getattr(store, name, None)) for name in ("known_tags", "indexed_digests"))
+    return store is not None and callable(getattr(store, "repository_states", None))
 
 
 class RegistrySource:
-    """`docker://…` as a Source. `bind_store` gives it what is indexed (`known_tags` and
-    `indexed_digests`, read only), which makes re-crawls incremental: it then yields TagMoves and
+    """`docker://…` as a Source. `bind_store` gives it what is indexed (`repository_states`, read
+    only), which makes re-crawls incremental: it then yields TagMoves and
     TagsRetired beside records, for the run to hand to the store."""
 
     kind = "docker"

@@ -18,8 +18,11 @@ The merge policy lives here and in `premerge`, and nowhere else:
 from __future__ import annotations
 
 import dataclasses
+import os
+import tempfile
 import uuid
 from datetime import datetime, timedelta, timezone
+from typing import Iterator
 
 
 from .. import collector, timestamps
@@ -102,28 +105,48 @@ class DeltaWriter:
 
     # ---- for incremental registry crawls
 
-    def known_tags(self, registry: str, prefix: str = "") -> list[tuple[str, str, str]]:
-        """(name, tag, manifest digest) of every tag of `registry` under the path `prefix`."""
-        snapshot = self._snapshot()
-        if snapshot is None:
-            return []
-        images = snapshot.current_images(_UNDER, ("id", "registry", "name", "digest", "tags"))
-        return snapshot.con.execute(
-            f"SELECT name, unnest(tags), digest FROM ({images}) WHERE {_UNDER} AND digest <> ''",
-            [registry, prefix, prefix, prefix] * 2,
-        ).fetchall()
+    def repository_states(self, registry: str, prefix: str = "") -> Iterator[tuple[str, dict[str, str], set[str]]]:
+        """(name, tag -> manifest digest, exact manifest digests) of each repository of `registry`
+        under the path `prefix` that the store holds, in name order. Exact digests are those of
+        records with exactness >= 3: a registry crawl skips only those, so a less exact record gets
+        replaced.
 
-    def indexed_digests(self, registry: str, prefix: str = "") -> list[tuple[str, str]]:
-        """(name, manifest digest) of every exact image (exactness >= 3) of `registry` under `prefix`:
-        a registry crawl skips only those, so a less exact record gets replaced."""
+        The rows are sorted by DuckDB into a file aside and read back a batch at a time, so a
+        re-crawl holds the state of the repositories under way, not every tag of the registry."""
         snapshot = self._snapshot()
         if snapshot is None:
-            return []
-        images = snapshot.current_images(_UNDER, ("registry", "name", "digest", "exactness"))
-        return snapshot.con.execute(
-            f"SELECT DISTINCT name, digest FROM ({images}) WHERE {_UNDER} AND digest <> '' AND exactness >= 3",
-            [registry, prefix, prefix, prefix] * 2,
-        ).fetchall()
+            return
+        images = snapshot.current_images(_UNDER, ("registry", "name", "digest", "tags", "exactness"))
+        sql = (
+            f"SELECT name, unnest(tags) AS tag, digest, false AS exact FROM ({images}) "
+            f"WHERE {_UNDER} AND digest <> '' "
+            f"UNION ALL SELECT DISTINCT name, NULL, digest, true FROM ({images}) "
+            f"WHERE {_UNDER} AND digest <> '' AND exactness >= 3 ORDER BY name"
+        )
+        with tempfile.TemporaryDirectory(prefix="imgdex-states-") as folder:
+            path = os.path.join(folder, "states.parquet")
+            quoted = path.replace("'", "''")
+            self._guarded(
+                lambda: snapshot.con.execute(
+                    f"COPY ({sql}) TO '{quoted}' (FORMAT parquet)", [registry, prefix, prefix, prefix] * 4
+                )
+            )
+            import pyarrow.parquet as pq
+
+            name, tags, exact = None, {}, set()
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=8192):
+                columns = [batch.column(i).to_pylist() for i in range(4)]
+                for row_name, tag, digest, is_exact in zip(*columns, strict=True):
+                    if row_name != name:
+                        if name is not None:
+                            yield name, tags, exact
+                        name, tags, exact = row_name, {}, set()
+                    if is_exact:
+                        exact.add(digest)
+                    else:
+                        tags[tag] = digest
+            if name is not None:
+                yield name, tags, exact
 
     def claim_tags(self, registry: str, claims: list[tuple[str, str, str]]) -> int:
         """Point each (name, tag, digest) at the indexed image of (name, digest); returns the tags
