@@ -430,3 +430,39 @@ def test_a_recrawl_reads_the_store_s_states_as_it_goes_and_retires_what_the_cata
     # a repository is listed when the store has been read no further than the window (4 a job)
     # past it, not all 60 states at once
     assert seen_when_listed["r00"] <= 6 and seen_when_listed["r40"] <= 40 + 7
+
+
+def test_a_repository_keeps_manifest_bytes_up_to_its_budget_then_digests_only(monkeypatch):
+    import hashlib
+
+    monkeypatch.setattr(registry, "_KEPT_MANIFEST_BYTES", 20)
+    manifests = {f"t{n}": f"manifest {n}".encode() for n in range(5)}  # 10 bytes each
+    manifests["liar"] = b"manifest x"
+
+    def digest(data):
+        return "sha256:" + hashlib.sha256(data).hexdigest()
+
+    def fetch_tag(state, tag):
+        said = digest(b"another manifest") if tag == "liar" else digest(manifests[tag])
+        return Fetched(tag, said, manifests[tag], "application/vnd.oci.image.manifest.v1+json")
+
+    walked = {}
+
+    def walk(name, found, data, media_type, tags):
+        walked[tags[0]] = data
+        return [f"{name}@{found} {tags}"], []
+
+    crawl, _ = offline_crawl(
+        monkeypatch, ["app"], jobs=1, list_tags=lambda name: (list(manifests), None), fetch_tag=fetch_tag
+    )
+    monkeypatch.setattr(crawl, "_walk", walk)
+    out = list(crawl.run())
+    # one thread fetches in tag order: the first 20 bytes are kept, the rest walked by digest
+    assert {tag for tag, data in walked.items() if data is not None} == {"t0", "t1"}
+    assert walked["t0"] == manifests["t0"] and sorted(walked) == ["t0", "t1", "t2", "t3", "t4"]
+    errors = [str(item) for item in out if isinstance(item, SourceError)]
+    # the liar's bytes were let go only after they were checked against the digest it gave
+    assert errors == [
+        f"registry.example/app:liar: the registry says the manifest is {digest(b'another manifest')} "
+        f"(Docker-Content-Digest), but its bytes hash to {digest(manifests['liar'])}"
+    ]

@@ -71,6 +71,10 @@ _NOT_A_NAME = "not a valid repository name"
 # while under way (its flow, its queued requests and their answers) stays bounded, however long the
 # catalog.
 _REPOSITORY_WINDOW = 4
+# Manifest bytes the fetches of one repository keep for its walks. Past it a fetch keeps the
+# digest only and the walk fetches the manifest again by digest, so a repository of many tags (or
+# one serving manifests of 8 MiB) holds digests, not bytes, until its tags are all in.
+_KEPT_MANIFEST_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -191,6 +195,21 @@ class Fetched:
     digest: str
     data: bytes | None  # None after a HEAD
     media_type: str
+
+
+class _Budget:
+    """Bytes that threads take from one allowance until it runs out."""
+
+    def __init__(self, allowance: int):
+        self.left = allowance
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bool:
+        with self._lock:
+            if size > self.left:
+                return False
+            self.left -= size
+            return True
 
 
 @dataclass
@@ -601,6 +620,21 @@ class Crawl:
             return [], HttpError(what, f"refusing to request repository {_shown(repository)}: {_NOT_A_NAME}")
         return self._paged(f"/v2/{repository}/tags/list", "tags", repository_scope(repository), what, CATALOG_LIMIT)
 
+    def _fetch_kept(self, state: RepoState, tag: str, budget: "_Budget") -> Fetched | SourceError:
+        """`_fetch_tag`, keeping the manifest's bytes while `budget` lasts. Bytes let go must match
+        their digest first, which the walk's second fetch is then checked against."""
+        fetched = self._fetch_tag(state, tag)
+        if not isinstance(fetched, Fetched) or fetched.data is None or budget.take(len(fetched.data)):
+            return fetched
+        hashed = "sha256:" + hashlib.sha256(fetched.data).hexdigest()
+        if fetched.digest.startswith("sha256:") and fetched.digest != hashed:
+            return SourceError(
+                self._where(state.name, tag),
+                f"the registry says the manifest is {fetched.digest} (Docker-Content-Digest), "
+                f"but its bytes hash to {hashed}",
+            )
+        return Fetched(tag, fetched.digest or hashed, None, fetched.media_type)
+
     def _fetch_tag(self, state: RepoState, tag: str) -> Fetched | SourceError:
         where = self._where(state.name, tag)
         try:
@@ -770,7 +804,8 @@ class Crawl:
         """Fetch every tag's manifest at once (a HEAD on a re-crawl), then walk the manifests that changed.
 
         A repository's tags are settled together: which of them moved is known only once all are in."""
-        fetches = [self._pool.submit(FETCH, self._fetch_tag, state, tag) for tag in tags]
+        budget = _Budget(_KEPT_MANIFEST_BYTES)
+        fetches = [self._pool.submit(FETCH, self._fetch_kept, state, tag, budget) for tag in tags]
         yield all_done(fetches)
         results = [fetch.result() for fetch in fetches]
         self._emit(state.name, [result for result in results if isinstance(result, SourceError)])
