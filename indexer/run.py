@@ -119,7 +119,7 @@ def index_sources(
             on_source=observer.on_source,
         ),
     )
-    record_run(writer, spec_list, summary, started_at)
+    record_run(writer, spec_list, summary, started_at, sharded=settings.shard is not None)
     return summary
 
 
@@ -251,11 +251,13 @@ def run_tasks(
     return summary
 
 
-def record_run(writer, specs: list[str], summary: RunSummary, started_at: datetime) -> None:
+def record_run(writer, specs: list[str], summary: RunSummary, started_at: datetime, *, sharded: bool = False) -> None:
     """The run's one `runs` row, with its totals and every error."""
-    if summary.indexed == 0 and writer.pristine:
+    if summary.indexed == 0 and not sharded and writer.pristine:
         # The store does not exist and nothing landed: no run record creates it for nothing
-        # (the writer creates a store with its first commit).
+        # (the writer creates a store with its first commit). A worker of `--shard K/N` records
+        # itself all the same: its slice may be empty while the others have yet to create the
+        # store, and the store then says that all N ran.
         return
     writer.record_run(
         {

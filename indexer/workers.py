@@ -296,7 +296,7 @@ def index_parallel(
             if not writer.pristine:
                 _settle(writer, merged.contested())
             summary.seconds = time.monotonic() - started
-            record_run(writer, work.specs, summary, started_at)
+            record_run(writer, work.specs, summary, started_at, sharded=settings.shard is not None)
         return summary
     finally:
         _stop(children)

@@ -436,3 +436,18 @@ def test_url_credentials_are_redacted_from_cli_errors(tmp_path):
     assert result.exit_code == 1
     assert "s3cret" not in result.output and "***@example.net" in result.stderr
     assert "s3cret" not in json.dumps(runs(tmp_path / "store"), default=str)
+
+
+def test_a_shard_that_lands_nothing_records_its_run_even_before_the_store_exists(tmp_path):
+    """A worker of `--shard K/N` with an empty slice may finish before the others create the store:
+    it creates it with its run, so the store tells that all N ran, whatever the timing."""
+    from indexer.run import RunSettings
+    from indexer.shard import Shard
+
+    store = str(tmp_path / "store")
+    with DeltaWriter(store) as empty:
+        summary = index_sources([], empty, settings=RunSettings(shard=Shard(2, 4)))
+    assert summary.indexed == 0 and [(r[1], r[2]) for r in runs(store)] == [(0, 0)]
+    with DeltaWriter(str(tmp_path / "unsharded")) as plain:
+        index_sources([], plain)
+    assert not os.path.exists(tmp_path / "unsharded")  # without --shard, nothing is created for nothing
