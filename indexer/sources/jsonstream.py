@@ -7,7 +7,7 @@ from __future__ import annotations
 import codecs
 import json
 import re
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from ..errors import SourceError
 
@@ -86,6 +86,42 @@ class JsonText:
             if self.eof:
                 return ""
             self._more()
+
+    def elements(self) -> Iterator[object]:
+        """The elements of the array whose `[` is next, one value at a time; after the last, the
+        position is past its `]`. The caller has seen the `[` (`peek`)."""
+        self.pos += 1
+        if self.peek() == "]":
+            self.pos += 1
+            return
+        while True:
+            yield self.value()
+            if self._past_separator("]"):
+                return
+
+    def members(self) -> Iterator[str]:
+        """The keys of the object whose `{` is next, one at a time: after each, the caller reads its
+        value (`value`, `elements`, ...) before asking for the next. The caller has seen the `{`."""
+        self.pos += 1
+        if self.peek() == "}":
+            self.pos += 1
+            return
+        while True:
+            if self.peek() != '"':
+                self.fail("Expecting property name enclosed in double quotes")
+            key = self.value()
+            self.take(":", "':' delimiter")
+            yield key
+            if self._past_separator("}"):
+                return
+
+    def _past_separator(self, end: str) -> bool:
+        """Past the `,` before the next member (False), or past the `end` of the container (True)."""
+        after = self.peek()
+        if after not in (",", end):
+            self.fail("Expecting ',' delimiter")
+        self.pos += 1
+        return after == end
 
     def take(self, char: str, expecting: str) -> None:
         if self.peek() != char:

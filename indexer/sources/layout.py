@@ -348,48 +348,24 @@ def _index_elements(pieces: Iterable[bytes], where: str, summary: dict) -> Itera
         if first in STARTS_A_VALUE:
             raise SourceError(where, "index.json is not a JSON object")
         text.fail("Expecting value")
-    text.pos += 1
     ordinal = 0
-    if text.peek() == "}":
-        text.pos += 1
-    else:
-        while True:
-            if text.peek() != '"':
-                text.fail("Expecting property name enclosed in double quotes")
-            key = text.value()
-            text.take(":", "':' delimiter")
-            if key == "manifests":
-                ordinal += 1
-                summary["last"] = ordinal
-                if text.peek() == "[":
-                    text.pos += 1
-                    summary["kinds"][ordinal] = "list"
-                    count = 0
-                    if text.peek() == "]":
-                        text.pos += 1
-                    else:
-                        while True:
-                            yield ordinal, text.value()
-                            count += 1
-                            after = text.peek()
-                            if after not in (",", "]"):
-                                text.fail("Expecting ',' delimiter")
-                            text.pos += 1
-                            if after == "]":
-                                break
-                    summary["counts"][ordinal] = count
-                else:
-                    summary["kinds"][ordinal] = "null" if text.value() is None else "other"
+    for key in text.members():
+        if key == "manifests":
+            ordinal += 1
+            summary["last"] = ordinal
+            if text.peek() == "[":
+                summary["kinds"][ordinal] = "list"
+                count = 0
+                for element in text.elements():
+                    yield ordinal, element
+                    count += 1
+                summary["counts"][ordinal] = count
             else:
-                value = text.value()
-                if key == "schemaVersion":
-                    summary["schema"] = value
-            after = text.peek()
-            if after not in (",", "}"):
-                text.fail("Expecting ',' delimiter")
-            text.pos += 1
-            if after == "}":
-                break
+                summary["kinds"][ordinal] = "null" if text.value() is None else "other"
+        else:
+            value = text.value()
+            if key == "schemaVersion":
+                summary["schema"] = value
     if text.peek() != "":
         text.fail("Extra data")
 

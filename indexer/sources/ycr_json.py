@@ -277,20 +277,8 @@ def _raw_images(pieces: Iterator[bytes], where: str, notes: list[str]) -> Iterat
 def _document(text: JsonText, where: str, notes: list[str]) -> Iterator[tuple[str, object]]:
     first = text.peek()
     if first == "[":
-        text.pos += 1
-        position = 0
-        if text.peek() == "]":
-            text.pos += 1
-        else:
-            while True:
-                yield from _images(text.value(), f"{where}[{position}]", notes)
-                position += 1
-                after = text.peek()
-                if after not in (",", "]"):
-                    text.fail("Expecting ',' delimiter")
-                text.pos += 1
-                if after == "]":
-                    break
+        for position, element in enumerate(text.elements()):
+            yield from _images(element, f"{where}[{position}]", notes)
     elif first == "{":
         yield from _object(text, where, notes)
     else:
@@ -302,48 +290,22 @@ def _document(text: JsonText, where: str, notes: list[str]) -> Iterator[tuple[st
 def _object(text: JsonText, where: str, notes: list[str]) -> Iterator[tuple[str, object]]:
     """The images of a top-level object: its `images` list one image at a time, or the object
     itself (an image, or an `Image.List` response without a list)."""
-    text.pos += 1
     members: dict = {}  # all but a list of images handed out one by one
     kept = 0
     streamed = False
-    if text.peek() == "}":
-        text.pos += 1
-    else:
-        while True:
-            if text.peek() != '"':
-                text.fail("Expecting property name enclosed in double quotes")
-            key = text.value()
-            text.take(":", "':' delimiter")
-            # An object with an `id` is an image, whatever else it holds; one with an `images`
-            # list before any `id` is taken for an Image.List response.
-            if key == "images" and not streamed and "id" not in members and text.peek() == "[":
-                streamed = True
-                text.pos += 1
-                position = 0
-                if text.peek() == "]":
-                    text.pos += 1
-                else:
-                    while True:
-                        yield f"{where} images[{position}]", text.value()
-                        position += 1
-                        after = text.peek()
-                        if after not in (",", "]"):
-                            text.fail("Expecting ',' delimiter")
-                        text.pos += 1
-                        if after == "]":
-                            break
-            else:
-                start = text.offset()
-                members[key] = text.value()
-                kept += text.offset() - start
-                if kept > MAX_VALUE_BYTES:
-                    raise SourceError(where, f"the object is longer than the {MAX_VALUE_BYTES}-byte limit")
-            after = text.peek()
-            if after not in (",", "}"):
-                text.fail("Expecting ',' delimiter")
-            text.pos += 1
-            if after == "}":
-                break
+    for key in text.members():
+        # An object with an `id` is an image, whatever else it holds; one with an `images`
+        # list before any `id` is taken for an Image.List response.
+        if key == "images" and not streamed and "id" not in members and text.peek() == "[":
+            streamed = True
+            for position, element in enumerate(text.elements()):
+                yield f"{where} images[{position}]", element
+        else:
+            start = text.offset()
+            members[key] = text.value()
+            kept += text.offset() - start
+            if kept > MAX_VALUE_BYTES:
+                raise SourceError(where, f"the object is longer than the {MAX_VALUE_BYTES}-byte limit")
     if not streamed:
         yield from _images(members, where, notes)
         return
