@@ -185,6 +185,13 @@ def _runs(tmp_path, store: str, steps) -> list[tuple]:
     return _state(store)
 
 
+def _from_files(monkeypatch, run):
+    """`run()` with every question sent to the files: what the own rows must answer alike."""
+    with monkeypatch.context() as patch:
+        patch.setattr(delta.OwnRows, "covers", lambda self, files: False)
+        return run()
+
+
 def test_own_rows_answer_as_the_files_do(tmp_path, monkeypatch):
     records = _records(tmp_path, 6)
     others = _records(tmp_path, 2, "team/other")
@@ -193,9 +200,7 @@ def test_own_rows_answer_as_the_files_do(tmp_path, monkeypatch):
     poorer = dataclasses.replace(records[5], exactness=1, tags=("v5", "extra"))
     steps = [records[:3], records[3:], others, [moved, records[1], poorer]]
     with_own = _runs(tmp_path, str(tmp_path / "own"), steps)
-    with monkeypatch.context() as patch:
-        patch.setattr(delta.OwnRows, "covers", lambda self, files: False)
-        from_files = _runs(tmp_path, str(tmp_path / "files"), steps)
+    from_files = _from_files(monkeypatch, lambda: _runs(tmp_path, str(tmp_path / "files"), steps))
     assert with_own == from_files
     tags = {row[0]: row[1] for row in with_own}
     assert tags[records[0].id] == [] and tags[records[4].id] == ["v0", "v4"]
@@ -212,9 +217,7 @@ def test_a_tag_claimed_after_a_tags_only_row_moves_as_read_from_the_files(tmp_pa
         [dataclasses.replace(records[3], tags=("next",))],
     ]
     with_own = _runs(tmp_path, str(tmp_path / "own"), steps)
-    with monkeypatch.context() as patch:
-        patch.setattr(delta.OwnRows, "covers", lambda self, files: False)
-        from_files = _runs(tmp_path, str(tmp_path / "files"), steps)
+    from_files = _from_files(monkeypatch, lambda: _runs(tmp_path, str(tmp_path / "files"), steps))
     assert with_own == from_files
     tags = {row[0]: row[1] for row in with_own}
     assert tags[records[2].id] == ["v2"] and tags[records[3].id] == ["next"]
@@ -247,9 +250,9 @@ def test_a_run_takes_in_the_keys_its_other_processes_wrote(tmp_path, monkeypatch
     records = _records(tmp_path, 6)
     absorbed, covered = _two_processes_of_one_run(tmp_path, str(tmp_path / "one"), records, "a" * 32)
     assert covered  # the second writer answers from memory, the first one's files included
-    with monkeypatch.context() as patch:
-        patch.setattr(delta.OwnRows, "covers", lambda self, files: False)
-        from_files, _ = _two_processes_of_one_run(tmp_path, str(tmp_path / "files"), records, "b" * 32)
+    from_files, _ = _from_files(
+        monkeypatch, lambda: _two_processes_of_one_run(tmp_path, str(tmp_path / "files"), records, "b" * 32)
+    )
     assert absorbed == from_files
     tags = {row[0]: row[1] for row in absorbed}
     assert tags[records[0].id] == [] and tags[records[3].id] == ["v0", "v3"]
