@@ -438,11 +438,16 @@ def test_a_repository_keeps_manifest_bytes_up_to_its_budget_then_digests_only(mo
     monkeypatch.setattr(registry, "_KEPT_MANIFEST_BYTES", 20)
     manifests = {f"t{n}": f"manifest {n}".encode() for n in range(5)}  # 10 bytes each
     manifests["liar"] = b"manifest x"
+    manifests["signed"] = b"manifest s"  # schema 1: its digest is that of its payload, not of these bytes
 
     def digest(data):
         return "sha256:" + hashlib.sha256(data).hexdigest()
 
     def fetch_tag(state, tag):
+        if tag == "signed":
+            return Fetched(
+                tag, digest(b"payload"), manifests[tag], "application/vnd.docker.distribution.manifest.v1+prettyjws"
+            )
         said = digest(b"another manifest") if tag == "liar" else digest(manifests[tag])
         return Fetched(tag, said, manifests[tag], "application/vnd.oci.image.manifest.v1+json")
 
@@ -459,7 +464,8 @@ def test_a_repository_keeps_manifest_bytes_up_to_its_budget_then_digests_only(mo
     out = list(crawl.run())
     # one thread fetches in tag order: the first 20 bytes are kept, the rest walked by digest
     assert {tag for tag, data in walked.items() if data is not None} == {"t0", "t1"}
-    assert walked["t0"] == manifests["t0"] and sorted(walked) == ["t0", "t1", "t2", "t3", "t4"]
+    assert walked["t0"] == manifests["t0"] and sorted(walked) == ["signed", "t0", "t1", "t2", "t3", "t4"]
+    assert walked["signed"] is None  # let go unchecked: the walk fetches it again by its digest
     errors = [str(item) for item in out if isinstance(item, SourceError)]
     # the liar's bytes were let go only after they were checked against the digest it gave
     assert errors == [

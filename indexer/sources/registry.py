@@ -626,14 +626,14 @@ class Crawl:
         fetched = self._fetch_tag(state, tag)
         if not isinstance(fetched, Fetched) or fetched.data is None or budget.take(len(fetched.data)):
             return fetched
-        hashed = "sha256:" + hashlib.sha256(fetched.data).hexdigest()
-        if fetched.digest.startswith("sha256:") and fetched.digest != hashed:
-            return SourceError(
-                self._where(state.name, tag),
-                f"the registry says the manifest is {fetched.digest} (Docker-Content-Digest), "
-                f"but its bytes hash to {hashed}",
-            )
-        return Fetched(tag, fetched.digest or hashed, None, fetched.media_type)
+        if _is_signed(fetched.media_type, fetched.data):
+            # Its digest is not that of these bytes: without one from the registry, keep them.
+            return Fetched(tag, fetched.digest, None, fetched.media_type) if fetched.digest else fetched
+        wrong = _not_its_digest(fetched.digest, fetched.data)
+        if wrong:
+            return SourceError(self._where(state.name, tag), wrong)
+        digest = fetched.digest or "sha256:" + hashlib.sha256(fetched.data).hexdigest()
+        return Fetched(tag, digest, None, fetched.media_type)
 
     def _fetch_tag(self, state: RepoState, tag: str) -> Fetched | SourceError:
         where = self._where(state.name, tag)
@@ -666,19 +666,14 @@ class Crawl:
                 Reference(self.registry, repository)
             ]
             ctx = dataclasses.replace(self.ctx, note=notes.append)
-            if media_type in mt.SCHEMA1 or (not media_type and _is_schema1(data)):
+            if _is_signed(media_type, data):
                 items = schema1_records(
                     data, digest, media_type, names, ctx, where, lambda d: self.head_blob_size(repository, d, where)
                 )
                 return items, notes
-            if digest.startswith("sha256:") and digest != "sha256:" + hashlib.sha256(data).hexdigest():
-                return [
-                    SourceError(
-                        where,
-                        f"the registry says the manifest is {digest} (Docker-Content-Digest), "
-                        f"but its bytes hash to sha256:{hashlib.sha256(data).hexdigest()}",
-                    )
-                ], notes
+            wrong = _not_its_digest(digest, data)
+            if wrong:
+                return [SourceError(where, wrong)], notes
             blobs = HttpBlobs(self, repository, digest, data, where)
             return list(walk(blobs, Blob(digest, len(data), media_type), names, ctx, where)), notes
         except (SourceError, HttpError) as exc:
@@ -899,6 +894,23 @@ class Crawl:
         """Whether this crawl's shard takes the repository: all its tags are one shard's, so
         that shard alone decides which of them moved or vanished."""
         return in_shard(self.ctx.shard, repository_key(self.registry, repository))
+
+
+def _is_signed(media_type: str, data: bytes) -> bool:
+    """A schema 1 manifest, by its media type or, without one, its bytes: its digest is that of
+    its payload without the signatures, not of the bytes served."""
+    return media_type in mt.SCHEMA1 or (not media_type and _is_schema1(data))
+
+
+def _not_its_digest(digest: str, data: bytes) -> str:
+    """Why manifest bytes do not match the sha256 digest the registry gave for them; "" when they do
+    (or the digest is of another algorithm, which the walk checks)."""
+    if not digest.startswith("sha256:"):
+        return ""
+    hashed = "sha256:" + hashlib.sha256(data).hexdigest()
+    if digest == hashed:
+        return ""
+    return f"the registry says the manifest is {digest} (Docker-Content-Digest), but its bytes hash to {hashed}"
 
 
 def _is_schema1(data: bytes) -> bool:
