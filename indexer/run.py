@@ -25,9 +25,24 @@ BATCH_BYTES = 64 * 1024 * 1024
 MAX_MESSAGES = 1000
 
 
-def unlisted(count: int, kind: str) -> str:
-    """The line that stands for the messages not kept."""
-    return f"{count} more {kind} not listed here (each was reported as it happened)"
+class Kept:
+    """The first MAX_MESSAGES messages of one kind, and how many were said."""
+
+    def __init__(self) -> None:
+        self.items: list = []
+        self.count = 0
+
+    def add(self, item) -> None:
+        self.count += 1
+        if len(self.items) < MAX_MESSAGES:
+            self.items.append(item)
+
+    def listed(self, messages: list[str], kind: str) -> list[str]:
+        """`messages` (the kept ones, in the order to list them), then a line for those not kept."""
+        rest = self.count - len(self.items)
+        if not rest:
+            return messages
+        return [*messages, f"{rest} more {kind} not listed here (each was reported as it happened)"]
 
 
 @dataclass
@@ -141,7 +156,7 @@ def run_tasks(
     claims: dict[tuple[str, str, str], str] = {}  # (registry, name, tag) -> the pending id that claimed it last
     task = Task(0, "")
     records_seen = 0
-    notes_seen = 0
+    errors, notes = Kept(), Kept()
     pending_bytes = 0
 
     def where() -> tuple[int, int]:
@@ -151,17 +166,12 @@ def run_tasks(
     # terminal, the summary and the runs table alike, whatever source produced them.
     def fail(message: str) -> None:
         message = printable(redact_userinfo(message))
-        summary.failed += 1
-        if len(summary.errors) < MAX_MESSAGES:
-            summary.errors.append(message)
+        errors.add(message)
         observer.on_error(message, where())
 
     def note(message: str) -> None:
-        nonlocal notes_seen
         message = printable(redact_userinfo(message))
-        notes_seen += 1
-        if len(summary.notes) < MAX_MESSAGES:
-            summary.notes.append(message)
+        notes.add(message)
         observer.on_note(message, where())
 
     def store(records: list[ImageRecord]) -> int:
@@ -243,10 +253,9 @@ def run_tasks(
             fail(f"{spec}: {exc}")
         observer.on_source(spec)
     flush()
-    if summary.failed > len(summary.errors):
-        summary.errors.append(unlisted(summary.failed - len(summary.errors), "errors"))
-    if notes_seen > len(summary.notes):
-        summary.notes.append(unlisted(notes_seen - len(summary.notes), "notes"))
+    summary.failed = errors.count
+    summary.errors = errors.listed(errors.items, "errors")
+    summary.notes = notes.listed(notes.items, "notes")
     summary.seconds = time.monotonic() - started
     return summary
 

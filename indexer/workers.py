@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from . import claims
 from .errors import ImgdexError, SourceError, StoreError
 from .run import (
-    MAX_MESSAGES,
+    Kept,
     RunObserver,
     RunSettings,
     RunSummary,
@@ -42,7 +42,6 @@ from .run import (
     now,
     record_run,
     run_tasks,
-    unlisted,
 )
 from .shard import CountedShard, Shard
 from .sources import ArchiveFolder, DetectedArchive, DockerArchive, OciArchive, OciLayout, SourceOptions, parse_source
@@ -391,10 +390,8 @@ class _Merge:
     work: Plan
     observer: RunObserver
     indexed: int = 0
-    failed: int = 0
-    errors: list = field(default_factory=list)  # (where, message): the first MAX_MESSAGES said
-    notes: list = field(default_factory=list)
-    notes_said: int = 0
+    errors: Kept = field(default_factory=Kept)  # (where, message)
+    notes: Kept = field(default_factory=Kept)  # (where, message)
     claims: dict = field(default_factory=dict)  # worker -> its claims, sealed (claims.ClaimLog)
     store_error: str = ""
     # hash((worker, kind, where, message)) -> times that worker said it; hashes, as a source of
@@ -422,9 +419,7 @@ class _Merge:
                 self._error(where, message)
                 self._found[where[0]] = self._found.get(where[0], 0) + 1
             else:
-                self.notes_said += 1
-                if len(self.notes) < MAX_MESSAGES:
-                    self.notes.append((where, message))
+                self.notes.add((where, message))
                 self.observer.on_note(message)
         if worker == 0:
             self.poll(children)
@@ -521,9 +516,7 @@ class _Merge:
         self._error((len(self.work.specs), 0), message)
 
     def _error(self, where: tuple, message: str) -> None:
-        self.failed += 1
-        if len(self.errors) < MAX_MESSAGES:
-            self.errors.append((where, message))
+        self.errors.add((where, message))
         self.observer.on_error(message)
 
     # ---- the outcome
@@ -540,13 +533,14 @@ class _Merge:
 
     def summary(self) -> RunSummary:
         # Sorted by where they arose, so the runs row lists them in the order of the sources.
-        errors = [message for _, message in sorted(self.errors, key=lambda e: e[0])]
-        notes = [message for _, message in sorted(self.notes, key=lambda n: n[0])]
-        if self.failed > len(errors):
-            errors.append(unlisted(self.failed - len(errors), "errors"))
-        if self.notes_said > len(notes):
-            notes.append(unlisted(self.notes_said - len(notes), "notes"))
-        return RunSummary(indexed=self.indexed, failed=self.failed, errors=errors, notes=notes)
+        errors = [message for _, message in sorted(self.errors.items, key=lambda e: e[0])]
+        notes = [message for _, message in sorted(self.notes.items, key=lambda n: n[0])]
+        return RunSummary(
+            indexed=self.indexed,
+            failed=self.errors.count,
+            errors=self.errors.listed(errors, "errors"),
+            notes=self.notes.listed(notes, "notes"),
+        )
 
     def contested(self) -> list[tuple[str, str, str, str, str]]:
         """(registry, name, tag, image id, digest) of the later claim of each tag that two images

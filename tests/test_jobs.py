@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from conftest import ROOT, store_views
 
 from indexer import workers
+import indexer.run as run_module
 from indexer.run import RunObserver, RunSettings
 from indexer.shard import CountedShard, Shard
 from indexer.sources import SourceOptions
@@ -405,7 +406,7 @@ def test_a_worker_that_exits_before_it_is_done_is_one_failure(tmp_path):
 
 
 def test_the_merged_run_keeps_the_first_messages_and_counts_them_all(monkeypatch):
-    monkeypatch.setattr(workers, "MAX_MESSAGES", 2)
+    monkeypatch.setattr(run_module, "MAX_MESSAGES", 2)
     work = workers.Plan(["x"], [[], []])
     said = []
     merged = workers._Merge(work, RunObserver(on_error=said.append, on_note=said.append))
