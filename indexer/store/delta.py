@@ -855,7 +855,7 @@ class DeltaStore:
         prefix = "part-" if data_change else deltalog.COMPACTED_PREFIX
         # The run's id in the name tells the processes of one `index --jobs` run each other's files
         # (see `_absorb`).
-        run = f"{_run_mark(run_id)}" if run_id else ""
+        run = _run_mark(run_id) if run_id else ""
         name = f"{prefix}{int(time.time() * 1e6):016d}-{run}{uuid.uuid4().hex}.zstd.parquet"
         path = f"{self._table_dir(table)}/{name}"
         target = DELTA_SCHEMAS[table]

@@ -24,6 +24,8 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Iterator
 
+import pyarrow.parquet as pq
+
 
 from .. import collector, timestamps
 from ..errors import StoreError
@@ -131,8 +133,6 @@ class DeltaWriter:
                     f"COPY ({sql}) TO '{quoted}' (FORMAT parquet)", [registry, prefix, prefix, prefix] * 4
                 )
             )
-            import pyarrow.parquet as pq
-
             name, tags, exact = None, {}, set()
             for batch in pq.ParquetFile(path).iter_batches(batch_size=8192):
                 columns = [batch.column(i).to_pylist() for i in range(4)]
