@@ -706,7 +706,7 @@ class _StubEngine:
     context, over TLS); records the paths asked and counts connections. `close_each` closes every
     connection after its answer without saying so, as an engine restarting its listener would.
     /v1.49/images/slow/json answers a byte every 0.1 s; /v1.49/images/endless/json says it sends
-    1 GiB and tries to."""
+    1 GiB and tries to; /v1.49/images/unannounced/json does too, without a Content-Length."""
 
     def __init__(self, transport: str, *, tls=None, close_each: bool = False):
         import http.server
@@ -739,9 +739,12 @@ class _StubEngine:
                     pass
                 self.close_connection = True
 
-            def flood(self):
+            def flood(self, announced: bool):
                 self.send_response(200)
-                self.send_header("Content-Length", str(1 << 30))
+                if announced:
+                    self.send_header("Content-Length", str(1 << 30))
+                else:
+                    self.send_header("Connection", "close")  # a body that ends when the connection does
                 self.end_headers()
                 try:
                     for _ in range(1 << 14):
@@ -756,7 +759,9 @@ class _StubEngine:
                 if path == "/v1.49/images/slow/json":
                     return self.drip()
                 if path == "/v1.49/images/endless/json":
-                    return self.flood()
+                    return self.flood(announced=True)
+                if path == "/v1.49/images/unannounced/json":
+                    return self.flood(announced=False)
                 if path == "/version":
                     body, status = {"ApiVersion": "1.49", "Version": "28.2.2"}, 200
                 elif path == "/v1.49/images/json":
@@ -897,14 +902,15 @@ def test_slow_engine_fails_the_request_at_its_deadline():
         stub.stop()
 
 
-def test_an_answer_past_the_limit_fails_the_request_in_one_line(monkeypatch):
+@pytest.mark.parametrize("image", ["endless", "unannounced"])
+def test_an_answer_past_the_limit_fails_the_request_in_one_line(monkeypatch, image):
     monkeypatch.setattr(daemon, "MAX_ANSWER_BYTES", 100_000)
     stub = _StubEngine("unix")
     try:
         client = EngineApiClient(stub.address)
         with pytest.raises(EngineRefused) as caught:
-            client.inspect_image("endless")
-        assert str(caught.value) == "image endless: the answer is over 100,000 bytes"
+            client.inspect_image(image)
+        assert str(caught.value) == f"image {image}: the answer is over 100,000 bytes"
         assert client.inspect_image("app:1") == {"Id": "x"}  # the others still go through
         client.close()
     finally:

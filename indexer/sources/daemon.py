@@ -59,6 +59,7 @@ from ..model import (
 from ..references import Reference, parse_reference
 from ..shard import Shard, in_shard, repository_key
 from . import mediatypes as mt
+from .bodies import BodyTooLarge, read_capped
 from .jsonshape import list_at, object_at, string_at
 from .parse import Context, check_sizes, new_record, parse_config, platform_of, size_problem, valid_size
 
@@ -309,16 +310,6 @@ class _AnswerTooLong(http.client.HTTPException):
     pass
 
 
-def _read_at_most(response: http.client.HTTPResponse, limit: int) -> bytes:
-    pieces, total = [], 0
-    while piece := response.read(min(1 << 20, limit + 1 - total)):
-        pieces.append(piece)
-        total += len(piece)
-        if total > limit:
-            raise _AnswerTooLong(f"the answer is over {limit:,} bytes")
-    return b"".join(pieces)
-
-
 def _reason(exc: BaseException) -> str:
     """Why an exchange with the engine failed, in a few words."""
     if isinstance(exc, _AnswerTooLong):
@@ -408,7 +399,10 @@ class EngineApiClient:
             try:
                 connection.request("GET", target, headers=self._headers)
                 response = connection.getresponse()
-                body = _read_at_most(response, MAX_ANSWER_BYTES)
+                try:
+                    body = read_capped(response, MAX_ANSWER_BYTES)
+                except BodyTooLarge:
+                    raise _AnswerTooLong(f"the answer is over {MAX_ANSWER_BYTES:,} bytes") from None
             except BaseException as exc:
                 connection.close()
                 if reused and isinstance(exc, _STALE):

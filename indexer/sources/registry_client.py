@@ -41,6 +41,7 @@ from urllib3.exceptions import TimeoutError as Urllib3Timeout
 from ..errors import AuthError, HostDown, HttpError
 from ..references import redact_userinfo
 from . import mediatypes as mt
+from .bodies import BodyTooLarge, read_capped
 from .registry_auth import Credentials, HostAuth, parse_token_response
 
 USER_AGENT = "imgdex-registry-crawler/0.1"
@@ -207,30 +208,12 @@ def registry_error_text(body: bytes) -> str:
     return ""
 
 
-class _TooLarge(Exception):
-    pass
-
-
 def _read_capped(response: urllib3.BaseHTTPResponse, limit: int, method: str) -> bytes:
     """The whole body, refused past `limit`; afterwards the response holds nothing unread."""
     if method == "HEAD":
         response.read()  # no body, but http.client counts the response open until it is read
         return b""
-    length = response.headers.get("Content-Length", "")
-    if length.isdigit():
-        if int(length) > limit:
-            raise _TooLarge(int(length))
-        # http.client reads exactly Content-Length bytes (and urllib3 fails a shorter body): one call will do
-        return response.read()
-    chunks, total = [], 0
-    while True:
-        chunk = response.read(65536)
-        if not chunk:
-            return b"".join(chunks)
-        total += len(chunk)
-        if total > limit:
-            raise _TooLarge(total)
-        chunks.append(chunk)
+    return read_capped(response, limit)
 
 
 # The deadline of the attempt running on this thread, for the responses it creates: urllib3 builds
@@ -466,10 +449,8 @@ class RegistryClient:
                 )
                 body = _read_capped(response, limit, method)
                 complete = True
-            except _TooLarge as exc:
-                raise HttpError(
-                    what, f"the answer is {exc.args[0]} bytes or more, over the {limit}-byte limit"
-                ) from None
+            except BodyTooLarge as exc:
+                raise HttpError(what, f"the answer is {exc.size} bytes or more, over the {limit}-byte limit") from None
             except (Urllib3Error, OSError) as exc:
                 kind, reason = _classify(exc, timeout)
                 if kind in _NO_ANSWER:
