@@ -253,6 +253,8 @@ def _commit_info(actions: list[dict]) -> dict:
 
 def _read_checkpoint(replay: _Replay, log: str, names: list[str], con) -> None:
     paths = [os.path.join(log, name) for name in names]
+    if callable(con):
+        con = con()  # the caller's connection, opened only now that a checkpoint must be read
     own = con is None
     if own:
         import duckdb  # only when a checkpoint must be read: the connection costs start-up time
@@ -292,7 +294,8 @@ def read_table(
 ) -> TableFiles:
     """The live files of the Delta table at `location`, at `version`, at the newest version
     committed at or before `as_of` (a datetime with a zone, ISO text or epoch milliseconds), or
-    at the latest version. `con`: a DuckDB connection to read a checkpoint with, if one is needed."""
+    at the latest version. `con`: a DuckDB connection to read a checkpoint with, if one is needed,
+    or a function that opens one (called only then)."""
     table = table or os.path.basename(location.rstrip("/"))
     if not is_local(location):
         return _read_with_deltalake(location, table, version, as_of)
