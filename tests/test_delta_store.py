@@ -3,6 +3,7 @@ concurrent writers, killed writers, and the log reader of the lookup path."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -189,6 +190,78 @@ def test_premerge_moves_tags_pools_them_and_writes_nothing_when_nothing_is_new(s
     assert current(store) == state
     rows = store.snapshot().con.execute("SELECT count(*), count(DISTINCT id) FROM images_versions").fetchall()
     assert rows == [(2, 2)]  # one row per image: the winning data with the newest tags
+
+
+def test_a_few_keys_are_read_from_the_files_whose_ranges_may_hold_them(store, monkeypatch):
+    """A store of many small runs: a run's questions open the files whose id or name range (from
+    the log's statistics) may hold its keys, and answer as the whole store does."""
+
+    def run(run_id, *rows):
+        return store.write_run({"run_id": run_id}, lambda snap: premerge(snap, images(*rows)))
+
+    for n in range(10):
+        run(f"r{n}", image(n, tags=[f"v{n}"], name=f"app{n}"))
+    run("move", image(10, tags=["v3"], name="app3"))  # v3 moves from image 3: a tags-only row
+    run("retire", image(11, name="app7"))
+    store.write_run({"run_id": "t"}, Changes(retired_images=["crp00000000000000007"]))
+    total = len(deltalog.read_table(store.location("images")).files)
+    keys = [
+        ("r.example", "app3", "v3"),
+        ("r.example", "app5", "v5"),
+        ("r.example", "app9", "none"),
+        ("r.example", "app7", "v7"),
+    ]
+    ids = [f"crp{n:017d}" for n in (3, 5, 7, 10, 99)]
+    with DeltaStore(store.store) as s:
+        snap = s.snapshot()
+        opened = []
+        versions_sql = deltalog.versions_sql
+        monkeypatch.setattr(
+            deltalog, "versions_sql", lambda files, **kw: opened.append(files.files) or versions_sql(files, **kw)
+        )
+        key_table = pa.table({c: [k[i] for k in keys] for i, c in enumerate(("registry", "name", "tag"))})
+        holders = sorted(tuple(r.values()) for r in snap.tag_holders(key_table).to_pylist())
+        state = {r["id"]: (r["exactness"], r["tags"]) for r in snap.image_state(ids).to_pylist()}
+        rows = {r["id"]: dict(r["labels"]) for r in snap.images(ids).to_pylist()}
+        # the runs of other images and names were never opened
+        untouched = [f"-rr{n}-" for n in (0, 1, 2, 4, 6, 8)]
+        assert len(opened) == 4 and all(len(files) < total for files in opened)
+        assert not [path for files in opened for path in files if any(mark in path for mark in untouched)]
+        monkeypatch.undo()
+        wanted = " OR ".join(f"(name = '{n}' AND tag = '{t}')" for _, n, t in keys)
+        assert holders == sorted(snap.con.execute(f"SELECT * FROM tags WHERE {wanted}").fetchall())
+        assert holders == [
+            ("r.example", "app3", "v3", "crp00000000000000010"),
+            ("r.example", "app5", "v5", "crp00000000000000005"),
+        ]
+        listed = ", ".join(f"'{i}'" for i in ids)
+        expected = snap.con.execute(f"SELECT id, exactness, tags, labels FROM images WHERE id IN ({listed})").fetchall()
+        assert state == {i: (e, t) for i, e, t, _ in expected}
+        assert rows == {i: dict(labels) for i, _, _, labels in expected} and len(rows) == 3
+
+
+def test_file_ranges_narrow_by_id_or_name_and_keep_what_they_cannot_rule_out():
+    files = deltalog.TableFiles(
+        "images",
+        "x",
+        1,
+        0,
+        ("a", "b", "c", "d"),
+        (),
+        None,
+        (("k1", "k3"), ("k4", "k6"), None, ("k0", "k9")),
+        True,
+        (("app", "app"), (), ("web", "zoo"), None),
+    )
+    assert files.holding(["k2"]).files == ("a", "c", "d")
+    assert files.holding(["k5", "k7"]).files == ("b", "c", "d")
+    assert files.holding(["app"], column="name").files == ("a", "d")  # b holds no names
+    assert files.holding(["x"], column="name").files == ("c", "d")
+    assert files.holding([], column="name").files == ("d",)
+    narrowed = files.holding(["web"], column="name")
+    assert narrowed.key_ranges == (None, ("k0", "k9")) and narrowed.name_ranges == (("web", "zoo"), None)
+    unknown = dataclasses.replace(files, name_ranges=())
+    assert unknown.holding(["x"], column="name") is unknown
 
 
 def test_compaction_keeps_the_resolved_state_in_id_ranges(store, tmp_path):

@@ -97,6 +97,8 @@ DATA_COLUMNS = tuple(
     if f.name not in ("id", "tags", "source_kind", "source_path", "indexed_at", "created_at", "id_origin")
 )
 KEYS = {"images": ("id",), "tags": ("registry", "name", "tag"), "runs": ("run_id",)}
+# The images files also give the range of their names, which a run's tag question narrows by.
+_STATS_COLUMNS = {"images": ("id", "name")}
 _SORT = {"images": ("id",), "tags": ("registry", "name", "tag"), "runs": ("started_at", "run_id")}
 # The order of compacted images within each run of a file: Image.List's default order (name, digest,
 # then the id; `queries/listing.py`), so that a page's rows are neighbours.
@@ -136,6 +138,8 @@ _STATISTICS = {
     "tags": ["registry", "name", "tag", "image_id", WRITTEN_AT, RUN_ID, TOMBSTONE],
     "runs": ["run_id", "started_at"],
 }
+# The columns the resolution rule reads (deltalog.resolved_sql), with the tags it keeps.
+_RESOLVED = "id, exactness, tags, written_at, run_id, tombstone, tags_only, tags_written_at"
 # Up to this many keys go into a query as constants (see Snapshot.key_filter).
 _LITERAL_KEYS = 5_000
 # Images whose keys a DeltaStore keeps in memory (OwnRows): about 500 MB at most.
@@ -324,13 +328,26 @@ class Snapshot:
         self.files = files
         self._connect = con if callable(con) else (lambda: con)
         self._con = None
+        self._current_views = False
         self.own = own if own is not None and own.covers(files) else None
 
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
+        """DuckDB with every view: TABLE_versions and TABLE."""
+        con = self.versions_con
+        if not self._current_views:
+            for statement in deltalog.view_statements(self.files, versions=False):
+                con.execute(statement)
+            self._current_views = True
+        return con
+
+    @property
+    def versions_con(self) -> duckdb.DuckDBPyConnection:
+        """DuckDB with the views TABLE_versions only: all that a run reads (DuckDB binds a view when
+        it is created, and the views of current rows cost ~10 ms that a small run felt)."""
         if self._con is None:
             con = self._connect()
-            for statement in deltalog.view_statements(self.files):
+            for statement in deltalog.view_statements(self.files, current=False):
                 con.execute(statement)
             self._con = con
         return self._con
@@ -355,23 +372,28 @@ class Snapshot:
         values = list(dict.fromkeys(v for v in values if v is not None))
         if len(values) <= _LITERAL_KEYS:
             return f"{column} IN ({', '.join(_quote(v) for v in values) or 'NULL'})"
-        self.con.register(table, arrow.table({column: arrow.strings(values)}))
+        self._connect().register(table, arrow.table({column: arrow.strings(values)}))
         return f"{column} IN (SELECT {column} FROM {table})"
+
+    def _versions_of(self, ids: list[str], columns: str) -> tuple[deltalog.TableFiles, str] | None:
+        """The images files that may hold `ids`, by the id ranges in the log, and SQL for the
+        `columns` of those ids' row versions in them; None when no file may hold one. A store of
+        many small runs then opens a file or two, not every file, for a run's few images."""
+        files = self.files["images"].holding(ids)
+        if not files.files:
+            return None
+        where = self.key_filter("id", ids, "wanted_ids")
+        return files, f"(SELECT {columns} FROM ({deltalog.versions_sql(files)}) WHERE {where})"
 
     def image_state(self, ids: Sequence[str] | pa.Array) -> pa.Table:
         """id, exactness, content_hash and tags of the current rows of `ids` that exist; reads only
         those narrow columns, so it stays cheap on a large table."""
         ids = ids.to_pylist() if isinstance(ids, (pa.Array, pa.ChunkedArray)) else list(ids)
-        if not self.may_hold("id", ids):
+        versions = self.may_hold("id", ids) and self._versions_of(ids, _RESOLVED + ", content_hash")
+        if not versions:
             return arrow.empty(_IMAGE_STATE)
-        where = self.key_filter("id", ids, "wanted_ids")
-        sql = deltalog.resolved_sql(
-            self.files["images"],
-            f"(SELECT id, exactness, content_hash, tags, written_at, run_id, tombstone, tags_only, tags_written_at "
-            f"FROM images_versions WHERE {where})",
-            columns=("id", "exactness", CONTENT_HASH, "tags"),
-        )
-        return _arrow(self.con, sql)
+        sql = deltalog.resolved_sql(*versions, columns=("id", "exactness", CONTENT_HASH, "tags"))
+        return _arrow(self._connect(), sql)
 
     def current_images(self, where: str, columns: tuple[str, ...]) -> str:
         """SQL for the current rows, in `columns`, of the images that have a row version matching
@@ -387,11 +409,10 @@ class Snapshot:
     def images(self, ids: Sequence[str] | pa.Array) -> pa.Table:
         """The current rows of `ids` that exist, in the columns of `schema.IMAGES`."""
         ids = ids.to_pylist() if isinstance(ids, (pa.Array, pa.ChunkedArray)) else list(ids)
-        if not self.may_hold("id", ids):
+        versions = self.may_hold("id", ids) and self._versions_of(ids, "*")
+        if not versions:
             return arrow.empty(schema.IMAGES)
-        where = self.key_filter("id", ids, "wanted_ids")
-        sql = deltalog.resolved_sql(self.files["images"], f"(SELECT * FROM images_versions WHERE {where})")
-        return _arrow(self.con, sql).select([f.name for f in schema.IMAGES])
+        return _arrow(self._connect(), deltalog.resolved_sql(*versions)).select([f.name for f in schema.IMAGES])
 
     def tag_holders(self, keys: pa.Table) -> pa.Table:
         """registry, name, tag, image_id of the current claims among `keys` (registry, name, tag)."""
@@ -399,19 +420,33 @@ class Snapshot:
         columns = [keys.column(c).to_pylist() for c in ("registry", "name", "tag")]
         if not self.may_hold("tag", zip(*columns)):
             return arrow.empty(schema.TAGS)
-        names = self.key_filter("name", keys.column("name").to_pylist(), "wanted_names")
-        self.con.register("wanted_keys", keys)
+        # Read from the images that carry these names, as readers see tags (deltalog.current_tags_sql):
+        # the ids of the names first, by a scan of the name column of the files whose name range
+        # holds one, then the current rows of those ids only. In one query, DuckDB read every
+        # column of every file to find those ids.
+        con = self._connect()
+        names = keys.column("name").to_pylist()
+        named = self.files["images"].holding(names, column="name")
+        if not named.files:
+            return arrow.empty(schema.TAGS)
+        where = self.key_filter("name", names, "wanted_names")
+        ids = [
+            row[0]
+            for row in con.execute(f"SELECT DISTINCT id FROM ({deltalog.versions_sql(named)}) WHERE {where}").fetchall()
+        ]
+        versions = self._versions_of(ids, _RESOLVED + ", registry, name") if ids else None
+        if versions is None:
+            return arrow.empty(schema.TAGS)
+        images = deltalog.resolved_sql(*versions, columns=("id", "registry", "name", "tags"))
+        con.register("wanted_keys", keys)
         try:
-            # Read from the images that carry these names, as readers see tags (deltalog.current_tags_sql):
-            # the images of the names first, by a scan of the name column, then their current rows.
-            images = self.current_images(names, ("id", "registry", "name", "tags"))
             sql = (
                 f"SELECT registry, name, tag, image_id FROM ({deltalog.current_tags_sql(f'({images})')}) "
                 "WHERE (registry, name, tag) IN (SELECT (registry, name, tag) FROM wanted_keys)"
             )
-            return _arrow(self.con, sql)
+            return _arrow(con, sql)
         finally:
-            self.con.unregister("wanted_keys")
+            con.unregister("wanted_keys")
 
     def latest_written_at(self) -> datetime | None:
         if self.own is not None:
@@ -1518,7 +1553,7 @@ class _Stats:
     skip files by."""
 
     def __init__(self, table: str):
-        self.columns = KEYS[table]
+        self.columns = _STATS_COLUMNS.get(table, KEYS[table])
         self.rows = 0
         self.nulls = dict.fromkeys(self.columns, 0)
         self.low: dict = dict.fromkeys(self.columns)

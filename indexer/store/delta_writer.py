@@ -129,7 +129,7 @@ class DeltaWriter:
             path = os.path.join(folder, "states.parquet")
             quoted = path.replace("'", "''")
             self._guarded(
-                lambda: snapshot.con.execute(
+                lambda: snapshot.versions_con.execute(
                     f"COPY ({sql}) TO '{quoted}' (FORMAT parquet)", [registry, prefix, prefix, prefix] * 4
                 )
             )
@@ -265,7 +265,7 @@ def _with_digests(snapshot: Snapshot, digests: set[str], columns: tuple[str, ...
     if not snapshot.may_hold("digest", digests):
         return []
     where = snapshot.key_filter("digest", sorted(digests), "wanted_digests")
-    return snapshot.con.execute(
+    return snapshot.versions_con.execute(
         f"SELECT {', '.join(columns)} FROM ({snapshot.current_images(where, columns)})"
     ).fetchall()
 

@@ -15,10 +15,12 @@ rule lives in one place for readers and for compaction.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import json
 import os
 import re
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from urllib.parse import unquote, urlparse
 
@@ -100,6 +102,9 @@ class TableFiles:
     # False when some file predates the last schema change: such files lack the newer columns,
     # so DuckDB must match columns by name (slower: every file's schema is read per query).
     uniform: bool = True
+    # Per file of the images table, the (min, max) of `name` likewise; () for a file without names
+    # (tombstones and tags-only rows).
+    name_ranges: tuple = ()
 
     def candidates(self, key: str) -> tuple[str, ...]:
         """The files whose key range may hold `key`: a point lookup needs to open only these."""
@@ -107,12 +112,34 @@ class TableFiles:
             return self.files
         return tuple(f for f, r in zip(self.files, self.key_ranges, strict=True) if r is None or r[0] <= key <= r[1])
 
+    def holding(self, keys: Sequence[str], *, column: str = "id") -> "TableFiles":
+        """This table narrowed to the files whose range of `column` (the first key column, or
+        "name") may hold one of `keys`: the rows of a few keys, read without opening the rest."""
+        ranges = self.key_ranges if column != "name" else self.name_ranges
+        if len(ranges) != len(self.files):
+            return self
+        wanted = sorted({k for k in keys if k is not None})
+        kept = [i for i, r in enumerate(ranges) if r is None or (r and _any_within(wanted, r))]
+        if len(kept) == len(self.files):
+            return self
+        return dataclasses.replace(
+            self,
+            files=tuple(self.files[i] for i in kept),
+            key_ranges=tuple(self.key_ranges[i] for i in kept) if len(self.key_ranges) == len(self.files) else (),
+            name_ranges=tuple(self.name_ranges[i] for i in kept) if len(self.name_ranges) == len(self.files) else (),
+        )
+
     def for_key(self, key: str) -> "TableFiles":
         """This table narrowed to the files that may hold `key` (for `resolved_sql` of one lookup)."""
         if len(self.key_ranges) != len(self.files):
             return self
         kept = [(f, r) for f, r in zip(self.files, self.key_ranges, strict=True) if r is None or r[0] <= key <= r[1]]
         return dataclasses.replace(self, files=tuple(f for f, _ in kept), key_ranges=tuple(r for _, r in kept))
+
+
+def _any_within(wanted: list[str], bounds: tuple[str, str]) -> bool:
+    at = bisect.bisect_left(wanted, bounds[0])
+    return at < len(wanted) and wanted[at] <= bounds[1]
 
 
 def is_local(location: str) -> bool:
@@ -337,9 +364,12 @@ def read_table(
     columns = _columns(replay.metadata)
     files = tuple(replay.path(p) for p in replay.files)
     first_key = columns[0][0] if columns else None
-    ranges = tuple(_key_range(stats, first_key) for _, stats in replay.files.values())
+    wanted = (first_key, "name") if table == "images" else (first_key,)
+    parsed = [_stat_ranges(stats, wanted) for _, stats in replay.files.values()]
+    ranges = tuple(p[0] for p in parsed)
+    names = tuple(p[1] for p in parsed) if table == "images" else ()
     uniform = _as_dict(replay.metadata.get("configuration")).get(MIXED_SCHEMAS) != "true"
-    return TableFiles(table, location, version, timestamp, files, columns, run_id, ranges, uniform)
+    return TableFiles(table, location, version, timestamp, files, columns, run_id, ranges, uniform, names)
 
 
 def latest_version(location: str, table: str) -> int | None:
@@ -351,13 +381,27 @@ def latest_version(location: str, table: str) -> int | None:
     return max(versions) if versions else None
 
 
-def _key_range(stats: str | None, column: str | None) -> tuple | None:
-    if not stats or not column:
-        return None
+def _stat_ranges(stats: str | None, columns: tuple) -> list:
+    """Per column, (min, max) from a file's statistics; () when the column holds only nulls; None
+    when unknown."""
+    if not stats:
+        return [None] * len(columns)
     try:
         parsed = json.loads(stats)
+    except ValueError:
+        return [None] * len(columns)
+    return [_range(parsed, column) for column in columns]
+
+
+def _range(parsed, column: str | None) -> tuple | None:
+    try:
         low, high = parsed["minValues"][column], parsed["maxValues"][column]
-    except (ValueError, KeyError, TypeError):
+    except (KeyError, TypeError):
+        try:
+            if column and parsed["nullCount"][column] == parsed["numRecords"]:
+                return ()
+        except (KeyError, TypeError):
+            pass
         return None
     return (low, high) if isinstance(low, str) and isinstance(high, str) else None
 
@@ -674,11 +718,15 @@ def current_tags_sql(images: str = "images") -> str:
     return f"SELECT registry, name, unnest(tags) AS tag, id AS image_id FROM {images}"
 
 
-def view_statements(store_files: dict[str, TableFiles]) -> list[str]:
-    """CREATE VIEW statements: TABLE (current rows) and TABLE_versions (every row version)."""
+def view_statements(store_files: dict[str, TableFiles], *, versions: bool = True, current: bool = True) -> list[str]:
+    """CREATE VIEW statements: TABLE_versions (every row version) and TABLE (current rows), or
+    one kind of the two (the views of current rows read those of the versions)."""
     statements = []
     for table, files in store_files.items():
-        statements.append(f"CREATE OR REPLACE VIEW {table}_versions AS {versions_sql(files)}")
+        if versions:
+            statements.append(f"CREATE OR REPLACE VIEW {table}_versions AS {versions_sql(files)}")
+        if not current:
+            continue
         if table == "tags" and "images" in store_files:
             statements.append(f"CREATE OR REPLACE VIEW tags AS {current_tags_sql()}")
             continue
