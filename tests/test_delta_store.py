@@ -89,6 +89,60 @@ def test_append_resolves_highest_exactness_then_newest(store):
     assert labels == [({"note": "exact again"},)]
 
 
+def _notes(path: str) -> list:
+    with DeltaStore(path) as s:
+        return [r[0]["note"] for r in s.snapshot().con.execute("SELECT labels FROM images ORDER BY id").fetchall()]
+
+
+def _newest_row(path: str) -> datetime:
+    with DeltaStore(path) as s:
+        query = (
+            "SELECT max(written_at) FROM "
+            "(SELECT written_at FROM images_versions UNION ALL SELECT written_at FROM tags_versions)"
+        )
+        return s.snapshot().con.execute(query).fetchall()[0][0]
+
+
+def test_a_run_sorts_after_rows_a_clock_ahead_wrote_also_after_compaction(store, monkeypatch):
+    """A row version must sort after every version its run could read, whatever the clocks: the
+    newest written_at is known from the data files' names, which compaction keeps honest."""
+    path = store.store
+    monkeypatch.setattr(delta, "_now", lambda: datetime.now(timezone.utc) + timedelta(hours=1))
+    with DeltaStore(path) as ahead:
+        ahead.write_run({"run_id": "ahead"}, Changes(images=images(image(1, note="ahead"))))
+    monkeypatch.undo()
+    newest = _newest_row(path)
+    assert newest > datetime.now(timezone.utc) + timedelta(minutes=30)
+    with monkeypatch.context() as m:
+        # answered from the names in the log, without reading a file
+        m.setattr(delta.Snapshot, "con", property(lambda self: pytest.fail("read the files")))
+        with DeltaStore(path) as s:
+            named = s.snapshot().latest_written_at()
+    assert newest <= named < newest + timedelta(seconds=30)
+    with DeltaStore(path) as behind:
+        behind.write_run({"run_id": "behind"}, Changes(images=images(image(1, note="behind"))))
+    assert _notes(path) == ["behind"]
+    with DeltaStore(path) as s:
+        s.compact(**SHORT)  # on the clock that is behind: its files' names must not go back
+    with DeltaStore(path) as behind:
+        behind.write_run({"run_id": "after"}, Changes(images=images(image(1, note="after compaction"))))
+    assert _notes(path) == ["after compaction"]
+
+
+def test_a_file_named_by_another_writer_sends_the_newest_time_to_the_files(store):
+    ahead = datetime.now(timezone.utc) + timedelta(hours=1)
+    data = delta._cast("images", images(image(1, note="foreign")))
+    for column, value in ((deltalog.WRITTEN_AT, ahead), (deltalog.RUN_ID, "foreign"), (deltalog.TOMBSTONE, False)):
+        field = data.schema.field(column)
+        data = data.set_column(data.schema.get_field_index(column), field, pa.array([value], field.type))
+    deltalake.write_deltalake(store.location("images"), data, mode="append")
+    assert delta._newest_by_name(deltalog.read_table(store.location("images")).files) is delta._UNNAMED
+    with DeltaStore(store.store) as s:
+        assert s.snapshot().latest_written_at() == ahead
+        s.write_run({"run_id": "ours"}, Changes(images=images(image(1, note="ours"))))
+    assert _notes(store.store) == ["ours"]
+
+
 def test_created_at_is_utc_microseconds_and_created_keeps_nanoseconds(store):
     store.write_run({"run_id": "a"}, Changes(images=images(image(1))))
     table = deltalake.DeltaTable(store.location("images"))

@@ -46,6 +46,7 @@ import errno
 import json
 import os
 import random
+import re
 import tempfile
 import time
 import uuid
@@ -451,7 +452,10 @@ class Snapshot:
     def latest_written_at(self) -> datetime | None:
         if self.own is not None:
             return self.own.latest_written_at
-        row = self.con.execute(
+        named = _newest_by_name(p for t in ("images", "tags") if t in self.files for p in self.files[t].files)
+        if named is not _UNNAMED:
+            return named
+        row = self.versions_con.execute(
             "SELECT max(w) FROM (SELECT max(written_at) AS w FROM images_versions "
             "UNION ALL SELECT max(written_at) FROM tags_versions)"
         ).fetchall()
@@ -841,7 +845,7 @@ class DeltaStore:
                 pieces = (data.take(order.slice(start, step)) for start in range(0, n, step))
             if _has_adjacent_duplicates(sorted_keys):
                 raise StoreError(f"a run wrote the same {table} key twice; each key may appear once per run")
-            adds.append(self._write_parquet(table, pieces, data_change=True, run_id=run_id))
+            adds.append(self._write_parquet(table, pieces, data_change=True, run_id=run_id, newest=written_at))
             keys.append(sorted_keys)
             if table == "images":
                 written.append(data.select(["id", "digest", "registry", "name", "tags"]))
@@ -866,6 +870,19 @@ class DeltaStore:
             raise StoreError(f"a run wrote the same {table} key twice; each key may appear once per run")
         return adds, key_table, count, tombstones, written
 
+    def _newest_written(self, files: deltalog.TableFiles) -> datetime | None:
+        """The latest written_at of the rows of `files`: by their names, else read."""
+        named = _newest_by_name(files.files)
+        if named is not _UNNAMED or files.table not in ("images", "tags"):
+            return None if named is _UNNAMED else named
+        listed = ", ".join(_quote(f) for f in files.files)
+        row = (
+            self._duckdb()
+            .execute(f"SELECT max({WRITTEN_AT}) FROM read_parquet([{listed}], union_by_name = true)")
+            .fetchall()
+        )
+        return row[0][0]
+
     def _duplicates_across(self, table: str, adds: Sequence[AddAction]) -> bool:
         """Whether a key repeats across the files of one run (each file was checked by itself); read
         back from the files, so that a run of a million rows needs no hash set of its keys."""
@@ -886,16 +903,19 @@ class DeltaStore:
         data_change: bool,
         row_group_rows: int | None = None,
         run_id: str = "",
+        newest: datetime | None = None,
     ) -> AddAction:
         """One data file from a table or a stream of pieces (written as they come, so a compacted
-        file never sits whole in memory), and its add action with Delta statistics."""
+        file never sits whole in memory), and its add action with Delta statistics. `newest`: the
+        latest written_at of its rows, which its name must not be earlier than (`_newest_by_name`)."""
         # Compaction's files (the only ones that change no data) are known by their name: readers
         # take their rows as they are (deltalog.COMPACTED_PREFIX).
         prefix = "part-" if data_change else deltalog.COMPACTED_PREFIX
         # The run's id in the name tells the processes of one `index --jobs` run each other's files
         # (see `_absorb`).
         run = _run_mark(run_id) if run_id else ""
-        name = f"{prefix}{int(time.time() * 1e6):016d}-{run}{uuid.uuid4().hex}.zstd.parquet"
+        stamp = max(_micros(_now()), _micros(newest) if newest is not None else 0)
+        name = f"{prefix}{stamp:016d}-{run}{uuid.uuid4().hex}.zstd.parquet"
         path = f"{self._table_dir(table)}/{name}"
         target = DELTA_SCHEMAS[table]
         no_dictionary = _NO_DICTIONARY.get(table, set())
@@ -1065,13 +1085,18 @@ class DeltaStore:
             adds: list[AddAction] = []
             rows = 0
             try:
+                newest = self._newest_written(files)
                 for part in self._current_parts(table, files, cutoff, file_rows):
                     # An images part is already one file's span of ids (see `_current_parts`): one
                     # file, none when all of it was dropped, so that files never share ids.
                     for chunk in _chunks(part, 2**62 if table == "images" else file_rows):
                         adds.append(
                             self._write_parquet(
-                                table, chunk, data_change=False, row_group_rows=self.compact_row_group_rows
+                                table,
+                                chunk,
+                                data_change=False,
+                                row_group_rows=self.compact_row_group_rows,
+                                newest=newest,
                             )
                         )
                 rows = sum(json.loads(a.stats)["numRecords"] for a in adds)
@@ -1480,10 +1505,42 @@ def _run_mark(run_id: str) -> str:
     return f"r{run_id}-"
 
 
+# The time in the name of a data file of images or tags (microseconds since the epoch) is never
+# earlier than a written_at in it: a run names its files after the later of now and its rows'
+# written_at, compaction after the later of now and the newest row it rewrote. The newest row of
+# the store is then known from the file names in its log, without opening a file (a scan of
+# written_at cost 17 ms at 100,000 images, 74 ms at 1M). A name without that time (a file written
+# by another tool) sends the question to the files.
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_NAME_TIME = re.compile(r"(?:part-|compact-)([0-9]{16})-")
+_UNNAMED = object()
+
+
+def _newest_by_name(paths: Iterable[str]):
+    """The latest time named by `paths` (None for none), or `_UNNAMED` when one names none."""
+    newest = -1
+    for path in paths:
+        match = _NAME_TIME.match(path.rsplit("/", 1)[-1])
+        if match is None:
+            return _UNNAMED
+        newest = max(newest, int(match.group(1)))
+    return None if newest < 0 else _EPOCH + timedelta(microseconds=newest)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _micros(when: datetime) -> int:
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return (when - _EPOCH) // timedelta(microseconds=1)
+
+
 def _next_time(seen: datetime | None) -> datetime:
     """Now, or just after the newest row already written when a clock is behind: a row version
     must sort after every version its run could read."""
-    now = datetime.now(timezone.utc)
+    now = _now()
     if seen is not None:
         if seen.tzinfo is None:
             seen = seen.replace(tzinfo=timezone.utc)
