@@ -22,7 +22,7 @@ Measured, with the console script beside this interpreter (`.venv/bin/imgdex`, n
 Each index run into the large store goes into its own copy of it (data files hard-linked, which runs
 never rewrite; `_delta_log` copied), made outside the timed part. Repetitions interleave the command
 and its floors, so that load from elsewhere on the machine falls on all of them alike. Peak RSS is
-wait4's ru_maxrss of the measured process.
+wait4's ru_maxrss of the measured process, started by a small launcher (bench/launch.py).
 """
 
 from __future__ import annotations
@@ -32,9 +32,7 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -43,6 +41,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
 import corpus  # noqa: E402
+from launch import launch  # noqa: E402
 import floor  # noqa: E402
 import store_bench  # noqa: E402
 
@@ -57,20 +56,9 @@ def imgdex_script() -> list[str]:
 
 
 def run(cmd: list[str], *, capture: bool = False) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS in MiB and (if `capture`) stdout of one new process."""
-    with tempfile.TemporaryFile() as errors:
-        started = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE if capture else subprocess.DEVNULL, stderr=errors)
-        out = proc.stdout.read() if capture else b""
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.stdout:
-            proc.stdout.close()
-        if proc.returncode != 0:
-            errors.seek(0)
-            raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{errors.read().decode(errors='replace')}")
-    return wall, usage.ru_maxrss / 1024, out.decode()
+    """Wall seconds, peak RSS in MiB and (if `capture`) stdout of one new process (see launch.py)."""
+    wall, rss, out = launch(cmd, cwd=ROOT)
+    return wall, rss, out if capture else ""
 
 
 def clone_store(base: str, target: str) -> None:

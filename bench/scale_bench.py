@@ -18,7 +18,6 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 
@@ -27,29 +26,14 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import corpus  # noqa: E402
+from launch import launch  # noqa: E402
 import floor  # noqa: E402
 
 
-# Run by a fresh interpreter, which starts the command and reports its wall time and peak RSS. On
-# Linux a child's ru_maxrss also counts the memory of the process it was forked from, until it
-# execs; this process holds a whole floor's worth of a large layout, so it must not be that parent.
-_LAUNCHER = """
-import os, sys, time
-started = time.perf_counter()
-pid = os.posix_spawn(sys.argv[1], sys.argv[1:], os.environ,
-                     file_actions=[(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)])
-_, status, usage = os.wait4(pid, 0)
-print(time.perf_counter() - started, usage.ru_maxrss, os.waitstatus_to_exitcode(status))
-"""
-
-
 def _run(argv: list[str]) -> tuple[float, int]:
-    """(wall seconds, peak RSS in MiB) of one process, as a small launcher measured them."""
-    out = subprocess.run([sys.executable, "-c", _LAUNCHER, *argv], cwd=ROOT, capture_output=True, text=True)
-    wall, rss_kib, code = out.stdout.split()
-    if out.returncode != 0 or code != "0":
-        raise SystemExit(f"command failed ({code}): {' '.join(argv)}\n{out.stderr}")
-    return float(wall), int(rss_kib) // 1024
+    """(wall seconds, peak RSS in MiB) of one process (see launch.py)."""
+    wall, rss, _ = launch(argv, cwd=ROOT)
+    return wall, int(rss)
 
 
 def main() -> None:
