@@ -431,11 +431,18 @@ class Snapshot:
         if not named.files:
             return arrow.empty(schema.TAGS)
         where = self.key_filter("name", names, "wanted_names")
-        ids = [
-            row[0]
-            for row in con.execute(f"SELECT DISTINCT id FROM ({deltalog.versions_sql(named)}) WHERE {where}").fetchall()
-        ]
-        versions = self._versions_of(ids, _RESOLVED + ", registry, name") if ids else None
+        found = _arrow(con, f"SELECT DISTINCT id FROM ({deltalog.versions_sql(named)}) WHERE {where}")
+        wanted = _RESOLVED + ", registry, name"
+        if len(found) > _LITERAL_KEYS:
+            # The names of large repositories: their ids are joined in DuckDB, not listed in Python.
+            con.register("holder_ids", found)
+            whole = self.files["images"]
+            versions = (
+                whole,
+                (f"(SELECT {wanted} FROM ({deltalog.versions_sql(whole)}) WHERE id IN (SELECT id FROM holder_ids))"),
+            )
+        else:
+            versions = self._versions_of(found.column("id").to_pylist(), wanted) if len(found) else None
         if versions is None:
             return arrow.empty(schema.TAGS)
         images = deltalog.resolved_sql(*versions, columns=("id", "registry", "name", "tags"))
@@ -448,6 +455,8 @@ class Snapshot:
             return _arrow(con, sql)
         finally:
             con.unregister("wanted_keys")
+            if len(found) > _LITERAL_KEYS:
+                con.unregister("holder_ids")
 
     def latest_written_at(self) -> datetime | None:
         if self.own is not None:
