@@ -322,6 +322,24 @@ def test_file_ranges_narrow_by_id_or_name_and_keep_what_they_cannot_rule_out():
     assert unknown.holding(["x"], column="name") is unknown
 
 
+def test_file_ranges_come_from_statistics_and_distrust_cut_strings():
+    def ranges(low, high, nulls=0):
+        stats = {"numRecords": 2, "minValues": {"id": "a", "name": low}, "maxValues": {"id": "b", "name": high}}
+        stats["nullCount"] = {"id": 0, "name": nulls}
+        if low is None:
+            del stats["minValues"]["name"], stats["maxValues"]["name"]
+        return deltalog._stat_ranges(json.dumps(stats), ("id", "name"))
+
+    assert ranges("app", "web") == [("a", "b"), ("app", "web")]
+    assert ranges(None, None, nulls=2) == [("a", "b"), ()]  # no names in the file
+    assert ranges(None, None, nulls=1) == [("a", "b"), None]  # names too long to be given
+    long = "team/" + "x" * 27  # 32 characters: perhaps a prefix of a longer name
+    assert ranges("app", long) == [("a", "b"), None]
+    assert ranges("app", long[:-1]) == [("a", "b"), ("app", long[:-1])]
+    assert deltalog._stat_ranges(None, ("id", "name")) == [None, None]
+    assert deltalog._stat_ranges("{not json", ("id",)) == [None]
+
+
 def test_compaction_keeps_the_resolved_state_in_id_ranges(store, tmp_path):
     for run in range(6):
         rows = [image(n, 1 + (n + run) % 3, note=f"run {run}") for n in range(run * 7 % 13, 60, 3)]

@@ -403,7 +403,14 @@ def _range(parsed, column: str | None) -> tuple | None:
         except (KeyError, TypeError):
             pass
         return None
-    return (low, high) if isinstance(low, str) and isinstance(high, str) else None
+    if not isinstance(low, str) or not isinstance(high, str):
+        return None
+    # Writers may cut string statistics to a prefix of 32 characters (Delta's default), and a cut
+    # maximum is below the values it stands for: a bound that long is not trusted to rule a key out.
+    return (low, high) if len(low) < _STRING_STATS and len(high) < _STRING_STATS else None
+
+
+_STRING_STATS = 32
 
 
 def _version_at(table: str, log: str, commits: dict[int, str], when_ms: int, infos: dict) -> int:
