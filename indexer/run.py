@@ -158,6 +158,12 @@ def run_tasks(
     records_seen = 0
     errors, notes = Kept(), Kept()
     pending_bytes = 0
+    # Tag moves and retirements (a registry re-crawl finds them repository by repository) wait for
+    # the next batch and settle in one commit before its images, the order in which they used to
+    # commit one by one: a commit each cost a log replay and a listing of every file.
+    moves: dict[str, list[tuple[str, str, str]]] = {}
+    retired: list[tuple[str, str, str]] = []
+    settling: set[tuple[str, str, str]] = set()
 
     def where() -> tuple[int, int]:
         return task.position, task.shard.asked if isinstance(task.shard, CountedShard) else 0
@@ -188,8 +194,22 @@ def run_tasks(
             middle = len(records) // 2
             return store(records[:middle]) + store(records[middle:])
 
+    def settle() -> None:
+        if settling:
+            writer.settle_tags(dict(moves), list(retired))
+            moves.clear()
+            retired.clear()
+            settling.clear()
+
+    def wait_to_settle(keys: list[tuple[str, str, str]]) -> None:
+        # A tag already waiting settles first, so that the later change of it wins, as in order.
+        if len(settling) >= BATCH or not settling.isdisjoint(keys):
+            settle()
+        settling.update(keys)
+
     def flush() -> None:
         nonlocal pending_bytes
+        settle()
         if pending:
             summary.indexed += store(list(pending.values()))
             pending.clear()
@@ -218,7 +238,8 @@ def run_tasks(
                     fail(str(item))
                     continue
                 if isinstance(item, TagMoves):
-                    writer.claim_tags(item.registry, list(item.claims))
+                    wait_to_settle([(item.registry, name, tag) for name, tag, _ in item.claims])
+                    moves.setdefault(item.registry, []).extend(item.claims)
                     if keep_claims:
                         records_seen += 1
                         order = (*where(), records_seen)
@@ -226,7 +247,9 @@ def run_tasks(
                             summary.claims.add(item.registry, name, tag, order, "", digest)
                     continue
                 if isinstance(item, TagsRetired):
-                    writer.retire_tags(item.registry, item.name, list(item.tags))
+                    keys = [(item.registry, item.name, tag) for tag in item.tags]
+                    wait_to_settle(keys)
+                    retired.extend(keys)
                     continue
                 known = pending.get(item.id)
                 pending[item.id] = item if known is None else merge_records(known, item)

@@ -148,27 +148,31 @@ class DeltaWriter:
             if name is not None:
                 yield name, tags, exact
 
-    def claim_tags(self, registry: str, claims: list[tuple[str, str, str]]) -> int:
-        """Point each (name, tag, digest) at the indexed image of (name, digest); returns the tags
-        moved. Claims whose manifest is not indexed are ignored. One commit, like `write`."""
-        if not claims or not self._exists:
-            return 0
-        moved = 0
+    def settle_tags(self, moves: dict[str, list[tuple[str, str, str]]], retired: list[tuple[str, str, str]]) -> None:
+        """In one commit, like `write`: point each tag of `moves` (registry -> (name, tag, digest))
+        at the indexed image of (name, digest), ignoring claims whose manifest is not indexed, and
+        remove the `retired` tags (registry, name, tag), whose images stay, untagged if it was
+        their last. A claim and a retirement of one tag: the claim wins."""
+        if not (moves or retired) or not self._exists:
+            return
 
         def prepare(snapshot: Snapshot) -> Changes:
-            nonlocal moved
-            holders = _most_exact(snapshot, registry, {(name, digest) for name, _, digest in claims})
-            pointed = [
-                (registry, name, tag, holders[(name, digest)])
-                for name, tag, digest in claims
-                if (name, digest) in holders
-            ]
-            moved = len(pointed)
-            return premerge(snapshot, None, claims=pointed)
+            pointed = []
+            for registry, claims in moves.items():
+                holders = _most_exact(snapshot, registry, {(name, digest) for name, _, digest in claims})
+                pointed += [
+                    (registry, name, tag, holders[(name, digest)])
+                    for name, tag, digest in claims
+                    if (name, digest) in holders
+                ]
+            return premerge(snapshot, None, claims=pointed, retired_tags=list(retired))
 
         self._guarded(self._tables.write_changes, self.run_id, prepare)
         self._touched = True
-        return moved
+
+    def claim_tags(self, registry: str, claims: list[tuple[str, str, str]]) -> None:
+        """`settle_tags` of the tag moves of one registry."""
+        self.settle_tags({registry: claims}, [])
 
     def claim_tags_by_id(self, claims: list[tuple[str, str, str, str]]) -> None:
         """Point each (registry, name, tag, image id) at that image: for images without a manifest
@@ -181,14 +185,8 @@ class DeltaWriter:
         self._touched = True
 
     def retire_tags(self, registry: str, name: str, tags: list[str]) -> None:
-        """Remove tags that vanished from a repository. Their images stay, untagged if it was the last."""
-        if not tags or not self._exists:
-            return
-        keys = [(registry, name, tag) for tag in tags]
-        self._guarded(
-            self._tables.write_changes, self.run_id, lambda snapshot: premerge(snapshot, None, retired_tags=keys)
-        )
-        self._touched = True
+        """`settle_tags` of tags that vanished from one repository."""
+        self.settle_tags({}, [(registry, name, tag) for tag in tags])
 
     def close(self) -> None:
         self._tables.close()
