@@ -836,11 +836,12 @@ class DeltaStore:
                 data = data.set_column(
                     data.schema.get_field_index(CONTENT_HASH), CONTENT_HASH, self._content_hash(data)
                 )
-            if (order := _small_order(data, _SORT[table])) is not None:
-                # A few rows out of order (a new image and the one that lost its tag to it): put in
-                # order by slices, as a take would import pyarrow.compute (50 ms, a small run's sixth).
-                data = pa.concat_tables([data.slice(i, 1) for i in order]).combine_chunks()
-            if order is not None or _sorted_by(data, _SORT[table]):
+            order = _python_order(data, _SORT[table])
+            if order is not None:
+                if not isinstance(order, range):
+                    # A few rows out of order (a new image and the one that lost its tag to it): put
+                    # in order by slices, as a take imports pyarrow.compute (50 ms, a small run's sixth).
+                    data = pa.concat_tables([data.slice(i, 1) for i in order]).combine_chunks()
                 pieces = iter((data,))
                 sorted_keys = data.select(list(KEYS[table]))
             else:  # a take imports pyarrow.compute: the index path hands rows in order
@@ -1577,31 +1578,23 @@ def _lacks_hashes(data: pa.Table) -> bool:
     return hashes.null_count > no_data.count(True)
 
 
-def _sorted_by(data: pa.Table, keys: Sequence[str]) -> bool:
-    """Whether `data` is already in the order of its sort keys (no nulls), so needs no take.
-    Python orders str as Arrow orders their UTF-8 bytes."""
-    if len(data) < 2:
-        return True
-    columns = [data.column(key).to_pylist() for key in keys]
-    if any(None in values for values in columns):
-        return False
-    rows = columns[0] if len(columns) == 1 else list(zip(*columns))
-    return all(a <= b for a, b in zip(rows, rows[1:]))
-
-
+# Up to this many rows out of order are put in order in Python (see `_write_files`).
 _SMALL_ORDER = 1024
 
 
-def _small_order(data: pa.Table, keys: Sequence[str]) -> list[int] | None:
-    """The order of a few rows by their sort keys when they are out of order and have no nulls
-    (as Arrow orders them), else None."""
-    if not 2 <= len(data) <= _SMALL_ORDER:
-        return None
+def _python_order(data: pa.Table, keys: Sequence[str]) -> Sequence[int] | None:
+    """The order of the rows by their sort keys, as Arrow orders them: a `range` when they are in
+    order already; None when a key is null or more than _SMALL_ORDER rows are out of order. Python
+    orders str as Arrow orders their UTF-8 bytes."""
+    if len(data) < 2:
+        return range(len(data))
     columns = [data.column(key).to_pylist() for key in keys]
     if any(None in values for values in columns):
         return None
     rows = columns[0] if len(columns) == 1 else list(zip(*columns))
     if all(a <= b for a, b in zip(rows, rows[1:])):
+        return range(len(rows))
+    if len(rows) > _SMALL_ORDER:
         return None
     return sorted(range(len(rows)), key=rows.__getitem__)
 
