@@ -282,7 +282,9 @@ def test_a_few_keys_are_read_from_the_files_whose_ranges_may_hold_them(store, mo
         rows = {r["id"]: dict(r["labels"]) for r in snap.images(ids).to_pylist()}
         # the runs of other images and names were never opened (the ids of many, joined, read all)
         untouched = [f"-rr{n}-" for n in (0, 1, 2, 4, 6, 8)]
-        assert len(opened) == 4 and all(len(files) < total for files in opened[: 4 if literal_keys > 1 else 1])
+        assert len(opened) >= 4 and all(
+            len(files) < total for files in opened[: len(opened) if literal_keys > 1 else 1]
+        )
         if literal_keys > 1:
             assert not [path for files in opened for path in files if any(mark in path for mark in untouched)]
         monkeypatch.undo()

@@ -141,8 +141,10 @@ _STATISTICS = {
 }
 # The columns the resolution rule reads (deltalog.resolved_sql), with the tags it keeps.
 _RESOLVED = "id, exactness, tags, written_at, run_id, tombstone, tags_only, tags_written_at"
-# Up to this many keys go into a query as constants (see Snapshot.key_filter).
-_LITERAL_KEYS = 5_000
+# Up to this many keys go into a query as constants (see Snapshot.key_filter); past about a
+# thousand, DuckDB's join with a registered table is faster (5,000 ids at 1M images: 0.28 s as
+# constants, 0.13 s joined; one id: alike).
+_LITERAL_KEYS = 1_000
 # Images whose keys a DeltaStore keeps in memory (OwnRows): about 500 MB at most.
 MAX_OWN_KEYS = 2_000_000
 _BLOOM = {"images": ("id",), "tags": ("image_id",)}
@@ -376,25 +378,42 @@ class Snapshot:
         self._connect().register(table, arrow.table({column: arrow.strings(values)}))
         return f"{column} IN (SELECT {column} FROM {table})"
 
-    def _versions_of(self, ids: list[str], columns: str) -> tuple[deltalog.TableFiles, str] | None:
+    def versions_of(
+        self, ids: list[str], columns: str, *, held: bool = False
+    ) -> tuple[deltalog.TableFiles, str] | None:
         """The images files that may hold `ids`, by the id ranges in the log, and SQL for the
-        `columns` of those ids' row versions in them; None when no file may hold one. A store of
-        many small runs then opens a file or two, not every file, for a run's few images."""
+        `columns` of those ids' row versions in them; None when the store holds none of them. A
+        store of many small runs then opens a file or two, not every file, for a run's few
+        images. Unless the ids are known to be `held`, those the files hold are first found from
+        the id column alone: a run's new images, most of a large run, then cost no read of the
+        wider columns (0.16 s for 1,000 new ids at 1M images, against 0.03 s)."""
         files = self.files["images"].holding(ids)
         if not files.files:
             return None
         where = self.key_filter("id", ids, "wanted_ids")
+        if not held:
+            found = self._connect().execute(f"SELECT DISTINCT id FROM ({deltalog.versions_sql(files)}) WHERE {where}")
+            present = [row[0] for row in found.fetchall()]
+            if not present:
+                return None
+            if len(present) < len(set(ids)):
+                files = files.holding(present)
+                where = self.key_filter("id", present, "held_ids")
         return files, f"(SELECT {columns} FROM ({deltalog.versions_sql(files)}) WHERE {where})"
+
+    def current_of(self, ids: list[str], columns: tuple[str, ...], *, held: bool = False) -> str | None:
+        """SQL for the current rows, in `columns`, of those of `ids` that the store holds; None
+        when it holds none (see `versions_of`)."""
+        read = ", ".join(dict.fromkeys([*_RESOLVED.split(", "), *columns]))
+        versions = self.versions_of(ids, read, held=held)
+        return None if versions is None else deltalog.resolved_sql(*versions, columns=columns)
 
     def image_state(self, ids: Sequence[str] | pa.Array) -> pa.Table:
         """id, exactness, content_hash and tags of the current rows of `ids` that exist; reads only
         those narrow columns, so it stays cheap on a large table."""
         ids = ids.to_pylist() if isinstance(ids, (pa.Array, pa.ChunkedArray)) else list(ids)
-        versions = self.may_hold("id", ids) and self._versions_of(ids, _RESOLVED + ", content_hash")
-        if not versions:
-            return arrow.empty(_IMAGE_STATE)
-        sql = deltalog.resolved_sql(*versions, columns=("id", "exactness", CONTENT_HASH, "tags"))
-        return _arrow(self._connect(), sql)
+        sql = self.may_hold("id", ids) and self.current_of(ids, ("id", "exactness", CONTENT_HASH, "tags"))
+        return _arrow(self._connect(), sql) if sql else arrow.empty(_IMAGE_STATE)
 
     def current_images(self, where: str, columns: tuple[str, ...]) -> str:
         """SQL for the current rows, in `columns`, of the images that have a row version matching
@@ -410,7 +429,7 @@ class Snapshot:
     def images(self, ids: Sequence[str] | pa.Array) -> pa.Table:
         """The current rows of `ids` that exist, in the columns of `schema.IMAGES`."""
         ids = ids.to_pylist() if isinstance(ids, (pa.Array, pa.ChunkedArray)) else list(ids)
-        versions = self.may_hold("id", ids) and self._versions_of(ids, "*")
+        versions = self.may_hold("id", ids) and self.versions_of(ids, "*")
         if not versions:
             return arrow.empty(schema.IMAGES)
         return _arrow(self._connect(), deltalog.resolved_sql(*versions)).select([f.name for f in schema.IMAGES])
@@ -442,7 +461,7 @@ class Snapshot:
                 (f"(SELECT {wanted} FROM ({deltalog.versions_sql(whole)}) WHERE id IN (SELECT id FROM holder_ids))"),
             )
         else:
-            versions = self._versions_of(found.column("id").to_pylist(), wanted) if len(found) else None
+            versions = self.versions_of(found.column("id").to_pylist(), wanted, held=True) if len(found) else None
         if versions is None:
             return arrow.empty(schema.TAGS)
         images = deltalog.resolved_sql(*versions, columns=("id", "registry", "name", "tags"))

@@ -263,9 +263,11 @@ def _with_digests(snapshot: Snapshot, digests: set[str], columns: tuple[str, ...
     if not snapshot.may_hold("digest", digests):
         return []
     where = snapshot.key_filter("digest", sorted(digests), "wanted_digests")
-    return snapshot.versions_con.execute(
-        f"SELECT {', '.join(columns)} FROM ({snapshot.current_images(where, columns)})"
-    ).fetchall()
+    # The ids first, from the digest column alone: most digests of a run are new, and then no
+    # wider column is read.
+    found = snapshot.versions_con.execute(f"SELECT DISTINCT id FROM images_versions WHERE {where}").fetchall()
+    sql = snapshot.current_of([row[0] for row in found], columns, held=True) if found else None
+    return snapshot.versions_con.execute(f"SELECT {', '.join(columns)} FROM ({sql})").fetchall() if sql else []
 
 
 def _merge_rows(stored: dict, incoming: dict) -> dict:
