@@ -18,6 +18,8 @@ import deltalake
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 
 from indexer.errors import StoreError
@@ -322,6 +324,32 @@ def test_file_ranges_narrow_by_id_or_name_and_keep_what_they_cannot_rule_out():
     assert narrowed.key_ranges == (None, ("k0", "k9")) and narrowed.name_ranges == (("web", "zoo"), None)
     unknown = dataclasses.replace(files, name_ranges=())
     assert unknown.holding(["x"], column="name") is unknown
+
+
+@given(st.text(min_size=0, max_size=80))
+def test_string_statistics_bound_long_values_under_32_characters(text):
+    low, high = delta._lower_bound(text), delta._upper_bound(text)
+    assert low <= text and len(low) < 32
+    if high is not None:
+        assert text <= high and len(high) < 32
+        high.encode("utf-8")  # no surrogate
+        # every string that begins as `text` does stays under the bound
+        assert text[:31] + "\U0010ffff" * 3 <= high or len(text) <= 31
+
+
+def test_long_names_narrow_by_their_bounds(store, monkeypatch):
+    names = ["team/" + letter * 35 for letter in "abc"]
+    for n, name in enumerate(names):
+        store.write_run(
+            {"run_id": f"r{n}"}, lambda snap, n=n, name=name: premerge(snap, images(image(n, tags=["v"], name=name)))
+        )
+    files = deltalog.read_table(store.location("images"))
+    assert all(r and len(r[0]) < 32 for r in files.name_ranges)
+    assert len(files.holding([names[1]], column="name").files) == 1
+    with DeltaStore(store.store) as s:
+        keys = pa.table({"registry": ["r.example"], "name": [names[1]], "tag": ["v"]})
+        holders = s.snapshot().tag_holders(keys).to_pylist()
+    assert holders == [{"registry": "r.example", "name": names[1], "tag": "v", "image_id": image(1)["id"]}]
 
 
 def test_file_ranges_come_from_statistics_and_distrust_cut_strings():

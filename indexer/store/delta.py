@@ -1653,12 +1653,36 @@ class _Stats:
         stats = {"numRecords": self.rows, "minValues": {}, "maxValues": {}, "nullCount": self.nulls}
         for column in self.columns:
             low, high = self.low[column], self.high[column]
-            # Delta truncates string statistics at 32 characters; longer ones are left out rather
-            # than written in a way a reader could misjudge.
-            if isinstance(low, str) and isinstance(high, str) and len(low) <= 32 and len(high) <= 32:
-                stats["minValues"][column] = low
-                stats["maxValues"][column] = high
+            if isinstance(low, str) and isinstance(high, str):
+                low, high = _lower_bound(low), _upper_bound(high)
+                if high is not None:
+                    stats["minValues"][column] = low
+                    stats["maxValues"][column] = high
         return json.dumps(stats, separators=(",", ":"))
+
+
+# String statistics are kept under 32 characters, where readers (deltalog._range) trust them: a
+# longer value is written as a bound of 31, its prefix for a minimum, and for a maximum its prefix
+# with the last character raised, which is above every string that begins with that prefix.
+_BOUND = 31
+
+
+def _lower_bound(text: str) -> str:
+    return text[:_BOUND]
+
+
+def _upper_bound(text: str) -> str | None:
+    if len(text) <= _BOUND:
+        return text
+    prefix = text[:_BOUND]
+    while prefix:
+        point = ord(prefix[-1]) + 1
+        if point == 0xD800:
+            point = 0xE000  # no surrogates in a string that must encode as UTF-8
+        if point <= 0x10FFFF:
+            return prefix[:-1] + chr(point)
+        prefix = prefix[:-1]
+    return None  # all of it the highest code point: no bound
 
 
 def _chunks(reader: pa.RecordBatchReader, rows: int) -> Iterator[Iterator[pa.RecordBatch]]:
