@@ -316,6 +316,9 @@ def test_file_ranges_narrow_by_id_or_name_and_keep_what_they_cannot_rule_out():
         (("app", "app"), (), ("web", "zoo"), None),
     )
     assert files.holding(["k2"]).files == ("a", "c", "d")
+    assert files.for_key("k2").files == ("a", "c", "d")
+    # a file whose key column holds no values is never a candidate
+    assert dataclasses.replace(files, key_ranges=((), *files.key_ranges[1:])).for_key("k2").files == ("c", "d")
     assert files.holding(["k5", "k7"]).files == ("b", "c", "d")
     assert files.holding(["app"], column="name").files == ("a", "d")  # b holds no names
     assert files.holding(["x"], column="name").files == ("c", "d")

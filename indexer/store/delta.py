@@ -1664,7 +1664,7 @@ class _Stats:
 # String statistics are kept under 32 characters, where readers (deltalog._range) trust them: a
 # longer value is written as a bound of 31, its prefix for a minimum, and for a maximum its prefix
 # with the last character raised, which is above every string that begins with that prefix.
-_BOUND = 31
+_BOUND = deltalog.STRING_STATS - 1
 
 
 def _lower_bound(text: str) -> str:

@@ -106,12 +106,6 @@ class TableFiles:
     # (tombstones and tags-only rows).
     name_ranges: tuple = ()
 
-    def candidates(self, key: str) -> tuple[str, ...]:
-        """The files whose key range may hold `key`: a point lookup needs to open only these."""
-        if len(self.key_ranges) != len(self.files):
-            return self.files
-        return tuple(f for f, r in zip(self.files, self.key_ranges, strict=True) if r is None or r[0] <= key <= r[1])
-
     def holding(self, keys: Sequence[str], *, column: str = "id") -> "TableFiles":
         """This table narrowed to the files whose range of `column` (the first key column, or
         "name") may hold one of `keys`: the rows of a few keys, read without opening the rest."""
@@ -131,10 +125,7 @@ class TableFiles:
 
     def for_key(self, key: str) -> "TableFiles":
         """This table narrowed to the files that may hold `key` (for `resolved_sql` of one lookup)."""
-        if len(self.key_ranges) != len(self.files):
-            return self
-        kept = [(f, r) for f, r in zip(self.files, self.key_ranges, strict=True) if r is None or r[0] <= key <= r[1]]
-        return dataclasses.replace(self, files=tuple(f for f, _ in kept), key_ranges=tuple(r for _, r in kept))
+        return self.holding([key])
 
 
 def _any_within(wanted: list[str], bounds: tuple[str, str]) -> bool:
@@ -407,10 +398,11 @@ def _range(parsed, column: str | None) -> tuple | None:
         return None
     # Writers may cut string statistics to a prefix of 32 characters (Delta's default), and a cut
     # maximum is below the values it stands for: a bound that long is not trusted to rule a key out.
-    return (low, high) if len(low) < _STRING_STATS and len(high) < _STRING_STATS else None
+    return (low, high) if len(low) < STRING_STATS and len(high) < STRING_STATS else None
 
 
-_STRING_STATS = 32
+# String statistics this long may be a writer's cut prefix (see `_range`; delta.py writes shorter).
+STRING_STATS = 32
 
 
 def _version_at(table: str, log: str, commits: dict[int, str], when_ms: int, infos: dict) -> int:
