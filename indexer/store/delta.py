@@ -480,14 +480,9 @@ class Snapshot:
     def latest_written_at(self) -> datetime | None:
         if self.own is not None:
             return self.own.latest_written_at
-        named = _newest_by_name(p for t in ("images", "tags") if t in self.files for p in self.files[t].files)
-        if named is not _UNNAMED:
-            return named
-        row = self.versions_con.execute(
-            "SELECT max(w) FROM (SELECT max(written_at) AS w FROM images_versions "
-            "UNION ALL SELECT max(written_at) FROM tags_versions)"
-        ).fetchall()
-        return row[0][0]
+        return _newest_written(
+            self._connect, [p for t in ("images", "tags") if t in self.files for p in self.files[t].files]
+        )
 
 
 # ---- the store
@@ -899,19 +894,6 @@ class DeltaStore:
             raise StoreError(f"a run wrote the same {table} key twice; each key may appear once per run")
         return adds, key_table, count, tombstones, written
 
-    def _newest_written(self, files: deltalog.TableFiles) -> datetime | None:
-        """The latest written_at of the rows of `files`: by their names, else read."""
-        named = _newest_by_name(files.files)
-        if named is not _UNNAMED or files.table not in ("images", "tags"):
-            return None if named is _UNNAMED else named
-        listed = ", ".join(_quote(f) for f in files.files)
-        row = (
-            self._duckdb()
-            .execute(f"SELECT max({WRITTEN_AT}) FROM read_parquet([{listed}], union_by_name = true)")
-            .fetchall()
-        )
-        return row[0][0]
-
     def _duplicates_across(self, table: str, adds: Sequence[AddAction]) -> bool:
         """Whether a key repeats across the files of one run (each file was checked by itself); read
         back from the files, so that a run of a million rows needs no hash set of its keys."""
@@ -1114,7 +1096,7 @@ class DeltaStore:
             adds: list[AddAction] = []
             rows = 0
             try:
-                newest = self._newest_written(files)
+                newest = _newest_written(self._duckdb, files.files) if table in ("images", "tags") else None
                 for part in self._current_parts(table, files, cutoff, file_rows):
                     # An images part is already one file's span of ids (see `_current_parts`): one
                     # file, none when all of it was dropped, so that files never share ids.
@@ -1543,6 +1525,17 @@ def _run_mark(run_id: str) -> str:
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _NAME_TIME = re.compile(r"(?:part-|compact-)([0-9]{16})-")
 _UNNAMED = object()
+
+
+def _newest_written(connect: Callable[[], duckdb.DuckDBPyConnection], paths: list[str]) -> datetime | None:
+    """The latest written_at of the rows in the data files `paths` (of images or tags, None for no
+    rows): by their names, else read from the files through `connect()`."""
+    named = _newest_by_name(paths)
+    if named is not _UNNAMED:
+        return named
+    listed = ", ".join(_quote(p) for p in paths)
+    query = f"SELECT max({WRITTEN_AT}) FROM read_parquet([{listed}], hive_partitioning = false, union_by_name = true)"
+    return connect().execute(query).fetchall()[0][0]
 
 
 def _newest_by_name(paths: Iterable[str]):
