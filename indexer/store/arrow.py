@@ -119,13 +119,12 @@ def timestamps_ns(values) -> pa.Array:
 
 def utc_micros(values, dtype: pa.DataType) -> pa.Array:
     """A timestamp[us, UTC] array of aware datetimes or None."""
-    micros = [
-        None
-        if v is None
-        else ((v if v.tzinfo is not None else v.replace(tzinfo=timezone.utc)) - _EPOCH) // _MICROSECOND
-        for v in values
-    ]
-    return int64s(micros).view(dtype)
+    return int64s([None if v is None else epoch_micros(v) for v in values]).view(dtype)
+
+
+def epoch_micros(when: datetime) -> int:
+    """Microseconds since the epoch of an aware datetime, or of a naive one taken as UTC."""
+    return ((when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)) - _EPOCH) // _MICROSECOND
 
 
 _MICROSECOND = datetime(1970, 1, 1, 0, 0, 0, 1, tzinfo=timezone.utc) - _EPOCH

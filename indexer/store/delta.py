@@ -925,7 +925,7 @@ class DeltaStore:
         # The run's id in the name tells the processes of one `index --jobs` run each other's files
         # (see `_absorb`).
         run = _run_mark(run_id) if run_id else ""
-        stamp = max(_micros(_now()), _micros(newest) if newest is not None else 0)
+        stamp = max(arrow.epoch_micros(_now()), arrow.epoch_micros(newest) if newest is not None else 0)
         name = f"{prefix}{stamp:016d}-{run}{uuid.uuid4().hex}.zstd.parquet"
         path = f"{self._table_dir(table)}/{name}"
         target = DELTA_SCHEMAS[table]
@@ -1551,12 +1551,6 @@ def _newest_by_name(paths: Iterable[str]):
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def _micros(when: datetime) -> int:
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return (when - _EPOCH) // timedelta(microseconds=1)
 
 
 def _next_time(seen: datetime | None) -> datetime:
