@@ -42,6 +42,25 @@ def store_views(store: str):
     return con
 
 
+def modules_after_cli(calls: list[list[str]], watched: tuple[str, ...]) -> tuple[list[str], str]:
+    """Run the `imgdex` commands `calls` (argument lists) in one new interpreter: (the `watched`
+    modules it then holds, sorted, and its stdout). What a command imports is a cost every run pays."""
+    import ast
+    import subprocess
+
+    code = (
+        "import sys\n"
+        "from queries.cli import cli\n"
+        f"for args in {calls!r}:\n"
+        "    try:\n        cli.main(args, standalone_mode=False)\n"
+        "    except SystemExit:\n        pass\n"
+        f"print(sorted(m for m in {tuple(watched)!r} if m in sys.modules), file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    return ast.literal_eval(result.stderr.strip().splitlines()[-1]), result.stdout
+
+
 @pytest.fixture
 def run_cli():
     from queries.cli import cli

@@ -2,14 +2,12 @@
 
 import ast
 import os
-import subprocess
-import sys
 
 import shutil
 
 import pyarrow.parquet as pq
 
-from conftest import ROOT
+from conftest import ROOT, modules_after_cli, store_views
 from indexer.store import deltalog
 
 SAMPLES = (("oci-archive", "oci-archive-app.tar"), ("docker-archive", "docker-save-app.tar"))
@@ -39,36 +37,18 @@ def test_indexer_never_imports_queries():
 
 
 def test_lookup_path_does_not_import_pyarrow_or_docker(samples_store):
-    code = (
-        "import sys\n"
-        "from queries.cli import cli\n"
-        f"try:\n    cli.main(['get', 'imgdex-test/app:1.0', '--store', {samples_store!r}], standalone_mode=False)\n"
-        "except SystemExit:\n    pass\n"
-        "heavy = ('pyarrow', 'docker', 'requests', 'urllib3', 'yaml')\n"
-        "print(sorted(m for m in heavy if m in sys.modules), file=sys.stderr)\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert result.returncode == 0, result.stderr
-    assert '"id"' in result.stdout
-    assert result.stderr.strip().splitlines()[-1] == "[]"
+    heavy = ("pyarrow", "docker", "requests", "urllib3", "yaml")
+    loaded, out = modules_after_cli([["get", "imgdex-test/app:1.0", "--store", samples_store]], heavy)
+    assert '"id"' in out
+    assert loaded == []
 
 
 def test_get_by_id_does_not_compile_the_reference_grammar(samples_store):
     """A cold `imgdex get ID` imports ids only; references.py is for lookups by reference."""
-    code = (
-        "import sys\n"
-        "from queries.cli import cli\n"
-        "from queries import engine, lookup\n"
-        f"reader = engine.connect({samples_store!r}, tables=('images',))\n"
-        "some_id = reader.execute('SELECT id FROM images LIMIT 1').fetchone()[0]\n"
-        f"try:\n    cli.main(['get', some_id, '--store', {samples_store!r}], standalone_mode=False)\n"
-        "except SystemExit:\n    pass\n"
-        "print('indexer.references' in sys.modules, file=sys.stderr)\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert result.returncode == 0, result.stderr
-    assert '"id"' in result.stdout
-    assert result.stderr.strip().splitlines()[-1] == "False"
+    some_id = store_views(samples_store).execute("SELECT id FROM images LIMIT 1").fetchone()[0]
+    loaded, out = modules_after_cli([["get", some_id, "--store", samples_store]], ("indexer.references",))
+    assert '"id"' in out
+    assert loaded == []
 
 
 def test_a_small_run_into_a_store_does_not_import_pyarrow_compute(samples_store, tmp_path):
@@ -80,17 +60,8 @@ def test_a_small_run_into_a_store_does_not_import_pyarrow_compute(samples_store,
     samples = os.path.join(ROOT, "data", "samples")
     # the second claims the tag of the first: a tags-only row beside a new image
     runs = [[f"{kind}:{samples}/{name}", "--repository", "moved/app"] for kind, name in SAMPLES]
-    code = (
-        "import sys\n"
-        "from queries.cli import cli\n"
-        f"for args in {runs!r}:\n"
-        f"    try:\n        cli.main(['index', *args, '--store', {store!r}], standalone_mode=False)\n"
-        "    except SystemExit:\n        pass\n"
-        "print('pyarrow.compute' in sys.modules, file=sys.stderr)\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert result.returncode == 0, result.stderr
-    assert result.stderr.strip().splitlines()[-1] == "False"
+    loaded, _ = modules_after_cli([["index", *args, "--store", store] for args in runs], ("pyarrow.compute",))
+    assert loaded == []
     written = set(deltalog.read_table(os.path.join(store, "images")).files) - before
     rows = pq.read_table(sorted(written), columns=["id", "tags_only"]).to_pylist()
     assert any(r["tags_only"] for r in rows) and len(rows) > len(written)

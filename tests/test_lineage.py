@@ -459,22 +459,11 @@ def test_reindexing_and_stored_rows_keep_diff_ids(tmp_path, run_cli, family):
 
 
 def test_lineage_commands_import_neither_pyarrow_nor_docker(family):
-    import subprocess
-    import sys
+    from conftest import modules_after_cli
 
-    from conftest import ROOT
-
-    code = (
-        "import sys\n"
-        "from queries.cli import cli\n"
-        "for command in ('base', 'derived'):\n"
-        f"    try:\n        cli.main([command, '{REG}/team/app:1', '--store', {family!r}], standalone_mode=False)\n"
-        "    except SystemExit:\n        pass\n"
-        "print(sorted(m for m in ('pyarrow', 'docker', 'yaml') if m in sys.modules), file=sys.stderr)\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert result.returncode == 0, result.stderr
-    assert result.stderr.strip().splitlines()[-1] == "[]"
+    calls = [[command, f"{REG}/team/app:1", "--store", family] for command in ("base", "derived")]
+    loaded, _ = modules_after_cli(calls, ("pyarrow", "docker", "yaml"))
+    assert loaded == []
 
 
 def test_a_store_without_lineage_columns_says_so(tmp_path, run_cli, family):
