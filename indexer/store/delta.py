@@ -63,6 +63,7 @@ from deltalake.transaction import AddAction, RemoveAction
 
 from ..errors import StoreError
 from . import arrow, deltalog, schema
+from .hashset import HashSet
 from .deltalog import CONTENT_HASH, RUN_ID, TAGS_ONLY, TAGS_WRITTEN_AT, TOMBSTONE, TOMBSTONE_EXACTNESS, WRITTEN_AT
 
 TABLES = deltalog.TABLES
@@ -145,7 +146,8 @@ _RESOLVED = "id, exactness, tags, written_at, run_id, tombstone, tags_only, tags
 # thousand, DuckDB's join with a registered table is faster (5,000 ids at 1M images: 0.28 s as
 # constants, 0.13 s joined; one id: alike).
 _LITERAL_KEYS = 1_000
-# Images whose keys a DeltaStore keeps in memory (OwnRows): about 500 MB at most.
+# Images whose keys a DeltaStore keeps in memory (OwnRows): 8 bytes a key (id, digest, each tag),
+# and up to a quarter as many again not yet merged, at ~76 bytes each: ~100 MB for 2M tagged images.
 MAX_OWN_KEYS = 2_000_000
 _BLOOM = {"images": ("id",), "tags": ("image_id",)}
 _NO_DICTIONARY = {"images": {"id", "digest", "config_id", "config_digest", "manifest_raw", "config_raw", "created"}}
@@ -271,17 +273,17 @@ class OwnRows:
     no other process wrote since), a question about keys none of them holds has an empty answer,
     known without reading a file; a run into a new store then never starts DuckDB to read.
 
-    Keys are kept as their `hash()`, a 64-bit int: about 75 bytes a key where the strings would
-    cost twice that, so the keys of a 1M-image run fit in ~230 MB and no batch has to scan the
-    files it wrote before (which made long runs quadratic). A hash shared by two keys only sends a
+    Keys are kept as their `hash()`, a 64-bit int, in a `HashSet`: about 8 bytes a key (a Python set
+    took ~76 bytes), so the keys of a 1M-image run fit in ~30 MB and no batch has to scan the files
+    it wrote before (which made long runs quadratic). A hash shared by two keys only sends a
     question to the files. The tag of a row with no name (a tags-only row) is kept alone, so any
     image's claim of that tag goes to the files. Beyond MAX_OWN_KEYS images it stops keeping keys,
     and every question goes to the files."""
 
     files: set = dataclasses.field(default_factory=set)  # absolute paths
-    ids: set = dataclasses.field(default_factory=set)  # hash(id)
-    digests: set = dataclasses.field(default_factory=set)  # hash(digest)
-    tags: set = dataclasses.field(default_factory=set)  # hash((registry, name, tag)), hash(tag) when unnamed
+    ids: HashSet = dataclasses.field(default_factory=HashSet)  # hash(id)
+    digests: HashSet = dataclasses.field(default_factory=HashSet)  # hash(digest)
+    tags: HashSet = dataclasses.field(default_factory=HashSet)  # hash((registry, name, tag)), hash(tag) when unnamed
     latest_written_at: datetime | None = None
     complete: bool = True  # False once the keys were dropped
 
@@ -296,16 +298,18 @@ class OwnRows:
             columns = [piece.column(c).to_pylist() for c in ("id", "digest", "registry", "name", "tags")]
             ids.update(map(hash, columns[0]))
             digests.update(hash(d) for d in columns[1] if d is not None)
+            tag_keys: list[int] = []
             for registry, name, image_tags in zip(*columns[2:], strict=True):
                 if not image_tags:
                     continue
                 if registry is None or name is None:
-                    tags.update(map(hash, image_tags))
+                    tag_keys.extend(map(hash, image_tags))
                 else:
-                    tags.update(hash((registry, name, tag)) for tag in image_tags)
+                    tag_keys.extend(hash((registry, name, tag)) for tag in image_tags)
+            tags.update(tag_keys)
         if len(ids) > MAX_OWN_KEYS:
             self.complete = False
-            self.ids, self.digests, self.tags = set(), set(), set()
+            self.ids, self.digests, self.tags = HashSet(), HashSet(), HashSet()
 
     def may_hold(self, column: str, values) -> bool:
         if column == "tag":
