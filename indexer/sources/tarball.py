@@ -23,6 +23,7 @@ import tarfile
 from dataclasses import dataclass
 
 from ..errors import NotAnArchive, SourceError, printable
+from . import ustar
 from .parse import MAX_JSON_BYTES
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -183,7 +184,7 @@ class _Table:
         self.name_bytes = 0
         self.kept = 0  # bytes of member data kept, index.json aside
 
-    def add(self, name: str, info: tarfile.TarInfo, member: Member) -> None:
+    def add(self, name: str, info: tarfile.TarInfo | ustar.Header, member: Member) -> None:
         if info.issym() or info.islnk():
             # Classic docker save links layers shared by several images; a link must stay inside.
             base = posixpath.dirname(name) if info.issym() else ""
@@ -351,21 +352,18 @@ class TarMembers:
 
 
 def _scan_seekable(raw, where: str) -> dict[str, Member]:
+    file_size = os.fstat(raw.fileno()).st_size
     table = _Table(where)
+    if ustar.scan(raw.fileno(), file_size, lambda header: _take(table, header, file_size)):
+        table.fix_link_sizes()
+        return table.members
+    table = _Table(where)  # not plain ustar: tarfile reads it all again
     try:
-        file_size = os.fstat(raw.fileno()).st_size
         raw.seek(0)
         with tarfile.open(fileobj=raw, mode="r:", tarinfo=_BoundedTarInfo) as tar:
             for info in tar:
                 tar.members.clear()  # tarfile keeps every header it reads; a long archive would hold them all
-                if info.isreg():
-                    if info.offset_data + info.size > file_size:
-                        raise SourceError(where, f"truncated tar: member {info.name!r} ends past the end of the file")
-                    table.add(_safe_name(where, info.name), info, Member(size=info.size, offset=info.offset_data))
-                elif info.issym() or info.islnk():
-                    table.add(_safe_name(where, info.name), info, Member(size=0))
-                else:
-                    _safe_name(where, info.name)
+                _take(table, info, file_size)
             # tarfile ends the iteration silently at a cut or unreadable header after the first one.
             raw.seek(tar.offset)
             tail = raw.read(512)
@@ -381,6 +379,18 @@ def _scan_seekable(raw, where: str) -> dict[str, Member]:
         raise SourceError(where, "truncated tar") from None
     table.fix_link_sizes()
     return table.members
+
+
+def _take(table: _Table, info: tarfile.TarInfo | ustar.Header, file_size: int) -> None:
+    where = table.where
+    if info.isreg():
+        if info.offset_data + info.size > file_size:
+            raise SourceError(where, f"truncated tar: member {info.name!r} ends past the end of the file")
+        table.add(_safe_name(where, info.name), info, Member(size=info.size, offset=info.offset_data))
+    elif info.issym() or info.islnk():
+        table.add(_safe_name(where, info.name), info, Member(size=0))
+    else:
+        _safe_name(where, info.name)
 
 
 class _Prefixed(io.RawIOBase):
