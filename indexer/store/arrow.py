@@ -39,6 +39,8 @@ def offsets(groups) -> pa.Array:
 
 def _utf8(values) -> tuple[bytes, array.array]:
     joined = "".join(values)
+    if not joined:  # all empty, as most comments and variants are: every offset is 0
+        return b"", array.array("i", bytes(4 * (len(values) + 1)))
     if len(joined) > _INT32_MAX:
         return joined.encode("utf-8"), array.array("i")  # the caller goes another way
     if joined.isascii():
