@@ -93,7 +93,9 @@ def _header(name: bytes, kind: bytes, *, prefix: bytes = b"", size: bytes = b"0"
     block = bytearray(512)
     block[0 : len(name)] = name
     block[100 : 100 + len(mode)] = mode
+    block[108:124] = b"0001750\x000001750\x00"  # uid, gid
     block[124 : 124 + len(size)] = size
+    block[136:148] = b"14712345670\x00"  # mtime
     block[156:157] = kind
     block[257:265] = b"ustar\x0000"
     block[345 : 345 + len(prefix)] = prefix
@@ -111,6 +113,9 @@ def _header(name: bytes, kind: bytes, *, prefix: bytes = b"", size: bytes = b"0"
         [_header(b"f", b"0", size=b"1_0")],  # underscores: tarfile's int() takes them, this reader does not
         [_header(b"f", b"0", size=b"\x1c1")],  # a blank to str.strip but not to bytes.strip
         [_header(b"f", b"0", size=b"18")],  # not octal
+        [_header(b"f", b"0", size=b"00000000003\x00", mode=b"0000644\x00")],  # the usual widths
+        [_header(b"f", b"0", size=b"00000000003\x00", mode=b"0000648\x00")],  # the usual width, not octal
+        [_header(b"f", b"0", size=b"00000000003 ", mode=b"0000644 ")],  # the usual width, blank-ended
         [_header(b"f", b"0", size=b"\x80" + bytes(10) + b"\x03")],  # base-256
     ],
 )

@@ -12,6 +12,7 @@ the start, which also words the error.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Callable, NamedTuple
 
@@ -22,6 +23,11 @@ _REGULAR = (b"0", b"\0")
 _TYPES = (*_REGULAR, b"1", b"2", b"5")
 # The numeric fields tarfile parses, by (start, end): mode, uid, gid, size, mtime, devmajor, devminor.
 _NUMBERS = ((100, 108), (108, 116), (116, 124), (124, 136), (136, 148), (329, 337), (337, 345))
+# The numeric fields as tar writers fill them: mode, uid, gid (7 octal digits and a NUL or a
+# blank), size and mtime (11 and one); devmajor and devminor the same, or all NULs. Read directly;
+# any other form goes through _number.
+_USUAL = re.compile(rb"(?:[0-7]{7}[\0 ]){3}(?:[0-7]{11}[\0 ]){2}")
+_USUAL_DEVICES = re.compile(rb"(?:[0-7]{7}[\0 ]|\0{8}){2}")
 # As tarfile decodes names by default.
 _ENCODING, _ERRORS = sys.getfilesystemencoding(), "surrogateescape"
 
@@ -86,8 +92,10 @@ def _header(block: bytes, offset: int) -> Header:
     checksum = _number(block[148:156])
     if checksum != 256 + sum(block) - sum(block[148:156]):  # the field counted as eight spaces
         raise GiveUp  # tarfile also takes a checksum summed over signed bytes; rare enough to leave to it
-    values = [_number(block[start:end]) for start, end in _NUMBERS]
-    size = values[3]
+    if _USUAL.fullmatch(block, 100, 148) and _USUAL_DEVICES.fullmatch(block, 329, 345):
+        size = int(block[124:135], 8)
+    else:
+        size = [_number(block[start:end]) for start, end in _NUMBERS][3]
     name = _text(block[0:100])
     prefix = _text(block[345:500])
     if kind == b"\0" and name.endswith("/"):
