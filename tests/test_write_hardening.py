@@ -87,7 +87,7 @@ def _spoil(record: ImageRecord, how: str) -> ImageRecord:
         return dataclasses.replace(record, labels=(("broken", 12345),))
     if how == "too-big":  # past int64, which the Arrow build refuses with an OverflowError
         return dataclasses.replace(record, layers=(Blob(record.layers[0].digest, 2**70, record.layers[0].media_type),))
-    if how == "refused-by-duckdb":  # Arrow takes it, DuckDB refuses it inside the transaction
+    if how == "refused-by-duckdb":  # Arrow takes it, DuckDB would refuse to read it: refused before writing
         return dataclasses.replace(record, labels=(("a", "1"), ("a", "2")))
     raise AssertionError(how)
 

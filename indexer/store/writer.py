@@ -69,6 +69,13 @@ def _array(spelled: str, values) -> pa.Array:
             items = _array(inner, flat)
         return pa.ListArray.from_arrays(arrow.offsets(values), items)
     if spelled == "map<string, string>":
+        for entries in values:
+            # Arrow takes repeated keys, DuckDB refuses to read them: a file holding one would
+            # break every reader of the store, so the record is refused here.
+            if len(entries) > 1 and len(dict(entries)) != len(entries):
+                seen = [key for key, _ in entries]
+                repeated = next(key for key in seen if seen.count(key) > 1)
+                raise ValueError(f"map key {repeated!r} appears more than once")
         pairs = list(chain.from_iterable(values))
         keys, items = zip(*pairs) if pairs else ((), ())
         return pa.MapArray.from_arrays(arrow.offsets(values), arrow.strings(keys), arrow.strings(items))
