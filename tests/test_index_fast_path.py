@@ -223,6 +223,72 @@ def test_a_tag_claimed_after_a_tags_only_row_moves_as_read_from_the_files(tmp_pa
     assert tags[records[2].id] == ["v2"] and tags[records[3].id] == ["next"]
 
 
+def _stored_hashes(store: str) -> list:
+    """content_hash of every row version of the images table, read from its files."""
+    import pyarrow.parquet as pq
+
+    with delta.DeltaStore(store) as tables:
+        files = tables.files()["images"].files
+    return [h for path in files for h in pq.read_table(path, columns=["content_hash"]).column(0).to_pylist()]
+
+
+def _versions(store: str) -> int:
+    with delta.DeltaStore(store) as tables:
+        return tables.snapshot().con.execute("SELECT count(*) FROM images_versions").fetchone()[0]
+
+
+def test_a_new_store_run_writes_no_hash_and_unchanged_records_still_append_nothing(tmp_path):
+    records = _records(tmp_path, 4)
+    store = str(tmp_path / "store")
+    with DeltaWriter(store) as writer:
+        writer.write(records, now_utc())
+    assert _stored_hashes(store) == [None] * 4
+    # Another run reads the store: the stored rows' hashes come from their data, and equal the
+    # incoming ones, so the same records append nothing.
+    with DeltaWriter(store) as writer:
+        writer.write(records, now_utc())
+    assert _versions(store) == 4
+    # A record whose data changed is a new version, and its row is written with its hash.
+    changed = dataclasses.replace(records[1], labels=(("changed", "yes"),))
+    with DeltaWriter(store) as writer:
+        writer.write([changed, *records[2:]], now_utc())
+    hashes = _stored_hashes(store)
+    assert _versions(store) == 5 and hashes.count(None) == 4
+    with delta.DeltaStore(store) as tables:
+        state = tables.snapshot().image_state([r.id for r in records]).to_pylist()
+    assert len({row["content_hash"] for row in state}) == 4 and None not in {row["content_hash"] for row in state}
+
+
+def test_compaction_stores_the_missing_hashes(tmp_path):
+    records = _records(tmp_path, 5)
+    store = str(tmp_path / "store")
+    with DeltaWriter(store) as writer:
+        writer.write(records[:3], now_utc())
+        writer.write(records[3:], now_utc())
+    with delta.DeltaStore(store) as tables:
+        computed = {
+            r["id"]: r["content_hash"] for r in tables.snapshot().image_state([r.id for r in records]).to_pylist()
+        }
+        tables.compact(vacuum=False)
+    assert None not in computed.values()
+    with delta.DeltaStore(store) as tables:
+        files = tables.files()["images"].files
+        con = tables.snapshot().versions_con
+        listed = ", ".join(f"'{p}'" for p in files)
+        stored = dict(con.execute(f"SELECT id, content_hash FROM read_parquet([{listed}])").fetchall())
+    assert stored == computed
+
+
+def test_a_new_store_run_never_imports_duckdb(tmp_path):
+    from conftest import modules_after_cli
+
+    archive = os.path.join(os.path.dirname(__file__), "fixtures", "real", "docker-save-app.tar")
+    store = str(tmp_path / "store")
+    loaded, _ = modules_after_cli([["index", archive, "--store", store, "--quiet"]], ("duckdb",))
+    assert loaded == []
+    assert _stored_hashes(store) and set(_stored_hashes(store)) == {None}
+
+
 def test_beyond_the_key_limit_questions_go_to_the_files(tmp_path, monkeypatch):
     records = _records(tmp_path, 6)
     monkeypatch.setattr(delta, "MAX_OWN_KEYS", 2)

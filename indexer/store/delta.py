@@ -18,7 +18,10 @@ appends new row versions, and readers resolve the current one per key (the SQL i
 
 Columns added to the Arrow schemas of `schema.py`: `written_at` (the attempt's time, later than
 every row the attempt read), `run_id`, `tombstone`; images also get `content_hash` (DuckDB's hash
-of the data columns, so that a run tells an unchanged record without reading it back),
+of the data columns, so that a run tells an unchanged record without reading it back; NULL in the
+rows of a run that read nothing, such as the first load of a new store, which then never starts
+DuckDB: a reader that needs the hash of such a row computes it from the row, and compaction stores
+it),
 `tags_only`, and `tags_written_at` (set by compaction when the tags came from a newer row than the
 data). `images.created_at` is stored as TIMESTAMP(us, UTC) instead of TIMESTAMP_NS, because Spark
 cannot read nanoseconds; `created` keeps the exact text.
@@ -51,9 +54,8 @@ import tempfile
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
-import duckdb
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -65,6 +67,9 @@ from ..errors import StoreError
 from . import arrow, deltalog, schema
 from .hashset import HashSet
 from .deltalog import CONTENT_HASH, RUN_ID, TAGS_ONLY, TAGS_WRITTEN_AT, TOMBSTONE, TOMBSTONE_EXACTNESS, WRITTEN_AT
+
+if TYPE_CHECKING:  # imported when first connected: a run into a new store never needs it (~60 ms)
+    import duckdb
 
 TABLES = deltalog.TABLES
 DEFAULT_RETENTION = timedelta(days=7)
@@ -98,6 +103,14 @@ DATA_COLUMNS = tuple(
     for f in schema.IMAGES
     if f.name not in ("id", "tags", "source_kind", "source_path", "indexed_at", "created_at", "id_origin")
 )
+
+
+def _hash_sql(qualifier: str = "") -> str:
+    """The content hash of a row in DuckDB: the same whether the row comes from Arrow or the files."""
+    return "(hash(" + ", ".join(f'{qualifier}"{c}"' for c in DATA_COLUMNS) + ") >> 1)::BIGINT"
+
+
+_HASH_SQL = _hash_sql()
 KEYS = {"images": ("id",), "tags": ("registry", "name", "tag"), "runs": ("run_id",)}
 # The images files also give the range of their names, which a run's tag question narrows by.
 _STATS_COLUMNS = {"images": ("id", "name")}
@@ -333,7 +346,14 @@ class Snapshot:
 
     def __init__(self, files: dict[str, deltalog.TableFiles], con, own: OwnRows | None = None):
         self.files = files
-        self._connect = con if callable(con) else (lambda: con)
+        connect = con if callable(con) else (lambda: con)
+        self._read = False
+
+        def connected() -> duckdb.DuckDBPyConnection:
+            self._read = True
+            return connect()
+
+        self._connect = connected
         self._con = None
         self._current_views = False
         self.own = own if own is not None and own.covers(files) else None
@@ -358,6 +378,11 @@ class Snapshot:
                 con.execute(statement)
             self._con = con
         return self._con
+
+    @property
+    def has_read(self) -> bool:
+        """Whether DuckDB was started for this snapshot: to read the store's files, or to compute."""
+        return self._read
 
     @property
     def hashing_con(self) -> duckdb.DuckDBPyConnection:
@@ -417,7 +442,20 @@ class Snapshot:
         those narrow columns, so it stays cheap on a large table."""
         ids = ids.to_pylist() if isinstance(ids, (pa.Array, pa.ChunkedArray)) else list(ids)
         sql = self.may_hold("id", ids) and self.current_of(ids, ("id", "exactness", CONTENT_HASH, "tags"))
-        return _arrow(self._connect(), sql) if sql else arrow.empty(_IMAGE_STATE)
+        if not sql:
+            return arrow.empty(_IMAGE_STATE)
+        state = _arrow(self._connect(), sql)
+        hashes = state.column(CONTENT_HASH)
+        if not hashes.null_count:
+            return state
+        # Rows written without a hash (see premerge): computed from their data columns, a second
+        # query over those rows alone, as the writer would have computed it.
+        hashes, held = hashes.to_pylist(), state.column("id").to_pylist()
+        lacking = [i for i, h in zip(held, hashes, strict=True) if h is None]
+        rows = self.current_of(lacking, ("id", *DATA_COLUMNS), held=True)
+        found = dict(self._connect().execute(f"SELECT id, {_HASH_SQL} FROM ({rows})").fetchall()) if rows else {}
+        filled = arrow.int64s([found.get(i) if h is None else h for i, h in zip(held, hashes, strict=True)])
+        return state.set_column(state.schema.get_field_index(CONTENT_HASH), CONTENT_HASH, filled)
 
     def current_images(self, where: str, columns: tuple[str, ...]) -> str:
         """SQL for the current rows, in `columns`, of the images that have a row version matching
@@ -556,6 +594,8 @@ class DeltaStore:
 
     def _duckdb(self) -> duckdb.DuckDBPyConnection:
         if self._con is None:
+            import duckdb
+
             config = {"memory_limit": self.memory_limit, "threads": max(1, min(4, os.cpu_count() or 1))}
             # Sorting a large table for compaction spills here; DuckDB's default is a folder in the
             # working directory.
@@ -815,12 +855,11 @@ class DeltaStore:
         con = self._duckdb()
         con.register("hash_input", data)
         try:
-            columns = ", ".join(f'"{c}"' for c in DATA_COLUMNS)
             # A tombstone or a tags-only row has no data: its hash stays NULL.
             result = _arrow(
                 con,
                 f"SELECT CASE WHEN coalesce({TOMBSTONE}, false) OR coalesce({TAGS_ONLY}, false) THEN NULL "
-                f"ELSE (hash({columns}) >> 1)::BIGINT END FROM hash_input",
+                f"ELSE {_HASH_SQL} END FROM hash_input",
             )
         finally:
             con.unregister("hash_input")
@@ -850,7 +889,8 @@ class DeltaStore:
             data = data.set_column(data.schema.get_field_index(RUN_ID), RUN_ID, arrow.strings([run_id] * n))
             flags = _flags(data.column(TOMBSTONE))
             data = data.set_column(data.schema.get_field_index(TOMBSTONE), TOMBSTONE, flags)
-            if table == "images" and _lacks_hashes(data):
+            # Rows of a run that read nothing go without: DuckDB would start only for this.
+            if table == "images" and self._con is not None and _lacks_hashes(data):
                 data = data.set_column(
                     data.schema.get_field_index(CONTENT_HASH), CONTENT_HASH, self._content_hash(data)
                 )
@@ -1093,6 +1133,8 @@ class DeltaStore:
         return report
 
     def _compact_table(self, table: str, cutoff: datetime, file_rows: int) -> dict:
+        import duckdb
+
         for attempt in range(1, MAX_ATTEMPTS + 1):
             files = deltalog.read_table(self.location(table), table=table, con=self._duckdb())
             if not files.files:
@@ -1195,11 +1237,18 @@ class DeltaStore:
             f"QUALIFY row_number() OVER ({by_id} ORDER BY {ranking}) = 1"
         )
         chosen = f"WHERE NOT coalesce({TAGS_ONLY}, false) AND (NOT coalesce({TOMBSTONE}, false) OR {WRITTEN_AT} >= ?)"
+        # A data row written without its hash (by a run that read nothing) gets it here.
+        hashed = (
+            f"CASE WHEN v.{CONTENT_HASH} IS NULL AND NOT coalesce(v.{TOMBSTONE}, false) "
+            f"THEN {_hash_sql('v.')} ELSE v.{CONTENT_HASH} END AS {CONTENT_HASH}"
+        )
         merged = ", ".join(
             "k.newest_tags AS tags"
             if f.name == "tags"
             else f"CASE WHEN k.newest_at > v.{WRITTEN_AT} THEN k.newest_at END AS {TAGS_WRITTEN_AT}"
             if f.name == TAGS_WRITTEN_AT
+            else hashed
+            if f.name == CONTENT_HASH
             else f'v."{f.name}"'
             for f in DELTA_SCHEMAS[table]
         )
@@ -1353,8 +1402,6 @@ def premerge(
     incoming = _cast("images", incoming).select([f.name for f in schema.IMAGES])
     ids = incoming.column("id").to_pylist()
     retired = set(retired_images)
-    # the hash decides "unchanged" without reading stored rows; the rows written keep it
-    store_hash = _hash_via(snapshot.hashing_con, incoming) if len(incoming) else []
     registries = incoming.column("registry").to_pylist()
     names = incoming.column("name").to_pylist()
     claimed_tags = incoming.column("tags").to_pylist()
@@ -1400,6 +1447,13 @@ def premerge(
 
     wanted = list(dict.fromkeys(ids + list(losing) + list(gaining)))
     state = {r["id"]: r for r in snapshot.image_state(wanted).to_pylist()} if wanted else {}
+    # The hash decides "unchanged" without reading stored rows, and the rows written keep it. A
+    # snapshot that read no file (a new store, answered from what the run wrote) holds none of
+    # these ids: nothing to compare, and the rows go without a hash rather than start DuckDB.
+    if len(incoming) and snapshot.has_read:
+        store_hash = _hash_via(snapshot.hashing_con, incoming)
+    else:
+        store_hash = [None] * len(incoming)
     need_full = []
     decisions = []
     # Decided on the narrow columns; the wide rows stay in Arrow, and only those that merge
@@ -1494,8 +1548,7 @@ def _cast_schema_for_rows() -> pa.Schema:
 def _hash_via(con: duckdb.DuckDBPyConnection, data: pa.Table) -> list:
     con.register("hash_input", data)
     try:
-        columns = ", ".join(f'"{c}"' for c in DATA_COLUMNS)
-        return [r[0] for r in con.execute(f"SELECT (hash({columns}) >> 1)::BIGINT FROM hash_input").fetchall()]
+        return [r[0] for r in con.execute(f"SELECT {_HASH_SQL} FROM hash_input").fetchall()]
     finally:
         con.unregister("hash_input")
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import sys
 from itertools import chain
 from operator import attrgetter
 from datetime import datetime, timezone
 
-import duckdb
 import pyarrow as pa
 
 from .. import lineage
@@ -175,7 +175,9 @@ def store_failure(exc: BaseException) -> str | None:
         # Any OSError on the store's own files is the store's: a full disk, a read-only
         # mount, a folder that lost its permissions.
         return exc.strerror.lower() if exc.strerror else (str(exc) or type(exc).__name__)
-    if isinstance(exc, duckdb.Error):
+    # Not imported for this: a process that never loaded DuckDB has no DuckDB error to tell.
+    duckdb = sys.modules.get("duckdb")
+    if duckdb is not None and isinstance(exc, duckdb.Error):
         text = str(exc)
         for message, cause in _STORE_CAUSES.items():
             if message.lower() in text.lower():
