@@ -809,3 +809,26 @@ def test_a_writer_killed_at_any_moment_leaves_whole_commits(store):
         counts = store.snapshot().con.execute("SELECT run_id, count(*) FROM images_versions GROUP BY run_id").fetchall()
         assert all(count == 10 for _, count in counts)  # every commit holds its whole run
         assert deltalake.DeltaTable(store.location("images")).version() == files.version
+
+
+def test_the_schema_version_is_marked_when_another_commit_came_first(tmp_path, monkeypatch):
+    # Another process changed the table between this one reading it and marking it: the mark is
+    # made on the newer version, not given up.
+    tables = DeltaStore(str(tmp_path / "store"))
+    location = tables.location("runs")
+    os.makedirs(location)
+    deltalake.DeltaTable.create(location, delta.DELTA_SCHEMAS["runs"], name="runs")
+    stale = deltalake.DeltaTable(location)
+    deltalake.DeltaTable(location).alter.set_table_properties({"delta.appendOnly": "false"})
+    opened = []
+    fresh = tables._delta
+
+    def first_stale(table, version=None):
+        opened.append(table)
+        return stale if len(opened) == 1 else fresh(table, version)
+
+    monkeypatch.setattr(tables, "_delta", first_stale)
+    tables._mark_schema_version("runs")
+    configuration = deltalake.DeltaTable(location).metadata().configuration
+    assert configuration[deltalog.SCHEMA_VERSION_PROPERTY] == str(deltalog.SCHEMA_VERSION)
+    assert len(opened) >= 2

@@ -661,17 +661,22 @@ class DeltaStore:
             self._mark_schema_version(table)
 
     def _mark_schema_version(self, table: str) -> None:
-        # delta-rs refuses properties it does not know at creation, but sets them afterwards.
-        dt = self._delta(table)
-        if deltalog.SCHEMA_VERSION_PROPERTY in (dt.metadata().configuration or {}):
-            return
-        try:
-            dt.alter.set_table_properties(
-                {deltalog.SCHEMA_VERSION_PROPERTY: str(deltalog.SCHEMA_VERSION)}, raise_if_not_exists=False
-            )
-        except (CommitFailedError, DeltaError) as exc:
-            if deltalog.SCHEMA_VERSION_PROPERTY not in (self._delta(table).metadata().configuration or {}):
-                raise StoreError(f"cannot create table {table} in {self.store}: {_first_line(exc)}") from None
+        # delta-rs refuses properties it does not know at creation, but sets them afterwards. Another
+        # process that found the table made may already append to it, and a commit of its makes
+        # this one fail: then try again on the newer version.
+        failure = None
+        for _ in range(MAX_ATTEMPTS):
+            dt = self._delta(table)
+            if deltalog.SCHEMA_VERSION_PROPERTY in (dt.metadata().configuration or {}):
+                return
+            try:
+                dt.alter.set_table_properties(
+                    {deltalog.SCHEMA_VERSION_PROPERTY: str(deltalog.SCHEMA_VERSION)}, raise_if_not_exists=False
+                )
+                return
+            except (CommitFailedError, DeltaError) as exc:
+                failure = exc
+        raise StoreError(f"cannot create table {table} in {self.store}: {_first_line(failure)}") from None
 
     def _add_new_columns(self, table: str) -> None:
         """Columns added to `schema.py` since the table was created are added to it (files written
