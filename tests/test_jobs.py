@@ -577,3 +577,20 @@ def test_contested_tags_go_to_the_later_claim_by_source_then_unit_then_record():
         (r, "svc", "d", "", "sha256:m2"),
     ]
     assert contested({0: first.sealed()}) == []
+
+
+def test_claims_of_no_shared_tag_settle_nothing_without_duckdb(monkeypatch):
+    import sys
+
+    from indexer.claims import ClaimLog, contested
+
+    first, second = ClaimLog(), ClaimLog()
+    for n in range(200):
+        first.add("cr.example", "app", f"a{n}", (0, n, n), f"id-a{n}", "sha256:a")
+        second.add("cr.example", "app", f"b{n}", (0, n, n), f"id-b{n}", "sha256:b")
+    monkeypatch.setitem(sys.modules, "duckdb", None)  # importing it now fails
+    assert contested({0: first.sealed(), 1: second.sealed()}) == []
+    # One tag in both: the query decides, as for any number of claims.
+    second.add("cr.example", "app", "a7", (0, 500, 500), "id-late", "sha256:l")
+    monkeypatch.delitem(sys.modules, "duckdb")
+    assert contested({0: first.sealed(), 1: second.sealed()}) == [("cr.example", "app", "a7", "id-late", "sha256:l")]
