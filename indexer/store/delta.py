@@ -110,6 +110,14 @@ def _hash_sql(qualifier: str = "") -> str:
     return "(hash(" + ", ".join(f'{qualifier}"{c}"' for c in DATA_COLUMNS) + ") >> 1)::BIGINT"
 
 
+def _stored_hash_sql(qualifier: str = "") -> str:
+    """The content hash a stored row keeps: NULL for a tombstone or a tags-only row, which hold no data."""
+    return (
+        f"CASE WHEN coalesce({qualifier}{TOMBSTONE}, false) OR coalesce({qualifier}{TAGS_ONLY}, false) "
+        f"THEN NULL ELSE {_hash_sql(qualifier)} END"
+    )
+
+
 _HASH_SQL = _hash_sql()
 KEYS = {"images": ("id",), "tags": ("registry", "name", "tag"), "runs": ("run_id",)}
 # The images files also give the range of their names, which a run's tag question narrows by.
@@ -860,12 +868,7 @@ class DeltaStore:
         con = self._duckdb()
         con.register("hash_input", data)
         try:
-            # A tombstone or a tags-only row has no data: its hash stays NULL.
-            result = _arrow(
-                con,
-                f"SELECT CASE WHEN coalesce({TOMBSTONE}, false) OR coalesce({TAGS_ONLY}, false) THEN NULL "
-                f"ELSE {_HASH_SQL} END FROM hash_input",
-            )
+            result = _arrow(con, f"SELECT {_stored_hash_sql()} FROM hash_input")
         finally:
             con.unregister("hash_input")
         return result.column(0).combine_chunks()
@@ -1243,10 +1246,7 @@ class DeltaStore:
         )
         chosen = f"WHERE NOT coalesce({TAGS_ONLY}, false) AND (NOT coalesce({TOMBSTONE}, false) OR {WRITTEN_AT} >= ?)"
         # A data row written without its hash (by a run that read nothing) gets it here.
-        hashed = (
-            f"CASE WHEN v.{CONTENT_HASH} IS NULL AND NOT coalesce(v.{TOMBSTONE}, false) "
-            f"THEN {_hash_sql('v.')} ELSE v.{CONTENT_HASH} END AS {CONTENT_HASH}"
-        )
+        hashed = f"coalesce(v.{CONTENT_HASH}, {_stored_hash_sql('v.')}) AS {CONTENT_HASH}"
         merged = ", ".join(
             "k.newest_tags AS tags"
             if f.name == "tags"
