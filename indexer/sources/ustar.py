@@ -95,7 +95,7 @@ def _header(block: bytes, offset: int) -> Header:
     if _USUAL.fullmatch(block, 100, 148) and _USUAL_DEVICES.fullmatch(block, 329, 345):
         size = int(block[124:135], 8)
     else:
-        size = [_number(block[start:end]) for start, end in _NUMBERS][3]
+        size = [_number(block[start:end]) for start, end in _NUMBERS][3]  # each checked as tarfile would
     name = _text(block[0:100])
     prefix = _text(block[345:500])
     if kind == b"\0" and name.endswith("/"):

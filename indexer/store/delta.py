@@ -167,8 +167,8 @@ _RESOLVED = "id, exactness, tags, written_at, run_id, tombstone, tags_only, tags
 # thousand, DuckDB's join with a registered table is faster (5,000 ids at 1M images: 0.28 s as
 # constants, 0.13 s joined; one id: alike).
 _LITERAL_KEYS = 1_000
-# Images whose keys a DeltaStore keeps in memory (OwnRows): 8 bytes a key (id, digest, each tag),
-# and up to a quarter as many again not yet merged, at ~76 bytes each: ~100 MB for 2M tagged images.
+# Images whose keys a DeltaStore keeps in memory (OwnRows): ~12 bytes a key (id, digest, each tag)
+# past 131,072 of a kind (hashset.py): ~75 MB for 2M images with a tag each.
 MAX_OWN_KEYS = 2_000_000
 _BLOOM = {"images": ("id",), "tags": ("image_id",)}
 _NO_DICTIONARY = {"images": {"id", "digest", "config_id", "config_digest", "manifest_raw", "config_raw", "created"}}
@@ -294,9 +294,9 @@ class OwnRows:
     no other process wrote since), a question about keys none of them holds has an empty answer,
     known without reading a file; a run into a new store then never starts DuckDB to read.
 
-    Keys are kept as their `hash()`, a 64-bit int, in a `HashSet`: about 8 bytes a key (a Python set
-    took ~76 bytes), so the keys of a 1M-image run fit in ~30 MB and no batch has to scan the files
-    it wrote before (which made long runs quadratic). A hash shared by two keys only sends a
+    Keys are kept as their `hash()`, a 64-bit int, in a `HashSet`: about 12 bytes a key once large (a
+    Python set took ~76 bytes), so the keys of a 1M-image run fit in ~40 MB and no batch has to scan
+    the files it wrote before (which made long runs quadratic). A hash shared by two keys only sends a
     question to the files. The tag of a row with no name (a tags-only row) is kept alone, so any
     image's claim of that tag goes to the files. Beyond MAX_OWN_KEYS images it stops keeping keys,
     and every question goes to the files."""
