@@ -118,6 +118,15 @@ def test_bad_records_are_isolated_and_the_rest_lands(tmp_path, monkeypatch, batc
     assert (sources, indexed, failed) == (["fixed"], 6, 3) and run_errors == errors
 
 
+def test_a_repeated_label_key_among_very_many_is_named_in_one_pass(tmp_path):
+    # 200,000 labels: a search for the repeat by counting would take hours.
+    record = [r for r in records_of(f"oci:{oci_layout(tmp_path / 'l', 1)}") if isinstance(r, ImageRecord)][0]
+    labels = tuple((f"key{i}", "v") for i in range(200_000)) + (("key7", "again"),)
+    with DeltaWriter(str(tmp_path / "store")) as writer:
+        with pytest.raises(ValueError, match="map key 'key7' appears more than once"):
+            writer.write([dataclasses.replace(record, labels=labels)], now_utc())
+
+
 def test_a_batch_is_written_once_its_bytes_pass_the_budget(tmp_path, monkeypatch):
     # Six records whose manifests and configs pass the budget every two records: three batches,
     # and every record lands.

@@ -73,15 +73,22 @@ def _array(spelled: str, values) -> pa.Array:
             # Arrow takes repeated keys, DuckDB refuses to read them: a file holding one would
             # break every reader of the store, so the record is refused here.
             if len(entries) > 1 and len(dict(entries)) != len(entries):
-                seen = [key for key, _ in entries]
-                repeated = next(key for key in seen if seen.count(key) > 1)
-                raise ValueError(f"map key {repeated!r} appears more than once")
+                raise ValueError(f"map key {_first_repeated(key for key, _ in entries)!r} appears more than once")
         pairs = list(chain.from_iterable(values))
         keys, items = zip(*pairs) if pairs else ((), ())
         return pa.MapArray.from_arrays(arrow.offsets(values), arrow.strings(keys), arrow.strings(items))
     if spelled == "timestamp[us, UTC]":
         return arrow.utc_micros(values, schema.arrow_type(spelled))
     raise ValueError(f"no Arrow build for {spelled}")
+
+
+def _first_repeated(keys):
+    seen = set()
+    for key in keys:  # one pass: a config may carry a great many labels
+        if key in seen:
+            return key
+        seen.add(key)
+    return None
 
 
 def records_to_arrow(records: list[ImageRecord], indexed_at: datetime) -> pa.Table:
