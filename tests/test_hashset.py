@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from indexer.store import hashset
@@ -19,6 +19,8 @@ _HASHES = st.integers(min_value=-(2**63), max_value=2**63 - 1)
     probes=st.lists(_HASHES),
     spill_at=st.integers(1, 40),
 )
+# Two values of one bucket whose bytes, one after the other, hold 0's eight zero bytes across them.
+@example(batches=[[1 << 16, 1 << 24]], probes=[0], spill_at=1)
 def test_holds_what_a_set_holds(batches, probes, spill_at):
     saved = hashset.SPILL_AT
     hashset.SPILL_AT = spill_at  # small, so that most examples spill part way
