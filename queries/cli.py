@@ -7,8 +7,11 @@ the Docker SDK) are imported only by the commands that need them, so lookups sta
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import json
+import os
 import sys
 
 import click
@@ -21,6 +24,32 @@ from indexer.store.paths import default_store
 def fail(message: str, code: int = 1):
     click.echo(f"imgdex: {message}", err=True)
     sys.exit(code)
+
+
+class _OutputFailed(Exception):
+    """Standard output cannot take what a command prints (a full disk, a gone terminal)."""
+
+
+def echo(text: str, nl: bool = True) -> None:
+    """click.echo to standard output; a failed write ends the command with one line (see main).
+    A reader that has gone (`| head`) is left to click, which stops quietly."""
+    _writing(click.echo, text, nl=nl)
+
+
+def _put(text: str, flush: bool = False) -> None:
+    """`text` to standard output as it is (click.echo would look for ANSI codes in every line)."""
+    _writing(sys.stdout.write, text)
+    if flush:
+        _writing(sys.stdout.flush)
+
+
+def _writing(write, *args, **kwargs) -> None:
+    try:
+        write(*args, **kwargs)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise _OutputFailed(exc.strerror or str(exc)) from None
 
 
 def library_errors(command):
@@ -315,7 +344,7 @@ def index(
             summary = index_sources(sources, writer, settings=settings, observer=observer)
     progress.done()
     if as_json:
-        click.echo(
+        echo(
             json.dumps(
                 {
                     "indexed": summary.indexed,
@@ -326,7 +355,7 @@ def index(
             )
         )
     else:
-        click.echo(f"indexed {summary.indexed} images, {summary.failed} failed, in {summary.seconds:.2f} s")
+        echo(f"indexed {summary.indexed} images, {summary.failed} failed, in {summary.seconds:.2f} s")
     if not summary.ok:
         sys.exit(1)
 
@@ -342,11 +371,11 @@ def _echo_document(doc: dict, fmt: str, table=None) -> None:
     from queries import render
 
     if fmt == "table":
-        click.echo(table(doc))
+        echo(table(doc))
     elif fmt == "yaml":
-        click.echo(render.to_yaml(doc), nl=False)
+        echo(render.to_yaml(doc), nl=False)
     else:
-        click.echo(render.to_json(doc))
+        echo(render.to_json(doc))
 
 
 @cli.command()
@@ -396,7 +425,6 @@ def _get_batch(con, stream, platform):
     from indexer.errors import NotFound
     from queries import lookup, render
 
-    out = sys.stdout
     failed = 0
     lines: list[str] = []
     for _query, row in lookup.batch(con, (line.strip() for line in stream), platform):
@@ -407,17 +435,15 @@ def _get_batch(con, stream, platform):
             code = 5 if isinstance(row, NotFound) else 3
             lines.append(render.to_json_line({"error": {"code": code, "message": str(row)}}) + "\n")
             # stdout first, so that the two streams interleave as the lines were read
-            out.write("".join(lines))
+            _put("".join(lines), flush=True)
             lines.clear()
-            out.flush()
             click.echo(f"imgdex: {row}", err=True)
         else:
             lines.append(render.to_json_line(render.to_response(row)) + "\n")
         if len(lines) >= 4096:
-            out.write("".join(lines))
+            _put("".join(lines))
             lines.clear()
-    out.write("".join(lines))
-    out.flush()
+    _put("".join(lines), flush=True)
     if failed:
         sys.exit(1)
 
@@ -491,7 +517,7 @@ def sql(query, store, fmt, as_of):
     from queries import engine, sqlshell
 
     con = engine.connect(store, as_of=as_of)
-    click.echo(sqlshell.run(con, query, fmt), nl=False)
+    echo(sqlshell.run(con, query, fmt), nl=False)
 
 
 lineage_format_option = click.option(
@@ -592,13 +618,13 @@ def history(store, limit, fmt):
         for entry in entries
     ]
     if fmt == "json":
-        click.echo(json.dumps({"versions": rows}, indent=2))
+        echo(json.dumps({"versions": rows}, indent=2))
         return
     from queries.render import format_table
 
     columns = ["time", "table", "version", "operation", "run", "rows", "tombstones"]
     cells = [["" if r[c] is None else str(r[c]) for c in columns] for r in rows]
-    click.echo(format_table([c.upper() for c in columns], cells))
+    echo(format_table([c.upper() for c in columns], cells))
 
 
 def _duration(_ctx, param, value: str):
@@ -639,7 +665,7 @@ def compact(store, retention, allow_short_retention, no_vacuum):
     require_table_store(store)
     with DeltaStore(store) as tables:
         outcome = tables.compact(retention=retention, vacuum=not no_vacuum, allow_short_retention=allow_short_retention)
-    click.echo(json.dumps(outcome, indent=2, default=str))
+    echo(json.dumps(outcome, indent=2, default=str))
 
 
 @cli.command()
@@ -653,7 +679,7 @@ def export(directory, store, as_of):
     from queries.export import export_from_store
 
     counts = export_from_store(store, directory, as_of=as_of)
-    click.echo(", ".join(f"{counts[table]} {table}" for table in counts) + f" written to {directory}")
+    echo(", ".join(f"{counts[table]} {table}" for table in counts) + f" written to {directory}")
 
 
 @cli.command()
@@ -664,7 +690,7 @@ def migrate(store):
     from indexer.store.migrate import migrate as convert
 
     counts = convert(store)
-    click.echo(
+    echo(
         f"migrated {store}: {counts.get('images', 0)} images, {counts.get('tags', 0)} tags, "
         f"{counts.get('runs', 0)} runs"
     )
@@ -680,7 +706,41 @@ _add_serve()
 
 
 def main():
-    cli(prog_name="imgdex")
+    code, output_ok = 0, True
+    try:
+        cli(prog_name="imgdex")
+    except SystemExit as exc:
+        code = _exit_code(exc.code)
+    except _OutputFailed as exc:
+        code, output_ok = 1, False
+        _say_output_failed(str(exc))
+    if output_ok:
+        try:
+            if sys.stdout is not None:
+                sys.stdout.flush()  # echo flushes; this is for any other write
+        except OSError as exc:
+            code, output_ok = code or 1, False
+            if exc.errno != errno.EPIPE:  # a reader that has gone is not told about
+                _say_output_failed(exc.strerror or str(exc))
+    if sys.stderr is not None:
+        with contextlib.suppress(OSError):
+            sys.stderr.flush()
+    # Output that could not be written stays buffered, and the interpreter would try it again
+    # at exit with a traceback of its own: so that run leaves at once.
+    if not output_ok:
+        os._exit(code)
+    sys.exit(code)
+
+
+def _say_output_failed(reason: str) -> None:
+    click.echo(f"imgdex: cannot write to standard output: {reason}", err=True)
+
+
+def _exit_code(value) -> int:
+    if value is None or isinstance(value, int):
+        return value or 0
+    click.echo(value, err=True)  # as Python says sys.exit("text")
+    return 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,99 @@
+"""The `imgdex` command as its own process: what reaches stdout and the exit code when a command
+leaves without the interpreter's teardown, and one line, never a traceback, when stdout cannot
+be written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import sample_sources
+
+NO_SPACE = "imgdex: cannot write to standard output: No space left on device"
+
+
+def _imgdex(*args: str, stdout=subprocess.PIPE, stdin=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "queries.cli", *args],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        stdin=stdin,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def one_id(samples_store):
+    listed = _imgdex("list", "--store", samples_store, "--format", "json")
+    assert listed.returncode == 0, listed.stderr
+    return json.loads(listed.stdout)["images"][0]["id"]
+
+
+def test_index_summary_reaches_a_pipe(tmp_path):
+    # A pipe is block-buffered: the summary is still buffered when the command returns.
+    result = _imgdex("index", "--store", str(tmp_path / "store"), "--quiet", "--json", *sample_sources())
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["indexed"] > 0 and summary["failed"] == 0
+
+
+def test_index_exit_code_and_lines_when_a_source_fails(tmp_path):
+    missing = str(tmp_path / "missing.tar")
+    result = _imgdex("index", "--store", str(tmp_path / "store"), "--quiet", missing, *sample_sources())
+    assert result.returncode == 1
+    assert result.stdout.startswith("indexed ") and ", 1 failed, in " in result.stdout
+    assert "missing.tar" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_get_output_and_exit_codes(samples_store, one_id):
+    found = _imgdex("get", one_id, "--store", samples_store)
+    assert found.returncode == 0 and json.loads(found.stdout)["id"] == one_id
+    lost = _imgdex("get", "crp" + "0" * 17, "--store", samples_store)
+    assert lost.returncode == 1 and lost.stdout == "" and lost.stderr.startswith("imgdex: ")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("sql", "SELECT 1"),  # short: still buffered when the command returns
+        ("sql", "SELECT * FROM range(200000)", "--format", "csv"),  # long: fails while written
+        ("list", "--format", "json"),
+        ("history",),
+    ],
+    ids=["sql-short", "sql-long", "list", "history"],
+)
+def test_full_device_is_one_line(samples_store, args):
+    with open("/dev/full", "w") as full:
+        result = _imgdex(*args, "--store", samples_store, stdout=full)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [NO_SPACE]
+
+
+def test_get_to_a_full_device_is_one_line(samples_store, one_id):
+    with open("/dev/full", "w") as full:
+        single = _imgdex("get", one_id, "--store", samples_store, stdout=full)
+    assert single.returncode == 1 and single.stderr.splitlines() == [NO_SPACE]
+    lines = "\n".join([one_id] * 5000) + "\n"
+    with open("/dev/full", "w") as full:
+        batch = subprocess.run(
+            [sys.executable, "-m", "queries.cli", "get", "--ids-from", "-", "--store", samples_store],
+            input=lines,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    assert batch.returncode == 1 and batch.stderr.splitlines() == [NO_SPACE]
+
+
+def test_index_to_a_full_device_still_lands(tmp_path):
+    store = str(tmp_path / "store")
+    with open("/dev/full", "w") as full:
+        result = _imgdex("index", "--store", store, "--quiet", *sample_sources(), stdout=full)
+    assert result.returncode == 1 and result.stderr.splitlines() == [NO_SPACE]
+    listed = _imgdex("list", "--store", store, "--format", "json")
+    assert listed.returncode == 0 and json.loads(listed.stdout)["images"]
