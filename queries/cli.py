@@ -705,6 +705,13 @@ def _add_serve() -> None:
 _add_serve()
 
 
+# Commands whose work is closed when they return: files written and committed, workers joined,
+# DuckDB only read in memory. They leave without the interpreter's teardown, which frees every
+# object and unloads pyarrow, deltalake and DuckDB one by one: 30-50 ms, a sixth of a run that
+# indexes one archive.
+_LEAVE_AT_ONCE = ("index", "get")
+
+
 def main():
     code, output_ok = 0, True
     try:
@@ -726,8 +733,8 @@ def main():
         with contextlib.suppress(OSError):
             sys.stderr.flush()
     # Output that could not be written stays buffered, and the interpreter would try it again
-    # at exit with a traceback of its own: so that run leaves at once.
-    if not output_ok:
+    # at exit with a traceback of its own: so that run leaves at once too.
+    if not output_ok or _command() in _LEAVE_AT_ONCE:
         os._exit(code)
     sys.exit(code)
 
@@ -741,6 +748,11 @@ def _exit_code(value) -> int:
         return value or 0
     click.echo(value, err=True)  # as Python says sys.exit("text")
     return 1
+
+
+def _command() -> str:
+    """The command named on the command line: the first argument that is not an option."""
+    return next((arg for arg in sys.argv[1:] if not arg.startswith("-")), "")
 
 
 if __name__ == "__main__":
