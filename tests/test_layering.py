@@ -44,9 +44,11 @@ def test_lookup_path_does_not_import_pyarrow_or_docker(samples_store):
 
 
 def test_get_by_id_does_not_compile_the_reference_grammar(samples_store):
-    """A cold `imgdex get ID` imports ids only; references.py is for lookups by reference."""
+    """A cold `imgdex get ID` imports ids only; references.py is for lookups by reference, and
+    model.py for building records."""
     some_id = store_views(samples_store).execute("SELECT id FROM images LIMIT 1").fetchone()[0]
-    loaded, out = modules_after_cli([["get", some_id, "--store", samples_store]], ("indexer.references",))
+    watched = ("indexer.references", "indexer.model")
+    loaded, out = modules_after_cli([["get", some_id, "--store", samples_store]], watched)
     assert '"id"' in out
     assert loaded == []
 

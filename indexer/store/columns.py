@@ -13,11 +13,13 @@ an Arrow type.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 from .. import timestamps
 from ..identifiers import blob_id
-from ..model import ImageRecord
+
+if TYPE_CHECKING:  # a lookup reads RESPONSE_COLUMNS and builds no record: model.py costs ~3 ms
+    from ..model import ImageRecord
 
 
 class Column(NamedTuple):
