@@ -4,6 +4,7 @@ the Arrow build and the response's JSON keys all follow from it."""
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 import os
 import subprocess
 import sys
@@ -12,12 +13,14 @@ from datetime import datetime, timezone
 import duckdb
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from yandex.cloud.containerregistry.v1 import blob_pb2, image_pb2
 
 from indexer import lineage, timestamps
 from indexer.model import IMPORTED, Blob, HistoryEntry, ImageRecord, Platform
 from indexer.references import blob_id
-from indexer.store import columns, schema
+from indexer.store import columns, schema, writer
 from indexer.store.writer import record_from_row, records_to_arrow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -185,3 +188,75 @@ def test_every_column_is_built_from_its_getter():
         elif column.type.startswith("list<"):
             expected = [list(v) for v in expected]
         assert got == expected, column.name
+
+
+_TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=6)  # no lone surrogate: no UTF-8
+_TEXTS = st.lists(_TEXT, max_size=4).map(tuple)
+
+
+@st.composite
+def _nested(draw) -> ImageRecord:
+    """A record whose nested columns (those `pa.array` may build) vary."""
+    labels = draw(st.dictionaries(_TEXT, _TEXT, max_size=4))
+    history = draw(st.lists(st.builds(HistoryEntry, _TEXT, _TEXT, _TEXT, st.booleans()), max_size=4))
+    layers = draw(st.lists(st.builds(Blob, st.just(D1), st.integers(0, 2**62), _TEXT, _TEXTS), max_size=3))
+    return dataclasses.replace(
+        draw(st.sampled_from([_full(), _bare(), _imported()])),
+        labels=tuple(labels.items()),
+        history=tuple(history),
+        layers=tuple(layers),
+        env=draw(_TEXTS),
+        entrypoint=draw(_TEXTS),
+        cmd=draw(_TEXTS),
+        tags=draw(_TEXTS),
+        diff_ids=draw(st.lists(st.sampled_from([D1, D2, D3]), max_size=3).map(tuple)),
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_nested(), min_size=1, max_size=5))
+def test_pa_array_and_the_buffers_build_the_same_table(records):
+    """Nested columns are built by `pa.array` where that imports no pandas, else from buffers."""
+    built = {}
+    for alone in (True, False):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(writer, "converts_alone", lambda alone=alone: alone)
+            built[alone] = records_to_arrow(records, NOW)
+    assert built[True].equals(built[False])
+    assert [record_from_row(row) for row in built[True].to_pylist()] == records
+
+
+@pytest.mark.parametrize("alone", [True, False])
+def test_both_builds_refuse_what_the_store_cannot_take(alone, monkeypatch):
+    monkeypatch.setattr(writer, "converts_alone", lambda: alone)
+    for spoilt in (
+        dataclasses.replace(_full(), env=("\ud800",)),
+        dataclasses.replace(_full(), history=(HistoryEntry("", "\ud800", "", False),)),
+        dataclasses.replace(_full(), labels=(("k", "\ud800"),)),
+        dataclasses.replace(_full(), labels=(("k", "1"), ("k", "2"))),
+        dataclasses.replace(_full(), tags=("v1", 2)),
+    ):
+        with pytest.raises((TypeError, ValueError)):
+            records_to_arrow([spoilt], NOW)
+
+
+def test_pandas_is_imported_only_where_it_is_loaded_already():
+    code = (
+        "import sys, datetime\n"
+        "sys.path.insert(0, 'tests')\n"
+        "from test_columns import _full\n"
+        "from indexer.store import writer\n"
+        "writer.records_to_arrow([_full()], datetime.datetime.now(datetime.timezone.utc))\n"
+        "print('pandas' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_only_named_tuples_in_the_struct_order_go_to_arrow_as_they_are():
+    swapped = NamedTuple("Swapped", [("created_by", str), ("created", str), ("comment", str), ("empty_layer", bool)])
+    assert writer._positional("history", [(), (HistoryEntry("a", "b", "c", True),)])
+    assert not writer._positional("history", [(swapped("b", "a", "c", True),)])
+    assert not writer._positional("history", [(("a", "b", "c", True),)])  # a plain tuple names nothing
+    assert not writer._positional("blob", [(Blob(D1, 1),)])  # its id is computed, and comes first
+    assert not writer._positional("string", [("a",)])
