@@ -199,7 +199,7 @@ def _nested(draw) -> ImageRecord:
     """A record whose nested columns (those `pa.array` may build) vary."""
     labels = draw(st.dictionaries(_TEXT, _TEXT, max_size=4))
     history = draw(st.lists(st.builds(HistoryEntry, _TEXT, _TEXT, _TEXT, st.booleans()), max_size=4))
-    layers = draw(st.lists(st.builds(Blob, st.just(D1), st.integers(0, 2**62), _TEXT, _TEXTS), max_size=3))
+    layers = draw(st.lists(st.builds(Blob, st.just(D1), st.integers(0, 2**60), _TEXT, _TEXTS), max_size=3))
     return dataclasses.replace(
         draw(st.sampled_from([_full(), _bare(), _imported()])),
         labels=tuple(labels.items()),
