@@ -38,12 +38,14 @@ def echo(text: str, nl: bool = True) -> None:
 
 def _put(text: str, flush: bool = False) -> None:
     """`text` to standard output as it is (click.echo would look for ANSI codes in every line)."""
-    _writing(sys.stdout.write, text)
+    _writing(lambda: sys.stdout.write(text))
     if flush:
-        _writing(sys.stdout.flush)
+        _writing(lambda: sys.stdout.flush())
 
 
 def _writing(write, *args, **kwargs) -> None:
+    if sys.stdout is None:  # started with it closed (`>&-`): click would print nowhere and say nothing
+        raise _OutputFailed("it is closed")
     try:
         write(*args, **kwargs)
     except BrokenPipeError:

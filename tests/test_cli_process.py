@@ -5,6 +5,7 @@ be written."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -97,3 +98,25 @@ def test_index_to_a_full_device_still_lands(tmp_path):
     assert result.returncode == 1 and result.stderr.splitlines() == [NO_SPACE]
     listed = _imgdex("list", "--store", store, "--format", "json")
     assert listed.returncode == 0 and json.loads(listed.stdout)["images"]
+
+
+def test_closed_stdout_is_one_line(samples_store, one_id, tmp_path):
+    """Started with standard output closed (`>&-`), click would print nowhere and say nothing."""
+
+    def closed(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "queries.cli", *args],
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            preexec_fn=lambda: os.close(1),
+        )
+
+    closed_line = ["imgdex: cannot write to standard output: it is closed"]
+    for args in (("get", one_id), ("list",), ("sql", "SELECT 1")):
+        result = closed(*args, "--store", samples_store)
+        assert result.returncode == 1 and result.stderr.splitlines() == closed_line, args
+    store = str(tmp_path / "store")
+    result = closed("index", "--store", store, "--quiet", *sample_sources())
+    assert result.returncode == 1 and result.stderr.splitlines() == closed_line
+    assert json.loads(_imgdex("list", "--store", store, "--format", "json").stdout)["images"]
