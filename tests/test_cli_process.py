@@ -5,7 +5,6 @@ be written."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -104,12 +103,12 @@ def test_closed_stdout_is_one_line(samples_store, one_id, tmp_path):
     """Started with standard output closed (`>&-`), click would print nowhere and say nothing."""
 
     def closed(*args: str) -> subprocess.CompletedProcess:
+        # Closed by a shell: a preexec_fn may deadlock in a process that runs threads, as this one may.
         return subprocess.run(
-            [sys.executable, "-m", "queries.cli", *args],
+            ["sh", "-c", 'exec "$@" >&-', "sh", sys.executable, "-m", "queries.cli", *args],
             stderr=subprocess.PIPE,
             text=True,
             timeout=120,
-            preexec_fn=lambda: os.close(1),
         )
 
     closed_line = ["imgdex: cannot write to standard output: it is closed"]
