@@ -280,3 +280,38 @@ def test_get_by_id_reads_the_files_that_may_hold_it_and_falls_back_to_references
         assert got["id"] == image_id
     by_name = as_json(run_cli("get", lookalike, "--store", store))
     assert by_name["name"] == lookalike
+
+
+def test_get_by_id_reads_only_the_files_with_rows_of_it_and_answers_as_the_whole_store(run_cli, tmp_path):
+    """Runs appended since compaction span many ids each, so id ranges keep all their files; a get
+    by id narrows to the files that hold a row of the id, and answers as a reader of every file."""
+    import duckdb
+
+    from indexer.store import deltalog
+    from queries import engine, lookup
+
+    store = str(tmp_path / "store")
+    assert run_cli("index", "--store", store, "--repository", "samples/app", *sample_sources()).exit_code == 0
+    assert run_cli("compact", "--store", store).exit_code == 0
+    # Later runs: images whose ids fall among the samples', and a tag moved off a sample image (a
+    # tags-only row for it in a later file).
+    for name, tags in (("samples/app", {"v1": b"moved"}), ("aaa/first", {"v1": b"a", "v2": b"b"})):
+        source = layout(str(tmp_path / name.replace("/", "-")), tags)
+        assert run_cli("index", "--store", store, "--repository", name, f"oci:{source}").exit_code == 0
+
+    images = deltalog.read_store(store, tables=("images",))["images"]
+    listed = ", ".join("'" + f + "'" for f in images.files)
+    rows = duckdb.sql(f"SELECT id, filename FROM read_parquet([{listed}], filename = true)").fetchall()
+    holding: dict[str, set[str]] = {}
+    for image_id, filename in rows:
+        holding.setdefault(image_id, set()).add(filename)
+    whole = engine.connect(store, tables=("images",))
+    narrowed_somewhere = False
+    for image_id in [*sorted(holding), "crp" + "0" * 17]:
+        narrowed = engine.connect(store, tables=("images",), key=image_id)
+        assert lookup.by_id(narrowed, image_id) == lookup.by_id(whole, image_id), image_id
+        ranged = images.for_key(image_id).files
+        if len(ranged) > 1:
+            assert set(narrowed._files) == holding.get(image_id, set()), image_id
+            narrowed_somewhere |= len(narrowed._files) < len(ranged)
+    assert narrowed_somewhere and any(len(files) > 1 for files in holding.values())

@@ -113,7 +113,15 @@ class TableFiles:
         if len(ranges) != len(self.files):
             return self
         wanted = sorted({k for k in keys if k is not None})
-        kept = [i for i, r in enumerate(ranges) if r is None or (r and _any_within(wanted, r))]
+        return self.only({self.files[i] for i, r in enumerate(ranges) if r is None or (r and _any_within(wanted, r))})
+
+    def for_key(self, key: str) -> "TableFiles":
+        """This table narrowed to the files that may hold `key` (for `resolved_sql` of one lookup)."""
+        return self.holding([key])
+
+    def only(self, paths: set[str]) -> "TableFiles":
+        """This table narrowed to the files among `paths`, in their order."""
+        kept = [i for i, path in enumerate(self.files) if path in paths]
         if len(kept) == len(self.files):
             return self
         return dataclasses.replace(
@@ -122,10 +130,6 @@ class TableFiles:
             key_ranges=tuple(self.key_ranges[i] for i in kept) if len(self.key_ranges) == len(self.files) else (),
             name_ranges=tuple(self.name_ranges[i] for i in kept) if len(self.name_ranges) == len(self.files) else (),
         )
-
-    def for_key(self, key: str) -> "TableFiles":
-        """This table narrowed to the files that may hold `key` (for `resolved_sql` of one lookup)."""
-        return self.holding([key])
 
 
 def _any_within(wanted: list[str], bounds: tuple[str, str]) -> bool:
