@@ -15,15 +15,14 @@ from conftest import sample_sources
 NO_SPACE = "imgdex: cannot write to standard output: No space left on device"
 
 
-def _imgdex(*args: str, stdout=subprocess.PIPE, stdin=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "queries.cli", *args],
-        stdout=stdout,
-        stderr=subprocess.PIPE,
-        stdin=stdin,
-        text=True,
-        timeout=120,
-    )
+def _imgdex(
+    *args: str, stdout=subprocess.PIPE, input: str | None = None, closed_stdout: bool = False
+) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "queries.cli", *args]
+    if closed_stdout:
+        # Closed by a shell: a preexec_fn may deadlock in a process that runs threads, as this one may.
+        command, stdout = ["sh", "-c", 'exec "$@" >&-', "sh", *command], None
+    return subprocess.run(command, stdout=stdout, stderr=subprocess.PIPE, input=input, text=True, timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -79,14 +78,7 @@ def test_get_to_a_full_device_is_one_line(samples_store, one_id):
     assert single.returncode == 1 and single.stderr.splitlines() == [NO_SPACE]
     lines = "\n".join([one_id] * 5000) + "\n"
     with open("/dev/full", "w") as full:
-        batch = subprocess.run(
-            [sys.executable, "-m", "queries.cli", "get", "--ids-from", "-", "--store", samples_store],
-            input=lines,
-            stdout=full,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=120,
-        )
+        batch = _imgdex("get", "--ids-from", "-", "--store", samples_store, stdout=full, input=lines)
     assert batch.returncode == 1 and batch.stderr.splitlines() == [NO_SPACE]
 
 
@@ -101,21 +93,11 @@ def test_index_to_a_full_device_still_lands(tmp_path):
 
 def test_closed_stdout_is_one_line(samples_store, one_id, tmp_path):
     """Started with standard output closed (`>&-`), click would print nowhere and say nothing."""
-
-    def closed(*args: str) -> subprocess.CompletedProcess:
-        # Closed by a shell: a preexec_fn may deadlock in a process that runs threads, as this one may.
-        return subprocess.run(
-            ["sh", "-c", 'exec "$@" >&-', "sh", sys.executable, "-m", "queries.cli", *args],
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=120,
-        )
-
     closed_line = ["imgdex: cannot write to standard output: it is closed"]
     for args in (("get", one_id), ("list",), ("sql", "SELECT 1")):
-        result = closed(*args, "--store", samples_store)
+        result = _imgdex(*args, "--store", samples_store, closed_stdout=True)
         assert result.returncode == 1 and result.stderr.splitlines() == closed_line, args
     store = str(tmp_path / "store")
-    result = closed("index", "--store", store, "--quiet", *sample_sources())
+    result = _imgdex("index", "--store", store, "--quiet", *sample_sources(), closed_stdout=True)
     assert result.returncode == 1 and result.stderr.splitlines() == closed_line
     assert json.loads(_imgdex("list", "--store", store, "--format", "json").stdout)["images"]
