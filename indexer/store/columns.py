@@ -28,7 +28,8 @@ class Column(NamedTuple):
     # "list<T>" or "map<string, string>"; "blob" and "history" are the structs described below.
     type: str
     # The value of one record (None is null; a list column takes a sequence, a map one of pairs):
-    # the name of the record's attribute that holds it, or a function of the record.
+    # the name of the record's attribute that holds it, "member.attribute" for an attribute of a
+    # named tuple the record may hold (None when it holds none), or a function of the record.
     get: str | Callable | None = None
     # Or the whole column at once, from a `Batch` (see writer.py): for values shared by a batch
     # or derived from other columns; a list of values or an Arrow array.
@@ -43,20 +44,6 @@ class Batch(NamedTuple):
     records: list[ImageRecord]
     indexed_at: object  # datetime, UTC
     chains: list[tuple[str, ...]]  # lineage.chain_ids of each record's diff_ids
-
-
-def _config_get(attribute: str) -> Callable[[ImageRecord], object]:
-    def get(record: ImageRecord):
-        return None if record.config is None else getattr(record.config, attribute)
-
-    return get
-
-
-def _platform_get(attribute: str) -> Callable[[ImageRecord], object]:
-    def get(record: ImageRecord):
-        return None if record.platform is None else getattr(record.platform, attribute)
-
-    return get
 
 
 def _created_at(batch: Batch):
@@ -97,9 +84,9 @@ IMAGES: tuple[Column, ...] = (
         lambda r: None if r.config is None else r.config.id or blob_id(r.config.digest),
         response=("config", "id"),
     ),
-    Column("config_digest", "string", _config_get("digest"), response=("config", "digest")),
-    Column("config_size", "int64", _config_get("size"), response=("config", "size")),
-    Column("config_media_type", "string", _config_get("media_type")),
+    Column("config_digest", "string", "config.digest", response=("config", "digest")),
+    Column("config_size", "int64", "config.size", response=("config", "size")),
+    Column("config_media_type", "string", "config.media_type"),
     Column(
         "config_urls", "list<string>", lambda r: () if r.config is None else r.config.urls, response=("config", "urls")
     ),
@@ -111,9 +98,9 @@ IMAGES: tuple[Column, ...] = (
     # a timestamp for SQL.
     Column("created", "string", "created", response=("createdAt",)),
     Column("created_at", "timestamp[ns]", build=_created_at),
-    Column("platform_os", "string", _platform_get("os")),
-    Column("platform_architecture", "string", _platform_get("architecture")),
-    Column("platform_variant", "string", _platform_get("variant")),
+    Column("platform_os", "string", "platform.os"),
+    Column("platform_architecture", "string", "platform.architecture"),
+    Column("platform_variant", "string", "platform.variant"),
     Column("parent_digest", "string", "parent_digest"),
     Column("labels", "map<string, string>", "labels"),
     Column("env", "list<string>", "env"),
@@ -160,4 +147,8 @@ BY_NAME: dict[str, Column] = {c.name: c for c in IMAGES}
 
 def value(column: Column, item) -> object:
     """`column`'s value for one record (or struct member) by its getter."""
-    return getattr(item, column.get) if isinstance(column.get, str) else column.get(item)
+    if not isinstance(column.get, str):
+        return column.get(item)
+    head, _, attribute = column.get.partition(".")
+    held = getattr(item, head)
+    return held if not attribute or held is None else getattr(held, attribute)

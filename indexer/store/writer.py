@@ -11,6 +11,7 @@ import os
 import sys
 from itertools import chain
 from operator import attrgetter
+from typing import Sequence
 from datetime import datetime, timezone
 
 import pyarrow as pa
@@ -42,13 +43,36 @@ def _values(table: tuple[columns.Column, ...], items) -> dict[str, list]:
         transposed = list(zip(*items))
         out.update((c.name, transposed[fields.index(c.get)]) for c in by_attribute)
     else:
-        # Records: a column at a time through a C getter (17 ms for 10,000 records, against 23 ms
-        # for one getter of every attribute and a transpose).
-        out.update((c.name, list(map(attrgetter(c.get), items))) for c in by_attribute)
+        # Records come in id order, scattered in memory: each is visited once, for all of its
+        # attributes, and what a member holds (config.digest) is read from the members alike.
+        paths = [c.get.partition(".") for c in by_attribute]
+        heads = sorted({head for head, _, _ in paths})
+        rows = list(map(attrgetter(*heads), items)) if len(heads) > 1 else [(getattr(i, heads[0]),) for i in items]
+        held = dict(zip(heads, zip(*rows))) if rows else dict.fromkeys(heads, ())
+        members: dict[str, dict[str, Sequence]] = {}
+        for c, (head, _, attribute) in zip(by_attribute, paths):
+            if not attribute:
+                out[c.name] = held[head]
+                continue
+            if head not in members:
+                members[head] = _transposed(held[head])
+            if members[head]:
+                out[c.name] = members[head][attribute]
+            else:  # some records hold none, or not all of one type
+                out[c.name] = [None if h is None else getattr(h, attribute) for h in held[head]]
     for c in table:
         if callable(c.get):
             out[c.name] = [c.get(item) for item in items]
     return out
+
+
+def _transposed(held) -> dict[str, Sequence]:
+    """Attribute -> one value per item, when every item is a named tuple of one type; else {}."""
+    kinds = set(map(type, held))
+    if len(kinds) != 1:
+        return {}
+    names = getattr(kinds.pop(), "_fields", None)
+    return dict(zip(names, zip(*held))) if names and held else {}
 
 
 def _array(spelled: str, values) -> pa.Array:
