@@ -41,7 +41,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
 import corpus  # noqa: E402
-from launch import launch  # noqa: E402
+from launch import compiled_modules, launch  # noqa: E402
 import floor  # noqa: E402
 import store_bench  # noqa: E402
 
@@ -240,6 +240,7 @@ def main() -> int:
     parser.add_argument("--json")
     args = parser.parse_args()
     os.makedirs(args.dir, exist_ok=True)
+    compiled_modules(args.dir, ROOT)
     args.base = os.path.join(args.dir, f"store-{args.rows}")
 
     build_store(args)

@@ -28,6 +28,7 @@ sys.path.insert(0, ROOT)
 import corpus  # noqa: E402
 import floor  # noqa: E402
 from io_counter import measure  # noqa: E402
+from launch import compiled_modules  # noqa: E402
 
 CLI = ["-m", "queries.cli"]
 RESULTS: list[dict] = []
@@ -386,6 +387,7 @@ def main() -> None:
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args()
     os.makedirs(os.path.join(args.work, "stores"), exist_ok=True)
+    compiled_modules(args.work, ROOT)
     print(f"imgdex benchmarks on {os.cpu_count()} cores, repeat {args.repeat}{', quick' if args.quick else ''}")
     for name in args.only or SECTIONS:
         SECTIONS[name](args)

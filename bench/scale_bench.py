@@ -26,7 +26,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import corpus  # noqa: E402
-from launch import launch  # noqa: E402
+from launch import compiled_modules, launch  # noqa: E402
 import floor  # noqa: E402
 
 
@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("index_args", nargs="*", help="extra arguments for `imgdex index` (after --)")
     args = parser.parse_args()
     sizes = [int(text) for text in args.sizes.split(",")]
+    compiled_modules(args.work, ROOT)
     previous = None
     for n in sizes:
         layout = os.path.join(args.work, f"oci{n}")
