@@ -7,6 +7,7 @@ names are normalised to `docker.io` with `library/` for one-component names.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -66,11 +67,16 @@ def is_registry_host(component: str) -> bool:
 
 def is_valid_name(registry: str, path: str) -> bool:
     """A whole repository name: an optional host, a path, and at most NAME_MAX characters together."""
-    return (
-        is_valid_repository(path)
-        and (not registry or is_valid_host(registry))
-        and len(registry) + 1 + len(path) <= NAME_MAX
-    )
+    if isinstance(registry, str) and isinstance(path, str) and len(registry) + 1 + len(path) <= NAME_MAX:
+        return _valid_name(registry, path)
+    return False
+
+
+# A run meets the same few repositories in every image it reads: each name is matched once (the
+# cache holds at most 4096 names of up to NAME_MAX characters).
+@functools.lru_cache(maxsize=4096)
+def _valid_name(registry: str, path: str) -> bool:
+    return is_valid_repository(path) and (not registry or is_valid_host(registry))
 
 
 # Up to the last '@' before the path: a password may hold '@' or ':' and must not leak a part.
@@ -133,19 +139,19 @@ def parse_reference(text: str, default_registry: str = DOCKER_HUB) -> Reference:
         path, tag = path[:colon], path[colon + 1 :]
         if not is_valid_tag(tag):
             raise ReferenceError_(f"invalid tag in reference {text!r}")
-    if host and not is_valid_host(host):
-        raise ReferenceError_(f"invalid registry host in reference {text!r}")
-    if not is_valid_repository(path):
-        raise ReferenceError_(f"invalid repository name in reference {text!r}")
     registry = host or default_registry
+    name = path
     if is_docker_hub(registry):
         registry = DOCKER_HUB
-        if "/" not in path:
-            path = f"library/{path}"
-    # As distribution does, the length limit applies to the normalised name, host included.
-    if not is_valid_name(registry, path):
+        if "/" not in name:
+            name = f"library/{name}"
+    # As distribution does, the length limit applies to the normalised name, host included. A
+    # path is valid with "library/" before it exactly when it is valid alone.
+    if not is_valid_name(registry, name):
+        if host and not is_valid_host(host):
+            raise ReferenceError_(f"invalid registry host in reference {text!r}")
         raise ReferenceError_(f"invalid repository name in reference {text!r}")
-    return Reference(registry=registry, name=path, tag=tag, digest=digest)
+    return Reference(registry=registry, name=name, tag=tag, digest=digest)
 
 
 def is_bare_tag(text: str) -> bool:

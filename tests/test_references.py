@@ -112,6 +112,24 @@ def test_parse_reference_rejects_what_docker_rejects(text):
         parse_reference(text)
 
 
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("reg_example:5000/app", "invalid registry host"),
+        ("reg_example:5000/App", "invalid registry host"),
+        ("reg.example/App", "invalid repository name"),
+        ("reg.example/" + "a" * 244, "invalid repository name"),
+        ("app..x", "invalid repository name"),
+        ("library/app..x", "invalid repository name"),
+    ],
+)
+def test_parse_reference_says_which_part_is_wrong(text, reason):
+    # Asked twice: the second answer comes from the names already matched.
+    for _ in range(2):
+        with pytest.raises(ReferenceError_, match=reason):
+            parse_reference(text)
+
+
 def test_name_length_counts_the_normalised_name():
     assert parse_reference("reg.example/" + "a" * 243).name == "a" * 243  # 255 with the host
     assert parse_reference("a" * 237).name == "library/" + "a" * 237  # docker.io/library/... is 255
