@@ -405,7 +405,9 @@ def _mangle(text: str, cut: int, insert: str) -> str:
 @settings(max_examples=300, deadline=None)
 @given(
     index_docs,
-    st.sampled_from(["", " ", "\n", ",", "]", "}", "x", '"', "\\", "1", "\ud800", "\\ud800", "\ufeff", "e5", "-"]),
+    st.sampled_from(
+        ["", " ", "\n", ",", "]", "}", "x", '"', "\\", "1", "\ud800", "\\ud800", "\ufeff", "e5", "-", "9" * 5000]
+    ),
     st.integers(min_value=0, max_value=10_000),
     st.integers(min_value=1, max_value=7),
     st.booleans(),
@@ -430,6 +432,18 @@ def test_streamed_index_reads_as_json_loads_does(doc, insert, cut, piece, indent
     finally:
         layout.MAX_JSON_BYTES, jsonstream.GROW, jsonstream._MARGIN = saved
     assert got == expected
+
+
+def test_streamed_index_refuses_a_number_int_cannot_convert():
+    data = b'{"schemaVersion": 2, "manifests": [], "x": ' + b"9" * 5000 + b"}"
+    index = IndexJson("index.json", len(data), lambda: iter([data[i : i + 4096] for i in range(0, len(data), 4096)]))
+    saved = layout.MAX_JSON_BYTES
+    layout.MAX_JSON_BYTES = -1  # read a descriptor at a time, as a large index.json is
+    try:
+        with pytest.raises(SourceError, match="index.json holds a number of more than 4300 digits"):
+            list(index.descriptors())
+    finally:
+        layout.MAX_JSON_BYTES = saved
 
 
 # ---------------------------------------------------------------------------------------------

@@ -200,6 +200,9 @@ def test_import_and_manifest_source_in_one_run_are_one_resource(run_cli, tmp_pat
         ("compressedSize", True, "not an integer"),
         ("layer size", "99999999999999999999", "out of range"),
         ("layer size", 7.0, "not an integer"),
+        # More digits than int() converts: refused by their count, and not echoed whole.
+        ("layer size", "9" * 5000, "out of range (5000 digits; 0 to 2**63-1)"),
+        ("layer size", "number of 5000 digits", "holds a number of more than 4300 digits"),
         ("layer sizes", ["4611686018427387904", "4611686018427387904"], "add up to 9223372036854775808"),
     ],
 )
@@ -213,13 +216,31 @@ def test_sizes_must_be_int64(run_cli, tmp_path, field, value, reason):
     else:
         victim["layers"] = [dict(victim["layers"][0], size=size) for size in value]
     path = tmp_path / "sizes.json"
-    path.write_text(json.dumps({"images": [good, victim]}, ensure_ascii=False), encoding="utf-8")
+    text = json.dumps({"images": [good, victim]}, ensure_ascii=False)
+    # A JSON number too long for int(), which json.dumps cannot write: the whole document fails.
+    path.write_text(text.replace('"number of 5000 digits"', "9" * 5000), encoding="utf-8")
     store = str(tmp_path / "store")
     result = run_cli("index", f"ycr-json:{path}", "--store", store)
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"imgdex: {path} images[1]: ") and reason in lines[0], lines
+    assert len(lines) == 1 and reason in lines[0], lines
+    if value == "number of 5000 digits":
+        assert lines[0].startswith(f"imgdex: {path}") and "Traceback" not in result.stderr
+        return
+    assert lines[0].startswith(f"imgdex: {path} images[1]: "), lines
     assert get(run_cli, store, good["id"]) == good
+
+
+def test_leading_zeros_do_not_count_as_digits(run_cli, tmp_path):
+    doc = json.loads(json.dumps(images_of("image-array.json")[0]))
+    size = doc["layers"][0]["size"]
+    doc["layers"][0]["size"] = "0" * 5000 + str(size)
+    path = tmp_path / "zeros.json"
+    path.write_text(json.dumps({"images": [doc]}), encoding="utf-8")
+    store = str(tmp_path / "store")
+    result = run_cli("index", f"ycr-json:{path}", "--store", store)
+    assert result.exit_code == 0, result.output
+    assert get(run_cli, store, doc["id"])["layers"][0]["size"] == str(size)
 
 
 def test_invalid_tags_are_dropped_with_a_note_and_the_image_lands(run_cli, tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import codecs
 import json
 import re
+import sys
 from typing import Iterable, Iterator
 
 from ..errors import SourceError
@@ -140,6 +141,9 @@ class JsonText:
                 self.fail(exc.msg, exc.pos)
             except RecursionError:
                 raise SourceError(self.where, f"{self.what} is not valid JSON (nested too deeply)") from None
+            except ValueError:  # an integer of more digits than int() converts
+                limit = sys.get_int_max_str_digits()
+                raise SourceError(self.where, f"{self.what} holds a number of more than {limit} digits") from None
             if not self.eof and end > len(self.text) - _MARGIN:
                 self._more(max(len(self.text) - self.pos, GROW))
                 continue

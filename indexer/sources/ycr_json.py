@@ -63,7 +63,10 @@ def _int64(value: object, where: str, what: str) -> int:
     if type(value) is int:
         number = value
     elif isinstance(value, str) and _DECIMAL.fullmatch(value):
-        number = int(value)
+        digits = value.lstrip("0") or "0"
+        if len(digits) > len(str(INT64_MAX)):  # nor int() of thousands of digits, nor a message that long
+            raise SourceError(where, f"{what} is out of range ({len(digits)} digits; 0 to 2**63-1)")
+        number = int(digits)
     else:
         raise SourceError(where, f"{what} is not an integer ({value!r})")
     if number < 0 or number > INT64_MAX:
