@@ -126,7 +126,7 @@ def _split_host(remainder: str) -> tuple[str, str]:
 
 def parse_reference(text: str, default_registry: str = DOCKER_HUB) -> Reference:
     """Parse `[HOST/]NAME[:TAG][@DIGEST]`; raises ReferenceError_ on anything else."""
-    if not text or len(text) > 4096:
+    if not isinstance(text, str) or not text or len(text) > 4096:
         raise ReferenceError_(f"invalid reference {text!r}")
     remainder, _, digest = text.partition("@")
     if digest and not is_valid_digest(digest):

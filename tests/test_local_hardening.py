@@ -17,7 +17,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from builders import Blobs, classic_save_files, digest_of, dumps, named, tar_bytes, write_dir, write_tar
+from builders import (
+    OCI_CONFIG,
+    OCI_LAYER_GZ,
+    OCI_MANIFEST,
+    Blobs,
+    classic_save_files,
+    digest_of,
+    dumps,
+    named,
+    tar_bytes,
+    write_dir,
+    write_tar,
+)
 from conftest import REAL
 from expectations import REPOSITORY, expected_documents
 from indexer.errors import SourceError, printable
@@ -444,6 +456,47 @@ def test_streamed_index_refuses_a_number_int_cannot_convert():
             list(index.descriptors())
     finally:
         layout.MAX_JSON_BYTES = saved
+
+
+def test_a_blob_path_the_system_refuses_is_one_error(tmp_path):
+    # A digest the grammar takes but no file name can hold, and a blob folder that is a file: each
+    # fails its image with the reason, as a missing blob does.
+    blobs = Blobs()
+    config = blobs.add(dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers"}}), OCI_CONFIG)
+    long_layer = {"mediaType": OCI_LAYER_GZ, "digest": "sha256:" + "a" * 300, "size": 3}
+    manifest = blobs.add(
+        dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config, "layers": [long_layer]}),
+        OCI_MANIFEST,
+    )
+    write_dir(str(tmp_path / "long"), blobs.layout_files([named(manifest, ref_name="registry.example/long:v1")]))
+    records, errors, _ = collect(f"oci:{tmp_path / 'long'}")
+    assert not records and len(errors) == 1 and f"layer {long_layer['digest']} is missing" in str(errors[0])
+
+    write_dir(
+        str(tmp_path / "file"),
+        {
+            "oci-layout": b'{"imageLayoutVersion":"1.0.0"}',
+            "index.json": dumps(
+                {"schemaVersion": 2, "manifests": [{"mediaType": OCI_MANIFEST, "digest": digest_of(b"x"), "size": 1}]}
+            ),
+            "blobs/sha256": b"not a folder",
+        },
+    )
+    records, errors, _ = collect(f"oci:{tmp_path / 'file'}")
+    assert not records and [str(e) for e in errors] == [
+        f"{tmp_path / 'file' / 'blobs' / 'sha256' / digest_of(b'x').split(':')[1]}: Not a directory"
+    ]
+
+
+def test_a_repo_tag_that_is_not_a_string_is_noted_and_the_image_lands(tmp_path):
+    files = save("registry.example/tags/app:v1")
+    entries = json.loads(files["manifest.json"])
+    entries[0]["RepoTags"] = [{"x": 1}, ["y"], 7, "registry.example/tags/app:v2"]
+    files["manifest.json"] = dumps(entries)
+    write_tar(str(tmp_path / "save.tar"), files)
+    records, errors, notes = collect(f"docker-archive:{tmp_path / 'save.tar'}")
+    assert not errors and [r.tags for r in records] == [("v2",)]
+    assert [n.rsplit("(", 1)[1] for n in notes] == ["dict)", "list)", "int)"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -41,9 +41,12 @@ def _repo_tags(entry: dict, ctx: Context, where: str) -> list[Reference]:
         raise SourceError(where, "manifest.json: RepoTags is not a list")
     names = []
     for text in tags:
+        if not isinstance(text, str):
+            ctx.note(f"{where}: ignoring a RepoTag that is not a string ({type(text).__name__})")
+            continue
         try:
             names.append(parse_reference(text))
-        except (ImgdexError, TypeError) as exc:
+        except ImgdexError as exc:
             ctx.note(f"{where}: ignoring RepoTag {text!r}: {exc}")
     return names
 

@@ -96,8 +96,8 @@ class DirBlobs:
         try:
             if stat.S_ISLNK(os.lstat(path).st_mode):
                 self.check_inside(path)
-        except FileNotFoundError:
-            pass
+        except OSError:
+            pass  # missing, a name too long, a folder that is a file: the caller's access says which
         return path
 
     def _open_plain_folder(self, algorithm: str, path: str) -> None:
