@@ -505,11 +505,11 @@ def _save_and_engine(root):
     return [f"docker-archive:{archive}", "docker-daemon:"], fake, len(files[config_name])
 
 
-def _child_and_standalone(root):
+def _child_and_standalone(root, created=None):
     """One manifest as the child of an index (platform from the index, a parent digest) and the
     same manifest named on its own: exactness 3 both, one id."""
     blobs = Blobs()
-    child = blobs.image(layers=(b"arm-layer",), arch="arm64")
+    child = blobs.image(layers=(b"arm-layer",), arch="arm64", **({"created": created} if created else {}))
     index = blobs.index([dict(child, platform={"os": "linux", "architecture": "arm64", "variant": "v8"})])
     write_dir(str(root / "with-index"), blobs.layout_files([named(index, f"{REGISTRY}/multi:v1")]))
     write_dir(str(root / "alone"), blobs.layout_files([named(child, f"{REGISTRY}/multi:arm")]))
@@ -527,8 +527,15 @@ def _stored(store) -> tuple[list, list]:
     return images, tags
 
 
+def _created_out_of_nanoseconds(root):
+    # A time an int64 of nanoseconds cannot hold: its created_at is NULL, merged or not.
+    return _child_and_standalone(root, created="1600-01-01T00:00:00Z")
+
+
 @pytest.mark.parametrize(
-    "corpus", [_save_and_engine, _child_and_standalone], ids=["save-and-engine", "child-and-standalone"]
+    "corpus",
+    [_save_and_engine, _child_and_standalone, _created_out_of_nanoseconds],
+    ids=["save-and-engine", "child-and-standalone", "created-before-1678"],
 )
 def test_equally_exact_records_merge_field_by_field_in_any_order(tmp_path, monkeypatch, corpus):
     from indexer.sources import daemon
@@ -556,9 +563,12 @@ def test_equally_exact_records_merge_field_by_field_in_any_order(tmp_path, monke
         # the save's config size and bytes and its layer tar sizes; the engine's history; both tags
         assert row == (config_size, len(b"same-layer-1") + len(b"same-layer-22"), True, 3, ["1", "engine"])
     else:
-        rows = con.execute("SELECT kind, parent_digest, platform_variant, tags FROM images ORDER BY kind").fetchall()
-        [(kind, parent, variant, tags)] = [row for row in rows if row[0] == "image"]
+        rows = con.execute(
+            "SELECT kind, parent_digest, platform_variant, tags, created, created_at IS NULL FROM images ORDER BY kind"
+        ).fetchall()
+        [(kind, parent, variant, tags, created, no_time)] = [row for row in rows if row[0] == "image"]
         assert parent and variant == "v8" and tags == ["arm"]
+        assert no_time == created.startswith("1600-"), created
 
 
 def test_merge_records_keeps_known_fields_whatever_the_order(exact_record):

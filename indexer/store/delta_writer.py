@@ -280,6 +280,6 @@ def _merge_rows(stored: dict, incoming: dict) -> dict:
 
 def _microseconds(created: str | None) -> datetime | None:
     # Floored, as the table stores every created_at (Delta keeps microseconds only).
-    if not created:
-        return None
-    return _EPOCH + timedelta(microseconds=timestamps.epoch_nanos(created) // 1000)
+    nanos = timestamps.epoch_nanos(created) if created else None
+    # Out of the nanosecond range (before 1678, after 2261) is NULL, as records_to_arrow writes it.
+    return None if nanos is None else _EPOCH + timedelta(microseconds=nanos // 1000)
