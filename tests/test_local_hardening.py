@@ -488,6 +488,25 @@ def test_a_blob_path_the_system_refuses_is_one_error(tmp_path):
     ]
 
 
+def test_indexes_that_list_each_other_many_times_are_walked_a_bounded_number_of_times(tmp_path, monkeypatch):
+    from indexer.sources import parse
+
+    blobs = Blobs()
+    top = dict(blobs.image(layers=(b"leaf",)), platform={"os": "linux", "architecture": "amd64"})
+    for _ in range(4):
+        top = blobs.index([top] * 10)  # 10,000 paths to the one image
+    write_dir(str(tmp_path / "fan"), blobs.layout_files([named(top, ref_name="registry.example/fan/app:v1")]))
+    monkeypatch.setattr(parse, "MAX_WALKED", 200)
+    records, errors, _ = collect(f"oci:{tmp_path / 'fan'}")
+    assert [str(e) for e in errors] == [
+        f"{tmp_path / 'fan'}: index {top['digest']} leads to more than 200 manifests, counting repeats"
+    ]
+    assert len(records) <= 200 and {r.kind for r in records} == {"index", "image"}
+    monkeypatch.setattr(parse, "MAX_WALKED", 10_001 + 1_111)  # every path, each index counted too
+    records, errors, _ = collect(f"oci:{tmp_path / 'fan'}")
+    assert not errors and len({r.id for r in records}) == 5
+
+
 def test_a_repo_tag_that_is_not_a_string_is_noted_and_the_image_lands(tmp_path):
     files = save("registry.example/tags/app:v1")
     entries = json.loads(files["manifest.json"])

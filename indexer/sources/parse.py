@@ -43,6 +43,11 @@ MAX_PARSED_BYTES = 64 * 1024 * 1024
 _BYTES_PER_VALUE = 64
 # Indexes nested deeper than this are refused (real images nest one or two levels).
 MAX_INDEX_DEPTH = 16
+# Manifests one top-level descriptor may lead to, each counted every time an index reaches it:
+# within the depth limit, indexes that list each other many times would otherwise be walked
+# exponentially often (10 children, 15 levels: 10**15 walks of a 25 KB layout). Real indexes list
+# a few dozen platforms and attestations.
+MAX_WALKED = 50_000
 # Sizes are int64 in the store, the OCI descriptor and the Container Registry API alike.
 INT64_MAX = 2**63 - 1
 
@@ -370,8 +375,17 @@ def walk(
     platform: Platform | None = None,
     annotations: dict | None = None,
     depth: int = 0,
+    walked: list | None = None,
 ) -> Iterator[ImageRecord | SourceError]:
-    """Yield the records of one descriptor (and of its children, for an index)."""
+    """Yield the records of one descriptor (and of its children, for an index). `walked` holds the
+    manifests reached so far from the top-level descriptor, and its digest."""
+    if walked is None:
+        walked = [0, descriptor.digest]
+    walked[0] += 1
+    if walked[0] > MAX_WALKED:
+        if walked[0] == MAX_WALKED + 1:  # said once; the indexes still under way stop at once
+            yield SourceError(where, f"index {walked[1]} leads to more than {MAX_WALKED} manifests, counting repeats")
+        return
     if depth > MAX_INDEX_DEPTH:
         yield SourceError(where, f"manifest {descriptor.digest} is nested more than {MAX_INDEX_DEPTH} indexes deep")
         return
@@ -411,7 +425,9 @@ def walk(
         if media_type in mt.SCHEMA1:
             raise SourceError(where, f"manifest {descriptor.digest} is a schema1 manifest, which is not supported")
         if media_type in mt.INDEXES:
-            yield from _walk_index(store, descriptor, data, doc, media_type, names, ctx, where, parent, platform, depth)
+            yield from _walk_index(
+                store, descriptor, data, doc, media_type, names, ctx, where, parent, platform, depth, walked
+            )
             return
         if media_type not in mt.MANIFESTS:
             ctx.note(f"{where}: skipped {descriptor.digest}: unknown media type {media_type or '(none)'}")
@@ -423,7 +439,7 @@ def walk(
         yield exc
 
 
-def _walk_index(store, descriptor, data, doc, media_type, names, ctx, where, parent, platform, depth):
+def _walk_index(store, descriptor, data, doc, media_type, names, ctx, where, parent, platform, depth, walked):
     children = doc.get("manifests")
     if children is None:
         children = []
@@ -465,6 +481,7 @@ def _walk_index(store, descriptor, data, doc, media_type, names, ctx, where, par
             platform=parse_platform(raw_child.get("platform")),
             annotations=child_annotations,
             depth=depth + 1,
+            walked=walked,
         )
 
 
