@@ -11,6 +11,7 @@ import json
 from collections import namedtuple
 from json.encoder import encode_basestring as _escape
 
+from indexer.errors import printable
 from indexer.store.columns import RESPONSE_COLUMNS
 
 # Layers come as JSON text: DuckDB turns a list of structs into Python dicts several times slower
@@ -189,7 +190,10 @@ def human_size(size: int) -> str:
 
 
 def format_table(headers: list[str], rows: list[list[str]], numeric: tuple[int, ...] = ()) -> str:
-    """A yc-style table; the cells of the `numeric` columns are right-aligned, as yc aligns numbers."""
+    """A yc-style table; the cells of the `numeric` columns are right-aligned, as yc aligns numbers.
+    Control characters are escaped (`\x1b`): a stored name or id must not drive the terminal."""
+    headers = [printable(h) for h in headers]
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in rows:
         widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=False)]
