@@ -30,7 +30,14 @@ _HOST_RE = re.compile(
     re.ASCII,
 )
 TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", re.ASCII)
-DIGEST_RE = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}", re.ASCII)
+# The registered algorithms' digests are lowercase hex of their exact length (OCI image spec,
+# go-digest's Validate): `sha256:` and 300 characters, or uppercase hex, names no blob. Others
+# follow the grammar alone.
+DIGEST_RE = re.compile(
+    r"sha256:[a-f0-9]{64}|sha384:[a-f0-9]{96}|sha512:[a-f0-9]{128}"
+    r"|(?!sha256:|sha384:|sha512:)[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}",
+    re.ASCII,
+)
 NAME_MAX = 255  # distribution's NameTotalLengthMax: host and path together
 # The algorithms whose digests are checked against the bytes; a digest of any other is refused, not trusted.
 DIGEST_ALGORITHMS = ("sha256", "sha384", "sha512")

@@ -459,11 +459,11 @@ def test_streamed_index_refuses_a_number_int_cannot_convert():
 
 
 def test_a_blob_path_the_system_refuses_is_one_error(tmp_path):
-    # A digest the grammar takes but no file name can hold, and a blob folder that is a file: each
-    # fails its image with the reason, as a missing blob does.
+    # A digest the grammar takes (an algorithm of its own) but no file name can hold, and a blob
+    # folder that is a file: each fails its image with the reason, as a missing blob does.
     blobs = Blobs()
     config = blobs.add(dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers"}}), OCI_CONFIG)
-    long_layer = {"mediaType": OCI_LAYER_GZ, "digest": "sha256:" + "a" * 300, "size": 3}
+    long_layer = {"mediaType": OCI_LAYER_GZ, "digest": "blake3:" + "a" * 300, "size": 3}
     manifest = blobs.add(
         dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config, "layers": [long_layer]}),
         OCI_MANIFEST,

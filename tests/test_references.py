@@ -211,8 +211,16 @@ def test_is_valid_host(host, valid):
     [
         ("sha256:" + "a" * 64, True),
         ("sha512:" + "0" * 128, True),
+        ("sha384:" + "f" * 96, True),
         ("sha256:abc", False),
         ("sha256:" + "a" * 64 + "\n", False),
+        ("sha256:" + "a" * 300, False),
+        ("sha256:" + "a" * 63, False),
+        ("sha256:" + "A" * 64, False),
+        ("sha512:" + "0" * 64, False),
+        ("sha256:" + "g" * 64, False),
+        ("blake3:" + "A" * 64, True),  # an algorithm of its own: the grammar alone
+        ("sha256+b64u:" + "a" * 43, True),
         ("sha256" + "a" * 64, False),
         (None, False),
     ],
