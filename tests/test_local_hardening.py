@@ -1,6 +1,7 @@
 """Local sources against hostile or unusual input: bounded memory whatever an archive holds, only
 regular files read, large top-level indexes, folders of archives, standard input, config names
-that are not their digest, and one-line messages whatever a name holds."""
+that are not their digest, one-line messages whatever a name holds, and configs of a great many
+tiny entries."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ from indexer.sources import jsonstream, layout, parse_source, tarball
 from indexer.sources.layout import IndexJson, top_descriptors
 from indexer.sources.parse import MAX_JSON_BYTES, Context
 from indexer.sources.tarball import MAX_KEPT_BYTES, TarMembers
-from test_badinput import assert_within_limits, error_lines, run_measured
+from test_badinput import assert_within_limits, error_lines, run_measured, sql_rows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -811,3 +812,42 @@ def test_source_argument_that_is_not_utf8_is_indexed_and_recorded_escaped(tmp_pa
         check=True,
     )
     assert "app\\\\xff\\\\n.tar" in out.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. Configs of a great many tiny entries
+
+
+def test_configs_of_many_tiny_entries_fail_their_image_and_the_others_land(tmp_path):
+    """Configs just under 8 MiB of `{}` history entries or `""` environment variables (2.8 million,
+    ~650 MB of objects each) and one listing a few too many, between good images of one layout:
+    each bad one is a line, the good ones land, and memory stays bounded."""
+    blobs = Blobs()
+    top = [named(blobs.image(layers=(b"good-1",)), "registry.example/good/one:v1")]
+    bombs = {
+        "history": b'{"os":"linux","history":[' + b",".join([b"{}"] * ((8 << 20) // 3 - 20)) + b"]}",
+        "env": b'{"os":"linux","config":{"Env":[' + b",".join([b'""'] * ((8 << 20) // 3 - 20)) + b"]}}",
+        "labels": dumps({"os": "linux", "config": {"Labels": {f"k{i}": "" for i in range(20_001)}}}),
+    }
+    for name, config in bombs.items():
+        desc = blobs.add(config, "application/vnd.oci.image.config.v1+json")
+        manifest = blobs.add(
+            dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": desc, "layers": []}), OCI_MANIFEST
+        )
+        top.append(named(manifest, f"registry.example/bad/{name}:v1"))
+    top.append(named(blobs.image(layers=(b"good-2",)), "registry.example/good/two:v1"))
+    root = write_dir(str(tmp_path / "layout"), blobs.layout_files(top))
+    store = str(tmp_path / "store")
+
+    run = run_measured(["index", f"oci:{root}", "--store", store])
+
+    assert_within_limits(run)
+    assert run.code == 1 and "Traceback" not in run.stderr
+    lines = error_lines(run.stderr)
+    assert len(lines) == 3 and all(line.startswith(f"imgdex: {root} (config sha256:") for line in lines), lines
+    assert f"config holds too many values for its {len(bombs['history'])} bytes" in lines[0]
+    assert f"config holds too many values for its {len(bombs['env'])} bytes" in lines[1]
+    assert "config Labels has 20001 entries, more than the 20000 a config may list" in lines[2]
+    assert "indexed 2 images, 3 failed" in run.stdout
+    names = [row["name"] for row in sql_rows(store, "SELECT name FROM images ORDER BY name")]
+    assert names == ["good/one", "good/two"]

@@ -17,7 +17,7 @@ from indexer import timestamps
 from indexer.errors import SourceError
 from indexer.model import Blob
 from indexer.references import Reference
-from indexer.sources import mediatypes as mt, parse, typed
+from indexer.sources import configbounds, mediatypes as mt, parse, typed
 from indexer.sources.parse import Context, parse_config, parse_config_exact, walk
 
 SLOW = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -222,6 +222,146 @@ def test_unusual_configs_go_to_the_exact_parser(text):
 @example("2026-02-29T00:00:00Z")
 def test_canonical_times_are_kept_as_normalise_would(text):
     assert typed._created(text) == timestamps.normalise(text)
+
+
+# ----------------------------------------------------------------------------- bounds
+
+# Each list a config may hold no more than MAX_ENTRIES of, by its name in messages: a config
+# holding `n` entries of it, and the field of ImageConfig that keeps them.
+BOUNDED = {
+    "history": (lambda n: {"history": [{"created_by": "RUN x"}] * n}, "history"),
+    "rootfs.diff_ids": (lambda n: {"rootfs": {"type": "layers", "diff_ids": [digest_of(b"a")] * n}}, "diff_ids"),
+    "Env": (lambda n: {"config": {"Env": ["A=1"] * n}}, "env"),
+    "Entrypoint": (lambda n: {"config": {"Entrypoint": ["/e"] * n}}, "entrypoint"),
+    "Cmd": (lambda n: {"config": {"Cmd": ["c"] * n}}, "cmd"),
+    "Labels": (lambda n: {"config": {"Labels": {f"k{i}": "v" for i in range(n)}}}, "labels"),
+}
+
+
+def refusal(text: bytes) -> str:
+    with pytest.raises(SourceError) as refused:
+        parse_config(text, "f")
+    return str(refused.value)
+
+
+@pytest.mark.parametrize("what", BOUNDED)
+def test_a_config_listing_more_entries_than_the_bound_is_refused_on_both_paths(what):
+    build, field = BOUNDED[what]
+    most = configbounds.MAX_ENTRIES
+    at = json.dumps(build(most)).encode()
+    kept = parse_config(at, "f")
+    assert kept == parse_config_exact(at, "f") and len(getattr(kept, field)) == most
+    over = json.dumps(build(most + 1)).encode()
+    assert typed.decode_config(over) is None
+    message = f"f: config {what} has {most + 1} entries, more than the {most} a config may list"
+    assert exact_config(over) == message
+    assert refusal(over) == message
+
+
+@pytest.mark.parametrize("what", BOUNDED)
+def test_the_typed_decoder_counts_entries_as_the_exact_parser_does(what, monkeypatch):
+    # Under the real bound a history this long has too many brackets for the typed decoder to
+    # answer at all: a small bound has it count every list itself.
+    build, _ = BOUNDED[what]
+    monkeypatch.setattr(configbounds, "MAX_ENTRIES", 3)
+    at = json.dumps(build(3)).encode()
+    assert typed.decode_config(at) is not None and typed.decode_config(at) == parse_config_exact(at, "f")
+    over = json.dumps(build(4)).encode()
+    assert typed.decode_config(over) is None
+    assert refusal(over) == f"f: config {what} has 4 entries, more than the 3 a config may list"
+
+
+@SLOW
+@given(configs, st.integers(0, 5), st.data())
+def test_configs_near_the_entry_bound_decode_alike_on_both_paths(doc, bound, data):
+    # Entries of the wrong type count too: the exact parser built them before it dropped them.
+    text = encode(doc, data)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(configbounds, "MAX_ENTRIES", bound)
+        exact = exact_config(text)
+        fast = typed.decode_config(text)
+        assert fast is None or fast == exact
+        try:
+            assert parse_config(text, "f") == exact
+        except SourceError as exc:
+            assert str(exc) == exact
+
+
+def count_values(doc) -> int:
+    """Values of a parsed document, keys included."""
+    if isinstance(doc, list):
+        return 1 + sum(count_values(v) for v in doc)
+    if isinstance(doc, dict):
+        return 1 + sum(1 + count_values(v) for v in doc.values())
+    return 1
+
+
+# Strings full of what the count must not take for structure: separators, brackets, escapes.
+tricky_texts = st.text(alphabet=',:[{]}"\\ab\u00e9', max_size=12)
+tricky_values = st.recursive(
+    st.none() | st.integers() | tricky_texts,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(tricky_texts, children, max_size=4),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(tricky_values, st.integers(1, 40), st.integers(1, 16), st.booleans(), st.sampled_from([None, 1]))
+def test_the_value_count_bounds_what_is_parsed_and_refuses_no_config_of_few_values(doc, most, window, ascii, indent):
+    text = json.dumps(doc, ensure_ascii=ascii, indent=indent).encode()
+    values = count_values(doc)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(configbounds, "MAX_VALUES", most)
+        patch.setattr(configbounds, "_WINDOW", window)  # windows end anywhere, strings cross them
+        refused = configbounds.too_many_values(text)
+    if not refused:
+        assert values <= most  # what either parser builds stays within the bound
+    if 2 * values <= most:
+        assert not refused  # only empty arrays and objects are counted twice
+
+
+@SLOW
+@given(configs, st.integers(1, 60), st.data())
+def test_configs_near_the_value_bound_decode_alike_on_both_paths(doc, most, data):
+    text = encode(doc, data)
+    if data.draw(st.booleans()):
+        text = mutate(text, data)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(configbounds, "MAX_VALUES", most)
+        exact = exact_config(text)
+        fast = typed.decode_config(text)
+        assert fast is None or fast == exact
+        if configbounds.too_many_values(text):
+            assert exact == f"f: config holds too many values for its {len(text)} bytes"
+        try:
+            assert parse_config(text, "f") == exact
+        except SourceError as exc:
+            assert str(exc) == exact
+
+
+def test_a_large_config_of_many_tiny_values_is_refused_before_it_is_parsed(monkeypatch):
+    # 8 MiB of `{}` is 2.8 million history entries: ~650 MB of objects.
+    text = b'{"os":"linux","history":[' + b",".join([b"{}"] * ((8 << 20) // 3)) + b"]}"
+    monkeypatch.setattr(parse, "load_object", lambda *args: pytest.fail("parsed by json.loads"))
+    monkeypatch.setattr(typed, "_CONFIG", None)  # any decode by msgspec fails the test
+    assert refusal(text) == f"f: config holds too many values for its {len(text)} bytes"
+
+
+@pytest.mark.parametrize("escaped", [False, True])
+@pytest.mark.parametrize("label", ["json", "plain"])
+def test_a_large_config_whose_strings_are_full_of_separators_is_kept(label, escaped):
+    # A label may hold a whole JSON document (buildpacks' metadata): its commas and colons are
+    # text, not values, however many. (Its brackets leave it to the exact parser; without them
+    # the typed decoder answers.)
+    inner = json.dumps([{"k": [1, 2], "v": 'x,y:"z"'}] * 120_000) if label == "json" else ',:"\\' * 200_000
+    doc = {"os": "linux", "config": {"Labels": {"meta": inner}}, "history": [{"created_by": ",:" * 300_000}]}
+    text = json.dumps(doc, ensure_ascii=escaped).encode()
+    assert len(text) > 2 * configbounds.MAX_VALUES
+    assert text.count(b",") + text.count(b":") > configbounds.MAX_VALUES  # so they are counted again
+    kept = parse_config(text, "f")
+    assert kept == parse_config_exact(text, "f") and kept.labels == (("meta", inner),)
+    fast = typed.decode_config(text)
+    assert fast == kept if label == "plain" else fast is None
 
 
 # ----------------------------------------------------------------------------- manifests

@@ -29,6 +29,7 @@ from ..model import (
 )
 from ..references import DIGEST_ALGORITHMS, Reference, image_id, is_valid_digest, is_valid_name, is_valid_tag
 from ..shard import Shard
+from . import configbounds
 from . import mediatypes as mt
 from . import typed
 from .jsonshape import object_at, string_at
@@ -223,21 +224,38 @@ def parse_config(data: bytes, where: str) -> ImageConfig:
 
 def parse_config_exact(data: bytes, where: str) -> ImageConfig:
     """The config by json.loads, for what the typed decoder leaves (and for its error messages)."""
+    if configbounds.too_many_values(data):
+        raise SourceError(where, f"config holds too many values for its {len(data)} bytes")
     doc = load_object(data, where, "config")
     inner = object_at(doc, "config")
     created = string_at(doc, "created")
+    labels = _bounded(object_at(inner, "Labels"), where, "Labels")
+    env = _bounded(inner.get("Env"), where, "Env")
+    entrypoint = _bounded(inner.get("Entrypoint"), where, "Entrypoint")
+    cmd = _bounded(inner.get("Cmd"), where, "Cmd")
+    diff_ids = _bounded(object_at(doc, "rootfs").get("diff_ids"), where, "rootfs.diff_ids")
+    history = _bounded(doc.get("history"), where, "history")
     return ImageConfig(
         created=timestamps.normalise(created) if created else None,
         os=string_at(doc, "os"),
         architecture=string_at(doc, "architecture"),
         variant=string_at(doc, "variant"),
-        labels=tuple(sorted((k, v) for k, v in object_at(inner, "Labels").items() if type(v) is str)),
-        env=_strings(inner.get("Env")),
-        entrypoint=_strings(inner.get("Entrypoint")),
-        cmd=_strings(inner.get("Cmd")),
-        diff_ids=_strings(object_at(doc, "rootfs").get("diff_ids")),
-        history=_history(doc.get("history")),
+        labels=tuple(sorted((k, v) for k, v in labels.items() if type(v) is str)),
+        env=_strings(env),
+        entrypoint=_strings(entrypoint),
+        cmd=_strings(cmd),
+        diff_ids=_strings(diff_ids),
+        history=_history(history),
     )
+
+
+def _bounded(entries: object, where: str, what: str) -> object:
+    """`entries`, unless it is a list or object of more than `configbounds.MAX_ENTRIES`. Counted as
+    written, entries of the wrong type too: they were parsed all the same."""
+    if type(entries) in (list, dict) and len(entries) > configbounds.MAX_ENTRIES:
+        reason = f"{what} has {len(entries)} entries, more than the {configbounds.MAX_ENTRIES} a config may list"
+        raise SourceError(where, f"config {reason}")
+    return entries
 
 
 def verify_layers(store, layers: Iterable[Blob], ctx: Context, where: str, label: str) -> None:

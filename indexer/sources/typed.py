@@ -17,6 +17,7 @@ import msgspec
 from .. import timestamps
 from ..model import Blob, HistoryEntry, ImageConfig
 from ..references import is_valid_digest
+from . import configbounds
 from . import mediatypes as mt
 
 INT64_MAX = 2**63 - 1
@@ -143,8 +144,9 @@ def decode_manifest(
 
 
 def decode_config(data: bytes) -> ImageConfig | None:
-    """What the store keeps of an image config; None to leave it to the exact parser."""
-    if not _plain(data):
+    """What the store keeps of an image config; None to leave it to the exact parser (which
+    refuses a config over the bounds of `configbounds` with a message of its own)."""
+    if not _plain(data) or configbounds.too_many_values(data):
         return None
     try:
         doc = _CONFIG.decode(data)
@@ -153,6 +155,10 @@ def decode_config(data: bytes) -> ImageConfig | None:
     inner = doc.config
     rootfs = doc.rootfs
     history = doc.history
+    if _over(history) or (rootfs is not None and _over(rootfs.diff_ids)):
+        return None
+    if inner is not None and (_over(inner.Labels) or _over(inner.Env) or _over(inner.Entrypoint) or _over(inner.Cmd)):
+        return None
     if inner is None:
         labels = env = entrypoint = cmd = ()
     else:
@@ -174,6 +180,10 @@ def decode_config(data: bytes) -> ImageConfig | None:
         if history
         else (),
     )
+
+
+def _over(entries: list | dict | None) -> bool:
+    return entries is not None and len(entries) > configbounds.MAX_ENTRIES
 
 
 def _created(text: str) -> str | None:
