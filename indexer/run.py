@@ -20,6 +20,11 @@ BATCH = 5000
 # A batch is also written once its records hold this many bytes of manifests and configs: 5,000
 # manifests may each carry a config of up to 8 MiB, read anew for every one of them.
 BATCH_BYTES = 64 * 1024 * 1024
+# About what each entry of a record's config lists (history, diff_ids, Env, Entrypoint, Cmd,
+# Labels) holds as objects before its strings: a HistoryEntry, a label's pair, and its place. A
+# config may list 20,000 `{}` history entries: 60 KB of text but ~2 MB of objects, so that a batch
+# counted by its bytes alone would hold 1,100 such records, 2 GB.
+_ENTRY_BYTES = 100
 # Errors and notes kept for the summary and the runs row, of each kind; every one is still said as
 # it happens and counted. A source of a million broken entries would otherwise keep them all.
 MAX_MESSAGES = 1000
@@ -267,7 +272,7 @@ def run_tasks(
                         pending[holder] = dataclasses.replace(loser, tags=tuple(t for t in loser.tags if t != tag))
                     claims[key] = item.id
                 observer.on_image(item)
-                pending_bytes += len(item.manifest_raw or b"") + len(item.config_raw or b"")
+                pending_bytes += _held(item)
                 if len(pending) >= BATCH or pending_bytes >= BATCH_BYTES:
                     flush()
         except SourceError as exc:
@@ -308,6 +313,21 @@ def now() -> datetime:
     # store.writer.now_utc, without importing pyarrow and DuckDB: `index --jobs` starts its
     # workers before anything loads them.
     return datetime.now(timezone.utc)
+
+
+def _held(record: ImageRecord) -> int:
+    """About what a pending record holds. The text of a real config is longer than its entries
+    cost as objects, so its bytes stand for both; a config of many tiny entries is charged by them."""
+    text = len(record.manifest_raw or b"") + len(record.config_raw or b"")
+    entries = (
+        len(record.history)
+        + len(record.diff_ids)
+        + len(record.env)
+        + len(record.entrypoint)
+        + len(record.cmd)
+        + len(record.labels)
+    )
+    return max(text, entries * _ENTRY_BYTES)
 
 
 def _unstorable(record: ImageRecord, exc: Exception) -> str:

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 import indexer.run as run_module
 from indexer.errors import SourceError, StoreError
-from indexer.model import Blob, ImageRecord
+from indexer.model import Blob, HistoryEntry, ImageRecord
 from indexer.run import RunObserver, index_sources
 from indexer.sources import parse_source
 from indexer.sources.parse import Context
@@ -143,6 +143,23 @@ def test_a_batch_is_written_once_its_bytes_pass_the_budget(tmp_path, monkeypatch
     assert batches == [2, 2, 2]
     stored = {row[0] for row in engine.connect(str(store)).execute("SELECT id FROM images").fetchall()}
     assert stored == {r.id for r in records}
+
+
+def test_a_batch_is_written_once_its_config_entries_pass_the_budget(tmp_path, monkeypatch):
+    # A config of many tiny entries is short as text but many objects once parsed: six records
+    # whose history entries pass the budget every two records, though their bytes never would.
+    records = [r for r in records_of(f"oci:{oci_layout(tmp_path / 'layout', 6)}") if isinstance(r, ImageRecord)]
+    entries = 10 * (len(records[0].manifest_raw) + len(records[0].config_raw))
+    records = [dataclasses.replace(r, history=(HistoryEntry(),) * entries) for r in records]
+    monkeypatch.setattr(run_module, "parse_source", lambda spec, _options=None: Fixed(records))
+    monkeypatch.setattr(run_module, "BATCH_BYTES", entries * 150)  # 100 bytes an entry, about
+    batches = []
+    store = tmp_path / "store"
+    with DeltaWriter(str(store)) as writer:
+        write = writer.write
+        monkeypatch.setattr(writer, "write", lambda batch, at: (batches.append(len(batch)), write(batch, at))[1])
+        assert index_sources(["fixed"], writer).indexed == 6
+    assert batches == [2, 2, 2]
 
 
 def test_errors_and_notes_past_the_limit_are_counted_and_said_not_kept(tmp_path, monkeypatch):
