@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import os
 import pty
@@ -202,6 +203,135 @@ def test_huge_pax_header_is_refused_unread(tmp_path):
             target.write_bytes(gzip.compress(path.read_bytes(), mtime=0))
         with pytest.raises(SourceError, match=r"extended header of \d+ bytes .*over the 1048576-byte limit"):
             TarMembers.open(str(target))
+
+
+def _members_tar(members: list[tuple[str, bytes]]) -> bytes:
+    """ustar members without the end-of-archive blocks, for more to follow."""
+    buffer = io.BytesIO()
+    tar = tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT)
+    for name, body in members:
+        info = tarfile.TarInfo(name)
+        info.size = len(body)
+        tar.addfile(info, io.BytesIO(body))
+    return buffer.getvalue()
+
+
+def _plain_and_gzip(tmp_path, name: str, data: bytes) -> list[str]:
+    (tmp_path / f"{name}.tar").write_bytes(data)
+    (tmp_path / f"{name}.tar.gz").write_bytes(gzip.compress(data, compresslevel=1, mtime=0))
+    return [str(tmp_path / f"{name}.tar"), str(tmp_path / f"{name}.tar.gz")]
+
+
+def _pax_member(name: str, kind: bytes, records: bytes) -> bytes:
+    """A pax header of `records` (tarfile.XHDTYPE or XGLTYPE), then an empty directory `name`."""
+    pax = tarfile.TarInfo("././@PaxHeader")
+    pax.type = kind
+    pax.size = len(records)
+    entry = tarfile.TarInfo(name)
+    entry.type = tarfile.DIRTYPE
+    return pax.tobuf(tarfile.USTAR_FORMAT) + records + b"\0" * (-len(records) % 512) + entry.tobuf(tarfile.USTAR_FORMAT)
+
+
+def test_pax_headers_have_a_budget_per_archive(tmp_path, monkeypatch):
+    """tarfile parses pax records one at a time (~85 ms for a MiB of tiny ones), and applies a
+    global header's records to every member after it: small gzips could cost minutes."""
+    monkeypatch.setattr(tarball, "MAX_EXTENDED_BYTES", 256 << 10)
+    tiny = b"9 a=bbbb\n" * ((64 << 10) // 9)  # 64 KiB, 7,281 records
+    extended = b"".join(_pax_member(f"d{i}", tarfile.XHDTYPE, tiny) for i in range(8))
+    distinct = b"".join(b"%d k%05d=\n" % (len(b"k%05d" % i) + 5, i) for i in range(1000))  # 10 KiB, 1,000 keys
+    global_once = _pax_member("g", tarfile.XGLTYPE, distinct) + b"".join(
+        _pax_member(f"d{i}", tarfile.XHDTYPE, b"") for i in range(40)
+    )
+    for name, body in (("extended", extended), ("global", global_once)):
+        for path in _plain_and_gzip(tmp_path, name, body + b"\0" * 1024):
+            with pytest.raises(SourceError, match=r"extended headers over the 262144-byte limit for an archive"):
+                TarMembers.open(path)
+    # pax headers as real archives have them, for long names, stay far within the default bound.
+    files = save("registry.example/pax/app:v1")
+    named_long = [tarfile.TarInfo(f"{'d' * 120}/{i:05d}") for i in range(200)]
+    for info in named_long:
+        info.type = tarfile.DIRTYPE
+        info.pax_headers = {"comment": "c" * 300}
+    for path in _plain_and_gzip(tmp_path, "long-names", tar_bytes(files, named_long)):
+        assert len(collect(path)[0]) == 1
+
+
+def test_a_run_of_extended_headers_is_refused(tmp_path):
+    """tarfile reads the headers before a member by recursion: thousands of them in a row would
+    end in RecursionError, a traceback."""
+    chain = b"".join(_pax_member("d", tarfile.XHDTYPE, b"11 a=bbbbb\n")[:1024] for _ in range(3000))
+    body = _members_tar(list(save("registry.example/pax/app:v1").items()))
+    end = _pax_member("d", tarfile.XHDTYPE, b"") + b"\0" * 1024
+    for path in _plain_and_gzip(tmp_path, "chain", body + chain + end):
+        with pytest.raises(SourceError, match="more than 8 extended headers in a row"):
+            TarMembers.open(path)
+
+
+def test_every_header_counts_toward_the_member_limit(tmp_path, monkeypatch):
+    """Directories and names written again are read as any member is."""
+    monkeypatch.setattr(tarball, "MAX_MEMBERS", 10)
+    directories = [tarfile.TarInfo(f"d{i}") for i in range(11)]
+    for info in directories:
+        info.type = tarfile.DIRTYPE
+    for data in (tar_bytes({}, directories), tar_bytes({}, [tarfile.TarInfo("again")] * 11)):
+        for path in _plain_and_gzip(tmp_path, "many", data):
+            with pytest.raises(SourceError, match="more than 10 members"):
+                TarMembers.open(path)
+
+
+@pytest.mark.parametrize("packing", ["tar.gz", "tar.zst", "stdin", "verify"])
+def test_a_member_longer_than_the_stream_ends_it_at_once(tmp_path, packing):
+    """A member whose pax header says it holds 10**30 bytes, after a good docker save: in one
+    streaming pass tarfile would skip it block by block past the end of the input, forever."""
+    lying = tarfile.TarInfo("x")
+    lying.size = 5
+    lying.pax_headers = {"size": str(10**30)}
+    data = tar_bytes(save("registry.example/lying/app:v1"), [lying])
+    files, _ = layout_files("registry.example/good/app:v1")
+    write_dir(str(tmp_path / "good"), files)
+    path = tmp_path / f"lying.{packing}"
+    if packing == "tar.zst":
+        import zstandard
+
+        path.write_bytes(zstandard.ZstdCompressor().compress(data))
+    else:
+        path.write_bytes(gzip.compress(data, mtime=0))
+    store = ["--store", str(tmp_path / "store")]
+    if packing == "stdin":
+        run = run_measured(["index", "-", *store], stdin_data=data, timeout=60)
+        where = "<stdin>"
+    else:
+        verify = ["--verify"] if packing == "verify" else []
+        run = run_measured(["index", f"oci:{tmp_path / 'good'}", str(path), *store, *verify], timeout=60)
+        where = str(path)
+        assert "indexed 1 images, 1 failed" in run.stdout
+    assert_within_limits(run)
+    assert error_lines(run.stderr) == [f"imgdex: {where}: truncated tar: member 'x' ends past the end of the archive"]
+
+
+def test_index_json_in_a_stream_is_kept_once(tmp_path):
+    """index.json may be 256 MiB: a streaming pass holds it once, as read, and lets go of an
+    earlier index.json before reading one written again."""
+    import tracemalloc
+
+    files, manifest = layout_files("registry.example/index/app:v1")
+    index = files.pop("index.json")
+    size = 16 << 20
+    padded = index[:-1] + b" " * (size - len(index)) + index[-1:]
+    data = _members_tar([*files.items(), *[("index.json", padded)] * 3]) + b"\0" * 1024
+    path = tmp_path / "index.tar.gz"
+    path.write_bytes(gzip.compress(data, compresslevel=1, mtime=0))
+    del data, padded
+    tracemalloc.start()
+    try:
+        archive = TarMembers.open(str(path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < size * 3 // 2, f"peak {peak >> 20} MiB for an index.json of {size >> 20} MiB"
+    assert sum(len(piece) for piece in archive.chunks("index.json", tarball.MAX_INDEX_BYTES, "index.json")()) == size
+    records, errors, _ = collect(str(path))
+    assert [r.digest for r in records] == [manifest["digest"]] and not errors
 
 
 # ---------------------------------------------------------------------------------------------

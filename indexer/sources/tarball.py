@@ -39,10 +39,21 @@ MAX_INDEX_BYTES = 256 * 1024 * 1024
 # take a few MiB, while a crafted archive could hold any number of JSON-looking members.
 MAX_KEPT_BYTES = 64 * 1024 * 1024
 # Every member's name and size are kept (a layer may have any name), so their number is bounded.
+# Every header counts, directories and names written again too: each costs as much to read.
 MAX_MEMBERS = 500_000
 MAX_NAME_BYTES = 64 * 1024 * 1024
 # tarfile reads pax and GNU long-name headers whole; real ones are a few hundred bytes.
 MAX_EXTENDED_HEADER = 1 << 20
+# tarfile parses pax records one by one: a header of tiny records costs ~85 ms a MiB, and a
+# global header's records are applied again to every member after it. docker save, skopeo and
+# go-containerregistry write a pax header only for a member whose name or numbers do not fit ustar,
+# a few hundred bytes each: a save of 10,000 images with one on every member would need ~12 MiB.
+# This budget, with global headers counted once per member they apply to, keeps crafted headers
+# to about a second and a half.
+MAX_EXTENDED_BYTES = 16 * 1024 * 1024
+# tarfile reads each header before a member by recursion; writers put at most two there (GNU
+# long name and long link, or a global and an extended pax header).
+MAX_EXTENDED_IN_A_ROW = 8
 
 # Members a manifest.json, an index or a layout can name: docker save's `<hex>.json` configs,
 # go-containerregistry's `sha256:<hex>`, and OCI blobs.
@@ -97,6 +108,7 @@ class Member:
     size: int
     offset: int = -1  # of the data, in an uncompressed tar
     data: bytes | None = None  # kept from a streaming pass
+    pieces: list[bytes] | None = None  # index.json kept from a streaming pass, as read: never joined
     link: str = ""  # resolved target of a symlink or hard link
     sha256: str = ""  # hex digest of the content, when a streaming pass was asked to hash
     unkept: str = ""  # why a streaming pass did not keep the bytes of a member
@@ -160,11 +172,13 @@ class _BoundedTarInfo(tarfile.TarInfo):
     bound the first and refuse the second (no image tool writes sparse members)."""
 
     def _proc_member(self, tar):
-        if self.type in _EXTENDED_HEADERS and self.size > MAX_EXTENDED_HEADER:
+        extended = self.type in _EXTENDED_HEADERS
+        if extended and self.size > MAX_EXTENDED_HEADER:
             raise tarfile.SubsequentHeaderError(
                 f"extended header of {self.size} bytes at offset {self.offset}, "
                 f"over the {MAX_EXTENDED_HEADER}-byte limit"
             )
+        tar.count_header(self, extended)
         if self.type == tarfile.GNUTYPE_SPARSE:
             raise tarfile.SubsequentHeaderError(f"sparse member at offset {self.offset}")
         return super()._proc_member(tar)
@@ -175,14 +189,62 @@ class _BoundedTarInfo(tarfile.TarInfo):
     _proc_gnusparse_00 = _proc_gnusparse_01 = _proc_gnusparse_10 = _sparse
 
 
+class _BoundedTarFile(tarfile.TarFile):
+    """A TarFile that keeps the work its extended headers cost within MAX_EXTENDED_BYTES."""
+
+    tarinfo = _BoundedTarInfo
+
+    def __init__(self, *args, **kwargs):
+        self.extended_bytes = 0
+        self.global_bytes = 0
+        self.extended_in_a_row = 0
+        super().__init__(*args, **kwargs)
+
+    def count_header(self, info: tarfile.TarInfo, extended: bool) -> None:
+        # tarfile copies and applies the global records to every header that follows them.
+        self.extended_bytes += self.global_bytes
+        if extended:
+            self.extended_bytes += info.size
+            self.extended_in_a_row += 1
+            if info.type == tarfile.XGLTYPE:
+                self.global_bytes += info.size
+        else:
+            self.extended_in_a_row = 0
+        if self.extended_in_a_row > MAX_EXTENDED_IN_A_ROW:
+            raise tarfile.SubsequentHeaderError(
+                f"more than {MAX_EXTENDED_IN_A_ROW} extended headers in a row at offset {info.offset}"
+            )
+        if self.extended_bytes > MAX_EXTENDED_BYTES:
+            raise tarfile.SubsequentHeaderError(
+                f"extended headers over the {MAX_EXTENDED_BYTES}-byte limit for an archive at offset {info.offset}"
+            )
+
+
+class _EndsEarly(tarfile.TarError):
+    """The tar stream ends inside the data of the member named."""
+
+
 class _Table:
     """The members of one archive, by normalised name, with the bounds on what is kept."""
 
     def __init__(self, where: str):
         self.where = where
         self.members: dict[str, Member] = {}
+        self.headers = 0
         self.name_bytes = 0
         self.kept = 0  # bytes of member data kept, index.json aside
+
+    def count(self) -> None:
+        """Count one member header, of any type."""
+        self.headers += 1
+        if self.headers > MAX_MEMBERS:
+            self._too_many()
+
+    def _too_many(self) -> None:
+        raise SourceError(
+            self.where,
+            f"more than {MAX_MEMBERS} members or {MAX_NAME_BYTES} bytes of member names: not an image archive",
+        )
 
     def add(self, name: str, info: tarfile.TarInfo | ustar.Header, member: Member) -> None:
         if info.issym() or info.islnk():
@@ -195,16 +257,22 @@ class _Table:
         old = self.members.get(name)
         if old is None:
             self.name_bytes += len(name)
-            if len(self.members) >= MAX_MEMBERS or self.name_bytes > MAX_NAME_BYTES:
-                raise SourceError(
-                    self.where,
-                    f"more than {MAX_MEMBERS} members or {MAX_NAME_BYTES} bytes of member names: not an image archive",
-                )
+            if self.name_bytes > MAX_NAME_BYTES:
+                self._too_many()
         elif old.data is not None and name != "index.json":
             self.kept -= len(old.data)
         if member.data is not None and name != "index.json":
             self.kept += len(member.data)
         self.members[name] = member
+
+    def drop_data(self, name: str) -> None:
+        """Let go of the bytes of a member about to be written again: the later one wins, and
+        holding both could take twice MAX_INDEX_BYTES."""
+        old = self.members.get(name)
+        if old is not None:
+            if old.data is not None and name != "index.json":
+                self.kept -= len(old.data)
+            old.data = old.pieces = None
 
     def can_keep(self, name: str, size: int) -> None:
         if name == "index.json":
@@ -302,6 +370,11 @@ class TarMembers:
             return member.sha256
         if member.data is not None:
             return hashlib.sha256(member.data).hexdigest()
+        if member.pieces is not None:
+            digest = hashlib.sha256()
+            for piece in member.pieces:
+                digest.update(piece)
+            return digest.hexdigest()
         if member.offset < 0:
             raise SourceError(self.where, f"member {name!r} was not hashed during the streaming pass")
         digest = hashlib.sha256()
@@ -315,7 +388,7 @@ class TarMembers:
             raise SourceError(self.where, f"{what} {name!r} is missing from the archive")
         if member.size > limit:
             raise SourceError(self.where, f"{what} {name!r} is {member.size} bytes, over the {limit}-byte limit")
-        if member.data is None and member.offset < 0:
+        if member.data is None and member.pieces is None and member.offset < 0:
             raise SourceError(self.where, f"{what} {name!r} {member.unkept or 'is not JSON'}")
         return member
 
@@ -323,6 +396,8 @@ class TarMembers:
         member = self._readable(name, limit, what)
         if member.data is not None:
             return member.data
+        if member.pieces is not None:
+            return b"".join(member.pieces)
         with self._reopen() as f:
             f.seek(member.offset)
             data = f.read(member.size)
@@ -337,6 +412,9 @@ class TarMembers:
         if member.data is not None:
             view = memoryview(member.data)
             return lambda: (view[i : i + _STREAM_BUFSIZE] for i in range(0, len(view), _STREAM_BUFSIZE))
+        if member.pieces is not None:
+            pieces = member.pieces
+            return lambda: iter(pieces)
         return lambda: self._file_chunks(name, member)
 
     def _file_chunks(self, name: str, member: Member):
@@ -360,7 +438,7 @@ def _scan_seekable(raw, where: str) -> dict[str, Member]:
     table = _Table(where)  # not plain ustar: tarfile reads it all again
     try:
         raw.seek(0)
-        with tarfile.open(fileobj=raw, mode="r:", tarinfo=_BoundedTarInfo) as tar:
+        with _BoundedTarFile.open(fileobj=raw, mode="r:") as tar:
             for info in tar:
                 tar.members.clear()  # tarfile keeps every header it reads; a long archive would hold them all
                 _take(table, info, file_size)
@@ -383,6 +461,7 @@ def _scan_seekable(raw, where: str) -> dict[str, Member]:
 
 def _take(table: _Table, info: tarfile.TarInfo | ustar.Header, file_size: int) -> None:
     where = table.where
+    table.count()
     if info.isreg():
         if info.offset_data + info.size > file_size:
             raise SourceError(where, f"truncated tar: member {info.name!r} ends past the end of the file")
@@ -536,31 +615,23 @@ def _scan_stream(
     try:
         stream = _decompressor(source, compression)
         try:
-            with tarfile.open(fileobj=stream, mode="r|", bufsize=_STREAM_BUFSIZE, tarinfo=_BoundedTarInfo) as tar:
+            with _BoundedTarFile.open(fileobj=stream, mode="r|", bufsize=_STREAM_BUFSIZE) as tar:
                 opened = True
                 for info in tar:
                     tar.members.clear()  # tarfile keeps every header it reads; a long archive would hold them all
+                    table.count()
                     if info.isreg():
                         name = _safe_name(where, info.name)
-                        member = Member(size=info.size)
-                        limit = _keep_limit(name)
-                        wanted = info.size <= limit
-                        handle = tar.extractfile(info) if wanted or hash_members else None
-                        first = handle.read(1) if wanted else b""
-                        if first and first[0] in _JSON_STARTS:
-                            table.can_keep(name, info.size)
-                            member.data = first + handle.read()
-                            if len(member.data) != info.size:
-                                raise SourceError(where, f"truncated archive: member {info.name!r} ends early")
-                        elif limit < 0:
-                            member.unkept = _UNKEPT
-                        if hash_members:
-                            member.sha256 = _hash_rest(handle, first, member.data)
-                        table.add(name, info, member)
+                        table.drop_data(name)
+                        try:
+                            table.add(name, info, _stream_member(tar, info, name, table, hash_members))
+                        except tarfile.ReadError:  # tarfile's word for data cut short
+                            raise _EndsEarly(info.name) from None
                     elif info.issym() or info.islnk():
                         table.add(_safe_name(where, info.name), info, Member(size=0))
                     else:
                         _safe_name(where, info.name)
+                    _skip_data(tar, info)
             if piped:
                 _drain(source, frames, piped)
         finally:
@@ -570,6 +641,9 @@ def _scan_stream(
         cut = _cut(source, frames, piped)
         if cut:
             raise SourceError(where, f"truncated zstd archive ({cut})") from None
+        if isinstance(exc, _EndsEarly):
+            reason = f"truncated tar: member {exc.args[0]!r} ends past the end of the archive"
+            raise SourceError(where, reason) from None
         error = SourceError if opened else NotAnArchive
         raise error(where, f"not a readable {label} archive ({exc})") from None
     except (EOFError, OSError, ValueError) as exc:
@@ -586,11 +660,55 @@ def _scan_stream(
     return table.members
 
 
-def _hash_rest(handle, first: bytes, data: bytes | None) -> str:
-    """sha256 of a member whose first bytes (or all of it, `data`) were already read from `handle`."""
-    if data is not None:
-        return hashlib.sha256(data).hexdigest()
-    digest = hashlib.sha256(first)
-    while chunk := handle.read(_STREAM_BUFSIZE):
-        digest.update(chunk)
+def _stream_member(tar: tarfile.TarFile, info: tarfile.TarInfo, name: str, table: _Table, hash_members: bool) -> Member:
+    """The member the stream is at, its bytes kept when `_keep_limit` allows and they look like JSON."""
+    member = Member(size=info.size)
+    limit = _keep_limit(name)
+    wanted = info.size <= limit
+    handle = tar.extractfile(info) if wanted or hash_members else None
+    first = handle.read(1) if wanted else b""
+    pieces = None
+    if first and first[0] in _JSON_STARTS:
+        table.can_keep(name, info.size)
+        pieces = _read_pieces(handle, first, info)
+        if name == "index.json":
+            member.pieces = pieces  # up to MAX_INDEX_BYTES: joining would hold it twice
+        else:
+            member.data = b"".join(pieces)
+    elif limit < 0:
+        member.unkept = _UNKEPT
+    if hash_members:
+        member.sha256 = _hash_rest(handle, [first] if pieces is None else pieces, pieces is not None)
+    return member
+
+
+def _read_pieces(handle, first: bytes, info: tarfile.TarInfo) -> list[bytes]:
+    pieces = [first]
+    left = info.size - len(first)
+    while left:
+        piece = handle.read(min(left, _STREAM_BUFSIZE))
+        if not piece:
+            raise _EndsEarly(info.name)
+        pieces.append(piece)
+        left -= len(piece)
+    return pieces
+
+
+def _skip_data(tar: tarfile.TarFile, info: tarfile.TarInfo) -> None:
+    """Read up to the next header. tarfile's own skip in a stream reads on past the end of the
+    input for as many blocks as the member says it has: 10**30 bytes would never end."""
+    stream = tar.fileobj
+    while (left := tar.offset - stream.tell()) > 0:
+        if not stream.read(min(left, _STREAM_BUFSIZE)):
+            raise _EndsEarly(info.name)
+
+
+def _hash_rest(handle, pieces: list[bytes], whole: bool) -> str:
+    """sha256 of a member whose first `pieces` (all of it when `whole`) were already read from `handle`."""
+    digest = hashlib.sha256()
+    for piece in pieces:
+        digest.update(piece)
+    if not whole:
+        while chunk := handle.read(_STREAM_BUFSIZE):
+            digest.update(chunk)
     return digest.hexdigest()
