@@ -107,8 +107,8 @@ class ImageRecord:
 
 def merge_records(old: ImageRecord, new: ImageRecord) -> ImageRecord:
     """Two records of one resource. The more exact one wins whole; of two equally exact ones,
-    each field keeps the value that is known (see `_merge_equal`). Tags are pooled, and the
-    source fields are the newer record's."""
+    each field keeps the value that is known, or the greater of two (see `_merge_equal`). Tags
+    are pooled, and the source fields are the newer record's."""
     tags = old.tags if old.tags == new.tags else tuple(sorted(set(old.tags) | set(new.tags)))
     if new.exactness != old.exactness:
         winner = new if new.exactness > old.exactness else old
@@ -146,90 +146,90 @@ def _data(record: ImageRecord) -> tuple:
     return tuple(getattr(record, name) for name in _DATA_FIELDS)
 
 
-def _knowledge(record: ImageRecord) -> int:
-    """How many of the record's fields are known; 0, "", None and () mean unknown."""
-    config = record.config
-    fields = (
-        record.digest,
-        record.media_type,
-        record.created,
-        record.platform,
-        record.parent_digest,
-        record.labels,
-        record.env,
-        record.entrypoint,
-        record.cmd,
-        record.history,
-        record.manifest_raw,
-        record.config_raw,
-        record.layers,
-        record.declared_compressed_size,
-        record.diff_ids,
-    )
-    return (
-        sum(1 for value in fields if value)
-        + (config is not None)
-        + (config is not None and config.size > 0)
-        + sum(1 for layer in record.layers if layer.size > 0)
-    )
+def _join(a, b):
+    """The known of two values (0, "", None and () are unknown), and of two known ones the greater.
+
+    A choice by the values alone, never by the records that hold them: however many records
+    merge, in whatever order and grouping, each field ends with the greatest value any of them
+    knew (a record that merged others knows more than each of them, so a choice by how much a
+    record knows would depend on the grouping)."""
+    if not a or not b:
+        if a or b:
+            return a or b
+        return None if a is None or b is None else a
+    return a if a >= b else b
 
 
-def _merge_blob(a: Blob | None, b: Blob | None) -> Blob | None:
-    if a is None:
-        return b
-    if b is None or a == b or a.digest != b.digest:
-        return a
-    # A size of 0 is how a source says it does not know (the engine's config, unmatched history).
-    return Blob(a.digest, a.size or b.size, a.media_type or b.media_type, a.urls or b.urls, a.id or b.id)
-
-
-def _merge_layers(a: tuple[Blob, ...], b: tuple[Blob, ...]) -> tuple[Blob, ...]:
-    if not a or a == b:
-        return a or b
-    if not b or [layer.digest for layer in a] != [layer.digest for layer in b]:
-        return a
-    return tuple(_merge_blob(x, y) for x, y in zip(a, b, strict=True))
-
-
-def _merge_platform(a: Platform | None, b: Platform | None) -> Platform | None:
+def _join_size(a: int | None, b: int | None) -> int | None:
+    # A declared size of 0 is known; None is not.
     if a is None or b is None:
-        return a if b is None else b
-    if any(x and y and x != y for x, y in zip(a, b, strict=True)):
+        return b if a is None else a
+    return max(a, b)
+
+
+def _join_blob(a: Blob | None, b: Blob | None) -> Blob | None:
+    if a is None or b is None:
+        return b if a is None else a
+    if a == b:
         return a
-    return Platform(*(x or y for x, y in zip(a, b, strict=True)))
+    if a.digest != b.digest:
+        return a if a.digest > b.digest else b
+    # A size of 0 is how a source says it does not know (the engine's config, unmatched history).
+    return Blob(
+        a.digest, max(a.size, b.size), _join(a.media_type, b.media_type), _join(a.urls, b.urls), _join(a.id, b.id)
+    )
+
+
+def _join_layers(a: tuple[Blob, ...], b: tuple[Blob, ...]) -> tuple[Blob, ...]:
+    """Layers of one list of digests merge layer by layer; of two lists, the greater one is kept
+    whole, as the layers of other digests describe another image."""
+    if not a or not b or a == b:
+        return a or b
+    digests_a, digests_b = [layer.digest for layer in a], [layer.digest for layer in b]
+    if digests_a != digests_b:
+        return a if digests_a > digests_b else b
+    return tuple(_join_blob(x, y) for x, y in zip(a, b, strict=True))
+
+
+def _join_platform(a: Platform | None, b: Platform | None) -> Platform | None:
+    if a is None or b is None:
+        return b if a is None else a
+    return Platform(*(_join(x, y) for x, y in zip(a, b, strict=True)))
 
 
 def _merge_equal(old: ImageRecord, new: ImageRecord, tags: tuple[str, ...]) -> ImageRecord:
-    """Field by field, so that the result never depends on which record came first: a known
-    value beats an unknown one, and where both are known and differ, the record that knows
-    more fields (then the one whose data sorts last) gives its value."""
-    a, b = sorted((old, new), key=lambda r: (_knowledge(r), repr(_data(r))), reverse=True)
-    layers = _merge_layers(a.layers, b.layers)
-    declared = next((v for v in (a.declared_compressed_size, b.declared_compressed_size) if v), None)
-    if declared is None:
-        declared = a.declared_compressed_size if a.declared_compressed_size is not None else b.declared_compressed_size
+    """Field by field, so that the result never depends on which record came first, nor on how a
+    run grouped them: a known value beats an unknown one, and of two known values that differ the
+    greater one is kept (`_join`)."""
+    layers = _join_layers(old.layers, new.layers)
+    if old.layers and new.layers and [x.digest for x in old.layers] == [x.digest for x in new.layers]:
+        compressed = old.layers_compressed or new.layers_compressed
+    elif old.layers or new.layers:
+        compressed = old.layers_compressed if layers is old.layers else new.layers_compressed
+    else:
+        compressed = old.layers_compressed or new.layers_compressed
     return dataclasses.replace(
         new,
-        digest=a.digest or b.digest,
-        media_type=a.media_type or b.media_type,
-        kind=a.kind or b.kind,
-        config=_merge_blob(a.config, b.config),
+        digest=_join(old.digest, new.digest),
+        media_type=_join(old.media_type, new.media_type),
+        kind=_join(old.kind, new.kind),
+        config=_join_blob(old.config, new.config),
         layers=layers,
-        layers_compressed=a.layers_compressed if a.layers or not b.layers else b.layers_compressed,
-        declared_compressed_size=declared,
+        layers_compressed=compressed,
+        declared_compressed_size=_join_size(old.declared_compressed_size, new.declared_compressed_size),
         tags=tags,
-        created=a.created or b.created,
-        platform=_merge_platform(a.platform, b.platform),
-        parent_digest=a.parent_digest or b.parent_digest,
-        labels=a.labels or b.labels,
-        env=a.env or b.env,
-        entrypoint=a.entrypoint or b.entrypoint,
-        cmd=a.cmd or b.cmd,
-        history=a.history or b.history,
-        diff_ids=a.diff_ids or b.diff_ids,
-        manifest_raw=a.manifest_raw or b.manifest_raw,
-        config_raw=a.config_raw or b.config_raw,
-        id_origin="imported" if "imported" in (a.id_origin, b.id_origin) else new.id_origin,
+        created=_join(old.created, new.created),
+        platform=_join_platform(old.platform, new.platform),
+        parent_digest=_join(old.parent_digest, new.parent_digest),
+        labels=_join(old.labels, new.labels),
+        env=_join(old.env, new.env),
+        entrypoint=_join(old.entrypoint, new.entrypoint),
+        cmd=_join(old.cmd, new.cmd),
+        history=_join(old.history, new.history),
+        diff_ids=_join(old.diff_ids, new.diff_ids),
+        manifest_raw=_join(old.manifest_raw, new.manifest_raw),
+        config_raw=_join(old.config_raw, new.config_raw),
+        id_origin="imported" if "imported" in (old.id_origin, new.id_origin) else new.id_origin,
     )
 
 

@@ -19,6 +19,8 @@ import time
 import duckdb
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from indexer import timestamps
 from indexer.model import EXACT_MANIFEST, UNCOMPRESSED, Blob, HistoryEntry, ImageRecord, Platform, merge_records
@@ -589,8 +591,9 @@ def test_merge_records_keeps_known_fields_whatever_the_order(exact_record):
         assert merged.config == exact_record.config and merged.layers == exact_record.layers
         assert merged.labels == exact_record.labels and merged.manifest_raw == exact_record.manifest_raw
         assert merged.tags == tuple(sorted({*exact_record.tags, "other"}))
-    # Both know a history: the record that knows more gives it. The platform's variant is filled in.
-    assert exact_record.history and one.history == two.history == exact_record.history
+    # Both know a history: the greater one is kept, whichever came first. The platform's variant
+    # is filled in.
+    assert exact_record.history and one.history == two.history == max(exact_record.history, unknowing.history)
     assert one.platform == two.platform == Platform(exact_record.platform.os, exact_record.platform.architecture, "v9")
     # Only where and when it was seen follow the newer record.
     assert (one.source_path, two.source_path) == ("/second", exact_record.source_path)
@@ -598,6 +601,67 @@ def test_merge_records_keeps_known_fields_whatever_the_order(exact_record):
     # A more exact record still wins whole.
     loose = _loose(exact_record, "loose")
     assert merge_records(loose, exact_record).layers == merge_records(exact_record, loose).layers == exact_record.layers
+
+
+_SIZES = st.sampled_from([0, 4, 5, 7])
+_TEXTS = st.sampled_from(["", "a", "b"])
+_DIGESTS = st.sampled_from(["sha256:" + c * 64 for c in "abc"])
+
+
+@st.composite
+def _equally_exact(draw, exactness):
+    """A record of one resource as some source saw it: any field known or not, known values that
+    may differ from another source's."""
+    layer_digests = draw(st.sampled_from([(), ("sha256:" + "d" * 64, "sha256:" + "e" * 64), ("sha256:" + "f" * 64,)]))
+    layers = tuple(
+        Blob(d, draw(_SIZES), draw(_TEXTS), draw(st.sampled_from([(), ("u",)])), draw(_TEXTS)) for d in layer_digests
+    )
+    config = draw(st.none() | st.builds(Blob, _DIGESTS, _SIZES, _TEXTS, st.just(()), _TEXTS))
+    platform = draw(st.none() | st.builds(Platform, _TEXTS, _TEXTS, _TEXTS))
+    return ImageRecord(
+        id="crp00000000000000001",
+        registry="reg.example",
+        name="team/app",
+        digest=draw(st.sampled_from(["", "sha256:" + "1" * 64, "sha256:" + "2" * 64])),
+        media_type=draw(_TEXTS),
+        kind=draw(st.sampled_from(["", "image", "index"])),
+        config=config,
+        layers=layers,
+        layers_compressed=draw(st.booleans()),
+        tags=draw(st.sampled_from([(), ("v1",), ("v2",)])),
+        created=draw(st.sampled_from([None, "2024-01-01T00:00:00Z", "2025-01-01T00:00:00Z"])),
+        platform=platform,
+        parent_digest=draw(_TEXTS),
+        source_kind="test",
+        source_path=draw(_TEXTS),
+        exactness=exactness,
+        labels=draw(st.sampled_from([(), (("k", "1"),), (("k", "2"),)])),
+        env=draw(st.sampled_from([(), ("A=1",), ("A=2",)])),
+        history=draw(st.sampled_from([(), (HistoryEntry("x", "RUN a"),), (HistoryEntry("x", "RUN b"),)])),
+        diff_ids=draw(st.sampled_from([(), ("sha256:" + "9" * 64,)])),
+        manifest_raw=draw(st.sampled_from([None, b"{}", b'{"a":1}'])),
+        config_raw=draw(st.sampled_from([None, b"{}", b'{"b":1}'])),
+        declared_compressed_size=draw(st.sampled_from([None, 0, 9])),
+    )
+
+
+def _source_free(record: ImageRecord) -> ImageRecord:
+    # Where and when a record was seen follow the newest record on purpose.
+    return dataclasses.replace(record, source_path="")
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.integers(min_value=1, max_value=3).flatmap(lambda e: st.lists(_equally_exact(e), min_size=3, max_size=4)))
+def test_merging_records_does_not_depend_on_order_or_grouping(records):
+    import functools
+    import itertools
+
+    results = set()
+    for order in itertools.permutations(records):
+        results.add(_source_free(functools.reduce(merge_records, order)))
+        # A run merges within its batch, then with what the store holds: any grouping.
+        results.add(_source_free(merge_records(order[0], functools.reduce(merge_records, order[1:]))))
+    assert len(results) == 1
 
 
 def test_exactness_across_index_runs(tmp_path, exact_record, monkeypatch):
