@@ -296,12 +296,23 @@ def _encode(payload: dict) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+def _valid_text(value) -> bool:
+    # JSON can spell a lone surrogate ("\ud800"): a str that DuckDB, like UTF-8, cannot take.
+    if type(value) is not str:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _valid_key(value, kind) -> bool:
     if value is None:
         return True
     if kind is int:
         return type(value) is int and value in _INT64
-    return type(value) is str
+    return _valid_text(value)
 
 
 def _decode(token: str, fingerprint: str, order) -> tuple:
@@ -316,7 +327,7 @@ def _decode(token: str, fingerprint: str, order) -> tuple:
         raise QueryError("invalid page token: it belongs to another query (filter, order or scope)")
     keys = payload["k"]
     kinds = [_KEY_TYPES[field] for field, _ in order]
-    if len(keys) != len(kinds) + 1 or type(keys[-1]) is not str:
+    if len(keys) != len(kinds) + 1 or not _valid_text(keys[-1]):
         raise QueryError("invalid page token")
     if not all(_valid_key(value, kind) for value, kind in zip(keys[:-1], kinds, strict=True)):
         raise QueryError("invalid page token")

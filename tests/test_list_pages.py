@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from indexer.errors import QueryError
 from indexer.store import deltalog, schema
 from indexer.store.delta import Changes, DeltaStore
 from queries import engine, listing
@@ -209,6 +210,20 @@ def test_pages_from_any_token_are_the_reference_slice(stores, state, order_by):
         token = listing.page_token(plan, reference.keys(query, last))
         page = listing.page(reader, replace(query, page_token=token))
         assert page.rows == everything[position + 1 : position + 6], (order_by, position)
+
+
+def test_token_strings_must_be_encodable_before_any_query_sees_them():
+    """A JSON escape can make a str that is not text (a lone surrogate); only such values are refused."""
+    fingerprint = listing.plan(listing.Query()).fingerprint
+
+    def token(keys) -> str:
+        return base64.urlsafe_b64encode(json.dumps({"q": fingerprint, "k": keys}).encode()).decode().rstrip("=")
+
+    for keys in ([None, None, "\ud800"], [None, None, "crp\udc80"], ["\ud83d", None, "c"], [None, "\udfff", "c"]):
+        with pytest.raises(QueryError, match="^invalid page token$"):
+            listing.plan(listing.Query(page_token=token(keys)))
+    for keys in ([None, None, "c"], ["\u00e9\U0001f600", "\x00", "c"]):
+        assert listing.plan(listing.Query(page_token=token(keys))).token_keys == tuple(keys)
 
 
 def test_a_token_continues_after_its_image_is_touched(tmp_path):

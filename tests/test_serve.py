@@ -286,6 +286,27 @@ def test_page_tokens_pass_through_between_cli_and_server(store, images, server):
         assert http_json(server.http, f"/container-registry/v1/images?{query}") == (200, following)
 
 
+def test_a_token_holding_a_lone_surrogate_is_an_invalid_token_everywhere(store, images, server):
+    """JSON spells a lone surrogate as an escape; DuckDB cannot bind the str it decodes to."""
+    import base64
+
+    from queries import listing
+
+    for order, keys in (("", [None, None, "\ud800"]), ("", ["\udfff", "d", "crp00000000000000000"])):
+        fingerprint = listing.plan(listing.Query(order_by=order)).fingerprint
+        payload = json.dumps({"q": fingerprint, "k": keys}).encode()
+        token = base64.urlsafe_b64encode(payload).decode().rstrip("=")
+        assert len(token) <= 100
+        with pytest.raises(grpc.RpcError) as info:
+            images.List(isv.ListImagesRequest(page_token=token, order_by=order), timeout=10)
+        assert (info.value.code(), info.value.details()) == (INVALID, "invalid page token")
+        query = urllib.parse.urlencode({"pageToken": token, "orderBy": order})
+        status, doc = http_json(server.http, f"/container-registry/v1/images?{query}")
+        assert (status, doc["code"], doc["message"]) == (400, 3, "invalid page token")
+        printed = cli("list", "--store", store, "--page-token", token, "--order-by", order, check=False)
+        assert (printed.returncode, printed.stderr) == (1, "imgdex: invalid page token\n")
+
+
 def test_registry_id_and_repository_scopes(images, cli_images):
     web = f"{REGISTRY_ID}/team/web"
     in_registry = [i for i in cli_images if i.get("name", "").startswith(REGISTRY_ID + "/")]
