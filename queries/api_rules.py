@@ -89,9 +89,14 @@ LIST_IMAGES = (
 )
 
 
+def cut(value: str) -> str:
+    """A value cut short, so that a message stays one short line (and fits a gRPC status)."""
+    return value if len(value) <= _SHOWN else value[:_SHOWN] + "..."
+
+
 def shown(value: str) -> str:
-    """A value as messages quote it: cut short, so that a message stays one short line."""
-    return repr(value if len(value) <= _SHOWN else value[:_SHOWN] + "...")
+    """A value as messages quote it: cut short."""
+    return repr(cut(value))
 
 
 def _violation(rule: FieldRule, message: str) -> QueryError:

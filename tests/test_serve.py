@@ -476,6 +476,21 @@ def test_repository_get_and_get_by_name(repositories, server):
     assert grpc_code(repositories.Get, rsv.GetRepositoryRequest(repository_id="")) == INVALID
 
 
+def test_a_long_name_not_found_is_named_cut_short(repositories, server):
+    """A repository name has no length rule: the message that echoes it must stay short."""
+    name = ("a/" * 4000)[:7999]  # a valid name; with the field's key, within a gRPC request's limit
+    with pytest.raises(grpc.RpcError) as info:
+        repositories.GetByName(rsv.GetRepositoryByNameRequest(repository_name=name), timeout=10)
+    assert (info.value.code(), info.value.details()) == (
+        grpc.StatusCode.NOT_FOUND,
+        f"repository {name[:120]}... not found",
+    )
+    longer = ("a/" * 20000)[:39999]
+    status, body, _ = http_get(server.http, f"/container-registry/v1/repositories/{longer}:byName")
+    assert status == 404 and json.loads(body)["message"] == f"repository {longer[:120]}... not found"
+    assert len(body) < 300
+
+
 def test_registries_from_ycr_names(registries, server):
     expected = {"id": REGISTRY_ID, "status": "ACTIVE"}
     answer = MessageToDict(registries.List(gsv.ListRegistriesRequest(folder_id="b1gfolder"), timeout=10))

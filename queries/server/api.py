@@ -16,7 +16,7 @@ from yandex.cloud.containerregistry.v1 import image_service_pb2, registry_servic
 
 from indexer.errors import ImgdexError, NotFound, QueryError, StoreError, Unauthenticated, Unimplemented
 
-from .. import listing, render
+from .. import api_rules, listing, render
 from . import catalog, rules
 from .pages import ServedPages
 from .snapshots import SnapshotSource
@@ -86,7 +86,7 @@ class Api:
         with self.source.use() as snapshot:
             row = snapshot.image_row(request.image_id)
         if row is None:
-            raise NotFound(f"image {request.image_id} not found")
+            raise NotFound(f"image {api_rules.cut(request.image_id)} not found")
         return render.to_response(row)
 
     def list_rendered(

@@ -26,6 +26,7 @@ import json
 from indexer.errors import NotFound, QueryError
 from indexer.references import ID_RE
 
+from ..api_rules import cut, shown
 from ..listing import parse_filter
 
 _YCR_NAME = f"regexp_full_match(name, '^{ID_RE.pattern}/.+')"
@@ -60,14 +61,14 @@ def registry(registry_id: str) -> dict:
 def get_repository(snapshot, repo_id: str) -> dict:
     name = repositories_by_id(snapshot).get(repo_id)
     if name is None:
-        raise NotFound(f"repository {repo_id} not found")
+        raise NotFound(f"repository {cut(repo_id)} not found")
     return repository(name)
 
 
 def get_repository_by_name(snapshot, name: str) -> dict:
     found = snapshot.cursor().execute("SELECT 1 FROM images WHERE name = ? LIMIT 1", [name]).fetchone()
     if found is None:
-        raise NotFound(f"repository {name} not found")
+        raise NotFound(f"repository {cut(name)} not found")
     return repository(name)
 
 
@@ -78,7 +79,7 @@ def get_registry(snapshot, registry_id: str) -> dict:
         .fetchone()
     )
     if found is None:
-        raise NotFound(f"registry {registry_id} not found")
+        raise NotFound(f"registry {cut(registry_id)} not found")
     return registry(registry_id)
 
 
@@ -89,7 +90,7 @@ def _order(text: str) -> bool:
         return False
     if len(words) == 2 and words[0] == "name" and words[1].lower() in ("asc", "desc"):
         return words[1].lower() == "desc"
-    raise QueryError(f"invalid order {text.strip()!r}: repositories sort by name, with an optional desc")
+    raise QueryError(f"invalid order {shown(text.strip())}: repositories sort by name, with an optional desc")
 
 
 def _fingerprint(*parts) -> str:
