@@ -524,6 +524,73 @@ def test_writes_are_unimplemented(images, repositories, registries, server, cli_
     assert images.Get(isv.GetImageRequest(image_id=image_id), timeout=10).id == image_id
 
 
+def _largest_within_rules(message_class):
+    """The request with every field at the most its rules allow, each character 4 bytes in UTF-8."""
+    from indexer.references import NAME_MAX
+    from queries.server import rules
+
+    fields = {}
+    for rule in rules.rules_of(message_class):
+        if rule.length is not None:
+            fields[rule.name] = "\U0001f600" * rule.length.high
+        elif rule.pattern is not None:
+            fields[rule.name] = "a" * NAME_MAX  # a repository name, whose length only distribution bounds
+        elif rule.value is not None:
+            fields[rule.name] = rule.value.high
+    return message_class(**fields)
+
+
+def test_grpc_refuses_requests_larger_than_any_valid_one(images, repositories, registries):
+    from queries.server import rules
+    from queries.server.grpc_api import MAX_REQUEST_BYTES
+
+    methods = [images.Get, images.List, repositories.Get, repositories.GetByName, repositories.List]
+    methods += [registries.Get, registries.List]
+    for message_class, method in zip(rules.SERVED_REQUESTS, methods, strict=True):
+        request = _largest_within_rules(message_class)
+        assert request.ByteSize() <= MAX_REQUEST_BYTES // 2, message_class
+        assert _call_code(method, request) != grpc.StatusCode.RESOURCE_EXHAUSTED, message_class
+    assert _call_code(images.List, isv.ListImagesRequest(repository_name="a" * 8000)) == OK
+    too_large = isv.ListImagesRequest(repository_name="a" * MAX_REQUEST_BYTES)
+    assert _call_code(images.List, too_large) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert _call_code(images.List, isv.ListImagesRequest()) == OK
+
+
+def test_grpc_calls_beyond_what_the_workers_can_take_are_refused_at_once(store, cli_images):
+    import threading
+
+    from queries.server.app import Service
+    from queries.server.grpc_api import CALLS_PER_WORKER
+
+    service = Service(store, ("127.0.0.1", 0), None, workers=1)
+    release = threading.Event()
+    original = service.api.get_image
+
+    def held_get(request):
+        release.wait(30)
+        return original(request)
+
+    service.api.get_image = held_get
+    service.start()
+    request = isv.GetImageRequest(image_id=cli_images[0]["id"])
+    try:
+        with grpc.insecure_channel(service.grpc_address) as channel:
+            stub = isv_grpc.ImageServiceStub(channel)
+            held = [stub.Get.future(request, timeout=60) for _ in range(CALLS_PER_WORKER)]
+            time.sleep(1.0)  # one call running, the others waiting for the worker
+            t0 = time.monotonic()
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Get(request, timeout=10)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert time.monotonic() - t0 < 2
+            release.set()
+            assert [MessageToDict(call.result()) for call in held] == [cli_images[0]] * CALLS_PER_WORKER
+            assert MessageToDict(stub.Get(request, timeout=10)) == cli_images[0]
+    finally:
+        release.set()
+        service.stop(grace=1)
+
+
 def test_unknown_rest_path_is_not_found(server):
     status, doc = http_json(server.http, "/container-registry/v2/images")
     assert (status, doc["code"]) == (404, 5)

@@ -249,14 +249,35 @@ def _deny(handler):
     return grpc.unary_unary_rpc_method_handler(abort, **args)
 
 
+# The largest valid request of any served method is a ListImagesRequest at its rules' limits:
+# filter 1,000 characters, page_token and order_by 100, registry_id and folder_id 50, each
+# character at most 4 bytes in UTF-8 (5,200 bytes); a repository_name, which has no length rule,
+# of 255 characters (distribution's limit, which every indexed name keeps: a longer one names
+# nothing); page_size; and each field's key and length: 5,484 bytes. gRPC's default, 4 MiB, let
+# every call waiting for a worker hold 4 MB. 16 KiB leaves room for fields a newer SDK may add.
+MAX_REQUEST_BYTES = 16 * 1024
+# Calls answered or waiting per worker: a burst waits its turn, and beyond it a call is refused at
+# once with RESOURCE_EXHAUSTED instead of queueing without bound.
+CALLS_PER_WORKER = 4
+
+
 class GrpcServer:
     """The gRPC server with the three services, health (if installed) and reflection (if installed)."""
 
     def __init__(self, api: Api, address: str, workers: int, token: bytes | None):
         interceptors = [BearerTokenInterceptor(token)] if token else []
         self._pool = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imgdex-grpc")
-        # SO_REUSEPORT off: a second server on a taken port must fail, not share it silently.
-        self.server = grpc.server(self._pool, interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
+        options = [
+            # SO_REUSEPORT off: a second server on a taken port must fail, not share it silently.
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+        ]
+        self.server = grpc.server(
+            self._pool,
+            interceptors=interceptors,
+            options=options,
+            maximum_concurrent_rpcs=workers * CALLS_PER_WORKER,
+        )
         image_service_pb2_grpc.add_ImageServiceServicer_to_server(ImageService(api), self.server)
         repository_service_pb2_grpc.add_RepositoryServiceServicer_to_server(RepositoryService(api), self.server)
         registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryService(api), self.server)
