@@ -73,6 +73,8 @@ _TERM = re.compile(
     r"""|(?P<and>AND))\s*""",
     re.IGNORECASE,
 )
+# One or more quoted names, each after a comma but the first: no empty or trailing elements.
+_LIST = re.compile(rf"""\s*{_STRING}\s*(?:,\s*{_STRING}\s*)*""")
 
 
 @dataclass(frozen=True)
@@ -133,13 +135,11 @@ def parse_filter(text: str, check_values: bool = True) -> tuple[str, list]:
             raise QueryError(f"invalid filter {_quoted(text)}: conditions must be joined by AND")
         expect_term = False
         if m.group("in"):
-            items = re.findall(_STRING, m.group("list"))
-            leftover = re.sub(_STRING, "", m.group("list")).replace(",", "").strip()
-            if not items or leftover:
+            if not _LIST.fullmatch(m.group("list")):
                 raise QueryError(f"invalid filter {_quoted(text)}: IN takes a list of quoted names")
             negated = m.group("in").upper() != "IN"
             conditions.append(f"name {'NOT IN' if negated else 'IN'} (SELECT unnest(?::VARCHAR[]))")
-            params.append([value(i) for i in items])
+            params.append([value(i) for i in re.findall(_STRING, m.group("list"))])
         else:
             conditions.append("name = ?" if m.group("op") == "=" else "name <> ?")
             params.append(value(m.group(3)))

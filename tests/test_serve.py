@@ -861,3 +861,22 @@ def test_cli_module_does_not_pay_for_grpc_at_import():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+# --- REST framing and limits ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "pageSize=1_0",
+        "pageSize=%D9%A3",
+        "pageSize=1e3",
+        "pageSize=%2B5",
+        "pageSize=",
+        "filter=" + urllib.parse.quote('name IN ("a",,)'),
+    ],
+)
+def test_rest_integers_are_ascii_decimal_and_lists_have_no_empty_items(server, query):
+    status, doc = http_json(server.http, f"/container-registry/v1/images?{query}")
+    assert (status, doc["code"]) == (400, 3), doc

@@ -16,6 +16,7 @@ and the server needs no dependency.
 
 from __future__ import annotations
 
+import re
 import socket
 import sys
 import threading
@@ -30,12 +31,15 @@ from yandex.cloud.containerregistry.v1 import image_service_pb2, registry_servic
 from indexer.errors import NotFound, QueryError, Unauthenticated, Unimplemented
 
 from .. import render
+from ..api_rules import shown
 from .api import INTERNAL, Api, error_body, status_of
 from .grpc_api import token_matches
 
 PREFIX = "/container-registry/v1/"
 # Read methods of the public API that the index holds no data for.
 _UNSERVED_SUFFIXES = (":listAccessBindings", ":listIpPermission")
+_DECIMAL = re.compile(r"-?[0-9]+")
+_INTEGER_TYPES = frozenset({1, 2, 3, 4})  # FieldDescriptor.CPPTYPE_INT32, INT64, UINT32, UINT64
 
 
 def _dump(doc: dict) -> bytes:
@@ -46,6 +50,13 @@ def _request(message_class, query: dict[str, list[str]], **path):
     """The request message from path parameters and the query string (the last value of a repeated one)."""
     fields = {key: values[-1] for key, values in query.items()}
     fields.update(path)
+    # json_format hands integer strings to int(), which also takes `1_0`, `1e3` and non-ASCII
+    # digits; the API's own front end takes ASCII decimal digits only.
+    descriptor = message_class.DESCRIPTOR
+    for key, value in fields.items():
+        field = descriptor.fields_by_name.get(key) or descriptor.fields_by_camelcase_name.get(key)
+        if field is not None and field.cpp_type in _INTEGER_TYPES and not _DECIMAL.fullmatch(value):
+            raise QueryError(f"invalid request parameter: {key} must be a decimal integer, not {shown(value)}")
     try:
         return json_format.ParseDict(fields, message_class(), ignore_unknown_fields=True)
     except json_format.ParseError as exc:
