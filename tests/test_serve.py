@@ -865,6 +865,110 @@ def test_cli_module_does_not_pay_for_grpc_at_import():
 
 # --- REST framing and limits ----------------------------------------------------------------------
 
+SMUGGLED = b"GET /container-registry/v1/SMUGGLED HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+
+def exchange(address: str, data: bytes, timeout: float = 5.0) -> tuple[bytes, bool]:
+    """Sends `data` on a new connection; (all read, whether the server closed before `timeout`)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    out = b""
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        deadline = time.monotonic() + timeout
+        try:
+            sock.sendall(data)
+            while time.monotonic() < deadline:
+                sock.settimeout(max(0.01, deadline - time.monotonic()))
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return out, True
+                out += chunk
+        except ConnectionError:
+            return out, True
+        except TimeoutError:
+            pass
+    return out, False
+
+
+def responses(out: bytes) -> list[tuple[int, dict, bytes]]:
+    """(status, headers, body) of each response in `out`, as framed by Content-Length."""
+    found = []
+    while out:
+        head, sep, rest = out.partition(b"\r\n\r\n")
+        assert sep and head.startswith(b"HTTP/1.1 "), out[:200]
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        length = int(headers.get("content-length", 0))
+        found.append((int(lines[0].split()[1]), headers, rest[:length]))
+        out = rest[length:]
+    return found
+
+
+def _get(path: str = "/container-registry/v1/images?pageSize=1", headers: str = "") -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode()
+
+
+@pytest.mark.parametrize(
+    "request_,status",
+    [
+        (_get(headers="Content-Length: abc\r\n"), 400),
+        (_get(headers="Content-Length: 1e3\r\n"), 400),
+        (_get(headers="Content-Length: -1\r\n"), 400),  # read to the end of the stream before
+        (_get(headers="Content-Length: 0\r\nContent-Length: 0\r\n"), 400),
+        (_get(headers=f"Content-Length: 0\r\nContent-Length: {len(SMUGGLED)}\r\n") + SMUGGLED, 400),
+        (_get(headers="Content-Length : 5\r\n") + b"hello", 400),
+        (_get(headers="X: a\r\n folded\r\n"), 400),
+        (_get(headers="X: a\rContent-Length: 5\r\n") + b"hello", 400),
+        (
+            _get(headers="Content-Length: 4\r\nTransfer-Encoding: chunked\r\n") + b"%x\r\n" % len(SMUGGLED) + SMUGGLED,
+            501,
+        ),
+        (_get(headers="Transfer-Encoding: chunked\r\n") + b"5\r\nhello\r\n0\r\n\r\n" + SMUGGLED, 501),
+        (_get(headers=f"Content-Length: {(1 << 20) + 1}\r\n"), 413),
+        (_get(headers=f"Content-Length: {'9' * 5000}\r\n"), 413),
+    ],
+)
+def test_rest_refuses_bodies_it_cannot_frame_and_closes(server, request_, status):
+    out, closed = exchange(server.http, request_)
+    (answer,) = responses(out)
+    code = 12 if status == 501 else 3
+    assert answer[0] == status and answer[1]["connection"] == "close" and closed, out[:300]
+    assert answer[1]["content-type"] == "application/json"
+    doc = json.loads(answer[2])
+    assert doc["code"] == code and doc["details"] == [] and doc["message"], doc
+
+
+def test_rest_small_bodies_are_still_read_and_ignored(server):
+    pipelined = _get(headers="Content-Length: 5\r\n") + b"hello" + _get(headers="Connection: close\r\n")
+    out, closed = exchange(server.http, pipelined)
+    assert [status for status, _, _ in responses(out)] == [200, 200] and closed
+
+
+@pytest.mark.parametrize(
+    "request_,status,code",
+    [
+        (b"HEAD /container-registry/v1/images HTTP/1.1\r\nHost: x\r\n\r\n", 501, 12),
+        (b"OPTIONS /container-registry/v1/images HTTP/1.1\r\nHost: x\r\n\r\n", 501, 12),
+        (_get("/container-registry/v1/images?pageToken=" + "A" * 70_000), 414, 3),
+        (_get(headers="X: " + "a" * 70_000 + "\r\n"), 431, 3),
+        (_get(headers="".join(f"X{i}: a\r\n" for i in range(101))), 431, 3),
+        (_get(headers="".join(f"X{i}: {'a' * 1000}\r\n" for i in range(70))), 431, 3),  # 70 KB in all
+        (b"GET /container-registry/v1/images HTTP/2.0\r\n\r\n", 505, 12),
+        (b"GARBAGE\r\n\r\n", 400, 3),
+        (b"GET /container-registry/v1/images\r\n\r\n", 400, 3),  # HTTP/0.9: no status line in the answer
+    ],
+)
+def test_rest_http_layer_errors_are_status_json(server, request_, status, code):
+    out, closed = exchange(server.http, request_)
+    (answer,) = responses(out)
+    assert answer[0] == status and answer[1]["content-type"] == "application/json" and closed, out[:300]
+    if request_.startswith(b"HEAD"):
+        assert answer[2] == b""  # a HEAD response has no body, only its length
+    else:
+        doc = json.loads(answer[2])
+        assert doc["code"] == code and doc["details"] == [] and doc["message"], doc
+
 
 @pytest.mark.parametrize(
     "query",
@@ -880,3 +984,22 @@ def test_cli_module_does_not_pay_for_grpc_at_import():
 def test_rest_integers_are_ascii_decimal_and_lists_have_no_empty_items(server, query):
     status, doc = http_json(server.http, f"/container-registry/v1/images?{query}")
     assert (status, doc["code"]) == (400, 3), doc
+
+
+def test_rest_hang_ups_leave_no_traceback(store):
+    import socket
+    import struct
+
+    srv = start_server(store)
+    try:
+        host, _, port = srv.http.rpartition(":")
+        for _ in range(20):
+            with socket.create_connection((host, int(port))) as sock:  # gone mid-headers
+                sock.sendall(b"GET /container-registry/v1/images HTTP/1.1\r\nHost: x\r\n")
+            with socket.create_connection((host, int(port))) as sock:  # gone before its answer, with a reset
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.sendall(_get("/container-registry/v1/images?pageSize=100"))
+        assert http_get(srv.http, "/container-registry/v1/images?pageSize=1")[0] == 200
+    finally:
+        code, _, err = srv.stop()
+    assert code == 0 and "Traceback" not in err and "Error" not in err, err

@@ -16,6 +16,7 @@ and the server needs no dependency.
 
 from __future__ import annotations
 
+import http.client
 import re
 import socket
 import sys
@@ -32,12 +33,20 @@ from indexer.errors import NotFound, QueryError, Unauthenticated, Unimplemented
 
 from .. import render
 from ..api_rules import shown
-from .api import INTERNAL, Api, error_body, status_of
+from .api import INTERNAL, INVALID_ARGUMENT, UNAVAILABLE, UNIMPLEMENTED, Api, error_body, status_of
 from .grpc_api import token_matches
 
 PREFIX = "/container-registry/v1/"
 # Read methods of the public API that the index holds no data for.
 _UNSERVED_SUFFIXES = (":listAccessBindings", ":listIpPermission")
+
+# No method here takes a body: a small one is read and ignored, a larger one refused unread.
+MAX_BODY = 1 << 20
+# The request line (the standard library's limit), and the header lines in all: real requests
+# carry a few KiB at most.
+MAX_LINE = 65536
+MAX_HEADERS = 65536
+_DRAIN_CHUNK = 1 << 16
 _DECIMAL = re.compile(r"-?[0-9]+")
 _INTEGER_TYPES = frozenset({1, 2, 3, 4})  # FieldDescriptor.CPPTYPE_INT32, INT64, UINT32, UINT64
 
@@ -99,6 +108,45 @@ def route(api: Api, method: str, path: str, query: dict[str, list[str]]) -> dict
     return api.list_registries(_request(registry_service_pb2.ListRegistriesRequest, query))
 
 
+def _rpc_code(http_status: int) -> int:
+    """The google.rpc code of an error answered before the request reaches the API."""
+    if http_status in (501, 505):
+        return UNIMPLEMENTED.code
+    if http_status == 503:
+        return UNAVAILABLE.code
+    return INVALID_ARGUMENT.code  # the request itself cannot be taken: too large or malformed
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class _HeaderLines:
+    """What http.client reads the header lines from: MAX_HEADERS bytes in all. Notes whether the
+    client hung up before the blank line that ends them (http.client takes that end for the blank
+    line), and lines with a CR inside, which the email parser takes for two lines where a proxy in
+    front may see one."""
+
+    def __init__(self, rfile):
+        self._rfile = rfile
+        self._left = MAX_HEADERS
+        self.cut = False
+        self.bare_cr = False
+
+    def readline(self, size: int = -1) -> bytes:
+        line = self._rfile.readline(self._left + 1 if size < 0 else min(size, self._left + 1))
+        self._left -= len(line)
+        if self._left < 0:
+            raise http.client.LineTooLong("header lines")
+        if not line.endswith(b"\n"):
+            self.cut = True
+        if b"\r" in line.removesuffix(b"\n").removesuffix(b"\r"):
+            self.bare_cr = True
+        return line
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # Headers and body leave in two writes; with Nagle on, the body waits for the client's
@@ -121,15 +169,110 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format, *args) -> None:  # noqa: A002 - the base class's signature
         pass  # one line per request would drown the ready line and errors
 
+    def parse_request(self) -> bool:
+        requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+        if len(requestline.split()) not in (0, 3):
+            # HTTP/0.9 (no version) would be answered without a status line; junk is junk.
+            self.requestline, self.command, self.request_version = requestline, None, self.protocol_version
+            self._refuse(400, f"malformed request line {shown(requestline)}")
+            return False
+        rfile = self.rfile
+        self.rfile = lines = _HeaderLines(rfile)
+        try:
+            parsed = super().parse_request()
+        finally:
+            self.rfile = rfile
+        if not parsed:
+            return False
+        if lines.cut:
+            self.close_connection = True  # the client left mid-headers: no request to answer
+            return False
+        headers = self.headers
+        if lines.bare_cr or headers.defects or headers.get_payload() or any("\n" in v for v in headers.values()):
+            # A line without a colon, a space before one, a folded line or a CR inside one: a proxy
+            # in front may read these headers otherwise, so they cannot frame the request for certain.
+            self._refuse(400, "malformed header line")
+            return False
+        return True
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The errors BaseHTTPRequestHandler answers itself, as Status bodies in imgdex's words."""
+        if code == 414:
+            message = f"request line over {MAX_LINE:,} bytes"
+        elif code == 431:
+            message = (
+                "more than 100 header lines" if message == "Too many headers" else f"headers over {MAX_HEADERS:,} bytes"
+            )
+        elif code == 505:
+            message = f"{shown(self.requestline.split()[-1])} is not supported: HTTP/1.0 and HTTP/1.1 are"
+        elif code == 501:
+            message = f"method {shown(self.command)} is not served by the read-only index"
+        elif code == 400:
+            message = f"malformed request line {shown(self.requestline)}"
+        self._refuse(code, message or self.responses.get(code, ("error",))[0].lower())
+
+    def _refuse(self, status: int, message: str) -> None:
+        """An error found before the request reached the API. The connection is closed after it:
+        what follows on it cannot be trusted to start a request."""
+        self.close_connection = True
+        if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
+            self.request_version = self.protocol_version  # else the answer goes without status line and headers
+        self.requestline = getattr(self, "requestline", "")
+        self.command = getattr(self, "command", None)
+        self._respond(status, _dump({"code": _rpc_code(status), "message": message, "details": []}))
+
+    def _respond(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        if status == 401:
+            self.send_header("WWW-Authenticate", "Bearer")
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _body_length(self) -> int:
+        """The length of the request's body, which no method here needs; _Refused when the headers
+        do not frame it beyond doubt (RFC 9112 section 6), or it is over MAX_BODY."""
+        if self.headers.get_all("Transfer-Encoding"):
+            raise _Refused(501, "Transfer-Encoding is not supported on requests: no method here takes a body")
+        lengths = self.headers.get_all("Content-Length") or []
+        if len(lengths) > 1:
+            raise _Refused(400, "more than one Content-Length header")
+        if not lengths:
+            return 0
+        text = lengths[0].strip(" \t")
+        if not re.fullmatch(r"[0-9]+", text):
+            raise _Refused(400, f"invalid Content-Length {shown(text)}")
+        if len(text) > 20 or int(text) > MAX_BODY:
+            raise _Refused(413, f"request body over {MAX_BODY:,} bytes: no method here takes a body")
+        return int(text)
+
+    def _drain(self, length: int) -> bool:
+        """Reads the body and drops it; False when the client hung up before its end."""
+        while length:
+            chunk = self.rfile.read(min(length, _DRAIN_CHUNK))
+            if not chunk:
+                return False
+            length -= len(chunk)
+        return True
+
     def _handle(self, method: str) -> None:
         server = self.server
         server.track(self.connection, busy=True)
         try:
             if server.stopping:
                 self.close_connection = True
-            length = int(self.headers.get("Content-Length") or 0)
-            if length:
-                self.rfile.read(min(length, 1 << 20))  # no method here takes a body; drain it
+            try:
+                length = self._body_length()
+            except _Refused as exc:
+                self._refuse(exc.status, str(exc))
+                return
+            if not self._drain(length):
+                self.close_connection = True
+                return
             url = urllib.parse.urlsplit(self.path)
             try:
                 if server.token is not None and not token_matches(self.headers.get("Authorization"), server.token):
@@ -142,15 +285,7 @@ class _Handler(BaseHTTPRequestHandler):
                 if st is INTERNAL:
                     traceback.print_exc(file=sys.stderr)
                 status, body = st.http, _dump(error_body(exc))
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            if status == 401:
-                self.send_header("WWW-Authenticate", "Bearer")
-            if self.close_connection:
-                self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(body)
+            self._respond(status, body)
         finally:
             server.track(self.connection, busy=False)
 
@@ -189,6 +324,11 @@ class _Server(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
             self.socket = socket.socket(self.address_family, self.socket_type)
         super().server_bind()
+
+    def handle_error(self, request, client_address) -> None:
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return  # the client hung up or stalled: nothing went wrong here
+        super().handle_error(request, client_address)
 
     def track(self, connection: socket.socket, busy: bool) -> None:
         with self._lock:
