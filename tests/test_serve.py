@@ -1003,3 +1003,67 @@ def test_rest_hang_ups_leave_no_traceback(store):
     finally:
         code, _, err = srv.stop()
     assert code == 0 and "Traceback" not in err and "Error" not in err, err
+
+
+@pytest.fixture
+def limited_rest(store):
+    """An in-process REST server with a short request timeout and a cap of two connections."""
+    from queries.server.api import Api
+    from queries.server.rest_api import RestServer
+    from queries.server.snapshots import SnapshotSource
+
+    source = SnapshotSource(store)
+    rest = RestServer(Api(source), "127.0.0.1", 0, 2, None, max_connections=2, request_timeout=0.6)
+    source.start()
+    rest.start()
+    yield f"127.0.0.1:{rest.port}"
+    rest.stop(0)
+    source.stop()
+
+
+def test_rest_idle_and_trickling_connections_time_out(limited_rest):
+    import socket
+
+    t0 = time.monotonic()
+    assert exchange(limited_rest, b"", timeout=5) == (b"", True)  # idle: let go
+    assert time.monotonic() - t0 < 3
+    with socket.create_connection(("127.0.0.1", int(limited_rest.rpartition(":")[2])), timeout=5) as sock:
+        t0 = time.monotonic()
+        closed = False
+        for byte in _get(headers="X: " + "a" * 200 + "\r\n"):  # a byte every 20 ms: 4 s for all of it
+            try:
+                sock.sendall(bytes([byte]))
+            except ConnectionError:
+                closed = True
+                break
+            time.sleep(0.02)
+        assert closed or sock.recv(100) == b""
+        assert time.monotonic() - t0 < 3  # the deadline is the request's, not each read's
+    # A keep-alive client that asks in time is served, again and again, past the timeout.
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", int(limited_rest.rpartition(":")[2]), timeout=5)
+    for _ in range(3):
+        conn.request("GET", "/container-registry/v1/images?pageSize=1")
+        assert conn.getresponse().read() and conn.sock is not None
+        time.sleep(0.3)
+    conn.close()
+
+
+def test_rest_connections_beyond_the_cap_are_refused_at_once(limited_rest):
+    import socket
+
+    host, _, port = limited_rest.rpartition(":")
+    held = [socket.create_connection((host, int(port)), timeout=5) for _ in range(2)]
+    try:
+        time.sleep(0.1)
+        t0 = time.monotonic()
+        out, closed = exchange(limited_rest, b"", timeout=5)
+        (answer,) = responses(out)
+        assert answer[0] == 503 and closed and time.monotonic() - t0 < 0.5
+        assert json.loads(answer[2])["code"] == 14
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.2)
+    assert http_get(limited_rest, "/container-registry/v1/images?pageSize=1")[0] == 200

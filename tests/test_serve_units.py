@@ -338,3 +338,13 @@ def test_rendered_images_are_kept_per_version_and_follow_a_tag_move(tmp_path):
         assert json_format.MessageToDict(message) == second
     finally:
         source.stop()
+
+
+@pytest.mark.parametrize("soft,cap", [(1024, 512), (64, 32), (1, 1), (1_000_000, 1024)])
+def test_rest_connections_leave_half_the_descriptors(monkeypatch, soft, cap):
+    import resource
+
+    from queries.server import rest_api
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (soft, resource.RLIM_INFINITY))
+    assert rest_api.default_max_connections() == cap

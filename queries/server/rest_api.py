@@ -6,7 +6,9 @@ parameters are the request message's fields in JSON form (`pageSize`, also `page
 with json_format into the official request message, so both transports validate the very same
 message.
 
-One thread per connection, keep-alive; at most `workers` requests are answered at once. Chosen by
+One thread per connection, keep-alive; at most `workers` requests are answered at once, and at most
+`max_connections` connections are held (half the open-files limit, at most 1024: REST alone cannot
+take the process's last descriptors). Chosen by
 measurement (bench/serve_bench.py --asgi, 100,000 images, 8 clients, this 2-core machine): gets
 at 5,400 requests/s against 3,200 for the same routes on Starlette + uvicorn (httptools, uvloop,
 reads handed to its thread pool), and 10,000 against 4,400 for a request that only routes. The
@@ -16,7 +18,9 @@ and the server needs no dependency.
 
 from __future__ import annotations
 
+import errno
 import http.client
+import io
 import re
 import socket
 import sys
@@ -40,6 +44,16 @@ PREFIX = "/container-registry/v1/"
 # Read methods of the public API that the index holds no data for.
 _UNSERVED_SUFFIXES = (":listAccessBindings", ":listIpPermission")
 
+# A request must arrive whole (line, headers, body) within this many seconds of the server starting
+# to wait for it, and a response must be taken within as long: an idle keep-alive connection is
+# closed after it too. Requests here are a few hundred bytes, so only a stalled or hostile client
+# needs more; it is generous so that a client on a slow or lossy link (TCP retransmits back off to
+# seconds) is not cut off mid-request, yet a held connection and its thread are freed in half a minute.
+REQUEST_TIMEOUT = 30.0
+# Each connection holds one descriptor and one thread. Half the soft open-files limit leaves the
+# other half to the store's files, DuckDB and gRPC; 1024 bounds threads and buffers (~250 MB at
+# most, every connection with a full request line and headers) where the limit is high.
+MAX_CONNECTIONS = 1024
 # No method here takes a body: a small one is read and ignored, a larger one refused unread.
 MAX_BODY = 1 << 20
 # The request line (the standard library's limit), and the header lines in all: real requests
@@ -108,6 +122,19 @@ def route(api: Api, method: str, path: str, query: dict[str, list[str]]) -> dict
     return api.list_registries(_request(registry_service_pb2.ListRegistriesRequest, query))
 
 
+def default_max_connections() -> int:
+    """Half the soft open-files limit, at most MAX_CONNECTIONS."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return MAX_CONNECTIONS
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(1, min(MAX_CONNECTIONS, soft // 2))
+
+
 def _rpc_code(http_status: int) -> int:
     """The google.rpc code of an error answered before the request reaches the API."""
     if http_status in (501, 505):
@@ -121,6 +148,33 @@ class _Refused(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The connection's bytes, every read bounded by what is left of the request's deadline.
+
+    A timeout per read alone would let a client that sends a byte now and then hold the
+    connection (and its thread) for ever.
+    """
+
+    def __init__(self, connection: socket.socket, timeout: float):
+        self._connection = connection
+        self._timeout = timeout
+        self.deadline = time.monotonic() + timeout
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("request not received in time")
+        self._connection.settimeout(left)
+        try:
+            return self._connection.recv_into(buffer)
+        finally:
+            # A response gets the whole timeout to be taken, not what its request left over.
+            self._connection.settimeout(self._timeout)
 
 
 class _HeaderLines:
@@ -158,6 +212,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        self.rfile.close()
+        self._reader = _DeadlineReader(self.connection, self.server.request_timeout)
+        self.rfile = io.BufferedReader(self._reader)
+        self.connection.settimeout(self.server.request_timeout)
         self.server.track(self.connection, busy=False)
 
     def finish(self) -> None:
@@ -168,6 +226,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format, *args) -> None:  # noqa: A002 - the base class's signature
         pass  # one line per request would drown the ready line and errors
+
+    def handle_one_request(self) -> None:
+        # Waiting for the next request counts too: an idle keep-alive connection is let go.
+        self._reader.deadline = time.monotonic() + self.server.request_timeout
+        super().handle_one_request()
 
     def parse_request(self) -> bool:
         requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
@@ -310,13 +373,35 @@ class _Server(ThreadingHTTPServer):
     # The default backlog of 5 refuses connections under a burst of new clients.
     request_queue_size = 128
 
-    def __init__(self, address, api: Api, token: bytes | None, workers: int):
+    def __init__(
+        self,
+        address,
+        api: Api,
+        token: bytes | None,
+        workers: int,
+        max_connections: int | None = None,
+        request_timeout: float = REQUEST_TIMEOUT,
+    ):
         self.api = api
         self.token = token
         self.slots = threading.BoundedSemaphore(workers)
         self.stopping = False
+        self.max_connections = max_connections or default_max_connections()
+        self.request_timeout = request_timeout
+        self._open = 0
         self._connections: dict[socket.socket, bool] = {}
         self._lock = threading.Condition()
+        body = _dump(
+            {
+                "code": UNAVAILABLE.code,
+                "message": f"too many connections (at most {self.max_connections}): try again later",
+                "details": [],
+            }
+        )
+        self._busy = (
+            b"HTTP/1.1 503 Service Unavailable\r\nServer: imgdex\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+        )
         super().__init__(address, _Handler)
 
     def server_bind(self) -> None:
@@ -324,6 +409,50 @@ class _Server(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
             self.socket = socket.socket(self.address_family, self.socket_type)
         super().server_bind()
+
+    def get_request(self):
+        try:
+            return super().get_request()
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                # The listening socket stays readable, so serve_forever would retry at once, at
+                # full CPU, until a descriptor is freed.
+                time.sleep(0.1)
+            raise
+
+    def process_request(self, request, client_address) -> None:
+        with self._lock:
+            full = self._open >= self.max_connections
+            if not full:
+                self._open += 1
+        if full:
+            self._turn_away(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._closed()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._closed()
+
+    def _closed(self) -> None:
+        with self._lock:
+            self._open -= 1
+
+    def _turn_away(self, request: socket.socket) -> None:
+        """503 at once from the accepting thread, the request unread: waiting for it would take a
+        thread, and a client that sends nothing would hold up the next ones."""
+        try:
+            request.setblocking(False)
+            request.send(self._busy)  # a few hundred bytes into a new socket's empty buffer
+        except OSError:
+            pass
+        self.shutdown_request(request)
 
     def handle_error(self, request, client_address) -> None:
         if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
@@ -355,8 +484,17 @@ class _Server(ThreadingHTTPServer):
 
 
 class RestServer:
-    def __init__(self, api: Api, host: str, port: int, workers: int, token: bytes | None):
-        self._server = _Server((host, port), api, token, workers)
+    def __init__(
+        self,
+        api: Api,
+        host: str,
+        port: int,
+        workers: int,
+        token: bytes | None,
+        max_connections: int | None = None,
+        request_timeout: float = REQUEST_TIMEOUT,
+    ):
+        self._server = _Server((host, port), api, token, workers, max_connections, request_timeout)
         self.port = self._server.server_address[1]
         self._thread: threading.Thread | None = None
 
