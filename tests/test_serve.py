@@ -489,6 +489,10 @@ def test_a_long_name_not_found_is_named_cut_short(repositories, server):
     status, body, _ = http_get(server.http, f"/container-registry/v1/repositories/{longer}:byName")
     assert status == 404 and json.loads(body)["message"] == f"repository {longer[:120]}... not found"
     assert len(body) < 300
+    # A path the API does not have, and a method it does not serve, are echoed cut short too.
+    path = "/container-registry/v1/nothing/" + "x" * 40000
+    status, body, _ = http_get(server.http, path)
+    assert status == 404 and json.loads(body)["message"] == f"no such path {path[:120]}..."
 
 
 def test_registries_from_ycr_names(registries, server):

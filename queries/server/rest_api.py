@@ -35,7 +35,7 @@ from yandex.cloud.containerregistry.v1 import image_service_pb2, registry_servic
 from indexer.errors import NotFound, QueryError, Unauthenticated, Unimplemented
 
 from .. import render
-from ..api_rules import shown
+from ..api_rules import cut, shown
 from .api import INTERNAL, INVALID_ARGUMENT, UNAVAILABLE, UNIMPLEMENTED, Api, error_body, status_of
 from .grpc_api import token_matches
 
@@ -82,7 +82,7 @@ def _request(message_class, query: dict[str, list[str]], **path):
     try:
         return json_format.ParseDict(fields, message_class(), ignore_unknown_fields=True)
     except json_format.ParseError as exc:
-        raise QueryError(f"invalid request parameter: {exc}") from None
+        raise QueryError(f"invalid request parameter: {cut(str(exc))}") from None
 
 
 def route(api: Api, method: str, path: str, query: dict[str, list[str]]) -> dict | str:
@@ -91,16 +91,16 @@ def route(api: Api, method: str, path: str, query: dict[str, list[str]]) -> dict
     An ImgdexError for its error status.
     """
     if not path.startswith(PREFIX):
-        raise NotFound(f"no such path {path}")
+        raise NotFound(f"no such path {cut(path)}")
     rest = path[len(PREFIX) :]
     collection, _, tail = rest.partition("/")
     if collection not in ("images", "repositories", "registries"):
-        raise NotFound(f"no such path {path}")
+        raise NotFound(f"no such path {cut(path)}")
     if method != "GET":
-        raise Unimplemented(f"{method} {path} is not served by the read-only index")
+        raise Unimplemented(f"{method} {cut(path)} is not served by the read-only index")
     tail = urllib.parse.unquote(tail)
     if tail.endswith(_UNSERVED_SUFFIXES):
-        raise Unimplemented(f"{path} is not served by the index")
+        raise Unimplemented(f"{cut(path)} is not served by the index")
     if collection == "images":
         if tail:
             return api.get_image(_request(image_service_pb2.GetImageRequest, query, imageId=tail))
