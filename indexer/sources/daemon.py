@@ -60,8 +60,19 @@ from ..references import Reference, parse_reference
 from ..shard import Shard, in_shard, repository_key
 from . import mediatypes as mt
 from .bodies import BodyTooLarge, read_capped
+from .configbounds import MAX_ENTRIES, too_many_values
 from .jsonshape import list_at, object_at, string_at
-from .parse import Context, check_sizes, new_record, parse_config, platform_of, size_problem, valid_size
+from .parse import (
+    MAX_PARSED_BYTES,
+    Context,
+    check_sizes,
+    new_record,
+    parse_config,
+    parsed_size,
+    platform_of,
+    size_problem,
+    valid_size,
+)
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 CONNECT_TIMEOUT = 10.0  # seconds for the whole first contact: an absent or silent engine fails fast
@@ -71,6 +82,19 @@ WINDOW = 16  # images fetched ahead of the consumer; bounds the details held in 
 # The longest answer read from the engine: GET /images/json lists ~600 bytes an image, so this
 # holds about 800,000 images; an engine that sends more (or sends forever) fails in one line.
 MAX_ANSWER_BYTES = 512 * 1024 * 1024
+# The longest inspect, history or info: an inspect carries a config's fields (configs are read up
+# to 8 MiB from every other source) and repeats them under ContainerConfig on older engines; a
+# history carries the config's history text plus ~100 bytes of the engine's own fields for each of
+# at most MAX_ENTRIES entries. Real answers are a few KB; WINDOW images' worth of them are held.
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
+# The listing may be long (see above), but not dense: a real one spends 20 to 40 bytes of text on
+# each value (IDs, names, dates), ~3x its bytes once parsed as `parsed_size` counts it. `[{},{},...]`
+# is one value every 3 bytes, ~21x: 60 MB of it took 1.6 GB. Listings under MAX_PARSED_BYTES
+# parsed are never refused, however dense.
+LISTING_PARSED_PER_BYTE = 8
+# The fields of a history entry the mapping reads; the rest is dropped as soon as the answer is in,
+# so an image waiting in the prefetch window holds no more than it needs.
+_HISTORY_FIELDS = ("Created", "CreatedBy", "Comment", "Size")
 
 CONTAINERD_SNAPSHOTTER = "io.containerd.snapshotter.v1"
 _GO_ZERO_SECONDS = -62135596800  # time.Time{}.Unix(): the engine's "no time"
@@ -386,7 +410,7 @@ class EngineApiClient:
             raise unreachable("the answer to GET /version is not the Docker engine API's")
         return version
 
-    def _exchange(self, target: str, seconds: float) -> tuple[int, bytes]:
+    def _exchange(self, target: str, seconds: float, limit: int = 0) -> tuple[int, bytes]:
         """(status, body) of one GET, all of it within `seconds`."""
         deadline = time.monotonic() + seconds
         while True:
@@ -400,9 +424,9 @@ class EngineApiClient:
                 connection.request("GET", target, headers=self._headers)
                 response = connection.getresponse()
                 try:
-                    body = read_capped(response, MAX_ANSWER_BYTES)
+                    body = read_capped(response, limit or _document_limit())
                 except BodyTooLarge:
-                    raise _AnswerTooLong(f"the answer is over {MAX_ANSWER_BYTES:,} bytes") from None
+                    raise _AnswerTooLong(f"the answer is over {limit or _document_limit():,} bytes") from None
             except BaseException as exc:
                 connection.close()
                 if reused and isinstance(exc, _STALE):
@@ -416,10 +440,15 @@ class EngineApiClient:
             connection.close()
             return response.status, body
 
-    def _get_json(self, what: str, path: str, params: dict | None = None):
+    def _get_json(
+        self, what: str, endpoint: str, path: str, params: dict | None, shape: type, *, listing: bool = False
+    ):
+        """The answer to GET `path`, a JSON document of type `shape` (dict or list; null, for a list,
+        is an empty one); EngineRefused, naming the `endpoint`, for anything else or too much of it.
+        A `listing` may be long (MAX_ANSWER_BYTES), other answers are documents (MAX_DOCUMENT_BYTES)."""
         target = self._prefix + path + ("?" + urlencode(params) if params else "")
         try:
-            status, body = self._exchange(target, self._timeout)
+            status, body = self._exchange(target, self._timeout, MAX_ANSWER_BYTES if listing else _document_limit())
         except _AnswerTooLong as exc:
             raise EngineRefused(f"{what}: {exc}") from None
         except (OSError, http.client.HTTPException) as exc:
@@ -432,16 +461,30 @@ class EngineApiClient:
         if not 200 <= status < 300:
             message = _error_message(body) or f"HTTP {status}"
             raise (NoSuchImage if status == 404 else EngineRefused)(f"{what}: {message}")
+        # Refused before parsing: what a document costs as objects is bounded by its values, not its bytes.
+        if listing:
+            if parsed_size(body) > max(MAX_PARSED_BYTES, LISTING_PARSED_PER_BYTE * len(body)):
+                raise EngineRefused(f"{what}: the answer to {endpoint} holds too many values for its size")
+        elif too_many_values(body):
+            raise EngineRefused(f"{what}: the answer to {endpoint} holds too many values")
         try:
-            return json.loads(body)
+            doc = json.loads(body)
+        except RecursionError:
+            raise EngineRefused(f"{what}: the engine's answer is not JSON (nested too deeply)") from None
         except ValueError:
             raise EngineRefused(f"{what}: the engine's answer is not JSON") from None
+        if doc is None and shape is list:
+            return []
+        if not isinstance(doc, shape):
+            wanted = "an array" if shape is list else "an object"
+            raise EngineRefused(f"{what}: the answer to {endpoint} is {_json_type(doc)}, not {wanted}")
+        return doc
 
     def list_images(self, *, all: bool = False, manifests: bool = False) -> list[dict]:
         params = {"all": 1 if all else 0}
         if manifests:
             params["manifests"] = 1
-        return self._get_json("listing images", "/images/json", params) or []
+        return self._get_json("listing images", "GET /images/json", "/images/json", params, list, listing=True)
 
     def inspect_image(self, ref: str, *, platform: Platform | None = None, manifests: bool = False) -> dict:
         params = {}
@@ -449,14 +492,15 @@ class EngineApiClient:
             params["platform"] = _platform_json(platform)
         if manifests:
             params["manifests"] = 1
-        return self._get_json(f"image {ref}", f"/images/{_quote(ref)}/json", params)
+        return self._get_json(f"image {ref}", "GET /images/{name}/json", f"/images/{_quote(ref)}/json", params, dict)
 
     def image_history(self, ref: str, *, platform: Platform | None = None) -> list[dict]:
         params = {"platform": _platform_json(platform)} if platform is not None else None
-        return self._get_json(f"history of image {ref}", f"/images/{_quote(ref)}/history", params) or []
+        path = f"/images/{_quote(ref)}/history"
+        return self._get_json(f"history of image {ref}", "GET /images/{name}/history", path, params, list)
 
     def info(self) -> dict:
-        return self._get_json("engine info", "/info")
+        return self._get_json("engine info", "GET /info", "/info", None, dict)
 
     def close(self) -> None:
         with self._lock:
@@ -464,6 +508,22 @@ class EngineApiClient:
             idle, self._idle = self._idle, []
         for connection in idle:
             connection.close()
+
+
+def _document_limit() -> int:
+    return min(MAX_DOCUMENT_BYTES, MAX_ANSWER_BYTES)
+
+
+def _json_type(doc: object) -> str:
+    if doc is None:
+        return "null"
+    if isinstance(doc, bool):
+        return "a boolean"
+    if isinstance(doc, (int, float)):
+        return "a number"
+    if isinstance(doc, str):
+        return "a string"
+    return "an array" if isinstance(doc, list) else "an object"
 
 
 def _quote(ref: str) -> str:
@@ -738,7 +798,9 @@ class DockerDaemon:
     def _containerd(self, client: EngineClient) -> bool:
         if not api_at_least(client.api_version, "1.47"):
             return False
-        status = client.info().get("DriverStatus") or []
+        status = client.info().get("DriverStatus")
+        if not isinstance(status, list):
+            return False  # an engine that does not say which store it runs on is read as the classic one
         return any(isinstance(pair, list) and CONTAINERD_SNAPSHOTTER in pair for pair in status)
 
     def _targets(self, client: EngineClient, containerd: bool, ctx: Context) -> list[ImageSummary]:
@@ -857,11 +919,11 @@ class DockerDaemon:
         if inspect is None:
             inspect = client.inspect_image(image)
         if not containerd:
-            return _Details(inspect, client.image_history(image))
+            return _Details(inspect, _history(client, image))
         details = _Details(inspect, [], manifests or ())
         _, single = containerd_shape(inspect, details.manifests)
         if single is not None:
-            details.history = client.image_history(image)
+            details.history = _history(client, image)
             return details
         per_platform = api_at_least(client.api_version, "1.49")
         default_platform = _inspect_platform(inspect)
@@ -872,11 +934,11 @@ class DockerDaemon:
                 if per_platform:
                     details.children[manifest.digest] = _Inspected(
                         client.inspect_image(image, platform=manifest.platform),
-                        client.image_history(image, platform=manifest.platform),
+                        _history(client, image, manifest.platform),
                     )
                 elif manifest.platform == default_platform:
                     # Before API 1.49 only the engine's default platform can be inspected.
-                    details.children[manifest.digest] = _Inspected(inspect, client.image_history(image))
+                    details.children[manifest.digest] = _Inspected(inspect, _history(client, image))
             except (NoSuchImage, EngineRefused) as exc:
                 details.children[manifest.digest] = exc
         return details
@@ -972,6 +1034,17 @@ class DockerDaemon:
             yield from _containerd_image(
                 fetched, manifest, repos, ctx, child_label, tagged=False, parent=target.digest, lead=lead
             )
+
+
+def _history(client: EngineClient, image: str, platform: Platform | None = None) -> list[dict]:
+    """The image's history, with only the fields the mapping reads; EngineRefused past MAX_ENTRIES
+    entries, the bound on a config's history from every other source."""
+    history = client.image_history(image, platform=platform)
+    if len(history) > MAX_ENTRIES:
+        raise EngineRefused(
+            f"history of image {image}: {len(history):,} entries, over the {MAX_ENTRIES:,} an image may have"
+        )
+    return [{k: e[k] for k in _HISTORY_FIELDS if k in e} if isinstance(e, dict) else None for e in history]
 
 
 def _sizes(config: ImageConfig, history: list[dict], ctx: Context, label: str):
