@@ -706,9 +706,10 @@ class _StubEngine:
     context, over TLS); records the paths asked and counts connections. `close_each` closes every
     connection after its answer without saying so, as an engine restarting its listener would.
     /v1.49/images/slow/json answers a byte every 0.1 s; /v1.49/images/endless/json says it sends
-    1 GiB and tries to; /v1.49/images/unannounced/json does too, without a Content-Length."""
+    1 GiB and tries to; /v1.49/images/unannounced/json does too, without a Content-Length. `answers`
+    gives the bodies of other paths (without the query), as bytes."""
 
-    def __init__(self, transport: str, *, tls=None, close_each: bool = False):
+    def __init__(self, transport: str, *, tls=None, close_each: bool = False, answers=None):
         import http.server
         import socketserver
         import tempfile
@@ -762,7 +763,9 @@ class _StubEngine:
                     return self.flood(announced=True)
                 if path == "/v1.49/images/unannounced/json":
                     return self.flood(announced=False)
-                if path == "/version":
+                if answers and path in answers:
+                    body, status = answers[path], 200
+                elif path == "/version":
                     body, status = {"ApiVersion": "1.49", "Version": "28.2.2"}, 200
                 elif path == "/v1.49/images/json":
                     body, status = [{"Id": "sha256:" + "a" * 64}], 200
@@ -774,7 +777,7 @@ class _StubEngine:
                     body, status = [{"Size": 1}], 200
                 else:
                     body, status = {"Id": "x"}, 200
-                data = json.dumps(body).encode()
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -915,6 +918,158 @@ def test_an_answer_past_the_limit_fails_the_request_in_one_line(monkeypatch, ima
         client.close()
     finally:
         stub.stop()
+
+
+_GOOD = classic_image("good", tags=["good/app:1"])
+_BAD = classic_image("bad", tags=["bad/app:1"])
+
+
+def _stub_answers(**overrides):
+    """The stub's answers for an engine holding _BAD and _GOOD, with some replaced (raw bytes)."""
+    answers = {
+        "/v1.49/images/json": [
+            {"Id": _BAD["inspect"]["Id"], "RepoTags": ["bad/app:1"]},
+            {"Id": _GOOD["inspect"]["Id"], "RepoTags": ["good/app:1"]},
+        ],
+        "/v1.49/info": {"DriverStatus": [["Backing Filesystem", "extfs"]]},
+    }
+    for image in (_BAD, _GOOD):
+        answers[f"/v1.49/images/{image['inspect']['Id']}/json"] = image["inspect"]
+        answers[f"/v1.49/images/{image['inspect']['Id']}/history"] = image["history"]
+    answers.update(overrides)
+    return {path: body if isinstance(body, bytes) else json.dumps(body).encode() for path, body in answers.items()}
+
+
+def _collect_stub(answers):
+    stub = _StubEngine("unix", answers=answers)
+    try:
+        source = DockerDaemon(location=stub.address, workers=2, window=4)
+        items = list(source.records(Context(source.kind, source.location)))
+    finally:
+        stub.stop()
+    return [i for i in items if isinstance(i, ImageRecord)], [str(i) for i in items if isinstance(i, SourceError)]
+
+
+_BAD_ID = _BAD["inspect"]["Id"]
+
+
+@pytest.mark.parametrize(
+    "path, body, reason",
+    [
+        (
+            f"/v1.49/images/{_BAD_ID}/json",
+            b"[1,2,3]",
+            "the answer to GET /images/{name}/json is an array, not an object",
+        ),
+        (f"/v1.49/images/{_BAD_ID}/json", b"null", "the answer to GET /images/{name}/json is null, not an object"),
+        (
+            f"/v1.49/images/{_BAD_ID}/history",
+            b"5",
+            "the answer to GET /images/{name}/history is a number, not an array",
+        ),
+        (
+            f"/v1.49/images/{_BAD_ID}/history",
+            b'{"a":1}',
+            "the answer to GET /images/{name}/history is an object, not an array",
+        ),
+    ],
+)
+def test_an_image_answer_of_the_wrong_json_type_fails_that_image_only(path, body, reason):
+    records, errors = _collect_stub(_stub_answers(**{path: body}))
+    assert [r.name for r in records] == ["good/app"]
+    assert len(errors) == 1
+    assert errors[0].startswith(f"docker-daemon: image {_BAD_ID}: ") and errors[0].endswith(reason)
+
+
+@pytest.mark.parametrize(
+    "path, body, message",
+    [
+        ("/v1.49/images/json", b"5", "listing images: the answer to GET /images/json is a number, not an array"),
+        ("/v1.49/images/json", b"true", "listing images: the answer to GET /images/json is a boolean, not an array"),
+        ("/v1.49/images/json", b'"x"', "listing images: the answer to GET /images/json is a string, not an array"),
+        ("/v1.49/info", b"[1,2]", "engine info: the answer to GET /info is an array, not an object"),
+    ],
+)
+def test_a_listing_or_info_of_the_wrong_json_type_fails_the_source_in_one_line(path, body, message):
+    stub = _StubEngine("unix", answers=_stub_answers(**{path: body}))
+    try:
+        with pytest.raises(SourceError) as caught:
+            list(DockerDaemon(location=stub.address).records(Context("docker-daemon", stub.address)))
+    finally:
+        stub.stop()
+    assert str(caught.value) == f"docker-daemon: {message}"
+
+
+def test_an_empty_listing_or_history_may_be_null():
+    """Go encodes an empty slice as null; the engine's answer is then no images, or no history entries."""
+    records, errors = _collect_stub(_stub_answers(**{f"/v1.49/images/{_BAD_ID}/history": b"null"}))
+    assert sorted(r.name for r in records) == ["bad/app", "good/app"] and errors == []
+    records, errors = _collect_stub(_stub_answers(**{"/v1.49/images/json": b"null"}))
+    assert records == [] and errors == []
+
+
+def test_a_driver_status_that_is_not_a_list_reads_as_the_classic_store():
+    records, errors = _collect_stub(_stub_answers(**{"/v1.49/info": b'{"DriverStatus": 5}'}))
+    assert sorted(r.name for r in records) == ["bad/app", "good/app"] and errors == []
+
+
+def test_a_listing_far_denser_than_a_real_one_is_refused_unparsed(monkeypatch):
+    monkeypatch.setattr(daemon, "MAX_PARSED_BYTES", 64 * 1024)
+    real = json.loads(_stub_answers()["/v1.49/images/json"]) * 2000  # ~4x its bytes as parsed_size counts it
+    records, errors = _collect_stub(_stub_answers(**{"/v1.49/images/json": json.dumps(real).encode()}))
+    assert len(records) == 2 and errors == []
+    dense = b"[" + b",".join([b"{}"] * 200_000) + b"]"
+    stub = _StubEngine("unix", answers=_stub_answers(**{"/v1.49/images/json": dense}))
+    try:
+        with pytest.raises(SourceError) as caught:
+            list(DockerDaemon(location=stub.address).records(Context("docker-daemon", stub.address)))
+    finally:
+        stub.stop()
+    assert str(caught.value) == (
+        "docker-daemon: listing images: the answer to GET /images/json holds too many values for its size"
+    )
+
+
+def test_an_image_answer_of_too_many_values_or_bytes_fails_that_image_only(monkeypatch):
+    # 600,000 values in 3.3 MB, over the bound on a config's values, refused before it is parsed.
+    history = b"[" + b'{"Size":0},' * 300_000 + b'{"Size":1}]'
+    records, errors = _collect_stub(_stub_answers(**{f"/v1.49/images/{_BAD_ID}/history": history}))
+    assert [r.name for r in records] == ["good/app"]
+    assert errors == [
+        f"docker-daemon: image {_BAD_ID}: history of image {_BAD_ID}:"
+        " the answer to GET /images/{name}/history holds too many values"
+    ]
+    monkeypatch.setattr(daemon, "MAX_DOCUMENT_BYTES", 100_000)
+    inspect = dict(_BAD["inspect"], Comment="x" * 100_000)
+    records, errors = _collect_stub(_stub_answers(**{f"/v1.49/images/{_BAD_ID}/json": inspect}))
+    assert [r.name for r in records] == ["good/app"]
+    assert errors == [f"docker-daemon: image {_BAD_ID}: image {_BAD_ID}: the answer is over 100,000 bytes"]
+
+
+def test_a_history_over_the_config_entry_bound_fails_that_image_only():
+    fake = FakeEngine()
+    bad = fake.add(classic_image("bad", tags=["bad/app:1"]))
+    fake.add(classic_image("good", tags=["good/app:1"]))
+    bad["history"] = bad["history"] + [{"Size": 0, "CreatedBy": "ENV A=1"}] * 20_000
+    records, errors, _ = collect(fake)
+    assert [r.name for r in records] == ["good/app"]
+    image = bad["inspect"]["Id"]
+    assert [str(e) for e in errors] == [
+        f"docker-daemon: image {image}: history of image {image}: 20,001 entries, over the 20,000 an image may have"
+    ]
+    fake.images[0]["history"] = fake.images[0]["history"][:20_000]
+    records, errors, _ = collect(fake)
+    assert sorted(r.name for r in records) == ["bad/app", "good/app"] and errors == []
+
+
+def test_history_entries_keep_only_what_the_mapping_reads():
+    fake = FakeEngine()
+    image = fake.add(classic_image("a", tags=["a/b:1"], steps=APP_STEPS))
+    image["history"] = [dict(entry, Extra=["x"] * 100) for entry in image["history"]]
+    source = DockerDaemon(location=fake.address, connect=lambda address: fake)
+    details = source._fetch(fake, image["inspect"]["Id"], None, False)
+    assert all(set(entry) <= {"Created", "CreatedBy", "Comment", "Size"} for entry in details.history)
+    assert len(details.history) == len(image["history"])
 
 
 # ----------------------------------------------------------------------------- the engine's address and TLS

@@ -88,7 +88,7 @@ MAX_ANSWER_BYTES = 512 * 1024 * 1024
 # at most MAX_ENTRIES entries. Real answers are a few KB; WINDOW images' worth of them are held.
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
 # The listing may be long (see above), but not dense: a real one spends 20 to 40 bytes of text on
-# each value (IDs, names, dates), ~3x its bytes once parsed as `parsed_size` counts it. `[{},{},...]`
+# each value (IDs, names, dates), ~4x its bytes once parsed as `parsed_size` counts it. `[{},{},...]`
 # is one value every 3 bytes, ~21x: 60 MB of it took 1.6 GB. Listings under MAX_PARSED_BYTES
 # parsed are never refused, however dense.
 LISTING_PARSED_PER_BYTE = 8
