@@ -352,3 +352,26 @@ def test_an_engine_record_gives_way_to_the_exact_record_of_a_later_crawl(run_cli
         assert "0 manifests fetched, 1 tags unchanged" in again.output  # exact now: skipped
     finally:
         reg.stop()
+
+
+# ---------------------------------------------------------------- hostile answers
+
+
+def test_a_gzip_bomb_is_refused_at_the_limit_of_what_it_unpacks_to(fake):
+    import gzip
+
+    manifest, configs, _ = image()
+    fake.add_image("ok/app", {"v1": manifest}, configs, OCI_MANIFEST)
+    fake.add_image("bomb/app", {"v1": manifest}, configs, OCI_MANIFEST)
+    # 16 KiB on the wire, announced as such, 16 MiB unpacked: twice the manifest limit
+    bomb = gzip.compress(b" " * (16 * 1024 * 1024), 9)
+    fake.routes["/v2/bomb/app/manifests/v1"] = Reply(
+        200, bomb, {"Content-Type": OCI_MANIFEST, "Content-Encoding": "gzip"}
+    )
+    fake.catalog(["bomb/app", "ok/app"])
+
+    records, errors, _ = crawl(f"docker://{fake.host}")
+
+    assert [r.name for r in records] == ["ok/app"]
+    assert len(errors) == 1 and errors[0].startswith(f"{fake.host}/bomb/app:v1: GET manifest"), errors
+    assert "over the 8388608-byte limit" in errors[0], errors

@@ -12,18 +12,25 @@ class BodyTooLarge(Exception):
         self.size = size
 
 
+_CHUNK = 65536
+
+
 def read_capped(response, limit: int) -> bytes:
     """The whole body of `response` (http.client's or urllib3's), refused past `limit`; afterwards
-    the response holds nothing unread."""
+    the response holds nothing unread. The bound is on the bytes held, after any content decoding."""
     length = response.headers.get("Content-Length", "")
     if length.isdigit():
         if int(length) > limit:
             raise BodyTooLarge(int(length))
-        # http.client reads exactly Content-Length bytes (and urllib3 fails a shorter body): one call will do
-        return response.read()
+        # Content-Length counts the encoded bytes: a gzip body of a megabyte can unpack to a
+        # gigabyte, so only a body that is not decoded may be taken in one call.
+        if response.headers.get("Content-Encoding", "identity").strip().lower() in ("", "identity"):
+            # http.client reads exactly Content-Length bytes (and urllib3 fails a shorter body): one call will do
+            return response.read()
     chunks, total = [], 0
     while True:
-        chunk = response.read(65536)
+        # urllib3 returns at most `_CHUNK` decoded bytes a call, however much they unpack to
+        chunk = response.read(_CHUNK)
         if not chunk:
             return b"".join(chunks)
         total += len(chunk)
