@@ -303,3 +303,27 @@ def test_a_missing_child_costs_only_that_child(fake):
     records, errors, _ = crawl(f"docker://{fake.host}/multi/app")
     assert sorted((r.kind, r.digest) for r in records) == sorted([("index", top["digest"]), ("image", amd["digest"])])
     assert len(errors) == 1 and arm["digest"] in errors[0] and "404" in errors[0]
+
+
+def test_a_link_or_realm_that_is_no_url_is_one_line(fake):
+    manifest, configs, _ = image()
+    json_type = {"Content-Type": "application/json"}
+    for repo in ("a/one", "b/two"):
+        fake.add_image(repo, {"v1": manifest}, configs, OCI_MANIFEST)
+    bad_link = {**json_type, "Link": '<http://[zz/v2/_catalog?last=b>; rel="next"'}
+    fake.routes["/v2/_catalog"] = Reply(200, b'{"repositories": ["a/one", "b/two"]}', bad_link)
+    fake.routes["/v2/b/two/tags/list"] = Reply(
+        200, b'{"tags": ["v1"]}', {**json_type, "Link": '<http://[zz/x>; rel="next"'}
+    )
+
+    records, errors, _ = crawl(f"docker://{fake.host}")
+
+    assert [r.name for r in records] == ["a/one"]
+    assert len(errors) == 2, errors
+    assert errors[0].startswith(f"{fake.host} catalog") and "no valid URL" in errors[0], errors
+    assert errors[1].startswith(f"{fake.host}/b/two") and "no valid URL" in errors[1], errors
+
+    challenge = {**json_type, "WWW-Authenticate": 'Bearer realm="http://[zz/token",service="x"'}
+    fake.routes["/v2/a/one/tags/list"] = Reply(401, b"{}", challenge)
+    _, errors, _ = crawl(f"docker://{fake.host}/a/one")
+    assert len(errors) == 1 and "the token realm 'http://[zz/token' is not a valid URL" in errors[0], errors

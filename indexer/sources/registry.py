@@ -156,8 +156,11 @@ def _next_link(reply, where: str) -> str:
     if not match:
         return ""
     target = match.group(1)
-    url = urllib.parse.urljoin(reply.url, target)
-    here, there = urllib.parse.urlsplit(reply.url), urllib.parse.urlsplit(url)
+    try:
+        url = urllib.parse.urljoin(reply.url, target)
+        here, there = urllib.parse.urlsplit(reply.url), urllib.parse.urlsplit(url)
+    except ValueError:  # `http://[zz/…`: a bracketed host that is no IPv6 address
+        raise HttpError(where, f"the Link header holds no valid URL ({redact_userinfo(target)[:200]!r})") from None
     if there.netloc != here.netloc:
         raise HttpError(where, f"the Link header points to another host ({redact_userinfo(url)})")
     # A next page is the same list with another query; a path of the server's choosing (`..`

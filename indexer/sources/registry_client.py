@@ -506,8 +506,11 @@ class RegistryClient:
             token = auth.cached_token(scope)
             if token:
                 return token
-            realm = urllib.parse.urlsplit(auth.realm)
             shown = redact_userinfo(auth.realm)  # a realm may carry credentials; never echo them
+            try:
+                realm = urllib.parse.urlsplit(auth.realm)
+            except ValueError:  # `http://[zz/token`: a bracketed host that is no IPv6 address
+                raise HttpError(self.registry, f"the token realm {shown[:200]!r} is not a valid URL", 401) from None
             if realm.scheme not in ("https", "http") or not realm.netloc:
                 raise HttpError(self.registry, f"the token realm {shown!r} is not an http(s) URL", 401)
             realm_insecure = is_insecure(realm.netloc, self.options.insecure_registries)
