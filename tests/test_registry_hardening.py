@@ -375,3 +375,32 @@ def test_a_gzip_bomb_is_refused_at_the_limit_of_what_it_unpacks_to(fake):
     assert [r.name for r in records] == ["ok/app"]
     assert len(errors) == 1 and errors[0].startswith(f"{fake.host}/bomb/app:v1: GET manifest"), errors
     assert "over the 8388608-byte limit" in errors[0], errors
+
+
+def test_a_token_that_would_inject_a_header_is_one_line_that_never_shows_it(fake):
+    manifest, configs, _ = image()
+    fake.add_image("a/one", {"v1": manifest}, configs, OCI_MANIFEST)
+    challenge = f'Bearer realm="http://{fake.host}/token",service="x"'
+    served = fake.routes["/v2/a/one/tags/list"]
+    fake.routes["/v2/a/one/tags/list"] = lambda method, headers: (
+        served if "Authorization" in headers else Reply(401, b"{}", {**JSON, "WWW-Authenticate": challenge})
+    )
+    fake.routes["/token"] = Reply(200, json.dumps({"token": "S3cr3tTok\r\nX-Injected: 1"}).encode(), JSON)
+
+    _, errors, _ = crawl(f"docker://{fake.host}/a/one")
+
+    assert len(errors) == 1 and "gave a token that is not visible ASCII" in errors[0], errors
+    assert "S3cr3tTok" not in errors[0] and "\n" not in errors[0]
+
+
+def test_a_header_that_cannot_be_sent_is_one_line_that_never_shows_it(fake):
+    from indexer.errors import HttpError
+    from indexer.sources.registry_client import RegistryClient
+
+    client = RegistryClient(fake.host, fake.host, RegistryOptions(timeout=1.0, auth_files=[]), None)
+    try:
+        with pytest.raises(HttpError) as caught:
+            client.send("GET", f"http://{fake.host}/v2/", {"Authorization": "Bearer S3cr3t\r\nX: 1"}, 1024, "here")
+    finally:
+        client.close()
+    assert "cannot be sent" in str(caught.value) and "S3cr3t" not in str(caught.value)

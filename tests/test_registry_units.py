@@ -73,6 +73,12 @@ def test_parse_challenges():
 
 def test_token_response():
     assert parse_token_response(b'{"token": "t", "expires_in": 300}', "r") == ("t", 300.0)
+    jwt = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln-_/+=="
+    assert parse_token_response(json.dumps({"token": jwt}).encode(), "r") == (jwt, 60.0)
+    for bad in ("s3cr\r\nX-Injected: 1", "s3cr t", "s3cr\x00", "s3cré"):
+        with pytest.raises(AuthError, match="not visible ASCII") as caught:
+            parse_token_response(json.dumps({"token": bad}).encode(), "r")
+        assert "s3cr" not in str(caught.value)
     assert parse_token_response(b'{"access_token": "a"}', "r") == ("a", 60.0)
     with pytest.raises(AuthError):
         parse_token_response(b"{}", "r")

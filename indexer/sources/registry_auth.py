@@ -306,6 +306,9 @@ class HostAuth:
             self._tokens.pop(scope, None)
 
 
+_TOKEN = re.compile(r"[\x21-\x7e]+\Z")
+
+
 def parse_token_response(body: bytes, realm: str) -> tuple[str, float]:
     try:
         doc = json.loads(body)
@@ -316,6 +319,11 @@ def parse_token_response(body: bytes, realm: str) -> tuple[str, float]:
     token = doc.get("token") or doc.get("access_token")
     if not isinstance(token, str) or not token:
         raise AuthError(f"token server {realm} gave no token")
+    if not _TOKEN.match(token):
+        # The token goes into an Authorization header: a CR or LF would add headers of the server's
+        # choosing. RFC 6750 tokens are narrower still; visible ASCII keeps every real one. The
+        # token itself is never echoed.
+        raise AuthError(f"token server {realm} gave a token that is not visible ASCII")
     lifetime = doc.get("expires_in")
     if not isinstance(lifetime, (int, float)) or isinstance(lifetime, bool) or lifetime <= 0:
         lifetime = _DEFAULT_TOKEN_LIFETIME

@@ -462,6 +462,10 @@ class RegistryClient:
                     continue
                 tries = f" (after {attempt + 1} attempts)" if attempt else ""
                 raise HttpError(what, f"{reason}{tries}") from None
+            except ValueError:
+                # http.client refusing a header or URL it cannot send; its message quotes the value,
+                # which may be a credential
+                raise HttpError(what, "the request cannot be sent: a header or the URL is not valid HTTP") from None
             finally:
                 _attempt.deadline = outer
                 if response is not None:
