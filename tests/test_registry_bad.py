@@ -327,3 +327,49 @@ def test_a_link_or_realm_that_is_no_url_is_one_line(fake):
     fake.routes["/v2/a/one/tags/list"] = Reply(401, b"{}", challenge)
     _, errors, _ = crawl(f"docker://{fake.host}/a/one")
     assert len(errors) == 1 and "the token realm 'http://[zz/token' is not a valid URL" in errors[0], errors
+
+
+def endless(key: str, path: str, per_page: int = 10):
+    """A listing whose every page is new and links to the next, for ever."""
+    pages = []
+
+    def page(method, headers):
+        pages.append(1)
+        number = len(pages)
+        entries = [f"e{number}x{i}" if key == "tags" else f"n/e{number}x{i}" for i in range(per_page)]
+        link = f'<{path}?n={per_page}&last={number}>; rel="next"'
+        return Reply(200, json.dumps({key: entries}).encode(), {"Content-Type": "application/json", "Link": link})
+
+    return page
+
+
+def test_a_listing_that_pages_for_ever_is_cut_at_its_bound_and_the_rest_land(fake, monkeypatch):
+    from indexer.sources import registry
+
+    monkeypatch.setattr(registry, "_MAX_TAGS", 50, raising=False)
+    monkeypatch.setattr(registry, "_MAX_PAGES", 100)  # an end for the crawl should the bound fail
+    manifest, configs, _ = image()
+    fake.add_image("a/one", {"v1": manifest}, configs, OCI_MANIFEST)
+    fake.routes["/v2/b/two/tags/list"] = endless("tags", "/v2/b/two/tags/list")
+    fake.catalog(["a/one", "b/two"])
+
+    records, errors, _ = crawl(f"docker://{fake.host}")
+
+    assert [r.name for r in records] == ["a/one"]
+    assert len(errors) == 1 and errors[0].startswith(f"{fake.host}/b/two"), errors
+    assert "more than 50 tags listed (after 6 pages)" in errors[0], errors
+
+
+def test_a_catalog_that_pages_for_ever_is_cut_at_its_bound_and_what_it_listed_lands(fake, monkeypatch):
+    from indexer.sources import registry
+
+    monkeypatch.setattr(registry, "_MAX_REPOSITORIES", 30, raising=False)
+    monkeypatch.setattr(registry, "_MAX_PAGES", 100)  # an end for the crawl should the bound fail
+    fake.routes["/v2/_catalog"] = endless("repositories", "/v2/_catalog")
+
+    records, errors, _ = crawl(f"docker://{fake.host}")
+
+    catalog = [e for e in errors if "catalog" in e]
+    assert len(catalog) == 1 and "more than 30 repositories listed (after 4 pages)" in catalog[0], errors
+    listed = sum(count for path, count in fake.hits.items() if path.endswith("/tags/list"))
+    assert listed == 30  # the repositories listed before the bound are crawled

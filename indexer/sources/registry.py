@@ -62,6 +62,13 @@ from .registry_schema1 import schema1_records
 PREFIX = "docker://"
 _LINK_NEXT = re.compile(r'<([^>]*)>\s*;\s*(?:[^,]*;\s*)*rel="?next"?', re.IGNORECASE)
 _MAX_PAGES = 100_000
+# Entries one listing may collect, across all its pages: a registry that pages forever, each page
+# new, would otherwise grow the crawl's memory until it is killed, with nothing landed. Each entry
+# held costs ~150 bytes (the name, its place in the list and in the set of those seen); the
+# largest real repositories list tens of thousands of tags, and the largest catalogs some hundreds
+# of thousands of repositories, so these bounds are ~45 and ~300 MB that no real listing reaches.
+_MAX_TAGS = 300_000
+_MAX_REPOSITORIES = 2_000_000
 _CONFIG_CACHE_BYTES = 64 * 1024 * 1024
 _KNOWN_MANIFEST_TYPES = mt.INDEXES | mt.MANIFESTS | mt.SCHEMA1
 _DIGEST_PREFIXES = tuple(f"{algorithm}:" for algorithm in DIGEST_ALGORITHMS)
@@ -577,8 +584,11 @@ class Crawl:
             raise SourceError(where, f"HEAD blob {digest}: {reply.status}, no size")
         return int(length)
 
-    def _paged(self, path: str, key: str, scope: str, what: str, limit: int) -> tuple[list[str], HttpError | None]:
-        """Every entry of a paged list (`repositories` or `tags`), and the error that cut it short (None if none)."""
+    def _paged(
+        self, path: str, key: str, scope: str, what: str, limit: int, max_entries: int
+    ) -> tuple[list[str], HttpError | None]:
+        """Every entry of a paged list (`repositories` or `tags`), at most `max_entries` of them, and
+        the error that cut it short (None if none)."""
         out: list[str] = []
         seen_entries: set[str] = set()
         seen_urls: set[str] = set()
@@ -610,6 +620,9 @@ class Crawl:
                     if entry not in seen_entries:
                         seen_entries.add(entry)
                         out.append(entry)
+                if len(out) > max_entries:
+                    del out[max_entries:]
+                    return out, HttpError(what, f"more than {max_entries:,} {key} listed (after {pages} pages)")
                 url = _next_link(reply, what)
             except HttpError as exc:
                 return out, exc
@@ -621,7 +634,9 @@ class Crawl:
         what = f"{self.registry}/{repository}: GET tags/list"
         if not is_valid_repository(repository):
             return [], HttpError(what, f"refusing to request repository {_shown(repository)}: {_NOT_A_NAME}")
-        return self._paged(f"/v2/{repository}/tags/list", "tags", repository_scope(repository), what, CATALOG_LIMIT)
+        return self._paged(
+            f"/v2/{repository}/tags/list", "tags", repository_scope(repository), what, CATALOG_LIMIT, _MAX_TAGS
+        )
 
     def _fetch_kept(self, state: RepoState, tag: str, budget: "_Budget") -> Fetched | SourceError:
         """`_fetch_tag`, keeping the manifest's bytes while `budget` lasts. Bytes let go must match
@@ -739,7 +754,12 @@ class Crawl:
         prefix = self.options.repository_prefix.strip("/")
         # No `n`: distribution refuses an n above its catalog.maxentries, and every registry pages by Link anyway.
         repositories, error = self._paged(
-            "/v2/_catalog", "repositories", CATALOG_SCOPE, f"{self.registry}: GET /v2/_catalog", CATALOG_LIMIT
+            "/v2/_catalog",
+            "repositories",
+            CATALOG_SCOPE,
+            f"{self.registry}: GET /v2/_catalog",
+            CATALOG_LIMIT,
+            _MAX_REPOSITORIES,
         )
         if error:
             if not repositories:
