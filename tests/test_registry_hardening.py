@@ -404,3 +404,21 @@ def test_a_header_that_cannot_be_sent_is_one_line_that_never_shows_it(fake):
     finally:
         client.close()
     assert "cannot be sent" in str(caught.value) and "S3cr3t" not in str(caught.value)
+
+
+def test_retry_after_on_every_answer_waits_at_most_the_retry_budget_of_one_request(fake):
+    manifest, configs, _ = image()
+    fake.add_image("a/one", {"v1": manifest}, configs, OCI_MANIFEST)
+    fake.add_image("b/two", {"v1": manifest}, configs, OCI_MANIFEST)
+    fake.routes["/v2/b/two/manifests/v1"] = Reply(503, b"{}", {**JSON, "Retry-After": "1"})
+    fake.catalog(["a/one", "b/two"])
+
+    started = time.monotonic()
+    records, errors, _ = crawl(f"docker://{fake.host}", retries=5, max_retry_wait=1.5)
+    seconds = time.monotonic() - started
+
+    assert [r.name for r in records] == ["a/one"]
+    assert len(errors) == 1 and errors[0].startswith(f"{fake.host}/b/two:v1: GET manifest: 503"), errors
+    assert "past the 1.5 s one request may wait in all (after 2 attempts)" in errors[0], errors
+    assert fake.hits["/v2/b/two/manifests/v1"] == 2  # one wait of 1 s; a second would pass 1.5 s
+    assert seconds < BOUND

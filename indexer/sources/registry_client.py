@@ -71,6 +71,10 @@ class RegistryOptions:
     backoff: float = 0.5
     max_backoff: float = 10.0
     max_retry_after: float = 60.0
+    # Waits between the attempts of one request, Retry-After and backoff alike, may add up to this
+    # much: a server answering `Retry-After: 60` every time would otherwise hold a worker for
+    # max_retry_after × retries.
+    max_retry_wait: float = 60.0
     auth_files: list[str] | None = None  # None: the files docker and skopeo read
     certs_dirs: tuple[str, ...] = CERTS_DIRS
 
@@ -431,6 +435,7 @@ class RegistryClient:
         manager, breaker = self._route(url, self.verify if verify is None else verify)
         timeout = self.options.timeout
         attempt = 0
+        waited = 0.0
         while True:
             breaker.check(what)
             response = None
@@ -457,9 +462,12 @@ class RegistryClient:
                     breaker.failed(reason)
                 redirect = isinstance(exc, MaxRetryError) and "redirect" in str(exc).lower()
                 if kind != "tls" and not redirect and attempt < retries and not breaker.down:
-                    time.sleep(self._backoff(attempt))
-                    attempt += 1
-                    continue
+                    delay = self._backoff(attempt)
+                    if waited + delay <= self.options.max_retry_wait:
+                        time.sleep(delay)
+                        waited += delay
+                        attempt += 1
+                        continue
                 tries = f" (after {attempt + 1} attempts)" if attempt else ""
                 raise HttpError(what, f"{reason}{tries}") from None
             except ValueError:
@@ -483,7 +491,13 @@ class RegistryClient:
                 if wait is not None and wait > self.options.max_retry_after:
                     raise HttpError(what, f"{text}, and the server asks to retry after {wait:.0f} s", status)
                 if attempt < retries:
-                    time.sleep(max(wait or 0.0, self._backoff(attempt)))
+                    delay = max(wait or 0.0, self._backoff(attempt))
+                    if waited + delay > self.options.max_retry_wait:
+                        budget = f"the {self.options.max_retry_wait:g} s one request may wait in all"
+                        tries = f"after {attempt + 1} attempts"
+                        raise HttpError(what, f"{text}, and another retry would wait past {budget} ({tries})", status)
+                    time.sleep(delay)
+                    waited += delay
                     attempt += 1
                     continue
                 detail = registry_error_text(body)
