@@ -37,11 +37,10 @@ def _values(table: tuple[columns.Column, ...], items) -> dict[str, list]:
     in one pass, each item giving a tuple of them that is then turned into columns."""
     by_attribute = [c for c in table if isinstance(c.get, str)]
     out: dict[str, list] = {}
-    fields = getattr(type(items[0]), "_fields", None) if items else None
-    if fields is not None and len(set(map(type, items))) == 1:
+    by_name = _transposed(items)
+    if by_name:
         # Named tuples (layers, history entries) turn into columns without a getter call each.
-        transposed = list(zip(*items))
-        out.update((c.name, transposed[fields.index(c.get)]) for c in by_attribute)
+        out.update((c.name, by_name[c.get]) for c in by_attribute)
     else:
         # Records come in id order, scattered in memory: each is visited once, for all of its
         # attributes, and what a member holds (config.digest) is read from the members alike.
@@ -68,11 +67,10 @@ def _values(table: tuple[columns.Column, ...], items) -> dict[str, list]:
 
 def _transposed(held) -> dict[str, Sequence]:
     """Attribute -> one value per item, when every item is a named tuple of one type; else {}."""
-    kinds = set(map(type, held))
-    if len(kinds) != 1:
+    names = getattr(type(held[0]), "_fields", None) if held else None
+    if names is None or len(set(map(type, held))) != 1:
         return {}
-    names = getattr(kinds.pop(), "_fields", None)
-    return dict(zip(names, zip(*held))) if names and held else {}
+    return dict(zip(names, zip(*held)))
 
 
 def _array(spelled: str, values) -> pa.Array:
