@@ -202,12 +202,10 @@ def _merge_equal(old: ImageRecord, new: ImageRecord, tags: tuple[str, ...]) -> I
     run grouped them: a known value beats an unknown one, and of two known values that differ the
     greater one is kept (`_join`)."""
     layers = _join_layers(old.layers, new.layers)
-    if old.layers and new.layers and [x.digest for x in old.layers] == [x.digest for x in new.layers]:
+    if [x.digest for x in old.layers] == [x.digest for x in new.layers]:  # none, or the same list
         compressed = old.layers_compressed or new.layers_compressed
-    elif old.layers or new.layers:
+    else:  # the list kept says how its layers were shipped
         compressed = old.layers_compressed if layers is old.layers else new.layers_compressed
-    else:
-        compressed = old.layers_compressed or new.layers_compressed
     return dataclasses.replace(
         new,
         digest=_join(old.digest, new.digest),
