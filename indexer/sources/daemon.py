@@ -413,6 +413,7 @@ class EngineApiClient:
     def _exchange(self, target: str, seconds: float, limit: int = 0) -> tuple[int, bytes]:
         """(status, body) of one GET, all of it within `seconds`."""
         deadline = time.monotonic() + seconds
+        limit = limit or _document_limit()
         while True:
             with self._lock:
                 connection = self._idle.pop() if self._idle else None
@@ -424,9 +425,9 @@ class EngineApiClient:
                 connection.request("GET", target, headers=self._headers)
                 response = connection.getresponse()
                 try:
-                    body = read_capped(response, limit or _document_limit())
+                    body = read_capped(response, limit)
                 except BodyTooLarge:
-                    raise _AnswerTooLong(f"the answer is over {limit or _document_limit():,} bytes") from None
+                    raise _AnswerTooLong(f"the answer is over {limit:,} bytes") from None
             except BaseException as exc:
                 connection.close()
                 if reused and isinstance(exc, _STALE):
