@@ -137,6 +137,19 @@ def exact_config(data: bytes):
         return str(exc)
 
 
+def paths_agree(text: bytes):
+    """The typed decoder answers as the exact parser does or leaves the config to it, and
+    parse_config gives the exact parser's config or its message. Returns the exact answer."""
+    exact = exact_config(text)
+    fast = typed.decode_config(text)
+    assert fast is None or fast == exact
+    try:
+        assert parse_config(text, "f") == exact
+    except SourceError as exc:
+        assert str(exc) == exact
+    return exact
+
+
 # ----------------------------------------------------------------------------- configs
 
 
@@ -153,15 +166,7 @@ def test_a_valid_config_decodes_alike_on_both_paths(doc, data):
 @SLOW
 @given(configs, st.data())
 def test_any_config_bytes_decode_alike_or_go_to_the_exact_parser(doc, data):
-    text = mutate(encode(doc, data), data)
-    exact = exact_config(text)
-    fast = typed.decode_config(text)
-    if fast is not None:
-        assert fast == exact
-    try:
-        assert parse_config(text, "f") == exact
-    except SourceError as exc:
-        assert str(exc) == exact
+    paths_agree(mutate(encode(doc, data), data))
 
 
 @settings(max_examples=300, deadline=None)
@@ -278,13 +283,7 @@ def test_configs_near_the_entry_bound_decode_alike_on_both_paths(doc, bound, dat
     text = encode(doc, data)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(configbounds, "MAX_ENTRIES", bound)
-        exact = exact_config(text)
-        fast = typed.decode_config(text)
-        assert fast is None or fast == exact
-        try:
-            assert parse_config(text, "f") == exact
-        except SourceError as exc:
-            assert str(exc) == exact
+        paths_agree(text)
 
 
 def count_values(doc) -> int:
@@ -328,15 +327,9 @@ def test_configs_near_the_value_bound_decode_alike_on_both_paths(doc, most, data
         text = mutate(text, data)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(configbounds, "MAX_VALUES", most)
-        exact = exact_config(text)
-        fast = typed.decode_config(text)
-        assert fast is None or fast == exact
+        exact = paths_agree(text)
         if configbounds.too_many_values(text):
             assert exact == f"f: config holds too many values for its {len(text)} bytes"
-        try:
-            assert parse_config(text, "f") == exact
-        except SourceError as exc:
-            assert str(exc) == exact
 
 
 def test_a_large_config_of_many_tiny_values_is_refused_before_it_is_parsed(monkeypatch):

@@ -132,15 +132,9 @@ def test_a_batch_is_written_once_its_bytes_pass_the_budget(tmp_path, monkeypatch
     # and every record lands.
     records = [r for r in records_of(f"oci:{oci_layout(tmp_path / 'layout', 6)}") if isinstance(r, ImageRecord)]
     each = len(records[0].manifest_raw) + len(records[0].config_raw)
-    monkeypatch.setattr(run_module, "parse_source", lambda spec, _options=None: Fixed(records))
     monkeypatch.setattr(run_module, "BATCH_BYTES", 2 * each - 1)
-    batches = []
     store = tmp_path / "store"
-    with DeltaWriter(str(store)) as writer:
-        write = writer.write
-        monkeypatch.setattr(writer, "write", lambda batch, at: (batches.append(len(batch)), write(batch, at))[1])
-        assert index_sources(["fixed"], writer).indexed == 6
-    assert batches == [2, 2, 2]
+    assert _batches_written(store, records, monkeypatch) == [2, 2, 2]
     stored = {row[0] for row in engine.connect(str(store)).execute("SELECT id FROM images").fetchall()}
     assert stored == {r.id for r in records}
 
@@ -151,15 +145,19 @@ def test_a_batch_is_written_once_its_config_entries_pass_the_budget(tmp_path, mo
     records = [r for r in records_of(f"oci:{oci_layout(tmp_path / 'layout', 6)}") if isinstance(r, ImageRecord)]
     entries = 10 * (len(records[0].manifest_raw) + len(records[0].config_raw))
     records = [dataclasses.replace(r, history=(HistoryEntry(),) * entries) for r in records]
-    monkeypatch.setattr(run_module, "parse_source", lambda spec, _options=None: Fixed(records))
     monkeypatch.setattr(run_module, "BATCH_BYTES", entries * 150)  # 100 bytes an entry, about
+    assert _batches_written(tmp_path / "store", records, monkeypatch) == [2, 2, 2]
+
+
+def _batches_written(store, records, monkeypatch) -> list[int]:
+    """The sizes of the batches a run of `records` writes into `store`; every record lands."""
+    monkeypatch.setattr(run_module, "parse_source", lambda spec, _options=None: Fixed(records))
     batches = []
-    store = tmp_path / "store"
     with DeltaWriter(str(store)) as writer:
         write = writer.write
         monkeypatch.setattr(writer, "write", lambda batch, at: (batches.append(len(batch)), write(batch, at))[1])
-        assert index_sources(["fixed"], writer).indexed == 6
-    assert batches == [2, 2, 2]
+        assert index_sources(["fixed"], writer).indexed == len(records)
+    return batches
 
 
 def test_errors_and_notes_past_the_limit_are_counted_and_said_not_kept(tmp_path, monkeypatch):
