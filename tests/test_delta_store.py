@@ -739,6 +739,39 @@ def test_four_concurrent_writers_equal_a_sequential_run(store, tmp_path):
         pytest.fail("the concurrent result equals no sequential order of the runs")
 
 
+@pytest.mark.parametrize(
+    "other, our_tags, conflicts",
+    [(1, [], True), (7, [], False), (7, ["latest"], True), (7, ["stable"], False)],
+)
+def test_a_commit_landing_before_ours_sends_the_run_back_only_when_it_shares_a_key(store, other, our_tags, conflicts):
+    """Between a run's read and its commit another run commits: an image or a tag both wrote
+    means preparing again on the new state; disjoint keys let the commit through at once."""
+    store.write_run({"run_id": "base"}, Changes(images=images(image(1, note="base"))))
+    landed = []
+
+    def meanwhile(table):
+        if not landed:
+            with DeltaStore(store.store) as s:
+                theirs = images(image(other, 3, ["latest"], "other"))
+                s.write_run({"run_id": "other"}, lambda snap: premerge(snap, theirs))
+            landed.append(table)
+
+    result = store.write_run(
+        {"run_id": "ours"},
+        lambda snap: premerge(snap, images(image(1, 2, note="ours"), image(2, 1, our_tags, "ours"))),
+        _before_commit=meanwhile,
+    )
+    assert result.attempts == (2 if conflicts else 1)
+    rows = {r[0]: r[1:] for r in store.snapshot().con.execute("SELECT id, exactness, labels FROM images").fetchall()}
+    expected_first = (3, {"note": "other"}) if other == 1 else (2, {"note": "ours"})
+    assert rows["crp00000000000000001"] == expected_first  # the more exact record, whoever committed last
+    assert rows["crp00000000000000002"] == (1, {"note": "ours"})
+    assert ("crp00000000000000007" in rows) is (other == 7)
+    holders = dict(((r[2], r[3]) for r in current(store)["tags"]))
+    if our_tags == ["latest"]:
+        assert holders["latest"] == "crp00000000000000002"  # prepared again, ours claims it last
+
+
 def test_concurrent_blind_appends_all_land(store):
     created = deltalake.DeltaTable(store.location("images")).version()
     procs = []
