@@ -492,7 +492,11 @@ class _Merge:
                 if child.conn not in ready and child.process.sentinel not in ready:
                     continue
                 open_ = self._receive(child)
-                if child.process.sentinel in ready or not open_:
+                if child.done:
+                    # Its last word: its commits are in, and what is left of it is its exit,
+                    # which `_stop` reaps once the run is recorded.
+                    running.remove(child)
+                elif child.process.sentinel in ready or not open_:
                     child.process.join()
                     self._receive(child)
                     running.remove(child)
@@ -564,9 +568,10 @@ def _settle(writer, winners: list[tuple[str, str, str, str, str]]) -> None:
 
 
 def _stop(children: list[_Child]) -> None:
-    """Stop workers still running (this process was interrupted or failed), and reap them all."""
+    """Stop workers still running (this process was interrupted or failed), and reap them all: one
+    that said it was done is only exiting."""
     for child in children:
-        if child.process.is_alive():
+        if not child.done and child.process.is_alive():
             child.process.terminate()
     for child in children:
         child.process.join(5)

@@ -405,6 +405,33 @@ def test_a_worker_that_exits_before_it_is_done_is_one_failure(tmp_path):
     assert merged.summary().failed == 1
 
 
+def _done_then_linger(conn) -> None:
+    conn.send(("done", 7, []))
+    time.sleep(60)  # a slow exit: its interpreter's teardown, say
+
+
+def test_a_worker_that_said_it_is_done_is_not_waited_for_to_exit():
+    """Its commits are in once it says so: the run is recorded while it exits, then it is reaped."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_done_then_linger, args=(sender,), daemon=True)
+    process.start()
+    sender.close()
+    child = workers._Child(1, process, receiver)
+    try:
+        merged = workers._Merge(workers.Plan(["x"], [[], []]), RunObserver())
+        started = time.monotonic()
+        merged.wait([child])
+        assert time.monotonic() - started < 30
+        assert child.done and process.is_alive()
+        assert merged.summary().indexed == 7 and merged.summary().failed == 0
+    finally:
+        process.kill()
+        process.join()
+
+
 def test_the_merged_run_keeps_the_first_messages_and_counts_them_all(monkeypatch):
     monkeypatch.setattr(run_module, "MAX_MESSAGES", 2)
     work = workers.Plan(["x"], [[], []])
