@@ -189,10 +189,11 @@ def _annotations(manifest_raw: bytes | None) -> dict:
 def _declared(con, subject: _Subject, rows: list[tuple]) -> dict:
     """The base the manifest annotations (else the config labels) name, and how it relates to `rows`."""
     annotations = _annotations(subject.manifest_raw)
-    name = annotations.get(BASE_NAME) or subject.label_name or ""
-    digest = annotations.get(BASE_DIGEST) or subject.label_digest or ""
-    name = name if isinstance(name, str) else ""
-    digest = digest if isinstance(digest, str) else ""
+    name, digest = _text(annotations.get(BASE_NAME)), _text(annotations.get(BASE_DIGEST))
+    if not name and not digest:
+        # Annotations and labels are two declarations, never halves of one: labels are inherited,
+        # so a label's digest beside an annotation's name would name the base's own base.
+        name, digest = subject.label_name or "", subject.label_digest or ""
     if not name and not digest:
         return {}
     try:
@@ -213,6 +214,10 @@ def _declared(con, subject: _Subject, rows: list[tuple]) -> dict:
     else:
         out["agreement"] = NOT_INDEXED
     return out
+
+
+def _text(value) -> str:
+    return value if isinstance(value, str) else ""
 
 
 def _matches(row: tuple, ref, digest: str) -> bool:

@@ -29,6 +29,7 @@ from indexer.store.writer import now_utc, record_from_row
 
 REG = "reg.example"
 BASE_NAME = "org.opencontainers.image.base.name"
+BASE_DIGEST = "org.opencontainers.image.base.digest"
 OLD = "2020-01-01T00:00:00Z"
 A = "sha256:ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb"  # sha256("a")
 B = "sha256:3e23e8160039594a33894f6564e1b1348bbd7a0088d42c4acb73eeaed59c009d"  # sha256("b")
@@ -361,6 +362,26 @@ def test_declared_base_is_reported_beside_the_computed_one(tmp_path, run_cli):
     assert table.rstrip().splitlines()[-1] == (
         f"declared base: {REG}/base/os:1 (disagrees: it is a base further down than the computed nearest base)"
     )
+
+
+def test_annotations_and_labels_are_not_mixed(tmp_path, run_cli):
+    """web inherits app's labels (which declare os by name and digest) and its annotation declares
+    app by name only: the annotation is the declaration, not its name beside the labels' digest."""
+    blobs = Blobs()
+    os_desc = image(blobs, ["os1"])
+    inherited = {BASE_NAME: f"{REG}/base/os:1", BASE_DIGEST: os_desc["digest"]}
+    top = [
+        named(os_desc, f"{REG}/base/os:1"),
+        named(image(blobs, ["os1", "app"], labels=inherited), f"{REG}/team/app:1"),
+        named(
+            image(blobs, ["os1", "app", "web"], labels=inherited, annotations={BASE_NAME: f"{REG}/team/app:1"}),
+            f"{REG}/team/web:1",
+        ),
+    ]
+    store = str(tmp_path / "store")
+    index_into(run_cli, store, layout(tmp_path, "mixed", blobs, top))
+    declared = answer(run_cli, store, "base", f"{REG}/team/web:1")["declaredBase"]
+    assert declared == {"name": f"{REG}/team/app:1", "agreement": "AGREES"}
 
 
 # ----------------------------------------------------------------------------- no lineage
