@@ -206,10 +206,12 @@ def _declared(con, subject: _Subject, rows: list[tuple]) -> dict:
     if digest:
         out["digest"] = digest
     nearest = rows[0][7] if rows else 0
-    matched = [row for row in rows if _matches(row, ref, digest)]
+    # A name may pin its digest (`os@sha256:…`): that names one image, not any in the repository.
+    pinned = digest or (ref.digest if ref is not None else "")
+    matched = [row for row in rows if _matches(row, ref, pinned)]
     if matched:
         out["agreement"] = AGREES if matched[0][7] == nearest else ANCESTOR
-    elif _indexed(con, ref, digest):
+    elif _indexed(con, ref, pinned):
         out["agreement"] = DIFFERS
     else:
         out["agreement"] = NOT_INDEXED

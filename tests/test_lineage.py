@@ -384,6 +384,19 @@ def test_annotations_and_labels_are_not_mixed(tmp_path, run_cli):
     assert declared == {"name": f"{REG}/team/app:1", "agreement": "AGREES"}
 
 
+def test_a_digest_in_the_declared_name_is_the_image_declared(tmp_path, run_cli):
+    # os:1 is app's base; the name pins os:2, another image of the same repository
+    blobs = Blobs()
+    other = image(blobs, ["other"])
+    top = [named(image(blobs, ["os1"]), f"{REG}/base/os:1"), named(other, f"{REG}/base/os:2")]
+    pinned = f"{REG}/base/os@{other['digest']}"
+    top.append(named(image(blobs, ["os1", "app"], labels={BASE_NAME: pinned}), f"{REG}/team/app:1"))
+    store = str(tmp_path / "store")
+    index_into(run_cli, store, layout(tmp_path, "pinned", blobs, top))
+    declared = answer(run_cli, store, "base", f"{REG}/team/app:1")["declaredBase"]
+    assert declared == {"name": pinned, "agreement": "DIFFERS"}
+
+
 # ----------------------------------------------------------------------------- no lineage
 
 
