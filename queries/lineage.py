@@ -240,8 +240,11 @@ def _indexed(con, ref, digest: str) -> bool:
             return True
     if ref is None:
         return False
-    named = con.execute("SELECT count(*) FROM images WHERE registry = ? AND name = ?", [ref.registry, ref.name])
-    return bool(named.fetchone()[0])
+    sql, params = "SELECT count(*) FROM images WHERE registry = ? AND name = ?", [ref.registry, ref.name]
+    if ref.tag:
+        # Another tag of the repository is another image: `os:9` is not indexed when only `os:1` is.
+        sql, params = sql + " AND list_contains(tags, ?)", [*params, ref.tag]
+    return bool(con.execute(sql, params).fetchone()[0])
 
 
 # ----------------------------------------------------------------------------- tables

@@ -397,6 +397,17 @@ def test_a_digest_in_the_declared_name_is_the_image_declared(tmp_path, run_cli):
     assert declared == {"name": pinned, "agreement": "DIFFERS"}
 
 
+def test_a_declared_tag_that_is_not_indexed_is_not_checked(tmp_path, run_cli):
+    # app is built on os:9, which was not indexed; os:1, of other layers, was
+    blobs = Blobs()
+    top = [named(image(blobs, ["os1"]), f"{REG}/base/os:1")]
+    top.append(named(image(blobs, ["os9", "app"], labels={BASE_NAME: f"{REG}/base/os:9"}), f"{REG}/team/app:1"))
+    store = str(tmp_path / "store")
+    index_into(run_cli, store, layout(tmp_path, "tagged", blobs, top))
+    declared = answer(run_cli, store, "base", f"{REG}/team/app:1")["declaredBase"]
+    assert declared == {"name": f"{REG}/base/os:9", "agreement": "NOT_INDEXED"}
+
+
 # ----------------------------------------------------------------------------- no lineage
 
 
