@@ -241,6 +241,10 @@ def _indexed(con, ref, digest: str) -> bool:
     if ref is None:
         return False
     sql, params = "SELECT count(*) FROM images WHERE registry = ? AND name = ?", [ref.registry, ref.name]
+    if digest:
+        # As in `_matches`: a digest names one image, so the name stands only for records that
+        # have no digest to compare (a tag that has moved on since the build is another image).
+        sql += " AND coalesce(digest, '') = ''"
     if ref.tag:
         # Another tag of the repository is another image: `os:9` is not indexed when only `os:1` is.
         sql, params = sql + " AND list_contains(tags, ?)", [*params, ref.tag]

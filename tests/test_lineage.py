@@ -408,6 +408,18 @@ def test_a_declared_tag_that_is_not_indexed_is_not_checked(tmp_path, run_cli):
     assert declared == {"name": f"{REG}/base/os:9", "agreement": "NOT_INDEXED"}
 
 
+def test_a_declared_digest_that_is_not_indexed_is_not_checked(tmp_path, run_cli):
+    # app was built on an os:1 that has been rebuilt since; only the new os:1 was indexed
+    blobs = Blobs()
+    top = [named(image(blobs, ["os-new"]), f"{REG}/base/os:1")]
+    built_on = {BASE_NAME: f"{REG}/base/os:1", BASE_DIGEST: "sha256:" + "0" * 64}
+    top.append(named(image(blobs, ["os-old", "app"], labels=built_on), f"{REG}/team/app:1"))
+    store = str(tmp_path / "store")
+    index_into(run_cli, store, layout(tmp_path, "rebuilt", blobs, top))
+    declared = answer(run_cli, store, "base", f"{REG}/team/app:1")["declaredBase"]
+    assert declared == {"name": f"{REG}/base/os:1", "digest": built_on[BASE_DIGEST], "agreement": "NOT_INDEXED"}
+
+
 # ----------------------------------------------------------------------------- no lineage
 
 
