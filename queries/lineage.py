@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from typing import Callable
 
-from indexer.errors import ImgdexError, NotFound, QueryError, StoreError
+from indexer.errors import ImgdexError, NotFound, QueryError, StoreError, printable
 from indexer.references import DEFAULT_PLATFORM, parse_reference
 
 from . import lookup
@@ -264,7 +264,8 @@ def bases_table(doc: dict) -> str:
     declared = doc.get("declaredBase")
     if declared:
         named = declared.get("name", "") + ("@" + declared["digest"] if declared.get("digest") else "")
-        text += f"\ndeclared base: {named} ({_AGREEMENT_TEXT[declared['agreement']]})"
+        # The name is an image's own text, as the cells are: escaped so it cannot drive the terminal.
+        text += f"\ndeclared base: {printable(named)} ({_AGREEMENT_TEXT[declared['agreement']]})"
     return text
 
 

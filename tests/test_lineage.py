@@ -420,6 +420,17 @@ def test_a_declared_digest_that_is_not_indexed_is_not_checked(tmp_path, run_cli)
     assert declared == {"name": f"{REG}/base/os:1", "digest": built_on[BASE_DIGEST], "agreement": "NOT_INDEXED"}
 
 
+def test_a_declared_name_is_escaped_in_the_table(tmp_path, run_cli):
+    blobs = Blobs()
+    evil = "evil\x1b[2J\nname"
+    top = [named(image(blobs, ["os1"], annotations={BASE_NAME: evil}), f"{REG}/team/app:1")]
+    store = str(tmp_path / "store")
+    index_into(run_cli, store, layout(tmp_path, "evil", blobs, top))
+    table = run_cli("base", f"{REG}/team/app:1", "--store", store, "--format", "table").stdout
+    assert "\x1b" not in table
+    assert table.splitlines()[-1] == "declared base: evil\\x1b[2J\\nname (not indexed, so not checked)"
+
+
 # ----------------------------------------------------------------------------- no lineage
 
 
