@@ -431,6 +431,28 @@ def test_a_declared_name_is_escaped_in_the_table(tmp_path, run_cli):
     assert table.splitlines()[-1] == "declared base: evil\\x1b[2J\\nname (not indexed, so not checked)"
 
 
+def test_diff_ids_with_an_entry_that_is_not_a_string_have_no_chain(tmp_path, run_cli):
+    """[os1, 5, app] is not the chain [os1, app]: without the 5 the config would claim app's layers."""
+    blobs = Blobs()
+    diff_ids = [digest_of(b"diff-os1"), 5, digest_of(b"diff-app")]
+    config = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids}}
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": blobs.add(dumps(config), OCI_CONFIG),
+        "layers": [blobs.add(layer(t), OCI_LAYER_GZ) for t in ("os1", "five", "app")],
+    }
+    top = [
+        named(blobs.add(dumps(manifest), OCI_MANIFEST), f"{REG}/odd/three:1"),
+        named(image(blobs, ["os1", "app"]), f"{REG}/team/app:1"),
+        named(image(blobs, ["os1", "app", "web"]), f"{REG}/team/web:1"),
+    ]
+    store = str(tmp_path / "store")
+    index_into(run_cli, store, layout(tmp_path, "odd", blobs, top))
+    assert names(answer(run_cli, store, "base", f"{REG}/team/web:1"), "bases") == [("team/app", "1", 2)]
+    assert answer(run_cli, store, "derived", f"{REG}/odd/three:1") == {}
+
+
 # ----------------------------------------------------------------------------- no lineage
 
 

@@ -195,6 +195,13 @@ def _strings(value: object) -> tuple[str, ...]:
     return ()
 
 
+def _diff_ids(value: object) -> tuple[str, ...]:
+    # Position is a layer's identity: dropping an entry that is not a string would make the next
+    # layers someone else's (a chain equal to another image's). Unknown, as an empty list is.
+    strings = _strings(value)
+    return strings if type(value) is list and len(strings) == len(value) else ()
+
+
 def _history(raw: object) -> tuple[HistoryEntry, ...]:
     if type(raw) is not list:
         return ()
@@ -244,7 +251,7 @@ def parse_config_exact(data: bytes, where: str) -> ImageConfig:
         env=_strings(env),
         entrypoint=_strings(entrypoint),
         cmd=_strings(cmd),
-        diff_ids=_strings(diff_ids),
+        diff_ids=_diff_ids(diff_ids),
         history=_history(history),
     )
 
