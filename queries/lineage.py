@@ -34,7 +34,7 @@ DIFFERS = "DIFFERS"  # it is indexed, and is not a base of this image
 NOT_INDEXED = "NOT_INDEXED"  # nothing indexed matches it, so it cannot be checked
 
 _SUBJECT = (
-    "SELECT id, registry, name, kind, digest, config_digest, chain_ids, "
+    "SELECT id, registry, name, kind, digest, config_digest, chain_ids, len(diff_ids), len(layers), "
     "labels[?] AS base_name, labels[?] AS base_digest, manifest_raw FROM images WHERE id = ?"
 )
 
@@ -82,6 +82,8 @@ class _Subject:
             self.digest,
             _config_digest,
             chain_ids,
+            self.diff_count,
+            self.layer_count,
             self.label_name,
             self.label_digest,
             self.manifest_raw,
@@ -128,8 +130,15 @@ def _unknown(subject: _Subject, note: Note | None) -> bool:
     if subject.kind == "image" and subject.chain_ids:
         return False
     if note is not None:
-        what = "is not an image" if subject.kind != "image" else "has no known diff_ids (no image config was indexed)"
-        note(f"image {subject.id} {what}, so its lineage is unknown")
+        if subject.kind != "image":
+            what = "is not an image, so its lineage is unknown"
+        elif subject.diff_count:
+            what = "has diff_ids that are not all sha256 digests, so its lineage is unknown"
+        elif not subject.layer_count:
+            what = "has no layers, so it has no lineage"
+        else:
+            what = "has no known diff_ids (no image config was indexed), so its lineage is unknown"
+        note(f"image {subject.id} {what}")
     return True
 
 
