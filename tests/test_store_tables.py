@@ -112,6 +112,15 @@ def test_compact_keeps_every_answer_and_leaves_one_file_per_table(run_cli, tmp_p
     assert negative.exit_code == 1 and negative.output.count("\n") == 1
 
 
+def test_compact_takes_a_retention_that_reaches_back_before_year_one(run_cli, tmp_path):
+    store = str(tmp_path / "store")
+    assert run_cli("index", "--store", store, sample_sources()[0]).exit_code == 0
+    before = current(run_cli, store)
+    outcome = as_json(run_cli("compact", "--store", store, "--retention", "999999d"))
+    assert outcome["images"]["files_after"] == 1
+    assert current(run_cli, store) == before
+
+
 OLD_STORE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "old-store")
 
 

@@ -1141,7 +1141,7 @@ class DeltaStore:
         now = now or datetime.now(timezone.utc)
         report = {}
         for table in tables:
-            report[table] = self._compact_table(table, now - retention, file_rows)
+            report[table] = self._compact_table(table, _before(now, retention), file_rows)
         if vacuum:
             removed = self.vacuum(tables=tables, retention=retention, allow_short_retention=allow_short_retention)
             for table in tables:
@@ -1639,6 +1639,15 @@ def _next_time(seen: datetime | None) -> datetime:
         if seen >= now:
             return seen + timedelta(microseconds=1)
     return now
+
+
+def _before(now: datetime, span: timedelta) -> datetime:
+    """`now - span`, or the earliest time there is when `span` reaches back past it: a retention of
+    a million days keeps every tombstone, as a long one does."""
+    try:
+        return now - span
+    except OverflowError:
+        return datetime.min.replace(tzinfo=timezone.utc)
 
 
 def _flags(column: pa.ChunkedArray) -> pa.ChunkedArray:
