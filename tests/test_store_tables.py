@@ -112,6 +112,17 @@ def test_compact_keeps_every_answer_and_leaves_one_file_per_table(run_cli, tmp_p
     assert negative.exit_code == 1 and negative.output.count("\n") == 1
 
 
+def test_history_limit_beyond_any_count_lists_every_version(run_cli, tmp_path):
+    store = str(tmp_path / "store")
+    assert run_cli("index", "--store", store, sample_sources()[0]).exit_code == 0
+    every = as_json(run_cli("history", "--store", store, "--format", "json"))["versions"]
+    for limit in (str(len(every)), str(2**64)):
+        listed = as_json(run_cli("history", "--store", store, "--format", "json", "--limit", limit))["versions"]
+        assert listed == every, limit
+    newest = as_json(run_cli("history", "--store", store, "--format", "json", "--limit", "2"))["versions"]
+    assert newest == every[:2]
+
+
 def test_compact_takes_a_retention_that_reaches_back_before_year_one(run_cli, tmp_path):
     store = str(tmp_path / "store")
     assert run_cli("index", "--store", store, sample_sources()[0]).exit_code == 0

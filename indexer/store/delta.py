@@ -1364,7 +1364,9 @@ class DeltaStore:
         self._check_schema_versions(tables)
         entries = []
         for table in tables:
-            for info in self._delta(table).history(limit):
+            dt = self._delta(table)
+            # delta-rs takes the limit as a machine word: a larger one means every commit.
+            for info in dt.history(limit if limit is not None and limit <= dt.version() + 1 else None):
                 operation = info.get(_META + "operation") or str(info.get("operation", "")).lower()
                 stamp = datetime.fromtimestamp(int(info.get("timestamp", 0)) / 1000, timezone.utc)
                 entries.append(
