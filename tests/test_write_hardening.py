@@ -293,6 +293,21 @@ def test_full_disk_is_one_line_naming_the_store(tmp_path, monkeypatch, base_stor
     _assert_store_goes_on(base_store, tmp_path, images_after)
 
 
+def test_compaction_on_a_full_disk_is_one_line_and_leaves_the_store_as_it_was(tmp_path, monkeypatch, base_store):
+    assert invoke("index", _more(tmp_path, 2), "--store", base_store).exit_code == 0
+    files = _data_files(base_store)
+    _fail_commits(monkeypatch, _enospc)
+    result = invoke("compact", "--store", base_store)
+    monkeypatch.undo()
+    assert result.exit_code == 1
+    [line] = result.stderr.splitlines()
+    assert line == f"imgdex: store {base_store}: cannot compact images: no space left on device"
+    assert _data_files(base_store) == files  # the compacted files it wrote are gone again
+    assert count(base_store) == 5
+    assert invoke("compact", "--store", base_store).exit_code == 0
+    assert count(base_store) == 5
+
+
 def test_write_raises_store_error_only_for_the_store(tmp_path, monkeypatch):
     record = [r for r in records_of(f"oci:{oci_layout(tmp_path / 'l', 1)}") if isinstance(r, ImageRecord)][0]
     with DeltaWriter(str(tmp_path / "store")) as writer:

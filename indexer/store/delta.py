@@ -1330,6 +1330,8 @@ class DeltaStore:
                 return
             except CommitFailedError:
                 continue  # another commit took that version: look at what it did, then try the next
+            except OSError as exc:  # a full disk or a read-only one, as for a run's commit
+                raise StoreError(f"store {self.store}: cannot compact {table}: {_cause(exc)}") from None
 
     def vacuum(
         self,
