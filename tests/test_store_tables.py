@@ -112,6 +112,37 @@ def test_compact_keeps_every_answer_and_leaves_one_file_per_table(run_cli, tmp_p
     assert negative.exit_code == 1 and negative.output.count("\n") == 1
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        "5",
+        "[1]",
+        '{"add": 5}',
+        '{"add": {}}',
+        '{"add": {"path": 5}}',
+        '{"add": {"path": "a", "stats": 5}}',
+        '{"remove": {}}',
+        '{"metaData": 5}',
+        '{"metaData": {"configuration": "x"}}',
+        '{"protocol": 5}',
+        '{"commitInfo": 5}',
+        '{"commitInfo": {"timestamp": "x"}}',
+    ],
+)
+def test_a_commit_of_the_wrong_shape_is_refused_in_one_line(run_cli, tmp_path, line):
+    store = str(tmp_path / "store")
+    assert run_cli("index", "--store", store, sample_sources()[0]).exit_code == 0
+    log = os.path.join(store, "tags", "_delta_log")
+    commits = [n for n in os.listdir(log) if n.endswith(".json")]
+    with open(os.path.join(log, f"{len(commits):020d}.json"), "w") as f:  # the next version
+        f.write(line + "\n")
+    for as_of in ((), ("--as-of", "2999-01-01T00:00:00Z"), ("--as-of", "1")):
+        result = run_cli("sql", "SELECT 1", *as_of, "--store", store)
+        assert result.exit_code == 1, as_of
+        [message] = result.output.splitlines()
+        assert message.startswith("imgdex: table tags: commit 0000") and "is not a Delta commit" in message, message
+
+
 def test_history_limit_beyond_any_count_lists_every_version(run_cli, tmp_path):
     store = str(tmp_path / "store")
     assert run_cli("index", "--store", store, sample_sources()[0]).exit_code == 0

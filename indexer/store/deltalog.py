@@ -258,12 +258,42 @@ def _list_log(table: str, log: str) -> tuple[dict[int, str], dict[int, list[str]
 def _read_commit(table: str, log: str, name: str) -> list[dict]:
     try:
         with open(os.path.join(log, name), "rb") as f:
-            return [json.loads(line) for line in f if line.strip()]
+            actions = [json.loads(line) for line in f if line.strip()]
     except FileNotFoundError:
         # removed by log clean-up between listing and reading
         raise StoreError(f"table {table}: commit {name} vanished while reading; try again") from None
     except (OSError, ValueError) as exc:
         raise StoreError(f"table {table}: cannot read commit {name}: {exc}") from None
+    for action in actions:
+        if (flaw := _flaw(action)) is not None:
+            raise StoreError(f"table {table}: commit {name} is not a Delta commit: {flaw}")
+    return actions
+
+
+# What the replay reads of each action, with the types the Delta protocol gives it: checked once
+# per commit, so that a log damaged or written by hand is refused in one line, not mid-replay.
+_TEXT, _MAYBE_TEXT, _MAYBE_OBJECT, _MAYBE_LIST = (str,), (str, type(None)), (dict, type(None)), (list, type(None))
+_FIELDS = {
+    "add": {"path": _TEXT, "stats": _MAYBE_TEXT, "partitionValues": _MAYBE_OBJECT},
+    "remove": {"path": _TEXT},
+    "metaData": {"configuration": _MAYBE_OBJECT, "partitionColumns": _MAYBE_LIST, "schemaString": _MAYBE_TEXT},
+    "protocol": {"readerFeatures": _MAYBE_LIST},
+}
+
+
+def _flaw(action) -> str | None:
+    """Why a line of a commit cannot be replayed, or None."""
+    if not isinstance(action, dict) or not all(isinstance(body, dict) for body in action.values()):
+        return "a line is not an object of actions"
+    for kind, fields in _FIELDS.items():
+        body = action.get(kind)
+        for field, types in fields.items() if body is not None else ():
+            if not isinstance(body.get(field), types):
+                return f"its {kind} action has no valid {field}"
+    stamp = action.get("commitInfo", {}).get("timestamp")
+    if stamp is not None and (isinstance(stamp, bool) or not isinstance(stamp, (int, float))):
+        return "its commit time is not a number"
+    return None
 
 
 def _commit_info(actions: list[dict]) -> dict:
