@@ -82,7 +82,7 @@ def _as_of(_ctx, param, value):
         return None
     from datetime import datetime, timezone
 
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # str.isdigit also takes "²", which int() refuses
         return int(value)
     try:
         when = datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)

@@ -74,8 +74,9 @@ def test_history_and_as_of_answer_what_a_tag_pointed_at_then(run_cli, tmp_path):
     )
     assert json.loads(counts.output) == {"n": 1}
 
-    bad = run_cli("list", "--store", store, "--as-of", "last tuesday")
-    assert bad.exit_code == 2 and "neither a version number nor an ISO 8601 time" in bad.output
+    for text in ("last tuesday", "\u00b2", "\u0663"):  # superscript two, Arabic-Indic three
+        bad = run_cli("list", "--store", store, "--as-of", text)
+        assert bad.exit_code == 2 and "neither a version number nor an ISO 8601 time" in bad.output, text
     early = run_cli("list", "--store", store, "--as-of", "2001-01-01T00:00:00Z")
     assert early.exit_code == 1 and early.output.count("\n") == 1 and "Traceback" not in early.output
 
