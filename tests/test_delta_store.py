@@ -527,6 +527,29 @@ def test_vacuum_keeps_files_within_the_retention_window(store):
         store.vacuum(retention=timedelta(minutes=5))
 
 
+def test_vacuum_keeps_files_for_the_whole_retention_not_whole_hours_of_it(store, monkeypatch):
+    store.write_run({"run_id": "a"}, Changes(images=images(image(1))))
+    store.write_run({"run_id": "b"}, Changes(images=images(image(2))))
+    old = deltalog.read_table(store.location("images")).files
+    ago = time.time() - 90 * 60
+
+    class Earlier:  # the clock of delta.py, so that compaction removes the files 90 minutes ago
+        sleep = staticmethod(time.sleep)
+
+        @staticmethod
+        def time():
+            return ago
+
+    with monkeypatch.context() as patched:
+        patched.setattr(delta, "time", Earlier)
+        store.compact(vacuum=False)
+    for path in old:
+        os.utime(path, (ago, ago))
+    assert store.vacuum(retention=timedelta(minutes=119))["images"] == 0
+    assert all(os.path.exists(p) for p in old)
+    assert store.vacuum(retention=timedelta(minutes=60))["images"] == len(old)
+
+
 def test_history_and_reading_as_of_a_version_or_a_time(store):
     store.write_run({"run_id": "a"}, Changes(images=images(image(1)), tags=claims(("r.example", "app", "v", "crp1"))))
     first = current(store)

@@ -47,6 +47,7 @@ import contextlib
 import dataclasses
 import errno
 import json
+import math
 import os
 import random
 import re
@@ -1343,7 +1344,9 @@ class DeltaStore:
         """Delete data files that no version within `retention` needs, and files of attempts that
         never committed once they are older than `retention`. Returns the count per table."""
         _check_retention(retention, allow_short_retention)
-        hours = int(retention.total_seconds() // 3600)
+        # delta-rs takes whole hours: rounded up, as rounding down would delete files that left the
+        # table within the retention (119 minutes vacuumed like 60).
+        hours = math.ceil(retention.total_seconds() / 3600)
         out = {}
         for table in tables:
             try:
