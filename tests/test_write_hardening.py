@@ -308,6 +308,32 @@ def test_compaction_on_a_full_disk_is_one_line_and_leaves_the_store_as_it_was(tm
     assert count(base_store) == 5
 
 
+def _delta_rs_enospc():
+    # What delta-rs raises: no errno, and the operating system's words on the last of its lines.
+    return OSError(
+        "Generic LocalFileSystem error\n  -> Unable to copy data to file\n   -> No space left on device (os error 28)"
+    )
+
+
+@pytest.mark.parametrize("step", ["create", "set-properties"])
+def test_a_new_store_on_a_full_disk_is_one_line(tmp_path, monkeypatch, step):
+    from deltalake import DeltaTable
+    from deltalake.table import TableAlterer
+
+    def failing(*args, **kwargs):
+        raise _delta_rs_enospc()
+
+    if step == "create":
+        monkeypatch.setattr(DeltaTable, "create", failing)
+    else:
+        monkeypatch.setattr(TableAlterer, "set_table_properties", failing)
+    store = tmp_path / "store"
+    result = invoke("index", _more(tmp_path, 1), "--store", store)
+    assert result.exit_code == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith("imgdex: ") and str(store) in line and line.endswith(": no space left on device"), line
+
+
 def test_write_raises_store_error_only_for_the_store(tmp_path, monkeypatch):
     record = [r for r in records_of(f"oci:{oci_layout(tmp_path / 'l', 1)}") if isinstance(r, ImageRecord)][0]
     with DeltaWriter(str(tmp_path / "store")) as writer:

@@ -666,7 +666,7 @@ class DeltaStore:
                 if not DeltaTable.is_deltatable(location, self.storage_options or None):
                     raise StoreError(f"cannot create table {table} in {self.store}: {_first_line(exc)}") from None
             except OSError as exc:
-                raise StoreError(f"cannot create table {table} in {self.store}: {exc.strerror or exc}") from None
+                raise StoreError(f"cannot create table {table} in {self.store}: {_cause(exc)}") from None
             self._mark_schema_version(table)
 
     def _mark_schema_version(self, table: str) -> None:

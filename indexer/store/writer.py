@@ -234,19 +234,30 @@ def store_failure(exc: BaseException) -> str | None:
     """The cause, in a few words, when `exc` is a failure of the store's files; else None."""
     if isinstance(exc, OSError):
         # Any OSError on the store's own files is the store's: a full disk, a read-only
-        # mount, a folder that lost its permissions.
-        return exc.strerror.lower() if exc.strerror else (str(exc) or type(exc).__name__)
+        # mount, a folder that lost its permissions. delta-rs raises one without an errno, in
+        # lines of its own words with the operating system's last.
+        return exc.strerror.lower() if exc.strerror else (_known_cause(str(exc)) or _first_line(exc))
     # Not imported for this: a process that never loaded DuckDB has no DuckDB error to tell.
     duckdb = sys.modules.get("duckdb")
     if duckdb is not None and isinstance(exc, duckdb.Error):
-        text = str(exc)
-        for message, cause in _STORE_CAUSES.items():
-            if message.lower() in text.lower():
-                return cause
+        cause = _known_cause(str(exc))
+        if cause is not None:
+            return cause
         if isinstance(exc, (duckdb.IOException, duckdb.FatalException, duckdb.InternalException)):
-            lines = text.strip().splitlines()
-            return lines[0] if lines else type(exc).__name__
+            return _first_line(exc)
     return None
+
+
+def _known_cause(text: str) -> str | None:
+    for message, cause in _STORE_CAUSES.items():
+        if message.lower() in text.lower():
+            return cause
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def now_utc() -> datetime:
