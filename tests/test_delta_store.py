@@ -510,6 +510,23 @@ def test_a_column_added_to_the_schema_is_added_to_the_table(tmp_path, monkeypatc
     s.close()
 
 
+def test_an_older_imgdex_refuses_to_compact_away_a_column_it_does_not_know(tmp_path, monkeypatch):
+    s = DeltaStore(str(tmp_path / "store"))
+    s.create()
+    s.write_run({"run_id": "new"}, Changes(images=images(dict(image(1), id_origin="imported"))))
+    query = "SELECT id, id_origin FROM images"
+    expected = [("crp00000000000000001", "imported")]
+    old = delta.DELTA_SCHEMAS["images"]  # an imgdex from before the column
+    monkeypatch.setitem(delta.DELTA_SCHEMAS, "images", old.remove(old.get_field_index("id_origin")))
+    with pytest.raises(StoreError, match=r"table images has columns this imgdex does not know \(id_origin\)"):
+        s.compact(vacuum=False)
+    monkeypatch.setitem(delta.DELTA_SCHEMAS, "images", old)
+    assert s.snapshot().con.execute(query).fetchall() == expected
+    s.compact(vacuum=False)
+    assert s.snapshot().con.execute(query).fetchall() == expected
+    s.close()
+
+
 def test_vacuum_keeps_files_within_the_retention_window(store):
     store.write_run({"run_id": "a"}, Changes(images=images(image(1))))
     store.write_run({"run_id": "b"}, Changes(images=images(image(2))))

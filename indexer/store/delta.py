@@ -1154,6 +1154,7 @@ class DeltaStore:
 
         for attempt in range(1, MAX_ATTEMPTS + 1):
             files = deltalog.read_table(self.location(table), table=table, con=self._duckdb())
+            _check_known_columns(table, files)
             if not files.files:
                 return {"version": files.version, "files_before": 0, "files_after": 0, "rows": 0, "attempts": attempt}
             adds: list[AddAction] = []
@@ -1811,6 +1812,19 @@ def _check_retention(retention: timedelta, allow_short: bool) -> None:
         raise StoreError("retention cannot be negative")
     if retention < MIN_RETENTION and not allow_short:
         raise StoreError(f"retention below {MIN_RETENTION} could delete files of a run that is still writing")
+
+
+def _check_known_columns(table: str, files: deltalog.TableFiles) -> None:
+    """StoreError when the table has columns this imgdex does not know: a newer one added them
+    without a new schema version (columns only grow), and a compaction writes the columns it knows,
+    so it would drop theirs."""
+    known = set(DELTA_SCHEMAS[table].names)
+    unknown = [name for name, _ in files.columns if name not in known]
+    if unknown:
+        raise StoreError(
+            f"table {table} has columns this imgdex does not know ({', '.join(unknown)}), added by a newer "
+            "imgdex; compacting would drop them (upgrade imgdex)"
+        )
 
 
 # Failures of the store's files, whatever layer reports them: pyarrow and delta-rs put the
