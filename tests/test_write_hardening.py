@@ -334,6 +334,15 @@ def test_a_new_store_on_a_full_disk_is_one_line(tmp_path, monkeypatch, step):
     assert line.startswith("imgdex: ") and str(store) in line and line.endswith(": no space left on device"), line
 
 
+def test_a_store_folder_with_a_percent_escape_is_refused_before_anything_is_made(tmp_path):
+    store = tmp_path / "data%20x"
+    result = invoke("index", _more(tmp_path, 1), "--store", store)
+    assert result.exit_code == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"imgdex: cannot create store {store}: ") and "%XX" in line, line
+    assert not store.exists()
+
+
 def test_write_raises_store_error_only_for_the_store(tmp_path, monkeypatch):
     record = [r for r in records_of(f"oci:{oci_layout(tmp_path / 'l', 1)}") if isinstance(r, ImageRecord)][0]
     with DeltaWriter(str(tmp_path / "store")) as writer:

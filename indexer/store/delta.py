@@ -95,6 +95,7 @@ COMPACT_RANGE_ROWS = 50_000
 MAX_ATTEMPTS = 50
 
 _UTC_US = pa.timestamp("us", tz="UTC")
+_PERCENT_ESCAPE = re.compile("%[0-9A-Fa-f]{2}")
 _META = "imgdex."
 
 # What a source knows of an image: the columns whose change makes a new version. Tags, the
@@ -644,6 +645,13 @@ class DeltaStore:
 
     def create(self) -> None:
         """Create whichever tables do not exist yet. Safe when several processes do it at once."""
+        if "://" not in self.store and _PERCENT_ESCAPE.search(self.store):
+            # delta-rs writes the first commit under the path as given, then reads it back with the
+            # escape decoded: it would leave a table it cannot open.
+            raise StoreError(
+                f"cannot create store {self.store}: delta-rs reads %XX in a folder name as an escape; "
+                "choose a folder without one"
+            )
         for table in TABLES:
             location = self.location(table)
             if DeltaTable.is_deltatable(location, self.storage_options or None):
