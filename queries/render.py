@@ -26,7 +26,10 @@ assert RESPONSE_COLUMNS[0] == "id", "readers key rows by their first value"
 
 
 def _blob(blob_id: str, digest: str, size: int | None, urls) -> dict:
-    out = {"id": blob_id, "digest": digest}
+    out = {"id": blob_id}
+    # Empty in a YCR export that gives a layer without one; proto3 JSON omits an empty string.
+    if digest:
+        out["digest"] = digest
     if size:
         out["size"] = str(size)
     if urls:
@@ -118,7 +121,9 @@ def _text(value) -> str:
 
 def _blob_json(blob_id, digest, size, urls, newline: str) -> str:
     inner = newline + "  "
-    text = "{" + inner + '"id": ' + _text(blob_id) + "," + inner + '"digest": ' + _text(digest)
+    text = "{" + inner + '"id": ' + _text(blob_id)
+    if digest:
+        text += "," + inner + '"digest": ' + _text(digest)
     if size:
         text += "," + inner + '"size": "' + str(size) + '"'
     if urls:

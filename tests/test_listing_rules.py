@@ -369,3 +369,18 @@ def test_page_size_zero_means_the_default_hundred(ties_store):
     assert zero == default == hundred
     one = page("--page-size", "1")
     assert len(one["images"]) == 1 and one["images"][0] == default["images"][0]
+
+
+def test_an_empty_blob_digest_is_left_out_as_the_api_leaves_it_out():
+    """Blob.digest is a proto3 string: empty (a YCR export may hold such a layer), MessageToJson
+    omits it, so the REST body and the CLI must too, and the gRPC answer must still be built."""
+    from google.protobuf.json_format import MessageToDict
+
+    from queries.server.grpc_api import image_message
+
+    layers = '[{"id":"crpl","digest":"","size":5,"urls":[]}]'
+    row = ("crpa", "n", None, None, None, None, None, None, layers, None, None)
+    expected = {"id": "crpa", "name": "n", "layers": [{"id": "crpl", "size": "5"}]}
+    assert render.to_response(row) == expected
+    assert render.list_json_of([render.list_fragment(row)], "") == render.to_json({"images": [expected]})
+    assert MessageToDict(image_message(expected)) == expected

@@ -46,7 +46,9 @@ _BLOB_KEYS = frozenset({"id", "digest", "size", "urls"})
 
 
 def _blob(doc: dict) -> blob_pb2.Blob:
-    return blob_pb2.Blob(id=doc["id"], digest=doc["digest"], size=int(doc.get("size", 0)), urls=doc.get("urls", ()))
+    return blob_pb2.Blob(
+        id=doc["id"], digest=doc.get("digest", ""), size=int(doc.get("size", 0)), urls=doc.get("urls", ())
+    )
 
 
 _EPOCH = datetime.datetime(1970, 1, 1)
