@@ -48,7 +48,8 @@ def to_response(row: tuple) -> dict:
         out["digest"] = r.digest
     if r.compressed_size:
         out["compressedSize"] = str(r.compressed_size)
-    if r.config_digest:
+    # NULL when the image has no config (an index); "" for a config given without a digest.
+    if r.config_digest is not None:
         out["config"] = _blob(r.config_id, r.config_digest, r.config_size, r.config_urls)
     if layers:
         out["layers"] = [_blob(layer["id"], layer["digest"], layer["size"], layer["urls"]) for layer in layers]
@@ -141,7 +142,7 @@ def _image_json(r: Row, layers: list | None, out: list[str]) -> None:
         out.append("," + nl + '"digest": ' + _text(r.digest))
     if r.compressed_size:
         out.append("," + nl + '"compressedSize": "' + str(r.compressed_size) + '"')
-    if r.config_digest:
+    if r.config_digest is not None:
         out.append("," + nl + '"config": ' + _blob_json(r.config_id, r.config_digest, r.config_size, r.config_urls, nl))
     if layers:
         inner = nl + "  "

@@ -384,3 +384,17 @@ def test_an_empty_blob_digest_is_left_out_as_the_api_leaves_it_out():
     assert render.to_response(row) == expected
     assert render.list_json_of([render.list_fragment(row)], "") == render.to_json({"images": [expected]})
     assert MessageToDict(image_message(expected)) == expected
+
+
+def test_a_config_without_a_digest_is_still_the_image_s_config():
+    """A stored config is NULL only when the image has none (an index); a YCR export may give one
+    with an id and a size but no digest, which the Image still holds."""
+    from google.protobuf.json_format import MessageToDict
+
+    from queries.server.grpc_api import image_message
+
+    row = ("crpa", "n", None, None, "crpc", "", 12, [], None, None, None)
+    expected = {"id": "crpa", "name": "n", "config": {"id": "crpc", "size": "12"}}
+    assert render.to_response(row) == expected
+    assert render.list_json_of([render.list_fragment(row)], "") == render.to_json({"images": [expected]})
+    assert MessageToDict(image_message(expected)) == expected
