@@ -401,7 +401,7 @@ def test_list_images_rules(images, server, fields, code):
 @pytest.mark.parametrize(
     "image_id,code,http",
     [
-        ("", INVALID, None),
+        ("", INVALID, 400),
         ("c" * 51, INVALID, 400),
         ("crp" + "0" * 47, grpc.StatusCode.NOT_FOUND, 404),
         ("crp00000000000000000", grpc.StatusCode.NOT_FOUND, 404),
@@ -412,6 +412,13 @@ def test_get_image_rules(images, server, image_id, code, http):
     if http is not None:
         status, doc = http_json(server.http, f"/container-registry/v1/images/{image_id}")
         assert status == http and doc["code"] == code.value[0] and doc["details"] == []
+
+
+@pytest.mark.parametrize("collection", ["images", "repositories", "registries"])
+def test_an_empty_rest_path_parameter_is_a_get_without_an_id_not_a_list(server, collection):
+    """`/images/` is the Get template `/images/{imageId}` with an empty id, as the gRPC Get."""
+    status, doc = http_json(server.http, f"/container-registry/v1/{collection}/?folderId=b1g")
+    assert (status, doc["code"]) == (400, 3) and "is required" in doc["message"]
 
 
 def test_rest_rejects_malformed_parameters(server):

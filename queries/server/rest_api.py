@@ -93,7 +93,8 @@ def route(api: Api, method: str, path: str, query: dict[str, list[str]]) -> dict
     if not path.startswith(PREFIX):
         raise NotFound(f"no such path {cut(path)}")
     rest = path[len(PREFIX) :]
-    collection, _, tail = rest.partition("/")
+    # `images/` is the Get template with an empty id, as gRPC's Get with one: not the list.
+    collection, item, tail = rest.partition("/")
     if collection not in ("images", "repositories", "registries"):
         raise NotFound(f"no such path {cut(path)}")
     if method != "GET":
@@ -102,7 +103,7 @@ def route(api: Api, method: str, path: str, query: dict[str, list[str]]) -> dict
     if tail.endswith(_UNSERVED_SUFFIXES):
         raise Unimplemented(f"{cut(path)} is not served by the index")
     if collection == "images":
-        if tail:
+        if item:
             return api.get_image(_request(image_service_pb2.GetImageRequest, query, imageId=tail))
         request = _request(image_service_pb2.ListImagesRequest, query)
         fragments, token = api.list_rendered(request, "rest-image-fragments", render.list_fragment)
@@ -113,10 +114,10 @@ def route(api: Api, method: str, path: str, query: dict[str, list[str]]) -> dict
             return api.get_repository_by_name(
                 _request(repository_service_pb2.GetRepositoryByNameRequest, query, repositoryName=name)
             )
-        if tail:
+        if item:
             return api.get_repository(_request(repository_service_pb2.GetRepositoryRequest, query, repositoryId=tail))
         return api.list_repositories(_request(repository_service_pb2.ListRepositoriesRequest, query))
-    if tail:
+    if item:
         return api.get_registry(_request(registry_service_pb2.GetRegistryRequest, query, registryId=tail))
     return api.list_registries(_request(registry_service_pb2.ListRegistriesRequest, query))
 
