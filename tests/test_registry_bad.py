@@ -1,5 +1,6 @@
 """docker:// against answers a real registry never gives: each is one clear error, and the rest lands."""
 
+import dataclasses
 import json
 import re
 import threading
@@ -267,6 +268,34 @@ def test_unsigned_schema1_keeps_what_it_can(fake):
     assert record.env == ("A=1",) and record.labels == (("k", "v"),)
     assert [h.empty_layer for h in record.history] == [False, True, False]
     assert fake.log.count(("HEAD", f"/v2/old/one/blobs/{layer_a}")) == 1  # sizes by HEAD, bodies never
+
+
+@pytest.mark.parametrize("length", ["\u00b2", "9" * 5000])
+def test_a_content_length_that_is_no_plain_number_is_no_length(fake, length):
+    """`²` passes str.isdigit and fails int(), as 5,000 digits do: a manifest sent with such a
+    length is read to the end of its connection, and a size given only by one is no size."""
+    manifest, configs, _ = image()
+    fake.add_image("odd/length", {"v1": manifest}, configs, OCI_MANIFEST)
+    fake.routes["/v2/odd/length/manifests/v1"] = dataclasses.replace(
+        fake.routes["/v2/odd/length/manifests/v1"], content_length=length
+    )
+    layer = digest_of(b"layer")
+    schema1 = dumps(
+        {
+            "schemaVersion": 1,
+            "name": "odd/head",
+            "tag": "v1",
+            "architecture": "amd64",
+            "fsLayers": [{"blobSum": layer}],
+            "history": [{"v1Compatibility": json.dumps({"id": "a", "created": "2020-01-01T00:00:00Z"})}],
+        }
+    )
+    fake.add_image("odd/head", {"v1": schema1}, {}, "application/vnd.docker.distribution.manifest.v1+json")
+    fake.routes[f"/v2/odd/head/blobs/{layer}"] = Reply(200, b"x" * 3, content_length=length)
+    fake.catalog(["odd/length", "odd/head"])
+    records, errors, _ = crawl(f"docker://{fake.host}")
+    assert [r.name for r in records] == ["odd/length"] and records[0].digest == digest_of(manifest)
+    assert errors == [f"{fake.host}/odd/head:v1: HEAD blob {layer}: 200, no size"]
 
 
 def test_plain_http_only_for_loopback_and_insecure_hosts():

@@ -152,6 +152,9 @@ def test_retry_after_forms():
     assert _retry_after({"Retry-After": "3"}) == 3.0
     assert _retry_after({}) is None
     assert _retry_after({"Retry-After": "soon"}) is None
+    # HTTP numbers are ASCII digits: str.isdigit also takes these, and float() or int() refuses them
+    assert _retry_after({"Retry-After": "\u00b2"}) is None
+    assert _retry_after({"Retry-After": "9" * 5000}) is None
     assert 0 <= _retry_after({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}) < 1
 
 

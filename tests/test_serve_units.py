@@ -348,3 +348,14 @@ def test_rest_connections_leave_half_the_descriptors(monkeypatch, soft, cap):
 
     monkeypatch.setattr(resource, "getrlimit", lambda which: (soft, resource.RLIM_INFINITY))
     assert rest_api.default_max_connections() == cap
+
+
+@pytest.mark.parametrize("text", ["127.0.0.1:\u00b2", "127.0.0.1:\u0663", "127.0.0.1:" + "9" * 5000, "127.0.0.1:65536"])
+def test_a_listen_port_is_ascii_digits_up_to_65535(text):
+    import click
+
+    from queries.server.app import parse_address
+
+    with pytest.raises(click.BadParameter):
+        parse_address(text, "--grpc")
+    assert parse_address("[::1]:08080", "--grpc") == ("::1", 8080)

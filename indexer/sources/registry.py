@@ -47,6 +47,7 @@ from ..references import (
     redact_userinfo,
 )
 from . import mediatypes as mt
+from .bodies import decimal
 from ..shard import in_shard, repository_key
 from .parse import MAX_JSON_BYTES, Context, walk
 from .registry_auth import CATALOG_SCOPE, Credentials, KeyedLocks, find_credentials, repository_scope
@@ -579,10 +580,10 @@ class Crawl:
             )
         except HttpError as exc:
             raise _as_source_error(where, exc) from None
-        length = reply.headers.get("Content-Length", "")
-        if reply.status != 200 or not length.isdigit():
+        length = decimal(reply.headers.get("Content-Length", ""))
+        if reply.status != 200 or length is None:
             raise SourceError(where, f"HEAD blob {digest}: {reply.status}, no size")
-        return int(length)
+        return length
 
     def _paged(
         self, path: str, key: str, scope: str, what: str, limit: int, max_entries: int

@@ -41,7 +41,7 @@ from urllib3.exceptions import TimeoutError as Urllib3Timeout
 from ..errors import AuthError, HostDown, HttpError
 from ..references import redact_userinfo
 from . import mediatypes as mt
-from .bodies import BodyTooLarge, read_capped
+from .bodies import BodyTooLarge, decimal, read_capped
 from .registry_auth import Credentials, HostAuth, parse_token_response
 
 USER_AGENT = "imgdex-registry-crawler/0.1"
@@ -128,8 +128,9 @@ def _retry_after(reply_headers) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    seconds = decimal(value)
+    if seconds is not None:
+        return float(seconds)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
