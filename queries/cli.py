@@ -16,13 +16,15 @@ import sys
 
 import click
 
-from indexer.errors import ImgdexError
+from indexer.errors import ImgdexError, printable
 from indexer.identifiers import DEFAULT_PLATFORM, ID_RE
 from indexer.store.paths import default_store
 
 
 def fail(message: str, code: int = 1):
-    click.echo(f"imgdex: {message}", err=True)
+    # Escaped here too, whatever raised it: a store path or an argument may hold a newline or a
+    # terminal's escape sequence, and a message is one line.
+    click.echo(f"imgdex: {printable(message)}", err=True)
     sys.exit(code)
 
 
@@ -439,7 +441,7 @@ def _get_batch(con, stream, platform):
             # stdout first, so that the two streams interleave as the lines were read
             _put("".join(lines), flush=True)
             lines.clear()
-            click.echo(f"imgdex: {row}", err=True)
+            click.echo(f"imgdex: {printable(str(row))}", err=True)
         else:
             lines.append(render.to_json_line(render.to_response(row)) + "\n")
         if len(lines) >= 4096:

@@ -301,6 +301,15 @@ def test_missing_store_is_a_clear_error(run_cli, tmp_path):
     assert result.exit_code == 1 and "no image store at" in result.stderr
 
 
+def test_a_message_naming_a_path_with_control_characters_stays_one_line(run_cli, tmp_path):
+    result = run_cli("list", "--store", f"{tmp_path}/new\nline\x1b[2J")
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"imgdex: no image store at {tmp_path}/new\\nline\\x1b[2J"
+        " (run `imgdex index` first, or set --store / IMGDEX_STORE)\n"
+    )
+
+
 def test_progress_bar_only_on_a_terminal(monkeypatch, capsys):
     from queries.cli import _Progress
 
