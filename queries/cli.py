@@ -389,7 +389,9 @@ def _echo_document(doc: dict, fmt: str, table=None) -> None:
 @platform_option("Child of a multi-platform index to return.")
 @click.option(
     "--ids-from",
-    type=click.File("r", errors="replace"),
+    # Bytes: a text stream would also end a line at a lone "\r" (universal newlines), and the
+    # output would no longer pair with the input line by line.
+    type=click.File("rb"),
     metavar="FILE|-",
     help="Look up every line of FILE; print one line per line read (see above).",
 )
@@ -431,7 +433,8 @@ def _get_batch(con, stream, platform):
 
     failed = 0
     lines: list[str] = []
-    for _query, row in lookup.batch(con, (line.strip() for line in stream), platform):
+    lines_read = (line.decode("utf-8", errors="replace").strip() for line in stream)
+    for _query, row in lookup.batch(con, lines_read, platform):
         if row is None:
             lines.append("\n")
         elif isinstance(row, ImgdexError):

@@ -111,6 +111,21 @@ def test_get_ids_from_prints_one_document_per_line(run_cli, samples_store, tmp_p
     assert "imgdex: image crp00000000000000000 not found" in result.stderr
 
 
+def test_get_ids_from_lines_end_at_newlines_only(run_cli, samples_store, tmp_path):
+    # `paste ids out` pairs lines split at "\n": a lone "\r" inside a line must not start
+    # another one, or every output line after it stands beside the wrong input.
+    ids = [i["id"] for i in _list_all(run_cli, samples_store)]
+    path = tmp_path / "ids.txt"
+    path.write_bytes(f"{ids[0]}\r\n{ids[1]}\r{ids[2]}\n{ids[3]}\n".encode())
+    result = run_cli("get", "--ids-from", path, "--store", samples_store)
+    assert result.exit_code == 1
+    out = result.stdout.split("\n")
+    assert out[-1] == "" and len(out) - 1 == 3
+    assert json.loads(out[0])["id"] == ids[0]
+    assert json.loads(out[1])["error"]["code"] == 3
+    assert json.loads(out[2])["id"] == ids[3]
+
+
 def test_get_needs_image_or_ids_from(run_cli, samples_store):
     assert run_cli("get", "--store", samples_store).exit_code == 2
 
