@@ -292,6 +292,19 @@ def test_sql_formats(run_cli, samples_store):
     assert bad.exit_code == 1 and bad.stderr.startswith("imgdex: ") and "Traceback" not in bad.output
 
 
+def test_sql_json_lines_are_strict_json(run_cli, samples_store):
+    # NaN and Infinity are no JSON: strict parsers (jq, JSON.parse) refuse the whole line.
+    query = "SELECT 'nan'::DOUBLE AS n, 'inf'::DOUBLE AS i, -'inf'::DOUBLE AS m, [1.5, 'nan'::DOUBLE] AS l"
+    result = run_cli("sql", query, "--store", samples_store, "--format", "json")
+    assert result.exit_code == 0, result.output
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    row = json.loads(result.stdout, parse_constant=refuse)
+    assert row == {"n": "NaN", "i": "Infinity", "m": "-Infinity", "l": [1.5, "NaN"]}
+
+
 def test_sql_layers_view(run_cli, samples_store):
     out = run_cli("sql", "SELECT count(*) AS n FROM image_layers", "--store", samples_store, "--format", "json").stdout
     total = run_cli(
