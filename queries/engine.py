@@ -101,6 +101,10 @@ class Reader:
 
     def run(self, sql: str) -> Result | None:
         """Every statement of `sql`; the result of the last one, or None when there is none."""
+        try:
+            sql.encode("utf-8")
+        except UnicodeEncodeError:  # bytes of an argument that were not UTF-8 (os.fsdecode keeps them)
+            raise QueryError("the query is not UTF-8 text") from None
         statements = self._guard(self._con.extract_statements, sql)
         cursor = None
         for statement in statements:

@@ -305,6 +305,14 @@ def test_sql_json_lines_are_strict_json(run_cli, samples_store):
     assert row == {"n": "NaN", "i": "Infinity", "m": "-Infinity", "l": [1.5, "NaN"]}
 
 
+def test_sql_text_that_is_not_utf8_is_one_line(run_cli, samples_store):
+    # Python keeps an argument's bytes that are not UTF-8 as lone surrogates (os.fsdecode),
+    # which DuckDB cannot take.
+    result = run_cli("sql", "SELECT '\udcff'", "--store", samples_store)
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == ["imgdex: the query is not UTF-8 text"]
+
+
 def test_sql_layers_view(run_cli, samples_store):
     out = run_cli("sql", "SELECT count(*) AS n FROM image_layers", "--store", samples_store, "--format", "json").stdout
     total = run_cli(
