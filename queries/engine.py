@@ -53,10 +53,17 @@ class Result:
         return self._cursor.description
 
     def fetchone(self):
-        return self._reader._guard(self._cursor.fetchone)
+        return self._fetch(self._cursor.fetchone)
 
     def fetchall(self):
-        return self._reader._guard(self._cursor.fetchall)
+        return self._fetch(self._cursor.fetchall)
+
+    def _fetch(self, fetch):
+        try:
+            return self._reader._guard(fetch)
+        except OverflowError as exc:
+            # A value DuckDB holds and Python cannot (an interval beyond timedelta's range).
+            raise QueryError(f"a value of the result cannot be read in Python: {exc}") from None
 
 
 class Reader:

@@ -313,6 +313,14 @@ def test_sql_text_that_is_not_utf8_is_one_line(run_cli, samples_store):
     assert result.stderr.splitlines() == ["imgdex: the query is not UTF-8 text"]
 
 
+@pytest.mark.parametrize("query", ["SELECT INTERVAL 100000000 YEARS AS i", "SELECT to_days(2000000000) AS i"])
+def test_sql_values_python_cannot_hold_are_one_line(run_cli, samples_store, query):
+    result = run_cli("sql", query, "--store", samples_store)
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("imgdex: a value of the result cannot be read"), lines
+
+
 def test_sql_layers_view(run_cli, samples_store):
     out = run_cli("sql", "SELECT count(*) AS n FROM image_layers", "--store", samples_store, "--format", "json").stdout
     total = run_cli(
