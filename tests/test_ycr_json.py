@@ -466,3 +466,28 @@ def test_a_table_escapes_control_characters_of_stored_values(run_cli, tmp_path):
     rows = table.stdout.splitlines()
     assert len({len(row) for row in rows}) == 1  # the columns line up with the escaped text
     assert [d["id"] for d in listing(run_cli, store)] == [doc["id"]]  # stored and answered as written
+
+
+def test_blobs_without_a_digest_render_as_message_to_json_prints_them(run_cli, tmp_path):
+    # An imported Blob may lack its digest: the config is still there (id and size), and an
+    # empty digest is a default value, which the proto3 JSON mapping omits.
+    from google.protobuf import json_format
+    from yandex.cloud.containerregistry.v1 import image_pb2
+
+    from queries.server.grpc_api import image_message
+
+    doc = {
+        "id": "crpbbbbbbbbbbbbbbbb1",
+        "name": "crp456/nodigest",
+        "config": {"id": "crpcccccccccccccccc1", "size": "10"},
+        "layers": [{"id": "crpdddddddddddddddd1", "size": "5"}],
+    }
+    path = tmp_path / "nodigest.json"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    store = str(tmp_path / "store")
+    assert run_cli("index", f"ycr-json:{path}", "--store", store).exit_code == 0
+    expected = json.loads(json_format.MessageToJson(json_format.ParseDict(doc, image_pb2.Image())))
+    assert expected == doc
+    assert get(run_cli, store, doc["id"]) == doc
+    assert listing(run_cli, store) == [doc]
+    assert image_message(doc) == json_format.ParseDict(doc, image_pb2.Image())  # as serve answers it
