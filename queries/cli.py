@@ -721,6 +721,7 @@ _LEAVE_AT_ONCE = ("index", "get")
 
 def main():
     code, output_ok = 0, True
+    _utf8_stdout()
     try:
         cli(prog_name="imgdex")
     except SystemExit as exc:
@@ -744,6 +745,17 @@ def main():
     if not output_ok or _command() in _LEAVE_AT_ONCE:
         os._exit(code)
     sys.exit(code)
+
+
+def _utf8_stdout() -> None:
+    """Print UTF-8 whatever the locale says: JSON is UTF-8 (RFC 8259), and under a C, ASCII or
+    Latin-1 locale a name or URL outside it ended the command in a UnicodeEncodeError."""
+    stream = sys.stdout
+    if stream is None or not hasattr(stream, "reconfigure"):
+        return
+    if (stream.encoding or "").lower().replace("-", "").replace("_", "") not in ("utf8", "utf8sig"):
+        with contextlib.suppress(OSError, ValueError):
+            stream.reconfigure(encoding="utf-8")
 
 
 def _say_output_failed(reason: str) -> None:

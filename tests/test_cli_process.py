@@ -101,3 +101,31 @@ def test_closed_stdout_is_one_line(samples_store, one_id, tmp_path):
     result = _imgdex("index", "--store", store, "--quiet", *sample_sources(), closed_stdout=True)
     assert result.returncode == 1 and result.stderr.splitlines() == closed_line
     assert json.loads(_imgdex("list", "--store", store, "--format", "json").stdout)["images"]
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
+def test_output_is_utf8_whatever_the_locale_says(tmp_path, encoding):
+    """JSON is UTF-8: a URL outside the locale's charset is printed, not a UnicodeEncodeError."""
+    import os
+
+    doc = {
+        "id": "crpaaaaaaaaaaaaaaaa1",
+        "name": "crp456/app",
+        "digest": "sha256:" + "1" * 64,
+        "config": {"id": "crpbbbbbbbbbbbbbbbb1", "digest": "sha256:" + "2" * 64, "urls": ["https://e.example/\u20ac"]},
+    }
+    source = tmp_path / "image.json"
+    source.write_text(json.dumps(doc), encoding="utf-8")
+    store = str(tmp_path / "store")
+    assert _imgdex("index", "--store", store, f"ycr-json:{source}").returncode == 0
+    env = {**os.environ, "PYTHONIOENCODING": encoding}
+    for args, stdin in ((("get", doc["id"]), None), (("get", "--ids-from", "-"), doc["id"] + "\n"), (("list",), None)):
+        done = subprocess.run(
+            [sys.executable, "-m", "queries.cli", *args, "--store", store],
+            input=None if stdin is None else stdin.encode(),
+            capture_output=True,
+            env=env,
+            timeout=120,
+        )
+        assert done.returncode == 0 and done.stderr == b"", done.stderr.decode(errors="replace")
+        assert "https://e.example/\u20ac" in done.stdout.decode("utf-8")
