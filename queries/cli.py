@@ -433,8 +433,7 @@ def _get_batch(con, stream, platform):
 
     failed = 0
     lines: list[str] = []
-    lines_read = (line.decode("utf-8", errors="replace").strip() for line in stream)
-    for _query, row in lookup.batch(con, lines_read, platform):
+    for _query, row in lookup.batch(con, _query_lines(stream), platform):
         if row is None:
             lines.append("\n")
         elif isinstance(row, ImgdexError):
@@ -453,6 +452,24 @@ def _get_batch(con, stream, platform):
     _put("".join(lines), flush=True)
     if failed:
         sys.exit(1)
+
+
+# Bytes of one --ids-from line: the longest reference (host, name, tag and digest) is under 1,000.
+MAX_QUERY_LINE = 4096
+
+
+def _query_lines(stream):
+    """The lines of `stream` as text; a line longer than MAX_QUERY_LINE is skipped in bounded
+    reads and given as its error, so that no line holds more memory than that."""
+    from indexer.errors import QueryError
+
+    while line := stream.readline(MAX_QUERY_LINE + 1):
+        if len(line) > MAX_QUERY_LINE and not line.endswith(b"\n"):
+            while (rest := stream.readline(1 << 16)) and not rest.endswith(b"\n"):
+                pass
+            yield QueryError(f"line longer than {MAX_QUERY_LINE} bytes")
+            continue
+        yield line.decode("utf-8", errors="replace").strip()
 
 
 @cli.command(name="list")

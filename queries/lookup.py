@@ -117,8 +117,9 @@ def resolve(con, query: str, platform: str = DEFAULT_PLATFORM):
     return by_id(con, pick_platform(con, rows[0], platform))
 
 
-def batch(con, queries: Iterable[str], platform: str = DEFAULT_PLATFORM) -> Iterator[tuple[str, object]]:
+def batch(con, queries: Iterable[str | ImgdexError], platform: str = DEFAULT_PLATFORM) -> Iterator[tuple[str, object]]:
     """(query, row or error) for each query, in order; None for an empty query. Ids are fetched in bulk.
+    A query that is an error already (a line its reader refused) is answered with it.
 
     The error is NotFound, Ambiguous or QueryError (a malformed query); a store that cannot be
     read raises instead, since no later query could be answered either.
@@ -126,7 +127,7 @@ def batch(con, queries: Iterable[str], platform: str = DEFAULT_PLATFORM) -> Iter
     pending: list[str] = []
 
     def drain():
-        ids = [q for q in pending if ID_RE.fullmatch(q)]
+        ids = [q for q in pending if isinstance(q, str) and ID_RE.fullmatch(q)]
         found = {}
         if ids:
             for row in con.execute(
@@ -134,6 +135,9 @@ def batch(con, queries: Iterable[str], platform: str = DEFAULT_PLATFORM) -> Iter
             ).fetchall():
                 found[row[0]] = row
         for q in pending:
+            if not isinstance(q, str):  # the reader's own verdict on a line (one too long to read)
+                yield "", q
+                continue
             row = found.get(q)
             if row is None and q:
                 try:

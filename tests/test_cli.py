@@ -126,6 +126,26 @@ def test_get_ids_from_lines_end_at_newlines_only(run_cli, samples_store, tmp_pat
     assert json.loads(out[2])["id"] == ids[3]
 
 
+def test_get_ids_from_refuses_a_line_too_long_to_be_a_reference_and_goes_on(run_cli, samples_store, tmp_path):
+    # A line is held whole before it is looked up: one without an end (a file of no newline)
+    # would take all memory. Past 4,096 bytes it is skipped unread, and answered as an error.
+    from queries.cli import MAX_QUERY_LINE
+
+    ids = [i["id"] for i in _list_all(run_cli, samples_store)]
+    path = tmp_path / "ids.txt"
+    long_lines = [b"x" * (MAX_QUERY_LINE + 1), b"y" * (3 * 65536 + 7)]
+    path.write_bytes(b"\n".join([ids[0].encode(), long_lines[0], ids[1].encode(), long_lines[1], ids[2].encode()]))
+    result = run_cli("get", "--ids-from", path, "--store", samples_store)
+    assert result.exit_code == 1
+    docs = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [docs[0]["id"], docs[2]["id"], docs[4]["id"]] == ids[:3]
+    too_long = {"error": {"code": 3, "message": f"line longer than {MAX_QUERY_LINE} bytes"}}
+    assert docs[1] == docs[3] == too_long
+    assert result.stderr.count(f"imgdex: line longer than {MAX_QUERY_LINE} bytes") == 2
+    path.write_bytes(ids[0].encode() + b" " * (MAX_QUERY_LINE - 20) + b"\n")  # at the bound: read
+    assert json.loads(run_cli("get", "--ids-from", path, "--store", samples_store).stdout)["id"] == ids[0]
+
+
 def test_get_needs_image_or_ids_from(run_cli, samples_store):
     assert run_cli("get", "--store", samples_store).exit_code == 2
 
