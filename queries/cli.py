@@ -411,6 +411,8 @@ def get(image, store, fmt, platform, ids_from, as_of):
 
     if (image is None) == (ids_from is None):
         raise click.UsageError("give either IMAGE or --ids-from")
+    if ids_from is not None and fmt != "json":
+        raise click.UsageError("--ids-from prints one JSON line per input line; --format does not apply")
     lookup.parse_platform(platform)
     if ids_from is None and ID_RE.fullmatch(image):
         # Most gets name an id: look in the files that may hold it first, the whole store only if

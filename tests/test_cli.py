@@ -150,6 +150,11 @@ def test_get_needs_image_or_ids_from(run_cli, samples_store):
     assert run_cli("get", "--store", samples_store).exit_code == 2
 
 
+def test_get_ids_from_does_not_take_another_format_it_would_ignore(run_cli, samples_store):
+    result = run_cli("get", "--ids-from", "-", "--format", "yaml", "--store", samples_store, input="x\n")
+    assert result.exit_code == 2 and "--format does not apply" in result.stderr and result.stdout == ""
+
+
 def test_list_default_order_is_name_then_digest(run_cli, samples_store):
     images = _list_all(run_cli, samples_store)
     keys = [(i.get("name", ""), i.get("digest", "")) for i in images]
