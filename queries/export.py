@@ -10,8 +10,10 @@ views `images`, `tags` and `runs` of `con`, and returns the row count of each. `
 
 pyarrow writes the files, not DuckDB's `COPY ... TO`: the Reader's DuckDB may open no file but the
 store's own (that lock is what makes every read path safe), so the export must not need it. Each file
-is written under a temporary name in the target folder and renamed over the old one, so a reader of
-the folder sees a whole previous file or a whole new one, never a partial one.
+is written under a temporary name in the target folder, and only once every table is written are they
+renamed over the old ones: a reader of the folder sees a whole previous file or a whole new one, never
+a partial one, and an export that fails (a full disk, a store that cannot be read) leaves the previous
+export as it was, not new images beside old tags.
 
 Rows reach pyarrow in record batches from a relation (`con.sql(...)`, or the Reader's
 `arrow_batches`), which streams: `con.execute(...)` would first materialise the whole result inside
@@ -62,9 +64,20 @@ def export_store(con, directory: str, tables: Iterable[str] = TABLES, *, batch_r
         os.makedirs(directory, exist_ok=True)
     except OSError as exc:
         raise QueryError(f"cannot create {printable(directory)}: {exc.strerror or exc}") from None
-    counts = {}
-    for table in tables:
-        counts[table] = _export_table(con, table, os.path.join(directory, f"{table}.parquet"), batch_rows)
+    counts, written = {}, []
+    try:
+        for table in tables:
+            path = os.path.join(directory, f"{table}.parquet")
+            counts[table], temporary = _export_table(con, table, path, batch_rows)
+            written.append((temporary, path))
+        for temporary, path in written:
+            _rename(temporary, path)
+    except BaseException:
+        for temporary, _ in written:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+        raise
+    _fsync_dir(directory)
     return counts
 
 
@@ -107,11 +120,12 @@ def _column(name: str, dtype: str) -> str:
     return f"timezone('UTC', make_timestamp({micros})) AS {column}"
 
 
-def _export_table(con, table: str, path: str, batch_rows: int) -> int:
+def _export_table(con, table: str, path: str, batch_rows: int) -> tuple[int, str]:
+    """Rows written and the temporary file beside `path` that holds them."""
     try:
         batches = _batches(con, select_sql(con, table), batch_rows)
         schema = _spark_schema(table, batches.schema)
-        return _write_atomically(path, schema, batches)
+        return _write_temporary(path, schema, batches)
     except duckdb.Error as exc:
         raise QueryError(f"cannot export {table}: {_first_line(exc)}") from None
     except pa.ArrowException as exc:
@@ -163,7 +177,7 @@ def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
-def _write_atomically(path: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> int:
+def _write_temporary(path: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> tuple[int, str]:
     folder, name = os.path.split(path)
     temporary = os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     # O_EXCL: never write through a name someone else made; 0o666 under the umask, like any file.
@@ -178,13 +192,18 @@ def _write_atomically(path: str, schema: pa.Schema, batches: Iterable[pa.RecordB
                     rows += batch.num_rows
             sink.flush()
             os.fsync(sink.fileno())
-        os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
-    _fsync_dir(folder)
-    return rows
+    return rows, temporary
+
+
+def _rename(temporary: str, path: str) -> None:
+    try:
+        os.replace(temporary, path)
+    except OSError as exc:
+        raise QueryError(f"cannot write {printable(path)}: {exc.strerror or _first_line(exc)}") from None
 
 
 def _fsync_dir(folder: str) -> None:

@@ -251,6 +251,22 @@ def test_export_replaces_files_whole_and_refuses_a_file_as_target(source_con, tm
     assert target.read_text() == "x"
 
 
+def test_a_failed_export_leaves_the_previous_export_whole(source_con, tmp_path):
+    # A folder of images from one export and tags from another is a store whose tags name images
+    # it lacks: so a table that fails (here runs, read last) leaves every file as it was.
+    out = tmp_path / "out"
+    export_store(source_con, str(out))
+    before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+    con = duckdb.connect()
+    for table, make in SOURCE.items():
+        con.register(f"{table}_arrow", make().slice(0, 1))
+        con.execute(f"CREATE VIEW {table} AS SELECT * FROM {table}_arrow")
+    con.execute("CREATE OR REPLACE VIEW runs AS SELECT * FROM runs_arrow WHERE error('the store went away') IS NULL")
+    with pytest.raises(QueryError, match="cannot export runs: .*the store went away"):
+        export_store(con, str(out))
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
+
+
 def test_spark_reads_the_samples_store(spark, samples_store, tmp_path):
     """The real store, end to end: through `imgdex export` once the CLI has it, else the function it calls."""
     from queries.cli import cli
