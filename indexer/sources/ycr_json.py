@@ -54,6 +54,12 @@ def _camel(doc: dict) -> dict:
     return {_SNAKE.get(key, key): value for key, value in doc.items()}
 
 
+def _present(doc: dict) -> dict:
+    # proto3 JSON reads `null` as the field's default, as if it were absent (`json_format.Parse`
+    # takes `"layers": null` as no layers, `"size": null` as 0)
+    return {key: value for key, value in doc.items() if value is not None}
+
+
 _DECIMAL = re.compile(r"-?[0-9]+", re.ASCII)
 
 
@@ -80,6 +86,7 @@ def _blob(raw: object, where: str, what: str, notes: list[str]) -> Blob:
     unknown = sorted(set(raw) - _BLOB_FIELDS)
     if unknown:
         notes.append(f"{where}: {what} has fields that are not part of Blob and are not kept: {', '.join(unknown)}")
+    raw = _present(raw)
     digest = raw.get("digest", "")
     if not isinstance(digest, str) or (digest and not is_valid_digest(digest)):
         raise SourceError(where, f"{what} has an invalid digest {digest!r}")
@@ -101,6 +108,7 @@ def image_record(raw: object, registry: str, ctx: Context, where: str, notes: li
     unknown = sorted(set(doc) - _IMAGE_FIELDS)
     if unknown:
         notes.append(f"{where}: fields that are not part of Image are not kept: {', '.join(unknown)}")
+    doc = _present(doc)
     image_id = doc.get("id")
     if not isinstance(image_id, str) or not image_id:
         raise SourceError(where, "the image has no id")
