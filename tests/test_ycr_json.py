@@ -258,7 +258,9 @@ def test_invalid_tags_are_dropped_with_a_note_and_the_image_lands(run_cli, tmp_p
     assert result.exit_code == 0 and get(run_cli, store, doc["id"]) == doc
 
 
-@pytest.mark.parametrize("name", ["crp1/App", "crp1/team/../app", "crp1/app\n", "crp1/тест"])
+@pytest.mark.parametrize(
+    "name", ["crp1/App", "crp1/team/../app", "crp1/app\n", "crp1/тест", "crp1/app:1", "crp1/app@sha256:" + "a" * 64]
+)
 def test_invalid_name_fails_that_image_as_a_missing_name_does(run_cli, tmp_path, name):
     good, victim = images_of("image-array.json")[:2]
     path = tmp_path / "names.json"

@@ -124,6 +124,8 @@ def image_record(raw: object, registry: str, ctx: Context, where: str, notes: li
         ref = parse_reference(f"{registry}/{name}")
     except ImgdexError as exc:
         raise SourceError(where, f"image {image_id}: {exc}") from None
+    if ref.tag or ref.digest:  # a reference, not a name: stored, it would be answered without them
+        raise SourceError(where, f"image {image_id}: invalid repository name {name!r}")
     digest = doc.get("digest", "")
     if not isinstance(digest, str) or (digest and not is_valid_digest(digest)):
         raise SourceError(where, f"image {image_id} has an invalid digest {digest!r}")
