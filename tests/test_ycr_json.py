@@ -522,3 +522,22 @@ def test_null_is_the_default_value_as_proto3_json_reads_it(run_cli, tmp_path, pa
     result = run_cli("index", f"ycr-json:{file}", "--store", store)
     assert result.exit_code == 0, result.output
     assert get(run_cli, store, doc["id"]) == as_message_to_json(doc)
+
+
+@pytest.mark.parametrize("change", [{"digest": "sha256:" + "b" * 64}, {"tags": ["2.0"]}, {"createdAt": None}])
+def test_an_id_listed_twice_with_different_contents_fails_the_second(run_cli, tmp_path, change):
+    """Merged, the two would answer a document that neither holds (one's digest, both's tags)."""
+    first = load("image-get.json")
+    again = {
+        "compressed_size": int(first["compressedSize"]),
+        **{k: v for k, v in first.items() if k != "compressedSize"},
+    }
+    path = tmp_path / "twice.json"
+    path.write_text(json.dumps([first, dict(first, **change), again]), encoding="utf-8")
+    store = str(tmp_path / "store")
+    result = run_cli("index", f"ycr-json:{path}", "--store", store)
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        f"imgdex: {path}[1]: image {first['id']} is listed twice with different contents; the first is kept"
+    ]
+    assert get(run_cli, store, first["id"]) == first
