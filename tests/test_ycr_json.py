@@ -541,3 +541,38 @@ def test_an_id_listed_twice_with_different_contents_fails_the_second(run_cli, tm
         f"imgdex: {path}[1]: image {first['id']} is listed twice with different contents; the first is kept"
     ]
     assert get(run_cli, store, first["id"]) == first
+
+
+@pytest.mark.parametrize("shape", ["array", "lines", "list response", "config"])
+def test_a_member_given_twice_fails_that_image(run_cli, tmp_path, shape):
+    """json_format.Parse refuses a repeated key ("duplicate key"); json.loads keeps the last one."""
+    victim, good = images_of("image-array.json")[:2]  # the first has a config
+    text = json.dumps(victim)
+    if shape == "config":
+        assert text.count('"size": "') > 1
+        text, where, what = text.replace('"size": "', '"size": "1", "size": "', 1), "[1]", "config"
+    else:
+        text, where, what = text[:-1] + ', "name": "crp1/other"}', "[1]", "the image"
+    if shape == "lines":
+        text, where = f"{json.dumps(good)}\n{text}\n", " line 2"
+    elif shape == "list response":
+        text, where = f'{{"images": [{json.dumps(good)}, {text}]}}', " images[1]"
+    else:
+        text = f"[{json.dumps(good)}, {text}]"
+    path = tmp_path / "twice.json"
+    path.write_text(text, encoding="utf-8")
+    store = str(tmp_path / "store")
+    result = run_cli("index", f"ycr-json:{path}", "--store", store)
+    assert result.exit_code == 1
+    field = "size" if shape == "config" else "name"
+    assert result.stderr.strip().splitlines() == [f"imgdex: {path}{where}: {what} has the field {field!r} twice"]
+    assert [d["id"] for d in listing(run_cli, store)] == [good["id"]]
+
+
+def test_an_image_document_with_a_field_given_twice_fails(run_cli, tmp_path):
+    doc = json.dumps(load("image-get.json"), indent=2)
+    path = tmp_path / "get.json"
+    path.write_text(doc[: doc.rindex("}")] + ',  "tags": []\n}\n', encoding="utf-8")
+    result = run_cli("index", f"ycr-json:{path}", "--store", str(tmp_path / "store"))
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [f"imgdex: {path}: the image has the field 'tags' twice"]

@@ -26,8 +26,9 @@ STARTS_A_VALUE = frozenset('[{"-0123456789tfnNI')
 class JsonText:
     """JSON text decoded from byte pieces, read one value at a time through a sliding window."""
 
-    def __init__(self, pieces: Iterable[bytes], where: str, what: str, max_value: int | None = None):
+    def __init__(self, pieces: Iterable[bytes], where: str, what: str, max_value: int | None = None, decoder=_DECODER):
         self._pieces = iter(pieces)
+        self._decoder = decoder
         self.max_value = max_value  # the longest value read, in characters; None: no limit
         self._utf8 = codecs.getincrementaldecoder("utf-8")("surrogatepass")  # as json.loads decodes bytes
         self.where = where
@@ -133,7 +134,7 @@ class JsonText:
         self.peek()
         while True:
             try:
-                value, end = _DECODER.raw_decode(self.text, self.pos)
+                value, end = self._decoder.raw_decode(self.text, self.pos)
             except json.JSONDecodeError as exc:
                 if not self.eof and (exc.pos >= len(self.text) - _MARGIN or exc.msg.startswith("Unterminated")):
                     self._more(max(len(self.text) - self.pos, GROW))  # at least double the window

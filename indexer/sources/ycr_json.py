@@ -55,6 +55,31 @@ def _camel(doc: dict) -> dict:
     return {_SNAKE.get(key, key): value for key, value in doc.items()}
 
 
+class _Repeated(dict):
+    """An object that names a member twice, which proto3 JSON refuses (`json_format.Parse`: "duplicate
+    key"); `json` keeps the last silently. Marked rather than refused while parsing, so that it
+    fails its image, not the file."""
+
+    key = ""
+
+
+def _pairs(pairs: list[tuple[str, object]]) -> dict:
+    doc = dict(pairs)
+    if len(doc) < len(pairs):
+        doc = _Repeated(doc)
+        seen = set()
+        doc.key = next(key for key, _ in pairs if key in seen or seen.add(key))
+    return doc
+
+
+_JSON = json.JSONDecoder(object_pairs_hook=_pairs)
+
+
+def _repeats(raw: dict, where: str, what: str) -> None:
+    if type(raw) is _Repeated:
+        raise SourceError(where, f"{what} has the field {raw.key!r} twice")
+
+
 def _present(doc: dict) -> dict:
     # proto3 JSON reads `null` as the field's default, as if it were absent (`json_format.Parse`
     # takes `"layers": null` as no layers, `"size": null` as 0)
@@ -84,6 +109,7 @@ def _int64(value: object, where: str, what: str) -> int:
 def _blob(raw: object, where: str, what: str, notes: list[str]) -> Blob:
     if not isinstance(raw, dict):
         raise SourceError(where, f"{what} is not an object")
+    _repeats(raw, where, what)
     unknown = sorted(set(raw) - _BLOB_FIELDS)
     if unknown:
         notes.append(f"{where}: {what} has fields that are not part of Blob and are not kept: {', '.join(unknown)}")
@@ -105,6 +131,7 @@ def image_record(raw: object, registry: str, ctx: Context, where: str, notes: li
     """One Image message (camelCase or snake_case JSON) -> an imported record."""
     if not isinstance(raw, dict):
         raise SourceError(where, "an image is not a JSON object")
+    _repeats(raw, where, "the image")
     doc = _camel(raw)
     unknown = sorted(set(doc) - _IMAGE_FIELDS)
     if unknown:
@@ -181,7 +208,7 @@ _PARSER_SAYS = f"{_PARSER_WHAT} is "
 
 def _document_text(pieces: Iterable[bytes], where: str) -> JsonText:
     """A single JSON document, one value at a time, no value longer than MAX_VALUE_BYTES."""
-    return JsonText(pieces, where, _PARSER_WHAT, max_value=MAX_VALUE_BYTES)
+    return JsonText(pieces, where, _PARSER_WHAT, max_value=MAX_VALUE_BYTES, decoder=_JSON)
 
 
 def _pieces(f: BinaryIO, where: str) -> Iterator[bytes]:
@@ -230,7 +257,7 @@ def _lines(pieces: Iterator[bytes], where: str, number: int) -> Iterator[tuple[i
 def _line_document(line: bytes, where: str, number: int) -> object:
     place = f"{where} line {number}"
     try:
-        return json.loads(line.decode("utf-8"))
+        return _JSON.decode(line.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise SourceError(place, str(exc)) from None
     except ValueError as exc:
@@ -263,7 +290,7 @@ def _raw_images(pieces: Iterator[bytes], where: str, notes: list[str]) -> Iterat
     line, newline, rest = data.partition(b"\n")
     if (newline or size <= MAX_VALUE_BYTES) and len(line) <= MAX_VALUE_BYTES:
         try:
-            value = json.loads(line.decode("utf-8-sig"))
+            value = _JSON.decode(line.decode("utf-8-sig"))
         except ValueError as exc:
             if "Extra data" in str(exc):  # two values on one line
                 raise SourceError(f"{where} line {first}", f"not valid JSON ({str(exc).splitlines()[0]})") from None
@@ -315,6 +342,9 @@ def _object(text: JsonText, where: str, notes: list[str]) -> Iterator[tuple[str,
             for position, element in enumerate(text.elements()):
                 yield f"{where} images[{position}]", element
         else:
+            if key in members and type(members) is not _Repeated:
+                members = _Repeated(members)
+                members.key = key
             start = text.offset()
             members[key] = text.value()
             kept += text.offset() - start
