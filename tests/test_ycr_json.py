@@ -576,3 +576,25 @@ def test_an_image_document_with_a_field_given_twice_fails(run_cli, tmp_path):
     result = run_cli("index", f"ycr-json:{path}", "--store", str(tmp_path / "store"))
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines() == [f"imgdex: {path}: the image has the field 'tags' twice"]
+
+
+@pytest.mark.parametrize(
+    "created", ["2026-11-30T08:15:02.417z", "2026-11-30t08:15:02Z", "2026-11-30 08:15:02Z", "2026-12-31T23:59:60Z"]
+)
+def test_created_at_in_a_form_proto3_json_refuses_fails_that_image(run_cli, tmp_path, created):
+    from google.protobuf import json_format
+    from yandex.cloud.containerregistry.v1 import image_pb2
+
+    good, victim = images_of("image-array.json")[:2]
+    victim = dict(victim, createdAt=created)
+    with pytest.raises(json_format.ParseError):
+        json_format.ParseDict(victim, image_pb2.Image())
+    path = tmp_path / "created.json"
+    path.write_text(json.dumps([good, victim]), encoding="utf-8")
+    store = str(tmp_path / "store")
+    result = run_cli("index", f"ycr-json:{path}", "--store", store)
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        f"imgdex: {path}[1]: image {victim['id']}: createdAt {created!r} is not a proto3 JSON timestamp"
+    ]
+    assert [d["id"] for d in listing(run_cli, store)] == [good["id"]]

@@ -87,6 +87,11 @@ def _present(doc: dict) -> dict:
 
 
 _DECIMAL = re.compile(r"-?[0-9]+", re.ASCII)
+# A google.protobuf.Timestamp as proto3 JSON writes it: RFC 3339 with `T` and `Z` in upper case
+# and no leap second, which json_format.Parse refuses (the image configs' `timestamps` takes them).
+_TIMESTAMP = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-5][0-9](?:\.[0-9]{1,9})?(?:Z|[+-][0-9]{2}:[0-9]{2})", re.ASCII
+)
 
 
 def _int64(value: object, where: str, what: str) -> int:
@@ -175,9 +180,10 @@ def image_record(raw: object, registry: str, ctx: Context, where: str, notes: li
     created_text = doc.get("createdAt")
     created = None
     if created_text is not None:
-        created = timestamps.normalise(created_text) if isinstance(created_text, str) else None
+        if isinstance(created_text, str) and _TIMESTAMP.fullmatch(created_text):
+            created = timestamps.normalise(created_text)
         if created is None:
-            raise SourceError(where, f"image {image_id}: createdAt {created_text!r} is not an RFC 3339 time")
+            raise SourceError(where, f"image {image_id}: createdAt {created_text!r} is not a proto3 JSON timestamp")
     declared = _int64(doc["compressedSize"], where, "compressedSize") if "compressedSize" in doc else 0
     return ImageRecord(
         id=image_id,
