@@ -105,6 +105,18 @@ class ImageRecord:
         return sum(layer.size for layer in self.layers)
 
 
+def same_resource(a: ImageRecord, b: ImageRecord) -> bool:
+    """Whether two records of one id name one image: the same repository, and the same manifest
+    where both know it. Computed ids hash just that; an imported id is kept as written, so a
+    crafted one can be another image's."""
+    return (a.registry, a.name) == (b.registry, b.name) and (not a.digest or not b.digest or a.digest == b.digest)
+
+
+def resource_name(record: ImageRecord) -> str:
+    """What a record's id names, for messages: registry/name@digest."""
+    return f"{record.registry}/{record.name}" + (f"@{record.digest}" if record.digest else "")
+
+
 def merge_records(old: ImageRecord, new: ImageRecord) -> ImageRecord:
     """Two records of one resource. The more exact one wins whole; of two equally exact ones,
     each field keeps the value that is known, or the greater of two (see `_merge_equal`). Tags

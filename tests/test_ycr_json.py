@@ -598,3 +598,31 @@ def test_created_at_in_a_form_proto3_json_refuses_fails_that_image(run_cli, tmp_
         f"imgdex: {path}[1]: image {victim['id']}: createdAt {created!r} is not a proto3 JSON timestamp"
     ]
     assert [d["id"] for d in listing(run_cli, store)] == [good["id"]]
+
+
+@pytest.mark.parametrize("one_run", [False, True])
+def test_an_imported_id_that_is_another_images_id_fails_the_import(run_cli, tmp_path, one_run):
+    """An imported id is kept as written, so a crafted one can be the id imgdex computed for
+    another image. Merged under it, that image vanished and its tag moved to the import."""
+    store = str(tmp_path / "store")
+    layout = ["oci:" + os.path.join(REAL, "oci-layout") + ":v1", "--repository", "cr.yandex/crp1/lay"]
+    if not one_run:
+        assert run_cli("index", *layout, "--store", store).exit_code == 0
+    before = get(run_cli, store, "cr.yandex/crp1/lay:v1") if not one_run else None
+    doc = dict(load("image-get.json"), name="crp7/other", tags=["t"])
+    path = tmp_path / "crafted.json"
+    stolen = before["id"] if before else None
+    if stolen is None:  # in one run: the id the layout's image gets, learnt from a store of its own
+        scratch = str(tmp_path / "scratch")
+        assert run_cli("index", *layout, "--store", scratch).exit_code == 0
+        stolen = get(run_cli, scratch, "cr.yandex/crp1/lay:v1")["id"]
+    path.write_text(json.dumps(dict(doc, id=stolen)), encoding="utf-8")
+    sources = [*layout[:1], f"ycr-json:{path}", *layout[1:]] if one_run else [f"ycr-json:{path}"]
+    result = run_cli("index", *sources, "--store", store)
+    assert result.exit_code == 1
+    [line] = [x for x in result.stderr.splitlines() if "already that of" in x]
+    assert f"image {stolen} (cr.yandex/crp7/other@{doc['digest']}) cannot be stored" in line
+    assert line.endswith(f"its id is already that of cr.yandex/crp1/lay@{get(run_cli, store, stolen)['digest']}")
+    kept = get(run_cli, store, "cr.yandex/crp1/lay:v1")
+    assert kept["id"] == stolen and kept["name"] == "crp1/lay" and kept["tags"] == ["v1"]
+    assert run_cli("get", "cr.yandex/crp7/other:t", "--store", store).exit_code == 1

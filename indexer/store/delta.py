@@ -448,10 +448,11 @@ class Snapshot:
         return None if versions is None else deltalog.resolved_sql(*versions, columns=columns)
 
     def image_state(self, ids: Sequence[str] | pa.Array) -> pa.Table:
-        """id, exactness, content_hash and tags of the current rows of `ids` that exist; reads only
-        those narrow columns, so it stays cheap on a large table."""
+        """id, exactness, content_hash, tags and what the id names (registry, name, digest) of the
+        current rows of `ids` that exist; reads only those narrow columns, so it stays cheap on a
+        large table."""
         ids = ids.to_pylist() if isinstance(ids, (pa.Array, pa.ChunkedArray)) else list(ids)
-        sql = self.may_hold("id", ids) and self.current_of(ids, ("id", "exactness", CONTENT_HASH, "tags"))
+        sql = self.may_hold("id", ids) and self.current_of(ids, tuple(_IMAGE_STATE.names))
         if not sql:
             return arrow.empty(_IMAGE_STATE)
         state = _arrow(self._connect(), sql)
@@ -1488,10 +1489,13 @@ def premerge(
     # Decided on the narrow columns; the wide rows stay in Arrow, and only those that merge
     # field by field become Python (a batch of new images is one `take`).
     exactness = incoming.column("exactness").to_pylist()
+    digests = incoming.column("digest").to_pylist()
     for position, (image_id, registry, name, claimed, exact, content) in enumerate(
         zip(ids, registries, names, claimed_tags, exactness, store_hash, strict=True)
     ):
         stored = state.get(image_id)
+        if stored is not None:
+            _check_same_resource(image_id, stored, registry, name, digests[position])
         own = {t for t in claimed or () if final_holder.get((registry, name, t)) == image_id}
         keep_stored = set(stored["tags"] or ()) if stored else set()
         tags = sorted((keep_stored | own) - losing.get(image_id, set()))
@@ -1565,8 +1569,27 @@ def premerge(
 
 _IMAGE_TAGS = pa.schema([("id", pa.string()), ("tags", pa.list_(pa.string()))])
 _IMAGE_STATE = pa.schema(
-    [("id", pa.string()), ("exactness", pa.int8()), (CONTENT_HASH, pa.int64()), ("tags", pa.list_(pa.string()))]
+    [
+        ("id", pa.string()),
+        ("exactness", pa.int8()),
+        (CONTENT_HASH, pa.int64()),
+        ("tags", pa.list_(pa.string())),
+        ("registry", pa.string()),
+        ("name", pa.string()),
+        ("digest", pa.string()),
+    ]
 )
+
+
+def _check_same_resource(image_id: str, stored: dict, registry, name, digest) -> None:
+    """ValueError when `image_id` is stored for another image. Ids computed by imgdex hash what
+    they name, so only an imported id (kept as written) can be another's: merged, the stored
+    image would vanish under the import, its tags moving along. The run fails that record alone."""
+    same = (stored["registry"], stored["name"]) == (registry, name)
+    if same and (not stored["digest"] or not digest or stored["digest"] == digest):
+        return
+    held = f"{stored['registry'] or ''}/{stored['name'] or ''}" + (f"@{stored['digest']}" if stored["digest"] else "")
+    raise ValueError(f"its id is already that of {held}")
 
 
 def _cast_schema_for_rows() -> pa.Schema:
