@@ -203,6 +203,19 @@ def _join_layers(a: tuple[Blob, ...], b: tuple[Blob, ...]) -> tuple[Blob, ...]:
     return tuple(_join_blob(x, y) for x, y in zip(a, b, strict=True))
 
 
+def _history_key(history: tuple[HistoryEntry, ...]) -> list[tuple]:
+    # The engine's API gives history times in whole seconds ("…:26Z") where the config says
+    # "…:26.566970946Z". As text "Z" sorts after ".", so the cut time was the greater; without
+    # the "Z" it is a prefix of the exact one and sorts first. The whole text breaks ties.
+    return [(e.created.removesuffix("Z"), e.created, e.created_by, e.comment, e.empty_layer) for e in history]
+
+
+def _join_history(a: tuple[HistoryEntry, ...], b: tuple[HistoryEntry, ...]) -> tuple[HistoryEntry, ...]:
+    if not a or not b or a == b:
+        return a or b
+    return a if _history_key(a) >= _history_key(b) else b
+
+
 def _join_platform(a: Platform | None, b: Platform | None) -> Platform | None:
     if a is None or b is None:
         return b if a is None else a
@@ -235,7 +248,7 @@ def _merge_equal(old: ImageRecord, new: ImageRecord, tags: tuple[str, ...]) -> I
         env=_join(old.env, new.env),
         entrypoint=_join(old.entrypoint, new.entrypoint),
         cmd=_join(old.cmd, new.cmd),
-        history=_join(old.history, new.history),
+        history=_join_history(old.history, new.history),
         diff_ids=_join(old.diff_ids, new.diff_ids),
         manifest_raw=_join(old.manifest_raw, new.manifest_raw),
         config_raw=_join(old.config_raw, new.config_raw),

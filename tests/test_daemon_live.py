@@ -342,6 +342,33 @@ def test_engine_then_oci_archive_is_one_resource_and_the_exact_record_wins(engin
     assert get(folder, f"{reg}/team/app-oci:v1") == after
 
 
+def test_save_and_engine_merged_keep_the_configs_history_times(engine, world, tmp_path):  # noqa: F811
+    """The engine's API gives history times in whole seconds; a docker save of the same image
+    (exactness 1 both, one id: no RepoDigests in docker.io) has the config's exact times, and the
+    merged record keeps those, whichever source came first."""
+    archive = str(tmp_path / "app.tar")
+    engine.docker("save", "-o", archive, "imgdex-live/app:1.0")
+    with tarfile.open(archive) as tar:
+        [entry] = json.load(tar.extractfile("manifest.json"))
+        config = json.load(tar.extractfile(entry["Config"]))
+    exact = [h["created"] for h in config["history"]]
+    sources = {"save": f"docker-archive:{archive}", "engine": "docker-daemon:imgdex-live/app:1.0"}
+
+    def times(folder: str) -> list[list[str]]:
+        sql = "SELECT [h.created FOR h IN history] AS t FROM images WHERE name = 'imgdex-live/app'"
+        out = imgdex("sql", sql, "--store", folder, "--format", "json").stdout
+        return [json.loads(line)["t"] for line in out.splitlines()]
+
+    imgdex("index", sources["engine"], "--docker-host", engine.host, "--store", tmp_path / "engine")
+    [alone] = times(str(tmp_path / "engine"))
+    assert alone != exact and [t[:19] for t in alone] == [t[:19] for t in exact]  # cut to the second
+    for order in (["save", "engine"], ["engine", "save"]):
+        folder = str(tmp_path / "-".join(order))
+        for key in order:
+            imgdex("index", sources[key], "--docker-host", engine.host, "--store", folder)
+        assert times(folder) == [exact], order
+
+
 # ----------------------------------------------------------------------------- selection and options
 
 

@@ -591,9 +591,10 @@ def test_merge_records_keeps_known_fields_whatever_the_order(exact_record):
         assert merged.config == exact_record.config and merged.layers == exact_record.layers
         assert merged.labels == exact_record.labels and merged.manifest_raw == exact_record.manifest_raw
         assert merged.tags == tuple(sorted({*exact_record.tags, "other"}))
-    # Both know a history: the greater one is kept, whichever came first. The platform's variant
-    # is filled in.
-    assert exact_record.history and one.history == two.history == max(exact_record.history, unknowing.history)
+    # Both know a history: the one whose times are exact is kept over one cut to the second (as
+    # the engine gives them), whichever came first. The platform's variant is filled in.
+    assert exact_record.history[0].created == "2026-01-01T00:00:00.000000000Z"
+    assert one.history == two.history == exact_record.history
     assert one.platform == two.platform == Platform(exact_record.platform.os, exact_record.platform.architecture, "v9")
     # Only where and when it was seen follow the newer record.
     assert (one.source_path, two.source_path) == ("/second", exact_record.source_path)
