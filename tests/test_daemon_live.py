@@ -529,3 +529,46 @@ def test_stopped_engine_is_one_line_and_exit_1(tmp_path, services_folder):  # no
     assert result.returncode == 1
     assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith(f"imgdex: docker-daemon: cannot reach the Docker engine at {spare.host}: ")
+
+
+def _without_created(saved: str, out: str, tag: str) -> None:
+    """A classic save of one image, rewritten with `created` dropped from its config (and from its
+    history), under a new name and tag; the layers are the save's own."""
+    with tarfile.open(saved) as tar:
+        files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+    [entry] = json.loads(files.pop("manifest.json"))
+    config = json.loads(files.pop(entry["Config"]))
+    config.pop("created")
+    for step in config.get("history", []):
+        step.pop("created", None)
+    data = json.dumps(config).encode()
+    name = hashlib.sha256(data).hexdigest() + ".json"
+    files[name] = data
+    files["manifest.json"] = json.dumps([dict(entry, Config=name, RepoTags=[tag])]).encode()
+    files.pop("repositories", None)
+    with tarfile.open(out, "w") as tar:
+        for member, body in sorted(files.items()):
+            info = tarfile.TarInfo(member)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+
+
+def test_config_without_created_has_no_created_at_from_any_source(engine, world, tmp_path):  # noqa: F811
+    """The engine's inspect says Go's zero time for a config without `created`, as its history
+    does for an entry without one; the record has no createdAt, alone or merged with a save."""
+    tag = "imgdex-live/no-created:1"
+    archive = str(tmp_path / "no-created.tar")
+    engine.docker("save", "-o", str(tmp_path / "base.tar"), "imgdex-live/base:1.0")
+    _without_created(str(tmp_path / "base.tar"), archive, tag)
+    engine.docker("load", "-i", archive)
+    try:
+        assert docker_inspect(engine, tag)["Created"] == "0001-01-01T00:00:00Z"
+        save, daemon = f"docker-archive:{archive}", f"docker-daemon:{tag}"
+        for sources in ([daemon], [save], [save, daemon], [daemon, save]):
+            folder = str(tmp_path / "-".join(s.split(":")[0] for s in sources))
+            for source in sources:
+                imgdex("index", source, "--docker-host", engine.host, "--store", folder)
+            row = get(folder, tag)
+            assert "createdAt" not in row, sources
+    finally:
+        engine.docker("rmi", tag)  # the engine's image list stays as `world` saw it

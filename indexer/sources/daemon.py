@@ -98,6 +98,7 @@ _HISTORY_FIELDS = ("Created", "CreatedBy", "Comment", "Size")
 
 CONTAINERD_SNAPSHOTTER = "io.containerd.snapshotter.v1"
 _GO_ZERO_SECONDS = -62135596800  # time.Time{}.Unix(): the engine's "no time"
+_GO_ZERO_TIME = "0001-01-01T00:00:00Z"  # the same, as inspect prints it
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _IMAGE_ID = re.compile(r"(?:sha256:)?([0-9a-f]{4,64})")
 
@@ -607,8 +608,13 @@ def match_history(layer_count: int, history: list[dict]) -> tuple[list[int] | No
 def config_from_inspect(inspect: dict, where: str) -> ImageConfig:
     """The inspect's config fields, through the shared config parser."""
     rootfs = object_at(inspect, "RootFS")
+    created = string_at(inspect, "Created")
+    if timestamps.normalise(created) == _GO_ZERO_TIME:
+        # The engine's "no time", as in its history: what it prints for a config without
+        # `created`. Left unknown, so a save or registry record of the image decides.
+        created = ""
     doc = {
-        "created": string_at(inspect, "Created"),
+        "created": created,
         "os": string_at(inspect, "Os"),
         "architecture": string_at(inspect, "Architecture"),
         "variant": string_at(inspect, "Variant"),
