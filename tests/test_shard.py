@@ -475,7 +475,8 @@ def ycr_document() -> list[dict]:
                 "createdAt": "2026-11-29T10:54:27Z",
             }
         )
-    images.append(dict(images[0], tags=["again"]))  # the same id twice: one shard's
+    images.append(dict(images[0]))  # the same id twice, alike: one shard's, and kept once
+    images.append(dict(images[2], tags=["again"]))  # the same id with other contents: one shard's error
     images.append({"name": "crp123/no-id"})  # an error, said once
     images.append(dict(images[1], id="crp99999999999999999", extra="x"))  # a note, said once
     return images
@@ -485,7 +486,7 @@ def test_ycr_json_is_sharded_by_image_id(tmp_path):
     path = tmp_path / "images.json"
     path.write_text(json.dumps({"images": ycr_document(), "nextPageToken": "t"}))
     whole = check_partitions(lambda shard: run_spec(f"ycr-json:{path}", shard), notes=False)
-    assert len(whole[0]) == 17 and len(whole[1]) == 1
+    assert len(whole[0]) == 16 and len(whole[1]) == 2
     for shard in sharded(4):
         records = run_spec(f"ycr-json:{path}", shard)[0]
         assert all(shard.owns(r.id) for r in records)
