@@ -1094,7 +1094,7 @@ class DeltaStore:
             try:
                 parquet = pq.ParquetFile(path, filesystem=self._fs)
                 for batch in parquet.iter_batches(columns=[RUN_ID, *names], batch_size=65536):
-                    run_ids = batch.column(0).to_pylist()
+                    run_ids = batch.column(RUN_ID).to_pylist()
                     if runs.isdisjoint(run_ids):
                         continue
                     rows = _key_rows(pa.Table.from_batches([batch]), names)
