@@ -364,6 +364,13 @@ def test_declared_base_is_reported_beside_the_computed_one(tmp_path, run_cli):
     )
 
 
+def declared_base(tmp_path, run_cli, blobs, top, image_ref: str, folder: str) -> dict:
+    """The declaredBase `imgdex base` gives `image_ref` once the layout of `top` is indexed."""
+    store = str(tmp_path / "store")
+    index_into(run_cli, store, layout(tmp_path, folder, blobs, top))
+    return answer(run_cli, store, "base", image_ref)["declaredBase"]
+
+
 def test_annotations_and_labels_are_not_mixed(tmp_path, run_cli):
     """web inherits app's labels (which declare os by name and digest) and its annotation declares
     app by name only: the annotation is the declaration, not its name beside the labels' digest."""
@@ -378,9 +385,7 @@ def test_annotations_and_labels_are_not_mixed(tmp_path, run_cli):
             f"{REG}/team/web:1",
         ),
     ]
-    store = str(tmp_path / "store")
-    index_into(run_cli, store, layout(tmp_path, "mixed", blobs, top))
-    declared = answer(run_cli, store, "base", f"{REG}/team/web:1")["declaredBase"]
+    declared = declared_base(tmp_path, run_cli, blobs, top, f"{REG}/team/web:1", "mixed")
     assert declared == {"name": f"{REG}/team/app:1", "agreement": "AGREES"}
 
 
@@ -391,9 +396,7 @@ def test_a_digest_in_the_declared_name_is_the_image_declared(tmp_path, run_cli):
     top = [named(image(blobs, ["os1"]), f"{REG}/base/os:1"), named(other, f"{REG}/base/os:2")]
     pinned = f"{REG}/base/os@{other['digest']}"
     top.append(named(image(blobs, ["os1", "app"], labels={BASE_NAME: pinned}), f"{REG}/team/app:1"))
-    store = str(tmp_path / "store")
-    index_into(run_cli, store, layout(tmp_path, "pinned", blobs, top))
-    declared = answer(run_cli, store, "base", f"{REG}/team/app:1")["declaredBase"]
+    declared = declared_base(tmp_path, run_cli, blobs, top, f"{REG}/team/app:1", "pinned")
     assert declared == {"name": pinned, "agreement": "DIFFERS"}
 
 
@@ -402,9 +405,7 @@ def test_a_declared_tag_that_is_not_indexed_is_not_checked(tmp_path, run_cli):
     blobs = Blobs()
     top = [named(image(blobs, ["os1"]), f"{REG}/base/os:1")]
     top.append(named(image(blobs, ["os9", "app"], labels={BASE_NAME: f"{REG}/base/os:9"}), f"{REG}/team/app:1"))
-    store = str(tmp_path / "store")
-    index_into(run_cli, store, layout(tmp_path, "tagged", blobs, top))
-    declared = answer(run_cli, store, "base", f"{REG}/team/app:1")["declaredBase"]
+    declared = declared_base(tmp_path, run_cli, blobs, top, f"{REG}/team/app:1", "tagged")
     assert declared == {"name": f"{REG}/base/os:9", "agreement": "NOT_INDEXED"}
 
 
@@ -414,9 +415,7 @@ def test_a_declared_digest_that_is_not_indexed_is_not_checked(tmp_path, run_cli)
     top = [named(image(blobs, ["os-new"]), f"{REG}/base/os:1")]
     built_on = {BASE_NAME: f"{REG}/base/os:1", BASE_DIGEST: "sha256:" + "0" * 64}
     top.append(named(image(blobs, ["os-old", "app"], labels=built_on), f"{REG}/team/app:1"))
-    store = str(tmp_path / "store")
-    index_into(run_cli, store, layout(tmp_path, "rebuilt", blobs, top))
-    declared = answer(run_cli, store, "base", f"{REG}/team/app:1")["declaredBase"]
+    declared = declared_base(tmp_path, run_cli, blobs, top, f"{REG}/team/app:1", "rebuilt")
     assert declared == {"name": f"{REG}/base/os:1", "digest": built_on[BASE_DIGEST], "agreement": "NOT_INDEXED"}
 
 
