@@ -812,6 +812,37 @@ def test_a_commit_landing_before_ours_sends_the_run_back_only_when_it_shares_a_k
         assert holders["latest"] == "crp00000000000000002"  # prepared again, ours claims it last
 
 
+def test_a_tag_claimed_meanwhile_stops_the_images_commit(store, monkeypatch):
+    """Another run claims our tag for another image between our read and our commit: our images
+    commit must not land on top of it, or until our tags commit a reader sees the tag on both
+    images, and a run stopped there leaves it so."""
+    landed = []
+
+    def meanwhile(table):
+        if not landed:
+            with DeltaStore(store.store) as s:
+                theirs = images(image(7, 3, ["latest"], "other"))
+                s.write_run({"run_id": "other"}, lambda snap: premerge(snap, theirs))
+            landed.append(table)
+
+    commit = store._commit_append
+
+    def stopped_before_tags(table, *args, **kwargs):
+        if table == "tags":
+            raise KeyboardInterrupt  # the run dies between its two commits
+        return commit(table, *args, **kwargs)
+
+    monkeypatch.setattr(store, "_commit_append", stopped_before_tags)
+    with pytest.raises(KeyboardInterrupt):
+        store.write_run(
+            {"run_id": "ours"},
+            lambda snap: premerge(snap, images(image(2, 1, ["latest"], "ours"))),
+            _before_commit=meanwhile,
+        )
+    holders = [r[3] for r in current(store)["tags"] if r[2] == "latest"]
+    assert holders == ["crp00000000000000002"]  # prepared again: ours took it from the other image
+
+
 def test_concurrent_blind_appends_all_land(store):
     created = deltalake.DeltaTable(store.location("images")).version()
     procs = []

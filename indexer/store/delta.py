@@ -824,6 +824,10 @@ class DeltaStore:
             staged["tags"] = self._write_files("tags", tags, written_at, run_id)
             if before_commit is not None:
                 before_commit("images")
+            # The current tags are those the images rows carry: the images commit must also yield
+            # to a run that claimed one of this batch's tags meanwhile, or readers would see the tag
+            # on two images until this run's tags commit sends it back (for good, if it is killed).
+            claims = staged["tags"][1]
             for table in ("images", "tags"):
                 adds, keys, count, tombstones, written = staged[table]
                 if not adds:
@@ -833,7 +837,8 @@ class DeltaStore:
                     adds,
                     snapshot.files[table].version if check else None,
                     keys,
-                    {
+                    claims=claims if table == "images" else None,
+                    metadata={
                         "operation": "append",
                         "runId": run_id,
                         "rows": count,
@@ -1038,16 +1043,23 @@ class DeltaStore:
                 self._fs.delete_file(f"{self._table_dir(table)}/{add.path}")
 
     def _commit_append(
-        self, table: str, adds: list[AddAction], read_version: int | None, keys: pa.Table | None, metadata: dict
+        self,
+        table: str,
+        adds: list[AddAction],
+        read_version: int | None,
+        keys: pa.Table | None,
+        *,
+        claims: pa.Table | None = None,
+        metadata: dict,
     ) -> int:
         """Commit at exactly the next version; with `read_version`, only while no commit after it
-        touched `keys`. Returns the version committed."""
+        touched `keys`, nor (images) carried a tag of `claims`. Returns the version committed."""
         meta = {_META + k: v for k, v in metadata.items()}
         while True:
             dt = self._delta(table)
             latest = dt.version()
             if read_version is not None and latest > read_version:
-                if self._overlaps(table, dt, read_version, keys):
+                if self._overlaps(table, dt, read_version, keys, claims):
                     raise Conflict(table)
                 read_version = latest
             try:
@@ -1064,14 +1076,18 @@ class DeltaStore:
             except (DeltaError, OSError) as exc:
                 raise StoreError(f"store {self.store}: cannot commit to {table}: {_cause(exc)}") from None
 
-    def _overlaps(self, table: str, dt: DeltaTable, since: int, keys: pa.Table | None) -> bool:
-        """Whether a run committed after version `since` wrote any of `keys`.
+    def _overlaps(
+        self, table: str, dt: DeltaTable, since: int, keys: pa.Table | None, claims: pa.Table | None = None
+    ) -> bool:
+        """Whether a run committed after version `since` wrote any of `keys`, or an images row
+        carrying a tag of `claims` (registry, name, tag).
 
         Read with pyarrow, a few narrow columns a row group at a time: the question comes up
         whenever two processes of one run (`index --jobs`) commit together, and DuckDB would cost
         one of them ~50 ms to load for it. Keys are compared by their hash, so a shared hash at
         worst sends the run to prepare again (a Conflict), never past a real overlap."""
-        if keys is None or keys.num_rows == 0:
+        tagged = set(map(hash, _key_rows(claims, KEYS["tags"]))) if claims is not None else set()
+        if (keys is None or keys.num_rows == 0) and not tagged:
             return False
         latest = dt.version()
         runs = set()
@@ -1089,17 +1105,23 @@ class DeltaStore:
         if not new_files:
             return False
         names = KEYS[table]
-        own = set(map(hash, _key_rows(keys, names)))
+        own = set(map(hash, _key_rows(keys, names))) if keys is not None else set()
+        carried = ["registry", "name", "tags"] if tagged else []
         for path in new_files:
             try:
                 parquet = pq.ParquetFile(path, filesystem=self._fs)
-                for batch in parquet.iter_batches(columns=[RUN_ID, *names], batch_size=65536):
+                for batch in parquet.iter_batches(columns=[RUN_ID, *names, *carried], batch_size=65536):
                     run_ids = batch.column(RUN_ID).to_pylist()
                     if runs.isdisjoint(run_ids):
                         continue
                     rows = _key_rows(pa.Table.from_batches([batch]), names)
                     if any(run in runs and hash(row) in own for run, row in zip(run_ids, rows)):
                         return True
+                    if tagged:
+                        columns = zip(run_ids, *(batch.column(c).to_pylist() for c in carried))
+                        for run, registry, name, tags in columns:
+                            if run in runs and any(hash((registry, name, t)) in tagged for t in tags or ()):
+                                return True
             except (OSError, ValueError, pa.ArrowException) as exc:
                 raise StoreError(f"store {self.store}: cannot read {table} data: {_cause(exc)}") from None
         return False
