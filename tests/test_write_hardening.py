@@ -293,6 +293,16 @@ def test_full_disk_is_one_line_naming_the_store(tmp_path, monkeypatch, base_stor
     _assert_store_goes_on(base_store, tmp_path, images_after)
 
 
+def test_a_data_file_gone_from_the_store_is_one_line_not_one_per_record(tmp_path, base_store):
+    # As a vacuum with a short retention leaves it when it races a run, or a file deleted by hand.
+    [gone] = [p for p in _data_files(base_store) if os.sep + "images" + os.sep in p]
+    os.remove(gone)
+    result = invoke("index", f"oci:{tmp_path / 'base'}", "--store", base_store)
+    assert result.exit_code == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"imgdex: store {base_store}: ") and os.path.basename(gone) in line, line
+
+
 def test_compaction_on_a_full_disk_is_one_line_and_leaves_the_store_as_it_was(tmp_path, monkeypatch, base_store):
     assert invoke("index", _more(tmp_path, 2), "--store", base_store).exit_code == 0
     files = _data_files(base_store)

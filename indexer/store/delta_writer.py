@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import tempfile
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -76,6 +77,14 @@ class DeltaWriter:
         except StoreError:
             raise
         except OSError as exc:
+            raise StoreError(f"store {self.store}: {store_failure(exc)}") from None
+        except Exception as exc:
+            # A data file the log lists but that is gone (vacuumed with a short retention, deleted
+            # by hand) fails every batch alike: one line, not a batch halved down to one error per
+            # record.
+            duckdb = sys.modules.get("duckdb")
+            if duckdb is None or not isinstance(exc, duckdb.IOException):
+                raise
             raise StoreError(f"store {self.store}: {store_failure(exc)}") from None
 
     def _snapshot(self) -> Snapshot | None:
