@@ -280,6 +280,8 @@ def run_tasks(
                     flush()
         except SourceError as exc:
             fail(str(exc))
+        except StoreError:
+            raise  # from a batch flushed mid-source: the next source's batches would fail alike
         except ImgdexError as exc:
             fail(f"{spec}: {exc}")
         observer.on_source(spec)

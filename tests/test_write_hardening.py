@@ -303,6 +303,16 @@ def test_a_data_file_gone_from_the_store_is_one_line_not_one_per_record(tmp_path
     assert line.startswith(f"imgdex: store {base_store}: ") and os.path.basename(gone) in line, line
 
 
+def test_a_store_failure_in_a_batch_before_the_last_is_one_line(tmp_path, monkeypatch, base_store):
+    monkeypatch.setattr(run_module, "BATCH", 1)  # every image a batch of its own, flushed mid-source
+    [gone] = [p for p in _data_files(base_store) if os.sep + "images" + os.sep in p]
+    os.remove(gone)
+    result = invoke("index", f"oci:{tmp_path / 'base'}", _more(tmp_path, 2), "--store", base_store, "--jobs", 1)
+    assert result.exit_code == 1
+    [line] = result.stderr.splitlines()  # not once more for each source that follows
+    assert line.startswith(f"imgdex: store {base_store}: "), line
+
+
 def test_compaction_on_a_full_disk_is_one_line_and_leaves_the_store_as_it_was(tmp_path, monkeypatch, base_store):
     assert invoke("index", _more(tmp_path, 2), "--store", base_store).exit_code == 0
     files = _data_files(base_store)
