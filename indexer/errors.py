@@ -14,6 +14,13 @@ def printable(text: str) -> str:
     return _UNPRINTABLE.sub(_escape, text)
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's text (libraries underneath word theirs over several), or
+    its type when it has none."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def _escape(match: re.Match) -> str:
     code = ord(match.group())
     if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode keeps an undecodable byte as a lone surrogate

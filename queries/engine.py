@@ -21,7 +21,7 @@ import weakref
 
 import duckdb
 
-from indexer.errors import QueryError, StoreError
+from indexer.errors import QueryError, StoreError, first_line
 from indexer.store import paths
 from indexer.store.views import VIEWS
 
@@ -32,11 +32,6 @@ _TAGS_FROM_IMAGES = "SELECT registry, name, unnest(tags) AS tag, id AS image_id 
 
 def _quote(path: str) -> str:
     return "'" + path.replace("'", "''") + "'"
-
-
-def _first_line(exc: Exception) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 class Result:
@@ -141,7 +136,7 @@ class Reader:
             raise self._translate(exc) from None
 
     def _translate(self, exc: duckdb.Error) -> Exception:
-        message = _first_line(exc)
+        message = first_line(exc)
         for path in self._files:
             if not os.path.isfile(path):
                 # Deleted by something other than an index run, which leaves pinned snapshots be.
@@ -197,7 +192,7 @@ def _over_snapshot(store: str, snapshot: str, tables: tuple[str, ...], pin: int 
         con.close()
         if pin is not None:
             os.close(pin)
-        raise StoreError(f"cannot read store {store}: {_first_line(exc)}") from None
+        raise StoreError(f"cannot read store {store}: {first_line(exc)}") from None
     return Reader(con, store, files, pin, tuple(missing))
 
 
@@ -205,12 +200,12 @@ def _over_database(store: str, database: str) -> Reader:
     try:
         con = duckdb.connect(database, read_only=True)
     except duckdb.Error as exc:
-        raise StoreError(f"store {store} has no snapshot yet and its database is busy ({_first_line(exc)})") from None
+        raise StoreError(f"store {store} has no snapshot yet and its database is busy ({first_line(exc)})") from None
     try:
         con.execute(_lock_down([database]))
     except duckdb.Error as exc:
         con.close()
-        raise StoreError(f"cannot read store {store}: {_first_line(exc)}") from None
+        raise StoreError(f"cannot read store {store}: {first_line(exc)}") from None
     return Reader(con, store, [database], None)
 
 
@@ -244,7 +239,7 @@ def _over_tables(store: str, tables: tuple[str, ...], as_of, key: str | None = N
         raise
     except duckdb.Error as exc:
         con.close()
-        raise StoreError(f"cannot read store {store}: {_first_line(exc)}") from None
+        raise StoreError(f"cannot read store {store}: {first_line(exc)}") from None
     parts = deltalog.compacted_parts(files["images"]) if "images" in files and key is None else None
     # Versions stay readable for the store's retention window (see `imgdex compact`): no pin.
     return Reader(con, store, allowed if deltalog.is_local(store) else [], None, images_parts=parts)

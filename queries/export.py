@@ -39,7 +39,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from indexer.errors import QueryError, printable
+from indexer.errors import QueryError, first_line, printable
 
 TABLES = ("images", "tags", "runs")
 
@@ -216,5 +216,4 @@ def _fsync_dir(folder: str) -> None:
 
 
 def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return printable(lines[0]) if lines else type(exc).__name__
+    return printable(first_line(exc))

@@ -64,7 +64,7 @@ from deltalake import CommitProperties, DeltaTable, Field, PostCommitHookPropert
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.transaction import AddAction, RemoveAction
 
-from ..errors import StoreError
+from ..errors import StoreError, first_line
 from . import arrow, deltalog, schema
 from .hashset import HashSet
 from .deltalog import CONTENT_HASH, RUN_ID, TAGS_ONLY, TAGS_WRITTEN_AT, TOMBSTONE, TOMBSTONE_EXACTNESS, WRITTEN_AT
@@ -601,7 +601,7 @@ class DeltaStore:
         except TableNotFoundError:
             raise StoreError(f"store {self.store} has no {table} table; create it first") from None
         except (DeltaError, OSError) as exc:
-            raise StoreError(f"cannot open table {table} of {self.store}: {_first_line(exc)}") from None
+            raise StoreError(f"cannot open table {table} of {self.store}: {first_line(exc)}") from None
 
     def _duckdb(self) -> duckdb.DuckDBPyConnection:
         if self._con is None:
@@ -673,7 +673,7 @@ class DeltaStore:
             except (CommitFailedError, DeltaError) as exc:
                 # another process created it first
                 if not DeltaTable.is_deltatable(location, self.storage_options or None):
-                    raise StoreError(f"cannot create table {table} in {self.store}: {_first_line(exc)}") from None
+                    raise StoreError(f"cannot create table {table} in {self.store}: {first_line(exc)}") from None
             except OSError as exc:
                 raise StoreError(f"cannot create table {table} in {self.store}: {_cause(exc)}") from None
             self._mark_schema_version(table)
@@ -694,7 +694,7 @@ class DeltaStore:
                 return
             except (CommitFailedError, DeltaError) as exc:
                 failure = exc
-        raise StoreError(f"cannot create table {table} in {self.store}: {_first_line(failure)}") from None
+        raise StoreError(f"cannot create table {table} in {self.store}: {first_line(failure)}") from None
 
     def _add_new_columns(self, table: str) -> None:
         """Columns added to `schema.py` since the table was created are added to it (files written
@@ -712,7 +712,7 @@ class DeltaStore:
         except (CommitFailedError, DeltaError) as exc:
             latest = {f.name for f in pa.schema(self._delta(table).schema().to_arrow())}
             if not all(f.name in latest for f in missing):  # else another process added them first
-                raise StoreError(f"cannot add columns to table {table}: {_first_line(exc)}") from None
+                raise StoreError(f"cannot add columns to table {table}: {first_line(exc)}") from None
 
     # -- reading
 
@@ -1221,10 +1221,10 @@ class DeltaStore:
                 self._discard(table, adds)
                 if _is_conflict(exc):
                     continue
-                raise StoreError(f"store {self.store}: cannot compact {table}: {_first_line(exc)}") from None
+                raise StoreError(f"store {self.store}: cannot compact {table}: {first_line(exc)}") from None
             except duckdb.Error as exc:
                 self._discard(table, adds)
-                raise StoreError(f"store {self.store}: cannot compact {table}: {_first_line(exc)}") from None
+                raise StoreError(f"store {self.store}: cannot compact {table}: {first_line(exc)}") from None
             except BaseException:
                 self._discard(table, adds)
                 raise
@@ -1390,7 +1390,7 @@ class DeltaStore:
                     commit_properties=CommitProperties(custom_metadata={_META + "operation": "vacuum"}),
                 )
             except (DeltaError, OSError) as exc:
-                raise StoreError(f"store {self.store}: cannot vacuum {table}: {_first_line(exc)}") from None
+                raise StoreError(f"store {self.store}: cannot vacuum {table}: {first_line(exc)}") from None
             out[table] = len(removed)
         return out
 
@@ -1894,9 +1894,4 @@ def _cause(exc: BaseException) -> str:
     for known in _STORE_ERRNOS:
         if os.strerror(known).lower() in text:
             return os.strerror(known).lower()
-    return _first_line(exc)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+    return first_line(exc)

@@ -15,7 +15,7 @@ import shutil
 import duckdb
 import pyarrow as pa
 
-from ..errors import StoreError
+from ..errors import StoreError, first_line
 from . import paths, schema
 from .delta import Changes, DeltaStore
 
@@ -48,7 +48,7 @@ def _old_source(store: str) -> tuple[duckdb.DuckDBPyConnection, str]:
         return con, ""
     except duckdb.Error as exc:
         con.close()
-        raise StoreError(f"cannot read the old store {store}: {_first_line(exc)}") from None
+        raise StoreError(f"cannot read the old store {store}: {first_line(exc)}") from None
 
 
 def migrate(store: str) -> dict[str, int]:
@@ -85,7 +85,7 @@ def migrate(store: str) -> dict[str, int]:
             counts["runs"] = runs.num_rows
     except (duckdb.Error, OSError) as exc:
         shutil.rmtree(work, ignore_errors=True)
-        raise StoreError(f"cannot migrate {store}: {_first_line(exc)}") from None
+        raise StoreError(f"cannot migrate {store}: {first_line(exc)}") from None
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -106,8 +106,3 @@ def migrate(store: str) -> dict[str, int]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(paths.table_file(store, table))
     return counts
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 import pyarrow as pa
 
 from .. import lineage
+from ..errors import first_line
 from ..model import IMPORTED, Blob, HistoryEntry, ImageRecord, Platform, merge_records
 from ..references import blob_id
 from . import arrow, columns, schema
@@ -236,7 +237,7 @@ def store_failure(exc: BaseException) -> str | None:
         # Any OSError on the store's own files is the store's: a full disk, a read-only
         # mount, a folder that lost its permissions. delta-rs raises one without an errno, in
         # lines of its own words with the operating system's last.
-        return exc.strerror.lower() if exc.strerror else (_known_cause(str(exc)) or _first_line(exc))
+        return exc.strerror.lower() if exc.strerror else (_known_cause(str(exc)) or first_line(exc))
     # Not imported for this: a process that never loaded DuckDB has no DuckDB error to tell.
     duckdb = sys.modules.get("duckdb")
     if duckdb is not None and isinstance(exc, duckdb.Error):
@@ -244,7 +245,7 @@ def store_failure(exc: BaseException) -> str | None:
         if cause is not None:
             return cause
         if isinstance(exc, (duckdb.IOException, duckdb.FatalException, duckdb.InternalException)):
-            return _first_line(exc)
+            return first_line(exc)
     return None
 
 
@@ -253,11 +254,6 @@ def _known_cause(text: str) -> str | None:
         if message.lower() in text.lower():
             return cause
     return None
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def now_utc() -> datetime:
