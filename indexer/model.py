@@ -105,16 +105,22 @@ class ImageRecord:
         return sum(layer.size for layer in self.layers)
 
 
-def same_resource(a: ImageRecord, b: ImageRecord) -> bool:
-    """Whether two records of one id name one image: the same repository, and the same manifest
-    where both know it. Computed ids hash just that; an imported id is kept as written, so a
-    crafted one can be another image's."""
-    return (a.registry, a.name) == (b.registry, b.name) and (not a.digest or not b.digest or a.digest == b.digest)
+def named(record: ImageRecord) -> tuple:
+    """What a record's id names: (registry, name, digest), as `one_image` compares it."""
+    return record.registry, record.name, record.digest
 
 
-def resource_name(record: ImageRecord) -> str:
-    """What a record's id names, for messages: registry/name@digest."""
-    return f"{record.registry}/{record.name}" + (f"@{record.digest}" if record.digest else "")
+def one_image(a: tuple, b: tuple) -> bool:
+    """Whether two (registry, name, digest) of one id name one image: the same repository, and the
+    same manifest where both know it. Computed ids hash just that; an imported id is kept as
+    written, so a crafted one can be another image's."""
+    return a[:2] == b[:2] and (not a[2] or not b[2] or a[2] == b[2])
+
+
+def shown(image: tuple) -> str:
+    """(registry, name, digest) for messages: registry/name@digest."""
+    registry, name, digest = image
+    return f"{registry or ''}/{name or ''}" + (f"@{digest}" if digest else "")
 
 
 def merge_records(old: ImageRecord, new: ImageRecord) -> ImageRecord:

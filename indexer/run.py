@@ -10,7 +10,7 @@ from typing import Callable, Iterable
 
 from .claims import ClaimLog
 from .errors import ImgdexError, SourceError, StoreError, printable
-from .model import ImageRecord, TagMoves, TagsRetired, merge_records, resource_name, same_resource
+from .model import ImageRecord, TagMoves, TagsRetired, merge_records, named, one_image, shown
 from .references import redact_userinfo
 from .shard import CountedShard, Shard
 from .sources import SourceOptions, parse_source
@@ -257,8 +257,8 @@ def run_tasks(
                     retired.extend(keys)
                     continue
                 known = pending.get(item.id)
-                if known is not None and not same_resource(known, item):
-                    fail(_unstorable(item, ValueError(f"its id is already that of {resource_name(known)}")))
+                if known is not None and not one_image(named(known), named(item)):
+                    fail(_unstorable(item, ValueError(f"its id is already that of {shown(named(known))}")))
                     continue
                 pending[item.id] = item if known is None else merge_records(known, item)
                 if keep_claims and item.tags:

@@ -65,6 +65,7 @@ from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundErr
 from deltalake.transaction import AddAction, RemoveAction
 
 from ..errors import StoreError, first_line
+from ..model import one_image, shown
 from . import arrow, deltalog, schema
 from .hashset import HashSet
 from .deltalog import CONTENT_HASH, RUN_ID, TAGS_ONLY, TAGS_WRITTEN_AT, TOMBSTONE, TOMBSTONE_EXACTNESS, WRITTEN_AT
@@ -1517,7 +1518,11 @@ def premerge(
     ):
         stored = state.get(image_id)
         if stored is not None:
-            _check_same_resource(image_id, stored, registry, name, digests[position])
+            # Only an imported id (kept as written) can be another image's: merged, the stored
+            # image would vanish under the import, its tags moving along. The run fails that record alone.
+            held = (stored["registry"], stored["name"], stored["digest"])
+            if not one_image(held, (registry, name, digests[position])):
+                raise ValueError(f"its id is already that of {shown(held)}")
         own = {t for t in claimed or () if final_holder.get((registry, name, t)) == image_id}
         keep_stored = set(stored["tags"] or ()) if stored else set()
         tags = sorted((keep_stored | own) - losing.get(image_id, set()))
@@ -1601,17 +1606,6 @@ _IMAGE_STATE = pa.schema(
         ("digest", pa.string()),
     ]
 )
-
-
-def _check_same_resource(image_id: str, stored: dict, registry, name, digest) -> None:
-    """ValueError when `image_id` is stored for another image. Ids computed by imgdex hash what
-    they name, so only an imported id (kept as written) can be another's: merged, the stored
-    image would vanish under the import, its tags moving along. The run fails that record alone."""
-    same = (stored["registry"], stored["name"]) == (registry, name)
-    if same and (not stored["digest"] or not digest or stored["digest"] == digest):
-        return
-    held = f"{stored['registry'] or ''}/{stored['name'] or ''}" + (f"@{stored['digest']}" if stored["digest"] else "")
-    raise ValueError(f"its id is already that of {held}")
 
 
 def _cast_schema_for_rows() -> pa.Schema:
