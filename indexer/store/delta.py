@@ -1115,7 +1115,7 @@ class DeltaStore:
                     run_ids = batch.column(RUN_ID).to_pylist()
                     if runs.isdisjoint(run_ids):
                         continue
-                    rows = _key_rows(pa.Table.from_batches([batch]), names)
+                    rows = _key_rows(batch, names)
                     if any(run in runs and hash(row) in own for run, row in zip(run_ids, rows)):
                         return True
                     if tagged:
@@ -1652,7 +1652,7 @@ _NAME_TIME = re.compile(r"(?:part-|compact-)([0-9]{16})-")
 _UNNAMED = object()
 
 
-def _key_rows(data: pa.Table, names: Sequence[str]) -> Iterable:
+def _key_rows(data: pa.Table | pa.RecordBatch, names: Sequence[str]) -> Iterable:
     """The rows of `data`'s key columns: one value each for a one-column key, else tuples."""
     columns = [data.column(name).to_pylist() for name in names]
     return columns[0] if len(columns) == 1 else zip(*columns)
