@@ -16,7 +16,7 @@ import sys
 
 import click
 
-from indexer.errors import ImgdexError, printable
+from indexer.errors import ImgdexError, QueryError, printable
 from indexer.identifiers import DEFAULT_PLATFORM, ID_RE
 from indexer.store.paths import default_store
 
@@ -463,8 +463,6 @@ MAX_QUERY_LINE = 4096
 def _query_lines(stream):
     """The lines of `stream` as text; a line longer than MAX_QUERY_LINE is skipped in bounded
     reads and given as its error, so that no line holds more memory than that."""
-    from indexer.errors import QueryError
-
     while line := stream.readline(MAX_QUERY_LINE + 1):
         if len(line) > MAX_QUERY_LINE and not line.endswith(b"\n"):
             while (rest := stream.readline(1 << 16)) and not rest.endswith(b"\n"):
