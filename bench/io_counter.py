@@ -9,8 +9,8 @@ The hook is registered before the target is imported, so it runs after the
 target's own atexit handlers (multiprocessing joins its workers there).
 ``/proc/self/io`` covers all threads of the process and every child it has
 already reaped, so worker processes are included once they are joined.
-If the target dies from a signal or calls ``os._exit`` the counters are
-missing (``complete`` is False); wall time, exit code and rusage are
+If the target dies from a signal the counters are missing (``complete`` is
+False); ``os._exit`` reports them first; wall time, exit code and rusage are
 still reported.
 
 Counters (see proc(5)):
@@ -64,6 +64,13 @@ def _report():
         f.write(repr({"start": _start, "end": end, "wall_target": t1 - _t0}))
 atexit.register(_report)
 del atexit
+# imgdex leaves through os._exit once its output is flushed (no interpreter teardown), which runs
+# no atexit hook: the counters are taken there too.
+_os_exit = os._exit
+def _exit(code):
+    _report()
+    _os_exit(code)
+os._exit = _exit
 import runpy
 if _mode == "-m":
     sys.argv = [_target] + sys.argv[4:]
