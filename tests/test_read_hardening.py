@@ -372,7 +372,7 @@ def test_ids_from_stays_batched(store, ids, monkeypatch):
     assert [q for q, _ in results] == queries
     assert results[10][1] is None
     # three bulk fetches for 12 queries; only the miss is looked up on its own
-    bulk = [sql for sql in calls if "unnest" in sql and "FROM images WHERE id IN" in sql]
+    bulk = [sql for sql in calls if "unnest" in sql and "WHERE id IN" in sql]
     assert len(bulk) == 3
     assert len(calls) - len(bulk) <= 4
 

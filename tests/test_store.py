@@ -23,14 +23,24 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from indexer import timestamps
-from indexer.model import EXACT_MANIFEST, UNCOMPRESSED, Blob, HistoryEntry, ImageRecord, Platform, merge_records
+from indexer.errors import NotFound
+from indexer.model import (
+    EXACT_MANIFEST,
+    IMPORTED,
+    UNCOMPRESSED,
+    Blob,
+    HistoryEntry,
+    ImageRecord,
+    Platform,
+    merge_records,
+)
 from indexer.run import index_sources
 from indexer.sources import parse_source
 from indexer.sources.parse import Context
 from indexer.store import paths, schema
 from indexer.store.delta_writer import DeltaWriter
 from indexer.store.writer import now_utc
-from queries import engine
+from queries import engine, lookup
 
 from builders import Blobs, classic_save_files, named, write_dir, write_tar
 from conftest import store_views
@@ -692,6 +702,32 @@ def test_exactness_across_index_runs(tmp_path, exact_record, monkeypatch):
     exactness, size, *_rest, tags = _row(con, exact_record.id)
     assert (exactness, size) == (EXACT_MANIFEST, exact_record.compressed_size)
     assert tags == sorted({*exact_record.tags, "from-loose"})
+
+
+def test_a_batch_of_ids_resolves_each_as_a_get_of_it_alone(tmp_path, corpora, exact_record):
+    """`get --ids-from` resolves a batch over the row versions of its own ids, not over the whole
+    images view: across runs that replace a row by exactness, pool tags, move a tag and retire an
+    id for an imported one, every id (and one never stored) answers as a get of it alone."""
+    records = records_of(f"oci:{corpora['oci']}")
+    other = next(r for r in records if r.id != exact_record.id)
+    assert (other.registry, other.name) == (exact_record.registry, exact_record.name)
+    imported = dataclasses.replace(other, id="crpimportedaaaaaaaaa", id_origin="imported", exactness=IMPORTED)
+    store = str(tmp_path / "store")
+    with DeltaWriter(store) as writer:
+        writer.write([_loose(exact_record, "from-loose")], now_utc())
+        writer.write(records, now_utc())
+        writer.write([_loose(exact_record, "second")], now_utc())
+        writer.write([dataclasses.replace(other, tags=(*other.tags, exact_record.tags[0]))], now_utc())
+        writer.write([imported], now_utc())
+    reader = engine.connect(store)
+    assert reader.images_of_ids is not None  # an uncompacted Delta table: the batch's own resolution
+    ids = [row[0] for row in reader.execute("SELECT DISTINCT id FROM images_versions ORDER BY id").fetchall()]
+    assert {exact_record.id, other.id, imported.id} <= set(ids)
+    ids.append("crp00000000000000000")
+    alone = {i: lookup.by_id(reader, i) for i in ids}
+    assert alone[other.id] is None and alone[imported.id] is not None  # retired, and its heir
+    batched = {q: None if isinstance(row, NotFound) else row for q, row in lookup.batch(reader, ids)}
+    assert batched == alone
 
 
 # ---------------------------------------------------------------------------------------------
