@@ -130,10 +130,7 @@ def batch(con, queries: Iterable[str | ImgdexError], platform: str = DEFAULT_PLA
         ids = [q for q in pending if isinstance(q, str) and ID_RE.fullmatch(q)]
         found = {}
         if ids:
-            rows = (
-                getattr(con, "images_of_ids", None) or "SELECT * FROM images WHERE id IN (SELECT unnest(?::VARCHAR[]))"
-            )
-            for row in con.execute(f"SELECT {SELECT} FROM ({rows}) AS images", [ids]).fetchall():
+            for row in con.execute(f"SELECT {SELECT} FROM ({con.images_of_ids}) AS images", [ids]).fetchall():
                 found[row[0]] = row
         for q in pending:
             if not isinstance(q, str):  # the reader's own verdict on a line (one too long to read)

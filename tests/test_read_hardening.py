@@ -362,6 +362,8 @@ def test_ids_from_stays_batched(store, ids, monkeypatch):
     calls = []
 
     class Counting:
+        images_of_ids = reader.images_of_ids
+
         def execute(self, sql, params=None):
             calls.append(sql)
             return reader.execute(sql, params)
