@@ -65,10 +65,13 @@ def _report():
 atexit.register(_report)
 del atexit
 # imgdex leaves through os._exit once its output is flushed (no interpreter teardown), which runs
-# no atexit hook: the counters are taken there too.
+# no atexit hook: the counters are taken there too, by this process only. Forked workers leave
+# through os._exit as well, and may do so after it: they must not overwrite its counters.
 _os_exit = os._exit
+_pid = os.getpid()
 def _exit(code):
-    _report()
+    if os.getpid() == _pid:
+        _report()
     _os_exit(code)
 os._exit = _exit
 import runpy
