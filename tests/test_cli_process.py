@@ -129,3 +129,21 @@ def test_output_is_utf8_whatever_the_locale_says(tmp_path, encoding):
         )
         assert done.returncode == 0 and done.stderr == b"", done.stderr.decode(errors="replace")
         assert "https://e.example/\u20ac" in done.stdout.decode("utf-8")
+
+
+def test_index_process_loads_neither_numpy_nor_pandas(tmp_path):
+    # Both are installed here (pandas is a test dependency), so pyarrow would load them unasked.
+    import importlib.util
+
+    assert importlib.util.find_spec("numpy") is not None and importlib.util.find_spec("pandas") is not None
+    store = str(tmp_path / "s")
+    command = [sys.executable, "-X", "importtime", "-m", "queries.cli", "index", "--store", store, "--json"]
+    result = subprocess.run([*command, *sample_sources()], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "pyarrow" in imported and "deltalake" in imported  # the store was written by this process
+    # A refused import still leaves a one-line entry; a real one brings the package's submodules.
+    assert not [name for name in imported if name.startswith(("numpy.", "pandas."))]
+    listed = _imgdex("list", "--store", store, "--format", "json")
+    assert listed.returncode == 0
+    assert len(json.loads(listed.stdout)["images"]) == json.loads(result.stdout)["indexed"] > 0

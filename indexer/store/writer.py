@@ -117,7 +117,8 @@ def converts_alone() -> bool:
     It is ~3 times as fast as the buffers built in arrow.py for nested values (history, labels,
     lists of strings), but when numpy is loaded (pyarrow loads it if it is installed), it first
     asks pandas whether a list is one of its arrays, and imports pandas to ask: 0.2-0.3 s, more
-    than the build of 10,000 images. So only where pandas is loaded already, or cannot be."""
+    than the build of 10,000 images. So only where pandas is loaded already, or cannot be (the
+    imgdex index process fails its import, as where it is not installed)."""
     return "pandas" in sys.modules or not _may_import_pandas()
 
 
