@@ -738,7 +738,8 @@ _LEAVE_AT_ONCE = ("index", "get")
 
 def main():
     code, output_ok = 0, True
-    if _command() == "index":
+    command = _command()
+    if command == "index":
         _without_numpy()
     _utf8_stdout()
     try:
@@ -761,9 +762,12 @@ def main():
             sys.stderr.flush()
     # Output that could not be written stays buffered, and the interpreter would try it again
     # at exit with a traceback of its own: so that run leaves at once too.
-    if not output_ok or _command() in _LEAVE_AT_ONCE:
+    if not output_ok or command in _LEAVE_AT_ONCE:
         os._exit(code)
     sys.exit(code)
+
+
+_UNUSED_BY_INDEX = ("numpy", "pandas")
 
 
 def _without_numpy() -> None:
@@ -773,7 +777,7 @@ def _without_numpy() -> None:
     index process that has loaded neither, nor pyarrow, runs as an install without them does: their
     imports fail as a missing module's would. (None in sys.modules is not enough: pyarrow's own
     import of pandas then returns None rather than raising.)"""
-    if not any(name in sys.modules for name in ("numpy", "pandas", "pyarrow")):
+    if not any(name in sys.modules for name in (*_UNUSED_BY_INDEX, "pyarrow")):
         sys.meta_path.insert(0, _Absent())
 
 
@@ -781,7 +785,7 @@ class _Absent:
     """A finder that fails the imports of NumPy and pandas, as where they are not installed."""
 
     def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in ("numpy", "pandas"):
+        if name.partition(".")[0] in _UNUSED_BY_INDEX:
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
         return None
 
