@@ -101,7 +101,47 @@ as_of_option = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Usage(click.ClickException):
+    """A usage error told in one line, as every other error, rather than click's usage block."""
+
+    exit_code = 2
+
+    def __init__(self, error: click.UsageError):
+        super().__init__(error.format_message())
+        self.command_path = error.ctx.command_path if error.ctx is not None else "imgdex"
+
+    def show(self, file=None) -> None:
+        message = printable(self.message).rstrip(".")
+        click.echo(f"{self.command_path}: {message}. See '{self.command_path} --help'.", err=True)
+
+
+# click >= 8.2 raises this for a group given no command, to print the help: that stays as it is.
+_HELP_ERRORS = (click.exceptions.NoArgsIsHelpError,) if hasattr(click.exceptions, "NoArgsIsHelpError") else ()
+
+
+@contextlib.contextmanager
+def _one_line_usage():
+    try:
+        yield
+    except click.UsageError as exc:
+        if isinstance(exc, _HELP_ERRORS):
+            raise
+        raise _Usage(exc) from None
+
+
+class _Commands(click.Group):
+    """The command group; parsing a command line, or a command, may raise a usage error."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        with _one_line_usage():
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx):
+        with _one_line_usage():
+            return super().invoke(ctx)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="imgdex", prog_name="imgdex")
 def cli():
     """Offline container-image metadata index with Yandex Cloud Container Registry lookups."""

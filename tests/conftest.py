@@ -66,6 +66,6 @@ def run_cli():
     from queries.cli import cli
 
     def invoke(*args, input=None):
-        return CliRunner().invoke(cli, [str(a) for a in args], input=input, catch_exceptions=False)
+        return CliRunner().invoke(cli, [str(a) for a in args], input=input, catch_exceptions=False, prog_name="imgdex")
 
     return invoke

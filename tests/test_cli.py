@@ -150,6 +150,32 @@ def test_get_needs_image_or_ids_from(run_cli, samples_store):
     assert run_cli("get", "--store", samples_store).exit_code == 2
 
 
+@pytest.mark.parametrize(
+    "args, said",
+    [
+        (["get"], "imgdex get: give either IMAGE or --ids-from. See 'imgdex get --help'."),
+        (["list", "--bogus"], "imgdex list: No such option '--bogus'. See 'imgdex list --help'."),
+        (["nosuch"], "imgdex: No such command 'nosuch'. See 'imgdex --help'."),
+        (["index", "--jobs", "x", "data"], "imgdex index: Invalid value for '--jobs': 'x' is not a valid integer"),
+    ],
+)
+def test_a_usage_error_is_one_line_that_names_the_command_and_the_reason(run_cli, args, said):
+    result = run_cli(*args)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith(said)
+    assert result.stderr.rstrip("\n").endswith("--help'.")
+
+
+def test_a_usage_error_escapes_what_the_command_line_held(run_cli):
+    result = run_cli("list", "--\x1b[31mred\nline")
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1 and "\x1b" not in result.stderr
+
+
+def test_no_command_still_prints_the_help(run_cli):
+    result = run_cli()
+    assert result.exit_code == 2 and "Commands:" in result.output and "index" in result.output
+
+
 def test_get_ids_from_does_not_take_another_format_it_would_ignore(run_cli, samples_store):
     result = run_cli("get", "--ids-from", "-", "--format", "yaml", "--store", samples_store, input="x\n")
     assert result.exit_code == 2 and "--format does not apply" in result.stderr and result.stdout == ""
