@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 
 from indexer.errors import StoreError
+from indexer.model import IMPORTED
 from indexer.store import delta, deltalog, schema
 from indexer.store.delta import Changes, DeltaStore, premerge
 
@@ -246,6 +247,38 @@ def test_premerge_moves_tags_pools_them_and_writes_nothing_when_nothing_is_new(s
     assert current(store) == state
     rows = store.snapshot().con.execute("SELECT count(*), count(DISTINCT id) FROM images_versions").fetchall()
     assert rows == [(2, 2)]  # one row per image: the winning data with the newest tags
+
+
+def test_an_imported_row_lists_every_tag_of_its_image(store):
+    """A registry's own document of an image (exactness IMPORTED) says which tags it has: those the
+    store held for the id that it no longer lists are retired, with a tombstone in the tags log; a
+    tag another row of the batch claims moves as always; a less exact record still pools."""
+
+    def run(run_id, *rows):
+        return store.write_run({"run_id": run_id}, lambda snap: premerge(snap, images(*rows)))
+
+    def tags_of():
+        return {row[0]: row[14] for row in current(store)["images"]}
+
+    run("a", image(1, IMPORTED, tags=["1.0", "latest", "old"]))
+    run("b", image(1, 1, tags=["local"]))  # pooled: a less exact record adds its claim
+    assert tags_of() == {"crp00000000000000001": ["1.0", "latest", "local", "old"]}
+    run("c", image(1, IMPORTED, tags=["1.0"]), image(2, IMPORTED, tags=["latest"]))
+    assert tags_of() == {"crp00000000000000001": ["1.0"], "crp00000000000000002": ["latest"]}
+    log = (
+        store.snapshot()
+        .con.execute("SELECT tag, image_id, tombstone FROM tags_versions WHERE run_id = 'c' ORDER BY tag")
+        .fetchall()
+    )
+    assert log == [
+        ("latest", "crp00000000000000002", False),
+        ("local", None, True),
+        ("old", None, True),
+    ]
+    unchanged = run("d", image(1, IMPORTED, tags=["1.0"]))
+    assert unchanged.versions["images"] is None and unchanged.versions["tags"] is None
+    run("e", image(1, IMPORTED))
+    assert tags_of()["crp00000000000000001"] == []
 
 
 @pytest.mark.parametrize("literal_keys", [5_000, 1], ids=["listed", "joined"])

@@ -128,6 +128,30 @@ def test_import_after_manifest_source_replaces_the_derived_id(run_cli, tmp_path)
     assert get(run_cli, store, doc["id"]) == dict(doc, tags=sorted(set(doc["tags"]) | {"v1"}))
 
 
+def test_a_later_export_retires_the_tags_the_registry_removed(run_cli, tmp_path):
+    """`yc container image list` run again after `yc container image delete-tag`-like changes: the
+    newer export's tags are the image's tags, as `Image.Get` would then answer."""
+    store = str(tmp_path / "store")
+    doc = load("image-get.json")
+    other = dict(doc, id="crp9s8r7q6p5o4n3m2l1", digest="sha256:" + "e" * 64, tags=["latest"])
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    first.write_text(json.dumps({"images": [doc]}))
+    # 1.0 deleted, latest moved to another image
+    second.write_text(json.dumps({"images": [dict(doc, tags=[]), other]}))
+    assert run_cli("index", f"ycr-json:{first}", "--store", store).exit_code == 0
+    assert get(run_cli, store, doc["id"])["tags"] == ["1.0", "latest"]
+    assert run_cli("index", f"ycr-json:{second}", "--store", store).exit_code == 0
+    untagged = {k: v for k, v in doc.items() if k != "tags"}
+    assert get(run_cli, store, doc["id"]) == untagged
+    assert get(run_cli, store, other["id"]) == other
+    gone = run_cli("get", f"cr.yandex/{doc['name']}:1.0", "--store", store)
+    assert gone.exit_code == 1 and "not found" in gone.stderr
+    assert get(run_cli, store, f"cr.yandex/{doc['name']}:latest")["id"] == other["id"]
+    # importing the older export again is the newer write: its tags come back
+    assert run_cli("index", f"ycr-json:{first}", "--store", store).exit_code == 0
+    assert get(run_cli, store, doc["id"]) == doc
+
+
 def test_compressed_size_is_ycr_figure_not_layer_sum(run_cli, tmp_path):
     doc = dict(load("image-get.json"), compressedSize="700", id="crp9s8r7q6p5o4n3m2l1")
     path = tmp_path / "one.json"

@@ -65,7 +65,7 @@ from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundErr
 from deltalake.transaction import AddAction, RemoveAction
 
 from ..errors import StoreError, first_line
-from ..model import one_image, shown
+from ..model import IMPORTED, one_image, shown
 from . import arrow, deltalog, schema
 from .hashset import HashSet
 from .deltalog import CONTENT_HASH, RUN_ID, TAGS_ONLY, TAGS_WRITTEN_AT, TOMBSTONE, TOMBSTONE_EXACTNESS, WRITTEN_AT
@@ -1443,6 +1443,8 @@ def premerge(
       writer passes `model.merge_records` here);
     - tags are pooled with the stored ones, a tag claimed here moves from its previous image (which
       gets a tags-only row without it), and a tag claimed twice in `incoming` goes to the later row;
+      but an imported row (exactness IMPORTED: the registry's own document) lists every tag of its
+      image, and the stored tags of its id that it does not list are retired;
     - nothing is appended for a record whose data and tags are unchanged; a tags-only row for one
       whose data is unchanged (or loses) but whose tags change;
     - `claims` (registry, name, tag, image_id) point tags at stored images that `incoming` does not
@@ -1509,6 +1511,7 @@ def premerge(
         store_hash = [None] * len(incoming)
     need_full = []
     decisions = []
+    dropped: dict[tuple, None] = {}  # tags that imported rows no longer list, in order
     # Decided on the narrow columns; the wide rows stay in Arrow, and only those that merge
     # field by field become Python (a batch of new images is one `take`).
     exactness = incoming.column("exactness").to_pylist()
@@ -1525,6 +1528,13 @@ def premerge(
                 raise ValueError(f"its id is already that of {shown(held)}")
         own = {t for t in claimed or () if final_holder.get((registry, name, t)) == image_id}
         keep_stored = set(stored["tags"] or ()) if stored else set()
+        if exact >= IMPORTED and keep_stored:
+            # The registry's own document of this image: a tag it does not list was removed there.
+            for tag in sorted(keep_stored - own):
+                key = (stored["registry"], stored["name"], tag)
+                if key not in final_holder and key not in dropped:
+                    dropped[key] = None
+            keep_stored = set()
         tags = sorted((keep_stored | own) - losing.get(image_id, set()))
         if stored is None or exact > stored["exactness"]:
             decisions.append(("incoming", position, tags))
@@ -1571,6 +1581,8 @@ def premerge(
         parts.append(merged.append_column(CONTENT_HASH, pa.nulls(len(merged), pa.int64())))
     images = pa.concat_tables(parts) if parts else None
     image_tags = arrow.rows_table(tag_updates, _IMAGE_TAGS) if tag_updates else None
+    already = set(tag_tombs)
+    tag_tombs += [key for key in dropped if key not in already]
     tags_table = None
     if tag_rows:
         # The order the tags files are written in, by one string per key (registry, name and tag

@@ -12,7 +12,9 @@ The merge policy lives here and in `premerge`, and nowhere else:
   derived id stored for it, taking its tags;
 - the more exact record wins; equally exact ones with different data merge field by field
   (`model.merge_records`), so the result does not depend on the order of runs;
-- a tag names one manifest per repository, and the newest claim wins.
+- a tag names one manifest per repository, and the newest claim wins;
+- an imported record of an image already imported is the registry's newer document of it: the
+  tags the store held for the image that it does not list are retired (`premerge`).
 """
 
 from __future__ import annotations
