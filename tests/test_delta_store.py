@@ -969,3 +969,35 @@ def test_the_schema_version_is_marked_when_another_commit_came_first(tmp_path, m
     configuration = deltalake.DeltaTable(location).metadata().configuration
     assert configuration[deltalog.SCHEMA_VERSION_PROPERTY] == str(deltalog.SCHEMA_VERSION)
     assert len(opened) >= 2
+
+
+def test_a_streamed_load_holds_only_its_keys_until_the_commit(tmp_path):
+    """Batches read whole (Arrow IPC) keep every column in one buffer: what a run keeps of them
+    until its commit (keys for conflicts, key hashes for OwnRows) must not pin those buffers, or
+    a load of a million images held all of them (5 GB) until it committed."""
+    padding = "x" * 20_000  # a config_raw-sized column, far larger than the keys
+    path = str(tmp_path / "input.arrow")
+    batches, rows = 8, 500
+    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, schema.IMAGES) as writer:
+        for b in range(batches):
+            table = images(*(dict(image(b * rows + i), config_raw=padding.encode()) for i in range(rows)))
+            writer.write_table(table)
+    input_bytes = batches * rows * len(padding)
+
+    def stream():
+        with pa.OSFile(path) as source:  # read, not mapped: the batches are allocated
+            reader = pa.ipc.open_file(source)
+            for i in range(reader.num_record_batches):
+                yield pa.Table.from_batches([reader.get_batch(i)])
+
+    held = []
+    with DeltaStore(str(tmp_path / "store"), batch_rows=rows) as s:
+        s.create()
+        baseline = pa.total_allocated_bytes()
+        s.write_run(
+            {"run_id": "load"},
+            Changes(images=stream()),
+            _before_commit=lambda table: held.append(pa.total_allocated_bytes() - baseline),
+        )
+        assert len(current(s)["images"]) == batches * rows
+    assert held and max(held) < input_bytes / 4, (held, input_bytes)

@@ -43,6 +43,7 @@ that long.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import dataclasses
 import errno
@@ -311,29 +312,44 @@ class OwnRows:
     latest_written_at: datetime | None = None
     complete: bool = True  # False once the keys were dropped
 
-    def add(self, table: str, paths: Sequence[str], written: Sequence[pa.Table], written_at: datetime) -> None:
+    @staticmethod
+    def hashes(piece: pa.Table) -> tuple[array.array, array.array, array.array]:
+        """The key hashes (ids, digests, tags) of images rows that `add` takes once they commit: 8
+        bytes a key, where the rows' columns would take ten times that until the commit."""
+        columns = [piece.column(c).to_pylist() for c in ("id", "digest", "registry", "name", "tags")]
+        ids = array.array("q", map(hash, columns[0]))
+        digests = array.array("q", [hash(d) for d in columns[1] if d is not None])
+        tag_keys = array.array("q")
+        for registry, name, image_tags in zip(*columns[2:], strict=True):
+            if not image_tags:
+                continue
+            if registry is None or name is None:
+                tag_keys.extend(map(hash, image_tags))
+            else:
+                tag_keys.extend([hash((registry, name, tag)) for tag in image_tags])
+        return ids, digests, tag_keys
+
+    def add(self, table: str, paths: Sequence[str], written: Sequence[tuple] | None, written_at: datetime) -> None:
+        """The files of a commit, and the key hashes (`hashes`) of its images rows; None when the
+        run wrote more than MAX_OWN_KEYS images."""
         self.files.update(paths)
         if self.latest_written_at is None or written_at > self.latest_written_at:
             self.latest_written_at = written_at
         if table != "images" or not self.complete:
             return
-        ids, digests, tags = self.ids, self.digests, self.tags
-        for piece in written:
-            columns = [piece.column(c).to_pylist() for c in ("id", "digest", "registry", "name", "tags")]
-            ids.update(map(hash, columns[0]))
-            digests.update(hash(d) for d in columns[1] if d is not None)
-            tag_keys: list[int] = []
-            for registry, name, image_tags in zip(*columns[2:], strict=True):
-                if not image_tags:
-                    continue
-                if registry is None or name is None:
-                    tag_keys.extend(map(hash, image_tags))
-                else:
-                    tag_keys.extend(hash((registry, name, tag)) for tag in image_tags)
-            tags.update(tag_keys)
-        if len(ids) > MAX_OWN_KEYS:
-            self.complete = False
-            self.ids, self.digests, self.tags = HashSet(), HashSet(), HashSet()
+        if written is None:
+            self.drop_keys()
+            return
+        for ids, digests, tag_keys in written:
+            self.ids.update(ids.tolist())
+            self.digests.update(digests.tolist())
+            self.tags.update(tag_keys.tolist())
+        if len(self.ids) > MAX_OWN_KEYS:
+            self.drop_keys()
+
+    def drop_keys(self) -> None:
+        self.complete = False
+        self.ids, self.digests, self.tags = HashSet(), HashSet(), HashSet()
 
     def may_hold(self, column: str, values) -> bool:
         if column == "tag":
@@ -758,7 +774,7 @@ class DeltaStore:
                     return  # vacuumed or unreadable: the questions go to the files
                 written = [t for t in data.column(WRITTEN_AT).to_pylist() if t is not None]
                 latest = max(written, default=own.latest_written_at) or datetime.min.replace(tzinfo=timezone.utc)
-                own.add(table, [path], [data] if table == "images" else [], latest)
+                own.add(table, [path], [OwnRows.hashes(data)] if table == "images" else [], latest)
 
     # -- writing
 
@@ -895,13 +911,13 @@ class DeltaStore:
         images rows written."""
         adds: list[AddAction] = []
         keys: list[pa.Table] = []
-        written: list[pa.Table] = []  # the key columns of the images rows, for OwnRows
+        written: list[tuple] | None = []  # the key hashes of the images rows, for OwnRows
         count = tombstones = 0
         pending: list[pa.Table] = []
         pending_rows = 0
 
         def flush():
-            nonlocal count, tombstones, pending, pending_rows
+            nonlocal count, tombstones, pending, pending_rows, written
             if not pending:
                 return
             data = pa.concat_tables(pending) if len(pending) > 1 else pending[0]
@@ -938,9 +954,14 @@ class DeltaStore:
             if _has_adjacent_duplicates(sorted_keys):
                 raise StoreError(f"a run wrote the same {table} key twice; each key may appear once per run")
             adds.append(self._write_parquet(table, pieces, data_change=True, run_id=run_id, newest=written_at))
-            keys.append(sorted_keys)
-            if table == "images":
-                written.append(data.select(["id", "digest", "registry", "name", "tags"]))
+            # Kept until the commit, so copied: a column shares its buffer with every column of its
+            # batch when the batch was read whole (an Arrow IPC or Flight stream), and the keys
+            # of a streamed load held all of its rows (5 GB for a million images).
+            keys.append(_detached(sorted_keys))
+            if table == "images" and written is not None:
+                written.append(OwnRows.hashes(data))
+                if count + n > MAX_OWN_KEYS:
+                    written = None  # more than OwnRows keeps
             count += n
             tombstones += flags.to_pylist().count(True)
 
@@ -964,15 +985,17 @@ class DeltaStore:
 
     def _duplicates_across(self, table: str, adds: Sequence[AddAction]) -> bool:
         """Whether a key repeats across the files of one run (each file was checked by itself); read
-        back from the files, so that a run of a million rows needs no hash set of its keys."""
+        back from the files, so that a run of a million rows needs no hash set of its keys. Grouped
+        by the keys' 64-bit hash first, a third of the memory of grouping the strings (a load of a
+        million tags went over 1 GB); the keys themselves only if two hashes meet."""
         listed = ", ".join(_quote(f"{self._table_dir(table)}/{a.path}") for a in adds)
         keys = ", ".join(KEYS[table])
-        rows = (
-            self._duckdb()
-            .execute(f"SELECT 1 FROM read_parquet([{listed}]) GROUP BY {keys} HAVING count(*) > 1 LIMIT 1")
-            .fetchall()
-        )
-        return bool(rows)
+        con = self._duckdb()
+        for group in (f"hash({keys})", keys):
+            query = f"SELECT 1 FROM read_parquet([{listed}]) GROUP BY {group} HAVING count(*) > 1 LIMIT 1"
+            if not con.execute(query).fetchall():
+                return False
+        return True
 
     def _write_parquet(
         self,
@@ -1423,6 +1446,13 @@ class DeltaStore:
 
 
 # ---- a reference pre-merge: what a run appends, given the store as it is
+
+
+def _detached(table: pa.Table) -> pa.Table:
+    """`table` in buffers of its own, which pin no other column's memory."""
+    if not table.num_rows:
+        return table.schema.empty_table()
+    return pa.Table.from_arrays([pa.concat_arrays(column.chunks) for column in table.columns], schema=table.schema)
 
 
 def premerge(
