@@ -269,7 +269,12 @@ def phase_incremental(args) -> dict:
     # every 37,000 images): a tag move, which gives the older image a tags-only row.
     moved = [[f"v{n}", f"v{n - 37_000}"] if j < 200 else [f"v{n}"] for j, n in enumerate(range(first, first + 600))]
     fresh = fresh.set_column(fresh.schema.get_field_index("tags"), "tags", pa.array(moved, pa.list_(pa.string())))
-    changed = generate_batch(args.offset * 7 % args.rows, 200, variant=f"v{args.offset}")
+    # Changed data under the same id and manifest digest, as a record of another source or
+    # exactness brings: an id is one image, so a variant with its own digest would be refused.
+    start = args.offset * 7 % args.rows
+    changed = generate_batch(start, 200, variant=f"v{args.offset}")
+    digest = changed.schema.get_field_index("digest")
+    changed = changed.set_column(digest, "digest", generate_batch(start, 200).column("digest"))
     same = generate_batch((args.offset * 13 + 5000) % (args.rows - 200), 200)
 
     incoming = pa.concat_tables([fresh, changed, same])
