@@ -941,12 +941,15 @@ class DeltaStore:
                     # in order by slices, as a take imports pyarrow.compute (50 ms, a small run's sixth).
                     data = pa.concat_tables([data.slice(i, 1) for i in order]).combine_chunks()
                 pieces = iter((data,))
-                sorted_keys = data.select(list(KEYS[table]))
+                # Kept until the commit, so copied: a column shares its buffer with every column of
+                # its batch when the batch was read whole (an Arrow IPC or Flight stream), and the
+                # keys of a streamed load held all of its rows (5 GB for a million images).
+                sorted_keys = _detached(data.select(list(KEYS[table])))
             else:  # a take imports pyarrow.compute: the index path hands rows in order
                 import pyarrow.compute as pc
 
                 order = pc.sort_indices(data, sort_keys=[(k, "ascending") for k in _SORT[table]])
-                sorted_keys = data.select(list(KEYS[table])).take(order)
+                sorted_keys = data.select(list(KEYS[table])).take(order)  # a copy of its own
                 # Sorted a few row groups at a time: a sorted copy of the whole batch would double
                 # the memory a load needs.
                 step = self.row_group_rows * 4
@@ -954,10 +957,7 @@ class DeltaStore:
             if _has_adjacent_duplicates(sorted_keys):
                 raise StoreError(f"a run wrote the same {table} key twice; each key may appear once per run")
             adds.append(self._write_parquet(table, pieces, data_change=True, run_id=run_id, newest=written_at))
-            # Kept until the commit, so copied: a column shares its buffer with every column of its
-            # batch when the batch was read whole (an Arrow IPC or Flight stream), and the keys
-            # of a streamed load held all of its rows (5 GB for a million images).
-            keys.append(_detached(sorted_keys))
+            keys.append(sorted_keys)
             if table == "images" and written is not None:
                 written.append(OwnRows.hashes(data))
                 if count + n > MAX_OWN_KEYS:
@@ -1562,7 +1562,7 @@ def premerge(
             # The registry's own document of this image: a tag it does not list was removed there.
             for tag in sorted(keep_stored - own):
                 key = (stored["registry"], stored["name"], tag)
-                if key not in final_holder and key not in dropped:
+                if key not in final_holder:
                     dropped[key] = None
             keep_stored = set()
         tags = sorted((keep_stored | own) - losing.get(image_id, set()))
