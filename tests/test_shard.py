@@ -299,6 +299,22 @@ def test_a_manifest_reached_twice_is_one_shards(tmp_path):
     assert len({r.id for r in whole[0]}) < len(whole[0])  # the same resources do come from several walks
 
 
+@pytest.mark.parametrize("media_type", [["x"], {"a": 1}, 7])
+def test_a_media_type_that_is_no_string_is_one_error_in_any_shard(tmp_path, media_type):
+    """Grouping descriptors for shards looks at media types before any check has run: a list or an
+    object there must not stop the run (a list is unhashable), and is the walk's one error."""
+    blobs = Blobs()
+    top = [named(blobs.image(layers=(f"plain-{i}".encode(),)), f"reg.example/plain:{i}") for i in range(5)]
+    odd = dict(blobs.image(layers=(b"odd",)), mediaType=media_type)
+    child = blobs.image(layers=(b"child",))
+    index = blobs.index([dict(child, platform={"os": "linux", "architecture": "amd64"}), odd])
+    top += [named(odd, "reg.example/odd:1"), named(index, "reg.example/multi:1")]
+    write_dir(str(tmp_path), blobs.layout_files(top))
+    records, errors, _ = check_partitions(lambda shard: run_spec(f"oci:{tmp_path}", shard))
+    assert sorted(r.name for r in records) == ["multi"] * 2 + ["plain"] * 5  # the index and its good child
+    assert len(errors) == 2 and all("has an invalid mediaType" in e for e in errors)
+
+
 def test_layout_ref_not_found_is_said_by_every_shard_alike(tmp_path):
     blobs = Blobs()
     write_dir(str(tmp_path), blobs.layout_files(layout_images(blobs)))

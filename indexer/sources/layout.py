@@ -419,7 +419,9 @@ def descriptor_key(raw: object, position: int) -> str:
 
 
 def _may_be_index(media_type: object) -> bool:
-    return not media_type or media_type in mt.INDEXES  # without a media type, only its bytes tell
+    # Without a media type, only its bytes tell; one that is no string (an error the walk reports)
+    # names nothing, and must not reach the set lookup (a list is unhashable).
+    return not media_type or (isinstance(media_type, str) and media_type in mt.INDEXES)
 
 
 def _reachable(blobs, digest: str, depth: int = 0) -> Iterator[str]:
