@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from builders import (
+    OCI_INDEX,
     OCI_MANIFEST,
     Blobs,
     classic_save_files,
@@ -297,6 +298,84 @@ def test_a_manifest_reached_twice_is_one_shards(tmp_path):
     write_dir(str(tmp_path), blobs.layout_files(top))
     whole = check_partitions(lambda shard: run_spec(f"oci:{tmp_path}", shard))
     assert len({r.id for r in whole[0]}) < len(whole[0])  # the same resources do come from several walks
+
+
+@pytest.mark.parametrize("with_index", [False, True])
+def test_a_streamed_index_is_sharded_as_a_small_one_in_two_passes(tmp_path, monkeypatch, with_index):
+    """A large index.json is read one descriptor at a time: once to check it whole, once to walk.
+    Where no descriptor may be an index, the check also tells each descriptor's shard key, so a
+    shard reads the file no more often than an unsharded walk does; the partition is the same."""
+    from indexer.sources import layout
+
+    blobs = Blobs()
+    top = layout_images(blobs) if with_index else [named(blobs.image(layers=(b"%d" % i,)), f"v{i}") for i in range(20)]
+    top.append(named(dict(blobs.image(layers=(b"odd",)), mediaType=["x"]), "odd"))  # no index either
+    write_dir(str(tmp_path), blobs.layout_files(top))
+    small = check_partitions(lambda shard: run_spec(f"oci:{tmp_path}", shard, repository="team/app"))
+
+    passes = []
+    original = layout._index_elements
+
+    def counted(pieces, where, summary):
+        passes.append(where)
+        return original(pieces, where, summary)
+
+    monkeypatch.setattr(layout, "MAX_JSON_BYTES", 16)  # stream even a small index
+    monkeypatch.setattr(layout, "_index_elements", counted)
+    streamed = check_partitions(lambda shard: run_spec(f"oci:{tmp_path}", shard, repository="team/app"))
+    assert streamed == small
+    for shard in (None, *sharded(3)):
+        passes.clear()
+        run_spec(f"oci:{tmp_path}", shard, repository="team/app")
+        assert len(passes) == (3 if with_index and shard is not None else 2)  # grouping below an index: one more
+
+
+descriptor_values = st.one_of(
+    st.none(),
+    st.integers(),
+    st.text(max_size=4),
+    st.lists(st.text(max_size=3), max_size=2),
+    st.dictionaries(
+        st.sampled_from(["mediaType", "digest", "size"]),
+        st.one_of(
+            st.sampled_from(
+                [
+                    "",
+                    "sha256:" + "a" * 64,
+                    "sha256:" + "b" * 64,
+                    OCI_MANIFEST,
+                    OCI_INDEX,
+                    "application/vnd.docker.distribution.manifest.list.v2+json",
+                ]
+            ),
+            st.none(),
+            st.integers(),
+            st.lists(st.text(max_size=2), max_size=2),
+            st.dictionaries(st.text(max_size=2), st.integers(), max_size=1),
+        ),
+    ),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(descriptor_values, max_size=6))
+def test_shard_keys_take_any_descriptors_and_agree_with_the_check(tmp_path_factory, descriptors):
+    """Grouping runs before descriptors are checked: any JSON there gives keys, never an exception,
+    and where the check finds no possible index, the keys are the descriptors' own."""
+    from indexer.sources import layout
+
+    root = tmp_path_factory.mktemp("layout")
+    (root / "blobs" / "sha256").mkdir(parents=True)
+    data = json.dumps({"schemaVersion": 2, "manifests": descriptors}).encode()
+    keys = layout.shard_keys(layout.DirBlobs(str(root)), data, "x")
+    own = [layout.descriptor_key(raw, position) for position, raw in enumerate(descriptors)]
+    for whole in (True, False):
+        index = layout.IndexJson("x", len(data) if whole else 1 << 30, lambda: iter([data]))
+        if not index.lists_indexes():
+            assert keys == own
+    assert layout.IndexJson("x", len(data), lambda: iter([data])).lists_indexes() == (
+        layout.IndexJson("x", 1 << 30, lambda: iter([data])).lists_indexes()
+    )
 
 
 @pytest.mark.parametrize("media_type", [["x"], {"a": 1}, 7])

@@ -296,11 +296,21 @@ class IndexJson:
         self._small: list[tuple[object, dict]] | None = None
         self._whole: bool | None = None
         self._checked: tuple[int, int] | None = None  # (which `manifests` key counts, its length)
+        self._leads: bool | None = None  # whether a descriptor may be an index (`_leads_further`)
 
     def count(self) -> int:
         if self._parsed_at_once():
             return len(self._small)
         return self._check()[1]
+
+    def lists_indexes(self) -> bool:
+        """Whether a descriptor may be an index, which other descriptors' manifests may sit below.
+        Where none is, each descriptor is its own shard unit, and the walk needs no pass of its own
+        to group them (`shard_keys`): the check a large index.json gets anyway tells."""
+        if self._parsed_at_once():
+            return any(_leads_further(raw) for raw, _ in self._small)
+        self._check()
+        return self._leads
 
     def descriptors(self) -> Iterator[tuple[object, dict]]:
         if self._parsed_at_once():
@@ -324,8 +334,10 @@ class IndexJson:
     def _check(self) -> tuple[int, int]:
         if self._checked is None:
             summary: dict = {}
-            for _ in _index_elements(self._chunks(), self.where, summary):
-                pass
+            leads: set[int] = set()  # the `manifests` keys that list a possible index
+            for ordinal, element in _index_elements(self._chunks(), self.where, summary):
+                if ordinal not in leads and _leads_further(element):
+                    leads.add(ordinal)
             schema = summary["schema"]
             if schema not in (2, None):
                 raise SourceError(self.where, f"index.json has unsupported schemaVersion {schema!r}")
@@ -334,6 +346,7 @@ class IndexJson:
             if kind == "other":
                 raise SourceError(self.where, "index.json: manifests is not a list")
             self._checked = (last, summary["counts"][last]) if kind == "list" else (0, 0)
+            self._leads = last in leads
         return self._checked
 
 
@@ -388,8 +401,12 @@ def walk_layout(
 
 
 def _walk_layout(blobs, index, ctx, where, ref, extra_names, keys) -> Iterator[ImageRecord | SourceError]:
+    own_keys = False  # each descriptor keyed by its own digest (`descriptor_key`)
     if ctx.shard is not None and keys is None:
-        keys = shard_keys(blobs, index, where)
+        if isinstance(index, IndexJson) and not index.lists_indexes():
+            own_keys = True  # what `shard_keys` would find, without a pass over index.json
+        else:
+            keys = shard_keys(blobs, index, where)
     found = False
     descriptors = index.descriptors() if isinstance(index, IndexJson) else top_descriptors(index, where)
     for position, (raw, notes) in enumerate(descriptors):
@@ -397,6 +414,8 @@ def _walk_layout(blobs, index, ctx, where, ref, extra_names, keys) -> Iterator[I
             continue
         found = True  # before the shard test: "no image named" is for a ref no shard finds
         if keys is not None and not in_shard(ctx.shard, keys[position]):
+            continue
+        if own_keys and not in_shard(ctx.shard, descriptor_key(raw, position)):
             continue
         try:
             descriptor = parse_descriptor(raw, where, f"index.json manifests[{position}]")
@@ -422,6 +441,14 @@ def _may_be_index(media_type: object) -> bool:
     # Without a media type, only its bytes tell; one that is no string (an error the walk reports)
     # names nothing, and must not reach the set lookup (a list is unhashable).
     return not media_type or (isinstance(media_type, str) and media_type in mt.INDEXES)
+
+
+def _leads_further(raw: object) -> bool:
+    """Whether a top-level descriptor may be an index, whose manifests another descriptor may reach."""
+    if not isinstance(raw, dict):
+        return False
+    digest = raw.get("digest")
+    return isinstance(digest, str) and bool(digest) and _may_be_index(raw.get("mediaType"))
 
 
 def _reachable(blobs, digest: str, depth: int = 0) -> Iterator[str]:
@@ -467,7 +494,7 @@ def shard_keys(blobs, index: IndexJson | bytes, where: str) -> list[str]:
         key = descriptor_key(raw, position)
         tops.append(key)
         parent.setdefault(key, key)
-        if isinstance(raw, dict) and key == raw.get("digest") and _may_be_index(raw.get("mediaType")):
+        if _leads_further(raw):
             for reached in _reachable(blobs, key):
                 parent.setdefault(reached, reached)
                 a, b = root(key), root(reached)
