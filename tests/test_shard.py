@@ -473,6 +473,65 @@ def test_docker25_save_is_sharded_with_its_manifest_json_entries(tmp_path):
     assert len(whole[0]) == 10
 
 
+def fan_out(blobs: Blobs) -> list[dict]:
+    """Five plain images and a chain of 16 indexes, each listing the next ten times: 10**16 paths
+    down to one manifest, in about 25 KB."""
+    top = [named(blobs.image(layers=(f"fan-{i}".encode(),)), f"reg.example/plain:{i}") for i in range(5)]
+    descriptor = blobs.image(layers=(b"deep",))
+    for _ in range(16):
+        descriptor = blobs.index([descriptor] * 10)
+    return top + [named(descriptor, "reg.example/deep:1")]
+
+
+@pytest.mark.parametrize("kind", ["oci", "oci-archive", "docker-archive"])
+def test_indexes_that_fan_out_are_grouped_for_shards_in_bounded_reads(tmp_path, monkeypatch, kind):
+    """Grouping follows an index's children to see which descriptors meet. Read once per index,
+    a chain that lists each next index ten times costs 17 reads; followed down every path it would
+    not end. Every shard then says the walk's one error, as the unsharded run does."""
+    from indexer.sources import layout, parse
+
+    monkeypatch.setattr(parse, "MAX_WALKED", 300)  # the walk's own bound; keeps each run short
+    blobs = Blobs()
+    top = fan_out(blobs)
+    files = blobs.layout_files(top)
+    if kind == "oci":
+        write_dir(str(tmp_path), files)
+        spec = f"oci:{tmp_path}"
+    else:
+        if kind == "docker-archive":  # a Docker 25+ save: manifest.json beside the layout
+            entries = []
+            for descriptor in top[:5]:
+                manifest = json.loads(blobs.blobs[descriptor["digest"]])
+                entries.append(
+                    {
+                        "Config": f"blobs/sha256/{manifest['config']['digest'].split(':')[1]}",
+                        "RepoTags": [descriptor["annotations"]["org.opencontainers.image.ref.name"]],
+                        "Layers": [f"blobs/sha256/{layer['digest'].split(':')[1]}" for layer in manifest["layers"]],
+                    }
+                )
+            files["manifest.json"] = dumps(entries)
+        spec = f"{kind}:{write_tar(str(tmp_path / 'fan.tar'), files)}"
+
+    reads = collections.Counter()
+    for owner in (layout.DirBlobs, layout.TarBlobs):
+        original = owner.read_blob
+
+        def counted(self, digest, limit, original=original):
+            reads[digest] += 1
+            if sum(reads.values()) > 20_000:
+                pytest.fail("reading the same indexes over and over")
+            return original(self, digest, limit)
+
+        monkeypatch.setattr(owner, "read_blob", counted)
+
+    whole = run_spec(spec, None, repository="team/app")
+    assert len(whole[1]) == 1 and "leads to more than 300 manifests" in whole[1][0]
+    assert {r.name for r in whole[0]} == {"plain", "deep"}
+    for count in (2, 3):
+        parts = [run_spec(spec, shard, repository="team/app") for shard in sharded(count)]
+        assert_partition(whole, parts)
+
+
 @pytest.mark.parametrize(
     "name", sorted(n for n in os.listdir(REAL) if n.endswith((".tar", ".gz", ".zst")) or n == "oci-layout")
 )

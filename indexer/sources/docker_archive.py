@@ -130,23 +130,35 @@ def _entry_key(entry: dict, position: int) -> str:
     return config_name if isinstance(config_name, str) and config_name else f"manifest.json[{position}]"
 
 
-def _configs_below(blobs: TarBlobs, digest: str, depth: int = 0) -> list[str]:
+def _configs_below(blobs: TarBlobs, digest: str, memo: dict, depth: int = 0) -> tuple[str, ...]:
     """The config digests a manifest (or an index, through its children) names: what a walk of it
-    could cover. Best effort: what cannot be read covers nothing, as it would in the walk."""
-    if depth > MAX_INDEX_DEPTH or blobs.blob_size(digest) is None:
-        return []
+    could cover. Best effort: what cannot be read covers nothing, as it would in the walk.
+
+    Each (digest, depth) is read once per archive: a chain of indexes that each list the next ten
+    times would otherwise be read 10**depth times."""
+    if depth > MAX_INDEX_DEPTH:
+        return ()
+    known = memo.get((digest, depth))
+    if known is not None:
+        return known
+    memo[(digest, depth)] = found = ()
+    if blobs.blob_size(digest) is None:
+        return found
     try:
         doc = load_json(blobs.read_blob(digest, MAX_JSON_BYTES), blobs.members.where, "manifest")
     except SourceError:
-        return []
+        return found
     if not isinstance(doc, dict):
-        return []
+        return found
     config = doc.get("config")
-    found = [config["digest"]] if isinstance(config, dict) and isinstance(config.get("digest"), str) else []
+    configs: dict[str, None] = {}
+    if isinstance(config, dict) and isinstance(config.get("digest"), str):
+        configs[config["digest"]] = None
     children = doc.get("manifests")
     for child in children if isinstance(children, list) else ():
         if isinstance(child, dict) and isinstance(child.get("digest"), str):
-            found += _configs_below(blobs, child["digest"], depth + 1)
+            configs.update(dict.fromkeys(_configs_below(blobs, child["digest"], memo, depth + 1)))
+    memo[(digest, depth)] = found = tuple(configs)
     return found
 
 
@@ -164,10 +176,11 @@ class _ConfigOwners:
     def get(self, config_digest: str) -> str | None:
         if self._owners is None:
             self._owners = {}
+            memo: dict = {}
             for position, (raw, _) in enumerate(self.index.descriptors()):
                 digest = descriptor_key(raw, position)
                 if is_valid_digest(digest):
-                    for config in _configs_below(self.blobs, digest):
+                    for config in _configs_below(self.blobs, digest, memo):
                         self._owners.setdefault(config, self.keys[position])
         return self._owners.get(config_digest)
 

@@ -451,11 +451,17 @@ def _leads_further(raw: object) -> bool:
     return isinstance(digest, str) and bool(digest) and _may_be_index(raw.get("mediaType"))
 
 
-def _reachable(blobs, digest: str, depth: int = 0) -> Iterator[str]:
+def _reachable(blobs, digest: str, expanded: dict[str, int], depth: int = 0) -> Iterator[str]:
     """The manifests an index leads to, best effort: what cannot be read leads nowhere, as in the
-    walk. Read unverified; a wrong answer only joins more descriptors, never splits them."""
-    if depth > MAX_INDEX_DEPTH:
+    walk. Read unverified; a wrong answer only joins more descriptors, never splits them.
+
+    An index already expanded at this depth or a shallower one is not read again: its group
+    already holds all it leads to, so joining it is enough. Without that, a chain of indexes that
+    each list the next ten times is read 10**depth times. One first met deep is read again when met
+    shallower, where the depth limit cuts fewer of its descendants."""
+    if depth > MAX_INDEX_DEPTH or expanded.get(digest, MAX_INDEX_DEPTH + 1) <= depth:
         return
+    expanded[digest] = depth
     try:
         if blobs.blob_size(digest) is None:
             return
@@ -467,7 +473,7 @@ def _reachable(blobs, digest: str, depth: int = 0) -> Iterator[str]:
         if isinstance(child, dict) and isinstance(child.get("digest"), str):
             yield child["digest"]
             if _may_be_index(child.get("mediaType")):
-                yield from _reachable(blobs, child["digest"], depth + 1)
+                yield from _reachable(blobs, child["digest"], expanded, depth + 1)
 
 
 def shard_keys(blobs, index: IndexJson | bytes, where: str) -> list[str]:
@@ -489,13 +495,14 @@ def shard_keys(blobs, index: IndexJson | bytes, where: str) -> list[str]:
         return node
 
     tops = []
+    expanded: dict[str, int] = {}
     descriptors = index.descriptors() if isinstance(index, IndexJson) else top_descriptors(index, where)
     for position, (raw, _) in enumerate(descriptors):
         key = descriptor_key(raw, position)
         tops.append(key)
         parent.setdefault(key, key)
         if _leads_further(raw):
-            for reached in _reachable(blobs, key):
+            for reached in _reachable(blobs, key, expanded):
                 parent.setdefault(reached, reached)
                 a, b = root(key), root(reached)
                 if a != b:
