@@ -26,6 +26,7 @@ from .parse import (
     MAX_JSON_BYTES,
     MAX_PARSED_BYTES,
     Context,
+    Walks,
     load_object,
     parse_descriptor,
     parsed_size,
@@ -408,6 +409,7 @@ def _walk_layout(blobs, index, ctx, where, ref, extra_names, keys) -> Iterator[I
         else:
             keys = shard_keys(blobs, index, where)
     found = False
+    walks = Walks()
     descriptors = index.descriptors() if isinstance(index, IndexJson) else top_descriptors(index, where)
     for position, (raw, notes) in enumerate(descriptors):
         if ref and not _matches(notes, ref):
@@ -425,7 +427,7 @@ def _walk_layout(blobs, index, ctx, where, ref, extra_names, keys) -> Iterator[I
         names = names_from_annotations(notes, ctx, where)
         if extra_names is not None:
             names = names + extra_names(descriptor)
-        yield from walk(blobs, descriptor, names, ctx, where, annotations=notes)
+        yield from walk(blobs, descriptor, names, ctx, where, annotations=notes, walks=walks)
     if ref and not found:
         yield SourceError(where, f"no image named {ref!r} in index.json")
 

@@ -49,6 +49,15 @@ MAX_INDEX_DEPTH = 16
 # exponentially often (10 children, 15 levels: 10**15 walks of a 25 KB layout). Real indexes list
 # a few dozen platforms and attestations.
 MAX_WALKED = 50_000
+# All the top-level descriptors of one source together: MAX_WALKED_IN_ALL, and this many more for
+# each of them. Without it, N descriptors naming one large index under N repository names cost N
+# times the index: 5,000 names on an index of 20,000 listings, a 4 MB layout, took about 1 s each.
+MAX_WALKED_IN_ALL = 1_000_000
+WALKS_PER_DESCRIPTOR = 64
+# A manifest or index read costs one walk more for each this many of its bytes.
+_BYTES_PER_WALK = 4096
+# The bytes of the indexes one source keeps, so that descriptors listing one again cost no read.
+_KEPT_BYTES = 64 * 1024 * 1024
 # Sizes are int64 in the store, the OCI descriptor and the Container Registry API alike.
 INT64_MAX = 2**63 - 1
 
@@ -389,6 +398,57 @@ def _detect_media_type(declared: str, doc: dict) -> str:
     return ""
 
 
+class Walks:
+    """What the walks of one source's top-level descriptors share: which indexes had their children
+    walked, under which names and how near the top, and the walks spent against the allowance.
+
+    An index's children yield the same records whoever lists it under the same names (they carry
+    the names' repositories, the index as parent, and what the index itself says of them), so
+    they are walked once; the index's own record, with its tags, is yielded every time."""
+
+    __slots__ = ("expanded", "spent", "allowance", "indexes", "kept")
+
+    def __init__(self) -> None:
+        self.expanded: dict[tuple, int] = {}
+        self.spent = 0
+        self.allowance = MAX_WALKED_IN_ALL
+        # Indexes read, verified and found well formed, by (digest, media type, size) as listed:
+        # listed again alike, one is neither read nor hashed again. Up to _KEPT_BYTES of them.
+        self.indexes: dict[tuple, tuple[bytes, str]] = {}
+        self.kept = 0
+
+    def keep(self, key: tuple, data: bytes, media_type: str) -> None:
+        if key not in self.indexes and self.kept + len(data) <= _KEPT_BYTES:
+            self.indexes[key] = (data, media_type)
+            self.kept += len(data)
+
+
+class _Top:
+    """The walk of one top-level descriptor: its digest, its count, whether its bound was said."""
+
+    __slots__ = ("digest", "count", "said", "walks")
+
+    def __init__(self, digest: str, walks: Walks):
+        self.digest, self.count, self.said, self.walks = digest, 0, False, walks
+
+
+def _over(walked: _Top, cost: int = 0) -> bool:
+    """Whether the next walk below a top-level descriptor (and `cost` more) would pass a bound."""
+    return walked.count >= MAX_WALKED or walked.walks.spent + cost >= walked.walks.allowance
+
+
+def _bound_error(walked: _Top, where: str, skipped: str = "what {} lists") -> SourceError:
+    walked.said = True  # said once; the indexes still under way stop at once
+    if walked.count >= MAX_WALKED:
+        return SourceError(where, f"index {walked.digest} leads to more than {MAX_WALKED} manifests, counting repeats")
+    return SourceError(
+        where,
+        f"{skipped.format(walked.digest)} is skipped: this source's descriptors lead to more than "
+        f"{walked.walks.allowance} manifests in all, counting repeats ({MAX_WALKED_IN_ALL} and "
+        f"{WALKS_PER_DESCRIPTOR} for each descriptor, every {_BYTES_PER_WALK} bytes read counted as one)",
+    )
+
+
 def walk(
     store: BlobStore,
     descriptor: Blob,
@@ -400,17 +460,29 @@ def walk(
     platform: Platform | None = None,
     annotations: dict | None = None,
     depth: int = 0,
-    walked: list | None = None,
+    walked: _Top | None = None,
+    walks: Walks | None = None,
 ) -> Iterator[ImageRecord | SourceError]:
-    """Yield the records of one descriptor (and of its children, for an index). `walked` holds the
-    manifests reached so far from the top-level descriptor, and its digest."""
+    """Yield the records of one descriptor (and of its children, for an index). A top-level call
+    passes the `walks` its source shares (a new one when none); `walked` is for the calls below.
+
+    A top-level descriptor of less than _BYTES_PER_WALK is always walked itself, so the plain
+    images of a source land whatever its indexes cost; a larger one, and what any lists, while the
+    bounds hold. Each record carries its manifest's bytes: those count whether read or kept."""
     if walked is None:
-        walked = [0, descriptor.digest]
-    walked[0] += 1
-    if walked[0] > MAX_WALKED:
-        if walked[0] == MAX_WALKED + 1:  # said once; the indexes still under way stop at once
-            yield SourceError(where, f"index {walked[1]} leads to more than {MAX_WALKED} manifests, counting repeats")
+        walks = walks if walks is not None else Walks()
+        walks.allowance += WALKS_PER_DESCRIPTOR
+        walked = _Top(descriptor.digest, walks)
+        cost = descriptor.size // _BYTES_PER_WALK if descriptor.size <= MAX_JSON_BYTES else 0  # else refused unread
+        if cost and _over(walked, cost):
+            yield _bound_error(walked, where, "{}")
+            return
+    elif _over(walked):
+        if not walked.said:
+            yield _bound_error(walked, where)
         return
+    walked.count += 1
+    walked.walks.spent += 1
     if depth > MAX_INDEX_DEPTH:
         yield SourceError(where, f"manifest {descriptor.digest} is nested more than {MAX_INDEX_DEPTH} indexes deep")
         return
@@ -424,7 +496,16 @@ def walk(
         ctx.note(f"{where}: skipped {descriptor.digest}: unknown media type {descriptor.media_type}")
         return
     try:
+        kept = walked.walks.indexes.get((descriptor.digest, descriptor.media_type, descriptor.size))
+        if kept is not None:
+            data, media_type = kept
+            walked.walks.spent += len(data) // _BYTES_PER_WALK
+            yield from _walk_index(
+                store, descriptor, data, None, media_type, names, ctx, where, parent, platform, depth, walked
+            )
+            return
         data = store.read_blob(descriptor.digest, MAX_JSON_BYTES)
+        walked.walks.spent += len(data) // _BYTES_PER_WALK
         verify(data, descriptor.digest, descriptor.size, where, f"manifest {descriptor.digest}")
         decoded = typed.decode_manifest(data, descriptor.media_type, ctx.descriptors)
         if decoded is not None:
@@ -464,12 +545,22 @@ def walk(
         yield exc
 
 
-def _walk_index(store, descriptor, data, doc, media_type, names, ctx, where, parent, platform, depth, walked):
+def _index_children(descriptor: Blob, doc: dict, where: str) -> list:
     children = doc.get("manifests")
     if children is None:
-        children = []
+        return []
     if not isinstance(children, list):
         raise SourceError(where, f"index {descriptor.digest}: manifests is not a list")
+    return children
+
+
+def _walk_index(store, descriptor, data, doc, media_type, names, ctx, where, parent, platform, depth, walked):
+    """An index's record, then its children's. `doc` is None for an index kept from an earlier
+    walk of this source: parsed again only if its children are walked again."""
+    shared = walked.walks
+    if doc is not None:
+        children = _index_children(descriptor, doc, where)
+        shared.keep((descriptor.digest, descriptor.media_type, descriptor.size), data, media_type)
     groups = group_names(names, ctx, where)
     for registry, name, tags in groups:
         yield new_record(
@@ -489,9 +580,34 @@ def _walk_index(store, descriptor, data, doc, media_type, names, ctx, where, par
             manifest_raw=data,
         )
     untagged = [Reference(registry, name) for registry, name, _ in groups]
+    # Met again nearer the top, the depth limit cuts fewer of its descendants: walked again.
+    key = (descriptor.digest, tuple(untagged))
+    if shared.expanded.get(key, MAX_INDEX_DEPTH + 1) <= depth:
+        return
+    parse_cost = len(data) // _BYTES_PER_WALK if doc is None else 0  # a kept index, parsed again too
+    if _over(walked, parse_cost):
+        if not walked.said:
+            yield _bound_error(walked, where)
+        return
+    shared.expanded[key] = depth
+    shared.spent += parse_cost
+    if doc is None:
+        children = _index_children(descriptor, load_object(data, where, f"manifest {descriptor.digest}"), where)
+    # A child listed again exactly alike yields the same records: counted as walked, not read again.
+    listed: set[tuple] = set()
     for position, raw_child in enumerate(children):
         child = parse_descriptor(raw_child, where, f"index {descriptor.digest} manifests[{position}]", ctx.descriptors)
         child_annotations = raw_child.get("annotations") if isinstance(raw_child.get("annotations"), dict) else {}
+        alike = (child, repr(raw_child.get("platform")), repr(child_annotations))
+        if alike in listed:
+            if _over(walked):
+                if not walked.said:
+                    yield _bound_error(walked, where)
+                return
+            walked.count += 1
+            shared.spent += 1
+            continue
+        listed.add(alike)
         if child.media_type in (mt.INDEXES | mt.MANIFESTS) and store.blob_size(child.digest) is None:
             # Layouts exported for one platform (ctr export, docker save --platform) omit the others.
             ctx.note(f"{where}: child {child.digest} of index {descriptor.digest} is not in the source; skipped")
