@@ -394,6 +394,34 @@ def test_a_media_type_that_is_no_string_is_one_error_in_any_shard(tmp_path, medi
     assert len(errors) == 2 and all("has an invalid mediaType" in e for e in errors)
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.tuples(st.integers(0, 30), st.sampled_from([None, "arm64"])), min_size=1, max_size=4),
+        max_size=5,
+    ),
+    st.lists(st.tuples(st.integers(0, 30), st.integers(0, 2)), min_size=1, max_size=7),
+)
+def test_indexes_shared_between_descriptors_partition_exactly(tmp_path_factory, indexes, tops):
+    """What one descriptor's walk reads once for another (an index's children, a kept index) is
+    shared only between descriptors that meet, which one shard walks: any layout of images and
+    indexes over each other, listed again alike or not, partitions exactly."""
+    root = tmp_path_factory.mktemp("shared")
+    blobs = Blobs()
+    nodes = [blobs.image(layers=(b"shared-%d" % i,)) for i in range(4)]
+    for children in indexes:
+        listed = []
+        for pick, arch in children:
+            child = dict(nodes[pick % len(nodes)])
+            if arch:
+                child["platform"] = {"os": "linux", "architecture": arch}
+            listed.append(child)
+        nodes.append(blobs.index(listed))
+    top = [named(nodes[pick % len(nodes)], f"reg.example/repo{repo}:t{n}") for n, (pick, repo) in enumerate(tops)]
+    write_dir(str(root), blobs.layout_files(top))
+    check_partitions(lambda shard: run_spec(f"oci:{root}", shard), counts=(2, 3))
+
+
 def test_layout_ref_not_found_is_said_by_every_shard_alike(tmp_path):
     blobs = Blobs()
     write_dir(str(tmp_path), blobs.layout_files(layout_images(blobs)))
