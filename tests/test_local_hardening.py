@@ -820,6 +820,59 @@ def test_one_walk_of_all_descriptors_yields_what_each_walked_alone_does(tmp_path
     assert found == expected
 
 
+faults = st.sampled_from(["", "size", "gone", "bad"])
+faulty_listing = st.tuples(st.integers(0, 30), st.sampled_from([None, "arm64"]), faults)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.lists(faulty_listing, min_size=1, max_size=4), min_size=1, max_size=5),
+    # a top-level descriptor's errors name its position in index.json: no faults that say it
+    st.lists(
+        st.tuples(st.integers(0, 30), st.integers(0, 2), st.sampled_from(["", "size", "gone"])), min_size=1, max_size=6
+    ),
+)
+def test_one_walk_says_what_each_descriptor_walked_alone_says(tmp_path_factory, indexes, tops):
+    """As above, with faults in the listings: a wrong size, a manifest the layout lacks, a digest
+    that is no digest. What one walk reads once for several descriptors, it also reports once: the
+    records, errors and notes of one run are, as sets, those of each descriptor walked alone."""
+    root = tmp_path_factory.mktemp("faults")
+    blobs = Blobs()
+    nodes = [blobs.image(layers=(b"f%d" % i,)) for i in range(3)]
+
+    def listing(pick: int, fault: str) -> dict:
+        descriptor = dict(nodes[pick % len(nodes)])
+        if fault == "size":
+            descriptor["size"] += 1
+        elif fault == "gone":
+            descriptor["digest"] = digest_of(descriptor["digest"].encode())
+        elif fault == "bad":
+            descriptor["digest"] = "sha256:nope"
+        return descriptor
+
+    for children in indexes:
+        listed = []
+        for pick, arch, fault in children:
+            child = listing(pick, fault)
+            if arch:
+                child["platform"] = {"os": "linux", "architecture": arch}
+            listed.append(child)
+        nodes.append(blobs.index(listed))
+    descriptors = [
+        named(listing(pick, fault), ref_name=f"registry.example/f{repo}/app:v1") for pick, repo, fault in tops
+    ]
+
+    def run(top: list[dict]):
+        write_dir(str(root), blobs.layout_files(top))
+        records, errors, notes = collect(f"oci:{root}")
+        return set(records), {str(e) for e in errors}, set(notes)
+
+    alone = [run([descriptor]) for descriptor in descriptors]
+    together = run(descriptors)
+    for part, whole in zip(zip(*alone), together):
+        assert set().union(*part) == whole
+
+
 def test_a_repo_tag_that_is_not_a_string_is_noted_and_the_image_lands(tmp_path):
     files = save("registry.example/tags/app:v1")
     entries = json.loads(files["manifest.json"])
