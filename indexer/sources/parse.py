@@ -431,22 +431,28 @@ class _Top:
     def __init__(self, digest: str, walks: Walks):
         self.digest, self.count, self.said, self.walks = digest, 0, False, walks
 
+    def over(self, cost: int = 0) -> bool:
+        """Whether the next walk below it (and `cost` more) would pass a bound."""
+        return self.count >= MAX_WALKED or self.walks.spent + cost >= self.walks.allowance
 
-def _over(walked: _Top, cost: int = 0) -> bool:
-    """Whether the next walk below a top-level descriptor (and `cost` more) would pass a bound."""
-    return walked.count >= MAX_WALKED or walked.walks.spent + cost >= walked.walks.allowance
+    def step(self) -> None:
+        self.count += 1
+        self.walks.spent += 1
 
-
-def _bound_error(walked: _Top, where: str, skipped: str = "what {} lists") -> SourceError:
-    walked.said = True  # said once; the indexes still under way stop at once
-    if walked.count >= MAX_WALKED:
-        return SourceError(where, f"index {walked.digest} leads to more than {MAX_WALKED} manifests, counting repeats")
-    return SourceError(
-        where,
-        f"{skipped.format(walked.digest)} is skipped: this source's descriptors lead to more than "
-        f"{walked.walks.allowance} manifests in all, counting repeats ({MAX_WALKED_IN_ALL} and "
-        f"{WALKS_PER_DESCRIPTOR} for each descriptor, every {_BYTES_PER_WALK} bytes read counted as one)",
-    )
+    def refusal(self, where: str, skipped: str = "what {} lists") -> list[SourceError]:
+        """The bound's error the first time; nothing after, as the indexes still under way stop."""
+        if self.said:
+            return []
+        self.said = True
+        if self.count >= MAX_WALKED:
+            reason = f"index {self.digest} leads to more than {MAX_WALKED} manifests, counting repeats"
+        else:
+            reason = (
+                f"{skipped.format(self.digest)} is skipped: this source's descriptors lead to more than "
+                f"{self.walks.allowance} manifests in all, counting repeats ({MAX_WALKED_IN_ALL} and "
+                f"{WALKS_PER_DESCRIPTOR} for each descriptor, every {_BYTES_PER_WALK} bytes read counted as one)"
+            )
+        return [SourceError(where, reason)]
 
 
 def walk(
@@ -474,15 +480,13 @@ def walk(
         walks.allowance += WALKS_PER_DESCRIPTOR
         walked = _Top(descriptor.digest, walks)
         cost = descriptor.size // _BYTES_PER_WALK if descriptor.size <= MAX_JSON_BYTES else 0  # else refused unread
-        if cost and _over(walked, cost):
-            yield _bound_error(walked, where, "{}")
+        if cost and walked.over(cost):
+            yield from walked.refusal(where, "{}")
             return
-    elif _over(walked):
-        if not walked.said:
-            yield _bound_error(walked, where)
+    elif walked.over():
+        yield from walked.refusal(where)
         return
-    walked.count += 1
-    walked.walks.spent += 1
+    walked.step()
     if depth > MAX_INDEX_DEPTH:
         yield SourceError(where, f"manifest {descriptor.digest} is nested more than {MAX_INDEX_DEPTH} indexes deep")
         return
@@ -585,9 +589,8 @@ def _walk_index(store, descriptor, data, doc, media_type, names, ctx, where, par
     if shared.expanded.get(key, MAX_INDEX_DEPTH + 1) <= depth:
         return
     parse_cost = len(data) // _BYTES_PER_WALK if doc is None else 0  # a kept index, parsed again too
-    if _over(walked, parse_cost):
-        if not walked.said:
-            yield _bound_error(walked, where)
+    if walked.over(parse_cost):
+        yield from walked.refusal(where)
         return
     shared.expanded[key] = depth
     shared.spent += parse_cost
@@ -600,12 +603,10 @@ def _walk_index(store, descriptor, data, doc, media_type, names, ctx, where, par
         child_annotations = raw_child.get("annotations") if isinstance(raw_child.get("annotations"), dict) else {}
         alike = (child, repr(raw_child.get("platform")), repr(child_annotations))
         if alike in listed:
-            if _over(walked):
-                if not walked.said:
-                    yield _bound_error(walked, where)
+            if walked.over():
+                yield from walked.refusal(where)
                 return
-            walked.count += 1
-            shared.spent += 1
+            walked.step()
             continue
         listed.add(alike)
         if child.media_type in (mt.INDEXES | mt.MANIFESTS) and store.blob_size(child.digest) is None:
