@@ -61,11 +61,12 @@ class Layout:
         return {"mediaType": media_type, "digest": "sha256:" + hexd, "size": len(data)}
 
     def image(self, seed: int) -> dict:
-        layer = self.put(corpus.gzip_blob(corpus.small_tar([(f"file{seed}", b"%d" % seed)])), corpus.MT_OCI_LAYER_GZIP)
+        tar = corpus.small_tar([(f"file{seed}", b"%d" % seed)])
+        layer = self.put(corpus.gzip_blob(tar), corpus.MT_OCI_LAYER_GZIP)
         config = {
             "architecture": "amd64",
             "os": "linux",
-            "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "0" * 63 + "1"]},
+            "rootfs": {"type": "layers", "diff_ids": ["sha256:" + corpus.sha256_hex(tar)]},
             "config": {"Env": [f"SEED={seed}"]},
         }
         config_desc = self.put(json.dumps(config, **COMPACT).encode(), corpus.MT_OCI_CONFIG)
