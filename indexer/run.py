@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from hashlib import blake2b
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Iterable
@@ -15,6 +16,7 @@ from .references import redact_userinfo
 from .shard import CountedShard, Shard
 from .sources import SourceOptions, parse_source
 from .sources.parse import Context
+from .store.hashset import HashSet
 
 BATCH = 5000
 # A batch is also written once its records hold this many bytes of manifests and configs: 5,000
@@ -50,6 +52,14 @@ class Kept:
         return [*messages, f"{rest} more {kind} not listed here (each was reported as it happened)"]
 
 
+def image_key(image_id: str) -> int:
+    """A 64-bit key of an image id that is the same in every process, as `hash()` of a str is not
+    (about ten times its cost)."""
+    return int.from_bytes(
+        blake2b(image_id.encode("utf-8", "surrogateescape"), digest_size=8).digest(), "little", signed=True
+    )
+
+
 @dataclass
 class RunSummary:
     indexed: int = 0
@@ -60,6 +70,9 @@ class RunSummary:
     # The tags this run's records claimed, when `run_tasks` is asked to keep them (for
     # `index --jobs`, see workers.py and claims.py).
     claims: ClaimLog = field(default_factory=ClaimLog, repr=False)
+    # `RunSettings.key` of each image the run wrote, so that an image met again (in another
+    # source, past a batch, or by another worker of `index --jobs`) counts once in `indexed`.
+    written: HashSet = field(default_factory=HashSet, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -90,6 +103,9 @@ class RunSettings:
     verify: bool = False  # --verify
     # --shard K/N, which `index_sources` gives every source; a Task carries its own.
     shard: Shard | None = None
+    # The 64-bit key by which `RunSummary.written` knows an image id. `hash()` is the cheapest, and
+    # the same in every process that `index --jobs` forks; spawned workers take `image_key`.
+    key: Callable[[str], int] = hash
 
 
 @dataclass(frozen=True)
@@ -163,6 +179,7 @@ def run_tasks(
     records_seen = 0
     errors, notes = Kept(), Kept()
     pending_bytes = 0
+    key_of = settings.key
     # Tag moves and retirements (a registry re-crawl finds them repository by repository) wait for
     # the next batch and settle in one commit before its images, the order in which they used to
     # commit one by one: a commit each cost a log replay and a listing of every file.
@@ -186,10 +203,12 @@ def run_tasks(
         observer.on_note(message, where())
 
     def store(records: list[ImageRecord]) -> int:
-        """Write a batch; a record the store refuses is isolated by halving, so the rest lands."""
+        """Write a batch; a record the store refuses is isolated by halving, so the rest lands. Says
+        how many of its images this run had not written before: a batch may hold again an image that
+        an earlier one wrote (the same image in two sources, or reached again past a batch)."""
         try:
             writer.write(records, now())
-            return len(records)
+            return summary.written.add_new([key_of(record.id) for record in records])
         except StoreError:
             raise  # the store itself cannot be written: no batch would land
         except Exception as exc:

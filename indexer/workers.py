@@ -22,6 +22,8 @@ met by every worker reading the source; it counts once, as when one process read
 
 from __future__ import annotations
 
+import array
+import dataclasses
 import os
 import signal
 import sys
@@ -39,6 +41,7 @@ from .run import (
     RunSummary,
     Task,
     TaskObserver,
+    image_key,
     now,
     record_run,
     run_tasks,
@@ -47,6 +50,7 @@ from .shard import CountedShard, Shard
 from .sources import ArchiveFolder, DetectedArchive, DockerArchive, OciArchive, OciLayout, SourceOptions, parse_source
 from .sources.layout import is_layout_dir
 from .sources.tarball import MAX_INDEX_BYTES, STDIN_NAMES, open_regular
+from .store.hashset import HashSet
 
 # Below this much work (in images, or their equivalent in compressed bytes) one process is
 # chosen. A second one costs about 0.5 s of CPU (loading the store's libraries, reading the
@@ -236,9 +240,12 @@ def index_parallel(
     run_id = uuid.uuid4().hex
     # Workers read only archives and layouts, which take no source options: the options (a registry
     # password among them) stay in this process. Each task carries its shard.
-    shared = RunSettings(registry=settings.registry, repository=settings.repository, verify=settings.verify)
+    method = _start_method()
+    key = hash if method == "fork" else image_key
+    settings = dataclasses.replace(settings, key=key)
+    shared = RunSettings(registry=settings.registry, repository=settings.repository, verify=settings.verify, key=key)
     merged = _Merge(work, observer)
-    context = multiprocessing.get_context(_start_method())
+    context = multiprocessing.get_context(method)
     children: list[_Child] = []
     try:
         for worker in range(1, len(work.shares)):
@@ -277,7 +284,7 @@ def index_parallel(
                 ),
                 keep_claims=True,
             )
-            merged.finished(0, own.indexed, own.claims.sealed())
+            merged.finished(0, own.written.values(), own.claims.sealed())
             merged.wait(children)
             for task in merged.empty_folders():
                 # A folder whose slices found nothing: as one reader, it is an error when no entry
@@ -290,7 +297,7 @@ def index_parallel(
                         on_error=lambda message, where: merged.message(0, "error", message, where, ()),
                     ),
                 )
-                merged.indexed += again.indexed
+                merged.indexed += merged.written.add_new(again.written.values())
             summary = merged.summary()
             if not writer.pristine:
                 _settle(writer, merged.contested())
@@ -361,7 +368,8 @@ def _work(conn, parent: int, store: str, run_id: str, tasks: list[Task], setting
                 ),
                 keep_claims=True,
             )
-        conn.send(("done", summary.indexed, summary.claims.sealed()))
+        written = array.array("q", summary.written.values()).tobytes()
+        conn.send(("done", written, summary.claims.sealed()))
     except StoreError as exc:
         conn.send(("store", str(exc)))
         sys.exit(1)
@@ -390,6 +398,7 @@ class _Merge:
     work: Plan
     observer: RunObserver
     indexed: int = 0
+    written: HashSet = field(default_factory=HashSet)  # image_key of each image a worker wrote
     errors: Kept = field(default_factory=Kept)  # (where, message)
     notes: Kept = field(default_factory=Kept)  # (where, message)
     claims: dict = field(default_factory=dict)  # worker -> its claims, sealed (claims.ClaimLog)
@@ -442,8 +451,10 @@ class _Merge:
             del self._unfinished[position]
             self.observer.on_source(self.work.specs[position])
 
-    def finished(self, worker: int, indexed: int, claims: list) -> None:
-        self.indexed += indexed
+    def finished(self, worker: int, written, claims: list) -> None:
+        """A worker's end: `written` holds the keys of the images it wrote (`RunSummary.written`);
+        one that another worker wrote too counts once."""
+        self.indexed += self.written.add_new(written)
         self.claims[worker] = claims
 
     # ---- the workers' pipes
@@ -470,7 +481,7 @@ class _Merge:
             self._source_done(item[1], item[2])
         elif kind == "done":
             child.done = True
-            self.finished(child.worker, item[1], item[2])
+            self.finished(child.worker, array.array("q", item[1]), item[2])
         elif kind == "store":
             self.store_error = self.store_error or item[1]
 

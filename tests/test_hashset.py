@@ -56,3 +56,19 @@ def test_large_sets_cost_a_fraction_of_a_python_set():
     # A Python set's table and its ints against everything the spilled set holds.
     assert held * 2 < sys.getsizeof(plain) + sum(map(sys.getsizeof, plain))
     assert all(k in compact for k in keys[::97]) and len(compact) == len(plain)
+
+
+@settings(max_examples=200, deadline=None)
+@given(batches=st.lists(st.lists(_HASHES | st.integers(-3, 3), max_size=12), max_size=12), spill_at=st.integers(1, 40))
+def test_add_new_counts_the_values_not_held_and_values_gives_them_back(batches, spill_at):
+    saved = hashset.SPILL_AT
+    hashset.SPILL_AT = spill_at
+    try:
+        compact, plain = HashSet(), set()
+        for batch in batches:
+            assert compact.add_new(iter(batch)) == len(set(batch) - plain)
+            plain.update(batch)
+            assert set(compact.values()) == plain
+            assert all(value in compact for value in plain)
+    finally:
+        hashset.SPILL_AT = saved

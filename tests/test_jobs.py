@@ -8,6 +8,7 @@ interpreters (spawn); the tests that run the command as its own process cover fo
 
 from __future__ import annotations
 
+import array
 import json
 import os
 import signal
@@ -232,9 +233,11 @@ def test_an_image_in_archives_of_two_workers_is_one_image(tmp_path, small_runs_s
     in, as it depends on batches in one process (an unchanged image keeps the source it was first
     written from)."""
     folder = mixed_folder(tmp_path / "folder", shared=True)
-    _, _, store1, store2 = index_both(tmp_path, folder)
+    one, two, store1, store2 = index_both(tmp_path, folder)
     (images1, tags1), (images2, tags2) = contents(store1), contents(store2)
     assert tags1 == tags2 and len(images1) == len(images2) == 15
+    # an image two workers both wrote counts once, as in one process
+    assert one["indexed"] == two["indexed"] == 15
     con = store_views(store1)
     columns = [r[0] for r in con.execute("DESCRIBE images").fetchall() if r[0] not in VOLATILE]
     where = columns.index("source_path")
@@ -406,7 +409,7 @@ def test_a_worker_that_exits_before_it_is_done_is_one_failure(tmp_path):
 
 
 def _done_then_linger(conn) -> None:
-    conn.send(("done", 7, []))
+    conn.send(("done", array.array("q", range(7)).tobytes(), []))
     time.sleep(60)  # a slow exit: its interpreter's teardown, say
 
 

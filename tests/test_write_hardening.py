@@ -118,6 +118,20 @@ def test_bad_records_are_isolated_and_the_rest_lands(tmp_path, monkeypatch, batc
     assert (sources, indexed, failed) == (["fixed"], 6, 3) and run_errors == errors
 
 
+@pytest.mark.parametrize("batch", [5000, 3, 1])
+def test_an_image_met_again_in_a_later_batch_counts_once(tmp_path, monkeypatch, batch):
+    """The same layout twice, then three of its images again: 9 images indexed, whatever the
+    batches, in the summary and the runs row alike."""
+    records = [r for r in records_of(f"oci:{oci_layout(tmp_path / 'layout', 9)}") if isinstance(r, ImageRecord)]
+    monkeypatch.setattr(run_module, "parse_source", lambda spec, _options=None: Fixed(records * 2 + records[3:6]))
+    monkeypatch.setattr(run_module, "BATCH", batch)
+    store = tmp_path / "store"
+    with DeltaWriter(str(store)) as writer:
+        summary = index_sources(["fixed"], writer)
+    assert (summary.indexed, summary.failed, count(store)) == (9, 0, 9)
+    assert [row[1] for row in runs(store)] == [9]
+
+
 def test_a_repeated_label_key_among_very_many_is_named_in_one_pass(tmp_path):
     # 200,000 labels: a search for the repeat by counting would take hours.
     record = [r for r in records_of(f"oci:{oci_layout(tmp_path / 'l', 1)}") if isinstance(r, ImageRecord)][0]

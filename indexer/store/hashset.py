@@ -43,6 +43,27 @@ class HashSet:
             buckets[value & _LOW] += _pack(value)
         self._spilled += len(values)
 
+    def add_new(self, values: Iterable[int]) -> int:
+        """Add `values` and say how many of them were not held (a value repeated among them counts
+        once)."""
+        if self._buckets is None:
+            before = len(self._set)
+            self._set.update(values)
+            if len(self._set) < SPILL_AT:
+                return len(self._set) - before
+            new, values = len(self._set) - before, ()
+        else:
+            new, values = 0, set(values)
+        fresh = [value for value in values if value not in self]
+        self.update(fresh)  # spills a set that has just grown past SPILL_AT
+        return new + len(fresh)
+
+    def values(self) -> Iterable[int]:
+        """Each value (once spilled, a value added twice comes twice)."""
+        if self._buckets is None:
+            return iter(self._set)
+        return (value for bucket in self._buckets for (value,) in struct.iter_unpack("<q", bucket))
+
     def __contains__(self, value: int) -> bool:
         buckets = self._buckets
         if buckets is None:
