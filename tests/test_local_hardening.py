@@ -257,6 +257,45 @@ def test_pax_headers_have_a_budget_per_archive(tmp_path, monkeypatch):
         assert len(collect(path)[0]) == 1
 
 
+def _pax_record(key: bytes, value: bytes) -> bytes:
+    body = b" " + key + b"=" + value + b"\n"
+    size = len(body) + 1
+    while len(str(size)) + len(body) != size:
+        size += 1
+    return str(size).encode() + body
+
+
+@pytest.mark.parametrize(
+    "records, kind",
+    [
+        ([(b"hdrcharset", b"\xff\xfe"), (b"path", b"zz")], tarfile.REGTYPE),  # tarfile: UnicodeDecodeError
+        ([(b"size", str(2**63).encode())], b"Q"),  # tarfile: ValueError from seek
+        ([(b"size", b"-100000")], tarfile.REGTYPE),  # tarfile: seeks before the start, EINVAL
+    ],
+    ids=["hdrcharset", "size-past-int64", "negative-size"],
+)
+def test_pax_headers_tarfile_trips_over_are_one_line_and_the_other_archives_land(tmp_path, records, kind):
+    """Plain tars are scanned by tarfile where ustar.scan cannot: what it raises other than its
+    own TarError is the archive's fault, not a reason to lose the run."""
+    good = write_tar(str(tmp_path / "good.tar"), save("registry.example/pax/good:v1"))
+    pax = b"".join(_pax_record(key, value) for key, value in records)
+    header = tarfile.TarInfo("././@PaxHeader")
+    header.type = tarfile.XHDTYPE
+    header.size = len(pax)
+    member = tarfile.TarInfo("zz")
+    member.type = kind
+    head = header.tobuf(tarfile.USTAR_FORMAT) + pax + b"\0" * (-len(pax) % 512) + member.tobuf(tarfile.USTAR_FORMAT)
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(_members_tar(list(save("registry.example/pax/bad:v1", b"other").items())) + head + b"\0" * 1024)
+    store = str(tmp_path / "store")
+    run = run_measured(["index", "--store", store, f"docker-archive:{bad}", good])
+    assert run.code == 1, run.stderr
+    [line] = one_line_messages(run.stderr)
+    assert line.startswith(f"imgdex: {bad}: not a readable tar archive (") and "Traceback" not in run.stderr
+    assert "indexed 1 images, 1 failed" in run.stdout
+    assert sql_rows(store, "SELECT name FROM images") == [{"name": "pax/good"}]
+
+
 def test_a_run_of_extended_headers_is_refused(tmp_path):
     """tarfile reads the headers before a member by recursion: thousands of them in a row would
     end in RecursionError, a traceback."""

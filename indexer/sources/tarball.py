@@ -455,6 +455,11 @@ def _scan_seekable(raw, where: str) -> dict[str, Member]:
         raise SourceError(where, f"not a readable tar archive ({exc})") from None
     except EOFError:
         raise SourceError(where, "truncated tar") from None
+    except (ValueError, OSError) as exc:
+        # Headers tarfile trips over rather than refuses: a pax hdrcharset that is not UTF-8, a size
+        # past what seek takes, a negative one that seeks before the start.
+        text = (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or type(exc).__name__
+        raise SourceError(where, f"not a readable tar archive ({printable(text)})") from None
     table.fix_link_sizes()
     return table.members
 
