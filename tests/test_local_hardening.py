@@ -557,6 +557,78 @@ def test_an_index_of_many_tiny_values_is_streamed_in_bounded_memory(monkeypatch)
     assert small.count() == 1 and small._small is not None
 
 
+@pytest.mark.parametrize("inside", ["manifests", "other-key"])
+def test_one_value_of_a_streamed_index_of_too_many_values_is_refused_before_it_is_parsed(tmp_path, inside):
+    """A 12 MiB index.json (so streamed) whose one descriptor, or one other member, is a list of
+    four million empty lists: parsed, it would take ~300 MB. It is refused as its text is read,
+    with one line; the images of other sources land."""
+    bomb = b"[" + b"[]," * (4 << 20) + b"[]]"
+    blobs = Blobs()
+    good = named(blobs.image(), "registry.example/bomb/app:v1")
+    files = blobs.layout_files([good])
+    if inside == "manifests":
+        files["index.json"] = b'{"schemaVersion":2,"manifests":[' + dumps(good) + b"," + bomb + b"]}"
+    else:
+        files["index.json"] = b'{"schemaVersion":2,"x":' + bomb + b',"manifests":[' + dumps(good) + b"]}"
+    bad = write_dir(str(tmp_path / "bad"), files)
+    other = write_tar(str(tmp_path / "other.tar"), save("registry.example/bomb/other:v1"))
+    store = str(tmp_path / "store")
+    run = run_measured(["index", "--store", store, f"oci:{bad}", other])
+    assert run.code == 1, run.stderr
+    [line] = one_line_messages(run.stderr)
+    assert line == f"imgdex: {bad}: index.json holds a value of more than {jsonstream.MAX_PARSED_VALUES} values"
+    assert sql_rows(store, "SELECT name FROM images") == [{"name": "bomb/other"}]
+    assert run.peak_rss < 200 << 20, run.peak_rss
+
+
+def test_a_streamed_value_at_the_bound_is_read_and_one_past_it_refused(monkeypatch):
+    """The bound counts the value's own commas and colons, not its neighbours': a large descriptor
+    of exactly the most values allowed, among many plain ones, is read."""
+    wide = {"digest": "sha256:" + "a" * 64, "size": 1, "annotations": {f"k{i}": "v" * 3000 for i in range(500)}}
+    plain = [{"digest": "sha256:" + "b" * 64, "size": 2}] * 20000
+    data = json.dumps({"manifests": [*plain, wide, *plain]}).encode()
+    values = json.dumps(wide).count(",") + json.dumps(wide).count(":") + 1
+    assert len(json.dumps(wide)) > jsonstream.GROW
+
+    def elements():
+        text = jsonstream.JsonText(iter([data[i : i + 4096] for i in range(0, len(data), 4096)]), "w", "index.json")
+        assert text.peek() == "{" and next(text.members()) == "manifests" and text.peek() == "["
+        return list(text.elements())
+
+    monkeypatch.setattr(jsonstream, "MAX_PARSED_VALUES", values)
+    assert elements() == [*plain, wide, *plain]
+    monkeypatch.setattr(jsonstream, "MAX_PARSED_VALUES", values - 1)
+    with pytest.raises(SourceError, match=f"^w: index.json holds a value of more than {values - 1} values$"):
+        elements()
+
+
+@pytest.mark.parametrize("packing", ["oci", "oci-archive.tar.gz", "oci --shard 1/2"])
+def test_a_manifest_of_millions_of_tiny_values_is_refused_before_it_is_parsed(tmp_path, packing):
+    """An 8 MiB manifest of `{}` layers, its digest right, is 2.8 million objects once parsed
+    (~300 MB, more with several walks at once): refused by its count, as a config of that kind is,
+    by the walk and by the passes that group descriptors for shards. The other image lands."""
+    blobs = Blobs()
+    good = named(blobs.image(), "registry.example/many/good:v1")
+    count = (MAX_JSON_BYTES - 100) // 3
+    data = b'{"schemaVersion":2,"mediaType":"' + OCI_MANIFEST.encode() + b'","layers":[' + b"{}," * count + b"{}]}"
+    bad = blobs.add(data, OCI_MANIFEST)
+    files = blobs.layout_files([named(bad, "registry.example/many/bad:v1"), good])
+    if packing.startswith("oci-archive"):
+        path = tmp_path / "layout.tar.gz"
+        path.write_bytes(gzip.compress(tar_bytes(files), compresslevel=1))
+        args = [str(path)]
+    else:
+        args = [f"oci:{write_dir(str(tmp_path / 'layout'), files)}", *packing.split()[1:]]
+    store = str(tmp_path / "store")
+    shards = [["--shard", "1/2"], ["--shard", "2/2"]] if "--shard" in packing else [[]]
+    runs = [run_measured(["index", "--store", store, *args[:1], *shard]) for shard in shards]
+    lines = [line for run in runs for line in one_line_messages(run.stderr)]
+    assert sorted(run.code for run in runs) == [0] * (len(runs) - 1) + [1] and len(lines) == 1, lines
+    assert lines[0].endswith(f": manifest {bad['digest']} holds too many values for its {len(data)} bytes")
+    assert sql_rows(store, "SELECT name FROM images") == [{"name": "many/good"}]
+    assert max(run.peak_rss for run in runs) < 200 << 20
+
+
 def test_index_over_its_own_bound_is_refused_unread(tmp_path, monkeypatch):
     monkeypatch.setattr(layout, "MAX_INDEX_BYTES", 1000)
     big_layout(str(tmp_path), 50)

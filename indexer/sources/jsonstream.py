@@ -21,15 +21,29 @@ _DECODER = json.JSONDecoder()
 # (`12` of `123`), and an error this close to it may be the piece boundary: read more first.
 _MARGIN = 64
 STARTS_A_VALUE = frozenset('[{"-0123456789tfnNI')
+# The values one value read at once may hold, as parse.MAX_PARSED_BYTES bounds a document parsed
+# at once: `[[],[],...]` takes ~70 bytes of objects for each 3 bytes of text, so a 40 MiB
+# descriptor would take over a GB where its text takes 40 MiB.
+MAX_PARSED_VALUES = 1 << 20
 
 
 class JsonText:
     """JSON text decoded from byte pieces, read one value at a time through a sliding window."""
 
-    def __init__(self, pieces: Iterable[bytes], where: str, what: str, max_value: int | None = None, decoder=_DECODER):
+    def __init__(
+        self,
+        pieces: Iterable[bytes],
+        where: str,
+        what: str,
+        max_value: int | None = None,
+        decoder=_DECODER,
+        max_values: int | None = None,
+    ):
         self._pieces = iter(pieces)
         self._decoder = decoder
         self.max_value = max_value  # the longest value read, in characters; None: no limit
+        # The most values (commas and colons, plus one) in one value read.
+        self.max_values = MAX_PARSED_VALUES if max_values is None else max_values
         self._utf8 = codecs.getincrementaldecoder("utf-8")("surrogatepass")  # as json.loads decodes bytes
         self.where = where
         self.what = what
@@ -52,6 +66,10 @@ class JsonText:
         # Called with `pos` at the start of the value being read: what lies beyond is that value.
         if self.max_value is not None and len(self.text) - self.pos > self.max_value:
             raise SourceError(self.where, f"a JSON value is longer than the {self.max_value}-byte limit")
+        # Counted before the value is parsed, once per window (which doubles), so that parsing never
+        # takes more than twice the bound; `value` counts the whole value once it is read.
+        if len(self.text) - self.pos > GROW:
+            self._count_values(len(self.text))
         self._dropped += self.pos
         parts, size = [self.text[self.pos :]], len(self.text) - self.pos
         self.pos = 0
@@ -76,6 +94,11 @@ class JsonText:
         start = max(tail - 5, 0)
         if not self._surrogates and (self.text.find("\\u", start) >= 0 or not self.text.isascii()):
             self._surrogates = _MAYBE_SURROGATE.search(self.text, start) is not None
+
+    def _count_values(self, end: int) -> None:
+        """Refuse the value from `pos` to `end` when it holds too many values (a C count, ~1 ms a MiB)."""
+        if self.text.count(",", self.pos, end) + self.text.count(":", self.pos, end) >= self.max_values:
+            raise SourceError(self.where, f"{self.what} holds a value of more than {self.max_values} values")
 
     def peek(self) -> str:
         """The next character that is not blank; '' at the end of the text."""
@@ -150,6 +173,8 @@ class JsonText:
             if not self.eof and end > len(self.text) - _MARGIN:
                 self._more(max(len(self.text) - self.pos, GROW))
                 continue
+            if end - self.pos > GROW:
+                self._count_values(end)
             if self._surrogates and _MAYBE_SURROGATE.search(self.text, self.pos, end):
                 try:
                     json.dumps(value, ensure_ascii=False).encode("utf-8")
