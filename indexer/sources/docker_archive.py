@@ -18,6 +18,7 @@ from ..errors import ImgdexError, SourceError
 from ..model import UNCOMPRESSED, Blob, ImageRecord
 from ..references import Reference, is_valid_digest, parse_reference
 from ..shard import in_shard
+from . import configbounds
 from .layout import TarBlobs, descriptor_key, shard_keys, tar_index, walk_layout
 from .parse import (
     MAX_INDEX_DEPTH,
@@ -145,7 +146,10 @@ def _configs_below(blobs: TarBlobs, digest: str, memo: dict, depth: int = 0) -> 
     if blobs.blob_size(digest) is None:
         return found
     try:
-        doc = load_json(blobs.read_blob(digest, MAX_JSON_BYTES), blobs.members.where, "manifest")
+        data = blobs.read_blob(digest, MAX_JSON_BYTES)
+        if configbounds.too_many_values(data):
+            return found  # the walk refuses it
+        doc = load_json(data, blobs.members.where, "manifest")
     except SourceError:
         return found
     if not isinstance(doc, dict):
@@ -219,7 +223,10 @@ def read_docker_archive(members: TarMembers, ctx: Context) -> Iterator[ImageReco
 
         def extra_names(descriptor: Blob) -> list[Reference]:
             try:
-                manifest = load_json(blobs.read_blob(descriptor.digest, MAX_JSON_BYTES), where, "manifest")
+                data = blobs.read_blob(descriptor.digest, MAX_JSON_BYTES)
+                if configbounds.too_many_values(data):
+                    return []  # the walk refuses it
+                manifest = load_json(data, where, "manifest")
             except SourceError:
                 return []  # the walk reports it
             config = manifest.get("config") if isinstance(manifest, dict) else None

@@ -20,6 +20,7 @@ from ..errors import ImgdexError, SourceError, printable
 from ..model import ImageRecord
 from ..references import Reference, is_bare_tag, parse_reference
 from ..shard import in_shard
+from . import configbounds
 from . import mediatypes as mt
 from .parse import (
     MAX_INDEX_DEPTH,
@@ -467,7 +468,10 @@ def _reachable(blobs, digest: str, expanded: dict[str, int], depth: int = 0) -> 
     try:
         if blobs.blob_size(digest) is None:
             return
-        doc = json.loads(blobs.read_blob(digest, MAX_JSON_BYTES))
+        data = blobs.read_blob(digest, MAX_JSON_BYTES)
+        if configbounds.too_many_values(data):
+            return  # the walk refuses it
+        doc = json.loads(data)
     except (SourceError, ValueError, UnicodeDecodeError, RecursionError):
         return
     children = doc.get("manifests") if isinstance(doc, dict) else None

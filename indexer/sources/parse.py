@@ -113,6 +113,13 @@ def load_json(data: bytes, where: str, what: str) -> object:
     return doc
 
 
+def check_values(data: bytes, where: str, what: str) -> None:
+    """Refuse a manifest, index or config of more values than `configbounds` allows, before it is
+    parsed: 8 MiB of `{}` layers would take ~300 MB as objects."""
+    if configbounds.too_many_values(data):
+        raise SourceError(where, f"{what} holds too many values for its {len(data)} bytes")
+
+
 def load_object(data: bytes, where: str, what: str) -> dict:
     doc = load_json(data, where, what)
     if not isinstance(doc, dict):
@@ -240,8 +247,7 @@ def parse_config(data: bytes, where: str) -> ImageConfig:
 
 def parse_config_exact(data: bytes, where: str) -> ImageConfig:
     """The config by json.loads, for what the typed decoder leaves (and for its error messages)."""
-    if configbounds.too_many_values(data):
-        raise SourceError(where, f"config holds too many values for its {len(data)} bytes")
+    check_values(data, where, "config")
     doc = load_object(data, where, "config")
     inner = object_at(doc, "config")
     created = string_at(doc, "created")
@@ -511,6 +517,7 @@ def walk(
         data = store.read_blob(descriptor.digest, MAX_JSON_BYTES)
         walked.walks.spent += len(data) // _BYTES_PER_WALK
         verify(data, descriptor.digest, descriptor.size, where, f"manifest {descriptor.digest}")
+        check_values(data, where, f"manifest {descriptor.digest}")
         decoded = typed.decode_manifest(data, descriptor.media_type, ctx.descriptors)
         if decoded is not None:
             media_type, config_blob, layers, artifact_type = decoded

@@ -46,6 +46,7 @@ from ..references import (
     parse_reference,
     redact_userinfo,
 )
+from . import configbounds
 from . import mediatypes as mt
 from .bodies import decimal
 from ..shard import in_shard, repository_key
@@ -428,6 +429,8 @@ class HttpBlobs:
         self._register(top_data)
 
     def _register(self, data: bytes) -> None:
+        if configbounds.too_many_values(data):
+            return  # the walk refuses it
         try:
             doc = json.loads(data)
         except (ValueError, UnicodeDecodeError):
@@ -938,6 +941,8 @@ def _not_its_digest(digest: str, data: bytes) -> str:
 
 
 def _is_schema1(data: bytes) -> bool:
+    if configbounds.too_many_values(data):
+        return False  # the walk refuses it
     try:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError):
