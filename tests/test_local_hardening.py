@@ -984,6 +984,33 @@ def test_one_walk_says_what_each_descriptor_walked_alone_says(tmp_path_factory, 
         assert set().union(*part) == whole
 
 
+@pytest.mark.parametrize("diff_id", ["\x1b[31mred\x1b[0m", "not-a-digest", "sha256:" + "A" * 64, "sha256:abc"])
+def test_a_classic_save_whose_diff_ids_are_not_digests_is_refused(tmp_path, diff_id):
+    """A classic save has no manifest: its layers' digests are the config's diff_ids, and `get`
+    would report them. One that is not a digest refuses the image, as a manifest's would; the
+    archive's other image lands."""
+    files = classic_save_files(
+        [
+            {"tags": ["registry.example/diff/bad:v1"], "layers": [b"one", b"two"]},
+            {"tags": ["registry.example/diff/good:v1"], "layers": [b"three"]},
+        ]
+    )
+    manifest = json.loads(files["manifest.json"])
+    config = json.loads(files[manifest[0]["Config"]])
+    config["rootfs"]["diff_ids"][1] = diff_id
+    del files[manifest[0]["Config"]]
+    raw = dumps(config)
+    manifest[0]["Config"] = digest_of(raw).split(":")[1] + ".json"
+    files[manifest[0]["Config"]] = raw
+    files["manifest.json"] = dumps(manifest)
+    archive = write_tar(str(tmp_path / "save.tar"), files)
+    store = str(tmp_path / "store")
+    run = run_measured(["index", "--store", store, archive])
+    [line] = one_line_messages(run.stderr)
+    assert run.code == 1 and line == f"imgdex: {archive}: config's rootfs.diff_ids[1] has an invalid digest {diff_id!r}"
+    assert sql_rows(store, "SELECT name FROM images") == [{"name": "diff/good"}]
+
+
 def test_a_repo_tag_that_is_not_a_string_is_noted_and_the_image_lands(tmp_path):
     files = save("registry.example/tags/app:v1")
     entries = json.loads(files["manifest.json"])

@@ -764,6 +764,11 @@ def record_from_config(
     for position, size in enumerate(layer_sizes):
         if not valid_size(size):
             raise SourceError(where, f"layer {position} size {size_problem(size)}")
+    for position, diff_id in enumerate(config.diff_ids):
+        # Here the diff_ids are the layers' digests, as the response reports them, and what blob
+        # ids and lineage are made from: each must be a digest, as a manifest's layers must be.
+        if not is_valid_digest(diff_id):
+            raise SourceError(where, f"config's rootfs.diff_ids[{position}] has an invalid digest {diff_id!r}")
     foreign = foreign or {}
     layers = tuple(
         foreign.get(diff_id) or Blob(digest=diff_id, size=size, media_type=mt.DOCKER_LAYER_TAR)
