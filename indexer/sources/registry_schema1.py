@@ -2,8 +2,9 @@
 
 The shared parser refuses schema1, since it has no config blob. A registry still serves some, so
 the registry source records them itself: the digest is verified (over the JWS payload for signed
-manifests, as distribution computes it), layers come from `fsLayers` without the throwaway
-entries, sizes from a HEAD of each blob, and the image facts from the top `v1Compatibility`.
+manifests, as distribution computes it), and everything is read from that payload alone, as
+distribution reads it: layers come from `fsLayers` without the throwaway entries, sizes from a
+HEAD of each blob, and the image facts from the top `v1Compatibility`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from ..errors import SourceError
 from ..model import EXACT_MANIFEST, KIND_IMAGE, Blob, HistoryEntry, ImageRecord, Platform
 from ..references import DIGEST_ALGORITHMS, DIGEST_RE, Reference
 from . import mediatypes as mt
-from .parse import Context, _strings, group_names, load_object, new_record
+from .parse import Context, _strings, check_values, group_names, load_object, new_record
 
 
 def _b64url(text: str) -> bytes:
@@ -27,21 +28,43 @@ def _b64url(text: str) -> bytes:
 
 
 def canonical_payload(data: bytes, doc: dict, where: str) -> bytes:
-    """The bytes a signed schema1 manifest's digest is computed over: the JWS payload."""
+    """The bytes a signed schema1 manifest's digest and signatures cover: the JWS payload, which
+    is `data[:formatLength] + formatTail` of the protected header (libtrust's pretty signature).
+    Nothing else of the served bytes is covered, so nothing else may be read from them."""
     signatures = doc.get("signatures")
     if not signatures:
         return data
-    if not isinstance(signatures, list) or not isinstance(signatures[0], dict):
+    if not isinstance(signatures, list) or not all(isinstance(signature, dict) for signature in signatures):
         raise SourceError(where, "schema1 manifest: signatures is not a list of objects")
+    formats = {_format(signature, where) for signature in signatures}
+    # Each signature names its own payload: if they differ, no one payload is the manifest
+    # (distribution refuses such a manifest too).
+    if len(formats) != 1:
+        raise SourceError(where, "schema1 manifest: the signatures disagree on formatLength/formatTail")
+    [(length, tail)] = formats
+    if not 0 < length <= len(data):
+        raise SourceError(where, "schema1 manifest: formatLength is out of range")
+    return data[:length] + tail
+
+
+def _format(signature: dict, where: str) -> tuple[int, bytes]:
+    """(formatLength, formatTail) of one signature's protected header."""
     try:
-        protected = json.loads(_b64url(signatures[0]["protected"]))
+        protected = json.loads(_b64url(signature["protected"]))
         length = protected["formatLength"]
         tail = _b64url(protected["formatTail"])
     except (KeyError, TypeError, ValueError, binascii.Error):
-        raise SourceError(where, "schema1 manifest: the signature has no usable formatLength/formatTail") from None
-    if not isinstance(length, int) or not 0 < length <= len(data):
-        raise SourceError(where, "schema1 manifest: formatLength is out of range")
-    return data[:length] + tail
+        raise SourceError(where, "schema1 manifest: a signature has no usable formatLength/formatTail") from None
+    if type(length) is not int:
+        raise SourceError(where, "schema1 manifest: formatLength is not an integer")
+    return length, tail
+
+
+def _load(data: bytes, where: str, what: str) -> dict:
+    """Bounded as the walk bounds every manifest it parses: the payload is parsed too, and its
+    tail comes out of a base64 string, which the served document counts as a single value."""
+    check_values(data, where, what)
+    return load_object(data, where, what)
 
 
 def _v1(entry: object, where: str, position: int) -> dict:
@@ -67,8 +90,8 @@ def schema1_records(
     blob_size: Callable[[str], int],
 ) -> list[ImageRecord]:
     """Records of one schema1 manifest; `digest` is what the registry said ('' if nothing)."""
-    doc = load_object(data, where, "schema1 manifest")
-    payload = canonical_payload(data, doc, where)
+    envelope = _load(data, where, "schema1 manifest")
+    payload = canonical_payload(data, envelope, where)
     algorithm = digest.partition(":")[0] if digest else "sha256"
     if algorithm not in DIGEST_ALGORITHMS:
         raise SourceError(where, f"schema1 manifest uses unsupported digest algorithm {algorithm!r}")
@@ -77,6 +100,7 @@ def schema1_records(
         raise SourceError(
             where, f"schema1 manifest digest mismatch: the registry says {digest}, the payload hashes to {actual}"
         )
+    doc = envelope if payload == data else _load(payload, where, "schema1 manifest payload")
     fs_layers, history = doc.get("fsLayers"), doc.get("history")
     if (
         not isinstance(fs_layers, list)
@@ -125,7 +149,7 @@ def schema1_records(
             media_type=media_type
             if media_type in mt.SCHEMA1
             else mt.DOCKER_SCHEMA1_SIGNED
-            if doc.get("signatures")
+            if envelope.get("signatures")
             else mt.DOCKER_SCHEMA1,
             kind=KIND_IMAGE,
             tags=tags,
@@ -138,7 +162,9 @@ def schema1_records(
             entrypoint=_strings(config.get("Entrypoint")),
             cmd=_strings(config.get("Cmd")),
             history=tuple(entries),
-            manifest_raw=data,
+            # The payload, not the served bytes: it is what the digest names (the rest of the
+            # served bytes is signatures no one checked, and anything a registry adds there).
+            manifest_raw=payload,
         )
         for registry, name, tags in group_names(names, ctx)
     ]
