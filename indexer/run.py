@@ -208,7 +208,6 @@ def run_tasks(
         an earlier one wrote (the same image in two sources, or reached again past a batch)."""
         try:
             writer.write(records, now())
-            return summary.written.add_new([key_of(record.id) for record in records])
         except StoreError:
             raise  # the store itself cannot be written: no batch would land
         except Exception as exc:
@@ -217,6 +216,9 @@ def run_tasks(
                 return 0
             middle = len(records) // 2
             return store(records[:middle]) + store(records[middle:])
+        # Outside the try: what fails once the batch is in must not be taken for a record the store
+        # refused, and the batch written again by halves.
+        return summary.written.add_new([key_of(record.id) for record in records])
 
     def settle() -> None:
         if settling:
