@@ -128,6 +128,30 @@ def test_import_after_manifest_source_replaces_the_derived_id(run_cli, tmp_path)
     assert get(run_cli, store, doc["id"]) == dict(doc, tags=sorted(set(doc["tags"]) | {"v1"}))
 
 
+@pytest.mark.parametrize("again", ["layout", "import"])
+def test_an_import_and_a_manifest_source_that_committed_at_once_are_one_resource_after_either_runs_again(
+    run_cli, tmp_path, monkeypatch, again
+):
+    """Two writers at once, each preparing before the other's rows are there, leave the derived
+    and the imported row side by side (simulated: neither sees the other's row). The next run of
+    either source leaves the one resource that either order gives."""
+    from indexer.store import delta_writer
+
+    store = str(tmp_path)
+    doc, naming = _layout_source()
+    layout = ["index", f"oci:{os.path.join(REAL, 'oci-layout')}:v1", "--store", store, *naming]
+    export = ["index", f"ycr-json:{os.path.join(YCR, 'image-get.json')}", "--store", store]
+    with monkeypatch.context() as blind:
+        blind.setattr(delta_writer, "_adopt_ids", lambda snapshot, records: (records, []))
+        assert run_cli(*export).exit_code == 0 and run_cli(*layout).exit_code == 0
+    assert len([d for d in listing(run_cli, store) if d.get("digest") == doc["digest"]]) == 2
+    assert run_cli(*(layout if again == "layout" else export)).exit_code == 0
+    rows = [d for d in listing(run_cli, store) if d.get("digest") == doc["digest"]]
+    assert [d["id"] for d in rows] == [doc["id"]]
+    assert get(run_cli, store, doc["id"]) == dict(doc, tags=sorted(set(doc["tags"]) | {"v1"}))
+    assert get(run_cli, store, f"cr.yandex/{doc['name']}:v1")["id"] == doc["id"]
+
+
 def test_a_later_export_retires_the_tags_the_registry_removed(run_cli, tmp_path):
     """`yc container image list` run again after `yc container image delete-tag`-like changes: the
     newer export's tags are the image's tags, as `Image.Get` would then answer."""

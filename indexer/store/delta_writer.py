@@ -244,7 +244,13 @@ def _adopt_ids(snapshot: Snapshot, records: list[ImageRecord]) -> tuple[list[Ima
         if not record.digest:
             out.append(record)
         elif record.id_origin != "imported" and key in imported and imported[key] != record.id:
-            out.append(dataclasses.replace(record, id=imported[key], id_origin="imported"))
+            # A derived row beside the imported one (an import and a manifest source that committed
+            # at once, each before the other's rows were there to see) is retired here too, so
+            # the next run of either source leaves the one resource that either order gives.
+            replaced = [(i, t) for i, t in derived.get(key, ()) if i != imported[key]]
+            retired += [i for i, _ in replaced]
+            tags = {t for _, held in replaced for t in held} | set(record.tags)
+            out.append(dataclasses.replace(record, id=imported[key], id_origin="imported", tags=tuple(sorted(tags))))
         elif record.id_origin == "imported" and key in derived:
             replaced = [(i, t) for i, t in derived[key] if i != record.id]
             retired += [i for i, _ in replaced]
