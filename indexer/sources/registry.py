@@ -66,11 +66,25 @@ _LINK_NEXT = re.compile(r'<([^>]*)>\s*;\s*(?:[^,]*;\s*)*rel="?next"?', re.IGNORE
 _MAX_PAGES = 100_000
 # Entries one listing may collect, across all its pages: a registry that pages forever, each page
 # new, would otherwise grow the crawl's memory until it is killed, with nothing landed. Each entry
-# held costs ~150 bytes (the name, its place in the list and in the set of those seen); the
+# held costs ~150 bytes (the name, and its place in the table of those listed); the
 # largest real repositories list tens of thousands of tags, and the largest catalogs some hundreds
 # of thousands of repositories, so these bounds are ~45 and ~300 MB that no real listing reaches.
 _MAX_TAGS = 300_000
 _MAX_REPOSITORIES = 2_000_000
+# Values one page may hold beyond the entries its listing may still take. A page is parsed whole
+# before its list can be measured, at up to ~100 bytes a value however short its text (`"a",`),
+# so a 64 MiB page of 7 million tags would cost ~900 MB before the bound above was checked. The
+# extra leaves room for what some registries list beside the entries (gcr.io describes each
+# manifest of the repository in a dozen values), ~25 MB of it.
+_PAGE_EXTRA_VALUES = 2**18
+# Bytes a listing's pages and their Link URLs may add up to, per entry it may hold: room for the
+# longest name (255 bytes) with its quotes and comma on every entry, so ~77 MB for a repository's
+# tags. It ends a listing whose pages repeat the same entries under new URLs before the page bound
+# does, and bounds what the entries it collects may weigh.
+_LISTING_BYTES_PER_ENTRY = 256
+# A Link URL followed: servers commonly refuse longer request lines (nginx's default buffer is 8
+# KiB), and real registries link with a name and a count (`last=…&n=…`) or a short token.
+_MAX_LINK_URL = 8 * 1024
 _CONFIG_CACHE_BYTES = 64 * 1024 * 1024
 _KNOWN_MANIFEST_TYPES = mt.INDEXES | mt.MANIFESTS | mt.SCHEMA1
 _DIGEST_PREFIXES = tuple(f"{algorithm}:" for algorithm in DIGEST_ALGORITHMS)
@@ -165,6 +179,8 @@ def _next_link(reply, where: str) -> str:
     if not match:
         return ""
     target = match.group(1)
+    if len(target) > _MAX_LINK_URL:  # not quoted: it would be the whole line
+        raise HttpError(where, f"the Link header's URL is {len(target):,} bytes, over the {_MAX_LINK_URL:,}-byte limit")
     try:
         url = urllib.parse.urljoin(reply.url, target)
         here, there = urllib.parse.urlsplit(reply.url), urllib.parse.urlsplit(url)
@@ -177,6 +193,52 @@ def _next_link(reply, where: str) -> str:
     if there.path != here.path or there.scheme != here.scheme or not target.isascii() or not target.isprintable():
         raise HttpError(where, f"the Link header points away from {here.path} ({target[:200]!r})")
     return url
+
+
+# A string, skipped whole, or a separator, captured.
+_JSON_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|([,:\[{])', re.DOTALL)
+
+
+def _more_values_than(data: bytes, bound: int) -> bool:
+    """Whether the JSON text `data` may hold more than `bound` values, found without parsing it.
+
+    Each value is the first of its array or object, or follows a comma or a colon, so the
+    separators outside strings bound them. A page too short to hold more is not counted at all,
+    and counting stops past the bound, so it costs no more than parsing a page within it."""
+    # Every value but the first takes a separator and at least one byte of its own.
+    if len(data) < 2 * bound or sum(data.count(separator) for separator in (b",", b":", b"[", b"{")) < bound:
+        return False
+    # Some of those may be text inside strings: count those outside. A string left open (not
+    # JSON) is skipped a byte at a time, which only counts more.
+    count = 1
+    for token in _JSON_TOKEN.finditer(data):
+        if token.lastindex:
+            count += 1
+            if count > bound:
+                return True
+    return False
+
+
+def _page_entries(body: bytes, key: str, what: str, page: int, left: int, max_entries: int) -> list[str]:
+    """The list of `key` of one page, of which `left` more may be taken: a page that may hold more
+    values than that (and what a registry lists beside them) is refused before it is parsed."""
+    bound = left + _PAGE_EXTRA_VALUES
+    if _more_values_than(body, bound):
+        raise HttpError(
+            what,
+            f"page {page} may list more than the {max_entries:,} {key} a listing may hold: "
+            f"it holds more than {bound:,} values",
+        )
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # `[[[[…`: too deep for the parser
+        raise HttpError(what, f"the answer is not valid JSON ({str(exc).splitlines()[0]})") from None
+    entries = doc.get(key) if isinstance(doc, dict) else None
+    if entries is None and isinstance(doc, dict) and key in doc:
+        entries = []  # distribution writes "tags": null for a repository without tags
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        raise HttpError(what, f"the answer has no list of {key}")
+    return entries
 
 
 def _shown(text: str, limit: int = 80) -> str:
@@ -592,45 +654,46 @@ class Crawl:
         self, path: str, key: str, scope: str, what: str, limit: int, max_entries: int
     ) -> tuple[list[str], HttpError | None]:
         """Every entry of a paged list (`repositories` or `tags`), at most `max_entries` of them, and
-        the error that cut it short (None if none)."""
-        out: list[str] = []
-        seen_entries: set[str] = set()
-        seen_urls: set[str] = set()
+        the error that cut it short (None if none).
+
+        What a listing holds is bounded whatever the registry sends: the entries, one page at a time,
+        and a digest of each URL asked for; and its pages may add up to so many bytes."""
+        found: dict[str, None] = {}  # the entries in order, and which were seen, in one table
+        asked: set[bytes] = set()  # digests of the URLs asked for, ~100 bytes each however long the URL
+        max_bytes = max_entries * _LISTING_BYTES_PER_ENTRY
+        received = 0
         url = path
         pages = 0
         while url:
             absolute = url if "://" in url else self.client.base + url
-            if absolute in seen_urls:
-                return out, HttpError(what, f"the Link pagination loops back to {absolute} after {pages} pages")
-            seen_urls.add(absolute)
+            digest = hashlib.blake2b(absolute.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+            if digest in asked:
+                return list(found), HttpError(what, f"the Link pagination loops back to {absolute} after {pages} pages")
+            asked.add(digest)
             pages += 1
             if pages > _MAX_PAGES:
-                return out, HttpError(what, f"more than {_MAX_PAGES} pages")
+                return list(found), HttpError(what, f"more than {_MAX_PAGES} pages")
             try:
                 reply = self.client.request("GET", url, scope=scope, what=what, limit=limit)
                 if reply.status != 200:
                     detail = registry_error_text(reply.body)
-                    return out, HttpError(what, f"{reply.status}{' ' + detail if detail else ''}", reply.status)
-                try:
-                    doc = json.loads(reply.body)
-                except (ValueError, UnicodeDecodeError) as exc:
-                    return out, HttpError(what, f"the answer is not valid JSON ({str(exc).splitlines()[0]})")
-                entries = doc.get(key) if isinstance(doc, dict) else None
-                if entries is None and isinstance(doc, dict) and key in doc:
-                    entries = []  # distribution writes "tags": null for a repository without tags
-                if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
-                    return out, HttpError(what, f"the answer has no list of {key}")
+                    return list(found), HttpError(what, f"{reply.status}{' ' + detail if detail else ''}", reply.status)
+                received += len(url) + len(reply.body)
+                if received > max_bytes:
+                    error = f"the pages add up to more than {max_bytes:,} bytes (after {pages} pages)"
+                    return list(found), HttpError(what, error)
+                entries = _page_entries(reply.body, key, what, pages, max_entries - len(found), max_entries)
                 for entry in entries:
-                    if entry not in seen_entries:
-                        seen_entries.add(entry)
-                        out.append(entry)
-                if len(out) > max_entries:
-                    del out[max_entries:]
-                    return out, HttpError(what, f"more than {max_entries:,} {key} listed (after {pages} pages)")
+                    if entry not in found:
+                        if len(found) == max_entries:
+                            error = f"more than {max_entries:,} {key} listed (after {pages} pages)"
+                            return list(found), HttpError(what, error)
+                        found[entry] = None
                 url = _next_link(reply, what)
+                entries, reply = [], None  # not held while the next page is read
             except HttpError as exc:
-                return out, exc
-        return out, None
+                return list(found), exc
+        return list(found), None
 
     # -------------------------------------------------------------- tasks
 
