@@ -30,6 +30,16 @@ _ENTRY_BYTES = 100
 # Errors and notes kept for the summary and the runs row, of each kind; every one is still said as
 # it happens and counted. A source of a million broken entries would otherwise keep them all.
 MAX_MESSAGES = 1000
+# Characters of one message; real ones take a line or two.
+MAX_MESSAGE_CHARS = 2000
+
+
+def shortened(message: str) -> str:
+    """A message cut to MAX_MESSAGE_CHARS: what a source quotes (an engine's or a registry's error
+    text, a name) is theirs to make any length, and 1,000 kept messages of 15 MB took gigabytes."""
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    return f"{message[:MAX_MESSAGE_CHARS]}… ({len(message) - MAX_MESSAGE_CHARS:,} more characters)"
 
 
 class Kept:
@@ -193,12 +203,12 @@ def run_tasks(
     # Every message leaves through these two, so URL credentials are redacted once for the
     # terminal, the summary and the runs table alike, whatever source produced them.
     def fail(message: str) -> None:
-        message = printable(redact_userinfo(message))
+        message = shortened(printable(redact_userinfo(message)))
         errors.add(message)
         observer.on_error(message, where())
 
     def note(message: str) -> None:
-        message = printable(redact_userinfo(message))
+        message = shortened(printable(redact_userinfo(message)))
         notes.add(message)
         observer.on_note(message, where())
 

@@ -188,6 +188,30 @@ def test_errors_and_notes_past_the_limit_are_counted_and_said_not_kept(tmp_path,
     assert summary.notes == [*noted[:3], "2 more notes not listed here (each was reported as it happened)"]
 
 
+def test_a_long_message_is_cut_where_it_is_said_and_kept(tmp_path, monkeypatch):
+    """An engine or a registry may quote 15 MB of its own text in an error: 1,000 such messages
+    kept took gigabytes. A message is cut after its redaction, so that a cut cannot split a URL's
+    credentials out of reach."""
+    secret = "https://user:hunter2@registry.example/v2/"
+    errors = [SourceError("/data/a.tar", secret + "x" * 5_000_000), SourceError("/data/b.tar", "short")]
+    notes = ["y" * 3000]
+    good = [r for r in records_of(f"oci:{oci_layout(tmp_path / 'layout', 1)}") if isinstance(r, ImageRecord)]
+    monkeypatch.setattr(run_module, "parse_source", lambda spec, _options=None: Fixed(errors + good, notes=notes))
+    said, noted = [], []
+    store = tmp_path / "store"
+    with DeltaWriter(str(store)) as writer:
+        summary = index_sources(["fixed"], writer, observer=RunObserver(on_error=said.append, on_note=noted.append))
+        run_module.record_run(writer, ["fixed"], summary, now_utc())
+    limit = run_module.MAX_MESSAGE_CHARS
+    assert said[0].startswith("/data/a.tar: https://***@registry.example/v2/xxx") and "hunter2" not in said[0]
+    cut = len("/data/a.tar: https://***@registry.example/v2/") + 5_000_000 - limit
+    assert said[0].endswith(f"… ({cut:,} more characters)")
+    assert len(said[0]) < limit + 40 and said[1] == "/data/b.tar: short"
+    assert noted == ["y" * limit + "… (1,000 more characters)"]
+    assert summary.errors == said and summary.notes == noted
+    assert runs(store)[0][3] == said
+
+
 def test_bad_record_through_the_cli_is_one_line_and_exit_1(tmp_path, monkeypatch):
     records = [r for r in records_of(f"oci:{oci_layout(tmp_path / 'layout', 3)}") if isinstance(r, ImageRecord)]
     items = [records[0], dataclasses.replace(_spoil(records[1], "too-big"), source_path="/data/x.tar"), records[2]]
