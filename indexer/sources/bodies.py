@@ -3,6 +3,8 @@ server that sends more than the bound, or says it will, is refused before memory
 
 from __future__ import annotations
 
+import http.client
+
 
 def decimal(text: str) -> int | None:
     """An HTTP number (`Content-Length`, `Retry-After`): ASCII digits only, at most 19 of them
@@ -22,18 +24,32 @@ class BodyTooLarge(Exception):
 _CHUNK = 65536
 
 
+def _single_read_length(response) -> int | None:
+    """The length one read may take whole, or None when the body must be read a chunk at a time.
+    Content-Length bounds a read only when nothing else frames the body: with `Transfer-Encoding:
+    chunked`, http.client ignores it and reads every chunk the server sends."""
+    if getattr(response, "chunked", False) or response.headers.get("Transfer-Encoding"):
+        return None
+    # Content-Length counts the encoded bytes: a gzip body of a megabyte can unpack to a gigabyte
+    if response.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity"):
+        return None
+    return decimal(response.headers.get("Content-Length", ""))
+
+
 def read_capped(response, limit: int) -> bytes:
     """The whole body of `response` (http.client's or urllib3's), refused past `limit`; afterwards
     the response holds nothing unread. The bound is on the bytes held, after any content decoding."""
     length = decimal(response.headers.get("Content-Length", ""))
-    if length is not None:
-        if length > limit:
-            raise BodyTooLarge(length)
-        # Content-Length counts the encoded bytes: a gzip body of a megabyte can unpack to a
-        # gigabyte, so only a body that is not decoded may be taken in one call.
-        if response.headers.get("Content-Encoding", "identity").strip().lower() in ("", "identity"):
-            # http.client reads exactly Content-Length bytes (and urllib3 fails a shorter body): one call will do
-            return response.read()
+    if length is not None and length > limit:
+        raise BodyTooLarge(length)
+    single = _single_read_length(response)
+    if single is not None:
+        # asked for the announced length, not for everything: http.client and urllib3 stop there,
+        # and return what came when the connection closed before it
+        body = response.read(single)
+        if len(body) < single:
+            raise http.client.IncompleteRead(body, single - len(body))
+        return body
     chunks, total = [], 0
     while True:
         # urllib3 returns at most `_CHUNK` decoded bytes a call, however much they unpack to
@@ -44,3 +60,17 @@ def read_capped(response, limit: int) -> bytes:
         if total > limit:
             raise BodyTooLarge(total)
         chunks.append(chunk)
+
+
+def read_prefix(response, limit: int) -> bytes:
+    """At most the first `limit` bytes of the body, after any content decoding, for answers kept
+    only to be quoted (errors, redirects). What is past them stays unread: the caller closes the
+    response rather than hand its connection on."""
+    chunks, total = [], 0
+    while total < limit:
+        chunk = response.read(min(_CHUNK, limit - total))
+        if not chunk:
+            break
+        total += len(chunk)
+        chunks.append(chunk)
+    return b"".join(chunks)[:limit]

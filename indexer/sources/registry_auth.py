@@ -305,6 +305,49 @@ class HostAuth:
         with self._lock:
             self._tokens.pop(scope, None)
 
+    def secrets(self) -> list[str]:
+        """Everything this client may have sent that must never be quoted back: the password, the
+        Basic value that carries it, and the tokens still kept."""
+        found = []
+        if self.credentials is not None:
+            found += [self.credentials.password, self.basic_header()["Authorization"][len("Basic ") :]]
+        with self._lock:
+            found += [token for token, _ in self._tokens.values()]
+        return [secret for secret in found if secret]
+
+
+def sent_secrets(headers: dict) -> list[str]:
+    """The credential of an Authorization header as sent: a registry may echo it whatever it is."""
+    value = next((v for k, v in headers.items() if k.lower() == "authorization"), "")
+    credential = value.partition(" ")[2].strip()
+    return [credential] if credential else []
+
+
+def _forms(secret: str) -> set[str]:
+    """A secret as it may appear in a registry's answer: as sent, or escaped inside a JSON string,
+    by Python's rules or Go's (which also escape <, > and &)."""
+    escaped = json.dumps(secret)[1:-1]
+    go = escaped.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return {secret, escaped, go, json.dumps(secret, ensure_ascii=False)[1:-1]}
+
+
+def scrub(text: str, secrets) -> str:
+    """`text` with every secret in it replaced by `***`, longest first, so a token that holds the
+    password is hidden whole."""
+    for secret in sorted({form for s in secrets for form in _forms(s)}, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
+
+
+def scrub_bytes(body: bytes, secrets) -> bytes:
+    """`scrub` for an answer's body before it is decoded: its JSON may spell a secret either way."""
+    for secret in sorted({form for s in secrets for form in _forms(s)}, key=len, reverse=True):
+        encoded = secret.encode("utf-8", "surrogatepass")
+        if encoded in body:
+            body = body.replace(encoded, b"***")
+    return body
+
 
 _TOKEN = re.compile(r"[\x21-\x7e]+\Z")
 

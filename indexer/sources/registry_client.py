@@ -41,8 +41,8 @@ from urllib3.exceptions import TimeoutError as Urllib3Timeout
 from ..errors import AuthError, HostDown, HttpError
 from ..references import redact_userinfo
 from . import mediatypes as mt
-from .bodies import BodyTooLarge, decimal, read_capped
-from .registry_auth import Credentials, HostAuth, parse_token_response
+from .bodies import BodyTooLarge, decimal, read_capped, read_prefix
+from .registry_auth import Credentials, HostAuth, parse_token_response, scrub, scrub_bytes, sent_secrets
 
 USER_AGENT = "imgdex-registry-crawler/0.1"
 MANIFEST_ACCEPT = ", ".join(
@@ -52,6 +52,12 @@ RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
 CERTS_DIRS = ("/etc/docker/certs.d", "/etc/containers/certs.d")
 SMALL_LIMIT = 1024 * 1024  # pings, tag lists pages and token answers
 CATALOG_LIMIT = 64 * 1024 * 1024
+# An error or redirect answer is read only to be quoted: distribution's are a few hundred bytes, and
+# one of a registry's choosing must not cost what a catalog page may.
+ERROR_BODY_LIMIT = 64 * 1024
+QUOTED_LIMIT = 300  # characters of a registry's own text (error messages, reasons) a message quotes
+MAX_REDIRECTS = 5
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
 @dataclass
@@ -162,6 +168,9 @@ def _classify(exc: BaseException, timeout: float) -> tuple[str, str]:
         return "timeout", f"no complete answer within {timeout:g} s"
     if "IncompleteRead" in text:
         return "cut", "the response body was cut short"
+    if isinstance(exc, (http.client.HTTPException, OverflowError)):
+        # http.client's own refusals of what it read (an OverflowError for a chunk size past int64)
+        return "malformed", f"the answer is not valid HTTP ({text})"
     if isinstance(exc, ProtocolError):
         return "broken", f"the connection broke: {text}"
     return "failed", f"connection failed: {text}"
@@ -198,27 +207,53 @@ def is_canonical_path(path: str) -> bool:
     return (parsed.path or "") + (f"?{parsed.query}" if parsed.query is not None else "") == path
 
 
-def registry_error_text(body: bytes) -> str:
-    """distribution's `{"errors":[{"code","message"}]}` -> `CODE: message`; '' when absent."""
+def quoted(text: str, secrets=(), limit: int = QUOTED_LIMIT) -> str:
+    """A registry's own text as a message may quote it: the secrets it echoes hidden, then cut."""
+    text = scrub(text, secrets)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def registry_error_text(body: bytes, secrets=()) -> str:
+    """distribution's `{"errors":[{"code","message"}]}` -> `CODE: message`, cut to a few hundred
+    characters; '' when absent."""
     import json
 
+    if len(body) > ERROR_BODY_LIMIT:
+        return ""  # an error answer that long is no distribution error: it is not parsed
     try:
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return ""
     errors = doc.get("errors") if isinstance(doc, dict) else None
     if isinstance(errors, list) and errors and isinstance(errors[0], dict):
         code, message = errors[0].get("code", ""), errors[0].get("message", "")
-        return ": ".join(str(p) for p in (code, message) if p)
+        return quoted(": ".join(str(p) for p in (code, message) if p), secrets)
     return ""
 
 
-def _read_capped(response: urllib3.BaseHTTPResponse, limit: int, method: str) -> bytes:
-    """The whole body, refused past `limit`; afterwards the response holds nothing unread."""
+def _read_body(response: urllib3.BaseHTTPResponse, limit: int, method: str) -> bytes:
+    """The body, refused past `limit`, or the first bytes of an answer that is only quoted."""
     if method == "HEAD":
         response.read()  # no body, but http.client counts the response open until it is read
         return b""
+    if response.status >= 300:
+        return read_prefix(response, min(limit, ERROR_BODY_LIMIT))
     return read_capped(response, limit)
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) as urllib3 compares hosts before it sends credentials on."""
+    try:
+        parsed = urllib3.util.parse_url(url)
+    except ValueError:
+        return "", url, None  # matches no other URL: nothing is handed on to it
+    scheme = (parsed.scheme or "").lower()
+    return scheme, (parsed.host or "").lower(), parsed.port or {"http": 80, "https": 443}.get(scheme)
+
+
+def _host_of(url: str) -> str:
+    """`host[:port]` of a URL, without any userinfo it carries."""
+    return urllib.parse.urlsplit(url).netloc.rpartition("@")[2]
 
 
 # The deadline of the attempt running on this thread, for the responses it creates: urllib3 builds
@@ -310,9 +345,11 @@ class _Breaker:
                     self.failures = 0
 
 
-# Redirects are followed (blob stores hand out signed URLs; urllib3 drops Authorization when the
-# host changes); everything else is retried by `send`, which knows about Retry-After.
-_REDIRECTS_ONLY = urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5, raise_on_redirect=True)
+# Nothing is retried or followed by urllib3: `send` retries (it knows about Retry-After) and follows
+# redirects one hop at a time, so each hop's host is checked, charged for its own failures, and
+# handed no credentials unless it is the host they were sent to.
+_NO_RETRIES = urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=0, raise_on_redirect=False)
+_CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 
 
 class RegistryClient:
@@ -431,12 +468,63 @@ class RegistryClient:
     def send(
         self, method: str, url: str, headers: dict, limit: int, what: str, *, retries: int | None = None, verify=None
     ) -> Reply:
-        """One request with retries of transient failures; every final answer is returned, 4xx too."""
+        """One request with retries of transient failures and its redirects followed; every final
+        answer is returned, 4xx too, its `url` the one that gave it."""
+        first = _origin(url)
+        hop_what, hops, waited = what, 0, 0.0
+        while True:
+            reply, waited = self._send_hop(method, url, headers, limit, hop_what, retries, verify, waited)
+            location = reply.headers.get("Location", "") if reply.status in _REDIRECT_STATUSES else ""
+            if not location:
+                if reply.status >= 300 and reply.body:
+                    reply.body = scrub_bytes(reply.body, self._secrets(headers))
+                return reply
+            hops += 1
+            if hops > MAX_REDIRECTS:
+                raise HttpError(hop_what, f"more than {MAX_REDIRECTS} redirects", reply.status)
+            url = self._redirect_target(url, location, hop_what)
+            if _origin(url) != first:
+                # credentials are for the host they were sent to; a blob store gets them in its signed URL
+                headers = {k: v for k, v in headers.items() if k.lower() not in _CREDENTIAL_HEADERS}
+                hop_what = f"{what} (redirected to {_host_of(url)})"
+            if reply.status == 303 and method != "HEAD":
+                method = "GET"
+
+    def _redirect_target(self, url: str, location: str, what: str) -> str:
+        """The absolute URL a `Location` names, if this client may follow it there."""
+        shown = quoted(redact_userinfo(location), limit=200)
+        if not location.isascii() or not location.isprintable():
+            raise HttpError(what, f"the redirect Location {shown!r} is not a plain URL")
+        try:
+            target = urllib.parse.urljoin(url, location.strip())
+            parts = urllib.parse.urlsplit(target)
+        except ValueError:
+            raise HttpError(what, f"the redirect Location {shown!r} is not a valid URL") from None
+        host = parts.netloc.rpartition("@")[2]
+        if parts.scheme not in ("https", "http") or not host:
+            raise HttpError(what, f"refusing to follow a redirect to {shown!r}: not an http(s) URL")
+        if parts.scheme == "http" and not self._plain_http_to(host):
+            hint = "plain HTTP is used only for --insecure-registry hosts and loopback"
+            raise HttpError(what, f"refusing to follow a redirect to plain HTTP at {host} ({hint})")
+        return target
+
+    def _plain_http_to(self, host: str) -> bool:
+        if host.lower() == self.host.lower():
+            return self.plain_http_allowed
+        return is_loopback(host) or is_insecure(host, self.options.insecure_registries)
+
+    def _secrets(self, headers: dict) -> list[str]:
+        return sent_secrets(headers) + self.auth.secrets()
+
+    def _send_hop(
+        self, method: str, url: str, headers: dict, limit: int, what: str, retries: int | None, verify, waited: float
+    ) -> tuple[Reply, float]:
+        """One URL, its transient failures retried: (the answer, the seconds waited in all so far).
+        `waited` carries over from the hops before, so redirects add no retry time of their own."""
         retries = self.options.retries if retries is None else retries
         manager, breaker = self._route(url, self.verify if verify is None else verify)
         timeout = self.options.timeout
         attempt = 0
-        waited = 0.0
         while True:
             breaker.check(what)
             response = None
@@ -449,20 +537,21 @@ class RegistryClient:
                     url,
                     headers={"User-Agent": USER_AGENT, **headers},
                     timeout=self._timeout,
-                    retries=_REDIRECTS_ONLY,
+                    retries=_NO_RETRIES,
+                    redirect=False,
                     preload_content=False,
                     enforce_content_length=True,
                 )
-                body = _read_capped(response, limit, method)
+                body = _read_body(response, limit, method)
                 complete = True
             except BodyTooLarge as exc:
                 raise HttpError(what, f"the answer is {exc.size} bytes or more, over the {limit}-byte limit") from None
-            except (Urllib3Error, OSError) as exc:
+            except (Urllib3Error, OSError, http.client.HTTPException, OverflowError) as exc:
                 kind, reason = _classify(exc, timeout)
+                reason = scrub(reason, self._secrets(headers))  # http.client quotes what the server sent
                 if kind in _NO_ANSWER:
                     breaker.failed(reason)
-                redirect = isinstance(exc, MaxRetryError) and "redirect" in str(exc).lower()
-                if kind != "tls" and not redirect and attempt < retries and not breaker.down:
+                if kind != "tls" and attempt < retries and not breaker.down:
                     delay = self._backoff(attempt)
                     if waited + delay <= self.options.max_retry_wait:
                         time.sleep(delay)
@@ -486,9 +575,13 @@ class RegistryClient:
                     response.release_conn()
             breaker.answered()
             status = response.status
+            # the reason phrase is the server's own text; an error's is quoted in messages
+            reason = (response.reason or "")[:100]
+            if status >= 300 and reason:
+                reason = quoted(reason, self._secrets(headers), 100)
             if status in RETRYABLE:
                 wait = _retry_after(response.headers)
-                text = f"{status} {response.reason or ''}".strip()
+                text = f"{status} {reason}".strip()
                 if wait is not None and wait > self.options.max_retry_after:
                     raise HttpError(what, f"{text}, and the server asks to retry after {wait:.0f} s", status)
                 if attempt < retries:
@@ -501,12 +594,11 @@ class RegistryClient:
                     waited += delay
                     attempt += 1
                     continue
-                detail = registry_error_text(body)
+                detail = registry_error_text(body, self._secrets(headers))
                 raise HttpError(
                     what, f"{text}{' (' + detail + ')' if detail else ''} (after {attempt + 1} attempts)", status
                 )
-            final = response.geturl() or ""
-            return Reply(status, response.headers, body, final if "://" in final else url, response.reason or "")
+            return Reply(status, response.headers, body, url, reason), waited
 
     # -------------------------------------------------------------- auth
 
@@ -577,8 +669,21 @@ class RegistryClient:
         token = self.auth.cached_token(wanted) or self._fetch_token(wanted)
         return {"Authorization": f"Bearer {token}"}
 
+    def _from_elsewhere(self, what: str, url: str, reply: Reply) -> HttpError | None:
+        """A 401 from a host a redirect led to: its challenge is not learned (the credentials, and the
+        token realm they go to, come from the registry alone), so it is an error of that request."""
+        if reply.status != 401 or _origin(reply.url) == _origin(url):
+            return None
+        there = _host_of(reply.url)
+        return HttpError(
+            what,
+            f"401 Unauthorized from {there}, where {self.registry} redirected the request "
+            f"(credentials are sent to {self.registry} and its token server only)",
+            401,
+        )
+
     def _unauthorized(self, what: str, reply: Reply, sent: dict) -> HttpError:
-        detail = registry_error_text(reply.body)
+        detail = registry_error_text(reply.body, self._secrets(sent))
         if self.auth.scheme == "basic" and self.auth.credentials is None:
             hint = f"authentication required and no credentials for {self.registry} (use --username, or docker login)"
         elif self.auth.scheme == "basic":
@@ -608,6 +713,9 @@ class RegistryClient:
             except HttpError as exc:
                 failures.append((url, exc))
                 continue
+            elsewhere = self._from_elsewhere(f"{self.registry}: GET {url}", url, reply)
+            if elsewhere is not None:
+                raise elsewhere
             if reply.status == 401:
                 self.auth.learn(reply.headers.get("WWW-Authenticate", ""))
             elif reply.status != 200:
@@ -639,12 +747,20 @@ class RegistryClient:
         url = path if "://" in path else self.base + path
         extra = headers or {}
         sent = self._auth_headers(scope)
-        reply = self.send(method, url, {**extra, **sent}, limit, what)
+        reply = self._own_send(method, url, {**extra, **sent}, limit, what)
         if reply.status == 401:
             retry = self._retry_headers(reply, scope, sent)
             if retry is not None:
                 sent = retry
-                reply = self.send(method, url, {**extra, **sent}, limit, what)
+                reply = self._own_send(method, url, {**extra, **sent}, limit, what)
             if reply.status == 401:
                 raise self._unauthorized(what, reply, sent)
+        return reply
+
+    def _own_send(self, method: str, url: str, headers: dict, limit: int, what: str) -> Reply:
+        """`send`, with a 401 that came from a redirect target an error rather than a challenge."""
+        reply = self.send(method, url, headers, limit, what)
+        elsewhere = self._from_elsewhere(what, url, reply)
+        if elsewhere is not None:
+            raise elsewhere
         return reply
