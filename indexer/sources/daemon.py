@@ -56,7 +56,7 @@ from ..model import (
     ImageRecord,
     Platform,
 )
-from ..references import Reference, parse_reference
+from ..references import DIGEST_ALGORITHMS, Reference, is_valid_digest, parse_reference
 from ..shard import Shard, in_shard, repository_key
 from . import mediatypes as mt
 from .bodies import BodyTooLarge, read_capped
@@ -191,6 +191,43 @@ def tls_from_env(environ: Mapping[str, str]) -> TlsSettings | None:
     return TlsSettings(verify=verify, ca_file=present("ca.pem"), cert_file=cert, key_file=key)
 
 
+# RFC 3986's scheme: what precedes "://" is a scheme only in this form. Anything else is part of a
+# bare HOST:PORT, a password holding "://" among them, and is never quoted as a scheme.
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+# A login name as ssh:// addresses carry it (ssh://me@build-host): kept in messages, it is no secret.
+_LOGIN = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def _split_scheme(text: str) -> tuple[str, str]:
+    """(scheme, lowercased, or "" for a bare address; what follows "://")."""
+    scheme, separator, rest = text.partition("://")
+    if separator and _SCHEME.fullmatch(scheme):
+        return scheme.lower(), rest
+    return "", text
+
+
+def shown_address(address: str) -> str:
+    """The engine address as messages show it: credentials as `***`, no query or fragment.
+
+    Whatever precedes the last '@' is hidden, so a password holding spaces, '/', '?', '#' or '@'
+    is hidden whole, in the bare HOST:PORT form as after a scheme; a query or fragment (where a
+    token rides) is dropped. Only a unix socket's path and an ssh:// login name are kept as written.
+    """
+    text = address.strip()
+    scheme, rest = _split_scheme(text)
+    prefix = text[: len(text) - len(rest)]
+    at = rest.rfind("@")
+    if at >= 0 and not _keeps_at(scheme, rest[:at]):
+        rest = "***" + rest[at:]
+    return prefix + re.split(r"[?#]", rest, maxsplit=1)[0]
+
+
+def _keeps_at(scheme: str, before: str) -> bool:
+    if scheme in ("unix", "http+unix"):
+        return before.startswith("/")  # a socket path, which may hold an '@'
+    return scheme == "ssh" and _LOGIN.fullmatch(before) is not None
+
+
 def endpoint_of(address: str, environ: Mapping[str, str] | None = None) -> Endpoint:
     """The endpoint of an engine address, in the forms the Docker SDK takes: unix://PATH, tcp://HOST:PORT (TLS
     when the environment asks for it), http://HOST:PORT, https://HOST:PORT and a bare HOST:PORT.
@@ -198,11 +235,8 @@ def endpoint_of(address: str, environ: Mapping[str, str] | None = None) -> Endpo
     ValueError, with a short reason, for anything else (ssh:// and npipe:// among them).
     """
     environ = os.environ if environ is None else environ
-    text = address.strip()
-    scheme, separator, rest = text.partition("://")
-    if not separator:
-        scheme, rest = "tcp", text
-    scheme = scheme.lower()
+    scheme, rest = _split_scheme(address.strip())
+    scheme = scheme or "tcp"
     if scheme in ("unix", "http+unix"):
         path = rest or DEFAULT_HOST.removeprefix("unix://")
         return Endpoint(socket_path=path if path.startswith("/") else "/" + path)
@@ -374,7 +408,7 @@ class EngineApiClient:
         timeout: float = REQUEST_TIMEOUT,
         environ: Mapping[str, str] | None = None,
     ):
-        self.address = address
+        self.address = shown_address(address)  # what messages name; the endpoint keeps where to connect
         self._timeout = timeout
         self._idle: list[_Connection] = []
         self._lock = threading.Lock()
@@ -384,7 +418,7 @@ class EngineApiClient:
             self._endpoint = endpoint_of(address, environ)
             self._context = _tls_context(self._endpoint.tls) if self._endpoint.tls is not None else None
         except ValueError as exc:
-            raise EngineUnavailable(f"cannot reach the Docker engine at {address}: {exc}") from None
+            raise EngineUnavailable(f"cannot reach the Docker engine at {self.address}: {exc}") from None
         self.api_version = self._negotiate(connect_timeout)
         self._prefix = f"{self._endpoint.prefix}/v{self.api_version}"
 
@@ -534,8 +568,11 @@ def _quote(ref: str) -> str:
 
 
 def _error_message(data: bytes) -> str:
+    """The first line of the engine's error text; "" when there is none to show (the status then stands alone)."""
     try:
         doc = json.loads(data)
+    except RecursionError:
+        return ""  # `[[[[…` is no message, and Python's words for it would read as the engine's
     except ValueError:
         doc = None
     text = doc.get("message") if isinstance(doc, dict) else data.decode("utf-8", "replace")
@@ -606,7 +643,8 @@ def match_history(layer_count: int, history: list[dict]) -> tuple[list[int] | No
 
 
 def config_from_inspect(inspect: dict, where: str) -> ImageConfig:
-    """The inspect's config fields, through the shared config parser."""
+    """The inspect's config fields, through the shared config parser; SourceError for an inspect the
+    store cannot take: nested too deeply to encode again, or layers that are not digests."""
     rootfs = object_at(inspect, "RootFS")
     created = string_at(inspect, "Created")
     if timestamps.normalise(created) == _GO_ZERO_TIME:
@@ -621,7 +659,38 @@ def config_from_inspect(inspect: dict, where: str) -> ImageConfig:
         "config": object_at(inspect, "Config"),
         "rootfs": {"type": string_at(rootfs, "Type"), "diff_ids": list_at(rootfs, "Layers")},
     }
-    return parse_config(json.dumps(doc).encode(), where)
+    try:
+        data = json.dumps(doc).encode()
+    except RecursionError:
+        # Parsed on a worker thread, it is encoded again here, deeper in the stack: nesting that
+        # just fitted there may not fit here. No real config nests more than a few levels.
+        raise SourceError(where, "the engine's inspect is nested too deeply") from None
+    config = parse_config(data, where)
+    _check_layers(list_at(rootfs, "Layers"), where)
+    return config
+
+
+def _check_layers(layers: list, where: str) -> None:
+    # The layers are the config's diff_ids, and the records' layer digests and lineage are made of
+    # them: each must be a digest, as a classic docker save's diff_ids must be.
+    for position, layer in enumerate(layers):
+        if not isinstance(layer, str):
+            raise SourceError(where, f"inspect's RootFS.Layers[{position}] is {_json_type(layer)}, not a digest")
+        if not _trusted_digest(layer):
+            raise SourceError(where, f"inspect's RootFS.Layers[{position}] has an invalid digest {layer!r}")
+
+
+def _untrusted(digest: str) -> str:
+    """Why `_trusted_digest` refuses a digest, well formed or not."""
+    if is_valid_digest(digest):
+        return f"digest algorithm {digest.partition(':')[0]!r} is not one this index checks"
+    return f"invalid digest {digest!r}"
+
+
+def _trusted_digest(text: object) -> bool:
+    """A digest a record may carry: well formed, and of an algorithm whose digests are checked
+    (one of any other names nothing this index can stand behind, so it is refused, not trusted)."""
+    return is_valid_digest(text) and text.partition(":")[0] in DIGEST_ALGORITHMS
 
 
 @dataclass
@@ -656,6 +725,10 @@ def repositories(inspect: dict, ctx: Context, where: str, only: Reference | None
                 ref = parse_reference(text)
             except ImgdexError as exc:
                 ctx.note(f"{where}: ignoring {key} entry {text!r}: {exc}")
+                continue
+            if ref.digest and not _trusted_digest(ref.digest):
+                # It would become the manifest digest of the repository's record.
+                ctx.note(f"{where}: ignoring {key} entry {text!r}: {_untrusted(ref.digest)}")
                 continue
             repo = found.setdefault((ref.registry, ref.name), _Repository(ref.registry, ref.name))
             if ref.tag and not ref.digest:
@@ -742,6 +815,7 @@ class ImageSummary:
     image_id: str
     manifests: tuple[ManifestSummary, ...] | None = None
     lead: bool = True  # this shard speaks for the image (see `_owned`)
+    problem: str = ""  # why the entry cannot be read: said in its place, and nothing is asked for it
 
 
 @dataclass(frozen=True)
@@ -818,18 +892,22 @@ class DockerDaemon:
         targets = []
         seen = set()
         quiet = replace(ctx, note=lambda message: None)  # what the listing names wrongly is noted by the mapping
-        for doc in client.list_images(all=self.all_images, manifests=containerd):
-            image = string_at(doc, "Id") if isinstance(doc, dict) else ""
-            if not image or image in seen:
-                continue
-            seen.add(image)
+        for position, doc in enumerate(client.list_images(all=self.all_images, manifests=containerd)):
+            problem = _listing_problem(doc, position)
+            doc = doc if isinstance(doc, dict) else {}
+            image = "" if problem else doc["Id"]
+            if not problem:
+                if image in seen:
+                    continue
+                seen.add(image)
             lead = True
             if ctx.shard is not None:
-                owned, lead = _owned(repositories(doc, quiet, self.spec), image, ctx.shard)
+                key = image or f"listing entry {position}"
+                owned, lead = _owned(repositories(doc, quiet, self.spec), key, ctx.shard)
                 if not owned:
                     continue
-            summary = ImageSummary(image, manifest_summaries(doc.get("Manifests")) if containerd else None, lead)
-            targets.append(summary)
+            manifests = manifest_summaries(doc.get("Manifests")) if containerd and not problem else None
+            targets.append(ImageSummary(image, manifests, lead, problem))
         return targets
 
     def _records(self, client: EngineClient, ctx: Context, where: str) -> Iterator[ImageRecord | SourceError]:
@@ -838,11 +916,17 @@ class DockerDaemon:
             yield from self._named(client, ctx, where, containerd)
             return
 
-        def fetch(target: ImageSummary) -> _Details:
+        def fetch(target: ImageSummary) -> _Details | None:
+            if target.problem:
+                return None
             return self._fetch(client, target.image_id, target.manifests, containerd)
 
         with closing(prefetch(self._targets(client, containerd, ctx), fetch, self.workers, self.window)) as fetched:
             for target, details in fetched:
+                if target.problem:
+                    if target.lead:
+                        yield SourceError(where, target.problem)
+                    continue
                 if isinstance(details, NoSuchImage):
                     if target.lead:
                         ctx.note(f"{where}: image {target.image_id} was removed while indexing; skipped")
@@ -865,11 +949,20 @@ class DockerDaemon:
             inspect = client.inspect_image(self.ref)
         except NoSuchImage:
             if in_shard(ctx.shard, self._ref_key()):
-                yield SourceError(where, f"the Docker engine at {self.location} has no image {self.ref!r}")
+                yield SourceError(
+                    where, f"the Docker engine at {shown_address(self.location)} has no image {self.ref!r}"
+                )
             return
         except EngineRefused as exc:
             if in_shard(ctx.shard, self._ref_key()):
                 yield SourceError(where, str(exc))
+            return
+        if not _trusted_digest(inspect.get("Id")):
+            # The Id goes into the paths of the next requests and is the config digest of the records.
+            if in_shard(ctx.shard, self._ref_key()):
+                yield SourceError(
+                    where, f"image {self.ref}: the engine's inspect has an invalid Id {_shown_id(inspect)}"
+                )
             return
         only = None
         match = _IMAGE_ID.fullmatch(self.ref)
@@ -925,6 +1018,7 @@ class DockerDaemon:
     ) -> _Details:
         if inspect is None:
             inspect = client.inspect_image(image)
+            _check_same_image(inspect, image)
         if not containerd:
             return _Details(inspect, _history(client, image))
         details = _Details(inspect, [], manifests or ())
@@ -937,6 +1031,8 @@ class DockerDaemon:
         for manifest in details.manifests:
             if manifest.kind != KIND_IMAGE or not manifest.available or manifest.platform is None:
                 continue
+            if not _trusted_digest(manifest.digest):
+                continue  # refused by the mapping; nothing to ask for
             try:
                 if per_platform:
                     details.children[manifest.digest] = _Inspected(
@@ -991,6 +1087,12 @@ class DockerDaemon:
         self, details: _Details, repos: list[_Repository], ctx: Context, where: str, label: str, lead: bool = True
     ):
         target, single = containerd_shape(details.inspect, details.manifests or ())
+        if not _trusted_digest(target.digest):
+            if lead:
+                yield SourceError(
+                    label, f"the engine's descriptor of the image has an invalid digest {target.digest!r}"
+                )
+            return
         if single is not None:
             yield from _containerd_image(
                 _Inspected(details.inspect, details.history),
@@ -1008,6 +1110,10 @@ class DockerDaemon:
                 ctx, repo, digest=target.digest, kind=KIND_INDEX, tags=repo.sorted_tags(), media_type=target.media_type
             )
         for manifest in details.manifests or ():
+            if not _trusted_digest(manifest.digest):
+                if lead:
+                    yield SourceError(label, f"the engine lists a manifest with an invalid digest {manifest.digest!r}")
+                continue
             child_label = f"{label} manifest {manifest.digest}"
             if manifest.kind == KIND_ATTESTATION:
                 for repo in repos:
@@ -1041,6 +1147,33 @@ class DockerDaemon:
             yield from _containerd_image(
                 fetched, manifest, repos, ctx, child_label, tagged=False, parent=target.digest, lead=lead
             )
+
+
+def _listing_problem(doc: object, position: int) -> str:
+    """Why a listing entry names no image to ask for ("" when it names one). Its Id goes into the
+    paths of the image's requests and is the config digest of its records: it must be a digest."""
+    if not isinstance(doc, dict):
+        return f"listing images: entry {position} is {_json_type(doc)}, not an object"
+    if "Id" not in doc:
+        return f"listing images: entry {position} has no Id"
+    image = doc["Id"]
+    if not isinstance(image, str):
+        return f"listing images: entry {position} has an Id that is {_json_type(image)}, not a string"
+    if not _trusted_digest(image):
+        return f"listing images: entry {position} has an invalid Id {image!r}"
+    return ""
+
+
+def _check_same_image(inspect: dict, image: str) -> None:
+    """EngineRefused when the inspect of the listed `image` names another: records are made from the
+    inspect's Id, so two images answered for as one (or as none) would become one record."""
+    if inspect.get("Id") != image:
+        raise EngineRefused(f"the engine's inspect of it has Id {_shown_id(inspect)}, not the listed one")
+
+
+def _shown_id(inspect: dict) -> str:
+    found = inspect.get("Id")
+    return repr(found) if isinstance(found, str) else _json_type(found)
 
 
 def _history(client: EngineClient, image: str, platform: Platform | None = None) -> list[dict]:
