@@ -23,6 +23,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import threading
+import weakref
 from array import array
 
 from .. import listing
@@ -146,7 +147,10 @@ class Orderings:
     """The name groups and orderings of one snapshot, made on first use, at most MAX_ORDERINGS orders."""
 
     def __init__(self, snapshot):
-        self._snapshot = snapshot
+        # Weakly: the snapshot keeps its Orderings (`Snapshot.derived`), and `settle` freezes what
+        # was just made, so a cycle between the two would never be collected and each version
+        # served a list would stay in memory after its swap (~10 MB a run on 6,000 images).
+        self._snapshot = weakref.ref(snapshot)
         self._made: dict[tuple, Ordering] = {}
         self._lock = threading.Lock()
         self.groups: Groups | None = None
@@ -155,12 +159,13 @@ class Orderings:
         ordering = self._made.get(plan.order)
         if ordering is not None:
             return ordering
+        snapshot = self._snapshot()  # alive: the request asking holds it
         with self._lock:
             if self.groups is None:
-                self.groups = Groups(self._snapshot)
+                self.groups = Groups(snapshot)
             ordering = self._made.get(plan.order)
             if ordering is None and len(self._made) < MAX_ORDERINGS:
-                ordering = Ordering(self._snapshot, plan, self.groups)
+                ordering = Ordering(snapshot, plan, self.groups)
                 settle()
                 self._made[plan.order] = ordering
         return ordering
