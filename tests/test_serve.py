@@ -966,6 +966,9 @@ def test_rest_small_bodies_are_still_read_and_ignored(server):
         (_get(headers="".join(f"X{i}: a\r\n" for i in range(101))), 431, 3),
         (_get(headers="".join(f"X{i}: {'a' * 1000}\r\n" for i in range(70))), 431, 3),  # 70 KB in all
         (b"GET /container-registry/v1/images HTTP/2.0\r\n\r\n", 505, 12),
+        (b"GET /container-registry/v1/images HTTP/0.9\r\n\r\n", 505, 12),
+        (b"GET /container-registry/v1/images HTTP/1.2\r\nHost: x\r\n\r\n", 505, 12),
+        (b"GET /container-registry/v1/images HTTP/1.0000000001\r\nHost: x\r\n\r\n", 505, 12),
         (b"GARBAGE\r\n\r\n", 400, 3),
         (b"GET /container-registry/v1/images\r\n\r\n", 400, 3),  # HTTP/0.9: no status line in the answer
     ],

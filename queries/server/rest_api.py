@@ -214,6 +214,11 @@ class _Handler(BaseHTTPRequestHandler):
         if lines.cut:
             self.close_connection = True  # the client left mid-headers: no request to answer
             return False
+        if self.request_version not in ("HTTP/1.0", "HTTP/1.1"):
+            # The standard library serves any 1.x as 1.1 and an explicit HTTP/0.9 without a status
+            # line or headers, where a 404 could not be told from a 200.
+            self.send_error(505)
+            return False
         headers = self.headers
         if lines.bare_cr or headers.defects or headers.get_payload() or any("\n" in v for v in headers.values()):
             # A line without a colon, a space before one, a folded line or a CR inside one: a proxy
