@@ -602,6 +602,43 @@ def test_grpc_calls_beyond_what_the_workers_can_take_are_refused_at_once(store, 
         service.stop(grace=1)
 
 
+def test_grpc_calls_whose_request_never_comes_free_their_worker(store, cli_images, monkeypatch):
+    """A call whose headers came and whose message never does waits on a worker (grpcio reads the
+    request there): with one worker, one such call held every other call, health checks too, for
+    as long as its client liked. Its connection is closed after its age and grace, and the worker
+    answers again."""
+    import threading
+
+    from queries.server import grpc_api
+    from queries.server.app import Service
+
+    monkeypatch.setattr(grpc_api, "MAX_CONNECTION_AGE_MS", 1000)
+    monkeypatch.setattr(grpc_api, "MAX_CONNECTION_AGE_GRACE_MS", 1000)
+    service = Service(store, ("127.0.0.1", 0), None, workers=1)
+    service.start()
+    stall = threading.Event()
+
+    def never():  # the headers go out, no message
+        stall.wait(60)
+        return
+        yield
+
+    request = isv.GetImageRequest(image_id=cli_images[0]["id"])
+    get = "/yandex.cloud.containerregistry.v1.ImageService/Get"
+    try:
+        with grpc.insecure_channel(service.grpc_address, options=[("grpc.use_local_subchannel_pool", 1)]) as stalled:
+            call = stalled.stream_unary(get).future(never())
+            time.sleep(0.5)
+            with grpc.insecure_channel(service.grpc_address) as channel:
+                answer = isv_grpc.ImageServiceStub(channel).Get(request, timeout=15)
+            assert MessageToDict(answer) == cli_images[0]
+            with pytest.raises(grpc.RpcError):
+                call.result(timeout=15)  # cut by the server, not by its own client
+    finally:
+        stall.set()
+        service.stop(grace=1)
+
+
 def test_unknown_rest_path_is_not_found(server):
     status, doc = http_json(server.http, "/container-registry/v2/images")
     assert (status, doc["code"]) == (404, 5)

@@ -261,6 +261,13 @@ MAX_REQUEST_BYTES = 16 * 1024
 # Calls answered or waiting per worker: a burst waits its turn, and beyond it a call is refused at
 # once with RESOURCE_EXHAUSTED instead of queueing without bound.
 CALLS_PER_WORKER = 4
+# grpcio reads a unary call's request on the worker that will answer it: a client that sends the
+# headers of a call and never its message holds a worker, and --workers such calls held every
+# other call, health checks too, for as long as they liked. A connection is closed this long after
+# it opened (a client's channel reconnects at once, as after any GOAWAY), and its calls still
+# running are cancelled after the grace: no call holds a worker for longer than the two.
+MAX_CONNECTION_AGE_MS = 60_000
+MAX_CONNECTION_AGE_GRACE_MS = 30_000
 
 
 class GrpcServer:
@@ -273,6 +280,8 @@ class GrpcServer:
             # SO_REUSEPORT off: a second server on a taken port must fail, not share it silently.
             ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+            ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
+            ("grpc.max_connection_age_grace_ms", MAX_CONNECTION_AGE_GRACE_MS),
         ]
         self.server = grpc.server(
             self._pool,
