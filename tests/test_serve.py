@@ -1004,6 +1004,10 @@ def test_rest_small_bodies_are_still_read_and_ignored(server):
         (_get(headers="".join(f"X{i}: {'a' * 1000}\r\n" for i in range(70))), 431, 3),  # 70 KB in all
         (b"GET /container-registry/v1/images HTTP/2.0\r\n\r\n", 505, 12),
         (b"GET /container-registry/v1/images HTTP/0.9\r\n\r\n", 505, 12),
+        (b"GET /container-registry/v1/images HTTP/1.1\r\n\r\n", 400, 3),  # no Host
+        (_get(headers="Host: y\r\n"), 400, 3),
+        (b"GET /container-registry/v1/images HTTP/1.1\r\nHost: a b\r\n\r\n", 400, 3),
+        (_get(headers="X: a\0b\r\n"), 400, 3),
         (b"GET /container-registry/v1/images HTTP/1.2\r\nHost: x\r\n\r\n", 505, 12),
         (b"GET /container-registry/v1/images HTTP/1.0000000001\r\nHost: x\r\n\r\n", 505, 12),
         (b"GARBAGE\r\n\r\n", 400, 3),
@@ -1019,6 +1023,22 @@ def test_rest_http_layer_errors_are_status_json(server, request_, status, code):
     else:
         doc = json.loads(answer[2])
         assert doc["code"] == code and doc["details"] == [] and doc["message"], doc
+
+
+def test_rest_a_close_among_connection_options_closes_and_a_leading_empty_line_is_ignored(server):
+    """RFC 9112 9.6: `close` among other options still closes. RFC 9112 2.2: an empty line before a
+    request line is skipped, and the request after it answered."""
+    out, closed = exchange(server.http, _get(headers="Connection: keep-alive, close\r\n"))
+    [(status, headers, _)] = responses(out)
+    assert status == 200 and headers["connection"] == "close" and closed
+    out, closed = exchange(server.http, b"\r\n" + _get(headers="Connection: close\r\n"))
+    assert [status for status, _, _ in responses(out)] == [200] and closed
+    body = b"hello"
+    pipelined = (
+        _get(headers=f"Content-Length: {len(body)}\r\n") + body + b"\r\n" + _get(headers="Connection: close\r\n")
+    )
+    out, closed = exchange(server.http, pipelined)
+    assert [status for status, _, _ in responses(out)] == [200, 200] and closed
 
 
 @pytest.mark.parametrize(

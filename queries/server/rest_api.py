@@ -197,6 +197,14 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # one line per request would drown the ready line and errors
 
     def parse_request(self) -> bool:
+        if self.raw_requestline in (b"\r\n", b"\n"):
+            # RFC 9112 2.2: an empty line before a request line is ignored (a client may end the
+            # body of its last request with a stray CRLF); the standard library hung up instead.
+            self.raw_requestline = self.rfile.readline(MAX_LINE + 1)
+            if len(self.raw_requestline) > MAX_LINE:
+                self.requestline, self.command = "", None
+                self.send_error(414)
+                return False
         requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
         if len(requestline.split()) not in (0, 3):
             # HTTP/0.9 (no version) would be answered without a status line; junk is junk.
@@ -220,11 +228,26 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_error(505)
             return False
         headers = self.headers
-        if lines.bare_cr or headers.defects or headers.get_payload() or any("\n" in v for v in headers.values()):
-            # A line without a colon, a space before one, a folded line or a CR inside one: a proxy
-            # in front may read these headers otherwise, so they cannot frame the request for certain.
+        if (
+            lines.bare_cr
+            or headers.defects
+            or headers.get_payload()
+            or any("\n" in v or "\0" in v for v in headers.values())
+        ):
+            # A line without a colon, a space before one, a folded line, a CR or a NUL inside one
+            # (RFC 9110 5.5): a proxy in front may read these headers otherwise, so they cannot
+            # frame the request for certain.
             self._refuse(400, "malformed header line")
             return False
+        hosts = headers.get_all("Host", [])
+        if len(hosts) > 1 or (self.request_version == "HTTP/1.1" and not hosts) or any(" " in h for h in hosts):
+            # RFC 9112 3.2: exactly one Host, and one that is a host: which of two a proxy in front
+            # routed by cannot be known.
+            self._refuse(400, "an HTTP/1.1 request needs exactly one valid Host header")
+            return False
+        tokens = {token.strip().lower() for value in headers.get_all("Connection", []) for token in value.split(",")}
+        if "close" in tokens:
+            self.close_connection = True  # RFC 9112 9.6; the standard library took only a whole value of `close`
         return True
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
