@@ -9,7 +9,7 @@ import pytest
 import urllib3
 
 from builders import OCI_MANIFEST
-from indexer.sources import registry
+from indexer.sources import configbounds, registry
 from indexer.sources.parse import Context
 from indexer.sources.registry import Crawl, RegistrySource
 from indexer.sources.registry_client import CATALOG_LIMIT, RegistryOptions, Reply
@@ -191,7 +191,7 @@ def test_a_page_within_the_bound_is_taken_whole(monkeypatch):
 
     assert paged(listing, max_entries=1000) == (tags, None)
     count = values(doc)
-    assert registry._more_values_than(body, count - 1) and not registry._more_values_than(body, count)
+    assert configbounds.too_many_values(body, count - 1) and not configbounds.too_many_values(body, count)
 
 
 def test_a_page_nested_too_deep_for_the_parser_is_one_line(monkeypatch):

@@ -32,11 +32,14 @@ def _structure(data: bytes) -> int:
     return len(data.translate(None, _NOT_STRUCTURE)) + 1
 
 
-def too_many_values(data: bytes) -> bool:
-    """Whether `data` may hold more than MAX_VALUES values, counted without parsing it."""
+def too_many_values(data: bytes, bound: int | None = None) -> bool:
+    """Whether the JSON text `data` may hold more than `bound` values (MAX_VALUES unless given),
+    counted without parsing it, and in no more time than parsing text within the bound would take."""
+    if bound is None:
+        bound = MAX_VALUES
     # Every value but the first takes a separator and at least one byte, so a document of up to
     # twice as many bytes cannot hold more: nearly every config is not counted at all.
-    if len(data) < 2 * MAX_VALUES or _structure(data) <= MAX_VALUES:
+    if len(data) < 2 * bound or _structure(data) <= bound:
         return False
     # The separators counted may be text inside strings (a label holding JSON, a long script):
     # count again without the strings. Escaped quotes and backslashes go first, so that a quote
@@ -46,11 +49,11 @@ def too_many_values(data: bytes) -> bool:
     # window of many short strings stay few.
     count = 1
     start = 0
-    while start < len(bare) and count <= MAX_VALUES:
+    while start < len(bare) and count <= bound:
         end = start + _WINDOW
         if bare.count(b'"', start, end) % 2:
             closing = bare.find(b'"', end)
             end = len(bare) if closing < 0 else closing + 1
         count += _structure(_STRING.sub(b"", bare[start:end])) - 1
         start = end
-    return count > MAX_VALUES
+    return count > bound

@@ -195,35 +195,11 @@ def _next_link(reply, where: str) -> str:
     return url
 
 
-# A string, skipped whole, or a separator, captured.
-_JSON_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|([,:\[{])', re.DOTALL)
-
-
-def _more_values_than(data: bytes, bound: int) -> bool:
-    """Whether the JSON text `data` may hold more than `bound` values, found without parsing it.
-
-    Each value is the first of its array or object, or follows a comma or a colon, so the
-    separators outside strings bound them. A page too short to hold more is not counted at all,
-    and counting stops past the bound, so it costs no more than parsing a page within it."""
-    # Every value but the first takes a separator and at least one byte of its own.
-    if len(data) < 2 * bound or sum(data.count(separator) for separator in (b",", b":", b"[", b"{")) < bound:
-        return False
-    # Some of those may be text inside strings: count those outside. A string left open (not
-    # JSON) is skipped a byte at a time, which only counts more.
-    count = 1
-    for token in _JSON_TOKEN.finditer(data):
-        if token.lastindex:
-            count += 1
-            if count > bound:
-                return True
-    return False
-
-
 def _page_entries(body: bytes, key: str, what: str, page: int, left: int, max_entries: int) -> list[str]:
     """The list of `key` of one page, of which `left` more may be taken: a page that may hold more
     values than that (and what a registry lists beside them) is refused before it is parsed."""
     bound = left + _PAGE_EXTRA_VALUES
-    if _more_values_than(body, bound):
+    if configbounds.too_many_values(body, bound):
         raise HttpError(
             what,
             f"page {page} may list more than the {max_entries:,} {key} a listing may hold: "
