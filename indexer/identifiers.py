@@ -52,3 +52,10 @@ def image_id(registry: str, name: str, key: str) -> str:
 @functools.lru_cache(maxsize=65536)
 def blob_id(digest: str) -> str:
     return "crp" + _short_hash(digest)
+
+
+# A blob that a registry's own document gives without an id (proto3 JSON omits an empty one): it
+# is stored as "" and answered without one, while an empty `Blob.id` stands for blob_id(). Not
+# empty, so that a merge keeps it over the formula (an imported document is answered as it was
+# written); a NUL, which no id holds.
+NO_BLOB_ID = "\x00"

@@ -27,7 +27,7 @@ class Blob(NamedTuple):
     size: int
     media_type: str = ""
     urls: tuple[str, ...] = ()
-    id: str = ""  # a registry's real blob id; empty means the id formula applies
+    id: str = ""  # a registry's real blob id; empty means the id formula applies; NO_BLOB_ID, none given
 
 
 class Platform(NamedTuple):

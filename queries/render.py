@@ -26,7 +26,10 @@ assert RESPONSE_COLUMNS[0] == "id", "readers key rows by their first value"
 
 
 def _blob(blob_id: str, digest: str, size: int | None, urls) -> dict:
-    out = {"id": blob_id}
+    out = {}
+    # Empty only for a blob a YCR export gives without one
+    if blob_id:
+        out["id"] = blob_id
     # Empty in a YCR export that gives a layer without one; proto3 JSON omits an empty string.
     if digest:
         out["digest"] = digest
@@ -122,14 +125,17 @@ def _text(value) -> str:
 
 def _blob_json(blob_id, digest, size, urls, newline: str) -> str:
     inner = newline + "  "
-    text = "{" + inner + '"id": ' + _text(blob_id)
+    fields = []
+    if blob_id:
+        fields.append(inner + '"id": ' + _text(blob_id))
     if digest:
-        text += "," + inner + '"digest": ' + _text(digest)
+        fields.append(inner + '"digest": ' + _text(digest))
     if size:
-        text += "," + inner + '"size": "' + str(size) + '"'
+        fields.append(inner + '"size": "' + str(size) + '"')
     if urls:
-        text += "," + inner + '"urls": [' + ",".join(inner + "  " + _text(u) for u in urls) + inner + "]"
-    return text + newline + "}"
+        fields.append(inner + '"urls": [' + ",".join(inner + "  " + _text(u) for u in urls) + inner + "]")
+    # An empty message, as json.dumps(indent=2) writes it
+    return "{" + ",".join(fields) + newline + "}" if fields else "{}"
 
 
 def _image_json(r: Row, layers: list | None, out: list[str]) -> None:

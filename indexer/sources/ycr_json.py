@@ -28,6 +28,7 @@ from typing import BinaryIO, Iterable, Iterator
 
 from .. import timestamps
 from ..errors import ImgdexError, SourceError
+from ..identifiers import NO_BLOB_ID
 from ..model import IMPORTED, KIND_IMAGE, KIND_INDEX, Blob, ImageRecord
 from ..references import ID_RE, is_valid_digest, is_valid_tag, parse_reference
 from ..store.hashset import HashSet
@@ -123,13 +124,13 @@ def _blob(raw: object, where: str, what: str, notes: list[str]) -> Blob:
     if not isinstance(digest, str) or (digest and not is_valid_digest(digest)):
         raise SourceError(where, f"{what} has an invalid digest {digest!r}")
     blob_id = raw.get("id", "")
-    if not isinstance(blob_id, str):
+    if not isinstance(blob_id, str) or NO_BLOB_ID in blob_id:
         raise SourceError(where, f"{what} has an invalid id")
     urls = raw.get("urls", [])
     if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
         raise SourceError(where, f"{what} has invalid urls")
     size = _int64(raw.get("size", 0), where, f"{what} size")
-    return Blob(digest=digest, size=size, media_type="", urls=tuple(urls), id=blob_id)
+    return Blob(digest=digest, size=size, media_type="", urls=tuple(urls), id=blob_id or NO_BLOB_ID)
 
 
 def image_record(raw: object, registry: str, ctx: Context, where: str, notes: list[str]) -> ImageRecord:

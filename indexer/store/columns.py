@@ -16,10 +16,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable, NamedTuple
 
 from .. import timestamps
-from ..identifiers import blob_id
+from ..identifiers import NO_BLOB_ID, blob_id
 
 if TYPE_CHECKING:  # a lookup reads RESPONSE_COLUMNS and builds no record: model.py costs ~3 ms
-    from ..model import ImageRecord
+    from ..model import Blob, ImageRecord
 
 
 class Column(NamedTuple):
@@ -52,10 +52,16 @@ def _created_at(batch: Batch):
     return arrow.utc_nanos_of_text([r.created for r in batch.records], timestamps.epoch_nanos)
 
 
+def _stored_id(blob: Blob) -> str:
+    if blob.id == NO_BLOB_ID:
+        return ""
+    return blob.id or blob_id(blob.digest)
+
+
 # A layer (and the config, flattened into config_* columns below): a struct in a list column.
 BLOB: tuple[Column, ...] = (
     # The formula id is stored spelled out; in a record it is the empty default.
-    Column("id", "string", lambda b: b.id or blob_id(b.digest), response=("id",)),
+    Column("id", "string", lambda b: _stored_id(b), response=("id",)),
     Column("digest", "string", "digest", response=("digest",)),
     Column("size", "int64", "size", response=("size",)),
     Column("media_type", "string", "media_type"),
@@ -81,7 +87,7 @@ IMAGES: tuple[Column, ...] = (
     Column(
         "config_id",
         "string",
-        lambda r: None if r.config is None else r.config.id or blob_id(r.config.digest),
+        lambda r: None if r.config is None else _stored_id(r.config),
         response=("config", "id"),
     ),
     Column("config_digest", "string", "config.digest", response=("config", "digest")),

@@ -19,6 +19,7 @@ import pyarrow as pa
 from .. import lineage
 from ..errors import first_line
 from ..model import IMPORTED, Blob, HistoryEntry, ImageRecord, Platform, merge_records
+from ..identifiers import NO_BLOB_ID
 from ..references import blob_id
 from . import arrow, columns, schema
 
@@ -174,8 +175,13 @@ def _one_per_id(records: list[ImageRecord]) -> list[ImageRecord]:
 
 
 def _blob_from_row(digest: str, size: int, media_type: str, urls, stored_id: str) -> Blob:
-    # The formula id is stored spelled out; in a record it is the empty default.
-    return Blob(digest, size, media_type or "", tuple(urls or ()), "" if stored_id == blob_id(digest) else stored_id)
+    # The formula id is stored spelled out; in a record it is the empty default. Only an imported
+    # blob given without an id is stored without one.
+    if not stored_id:
+        stored_id = NO_BLOB_ID
+    elif stored_id == blob_id(digest):
+        stored_id = ""
+    return Blob(digest, size, media_type or "", tuple(urls or ()), stored_id)
 
 
 def record_from_row(row: dict) -> ImageRecord:

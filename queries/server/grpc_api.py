@@ -47,7 +47,7 @@ _BLOB_KEYS = frozenset({"id", "digest", "size", "urls"})
 
 def _blob(doc: dict) -> blob_pb2.Blob:
     return blob_pb2.Blob(
-        id=doc["id"], digest=doc.get("digest", ""), size=int(doc.get("size", 0)), urls=doc.get("urls", ())
+        id=doc.get("id", ""), digest=doc.get("digest", ""), size=int(doc.get("size", 0)), urls=doc.get("urls", ())
     )
 
 
