@@ -62,6 +62,16 @@ def modules_after_cli(calls: list[list[str]], watched: tuple[str, ...]) -> tuple
 
 
 @pytest.fixture
+def fake():
+    """A registry on 127.0.0.1 that answers what the test puts in its routes."""
+    from registry_server import FakeRegistry
+
+    server = FakeRegistry()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def run_cli():
     from queries.cli import cli
 

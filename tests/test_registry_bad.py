@@ -14,7 +14,7 @@ from indexer.model import KIND_ARTIFACT, ImageRecord
 from indexer.sources import parse_source
 from indexer.sources.parse import Context
 from indexer.sources.registry_client import RegistryOptions
-from registry_server import FakeRegistry, Reply
+from registry_server import Reply
 
 
 def image():
@@ -49,13 +49,6 @@ class Flaky:
         with self.lock:
             self.times.append(time.monotonic())
             return self.reply if len(self.times) <= self.failures else self.then
-
-
-@pytest.fixture
-def fake():
-    server = FakeRegistry()
-    yield server
-    server.stop()
 
 
 def test_each_bad_answer_is_one_clear_error_and_the_rest_land(fake):

@@ -24,19 +24,12 @@ from indexer.sources import parse_source
 from indexer.sources.parse import Context
 from indexer.sources.registry import parse_target
 from indexer.sources.registry_client import RegistryOptions, is_canonical_path
-from registry_server import FakeRegistry, RealRegistry, Reply, skopeo_copy
+from registry_server import RealRegistry, Reply, skopeo_copy
 from test_registry_bad import crawl, image
 
 JSON = {"Content-Type": "application/json"}
 # Generous for a loaded two-core machine: with a 1 s deadline the runs below need under 9 s.
 BOUND = 15.0
-
-
-@pytest.fixture
-def fake():
-    server = FakeRegistry()
-    yield server
-    server.stop()
 
 
 def run_index(store: str, spec: str, **kwargs):

@@ -5,7 +5,6 @@ import itertools
 import json
 import tracemalloc
 
-import pytest
 import urllib3
 
 from builders import OCI_MANIFEST
@@ -13,7 +12,6 @@ from indexer.sources import configbounds, registry
 from indexer.sources.parse import Context
 from indexer.sources.registry import Crawl, RegistrySource
 from indexer.sources.registry_client import CATALOG_LIMIT, RegistryOptions, Reply
-from registry_server import FakeRegistry
 from registry_server import Reply as FakeReply
 from test_badinput import error_lines, run_measured
 from test_registry_bad import crawl, image
@@ -21,13 +19,6 @@ from test_registry_bad import crawl, image
 JSON = {"Content-Type": "application/json"}
 WHAT = "registry.example/big/repo: GET tags/list"
 PATH = "/v2/big/repo/tags/list"
-
-
-@pytest.fixture
-def fake():
-    server = FakeRegistry()
-    yield server
-    server.stop()
 
 
 def offline(monkeypatch, page):

@@ -27,13 +27,6 @@ MAX_SECONDS = 60
 
 
 @pytest.fixture
-def fake():
-    server = FakeRegistry()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def elsewhere():
     """A second host, for redirects to point at."""
     server = FakeRegistry()

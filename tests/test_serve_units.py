@@ -297,24 +297,37 @@ def test_catalog_ids_are_stable():
     assert repository_id("a") != repository_id("b")
 
 
+def _one_image_layout(tmp_path, name: str, layer: bytes) -> str:
+    """An OCI layout of one image, tagged v1, of one layer."""
+    from builders import Blobs, named, write_dir
+
+    blobs = Blobs()
+    return write_dir(str(tmp_path / name), blobs.layout_files([named(blobs.image(layers=(layer,)), "v1")]))
+
+
+def _served_store(tmp_path):
+    """A store of one image, and a started SnapshotSource on it (the caller stops it)."""
+    from queries.server.snapshots import SnapshotSource
+
+    store = str(tmp_path / "store")
+    build_store(store, "--repository", "team/app", f"oci:{_one_image_layout(tmp_path, 'one', b'a')}")
+    source = SnapshotSource(store, poll=3600)
+    source.start()
+    return store, source
+
+
+def _index_another_image(tmp_path, store: str) -> None:
+    build_store(store, "--repository", "team/app", f"oci:{_one_image_layout(tmp_path, 'two', b'b')}")
+
+
 def test_rendered_images_are_kept_per_version_and_follow_a_tag_move(tmp_path):
     """A list renders each image once per served version; the next version renders afresh, so a
     tag moved by an index run shows in the next list."""
-    from builders import Blobs, named, write_dir
-
     from queries import engine, listing
     from queries.server import grpc_api, rest_api
     from queries.server.api import Api
-    from queries.server.snapshots import SnapshotSource
 
-    def layout(name: str, layer: bytes) -> str:
-        blobs = Blobs()
-        return write_dir(str(tmp_path / name), blobs.layout_files([named(blobs.image(layers=(layer,)), "v1")]))
-
-    store = str(tmp_path / "store")
-    build_store(store, "--repository", "team/app", f"oci:{layout('one', b'a')}")
-    source = SnapshotSource(store, poll=3600)
-    source.start()
+    store, source = _served_store(tmp_path)
     try:
         api = Api(source)
         request = isv.ListImagesRequest(page_size=10)
@@ -329,7 +342,7 @@ def test_rendered_images_are_kept_per_version_and_follow_a_tag_move(tmp_path):
         kept = source.current.derived("image-docs", dict)
         assert set(kept) == {image["id"] for image in first["images"]}
 
-        build_store(store, "--repository", "team/app", f"oci:{layout('two', b'b')}")
+        _index_another_image(tmp_path, store)
         assert source.refresh()
         second = api.list_images(request)
         assert second == cli_list() and second != first
@@ -348,25 +361,15 @@ def test_a_version_a_list_was_answered_on_is_freed_once_swapped_out(tmp_path, or
     import gc
     import weakref
 
-    from builders import Blobs, named, write_dir
-
     from queries.server.api import Api
-    from queries.server.snapshots import SnapshotSource
 
-    def layout(name: str, layer: bytes) -> str:
-        blobs = Blobs()
-        return write_dir(str(tmp_path / name), blobs.layout_files([named(blobs.image(layers=(layer,)), "v1")]))
-
-    store = str(tmp_path / "store")
-    build_store(store, "--repository", "team/app", f"oci:{layout('one', b'a')}")
-    source = SnapshotSource(store, poll=3600)
-    source.start()
+    store, source = _served_store(tmp_path)
     try:
         api = Api(source)
         assert api.list_images(isv.ListImagesRequest(page_size=10, order_by=order_by))["images"]
         served = weakref.ref(source.current)
         gc.freeze()  # as the server leaves what it made
-        build_store(store, "--repository", "team/app", f"oci:{layout('two', b'b')}")
+        _index_another_image(tmp_path, store)
         assert source.refresh()
         assert served() is None  # freed by reference counting alone: no collection reaches it
     finally:
