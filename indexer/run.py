@@ -196,6 +196,7 @@ def run_tasks(
     moves: dict[str, list[tuple[str, str, str]]] = {}
     retired: list[tuple[str, str, str]] = []
     settling: set[tuple[str, str, str]] = set()
+    imports = ImportsSeen()
 
     def where() -> tuple[int, int]:
         return task.position, task.shard.asked if isinstance(task.shard, CountedShard) else 0
@@ -287,6 +288,9 @@ def run_tasks(
                     wait_to_settle(keys)
                     retired.extend(keys)
                     continue
+                if item.id_origin == "imported" and (clash := imports.clash(item)):
+                    fail(f"{spec}: {clash}")
+                    continue
                 known = pending.get(item.id)
                 if known is not None and not one_image(named(known), named(item)):
                     fail(_unstorable(item, ValueError(f"its id is already that of {shown(named(known))}")))
@@ -322,6 +326,36 @@ def run_tasks(
     summary.notes = notes.listed(notes.items, "notes")
     summary.seconds = time.monotonic() - started
     return summary
+
+
+class ImportsSeen:
+    """The registry documents a run imports, each one's word on an image: two that disagree about
+    one id, or give one manifest two ids, would merge into a resource neither describes. Kept as
+    64-bit hashes (~50 bytes an image), since an export may list a million images."""
+
+    def __init__(self) -> None:
+        self.ids, self.contents, self.manifests = HashSet(), HashSet(), HashSet()
+
+    def clash(self, record: ImageRecord) -> str:
+        """Why `record` cannot join the run's earlier imports, or "" (it is new, or listed again alike)."""
+        image = hash(record.id)
+        # Where it was read is not part of what the document says
+        content = hash(dataclasses.replace(record, source_kind="", source_path=""))
+        if image in self.ids:
+            if content in self.contents:
+                return ""
+            return f"image {record.id} is in an earlier source of this run with different contents; the first is kept"
+        manifest = hash((record.registry, record.name, record.digest)) if record.digest else None
+        if manifest is not None and manifest in self.manifests:
+            return (
+                f"image {record.id} is {shown(named(record))}, which an earlier image of this run has under "
+                "another id; the first is kept"
+            )
+        self.ids.update((image,))
+        self.contents.update((content,))
+        if manifest is not None:
+            self.manifests.update((manifest,))
+        return ""
 
 
 def record_run(writer, specs: list[str], summary: RunSummary, started_at: datetime, *, sharded: bool = False) -> None:

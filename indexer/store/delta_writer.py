@@ -223,20 +223,24 @@ def _in_id_order(records: list[ImageRecord]) -> list[ImageRecord]:
 
 
 def _adopt_ids(snapshot: Snapshot, records: list[ImageRecord]) -> tuple[list[ImageRecord], list[str]]:
-    """Records with the imported ids the store holds for their manifests, and the derived ids that
-    imported records replace (their tags move to the imported id)."""
+    """Records with the imported ids the store holds for their manifests, and the ids that imported
+    records replace: derived ones (their tags move to the imported id), and an earlier import's id
+    of the same manifest (a registry gives an image pushed again after its deletion a new id; the
+    later export is its word on it, as for its tags)."""
     digests = {r.digest for r in records if r.digest}
     if not digests:
         return records, []
     stored = _with_digests(snapshot, digests, ("id", "registry", "name", "digest", "id_origin", "tags"))
     if not stored:
         return records, []
-    imported = {
-        (reg, name, digest): image_id for image_id, reg, name, digest, origin, _ in stored if origin == "imported"
-    }
+    imported: dict[tuple, str] = {}
+    earlier: dict[tuple, list[str]] = {}  # every imported id of each manifest
     derived: dict[tuple, list[tuple[str, tuple]]] = {}
     for image_id, reg, name, digest, origin, tags in stored:
-        if origin != "imported":
+        if origin == "imported":
+            imported[(reg, name, digest)] = image_id
+            earlier.setdefault((reg, name, digest), []).append(image_id)
+        else:
             derived.setdefault((reg, name, digest), []).append((image_id, tuple(tags or ())))
     out, retired = [], []
     for record in records:
@@ -251,8 +255,9 @@ def _adopt_ids(snapshot: Snapshot, records: list[ImageRecord]) -> tuple[list[Ima
             retired += [i for i, _ in replaced]
             tags = {t for _, held in replaced for t in held} | set(record.tags)
             out.append(dataclasses.replace(record, id=imported[key], id_origin="imported", tags=tuple(sorted(tags))))
-        elif record.id_origin == "imported" and key in derived:
-            replaced = [(i, t) for i, t in derived[key] if i != record.id]
+        elif record.id_origin == "imported" and (key in derived or key in earlier):
+            retired += [i for i in earlier.get(key, ()) if i != record.id]
+            replaced = [(i, t) for i, t in derived.get(key, ()) if i != record.id]
             retired += [i for i, _ in replaced]
             tags = {t for _, held in replaced for t in held} | set(record.tags)
             out.append(dataclasses.replace(record, tags=tuple(sorted(tags))))
