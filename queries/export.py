@@ -9,11 +9,22 @@ views `images`, `tags` and `runs` of `con`, and returns the row count of each. `
 - a plain `duckdb` connection on which those views exist (tests, notebooks).
 
 pyarrow writes the files, not DuckDB's `COPY ... TO`: the Reader's DuckDB may open no file but the
-store's own (that lock is what makes every read path safe), so the export must not need it. Each file
-is written under a temporary name in the target folder, and only once every table is written are they
-renamed over the old ones: a reader of the folder sees a whole previous file or a whole new one, never
-a partial one, and an export that fails (a full disk, a store that cannot be read) leaves the previous
-export as it was, not new images beside old tags.
+store's own (that lock is what makes every read path safe), so the export must not need it.
+
+An export is all or nothing. Each file is written under a temporary name in the target folder, and
+only once every table is written are they renamed over the old ones, one by one: each path names a
+whole file, the previous one or the new one, never a partial one (a reader that opened the old file
+keeps reading it). Before the first rename every old file gets a second name, a hard link, so that
+when a later rename fails the files already replaced are put back: an export that fails (a full disk,
+a store that cannot be read, a folder where a file should go) leaves the previous export as it was,
+not new images beside old tags, and removes its temporary files. Where the file system or its owner
+refuses a hard link, the old file is renamed aside just before its replacement instead, and for that
+instant its path names no file. The renames are not one step, though: a reader that opens
+images.parquet and then tags.parquet while an export finishes, or is rolled back, may get files of
+two exports, and a process killed between two renames leaves them so until the next export. A killed
+export also leaves its temporary files (`.TABLE.parquet.*.tmp`, and `.TABLE.parquet.*.old`, the old
+files' second names). Only the files named TABLE.parquet and the export's own temporary files are
+ever written or removed; other files in the folder are left alone.
 
 Rows reach pyarrow in record batches from a relation (`con.sql(...)`, or the Reader's
 `arrow_batches`), which streams: `con.execute(...)` would first materialise the whole result inside
@@ -30,9 +41,11 @@ microseconds, floored, and read as UTC; Spark sees TimestampType. The column typ
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import secrets
+import stat
 from collections.abc import Iterable
 
 import duckdb
@@ -64,14 +77,17 @@ def export_store(con, directory: str, tables: Iterable[str] = TABLES, *, batch_r
         os.makedirs(directory, exist_ok=True)
     except OSError as exc:
         raise QueryError(f"cannot create {printable(directory)}: {exc.strerror or exc}") from None
+    tables = tuple(tables)
+    targets = {table: os.path.join(directory, f"{table}.parquet") for table in tables}
+    # Before reading the store, which may take minutes: a folder in the way is known now.
+    for path in targets.values():
+        _check_replaceable(path)
     counts, written = {}, []
     try:
         for table in tables:
-            path = os.path.join(directory, f"{table}.parquet")
-            counts[table], temporary = _export_table(con, table, path, batch_rows)
-            written.append((temporary, path))
-        for temporary, path in written:
-            _rename(temporary, path)
+            counts[table], temporary = _export_table(con, table, targets[table], batch_rows)
+            written.append((temporary, targets[table]))
+        _swap_in(written)
     except BaseException:
         for temporary, _ in written:
             with contextlib.suppress(OSError):
@@ -199,11 +215,111 @@ def _write_temporary(path: str, schema: pa.Schema, batches: Iterable[pa.RecordBa
     return rows, temporary
 
 
-def _rename(temporary: str, path: str) -> None:
+def _check_replaceable(path: str) -> None:
+    """A QueryError when `path` is a folder: a rename of a file onto it fails, and it is not ours to remove."""
     try:
-        os.replace(temporary, path)
+        is_folder = stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return
     except OSError as exc:
-        raise QueryError(f"cannot write {printable(path)}: {exc.strerror or _first_line(exc)}") from None
+        raise _cannot_write(path, exc) from None
+    if is_folder:
+        raise _cannot_write(path, OSError(errno.EISDIR, os.strerror(errno.EISDIR)))
+
+
+class _Old:
+    """The previous file at `path`, kept under the second name `aside` until the export is whole."""
+
+    def __init__(self, path: str):
+        self.path = path
+        folder, name = os.path.split(path)
+        self.aside = os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.old")
+        # Linked: `aside` names the old file while `path` still does; moved: only `aside` does.
+        self.linked = self.moved = self.kept = False
+
+    def keep(self) -> None:
+        _check_replaceable(self.path)
+        try:
+            # Not following a symbolic link: the link itself is what the rename replaces.
+            os.link(self.path, self.aside, follow_symlinks=False)
+        except OSError:
+            # Hard links refused (a file system without them, or an old file of another user under
+            # protected_hardlinks): the old file is renamed aside just before its replacement instead.
+            return
+        self.linked = True
+
+    def move_aside(self) -> None:
+        if self.linked:
+            return
+        try:
+            os.rename(self.path, self.aside)
+        except OSError as exc:
+            raise _cannot_write(self.path, exc) from None
+        self.moved = True
+
+    def restore(self) -> None:
+        os.replace(self.aside, self.path)
+        self.linked = self.moved = False
+
+    def discard(self) -> None:
+        if self.linked or self.moved:
+            with contextlib.suppress(OSError):
+                os.unlink(self.aside)
+
+
+def _swap_in(written: list[tuple[str, str]]) -> None:
+    """Rename each temporary file over its path; when one rename fails, put every old file back."""
+    olds = {path: _Old(path) for _, path in written if os.path.lexists(path)}
+    replaced = []
+    try:
+        for old in olds.values():
+            old.keep()
+        for temporary, path in written:
+            if path in olds:
+                olds[path].move_aside()
+            try:
+                os.replace(temporary, path)
+            except OSError as exc:
+                raise _cannot_write(path, exc) from None
+            replaced.append(path)
+    except BaseException as exc:
+        lost = _roll_back(replaced, olds)
+        if lost and isinstance(exc, QueryError):
+            raise QueryError(f"{exc}; {lost}") from None
+        raise
+    for old in olds.values():
+        old.discard()
+
+
+def _roll_back(replaced: list[str], olds: dict) -> str:
+    """Put back the old file of each path replaced or moved aside; what could not be, in words."""
+    lost = []
+    for path in [*replaced, *(path for path, old in olds.items() if old.moved and path not in replaced)]:
+        old = olds.get(path)
+        try:
+            if old is None:
+                os.unlink(path)  # no file was here before this export
+            else:
+                old.restore()
+        except OSError as exc:
+            reason = exc.strerror or _first_line(exc)
+            name = printable(os.path.basename(path))
+            if old is None:
+                lost.append(f"the new {name} could not be removed: {reason}")
+            else:
+                # The only copy of the old file now: never discarded.
+                old.kept = True
+                lost.append(
+                    f"the previous {name} could not be put back (it is kept as {printable(old.aside)}): {reason}"
+                )
+    for old in olds.values():
+        if not old.kept:
+            old.discard()
+    return "; ".join(lost)
+
+
+def _cannot_write(path: str, exc: OSError) -> QueryError:
+    return QueryError(f"cannot write {printable(path)}: {exc.strerror or _first_line(exc)}")
 
 
 def _fsync_dir(folder: str) -> None:
