@@ -32,7 +32,8 @@ from ..identifiers import NO_BLOB_ID
 from ..model import IMPORTED, KIND_IMAGE, KIND_INDEX, Blob, ImageRecord
 from ..references import ID_RE, is_valid_digest, is_valid_tag, parse_reference
 from ..store.hashset import HashSet
-from .jsonstream import JsonText
+from .configbounds import MAX_ENTRIES, too_many_values
+from .jsonstream import MAX_PARSED_VALUES, JsonText
 from .parse import INT64_MAX, Context, check_sizes
 from .tarball import not_regular
 
@@ -79,6 +80,13 @@ _JSON = json.JSONDecoder(object_pairs_hook=_pairs)
 def _repeats(raw: dict, where: str, what: str) -> None:
     if type(raw) is _Repeated:
         raise SourceError(where, f"{what} has the field {raw.key!r} twice")
+    # proto3 JSON takes a field by either of its names, but only once (`json_format.Parse`: "should not
+    # have multiple fields"); read as one, the last would win silently.
+    if _SNAKE.keys().isdisjoint(raw):  # camelCase only, as nearly every document is
+        return
+    twice = next((_SNAKE[key] for key in raw if key in _SNAKE and _SNAKE[key] in raw), None)
+    if twice is not None:
+        raise SourceError(where, f"{what} has the field {twice!r} twice")
 
 
 def _present(doc: dict) -> dict:
@@ -167,11 +175,18 @@ def image_record(raw: object, registry: str, ctx: Context, where: str, notes: li
     raw_layers = doc.get("layers", [])
     if not isinstance(raw_layers, list):
         raise SourceError(where, f"image {image_id}: layers is not a list")
-    layers = tuple(_blob(layer, where, f"layers[{i}]", notes) for i, layer in enumerate(raw_layers))
-    check_sizes(layers, config, where, f"image {image_id}")
     raw_tags = doc.get("tags", [])
     if not isinstance(raw_tags, list):
         raise SourceError(where, f"image {image_id}: tags is not a list")
+    # Refused before any Blob is built: each costs ~200 bytes however short its text, and the
+    # store holds and renders them all for `get` and `list`.
+    for what, entries in (("layers", raw_layers), ("tags", raw_tags)):
+        if len(entries) > MAX_ENTRIES:
+            raise SourceError(
+                where, f"image {image_id}: {len(entries):,} {what}, more than the {MAX_ENTRIES:,} an image may list"
+            )
+    layers = tuple(_blob(layer, where, f"layers[{i}]", notes) for i, layer in enumerate(raw_layers))
+    check_sizes(layers, config, where, f"image {image_id}")
     tags = []
     for tag in raw_tags:
         if is_valid_tag(tag):
@@ -211,6 +226,9 @@ def image_record(raw: object, registry: str, ctx: Context, where: str, notes: li
 
 _PARSER_WHAT = "the document"
 _PARSER_SAYS = f"{_PARSER_WHAT} is "
+# As the document parser words it when one value it reads at once holds too many, so that a file
+# is refused alike on one line, as JSON lines, or pretty-printed.
+_TOO_MANY_VALUES = f"{_PARSER_WHAT} holds a value of more than {MAX_PARSED_VALUES} values"
 
 
 def _document_text(pieces: Iterable[bytes], where: str) -> JsonText:
@@ -263,6 +281,10 @@ def _lines(pieces: Iterator[bytes], where: str, number: int) -> Iterator[tuple[i
 
 def _line_document(line: bytes, where: str, number: int) -> object:
     place = f"{where} line {number}"
+    # Counted before it is parsed: `[{}],` is 5 bytes of text and ~400 of objects, so a line within
+    # MAX_VALUE_BYTES could take over a GB.
+    if too_many_values(line, MAX_PARSED_VALUES):
+        raise SourceError(place, _TOO_MANY_VALUES)
     try:
         return _JSON.decode(line.decode("utf-8"))
     except UnicodeDecodeError as exc:
@@ -295,7 +317,18 @@ def _raw_images(pieces: Iterator[bytes], where: str, notes: list[str]) -> Iterat
             break
     data = b"".join(head)
     line, newline, rest = data.partition(b"\n")
-    if (newline or size <= MAX_VALUE_BYTES) and len(line) <= MAX_VALUE_BYTES:
+    whole_line = (newline or size <= MAX_VALUE_BYTES) and len(line) <= MAX_VALUE_BYTES
+    if whole_line and too_many_values(line, MAX_PARSED_VALUES):
+        # Too many to parse at once. Alone in the input, it is a document written on one line,
+        # read a value at a time as it is when pretty-printed; followed by more, it is a JSON line.
+        if next(_lines(chain([rest], pieces), where, first + 1), None) is not None:
+            raise SourceError(f"{where} line {first}", _TOO_MANY_VALUES)
+        # In pieces, as it was read: the parser counts the values of a window before it grows it,
+        # and the whole line as one window would be parsed before any count.
+        head.clear()
+        data = b""
+        pieces = (line[start : start + _PIECE] for start in range(0, len(line), _PIECE))
+    elif whole_line:
         try:
             value = _JSON.decode(line.decode("utf-8-sig"))
         except ValueError as exc:
@@ -340,6 +373,7 @@ def _object(text: JsonText, where: str, notes: list[str]) -> Iterator[tuple[str,
     itself (an image, or an `Image.List` response without a list)."""
     members: dict = {}  # all but a list of images handed out one by one
     kept = 0
+    values = 0  # in the members kept, counted as the parser counts them
     streamed = False
     for key in text.members():
         # An object with an `id` is an image, whatever else it holds; one with an `images`
@@ -354,16 +388,27 @@ def _object(text: JsonText, where: str, notes: list[str]) -> Iterator[tuple[str,
                 members.key = key
             start = text.offset()
             members[key] = text.value()
-            kept += text.offset() - start
+            length = text.offset() - start
+            kept += length
             if kept > MAX_VALUE_BYTES:
                 raise SourceError(where, f"the object is longer than the {MAX_VALUE_BYTES}-byte limit")
+            # The members are kept together, so they are bounded together, as one value read at once
+            # is: each alone may stay under the parser's count, fifteen such make an image of ~800 MB.
+            # The value's text is still in the window, which only ever drops what lies before a value.
+            end = text.pos
+            begin = max(end - length, 0)
+            values += 2 + text.text.count(",", begin, end) + text.text.count(":", begin, end)
+            if values > MAX_PARSED_VALUES:
+                raise SourceError(where, _TOO_MANY_VALUES)
     if not streamed:
         yield from _images(members, where, notes)
         return
+    if "images" in members:
+        raise SourceError(where, "the response has the field 'images' twice")
+    _repeats(members, where, "the response")
     doc = _camel(members)
-    if "id" in doc or "images" in doc:
-        repeated = "an id" if "id" in doc else "a second images"
-        raise SourceError(where, f"the response has {repeated} after its images list")
+    if "id" in doc:
+        raise SourceError(where, "the response has an id after its images list")
     if doc.get("nextPageToken"):
         notes.append(f"{where}: the response has a nextPageToken; images of later pages are not in this file")
 
@@ -382,6 +427,7 @@ def _images(value: object, where: str, notes: list[str]) -> Iterator[tuple[str, 
         yield where, value
         return
     if "images" in doc or "nextPageToken" in doc or not doc:
+        _repeats(value, where, "the response")
         images = doc.get("images") or []
         if not isinstance(images, list):
             raise SourceError(where, "images is not a list")
