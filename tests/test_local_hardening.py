@@ -582,12 +582,12 @@ def test_one_value_of_a_streamed_index_of_too_many_values_is_refused_before_it_i
 
 
 def test_a_streamed_value_at_the_bound_is_read_and_one_past_it_refused(monkeypatch):
-    """The bound counts the value's own commas and colons, not its neighbours': a large descriptor
-    of exactly the most values allowed, among many plain ones, is read."""
+    """The bound counts the value's own separators and brackets, not its neighbours': a large
+    descriptor of exactly the most values allowed, among many plain ones, is read."""
     wide = {"digest": "sha256:" + "a" * 64, "size": 1, "annotations": {f"k{i}": "v" * 3000 for i in range(500)}}
     plain = [{"digest": "sha256:" + "b" * 64, "size": 2}] * 20000
     data = json.dumps({"manifests": [*plain, wide, *plain]}).encode()
-    values = json.dumps(wide).count(",") + json.dumps(wide).count(":") + 1
+    values = sum(json.dumps(wide).count(mark) for mark in ",:[{") + 1
     assert len(json.dumps(wide)) > jsonstream.GROW
 
     def elements():
@@ -600,6 +600,18 @@ def test_a_streamed_value_at_the_bound_is_read_and_one_past_it_refused(monkeypat
     monkeypatch.setattr(jsonstream, "MAX_PARSED_VALUES", values - 1)
     with pytest.raises(SourceError, match=f"^w: index.json holds a value of more than {values - 1} values$"):
         elements()
+
+
+def test_values_behind_no_separator_count(monkeypatch):
+    """`[{}]` is two values, one comma apart from the next: counted by separators alone, a value of
+    three times the bound would be parsed."""
+    bound = 3000
+    monkeypatch.setattr(jsonstream, "GROW", 1024)
+    data = b"[" + b",".join([b"[{}]"] * bound) + b"]"  # 2 * bound + 1 values, bound - 1 commas
+    pieces = iter([data[i : i + 512] for i in range(0, len(data), 512)])
+    text = jsonstream.JsonText(pieces, "w", "it", max_values=bound)
+    with pytest.raises(SourceError, match=f"^w: it holds a value of more than {bound} values$"):
+        text.value()
 
 
 @pytest.mark.parametrize("packing", ["oci", "oci-archive.tar.gz", "oci --shard 1/2"])

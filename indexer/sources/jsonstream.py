@@ -42,7 +42,8 @@ class JsonText:
         self._pieces = iter(pieces)
         self._decoder = decoder
         self.max_value = max_value  # the longest value read, in characters; None: no limit
-        # The most values (commas and colons, plus one) in one value read.
+        # The most values in one value read: each is the first in its array or object, or follows a
+        # comma or a colon, so those (plus one) bound them.
         self.max_values = MAX_PARSED_VALUES if max_values is None else max_values
         self._utf8 = codecs.getincrementaldecoder("utf-8")("surrogatepass")  # as json.loads decodes bytes
         self.where = where
@@ -97,7 +98,11 @@ class JsonText:
 
     def _count_values(self, end: int) -> None:
         """Refuse the value from `pos` to `end` when it holds too many values (a C count, ~1 ms a MiB)."""
-        if self.text.count(",", self.pos, end) + self.text.count(":", self.pos, end) >= self.max_values:
+        # Brackets too: `[{}]` is two values behind no separator, so that separators alone would let
+        # a value of three times the bound be parsed.
+        text, start = self.text, self.pos
+        opened = text.count("[", start, end) + text.count("{", start, end)
+        if text.count(",", start, end) + text.count(":", start, end) + opened >= self.max_values:
             raise SourceError(self.where, f"{self.what} holds a value of more than {self.max_values} values")
 
     def peek(self) -> str:
