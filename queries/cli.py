@@ -422,6 +422,53 @@ def _echo_document(doc: dict, fmt: str, table=None) -> None:
         echo(render.to_json(doc))
 
 
+def _open_queries(path: str):
+    """`path` opened for reading if it is a regular file or a pipe (`<(...)`, a FIFO); a device
+    would never end, so anything else is refused before it is read, and again on the open
+    descriptor in case the path was swapped in between. The open does not block: a FIFO that no
+    one writes reads as empty instead of waiting. The index sources follow the same rules."""
+    import stat
+
+    kinds = (
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISSOCK, "socket"),
+    )
+
+    def check(mode: int) -> None:
+        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+            kind = next((name for test, name in kinds if test(mode)), "special file")
+            raise click.BadParameter(f"'{click.format_filename(path)}': not a regular file or a pipe ({kind})")
+
+    check(os.stat(path).st_mode)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        check(os.fstat(fd).st_mode)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
+
+
+class _QueriesFile(click.File):
+    """click.File for reading, with the rules of _open_queries for a path; `-` is standard input."""
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, (str, os.PathLike)) or os.fspath(value) == "-":
+            return super().convert(value, param, ctx)
+        try:
+            stream = _open_queries(os.fspath(value))
+        except click.BadParameter as exc:
+            self.fail(exc.message, param, ctx)
+        except OSError as exc:
+            self.fail(f"'{click.format_filename(value)}': {exc.strerror or exc}", param, ctx)
+        if ctx is not None:
+            ctx.call_on_close(stream.close)
+        return stream
+
+
 @cli.command()
 @click.argument("image", required=False)
 @store_option
@@ -431,7 +478,7 @@ def _echo_document(doc: dict, fmt: str, table=None) -> None:
     "--ids-from",
     # Bytes: a text stream would also end a line at a lone "\r" (universal newlines), and the
     # output would no longer pair with the input line by line.
-    type=click.File("rb"),
+    type=_QueriesFile("rb"),
     metavar="FILE|-",
     help="Look up every line of FILE; print one line per line read (see above).",
 )
@@ -498,15 +545,24 @@ def _get_batch(con, stream, platform):
 
 # Bytes of one --ids-from line: the longest reference (host, name, tag and digest) is under 1,000.
 MAX_QUERY_LINE = 4096
+# Bytes of one line skipped before the input is given up: a stream without newlines (standard
+# input from /dev/zero, a binary file) would otherwise be read for ever. No total is bounded: a
+# stream of lines, however long, is answered line by line in bounded memory, as a filter should.
+MAX_SKIPPED_LINE = 16 << 20
 
 
 def _query_lines(stream):
     """The lines of `stream` as text; a line longer than MAX_QUERY_LINE is skipped in bounded
-    reads and given as its error, so that no line holds more memory than that."""
+    reads and given as its error, so that no line holds more memory than that. A line longer
+    than MAX_SKIPPED_LINE is given as an error that ends the input."""
     while line := stream.readline(MAX_QUERY_LINE + 1):
         if len(line) > MAX_QUERY_LINE and not line.endswith(b"\n"):
+            skipped = len(line)
             while (rest := stream.readline(1 << 16)) and not rest.endswith(b"\n"):
-                pass
+                skipped += len(rest)
+                if skipped > MAX_SKIPPED_LINE:
+                    yield QueryError(f"line longer than {MAX_SKIPPED_LINE} bytes: the rest of the input is not read")
+                    return
             yield QueryError(f"line longer than {MAX_QUERY_LINE} bytes")
             continue
         yield line.decode("utf-8", errors="replace").strip()
