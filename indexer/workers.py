@@ -49,7 +49,8 @@ from .run import (
 from .shard import CountedShard, Shard
 from .sources import ArchiveFolder, DetectedArchive, DockerArchive, OciArchive, OciLayout, SourceOptions, parse_source
 from .sources.layout import is_layout_dir
-from .sources.tarball import MAX_INDEX_BYTES, STDIN_NAMES, open_regular
+from .files import open_readable
+from .sources.tarball import MAX_INDEX_BYTES, STDIN_NAMES
 from .store.hashset import HashSet
 
 # Below this much work (in images, or their equivalent in compressed bytes) one process is
@@ -154,7 +155,7 @@ def _open_regular(path: str):
     """The file for reading, or None when it is not a regular file (what a pipe holds can be read
     once only, by the source itself) or cannot be opened: the source then says why."""
     try:
-        return open_regular(path)
+        return open_readable(path)
     except (SourceError, OSError):
         return None
 

@@ -422,46 +422,21 @@ def _echo_document(doc: dict, fmt: str, table=None) -> None:
         echo(render.to_json(doc))
 
 
-def _open_queries(path: str):
-    """`path` opened for reading if it is a regular file or a pipe (`<(...)`, a FIFO); a device
-    would never end, so anything else is refused before it is read, and again on the open
-    descriptor in case the path was swapped in between. The open does not block: a FIFO that no
-    one writes reads as empty instead of waiting. The index sources follow the same rules."""
-    import stat
-
-    kinds = (
-        (stat.S_ISDIR, "directory"),
-        (stat.S_ISCHR, "character device"),
-        (stat.S_ISBLK, "block device"),
-        (stat.S_ISSOCK, "socket"),
-    )
-
-    def check(mode: int) -> None:
-        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
-            kind = next((name for test, name in kinds if test(mode)), "special file")
-            raise click.BadParameter(f"'{click.format_filename(path)}': not a regular file or a pipe ({kind})")
-
-    check(os.stat(path).st_mode)
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        check(os.fstat(fd).st_mode)
-        os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
-    return os.fdopen(fd, "rb")
-
-
 class _QueriesFile(click.File):
-    """click.File for reading, with the rules of _open_queries for a path; `-` is standard input."""
+    """click.File for reading a regular file or a pipe, as the index sources read theirs; `-` is
+    standard input."""
 
     def convert(self, value, param, ctx):
         if not isinstance(value, (str, os.PathLike)) or os.fspath(value) == "-":
             return super().convert(value, param, ctx)
+        from indexer.errors import SourceError
+        from indexer.files import open_readable
+
         try:
-            stream = _open_queries(os.fspath(value))
-        except click.BadParameter as exc:
-            self.fail(exc.message, param, ctx)
+            # A device would never end; a FIFO that no one writes reads as empty.
+            stream = open_readable(os.fspath(value), pipes=True)
+        except SourceError as exc:
+            self.fail(f"'{click.format_filename(value)}': {exc.reason}", param, ctx)
         except OSError as exc:
             self.fail(f"'{click.format_filename(value)}': {exc.strerror or exc}", param, ctx)
         if ctx is not None:

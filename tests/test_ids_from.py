@@ -70,7 +70,7 @@ def test_ids_from_refuses_what_is_neither_a_file_nor_a_pipe(store, tmp_path, kin
         if sock is not None:
             sock.close()
     assert result.returncode == 2 and result.stdout == b""
-    said = f"imgdex get: Invalid value for '--ids-from': '{path}': not a regular file or a pipe ({kind})."
+    said = f"imgdex get: Invalid value for '--ids-from': '{path}': not a regular file ({kind})."
     assert result.stderr.decode().splitlines() == [f"{said} See 'imgdex get --help'."]
 
 

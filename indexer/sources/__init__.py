@@ -20,7 +20,8 @@ from ..shard import in_shard
 from .docker_archive import read_docker_archive
 from .layout import is_layout_dir, read_layout_dir, read_layout_tar
 from .parse import Context
-from .tarball import STDIN_NAMES, TarMembers, not_regular
+from ..files import not_regular
+from .tarball import STDIN_NAMES, TarMembers
 
 # What a mistyped transport looks like; two characters at least, so `C:` stays a path.
 _TRANSPORT_LIKE = re.compile(r"[A-Za-z][A-Za-z0-9._+-]+")

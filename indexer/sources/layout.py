@@ -34,7 +34,8 @@ from .parse import (
     walk,
 )
 from .jsonstream import STARTS_A_VALUE, JsonText
-from .tarball import MAX_INDEX_BYTES, TarMembers, not_regular, open_regular
+from ..files import not_regular, open_readable
+from .tarball import MAX_INDEX_BYTES, TarMembers
 
 _PIECE = 1 << 20
 # A plain blob is opened without following links, and without blocking should a FIFO be swapped in.
@@ -190,7 +191,7 @@ class DirBlobs:
     def _read_checked(self, digest: str, limit: int) -> bytes:
         path = self._checked_path(digest)
         try:
-            with open_regular(path, "blob") as f:
+            with open_readable(path, "blob") as f:
                 size = os.fstat(f.fileno()).st_size
                 if size > limit:
                     raise SourceError(printable(path), f"blob is {size} bytes, over the {limit}-byte limit")
@@ -210,7 +211,7 @@ class DirBlobs:
         path = self._checked_path(digest)
         hasher = hashlib.sha256()
         try:
-            with open_regular(path, "blob") as f:
+            with open_readable(path, "blob") as f:
                 while chunk := f.read(_PIECE):
                     hasher.update(chunk)
         except FileNotFoundError:
@@ -557,7 +558,7 @@ def read_layout_dir(path: str, ctx: Context, ref: str = "") -> Iterator[ImageRec
     blobs = DirBlobs(path)
     blobs.check_inside(index_path, "index.json")
     try:
-        f = open_regular(index_path, "index.json")
+        f = open_readable(index_path, "index.json")
     except FileNotFoundError:
         raise SourceError(where, "directory is not an image layout (no index.json)") from None
     except OSError as exc:

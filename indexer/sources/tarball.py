@@ -17,12 +17,12 @@ import io
 import os
 import posixpath
 import re
-import stat
 import sys
 import tarfile
 from dataclasses import dataclass
 
 from ..errors import NotAnArchive, SourceError, printable
+from ..files import open_readable
 from . import ustar
 from .parse import MAX_JSON_BYTES
 
@@ -63,44 +63,6 @@ _UNKEPT = "was not kept: a compressed or piped archive keeps only members named 
 
 STDIN_NAMES = frozenset({"-", "/dev/stdin", "/dev/fd/0", "/proc/self/fd/0"})
 STDIN_WHERE = "<stdin>"
-
-
-def _file_type(mode: int) -> str:
-    for test, name in (
-        (stat.S_ISDIR, "directory"),
-        (stat.S_ISFIFO, "named pipe"),
-        (stat.S_ISCHR, "character device"),
-        (stat.S_ISBLK, "block device"),
-        (stat.S_ISSOCK, "socket"),
-    ):
-        if test(mode):
-            return name
-    return "special file"
-
-
-def not_regular(what: str, mode: int) -> str:
-    return f"{what + ' is ' if what else ''}not a regular file ({_file_type(mode)})"
-
-
-def open_regular(path: str, what: str = "", buffering: int = -1):
-    """Open `path` for reading if it is a regular file; SourceError if it is anything else.
-
-    The type is checked before opening (opening some devices has effects of its own) and again
-    on the open descriptor, in case the path was swapped in between; O_NONBLOCK keeps a FIFO
-    swapped in from blocking open(). OSError (missing, unreadable) is left to the caller.
-    """
-    mode = os.stat(path).st_mode
-    if not stat.S_ISREG(mode):
-        raise SourceError(printable(path), not_regular(what, mode))
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise SourceError(printable(path), not_regular(what, mode))
-    except BaseException:
-        os.close(fd)
-        raise
-    return os.fdopen(fd, "rb", buffering)
 
 
 @dataclass(slots=True)
@@ -319,10 +281,10 @@ class TarMembers:
         where = printable(path)
         try:
             # Small buffer: headers are 512 bytes and member data is skipped with seeks.
-            with open_regular(path, buffering=4096) as f:
+            with open_readable(path, buffering=4096) as f:
                 kind = compression or _compression(f.read(512), where)
                 if kind == "tar":
-                    return cls(path, _scan_seekable(f, where), lambda: open_regular(path), where)
+                    return cls(path, _scan_seekable(f, where), lambda: open_readable(path), where)
                 f.seek(0)
                 return cls(path, _scan_stream(f, where, kind, hash_members), None, where)
         except OSError as exc:

@@ -28,6 +28,7 @@ from typing import BinaryIO, Iterable, Iterator
 
 from .. import timestamps
 from ..errors import ImgdexError, SourceError
+from ..files import open_readable
 from ..identifiers import NO_BLOB_ID
 from ..model import IMPORTED, KIND_IMAGE, KIND_INDEX, Blob, ImageRecord
 from ..references import ID_RE, is_valid_digest, is_valid_tag, parse_reference
@@ -35,7 +36,6 @@ from ..store.hashset import HashSet
 from .configbounds import MAX_ENTRIES, too_many_values
 from .jsonstream import MAX_PARSED_VALUES, JsonText
 from .parse import INT64_MAX, Context, check_sizes
-from .tarball import not_regular
 
 DEFAULT_REGISTRY = "cr.yandex"
 # What one export may hold, so that an endless stream stops. An image with ten layers is about
@@ -514,20 +514,8 @@ def _open(path: str) -> BinaryIO:
     as standard input is; anything else (a device would never end) is refused before it is read.
     The open does not block: a FIFO that no one writes reads as empty instead of waiting."""
     try:
-        mode = os.stat(path).st_mode
-        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
-            raise SourceError(path, not_regular("", mode))
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        return open_readable(path, pipes=True, buffering=0)
     except FileNotFoundError:
         raise SourceError(path, "no such file") from None
     except OSError as exc:
         raise SourceError(path, exc.strerror or str(exc)) from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
-            raise SourceError(path, not_regular("", mode))
-        os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
-    return os.fdopen(fd, "rb", buffering=0)

@@ -1,0 +1,54 @@
+"""Opening what a user names as input, refusing what would never end or has effects of its own.
+
+Kept free of heavy imports: `imgdex get --ids-from` opens its file through it too."""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import BinaryIO
+
+from .errors import SourceError, printable
+
+
+def file_type(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISFIFO, "named pipe"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISSOCK, "socket"),
+    ):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def not_regular(what: str, mode: int) -> str:
+    return f"{what + ' is ' if what else ''}not a regular file ({file_type(mode)})"
+
+
+def open_readable(path: str, what: str = "", *, pipes: bool = False, buffering: int = -1) -> BinaryIO:
+    """Open `path` for reading if it is a regular file (or, with `pipes`, a FIFO, read as a stream);
+    SourceError if it is anything else: a device would never end.
+
+    The type is checked before opening (opening some devices has effects of its own) and again on
+    the open descriptor, in case the path was swapped in between. The open does not block, so a
+    FIFO swapped in, or one that no one writes, reads as empty instead of waiting. OSError
+    (missing, unreadable) is left to the caller."""
+
+    def check(mode: int) -> None:
+        if not (stat.S_ISREG(mode) or (pipes and stat.S_ISFIFO(mode))):
+            raise SourceError(printable(path), not_regular(what, mode))
+
+    check(os.stat(path).st_mode)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        check(mode)
+        if stat.S_ISFIFO(mode):
+            os.set_blocking(fd, True)  # a writer may come: wait for what it writes
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb", buffering)
