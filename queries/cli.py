@@ -85,11 +85,16 @@ def _as_of(_ctx, param, value):
     from datetime import datetime, timezone
 
     if value.isascii() and value.isdigit():  # str.isdigit also takes "²", which int() refuses
+        # A version is an int64; int() of thousands of digits is refused by Python itself
+        if len(value.lstrip("0")) > 19:
+            raise click.BadParameter(f"version {shown_value(value)} is out of range", param=param)
         return int(value)
     try:
         when = datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
     except ValueError:
-        raise click.BadParameter(f"{value!r} is neither a version number nor an ISO 8601 time", param=param) from None
+        raise click.BadParameter(
+            f"{shown_value(value)} is neither a version number nor an ISO 8601 time", param=param
+        ) from None
     return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
@@ -198,9 +203,15 @@ def _reads_stdin(source: str) -> bool:
     return source in _STDIN_PATHS
 
 
+# A day: no registry request needs longer, and a socket timeout far past it overflows time_t.
+MAX_TIMEOUT = 86400.0
+
+
 def _finite_seconds(_ctx, param, value: float) -> float:
     if value != value or value == float("inf"):
         raise click.BadParameter(f"{value} is not a number of seconds", param=param)
+    if value > MAX_TIMEOUT:
+        raise click.BadParameter(f"{value:g} is more than {MAX_TIMEOUT:g} seconds", param=param)
     return value
 
 
@@ -216,14 +227,32 @@ def _shard(_ctx, param, value):
 
 
 def _split_repository(registry: str, repository: str) -> tuple[str, str]:
-    from indexer.references import is_registry_host, parse_reference
+    """--registry and --repository as the run takes them (a host at the head of --repository is
+    its registry); a usage error when either is outside Docker's grammar, since the images named by
+    them would be stored under a name no reference could reach."""
+    from indexer.references import is_registry_host, is_valid_host, is_valid_name, parse_reference
 
+    not_a_name = click.BadParameter(f"{shown_value(repository)} is not a repository name", param_hint="--repository")
     if repository and not registry:
         first, sep, _ = repository.partition("/")
         if sep and is_registry_host(first):
-            ref = parse_reference(repository)
+            try:
+                ref = parse_reference(repository)
+            except ImgdexError:
+                raise not_a_name from None
+            if ref.tag or ref.digest:
+                raise not_a_name
             return ref.registry, ref.name
+    if registry and not is_valid_host(registry):
+        raise click.BadParameter(f"{shown_value(registry)} is not a registry host", param_hint="--registry")
+    if repository and not is_valid_name(registry, repository):
+        raise not_a_name
     return registry, repository
+
+
+def shown_value(value: str) -> str:
+    """An option's value as an error quotes it: cut short, and on one line whatever it holds."""
+    return repr(value if len(value) <= 120 else value[:120] + "...")
 
 
 @cli.command()

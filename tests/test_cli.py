@@ -2,6 +2,8 @@
 
 import json
 
+import click
+
 import pytest
 import yaml
 
@@ -435,4 +437,8 @@ def test_repository_with_a_host_sets_the_registry(repository, split):
     from queries.cli import _split_repository
 
     assert _split_repository("", repository) == split
-    assert _split_repository("given.example", repository) == ("given.example", repository)
+    if ":" in repository:  # under another host, a path with a port in it: no name has that shape
+        with pytest.raises(click.BadParameter, match="is not a repository name"):
+            _split_repository("given.example", repository)
+    else:
+        assert _split_repository("given.example", repository) == ("given.example", repository)

@@ -11,6 +11,7 @@ import time
 
 import click
 
+from indexer.errors import printable
 from indexer.store.paths import default_store
 
 SHUTDOWN_SECONDS = 5.0
@@ -47,9 +48,25 @@ def is_loopback(host: str) -> bool:
     return bool(infos) and all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
 
 
+# Bytes a token file may hold: bearer tokens are at most a few KB (a JWT with its claims).
+MAX_TOKEN_FILE = 64 << 10
+
+
 def read_token(path: str) -> bytes:
-    with open(path, "rb") as f:
-        token = f.read().strip()
+    from indexer.errors import SourceError
+    from indexer.files import open_readable
+
+    try:
+        # A regular file only: a device would never end, a FIFO would wait for a writer.
+        with open_readable(path) as f:
+            token = f.read(MAX_TOKEN_FILE + 1)
+    except SourceError as exc:
+        raise click.BadParameter(f"{printable(path)}: {exc.reason}", param_hint="--token-file") from None
+    except OSError as exc:
+        raise click.BadParameter(f"{printable(path)}: {exc.strerror or exc}", param_hint="--token-file") from None
+    if len(token) > MAX_TOKEN_FILE:
+        raise click.BadParameter(f"{printable(path)} holds more than {MAX_TOKEN_FILE} bytes", param_hint="--token-file")
+    token = token.strip()
     if not token or len(token.split()) != 1:
         raise click.BadParameter(f"{path} must hold one non-empty token", param_hint="--token-file")
     return token

@@ -1,0 +1,89 @@
+"""Option values a run cannot use are usage errors (exit 2, one line) before anything is read or
+written: names outside Docker's grammar, versions past int64, deadlines past a day, token files
+that are not files."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+SAMPLE = os.path.join(ROOT, "data", "samples", "oci-layout")
+
+
+def imgdex(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "queries.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.mark.parametrize(
+    "naming, said",
+    [
+        (["--repository", "has space"], "Invalid value for --repository: 'has space' is not a repository name"),
+        (["--repository", "a\nb"], "Invalid value for --repository: 'a\\nb' is not a repository name"),
+        (["--repository", "a/../b"], "Invalid value for --repository: 'a/../b' is not a repository name"),
+        (["--repository", "x" * 300], "Invalid value for --repository: '" + "x" * 120 + "...' is not a repository"),
+        (["--repository", "UPPER/App"], "Invalid value for --repository: 'UPPER/App' is not a repository name"),
+        (["--repository", "reg.example/app:1"], "Invalid value for --repository: 'reg.example/app:1' is not a"),
+        (["--registry", "bad host", "--repository", "x"], "Invalid value for --registry: 'bad host' is not a registry"),
+    ],
+)
+def test_a_name_outside_the_grammar_is_refused_before_anything_is_stored(tmp_path, naming, said):
+    store = tmp_path / "store"
+    result = imgdex("index", f"oci:{SAMPLE}", "--store", str(store), *naming)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"imgdex index: {said}"), line
+    assert not store.exists()
+
+
+@pytest.mark.parametrize(
+    "naming, stored",
+    [
+        (["--repository", "reg.example:5000/team/app"], "reg.example:5000,team/app"),
+        (["--registry", "h:99", "--repository", "a/b-c"], "h:99,a/b-c"),
+    ],
+)
+def test_names_within_the_grammar_are_taken(tmp_path, naming, stored):
+    store = str(tmp_path / "store")
+    result = imgdex("index", f"oci:{SAMPLE}", "--store", store, "-q", *naming)
+    assert result.returncode == 0, result.stderr
+    names = imgdex("sql", "SELECT DISTINCT registry, name FROM images", "--store", store, "--format", "csv")
+    assert stored in names.stdout.splitlines()[1:]  # the images the layout does not name
+
+
+@pytest.mark.parametrize("command", [["get", "x"], ["list"], ["sql", "SELECT 1"]])
+def test_a_version_of_thousands_of_digits_is_one_line(tmp_path, command):
+    result = imgdex(*command, "--store", str(tmp_path), "--as-of", "1" * 5000)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    assert "version '" + "1" * 120 + "...' is out of range" in line and len(line) < 400
+
+
+def test_a_deadline_past_a_day_is_refused(tmp_path):
+    result = imgdex("index", "docker://127.0.0.1:1/x", "--timeout", "1e10", "--store", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "imgdex index: Invalid value for '--timeout': 1e+10 is more than 86400 seconds. See 'imgdex index --help'."
+    ]
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo", "too long"])
+def test_a_token_file_must_be_a_short_regular_file(tmp_path, kind):
+    path = str(tmp_path / "token")
+    if kind == "device":
+        path = "/dev/zero"  # read whole, it never ends
+    elif kind == "fifo":
+        os.mkfifo(path)  # no one writes it: open() would wait for ever
+    else:
+        with open(path, "wb") as f:
+            f.write(b"t" * (1 << 20))
+    result = imgdex("serve", "--store", str(tmp_path), "--token-file", path)
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    reason = {"device": "not a regular file (character device)", "fifo": "not a regular file (named pipe)"}
+    assert line.startswith("imgdex serve: Invalid value for --token-file: " + path)
+    assert reason.get(kind, "holds more than 65536 bytes") in line
