@@ -5,12 +5,15 @@ from __future__ import annotations
 import re
 
 
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+# Bidirectional controls too (marks, embeddings, overrides, isolates): shown raw, U+202E would make
+# a terminal print what follows it right to left, so that a value reads as something else.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def printable(text: str) -> str:
-    """`text` fit for a one-line message: control characters, line separators and bytes that
-    were not UTF-8 are escaped (`\\n`, `\\x1b`, `\\xff`), so a file name cannot split a message."""
+    """`text` fit for a one-line message: control characters, line separators, bidirectional
+    controls and bytes that were not UTF-8 are escaped (`\\n`, `\\x1b`, `\\u202e`, `\\xff`), so a
+    file name cannot split a message nor reorder it."""
     return _UNPRINTABLE.sub(_escape, text)
 
 

@@ -504,15 +504,15 @@ def test_a_table_escapes_control_characters_of_stored_values(run_cli, tmp_path):
     # An imported id is kept as the registry wrote it (with a note when it has no id's shape): a
     # table must not pass its escape sequences to the terminal.
     doc = json.loads(json.dumps(images_of("image-array.json")[0]))
-    doc["id"] = "crp\x1b]0;title\x07\x1b[2J\x9b31m"
+    doc["id"] = "crp\x1b]0;title\x07\x1b[2J\x9b31m\u202egnp.exe"
     path = tmp_path / "control.json"
     path.write_text(json.dumps({"images": [doc]}), encoding="utf-8")
     store = str(tmp_path / "store")
     assert run_cli("index", f"ycr-json:{path}", "--store", store).exit_code == 0
     table = run_cli("list", "--store", store, "--format", "table")
     assert table.exit_code == 0, table.output
-    assert "crp\\x1b]0;title\\x07\\x1b[2J\\x9b31m" in table.stdout
-    assert not any(c in table.stdout for c in "\x1b\x07\x9b")
+    assert "crp\\x1b]0;title\\x07\\x1b[2J\\x9b31m\\u202egnp.exe" in table.stdout
+    assert not any(c in table.stdout for c in "\x1b\x07\x9b\u202e")
     rows = table.stdout.splitlines()
     assert len({len(row) for row in rows}) == 1  # the columns line up with the escaped text
     assert [d["id"] for d in listing(run_cli, store)] == [doc["id"]]  # stored and answered as written
