@@ -26,10 +26,14 @@ def shown(query: str) -> str:
     return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
+# A part of OS/ARCH[/VARIANT] as the OCI image index spells them (linux, amd64, arm64, v8, ppc64le).
+_PLATFORM_PART = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
 def parse_platform(text: str) -> tuple[str, str, str]:
     parts = text.split("/")
-    if len(parts) not in (2, 3) or not all(parts):
-        raise ImgdexError(f"invalid platform {text!r}: expected OS/ARCH[/VARIANT]")
+    if len(parts) not in (2, 3) or not all(_PLATFORM_PART.fullmatch(part) for part in parts):
+        raise ImgdexError(f"invalid platform {shown(text)}: expected OS/ARCH[/VARIANT]")
     return parts[0], parts[1], parts[2] if len(parts) == 3 else ""
 
 

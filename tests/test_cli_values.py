@@ -87,3 +87,12 @@ def test_a_token_file_must_be_a_short_regular_file(tmp_path, kind):
     reason = {"device": "not a regular file (character device)", "fifo": "not a regular file (named pipe)"}
     assert line.startswith("imgdex serve: Invalid value for --token-file: " + path)
     assert reason.get(kind, "holds more than 65536 bytes") in line
+
+
+@pytest.mark.parametrize("platform", ["linux/amd64\n", "linux", "linux/amd64/v8/x", "linux//v8", "a" * 100_000])
+def test_a_platform_outside_os_arch_variant_is_one_short_line(tmp_path, platform):
+    result = imgdex("get", "x", "--platform", platform, "--store", str(tmp_path))
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith("imgdex: invalid platform ") and line.endswith(": expected OS/ARCH[/VARIANT]")
+    assert len(line) < 300
