@@ -96,3 +96,17 @@ def test_a_platform_outside_os_arch_variant_is_one_short_line(tmp_path, platform
     [line] = result.stderr.splitlines()
     assert line.startswith("imgdex: invalid platform ") and line.endswith(": expected OS/ARCH[/VARIANT]")
     assert len(line) < 300
+
+
+@pytest.mark.parametrize(
+    "spec, said",
+    [
+        ("oci:", "imgdex: oci: no layout directory given"),
+        ("oci:{tmp}/nowhere:b:c", "imgdex: {tmp}/nowhere: no such file or directory"),
+        ("oci:/etc/hostname", "imgdex: /etc/hostname: not a directory"),
+    ],
+)
+def test_a_layout_that_is_not_there_says_why(tmp_path, spec, said):
+    result = imgdex("index", spec.format(tmp=tmp_path), "--store", str(tmp_path / "store"))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [said.format(tmp=tmp_path)]

@@ -541,8 +541,10 @@ def _file_chunks(f, where: str, limit: int) -> Iterator[bytes]:
 
 def read_layout_dir(path: str, ctx: Context, ref: str = "") -> Iterator[ImageRecord | SourceError]:
     where = printable(path)
+    if not path:
+        raise SourceError("oci", "no layout directory given")
     if not os.path.isdir(path):
-        raise SourceError(where, "not a directory")
+        raise SourceError(where, "not a directory" if os.path.lexists(path) else "no such file or directory")
     marker = os.path.join(path, "oci-layout")
     try:
         mode = os.stat(marker).st_mode
