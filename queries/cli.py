@@ -783,9 +783,20 @@ def _duration(_ctx, param, value: str):
 def compact(store, retention, allow_short_retention, no_vacuum):
     """Rewrite each table to one current row per key, sorted by key, then delete files that left the
     tables longer ago than --retention. Safe while index runs and readers work on the store."""
-    from indexer.store.delta import DeltaStore
+    from datetime import timedelta
+
+    from indexer.store.delta import MIN_RETENTION, DeltaStore
     from indexer.store.paths import require_table_store
 
+    # The command line is what to change: usage errors, before the store is opened
+    if retention < timedelta(0):
+        raise click.BadParameter("cannot be negative", param_hint="--retention")
+    if retention < MIN_RETENTION and not allow_short_retention:
+        raise click.BadParameter(
+            f"under {MIN_RETENTION} could delete files of a run that is still writing "
+            "(--allow-short-retention accepts that)",
+            param_hint="--retention",
+        )
     require_table_store(store)
     with DeltaStore(store) as tables:
         outcome = tables.compact(retention=retention, vacuum=not no_vacuum, allow_short_retention=allow_short_retention)

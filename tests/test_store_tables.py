@@ -105,12 +105,13 @@ def test_compact_keeps_every_answer_and_leaves_one_file_per_table(run_cli, tmp_p
     parquet = [n for n in os.listdir(os.path.join(store, "images")) if n.endswith(".parquet")]
     assert len(parquet) == 1  # vacuumed: nothing but the compacted file is left
     refused = run_cli("compact", "--store", store, "--retention", "10m")
-    assert refused.exit_code == 1 and "retention" in refused.output
+    assert refused.exit_code == 2 and refused.output.count("\n") == 1
+    assert "--retention: under 1:00:00 could delete files of a run that is still writing" in refused.output
     for bad in ("inf", "nan", "1e300d", "10x", ""):
         result = run_cli("compact", "--store", store, "--retention", bad)
         assert result.exit_code == 2 and "is not a duration" in result.output, bad
     negative = run_cli("compact", "--store", store, "--retention", "-5d")
-    assert negative.exit_code == 1 and negative.output.count("\n") == 1
+    assert negative.exit_code == 2 and negative.output.count("\n") == 1
 
 
 @pytest.mark.parametrize(
