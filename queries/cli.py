@@ -635,13 +635,44 @@ def _images_table(result: dict) -> str:
 @store_option
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @as_of_option
+@click.option(
+    "--timeout",
+    metavar="SECONDS",
+    type=click.FloatRange(min=0, min_open=True, max=10**9),
+    default=300,
+    show_default=True,
+    help="Stop the query after this long.",
+)
+@click.option(
+    "--memory-limit",
+    metavar="MIB",
+    type=click.IntRange(min=16),
+    default=1024,
+    show_default=True,
+    help="Memory the query may use, in MiB; a query that needs more fails (nothing spills to disk).",
+)
 @library_errors
-def sql(query, store, fmt, as_of):
-    """Run read-only SQL over the store's tables (images, tags, runs) and views (image_layers, image_bases)."""
+def sql(query, store, fmt, as_of, timeout, memory_limit):
+    """Run read-only SQL over the store's tables (images, tags, runs) and views (image_layers, image_bases).
+
+    Rows are printed as they come; a table shows at most 10,000 of them. Ctrl-C stops the query."""
     from queries import engine, sqlshell
 
-    con = engine.connect(store, as_of=as_of)
-    echo(sqlshell.run(con, query, fmt), nl=False)
+    if timeout != timeout:  # NaN passes FloatRange
+        raise click.BadParameter("not a number", param_hint="'--timeout'")
+    terminal = fmt == "csv" and sys.stdout is not None and sys.stdout.isatty()
+    with sqlshell.Guard(timeout) as guard:
+        try:
+            guard.reader = con = engine.connect(store, as_of=as_of, memory_limit=f"{memory_limit}MiB")
+            # Raw: click.echo would drop what looks like an ANSI code from the data when piped.
+            sqlshell.write(con, query, fmt, _put, note=_note, before=guard.check, terminal=terminal)
+        except engine.Interrupted as exc:
+            stopped = guard.stopped(exc)
+        except sqlshell.Stopped as exc:
+            stopped = exc
+        else:
+            return
+    fail(str(stopped), stopped.code if isinstance(stopped, sqlshell.Stopped) else 1)
 
 
 lineage_format_option = click.option(

@@ -36,6 +36,10 @@ def _quote(path: str) -> str:
     return "'" + path.replace("'", "''") + "'"
 
 
+class Interrupted(QueryError):
+    """A query stopped by `Reader.interrupt`: its caller knows why, and words it."""
+
+
 class Result:
     """A query's rows. DuckDB streams them, so reading them can fail too; such failures are library errors."""
 
@@ -54,6 +58,9 @@ class Result:
 
     def fetchall(self):
         return self._fetch(self._cursor.fetchall)
+
+    def fetchmany(self, size: int):
+        return self._fetch(lambda: self._cursor.fetchmany(size))
 
     def _fetch(self, fetch):
         try:
@@ -106,19 +113,31 @@ class Reader:
             self._outside = False
         return self._guard(lambda: self._con.sql(sql).to_arrow_reader(batch_rows))
 
-    def run(self, sql: str) -> Result | None:
-        """Every statement of `sql`; the result of the last one, or None when there is none."""
+    def run(self, sql: str, before=None) -> Result | None:
+        """Every statement of `sql`; the result of the last one, or None when there is none.
+        `before` is called ahead of each statement (to stop between them)."""
         try:
             sql.encode("utf-8")
         except UnicodeEncodeError:  # bytes of an argument that were not UTF-8 (os.fsdecode keeps them)
             raise QueryError("the query is not UTF-8 text") from None
         statements = self._guard(self._con.extract_statements, sql)
+        for statement in statements:
+            # A read-only transaction still lets a statement create temporary objects; their memory
+            # would outlast the statement's, and every one is dropped before the next statement.
+            if statement.type == duckdb.StatementType.CREATE:
+                raise QueryError("statements run read-only: CREATE cannot run, not even for a temporary object")
         cursor = None
         for statement in statements:
+            if before is not None:
+                before()
             self._guard(self._begin)
             self._outside = True
             cursor = self._guard(self._con.execute, statement)
         return None if cursor is None else Result(self, cursor)
+
+    def interrupt(self) -> None:
+        """Stop the running query, from any thread; it fails with `Interrupted`."""
+        self._con.interrupt()
 
     def close(self) -> None:
         self._con.close()
@@ -141,6 +160,8 @@ class Reader:
             raise self._translate(exc) from None
 
     def _translate(self, exc: duckdb.Error) -> Exception:
+        if isinstance(exc, duckdb.InterruptException):
+            return Interrupted("query interrupted")
         message = first_line(exc)
         for path in self._files:
             if not os.path.isfile(path):
@@ -169,11 +190,18 @@ def lock_settings(files: list[str]) -> str:
     )
 
 
-def _lock_down(files: list[str]) -> str:
-    return lock_settings(files) + " BEGIN TRANSACTION READ ONLY;"
+def _lock_down(files: list[str], memory_limit: str | None = None) -> str:
+    bounds = ""
+    if memory_limit is not None:
+        # No temp_directory: what does not fit fails rather than spilling files into the working
+        # directory (DuckDB's default is `.tmp` there), and nothing is ever written.
+        bounds = f"SET memory_limit = {_quote(memory_limit)}; SET temp_directory = '';"
+    return bounds + lock_settings(files) + " BEGIN TRANSACTION READ ONLY;"
 
 
-def _over_snapshot(store: str, snapshot: str, tables: tuple[str, ...], pin: int | None) -> Reader:
+def _over_snapshot(
+    store: str, snapshot: str, tables: tuple[str, ...], pin: int | None, memory_limit: str | None = None
+) -> Reader:
     # One script, not one call per statement: each call costs start-up time on the `get` path.
     script, files, missing = [], [], []
     for table in tables:
@@ -189,7 +217,7 @@ def _over_snapshot(store: str, snapshot: str, tables: tuple[str, ...], pin: int 
             missing.append(table)
     if tables == paths.TABLES:
         script += [f"CREATE VIEW {name} AS {body};" for name, body in VIEWS.items()]
-    script.append(_lock_down(files))
+    script.append(_lock_down(files, memory_limit))
     con = duckdb.connect()
     try:
         con.execute("\n".join(script))
@@ -201,20 +229,22 @@ def _over_snapshot(store: str, snapshot: str, tables: tuple[str, ...], pin: int 
     return Reader(con, store, files, pin, tuple(missing))
 
 
-def _over_database(store: str, database: str) -> Reader:
+def _over_database(store: str, database: str, memory_limit: str | None = None) -> Reader:
     try:
         con = duckdb.connect(database, read_only=True)
     except duckdb.Error as exc:
         raise StoreError(f"store {store} has no snapshot yet and its database is busy ({first_line(exc)})") from None
     try:
-        con.execute(_lock_down([database]))
+        con.execute(_lock_down([database], memory_limit))
     except duckdb.Error as exc:
         con.close()
         raise StoreError(f"cannot read store {store}: {first_line(exc)}") from None
     return Reader(con, store, [database], None)
 
 
-def _over_tables(store: str, tables: tuple[str, ...], as_of, key: str | None = None) -> Reader:
+def _over_tables(
+    store: str, tables: tuple[str, ...], as_of, key: str | None = None, memory_limit: str | None = None
+) -> Reader:
     from indexer.store import deltalog
 
     version = None
@@ -237,7 +267,7 @@ def _over_tables(store: str, tables: tuple[str, ...], as_of, key: str | None = N
         if set(paths.TABLES) <= set(tables):
             script += [f"CREATE VIEW {name} AS {body};" for name, body in VIEWS.items()]
         allowed = deltalog.all_files(files)
-        script.append(_lock_down(allowed))
+        script.append(_lock_down(allowed, memory_limit))
         con.execute("\n".join(script))
     except StoreError:
         con.close()
@@ -277,24 +307,33 @@ def _holding_rows_of(con, images, key: str):
     return images.only(held) if held <= set(images.files) else images
 
 
-def connect(store: str, tables: tuple[str, ...] = paths.TABLES, *, as_of=None, key: str | None = None) -> Reader:
+def connect(
+    store: str,
+    tables: tuple[str, ...] = paths.TABLES,
+    *,
+    as_of=None,
+    key: str | None = None,
+    memory_limit: str | None = None,
+) -> Reader:
     """A Reader over the store's current version (or the one `as_of` names: a version number of
     the images table, or a time), pinned until the Reader is closed or collected.
 
     `tables` limits the views to what a command reads: each view costs a Parquet footer read.
     `key`: the reader answers only about the image with this id (a get by id reads fewer files).
+    `memory_limit` (DuckDB's spelling, "1GiB"): for a user's SQL, set with spilling off before the
+    configuration is locked. Lookups leave DuckDB's defaults: their queries are the library's own.
     """
     if paths.is_table_store(store):
-        return _over_tables(store, tables, as_of, key)
+        return _over_tables(store, tables, as_of, key, memory_limit)
     if as_of is not None and (paths.is_old_layout(store)):
         raise StoreError(f"store {store} keeps no history in its old layout; convert it with `imgdex migrate`")
     pinned = paths.pin_snapshot(store)
     if pinned is not None:
         snapshot, pin = pinned
-        return _over_snapshot(store, snapshot, tables, pin)
+        return _over_snapshot(store, snapshot, tables, pin, memory_limit)
     database = os.path.join(store, paths.DATABASE)
     if os.path.isfile(database):
-        return _over_database(store, database)
+        return _over_database(store, database, memory_limit)
     for folder in (store, os.path.join(store, paths.SNAPSHOT_LINK)):
         if any(os.path.isfile(paths.table_file(folder, table)) for table in paths.TABLES):
             raise StoreError(f"store {store} has no images.parquet")

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import io
 import json
 import math
+import os
+import select
+import signal
+import threading
+import time
+
+from indexer.errors import QueryError, printable
 
 from .render import format_table
 
@@ -29,32 +37,150 @@ def _plain(value, for_json: bool = False):
     return str(value)
 
 
-def run(reader, query: str, fmt: str) -> str:
-    """`query` through an engine.Reader, which keeps it read-only; the last statement's rows as text."""
-    result = reader.run(query)
+# Rows taken from DuckDB at a time: output streams, so a result of any size costs this many rows.
+_CHUNK = 2048
+# A table is laid out once its widths are known, so it holds its rows: no more than this many.
+TABLE_ROWS = 10_000
+
+
+class Stopped(QueryError):
+    """A query ended by Ctrl-C or by its deadline; `code` is the exit code that tells which."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+class Guard:
+    """Stops the query on Ctrl-C or at the deadline, with `Reader.interrupt`, from a thread of its own.
+
+    Python runs a signal handler only between bytecodes of the main thread, which sits in DuckDB
+    for as long as a query runs (a recursive CTE never hands back), so the handler alone is not
+    enough: the signal's wakeup byte is read by the thread, which interrupts DuckDB itself.
+    """
+
+    def __init__(self, timeout: float):
+        self.reader = None
+        self._timeout = timeout
+        self._stop: Stopped | None = None
+        self._closed = threading.Event()
+
+    def __enter__(self) -> "Guard":
+        self._read_end, self._write_end = os.pipe()
+        os.set_blocking(self._write_end, False)
+        # Signals can be handled only from the main thread; elsewhere (a caller's thread) the
+        # deadline alone applies.
+        self._signals = threading.current_thread() is threading.main_thread()
+        if self._signals:
+            # Not KeyboardInterrupt: DuckDB, finding it pending, fails with a traceback of its own.
+            self._handler = signal.signal(signal.SIGINT, lambda _signum, _frame: None)
+            self._wakeup = signal.set_wakeup_fd(self._write_end, warn_on_full_buffer=False)
+        self._thread = threading.Thread(target=self._watch, name="sql-guard", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._closed.set()
+        with contextlib.suppress(OSError):
+            os.write(self._write_end, b"\0")
+        self._thread.join()
+        if self._signals:
+            signal.set_wakeup_fd(self._wakeup)
+            signal.signal(signal.SIGINT, self._handler)
+        os.close(self._read_end)
+        os.close(self._write_end)
+
+    def check(self) -> None:
+        """Raise `Stopped` once the query has been stopped."""
+        if self._stop is not None:
+            raise self._stop
+
+    def stopped(self, exc: Exception) -> Exception:
+        """What to raise for `exc`, an engine.Interrupted: the reason it was stopped."""
+        return self._stop if self._stop is not None else exc
+
+    def _watch(self) -> None:
+        deadline = time.monotonic() + self._timeout
+        while self._stop is None and not self._closed.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._stop = Stopped(f"query took longer than {self._timeout:g} s", 1)
+                break
+            if select.select([self._read_end], [], [], remaining)[0]:
+                with contextlib.suppress(BlockingIOError):
+                    if signal.SIGINT in os.read(self._read_end, 512):
+                        self._stop = Stopped("query interrupted", 130)
+        # Again until the command is done: a query that had not yet started when it was first
+        # called is not stopped by it.
+        while not self._closed.is_set():
+            if self.reader is not None:
+                self.reader.interrupt()
+            self._closed.wait(0.05)
+
+
+def write(reader, query: str, fmt: str, put, note=None, before=None, terminal: bool = False) -> None:
+    """`query` through an engine.Reader, which keeps it read-only; the last statement's rows are
+    passed to `put` as text, a chunk of rows at a time. `before` is called ahead of each statement
+    and chunk (to stop the query); `note` is told when the table is cut short. For a `terminal`,
+    control characters in CSV fields are escaped, as the table does: stored text must not drive it."""
+    result = reader.run(query, before)
     if result is None or result.description is None:
-        return ""
+        return
     columns = [d[0] for d in result.description]
-    rows = result.fetchall()
+
+    def chunks():
+        while True:
+            if before is not None:
+                before()
+            rows = result.fetchmany(_CHUNK)
+            if not rows:
+                return
+            yield rows
+
     if fmt == "json":
-        return "".join(
-            json.dumps(dict(zip(columns, (_plain(v, for_json=True) for v in row), strict=True)), ensure_ascii=False)
-            + "\n"
-            for row in rows
-        )
+        for rows in chunks():
+            put(
+                "".join(
+                    json.dumps(
+                        dict(zip(columns, (_plain(v, for_json=True) for v in row), strict=True)), ensure_ascii=False
+                    )
+                    + "\n"
+                    for row in rows
+                )
+            )
+        return
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(columns)
-        for row in rows:
-            writer.writerow(
-                [
+        for rows in chunks():
+            for row in rows:
+                fields = [
                     json.dumps(_plain(v, for_json=True))
                     if isinstance(v, (list, dict))
                     else ("" if v is None else _plain(v))
                     for v in row
                 ]
-            )
-        return buffer.getvalue()
-    cells = [["NULL" if v is None else str(_plain(v)) for v in row] for row in rows]
-    return format_table(columns, cells) + "\n"
+                writer.writerow([printable(f) if isinstance(f, str) else f for f in fields] if terminal else fields)
+            put(buffer.getvalue())
+            buffer.seek(0)
+            buffer.truncate()
+        if buffer.tell():
+            put(buffer.getvalue())
+        return
+    cells = []
+    for rows in chunks():
+        cells += [["NULL" if v is None else str(_plain(v)) for v in row] for row in rows]
+        if len(cells) > TABLE_ROWS:
+            del cells[TABLE_ROWS:]
+            if note is not None:
+                note(f"the table shows the first {TABLE_ROWS:,} rows; --format csv or json prints them all")
+            break
+    put(format_table(columns, cells) + "\n")
+
+
+def run(reader, query: str, fmt: str) -> str:
+    """The text `write` prints, as one string (for small results)."""
+    out = []
+    write(reader, query, fmt, out.append)
+    return "".join(out)
