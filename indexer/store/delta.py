@@ -1422,27 +1422,38 @@ class DeltaStore:
 
     def history(self, *, tables: Sequence[str] = TABLES, limit: int | None = None) -> list[HistoryEntry]:
         """Every commit of the tables, newest first: time, operation, run id and row counts."""
+        # The logs are read by imgdex's own reader first, so that a log every other command
+        # refuses (a FIFO or an empty file for a commit, a gap) is refused here alike, rather than
+        # listed as delta-rs reads it (it skips what it cannot list) or in its words.
+        for table in tables:
+            deltalog.read_table(self.location(table), table=table, con=self._duckdb)
         self._check_schema_versions(tables)
         entries = []
         for table in tables:
             dt = self._delta(table)
-            # delta-rs takes the limit as a machine word: a larger one means every commit.
-            for info in dt.history(limit if limit is not None and limit <= dt.version() + 1 else None):
-                operation = info.get(_META + "operation") or str(info.get("operation", "")).lower()
-                stamp = datetime.fromtimestamp(int(info.get("timestamp", 0)) / 1000, timezone.utc)
-                entries.append(
-                    HistoryEntry(
-                        table,
-                        int(info["version"]),
-                        stamp,
-                        operation,
-                        info.get(_META + "runId"),
-                        _int(info.get(_META + "rows")),
-                        _int(info.get(_META + "tombstones")),
-                    )
-                )
+            try:
+                entries.extend(_history_entries(table, dt, limit))
+            except (DeltaError, OSError, ValueError, TypeError, OverflowError, KeyError) as exc:
+                # a time or count that delta-rs or Python cannot take (a commit time in year 33658)
+                raise StoreError(f"cannot read the history of table {table}: {first_line(exc)}") from None
         entries.sort(key=lambda e: (e.time, e.table, e.version), reverse=True)
         return entries[:limit] if limit else entries
+
+
+def _history_entries(table: str, dt: DeltaTable, limit: int | None) -> Iterator[HistoryEntry]:
+    # delta-rs takes the limit as a machine word: a larger one means every commit.
+    for info in dt.history(limit if limit is not None and limit <= dt.version() + 1 else None):
+        operation = info.get(_META + "operation") or str(info.get("operation", "")).lower()
+        stamp = datetime.fromtimestamp(int(info.get("timestamp", 0)) / 1000, timezone.utc)
+        yield HistoryEntry(
+            table,
+            int(info["version"]),
+            stamp,
+            operation,
+            info.get(_META + "runId"),
+            _int(info.get(_META + "rows")),
+            _int(info.get(_META + "tombstones")),
+        )
 
 
 # ---- a reference pre-merge: what a run appends, given the store as it is

@@ -24,7 +24,8 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from urllib.parse import unquote, urlparse
 
-from ..errors import StoreError
+from ..errors import SourceError, StoreError, printable
+from ..files import open_readable
 
 TABLES = ("images", "tags", "runs")
 LOG_DIR = "_delta_log"
@@ -177,7 +178,10 @@ class _Replay:
             raise StoreError(f"table {self.table} has deletion vectors, which this reader refuses")
         if action.get("partitionValues"):
             raise StoreError(f"table {self.table} is partitioned, which this reader refuses")
-        self.files[unquote(action["path"])] = (self.version, action.get("stats"))
+        path = unquote(action["path"])
+        if not _inside(path):
+            raise StoreError(f"table {self.table} names a data file outside its folder: {printable(action['path'])}")
+        self.files[path] = (self.version, action.get("stats"))
 
     def apply(self, action: dict) -> None:
         if "add" in action:
@@ -213,11 +217,16 @@ class _Replay:
         check_schema_version(self.table, configuration)
 
     def path(self, relative: str) -> str:
-        if urlparse(relative).scheme:
-            if not is_local(relative):
-                raise StoreError(f"table {self.table} names a data file outside the file system: {relative}")
-            return local_path(relative)
         return os.path.join(self.directory, relative)
+
+
+def _inside(path: str) -> bool:
+    """Whether `path`, an add action's path once decoded, names a file under the table's folder.
+    This store writes only relative names; an absolute one, a URL or `..` would have DuckDB open
+    any file the user can read (a log is data, and may come from elsewhere)."""
+    if not path or "\x00" in path or "\\" in path or urlparse(path).scheme or os.path.isabs(path):
+        return False
+    return not any(part in ("", ".", "..") for part in path.split("/"))
 
 
 def _as_dict(value) -> dict:
@@ -255,18 +264,57 @@ def _list_log(table: str, log: str) -> tuple[dict[int, str], dict[int, list[str]
     return commits, complete
 
 
+# The most a commit file may hold. A run's commit holds one add action per data file it wrote
+# (about 1 KiB each with statistics), and a compaction's a remove per file it read and an add per
+# file it wrote: 100,000 files, far more than any table of this store has between compactions,
+# come to ~100 MiB. A file past this bound is no commit of this store, and reading it whole would
+# take memory without end.
+MAX_COMMIT_BYTES = 256 << 20
+# Bytes alone do not bound what parsing takes: 256 MiB of tiny actions are 20 million objects,
+# gigabytes. 250,000 actions (the 100,000 files above, twice, and then some) parse to ~130 MiB at
+# worst, and one line (an action: its schema and statistics take a few KiB) to 8 MiB of text.
+MAX_COMMIT_ACTIONS = 250_000
+MAX_ACTION_BYTES = 8 << 20
+
+
 def _read_commit(table: str, log: str, name: str) -> list[dict]:
     try:
-        with open(os.path.join(log, name), "rb") as f:
-            actions = [json.loads(line) for line in f if line.strip()]
+        with open_readable(os.path.join(log, name)) as f:
+            actions = _parse_commit(table, name, f)
     except FileNotFoundError:
         # removed by log clean-up between listing and reading
         raise StoreError(f"table {table}: commit {name} vanished while reading; try again") from None
-    except (OSError, ValueError) as exc:
-        raise StoreError(f"table {table}: cannot read commit {name}: {exc}") from None
+    except SourceError as exc:
+        raise StoreError(f"table {table}: cannot read commit {name}: {exc.reason}") from None
+    except OSError as exc:
+        raise StoreError(f"table {table}: cannot read commit {name}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise StoreError(f"table {table}: cannot read commit {name}: {printable(str(exc))}") from None
+    except RecursionError:
+        raise StoreError(f"table {table}: cannot read commit {name}: a line nests too deeply") from None
+    if not actions:
+        # A commit is written whole: one with no action is a write cut short, and reading it as an
+        # empty commit would drop nothing yet hide that the log is broken.
+        raise StoreError(f"table {table}: commit {name} holds no actions (a torn write)")
     for action in actions:
         if (flaw := _flaw(action)) is not None:
             raise StoreError(f"table {table}: commit {name} is not a Delta commit: {flaw}")
+    return actions
+
+
+def _parse_commit(table: str, name: str, f) -> list[dict]:
+    actions, left = [], MAX_COMMIT_BYTES
+    while line := f.readline(min(left, MAX_ACTION_BYTES) + 1):
+        left -= len(line)
+        if left < 0:
+            raise StoreError(f"table {table}: commit {name} is larger than {MAX_COMMIT_BYTES >> 20} MiB")
+        if len(line) > MAX_ACTION_BYTES:
+            raise StoreError(f"table {table}: commit {name} has a line longer than {MAX_ACTION_BYTES >> 20} MiB")
+        if not line.strip():
+            continue
+        if len(actions) == MAX_COMMIT_ACTIONS:
+            raise StoreError(f"table {table}: commit {name} holds more than {MAX_COMMIT_ACTIONS:,} actions")
+        actions.append(json.loads(line))
     return actions
 
 
@@ -290,10 +338,18 @@ def _flaw(action) -> str | None:
         for field, types in fields.items() if body is not None else ():
             if not isinstance(body.get(field), types):
                 return f"its {kind} action has no valid {field}"
-    stamp = action.get("commitInfo", {}).get("timestamp")
-    if stamp is not None and (isinstance(stamp, bool) or not isinstance(stamp, (int, float))):
-        return "its commit time is not a number"
+    info = action.get("commitInfo", {})
+    stamp = info.get("timestamp")
+    # The protocol's commit time is a long of milliseconds; a float (1e400 is infinity), text or a
+    # number past int64 would fail later, or be read by deltalake otherwise than here.
+    if stamp is not None and (type(stamp) is not int or not _INT64[0] <= stamp <= _INT64[1]):
+        return "its commit time is not a whole number of milliseconds within int64"
+    if not isinstance(info.get("imgdex.runId"), _MAYBE_TEXT):
+        return "its run id is not text"
     return None
+
+
+_INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
 def _commit_info(actions: list[dict]) -> dict:
@@ -305,6 +361,14 @@ def _commit_info(actions: list[dict]) -> dict:
 
 def _read_checkpoint(replay: _Replay, log: str, names: list[str], con) -> None:
     paths = [os.path.join(log, name) for name in names]
+    for name, path in zip(names, paths, strict=True):
+        # DuckDB would wait on a FIFO, or read a device without end.
+        try:
+            open_readable(path).close()
+        except SourceError as exc:
+            raise StoreError(f"table {replay.table}: cannot read checkpoint {name}: {exc.reason}") from None
+        except OSError as exc:
+            raise StoreError(f"table {replay.table}: cannot read checkpoint {name}: {exc.strerror or exc}") from None
     if callable(con):
         con = con()  # the caller's connection, opened only now that a checkpoint must be read
     own = con is None
@@ -366,9 +430,7 @@ def read_table(
         raise StoreError(f"table {table} has no version {version} (latest is {latest})")
     usable = [v for v in checkpoints if v <= version]
     start = max(usable) if usable else -1
-    missing = [v for v in range(start + 1, version + 1) if v not in commits]
-    if missing:
-        raise StoreError(f"table {table}: version {version} can no longer be read (its log was cleaned up)")
+    _check_contiguous(table, commits, start, version)
     replay = _Replay(table, directory)
     if start >= 0:
         replay.version = start
@@ -397,6 +459,26 @@ def read_table(
     return TableFiles(table, location, version, timestamp, files, columns, run_id, ranges, uniform, names)
 
 
+def _check_contiguous(table: str, commits: dict[int, str], start: int, version: int) -> None:
+    """StoreError unless every commit after `start` up to `version` is there. Counted, never
+    walked: a commit named with a huge version (a stray file) would make the range endless."""
+    held = sorted(v for v in commits if start < v <= version)
+    if len(held) == version - start:
+        return
+    if held and held[-1] == version and held[-1] - held[0] + 1 == len(held):
+        # only the oldest are gone: log clean-up removed them
+        raise StoreError(f"table {table}: version {version} can no longer be read (its log was cleaned up)")
+    before = start
+    for v in held:
+        if v != before + 1:
+            break
+        before = v
+    after = min((v for v in commits if v > before), default=None)
+    if after is None:
+        raise StoreError(f"table {table} has no commit {before + 1} in its log")
+    raise StoreError(f"table {table}: its log skips from version {before} to {after}; a commit is missing")
+
+
 def latest_version(location: str, table: str) -> int | None:
     """The newest committed version of a table, from one listing of its log; None without one."""
     if not is_local(location):
@@ -413,7 +495,7 @@ def _stat_ranges(stats: str | None, columns: tuple) -> list:
         return [None] * len(columns)
     try:
         parsed = json.loads(stats)
-    except ValueError:
+    except (ValueError, RecursionError):
         return [None] * len(columns)
     return [_range(parsed, column) for column in columns]
 
@@ -538,9 +620,9 @@ def _duck_type(delta_type) -> str:
 def _columns(metadata: dict) -> tuple[tuple[str, str], ...]:
     try:
         fields = json.loads(metadata["schemaString"])["fields"]
-    except (KeyError, TypeError, ValueError):
+        return tuple((f["name"], _duck_type(f["type"])) for f in fields)
+    except (KeyError, TypeError, ValueError, RecursionError):
         raise StoreError("a Delta table's schema cannot be read") from None
-    return tuple((f["name"], _duck_type(f["type"])) for f in fields)
 
 
 # ---- a whole store
