@@ -387,6 +387,16 @@ def test_rest_connections_leave_half_the_descriptors(monkeypatch, soft, cap):
     assert rest_api.default_max_connections() == cap
 
 
+@pytest.mark.parametrize("text", ["[zz:1", "[::1:80", "::1]:80", "[[::1]]:80"])
+def test_a_listen_host_with_brackets_astray_is_not_an_address(text):
+    import click
+
+    from queries.server.app import parse_address
+
+    with pytest.raises(click.BadParameter, match="is not HOST:PORT"):
+        parse_address(text, "--http")
+
+
 @pytest.mark.parametrize("text", ["127.0.0.1:\u00b2", "127.0.0.1:\u0663", "127.0.0.1:" + "9" * 5000, "127.0.0.1:65536"])
 def test_a_listen_port_is_ascii_digits_up_to_65535(text):
     import click

@@ -26,6 +26,8 @@ def parse_address(text: str, what: str) -> tuple[str, int] | None:
     host, sep, port = text.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+    if "[" in host or "]" in host:  # a bracket left open or astray: no host is spelled so
+        raise click.BadParameter(f"{text!r} is not HOST:PORT (or off)", param_hint=what)
     # isascii: str.isdigit also takes "²", which int() refuses (as it refuses 4,300 digits)
     if not sep or not host or not (port.isascii() and port.isdigit() and len(port) <= 5) or int(port) > 65535:
         raise click.BadParameter(f"{text!r} is not HOST:PORT (or off)", param_hint=what)
