@@ -397,7 +397,7 @@ def _object(text: JsonText, where: str, notes: list[str]) -> Iterator[tuple[str,
             # The value's text is still in the window, which only ever drops what lies before a value.
             end = text.pos
             begin = max(end - length, 0)
-            values += 2 + text.text.count(",", begin, end) + text.text.count(":", begin, end)
+            values += 2 + text.marks(begin, end)
             if values > MAX_PARSED_VALUES:
                 raise SourceError(where, _TOO_MANY_VALUES)
     if not streamed:
