@@ -146,15 +146,15 @@ def _shapes(query: str):
     return bool(names), start is not None, names, start
 
 
-def _may_match(con, queries: list[str]) -> set[str]:
+def _may_match(con, shapes: dict[str, tuple]) -> set[str]:
     """The queries some image may answer, found for a whole batch in at most two queries; resolve()
     costs several queries each, which for a batch of unknown ids is nearly all of its time. A query
     left out is one that resolve() would find no candidate for: its repository name (with or
-    without `library/`) is in no image, and no digest or config digest starts with its prefix."""
+    without `library/`) is in no image, and no digest or config digest starts with its prefix.
+    `shapes` holds each query's `_shapes`."""
     by_name: dict[str, list[str]] = {}
     by_start: dict[str, list[str]] = {}
-    for query in queries:
-        _, _, names, start = _shapes(query)
+    for query, (_, _, names, start) in shapes.items():
         for name in names:
             by_name.setdefault(name, []).append(query)
         if start is not None:
@@ -196,8 +196,9 @@ def batch(con, queries: Iterable[str | ImgdexError], platform: str = DEFAULT_PLA
         if ids:
             for row in con.execute(f"SELECT {SELECT} FROM ({con.images_of_ids}) AS images", [ids]).fetchall():
                 found[row[0]] = row
-        misses = [q for q in pending if isinstance(q, str) and q and q not in found]
-        possible = _may_match(con, misses) if misses else set()
+        # Each miss is read once, for the bulk match and for the answer of one that matches nothing
+        shapes = {q: _shapes(q) for q in pending if isinstance(q, str) and q and q not in found}
+        possible = _may_match(con, shapes) if shapes else set()
         for q in pending:
             if not isinstance(q, str):  # the reader's own verdict on a line (one too long to read)
                 yield "", q
@@ -210,7 +211,7 @@ def batch(con, queries: Iterable[str | ImgdexError], platform: str = DEFAULT_PLA
                     except (NotFound, Ambiguous, QueryError) as exc:
                         row = exc
                 else:
-                    row = _unmatched(q, *_shapes(q)[:2])
+                    row = _unmatched(q, *shapes[q][:2])
             yield q, row
         pending.clear()
 
