@@ -177,10 +177,3 @@ def write(reader, query: str, fmt: str, put, note=None, before=None, terminal: b
                 note(f"the table shows the first {TABLE_ROWS:,} rows; --format csv or json prints them all")
             break
     put(format_table(columns, cells) + "\n")
-
-
-def run(reader, query: str, fmt: str) -> str:
-    """The text `write` prints, as one string (for small results)."""
-    out = []
-    write(reader, query, fmt, out.append)
-    return "".join(out)

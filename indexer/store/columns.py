@@ -61,7 +61,7 @@ def _stored_id(blob: Blob) -> str:
 # A layer (and the config, flattened into config_* columns below): a struct in a list column.
 BLOB: tuple[Column, ...] = (
     # The formula id is stored spelled out; in a record it is the empty default.
-    Column("id", "string", lambda b: _stored_id(b), response=("id",)),
+    Column("id", "string", _stored_id, response=("id",)),
     Column("digest", "string", "digest", response=("digest",)),
     Column("size", "int64", "size", response=("size",)),
     Column("media_type", "string", "media_type"),
