@@ -14,6 +14,7 @@ import datetime
 import functools
 import hmac
 import sys
+import threading
 import traceback
 from concurrent import futures
 
@@ -300,9 +301,13 @@ class GrpcServer:
             health = None
         if health is not None:
             self.health = health.HealthServicer()
+            self._health_status = health_pb2.HealthCheckResponse
+            self._health_lock = threading.Lock()
+            self._serving: bool | None = None
+            self._source = api.source
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-            for name in ("", *SERVICE_NAMES):
-                self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            self._source.subscribe(self._follow)
+            self._follow()
             names.append(health.SERVICE_NAME)
         self.reflection = False
         try:
@@ -319,6 +324,23 @@ class GrpcServer:
             raise OSError(f"cannot listen on {address} for gRPC: {exc}") from None
         if not self.port:
             raise OSError(f"cannot listen on {address} for gRPC")
+
+    def _follow(self, _snapshot=None) -> None:
+        """Health says what a call would meet: until a completed index run is loaded every call
+        answers UNAVAILABLE, and a probe that saw SERVING would send traffic to a server that can
+        answer nothing. A loaded snapshot stays in memory whatever later happens to the store, so
+        only the first one and the end of serving change the answer."""
+        with self._health_lock:
+            # Read under the lock, not taken from the caller: the last of two racing calls then
+            # always sets what is served now, never what was served when it was called.
+            serving = self._source.current is not None
+            # Watch streams get a message per `set`: one per change, not one per index run.
+            if serving == self._serving:
+                return
+            self._serving = serving
+            status = self._health_status.SERVING if serving else self._health_status.NOT_SERVING
+            for name in ("", *SERVICE_NAMES):
+                self.health.set(name, status)
 
     def start(self) -> None:
         self.server.start()

@@ -225,7 +225,19 @@ class SnapshotSource:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_error = ""
+        self._listeners: list[Callable[[Snapshot | None], None]] = []
         self.generation = 0
+
+    def subscribe(self, listener: Callable[[Snapshot | None], None]) -> None:
+        """Call `listener` with each snapshot swapped in, and with None once none is served."""
+        self._listeners.append(listener)
+
+    def _notify(self, snapshot: Snapshot | None) -> None:
+        for listener in self._listeners:
+            try:
+                listener(snapshot)
+            except Exception as exc:  # the swap is done: a listener's failure must not undo the poll
+                self._log(f"snapshot listener failed: {exc}")
 
     @property
     def current(self) -> Snapshot | None:
@@ -253,6 +265,7 @@ class SnapshotSource:
             self.generation += 1
         if old is not None:
             old.retire()
+        self._notify(fresh)
         return True
 
     def start(self) -> None:
@@ -275,6 +288,7 @@ class SnapshotSource:
             old, self._current = self._current, None
         if old is not None:
             old.retire()
+        self._notify(None)
 
     @contextlib.contextmanager
     def use(self):

@@ -1,0 +1,82 @@
+"""The gRPC health service against a real server on loopback: it says SERVING only once the server
+has a completed index run to answer from, and every API call would otherwise answer UNAVAILABLE."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import grpc
+import pytest
+from yandex.cloud.containerregistry.v1 import image_service_pb2 as isv, image_service_pb2_grpc as isv_grpc
+
+from queries.server.app import Service
+from queries.server.grpc_api import SERVICE_NAMES
+
+health_pb2 = pytest.importorskip("grpc_health.v1.health_pb2")
+health_pb2_grpc = pytest.importorskip("grpc_health.v1.health_pb2_grpc")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+IMAGE = os.path.join(HERE, "fixtures", "real", "docker-save-base.tar")
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# The server polls the store every 0.5 s; loading one image's snapshot takes well under a second.
+PICKED_UP_WITHIN = 15.0
+
+
+@pytest.fixture
+def empty_service(tmp_path):
+    """An in-process server, gRPC only, on a store directory no index run has written yet."""
+    store = tmp_path / "store"
+    store.mkdir()
+    service = Service(str(store), ("127.0.0.1", 0), None, workers=2)
+    service.start()
+    yield service
+    service.stop(grace=1)
+
+
+def _statuses(channel) -> dict[str, int]:
+    check = health_pb2_grpc.HealthStub(channel).Check
+    return {
+        name: check(health_pb2.HealthCheckRequest(service=name), timeout=10).status for name in ("", *SERVICE_NAMES)
+    }
+
+
+def _index(run_cli, store: str) -> None:
+    result = run_cli("index", IMAGE, "--store", store, "--quiet")
+    assert result.exit_code == 0, result.output
+
+
+def test_health_is_not_serving_until_the_first_index_run_is_picked_up(empty_service, run_cli):
+    with grpc.insecure_channel(empty_service.grpc_address) as channel:
+        images = isv_grpc.ImageServiceStub(channel)
+        assert _statuses(channel) == dict.fromkeys(("", *SERVICE_NAMES), NOT_SERVING)
+        with pytest.raises(grpc.RpcError) as info:
+            images.List(isv.ListImagesRequest(), timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+        _index(run_cli, empty_service.store)
+        deadline = time.monotonic() + PICKED_UP_WITHIN
+        while (statuses := _statuses(channel))[""] != SERVING:
+            assert time.monotonic() < deadline, f"health still says {statuses} after the first index run"
+            time.sleep(0.05)
+        assert statuses == dict.fromkeys(("", *SERVICE_NAMES), SERVING)
+        # SERVING is said only once a call can be answered: no retry here.
+        assert images.List(isv.ListImagesRequest(), timeout=10).images
+
+
+@pytest.mark.parametrize("service_name", ["", SERVICE_NAMES[0]])
+def test_a_watch_stream_sees_not_serving_then_serving(empty_service, run_cli, service_name):
+    with grpc.insecure_channel(empty_service.grpc_address) as channel:
+        stream = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=service_name), timeout=PICKED_UP_WITHIN + 30
+        )
+        try:
+            assert next(stream).status == NOT_SERVING
+            _index(run_cli, empty_service.store)
+            # Blocks until the server sends the change; the call's timeout bounds the wait.
+            assert next(stream).status == SERVING
+            images = isv_grpc.ImageServiceStub(channel)
+            assert images.List(isv.ListImagesRequest(), timeout=10).images
+        finally:
+            stream.cancel()
