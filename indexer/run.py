@@ -149,22 +149,27 @@ def index_sources(
     observer: RunObserver | None = None,
 ) -> RunSummary:
     """Index every source into `writer` (a DeltaWriter) and record the run; failures are counted,
-    never raised."""
+    never raised. A store that fails ends the run with a StoreError whose `summary` is the run's
+    so far."""
     settings = settings or RunSettings()
     observer = observer or RunObserver()
     started_at = now()
     spec_list = list(specs)
-    summary = run_tasks(
-        [Task(position, spec, settings.shard) for position, spec in enumerate(spec_list)],
-        writer,
-        settings=settings,
-        observer=TaskObserver(
-            on_error=lambda message, _where: observer.on_error(message),
-            on_note=lambda message, _where: observer.on_note(message),
-            on_image=observer.on_image,
-            on_source=observer.on_source,
-        ),
-    )
+    try:
+        summary = run_tasks(
+            [Task(position, spec, settings.shard) for position, spec in enumerate(spec_list)],
+            writer,
+            settings=settings,
+            observer=TaskObserver(
+                on_error=lambda message, _where: observer.on_error(message),
+                on_note=lambda message, _where: observer.on_note(message),
+                on_image=observer.on_image,
+                on_source=observer.on_source,
+            ),
+        )
+    except StoreError as exc:
+        exc.summary = exc.tasks_summary  # its tasks are the whole run
+        raise
     record_run(writer, spec_list, summary, started_at, sharded=settings.shard is not None)
     return summary
 
@@ -253,79 +258,90 @@ def run_tasks(
             claims.clear()
         pending_bytes = 0
 
-    for task in tasks:
-        spec = task.spec
-        try:
-            source = parse_source(spec, settings.options)
-            if source.reads_index:
-                source.bind_store(writer)
-            ctx = Context(
-                source_kind=source.kind,
-                source_path=source.location,
-                registry=settings.registry,
-                repository=settings.repository,
-                note=note,
-                verify=settings.verify,
-                shard=task.shard,
-            )
-            if settings.verify and not source.reads_layers:
-                note(f"{spec}: --verify does not apply: layer contents are not read from this source")
-            for item in source.records(ctx):
-                if isinstance(item, SourceError):
-                    fail(str(item))
-                    continue
-                if isinstance(item, TagMoves):
-                    wait_to_settle([(item.registry, name, tag) for name, tag, _ in item.claims])
-                    moves.setdefault(item.registry, []).extend(item.claims)
-                    if keep_claims:
+    def finish() -> RunSummary:
+        summary.failed = errors.count
+        summary.errors = errors.listed(errors.items, "errors")
+        summary.notes = notes.listed(notes.items, "notes")
+        summary.seconds = time.monotonic() - started
+        return summary
+
+    try:
+        for task in tasks:
+            spec = task.spec
+            try:
+                source = parse_source(spec, settings.options)
+                if source.reads_index:
+                    source.bind_store(writer)
+                ctx = Context(
+                    source_kind=source.kind,
+                    source_path=source.location,
+                    registry=settings.registry,
+                    repository=settings.repository,
+                    note=note,
+                    verify=settings.verify,
+                    shard=task.shard,
+                )
+                if settings.verify and not source.reads_layers:
+                    note(f"{spec}: --verify does not apply: layer contents are not read from this source")
+                for item in source.records(ctx):
+                    if isinstance(item, SourceError):
+                        fail(str(item))
+                        continue
+                    if isinstance(item, TagMoves):
+                        wait_to_settle([(item.registry, name, tag) for name, tag, _ in item.claims])
+                        moves.setdefault(item.registry, []).extend(item.claims)
+                        if keep_claims:
+                            records_seen += 1
+                            order = (*where(), records_seen)
+                            for name, tag, digest in item.claims:
+                                summary.claims.add(item.registry, name, tag, order, "", digest)
+                        continue
+                    if isinstance(item, TagsRetired):
+                        keys = [(item.registry, item.name, tag) for tag in item.tags]
+                        wait_to_settle(keys)
+                        retired.extend(keys)
+                        continue
+                    if item.id_origin == "imported" and (clash := imports.clash(item)):
+                        fail(f"{spec}: {clash}")
+                        continue
+                    known = pending.get(item.id)
+                    if known is not None and not one_image(named(known), named(item)):
+                        fail(_unstorable(item, ValueError(f"its id is already that of {shown(named(known))}")))
+                        continue
+                    pending[item.id] = item if known is None else merge_records(known, item)
+                    if keep_claims and item.tags:
                         records_seen += 1
                         order = (*where(), records_seen)
-                        for name, tag, digest in item.claims:
-                            summary.claims.add(item.registry, name, tag, order, "", digest)
-                    continue
-                if isinstance(item, TagsRetired):
-                    keys = [(item.registry, item.name, tag) for tag in item.tags]
-                    wait_to_settle(keys)
-                    retired.extend(keys)
-                    continue
-                if item.id_origin == "imported" and (clash := imports.clash(item)):
-                    fail(f"{spec}: {clash}")
-                    continue
-                known = pending.get(item.id)
-                if known is not None and not one_image(named(known), named(item)):
-                    fail(_unstorable(item, ValueError(f"its id is already that of {shown(named(known))}")))
-                    continue
-                pending[item.id] = item if known is None else merge_records(known, item)
-                if keep_claims and item.tags:
-                    records_seen += 1
-                    order = (*where(), records_seen)
+                        for tag in item.tags:
+                            summary.claims.add(item.registry, item.name, tag, order, item.id, item.digest)
                     for tag in item.tags:
-                        summary.claims.add(item.registry, item.name, tag, order, item.id, item.digest)
-                for tag in item.tags:
-                    # A tag names one manifest per repository: the later claim wins.
-                    key = (item.registry, item.name, tag)
-                    holder = claims.get(key)
-                    if holder is not None and holder != item.id:
-                        loser = pending[holder]
-                        pending[holder] = dataclasses.replace(loser, tags=tuple(t for t in loser.tags if t != tag))
-                    claims[key] = item.id
-                observer.on_image(item)
-                pending_bytes += _held(item)
-                if len(pending) >= BATCH or pending_bytes >= BATCH_BYTES:
-                    flush()
-        except SourceError as exc:
-            fail(str(exc))
-        except StoreError:
-            raise  # from a batch flushed mid-source: the next source's batches would fail alike
-        except ImgdexError as exc:
-            fail(f"{spec}: {exc}")
-        observer.on_source(spec)
-    flush()
-    summary.failed = errors.count
-    summary.errors = errors.listed(errors.items, "errors")
-    summary.notes = notes.listed(notes.items, "notes")
-    summary.seconds = time.monotonic() - started
-    return summary
+                        # A tag names one manifest per repository: the later claim wins.
+                        key = (item.registry, item.name, tag)
+                        holder = claims.get(key)
+                        if holder is not None and holder != item.id:
+                            loser = pending[holder]
+                            pending[holder] = dataclasses.replace(loser, tags=tuple(t for t in loser.tags if t != tag))
+                        claims[key] = item.id
+                    observer.on_image(item)
+                    pending_bytes += _held(item)
+                    if len(pending) >= BATCH or pending_bytes >= BATCH_BYTES:
+                        flush()
+            except SourceError as exc:
+                fail(str(exc))
+            except StoreError:
+                raise  # from a batch flushed mid-source: the next source's batches would fail alike
+            except ImgdexError as exc:
+                fail(f"{spec}: {exc}")
+            observer.on_source(spec)
+        flush()
+    except StoreError as exc:
+        # What landed before the store failed is still the caller's to report. A batch halved
+        # around a bad record may have landed its first half before the store failed: `written`
+        # knows those images, `indexed` has yet to add them.
+        summary.indexed = len(summary.written)
+        exc.tasks_summary = finish()
+        raise
+    return finish()
 
 
 class ImportsSeen:
@@ -359,24 +375,29 @@ class ImportsSeen:
 
 
 def record_run(writer, specs: list[str], summary: RunSummary, started_at: datetime, *, sharded: bool = False) -> None:
-    """The run's one `runs` row, with its totals and every error."""
-    if summary.indexed == 0 and not sharded and writer.pristine:
-        # The store does not exist and nothing landed: no run record creates it for nothing
-        # (the writer creates a store with its first commit). A worker of `--shard K/N` records
-        # itself all the same: its slice may be empty while the others have yet to create the
-        # store, and the store then says that all N ran.
-        return
-    writer.record_run(
-        {
-            "started_at": started_at,
-            "finished_at": now(),
-            # A source argument may hold bytes that are not UTF-8 (os.fsdecode's surrogates).
-            "sources": [printable(redact_userinfo(spec)) for spec in specs],
-            "images_indexed": summary.indexed,
-            "images_failed": summary.failed,
-            "errors": summary.errors,
-        }
-    )
+    """The run's one `runs` row, with its totals and every error. A StoreError out of it carries
+    `summary`, which the row would have held."""
+    try:
+        if summary.indexed == 0 and not sharded and writer.pristine:
+            # The store does not exist and nothing landed: no run record creates it for nothing
+            # (the writer creates a store with its first commit). A worker of `--shard K/N` records
+            # itself all the same: its slice may be empty while the others have yet to create the
+            # store, and the store then says that all N ran.
+            return
+        writer.record_run(
+            {
+                "started_at": started_at,
+                "finished_at": now(),
+                # A source argument may hold bytes that are not UTF-8 (os.fsdecode's surrogates).
+                "sources": [printable(redact_userinfo(spec)) for spec in specs],
+                "images_indexed": summary.indexed,
+                "images_failed": summary.failed,
+                "errors": summary.errors,
+            }
+        )
+    except StoreError as exc:
+        exc.summary = summary  # the run is done and its images landed; only its record is missing
+        raise
 
 
 def now() -> datetime:

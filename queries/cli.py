@@ -357,9 +357,11 @@ def index(
     uncompressed, gzip or zstd).
     """
     import os
+    import time
 
     from indexer import workers
-    from indexer.run import RunObserver, RunSettings, index_sources
+    from indexer.errors import StoreError
+    from indexer.run import Kept, RunObserver, RunSettings, index_sources
     from indexer.sources import SourceOptions
 
     password = None
@@ -399,38 +401,66 @@ def index(
         )
     options = SourceOptions(docker_host=docker_host, all_images=all_images, registry=registry_options)
     settings = RunSettings(options=options, registry=registry, repository=repository, verify=verify, shard=shard)
+    said = Kept()  # the errors said, for a summary the failed store took with it
+
+    def said_error(text: str) -> None:
+        said.add(text)
+        progress.message(text)
+
     observer = RunObserver(
-        on_error=progress.message,
+        on_error=said_error,
         on_note=(lambda text: None) if quiet else (lambda text: progress.message(f"note: {text}")),
         on_image=progress.image,
         on_source=progress.source,
     )
+    started = time.monotonic()
     # Planned, and workers started, before the store's libraries are loaded (see workers.py).
     local_jobs = jobs or workers.free_cpus()
     work = workers.plan(list(sources), jobs=local_jobs, settings=settings)
-    if work is not None:
-        summary = workers.index_parallel(work, store, settings=settings, observer=observer)
-    else:
-        from indexer.store.delta_writer import DeltaWriter
+    try:
+        if work is not None:
+            summary = workers.index_parallel(work, store, settings=settings, observer=observer)
+        else:
+            from indexer.store.delta_writer import DeltaWriter
 
-        with DeltaWriter(store) as writer:
-            summary = index_sources(sources, writer, settings=settings, observer=observer)
+            with DeltaWriter(store) as writer:
+                summary = index_sources(sources, writer, settings=settings, observer=observer)
+    except StoreError as exc:
+        progress.done()
+        if as_json:
+            # A script parsing stdout gets the summary all the same. When the store failed before
+            # the run had one (it would not open; with --jobs, anything but the runs row: a worker
+            # says what it wrote only once done), one process has landed nothing, and with workers
+            # what landed is unknown: null.
+            summary = getattr(exc, "summary", None)
+            if summary is not None:
+                document = _summary_document(summary)
+            else:
+                document = {
+                    "indexed": 0 if work is None else None,
+                    "failed": said.count,
+                    "seconds": round(time.monotonic() - started, 3),
+                    "errors": said.listed(said.items, "errors"),
+                }
+            echo(json.dumps({**document, "store_error": printable(str(exc))}))
+        raise
     progress.done()
     if as_json:
-        echo(
-            json.dumps(
-                {
-                    "indexed": summary.indexed,
-                    "failed": summary.failed,
-                    "seconds": round(summary.seconds, 3),
-                    "errors": summary.errors,
-                }
-            )
-        )
+        echo(json.dumps(_summary_document(summary)))
     else:
         echo(f"indexed {summary.indexed} images, {summary.failed} failed, in {summary.seconds:.2f} s")
     if not summary.ok:
         sys.exit(1)
+
+
+def _summary_document(summary) -> dict:
+    """`index --json`'s summary; the runs table's `images_indexed`, `images_failed` and `errors`."""
+    return {
+        "indexed": summary.indexed,
+        "failed": summary.failed,
+        "seconds": round(summary.seconds, 3),
+        "errors": summary.errors,
+    }
 
 
 def platform_option(help_text: str):
