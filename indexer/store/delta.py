@@ -661,8 +661,10 @@ class DeltaStore:
         for table in tables:
             deltalog.check_schema_version(table, dict(self._delta(table).metadata().configuration or {}))
 
-    def create(self) -> None:
-        """Create whichever tables do not exist yet. Safe when several processes do it at once."""
+    def create(self, run_id: str = "") -> None:
+        """Create whichever tables do not exist yet. Safe when several processes do it at once.
+        `run_id` marks the commits, so that a run that fails before landing anything can tell the
+        tables it made from those of another run (`made_only_by`)."""
         if "://" not in self.store and _PERCENT_ESCAPE.search(self.store):
             # delta-rs writes the first commit under the path as given, then reads it back with the
             # escape decoded: it would leave a table it cannot open.
@@ -685,7 +687,7 @@ class DeltaStore:
                     name=table,
                     configuration=TABLE_CONFIGURATION,
                     storage_options=self.storage_options or None,
-                    commit_properties=CommitProperties(custom_metadata={_META + "operation": "create"}),
+                    commit_properties=_creation_properties("create", run_id),
                 )
             except (CommitFailedError, DeltaError) as exc:
                 # another process created it first
@@ -693,9 +695,9 @@ class DeltaStore:
                     raise StoreError(f"cannot create table {table} in {self.store}: {first_line(exc)}") from None
             except OSError as exc:
                 raise StoreError(f"cannot create table {table} in {self.store}: {_cause(exc)}") from None
-            self._mark_schema_version(table)
+            self._mark_schema_version(table, run_id)
 
-    def _mark_schema_version(self, table: str) -> None:
+    def _mark_schema_version(self, table: str, run_id: str = "") -> None:
         # delta-rs refuses properties it does not know at creation, but sets them afterwards. Another
         # process that found the table made may already append to it, and a commit of its makes
         # this one fail: then try again on the newer version.
@@ -706,12 +708,46 @@ class DeltaStore:
                 return
             try:
                 dt.alter.set_table_properties(
-                    {deltalog.SCHEMA_VERSION_PROPERTY: str(deltalog.SCHEMA_VERSION)}, raise_if_not_exists=False
+                    {deltalog.SCHEMA_VERSION_PROPERTY: str(deltalog.SCHEMA_VERSION)},
+                    raise_if_not_exists=False,
+                    commit_properties=_creation_properties("schema-version", run_id),
                 )
                 return
             except (CommitFailedError, DeltaError) as exc:
                 failure = exc
         raise StoreError(f"cannot create table {table} in {self.store}: {first_line(failure)}") from None
+
+    def made_only_by(self, table: str, run_id: str) -> bool:
+        """Whether table `table` holds nothing but what `create(run_id)` wrote into it, or nothing at
+        all: no commit of another run, no data file, nothing else. Local stores only."""
+        folder = deltalog.local_path(self.location(table))
+        try:
+            names = os.listdir(folder)
+            if not names:
+                return True
+            if names != [deltalog.LOG_DIR]:
+                return False
+            log = os.path.join(folder, deltalog.LOG_DIR)
+            names = os.listdir(log)
+            return all(name in _CREATION_COMMITS and _created_by(os.path.join(log, name), run_id) for name in names)
+        except FileNotFoundError:
+            return not os.path.lexists(folder)
+        except OSError:
+            return False
+
+    def remove_creation(self, table: str) -> None:
+        """Delete what `create` wrote of table `table` (see `made_only_by`), newest commit first: a
+        deletion that stops halfway leaves a log that still starts at version 0. OSError when it
+        cannot."""
+        folder = deltalog.local_path(self.location(table))
+        log = os.path.join(folder, deltalog.LOG_DIR)
+        if os.path.isdir(log):
+            for name in sorted(os.listdir(log), reverse=True):
+                if name in _CREATION_COMMITS:
+                    os.unlink(os.path.join(log, name))
+            os.rmdir(log)
+        if os.path.isdir(folder):
+            os.rmdir(folder)
 
     def _add_new_columns(self, table: str) -> None:
         """Columns added to `schema.py` since the table was created are added to it (files written
@@ -1688,6 +1724,32 @@ def _arrow_reader(con, sql: str, params, batch_rows: int) -> pa.RecordBatchReade
     relation = con.sql(sql, params=params)
     method = getattr(relation, "to_arrow_reader", None) or relation.fetch_record_batch
     return method(batch_rows)
+
+
+_CREATION_COMMITS = {f"{0:020d}.json", f"{1:020d}.json"}
+
+
+def _creation_properties(operation: str, run_id: str) -> CommitProperties:
+    metadata = {_META + "operation": operation}
+    if run_id:
+        metadata[_META + "runId"] = run_id
+    return CommitProperties(custom_metadata=metadata)
+
+
+def _created_by(commit: str, run_id: str) -> bool:
+    """Whether the log entry `commit` is one of the two commits `create(run_id)` makes."""
+    if not run_id:
+        return False
+    with open(commit, "rb") as f:
+        text = f.read(1 << 20)
+    for line in text.splitlines():
+        try:
+            info = json.loads(line).get("commitInfo")
+        except (ValueError, AttributeError):
+            return False
+        if info is not None:
+            return info.get(_META + "runId") == run_id and info.get(_META + "operation") in ("create", "schema-version")
+    return False
 
 
 def _run_mark(run_id: str) -> str:

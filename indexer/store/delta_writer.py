@@ -6,6 +6,12 @@ before it, concurrent ones included: a batch whose keys another run wrote meanwh
 fresh snapshot. The run's `runs` row comes last. A killed run leaves whole batches or nothing, and a
 store this writer would create exists only once a batch has landed.
 
+A run that fails (a full disk) after creating tables and before landing anything removes the
+tables and folders it made, holding the store folder's `flock` exclusively: every writer shares
+that lock while it may commit, so tables another writer found are never removed under it. What
+cannot be removed is at worst a store missing a table, which readers take for no store
+(`paths.is_table_store`) and the next run completes.
+
 The merge policy lives here and in `premerge`, and nowhere else:
 - a resource with a known manifest digest is one resource whatever its id: a record adopts the
   imported (real) id stored for its (registry, name, digest), and an imported record retires the
@@ -19,7 +25,9 @@ The merge policy lives here and in `premerge`, and nowhere else:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import os
 import sys
 import tempfile
@@ -33,7 +41,7 @@ import pyarrow.parquet as pq
 from .. import collector, timestamps
 from ..errors import StoreError
 from ..model import ImageRecord, merge_records
-from . import paths
+from . import deltalog, paths
 from .delta import Changes, DeltaStore, Snapshot, premerge
 from .writer import _one_per_id, record_from_row, records_to_arrow, store_failure
 
@@ -52,7 +60,13 @@ class DeltaWriter:
         # Every commit of the run carries it, the runs row too (workers of one run share it).
         self.run_id = run_id or uuid.uuid4().hex
         self._tables = DeltaStore(store)
+        local = deltalog.is_local(self._tables.store)
+        self._root = deltalog.local_path(self._tables.store) if local else None
+        self._lock: int | None = None  # the store folder, share-locked
+        self._made_folder: str | None = None  # the outermost folder this run made for the store
+        self._made_tables: set[str] = set()  # the tables whose folders were missing when it created them
         try:
+            self._hold()
             self._exists = self._tables.exists()
         except Exception as exc:  # an unreadable folder, an unreachable bucket
             raise StoreError(f"cannot open store {store}: {store_failure(exc) or exc}") from None
@@ -65,13 +79,97 @@ class DeltaWriter:
         workers start together) exists, and this run's record goes into it."""
         if self._exists or self._touched:
             return False
+        self._guarded(self._hold)
         self._exists = self._guarded(self._tables.exists)
         return not self._exists
 
     def _ensure_tables(self) -> None:
-        if not self._exists:
-            self._guarded(self._tables.create)
-            self._exists = True
+        if self._exists:
+            return
+        try:
+            if self._root is not None:
+                self._guarded(self._make_root)
+                self._made_tables |= {t for t in paths.TABLES if not os.path.lexists(os.path.join(self._root, t))}
+            self._guarded(self._tables.create, self.run_id)
+        except StoreError:
+            self._undo_creation()
+            raise
+        self._exists = True
+
+    def _make_root(self) -> None:
+        for _ in range(5):  # each retry: a failed run removed the folder between making and locking it
+            if self._made_folder is None and not os.path.isdir(self._root):
+                outermost = self._root
+                while not os.path.lexists(os.path.dirname(outermost)) and os.path.dirname(outermost) != outermost:
+                    outermost = os.path.dirname(outermost)
+                self._made_folder = outermost
+            os.makedirs(self._root, exist_ok=True)
+            self._hold()
+            if self._lock is not None:
+                return
+
+    def _hold(self) -> None:
+        """Take the store folder's shared lock, if it exists, unless held: see the module's notes."""
+        if self._lock is not None or self._root is None:
+            return
+        for _ in range(5):
+            try:
+                fd = os.open(self._root, os.O_RDONLY | os.O_DIRECTORY)
+            except FileNotFoundError:
+                return
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH)
+                if os.path.samestat(os.fstat(fd), os.stat(self._root)):
+                    self._lock = fd
+                    return
+            except FileNotFoundError:
+                pass  # removed while this run waited for the lock: made again by the caller
+            except OSError:
+                # No locks on this file system: no run ever gets the exclusive lock to remove tables.
+                os.close(fd)
+                return
+            os.close(fd)
+
+    def _undo_creation(self) -> None:
+        """After a failure: remove the tables and folders this run made, if it has landed nothing
+        and no other writer holds the store."""
+        if self._touched or self._lock is None or not (self._made_tables or self._made_folder):
+            return
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            # The shared lock may be lost in the attempt: taken again, this writer still holds the store.
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._lock, fcntl.LOCK_SH)
+            return
+        removed = False
+        try:
+            tables = self._tables
+            if all(tables.made_only_by(t, self.run_id if t in self._made_tables else "") for t in paths.TABLES):
+                # images first: without it, readers see no store at once
+                for table in paths.TABLES:
+                    if table in self._made_tables:
+                        with contextlib.suppress(OSError):
+                            tables.remove_creation(table)
+                self._made_tables = set()
+                folder = self._root
+                while self._made_folder is not None:
+                    try:
+                        os.rmdir(folder)  # only empty: what else is there stays
+                    except OSError:
+                        break
+                    if folder == self._made_folder:
+                        self._made_folder = None
+                    folder = os.path.dirname(folder)
+                self._exists = False
+                removed = True
+        finally:
+            if removed:
+                os.close(self._lock)
+                self._lock = None
+            else:
+                with contextlib.suppress(OSError):
+                    fcntl.flock(self._lock, fcntl.LOCK_SH)
 
     def _guarded(self, call, *args, **kwargs):
         try:
@@ -107,13 +205,21 @@ class DeltaWriter:
             return premerge(snapshot, records_to_arrow(adopted, indexed_at), retired_images=retired, merge=_merge_rows)
 
         self._ensure_tables()
-        with collector.paused():
-            self._guarded(self._tables.write_changes, self.run_id, prepare)
+        try:
+            with collector.paused():
+                self._guarded(self._tables.write_changes, self.run_id, prepare)
+        except StoreError:
+            self._undo_creation()
+            raise
         self._touched = True
 
     def record_run(self, run: dict) -> None:
         self._ensure_tables()
-        self._guarded(self._tables.append_run, dict(run, run_id=self.run_id))
+        try:
+            self._guarded(self._tables.append_run, dict(run, run_id=self.run_id))
+        except StoreError:
+            self._undo_creation()
+            raise
         self._touched = True
 
     # ---- for incremental registry crawls
@@ -201,6 +307,9 @@ class DeltaWriter:
 
     def close(self) -> None:
         self._tables.close()
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def __enter__(self):
         return self

@@ -38,7 +38,18 @@ def is_table_store(store: str) -> bool:
     if "://" in store and not store.startswith("file://"):
         return True
     store = store.removeprefix("file://")
-    return os.path.isdir(os.path.join(store, "images", "_delta_log"))
+    # Every table, each with a commit: a first run that failed (a full disk) midway through creating
+    # the tables may have left some of them, which is no store yet, and the next run completes them.
+    return all(_has_commits(os.path.join(store, table, "_delta_log")) for table in TABLES)
+
+
+def _has_commits(log: str) -> bool:
+    """Whether the Delta log folder `log` holds a commit or a checkpoint (NNNNNNNNNNNNNNNNNNNN.…)."""
+    try:
+        with os.scandir(log) as entries:
+            return any(entry.name[:20].isdigit() and entry.name[20:21] == "." for entry in entries)
+    except OSError:
+        return False
 
 
 def is_old_layout(store: str) -> bool:

@@ -1,0 +1,149 @@
+"""A first run into a new store that fails before landing anything (a full disk while the tables
+are being made, or under its first batch) leaves the store folder as it was, and what it cannot
+remove reads as no store."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+from click.testing import CliRunner
+
+from indexer.errors import StoreError
+from indexer.model import ImageRecord
+from indexer.store.delta_writer import DeltaWriter
+from indexer.store.writer import now_utc
+from queries.cli import cli
+from test_write_hardening import (
+    _delta_rs_enospc,
+    _enospc,
+    _fail_data_files,
+    _fill,
+    _mount_tmpfs,
+    count,
+    oci_layout,
+    records_of,
+)
+
+READERS = (["get", "team/app:t0"], ["list"], ["sql", "SELECT count(*) FROM images"])
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def _tree(folder) -> list[str]:
+    return sorted(
+        os.path.relpath(os.path.join(root, name), folder)
+        for root, dirs, names in os.walk(folder)
+        for name in dirs + names
+    )
+
+
+def _says_no_store(store) -> None:
+    for args in READERS:
+        result = invoke(*args, "--store", store)
+        assert result.exit_code == 1, (args, result.output)
+        assert (
+            result.stderr.strip()
+            == f"imgdex: no image store at {store} (run `imgdex index` first, or set --store / IMGDEX_STORE)"
+        )
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mount = tmp_path / "small"
+    if not _mount_tmpfs(mount, "2m"):
+        reason = "needs root and a mountable tmpfs"
+        pytest.fail(reason) if os.environ.get("CI") else pytest.skip(reason)
+    try:
+        yield mount
+    finally:
+        if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_first_run_on_a_filling_disk_leaves_nothing_at_any_stage(tmp_path, small_disk):
+    """Free space from none up, a page at a time: the first run fails while creating each table,
+    marking it, writing and committing its first batch, until one lands. Each failure leaves no
+    store folder, readers say there is no store, and a run with room completes."""
+    layout = oci_layout(tmp_path / "layout", 3)
+    store = small_disk / "new" / "store"
+    failures = set()
+    for leave in range(0, 256 * 1024, 4096):
+        _fill(small_disk, leave)
+        result = invoke("index", "-q", f"oci:{layout}", "--store", store)
+        os.unlink(small_disk / "filler")
+        if result.exit_code == 0:
+            break
+        [line] = result.stderr.splitlines()
+        assert line.endswith("no space left on device") and str(store) in line, line
+        if os.path.exists(store / "images" / "_delta_log" / f"{2:020d}.json"):
+            break  # its first batch landed: it stays, as after kill -9
+        failures.add(line.split(": ", 1)[1])
+        assert not os.path.exists(small_disk / "new"), (leave, line, _tree(small_disk / "new"))
+        _says_no_store(store)
+    else:
+        raise AssertionError("no run had room enough")
+    assert len(failures) >= 4, failures  # creating a table, marking it, its data, a commit
+    shutil.rmtree(store, ignore_errors=True)
+    assert invoke("index", "-q", f"oci:{layout}", "--store", store).exit_code == 0
+    assert count(store) == 3
+
+
+@pytest.mark.parametrize("table", ["images", "tags", "runs"])
+def test_a_table_that_cannot_be_created_leaves_an_empty_folder_empty(tmp_path, monkeypatch, table):
+    from deltalake import DeltaTable
+
+    create = DeltaTable.create
+
+    def failing(location, *args, **kwargs):
+        if str(location).rstrip("/").endswith("/" + table):
+            raise _delta_rs_enospc()
+        return create(location, *args, **kwargs)
+
+    store = tmp_path / "store"
+    store.mkdir()
+    monkeypatch.setattr(DeltaTable, "create", failing)
+    result = invoke("index", f"oci:{oci_layout(tmp_path / 'layout', 2)}", "--store", store)
+    monkeypatch.undo()
+    assert result.exit_code == 1 and result.stderr.strip().endswith("no space left on device")
+    assert os.listdir(store) == []
+    _says_no_store(store)
+
+
+def test_a_first_batch_that_cannot_be_written_leaves_no_tables(tmp_path, monkeypatch):
+    store = tmp_path / "deeper" / "store"
+    _fail_data_files(monkeypatch, ["tags"], _enospc)
+    result = invoke("index", f"oci:{oci_layout(tmp_path / 'layout', 2)}", "--store", store)
+    monkeypatch.undo()
+    assert result.exit_code == 1 and result.stderr.strip().endswith("cannot write tags data: no space left on device")
+    assert not os.path.exists(tmp_path / "deeper")
+
+
+def test_tables_another_writer_holds_are_not_removed(tmp_path, monkeypatch):
+    """A run that opened the store meanwhile may commit into the tables the failed run made: they
+    stay while it holds the store, and go with the failed run's next failure once it is gone."""
+    store = tmp_path / "store"
+    records = [r for r in records_of(f"oci:{oci_layout(tmp_path / 'layout', 1)}") if isinstance(r, ImageRecord)]
+    _fail_data_files(monkeypatch, ["images"], _enospc)
+    with DeltaWriter(str(store)) as failing:
+        failing._ensure_tables()  # what its first batch does first
+        with DeltaWriter(str(store)) as other:
+            assert not other.pristine  # it found the store, and may commit to it
+            with pytest.raises(StoreError, match="no space left on device"):
+                failing.write(records, now_utc())
+            assert sorted(os.listdir(store)) == ["images", "runs", "tags"]
+        with pytest.raises(StoreError, match="no space left on device"):
+            failing.write(records, now_utc())
+    assert not os.path.exists(store)
+
+
+def test_a_store_missing_a_table_reads_as_no_store(tmp_path):
+    store = tmp_path / "store"
+    assert invoke("index", f"oci:{oci_layout(tmp_path / 'layout', 2)}", "--store", store).exit_code == 0
+    shutil.rmtree(store / "runs")  # as HEAD's failed first run left it: images and tags made, runs not
+    _says_no_store(store)
+    assert invoke("index", f"oci:{oci_layout(tmp_path / 'more', 1, salt='more')}", "--store", store).exit_code == 0
