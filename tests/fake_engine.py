@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socketserver
 import subprocess
 import threading
 from dataclasses import dataclass, field
@@ -359,3 +360,14 @@ __all__ = [
     "EngineUnavailable",
     "NoSuchImage",
 ]
+
+
+class UnixHttpServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """An HTTP server on a unix socket, where an engine listens. http.server wants each client's
+    address as (host, port), which a unix socket does not give: a made-up one stands in."""
+
+    daemon_threads = True
+
+    def get_request(self):
+        request, _ = super().get_request()
+        return request, ("local", 0)

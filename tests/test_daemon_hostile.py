@@ -24,7 +24,14 @@ from indexer.sources import daemon
 from indexer.sources.daemon import DockerDaemon, EngineApiClient
 from indexer.sources.parse import Context
 
-from fake_engine import EngineUnavailable, FakeEngine, classic_image, containerd_image, fake_digest
+from fake_engine import (
+    EngineUnavailable,
+    FakeEngine,
+    UnixHttpServer,
+    classic_image,
+    containerd_image,
+    fake_digest,
+)
 
 DEEP = b"[" * 200_000
 SECRET = "s3cret"
@@ -52,7 +59,6 @@ class _Answers:
 
     def __init__(self, answers: dict[str, tuple[int, bytes]]):
         import http.server
-        import socketserver
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -67,15 +73,8 @@ class _Answers:
                 self.end_headers()
                 self.wfile.write(body)
 
-        class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-            daemon_threads = True
-
-            def get_request(self):
-                request, _ = super().get_request()
-                return request, ("local", 0)
-
         self.folder = tempfile.mkdtemp(prefix="imgdex-hostile.", dir="/tmp")
-        self.server = Server(os.path.join(self.folder, "d.sock"), Handler)
+        self.server = UnixHttpServer(os.path.join(self.folder, "d.sock"), Handler)
         self.address = f"unix://{self.folder}/d.sock"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 

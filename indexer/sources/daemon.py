@@ -79,6 +79,11 @@ CONNECT_TIMEOUT = 10.0  # seconds for the whole first contact: an absent or sile
 REQUEST_TIMEOUT = 60.0  # seconds for the whole of each later request: a stuck engine fails, never hangs
 WORKERS = 4  # requests in flight: the engine answers while the previous image is mapped
 WINDOW = 16  # images fetched ahead of the consumer; bounds the details held in memory
+# Image requests in a row that got no whole answer, though the engine still answered GET /version,
+# after which the engine is taken as stuck: as many as are in flight at once, so an engine that
+# answers no image request fails the source after about one request's deadline, as it did when
+# the first lost answer failed it; one image's lost answer, between answered ones, fails that image.
+LOST_IN_A_ROW = WORKERS
 # The longest answer read from the engine: GET /images/json lists ~600 bytes an image, so this
 # holds about 800,000 images; an engine that sends more (or sends forever) fails in one line.
 MAX_ANSWER_BYTES = 512 * 1024 * 1024
@@ -123,6 +128,9 @@ class EngineClient(Protocol):
 
     def info(self) -> dict:
         """GET /info."""
+
+    def ping(self) -> None:
+        """EngineUnavailable unless the engine answers at all; asked only after an `AnswerLost`."""
 
     def close(self) -> None: ...
 
@@ -369,6 +377,20 @@ class _AnswerTooLong(http.client.HTTPException):
     pass
 
 
+class AnswerLost(EngineUnavailable):
+    """A request got no whole answer: it timed out, was cut short, or its connection dropped.
+
+    That alone does not tell an engine that is gone from one answer it could not give (an image
+    whose inspect it cannot finish, a proxy that drops one response): the source asks the engine
+    (`ping`) before failing more than the image. `what` names the request, `reason` says what failed.
+    """
+
+    def __init__(self, message: str, what: str, reason: str):
+        super().__init__(message)
+        self.what = what
+        self.reason = reason
+
+
 def _reason(exc: BaseException) -> str:
     """Why an exchange with the engine failed, in a few words."""
     if isinstance(exc, _AnswerTooLong):
@@ -410,6 +432,7 @@ class EngineApiClient:
     ):
         self.address = shown_address(address)  # what messages name; the endpoint keeps where to connect
         self._timeout = timeout
+        self._connect_timeout = connect_timeout
         self._idle: list[_Connection] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -491,8 +514,8 @@ class EngineApiClient:
             reason = _reason(exc)
             if reason == "timed out":
                 reason = f"no complete answer in {self._timeout:g} s"
-            raise EngineUnavailable(
-                f"the Docker engine at {self.address} stopped answering ({what}): {reason}"
+            raise AnswerLost(
+                f"the Docker engine at {self.address} stopped answering ({what}): {reason}", what, reason
             ) from None
         if not 200 <= status < 300:
             message = _error_message(body) or f"HTTP {status}"
@@ -537,6 +560,22 @@ class EngineApiClient:
 
     def info(self) -> dict:
         return self._get_json("engine info", "GET /info", "/info", None, dict)
+
+    def ping(self) -> None:
+        # GET /version answered the first contact through the same prefix, so any engine this
+        # client reached serves it; it is small and costs the engine nothing to answer.
+        seconds = self._connect_timeout
+        try:
+            status, _ = self._exchange(f"{self._endpoint.prefix}/version", seconds)
+        except (OSError, http.client.HTTPException) as exc:
+            reason = _reason(exc)
+            if reason == "timed out":
+                reason = f"no answer in {seconds:g} s"
+            raise EngineUnavailable(f"the Docker engine at {self.address} stopped answering: {reason}") from None
+        if status != 200:
+            raise EngineUnavailable(
+                f"the Docker engine at {self.address} stopped answering: GET /version answered HTTP {status}"
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -839,6 +878,56 @@ class _Details:
 # ----------------------------------------------------------------------------- the source
 
 
+class _ImageRequests:
+    """The requests about one image (inspect, history), shared by the fetching threads.
+
+    A lost answer (`AnswerLost`) to one of them fails that image only, as an error answer about it
+    does: it becomes EngineRefused when the engine still answers GET /version. It stays
+    EngineUnavailable, and fails the source, when the engine does not, or when LOST_IN_A_ROW image
+    requests in a row lost their answers: an engine that answers no image request is stuck.
+    """
+
+    def __init__(self, client: EngineClient, limit: int = LOST_IN_A_ROW):
+        self._client = client
+        self.api_version = client.api_version
+        self._limit = max(limit, 1)
+        self._lock = threading.Lock()
+        self._lost = 0  # image requests in a row without a whole answer
+
+    def inspect_image(self, ref: str, *, platform: Platform | None = None, manifests: bool = False) -> dict:
+        return self._ask(self._client.inspect_image, ref, platform=platform, manifests=manifests)
+
+    def image_history(self, ref: str, *, platform: Platform | None = None) -> list[dict]:
+        return self._ask(self._client.image_history, ref, platform=platform)
+
+    def _ask(self, request: Callable, *args, **kwargs):
+        try:
+            answer = request(*args, **kwargs)
+        except AnswerLost as exc:
+            raise self._judged(exc) from None
+        except (NoSuchImage, EngineRefused):
+            self._answered()
+            raise
+        self._answered()
+        return answer
+
+    def _answered(self) -> None:
+        with self._lock:
+            self._lost = 0
+
+    def _judged(self, exc: AnswerLost) -> ImgdexError:
+        with self._lock:
+            self._lost += 1
+            lost = self._lost
+        if lost >= self._limit:
+            return EngineUnavailable(f"{exc} ({lost} image requests in a row got no whole answer)")
+        try:
+            self._client.ping()
+        except EngineUnavailable:
+            return exc
+        return EngineRefused(f"{exc.what}: {exc.reason}")
+
+
 @dataclass
 class DockerDaemon:
     """A Docker engine, found as the Docker SDK finds it or at an explicit address."""
@@ -912,14 +1001,15 @@ class DockerDaemon:
 
     def _records(self, client: EngineClient, ctx: Context, where: str) -> Iterator[ImageRecord | SourceError]:
         containerd = self._containerd(client)
+        requests = _ImageRequests(client)
         if self.ref:
-            yield from self._named(client, ctx, where, containerd)
+            yield from self._named(client, requests, ctx, where, containerd)
             return
 
         def fetch(target: ImageSummary) -> _Details | None:
             if target.problem:
                 return None
-            return self._fetch(client, target.image_id, target.manifests, containerd)
+            return self._fetch(requests, target.image_id, target.manifests, containerd)
 
         with closing(prefetch(self._targets(client, containerd, ctx), fetch, self.workers, self.window)) as fetched:
             for target, details in fetched:
@@ -935,18 +1025,22 @@ class DockerDaemon:
                     raise details
                 if isinstance(details, Exception):
                     if target.lead:
-                        yield SourceError(where, f"image {target.image_id}: {details}")
+                        # The engine's own errors name the image already (`image X: HTTP 500`).
+                        text = str(details)
+                        yield SourceError(
+                            where, text if target.image_id in text else f"image {target.image_id}: {text}"
+                        )
                     continue
                 yield from self._map(details, ctx, where, None, containerd)
 
     def _named(
-        self, client: EngineClient, ctx: Context, where: str, containerd: bool
+        self, client: EngineClient, requests: _ImageRequests, ctx: Context, where: str, containerd: bool
     ) -> Iterator[ImageRecord | SourceError]:
         # The one inspect is asked for by every shard: only the image's names tell which shard's
         # it is (a name may be an alias, an ID prefix stands for all its repositories). A failure
         # to find it is said by the shard that owns the name as given.
         try:
-            inspect = client.inspect_image(self.ref)
+            inspect = requests.inspect_image(self.ref)
         except NoSuchImage:
             if in_shard(ctx.shard, self._ref_key()):
                 yield SourceError(
@@ -979,10 +1073,10 @@ class DockerDaemon:
             if not owned:
                 return
         manifests = None
-        if containerd:
-            manifests = self._manifests_of(client, inspect)
         try:
-            details = self._fetch(client, string_at(inspect, "Id"), manifests, containerd, inspect=inspect)
+            if containerd:
+                manifests = self._manifests_of(client, requests, inspect)
+            details = self._fetch(requests, string_at(inspect, "Id"), manifests, containerd, inspect=inspect)
         except (NoSuchImage, EngineRefused) as exc:
             if lead:
                 yield SourceError(where, str(exc))
@@ -996,9 +1090,11 @@ class DockerDaemon:
             return self.ref
         return repository_key(ref.registry, ref.name)
 
-    def _manifests_of(self, client: EngineClient, inspect: dict) -> tuple[ManifestSummary, ...] | None:
+    def _manifests_of(
+        self, client: EngineClient, requests: _ImageRequests, inspect: dict
+    ) -> tuple[ManifestSummary, ...] | None:
         if api_at_least(client.api_version, "1.48"):
-            full = client.inspect_image(string_at(inspect, "Id"), manifests=True)
+            full = requests.inspect_image(string_at(inspect, "Id"), manifests=True)
             return manifest_summaries(full.get("Manifests"))
         # API 1.47 reports manifests only in the listing.
         for doc in client.list_images(all=True, manifests=True):
@@ -1010,7 +1106,7 @@ class DockerDaemon:
 
     def _fetch(
         self,
-        client: EngineClient,
+        client: _ImageRequests,
         image: str,
         manifests: tuple[ManifestSummary, ...] | None,
         containerd: bool,
@@ -1176,7 +1272,7 @@ def _shown_id(inspect: dict) -> str:
     return repr(found) if isinstance(found, str) else _json_type(found)
 
 
-def _history(client: EngineClient, image: str, platform: Platform | None = None) -> list[dict]:
+def _history(client: _ImageRequests, image: str, platform: Platform | None = None) -> list[dict]:
     """The image's history, with only the fields the mapping reads; EngineRefused past MAX_ENTRIES
     entries, the bound on a config's history from every other source."""
     history = client.image_history(image, platform=platform)
