@@ -378,11 +378,11 @@ def record_run(writer, specs: list[str], summary: RunSummary, started_at: dateti
     """The run's one `runs` row, with its totals and every error. A StoreError out of it carries
     `summary`, which the row would have held."""
     try:
-        if summary.indexed == 0 and not sharded and writer.pristine:
-            # The store does not exist and nothing landed: no run record creates it for nothing
-            # (the writer creates a store with its first commit). A worker of `--shard K/N` records
-            # itself all the same: its slice may be empty while the others have yet to create the
-            # store, and the store then says that all N ran.
+        if summary.indexed == 0 and not sharded and writer.leave_nothing():
+            # Nothing landed in a store that did not exist: no run record creates it for nothing,
+            # and the tables made for batches whose every record was refused go too. A worker of
+            # `--shard K/N` records itself all the same: its slice may be empty while the others
+            # have yet to create the store, and the store then says that all N ran.
             return
         writer.record_run(
             {

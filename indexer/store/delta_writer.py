@@ -4,7 +4,8 @@ Each batch of records is one commit of the images and tags tables, derived by `d
 the store as it is when the batch commits, so the merge rules hold against every run that committed
 before it, concurrent ones included: a batch whose keys another run wrote meanwhile starts over on a
 fresh snapshot. The run's `runs` row comes last. A killed run leaves whole batches or nothing, and a
-store this writer would create exists only once a batch has landed.
+store this writer would create exists only once a batch has landed: a run that ends having landed
+nothing (every record refused) removes the tables it made, as a failed one does (`leave_nothing`).
 
 A run that fails (a full disk) after creating tables and before landing anything removes the
 tables and folders it made, holding the store folder's `flock` exclusively: every writer shares
@@ -42,7 +43,7 @@ from .. import collector, timestamps
 from ..errors import StoreError
 from ..model import ImageRecord, merge_records
 from . import deltalog, paths
-from .delta import Changes, DeltaStore, Snapshot, premerge
+from .delta import Changes, DeltaStore, RunResult, Snapshot, premerge
 from .writer import _one_per_id, record_from_row, records_to_arrow, store_failure
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -82,6 +83,14 @@ class DeltaWriter:
         self._guarded(self._hold)
         self._exists = self._guarded(self._tables.exists)
         return not self._exists
+
+    def leave_nothing(self) -> bool:
+        """For a run that ends without a `runs` row unless the store exists: True when it does not,
+        once the tables and folders this run made for batches whose every record was refused are removed
+        (`_undo_creation`). False when the store holds anything else, or another writer holds it:
+        the run's record then goes into it."""
+        self._undo_creation()
+        return self.pristine
 
     def _ensure_tables(self) -> None:
         if self._exists:
@@ -205,22 +214,24 @@ class DeltaWriter:
             return premerge(snapshot, records_to_arrow(adopted, indexed_at), retired_images=retired, merge=_merge_rows)
 
         self._ensure_tables()
-        try:
-            with collector.paused():
-                self._guarded(self._tables.write_changes, self.run_id, prepare)
-        except StoreError:
-            self._undo_creation()
-            raise
-        self._touched = True
+        with collector.paused():
+            self._commit(self._tables.write_changes, self.run_id, prepare)
 
     def record_run(self, run: dict) -> None:
         self._ensure_tables()
+        self._commit(self._tables.append_run, dict(run, run_id=self.run_id))
+
+    def _commit(self, call, *args) -> None:
+        """Run `call`, a commit. One that found nothing to write (a tag settle pointing at no image
+        of the store: a RunResult without versions) leaves the store still this run's own to
+        remove (`leave_nothing`); a store failure removes it at once, as in `_ensure_tables`."""
         try:
-            self._guarded(self._tables.append_run, dict(run, run_id=self.run_id))
+            result = self._guarded(call, *args)
         except StoreError:
             self._undo_creation()
             raise
-        self._touched = True
+        if not isinstance(result, RunResult) or any(v is not None for v in result.versions.values()):
+            self._touched = True
 
     # ---- for incremental registry crawls
 
@@ -284,8 +295,7 @@ class DeltaWriter:
                 ]
             return premerge(snapshot, None, claims=pointed, retired_tags=list(retired))
 
-        self._guarded(self._tables.write_changes, self.run_id, prepare)
-        self._touched = True
+        self._commit(self._tables.write_changes, self.run_id, prepare)
 
     def claim_tags(self, registry: str, claims: list[tuple[str, str, str]]) -> None:
         """`settle_tags` of the tag moves of one registry."""
@@ -296,10 +306,9 @@ class DeltaWriter:
         digest (a classic docker save), which `claim_tags` cannot find. One commit, like `write`."""
         if not claims or not self._exists:
             return
-        self._guarded(
+        self._commit(
             self._tables.write_changes, self.run_id, lambda snapshot: premerge(snapshot, None, claims=list(claims))
         )
-        self._touched = True
 
     def retire_tags(self, registry: str, name: str, tags: list[str]) -> None:
         """`settle_tags` of tags that vanished from one repository."""
