@@ -141,6 +141,40 @@ def test_tables_another_writer_holds_are_not_removed(tmp_path, monkeypatch):
     assert not os.path.exists(store)
 
 
+def test_a_store_made_while_a_writer_opens_is_not_removed_under_it(tmp_path, monkeypatch):
+    """A first run that makes the store between another writer's lock (no folder yet: nothing to
+    lock) and its look at the tables: that writer still holds the store before it takes it as
+    found, so the first run's failure leaves the tables to it."""
+    from indexer.store.delta import DeltaStore
+
+    store = str(tmp_path / "store")
+    records = [r for r in records_of(f"oci:{oci_layout(tmp_path / 'layout', 1)}") if isinstance(r, ImageRecord)]
+    first = None
+    exists = DeltaStore.exists
+
+    def made_meanwhile(self):
+        nonlocal first
+        if first is None:
+            first = "opening"  # its own look at the store comes here too
+            made = DeltaWriter(store)
+            made._ensure_tables()
+            first = made
+        return exists(self)
+
+    monkeypatch.setattr(DeltaStore, "exists", made_meanwhile)
+    other = DeltaWriter(store)
+    monkeypatch.setattr(DeltaStore, "exists", exists)
+    with other:
+        assert not other.pristine
+        with monkeypatch.context() as m:
+            _fail_data_files(m, ["images"], _enospc)
+            with pytest.raises(StoreError, match="no space left on device"):
+                first.write(records, now_utc())
+        first.close()
+        other.write(records, now_utc())
+    assert count(store) == 1
+
+
 def test_a_store_missing_a_table_reads_as_no_store(tmp_path):
     store = tmp_path / "store"
     assert invoke("index", f"oci:{oci_layout(tmp_path / 'layout', 2)}", "--store", store).exit_code == 0

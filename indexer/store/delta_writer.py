@@ -9,7 +9,8 @@ nothing (every record refused) removes the tables it made, as a failed one does 
 
 A run that fails (a full disk) after creating tables and before landing anything removes the
 tables and folders it made, holding the store folder's `flock` exclusively: every writer shares
-that lock while it may commit, so tables another writer found are never removed under it. What
+that lock from before it looks at the tables until it closes, so tables another writer found are
+never removed under it. What
 cannot be removed is at worst a store missing a table, which readers take for no store
 (`paths.is_table_store`) and the next run completes.
 
@@ -67,11 +68,21 @@ class DeltaWriter:
         self._made_folder: str | None = None  # the outermost folder this run made for the store
         self._made_tables: set[str] = set()  # the tables whose folders were missing when it created them
         try:
-            self._hold()
-            self._exists = self._tables.exists()
+            self._exists = self._found()
         except Exception as exc:  # an unreadable folder, an unreachable bucket
             raise StoreError(f"cannot open store {store}: {store_failure(exc) or exc}") from None
         self._touched = False
+
+    def _found(self) -> bool:
+        """Whether the store exists, asked holding its lock wherever its folder exists: a store
+        found without the lock (made by another run between the two) could be removed under this
+        run by that run's failure."""
+        for _ in range(5):
+            self._hold()
+            exists = self._tables.exists()
+            if not exists or self._lock is not None or self._root is None:
+                return exists
+        return exists
 
     @property
     def pristine(self) -> bool:
@@ -80,8 +91,7 @@ class DeltaWriter:
         workers start together) exists, and this run's record goes into it."""
         if self._exists or self._touched:
             return False
-        self._guarded(self._hold)
-        self._exists = self._guarded(self._tables.exists)
+        self._exists = self._guarded(self._found)
         return not self._exists
 
     def leave_nothing(self) -> bool:
