@@ -80,3 +80,21 @@ def test_a_watch_stream_sees_not_serving_then_serving(empty_service, run_cli, se
             assert images.List(isv.ListImagesRequest(), timeout=10).images
         finally:
             stream.cancel()
+
+
+def test_tables_a_first_run_has_only_made_are_not_served(empty_service, run_cli):
+    """A first run makes the tables before its first batch, and removes them if it fails: until a
+    run is recorded, health and calls stay as before the tables existed."""
+    from indexer.store.delta import DeltaStore
+
+    DeltaStore(empty_service.store).create()
+    source = empty_service.api.source
+    assert not source.refresh()  # the empty tables were looked at, and not taken
+    with grpc.insecure_channel(empty_service.grpc_address) as channel:
+        assert _statuses(channel)[""] == NOT_SERVING
+        with pytest.raises(grpc.RpcError) as info:
+            isv_grpc.ImageServiceStub(channel).List(isv.ListImagesRequest(), timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        _index(run_cli, empty_service.store)
+        assert source.refresh() or source.current is not None
+        assert _statuses(channel)[""] == SERVING

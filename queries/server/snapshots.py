@@ -86,6 +86,18 @@ def snapshot_key(store: str) -> tuple | None:
     return (directory, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
+def _run_recorded(key: tuple) -> bool:
+    """Whether the store of a snapshot `key` holds a `runs` row, which a run writes last."""
+    if key[1:2] != ("images",):
+        return True  # the old layout wrote a store whole, at the end of its run
+    from indexer.store import deltalog
+
+    try:
+        return bool(deltalog.read_table(deltalog.table_location(key[0], "runs"), table="runs").files)
+    except StoreError:
+        return False
+
+
 class Snapshot:
     """One index run's images in memory, with a DuckDB cursor per thread that reads it."""
 
@@ -259,6 +271,11 @@ class SnapshotSource:
                 self._log(str(exc))
             return False
         self._last_error = ""
+        if fresh.images == 0 and not _run_recorded(key):
+            # Tables a first run has only made so far (it may yet fail and remove them): no index
+            # run has completed, and calls answer UNAVAILABLE as before the tables existed.
+            fresh.retire()
+            return False
         settle()
         with self._swap:
             old, self._current = self._current, fresh
