@@ -122,6 +122,16 @@ def route(api: Api, method: str, path: str, query: dict[str, list[str]]) -> dict
     return api.list_registries(_request(registry_service_pb2.ListRegistriesRequest, query))
 
 
+def _as_sent(target: str) -> str:
+    """The request target as the client meant it: http.server decodes the request line as Latin-1,
+    and a client that sent UTF-8 unescaped (curl does) meant the characters that its
+    percent-escapes would decode to."""
+    try:
+        return target.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return target
+
+
 def default_max_connections() -> int:
     """Half the soft open-files limit, at most MAX_CONNECTIONS."""
     try:
@@ -328,7 +338,7 @@ class _Handler(BaseHTTPRequestHandler):
             if not self._drain(length):
                 self.close_connection = True
                 return
-            url = urllib.parse.urlsplit(self.path)
+            url = urllib.parse.urlsplit(_as_sent(self.path))
             try:
                 if server.token is not None and not token_matches(self.headers.get("Authorization"), server.token):
                     raise Unauthenticated("missing or invalid bearer token (Authorization: Bearer TOKEN)")
