@@ -31,6 +31,9 @@ data files and commits each table at exactly the next version, after checking th
 committed since its snapshot wrote the same keys. An overlap makes the attempt start over from a
 fresh snapshot, so the outcome equals running the runs one after another. Data files of an
 attempt that did not commit are never referenced; `vacuum` removes them after the retention window.
+A batch whose images commit landed and whose tags commit did not (a full disk, a kill between the
+two) leaves its tags files, named with the attempt's mark as its images files are: the next batch
+into the store from another DeltaStore, or `compact`, commits them (`_land_stray_tags`).
 
 `compact` rewrites each table to one row per key (images: each file one range of ids, its rows in
 list order in sorted runs; the other tables sorted by key; row-group statistics and a Bloom filter
@@ -583,6 +586,11 @@ class DeltaStore:
         self._fs, self._root = self._filesystem()
         self._con: duckdb.DuckDBPyConnection | None = None
         self._own = OwnRows()
+        # Whether to look for the tags files of a half-landed batch (`_land_stray_tags`): once, at
+        # the first batch into a store this object did not write alone, and again after a batch of
+        # its own lost its tags commit.
+        self._seek_strays = True
+        self._own_strays = False
 
     # -- plumbing
 
@@ -848,6 +856,11 @@ class DeltaStore:
         rows: dict = {"images": 0, "tags": 0, "runs": 0}
         for attempt in range(1, max_attempts + 1):
             snapshot = self.snapshot(run_id=run_id)
+            if self._own_strays or (self._seek_strays and snapshot.own is None):
+                landed = self._land_stray_tags(snapshot.files)
+                self._seek_strays = self._own_strays = False
+                if landed:
+                    snapshot = self.snapshot(run_id=run_id)
             changes = prepare(snapshot) if callable(prepare) else (prepare or Changes())
             written_at = _next_time(snapshot.latest_written_at())
             try:
@@ -872,9 +885,12 @@ class DeltaStore:
         images = self._stream_images(changes)
         tags = self._stream_tags(changes)
         staged = {}
+        # Names the files of both tables of this attempt: tags files whose images landed without
+        # them are then known for the batch's (`_land_stray_tags`).
+        batch = uuid.uuid4().hex
         try:
-            staged["images"] = self._write_files("images", images, written_at, run_id)
-            staged["tags"] = self._write_files("tags", tags, written_at, run_id)
+            staged["images"] = self._write_files("images", images, written_at, run_id, batch)
+            staged["tags"] = self._write_files("tags", tags, written_at, run_id, batch)
             if before_commit is not None:
                 before_commit("images")
             # The current tags are those the images rows carry: the images commit must also yield
@@ -897,6 +913,7 @@ class DeltaStore:
                         "rows": count,
                         "tombstones": tombstones,
                         "writtenAt": written_at.isoformat(),
+                        "files": _names(adds),
                     },
                 )
                 staged[table] = ([], None, 0, 0, [])
@@ -904,6 +921,12 @@ class DeltaStore:
                 outcome[table] = (version, count)
         except BaseException:
             for table, (adds, *_) in staged.items():
+                if table == "tags" and adds and "images" in outcome:
+                    # Readers already see the batch: its tags files are what the tags table lacks,
+                    # committed by the next batch or run (a retry after a conflict derives no tag
+                    # rows from images that already carry their tags).
+                    self._own_strays = True
+                    continue
                 self._discard(table, adds)
             raise
         return outcome
@@ -941,7 +964,7 @@ class DeltaStore:
             con.unregister("hash_input")
         return result.column(0).combine_chunks()
 
-    def _write_files(self, table: str, stream: Iterable[pa.Table], written_at: datetime, run_id: str):
+    def _write_files(self, table: str, stream: Iterable[pa.Table], written_at: datetime, run_id: str, batch: str = ""):
         """Write the stream as sorted Parquet files of at most `batch_rows` rows. Returns the add
         actions, the keys written, the row count, the tombstone count and the key columns of the
         images rows written."""
@@ -992,7 +1015,9 @@ class DeltaStore:
                 pieces = (data.take(order.slice(start, step)) for start in range(0, n, step))
             if _has_adjacent_duplicates(sorted_keys):
                 raise StoreError(f"a run wrote the same {table} key twice; each key may appear once per run")
-            adds.append(self._write_parquet(table, pieces, data_change=True, run_id=run_id, newest=written_at))
+            adds.append(
+                self._write_parquet(table, pieces, data_change=True, run_id=run_id, newest=written_at, batch=batch)
+            )
             keys.append(sorted_keys)
             if table == "images" and written is not None:
                 written.append(OwnRows.hashes(data))
@@ -1042,6 +1067,7 @@ class DeltaStore:
         row_group_rows: int | None = None,
         run_id: str = "",
         newest: datetime | None = None,
+        batch: str = "",
     ) -> AddAction:
         """One data file from a table or a stream of pieces (written as they come, so a compacted
         file never sits whole in memory), and its add action with Delta statistics. `newest`: the
@@ -1052,6 +1078,7 @@ class DeltaStore:
         # The run's id in the name tells the processes of one `index --jobs` run each other's files
         # (see `_absorb`).
         run = _run_mark(run_id) if run_id else ""
+        run += f"b{batch}-" if batch else ""
         stamp = max(arrow.epoch_micros(_now()), arrow.epoch_micros(newest) if newest is not None else 0)
         name = f"{prefix}{stamp:016d}-{run}{uuid.uuid4().hex}.zstd.parquet"
         path = f"{self._table_dir(table)}/{name}"
@@ -1102,6 +1129,62 @@ class DeltaStore:
             with contextlib.suppress(OSError):
                 self._fs.delete_file(f"{self._table_dir(table)}/{add.path}")
 
+    def _land_stray_tags(self, files: dict[str, deltalog.TableFiles]) -> bool:
+        """Commit the tags files of batches whose images commit landed and whose tags commit did
+        not (a full disk, a kill between the two): the images already show the batch's tags, and
+        a later run derives no tag rows for tags the images carry, so the tags table would lack
+        them for good. The rows keep their written_at, so a newer claim of another run still wins.
+        One listing of the tags folder; a file is read only when its batch's images are live.
+        True when it committed any."""
+        batches = {_batch_of(path) for path in files["images"].files} - {None}
+        if not batches or "tags" not in files:
+            return False
+        folder = self._table_dir("tags")
+        live = {path.rsplit("/", 1)[-1] for path in files["tags"].files}
+        try:
+            listed = self._fs.get_file_info(pafs.FileSelector(folder))
+        except OSError:
+            return False
+        strays: dict[str, list] = {}
+        for info in listed:
+            batch = _batch_of(info.base_name)
+            if info.type == pafs.FileType.File and batch in batches and info.base_name not in live:
+                strays.setdefault(batch, []).append(info)
+        landed = False
+        for batch, infos in strays.items():
+            adds, rows, tombstones, run_ids, written = [], 0, 0, set(), []
+            try:
+                for info in sorted(infos, key=lambda i: i.base_name):
+                    data = pq.read_table(
+                        info.path, columns=[*KEYS["tags"], RUN_ID, WRITTEN_AT, TOMBSTONE], filesystem=self._fs
+                    )
+                    stats = _Stats("tags")
+                    stats.update(data)
+                    mtime = int(info.mtime.timestamp() * 1000) if info.mtime else int(time.time() * 1000)
+                    adds.append(AddAction(info.base_name, info.size, {}, mtime, True, stats.json()))
+                    rows += len(data)
+                    tombstones += data.column(TOMBSTONE).to_pylist().count(True)
+                    run_ids.update(data.column(RUN_ID).to_pylist())
+                    written += [t for t in data.column(WRITTEN_AT).to_pylist() if t is not None]
+            except (OSError, ValueError, TypeError, pa.ArrowException):
+                continue  # a file cut short or gone: the batch's images stay, its tag rows go
+            if len(run_ids) != 1 or not written:
+                continue
+            [run_id], newest = run_ids, max(written)
+            metadata = {"operation": "append", "runId": run_id, "rows": rows, "tombstones": tombstones}
+            metadata.update(writtenAt=newest.isoformat(), files=_names(adds), landedLate="true")
+            self._commit_append("tags", adds, files["tags"].version, None, metadata=metadata)
+            if {path for path in files["images"].files if _batch_of(path) == batch} <= self._own.files:
+                # This object's own batch: its files stay all known, and questions answered from memory.
+                self._own.add("tags", [f"{folder}/{a.path}" for a in adds], [], newest)
+            landed = True
+        return landed
+
+    def _land_strays_for(self, tables: Sequence[str]) -> None:
+        if "tags" in tables:
+            files = deltalog.read_store(self.store, tables=("images", "tags"), con=self._duckdb)
+            self._land_stray_tags(files)
+
     def _commit_append(
         self,
         table: str,
@@ -1113,15 +1196,24 @@ class DeltaStore:
         metadata: dict,
     ) -> int:
         """Commit at exactly the next version; with `read_version`, only while no commit after it
-        touched `keys`, nor (images) carried a tag of `claims`. Returns the version committed."""
+        touched `keys`, nor (images) carried a tag of `claims`. Returns the version committed, or
+        the one where another writer committed these tags files first (`_land_stray_tags`)."""
         meta = {_META + k: v for k, v in metadata.items()}
+        seen = read_version
         while True:
             dt = self._delta(table)
             latest = dt.version()
-            if read_version is not None and latest > read_version:
-                if self._overlaps(table, dt, read_version, keys, claims):
+            if seen is not None and latest > seen:
+                # The tags files of a batch may be committed by two writers at once: its own, late,
+                # and one that found them stray. Whichever comes second adds nothing.
+                history = dt.history(latest - seen) if table == "tags" else None
+                if history is not None and (done := _landed(history, seen, _names(adds))) is not None:
+                    return done
+                if read_version is not None and self._overlaps(table, dt, read_version, keys, claims, history):
                     raise Conflict(table)
-                read_version = latest
+                if read_version is not None:
+                    read_version = latest
+            seen = latest
             try:
                 dt.create_write_transaction(
                     adds,
@@ -1137,10 +1229,17 @@ class DeltaStore:
                 raise StoreError(f"store {self.store}: cannot commit to {table}: {_cause(exc)}") from None
 
     def _overlaps(
-        self, table: str, dt: DeltaTable, since: int, keys: pa.Table | None, claims: pa.Table | None = None
+        self,
+        table: str,
+        dt: DeltaTable,
+        since: int,
+        keys: pa.Table | None,
+        claims: pa.Table | None = None,
+        history: list[dict] | None = None,
     ) -> bool:
         """Whether a run committed after version `since` wrote any of `keys`, or an images row
-        carrying a tag of `claims` (registry, name, tag).
+        carrying a tag of `claims` (registry, name, tag); `history`: the table's commits since
+        `since`, when already read.
 
         Read with pyarrow, a few narrow columns a row group at a time: the question comes up
         whenever two processes of one run (`index --jobs`) commit together, and DuckDB would cost
@@ -1151,7 +1250,7 @@ class DeltaStore:
             return False
         latest = dt.version()
         runs = set()
-        for entry in dt.history(latest - since):
+        for entry in history if history is not None else dt.history(latest - since):
             if entry.get("version", -1) > since and entry.get(_META + "operation") != "compact":
                 run = entry.get(_META + "runId")
                 runs.add(run)
@@ -1230,6 +1329,9 @@ class DeltaStore:
         it starts over when another compaction removed the same files first."""
         _check_retention(retention, allow_short_retention)
         self._check_schema_versions(tables)
+        # Before the images files that name a half-landed batch are rewritten, and before vacuum
+        # would delete its tags files.
+        self._land_strays_for(tables)
         now = now or datetime.now(timezone.utc)
         report = {}
         for table in tables:
@@ -1436,6 +1538,7 @@ class DeltaStore:
         """Delete data files that no version within `retention` needs, and files of attempts that
         never committed once they are older than `retention`. Returns the count per table."""
         _check_retention(retention, allow_short_retention)
+        self._land_strays_for(tables)
         # delta-rs takes whole hours: rounded up, as rounding down would delete files that left the
         # table within the retention (119 minutes vacuumed like 60).
         hours = math.ceil(retention.total_seconds() / 3600)
@@ -1754,6 +1857,30 @@ def _created_by(commit: str, run_id: str) -> bool:
 
 def _run_mark(run_id: str) -> str:
     return f"r{run_id}-"
+
+
+# The attempt a data file of images or tags was written by, in its name (see `_write_parquet`).
+_BATCH = re.compile(r"-b([0-9a-f]{32})-[0-9a-f]{32}\.zstd\.parquet$")
+
+
+def _batch_of(path: str) -> str | None:
+    match = _BATCH.search(path)
+    return match.group(1) if match else None
+
+
+def _names(files: Iterable) -> str:
+    """The file names of add actions or paths, as a commit's metadata lists them."""
+    return ",".join(sorted(str(getattr(f, "path", f)).rsplit("/", 1)[-1] for f in files))
+
+
+def _landed(history: Iterable[dict], since: int, names: str) -> int | None:
+    """The version after `since` that committed a file of `names` (a commit's list), if any."""
+    wanted = set(names.split(","))
+    for entry in history:
+        version = entry.get("version", -1)
+        if version > since and wanted & set(str(entry.get(_META + "files", "")).split(",")):
+            return version
+    return None
 
 
 # The time in the name of a data file of images or tags (microseconds since the epoch) is never

@@ -3,7 +3,9 @@
 Each batch of records is one commit of the images and tags tables, derived by `delta.premerge` from
 the store as it is when the batch commits, so the merge rules hold against every run that committed
 before it, concurrent ones included: a batch whose keys another run wrote meanwhile starts over on a
-fresh snapshot. The run's `runs` row comes last. A killed run leaves whole batches or nothing, and a
+fresh snapshot. The run's `runs` row comes last. A killed run leaves whole batches or nothing (a
+batch killed between its images and tags commits is whole for readers of the current tags, and its
+tags files are committed by the next batch; see `delta.py`), and a
 store this writer would create exists only once a batch has landed: a run that ends having landed
 nothing (every record refused) removes the tables it made, as a failed one does (`leave_nothing`).
 

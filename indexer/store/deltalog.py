@@ -827,7 +827,8 @@ def resolved_sql(files: TableFiles, source: str | None = None, columns: tuple[st
 
 # The current tags come from the images table, whose tags column every commit of a batch keeps
 # whole: a run commits images before tags, so a run killed between the two leaves the tags table
-# behind the images, never the other way. The tags table is the log of claims (who claimed a tag,
+# behind the images, never the other way, until the next batch commits the tags files it left
+# (`DeltaStore._land_stray_tags`). The tags table is the log of claims (who claimed a tag,
 # when, in which run), which is what "what did this tag point at last Tuesday" reads.
 def current_tags_sql(images: str = "images") -> str:
     return f"SELECT registry, name, unnest(tags) AS tag, id AS image_id FROM {images}"
