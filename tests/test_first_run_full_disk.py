@@ -175,6 +175,34 @@ def test_a_store_made_while_a_writer_opens_is_not_removed_under_it(tmp_path, mon
     assert count(store) == 1
 
 
+def test_the_last_of_two_failed_first_runs_removes_what_the_first_could_not(tmp_path, monkeypatch):
+    """The run that made a table folder fails while another holds the store, so it may not remove
+    it; the other, failing last, finds the folder without a commit and removes it too."""
+    from deltalake import DeltaTable
+
+    store = str(tmp_path / "store")
+    first, second = DeltaWriter(store), None
+
+    def failing(location, *args, **kwargs):
+        nonlocal second
+        os.makedirs(os.path.join(str(location), "_delta_log"), exist_ok=True)  # made before the commit fails
+        if second is None:
+            second = DeltaWriter(store)  # opens the store while the first run is making it
+        raise _delta_rs_enospc()
+
+    monkeypatch.setattr(DeltaTable, "create", failing)
+    with pytest.raises(StoreError, match="no space left on device"):
+        first._ensure_tables()
+    assert os.listdir(os.path.join(store, "images")) == ["_delta_log"]  # the second holds the store
+    first.close()
+    with pytest.raises(StoreError, match="no space left on device"):
+        second._ensure_tables()
+    second.close()
+    monkeypatch.undo()
+    assert not os.path.exists(store) or os.listdir(store) == []
+    _says_no_store(store)
+
+
 def test_a_store_missing_a_table_reads_as_no_store(tmp_path):
     store = tmp_path / "store"
     assert invoke("index", f"oci:{oci_layout(tmp_path / 'layout', 2)}", "--store", store).exit_code == 0

@@ -167,11 +167,12 @@ class DeltaWriter:
         try:
             tables = self._tables
             if all(tables.made_only_by(t, self.run_id if t in self._made_tables else "") for t in paths.TABLES):
-                # images first: without it, readers see no store at once
+                # images first: without it, readers see no store at once. A table this run found
+                # passed only if it holds no commit: another failed first run made it and could not
+                # remove it while this one held the store.
                 for table in paths.TABLES:
-                    if table in self._made_tables:
-                        with contextlib.suppress(OSError):
-                            tables.remove_creation(table)
+                    with contextlib.suppress(OSError):
+                        tables.remove_creation(table)
                 self._made_tables = set()
                 folder = self._root
                 while self._made_folder is not None:
