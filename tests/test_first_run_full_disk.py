@@ -209,3 +209,20 @@ def test_a_store_missing_a_table_reads_as_no_store(tmp_path):
     shutil.rmtree(store / "runs")  # as HEAD's failed first run left it: images and tags made, runs not
     _says_no_store(store)
     assert invoke("index", f"oci:{oci_layout(tmp_path / 'more', 1, salt='more')}", "--store", store).exit_code == 0
+
+
+def test_a_store_removed_between_the_look_and_the_read_is_no_store(tmp_path, monkeypatch):
+    from indexer.store.delta import DeltaStore
+    from queries import engine
+
+    store = str(tmp_path / "store")
+    DeltaStore(store).create()  # what a first run makes before its first batch
+    read = engine._over_tables
+
+    def removed_meanwhile(*args):
+        shutil.rmtree(store)  # the first run failed, and removed what it made
+        return read(*args)
+
+    monkeypatch.setattr(engine, "_over_tables", removed_meanwhile)
+    with pytest.raises(StoreError, match="^no image store at "):
+        engine.connect(store)
