@@ -202,3 +202,30 @@ def test_a_tags_commit_that_meets_a_conflict_after_its_images_landed_keeps_its_r
     monkeypatch.undo()
     assert conflicts
     assert _log(store) == _current(store)
+
+
+@pytest.mark.parametrize("vacuum", [True, False])
+def test_a_batch_that_lands_while_compact_runs_is_committed_once(tmp_path, monkeypatch, vacuum):
+    """Compaction rewrites images, then tags: a batch landing between the two keeps its marked
+    images files, and its tags files are rewritten and left on disk, removed. They were committed
+    once, and are not strays for compact's own vacuum or the next run."""
+    store = tmp_path / "store"
+    assert invoke("index", _layout(tmp_path, "base", 3, BASE), "--store", store).exit_code == 0
+    compact_table = DeltaStore._compact_table
+
+    def batch_between(self, table, *args, **kwargs):
+        out = compact_table(self, table, *args, **kwargs)
+        if table == "images":
+            result = invoke("index", _layout(tmp_path, "mid", 2, "team/mid", salt="mid"), "--store", store)
+            assert result.exit_code == 0, result.output
+        return out
+
+    monkeypatch.setattr(DeltaStore, "_compact_table", batch_between)
+    with DeltaStore(str(store)) as tables:
+        tables.compact(vacuum=vacuum)
+    monkeypatch.undo()
+    assert invoke("index", _layout(tmp_path, "other", 1, "team/other", salt="o"), "--store", store).exit_code == 0
+    rows = DeltaTable(str(store / "tags")).to_pyarrow_table().to_pylist()
+    claims = [(row["name"], row["tag"], row["run_id"]) for row in rows]
+    assert len(claims) == len(set(claims))
+    assert _log(store) == _current(store)

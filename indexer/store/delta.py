@@ -1150,6 +1150,17 @@ class DeltaStore:
             batch = _batch_of(info.base_name)
             if info.type == pafs.FileType.File and batch in batches and info.base_name not in live:
                 strays.setdefault(batch, []).append(info)
+        if strays:
+            # A compaction that ran while the batch landed rewrote its tags files and left them on
+            # disk, removed: they were committed once. Each tags commit lists its files.
+            committed = set()
+            for entry in self._delta("tags").history():
+                committed.update(str(entry.get(_META + "files", "")).split(","))
+            strays = {
+                batch: infos
+                for batch, infos in strays.items()
+                if not any(info.base_name in committed for info in infos)
+            }
         landed = False
         for batch, infos in strays.items():
             adds, rows, tombstones, run_ids, written = [], 0, 0, set(), []
