@@ -229,3 +229,29 @@ def test_a_batch_that_lands_while_compact_runs_is_committed_once(tmp_path, monke
     claims = [(row["name"], row["tag"], row["run_id"]) for row in rows]
     assert len(claims) == len(set(claims))
     assert _log(store) == _current(store)
+
+
+def test_a_late_landing_does_not_pull_later_claims_into_an_older_version(tmp_path, monkeypatch):
+    """`--as-of` the images version of a batch whose tags landed late: the tags versions read with
+    it are those of that time, not every tags commit up to the late landing."""
+    from datetime import datetime, timezone
+
+    from indexer.store.delta_writer import DeltaWriter
+    from test_write_hardening import records_of
+
+    store = tmp_path / "store"
+    assert invoke("index", _layout(tmp_path, "base", 3, BASE), "--store", store).exit_code == 0
+    later = DeltaWriter(str(store))  # a long run, past its first batch before the batch below
+    later.write(records_of(_layout(tmp_path, "first", 1, "team/first", salt="first")), datetime.now(timezone.utc))
+    _fail_tags_commits(monkeypatch)
+    assert invoke("index", _layout(tmp_path, "moved", 1, BASE, salt="A"), "--store", store).exit_code == 1
+    monkeypatch.undo()
+    half = DeltaTable(str(store / "images")).version()
+    later.write(records_of(_layout(tmp_path, "claim", 1, BASE, salt="B")), datetime.now(timezone.utc))
+    later.close()
+    claim = next(image for _, name, tag, image in _current(store) if (name, tag) == (BASE, "t0"))
+    assert invoke("index", _layout(tmp_path, "next", 1, "team/next", salt="n"), "--store", store).exit_code == 0
+    con = engine.connect(str(store), as_of=half)
+    query = "SELECT image_id FROM tags_versions WHERE name = ? AND tag = 't0'"
+    assert claim not in {image for (image,) in con.execute(query, [BASE]).fetchall()}
+    assert _log(store) == _current(store)  # the later claim still wins now

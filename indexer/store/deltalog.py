@@ -664,7 +664,10 @@ def _same_run(location: str, table: str, images: TableFiles, con) -> TableFiles:
     for v in sorted(commits):
         info = _commit_info(_read_commit(table, log, commits[v]))
         stamp = int(info.get("timestamp") or 0)
-        if stamp <= images.timestamp_ms or (images.run_id and info.get("imgdex.runId") == images.run_id):
+        # A batch's tags committed late by a later run carry the run id of their batch, but come
+        # after other runs' commits: matched by time alone, so those commits stay out.
+        ours = images.run_id and info.get("imgdex.runId") == images.run_id and not info.get("imgdex.landedLate")
+        if stamp <= images.timestamp_ms or ours:
             chosen = v
     if chosen is None:
         chosen = min(commits) if commits else None
