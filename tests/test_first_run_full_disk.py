@@ -226,3 +226,14 @@ def test_a_store_removed_between_the_look_and_the_read_is_no_store(tmp_path, mon
     monkeypatch.setattr(engine, "_over_tables", removed_meanwhile)
     with pytest.raises(StoreError, match="^no image store at "):
         engine.connect(store)
+
+
+def test_a_fifo_in_a_log_is_not_taken_for_a_creation_commit(tmp_path):
+    """The check of what a failed first run may remove reads commits as every log reader does:
+    a FIFO named as a commit is refused at once, never waited on."""
+    from indexer.store.delta import DeltaStore
+
+    log = tmp_path / "store" / "images" / "_delta_log"
+    log.mkdir(parents=True)
+    os.mkfifo(log / f"{0:020d}.json")
+    assert not DeltaStore(str(tmp_path / "store")).made_only_by("images", "run")

@@ -737,7 +737,7 @@ class DeltaStore:
                 return False
             log = os.path.join(folder, deltalog.LOG_DIR)
             names = os.listdir(log)
-            return all(name in _CREATION_COMMITS and _created_by(os.path.join(log, name), run_id) for name in names)
+            return all(name in _CREATION_COMMITS and _created_by(table, log, name, run_id) for name in names)
         except FileNotFoundError:
             return not os.path.lexists(folder)
         except OSError:
@@ -1153,9 +1153,7 @@ class DeltaStore:
         if strays:
             # A compaction that ran while the batch landed rewrote its tags files and left them on
             # disk, removed: they were committed once. Each tags commit lists its files.
-            committed = set()
-            for entry in self._delta("tags").history():
-                committed.update(str(entry.get(_META + "files", "")).split(","))
+            committed = set().union(*map(_files_of, self._delta("tags").history()))
             strays = {
                 batch: infos
                 for batch, infos in strays.items()
@@ -1850,20 +1848,15 @@ def _creation_properties(operation: str, run_id: str) -> CommitProperties:
     return CommitProperties(custom_metadata=metadata)
 
 
-def _created_by(commit: str, run_id: str) -> bool:
-    """Whether the log entry `commit` is one of the two commits `create(run_id)` makes."""
+def _created_by(table: str, log: str, name: str, run_id: str) -> bool:
+    """Whether commit `name` of `table` is one of the two commits `create(run_id)` makes."""
     if not run_id:
         return False
-    with open(commit, "rb") as f:
-        text = f.read(1 << 20)
-    for line in text.splitlines():
-        try:
-            info = json.loads(line).get("commitInfo")
-        except (ValueError, AttributeError):
-            return False
-        if info is not None:
-            return info.get(_META + "runId") == run_id and info.get(_META + "operation") in ("create", "schema-version")
-    return False
+    try:
+        info = deltalog.commit_info(table, log, name)
+    except StoreError:
+        return False
+    return info.get(_META + "runId") == run_id and info.get(_META + "operation") in ("create", "schema-version")
 
 
 def _run_mark(run_id: str) -> str:
@@ -1884,12 +1877,17 @@ def _names(files: Iterable) -> str:
     return ",".join(sorted(str(getattr(f, "path", f)).rsplit("/", 1)[-1] for f in files))
 
 
+def _files_of(entry: dict) -> set[str]:
+    """The file names a commit of the history lists in its metadata (see `_names`)."""
+    return set(str(entry.get(_META + "files", "")).split(","))
+
+
 def _landed(history: Iterable[dict], since: int, names: str) -> int | None:
     """The version after `since` that committed a file of `names` (a commit's list), if any."""
     wanted = set(names.split(","))
     for entry in history:
         version = entry.get("version", -1)
-        if version > since and wanted & set(str(entry.get(_META + "files", "")).split(",")):
+        if version > since and wanted & _files_of(entry):
             return version
     return None
 

@@ -359,6 +359,11 @@ def _commit_info(actions: list[dict]) -> dict:
     return {}
 
 
+def commit_info(table: str, log: str, name: str) -> dict:
+    """The commitInfo of commit `name` in the log folder `log`, read under the log's caps."""
+    return _commit_info(_read_commit(table, log, name))
+
+
 def _read_checkpoint(replay: _Replay, log: str, names: list[str], con) -> None:
     paths = [os.path.join(log, name) for name in names]
     for name, path in zip(names, paths, strict=True):
@@ -445,7 +450,7 @@ def read_table(
             info = _commit_info(actions)
             timestamp, run_id = int(info.get("timestamp") or 0), info.get("imgdex.runId")
     if start == version and version in commits:
-        info = _commit_info(_read_commit(table, log, commits[version]))
+        info = commit_info(table, log, commits[version])
         timestamp, run_id = int(info.get("timestamp") or 0), info.get("imgdex.runId")
     replay.check()
     columns = _columns(replay.metadata)
@@ -662,7 +667,7 @@ def _same_run(location: str, table: str, images: TableFiles, con) -> TableFiles:
     commits, _ = _list_log(table, log)
     chosen = None
     for v in sorted(commits):
-        info = _commit_info(_read_commit(table, log, commits[v]))
+        info = commit_info(table, log, commits[v])
         stamp = int(info.get("timestamp") or 0)
         # A batch's tags committed late by a later run carry the run id of their batch, but come
         # after other runs' commits: matched by time alone, so those commits stay out.
