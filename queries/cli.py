@@ -361,7 +361,7 @@ def index(
 
     from indexer import workers
     from indexer.errors import StoreError
-    from indexer.run import Kept, RunObserver, RunSettings, index_sources
+    from indexer.run import Kept, RunObserver, RunSettings, RunSummary, index_sources
     from indexer.sources import SourceOptions
 
     password = None
@@ -432,17 +432,13 @@ def index(
             # the run had one (it would not open; with --jobs, anything but the runs row: a worker
             # says what it wrote only once done), one process has landed nothing, and with workers
             # what landed is unknown: null.
-            summary = getattr(exc, "summary", None)
-            if summary is not None:
-                document = _summary_document(summary)
-            else:
-                document = {
-                    "indexed": 0 if work is None else None,
-                    "failed": said.count,
-                    "seconds": round(time.monotonic() - started, 3),
-                    "errors": said.listed(said.items, "errors"),
-                }
-            echo(json.dumps({**document, "store_error": printable(str(exc))}))
+            summary = getattr(exc, "summary", None) or RunSummary(
+                indexed=0 if work is None else None,
+                failed=said.count,
+                seconds=time.monotonic() - started,
+                errors=said.listed(said.items, "errors"),
+            )
+            echo(json.dumps({**_summary_document(summary), "store_error": printable(str(exc))}))
         raise
     progress.done()
     if as_json:

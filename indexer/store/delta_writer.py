@@ -12,9 +12,8 @@ nothing (every record refused) removes the tables it made, as a failed one does 
 A run that fails (a full disk) after creating tables and before landing anything removes the
 tables and folders it made, holding the store folder's `flock` exclusively: every writer shares
 that lock from before it looks at the tables until it closes, so tables another writer found are
-never removed under it. What
-cannot be removed is at worst a store missing a table, which readers take for no store
-(`paths.is_table_store`) and the next run completes.
+never removed under it. What cannot be removed is at worst a store missing a table, which readers
+take for no store (`paths.is_table_store`) and the next run completes.
 
 The merge policy lives here and in `premerge`, and nowhere else:
 - a resource with a known manifest digest is one resource whatever its id: a record adopts the
