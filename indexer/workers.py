@@ -67,15 +67,23 @@ _THREADED = ("duckdb", "pyarrow", "deltalake")
 
 
 def free_cpus(loadavg: str = "/proc/loadavg") -> int:
-    """The CPUs this process may use, less the machine's 1-minute load average (as `make -l` reads
-    it), at least one: a second worker only pays when a core is idle, and on a busy machine it
-    costs more than it saves."""
+    """The CPUs this process may use, less those busy, at least one: a second worker only pays when
+    a core is idle, and on a busy machine it costs more than it saves.
+
+    Busy is the 1-minute load average (as `make -l` reads it), or the tasks runnable right now
+    besides this one when fewer: the average trails by a minute, so after a burst that has ended
+    (the previous run of a loop, a build step) it would hold a free core back for that long."""
     allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     try:
         with open(loadavg, "rb") as f:
-            busy = float(f.read(64).split()[0])
+            fields = f.read(128).split()
+        busy = float(fields[0])
     except (OSError, ValueError, IndexError):
         return allowed
+    try:
+        busy = min(busy, int(fields[3].split(b"/")[0]) - 1)
+    except (ValueError, IndexError):
+        pass
     return max(1, min(allowed, allowed - int(busy + 0.5)))
 
 

@@ -562,7 +562,18 @@ def test_workers_die_with_the_command(tmp_path):
 
 @pytest.mark.parametrize(
     ("load", "expected"),
-    [("0.20 0.50 0.70 1/300 99\n", 4), ("1.60 1.00 1.00 3/300 99\n", 2), ("9.00 9 9 9/300 9\n", 1), ("junk", 4)],
+    [
+        ("0.20 0.50 0.70 1/300 99\n", 4),
+        ("1.60 1.00 1.00 3/300 99\n", 2),
+        ("9.00 9 9 9/300 9\n", 1),
+        ("junk", 4),
+        # the load of a burst that has ended: only this process runs now
+        ("2.70 1.50 0.60 1/300 99\n", 4),
+        ("2.70 1.50 0.60 2/300 99\n", 3),
+        # many runnable now, but the minute was quiet: the average decides
+        ("0.40 0.20 0.10 7/300 99\n", 4),
+        ("3.10 2 2\n", 1),
+    ],
 )
 def test_the_default_jobs_are_the_cpus_left_free(tmp_path, monkeypatch, load, expected):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
