@@ -781,10 +781,10 @@ def history(store, limit, fmt):
     """List the store's versions, newest first: one line per commit of a table (a run commits its
     images, then its tags, then its runs row). `--as-of` takes a VERSION of the images table, or a time."""
     from indexer.store.delta import DeltaStore
-    from indexer.store.paths import require_table_store
+    from indexer.store.paths import gone_is_no_store, require_table_store
 
     require_table_store(store)
-    with DeltaStore(store) as tables:
+    with gone_is_no_store(store), DeltaStore(store) as tables:
         entries = tables.history(limit=limit)
     rows = [
         {
@@ -843,7 +843,7 @@ def compact(store, retention, allow_short_retention, no_vacuum):
     from datetime import timedelta
 
     from indexer.store.delta import MIN_RETENTION, DeltaStore
-    from indexer.store.paths import require_table_store
+    from indexer.store.paths import gone_is_no_store, require_table_store
 
     # The command line is what to change: usage errors, before the store is opened
     if retention < timedelta(0):
@@ -855,7 +855,7 @@ def compact(store, retention, allow_short_retention, no_vacuum):
             param_hint="--retention",
         )
     require_table_store(store)
-    with DeltaStore(store) as tables:
+    with gone_is_no_store(store), DeltaStore(store) as tables:
         outcome = tables.compact(retention=retention, vacuum=not no_vacuum, allow_short_retention=allow_short_retention)
     echo(json.dumps(outcome, indent=2, default=str))
 

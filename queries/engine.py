@@ -324,14 +324,8 @@ def connect(
     configuration is locked. Lookups leave DuckDB's defaults: their queries are the library's own.
     """
     if paths.is_table_store(store):
-        try:
+        with paths.gone_is_no_store(store):
             return _over_tables(store, tables, as_of, key, memory_limit)
-        except StoreError:
-            # A first run that failed may remove the tables it made between the look and the
-            # read: that store is gone again, and says so as any absent store does.
-            if paths.is_table_store(store):
-                raise
-            raise StoreError(paths.no_store_message(store)) from None
     if as_of is not None and (paths.is_old_layout(store)):
         raise StoreError(f"store {store} keeps no history in its old layout; convert it with `imgdex migrate`")
     pinned = paths.pin_snapshot(store)

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from indexer.errors import StoreError
 from indexer.model import ImageRecord
+from indexer.store import paths
 from indexer.store.delta_writer import DeltaWriter
 from indexer.store.writer import now_utc
 from queries.cli import cli
@@ -237,3 +238,36 @@ def test_a_fifo_in_a_log_is_not_taken_for_a_creation_commit(tmp_path):
     log.mkdir(parents=True)
     os.mkfifo(log / f"{0:020d}.json")
     assert not DeltaStore(str(tmp_path / "store")).made_only_by("images", "run")
+
+
+@pytest.mark.parametrize(("command", "method"), [(["history"], "history"), (["compact"], "compact")])
+def test_history_and_compact_of_a_store_removed_meanwhile_say_no_store(tmp_path, monkeypatch, command, method):
+    from indexer.store.delta import DeltaStore
+
+    store = str(tmp_path / "store")
+    DeltaStore(store).create()  # what a first run makes before its first batch
+    original = getattr(DeltaStore, method)
+
+    def removed_meanwhile(self, *args, **kwargs):
+        shutil.rmtree(store)  # the first run failed, and removed what it made
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DeltaStore, method, removed_meanwhile)
+    result = invoke(*command, "--store", store)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip() == f"imgdex: {paths.no_store_message(store)}"
+
+
+def test_a_store_that_is_still_there_keeps_its_own_error(tmp_path, monkeypatch):
+    from indexer.store.delta import DeltaStore
+
+    store = str(tmp_path / "store")
+    assert invoke("index", f"oci:{oci_layout(tmp_path / 'one', 1)}", "--store", store).exit_code == 0
+
+    def fails(self, *args, **kwargs):
+        raise StoreError("cannot read the log of table images: Permission denied")
+
+    monkeypatch.setattr(DeltaStore, "history", fails)
+    result = invoke("history", "--store", store)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "imgdex: cannot read the log of table images: Permission denied"

@@ -72,6 +72,18 @@ def refuse_old_layout(store: str) -> None:
         )
 
 
+@contextlib.contextmanager
+def gone_is_no_store(store: str):
+    """A StoreError raised inside, for a store that is no longer one, as the no-store error: a first
+    run that failed removes the tables it made, and may do so between a reader's look and its read."""
+    try:
+        yield
+    except StoreError:
+        if is_table_store(store):
+            raise
+        raise StoreError(no_store_message(store)) from None
+
+
 def require_table_store(store: str) -> None:
     """StoreError unless `store` holds the Delta tables (what history and compact work on)."""
     refuse_old_layout(store)
