@@ -1050,6 +1050,35 @@ def test_rest_http_layer_errors_are_status_json(server, request_, status, code):
         assert doc["code"] == code and doc["details"] == [] and doc["message"], doc
 
 
+def test_rest_takes_99_header_lines_and_refuses_100_in_its_words(server):
+    # Host and Connection are two of them
+    fill = "".join(f"X{i}: a\r\n" for i in range(97))
+    [(status, headers, _)] = responses(exchange(server.http, _get(headers=fill + "Connection: close\r\n"))[0])
+    assert status == 200
+    assert headers["server"] == "imgdex"  # no trailing space where a Python version would go
+    [(status, _, body)] = responses(exchange(server.http, _get(headers=fill + "X: a\r\nConnection: close\r\n"))[0])
+    assert (status, json.loads(body)["message"]) == (431, "100 header lines or more")
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        b"/container-registry/v1/images/%FF",
+        b"/container-registry/v1/images/crp%C3",
+        b"/container-registry/v1/images?filter=%FF",
+        b"/container-registry/v1/images?%FF=1",
+        b"/container-registry/v1/images/caf\xe9",  # Latin-1 sent raw
+    ],
+)
+def test_rest_a_target_that_is_not_utf8_is_invalid(server, target):
+    # A proto3 string holds UTF-8 only; a replacement character would look up another id than the one sent.
+    out, closed = exchange(server.http, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    [(status, _, body)] = responses(out)
+    doc = json.loads(body)
+    assert (status, doc["code"]) == (400, 3), doc
+    assert "not UTF-8" in doc["message"] and "\ufffd" not in doc["message"]
+
+
 def test_rest_a_close_among_connection_options_closes_and_a_leading_empty_line_is_ignored(server):
     """RFC 9112 9.6: `close` among other options still closes. RFC 9112 2.2: an empty line before a
     request line is skipped, and the request after it answered."""

@@ -99,7 +99,7 @@ def route(api: Api, method: str, path: str, query: dict[str, list[str]]) -> dict
         raise NotFound(f"no such path {cut(path)}")
     if method != "GET":
         raise Unimplemented(f"{method} {cut(path)} is not served by the read-only index")
-    tail = urllib.parse.unquote(tail)
+    tail = _unquoted(tail)
     if tail.endswith(_UNSERVED_SUFFIXES):
         raise Unimplemented(f"{cut(path)} is not served by the index")
     if collection == "images":
@@ -122,6 +122,25 @@ def route(api: Api, method: str, path: str, query: dict[str, list[str]]) -> dict
     return api.list_registries(_request(registry_service_pb2.ListRegistriesRequest, query))
 
 
+def _unquoted(text: str) -> str:
+    """`text` with its percent-escapes decoded, which must spell UTF-8: a proto3 string holds
+    nothing else (gRPC refuses such a request), and a replacement character would look up another
+    id than the one sent."""
+    try:
+        return urllib.parse.unquote(text, errors="strict")
+    except UnicodeDecodeError:
+        raise QueryError(f"invalid request: {shown(text)} is not UTF-8 once its %-escapes are decoded") from None
+
+
+def _query(text: str) -> dict[str, list[str]]:
+    try:
+        return urllib.parse.parse_qs(text, keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        raise QueryError(
+            f"invalid request: the query {shown(text)} is not UTF-8 once its %-escapes are decoded"
+        ) from None
+
+
 def _as_sent(target: str) -> str:
     """The request target as the client meant it: http.server decodes the request line as Latin-1,
     and a client that sent UTF-8 unescaped (curl does) meant the characters that its
@@ -129,7 +148,7 @@ def _as_sent(target: str) -> str:
     try:
         return target.encode("latin-1").decode("utf-8")
     except UnicodeError:
-        return target
+        raise QueryError(f"invalid request: the target {shown(target)} is not UTF-8") from None
 
 
 def default_max_connections() -> int:
@@ -190,8 +209,10 @@ class _Handler(BaseHTTPRequestHandler):
     # delayed ACK (40 ms a request on Linux).
     disable_nagle_algorithm = True
     server_version = "imgdex"
-    sys_version = ""
     server: "_Server"
+
+    def version_string(self) -> str:
+        return self.server_version  # the standard library appends a space and the Python version
 
     def setup(self) -> None:
         super().setup()
@@ -266,7 +287,8 @@ class _Handler(BaseHTTPRequestHandler):
             message = f"request line over {MAX_LINE:,} bytes"
         elif code == 431:
             message = (
-                "more than 100 header lines" if message == "Too many headers" else f"headers over {MAX_HEADERS:,} bytes"
+                # the standard library counts the blank line that ends them
+                "100 header lines or more" if message == "Too many headers" else f"headers over {MAX_HEADERS:,} bytes"
             )
         elif code == 505:
             message = f"{shown(self.requestline.split()[-1])} is not supported: HTTP/1.0 and HTTP/1.1 are"
@@ -338,12 +360,12 @@ class _Handler(BaseHTTPRequestHandler):
             if not self._drain(length):
                 self.close_connection = True
                 return
-            url = urllib.parse.urlsplit(_as_sent(self.path))
             try:
                 if server.token is not None and not token_matches(self.headers.get("Authorization"), server.token):
                     raise Unauthenticated("missing or invalid bearer token (Authorization: Bearer TOKEN)")
+                url = urllib.parse.urlsplit(_as_sent(self.path))
                 with server.slots:
-                    doc = route(server.api, method, url.path, urllib.parse.parse_qs(url.query, keep_blank_values=True))
+                    doc = route(server.api, method, url.path, _query(url.query))
                 status, body = 200, doc.encode() if isinstance(doc, str) else _dump(doc)
             except Exception as exc:  # every failure is a Status body
                 st = status_of(exc)
