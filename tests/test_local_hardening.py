@@ -271,14 +271,15 @@ def _pax_record(key: bytes, value: bytes) -> bytes:
         ([(b"hdrcharset", b"\xff\xfe"), (b"path", b"zz")], tarfile.REGTYPE),  # tarfile: UnicodeDecodeError
         ([(b"size", str(2**63).encode())], b"Q"),  # tarfile: ValueError from seek
         ([(b"size", b"-100000")], tarfile.REGTYPE),  # tarfile: seeks before the start, EINVAL
+        (b"99999999999999999999999 size=1\n", tarfile.REGTYPE),  # tarfile: OverflowError slicing the record
     ],
-    ids=["hdrcharset", "size-past-int64", "negative-size"],
+    ids=["hdrcharset", "size-past-int64", "negative-size", "record-length-past-ssize_t"],
 )
 def test_pax_headers_tarfile_trips_over_are_one_line_and_the_other_archives_land(tmp_path, records, kind):
     """Plain tars are scanned by tarfile where ustar.scan cannot: what it raises other than its
     own TarError is the archive's fault, not a reason to lose the run."""
     good = write_tar(str(tmp_path / "good.tar"), save("registry.example/pax/good:v1"))
-    pax = b"".join(_pax_record(key, value) for key, value in records)
+    pax = records if isinstance(records, bytes) else b"".join(_pax_record(key, value) for key, value in records)
     header = tarfile.TarInfo("././@PaxHeader")
     header.type = tarfile.XHDTYPE
     header.size = len(pax)
@@ -294,6 +295,22 @@ def test_pax_headers_tarfile_trips_over_are_one_line_and_the_other_archives_land
     assert line.startswith(f"imgdex: {bad}: not a readable tar archive (") and "Traceback" not in run.stderr
     assert "indexed 1 images, 1 failed" in run.stdout
     assert sql_rows(store, "SELECT name FROM images") == [{"name": "pax/good"}]
+
+
+def test_a_negative_member_size_after_the_metadata_is_named_as_such(tmp_path):
+    """A base-256 size field holds negative numbers; tarfile stepped back and ended the archive
+    there, which read as an archive without its manifest."""
+    files = save("registry.example/neg/app:v1")
+    data = bytearray(tar_bytes(files, []))
+    found = {info.name: info.offset for info in tarfile.open(fileobj=io.BytesIO(bytes(data)))}
+    last = max(found.values())
+    data[last + 124 : last + 136] = b"\xff" * 12  # -1 in base-256
+    header = data[last : last + 512]
+    header[148:156] = b" " * 8
+    data[last + 148 : last + 156] = b"%06o\0 " % sum(header)
+    for path in _plain_and_gzip(tmp_path, "negative", bytes(data)):
+        with pytest.raises(SourceError, match=f"member header at offset {last} gives a negative size"):
+            TarMembers.open(path)
 
 
 def test_a_run_of_extended_headers_is_refused(tmp_path):
@@ -533,6 +550,27 @@ def test_large_index_is_checked_whole_before_any_image(tmp_path, monkeypatch):
     write_dir(str(tmp_path), files)
     records, errors, _ = collect(str(tmp_path))
     assert [r.digest for r in records] == [manifest["digest"]] and not errors
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["parsed-at-once", "streamed"])
+def test_an_index_json_without_manifests_is_no_index(tmp_path, monkeypatch, streamed):
+    """`{}`, or a manifest copied over index.json, used to index nothing, exit 0 and no word. A
+    null list (Go writes a nil slice so) is still an empty layout."""
+    if streamed:
+        monkeypatch.setattr(layout, "MAX_JSON_BYTES", 16)
+    blobs = Blobs()
+    manifest = blobs.image()
+    files = blobs.layout_files([named(manifest, containerd="registry.example/a/b:1")])
+    digest = manifest["digest"].split(":")[1]
+    for text in ("{}", '{"schemaVersion": 2}', files[f"blobs/sha256/{digest}"].decode()):
+        files["index.json"] = text.encode()
+        write_dir(str(tmp_path), files)
+        with pytest.raises(SourceError, match=r"^.*: index.json is not an image index \(it has no manifests key\)$"):
+            collect(str(tmp_path))
+    files["index.json"] = b'{"schemaVersion": 2, "manifests": null}'
+    write_dir(str(tmp_path), files)
+    records, errors, _ = collect(str(tmp_path))
+    assert records == [] and errors == []
 
 
 def test_an_index_of_many_tiny_values_is_streamed_in_bounded_memory(monkeypatch):

@@ -268,12 +268,19 @@ def _annotations(raw: object) -> dict:
     return raw["annotations"] if isinstance(raw, dict) and isinstance(raw.get("annotations"), dict) else {}
 
 
+# The image spec requires the key; a document without it (`{}`, a manifest copied there) is no
+# index, and reading it as an empty one would index nothing without a word.
+_NO_MANIFESTS = "index.json is not an image index (it has no manifests key)"
+
+
 def top_descriptors(index_raw: bytes, where: str) -> list[tuple[object, dict]]:
-    """(raw descriptor, annotations) of index.json; `"manifests": null` counts as empty."""
+    """(raw descriptor, annotations) of index.json; `"manifests": null` (Go's nil list) counts as empty."""
     doc = load_object(index_raw, where, "index.json")
     if doc.get("schemaVersion") not in (2, None):
         raise SourceError(where, f"index.json has unsupported schemaVersion {doc.get('schemaVersion')!r}")
-    manifests = doc.get("manifests")
+    if "manifests" not in doc:
+        raise SourceError(where, _NO_MANIFESTS)
+    manifests = doc["manifests"]
     if manifests is None:
         return []
     if not isinstance(manifests, list):
@@ -345,6 +352,8 @@ class IndexJson:
             if schema not in (2, None):
                 raise SourceError(self.where, f"index.json has unsupported schemaVersion {schema!r}")
             last = summary["last"]  # json.loads keeps the last of repeated keys
+            if not last:
+                raise SourceError(self.where, _NO_MANIFESTS)
             kind = summary["kinds"].get(last, "null")
             if kind == "other":
                 raise SourceError(self.where, "index.json: manifests is not a list")

@@ -143,7 +143,13 @@ class _BoundedTarInfo(tarfile.TarInfo):
         tar.count_header(self, extended)
         if self.type == tarfile.GNUTYPE_SPARSE:
             raise tarfile.SubsequentHeaderError(f"sparse member at offset {self.offset}")
-        return super()._proc_member(tar)
+        if self.size < 0:
+            # base-256 holds negative numbers; tarfile would step back and end the archive there
+            raise tarfile.SubsequentHeaderError(f"member header at offset {self.offset} gives a negative size")
+        try:
+            return super()._proc_member(tar)
+        except OverflowError:  # a pax record length past what a slice takes
+            raise tarfile.SubsequentHeaderError(f"invalid extended header at offset {self.offset}") from None
 
     def _sparse(self, *args):
         raise tarfile.SubsequentHeaderError(f"sparse member at offset {self.offset}")
