@@ -189,7 +189,7 @@ def _annotations(manifest_raw: bytes | None) -> dict:
         return {}
     try:
         doc = json.loads(manifest_raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
     annotations = doc.get("annotations") if isinstance(doc, dict) else None
     return annotations if isinstance(annotations, dict) else {}

@@ -84,6 +84,23 @@ def test_token_response():
         parse_token_response(b"{}", "r")
 
 
+# Deeper than json.loads goes on any stack: it raises RecursionError, not ValueError.
+TOO_DEEP = b"[" * 200_000 + b"]" * 200_000
+
+
+def test_json_nested_too_deeply_is_bad_json_not_a_crash():
+    from indexer.sources import registry_schema1
+
+    with pytest.raises(AuthError, match="answered with something that is not JSON"):
+        parse_token_response(TOO_DEEP, "https://auth.example/token")
+    assert registry._is_schema1(TOO_DEEP) is False
+    with pytest.raises(SourceError, match=r"history\[0\].v1Compatibility is not JSON"):
+        registry_schema1._v1({"v1Compatibility": TOO_DEEP.decode()}, "where", 0)
+    protected = base64.urlsafe_b64encode(TOO_DEEP).decode().rstrip("=")
+    with pytest.raises(SourceError, match="no usable formatLength"):
+        registry_schema1._format({"protected": protected}, "where")
+
+
 def write(path, doc):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc))

@@ -461,7 +461,7 @@ class EngineApiClient:
             raise unreachable(f"GET /version answered HTTP {status}" + (f": {message}" if message else ""))
         try:
             doc = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             doc = None
         version = doc.get("ApiVersion") if isinstance(doc, dict) else None
         if not isinstance(version, str) or not _API_VERSION.fullmatch(version):

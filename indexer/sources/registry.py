@@ -471,7 +471,7 @@ class HttpBlobs:
             return  # the walk refuses it
         try:
             doc = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             return
         if not isinstance(doc, dict):
             return
@@ -984,7 +984,7 @@ def _is_schema1(data: bytes) -> bool:
         return False  # the walk refuses it
     try:
         doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return False
     return isinstance(doc, dict) and doc.get("schemaVersion") == 1
 

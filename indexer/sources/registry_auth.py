@@ -143,7 +143,7 @@ def _run_helper(helper: str, server: str, origin: str) -> Credentials | None:
     try:
         doc = json.loads(result.stdout)
         user, secret = doc["Username"], doc["Secret"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise AuthError(f"{origin}: credential helper {program} printed no Username/Secret") from None
     if user == "<token>":
         return None  # an identity token for the OAuth refresh flow, which this client does not speak
@@ -355,7 +355,7 @@ _TOKEN = re.compile(r"[\x21-\x7e]+\Z")
 def parse_token_response(body: bytes, realm: str) -> tuple[str, float]:
     try:
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # `[[[[…`: too deep for the parser
         raise AuthError(f"token server {realm} answered with something that is not JSON") from None
     if not isinstance(doc, dict):
         raise AuthError(f"token server {realm} answered with something that is not a JSON object")

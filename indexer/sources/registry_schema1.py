@@ -53,7 +53,7 @@ def _format(signature: dict, where: str) -> tuple[int, bytes]:
         protected = json.loads(_b64url(signature["protected"]))
         length = protected["formatLength"]
         tail = _b64url(protected["formatTail"])
-    except (KeyError, TypeError, ValueError, binascii.Error):
+    except (KeyError, TypeError, ValueError, binascii.Error, RecursionError):
         raise SourceError(where, "schema1 manifest: a signature has no usable formatLength/formatTail") from None
     if type(length) is not int:
         raise SourceError(where, "schema1 manifest: formatLength is not an integer")
@@ -73,7 +73,7 @@ def _v1(entry: object, where: str, position: int) -> dict:
         raise SourceError(where, f"schema1 manifest: history[{position}] has no v1Compatibility")
     try:
         doc = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise SourceError(where, f"schema1 manifest: history[{position}].v1Compatibility is not JSON") from None
     if not isinstance(doc, dict):
         raise SourceError(where, f"schema1 manifest: history[{position}].v1Compatibility is not an object")

@@ -579,7 +579,7 @@ def storage_options_from_env() -> dict[str, str]:
         return {}
     try:
         options = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise StoreError("IMGDEX_STORAGE_OPTIONS is not a JSON object") from None
     if not isinstance(options, dict):
         raise StoreError("IMGDEX_STORAGE_OPTIONS is not a JSON object")
