@@ -351,6 +351,27 @@ def test_a_link_or_realm_that_is_no_url_is_one_line(fake):
     assert len(errors) == 1 and "the token realm 'http://[zz/token' is not a valid URL" in errors[0], errors
 
 
+@pytest.mark.parametrize("realm", ["ftp://x/", "http://[zz/token", "http://auth.example.com/token"])
+def test_one_repositorys_unusable_realm_fails_that_repository_only(fake, realm):
+    """The host's /v2/ is anonymous; one repository challenges with a realm no token is asked of
+    (another scheme, no URL, plain HTTP to a host that is not loopback). It was remembered for the
+    host, so every repository crawled after it failed with its reason."""
+    manifest, configs, _ = image()
+    for repo in ("a/evil", "b/good", "c/good"):
+        fake.add_image(repo, {"v1": manifest}, configs, OCI_MANIFEST)
+    challenge = {"Content-Type": "application/json", "WWW-Authenticate": f'Bearer realm="{realm}",service="x"'}
+    fake.routes["/v2/a/evil/tags/list"] = Reply(401, b"{}", challenge)
+    fake.routes["/v2/_catalog"] = Reply(
+        200, b'{"repositories": ["a/evil", "b/good", "c/good"]}', {"Content-Type": "application/json"}
+    )
+
+    records, errors, _ = crawl(f"docker://{fake.host}", jobs=1)
+
+    assert sorted(r.name for r in records) == ["b/good", "c/good"]
+    assert len(errors) == 1 and errors[0].startswith(f"{fake.host}/a/evil: "), errors
+    assert "realm" in errors[0] or "for a token over plain HTTP" in errors[0], errors
+
+
 def endless(key: str, path: str, per_page: int = 10):
     """A listing whose every page is new and links to the next, for ever."""
     pages = []

@@ -255,17 +255,19 @@ class HostAuth:
 
     def learn(self, header: str) -> Challenge | None:
         """Remember the first usable challenge of a 401; None when there is none we can answer."""
-        for challenge in parse_challenges(header or ""):
-            if challenge.scheme == "bearer" and challenge.realm:
-                with self._lock:
-                    self.scheme, self.realm = "bearer", challenge.realm
-                    self.service = challenge.params.get("service", self.service)
-                return challenge
-            if challenge.scheme == "basic":
-                with self._lock:
-                    self.scheme = "basic"
-                return challenge
-        return None
+        challenge = first_usable(header)
+        if challenge is not None:
+            self.remember(challenge)
+        return challenge
+
+    def remember(self, challenge: Challenge) -> None:
+        """Answer this host's requests by `challenge` from now on."""
+        with self._lock:
+            if challenge.scheme == "bearer":
+                self.scheme, self.realm = "bearer", challenge.realm
+                self.service = challenge.params.get("service", self.service)
+            else:
+                self.scheme = "basic"
 
     def basic_header(self) -> dict:
         if self.credentials is None:
@@ -350,6 +352,14 @@ def scrub_bytes(body: bytes, secrets) -> bytes:
 
 
 _TOKEN = re.compile(r"[\x21-\x7e]+\Z")
+
+
+def first_usable(header: str) -> Challenge | None:
+    """The first challenge of a WWW-Authenticate header this client can answer, or None."""
+    for challenge in parse_challenges(header or ""):
+        if (challenge.scheme == "bearer" and challenge.realm) or challenge.scheme == "basic":
+            return challenge
+    return None
 
 
 def parse_token_response(body: bytes, realm: str) -> tuple[str, float]:

@@ -42,7 +42,15 @@ from ..errors import AuthError, HostDown, HttpError
 from ..references import redact_userinfo
 from . import mediatypes as mt
 from .bodies import BodyTooLarge, decimal, read_capped, read_prefix
-from .registry_auth import Credentials, HostAuth, parse_token_response, scrub, scrub_bytes, sent_secrets
+from .registry_auth import (
+    Credentials,
+    HostAuth,
+    first_usable,
+    parse_token_response,
+    scrub,
+    scrub_bytes,
+    sent_secrets,
+)
 
 USER_AGENT = "imgdex-registry-crawler/0.1"
 MANIFEST_ACCEPT = ", ".join(
@@ -618,15 +626,7 @@ class RegistryClient:
             if token:
                 return token
             shown = redact_userinfo(auth.realm)  # a realm may carry credentials; never echo them
-            try:
-                realm = urllib.parse.urlsplit(auth.realm)
-            except ValueError:  # `http://[zz/token`: a bracketed host that is no IPv6 address
-                raise HttpError(self.registry, f"the token realm {shown[:200]!r} is not a valid URL", 401) from None
-            if realm.scheme not in ("https", "http") or not realm.netloc:
-                raise HttpError(self.registry, f"the token realm {shown!r} is not an http(s) URL", 401)
-            realm_insecure = is_insecure(realm.netloc, self.options.insecure_registries)
-            if realm.scheme == "http" and not (realm_insecure or is_loopback(realm.netloc)):
-                raise HttpError(self.registry, f"refusing to ask {shown} for a token over plain HTTP", 401)
+            realm, realm_insecure = self._checked_realm(auth.realm)
             params = [("scope", scope)]
             if auth.service:
                 params.insert(0, ("service", auth.service))
@@ -650,11 +650,31 @@ class RegistryClient:
             auth.store_token(scope, token, lifetime)
             return token
 
+    def _checked_realm(self, text: str) -> tuple[urllib.parse.SplitResult, bool]:
+        """(the parsed realm, whether its host is an insecure registry); HttpError for a realm no
+        token is asked of."""
+        shown = redact_userinfo(text)  # a realm may carry credentials; never echo them
+        try:
+            realm = urllib.parse.urlsplit(text)
+        except ValueError:  # `http://[zz/token`: a bracketed host that is no IPv6 address
+            raise HttpError(self.registry, f"the token realm {shown[:200]!r} is not a valid URL", 401) from None
+        if realm.scheme not in ("https", "http") or not realm.netloc:
+            raise HttpError(self.registry, f"the token realm {shown!r} is not an http(s) URL", 401)
+        insecure = is_insecure(realm.netloc, self.options.insecure_registries)
+        if realm.scheme == "http" and not (insecure or is_loopback(realm.netloc)):
+            raise HttpError(self.registry, f"refusing to ask {shown} for a token over plain HTTP", 401)
+        return realm, insecure
+
     def _retry_headers(self, reply: Reply, scope: str, sent: dict) -> dict | None:
         """After a 401: the auth headers worth one more try, or None."""
-        challenge = self.auth.learn(reply.headers.get("WWW-Authenticate", ""))
+        challenge = first_usable(reply.headers.get("WWW-Authenticate", ""))
         if challenge is None:
             return None
+        if challenge.scheme == "bearer":
+            # checked before it is remembered: one repository's unusable realm fails its own
+            # requests, not those of every repository of the host after it
+            self._checked_realm(challenge.realm)
+        self.auth.remember(challenge)
         if challenge.scheme == "basic":
             if self.auth.credentials is None or "Authorization" in sent:
                 return None
