@@ -93,19 +93,42 @@ _DIGEST_AFTER_AT = re.compile(r"@[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32
 _URL_REST = re.compile(r"(?<=://)\S+")
 
 
-def _hide_userinfo(match: re.Match) -> str:
+# Query parameters whose values say nothing secret: the distribution API's paging and the token
+# request's own. Any other value may be a credential (`access_token=`, `X-Amz-Signature=`, `sig=`).
+_PLAIN_QUERY_KEYS = frozenset({"n", "last", "service", "scope", "account"})
+_QUERY_VALUE = re.compile(r"([?&;])([^=&;#'\"]*)=([^&;#'\"]*)")
+# What a message may put right after a URL, kept out of the value that is hidden.
+_CLOSING = ")]>'\",.:"
+
+
+def _hidden_value(match: re.Match) -> str:
+    key, value = match.group(2), match.group(3)
+    if not value or key.lower() in _PLAIN_QUERY_KEYS:
+        return match.group()
+    return f"{match.group(1)}{key}=***"
+
+
+def _hide_secrets(match: re.Match) -> str:
     rest = match.group()
     ends = [i for i, c in enumerate(rest) if c == "@" and not _DIGEST_AFTER_AT.match(rest, i)]
-    return "***" + rest[ends[-1] :] if ends else rest
+    if ends:
+        rest = "***" + rest[ends[-1] :]
+    query = rest.find("?")
+    if query < 0:
+        return rest
+    url = rest.rstrip(_CLOSING)
+    return rest[:query] + _QUERY_VALUE.sub(_hidden_value, url[query:]) + rest[len(url) :]
 
 
-def redact_userinfo(text: str) -> str:
-    """`docker://alice:secret@host/app` -> `docker://***@host/app`: credentials never reach logs or the store.
+def redact_url_secrets(text: str) -> str:
+    """`docker://alice:secret@host/app` -> `docker://***@host/app`, and `?access_token=T` ->
+    `?access_token=***`: credentials never reach logs or the store.
 
-    In each URL of `text`, the hidden part ends at the last '@' that does not start a digest, so
-    a password holding '/' or '@' is hidden whole and `docker://app@sha256:...` is left as it is.
+    In each URL of `text`, the hidden userinfo ends at the last '@' that does not start a digest,
+    so a password holding '/' or '@' is hidden whole and `docker://app@sha256:...` is left as it
+    is. Query values are hidden but for the few keys known to hold nothing secret.
     """
-    return _URL_REST.sub(_hide_userinfo, text) if "://" in text else text
+    return _URL_REST.sub(_hide_secrets, text) if "://" in text else text
 
 
 @dataclass(frozen=True)

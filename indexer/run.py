@@ -12,7 +12,7 @@ from typing import Callable, Iterable
 from .claims import ClaimLog
 from .errors import ImgdexError, SourceError, StoreError, printable
 from .model import ImageRecord, TagMoves, TagsRetired, merge_records, named, one_image, shown
-from .references import redact_userinfo
+from .references import redact_url_secrets
 from .shard import CountedShard, Shard
 from .sources import SourceOptions, parse_source
 from .sources.parse import Context
@@ -209,12 +209,12 @@ def run_tasks(
     # Every message leaves through these two, so URL credentials are redacted once for the
     # terminal, the summary and the runs table alike, whatever source produced them.
     def fail(message: str) -> None:
-        message = shortened(printable(redact_userinfo(message)))
+        message = shortened(printable(redact_url_secrets(message)))
         errors.add(message)
         observer.on_error(message, where())
 
     def note(message: str) -> None:
-        message = shortened(printable(redact_userinfo(message)))
+        message = shortened(printable(redact_url_secrets(message)))
         notes.add(message)
         observer.on_note(message, where())
 
@@ -389,7 +389,7 @@ def record_run(writer, specs: list[str], summary: RunSummary, started_at: dateti
                 "started_at": started_at,
                 "finished_at": now(),
                 # A source argument may hold bytes that are not UTF-8 (os.fsdecode's surrogates).
-                "sources": [printable(redact_userinfo(spec)) for spec in specs],
+                "sources": [printable(redact_url_secrets(spec)) for spec in specs],
                 "images_indexed": summary.indexed,
                 "images_failed": summary.failed,
                 "errors": summary.errors,

@@ -1,17 +1,17 @@
 """Credentials in a source name never reach a message or the store."""
 
-from indexer.references import redact_userinfo
+from indexer.references import redact_url_secrets
 
 DIGEST = "sha256:" + "ab" * 32
 
 
 def test_userinfo_is_hidden():
-    assert redact_userinfo("docker://alice:S3cr3t@host/app:1") == "docker://***@host/app:1"
+    assert redact_url_secrets("docker://alice:S3cr3t@host/app:1") == "docker://***@host/app:1"
 
 
 def test_password_with_slash_or_at_is_hidden_whole():
-    assert "p/ss" not in redact_userinfo("docker://alice:p/ss@host/app")
-    out = redact_userinfo(f"docker://alice:p@ss@host/app@{DIGEST}")
+    assert "p/ss" not in redact_url_secrets("docker://alice:p/ss@host/app")
+    out = redact_url_secrets(f"docker://alice:p@ss@host/app@{DIGEST}")
     assert out == f"docker://***@host/app@{DIGEST}"
 
 
@@ -23,4 +23,31 @@ def test_references_with_digests_are_left_alone():
         "x.tar",
         "-",
     ):
-        assert redact_userinfo(text) == text
+        assert redact_url_secrets(text) == text
+
+
+def test_query_values_that_may_be_credentials_are_hidden():
+    """A token server, a Link header or a redirect may put a credential in a query; the message
+    still shows where the request went and its paging."""
+    cases = {
+        "the token server http://h:5/token?access_token=S3cr3t answered 400": (
+            "the token server http://h:5/token?access_token=*** answered 400"
+        ),
+        "loops back to http://h/v2/a/tags/list?n=1&last=v1&access_token=S3cr3t after 2 pages": (
+            "loops back to http://h/v2/a/tags/list?n=1&last=v1&access_token=*** after 2 pages"
+        ),
+        "redirect to 'ftp://u:p@ex.invalid/x?X-Amz-Signature=S3cr3t&X-Amz-Credential=S3cr3t'": (
+            "redirect to 'ftp://***@ex.invalid/x?X-Amz-Signature=***&X-Amz-Credential=***'"
+        ),
+        "points to another host (http://h/v2/_catalog?token=S3cr3t)": (
+            "points to another host (http://h/v2/_catalog?token=***)"
+        ),
+        "http://h/token?service=reg&scope=repository:a/b:pull&account=bob": (
+            "http://h/token?service=reg&scope=repository:a/b:pull&account=bob"
+        ),
+        "https://blob.example/x?sig=S3cr3t;se=2030#frag": "https://blob.example/x?sig=***;se=***#frag",
+        "a redirect to 'ftp://h/x?sig=S3cr3t': not http(s)": "a redirect to 'ftp://h/x?sig=***': not http(s)",
+    }
+    for text, expected in cases.items():
+        assert redact_url_secrets(text) == expected
+        assert "S3cr3t" not in redact_url_secrets(text)

@@ -20,7 +20,7 @@ from indexer.references import (
     is_valid_repository,
     is_valid_tag,
     parse_reference,
-    redact_userinfo,
+    redact_url_secrets,
 )
 
 
@@ -246,8 +246,8 @@ def test_is_valid_name_counts_the_host():
         ("proxy https://a:b@c failed: https://d:e@f", "proxy https://***@c failed: https://***@f"),
     ],
 )
-def test_redact_userinfo(text, expected):
-    assert redact_userinfo(text) == expected
+def test_redact_url_secrets(text, expected):
+    assert redact_url_secrets(text) == expected
 
 
 @pytest.mark.parametrize(

@@ -44,7 +44,7 @@ from ..references import (
     is_valid_repository,
     is_valid_tag,
     parse_reference,
-    redact_userinfo,
+    redact_url_secrets,
 )
 from . import configbounds
 from . import mediatypes as mt
@@ -185,9 +185,9 @@ def _next_link(reply, where: str) -> str:
         url = urllib.parse.urljoin(reply.url, target)
         here, there = urllib.parse.urlsplit(reply.url), urllib.parse.urlsplit(url)
     except ValueError:  # `http://[zz/…`: a bracketed host that is no IPv6 address
-        raise HttpError(where, f"the Link header holds no valid URL ({redact_userinfo(target)[:200]!r})") from None
+        raise HttpError(where, f"the Link header holds no valid URL ({redact_url_secrets(target)[:200]!r})") from None
     if there.netloc != here.netloc:
-        raise HttpError(where, f"the Link header points to another host ({redact_userinfo(url)})")
+        raise HttpError(where, f"the Link header points to another host ({redact_url_secrets(url)})")
     # A next page is the same list with another query; a path of the server's choosing (`..`
     # included, which urllib3 would resolve) would make the crawl ask for something else.
     if there.path != here.path or there.scheme != here.scheme or not target.isascii() or not target.isprintable():

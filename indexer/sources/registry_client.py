@@ -39,7 +39,7 @@ from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, ProtocolError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
 from ..errors import AuthError, HostDown, HttpError
-from ..references import redact_userinfo
+from ..references import redact_url_secrets
 from . import mediatypes as mt
 from .bodies import BodyTooLarge, decimal, read_capped, read_prefix
 from .registry_auth import (
@@ -193,7 +193,7 @@ def _innermost(exc: BaseException) -> str:
             seen = seen.reason
         else:
             break
-    return redact_userinfo(" ".join(str(seen).split()))[:300]
+    return redact_url_secrets(" ".join(str(seen).split()))[:300]
 
 
 # Paths of names that passed Docker's grammar: nothing urllib3 would encode or resolve, unless a
@@ -500,7 +500,7 @@ class RegistryClient:
 
     def _redirect_target(self, url: str, location: str, what: str) -> str:
         """The absolute URL a `Location` names, if this client may follow it there."""
-        shown = quoted(redact_userinfo(location), limit=200)
+        shown = quoted(redact_url_secrets(location), limit=200)
         if not location.isascii() or not location.isprintable():
             raise HttpError(what, f"the redirect Location {shown!r} is not a plain URL")
         try:
@@ -625,7 +625,7 @@ class RegistryClient:
             token = auth.cached_token(scope)
             if token:
                 return token
-            shown = redact_userinfo(auth.realm)  # a realm may carry credentials; never echo them
+            shown = redact_url_secrets(auth.realm)  # a realm may carry credentials; never echo them
             realm, realm_insecure = self._checked_realm(auth.realm)
             params = [("scope", scope)]
             if auth.service:
@@ -653,7 +653,7 @@ class RegistryClient:
     def _checked_realm(self, text: str) -> tuple[urllib.parse.SplitResult, bool]:
         """(the parsed realm, whether its host is an insecure registry); HttpError for a realm no
         token is asked of."""
-        shown = redact_userinfo(text)  # a realm may carry credentials; never echo them
+        shown = redact_url_secrets(text)  # a realm may carry credentials; never echo them
         try:
             realm = urllib.parse.urlsplit(text)
         except ValueError:  # `http://[zz/token`: a bracketed host that is no IPv6 address
