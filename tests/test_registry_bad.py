@@ -351,6 +351,25 @@ def test_a_link_or_realm_that_is_no_url_is_one_line(fake):
     assert len(errors) == 1 and "the token realm 'http://[zz/token' is not a valid URL" in errors[0], errors
 
 
+def test_listed_values_that_are_no_strings_are_skipped_and_the_rest_kept(fake):
+    """A tags or catalog page listing a number, null or an object beside valid names failed the
+    whole listing ('the answer has no list of tags'); invalid string names were skipped alone."""
+    manifest, configs, _ = image()
+    json_type = {"Content-Type": "application/json"}
+    for repo in ("a/one", "b/two"):
+        fake.add_image(repo, {"v1": manifest, "5": manifest}, configs, OCI_MANIFEST)
+    fake.routes["/v2/_catalog"] = Reply(200, b'{"repositories": ["a/one", 7, null, "b/two"]}', json_type)
+    fake.routes["/v2/a/one/tags/list"] = Reply(200, b'{"name": "a/one", "tags": ["v1", 5, null, {}, true]}', json_type)
+
+    records, errors, notes = crawl(f"docker://{fake.host}")
+
+    assert not errors, errors
+    assert sorted((r.name, r.tags) for r in records) == [("a/one", ("v1",)), ("b/two", ("5", "v1"))]
+    skipped = sorted(n for n in notes if "skipped" in n)
+    assert len(skipped) == 6, notes  # 7 and null from the catalog; 5, null, {} and true from a/one's tags
+    assert any("skipped tag '<5>'" in n for n in skipped) and any("'<null>'" in n for n in skipped), skipped
+
+
 @pytest.mark.parametrize("realm", ["ftp://x/", "http://[zz/token", "http://auth.example.com/token"])
 def test_one_repositorys_unusable_realm_fails_that_repository_only(fake, realm):
     """The host's /v2/ is anonymous; one repository challenges with a realm no token is asked of

@@ -212,9 +212,20 @@ def _page_entries(body: bytes, key: str, what: str, page: int, left: int, max_en
     entries = doc.get(key) if isinstance(doc, dict) else None
     if entries is None and isinstance(doc, dict) and key in doc:
         entries = []  # distribution writes "tags": null for a repository without tags
-    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+    if not isinstance(entries, list):
         raise HttpError(what, f"the answer has no list of {key}")
+    if not all(type(e) is str for e in entries):
+        # Skipped one by one as invalid names are, so the valid entries beside them are kept.
+        entries = [e if type(e) is str else _not_a_string(e) for e in entries]
     return entries
+
+
+def _not_a_string(entry: object) -> str:
+    """A listed value that is no string, as text no tag or repository name can be ('<' is in neither)."""
+    try:
+        return f"<{json.dumps(entry)[:100]}>"
+    except (ValueError, RecursionError):
+        return f"<{type(entry).__name__}>"
 
 
 def _shown(text: str, limit: int = 80) -> str:
