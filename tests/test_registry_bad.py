@@ -351,6 +351,24 @@ def test_a_link_or_realm_that_is_no_url_is_one_line(fake):
     assert len(errors) == 1 and "the token realm 'http://[zz/token' is not a valid URL" in errors[0], errors
 
 
+def test_a_manifest_asked_for_by_digest_that_hashes_otherwise_says_what_was_asked(fake):
+    """No Docker-Content-Digest came with the answer: the message used to say the registry claimed
+    the digest in that header."""
+    manifest, configs, _ = image()
+    fake.add_image("a/app", {"v1": manifest}, configs, OCI_MANIFEST)
+    asked = digest_of(manifest)
+    other = manifest.replace(b"{", b"{ ", 1)
+    fake.routes[f"/v2/a/app/manifests/{asked}"] = Reply(200, other, {"Content-Type": OCI_MANIFEST})
+
+    records, errors, _ = crawl(f"docker://{fake.host}/a/app@{asked}")
+
+    assert records == []
+    assert errors == [
+        f"{fake.host}/a/app@{asked}: asked for manifest {asked}, "
+        f"but the bytes the registry answered with hash to {digest_of(other)}"
+    ]
+
+
 def test_listed_values_that_are_no_strings_are_skipped_and_the_rest_kept(fake):
     """A tags or catalog page listing a number, null or an object beside valid names failed the
     whole listing ('the answer has no list of tags'); invalid string names were skipped alone."""

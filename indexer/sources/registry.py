@@ -727,6 +727,7 @@ class Crawl:
         else:
             where = self._where(repository, digest=digest) + (f" (tags {', '.join(tags)})" if tags else "")
         notes: list[str] = []
+        asked = data is None  # fetched by its digest here; else the tag's answer named it
         try:
             if data is None:
                 data, served, media_type = self.get_manifest(repository, digest, where)
@@ -743,7 +744,7 @@ class Crawl:
                     data, digest, media_type, names, ctx, where, lambda d: self.head_blob_size(repository, d, where)
                 )
                 return items, notes
-            wrong = _not_its_digest(digest, data)
+            wrong = _not_its_digest(digest, data, asked)
             if wrong:
                 return [SourceError(where, wrong)], notes
             blobs = HttpBlobs(self, repository, digest, data, where)
@@ -979,14 +980,17 @@ def _is_signed(media_type: str, data: bytes) -> bool:
     return media_type in mt.SCHEMA1 or (not media_type and _is_schema1(data))
 
 
-def _not_its_digest(digest: str, data: bytes) -> str:
-    """Why manifest bytes do not match the sha256 digest the registry gave for them; "" when they do
-    (or the digest is of another algorithm, which the walk checks)."""
+def _not_its_digest(digest: str, data: bytes, asked: bool = False) -> str:
+    """Why manifest bytes do not match the sha256 digest the registry gave for them (or, `asked`,
+    that they were requested by); "" when they do (or the digest is of another algorithm, which the
+    walk checks)."""
     if not digest.startswith("sha256:"):
         return ""
     hashed = "sha256:" + hashlib.sha256(data).hexdigest()
     if digest == hashed:
         return ""
+    if asked:
+        return f"asked for manifest {digest}, but the bytes the registry answered with hash to {hashed}"
     return f"the registry says the manifest is {digest} (Docker-Content-Digest), but its bytes hash to {hashed}"
 
 
