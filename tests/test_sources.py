@@ -280,3 +280,15 @@ def test_index_json_symlinked_outside_the_layout_is_refused(tmp_path):
     os.symlink("../elsewhere.json", layout / "index.json")
     with pytest.raises(SourceError, match="index.json is a symlink that points outside the layout"):
         collect(str(layout))
+
+
+def test_a_blob_folder_linked_outside_the_layout_is_named(tmp_path):
+    """The link that leaves is blobs/ itself; the message named blobs/sha256 as a blob."""
+    blobs = Blobs()
+    layout = tmp_path / "layout"
+    write_dir(str(layout), blobs.layout_files([named(blobs.image(), "v1")]))
+    (layout / "blobs").rename(tmp_path / "blobs")
+    os.symlink("../blobs", layout / "blobs")
+    records, errors, _ = collect(str(layout))
+    assert records == [] and errors
+    assert {str(e) for e in errors} == {f"{layout / 'blobs'}: folder is a symlink that points outside the layout"}

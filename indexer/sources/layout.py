@@ -114,9 +114,18 @@ class DirBlobs:
         weakref.finalize(self, os.close, fd)
 
     def check_inside(self, path: str, what: str = "blob") -> None:
-        real = os.path.realpath(path)
-        if real != self._real_root and not real.startswith(self._real_root + os.sep):
+        if not self._inside(path):
+            # name the link that leaves, which may be a folder on the way (blobs/ linked elsewhere)
+            relative = os.path.relpath(path, self.root).split(os.sep)
+            for end in range(1, len(relative)):
+                folder = os.path.join(self.root, *relative[:end])
+                if not self._inside(folder):
+                    raise SourceError(printable(folder), "folder is a symlink that points outside the layout")
             raise SourceError(printable(path), f"{what} is a symlink that points outside the layout")
+
+    def _inside(self, path: str) -> bool:
+        real = os.path.realpath(path)
+        return real == self._real_root or real.startswith(self._real_root + os.sep)
 
     def _plain_file(self, digest: str) -> tuple[str, int, os.stat_result] | None:
         """(name, folder descriptor, lstat) of a blob that is a regular file, not a symlink, in a
