@@ -71,6 +71,11 @@ class _Served:
                     return
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
+                if fault.startswith("chunk"):  # "chunk-5": a chunked answer whose first size is -5
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    self.wfile.write(fault.removeprefix("chunk").encode() + b"\r\n" + body + b"\r\n0\r\n\r\n")
+                    return
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 if fault == "cut":
@@ -102,6 +107,7 @@ class _Served:
                 doc = self.fake.info()
             elif path == "/images/json":
                 doc = self.fake.list_images(all=query.get("all") == "1", manifests=query.get("manifests") == "1")
+                return self.faults.get(("", "listing", None), ""), 200, json.dumps(doc).encode()
             else:
                 ref, _, what = unquote(path.removeprefix("/images/")).rpartition("/")
                 fault = self.faults.get((ref, what, platform.architecture if platform else None), "")
@@ -177,6 +183,9 @@ def _names(run_cli, store) -> list[str]:
         ("json", "hang", f"no complete answer in {TIMEOUT:g} s"),
         ("history", "hang", f"no complete answer in {TIMEOUT:g} s"),
         ("json", "drop", "the connection was closed without an answer"),
+        # int(size, 16) takes a sign: -5 raised a bare ValueError, -1 read on to the deadline
+        ("json", "chunk-5", "the answer was cut short"),
+        ("history", "chunk-1", "the answer was cut short"),
     ],
 )
 def test_one_image_answer_lost_fails_that_image_only(serve, run_cli, tmp_path, what, fault, reason):
@@ -189,6 +198,16 @@ def test_one_image_answer_lost_fails_that_image_only(serve, run_cli, tmp_path, w
     assert len(errors) == 1 and bad in errors[0] and errors[0].endswith(reason)
     assert "stopped answering" not in errors[0]  # the engine did not: it answered the other images
     assert _names(run_cli, tmp_path / "s") == ["one/app", "three/app", "two/app"]
+
+
+def test_a_listing_with_a_negative_chunk_size_is_one_line(serve, run_cli, tmp_path):
+    served = serve(_engine("one", "two"), {("", "listing", None): "chunk-5"})
+    code, errors, _ = _index(run_cli, served, tmp_path / "s")
+    assert code == 1
+    assert errors == [
+        f"imgdex: docker-daemon: the Docker engine at {served.address} stopped answering (listing images): "
+        "the answer was cut short"
+    ]
 
 
 def test_one_platform_answer_lost_fails_that_platform_only(serve, run_cli, tmp_path):

@@ -348,8 +348,20 @@ def _open_socket(endpoint: Endpoint, context: ssl.SSLContext | None, deadline: f
     return sock
 
 
+class _Response(http.client.HTTPResponse):
+    def _read_next_chunk_size(self) -> int:
+        # int(line, 16) takes a sign: -5 made read() raise a bare ValueError, -1 read to the deadline.
+        # http.client turns a ValueError here into IncompleteRead, an answer cut short.
+        size = super()._read_next_chunk_size()
+        if size < 0:
+            raise ValueError(f"negative chunk size {size}")
+        return size
+
+
 class _Connection(http.client.HTTPConnection):
     """One keep-alive connection to the engine, on a socket that keeps the deadline of each request."""
+
+    response_class = _Response
 
     def __init__(self, endpoint: Endpoint, context: ssl.SSLContext | None):
         super().__init__(endpoint.host or "localhost", endpoint.port or None)
@@ -453,7 +465,7 @@ class EngineApiClient:
 
         try:
             status, body = self._exchange(f"{self._endpoint.prefix}/version", seconds)
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, http.client.HTTPException, ValueError) as exc:
             reason = _reason(exc)
             raise unreachable(f"no answer in {seconds:g} s" if reason == "timed out" else reason) from None
         if status != 200:
@@ -510,7 +522,8 @@ class EngineApiClient:
             status, body = self._exchange(target, self._timeout, MAX_ANSWER_BYTES if listing else _document_limit())
         except _AnswerTooLong as exc:
             raise EngineRefused(f"{what}: {exc}") from None
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            # ValueError: what else http.client trips over in a malformed answer
             reason = _reason(exc)
             if reason == "timed out":
                 reason = f"no complete answer in {self._timeout:g} s"
@@ -567,7 +580,7 @@ class EngineApiClient:
         seconds = self._connect_timeout
         try:
             status, _ = self._exchange(f"{self._endpoint.prefix}/version", seconds)
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, http.client.HTTPException, ValueError) as exc:
             reason = _reason(exc)
             if reason == "timed out":
                 reason = f"no answer in {seconds:g} s"
