@@ -200,6 +200,26 @@ def test_one_image_answer_lost_fails_that_image_only(serve, run_cli, tmp_path, w
     assert _names(run_cli, tmp_path / "s") == ["one/app", "three/app", "two/app"]
 
 
+def test_a_platform_inspect_answered_for_another_image_fails_that_platform(serve, run_cli, tmp_path):
+    """Only the image's own inspect was checked against the listed Id: an engine answering one
+    platform of an image with another image's landed that image's layers under this one."""
+    fake = FakeEngine(api_version="1.49", containerd=True)
+    platforms = (("linux", "amd64", ""), ("linux", "arm64", "v8"))
+    one = fake.add(containerd_image("one", tags=["one/app:1"], platforms=platforms))
+    two = fake.add(containerd_image("two", tags=["two/app:1"], platforms=platforms))
+    arm = Platform("linux", "arm64", "v8")
+    one["per_platform"][arm] = two["per_platform"][arm]
+    served = serve(fake)
+    code, errors, out = _index(run_cli, served, tmp_path / "s")
+    assert code == 1, out
+    [error] = errors
+    assert one["inspect"]["Id"] in error and two["per_platform"][arm][0] in error, error
+    sql = "SELECT name, platform_architecture AS arch FROM images WHERE kind = 'image'"
+    got = run_cli("sql", "--store", tmp_path / "s", "--format", "json", sql)
+    rows = sorted((row["name"], row["arch"]) for row in map(json.loads, got.stdout.splitlines()))
+    assert rows == [("one/app", "amd64"), ("two/app", "amd64"), ("two/app", "arm64")]
+
+
 def test_a_listing_with_a_negative_chunk_size_is_one_line(serve, run_cli, tmp_path):
     served = serve(_engine("one", "two"), {("", "listing", None): "chunk-5"})
     code, errors, _ = _index(run_cli, served, tmp_path / "s")

@@ -1144,10 +1144,9 @@ class DockerDaemon:
                 continue  # refused by the mapping; nothing to ask for
             try:
                 if per_platform:
-                    details.children[manifest.digest] = _Inspected(
-                        client.inspect_image(image, platform=manifest.platform),
-                        _history(client, image, manifest.platform),
-                    )
+                    child = client.inspect_image(image, platform=manifest.platform)
+                    _check_same_platform_image(child, image, manifest.digest)
+                    details.children[manifest.digest] = _Inspected(child, _history(client, image, manifest.platform))
                 elif manifest.platform == default_platform:
                     # Before API 1.49 only the engine's default platform can be inspected.
                     details.children[manifest.digest] = _Inspected(inspect, _history(client, image))
@@ -1278,6 +1277,13 @@ def _check_same_image(inspect: dict, image: str) -> None:
     inspect's Id, so two images answered for as one (or as none) would become one record."""
     if inspect.get("Id") != image:
         raise EngineRefused(f"the engine's inspect of it has Id {_shown_id(inspect)}, not the listed one")
+
+
+def _check_same_platform_image(inspect: dict, image: str, manifest: str) -> None:
+    """EngineRefused when the inspect of one platform of `image` names neither that platform's
+    `manifest` (as engines answer) nor the image: another image's platform would land as this one's."""
+    if inspect.get("Id") not in (manifest, image):
+        raise EngineRefused(f"the engine's inspect of its manifest {manifest} has Id {_shown_id(inspect)}")
 
 
 def _shown_id(inspect: dict) -> str:
