@@ -270,6 +270,36 @@ def test_an_engine_gone_after_one_lost_answer_still_fails_the_source_in_one_line
     assert _names(run_cli, tmp_path / "s") == ["one/app", "two/app"]
 
 
+def test_abort_cuts_the_requests_under_way_and_refuses_new_ones(serve):
+    """Once a stuck engine has failed the source, the requests the fetching threads had started
+    meanwhile used to wait out a deadline of their own: a second deadline for the run."""
+    fake = _engine("stuck")
+    stuck = _id(fake, "stuck")
+    served = serve(fake, {(stuck, "json", None): "hang"})
+    client = EngineApiClient(served.address, timeout=60)
+    outcome = []
+    asking = threading.Thread(target=lambda: outcome.append(_raised(client.inspect_image, stuck)))
+    asking.start()
+    deadline = time.monotonic() + 10
+    while not any(path.endswith(f"{stuck}/json") for path in served.asked) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    client.abort()
+    asking.join(10)  # far below the request's 60 s deadline
+    assert not asking.is_alive()
+    assert isinstance(outcome[0], daemon.AnswerLost), outcome
+    assert isinstance(_raised(client.inspect_image, stuck), daemon.AnswerLost)  # no new request goes out
+    assert sum(path.endswith(f"{stuck}/json") for path in served.asked) == 1
+    client.close()
+
+
+def _raised(call, *args):
+    try:
+        call(*args)
+    except Exception as exc:
+        return exc
+    return None
+
+
 def test_an_engine_answering_no_image_request_fails_the_source_after_one_deadline(serve, run_cli, tmp_path):
     fake = _engine("one", "bad", "two", *(f"stuck{i}" for i in range(12)))
     faults = {(_id(fake, "bad"), "json", None): "cut"}

@@ -25,6 +25,8 @@ DOCKER_TLS_VERIFY, DOCKER_CERT_PATH), and its HTTP API is spoken directly (`Engi
 from __future__ import annotations
 
 import bisect
+import contextlib
+import errno
 import http.client
 import json
 import os
@@ -446,8 +448,10 @@ class EngineApiClient:
         self._timeout = timeout
         self._connect_timeout = connect_timeout
         self._idle: list[_Connection] = []
+        self._busy: set[_Connection] = set()
         self._lock = threading.Lock()
         self._closed = False
+        self._aborted = False
         self._headers = {"User-Agent": "imgdex"}
         try:
             self._endpoint = endpoint_of(address, environ)
@@ -486,10 +490,13 @@ class EngineApiClient:
         limit = limit or _document_limit()
         while True:
             with self._lock:
+                if self._aborted:
+                    raise ConnectionAbortedError(errno.ECONNABORTED, "the run gave up on the engine")
                 connection = self._idle.pop() if self._idle else None
-            reused = connection is not None
-            if connection is None:
-                connection = _Connection(self._endpoint, self._context)
+                reused = connection is not None
+                if connection is None:
+                    connection = _Connection(self._endpoint, self._context)
+                self._busy.add(connection)
             connection.bound(deadline)
             try:
                 connection.request("GET", target, headers=self._headers)
@@ -503,6 +510,9 @@ class EngineApiClient:
                 if reused and isinstance(exc, _STALE):
                     continue  # each idle connection is tried at most once, then a new one
                 raise
+            finally:
+                with self._lock:
+                    self._busy.discard(connection)
             if not response.will_close:
                 with self._lock:
                     if not self._closed:
@@ -589,6 +599,16 @@ class EngineApiClient:
             raise EngineUnavailable(
                 f"the Docker engine at {self.address} stopped answering: GET /version answered HTTP {status}"
             )
+
+    def abort(self) -> None:
+        """Cut the requests under way and refuse new ones: once the source has failed, a stuck
+        engine's other requests would each wait out their own deadline."""
+        with self._lock:
+            self._aborted = True
+            busy = [connection.sock for connection in self._busy if connection.sock is not None]
+        for sock in busy:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
         with self._lock:
@@ -1035,6 +1055,9 @@ class DockerDaemon:
                         ctx.note(f"{where}: image {target.image_id} was removed while indexing; skipped")
                     continue
                 if isinstance(details, EngineUnavailable):
+                    abort = getattr(client, "abort", None)
+                    if abort is not None:
+                        abort()  # before the prefetch waits for what it has under way
                     raise details
                 if isinstance(details, Exception):
                     if target.lead:
