@@ -110,8 +110,9 @@ def _hidden_value(match: re.Match) -> str:
 
 def _hide_secrets(match: re.Match) -> str:
     rest = match.group()
+    local = match.string.endswith(("unix", "npipe"), 0, match.start() - 3)  # a path: an '@' in it is no userinfo
     ends = [i for i, c in enumerate(rest) if c == "@" and not _DIGEST_AFTER_AT.match(rest, i)]
-    if ends:
+    if ends and not local:
         rest = "***" + rest[ends[-1] :]
     query = rest.find("?")
     if query < 0:

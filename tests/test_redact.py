@@ -51,3 +51,9 @@ def test_query_values_that_may_be_credentials_are_hidden():
     for text, expected in cases.items():
         assert redact_url_secrets(text) == expected
         assert "S3cr3t" not in redact_url_secrets(text)
+
+
+def test_an_at_sign_in_a_socket_path_is_no_userinfo():
+    assert redact_url_secrets("engine at unix:///tmp/a:b@c.sock stopped") == "engine at unix:///tmp/a:b@c.sock stopped"
+    assert redact_url_secrets("npipe:////./pipe/x@y") == "npipe:////./pipe/x@y"
+    assert redact_url_secrets("tcp://a:pw@127.0.0.1:1/") == "tcp://***@127.0.0.1:1/"
