@@ -213,7 +213,8 @@ def test_a_platform_inspect_answered_for_another_image_fails_that_platform(serve
     code, errors, out = _index(run_cli, served, tmp_path / "s")
     assert code == 1, out
     [error] = errors
-    assert one["inspect"]["Id"] in error and two["per_platform"][arm][0] in error, error
+    assert error.startswith(f"imgdex: docker-daemon (image {one['inspect']['Id']}) manifest "), error  # named once
+    assert two["per_platform"][arm][0] in error, error
     sql = "SELECT name, platform_architecture AS arch FROM images WHERE kind = 'image'"
     got = run_cli("sql", "--store", tmp_path / "s", "--format", "json", sql)
     rows = sorted((row["name"], row["arch"]) for row in map(json.loads, got.stdout.splitlines()))

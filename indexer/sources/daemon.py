@@ -1273,7 +1273,7 @@ class DockerDaemon:
                 continue
             if isinstance(fetched, Exception):
                 if lead:
-                    yield SourceError(where, f"{child_label}: {fetched}")
+                    yield SourceError(child_label, str(fetched))
                 continue
             yield from _containerd_image(
                 fetched, manifest, repos, ctx, child_label, tagged=False, parent=target.digest, lead=lead
