@@ -195,6 +195,7 @@ class FakeEngine:
     address: str = "unix:///fake/docker.sock"
     calls: list[tuple] = field(default_factory=list)
     closed: bool = False
+    aborted: bool = False
     fail_inspect: dict[str, Exception] = field(default_factory=dict)  # image id -> what its inspect raises
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -283,6 +284,9 @@ class FakeEngine:
             [["driver-type", "io.containerd.snapshotter.v1"]] if self.containerd else [["Backing Filesystem", "extfs"]]
         )
         return {"Driver": "overlayfs" if self.containerd else "vfs", "DriverStatus": status}
+
+    def abort(self) -> None:
+        self.aborted = True
 
     def close(self) -> None:
         self.closed = True

@@ -134,6 +134,9 @@ class EngineClient(Protocol):
     def ping(self) -> None:
         """EngineUnavailable unless the engine answers at all; asked only after an `AnswerLost`."""
 
+    def abort(self) -> None:
+        """Cut the requests under way and refuse new ones: the source has failed."""
+
     def close(self) -> None: ...
 
 
@@ -467,11 +470,7 @@ class EngineApiClient:
         def unreachable(reason: str) -> EngineUnavailable:
             return EngineUnavailable(f"cannot reach the Docker engine at {self.address}: {reason}")
 
-        try:
-            status, body = self._exchange(f"{self._endpoint.prefix}/version", seconds)
-        except (OSError, http.client.HTTPException, ValueError) as exc:
-            reason = _reason(exc)
-            raise unreachable(f"no answer in {seconds:g} s" if reason == "timed out" else reason) from None
+        status, body = self._version_answer(seconds, unreachable)
         if status != 200:
             message = _error_message(body)
             raise unreachable(f"GET /version answered HTTP {status}" + (f": {message}" if message else ""))
@@ -587,18 +586,20 @@ class EngineApiClient:
     def ping(self) -> None:
         # GET /version answered the first contact through the same prefix, so any engine this
         # client reached serves it; it is small and costs the engine nothing to answer.
-        seconds = self._connect_timeout
+        def gone(reason: str) -> EngineUnavailable:
+            return EngineUnavailable(f"the Docker engine at {self.address} stopped answering: {reason}")
+
+        status, _ = self._version_answer(self._connect_timeout, gone)
+        if status != 200:
+            raise gone(f"GET /version answered HTTP {status}")
+
+    def _version_answer(self, seconds: float, failed: Callable[[str], EngineUnavailable]) -> tuple[int, bytes]:
+        """(status, body) of GET /version within `seconds`; `failed(reason)` raised when none comes."""
         try:
-            status, _ = self._exchange(f"{self._endpoint.prefix}/version", seconds)
+            return self._exchange(f"{self._endpoint.prefix}/version", seconds)
         except (OSError, http.client.HTTPException, ValueError) as exc:
             reason = _reason(exc)
-            if reason == "timed out":
-                reason = f"no answer in {seconds:g} s"
-            raise EngineUnavailable(f"the Docker engine at {self.address} stopped answering: {reason}") from None
-        if status != 200:
-            raise EngineUnavailable(
-                f"the Docker engine at {self.address} stopped answering: GET /version answered HTTP {status}"
-            )
+            raise failed(f"no answer in {seconds:g} s" if reason == "timed out" else reason) from None
 
     def abort(self) -> None:
         """Cut the requests under way and refuse new ones: once the source has failed, a stuck
@@ -1055,9 +1056,7 @@ class DockerDaemon:
                         ctx.note(f"{where}: image {target.image_id} was removed while indexing; skipped")
                     continue
                 if isinstance(details, EngineUnavailable):
-                    abort = getattr(client, "abort", None)
-                    if abort is not None:
-                        abort()  # before the prefetch waits for what it has under way
+                    client.abort()  # before the prefetch waits for what it has under way
                     raise details
                 if isinstance(details, Exception):
                     if target.lead:
