@@ -206,17 +206,32 @@ def run_tasks(
     def where() -> tuple[int, int]:
         return task.position, task.shard.asked if isinstance(task.shard, CountedShard) else 0
 
+    # A message said again word for word (one broken manifest under three tags, a layout listing
+    # one broken descriptor a million times) is one failure: counted and said once, as an image
+    # reached again is written once. Kept as 64-bit hashes.
+    said = HashSet()
+    repeats = 0
+
+    def new(message: str) -> bool:
+        nonlocal repeats
+        if said.add_new((image_key(message),)):
+            return True
+        repeats += 1
+        return False
+
     # Every message leaves through these two, so URL credentials are redacted once for the
     # terminal, the summary and the runs table alike, whatever source produced them.
     def fail(message: str) -> None:
         message = shortened(printable(redact_url_secrets(message)))
-        errors.add(message)
-        observer.on_error(message, where())
+        if new(message):
+            errors.add(message)
+            observer.on_error(message, where())
 
     def note(message: str) -> None:
         message = shortened(printable(redact_url_secrets(message)))
-        notes.add(message)
-        observer.on_note(message, where())
+        if new(message):
+            notes.add(message)
+            observer.on_note(message, where())
 
     def store(records: list[ImageRecord]) -> int:
         """Write a batch; a record the store refuses is isolated by halving, so the rest lands. Says
@@ -259,6 +274,8 @@ def run_tasks(
         pending_bytes = 0
 
     def finish() -> RunSummary:
+        if repeats:
+            note(f"{repeats} more messages repeated one said before word for word (not said again)")
         summary.failed = errors.count
         summary.errors = errors.listed(errors.items, "errors")
         summary.notes = notes.listed(notes.items, "notes")
