@@ -5,6 +5,7 @@ import itertools
 import json
 import tracemalloc
 
+import pytest
 import urllib3
 
 from builders import OCI_MANIFEST
@@ -89,14 +90,25 @@ def test_a_link_url_over_the_bound_fails_the_repository_in_one_line(fake, monkey
     assert next(numbers) == 1  # the first page only
 
 
+def new_tag_under_new_urls(url_bytes):
+    """Pages that each list one new tag and link to a new URL of about `url_bytes`, for ever."""
+    numbers = itertools.count()
+
+    def page(url):
+        number = next(numbers)
+        return b'{"name": "big/repo", "tags": ["v%d"]}' % number, f"{PATH}?n=1&last={number:010d}" + "x" * url_bytes
+
+    return page
+
+
 def test_the_urls_of_the_pages_are_not_held(monkeypatch):
     """The loop check kept every URL asked for: 6 GB of 64 KB URLs at the page bound."""
     monkeypatch.setattr(registry, "_MAX_PAGES", 2000)
-    listing = offline(monkeypatch, same_tag_under_new_urls(8000))
+    listing = offline(monkeypatch, new_tag_under_new_urls(8000))
 
     (tags, error), peak = peak_while(lambda: paged(listing))
 
-    assert tags == ["v1"] and "more than 2000 pages" in str(error), error
+    assert len(tags) == 2000 and "more than 2000 pages" in str(error), error
     # They are 16 MB; what is held is urllib.parse's cache of the last 128 URLs split (~2 MB).
     assert peak < 6 << 20, f"{peak >> 20} MiB held for 2,000 URLs of 8 KB"
 
@@ -109,6 +121,39 @@ def test_pages_repeating_their_entries_under_new_urls_end_at_the_byte_bound(monk
 
     assert tags == ["v1"]
     assert str(error) == f"{WHAT}: the pages add up to more than 25,600 bytes (after 8 pages)"
+
+
+@pytest.mark.parametrize("entries", [b"[]", b'["v1"]'])
+def test_pages_that_list_nothing_new_end_the_listing_long_before_the_page_bound(monkeypatch, entries):
+    """Empty pages (or the same tag again) under ever new short URLs used to be followed to the
+    100,000-page bound: as many requests, each with its own deadline."""
+    numbers = itertools.count()
+
+    def page(url):
+        number = next(numbers)
+        tags = b'["v1"]' if number == 0 else entries
+        return b'{"name": "big/repo", "tags": %s}' % tags, f"{PATH}?n=1&last={number:010d}"
+
+    listing = offline(monkeypatch, page)
+
+    tags, error = paged(listing)
+
+    assert tags == ["v1"]
+    assert str(error) == f"{WHAT}: the Link pagination goes on with no new tags in 100 pages in a row (after 101 pages)"
+    assert next(numbers) == 101
+
+
+def test_a_few_empty_pages_between_full_ones_are_followed(monkeypatch):
+    pages = [["a"], [], [], ["b"], [], ["c"]]
+
+    def page(url):
+        number = int(url.rpartition("last=")[2]) if "last=" in url else 0
+        link = f"{PATH}?n=1&last={number + 1}" if number + 1 < len(pages) else None
+        return json.dumps({"tags": pages[number]}).encode(), link
+
+    tags, error = paged(offline(monkeypatch, page))
+
+    assert tags == ["a", "b", "c"] and error is None
 
 
 def test_a_loop_back_to_a_page_already_read_is_still_found(monkeypatch):

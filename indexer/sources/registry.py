@@ -64,6 +64,9 @@ from .registry_schema1 import schema1_records
 PREFIX = "docker://"
 _LINK_NEXT = re.compile(r'<([^>]*)>\s*;\s*(?:[^,]*;\s*)*rel="?next"?', re.IGNORECASE)
 _MAX_PAGES = 100_000
+# Pages in a row that list nothing new: a registry pages on while it has entries left, so a Link
+# past this many is one that never ends (a new URL each time), not a listing.
+_MAX_IDLE_PAGES = 100
 # Entries one listing may collect, across all its pages: a registry that pages forever, each page
 # new, would otherwise grow the crawl's memory until it is killed, with nothing landed. Each entry
 # held costs ~150 bytes (the name, and its place in the table of those listed); the
@@ -650,7 +653,7 @@ class Crawl:
         max_bytes = max_entries * _LISTING_BYTES_PER_ENTRY
         received = 0
         url = path
-        pages = 0
+        pages = idle = 0
         while url:
             absolute = url if "://" in url else self.client.base + url
             digest = hashlib.blake2b(absolute.encode("utf-8", "surrogatepass"), digest_size=16).digest()
@@ -670,6 +673,7 @@ class Crawl:
                     error = f"the pages add up to more than {max_bytes:,} bytes (after {pages} pages)"
                     return list(found), HttpError(what, error)
                 entries = _page_entries(reply.body, key, what, pages, max_entries - len(found), max_entries)
+                before = len(found)
                 for entry in entries:
                     if entry not in found:
                         if len(found) == max_entries:
@@ -677,6 +681,12 @@ class Crawl:
                             return list(found), HttpError(what, error)
                         found[entry] = None
                 url = _next_link(reply, what)
+                idle = 0 if len(found) > before else idle + 1
+                if url and idle >= _MAX_IDLE_PAGES:
+                    error = (
+                        f"the Link pagination goes on with no new {key} in {idle} pages in a row (after {pages} pages)"
+                    )
+                    return list(found), HttpError(what, error)
                 entries, reply = [], None  # not held while the next page is read
             except HttpError as exc:
                 return list(found), exc
