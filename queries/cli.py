@@ -664,10 +664,11 @@ def _images_table(result: dict) -> str:
 @click.option(
     "--timeout",
     metavar="SECONDS",
-    type=click.FloatRange(min=0, min_open=True, max=10**9),
+    type=click.FloatRange(min=0, min_open=True),
     default=300,
     show_default=True,
-    help="Stop the query after this long.",
+    callback=_finite_seconds,
+    help="Stop the query after this long (at most a day).",
 )
 @click.option(
     "--memory-limit",
@@ -684,8 +685,6 @@ def sql(query, store, fmt, as_of, timeout, memory_limit):
     Rows are printed as they come; a table shows at most 10,000 of them. Ctrl-C stops the query."""
     from queries import engine, sqlshell
 
-    if timeout != timeout:  # NaN passes FloatRange
-        raise click.BadParameter("not a number", param_hint="'--timeout'")
     terminal = fmt == "csv" and sys.stdout is not None and sys.stdout.isatty()
     with sqlshell.Guard(timeout) as guard:
         try:
@@ -917,6 +916,11 @@ def main():
     except _OutputFailed as exc:
         code, output_ok = 1, False
         _say_output_failed(str(exc))
+    except OSError as exc:
+        if not _written_by_click(exc):
+            raise
+        code, output_ok = 1, False
+        _say_output_failed(exc.strerror or str(exc))
     if output_ok:
         try:
             if sys.stdout is not None:
@@ -967,6 +971,18 @@ def _utf8_stdout() -> None:
     if (stream.encoding or "").lower().replace("-", "").replace("_", "") not in ("utf8", "utf8sig"):
         with contextlib.suppress(OSError, ValueError):
             stream.reconfigure(encoding="utf-8")
+
+
+def _written_by_click(exc: OSError) -> bool:
+    """Whether `exc` rose from click's own output (`--help`, `--version`), which click writes
+    without going through `echo` here: a write that failed, as a full disk, not a bug."""
+    echo_code = click.utils.echo.__code__
+    frame = exc.__traceback__
+    while frame is not None:
+        if frame.tb_frame.f_code is echo_code:
+            return True
+        frame = frame.tb_next
+    return False
 
 
 def _say_output_failed(reason: str) -> None:

@@ -72,6 +72,15 @@ def test_full_device_is_one_line(samples_store, args):
     assert result.stderr.splitlines() == [NO_SPACE]
 
 
+@pytest.mark.parametrize("args", [("--version",), ("--help",), ("list", "--help"), ("index", "-h")])
+def test_help_and_version_to_a_full_device_are_one_line(args):
+    """click writes these itself, and its OSError used to end in a traceback."""
+    with open("/dev/full", "w") as full:
+        result = _imgdex(*args, stdout=full)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [NO_SPACE]
+
+
 def test_get_to_a_full_device_is_one_line(samples_store, one_id):
     with open("/dev/full", "w") as full:
         single = _imgdex("get", one_id, "--store", samples_store, stdout=full)

@@ -63,12 +63,22 @@ def test_a_version_of_thousands_of_digits_is_one_line(tmp_path, command):
     assert "version '" + "1" * 120 + "...' is out of range" in line and len(line) < 400
 
 
-def test_a_deadline_past_a_day_is_refused(tmp_path):
-    result = imgdex("index", "docker://127.0.0.1:1/x", "--timeout", "1e10", "--store", str(tmp_path))
+@pytest.mark.parametrize("command", [["index", "docker://127.0.0.1:1/x"], ["sql", "SELECT 1"]])
+@pytest.mark.parametrize(
+    "value, reason", [("1e10", "1e+10 is more than 86400 seconds"), ("nan", "nan is not a number of seconds")]
+)
+def test_a_deadline_past_a_day_is_refused(tmp_path, command, value, reason):
+    result = imgdex(*command, "--timeout", value, "--store", str(tmp_path))
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        "imgdex index: Invalid value for '--timeout': 1e+10 is more than 86400 seconds. See 'imgdex index --help'."
+        f"imgdex {command[0]}: Invalid value for '--timeout': {reason}. See 'imgdex {command[0]} --help'."
     ]
+    assert not os.listdir(tmp_path)
+
+
+def test_a_query_deadline_of_a_day_is_taken(samples_store):
+    result = imgdex("sql", "SELECT 1 AS x", "--timeout", "86400", "--store", samples_store, "--format", "csv")
+    assert result.returncode == 0 and result.stdout.split() == ["x", "1"], result.stderr
 
 
 @pytest.mark.parametrize("kind", ["device", "fifo", "too long"])
