@@ -331,10 +331,19 @@ def test_full_disk_is_one_line_naming_the_store(tmp_path, monkeypatch, base_stor
     _assert_store_goes_on(base_store, tmp_path, images_after)
 
 
-def test_a_data_file_gone_from_the_store_is_one_line_not_one_per_record(tmp_path, base_store):
-    # As a vacuum with a short retention leaves it when it races a run, or a file deleted by hand.
+@pytest.mark.parametrize("damage", ["gone", "empty", "cut short", "another file"])
+def test_a_data_file_gone_from_the_store_is_one_line_not_one_per_record(tmp_path, base_store, damage):
+    # As a vacuum with a short retention leaves it when it races a run, or a file deleted by hand;
+    # or damaged: each record used to be blamed for it, the batch halved down to one line each.
     [gone] = [p for p in _data_files(base_store) if os.sep + "images" + os.sep in p]
-    os.remove(gone)
+    if damage == "gone":
+        os.remove(gone)
+    elif damage == "another file":
+        tags = [p for p in _data_files(base_store) if os.sep + "tags" + os.sep in p]
+        shutil.copyfile(tags[0], gone)
+    else:
+        with open(gone, "r+b") as f:
+            f.truncate(0 if damage == "empty" else os.path.getsize(gone) // 2)
     result = invoke("index", f"oci:{tmp_path / 'base'}", "--store", base_store)
     assert result.exit_code == 1
     [line] = result.stderr.splitlines()

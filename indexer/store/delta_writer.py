@@ -38,14 +38,15 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Iterator
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 
 from .. import collector, timestamps
-from ..errors import StoreError
+from ..errors import StoreError, first_line
 from ..model import ImageRecord, merge_records
-from . import deltalog, paths
-from .delta import Changes, DeltaStore, RunResult, Snapshot, premerge
+from . import deltalog, paths, schema
+from .delta import KEYS, Changes, DeltaStore, RunResult, Snapshot, premerge
 from .writer import _one_per_id, record_from_row, records_to_arrow, store_failure
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -201,12 +202,44 @@ class DeltaWriter:
             raise StoreError(f"store {self.store}: {store_failure(exc)}") from None
         except Exception as exc:
             # A data file the log lists but that is gone (vacuumed with a short retention, deleted
-            # by hand) fails every batch alike: one line, not a batch halved down to one error per
-            # record.
+            # by hand) or damaged (cut short, emptied, another file's bytes) fails every batch
+            # alike: one line, not a batch halved down to one error per record.
             duckdb = sys.modules.get("duckdb")
-            if duckdb is None or not isinstance(exc, duckdb.IOException):
+            if duckdb is not None and isinstance(exc, duckdb.BinderException):
+                # The write's SQL is fixed and a batch has the table's schema: only a data file
+                # holding other columns (another table's file copied over one) fails to bind.
+                other = self._file_of_other_columns()
+                what = f"data file {other}" if other else "a data file"
+                cause = f"{what} does not hold the table's columns ({first_line(exc)})"
+                raise StoreError(f"store {self.store}: {cause}") from None
+            if duckdb is None or not (isinstance(exc, duckdb.IOException) or self._names_own_file(exc)):
                 raise
-            raise StoreError(f"store {self.store}: {store_failure(exc)}") from None
+            raise StoreError(f"store {self.store}: {store_failure(exc) or first_line(exc)}") from None
+
+    def _file_of_other_columns(self) -> str | None:
+        """The first live data file whose columns are not its table's (footers only); None when
+        none is found, or the log cannot be read."""
+        try:
+            for table, files in deltalog.read_store(self.store, tables=("images", "tags")).items():
+                # A file written before a column was added lacks it; none lacks a key, or holds a
+                # column its table never had.
+                wanted, keys = set(schema.TABLES[table].names), set(KEYS[table])
+                for path in files.files:
+                    names = set(pq.read_schema(path).names)
+                    if not keys <= names or not names <= wanted:
+                        return path
+        except (StoreError, OSError, ValueError, pa.ArrowException):
+            return None
+        return None
+
+    def _names_own_file(self, exc: Exception) -> bool:
+        """Whether DuckDB refused `exc`'s input as a file of this store (`File '…/images/part-…'
+        too small to be a Parquet file`, no magic bytes, another schema): a record is never a file."""
+        duckdb = sys.modules["duckdb"]
+        if not isinstance(exc, duckdb.InvalidInputException):
+            return False
+        text = str(exc)
+        return any(f"{root.rstrip(os.sep)}{os.sep}" in text for root in {self.store, os.path.abspath(self.store)})
 
     def _snapshot(self) -> Snapshot | None:
         return self._guarded(self._tables.snapshot) if self._exists else None
