@@ -260,6 +260,22 @@ def test_a_commit_without_actions_is_refused_not_read_as_empty(store, some_id, c
 # ---- data files outside the table's folder
 
 
+@pytest.mark.parametrize("path", ["part-*.parquet", "part-?.parquet", "part-[0-9].parquet", "%2A.parquet"])
+def test_an_added_file_named_by_a_pattern_is_refused(store, some_id, path):
+    """DuckDB expanded it: every file of the folder that matched was read, live or not."""
+    append_line(
+        store,
+        json.dumps(
+            {"add": {"path": path, "size": 1, "partitionValues": {}, "modificationTime": 1, "dataChange": True}}
+        ),
+    )
+    refused_everywhere(
+        store,
+        some_id,
+        r"^imgdex: table images names a data file by a pattern \(`\*`, `\?` or `\[`\): " + re.escape(path) + "$",
+    )
+
+
 @pytest.mark.parametrize(
     "path",
     [

@@ -181,6 +181,10 @@ class _Replay:
         path = unquote(action["path"])
         if not _inside(path):
             raise StoreError(f"table {self.table} names a data file outside its folder: {printable(action['path'])}")
+        if _GLOB.search(path):
+            # DuckDB reads a file name as a pattern: `part-*.parquet` would read every file it matches.
+            shown = printable(action["path"])
+            raise StoreError(f"table {self.table} names a data file by a pattern (`*`, `?` or `[`): {shown}")
         self.files[path] = (self.version, action.get("stats"))
 
     def apply(self, action: dict) -> None:
@@ -218,6 +222,10 @@ class _Replay:
 
     def path(self, relative: str) -> str:
         return os.path.join(self.directory, relative)
+
+
+# What DuckDB's read_parquet expands in a file name; no Delta writer names a file with one.
+_GLOB = re.compile(r"[*?\[]")
 
 
 def _inside(path: str) -> bool:
