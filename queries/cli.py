@@ -19,6 +19,7 @@ import click
 from indexer.errors import ImgdexError, QueryError, printable
 from indexer.identifiers import DEFAULT_PLATFORM, ID_RE
 from indexer.store.paths import default_store
+from queries.server.app import store_path
 
 
 def fail(message: str, code: int = 1):
@@ -74,6 +75,7 @@ store_option = click.option(
     metavar="DIR",
     default=default_store,
     show_default="./data, or $IMGDEX_STORE",
+    callback=lambda _ctx, param, value: store_path(param, value),
     help="Store directory.",
 )
 

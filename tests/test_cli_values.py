@@ -120,3 +120,24 @@ def test_a_layout_that_is_not_there_says_why(tmp_path, spec, said):
     result = imgdex("index", spec.format(tmp=tmp_path), "--store", str(tmp_path / "store"))
     assert result.returncode == 1
     assert result.stderr.splitlines() == [said.format(tmp=tmp_path)]
+
+
+@pytest.mark.parametrize(
+    "command", [["index", SAMPLE], ["get", "x"], ["list"], ["sql", "SELECT 1"], ["history"], ["compact"], ["serve"]]
+)
+def test_an_empty_store_value_is_refused(tmp_path, command):
+    """`index --store ""` wrote into the current folder while readers read the filesystem's root."""
+    result = subprocess.run(
+        [sys.executable, "-m", "queries.cli", *command, "--store", ""],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"imgdex {command[0]}: Invalid value for '--store': an empty value names no folder (`.` is this one). "
+        f"See 'imgdex {command[0]} --help'."
+    ]
+    assert os.listdir(tmp_path) == []

@@ -145,9 +145,22 @@ class Service:
         return f"imgdex: serving gRPC {grpc_part}, REST {http_part}, store {self.store} ({held})"
 
 
+def store_path(param, value: str) -> str:
+    """A --store value: an empty one named no folder, and was read as the filesystem's root by some
+    commands and as the current folder by others."""
+    if not value:
+        raise click.BadParameter("an empty value names no folder (`.` is this one)", param=param)
+    return value
+
+
 @click.command()
 @click.option(
-    "--store", metavar="DIR", default=default_store, show_default="./data, or $IMGDEX_STORE", help="Store directory."
+    "--store",
+    metavar="DIR",
+    default=default_store,
+    show_default="./data, or $IMGDEX_STORE",
+    callback=lambda _ctx, param, value: store_path(param, value),
+    help="Store directory.",
 )
 @click.option(
     "--grpc",
