@@ -199,6 +199,9 @@ def test_migrate_converts_the_first_layout_in_place_with_the_same_answers(run_cl
     assert refused.exit_code == 1 and "imgdex migrate" in refused.output and refused.output.count("\n") == 1
     history = run_cli("history", "--store", store)
     assert history.exit_code == 1 and "imgdex migrate" in history.output
+    # Bare files are also what `export` writes: the advice says what migrating does to them.
+    assert ("replacing the Parquet files" in history.output) == (form == "bare")
+    assert ("has the layout of imgdex 0.1" in history.output) == (form == "database")
 
     result = run_cli("migrate", "--store", store)
     assert result.exit_code == 0, result.output
@@ -213,6 +216,17 @@ def test_migrate_converts_the_first_layout_in_place_with_the_same_answers(run_cl
     assert current(run_cli, store) == before
     again = run_cli("migrate", "--store", store)
     assert again.exit_code == 1 and "already" in again.output
+
+
+def test_an_export_is_read_and_named_as_plain_parquet(run_cli, tmp_path, samples_store):
+    export = str(tmp_path / "export")
+    assert run_cli("export", export, "--store", samples_store).exit_code == 0
+    assert current(run_cli, export) == current(run_cli, samples_store)
+    for args in (["history"], ["compact"], ["index", sample_sources()[0]]):
+        refused = run_cli(*args, "--store", export)
+        assert refused.exit_code == 1 and refused.output.count("\n") == 1, (args, refused.output)
+        assert "holds plain Parquet files (an `imgdex export`" in refused.output, refused.output
+    assert sorted(os.listdir(export)) == ["images.parquet", "runs.parquet", "tags.parquet"]
 
 
 def test_migrate_refuses_a_folder_that_holds_no_store(run_cli, tmp_path):

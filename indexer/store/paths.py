@@ -65,11 +65,20 @@ def no_store_message(store: str) -> str:
 
 def refuse_old_layout(store: str) -> None:
     """StoreError when `store` is of the first layout, which only `imgdex migrate` turns into tables."""
-    if not is_table_store(store) and is_old_layout(store):
+    if is_table_store(store) or not is_old_layout(store):
+        return
+    if os.path.isfile(os.path.join(store, DATABASE)) or os.path.lexists(os.path.join(store, SNAPSHOT_LINK)):
         raise StoreError(
             f"store {store} has the layout of imgdex 0.1 (imgdex.duckdb and Parquet snapshots); "
             f"convert it once with `imgdex migrate --store {store}`"
         )
+    # Bare Parquet files are what `imgdex export` writes, for readers other than imgdex: the advice
+    # to migrate must say that it replaces them.
+    raise StoreError(
+        f"store {store} holds plain Parquet files (an `imgdex export`, or a copied imgdex 0.1 snapshot), "
+        f"which get, list and sql read and nothing writes; `imgdex migrate --store {store}` would turn "
+        "them into tables, replacing the Parquet files"
+    )
 
 
 @contextlib.contextmanager
