@@ -599,3 +599,22 @@ def test_password_stdin_is_bounded(tmp_path):
     assert result.exit_code == 2
     assert "at most 65536 characters" in result.output
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize(
+    "args", [["list"], ["get", "x"], ["sql", "SELECT 1"], ["history"], ["compact"], ["index", sample_sources()[0]]]
+)
+def test_a_log_that_cannot_be_listed_is_not_taken_for_no_store(store, monkeypatch, args):
+    """A table log without read permission (as for a user other than the store's) said `no image
+    store … run imgdex index first`."""
+    log = os.path.join(str(store), "tags", "_delta_log")
+    listing = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) == log:
+            raise PermissionError(13, "Permission denied", path)
+        return listing(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    line = assert_one_line(invoke(*args, "--store", store))
+    assert line == f"imgdex: cannot read the Delta log {log}: Permission denied"

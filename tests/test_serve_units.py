@@ -168,6 +168,28 @@ def test_no_snapshot_is_a_store_error(tmp_path):
             pass
 
 
+def test_a_log_that_cannot_be_listed_keeps_the_snapshot_served_and_is_said_once(unit_store, monkeypatch):
+    from queries.server import snapshots
+
+    said = []
+    source = snapshots.SnapshotSource(str(unit_store), log=said.append)
+    assert source.refresh() and source.current is not None
+    served = source.current
+    log = os.path.join(str(unit_store), "tags", "_delta_log")
+    listing = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) == log:
+            raise PermissionError(13, "Permission denied", path)
+        return listing(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    assert not source.refresh() and not source.refresh()
+    assert source.current is served
+    assert said == [f"cannot read the Delta log {log}: Permission denied"]
+    source.stop()
+
+
 def test_served_database_reads_no_files(unit_store):
     import duckdb
 

@@ -48,8 +48,12 @@ def _has_commits(log: str) -> bool:
     try:
         with os.scandir(log) as entries:
             return any(entry.name[:20].isdigit() and entry.name[20:21] == "." for entry in entries)
-    except OSError:
+    except (FileNotFoundError, NotADirectoryError):
         return False
+    except OSError as exc:
+        # A log that is there but cannot be listed (its permissions, an I/O error) is a store that
+        # cannot be read, not a folder without one: "run `imgdex index` first" would mislead.
+        raise StoreError(f"cannot read the Delta log {log}: {exc.strerror or exc}") from None
 
 
 def is_old_layout(store: str) -> bool:

@@ -257,15 +257,16 @@ class SnapshotSource:
 
     def refresh(self) -> bool:
         """Load the store's snapshot if it is not the one served; True when a new one was swapped in."""
-        key = snapshot_key(self.store)
-        current = self._current
-        if key is None or (current is not None and current.key == key):
-            return False
         try:
+            key = snapshot_key(self.store)
+            current = self._current
+            if key is None or (current is not None and current.key == key):
+                return False
             fresh = Snapshot.load(key)
         except StoreError as exc:
             # Most often an index run pruned the folder between the stat and the load; the next
-            # poll sees the newer snapshot. Said once, not every poll.
+            # poll sees the newer snapshot. Or a log that cannot be read (its permissions): the
+            # snapshot served stays. Said once, not every poll.
             if str(exc) != self._last_error:
                 self._last_error = str(exc)
                 self._log(str(exc))
