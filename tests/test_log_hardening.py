@@ -17,7 +17,7 @@ import pytest
 from conftest import sample_sources
 from indexer.errors import StoreError
 from indexer.store import deltalog
-from test_badinput import _MEASURE, IMGDEX_ENV, MAX_PEAK_RSS, ROOT, Measured, error_lines, invoke
+from test_badinput import _MEASURE, IMGDEX_ENV, MAX_PEAK_RSS, ROOT, Measured, error_lines, invoke, run_measured
 
 LOG = os.path.join("images", "_delta_log")
 NEWEST = os.path.join(LOG, "00000000000000000002.json")
@@ -300,3 +300,24 @@ def test_an_added_file_outside_the_table_folder_is_refused(store, some_id, path)
         some_id,
         r"^imgdex: table images names a data file outside its folder: " + re.escape(path) + "$",
     )
+
+
+# ---- data files that are not regular files
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_a_data_file_that_is_not_a_regular_file_is_refused_before_it_is_opened(store, some_id, kind):
+    """A FIFO in place of a data file made every command wait for ever on DuckDB's open, before
+    `sql --timeout` started counting."""
+    [victim] = [name for name in os.listdir(os.path.join(store, "images")) if name.endswith(".parquet")][:1]
+    path = os.path.join(store, "images", victim)
+    os.remove(path)
+    os.mkfifo(path) if kind == "fifo" else os.mkdir(path)
+    what = {"fifo": "named pipe", "directory": "directory"}[kind]
+    for args in [*commands(some_id), ["index", os.path.join(ROOT, "data", "samples", "docker-save-app.tar")]]:
+        out = run_measured([*args, "--store", store], timeout=60)
+        assert out.code == 1, (args, out.stderr)
+        assert error_lines(out.stderr) == [f"imgdex: table images: data file {path} is not a regular file ({what})"], (
+            args,
+            out.stderr,
+        )

@@ -20,12 +20,13 @@ import dataclasses
 import json
 import os
 import re
+import stat
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from urllib.parse import unquote, urlparse
 
 from ..errors import SourceError, StoreError, printable
-from ..files import open_readable
+from ..files import not_regular, open_readable
 
 TABLES = ("images", "tags", "runs")
 LOG_DIR = "_delta_log"
@@ -463,6 +464,7 @@ def read_table(
     replay.check()
     columns = _columns(replay.metadata)
     files = tuple(replay.path(p) for p in replay.files)
+    _check_regular(table, files)
     first_key = columns[0][0] if columns else None
     wanted = (first_key, "name") if table == "images" else (first_key,)
     parsed = [_stat_ranges(stats, wanted) for _, stats in replay.files.values()]
@@ -470,6 +472,19 @@ def read_table(
     names = tuple(p[1] for p in parsed) if table == "images" else ()
     uniform = _as_dict(replay.metadata.get("configuration")).get(MIXED_SCHEMAS) != "true"
     return TableFiles(table, location, version, timestamp, files, columns, run_id, ranges, uniform, names)
+
+
+def _check_regular(table: str, files: Sequence[str]) -> None:
+    """StoreError for a live data file that is not a regular file: DuckDB would wait for ever on a
+    FIFO's open, before any query deadline starts. One stat each; a missing or unreadable file is
+    left to the read, which names it."""
+    for path in files:
+        try:
+            mode = os.stat(path).st_mode
+        except (OSError, ValueError):
+            continue
+        if not stat.S_ISREG(mode):
+            raise StoreError(f"table {table}: {not_regular(f'data file {printable(path)}', mode)}")
 
 
 def _check_contiguous(table: str, commits: dict[int, str], start: int, version: int) -> None:
