@@ -66,6 +66,14 @@ def library_errors(command):
             return command(*args, **kwargs)
         except ImgdexError as exc:
             fail(str(exc))
+        except KeyboardInterrupt:
+            fail("interrupted", 130)  # as `sql` says for its query, and as a shell counts SIGINT
+        except Exception as exc:
+            # DuckDB turns the SIGINT that arrives during a query into this (a RuntimeError, or its
+            # InterruptException), not a KeyboardInterrupt.
+            if str(exc) != "Query interrupted" and type(exc).__name__ != "InterruptException":
+                raise
+            fail("interrupted", 130)
 
     return wrapper
 

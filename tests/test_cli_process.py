@@ -5,12 +5,15 @@ be written."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
-from conftest import sample_sources
+from conftest import ROOT, sample_sources
 
 NO_SPACE = "imgdex: cannot write to standard output: No space left on device"
 
@@ -156,3 +159,54 @@ def test_index_process_loads_neither_numpy_nor_pandas(tmp_path):
     listed = _imgdex("list", "--store", store, "--format", "json")
     assert listed.returncode == 0
     assert len(json.loads(listed.stdout)["images"]) == json.loads(result.stdout)["indexed"] > 0
+
+
+@pytest.mark.parametrize("raised", ["keyboard", "duckdb"])
+@pytest.mark.parametrize("command", ["compact", "export"])
+def test_ctrl_c_during_a_command_is_one_line_and_exit_130(samples_store, tmp_path, monkeypatch, raised, command):
+    """Ctrl-C in compact or export ended in a traceback (DuckDB turns the signal into a RuntimeError
+    during a query) or in click's `Aborted!` with exit 1; `sql` said `query interrupted`, 130."""
+    from click.testing import CliRunner
+
+    from indexer.store import delta
+    from queries import export
+    from queries.cli import cli
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt if raised == "keyboard" else RuntimeError("Query interrupted")
+
+    if command == "compact":
+        monkeypatch.setattr(delta.DeltaStore, "compact", interrupted)
+        args = ["compact"]
+    else:
+        monkeypatch.setattr(export, "_export_table", interrupted)
+        args = ["export", str(tmp_path / "out")]
+    result = CliRunner().invoke(cli, [*args, "--store", samples_store])
+    assert result.exit_code == 130
+    assert result.stderr.splitlines() == ["imgdex: interrupted"]
+
+
+def test_sigint_during_compact_leaves_a_store_that_reads(tmp_path):
+    """The real signal, at some moment of a compaction of 1,000 images."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import corpus
+
+    layout, store = str(tmp_path / "layout"), str(tmp_path / "store")
+    corpus.write_oci_layout(layout, 1000)
+    assert _imgdex("index", layout, "--store", store, "--quiet").returncode == 0
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "queries.cli", "compact", "--store", store],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.6)  # past the imports: the whole compaction takes about a second here
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert "Traceback" not in stderr
+    assert proc.returncode in (0, 130), stderr  # 0: it had finished
+    if proc.returncode == 130:
+        assert stderr.splitlines() == ["imgdex: interrupted"]
+    listed = _imgdex("sql", "SELECT count(*) AS n FROM images", "--store", store, "--format", "csv")
+    assert listed.returncode == 0 and listed.stdout.split() == ["n", "1000"], listed.stderr

@@ -399,6 +399,8 @@ def _read_checkpoint(replay: _Replay, log: str, names: list[str], con) -> None:
         ).fetchall()
     except Exception as exc:  # duckdb.Error, without importing duckdb on the common path
         cause = str(exc).splitlines()[0]
+        if cause == "Query interrupted" or type(exc).__name__ == "InterruptException":
+            raise  # Ctrl-C, which the CLI reports as such: the checkpoint is not to blame
         raise StoreError(f"table {replay.table}: cannot read checkpoint {names[0]}: {cause}") from None
     finally:
         if own:
