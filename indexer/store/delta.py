@@ -626,7 +626,17 @@ class DeltaStore:
         except TableNotFoundError:
             raise StoreError(f"store {self.store} has no {table} table; create it first") from None
         except (DeltaError, OSError) as exc:
+            self._explain_unopened(table, version)
             raise StoreError(f"cannot open table {table} of {self.store}: {first_line(exc)}") from None
+
+    def _explain_unopened(self, table: str, version: int | None) -> None:
+        """Raise what this store's own log reader says of a table delta-rs would not open, if it
+        says anything: it names the commit or checkpoint and the reason ("Permission denied",
+        "cut short"), where delta-rs says "Generic LocalFileSystem error" or "Corrupt footer"."""
+        if not deltalog.is_local(self.location(table)):
+            return
+        # Opened only here, on a failure: the log reader needs DuckDB for a checkpoint.
+        deltalog.read_table(self.location(table), table=table, version=version, con=self._duckdb)
 
     def _duckdb(self) -> duckdb.DuckDBPyConnection:
         if self._con is None:
