@@ -112,7 +112,7 @@ class Snapshot:
         self._columns = columns
         self._index = index
         self._local = threading.local()
-        self._cursors: list = []
+        self._cursors: dict[threading.Thread, duckdb.DuckDBPyConnection] = {}
         self._lock = threading.Lock()
         self._users = 0
         self._retired = False
@@ -174,8 +174,13 @@ class Snapshot:
             with self._lock:
                 if self._closed:
                     raise StoreError("snapshot was closed")
+                # The REST server runs a thread per connection: a cursor is closed once its thread
+                # has ended, or every connection would keep one (~10 KB) until the snapshot retires.
+                for thread in [thread for thread in self._cursors if not thread.is_alive()]:
+                    with contextlib.suppress(duckdb.Error):
+                        self._cursors.pop(thread).close()
                 cur = self._con.cursor()
-                self._cursors.append(cur)
+                self._cursors[threading.current_thread()] = cur
             self._local.cursor = cur
         return cur
 
@@ -217,7 +222,7 @@ class Snapshot:
             if self._closed:
                 return
             self._closed = True
-            cursors, self._cursors = self._cursors, []
+            cursors, self._cursors = list(self._cursors.values()), {}
         for cur in cursors:
             with contextlib.suppress(duckdb.Error):
                 cur.close()
