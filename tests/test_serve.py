@@ -12,6 +12,7 @@ import os
 import re
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -85,13 +86,20 @@ class Server:
         return self.proc.returncode, time.monotonic() - t0, err
 
 
-def start_server(store: str, *args: str, timeout: float = 30.0) -> Server:
+def start_server(store: str, *args: str, timeout: float = 30.0, open_files: int | None = None) -> Server:
     argv = [sys.executable, "-m", "queries.server.app", "--store", store]
     if not any(a == "--grpc" for a in args):
         argv += ["--grpc", "127.0.0.1:0"]
     if not any(a == "--http" for a in args):
         argv += ["--http", "127.0.0.1:0"]
-    proc = subprocess.Popen([*argv, *args], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+
+    def limit() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
+    preexec = limit if open_files is not None else None
+    proc = subprocess.Popen([*argv, *args], cwd=ROOT, stderr=subprocess.PIPE, text=True, preexec_fn=preexec)
     selector = selectors.DefaultSelector()
     selector.register(proc.stderr, selectors.EVENT_READ)
     deadline = time.monotonic() + timeout
@@ -1192,3 +1200,27 @@ def test_rest_connections_beyond_the_cap_are_refused_at_once(limited_rest):
             sock.close()
     time.sleep(0.2)
     assert http_get(limited_rest, "/container-registry/v1/images?pageSize=1")[0] == 200
+
+
+def test_idle_grpc_connections_cannot_use_up_the_descriptors(store):
+    """Connections that only sent the HTTP/2 preface had no cap: 10,000 of them took every
+    descriptor of the process, and REST hung and new index runs were not loaded."""
+    server = start_server(store, open_files=256)  # gRPC may hold 64 connections, REST 128
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    held = []
+    try:
+        host, port = server.grpc.rsplit(":", 1)
+        for _ in range(400):
+            sock = socket.create_connection((host, int(port)), timeout=5)
+            sock.sendall(preface)
+            held.append(sock)
+        time.sleep(1)
+        in_use = len(os.listdir(f"/proc/{server.proc.pid}/fd"))
+        assert in_use < 64 + 40, in_use  # the cap, and the server's own files
+        status, doc = http_json(server.http, "/container-registry/v1/images?pageSize=1")
+        assert status == 200 and doc["images"]
+    finally:
+        for sock in held:
+            sock.close()
+        code, _, err = server.stop()
+    assert code == 0 and "descriptor" not in err, err

@@ -269,12 +269,17 @@ CALLS_PER_WORKER = 4
 # running are cancelled after the grace: no call holds a worker for longer than the two.
 MAX_CONNECTION_AGE_MS = 60_000
 MAX_CONNECTION_AGE_GRACE_MS = 30_000
+IDLE_CONNECTION_MS = 30_000
 
 
 class GrpcServer:
     """The gRPC server with the three services, health (if installed) and reflection (if installed)."""
 
-    def __init__(self, api: Api, address: str, workers: int, token: bytes | None):
+    def __init__(
+        self, api: Api, address: str, workers: int, token: bytes | None, max_connections: int | None = None
+    ):
+        from .rest_api import default_max_connections  # rest_api imports this module
+
         interceptors = [BearerTokenInterceptor(token)] if token else []
         self._pool = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imgdex-grpc")
         options = [
@@ -283,6 +288,12 @@ class GrpcServer:
             ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
             ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
             ("grpc.max_connection_age_grace_ms", MAX_CONNECTION_AGE_GRACE_MS),
+            # Connections held at once: a quarter of the open-files limit (REST takes half), so
+            # that idle gRPC connections cannot use up the descriptors that REST and the store's
+            # files need; past it, a new connection is closed at once. One that sends no call is
+            # closed when idle as long as REST waits for a request.
+            ("grpc.max_allowed_incoming_connections", max_connections or default_max_connections(4)),
+            ("grpc.max_connection_idle_ms", IDLE_CONNECTION_MS),
         ]
         self.server = grpc.server(
             self._pool,

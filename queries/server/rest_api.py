@@ -151,8 +151,8 @@ def _as_sent(target: str) -> str:
         raise QueryError(f"invalid request: the target {shown(target)} is not UTF-8") from None
 
 
-def default_max_connections() -> int:
-    """Half the soft open-files limit, at most MAX_CONNECTIONS."""
+def default_max_connections(share: int = 2) -> int:
+    """1/`share` of the soft open-files limit (half for REST), at most MAX_CONNECTIONS."""
     try:
         import resource
 
@@ -161,7 +161,7 @@ def default_max_connections() -> int:
         return MAX_CONNECTIONS
     if soft == resource.RLIM_INFINITY:
         return MAX_CONNECTIONS
-    return max(1, min(MAX_CONNECTIONS, soft // 2))
+    return max(1, min(MAX_CONNECTIONS, soft // share))
 
 
 def _rpc_code(http_status: int) -> int:
