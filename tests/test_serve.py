@@ -840,10 +840,14 @@ def test_missing_store_and_taken_ports_fail_with_one_line(store, tmp_path):
     assert result.returncode == 1 and result.stderr.startswith("imgdex: no image store at")
     srv = start_server(store)
     try:
-        for args in (["--grpc", srv.grpc, "--http", "off"], ["--grpc", "off", "--http", srv.http]):
+        for args, taken in (
+            (["--grpc", srv.grpc, "--http", "off"], f"{srv.grpc} for gRPC"),
+            (["--grpc", "off", "--http", srv.http], f"{srv.http} for REST"),
+        ):
             result = _serve_exit("--store", store, *args)
             assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
-            assert result.stderr.startswith("imgdex: cannot listen on") or "Address already in use" in result.stderr
+            [line] = result.stderr.splitlines()
+            assert line.startswith(f"imgdex: cannot listen on {taken}"), line  # which address, and why
     finally:
         srv.stop()
 
@@ -1224,3 +1228,21 @@ def test_idle_grpc_connections_cannot_use_up_the_descriptors(store):
             sock.close()
         code, _, err = server.stop()
     assert code == 0 and "descriptor" not in err, err
+
+
+def test_a_client_cannot_make_the_server_write_on_stderr(store):
+    """gRPC's own logging wrote a line per call whose metadata was over the limit: a client could
+    fill the server's log."""
+    server = start_server(store)
+    try:
+        with grpc.insecure_channel(server.grpc) as channel:
+            stub = isv_grpc.ImageServiceStub(channel)
+            for _ in range(5):
+                with pytest.raises(grpc.RpcError) as info:
+                    stub.Get(
+                        isv.GetImageRequest(image_id="x"), metadata=[(f"x-{i}", "a") for i in range(2000)], timeout=5
+                    )
+                assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        code, _, err = server.stop()
+    assert code == 0 and err.splitlines() == ["imgdex: stopped"], err

@@ -107,8 +107,11 @@ class Service:
                 from .rest_api import RestServer
 
                 host, port = http_address
-                self.rest = RestServer(self.api, host, port, workers, token)
                 shown = f"[{host}]" if ":" in host else host
+                try:
+                    self.rest = RestServer(self.api, host, port, workers, token)
+                except OSError as exc:  # as gRPC words it: which address, and why
+                    raise OSError(f"cannot listen on {shown}:{port} for REST: {exc.strerror or exc}") from None
                 self.http_address = f"{shown}:{self.rest.port}"
         except BaseException:
             self._close_unstarted()
@@ -220,6 +223,10 @@ def serve(store, grpc_text, http_text, token_file, insecure_no_auth, workers):
 
         click.echo(f"imgdex: {no_store_message(store)}", err=True)
         sys.exit(1)
+    # gRPC's own logging writes a line on stderr for what a client does (metadata over the limit,
+    # one line per call) and beside each failure already said here in one line. GRPC_VERBOSITY
+    # set by the user still applies.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     try:
         service = Service(store, grpc_address, http_address, token, workers)
     except ImportError as exc:
