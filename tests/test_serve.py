@@ -1024,6 +1024,23 @@ def test_rest_refuses_bodies_it_cannot_frame_and_closes(server, request_, status
     assert doc["code"] == code and doc["details"] == [] and doc["message"], doc
 
 
+@pytest.mark.parametrize(
+    "headers,status",
+    [
+        (f"Content-Length: {(1 << 20) + 1}\r\n", 413),
+        ("Transfer-Encoding: chunked\r\n", 501),
+        ("Content-Length: 5\r\n", 100),
+    ],
+)
+def test_rest_answers_expect_100_with_the_refusal_when_the_body_would_be_refused(server, headers, status):
+    """It said `100 Continue`, asking for a body that was then thrown away unread."""
+    out, _ = exchange(server.http, _get(headers="Expect: 100-continue\r\n" + headers))
+    assert out.split(b"\r\n", 1)[0].split()[1] == str(status).encode(), out[:300]
+    if status != 100:
+        (answer,) = responses(out)
+        assert answer[0] == status and answer[1]["connection"] == "close"
+
+
 def test_rest_small_bodies_are_still_read_and_ignored(server):
     pipelined = _get(headers="Content-Length: 5\r\n") + b"hello" + _get(headers="Connection: close\r\n")
     out, closed = exchange(server.http, pipelined)

@@ -281,6 +281,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # RFC 9112 9.6; the standard library took only a whole value of `close`
         return True
 
+    def handle_expect_100(self) -> bool:
+        """`Expect: 100-continue` with a body that will be refused: the refusal at once, rather than
+        a `100 Continue` that asks the client to send a body only to be thrown away."""
+        try:
+            self._body_length()
+        except _Refused as exc:
+            self._refuse(exc.status, str(exc))
+            return False
+        return super().handle_expect_100()
+
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """The errors BaseHTTPRequestHandler answers itself, as Status bodies in imgdex's words."""
         if code == 414:
