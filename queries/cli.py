@@ -605,7 +605,7 @@ def _query_lines(stream):
                     return
             yield QueryError(f"line longer than {MAX_QUERY_LINE} bytes")
             continue
-        yield line.decode("utf-8", errors="replace").strip()
+        yield line.decode("utf-8", errors="surrogateescape").strip()
 
 
 @cli.command(name="list")

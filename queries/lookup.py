@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Iterable, Iterator
 
-from indexer.errors import Ambiguous, ImgdexError, NotFound, QueryError
+from indexer.errors import Ambiguous, ImgdexError, NotFound, QueryError, printable
 
 # Ids only at import time: the reference grammar is compiled only when a reference is looked up.
 from indexer.identifiers import DEFAULT_PLATFORM, ID_RE
@@ -23,7 +23,8 @@ def shown(query: str) -> str:
     if not query:
         return "''"
     text = query if len(query) <= _SHOWN else query[:_SHOWN] + "..."
-    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+    # printable escapes a byte that was not UTF-8 (kept as a lone surrogate) as the byte, `\xff`
+    return text if text.isprintable() else printable(text)
 
 
 # A part of OS/ARCH[/VARIANT] as the OCI image index spells them (linux, amd64, arm64, v8, ppc64le).

@@ -128,6 +128,21 @@ def test_get_ids_from_lines_end_at_newlines_only(run_cli, samples_store, tmp_pat
     assert json.loads(out[2])["id"] == ids[3]
 
 
+def test_get_ids_from_escapes_bytes_that_are_not_utf8_as_the_bytes(run_cli, samples_store, tmp_path):
+    """They were read as U+FFFD, so the message named another line than the one given."""
+    ids = [i["id"] for i in _list_all(run_cli, samples_store)]
+    path = tmp_path / "ids.txt"
+    path.write_bytes(b"ab\xff\xfecd\n" + ids[0].encode() + b"\n\xc3\xa9\tx\n")
+    result = run_cli("get", "--ids-from", path, "--store", samples_store)
+    assert result.exit_code == 1
+    docs = [json.loads(line) for line in result.stdout.splitlines()]
+    wanted = "invalid image {}: not an image id, a reference or an image ID prefix"
+    assert docs[0] == {"error": {"code": 3, "message": wanted.format("ab\\xff\\xfecd")}}
+    assert docs[1]["id"] == ids[0]
+    assert docs[2] == {"error": {"code": 3, "message": wanted.format("\u00e9\\tx")}}
+    assert result.stderr.splitlines() == ["imgdex: " + doc["error"]["message"] for doc in (docs[0], docs[2])]
+
+
 def test_get_ids_from_refuses_a_line_too_long_to_be_a_reference_and_goes_on(run_cli, samples_store, tmp_path):
     # A line is held whole before it is looked up: one without an end (a file of no newline)
     # would take all memory. Past 4,096 bytes it is skipped unread, and answered as an error.
