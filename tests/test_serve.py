@@ -1263,3 +1263,46 @@ def test_a_client_cannot_make_the_server_write_on_stderr(store):
     finally:
         code, _, err = server.stop()
     assert code == 0 and err.splitlines() == ["imgdex: stopped"], err
+
+
+def test_open_reflection_streams_leave_workers_for_calls(store):
+    """grpcui keeps its reflection stream open; `--workers` such streams held every call for up
+    to 90 s. At most half the workers may serve reflection streams at once."""
+    import queue
+
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    server = start_server(store, "--workers", "4")
+    pending, streams = [], []
+    try:
+        with grpc.insecure_channel(server.grpc) as channel:
+            reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+            for _ in range(3):
+                held = queue.Queue()
+
+                def requests(held=held):
+                    yield reflection_pb2.ServerReflectionRequest(list_services="")
+                    while (item := held.get()) is not None:
+                        yield item
+
+                pending.append(held)
+                streams.append(reflection.ServerReflectionInfo(requests(), timeout=30))
+            answered = []
+            for stream in streams:
+                try:
+                    answered.append(len(next(stream).list_services_response.service) > 0)
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
+                    answered.append(False)
+            assert answered == [True, True, False]  # two held open, the third refused at once
+            stub = isv_grpc.ImageServiceStub(channel)
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Get(isv.GetImageRequest(image_id="crp00000000000000000"), timeout=5)
+            assert info.value.code() == grpc.StatusCode.NOT_FOUND and time.monotonic() - started < 2
+    finally:
+        for held in pending:
+            held.put(None)
+        for stream in streams:
+            stream.cancel()
+        server.stop()

@@ -272,6 +272,24 @@ MAX_CONNECTION_AGE_GRACE_MS = 30_000
 IDLE_CONNECTION_MS = 30_000
 
 
+def _bounded_reflection(base: type, streams: int) -> type:
+    """The reflection servicer, with at most `streams` streams open at once. A stream holds a worker
+    for as long as its client keeps it open (grpcurl's closes, grpcui's stays), and `--workers` of
+    them held every call for up to 90 s; past the bound a stream is RESOURCE_EXHAUSTED at once."""
+    slots = threading.BoundedSemaphore(streams)
+
+    class BoundedReflection(base):
+        def ServerReflectionInfo(self, request_iterator, context):
+            if not slots.acquire(blocking=False):
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"at most {streams} reflection streams at once")
+            try:
+                yield from super().ServerReflectionInfo(request_iterator, context)
+            finally:
+                slots.release()
+
+    return BoundedReflection
+
+
 class GrpcServer:
     """The gRPC server with the three services, health (if installed) and reflection (if installed)."""
 
@@ -322,12 +340,13 @@ class GrpcServer:
             names.append(health.SERVICE_NAME)
         self.reflection = False
         try:
-            from grpc_reflection.v1alpha import reflection
+            from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
         except ImportError:
             reflection = None
         if reflection is not None:
             names.append(reflection.SERVICE_NAME)
-            reflection.enable_server_reflection(names, self.server)
+            servicer = _bounded_reflection(reflection.ReflectionServicer, max(1, workers // 2))(names)
+            reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, self.server)
             self.reflection = True
         try:
             self.port = self.server.add_insecure_port(address)
