@@ -1306,3 +1306,38 @@ def test_open_reflection_streams_leave_workers_for_calls(store):
         for stream in streams:
             stream.cancel()
         server.stop()
+
+
+@pytest.mark.parametrize("token", [False, True])
+def test_a_request_that_is_not_its_message_is_invalid_argument(store, tmp_path, token):
+    """grpcio answered INTERNAL ('Exception deserializing request!'), which reads as the server's
+    fault; REST answers the same id (`/images/crp%ff`) 400. Without the token, the call is refused
+    for that first."""
+    args = []
+    if token:
+        (tmp_path / "t").write_text("s3cret")
+        args = ["--token-file", str(tmp_path / "t")]
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    server = start_server(store, *args)
+    try:
+        with grpc.insecure_channel(server.grpc) as channel:
+            raw = channel.unary_unary("/yandex.cloud.containerregistry.v1.ImageService/Get")
+            for body in (b"\x0a\x02\xff\xfe", b"\xff\xff\xff"):  # not UTF-8; not protobuf at all
+                with pytest.raises(grpc.RpcError) as info:
+                    raw(body, timeout=5)
+                wanted = grpc.StatusCode.UNAUTHENTICATED if token else grpc.StatusCode.INVALID_ARGUMENT
+                assert info.value.code() == wanted, info.value.details()
+                if not token:
+                    assert info.value.details().startswith("the request is not a valid message: ")
+            metadata = [("authorization", "Bearer s3cret")] if token else []
+            stub = isv_grpc.ImageServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Get(isv.GetImageRequest(image_id="crp00000000000000000"), metadata=metadata, timeout=5)
+            assert info.value.code() == grpc.StatusCode.NOT_FOUND  # a valid request, still answered
+            health = health_pb2_grpc.HealthStub(channel)
+            watch = health.Watch(health_pb2.HealthCheckRequest(service=""), metadata=metadata, timeout=5)
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING  # a streamed answer too
+            watch.cancel()
+    finally:
+        server.stop()

@@ -33,7 +33,7 @@ from yandex.cloud.containerregistry.v1 import (
     repository_service_pb2_grpc,
 )
 
-from indexer.errors import Unimplemented
+from indexer.errors import Unimplemented, first_line
 
 from .. import render
 from . import api as api_module
@@ -238,6 +238,40 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
         return _deny(handler)
 
 
+class _Undecodable:
+    """A request whose bytes are not its message (a string that is not UTF-8, a cut field)."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+class DecodingInterceptor(grpc.ServerInterceptor):
+    """A request that does not decode as its message is INVALID_ARGUMENT, as REST answers 400 for
+    a target that is not UTF-8; grpcio's own answer is INTERNAL, which reads as the server's fault."""
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None or handler.request_streaming:
+            return handler
+        decode = handler.request_deserializer
+
+        def lenient(data: bytes):
+            try:
+                return decode(data)
+            except Exception as exc:  # DecodeError, and whatever a message's parser raises
+                return _Undecodable(first_line(exc))
+
+        behaviour = handler.unary_stream if handler.response_streaming else handler.unary_unary
+
+        def checked(request, context):
+            if isinstance(request, _Undecodable):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid message: {request.reason}")
+            return behaviour(request, context)
+
+        field = "unary_stream" if handler.response_streaming else "unary_unary"
+        return handler._replace(request_deserializer=lenient, **{field: checked})
+
+
 def _deny(handler):
     def abort(request, context):
         context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token (authorization: Bearer TOKEN)")
@@ -298,7 +332,9 @@ class GrpcServer:
     ):
         from .rest_api import default_max_connections  # rest_api imports this module
 
+        # The token is checked first: a call without it learns nothing about its request.
         interceptors = [BearerTokenInterceptor(token)] if token else []
+        interceptors.append(DecodingInterceptor())
         self._pool = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imgdex-grpc")
         options = [
             # SO_REUSEPORT off: a second server on a taken port must fail, not share it silently.
