@@ -32,6 +32,7 @@ AGREES = "AGREES"  # it is the nearest base (or one of the resources sharing its
 ANCESTOR = "ANCESTOR"  # it is a base further down, as when a base's labels were inherited
 DIFFERS = "DIFFERS"  # it is indexed, and is not a base of this image
 NOT_INDEXED = "NOT_INDEXED"  # nothing indexed matches it, so it cannot be checked
+NOT_CHECKED = "NOT_CHECKED"  # this image's own lineage is unknown, so nothing can be checked
 
 _SUBJECT = (
     "SELECT id, registry, name, kind, digest, config_digest, chain_ids, len(diff_ids), len(layers), "
@@ -39,10 +40,13 @@ _SUBJECT = (
 )
 
 # Bases end on a proper prefix of the image's chain: one equality per stored row, no list scan.
+# The top ChainID must sit at the base's own depth: C1 is the first diff_id itself, so a one-layer
+# image whose diff_id was made to read as this image's C2 would otherwise pass for a base.
 _BASES = """
     SELECT id, registry, name, digest, tags, exactness, parent_digest, len(chain_ids) AS shared
     FROM images
-    WHERE kind = 'image' AND chain_id IN (SELECT unnest(?::VARCHAR[]))
+    WHERE kind = 'image' AND chain_id IN (SELECT unnest($1::VARCHAR[]))
+      AND ($1::VARCHAR[])[len(chain_ids)] = chain_id
     ORDER BY shared DESC, exactness DESC, registry, name, id
 """
 
@@ -132,6 +136,11 @@ def _unknown(subject: _Subject, note: Note | None) -> bool:
     if note is not None:
         if subject.kind != "image":
             what = "is not an image, so its lineage is unknown"
+        elif subject.diff_count and subject.diff_count != subject.layer_count:
+            what = (
+                f"has a config listing {subject.diff_count} diff_ids for {subject.layer_count} layers, "
+                "so its lineage is unknown"
+            )
         elif subject.diff_count:
             what = "has diff_ids that are not all sha256 digests, so its lineage is unknown"
         elif not subject.layer_count:
@@ -149,7 +158,7 @@ def bases(
     nearest first; {} when there is none. `declaredBase` reports the base the image declares.
     `note` hears why an image has no lineage at all."""
     subject = _subject(con, image_id, platform)
-    _unknown(subject, note)
+    unknown = _unknown(subject, note)
     total = len(subject.chain_ids)
     rows = []
     if subject.kind == "image" and total > 1:
@@ -159,7 +168,7 @@ def bases(
     out: dict = {}
     if shown:
         out["bases"] = [_entry(row, sharedLayers=row[7], totalLayers=total) for row in shown]
-    declared = _declared(con, subject, rows)
+    declared = _declared(con, subject, rows, unknown)
     if declared:
         out["declaredBase"] = declared
     return out
@@ -195,8 +204,9 @@ def _annotations(manifest_raw: bytes | None) -> dict:
     return annotations if isinstance(annotations, dict) else {}
 
 
-def _declared(con, subject: _Subject, rows: list[tuple]) -> dict:
-    """The base the manifest annotations (else the config labels) name, and how it relates to `rows`."""
+def _declared(con, subject: _Subject, rows: list[tuple], unknown: bool) -> dict:
+    """The base the manifest annotations (else the config labels) name, and how it relates to `rows`;
+    NOT_CHECKED when the image's own lineage is `unknown`."""
     annotations = _annotations(subject.manifest_raw)
     name, digest = _text(annotations.get(BASE_NAME)), _text(annotations.get(BASE_DIGEST))
     if not name and not digest:
@@ -214,6 +224,9 @@ def _declared(con, subject: _Subject, rows: list[tuple]) -> dict:
         out["name"] = name
     if digest:
         out["digest"] = digest
+    if unknown:
+        out["agreement"] = NOT_CHECKED  # no chain to hold it against: "DIFFERS" would be a guess
+        return out
     nearest = rows[0][7] if rows else 0
     # A name may pin its digest (`os@sha256:…`): that names one image, not any in the repository.
     pinned = digest or (ref.digest if ref is not None else "")
@@ -283,6 +296,7 @@ _AGREEMENT_TEXT = {
     ANCESTOR: "disagrees: it is a base further down than the computed nearest base",
     DIFFERS: "disagrees: it is indexed but is not a base of this image",
     NOT_INDEXED: "not indexed, so not checked",
+    NOT_CHECKED: "not checked: this image's lineage is unknown",
 }
 
 

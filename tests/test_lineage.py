@@ -86,6 +86,7 @@ def image(
     arch="amd64",
     annotations=None,
     created="2026-11-29T10:54:27Z",
+    diff_ids: list | None = None,
 ) -> dict:
     """An OCI image whose diff_ids are digest_of(b"diff-" + layer); `empty_steps` history entries
     that made no layer (ENV, LABEL) come after the layers."""
@@ -97,7 +98,7 @@ def image(
         "os": "linux",
         "created": created,
         "config": {"Labels": labels or {}},
-        "rootfs": {"type": "layers", "diff_ids": [digest_of(b"diff-" + d) for d in data]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids if diff_ids is not None else [diff_of(t) for t in layers]},
         "history": history,
     }
     manifest = {
@@ -109,6 +110,10 @@ def image(
     if annotations:
         manifest["annotations"] = annotations
     return blobs.add(dumps(manifest), OCI_MANIFEST)
+
+
+def diff_of(text: str) -> str:
+    return digest_of(b"diff-" + layer(text))
 
 
 def layout(tmp_path, name: str, blobs: Blobs, top: list[dict]) -> str:
@@ -596,3 +601,73 @@ def test_a_store_without_lineage_columns_says_so(tmp_path, run_cli, family):
             f"imgdex: store {bare} has no lineage columns (it was written by an older imgdex); "
             "re-index into a new store\n"
         )
+
+
+def _base_rows(run_cli, store: str) -> list[dict]:
+    query = (
+        "SELECT i.name AS image, b.name AS base, ib.shared_layers, ib.distance FROM image_bases ib "
+        "JOIN images i ON i.id = ib.image_id JOIN images b ON b.id = ib.base_id ORDER BY 1, 2"
+    )
+    result = run_cli("sql", query, "--store", store, "--format", "json")
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def test_a_one_layer_image_whose_diff_id_reads_as_a_deeper_chain_id_is_no_base(tmp_path, run_cli):
+    """C1 is the first diff_id itself: a config can name a diff_id equal to another image's C2.
+    `base` took it for a base of 1 shared layer, image_bases of 2, and `derived` for none."""
+    blobs = Blobs()
+    chain = lineage.chain_ids([diff_of("a"), diff_of("b"), diff_of("c")])
+    top = [
+        named(image(blobs, ["a", "b", "c"]), f"{REG}/q/app:1"),
+        named(image(blobs, ["fake"], diff_ids=[chain[1]]), f"{REG}/p/fake:1"),
+        named(image(blobs, ["a", "b"]), f"{REG}/base/os:1"),
+    ]
+    store = str(tmp_path / "store")
+    index_into(run_cli, store, layout(tmp_path, "crafted", blobs, top))
+    assert names(answer(run_cli, store, "base", f"{REG}/q/app:1"), "bases") == [("base/os", "1", 2)]
+    assert answer(run_cli, store, "derived", f"{REG}/p/fake:1") == {}
+    assert _base_rows(run_cli, store) == [{"image": "q/app", "base": "base/os", "shared_layers": 2, "distance": 1}]
+
+
+def test_a_config_with_fewer_diff_ids_than_layers_has_no_lineage(tmp_path, run_cli):
+    """Its chain was made of the diff_ids it had, and it passed for a base of images built on
+    other layers than its own."""
+    blobs = Blobs()
+    top = [
+        named(image(blobs, ["x", "y", "z"], diff_ids=[diff_of("x"), diff_of("y")]), f"{REG}/odd/fewer:1"),
+        named(image(blobs, ["x", "y", "w"]), f"{REG}/team/w:1"),
+    ]
+    store = str(tmp_path / "store")
+    index_into(run_cli, store, layout(tmp_path, "fewer", blobs, top))
+    assert answer(run_cli, store, "base", f"{REG}/team/w:1") == {}
+    assert _base_rows(run_cli, store) == []
+    result = run_cli("base", f"{REG}/odd/fewer:1", "--store", store)
+    assert result.exit_code == 0 and json.loads(result.stdout) == {}
+    assert "has a config listing 2 diff_ids for 3 layers, so its lineage is unknown" in result.stderr
+
+
+def test_a_declared_base_of_an_image_without_lineage_is_not_checked(tmp_path, run_cli):
+    """It was reported as DIFFERS, a disagreement no chain could show."""
+    blobs = Blobs()
+    top = [
+        named(image(blobs, ["a", "b"]), f"{REG}/base/os:1"),
+        named(
+            image(
+                blobs,
+                ["a", "b", "c"],
+                diff_ids=[diff_of("a"), diff_of("b"), "sha256:XYZ"],
+                labels={BASE_NAME: f"{REG}/base/os:1"},
+            ),
+            f"{REG}/team/unknown:1",
+        ),
+    ]
+    store = str(tmp_path / "store")
+    index_into(run_cli, store, layout(tmp_path, "unknown", blobs, top))
+    doc = answer(run_cli, store, "base", f"{REG}/team/unknown:1")
+    assert doc == {"declaredBase": {"name": f"{REG}/base/os:1", "agreement": "NOT_CHECKED"}}
+    table = run_cli("base", f"{REG}/team/unknown:1", "--store", store, "--format", "table").stdout
+    assert (
+        table.rstrip().splitlines()[-1]
+        == f"declared base: {REG}/base/os:1 (not checked: this image's lineage is unknown)"
+    )

@@ -151,7 +151,10 @@ def _first_repeated(keys):
 def records_to_arrow(records: list[ImageRecord], indexed_at: datetime) -> pa.Table:
     """Column by column, as `columns.IMAGES` describes them: building nested Arrow arrays from flat
     lists is far cheaper than from row dicts."""
-    batch = columns.Batch(records, indexed_at, [lineage.chain_ids(r.diff_ids) for r in records])
+    # A config whose diff_ids do not match the manifest's layers one for one is not the image's
+    # history: its chain would make it a base of images it does not underlie. Its lineage is unknown.
+    chains = [lineage.chain_ids(r.diff_ids) if len(r.diff_ids) == len(r.layers) else () for r in records]
+    batch = columns.Batch(records, indexed_at, chains)
     values = _values(columns.IMAGES, records)
     arrays = [_array(c.type, c.build(batch) if c.build is not None else values[c.name]) for c in columns.IMAGES]
     return pa.Table.from_arrays(arrays, schema=schema.IMAGES)
