@@ -35,7 +35,7 @@ NOT_INDEXED = "NOT_INDEXED"  # nothing indexed matches it, so it cannot be check
 NOT_CHECKED = "NOT_CHECKED"  # this image's own lineage is unknown, so nothing can be checked
 
 _SUBJECT = (
-    "SELECT id, registry, name, kind, digest, config_digest, chain_ids, len(diff_ids), len(layers), "
+    "SELECT id, registry, name, kind, digest, config_raw IS NOT NULL, chain_ids, len(diff_ids), len(layers), "
     "labels[?] AS base_name, labels[?] AS base_digest, manifest_raw FROM images WHERE id = ?"
 )
 
@@ -84,7 +84,7 @@ class _Subject:
             self.name,
             self.kind,
             self.digest,
-            _config_digest,
+            self.config_read,
             chain_ids,
             self.diff_count,
             self.layer_count,
@@ -145,6 +145,11 @@ def _unknown(subject: _Subject, note: Note | None) -> bool:
             what = "has diff_ids that are not all sha256 digests, so its lineage is unknown"
         elif not subject.layer_count:
             what = "has no layers, so it has no lineage"
+        elif subject.config_read:
+            what = (
+                "has a config without usable rootfs.diff_ids (missing, or not a list of strings), "
+                "so its lineage is unknown"
+            )
         else:
             what = "has no known diff_ids (no image config was indexed), so its lineage is unknown"
         note(f"image {subject.id} {what}")

@@ -42,11 +42,25 @@ def by_id(con, image_id: str):
     return con.execute(f"SELECT {SELECT} FROM images WHERE id = ?", [image_id]).fetchone()
 
 
-def _candidates(con, where: str, params: list) -> list[tuple]:
-    return con.execute(
-        f"SELECT id, registry, name, kind, digest, config_digest FROM images WHERE {where} ORDER BY registry, name, id",
+# Candidates an ambiguous query names; a prefix such as `0` matches a sixteenth of the store.
+_LISTED = 10
+
+
+class _Rows(list):
+    """The first rows of a query, and how many it matched in all."""
+
+    total = 0
+
+
+def _candidates(con, where: str, params: list) -> _Rows:
+    fetched = con.execute(
+        f"SELECT id, registry, name, kind, digest, config_digest, count(*) OVER () FROM images WHERE {where} "
+        f"ORDER BY registry, name, id LIMIT {_LISTED + 1}",
         params,
     ).fetchall()
+    rows = _Rows(row[:6] for row in fetched)
+    rows.total = fetched[0][6] if fetched else 0
+    return rows
 
 
 def _describe(row) -> str:
@@ -127,7 +141,10 @@ def resolve(con, query: str, platform: str = DEFAULT_PLATFORM):
     if not rows:
         raise _unmatched(query, ref is not None, hex_match is not None)
     if len(rows) > 1:
-        raise Ambiguous(shown(query), [_describe(r) for r in rows])
+        named = [_describe(r) for r in rows[:_LISTED]]
+        if rows.total > len(named):
+            named.append(f"and {rows.total - len(named):,} more")
+        raise Ambiguous(shown(query), named)
     return by_id(con, pick_platform(con, rows[0], platform))
 
 

@@ -1,12 +1,15 @@
 """The CLI through click's CliRunner: exact output, goldens, paging, errors."""
 
 import json
+import os
+import sys
 
 import click
 
 import pytest
 import yaml
 
+from conftest import ROOT
 from golden import assert_golden
 
 COMMANDS = ["index", "get", "list", "sql"]
@@ -82,6 +85,32 @@ def test_get_by_docker_image_id_prefix(run_cli, samples_store):
     assert result.stderr.startswith(f"imgdex: {shared[7:19]} is ambiguous: ")
     for candidate in counts[shared]:
         assert candidate["id"] in result.stderr
+
+
+def test_an_ambiguous_prefix_names_ten_candidates_and_counts_the_rest(run_cli, tmp_path):
+    """`base 0` on a store of 10,000 images printed one line of 69 KB: every candidate."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import corpus
+
+    layout, store = str(tmp_path / "layout"), str(tmp_path / "store")
+    corpus.write_oci_layout(layout, 400)
+    assert run_cli("index", layout, "--store", store, "--quiet").exit_code == 0
+    rows = run_cli(
+        "sql",
+        "SELECT count(*) AS n FROM images WHERE starts_with(config_digest, 'sha256:0')",
+        "--store",
+        store,
+        "--format",
+        "csv",
+    )
+    matching = int(rows.stdout.split()[1])
+    assert matching > 11  # about a sixteenth of the images
+    for command in ("get", "base"):
+        result = run_cli(command, "0", "--store", store)
+        assert result.exit_code == 1
+        [line] = result.stderr.splitlines()
+        assert line.startswith("imgdex: 0 is ambiguous: crp") and line.endswith(f", and {matching - 10:,} more")
+        assert line.count("crp") == 10 and len(line) < 2000
 
 
 def test_get_not_found_message(run_cli, samples_store):

@@ -484,8 +484,9 @@ def test_imported_json_has_no_lineage_and_says_so(tmp_path, run_cli):
 def test_the_note_says_why_an_indexed_config_gives_no_lineage(tmp_path, run_cli):
     blobs = Blobs()
 
-    def config_only(diff_ids: list[str]) -> dict:
-        config = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids}}
+    def config_only(diff_ids: list[str], listed=None) -> dict:
+        listed = diff_ids if listed is None else listed
+        config = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": listed}}
         layers = [blobs.add(layer(d), OCI_LAYER_GZ) for d in diff_ids]
         manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": blobs.add(dumps(config), OCI_CONFIG)}
         return blobs.add(dumps({**manifest, "layers": layers}), OCI_MANIFEST)
@@ -493,12 +494,17 @@ def test_the_note_says_why_an_indexed_config_gives_no_lineage(tmp_path, run_cli)
     top = [
         named(config_only([]), f"{REG}/odd/empty:1"),
         named(config_only([A, "sha256:" + "A" * 64]), f"{REG}/odd/upper:1"),
+        named(config_only([A], listed=[A, None]), f"{REG}/odd/null:1"),  # the note blamed a missing config
     ]
     store = str(tmp_path / "store")
     index_into(run_cli, store, layout(tmp_path, "odd", blobs, top))
     for query, why in (
         ("empty", "has no layers, so it has no lineage"),
         ("upper", "has diff_ids that are not all sha256 digests, so its lineage is unknown"),
+        (
+            "null",
+            "has a config without usable rootfs.diff_ids (missing, or not a list of strings), so its lineage is unknown",
+        ),
     ):
         image_id = json.loads(run_cli("get", f"{REG}/odd/{query}:1", "--store", store).stdout)["id"]
         for command in ("base", "derived"):
