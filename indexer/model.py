@@ -125,13 +125,16 @@ def shown(image: tuple) -> str:
 
 def merge_records(old: ImageRecord, new: ImageRecord) -> ImageRecord:
     """Two records of one resource. The more exact one wins whole; of two equally exact ones,
-    each field keeps the value that is known, or the greater of two (see `_merge_equal`). Tags
-    are pooled, and the source fields are the newer record's."""
+    each field keeps the value that is known, or the greater of two (see `_merge_equal`), but of
+    two imported registry documents the newer one wins whole. Tags are pooled, and the source
+    fields are the newer record's."""
     tags = old.tags if old.tags == new.tags else tuple(sorted(set(old.tags) | set(new.tags)))
     if new.exactness != old.exactness:
         winner = new if new.exactness > old.exactness else old
         return winner if winner.tags == tags else dataclasses.replace(winner, tags=tags)
-    if _data(old) == _data(new):
+    if new.exactness == IMPORTED or _data(old) == _data(new):
+        # Of two registry documents of one image, the later import is the registry's newer word on
+        # it, whole: a field-by-field merge would answer a document that neither holds.
         return new if new.tags == tags else dataclasses.replace(new, tags=tags)
     return _merge_equal(old, new, tags)
 

@@ -74,3 +74,19 @@ def test_a_later_run_that_gives_a_manifest_another_id_replaces_the_earlier_id(ru
     assert get(run_cli, store, f"cr.yandex/{doc['name']}@{doc['digest']}") == again
     missing = run_cli("get", doc["id"], "--store", store)
     assert missing.exit_code != 0 and "not found" in missing.stderr
+
+
+@pytest.mark.parametrize("order", ["older first", "newer first"])
+def test_a_later_run_with_other_contents_for_one_id_replaces_it_whole(run_cli, tmp_path, order):
+    """The two documents were merged field by field, each field its greater value: `get` printed
+    one that neither import held, with exit 0 and no word."""
+    doc = load("image-get.json")
+    layers = [dict(doc["layers"][0], id="crp" + "a" * 17), *doc["layers"][1:]]
+    other = dict(doc, createdAt="2020-01-01T00:00:00Z", compressedSize="999999", layers=layers)
+    first, second = (doc, other) if order == "older first" else (other, doc)
+    store = str(tmp_path / "store")
+    assert index(run_cli, store, write(tmp_path, "one.json", [first])).exit_code == 0
+    result = index(run_cli, store, write(tmp_path, "two.json", [second]))
+    assert result.exit_code == 0, result.output
+    assert get(run_cli, store, doc["id"]) == second
+    assert listing(run_cli, store) == [second]
