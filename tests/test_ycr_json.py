@@ -306,6 +306,19 @@ def test_invalid_tags_are_dropped_with_a_note_and_the_image_lands(run_cli, tmp_p
     assert result.exit_code == 0 and get(run_cli, store, doc["id"]) == doc
 
 
+def test_a_tag_listed_twice_is_kept_once_with_a_note(run_cli, tmp_path):
+    """It was kept once without a word, though the document (as the proto parser reads it) lists it
+    twice."""
+    doc = json.loads(json.dumps(load("image-get.json")))
+    path = tmp_path / "tags.json"
+    path.write_text(json.dumps(dict(doc, tags=doc["tags"] * 3)), encoding="utf-8")
+    source = parse_source(f"ycr-json:{path}")
+    notes = []
+    [record] = list(source.records(Context(source.kind, source.location, note=notes.append)))
+    assert record.tags == tuple(sorted(doc["tags"]))
+    assert notes == [f"{path}: image {doc['id']}: tag {t!r} is listed 3 times; kept once" for t in doc["tags"]]
+
+
 @pytest.mark.parametrize(
     "name", ["crp1/App", "crp1/team/../app", "crp1/app\n", "crp1/тест", "crp1/app:1", "crp1/app@sha256:" + "a" * 64]
 )

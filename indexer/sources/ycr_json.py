@@ -187,12 +187,15 @@ def image_record(raw: object, registry: str, ctx: Context, where: str, notes: li
             )
     layers = tuple(_blob(layer, where, f"layers[{i}]", notes) for i, layer in enumerate(raw_layers))
     check_sizes(layers, config, where, f"image {image_id}")
-    tags = []
+    tags: dict[str, int] = {}  # tag -> times listed
     for tag in raw_tags:
-        if is_valid_tag(tag):
-            tags.append(tag)
-        else:
+        if not is_valid_tag(tag):
             notes.append(f"{where}: image {image_id}: ignoring tag {tag!r}: not a valid tag")
+        else:
+            tags[tag] = tags.get(tag, 0) + 1
+    for tag, times in tags.items():
+        if times > 1:  # a repository holds a tag once: the image is answered with it once
+            notes.append(f"{where}: image {image_id}: tag {tag!r} is listed {times} times; kept once")
     created_text = doc.get("createdAt")
     created = None
     if created_text is not None:
