@@ -503,7 +503,8 @@ def test_the_note_says_why_an_indexed_config_gives_no_lineage(tmp_path, run_cli)
         ("upper", "has diff_ids that are not all sha256 digests, so its lineage is unknown"),
         (
             "null",
-            "has a config without usable rootfs.diff_ids (missing, or not a list of strings), so its lineage is unknown",
+            "has a config without usable rootfs.diff_ids (missing, or not a list of strings),"
+            " so its lineage is unknown",
         ),
     ):
         image_id = json.loads(run_cli("get", f"{REG}/odd/{query}:1", "--store", store).stdout)["id"]

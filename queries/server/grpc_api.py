@@ -327,9 +327,7 @@ def _bounded_reflection(base: type, streams: int) -> type:
 class GrpcServer:
     """The gRPC server with the three services, health (if installed) and reflection (if installed)."""
 
-    def __init__(
-        self, api: Api, address: str, workers: int, token: bytes | None, max_connections: int | None = None
-    ):
+    def __init__(self, api: Api, address: str, workers: int, token: bytes | None, max_connections: int | None = None):
         from .rest_api import default_max_connections  # rest_api imports this module
 
         # The token is checked first: a call without it learns nothing about its request.
