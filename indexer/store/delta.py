@@ -930,14 +930,23 @@ class DeltaStore:
                 self._own.add(table, [f"{self._table_dir(table)}/{a.path}" for a in adds], written, written_at)
                 outcome[table] = (version, count)
         except BaseException:
+
+            def since(table: str) -> int:
+                return snapshot.files[table].version if table in snapshot.files else -1
+
+            # The images commit may have landed with the error right behind it (Ctrl-C as it
+            # returns). In doubt its tags files stay: they are committed only if its images are live.
+            images = staged.get("images", ([],))[0]
+            landed = self._landed_of("images", images, since("images")) if images else set()
+            images_landed = "images" in outcome or landed is None or bool(landed)
             for table, (adds, *_) in staged.items():
-                if table == "tags" and adds and "images" in outcome:
+                if table == "tags" and adds and images_landed:
                     # Readers already see the batch: its tags files are what the tags table lacks,
                     # committed by the next batch or run (a retry after a conflict derives no tag
                     # rows from images that already carry their tags).
                     self._own_strays = True
                     continue
-                self._discard(table, adds)
+                self._discard(table, adds, since=since(table))
             raise
         return outcome
 
@@ -1133,11 +1142,48 @@ class DeltaStore:
         mtime = int(info.mtime.timestamp() * 1000) if info.mtime else int(time.time() * 1000)
         return AddAction(name, info.size, {}, mtime, data_change, stats.json())
 
-    def _discard(self, table: str, adds: Sequence[AddAction]) -> None:
-        """Delete files of an attempt that will not commit (vacuum would, after the retention)."""
+    def _discard(self, table: str, adds: Sequence[AddAction], since: int | None = None) -> None:
+        """Delete files of an attempt that will not commit (vacuum would, after the retention).
+
+        With `since`, the attempt may have reached its commit: a commit after version `since` that
+        took a file keeps it. An error can follow a commit that landed (Ctrl-C as the commit call
+        returns, a post-commit hook that fails), and deleting its files then would leave a version
+        whose data is gone. When the log cannot tell, every file stays for vacuum."""
+        if not adds:
+            return
+        committed = self._landed_of(table, adds, since) if since is not None else set()
+        if committed is None:
+            return
         for add in adds:
+            if add.path in committed:
+                continue
             with contextlib.suppress(OSError):
                 self._fs.delete_file(f"{self._table_dir(table)}/{add.path}")
+
+    def _landed_of(self, table: str, adds: Sequence[AddAction], since: int) -> set[str] | None:
+        """The files of `adds` that a commit after version `since` took; None when the log cannot tell."""
+        try:
+            return self._committed_since(table, since, {add.path for add in adds})
+        except Exception:  # noqa: BLE001 - the caller keeps every file in doubt
+            return None
+
+    def _committed_since(self, table: str, since: int, names: set[str]) -> set[str]:
+        """Those of `names` (data files of the table) that a commit after version `since` adds."""
+        log = f"{self._table_dir(table)}/_delta_log"
+        found: set[str] = set()
+        version = max(since, -1) + 1
+        while True:
+            try:
+                with self._fs.open_input_stream(f"{log}/{version:020d}.json") as stream:
+                    text = stream.read().decode("utf-8")
+            except FileNotFoundError:
+                return found
+            for line in text.splitlines():
+                if '"add"' in line and any(name in line for name in names):
+                    path = (json.loads(line).get("add") or {}).get("path")
+                    if path in names:
+                        found.add(path)
+            version += 1
 
     def _land_stray_tags(self, files: dict[str, deltalog.TableFiles]) -> bool:
         """Commit the tags files of batches whose images commit landed and whose tags commit did
@@ -1323,7 +1369,7 @@ class DeltaStore:
             except CommitFailedError:
                 continue
             except (DeltaError, OSError) as exc:
-                self._discard("runs", [add])
+                self._discard("runs", [add], since=latest)
                 raise StoreError(f"store {self.store}: cannot commit to runs: {_cause(exc)}") from None
         self._discard("runs", [add])
         raise StoreError(f"store {self.store}: cannot commit to runs: too many concurrent commits")
@@ -1399,15 +1445,15 @@ class DeltaStore:
                 self._discard(table, adds)
                 continue
             except (CommitFailedError, DeltaError) as exc:
-                self._discard(table, adds)
+                self._discard(table, adds, since=files.version)
                 if _is_conflict(exc):
                     continue
                 raise StoreError(f"store {self.store}: cannot compact {table}: {first_line(exc)}") from None
             except duckdb.Error as exc:
-                self._discard(table, adds)
+                self._discard(table, adds, since=files.version)
                 raise StoreError(f"store {self.store}: cannot compact {table}: {first_line(exc)}") from None
             except BaseException:
-                self._discard(table, adds)
+                self._discard(table, adds, since=files.version)
                 raise
             if not files.uniform:
                 with contextlib.suppress(CommitFailedError, DeltaError):
