@@ -22,6 +22,9 @@ from indexer.store.paths import default_store
 from queries.server.app import store_path
 
 
+INTERRUPTED = 130  # as a shell counts SIGINT, and as `sql` says for its query
+
+
 def fail(message: str, code: int = 1):
     # Escaped here too, whatever raised it: a store path or an argument may hold a newline or a
     # terminal's escape sequence, and a message is one line.
@@ -67,13 +70,13 @@ def library_errors(command):
         except ImgdexError as exc:
             fail(str(exc))
         except KeyboardInterrupt:
-            fail("interrupted", 130)  # as `sql` says for its query, and as a shell counts SIGINT
+            fail("interrupted", INTERRUPTED)
         except Exception as exc:
             # DuckDB turns the SIGINT that arrives during a query into this (a RuntimeError, or its
             # InterruptException), not a KeyboardInterrupt.
             if str(exc) != "Query interrupted" and type(exc).__name__ != "InterruptException":
                 raise
-            fail("interrupted", 130)
+            fail("interrupted", INTERRUPTED)
 
     return wrapper
 
@@ -943,8 +946,11 @@ def main():
         with contextlib.suppress(OSError):
             sys.stderr.flush()
     # Output that could not be written stays buffered, and the interpreter would try it again
-    # at exit with a traceback of its own: so that run leaves at once too.
-    if not output_ok or command in _LEAVE_AT_ONCE:
+    # at exit with a traceback of its own: so that run leaves at once too. So does an interrupted
+    # one: a KeyboardInterrupt raised while a library ran Python code through the C API (DuckDB,
+    # delta-rs) leaves a flag behind that makes the interpreter end by SIGINT after its teardown,
+    # whatever we exit with, and a caller would see either at random.
+    if not output_ok or command in _LEAVE_AT_ONCE or code == INTERRUPTED:
         os._exit(code)
     sys.exit(code)
 
