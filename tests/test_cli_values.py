@@ -112,6 +112,11 @@ def test_a_platform_outside_os_arch_variant_is_one_short_line(tmp_path, platform
     "spec, said",
     [
         ("oci:", "imgdex: oci: no layout directory given"),
+        ("docker-archive:", "imgdex: docker-archive: no archive path given"),
+        ("oci-archive:", "imgdex: oci-archive: no archive path given"),
+        ("oci-archive::ref", "imgdex: oci-archive: no archive path given"),
+        ("ycr-json:", "imgdex: ycr-json: no file given"),
+        ("", "imgdex: '': an empty source name"),
         ("oci:{tmp}/nowhere:b:c", "imgdex: {tmp}/nowhere: no such file or directory"),
         ("oci:/etc/hostname", "imgdex: /etc/hostname: not a directory"),
     ],

@@ -248,6 +248,8 @@ SCHEMES: dict[str, Callable[[str, SourceOptions], Source]] = {
     "ycr-json:": _ycr_json,
 }
 TRANSPORTS = tuple(SCHEMES)
+# Sources named by a file, whose empty name would otherwise be reported as ": no such file"
+_FILE_SCHEMES = {"docker-archive:": "archive path", "oci-archive:": "archive path", "ycr-json:": "file"}
 
 
 def parse_source(text: str, options: SourceOptions | None = None, *, registry_options=None) -> Source:
@@ -257,7 +259,12 @@ def parse_source(text: str, options: SourceOptions | None = None, *, registry_op
         options = SourceOptions(registry=registry_options)
     for transport, make in SCHEMES.items():
         if text.startswith(transport):
-            return make(text[len(transport) :], options)
+            rest = text[len(transport) :]
+            if transport in _FILE_SCHEMES and not rest.partition(":")[0]:
+                raise SourceError(transport.rstrip(":"), f"no {_FILE_SCHEMES[transport]} given")
+            return make(rest, options)
+    if not text:
+        raise SourceError("''", "an empty source name")
     if text in STDIN_NAMES:
         return DetectedArchive(text)
     if os.path.isdir(text):
