@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import io
 import json
 import os
 import sys
@@ -922,6 +923,8 @@ def main():
     if command == "index":
         _without_numpy()
     _utf8_stdout()
+    if sys.stdout is None:  # started with it closed (`>&-`)
+        sys.stdout = _ClosedOutput()
     try:
         cli(prog_name="imgdex")
     except SystemExit as exc:
@@ -987,6 +990,22 @@ def _utf8_stdout() -> None:
     if (stream.encoding or "").lower().replace("-", "").replace("_", "") not in ("utf8", "utf8sig"):
         with contextlib.suppress(OSError, ValueError):
             stream.reconfigure(encoding="utf-8")
+
+
+class _ClosedOutput(io.TextIOBase):
+    """Standard output when the process started without one. click writes nowhere and says
+    nothing when it finds none (`--help`, `--version` exited 0 having printed nothing); this
+    fails the first write, as `echo` does."""
+
+    encoding, errors = "utf-8", "strict"
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if text:  # click probes a stream with empty writes
+            raise _OutputFailed("it is closed")
+        return 0
 
 
 def _written_by_click(exc: OSError) -> bool:

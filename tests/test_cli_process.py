@@ -115,6 +115,14 @@ def test_closed_stdout_is_one_line(samples_store, one_id, tmp_path):
     assert json.loads(_imgdex("list", "--store", store, "--format", "json").stdout)["images"]
 
 
+@pytest.mark.parametrize("args", [("--help",), ("--version",), ("get", "--help")])
+def test_closed_stdout_fails_clicks_own_output_too(args):
+    """Help and version are written by click itself, which used to exit 0 having printed nothing."""
+    result = _imgdex(*args, closed_stdout=True)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == ["imgdex: cannot write to standard output: it is closed"]
+
+
 @pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
 def test_output_is_utf8_whatever_the_locale_says(tmp_path, encoding):
     """JSON is UTF-8: a URL outside the locale's charset is printed, not a UnicodeEncodeError."""
