@@ -110,6 +110,14 @@ def test_the_next_run_lands_the_missing_tag_rows(tmp_path, half_landed, next_run
         assert _current(store) == current
     assert _log(store) == current
     assert {t for t, _ in _versions(store, "team/more")} == {f"t{i}" for i in range(4)}
+    # `history` says which commit landed late, under the run whose rows it holds.
+    history = invoke("history", "--store", store, "--format", "json")
+    assert history.exit_code == 0, history.output
+    versions = json.loads(history.output)["versions"]
+    late = [v for v in versions if v["operation"] == "append (landed late)"]
+    assert [(v["table"], v["rows"]) for v in late] == [("tags", 5)]
+    half_run = {v["run"] for v in versions if v["table"] == "images" and v["operation"] == "append"}
+    assert late[0]["run"] in half_run
 
 
 def test_compaction_lands_the_missing_tag_rows_before_it_vacuums(half_landed):

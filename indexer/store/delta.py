@@ -1648,6 +1648,10 @@ def _history_entries(table: str, dt: DeltaTable, limit: int | None) -> Iterator[
     # delta-rs takes the limit as a machine word: a larger one means every commit.
     for info in dt.history(limit if limit is not None and limit <= dt.version() + 1 else None):
         operation = info.get(_META + "operation") or str(info.get("operation", "")).lower()
+        if info.get(_META + "landedLate"):
+            # The tags of an earlier run's batch, committed by a later run or compact: read as a
+            # plain append, it looked like that earlier run writing again.
+            operation += " (landed late)"
         stamp = datetime.fromtimestamp(int(info.get("timestamp", 0)) / 1000, timezone.utc)
         yield HistoryEntry(
             table,
