@@ -7,12 +7,35 @@ the Docker SDK) are imported only by the commands that need them, so lookups sta
 
 from __future__ import annotations
 
+import os
+import signal
+
+
+def _interrupted_early(_signum, _frame) -> None:
+    # Nothing has been opened or written yet: leave at once, in the words every command uses.
+    try:
+        os.write(2, b"imgdex: interrupted\n")
+    except OSError:
+        pass
+    os._exit(130)
+
+
+def _catch_early_interrupts():
+    """Ctrl-C while the modules below load (~60 ms) or click reads the command line ended in a
+    traceback, and often by SIGINT itself: until a command starts, it ends the process in one line."""
+    try:
+        return signal.signal(signal.SIGINT, _interrupted_early)
+    except ValueError:  # not the main thread: imported, not run
+        return None
+
+
+_handler_before_import = _catch_early_interrupts()
+
 import contextlib
 import errno
 import functools
 import io
 import json
-import os
 import sys
 
 import click
@@ -66,6 +89,10 @@ def library_errors(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        # The command starts: from here Ctrl-C is a KeyboardInterrupt again, which it turns into
+        # its one line once what it writes is safe.
+        if signal.getsignal(signal.SIGINT) is _interrupted_early:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             return command(*args, **kwargs)
         except ImgdexError as exc:
@@ -917,7 +944,12 @@ _add_serve()
 _LEAVE_AT_ONCE = ("index", "get")
 
 
+if _handler_before_import is not None:  # imported by other code, which keeps its own handler
+    signal.signal(signal.SIGINT, _handler_before_import)
+
+
 def main():
+    _catch_early_interrupts()
     code, output_ok = 0, True
     command = _command()
     if command == "index":

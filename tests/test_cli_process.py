@@ -222,6 +222,45 @@ def test_an_interrupt_met_inside_a_library_still_exits_130(tmp_path, samples_sto
     assert (proc.returncode, proc.stderr.splitlines()) == (130, ["imgdex: interrupted"])
 
 
+@pytest.mark.parametrize("moment", ["loading click", "reading --store"])
+def test_ctrl_c_before_the_command_starts_is_one_line(tmp_path, samples_store, moment):
+    """A real SIGINT while imgdex's modules load or click reads the command line: these ended in
+    a traceback (or click's `Aborted!`, exit 1) before a command's own handling began."""
+    if moment == "loading click":
+        trigger = (
+            "import builtins\n"
+            "real_import = builtins.__import__\n"
+            "def importing(name, *args, **kwargs):\n"
+            "    if name == 'click':\n"
+            "        builtins.__import__ = real_import\n"
+            "        os.kill(os.getpid(), signal.SIGINT)\n"
+            "    return real_import(name, *args, **kwargs)\n"
+            "builtins.__import__ = importing\n"
+            "from queries.cli import main\n"
+        )
+    else:
+        trigger = (
+            "from queries import cli\n"
+            "from queries.cli import main\n"
+            "real_store_path = cli.store_path\n"
+            "def store_path(param, value):\n"
+            "    os.kill(os.getpid(), signal.SIGINT)\n"
+            "    return real_store_path(param, value)\n"
+            "cli.store_path = store_path\n"
+        )
+    (tmp_path / "interrupting.py").write_text(
+        "import os, signal, sys\n"
+        + trigger
+        + f"sys.argv = ['imgdex', 'get', 'crp00000000000000000', '--store', {str(samples_store)!r}]\n"
+        "main()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), ROOT])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "interrupting"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert (proc.returncode, proc.stderr.splitlines()) == (130, ["imgdex: interrupted"])
+
+
 def test_sigint_during_compact_leaves_a_store_that_reads(tmp_path):
     """The real signal, at some moment of a compaction of 1,000 images."""
     sys.path.insert(0, os.path.join(ROOT, "bench"))
