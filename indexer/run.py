@@ -233,6 +233,10 @@ def run_tasks(
             notes.add(message)
             observer.on_note(message, where())
 
+    def pass_notes() -> None:
+        for message in getattr(writer, "take_notes", list)():
+            note(message)
+
     def store(records: list[ImageRecord]) -> int:
         """Write a batch; a record the store refuses is isolated by halving, so the rest lands. Says
         how many of its images this run had not written before: a batch may hold again an image that
@@ -247,6 +251,8 @@ def run_tasks(
                 return 0
             middle = len(records) // 2
             return store(records[:middle]) + store(records[middle:])
+        finally:
+            pass_notes()
         # Outside the try: what fails once the batch is in must not be taken for a record the store
         # refused, and the batch written again by halves.
         return summary.written.add_new([key_of(record.id) for record in records])
@@ -274,6 +280,7 @@ def run_tasks(
         pending_bytes = 0
 
     def finish() -> RunSummary:
+        pass_notes()  # of the tags settled after the last batch
         if repeats:
             note(f"{repeats} more messages repeated one said before word for word (not said again)")
         summary.failed = errors.count

@@ -897,6 +897,9 @@ def compact(store, retention, allow_short_retention, no_vacuum):
     require_table_store(store)
     with gone_is_no_store(store), DeltaStore(store) as tables:
         outcome = tables.compact(retention=retention, vacuum=not no_vacuum, allow_short_retention=allow_short_retention)
+        notes = tables.take_notes()
+    for text in notes:
+        _note(text)
     echo(json.dumps(outcome, indent=2, default=str))
 
 

@@ -140,6 +140,22 @@ def test_a_second_try_of_the_tags_commit_on_a_full_disk_keeps_the_files(tmp_path
     assert _log(store) == current == _current(store)
 
 
+def test_a_damaged_stray_tags_file_is_said_not_dropped_silently(tmp_path, half_landed):
+    store, _, _ = half_landed
+    live = set(DeltaTable(str(store / "tags")).file_uris())
+    strays = [p for p in (store / "tags").glob("*.parquet") if not any(uri.endswith(p.name) for uri in live)]
+    assert len(strays) == 1
+    strays[0].write_bytes(strays[0].read_bytes()[:100])  # cut short, as by a crash of the disk
+    current = _current(store)
+    said = f"note: store {store}: cannot read tags file {strays[0].name} of a batch whose images landed"
+    result = invoke("index", _layout(tmp_path, "other", 1, "team/other", salt="o"), "--store", store)
+    assert result.exit_code == 0, result.output
+    assert said in result.stderr and result.stderr.count(said) == 1
+    assert {row for row in _current(store) if row[1] != "team/other"} == current  # what readers see stays whole
+    result = invoke("compact", "--store", store)
+    assert result.exit_code == 0 and said[len("note: ") :] in result.stderr
+
+
 _KILLED_BETWEEN = """
 import os, signal, sys
 from indexer.store.delta import Conflict, DeltaStore

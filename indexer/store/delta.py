@@ -591,6 +591,12 @@ class DeltaStore:
         # its own lost its tags commit.
         self._seek_strays = True
         self._own_strays = False
+        # What the caller should be told but that fails nothing: `take_notes` hands them over.
+        self.notes: list[str] = []
+
+    def take_notes(self) -> list[str]:
+        taken, self.notes = self.notes, []
+        return taken
 
     # -- plumbing
 
@@ -1231,8 +1237,15 @@ class DeltaStore:
                     tombstones += data.column(TOMBSTONE).to_pylist().count(True)
                     run_ids.update(data.column(RUN_ID).to_pylist())
                     written += [t for t in data.column(WRITTEN_AT).to_pylist() if t is not None]
-            except (OSError, ValueError, TypeError, pa.ArrowException):
-                continue  # a file cut short or gone: the batch's images stay, its tag rows go
+            except (OSError, ValueError, TypeError, pa.ArrowException) as exc:
+                # A file cut short or unreadable: the batch's images, and the current tags read from
+                # them, stay whole; the tags table lacks its rows. Said every time, as every run
+                # tries again until vacuum removes the file.
+                self.notes.append(
+                    f"store {self.store}: cannot read tags file {info.base_name} of a batch whose images "
+                    f"landed ({_cause(exc)}); its tag rows stay out of the tags table"
+                )
+                continue
             if len(run_ids) != 1 or not written:
                 continue
             [run_id], newest = run_ids, max(written)

@@ -262,6 +262,9 @@ class DeltaWriter:
         with collector.paused():
             self._commit(self._tables.write_changes, self.run_id, prepare)
 
+    def take_notes(self) -> list[str]:
+        return self._tables.take_notes()
+
     def record_run(self, run: dict) -> None:
         self._ensure_tables()
         self._commit(self._tables.append_run, dict(run, run_id=self.run_id))
