@@ -98,3 +98,39 @@ def test_tables_a_first_run_has_only_made_are_not_served(empty_service, run_cli)
         _index(run_cli, empty_service.store)
         assert source.refresh() or source.current is not None
         assert _statuses(channel)[""] == SERVING
+
+
+def _healthz(address: str, token: str | None = None) -> tuple[int, dict]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"http://{address}/healthz")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as failed:
+        return failed.code, json.loads(failed.read())
+
+
+def test_rest_health_answers_as_grpc_health_does(tmp_path, run_cli):
+    """With REST alone there is no gRPC health service: an HTTP probe gets the same answer."""
+    store = tmp_path / "store"
+    store.mkdir()
+    service = Service(str(store), None, ("127.0.0.1", 0), b"s3cret", workers=2)
+    service.start()
+    try:
+        assert _healthz(service.http_address)[0] == 401  # as every call, health is behind the token
+        assert _healthz(service.http_address, "s3cret") == (503, {"status": "NOT_SERVING"})
+        _index(run_cli, str(store))
+        deadline = time.monotonic() + PICKED_UP_WITHIN
+        while (answer := _healthz(service.http_address, "s3cret"))[0] != 200:
+            assert time.monotonic() < deadline, f"health still says {answer} after the first index run"
+            time.sleep(0.05)
+        assert answer == (200, {"status": "SERVING"})
+        service.rest._server.stopping = True  # as a graceful shutdown sets it, for the connections it drains
+        assert _healthz(service.http_address, "s3cret") == (503, {"status": "NOT_SERVING"})
+    finally:
+        service.stop(grace=1)

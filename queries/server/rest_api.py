@@ -40,6 +40,9 @@ from .api import INTERNAL, INVALID_ARGUMENT, UNAVAILABLE, UNIMPLEMENTED, Api, er
 from .grpc_api import token_matches
 
 PREFIX = "/container-registry/v1/"
+# An HTTP probe (a Kubernetes readiness or liveness check, a load balancer's) for a server run with
+# REST alone: the answer of gRPC's health service, 200 SERVING or 503 NOT_SERVING.
+HEALTH_PATH = "/healthz"
 # Read methods of the public API that the index holds no data for.
 _UNSERVED_SUFFIXES = (":listAccessBindings", ":listIpPermission")
 
@@ -374,9 +377,14 @@ class _Handler(BaseHTTPRequestHandler):
                 if server.token is not None and not token_matches(self.headers.get("Authorization"), server.token):
                     raise Unauthenticated("missing or invalid bearer token (Authorization: Bearer TOKEN)")
                 url = urllib.parse.urlsplit(_as_sent(self.path))
-                with server.slots:
-                    doc = route(server.api, method, url.path, _query(url.query))
-                status, body = 200, doc.encode() if isinstance(doc, str) else _dump(doc)
+                if url.path == HEALTH_PATH and method == "GET":
+                    # As gRPC's: SERVING once a completed index run is loaded, until shutdown begins.
+                    serving = server.api.source.current is not None and not server.stopping
+                    status, body = (200, b'{"status":"SERVING"}') if serving else (503, b'{"status":"NOT_SERVING"}')
+                else:
+                    with server.slots:
+                        doc = route(server.api, method, url.path, _query(url.query))
+                    status, body = 200, doc.encode() if isinstance(doc, str) else _dump(doc)
             except Exception as exc:  # every failure is a Status body
                 st = status_of(exc)
                 if st is INTERNAL:
