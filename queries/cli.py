@@ -724,14 +724,20 @@ def sql(query, store, fmt, as_of, timeout, memory_limit):
     """Run read-only SQL over the store's tables (images, tags, runs) and views (image_layers, image_bases).
 
     Rows are printed as they come; a table shows at most 10,000 of them. Ctrl-C stops the query."""
-    from queries import engine, sqlshell
+    from queries import sqlshell
+
+    sqlshell.return_freed_memory()
+    from queries import engine
 
     terminal = fmt == "csv" and sys.stdout is not None and sys.stdout.isatty()
     with sqlshell.Guard(timeout) as guard:
         try:
             guard.reader = con = engine.connect(store, as_of=as_of, memory_limit=f"{memory_limit}MiB")
-            # Raw: click.echo would drop what looks like an ANSI code from the data when piped.
-            sqlshell.write(con, query, fmt, _put, note=_note, before=guard.check, terminal=terminal)
+            with sqlshell.memory_cap(memory_limit * 1024 * 1024 + sqlshell.HEADROOM):
+                # Raw: click.echo would drop what looks like an ANSI code from the data when piped.
+                sqlshell.write(con, query, fmt, _put, note=_note, before=guard.check, terminal=terminal)
+        except MemoryError:  # the rows in Python; DuckDB's own share fails as its Out of Memory Error
+            stopped = QueryError(f"Out of Memory Error: the result does not fit in --memory-limit {memory_limit} MiB")
         except engine.Interrupted as exc:
             stopped = guard.stopped(exc)
         except sqlshell.Stopped as exc:

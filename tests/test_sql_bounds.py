@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import os
 import pty
+import resource
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import time
 
 import pytest
 
-from test_badinput import IMGDEX_ENV, ROOT, assert_no_traceback, run_measured
+from test_badinput import IMGDEX_ENV, ROOT, assert_no_traceback, invoke, run_measured
 
 RECURSIVE = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n+1 FROM r) SELECT count(*) FROM r"
 MIB = 1024 * 1024
@@ -109,6 +110,51 @@ def test_memory_is_capped_by_default(store):
     assert m.code == 1
     assert m.stderr.startswith("imgdex: Out of Memory Error") and m.stderr.count("\n") == 1
     assert m.peak_rss < 1800 * MIB
+
+
+def _out_of_memory(stderr: str) -> bool:
+    return stderr.startswith("imgdex: Out of Memory Error") and stderr.count("\n") == 1
+
+
+# 1 GB of text in one value, which DuckDB builds outside its memory_limit: before the process was
+# capped, this ran to 1.9 GB under --memory-limit 64.
+HUGE_VALUE = "SELECT length(repeat('x', 1000000000)) AS n"
+
+
+def test_a_value_duckdb_does_not_count_is_capped(store):
+    m = run_measured(["sql", HUGE_VALUE, "--store", store, "--memory-limit", "64", "--format", "csv"], timeout=300)
+    assert_no_traceback(m.stderr)
+    assert (m.code, m.stdout) == (1, ""), m.stderr
+    assert _out_of_memory(m.stderr), m.stderr
+    assert m.peak_rss < 800 * MIB
+
+
+def test_rows_too_large_to_print_fail_in_one_line(store):
+    # 100 MB of text in one row: DuckDB holds it within the cap, its copies in Python do not fit.
+    query = "SELECT repeat('x', 100000000) AS s"
+    m = run_measured(["sql", query, "--store", store, "--memory-limit", "64", "--format", "csv"], timeout=300)
+    assert_no_traceback(m.stderr)
+    assert (m.code, m.stdout) == (1, ""), m.stderr
+    assert _out_of_memory(m.stderr), m.stderr
+    assert m.peak_rss < 800 * MIB
+
+
+def test_the_cap_is_lifted_once_the_query_ends(store):
+    # In one process (a caller that goes on): the cap holds for the query, and is put back after.
+    before = resource.getrlimit(resource.RLIMIT_DATA)
+    outcome = invoke("sql", HUGE_VALUE, "--store", store, "--memory-limit", "64")
+    assert outcome.code == 1 and _out_of_memory(outcome.stderr), outcome.stderr
+    assert resource.getrlimit(resource.RLIMIT_DATA) == before
+
+
+def test_statements_that_each_fit_run_one_after_another_under_the_cap(store):
+    # The allocator keeps what it frees mapped unless told otherwise, and the cap counts it: these
+    # three, each under 1.1 GB, failed once they ran one after another.
+    join = "SELECT count(*) AS n FROM range(30000000) a JOIN range(30000000) b ON a.range = b.range"
+    strings = "SELECT count(*) FROM (SELECT DISTINCT repeat('x', 1000) || range::VARCHAR AS s FROM range(600000))"
+    m = run_measured(["sql", f"{join}; {strings}; {join}", "--store", store, "--format", "csv"], timeout=300)
+    assert m.code == 0, m.stderr
+    assert m.stdout.splitlines()[-1].endswith("30000000")
 
 
 @pytest.mark.parametrize(("option", "shown"), [((), "1.0 GiB"), (("--memory-limit", "256"), "256.0 MiB")])
