@@ -121,17 +121,16 @@ def _out_of_memory(stderr: str) -> bool:
 HUGE_VALUE = "SELECT length(repeat('x', 1000000000)) AS n"
 
 
-def test_a_value_duckdb_does_not_count_is_capped(store):
-    m = run_measured(["sql", HUGE_VALUE, "--store", store, "--memory-limit", "64", "--format", "csv"], timeout=300)
-    assert_no_traceback(m.stderr)
-    assert (m.code, m.stdout) == (1, ""), m.stderr
-    assert _out_of_memory(m.stderr), m.stderr
-    assert m.peak_rss < 800 * MIB
-
-
-def test_rows_too_large_to_print_fail_in_one_line(store):
-    # 100 MB of text in one row: DuckDB holds it within the cap, its copies in Python do not fit.
-    query = "SELECT repeat('x', 100000000) AS s"
+@pytest.mark.parametrize(
+    "query",
+    [
+        HUGE_VALUE,
+        # 100 MB of text in one row: DuckDB holds it within the cap, its copies in Python do not fit.
+        "SELECT repeat('x', 100000000) AS s",
+    ],
+    ids=["a value DuckDB does not count", "rows too large to print"],
+)
+def test_memory_past_duckdbs_own_limit_is_capped_in_one_line(store, query):
     m = run_measured(["sql", query, "--store", store, "--memory-limit", "64", "--format", "csv"], timeout=300)
     assert_no_traceback(m.stderr)
     assert (m.code, m.stdout) == (1, ""), m.stderr
