@@ -23,6 +23,8 @@ def _interrupted_early(_signum, _frame) -> None:
 def _catch_early_interrupts():
     """Ctrl-C while the modules below load (~60 ms) or click reads the command line ended in a
     traceback, and often by SIGINT itself: until a command starts, it ends the process in one line."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return None  # ignored (a background job of a script) or someone else's: left as it is
     try:
         return signal.signal(signal.SIGINT, _interrupted_early)
     except ValueError:  # not the main thread: imported, not run

@@ -222,10 +222,8 @@ def test_an_interrupt_met_inside_a_library_still_exits_130(tmp_path, samples_sto
     assert (proc.returncode, proc.stderr.splitlines()) == (130, ["imgdex: interrupted"])
 
 
-@pytest.mark.parametrize("moment", ["loading click", "reading --store"])
-def test_ctrl_c_before_the_command_starts_is_one_line(tmp_path, samples_store, moment):
-    """A real SIGINT while imgdex's modules load or click reads the command line: these ended in
-    a traceback (or click's `Aborted!`, exit 1) before a command's own handling began."""
+def _interrupting_module(tmp_path, samples_store, moment: str) -> list[str]:
+    """A command line that runs `imgdex get` in a process sending itself SIGINT at `moment`."""
     if moment == "loading click":
         trigger = (
             "import builtins\n"
@@ -254,11 +252,29 @@ def test_ctrl_c_before_the_command_starts_is_one_line(tmp_path, samples_store, m
         + f"sys.argv = ['imgdex', 'get', 'crp00000000000000000', '--store', {str(samples_store)!r}]\n"
         "main()\n"
     )
+    return [sys.executable, "-m", "interrupting"]
+
+
+def _run_interrupting(tmp_path, command: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), ROOT])}
-    proc = subprocess.run(
-        [sys.executable, "-m", "interrupting"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("moment", ["loading click", "reading --store"])
+def test_ctrl_c_before_the_command_starts_is_one_line(tmp_path, samples_store, moment):
+    """A real SIGINT while imgdex's modules load or click reads the command line: these ended in
+    a traceback (or click's `Aborted!`, exit 1) before a command's own handling began."""
+    proc = _run_interrupting(tmp_path, _interrupting_module(tmp_path, samples_store, moment))
     assert (proc.returncode, proc.stderr.splitlines()) == (130, ["imgdex: interrupted"])
+
+
+@pytest.mark.parametrize("moment", ["loading click", "reading --store"])
+def test_an_ignored_sigint_stays_ignored(tmp_path, samples_store, moment):
+    """Started with SIGINT ignored (`cmd &` in a script, nohup), the command goes on to its end."""
+    command = _interrupting_module(tmp_path, samples_store, moment)
+    proc = _run_interrupting(tmp_path, ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *command])
+    assert proc.returncode == 1 and "interrupted" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("imgdex: ") and len(proc.stderr.splitlines()) == 1, proc.stderr
 
 
 def test_sigint_during_compact_leaves_a_store_that_reads(tmp_path):
