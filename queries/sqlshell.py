@@ -135,8 +135,12 @@ class Guard:
         self._read_end, self._write_end = os.pipe()
         os.set_blocking(self._write_end, False)
         # Signals can be handled only from the main thread; elsewhere (a caller's thread) the
-        # deadline alone applies.
-        self._signals = threading.current_thread() is threading.main_thread()
+        # deadline alone applies, as it does where SIGINT is ignored (a script's `imgdex sql … &`)
+        # or taken by a caller's own handler.
+        self._signals = (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        )
         if self._signals:
             # Not KeyboardInterrupt: DuckDB, finding it pending, fails with a traceback of its own.
             self._handler = signal.signal(signal.SIGINT, lambda _signum, _frame: None)

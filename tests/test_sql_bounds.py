@@ -46,10 +46,13 @@ def store(tmp_path_factory) -> str:
     return path
 
 
-def _interrupted(store: str, query: str) -> tuple[int, str]:
+def _interrupted(store: str, query: str, *options: str, ignored: bool = False) -> tuple[int, str]:
     """`imgdex sql QUERY`, sent SIGINT once it is well under way; its exit code and stderr."""
+    command = _command("sql", query, "--store", store, *options)
+    if ignored:  # started as a script's background job is
+        command = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *command]
     proc = subprocess.Popen(
-        _command("sql", query, "--store", store),
+        command,
         cwd=ROOT,
         env=_env(),
         stdout=subprocess.PIPE,
@@ -72,6 +75,11 @@ def test_ctrl_c_stops_any_query_in_one_line(store, query):
     assert_no_traceback(stderr)
     assert stderr == "imgdex: query interrupted\n"
     assert code == 130
+
+
+def test_an_ignored_sigint_leaves_the_query_to_its_deadline(store):
+    code, stderr = _interrupted(store, "SELECT count(*) FROM range(1000000000000)", "--timeout", "6", ignored=True)
+    assert (code, stderr) == (1, "imgdex: query took longer than 6 s\n")
 
 
 def test_a_query_past_its_deadline_stops_in_one_line(store):
