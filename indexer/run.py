@@ -234,7 +234,7 @@ def run_tasks(
             observer.on_note(message, where())
 
     def pass_notes() -> None:
-        for message in getattr(writer, "take_notes", list)():
+        for message in writer.take_notes():
             note(message)
 
     def store(records: list[ImageRecord]) -> int:
