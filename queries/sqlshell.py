@@ -93,28 +93,36 @@ def memory_cap(budget: int):
     and hold no memory. Counted from now, so that what came before is not the query's (DuckDB's
     threads, and delta-rs, which aborts rather than fails when an allocation does). Only the soft
     limit is lowered, and it is put back: a caller in the same process goes on unbounded."""
-    try:
-        import resource
-    except ImportError:  # not POSIX: DuckDB's own limit alone
-        yield
-        return
-    held = _data_size()
-    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
-    cap = None if held is None else held + budget
-    if cap is not None and hard != resource.RLIM_INFINITY:
-        cap = min(cap, hard)
-    if cap is None or (soft != resource.RLIM_INFINITY and soft <= cap):
-        yield
-        return
-    try:
-        resource.setrlimit(resource.RLIMIT_DATA, (cap, hard))
-    except (OSError, ValueError):  # a sandbox that refuses it: DuckDB's own limit alone
-        yield
-        return
+    before = _lower_data_limit(budget)
     try:
         yield
     finally:
-        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
+        if before is not None:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_DATA, before)
+
+
+def _lower_data_limit(budget: int) -> tuple[int, int] | None:
+    """Lower the soft RLIMIT_DATA to `budget` past what the process holds; the limits it replaced,
+    or None where it is left as it was: not POSIX (DuckDB's own limit alone), no /proc, a soft limit
+    that is lower already, or a sandbox that refuses the call."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    held = _data_size()
+    if held is None:
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    cap = held + budget if hard == resource.RLIM_INFINITY else min(held + budget, hard)
+    if soft != resource.RLIM_INFINITY and soft <= cap:
+        return None
+    try:
+        resource.setrlimit(resource.RLIMIT_DATA, (cap, hard))
+    except (OSError, ValueError):
+        return None
+    return soft, hard
 
 
 class Guard:
