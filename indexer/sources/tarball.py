@@ -622,9 +622,12 @@ def _scan_stream(
     except (EOFError, OSError, ValueError) as exc:
         text = str(exc) or type(exc).__name__
         raise SourceError(where, f"truncated or corrupt {compression} archive ({text})") from None
-    except Exception as exc:  # zstandard raises its own ZstdError
-        if type(exc).__name__ == "ZstdError":
+    except Exception as exc:  # the codecs raise their own: zstandard's ZstdError, isal's IsalError
+        if compression == "zstd" and type(exc).__name__ == "ZstdError":
             raise SourceError(where, f"corrupt zstd archive ({exc})") from None
+        # OverflowError: a gzip header (its name or comment field) longer than isal reads ahead
+        if compression == "gzip" and (type(exc).__name__ == "IsalError" or isinstance(exc, OverflowError)):
+            raise SourceError(where, f"corrupt gzip archive ({exc})") from None
         raise
     cut = _cut(source, frames, piped)
     if cut:

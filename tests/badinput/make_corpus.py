@@ -33,6 +33,7 @@ import shutil
 import stat
 import sys
 import tarfile
+import zlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -377,6 +378,36 @@ def build_corrupt_zstd(path: str) -> None:
 def build_truncated_zstd(path: str) -> None:
     packed = _zstd(builders.tar_bytes(save_files("registry.example/bad/truncated-zstd:v1", layer=noise(5, 4096))))
     write_bytes(path, packed[: len(packed) // 2])
+
+
+def build_corrupt_gzip(path: str) -> None:
+    packed = bytearray(
+        gzip.compress(
+            builders.tar_bytes(save_files("registry.example/bad/corrupt-gzip:v1", layer=noise(6, 4096))),
+            compresslevel=9,
+            mtime=0,
+        )
+    )
+    # Bytes flipped early in the deflate data break its structure (an invalid block or distance),
+    # which the decompressor reports as its own error, not only as a CRC mismatch at the end.
+    for i in range(24, 40):
+        packed[i] ^= 0x5A
+    try:
+        zlib.decompress(bytes(packed[10:]), -15)
+    except zlib.error:
+        pass
+    else:  # pragma: no cover - the input is fixed
+        raise AssertionError("the flipped deflate stream still decodes; flip other bytes")
+    write_bytes(path, bytes(packed))
+
+
+def generate_gzip_long_header(path: str) -> None:
+    """A gzip member whose name field (FNAME) runs for 600 KB before the deflate data."""
+    data = builders.tar_bytes(save_files("registry.example/bad/gzip-long-header:v1"))
+    header = b"\x1f\x8b\x08\x08" + b"\0" * 4 + b"\0\xff" + b"A" * 600_000 + b"\0"
+    body = zlib.compressobj(9, zlib.DEFLATED, -15)
+    trailer = zlib.crc32(data).to_bytes(4, "little") + (len(data) & 0xFFFFFFFF).to_bytes(4, "little")
+    write_bytes(path, header + body.compress(data) + body.flush() + trailer)
 
 
 def build_gzip_not_tar(path: str) -> None:
@@ -750,6 +781,22 @@ ENTRIES: list[Entry] = [
         LINE + r"{path}: corrupt zstd archive \(.+\)$",
         "A zstd-compressed classic save (with a content checksum) with 16 bytes flipped in the middle of the frame.",
         build_corrupt_zstd,
+    ),
+    Entry(
+        "corrupt.tar.gz",
+        "{path}",
+        LINE + r"{path}: corrupt gzip archive \(.+\)$",
+        "A gzip-compressed classic save with 16 bytes flipped near the start of the deflate stream.",
+        build_corrupt_gzip,
+    ),
+    Entry(
+        "gzip-long-header.tar.gz",
+        "{path}",
+        LINE + r"{path}: corrupt gzip archive \(.+\)$",
+        "A gzip-compressed classic save whose gzip header holds a 600 KB file name (FNAME): valid gzip, but "
+        "longer than the decompressor reads ahead, so it is refused whole.",
+        generate_gzip_long_header,
+        generated=True,
     ),
     Entry(
         "truncated.tar.zst",
