@@ -49,7 +49,7 @@ from .run import (
 from .shard import CountedShard, Shard
 from .sources import ArchiveFolder, DetectedArchive, DockerArchive, OciArchive, OciLayout, SourceOptions, parse_source
 from .sources.layout import is_layout_dir
-from .files import open_readable
+from .files import open_readable, walk
 from .sources.tarball import MAX_INDEX_BYTES, STDIN_NAMES
 from .store.hashset import HashSet
 
@@ -202,7 +202,7 @@ def _folder_work(root: str, verify: bool, jobs: int) -> tuple[float, int]:
     """(work, entries) of a folder of archives and layouts, walked as the folder source walks it,
     no further than it takes to know that it is enough work for `jobs` workers."""
     size, count = 0.0, 0
-    for folder, dirs, files in os.walk(root):
+    for folder, dirs, files in walk(root):
         descend = []
         for name in dirs:
             path = os.path.join(folder, name)

@@ -1149,6 +1149,72 @@ def test_folder_through_the_command(tmp_path):
     assert "indexed 4 images, 1 failed" in run.stdout
 
 
+def _nest(root, depth: int) -> str:
+    """`root` then `depth` folders `d/d/…`; the deepest one's path. Made relative to each parent
+    in turn, as a path this long may be past what one system call takes."""
+    here = os.open(root, os.O_RDONLY)
+    try:
+        for _ in range(depth):
+            os.mkdir("d", dir_fd=here)
+            below = os.open("d", os.O_RDONLY, dir_fd=here)
+            os.close(here)
+            here = below
+    finally:
+        os.close(here)
+    return os.path.join(str(root), *["d"] * depth)
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_folder_nested_deeper_than_the_interpreter_recurses_is_walked(tmp_path, jobs):
+    """Python before 3.12 walks a folder recursively, a level per frame: 1,500 levels ended the run
+    with RecursionError and nothing landed."""
+    root = tmp_path / "exports"
+    os.makedirs(root)
+    write_tar(str(root / "b-save.tar"), save("registry.example/folder/b:v1", b"b"))
+    deepest = _nest(root, 1500)
+    with open(os.path.join(deepest, "notes.txt"), "w") as f:
+        f.write("not an archive\n")
+    files, _ = layout_files("registry.example/folder/layout:v1")
+    write_dir(str(tmp_path / "layout"), files)
+    run = run_measured(["index", str(root), str(tmp_path / "layout"), "--jobs", jobs, "--store", str(tmp_path / "s")])
+    assert run.code == 0, run.stderr
+    one_line_messages(run.stderr)
+    assert "indexed 2 images, 0 failed" in run.stdout
+    notes = [line for line in run.stderr.splitlines() if line.startswith("imgdex: note:")]
+    assert len(notes) == 1, notes  # the file at the bottom, not an archive
+
+
+def test_walk_is_os_walk_without_recursion(tmp_path):
+    from indexer.files import walk
+
+    for path in ("a/b/c", "a/b/d", "a/e", "f/g", "h"):
+        os.makedirs(tmp_path / path)
+    for path in ("a/1.tar", "a/b/c/2.tar", "f/3", "4"):
+        (tmp_path / path).write_bytes(b"x")
+    os.symlink(tmp_path / "a", tmp_path / "link-to-a")
+    os.symlink(tmp_path / "4", tmp_path / "a" / "link-to-4")
+
+    def both(top, prune=()):
+        got = []
+        for folder, dirs, files in walk(top):
+            got.append((folder, sorted(dirs), sorted(files)))
+            dirs[:] = [d for d in dirs if d not in prune]
+        want = []
+        for folder, dirs, files in os.walk(top):
+            want.append((folder, sorted(dirs), sorted(files)))
+            dirs[:] = [d for d in dirs if d not in prune]
+        return got, want
+
+    got, want = both(str(tmp_path))
+    assert got == want
+    assert ("link-to-a" in got[0][1]) and not any(folder.endswith("link-to-a") for folder, _, _ in got)
+    got, want = both(str(tmp_path), prune={"b"})
+    assert got == want and not any("/b" in folder for folder, _, _ in got)
+    errors = []
+    assert list(walk(str(tmp_path / "missing"), onerror=errors.append)) == []
+    assert [e.filename for e in errors] == [str(tmp_path / "missing")]
+
+
 def test_real_fixtures_folder_equals_its_archives(tmp_path):
     """tests/fixtures/real holds archives, a layout named `oci-layout` and expected.json."""
     records, errors, notes = collect(REAL)

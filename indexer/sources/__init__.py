@@ -20,7 +20,7 @@ from ..shard import in_shard
 from .docker_archive import read_docker_archive
 from .layout import is_layout_dir, read_layout_dir, read_layout_tar
 from .parse import Context
-from ..files import not_regular
+from ..files import not_regular, walk
 from .tarball import STDIN_NAMES, TarMembers
 
 # What a mistyped transport looks like; two characters at least, so `C:` stays a path.
@@ -153,7 +153,7 @@ def _folder_contents(root: str, ctx: Context) -> list[tuple[str, bool]]:
         if in_shard(ctx.shard, _folder_key(root, path)):
             ctx.note(message)
 
-    for folder, dirs, files in os.walk(root, onerror=errors.append):
+    for folder, dirs, files in walk(root, onerror=errors.append):
         descend = []
         for name in dirs:
             path = os.path.join(folder, name)
