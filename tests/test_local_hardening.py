@@ -1215,6 +1215,90 @@ def test_walk_is_os_walk_without_recursion(tmp_path):
     assert [e.filename for e in errors] == [str(tmp_path / "missing")]
 
 
+def _entries_naming_one_config(count: int, tags: bool = False) -> dict[str, bytes]:
+    """A classic save whose manifest.json lists its one image `count` times (each with a tag of
+    its own when `tags`), half of them through a hard link to the config member."""
+    files = save("registry.example/many/app:v1")
+    manifest = json.loads(files["manifest.json"])
+    entry = manifest[0]
+    entries = []
+    for number in range(count):
+        copy = dict(entry, RepoTags=[f"registry.example/many/app:t{number}"] if tags else None)
+        if number % 2:
+            copy["Config"] = "linked.json"
+        entries.append(copy)
+    files["manifest.json"] = dumps(entries)
+    return files, entry["Config"]
+
+
+def _with_link(files: dict[str, bytes], config: str) -> list[tarfile.TarInfo]:
+    link = tarfile.TarInfo("linked.json")
+    link.type, link.linkname = tarfile.LNKTYPE, config
+    return [link]
+
+
+@pytest.mark.parametrize("packing", ["tar", "gzip"])
+def test_a_config_many_entries_name_is_read_and_parsed_once(tmp_path, monkeypatch, packing):
+    """A manifest.json of thousands of entries naming one 8 MiB config cost a read, a hash and a
+    parse each: hours for a file of a few KB."""
+    from indexer.sources import docker_archive
+
+    files, config = _entries_naming_one_config(400, tags=True)
+    data = tar_bytes(files, _with_link(files, config))
+    path = tmp_path / "many.tar"
+    path.write_bytes(gzip.compress(data, mtime=0) if packing == "gzip" else data)
+    parsed, hashed = [], []
+    real_parse, real_hash = docker_archive.parse_config, docker_archive.sha256_digest
+    monkeypatch.setattr(docker_archive, "parse_config", lambda raw, where: parsed.append(1) or real_parse(raw, where))
+    monkeypatch.setattr(docker_archive, "sha256_digest", lambda raw: hashed.append(1) or real_hash(raw))
+    records, errors, _ = collect(str(path))
+    assert not errors
+    assert len(records) == 400 and len({r.tags for r in records}) == 400
+    assert len({r.config.digest for r in records}) == 1
+    assert (len(parsed), len(hashed)) == (1, 1)
+
+
+def test_configs_read_again_past_what_is_kept_have_an_allowance(tmp_path, monkeypatch):
+    from indexer.sources import docker_archive
+
+    files = save("registry.example/many/a:v1", b"a")
+    other = save("registry.example/many/b:v1", b"b")
+    [first], [second] = json.loads(files["manifest.json"]), json.loads(other["manifest.json"])
+    files.update({name: data for name, data in other.items() if name != "manifest.json"})
+    files["manifest.json"] = dumps([first, second] * 50)
+    write_tar(str(tmp_path / "two.tar"), files)
+    size = max(len(files[first["Config"]]), len(files[second["Config"]]))
+    monkeypatch.setattr(docker_archive, "_KEPT_CONFIG_BYTES", size)  # one of the two is kept
+    monkeypatch.setattr(docker_archive, "_REREAD_CONFIG_BYTES", 10 * size)
+    records, errors, _ = collect(str(tmp_path / "two.tar"))
+    assert len(errors) == 1
+    assert "manifest.json names its configs again and again" in str(errors[0])
+    assert 10 <= len(records) <= 30  # the entries before the allowance ran out
+    monkeypatch.setattr(docker_archive, "_REREAD_CONFIG_BYTES", 1000 * size)
+    records, errors, _ = collect(str(tmp_path / "two.tar"))
+    assert not errors and len(records) == 100
+
+
+def test_docker_25_names_of_one_manifest_listed_many_times_are_read_once(tmp_path, monkeypatch):
+    from indexer.sources import docker_archive
+
+    blobs = Blobs()
+    manifest = blobs.image(layers=(b"layer",))
+    files = blobs.layout_files([named(manifest, ref_name="v1")] * 300)
+    config = json.loads(blobs.blobs[manifest["digest"]])["config"]["digest"].split(":")[1]
+    files["manifest.json"] = dumps(
+        [{"Config": f"blobs/sha256/{config}", "RepoTags": ["registry.example/d25/app:v1"], "Layers": []}]
+    )
+    write_tar(str(tmp_path / "d25.tar"), files)
+    loads = []
+    real = docker_archive.load_json
+    monkeypatch.setattr(docker_archive, "load_json", lambda *a: loads.append(a[2]) or real(*a))
+    records, errors, _ = collect(str(tmp_path / "d25.tar"))
+    assert not errors
+    assert {(r.name, r.tags) for r in records} >= {("d25/app", ("v1",))}
+    assert loads.count("manifest") == 1
+
+
 def test_real_fixtures_folder_equals_its_archives(tmp_path):
     """tests/fixtures/real holds archives, a layout named `oci-layout` and expected.json."""
     records, errors, notes = collect(REAL)

@@ -15,7 +15,7 @@ import re
 from typing import Iterator
 
 from ..errors import ImgdexError, SourceError
-from ..model import UNCOMPRESSED, Blob, ImageRecord
+from ..model import UNCOMPRESSED, Blob, ImageConfig, ImageRecord
 from ..references import Reference, is_valid_digest, parse_reference
 from ..shard import in_shard
 from . import configbounds
@@ -26,6 +26,7 @@ from .parse import (
     MAX_PARSED_BYTES,
     Context,
     load_json,
+    parse_config,
     parse_descriptor,
     parsed_size,
     record_from_config,
@@ -66,34 +67,87 @@ def _entries(members: TarMembers) -> list[dict]:
     return entries
 
 
+# Config bytes read from the file (not held from a streaming pass) kept for the entries that name
+# them again, and how many bytes of configs read again, once those are not kept, an archive may cost.
+_KEPT_CONFIG_BYTES = 64 * 1024 * 1024
+_REREAD_CONFIG_BYTES = 1024 * 1024 * 1024
+
+
 class _Configs:
-    """Config members with the digest of their bytes; a name that claims another digest is noted once."""
+    """Config members with the digest of their bytes; a name that claims another digest is noted once.
+
+    A member is read, hashed and parsed once however many entries name it (under one name or
+    through links): a manifest.json of many thousand entries naming one 8 MiB config took
+    hours. Parsed configs are kept for members held in memory, and for others up to
+    _KEPT_CONFIG_BYTES; past that, reading them again has an allowance per archive."""
 
     def __init__(self, members: TarMembers, ctx: Context):
         self.members = members
         self.ctx = ctx
         self._noted: set[str] = set()
+        self._known: dict[int, tuple[bytes, str, ImageConfig | None]] = {}
+        self._seen: set[int] = set()
+        self._kept = 0
+        self._reread = 0
+        self.exhausted = False  # the allowance ran out: the rest of the archive is not read
 
     def read(self, entry: dict) -> tuple[bytes, str]:
+        raw, digest, _ = self._read(entry, parse=False)
+        return raw, digest
+
+    def read_parsed(self, entry: dict) -> tuple[bytes, str, ImageConfig]:
+        raw, digest, config = self._read(entry, parse=True)
+        assert config is not None
+        return raw, digest, config
+
+    def _read(self, entry: dict, parse: bool) -> tuple[bytes, str, ImageConfig | None]:
         where = self.members.where
         config_name = entry.get("Config")
         if not isinstance(config_name, str) or not config_name:
             raise SourceError(where, "manifest.json entry has no Config")
+        same = self.members.same(config_name)
+        key, held = same if same is not None else (0, False)
+        known = self._known.get(key) if same is not None else None
+        if known is not None:
+            raw, digest, config = known
+            if parse and config is None:
+                config = parse_config(raw, where)
+                self._known[key] = (raw, digest, config)
+            self._note_name(config_name, digest)
+            return raw, digest, config
         raw = self.members.read(config_name, MAX_JSON_BYTES, "config")
+        if key in self._seen:
+            self._reread += len(raw)
+            if self._reread > _REREAD_CONFIG_BYTES:
+                self.exhausted = True
+                raise SourceError(
+                    where,
+                    f"manifest.json names its configs again and again: over {_REREAD_CONFIG_BYTES >> 20} MiB "
+                    "read a second time; the rest of its entries are not read",
+                )
         digest = sha256_digest(raw)
+        config = parse_config(raw, where) if parse else None
+        if same is not None:
+            self._seen.add(key)
+            if held or self._kept + len(raw) <= _KEPT_CONFIG_BYTES:
+                self._known[key] = (raw, digest, config)
+                self._kept += 0 if held else len(raw)
+        self._note_name(config_name, digest)
+        return raw, digest, config
+
+    def _note_name(self, config_name: str, digest: str) -> None:
         named = _HEX_NAME.search(config_name)
         if named and f"sha256:{named.group(1)}" != digest and config_name not in self._noted:
             self._noted.add(config_name)
             self.ctx.note(
-                f"{where}: config {config_name!r} is named sha256:{named.group(1)} but its bytes hash to {digest}; "
-                f"the image ID is {digest}"
+                f"{self.members.where}: config {config_name!r} is named sha256:{named.group(1)} but its bytes hash "
+                f"to {digest}; the image ID is {digest}"
             )
-        return raw, digest
 
 
 def _classic_records(members: TarMembers, configs: _Configs, entry: dict, ctx: Context) -> list[ImageRecord]:
     where = members.where
-    config_raw, config_digest = configs.read(entry)
+    config_raw, config_digest, config = configs.read_parsed(entry)
     layer_paths = entry.get("Layers") or []
     if not isinstance(layer_paths, list) or not all(isinstance(p, str) for p in layer_paths):
         raise SourceError(where, "manifest.json: Layers is not a list of paths")
@@ -109,7 +163,7 @@ def _classic_records(members: TarMembers, configs: _Configs, entry: dict, ctx: C
         for diff_id, raw in sources.items():
             foreign[diff_id] = parse_descriptor(raw, where, f"LayerSources[{diff_id}]")
     records = record_from_config(
-        config_raw, config_digest, sizes, _repo_tags(entry, ctx, where), ctx, where, UNCOMPRESSED, foreign
+        config_raw, config_digest, sizes, _repo_tags(entry, ctx, where), ctx, where, UNCOMPRESSED, foreign, config
     )
     if ctx.verify and records:
         # Stored layers are uncompressed tars: their sha256 must be the config's diff_ids.
@@ -216,12 +270,25 @@ def read_docker_archive(members: TarMembers, ctx: Context) -> Iterator[ImageReco
             try:
                 _, digest = configs.read(entry)
             except SourceError as exc:
+                if configs.exhausted:
+                    yield exc
+                    return
                 if in_shard(shard, _entry_key(entry, position)):
                     yield exc
                 continue
             tags_by_config.setdefault(digest, []).extend(_repo_tags(entry, ctx, where))
 
+        # By manifest digest: index.json may list one manifest thousands of times, and each
+        # listing read, counted and parsed it again before the walk's allowance could refuse it.
+        names_of: dict[str, list[Reference]] = {}
+
         def extra_names(descriptor: Blob) -> list[Reference]:
+            names = names_of.get(descriptor.digest)
+            if names is None:
+                names = names_of[descriptor.digest] = _names_for(descriptor)
+            return names
+
+        def _names_for(descriptor: Blob) -> list[Reference]:
             try:
                 data = blobs.read_blob(descriptor.digest, MAX_JSON_BYTES)
                 if configbounds.too_many_values(data):
@@ -251,3 +318,5 @@ def read_docker_archive(members: TarMembers, ctx: Context) -> Iterator[ImageReco
             yield from _classic_records(members, configs, entry, ctx)
         except SourceError as exc:
             yield exc
+            if configs.exhausted:
+                return

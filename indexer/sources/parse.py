@@ -750,13 +750,16 @@ def record_from_config(
     where: str,
     exactness: int,
     foreign: dict[str, Blob] | None = None,
+    config: ImageConfig | None = None,
 ) -> list[ImageRecord]:
     """Records of an image known only by its config (classic docker save, an engine).
 
     The layers are the config's diff_ids with the stored (uncompressed) sizes; `foreign` maps
-    a diff_id to the descriptor of a foreign layer that was not stored.
+    a diff_id to the descriptor of a foreign layer that was not stored; `config` is the parsed
+    `config_raw`, when the caller has it.
     """
-    config = parse_config(config_raw, where)
+    if config is None:
+        config = parse_config(config_raw, where)
     if len(config.diff_ids) != len(layer_sizes):
         raise SourceError(
             where, f"config lists {len(config.diff_ids)} diff_ids but the image has {len(layer_sizes)} layers"

@@ -325,6 +325,12 @@ class TarMembers:
             member = self._members.get(member.link)
         return member
 
+    def same(self, name: str) -> tuple[int, bool] | None:
+        """What a name stands for once links are followed: equal for two names of one member,
+        and whether its bytes are held in memory (else each read goes to the file again)."""
+        member = self._resolve(name)
+        return None if member is None else (id(member), member.data is not None or member.pieces is not None)
+
     def size(self, name: str) -> int | None:
         member = self._resolve(name)
         return None if member is None else member.size
