@@ -332,7 +332,8 @@ def run_tasks(
                     if known is not None and not one_image(named(known), named(item)):
                         fail(_unstorable(item, ValueError(f"its id is already that of {shown(named(known))}")))
                         continue
-                    pending[item.id] = item if known is None else merge_records(known, item)
+                    merged = item if known is None else merge_records(known, item)
+                    pending[item.id] = merged
                     if keep_claims and item.tags:
                         records_seen += 1
                         order = (*where(), records_seen)
@@ -347,7 +348,9 @@ def run_tasks(
                             pending[holder] = dataclasses.replace(loser, tags=tuple(t for t in loser.tags if t != tag))
                         claims[key] = item.id
                     observer.on_image(item)
-                    pending_bytes += _held(item)
+                    # An image met again holds what the merge keeps, not twice its bytes: counted
+                    # twice, one image named by thousands of entries flushed a batch every few.
+                    pending_bytes += _held(merged) - (_held(known) if known is not None else 0)
                     if len(pending) >= BATCH or pending_bytes >= BATCH_BYTES:
                         flush()
             except SourceError as exc:

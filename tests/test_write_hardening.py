@@ -163,6 +163,23 @@ def test_a_batch_is_written_once_its_config_entries_pass_the_budget(tmp_path, mo
     assert _batches_written(tmp_path / "store", records, monkeypatch) == [2, 2, 2]
 
 
+def test_an_image_met_again_counts_its_bytes_once_toward_the_batch(tmp_path, monkeypatch):
+    # A record that merges into a pending one holds no more than the merge keeps: counted whole
+    # each time, one image named by thousands of manifest.json entries wrote a batch every few.
+    records = [r for r in records_of(f"oci:{oci_layout(tmp_path / 'layout', 2)}") if isinstance(r, ImageRecord)]
+    each = len(records[0].manifest_raw) + len(records[0].config_raw)
+    monkeypatch.setattr(run_module, "BATCH_BYTES", 3 * each)
+    monkeypatch.setattr(
+        run_module, "parse_source", lambda spec, _options=None: Fixed([records[0]] * 10 + [records[1]] * 10)
+    )
+    batches = []
+    with DeltaWriter(str(tmp_path / "store")) as writer:
+        write = writer.write
+        monkeypatch.setattr(writer, "write", lambda batch, at: (batches.append(len(batch)), write(batch, at))[1])
+        assert index_sources(["fixed"], writer).indexed == 2
+    assert batches == [2]
+
+
 def _batches_written(store, records, monkeypatch) -> list[int]:
     """The sizes of the batches a run of `records` writes into `store`; every record lands."""
     monkeypatch.setattr(run_module, "parse_source", lambda spec, _options=None: Fixed(records))
