@@ -13,7 +13,7 @@ from indexer.references import image_id
 from indexer.sources import parse_source
 from indexer.sources.parse import Context
 
-from builders import Blobs, classic_save_files, digest_of, dumps, named, tar_bytes, write_dir, write_tar
+from builders import OCI_MANIFEST, Blobs, classic_save_files, digest_of, dumps, named, tar_bytes, write_dir, write_tar
 
 
 def collect(spec, **ctx):
@@ -112,6 +112,26 @@ def test_unknown_media_type_is_a_note_and_artifacts_are_kept(tmp_path):
     assert len(records) == 1 and records[0].kind == KIND_ARTIFACT
     assert records[0].config.media_type == "application/vnd.cncf.helm.config.v1+json"
     assert any("unknown media type application/x-unknown" in n for n in notes)
+
+
+@pytest.mark.parametrize("fault", ["absent", "edited"])
+def test_an_artifacts_config_is_verified_as_an_images_is(tmp_path, fault):
+    """Its digest and size are reported: an absent blob would leave them unchecked."""
+    blobs = Blobs()
+    chart_config = blobs.add(b'{"name":"chart"}', "application/vnd.cncf.helm.config.v1+json")
+    chart = blobs.add(
+        dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": chart_config, "layers": []}), OCI_MANIFEST
+    )
+    if fault == "absent":
+        del blobs.blobs[chart_config["digest"]]
+    else:
+        blobs.blobs[chart_config["digest"]] = b'{"name":"other"}'
+    write_dir(str(tmp_path), blobs.layout_files([named(chart, "charts/app:0.1.0")]))
+    records, errors, _ = collect(str(tmp_path))
+    assert records == []
+    [error] = errors
+    reason = "blob is missing" if fault == "absent" else "config digest mismatch"
+    assert reason in str(error) and chart_config["digest"].split(":")[1] in str(error), str(error)
 
 
 def test_missing_child_of_an_index_is_skipped_with_a_note(tmp_path):

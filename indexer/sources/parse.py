@@ -692,13 +692,13 @@ def _image_records(
         verify_layers(store, [layer for layer in layers if not layer.urls], ctx, where, label)
 
     config = None
-    config_raw = None
     is_image_config = config_blob.media_type in mt.IMAGE_CONFIGS
-    if is_image_config or store.blob_size(config_blob.digest) is not None:
-        config_raw = store.read_blob(config_blob.digest, MAX_JSON_BYTES)
-        verify(config_raw, config_blob.digest, config_blob.size, where, f"{label} config")
-        if is_image_config:
-            config = parse_config(config_raw, f"{where} (config {config_blob.digest})")
+    # An artifact's config is read and verified as an image's is: its digest and size are reported,
+    # and an absent blob would leave them unchecked.
+    config_raw = store.read_blob(config_blob.digest, MAX_JSON_BYTES)
+    verify(config_raw, config_blob.digest, config_blob.size, where, f"{label} config")
+    if is_image_config:
+        config = parse_config(config_raw, f"{where} (config {config_blob.digest})")
 
     if annotations.get(mt.REFERENCE_TYPE) == mt.ATTESTATION:
         kind = KIND_ATTESTATION
