@@ -205,6 +205,70 @@ def test_a_loopback_registry_failing_over_plain_http_reports_that_failure(fake):
     assert "over https:" in message  # what the https probe met is still there, after
 
 
+def test_a_plain_http_answer_that_is_no_registry_still_says_what_https_met(fake):
+    # A TLS registry with a certificate not trusted answers plain HTTP with 400: the https
+    # failure is the cause, and was dropped.
+    fake.routes["/v2/"] = Reply(400, b"Client sent an HTTP request to an HTTPS server.", {})
+    with pytest.raises(SourceError) as caught:
+        crawl(f"docker://{fake.host}", retries=1)
+    message = str(caught.value)
+    assert "answered 400: not a registry" in message and "; over https: " in message, message
+
+
+@pytest.mark.parametrize("lifetime", ["1" + "0" * 400, "NaN", "Infinity", "-5", "1e308"])
+def test_a_token_lifetime_no_clock_can_hold_is_one_the_crawl_survives(fake, lifetime):
+    from indexer.sources import registry_auth
+
+    token, seconds = registry_auth.parse_token_response(f'{{"token": "t", "expires_in": {lifetime}}}'.encode(), "r")
+    assert token == "t" and 0 < seconds <= registry_auth._MAX_TOKEN_LIFETIME
+
+    manifest, configs, _ = image()
+    fake.add_image("a/one", {"v1": manifest}, configs, OCI_MANIFEST)
+    challenge = f'Bearer realm="http://{fake.host}/token",service="x"'
+    served = dict(fake.routes)
+    for path in [p for p in served if p.startswith("/v2/a/")]:
+        fake.routes[path] = lambda method, headers, reply=served[path]: (
+            reply if "Authorization" in headers else Reply(401, b"{}", {**JSON, "WWW-Authenticate": challenge})
+        )
+    fake.routes["/token"] = Reply(200, f'{{"token": "tok", "expires_in": {lifetime}}}'.encode(), JSON)
+    records, errors, _ = crawl(f"docker://{fake.host}/a/one")
+    assert not errors and [r.name for r in records] == ["a/one"]
+    asked = sum(count for path, count in fake.hits.items() if path.startswith("/token"))
+    assert asked == 1, fake.hits  # kept, not asked for again on every request
+
+
+@pytest.mark.parametrize("where", ["username", "password", "config"])
+def test_credentials_that_are_not_utf8_are_one_line(fake, tmp_path, where):
+    from indexer.errors import AuthError
+    from indexer.sources.registry_auth import Credentials, find_credentials
+
+    bad = b"p\xffw".decode("utf-8", "surrogateescape")  # as read from stdin or the environment
+    if where == "config":
+        path = tmp_path / "auth.json"
+        path.write_text(json.dumps({"auths": {fake.host: {"username": "u", "password": "p\udcffw"}}}))
+        with pytest.raises(AuthError, match="not valid UTF-8"):
+            find_credentials(fake.host, "a/one", [str(path)])
+        return
+    with pytest.raises(AuthError, match="^--username: the username or password is not valid UTF-8$"):
+        Credentials(bad if where == "username" else "u", bad if where == "password" else "p", "--username")
+    options = {"username": bad if where == "username" else "u", "password": bad if where == "password" else "p"}
+    source = parse_source(f"docker://{fake.host}", registry_options=RegistryOptions(auth_files=[], **options))
+    with pytest.raises(SourceError) as caught:
+        list(source.records(Context("registry", fake.host)))
+    assert "not valid UTF-8" in str(caught.value) and bad not in str(caught.value)
+    assert not fake.hits  # refused before any request
+
+
+def test_an_auth_file_nested_too_deep_is_one_line(tmp_path):
+    from indexer.errors import AuthError
+    from indexer.sources.registry_auth import find_credentials
+
+    path = tmp_path / "config.json"
+    path.write_text("[" * 100_000)
+    with pytest.raises(AuthError, match="cannot read credentials from"):
+        find_credentials("registry.example", "a/one", [str(path)])
+
+
 # ---------------------------------------------------------------- many jobs, flaky registry
 
 

@@ -558,10 +558,11 @@ class Crawl:
                     self.spec,
                     "--username needs a password: give it on stdin with --password-stdin, or in IMGDEX_PASSWORD",
                 )
-            return Credentials(options.username, options.password, "--username")
-        if options.password is not None:
+        elif options.password is not None:
             raise SourceError(self.spec, "a password was given without --username")
         try:
+            if options.username:
+                return Credentials(options.username, options.password, "--username")
             return find_credentials(self.registry, self.target.repository, options.auth_files)
         except AuthError as exc:
             raise SourceError(self.spec, str(exc)) from None

@@ -29,6 +29,8 @@ DOCKER_HUB_KEYS = (*DOCKER_HUB_ALIASES, "https://index.docker.io/v1/")
 # A token is renewed this long before the expiry the server gave, so a slow request still carries a valid one.
 _TOKEN_SLACK = 10.0
 _DEFAULT_TOKEN_LIFETIME = 60.0
+# A longer one is kept this long: a crawl that outlives it asks for another, which costs one request.
+_MAX_TOKEN_LIFETIME = 24 * 3600.0
 # Tokens kept per host. A crawl asks for one per repository, so a catalog of a million repositories
 # would otherwise keep a million; only the repositories under way at once (a few per job) use theirs,
 # and a token dropped too early costs one more request to the token server.
@@ -40,6 +42,17 @@ class Credentials:
     username: str
     password: str = field(repr=False)
     origin: str = ""  # where they were found, for messages (never the secret)
+
+    def __post_init__(self) -> None:
+        # They go into a Basic header as UTF-8; bytes that are not (a password read from stdin or
+        # the environment keeps them as surrogates) would fail there, deep in a request.
+        for value in (self.username, self.password):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise AuthError(
+                    f"{self.origin or 'credentials'}: the username or password is not valid UTF-8"
+                ) from None
 
 
 @dataclass(frozen=True)
@@ -166,7 +179,7 @@ def find_credentials(registry: str, repository: str = "", files: list[str] | Non
                 doc = json.load(f)
         except FileNotFoundError:
             continue
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             raise AuthError(f"cannot read credentials from {path}: {exc}") from None
         if not isinstance(doc, dict):
             continue
@@ -378,6 +391,12 @@ def parse_token_response(body: bytes, realm: str) -> tuple[str, float]:
         # token itself is never echoed.
         raise AuthError(f"token server {realm} gave a token that is not visible ASCII")
     lifetime = doc.get("expires_in")
-    if not isinstance(lifetime, (int, float)) or isinstance(lifetime, bool) or lifetime <= 0:
-        lifetime = _DEFAULT_TOKEN_LIFETIME
-    return token, float(lifetime)
+    if not isinstance(lifetime, (int, float)) or isinstance(lifetime, bool):
+        return token, _DEFAULT_TOKEN_LIFETIME
+    try:
+        seconds = float(lifetime)
+    except OverflowError:  # an integer of hundreds of digits
+        seconds = _MAX_TOKEN_LIFETIME
+    if not seconds > 0:  # NaN too: a token that expires at once was asked for again on every request
+        return token, _DEFAULT_TOKEN_LIFETIME
+    return token, min(seconds, _MAX_TOKEN_LIFETIME)

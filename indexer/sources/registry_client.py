@@ -739,9 +739,12 @@ class RegistryClient:
             if reply.status == 401:
                 self.auth.learn(reply.headers.get("WWW-Authenticate", ""))
             elif reply.status != 200:
+                # A TLS registry whose certificate is not trusted answers plain HTTP with 400: what
+                # the https attempt met is the cause.
+                https = f"; over https: {failures[0][1].reason}" if failures else ""
                 raise HttpError(
                     self.registry,
-                    f"GET {url} answered {reply.status}: not a registry (Docker Registry HTTP API V2)",
+                    f"GET {url} answered {reply.status}: not a registry (Docker Registry HTTP API V2){https}",
                     reply.status,
                 )
             self.base = f"{scheme}://{self.host}"
