@@ -12,9 +12,13 @@ import re
 from datetime import datetime, timedelta, timezone
 
 # ASCII digits only, and fullmatch(): `\d` takes any Unicode digit and `$` a trailing newline.
+# Any number of fractional digits, of which the first nine count: Go's time parser (docker,
+# containerd, go-containerregistry) reads a longer fraction and truncates it, so an image those
+# tools run has that time. An offset is RFC 3339's time-numoffset, hours 00-23 and minutes 00-59:
+# `+00:99` is no offset that any writer means, and read as 99 minutes it moved the time.
 _RFC3339 = re.compile(
-    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,9}))?"
-    r"(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))"
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
+    r"(?:([Zz])|([+-])([01][0-9]|2[0-3]):([0-5][0-9]))"
 )
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _NS_MIN = -(2**63)
@@ -27,7 +31,7 @@ def parse(text: str) -> tuple[datetime, int] | None:
     if not m:
         return None
     year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
-    nanos = int((m.group(7) or "").ljust(9, "0"))
+    nanos = int((m.group(7) or "")[:9].ljust(9, "0"))
     try:
         if m.group(8):
             offset = timedelta(0)

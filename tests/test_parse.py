@@ -335,6 +335,13 @@ def test_created_with_a_trailing_newline_or_non_ascii_digits_is_not_a_time():
     assert parse_config(dumps({"created": "2026-11-29T12:00:00Z"}), "f").created == "2026-11-29T12:00:00Z"
 
 
+def test_created_offsets_out_of_range_are_not_a_time_and_long_fractions_are_cut_to_nanoseconds():
+    assert parse_config(dumps({"created": "2020-01-02T03:04:05+00:99"}), "f").created is None
+    assert parse_config(dumps({"created": "2020-01-02T03:04:05-24:00"}), "f").created is None
+    long = parse_config(dumps({"created": "2020-01-02T03:04:05.1234567891Z"}), "f")
+    assert long.created == "2020-01-02T03:04:05.123456789Z"
+
+
 def test_only_descriptors_with_a_media_type_of_legal_length_are_kept_as_shapes():
     from indexer.sources import typed
 

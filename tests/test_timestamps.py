@@ -17,6 +17,11 @@ from indexer import timestamps
         ("2026-11-29T10:54:27.000000000Z", "2026-11-29T10:54:27Z"),
         ("2026-11-29t10:54:27z", "2026-11-29T10:54:27Z"),
         ("0001-01-01T00:00:00Z", "0001-01-01T00:00:00Z"),
+        ("2026-11-29T23:59:00-23:59", "2026-11-30T23:58:00Z"),
+        # Go (docker, containerd) reads any number of fractional digits and keeps the first nine.
+        ("2020-01-02T03:04:05.1234567891Z", "2020-01-02T03:04:05.123456789Z"),
+        ("2020-01-02T03:04:05.999999999999999+01:00", "2020-01-02T02:04:05.999999999Z"),
+        ("2020-01-02T03:04:05.0000000009Z", "2020-01-02T03:04:05Z"),
     ],
 )
 def test_normalise_to_utc_with_proto_fraction_digits(text, expected):
@@ -25,7 +30,20 @@ def test_normalise_to_utc_with_proto_fraction_digits(text, expected):
 
 @pytest.mark.parametrize(
     "text",
-    ["", "2026-11-29", "2026-13-01T00:00:00Z", "2026-11-29T10:54:27", "yesterday", "2026-11-29T10:54:27.1234567891Z"],
+    [
+        "",
+        "2026-11-29",
+        "2026-13-01T00:00:00Z",
+        "2026-11-29T10:54:27",
+        "yesterday",
+        "2026-11-29T10:54:27.Z",
+        # An offset is hours 00-23 and minutes 00-59 (RFC 3339 time-numoffset).
+        "2020-01-02T03:04:05+00:99",
+        "2020-01-02T03:04:05+00:60",
+        "2020-01-02T03:04:05-01:75",
+        "2020-01-02T03:04:05+24:00",
+        "2020-01-02T03:04:05-99:00",
+    ],
 )
 def test_normalise_rejects_non_rfc3339(text):
     assert timestamps.normalise(text) is None
