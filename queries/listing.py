@@ -50,19 +50,38 @@ __all__ = [
     "plan",
 ]
 
+_INT64 = range(-(2**63), 2**63)
+# The created time in nanoseconds since the epoch, exact. created_at holds microseconds, floored
+# (Delta and Spark keep no finer time), so the nanoseconds within the microsecond come from
+# `created`, the canonical text: only its nine-digit form (30 characters) has any. epoch_ns() of
+# created_at was not this: it dropped those nanoseconds, and it converts to TIMESTAMP_NS, which
+# fails for a time floored below that type's range (1677-09-21T00:12:43.145224192Z up to the next
+# microsecond), failing every such list. A HUGEINT, because the earliest time is -2**63 ns: an
+# image without a time in that range (none, or year 1 as go-containerregistry writes it) sorts
+# below every other, at -2**63 - 1.
+_CREATED_NO_TIME = -(2**63) - 1
+_CREATED_NS = (
+    "coalesce(epoch_us(created_at)::HUGEINT * 1000 + CASE WHEN length(created) = 30"
+    f" THEN coalesce(TRY_CAST(substr(created, 27, 3) AS INTEGER), 0) ELSE 0 END, {_CREATED_NO_TIME})"
+)
 # Sort keys never NULL, so that keyset comparisons are total.
 _ORDER_FIELDS = {
     "name": "name",
     "digest": "coalesce(digest, '')",
-    "created_at": "coalesce(epoch_ns(created_at), -9223372036854775807)",
+    "created_at": _CREATED_NS,
     "last_modified": "epoch_us(indexed_at)",
 }
-# What each sort key holds, so that a hand-edited token fails here and not inside DuckDB.
-_KEY_TYPES = {"name": str, "digest": str, "created_at": int, "last_modified": int}
+# What each sort key holds (a range: an integer within it), so that a hand-edited token fails here
+# and not inside DuckDB.
+_KEY_TYPES = {
+    "name": str,
+    "digest": str,
+    "created_at": range(_CREATED_NO_TIME, 2**63),
+    "last_modified": _INT64,
+}
 # The one key a later index run may change for the same id (the time its record was written).
 BY_VALUE = frozenset({"last_modified"})
 _DEFAULT_ORDER = "name,digest"
-_INT64 = range(-(2**63), 2**63)
 _TOKEN_LIMIT = 100
 # Up to this many ids go into a query as constants, beyond as one list parameter.
 _LITERAL_IDS = 1000
@@ -310,8 +329,8 @@ def _valid_text(value) -> bool:
 def _valid_key(value, kind) -> bool:
     if value is None:
         return True
-    if kind is int:
-        return type(value) is int and value in _INT64
+    if isinstance(kind, range):
+        return type(value) is int and value in kind
     return _valid_text(value)
 
 

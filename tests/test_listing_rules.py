@@ -99,7 +99,19 @@ def test_filter_grammar():
 # --- a store with ties -----------------------------------------------------------------------------
 
 NAMES = ["a/x", "a/y", "b", "crpab0cd1ef2gh3ij4kl/team/z"]
-CREATED = ["2026-01-01T00:00:00Z", "2026-01-01T00:00:00.500Z", "2025-12-31T23:59:59.999999999Z", None]
+CREATED = [
+    "2026-01-01T00:00:00Z",
+    "2026-01-01T00:00:00.500Z",
+    "2025-12-31T23:59:59.999999999Z",
+    None,
+    # Apart only below the microsecond, which is all the store's created_at keeps.
+    "2026-01-01T00:00:00.000000900Z",
+    "2026-01-01T00:00:00.000000100Z",
+    # In the nanosecond range, and before it once floored to the microsecond.
+    "1677-09-21T00:12:43.145224500Z",
+    # Outside the nanosecond range: created_at is NULL, sorted with the images without a time.
+    "0001-01-01T00:00:00Z",
+]
 RUNS = 3
 PER_RUN = 20
 
@@ -146,11 +158,10 @@ def ties_store(tmp_path_factory):
 
 
 def _nanos(created: str | None) -> int:
-    if created is None:
-        return -(2**63) + 1
     from indexer.timestamps import epoch_nanos
 
-    return epoch_nanos(created)
+    nanos = epoch_nanos(created) if created is not None else None
+    return -(2**63) - 1 if nanos is None else nanos
 
 
 def expected_order(order_by: str) -> list[str]:
@@ -293,6 +304,23 @@ def test_foreign_and_garbled_tokens_are_invalid(listers):
     ):
         with pytest.raises(QueryError, match="^invalid page token$"):
             by_cli(page_size=2, page_token=garbled)
+
+
+@pytest.mark.parametrize("via", ["cli", "server"])
+def test_a_token_carrying_the_created_time_goes_on_from_its_image(listers, via):
+    """Tokens leave created_at to be read back by id; one carrying it by value, the time in
+    nanoseconds (below every time for an image without one), goes on from the same place."""
+    expected = expected_order("created_at")
+    created = {image["id"]: image.get("createdAt") for run in range(RUNS) for image in images_of_run(run)}
+    fingerprint = listing.plan(listing.Query(order_by="created_at")).fingerprint
+    for position in range(0, len(expected) - 1, 3):
+        last = expected[position]
+        token = _token({"q": fingerprint, "k": [_nanos(created[last]), last]})
+        page = listers[via](page_size=4, order_by="created_at", page_token=token)
+        assert [image["id"] for image in page["images"]] == expected[position + 1 : position + 5], position
+    for outside in (-(2**63) - 2, 2**63):
+        with pytest.raises(QueryError, match="^invalid page token$"):
+            listers["cli"](order_by="created_at", page_token=_token({"q": fingerprint, "k": [outside, expected[0]]}))
 
 
 # --- two steps: only the page's rows are rendered --------------------------------------------------
