@@ -427,6 +427,21 @@ def test_a_store_folder_with_a_percent_escape_is_refused_before_anything_is_made
     assert not store.exists()
 
 
+@pytest.mark.parametrize("below", ["", "sub/store"])
+def test_a_store_through_a_symlink_to_a_missing_folder_is_one_true_line(tmp_path, below):
+    """As `mkdir -p` does, the link's target is not made (it may be a volume not mounted yet);
+    the line says what is wrong instead of `file exists` or `no such file or directory`."""
+    link, target = tmp_path / "link", tmp_path / "gone" / "store"
+    link.symlink_to(target)
+    store = link / below if below else link
+    result = invoke("index", _more(tmp_path, 1), "--store", store)
+    assert result.exit_code == 1
+    [line] = result.stderr.splitlines()
+    what = "a symlink" if not below else f"{link} is a symlink"
+    assert line == f"imgdex: store {store}: {what} to a missing folder ({target})", line
+    assert not (tmp_path / "gone").exists() and link.is_symlink()
+
+
 def test_write_raises_store_error_only_for_the_store(tmp_path, monkeypatch):
     record = [r for r in records_of(f"oci:{oci_layout(tmp_path / 'l', 1)}") if isinstance(r, ImageRecord)][0]
     with DeltaWriter(str(tmp_path / "store")) as writer:

@@ -118,6 +118,7 @@ class DeltaWriter:
         self._exists = True
 
     def _make_root(self) -> None:
+        self._refuse_dangling_link()
         for _ in range(5):  # each retry: a failed run removed the folder between making and locking it
             if self._made_folder is None and not os.path.isdir(self._root):
                 outermost = self._root
@@ -128,6 +129,20 @@ class DeltaWriter:
             self._hold()
             if self._lock is not None:
                 return
+
+    def _refuse_dangling_link(self) -> None:
+        """A store at or below a symlink whose target is missing is refused, in words that say so.
+
+        makedirs cannot go through such a link (`file exists`, or `no such file or directory`
+        below it), and making its target as well is what `mkdir -p` will not do either: the target
+        is often a volume not mounted yet, whose mount point's folder would take the store.
+        """
+        path = self._root
+        while not os.path.lexists(path) and os.path.dirname(path) != path:
+            path = os.path.dirname(path)
+        if os.path.islink(path) and not os.path.exists(path):
+            where = "" if path == self._root else f"{path} is "
+            raise StoreError(f"store {self.store}: {where}a symlink to a missing folder ({os.readlink(path)})")
 
     def _hold(self) -> None:
         """Take the store folder's shared lock, if it exists, unless held: see the module's notes."""
