@@ -235,7 +235,10 @@ def _declared(con, subject: _Subject, rows: list[tuple], unknown: bool) -> dict:
     nearest = rows[0][7] if rows else 0
     # A name may pin its digest (`os@sha256:…`): that names one image, not any in the repository.
     pinned = digest or (ref.digest if ref is not None else "")
-    matched = [row for row in rows if _matches(row, ref, pinned)]
+    # A digest may name an index: any manifest below it is the base it declares. Looked up from the
+    # index's own list, since a manifest that two indexes share names only one as its parent.
+    pinned_members = {pinned, *lookup.index_members(con, pinned)} if pinned else set()
+    matched = [row for row in rows if _matches(row, ref, pinned_members)]
     if matched:
         out["agreement"] = AGREES if matched[0][7] == nearest else ANCESTOR
     elif _indexed(con, ref, pinned):
@@ -249,10 +252,12 @@ def _text(value) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _matches(row: tuple, ref, digest: str) -> bool:
-    _id, registry, name, own_digest, tags, _exactness, parent_digest = row[:7]
-    if digest and own_digest:
-        return digest in (own_digest, parent_digest)
+def _matches(row: tuple, ref, digests: set[str]) -> bool:
+    """Whether `row` is the declared base: one of `digests` (the digest declared, and the
+    manifests below it if it names an index), else by name."""
+    _id, registry, name, own_digest, tags = row[:5]
+    if digests and own_digest:
+        return own_digest in digests
     if ref is None:
         return False
     # A record without a manifest digest (classic docker save) can only be matched by name; a

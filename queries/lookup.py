@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Iterable, Iterator
 
@@ -85,20 +86,94 @@ def _by_reference(con, ref, explicit_host: bool) -> list[tuple]:
     return _candidates(con, f"name IN (SELECT unnest(?::VARCHAR[])) AND {condition}", [_reference_names(ref), *value])
 
 
+# As deep as indexing follows nested indexes (MAX_INDEX_DEPTH in indexer/sources/parse.py): no
+# child below that was stored.
+_MAX_INDEX_DEPTH = 16
+
+
+def _listed(manifest_raw) -> dict[str, tuple[int, tuple[str, str, str] | None]]:
+    """The manifests an index lists, by digest: (position, platform or None). The stored bytes are
+    the ones verified against the index's digest when it was indexed."""
+    if not manifest_raw:
+        return {}
+    try:
+        doc = json.loads(manifest_raw)
+    except (ValueError, RecursionError):
+        return {}
+    manifests = doc.get("manifests") if isinstance(doc, dict) else None
+    listed: dict[str, tuple[int, tuple[str, str, str] | None]] = {}
+    for position, entry in enumerate(manifests if isinstance(manifests, list) else ()):
+        digest = entry.get("digest") if isinstance(entry, dict) else None
+        if not isinstance(digest, str) or digest in listed:
+            continue
+        raw = entry.get("platform")
+        parts = [raw.get(key) for key in ("os", "architecture", "variant")] if isinstance(raw, dict) else []
+        platform = tuple(part if isinstance(part, str) else "" for part in parts)
+        listed[digest] = (position, platform if any(platform[:2]) else None)
+    return listed
+
+
+def _members(con, registry: str, name: str, digest: str, manifest_raw, depth: int = 0, seen=None):
+    """(id, digest, platform, place) of each stored image manifest below an index, in the order
+    the index lists them. Children are looked up by the digests the index lists: a child's
+    `parent_digest` names one of the indexes that share it only. Those that name this index are
+    taken too, for indexes stored without their bytes (an engine's)."""
+    seen = set() if seen is None else seen
+    seen.add(digest)
+    listed = _listed(manifest_raw)
+    rows = con.execute(
+        "SELECT id, kind, digest, CASE WHEN kind = 'index' THEN manifest_raw END, "
+        "platform_os, platform_architecture, platform_variant FROM images "
+        "WHERE registry = ? AND name = ? AND kind IN ('image', 'index') "
+        "AND (digest IN (SELECT unnest(?::VARCHAR[])) OR (? <> '' AND parent_digest = ?))",
+        [registry, name, list(listed), digest, digest],
+    ).fetchall()
+    for child_id, kind, child_digest, raw, *stored in sorted(
+        rows, key=lambda r: (listed.get(r[2], (len(listed), None))[0], r[0])
+    ):
+        position, platform = listed.get(child_digest, (len(listed), None))
+        if kind == "image":
+            # The index's word on the platform is what a client picks by; the config's when it has none.
+            yield child_id, child_digest, platform or tuple(part or "" for part in stored), (position,)
+        elif depth < _MAX_INDEX_DEPTH and child_digest not in seen:
+            for member in _members(con, registry, name, child_digest, raw, depth + 1, seen):
+                yield (*member[:3], (position, *member[3]))
+
+
+def _rank(want: tuple[str, str, str], have: tuple[str, str, str]):
+    """How well a child's platform serves the one asked for, lower is better; None if it does not."""
+    if want[:2] != have[:2]:
+        return None
+    if want[2]:
+        return 0 if have[2] == want[2] else None
+    return have[2]
+
+
 def pick_platform(con, row, platform: str):
     image_id, registry, name, kind, digest, _ = row
     if kind != "index":
         return image_id
-    os_name, arch, variant = parse_platform(platform)
-    children = con.execute(
-        "SELECT id, platform_variant FROM images WHERE registry = ? AND name = ? AND parent_digest = ? "
-        "AND kind = 'image' AND platform_os = ? AND platform_architecture = ? ORDER BY platform_variant, id",
-        [registry, name, digest, os_name, arch],
-    ).fetchall()
-    exact = [c for c in children if c[1] == variant] if variant else children
-    if not exact:
+    want = parse_platform(platform)
+    (manifest_raw,) = con.execute("SELECT manifest_raw FROM images WHERE id = ?", [image_id]).fetchone()
+    best = None
+    for child_id, _digest, have, place in _members(con, registry, name, digest, manifest_raw):
+        rank = _rank(want, have)
+        if rank is not None and (best is None or (rank, place) < best[:2]):
+            best = (rank, place, child_id)
+    if best is None:
         raise NotFound(f"image {name}@{digest} has no manifest for platform {platform}")
-    return exact[0][0]
+    return best[2]
+
+
+def index_members(con, digest: str) -> set[str]:
+    """The digests of the image manifests below every stored index whose digest is `digest`."""
+    found: set[str] = set()
+    rows = con.execute(
+        "SELECT registry, name, manifest_raw FROM images WHERE digest = ? AND kind = 'index'", [digest]
+    ).fetchall()
+    for registry, name, manifest_raw in rows:
+        found.update(member[1] for member in _members(con, registry, name, digest, manifest_raw))
+    return found
 
 
 def _unmatched(query: str, is_reference: bool, is_hex: bool) -> ImgdexError:

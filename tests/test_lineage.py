@@ -332,6 +332,30 @@ def test_lineage_is_per_platform_child(tmp_path, run_cli):
     assert result.exit_code == 1 and "no manifest for platform linux/s390x" in result.stderr
 
 
+def test_a_base_child_shared_by_two_indexes_agrees_with_either(tmp_path, run_cli):
+    # os:2 rebuilt amd64 only: both tags list one arm64 manifest, whose record names one of the
+    # two indexes as its parent. An arm64 app declaring either index by digest is built on it.
+    blobs = Blobs()
+    arm = image(blobs, ["os-arm"], arch="arm64")
+    arm64 = {"os": "linux", "architecture": "arm64"}
+    amd64 = {"os": "linux", "architecture": "amd64"}
+    indexes = [
+        blobs.index([{**image(blobs, [f"os-amd-{n}"]), "platform": amd64}, {**arm, "platform": arm64}]) for n in (1, 2)
+    ]
+    top = [named(index, f"{REG}/base/os:{n}") for n, index in enumerate(indexes, 1)]
+    for n, index in enumerate(indexes, 1):
+        declares = {BASE_NAME: f"{REG}/base/os:{n}", BASE_DIGEST: index["digest"]}
+        top.append(named(image(blobs, ["os-arm", f"app{n}"], arch="arm64", annotations=declares), f"{REG}/app{n}:1"))
+    store = str(tmp_path / "store")
+    index_into(run_cli, store, layout(tmp_path, "shared", blobs, top))
+    for n in (1, 2):
+        doc = answer(run_cli, store, "base", f"{REG}/app{n}:1")
+        assert [e["digest"] for e in doc["bases"]] == [arm["digest"]]
+        assert doc["declaredBase"]["agreement"] == "AGREES", n
+        derived = answer(run_cli, store, "derived", f"{REG}/base/os:{n}", "--platform", "linux/arm64")
+        assert [e["name"] for e in derived["images"]] == ["app1", "app2"]
+
+
 # ----------------------------------------------------------------------------- declared bases
 
 

@@ -1,0 +1,62 @@
+"""`get NAME:TAG --platform …`: which child of a multi-platform index answers for it."""
+
+from __future__ import annotations
+
+import json
+
+from builders import OCI_INDEX, Blobs, named, write_dir
+
+REG = "reg.example"
+
+
+def _index(blobs: Blobs, children: list[tuple[dict, dict]]) -> dict:
+    return blobs.index([{**child, "platform": platform} for child, platform in children])
+
+
+def _store(tmp_path, run_cli, blobs: Blobs, top: list[dict]) -> str:
+    layout = write_dir(str(tmp_path / "layout"), blobs.layout_files(top))
+    store = str(tmp_path / "store")
+    result = run_cli("index", layout, "--store", store)
+    assert result.exit_code == 0, result.output
+    return store
+
+
+def _get(run_cli, store: str, query: str, *extra) -> dict:
+    result = run_cli("get", query, "--store", store, *extra)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+LINUX_AMD64 = {"os": "linux", "architecture": "amd64"}
+LINUX_ARM64 = {"os": "linux", "architecture": "arm64"}
+
+
+def test_a_child_shared_by_two_indexes_answers_for_both(tmp_path, run_cli):
+    # A rebuild where arm64 did not change: both tags list the same arm64 manifest. Its record
+    # can name one parent only, so each index must find its children from its own manifest.
+    blobs = Blobs()
+    amd1 = blobs.image(layers=(b"amd-1",))
+    amd2 = blobs.image(layers=(b"amd-2",))
+    arm = blobs.image(layers=(b"arm",), arch="arm64")
+    top = [
+        named(_index(blobs, [(amd1, LINUX_AMD64), (arm, LINUX_ARM64)]), f"{REG}/team/app:1"),
+        named(_index(blobs, [(amd2, LINUX_AMD64), (arm, LINUX_ARM64)]), f"{REG}/team/app:2"),
+    ]
+    store = _store(tmp_path, run_cli, blobs, top)
+    for tag, amd in (("1", amd1), ("2", amd2)):
+        assert _get(run_cli, store, f"{REG}/team/app:{tag}")["digest"] == amd["digest"]
+        assert _get(run_cli, store, f"{REG}/team/app:{tag}", "--platform", "linux/arm64")["digest"] == arm["digest"]
+
+
+def test_a_nested_index_is_followed_to_its_manifests(tmp_path, run_cli):
+    blobs = Blobs()
+    amd = blobs.image(layers=(b"amd",))
+    arm = blobs.image(layers=(b"arm",), arch="arm64")
+    inner = _index(blobs, [(amd, LINUX_AMD64), (arm, LINUX_ARM64)])
+    outer = blobs.index([inner])
+    assert outer["mediaType"] == OCI_INDEX
+    store = _store(tmp_path, run_cli, blobs, [named(outer, f"{REG}/team/nested:1")])
+    assert _get(run_cli, store, f"{REG}/team/nested:1")["digest"] == amd["digest"]
+    assert _get(run_cli, store, f"{REG}/team/nested:1", "--platform", "linux/arm64")["digest"] == arm["digest"]
+    missing = run_cli("get", f"{REG}/team/nested:1", "--platform", "linux/s390x", "--store", store)
+    assert missing.exit_code == 1 and "no manifest for platform linux/s390x" in missing.stderr
