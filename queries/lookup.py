@@ -155,8 +155,13 @@ def pick_platform(con, row, platform: str):
         return image_id
     want = parse_platform(platform)
     (manifest_raw,) = con.execute("SELECT manifest_raw FROM images WHERE id = ?", [image_id]).fetchone()
+    members = list(_members(con, registry, name, digest, manifest_raw))
+    if not members:
+        # No manifest below it is known (a YCR export lists a multi-platform image as the index
+        # alone, as `yc container image get` answers it): the index is the answer, as by id.
+        return image_id
     best = None
-    for child_id, _digest, have, place in _members(con, registry, name, digest, manifest_raw):
+    for child_id, _digest, have, place in members:
         rank = _rank(want, have)
         if rank is not None and (best is None or (rank, place) < best[:2]):
             best = (rank, place, child_id)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 
 from builders import OCI_INDEX, Blobs, named, write_dir
+from conftest import HERE
 
 REG = "reg.example"
 
@@ -60,3 +62,19 @@ def test_a_nested_index_is_followed_to_its_manifests(tmp_path, run_cli):
     assert _get(run_cli, store, f"{REG}/team/nested:1", "--platform", "linux/arm64")["digest"] == arm["digest"]
     missing = run_cli("get", f"{REG}/team/nested:1", "--platform", "linux/s390x", "--store", store)
     assert missing.exit_code == 1 and "no manifest for platform linux/s390x" in missing.stderr
+
+
+def test_an_index_without_known_children_answers_for_itself(tmp_path, run_cli):
+    # YCR lists a multi-platform image as one image without config or layers, and its export
+    # names none of its manifests: the index is all there is to answer with, as `yc` answers.
+    source = os.path.join(HERE, "fixtures", "ycr", "image-list.json")
+    store = str(tmp_path / "store")
+    assert run_cli("index", f"ycr-json:{source}", "--store", store).exit_code == 0
+    with open(source) as f:
+        multi = next(d for d in json.load(f)["images"] if d["name"].endswith("/multi"))
+    ref = f"cr.yandex/{multi['name']}:{multi['tags'][0]}"
+    assert _get(run_cli, store, ref) == multi
+    assert _get(run_cli, store, ref, "--platform", "linux/arm64") == multi
+    assert _get(run_cli, store, f"cr.yandex/{multi['name']}@{multi['digest']}") == multi
+    lineage = run_cli("base", ref, "--store", store)
+    assert lineage.exit_code == 0 and lineage.stdout == "{}\n" and "is not an image" in lineage.stderr
