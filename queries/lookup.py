@@ -140,12 +140,47 @@ def _members(con, registry: str, name: str, digest: str, manifest_raw, depth: in
                 yield (*member[:3], (position, *member[3]))
 
 
+# containerd's platforms.Normalize, which docker and crane follow: architectures by their other
+# names, with the variant each name implies (None: the variant given is kept).
+_ARCHES = {
+    "i386": ("386", ""),
+    "x86_64": ("amd64", None),
+    "x86-64": ("amd64", None),
+    "aarch64": ("arm64", None),
+    "armhf": ("arm", "v7"),
+    "armel": ("arm", "v6"),
+}
+# Variants that name no other code than none at all (v1 is every amd64, v8 every arm64).
+_NO_VARIANT = {"amd64": ("v1",), "arm64": ("8", "v8", "v8.0")}
+# What an arm variant runs, best first: a v7 machine runs v6 and v5 code, as containerd matches.
+_ARM_RUNS = {"v8": ("v8", "v7", "v6", "v5"), "v7": ("v7", "v6", "v5"), "v6": ("v6", "v5"), "v5": ("v5",)}
+
+
+def normalise_platform(os_name: str, arch: str, variant: str) -> tuple[str, str, str]:
+    os_name, arch, variant = os_name.lower(), arch.lower(), variant.lower()
+    if os_name == "macos":
+        os_name = "darwin"
+    arch, implied = _ARCHES.get(arch, (arch, None))
+    variant = variant if implied is None else implied
+    if variant in _NO_VARIANT.get(arch, ()):
+        variant = ""
+    if arch == "arm" and variant in ("", "5", "6", "7", "8"):
+        variant = "v" + (variant or "7")  # an arm without a variant is a v7, as Debian's armhf
+    return os_name, arch, variant
+
+
 def _rank(want: tuple[str, str, str], have: tuple[str, str, str]):
-    """How well a child's platform serves the one asked for, lower is better; None if it does not."""
+    """How well a child's platform serves the one asked for, lower is better; None if it does not.
+    Both are normalised: `linux/arm64/v8` asks for what an index lists as `linux/arm64`."""
+    want, have = normalise_platform(*want), normalise_platform(*have)
     if want[:2] != have[:2]:
         return None
+    if want[1] == "arm" and want[2] in _ARM_RUNS:
+        runs = _ARM_RUNS[want[2]]
+        return runs.index(have[2]) if have[2] in runs else None
     if want[2]:
         return 0 if have[2] == want[2] else None
+    # No variant asked for: any will do, the plain one first ("" sorts first).
     return have[2]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
 from builders import OCI_INDEX, Blobs, named, write_dir
 from conftest import HERE
 
@@ -78,3 +79,75 @@ def test_an_index_without_known_children_answers_for_itself(tmp_path, run_cli):
     assert _get(run_cli, store, f"cr.yandex/{multi['name']}@{multi['digest']}") == multi
     lineage = run_cli("base", ref, "--store", store)
     assert lineage.exit_code == 0 and lineage.stdout == "{}\n" and "is not an image" in lineage.stderr
+
+
+@pytest.fixture
+def arches(tmp_path, run_cli):
+    """An index of amd64, arm64/v8, arm/v6 and arm/v7 (arm/v6 listed first), and one of arm/v6
+    alone, whose arm64 child's descriptor calls it aarch64."""
+    blobs = Blobs()
+    children = {
+        "amd64": blobs.image(layers=(b"amd64",)),
+        "arm64": blobs.image(layers=(b"arm64",), arch="arm64"),
+        "arm/v6": blobs.image(layers=(b"arm-v6",), arch="arm"),
+        "arm/v7": blobs.image(layers=(b"arm-v7",), arch="arm"),
+        "386": blobs.image(layers=(b"386",), arch="386"),
+    }
+    platforms = {
+        "amd64": {"os": "linux", "architecture": "amd64"},
+        "arm64": {"os": "linux", "architecture": "arm64", "variant": "v8"},
+        "arm/v6": {"os": "linux", "architecture": "arm", "variant": "v6"},
+        "arm/v7": {"os": "linux", "architecture": "arm", "variant": "v7"},
+        "386": {"os": "linux", "architecture": "386"},
+    }
+    order = ["amd64", "arm/v6", "arm64", "arm/v7", "386"]
+    top = [
+        named(_index(blobs, [(children[k], platforms[k]) for k in order]), f"{REG}/team/arches:1"),
+        named(
+            _index(
+                blobs,
+                [
+                    (children["arm/v6"], platforms["arm/v6"]),
+                    (children["arm64"], {"os": "linux", "architecture": "aarch64"}),
+                ],
+            ),
+            f"{REG}/team/arches:old",
+        ),
+    ]
+    return _store(tmp_path, run_cli, blobs, top), {k: v["digest"] for k, v in children.items()}
+
+
+@pytest.mark.parametrize(
+    "asked, child",
+    [
+        ("linux/amd64", "amd64"),
+        ("LINUX/AMD64", "amd64"),
+        ("linux/x86_64", "amd64"),
+        ("linux/x86-64", "amd64"),
+        ("linux/amd64/v1", "amd64"),
+        ("linux/arm64", "arm64"),
+        ("linux/arm64/v8", "arm64"),
+        ("linux/aarch64", "arm64"),
+        ("linux/arm", "arm/v7"),
+        ("linux/arm/7", "arm/v7"),
+        ("linux/armhf", "arm/v7"),
+        ("linux/arm/v6", "arm/v6"),
+        ("linux/armel", "arm/v6"),
+        ("linux/i386", "386"),
+    ],
+)
+def test_platforms_are_matched_as_containerd_normalises_them(arches, run_cli, asked, child):
+    store, digests = arches
+    assert _get(run_cli, store, f"{REG}/team/arches:1", "--platform", asked)["digest"] == digests[child]
+
+
+@pytest.mark.parametrize(
+    "asked, child",
+    [("linux/arm64", "arm64"), ("linux/arm64/v8", "arm64"), ("linux/arm", "arm/v6"), ("linux/arm/v7", "arm/v6")],
+)
+def test_stored_platforms_are_normalised_and_arm_falls_back_to_older_variants(arches, run_cli, asked, child):
+    # A v7 machine runs v6 code, so an index with arm/v6 alone answers for linux/arm, as docker does
+    store, digests = arches
+    assert _get(run_cli, store, f"{REG}/team/arches:old", "--platform", asked)["digest"] == digests[child]
+    missing = run_cli("get", f"{REG}/team/arches:old", "--platform", "linux/arm/v5", "--store", store)
+    assert missing.exit_code == 1 and "no manifest for platform linux/arm/v5" in missing.stderr
