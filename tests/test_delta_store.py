@@ -619,6 +619,28 @@ def test_history_and_reading_as_of_a_version_or_a_time(store):
         store.snapshot(version=99)
 
 
+def test_a_version_of_a_run_in_batches_reads_its_batch_not_the_later_ones(store):
+    """A run commits its images in batches, each followed by its tags, and its runs row after the
+    last: a version of one batch reads none of the claims of the batches after it, and no runs row
+    until the run's last batch."""
+    store.write_changes("a", Changes(images=images(image(1)), tags=claims(("r.example", "app", "v1", "crp1"))))
+    first = current(store)
+    version = store.files()["images"].version
+    store.write_changes("a", Changes(images=images(image(2)), tags=claims(("r.example", "app", "v2", "crp2"))))
+    store.append_run({"run_id": "a"})
+    last = current(store)
+
+    def claimed_and_runs(version):
+        con = store.snapshot(version=version).con
+        claimed = con.execute("SELECT tag FROM tags_versions ORDER BY tag").fetchall()
+        return claimed, con.execute("SELECT run_id FROM runs").fetchall()
+
+    assert current(store, version=version) == first
+    assert claimed_and_runs(version) == ([("v1",)], [])
+    assert current(store, version=version + 1) == last
+    assert claimed_and_runs(version + 1) == ([("v1",), ("v2",)], [("a",)])
+
+
 def test_the_log_reader_agrees_with_deltalake(store):
     for run in range(45):  # past two checkpoints (every 20 commits)
         store.write_run({"run_id": f"r{run}"}, Changes(images=images(image(run % 17, note=str(run)))))

@@ -1198,7 +1198,7 @@ class DeltaStore:
         them for good. The rows keep their written_at, so a newer claim of another run still wins.
         One listing of the tags folder; a file is read only when its batch's images are live.
         True when it committed any."""
-        batches = {_batch_of(path) for path in files["images"].files} - {None}
+        batches = {deltalog.batch_of(path) for path in files["images"].files} - {None}
         if not batches or "tags" not in files:
             return False
         folder = self._table_dir("tags")
@@ -1209,7 +1209,7 @@ class DeltaStore:
             return False
         strays: dict[str, list] = {}
         for info in listed:
-            batch = _batch_of(info.base_name)
+            batch = deltalog.batch_of(info.base_name)
             if info.type == pafs.FileType.File and batch in batches and info.base_name not in live:
                 strays.setdefault(batch, []).append(info)
         if strays:
@@ -1252,7 +1252,7 @@ class DeltaStore:
             metadata = {"operation": "append", "runId": run_id, "rows": rows, "tombstones": tombstones}
             metadata.update(writtenAt=newest.isoformat(), files=_names(adds), landedLate="true")
             self._commit_append("tags", adds, files["tags"].version, None, metadata=metadata)
-            if {path for path in files["images"].files if _batch_of(path) == batch} <= self._own.files:
+            if {path for path in files["images"].files if deltalog.batch_of(path) == batch} <= self._own.files:
                 # This object's own batch: its files stay all known, and questions answered from memory.
                 self._own.add("tags", [f"{folder}/{a.path}" for a in adds], [], newest)
             landed = True
@@ -1934,15 +1934,6 @@ def _created_by(table: str, log: str, name: str, run_id: str) -> bool:
 
 def _run_mark(run_id: str) -> str:
     return f"r{run_id}-"
-
-
-# The attempt a data file of images or tags was written by, in its name (see `_write_parquet`).
-_BATCH = re.compile(r"-b([0-9a-f]{32})-[0-9a-f]{32}\.zstd\.parquet$")
-
-
-def _batch_of(path: str) -> str | None:
-    match = _BATCH.search(path)
-    return match.group(1) if match else None
 
 
 def _names(files: Iterable) -> str:

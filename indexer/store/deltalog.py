@@ -669,24 +669,73 @@ def read_store(
     """The live files of each table of `store`.
 
     `as_of` applies to every table. `version` is a version of the images table; the other tables
-    are read as they were when it was committed, and include the rest of the same run (a run
-    commits images, then tags, then its runs row), so a version names one consistent state.
+    are read as they were when it was committed, and include the rest of its batch (a run commits
+    each batch's images, then its tags, and its runs row after the last batch), so a version names
+    one consistent state.
     """
     out: dict[str, TableFiles] = {}
     if version is not None and as_of is None:
         images = read_table(table_location(store, "images"), table="images", version=version, con=con)
         out["images"] = images
+        mates = _mates(images) if is_local(images.location) else None
         for table in tables:
             if table != "images":
-                out[table] = _same_run(table_location(store, table), table, images, con)
+                out[table] = _same_run(table_location(store, table), table, images, con, mates)
         return {t: out[t] for t in tables}
     for table in tables:
         out[table] = read_table(table_location(store, table), table=table, as_of=as_of, con=con)
     return out
 
 
-def _same_run(location: str, table: str, images: TableFiles, con) -> TableFiles:
-    if not is_local(location):
+def _mates(images: TableFiles):
+    """Whether a commit of another table belongs with images version `images`: the same run and
+    operation, and, for a batch, the tags of that batch, or the runs row once it was the run's last."""
+    log = os.path.join(local_path(images.location), LOG_DIR)
+    commits, _ = _list_log("images", log)
+    info = commit_info("images", log, commits[images.version]) if images.version in commits else {}
+    run, operation = info.get("imgdex.runId"), info.get("imgdex.operation")
+    batches = _batches(info)
+    # Workers of `index --jobs` share the run id: the run's last images commit may be any of theirs.
+    last = (
+        bool(run)
+        and operation == "append"
+        and not any(
+            commit_info("images", log, commits[v]).get("imgdex.runId") == run for v in commits if v > images.version
+        )
+    )
+
+    def mate(table: str, other: dict) -> bool:
+        # A batch's tags committed late by a later run carry the run id of their batch, but come
+        # after other runs' commits: matched by time alone, so those commits stay out.
+        if not run or other.get("imgdex.runId") != run or other.get("imgdex.landedLate"):
+            return False
+        if other.get("imgdex.operation") != operation:
+            return False
+        if table == "runs" and operation == "append":
+            return last
+        # Commits written before batches were marked are matched by their run alone.
+        return not batches or bool(batches & _batches(other))
+
+    return mate
+
+
+def _batches(info: dict) -> set[str]:
+    """The batches whose data files a commit adds, from the names its metadata lists."""
+    names = str(info.get("imgdex.files") or "").split(",")
+    return {batch for batch in map(batch_of, names) if batch}
+
+
+# The attempt a data file of images or tags was written by, in its name (see delta's `_write_parquet`).
+_BATCH = re.compile(r"-b([0-9a-f]{32})-[0-9a-f]{32}\.zstd\.parquet$")
+
+
+def batch_of(path: str) -> str | None:
+    match = _BATCH.search(path)
+    return match.group(1) if match else None
+
+
+def _same_run(location: str, table: str, images: TableFiles, con, mates=None) -> TableFiles:
+    if not is_local(location) or mates is None:
         return read_table(location, table=table, as_of=images.timestamp_ms, con=con)
     log = os.path.join(local_path(location), LOG_DIR)
     commits, _ = _list_log(table, log)
@@ -694,10 +743,7 @@ def _same_run(location: str, table: str, images: TableFiles, con) -> TableFiles:
     for v in sorted(commits):
         info = commit_info(table, log, commits[v])
         stamp = int(info.get("timestamp") or 0)
-        # A batch's tags committed late by a later run carry the run id of their batch, but come
-        # after other runs' commits: matched by time alone, so those commits stay out.
-        ours = images.run_id and info.get("imgdex.runId") == images.run_id and not info.get("imgdex.landedLate")
-        if stamp <= images.timestamp_ms or ours:
+        if stamp <= images.timestamp_ms or mates(table, info):
             chosen = v
     if chosen is None:
         chosen = min(commits) if commits else None
