@@ -641,6 +641,21 @@ def test_a_version_of_a_run_in_batches_reads_its_batch_not_the_later_ones(store)
     assert claimed_and_runs(version + 1) == ([("v1",), ("v2",)], [("a",)])
 
 
+def test_a_version_whose_pair_was_cleaned_from_the_log_is_refused_not_read_newer(store):
+    """When log clean-up removed every tags commit up to an images version's time, the tags cannot
+    be read as they were then: the oldest commit left is a newer state, and is not read in its place."""
+    for run in "abc":
+        store.write_run({"run_id": run}, Changes(images=images(image(ord(run))), tags=claims(("r", "app", run, run))))
+    first = next(e.version for e in store.history() if e.table == "images" and e.run_id == "a")
+    deltalake.DeltaTable(store.location("tags")).create_checkpoint()
+    log = os.path.join(deltalog.local_path(store.location("tags")), "_delta_log")
+    latest = max(int(name[:20]) for name in os.listdir(log) if name.endswith(".json") and name[:20].isdigit())
+    for version in range(latest):
+        os.remove(os.path.join(log, f"{version:020d}.json"))
+    with pytest.raises(StoreError, match="can no longer be read"):
+        store.snapshot(version=first)
+
+
 def test_the_log_reader_agrees_with_deltalake(store):
     for run in range(45):  # past two checkpoints (every 20 commits)
         store.write_run({"run_id": f"r{run}"}, Changes(images=images(image(run % 17, note=str(run)))))

@@ -746,7 +746,14 @@ def _same_run(location: str, table: str, images: TableFiles, con, mates=None) ->
         if stamp <= images.timestamp_ms or mates(table, info):
             chosen = v
     if chosen is None:
-        chosen = min(commits) if commits else None
+        if 0 not in commits:
+            # Log clean-up removed the commits of that time: the oldest one left is a newer state.
+            raise StoreError(
+                f"table {table}: its version at images version {images.version} can no longer be read "
+                "(its log was cleaned up)"
+            )
+        # Made after that images commit (a store's tables are made images first): empty then.
+        chosen = 0
     return read_table(location, table=table, version=chosen, con=con)
 
 
