@@ -656,6 +656,18 @@ def test_a_version_whose_pair_was_cleaned_from_the_log_is_refused_not_read_newer
         store.snapshot(version=first)
 
 
+def test_the_version_of_a_compaction_reads_the_other_tables_compacted_too(store):
+    """Each table is compacted in turn, milliseconds apart: the images compaction's version pairs
+    with the tags compaction, whose files vacuum kept, not the tags version before it."""
+    for run in "abc":
+        store.write_run({"run_id": run}, Changes(images=images(image(ord(run))), tags=claims(("r", "app", run, run))))
+    store.compact(**SHORT)
+    compacted = next(e.version for e in store.history() if e.table == "images" and e.operation == "compact")
+    snap = store.snapshot(version=compacted)
+    assert snap.con.execute("SELECT count(*) FROM tags_versions").fetchall() == [(3,)]
+    assert current(store, version=compacted) == current(store)
+
+
 def test_the_log_reader_agrees_with_deltalake(store):
     for run in range(45):  # past two checkpoints (every 20 commits)
         store.write_run({"run_id": f"r{run}"}, Changes(images=images(image(run % 17, note=str(run)))))

@@ -1412,15 +1412,18 @@ class DeltaStore:
         self._land_strays_for(tables)
         now = now or datetime.now(timezone.utc)
         report = {}
+        # Marks the tables' compaction commits as one change: `--as-of` the images one reads the
+        # others compacted too (vacuum may have removed the files they had before).
+        compaction = uuid.uuid4().hex
         for table in tables:
-            report[table] = self._compact_table(table, _before(now, retention), file_rows)
+            report[table] = self._compact_table(table, _before(now, retention), file_rows, compaction)
         if vacuum:
             removed = self.vacuum(tables=tables, retention=retention, allow_short_retention=allow_short_retention)
             for table in tables:
                 report[table]["vacuumed"] = removed[table]
         return report
 
-    def _compact_table(self, table: str, cutoff: datetime, file_rows: int) -> dict:
+    def _compact_table(self, table: str, cutoff: datetime, file_rows: int, compaction: str) -> dict:
         import duckdb
 
         for attempt in range(1, MAX_ATTEMPTS + 1):
@@ -1452,6 +1455,7 @@ class DeltaStore:
                     _META + "rows": rows,
                     _META + "filesRemoved": len(removes),
                     _META + "readVersion": files.version,
+                    _META + "compactionId": compaction,
                 }
                 self._commit_compaction(table, files, adds + removes, meta)
             except Conflict:

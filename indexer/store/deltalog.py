@@ -689,11 +689,13 @@ def read_store(
 
 def _mates(images: TableFiles):
     """Whether a commit of another table belongs with images version `images`: the same run and
-    operation, and, for a batch, the tags of that batch, or the runs row once it was the run's last."""
+    operation, and, for a batch, the tags of that batch, or the runs row once it was the run's last;
+    for a compaction, the other tables' compaction of the same `compact`."""
     log = os.path.join(local_path(images.location), LOG_DIR)
     commits, _ = _list_log("images", log)
     info = commit_info("images", log, commits[images.version]) if images.version in commits else {}
     run, operation = info.get("imgdex.runId"), info.get("imgdex.operation")
+    compaction = info.get("imgdex.compactionId")
     batches = _batches(info)
     # Workers of `index --jobs` share the run id: the run's last images commit may be any of theirs.
     last = (
@@ -705,6 +707,9 @@ def _mates(images: TableFiles):
     )
 
     def mate(table: str, other: dict) -> bool:
+        if compaction:
+            # The tables are compacted in turn, and vacuum may then remove what each had before.
+            return other.get("imgdex.compactionId") == compaction
         # A batch's tags committed late by a later run carry the run id of their batch, but come
         # after other runs' commits: matched by time alone, so those commits stay out.
         if not run or other.get("imgdex.runId") != run or other.get("imgdex.landedLate"):
