@@ -218,6 +218,37 @@ def test_migrate_converts_the_first_layout_in_place_with_the_same_answers(run_cl
     assert again.exit_code == 1 and "already" in again.output
 
 
+@pytest.mark.parametrize("moved", [("runs",), ("runs", "tags")])
+def test_a_migration_stopped_between_its_renames_is_finished_by_the_next(run_cli, tmp_path, moved):
+    """The tables move in one by one, images last. A migration stopped before images moved left
+    the old store readable, but every later one failed on the tables already there, in a traceback."""
+    done = str(tmp_path / "done")
+    _old_store(done, "database")
+    assert run_cli("migrate", "--store", done).exit_code == 0
+    store = str(tmp_path / "old")
+    _old_store(store, "database")
+    before = current(run_cli, store)
+    for table in moved:  # what the stopped migration had moved in
+        shutil.copytree(os.path.join(done, table), os.path.join(store, table))
+    assert current(run_cli, store) == before  # still the old store
+
+    result = run_cli("migrate", "--store", store)
+    assert result.exit_code == 0, result.output
+    assert sorted(os.listdir(store)) == ["images", "runs", "tags"]
+    assert current(run_cli, store) == before
+
+
+def test_a_migration_that_cannot_move_its_tables_in_is_one_line(run_cli, tmp_path):
+    store = str(tmp_path / "old")
+    _old_store(store, "database")
+    with open(os.path.join(store, "tags"), "w") as f:  # not a table: left alone
+        f.write("mine\n")
+    result = run_cli("migrate", "--store", store)
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert result.output.startswith("imgdex: cannot migrate ") and "tags" in result.output, result.output
+    assert open(os.path.join(store, "tags")).read() == "mine\n"
+
+
 def test_an_export_is_read_and_named_as_plain_parquet(run_cli, tmp_path, samples_store):
     export = str(tmp_path / "export")
     assert run_cli("export", export, "--store", samples_store).exit_code == 0

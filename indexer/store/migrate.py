@@ -91,9 +91,18 @@ def migrate(store: str) -> dict[str, int]:
         raise
     finally:
         con.close()
-    for table in ("runs", "tags", "images"):
-        os.replace(os.path.join(work, table), os.path.join(store, table))
-    os.rmdir(work)
+    try:
+        # images last: its table is what makes the folder a store of this layout.
+        for table in ("runs", "tags", "images"):
+            target = os.path.join(store, table)
+            if os.path.isdir(os.path.join(target, "_delta_log")) and not os.path.islink(target):
+                # A table an interrupted migration moved in before it stopped: the old store is
+                # still the store (its images table never arrived), and this one replaces it.
+                shutil.rmtree(target)
+            os.replace(os.path.join(work, table), target)
+        os.rmdir(work)
+    except OSError as exc:
+        raise StoreError(f"cannot migrate {store}: {exc.filename or store}: {exc.strerror or exc}") from None
     for name in OLD_FILES:
         path = os.path.join(store, name)
         with contextlib.suppress(FileNotFoundError):
