@@ -1164,6 +1164,17 @@ def _nest(root, depth: int) -> str:
     return os.path.join(str(root), *["d"] * depth)
 
 
+def _unnest(deepest: str, root) -> None:
+    """Remove what _nest made, from the bottom: shutil.rmtree recurses too (before Python 3.12),
+    and pytest's cleanup of old temporary folders would fail on it."""
+    for name in os.listdir(deepest):
+        os.unlink(os.path.join(deepest, name))
+    folder = deepest
+    while folder != str(root):
+        os.rmdir(folder)
+        folder = os.path.dirname(folder)
+
+
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_a_folder_nested_deeper_than_the_interpreter_recurses_is_walked(tmp_path, jobs):
     """Python before 3.12 walks a folder recursively, a level per frame: 1,500 levels ended the run
@@ -1176,7 +1187,12 @@ def test_a_folder_nested_deeper_than_the_interpreter_recurses_is_walked(tmp_path
         f.write("not an archive\n")
     files, _ = layout_files("registry.example/folder/layout:v1")
     write_dir(str(tmp_path / "layout"), files)
-    run = run_measured(["index", str(root), str(tmp_path / "layout"), "--jobs", jobs, "--store", str(tmp_path / "s")])
+    try:
+        run = run_measured(
+            ["index", str(root), str(tmp_path / "layout"), "--jobs", jobs, "--store", str(tmp_path / "s")]
+        )
+    finally:
+        _unnest(deepest, root)
     assert run.code == 0, run.stderr
     one_line_messages(run.stderr)
     assert "indexed 2 images, 0 failed" in run.stdout
