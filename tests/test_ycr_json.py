@@ -89,6 +89,17 @@ def test_registry_option_overrides_cr_yandex(run_cli, tmp_path):
     assert "cr.example.net" in result.stdout and "cr.yandex" not in result.stdout
 
 
+def test_a_name_docker_hub_would_rewrite_is_refused_not_answered_otherwise(run_cli, tmp_path):
+    doc = dict(load("image-get.json"), name="ubuntu")
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps(doc))
+    result = run_cli("index", f"ycr-json:{path}", "--store", str(tmp_path / "s"), "--registry", "docker.io")
+    assert result.exit_code == 1
+    assert "name 'ubuntu' would be stored as 'library/ubuntu' under docker.io" in result.output, result.output
+    kept = run_cli("index", f"ycr-json:{path}", "--store", str(tmp_path / "s"), "--registry", "cr.example.net")
+    assert kept.exit_code == 0 and get(run_cli, str(tmp_path / "s"), doc["id"]) == doc
+
+
 def test_lookup_by_reference_and_digest(run_cli, tmp_path):
     store = str(tmp_path)
     run_cli("index", f"ycr-json:{os.path.join(YCR, 'image-get.json')}", "--store", store)

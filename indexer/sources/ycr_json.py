@@ -168,6 +168,11 @@ def image_record(raw: object, registry: str, ctx: Context, where: str, notes: li
         raise SourceError(where, f"image {image_id}: {exc}") from None
     if ref.tag or ref.digest:  # a reference, not a name: stored, it would be answered without them
         raise SourceError(where, f"image {image_id}: invalid repository name {name!r}")
+    if ref.name != name:  # Docker Hub's `library/`: stored so, it would be answered other than imported
+        raise SourceError(
+            where,
+            f"image {image_id}: name {name!r} would be stored as {ref.name!r} under {registry}; use another --registry",
+        )
     digest = doc.get("digest", "")
     if not isinstance(digest, str) or (digest and not is_valid_digest(digest)):
         raise SourceError(where, f"image {image_id} has an invalid digest {digest!r}")
