@@ -22,6 +22,7 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 # The server polls the store every 0.5 s; loading one image's snapshot takes well under a second.
 PICKED_UP_WITHIN = 15.0
+WORKERS = 2
 
 
 @pytest.fixture
@@ -29,7 +30,7 @@ def empty_service(tmp_path):
     """An in-process server, gRPC only, on a store directory no index run has written yet."""
     store = tmp_path / "store"
     store.mkdir()
-    service = Service(str(store), ("127.0.0.1", 0), None, workers=2)
+    service = Service(str(store), ("127.0.0.1", 0), None, workers=WORKERS)
     service.start()
     yield service
     service.stop(grace=1)
@@ -80,6 +81,27 @@ def test_a_watch_stream_sees_not_serving_then_serving(empty_service, run_cli, se
             assert images.List(isv.ListImagesRequest(), timeout=10).images
         finally:
             stream.cancel()
+
+
+def test_open_watch_streams_leave_the_workers_to_calls(empty_service):
+    """A Watch stream lasts as long as its client watches (a probe's or a load balancer's for
+    ever): as many of them as there are workers held every worker, and every other call waited."""
+    watches = []
+    with grpc.insecure_channel(empty_service.grpc_address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        try:
+            for _ in range(2):
+                opened = [health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=60) for _ in range(WORKERS)]
+                watches += opened
+                # Answered: had a watch held a worker, these would hold them all now.
+                assert [next(watch).status for watch in opened] == [NOT_SERVING] * WORKERS
+                assert _statuses(channel) == dict.fromkeys(("", *SERVICE_NAMES), NOT_SERVING)
+                with pytest.raises(grpc.RpcError) as info:
+                    isv_grpc.ImageServiceStub(channel).List(isv.ListImagesRequest(), timeout=10)
+                assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        finally:
+            for watch in watches:
+                watch.cancel()
 
 
 def test_tables_a_first_run_has_only_made_are_not_served(empty_service, run_cli):

@@ -263,13 +263,24 @@ class DecodingInterceptor(grpc.ServerInterceptor):
 
         behaviour = handler.unary_stream if handler.response_streaming else handler.unary_unary
 
-        def checked(request, context):
+        def checked(request, context, *send_response_callback):
             if isinstance(request, _Undecodable):
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid message: {request.reason}")
-            return behaviour(request, context)
+            return behaviour(request, context, *send_response_callback)
 
         field = "unary_stream" if handler.response_streaming else "unary_unary"
-        return handler._replace(request_deserializer=lenient, **{field: checked})
+        return handler._replace(request_deserializer=lenient, **{field: _like(checked, behaviour)})
+
+
+def _like(wrapper, behaviour):
+    """`wrapper` run by grpcio as it would run `behaviour`. grpcio reads how to run a method off the
+    function it calls: health's Watch is non-blocking (it answers through a callback and returns at
+    once), and called as a plain generator it held a worker for as long as its client watched, so
+    `--workers` watches held every other call."""
+    for name in ("experimental_non_blocking", "experimental_thread_pool"):
+        if hasattr(behaviour, name):
+            setattr(wrapper, name, getattr(behaviour, name))
+    return wrapper
 
 
 def _deny(handler):
