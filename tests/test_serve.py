@@ -1341,3 +1341,38 @@ def test_a_request_that_is_not_its_message_is_invalid_argument(store, tmp_path, 
             watch.cancel()
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("token", [None, b"s3cret"])
+def test_an_undecodable_message_in_a_request_stream_is_invalid_argument(tmp_path, token):
+    """Reflection reads a stream of requests: a message in it that is not a request was grpcio's
+    INTERNAL, as a unary call's was. Without the token, the call is refused for that first."""
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    from queries.server.app import Service
+
+    (tmp_path / "store").mkdir()
+    service = Service(str(tmp_path / "store"), ("127.0.0.1", 0), None, token, workers=2)
+    service.start()
+    metadata = [("authorization", "Bearer s3cret")] if token else []
+    list_services = reflection_pb2.ServerReflectionRequest(list_services="")
+    try:
+        with grpc.insecure_channel(service.grpc_address) as channel:
+            raw = channel.stream_stream(
+                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", request_serializer=lambda b: b
+            )
+            for bodies in ([b"\xff\xff\xff"], [list_services.SerializeToString(), b"\x0a\x02\xff\xfe"]):
+                if token:
+                    with pytest.raises(grpc.RpcError) as info:
+                        list(raw(iter(bodies), timeout=10))
+                    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                with pytest.raises(grpc.RpcError) as info:
+                    list(raw(iter(bodies), metadata=metadata, timeout=10))
+                assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+                assert info.value.details().startswith("the request is not a valid message: ")
+            # Each of those streams gave its slot back (one, with two workers).
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            [answer] = stub.ServerReflectionInfo(iter([list_services]), metadata=metadata, timeout=10)
+            assert answer.list_services_response.service
+    finally:
+        service.stop(grace=1)

@@ -247,11 +247,13 @@ class _Undecodable:
 
 class DecodingInterceptor(grpc.ServerInterceptor):
     """A request that does not decode as its message is INVALID_ARGUMENT, as REST answers 400 for
-    a target that is not UTF-8; grpcio's own answer is INTERNAL, which reads as the server's fault."""
+    a target that is not UTF-8; grpcio's own answer is INTERNAL, which reads as the server's fault.
+    On a stream of requests (reflection's) the call ends so when the method reads the first such
+    message."""
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
-        if handler is None or handler.request_deserializer is None or handler.request_streaming:
+        if handler is None or handler.request_deserializer is None:
             return handler
         decode = handler.request_deserializer
 
@@ -261,15 +263,38 @@ class DecodingInterceptor(grpc.ServerInterceptor):
             except Exception as exc:  # DecodeError, and whatever a message's parser raises
                 return _Undecodable(first_line(exc))
 
-        behaviour = handler.unary_stream if handler.response_streaming else handler.unary_unary
+        field = _ARITIES[handler.request_streaming, handler.response_streaming]
+        behaviour = getattr(handler, field)
+        if handler.request_streaming:
 
-        def checked(request, context, *send_response_callback):
-            if isinstance(request, _Undecodable):
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid message: {request.reason}")
-            return behaviour(request, context, *send_response_callback)
+            def checked(requests, context, *send_response_callback):
+                return behaviour(_decoded(requests, context), context, *send_response_callback)
 
-        field = "unary_stream" if handler.response_streaming else "unary_unary"
+        else:
+
+            def checked(request, context, *send_response_callback):
+                return behaviour(_decoded_one(request, context), context, *send_response_callback)
+
         return handler._replace(request_deserializer=lenient, **{field: _like(checked, behaviour)})
+
+
+_ARITIES = {
+    (False, False): "unary_unary",
+    (False, True): "unary_stream",
+    (True, False): "stream_unary",
+    (True, True): "stream_stream",
+}
+
+
+def _decoded_one(request, context):
+    if isinstance(request, _Undecodable):
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid message: {request.reason}")
+    return request
+
+
+def _decoded(requests, context):
+    for request in requests:
+        yield _decoded_one(request, context)
 
 
 def _like(wrapper, behaviour):
