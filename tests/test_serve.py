@@ -882,6 +882,33 @@ def test_sigterm_with_idle_keepalive_connection_exits_promptly(store):
     assert "imgdex: stopped" in err
 
 
+def test_sigterm_taken_by_any_thread_stops_the_server(store):
+    """The kernel gives a signal sent to a process to any of its threads that does not block it:
+    one that a gRPC or REST thread took was heard only when the main thread's hour-long wait ended."""
+    import ctypes
+
+    tgkill = getattr(ctypes.CDLL(None, use_errno=True), "tgkill", None)
+    if not os.path.isdir("/proc/self/task") or tgkill is None:
+        pytest.skip("needs Linux's tgkill")
+    srv = start_server(store)
+    pid = srv.proc.pid
+
+    def takes_sigterm(tid: int) -> bool:
+        with open(f"/proc/{pid}/task/{tid}/status") as f:
+            blocked = next(line for line in f if line.startswith("SigBlk:")).split()[1]
+        return not int(blocked, 16) & (1 << (signal.SIGTERM - 1))
+
+    others = [tid for tid in map(int, os.listdir(f"/proc/{pid}/task")) if tid != pid and takes_sigterm(tid)]
+    assert tgkill(pid, others[-1], signal.SIGTERM) == 0, ctypes.get_errno()
+    try:
+        _, err = srv.proc.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        srv.proc.kill()
+        srv.proc.communicate()
+        raise AssertionError("SIGTERM on another thread than the main one left the server running") from None
+    assert srv.proc.returncode == 0 and err.splitlines() == ["imgdex: stopped"], err
+
+
 def test_in_flight_requests_finish_on_shutdown(store, cli_images):
     """In-process: a request that is running when shutdown starts still gets its answer."""
     import threading

@@ -236,24 +236,47 @@ def serve(store, grpc_text, http_text, token_file, insecure_no_auth, workers):
         click.echo(f"imgdex: {exc}", err=True)
         sys.exit(1)
     import signal
-    import threading
+    import socket
 
-    stop = threading.Event()
-
-    def on_signal(signum, frame):
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # The kernel gives a signal sent to the process to any thread that does not block it, gRPC's
+    # and REST's included, and Python runs the handler only when the main thread next runs: one
+    # waiting on a lock for an hour did not, and SIGTERM went unheard for that hour. The signal's
+    # number, written on the wakeup socket by whichever thread took it, wakes the main thread.
+    wakeup, woken = socket.socketpair()
+    for end in (wakeup, woken):
+        end.setblocking(False)
+    stopping = {int(signal.SIGTERM), int(signal.SIGINT)}
+    previous_wakeup = signal.set_wakeup_fd(woken.fileno(), warn_on_full_buffer=False)
+    previous = {sig: signal.signal(sig, _noted) for sig in stopping}
     try:
         service.start()
         click.echo(service.ready_line(), err=True)
-        while not stop.wait(3600):
+        while not stopping.intersection(_signals_received(wakeup)):
             pass
     finally:
         service.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        signal.set_wakeup_fd(previous_wakeup)
+        wakeup.close()
+        woken.close()
     click.echo("imgdex: stopped", err=True)
+
+
+def _noted(signum, frame) -> None:
+    """Python's C-level handler, which this installs, is what writes a signal on the wakeup socket:
+    the main loop reads it there."""
+
+
+def _signals_received(wakeup) -> bytes:
+    """The numbers of the signals received since the last call, waiting for one if none was."""
+    import select
+
+    select.select([wakeup], [], [])
+    try:
+        return wakeup.recv(256)
+    except BlockingIOError:
+        return b""
 
 
 if __name__ == "__main__":
