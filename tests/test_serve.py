@@ -86,8 +86,12 @@ class Server:
         return self.proc.returncode, time.monotonic() - t0, err
 
 
-def start_server(store: str, *args: str, timeout: float = 30.0, open_files: int | None = None) -> Server:
+def start_server(
+    store: str, *args: str, timeout: float = 30.0, open_files: int | None = None, sigint_ignored: bool = False
+) -> Server:
     argv = [sys.executable, "-m", "queries.server.app", "--store", store]
+    if sigint_ignored:  # as nohup, or `&` in a script, starts it
+        argv = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *argv]
     if not any(a == "--grpc" for a in args):
         argv += ["--grpc", "127.0.0.1:0"]
     if not any(a == "--http" for a in args):
@@ -907,6 +911,29 @@ def test_sigterm_taken_by_any_thread_stops_the_server(store):
         srv.proc.communicate()
         raise AssertionError("SIGTERM on another thread than the main one left the server running") from None
     assert srv.proc.returncode == 0 and err.splitlines() == ["imgdex: stopped"], err
+
+
+def test_started_with_sigint_ignored_it_keeps_ignoring_it(store, cli_images):
+    """nohup, or `imgdex serve &` in a script, starts the server with SIGINT ignored: the Ctrl-C
+    meant for the shell in front stopped it. SIGTERM still does."""
+    srv = start_server(store, sigint_ignored=True)
+    try:
+        if os.path.exists(f"/proc/{srv.proc.pid}/status"):
+            with open(f"/proc/{srv.proc.pid}/status") as f:
+                ignored = next(line for line in f if line.startswith("SigIgn:")).split()[1]
+            assert int(ignored, 16) & (1 << (signal.SIGINT - 1)), "SIGINT is handled, not ignored"
+        srv.proc.send_signal(signal.SIGINT)
+        path = f"/container-registry/v1/images/{cli_images[0]['id']}"
+        assert http_json(srv.http, path) == (200, cli_images[0])
+        with grpc.insecure_channel(srv.grpc) as channel:
+            answer = isv_grpc.ImageServiceStub(channel).Get(
+                isv.GetImageRequest(image_id=cli_images[0]["id"]), timeout=10
+            )
+        assert MessageToDict(answer) == cli_images[0]
+        assert srv.proc.poll() is None
+    finally:
+        code, _, err = srv.stop()
+    assert code == 0 and err.splitlines() == ["imgdex: stopped"], err
 
 
 def test_in_flight_requests_finish_on_shutdown(store, cli_images):

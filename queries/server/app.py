@@ -200,8 +200,8 @@ def serve(store, grpc_text, http_text, token_file, insecure_no_auth, workers):
 
     Answers ImageService Get and List, RepositoryService Get, GetByName and List, and
     RegistryService Get and List from the newest completed index run, and switches to the next
-    one without a restart. Write methods answer UNIMPLEMENTED. Stops on SIGTERM or SIGINT, letting
-    running requests finish.
+    one without a restart. Write methods answer UNIMPLEMENTED. Stops on SIGTERM or SIGINT (unless
+    started with SIGINT ignored, as by nohup), letting running requests finish.
     """
     import os
 
@@ -245,7 +245,11 @@ def serve(store, grpc_text, http_text, token_file, insecure_no_auth, workers):
     wakeup, woken = socket.socketpair()
     for end in (wakeup, woken):
         end.setblocking(False)
-    stopping = {int(signal.SIGTERM), int(signal.SIGINT)}
+    # Started with SIGINT ignored (nohup, `&` in a script), the server keeps ignoring it, as every
+    # imgdex command does: the Ctrl-C meant for the shell in front must not stop it.
+    stopping = {int(signal.SIGTERM)}
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        stopping.add(int(signal.SIGINT))
     previous_wakeup = signal.set_wakeup_fd(woken.fileno(), warn_on_full_buffer=False)
     previous = {sig: signal.signal(sig, _noted) for sig in stopping}
     try:
