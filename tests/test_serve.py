@@ -839,6 +839,16 @@ def test_non_loopback_needs_a_token_or_an_explicit_opt_out(store, tmp_path):
     assert _serve_exit("--store", store, "--token-file", str(empty)).returncode == 2
 
 
+def test_a_token_that_is_not_visible_ascii_is_a_usage_error(tmp_path):
+    """Such a token was taken, and then no request matched it: every call refused, nothing said."""
+    token = tmp_path / "token"
+    token.write_bytes("caf\u00e9\n".encode())
+    # No store there: taken, the token would have the server stop at once all the same.
+    result = _serve_exit("--store", str(tmp_path / "nowhere"), "--token-file", str(token))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"{token}: the token holds a byte that is not visible ASCII (0x21-0x7E)" in result.stderr
+
+
 def test_missing_store_and_taken_ports_fail_with_one_line(store, tmp_path):
     result = _serve_exit("--store", str(tmp_path / "nowhere"), "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0")
     assert result.returncode == 1 and result.stderr.startswith("imgdex: no image store at")

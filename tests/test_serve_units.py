@@ -455,3 +455,41 @@ def test_a_listen_port_is_ascii_digits_up_to_65535(text):
     with pytest.raises(click.BadParameter):
         parse_address(text, "--grpc")
     assert parse_address("[::1]:08080", "--grpc") == ("::1", 8080)
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["caf\u00e9-token\n".encode(), b"\xef\xbb\xbfs3cret\n", b"s3c\x00ret", b"s3c\x7fret", b"\xe9t\xe9"],
+)
+def test_a_token_that_is_not_visible_ascii_is_refused(tmp_path, content):
+    """Taken, such a token matched no request: every call was refused, and nothing said why."""
+    import click
+
+    from queries.server.app import read_token
+
+    path = tmp_path / "token"
+    path.write_bytes(content)
+    with pytest.raises(click.BadParameter) as info:
+        read_token(str(path))
+    assert info.value.param_hint == "--token-file"
+    assert info.value.message == (
+        f"{path}: the token holds a byte that is not visible ASCII (0x21-0x7E), as a bearer token must be"
+    )
+    path.write_bytes(b" !s3cret~token\r\n")  # every visible ASCII byte is taken, and only those
+    assert read_token(str(path)) == b"!s3cret~token"
+
+
+def test_a_header_is_compared_as_the_bytes_it_came_as():
+    """http.client reads a header's bytes as latin-1; encoded as UTF-8 again, a byte over 0x7F
+    became two, and a token was compared with bytes no client sent."""
+    from queries.server.grpc_api import token_matches
+
+    assert token_matches("Bearer s3cret", b"s3cret")
+    assert token_matches(b"Bearer s3cret", b"s3cret")
+    assert token_matches("Bearer caf\u00e9", b"caf\xe9")
+    assert not token_matches("Bearer caf\u00e9", "caf\u00e9".encode())
+    # Beyond latin-1 (gRPC metadata read as UTF-8), or a lone surrogate: no match, and no error.
+    assert not token_matches("Bearer s3cret\u20ac", b"s3cret")
+    assert not token_matches("Bearer s3cret\udc80", b"s3cret\x80")
+    assert not token_matches("Bearer \udc41", b"A")
+    assert not token_matches(None, b"s3cret")

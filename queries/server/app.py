@@ -71,6 +71,15 @@ def read_token(path: str) -> bytes:
     token = token.strip()
     if not token or len(token.split()) != 1:
         raise click.BadParameter(f"{path} must hold one non-empty token", param_hint="--token-file")
+    # A bearer credential is visible ASCII (RFC 6750), and gRPC clients send no other metadata: a
+    # token with any other byte (a UTF-8 letter, a BOM, a NUL) was taken, and then matched no
+    # request, every call refused with nothing said why.
+    if not all(0x21 <= byte <= 0x7E for byte in token):
+        raise click.BadParameter(
+            f"{printable(path)}: the token holds a byte that is not visible ASCII (0x21-0x7E), "
+            "as a bearer token must be",
+            param_hint="--token-file",
+        )
     return token
 
 

@@ -215,7 +215,14 @@ def token_matches(header: str | bytes | None, token: bytes) -> bool:
     if header is None:
         return False
     if isinstance(header, str):
-        header = header.encode("utf-8", "surrogateescape")
+        # http.client reads a header's bytes as latin-1: encoded so, the header is the bytes that
+        # came, and a byte is compared with the token's byte, never with two bytes of its UTF-8.
+        # A character beyond latin-1 (grpcio reads metadata as UTF-8 where it can) is none of a
+        # token's visible ASCII.
+        try:
+            header = header.encode("latin-1")
+        except UnicodeEncodeError:
+            return False
     scheme, _, given = header.strip().partition(b" ")
     return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), token)
 
