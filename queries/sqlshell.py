@@ -38,6 +38,28 @@ def _plain(value, for_json: bool = False):
     return str(value)
 
 
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """`names` made unique as DuckDB names the columns of `CREATE TABLE … AS` or `COPY … TO` of a
+    query (`a`, `a` become `a`, `a_1`): a JSON object keeps one value of each key, so a repeated
+    name would lose a column, and csv says the same names as json. Names that differ in ASCII case
+    alone are the same name, as they are to DuckDB; other letters' case makes them differ."""
+    taken: dict[str, int] = {}
+    unique = []
+    for name in names:
+        folded = name.translate(_ASCII_LOWER)
+        if folded in taken:
+            # The repeats of a name count on from its last suffix, skipping any name already used.
+            while (renamed := f"{name}_{taken[folded]}").translate(_ASCII_LOWER) in taken:
+                taken[folded] += 1
+            name, folded = renamed, renamed.translate(_ASCII_LOWER)
+        taken[folded] = 1
+        unique.append(name)
+    return unique
+
+
 # Rows taken from DuckDB at a time: output streams, so a result of any size costs this many rows.
 _CHUNK = 2048
 # A table is laid out once its widths are known, so it holds its rows: no more than this many.
@@ -205,6 +227,8 @@ def write(reader, query: str, fmt: str, put, note=None, before=None, terminal: b
     if result is None or result.description is None:
         return
     columns = [d[0] for d in result.description]
+    if fmt in ("json", "csv"):
+        columns = unique_names(columns)
 
     def chunks():
         while True:

@@ -5,9 +5,11 @@ import os
 import sys
 
 import click
-
+import duckdb
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import ROOT
 from golden import assert_golden
@@ -387,6 +389,27 @@ def test_sql_formats(run_cli, samples_store):
     assert [c.strip() for c in table.splitlines()[1].strip("|").split("|")] == ["name", "n"]
     bad = run_cli("sql", "SELECT nope FROM images", "--store", samples_store)
     assert bad.exit_code == 1 and bad.stderr.startswith("imgdex: ") and "Traceback" not in bad.output
+
+
+def test_sql_repeated_names_keep_every_column(run_cli, samples_store):
+    # A JSON object keeps one value of a key: the second `a` was dropped.
+    query = "SELECT 1 AS a, 2 AS a, 3 AS A, 4 AS a_1"
+    result = run_cli("sql", query, "--store", samples_store, "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"a": 1, "a_1": 2, "A_2": 3, "a_1_1": 4}
+    # The names DuckDB gives a table made of the query, and csv says the same ones.
+    assert list(json.loads(result.stdout)) == duckdb.sql(f"SELECT * FROM ({query})").columns
+    csv_lines = run_cli("sql", query, "--store", samples_store, "--format", "csv").stdout.splitlines()
+    assert csv_lines == ["a,a_1,A_2,a_1_1", "1,2,3,4"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["a", "A", "a_1", "A_1", "a_2", "a_1_1", "b", "é", "É"]), min_size=1, max_size=8))
+def test_sql_unique_names_are_duckdbs(names):
+    from queries.sqlshell import unique_names
+
+    columns = ", ".join(f'{i} AS "{name}"' for i, name in enumerate(names))
+    assert unique_names(names) == duckdb.sql(f"SELECT * FROM (SELECT {columns})").columns
 
 
 def test_sql_json_lines_are_strict_json(run_cli, samples_store):
