@@ -60,6 +60,20 @@ def unique_names(names: list[str]) -> list[str]:
     return unique
 
 
+def _csv_field(value):
+    """A value as a csv field. A list, struct, map or array is its JSON, as the json format writes
+    it, the text kept as UTF-8 like the text around it. A boolean is spelled as DuckDB's CSV writer
+    and JSON spell it, as NaN and infinities already were (nan, inf): Python's True made a file
+    differ from DuckDB's COPY of the same query, and a boolean read True alone and true in a list."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(_plain(value, for_json=True), ensure_ascii=False)
+    return _plain(value)
+
+
 # Rows taken from DuckDB at a time: output streams, so a result of any size costs this many rows.
 _CHUNK = 2048
 # A table is laid out once its widths are known, so it holds its rows: no more than this many.
@@ -257,12 +271,7 @@ def write(reader, query: str, fmt: str, put, note=None, before=None, terminal: b
         writer.writerow(columns)
         for rows in chunks():
             for row in rows:
-                fields = [
-                    json.dumps(_plain(v, for_json=True))
-                    if isinstance(v, (list, dict))
-                    else ("" if v is None else _plain(v))
-                    for v in row
-                ]
+                fields = [_csv_field(v) for v in row]
                 writer.writerow([printable(f) if isinstance(f, str) else f for f in fields] if terminal else fields)
             put(buffer.getvalue())
             buffer.seek(0)

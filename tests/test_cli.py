@@ -1,5 +1,6 @@
 """The CLI through click's CliRunner: exact output, goldens, paging, errors."""
 
+import csv
 import json
 import os
 import sys
@@ -423,6 +424,26 @@ def test_sql_json_lines_are_strict_json(run_cli, samples_store):
 
     row = json.loads(result.stdout, parse_constant=refuse)
     assert row == {"n": "NaN", "i": "Infinity", "m": "-Infinity", "l": [1.5, "NaN"]}
+
+
+def test_sql_csv_writes_single_values_as_duckdbs_csv_writer_does(run_cli, samples_store, tmp_path):
+    # Booleans were Python's True and False, though nested ones were already JSON's true.
+    query = "SELECT true AS t, false AS f, 'nan'::DOUBLE AS n, 'inf'::DOUBLE AS i, -'inf'::DOUBLE AS m, NULL AS z"
+    result = run_cli("sql", query, "--store", samples_store, "--format", "csv")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "t,f,n,i,m,z\ntrue,false,nan,inf,-inf,\n"
+    duckdb.sql(f"COPY ({query}) TO '{tmp_path / 'copy.csv'}' (FORMAT csv)")
+    assert result.stdout == (tmp_path / "copy.csv").read_text()
+
+
+def test_sql_csv_writes_nested_values_as_utf8_json(run_cli, samples_store):
+    # Nested text was written ASCII-escaped (\u00e9), unlike the same text at the top level.
+    query = "SELECT ['é', 'ü'] AS l, {'k': 'ß', 'b': true, 'n': 'nan'::DOUBLE} AS s, [true, false]::BOOLEAN[2] AS a"
+    result = run_cli("sql", query, "--store", samples_store, "--format", "csv")
+    assert result.exit_code == 0, result.output
+    header, row = result.stdout.splitlines()
+    assert header == "l,s,a"
+    assert next(csv.reader([row])) == ['["é", "ü"]', '{"k": "ß", "b": true, "n": "NaN"}', "[true, false]"]
 
 
 def test_sql_text_that_is_not_utf8_is_one_line(run_cli, samples_store):

@@ -550,7 +550,7 @@ def test_store_keeps_diff_ids_and_chains_and_the_view(run_cli, family):
         "--format",
         "csv",
     )
-    assert result.stdout.splitlines()[1] == "team/web,4,4,True"
+    assert result.stdout.splitlines()[1] == "team/web,4,4,true"
     sql = """SELECT i.name, b.name, v.shared_layers, v.distance FROM image_bases v
              JOIN images i ON i.id = v.image_id JOIN images b ON b.id = v.base_id
              WHERE i.name = 'team/web' ORDER BY v.distance, b.name"""
