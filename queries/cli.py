@@ -699,6 +699,11 @@ def _images_table(result: dict) -> str:
     return f"{table}\nnext page token: {token}" if token else table
 
 
+# 1 PiB, in MiB: more than any machine holds, so no bound is lost, and far below where the
+# process's limit in bytes outgrows setrlimit's C long or DuckDB's own limit (16 EiB) refuses it.
+MAX_MEMORY_LIMIT = 1 << 30
+
+
 @cli.command()
 @click.argument("query")
 @store_option
@@ -716,10 +721,10 @@ def _images_table(result: dict) -> str:
 @click.option(
     "--memory-limit",
     metavar="MIB",
-    type=click.IntRange(min=16),
+    type=click.IntRange(min=16, max=MAX_MEMORY_LIMIT),
     default=1024,
     show_default=True,
-    help="Memory the query may use, in MiB; a query that needs more fails (nothing spills to disk).",
+    help="Memory the query may use, in MiB (at most a PiB); a query that needs more fails (nothing spills to disk).",
 )
 @library_errors
 def sql(query, store, fmt, as_of, timeout, memory_limit):

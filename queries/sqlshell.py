@@ -142,7 +142,8 @@ def memory_cap(budget: int):
 def _lower_data_limit(budget: int) -> tuple[int, int] | None:
     """Lower the soft RLIMIT_DATA to `budget` past what the process holds; the limits it replaced,
     or None where it is left as it was: not POSIX (DuckDB's own limit alone), no /proc, a soft limit
-    that is lower already, or a sandbox that refuses the call."""
+    that is lower already, a sandbox that refuses the call, or a cap past what the call takes (an
+    OverflowError past 8 EiB, which bounds nothing)."""
     try:
         import resource
     except ImportError:
@@ -156,7 +157,7 @@ def _lower_data_limit(budget: int) -> tuple[int, int] | None:
         return None
     try:
         resource.setrlimit(resource.RLIMIT_DATA, (cap, hard))
-    except (OSError, ValueError):
+    except (OSError, ValueError, OverflowError):
         return None
     return soft, hard
 

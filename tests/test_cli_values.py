@@ -81,6 +81,24 @@ def test_a_query_deadline_of_a_day_is_taken(samples_store):
     assert result.returncode == 0 and result.stdout.split() == ["x", "1"], result.stderr
 
 
+# Past 8796093022208 MiB the process's cap in bytes overflowed setrlimit (a traceback), and past
+# 17592186044415 MiB DuckDB refused the setting, which was then reported as a fault of the store.
+@pytest.mark.parametrize("value", [str((1 << 30) + 1), "8796093022208", "17592186044416", "9" * 30])
+def test_a_memory_limit_past_a_pib_is_refused(samples_store, value):
+    result = imgdex("sql", "SELECT 1", "--memory-limit", value, "--store", samples_store)
+    assert (result.returncode, result.stdout) == (2, ""), result.stderr
+    assert result.stderr.splitlines() == [
+        f"imgdex sql: Invalid value for '--memory-limit': {value} is not in the range 16<=x<=1073741824. "
+        "See 'imgdex sql --help'."
+    ]
+
+
+def test_a_memory_limit_of_a_pib_is_taken(samples_store):
+    query = "SELECT current_setting('memory_limit') AS m"
+    result = imgdex("sql", query, "--memory-limit", str(1 << 30), "--store", samples_store, "--format", "csv")
+    assert (result.returncode, result.stdout) == (0, "m\n1.0 PiB\n"), result.stderr
+
+
 @pytest.mark.parametrize("kind", ["device", "fifo", "too long"])
 def test_a_token_file_must_be_a_short_regular_file(tmp_path, kind):
     path = str(tmp_path / "token")

@@ -154,6 +154,17 @@ def test_the_cap_is_lifted_once_the_query_ends(store):
     assert resource.getrlimit(resource.RLIMIT_DATA) == before
 
 
+def test_a_cap_past_what_setrlimit_takes_is_no_cap():
+    # For a caller of the library, which --memory-limit's range does not guard: 2**64 bytes does not
+    # fit setrlimit's C long, and the query failed with a traceback of OverflowError.
+    from queries import sqlshell
+
+    before = resource.getrlimit(resource.RLIMIT_DATA)
+    with sqlshell.memory_cap(1 << 64):
+        assert resource.getrlimit(resource.RLIMIT_DATA) == before
+    assert resource.getrlimit(resource.RLIMIT_DATA) == before
+
+
 def test_statements_that_each_fit_run_one_after_another_under_the_cap(store):
     # The allocator keeps what it frees mapped unless told otherwise, and the cap counts it: these
     # three, each under 1.1 GB, failed once they ran one after another.
