@@ -10,6 +10,8 @@ Read-only is enforced by DuckDB, not by looking at SQL text: once the views exis
 open no file but the store's own (no COPY TO, ATTACH, read_csv or read_text of other files,
 INSTALL, LOAD from disk), the configuration is locked so that no statement can undo this, and
 every statement runs in a read-only transaction, so not even the in-memory catalog is written.
+What that still lets a user's statement do (CREATE a temporary object, ATTACH an in-memory
+database) is refused by the statement's type, as DuckDB parses it, before any statement runs.
 A reader of the first layout also pins its snapshot (see `paths.pin_snapshot`).
 """
 
@@ -34,6 +36,19 @@ _IDS = "(SELECT unnest(?::VARCHAR[]))"
 
 def _quote(path: str) -> str:
     return "'" + path.replace("'", "''") + "'"
+
+
+# Statements refused by their type, before any statement runs.
+_REFUSED = {
+    # A read-only transaction still lets a statement create temporary objects; their memory
+    # would outlast the statement's, and every one is dropped before the next statement.
+    duckdb.StatementType.CREATE: "CREATE cannot run, not even for a temporary object",
+    # Attaching a file is refused with every other file, but an in-memory database (':memory:' or
+    # '') opens none, and DuckDB attaches it: a database of the user's own beside the store's, which
+    # read-only promises there is not. DETACH goes with it: there is nothing a user may detach.
+    duckdb.StatementType.ATTACH: "ATTACH cannot run, not even for an in-memory database",
+    duckdb.StatementType.DETACH: "DETACH cannot run",
+}
 
 
 class Interrupted(QueryError):
@@ -122,10 +137,9 @@ class Reader:
             raise QueryError("the query is not UTF-8 text") from None
         statements = self._guard(self._con.extract_statements, sql)
         for statement in statements:
-            # A read-only transaction still lets a statement create temporary objects; their memory
-            # would outlast the statement's, and every one is dropped before the next statement.
-            if statement.type == duckdb.StatementType.CREATE:
-                raise QueryError("statements run read-only: CREATE cannot run, not even for a temporary object")
+            refused = _REFUSED.get(statement.type)
+            if refused is not None:
+                raise QueryError(f"statements run read-only: {refused}")
         cursor = None
         for statement in statements:
             if before is not None:

@@ -90,6 +90,7 @@ def _attacks(store, tmp_path):
         "BEGIN TRANSACTION; CREATE TABLE x (a INT)",
         "CREATE MACRO m(a) AS a + 1",
         "ATTACH ':memory:' AS m; CREATE TABLE m.t AS SELECT 1",
+        "ATTACH ':memory:' AS m",
         f"SELECT * FROM read_text('{secret}')",
         f"SELECT * FROM read_csv('{secret}')",
         f"SELECT * FROM read_blob('{secret}')",
@@ -118,6 +119,33 @@ def test_sql_cannot_write_or_read_other_files(store, tmp_path):
     assert not written.exists() and not (tmp_path / "exported").exists()
     assert _store_files(store) == files
     assert sql_json(store, "SELECT count(*) AS n FROM images") == before
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "ATTACH ':memory:' AS m",
+        "ATTACH DATABASE '' AS m",
+        "SELECT 1 AS a; ATTACH OR REPLACE ':memory:' AS memory",
+        "ATTACH ':memory:' AS m; SELECT 1 AS a",
+    ],
+)
+def test_sql_cannot_attach_an_in_memory_database(store, query):
+    # It opens no file, so the lock on files let DuckDB attach it: exit 0, though nothing is attached.
+    line = assert_one_line(invoke("sql", query, "--store", store))
+    assert line == "imgdex: statements run read-only: ATTACH cannot run, not even for an in-memory database"
+    reader = engine.connect(str(store))
+    try:
+        with pytest.raises(QueryError, match="ATTACH cannot run"):
+            reader.run(query)
+        assert reader.run("SELECT count(*) > 0 AS ok FROM images").fetchall() == [(True,)]
+    finally:
+        reader.close()
+
+
+def test_sql_cannot_detach(store):
+    line = assert_one_line(invoke("sql", "DETACH DATABASE IF EXISTS m", "--store", store))
+    assert line == "imgdex: statements run read-only: DETACH cannot run"
 
 
 def test_sql_still_reads_the_store(store):
