@@ -8,6 +8,7 @@ default values omitted, fields in proto order.
 from __future__ import annotations
 
 import json
+import re
 from collections import namedtuple
 from json.encoder import encode_basestring as _escape
 
@@ -185,10 +186,64 @@ def to_json_line(doc: dict) -> str:
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
 
 
+# Plain scalars that some mainstream YAML reader takes for something other than a string. PyYAML
+# quotes only what its own YAML 1.1 resolver would misread; a reader of the output may follow YAML
+# 1.2's core schema (ruamel.yaml, js-yaml, go-yaml v3) or read 1.1 more widely than PyYAML does
+# (go-yaml v2, Ruby's Psych), and would read a tag `08`, `1e3` or `y` back as a number or a boolean.
+# A string matching this is quoted; `1.2.3`, `v1`, `latest` match no reader's rule and stay plain.
+_NOT_A_STRING = re.compile(
+    r"""(?:
+        # booleans of YAML 1.1 (1.2 keeps only true/false); go-yaml v2 reads y and n too
+        y|Y|yes|Yes|YES|n|N|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF
+        |~|null|Null|NULL
+        # decimal numbers: 1.2 reads leading zeros (08) and exponents without a sign (1e3); 1.1
+        # readers skip `_` (1_000), Psych skips `,` too; go-yaml v2 drops `_` before reading
+        |[-+]?(?:\.[0-9_]+|[0-9_][0-9_,]*(?:\.[0-9_,]*)?)(?:[eE][-+]?[0-9_]+)?
+        # binary, octal (1.2's 0o17) and hexadecimal; Go's parser takes upper-case prefixes too
+        |[-+]?0[bB][01_]+|[-+]?0[oO][0-7_]+|[-+]?0[xX][0-9a-fA-F_]+
+        # base 60 (1.1): 12:30, 1:20:30.5
+        |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?
+        # infinities and NaN; no rule signs NaN, but quoting `-.nan` costs nothing
+        |[-+]?\.(?:inf|Inf|INF|nan|NaN|NAN)
+        # dates and times (1.1); Psych also reads a zone without its colon (+0530)
+        |-?[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}
+         (?:(?:[Tt]|[\ \t]+)[0-9]{1,2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]*)?
+            (?:[\ \t]*(?:Z|[-+][0-9]{1,2}(?::?[0-9]{2})?))?)?
+        # merge key and value key (1.1)
+        |<<|=
+    )\Z""",
+    re.VERBOSE,
+)
+# PyYAML writes NEL, LS and PS raw inside single quotes, followed by indentation: a YAML 1.1 reader
+# (PyYAML too) folds a NEL there into a space, and a YAML 1.2 reader, for which none of the three
+# breaks a line, keeps the indentation as text. Double quotes escape them (\N, \L, \P).
+_RAW_BREAKS = re.compile("[\x85\u2028\u2029]")
+_yaml_dumper = None
+
+
+def _dumper():
+    """PyYAML's safe dumper, told that `_NOT_A_STRING` resolves to a non-string: it then quotes
+    such a string as it quotes one its own resolver would misread."""
+    global _yaml_dumper
+    if _yaml_dumper is None:
+        import yaml
+
+        class Dumper(yaml.SafeDumper):
+            def represent_str(self, data):
+                style = '"' if _RAW_BREAKS.search(data) else None
+                return self.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+        Dumper.add_representer(str, Dumper.represent_str)
+        # None: tried for a scalar whatever its first character. The tag only has to differ from str.
+        Dumper.add_implicit_resolver("tag:yaml.org,2002:int", _NOT_A_STRING, None)
+        _yaml_dumper = Dumper
+    return _yaml_dumper
+
+
 def to_yaml(doc) -> str:
     import yaml
 
-    return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, default_flow_style=False)
+    return yaml.dump(doc, Dumper=_dumper(), sort_keys=False, allow_unicode=True, default_flow_style=False)
 
 
 def human_size(size: int) -> str:
