@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections import namedtuple
 from json.encoder import encode_basestring as _escape
 
@@ -256,23 +257,58 @@ def human_size(size: int) -> str:
     raise AssertionError("unreachable")
 
 
+# Combining marks (nonspacing, enclosing) and format characters such as U+200B take no column.
+_ZERO_WIDTH = frozenset(("Mn", "Me", "Cf"))
+
+
+def _width(text: str) -> int:
+    """The columns a terminal gives `text`: two for a wide (CJK) character, none for a combining
+    mark or a zero-width format character, which draw over or between their neighbours."""
+    if text.isascii():
+        return len(text)
+    width = 0
+    for char in text:
+        if unicodedata.category(char) in _ZERO_WIDTH and char != "\xad":  # a soft hyphen is drawn
+            continue
+        if "\u1160" <= char <= "\u11ff":  # Hangul vowels and finals join the syllable before them
+            continue
+        width += 2 if unicodedata.east_asian_width(char) in "WF" else 1
+    return width
+
+
+def _pad(text: str, width: int, align: str) -> str:
+    """`text` padded to `width` terminal columns, as str.ljust/rjust/center pad to characters."""
+    missing = width - _width(text)
+    if missing <= 0:
+        return text
+    if align == "right":
+        return " " * missing + text
+    if align == "center":
+        # Where str.center puts an odd space, so that ASCII headers stay as they were
+        left = missing // 2 + (missing & width & 1)
+        return " " * left + text + " " * (missing - left)
+    return text + " " * missing
+
+
 def format_table(headers: list[str], rows: list[list[str]], numeric: tuple[int, ...] = ()) -> str:
     """A yc-style table; the cells of the `numeric` columns are right-aligned, as yc aligns numbers.
-    Control characters are escaped (`\x1b`): a stored name or id must not drive the terminal."""
+    Control characters are escaped (`\x1b`): a stored name or id must not drive the terminal.
+    Cells are padded to terminal columns, so that wide (CJK) characters and combining marks keep
+    the rules straight."""
     headers = [printable(h) for h in headers]
     rows = [[printable(cell) for cell in row] for row in rows]
-    widths = [len(h) for h in headers]
+    widths = [_width(h) for h in headers]
     for row in rows:
-        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=False)]
+        widths = [max(w, _width(cell)) for w, cell in zip(widths, row, strict=False)]
     rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
 
     def line(cells) -> str:
         padded = (
-            c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=False))
+            _pad(c, w, "right" if i in numeric else "left") for i, (c, w) in enumerate(zip(cells, widths, strict=False))
         )
         return "|" + "|".join(f" {c} " for c in padded) + "|"
 
-    out = [rule, "|" + "|".join(f" {h.center(w)} " for h, w in zip(headers, widths, strict=True)) + "|", rule]
+    out = [rule, "|" + "|".join(f" {_pad(h, w, 'center')} " for h, w in zip(headers, widths, strict=True)) + "|", rule]
     out += [line(row) for row in rows]
     out.append(rule)
     return "\n".join(out)

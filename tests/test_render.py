@@ -1,4 +1,4 @@
-"""The text forms of an answer: YAML that every reader reads back as written."""
+"""The text forms of an answer: YAML that every reader reads back as written, tables that line up."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import yaml
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from queries.render import to_yaml
+from queries.render import format_table, to_yaml
 
 
 def _reader(name: str, resolvers: dict[str, str]) -> type:
@@ -84,3 +84,37 @@ def test_yaml_reads_back_as_the_same_strings(texts):
     doc = {"name": texts[0], "tags": texts, "annotations": {t: t for t in texts}}
     for reader in READERS:
         assert _back(doc, reader) == doc, reader.__name__
+
+
+def _columns(table: str) -> list[list[int]]:
+    """Where each line of `table` draws its `|` and `+`, in terminal columns (a wide character takes two)."""
+    import unicodedata
+
+    out = []
+    for line in table.splitlines():
+        column, marks = 0, []
+        for char in line:
+            if char in "|+":
+                marks.append(column)
+            if not unicodedata.combining(char):
+                column += 2 if unicodedata.east_asian_width(char) in "WF" else 1
+        out.append(marks)
+    return out
+
+
+@pytest.mark.parametrize("cell", ["最新", "タグ", "cafe\u0301", "n\u0303o\u0308", "ｗｉｄｅ"])
+def test_a_table_lines_up_wide_characters_and_combining_marks(cell):
+    table = format_table(["TAG", "SIZE"], [[cell, "1 B"], ["latest", "1.5 KB"]], numeric=(1,))
+    assert len({tuple(marks) for marks in _columns(table)}) == 1, table
+
+
+def test_a_table_of_ascii_is_padded_as_before():
+    table = format_table(["ID", "SIZE"], [["abc", "1 B"], ["a", "12.5 KB"]], numeric=(1,))
+    assert table.splitlines() == [
+        "+-----+---------+",
+        "|  ID |   SIZE  |",
+        "+-----+---------+",
+        "| abc |     1 B |",
+        "| a   | 12.5 KB |",
+        "+-----+---------+",
+    ]
