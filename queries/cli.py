@@ -160,7 +160,14 @@ class _Usage(click.ClickException):
 
     def show(self, file=None) -> None:
         message = printable(self.message).rstrip(".")
-        click.echo(f"{self.command_path}: {message}. See '{self.command_path} --help'.", err=True)
+        # click closes a did-you-mean hint with its own "?", bracketed when it offers several names:
+        # the hint becomes the message's last sentence rather than gaining a "." after it.
+        head, bracket, hint = message.rpartition(". (")
+        if bracket and hint.startswith("Did you mean") and hint.endswith("?)"):
+            message = f"{head}. {hint[:-1]}"
+        if not message.endswith(("?", "!")):
+            message += "."
+        click.echo(f"{self.command_path}: {message} See '{self.command_path} --help'.", err=True)
 
 
 # click >= 8.2 raises this for a group given no command, to print the help: that stays as it is.

@@ -530,3 +530,19 @@ def test_repository_with_a_host_sets_the_registry(repository, split):
             _split_repository("given.example", repository)
     else:
         assert _split_repository("given.example", repository) == ("given.example", repository)
+
+
+@pytest.mark.parametrize(
+    "args, hint",
+    [
+        (["get", "x", "--stroe", "d"], "No such option '--stroe'. Did you mean '--store'?"),
+        (["index", "--jbos", "2"], "No such option '--jbos'. Did you mean one of: '--jobs', '--json'?"),
+        (["gett"], "No such command 'gett'. Did you mean 'get'?"),
+    ],
+)
+def test_a_did_you_mean_hint_ends_its_sentence_once(run_cli, args, hint):
+    result = run_cli(*args)
+    assert result.exit_code == 2
+    message = result.stderr.rstrip("\n")
+    assert hint + " See '" in message
+    assert not any(marks in message for marks in ("?.", "?)", ".."))
