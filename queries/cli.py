@@ -801,7 +801,14 @@ def base(image, store, fmt, platform, everything, as_of):
     JSON: {"bases": [{"id", "name", "digest", "tags", "sharedLayers", "totalLayers"}, ...]}, with
     every resource that shares the nearest base's layers, exact records first; {} when there is none.
     A base declared by the org.opencontainers.image.base.name/.digest annotations or labels is
-    reported as "declaredBase", with its "agreement": AGREES, ANCESTOR, DIFFERS or NOT_INDEXED.
+    reported as "declaredBase", with its "agreement":
+
+    \b
+      AGREES       it is the nearest base, or shares the nearest base's layers
+      ANCESTOR     it is a base further down than the nearest base
+      DIFFERS      it is indexed, and is not a base of IMAGE
+      NOT_INDEXED  nothing indexed matches it, so it is not checked
+      NOT_CHECKED  IMAGE's own lineage is unknown, so it is not checked
     """
     from queries import lineage
 

@@ -702,3 +702,31 @@ def test_a_declared_base_of_an_image_without_lineage_is_not_checked(tmp_path, ru
         table.rstrip().splitlines()[-1]
         == f"declared base: {REG}/base/os:1 (not checked: this image's lineage is unknown)"
     )
+
+
+def _agreements() -> set[str]:
+    """Every value queries.lineage gives a declared base's "agreement", read from its assignments."""
+    import ast
+    import inspect
+
+    from queries import lineage as answers
+
+    found = set()
+    for node in ast.walk(ast.parse(inspect.getsource(answers))):
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Subscript) and isinstance(t.slice, ast.Constant) and t.slice.value == "agreement"
+            for t in node.targets
+        ):
+            # `AGREES if … else ANCESTOR`: the module's constants among the names the value reads
+            names = {n.id for n in ast.walk(node.value) if isinstance(n, ast.Name)}
+            found |= {getattr(answers, n) for n in names if isinstance(getattr(answers, n, None), str)}
+    return found
+
+
+def test_base_help_explains_every_agreement(run_cli):
+    agreements = _agreements()
+    assert "NOT_CHECKED" in agreements and len(agreements) >= 5
+    text = run_cli("base", "--help").stdout
+    for agreement in agreements:
+        # Each on a line of its own, with what it means beside it
+        assert any(line.split()[:1] == [agreement] and len(line.split()) > 2 for line in text.splitlines()), agreement
