@@ -15,7 +15,6 @@ such as compressedSize, are strings).
 
 from __future__ import annotations
 
-import json
 from typing import Callable
 
 from indexer.errors import ImgdexError, NotFound, QueryError, StoreError, printable
@@ -201,11 +200,7 @@ def derived(
 def _annotations(manifest_raw: bytes | None) -> dict:
     if not manifest_raw or BASE_NAME.encode() not in manifest_raw and BASE_DIGEST.encode() not in manifest_raw:
         return {}
-    try:
-        doc = json.loads(manifest_raw)
-    except (ValueError, RecursionError):
-        return {}
-    annotations = doc.get("annotations") if isinstance(doc, dict) else None
+    annotations = lookup.json_object(manifest_raw).get("annotations")
     return annotations if isinstance(annotations, dict) else {}
 
 

@@ -91,16 +91,23 @@ def _by_reference(con, ref, explicit_host: bool) -> list[tuple]:
 _MAX_INDEX_DEPTH = 16
 
 
+def json_object(raw) -> dict:
+    """The JSON object stored manifest bytes hold; {} when there are none, or they are not JSON, nest
+    too deep to parse, or hold something other than an object: the caller then answers without
+    what it would have read there, rather than failing the whole lookup."""
+    if not raw:
+        return {}
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
 def _listed(manifest_raw) -> dict[str, tuple[int, tuple[str, str, str] | None]]:
     """The manifests an index lists, by digest: (position, platform or None). The stored bytes are
     the ones verified against the index's digest when it was indexed."""
-    if not manifest_raw:
-        return {}
-    try:
-        doc = json.loads(manifest_raw)
-    except (ValueError, RecursionError):
-        return {}
-    manifests = doc.get("manifests") if isinstance(doc, dict) else None
+    manifests = json_object(manifest_raw).get("manifests")
     listed: dict[str, tuple[int, tuple[str, str, str] | None]] = {}
     for position, entry in enumerate(manifests if isinstance(manifests, list) else ()):
         digest = entry.get("digest") if isinstance(entry, dict) else None
