@@ -985,6 +985,7 @@ def main():
     if command == "index":
         _without_numpy()
     _utf8_stdout()
+    _whole_writes_stdout()
     if sys.stdout is None:  # started with it closed (`>&-`)
         sys.stdout = _ClosedOutput()
     try:
@@ -1052,6 +1053,48 @@ def _utf8_stdout() -> None:
     if (stream.encoding or "").lower().replace("-", "").replace("_", "") not in ("utf8", "utf8sig"):
         with contextlib.suppress(OSError, ValueError):
             stream.reconfigure(encoding="utf-8")
+
+
+def _whole_writes_stdout() -> None:
+    """Under PYTHONUNBUFFERED=1 (or `python -u`), as container images often set it, standard output
+    writes straight to its file descriptor, and the text layer drops whatever part of a write the
+    kernel did not take: a pipe whose reader leaves mid-write (`| head -1`) took the first 64 KiB of
+    a long list, and the command exited 0 as if all of it had been printed. Each write is then
+    finished here, so the rest meets the closed pipe as a buffered stream's does."""
+    stream = sys.stdout
+    if not isinstance(stream, io.TextIOWrapper) or not isinstance(stream.buffer, io.FileIO):
+        return
+    sys.stdout = io.TextIOWrapper(
+        _WholeWrites(stream.buffer.fileno()),
+        encoding=stream.encoding,
+        errors=stream.errors,
+        line_buffering=stream.line_buffering,
+        write_through=True,
+    )
+
+
+class _WholeWrites(io.RawIOBase):
+    """A file descriptor whose writes return only once all of the data is written, or raise."""
+
+    def __init__(self, fd: int):
+        super().__init__()
+        self._fd = fd
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def isatty(self) -> bool:
+        return os.isatty(self._fd)
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        total = len(view)
+        while view:
+            view = view[os.write(self._fd, view) :]
+        return total
 
 
 class _ClosedOutput(io.TextIOBase):

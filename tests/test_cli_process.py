@@ -123,6 +123,37 @@ def test_closed_stdout_fails_clicks_own_output_too(args):
     assert result.stderr.splitlines() == ["imgdex: cannot write to standard output: it is closed"]
 
 
+@pytest.mark.parametrize("unbuffered", ["", "1"], ids=["buffered", "PYTHONUNBUFFERED"])
+@pytest.mark.parametrize("fmt", ["json", "yaml"])
+def test_a_reader_that_leaves_mid_write_is_never_exit_0(samples_store, unbuffered, fmt):
+    """`imgdex list | head -1`: the output cut short is said by the exit code, quietly, whether or not
+    the environment asks Python for unbuffered output (which used to drop the rest and exit 0)."""
+    import fcntl
+    import struct
+    import termios
+
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = unbuffered
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(read_end, fcntl.F_SETPIPE_SZ, 4096)  # the samples' list is longer than this
+    capacity = fcntl.fcntl(read_end, fcntl.F_GETPIPE_SZ)
+    command = [sys.executable, "-m", "queries.cli", "list", "--store", samples_store, "--format", fmt]
+    process = subprocess.Popen(command, stdout=write_end, stderr=subprocess.PIPE, env=env)
+    os.close(write_end)
+    try:
+        # A full pipe: the command is blocked in the middle of writing its answer.
+        while struct.unpack("i", fcntl.ioctl(read_end, termios.FIONREAD, b"\0" * 4))[0] < capacity:
+            assert process.poll() is None, "the whole answer fit in the pipe"
+            time.sleep(0.01)
+        assert os.read(read_end, 1)
+    finally:
+        os.close(read_end)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1
+    assert stderr == b""
+
+
 @pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
 def test_output_is_utf8_whatever_the_locale_says(tmp_path, encoding):
     """JSON is UTF-8: a URL outside the locale's charset is printed, not a UnicodeEncodeError."""
