@@ -171,9 +171,13 @@ def parse_order(text: str) -> list[tuple[str, bool]]:
     """`name, created_at desc` -> [(field, descending)]; the id breaks the remaining ties.
 
     A field named again is dropped: the first mention already ordered every tie it could break.
+    Empty items are skipped, so an order of nothing but them (`,`, a blank) is the default one,
+    as an empty order_by is.
     """
+    if not text or not text.replace(",", "").strip():
+        text = _DEFAULT_ORDER
     order: list[tuple[str, bool]] = []
-    for part in (text or _DEFAULT_ORDER).split(","):
+    for part in text.split(","):
         words = part.split()
         if not words:
             continue
@@ -188,8 +192,6 @@ def parse_order(text: str) -> list[tuple[str, bool]]:
             )
         if all(field != words[0] for field, _ in order):
             order.append((words[0], len(words) == 2 and words[1].lower() == "desc"))
-    if not order:
-        raise QueryError("empty order")
     return order
 
 

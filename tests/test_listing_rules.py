@@ -251,6 +251,16 @@ def test_pages_hold_every_image_exactly_once(listers, order_by, via):
             assert walk(listers[via], size, order_by=order_by)[1] == tokens
 
 
+@pytest.mark.parametrize("order_by", [",", " ", " , ,", "\t"])
+@pytest.mark.parametrize("via", ["cli", "server"])
+def test_an_order_of_empty_items_is_the_default_order(listers, order_by, via):
+    """Empty items are skipped; when nothing else is left, the order is the one an empty order_by
+    gives (it was `empty order`), and its tokens are that order's."""
+    ids, tokens = walk(listers[via], 7, order_by=order_by)
+    assert ids == expected_order("")
+    assert tokens == walk(listers[via], 7)[1]
+
+
 @pytest.mark.parametrize("via", ["cli", "server"])
 def test_filtered_pages_hold_every_matching_image_once(listers, via):
     for fields, keep in (
