@@ -596,7 +596,6 @@ def test_password_stdin(tmp_path, fake_index):
         ("list", "--filter", "x" * 100_000),
         ("list", "--order-by", "garbage"),
         ("list", "--order-by", "name desc desc"),
-        ("list", "--order-by", ",,,"),
         ("list", "--order-by", "name; DROP TABLE images"),
         ("list", "--order-by", "id"),
         ("list", "--order-by", "\x00"),
