@@ -7,6 +7,7 @@ default values omitted, fields in proto order.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import unicodedata
@@ -219,26 +220,23 @@ _NOT_A_STRING = re.compile(
 # (PyYAML too) folds a NEL there into a space, and a YAML 1.2 reader, for which none of the three
 # breaks a line, keeps the indentation as text. Double quotes escape them (\N, \L, \P).
 _RAW_BREAKS = re.compile("[\x85\u2028\u2029]")
-_yaml_dumper = None
 
 
+@functools.cache
 def _dumper():
     """PyYAML's safe dumper, told that `_NOT_A_STRING` resolves to a non-string: it then quotes
     such a string as it quotes one its own resolver would misread."""
-    global _yaml_dumper
-    if _yaml_dumper is None:
-        import yaml
+    import yaml
 
-        class Dumper(yaml.SafeDumper):
-            def represent_str(self, data):
-                style = '"' if _RAW_BREAKS.search(data) else None
-                return self.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+    class Dumper(yaml.SafeDumper):
+        def represent_str(self, data):
+            style = '"' if _RAW_BREAKS.search(data) else None
+            return self.represent_scalar("tag:yaml.org,2002:str", data, style=style)
 
-        Dumper.add_representer(str, Dumper.represent_str)
-        # None: tried for a scalar whatever its first character. The tag only has to differ from str.
-        Dumper.add_implicit_resolver("tag:yaml.org,2002:int", _NOT_A_STRING, None)
-        _yaml_dumper = Dumper
-    return _yaml_dumper
+    Dumper.add_representer(str, Dumper.represent_str)
+    # None: tried for a scalar whatever its first character. The tag only has to differ from str.
+    Dumper.add_implicit_resolver("tag:yaml.org,2002:int", _NOT_A_STRING, None)
+    return Dumper
 
 
 def to_yaml(doc) -> str:

@@ -319,14 +319,7 @@ def _deny(handler):
     def abort(request, context):
         context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token (authorization: Bearer TOKEN)")
 
-    args = dict(request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(abort, **args)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(abort, **args)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(abort, **args)
-    return grpc.unary_unary_rpc_method_handler(abort, **args)
+    return handler._replace(**{_ARITIES[handler.request_streaming, handler.response_streaming]: abort})
 
 
 # The largest valid request of any served method is a ListImagesRequest at its rules' limits:
