@@ -937,9 +937,15 @@ def compact(store, retention, allow_short_retention, no_vacuum):
 @library_errors
 def export(directory, store, as_of):
     """Write the current rows of images, tags and runs to DIRECTORY/TABLE.parquet: plain Parquet files
-    that any engine reads (Spark with no extra jars included), and that `--store DIRECTORY` reads too."""
-    from queries.export import export_from_store
+    that any engine reads (Spark with no extra jars included), and that `--store DIRECTORY` reads too.
+    DIRECTORY lies outside the store, whose folders are its own: compact deletes the files there that
+    its tables do not list."""
+    from queries.export import check_outside_store, export_from_store
 
+    try:
+        check_outside_store(directory, store)
+    except QueryError as exc:
+        raise click.BadParameter(str(exc), param_hint="'DIRECTORY'") from None
     counts = export_from_store(store, directory, as_of=as_of)
     echo(", ".join(f"{counts[table]} {table}" for table in counts) + f" written to {directory}")
 

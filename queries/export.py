@@ -26,6 +26,12 @@ export also leaves its temporary files (`.TABLE.parquet.*.tmp`, and `.TABLE.parq
 files' second names). Only the files named TABLE.parquet and the export's own temporary files are
 ever written or removed; other files in the folder are left alone.
 
+The target folder lies outside the store (`check_outside_store`): `compact` deletes every file in a
+table's folder that the table does not list, exports included, and the store's folder and the
+folders under it are the store's alone. A store inside the target folder is left alone, as any other
+file there: an export writes no name but TABLE.parquet and its temporary files, and replaces no
+folder.
+
 Rows reach pyarrow in record batches from a relation (`con.sql(...)`, or the Reader's
 `arrow_batches`), which streams: `con.execute(...)` would first materialise the whole result inside
 DuckDB (measured with DuckDB 2.0: 1.9 GiB of peak memory against 0.3 GiB for the same 1.5 GB of rows).
@@ -53,6 +59,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from indexer.errors import QueryError, first_line, printable
+from queries.api_rules import shown
 
 TABLES = ("images", "tags", "runs")
 
@@ -102,12 +109,54 @@ def export_from_store(store: str, directory: str, *, as_of=None, tables: Iterabl
     (or those of version `as_of`, as `engine.connect` takes it), read through a locked Reader."""
     from queries import engine
 
+    check_outside_store(directory, store)
     tables = tuple(tables)
     reader = engine.connect(store, tables=tables, as_of=as_of)
     try:
         return export_store(reader, directory, tables)
     finally:
         reader.close()
+
+
+def check_outside_store(directory: str, store: str) -> None:
+    """A QueryError when `directory` is the folder of `store` or lies inside it, where `compact` would
+    delete the exported files (see the module's docstring); checked before anything is written."""
+    found = _store_folder_of(directory, store)
+    if found is None:
+        return
+    where = "is the store" if found == os.path.realpath(directory) else f"lies inside the store {shown(store)}"
+    raise QueryError(
+        f"{shown(directory)} {where}, whose folders are its own (compact deletes the files its tables do not"
+        " list): export to a folder outside it"
+    )
+
+
+def _store_folder_of(directory: str, store: str) -> str | None:
+    """`directory` or the folder above it that is `store`, resolved; None when it lies outside.
+
+    Both are compared as the kernel will find them: symbolic links and `..` followed
+    (os.path.realpath, as the rest of imgdex resolves paths), and each folder on the way up also
+    compared with the store by device and inode, which finds a store reached by another name (a
+    bind mount, a case-insensitive file system)."""
+    if "://" in store and not store.startswith("file://"):
+        return None  # object storage: no local folder lies inside it
+    root = os.path.realpath(store.removeprefix("file://"))
+    try:
+        root_stat = os.stat(root)
+    except OSError:
+        root_stat = None  # no store there: only its path can match
+    folder = os.path.realpath(directory)
+    while True:
+        if folder == root:
+            return folder
+        if root_stat is not None:
+            with contextlib.suppress(OSError):  # a folder the export would make
+                if os.path.samestat(os.stat(folder), root_stat):
+                    return folder
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        folder = parent
 
 
 def select_sql(con, table: str) -> str:

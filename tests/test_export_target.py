@@ -1,0 +1,103 @@
+"""Where `imgdex export` may write. A folder that is the store or lies inside it is refused in one
+usage line (exit 2) before anything is written: `compact` deletes every file in a table's folder
+that the table does not list, so an export there was lost at the next compaction. Paths are
+compared resolved (symbolic links, `..`), and a store inside the export folder is left alone.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from builders import classic_save_files, write_tar
+from click.testing import CliRunner
+
+from queries.cli import cli
+
+TABLE_FILES = ("images.parquet", "tags.parquet", "runs.parquet")
+
+
+def _invoke(*args: str):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False, prog_name="imgdex")
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """`store`, in the current folder: paths stay short enough to be quoted whole."""
+    monkeypatch.chdir(tmp_path)
+    archive = write_tar(
+        "app.tar",
+        classic_save_files([{"tags": ["app:1"], "layers": [b"base", b"one"], "created": "2026-11-29T10:00:00Z"}]),
+    )
+    result = _invoke("index", archive, "--store", "store")
+    assert result.exit_code == 0, result.output
+    return "store"
+
+
+def _files(folder) -> dict:
+    """Every file and folder under `folder`, with each file's bytes."""
+    found = {}
+    for top, folders, files in os.walk(folder):
+        for name in folders:
+            found[os.path.relpath(os.path.join(top, name), folder)] = None
+        for name in files:
+            path = os.path.join(top, name)
+            with open(path, "rb") as f:
+                found[os.path.relpath(path, folder)] = f.read()
+    return found
+
+
+@pytest.mark.parametrize(
+    "target, where",
+    [
+        ("{store}", "is the store"),
+        ("{store}/images", "lies inside the store"),
+        ("{store}/tags/_delta_log", "lies inside the store"),
+        ("{store}/runs/new/deeper", "lies inside the store"),
+        ("{store}/../store/images", "lies inside the store"),
+        ("{store}/images/..", "is the store"),
+        ("./{store}/.", "is the store"),
+        ("linked/exports", "lies inside the store"),
+        ("alias", "is the store"),
+    ],
+)
+def test_a_folder_in_the_store_is_refused_before_anything_is_written(store, tmp_path, target, where):
+    os.symlink(os.path.join(store, "images"), "linked")
+    os.symlink(tmp_path / store, "alias")
+    target = target.format(store=store, tmp=tmp_path)
+    before = _files(store)
+
+    result = _invoke("export", target, "--store", store)
+
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"imgdex export: Invalid value for 'DIRECTORY': '{target}' {where}"), line
+    assert f"{where} 'store', whose" in line or where == "is the store"
+    assert "compact deletes the files its tables do not list" in line
+    assert line.endswith("See 'imgdex export --help'."), line
+    assert _files(store) == before, "the store's folders were written to"
+
+
+@pytest.mark.parametrize("target", [".", "{tmp}", "store-exports", "stor", "store/../exports"])
+def test_a_folder_beside_or_above_the_store_takes_the_export(store, tmp_path, target):
+    """A name that starts as the store's does is not inside it; a store inside the export folder is
+    left as it was, since an export writes nothing but its three files there."""
+    target = target.format(tmp=tmp_path)
+    before = _files(store)
+
+    result = _invoke("export", target, "--store", store)
+
+    assert result.exit_code == 0, result.output
+    assert set(TABLE_FILES) <= set(os.listdir(target))
+    assert _files(store) == before
+    assert _invoke("get", "app:1", "--store", store).exit_code == 0
+
+
+def test_the_library_refuses_a_folder_in_the_store_too(store):
+    from indexer.errors import QueryError
+    from queries.export import export_from_store
+
+    with pytest.raises(QueryError, match="lies inside the store"):
+        export_from_store(store, os.path.join(store, "images"))
+    assert not set(TABLE_FILES) & set(os.listdir(os.path.join(store, "images")))
