@@ -947,7 +947,7 @@ def export(directory, store, as_of):
     except QueryError as exc:
         raise click.BadParameter(str(exc), param_hint="'DIRECTORY'") from None
     counts = export_from_store(store, directory, as_of=as_of)
-    echo(", ".join(f"{counts[table]} {table}" for table in counts) + f" written to {directory}")
+    echo(", ".join(f"{counts[table]} {table}" for table in counts) + f" written to {printable(directory)}")
 
 
 @cli.command()

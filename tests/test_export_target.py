@@ -2,6 +2,7 @@
 usage line (exit 2) before anything is written: `compact` deletes every file in a table's folder
 that the table does not list, so an export there was lost at the next compaction. Paths are
 compared resolved (symbolic links, `..`), and a store inside the export folder is left alone.
+The summary names the folder on one line, escaped as every other message does.
 """
 
 from __future__ import annotations
@@ -101,3 +102,20 @@ def test_the_library_refuses_a_folder_in_the_store_too(store):
     with pytest.raises(QueryError, match="lies inside the store"):
         export_from_store(store, os.path.join(store, "images"))
     assert not set(TABLE_FILES) & set(os.listdir(os.path.join(store, "images")))
+
+
+@pytest.mark.parametrize(
+    "name, shown",
+    [
+        ("new\nline", "new\\nline"),
+        ("esc\x1b[2Jape", "esc\\x1b[2Jape"),
+        ("bidi\u202eexe.txt", "bidi\\u202eexe.txt"),
+        ("tab\there", "tab\\there"),
+    ],
+)
+def test_the_summary_names_the_folder_on_one_line(store, name, shown):
+    """The summary quoted the folder raw: a newline split it, a terminal's escape sequence ran."""
+    result = _invoke("export", name, "--store", store)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"1 images, 1 tags, 1 runs written to {shown}\n"
+    assert set(TABLE_FILES) <= set(os.listdir(name))
