@@ -38,6 +38,7 @@ import errno
 import functools
 import io
 import json
+import re
 import sys
 
 import click
@@ -155,7 +156,7 @@ class _Usage(click.ClickException):
     exit_code = 2
 
     def __init__(self, error: click.UsageError):
-        super().__init__(error.format_message())
+        super().__init__(_cut_values(error.format_message()))
         self.command_path = error.ctx.command_path if error.ctx is not None else "imgdex"
 
     def show(self, file=None) -> None:
@@ -168,6 +169,50 @@ class _Usage(click.ClickException):
         if not message.endswith(("?", "!")):
             message += "."
         click.echo(f"{self.command_path}: {message} See '{self.command_path} --help'.", err=True)
+
+
+# A value as click quotes it, repr() or between plain quotes, or a run of anything else but blanks,
+# quotes and brackets (an out-of-range number, an extra argument).
+_QUOTED_OR_WORD = re.compile(r"""'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[^\s'"()]+""", re.DOTALL)
+# click lists extra arguments as they came, blanks and all, between brackets.
+_EXTRA_ARGUMENTS = re.compile(r"(Got unexpected extra arguments? \()(.*)(\))", re.DOTALL)
+
+
+def _cut_values(message: str) -> str:
+    """`message` with each value in it cut as every other message cuts its own (`api_rules.cut`):
+    click quotes an option's value whole, and one of thousands of characters made a line as long."""
+    from queries.api_rules import cut
+
+    def one(match: re.Match) -> str:
+        text = match.group()
+        if text[0] not in "'\"":
+            return cut(text)
+        inner = text[1:-1]
+        if cut(inner) == inner:  # the value it quotes is no longer
+            return text
+        return _shown_repr(text) or text[0] + cut(inner) + text[0]
+
+    extra = _EXTRA_ARGUMENTS.fullmatch(message)
+    if extra is not None:
+        return extra.group(1) + cut(extra.group(2)) + extra.group(3)
+    return _QUOTED_OR_WORD.sub(one, message)
+
+
+def _shown_repr(text: str) -> str | None:
+    """The value that `text` is the repr() of, cut and quoted as `shown_value` does; None when
+    `text` is no repr() (a name between plain quotes, which may hold anything)."""
+    import ast
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an invalid escape is a SyntaxWarning, on stderr
+            value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+    if not isinstance(value, str) or repr(value) != text:
+        return None
+    return shown_value(value)
 
 
 # click >= 8.2 raises this for a group given no command, to print the help: that stays as it is.

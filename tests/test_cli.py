@@ -546,3 +546,29 @@ def test_a_did_you_mean_hint_ends_its_sentence_once(run_cli, args, hint):
     message = result.stderr.rstrip("\n")
     assert hint + " See '" in message
     assert not any(marks in message for marks in ("?.", "?)", ".."))
+
+
+@pytest.mark.parametrize(
+    "args, said",
+    [
+        (["list", "--page-size", "9" * 5000], "'--page-size': '" + "9" * 120 + "...' is not a valid integer."),
+        (["list", "--page-size=" + "9" * 5000], "'--page-size': '" + "9" * 120 + "...' is not a valid integer."),
+        (["list", "--format", "x" * 5000], "'--format': '" + "x" * 120 + "...' is not one of 'json', 'table', 'yaml'."),
+        (["list", "--format", "x" * 120], "'--format': '" + "x" * 120 + "' is not one of 'json', 'table', 'yaml'."),
+        (["list", "--format", "it's\n" + "y" * 5000], "'--format': \"it's\\n" + "y" * 115 + '..." is not one of'),
+        (["index", "--jobs", "7" * 5000, "x"], "'--jobs': '" + "7" * 120 + "...' is not a valid integer range."),
+        (["history", "--limit", "-" + "9" * 4000], "'--limit': -" + "9" * 119 + "... is not in the range x>=1."),
+        (["index", "--ca-cert", "/" + "c" * 5000, "x"], "'--ca-cert': File '/" + "c" * 119 + "...' does not exist."),
+        (["list", "--" + "o" * 5000], "No such option '--" + "o" * 118 + "...'."),
+        (["list", "extra " * 1000], "Got unexpected extra argument (" + ("extra " * 20)[:120] + "...)."),
+        (["compact", "--retention", "r" * 5000], "'--retention': '" + "r" * 120 + "...' is not a duration such as"),
+    ],
+)
+def test_a_usage_error_cuts_a_long_value_as_every_message_does(run_cli, args, said):
+    """click quoted a value whole: `list --page-size` of 5,000 digits printed a line of 5,099 characters."""
+    result = run_cli(*args)
+    assert result.exit_code == 2 and result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert said in line, line
+    assert line.startswith(f"imgdex {args[0]}: ") and line.endswith(f"See 'imgdex {args[0]} --help'.")
+    assert len(line) < 300

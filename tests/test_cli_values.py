@@ -63,6 +63,22 @@ def test_a_version_of_thousands_of_digits_is_one_line(tmp_path, command):
     assert "version '" + "1" * 120 + "...' is out of range" in line and len(line) < 400
 
 
+@pytest.mark.parametrize(
+    "command, quoted",
+    [
+        (["list", "--page-size"], "'--page-size': '"),
+        (["get", "x", "--format"], "'--format': '"),
+        (["serve", "--token-file"], "'--token-file': File '"),
+    ],
+)
+def test_a_value_click_refuses_is_quoted_cut_on_one_short_line(tmp_path, command, quoted):
+    result = imgdex(*command, "9" * 5000, "--store", str(tmp_path))
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    assert quoted + "9" * 120 + "...' " in line and len(line) < 300, line
+    assert not os.listdir(tmp_path)
+
+
 @pytest.mark.parametrize("command", [["index", "docker://127.0.0.1:1/x"], ["sql", "SELECT 1"]])
 @pytest.mark.parametrize(
     "value, reason", [("1e10", "1e+10 is more than 86400 seconds"), ("nan", "nan is not a number of seconds")]
