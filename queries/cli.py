@@ -347,7 +347,9 @@ def _split_repository(registry: str, repository: str) -> tuple[str, str]:
 
 def shown_value(value: str) -> str:
     """An option's value as an error quotes it: cut short, and on one line whatever it holds."""
-    return repr(value if len(value) <= 120 else value[:120] + "...")
+    from queries.api_rules import shown  # imported on an error only: a command starts without it
+
+    return shown(value)
 
 
 @cli.command()
