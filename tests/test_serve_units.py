@@ -479,6 +479,21 @@ def test_a_token_that_is_not_visible_ascii_is_refused(tmp_path, content):
     assert read_token(str(path)) == b"!s3cret~token"
 
 
+@pytest.mark.parametrize("content", [b"", b" \r\n", b"two tokens\n"])
+def test_a_token_file_without_one_token_is_named_on_one_line(tmp_path, content):
+    """Every other message of read_token escapes the name; this one handed it on raw, newline and all."""
+    import click
+
+    from queries.server.app import read_token
+
+    path = tmp_path / "new\nline\x1b[2J"
+    path.write_bytes(content)
+    with pytest.raises(click.BadParameter) as info:
+        read_token(str(path))
+    assert info.value.param_hint == "--token-file"
+    assert info.value.message == f"{tmp_path}/new\\nline\\x1b[2J must hold one non-empty token"
+
+
 def test_a_header_is_compared_as_the_bytes_it_came_as():
     """http.client reads a header's bytes as latin-1; encoded as UTF-8 again, a byte over 0x7F
     became two, and a token was compared with bytes no client sent."""

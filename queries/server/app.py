@@ -70,7 +70,7 @@ def read_token(path: str) -> bytes:
         raise click.BadParameter(f"{printable(path)} holds more than {MAX_TOKEN_FILE} bytes", param_hint="--token-file")
     token = token.strip()
     if not token or len(token.split()) != 1:
-        raise click.BadParameter(f"{path} must hold one non-empty token", param_hint="--token-file")
+        raise click.BadParameter(f"{printable(path)} must hold one non-empty token", param_hint="--token-file")
     # A bearer credential is visible ASCII (RFC 6750), and gRPC clients send no other metadata: a
     # token with any other byte (a UTF-8 letter, a BOM, a NUL) was taken, and then matched no
     # request, every call refused with nothing said why.
