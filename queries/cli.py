@@ -1006,7 +1006,7 @@ def migrate(store):
 
     counts = convert(store)
     echo(
-        f"migrated {store}: {counts.get('images', 0)} images, {counts.get('tags', 0)} tags, "
+        f"migrated {printable(store)}: {counts.get('images', 0)} images, {counts.get('tags', 0)} tags, "
         f"{counts.get('runs', 0)} runs"
     )
 

@@ -249,6 +249,16 @@ def test_a_migration_that_cannot_move_its_tables_in_is_one_line(run_cli, tmp_pat
     assert open(os.path.join(store, "tags")).read() == "mine\n"
 
 
+def test_the_migration_summary_names_the_store_escaped(run_cli, tmp_path):
+    """A bidirectional control in the name reordered the line; NEL (U+0085) ends one for some readers."""
+    store = str(tmp_path / "old\u202estore\x85x")
+    _old_store(store, "bare")
+    result = run_cli("migrate", "--store", store)
+    assert result.exit_code == 0, result.output
+    [line] = result.stdout.splitlines()
+    assert line.startswith(f"migrated {tmp_path}/old\\u202estore\\x85x: "), line
+
+
 def test_an_export_is_read_and_named_as_plain_parquet(run_cli, tmp_path, samples_store):
     export = str(tmp_path / "export")
     assert run_cli("export", export, "--store", samples_store).exit_code == 0
