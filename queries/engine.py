@@ -11,7 +11,8 @@ open no file but the store's own (no COPY TO, ATTACH, read_csv or read_text of o
 INSTALL, LOAD from disk), the configuration is locked so that no statement can undo this, and
 every statement runs in a read-only transaction, so not even the in-memory catalog is written.
 What that still lets a user's statement do (CREATE a temporary object, ATTACH an in-memory
-database) is refused by the statement's type, as DuckDB parses it, before any statement runs.
+database) is refused by the statement's type, as DuckDB parses it, before any statement runs;
+an EXPLAIN by the type of the statement it explains, which EXPLAIN ANALYZE runs.
 A reader of the first layout also pins its snapshot (see `paths.pin_snapshot`).
 """
 
@@ -49,6 +50,37 @@ _REFUSED = {
     duckdb.StatementType.ATTACH: "ATTACH cannot run, not even for an in-memory database",
     duckdb.StatementType.DETACH: "DETACH cannot run",
 }
+
+
+def _explained(query: str) -> list[str]:
+    """The texts that may be the statement `query`, an EXPLAIN statement, explains, as DuckDB's
+    own tokenizer splits it (comments and quoted text are read as DuckDB reads them). What follows
+    EXPLAIN is ANALYZE (ANALYSE) or a list of options in parentheses, then the statement; but a
+    parenthesis may also open the statement itself (`EXPLAIN (SELECT 1) UNION (SELECT 2)`), so
+    both readings are given, and the caller keeps those that parse."""
+    tokens = duckdb.tokenize(query)
+    ends = [position for position, _ in tokens[1:]] + [len(query)]
+    words = [
+        (position, kind, query[position:end].strip())
+        for (position, kind), end in zip(tokens, ends, strict=True)
+        if kind != duckdb.token_type.comment
+    ]
+    rest = words[1:]  # the first word is EXPLAIN
+    if not rest:
+        return []
+    _, kind, text = rest[0]
+    if kind == duckdb.token_type.keyword and text.upper() in ("ANALYZE", "ANALYSE"):
+        return [query[rest[1][0] :]] if len(rest) > 1 else []
+    readings = [query[rest[0][0] :]]
+    if text.startswith("("):
+        depth = 0
+        for index, (_, kind, text) in enumerate(rest):
+            if kind == duckdb.token_type.operator:
+                depth += text.count("(") - text.count(")")
+            if depth <= 0:
+                readings.append(query[rest[index + 1][0] :] if index + 1 < len(rest) else "")
+                break
+    return readings
 
 
 class Interrupted(QueryError):
@@ -137,7 +169,7 @@ class Reader:
             raise QueryError("the query is not UTF-8 text") from None
         statements = self._guard(self._con.extract_statements, sql)
         for statement in statements:
-            refused = _REFUSED.get(statement.type)
+            refused = self._refused(statement)
             if refused is not None:
                 raise QueryError(f"statements run read-only: {refused}")
         cursor = None
@@ -148,6 +180,21 @@ class Reader:
             self._outside = True
             cursor = self._guard(self._con.execute, statement)
         return None if cursor is None else Result(self, cursor)
+
+    def _refused(self, statement) -> str | None:
+        """Why `statement` is refused, or None. EXPLAIN is refused with what it explains: EXPLAIN
+        ANALYZE runs the statement (a CREATE creates its temporary object), and a plan of what
+        cannot run explains nothing."""
+        if statement.type != duckdb.StatementType.EXPLAIN:
+            return _REFUSED.get(statement.type)
+        explained = []
+        for text in _explained(statement.query):
+            # A reading of the text that is not a statement: the other one is.
+            with contextlib.suppress(duckdb.ParserException):
+                explained += self._con.extract_statements(text)
+        if not explained:  # what it would run cannot be told, so it does not run
+            return "EXPLAIN cannot run: the statement it explains cannot be told from its options"
+        return next(filter(None, map(self._refused, explained)), None)
 
     def interrupt(self) -> None:
         """Stop the running query, from any thread; it fails with `Interrupted`."""
