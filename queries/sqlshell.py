@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import csv
+import functools
 import io
 import json
 import math
@@ -38,6 +39,98 @@ def _plain(value, for_json: bool = False):
     return str(value)
 
 
+@functools.cache
+def _formatter():
+    # Its own connection, not the reader's: a query there would end the result being printed.
+    import duckdb
+
+    return duckdb.connect(config={"threads": 1})
+
+
+def _float_texts(values: list[float]) -> list[str]:
+    """FLOAT values, which Python widens to doubles (0.1 reads 0.10000000149011612), as DuckDB
+    writes them. DuckDB's own cast does it: its digits are not always the shortest that read back
+    as the same FLOAT (2**-12 is 0.000244140625, not 0.00024414062), so no rule of ours would
+    keep matching it. The doubles hold FLOATs exactly, so the cast back to FLOAT is exact."""
+    return _formatter().execute("SELECT CAST(?::DOUBLE[]::FLOAT[] AS VARCHAR[])", [values]).fetchone()[0]
+
+
+def _float_shape(kind):
+    """Where a value of DuckDB type `kind` holds FLOATs: True for a FLOAT; ("list", shape),
+    ("struct", {field: shape}) or ("map", key shape, value shape) around them; None for none.
+    A UNION is left out: its value does not say which member it is."""
+    name = kind.id
+    if name == "float":
+        return True
+    if name in ("list", "array"):
+        inner = _float_shape(kind.children[0][1])
+        return None if inner is None else ("list", inner)
+    if name == "struct":
+        fields = {field: shape for field, child in kind.children if (shape := _float_shape(child)) is not None}
+        return ("struct", fields) if fields else None
+    if name == "map":
+        key, value = (_float_shape(child) for _, child in kind.children)
+        return None if key is None and value is None else ("map", key, value)
+    return None
+
+
+def _gather(value, shape, found: list) -> None:
+    if value is None or shape is None:
+        return
+    if shape is True:
+        found.append(value)
+    elif shape[0] == "list":
+        for item in value:
+            _gather(item, shape[1], found)
+    elif shape[0] == "struct":
+        for field, inner in shape[1].items():
+            _gather(value[field], inner, found)
+    else:
+        for key, item in value.items():
+            _gather(key, shape[1], found)
+            _gather(item, shape[2], found)
+
+
+def _narrowed(value, shape, texts):
+    """`value` with its FLOATs replaced, in `_gather`'s order, by the doubles that print as `texts`
+    (Python prints a double DuckDB's way; NaN keeps its own value, so its sign)."""
+    if value is None or shape is None:
+        return value
+    if shape is True:
+        text = next(texts)
+        return value if math.isnan(value) else float(text)
+    if shape[0] == "list":
+        return [_narrowed(item, shape[1], texts) for item in value]
+    if shape[0] == "struct":
+        return {field: _narrowed(item, shape[1].get(field), texts) for field, item in value.items()}
+    return {_narrowed(key, shape[1], texts): _narrowed(item, shape[2], texts) for key, item in value.items()}
+
+
+class _Floats:
+    """Rows with their FLOATs (at any depth but a UNION's) as DuckDB writes them."""
+
+    def __init__(self, types):
+        self._shapes = [(index, shape) for index, kind in enumerate(types) if (shape := _float_shape(kind)) is not None]
+
+    def __call__(self, rows: list) -> list:
+        if not self._shapes:
+            return rows
+        found: list[float] = []
+        for row in rows:
+            for index, shape in self._shapes:
+                _gather(row[index], shape, found)
+        if not found:
+            return rows
+        texts = iter(_float_texts(found))
+        narrowed = []
+        for row in rows:
+            row = list(row)
+            for index, shape in self._shapes:
+                row[index] = _narrowed(row[index], shape, texts)
+            narrowed.append(row)
+        return narrowed
+
+
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
@@ -67,6 +160,8 @@ def _csv_field(value):
     differ from DuckDB's COPY of the same query, and a boolean read True alone and true in a list."""
     if value is None:
         return ""
+    if isinstance(value, float) and math.isnan(value) and math.copysign(1.0, value) < 0:
+        return "-nan"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple, dict)):
@@ -244,6 +339,7 @@ def write(reader, query: str, fmt: str, put, note=None, before=None, terminal: b
     columns = [d[0] for d in result.description]
     if fmt in ("json", "csv"):
         columns = unique_names(columns)
+    floats = _Floats([d[1] for d in result.description])
 
     def chunks():
         while True:
@@ -252,7 +348,7 @@ def write(reader, query: str, fmt: str, put, note=None, before=None, terminal: b
             rows = result.fetchmany(_CHUNK)
             if not rows:
                 return
-            yield rows
+            yield floats(rows)
 
     if fmt == "json":
         for rows in chunks():

@@ -9,7 +9,7 @@ import click
 import duckdb
 import pytest
 import yaml
-from hypothesis import given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import ROOT
@@ -434,6 +434,35 @@ def test_sql_csv_writes_single_values_as_duckdbs_csv_writer_does(run_cli, sample
     assert result.stdout == "t,f,n,i,m,z\ntrue,false,nan,inf,-inf,\n"
     duckdb.sql(f"COPY ({query}) TO '{tmp_path / 'copy.csv'}' (FORMAT csv)")
     assert result.stdout == (tmp_path / "copy.csv").read_text()
+
+
+def _copied(query: str, path) -> str:
+    """What DuckDB's own CSV writer writes for `query`."""
+    duckdb.sql(f"COPY ({query}) TO '{path}' (FORMAT csv)")
+    return path.read_text()
+
+
+# FLOATs whose digits DuckDB does not pick as the shortest that read back: a power of two, halves
+# between two shortest candidates, a multiple of a step whose shortest digits land on its edge.
+_FLOAT_EDGES = [0.1, 2.0**-12, 1048576.25, 19781.0625, 50331648.0, 1e20, 3.4028234663852886e38, 1e-45, -0.0, 1.5]
+_FLOAT_EDGES += [float("nan"), float("inf")]  # and their negatives: DuckDB writes a NaN's sign
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.floats(width=32), min_size=1, max_size=20))
+@example(_FLOAT_EDGES)
+def test_sql_csv_writes_floats_as_duckdbs_csv_writer_does(run_cli, samples_store, tmp_path_factory, floats):
+    # A FLOAT came out at a double's precision: 0.10000000149011612 where DuckDB writes 0.1.
+    rows = ", ".join(f"({i}, '{value!r}'::DOUBLE::FLOAT)" for i, value in enumerate(floats))
+    query = f"SELECT f, -f AS m, [f] AS l FROM (VALUES {rows}) AS v(i, f) ORDER BY i"
+    result = run_cli("sql", query, "--store", samples_store, "--format", "csv")
+    assert result.exit_code == 0, result.output
+    expected = _copied(f"SELECT f, m FROM ({query})", tmp_path_factory.mktemp("copy") / "copy.csv")
+    lines = result.stdout.splitlines()
+    assert [",".join(next(csv.reader([line]))[:2]) for line in lines] == expected.splitlines()
+    for line in lines[1:]:  # in a list, the same digits, in JSON
+        single, _, listed = next(csv.reader([line]))
+        assert listed == f"[{single}]" or single in ("nan", "-nan", "inf", "-inf")
 
 
 def test_sql_csv_writes_nested_values_as_utf8_json(run_cli, samples_store):
