@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import csv
 import functools
-import io
 import json
 import math
 import os
+import re
 import select
 import signal
 import sys
@@ -153,20 +152,51 @@ def unique_names(names: list[str]) -> list[str]:
     return unique
 
 
+# Bytes as DuckDB's cast of a BLOB to text writes them, and so its CSV writer: printable ASCII as
+# it is but for the quotes and the backslash, every other byte as \xAA.
+_BLOB_TEXT = {byte: f"\\x{byte:02X}" for byte in range(256) if not 32 <= byte <= 126 or chr(byte) in "\\'\""}
+
+
+def _blob_text(value) -> str:
+    return bytes(value).decode("latin-1").translate(_BLOB_TEXT)
+
+
 def _csv_field(value):
     """A value as a csv field. A list, struct, map or array is its JSON, as the json format writes
     it, the text kept as UTF-8 like the text around it. A boolean is spelled as DuckDB's CSV writer
     and JSON spell it, as NaN and infinities already were (nan, inf): Python's True made a file
-    differ from DuckDB's COPY of the same query, and a boolean read True alone and true in a list."""
+    differ from DuckDB's COPY of the same query, and a boolean read True alone and true in a list.
+    A BLOB is DuckDB's text of it (`\\xAA`), as its CSV writer writes it, not base64."""
     if value is None:
-        return ""
+        return None
     if isinstance(value, float) and math.isnan(value) and math.copysign(1.0, value) < 0:
         return "-nan"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return _blob_text(value)
     if isinstance(value, (list, tuple, dict)):
         return json.dumps(_plain(value, for_json=True), ensure_ascii=False)
     return _plain(value)
+
+
+# What DuckDB's CSV writer quotes a field for: its delimiter, quote and line breaks, and the `#`
+# that a reader may take for a comment. It quotes an empty text too, so that it differs from NULL.
+_QUOTED = re.compile('[,"\n\r#]')
+
+
+def _csv_line(fields) -> str:
+    """A row of csv fields (None for NULL) as DuckDB's CSV writer writes it, which Python's csv
+    module does not: it writes NULL and an empty text alike, and neither a carriage return nor a
+    `#` is quoted."""
+    out = []
+    for field in fields:
+        if field is None:
+            out.append("")
+            continue
+        text = field if isinstance(field, str) else str(field)
+        out.append('"' + text.replace('"', '""') + '"' if not text or _QUOTED.search(text) else text)
+    return ",".join(out) + "\n"
 
 
 # Rows taken from DuckDB at a time: output streams, so a result of any size costs this many rows.
@@ -363,18 +393,18 @@ def write(reader, query: str, fmt: str, put, note=None, before=None, terminal: b
             )
         return
     if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(columns)
+        head = _csv_line(columns)
         for rows in chunks():
+            lines = []
             for row in rows:
                 fields = [_csv_field(v) for v in row]
-                writer.writerow([printable(f) if isinstance(f, str) else f for f in fields] if terminal else fields)
-            put(buffer.getvalue())
-            buffer.seek(0)
-            buffer.truncate()
-        if buffer.tell():
-            put(buffer.getvalue())
+                if terminal:
+                    fields = [printable(f) if isinstance(f, str) else f for f in fields]
+                lines.append(_csv_line(fields))
+            put(head + "".join(lines))
+            head = ""
+        if head:
+            put(head)
         return
     cells = []
     for rows in chunks():
