@@ -393,7 +393,8 @@ def write(reader, query: str, fmt: str, put, note=None, before=None, terminal: b
             )
         return
     if fmt == "csv":
-        head = _csv_line(columns)
+        # A name is the query's text, or stored text a PIVOT made a name of: escaped as the values are.
+        head = _csv_line([printable(c) for c in columns] if terminal else columns)
         for rows in chunks():
             lines = []
             for row in rows:

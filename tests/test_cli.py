@@ -480,6 +480,23 @@ def test_sql_csv_writes_blobs_and_text_as_duckdbs_csv_writer_does(
     assert result.stdout == _copied(query, tmp_path_factory.mktemp("copy") / "copy.csv")
 
 
+def test_sql_csv_on_a_terminal_escapes_the_names_as_the_values(samples_store):
+    from queries import engine, sqlshell
+
+    query = """SELECT 1 AS "a\x1b[31mb", chr(27) AS "c\nd", 2 AS "e\u202ef" """
+    for terminal, expected in [
+        (True, "a\\x1b[31mb,c\\nd,e\\u202ef\n1,\\x1b,2\n"),
+        (False, 'a\x1b[31mb,"c\nd",e\u202ef\n1,\x1b,2\n'),  # to a file or a pipe, the data as it is
+    ]:
+        out: list[str] = []
+        reader = engine.connect(samples_store)
+        try:
+            sqlshell.write(reader, query, "csv", out.append, terminal=terminal)
+        finally:
+            reader.close()
+        assert "".join(out) == expected
+
+
 def test_sql_csv_writes_nested_values_as_utf8_json(run_cli, samples_store):
     # Nested text was written ASCII-escaped (\u00e9), unlike the same text at the top level.
     query = "SELECT ['é', 'ü'] AS l, {'k': 'ß', 'b': true, 'n': 'nan'::DOUBLE} AS s, [true, false]::BOOLEAN[2] AS a"
