@@ -409,7 +409,9 @@ def write(reader, query: str, fmt: str, put, note=None, before=None, terminal: b
         return
     cells = []
     for rows in chunks():
-        cells += [["NULL" if v is None else str(_plain(v)) for v in row] for row in rows]
+        # Each value as csv writes it, so that the two formats agree: Python's True, its repr of a
+        # list or dict and base64 of a BLOB were neither DuckDB's spelling nor JSON.
+        cells += [["NULL" if v is None else str(_csv_field(v)) for v in row] for row in rows]
         if len(cells) > TABLE_ROWS:
             del cells[TABLE_ROWS:]
             if note is not None:

@@ -497,6 +497,20 @@ def test_sql_csv_on_a_terminal_escapes_the_names_as_the_values(samples_store):
         assert "".join(out) == expected
 
 
+def test_sql_table_shows_values_as_csv_writes_them(run_cli, samples_store):
+    # The table showed Python's True, the repr of a dict ({'a': 1}) and base64 of a BLOB.
+    query = (
+        "SELECT true AS t, [1, 2] AS l, {'a': 1, 'b': [false]} AS s, MAP {'k': 'ü'} AS m,"
+        " '\\xAA!'::BLOB AS b, 0.1::FLOAT AS f, NULL AS n, '' AS e"
+    )
+    table = run_cli("sql", query, "--store", samples_store)
+    assert table.exit_code == 0, table.output
+    cells = [c.strip() for c in table.stdout.splitlines()[3].strip("|").split("|")]
+    assert cells == ["true", "[1, 2]", '{"a": 1, "b": [false]}', '{"k": "ü"}', "\\xAA!", "0.1", "NULL", ""]
+    row = next(csv.reader([run_cli("sql", query, "--store", samples_store, "--format", "csv").stdout.splitlines()[1]]))
+    assert [cell if cell != "NULL" else "" for cell in cells] == row
+
+
 def test_sql_csv_writes_nested_values_as_utf8_json(run_cli, samples_store):
     # Nested text was written ASCII-escaped (\u00e9), unlike the same text at the top level.
     query = "SELECT ['é', 'ü'] AS l, {'k': 'ß', 'b': true, 'n': 'nan'::DOUBLE} AS s, [true, false]::BOOLEAN[2] AS a"
