@@ -245,14 +245,20 @@ def to_yaml(doc) -> str:
     return yaml.dump(doc, Dumper=_dumper(), sort_keys=False, allow_unicode=True, default_flow_style=False)
 
 
+# Up to EB, as `docker images` (go-units) and humanize go: a stored size is an int64, at most
+# 8 EiB, which TB as the last unit printed as 8388608.0 TB.
+_UNITS = ("B", "KB", "MB", "GB", "TB", "PB", "EB")
+
+
 def human_size(size: int) -> str:
     """Sizes as yc prints them: 1024-based units with one decimal."""
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1024 or unit == "TB":
-            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
+    # The unit is picked in integers: past 2**53 a float rounds 1024**6 - 1 up to 1 EB.
+    power = 0
+    while power < len(_UNITS) - 1 and size >= 1024 ** (power + 1):
+        power += 1
+    if power == 0:
+        return f"{size} B"
+    return f"{size / 1024**power:.1f} {_UNITS[power]}"
 
 
 # Combining marks (nonspacing, enclosing) and format characters such as U+200B take no column.

@@ -9,7 +9,7 @@ import yaml
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from queries.render import format_table, to_yaml
+from queries.render import format_table, human_size, to_yaml
 
 
 def _reader(name: str, resolvers: dict[str, str]) -> type:
@@ -118,3 +118,35 @@ def test_a_table_of_ascii_is_padded_as_before():
         "| a   | 12.5 KB |",
         "+-----+---------+",
     ]
+
+
+@pytest.mark.parametrize(
+    "size, shown",
+    [
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1024, "1.0 KB"),
+        (1024**4, "1.0 TB"),
+        (1024**5 - 1024**4 // 2, "1023.5 TB"),
+        (1024**5, "1.0 PB"),
+        (1024**6, "1.0 EB"),
+        (2**63 - 1, "8.0 EB"),  # the largest size an int64 column holds; it was 8388608.0 TB
+    ],
+)
+def test_sizes_go_up_to_eb(size, shown):
+    assert human_size(size) == shown
+
+
+UNITS = ["B", "KB", "MB", "GB", "TB", "PB", "EB"]
+
+
+@given(st.integers(min_value=0, max_value=2**63 - 1))
+@example(1024**5 - 1)
+@example(1024**6 - 1)
+def test_a_size_is_shown_in_the_largest_unit_it_reaches(size):
+    number, unit = human_size(size).split(" ")
+    power = UNITS.index(unit)
+    assert 1024**power <= max(size, 1)
+    assert power == len(UNITS) - 1 or size < 1024 ** (power + 1)
+    # one decimal: within half a tenth of the unit
+    assert abs(float(number) * 1024**power - size) <= 0.05 * 1024**power
