@@ -433,6 +433,50 @@ def test_layout_file_that_is_not_regular_is_refused(tmp_path, which, kind):
     assert [e.reason for e in errors] == [f"{label} is not a regular file ({shown})"]
 
 
+def _link_chain(root, name: str, links: int) -> str:
+    """Move `name` (below `root`) aside and put a chain of `links` symlinks, all inside `root`, in
+    its place; the path of `name`."""
+    path = os.path.join(str(root), name)
+    os.rename(path, os.path.join(str(root), "real"))
+    chain = os.path.join(str(root), "chain")
+    os.mkdir(chain)
+    for i in range(links):
+        os.symlink(f"l{i + 1}", os.path.join(chain, f"l{i}"))
+    os.symlink("../real", os.path.join(chain, f"l{links}"))
+    os.symlink(os.path.relpath(os.path.join(chain, "l0"), os.path.dirname(path)), path)
+    return path
+
+
+@pytest.mark.parametrize("which", ["index.json", "manifest", "blobs/sha256"])
+@pytest.mark.parametrize("links", [50, 1200])
+def test_a_chain_of_links_inside_a_layout_is_one_error(tmp_path, which, links):
+    """The kernel follows at most 40 links; os.path.realpath, which tells whether a link stays
+    inside the layout, follows each by recursion, and a chain of 1,200 ended the run."""
+    files, manifest = layout_files("registry.example/chain/app:v1")
+    root = tmp_path / "layout"
+    write_dir(str(root), files)
+    path = _link_chain(root, blob_name(manifest["digest"]) if which == "manifest" else which, links)
+    try:
+        records, errors, _ = collect(str(root))
+    except SourceError as exc:
+        records, errors = [], [exc]
+    assert not records
+    assert [e.reason for e in errors] == ["Too many levels of symbolic links"]
+    assert errors[0].where.startswith(path)  # the folder, or for a chain the kernel refuses, the blob below it
+
+
+def test_a_chain_of_links_fails_its_layout_and_the_run_goes_on(tmp_path):
+    files, _ = layout_files("registry.example/chain/app:v1")
+    root = tmp_path / "layout"
+    write_dir(str(root), files)
+    _link_chain(root, "index.json", 1200)
+    good = write_tar(str(tmp_path / "good.tar"), save("registry.example/chain/good:v1"))
+    run = run_measured(["index", str(root), good, "--store", str(tmp_path / "store")])
+    assert run.code == 1, run.stderr
+    assert one_line_messages(run.stderr) == [f"imgdex: {root / 'index.json'}: Too many levels of symbolic links"]
+    assert "indexed 1 images, 1 failed" in run.stdout
+
+
 @pytest.mark.parametrize("prefix", ["", "docker-archive:", "oci-archive:"])
 @pytest.mark.parametrize("kind", ["fifo", "device"])
 def test_archive_path_that_is_not_regular_is_refused(tmp_path, prefix, kind):

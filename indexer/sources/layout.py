@@ -8,6 +8,7 @@ one descriptor rather than the whole list.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -124,7 +125,12 @@ class DirBlobs:
             raise SourceError(printable(path), f"{what} is a symlink that points outside the layout")
 
     def _inside(self, path: str) -> bool:
-        real = os.path.realpath(path)
+        try:
+            real = os.path.realpath(path)
+        except RecursionError:
+            # realpath follows each link by a recursive call (unlike the kernel, which stops at 40):
+            # a chain of a thousand links inside the layout ended the whole run.
+            raise SourceError(printable(path), os.strerror(errno.ELOOP)) from None
         return real == self._real_root or real.startswith(self._real_root + os.sep)
 
     def _plain_file(self, digest: str) -> tuple[str, int, os.stat_result] | None:
