@@ -488,6 +488,21 @@ def test_archive_path_that_is_not_regular_is_refused(tmp_path, prefix, kind):
     assert str(caught.value) == f"{path}: not a regular file ({shown})"
 
 
+@pytest.mark.parametrize("change", ["removed", "replaced"])
+def test_an_archive_removed_or_replaced_while_it_is_read_is_read_as_found(tmp_path, change):
+    """Members are read from the file their headers were found in. Opened again by its path, a
+    file removed meanwhile ended the run with a traceback, and one replaced gave another file's
+    bytes at the offsets of this one."""
+    path = write_tar(str(tmp_path / "a.tar"), save("registry.example/first/app:v1"))
+    source = parse_source(path)
+    items = source.records(Context(source.kind, source.location))  # the headers are read here
+    if change == "removed":
+        os.unlink(path)
+    else:
+        os.replace(write_tar(str(tmp_path / "b.tar"), save("registry.example/second/app:v1", b"other")), path)
+    assert [(type(item).__name__, getattr(item, "name", str(item))) for item in items] == [("ImageRecord", "first/app")]
+
+
 def test_dev_null_and_directories_as_archives_are_refused(tmp_path):
     with pytest.raises(SourceError, match=r"not a regular file \(character device\)"):
         collect("/dev/null")

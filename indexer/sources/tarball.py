@@ -19,6 +19,7 @@ import posixpath
 import re
 import sys
 import tarfile
+import weakref
 from dataclasses import dataclass
 
 from ..errors import NotAnArchive, SourceError, printable
@@ -266,14 +267,20 @@ class _Table:
 class TarMembers:
     """The regular-file members of one image tarball, by normalised path.
 
-    `path` is the file as given (for opening); `where` is the same fit for messages.
+    `path` is the file as given; `where` is the same fit for messages. `file`, for an uncompressed
+    tar, is the file the members were found in, kept open (and closed with this object) so that
+    their bytes are read from it: opened again by its path, a file removed since ended the run with
+    a traceback, and one replaced since gave another archive's bytes at these offsets.
     """
 
-    def __init__(self, path: str, members: dict[str, Member], reopen, where: str | None = None):
+    def __init__(self, path: str, members: dict[str, Member], file=None, where: str | None = None):
         self.path = path
         self.where = printable(path) if where is None else where
         self._members = members
-        self._reopen = reopen
+        self._fd = -1
+        if file is not None:
+            self._fd = file.fileno()
+            weakref.finalize(self, file.close)
 
     @classmethod
     def open(cls, path: str, compression: str | None = None, hash_members: bool = False) -> "TarMembers":
@@ -287,14 +294,22 @@ class TarMembers:
         where = printable(path)
         try:
             # Small buffer: headers are 512 bytes and member data is skipped with seeks.
-            with open_readable(path, buffering=4096) as f:
-                kind = compression or _compression(f.read(512), where)
-                if kind == "tar":
-                    return cls(path, _scan_seekable(f, where), lambda: open_readable(path), where)
-                f.seek(0)
-                return cls(path, _scan_stream(f, where, kind, hash_members), None, where)
+            f = open_readable(path, buffering=4096)
         except OSError as exc:
             raise SourceError(where, exc.strerror or str(exc)) from None
+        try:
+            kind = compression or _compression(f.read(512), where)
+            if kind == "tar":
+                members = cls(path, _scan_seekable(f, where), f, where)
+                f = None  # the members' now
+                return members
+            f.seek(0)
+            return cls(path, _scan_stream(f, where, kind, hash_members), None, where)
+        except OSError as exc:
+            raise SourceError(where, exc.strerror or str(exc)) from None
+        finally:
+            if f is not None:
+                f.close()
 
     @classmethod
     def _from_stdin(cls, path: str, hash_members: bool) -> "TarMembers":
@@ -372,12 +387,7 @@ class TarMembers:
             return member.data
         if member.pieces is not None:
             return b"".join(member.pieces)
-        with self._reopen() as f:
-            f.seek(member.offset)
-            data = f.read(member.size)
-        if len(data) != member.size:
-            raise SourceError(self.where, f"truncated tar: {name!r} ends early")
-        return data
+        return b"".join(self._file_chunks(name, member))
 
     def chunks(self, name: str, limit: int, what: str):
         """A function that returns the member's bytes in pieces, from memory or from the file:
@@ -392,15 +402,16 @@ class TarMembers:
         return lambda: self._file_chunks(name, member)
 
     def _file_chunks(self, name: str, member: Member):
-        remaining = member.size
-        with self._reopen() as f:
-            f.seek(member.offset)
-            while remaining:
-                chunk = f.read(min(remaining, _STREAM_BUFSIZE))
-                if not chunk:
-                    raise SourceError(self.where, f"truncated tar: {name!r} ends early")
-                remaining -= len(chunk)
-                yield chunk
+        offset, end = member.offset, member.offset + member.size
+        while offset < end:
+            try:
+                chunk = os.pread(self._fd, min(end - offset, _STREAM_BUFSIZE), offset)
+            except OSError as exc:
+                raise SourceError(self.where, exc.strerror or str(exc)) from None
+            if not chunk:
+                raise SourceError(self.where, f"truncated tar: {name!r} ends early")
+            offset += len(chunk)
+            yield chunk
 
 
 def _scan_seekable(raw, where: str) -> dict[str, Member]:
