@@ -122,6 +122,32 @@ store_option = click.option(
 )
 
 
+def _delta_store(_ctx, param, value: str) -> str:
+    """A --store for the commands that hand it to delta-rs (index, history, compact, migrate), which
+    cannot take every folder: refused here, before anything is written, rather than once per image
+    of a run or as a traceback. get, list, sql and export read such a store without delta-rs."""
+    from indexer.store.paths import delta_rs_refusal, local_folder
+
+    value = store_path(param, value)
+    folder = local_folder(value)
+    reason = None if folder is None else delta_rs_refusal(folder)
+    if reason is None:
+        return value
+    # The working directory's name counts too: then the value alone does not show what is wrong.
+    shown = printable(value) if delta_rs_refusal(value) else f"{printable(value)} ({printable(folder)})"
+    raise click.BadParameter(f"{shown}: its path holds {reason}", param=param)
+
+
+delta_store_option = click.option(
+    "--store",
+    metavar="DIR",
+    default=default_store,
+    show_default="./data, or $IMGDEX_STORE",
+    callback=_delta_store,
+    help="Store directory.",
+)
+
+
 def _as_of(_ctx, param, value):
     """A version number of the images table, or a time (ISO 8601; UTC unless it says otherwise)."""
     if value is None:
@@ -354,7 +380,7 @@ def shown_value(value: str) -> str:
 
 @cli.command()
 @click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
-@store_option
+@delta_store_option
 @click.option("--registry", default="", metavar="HOST", help="Registry host for images whose source carries no name.")
 @click.option("--repository", default="", metavar="NAME", help="Repository for images whose source carries no name.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -887,7 +913,7 @@ def derived(image, store, fmt, platform, everything, as_of):
 
 
 @cli.command()
-@store_option
+@delta_store_option
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the newest N versions.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @library_errors
@@ -936,7 +962,7 @@ def _duration(_ctx, param, value: str):
 
 
 @cli.command()
-@store_option
+@delta_store_option
 @click.option(
     "--retention",
     default="7d",
@@ -998,7 +1024,7 @@ def export(directory, store, as_of):
 
 
 @cli.command()
-@store_option
+@delta_store_option
 @library_errors
 def migrate(store):
     """Convert a store of the old layout (imgdex.duckdb and Parquet snapshots) to Delta tables, in place."""

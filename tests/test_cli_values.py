@@ -3,6 +3,7 @@ written: names outside Docker's grammar, versions past int64, deadlines past a d
 that are not files."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -180,3 +181,104 @@ def test_an_empty_store_value_is_refused(tmp_path, command):
         f"See 'imgdex {command[0]} --help'."
     ]
     assert os.listdir(tmp_path) == []
+
+
+# What delta-rs cannot take in a store's path: each fails its every call ("illegal character
+# sequence"), or is read as a folder separator or an escape, or cannot be handed to it at all.
+DELTA_RS_REFUSES = {
+    "a tab": ("t\tb", "a control character (\\t), which delta-rs cannot take"),
+    "a newline": ("n\nb", "a control character (\\n), which delta-rs cannot take"),
+    "DEL": ("d\x7fb", "a control character (\\x7f), which delta-rs cannot take"),
+    "a backslash": ("b\\s", "a backslash, which delta-rs reads as a folder separator"),
+    "an escape": ("p%20c", "%20, which delta-rs reads as an escape"),
+    "not UTF-8": (os.fsdecode(b"u\xffv"), "bytes that are not UTF-8, which delta-rs cannot take"),
+}
+DELTA_RS_COMMANDS = [["index", SAMPLE], ["history"], ["compact"], ["migrate"]]
+
+
+def _files(root) -> list[str]:
+    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
+
+
+def _refused(result, command: str, shown: str, reason: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines() == [
+        f"imgdex {command}: Invalid value for '--store': {shown}: its path holds {reason}. "
+        f"See 'imgdex {command} --help'."
+    ]
+
+
+@pytest.mark.parametrize("command", DELTA_RS_COMMANDS, ids=lambda c: c[0])
+@pytest.mark.parametrize("name", DELTA_RS_REFUSES, ids=str)
+def test_a_store_path_delta_rs_cannot_take_is_one_usage_line(tmp_path, samples_store, run_cli, command, name):
+    """An index run said delta-rs's error once per image ("5 failed"), and migrate ended in a
+    traceback: the commands that hand the store to delta-rs refuse it once, before anything is
+    written, the store as it was."""
+    from indexer.errors import printable
+
+    folder, reason = DELTA_RS_REFUSES[name]
+    store = tmp_path / folder
+    shutil.copytree(samples_store, store)
+    before = _files(store)
+    _refused(run_cli(*command, "--store", store), command[0], printable(str(store)), reason)
+    assert _files(store) == before
+
+
+@pytest.mark.parametrize("command", DELTA_RS_COMMANDS, ids=lambda c: c[0])
+@pytest.mark.parametrize("kind", ["absent", "empty folder", "old layout"])
+def test_every_kind_of_store_at_such_a_path_is_refused_before_anything_is_written(tmp_path, run_cli, command, kind):
+    store = tmp_path / "m\tx"
+    if kind == "empty folder":
+        store.mkdir()
+    elif kind == "old layout":
+        shutil.copytree(os.path.join(ROOT, "tests", "fixtures", "old-store"), store)
+    before = _files(tmp_path)
+    _refused(
+        run_cli(*command, "--store", store),
+        command[0],
+        printable_path(store),
+        "a control character (\\t), which delta-rs cannot take",
+    )
+    assert _files(tmp_path) == before and os.listdir(tmp_path) == (["m\tx"] if kind != "absent" else [])
+
+
+def printable_path(path) -> str:
+    from indexer.errors import printable
+
+    return printable(str(path))
+
+
+def test_a_working_directory_delta_rs_cannot_take_is_named_with_the_store(tmp_path, run_cli, monkeypatch):
+    """A relative store lies below the working directory, whose name delta-rs is handed too."""
+    here = tmp_path / "w\tx"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    _refused(
+        run_cli("index", SAMPLE, "--store", "data"),
+        "index",
+        f"data ({printable_path(here / 'data')})",
+        "a control character (\\t), which delta-rs cannot take",
+    )
+    assert os.listdir(here) == []
+
+
+def test_migrate_of_an_old_store_at_such_a_path_is_one_line_in_a_process(tmp_path):
+    store = tmp_path / "m\tx"
+    shutil.copytree(os.path.join(ROOT, "tests", "fixtures", "old-store"), store)
+    result = imgdex("migrate", "--store", str(store))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"imgdex migrate: Invalid value for '--store': {printable_path(store)}: its path holds a control "
+        "character (\\t), which delta-rs cannot take. See 'imgdex migrate --help'."
+    ]
+    assert sorted(os.listdir(store)) == ["images.parquet", "runs.parquet", "tags.parquet"]
+
+
+@pytest.mark.parametrize("command", [["list"], ["sql", "SELECT count(*) FROM images"], ["export", "{tmp}/out"]])
+def test_readers_still_read_a_store_at_such_a_path(tmp_path, samples_store, run_cli, command):
+    """get, list, sql and export read the tables without delta-rs: a store moved to such a path
+    stays readable."""
+    store = tmp_path / "t\tb"
+    shutil.copytree(samples_store, store)
+    result = run_cli(*[part.format(tmp=tmp_path) for part in command], "--store", store)
+    assert result.exit_code == 0, result.output

@@ -8,6 +8,7 @@ import dataclasses
 import errno
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -419,12 +420,23 @@ def test_a_new_store_on_a_full_disk_is_one_line(tmp_path, monkeypatch, step):
 
 
 def test_a_store_folder_with_a_percent_escape_is_refused_before_anything_is_made(tmp_path):
+    """delta-rs makes a new table under the path as given and opens it with %XX decoded."""
     store = tmp_path / "data%20x"
     result = invoke("index", _more(tmp_path, 1), "--store", store)
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     [line] = result.stderr.splitlines()
-    assert line.startswith(f"imgdex: cannot create store {store}: ") and "%XX" in line, line
+    assert f"index: Invalid value for '--store': {store}: its path holds %20, " in line, line
     assert not store.exists()
+
+
+@pytest.mark.parametrize("folder", ["t\tb", "data%20x", "b\\s"])
+def test_the_library_refuses_a_store_path_delta_rs_cannot_take_before_anything_is_made(tmp_path, folder):
+    """Below the command line too: delta-rs failed each call on a tab (a run blamed every image of
+    it), or made a table at one path and looked for it at another."""
+    store = tmp_path / folder
+    with pytest.raises(StoreError, match=f"^store {re.escape(str(store))}: its path holds "):
+        DeltaWriter(str(store))
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize("below", ["", "sub/store"])

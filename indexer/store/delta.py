@@ -71,6 +71,7 @@ from deltalake.transaction import AddAction, RemoveAction
 from ..errors import StoreError, first_line
 from ..model import IMPORTED, one_image, shown
 from . import arrow, deltalog, schema
+from .paths import delta_rs_refusal, local_folder
 from .hashset import HashSet
 from .deltalog import CONTENT_HASH, RUN_ID, TAGS_ONLY, TAGS_WRITTEN_AT, TOMBSTONE, TOMBSTONE_EXACTNESS, WRITTEN_AT
 
@@ -100,7 +101,6 @@ COMPACT_RANGE_ROWS = 50_000
 MAX_ATTEMPTS = 50
 
 _UTC_US = pa.timestamp("us", tz="UTC")
-_PERCENT_ESCAPE = re.compile("%[0-9A-Fa-f]{2}")
 _META = "imgdex."
 
 # What a source knows of an image: the columns whose change makes a new version. Tags, the
@@ -576,6 +576,12 @@ class DeltaStore:
         temp_directory: str | None = None,
     ):
         self.store = store.rstrip("/") if "://" in store else os.path.abspath(store)
+        # Refused before anything is made: delta-rs fails each call on such a path (a run would
+        # blame every image), or makes a table at one path and looks for it at another.
+        folder = local_folder(self.store)
+        reason = None if folder is None else delta_rs_refusal(folder)
+        if reason is not None:
+            raise StoreError(f"store {self.store}: its path holds {reason}; choose another folder")
         self.storage_options = storage_options if storage_options is not None else (deltalog.storage_options_from_env())
         self.batch_rows = batch_rows
         self.row_group_rows = row_group_rows
@@ -689,13 +695,6 @@ class DeltaStore:
         """Create whichever tables do not exist yet. Safe when several processes do it at once.
         `run_id` marks the commits, so that a run that fails before landing anything can tell the
         tables it made from those of another run (`made_only_by`)."""
-        if "://" not in self.store and _PERCENT_ESCAPE.search(self.store):
-            # delta-rs writes the first commit under the path as given, then reads it back with the
-            # escape decoded: it would leave a table it cannot open.
-            raise StoreError(
-                f"cannot create store {self.store}: delta-rs reads %XX in a folder name as an escape; "
-                "choose a folder without one"
-            )
         for table in TABLES:
             location = self.location(table)
             if DeltaTable.is_deltatable(location, self.storage_options or None):

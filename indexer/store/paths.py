@@ -20,8 +20,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 
-from ..errors import StoreError
+from ..errors import StoreError, printable
 
 DATABASE = "imgdex.duckdb"
 SNAPSHOT_LINK = "parquet"
@@ -102,6 +103,43 @@ def require_table_store(store: str) -> None:
     refuse_old_layout(store)
     if not is_table_store(store):
         raise StoreError(no_store_message(store))
+
+
+# What delta-rs (1.x) cannot take in the path of a local table, found by trying each character: a
+# control character fails every call ("illegal character sequence"), a backslash is read as a
+# folder separator and %XX as an escape (a new table is made at one path and looked for at another),
+# and bytes that are not UTF-8 cannot be handed to it at all. `[`, `|`, `#`, `?`, `%` alone, blanks
+# and any other UTF-8 work.
+_DELTA_RS_REFUSES = re.compile(r"[\x00-\x1f\x7f\\\udc80-\udcff]|%[0-9A-Fa-f]{2}")
+
+
+def delta_rs_refusal(folder: str) -> str | None:
+    """Why delta-rs cannot keep tables in the local folder `folder` (absolute: the working
+    directory's name counts too), or None when it can."""
+    match = _DELTA_RS_REFUSES.search(folder)
+    if match is None:
+        return None
+    found = match.group()
+    if found == "\\":
+        return "a backslash, which delta-rs reads as a folder separator"
+    if found.startswith("%"):
+        return f"{found}, which delta-rs reads as an escape"
+    if "\udc80" <= found <= "\udcff":
+        return "bytes that are not UTF-8, which delta-rs cannot take"
+    return f"a control character ({printable(found)}), which delta-rs cannot take"
+
+
+def local_folder(store: str) -> str | None:
+    """The absolute folder a local store names (a `file://` URL's path decoded, as delta-rs
+    decodes it), or None for object storage."""
+    if "://" not in store:
+        return os.path.abspath(store)
+    from urllib.parse import unquote, urlsplit
+
+    parsed = urlsplit(store)
+    if parsed.scheme != "file":
+        return None
+    return os.path.abspath(unquote(parsed.path, errors="surrogateescape"))
 
 
 def default_store() -> str:
