@@ -282,3 +282,45 @@ def test_readers_still_read_a_store_at_such_a_path(tmp_path, samples_store, run_
     shutil.copytree(samples_store, store)
     result = run_cli(*[part.format(tmp=tmp_path) for part in command], "--store", store)
     assert result.exit_code == 0, result.output
+
+
+def test_a_file_url_names_the_folder_its_escapes_decode_to_for_every_command(tmp_path, run_cli):
+    """index wrote `file://…/x%20y` into `x y` (delta-rs decodes the escape) while every other
+    command looked for `x%20y` and found no store."""
+    url = f"file://{tmp_path}/x%20y"
+    assert run_cli("index", SAMPLE, "--store", url, "-q").exit_code == 0
+    assert os.path.isdir(tmp_path / "x y" / "images" / "_delta_log")
+    assert run_cli("sql", "SELECT count(*) AS n FROM images", "--store", url, "--format", "csv").stdout == "n\n5\n"
+    for command in (["list"], ["history"], ["compact"], ["export", str(tmp_path / "out")]):
+        result = run_cli(*command, "--store", url)
+        assert result.exit_code == 0, (command, result.output)
+    assert sorted(os.listdir(tmp_path)) == ["out", "x y"]
+
+
+@pytest.mark.parametrize(
+    "tail, reason",
+    [
+        # Python's URL parsing drops a tab: the run wrote into `xy`
+        ("x\ty", "a URL cannot hold a tab or a line break (%09, %0A, %0D)"),
+        ("x#y", "a URL's `?` or `#` ends its path (a folder holding one is %3F or %23)"),
+        ("x?y", "a URL's `?` or `#` ends its path (a folder holding one is %3F or %23)"),
+    ],
+)
+@pytest.mark.parametrize("command", [["index", SAMPLE], ["list"]], ids=lambda c: c[0])
+def test_a_file_url_whose_folder_url_parsing_would_change_is_refused(tmp_path, run_cli, command, tail, reason):
+    url = f"file://{tmp_path}/{tail}"
+    result = run_cli(*command, "--store", url)
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        f"imgdex {command[0]}: Invalid value for '--store': {printable_path(url)}: {reason}. "
+        f"See 'imgdex {command[0]} --help'."
+    ]
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_file_url_escaping_what_delta_rs_cannot_take_is_refused_as_the_folder_it_names(tmp_path, run_cli):
+    result = run_cli("index", SAMPLE, "--store", f"file://{tmp_path}/x%09y")
+    _refused(
+        result, "index", printable_path(tmp_path / "x\ty"), "a control character (\\t), which delta-rs cannot take"
+    )
+    assert os.listdir(tmp_path) == []

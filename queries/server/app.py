@@ -159,10 +159,32 @@ class Service:
 
 def store_path(param, value: str) -> str:
     """A --store value: an empty one named no folder, and was read as the filesystem's root by some
-    commands and as the current folder by others."""
+    commands and as the current folder by others. A `file://` URL becomes the folder it names."""
+    if value[:7].lower() == "file://":
+        value = _file_url_folder(param, value)
     if not value:
         raise click.BadParameter("an empty value names no folder (`.` is this one)", param=param)
     return value
+
+
+def _file_url_folder(param, url: str) -> str:
+    """The folder a `file://` URL names, its %XX escapes decoded. Taken as a folder here, once:
+    delta-rs decoded the escapes and the readers did not, so `index` wrote to one folder and every
+    other command looked in another."""
+    from urllib.parse import unquote, urlsplit
+
+    shown = printable(url)
+    # Python's URL parsing drops these wherever they stand, as browsers do: the folder would be another.
+    if any(c in url for c in "\t\r\n"):
+        raise click.BadParameter(f"{shown}: a URL cannot hold a tab or a line break (%09, %0A, %0D)", param=param)
+    parsed = urlsplit(url)
+    if parsed.netloc not in ("", "localhost"):
+        raise click.BadParameter(f"{shown} names a host: a file:// URL names a folder of this machine", param=param)
+    if "?" in url or "#" in url:
+        raise click.BadParameter(
+            f"{shown}: a URL's `?` or `#` ends its path (a folder holding one is %3F or %23)", param=param
+        )
+    return unquote(parsed.path, errors="surrogateescape")
 
 
 @click.command()
