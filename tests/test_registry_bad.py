@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from builders import OCI_MANIFEST, Blobs, digest_of, dumps
+from builders import OCI_INDEX, OCI_MANIFEST, Blobs, digest_of, dumps
 from indexer.errors import SourceError
 from indexer.model import KIND_ARTIFACT, ImageRecord
 from indexer.sources import parse_source
@@ -216,6 +216,52 @@ def test_artifacts_and_unknown_manifests_never_crash(fake):
     assert not errors
     assert [(r.name, r.kind, r.tags) for r in records] == [("charts/demo", KIND_ARTIFACT, ("0.1.0",))]
     assert any("odd/thing" in n and "unknown media type" in n for n in notes)
+
+
+def test_a_manifest_served_as_the_other_kind_is_one_error_and_the_rest_land(fake):
+    """The Content-Type names the kind of the tag's manifest, and an index's descriptor that of each
+    child: a body of the other kind is refused, as containerd refuses it, not read by its own word."""
+    manifest, configs, _ = image()
+    fake.add_image("good/app", {"v1": manifest}, configs, OCI_MANIFEST)
+    # An image manifest served as an index, and an index served as an image manifest.
+    fake.add_image("bad/as-index", {"v1": manifest}, configs, OCI_INDEX)
+    index = dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []})
+    fake.add_image("bad/as-manifest", {"v1": index}, {}, "application/vnd.docker.distribution.manifest.v2+json")
+    # An index whose child, listed as an image manifest, is an index.
+    inner = dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [{"mediaType": OCI_MANIFEST, "digest": digest_of(manifest), "size": len(manifest)}],
+        }
+    )
+    outer = dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [{"mediaType": OCI_MANIFEST, "digest": digest_of(inner), "size": len(inner)}],
+        }
+    )
+    fake.add_image("bad/child", {"v1": outer}, configs, OCI_INDEX)
+    fake.routes[f"/v2/bad/child/manifests/{digest_of(inner)}"] = Reply(
+        200, inner, {"Content-Type": OCI_INDEX, "Docker-Content-Digest": digest_of(inner)}
+    )
+    fake.catalog(["bad/as-index", "bad/as-manifest", "bad/child", "good/app"])
+    records, errors, _ = crawl(f"docker://{fake.host}")
+    host = fake.host
+    assert sorted(errors) == sorted(
+        [
+            f"{host}/bad/as-index:v1: manifest {digest_of(manifest)} is listed as {OCI_INDEX} "
+            f"but its own mediaType is {OCI_MANIFEST!r}",
+            f"{host}/bad/as-manifest:v1: manifest {digest_of(index)} is listed as "
+            f"application/vnd.docker.distribution.manifest.v2+json but its own mediaType is {OCI_INDEX!r}",
+            f"{host}/bad/child:v1: manifest {digest_of(inner)} is listed as {OCI_MANIFEST} "
+            f"but its own mediaType is {OCI_INDEX!r}",
+        ]
+    )
+    landed = {(r.name, r.tags, r.kind) for r in records}
+    assert ("good/app", ("v1",), "image") in landed
+    assert not any(name == "bad/as-index" or name == "bad/as-manifest" for name, _, _ in landed)
 
 
 def test_unsigned_schema1_keeps_what_it_can(fake):

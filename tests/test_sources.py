@@ -312,3 +312,64 @@ def test_a_blob_folder_linked_outside_the_layout_is_named(tmp_path):
     records, errors, _ = collect(str(layout))
     assert records == [] and errors
     assert {str(e) for e in errors} == {f"{layout / 'blobs'}: folder is a symlink that points outside the layout"}
+
+
+def confused_layout(listed_as: str) -> tuple[dict[str, bytes], str, str]:
+    """(layout files, the confused digest, its refusal) with one image manifest listed as an index
+    and one index listed as an image manifest (`listed_as` says which is top-level), beside a good
+    image."""
+    blobs = Blobs()
+    good = blobs.image(layers=(b"good",))
+    image = blobs.image(layers=(b"image",))
+    index = blobs.index([blobs.image(layers=(b"child",))])
+    if listed_as == "index":  # an image manifest whose descriptor says index
+        confused = dict(image, mediaType="application/vnd.docker.distribution.manifest.list.v2+json")
+        own = OCI_MANIFEST
+    else:  # an index whose descriptor says image manifest
+        confused = dict(index, mediaType="application/vnd.docker.distribution.manifest.v2+json")
+        own = "application/vnd.oci.image.index.v1+json"
+    files = blobs.layout_files(
+        [named(good, containerd="cr.example/good:1"), named(confused, containerd="cr.example/bad:1")]
+    )
+    reason = f"manifest {confused['digest']} is listed as {confused['mediaType']} but its own mediaType is {own!r}"
+    return files, confused["digest"], reason
+
+
+@pytest.mark.parametrize("listed_as", ["index", "manifest"])
+@pytest.mark.parametrize("packing", ["oci", "oci-archive", "oci-archive.gz", "docker25", "docker25.zst"])
+def test_a_document_listed_as_the_other_kind_fails_alone_on_every_local_source(tmp_path, listed_as, packing):
+    files, digest, reason = confused_layout(listed_as)
+    if packing.startswith("docker25"):
+        files["manifest.json"] = b"[]"
+    if packing == "oci":
+        write_dir(str(tmp_path / "layout"), files)
+        spec = where = str(tmp_path / "layout")
+        spec = f"oci:{spec}"
+    else:
+        raw = tar_bytes(files)
+        path = tmp_path / "archive.tar"
+        if packing.endswith(".gz"):
+            raw = gzip.compress(raw, mtime=0)
+        elif packing.endswith(".zst"):
+            raw = zstandard.ZstdCompressor().compress(raw)
+        path.write_bytes(raw)
+        where = str(path)
+        spec = f"oci-archive:{path}" if packing.startswith("oci") else f"docker-archive:{path}"
+    records, errors, _ = collect(spec)
+    assert [str(e) for e in errors] == [f"{where}: {reason}"]
+    assert [r.name for r in records] == ["good"]
+    assert digest not in {r.digest for r in records}
+
+
+def test_a_config_listed_in_index_json_is_skipped_with_a_note(tmp_path):
+    # The image spec: an index's media type unknown to the reader must be ignored; a config is not
+    # a manifest, and listing one is no claim about what a manifest's digest holds.
+    blobs = Blobs()
+    good = blobs.image()
+    config = blobs.add(b'{"os":"linux"}', "application/vnd.oci.image.config.v1+json")
+    write_dir(str(tmp_path), blobs.layout_files([named(good, containerd="cr.example/good:1"), config]))
+    records, errors, notes = collect(f"oci:{tmp_path}")
+    assert not errors and [r.name for r in records] == ["good"]
+    assert notes == [
+        f"{tmp_path}: skipped {config['digest']}: unknown media type application/vnd.oci.image.config.v1+json"
+    ]

@@ -522,3 +522,71 @@ def test_a_real_layout_is_read_alike_on_both_paths(monkeypatch):
                 outputs.append([str(r) if isinstance(r, Exception) else r for r in source.records(ctx)])
         assert outputs[0] == outputs[1], path.name
         assert outputs[0], path.name
+
+
+KINDS = {mt.OCI_MANIFEST: "manifest", mt.DOCKER_MANIFEST: "manifest", mt.OCI_INDEX: "index", mt.DOCKER_LIST: "index"}
+
+
+@st.composite
+def listed_anyhow(draw):
+    """(store, top descriptor, names, whether its kinds disagree): an image manifest, or an index of
+    one, listed under any manifest or index media type or none, its own mediaType any of them or
+    none, sometimes holding a key only the other kind holds."""
+    store, top, names = draw(layouts(broken=False))
+    doc = json.loads(store.blobs[top.digest])
+    if draw(st.booleans()):
+        doc = {
+            "schemaVersion": 2,
+            "manifests": [{"mediaType": mt.OCI_MANIFEST, "digest": top.digest, "size": top.size}],
+        }
+    own = draw(st.sampled_from([None, *KINDS]))
+    if own is None:
+        doc.pop("mediaType", None)
+    else:
+        doc["mediaType"] = own
+    stray = draw(st.sampled_from([None, "manifests", "config", "layers"]))
+    if stray is not None and stray not in doc:
+        doc[stray] = draw(st.sampled_from([None, [], {}]))
+    text = json.dumps(doc).encode()
+    store.blobs[digest_of(text)] = text
+    declared = draw(st.sampled_from(["", *KINDS]))
+    if not declared:
+        confused = False
+    else:
+        other_keys = ("manifests",) if KINDS[declared] == "manifest" else ("config", "layers")
+        confused = (own is not None and KINDS[own] != KINDS[declared]) or any(
+            doc.get(key) is not None for key in other_keys
+        )
+    return store, Blob(digest_of(text), len(text), declared), names, confused
+
+
+@SLOW
+@given(listed_anyhow())
+def test_a_document_listed_as_the_other_kind_is_refused_alike_on_both_paths(listed):
+    store, top, names, confused = listed
+    exact, fast = _both_paths((store, top, names))
+    assert fast == exact
+    refusals = [item for item in exact if isinstance(item, str) and f"is listed as {top.media_type} but" in item]
+    if confused:
+        assert exact == refusals and len(refusals) == 1, exact
+    else:
+        assert not refusals
+
+
+def test_a_manifest_listed_as_an_index_is_refused_by_the_fast_path_too(monkeypatch):
+    # The fast path read it as the image its own mediaType names, whatever its descriptor said.
+    config = b"{}"
+    manifest = json.dumps(
+        {
+            "mediaType": mt.OCI_MANIFEST,
+            "config": {"mediaType": mt.OCI_CONFIG, "digest": digest_of(config), "size": 2},
+            "layers": [],
+        }
+    ).encode()
+    store = MemoryBlobs({digest_of(config): config, digest_of(manifest): manifest})
+    for declared in (mt.OCI_INDEX, mt.DOCKER_LIST):
+        assert typed.decode_manifest(manifest, declared, {}) is None
+        out = _walked(store, Blob(digest_of(manifest), len(manifest), declared), [], True, monkeypatch)
+        assert out == [
+            f"/l: manifest {digest_of(manifest)} is listed as {declared} but its own mediaType is '{mt.OCI_MANIFEST}'"
+        ]

@@ -389,6 +389,29 @@ def new_record(
     )
 
 
+def kind_confusion(declared: str, doc: dict) -> str:
+    """Why a document listed as an image manifest or an index is not one ('' when it may be): its
+    own mediaType names another kind, or it holds what only the other kind holds. As containerd
+    refuses it: otherwise one digest reads as an image where it is listed so and as an index where
+    it is listed so. A Docker type where the OCI type of the same kind was listed, or the reverse,
+    is read alike by both (containerd takes it too)."""
+    if declared in mt.MANIFESTS:
+        same, other_keys = mt.MANIFESTS, ("manifests",)
+    elif declared in mt.INDEXES:
+        same, other_keys = mt.INDEXES, ("config", "layers")
+    else:
+        return ""
+    own = doc.get("mediaType")
+    if type(own) is str and own and own not in same:
+        shown = own if len(own) <= mt.MAX_LENGTH else own[: mt.MAX_LENGTH] + "..."
+        return f"but its own mediaType is {shown!r}"
+    for key in other_keys:
+        # null is what Go writes for an empty list: no more than an absent key.
+        if doc.get(key) is not None:
+            return f"but holds {key!r}, as {'an index' if key == 'manifests' else 'an image manifest'} does"
+    return ""
+
+
 def _detect_media_type(declared: str, doc: dict) -> str:
     own = doc.get("mediaType")
     if isinstance(own, str) and own:
@@ -541,6 +564,9 @@ def walk(
         media_type = _detect_media_type(descriptor.media_type, doc)
         if media_type in mt.SCHEMA1:
             raise SourceError(where, f"manifest {descriptor.digest} is a schema1 manifest, which is not supported")
+        confusion = kind_confusion(descriptor.media_type, doc)
+        if confusion:
+            raise SourceError(where, f"manifest {descriptor.digest} is listed as {descriptor.media_type} {confusion}")
         if media_type in mt.INDEXES:
             yield from _walk_index(
                 store, descriptor, data, doc, media_type, names, ctx, where, parent, platform, depth, walked

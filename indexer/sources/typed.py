@@ -43,6 +43,7 @@ class _Manifest(msgspec.Struct, gc=False):
     mediaType: str = ""  # noqa: N815
     layers: list[_Descriptor] | None = None
     artifactType: str = ""  # noqa: N815
+    manifests: object = None  # an index's key: the exact parser says why such a manifest is refused
 
 
 class _History(msgspec.Struct, gc=False):
@@ -121,7 +122,8 @@ def decode_manifest(
 ) -> tuple[str, Blob, tuple[Blob, ...], str] | None:
     """(media type, config descriptor, layer descriptors, artifactType) of an image manifest whose
     descriptor declared `declared` as its media type; None to leave it to the exact parser (an
-    index, a schema 1 manifest, no media type to go by, or anything unusual)."""
+    index, a schema 1 manifest, no media type to go by, a document of one kind listed as the other,
+    or anything unusual)."""
     if not _plain(data):
         return None
     try:
@@ -129,7 +131,8 @@ def decode_manifest(
     except (msgspec.DecodeError, RecursionError):
         return None
     media_type = doc.mediaType or declared
-    if media_type not in mt.MANIFESTS:
+    # Listed as an index, or holding an index's key: the exact parser reads or refuses it.
+    if media_type not in mt.MANIFESTS or declared in mt.INDEXES or doc.manifests is not None:
         return None
     config = _descriptor(doc.config, shapes)
     if config is None:
