@@ -1629,3 +1629,109 @@ def test_configs_of_many_tiny_entries_fail_their_image_and_the_others_land(tmp_p
     assert "indexed 2 images, 3 failed" in run.stdout
     names = [row["name"] for row in sql_rows(store, "SELECT name FROM images ORDER BY name")]
     assert names == ["good/one", "good/two"]
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON is UTF-8 without a byte order mark, as Go reads it, whatever the source and compression
+
+ENCODINGS = {
+    "bom": (lambda text: b"\xef\xbb\xbf" + text, "it starts with a UTF-8 byte order mark"),
+    "utf-16": (lambda text: text.decode().encode("utf-16"), "its first bytes are UTF-16 text"),
+    "utf-16-le": (lambda text: text.decode().encode("utf-16-le"), "its first bytes are UTF-16LE text"),
+    "utf-16-be": (lambda text: text.decode().encode("utf-16-be"), "its first bytes are UTF-16BE text"),
+    "utf-32": (lambda text: text.decode().encode("utf-32"), "its first bytes are UTF-32 text"),
+}
+
+
+def _encoded_layout(which: str, encode) -> dict[str, bytes]:
+    """An OCI layout of one image whose `which` (index.json, manifest or config) is re-encoded."""
+    blobs = Blobs()
+    config = dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}})
+    config_desc = blobs.add(encode(config) if which == "config" else config, OCI_CONFIG)
+    manifest = dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config_desc, "layers": []})
+    manifest_desc = blobs.add(encode(manifest) if which == "manifest" else manifest, OCI_MANIFEST)
+    files = blobs.layout_files([named(manifest_desc, containerd="registry.example/enc/app:v1")])
+    if which == "index.json":
+        files["index.json"] = encode(files["index.json"])
+    return files
+
+
+def _encoded_save(which: str, encode) -> dict[str, bytes]:
+    files = save("registry.example/enc/app:v1")
+    name = "manifest.json" if which == "manifest.json" else json.loads(files["manifest.json"])[0]["Config"]
+    files[name] = encode(files[name])
+    return files
+
+
+def _packed(tmp_path, files: dict[str, bytes], packing: str) -> str:
+    if packing == "dir":
+        return write_dir(str(tmp_path / "layout"), files)
+    raw = tar_bytes(files)
+    if packing == "tar.gz":
+        raw = gzip.compress(raw, mtime=0)
+    elif packing == "tar.zst":
+        import zstandard
+
+        raw = zstandard.ZstdCompressor().compress(raw)
+    path = tmp_path / f"archive.{packing}"
+    path.write_bytes(raw)
+    return str(path)
+
+
+@pytest.mark.parametrize("encoding", sorted(ENCODINGS))
+@pytest.mark.parametrize(
+    "kind, which, packing",
+    [
+        ("docker-archive", "manifest.json", "tar"),
+        ("docker-archive", "manifest.json", "tar.gz"),
+        ("docker-archive", "manifest.json", "tar.zst"),
+        ("docker-archive", "config", "tar"),
+        ("docker-archive", "config", "tar.gz"),
+        ("docker-archive", "config", "tar.zst"),
+        ("oci", "index.json", "dir"),
+        ("oci", "manifest", "dir"),
+        ("oci", "config", "dir"),
+        ("oci-archive", "index.json", "tar"),
+        ("oci-archive", "index.json", "tar.gz"),
+        ("oci-archive", "manifest", "tar"),
+        ("oci-archive", "manifest", "tar.gz"),
+        ("oci-archive", "config", "tar"),
+        ("oci-archive", "config", "tar.zst"),
+    ],
+)
+def test_json_that_is_not_plain_utf8_is_refused_alike_by_every_source(tmp_path, encoding, kind, which, packing):
+    """json.loads reads a byte order mark, UTF-16 and UTF-32; Docker, containerd and skopeo (Go's
+    encoding/json) refuse them. A plain tar took a BOM that a gzip one refused as "not JSON"."""
+    encode, reason = ENCODINGS[encoding]
+    files = _encoded_save(which, encode) if kind == "docker-archive" else _encoded_layout(which, encode)
+    path = _packed(tmp_path, files, packing)
+    try:
+        records, errors, _ = collect(f"{kind}:{path}")
+    except SourceError as exc:  # what the whole source stands on: manifest.json, index.json
+        records, errors = [], [exc]
+    assert records == []
+    assert len(errors) == 1
+    message = str(errors[0])
+    assert message.startswith(path) and "is not valid JSON (" + reason in message, message
+    assert "\n" not in message
+    # The same text, plain, lands.
+    plain = tmp_path / "plain"
+    files = _encoded_save(which, lambda t: t) if kind == "docker-archive" else _encoded_layout(which, lambda t: t)
+    plain.mkdir()
+    records, errors, _ = collect(f"{kind}:{_packed(plain, files, packing)}")
+    assert not errors and len(records) == 1
+
+
+def test_a_streamed_index_json_refuses_a_byte_order_mark_as_a_parsed_one_does():
+    blobs = Blobs()
+    data = b"\xef\xbb\xbf" + blobs.layout_files([blobs.image()])["index.json"]
+    pieces = [data[i : i + 3] for i in range(0, len(data), 3)]
+    saved = layout.MAX_JSON_BYTES
+    layout.MAX_JSON_BYTES = -1  # read a descriptor at a time, as a large index.json is
+    try:
+        with pytest.raises(SourceError, match=r"index.json is not valid JSON \(it starts with a UTF-8 byte order mark"):
+            list(IndexJson("index.json", len(data), lambda: iter(pieces)).descriptors())
+    finally:
+        layout.MAX_JSON_BYTES = saved
+    with pytest.raises(SourceError, match=r"index.json is not valid JSON \(it starts with a UTF-8 byte order mark"):
+        top_descriptors(data, "index.json")

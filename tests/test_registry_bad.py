@@ -264,6 +264,26 @@ def test_a_manifest_served_as_the_other_kind_is_one_error_and_the_rest_land(fake
     assert not any(name == "bad/as-index" or name == "bad/as-manifest" for name, _, _ in landed)
 
 
+@pytest.mark.parametrize("encode", ["bom", "utf-16"])
+def test_a_manifest_or_config_that_is_not_plain_utf8_is_refused(fake, encode):
+    """As Docker and containerd read JSON: UTF-8 without a byte order mark."""
+    encoded = {"bom": lambda text: b"\xef\xbb\xbf" + text, "utf-16": lambda text: text.decode().encode("utf-16")}[
+        encode
+    ]
+    manifest, configs, _ = image()
+    fake.add_image("good/app", {"v1": manifest}, configs, OCI_MANIFEST)
+    fake.add_image("bad/manifest", {"v1": encoded(manifest)}, configs, OCI_MANIFEST)
+    blobs = Blobs()
+    config = blobs.add(encoded(b'{"os":"linux"}'), "application/vnd.oci.image.config.v1+json")
+    with_config = dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config, "layers": []})
+    fake.add_image("bad/config", {"v1": with_config}, blobs.blobs, OCI_MANIFEST)
+    fake.catalog(["bad/config", "bad/manifest", "good/app"])
+    records, errors, _ = crawl(f"docker://{fake.host}")
+    reason = "it starts with a UTF-8 byte order mark" if encode == "bom" else "its first bytes are UTF-16 text"
+    assert len(errors) == 2 and all(f"is not valid JSON ({reason}" in error for error in errors), errors
+    assert [r.name for r in records] == ["good/app"]
+
+
 def test_unsigned_schema1_keeps_what_it_can(fake):
     layer_a, layer_b = digest_of(b"base"), digest_of(b"top")
     v1 = [

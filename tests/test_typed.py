@@ -202,7 +202,8 @@ def test_plain_configs_take_the_fast_path():
         b'{"os": "\\ud800"}',  # a lone surrogate: refused with a message of the exact parser's
         b'{"os": "linux", "x": "\xed\xa0\x80"}',  # an encoded one, where msgspec does not look
         b'{"os": "linux", "x": "\xff"}',  # not UTF-8, where msgspec does not look
-        b'\xef\xbb\xbf{"os": "linux"}',  # a byte order mark, which json.loads takes
+        b'\xef\xbb\xbf{"os": "linux"}',  # a byte order mark: refused, as Go refuses it
+        '{"os": "linux"}'.encode("utf-16-le"),  # UTF-16, which json.loads would take
         b'{"os": "linux", "x": NaN}',
         b'{"os": "linux", "x": ' + b"[" * 990 + b"]" * 990 + b"}",  # deeper than json.loads goes
         b"[]",

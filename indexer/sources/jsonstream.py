@@ -25,6 +25,23 @@ STARTS_A_VALUE = frozenset('[{"-0123456789tfnNI')
 # at once: `[[],[],...]` takes ~70 bytes of objects for each 3 bytes of text, so a 40 MiB
 # descriptor would take over a GB where its text takes 40 MiB.
 MAX_PARSED_VALUES = 1 << 20
+# First bytes of text that json.loads would decode as something else than UTF-8: a byte order mark,
+# or the NUL bytes of UTF-16 and UTF-32.
+MAY_NOT_BE_UTF8 = frozenset(b"\x00\xef\xfe\xff")
+
+
+def encoding_problem(head: bytes) -> str:
+    """Why JSON text that starts with `head` (4 bytes tell) is not text Docker, containerd and
+    skopeo would read, '' when it may be: Go's encoding/json reads UTF-8 alone, without a byte order
+    mark, where json.loads takes UTF-16 and UTF-32 too. A digest over bytes they would refuse names
+    nothing they could index."""
+    encoding = json.detect_encoding(head[:4])
+    if encoding == "utf-8":
+        return ""
+    if encoding == "utf-8-sig":
+        return "it starts with a UTF-8 byte order mark, which Go's JSON decoder (Docker, containerd, skopeo) refuses"
+    name = encoding.upper().replace("-BE", "BE").replace("-LE", "LE")
+    return f"its first bytes are {name} text: JSON is read as UTF-8 alone, as Go reads it"
 
 
 class JsonText:
@@ -38,8 +55,10 @@ class JsonText:
         max_value: int | None = None,
         decoder=_DECODER,
         max_values: int | None = None,
+        byte_order_mark: bool = False,
     ):
         self._pieces = iter(pieces)
+        self._byte_order_mark = byte_order_mark  # whether a UTF-8 one may start the text, and is skipped
         self._decoder = decoder
         self.max_value = max_value  # the longest value read, in characters; None: no limit
         # The most values in one value read: each is the first in its array or object, or follows a
@@ -83,7 +102,10 @@ class JsonText:
                 raise SourceError(self.where, f"{self.what} is not valid JSON ({exc})") from None
             if not self._started and decoded:
                 self._started = True
-                if decoded.startswith("\ufeff"):  # json.loads accepts a UTF-8 byte order mark
+                if decoded.startswith("\ufeff"):
+                    if not self._byte_order_mark:
+                        reason = encoding_problem(codecs.BOM_UTF8)
+                        raise SourceError(self.where, f"{self.what} is not valid JSON ({reason})")
                     decoded = decoded[1:]
             parts.append(decoded)
             size += len(decoded)

@@ -33,6 +33,7 @@ from . import configbounds
 from . import mediatypes as mt
 from . import typed
 from .jsonshape import object_at, string_at
+from .jsonstream import encoding_problem
 
 # Manifests, indexes and configs above this size are refused unread: memory stays bounded.
 MAX_JSON_BYTES = 8 * 1024 * 1024
@@ -99,11 +100,13 @@ def parsed_size(data: bytes) -> int:
 
 def load_json(data: bytes, where: str, what: str) -> object:
     try:
-        doc = json.loads(data)
+        # UTF-8 alone, as Go reads JSON: json.loads(bytes) would take a byte order mark, UTF-16 and
+        # UTF-32 too. The same decode json.loads does, so no more work.
+        doc = json.loads(data.decode("utf-8", "surrogatepass"))
     except RecursionError:
         raise SourceError(where, f"{what} is not valid JSON (nested too deeply)") from None
     except (ValueError, UnicodeDecodeError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = encoding_problem(data) or (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise SourceError(where, f"{what} is not valid JSON ({reason})") from None
     if (b"\\u" in data or b"\xed" in data) and _MAYBE_SURROGATE.search(data):
         try:

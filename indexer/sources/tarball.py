@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from ..errors import NotAnArchive, SourceError, printable
 from ..files import open_readable
 from . import ustar
+from .jsonstream import MAY_NOT_BE_UTF8, encoding_problem
 from .parse import MAX_JSON_BYTES
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -661,7 +662,13 @@ def _stream_member(tar: tarfile.TarFile, info: tarfile.TarInfo, name: str, table
     handle = tar.extractfile(info) if wanted or hash_members else None
     first = handle.read(1) if wanted else b""
     pieces = None
-    if first and first[0] in _JSON_STARTS:
+    if first and first[0] in MAY_NOT_BE_UTF8:
+        # Not kept, but refused for what it is, as the same member of a plain tar is when parsed.
+        first += handle.read(3)
+        problem = encoding_problem(first)
+        if problem:
+            member.unkept = f"is not valid JSON ({problem})"
+    elif first and first[0] in _JSON_STARTS:
         table.can_keep(name, info.size)
         pieces = _read_pieces(handle, first, info)
         if name == "index.json":

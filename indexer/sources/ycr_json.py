@@ -241,7 +241,7 @@ _TOO_MANY_VALUES = f"{_PARSER_WHAT} holds a value of more than {MAX_PARSED_VALUE
 
 def _document_text(pieces: Iterable[bytes], where: str) -> JsonText:
     """A single JSON document, one value at a time, no value longer than MAX_VALUE_BYTES."""
-    return JsonText(pieces, where, _PARSER_WHAT, max_value=MAX_VALUE_BYTES, decoder=_JSON)
+    return JsonText(pieces, where, _PARSER_WHAT, max_value=MAX_VALUE_BYTES, decoder=_JSON, byte_order_mark=True)
 
 
 def _pieces(f: BinaryIO, where: str) -> Iterator[bytes]:
