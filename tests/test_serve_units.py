@@ -508,3 +508,17 @@ def test_a_header_is_compared_as_the_bytes_it_came_as():
     assert not token_matches("Bearer s3cret\udc80", b"s3cret\x80")
     assert not token_matches("Bearer \udc41", b"A")
     assert not token_matches(None, b"s3cret")
+
+
+def test_the_ready_line_escapes_the_store_s_name():
+    # The line goes to a terminal: a name's line break or escape sequence must not reach it raw.
+    from types import SimpleNamespace
+
+    from queries.server.app import Service
+
+    service = SimpleNamespace(
+        source=SimpleNamespace(current=None), grpc_address="127.0.0.1:1", http_address=None, store="s\nx\x1b[2Jy"
+    )
+    line = Service.ready_line(service)
+    assert "\n" not in line and "\x1b" not in line
+    assert "store s\\nx\\x1b[2Jy (" in line

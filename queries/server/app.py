@@ -154,7 +154,7 @@ class Service:
         held = f"{snapshot.images} images" if snapshot is not None else "no completed index run yet"
         grpc_part = self.grpc_address or "off"
         http_part = f"http://{self.http_address}" if self.http_address else "off"
-        return f"imgdex: serving gRPC {grpc_part}, REST {http_part}, store {self.store} ({held})"
+        return f"imgdex: serving gRPC {grpc_part}, REST {http_part}, store {printable(self.store)} ({held})"
 
 
 def store_path(param, value: str) -> str:
