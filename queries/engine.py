@@ -39,6 +39,10 @@ def _quote(path: str) -> str:
     return "'" + path.replace("'", "''") + "'"
 
 
+def _identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
 # Statements refused by their type, before any statement runs.
 _REFUSED = {
     # A read-only transaction still lets a statement create temporary objects; their memory
@@ -81,6 +85,12 @@ def _explained(query: str) -> list[str]:
                 readings.append(query[rest[index + 1][0] :] if index + 1 < len(rest) else "")
                 break
     return readings
+
+
+def _called(query: str) -> str:
+    """`CALL f(…)`, the text of a CALL statement, as the query `FROM f(…)`, which has its rows."""
+    words = [position for position, kind in duckdb.tokenize(query) if kind != duckdb.token_type.comment]
+    return "FROM " + query[words[1] :] if len(words) > 1 else query
 
 
 class Interrupted(QueryError):
@@ -160,9 +170,11 @@ class Reader:
             self._outside = False
         return self._guard(lambda: self._con.sql(sql).to_arrow_reader(batch_rows))
 
-    def run(self, sql: str, before=None) -> Result | None:
+    def run(self, sql: str, before=None, shown=None) -> Result | None:
         """Every statement of `sql`; the result of the last one, or None when there is none.
-        `before` is called ahead of each statement (to stop between them)."""
+        `before` is called ahead of each statement (to stop between them). `shown`, given the
+        DuckDB types of the last statement's columns, returns the select list over them (`#1`,
+        `CAST(#2 AS VARCHAR)`) that its rows are read through, or None to read them as they are."""
         try:
             sql.encode("utf-8")
         except UnicodeEncodeError:  # bytes of an argument that were not UTF-8 (os.fsdecode keeps them)
@@ -173,13 +185,48 @@ class Reader:
             if refused is not None:
                 raise QueryError(f"statements run read-only: {refused}")
         cursor = None
-        for statement in statements:
+        for index, statement in enumerate(statements):
             if before is not None:
                 before()
             self._guard(self._begin)
             self._outside = True
+            if shown is not None and index == len(statements) - 1:
+                statement = self._shown(statement, shown) or statement
             cursor = self._guard(self._con.execute, statement)
         return None if cursor is None else Result(self, cursor)
+
+    def _shown(self, statement, shown) -> str | None:
+        """`statement`, a query or the CALL of a table function, as a query over its rows through
+        `shown`'s select list, under the names it gives them; None to run it as it is: any other
+        statement (PRAGMA, EXPLAIN), rows that need nothing, or a query that fails here (it fails
+        again when run, and says why). Its types come from DESCRIBE, which binds it without running it, so
+        the query runs once."""
+        query = statement.query
+        if statement.type == duckdb.StatementType.CALL:
+            query = _called(query)
+        elif statement.type not in (duckdb.StatementType.SELECT, duckdb.StatementType.MULTI):
+            return None
+        # On lines of their own: a query may end in a line comment.
+        text = f"\n{query}\n"
+        try:
+            described = self._guard(lambda: self._con.execute(self._query(f"DESCRIBE {text}")).fetchall())
+            listed = shown([self._con.sqltype(row[1]) for row in described])
+            if listed is None:
+                return None
+            names = ", ".join(f"{item} AS {_identifier(row[0])}" for item, row in zip(listed, described, strict=True))
+            return self._query(f"SELECT {names} FROM ({text})")
+        except Interrupted:
+            raise
+        except (QueryError, StoreError, duckdb.Error):
+            return None
+
+    def _query(self, text: str) -> str:
+        """`text`, once DuckDB has parsed it as one query and nothing else (a query's text spliced
+        into another must not make it more than that, whatever the text holds)."""
+        parsed = self._con.extract_statements(text)
+        if len(parsed) != 1 or parsed[0].type != duckdb.StatementType.SELECT:
+            raise QueryError("not one query")
+        return text
 
     def _refused(self, statement) -> str | None:
         """Why `statement` is refused, or None. EXPLAIN is refused with what it explains: EXPLAIN

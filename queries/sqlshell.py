@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import functools
 import json
 import math
 import os
@@ -38,96 +37,82 @@ def _plain(value, for_json: bool = False):
     return str(value)
 
 
-@functools.cache
-def _formatter():
-    # Its own connection, not the reader's: a query there would end the result being printed.
-    import duckdb
-
-    return duckdb.connect(config={"threads": 1})
-
-
-def _float_texts(values: list[float]) -> list[str]:
-    """FLOAT values, which Python widens to doubles (0.1 reads 0.10000000149011612), as DuckDB
-    writes them. DuckDB's own cast does it: its digits are not always the shortest that read back
-    as the same FLOAT (2**-12 is 0.000244140625, not 0.00024414062), so no rule of ours would
-    keep matching it. The doubles hold FLOATs exactly, so the cast back to FLOAT is exact."""
-    return _formatter().execute("SELECT CAST(?::DOUBLE[]::FLOAT[] AS VARCHAR[])", [values]).fetchone()[0]
+# Types whose Python values print as DuckDB writes them (a boolean and a BLOB are spelled in
+# `_csv_field`), by DuckDB's id, with the name a cast to them takes.
+_KEPT = {
+    name: name.upper()
+    for name in (
+        *("boolean", "tinyint", "smallint", "integer", "bigint", "hugeint", "double", "varchar", "blob"),
+        *("utinyint", "usmallint", "uinteger", "ubigint", "uhugeint"),
+    )
+}
+# Types Python reads exactly and prints as DuckDB's text (a UUID, an ENUM's label, a BIT's digits):
+# left as they are, but VARCHAR, the same text, inside a nested value that is cast for another.
+_SAME_TEXT = {"uuid", "enum", "bit", "bignum", "varint", "null"}
 
 
-def _float_shape(kind):
-    """Where a value of DuckDB type `kind` holds FLOATs: True for a FLOAT; ("list", shape),
-    ("struct", {field: shape}) or ("map", key shape, value shape) around them; None for none.
-    A UNION is left out: its value does not say which member it is."""
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _retyped(kind, float_as: str) -> tuple[str, bool] | None:
+    """DuckDB's type `kind` spelled with every value that Python does not print as DuckDB does as
+    VARCHAR, DuckDB's own text of it, and a FLOAT as `float_as`; and whether that changes anything.
+    None for a type that cannot be spelled (a struct of unnamed fields): its values stay Python's.
+
+    Python loses what the rest hold: a TIMESTAMP_NS its nanoseconds, an INTERVAL its months (1
+    month reads 30 days), a DATE or TIMESTAMP its infinities (read as 9999-12-31, a real date), a
+    DECIMAL its spelling (0E-10), TIME '24:00:00' and TIMESTAMPTZ their DuckDB spelling (+00:00
+    for +00). Any type not named here is DuckDB's text too, which is never wrong."""
     name = kind.id
+    if name in _KEPT:
+        return _KEPT[name], False
+    if name in _SAME_TEXT:
+        return "VARCHAR", False
     if name == "float":
-        return True
+        return float_as, True
     if name in ("list", "array"):
-        inner = _float_shape(kind.children[0][1])
-        return None if inner is None else ("list", inner)
-    if name == "struct":
-        fields = {field: shape for field, child in kind.children if (shape := _float_shape(child)) is not None}
-        return ("struct", fields) if fields else None
-    if name == "map":
-        key, value = (_float_shape(child) for _, child in kind.children)
-        return None if key is None and value is None else ("map", key, value)
-    return None
+        inner = _retyped(kind.children[0][1], float_as)
+        if inner is None:
+            return None
+        return inner[0] + ("[]" if name == "list" else f"[{kind.children[1][1]}]"), inner[1]
+    if name in ("struct", "union", "map"):
+        # A UNION's first child is its tag, not a member.
+        children = kind.children[1:] if name == "union" else kind.children
+        spelled = [_retyped(child, float_as) for _, child in children]
+        if None in spelled or (name != "map" and not all(field for field, _ in children)):
+            return None
+        if name == "map":
+            inner = ", ".join(text for text, _ in spelled)
+        else:
+            inner = ", ".join(
+                f"{_quoted(field)} {text}" for (field, _), (text, _) in zip(children, spelled, strict=True)
+            )
+        return f"{name.upper()}({inner})", any(changed for _, changed in spelled)
+    return "VARCHAR", True
 
 
-def _gather(value, shape, found: list) -> None:
-    if value is None or shape is None:
-        return
-    if shape is True:
-        found.append(value)
-    elif shape[0] == "list":
-        for item in value:
-            _gather(item, shape[1], found)
-    elif shape[0] == "struct":
-        for field, inner in shape[1].items():
-            _gather(value[field], inner, found)
-    else:
-        for key, item in value.items():
-            _gather(key, shape[1], found)
-            _gather(item, shape[2], found)
+def duckdb_texts(types) -> list[str] | None:
+    """The select list (`#1`, `CAST(#2 AS VARCHAR)`, …) over a query's columns of DuckDB `types` that
+    has DuckDB write each value that Python would not print as DuckDB's CSV writer does, at any
+    depth; None when every value prints as it is. A FLOAT becomes DuckDB's text of it read back as
+    a DOUBLE, which Python prints with the same digits, so that JSON keeps it a number: Python
+    widens a FLOAT (0.1 reads 0.10000000149011612), and DuckDB's digits are not always the shortest
+    that read back as the same FLOAT (2**-12 is 0.000244140625, not 0.00024414062).
 
-
-def _narrowed(value, shape, texts):
-    """`value` with its FLOATs replaced, in `_gather`'s order, by the doubles that print as `texts`
-    (Python prints a double DuckDB's way; NaN keeps its own value, so its sign)."""
-    if value is None or shape is None:
-        return value
-    if shape is True:
-        text = next(texts)
-        return value if math.isnan(value) else float(text)
-    if shape[0] == "list":
-        return [_narrowed(item, shape[1], texts) for item in value]
-    if shape[0] == "struct":
-        return {field: _narrowed(item, shape[1].get(field), texts) for field, item in value.items()}
-    return {_narrowed(key, shape[1], texts): _narrowed(item, shape[2], texts) for key, item in value.items()}
-
-
-class _Floats:
-    """Rows with their FLOATs (at any depth but a UNION's) as DuckDB writes them."""
-
-    def __init__(self, types):
-        self._shapes = [(index, shape) for index, kind in enumerate(types) if (shape := _float_shape(kind)) is not None]
-
-    def __call__(self, rows: list) -> list:
-        if not self._shapes:
-            return rows
-        found: list[float] = []
-        for row in rows:
-            for index, shape in self._shapes:
-                _gather(row[index], shape, found)
-        if not found:
-            return rows
-        texts = iter(_float_texts(found))
-        narrowed = []
-        for row in rows:
-            row = list(row)
-            for index, shape in self._shapes:
-                row[index] = _narrowed(row[index], shape, texts)
-            narrowed.append(row)
-        return narrowed
+    DuckDB casts them in the query itself, as it reads them: a value converted to Python first
+    would have lost what the cast has to show."""
+    listed, changed = [], False
+    for position, kind in enumerate(types, 1):
+        text = _retyped(kind, "VARCHAR")
+        if text is None or not text[1]:
+            listed.append(f"#{position}")
+            continue
+        changed = True
+        cast = f"CAST(#{position} AS {text[0]})"
+        floats = _retyped(kind, "DOUBLE")[0]
+        listed.append(cast if floats == text[0] else f"CAST({cast} AS {floats})")
+    return listed if changed else None
 
 
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
@@ -363,13 +348,12 @@ def write(reader, query: str, fmt: str, put, note=None, before=None, terminal: b
     passed to `put` as text, a chunk of rows at a time. `before` is called ahead of each statement
     and chunk (to stop the query); `note` is told when the table is cut short. For a `terminal`,
     control characters in CSV fields are escaped, as the table does: stored text must not drive it."""
-    result = reader.run(query, before)
+    result = reader.run(query, before, shown=duckdb_texts)
     if result is None or result.description is None:
         return
     columns = [d[0] for d in result.description]
     if fmt in ("json", "csv"):
         columns = unique_names(columns)
-    floats = _Floats([d[1] for d in result.description])
 
     def chunks():
         while True:
@@ -378,7 +362,7 @@ def write(reader, query: str, fmt: str, put, note=None, before=None, terminal: b
             rows = result.fetchmany(_CHUNK)
             if not rows:
                 return
-            yield floats(rows)
+            yield rows
 
     if fmt == "json":
         for rows in chunks():
