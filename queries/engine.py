@@ -304,7 +304,9 @@ def _lock_down(files: list[str], memory_limit: str | None = None) -> str:
         # No temp_directory: what does not fit fails rather than spilling files into the working
         # directory (DuckDB's default is `.tmp` there), and nothing is ever written.
         bounds = f"SET memory_limit = {_quote(memory_limit)}; SET temp_directory = '';"
-    return bounds + lock_settings(files) + " BEGIN TRANSACTION READ ONLY;"
+    # A TIMESTAMPTZ is shown in UTC, whatever the machine's zone, from a store of any kind: DuckDB's
+    # default is the machine's, which a store of Parquet files (an export, the first layout) showed.
+    return bounds + "SET TimeZone = 'UTC'; " + lock_settings(files) + " BEGIN TRANSACTION READ ONLY;"
 
 
 def _over_snapshot(
@@ -366,10 +368,10 @@ def _over_tables(
         if key is not None:
             # Only the files whose id range holds `key` (Delta statistics): after compaction one.
             files["images"] = _holding_rows_of(con, files["images"].for_key(key), key)
-        # created_at is a TIMESTAMPTZ here: shown in UTC, whatever the machine's zone. Footers are
-        # parsed once per reader, not once per query: a list runs two to six queries over the same
-        # files, and parsing the footers of a compacted 1M-image table costs ~30 ms of CPU each time.
-        script = ["SET TimeZone = 'UTC'; SET parquet_metadata_cache = true;"] + [
+        # Footers are parsed once per reader, not once per query: a list runs two to six queries over
+        # the same files, and parsing the footers of a compacted 1M-image table costs ~30 ms of CPU
+        # each time.
+        script = ["SET parquet_metadata_cache = true;"] + [
             statement + ";" for statement in deltalog.view_statements(files)
         ]
         if set(paths.TABLES) <= set(tables):

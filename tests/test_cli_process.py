@@ -334,3 +334,16 @@ def test_sigint_during_compact_leaves_a_store_that_reads(tmp_path):
         assert stderr.splitlines() == ["imgdex: interrupted"]
     listed = _imgdex("sql", "SELECT count(*) AS n FROM images", "--store", store, "--format", "csv")
     assert listed.returncode == 0 and listed.stdout.split() == ["n", "1000"], listed.stderr
+
+
+def test_sql_shows_times_in_utc_whatever_the_machines_zone(samples_store):
+    # A store of Parquet files (an export, the first layout) was read in the machine's zone, and
+    # a store of tables in UTC.
+    env = {**os.environ, "TZ": "America/New_York"}
+    query = "SELECT indexed_at, current_setting('TimeZone') AS zone FROM images LIMIT 1"
+    for store in (samples_store, os.path.join(ROOT, "tests", "fixtures", "old-store")):
+        command = [sys.executable, "-m", "queries.cli", "sql", query, "--store", store, "--format", "csv"]
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+        assert result.returncode == 0, result.stderr
+        indexed_at, zone = result.stdout.splitlines()[1].split(",")
+        assert indexed_at.endswith("+00") and zone == "UTC", result.stdout
