@@ -53,6 +53,11 @@ _REFUSED = {
     # read-only promises there is not. DETACH goes with it: there is nothing a user may detach.
     duckdb.StatementType.ATTACH: "ATTACH cannot run, not even for an in-memory database",
     duckdb.StatementType.DETACH: "DETACH cannot run",
+    # The settings are locked already, but SET VARIABLE is no setting: its value (a 100 MB repeat())
+    # is held past the statement, uncounted by DuckDB's memory limit, as a temporary table's rows
+    # would be. USE and SET search_path, which the lock lets through, choose among what a store has
+    # only one of.
+    duckdb.StatementType.SET: "SET cannot run: the settings are locked, and a variable would outlast its statement",
 }
 
 

@@ -150,6 +150,28 @@ def test_sql_cannot_detach(store):
     assert line == "imgdex: statements run read-only: DETACH cannot run"
 
 
+@pytest.mark.parametrize(
+    "query",
+    [
+        "SET VARIABLE v = repeat('x', 100000000); SELECT length(getvariable('v')) AS n",
+        "SELECT 1 AS a; SET VARIABLE v = 1",
+        "EXPLAIN ANALYZE SET VARIABLE v = 1",
+        "RESET VARIABLE v",
+        "USE memory",
+    ],
+)
+def test_sql_cannot_set_a_variable(store, query):
+    # Its value was held from its statement to the end of the run, which DuckDB's limit does not count.
+    line = assert_one_line(invoke("sql", query, "--store", store))
+    assert line.startswith("imgdex: statements run read-only: SET cannot run"), line
+    reader = engine.connect(str(store))
+    try:
+        with pytest.raises(QueryError, match="SET cannot run"):
+            reader.run(query)
+    finally:
+        reader.close()
+
+
 CREATE_REFUSED = "imgdex: statements run read-only: CREATE cannot run, not even for a temporary object"
 
 
