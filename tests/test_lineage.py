@@ -578,10 +578,10 @@ def test_documented_analyst_query_runs(run_cli, family):
     # os-env shares os's chain but is new; web's nearest base is app, which is new too
     assert result.stdout.splitlines() == [
         "registry,name,base,base_created",
-        "reg.example,team/app,base/os,2020-01-01 00:00:00+00:00",
-        "reg.example,team/app,mirror/os,2020-01-01 00:00:00+00:00",
-        "reg.example,team/tool,base/os,2020-01-01 00:00:00+00:00",
-        "reg.example,team/tool,mirror/os,2020-01-01 00:00:00+00:00",
+        "reg.example,team/app,base/os,2020-01-01 00:00:00+00",
+        "reg.example,team/app,mirror/os,2020-01-01 00:00:00+00",
+        "reg.example,team/tool,base/os,2020-01-01 00:00:00+00",
+        "reg.example,team/tool,mirror/os,2020-01-01 00:00:00+00",
     ]
 
 
