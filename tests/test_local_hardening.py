@@ -798,16 +798,44 @@ def test_streamed_index_reads_as_json_loads_does(doc, insert, cut, piece, indent
     assert got == expected
 
 
-def test_streamed_index_refuses_a_number_int_cannot_convert():
-    data = b'{"schemaVersion": 2, "manifests": [], "x": ' + b"9" * 5000 + b"}"
-    index = IndexJson("index.json", len(data), lambda: iter([data[i : i + 4096] for i in range(0, len(data), 4096)]))
-    saved = layout.MAX_JSON_BYTES
-    layout.MAX_JSON_BYTES = -1  # read a descriptor at a time, as a large index.json is
-    try:
-        with pytest.raises(SourceError, match="index.json holds a number of more than 4300 digits"):
-            list(index.descriptors())
-    finally:
-        layout.MAX_JSON_BYTES = saved
+BIG = "9" * 5000  # more digits than int() converts
+
+
+def with_big_numbers(doc) -> bytes:
+    """`doc` as JSON, its strings "BIG" and "-BIG" written as integers of 5,000 digits."""
+    return dumps(doc).replace(b'"BIG"', BIG.encode()).replace(b'"-BIG"', b"-" + BIG.encode())
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["parsed-at-once", "streamed"])
+def test_a_number_int_cannot_convert_is_read_past_where_nothing_reads_it(tmp_path, monkeypatch, streamed):
+    """Go skips a field it does not know without converting it, so Docker, containerd and skopeo
+    read these documents. index.json refused them ("holds a number of more than 4300 digits" when
+    streamed, Python's advice to call sys.set_int_max_str_digits() when not), and so did a manifest
+    or config the fast path left to the exact parser (nested 500 deep here), where a shallow one was
+    read. A size of such a number is out of range, in one line, as any size past int64."""
+    if streamed:
+        monkeypatch.setattr(layout, "MAX_JSON_BYTES", 16)
+    deep = ["BIG"]
+    for _ in range(500):
+        deep = [deep]
+    blobs = Blobs()
+    layer = blobs.add(b"layer", OCI_LAYER_GZ)
+    config = blobs.add(with_big_numbers({"os": "linux", "architecture": "amd64", "x": deep, "n": "-BIG"}), OCI_CONFIG)
+    manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config, "layers": [layer]}
+    good = blobs.add(with_big_numbers({**manifest, "annotations": {"a": "b"}, "x": deep, "y": "BIG"}), OCI_MANIFEST)
+    bad = blobs.add(with_big_numbers({**manifest, "layers": [{**layer, "size": "BIG"}], "x": deep}), OCI_MANIFEST)
+    files = blobs.layout_files([named(good, containerd="registry.example/a/b:1"), named(bad, "bad")])
+    index = json.loads(files["index.json"])
+    index["x"] = "-BIG"
+    index["manifests"][0]["y"] = {"z": "BIG"}
+    files["index.json"] = with_big_numbers(index)
+    write_dir(str(tmp_path), files)
+    records, errors, _ = collect(str(tmp_path))
+    assert [(r.digest, r.platform) for r in records] == [(good["digest"], Platform("linux", "amd64"))]
+    assert [str(e).split(": ", 1)[1] for e in errors] == [
+        f"manifest {bad['digest']} layers[0] has an invalid size: 999999999999... (5000 digits) "
+        "is out of range (0 to 2**63-1)"
+    ]
 
 
 def test_a_blob_path_the_system_refuses_is_one_error(tmp_path):

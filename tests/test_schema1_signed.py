@@ -152,6 +152,26 @@ def test_signatures_that_name_one_payload_are_one_manifest(fake):
     assert [facts(record) for record in records] == [GENUINE_FACTS]
 
 
+def test_numbers_int_cannot_convert_are_read_past_and_out_of_range_as_a_length(fake):
+    """An integer of more digits than int() converts, where nothing reads it (a v1Compatibility's
+    unknown key), is read past as Go reads it; as the formatLength, it is out of range. Both made
+    the manifest "not JSON" or "no usable formatLength", whatever their place."""
+    big = "9" * 5000
+    doc = manifest("amd64", "2020-01-01T00:00:00Z", "GENUINE=1", LAYER_A)
+    doc["history"][0]["v1Compatibility"] = doc["history"][0]["v1Compatibility"][:-1] + f', "x": {big}}}'
+    payload = json.dumps(doc, indent=3).encode()
+    length = payload.rindex(b"\n}")
+    serve(fake, pretty_signed(payload), digest_of(payload))
+    records, errors, _ = crawl(f"docker://{fake.host}")
+    assert not errors and [record.digest for record in records] == [digest_of(payload)]
+    long = signature(length, payload[length:])
+    header = json.dumps({"formatLength": "BIG", "formatTail": b64url(payload[length:])}).replace('"BIG"', big)
+    long["protected"] = b64url(header.encode())
+    serve(fake, pretty_signed(payload, long), digest_of(payload))
+    records, errors, _ = crawl(f"docker://{fake.host}")
+    assert records == [] and errors == [f"{fake.host}/lib/app:v1: schema1 manifest: formatLength is out of range"]
+
+
 @pytest.mark.parametrize(
     "payload, reason",
     [

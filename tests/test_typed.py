@@ -7,6 +7,7 @@ on which path read them.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
@@ -591,3 +592,113 @@ def test_a_manifest_listed_as_an_index_is_refused_by_the_fast_path_too(monkeypat
         assert out == [
             f"/l: manifest {digest_of(manifest)} is listed as {declared} but its own mediaType is '{mt.OCI_MANIFEST}'"
         ]
+
+
+# ----------------------------------------------------------------------------- big numbers
+
+# Integers past the digits int() converts (4,300), and some just within it. Go skips a field it
+# does not know without converting it; msgspec does too, and the exact parser keeps such a number
+# as a LongInteger: a document is read alike whichever path reads it, and only a size of such a
+# number is refused, in the same words on both.
+big_numbers = st.tuples(st.sampled_from(["", "-"]), st.sampled_from(["9", "1", "0.5"]), st.integers(4290, 6000)).map(
+    lambda p: p[0] + ("1" + "0" * p[2] + ".5" if p[1] == "0.5" else p[1] * p[2])
+)
+_MARK = "\x00big{}"
+# Where a number goes: a key of its own, where nothing reads it, or in place of a value imgdex reads.
+UNREAD = ("extra", "nested", "deep")
+
+
+def _place(doc: dict, where: str, mark: str, data: st.DataObject) -> None:
+    if where == "extra":
+        doc[data.draw(st.sampled_from(["x", "schemaVersionX", "annotations_", "n"]))] = mark
+    elif where == "nested":
+        doc["x"] = data.draw(st.sampled_from([[1, mark], {"k": [mark, {"m": mark}]}, [[[mark]]]]))
+    elif where == "deep":  # past the fast path's depth: read by the exact parser alone
+        nested: object = mark
+        for _ in range(typed._SAFE_DEPTH + 50):
+            nested = [nested]
+        doc["deep"] = nested
+    else:  # a key that is read: `where` is its path, one key or two
+        parts = where.split(".")
+        inner = doc
+        for key in parts[:-1]:
+            value = inner.get(key)
+            if isinstance(value, list):
+                value = value[0] if value and isinstance(value[0], dict) else None
+            if not isinstance(value, dict):
+                return
+            inner = value
+        inner[parts[-1]] = mark
+
+
+def with_big_numbers(doc: dict, places: list[str], data: st.DataObject) -> tuple[bytes, bytes]:
+    """`doc` as JSON with big numbers in `places`, and the same text with each of them 0."""
+    doc = json.loads(json.dumps(doc))
+    numbers = []
+    for position, where in enumerate(places):
+        numbers.append(data.draw(big_numbers))
+        _place(doc, where, _MARK.format(position), data)
+    text = json.dumps(doc).encode()
+    zero = text
+    for position, number in enumerate(numbers):
+        mark = json.dumps(_MARK.format(position)).encode()
+        text, zero = text.replace(mark, number.encode()), zero.replace(mark, b"0")
+    return text, zero
+
+
+def _no_advice(answer) -> None:
+    assert "sys.set_int_max_str_digits" not in str(answer) and "integer string conversion" not in str(answer)
+
+
+CONFIG_PLACES = UNREAD + ("created", "os", "config.Labels", "config.Env", "rootfs.diff_ids", "history.empty_layer")
+
+
+@SLOW
+@given(configs, st.lists(st.sampled_from(CONFIG_PLACES), min_size=1, max_size=3), st.data())
+def test_configs_with_big_numbers_decode_alike_on_both_paths(doc, places, data):
+    text, zero = with_big_numbers(doc, places, data)
+    exact = paths_agree(text)
+    _no_advice(exact)
+    if all(where in UNREAD for where in places):
+        assert exact == exact_config(zero)
+
+
+MANIFEST_PLACES = UNREAD + ("schemaVersion", "mediaType", "config.size", "layers.size", "annotations.a", "config.x")
+
+
+def _without_digests(items: list, digests: tuple[str, ...]) -> list:
+    out = []
+    for item in items:
+        if isinstance(item, str):
+            for digest in digests:
+                item = item.replace(digest, "D")
+        else:
+            item = dataclasses.replace(item, id="", digest="", manifest_raw=b"")
+        out.append(item)
+    return out
+
+
+@SLOW
+@given(
+    st.booleans().flatmap(layouts),
+    st.lists(st.sampled_from(MANIFEST_PLACES), min_size=1, max_size=3),
+    st.data(),
+)
+def test_manifests_with_big_numbers_give_the_same_records_or_message_on_both_paths(layout, places, data):
+    store, top, names = layout
+    try:
+        doc = json.loads(store.blobs[top.digest])
+    except ValueError:
+        return  # mutated past JSON: nowhere to put a number
+    if not isinstance(doc, dict):
+        return
+    text, zero = with_big_numbers(doc, places, data)
+    answers = []
+    for variant in (text, zero):
+        blobs = MemoryBlobs({**store.blobs, digest_of(variant): variant}, store.sizes)
+        exact, fast = _both_paths((blobs, Blob(digest_of(variant), len(variant), top.media_type), names))
+        assert fast == exact
+        _no_advice(exact)
+        answers.append(_without_digests(exact, (digest_of(variant),)))
+    if all(where in UNREAD for where in places):
+        assert answers[0] == answers[1]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import codecs
 import json
 import re
-import sys
 from typing import Iterable, Iterator
 
 from ..errors import SourceError
@@ -28,6 +27,69 @@ MAX_PARSED_VALUES = 1 << 20
 # First bytes of text that json.loads would decode as something else than UTF-8: a byte order mark,
 # or the NUL bytes of UTF-16 and UTF-32.
 MAY_NOT_BE_UTF8 = frozenset(b"\x00\xef\xfe\xff")
+
+
+class LongInteger:
+    """An integer of more digits than int() converts (4,300 unless Python is told otherwise), kept
+    as its first digits and their count. Go's encoding/json, which Docker, containerd and skopeo read image JSON
+    with, skips a field it does not know without converting it, so such a number where imgdex reads
+    nothing is no reason to refuse a document; msgspec, the fast path, skips it too. Where imgdex
+    does read a number (a size), it is no int: refused as out of range, by its digits alone."""
+
+    __slots__ = ("head", "digits")
+
+    def __init__(self, text: str):
+        self.head = text[:12]  # enough to say which number, in a message of one line
+        self.digits = len(text) - text.startswith("-")
+
+    def __str__(self) -> str:
+        return f"{self.head}... ({self.digits} digits)"
+
+    __repr__ = __str__
+
+
+def _integer(text: str) -> int | LongInteger:
+    try:
+        return int(text)
+    except ValueError:  # past the digits int() converts; checked by length before any work
+        return LongInteger(text)
+
+
+def _long_decoder(decoder: json.JSONDecoder) -> json.JSONDecoder:
+    """`decoder` but for integers of any length. Not the first choice: a parse_int of its own
+    costs the C scanner a Python call for every integer, where int() is its own fast path."""
+    return json.JSONDecoder(
+        object_hook=decoder.object_hook,
+        parse_float=decoder.parse_float,
+        parse_int=_integer,
+        parse_constant=decoder.parse_constant,
+        strict=decoder.strict,
+        object_pairs_hook=decoder.object_pairs_hook,
+    )
+
+
+def loads(text: str | bytes) -> object:
+    """json.loads, but for integers of more digits than int() converts, read as LongInteger. Read
+    again only when the first parse met one: no cost to other documents. Time stays linear in the
+    text (int() refuses by length before converting)."""
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        if type(exc) is not ValueError:  # a JSONDecodeError or UnicodeDecodeError stands
+            raise
+    return json.loads(text, parse_int=_integer)
+
+
+def dumped(value: object) -> str:
+    """json.dumps(value, ensure_ascii=False) of a parsed value, a LongInteger as `null`: for checks
+    of its strings alone."""
+    return json.dumps(value, ensure_ascii=False, default=_nothing)
+
+
+def _nothing(value: object) -> None:
+    if type(value) is LongInteger:
+        return None
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 def encoding_problem(head: bytes) -> str:
@@ -60,6 +122,7 @@ class JsonText:
         self._pieces = iter(pieces)
         self._byte_order_mark = byte_order_mark  # whether a UTF-8 one may start the text, and is skipped
         self._decoder = decoder
+        self._long: json.JSONDecoder | None = None  # `decoder` for integers int() will not convert
         self.max_value = max_value  # the longest value read, in characters; None: no limit
         # The most values in one value read: each is the first in its array or object, or follows a
         # comma or a colon, so those (plus one) bound them.
@@ -188,9 +251,10 @@ class JsonText:
 
     def value(self) -> object:
         self.peek()
+        decoder = self._decoder
         while True:
             try:
-                value, end = self._decoder.raw_decode(self.text, self.pos)
+                value, end = decoder.raw_decode(self.text, self.pos)
             except json.JSONDecodeError as exc:
                 if not self.eof and (exc.pos >= len(self.text) - _MARGIN or exc.msg.startswith("Unterminated")):
                     self._more(max(len(self.text) - self.pos, GROW))  # at least double the window
@@ -198,9 +262,15 @@ class JsonText:
                 self.fail(exc.msg, exc.pos)
             except RecursionError:
                 raise SourceError(self.where, f"{self.what} is not valid JSON (nested too deeply)") from None
-            except ValueError:  # an integer of more digits than int() converts
-                limit = sys.get_int_max_str_digits()
-                raise SourceError(self.where, f"{self.what} holds a number of more than {limit} digits") from None
+            except ValueError:
+                # An integer of more digits than int() converts: rare, so this value alone is parsed
+                # again, with such integers kept as LongInteger, as `loads` does.
+                if decoder is self._long:
+                    raise
+                if self._long is None:
+                    self._long = _long_decoder(self._decoder)
+                decoder = self._long
+                continue
             if not self.eof and end > len(self.text) - _MARGIN:
                 self._more(max(len(self.text) - self.pos, GROW))
                 continue
@@ -208,7 +278,7 @@ class JsonText:
                 self._count_values(end)
             if self._surrogates and _MAYBE_SURROGATE.search(self.text, self.pos, end):
                 try:
-                    json.dumps(value, ensure_ascii=False).encode("utf-8")
+                    dumped(value).encode("utf-8")
                 except UnicodeEncodeError:
                     reason = "a string holds a lone UTF-16 surrogate"
                     raise SourceError(self.where, f"{self.what} is not valid JSON ({reason})") from None

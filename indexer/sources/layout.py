@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import stat
 import weakref
@@ -34,7 +33,7 @@ from .parse import (
     parsed_size,
     walk,
 )
-from .jsonstream import STARTS_A_VALUE, JsonText
+from .jsonstream import STARTS_A_VALUE, JsonText, loads
 from ..files import not_regular, open_readable
 from .tarball import MAX_INDEX_BYTES, TarMembers
 
@@ -496,7 +495,7 @@ def _reachable(blobs, digest: str, expanded: dict[str, int], depth: int = 0) -> 
         data = blobs.read_blob(digest, MAX_JSON_BYTES)
         if configbounds.too_many_values(data):
             return  # the walk refuses it
-        doc = json.loads(data)
+        doc = loads(data)
     except (SourceError, ValueError, UnicodeDecodeError, RecursionError):
         return
     children = doc.get("manifests") if isinstance(doc, dict) else None

@@ -8,7 +8,6 @@ The classic docker save, which has no manifest, goes through `record_from_config
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Protocol
@@ -33,7 +32,7 @@ from . import configbounds
 from . import mediatypes as mt
 from . import typed
 from .jsonshape import object_at, string_at
-from .jsonstream import encoding_problem
+from .jsonstream import LongInteger, dumped, encoding_problem, loads
 
 # Manifests, indexes and configs above this size are refused unread: memory stays bounded.
 MAX_JSON_BYTES = 8 * 1024 * 1024
@@ -102,7 +101,7 @@ def load_json(data: bytes, where: str, what: str) -> object:
     try:
         # UTF-8 alone, as Go reads JSON: json.loads(bytes) would take a byte order mark, UTF-16 and
         # UTF-32 too. The same decode json.loads does, so no more work.
-        doc = json.loads(data.decode("utf-8", "surrogatepass"))
+        doc = loads(data.decode("utf-8", "surrogatepass"))
     except RecursionError:
         raise SourceError(where, f"{what} is not valid JSON (nested too deeply)") from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -110,7 +109,7 @@ def load_json(data: bytes, where: str, what: str) -> object:
         raise SourceError(where, f"{what} is not valid JSON ({reason})") from None
     if (b"\\u" in data or b"\xed" in data) and _MAYBE_SURROGATE.search(data):
         try:
-            json.dumps(doc, ensure_ascii=False).encode("utf-8")
+            dumped(doc).encode("utf-8")
         except UnicodeEncodeError:
             raise SourceError(where, f"{what} is not valid JSON (a string holds a lone UTF-16 surrogate)") from None
     return doc
@@ -151,7 +150,7 @@ def valid_size(value: object) -> bool:
 
 
 def size_problem(value: object) -> str:
-    if type(value) is int:
+    if type(value) in (int, LongInteger):
         return f"{value} is out of range (0 to 2**63-1)"
     return f"{value!r} is not an integer"
 

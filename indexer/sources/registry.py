@@ -49,6 +49,7 @@ from ..references import (
 from . import configbounds
 from . import mediatypes as mt
 from .bodies import decimal
+from .jsonstream import LongInteger, loads
 from ..shard import in_shard, repository_key
 from .parse import MAX_JSON_BYTES, Context, walk
 from .registry_auth import CATALOG_SCOPE, Credentials, KeyedLocks, find_credentials, repository_scope
@@ -209,7 +210,7 @@ def _page_entries(body: bytes, key: str, what: str, page: int, left: int, max_en
             f"it holds more than {bound:,} values",
         )
     try:
-        doc = json.loads(body)
+        doc = loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # `[[[[…`: too deep for the parser
         raise HttpError(what, f"the answer is not valid JSON ({str(exc).splitlines()[0]})") from None
     entries = doc.get(key) if isinstance(doc, dict) else None
@@ -225,9 +226,11 @@ def _page_entries(body: bytes, key: str, what: str, page: int, left: int, max_en
 
 def _not_a_string(entry: object) -> str:
     """A listed value that is no string, as text no tag or repository name can be ('<' is in neither)."""
+    if type(entry) is LongInteger:
+        return f"<{entry}>"
     try:
         return f"<{json.dumps(entry)[:100]}>"
-    except (ValueError, RecursionError):
+    except (ValueError, TypeError, RecursionError):  # TypeError: a LongInteger inside
         return f"<{type(entry).__name__}>"
 
 
@@ -484,7 +487,7 @@ class HttpBlobs:
         if configbounds.too_many_values(data):
             return  # the walk refuses it
         try:
-            doc = json.loads(data)
+            doc = loads(data)
         except (ValueError, UnicodeDecodeError, RecursionError):
             return
         if not isinstance(doc, dict):
@@ -1009,7 +1012,7 @@ def _is_schema1(data: bytes) -> bool:
     if configbounds.too_many_values(data):
         return False  # the walk refuses it
     try:
-        doc = json.loads(data)
+        doc = loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return False
     return isinstance(doc, dict) and doc.get("schemaVersion") == 1

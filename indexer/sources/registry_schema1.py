@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 from typing import Callable
 
 from .. import timestamps
@@ -20,6 +19,7 @@ from ..errors import SourceError
 from ..model import EXACT_MANIFEST, KIND_IMAGE, Blob, HistoryEntry, ImageRecord, Platform
 from ..references import DIGEST_ALGORITHMS, DIGEST_RE, Reference
 from . import mediatypes as mt
+from .jsonstream import LongInteger, loads
 from .parse import Context, _strings, check_values, group_names, load_object, new_record
 
 
@@ -50,11 +50,13 @@ def canonical_payload(data: bytes, doc: dict, where: str) -> bytes:
 def _format(signature: dict, where: str) -> tuple[int, bytes]:
     """(formatLength, formatTail) of one signature's protected header."""
     try:
-        protected = json.loads(_b64url(signature["protected"]))
+        protected = loads(_b64url(signature["protected"]))
         length = protected["formatLength"]
         tail = _b64url(protected["formatTail"])
     except (KeyError, TypeError, ValueError, binascii.Error, RecursionError):
         raise SourceError(where, "schema1 manifest: a signature has no usable formatLength/formatTail") from None
+    if type(length) is LongInteger:
+        raise SourceError(where, "schema1 manifest: formatLength is out of range")
     if type(length) is not int:
         raise SourceError(where, "schema1 manifest: formatLength is not an integer")
     return length, tail
@@ -72,7 +74,7 @@ def _v1(entry: object, where: str, position: int) -> dict:
     if not isinstance(raw, str):
         raise SourceError(where, f"schema1 manifest: history[{position}] has no v1Compatibility")
     try:
-        doc = json.loads(raw)
+        doc = loads(raw)
     except (ValueError, RecursionError):
         raise SourceError(where, f"schema1 manifest: history[{position}].v1Compatibility is not JSON") from None
     if not isinstance(doc, dict):

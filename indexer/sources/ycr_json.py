@@ -34,7 +34,7 @@ from ..model import IMPORTED, KIND_IMAGE, KIND_INDEX, Blob, ImageRecord
 from ..references import ID_RE, is_valid_digest, is_valid_tag, parse_reference
 from ..store.hashset import HashSet
 from .configbounds import MAX_ENTRIES, too_many_values
-from .jsonstream import MAX_PARSED_VALUES, JsonText
+from .jsonstream import MAX_PARSED_VALUES, JsonText, LongInteger
 from .parse import INT64_MAX, Context, check_sizes
 
 DEFAULT_REGISTRY = "cr.yandex"
@@ -113,6 +113,8 @@ def _int64(value: object, where: str, what: str) -> int:
         if len(digits) > len(str(INT64_MAX)):  # nor int() of thousands of digits, nor a message that long
             raise SourceError(where, f"{what} is out of range ({len(digits)} digits; 0 to 2**63-1)")
         number = int(digits)
+    elif type(value) is LongInteger:
+        raise SourceError(where, f"{what} is out of range ({value.digits} digits; 0 to 2**63-1)")
     else:
         raise SourceError(where, f"{what} is not an integer ({value!r})")
     if number < 0 or number > INT64_MAX:
