@@ -264,6 +264,30 @@ def test_a_manifest_served_as_the_other_kind_is_one_error_and_the_rest_land(fake
     assert not any(name == "bad/as-index" or name == "bad/as-manifest" for name, _, _ in landed)
 
 
+@pytest.mark.parametrize(
+    "served", [OCI_INDEX, "application/vnd.docker.distribution.manifest.v2+json", "application/octet-stream", None]
+)
+def test_a_child_fetched_by_digest_is_judged_by_its_listing_and_its_body_not_its_content_type(fake, served):
+    """An index's entry names the child's kind and its digest its bytes: the Content-Type of the
+    by-digest answer adds nothing the registry could not say otherwise of the same bytes, so the
+    child reads as it does from a layout or an archive, whatever the header (see Bad input)."""
+    manifest, configs, _ = image()
+    entry = {"mediaType": OCI_MANIFEST, "digest": digest_of(manifest), "size": len(manifest)}
+    index = dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [entry]})
+    fake.add_image("lib/app", {"v1": index}, configs, OCI_INDEX)
+    headers = {"Docker-Content-Digest": digest_of(manifest)}
+    fake.routes[f"/v2/lib/app/manifests/{digest_of(manifest)}"] = Reply(
+        200, manifest, headers if served is None else {**headers, "Content-Type": served}
+    )
+    fake.catalog(["lib/app"])
+    records, errors, notes = crawl(f"docker://{fake.host}")
+    assert errors == [] and not any("skipped" in note for note in notes)
+    assert [(r.digest, r.kind, r.media_type) for r in records] == [
+        (digest_of(index), "index", OCI_INDEX),
+        (digest_of(manifest), "image", OCI_MANIFEST),
+    ]
+
+
 @pytest.mark.parametrize("encode", ["bom", "utf-16"])
 def test_a_manifest_or_config_that_is_not_plain_utf8_is_refused(fake, encode):
     """As Docker and containerd read JSON: UTF-8 without a byte order mark."""
