@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from dataclasses import replace
 
 import pytest
 
@@ -385,3 +386,55 @@ def test_a_containerd_target_whose_digest_is_not_a_digest_fails_that_image_only(
         f"docker-daemon (image {image['inspect']['Id']}): the engine's descriptor of the image has an invalid digest"
         f" {'sha256:' + 'A' * 64!r}"
     ]
+
+
+# ----------------------------------------------------------------------------- numbers int() will not convert
+
+HUGE = b"7" * 5000  # more digits than int() converts by default
+
+
+def _with_field(image: dict, where: str, value: bytes) -> bytes:
+    """The inspect of `image`, a field `X-Huge` added at `where` ('' or 'Config') holding `value` raw."""
+    text = json.dumps(image["inspect"]).encode()
+    if where == "Config":
+        return text.replace(b'"Config": {', b'"Config": {"X-Huge": ' + value + b", ", 1)
+    return b'{"X-Huge": ' + value + b", " + text[1:]
+
+
+def test_an_unread_number_too_long_for_int_does_not_fail_the_inspect():
+    bad = _BAD["inspect"]["Id"]
+    with _Answers(_answers()) as engine:
+        source = DockerDaemon(location=engine.address, workers=2)
+        before = sorted(
+            (i for i in source.records(Context(source.kind, source.location)) if isinstance(i, ImageRecord)),
+            key=lambda r: r.name,
+        )
+    with _Answers(_answers(**{f"/v1.49/images/{bad}/json": (200, _with_field(_BAD, "", HUGE))})) as engine:
+        source = DockerDaemon(location=engine.address, workers=2)
+        items = list(source.records(Context(source.kind, source.location)))
+    assert [str(i) for i in items if isinstance(i, SourceError)] == []
+    after = sorted((i for i in items if isinstance(i, ImageRecord)), key=lambda r: r.name)
+    # the same records, but for the socket each engine listened on
+    assert [replace(r, source_path="") for r in after] == [replace(r, source_path="") for r in before]
+    assert [r.name for r in after] == ["bad/app", "good/app"]
+
+
+def test_a_number_too_long_for_int_in_the_config_fails_that_image_in_one_line():
+    bad = _BAD["inspect"]["Id"]
+    inspect = _with_field(_BAD, "Config", HUGE)
+    assert b"X-Huge" in inspect
+    with _Answers(_answers(**{f"/v1.49/images/{bad}/json": (200, inspect)})) as engine:
+        source = DockerDaemon(location=engine.address, workers=2)
+        items = list(source.records(Context(source.kind, source.location)))
+    assert [i.name for i in items if isinstance(i, ImageRecord)] == ["good/app"]
+    errors = [str(i) for i in items if isinstance(i, SourceError)]
+    assert len(errors) == 1 and errors[0].endswith("holds a number of more digits than any field takes"), errors
+    assert "\n" not in errors[0] and len(errors[0]) < 300
+
+
+def test_an_engine_error_with_a_number_too_long_for_int_keeps_its_message():
+    body = b'{"message": "engine is shutting down", "n": ' + HUGE + b"}"
+    with _Answers({"/version": (500, body)}) as engine:
+        with pytest.raises(EngineUnavailable) as caught:
+            EngineApiClient(engine.address)
+    assert str(caught.value).endswith("GET /version answered HTTP 500: engine is shutting down")

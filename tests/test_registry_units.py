@@ -84,6 +84,22 @@ def test_token_response():
         parse_token_response(b"{}", "r")
 
 
+def test_a_token_lifetime_of_more_digits_than_int_converts_is_read_as_any_other_out_of_range():
+    # Go reads such a number into a float (expires_in is an int there and fails, so the token
+    # still serves); refusing the whole answer as "not JSON" would make the registry unreachable.
+    huge = "9" * 5000
+    assert parse_token_response(f'{{"token": "t", "expires_in": {huge}}}'.encode(), "r") == ("t", 24 * 3600.0)
+    assert parse_token_response(f'{{"token": "t", "expires_in": -{huge}}}'.encode(), "r") == ("t", 60.0)
+    assert parse_token_response(f'{{"token": "t", "x": {huge}, "expires_in": 5}}'.encode(), "r") == ("t", 5.0)
+
+
+def test_a_registry_error_body_with_an_unconvertible_number_still_gives_its_message():
+    from indexer.sources.registry_client import registry_error_text
+
+    body = f'{{"errors": [{{"code": "DENIED", "message": "no", "detail": {"1" * 5000}}}]}}'.encode()
+    assert registry_error_text(body) == "DENIED: no"
+
+
 # Deeper than json.loads goes on any stack: it raises RecursionError, not ValueError.
 TOO_DEEP = b"[" * 200_000 + b"]" * 200_000
 

@@ -64,6 +64,7 @@ from . import mediatypes as mt
 from .bodies import BodyTooLarge, read_capped
 from .configbounds import MAX_ENTRIES, too_many_values
 from .jsonshape import list_at, object_at, string_at
+from .jsonstream import LongInteger, loads
 from .parse import (
     MAX_PARSED_BYTES,
     Context,
@@ -475,7 +476,7 @@ class EngineApiClient:
             message = _error_message(body)
             raise unreachable(f"GET /version answered HTTP {status}" + (f": {message}" if message else ""))
         try:
-            doc = json.loads(body)
+            doc = loads(body)
         except (ValueError, RecursionError):
             doc = None
         version = doc.get("ApiVersion") if isinstance(doc, dict) else None
@@ -549,7 +550,7 @@ class EngineApiClient:
         elif too_many_values(body):
             raise EngineRefused(f"{what}: the answer to {endpoint} holds too many values")
         try:
-            doc = json.loads(body)
+            doc = loads(body)
         except RecursionError:
             raise EngineRefused(f"{what}: the engine's answer is not JSON (nested too deeply)") from None
         except ValueError:
@@ -628,7 +629,7 @@ def _json_type(doc: object) -> str:
         return "null"
     if isinstance(doc, bool):
         return "a boolean"
-    if isinstance(doc, (int, float)):
+    if isinstance(doc, (int, float, LongInteger)):
         return "a number"
     if isinstance(doc, str):
         return "a string"
@@ -643,7 +644,7 @@ def _quote(ref: str) -> str:
 def _error_message(data: bytes) -> str:
     """The first line of the engine's error text; "" when there is none to show (the status then stands alone)."""
     try:
-        doc = json.loads(data)
+        doc = loads(data)
     except RecursionError:
         return ""  # `[[[[…` is no message, and Python's words for it would read as the engine's
     except ValueError:
@@ -738,6 +739,8 @@ def config_from_inspect(inspect: dict, where: str) -> ImageConfig:
         # Parsed on a worker thread, it is encoded again here, deeper in the stack: nesting that
         # just fitted there may not fit here. No real config nests more than a few levels.
         raise SourceError(where, "the engine's inspect is nested too deeply") from None
+    except TypeError:  # a LongInteger: no Go engine writes one from its typed Config
+        raise SourceError(where, "the engine's inspect holds a number of more digits than any field takes") from None
     config = parse_config(data, where)
     _check_layers(list_at(rootfs, "Layers"), where)
     return config

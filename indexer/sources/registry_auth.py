@@ -24,6 +24,7 @@ from typing import Iterator
 
 from ..errors import AuthError
 from ..references import DOCKER_HUB, DOCKER_HUB_ALIASES, is_docker_hub
+from .jsonstream import LongInteger, loads
 
 DOCKER_HUB_KEYS = (*DOCKER_HUB_ALIASES, "https://index.docker.io/v1/")
 # A token is renewed this long before the expiry the server gave, so a slow request still carries a valid one.
@@ -377,7 +378,7 @@ def first_usable(header: str) -> Challenge | None:
 
 def parse_token_response(body: bytes, realm: str) -> tuple[str, float]:
     try:
-        doc = json.loads(body)
+        doc = loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):  # `[[[[…`: too deep for the parser
         raise AuthError(f"token server {realm} answered with something that is not JSON") from None
     if not isinstance(doc, dict):
@@ -391,6 +392,8 @@ def parse_token_response(body: bytes, realm: str) -> tuple[str, float]:
         # token itself is never echoed.
         raise AuthError(f"token server {realm} gave a token that is not visible ASCII")
     lifetime = doc.get("expires_in")
+    if type(lifetime) is LongInteger:  # more digits than int() converts: as long as is allowed, or not at all
+        lifetime = -1 if lifetime.head.startswith("-") else _MAX_TOKEN_LIFETIME
     if not isinstance(lifetime, (int, float)) or isinstance(lifetime, bool):
         return token, _DEFAULT_TOKEN_LIFETIME
     try:

@@ -224,12 +224,12 @@ def quoted(text: str, secrets=(), limit: int = QUOTED_LIMIT) -> str:
 def registry_error_text(body: bytes, secrets=()) -> str:
     """distribution's `{"errors":[{"code","message"}]}` -> `CODE: message`, cut to a few hundred
     characters; '' when absent."""
-    import json
+    from .jsonstream import loads
 
     if len(body) > ERROR_BODY_LIMIT:
         return ""  # an error answer that long is no distribution error: it is not parsed
     try:
-        doc = json.loads(body)
+        doc = loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return ""
     errors = doc.get("errors") if isinstance(doc, dict) else None
