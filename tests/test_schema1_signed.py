@@ -208,3 +208,18 @@ def test_a_real_registry_schema1_manifest_keeps_its_payload(tmp_path):
         assert (old.created, old.platform, old.env, old.cmd) == (new.created, new.platform, new.env, new.cmd)
     finally:
         reg.stop()
+
+
+@pytest.mark.parametrize("value", [5, ["amd64"], {"a": 1}, True])
+def test_an_architecture_that_is_no_string_is_absent(fake, value):
+    # Docker reads v1Compatibility into a struct whose architecture is a string: any other type
+    # says nothing about the platform, and must not reach the store's string column.
+    doc = manifest("", "2020-01-01T00:00:00Z", "GENUINE=1", LAYER_A)
+    top = json.loads(doc["history"][0]["v1Compatibility"])
+    doc["history"][0]["v1Compatibility"] = json.dumps({**top, "architecture": value})
+    payload = json.dumps(doc, indent=3).encode()
+    serve(fake, pretty_signed(payload), digest_of(payload))
+    records, errors, _ = crawl(f"docker://{fake.host}")
+    assert not errors
+    [record] = records
+    assert (record.platform.os, record.platform.architecture) == ("linux", "")

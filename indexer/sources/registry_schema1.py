@@ -138,7 +138,10 @@ def schema1_records(
     created = top.get("created") if isinstance(top.get("created"), str) else ""
     architecture = doc.get("architecture") if isinstance(doc.get("architecture"), str) else ""
     os_name = top.get("os") if isinstance(top.get("os"), str) else ""
-    platform = Platform(os_name, architecture or (top.get("architecture") or "")) if (os_name or architecture) else None
+    platform = None
+    if os_name or architecture:
+        fallback = top.get("architecture") if isinstance(top.get("architecture"), str) else ""
+        platform = Platform(os_name, architecture or fallback)
     final = digest or actual
     return [
         new_record(
