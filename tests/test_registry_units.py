@@ -181,6 +181,34 @@ def test_credential_helper(tmp_path, monkeypatch):
     assert find_credentials("unknown.example", "", [path]) is None
 
 
+@pytest.mark.parametrize(
+    "printed",
+    [
+        '{"Username":5,"Secret":"hs"}',
+        '{"Username":"hu","Secret":null}',
+        '{"Username":"hu","Secret":{"token":"hidden-value"}}',
+        '["hu","hs"]',
+        '{"Username":"hu","Secret":' + "9" * 5000 + "}",
+    ],
+)
+def test_a_helper_printing_no_strings_is_one_error(tmp_path, monkeypatch, printed):
+    # Docker's helper protocol gives both as JSON strings; anything else is the helper's fault,
+    # told in one line that names the file and the helper and prints nothing it printed.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    helper = bin_dir / "docker-credential-imgdextest"
+    (tmp_path / "out.json").write_text(printed)
+    helper.write_text(f"#!/bin/sh\nread host\ncat '{tmp_path / 'out.json'}'\n")
+    helper.chmod(helper.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    path = write(tmp_path / "config.json", {"credHelpers": {"helped.example": "imgdextest"}})
+    with pytest.raises(AuthError) as caught:
+        find_credentials("helped.example", "", [path])
+    message = str(caught.value)
+    assert message == f"{path}: credential helper docker-credential-imgdextest printed no Username/Secret"
+    assert "hidden-value" not in message
+
+
 def test_retry_after_forms():
     assert _retry_after({"Retry-After": "3"}) == 3.0
     assert _retry_after({}) is None

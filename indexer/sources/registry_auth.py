@@ -157,6 +157,8 @@ def _run_helper(helper: str, server: str, origin: str) -> Credentials | None:
     try:
         doc = json.loads(result.stdout)
         user, secret = doc["Username"], doc["Secret"]
+        if not (isinstance(user, str) and isinstance(secret, str)):
+            raise TypeError  # the protocol's fields are strings; a number or object is no credential
     except (ValueError, KeyError, TypeError, RecursionError):
         raise AuthError(f"{origin}: credential helper {program} printed no Username/Secret") from None
     if user == "<token>":
