@@ -600,11 +600,17 @@ def _echo_document(doc: dict, fmt: str, table=None) -> None:
         echo(render.to_json(doc))
 
 
+_QUERIES_NAME = "imgdex.queries_name"
+
+
 class _QueriesFile(click.File):
     """click.File for reading a regular file or a pipe, as the index sources read theirs; `-` is
     standard input."""
 
     def convert(self, value, param, ctx):
+        if ctx is not None and isinstance(value, (str, os.PathLike)):
+            # what errors name the input by, as `grep` and `jq` do: the path as given
+            ctx.meta[_QUERIES_NAME] = "<stdin>" if os.fspath(value) == "-" else click.format_filename(value)
         if not isinstance(value, (str, os.PathLike)) or os.fspath(value) == "-":
             return super().convert(value, param, ctx)
         from indexer.errors import SourceError
@@ -673,9 +679,11 @@ def _get_batch(con, stream, platform):
     from indexer.errors import NotFound
     from queries import lookup, render
 
+    name = click.get_current_context().meta.get(_QUERIES_NAME, "<stdin>")
     failed = 0
     lines: list[str] = []
-    for _query, row in lookup.batch(con, _query_lines(stream), platform):
+    # one answer per input line, in order: the count is the line's number
+    for number, (_query, row) in enumerate(lookup.batch(con, _query_lines(stream), platform), 1):
         if row is None:
             lines.append("\n")
         elif isinstance(row, ImgdexError):
@@ -685,7 +693,7 @@ def _get_batch(con, stream, platform):
             # stdout first, so that the two streams interleave as the lines were read
             _put("".join(lines), flush=True)
             lines.clear()
-            click.echo(f"imgdex: {printable(str(row))}", err=True)
+            click.echo(f"imgdex: {printable(f'{name}:{number}: {row}')}", err=True)
         else:
             lines.append(render.to_json_line(render.to_response(row)) + "\n")
         if len(lines) >= 4096:

@@ -142,7 +142,8 @@ def test_get_ids_from_prints_one_document_per_line(run_cli, samples_store, tmp_p
     docs = [json.loads(line) for line in result.stdout.splitlines()]
     assert [docs[0]["id"], docs[2]["id"]] == ids[:2]
     assert docs[1] == {"error": {"code": 5, "message": "image crp00000000000000000 not found"}}
-    assert "imgdex: image crp00000000000000000 not found" in result.stderr
+    # stderr names the input and the line, as grep and jq do; stdout pairs with the input by place
+    assert result.stderr.splitlines() == ["imgdex: <stdin>:2: image crp00000000000000000 not found"]
 
 
 def test_get_ids_from_lines_end_at_newlines_only(run_cli, samples_store, tmp_path):
@@ -172,7 +173,18 @@ def test_get_ids_from_escapes_bytes_that_are_not_utf8_as_the_bytes(run_cli, samp
     assert docs[0] == {"error": {"code": 3, "message": wanted.format("ab\\xff\\xfecd")}}
     assert docs[1]["id"] == ids[0]
     assert docs[2] == {"error": {"code": 3, "message": wanted.format("\u00e9\\tx")}}
-    assert result.stderr.splitlines() == ["imgdex: " + doc["error"]["message"] for doc in (docs[0], docs[2])]
+    assert result.stderr.splitlines() == [
+        f"imgdex: {path}:{number}: " + docs[number - 1]["error"]["message"] for number in (1, 3)
+    ]
+
+
+def test_get_ids_from_names_its_file_in_one_line_whatever_the_name(run_cli, samples_store, tmp_path):
+    path = tmp_path / "ids\nfrom\x1b[31m.txt"
+    path.write_bytes(b"\n\ncrp00000000000000000\n")
+    result = run_cli("get", "--ids-from", path, "--store", samples_store)
+    assert result.exit_code == 1
+    shown = str(path).replace("\n", "\\n").replace("\x1b", "\\x1b")
+    assert result.stderr.splitlines() == [f"imgdex: {shown}:3: image crp00000000000000000 not found"]
 
 
 def test_get_ids_from_refuses_a_line_too_long_to_be_a_reference_and_goes_on(run_cli, samples_store, tmp_path):
@@ -190,7 +202,8 @@ def test_get_ids_from_refuses_a_line_too_long_to_be_a_reference_and_goes_on(run_
     assert [docs[0]["id"], docs[2]["id"], docs[4]["id"]] == ids[:3]
     too_long = {"error": {"code": 3, "message": f"line longer than {MAX_QUERY_LINE} bytes"}}
     assert docs[1] == docs[3] == too_long
-    assert result.stderr.count(f"imgdex: line longer than {MAX_QUERY_LINE} bytes") == 2
+    wanted = [f"imgdex: {path}:{n}: line longer than {MAX_QUERY_LINE} bytes" for n in (2, 4)]
+    assert result.stderr.splitlines() == wanted
     path.write_bytes(ids[0].encode() + b" " * (MAX_QUERY_LINE - 20) + b"\n")  # at the bound: read
     assert json.loads(run_cli("get", "--ids-from", path, "--store", samples_store).stdout)["id"] == ids[0]
 

@@ -121,7 +121,7 @@ def test_ids_from_stops_at_a_line_that_does_not_end(store, ids):
     docs = [json.loads(line) for line in out.splitlines()]
     assert docs[0]["id"] == ids[0]
     assert docs[1:] == [{"error": {"code": 3, "message": message}}]
-    assert err.splitlines() == [f"imgdex: {message}"]
+    assert err.splitlines() == [f"imgdex: <stdin>:2: {message}"]
 
 
 def test_ids_from_standard_input_that_is_a_device_ends(store):
@@ -130,7 +130,7 @@ def test_ids_from_standard_input_that_is_a_device_ends(store):
     message = f"line longer than {imgdex.MAX_SKIPPED_LINE} bytes: the rest of the input is not read"
     assert result.returncode == 1
     assert [json.loads(line) for line in result.stdout.splitlines()] == [{"error": {"code": 3, "message": message}}]
-    assert result.stderr.decode().splitlines() == [f"imgdex: {message}"]
+    assert result.stderr.decode().splitlines() == [f"imgdex: <stdin>:1: {message}"]
 
 
 class _Counting:

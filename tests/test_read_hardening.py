@@ -489,8 +489,8 @@ def test_ids_from_prints_one_line_per_input_line(store, ids):
     assert docs[7]["name"] == "samples/app"
     assert docs[8]["error"]["code"] == 3 and "\x00" not in out[8]
     stderr = result.stderr.splitlines()
-    assert stderr == [f"imgdex: {docs[i]['error']['message']}" for i in (2, 3, 6, 8)]
-    assert "imgdex: image crp00000000000000000 not found" in stderr
+    assert stderr == [f"imgdex: <stdin>:{i + 1}: {docs[i]['error']['message']}" for i in (2, 3, 6, 8)]
+    assert "imgdex: <stdin>:3: image crp00000000000000000 not found" in stderr
 
 
 def test_ids_from_all_found_exits_zero_and_undecodable_lines_are_errors(store, ids):
