@@ -472,7 +472,8 @@ def index(
 ):
     """Index every image found in each SOURCE.
 
-    SOURCE is docker-archive:PATH, oci-archive:PATH[:REF], oci:DIR[:REF], docker-daemon:[REF]
+    SOURCE is docker-archive:PATH[:@N|:NAME[:TAG]] (one image of the archive, as skopeo takes it),
+    oci-archive:PATH[:REF], oci:DIR[:REF], docker-daemon:[REF]
     (a running Docker engine: every image, or the one named by reference or ID),
     docker://HOST[/REPO[:TAG|@DIGEST]] (a registry: every repository, every tag of one, or one
     image), ycr-json:PATH (Image.Get / Image.List JSON of Yandex Cloud; names go under

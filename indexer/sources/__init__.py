@@ -17,7 +17,7 @@ from typing import Callable, Iterator, Protocol
 from ..errors import NotAnArchive, SourceError, printable
 from ..model import ImageRecord
 from ..shard import in_shard
-from .docker_archive import read_docker_archive
+from .docker_archive import Selection, parse_selection, read_docker_archive
 from .layout import is_layout_dir, read_layout_dir, read_layout_tar
 from .parse import Context
 from ..files import not_regular, walk
@@ -73,10 +73,11 @@ class _LocalFiles:
 @dataclass
 class DockerArchive(_LocalFiles):
     location: str
+    selection: Selection | None = None  # one image: `@N` or a tag, as after skopeo's `PATH:`
     kind: str = "docker-archive"
 
     def _read(self, ctx):
-        return read_docker_archive(TarMembers.open(self.location, hash_members=ctx.verify), ctx)
+        return read_docker_archive(TarMembers.open(self.location, hash_members=ctx.verify), ctx, self.selection)
 
 
 @dataclass
@@ -220,6 +221,15 @@ def _split_ref(rest: str) -> tuple[str, str]:
     return (path, ref) if sep else (rest, "")
 
 
+def _docker_archive(rest: str, options: SourceOptions) -> Source:
+    # skopeo splits `docker-archive:PATH:IMAGE` at the first colon. A name that is a file as it
+    # stands is taken whole, so that an archive whose path holds a colon is still read.
+    path, sep, image = rest.partition(":")
+    if not sep or rest in STDIN_NAMES or os.path.lexists(rest):
+        return DockerArchive(rest)
+    return DockerArchive(path, parse_selection(image, printable(path)))
+
+
 def _daemon(rest: str, options: SourceOptions) -> Source:
     from .daemon import DockerDaemon  # imported only when an engine is asked for
 
@@ -240,7 +250,7 @@ def _ycr_json(rest: str, options: SourceOptions) -> Source:
 
 # Each transport and what it makes of the rest of the name.
 SCHEMES: dict[str, Callable[[str, SourceOptions], Source]] = {
-    "docker-archive:": lambda rest, options: DockerArchive(rest),
+    "docker-archive:": _docker_archive,
     "oci-archive:": lambda rest, options: OciArchive(*_split_ref(rest)),
     "oci:": lambda rest, options: OciLayout(*_split_ref(rest)),
     "docker-daemon:": _daemon,

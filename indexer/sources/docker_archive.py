@@ -35,21 +35,60 @@ from .parse import (
 from .tarball import TarMembers
 
 _HEX_NAME = re.compile(r"(?:^|/)([a-f0-9]{64})(?:\.json)?$")
+_POSITION = re.compile(r"@([0-9]{1,9})")
+
+# One image of an archive, as skopeo names it after the path: `@N`, the Nth entry of
+# manifest.json, or a reference whose tag is one of an entry's RepoTags.
+Selection = int | Reference
 
 
-def _repo_tags(entry: dict, ctx: Context, where: str) -> list[Reference]:
+def parse_selection(text: str, where: str) -> Selection:
+    """`@N` or `NAME[:TAG]` (the tag `latest` when none is given), as skopeo reads them."""
+    position = _POSITION.fullmatch(text)
+    if position:
+        return int(position.group(1))
+    if text.startswith("@"):
+        raise SourceError(where, f"invalid image position {text!r}: expected @N, N a number from 0")
+    try:
+        ref = parse_reference(text)
+    except ImgdexError as exc:
+        raise SourceError(where, str(exc)) from None
+    if ref.digest:
+        # RepoTags hold tags only: a digest would never match one
+        raise SourceError(where, f"the image must be named by a tag, not a digest: {text!r}")
+    return ref if ref.tag else Reference(ref.registry, ref.name, "latest")
+
+
+def _selected(entries: list[dict], selection: Selection, ctx: Context, where: str) -> int:
+    """The position in manifest.json of the selected image; the first that carries the tag."""
+    if isinstance(selection, int):
+        if selection >= len(entries):
+            raise SourceError(where, f"manifest.json lists {len(entries)} images: there is no @{selection}")
+        return selection
+    for position, entry in enumerate(entries):
+        if selection in _repo_tags(entry, ctx, where, quiet=True):
+            return position
+    raise SourceError(where, f"manifest.json has no image tagged {selection}")
+
+
+def _repo_tags(entry: dict, ctx: Context, where: str, quiet: bool = False) -> list[Reference]:
+    """The entry's RepoTags; what is no reference is noted (unless `quiet`: read again) and skipped."""
     tags = entry.get("RepoTags") or []
     if not isinstance(tags, list):
+        if quiet:
+            return []
         raise SourceError(where, "manifest.json: RepoTags is not a list")
     names = []
     for text in tags:
         if not isinstance(text, str):
-            ctx.note(f"{where}: ignoring a RepoTag that is not a string ({type(text).__name__})")
+            if not quiet:
+                ctx.note(f"{where}: ignoring a RepoTag that is not a string ({type(text).__name__})")
             continue
         try:
             names.append(parse_reference(text))
         except ImgdexError as exc:
-            ctx.note(f"{where}: ignoring RepoTag {text!r}: {exc}")
+            if not quiet:
+                ctx.note(f"{where}: ignoring RepoTag {text!r}: {exc}")
     return names
 
 
@@ -243,12 +282,16 @@ class _ConfigOwners:
         return self._owners.get(config_digest)
 
 
-def read_docker_archive(members: TarMembers, ctx: Context) -> Iterator[ImageRecord | SourceError]:
-    """The archive's images. With `ctx.shard`, the layout's descriptors are sharded as a layout's
-    are (`shard_keys`), an entry whose config a descriptor names goes with that descriptor, and an
-    image known only from manifest.json is keyed by its config digest (the image ID)."""
+def read_docker_archive(
+    members: TarMembers, ctx: Context, selection: Selection | None = None
+) -> Iterator[ImageRecord | SourceError]:
+    """The archive's images, or the one `selection` names. With `ctx.shard`, the layout's
+    descriptors are sharded as a layout's are (`shard_keys`), an entry whose config a descriptor
+    names goes with that descriptor, and an image known only from manifest.json is keyed by its
+    config digest (the image ID)."""
     where = members.where
     entries = _entries(members)
+    chosen = _selected(entries, selection, ctx, where) if selection is not None else None
     blobs = TarBlobs(members)
     configs = _Configs(members, ctx)
     covered: set[str] = set()
@@ -273,8 +316,8 @@ def read_docker_archive(members: TarMembers, ctx: Context) -> Iterator[ImageReco
                 if configs.exhausted:
                     yield exc
                     return
-                if in_shard(shard, _entry_key(entry, position)):
-                    yield exc
+                if chosen is None and in_shard(shard, _entry_key(entry, position)):
+                    yield exc  # a chosen image's is reported below; the others are not asked for
                 continue
             tags_by_config.setdefault(digest, []).extend(_repo_tags(entry, ctx, where))
 
@@ -300,11 +343,28 @@ def read_docker_archive(members: TarMembers, ctx: Context) -> Iterator[ImageReco
             digest = config.get("digest") if isinstance(config, dict) else None
             return tags_by_config.get(digest, []) if isinstance(digest, str) else []
 
-        for item in walk_layout(blobs, index, ctx, where, extra_names=extra_names, keys=keys):
+        wanted = None
+        if chosen is not None:
+            try:
+                _, chosen_config = configs.read(entries[chosen])
+            except SourceError as exc:
+                if in_shard(shard, _entry_key(entries[chosen], chosen)):
+                    yield exc
+                return
+            memo: dict = {}
+
+            def wanted(position: int, raw) -> bool:
+                # the descriptors whose walk could reach the chosen image, as `_ConfigOwners` finds them
+                digest = descriptor_key(raw, position)
+                return is_valid_digest(digest) and chosen_config in _configs_below(blobs, digest, memo)
+
+        for item in walk_layout(blobs, index, ctx, where, extra_names=extra_names, keys=keys, wanted=wanted):
             if isinstance(item, ImageRecord) and item.config is not None:
                 covered.add(item.config.digest)
             yield item
     for position, entry in enumerate(entries):
+        if chosen is not None and position != chosen:
+            continue
         try:
             if has_layout or shard is not None:
                 try:

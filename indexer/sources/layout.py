@@ -417,16 +417,18 @@ def walk_layout(
     ref: str = "",
     extra_names=None,
     keys: list[str] | None = None,
+    wanted=None,
 ) -> Iterator[ImageRecord | SourceError]:
-    """Every image of a layout's index.json. `extra_names(descriptor)` adds names a caller knows.
+    """Every image of a layout's index.json. `extra_names(descriptor)` adds names a caller knows;
+    `wanted(position, raw)`, where given, says which top-level descriptors to walk.
 
     With `ctx.shard`, each top-level descriptor is walked by the shard that owns its key (`keys`,
     by position; `shard_keys` when not given).
     """
-    return collector.paused_while(_walk_layout(blobs, index, ctx, where, ref, extra_names, keys))
+    return collector.paused_while(_walk_layout(blobs, index, ctx, where, ref, extra_names, keys, wanted))
 
 
-def _walk_layout(blobs, index, ctx, where, ref, extra_names, keys) -> Iterator[ImageRecord | SourceError]:
+def _walk_layout(blobs, index, ctx, where, ref, extra_names, keys, wanted) -> Iterator[ImageRecord | SourceError]:
     own_keys = False  # each descriptor keyed by its own digest (`descriptor_key`)
     if ctx.shard is not None and keys is None:
         if isinstance(index, IndexJson) and not index.lists_indexes():
@@ -438,6 +440,8 @@ def _walk_layout(blobs, index, ctx, where, ref, extra_names, keys) -> Iterator[I
     descriptors = index.descriptors() if isinstance(index, IndexJson) else top_descriptors(index, where)
     for position, (raw, notes) in enumerate(descriptors):
         if ref and not _matches(notes, ref):
+            continue
+        if wanted is not None and not wanted(position, raw):
             continue
         found = True  # before the shard test: "no image named" is for a ref no shard finds
         if keys is not None and not in_shard(ctx.shard, keys[position]):
