@@ -131,6 +131,19 @@ def test_a_docker25_selection_walks_only_what_reaches_its_image(tmp_path):
     assert {doc["name"] for doc in _listed(str(tmp_path / "app"))} == {"imgdex-test/app", "mirror/app", "team/app"}
 
 
+def test_a_docker25_selection_whose_config_is_missing_is_one_error(tmp_path):
+    with open(os.path.join(REAL, "docker25-save-app.tar"), "rb") as f:
+        members = tar_members(f.read())
+    config = json.loads(members["manifest.json"])[1]["Config"]
+    del members[config]
+    archive = write_tar(str(tmp_path / "save.tar"), members)
+    result = _index(f"docker-archive:{archive}:@1", str(tmp_path / "base"))
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [f"imgdex: {archive}: config {config!r} is missing from the archive"]
+    result = _index(f"docker-archive:{archive}:@0", str(tmp_path / "app"))
+    assert result.exit_code == 0 and result.stderr == ""
+
+
 def test_the_first_entry_with_the_tag_is_taken(tmp_path):
     files = classic_save_files([{"tags": ["a/b:1"], "layers": [b"one"]}, {"tags": ["a/b:1"], "layers": [b"two"]}])
     archive = write_tar(str(tmp_path / "save.tar"), files)

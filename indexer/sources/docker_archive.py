@@ -309,6 +309,7 @@ def read_docker_archive(
 
     if has_layout:
         tags_by_config: dict[str, list[Reference]] = {}
+        chosen_config = ""
         for position, entry in enumerate(entries):
             try:
                 _, digest = configs.read(entry)
@@ -316,9 +317,14 @@ def read_docker_archive(
                 if configs.exhausted:
                     yield exc
                     return
-                if chosen is None and in_shard(shard, _entry_key(entry, position)):
-                    yield exc  # a chosen image's is reported below; the others are not asked for
+                # of a chosen image, only its own error: the others are not asked for
+                if chosen in (None, position) and in_shard(shard, _entry_key(entry, position)):
+                    yield exc
+                if position == chosen:
+                    return
                 continue
+            if position == chosen:
+                chosen_config = digest
             tags_by_config.setdefault(digest, []).extend(_repo_tags(entry, ctx, where))
 
         # By manifest digest: index.json may list one manifest thousands of times, and each
@@ -344,13 +350,7 @@ def read_docker_archive(
             return tags_by_config.get(digest, []) if isinstance(digest, str) else []
 
         wanted = None
-        if chosen is not None:
-            try:
-                _, chosen_config = configs.read(entries[chosen])
-            except SourceError as exc:
-                if in_shard(shard, _entry_key(entries[chosen], chosen)):
-                    yield exc
-                return
+        if chosen_config:
             memo: dict = {}
 
             def wanted(position: int, raw) -> bool:

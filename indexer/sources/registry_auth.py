@@ -157,10 +157,11 @@ def _run_helper(helper: str, server: str, origin: str) -> Credentials | None:
     try:
         doc = json.loads(result.stdout)
         user, secret = doc["Username"], doc["Secret"]
-        if not (isinstance(user, str) and isinstance(secret, str)):
-            raise TypeError  # the protocol's fields are strings; a number or object is no credential
     except (ValueError, KeyError, TypeError, RecursionError):
-        raise AuthError(f"{origin}: credential helper {program} printed no Username/Secret") from None
+        user = secret = None
+    # the protocol's fields are strings; a number, null or object is no credential
+    if not (isinstance(user, str) and isinstance(secret, str)):
+        raise AuthError(f"{origin}: credential helper {program} printed no Username/Secret")
     if user == "<token>":
         return None  # an identity token for the OAuth refresh flow, which this client does not speak
     return Credentials(user, secret, f"{origin} ({program})")
