@@ -1763,3 +1763,44 @@ def test_a_streamed_index_json_refuses_a_byte_order_mark_as_a_parsed_one_does():
         layout.MAX_JSON_BYTES = saved
     with pytest.raises(SourceError, match=r"index.json is not valid JSON \(it starts with a UTF-8 byte order mark"):
         top_descriptors(data, "index.json")
+
+
+def test_many_manifests_naming_one_large_config_are_cut_by_the_allowance(tmp_path, monkeypatch):
+    """Each record stores its config's bytes, so a layout of many small manifests naming one large
+    config would turn a few MB of input into GB of store (100 manifests on a 4 MiB config: a 4.9 MB
+    layout, a 601 MB store). Config bytes count against the source's allowance as manifest bytes
+    do: past it, each further image is skipped with its error, and a small image still lands."""
+    from indexer.sources import parse
+
+    monkeypatch.setattr(parse, "MAX_WALKED_IN_ALL", 100)
+    monkeypatch.setattr(parse, "WALKS_PER_DESCRIPTOR", 2)
+    blobs = Blobs()
+    big = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Labels": {"pad": "x" * 64 * 1024}},
+        "rootfs": {"type": "layers", "diff_ids": [digest_of(b"diff")]},
+    }
+    config = blobs.add(dumps(big), OCI_CONFIG)
+    assert config["size"] // 4096 == 16
+    top = []
+    for i in range(30):
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": config,
+            "layers": [blobs.add(b"layer%d" % i, OCI_LAYER_GZ)],
+        }
+        top.append(named(blobs.add(dumps(manifest), OCI_MANIFEST), ref_name=f"registry.example/shared/app:v{i}"))
+    top.append(named(blobs.image(layers=(b"small",)), ref_name="registry.example/plain/app:v1"))
+    write_dir(str(tmp_path / "shared"), blobs.layout_files(top))
+    records, errors, _ = collect(f"oci:{tmp_path / 'shared'}")
+    # an image costs a walk and 16 for its config; the allowance is 100 and 2 per descriptor
+    shared = [r for r in records if r.name == "shared/app"]
+    assert {r.config_raw for r in shared} == {dumps(big)} and 5 <= len(shared) < 30
+    assert len(shared) + len(errors) == 30 and 17 * len(shared) + len(errors) <= 100 + 2 * 31
+    assert all(f"config {config['digest']} of manifest sha256:" in str(e) and "is skipped" in str(e) for e in errors)
+    assert [r.tags for r in records if r.name == "plain/app"] == [("v1",)]
+    monkeypatch.setattr(parse, "MAX_WALKED_IN_ALL", 1000)
+    records, errors, _ = collect(f"oci:{tmp_path / 'shared'}")
+    assert not errors and len(records) == 31

@@ -560,6 +560,7 @@ def walk(
                 parent,
                 platform,
                 annotations or {},
+                walked,
             )
             return
         doc = load_object(data, where, f"manifest {descriptor.digest}")
@@ -578,7 +579,7 @@ def walk(
             ctx.note(f"{where}: skipped {descriptor.digest}: unknown media type {media_type or '(none)'}")
             return
         yield from _manifest_records(
-            store, descriptor, data, doc, media_type, names, ctx, where, parent, platform, annotations or {}
+            store, descriptor, data, doc, media_type, names, ctx, where, parent, platform, annotations or {}, walked
         )
     except SourceError as exc:
         yield exc
@@ -662,7 +663,9 @@ def _walk_index(store, descriptor, data, doc, media_type, names, ctx, where, par
         )
 
 
-def _manifest_records(store, descriptor, data, doc, media_type, names, ctx, where, parent, platform, annotations):
+def _manifest_records(
+    store, descriptor, data, doc, media_type, names, ctx, where, parent, platform, annotations, walked
+):
     label = f"manifest {descriptor.digest}"
     config_blob = parse_descriptor(doc.get("config"), where, f"{label} config", ctx.descriptors)
     raw_layers = doc.get("layers")
@@ -687,6 +690,7 @@ def _manifest_records(store, descriptor, data, doc, media_type, names, ctx, wher
         parent,
         platform,
         annotations,
+        walked,
     )
 
 
@@ -704,6 +708,7 @@ def _image_records(
     parent,
     platform,
     annotations,
+    walked,
 ):
     """The records of an image manifest whose descriptors are parsed and validated, by either path."""
     label = f"manifest {descriptor.digest}"
@@ -723,6 +728,13 @@ def _image_records(
     is_image_config = config_blob.media_type in mt.IMAGE_CONFIGS
     # An artifact's config is read and verified as an image's is: its digest and size are reported,
     # and an absent blob would leave them unchecked.
+    # Its bytes count as a manifest's do: each record stores them, so many small manifests naming
+    # one large config would otherwise turn a few MB of input into as many GB of store.
+    cost = config_blob.size // _BYTES_PER_WALK if config_blob.size <= MAX_JSON_BYTES else 0  # else refused unread
+    if cost and walked.walks.spent + cost >= walked.walks.allowance:
+        yield from walked.refusal(where, f"config {config_blob.digest} of manifest {descriptor.digest}")
+        return
+    walked.walks.spent += cost
     config_raw = store.read_blob(config_blob.digest, MAX_JSON_BYTES)
     verify(config_raw, config_blob.digest, config_blob.size, where, f"{label} config")
     if is_image_config:
