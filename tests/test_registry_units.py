@@ -209,6 +209,58 @@ def test_a_helper_printing_no_strings_is_one_error(tmp_path, monkeypatch, printe
     assert "hidden-value" not in message
 
 
+def _helper(tmp_path, monkeypatch, script: str) -> str:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    helper = bin_dir / "docker-credential-imgdextest"
+    helper.write_text("#!/bin/sh\n" + script)
+    helper.chmod(helper.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return write(tmp_path / "config.json", {"credHelpers": {"helped.example": "imgdextest"}})
+
+
+@pytest.mark.parametrize("stream", ["", " >&2; exit 1"])
+def test_a_helper_printing_without_end_is_stopped_in_bounded_memory(tmp_path, monkeypatch, stream):
+    # `yes` never ends: reading all it prints would fill memory before the deadline ends it
+    path = _helper(tmp_path, monkeypatch, f"yes 'secret-value-{stream and 2}'{stream}\n")
+    with pytest.raises(AuthError) as caught:
+        find_credentials("helped.example", "", [path])
+    assert str(caught.value) == (
+        f"{path}: credential helper docker-credential-imgdextest failed: it printed more than 64 KiB"
+    )
+
+
+def test_a_helper_that_does_not_finish_is_stopped_at_the_deadline(tmp_path, monkeypatch):
+    from indexer.sources import registry_auth
+
+    monkeypatch.setattr(registry_auth, "_HELPER_SECONDS", 1.0)
+    # a child that keeps the output open outlives the helper: the deadline still holds
+    path = _helper(tmp_path, monkeypatch, "sleep 30 &\necho '{}'\nsleep 30\n")
+    with pytest.raises(AuthError) as caught:
+        find_credentials("helped.example", "", [path])
+    assert str(caught.value) == f"{path}: credential helper docker-credential-imgdextest failed: no answer within 1 s"
+
+
+def test_a_failing_helper_message_is_one_short_line(tmp_path, monkeypatch):
+    path = _helper(tmp_path, monkeypatch, "{ printf 'keychain\\nlocked '; seq 1000; } >&2; exit 3\n")
+    with pytest.raises(AuthError) as caught:
+        find_credentials("helped.example", "", [path])
+    message = str(caught.value)
+    prefix = f"{path}: credential helper docker-credential-imgdextest failed: keychain locked 1 2 3"
+    assert message.startswith(prefix) and message.endswith(" …") and "\n" not in message
+    assert len(message) == len(f"{path}: credential helper docker-credential-imgdextest failed: ") + 300 + 2
+    (tmp_path / "quiet").mkdir()
+    path = _helper(tmp_path / "quiet", monkeypatch, "exit 4\n")
+    with pytest.raises(AuthError, match="failed: exit 4$"):
+        find_credentials("helped.example", "", [path])
+
+
+def test_a_helper_that_does_not_read_its_input_still_answers(tmp_path, monkeypatch):
+    path = _helper(tmp_path, monkeypatch, """echo '{"Username":"hu","Secret":"hs"}'\n""")
+    found = find_credentials("helped.example", "", [path])
+    assert (found.username, found.password) == ("hu", "hs")
+
+
 def test_retry_after_forms():
     assert _retry_after({"Retry-After": "3"}) == 3.0
     assert _retry_after({}) is None

@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import re
+import selectors
 import subprocess
 import threading
 import time
@@ -143,19 +144,68 @@ def _decode_auth(entry: dict, origin: str) -> Credentials | None:
     return None
 
 
+# What a helper may print on each stream, and how long it may take. Docker's helpers print one
+# small JSON object; one that streams without end must not fill memory or hold the run.
+_HELPER_OUTPUT = 64 * 1024
+_HELPER_SECONDS = 30.0
+# Of a failing helper's own words, at most this many characters go into the message.
+_HELPER_MESSAGE = 300
+
+
+def _helper_output(program: str, server: str) -> tuple[int, bytes, bytes]:
+    """`program get`'s exit status, stdout and stderr. OSError when it cannot start, prints more
+    than _HELPER_OUTPUT bytes on a stream, or has not finished within _HELPER_SECONDS."""
+    deadline = time.monotonic() + _HELPER_SECONDS
+    proc = subprocess.Popen([program, "get"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        with contextlib.suppress(BrokenPipeError):  # a helper that does not read its input
+            proc.stdin.write(server.encode())  # a host name: far below a pipe's buffer
+            proc.stdin.close()
+        out = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
+        with selectors.DefaultSelector() as selector:
+            for fd in out:
+                selector.register(fd, selectors.EVENT_READ)
+            while selector.get_map():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise OSError(f"no answer within {_HELPER_SECONDS:.0f} s")
+                for key, _ in selector.select(left):
+                    chunk = os.read(key.fd, 65536)
+                    if not chunk:
+                        selector.unregister(key.fd)
+                    elif len(out[key.fd]) + len(chunk) > _HELPER_OUTPUT:
+                        raise OSError(f"it printed more than {_HELPER_OUTPUT // 1024} KiB")
+                    else:
+                        out[key.fd] += chunk
+        try:
+            status = proc.wait(max(deadline - time.monotonic(), 0.001))
+        except subprocess.TimeoutExpired:
+            raise OSError(f"no answer within {_HELPER_SECONDS:.0f} s") from None
+        return status, bytes(out[proc.stdout.fileno()]), bytes(out[proc.stderr.fileno()])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            with contextlib.suppress(OSError):
+                stream.close()
+
+
 def _run_helper(helper: str, server: str, origin: str) -> Credentials | None:
     program = f"docker-credential-{helper}"
     try:
-        result = subprocess.run([program, "get"], input=server.encode(), capture_output=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        status, stdout, stderr = _helper_output(program, server)
+    except OSError as exc:
         raise AuthError(f"{origin}: credential helper {program} failed: {exc}") from None
-    if result.returncode != 0:
-        message = (result.stdout or result.stderr).decode(errors="replace").strip()
+    if status != 0:
+        message = " ".join((stdout or stderr).decode(errors="replace").split())
         if "credentials not found" in message.lower():
             return None
-        raise AuthError(f"{origin}: credential helper {program} failed: {message or 'exit ' + str(result.returncode)}")
+        if len(message) > _HELPER_MESSAGE:
+            message = message[:_HELPER_MESSAGE] + " …"
+        raise AuthError(f"{origin}: credential helper {program} failed: {message or f'exit {status}'}")
     try:
-        doc = json.loads(result.stdout)
+        doc = json.loads(stdout)
         user, secret = doc["Username"], doc["Secret"]
     except (ValueError, KeyError, TypeError, RecursionError):
         user = secret = None
