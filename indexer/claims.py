@@ -87,6 +87,7 @@ def contested(logs: dict[int, list]) -> list[tuple[str, str, str, str, str]]:
     import duckdb
 
     con = duckdb.connect(config={"threads": 1, "memory_limit": "256MB"})
+    con.execute("SET enable_progress_bar = false")  # DuckDB would draw it on standard output
     try:
         con.register("claims", pa.concat_tables(tables))
         return con.execute(

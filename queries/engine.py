@@ -297,6 +297,9 @@ def lock_settings(files: list[str]) -> str:
     return (
         f"SET allowed_paths = [{', '.join(map(_quote, files))}];"
         " SET enable_external_access = false;"
+        # DuckDB's Python client draws a progress bar on standard output once a query runs past
+        # two seconds: into the rows of `sql`, `list` and `export` there.
+        " SET enable_progress_bar = false;"
         " SET autoinstall_known_extensions = false;"
         " SET autoload_known_extensions = false;"
         " SET lock_configuration = true;"
@@ -368,6 +371,7 @@ def _over_tables(
     if version is not None and "images" not in tables:
         tables = ("images", *tables)
     con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")  # before the reads of a large log; see lock_settings
     try:
         files = deltalog.read_store(store, version=version, as_of=as_of, tables=tables, con=con)
         if key is not None:

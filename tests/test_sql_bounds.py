@@ -247,3 +247,19 @@ def test_temporary_objects_are_refused(store, query):
     assert m.code == 1
     assert m.stdout == ""
     assert m.stderr.startswith("imgdex: statements run read-only") and m.stderr.count("\n") == 1
+
+
+def test_no_progress_bar_is_drawn_into_the_rows(store):
+    """DuckDB's Python client turns its progress bar on where it takes the session for an interactive
+    one (`python -c`, a notebook, a script embedding the CLI) and draws it on standard output, among
+    the rows, once a query runs past two seconds. Every reader turns it off, for good."""
+    embedded = [sys.executable, "-c", "from queries.cli import main; main()"]
+    query = "SELECT current_setting('enable_progress_bar') AS bar, current_setting('progress_bar_time') AS wait"
+    done = subprocess.run(
+        [*embedded, "sql", query, "--store", store, "--format", "csv"],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        timeout=120,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"bar,wait\nfalse,2000\n", b"")

@@ -661,7 +661,8 @@ class DeltaStore:
                 tempfile.gettempdir(), f"imgdex-spill-{os.getpid()}"
             )
             self._con = duckdb.connect(config=config)
-            self._con.execute("SET TimeZone = 'UTC'")
+            # and no progress bar: DuckDB draws it on standard output, where `--json` writes
+            self._con.execute("SET TimeZone = 'UTC'; SET enable_progress_bar = false")
         return self._con
 
     def close(self) -> None:

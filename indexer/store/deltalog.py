@@ -390,6 +390,7 @@ def _read_checkpoint(replay: _Replay, log: str, names: list[str], con) -> None:
         import duckdb  # only when a checkpoint must be read: the connection costs start-up time
 
         con = duckdb.connect()
+        con.execute("SET enable_progress_bar = false")  # DuckDB would draw it on standard output
     try:
         listed = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
         rows = con.execute(

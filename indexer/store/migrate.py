@@ -28,6 +28,7 @@ def _old_source(store: str) -> tuple[duckdb.DuckDBPyConnection, str]:
     """A connection that sees the old tables, and what it reads. The database is the truth; a store
     copied as bare Parquet files has only its snapshot."""
     con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")  # DuckDB would draw it on standard output
     database = os.path.join(store, paths.DATABASE)
     try:
         if os.path.isfile(database):

@@ -124,6 +124,7 @@ class Snapshot:
     def load(cls, key: tuple) -> "Snapshot":
         started = time.perf_counter()
         con = duckdb.connect(":memory:")
+        con.execute("SET enable_progress_bar = false")  # loading 1M rows would draw one on stdout
         try:
             if key[1:2] == ("images",):
                 from indexer.store import deltalog
