@@ -351,7 +351,14 @@ def _split_repository(registry: str, repository: str) -> tuple[str, str]:
     """--registry and --repository as the run takes them (a host at the head of --repository is
     its registry); a usage error when either is outside Docker's grammar, since the images named by
     them would be stored under a name no reference could reach."""
-    from indexer.references import is_registry_host, is_valid_host, is_valid_name, parse_reference
+    from indexer.references import (
+        DOCKER_HUB,
+        is_docker_hub,
+        is_registry_host,
+        is_valid_host,
+        is_valid_name,
+        parse_reference,
+    )
 
     not_a_name = click.BadParameter(f"{shown_value(repository)} is not a repository name", param_hint="--repository")
     if repository and not registry:
@@ -366,6 +373,11 @@ def _split_repository(registry: str, repository: str) -> tuple[str, str]:
             return ref.registry, ref.name
     if registry and not is_valid_host(registry):
         raise click.BadParameter(f"{shown_value(registry)} is not a registry host", param_hint="--registry")
+    if is_docker_hub(registry):
+        # as a reference to Docker Hub is: `docker.io/ubuntu` is docker.io/library/ubuntu
+        registry = DOCKER_HUB
+        if repository and "/" not in repository:
+            repository = f"library/{repository}"
     if repository and not is_valid_name(registry, repository):
         raise not_a_name
     return registry, repository

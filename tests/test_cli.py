@@ -12,7 +12,7 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT
+from conftest import ROOT, SAMPLES
 from golden import assert_golden
 
 COMMANDS = ["index", "get", "list", "sql"]
@@ -735,6 +735,38 @@ def test_repository_with_a_host_sets_the_registry(repository, split):
             _split_repository("given.example", repository)
     else:
         assert _split_repository("given.example", repository) == ("given.example", repository)
+
+
+@pytest.mark.parametrize(
+    "registry, repository, split",
+    [
+        ("docker.io", "ubuntu", ("docker.io", "library/ubuntu")),
+        ("index.docker.io", "ubuntu", ("docker.io", "library/ubuntu")),
+        ("registry-1.docker.io", "team/app", ("docker.io", "team/app")),
+        ("docker.io", "", ("docker.io", "")),
+        ("", "docker.io/ubuntu", ("docker.io", "library/ubuntu")),
+    ],
+)
+def test_docker_hub_names_are_normalised_as_references_are(registry, repository, split):
+    """`--registry docker.io --repository ubuntu` stored `docker.io/ubuntu`, which no reference
+    reaches: `docker.io/ubuntu:v1` and `ubuntu:v1` both mean docker.io/library/ubuntu."""
+    from queries.cli import _split_repository
+
+    assert _split_repository(registry, repository) == split
+
+
+def test_an_image_stored_under_docker_hub_is_found_by_each_spelling(run_cli, tmp_path):
+    layout = os.path.join(SAMPLES, "oci-layout")
+    store = str(tmp_path / "store")
+    done = run_cli(
+        "index", f"oci:{layout}:v1", "--registry", "index.docker.io", "--repository", "ubuntu", "--store", store
+    )
+    assert done.exit_code == 0, done.output
+    found = {
+        run_cli("get", ref, "--store", store).stdout
+        for ref in ("docker.io/library/ubuntu:v1", "docker.io/ubuntu:v1", "ubuntu:v1")
+    }
+    assert len(found) == 1 and json.loads(found.pop())["name"] == "library/ubuntu"
 
 
 @pytest.mark.parametrize(
