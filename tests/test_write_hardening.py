@@ -454,6 +454,18 @@ def test_a_store_through_a_symlink_to_a_missing_folder_is_one_true_line(tmp_path
     assert not (tmp_path / "gone").exists() and link.is_symlink()
 
 
+@pytest.mark.parametrize("command", [["list"], ["get", "app:v1"], ["history"], ["sql", "SELECT 1"], ["compact"]])
+def test_reading_a_store_through_a_symlink_to_a_missing_folder_says_so(tmp_path, command):
+    """Not "no image store (run imgdex index first)": the folder is most likely a volume not
+    mounted, and an index run would only be refused in turn."""
+    link, target = tmp_path / "link", tmp_path / "gone" / "store"
+    link.symlink_to(target)
+    result = invoke(*command, "--store", link)
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [f"imgdex: store {link}: a symlink to a missing folder ({target})"]
+    assert not (tmp_path / "gone").exists()
+
+
 def test_write_raises_store_error_only_for_the_store(tmp_path, monkeypatch):
     record = [r for r in records_of(f"oci:{oci_layout(tmp_path / 'l', 1)}") if isinstance(r, ImageRecord)][0]
     with DeltaWriter(str(tmp_path / "store")) as writer:

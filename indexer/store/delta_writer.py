@@ -137,12 +137,8 @@ class DeltaWriter:
         below it), and making its target as well is what `mkdir -p` will not do either: the target
         is often a volume not mounted yet, whose mount point's folder would take the store.
         """
-        path = self._root
-        while not os.path.lexists(path) and os.path.dirname(path) != path:
-            path = os.path.dirname(path)
-        if os.path.islink(path) and not os.path.exists(path):
-            where = "" if path == self._root else f"{path} is "
-            raise StoreError(f"store {self.store}: {where}a symlink to a missing folder ({os.readlink(path)})")
+        if paths.dangling_link(self._root) is not None:
+            raise StoreError(paths.no_store_message(self.store))
 
     def _hold(self) -> None:
         """Take the store folder's shared lock, if it exists, unless held: see the module's notes."""

@@ -65,7 +65,26 @@ def is_old_layout(store: str) -> bool:
 
 
 def no_store_message(store: str) -> str:
+    folder = local_folder(store)
+    link = dangling_link(folder) if folder is not None else None
+    if link is not None:
+        # often a volume not mounted yet: "run imgdex index first" would send a run to the wrong disk
+        where = "" if link[0] == folder else f"{link[0]} is "
+        return f"store {store}: {where}a symlink to a missing folder ({link[1]})"
     return f"no image store at {store} (run `imgdex index` first, or set --store / IMGDEX_STORE)"
+
+
+def dangling_link(folder: str) -> tuple[str, str] | None:
+    """The symlink that `folder` is, or lies below, whose target is missing, with that target."""
+    path = folder
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    if os.path.islink(path) and not os.path.exists(path):
+        try:
+            return path, os.readlink(path)
+        except OSError:  # replaced since
+            return None
+    return None
 
 
 def refuse_old_layout(store: str) -> None:
