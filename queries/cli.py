@@ -829,7 +829,8 @@ MAX_MEMORY_LIMIT = 1 << 30
 )
 @library_errors
 def sql(query, store, fmt, as_of, timeout, memory_limit):
-    """Run read-only SQL over the store's tables (images, tags, runs) and views (image_layers, image_bases).
+    """Run read-only SQL over the store's tables (images, tags, runs) and views (image_layers,
+    image_bases, and images_versions, tags_versions, runs_versions: every row version).
 
     Rows are printed as they come; a table shows at most 10,000 of them. Ctrl-C stops the query."""
     from queries import sqlshell
@@ -989,7 +990,7 @@ def _duration(_ctx, param, value: str):
     default="7d",
     show_default=True,
     callback=_duration,
-    help="Keep files that left the table this recently, for readers and --as-of (7d, 12h, 30m).",
+    help="Keep files that left the table this recently, for readers and --as-of (7d, 12h, 90m).",
 )
 @click.option(
     "--allow-short-retention",
