@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from builders import classic_save_files, write_tar
-from conftest import REAL, ROOT
+from conftest import REAL, ROOT, SAMPLES
 from indexer.errors import SourceError
 from indexer.references import Reference
 from indexer.sources import DockerArchive, parse_source
@@ -162,6 +162,26 @@ def test_a_path_that_holds_a_colon_and_exists_is_taken_whole(tmp_path):
     assert parse_source(f"docker-archive:{tmp_path}/nosuch:1.0.tar") == DockerArchive(
         f"{tmp_path}/nosuch", Reference("docker.io", "library/1.0.tar", "latest")
     )
+
+
+@pytest.mark.parametrize("transport, sample", [("oci:", "oci-layout"), ("oci-archive:", "oci-archive-app.tar")])
+def test_a_layout_or_oci_archive_whose_path_holds_a_colon_is_taken_whole(tmp_path, transport, sample):
+    from indexer.sources import OciArchive, OciLayout
+
+    copied = tmp_path / f"app:{sample}"
+    source = os.path.join(SAMPLES, sample)
+    if os.path.isdir(source):
+        shutil.copytree(source, copied)
+    else:
+        shutil.copyfile(source, copied)
+    whole = _index(f"{transport}{copied}", str(tmp_path / "whole"))
+    plain = _index(f"{transport}{source}", str(tmp_path / "plain"))
+    assert whole.exit_code == plain.exit_code == 0, whole.output
+    assert [i["digest"] for i in _listed(str(tmp_path / "whole"))] == [
+        i["digest"] for i in _listed(str(tmp_path / "plain"))
+    ]
+    kind = OciLayout if transport == "oci:" else OciArchive
+    assert parse_source(f"{transport}{tmp_path}/app:v1") == kind(f"{tmp_path}/app", "v1")
 
 
 def test_standard_input_takes_a_selection(tmp_path):

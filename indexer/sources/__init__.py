@@ -216,9 +216,10 @@ def _read_folder(root: str, ctx: Context) -> Iterator[ImageRecord | SourceError]
 
 
 def _split_ref(rest: str) -> tuple[str, str]:
-    # skopeo splits `oci:PATH:REF` at the first colon after the transport
+    # skopeo splits `oci:PATH:REF` at the first colon after the transport; a name that is a file
+    # or folder as it stands is taken whole, as for docker-archive:
     path, sep, ref = rest.partition(":")
-    return (path, ref) if sep else (rest, "")
+    return (path, ref) if sep and not os.path.lexists(rest) else (rest, "")
 
 
 def _docker_archive(rest: str, options: SourceOptions) -> Source:
