@@ -695,8 +695,9 @@ def _get_batch(con, stream, platform):
     name = click.get_current_context().meta.get(_QUERIES_NAME, "<stdin>")
     failed = 0
     lines: list[str] = []
+    answers = lookup.batch(con, _query_lines(stream, name), platform)
     # one answer per input line, in order: the count is the line's number
-    for number, (_query, row) in enumerate(lookup.batch(con, _query_lines(stream), platform), 1):
+    for number, (_query, row) in enumerate(_flushing_first(answers, lines), 1):
         if row is None:
             lines.append("\n")
         elif isinstance(row, ImgdexError):
@@ -725,14 +726,33 @@ MAX_QUERY_LINE = 4096
 MAX_SKIPPED_LINE = 16 << 20
 
 
-def _query_lines(stream):
+def _flushing_first(answers, lines: list[str]):
+    """`answers`; when they fail (the input cannot be read further), the answers already made
+    are printed before the error is."""
+    try:
+        yield from answers
+    except ImgdexError:
+        _put("".join(lines), flush=True)
+        lines.clear()
+        raise
+
+
+def _query_lines(stream, name: str):
     """The lines of `stream` as text; a line longer than MAX_QUERY_LINE is skipped in bounded
     reads and given as its error, so that no line holds more memory than that. A line longer
-    than MAX_SKIPPED_LINE is given as an error that ends the input."""
-    while line := stream.readline(MAX_QUERY_LINE + 1):
+    than MAX_SKIPPED_LINE is given as an error that ends the input. A read that fails (an I/O
+    error, a /proc file that refuses reads) is one error, `NAME: reason`, that ends the command."""
+
+    def read(size: int) -> bytes:
+        try:
+            return stream.readline(size)
+        except OSError as exc:
+            raise QueryError(printable(f"{name}: {exc.strerror or exc}")) from None
+
+    while line := read(MAX_QUERY_LINE + 1):
         if len(line) > MAX_QUERY_LINE and not line.endswith(b"\n"):
             skipped = len(line)
-            while (rest := stream.readline(1 << 16)) and not rest.endswith(b"\n"):
+            while (rest := read(1 << 16)) and not rest.endswith(b"\n"):
                 skipped += len(rest)
                 if skipped > MAX_SKIPPED_LINE:
                     yield QueryError(f"line longer than {MAX_SKIPPED_LINE} bytes: the rest of the input is not read")

@@ -355,7 +355,15 @@ def batch(con, queries: Iterable[str | ImgdexError], platform: str = DEFAULT_PLA
             yield q, row
         pending.clear()
 
-    for query in queries:
+    lines = iter(queries)
+    while True:
+        try:
+            query = next(lines)
+        except StopIteration:
+            break
+        except ImgdexError:  # the input cannot be read further: the lines read so far still count
+            yield from drain()
+            raise
         pending.append(query)
         if len(pending) >= _BATCH:
             yield from drain()

@@ -1,6 +1,8 @@
 """`imgdex get --ids-from` under hostile input (devices, FIFOs without a writer, endless lines)
 and with many queries that match nothing: every answer is still the one `resolve` gives."""
 
+import errno
+import io
 import json
 import os
 import socket
@@ -122,6 +124,36 @@ def test_ids_from_stops_at_a_line_that_does_not_end(store, ids):
     assert docs[0]["id"] == ids[0]
     assert docs[1:] == [{"error": {"code": 3, "message": message}}]
     assert err.splitlines() == [f"imgdex: <stdin>:2: {message}"]
+
+
+@pytest.mark.parametrize("path, reason", [("/proc/self/mem", "Input/output error"), ("/proc/self/attr/current", None)])
+def test_ids_from_a_file_whose_read_fails_is_one_line(store, path, reason):
+    """Both pass as regular files and refuse the read: one line naming the file, not a traceback."""
+    if not os.path.exists(path):
+        pytest.skip(f"{path} is not on this kernel")
+    result = _get(store, path)
+    assert result.returncode == 1 and result.stdout == b""
+    [line] = result.stderr.decode().splitlines()
+    assert line.startswith(f"imgdex: {path}: ") and (reason is None or line == f"imgdex: {path}: {reason}")
+
+
+class _FailingAfter(io.BytesIO):
+    """Lines, then a read that fails as a disk's would."""
+
+    def readline(self, size=-1):
+        line = super().readline(size)
+        if not line:
+            raise OSError(errno.EIO, "Input/output error")
+        return line
+
+
+def test_answers_made_before_a_failed_read_are_printed(store, ids):
+    result = CliRunner().invoke(
+        cli, ["get", "--ids-from", "-", "--store", store], input=_FailingAfter(f"{ids[0]}\n{ids[1]}\n".encode())
+    )
+    assert result.exit_code == 1
+    assert [json.loads(line)["id"] for line in result.stdout.splitlines()] == ids[:2]
+    assert result.stderr.splitlines() == ["imgdex: <stdin>: Input/output error"]
 
 
 def test_ids_from_standard_input_that_is_a_device_ends(store):
