@@ -46,7 +46,7 @@ import click
 from indexer.errors import ImgdexError, QueryError, printable
 from indexer.identifiers import DEFAULT_PLATFORM, ID_RE
 from indexer.store.paths import default_store
-from queries.server.app import store_path
+from queries.server.app import Integer, Seconds, store_path
 
 
 INTERRUPTED = 130  # as a shell counts SIGINT, and as `sql` says for its query
@@ -156,7 +156,7 @@ def _as_of(_ctx, param, value):
 
     if value.isascii() and value.isdigit():  # str.isdigit also takes "²", which int() refuses
         # A version is an int64; int() of thousands of digits is refused by Python itself
-        if len(value.lstrip("0")) > 19:
+        if len(value.lstrip("0")) > 19 or int(value) > 2**63 - 1:
             raise click.BadParameter(f"version {shown_value(value)} is out of range", param=param)
         return int(value)
     try:
@@ -437,7 +437,7 @@ def shown_value(value: str) -> str:
 )
 @click.option(
     "--jobs",
-    type=click.IntRange(1, 256),
+    type=Integer(1, 256),
     default=None,
     metavar="N",
     help="Processes for archives, layouts and folders of them (default: the CPUs this process may use less "
@@ -454,7 +454,7 @@ def shown_value(value: str) -> str:
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(0, min_open=True),
+    type=Seconds(0, min_open=True),
     default=30.0,
     show_default=True,
     metavar="SECONDS",
@@ -790,7 +790,7 @@ def _query_lines(stream, name: str):
     metavar="FIELDS",
     help="name, digest, created_at, last_modified; each with an optional desc. Default: name, digest.",
 )
-@click.option("--page-size", type=int, default=100, show_default=True, help="At most 1000; 0 means the default.")
+@click.option("--page-size", type=Integer(), default=100, show_default=True, help="At most 1000; 0 means the default.")
 @click.option("--page-token", default="", metavar="T")
 @click.option("--format", "fmt", type=click.Choice(["json", "table", "yaml"]), default="json", show_default=True)
 @as_of_option
@@ -833,7 +833,7 @@ MAX_MEMORY_LIMIT = 1 << 30
 @click.option(
     "--timeout",
     metavar="SECONDS",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Seconds(min=0, min_open=True),
     default=300,
     show_default=True,
     callback=_finite_seconds,
@@ -842,7 +842,7 @@ MAX_MEMORY_LIMIT = 1 << 30
 @click.option(
     "--memory-limit",
     metavar="MIB",
-    type=click.IntRange(min=16, max=MAX_MEMORY_LIMIT),
+    type=Integer(min=16, max=MAX_MEMORY_LIMIT),
     default=1024,
     show_default=True,
     help="Memory the query may use, in MiB (at most a PiB); a query that needs more fails (nothing spills to disk).",
@@ -956,7 +956,7 @@ def derived(image, store, fmt, platform, everything, as_of):
 
 @cli.command()
 @delta_store_option
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the newest N versions.")
+@click.option("--limit", type=Integer(min=1), default=None, help="Only the newest N versions.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @library_errors
 def history(store, limit, fmt):

@@ -793,7 +793,7 @@ def test_a_did_you_mean_hint_ends_its_sentence_once(run_cli, args, hint):
         (["list", "--format", "x" * 5000], "'--format': '" + "x" * 120 + "...' is not one of 'json', 'table', 'yaml'."),
         (["list", "--format", "x" * 120], "'--format': '" + "x" * 120 + "' is not one of 'json', 'table', 'yaml'."),
         (["list", "--format", "it's\n" + "y" * 5000], "'--format': \"it's\\n" + "y" * 115 + '..." is not one of'),
-        (["index", "--jobs", "7" * 5000, "x"], "'--jobs': '" + "7" * 120 + "...' is not a valid integer range."),
+        (["index", "--jobs", "7" * 5000, "x"], "'--jobs': '" + "7" * 120 + "...' is not a valid integer."),
         (["history", "--limit", "-" + "9" * 4000], "'--limit': -" + "9" * 119 + "... is not in the range x>=1."),
         (["index", "--ca-cert", "/" + "c" * 5000, "x"], "'--ca-cert': File '/" + "c" * 119 + "...' does not exist."),
         (["list", "--" + "o" * 5000], "No such option '--" + "o" * 118 + "...'."),

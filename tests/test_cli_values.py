@@ -284,10 +284,13 @@ def test_readers_still_read_a_store_at_such_a_path(tmp_path, samples_store, run_
     assert result.exit_code == 0, result.output
 
 
-def test_a_file_url_names_the_folder_its_escapes_decode_to_for_every_command(tmp_path, run_cli):
+@pytest.mark.parametrize("scheme", ["file://", "file:", "FILE:"])
+def test_a_file_url_names_the_folder_its_escapes_decode_to_for_every_command(tmp_path, run_cli, monkeypatch, scheme):
     """index wrote `file://…/x%20y` into `x y` (delta-rs decodes the escape) while every other
-    command looked for `x%20y` and found no store."""
-    url = f"file://{tmp_path}/x%20y"
+    command looked for `x%20y` and found no store; and `file:/…/x` (no host) into `./file:/…/x`
+    while the readers read `/…/x`."""
+    monkeypatch.chdir(tmp_path)
+    url = f"{scheme}{tmp_path}/x%20y"
     assert run_cli("index", SAMPLE, "--store", url, "-q").exit_code == 0
     assert os.path.isdir(tmp_path / "x y" / "images" / "_delta_log")
     assert run_cli("sql", "SELECT count(*) AS n FROM images", "--store", url, "--format", "csv").stdout == "n\n5\n"
@@ -324,3 +327,46 @@ def test_a_file_url_escaping_what_delta_rs_cannot_take_is_refused_as_the_folder_
         result, "index", printable_path(tmp_path / "x\ty"), "a control character (\\t), which delta-rs cannot take"
     )
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("command", [["get", "x"], ["list"], ["sql", "SELECT 1"]])
+def test_a_version_just_past_int64_is_out_of_range(tmp_path, run_cli, command):
+    result = run_cli(*command, "--store", tmp_path, "--as-of", "9223372036854775808")
+    assert result.exit_code == 2
+    assert "version '9223372036854775808' is out of range" in result.stderr
+    kept = run_cli(*command, "--store", tmp_path, "--as-of", "9223372036854775807")
+    assert kept.exit_code == 1 and "out of range" not in kept.stderr  # taken: there is no store here
+
+
+INTEGER_OPTIONS = [
+    ["list", "--page-size"],
+    ["index", SAMPLE, "--jobs"],
+    ["sql", "SELECT 1", "--memory-limit"],
+    ["history", "--limit"],
+    ["serve", "--workers"],
+]
+
+
+@pytest.mark.parametrize("value", ["1_0", " 2", "2 ", "\u0661", "1e3", "0x10", "--3"])
+@pytest.mark.parametrize("option", INTEGER_OPTIONS, ids=lambda o: o[-1])
+def test_integer_options_take_ascii_digits_only(tmp_path, run_cli, option, value):
+    """int() takes `1_0`, blanks and other scripts' digits; the API's own parser (Go's
+    strconv.ParseInt) refuses them, and so does every integer option."""
+    result = run_cli(*option, value, "--store", tmp_path / "s")
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[0].endswith(f"{value!r} is not a valid integer. See 'imgdex {option[0]} --help'.")
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_signed_integer_is_taken_as_strconv_takes_it(samples_store, run_cli):
+    signed, plain = (run_cli("list", "--page-size", n, "--store", samples_store) for n in ("+3", "3"))
+    assert signed.exit_code == plain.exit_code == 0 and signed.stdout == plain.stdout
+
+
+@pytest.mark.parametrize("value", ["1_0", " 2", "\u0661", "0x10", "1e"])
+def test_seconds_are_decimal_numbers_only(tmp_path, run_cli, value):
+    result = run_cli("sql", "SELECT 1", "--timeout", value, "--store", tmp_path)
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        f"imgdex sql: Invalid value for '--timeout': {value!r} is not a number of seconds. See 'imgdex sql --help'."
+    ]

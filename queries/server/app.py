@@ -6,6 +6,7 @@ command, and `imgdex get` must not pay for grpc, protobuf or the SDK at start-up
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 
@@ -157,10 +158,43 @@ class Service:
         return f"imgdex: serving gRPC {grpc_part}, REST {http_part}, store {printable(self.store)} ({held})"
 
 
+class _Spelled:
+    """A number option whose text must match `spelling` before click converts it: click's INT and
+    FLOAT are Python's int() and float(), which also take `1_0`, blanks around the number and other
+    scripts' digits (`١`), as neither the API's own parser (Go's strconv) nor a shell user would."""
+
+    spelling: re.Pattern
+    refusal: str
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not self.spelling.fullmatch(value):
+            self.fail(f"{value!r} {self.refusal}.", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class Integer(_Spelled, click.IntRange):
+    """ASCII digits after an optional sign; bounded when given bounds."""
+
+    name = "integer"
+    spelling = re.compile(r"[+-]?[0-9]+")
+    refusal = "is not a valid integer"
+
+
+class Seconds(_Spelled, click.FloatRange):
+    """Decimal notation (`30`, `0.5`, `1e3`); `nan` and `inf` pass, for the option's callback to say
+    why they are no number of seconds."""
+
+    name = "seconds"
+    spelling = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?|[+-]?(?i:nan|inf|infinity)")
+    refusal = "is not a number of seconds"
+
+
 def store_path(param, value: str) -> str:
     """A --store value: an empty one named no folder, and was read as the filesystem's root by some
-    commands and as the current folder by others. A `file://` URL becomes the folder it names."""
-    if value[:7].lower() == "file://":
+    commands and as the current folder by others. A `file://` URL becomes the folder it names, and
+    so does `file:/PATH` (RFC 8089's form without a host), which delta-rs and DuckDB take as a URL:
+    kept as a relative folder, `index` wrote into `./file:/PATH` and the readers read `/PATH`."""
+    if value[:7].lower() == "file://" or (value[:5].lower() == "file:" and value[5:6] == "/"):
         value = _file_url_folder(param, value)
     if not value:
         raise click.BadParameter("an empty value names no folder (`.` is this one)", param=param)
@@ -221,7 +255,7 @@ def _file_url_folder(param, url: str) -> str:
 @click.option("--insecure-no-auth", is_flag=True, help="Allow a non-loopback address without a token.")
 @click.option(
     "--workers",
-    type=click.IntRange(1, 256),
+    type=Integer(1, 256),
     default=8,
     show_default=True,
     help="Requests answered at once, per protocol.",
