@@ -6,6 +6,7 @@ tiny entries."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import gzip
 import hashlib
 import io
@@ -15,6 +16,7 @@ import pty
 import subprocess
 import sys
 import tarfile
+import threading
 
 import pytest
 from hypothesis import given, settings
@@ -1464,6 +1466,60 @@ def test_archive_piped_on_stdin(spec, name, tmp_path):
     assert run.code == 0, run.stderr
     assert not run.stdin_broken, "standard input was not read to its end: the writer of the pipe got EPIPE"
     assert _listing(store) == expected_documents(REAL_EXPECTED["archives"][name])
+
+
+def _index_piped_without_end(head: bytes, store: str) -> subprocess.CompletedProcess:
+    """`cat HEAD /dev/zero | imgdex index - --store STORE`, its writer never done."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "queries.cli", "index", "-", "--store", store, "--repository", REPOSITORY],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+
+    def write():
+        try:
+            proc.stdin.write(head)
+            zeros = b"\0" * (1 << 20)
+            while True:
+                proc.stdin.write(zeros)
+        except (BrokenPipeError, ValueError, OSError):
+            pass
+
+    threading.Thread(target=write, daemon=True).start()
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail("a pipe that never ends was read for ever")
+    finally:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.read(), proc.stderr.read())
+
+
+@pytest.mark.parametrize("name, label", [("docker-save-app.tar", "tar"), ("docker-save-app.tar.gz", "gzip tar")])
+def test_an_archive_piped_with_endless_zeros_after_it_ends(tmp_path, name, label):
+    """The pipe is read to its end so that its writer gets no EPIPE, but past 64 MiB after the
+    archive's end it is given up: a gzip reader takes the zeros as padding and read on for ever."""
+    with open(os.path.join(REAL, name), "rb") as f:
+        done = _index_piped_without_end(f.read(), str(tmp_path / "store"))
+    assert done.returncode == 1
+    assert done.stderr.decode().splitlines() == [
+        f"imgdex: <stdin>: the input goes on for more than 64 MiB past the {label} archive's end"
+    ]
+    assert not os.path.exists(tmp_path / "store" / "images")
+
+
+def test_gzip_padding_under_the_bound_is_read_through(tmp_path):
+    with open(os.path.join(REAL, "docker-save-app.tar.gz"), "rb") as f:
+        data = f.read() + b"\0" * (4 << 20)  # as a tape's blocks pad it, and more than a pipe buffers
+    store = str(tmp_path / "store")
+    run = run_measured(["index", "-", "--store", store, "--repository", REPOSITORY, "--quiet"], stdin_data=data)
+    assert run.code == 0 and not run.stdin_broken, run.stderr
+    assert _listing(store) == expected_documents(REAL_EXPECTED["archives"]["docker-save-app.tar.gz"])
 
 
 def test_stdin_with_verify_and_bad_streams(tmp_path):

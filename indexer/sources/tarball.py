@@ -575,12 +575,52 @@ def _decompressor(source, compression: str):
     return source
 
 
+# What a pipe may carry past the archive's end (a tar's record padding, a compressor's trailer:
+# KiBs) before it is given up, so that `cat app.tar /dev/zero |` ends.
+_MAX_TRAILING = 64 << 20
+
+
+class _Endless(Exception):
+    """A pipe went on past the archive's end for more than _MAX_TRAILING bytes."""
+
+
+class _GzipPadding(io.RawIOBase):
+    """Passes piped gzip through, counting its zero bytes in a row. A gzip reader takes zeros after
+    a member as padding and reads on until something else or the end comes, so `cat app.tar.gz
+    /dev/zero |` was read for ever; compressed data holds no long runs of zeros."""
+
+    def __init__(self, raw):
+        self._raw = raw
+        self._zeros = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        count = self._raw.readinto(buffer)
+        if not count:
+            return count
+        view = memoryview(buffer)[:count]
+        if view[-1]:  # most reads: no copy
+            self._zeros = 0
+            return count
+        kept = len(bytes(view).rstrip(b"\0"))
+        self._zeros = self._zeros + count if kept == 0 else count - kept
+        if self._zeros > _MAX_TRAILING:
+            raise _Endless
+        return count
+
+
 def _drain(source, frames: _ZstdFrames | None, piped: bool) -> None:
     """Read the rest of the input: a zstd tail must be whole, and a pipe's writer must not get EPIPE."""
     buffer = bytearray(_STREAM_BUFSIZE)
-    while source.readinto(buffer):
+    trailing = 0
+    while read := source.readinto(buffer):
         if not piped and (frames is None or frames.lost):
             return
+        trailing += read
+        if piped and trailing > _MAX_TRAILING:
+            raise _Endless
 
 
 def _cut(source, frames: _ZstdFrames | None, piped: bool) -> str:
@@ -589,7 +629,7 @@ def _cut(source, frames: _ZstdFrames | None, piped: bool) -> str:
         return ""
     try:
         _drain(source, frames, piped)
-    except (OSError, ValueError):
+    except (OSError, ValueError, _Endless):
         return ""  # the read error is the one to report
     return frames.cut()
 
@@ -604,7 +644,7 @@ def _scan_stream(
     table = _Table(where)
     opened = False
     try:
-        stream = _decompressor(source, compression)
+        stream = _decompressor(_GzipPadding(source) if piped and compression == "gzip" else source, compression)
         try:
             with _BoundedTarFile.open(fileobj=stream, mode="r|", bufsize=_STREAM_BUFSIZE) as tar:
                 opened = True
@@ -628,6 +668,9 @@ def _scan_stream(
         finally:
             if stream is not source:
                 stream.close()
+    except _Endless:
+        reason = f"the input goes on for more than {_MAX_TRAILING >> 20} MiB past the {label} archive's end"
+        raise SourceError(where, reason) from None
     except tarfile.TarError as exc:
         cut = _cut(source, frames, piped)
         if cut:
