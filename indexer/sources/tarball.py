@@ -122,6 +122,15 @@ def _keep_limit(name: str) -> int:
     return -1
 
 
+def _json_by_name(name: str) -> bool:
+    """Whether a kept name is JSON whatever it holds: manifest.json, index.json, a docker save
+    config. Such a member is kept even when it is empty or does not start like an object or an
+    array, so that JSON of the wrong type (`null`, `5`, `"x"`) or no JSON at all is refused for
+    what it is, in the words of a plain tar. A blob's name says nothing of its content (it may be
+    a layer), so a blob is kept only when it starts like JSON."""
+    return name in _KEPT_NAMES or name.endswith(".json")
+
+
 _EXTENDED_HEADERS = (
     tarfile.GNUTYPE_LONGNAME,
     tarfile.GNUTYPE_LONGLINK,
@@ -698,26 +707,28 @@ def _scan_stream(
 
 
 def _stream_member(tar: tarfile.TarFile, info: tarfile.TarInfo, name: str, table: _Table, hash_members: bool) -> Member:
-    """The member the stream is at, its bytes kept when `_keep_limit` allows and they look like JSON."""
+    """The member the stream is at, its bytes kept when `_keep_limit` allows and they are JSON by
+    name or look like JSON."""
     member = Member(size=info.size)
     limit = _keep_limit(name)
     wanted = info.size <= limit
     handle = tar.extractfile(info) if wanted or hash_members else None
     first = handle.read(1) if wanted else b""
     pieces = None
-    if first and first[0] in MAY_NOT_BE_UTF8:
-        # Not kept, but refused for what it is, as the same member of a plain tar is when parsed.
-        first += handle.read(3)
-        problem = encoding_problem(first)
-        if problem:
-            member.unkept = f"is not valid JSON ({problem})"
-    elif first and first[0] in _JSON_STARTS:
+    if (wanted and _json_by_name(name)) or (first and first[0] in _JSON_STARTS):
+        # Kept whatever it holds, so that it is parsed, and refused, as the same member of a plain tar.
         table.can_keep(name, info.size)
         pieces = _read_pieces(handle, first, info)
         if name == "index.json":
             member.pieces = pieces  # up to MAX_INDEX_BYTES: joining would hold it twice
         else:
             member.data = b"".join(pieces)
+    elif first and first[0] in MAY_NOT_BE_UTF8:
+        # Not kept, but refused for what it is, as the same member of a plain tar is when parsed.
+        first += handle.read(3)
+        problem = encoding_problem(first)
+        if problem:
+            member.unkept = f"is not valid JSON ({problem})"
     elif limit < 0:
         member.unkept = _UNKEPT
     if hash_members:
