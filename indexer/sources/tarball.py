@@ -162,6 +162,14 @@ class _BoundedTarInfo(tarfile.TarInfo):
         except OverflowError:  # a pax record length past what a slice takes
             raise tarfile.SubsequentHeaderError(f"invalid extended header at offset {self.offset}") from None
 
+    @classmethod
+    def fromtarfile(cls, tar):
+        # tarfile's own, which also keeps the block it read: see _BoundedTarFile.next.
+        buf = tar.last_block = tar.fileobj.read(tarfile.BLOCKSIZE)
+        obj = cls.frombuf(buf, tar.encoding, tar.errors)
+        obj.offset = tar.fileobj.tell() - tarfile.BLOCKSIZE
+        return obj._proc_member(tar)
+
     def _sparse(self, *args):
         raise tarfile.SubsequentHeaderError(f"sparse member at offset {self.offset}")
 
@@ -177,7 +185,19 @@ class _BoundedTarFile(tarfile.TarFile):
         self.extended_bytes = 0
         self.global_bytes = 0
         self.extended_in_a_row = 0
+        self.last_block = b""  # the last header block read, whole or cut short
         super().__init__(*args, **kwargs)
+
+    def next(self):
+        """tarfile ends the members silently at a cut or unreadable header after the first one, as
+        at the end of the archive: the block it read there tells them apart, in a file as in a
+        stream (where it cannot be read again)."""
+        info = super().next()
+        if info is None and self.last_block.strip(b"\0"):
+            if len(self.last_block) < tarfile.BLOCKSIZE:
+                raise _EndsInHeader(self.offset)
+            raise tarfile.ReadError(f"invalid member header at offset {self.offset}")
+        return info
 
     def count_header(self, info: tarfile.TarInfo, extended: bool) -> None:
         # tarfile copies and applies the global records to every header that follows them.
@@ -201,6 +221,13 @@ class _BoundedTarFile(tarfile.TarFile):
 
 class _EndsEarly(tarfile.TarError):
     """The tar stream ends inside the data of the member named."""
+
+
+class _EndsInHeader(tarfile.TarError):
+    """The tar ends inside a member header, at the offset given (in the tar, once decompressed)."""
+
+    def reason(self, what: str) -> str:
+        return f"truncated tar: {what} ends inside the member header at offset {self.args[0]}"
 
 
 class _Table:
@@ -437,15 +464,8 @@ def _scan_seekable(raw, where: str) -> dict[str, Member]:
             for info in tar:
                 tar.members.clear()  # tarfile keeps every header it reads; a long archive would hold them all
                 _take(table, info, file_size)
-            # tarfile ends the iteration silently at a cut or unreadable header after the first one.
-            raw.seek(tar.offset)
-            tail = raw.read(512)
-            if tail.strip(b"\0"):
-                if len(tail) < 512:
-                    raise SourceError(
-                        where, f"truncated tar: the file ends inside the member header at offset {tar.offset}"
-                    )
-                raise SourceError(where, f"not a readable tar archive (invalid member header at offset {tar.offset})")
+    except _EndsInHeader as exc:
+        raise SourceError(where, exc.reason("the file")) from None
     except tarfile.TarError as exc:
         raise SourceError(where, f"not a readable tar archive ({exc})") from None
     except EOFError:
@@ -687,6 +707,10 @@ def _scan_stream(
         if isinstance(exc, _EndsEarly):
             reason = f"truncated tar: member {exc.args[0]!r} ends past the end of the archive"
             raise SourceError(where, reason) from None
+        if isinstance(exc, _EndsInHeader):
+            raise SourceError(
+                where, exc.reason("the archive" if compression == "tar" else "the uncompressed archive")
+            ) from None
         error = SourceError if opened else NotAnArchive
         raise error(where, f"not a readable {label} archive ({exc})") from None
     except (EOFError, OSError, ValueError) as exc:
