@@ -31,6 +31,7 @@ from .parse import MAX_JSON_BYTES
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _STREAM_BUFSIZE = 1 << 20
+_ZERO_BLOCK = bytes(tarfile.BLOCKSIZE)
 # A stream member is kept when it starts with one of these and is small enough to be JSON we need.
 _JSON_STARTS = frozenset(b"{[ \t\r\n")
 
@@ -86,8 +87,8 @@ def _compression(head: bytes, where: str) -> str:
         return "gzip"
     if head.startswith(ZSTD_MAGIC) or _is_skippable_frame(head):
         return "zstd"
-    if len(head) == 512 and (head[257:262] == b"ustar" or _looks_like_v7_tar(head)):
-        return "tar"
+    if len(head) == 512 and (head[257:262] == b"ustar" or _looks_like_v7_tar(head) or head == _ZERO_BLOCK):
+        return "tar"  # a zero block first is the end of an empty tar, which tar(1) lists as such
     raise NotAnArchive(where, "not a tar archive (nor gzip or zstd)")
 
 
