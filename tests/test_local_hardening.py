@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import gzip
 import hashlib
 import io
@@ -366,6 +367,96 @@ def test_a_member_longer_than_the_stream_ends_it_at_once(tmp_path, packing):
         assert "indexed 1 images, 1 failed" in run.stdout
     assert_within_limits(run)
     assert error_lines(run.stderr) == [f"imgdex: {where}: truncated tar: member 'x' ends past the end of the archive"]
+
+
+SAMPLE = os.path.join(ROOT, "data", "samples", "docker-save-app.tar")
+PACKINGS = ["tar", "tar.gz", "tar.zst"]
+
+
+def _compressed(data: bytes, packing: str) -> bytes:
+    if packing == "tar.gz":
+        return gzip.compress(data, mtime=0)
+    if packing == "tar.zst":
+        import zstandard
+
+        return zstandard.ZstdCompressor().compress(data)
+    return data
+
+
+def _index_everywhere(tmp_path, data: bytes, packing: str):
+    """`imgdex index` of `data` packed as `packing`, named as a file and inside a folder in one run,
+    then piped on standard input: (file, file in the folder, named run, piped run), each run
+    checked for exit code 1 and one-line messages only."""
+    packed = _compressed(data, packing)
+    file = tmp_path / f"bad.{packing}"
+    file.write_bytes(packed)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / file.name).write_bytes(packed)
+    named = run_measured(["index", str(file), str(folder), "--store", str(tmp_path / "a")], timeout=60)
+    piped = run_measured(["index", "-", "--store", str(tmp_path / "b")], stdin_data=packed, timeout=60)
+    for run in (named, piped):
+        assert run.code == 1, run.stderr
+        one_line_messages(run.stderr)
+    return str(file), str(folder / file.name), named, piped
+
+
+def _sample_with_manifest(manifest: bytes) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(SAMPLE) as src, tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as dst:
+        for info in src:
+            data = src.extractfile(info).read() if info.isreg() else None
+            if info.name == "manifest.json":
+                info, data = copy.copy(info), manifest
+                info.size = len(data)
+            dst.addfile(info, None if data is None else io.BytesIO(data))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("packing", PACKINGS)
+def test_a_manifest_json_of_the_wrong_type_is_named_alike_in_every_packing(tmp_path, packing):
+    """A compressed or piped archive kept manifest.json only when it started like an object or an
+    array, and said `manifest.json 'manifest.json' is not JSON` of the others."""
+    reason = "manifest.json is not a list of objects"
+    for number, manifest in enumerate([b"null", b"5", b'"x"', b"{}"]):
+        (tmp_path / str(number)).mkdir()
+        file, in_folder, named, piped = _index_everywhere(
+            tmp_path / str(number), _sample_with_manifest(manifest), packing
+        )
+        assert error_lines(named.stderr) == [f"imgdex: {file}: {reason}", f"imgdex: {in_folder}: {reason}"], manifest
+        assert error_lines(piped.stderr) == [f"imgdex: <stdin>: {reason}"], manifest
+
+
+@pytest.mark.parametrize("packing", PACKINGS)
+def test_a_tar_cut_inside_a_member_header_says_so_in_every_packing(tmp_path, packing):
+    """The first 1,636 bytes of a docker save: the second member header is cut after 100 bytes. A
+    stream of it, compressed or piped, was read as a tar with no manifest.json."""
+    with open(SAMPLE, "rb") as f:
+        data = f.read(1636)
+    file, in_folder, named, piped = _index_everywhere(tmp_path, data, packing)
+    where = "the file" if packing == "tar" else "the uncompressed archive"
+    reason = f"truncated tar: {where} ends inside the member header at offset 1536"
+    assert error_lines(named.stderr) == [f"imgdex: {file}: {reason}", f"imgdex: {in_folder}: {reason}"]
+    where = "the archive" if packing == "tar" else "the uncompressed archive"
+    reason = f"truncated tar: {where} ends inside the member header at offset 1536"
+    assert error_lines(piped.stderr) == [f"imgdex: <stdin>: {reason}"]
+
+
+def test_an_empty_tar_holds_no_image_in_every_packing(tmp_path):
+    """Ten KiB of zero blocks is a tar with no members (tar(1) lists it); plain, it was `not a tar
+    archive (nor gzip or zstd)`, while gzip'ed or zstd'ed it held no image. A folder skips it with
+    a note, as any tar holding no image."""
+    reason = "not an image archive (no manifest.json or index.json)"
+    for packing in PACKINGS:
+        (tmp_path / packing).mkdir()
+        file, in_folder, named, piped = _index_everywhere(tmp_path / packing, bytes(10240), packing)
+        folder = os.path.dirname(in_folder)
+        assert error_lines(named.stderr) == [
+            f"imgdex: {file}: {reason}",
+            f"imgdex: {folder}: directory is not an image layout (no index.json) and holds no image archives",
+        ]
+        assert f"imgdex: note: {in_folder}: {reason}; skipped" in named.stderr.splitlines()
+        assert error_lines(piped.stderr) == [f"imgdex: <stdin>: {reason}"]
 
 
 def test_index_json_in_a_stream_is_kept_once(tmp_path):
