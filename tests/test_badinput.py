@@ -166,6 +166,24 @@ with open(report, "w") as f:
 """
 
 
+def write_without_end(proc: subprocess.Popen, head: bytes) -> threading.Thread:
+    """Writes `head`, then zeros for ever, to the process's standard input, from a thread: a
+    writer that never ends (`cat FILE /dev/zero |`), until the reader goes."""
+
+    def write():
+        try:
+            proc.stdin.write(head)
+            zeros = b"\0" * (1 << 20)
+            while True:
+                proc.stdin.write(zeros)
+        except (BrokenPipeError, ValueError, OSError):
+            pass
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    return writer
+
+
 def run_measured(args: list[str], *, stdin_data: bytes | None = None, stdin=None, timeout: float = 300) -> Measured:
     """`imgdex ARGS` in a child process, with its own peak RSS and wall time. `stdin_data` is
     written through a pipe."""

@@ -8,13 +8,13 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 
 import pytest
 from builders import classic_save_files, write_tar
 from click.testing import CliRunner
 
 from conftest import ROOT, sample_sources
+from test_badinput import write_without_end
 from indexer.errors import QueryError
 from queries import engine, lookup
 from queries import cli as imgdex
@@ -83,21 +83,6 @@ def test_ids_from_a_fifo_that_no_one_writes_reads_as_empty(store, tmp_path):
     assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
 
 
-def _endless_line_after(proc, first: bytes):
-    def write():
-        try:
-            proc.stdin.write(first)
-            zeros = b"\0" * (1 << 20)
-            while True:
-                proc.stdin.write(zeros)
-        except (BrokenPipeError, ValueError, OSError):
-            pass
-
-    writer = threading.Thread(target=write, daemon=True)
-    writer.start()
-    return writer
-
-
 def test_ids_from_stops_at_a_line_that_does_not_end(store, ids):
     # An endless stream without a newline (`head -c 100G /dev/zero |`): the lines before it are
     # answered, then the input is given up with one error rather than read for ever.
@@ -108,7 +93,7 @@ def test_ids_from_stops_at_a_line_that_does_not_end(store, ids):
         stderr=subprocess.PIPE,
         cwd=ROOT,
     )
-    _endless_line_after(proc, ids[0].encode() + b"\n")
+    write_without_end(proc, ids[0].encode() + b"\n")
     try:
         proc.wait(timeout=60)
     except subprocess.TimeoutExpired:

@@ -17,7 +17,6 @@ import pty
 import subprocess
 import sys
 import tarfile
-import threading
 
 import pytest
 from hypothesis import given, settings
@@ -44,7 +43,7 @@ from indexer.sources import jsonstream, layout, parse_source, tarball
 from indexer.sources.layout import IndexJson, top_descriptors
 from indexer.sources.parse import MAX_JSON_BYTES, Context
 from indexer.sources.tarball import MAX_KEPT_BYTES, TarMembers
-from test_badinput import assert_within_limits, error_lines, run_measured, sql_rows
+from test_badinput import assert_within_limits, error_lines, run_measured, sql_rows, write_without_end
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -1569,16 +1568,7 @@ def _index_piped_without_end(head: bytes, store: str) -> subprocess.CompletedPro
         cwd=ROOT,
     )
 
-    def write():
-        try:
-            proc.stdin.write(head)
-            zeros = b"\0" * (1 << 20)
-            while True:
-                proc.stdin.write(zeros)
-        except (BrokenPipeError, ValueError, OSError):
-            pass
-
-    threading.Thread(target=write, daemon=True).start()
+    write_without_end(proc, head)
     try:
         proc.wait(timeout=120)
     except subprocess.TimeoutExpired:
