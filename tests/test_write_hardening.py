@@ -466,6 +466,18 @@ def test_reading_a_store_through_a_symlink_to_a_missing_folder_says_so(tmp_path,
     assert not (tmp_path / "gone").exists()
 
 
+@pytest.mark.parametrize("file", ["images", "tags/_delta_log", "runs"])
+def test_a_table_folder_that_is_a_file_is_one_true_line(tmp_path, file):
+    """delta-rs said `Generic LocalFileSystem error` and only that."""
+    store = tmp_path / "store"
+    (store / file).parent.mkdir(parents=True)
+    (store / file).write_bytes(b"")
+    result = invoke("index", _more(tmp_path, 1), "--store", store)
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [f"imgdex: store {store}: {store / file} is not a folder"]
+    assert sorted(p.name for p in store.iterdir()) == [file.split("/")[0]]
+
+
 def test_write_raises_store_error_only_for_the_store(tmp_path, monkeypatch):
     record = [r for r in records_of(f"oci:{oci_layout(tmp_path / 'l', 1)}") if isinstance(r, ImageRecord)][0]
     with DeltaWriter(str(tmp_path / "store")) as writer:

@@ -69,11 +69,22 @@ class DeltaWriter:
         self._lock: int | None = None  # the store folder, share-locked
         self._made_folder: str | None = None  # the outermost folder this run made for the store
         self._made_tables: set[str] = set()  # the tables whose folders were missing when it created them
+        if self._root is not None:
+            self._refuse_files_for_folders()
         try:
             self._exists = self._found()
         except Exception as exc:  # an unreadable folder, an unreachable bucket
             raise StoreError(f"cannot open store {store}: {store_failure(exc) or exc}") from None
         self._touched = False
+
+    def _refuse_files_for_folders(self) -> None:
+        """A table's folder or its log that is a file (or a device, a FIFO) is refused in words that
+        say so: delta-rs said `Generic LocalFileSystem error`, and only that."""
+        for table in paths.TABLES:
+            folder = os.path.join(self._root, table)
+            for path in (folder, os.path.join(folder, "_delta_log")):
+                if os.path.lexists(path) and not os.path.isdir(path):
+                    raise StoreError(f"store {self.store}: {path} is not a folder")
 
     def _found(self) -> bool:
         """Whether the store exists, asked holding its lock wherever its folder exists: a store
