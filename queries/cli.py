@@ -1046,7 +1046,7 @@ def compact(store, retention, allow_short_retention, no_vacuum):
 
 
 @cli.command()
-@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("directory", type=click.Path())
 @store_option
 @as_of_option
 @library_errors
@@ -1057,6 +1057,9 @@ def export(directory, store, as_of):
     its tables do not list."""
     from queries.export import check_outside_store, export_from_store
 
+    if os.path.lexists(directory) and not os.path.isdir(directory):
+        # click's Path refuses a regular file only; a device or a FIFO is no folder either
+        raise click.BadParameter(f"{shown_value(directory)} exists and is not a directory", param_hint="'DIRECTORY'")
     try:
         check_outside_store(directory, store)
     except QueryError as exc:

@@ -119,3 +119,20 @@ def test_the_summary_names_the_folder_on_one_line(store, name, shown):
     assert result.exit_code == 0, result.output
     assert result.stdout == f"1 images, 1 tags, 1 runs written to {shown}\n"
     assert set(TABLE_FILES) <= set(os.listdir(name))
+
+
+@pytest.mark.parametrize("kind", ["file", "device", "fifo"])
+def test_a_target_that_exists_and_is_no_folder_is_one_usage_line(store, tmp_path, kind):
+    """click's Path refused a regular file with exit 2; a device or a FIFO came to the export
+    and failed there with exit 1."""
+    target = {"file": "plain", "device": "/dev/null", "fifo": "fifo"}[kind]
+    if kind == "file":
+        (tmp_path / target).write_bytes(b"")
+    elif kind == "fifo":
+        os.mkfifo(target)
+    result = _invoke("export", target, "--store", store)
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        f"imgdex export: Invalid value for 'DIRECTORY': '{target}' exists and is not a directory. "
+        "See 'imgdex export --help'."
+    ]
