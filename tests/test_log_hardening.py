@@ -335,3 +335,219 @@ def test_a_data_file_that_is_not_a_regular_file_is_refused_before_it_is_opened(s
             args,
             out.stderr,
         )
+
+
+# ---- fields of the wrong type, which delta-rs refuses in its own words (or reads otherwise)
+
+# (action, field, value): the field of an add, metaData or protocol action set to `value` (None:
+# left out), or a remove of a file the table never had, with `value` for `field`. Each is either
+# refused by delta-rs when it opens the table ("Kernel error: Json error: whilst decoding field
+# 'add'...") or made by no writer.
+MISTYPED = [
+    ("add", "size", "x"),
+    ("add", "size", "123"),
+    ("add", "size", 1.5),
+    ("add", "size", True),
+    ("add", "size", -1),
+    ("add", "size", 1 << 63),
+    ("add", "size", None),
+    ("add", "modificationTime", "x"),
+    ("add", "modificationTime", 1.0),
+    ("add", "modificationTime", None),
+    ("add", "dataChange", "true"),
+    ("add", "dataChange", 1),
+    ("add", "dataChange", None),
+    ("add", "tags", "x"),
+    ("add", "tags", []),
+    ("add", "tags", {"a": {}}),
+    ("add", "tags", {"a": 1}),
+    ("add", "partitionValues", None),
+    ("add", "baseRowId", "x"),
+    ("add", "defaultRowCommitVersion", True),
+    ("remove", "dataChange", None),
+    ("remove", "dataChange", "x"),
+    ("remove", "deletionTimestamp", "x"),
+    ("remove", "deletionTimestamp", 1 << 63),
+    ("remove", "size", {}),
+    ("remove", "partitionValues", 5),
+    ("remove", "tags", {"a": []}),
+    ("remove", "extendedFileMetadata", 0),
+    ("metaData", "id", None),
+    ("metaData", "format", {"provider": "parquet"}),
+    ("metaData", "format", {"provider": "parquet", "options": {"a": {}}}),
+    ("metaData", "createdTime", "x"),
+    ("metaData", "partitionColumns", None),
+    ("metaData", "configuration", None),
+    ("metaData", "configuration", {"a": 5}),
+    ("protocol", "minWriterVersion", None),
+    ("protocol", "minWriterVersion", "2"),
+    ("protocol", "readerFeatures", [5]),
+    ("protocol", "writerFeatures", "x"),
+]
+# The commit of the images log each kind of action is set in (metaData and protocol: where the
+# store's first run made them).
+IN_COMMIT = {"add": 2, "remove": 2, "metaData": 1, "protocol": 0}
+
+# (the statistics of the add, as JSON text, the field named): each refused by delta-rs when the
+# file is live, or made by no writer.
+MISSTATED = [
+    ("", "stats"),
+    ("x", "stats"),
+    ("5", "stats"),
+    ("null", "stats"),
+    ('{"numRecords": NaN}', "stats"),
+    ('{"numRecords": "x"}', "stats.numRecords"),
+    ('{"numRecords": 1.5}', "stats.numRecords"),
+    ('{"numRecords": true}', "stats.numRecords"),
+    ('{"numRecords": 1, "minValues": 5}', "stats.minValues"),
+    ('{"numRecords": 1, "maxValues": []}', "stats.maxValues"),
+    ('{"numRecords": 1, "nullCount": "x"}', "stats.nullCount"),
+    ('{"numRecords": 1, "nullCount": {"id": "x"}}', "stats.nullCount.id"),
+    ('{"numRecords": 1, "nullCount": {"tags": {}}}', "stats.nullCount.tags"),
+    ('{"numRecords": 1, "maxValues": {"exactness": 300}}', "stats.maxValues.exactness"),
+    ('{"numRecords": 1, "minValues": {"config_size": "x"}}', "stats.minValues.config_size"),
+    ('{"numRecords": 1, "minValues": {"tombstone": 1}}', "stats.minValues.tombstone"),
+    ('{"numRecords": 1, "minValues": {"id": {}}}', "stats.minValues.id"),
+]
+
+EVERY_COMMAND = ["get", "list", "sql", "export", "history", "compact", "index"]
+
+
+def _args(command: str, image: str, scratch: str) -> list[str]:
+    return {
+        "get": ["get", image],
+        "list": ["list"],
+        "sql": ["sql", "SELECT count(*) FROM images"],
+        "export": ["export", os.path.join(scratch, "export")],
+        "history": ["history"],
+        "compact": ["compact"],
+        "index": ["index", os.path.join(ROOT, "data", "samples", "docker-save-app.tar")],
+    }[command]
+
+
+def _rewrite(store: str, change, kind: str = "add") -> None:
+    """Apply `change` to the body of the `kind` action of the images commit that has one."""
+    path = os.path.join(store, LOG, f"{IN_COMMIT[kind]:020d}.json")
+    with open(path) as f:
+        lines = f.read().splitlines()
+    at = next(i for i, line in enumerate(lines) if kind in json.loads(line))
+    action = json.loads(lines[at])
+    change(action[kind])
+    lines[at] = json.dumps(action)
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def _mistype(store: str, action: str, field: str, value) -> None:
+    if action == "remove":
+        body = {"path": "gone.parquet", "deletionTimestamp": 1, "dataChange": True, field: value}
+        append_line(store, json.dumps({"remove": {k: v for k, v in body.items() if v is not None}}))
+        return
+
+    def change(add: dict) -> None:
+        add.pop(field, None) if value is None else add.update({field: value})
+
+    _rewrite(store, change, action)
+
+
+def assert_refused_by(
+    store: str, image: str, command: str, scratch: str, field: str, action: str = "add", commit: int = 2
+) -> None:
+    out = invoke(*_args(command, image, scratch), "--store", store)
+    named = (
+        rf"table images: commit {commit:020d}\.json is not a Delta commit: "
+        rf"its {action} action has no valid {re.escape(field)}$"
+    )
+    # `index` says which store it could not open, as for any other flaw of its log
+    prefix = r"^imgdex: (cannot open store \S+: )?" if command == "index" else "^imgdex: "
+    lines = error_lines(out.stderr)
+    assert out.code == 1, (command, out.stderr)
+    assert len(lines) == 1 and re.search(prefix + named, lines[0]), (command, out.stderr)
+    assert "Kernel error" not in out.stderr
+
+
+@pytest.mark.parametrize("command", EVERY_COMMAND)
+@pytest.mark.parametrize(("action", "field", "value"), MISTYPED, ids=lambda x: json.dumps(x) if x is not None else "-")
+def test_an_action_field_of_the_wrong_type_is_refused_by_every_command(
+    store, some_id, tmp_path, command, action, field, value
+):
+    """An add with a `size` of text was read by every reader, and `history`, `compact` and `index`
+    passed on delta-rs's "Kernel error: Json error: whilst decoding field 'add'", naming no commit."""
+    _mistype(store, action, field, value)
+    assert_refused_by(store, some_id, command, str(tmp_path), field, action, IN_COMMIT[action])
+
+
+@pytest.mark.parametrize("command", EVERY_COMMAND)
+@pytest.mark.parametrize(("stats", "field"), MISSTATED)
+def test_statistics_of_the_wrong_shape_are_refused_by_every_command(store, some_id, tmp_path, command, stats, field):
+    _rewrite(store, lambda add: add.update(stats=stats))
+    assert_refused_by(store, some_id, command, str(tmp_path), field)
+
+
+def test_statistics_of_a_file_removed_since_are_not_read(store, some_id):
+    """delta-rs reads the statistics of live files alone; neither does this reader refuse a table
+    for those of a file no version it reads still has."""
+    names = []
+    _rewrite(store, lambda add: names.append(add["path"]) or add.update(stats="x"))
+    remove = {"path": names[0], "deletionTimestamp": 1, "dataChange": True}
+    with open(os.path.join(store, LOG, "00000000000000000003.json"), "w") as f:
+        f.write(json.dumps({"commitInfo": {"timestamp": 1}}) + "\n" + json.dumps({"remove": remove}) + "\n")
+    assert invoke("history", "--store", store).code == 0
+    assert invoke("list", "--store", store).code == 0
+    refused = invoke("list", "--as-of", "2", "--store", store)
+    assert refused.code == 1 and "commit 00000000000000000002.json is not a Delta commit" in refused.stderr
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_a_line_holding_nan_anywhere_is_refused(store, some_id, constant):
+    """JSON has no NaN; delta-rs refuses a commit holding one ("Encountered unexpected 'N'")."""
+    append_line(store, '{"commitInfo2": {"note": ' + constant + "}}")
+    refused_everywhere(
+        store,
+        some_id,
+        r"^imgdex: table images: commit 00000000000000000002\.json is not a Delta commit: "
+        r"a line holds NaN or Infinity$",
+    )
+
+
+def test_tables_written_by_deltalake_directly_are_read(tmp_path):
+    """Every column type and its statistics as delta-rs writes them, nulls and extremes too: the
+    checks above refuse nothing a writer makes."""
+    import datetime as dt
+
+    import pyarrow as pa
+    from deltalake import DeltaTable, write_deltalake
+
+    point = pa.struct([("x", pa.int32()), ("y", pa.struct([("z", pa.string())]))])
+    data = pa.table(
+        {
+            "id": pa.array(["a", None, "z" * 100]),
+            "i8": pa.array([-128, 127, None], pa.int8()),
+            "i16": pa.array([-(1 << 15), None, 1], pa.int16()),
+            "i32": pa.array([None, -(1 << 31), (1 << 31) - 1], pa.int32()),
+            "i64": pa.array([-(1 << 63), (1 << 63) - 1, None], pa.int64()),
+            "f32": pa.array([1.5, float("nan"), None], pa.float32()),
+            "f64": pa.array([float("-inf"), float("inf"), float("nan")], pa.float64()),
+            "ok": pa.array([True, None, False]),
+            "raw": pa.array([b"\x00", None, b"\xff"]),
+            "day": pa.array([dt.date(1, 1, 1), None, dt.date(9999, 12, 31)]),
+            "at": pa.array([dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc), None, None], pa.timestamp("us", "UTC")),
+            "naive": pa.array([dt.datetime(2000, 1, 1), None, None], pa.timestamp("us")),
+            "money": pa.array([None, None, None], pa.decimal128(10, 2)),
+            "names": pa.array([["a"], None, []], pa.list_(pa.string())),
+            "labels": pa.array([[("k", "v")], None, []], pa.map_(pa.string(), pa.string())),
+            "point": pa.array([{"x": 1, "y": {"z": "q"}}, None, {"x": None, "y": None}], point),
+        }
+    )
+    location = str(tmp_path / "t")
+    write_deltalake(location, data)
+    write_deltalake(location, data.take([0]), mode="append")
+    write_deltalake(location, data.take([2]), mode="overwrite")  # a slice made delta-rs panic
+    write_deltalake(location, data, mode="append")
+    table = DeltaTable(location)
+    expected = sorted(deltalog.local_path(uri) for uri in table.file_uris())
+    for version in range(table.version() + 1):
+        deltalog.read_table(location, version=version)
+    assert sorted(deltalog.read_table(location).files) == expected
+    table.create_checkpoint()
+    assert sorted(deltalog.read_table(location).files) == expected

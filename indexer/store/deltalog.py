@@ -289,7 +289,7 @@ MAX_ACTION_BYTES = 8 << 20
 def _read_commit(table: str, log: str, name: str) -> list[dict]:
     try:
         with open_readable(os.path.join(log, name)) as f:
-            actions = _parse_commit(table, name, f)
+            actions, constants = _parse_commit(table, name, f)
     except FileNotFoundError:
         # removed by log clean-up between listing and reading
         raise StoreError(f"table {table}: commit {name} vanished while reading; try again") from None
@@ -308,11 +308,14 @@ def _read_commit(table: str, log: str, name: str) -> list[dict]:
     for action in actions:
         if (flaw := _flaw(action)) is not None:
             raise StoreError(f"table {table}: commit {name} is not a Delta commit: {flaw}")
+    if constants:
+        raise StoreError(f"table {table}: commit {name} is not a Delta commit: a line holds NaN or Infinity")
     return actions
 
 
-def _parse_commit(table: str, name: str, f) -> list[dict]:
-    actions, left = [], MAX_COMMIT_BYTES
+def _parse_commit(table: str, name: str, f) -> tuple[list[dict], bool]:
+    """The actions of a commit, and whether a line held NaN or Infinity."""
+    actions, left, constants = [], MAX_COMMIT_BYTES, False
     while line := f.readline(min(left, MAX_ACTION_BYTES) + 1):
         left -= len(line)
         if left < 0:
@@ -323,18 +326,107 @@ def _parse_commit(table: str, name: str, f) -> list[dict]:
             continue
         if len(actions) == MAX_COMMIT_ACTIONS:
             raise StoreError(f"table {table}: commit {name} holds more than {MAX_COMMIT_ACTIONS:,} actions")
-        actions.append(json.loads(line))
-    return actions
+        text = line.decode(json.detect_encoding(line), "surrogatepass")
+        try:
+            actions.append(_JSON.decode(text))
+        except _NotJSON:
+            # Read all the same, and refused once the line's fields are checked: one in a field
+            # the checks know (a commit time of NaN) is named by that field.
+            actions.append(json.loads(text))
+            constants = True
+    return actions, constants
 
 
-# What the replay reads of each action, with the types the Delta protocol gives it: checked once
-# per commit, so that a log damaged or written by hand is refused in one line, not mid-replay.
-_TEXT, _MAYBE_TEXT, _MAYBE_OBJECT, _MAYBE_LIST = (str,), (str, type(None)), (dict, type(None)), (list, type(None))
+class _NotJSON(ValueError):
+    pass
+
+
+def _not_json(text: str):
+    raise _NotJSON(f"{text} is not JSON")
+
+
+# Python's json reads NaN and Infinity, which JSON has not, and delta-rs refuses.
+_JSON = json.JSONDecoder(parse_constant=_not_json)
+
+
+# What the replay reads of each action, and what delta-rs decodes of add and remove actions, with
+# the types the Delta protocol gives them: checked once per commit, so that a log damaged or written
+# by hand is refused in one line, not mid-replay, and not in delta-rs's words by the commands that
+# open the table with it (it refuses a commit whose add has a `size` of text, for one).
+def _of(*types: type):
+    return lambda value: isinstance(value, types)
+
+
+def _long(value) -> bool:
+    # A protocol long: True is an int to Python, and delta-rs refuses a number past int64.
+    return type(value) is int and _INT64[0] <= value <= _INT64[1]
+
+
+def _count(value) -> bool:
+    # a size or a count: no writer makes a negative one, and delta-rs cannot read the file of one
+    return _long(value) and value >= 0
+
+
+def _bool(value) -> bool:
+    return type(value) is bool
+
+
+def _string_map(value) -> bool:
+    # Map[String, String]; delta-rs refuses an object or a list for a value.
+    return type(value) is dict and all(v is None or type(v) is str for v in value.values())
+
+
+def _names(value) -> bool:
+    return type(value) is list and all(type(v) is str for v in value)
+
+
+def _format(value) -> bool:
+    return type(value) is dict and type(value.get("provider")) is str and _string_map(value.get("options"))
+
+
+def _maybe(check):
+    return lambda value: value is None or check(value)
+
+
 _FIELDS = {
-    "add": {"path": _TEXT, "stats": _MAYBE_TEXT, "partitionValues": _MAYBE_OBJECT},
-    "remove": {"path": _TEXT},
-    "metaData": {"configuration": _MAYBE_OBJECT, "partitionColumns": _MAYBE_LIST, "schemaString": _MAYBE_TEXT},
-    "protocol": {"readerFeatures": _MAYBE_LIST},
+    "add": {
+        "path": _of(str),
+        "partitionValues": _string_map,
+        "size": _count,
+        "modificationTime": _long,
+        "dataChange": _bool,
+        "stats": _of(str, type(None)),
+        "tags": _maybe(_string_map),
+        "baseRowId": _maybe(_long),
+        "defaultRowCommitVersion": _maybe(_long),
+    },
+    "remove": {
+        "path": _of(str),
+        "dataChange": _bool,
+        "deletionTimestamp": _maybe(_long),
+        "size": _maybe(_count),
+        "partitionValues": _maybe(_string_map),
+        "tags": _maybe(_string_map),
+        "extendedFileMetadata": _maybe(_bool),
+        "baseRowId": _maybe(_long),
+        "defaultRowCommitVersion": _maybe(_long),
+    },
+    "metaData": {
+        "id": _of(str),
+        "name": _maybe(_of(str)),
+        "description": _maybe(_of(str)),
+        "format": _format,
+        "schemaString": _of(str),
+        "partitionColumns": _names,
+        "createdTime": _maybe(_long),
+        "configuration": _string_map,
+    },
+    "protocol": {
+        "minReaderVersion": _long,
+        "minWriterVersion": _long,
+        "readerFeatures": _maybe(_names),
+        "writerFeatures": _maybe(_names),
+    },
 }
 
 
@@ -344,16 +436,16 @@ def _flaw(action) -> str | None:
         return "a line is not an object of actions"
     for kind, fields in _FIELDS.items():
         body = action.get(kind)
-        for field, types in fields.items() if body is not None else ():
-            if not isinstance(body.get(field), types):
+        for field, check in fields.items() if body is not None else ():
+            if not check(body.get(field)):
                 return f"its {kind} action has no valid {field}"
     info = action.get("commitInfo", {})
     stamp = info.get("timestamp")
     # The protocol's commit time is a long of milliseconds; a float (1e400 is infinity), text or a
     # number past int64 would fail later, or be read by deltalake otherwise than here.
-    if stamp is not None and (type(stamp) is not int or not _INT64[0] <= stamp <= _INT64[1]):
+    if stamp is not None and not _long(stamp):
         return "its commit time is not a whole number of milliseconds within int64"
-    if not isinstance(info.get("imgdex.runId"), _MAYBE_TEXT):
+    if not isinstance(info.get("imgdex.runId"), (str, type(None))):
         return "its run id is not text"
     return None
 
@@ -465,12 +557,21 @@ def read_table(
         info = commit_info(table, log, commits[version])
         timestamp, run_id = int(info.get("timestamp") or 0), info.get("imgdex.runId")
     replay.check()
-    columns = _columns(replay.metadata)
+    columns, checks = _schema(replay.metadata)
     files = tuple(replay.path(p) for p in replay.files)
     _check_regular(table, files)
     first_key = columns[0][0] if columns else None
     wanted = (first_key, "name") if table == "images" else (first_key,)
-    parsed = [_stat_ranges(stats, wanted) for _, stats in replay.files.values()]
+    # delta-rs decodes the statistics of the live files alone (those of a file removed since are
+    # never read): so are they checked here, parsed once for the key ranges too.
+    parsed = []
+    for added, stats in replay.files.values():
+        values, flaw = _file_stats(stats, checks)
+        if flaw is not None:
+            if added == start:
+                raise StoreError(f"table {table}: cannot read checkpoint {checkpoints[start][0]}: {flaw}")
+            raise StoreError(f"table {table}: commit {commits[added]} is not a Delta commit: {flaw}")
+        parsed.append(_ranges(values, wanted))
     ranges = tuple(p[0] for p in parsed)
     names = tuple(p[1] for p in parsed) if table == "images" else ()
     uniform = _as_dict(replay.metadata.get("configuration")).get(MIXED_SCHEMAS) != "true"
@@ -528,7 +629,89 @@ def _stat_ranges(stats: str | None, columns: tuple) -> list:
         parsed = json.loads(stats)
     except (ValueError, RecursionError):
         return [None] * len(columns)
+    return _ranges(parsed, columns)
+
+
+def _ranges(parsed: dict | None, columns: tuple) -> list:
+    if parsed is None:
+        return [None] * len(columns)
     return [_range(parsed, column) for column in columns]
+
+
+def _file_stats(text: str | None, checks: tuple) -> tuple:
+    """(statistics, None) for an add action's statistics, parsed (None without any), or (None, why
+    delta-rs would refuse them). `checks`: from `_stat_checks`."""
+    if text is None:
+        return None, None
+    try:
+        stats = _JSON.decode(text)
+    except (ValueError, RecursionError):
+        stats = None
+    if type(stats) is not dict:
+        return None, "its add action has no valid stats"
+    if not _maybe(_count)(stats.get("numRecords")):
+        return None, "its add action has no valid stats.numRecords"
+    bounds, counts = checks
+    for key, of in (("minValues", bounds), ("maxValues", bounds), ("nullCount", counts)):
+        values = stats.get(key)
+        if values is None:
+            continue
+        if type(values) is not dict:
+            return None, f"its add action has no valid stats.{key}"
+        if (column := _stats_flaw(values, of)) is not None:
+            return None, f"its add action has no valid stats.{key}.{printable(column)}"
+    return stats, None
+
+
+def _stats_flaw(values: dict, checks: dict) -> str | None:
+    """The first column of `values` whose value its check refuses; columns the table does not
+    have, or whose values delta-rs does not decode, are left alone, as delta-rs does."""
+    for column, value in values.items():
+        if value is not None and (check := checks.get(column)) is not None and not check(value):
+            return column
+    return None
+
+
+# Delta's integer types, by the bits of their magnitude.
+_INTEGERS = {"byte": 7, "short": 15, "integer": 31, "long": 63}
+
+
+def _stat_checks(fields: list) -> tuple[dict, dict]:
+    """The checks of the statistics of a schema's columns, each of a value other than null: per
+    column, of its min and max values, and of its null count, as delta-rs decodes them. A bound of
+    an integer column must be an integer in its range, of a boolean one a boolean, of a string one
+    no object or list; a null count must be a count. Where delta-rs decodes no bound (timestamps,
+    binary, arrays, maps), none is checked, as a writer may write them in forms of its own."""
+    bounds, counts = {}, {}
+    for field in fields:
+        name, kind = field["name"], field["type"]
+        if isinstance(kind, dict) and kind.get("type") == "struct":
+            inner_bounds, inner_counts = _stat_checks(kind["fields"])
+            bounds[name], counts[name] = _struct_check(inner_bounds), _struct_check(inner_counts)
+            continue
+        counts[name] = _count
+        if not isinstance(kind, str):
+            continue
+        if kind in _INTEGERS:
+            bounds[name] = _integer_check(_INTEGERS[kind])
+        elif kind == "boolean":
+            bounds[name] = _bool
+        elif kind == "string":
+            bounds[name] = _scalar
+    return bounds, counts
+
+
+def _integer_check(bits: int):
+    low, high = -(1 << bits), (1 << bits) - 1
+    return lambda value: type(value) is int and low <= value <= high
+
+
+def _scalar(value) -> bool:
+    return not isinstance(value, (dict, list))
+
+
+def _struct_check(inner: dict):
+    return lambda value: type(value) is dict and _stats_flaw(value, inner) is None
 
 
 def _range(parsed, column: str | None) -> tuple | None:
@@ -649,9 +832,14 @@ def _duck_type(delta_type) -> str:
 
 
 def _columns(metadata: dict) -> tuple[tuple[str, str], ...]:
+    return _schema(metadata)[0]
+
+
+def _schema(metadata: dict) -> tuple[tuple[tuple[str, str], ...], tuple[dict, dict]]:
+    """The columns of a table's schema, (name, DuckDB type), and the checks of their statistics."""
     try:
         fields = json.loads(metadata["schemaString"])["fields"]
-        return tuple((f["name"], _duck_type(f["type"])) for f in fields)
+        return tuple((f["name"], _duck_type(f["type"])) for f in fields), _stat_checks(fields)
     except (KeyError, TypeError, ValueError, RecursionError):
         raise StoreError("a Delta table's schema cannot be read") from None
 
