@@ -754,12 +754,17 @@ def _handmade_table(path, protocol: dict, configuration: dict | None = None, add
             "deletion vectors",
         ),
         (
-            {"minReaderVersion": 3, "minWriterVersion": 7, "readerFeatures": ["v2Checkpoint"], "writerFeatures": []},
+            {
+                "minReaderVersion": 3,
+                "minWriterVersion": 7,
+                "readerFeatures": ["v2Checkpoint"],
+                "writerFeatures": ["v2Checkpoint"],
+            },
             {},
             None,
             "reader features",
         ),
-        ({"minReaderVersion": 4, "minWriterVersion": 7}, {}, None, "reader version"),
+        ({"minReaderVersion": 4, "minWriterVersion": 7, "writerFeatures": []}, {}, None, "reader version"),
     ],
 )
 def test_the_log_reader_refuses_what_it_cannot_read_right(tmp_path, protocol, configuration, add, reason):

@@ -484,6 +484,40 @@ def test_statistics_of_the_wrong_shape_are_refused_by_every_command(store, some_
     assert_refused_by(store, some_id, command, str(tmp_path), field)
 
 
+# (changes to the store's protocol, minReaderVersion 1 and minWriterVersion 2, the field named):
+# each refused by delta-rs, whose types alone are right.
+UNMATCHED_FEATURES = [
+    ({"readerFeatures": ["timestampNtz"]}, "readerFeatures"),
+    ({"readerFeatures": []}, "readerFeatures"),
+    ({"minReaderVersion": 3}, "readerFeatures"),
+    ({"writerFeatures": []}, "writerFeatures"),
+    ({"minWriterVersion": 7}, "writerFeatures"),
+    ({"minReaderVersion": 3, "readerFeatures": []}, "writerFeatures"),
+    (
+        {"minReaderVersion": 3, "minWriterVersion": 7, "readerFeatures": ["timestampNtz"], "writerFeatures": []},
+        "readerFeatures",
+    ),
+]
+
+
+@pytest.mark.parametrize("command", EVERY_COMMAND)
+@pytest.mark.parametrize(("change", "field"), UNMATCHED_FEATURES, ids=lambda x: json.dumps(x, sort_keys=True))
+def test_features_that_do_not_match_the_versions_are_refused_by_every_command(
+    store, some_id, tmp_path, command, change, field
+):
+    """Readers served such a table while `history`, `compact` and `index` passed on delta-rs's
+    "Kernel error: Invalid protocol action in the delta log"."""
+    _rewrite(store, lambda protocol: protocol.update(change), "protocol")
+    assert_refused_by(store, some_id, command, str(tmp_path), field, "protocol", IN_COMMIT["protocol"])
+
+
+def test_features_that_match_the_versions_are_read(store, some_id):
+    both = {"minReaderVersion": 3, "minWriterVersion": 7, "readerFeatures": [], "writerFeatures": ["appendOnly"]}
+    _rewrite(store, lambda protocol: protocol.update(both), "protocol")
+    assert invoke("get", some_id, "--store", store).code == 0
+    assert invoke("history", "--store", store).code == 0
+
+
 def test_statistics_of_a_file_removed_since_are_not_read(store, some_id):
     """delta-rs reads the statistics of live files alone; neither does this reader refuse a table
     for those of a file no version it reads still has."""

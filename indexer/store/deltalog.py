@@ -439,6 +439,8 @@ def _flaw(action) -> str | None:
         for field, check in fields.items() if body is not None else ():
             if not check(body.get(field)):
                 return f"its {kind} action has no valid {field}"
+    if "protocol" in action and (field := _protocol_flaw(action["protocol"])) is not None:
+        return f"its protocol action has no valid {field}"
     info = action.get("commitInfo", {})
     stamp = info.get("timestamp")
     # The protocol's commit time is a long of milliseconds; a float (1e400 is infinity), text or a
@@ -451,6 +453,22 @@ def _flaw(action) -> str | None:
 
 
 _INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+def _protocol_flaw(protocol: dict) -> str | None:
+    """The field that breaks the rules tying a protocol's features to its versions, as delta-rs
+    holds them: reader features with reader version 3 and only then, writer features with writer
+    version 7 and only then, and every reader feature among the writer features."""
+    readers, writers = protocol.get("readerFeatures"), protocol.get("writerFeatures")
+    if (readers is not None) != (protocol.get("minReaderVersion") == 3):
+        return "readerFeatures"
+    if (writers is not None) != (protocol.get("minWriterVersion") == 7):
+        return "writerFeatures"
+    if readers is not None and writers is None:
+        return "writerFeatures"
+    if readers is not None and not set(readers) <= set(writers):
+        return "readerFeatures"
+    return None
 
 
 def _commit_info(actions: list[dict]) -> dict:
