@@ -4,6 +4,7 @@ has a completed index run to answer from, and every API call would otherwise ans
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import grpc
@@ -156,3 +157,22 @@ def test_rest_health_answers_as_grpc_health_does(tmp_path, run_cli):
         assert _healthz(service.http_address, "s3cret") == (503, {"status": "NOT_SERVING"})
     finally:
         service.stop(grace=1)
+
+
+def test_a_stop_goes_on_when_telling_the_watch_streams_hangs(tmp_path, monkeypatch):
+    """grpc's send to a Watch stream whose client is cancelling it can wait for ever: a teardown
+    hung in `enter_graceful_shutdown`. The shutdown tells the streams, waits a moment, and goes on."""
+    store = tmp_path / "store"
+    store.mkdir()
+    service = Service(str(store), ("127.0.0.1", 0), None, workers=WORKERS)
+    service.start()
+    stuck = threading.Event()
+    monkeypatch.setattr(service.grpc.health, "enter_graceful_shutdown", lambda: stuck.wait(600))
+    started = time.monotonic()
+    service.stop(grace=1)
+    try:
+        assert time.monotonic() - started < 10
+        with pytest.raises(grpc.RpcError), grpc.insecure_channel(service.grpc_address) as channel:
+            _statuses(channel)
+    finally:
+        stuck.set()

@@ -54,6 +54,8 @@ def _blob(doc: dict) -> blob_pb2.Blob:
 
 _EPOCH = datetime.datetime(1970, 1, 1)
 _SECOND = datetime.timedelta(seconds=1)
+# Seconds a shutdown waits for the Watch streams to be told NOT_SERVING.
+_TELL_WATCHES = 1.0
 
 
 def _timestamp(text: str) -> timestamp_pb2.Timestamp:
@@ -448,5 +450,10 @@ class GrpcServer:
     def stop(self, grace: float):
         """Refuses new calls at once, lets running ones finish within `grace` seconds; an Event."""
         if self.health is not None:
-            self.health.enter_graceful_shutdown()
+            # Watch streams are told NOT_SERVING first. grpc's send to a stream whose client is
+            # cancelling it can wait for ever (a test's teardown hung so, and a SIGTERM would
+            # have too): the shutdown goes on after a moment, and its cancellation ends the wait.
+            told = threading.Thread(target=self.health.enter_graceful_shutdown, name="health-shutdown", daemon=True)
+            told.start()
+            told.join(min(grace, _TELL_WATCHES))
         return self.server.stop(grace)
