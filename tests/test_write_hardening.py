@@ -660,3 +660,24 @@ def test_a_shard_that_lands_nothing_records_its_run_even_before_the_store_exists
     with DeltaWriter(str(tmp_path / "unsharded")) as plain:
         index_sources([], plain)
     assert not os.path.exists(tmp_path / "unsharded")  # without --shard, nothing is created for nothing
+
+
+def test_a_store_that_cannot_be_opened_leaves_no_descriptor_open(tmp_path):
+    """The store folder's lock is taken before the tables are opened; when they cannot be, nothing
+    holds the writer to close it, and a long-lived caller (a server, a test run) kept one more
+    descriptor on the folder each time."""
+    store = tmp_path / "store"
+    assert invoke("index", _more(tmp_path, 1), "--store", store).exit_code == 0
+    commit = store / "images" / "_delta_log" / f"{0:020d}.json"
+    lines = commit.read_text().splitlines()
+    for at, line in enumerate(lines):
+        action = json.loads(line)
+        if "protocol" in action:
+            action["protocol"]["minWriterVersion"] = 7  # writer features are then required
+            lines[at] = json.dumps(action)
+    commit.write_text("\n".join(lines) + "\n")
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        with pytest.raises(StoreError, match="cannot open store"):
+            DeltaWriter(str(store))
+    assert len(os.listdir("/proc/self/fd")) == before

@@ -74,6 +74,7 @@ class DeltaWriter:
         try:
             self._exists = self._found()
         except Exception as exc:  # an unreadable folder, an unreachable bucket
+            self.close()  # the lock taken on the way: no caller holds this object to close it
             raise StoreError(f"cannot open store {store}: {store_failure(exc) or exc}") from None
         self._touched = False
 
