@@ -10,6 +10,7 @@ tests/badinput/make_corpus.py) holds the SOURCE argument and the error regex of 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -166,9 +167,17 @@ with open(report, "w") as f:
 """
 
 
-def write_without_end(proc: subprocess.Popen, head: bytes) -> threading.Thread:
-    """Writes `head`, then zeros for ever, to the process's standard input, from a thread: a
-    writer that never ends (`cat FILE /dev/zero |`), until the reader goes."""
+def run_fed_without_end(args: list[str], head: bytes, timeout: float) -> subprocess.CompletedProcess:
+    """`imgdex ARGS` in a child process whose standard input is `head`, then zeros for ever (`cat
+    FILE /dev/zero |`), written from a thread until the reader goes. A child still reading after
+    `timeout` seconds fails the test."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "queries.cli", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
 
     def write():
         try:
@@ -179,9 +188,17 @@ def write_without_end(proc: subprocess.Popen, head: bytes) -> threading.Thread:
         except (BrokenPipeError, ValueError, OSError):
             pass
 
-    writer = threading.Thread(target=write, daemon=True)
-    writer.start()
-    return writer
+    threading.Thread(target=write, daemon=True).start()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"imgdex {' '.join(args)} read an endless input for ever")
+    finally:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.read(), proc.stderr.read())
 
 
 def run_measured(args: list[str], *, stdin_data: bytes | None = None, stdin=None, timeout: float = 300) -> Measured:

@@ -14,7 +14,7 @@ from builders import classic_save_files, write_tar
 from click.testing import CliRunner
 
 from conftest import ROOT, sample_sources
-from test_badinput import write_without_end
+from test_badinput import run_fed_without_end
 from indexer.errors import QueryError
 from queries import engine, lookup
 from queries import cli as imgdex
@@ -86,25 +86,10 @@ def test_ids_from_a_fifo_that_no_one_writes_reads_as_empty(store, tmp_path):
 def test_ids_from_stops_at_a_line_that_does_not_end(store, ids):
     # An endless stream without a newline (`head -c 100G /dev/zero |`): the lines before it are
     # answered, then the input is given up with one error rather than read for ever.
-    proc = subprocess.Popen(
-        [*CLI, "get", "--ids-from", "-", "--store", store],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=ROOT,
-    )
-    write_without_end(proc, ids[0].encode() + b"\n")
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        pytest.fail("an endless line was read for ever")
-    finally:
-        proc.stdin.close()
-    out, err = proc.stdout.read().decode(), proc.stderr.read().decode()
+    done = run_fed_without_end(["get", "--ids-from", "-", "--store", store], ids[0].encode() + b"\n", timeout=60)
+    out, err = done.stdout.decode(), done.stderr.decode()
     message = f"line longer than {imgdex.MAX_SKIPPED_LINE} bytes: the rest of the input is not read"
-    assert proc.returncode == 1
+    assert done.returncode == 1
     docs = [json.loads(line) for line in out.splitlines()]
     assert docs[0]["id"] == ids[0]
     assert docs[1:] == [{"error": {"code": 3, "message": message}}]

@@ -6,7 +6,6 @@ tiny entries."""
 from __future__ import annotations
 
 import collections
-import contextlib
 import copy
 import gzip
 import hashlib
@@ -43,7 +42,7 @@ from indexer.sources import jsonstream, layout, parse_source, tarball
 from indexer.sources.layout import IndexJson, top_descriptors
 from indexer.sources.parse import MAX_JSON_BYTES, Context
 from indexer.sources.tarball import MAX_KEPT_BYTES, TarMembers
-from test_badinput import assert_within_limits, error_lines, run_measured, sql_rows, write_without_end
+from test_badinput import assert_within_limits, error_lines, run_measured, sql_rows, run_fed_without_end
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -1558,35 +1557,13 @@ def test_archive_piped_on_stdin(spec, name, tmp_path):
     assert _listing(store) == expected_documents(REAL_EXPECTED["archives"][name])
 
 
-def _index_piped_without_end(head: bytes, store: str) -> subprocess.CompletedProcess:
-    """`cat HEAD /dev/zero | imgdex index - --store STORE`, its writer never done."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "queries.cli", "index", "-", "--store", store, "--repository", REPOSITORY],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=ROOT,
-    )
-
-    write_without_end(proc, head)
-    try:
-        proc.wait(timeout=120)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        pytest.fail("a pipe that never ends was read for ever")
-    finally:
-        with contextlib.suppress(OSError):
-            proc.stdin.close()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.read(), proc.stderr.read())
-
-
 @pytest.mark.parametrize("name, label", [("docker-save-app.tar", "tar"), ("docker-save-app.tar.gz", "gzip tar")])
 def test_an_archive_piped_with_endless_zeros_after_it_ends(tmp_path, name, label):
     """The pipe is read to its end so that its writer gets no EPIPE, but past 64 MiB after the
     archive's end it is given up: a gzip reader takes the zeros as padding and read on for ever."""
     with open(os.path.join(REAL, name), "rb") as f:
-        done = _index_piped_without_end(f.read(), str(tmp_path / "store"))
+        args = ["index", "-", "--store", str(tmp_path / "store"), "--repository", REPOSITORY]
+        done = run_fed_without_end(args, f.read(), timeout=120)
     assert done.returncode == 1
     assert done.stderr.decode().splitlines() == [
         f"imgdex: <stdin>: the input goes on for more than 64 MiB past the {label} archive's end"
