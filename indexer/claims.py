@@ -84,10 +84,9 @@ def contested(logs: dict[int, list]) -> list[tuple[str, str, str, str, str]]:
         return []  # no tag in two workers' claims: nothing to settle, and no DuckDB to start (~80 ms)
     # Few tags are claimed in two workers: those are found first by a grouping that holds only
     # keys, and only their claims are ranked.
-    import duckdb
+    from .store import duck
 
-    con = duckdb.connect(config={"threads": 1, "memory_limit": "256MB"})
-    con.execute("SET enable_progress_bar = false")  # DuckDB would draw it on standard output
+    con = duck.connect(config={"threads": 1, "memory_limit": "256MB"})
     try:
         con.register("claims", pa.concat_tables(tables))
         return con.execute(

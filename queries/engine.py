@@ -25,7 +25,7 @@ import weakref
 import duckdb
 
 from indexer.errors import QueryError, StoreError, first_line
-from indexer.store import paths
+from indexer.store import duck, paths
 from indexer.store.views import VIEWS
 
 # A copy of the Parquet files without tags.parquet still answers every lookup: the images
@@ -297,9 +297,6 @@ def lock_settings(files: list[str]) -> str:
     return (
         f"SET allowed_paths = [{', '.join(map(_quote, files))}];"
         " SET enable_external_access = false;"
-        # DuckDB's Python client draws a progress bar on standard output once a query runs past
-        # two seconds: into the rows of `sql`, `list` and `export` there.
-        " SET enable_progress_bar = false;"
         " SET autoinstall_known_extensions = false;"
         " SET autoload_known_extensions = false;"
         " SET lock_configuration = true;"
@@ -336,7 +333,7 @@ def _over_snapshot(
     if tables == paths.TABLES:
         script += [f"CREATE VIEW {name} AS {body};" for name, body in VIEWS.items()]
     script.append(_lock_down(files, memory_limit))
-    con = duckdb.connect()
+    con = duck.connect()
     try:
         con.execute("\n".join(script))
     except duckdb.Error as exc:
@@ -349,7 +346,7 @@ def _over_snapshot(
 
 def _over_database(store: str, database: str, memory_limit: str | None = None) -> Reader:
     try:
-        con = duckdb.connect(database, read_only=True)
+        con = duck.connect(database, read_only=True)
     except duckdb.Error as exc:
         raise StoreError(f"store {store} has no snapshot yet and its database is busy ({first_line(exc)})") from None
     try:
@@ -370,8 +367,7 @@ def _over_tables(
         version, as_of = as_of, None
     if version is not None and "images" not in tables:
         tables = ("images", *tables)
-    con = duckdb.connect()
-    con.execute("SET enable_progress_bar = false")  # before the reads of a large log; see lock_settings
+    con = duck.connect()
     try:
         files = deltalog.read_store(store, version=version, as_of=as_of, tables=tables, con=con)
         if key is not None:

@@ -70,7 +70,7 @@ from deltalake.transaction import AddAction, RemoveAction
 
 from ..errors import StoreError, first_line
 from ..model import IMPORTED, one_image, shown
-from . import arrow, deltalog, schema
+from . import arrow, deltalog, duck, schema
 from .paths import delta_rs_refusal, local_folder
 from .hashset import HashSet
 from .deltalog import CONTENT_HASH, RUN_ID, TAGS_ONLY, TAGS_WRITTEN_AT, TOMBSTONE, TOMBSTONE_EXACTNESS, WRITTEN_AT
@@ -652,17 +652,14 @@ class DeltaStore:
 
     def _duckdb(self) -> duckdb.DuckDBPyConnection:
         if self._con is None:
-            import duckdb
-
             config = {"memory_limit": self.memory_limit, "threads": max(1, min(4, os.cpu_count() or 1))}
             # Sorting a large table for compaction spills here; DuckDB's default is a folder in the
             # working directory.
             config["temp_directory"] = self.temp_directory or os.path.join(
                 tempfile.gettempdir(), f"imgdex-spill-{os.getpid()}"
             )
-            self._con = duckdb.connect(config=config)
-            # and no progress bar: DuckDB draws it on standard output, where `--json` writes
-            self._con.execute("SET TimeZone = 'UTC'; SET enable_progress_bar = false")
+            self._con = duck.connect(config=config)
+            self._con.execute("SET TimeZone = 'UTC'")
         return self._con
 
     def close(self) -> None:

@@ -497,10 +497,9 @@ def _read_checkpoint(replay: _Replay, log: str, names: list[str], con) -> None:
         con = con()  # the caller's connection, opened only now that a checkpoint must be read
     own = con is None
     if own:
-        import duckdb  # only when a checkpoint must be read: the connection costs start-up time
+        from . import duck  # only when a checkpoint must be read: the connection costs start-up time
 
-        con = duckdb.connect()
-        con.execute("SET enable_progress_bar = false")  # DuckDB would draw it on standard output
+        con = duck.connect()
     try:
         listed = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
         rows = con.execute(

@@ -16,7 +16,7 @@ import duckdb
 import pyarrow as pa
 
 from ..errors import StoreError, first_line
-from . import paths, schema
+from . import duck, paths, schema
 from .delta import Changes, DeltaStore
 
 _WORK = ".migrating"
@@ -27,8 +27,7 @@ OLD_FILES = (paths.DATABASE, paths.DATABASE + ".wal", paths.SNAPSHOT_LINK, paths
 def _old_source(store: str) -> tuple[duckdb.DuckDBPyConnection, str]:
     """A connection that sees the old tables, and what it reads. The database is the truth; a store
     copied as bare Parquet files has only its snapshot."""
-    con = duckdb.connect()
-    con.execute("SET enable_progress_bar = false")  # DuckDB would draw it on standard output
+    con = duck.connect()
     database = os.path.join(store, paths.DATABASE)
     try:
         if os.path.isfile(database):

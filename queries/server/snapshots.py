@@ -31,7 +31,7 @@ import duckdb
 import pyarrow
 
 from indexer.errors import StoreError
-from indexer.store import paths
+from indexer.store import duck, paths
 
 from .. import engine, render
 
@@ -123,8 +123,7 @@ class Snapshot:
     @classmethod
     def load(cls, key: tuple) -> "Snapshot":
         started = time.perf_counter()
-        con = duckdb.connect(":memory:")
-        con.execute("SET enable_progress_bar = false")  # loading 1M rows would draw one on stdout
+        con = duck.connect(":memory:")
         try:
             if key[1:2] == ("images",):
                 from indexer.store import deltalog
