@@ -59,7 +59,7 @@ class Kept:
         rest = self.count - len(self.items)
         if not rest:
             return messages
-        return [*messages, f"{rest} more {kind} not listed here (each was reported as it happened)"]
+        return [*messages, f"{rest} more {kind} not listed here"]
 
 
 def image_key(image_id: str) -> int:

@@ -274,15 +274,21 @@ def cli():
 
 
 class _Progress:
-    """A progress bar over the sources, with the images read so far, on stderr when it is a terminal."""
+    """A progress bar over the sources, with the images read so far, on stderr when it is a terminal;
+    and the run's errors and notes, the first `limit` of each kind as they happen, then how many
+    more there were. A layout can list millions of broken descriptors: a million lines of them
+    bury the first, and took longer to print than to find."""
 
     WIDTH = 30
 
-    def __init__(self, total_sources: int):
+    def __init__(self, total_sources: int, limit: int):
         self.enabled = sys.stderr.isatty()
         self.total = max(total_sources, 1)
         self.sources = 0
         self.images = 0
+        self.limit = limit
+        self.unprinted = {"errors": 0, "notes": 0}
+        self.printed = {"errors": 0, "notes": 0}
 
     def _draw(self) -> None:
         filled = self.WIDTH * self.sources // self.total
@@ -299,7 +305,17 @@ class _Progress:
         if self.enabled:
             self._draw()
 
-    def message(self, text: str) -> None:
+    def error(self, text: str) -> None:
+        self._say("errors", text)
+
+    def note(self, text: str) -> None:
+        self._say("notes", f"note: {text}")
+
+    def _say(self, kind: str, text: str) -> None:
+        if self.printed[kind] >= self.limit:
+            self.unprinted[kind] += 1
+            return
+        self.printed[kind] += 1
         if self.enabled:
             click.echo("\r\033[K", err=True, nl=False)
         click.echo(f"imgdex: {text}", err=True)
@@ -309,6 +325,12 @@ class _Progress:
     def done(self) -> None:
         if self.enabled:
             click.echo("\r\033[K", err=True, nl=False)
+        rest = [f"{count} more {kind}" for kind, count in self.unprinted.items() if count]
+        if rest:
+            click.echo(
+                f"imgdex: {' and '.join(rest)} not printed: a run prints its first {self.limit} errors and notes",
+                err=True,
+            )
 
 
 _MAX_PASSWORD = 64 * 1024  # a password or token; standard input may be anything
@@ -497,7 +519,7 @@ def index(
 
     from indexer import workers
     from indexer.errors import StoreError
-    from indexer.run import Kept, RunObserver, RunSettings, RunSummary, index_sources
+    from indexer.run import MAX_MESSAGES, Kept, RunObserver, RunSettings, RunSummary, index_sources
     from indexer.sources import SourceOptions
 
     password = None
@@ -520,7 +542,7 @@ def index(
     elif password_stdin:
         raise click.UsageError("--password-stdin is for docker:// sources, and none is given")
     registry, repository = _split_repository(registry, repository)
-    progress = _Progress(len(sources))
+    progress = _Progress(len(sources), MAX_MESSAGES)
     registry_options = None
     if crawls_registries:
         from indexer.sources.registry_client import RegistryOptions  # imports urllib3
@@ -541,11 +563,11 @@ def index(
 
     def said_error(text: str) -> None:
         said.add(text)
-        progress.message(text)
+        progress.error(text)
 
     observer = RunObserver(
         on_error=said_error,
-        on_note=(lambda text: None) if quiet else (lambda text: progress.message(f"note: {text}")),
+        on_note=(lambda text: None) if quiet else progress.note,
         on_image=progress.image,
         on_source=progress.source,
     )

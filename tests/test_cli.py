@@ -704,14 +704,14 @@ def test_progress_bar_only_on_a_terminal(monkeypatch, capsys):
     from queries.cli import _Progress
 
     monkeypatch.setattr("sys.stderr.isatty", lambda: True)
-    progress = _Progress(2)
+    progress = _Progress(2, 10)
     progress.image(None)
     progress.source("a")
     progress.done()
     drawn = capsys.readouterr().err
     assert "[###############---------------] 1/2 sources, 1 images" in drawn
     monkeypatch.setattr("sys.stderr.isatty", lambda: False)
-    quiet = _Progress(2)
+    quiet = _Progress(2, 10)
     quiet.image(None)
     quiet.source("a")
     assert capsys.readouterr().err == ""

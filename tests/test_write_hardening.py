@@ -202,8 +202,50 @@ def test_errors_and_notes_past_the_limit_are_counted_and_said_not_kept(tmp_path,
         summary = index_sources(["fixed"], writer, observer=RunObserver(on_error=said.append, on_note=noted.append))
     assert len(said) == 7 and len(noted) == 5  # every one is said as it happens
     assert summary.failed == 7
-    assert summary.errors == [*said[:3], "4 more errors not listed here (each was reported as it happened)"]
-    assert summary.notes == [*noted[:3], "2 more notes not listed here (each was reported as it happened)"]
+    assert summary.errors == [*said[:3], "4 more errors not listed here"]
+    assert summary.notes == [*noted[:3], "2 more notes not listed here"]
+
+
+def test_index_prints_the_first_errors_and_counts_the_rest(tmp_path):
+    """A layout of a thousand broken descriptors and two images: the images land, the first
+    MAX_MESSAGES errors are printed, one line counts the others, and the summary counts them all."""
+    layout = oci_layout(tmp_path / "layout", 2)
+    index_path = os.path.join(layout, "index.json")
+    with open(index_path) as f:
+        index = json.load(f)
+    broken = run_module.MAX_MESSAGES + 3
+    index["manifests"] = [{}] * broken + index["manifests"]
+    with open(index_path, "w") as f:
+        json.dump(index, f)
+    result = CliRunner().invoke(cli, ["index", layout, "--store", str(tmp_path / "store")])
+    assert result.exit_code == 1
+    assert result.stdout.startswith(f"indexed 2 images, {broken} failed")
+    lines = result.stderr.splitlines()
+    assert len(lines) == run_module.MAX_MESSAGES + 1
+    assert lines[0].endswith("index.json manifests[0] has an invalid digest None")
+    assert lines[-2].endswith(f"index.json manifests[{run_module.MAX_MESSAGES - 1}] has an invalid digest None")
+    assert lines[-1] == (
+        f"imgdex: 3 more errors not printed: a run prints its first {run_module.MAX_MESSAGES} errors and notes"
+    )
+
+
+def test_index_counts_unprinted_notes_apart_and_quiet_prints_neither(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_module, "MAX_MESSAGES", 2)
+    folder = tmp_path / "exports"
+    oci_layout(folder / "layout", 1)
+    for i in range(5):
+        (folder / f"readme-{i}.txt").write_text("not an archive")
+    (folder / "broken").mkdir()
+    (folder / "broken" / "index.json").write_text("{")
+    store = str(tmp_path / "store")
+    result = CliRunner().invoke(cli, ["index", str(folder), "--store", store])
+    assert result.exit_code == 1 and result.stdout.startswith("indexed 1 images, 1 failed")
+    lines = result.stderr.splitlines()
+    assert [line.startswith("imgdex: note: ") for line in lines[:-1]].count(True) == 2
+    assert lines[-1] == "imgdex: 3 more notes not printed: a run prints its first 2 errors and notes"
+    quiet = CliRunner().invoke(cli, ["index", str(folder), "--store", store, "--quiet"])
+    assert quiet.exit_code == 1
+    assert "note" not in quiet.stderr and "not printed" not in quiet.stderr
 
 
 def test_a_long_message_is_cut_where_it_is_said_and_kept(tmp_path, monkeypatch):
