@@ -426,6 +426,28 @@ def test_a_manifest_json_of_the_wrong_type_is_named_alike_in_every_packing(tmp_p
 
 
 @pytest.mark.parametrize("packing", PACKINGS)
+def test_a_manifest_blob_of_the_wrong_json_type_is_named_alike_in_every_packing(tmp_path, packing):
+    """An OCI archive whose manifest blob is a JSON scalar: a compressed or piped archive kept a
+    blob only when it started like an object or an array, and said `blob '…' is not JSON` of `5`."""
+    for number, manifest in enumerate([b"5", b"-1", b'"x"', b"null", b"true", b"false"]):
+        digest = digest_of(manifest)
+        descriptor = {"mediaType": OCI_MANIFEST, "digest": digest, "size": len(manifest)}
+        index = {"schemaVersion": 2, "manifests": [descriptor]}
+        data = tar_bytes(
+            {
+                "oci-layout": b'{"imageLayoutVersion":"1.0.0"}',
+                "index.json": dumps(index),
+                f"blobs/sha256/{digest.split(':')[1]}": manifest,
+            }
+        )
+        (tmp_path / str(number)).mkdir()
+        file, in_folder, named, piped = _index_everywhere(tmp_path / str(number), data, packing)
+        reason = f"manifest {digest} is not a JSON object"
+        assert error_lines(named.stderr) == [f"imgdex: {file}: {reason}", f"imgdex: {in_folder}: {reason}"], manifest
+        assert error_lines(piped.stderr) == [f"imgdex: <stdin>: {reason}"], manifest
+
+
+@pytest.mark.parametrize("packing", PACKINGS)
 def test_a_tar_cut_inside_a_member_header_says_so_in_every_packing(tmp_path, packing):
     """The first 1,636 bytes of a docker save: the second member header is cut after 100 bytes. A
     stream of it, compressed or piped, was read as a tar with no manifest.json."""

@@ -34,6 +34,11 @@ _STREAM_BUFSIZE = 1 << 20
 _ZERO_BLOCK = bytes(tarfile.BLOCKSIZE)
 # A stream member is kept when it starts with one of these and is small enough to be JSON we need.
 _JSON_STARTS = frozenset(b"{[ \t\r\n")
+# A blob that starts like another JSON value (`5`, `"x"`, `null`) is kept too, so that a manifest of
+# the wrong JSON type is refused in the words of a plain tar, not as "not JSON". A layer seldom
+# starts so: a tar starts with a file name, a compressed one with its magic.
+_SCALAR_STARTS = frozenset(b'"-0123456789tfn')
+_SCALAR_HEAD = re.compile(rb'"|-?[0-9]|true|false|null')
 
 # The top-level index.json of a layout lists every image: a layout of 100,000 images needs about
 # 30 MiB, so it has its own bound (layout.py parses a large one descriptor by descriptor).
@@ -740,7 +745,13 @@ def _stream_member(tar: tarfile.TarFile, info: tarfile.TarInfo, name: str, table
     handle = tar.extractfile(info) if wanted or hash_members else None
     first = handle.read(1) if wanted else b""
     pieces = None
-    if (wanted and _json_by_name(name)) or (first and first[0] in _JSON_STARTS):
+    if wanted and first and first[0] in _SCALAR_STARTS:
+        first += handle.read(4)
+    if (
+        (wanted and _json_by_name(name))
+        or (first and first[0] in _JSON_STARTS)
+        or (first and first[0] in _SCALAR_STARTS and _SCALAR_HEAD.match(first))
+    ):
         # Kept whatever it holds, so that it is parsed, and refused, as the same member of a plain tar.
         table.can_keep(name, info.size)
         pieces = _read_pieces(handle, first, info)
