@@ -1,6 +1,7 @@
 """--verify hashes layer contents; without it, layers are never read."""
 
 import gzip
+import hashlib
 import json
 import os
 
@@ -8,7 +9,17 @@ import pytest
 import zstandard
 
 from conftest import REAL
-from builders import Blobs, classic_save_files, named, tar_bytes, write_dir
+from builders import (
+    OCI_CONFIG,
+    OCI_LAYER_GZ,
+    OCI_MANIFEST,
+    Blobs,
+    classic_save_files,
+    dumps,
+    named,
+    tar_bytes,
+    write_dir,
+)
 
 
 def _tampered_layout(root):
@@ -72,3 +83,48 @@ def test_real_archives_verify(run_cli, tmp_path, name):
         ]
         > 0
     )
+
+
+def _sha512_layout(root, layer_bytes):
+    """A layout whose blobs are all named by sha512, as the image spec allows; its one layer holds
+    `layer_bytes` (the size it claims, but maybe other bytes)."""
+    blobs = Blobs()
+
+    def add(data, media_type):
+        digest = "sha512:" + hashlib.sha512(data).hexdigest()
+        blobs.blobs[digest] = data
+        return {"mediaType": media_type, "digest": digest, "size": len(data)}
+
+    layer = add(b"good-layer", OCI_LAYER_GZ)
+    config = add(b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}', OCI_CONFIG)
+    manifest = add(
+        dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config, "layers": [layer]}), OCI_MANIFEST
+    )
+    blobs.blobs[layer["digest"]] = layer_bytes
+    write_dir(str(root), blobs.layout_files([named(manifest, "cr.example/app:1")]))
+    return layer["digest"]
+
+
+@pytest.mark.parametrize("form", ["layout", "tar", "gzip"])
+def test_sha512_layers_are_hashed_by_sha512(run_cli, tmp_path, form):
+    layer = _sha512_layout(tmp_path / "bad", b"evil-layer")
+    _sha512_layout(tmp_path / "good", b"good-layer")
+
+    def source(name):
+        if form == "layout":
+            return tmp_path / name
+        files = {
+            os.path.relpath(os.path.join(folder, file), tmp_path / name): open(os.path.join(folder, file), "rb").read()
+            for folder, _, names in os.walk(tmp_path / name)
+            for file in names
+        }
+        raw = tar_bytes(files)
+        path = tmp_path / f"{name}.tar"
+        path.write_bytes(gzip.compress(raw) if form == "gzip" else raw)
+        return path
+
+    good = run_cli("index", source("good"), "--store", tmp_path / "a", "--verify")
+    assert good.exit_code == 0 and "not verified" not in good.stderr, good.output
+    bad = run_cli("index", source("bad"), "--store", tmp_path / "b", "--verify")
+    assert bad.exit_code == 1, bad.output
+    assert f"layer {layer} content hashes to sha512:" in bad.stderr

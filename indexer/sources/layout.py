@@ -221,9 +221,12 @@ class DirBlobs:
             raise SourceError(printable(path), "blob changed size while it was read")
         return data
 
-    def blob_sha256(self, digest: str) -> str | None:
+    def blob_digest(self, digest: str) -> str | None:
+        """The blob's digest by the algorithm `digest` names (one of `DIGEST_ALGORITHMS`), from its
+        bytes; None when it is absent."""
+        algorithm = digest.partition(":")[0]
         path = self._checked_path(digest)
-        hasher = hashlib.sha256()
+        hasher = hashlib.new(algorithm)
         try:
             with open_readable(path, "blob") as f:
                 while chunk := f.read(_PIECE):
@@ -232,7 +235,7 @@ class DirBlobs:
             return None
         except OSError as exc:
             raise SourceError(printable(path), exc.strerror or str(exc)) from None
-        return hasher.hexdigest()
+        return f"{algorithm}:{hasher.hexdigest()}"
 
 
 class TarBlobs:
@@ -247,8 +250,10 @@ class TarBlobs:
     def read_blob(self, digest: str, limit: int) -> bytes:
         return self.members.read(_blob_path(digest), limit, "blob")
 
-    def blob_sha256(self, digest: str) -> str | None:
-        return self.members.sha256(_blob_path(digest))
+    def blob_digest(self, digest: str) -> str | None:
+        algorithm = digest.partition(":")[0]
+        hexpart = self.members.hexdigest(_blob_path(digest), algorithm)
+        return None if hexpart is None else f"{algorithm}:{hexpart}"
 
 
 def names_from_annotations(annotations: dict, ctx: Context, where: str) -> list[Reference]:

@@ -71,7 +71,8 @@ class BlobStore(Protocol):
     def blob_size(self, digest: str) -> int | None:
         """The stored size, or None when the blob is absent. Must not read the blob."""
 
-    # Stores that hold layer bytes also offer `blob_sha256(digest) -> hex | None`, for --verify.
+    # Stores that hold layer bytes also offer `blob_digest(digest) -> "algorithm:hex" | None`, by
+    # the algorithm `digest` names, for --verify.
 
 
 @dataclass
@@ -284,18 +285,19 @@ def _bounded(entries: object, where: str, what: str) -> object:
 
 def verify_layers(store, layers: Iterable[Blob], ctx: Context, where: str, label: str) -> None:
     """--verify: hash each layer's stored bytes; a mismatch fails the image."""
-    hasher = getattr(store, "blob_sha256", None)
+    hasher = getattr(store, "blob_digest", None)
     if hasher is None:
         return  # engines and registries hold no layer bytes here; the run notes that once
     for layer in layers:
-        if not layer.digest.startswith("sha256:"):
-            ctx.note(f"{where}: {label}: layer {layer.digest} not verified (its content is not read from this source)")
+        algorithm = layer.digest.partition(":")[0]
+        if algorithm not in DIGEST_ALGORITHMS:
+            ctx.note(f"{where}: {label}: layer {layer.digest} not verified (no {algorithm} hash here)")
             continue
         actual = hasher(layer.digest)
         if actual is None:
             raise SourceError(where, f"{label}: layer {layer.digest} is missing")
-        if f"sha256:{actual}" != layer.digest:
-            raise SourceError(where, f"{label}: layer {layer.digest} content hashes to sha256:{actual}")
+        if actual != layer.digest:
+            raise SourceError(where, f"{label}: layer {layer.digest} content hashes to {actual}")
 
 
 def parse_platform(raw: object) -> Platform | None:

@@ -69,6 +69,8 @@ _KEPT_NAMES = frozenset({"manifest.json", "index.json", "oci-layout", "repositor
 _KEPT_PATTERN = re.compile(r"(?:[^/]+/)*(?:sha256:)?[0-9a-f]{64}(?:\.json)?|blobs/[a-z0-9]+/[0-9a-f]+")
 _UNKEPT = "was not kept: a compressed or piped archive keeps only members named like manifests, configs and blobs"
 
+_BLOB_ALGORITHM = re.compile(r"blobs/(sha384|sha512)/")
+
 STDIN_NAMES = frozenset({"-", "/dev/stdin", "/dev/fd/0", "/proc/self/fd/0"})
 STDIN_WHERE = "<stdin>"
 
@@ -80,7 +82,7 @@ class Member:
     data: bytes | None = None  # kept from a streaming pass
     pieces: list[bytes] | None = None  # index.json kept from a streaming pass, as read: never joined
     link: str = ""  # resolved target of a symlink or hard link
-    sha256: str = ""  # hex digest of the content, when a streaming pass was asked to hash
+    digest: str = ""  # "algorithm:hex" of the content, when a streaming pass was asked to hash
     unkept: str = ""  # why a streaming pass did not keep the bytes of a member
 
 
@@ -304,7 +306,7 @@ class _Table:
                 target = self.members.get(member.link)
                 if target is not None:
                     member.size = target.size
-                    member.sha256 = target.sha256
+                    member.digest = target.digest
 
 
 class TarMembers:
@@ -395,24 +397,30 @@ class TarMembers:
 
     def sha256(self, name: str) -> str | None:
         """Hex sha256 of a member's content, read in chunks; None when the member is absent."""
+        return self.hexdigest(name, "sha256")
+
+    def hexdigest(self, name: str, algorithm: str) -> str | None:
+        """Hex digest of a member's content by `algorithm` (one of `DIGEST_ALGORITHMS`), read in
+        chunks; None when the member is absent."""
         member = self._resolve(name)
         if member is None:
             return None
-        if member.sha256:
-            return member.sha256
+        if member.digest:
+            done, _, hexpart = member.digest.partition(":")
+            if done == algorithm:
+                return hexpart
         if member.data is not None:
-            return hashlib.sha256(member.data).hexdigest()
+            return hashlib.new(algorithm, member.data).hexdigest()
+        hasher = hashlib.new(algorithm)
         if member.pieces is not None:
-            digest = hashlib.sha256()
             for piece in member.pieces:
-                digest.update(piece)
-            return digest.hexdigest()
+                hasher.update(piece)
+            return hasher.hexdigest()
         if member.offset < 0:
-            raise SourceError(self.where, f"member {name!r} was not hashed during the streaming pass")
-        digest = hashlib.sha256()
+            raise SourceError(self.where, f"member {name!r} was not hashed by {algorithm} during the streaming pass")
         for chunk in self._file_chunks(name, member):
-            digest.update(chunk)
-        return digest.hexdigest()
+            hasher.update(chunk)
+        return hasher.hexdigest()
 
     def _readable(self, name: str, limit: int, what: str) -> Member:
         member = self._resolve(name)
@@ -768,7 +776,10 @@ def _stream_member(tar: tarfile.TarFile, info: tarfile.TarInfo, name: str, table
     elif limit < 0:
         member.unkept = _UNKEPT
     if hash_members:
-        member.sha256 = _hash_rest(handle, [first] if pieces is None else pieces, pieces is not None)
+        algorithm = _algorithm_of(name)
+        member.digest = (
+            algorithm + ":" + _hash_rest(handle, [first] if pieces is None else pieces, pieces is not None, algorithm)
+        )
     return member
 
 
@@ -793,9 +804,16 @@ def _skip_data(tar: tarfile.TarFile, info: tarfile.TarInfo) -> None:
             raise _EndsEarly(info.name)
 
 
-def _hash_rest(handle, pieces: list[bytes], whole: bool) -> str:
-    """sha256 of a member whose first `pieces` (all of it when `whole`) were already read from `handle`."""
-    digest = hashlib.sha256()
+def _algorithm_of(name: str) -> str:
+    """The algorithm a member's digest will be asked in: a layout's blob is named by it, anything
+    else (docker save's layer.tar, checked against a diff_id) is sha256."""
+    match = _BLOB_ALGORITHM.match(name)
+    return match.group(1) if match else "sha256"
+
+
+def _hash_rest(handle, pieces: list[bytes], whole: bool, algorithm: str = "sha256") -> str:
+    """Hex digest of a member whose first `pieces` (all of it when `whole`) were already read from `handle`."""
+    digest = hashlib.new(algorithm)
     for piece in pieces:
         digest.update(piece)
     if not whole:
