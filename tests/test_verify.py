@@ -15,6 +15,7 @@ from builders import (
     OCI_MANIFEST,
     Blobs,
     classic_save_files,
+    digest_of,
     dumps,
     named,
     tar_bytes,
@@ -128,3 +129,42 @@ def test_sha512_layers_are_hashed_by_sha512(run_cli, tmp_path, form):
     bad = run_cli("index", source("bad"), "--store", tmp_path / "b", "--verify")
     assert bad.exit_code == 1, bad.output
     assert f"layer {layer} content hashes to sha512:" in bad.stderr
+
+
+def _crane_save(layer_text: bytes, diff_id_of: bytes) -> bytes:
+    """A docker save as go-containerregistry (`crane pull`, `tarball.Write`) writes it: the config
+    named `sha256:<hex>`, each layer gzip-compressed as `<hex>.tar.gz`; the config's diff_id is
+    that of the tar of `diff_id_of`."""
+
+    def layer_tar(text):
+        return tar_bytes({"hello.txt": text})
+
+    stored = gzip.compress(layer_tar(layer_text), mtime=0)
+    config = dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [digest_of(layer_tar(diff_id_of))]},
+        }
+    )
+    layer_name = hashlib.sha256(stored).hexdigest() + ".tar.gz"
+    return tar_bytes(
+        {
+            digest_of(config): config,
+            layer_name: stored,
+            "manifest.json": dumps([{"Config": digest_of(config), "RepoTags": ["app:1"], "Layers": [layer_name]}]),
+        }
+    )
+
+
+@pytest.mark.parametrize("compress", ["", "gzip"])
+def test_compressed_layers_of_a_save_are_checked_decompressed(run_cli, tmp_path, compress):
+    def archive(name, raw):
+        path = tmp_path / name
+        path.write_bytes(gzip.compress(raw) if compress else raw)
+        return path
+
+    good = run_cli("index", archive("good.tar", _crane_save(b"hello", b"hello")), "--store", tmp_path / "a", "--verify")
+    assert good.exit_code == 0, good.output
+    bad = run_cli("index", archive("bad.tar", _crane_save(b"evil!", b"hello")), "--store", tmp_path / "b", "--verify")
+    assert bad.exit_code == 1 and "content hashes to" in bad.stderr, bad.output

@@ -205,11 +205,11 @@ def _classic_records(members: TarMembers, configs: _Configs, entry: dict, ctx: C
         config_raw, config_digest, sizes, _repo_tags(entry, ctx, where), ctx, where, UNCOMPRESSED, foreign, config
     )
     if ctx.verify and records:
-        # Stored layers are uncompressed tars: their sha256 must be the config's diff_ids.
+        # A layer's tar, decompressed if it is stored compressed, must hash to the config's diff_id.
         for layer_path, layer in zip(layer_paths, records[0].layers):
             if layer.urls:
                 continue
-            actual = members.sha256(layer_path)
+            actual = members.diff_id(layer_path)
             if f"sha256:{actual}" != layer.digest:
                 raise SourceError(
                     where,

@@ -82,7 +82,9 @@ class Member:
     data: bytes | None = None  # kept from a streaming pass
     pieces: list[bytes] | None = None  # index.json kept from a streaming pass, as read: never joined
     link: str = ""  # resolved target of a symlink or hard link
-    digest: str = ""  # "algorithm:hex" of the content, when a streaming pass was asked to hash
+    digest: str = ""  # "algorithm:hex" of a blob's content, when a streaming pass was asked to hash
+    diff_id: str = ""  # hex sha256 of any other member's content as a layer (`layer_sha256`), likewise
+    undecodable: str = ""  # why a streaming pass could not hash it so
     unkept: str = ""  # why a streaming pass did not keep the bytes of a member
 
 
@@ -307,6 +309,7 @@ class _Table:
                 if target is not None:
                     member.size = target.size
                     member.digest = target.digest
+                    member.diff_id = target.diff_id
 
 
 class TarMembers:
@@ -395,9 +398,27 @@ class TarMembers:
         member = self._resolve(name)
         return None if member is None else member.size
 
-    def sha256(self, name: str) -> str | None:
-        """Hex sha256 of a member's content, read in chunks; None when the member is absent."""
-        return self.hexdigest(name, "sha256")
+    def diff_id(self, name: str) -> str | None:
+        """Hex sha256 of a layer member's content as `docker load` reads it (`layer_sha256`); None
+        when the member is absent."""
+        member = self._resolve(name)
+        if member is None:
+            return None
+        if member.diff_id:
+            return member.diff_id
+        if member.digest.startswith("sha256:"):
+            return member.digest.partition(":")[2]  # a Docker 25+ save's blob: an uncompressed tar
+        if member.data is None and member.pieces is None and member.offset < 0:
+            raise SourceError(
+                self.where, member.undecodable or f"member {name!r} was not hashed during the streaming pass"
+            )
+        if member.data is not None:
+            chunks = iter([member.data])
+        elif member.pieces is not None:
+            chunks = iter(member.pieces)
+        else:
+            chunks = self._file_chunks(name, member)
+        return layer_sha256(chunks, self.where, name)
 
     def hexdigest(self, name: str, algorithm: str) -> str | None:
         """Hex digest of a member's content by `algorithm` (one of `DIGEST_ALGORITHMS`), read in
@@ -775,7 +796,16 @@ def _stream_member(tar: tarfile.TarFile, info: tarfile.TarInfo, name: str, table
             member.unkept = f"is not valid JSON ({problem})"
     elif limit < 0:
         member.unkept = _UNKEPT
-    if hash_members:
+    if hash_members and not name.startswith("blobs/"):
+        chunks = _rest(handle, [first] if pieces is None else pieces, pieces is not None)
+        try:
+            member.diff_id = layer_sha256(chunks, table.where, name)
+        except _Undecodable as exc:
+            # said when an image asks for this layer: an archive's other images do not fail for it
+            member.undecodable = exc.reason
+            for _ in chunks:
+                pass
+    elif hash_members:
         algorithm = _algorithm_of(name)
         member.digest = (
             algorithm + ":" + _hash_rest(handle, [first] if pieces is None else pieces, pieces is not None, algorithm)
@@ -802,6 +832,72 @@ def _skip_data(tar: tarfile.TarFile, info: tarfile.TarInfo) -> None:
     while (left := tar.offset - stream.tell()) > 0:
         if not stream.read(min(left, _STREAM_BUFSIZE)):
             raise _EndsEarly(info.name)
+
+
+def _rest(handle, pieces: list[bytes], whole: bool):
+    """The chunks of a member whose first `pieces` (all of it when `whole`) were already read from `handle`."""
+    yield from pieces
+    if not whole:
+        while chunk := handle.read(_STREAM_BUFSIZE):
+            yield chunk
+
+
+class _Undecodable(SourceError):
+    """A layer whose compressed bytes do not decompress."""
+
+
+class _Chunks(io.RawIOBase):
+    def __init__(self, chunks):
+        self._chunks = chunks
+        self._left = memoryview(b"")
+        self.failure: BaseException | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not len(self._left):
+            try:
+                chunk = next(self._chunks, None)
+            except BaseException as exc:
+                self.failure = exc
+                raise
+            if chunk is None:
+                return 0
+            self._left = memoryview(chunk)
+        count = min(len(buffer), len(self._left))
+        buffer[:count] = self._left[:count]
+        self._left = self._left[count:]
+        return count
+
+
+def layer_sha256(chunks, where: str, name: str) -> str:
+    """Hex sha256 of a docker save layer's tar. go-containerregistry (crane) writes its layers
+    gzip-compressed, and `docker load` decompresses a gzip or zstd layer before it checks the
+    diff_id, so such a layer is hashed decompressed, a piece at a time."""
+    source = _Chunks(chunks)
+    reader = io.BufferedReader(source, _STREAM_BUFSIZE)
+    head = reader.peek(4)[:4]
+    if head.startswith(GZIP_MAGIC):
+        from isal import igzip
+
+        stream = igzip.IGzipFile(fileobj=reader, mode="rb")
+    elif head.startswith(ZSTD_MAGIC) or _is_skippable_frame(head):
+        import zstandard
+
+        stream = zstandard.ZstdDecompressor().stream_reader(reader, read_size=_STREAM_BUFSIZE, read_across_frames=True)
+    else:
+        stream = reader
+    digest = hashlib.sha256()
+    try:
+        while chunk := stream.read(_STREAM_BUFSIZE):
+            digest.update(chunk)
+    except Exception as exc:  # the codecs raise their own: zstandard's ZstdError, isal's IsalError
+        if exc is source.failure:
+            raise  # reading the archive failed, not decompressing the layer
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise _Undecodable(where, f"layer {name!r} cannot be decompressed ({reason})") from None
+    return digest.hexdigest()
 
 
 def _algorithm_of(name: str) -> str:
