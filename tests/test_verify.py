@@ -4,6 +4,7 @@ import gzip
 import hashlib
 import json
 import os
+import subprocess
 
 import pytest
 import zstandard
@@ -168,3 +169,77 @@ def test_compressed_layers_of_a_save_are_checked_decompressed(run_cli, tmp_path,
     assert good.exit_code == 0, good.output
     bad = run_cli("index", archive("bad.tar", _crane_save(b"evil!", b"hello")), "--store", tmp_path / "b", "--verify")
     assert bad.exit_code == 1 and "content hashes to" in bad.stderr, bad.output
+
+
+def _crane_images(images: list[tuple[str, bytes, bytes]]) -> bytes:
+    """A docker save as go-containerregistry writes it, of (tag, stored layer, the layer's tar)
+    images: each config's diff_id is that of the tar, its layer member holds the stored bytes."""
+    files, entries = {}, []
+    for number, (tag, stored, layer_tar) in enumerate(images):
+        config = dumps(
+            {
+                "architecture": "amd64",
+                "os": "linux",
+                "created": f"2026-01-0{number + 1}T00:00:00Z",
+                "rootfs": {"type": "layers", "diff_ids": [digest_of(layer_tar)]},
+            }
+        )
+        layer_name = hashlib.sha256(stored).hexdigest() + ".tar.gz"
+        files[digest_of(config)] = config
+        files[layer_name] = stored
+        entries.append({"Config": digest_of(config), "RepoTags": [tag], "Layers": [layer_name]})
+    files["manifest.json"] = dumps(entries)
+    return tar_bytes(files)
+
+
+def _layers_by_tag(run_cli, store) -> dict[str, list]:
+    query = "select t.tag, i.layers from images i join tags t on t.image_id = i.id order by t.tag"
+    result = run_cli("sql", query, "--store", store, "--format", "json")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    return {row["tag"]: [(layer["digest"], layer["size"]) for layer in row["layers"]] for row in rows}
+
+
+@pytest.mark.parametrize("packing", ["tar", "tar.gz", "stdin"])
+def test_a_crane_save_gives_its_layers_decompressed_sizes_as_skopeo_does(run_cli, tmp_path, packing):
+    """A layer stored gzip-compressed has the diff_id of its tar as digest, so its size is the
+    tar's too, as skopeo reports it; it was the stored gzip file's size."""
+    layer_tar = tar_bytes({"hello.txt": b"hello" * 1000})
+    raw = _crane_images([("app:1", gzip.compress(layer_tar, mtime=0), layer_tar)])
+    plain = tmp_path / "crane.tar"
+    plain.write_bytes(raw)
+    judged = subprocess.run(
+        ["skopeo", "inspect", "--raw", f"docker-archive:{plain}"], check=True, capture_output=True, timeout=60
+    )
+    skopeo_layers = [(layer["digest"], layer["size"]) for layer in json.loads(judged.stdout)["layers"]]
+    assert skopeo_layers == [(digest_of(layer_tar), len(layer_tar))]
+    store = tmp_path / "store"
+    if packing == "stdin":
+        result = run_cli("index", "-", "--store", store, input=raw)
+    else:
+        path = plain if packing == "tar" else tmp_path / "crane.tar.gz"
+        if packing == "tar.gz":
+            path.write_bytes(gzip.compress(raw, mtime=0))
+        result = run_cli("index", path, "--store", store)
+    assert result.exit_code == 0, result.output
+    assert _layers_by_tag(run_cli, store) == {"1": skopeo_layers}
+
+
+@pytest.mark.parametrize("packing", ["tar", "tar.gz"])
+def test_a_layer_that_expands_past_what_gzip_can_fails_only_its_image(run_cli, tmp_path, packing):
+    """Counting a compressed layer's size means decompressing it: 64 MiB of zeros in 2 KiB of
+    zstd is refused, where a zstd layer could otherwise take hours to count."""
+    bomb_tar = b"\0" * (64 << 20)
+    bomb = zstandard.ZstdCompressor(level=19).compress(bomb_tar)
+    assert len(bomb) * 1032 + (1 << 20) < len(bomb_tar)
+    good_tar = tar_bytes({"ok.txt": b"ok"})
+    raw = _crane_images([("bomb:1", bomb, bomb_tar), ("good:1", gzip.compress(good_tar, mtime=0), good_tar)])
+    path = tmp_path / f"crane.{packing}"
+    path.write_bytes(gzip.compress(raw, mtime=0) if packing == "tar.gz" else raw)
+    store = tmp_path / "store"
+    result = run_cli("index", path, "--store", store)
+    assert result.exit_code == 1
+    layer = hashlib.sha256(bomb).hexdigest() + ".tar.gz"
+    assert result.stderr == f"imgdex: {path}: layer {layer!r} expands more than 1032-fold, as no gzip layer can\n"
+    assert result.stdout.startswith("indexed 1 images, 1 failed")
+    assert _layers_by_tag(run_cli, store) == {"1": [(digest_of(good_tar), len(good_tar))]}

@@ -192,7 +192,7 @@ def _classic_records(members: TarMembers, configs: _Configs, entry: dict, ctx: C
         raise SourceError(where, "manifest.json: Layers is not a list of paths")
     sizes = []
     for layer_path in layer_paths:
-        size = members.size(layer_path)
+        size = members.layer_size(layer_path)
         if size is None:
             raise SourceError(where, f"layer {layer_path!r} listed in manifest.json is missing from the archive")
         sizes.append(size)

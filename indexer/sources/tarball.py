@@ -83,8 +83,11 @@ class Member:
     pieces: list[bytes] | None = None  # index.json kept from a streaming pass, as read: never joined
     link: str = ""  # resolved target of a symlink or hard link
     digest: str = ""  # "algorithm:hex" of a blob's content, when a streaming pass was asked to hash
-    diff_id: str = ""  # hex sha256 of any other member's content as a layer (`layer_sha256`), likewise
-    undecodable: str = ""  # why a streaming pass could not hash it so
+    diff_id: str = ""  # hex sha256 of any other member's content as a layer (`measure_layer`), likewise
+    # Its size as a layer: its stored size, or decompressed for a gzip or zstd one (`measure_layer`),
+    # found by a streaming pass or when first asked.
+    layer_size: int | None = None
+    undecodable: str = ""  # why a streaming pass could not measure it so
     unkept: str = ""  # why a streaming pass did not keep the bytes of a member
 
 
@@ -398,8 +401,25 @@ class TarMembers:
         member = self._resolve(name)
         return None if member is None else member.size
 
+    def layer_size(self, name: str) -> int | None:
+        """A docker save layer's size as `docker load` and skopeo read it: the member's size, or
+        its size decompressed when it is a gzip or zstd file (go-containerregistry writes its
+        layers so). Only such a layer is read; of any other, its first four bytes. None when the
+        member is absent."""
+        member = self._resolve(name)
+        if member is None:
+            return None
+        if member.layer_size is None:
+            if member.undecodable:
+                raise SourceError(self.where, member.undecodable)
+            if name.startswith("blobs/") or not _is_compressed(self._head(name, member)):
+                member.layer_size = member.size
+            else:
+                member.layer_size, member.diff_id = measure_layer(self._chunks(name, member), self.where, name)
+        return member.layer_size
+
     def diff_id(self, name: str) -> str | None:
-        """Hex sha256 of a layer member's content as `docker load` reads it (`layer_sha256`); None
+        """Hex sha256 of a layer member's content as `docker load` reads it (`measure_layer`); None
         when the member is absent."""
         member = self._resolve(name)
         if member is None:
@@ -408,17 +428,27 @@ class TarMembers:
             return member.diff_id
         if member.digest.startswith("sha256:"):
             return member.digest.partition(":")[2]  # a Docker 25+ save's blob: an uncompressed tar
-        if member.data is None and member.pieces is None and member.offset < 0:
-            raise SourceError(
-                self.where, member.undecodable or f"member {name!r} was not hashed during the streaming pass"
-            )
+        if member.undecodable:
+            raise SourceError(self.where, member.undecodable)
+        member.layer_size, member.diff_id = measure_layer(self._chunks(name, member), self.where, name)
+        return member.diff_id
+
+    def _chunks(self, name: str, member: Member):
         if member.data is not None:
-            chunks = iter([member.data])
-        elif member.pieces is not None:
-            chunks = iter(member.pieces)
-        else:
-            chunks = self._file_chunks(name, member)
-        return layer_sha256(chunks, self.where, name)
+            return iter([member.data])
+        if member.pieces is not None:
+            return iter(member.pieces)
+        if member.offset < 0:
+            raise SourceError(self.where, f"member {name!r} was not hashed during the streaming pass")
+        return self._file_chunks(name, member)
+
+    def _head(self, name: str, member: Member) -> bytes:
+        if member.offset < 0 or member.data is not None or member.pieces is not None:
+            return next(self._chunks(name, member), b"")[:4]
+        try:
+            return os.pread(self._fd, min(4, member.size), member.offset)
+        except OSError as exc:
+            raise SourceError(self.where, exc.strerror or str(exc)) from None
 
     def hexdigest(self, name: str, algorithm: str) -> str | None:
         """Hex digest of a member's content by `algorithm` (one of `DIGEST_ALGORITHMS`), read in
@@ -796,15 +826,24 @@ def _stream_member(tar: tarfile.TarFile, info: tarfile.TarInfo, name: str, table
             member.unkept = f"is not valid JSON ({problem})"
     elif limit < 0:
         member.unkept = _UNKEPT
-    if hash_members and not name.startswith("blobs/"):
+    if not name.startswith("blobs/") and (hash_members or limit < 0):
+        # Any member outside blobs/ may be a docker save layer, which manifest.json may name after
+        # the stream has passed it: one that is compressed is measured now (as `layer_size` would
+        # have it read), an uncompressed one needs its first bytes, or all of them to be hashed.
+        handle = handle or tar.extractfile(info)
+        if not first and pieces is None:
+            first = handle.read(4)
         chunks = _rest(handle, [first] if pieces is None else pieces, pieces is not None)
-        try:
-            member.diff_id = layer_sha256(chunks, table.where, name)
-        except _Undecodable as exc:
-            # said when an image asks for this layer: an archive's other images do not fail for it
-            member.undecodable = exc.reason
-            for _ in chunks:
-                pass
+        if hash_members or _is_compressed(first[:4]):
+            try:
+                member.layer_size, member.diff_id = measure_layer(chunks, table.where, name)
+            except _Undecodable as exc:
+                # said when an image asks for this layer: an archive's other images do not fail for it
+                member.undecodable = exc.reason
+                for _ in chunks:
+                    pass
+        else:
+            member.layer_size = info.size
     elif hash_members:
         algorithm = _algorithm_of(name)
         member.digest = (
@@ -851,6 +890,7 @@ class _Chunks(io.RawIOBase):
         self._chunks = chunks
         self._left = memoryview(b"")
         self.failure: BaseException | None = None
+        self.passed = 0  # bytes taken from `chunks`
 
     def readable(self) -> bool:
         return True
@@ -865,16 +905,28 @@ class _Chunks(io.RawIOBase):
             if chunk is None:
                 return 0
             self._left = memoryview(chunk)
+            self.passed += len(chunk)
         count = min(len(buffer), len(self._left))
         buffer[:count] = self._left[:count]
         self._left = self._left[count:]
         return count
 
 
-def layer_sha256(chunks, where: str, name: str) -> str:
-    """Hex sha256 of a docker save layer's tar. go-containerregistry (crane) writes its layers
-    gzip-compressed, and `docker load` decompresses a gzip or zstd layer before it checks the
-    diff_id, so such a layer is hashed decompressed, a piece at a time."""
+def _is_compressed(head: bytes) -> bool:
+    return head.startswith(GZIP_MAGIC) or head.startswith(ZSTD_MAGIC) or _is_skippable_frame(head)
+
+
+# No gzip stream expands more than 1,032-fold; a zstd one can 30 times more, so that counting a
+# small layer's size would take hours. A layer past this is refused rather than counted.
+MAX_LAYER_EXPANSION = 1032
+_EXPANSION_SLACK = 1 << 20
+
+
+def measure_layer(chunks, where: str, name: str) -> tuple[int, str]:
+    """(size, hex sha256) of a docker save layer's tar. go-containerregistry (crane) writes its
+    layers gzip-compressed, and `docker load` decompresses a gzip or zstd layer before it checks
+    the diff_id (skopeo counts its size so too), so such a layer is read decompressed, a piece at
+    a time."""
     source = _Chunks(chunks)
     reader = io.BufferedReader(source, _STREAM_BUFSIZE)
     head = reader.peek(4)[:4]
@@ -889,15 +941,22 @@ def layer_sha256(chunks, where: str, name: str) -> str:
     else:
         stream = reader
     digest = hashlib.sha256()
+    size = 0
     try:
         while chunk := stream.read(_STREAM_BUFSIZE):
             digest.update(chunk)
+            size += len(chunk)
+            if size > MAX_LAYER_EXPANSION * source.passed + _EXPANSION_SLACK:
+                reason = f"layer {name!r} expands more than {MAX_LAYER_EXPANSION}-fold, as no gzip layer can"
+                raise _Undecodable(where, reason)
+    except _Undecodable:
+        raise
     except Exception as exc:  # the codecs raise their own: zstandard's ZstdError, isal's IsalError
         if exc is source.failure:
             raise  # reading the archive failed, not decompressing the layer
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise _Undecodable(where, f"layer {name!r} cannot be decompressed ({reason})") from None
-    return digest.hexdigest()
+    return size, digest.hexdigest()
 
 
 def _algorithm_of(name: str) -> str:
