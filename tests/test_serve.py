@@ -1172,6 +1172,15 @@ def test_rest_a_target_that_is_not_utf8_is_invalid(server, target):
     assert "not UTF-8" in doc["message"] and "\ufffd" not in doc["message"]
 
 
+def test_rest_an_absolute_target_whose_authority_is_no_host_is_invalid(server):
+    target = b"http://[::1/container-registry/v1/images"  # a bracket left open
+    out, _ = exchange(server.http, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    [(status, _, body)] = responses(out)
+    doc = json.loads(body)
+    assert (status, doc["code"]) == (400, 3), doc
+    assert "invalid request target" in doc["message"]
+
+
 def test_rest_a_close_among_connection_options_closes_and_a_leading_empty_line_is_ignored(server):
     """RFC 9112 9.6: `close` among other options still closes. RFC 9112 2.2: an empty line before a
     request line is skipped, and the request after it answered."""

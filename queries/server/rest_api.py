@@ -154,6 +154,17 @@ def _as_sent(target: str) -> str:
         raise QueryError(f"invalid request: the target {shown(target)} is not UTF-8") from None
 
 
+def _target(path: str) -> urllib.parse.SplitResult:
+    """The request target, split. urlsplit raises ValueError for an absolute-form target whose
+    authority is no host (`http://[::1/...`, a bracket left open): the client's mistake, which was
+    answered 500 with a traceback on stderr."""
+    sent = _as_sent(path)
+    try:
+        return urllib.parse.urlsplit(sent)
+    except ValueError:
+        raise QueryError(f"invalid request target {shown(sent)}") from None
+
+
 def default_max_connections(share: int = 2) -> int:
     """1/`share` of the soft open-files limit (half for REST), at most MAX_CONNECTIONS."""
     try:
@@ -376,7 +387,7 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 if server.token is not None and not token_matches(self.headers.get("Authorization"), server.token):
                     raise Unauthenticated("missing or invalid bearer token (Authorization: Bearer TOKEN)")
-                url = urllib.parse.urlsplit(_as_sent(self.path))
+                url = _target(self.path)
                 if url.path == HEALTH_PATH and method == "GET":
                     # As gRPC's: SERVING once a completed index run is loaded, until shutdown begins.
                     serving = server.api.source.current is not None and not server.stopping
