@@ -53,6 +53,10 @@ class StoreError(ImgdexError):
     """The store cannot be opened, read or written."""
 
 
+class NewerStore(StoreError):
+    """A table written by a newer imgdex, which this one refuses rather than misreads."""
+
+
 class NotFound(ImgdexError):
     """No image matches a lookup."""
 

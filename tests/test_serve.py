@@ -866,6 +866,25 @@ def test_missing_store_and_taken_ports_fail_with_one_line(store, tmp_path):
         srv.stop()
 
 
+def test_a_store_of_a_newer_schema_version_is_refused_in_one_line(store, tmp_path):
+    """As by every other command: served, it answered `no completed index run yet` for ever."""
+    import shutil
+
+    from deltalake import DeltaTable
+
+    from indexer.store import deltalog
+
+    newer = str(tmp_path / "newer")
+    shutil.copytree(store, newer)
+    DeltaTable(os.path.join(newer, "images")).alter.set_table_properties(
+        {deltalog.SCHEMA_VERSION_PROPERTY: str(deltalog.SCHEMA_VERSION + 1)}, raise_if_not_exists=False
+    )
+    result = _serve_exit("--store", newer, "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0")
+    assert result.returncode == 1, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("imgdex: table images has store schema version") and "newer imgdex" in line, line
+
+
 def test_one_protocol_off(store, cli_images):
     srv = start_server(store, "--grpc", "off")
     try:

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from urllib.parse import unquote, urlparse
 
-from ..errors import SourceError, StoreError, printable
+from ..errors import NewerStore, SourceError, StoreError, printable
 from ..files import not_regular, open_readable
 
 TABLES = ("images", "tags", "runs")
@@ -61,7 +61,7 @@ def check_schema_version(table: str, configuration: dict) -> None:
     except ValueError:
         version = SCHEMA_VERSION + 1
     if version > SCHEMA_VERSION:
-        raise StoreError(
+        raise NewerStore(
             f"table {table} has store schema version {text}, written by a newer imgdex; "
             f"this one reads version {SCHEMA_VERSION} (upgrade imgdex)"
         )

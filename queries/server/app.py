@@ -303,6 +303,8 @@ def serve(store, grpc_text, http_text, token_file, insecure_no_auth, workers):
     import signal
     import socket
 
+    from indexer.errors import NewerStore
+
     # The kernel gives a signal sent to the process to any thread that does not block it, gRPC's
     # and REST's included, and Python runs the handler only when the main thread next runs: one
     # waiting on a lock for an hour did not, and SIGTERM went unheard for that hour. The signal's
@@ -318,7 +320,11 @@ def serve(store, grpc_text, http_text, token_file, insecure_no_auth, workers):
     previous_wakeup = signal.set_wakeup_fd(woken.fileno(), warn_on_full_buffer=False)
     previous = {sig: signal.signal(sig, _noted) for sig in stopping}
     try:
-        service.start()
+        try:
+            service.start()
+        except NewerStore as exc:  # refused as by every other command
+            click.echo(f"imgdex: {exc}", err=True)
+            sys.exit(1)
         click.echo(service.ready_line(), err=True)
         while not stopping.intersection(_signals_received(wakeup)):
             pass

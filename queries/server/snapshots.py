@@ -30,7 +30,7 @@ from typing import Callable
 import duckdb
 import pyarrow
 
-from indexer.errors import StoreError
+from indexer.errors import NewerStore, StoreError
 from indexer.store import duck, paths
 
 from .. import engine, render
@@ -260,8 +260,11 @@ class SnapshotSource:
     def current(self) -> Snapshot | None:
         return self._current
 
-    def refresh(self) -> bool:
-        """Load the store's snapshot if it is not the one served; True when a new one was swapped in."""
+    def refresh(self, refuse_newer: bool = False) -> bool:
+        """Load the store's snapshot if it is not the one served; True when a new one was swapped in.
+
+        `refuse_newer`: a store written by a newer imgdex raises NewerStore rather than being noted.
+        """
         try:
             key = snapshot_key(self.store)
             current = self._current
@@ -269,6 +272,8 @@ class SnapshotSource:
                 return False
             fresh = Snapshot.load(key)
         except StoreError as exc:
+            if refuse_newer and isinstance(exc, NewerStore):
+                raise
             # Most often an index run pruned the folder between the stat and the load; the next
             # poll sees the newer snapshot. Or a log that cannot be read (its permissions): the
             # snapshot served stays. Said once, not every poll.
@@ -292,7 +297,10 @@ class SnapshotSource:
         return True
 
     def start(self) -> None:
-        self.refresh()
+        """Loads the store's snapshot, then watches for the next. NewerStore when the store was
+        written by a newer imgdex: no later poll could serve it, and every call would answer that
+        no index run has completed, for ever."""
+        self.refresh(refuse_newer=True)
         self._thread = threading.Thread(target=self._watch, name="imgdex-snapshot-watch", daemon=True)
         self._thread.start()
 
