@@ -11,12 +11,14 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import ssl
 import threading
 
 import pytest
 
 from builders import OCI_MANIFEST
-from registry_server import FakeRegistry, Reply, free_port, sha256
+from fake_engine import make_tls_files
+from registry_server import FakeRegistry, Reply, free_port, give_up, sha256
 from test_badinput import assert_no_traceback, error_lines, run_measured
 from test_registry_bad import crawl, image
 
@@ -370,3 +372,34 @@ def test_a_redirect_to_plain_http_at_an_insecure_host_is_followed(fake):
     # asked, and met nothing there: TEST-NET-1 addresses answer no one
     assert len(errors) == 1 and "(redirected to 192.0.2.1:5000)" in errors[0], errors
     assert "refusing" not in errors[0], errors
+
+
+# ---------------------------------------------------------------- CAs
+
+
+def serve_tls(server: FakeRegistry, files: dict) -> None:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(files["server_cert"], files["server_key"])
+    server.httpd.socket = context.wrap_socket(server.httpd.socket, server_side=True)
+
+
+def test_a_ca_cert_is_added_to_the_system_s_so_a_public_host_a_registry_redirects_to_is_trusted(
+    fake, elsewhere, tmp_path, monkeypatch
+):
+    try:
+        own, public = make_tls_files(str(tmp_path / "own")), make_tls_files(str(tmp_path / "public"))
+    except FileNotFoundError as exc:
+        give_up(str(exc))
+    serve_tls(fake, own)  # a registry with a CA of its own, given with --ca-cert
+    serve_tls(elsewhere, public)  # its blob store, with a certificate the system trusts
+    monkeypatch.setenv("SSL_CERT_FILE", public["ca"])
+    manifest, configs, _ = image()
+    fake.add_image("a/app", {"v1": manifest}, {}, OCI_MANIFEST)
+    for digest, data in configs.items():
+        elsewhere.routes[f"/storage/{digest}"] = Reply(200, data, {"Content-Type": "application/octet-stream"})
+        fake.routes[f"/v2/a/app/blobs/{digest}"] = redirect(f"https://{elsewhere.host}/storage/{digest}")
+
+    records, errors, _ = crawl(f"docker://{fake.host}/a/app", ca_cert=own["ca"])
+
+    assert not errors and [r.name for r in records] == ["a/app"], errors
+    assert elsewhere.hits == {f"/storage/{digest}": 1 for digest in configs}

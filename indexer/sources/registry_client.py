@@ -24,6 +24,7 @@ import os
 import random
 import re
 import socket
+import ssl
 import threading
 import time
 import urllib.parse
@@ -152,6 +153,23 @@ def _retry_after(reply_headers) -> float | None:
     if when is None:
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+def _with_system_cas(cas: str, client_cert: tuple[str, str] | None) -> ssl.SSLContext | None:
+    """A context trusting the system's CAs and those of `cas`; None when they cannot be loaded.
+
+    Docker and skopeo add a registry's own CAs (certs.d, a CA file) to the system's rather than
+    trust them alone: the blob store or CDN a registry redirects to, and its token server, are
+    often public hosts."""
+    try:
+        context = urllib3.util.create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED)
+        context.load_default_certs()
+        context.load_verify_locations(cas)
+        if client_cert:
+            context.load_cert_chain(*client_cert)
+    except (OSError, ValueError):  # ssl.SSLError is an OSError
+        return None
+    return context
 
 
 # What a failed attempt says about its host: these kinds mean no answer came at all, and count
@@ -430,9 +448,12 @@ class RegistryClient:
                 manager = self._managers.get(key)
                 if manager is None:
                     tls: dict = {"cert_reqs": "CERT_NONE"} if insecure else {"cert_reqs": "CERT_REQUIRED"}
-                    if not insecure and isinstance(verify, str):
-                        tls["ca_certs"] = verify
-                    if self.client_cert and not insecure:
+                    context = _with_system_cas(verify, self.client_cert) if isinstance(verify, str) else None
+                    if not insecure and context is not None:
+                        tls["ssl_context"] = context
+                    elif not insecure and isinstance(verify, str):
+                        tls["ca_certs"] = verify  # unreadable: each https request fails with why
+                    if self.client_cert and not insecure and context is None:
                         tls["cert_file"], tls["key_file"] = self.client_cert
                     # One connection per worker, and a few for token servers and redirects.
                     size = max(1, self.options.jobs) + 2
