@@ -223,3 +223,15 @@ def test_an_architecture_that_is_no_string_is_absent(fake, value):
     assert not errors
     [record] = records
     assert (record.platform.os, record.platform.architecture) == ("linux", "")
+
+
+@pytest.mark.parametrize("spec", ["", "/lib/app", "/lib/app:v1"], ids=["registry", "repository", "tag"])
+def test_a_signed_manifest_served_without_its_digest_is_named_by_its_payload(fake, spec):
+    served = pretty_signed(GENUINE)
+    serve(fake, served, digest_of(GENUINE))
+    # a registry that sends no Docker-Content-Digest: the digest is computed, over the payload
+    fake.routes["/v2/lib/app/manifests/v1"] = Reply(200, served, {"Content-Type": mt.DOCKER_SCHEMA1_SIGNED})
+    records, errors, _ = crawl(f"docker://{fake.host}{spec}")
+    assert not errors
+    [record] = records
+    assert facts(record) == GENUINE_FACTS and record.tags == ("v1",)

@@ -60,7 +60,7 @@ from .registry_client import (
     RegistryOptions,
     registry_error_text,
 )
-from .registry_schema1 import schema1_records
+from .registry_schema1 import payload_digest, schema1_records
 
 PREFIX = "docker://"
 _LINK_NEXT = re.compile(r'<([^>]*)>\s*;\s*(?:[^,]*;\s*)*rel="?next"?', re.IGNORECASE)
@@ -917,7 +917,7 @@ class Crawl:
         one TagMoves; the manifests to walk)."""
         by_digest: dict[str, list[Fetched]] = {}
         for one in fetched:
-            key = one.digest or ("sha256:" + hashlib.sha256(one.data or b"").hexdigest())
+            key = one.digest or _digest_of(one.data or b"", one.media_type)
             by_digest.setdefault(key, []).append(one)
         claims: list[tuple[str, str, str]] = []
         walks: list[Walk] = []
@@ -992,6 +992,14 @@ def _is_signed(media_type: str, data: bytes) -> bool:
     """A schema 1 manifest, by its media type or, without one, its bytes: its digest is that of
     its payload without the signatures, not of the bytes served."""
     return media_type in mt.SCHEMA1 or (not media_type and _is_schema1(data))
+
+
+def _digest_of(data: bytes, media_type: str) -> str:
+    """The digest of a manifest the registry gave none for: a signed schema1 one is named by its
+    payload, and its walk compares that name with the payload as with one the registry gave."""
+    if _is_signed(media_type, data):
+        return payload_digest(data)
+    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _not_its_digest(digest: str, data: bytes, asked: bool = False) -> str:

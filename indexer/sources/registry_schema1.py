@@ -47,6 +47,17 @@ def canonical_payload(data: bytes, doc: dict, where: str) -> bytes:
     return data[:length] + tail
 
 
+def payload_digest(data: bytes) -> str:
+    """The sha256 digest of a schema1 manifest served without one: that of its JWS payload, as
+    distribution computes it, not of the signed bytes; that of `data` when it has no payload to
+    find (its walk then says why)."""
+    try:
+        data = canonical_payload(data, _load(data, "", "schema1 manifest"), "")
+    except SourceError:
+        pass
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
 def _format(signature: dict, where: str) -> tuple[int, bytes]:
     """(formatLength, formatTail) of one signature's protected header."""
     try:
