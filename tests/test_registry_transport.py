@@ -403,3 +403,21 @@ def test_a_ca_cert_is_added_to_the_system_s_so_a_public_host_a_registry_redirect
 
     assert not errors and [r.name for r in records] == ["a/app"], errors
     assert elsewhere.hits == {f"/storage/{digest}": 1 for digest in configs}
+
+
+def test_every_ca_of_a_certs_d_folder_is_trusted(fake, tmp_path):
+    try:
+        old, new = make_tls_files(str(tmp_path / "old")), make_tls_files(str(tmp_path / "new"))
+    except FileNotFoundError as exc:
+        give_up(str(exc))
+    serve_tls(fake, new)  # a registry whose certificate the second CA of its folder signed
+    folder = tmp_path / "certs.d" / fake.host
+    folder.mkdir(parents=True)
+    for name, files in (("a-old.crt", old), ("b-new.crt", new)):
+        (folder / name).write_bytes(open(files["ca"], "rb").read())
+    manifest, configs, _ = image()
+    fake.add_image("a/app", {"v1": manifest}, configs, OCI_MANIFEST)
+
+    records, errors, _ = crawl(f"docker://{fake.host}/a/app", certs_dirs=(str(tmp_path / "certs.d"),))
+
+    assert not errors and [r.name for r in records] == ["a/app"], errors

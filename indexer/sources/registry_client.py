@@ -155,21 +155,26 @@ def _retry_after(reply_headers) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _with_system_cas(cas: str, client_cert: tuple[str, str] | None) -> ssl.SSLContext | None:
-    """A context trusting the system's CAs and those of `cas`; None when they cannot be loaded.
+def _with_system_cas(cas: tuple[str, ...], client_cert: tuple[str, str] | None) -> tuple[ssl.SSLContext | None, str]:
+    """(a context trusting the system's CAs and those of `cas`, ''), or (None, the CA file that cannot
+    be loaded, or '' when it is the client certificate).
 
-    Docker and skopeo add a registry's own CAs (certs.d, a CA file) to the system's rather than
-    trust them alone: the blob store or CDN a registry redirects to, and its token server, are
-    often public hosts."""
+    Docker and skopeo add a registry's own CAs (every certs.d `*.crt`, a CA file) to the system's
+    rather than trust them alone: the blob store or CDN a registry redirects to, and its token
+    server, are often public hosts, and a certs.d folder may hold the old CA and the new one."""
+    context = urllib3.util.create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED)
+    context.load_default_certs()
+    for path in cas:
+        try:
+            context.load_verify_locations(path)
+        except (OSError, ValueError):  # ssl.SSLError is an OSError
+            return None, path
     try:
-        context = urllib3.util.create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED)
-        context.load_default_certs()
-        context.load_verify_locations(cas)
         if client_cert:
             context.load_cert_chain(*client_cert)
-    except (OSError, ValueError):  # ssl.SSLError is an OSError
-        return None
-    return context
+    except (OSError, ValueError):
+        return None, ""
+    return context, ""
 
 
 # What a failed attempt says about its host: these kinds mean no answer came at all, and count
@@ -405,10 +410,11 @@ class RegistryClient:
     # -------------------------------------------------------------- plumbing
 
     def _tls_settings(self, host: str):
-        """(verify, client cert): --no-tls-verify / insecure host, --ca-cert, then certs.d."""
+        """(verify: False, True or the CA files to add, client cert): --no-tls-verify / insecure host,
+        certs.d, --ca-cert."""
         if self.insecure or not self.options.tls_verify:
             return False, None
-        verify: bool | str = True
+        verify: bool | tuple[str, ...] = True
         client_cert = None
         for base in self.options.certs_dirs:
             folder = os.path.join(base, host)
@@ -416,13 +422,13 @@ class RegistryClient:
                 continue
             cas = sorted(glob.glob(os.path.join(folder, "*.crt")))
             if cas and verify is True:
-                verify = cas[0]
+                verify = tuple(cas)
             for cert in sorted(glob.glob(os.path.join(folder, "*.cert"))):
                 key = cert[: -len(".cert")] + ".key"
                 if os.path.isfile(key) and client_cert is None:
                     client_cert = (cert, key)
         if self.options.ca_cert:
-            verify = self.options.ca_cert
+            verify = (*verify, self.options.ca_cert) if isinstance(verify, tuple) else (self.options.ca_cert,)
         return verify, client_cert
 
     def _proxy(self, url: str) -> str:
@@ -448,11 +454,13 @@ class RegistryClient:
                 manager = self._managers.get(key)
                 if manager is None:
                     tls: dict = {"cert_reqs": "CERT_NONE"} if insecure else {"cert_reqs": "CERT_REQUIRED"}
-                    context = _with_system_cas(verify, self.client_cert) if isinstance(verify, str) else None
-                    if not insecure and context is not None:
+                    context, unreadable = None, ""
+                    if not insecure and isinstance(verify, tuple):
+                        context, unreadable = _with_system_cas(verify, self.client_cert)
+                    if context is not None:
                         tls["ssl_context"] = context
-                    elif not insecure and isinstance(verify, str):
-                        tls["ca_certs"] = verify  # unreadable: each https request fails with why
+                    elif not insecure and isinstance(verify, tuple):
+                        tls["ca_certs"] = unreadable or verify[0]  # each https request fails with why
                     if self.client_cert and not insecure and context is None:
                         tls["cert_file"], tls["key_file"] = self.client_cert
                     # One connection per worker, and a few for token servers and redirects.
