@@ -180,6 +180,23 @@ def test_first_repo_digest_of_a_repository_wins():
     assert [r.digest for r in records] == [first]
 
 
+def test_ref_by_digest_records_that_digest_of_a_repository_of_two():
+    # A real engine lists both manifests of one config pulled into one repository (a Docker
+    # schema 2 and an OCI manifest), lexically sorted.
+    fake = FakeEngine()
+    first, second = sorted([fake_digest("schema2"), fake_digest("oci")])
+    fake.add(
+        classic_image(
+            "two-digests",
+            tags=["reg.example/app:1", "other/app:v1"],
+            digests=[f"reg.example/app@{first}", f"reg.example/app@{second}"],
+        )
+    )
+    for digest in (first, second):
+        records, errors, _ = collect(fake, f"reg.example/app@{digest}")
+        assert [(r.name, r.digest, r.tags) for r in records] == [("app", digest, ("1",))] and not errors
+
+
 def test_bad_repo_tag_is_a_note_not_a_failure():
     fake = FakeEngine()
     fake.add(classic_image("bad", tags=["UPPER/Case:1", "good/app:1"]))

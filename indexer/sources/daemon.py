@@ -812,7 +812,13 @@ def repositories(inspect: dict, ctx: Context, where: str, only: Reference | None
             if ref.digest and ref.digest not in repo.digests:
                 repo.digests.append(ref.digest)
     if only is not None and (only.registry, only.name) in found:
-        found = {(only.registry, only.name): found[(only.registry, only.name)]}
+        repo = found[(only.registry, only.name)]
+        if only.digest in repo.digests:
+            # The record carries the repository's first digest: a manifest named by digest is
+            # the one asked for, even where the engine knows the image under another one first.
+            repo.digests.remove(only.digest)
+            repo.digests.insert(0, only.digest)
+        found = {(only.registry, only.name): repo}
     if not found:
         return [_Repository(ctx.registry, ctx.repository, named=False)]
     return [found[key] for key in sorted(found)]
