@@ -695,6 +695,35 @@ def test_silent_engine_times_out(tmp_path):
         server.close()
 
 
+def test_a_name_server_that_does_not_answer_costs_no_more_than_the_first_contact(monkeypatch):
+    """The resolver's own timeouts (5 s a try, for each attempt and name server) are not the
+    engine's: a host name that does not resolve in time is the same one line as a silent engine."""
+    released = threading.Event()
+    resolve = socket.getaddrinfo
+
+    def unanswered(host, *args, **kwargs):
+        if host == "engine.example":
+            released.wait(30)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return resolve(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", unanswered)
+    source = DockerDaemon(
+        location="tcp://engine.example:2375", connect=lambda address: EngineApiClient(address, connect_timeout=1.0)
+    )
+    started = time.monotonic()
+    try:
+        with pytest.raises(SourceError) as caught:
+            list(source.records(Context("docker-daemon", source.location)))
+        assert time.monotonic() - started < 5
+    finally:
+        released.set()
+    assert (
+        str(caught.value)
+        == "docker-daemon: cannot reach the Docker engine at tcp://engine.example:2375: no answer in 1 s"
+    )
+
+
 def test_docker_sdk_is_not_imported_off_the_engine_path(samples_store):
     code = (
         "import sys\n"
