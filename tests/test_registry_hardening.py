@@ -131,6 +131,35 @@ def test_a_docker_content_digest_that_is_not_a_digest_is_an_error_and_never_requ
     assert fake.log == [("GET", "/v2/"), ("HEAD", "/v2/app/x/manifests/v1")]
 
 
+@pytest.mark.parametrize("status", [405, 400, 501])
+def test_a_re_crawl_of_a_registry_that_refuses_head_falls_back_on_get(fake, status):
+    """A registry that refuses HEAD on manifests failed every tag of every re-crawl."""
+    manifest, configs, _ = image()
+    fake.add_image("app/x", {"v1": manifest}, configs, OCI_MANIFEST)
+    served = fake.routes["/v2/app/x/manifests/v1"]
+    fake.routes["/v2/app/x/manifests/v1"] = lambda method, _headers: Reply(status) if method == "HEAD" else served
+    options = RegistryOptions(timeout=5.0, retries=0, jobs=2, auth_files=[])
+    source = parse_source(f"docker://{fake.host}/app/x:v1", registry_options=options)
+    source.bind_store(KnownTags([("app/x", "v1", "sha256:" + "b" * 64)]))
+    items = list(source.records(Context(source.kind, source.location, note=lambda text: None)))
+    assert [str(i) for i in items if isinstance(i, SourceError)] == []
+    assert [(r.name, r.tags, r.digest) for r in items] == [("app/x", ("v1",), served.headers["Docker-Content-Digest"])]
+    asked = [entry for entry in fake.log if entry[1] == "/v2/app/x/manifests/v1"]
+    assert asked == [("HEAD", "/v2/app/x/manifests/v1"), ("GET", "/v2/app/x/manifests/v1")]
+
+
+def test_a_re_crawl_does_not_get_a_tag_whose_head_says_it_is_gone(fake):
+    manifest, configs, _ = image()
+    fake.add_image("app/x", {"v1": manifest}, configs, OCI_MANIFEST)
+    fake.routes["/v2/app/x/manifests/v1"] = Reply(404, b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}')
+    options = RegistryOptions(timeout=5.0, retries=0, jobs=2, auth_files=[])
+    source = parse_source(f"docker://{fake.host}/app/x:v1", registry_options=options)
+    source.bind_store(KnownTags([("app/x", "v1", "sha256:" + "b" * 64)]))
+    items = list(source.records(Context(source.kind, source.location, note=lambda text: None)))
+    assert len(items) == 1 and isinstance(items[0], SourceError) and "404" in str(items[0])
+    assert [entry for entry in fake.log if entry[1] == "/v2/app/x/manifests/v1"] == [("HEAD", "/v2/app/x/manifests/v1")]
+
+
 def test_a_link_to_another_path_of_the_host_is_refused(fake):
     manifest, configs, _ = image()
     fake.add_image("a/one", {"v1": manifest}, configs, OCI_MANIFEST)

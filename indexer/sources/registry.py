@@ -725,7 +725,15 @@ class Crawl:
         where = self._where(state.name, tag)
         try:
             if state.known:  # a re-crawl: a HEAD tells whether the tag moved
-                _, digest, media_type = self.get_manifest(state.name, tag, where, "HEAD")
+                try:
+                    _, digest, media_type = self.get_manifest(state.name, tag, where, "HEAD")
+                except HttpError as exc:
+                    # Some registries and proxies refuse HEAD on manifests (405, 400): the GET
+                    # below tells as well, as crane falls back on one. A tag that is gone (404)
+                    # or a host that does not answer would only fail again.
+                    if exc.status is None or exc.status == 404:
+                        raise
+                    digest = ""
                 if digest:
                     return Fetched(tag, digest, None, media_type)
             data, digest, media_type = self.get_manifest(state.name, tag, where)
