@@ -244,6 +244,24 @@ def test_ref_missing_is_an_error_naming_the_engine():
     assert "has no image 'nope:1'" in str(errors[0]) and fake.address in str(errors[0])
 
 
+@pytest.mark.parametrize("ref", ["..", ".", "x/../t/app:1.0", "T/App:1", "app:", "@sha256:" + "a" * 64])
+def test_ref_that_names_no_image_is_refused_before_the_engine_is_asked(ref):
+    """`..` reached the engine as another path, and the error was its redirect: `HTTP 301`."""
+    fake = FakeEngine()
+    fake.add(classic_image("app", tags=["t/app:1.0"]))
+    records, errors, _ = collect(fake, ref)
+    assert not records and [error.reason for error in errors] == [f"{ref!r} is not an image reference or ID"]
+    assert fake.count("inspect") == 0
+
+
+@pytest.mark.parametrize("length", [4, 12, 64])
+def test_ref_by_a_short_id_is_still_asked(length):
+    fake = FakeEngine()
+    image = fake.add(classic_image("app", tags=["t/app:1.0"]))
+    records, errors, _ = collect(fake, image["inspect"]["Id"].removeprefix("sha256:")[:length])
+    assert [r.name for r in records] == ["t/app"] and not errors
+
+
 # ----------------------------------------------------------------------------- layer sizes from history
 
 
