@@ -233,7 +233,8 @@ def _declared(con, subject: _Subject, rows: list[tuple], unknown: bool) -> dict:
     # A digest may name an index: any manifest below it is the base it declares. Looked up from the
     # index's own list, since a manifest that two indexes share names only one as its parent.
     pinned_members = {pinned, *lookup.index_members(con, pinned)} if pinned else set()
-    matched = [row for row in rows if _matches(row, ref, pinned_members)]
+    tagged = _tagged_members(con, ref)
+    matched = [row for row in rows if _matches(row, ref, pinned_members, tagged)]
     if matched:
         out["agreement"] = AGREES if matched[0][7] == nearest else ANCESTOR
     elif _indexed(con, ref, pinned):
@@ -247,17 +248,31 @@ def _text(value) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _matches(row: tuple, ref, digests: set[str]) -> bool:
+def _tagged_members(con, ref) -> set[str]:
+    """The digests of the manifests below the indexes that carry the declared tag in its repository."""
+    if ref is None or not ref.tag:
+        return set()
+    indexes = con.execute(
+        "SELECT DISTINCT digest FROM images WHERE registry = ? AND name = ? AND kind = 'index' "
+        "AND list_contains(tags, ?) AND coalesce(digest, '') <> ''",
+        [ref.registry, ref.name, ref.tag],
+    ).fetchall()
+    return {member for (digest,) in indexes for member in lookup.index_members(con, digest)}
+
+
+def _matches(row: tuple, ref, digests: set[str], tagged: set[str]) -> bool:
     """Whether `row` is the declared base: one of `digests` (the digest declared, and the
-    manifests below it if it names an index), else by name."""
+    manifests below it if it names an index), else by name and tag, where `tagged` holds the
+    manifests below the indexes that carry the tag."""
     _id, registry, name, own_digest, tags = row[:5]
     if digests and own_digest:
         return own_digest in digests
     if ref is None:
         return False
-    # A record without a manifest digest (classic docker save) can only be matched by name; a
-    # platform child is untagged, its tags being its index's.
-    return (registry, name) == (ref.registry, ref.name) and (not ref.tag or not tags or ref.tag in tags)
+    # A record without a manifest digest (classic docker save) can only be matched by name. A
+    # platform child is untagged, its tags being its index's: it is the tag's image only when an
+    # index carrying the tag lists it, or `os:9` would agree with a child of `os:1`.
+    return (registry, name) == (ref.registry, ref.name) and (not ref.tag or ref.tag in tags or own_digest in tagged)
 
 
 def _indexed(con, ref, digest: str) -> bool:

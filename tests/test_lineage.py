@@ -730,3 +730,20 @@ def test_base_help_explains_every_agreement(run_cli):
     for agreement in agreements:
         # Each on a line of its own, with what it means beside it
         assert any(line.split()[:1] == [agreement] and len(line.split()) > 2 for line in text.splitlines()), agreement
+
+
+def test_a_platform_child_agrees_only_with_a_tag_its_index_carries(tmp_path, run_cli):
+    # app is built on os:1's amd64 child; os:9, which app declares, was not indexed
+    blobs = Blobs()
+    amd64, arm64 = {"os": "linux", "architecture": "amd64"}, {"os": "linux", "architecture": "arm64"}
+    children = [{**image(blobs, ["os-amd"]), "platform": amd64}, {**image(blobs, ["os-arm"]), "platform": arm64}]
+    top = [named(blobs.index(children), f"{REG}/base/os:1")]
+    for tag in (1, 9):
+        labels = {BASE_NAME: f"{REG}/base/os:{tag}"}
+        top.append(named(image(blobs, ["os-amd", f"app{tag}"], labels=labels), f"{REG}/team/app{tag}:1"))
+    store = str(tmp_path / "store")
+    index_into(run_cli, store, layout(tmp_path, "tagged-index", blobs, top))
+    for tag, agreement in ((1, "AGREES"), (9, "NOT_INDEXED")):
+        doc = answer(run_cli, store, "base", f"{REG}/team/app{tag}:1")
+        assert [e["digest"] for e in doc["bases"]] == [children[0]["digest"]]
+        assert doc["declaredBase"] == {"name": f"{REG}/base/os:{tag}", "agreement": agreement}
