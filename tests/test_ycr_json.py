@@ -315,6 +315,19 @@ def test_invalid_tags_are_dropped_with_a_note_and_the_image_lands(run_cli, tmp_p
     assert result.exit_code == 0 and get(run_cli, store, doc["id"]) == doc
 
 
+@pytest.mark.parametrize("tag", [None, 5, ["1.0"], {"tag": "1.0"}])
+def test_a_tag_that_is_not_a_string_fails_that_image(run_cli, tmp_path, tag):
+    """proto3 JSON refuses such a document (json_format.Parse), as it does urls that are not strings."""
+    good, victim = images_of("image-array.json")[:2]
+    path = tmp_path / "tags.json"
+    path.write_text(json.dumps([good, dict(victim, tags=[*victim.get("tags", []), tag])]), encoding="utf-8")
+    store = str(tmp_path / "store")
+    result = run_cli("index", f"ycr-json:{path}", "--store", store)
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[0] == f"imgdex: {path}[1]: image {victim['id']}: tags is not a list of strings"
+    assert [d["id"] for d in listing(run_cli, store)] == [good["id"]]
+
+
 def test_a_tag_listed_twice_is_kept_once_with_a_note(run_cli, tmp_path):
     """It was kept once without a word, though the document (as the proto parser reads it) lists it
     twice."""

@@ -183,8 +183,10 @@ def image_record(raw: object, registry: str, ctx: Context, where: str, notes: li
     if not isinstance(raw_layers, list):
         raise SourceError(where, f"image {image_id}: layers is not a list")
     raw_tags = doc.get("tags", [])
-    if not isinstance(raw_tags, list):
-        raise SourceError(where, f"image {image_id}: tags is not a list")
+    # A tag outside Docker's grammar is dropped with a note, as from every source; one that is no
+    # string at all is a document proto3 JSON refuses (`json_format.Parse`), as urls of that kind are.
+    if not isinstance(raw_tags, list) or not all(isinstance(tag, str) for tag in raw_tags):
+        raise SourceError(where, f"image {image_id}: tags is not a list of strings")
     # Refused before any Blob is built: each costs ~200 bytes however short its text, and the
     # store holds and renders them all for `get` and `list`.
     for what, entries in (("layers", raw_layers), ("tags", raw_tags)):
