@@ -35,7 +35,7 @@ NOT_CHECKED = "NOT_CHECKED"  # this image's own lineage is unknown, so nothing c
 
 _SUBJECT = (
     "SELECT id, registry, name, kind, digest, config_raw IS NOT NULL, chain_ids, len(diff_ids), len(layers), "
-    "labels[?] AS base_name, labels[?] AS base_digest, manifest_raw FROM images WHERE id = ?"
+    "labels[?] AS base_name, labels[?] AS base_digest, manifest_raw, id_origin = 'imported' FROM images WHERE id = ?"
 )
 
 # Bases end on a proper prefix of the image's chain: one equality per stored row, no list scan.
@@ -90,6 +90,7 @@ class _Subject:
             self.label_name,
             self.label_digest,
             self.manifest_raw,
+            self.imported,
         ) = row
         self.chain_ids: list[str] = list(chain_ids or ())
 
@@ -144,6 +145,10 @@ def _unknown(subject: _Subject, note: Note | None) -> bool:
             what = "has diff_ids that are not all sha256 digests, so its lineage is unknown"
         elif not subject.layer_count:
             what = "has no layers, so it has no lineage"
+        elif subject.imported:
+            # An import wins whole over a manifest source of the same image, config and all, so
+            # "no config was indexed" would be wrong once the image was also indexed from one.
+            what = "has no known diff_ids (an imported record carries none), so its lineage is unknown"
         elif subject.config_read:
             what = (
                 "has a config without usable rootfs.diff_ids (missing, or not a list of strings), "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import pytest
 from builders import (
@@ -500,9 +501,33 @@ def test_imported_json_has_no_lineage_and_says_so(tmp_path, run_cli):
         result = run_cli(command, "cr.yandex/crp1/app:1", "--store", store)
         assert result.exit_code == 0 and result.stdout == "{}\n"
         assert result.stderr == (
-            f"imgdex: note: image {doc['id']} has no known diff_ids (no image config was indexed),"
+            f"imgdex: note: image {doc['id']} has no known diff_ids (an imported record carries none),"
             " so its lineage is unknown\n"
         )
+
+
+@pytest.mark.parametrize("import_first", [True, False])
+def test_an_import_merged_with_a_manifest_source_says_the_import_left_no_diff_ids(tmp_path, run_cli, import_first):
+    # the layout's config was indexed, so "no image config was indexed" would mislead
+    fixtures = os.path.join(os.path.dirname(__file__), "fixtures")
+    exported = os.path.join(fixtures, "ycr", "image-get.json")
+    with open(exported) as f:
+        doc = json.load(f)
+    layout_source = os.path.join(fixtures, "real", "oci-layout")
+    naming = ("--registry", "cr.yandex", "--repository", doc["name"])
+    store = str(tmp_path / "store")
+    runs = [
+        ("index", f"ycr-json:{exported}", "--store", store),
+        ("index", f"oci:{layout_source}:v1", "--store", store, *naming),
+    ]
+    for args in runs if import_first else runs[::-1]:
+        assert run_cli(*args).exit_code == 0
+    result = run_cli("base", doc["id"], "--store", store)
+    assert result.exit_code == 0 and result.stdout == "{}\n"
+    assert result.stderr == (
+        f"imgdex: note: image {doc['id']} has no known diff_ids (an imported record carries none),"
+        " so its lineage is unknown\n"
+    )
 
 
 def test_the_note_says_why_an_indexed_config_gives_no_lineage(tmp_path, run_cli):
