@@ -53,8 +53,21 @@ class StoreError(ImgdexError):
     """The store cannot be opened, read or written."""
 
 
-class NewerStore(StoreError):
+class RefusedStore(StoreError):
+    """A table this imgdex refuses rather than misreads, for what the table is rather than for the
+    moment it was read at: unlike a folder pruned between a listing and a read, or a log that
+    cannot be read for its permissions, waiting does not make it readable (writers never lower a
+    table's protocol nor its schema version), so a long-running reader refuses it at start."""
+
+
+class NewerStore(RefusedStore):
     """A table written by a newer imgdex, which this one refuses rather than misreads."""
+
+
+class UnsupportedTable(RefusedStore):
+    """A table using a Delta feature this reader does not implement (a reader version or feature
+    it does not know, deletion vectors, column mapping, partitions, v2 checkpoints): reading its
+    data files as plain Parquet would return wrong rows."""
 
 
 class NotFound(ImgdexError):

@@ -885,6 +885,43 @@ def test_a_store_of_a_newer_schema_version_is_refused_in_one_line(store, tmp_pat
     assert line.startswith("imgdex: table images has store schema version") and "newer imgdex" in line, line
 
 
+# Protocols a later writer could give the images table, which this reader refuses whatever comes after.
+REFUSED_PROTOCOLS = {
+    "deletion vectors": {
+        "minReaderVersion": 3,
+        "minWriterVersion": 7,
+        "readerFeatures": ["deletionVectors"],
+        "writerFeatures": ["deletionVectors"],
+    },
+    "Delta reader version 4": {"minReaderVersion": 4, "minWriterVersion": 7, "writerFeatures": []},
+}
+
+
+def give_protocol(store: str, protocol: dict) -> None:
+    """Commit `protocol` to the images table of `store`, as the next version of its log."""
+    log = os.path.join(store, "images", "_delta_log")
+    version = max(int(name[:20]) for name in os.listdir(log) if name.endswith(".json")) + 1
+    actions = [{"commitInfo": {"timestamp": int(time.time() * 1000), "operation": "SET TBLPROPERTIES"}}]
+    with open(os.path.join(log, f"{version:020d}.json"), "w") as f:
+        f.write("\n".join(json.dumps(a) for a in [*actions, {"protocol": protocol}]) + "\n")
+
+
+@pytest.mark.parametrize("reason", sorted(REFUSED_PROTOCOLS))
+def test_a_store_this_reader_refuses_for_good_is_refused_in_one_line(store, tmp_path, reason):
+    """As `get` and `list` refuse it: served, it answered `no completed index run yet` for ever."""
+    import shutil
+
+    refused = str(tmp_path / "refused")
+    shutil.copytree(store, refused)
+    give_protocol(refused, REFUSED_PROTOCOLS[reason])
+    listed = cli("list", "--store", refused, check=False)
+    assert listed.returncode == 1 and reason in listed.stderr, listed.stderr
+    result = _serve_exit("--store", refused, "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0")
+    assert result.returncode == 1, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line == listed.stderr.strip() and line.startswith("imgdex: table images "), line
+
+
 def test_one_protocol_off(store, cli_images):
     srv = start_server(store, "--grpc", "off")
     try:

@@ -15,7 +15,7 @@ from yandex.cloud.containerregistry.v1 import repository_service_pb2 as rsv
 from indexer.errors import QueryError, StoreError
 from queries import api_rules
 from queries.server import rules
-from test_serve import REAL, build_store, fixture_sources
+from test_serve import REAL, REFUSED_PROTOCOLS, build_store, fixture_sources, give_protocol
 
 
 def test_rules_are_read_from_the_official_messages():
@@ -214,6 +214,26 @@ def test_a_log_that_cannot_be_listed_keeps_the_snapshot_served_and_is_said_once(
     assert not source.refresh() and not source.refresh()
     assert source.current is served
     assert said == [f"cannot read the Delta log {log}: Permission denied"]
+    source.stop()
+
+
+def test_a_refusal_met_while_serving_keeps_the_snapshot_served_and_is_said_once(unit_store, tmp_path):
+    """The start refuses such a store; one that becomes so while served is not a reason to stop."""
+    import shutil
+
+    from queries.server import snapshots
+
+    store = str(tmp_path / "store")
+    shutil.copytree(unit_store, store)
+    said = []
+    source = snapshots.SnapshotSource(store, poll=3600, log=said.append)
+    source.start()
+    served = source.current
+    assert served is not None
+    give_protocol(store, REFUSED_PROTOCOLS["deletion vectors"])
+    assert not source.refresh() and not source.refresh()
+    assert source.current is served
+    assert said == ["table images has deletion vectors, which this reader refuses"]
     source.stop()
 
 

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from urllib.parse import unquote, urlparse
 
-from ..errors import NewerStore, SourceError, StoreError, printable
+from ..errors import NewerStore, SourceError, StoreError, UnsupportedTable, printable
 from ..files import not_regular, open_readable
 
 TABLES = ("images", "tags", "runs")
@@ -176,9 +176,9 @@ class _Replay:
 
     def _add(self, action: dict) -> None:
         if action.get("deletionVector"):
-            raise StoreError(f"table {self.table} has deletion vectors, which this reader refuses")
+            raise UnsupportedTable(f"table {self.table} has deletion vectors, which this reader refuses")
         if action.get("partitionValues"):
-            raise StoreError(f"table {self.table} is partitioned, which this reader refuses")
+            raise UnsupportedTable(f"table {self.table} is partitioned, which this reader refuses")
         path = unquote(action["path"])
         if not _inside(path):
             raise StoreError(f"table {self.table} names a data file outside its folder: {printable(action['path'])}")
@@ -209,16 +209,16 @@ class _Replay:
         mapping = configuration.get("delta.columnMapping.mode", "none")
         features = set(protocol.get("readerFeatures") or ())
         if reader not in (1, 2, 3):
-            raise StoreError(f"table {self.table} needs Delta reader version {reader}, which this reader refuses")
+            raise UnsupportedTable(f"table {self.table} needs Delta reader version {reader}, which this reader refuses")
         if mapping not in ("none", None) or "columnMapping" in features:
-            raise StoreError(f"table {self.table} uses column mapping, which this reader refuses")
+            raise UnsupportedTable(f"table {self.table} uses column mapping, which this reader refuses")
         if "deletionVectors" in features:
-            raise StoreError(f"table {self.table} has deletion vectors, which this reader refuses")
+            raise UnsupportedTable(f"table {self.table} has deletion vectors, which this reader refuses")
         if reader == 3 and not features <= _SAFE_READER_FEATURES:
             refused = ", ".join(sorted(features - _SAFE_READER_FEATURES))
-            raise StoreError(f"table {self.table} needs reader features {refused}, which this reader refuses")
+            raise UnsupportedTable(f"table {self.table} needs reader features {refused}, which this reader refuses")
         if metadata.get("partitionColumns"):
-            raise StoreError(f"table {self.table} is partitioned, which this reader refuses")
+            raise UnsupportedTable(f"table {self.table} is partitioned, which this reader refuses")
         check_schema_version(self.table, configuration)
 
     def path(self, relative: str) -> str:
@@ -264,7 +264,7 @@ def _list_log(table: str, log: str) -> tuple[dict[int, str], dict[int, list[str]
         elif match := _MULTIPART.match(name):
             parts.setdefault(int(match.group(1)), {}).setdefault(int(match.group(3)), []).append(name)
         elif _V2_CHECKPOINT.match(name):
-            raise StoreError(f"table {table} has a v2 checkpoint, which this reader refuses")
+            raise UnsupportedTable(f"table {table} has a v2 checkpoint, which this reader refuses")
     complete: dict[int, list[str]] = {}
     for version, by_count in parts.items():
         for count, names_ in by_count.items():
@@ -779,7 +779,7 @@ def _read_with_deltalake(location: str, table: str, version, as_of) -> TableFile
             dt.load_as_version(version)
         protocol = dt.protocol()
         if protocol.min_reader_version > 1 or protocol.reader_features:
-            raise StoreError(f"table {table} needs Delta reader features this reader refuses")
+            raise UnsupportedTable(f"table {table} needs Delta reader features this reader refuses")
         check_schema_version(table, dict(dt.metadata().configuration or {}))
         metadata = {"schemaString": dt.schema().to_json()}
         info = dt.history(1)[0] if version is None and as_of is None else {}

@@ -303,7 +303,7 @@ def serve(store, grpc_text, http_text, token_file, insecure_no_auth, workers):
     import signal
     import socket
 
-    from indexer.errors import NewerStore
+    from indexer.errors import RefusedStore
 
     # The kernel gives a signal sent to the process to any thread that does not block it, gRPC's
     # and REST's included, and Python runs the handler only when the main thread next runs: one
@@ -322,7 +322,7 @@ def serve(store, grpc_text, http_text, token_file, insecure_no_auth, workers):
     try:
         try:
             service.start()
-        except NewerStore as exc:  # refused as by every other command
+        except RefusedStore as exc:  # refused as by every other command
             click.echo(f"imgdex: {exc}", err=True)
             sys.exit(1)
         click.echo(service.ready_line(), err=True)

@@ -30,7 +30,7 @@ from typing import Callable
 import duckdb
 import pyarrow
 
-from indexer.errors import NewerStore, StoreError
+from indexer.errors import RefusedStore, StoreError
 from indexer.store import duck, paths
 
 from .. import engine, render
@@ -260,10 +260,12 @@ class SnapshotSource:
     def current(self) -> Snapshot | None:
         return self._current
 
-    def refresh(self, refuse_newer: bool = False) -> bool:
+    def refresh(self, refuse_for_good: bool = False) -> bool:
         """Load the store's snapshot if it is not the one served; True when a new one was swapped in.
 
-        `refuse_newer`: a store written by a newer imgdex raises NewerStore rather than being noted.
+        `refuse_for_good`: a store this imgdex refuses for what it is (written by a newer imgdex,
+        or using a Delta feature this reader does not read) raises RefusedStore rather than being
+        noted.
         """
         try:
             key = snapshot_key(self.store)
@@ -272,7 +274,7 @@ class SnapshotSource:
                 return False
             fresh = Snapshot.load(key)
         except StoreError as exc:
-            if refuse_newer and isinstance(exc, NewerStore):
+            if refuse_for_good and isinstance(exc, RefusedStore):
                 raise
             # Most often an index run pruned the folder between the stat and the load; the next
             # poll sees the newer snapshot. Or a log that cannot be read (its permissions): the
@@ -297,10 +299,11 @@ class SnapshotSource:
         return True
 
     def start(self) -> None:
-        """Loads the store's snapshot, then watches for the next. NewerStore when the store was
-        written by a newer imgdex: no later poll could serve it, and every call would answer that
-        no index run has completed, for ever."""
-        self.refresh(refuse_newer=True)
+        """Loads the store's snapshot, then watches for the next. RefusedStore when the store is
+        one this imgdex refuses (written by a newer imgdex, or with a Delta feature this reader
+        does not read): no later poll could serve it, and every call would answer that no index
+        run has completed, for ever."""
+        self.refresh(refuse_for_good=True)
         self._thread = threading.Thread(target=self._watch, name="imgdex-snapshot-watch", daemon=True)
         self._thread.start()
 
