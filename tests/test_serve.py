@@ -814,6 +814,34 @@ def test_bearer_token(tmp_path, store, sdk, cli_images):
     assert code == 0, err
 
 
+def test_a_method_that_does_not_exist_needs_the_token_too(tmp_path, store):
+    """Without the token it answered UNIMPLEMENTED: which services and methods exist was learned
+    without it, one name at a time."""
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token\n")
+    srv = start_server(store, "--token-file", str(token_file))
+    methods = ("/yandex.cloud.containerregistry.v1.ImageService/Nope", "/no.such.Service/Get")
+    try:
+        with grpc.insecure_channel(srv.grpc) as channel:
+
+            def unary(method, **kwargs):
+                return channel.unary_unary(method)(b"", **kwargs)
+
+            def streams(method, **kwargs):
+                return list(channel.stream_stream(method)(iter([b"", b""]), **kwargs))
+
+            for method in methods:
+                for call in (unary, streams):
+                    assert grpc_code(call, method) == grpc.StatusCode.UNAUTHENTICATED, (method, call)
+                    wrong = grpc_code(call, method, metadata=[("authorization", "Bearer wrong")])
+                    assert wrong == grpc.StatusCode.UNAUTHENTICATED, (method, call)
+                    with_token = grpc_code(call, method, metadata=[("authorization", "Bearer s3cret-token")])
+                    assert with_token == grpc.StatusCode.UNIMPLEMENTED, (method, call)
+    finally:
+        code, _, err = srv.stop()
+    assert code == 0, err
+
+
 def _serve_exit(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "queries.server.app", *args], cwd=ROOT, capture_output=True, text=True, timeout=30

@@ -242,8 +242,12 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
                 header = value
                 break
         handler = continuation(handler_call_details)
-        if handler is None or token_matches(header, self._token):
+        if token_matches(header, self._token):
             return handler
+        if handler is None:
+            # grpcio answers a method no servicer has UNIMPLEMENTED: which services and methods
+            # exist would be learned without the token, a method at a time.
+            return _DENY_UNKNOWN
         return _deny(handler)
 
 
@@ -317,11 +321,17 @@ def _like(wrapper, behaviour):
     return wrapper
 
 
-def _deny(handler):
-    def abort(request, context):
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token (authorization: Bearer TOKEN)")
+def _unauthenticated(request, context):
+    context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token (authorization: Bearer TOKEN)")
 
-    return handler._replace(**{_ARITIES[handler.request_streaming, handler.response_streaming]: abort})
+
+def _deny(handler):
+    return handler._replace(**{_ARITIES[handler.request_streaming, handler.response_streaming]: _unauthenticated})
+
+
+# A method of no service has no arity to take: a stream of raw messages each way stands for any
+# call, and the abort comes before a message is read.
+_DENY_UNKNOWN = grpc.stream_stream_rpc_method_handler(_unauthenticated)
 
 
 # The largest valid request of any served method is a ListImagesRequest at its rules' limits:
