@@ -438,6 +438,30 @@ def test_rest_rejects_malformed_parameters(server):
     assert (status, doc["code"]) == (400, 3)
 
 
+@pytest.mark.parametrize(
+    "target, named",
+    [
+        ("/images?pageSize=5&pageSize=1", "pageSize"),
+        ("/images?page_size=1&page_size=1", "page_size"),
+        ("/images?filter=&orderBy=name&orderBy=id", "orderBy"),
+        ("/repositories?registryId=a&registryId=b", "registryId"),
+        ("/registries?folderId=b1g&folderId=b1g", "folderId"),
+    ],
+)
+def test_rest_refuses_a_field_given_twice(server, target, named):
+    """As grpc-gateway does: the last value was taken, a request other than the one sent."""
+    status, doc = http_json(server.http, "/container-registry/v1" + target)
+    assert (status, doc["code"], doc["details"]) == (400, 3, []), doc
+    assert doc["message"] == f"invalid request parameter: {named} is given 2 times and takes one value"
+
+
+def test_rest_ignores_a_repeated_parameter_that_names_no_field_or_one_of_the_path(server, cli_images):
+    status, doc = http_json(server.http, "/container-registry/v1/images?pageSize=1&x=1&x=2")
+    assert status == 200 and len(doc["images"]) == 1
+    image = cli_images[0]
+    assert http_json(server.http, f"/container-registry/v1/images/{image['id']}?imageId=a&imageId=b") == (200, image)
+
+
 # --- repositories and registries ------------------------------------------------------------------
 
 

@@ -72,12 +72,22 @@ def _dump(doc: dict) -> bytes:
 
 
 def _request(message_class, query: dict[str, list[str]], **path):
-    """The request message from path parameters and the query string (the last value of a repeated one)."""
+    """The request message from path parameters and the query string."""
+    descriptor = message_class.DESCRIPTOR
+    for key, values in query.items():
+        field = descriptor.fields_by_name.get(key) or descriptor.fields_by_camelcase_name.get(key)
+        # grpc-gateway, the API's front end, refuses a field that holds one value given several
+        # times; taking one of them would answer a request other than the one the client meant.
+        # A parameter that names no field is ignored, by the gateway too, and so is one naming a
+        # field the path gives.
+        if field is None or field.camelcase_name in path or field.name in path:
+            continue
+        if len(values) > 1 and field.label != field.LABEL_REPEATED:
+            raise QueryError(f"invalid request parameter: {key} is given {len(values)} times and takes one value")
     fields = {key: values[-1] for key, values in query.items()}
     fields.update(path)
     # json_format hands integer strings to int(), which also takes `1_0`, `1e3` and non-ASCII
     # digits; the API's own front end takes ASCII decimal digits only.
-    descriptor = message_class.DESCRIPTOR
     for key, value in fields.items():
         field = descriptor.fields_by_name.get(key) or descriptor.fields_by_camelcase_name.get(key)
         if field is not None and field.cpp_type in _INTEGER_TYPES and not _DECIMAL.fullmatch(value):
