@@ -838,6 +838,37 @@ def test_bearer_token(tmp_path, store, sdk, cli_images):
     assert code == 0, err
 
 
+def _readme_sdk_example_with_token() -> str:
+    """The README's Python example of the SDK calling a server that has `--token-file`."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        blocks = re.findall(r"^```python\n(.*?)^```$", f.read(), re.DOTALL | re.MULTILINE)
+    [example] = [b for b in blocks if "yandexcloud.SDK()" in b and "authorization" in b]
+    return example
+
+
+def test_the_readme_s_sdk_example_sends_the_token(tmp_path, store):
+    """With `insecure=True` the SDK sends no credentials of its own: the README's SDK example
+    got UNAUTHENTICATED from a server with a token."""
+    (tmp_path / "token").write_text("s3cret-token\n")
+    srv = start_server(store, "--token-file", str(tmp_path / "token"))
+    try:
+        # What the README says does not work: the SDK's own token, over the plain channel.
+        own = yandexcloud.SDK(iam_token="s3cret-token").client(
+            isv_grpc.ImageServiceStub, endpoint=srv.grpc, insecure=True
+        )
+        assert grpc_code(own.List, isv.ListImagesRequest(page_size=5)) == grpc.StatusCode.UNAUTHENTICATED
+        example = _readme_sdk_example_with_token()
+        assert "127.0.0.1:50051" in example
+        script = example.replace("127.0.0.1:50051", srv.grpc)
+        run = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        listed = json.loads(cli("list", "--store", store, "--page-size", "5").stdout)["images"]
+        assert [m["id"] for m in listed] == re.findall(r'^  id: "(crp\w+)"$', run.stdout, re.MULTILINE)
+    finally:
+        code, _, err = srv.stop()
+    assert code == 0, err
+
+
 def test_a_method_that_does_not_exist_needs_the_token_too(tmp_path, store):
     """Without the token it answered UNIMPLEMENTED: which services and methods exist was learned
     without it, one name at a time."""
