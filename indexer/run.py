@@ -326,7 +326,7 @@ def run_tasks(
                         retired.extend(keys)
                         continue
                     if item.id_origin == "imported" and (clash := imports.clash(item)):
-                        fail(f"{spec}: {clash}")
+                        fail(f"{source.location}: {clash}")
                         continue
                     known = pending.get(item.id)
                     if known is not None and not one_image(named(known), named(item)):

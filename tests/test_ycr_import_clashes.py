@@ -27,7 +27,7 @@ def test_the_same_image_in_two_documents_of_one_run_with_other_tags_keeps_the_fi
     result = index(run_cli, store, first, second)
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines() == [
-        f"imgdex: ycr-json:{second}: image {doc['id']} is in an earlier source of this run with different "
+        f"imgdex: {second}: image {doc['id']} is in an earlier source of this run with different "
         "contents; the first is kept"
     ]
     assert get(run_cli, store, doc["id"]) == doc  # not the tags of both
@@ -55,7 +55,7 @@ def test_one_manifest_under_two_ids_in_one_run_keeps_the_first(run_cli, tmp_path
     result = index(run_cli, store, *paths)
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines() == [
-        f"imgdex: ycr-json:{paths[-1]}: image {other['id']} is cr.yandex/{doc['name']}@{doc['digest']}, which an "
+        f"imgdex: {paths[-1]}: image {other['id']} is cr.yandex/{doc['name']}@{doc['digest']}, which an "
         "earlier image of this run has under another id; the first is kept"
     ]
     assert listing(run_cli, store) == [doc]
