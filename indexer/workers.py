@@ -50,7 +50,7 @@ from .shard import CountedShard, Shard
 from .sources import ArchiveFolder, DetectedArchive, DockerArchive, OciArchive, OciLayout, SourceOptions, parse_source
 from .sources.layout import is_layout_dir
 from .files import open_readable, walk
-from .sources.tarball import MAX_INDEX_BYTES, STDIN_NAMES
+from .sources.tarball import MAGIC_BYTES, MAX_INDEX_BYTES, STDIN_NAMES, is_compressed
 from .store.hashset import HashSet
 
 # Below this much work (in images, or their equivalent in compressed bytes) one process is
@@ -193,9 +193,8 @@ def _file_work(path: str, verify: bool) -> float | None:
         size = os.fstat(f.fileno()).st_size
         if verify:
             return 1 + size / BYTES_PER_IMAGE
-        magic = f.read(4)
-    compressed = magic[:2] == b"\x1f\x8b" or magic == b"\x28\xb5\x2f\xfd"  # gzip, zstd
-    return 1 + size / BYTES_PER_IMAGE if compressed else 1
+        magic = f.read(MAGIC_BYTES)
+    return 1 + size / BYTES_PER_IMAGE if is_compressed(magic) else 1
 
 
 def _folder_work(root: str, verify: bool, jobs: int) -> tuple[float, int]:

@@ -512,7 +512,7 @@ def index(
     docker://HOST[/REPO[:TAG|@DIGEST]] (a registry: every repository, every tag of one, or one
     image), ycr-json:PATH (Image.Get / Image.List JSON of Yandex Cloud; names go under
     cr.yandex unless --registry), or a bare path (a layout directory, or a tar that is
-    uncompressed, gzip or zstd).
+    uncompressed, gzip, zstd, xz or bzip2).
     """
     import os
     import time

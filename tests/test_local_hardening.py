@@ -5,12 +5,14 @@ tiny entries."""
 
 from __future__ import annotations
 
+import bz2
 import collections
 import copy
 import gzip
 import hashlib
 import io
 import json
+import lzma
 import os
 import pty
 import subprocess
@@ -368,7 +370,7 @@ def test_a_member_longer_than_the_stream_ends_it_at_once(tmp_path, packing):
 
 
 SAMPLE = os.path.join(ROOT, "data", "samples", "docker-save-app.tar")
-PACKINGS = ["tar", "tar.gz", "tar.zst"]
+PACKINGS = ["tar", "tar.gz", "tar.zst", "tar.xz", "tar.bz2"]
 
 
 def _compressed(data: bytes, packing: str) -> bytes:
@@ -378,6 +380,10 @@ def _compressed(data: bytes, packing: str) -> bytes:
         import zstandard
 
         return zstandard.ZstdCompressor().compress(data)
+    if packing == "tar.xz":
+        return lzma.compress(data)
+    if packing == "tar.bz2":
+        return bz2.compress(data)
     return data
 
 
@@ -464,7 +470,7 @@ def test_a_tar_cut_inside_a_member_header_says_so_in_every_packing(tmp_path, pac
 
 def test_an_empty_tar_holds_no_image_in_every_packing(tmp_path):
     """Ten KiB of zero blocks is a tar with no members (tar(1) lists it); plain, it was `not a tar
-    archive (nor gzip or zstd)`, while gzip'ed or zstd'ed it held no image. A folder skips it with
+    archive`, while compressed it held no image. A folder skips it with
     a note, as any tar holding no image."""
     reason = "not an image archive (no manifest.json or index.json)"
     for packing in PACKINGS:
@@ -1330,7 +1336,7 @@ def test_folder_of_archives_indexes_each_in_path_order(tmp_path):
     ]
     assert sorted(notes) == sorted(
         [
-            f"{root}/notes.txt: not a tar archive (nor gzip or zstd); skipped",
+            f"{root}/notes.txt: not a tar archive (nor gzip, zstd, xz or bzip2); skipped",
             f"{root}/nested/pipe: not a regular file (named pipe); skipped",
             f"{root}/nested/text.tar: not an image archive (no manifest.json or index.json); skipped",
         ]
@@ -1519,7 +1525,7 @@ def test_real_fixtures_folder_equals_its_archives(tmp_path):
     """tests/fixtures/real holds archives, a layout named `oci-layout` and expected.json."""
     records, errors, notes = collect(REAL)
     assert not errors
-    assert notes == [f"{REAL}/expected.json: not a tar archive (nor gzip or zstd); skipped"]
+    assert notes == [f"{REAL}/expected.json: not a tar archive (nor gzip, zstd, xz or bzip2); skipped"]
     one_by_one = set()
     for name in sorted(os.listdir(REAL)):
         if name != "expected.json":
@@ -1579,13 +1585,21 @@ def test_archive_piped_on_stdin(spec, name, tmp_path):
     assert _listing(store) == expected_documents(REAL_EXPECTED["archives"][name])
 
 
-@pytest.mark.parametrize("name, label", [("docker-save-app.tar", "tar"), ("docker-save-app.tar.gz", "gzip tar")])
-def test_an_archive_piped_with_endless_zeros_after_it_ends(tmp_path, name, label):
+@pytest.mark.parametrize(
+    "name, packing, label",
+    [
+        ("docker-save-app.tar", "tar", "tar"),
+        ("docker-save-app.tar.gz", "tar", "gzip tar"),
+        ("docker-save-app.tar", "tar.xz", "xz tar"),
+        ("docker-save-app.tar", "tar.bz2", "bzip2 tar"),
+    ],
+)
+def test_an_archive_piped_with_endless_zeros_after_it_ends(tmp_path, name, packing, label):
     """The pipe is read to its end so that its writer gets no EPIPE, but past 64 MiB after the
     archive's end it is given up: a gzip reader takes the zeros as padding and read on for ever."""
     with open(os.path.join(REAL, name), "rb") as f:
         args = ["index", "-", "--store", str(tmp_path / "store"), "--repository", REPOSITORY]
-        done = run_fed_without_end(args, f.read(), timeout=120)
+        done = run_fed_without_end(args, _compressed(f.read(), packing), timeout=120)
     assert done.returncode == 1
     assert done.stderr.decode().splitlines() == [
         f"imgdex: <stdin>: the input goes on for more than 64 MiB past the {label} archive's end"
@@ -1708,7 +1722,7 @@ def test_names_with_newlines_give_one_line_messages(tmp_path):
         ": blob is missing"
     )
     assert errors[2] == f'imgdex: docker-achive:\\nx: unknown source type "docker-achive:"; {TRANSPORTS_TEXT}'
-    assert f"imgdex: note: {folder}/note\\nme.txt: not a tar archive (nor gzip or zstd); skipped" in lines
+    assert f"imgdex: note: {folder}/note\\nme.txt: not a tar archive (nor gzip, zstd, xz or bzip2); skipped" in lines
     assert "indexed 1 images, 3 failed" in run.stdout
 
 

@@ -1,6 +1,8 @@
 """Every local source kind on synthetic images: names, indexes, artifacts, compression, links."""
 
+import bz2
 import gzip
+import lzma
 import os
 import tarfile
 
@@ -183,11 +185,18 @@ def test_classic_docker_save_one_resource_per_repository(tmp_path):
     assert len(unnamed) == 1 and unnamed[0].created is None and unnamed[0].tags == ()
 
 
-@pytest.mark.parametrize("compress", ["gzip", "zstd"])
+@pytest.mark.parametrize("compress", ["gzip", "zstd", "xz", "bz2"])
 def test_compressed_archives_read_in_one_pass(tmp_path, compress):
     raw = tar_bytes(classic())
     path = tmp_path / f"save.tar.{compress}"
-    path.write_bytes(gzip.compress(raw) if compress == "gzip" else zstandard.ZstdCompressor().compress(raw))
+    path.write_bytes(
+        {
+            "gzip": gzip.compress,
+            "zstd": zstandard.ZstdCompressor().compress,
+            "xz": lzma.compress,
+            "bz2": bz2.compress,
+        }[compress](raw)
+    )
     records, errors, _ = collect(str(path))
     plain, _, _ = collect(write_tar(str(tmp_path / "plain.tar"), classic()))
     assert not errors

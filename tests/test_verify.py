@@ -1,8 +1,10 @@
 """--verify hashes layer contents; without it, layers are never read."""
 
+import bz2
 import gzip
 import hashlib
 import json
+import lzma
 import os
 import subprocess
 
@@ -44,7 +46,7 @@ def test_tampered_layer_passes_without_verify_and_fails_with_it(run_cli, tmp_pat
     assert "Traceback" not in checked.output
 
 
-@pytest.mark.parametrize("compress", ["", "gzip", "zstd"])
+@pytest.mark.parametrize("compress", ["", "gzip", "zstd", "xz", "bz2"])
 def test_classic_layers_are_checked_against_diff_ids(run_cli, tmp_path, compress):
     files = classic_save_files([{"tags": ["app:1"], "layers": [b"aaaa", b"bb"]}])
     layer_path = next(name for name in files if name.endswith("layer.tar"))
@@ -56,6 +58,10 @@ def test_classic_layers_are_checked_against_diff_ids(run_cli, tmp_path, compress
         if compress == "gzip"
         else zstandard.ZstdCompressor().compress(raw)
         if compress == "zstd"
+        else lzma.compress(raw)
+        if compress == "xz"
+        else bz2.compress(raw)
+        if compress == "bz2"
         else raw
     )
     assert run_cli("index", path, "--store", tmp_path / "a").exit_code == 0
@@ -223,6 +229,51 @@ def test_a_crane_save_gives_its_layers_decompressed_sizes_as_skopeo_does(run_cli
         result = run_cli("index", path, "--store", store)
     assert result.exit_code == 0, result.output
     assert _layers_by_tag(run_cli, store) == {"1": skopeo_layers}
+
+
+@pytest.mark.parametrize("layer_packing", ["xz", "bzip2"])
+@pytest.mark.parametrize("packing", ["tar", "tar.xz", "tar.bz2", "stdin"])
+def test_xz_and_bzip2_layers_are_read_decompressed_as_docker_load_reads_them(run_cli, tmp_path, layer_packing, packing):
+    """`docker load` decompresses an xz or bzip2 layer of a docker save before it checks the
+    diff_id, as it does a gzip one, and skopeo counts its size so: the size is the tar's, and
+    --verify checks the tar's digest, whether the archive is a file, compressed or piped."""
+    layer_tar = tar_bytes({"hello.txt": b"hello" * 1000})
+    stored = lzma.compress(layer_tar) if layer_packing == "xz" else bz2.compress(layer_tar)
+    raw = _crane_images([("app:1", stored, layer_tar)])
+    plain = tmp_path / "save.tar"
+    plain.write_bytes(raw)
+    judged = subprocess.run(
+        ["skopeo", "inspect", "--raw", f"docker-archive:{plain}"], check=True, capture_output=True, timeout=60
+    )
+    skopeo_layers = [(layer["digest"], layer["size"]) for layer in json.loads(judged.stdout)["layers"]]
+    assert skopeo_layers == [(digest_of(layer_tar), len(layer_tar))]
+    for verify in ([], ["--verify"]):
+        store = tmp_path / f"store{len(verify)}"
+        if packing == "stdin":
+            result = run_cli("index", "-", "--store", store, *verify, input=raw)
+        else:
+            path = plain
+            if packing != "tar":
+                path = tmp_path / f"save.{packing}"
+                path.write_bytes(lzma.compress(raw) if packing == "tar.xz" else bz2.compress(raw))
+            result = run_cli("index", path, "--store", store, *verify)
+        assert result.exit_code == 0, result.output
+        assert _layers_by_tag(run_cli, store) == {"1": skopeo_layers}
+
+
+@pytest.mark.parametrize("layer_packing", ["xz", "bzip2"])
+def test_a_corrupt_xz_or_bzip2_layer_fails_its_image(run_cli, tmp_path, layer_packing):
+    layer_tar = tar_bytes({"hello.txt": b"hello" * 1000})
+    stored = bytearray(lzma.compress(layer_tar) if layer_packing == "xz" else bz2.compress(layer_tar))
+    for i in range(len(stored) // 2, len(stored) // 2 + 8):
+        stored[i] ^= 0x5A
+    path = tmp_path / "save.tar"
+    path.write_bytes(_crane_images([("app:1", bytes(stored), layer_tar)]))
+    result = run_cli("index", path, "--store", tmp_path / "store")
+    assert result.exit_code == 1
+    layer = hashlib.sha256(stored).hexdigest() + ".tar.gz"
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"imgdex: {path}: layer {layer!r} cannot be decompressed ("), line
 
 
 @pytest.mark.parametrize("packing", ["tar", "tar.gz"])

@@ -1,10 +1,10 @@
 """Reading image tarballs by their headers, without extracting and without reading layers.
 
 An uncompressed tar file is scanned header by header with seeks over member data; small JSON
-members are then read on demand. A gzip or zstd tar, or any tar on standard input, is read once,
-in one streaming pass that keeps only the members that can be a manifest, an index or a config:
-JSON, named as docker save, skopeo, go-containerregistry and OCI layouts name them, each under
-its size limit and all of them under MAX_KEPT_BYTES. Memory stays bounded whatever the archive
+members are then read on demand. A gzip, zstd, xz or bzip2 tar, or any tar on standard input, is
+read once, in one streaming pass that keeps only the members that can be a manifest, an index or
+a config: JSON, named as docker save, skopeo, go-containerregistry and OCI layouts name them, each
+under its size limit and all of them under MAX_KEPT_BYTES. Memory stays bounded whatever the archive
 holds, and no member is read twice.
 
 Only regular files are opened: a FIFO would block in open() and a device would be read forever.
@@ -12,8 +12,11 @@ Only regular files are opened: a FIFO would block in open() and a device would b
 
 from __future__ import annotations
 
+import bz2
 import hashlib
 import io
+import itertools
+import lzma
 import os
 import posixpath
 import re
@@ -30,6 +33,16 @@ from .parse import MAX_JSON_BYTES
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+XZ_MAGIC = b"\xfd7zXZ\x00"
+BZIP2_MAGIC = b"BZh"
+# What follows "BZh" and the block size digit: the first block's magic, or the end's in an empty
+# stream. "BZh" alone starts many a file name, and so many a plain tar.
+_BZIP2_NEXT = (b"\x31\x41\x59\x26\x53\x59", b"\x17\x72\x45\x38\x50\x90")
+# Enough of a member's first bytes to tell every compressor's magic (bzip2's is the longest).
+MAGIC_BYTES = 10
+# The xz format lets a stream ask for a dictionary of up to 4 GiB, which the decoder fills as it
+# goes; xz -9 asks for 64 MiB. A stream that needs more than this is refused, not decoded.
+XZ_MEMLIMIT = 256 << 20
 _STREAM_BUFSIZE = 1 << 20
 _ZERO_BLOCK = bytes(tarfile.BLOCKSIZE)
 # A stream member is kept when it starts with one of these and is small enough to be JSON we need.
@@ -84,24 +97,42 @@ class Member:
     link: str = ""  # resolved target of a symlink or hard link
     digest: str = ""  # "algorithm:hex" of a blob's content, when a streaming pass was asked to hash
     diff_id: str = ""  # hex sha256 of any other member's content as a layer (`measure_layer`), likewise
-    # Its size as a layer: its stored size, or decompressed for a gzip or zstd one (`measure_layer`),
+    # Its size as a layer: its stored size, or decompressed for a compressed one (`measure_layer`),
     # found by a streaming pass or when first asked.
     layer_size: int | None = None
     undecodable: str = ""  # why a streaming pass could not measure it so
     unkept: str = ""  # why a streaming pass did not keep the bytes of a member
 
 
+NOT_AN_ARCHIVE = "not a tar archive (nor gzip, zstd, xz or bzip2)"
+
+
 def _compression(head: bytes, where: str) -> str:
-    """'gzip', 'zstd' or 'tar' from the first 512 bytes, or NotAnArchive."""
+    """'gzip', 'zstd', 'xz', 'bzip2' or 'tar' from the first 512 bytes, or NotAnArchive."""
     if not head:
         raise NotAnArchive(where, "empty file")
     if head.startswith(GZIP_MAGIC):
         return "gzip"
     if head.startswith(ZSTD_MAGIC) or _is_skippable_frame(head):
         return "zstd"
+    if head.startswith(XZ_MAGIC) or _is_bzip2(head):
+        # A member's name may start so ("BZh91AY&SY…"): a tar header's checksum, which no
+        # compressed stream holds by chance, says it is a tar.
+        if len(head) == 512 and _looks_like_v7_tar(head):
+            return "tar"
+        return "xz" if head.startswith(XZ_MAGIC) else "bzip2"
     if len(head) == 512 and (head[257:262] == b"ustar" or _looks_like_v7_tar(head) or head == _ZERO_BLOCK):
         return "tar"  # a zero block first is the end of an empty tar, which tar(1) lists as such
-    raise NotAnArchive(where, "not a tar archive (nor gzip or zstd)")
+    raise NotAnArchive(where, NOT_AN_ARCHIVE)
+
+
+def _is_bzip2(head: bytes) -> bool:
+    return (
+        head.startswith(BZIP2_MAGIC)
+        and len(head) >= MAGIC_BYTES
+        and head[3] in b"123456789"
+        and head[4:10] in _BZIP2_NEXT
+    )
 
 
 def _is_skippable_frame(head: bytes) -> bool:
@@ -403,8 +434,8 @@ class TarMembers:
 
     def layer_size(self, name: str) -> int | None:
         """A docker save layer's size as `docker load` and skopeo read it: the member's size, or
-        its size decompressed when it is a gzip or zstd file (go-containerregistry writes its
-        layers so). Only such a layer is read; of any other, its first four bytes. None when the
+        its size decompressed when it is a gzip, zstd, xz or bzip2 file (go-containerregistry writes
+        its layers gzip'ed). Only such a layer is read; of any other, its first bytes. None when the
         member is absent."""
         member = self._resolve(name)
         if member is None:
@@ -412,7 +443,7 @@ class TarMembers:
         if member.layer_size is None:
             if member.undecodable:
                 raise SourceError(self.where, member.undecodable)
-            if name.startswith("blobs/") or not _is_compressed(self._head(name, member)):
+            if name.startswith("blobs/") or not is_compressed(self._head(name, member)):
                 member.layer_size = member.size
             else:
                 member.layer_size, member.diff_id = measure_layer(self._chunks(name, member), self.where, name)
@@ -444,9 +475,9 @@ class TarMembers:
 
     def _head(self, name: str, member: Member) -> bytes:
         if member.offset < 0 or member.data is not None or member.pieces is not None:
-            return next(self._chunks(name, member), b"")[:4]
+            return _head_of(self._chunks(name, member))
         try:
-            return os.pread(self._fd, min(4, member.size), member.offset)
+            return os.pread(self._fd, min(MAGIC_BYTES, member.size), member.offset)
         except OSError as exc:
             raise SourceError(self.where, exc.strerror or str(exc)) from None
 
@@ -656,7 +687,80 @@ class _ZstdFrames(io.RawIOBase):
         return f"the archive ends inside a frame, at byte {self.offset}"
 
 
+class _CorruptStream(Exception):
+    """Bytes an xz or bzip2 decompressor refuses, with its words for them (bz2 says it as OSError,
+    which is also what a failing read raises)."""
+
+
+class _Streams(io.RawIOBase):
+    """Decompresses xz or bzip2 streams one after another, as xz(1) and bzip2(1) read them, a
+    buffer at a time. Bytes after a whole stream that start no other end the data, as in Python's
+    own readers and bzip2(1) (xz(1) takes zeros there, a tape's padding); input that ends inside a
+    stream is EOFError.
+
+    Not lzma.LZMAFile: it takes no memory limit, and an xz header may ask for a 4 GiB dictionary."""
+
+    def __init__(self, raw, new):
+        self._raw = raw
+        self._new = new
+        self._decompressor = new()
+        self._error = lzma.LZMAError if isinstance(self._decompressor, lzma.LZMADecompressor) else OSError
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if not len(buffer):
+            return 0  # a decompressor asked for nothing gives nothing, and would be asked for ever
+        while not self._done:
+            decompressor = self._decompressor
+            if decompressor.eof:
+                rest = decompressor.unused_data or self._raw.read(_RAW_READ)
+                if not rest:
+                    self._done = True
+                    break
+                self._decompressor = decompressor = self._new()
+                try:
+                    data = decompressor.decompress(rest, len(buffer))
+                except self._error:
+                    self._done = True  # not another stream: what trails the archive
+                    break
+            else:
+                rest = b""
+                if decompressor.needs_input:
+                    rest = self._raw.read(_RAW_READ)
+                    if not rest:
+                        raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+                try:
+                    data = decompressor.decompress(rest, len(buffer))
+                except self._error as exc:
+                    raise _CorruptStream(_codec_reason(exc)) from None
+            if data:
+                buffer[: len(data)] = data
+                return len(data)
+        return 0
+
+
+_RAW_READ = 1 << 16
+
+
+def _xz_decompressor() -> lzma.LZMADecompressor:
+    return lzma.LZMADecompressor(lzma.FORMAT_XZ, memlimit=XZ_MEMLIMIT)
+
+
+def _codec_reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, lzma.LZMAError) and text == "Memory usage limit exceeded":  # LZMA_MEMLIMIT_ERROR
+        return f"the stream needs more than {XZ_MEMLIMIT >> 20} MiB of memory to decompress"
+    return text
+
+
 def _decompressor(source, compression: str):
+    if compression == "xz":
+        return _Streams(source, _xz_decompressor)
+    if compression == "bzip2":
+        return _Streams(source, bz2.BZ2Decompressor)
     if compression == "gzip":
         from isal import igzip
 
@@ -778,6 +882,8 @@ def _scan_stream(
             ) from None
         error = SourceError if opened else NotAnArchive
         raise error(where, f"not a readable {label} archive ({exc})") from None
+    except _CorruptStream as exc:
+        raise SourceError(where, f"corrupt {compression} archive ({exc})") from None
     except (EOFError, OSError, ValueError) as exc:
         text = str(exc) or type(exc).__name__
         raise SourceError(where, f"truncated or corrupt {compression} archive ({text})") from None
@@ -831,10 +937,10 @@ def _stream_member(tar: tarfile.TarFile, info: tarfile.TarInfo, name: str, table
         # the stream has passed it: one that is compressed is measured now (as `layer_size` would
         # have it read), an uncompressed one needs its first bytes, or all of them to be hashed.
         handle = handle or tar.extractfile(info)
-        if not first and pieces is None:
-            first = handle.read(4)
+        if pieces is None and len(first) < MAGIC_BYTES:
+            first += handle.read(MAGIC_BYTES - len(first))
         chunks = _rest(handle, [first] if pieces is None else pieces, pieces is not None)
-        if hash_members or _is_compressed(first[:4]):
+        if hash_members or is_compressed(first if pieces is None else _head_of(pieces)):
             try:
                 member.layer_size, member.diff_id = measure_layer(chunks, table.where, name)
             except _Undecodable as exc:
@@ -912,25 +1018,45 @@ class _Chunks(io.RawIOBase):
         return count
 
 
-def _is_compressed(head: bytes) -> bool:
-    return head.startswith(GZIP_MAGIC) or head.startswith(ZSTD_MAGIC) or _is_skippable_frame(head)
+def _head_of(chunks, taken: list[bytes] | None = None) -> bytes:
+    """The first MAGIC_BYTES of what `chunks` hold, the chunks read for it appended to `taken`."""
+    head = b""
+    for chunk in chunks:
+        if taken is not None:
+            taken.append(chunk)
+        head += chunk[: MAGIC_BYTES - len(head)]
+        if len(head) == MAGIC_BYTES:
+            break
+    return head
 
 
-# No gzip stream expands more than 1,032-fold; a zstd one can 30 times more, so that counting a
-# small layer's size would take hours. A layer past this is refused rather than counted.
+def is_compressed(head: bytes) -> bool:
+    """Whether a file's first MAGIC_BYTES are those of a compressor `docker load` reads a layer of."""
+    return head.startswith((GZIP_MAGIC, ZSTD_MAGIC, XZ_MAGIC)) or _is_skippable_frame(head) or _is_bzip2(head)
+
+
+# No gzip stream expands more than 1,032-fold; a zstd, xz or bzip2 one can far more (zstd 30 times
+# more), so that counting a small layer's size would take hours. A layer past this is refused
+# rather than counted.
 MAX_LAYER_EXPANSION = 1032
 _EXPANSION_SLACK = 1 << 20
 
 
 def measure_layer(chunks, where: str, name: str) -> tuple[int, str]:
     """(size, hex sha256) of a docker save layer's tar. go-containerregistry (crane) writes its
-    layers gzip-compressed, and `docker load` decompresses a gzip or zstd layer before it checks
-    the diff_id (skopeo counts its size so too), so such a layer is read decompressed, a piece at
-    a time."""
-    source = _Chunks(chunks)
+    layers gzip-compressed, and `docker load` decompresses a gzip, zstd, xz or bzip2 layer before
+    it checks the diff_id (skopeo counts its size so too), so such a layer is read decompressed, a
+    piece at a time."""
+    chunks = iter(chunks)
+    taken: list[bytes] = []
+    head = _head_of(chunks, taken)  # a first chunk may be a byte, as a stream read it to tell JSON
+    source = _Chunks(itertools.chain(taken, chunks))
     reader = io.BufferedReader(source, _STREAM_BUFSIZE)
-    head = reader.peek(4)[:4]
-    if head.startswith(GZIP_MAGIC):
+    if head.startswith(XZ_MAGIC):
+        stream = io.BufferedReader(_Streams(reader, _xz_decompressor), _STREAM_BUFSIZE)
+    elif _is_bzip2(head):
+        stream = io.BufferedReader(_Streams(reader, bz2.BZ2Decompressor), _STREAM_BUFSIZE)
+    elif head.startswith(GZIP_MAGIC):
         from isal import igzip
 
         stream = igzip.IGzipFile(fileobj=reader, mode="rb")

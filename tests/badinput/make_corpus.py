@@ -24,9 +24,11 @@ Usage: python tests/badinput/make_corpus.py [--out DIR] [--expected FILE]
 from __future__ import annotations
 
 import argparse
+import bz2
 import gzip
 import io
 import json
+import lzma
 import os
 import random
 import shutil
@@ -343,7 +345,7 @@ def build_not_a_layout(path: str) -> None:
 
 def build_random(path: str) -> None:
     data = noise(2, 1024)
-    assert not data.startswith((b"\x1f\x8b", b"\x28\xb5\x2f\xfd"))
+    assert not data.startswith((b"\x1f\x8b", b"\x28\xb5\x2f\xfd", b"\xfd7zXZ\x00", b"BZh"))
     try:
         tarfile.TarInfo.frombuf(data[:512], "utf-8", "surrogateescape")
     except tarfile.HeaderError:
@@ -378,6 +380,31 @@ def build_corrupt_zstd(path: str) -> None:
 def build_truncated_zstd(path: str) -> None:
     packed = _zstd(builders.tar_bytes(save_files("registry.example/bad/truncated-zstd:v1", layer=noise(5, 4096))))
     write_bytes(path, packed[: len(packed) // 2])
+
+
+def _xz_or_bzip2(compression: str, data: bytes) -> bytes:
+    return lzma.compress(data, format=lzma.FORMAT_XZ) if compression == "xz" else bz2.compress(data, 9)
+
+
+def build_truncated_xz_or_bzip2(compression: str, seed: int):
+    def build(path: str) -> None:
+        tag = f"registry.example/bad/truncated-{compression}:v1"
+        packed = _xz_or_bzip2(compression, builders.tar_bytes(save_files(tag, layer=noise(seed, 4096))))
+        write_bytes(path, packed[: len(packed) // 2])
+
+    return build
+
+
+def build_corrupt_xz_or_bzip2(compression: str, seed: int):
+    def build(path: str) -> None:
+        tag = f"registry.example/bad/corrupt-{compression}:v1"
+        packed = bytearray(_xz_or_bzip2(compression, builders.tar_bytes(save_files(tag, layer=noise(seed, 4096)))))
+        middle = len(packed) // 2
+        for i in range(middle, middle + 16):
+            packed[i] ^= 0x5A
+        write_bytes(path, bytes(packed))
+
+    return build
 
 
 def build_corrupt_gzip(path: str) -> None:
@@ -757,7 +784,7 @@ ENTRIES: list[Entry] = [
     Entry(
         "random.bin",
         "{path}",
-        LINE + r"{path}: not a tar archive \(nor gzip or zstd\)$",
+        LINE + r"{path}: not a tar archive \(nor gzip, zstd, xz or bzip2\)$",
         "1 KiB of random bytes.",
         build_random,
     ),
@@ -804,6 +831,34 @@ ENTRIES: list[Entry] = [
         LINE + r"{path}: [^:]*\btruncated\b[^:]* zstd archive\b.*$",
         "A zstd-compressed classic save cut in the middle of the frame. The error must say the archive is truncated.",
         build_truncated_zstd,
+    ),
+    Entry(
+        "truncated.tar.xz",
+        "{path}",
+        LINE + r"{path}: truncated or corrupt xz archive \(.+\)$",
+        "An xz-compressed classic save cut in the middle of the stream.",
+        build_truncated_xz_or_bzip2("xz", 7),
+    ),
+    Entry(
+        "corrupt.tar.xz",
+        "{path}",
+        LINE + r"{path}: corrupt xz archive \(.+\)$",
+        "An xz-compressed classic save with 16 bytes flipped in the middle of the stream.",
+        build_corrupt_xz_or_bzip2("xz", 8),
+    ),
+    Entry(
+        "truncated.tar.bz2",
+        "{path}",
+        LINE + r"{path}: truncated or corrupt bzip2 archive \(.+\)$",
+        "A bzip2-compressed classic save cut in the middle of the stream.",
+        build_truncated_xz_or_bzip2("bzip2", 9),
+    ),
+    Entry(
+        "corrupt.tar.bz2",
+        "{path}",
+        LINE + r"{path}: corrupt bzip2 archive \(.+\)$",
+        "A bzip2-compressed classic save with 16 bytes flipped in the middle of the stream.",
+        build_corrupt_xz_or_bzip2("bzip2", 10),
     ),
     Entry(
         "truncated-in-header.tar",
