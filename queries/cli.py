@@ -463,8 +463,8 @@ def shown_value(value: str) -> str:
     default=None,
     metavar="N",
     help="Processes for archives, layouts and folders of them (default: the CPUs this process may use less "
-    "the 1-minute load average, at least 1; a run with little work stays in one), and requests at once to "
-    "a registry (default 8).",
+    "the busy ones, by the 1-minute load average or the tasks runnable now when fewer, at least 1; a run with "
+    "little work stays in one), and requests at once to a registry (default 8).",
 )
 @click.option(
     "--shard",
@@ -812,7 +812,14 @@ def _query_lines(stream, name: str):
     metavar="FIELDS",
     help="name, digest, created_at, last_modified; each with an optional desc. Default: name, digest.",
 )
-@click.option("--page-size", type=Integer(), default=100, show_default=True, help="At most 1000; 0 means the default.")
+@click.option(
+    "--page-size",
+    type=Integer(),
+    default=100,
+    show_default=True,
+    metavar="N",
+    help="At most 1000; 0 means the default.",
+)
 @click.option("--page-token", default="", metavar="T")
 @click.option("--format", "fmt", type=click.Choice(["json", "table", "yaml"]), default="json", show_default=True)
 @as_of_option
@@ -978,7 +985,7 @@ def derived(image, store, fmt, platform, everything, as_of):
 
 @cli.command()
 @delta_store_option
-@click.option("--limit", type=Integer(min=1), default=None, help="Only the newest N versions.")
+@click.option("--limit", type=Integer(min=1), default=None, metavar="N", help="Only the newest N versions.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @library_errors
 def history(store, limit, fmt):
@@ -1031,6 +1038,7 @@ def _duration(_ctx, param, value: str):
     "--retention",
     default="7d",
     show_default=True,
+    metavar="DURATION",
     callback=_duration,
     help="Keep files that left the table this recently, for readers and --as-of (7d, 12h, 90m).",
 )

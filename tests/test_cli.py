@@ -25,6 +25,62 @@ def test_every_command_has_help(run_cli):
         assert result.exit_code == 0 and "Usage:" in result.stdout and "--store" in result.stdout
 
 
+def _readme_commands() -> dict[str, dict[str, str | None]]:
+    """The options of each command in the README's Commands block, with the metavar it shows."""
+    import re
+
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    block = text.split("## Commands", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    commands: dict[str, dict[str, str | None]] = {}
+    options: dict[str, str | None] = {}
+    for line in block.splitlines():
+        if line.startswith("imgdex --"):  # --version and --help, of every command
+            continue
+        head = re.match(r"imgdex (\w+) ", line)
+        if head:
+            options = commands.setdefault(head.group(1), {})
+        # a metavar may hold a bracketed part of its own: OS/ARCH[/VARIANT]
+        pattern = r"(--[a-z][\w-]*(?:/--[\w-]+)?)(?: ((?![-\[])(?:[^\s\[\]]|\[[^\s\[\]]*\])+))?"
+        for name, metavar in re.findall(pattern, line):
+            options[name] = metavar or None
+    return commands
+
+
+def _help_metavar(option: click.Option) -> str | None:
+    if option.is_flag:
+        return None
+    if option.metavar:
+        return option.metavar
+    if isinstance(option.type, click.Choice):
+        return "|".join(option.type.choices)
+    return option.type.name.upper()
+
+
+def test_the_readme_names_every_option_as_help_shows_it():
+    from queries.cli import cli
+
+    readme = _readme_commands()
+    assert set(readme) == set(cli.commands)
+    for name, command in cli.commands.items():
+        shown = {}
+        for param in command.params:
+            if isinstance(param, click.Option) and param.name != "help":
+                long = [opt for opt in param.opts if opt.startswith("--")][0]
+                shown["/".join([long, *param.secondary_opts])] = _help_metavar(param)
+        assert set(readme[name]) == set(shown), name
+        for option, metavar in readme[name].items():
+            if metavar != "…":  # the README abbreviates a metavar said on another line
+                assert metavar == shown[option], (name, option)
+
+
+def test_help_describes_no_empty_range(run_cli):
+    from queries.cli import cli
+
+    for command in cli.commands:
+        assert "None" not in run_cli(command, "--help").stdout, command
+
+
 def test_version(run_cli):
     result = run_cli("--version")
     assert result.exit_code == 0 and result.stdout.startswith("imgdex, version ")

@@ -179,6 +179,10 @@ class Integer(_Spelled, click.IntRange):
     spelling = re.compile(r"[+-]?[0-9]+")
     refusal = "is not a valid integer"
 
+    def _describe_range(self) -> str:
+        # click describes an unbounded range as `x<=None` in --help
+        return "" if self.min is None and self.max is None else super()._describe_range()
+
 
 class Seconds(_Spelled, click.FloatRange):
     """Decimal notation (`30`, `0.5`, `1e3`); `nan` and `inf` pass, for the option's callback to say
@@ -258,6 +262,7 @@ def _file_url_folder(param, url: str) -> str:
     type=Integer(1, 256),
     default=8,
     show_default=True,
+    metavar="N",
     help="Requests answered at once, per protocol.",
 )
 def serve(store, grpc_text, http_text, token_file, insecure_no_auth, workers):
