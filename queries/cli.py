@@ -617,9 +617,26 @@ def _summary_document(summary) -> dict:
     }
 
 
+def _platform(_ctx, param, value: str) -> str:
+    # A usage error, as every other value the command line cannot give: found only once the
+    # command ran, it was exit 1, as an image not found is.
+    from queries import lookup
+
+    try:
+        lookup.parse_platform(value)
+    except ImgdexError:
+        raise click.BadParameter(f"{shown_value(value)} is not OS/ARCH[/VARIANT]", param=param) from None
+    return value
+
+
 def platform_option(help_text: str):
     return click.option(
-        "--platform", default=DEFAULT_PLATFORM, show_default=True, metavar="OS/ARCH[/VARIANT]", help=help_text
+        "--platform",
+        default=DEFAULT_PLATFORM,
+        show_default=True,
+        metavar="OS/ARCH[/VARIANT]",
+        callback=_platform,
+        help=help_text,
     )
 
 
@@ -694,7 +711,6 @@ def get(image, store, fmt, platform, ids_from, as_of):
         raise click.UsageError("give either IMAGE or --ids-from")
     if ids_from is not None and fmt != "json":
         raise click.UsageError("--ids-from prints one JSON line per input line; --format does not apply")
-    lookup.parse_platform(platform)
     if ids_from is None and ID_RE.fullmatch(image):
         # Most gets name an id: look in the files that may hold it first, the whole store only if
         # it is not there (a reference can look like an id).
@@ -924,7 +940,6 @@ def _note(text: str) -> None:
 def _lineage(answer, image, store, platform, everything, fmt, table, as_of=None):
     from queries import engine, lookup
 
-    lookup.parse_platform(platform)
     con = engine.connect(store, tables=("images", "tags"), as_of=as_of)
     row = lookup.resolve(con, image, platform)
     _echo_document(answer(con, row[0], platform, everything=everything, note=_note), fmt, table)

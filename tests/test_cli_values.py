@@ -134,12 +134,14 @@ def test_a_token_file_must_be_a_short_regular_file(tmp_path, kind):
     assert reason.get(kind, "holds more than 65536 bytes") in line
 
 
+@pytest.mark.parametrize("command", ["get", "base", "derived"])
 @pytest.mark.parametrize("platform", ["linux/amd64\n", "linux", "linux/amd64/v8/x", "linux//v8", "a" * 100_000])
-def test_a_platform_outside_os_arch_variant_is_one_short_line(tmp_path, platform):
-    result = imgdex("get", "x", "--platform", platform, "--store", str(tmp_path))
-    assert result.returncode == 1
+def test_a_platform_outside_os_arch_variant_is_one_short_usage_line(tmp_path, command, platform):
+    result = imgdex(command, "x", "--platform", platform, "--store", str(tmp_path / "none"))
+    assert result.returncode == 2
     [line] = result.stderr.splitlines()
-    assert line.startswith("imgdex: invalid platform ") and line.endswith(": expected OS/ARCH[/VARIANT]")
+    assert line.startswith(f"imgdex {command}: Invalid value for '--platform': '"), line
+    assert line.endswith(f"' is not OS/ARCH[/VARIANT]. See 'imgdex {command} --help'."), line
     assert len(line) < 300
 
 
