@@ -511,8 +511,9 @@ def index(
     (a running Docker engine: every image, or the one named by reference or ID),
     docker://HOST[/REPO[:TAG|@DIGEST]] (a registry: every repository, every tag of one, or one
     image), ycr-json:PATH (Image.Get / Image.List JSON of Yandex Cloud; names go under
-    cr.yandex unless --registry), or a bare path (a layout directory, or a tar that is
-    uncompressed, gzip, zstd, xz or bzip2).
+    cr.yandex unless --registry), or a bare path (a layout directory, a folder of archives and
+    layouts, every one below it indexed, or a tar that is uncompressed, gzip, zstd, xz or bzip2;
+    - is standard input).
     """
     import os
     import time
@@ -808,7 +809,7 @@ def _query_lines(stream, name: str):
     metavar="ID",
     help="Registry id (first name component) or registry host. Ignored with --repository-name.",
 )
-@click.option("--repository-name", default="", metavar="NAME")
+@click.option("--repository-name", default="", metavar="NAME", help="Only this repository's images.")
 @click.option(
     "--folder-id",
     default="",
@@ -836,7 +837,7 @@ def _query_lines(stream, name: str):
     metavar="N",
     help="At most 1000; 0 means the default.",
 )
-@click.option("--page-token", default="", metavar="T")
+@click.option("--page-token", default="", metavar="T", help="The nextPageToken of the page before.")
 @click.option("--format", "fmt", type=click.Choice(["json", "table", "yaml"]), default="json", show_default=True)
 @as_of_option
 @library_errors
