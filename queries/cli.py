@@ -477,11 +477,11 @@ def shown_value(value: str) -> str:
 @click.option(
     "--timeout",
     type=Seconds(0, min_open=True),
-    default=30.0,
+    default=30,
     show_default=True,
     metavar="SECONDS",
     callback=_finite_seconds,
-    help="Deadline for each registry request, whole response included.",
+    help="Deadline for each registry request, whole response included (at most a day).",
 )
 @library_errors
 def index(
