@@ -358,6 +358,26 @@ def _finite_seconds(_ctx, param, value: float) -> float:
     return value
 
 
+def _insecure_registries(_ctx, param, values: tuple[str, ...]) -> tuple[str, ...]:
+    # An entry that matches no host would leave plain HTTP refused with no word of why, as a typo
+    # in dockerd's insecure-registries would not: dockerd refuses to start.
+    import ipaddress
+
+    from indexer.references import is_valid_host
+
+    for value in values:
+        entry = value.strip()
+        try:
+            valid = ipaddress.ip_network(entry, strict=False) if "/" in entry else is_valid_host(entry)
+        except ValueError:
+            valid = False
+        if not valid:
+            raise click.BadParameter(
+                f"{shown_value(value)} is neither HOST, HOST:PORT nor a CIDR network such as 10.0.0.0/8", param=param
+            )
+    return values
+
+
 def _shard(_ctx, param, value):
     if value is None:
         return None
@@ -454,6 +474,7 @@ def shown_value(value: str) -> str:
     "insecure_registries",
     multiple=True,
     metavar="HOST",
+    callback=_insecure_registries,
     help="Allow plain HTTP and skip TLS verification for HOST[:PORT] or a CIDR network (repeatable). "
     "Loopback may always use plain HTTP.",
 )

@@ -41,6 +41,23 @@ def test_a_name_outside_the_grammar_is_refused_before_anything_is_stored(tmp_pat
     assert not store.exists()
 
 
+@pytest.mark.parametrize("entry", ["bad host", "10.0.0.0/33", "reg.example/path", "::1", ""])
+def test_an_insecure_registry_that_names_no_host_or_network_is_refused(tmp_path, entry):
+    store = tmp_path / "store"
+    result = imgdex("index", f"oci:{SAMPLE}", "--store", str(store), "--insecure-registry", entry)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("imgdex index: Invalid value for '--insecure-registry': "), line
+    assert line.endswith("is neither HOST, HOST:PORT nor a CIDR network such as 10.0.0.0/8. See 'imgdex index --help'.")
+    assert not store.exists()
+
+
+@pytest.mark.parametrize("entry", ["reg.example", "reg.example:5000", "[::1]:5000", "10.0.0.0/8", "fd00::/8"])
+def test_an_insecure_registry_host_or_network_is_taken(tmp_path, entry):
+    result = imgdex("index", f"oci:{SAMPLE}", "--store", str(tmp_path / "store"), "-q", "--insecure-registry", entry)
+    assert result.returncode == 0, result.stderr
+
+
 @pytest.mark.parametrize(
     "naming, stored",
     [
