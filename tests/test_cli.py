@@ -26,7 +26,8 @@ def test_every_command_has_help(run_cli):
 
 
 def _readme_commands() -> dict[str, dict[str, str | None]]:
-    """The options of each command in the README's Commands block, with the metavar it shows."""
+    """The options of each command in the README's Commands block, with the metavar it shows, and
+    its arguments, under their own names (`IMAGE`: None)."""
     import re
 
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
@@ -37,9 +38,10 @@ def _readme_commands() -> dict[str, dict[str, str | None]]:
     for line in block.splitlines():
         if line.startswith("imgdex --"):  # --version and --help, of every command
             continue
-        head = re.match(r"imgdex (\w+) ", line)
+        head = re.match(r"imgdex (\w+)((?: [A-Z][^\s\[]*)*) ", line)
         if head:
             options = commands.setdefault(head.group(1), {})
+            options.update(dict.fromkeys(head.group(2).split()))
         # a metavar may hold a bracketed part of its own: OS/ARCH[/VARIANT]
         pattern = r"(--[a-z][\w-]*(?:/--[\w-]+)?)(?: ((?![-\[])(?:[^\s\[\]]|\[[^\s\[\]]*\])+))?"
         for name, metavar in re.findall(pattern, line):
@@ -57,7 +59,7 @@ def _help_metavar(option: click.Option) -> str | None:
     return option.type.name.upper()
 
 
-def test_the_readme_names_every_option_as_help_shows_it():
+def test_the_readme_names_every_option_and_argument_as_help_shows_it():
     from queries.cli import cli
 
     readme = _readme_commands()
@@ -65,7 +67,9 @@ def test_the_readme_names_every_option_as_help_shows_it():
     for name, command in cli.commands.items():
         shown = {}
         for param in command.params:
-            if isinstance(param, click.Option) and param.name != "help":
+            if isinstance(param, click.Argument):
+                shown[param.metavar or param.name.upper()] = None
+            elif param.name != "help":
                 long = [opt for opt in param.opts if opt.startswith("--")][0]
                 shown["/".join([long, *param.secondary_opts])] = _help_metavar(param)
         assert set(readme[name]) == set(shown), name
