@@ -172,7 +172,8 @@ as_of_option = click.option(
     "--as-of",
     metavar="VERSION|TIME",
     callback=_as_of,
-    help="Read the store as it was: at a version of `imgdex history`, or at a time (2026-11-24T09:00:00Z).",
+    help="Read the store as it was: at a version of the images table (`imgdex history`), or at a time "
+    "(2026-11-24T09:00:00Z; UTC unless it says otherwise).",
 )
 
 
