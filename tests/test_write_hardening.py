@@ -442,6 +442,22 @@ def _delta_rs_enospc():
     )
 
 
+def test_a_vacuum_on_a_full_disk_says_so(tmp_path, monkeypatch, base_store):
+    from deltalake import DeltaTable
+
+    def failing(*args, **kwargs):
+        raise _delta_rs_enospc()
+
+    monkeypatch.setattr(DeltaTable, "vacuum", failing)
+    result = invoke("compact", "--store", base_store)
+    monkeypatch.undo()
+    assert result.exit_code == 1
+    [line] = result.stderr.splitlines()
+    assert line == f"imgdex: store {base_store}: cannot vacuum images: no space left on device"
+    assert count(base_store) == 3
+    assert invoke("compact", "--store", base_store).exit_code == 0
+
+
 @pytest.mark.parametrize("step", ["create", "set-properties"])
 def test_a_new_store_on_a_full_disk_is_one_line(tmp_path, monkeypatch, step):
     from deltalake import DeltaTable

@@ -1632,7 +1632,8 @@ class DeltaStore:
                     commit_properties=CommitProperties(custom_metadata={_META + "operation": "vacuum"}),
                 )
             except (DeltaError, OSError) as exc:
-                raise StoreError(f"store {self.store}: cannot vacuum {table}: {first_line(exc)}") from None
+                # Vacuum writes commits too: on a full disk delta-rs puts the cause on its last line.
+                raise StoreError(f"store {self.store}: cannot vacuum {table}: {_cause(exc)}") from None
             out[table] = len(removed)
         return out
 
