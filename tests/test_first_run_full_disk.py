@@ -271,3 +271,50 @@ def test_a_store_that_is_still_there_keeps_its_own_error(tmp_path, monkeypatch):
     result = invoke("history", "--store", store)
     assert result.exit_code == 1
     assert result.stderr.strip() == "imgdex: cannot read the log of table images: Permission denied"
+
+
+@pytest.mark.parametrize("where", ["tables", "data", "commit", "landed"])
+def test_ctrl_c_in_a_first_run_before_its_first_batch_lands_leaves_no_store(tmp_path, monkeypatch, where):
+    """Ctrl-C leaves a store reading as before: one that did not exist is still no store, not an
+    empty one; once the first batch's images commit has landed, the batch stays."""
+    from deltalake import DeltaTable
+
+    from indexer.store.delta import DeltaStore
+
+    store = tmp_path / "store"
+    layout = oci_layout(tmp_path / "layout", 2)
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    if where == "tables":
+        real_mark = DeltaStore._mark_schema_version
+
+        def mark(self, table, run_id=""):
+            real_mark(self, table, run_id)
+            if table == "tags":
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(DeltaStore, "_mark_schema_version", mark)
+    elif where == "data":
+        _fail_data_files(monkeypatch, ["tags"], KeyboardInterrupt)
+    elif where == "commit":
+        monkeypatch.setattr(DeltaTable, "create_write_transaction", interrupt)
+    else:
+        real_commit = DeltaTable.create_write_transaction
+
+        def commit_then_interrupt(self, *args, **kwargs):
+            real_commit(self, *args, **kwargs)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(DeltaTable, "create_write_transaction", commit_then_interrupt)
+    result = invoke("index", f"oci:{layout}", "--store", store)
+    monkeypatch.undo()
+    assert result.exit_code == 130 and result.stderr.strip() == "imgdex: interrupted"
+    if where == "landed":
+        assert count(store) == 2
+    else:
+        assert not os.path.exists(store)
+        _says_no_store(store)
+    assert invoke("index", f"oci:{layout}", "--store", store).exit_code == 0
+    assert count(store) == 2

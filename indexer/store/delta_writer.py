@@ -124,7 +124,7 @@ class DeltaWriter:
                 self._guarded(self._make_root)
                 self._made_tables |= {t for t in paths.TABLES if not os.path.lexists(os.path.join(self._root, t))}
             self._guarded(self._tables.create, self.run_id)
-        except StoreError:
+        except (StoreError, KeyboardInterrupt):
             self._undo_creation()
             raise
         self._exists = True
@@ -295,10 +295,12 @@ class DeltaWriter:
     def _commit(self, call, *args) -> None:
         """Run `call`, a commit. One that found nothing to write (a tag settle pointing at no image
         of the store: a RunResult without versions) leaves the store still this run's own to
-        remove (`leave_nothing`); a store failure removes it at once, as in `_ensure_tables`."""
+        remove (`leave_nothing`); a store failure removes it at once, as in `_ensure_tables`, and
+        so does Ctrl-C: a store that did not exist then reads as before, as no store, not as an
+        empty one (a commit that landed as Ctrl-C came keeps it, `made_only_by`)."""
         try:
             result = self._guarded(call, *args)
-        except StoreError:
+        except (StoreError, KeyboardInterrupt):
             self._undo_creation()
             raise
         if not isinstance(result, RunResult) or any(v is not None for v in result.versions.values()):
