@@ -23,6 +23,7 @@ met by every worker reading the source; it counts once, as when one process read
 from __future__ import annotations
 
 import array
+import contextlib
 import dataclasses
 import os
 import signal
@@ -280,20 +281,29 @@ def index_parallel(
 
         # The workers' commits carry the run's id too: one run in `history`.
         with DeltaWriter(store, run_id) as writer:
-            own = run_tasks(
-                work.shares[0],
-                writer,
-                settings=settings,
-                observer=TaskObserver(
-                    on_error=lambda message, where: merged.message(0, "error", message, where, children),
-                    on_note=lambda message, where: merged.message(0, "note", message, where, children),
-                    on_image=lambda record: merged.own_image(record, children),
-                    on_source=lambda spec: merged.own_source(spec),
-                ),
-                keep_claims=True,
-            )
-            merged.finished(0, own.written.values(), own.claims.sealed())
-            merged.wait(children)
+            try:
+                own = run_tasks(
+                    work.shares[0],
+                    writer,
+                    settings=settings,
+                    observer=TaskObserver(
+                        on_error=lambda message, where: merged.message(0, "error", message, where, children),
+                        on_note=lambda message, where: merged.message(0, "note", message, where, children),
+                        on_image=lambda record: merged.own_image(record, children),
+                        on_source=lambda spec: merged.own_source(spec),
+                    ),
+                    keep_claims=True,
+                )
+                merged.finished(0, own.written.values(), own.claims.sealed())
+                merged.wait(children)
+            except (StoreError, KeyboardInterrupt):
+                # Every process of the run holds the store while it runs, so none that failed could
+                # remove the tables the run made and landed nothing in: this one does, once the
+                # workers are gone.
+                _stop(children)
+                with contextlib.suppress(StoreError):
+                    writer.leave_nothing()
+                raise
             for task in merged.empty_folders():
                 # A folder whose slices found nothing: as one reader, it is an error when no entry
                 # is an archive, which no slice alone can tell. Read again whole; notes were said.

@@ -318,3 +318,43 @@ def test_ctrl_c_in_a_first_run_before_its_first_batch_lands_leaves_no_store(tmp_
         _says_no_store(store)
     assert invoke("index", f"oci:{layout}", "--store", store).exit_code == 0
     assert count(store) == 2
+
+
+def test_a_first_run_of_several_processes_on_a_full_disk_leaves_no_tables(tmp_path, small_disk):
+    """Under `--jobs`, each process holds the store while it runs, so the one that fails first
+    cannot remove the tables: the last one does, as one process would, with the data files a
+    worker stopped mid-batch left uncommitted."""
+    import sys
+
+    from conftest import ROOT
+
+    harness = (
+        "import sys; import indexer.workers as w; w.MIN_WORK = 0; from queries.cli import cli; "
+        "cli.main(args=sys.argv[1:], prog_name='imgdex')"
+    )
+    layout = oci_layout(tmp_path / "layout", 40)
+    store = small_disk / "store"
+    stages = set()
+    for leave in range(0, 512 * 1024, 8 * 1024):
+        _fill(small_disk, leave)
+        result = subprocess.run(
+            [sys.executable, "-c", harness, "index", "-q", f"oci:{layout}", "--store", str(store), "--jobs", "2"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        os.unlink(small_disk / "filler")
+        if result.returncode == 0:
+            break
+        assert result.stderr.strip().endswith("no space left on device"), result.stderr
+        if os.path.exists(store / "images" / "_delta_log" / f"{2:020d}.json"):
+            break  # a batch landed: it stays, as after kill -9
+        stages.add("tables" if "cannot create" in result.stderr else "batch")
+        assert not [t for t in paths.TABLES if os.path.exists(store / t)], (leave, result.stderr, _tree(store))
+        _says_no_store(store)
+    else:
+        raise AssertionError("no run had room enough")
+    assert "batch" in stages, stages
+    shutil.rmtree(store, ignore_errors=True)
+    assert invoke("index", "-q", f"oci:{layout}", "--store", store).exit_code == 0
+    assert count(store) == 40

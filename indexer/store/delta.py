@@ -740,10 +740,13 @@ class DeltaStore:
 
     def made_only_by(self, table: str, run_id: str) -> bool:
         """Whether table `table` holds nothing but what `create(run_id)` wrote into it, or nothing at
-        all: no commit of another run, no data file, nothing else. Local stores only."""
+        all: no commit of another run, no data file but those of run `run_id` that no commit took,
+        nothing else. Local stores only."""
         folder = deltalog.local_path(self.location(table))
         try:
-            names = os.listdir(folder)
+            # A process of the run stopped mid-batch (a worker of `index --jobs` ended when another
+            # failed) leaves its data files uncommitted: they hold nothing of the store.
+            names = [name for name in os.listdir(folder) if not (run_id and _run_mark(run_id) in name)]
             if not names:
                 return True
             if names != [deltalog.LOG_DIR]:
@@ -756,12 +759,16 @@ class DeltaStore:
         except OSError:
             return False
 
-    def remove_creation(self, table: str) -> None:
-        """Delete what `create` wrote of table `table` (see `made_only_by`), newest commit first: a
-        deletion that stops halfway leaves a log that still starts at version 0. OSError when it
-        cannot."""
+    def remove_creation(self, table: str, run_id: str = "") -> None:
+        """Delete what `create` wrote of table `table` and the uncommitted data files of run `run_id`
+        (see `made_only_by`), newest commit first: a deletion that stops halfway leaves a log that
+        still starts at version 0. OSError when it cannot."""
         folder = deltalog.local_path(self.location(table))
         log = os.path.join(folder, deltalog.LOG_DIR)
+        if run_id and os.path.isdir(folder):
+            for name in os.listdir(folder):
+                if _run_mark(run_id) in name:
+                    os.unlink(os.path.join(folder, name))
         if os.path.isdir(log):
             for name in sorted(os.listdir(log), reverse=True):
                 if name in _CREATION_COMMITS:

@@ -176,8 +176,10 @@ class DeltaWriter:
 
     def _undo_creation(self) -> None:
         """After a failure: remove the tables and folders this run made, if it has landed nothing
-        and no other writer holds the store."""
-        if self._touched or self._lock is None or not (self._made_tables or self._made_folder):
+        and no other writer holds the store. Tables another process of this run made (a worker of
+        `index --jobs`, which shares the run's id) are the run's own too: whichever of its
+        processes fails last, once the others let go of the store, removes them."""
+        if self._touched or self._lock is None:
             return
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -189,13 +191,13 @@ class DeltaWriter:
         removed = False
         try:
             tables = self._tables
-            if all(tables.made_only_by(t, self.run_id if t in self._made_tables else "") for t in paths.TABLES):
-                # images first: without it, readers see no store at once. A table this run found
-                # passed only if it holds no commit: another failed first run made it and could not
+            if all(tables.made_only_by(t, self.run_id) for t in paths.TABLES):
+                # images first: without it, readers see no store at once. A table of another run
+                # passes only if it holds no commit: another failed first run made it and could not
                 # remove it while this one held the store.
                 for table in paths.TABLES:
                     with contextlib.suppress(OSError):
-                        tables.remove_creation(table)
+                        tables.remove_creation(table, self.run_id)
                 self._made_tables = set()
                 folder = self._root
                 while self._made_folder is not None:
