@@ -491,18 +491,9 @@ class TarMembers:
             done, _, hexpart = member.digest.partition(":")
             if done == algorithm:
                 return hexpart
-        if member.data is not None:
-            return hashlib.new(algorithm, member.data).hexdigest()
-        hasher = hashlib.new(algorithm)
-        if member.pieces is not None:
-            for piece in member.pieces:
-                hasher.update(piece)
-            return hasher.hexdigest()
-        if member.offset < 0:
+        if member.data is None and member.pieces is None and member.offset < 0:
             raise SourceError(self.where, f"member {name!r} was not hashed by {algorithm} during the streaming pass")
-        for chunk in self._file_chunks(name, member):
-            hasher.update(chunk)
-        return hasher.hexdigest()
+        return _digest(self._chunks(name, member), algorithm)
 
     def _readable(self, name: str, limit: int, what: str) -> Member:
         member = self._resolve(name)
@@ -939,7 +930,7 @@ def _stream_member(tar: tarfile.TarFile, info: tarfile.TarInfo, name: str, table
         handle = handle or tar.extractfile(info)
         if pieces is None and len(first) < MAGIC_BYTES:
             first += handle.read(MAGIC_BYTES - len(first))
-        chunks = _rest(handle, [first] if pieces is None else pieces, pieces is not None)
+        chunks = _rest(handle, first, pieces)
         if hash_members or is_compressed(first if pieces is None else _head_of(pieces)):
             try:
                 member.layer_size, member.diff_id = measure_layer(chunks, table.where, name)
@@ -952,9 +943,7 @@ def _stream_member(tar: tarfile.TarFile, info: tarfile.TarInfo, name: str, table
             member.layer_size = info.size
     elif hash_members:
         algorithm = _algorithm_of(name)
-        member.digest = (
-            algorithm + ":" + _hash_rest(handle, [first] if pieces is None else pieces, pieces is not None, algorithm)
-        )
+        member.digest = f"{algorithm}:{_digest(_rest(handle, first, pieces), algorithm)}"
     return member
 
 
@@ -979,12 +968,14 @@ def _skip_data(tar: tarfile.TarFile, info: tarfile.TarInfo) -> None:
             raise _EndsEarly(info.name)
 
 
-def _rest(handle, pieces: list[bytes], whole: bool):
-    """The chunks of a member whose first `pieces` (all of it when `whole`) were already read from `handle`."""
-    yield from pieces
-    if not whole:
-        while chunk := handle.read(_STREAM_BUFSIZE):
-            yield chunk
+def _rest(handle, first: bytes, pieces: list[bytes] | None):
+    """The chunks of a member of which `first` was read from `handle`, or all of it as `pieces`."""
+    if pieces is not None:
+        yield from pieces
+        return
+    yield first
+    while chunk := handle.read(_STREAM_BUFSIZE):
+        yield chunk
 
 
 class _Undecodable(SourceError):
@@ -1092,12 +1083,9 @@ def _algorithm_of(name: str) -> str:
     return match.group(1) if match else "sha256"
 
 
-def _hash_rest(handle, pieces: list[bytes], whole: bool, algorithm: str = "sha256") -> str:
-    """Hex digest of a member whose first `pieces` (all of it when `whole`) were already read from `handle`."""
+def _digest(chunks, algorithm: str) -> str:
+    """Hex digest by `algorithm` of what `chunks` hold."""
     digest = hashlib.new(algorithm)
-    for piece in pieces:
-        digest.update(piece)
-    if not whole:
-        while chunk := handle.read(_STREAM_BUFSIZE):
-            digest.update(chunk)
+    for chunk in chunks:
+        digest.update(chunk)
     return digest.hexdigest()
