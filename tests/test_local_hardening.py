@@ -391,7 +391,11 @@ def _index_everywhere(tmp_path, data: bytes, packing: str):
     """`imgdex index` of `data` packed as `packing`, named as a file and inside a folder in one run,
     then piped on standard input: (file, file in the folder, named run, piped run), each run
     checked for exit code 1 and one-line messages only."""
-    packed = _compressed(data, packing)
+    return index_packed_everywhere(tmp_path, _compressed(data, packing), packing)
+
+
+def index_packed_everywhere(tmp_path, packed: bytes, packing: str):
+    """`_index_everywhere` of bytes already packed, `bad.{packing}` once written."""
     file = tmp_path / f"bad.{packing}"
     file.write_bytes(packed)
     folder = tmp_path / "folder"

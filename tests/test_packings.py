@@ -27,6 +27,7 @@ from indexer.sources import parse_source
 from indexer.sources.parse import Context
 from indexer.sources.tarball import NOT_AN_ARCHIVE, _compression
 from test_badinput import error_lines, run_measured
+from test_local_hardening import index_packed_everywhere
 
 # The tools a shell pipeline packs a save with, as they write their streams.
 PACKERS = {
@@ -110,16 +111,9 @@ def _damaged(packing: str, damage: str) -> bytes:
     ],
 )  # fmt: skip
 def test_a_cut_or_corrupt_xz_or_bzip2_archive_is_one_line_everywhere(tmp_path, packing, damage, reason):
-    packed = _damaged(packing, damage)
-    file = tmp_path / f"bad.{packing}"
-    file.write_bytes(packed)
-    folder = tmp_path / "folder"
-    folder.mkdir()
-    (folder / file.name).write_bytes(packed)
-    named = run_measured(["index", str(file), str(folder), "--store", str(tmp_path / "a")], timeout=60)
-    piped = run_measured(["index", "-", "--store", str(tmp_path / "b")], stdin_data=packed, timeout=60)
+    file, in_folder, named, piped = index_packed_everywhere(tmp_path, _damaged(packing, damage), packing)
     assert named.code == 1 and piped.code == 1
-    assert error_lines(named.stderr) == [f"imgdex: {file}: {reason}", f"imgdex: {folder / file.name}: {reason}"]
+    assert error_lines(named.stderr) == [f"imgdex: {file}: {reason}", f"imgdex: {in_folder}: {reason}"]
     assert error_lines(piped.stderr) == [f"imgdex: <stdin>: {reason}"]
 
 

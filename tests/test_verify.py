@@ -206,6 +206,14 @@ def _layers_by_tag(run_cli, store) -> dict[str, list]:
     return {row["tag"]: [(layer["digest"], layer["size"]) for layer in row["layers"]] for row in rows}
 
 
+def _skopeo_layers(archive) -> list[tuple[str, int]]:
+    """(digest, size) of each layer, as `skopeo inspect` reports a docker save's."""
+    judged = subprocess.run(
+        ["skopeo", "inspect", "--raw", f"docker-archive:{archive}"], check=True, capture_output=True, timeout=60
+    )
+    return [(layer["digest"], layer["size"]) for layer in json.loads(judged.stdout)["layers"]]
+
+
 @pytest.mark.parametrize("packing", ["tar", "tar.gz", "stdin"])
 def test_a_crane_save_gives_its_layers_decompressed_sizes_as_skopeo_does(run_cli, tmp_path, packing):
     """A layer stored gzip-compressed has the diff_id of its tar as digest, so its size is the
@@ -214,10 +222,7 @@ def test_a_crane_save_gives_its_layers_decompressed_sizes_as_skopeo_does(run_cli
     raw = _crane_images([("app:1", gzip.compress(layer_tar, mtime=0), layer_tar)])
     plain = tmp_path / "crane.tar"
     plain.write_bytes(raw)
-    judged = subprocess.run(
-        ["skopeo", "inspect", "--raw", f"docker-archive:{plain}"], check=True, capture_output=True, timeout=60
-    )
-    skopeo_layers = [(layer["digest"], layer["size"]) for layer in json.loads(judged.stdout)["layers"]]
+    skopeo_layers = _skopeo_layers(plain)
     assert skopeo_layers == [(digest_of(layer_tar), len(layer_tar))]
     store = tmp_path / "store"
     if packing == "stdin":
@@ -242,10 +247,7 @@ def test_xz_and_bzip2_layers_are_read_decompressed_as_docker_load_reads_them(run
     raw = _crane_images([("app:1", stored, layer_tar)])
     plain = tmp_path / "save.tar"
     plain.write_bytes(raw)
-    judged = subprocess.run(
-        ["skopeo", "inspect", "--raw", f"docker-archive:{plain}"], check=True, capture_output=True, timeout=60
-    )
-    skopeo_layers = [(layer["digest"], layer["size"]) for layer in json.loads(judged.stdout)["layers"]]
+    skopeo_layers = _skopeo_layers(plain)
     assert skopeo_layers == [(digest_of(layer_tar), len(layer_tar))]
     for verify in ([], ["--verify"]):
         store = tmp_path / f"store{len(verify)}"
