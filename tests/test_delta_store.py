@@ -1055,3 +1055,45 @@ def test_a_streamed_load_holds_only_its_keys_until_the_commit(tmp_path):
         )
         assert len(current(s)["images"]) == batches * rows
     assert held and max(held) < input_bytes / 4, (held, input_bytes)
+
+
+def _checkpointed(store) -> None:
+    for run in range(25):  # past a checkpoint (every 20 commits)
+        store.write_run({"run_id": f"r{run}"}, Changes(images=images(image(run % 7, note=str(run)))))
+
+
+def test_checkpoints_read_alike_by_pyarrow_and_by_duckdb(store, monkeypatch):
+    _checkpointed(store)
+    read_by_arrow = []
+    real = deltalog._checkpoint_rows
+
+    def spy(paths):
+        rows = real(paths)
+        read_by_arrow.append(rows is not None)
+        return rows
+
+    monkeypatch.setattr(deltalog, "_checkpoint_rows", spy)
+    by_arrow = {table: deltalog.read_table(store.location(table)) for table in delta.TABLES}
+    assert read_by_arrow and all(read_by_arrow)
+    monkeypatch.setattr(deltalog, "_checkpoint_rows", lambda paths: None)
+    by_duckdb = {table: deltalog.read_table(store.location(table)) for table in delta.TABLES}
+    assert by_arrow == by_duckdb
+    assert by_arrow["images"].files and by_arrow["images"].key_ranges
+
+
+def test_a_checkpoint_of_other_types_is_left_to_duckdb(store):
+    """A checkpoint whose add action lacks a field the reader needs is read as before, by DuckDB,
+    which says what is wrong, rather than guessed at."""
+    _checkpointed(store)
+    log = os.path.join(deltalog.local_path(store.location("images")), "_delta_log")
+    [name] = [n for n in os.listdir(log) if n.endswith(".checkpoint.parquet")]
+    path = os.path.join(log, name)
+    table = pq.read_table(path)
+    add = table.column("add").combine_chunks()
+    kept = [f.name for f in add.type if f.name != "deletionVector"]
+    narrowed = pa.StructArray.from_arrays([add.field(n) for n in kept], names=kept, mask=add.is_null())
+    table = table.set_column(table.schema.get_field_index("add"), "add", narrowed)
+    pq.write_table(table, path)
+    assert deltalog._checkpoint_rows([path]) is None
+    with pytest.raises(StoreError, match=f"table images: cannot read checkpoint {name}: "):
+        deltalog.read_table(store.location("images"))

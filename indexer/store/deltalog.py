@@ -21,6 +21,7 @@ import json
 import os
 import re
 import stat
+import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from urllib.parse import unquote, urlparse
@@ -493,6 +494,90 @@ def _read_checkpoint(replay: _Replay, log: str, names: list[str], con) -> None:
             raise StoreError(f"table {replay.table}: cannot read checkpoint {name}: {exc.reason}") from None
         except OSError as exc:
             raise StoreError(f"table {replay.table}: cannot read checkpoint {name}: {exc.strerror or exc}") from None
+    rows = _checkpoint_rows(paths)
+    if rows is None:
+        rows = _checkpoint_rows_duckdb(replay, names, paths, con)
+    for path, partition_values, has_dv, stats, protocol, metadata in rows:
+        if path is not None:
+            replay._add(
+                {"path": path, "partitionValues": _as_dict(partition_values), "deletionVector": has_dv, "stats": stats}
+            )
+        if protocol is not None:
+            replay.protocol = protocol
+        if metadata is not None:
+            replay.metadata = dict(metadata, configuration=_as_dict(metadata.get("configuration")))
+
+
+# A checkpoint up to this size is read with pyarrow, in this process's memory; a larger one by
+# DuckDB under its memory limit.
+_ARROW_CHECKPOINT_BYTES = 64 << 20
+_CHECKPOINT_COLUMNS = ("add", "protocol", "metaData")
+
+
+def _checkpoint_rows(paths: list[str]) -> list[tuple] | None:
+    """(path, partitionValues, has a deletion vector, stats, protocol, metaData) of the checkpoint
+    parts' rows that hold an add, protocol or metaData action, read with pyarrow: a run that needs
+    no query then never starts DuckDB (~0.1 s). None when a part is large, cannot be read, or has
+    fields of other types than the protocol's; DuckDB then reads them, and words what is wrong.
+    Also None where pyarrow is not loaded yet: a lookup, which queries DuckDB anyway, does not
+    import it (~80 ms) for this."""
+    if "pyarrow.parquet" not in sys.modules:
+        return None
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = []
+    try:
+        for path in paths:
+            if os.path.getsize(path) > _ARROW_CHECKPOINT_BYTES:
+                return None
+            with open(path, "rb") as source:
+                parquet = pq.ParquetFile(source)
+                schema = parquet.schema_arrow
+                if not all(name in schema.names for name in _CHECKPOINT_COLUMNS):
+                    return None
+                add = schema.field("add").type
+                if not (
+                    pa.types.is_struct(add)
+                    and pa.types.is_struct(schema.field("protocol").type)
+                    and pa.types.is_struct(schema.field("metaData").type)
+                    and all(add.get_field_index(f) >= 0 for f in ("path", "partitionValues", "deletionVector", "stats"))
+                    and add.field("path").type == pa.string()
+                    and add.field("stats").type == pa.string()
+                    and pa.types.is_map(add.field("partitionValues").type)
+                    and pa.types.is_struct(add.field("deletionVector").type)
+                ):
+                    return None
+                table = parquet.read(columns=list(_CHECKPOINT_COLUMNS))
+            for action in table.to_pylist():
+                added, protocol, metadata = action["add"], action["protocol"], action["metaData"]
+                if added is None and protocol is None and metadata is None:
+                    continue
+                if added is None:
+                    out.append((None, None, False, None, protocol, _maps_as_dicts(metadata)))
+                else:
+                    values = added["partitionValues"]
+                    values = dict(values) if values is not None else None
+                    dv = added["deletionVector"] is not None
+                    out.append((added["path"], values, dv, added["stats"], protocol, _maps_as_dicts(metadata)))
+    except (OSError, ValueError, TypeError, KeyError, pa.ArrowException):
+        return None
+    return out
+
+
+def _maps_as_dicts(metadata: dict | None) -> dict | None:
+    """A metaData struct as DuckDB gives it: its maps (configuration, format.options) as dicts."""
+    if metadata is None:
+        return None
+    out = dict(metadata)
+    if out.get("configuration") is not None:
+        out["configuration"] = dict(out["configuration"])
+    if isinstance(out.get("format"), dict) and out["format"].get("options") is not None:
+        out["format"] = dict(out["format"], options=dict(out["format"]["options"]))
+    return out
+
+
+def _checkpoint_rows_duckdb(replay: "_Replay", names: list[str], paths: list[str], con) -> list[tuple]:
     if callable(con):
         con = con()  # the caller's connection, opened only now that a checkpoint must be read
     own = con is None
@@ -502,7 +587,7 @@ def _read_checkpoint(replay: _Replay, log: str, names: list[str], con) -> None:
         con = duck.connect()
     try:
         listed = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
-        rows = con.execute(
+        return con.execute(
             f"SELECT add.path, add.partitionValues, add.deletionVector IS NOT NULL, add.stats, protocol, metaData "
             f"FROM read_parquet([{listed}], hive_partitioning = false) "
             f"WHERE add IS NOT NULL OR protocol IS NOT NULL OR metaData IS NOT NULL"
@@ -515,15 +600,6 @@ def _read_checkpoint(replay: _Replay, log: str, names: list[str], con) -> None:
     finally:
         if own:
             con.close()
-    for path, partition_values, has_dv, stats, protocol, metadata in rows:
-        if path is not None:
-            replay._add(
-                {"path": path, "partitionValues": _as_dict(partition_values), "deletionVector": has_dv, "stats": stats}
-            )
-        if protocol is not None:
-            replay.protocol = protocol
-        if metadata is not None:
-            replay.metadata = dict(metadata, configuration=_as_dict(metadata.get("configuration")))
 
 
 def read_table(
