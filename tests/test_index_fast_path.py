@@ -328,9 +328,97 @@ def test_files_of_another_run_are_not_taken_in(tmp_path):
     records = _records(tmp_path, 4)
     store = str(tmp_path / "store")
     with DeltaWriter(store, "a" * 32) as first, DeltaWriter(store, "b" * 32) as second:
+        second.write(records[2:3], now_utc())
         first.write(records[:2], now_utc())
-        second.write(records[2:], now_utc())
+        second.write(records[3:], now_utc())
         assert second._tables.snapshot(run_id=second.run_id).own is None
+
+
+def _runs_each_its_own(store: str, steps) -> list[tuple]:
+    """Each step a run of its own, as one `imgdex index` process per archive."""
+    for records in steps:
+        with DeltaWriter(store) as writer:
+            writer.write(records, now_utc())
+    return _state(store)
+
+
+def test_a_run_into_a_small_store_others_wrote_answers_from_its_keys(tmp_path, monkeypatch):
+    records = _records(tmp_path, 6)
+    store = str(tmp_path / "store")
+    with DeltaWriter(store) as writer:
+        writer.write(records[:3], now_utc())
+    with DeltaWriter(store) as writer, monkeypatch.context() as patch:
+        _never_read(patch)
+        writer.write(records[3:4], now_utc())  # a new image and a new tag: nothing to read back
+        assert writer._tables._con is None  # DuckDB never started
+    assert [row[0] for row in _state(store)] == sorted(r.id for r in records[:4])
+
+
+def test_seeded_keys_answer_as_the_files_do(tmp_path, monkeypatch):
+    records = _records(tmp_path, 6)
+    others = _records(tmp_path, 2, "team/other")
+    moved = dataclasses.replace(records[4], tags=("v0",))
+    poorer = dataclasses.replace(records[5], exactness=1, tags=("v5", "extra"))
+    steps = [records[:3], records[3:4], others, [moved], [records[1]], [poorer], records[4:5]]
+    seeded = _runs_each_its_own(str(tmp_path / "seeded"), steps)
+    from_files = _from_files(monkeypatch, lambda: _runs_each_its_own(str(tmp_path / "files"), steps))
+    assert [row[:3] for row in seeded] == [row[:3] for row in from_files]
+    tags = {row[0]: row[1] for row in seeded}
+    assert tags[records[0].id] == [] and tags[records[4].id] == ["v0", "v4"]
+    assert tags[records[5].id] == ["extra", "v5"]
+
+
+@pytest.mark.parametrize("limit", ["SEED_ROWS", "SEED_FILES"])
+def test_a_larger_store_is_not_read_for_its_keys(tmp_path, monkeypatch, limit):
+    records = _records(tmp_path, 4)
+    store = str(tmp_path / "store")
+    with DeltaWriter(store) as writer:
+        writer.write(records[:2], now_utc())
+        writer.write(records[2:3], now_utc())
+    monkeypatch.setattr(delta, limit, 1)
+    with DeltaWriter(store) as writer:
+        writer.write(records[3:], now_utc())
+        assert writer._tables.snapshot().own is None
+    assert [row[0] for row in _state(store)] == sorted(r.id for r in records)
+
+
+def _cut_short(paths) -> None:
+    for path in paths:
+        with open(path, "r+b") as f:
+            f.truncate(10)
+
+
+def _store_of_one_run(tmp_path) -> tuple[str, dict]:
+    """A store one writer filled with two images, and its data files by table."""
+    store = str(tmp_path / "store")
+    with DeltaWriter(store) as writer:
+        writer.write(_records(tmp_path, 2), now_utc())
+    with delta.DeltaStore(store) as tables:
+        return store, {table: tables.files()[table].files for table in ("images", "tags")}
+
+
+def test_a_store_file_that_cannot_be_read_leaves_the_questions_to_the_files(tmp_path):
+    store, files = _store_of_one_run(tmp_path)
+    # An images file cut short: seeding stops, and the questions go to the files, as before.
+    _cut_short(files["images"])
+    with DeltaWriter(store) as writer:
+        snapshot = writer._tables.snapshot(seed=True)
+        assert snapshot.own is None
+        assert not writer._tables._seeded
+
+
+def test_a_tags_file_is_not_opened_to_seed_the_keys(tmp_path):
+    store, files = _store_of_one_run(tmp_path)
+    tags = files["tags"]
+    with delta.DeltaStore(store) as tables:
+        newest = tables.snapshot().latest_written_at()
+    assert tags and newest is not None
+    # Only the images rows hold keys, and a tags file's name bounds its newest row.
+    _cut_short(tags)
+    with DeltaWriter(store) as writer:
+        snapshot = writer._tables.snapshot(seed=True)
+        assert snapshot.own is not None and snapshot.own.files >= set(tags)
+        assert snapshot.latest_written_at() == newest
 
 
 def test_rows_another_writer_added_are_read_from_the_files(tmp_path, monkeypatch):

@@ -177,6 +177,10 @@ _LITERAL_KEYS = 1_000
 # Images whose keys a DeltaStore keeps in memory (OwnRows): ~12 bytes a key (id, digest, each tag)
 # past 131,072 of a kind (hashset.py): ~75 MB for 2M images with a tag each.
 MAX_OWN_KEYS = 2_000_000
+# `_seed`: a store of up to this many data files (images and tags) and images rows is read for
+# its keys when a run starts.
+SEED_FILES = 256
+SEED_ROWS = 50_000
 _BLOOM = {"images": ("id",), "tags": ("image_id",)}
 _NO_DICTIONARY = {"images": {"id", "digest", "config_id", "config_digest", "manifest_raw", "config_raw", "created"}}
 
@@ -597,6 +601,7 @@ class DeltaStore:
         # its own lost its tags commit.
         self._seek_strays = True
         self._own_strays = False
+        self._seeded = False  # OwnRows came from the store's files (`_seed`), not from commits
         # What the caller should be told but that fails nothing: `take_notes` hands them over.
         self.notes: list[str] = []
 
@@ -802,16 +807,69 @@ class DeltaStore:
         # log alone needs none): a connection of its own per table cost ~10 ms each.
         return deltalog.read_store(self.store, version=version, as_of=as_of, con=self._duckdb)
 
-    def snapshot(self, *, version: int | None = None, as_of=None, run_id: str = "") -> Snapshot:
+    def snapshot(self, *, version: int | None = None, as_of=None, run_id: str = "", seed: bool = False) -> Snapshot:
         """The store at `version` (or `as_of`), else now. With `run_id`, the files other processes of
-        that run added since are first read for their keys (`_absorb`)."""
+        that run added since are first read for their keys (`_absorb`); with `seed`, those of a small
+        store this object has not written to yet (`_seed`)."""
         files = self.files(version=version, as_of=as_of)
         own = None
         if version is None and as_of is None:
+            if seed:
+                self._seed(files)
             own = self._own
             if run_id:
                 self._absorb(files, run_id)
         return Snapshot(files, self._duckdb, own)
+
+    def _seed(self, files: dict[str, deltalog.TableFiles]) -> None:
+        """Before this object's first commit into a small store that others wrote, take the keys of
+        all its files into OwnRows (five narrow columns each), so that a run's questions about keys
+        the store does not hold are answered from memory. Without them every batch asks DuckDB,
+        which a one-image run pays ~0.1 s to start, while reading a few hundred small files with
+        pyarrow costs a few milliseconds. A larger store, or any file that cannot be read, leaves
+        the questions to the files, as before."""
+        own = self._own
+        if own.files or not own.complete or not deltalog.is_local(self.store):
+            return
+        paths = {table: files[table].files for table in ("images", "tags") if table in files}
+        if not paths.get("images") or sum(map(len, paths.values())) > SEED_FILES:
+            return
+        seeded = OwnRows()
+        if self._absorb_files(seeded, paths, max_rows=SEED_ROWS):
+            self._own = seeded
+            self._seeded = True
+
+    def _absorb_files(self, own: OwnRows, paths: dict[str, Sequence[str]], max_rows: int | None = None) -> bool:
+        """Read the keys of the data files `paths` (table -> files) into `own`; False when one cannot
+        be read, or when the images files hold more than `max_rows` rows."""
+        rows = 0
+        for table, listed in paths.items():
+            for path in listed:
+                # A file's name bounds its written_at (`_newest_by_name`): a tags file then need not
+                # be opened, since only the images rows hold keys.
+                named = _newest_by_name([path])
+                if table != "images" and named is not _UNNAMED:
+                    own.add(table, [path], [], named)
+                    continue
+                columns = ["id", "digest", "registry", "name", "tags"] if table == "images" else []
+                if named is _UNNAMED:
+                    columns.append(WRITTEN_AT)
+                try:
+                    # ParquetFile, not read_table: that imports pyarrow.dataset and compute (~0.1 s).
+                    with self._fs.open_input_file(path) as source:
+                        parquet = pq.ParquetFile(source)
+                        rows += parquet.metadata.num_rows if table == "images" else 0
+                        if max_rows is not None and rows > max_rows:
+                            return False
+                        data = parquet.read(columns=columns)
+                except (OSError, ValueError, TypeError, pa.ArrowException):
+                    return False  # vacuumed or unreadable: the questions go to the files
+                if named is _UNNAMED:
+                    written = [t for t in data.column(WRITTEN_AT).to_pylist() if t is not None]
+                    named = max(written, default=own.latest_written_at)
+                latest = named or datetime.min.replace(tzinfo=timezone.utc)
+                own.add(table, [path], [OwnRows.hashes(data)] if table == "images" else [], latest)
+        return True
 
     def _absorb(self, files: dict[str, deltalog.TableFiles], run_id: str) -> None:
         """Take into OwnRows the keys of the files that the other processes of this run (the workers
@@ -829,16 +887,7 @@ class DeltaStore:
         }
         if not all(mark in path.rsplit("/", 1)[-1] for paths in unknown.values() for path in paths):
             return
-        for table, paths in unknown.items():
-            columns = ["id", "digest", "registry", "name", "tags", WRITTEN_AT] if table == "images" else [WRITTEN_AT]
-            for path in paths:
-                try:
-                    data = pq.read_table(path, columns=columns, filesystem=self._fs)
-                except (OSError, ValueError, TypeError, pa.ArrowException):
-                    return  # vacuumed or unreadable: the questions go to the files
-                written = [t for t in data.column(WRITTEN_AT).to_pylist() if t is not None]
-                latest = max(written, default=own.latest_written_at) or datetime.min.replace(tzinfo=timezone.utc)
-                own.add(table, [path], [OwnRows.hashes(data)] if table == "images" else [], latest)
+        self._absorb_files(own, unknown)
 
     # -- writing
 
@@ -875,10 +924,12 @@ class DeltaStore:
         versions: dict = {"images": None, "tags": None, "runs": None}
         rows: dict = {"images": 0, "tags": 0, "runs": 0}
         for attempt in range(1, max_attempts + 1):
-            snapshot = self.snapshot(run_id=run_id)
-            if self._own_strays or (self._seek_strays and snapshot.own is None):
+            snapshot = self.snapshot(run_id=run_id, seed=True)
+            # A store others wrote may hold a batch that landed half (`_land_stray_tags`): looked
+            # for at the first batch, whether its keys were seeded or not.
+            if self._own_strays or (self._seek_strays and (snapshot.own is None or self._seeded)):
                 landed = self._land_stray_tags(snapshot.files)
-                self._seek_strays = self._own_strays = False
+                self._seek_strays = self._own_strays = self._seeded = False
                 if landed:
                     snapshot = self.snapshot(run_id=run_id)
             changes = prepare(snapshot) if callable(prepare) else (prepare or Changes())
