@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import types
+from typing import Callable
 
 import pyarrow as pa
 import pytest
@@ -380,6 +382,61 @@ def test_a_larger_store_is_not_read_for_its_keys(tmp_path, monkeypatch, limit):
         writer.write(records[3:], now_utc())
         assert writer._tables.snapshot().own is None
     assert [row[0] for row in _state(store)] == sorted(r.id for r in records)
+
+
+def _parquet_opened(monkeypatch) -> list:
+    """Every Parquet file that delta.py opens with pq.ParquetFile from now on."""
+    opened = []
+    real = delta.pq.ParquetFile
+
+    def spy(source, *args, **kwargs):
+        opened.append(source)
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(delta, "pq", types.SimpleNamespace(**{**vars(delta.pq), "ParquetFile": spy}))
+    return opened
+
+
+def test_a_run_of_a_stored_image_does_not_read_the_store_for_its_keys(tmp_path, monkeypatch):
+    records = _records(tmp_path, 3)
+    store = str(tmp_path / "store")
+    _runs_each_its_own(store, [[r] for r in records])
+    opened = _parquet_opened(monkeypatch)
+    # The log's id ranges place the id in a file: the batch needs that image's stored row anyway.
+    state = _runs_each_its_own(store, [[dataclasses.replace(records[0], tags=("v0", "again"))]])
+    assert opened == []
+    assert {row[0]: row[1] for row in state}[records[0].id] == ["again", "v0"]
+
+
+def test_a_tag_held_by_the_newest_image_stops_the_reading_at_its_file(tmp_path, monkeypatch):
+    records = _records(tmp_path, 4)
+    store = str(tmp_path / "store")
+    _runs_each_its_own(store, [[r] for r in records[:3]])
+    opened = _parquet_opened(monkeypatch)
+    # "v2" is held by the image indexed last: its file is read first, and the files answer the rest.
+    state = _runs_each_its_own(store, [[dataclasses.replace(records[3], tags=("v2",))]])
+    assert len(opened) == 1
+    tags = {row[0]: row[1] for row in state}
+    assert tags[records[2].id] == [] and tags[records[3].id] == ["v2"]
+
+
+def test_keys_seeded_at_a_first_batch_answer_the_later_ones_as_the_files_do(tmp_path, monkeypatch):
+    records = _records(tmp_path, 6)
+    moved = dataclasses.replace(records[4], tags=("v0",))
+    batches = [records[3:4], [moved], [records[1]], records[5:6]]
+
+    def run(store: str, opened: Callable[[], list] = list) -> tuple[list[tuple], list]:
+        _runs_each_its_own(store, [[r] for r in records[:3]])
+        files = opened()
+        return _runs(tmp_path, store, batches), files
+
+    with monkeypatch.context() as patch:
+        seeded, opened = run(str(tmp_path / "seeded"), lambda: _parquet_opened(patch))
+    assert len(opened) == 3  # the first batch, all new, read the three images files for their keys
+    from_files, _ = _from_files(monkeypatch, lambda: run(str(tmp_path / "files")))
+    assert [row[:3] for row in seeded] == [row[:3] for row in from_files]
+    tags = {row[0]: row[1] for row in seeded}
+    assert tags[records[0].id] == [] and tags[records[4].id] == ["v0"] and tags[records[5].id] == ["v5"]
 
 
 def _cut_short(paths) -> None:

@@ -59,7 +59,7 @@ import tempfile
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -565,6 +565,18 @@ class Snapshot:
 # ---- the store
 
 
+class BatchKeys(NamedTuple):
+    """The keys of a batch of images about to be written (see `_seed`)."""
+
+    ids: set[str]
+    digests: set[str]
+    tags: set[tuple[str, str, str]]  # (registry, name, tag)
+
+    def hashes(self) -> tuple[set[int], set[int], set[int]]:
+        """As `OwnRows.hashes` gives them for stored rows."""
+        return set(map(hash, self.ids)), set(map(hash, self.digests)), set(map(hash, self.tags))
+
+
 class DeltaStore:
     """One store folder (or object-storage prefix) of three Delta tables."""
 
@@ -807,41 +819,63 @@ class DeltaStore:
         # log alone needs none): a connection of its own per table cost ~10 ms each.
         return deltalog.read_store(self.store, version=version, as_of=as_of, con=self._duckdb)
 
-    def snapshot(self, *, version: int | None = None, as_of=None, run_id: str = "", seed: bool = False) -> Snapshot:
+    def snapshot(
+        self, *, version: int | None = None, as_of=None, run_id: str = "", seed: bool | Callable[[], BatchKeys] = False
+    ) -> Snapshot:
         """The store at `version` (or `as_of`), else now. With `run_id`, the files other processes of
         that run added since are first read for their keys (`_absorb`); with `seed`, those of a small
-        store this object has not written to yet (`_seed`)."""
+        store this object has not written to yet (`_seed`), unless it holds one of the keys of the
+        batch that `seed()` gives."""
         files = self.files(version=version, as_of=as_of)
         own = None
         if version is None and as_of is None:
             if seed:
-                self._seed(files)
+                self._seed(files, None if seed is True else seed)
             own = self._own
             if run_id:
                 self._absorb(files, run_id)
         return Snapshot(files, self._duckdb, own)
 
-    def _seed(self, files: dict[str, deltalog.TableFiles]) -> None:
+    def _seed(self, files: dict[str, deltalog.TableFiles], keys: Callable[[], BatchKeys] | None = None) -> None:
         """Before this object's first commit into a small store that others wrote, take the keys of
         all its files into OwnRows (five narrow columns each), so that a run's questions about keys
         the store does not hold are answered from memory. Without them every batch asks DuckDB,
         which a one-image run pays ~0.1 s to start, while reading a few hundred small files with
         pyarrow costs a few milliseconds. A larger store, or any file that cannot be read, leaves
-        the questions to the files, as before."""
+        the questions to the files, as before.
+
+        A file holding a key of the batch (`keys()`) stops it too: the batch then needs the stored
+        rows of that key, which only DuckDB reads, and the files left unread would cost as much
+        again for nothing. Newest files first, since a moved tag (`:latest`) is most often held by
+        the image indexed last."""
         own = self._own
         if own.files or not own.complete or not deltalog.is_local(self.store):
             return
         paths = {table: files[table].files for table in ("images", "tags") if table in files}
         if not paths.get("images") or sum(map(len, paths.values())) > SEED_FILES:
             return
+        # The log's id ranges name the files that may hold an id: in a store of one-image runs,
+        # exactly those that do (a re-indexed image).
+        batch = keys() if keys is not None else None
+        if batch is not None and files["images"].holding(sorted(batch.ids)).files:
+            return
+        paths["images"] = sorted(paths["images"], key=_name_time, reverse=True)
         seeded = OwnRows()
-        if self._absorb_files(seeded, paths, max_rows=SEED_ROWS):
+        stop_at = batch.hashes() if batch is not None else None
+        if self._absorb_files(seeded, paths, max_rows=SEED_ROWS, stop_at=stop_at):
             self._own = seeded
             self._seeded = True
 
-    def _absorb_files(self, own: OwnRows, paths: dict[str, Sequence[str]], max_rows: int | None = None) -> bool:
+    def _absorb_files(
+        self,
+        own: OwnRows,
+        paths: dict[str, Sequence[str]],
+        max_rows: int | None = None,
+        stop_at: tuple[set[int], set[int], set[int]] | None = None,
+    ) -> bool:
         """Read the keys of the data files `paths` (table -> files) into `own`; False when one cannot
-        be read, or when the images files hold more than `max_rows` rows."""
+        be read, when the images files hold more than `max_rows` rows, or when one holds a key of
+        `stop_at`."""
         rows = 0
         for table, listed in paths.items():
             for path in listed:
@@ -868,7 +902,10 @@ class DeltaStore:
                     written = [t for t in data.column(WRITTEN_AT).to_pylist() if t is not None]
                     named = max(written, default=own.latest_written_at)
                 latest = named or datetime.min.replace(tzinfo=timezone.utc)
-                own.add(table, [path], [OwnRows.hashes(data)] if table == "images" else [], latest)
+                held = OwnRows.hashes(data) if table == "images" else None
+                if held is not None and stop_at is not None and not all(map(set.isdisjoint, stop_at, held)):
+                    return False
+                own.add(table, [path], [held] if held is not None else [], latest)
         return True
 
     def _absorb(self, files: dict[str, deltalog.TableFiles], run_id: str) -> None:
@@ -917,14 +954,16 @@ class DeltaStore:
         prepare: Callable[[Snapshot], Changes] | Changes | None,
         *,
         max_attempts: int = MAX_ATTEMPTS,
+        seed: Callable[[], BatchKeys] | None = None,
         _before_commit: Callable[[str], None] | None = None,
     ) -> RunResult:
         """One part of run `run_id`: `write_run` without the `runs` row, for a run that commits its
-        images in bounded batches and records itself once at the end (`append_run`)."""
+        images in bounded batches and records itself once at the end (`append_run`). `seed`, the
+        keys of the batch's images (on demand), lets a small store be read for its keys first (`_seed`)."""
         versions: dict = {"images": None, "tags": None, "runs": None}
         rows: dict = {"images": 0, "tags": 0, "runs": 0}
         for attempt in range(1, max_attempts + 1):
-            snapshot = self.snapshot(run_id=run_id, seed=True)
+            snapshot = self.snapshot(run_id=run_id, seed=seed or False)
             # A store others wrote may hold a batch that landed half (`_land_stray_tags`): looked
             # for at the first batch, whether its keys were seeded or not.
             if self._own_strays or (self._seek_strays and (snapshot.own is None or self._seeded)):
@@ -2042,6 +2081,12 @@ def _newest_written(connect: Callable[[], duckdb.DuckDBPyConnection], paths: lis
     listed = ", ".join(_quote(p) for p in paths)
     query = f"SELECT max({WRITTEN_AT}) FROM read_parquet([{listed}], hive_partitioning = false, union_by_name = true)"
     return connect().execute(query).fetchall()[0][0]
+
+
+def _name_time(path: str) -> int:
+    """The time a data file's name gives (microseconds since the epoch), 0 when it gives none."""
+    match = _NAME_TIME.match(path.rsplit("/", 1)[-1])
+    return int(match.group(1)) if match else 0
 
 
 def _newest_by_name(paths: Iterable[str]):

@@ -36,6 +36,7 @@ import sys
 import tempfile
 import uuid
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from typing import Iterator
 
 import pyarrow as pa
@@ -46,7 +47,7 @@ from .. import collector, timestamps
 from ..errors import StoreError, first_line
 from ..model import ImageRecord, merge_records
 from . import deltalog, paths, schema
-from .delta import KEYS, Changes, DeltaStore, RunResult, Snapshot, premerge
+from .delta import KEYS, BatchKeys, Changes, DeltaStore, RunResult, Snapshot, premerge
 from .writer import _one_per_id, record_from_row, records_to_arrow, store_failure
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -285,7 +286,7 @@ class DeltaWriter:
 
         self._ensure_tables()
         with collector.paused():
-            self._commit(self._tables.write_changes, self.run_id, prepare)
+            self._commit(partial(self._tables.write_changes, seed=partial(_batch_keys, records)), self.run_id, prepare)
 
     def take_notes(self) -> list[str]:
         return self._tables.take_notes()
@@ -400,6 +401,14 @@ class DeltaWriter:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _batch_keys(records: list[ImageRecord]) -> BatchKeys:
+    return BatchKeys(
+        {r.id for r in records},
+        {r.digest for r in records if r.digest},
+        {(r.registry, r.name, tag) for r in records for tag in r.tags},
+    )
 
 
 def _in_id_order(records: list[ImageRecord]) -> list[ImageRecord]:
