@@ -857,9 +857,9 @@ class DeltaStore:
         # The log's id ranges name the files that may hold an id: in a store of one-image runs,
         # exactly those that do (a re-indexed image).
         batch = keys() if keys is not None else None
-        if batch is not None and files["images"].holding(sorted(batch.ids)).files:
+        if batch is not None and files["images"].holding(batch.ids).files:
             return
-        paths["images"] = sorted(paths["images"], key=_name_time, reverse=True)
+        paths["images"] = sorted(paths["images"], key=lambda path: _name_time(path) or 0, reverse=True)
         seeded = OwnRows()
         stop_at = batch.hashes() if batch is not None else None
         if self._absorb_files(seeded, paths, max_rows=SEED_ROWS, stop_at=stop_at):
@@ -2083,20 +2083,20 @@ def _newest_written(connect: Callable[[], duckdb.DuckDBPyConnection], paths: lis
     return connect().execute(query).fetchall()[0][0]
 
 
-def _name_time(path: str) -> int:
-    """The time a data file's name gives (microseconds since the epoch), 0 when it gives none."""
+def _name_time(path: str) -> int | None:
+    """The time a data file's name gives (microseconds since the epoch), None when it gives none."""
     match = _NAME_TIME.match(path.rsplit("/", 1)[-1])
-    return int(match.group(1)) if match else 0
+    return int(match.group(1)) if match else None
 
 
 def _newest_by_name(paths: Iterable[str]):
     """The latest time named by `paths` (None for none), or `_UNNAMED` when one names none."""
     newest = -1
     for path in paths:
-        match = _NAME_TIME.match(path.rsplit("/", 1)[-1])
-        if match is None:
+        named = _name_time(path)
+        if named is None:
             return _UNNAMED
-        newest = max(newest, int(match.group(1)))
+        newest = max(newest, named)
     return None if newest < 0 else _EPOCH + timedelta(microseconds=newest)
 
 

@@ -22,7 +22,7 @@ import os
 import re
 import stat
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from urllib.parse import unquote, urlparse
 
@@ -109,7 +109,7 @@ class TableFiles:
     # (tombstones and tags-only rows).
     name_ranges: tuple = ()
 
-    def holding(self, keys: Sequence[str], *, column: str = "id") -> "TableFiles":
+    def holding(self, keys: Iterable[str], *, column: str = "id") -> "TableFiles":
         """This table narrowed to the files whose range of `column` (the first key column, or
         "name") may hold one of `keys`: the rows of a few keys, read without opening the rest."""
         ranges = self.key_ranges if column != "name" else self.name_ranges
@@ -529,9 +529,9 @@ def _checkpoint_rows(paths: list[str]) -> list[tuple] | None:
     out = []
     try:
         for path in paths:
-            if os.path.getsize(path) > _ARROW_CHECKPOINT_BYTES:
-                return None
-            with open(path, "rb") as source:
+            with open_readable(path) as source:
+                if os.fstat(source.fileno()).st_size > _ARROW_CHECKPOINT_BYTES:
+                    return None
                 parquet = pq.ParquetFile(source)
                 schema = parquet.schema_arrow
                 if not all(name in schema.names for name in _CHECKPOINT_COLUMNS):
@@ -549,31 +549,16 @@ def _checkpoint_rows(paths: list[str]) -> list[tuple] | None:
                 ):
                     return None
                 table = parquet.read(columns=list(_CHECKPOINT_COLUMNS))
+            # Maps come as lists of pairs, which `_read_checkpoint` turns into dicts (`_as_dict`).
             for action in table.to_pylist():
                 added, protocol, metadata = action["add"], action["protocol"], action["metaData"]
                 if added is None and protocol is None and metadata is None:
                     continue
-                if added is None:
-                    out.append((None, None, False, None, protocol, _maps_as_dicts(metadata)))
-                else:
-                    values = added["partitionValues"]
-                    values = dict(values) if values is not None else None
-                    dv = added["deletionVector"] is not None
-                    out.append((added["path"], values, dv, added["stats"], protocol, _maps_as_dicts(metadata)))
-    except (OSError, ValueError, TypeError, KeyError, pa.ArrowException):
+                added = added or {}
+                file, values, stats = added.get("path"), added.get("partitionValues"), added.get("stats")
+                out.append((file, values, added.get("deletionVector") is not None, stats, protocol, metadata))
+    except (OSError, SourceError, ValueError, TypeError, KeyError, pa.ArrowException):
         return None
-    return out
-
-
-def _maps_as_dicts(metadata: dict | None) -> dict | None:
-    """A metaData struct as DuckDB gives it: its maps (configuration, format.options) as dicts."""
-    if metadata is None:
-        return None
-    out = dict(metadata)
-    if out.get("configuration") is not None:
-        out["configuration"] = dict(out["configuration"])
-    if isinstance(out.get("format"), dict) and out["format"].get("options") is not None:
-        out["format"] = dict(out["format"], options=dict(out["format"]["options"]))
     return out
 
 
