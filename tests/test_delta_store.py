@@ -1081,19 +1081,40 @@ def test_checkpoints_read_alike_by_pyarrow_and_by_duckdb(store, monkeypatch):
     assert by_arrow["images"].files and by_arrow["images"].key_ranges
 
 
-def test_a_checkpoint_of_other_types_is_left_to_duckdb(store):
-    """A checkpoint whose add action lacks a field the reader needs is read as before, by DuckDB,
-    which says what is wrong, rather than guessed at."""
+def _images_checkpoint(store):
+    """The images table's checkpoint past `_checkpointed`: its name, path and add column, and a
+    function that writes the checkpoint again with another add column."""
     _checkpointed(store)
     log = os.path.join(deltalog.local_path(store.location("images")), "_delta_log")
     [name] = [n for n in os.listdir(log) if n.endswith(".checkpoint.parquet")]
     path = os.path.join(log, name)
     table = pq.read_table(path)
-    add = table.column("add").combine_chunks()
+
+    def put_add(add, **options) -> None:
+        pq.write_table(table.set_column(table.schema.get_field_index("add"), "add", add), path, **options)
+
+    return name, path, table.column("add").combine_chunks(), put_add
+
+
+def test_a_checkpoint_of_other_types_is_left_to_duckdb(store):
+    """A checkpoint whose add action lacks a field the reader needs is read as before, by DuckDB,
+    which says what is wrong, rather than guessed at."""
+    name, path, add, put_add = _images_checkpoint(store)
     kept = [f.name for f in add.type if f.name != "deletionVector"]
-    narrowed = pa.StructArray.from_arrays([add.field(n) for n in kept], names=kept, mask=add.is_null())
-    table = table.set_column(table.schema.get_field_index("add"), "add", narrowed)
-    pq.write_table(table, path)
+    put_add(pa.StructArray.from_arrays([add.field(n) for n in kept], names=kept, mask=add.is_null()))
     assert deltalog._checkpoint_rows([path]) is None
     with pytest.raises(StoreError, match=f"table images: cannot read checkpoint {name}: "):
         deltalog.read_table(store.location("images"))
+
+
+def test_a_checkpoint_that_expands_past_the_bound_is_left_to_duckdb(store, monkeypatch):
+    """Small on disk, large once decompressed: pyarrow would hold it all in this process."""
+    _, path, add, put_add = _images_checkpoint(store)
+    padded = pa.array([None if v is None else "{" + " " * (1 << 20) + "}" for v in add.field("stats").to_pylist()])
+    fields = [padded if f.name == "stats" else add.field(f.name) for f in add.type]
+    put_add(pa.StructArray.from_arrays(fields, fields=list(add.type), mask=add.is_null()), compression="zstd")
+    assert os.path.getsize(path) < 1 << 20
+    assert deltalog._checkpoint_rows([path]) is not None
+    monkeypatch.setattr(deltalog, "_ARROW_CHECKPOINT_BYTES", 1 << 20)
+    assert deltalog._checkpoint_rows([path]) is None
+    assert deltalog.read_table(store.location("images")).files  # DuckDB reads it

@@ -508,8 +508,9 @@ def _read_checkpoint(replay: _Replay, log: str, names: list[str], con) -> None:
             replay.metadata = dict(metadata, configuration=_as_dict(metadata.get("configuration")))
 
 
-# A checkpoint up to this size is read with pyarrow, in this process's memory; a larger one by
-# DuckDB under its memory limit.
+# A checkpoint up to this size, on disk and as its parts declare the columns read once
+# decompressed, is read with pyarrow, in this process's memory; a larger one by DuckDB under its
+# memory limit.
 _ARROW_CHECKPOINT_BYTES = 64 << 20
 _CHECKPOINT_COLUMNS = ("add", "protocol", "metaData")
 
@@ -548,6 +549,8 @@ def _checkpoint_rows(paths: list[str]) -> list[tuple] | None:
                     and pa.types.is_struct(add.field("deletionVector").type)
                 ):
                     return None
+                if _declared_bytes(parquet.metadata, _CHECKPOINT_COLUMNS) > _ARROW_CHECKPOINT_BYTES:
+                    return None  # a few MiB that expand without end
                 table = parquet.read(columns=list(_CHECKPOINT_COLUMNS))
             # Maps come as lists of pairs, which `_read_checkpoint` turns into dicts (`_as_dict`).
             for action in table.to_pylist():
@@ -560,6 +563,18 @@ def _checkpoint_rows(paths: list[str]) -> list[tuple] | None:
     except (OSError, SourceError, ValueError, TypeError, KeyError, pa.ArrowException):
         return None
     return out
+
+
+def _declared_bytes(metadata, columns: Sequence[str]) -> int:
+    """The decompressed size that a Parquet file's metadata gives for the leaves of `columns`."""
+    total = 0
+    for group in range(metadata.num_row_groups):
+        row_group = metadata.row_group(group)
+        for index in range(row_group.num_columns):
+            chunk = row_group.column(index)
+            if chunk.path_in_schema.split(".", 1)[0] in columns:
+                total += chunk.total_uncompressed_size
+    return total
 
 
 def _checkpoint_rows_duckdb(replay: "_Replay", names: list[str], paths: list[str], con) -> list[tuple]:
