@@ -408,16 +408,31 @@ def test_a_run_of_a_stored_image_does_not_read_the_store_for_its_keys(tmp_path, 
     assert {row[0]: row[1] for row in state}[records[0].id] == ["again", "v0"]
 
 
-def test_a_tag_held_by_the_newest_image_stops_the_reading_at_its_file(tmp_path, monkeypatch):
+def _one_run_without_duckdb(store: str, records) -> bool:
+    """One run of `records` into `store`; whether it settled them without starting DuckDB."""
+    with DeltaWriter(store) as writer:
+        writer.write(records, now_utc())
+        return writer._tables._con is None
+
+
+@pytest.mark.parametrize("holder", [0, 2], ids=["oldest", "newest"])
+def test_a_tag_held_in_a_small_store_moves_without_starting_duckdb(tmp_path, monkeypatch, holder):
     records = _records(tmp_path, 4)
     store = str(tmp_path / "store")
     _runs_each_its_own(store, [[r] for r in records[:3]])
     opened = _parquet_opened(monkeypatch)
-    # "v2" is held by the image indexed last: its file is read first, and the files answer the rest.
-    state = _runs_each_its_own(store, [[dataclasses.replace(records[3], tags=("v2",))]])
-    assert len(opened) == 1
-    tags = {row[0]: row[1] for row in state}
-    assert tags[records[2].id] == [] and tags[records[3].id] == ["v2"]
+    # The tag of the image indexed last (a moved :latest) or first: every images file is read for
+    # its keys, and the holder's rows settle the move.
+    moved = dataclasses.replace(records[3], tags=(f"v{holder}",))
+    assert _one_run_without_duckdb(store, [moved])
+    assert len(opened) == 3
+    tags = {row[0]: row[1] for row in _state(store)}
+    assert tags[records[holder].id] == [] and tags[records[3].id] == [f"v{holder}"]
+    expected = _from_files(
+        monkeypatch,
+        lambda: _runs_each_its_own(str(tmp_path / "files"), [*([r] for r in records[:3]), [moved]]),
+    )
+    assert [row[:3] for row in _state(store)] == [row[:3] for row in expected]
 
 
 def test_keys_seeded_at_a_first_batch_answer_the_later_ones_as_the_files_do(tmp_path, monkeypatch):

@@ -73,6 +73,7 @@ from ..model import IMPORTED, one_image, shown
 from . import arrow, deltalog, duck, schema
 from .paths import delta_rs_refusal, local_folder
 from .hashset import HashSet
+from .stored_rows import KEY_COLUMNS, StoredRows
 from .deltalog import CONTENT_HASH, RUN_ID, TAGS_ONLY, TAGS_WRITTEN_AT, TOMBSTONE, TOMBSTONE_EXACTNESS, WRITTEN_AT
 
 if TYPE_CHECKING:  # imported when first connected: a run into a new store never needs it (~60 ms)
@@ -378,7 +379,9 @@ class Snapshot:
     DuckDB starts when first asked: with `own` (the rows of a store one process wrote alone), the
     questions about keys the store does not hold are answered without it."""
 
-    def __init__(self, files: dict[str, deltalog.TableFiles], con, own: OwnRows | None = None):
+    def __init__(
+        self, files: dict[str, deltalog.TableFiles], con, own: OwnRows | None = None, rows: StoredRows | None = None
+    ):
         self.files = files
         connect = con if callable(con) else (lambda: con)
         self._read = False
@@ -391,6 +394,9 @@ class Snapshot:
         self._con = None
         self._current_views = False
         self.own = own if own is not None and own.covers(files) else None
+        # The seeded rows of a small store answer for it while they are all of its images files.
+        images = frozenset(files["images"].files if "images" in files else ())
+        self.rows = rows if self.own is not None and rows is not None and rows.paths == images else None
 
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
@@ -471,12 +477,17 @@ class Snapshot:
         versions = self.versions_of(ids, read, held=held)
         return None if versions is None else deltalog.resolved_sql(*versions, columns=columns)
 
-    def image_state(self, ids: Sequence[str] | pa.Array) -> pa.Table:
+    def image_state(self, ids: Sequence[str] | pa.Array, *, hashed: Iterable[str] | None = None) -> pa.Table:
         """id, exactness, content_hash, tags and what the id names (registry, name, digest) of the
         current rows of `ids` that exist; reads only those narrow columns, so it stays cheap on a
-        large table."""
+        large table. The content hash is there for the ids of `hashed` (all when None); the others'
+        may be null."""
         ids = ids.to_pylist() if isinstance(ids, (pa.Array, pa.ChunkedArray)) else list(ids)
-        sql = self.may_hold("id", ids) and self.current_of(ids, tuple(_IMAGE_STATE.names))
+        if not self.may_hold("id", ids):
+            return arrow.empty(_IMAGE_STATE)
+        if self.rows is not None and (state := self.rows.state(ids, hashed)) is not None:
+            return arrow.rows_table(state, _IMAGE_STATE)
+        sql = self.current_of(ids, tuple(_IMAGE_STATE.names))
         if not sql:
             return arrow.empty(_IMAGE_STATE)
         state = _arrow(self._connect(), sql)
@@ -486,7 +497,10 @@ class Snapshot:
         # Rows written without a hash (see premerge): computed from their data columns, a second
         # query over those rows alone, as the writer would have computed it.
         hashes, held = hashes.to_pylist(), state.column("id").to_pylist()
-        lacking = [i for i, h in zip(held, hashes, strict=True) if h is None]
+        asked = None if hashed is None else set(hashed)
+        lacking = [i for i, h in zip(held, hashes, strict=True) if h is None and (asked is None or i in asked)]
+        if not lacking:
+            return state
         rows = self.current_of(lacking, ("id", *DATA_COLUMNS), held=True)
         found = dict(self._connect().execute(f"SELECT id, {_HASH_SQL} FROM ({rows})").fetchall()) if rows else {}
         filled = arrow.int64s([found.get(i) if h is None else h for i, h in zip(held, hashes, strict=True)])
@@ -517,6 +531,8 @@ class Snapshot:
         columns = [keys.column(c).to_pylist() for c in ("registry", "name", "tag")]
         if not self.may_hold("tag", zip(*columns)):
             return arrow.empty(schema.TAGS)
+        if self.rows is not None and (held := self.rows.tag_holders(list(zip(*columns)))) is not None:
+            return arrow.table({c: arrow.strings([h[i] for h in held]) for i, c in enumerate(schema.TAGS.names)})
         # Read from the images that carry these names, as readers see tags (deltalog.current_tags_sql):
         # the ids of the names first, by a scan of the name column of the files whose name range
         # holds one, then the current rows of those ids only. In one query, DuckDB read every
@@ -614,6 +630,7 @@ class DeltaStore:
         self._seek_strays = True
         self._own_strays = False
         self._seeded = False  # OwnRows came from the store's files (`_seed`), not from commits
+        self._stored_rows: StoredRows | None = None  # their rows, while they are the whole store
         # What the caller should be told but that fails nothing: `take_notes` hands them over.
         self.notes: list[str] = []
 
@@ -827,14 +844,17 @@ class DeltaStore:
         store this object has not written to yet (`_seed`), unless it holds one of the keys of the
         batch that `seed()` gives."""
         files = self.files(version=version, as_of=as_of)
-        own = None
+        own = rows = None
         if version is None and as_of is None:
             if seed:
                 self._seed(files, None if seed is True else seed)
             own = self._own
             if run_id:
                 self._absorb(files, run_id)
-        return Snapshot(files, self._duckdb, own)
+            rows = self._stored_rows
+            if rows is not None and rows.paths != frozenset(files["images"].files if "images" in files else ()):
+                rows = self._stored_rows = None  # the store moved on (a commit since): the files answer
+        return Snapshot(files, self._duckdb, own, rows)
 
     def _seed(self, files: dict[str, deltalog.TableFiles], keys: Callable[[], BatchKeys] | None = None) -> None:
         """Before this object's first commit into a small store that others wrote, take the keys of
@@ -861,10 +881,13 @@ class DeltaStore:
             return
         paths["images"] = sorted(paths["images"], key=lambda path: _name_time(path) or 0, reverse=True)
         seeded = OwnRows()
-        stop_at = batch.hashes() if batch is not None else None
-        if self._absorb_files(seeded, paths, max_rows=SEED_ROWS, stop_at=stop_at):
+        # A stored tag does not stop it: its holder is settled from these rows (`StoredRows`).
+        stop_at = batch.hashes()[:2] + (set(),) if batch is not None else None
+        kept: dict[str, pa.Table] = {}
+        if self._absorb_files(seeded, paths, max_rows=SEED_ROWS, stop_at=stop_at, keep=kept):
             self._own = seeded
             self._seeded = True
+            self._stored_rows = StoredRows(kept, self._fs.open_input_file)
 
     def _absorb_files(
         self,
@@ -872,10 +895,11 @@ class DeltaStore:
         paths: dict[str, Sequence[str]],
         max_rows: int | None = None,
         stop_at: tuple[set[int], set[int], set[int]] | None = None,
+        keep: dict[str, pa.Table] | None = None,
     ) -> bool:
         """Read the keys of the data files `paths` (table -> files) into `own`; False when one cannot
         be read, when the images files hold more than `max_rows` rows, or when one holds a key of
-        `stop_at`."""
+        `stop_at`. `keep` takes the key columns read, by images file."""
         rows = 0
         for table, listed in paths.items():
             for path in listed:
@@ -885,7 +909,7 @@ class DeltaStore:
                 if table != "images" and named is not _UNNAMED:
                     own.add(table, [path], [], named)
                     continue
-                columns = ["id", "digest", "registry", "name", "tags"] if table == "images" else []
+                columns = list(KEY_COLUMNS) if table == "images" else []
                 if named is _UNNAMED:
                     columns.append(WRITTEN_AT)
                 try:
@@ -906,6 +930,8 @@ class DeltaStore:
                 if held is not None and stop_at is not None and not all(map(set.isdisjoint, stop_at, held)):
                     return False
                 own.add(table, [path], [held] if held is not None else [], latest)
+                if keep is not None and table == "images":
+                    keep[path] = data
         return True
 
     def _absorb(self, files: dict[str, deltalog.TableFiles], run_id: str) -> None:
@@ -1862,7 +1888,8 @@ def premerge(
     tag_tombs = [k for k in retired_keys if k in holders]
 
     wanted = list(dict.fromkeys(ids + list(losing) + list(gaining)))
-    state = {r["id"]: r for r in snapshot.image_state(wanted).to_pylist()} if wanted else {}
+    # Only the batch's own ids are compared by content hash.
+    state = {r["id"]: r for r in snapshot.image_state(wanted, hashed=ids).to_pylist()} if wanted else {}
     # The hash decides "unchanged" without reading stored rows, and the rows written keep it. A
     # snapshot that read no file (a new store, answered from what the run wrote) holds none of
     # these ids: nothing to compare, and the rows go without a hash rather than start DuckDB.
