@@ -106,3 +106,20 @@ def test_a_hash_the_rows_lack_is_left_to_duckdb(tmp_path):
         rows = _stored_rows(store, store.files())
         assert rows.state([_id(1)], hashed=()) is not None
         assert rows.state([_id(1)]) is None  # the batch's own id would compare by its hash
+
+
+def test_a_stored_image_settled_from_the_rows_is_still_compared_by_its_hash(tmp_path):
+    path = str(tmp_path / "store")
+    with DeltaStore(path) as store:
+        store.create()
+        store.write_run({"run_id": "a"}, Changes(images=images(_row(1, 1, ["v1"], "a"))))
+    again = _row(1, 1, ["v1"], "b")
+    with DeltaStore(path) as store:  # another writer: DuckDB compares, and the row keeps its hash
+        store.write_run({"run_id": "b"}, lambda snap: premerge(snap, images(again)))
+    with DeltaStore(path) as store:
+        snapshot = store.snapshot(seed=True)
+        assert snapshot.rows is not None
+        # The same image again: unchanged, so nothing is written, as when DuckDB answers.
+        changes = premerge(snapshot, images(again))
+        assert changes.images is None and changes.image_tags is None
+        assert premerge(snapshot, images(_row(1, 1, ["v1"], "c"))).images is not None

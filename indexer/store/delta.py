@@ -1891,9 +1891,10 @@ def premerge(
     # Only the batch's own ids are compared by content hash.
     state = {r["id"]: r for r in snapshot.image_state(wanted, hashed=ids).to_pylist()} if wanted else {}
     # The hash decides "unchanged" without reading stored rows, and the rows written keep it. A
-    # snapshot that read no file (a new store, answered from what the run wrote) holds none of
-    # these ids: nothing to compare, and the rows go without a hash rather than start DuckDB.
-    if len(incoming) and snapshot.has_read:
+    # snapshot that read no file (a new store, answered from what the run wrote) mostly holds none
+    # of these ids: nothing to compare, and the rows go without a hash rather than start DuckDB. One
+    # that settled a stored id from its rows (`StoredRows`) compares it all the same.
+    if len(incoming) and (snapshot.has_read or not state.keys().isdisjoint(ids)):
         store_hash = _hash_via(snapshot.hashing_con, incoming)
     else:
         store_hash = [None] * len(incoming)
