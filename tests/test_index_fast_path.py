@@ -397,15 +397,27 @@ def _parquet_opened(monkeypatch) -> list:
     return opened
 
 
-def test_a_run_of_a_stored_image_does_not_read_the_store_for_its_keys(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "change, duckdb",
+    [
+        ({"tags": ("v0",)}, False),  # the same image again: nothing to write
+        ({"tags": ("v0", "again")}, False),  # with a new tag: a tags-only row
+        ({"tags": ("v0",), "labels": (("changed", "1"),)}, True),  # other data: merged by DuckDB's rows
+    ],
+    ids=["same", "new-tag", "other-data"],
+)
+def test_an_image_indexed_again_into_a_small_store_is_compared_from_its_rows(tmp_path, monkeypatch, change, duckdb):
     records = _records(tmp_path, 3)
+    again = dataclasses.replace(records[0], **change)
+    steps = [*([r] for r in records), [again]]
     store = str(tmp_path / "store")
-    _runs_each_its_own(store, [[r] for r in records])
-    opened = _parquet_opened(monkeypatch)
-    # The log's id ranges place the id in a file: the batch needs that image's stored row anyway.
-    state = _runs_each_its_own(store, [[dataclasses.replace(records[0], tags=("v0", "again"))]])
-    assert opened == []
-    assert {row[0]: row[1] for row in state}[records[0].id] == ["again", "v0"]
+    _runs_each_its_own(store, steps[:-1])
+    versions = _versions(store)
+    assert _one_run_without_duckdb(store, steps[-1]) is not duckdb
+    if change == {"tags": ("v0",)}:
+        assert _versions(store) == versions  # no row written
+    expected = _from_files(monkeypatch, lambda: _runs_each_its_own(str(tmp_path / "files"), steps))
+    assert [row[:3] for row in _state(store)] == [row[:3] for row in expected]
 
 
 def _one_run_without_duckdb(store: str, records) -> bool:

@@ -8,8 +8,9 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from indexer.store import arrow, delta
+from indexer.store import arrow, delta, schema
 from indexer.store.delta import Changes, DeltaStore, Snapshot, premerge
+from indexer.store.delta_writer import _with_digests
 from indexer.store.stored_rows import KEY_COLUMNS, StoredRows
 from test_delta_store import image, images
 
@@ -96,6 +97,15 @@ def test_stored_rows_settle_what_duckdb_resolves(tmp_path_factory, steps):
         assert holders is not None
         table = arrow.table({c: arrow.strings([k[i] for k in keys]) for i, c in enumerate(("registry", "name", "tag"))})
         assert sorted(holders) == sorted(tuple(r.values()) for r in duck.tag_holders(table).to_pylist())
+        digests = {f"sha256:{n:064x}" for n in range(1, 6)}
+        columns = ("id", "registry", "name", "digest", "id_origin", "tags")
+        assert sorted(rows.with_digests(digests, columns)) == sorted(_with_digests(duck, digests, columns))
+        # The same data as stored, by value here and by content hash in DuckDB.
+        incoming = delta._cast("images", images(*(_row(n, 1, (), "a") for n in range(1, 4))))
+        incoming = incoming.select([f.name for f in schema.IMAGES])
+        hashes = dict(zip(incoming.column("id").to_pylist(), delta._hash_via(store._duckdb(), incoming)))
+        same = {i for i, h in hashes.items() if i in expected and expected[i]["content_hash"] == h}
+        assert rows.same_data(incoming, delta.DATA_COLUMNS) == same
 
 
 def test_a_hash_the_rows_lack_is_left_to_duckdb(tmp_path):

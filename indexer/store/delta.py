@@ -59,7 +59,7 @@ import tempfile
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -506,6 +506,14 @@ class Snapshot:
         filled = arrow.int64s([found.get(i) if h is None else h for i, h in zip(held, hashes, strict=True)])
         return state.set_column(state.schema.get_field_index(CONTENT_HASH), CONTENT_HASH, filled)
 
+    def same_data(self, incoming: pa.Table) -> set[str]:
+        """The ids of `incoming` (rows of `schema.IMAGES` as premerge casts them) whose current
+        stored row holds the same data, as far as the rows of a small store tell without DuckDB;
+        the others are compared by content hash."""
+        if self.rows is None or not len(incoming) or not self.may_hold("id", incoming.column("id").to_pylist()):
+            return set()
+        return self.rows.same_data(incoming, DATA_COLUMNS) or set()
+
     def current_images(self, where: str, columns: tuple[str, ...]) -> str:
         """SQL for the current rows, in `columns`, of the images that have a row version matching
         `where` (SQL over the images columns). The ids come first from a scan of the columns
@@ -579,18 +587,6 @@ class Snapshot:
 
 
 # ---- the store
-
-
-class BatchKeys(NamedTuple):
-    """The keys of a batch of images about to be written (see `_seed`)."""
-
-    ids: set[str]
-    digests: set[str]
-    tags: set[tuple[str, str, str]]  # (registry, name, tag)
-
-    def hashes(self) -> tuple[set[int], set[int], set[int]]:
-        """As `OwnRows.hashes` gives them for stored rows."""
-        return set(map(hash, self.ids)), set(map(hash, self.digests)), set(map(hash, self.tags))
 
 
 class DeltaStore:
@@ -836,18 +832,15 @@ class DeltaStore:
         # log alone needs none): a connection of its own per table cost ~10 ms each.
         return deltalog.read_store(self.store, version=version, as_of=as_of, con=self._duckdb)
 
-    def snapshot(
-        self, *, version: int | None = None, as_of=None, run_id: str = "", seed: bool | Callable[[], BatchKeys] = False
-    ) -> Snapshot:
+    def snapshot(self, *, version: int | None = None, as_of=None, run_id: str = "", seed: bool = False) -> Snapshot:
         """The store at `version` (or `as_of`), else now. With `run_id`, the files other processes of
         that run added since are first read for their keys (`_absorb`); with `seed`, those of a small
-        store this object has not written to yet (`_seed`), unless it holds one of the keys of the
-        batch that `seed()` gives."""
+        store this object has not written to yet (`_seed`)."""
         files = self.files(version=version, as_of=as_of)
         own = rows = None
         if version is None and as_of is None:
             if seed:
-                self._seed(files, None if seed is True else seed)
+                self._seed(files)
             own = self._own
             if run_id:
                 self._absorb(files, run_id)
@@ -856,35 +849,23 @@ class DeltaStore:
                 rows = self._stored_rows = None  # the store moved on (a commit since): the files answer
         return Snapshot(files, self._duckdb, own, rows)
 
-    def _seed(self, files: dict[str, deltalog.TableFiles], keys: Callable[[], BatchKeys] | None = None) -> None:
+    def _seed(self, files: dict[str, deltalog.TableFiles]) -> None:
         """Before this object's first commit into a small store that others wrote, take the keys of
         all its files into OwnRows (five narrow columns each), so that a run's questions about keys
-        the store does not hold are answered from memory. Without them every batch asks DuckDB,
-        which a one-image run pays ~0.1 s to start, while reading a few hundred small files with
-        pyarrow costs a few milliseconds. A larger store, or any file that cannot be read, leaves
-        the questions to the files, as before.
-
-        A file holding a key of the batch (`keys()`) stops it too: the batch then needs the stored
-        rows of that key, which only DuckDB reads, and the files left unread would cost as much
-        again for nothing. Newest files first, since a moved tag (`:latest`) is most often held by
-        the image indexed last."""
+        the store does not hold are answered from memory, and those about keys it holds from these
+        rows (`StoredRows`: a moved tag, an image indexed again). Without them every batch asks
+        DuckDB, which a one-image run pays ~0.1 s to start, while reading a few hundred small files
+        with pyarrow costs a few milliseconds. A larger store, or any file that cannot be read,
+        leaves the questions to the files, as before."""
         own = self._own
         if own.files or not own.complete or not deltalog.is_local(self.store):
             return
         paths = {table: files[table].files for table in ("images", "tags") if table in files}
         if not paths.get("images") or sum(map(len, paths.values())) > SEED_FILES:
             return
-        # The log's id ranges name the files that may hold an id: in a store of one-image runs,
-        # exactly those that do (a re-indexed image).
-        batch = keys() if keys is not None else None
-        if batch is not None and files["images"].holding(batch.ids).files:
-            return
-        paths["images"] = sorted(paths["images"], key=lambda path: _name_time(path) or 0, reverse=True)
         seeded = OwnRows()
-        # A stored tag does not stop it: its holder is settled from these rows (`StoredRows`).
-        stop_at = batch.hashes()[:2] + (set(),) if batch is not None else None
         kept: dict[str, pa.Table] = {}
-        if self._absorb_files(seeded, paths, max_rows=SEED_ROWS, stop_at=stop_at, keep=kept):
+        if self._absorb_files(seeded, paths, max_rows=SEED_ROWS, keep=kept):
             self._own = seeded
             self._seeded = True
             self._stored_rows = StoredRows(kept, self._fs.open_input_file)
@@ -894,12 +875,11 @@ class DeltaStore:
         own: OwnRows,
         paths: dict[str, Sequence[str]],
         max_rows: int | None = None,
-        stop_at: tuple[set[int], set[int], set[int]] | None = None,
         keep: dict[str, pa.Table] | None = None,
     ) -> bool:
         """Read the keys of the data files `paths` (table -> files) into `own`; False when one cannot
-        be read, when the images files hold more than `max_rows` rows, or when one holds a key of
-        `stop_at`. `keep` takes the key columns read, by images file."""
+        be read, or when the images files hold more than `max_rows` rows. `keep` takes the key
+        columns read, by images file."""
         rows = 0
         for table, listed in paths.items():
             for path in listed:
@@ -927,8 +907,6 @@ class DeltaStore:
                     named = max(written, default=own.latest_written_at)
                 latest = named or datetime.min.replace(tzinfo=timezone.utc)
                 held = OwnRows.hashes(data) if table == "images" else None
-                if held is not None and stop_at is not None and not all(map(set.isdisjoint, stop_at, held)):
-                    return False
                 own.add(table, [path], [held] if held is not None else [], latest)
                 if keep is not None and table == "images":
                     keep[path] = data
@@ -980,16 +958,16 @@ class DeltaStore:
         prepare: Callable[[Snapshot], Changes] | Changes | None,
         *,
         max_attempts: int = MAX_ATTEMPTS,
-        seed: Callable[[], BatchKeys] | None = None,
+        seed: bool = False,
         _before_commit: Callable[[str], None] | None = None,
     ) -> RunResult:
         """One part of run `run_id`: `write_run` without the `runs` row, for a run that commits its
-        images in bounded batches and records itself once at the end (`append_run`). `seed`, the
-        keys of the batch's images (on demand), lets a small store be read for its keys first (`_seed`)."""
+        images in bounded batches and records itself once at the end (`append_run`). `seed` lets a
+        small store be read for its keys first (`_seed`)."""
         versions: dict = {"images": None, "tags": None, "runs": None}
         rows: dict = {"images": 0, "tags": 0, "runs": 0}
         for attempt in range(1, max_attempts + 1):
-            snapshot = self.snapshot(run_id=run_id, seed=seed or False)
+            snapshot = self.snapshot(run_id=run_id, seed=seed)
             # A store others wrote may hold a batch that landed half (`_land_stray_tags`): looked
             # for at the first batch, whether its keys were seeded or not.
             if self._own_strays or (self._seek_strays and (snapshot.own is None or self._seeded)):
@@ -1888,13 +1866,18 @@ def premerge(
     tag_tombs = [k for k in retired_keys if k in holders]
 
     wanted = list(dict.fromkeys(ids + list(losing) + list(gaining)))
-    # Only the batch's own ids are compared by content hash.
-    state = {r["id"]: r for r in snapshot.image_state(wanted, hashed=ids).to_pylist()} if wanted else {}
+    # Stored images whose data the rows of a small store show unchanged need no hash; the batch's
+    # other ids are compared by it.
+    same = snapshot.same_data(incoming)
+    hashed = [i for i in ids if i not in same]
+    state = {r["id"]: r for r in snapshot.image_state(wanted, hashed=hashed).to_pylist()} if wanted else {}
+    exactness = incoming.column("exactness").to_pylist()
     # The hash decides "unchanged" without reading stored rows, and the rows written keep it. A
     # snapshot that read no file (a new store, answered from what the run wrote) mostly holds none
     # of these ids: nothing to compare, and the rows go without a hash rather than start DuckDB. One
-    # that settled a stored id from its rows (`StoredRows`) compares it all the same.
-    if len(incoming) and (snapshot.has_read or not state.keys().isdisjoint(ids)):
+    # that settled a stored id of equal exactness from its rows (`StoredRows`) compares it all the same.
+    compared = any(i in state and state[i]["exactness"] == e for i, e in zip(hashed, exactness))
+    if len(incoming) and (snapshot.has_read or compared):
         store_hash = _hash_via(snapshot.hashing_con, incoming)
     else:
         store_hash = [None] * len(incoming)
@@ -1903,7 +1886,6 @@ def premerge(
     dropped: dict[tuple, None] = {}  # tags that imported rows no longer list, in order
     # Decided on the narrow columns; the wide rows stay in Arrow, and only those that merge
     # field by field become Python (a batch of new images is one `take`).
-    exactness = incoming.column("exactness").to_pylist()
     digests = incoming.column("digest").to_pylist()
     for position, (image_id, registry, name, claimed, exact, content) in enumerate(
         zip(ids, registries, names, claimed_tags, exactness, store_hash, strict=True)
@@ -1927,7 +1909,7 @@ def premerge(
         tags = sorted((keep_stored | own) - losing.get(image_id, set()))
         if stored is None or exact > stored["exactness"]:
             decisions.append(("incoming", position, tags))
-        elif exact < stored["exactness"] or content == stored[CONTENT_HASH]:
+        elif exact < stored["exactness"] or image_id in same or _same_hash(content, stored[CONTENT_HASH]):
             if tags != list(stored["tags"] or ()):
                 decisions.append(("tags", image_id, tags))
         elif merge is None:
@@ -2007,6 +1989,11 @@ _IMAGE_STATE = pa.schema(
         ("digest", pa.string()),
     ]
 )
+
+
+def _same_hash(incoming: int | None, stored: int | None) -> bool:
+    # No hash is no evidence: a batch that compared nothing computed none.
+    return incoming is not None and incoming == stored
 
 
 def _cast_schema_for_rows() -> pa.Schema:

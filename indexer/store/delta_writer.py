@@ -47,7 +47,7 @@ from .. import collector, timestamps
 from ..errors import StoreError, first_line
 from ..model import ImageRecord, merge_records
 from . import deltalog, paths, schema
-from .delta import KEYS, BatchKeys, Changes, DeltaStore, RunResult, Snapshot, premerge
+from .delta import KEYS, Changes, DeltaStore, RunResult, Snapshot, premerge
 from .writer import _one_per_id, record_from_row, records_to_arrow, store_failure
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -286,7 +286,7 @@ class DeltaWriter:
 
         self._ensure_tables()
         with collector.paused():
-            self._commit(partial(self._tables.write_changes, seed=partial(_batch_keys, records)), self.run_id, prepare)
+            self._commit(partial(self._tables.write_changes, seed=True), self.run_id, prepare)
 
     def take_notes(self) -> list[str]:
         return self._tables.take_notes()
@@ -403,14 +403,6 @@ class DeltaWriter:
         self.close()
 
 
-def _batch_keys(records: list[ImageRecord]) -> BatchKeys:
-    return BatchKeys(
-        {r.id for r in records},
-        {r.digest for r in records if r.digest},
-        {(r.registry, r.name, tag) for r in records for tag in r.tags},
-    )
-
-
 def _in_id_order(records: list[ImageRecord]) -> list[ImageRecord]:
     """The records by id, the order the store's files are written in (so they are written without
     reordering), unless two claim one tag: premerge gives it to the later one."""
@@ -486,6 +478,8 @@ def _with_digests(snapshot: Snapshot, digests: set[str], columns: tuple[str, ...
     """`columns` of the current images that have a row version with one of `digests`."""
     if not snapshot.may_hold("digest", digests):
         return []
+    if snapshot.rows is not None and (settled := snapshot.rows.with_digests(digests, columns)) is not None:
+        return settled
     where = snapshot.key_filter("digest", sorted(digests), "wanted_digests")
     # The ids first, from the digest column alone: most digests of a run are new, and then no
     # wider column is read.

@@ -1,11 +1,12 @@
 """The current state of a few images of a small store, resolved in Python from its files.
 
 A run into a small store that others wrote reads the keys of its images files before its first
-commit (`DeltaStore._seed`). When a batch claims a tag the store holds (a moved `:latest`, the
-usual case of one `imgdex index` per build), it needs who holds the tag now and that image's
-tags: without these rows, DuckDB starts to answer, ~0.15 s of a run that otherwise takes ~0.3 s.
-Here the same answer comes from the files already read, plus the version columns of the few
-files that hold the ids concerned, by the rules `deltalog.resolved_sql` gives DuckDB:
+commit (`DeltaStore._seed`). When a batch holds a key the store holds (a moved `:latest`, the
+usual case of one `imgdex index` per build; an image indexed again), it needs who holds the tag
+now and that image's tags, or the stored image's row: without these rows, DuckDB starts to
+answer, ~0.15 s of a run that otherwise takes ~0.3 s. Here the same answer comes from the files
+already read, plus other columns of the few files that hold the ids concerned, by the rules
+`deltalog.resolved_sql` gives DuckDB:
 
 - an id's row is its first by (not tags-only, exactness, written_at, run_id), descending, nulls
   last; a tombstone or a tags-only row first means the id is not current;
@@ -29,11 +30,12 @@ from .deltalog import CONTENT_HASH, RUN_ID, TAGS_ONLY, TAGS_WRITTEN_AT, TOMBSTON
 # The columns of the rows first read for their keys (`DeltaStore._absorb_files`), then those read
 # for the ids whose state is asked.
 KEY_COLUMNS = ("id", "digest", "registry", "name", "tags")
-_VERSION_COLUMNS = ("exactness", WRITTEN_AT, RUN_ID, TOMBSTONE, TAGS_ONLY, TAGS_WRITTEN_AT, CONTENT_HASH)
+_VERSION_COLUMNS = ("exactness", WRITTEN_AT, RUN_ID, TOMBSTONE, TAGS_ONLY, TAGS_WRITTEN_AT, CONTENT_HASH, "id_origin")
 
-# A row: its key columns, then its version columns, by these positions.
+# A row: its key columns, its version columns, then its file and its position there.
 _ID, _DIGEST, _REGISTRY, _NAME, _TAGS = range(5)
-_EXACTNESS, _WRITTEN, _RUN, _TOMB, _TAGS_ONLY, _TAGS_WRITTEN, _HASH = range(5, 12)
+_EXACTNESS, _WRITTEN, _RUN, _TOMB, _TAGS_ONLY, _TAGS_WRITTEN, _HASH, _ORIGIN, _PATH, _POSITION = range(5, 15)
+_BY_NAME = {name: i for i, name in enumerate(KEY_COLUMNS + _VERSION_COLUMNS)}
 
 
 def _desc(value) -> tuple:
@@ -67,26 +69,31 @@ class StoredRows:
             positions = [i for i, row_id in enumerate(columns[_ID]) if row_id in ids]
             if not positions:
                 continue
-            versions = self._versions(path, len(columns[_ID]))
+            versions = self._read(path, _VERSION_COLUMNS)
             if versions is None:
                 return None
+            # A column that a file predates reads as null, as DuckDB's union by name reads it.
+            absent = [None] * len(columns[_ID])
+            versions = [versions.get(c, absent) for c in _VERSION_COLUMNS]
             for i in positions:
-                row = tuple(c[i] for c in columns) + tuple(c[i] for c in versions)
+                row = tuple(c[i] for c in columns) + tuple(c[i] for c in versions) + (path, i)
                 found.setdefault(row[_ID], []).append(row)
         return found
 
-    def _versions(self, path: str, rows: int) -> list[list] | None:
+    def _read(self, path: str, columns: Sequence[str]) -> dict[str, list] | None:
+        """Those of `columns` that a file read for its keys has, as Python lists; None when it cannot
+        be read again or no longer holds as many rows."""
+        rows = len(self._keys[path][_ID])
         try:
             with self._open(path) as source:
                 parquet = pq.ParquetFile(source)
-                present = set(parquet.schema_arrow.names)
                 if parquet.metadata.num_rows != rows:
                     return None
-                data = parquet.read(columns=[c for c in _VERSION_COLUMNS if c in present])
+                present = [c for c in columns if c in set(parquet.schema_arrow.names)]
+                data = parquet.read(columns=present)
         except (OSError, ValueError, TypeError, pa.ArrowException):
             return None
-        # A column that a file predates reads as null, as DuckDB's union by name reads it.
-        return [data.column(c).to_pylist() if c in present else [None] * rows for c in _VERSION_COLUMNS]
+        return {c: data.column(c).to_pylist() for c in present}
 
     @staticmethod
     def _current(rows: list[tuple]) -> tuple | None | bool:
@@ -144,6 +151,58 @@ class StoredRows:
             }
             for row in settled
         ]
+
+    def with_digests(self, digests: set[str], columns: Sequence[str]) -> list[tuple] | None:
+        """`columns` (among the key and version columns) of the current images that have a row
+        version with one of `digests`; None when one of them cannot be settled here."""
+        candidates = {
+            row_id
+            for keys in self._keys.values()
+            for row_id, digest in zip(keys[_ID], keys[_DIGEST])
+            if digest in digests
+        }
+        settled = self._settled(candidates) if candidates else []
+        if settled is None:
+            return None
+        return [tuple(row[_BY_NAME[c]] for c in columns) for row in settled]
+
+    def same_data(self, incoming: pa.Table, columns: Sequence[str]) -> set[str] | None:
+        """The ids of `incoming` whose current stored row holds the same values in `columns` (read
+        from its file); None when one of them cannot be settled or read here."""
+        ids = incoming.column("id").to_pylist()
+        settled = self._settled(set(ids))
+        if settled is None:
+            return None
+        position = {image_id: i for i, image_id in enumerate(ids)}
+        same = set()
+        for row in settled:
+            stored = self._row(row[_PATH], row[_POSITION], columns)
+            if stored is None:
+                return None
+            if stored == incoming.slice(position[row[_ID]], 1).select(list(columns)).to_pylist()[0]:
+                same.add(row[_ID])
+        return same
+
+    def _row(self, path: str, position: int, columns: Sequence[str]) -> dict | None:
+        """`columns` of one row of a file read for its keys, from the row group that holds it (the
+        raw JSON of a whole compacted file would be tens of MB); None when it cannot be read again,
+        or lacks one of `columns`."""
+        try:
+            with self._open(path) as source:
+                parquet = pq.ParquetFile(source)
+                metadata = parquet.metadata
+                if metadata.num_rows != len(self._keys[path][_ID]) or not set(columns) <= set(
+                    parquet.schema_arrow.names
+                ):
+                    return None
+                for group in range(metadata.num_row_groups):
+                    rows = metadata.row_group(group).num_rows
+                    if position < rows:
+                        return parquet.read_row_group(group, columns=list(columns)).slice(position, 1).to_pylist()[0]
+                    position -= rows
+        except (OSError, ValueError, TypeError, pa.ArrowException):
+            return None
+        return None
 
     def tag_holders(self, keys: Sequence[tuple[str, str, str]]) -> list[tuple[str, str, str, str]] | None:
         """`Snapshot.tag_holders`: (registry, name, tag, image_id) of the current images that carry
