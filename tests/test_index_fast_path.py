@@ -19,7 +19,7 @@ from indexer.errors import SourceError
 from indexer.model import ImageRecord
 from indexer.sources import layout as layout_module, parse_source
 from indexer.sources.parse import Context
-from indexer.store import arrow, delta
+from indexer.store import arrow, delta, stored_rows
 from indexer.store.delta_writer import DeltaWriter
 from indexer.store.writer import now_utc
 
@@ -418,6 +418,20 @@ def test_an_image_indexed_again_into_a_small_store_is_compared_from_its_rows(tmp
         assert _versions(store) == versions  # no row written
     expected = _from_files(monkeypatch, lambda: _runs_each_its_own(str(tmp_path / "files"), steps))
     assert [row[:3] for row in _state(store)] == [row[:3] for row in expected]
+
+
+def test_many_images_indexed_again_are_compared_by_duckdb(tmp_path, monkeypatch):
+    records = _records(tmp_path, 3)
+    store = str(tmp_path / "store")
+    _runs_each_its_own(store, [records])
+    versions = _versions(store)
+    # Each image compared by value costs a row group read: past a few, DuckDB's hashes cost less.
+    monkeypatch.setattr(stored_rows, "MAX_COMPARED", 2)
+    assert not _one_run_without_duckdb(store, records)
+    assert _versions(store) == versions
+    monkeypatch.setattr(stored_rows, "MAX_COMPARED", 3)
+    assert _one_run_without_duckdb(store, records)
+    assert _versions(store) == versions
 
 
 def _one_run_without_duckdb(store: str, records) -> bool:

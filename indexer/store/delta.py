@@ -902,6 +902,10 @@ class DeltaStore:
                         data = parquet.read(columns=columns)
                 except (OSError, ValueError, TypeError, pa.ArrowException):
                     return False  # vacuumed or unreadable: the questions go to the files
+                if not set(columns) <= set(data.column_names):
+                    # pyarrow leaves out a column the file lacks (another table's file in its
+                    # place): the files' reader words that once, for the run
+                    return False
                 if named is _UNNAMED:
                     written = [t for t in data.column(WRITTEN_AT).to_pylist() if t is not None]
                     named = max(written, default=own.latest_written_at)

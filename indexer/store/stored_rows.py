@@ -36,6 +36,17 @@ _VERSION_COLUMNS = ("exactness", WRITTEN_AT, RUN_ID, TOMBSTONE, TAGS_ONLY, TAGS_
 _ID, _DIGEST, _REGISTRY, _NAME, _TAGS = range(5)
 _EXACTNESS, _WRITTEN, _RUN, _TOMB, _TAGS_ONLY, _TAGS_WRITTEN, _HASH, _ORIGIN, _PATH, _POSITION = range(5, 15)
 _BY_NAME = {name: i for i, name in enumerate(KEY_COLUMNS + _VERSION_COLUMNS)}
+# Stored images compared by value at most, per batch: each costs a row group read and a row made
+# Python, where DuckDB's content hashes cost the same for a whole batch.
+MAX_COMPARED = 64
+
+
+def _python(column: pa.ChunkedArray) -> list:
+    """A column's values; timestamps as their integers, which order alike: made datetimes, a zoned
+    one asks pandas for its zone (importing it, 0.3 s, wherever it is installed)."""
+    if pa.types.is_timestamp(column.type):
+        return [v for chunk in column.chunks for v in chunk.view(pa.int64()).to_pylist()]
+    return column.to_pylist()
 
 
 def _desc(value) -> tuple:
@@ -93,7 +104,7 @@ class StoredRows:
                 data = parquet.read(columns=present)
         except (OSError, ValueError, TypeError, pa.ArrowException):
             return None
-        return {c: data.column(c).to_pylist() for c in present}
+        return {c: _python(data.column(c)) for c in present}
 
     @staticmethod
     def _current(rows: list[tuple]) -> tuple | None | bool:
@@ -168,25 +179,31 @@ class StoredRows:
 
     def same_data(self, incoming: pa.Table, columns: Sequence[str]) -> set[str] | None:
         """The ids of `incoming` whose current stored row holds the same values in `columns` (read
-        from its file); None when one of them cannot be settled or read here."""
+        from its file); None when one of them cannot be settled or read here, or when more than
+        MAX_COMPARED are stored (DuckDB compares a large batch by content hash for less)."""
         ids = incoming.column("id").to_pylist()
         settled = self._settled(set(ids))
-        if settled is None:
+        if settled is None or len(settled) > MAX_COMPARED:
             return None
         position = {image_id: i for i, image_id in enumerate(ids)}
-        same = set()
+        by_file: dict[str, list[tuple]] = {}
         for row in settled:
-            stored = self._row(row[_PATH], row[_POSITION], columns)
+            by_file.setdefault(row[_PATH], []).append(row)
+        same = set()
+        for path, rows in by_file.items():
+            stored = self._rows_at(path, {row[_POSITION] for row in rows}, columns)
             if stored is None:
                 return None
-            if stored == incoming.slice(position[row[_ID]], 1).select(list(columns)).to_pylist()[0]:
-                same.add(row[_ID])
+            for row in rows:
+                if stored[row[_POSITION]] == incoming.slice(position[row[_ID]], 1).select(list(columns)).to_pylist()[0]:
+                    same.add(row[_ID])
         return same
 
-    def _row(self, path: str, position: int, columns: Sequence[str]) -> dict | None:
-        """`columns` of one row of a file read for its keys, from the row group that holds it (the
-        raw JSON of a whole compacted file would be tens of MB); None when it cannot be read again,
-        or lacks one of `columns`."""
+    def _rows_at(self, path: str, positions: set[int], columns: Sequence[str]) -> dict[int, dict] | None:
+        """`columns` of the rows at `positions` of a file read for its keys, from the row groups that
+        hold them (the raw JSON of a whole compacted file would be tens of MB); None when it cannot
+        be read again, or lacks one of `columns`."""
+        out = {}
         try:
             with self._open(path) as source:
                 parquet = pq.ParquetFile(source)
@@ -195,14 +212,17 @@ class StoredRows:
                     parquet.schema_arrow.names
                 ):
                     return None
+                start = 0
                 for group in range(metadata.num_row_groups):
-                    rows = metadata.row_group(group).num_rows
-                    if position < rows:
-                        return parquet.read_row_group(group, columns=list(columns)).slice(position, 1).to_pylist()[0]
-                    position -= rows
+                    end = start + metadata.row_group(group).num_rows
+                    inside = sorted(p for p in positions if start <= p < end)
+                    if inside:
+                        rows = parquet.read_row_group(group, columns=list(columns))
+                        out.update((p, rows.slice(p - start, 1).to_pylist()[0]) for p in inside)
+                    start = end
         except (OSError, ValueError, TypeError, pa.ArrowException):
             return None
-        return None
+        return out if len(out) == len(positions) else None
 
     def tag_holders(self, keys: Sequence[tuple[str, str, str]]) -> list[tuple[str, str, str, str]] | None:
         """`Snapshot.tag_holders`: (registry, name, tag, image_id) of the current images that carry
