@@ -378,9 +378,13 @@ def test_a_larger_store_is_not_read_for_its_keys(tmp_path, monkeypatch, limit):
         writer.write(records[:2], now_utc())
         writer.write(records[2:3], now_utc())
     monkeypatch.setattr(delta, limit, 1)
+    opened = _parquet_opened(monkeypatch)
     with DeltaWriter(store) as writer:
         writer.write(records[3:], now_utc())
         assert writer._tables.snapshot().own is None
+    # The log's file list and row counts tell, before a file is opened (a store of 100,000 images in
+    # two files had its first 50,000 read for nothing).
+    assert opened == []
     assert [row[0] for row in _state(store)] == sorted(r.id for r in records)
 
 

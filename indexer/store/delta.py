@@ -863,6 +863,11 @@ class DeltaStore:
         paths = {table: files[table].files for table in ("images", "tags") if table in files}
         if not paths.get("images") or sum(map(len, paths.values())) > SEED_FILES:
             return
+        # The log's row counts rule out a large store of few files before one is opened (each file's
+        # own count is checked as it is read, for a log that says none or less).
+        counts = files["images"].row_counts
+        if len(counts) == len(paths["images"]) and sum(c or 0 for c in counts) > SEED_ROWS:
+            return
         seeded = OwnRows()
         kept: dict[str, pa.Table] = {}
         if self._absorb_files(seeded, paths, max_rows=SEED_ROWS, keep=kept):

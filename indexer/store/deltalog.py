@@ -108,6 +108,8 @@ class TableFiles:
     # Per file of the images table, the (min, max) of `name` likewise; () for a file without names
     # (tombstones and tags-only rows).
     name_ranges: tuple = ()
+    # Per file, its rows by the add action's statistics (numRecords), or None.
+    row_counts: tuple = ()
 
     def holding(self, keys: Iterable[str], *, column: str = "id") -> "TableFiles":
         """This table narrowed to the files whose range of `column` (the first key column, or
@@ -132,6 +134,7 @@ class TableFiles:
             files=tuple(self.files[i] for i in kept),
             key_ranges=tuple(self.key_ranges[i] for i in kept) if len(self.key_ranges) == len(self.files) else (),
             name_ranges=tuple(self.name_ranges[i] for i in kept) if len(self.name_ranges) == len(self.files) else (),
+            row_counts=tuple(self.row_counts[i] for i in kept) if len(self.row_counts) == len(self.files) else (),
         )
 
 
@@ -657,7 +660,7 @@ def read_table(
     wanted = (first_key, "name") if table == "images" else (first_key,)
     # delta-rs decodes the statistics of the live files alone (those of a file removed since are
     # never read): so are they checked here, parsed once for the key ranges too.
-    parsed = []
+    parsed, counts = [], []
     for added, stats in replay.files.values():
         values, flaw = _file_stats(stats, checks)
         if flaw is not None:
@@ -665,10 +668,13 @@ def read_table(
                 raise StoreError(f"table {table}: cannot read checkpoint {checkpoints[start][0]}: {flaw}")
             raise StoreError(f"table {table}: commit {commits[added]} is not a Delta commit: {flaw}")
         parsed.append(_ranges(values, wanted))
+        counts.append(values.get("numRecords") if values is not None else None)
     ranges = tuple(p[0] for p in parsed)
     names = tuple(p[1] for p in parsed) if table == "images" else ()
     uniform = _as_dict(replay.metadata.get("configuration")).get(MIXED_SCHEMAS) != "true"
-    return TableFiles(table, location, version, timestamp, files, columns, run_id, ranges, uniform, names)
+    return TableFiles(
+        table, location, version, timestamp, files, columns, run_id, ranges, uniform, names, row_counts=tuple(counts)
+    )
 
 
 def _check_regular(table: str, files: Sequence[str]) -> None:
