@@ -362,6 +362,24 @@ def test_file_ranges_narrow_by_id_or_name_and_keep_what_they_cannot_rule_out():
     assert unknown.holding(["x"], column="name") is unknown
 
 
+_key = st.text(alphabet="abcde", max_size=3)
+
+
+@given(
+    ranges=st.lists(st.one_of(st.tuples(_key, _key).map(lambda r: tuple(sorted(r))), st.just(())), max_size=6),
+    keys=st.lists(_key, max_size=12),
+)
+def test_the_keys_file_ranges_may_hold_are_counted_once_each(ranges, keys):
+    files = deltalog.TableFiles(
+        "images", "x", 1, 0, tuple(f"f{i}" for i in range(len(ranges))), (), None, tuple(ranges)
+    )
+    inside = {k for k in keys if any(r and r[0] <= k <= r[1] for r in ranges)}
+    assert files.may_hold_count(keys) == len(inside)
+    # A range the log does not give rules nothing out.
+    unknown = dataclasses.replace(files, files=(*files.files, "g"), key_ranges=(*ranges, None))
+    assert unknown.may_hold_count(keys) == len(set(keys))
+
+
 @given(st.text(min_size=0, max_size=80))
 def test_string_statistics_bound_long_values_under_32_characters(text):
     low, high = delta._lower_bound(text), delta._upper_bound(text)

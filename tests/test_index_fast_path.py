@@ -429,9 +429,12 @@ def test_many_images_indexed_again_are_compared_by_duckdb(tmp_path, monkeypatch)
     store = str(tmp_path / "store")
     _runs_each_its_own(store, [records])
     versions = _versions(store)
-    # Each image compared by value costs a row group read: past a few, DuckDB's hashes cost less.
+    # Each image compared by value costs a row group read: past a few, DuckDB's hashes cost less,
+    # and the log's id ranges tell so before any file is read for its keys.
     monkeypatch.setattr(stored_rows, "MAX_COMPARED", 2)
+    opened = _parquet_opened(monkeypatch)
     assert not _one_run_without_duckdb(store, records)
+    assert opened == []
     assert _versions(store) == versions
     monkeypatch.setattr(stored_rows, "MAX_COMPARED", 3)
     assert _one_run_without_duckdb(store, records)

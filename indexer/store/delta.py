@@ -70,7 +70,7 @@ from deltalake.transaction import AddAction, RemoveAction
 
 from ..errors import StoreError, first_line
 from ..model import IMPORTED, one_image, shown
-from . import arrow, deltalog, duck, schema
+from . import arrow, deltalog, duck, schema, stored_rows
 from .paths import delta_rs_refusal, local_folder
 from .hashset import HashSet
 from .stored_rows import KEY_COLUMNS, StoredRows
@@ -832,15 +832,18 @@ class DeltaStore:
         # log alone needs none): a connection of its own per table cost ~10 ms each.
         return deltalog.read_store(self.store, version=version, as_of=as_of, con=self._duckdb)
 
-    def snapshot(self, *, version: int | None = None, as_of=None, run_id: str = "", seed: bool = False) -> Snapshot:
+    def snapshot(
+        self, *, version: int | None = None, as_of=None, run_id: str = "", seed: bool | Callable[[], set[str]] = False
+    ) -> Snapshot:
         """The store at `version` (or `as_of`), else now. With `run_id`, the files other processes of
         that run added since are first read for their keys (`_absorb`); with `seed`, those of a small
-        store this object has not written to yet (`_seed`)."""
+        store this object has not written to yet (`_seed`), unless many of the batch's ids (`seed()`)
+        may be stored."""
         files = self.files(version=version, as_of=as_of)
         own = rows = None
         if version is None and as_of is None:
             if seed:
-                self._seed(files)
+                self._seed(files, None if seed is True else seed)
             own = self._own
             if run_id:
                 self._absorb(files, run_id)
@@ -849,7 +852,7 @@ class DeltaStore:
                 rows = self._stored_rows = None  # the store moved on (a commit since): the files answer
         return Snapshot(files, self._duckdb, own, rows)
 
-    def _seed(self, files: dict[str, deltalog.TableFiles]) -> None:
+    def _seed(self, files: dict[str, deltalog.TableFiles], ids: Callable[[], set[str]] | None = None) -> None:
         """Before this object's first commit into a small store that others wrote, take the keys of
         all its files into OwnRows (five narrow columns each), so that a run's questions about keys
         the store does not hold are answered from memory, and those about keys it holds from these
@@ -867,6 +870,10 @@ class DeltaStore:
         # own count is checked as it is read, for a log that says none or less).
         counts = files["images"].row_counts
         if len(counts) == len(paths["images"]) and sum(c or 0 for c in counts) > SEED_ROWS:
+            return
+        # A batch of many stored images is compared by DuckDB's content hashes (see MAX_COMPARED):
+        # its keys would be read for nothing.
+        if ids is not None and files["images"].may_hold_count(ids()) > stored_rows.MAX_COMPARED:
             return
         seeded = OwnRows()
         kept: dict[str, pa.Table] = {}
@@ -967,12 +974,12 @@ class DeltaStore:
         prepare: Callable[[Snapshot], Changes] | Changes | None,
         *,
         max_attempts: int = MAX_ATTEMPTS,
-        seed: bool = False,
+        seed: bool | Callable[[], set[str]] = False,
         _before_commit: Callable[[str], None] | None = None,
     ) -> RunResult:
         """One part of run `run_id`: `write_run` without the `runs` row, for a run that commits its
-        images in bounded batches and records itself once at the end (`append_run`). `seed` lets a
-        small store be read for its keys first (`_seed`)."""
+        images in bounded batches and records itself once at the end (`append_run`). `seed` (True, or
+        the batch's ids on demand) lets a small store be read for its keys first (`_seed`)."""
         versions: dict = {"images": None, "tags": None, "runs": None}
         rows: dict = {"images": 0, "tags": 0, "runs": 0}
         for attempt in range(1, max_attempts + 1):

@@ -284,9 +284,12 @@ class DeltaWriter:
             adopted, retired = _adopt_ids(snapshot, records)
             return premerge(snapshot, records_to_arrow(adopted, indexed_at), retired_images=retired, merge=_merge_rows)
 
+        def ids() -> set[str]:
+            return {r.id for r in records}
+
         self._ensure_tables()
         with collector.paused():
-            self._commit(partial(self._tables.write_changes, seed=True), self.run_id, prepare)
+            self._commit(partial(self._tables.write_changes, seed=ids), self.run_id, prepare)
 
     def take_notes(self) -> list[str]:
         return self._tables.take_notes()

@@ -120,6 +120,23 @@ class TableFiles:
         wanted = sorted({k for k in keys if k is not None})
         return self.only({self.files[i] for i, r in enumerate(ranges) if r is None or (r and _any_within(wanted, r))})
 
+    def may_hold_count(self, keys: Iterable[str]) -> int:
+        """How many of `keys` the files' ranges of the first key column do not rule out (all of them
+        when a range is unknown)."""
+        wanted = sorted({k for k in keys if k is not None})
+        if len(self.key_ranges) != len(self.files) or None in self.key_ranges:
+            return len(wanted)
+        spans = sorted(
+            (bisect.bisect_left(wanted, r[0]), bisect.bisect_right(wanted, r[1])) for r in self.key_ranges if r
+        )
+        count, end = 0, 0
+        for low, high in spans:  # the union of the index spans, each counted once
+            low = max(low, end)
+            if high > low:
+                count += high - low
+                end = high
+        return count
+
     def for_key(self, key: str) -> "TableFiles":
         """This table narrowed to the files that may hold `key` (for `resolved_sql` of one lookup)."""
         return self.holding([key])

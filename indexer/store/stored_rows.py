@@ -63,6 +63,7 @@ class StoredRows:
         self._open = open_file
         self._tables = keys
         self._lists: dict[str, list[list]] | None = None
+        self._versions: dict[str, list[list]] = {}  # path -> version columns, once read
 
     @property
     def _keys(self) -> dict[str, list[list]]:
@@ -80,12 +81,14 @@ class StoredRows:
             positions = [i for i, row_id in enumerate(columns[_ID]) if row_id in ids]
             if not positions:
                 continue
-            versions = self._read(path, _VERSION_COLUMNS)
+            versions = self._versions.get(path)
             if versions is None:
-                return None
-            # A column that a file predates reads as null, as DuckDB's union by name reads it.
-            absent = [None] * len(columns[_ID])
-            versions = [versions.get(c, absent) for c in _VERSION_COLUMNS]
+                read = self._read(path, _VERSION_COLUMNS)
+                if read is None:
+                    return None
+                # A column that a file predates reads as null, as DuckDB's union by name reads it.
+                absent = [None] * len(columns[_ID])
+                versions = self._versions[path] = [read.get(c, absent) for c in _VERSION_COLUMNS]
             for i in positions:
                 row = tuple(c[i] for c in columns) + tuple(c[i] for c in versions) + (path, i)
                 found.setdefault(row[_ID], []).append(row)
@@ -182,8 +185,12 @@ class StoredRows:
         from its file); None when one of them cannot be settled or read here, or when more than
         MAX_COMPARED are stored (DuckDB compares a large batch by content hash for less)."""
         ids = incoming.column("id").to_pylist()
-        settled = self._settled(set(ids))
-        if settled is None or len(settled) > MAX_COMPARED:
+        wanted = set(ids)
+        stored = {row_id for keys in self._keys.values() for row_id in keys[_ID] if row_id in wanted}
+        if len(stored) > MAX_COMPARED:
+            return None
+        settled = self._settled(stored)
+        if settled is None:
             return None
         position = {image_id: i for i, image_id in enumerate(ids)}
         by_file: dict[str, list[tuple]] = {}
