@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from indexer.store import arrow, delta, schema
+from indexer.store import arrow, delta, schema, stored_rows
 from indexer.store.delta import Changes, DeltaStore, Snapshot, premerge
 from indexer.store.delta_writer import _with_digests
 from indexer.store.stored_rows import KEY_COLUMNS, StoredRows
@@ -133,3 +133,14 @@ def test_a_stored_image_settled_from_the_rows_is_still_compared_by_its_hash(tmp_
         changes = premerge(snapshot, images(again))
         assert changes.images is None and changes.image_tags is None
         assert premerge(snapshot, images(_row(1, 1, ["v1"], "c"))).images is not None
+
+
+def test_a_row_group_declared_larger_than_the_bound_is_left_to_duckdb(tmp_path, monkeypatch):
+    with DeltaStore(str(tmp_path / "store")) as store:
+        store.create()
+        store.write_run({"run_id": "a"}, Changes(images=images(_row(1, 1, ["v1"], "a"))))
+        rows = _stored_rows(store, store.files())
+        incoming = delta._cast("images", images(_row(1, 1, (), "a"))).select([f.name for f in schema.IMAGES])
+        assert rows.same_data(incoming, delta.DATA_COLUMNS) == {_id(1)}
+        monkeypatch.setattr(stored_rows, "MAX_GROUP_BYTES", 100)
+        assert rows.same_data(incoming, delta.DATA_COLUMNS) is None

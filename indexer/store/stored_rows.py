@@ -39,6 +39,9 @@ _BY_NAME = {name: i for i, name in enumerate(KEY_COLUMNS + _VERSION_COLUMNS)}
 # Stored images compared by value at most, per batch: each costs a row group read and a row made
 # Python, where DuckDB's content hashes cost the same for a whole batch.
 MAX_COMPARED = 64
+# A row group read for them at most, by the decompressed size its file declares: a run's groups
+# hold 1,024 images (a few MB), and this process has no memory limit of its own, as DuckDB has.
+MAX_GROUP_BYTES = 64 << 20
 
 
 def _python(column: pa.ChunkedArray) -> list:
@@ -209,7 +212,8 @@ class StoredRows:
     def _rows_at(self, path: str, positions: set[int], columns: Sequence[str]) -> dict[int, dict] | None:
         """`columns` of the rows at `positions` of a file read for its keys, from the row groups that
         hold them (the raw JSON of a whole compacted file would be tens of MB); None when it cannot
-        be read again, or lacks one of `columns`."""
+        be read again, lacks one of `columns`, or declares a group of more than MAX_GROUP_BYTES
+        (DuckDB reads it under its memory limit)."""
         out = {}
         try:
             with self._open(path) as source:
@@ -223,6 +227,8 @@ class StoredRows:
                 for group in range(metadata.num_row_groups):
                     end = start + metadata.row_group(group).num_rows
                     inside = sorted(p for p in positions if start <= p < end)
+                    if inside and metadata.row_group(group).total_byte_size > MAX_GROUP_BYTES:
+                        return None
                     if inside:
                         rows = parquet.read_row_group(group, columns=list(columns))
                         out.update((p, rows.slice(p - start, 1).to_pylist()[0]) for p in inside)
