@@ -561,3 +561,14 @@ def test_repository_states_come_in_name_order_with_tags_and_exact_digests(tmp_pa
     assert app_tools[1] == {"v0": tools[0].digest, "v1": tools[1].digest}
     assert app_tools[2] == {tools[0].digest}  # the loose record's digest is not exact
     assert everything == ["team/app", "team/app/tools", "teamx"]
+
+
+def test_a_store_file_declaring_huge_key_columns_leaves_the_questions_to_the_files(tmp_path, monkeypatch):
+    store, _ = _store_of_one_run(tmp_path)
+    # Few rows of huge strings would be read whole by this process; DuckDB reads them under its limit.
+    monkeypatch.setattr(delta, "SEED_FILE_BYTES", 10)
+    with DeltaWriter(store) as writer:
+        assert writer._tables.snapshot(seed=True).own is None
+    monkeypatch.setattr(delta, "SEED_FILE_BYTES", 1 << 20)
+    with DeltaWriter(store) as writer:
+        assert writer._tables.snapshot(seed=True).own is not None

@@ -142,5 +142,5 @@ def test_a_row_group_declared_larger_than_the_bound_is_left_to_duckdb(tmp_path, 
         rows = _stored_rows(store, store.files())
         incoming = delta._cast("images", images(_row(1, 1, (), "a"))).select([f.name for f in schema.IMAGES])
         assert rows.same_data(incoming, delta.DATA_COLUMNS) == {_id(1)}
-        monkeypatch.setattr(stored_rows, "MAX_GROUP_BYTES", 100)
+        monkeypatch.setattr(stored_rows, "MAX_READ_BYTES", 100)
         assert rows.same_data(incoming, delta.DATA_COLUMNS) is None

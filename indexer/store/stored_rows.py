@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .deltalog import CONTENT_HASH, RUN_ID, TAGS_ONLY, TAGS_WRITTEN_AT, TOMBSTONE, WRITTEN_AT
+from .deltalog import CONTENT_HASH, RUN_ID, TAGS_ONLY, TAGS_WRITTEN_AT, TOMBSTONE, WRITTEN_AT, declared_bytes
 
 # The columns of the rows first read for their keys (`DeltaStore._absorb_files`), then those read
 # for the ids whose state is asked.
@@ -39,9 +39,10 @@ _BY_NAME = {name: i for i, name in enumerate(KEY_COLUMNS + _VERSION_COLUMNS)}
 # Stored images compared by value at most, per batch: each costs a row group read and a row made
 # Python, where DuckDB's content hashes cost the same for a whole batch.
 MAX_COMPARED = 64
-# A row group read for them at most, by the decompressed size its file declares: a run's groups
-# hold 1,024 images (a few MB), and this process has no memory limit of its own, as DuckDB has.
-MAX_GROUP_BYTES = 64 << 20
+# What one read here takes at most (a file's version columns, a row group to compare), by the
+# decompressed size its file declares: a run's groups hold 1,024 images (a few MB), and this
+# process has no memory limit of its own, as DuckDB has.
+MAX_READ_BYTES = 64 << 20
 
 
 def _python(column: pa.ChunkedArray) -> list:
@@ -107,6 +108,8 @@ class StoredRows:
                 if parquet.metadata.num_rows != rows:
                     return None
                 present = [c for c in columns if c in set(parquet.schema_arrow.names)]
+                if declared_bytes(parquet.metadata, present) > MAX_READ_BYTES:
+                    return None
                 data = parquet.read(columns=present)
         except (OSError, ValueError, TypeError, pa.ArrowException):
             return None
@@ -212,7 +215,7 @@ class StoredRows:
     def _rows_at(self, path: str, positions: set[int], columns: Sequence[str]) -> dict[int, dict] | None:
         """`columns` of the rows at `positions` of a file read for its keys, from the row groups that
         hold them (the raw JSON of a whole compacted file would be tens of MB); None when it cannot
-        be read again, lacks one of `columns`, or declares a group of more than MAX_GROUP_BYTES
+        be read again, lacks one of `columns`, or declares a group of more than MAX_READ_BYTES
         (DuckDB reads it under its memory limit)."""
         out = {}
         try:
@@ -227,7 +230,7 @@ class StoredRows:
                 for group in range(metadata.num_row_groups):
                     end = start + metadata.row_group(group).num_rows
                     inside = sorted(p for p in positions if start <= p < end)
-                    if inside and metadata.row_group(group).total_byte_size > MAX_GROUP_BYTES:
+                    if inside and metadata.row_group(group).total_byte_size > MAX_READ_BYTES:
                         return None
                     if inside:
                         rows = parquet.read_row_group(group, columns=list(columns))
