@@ -1136,3 +1136,13 @@ def test_a_checkpoint_that_expands_past_the_bound_is_left_to_duckdb(store, monke
     monkeypatch.setattr(deltalog, "_ARROW_CHECKPOINT_BYTES", 1 << 20)
     assert deltalog._checkpoint_rows([path]) is None
     assert deltalog.read_table(store.location("images")).files  # DuckDB reads it
+
+
+def test_a_file_declares_more_only_by_the_columns_asked(tmp_path):
+    path = str(tmp_path / "f.parquet")
+    pq.write_table(pa.table({"id": ["a", "b"], "blob": [b"x" * 500_000, b"y" * 500_000]}), path)
+    metadata = pq.ParquetFile(path).metadata
+    # The row group's total passes the bound, the id column's own size does not.
+    assert deltalog.declares_more(metadata, ["id"], 100_000) is False
+    assert deltalog.declares_more(metadata, ["blob"], 100_000) is True
+    assert deltalog.declares_more(metadata, ["blob"], 10_000_000) is False

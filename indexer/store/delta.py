@@ -914,7 +914,7 @@ class DeltaStore:
                         rows += parquet.metadata.num_rows if table == "images" else 0
                         if max_rows is not None and rows > max_rows:
                             return False
-                        if deltalog.declared_bytes(parquet.metadata, columns) > SEED_FILE_BYTES:
+                        if deltalog.declares_more(parquet.metadata, columns, SEED_FILE_BYTES):
                             return False  # few rows of huge strings: DuckDB reads them under its limit
                         data = parquet.read(columns=columns)
                 except (OSError, ValueError, TypeError, pa.ArrowException):

@@ -585,6 +585,13 @@ def _checkpoint_rows(paths: list[str]) -> list[tuple] | None:
     return out
 
 
+def declares_more(metadata, columns: Sequence[str], bound: int) -> bool:
+    """Whether the leaves of `columns` declare more than `bound` bytes decompressed. The row groups'
+    totals first: a Python walk of every column chunk costs ~70 µs a file, most of a small read."""
+    total = sum(metadata.row_group(group).total_byte_size for group in range(metadata.num_row_groups))
+    return total > bound and declared_bytes(metadata, columns) > bound
+
+
 def declared_bytes(metadata, columns: Sequence[str]) -> int:
     """The decompressed size that a Parquet file's metadata gives for the leaves of `columns`."""
     total = 0

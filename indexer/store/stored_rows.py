@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .deltalog import CONTENT_HASH, RUN_ID, TAGS_ONLY, TAGS_WRITTEN_AT, TOMBSTONE, WRITTEN_AT, declared_bytes
+from .deltalog import CONTENT_HASH, RUN_ID, TAGS_ONLY, TAGS_WRITTEN_AT, TOMBSTONE, WRITTEN_AT, declares_more
 
 # The columns of the rows first read for their keys (`DeltaStore._absorb_files`), then those read
 # for the ids whose state is asked.
@@ -108,7 +108,7 @@ class StoredRows:
                 if parquet.metadata.num_rows != rows:
                     return None
                 present = [c for c in columns if c in set(parquet.schema_arrow.names)]
-                if declared_bytes(parquet.metadata, present) > MAX_READ_BYTES:
+                if declares_more(parquet.metadata, present, MAX_READ_BYTES):
                     return None
                 data = parquet.read(columns=present)
         except (OSError, ValueError, TypeError, pa.ArrowException):
