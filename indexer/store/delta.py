@@ -843,17 +843,16 @@ class DeltaStore:
         store this object has not written to yet (`_seed`), unless many of the batch's ids (`seed()`)
         may be stored."""
         files = self.files(version=version, as_of=as_of)
-        own = rows = None
-        if version is None and as_of is None:
-            if seed:
-                self._seed(files, None if seed is True else seed)
-            own = self._own
-            if run_id:
-                self._absorb(files, run_id)
-            rows = self._stored_rows
-            if rows is not None and rows.paths != frozenset(files["images"].files if "images" in files else ()):
-                rows = self._stored_rows = None  # the store moved on (a commit since): the files answer
-        return Snapshot(files, self._duckdb, own, rows)
+        if version is not None or as_of is not None:
+            return Snapshot(files, self._duckdb)
+        if seed:
+            self._seed(files, None if seed is True else seed)
+        if run_id:
+            self._absorb(files, run_id)
+        snapshot = Snapshot(files, self._duckdb, self._own, self._stored_rows)
+        if snapshot.rows is None:
+            self._stored_rows = None  # the store moved on (a commit since): the files answer
+        return snapshot
 
     def _seed(self, files: dict[str, deltalog.TableFiles], ids: Callable[[], set[str]] | None = None) -> None:
         """Before this object's first commit into a small store that others wrote, take the keys of
@@ -2119,20 +2118,14 @@ def _newest_written(connect: Callable[[], duckdb.DuckDBPyConnection], paths: lis
     return connect().execute(query).fetchall()[0][0]
 
 
-def _name_time(path: str) -> int | None:
-    """The time a data file's name gives (microseconds since the epoch), None when it gives none."""
-    match = _NAME_TIME.match(path.rsplit("/", 1)[-1])
-    return int(match.group(1)) if match else None
-
-
 def _newest_by_name(paths: Iterable[str]):
     """The latest time named by `paths` (None for none), or `_UNNAMED` when one names none."""
     newest = -1
     for path in paths:
-        named = _name_time(path)
-        if named is None:
+        match = _NAME_TIME.match(path.rsplit("/", 1)[-1])
+        if match is None:
             return _UNNAMED
-        newest = max(newest, named)
+        newest = max(newest, int(match.group(1)))
     return None if newest < 0 else _EPOCH + timedelta(microseconds=newest)
 
 

@@ -569,7 +569,7 @@ def _checkpoint_rows(paths: list[str]) -> list[tuple] | None:
                     and pa.types.is_struct(add.field("deletionVector").type)
                 ):
                     return None
-                if declared_bytes(parquet.metadata, _CHECKPOINT_COLUMNS) > _ARROW_CHECKPOINT_BYTES:
+                if declares_more(parquet.metadata, _CHECKPOINT_COLUMNS, _ARROW_CHECKPOINT_BYTES):
                     return None  # a few MiB that expand without end
                 table = parquet.read(columns=list(_CHECKPOINT_COLUMNS))
             # Maps come as lists of pairs, which `_read_checkpoint` turns into dicts (`_as_dict`).
