@@ -77,6 +77,10 @@ class StoredRows:
             self._lists = {path: [t.column(c).to_pylist() for c in KEY_COLUMNS] for path, t in self._tables.items()}
         return self._lists
 
+    def _ids_where(self, column: int, test: Callable[[object], bool]) -> set[str]:
+        """The ids of the rows whose key column at position `column` passes `test`."""
+        return {row_id for keys in self._keys.values() for row_id, value in zip(keys[_ID], keys[column]) if test(value)}
+
     def _rows_of(self, ids: set[str]) -> dict[str, list[tuple]] | None:
         """Every row version of `ids` (key and version columns), by id; None when a file that
         holds one cannot be read again as it was."""
@@ -175,12 +179,7 @@ class StoredRows:
     def with_digests(self, digests: set[str], columns: Sequence[str]) -> list[tuple] | None:
         """`columns` (among the key and version columns) of the current images that have a row
         version with one of `digests`; None when one of them cannot be settled here."""
-        candidates = {
-            row_id
-            for keys in self._keys.values()
-            for row_id, digest in zip(keys[_ID], keys[_DIGEST])
-            if digest in digests
-        }
+        candidates = self._ids_where(_DIGEST, digests.__contains__)
         settled = self._settled(candidates) if candidates else []
         if settled is None:
             return None
@@ -191,11 +190,10 @@ class StoredRows:
         from its file); None when one of them cannot be settled or read here, or when more than
         MAX_COMPARED are stored (DuckDB compares a large batch by content hash for less)."""
         ids = incoming.column("id").to_pylist()
-        wanted = set(ids)
-        stored = {row_id for keys in self._keys.values() for row_id in keys[_ID] if row_id in wanted}
-        if len(stored) > MAX_COMPARED:
+        held = self._ids_where(_ID, set(ids).__contains__)
+        if len(held) > MAX_COMPARED:
             return None
-        settled = self._settled(stored)
+        settled = self._settled(held)
         if settled is None:
             return None
         position = {image_id: i for i, image_id in enumerate(ids)}
@@ -230,9 +228,9 @@ class StoredRows:
                 for group in range(metadata.num_row_groups):
                     end = start + metadata.row_group(group).num_rows
                     inside = sorted(p for p in positions if start <= p < end)
-                    if inside and metadata.row_group(group).total_byte_size > MAX_READ_BYTES:
-                        return None
                     if inside:
+                        if metadata.row_group(group).total_byte_size > MAX_READ_BYTES:
+                            return None
                         rows = parquet.read_row_group(group, columns=list(columns))
                         out.update((p, rows.slice(p - start, 1).to_pylist()[0]) for p in inside)
                     start = end
@@ -247,12 +245,7 @@ class StoredRows:
         tags = {key[2] for key in wanted}
         # An image that holds a tag carries it in its newest row, which is one of these rows:
         # only the ids of rows that list one of the tags can hold one.
-        candidates = {
-            row_id
-            for columns in self._keys.values()
-            for row_id, row_tags in zip(columns[_ID], columns[_TAGS])
-            if row_tags and not tags.isdisjoint(row_tags)
-        }
+        candidates = self._ids_where(_TAGS, lambda row_tags: bool(row_tags) and not tags.isdisjoint(row_tags))
         if not candidates:
             return []
         settled = self._settled(candidates)
