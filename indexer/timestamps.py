@@ -39,13 +39,11 @@ def parse(text: str) -> tuple[datetime, int] | None:
             offset = timedelta(hours=int(m.group(10)), minutes=int(m.group(11)))
             if m.group(9) == "-":
                 offset = -offset
-        if second == 60:  # a leap second is folded into the next second, as Go does
-            second = 59
-            nanos_extra = 1
-        else:
-            nanos_extra = 0
+        # Second 60 is refused, as Go's time parser refuses it (docker and skopeo cannot read
+        # such a config) and protobuf's Timestamp cannot hold it: folded into the next second,
+        # it made up a time the config did not state.
         local = datetime(year, month, day, hour, minute, second, tzinfo=timezone(offset))
-        utc = local.astimezone(timezone.utc) + timedelta(seconds=nanos_extra)
+        utc = local.astimezone(timezone.utc)
     except (ValueError, OverflowError):
         return None
     return utc, nanos

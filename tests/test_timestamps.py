@@ -43,6 +43,12 @@ def test_normalise_to_utc_with_proto_fraction_digits(text, expected):
         "2020-01-02T03:04:05-01:75",
         "2020-01-02T03:04:05+24:00",
         "2020-01-02T03:04:05-99:00",
+        # Second 60, as Go's parser (docker, skopeo) and protobuf's Timestamp refuse it, even at
+        # a real leap second: read as the next second, it was a time no config stated.
+        "2026-11-29T11:42:60Z",
+        "2016-12-31T23:59:60Z",
+        "2016-12-31T23:59:60.5Z",
+        "2017-01-01T02:59:60+03:00",
     ],
 )
 def test_normalise_rejects_non_rfc3339(text):
