@@ -190,9 +190,24 @@ def test_no_snapshot_is_a_store_error(tmp_path):
     from queries.server.snapshots import SnapshotSource
 
     source = SnapshotSource(str(tmp_path))
-    with pytest.raises(StoreError, match="no completed index run"):
+    with pytest.raises(StoreError, match="^no index run has completed yet$"):
         with source.use():
             pass
+
+
+def test_a_store_failure_is_told_to_clients_without_the_store_s_files(tmp_path, capsys):
+    """A client learns that the index cannot be read; which file failed is for the server's log."""
+    from queries.server.api import error_body
+    from queries.server.snapshots import SnapshotSource
+
+    failure = StoreError(f"cannot read store {tmp_path}/secret: No such file or directory")
+    assert error_body(failure) == {"code": 14, "message": "the index cannot be read now", "details": []}
+    assert capsys.readouterr().err == f"imgdex: {failure}\n"
+    with pytest.raises(StoreError) as none_yet:
+        with SnapshotSource(str(tmp_path)).use():
+            pass
+    assert error_body(none_yet.value) == {"code": 14, "message": "no index run has completed yet", "details": []}
+    assert str(tmp_path) not in str(none_yet.value) and capsys.readouterr().err == ""
 
 
 def test_a_log_that_cannot_be_listed_keeps_the_snapshot_served_and_is_said_once(unit_store, monkeypatch):

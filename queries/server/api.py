@@ -10,6 +10,7 @@ itself, with its page steps answered from memory by `pages`).
 
 from __future__ import annotations
 
+import sys
 from typing import Callable, NamedTuple
 
 from yandex.cloud.containerregistry.v1 import image_service_pb2, registry_service_pb2, repository_service_pb2
@@ -19,7 +20,7 @@ from indexer.errors import ImgdexError, NotFound, QueryError, StoreError, Unauth
 from .. import api_rules, listing, render
 from . import catalog, rules
 from .pages import ServedPages
-from .snapshots import SnapshotSource
+from .snapshots import NotServing, SnapshotSource
 
 
 class Status(NamedTuple):
@@ -52,8 +53,14 @@ def status_of(exc: BaseException) -> Status:
 
 
 def error_body(exc: BaseException) -> dict:
-    """google.rpc.Status in JSON, as the public REST API answers an error."""
-    message = str(exc) if isinstance(exc, ImgdexError) else "internal error"
+    """google.rpc.Status in JSON, as the public REST API answers an error. A store failure's own
+    message names the store's files: it goes to this server's log, and the client is told the
+    index cannot be read (UNAVAILABLE, worth a retry)."""
+    if isinstance(exc, StoreError) and not isinstance(exc, NotServing):
+        print(f"imgdex: {exc}", file=sys.stderr, flush=True)
+        message = "the index cannot be read now"
+    else:
+        message = str(exc) if isinstance(exc, ImgdexError) else "internal error"
     return {"code": status_of(exc).code, "message": message, "details": []}
 
 

@@ -98,6 +98,11 @@ def _run_recorded(key: tuple) -> bool:
         return False
 
 
+class NotServing(StoreError):
+    """No snapshot to answer from, in words for the API's clients: unlike other store failures,
+    whose messages name the store's files (the operator's to know), it is answered as it is."""
+
+
 class Snapshot:
     """One index run's images in memory, with a DuckDB cursor per thread that reads it."""
 
@@ -330,11 +335,11 @@ class SnapshotSource:
         for _ in range(3):
             snapshot = self._current
             if snapshot is None:
-                raise StoreError(f"store {self.store} has no completed index run yet")
+                raise NotServing("no index run has completed yet")
             if snapshot._enter():
                 break
         else:  # swapped three times while starting: only under a storm of index runs
-            raise StoreError(f"store {self.store} is changing too fast to read")
+            raise NotServing("the index is changing too fast to read")
         try:
             yield snapshot
         finally:
