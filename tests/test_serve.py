@@ -455,6 +455,24 @@ def test_rest_refuses_a_field_given_twice(server, target, named):
     assert doc["message"] == f"invalid request parameter: {named} is given 2 times and takes one value"
 
 
+@pytest.mark.parametrize(
+    "target, first, second, times",
+    [
+        ("/images?pageSize=5&page_size=1", "pageSize", "page_size", 2),
+        ("/images?order_by=name&orderBy=id", "order_by", "orderBy", 2),
+        ("/images?pageSize=5&page_size=1&pageSize=2", "pageSize", "page_size", 3),
+        ("/repositories?registry_id=a&registryId=b", "registry_id", "registryId", 2),
+    ],
+)
+def test_rest_refuses_a_field_given_under_both_spellings(server, target, first, second, times):
+    """`pageSize` and `page_size` are one field: given once each, one value would be dropped."""
+    status, doc = http_json(server.http, "/container-registry/v1" + target)
+    assert (status, doc["code"], doc["details"]) == (400, 3, []), doc
+    assert doc["message"] == (
+        f"invalid request parameter: {first} is given {times} times (as {first} and {second}) and takes one value"
+    )
+
+
 def test_rest_ignores_a_repeated_parameter_that_names_no_field_or_one_of_the_path(server, cli_images):
     status, doc = http_json(server.http, "/container-registry/v1/images?pageSize=1&x=1&x=2")
     assert status == 200 and len(doc["images"]) == 1

@@ -74,16 +74,25 @@ def _dump(doc: dict) -> bytes:
 def _request(message_class, query: dict[str, list[str]], **path):
     """The request message from path parameters and the query string."""
     descriptor = message_class.DESCRIPTOR
+    given: dict[str, list[str]] = {}  # field name -> the keys naming it, once per value
     for key, values in query.items():
         field = descriptor.fields_by_name.get(key) or descriptor.fields_by_camelcase_name.get(key)
         # grpc-gateway, the API's front end, refuses a field that holds one value given several
         # times; taking one of them would answer a request other than the one the client meant.
-        # A parameter that names no field is ignored, by the gateway too, and so is one naming a
-        # field the path gives.
+        # `pageSize=5&page_size=1` is that too (the gateway sets the field once per spelling, in
+        # no set order). A parameter that names no field is ignored, by the gateway too, and so
+        # is one naming a field the path gives.
         if field is None or field.camelcase_name in path or field.name in path:
             continue
-        if len(values) > 1 and field.label != field.LABEL_REPEATED:
-            raise QueryError(f"invalid request parameter: {key} is given {len(values)} times and takes one value")
+        if field.label != field.LABEL_REPEATED:
+            given.setdefault(field.name, []).extend([key] * len(values))
+    for keys in given.values():
+        if len(keys) > 1:
+            spellings = sorted(set(keys), key=keys.index)
+            how = f" (as {' and '.join(spellings)})" if len(spellings) > 1 else ""
+            raise QueryError(
+                f"invalid request parameter: {keys[0]} is given {len(keys)} times{how} and takes one value"
+            )
     fields = {key: values[-1] for key, values in query.items()}
     fields.update(path)
     # json_format hands integer strings to int(), which also takes `1_0`, `1e3` and non-ASCII
