@@ -674,6 +674,32 @@ def test_a_version_whose_pair_was_cleaned_from_the_log_is_refused_not_read_newer
         store.snapshot(version=first)
 
 
+def test_a_version_whose_commits_delta_rs_cleaned_up_is_said_to_be_cleaned_up(store):
+    """delta-rs's log clean-up removes every commit before its newest checkpoint that is older than
+    the log's retention, the commit the version was made by included: that is a cleaned-up log,
+    not a commit missing from it."""
+    for run in "abcd":
+        store.write_run({"run_id": run}, Changes(images=images(image(ord(run))), tags=claims(("r", "app", run, run))))
+    first = next(e.version for e in store.history() if e.table == "images" and e.run_id == "a")
+    written, held = datetime.now(timezone.utc), current(store)
+    for table in ("images", "tags"):
+        dt = deltalake.DeltaTable(store.location(table))
+        dt.create_checkpoint()
+        log = os.path.join(deltalog.local_path(store.location(table)), "_delta_log")
+        old = time.time() - 40 * 86400  # past the log's 30 days
+        for name in os.listdir(log):
+            os.utime(os.path.join(log, name), (old, old))
+        dt.cleanup_metadata()
+        assert not os.path.exists(os.path.join(log, f"{first:020d}.json"))
+    cleaned = rf"^table images: version {first} can no longer be read \(its log was cleaned up\)$"
+    with pytest.raises(StoreError, match=cleaned):
+        store.snapshot(version=first)
+    before = written - timedelta(days=1)
+    with pytest.raises(StoreError, match=r"at or before that time that can still be read \(its log was cleaned up\)$"):
+        store.snapshot(as_of=before)
+    assert current(store) == held  # the store itself reads as before
+
+
 def test_the_version_of_a_compaction_reads_the_other_tables_compacted_too(store):
     """Each table is compacted in turn, milliseconds apart: the images compaction's version pairs
     with the tags compaction, whose files vacuum kept, not the tags version before it."""

@@ -720,8 +720,11 @@ def _check_contiguous(table: str, commits: dict[int, str], start: int, version: 
     held = sorted(v for v in commits if start < v <= version)
     if len(held) == version - start:
         return
-    if held and held[-1] == version and held[-1] - held[0] + 1 == len(held):
-        # only the oldest are gone: log clean-up removed them
+    if (held and held[-1] == version and held[-1] - held[0] + 1 == len(held)) or (
+        not held and start < 0 and _cleaned_up(commits, version)
+    ):
+        # only the oldest are gone: log clean-up removed them (all up to a checkpoint after
+        # `version`, as delta-rs cleans up)
         raise StoreError(f"table {table}: version {version} can no longer be read (its log was cleaned up)")
     before = start
     for v in held:
@@ -732,6 +735,15 @@ def _check_contiguous(table: str, commits: dict[int, str], start: int, version: 
     if after is None:
         raise StoreError(f"table {table} has no commit {before + 1} in its log")
     raise StoreError(f"table {table}: its log skips from version {before} to {after}; a commit is missing")
+
+
+def _cleaned_up(commits: dict[int, str], version: int) -> bool:
+    """Whether every commit up to past `version` is gone while those after are all there: what
+    log clean-up leaves, rather than one commit lost in the middle."""
+    if not commits:
+        return False
+    first = min(commits)
+    return first > version and len(commits) == max(commits) - first + 1
 
 
 def latest_version(location: str, table: str) -> int | None:
@@ -868,6 +880,13 @@ def _version_at(table: str, log: str, commits: dict[int, str], when_ms: int, inf
         if stamp is not None and int(stamp) <= when_ms:
             found = v
     if found is None:
+        if commits and min(commits) > 0 and _cleaned_up(commits, min(commits) - 1):
+            # The commits before the oldest kept one were removed by log clean-up: the time may be
+            # one the store had a version at, which can no longer be read.
+            raise StoreError(
+                f"table {table} has no version committed at or before that time that can still be read "
+                "(its log was cleaned up)"
+            )
         raise StoreError(f"table {table} has no version committed at or before that time")
     return found
 
