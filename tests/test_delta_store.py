@@ -943,11 +943,10 @@ def test_a_commit_landing_before_ours_sends_the_run_back_only_when_it_shares_a_k
         assert holders["latest"] == "crp00000000000000002"  # prepared again, ours claims it last
 
 
-def test_a_tag_claimed_meanwhile_stops_the_images_commit(store, monkeypatch):
-    """Another run claims our tag for another image between our read and our commit: our images
-    commit must not land on top of it, or until our tags commit a reader sees the tag on both
-    images, and a run stopped there leaves it so."""
-    landed = []
+def _claimed_meanwhile_and_stopped(store, monkeypatch, landed: list) -> list:
+    """Run `ours` claiming `latest` for image 2 while another run claims it for image 7 between
+    our read and our commit, and stop ours between its images and tags commits (the tags commit's
+    own check would mend what its images commit did): the holders of `latest` then."""
 
     def meanwhile(table):
         if not landed:
@@ -970,7 +969,36 @@ def test_a_tag_claimed_meanwhile_stops_the_images_commit(store, monkeypatch):
             lambda snap: premerge(snap, images(image(2, 1, ["latest"], "ours"))),
             _before_commit=meanwhile,
         )
-    holders = [r[3] for r in current(store)["tags"] if r[2] == "latest"]
+    return [r[3] for r in current(store)["tags"] if r[2] == "latest"]
+
+
+def test_a_tag_claimed_meanwhile_stops_the_images_commit(store, monkeypatch):
+    """Another run claims our tag for another image between our read and our commit: our images
+    commit must not land on top of it, or until our tags commit a reader sees the tag on both
+    images, and a run stopped there leaves it so."""
+    holders = _claimed_meanwhile_and_stopped(store, monkeypatch, [])
+    assert holders == ["crp00000000000000002"]  # prepared again: ours took it from the other image
+
+
+def test_a_claim_is_seen_when_a_third_run_commits_as_ours_is_checked(store, monkeypatch):
+    """A third run commits between our loading the table to commit and our reading what was
+    committed since our read: the commits checked are those after our read, by version. delta-rs's
+    history gives the newest ones instead, numbered from the version loaded: the third run's
+    commit stood in for the claim, and the tag ended on two images."""
+    landed: list = []
+    load = store._delta
+
+    def loaded_then_a_third_commit(table, version=None):
+        dt = load(table, version)
+        if table == "images" and landed == ["images"]:
+            landed.append("third")
+            with DeltaStore(store.store) as s:
+                s.write_changes("third", Changes(images=images(image(9, 1, [], "third"))))
+        return dt
+
+    monkeypatch.setattr(store, "_delta", loaded_then_a_third_commit)
+    holders = _claimed_meanwhile_and_stopped(store, monkeypatch, landed)
+    assert landed == ["images", "third"]
     assert holders == ["crp00000000000000002"]  # prepared again: ours took it from the other image
 
 

@@ -1291,6 +1291,31 @@ class DeltaStore:
         except Exception:  # noqa: BLE001 - the caller keeps every file in doubt
             return None
 
+    def _commits_between(self, table: str, since: int, latest: int) -> list[dict]:
+        """The commitInfo of each commit after version `since` up to `latest`, with its version."""
+        log = f"{self._table_dir(table)}/_delta_log"
+        infos = []
+        for version in range(since + 1, latest + 1):
+            try:
+                with self._fs.open_input_stream(f"{log}/{version:020d}.json") as stream:
+                    text = stream.read(deltalog.MAX_COMMIT_BYTES + 1)
+            except OSError as exc:
+                raise StoreError(
+                    f"store {self.store}: cannot read commit {version} of {table}: {_cause(exc)}"
+                ) from None
+            info = None
+            if len(text) <= deltalog.MAX_COMMIT_BYTES:
+                for line in text.splitlines():
+                    if b'"commitInfo"' in line:
+                        with contextlib.suppress(ValueError, AttributeError):
+                            info = json.loads(line).get("commitInfo")
+                        break
+            # A commit whose info cannot be read is taken as another run's: its files are read.
+            info = dict(info) if isinstance(info, dict) else {_META + "runId": f"unknown commit {version}"}
+            info["version"] = version
+            infos.append(info)
+        return infos
+
     def _committed_since(self, table: str, since: int, names: set[str]) -> set[str]:
         """Those of `names` (data files of the table) that a commit after version `since` adds."""
         log = f"{self._table_dir(table)}/_delta_log"
@@ -1400,10 +1425,14 @@ class DeltaStore:
             dt = self._delta(table)
             latest = dt.version()
             if seen is not None and latest > seen:
+                # The commits after `seen`, read by version from the log: delta-rs's history lists
+                # the newest commits at the time it is asked, and numbers them from the version the
+                # table was loaded at, so a commit landing in between took the place of the one
+                # to check (two runs then gave one tag to two images).
+                history = self._commits_between(table, seen, latest)
                 # The tags files of a batch may be committed by two writers at once: its own, late,
                 # and one that found them stray. Whichever comes second adds nothing.
-                history = dt.history(latest - seen) if table == "tags" else None
-                if history is not None and (done := _landed(history, seen, _names(adds))) is not None:
+                if table == "tags" and (done := _landed(history, seen, _names(adds))) is not None:
                     return done
                 if read_version is not None and self._overlaps(table, dt, read_version, keys, claims, history):
                     raise Conflict(table)
@@ -1434,8 +1463,8 @@ class DeltaStore:
         history: list[dict] | None = None,
     ) -> bool:
         """Whether a run committed after version `since` wrote any of `keys`, or an images row
-        carrying a tag of `claims` (registry, name, tag); `history`: the table's commits since
-        `since`, when already read.
+        carrying a tag of `claims` (registry, name, tag); `history`: the commitInfo of each commit
+        after `since` up to `dt`'s version (`_commits_between`), when already read.
 
         Read with pyarrow, a few narrow columns a row group at a time: the question comes up
         whenever two processes of one run (`index --jobs`) commit together, and DuckDB would cost
@@ -1446,8 +1475,8 @@ class DeltaStore:
             return False
         latest = dt.version()
         runs = set()
-        for entry in history if history is not None else dt.history(latest - since):
-            if entry.get("version", -1) > since and entry.get(_META + "operation") != "compact":
+        for entry in history if history is not None else self._commits_between(table, since, latest):
+            if since < entry.get("version", -1) <= latest and entry.get(_META + "operation") != "compact":
                 run = entry.get(_META + "runId")
                 runs.add(run)
         runs.discard(None)
