@@ -190,6 +190,29 @@ def test_a_checkpoint_cut_short_is_named_by_compact_and_index_too(store, some_id
     assert_refused(run, "^imgdex: cannot open store .*: " + named)
 
 
+def test_a_missing_checkpoint_that_last_checkpoint_names_is_named_by_compact_index_and_history(store, some_id):
+    """The commits are all there, so readers read them; delta-rs, which compact, index and history
+    open a table with, said only "Kernel error: Invalid Checkpoint"."""
+    from deltalake import DeltaTable
+
+    DeltaTable(os.path.join(store, "images")).create_checkpoint()
+    assert os.path.exists(os.path.join(store, LOG, "_last_checkpoint"))
+    os.remove(os.path.join(store, LOG, "00000000000000000002.checkpoint.parquet"))
+    assert invoke("get", some_id, "--store", store).code == 0
+    named = (
+        r"table images: its log's _last_checkpoint names checkpoint 2, which the log does not hold "
+        r"\(the commits are read without it; removing _last_checkpoint lets delta-rs read them too\)$"
+    )
+    for args in (["compact"], ["history"]):
+        out = invoke(*args, "--store", store)
+        assert out.code == 1 and error_lines(out.stderr) == [out.stderr.strip()], (args, out.stderr)
+        assert re.search("^imgdex: " + named, out.stderr.strip()), (args, out.stderr)
+    run = run_capped(["index", os.path.join(ROOT, "data", "samples", "docker-save-app.tar"), "--store", store])
+    assert_refused(run, "^imgdex: cannot open store .*: " + named)
+    os.remove(os.path.join(store, LOG, "_last_checkpoint"))  # as the message says
+    assert invoke("compact", "--store", store).code == 0
+
+
 def test_a_commit_larger_than_the_bound_is_refused(store, monkeypatch):
     monkeypatch.setattr(deltalog, "MAX_COMMIT_BYTES", 64, raising=False)
     with pytest.raises(StoreError, match=r"^table images: commit 00000000000000000000\.json is larger than "):

@@ -682,6 +682,9 @@ class DeltaStore:
             return
         # Opened only here, on a failure: the log reader needs DuckDB for a checkpoint.
         deltalog.read_table(self.location(table), table=table, version=version, con=self._duckdb)
+        flaw = deltalog.last_checkpoint_flaw(self.location(table), table)
+        if flaw is not None:
+            raise StoreError(flaw)
 
     def _duckdb(self) -> duckdb.DuckDBPyConnection:
         if self._con is None:

@@ -746,6 +746,31 @@ def _cleaned_up(commits: dict[int, str], version: int) -> bool:
     return first > version and len(commits) == max(commits) - first + 1
 
 
+def last_checkpoint_flaw(location: str, table: str) -> str | None:
+    """What is wrong with the `_last_checkpoint` hint of a local table's log, when it names a
+    checkpoint the log does not hold whole: delta-rs then refuses the table (`Invalid
+    Checkpoint`), while the commits themselves may all be there. None when it is fine, absent or
+    unreadable (that is delta-rs's to say)."""
+    if not is_local(location):
+        return None
+    log = os.path.join(local_path(location), LOG_DIR)
+    try:
+        with open(os.path.join(log, "_last_checkpoint"), "rb") as f:
+            hint = json.loads(f.read(64 << 10))
+    except (OSError, ValueError, RecursionError):
+        return None
+    version = hint.get("version") if isinstance(hint, dict) else None
+    if type(version) is not int or version < 0:
+        return None
+    _, checkpoints = _list_log(table, log)
+    if version in checkpoints:
+        return None
+    return (
+        f"table {table}: its log's _last_checkpoint names checkpoint {version}, which the log does not hold "
+        "(the commits are read without it; removing _last_checkpoint lets delta-rs read them too)"
+    )
+
+
 def latest_version(location: str, table: str) -> int | None:
     """The newest committed version of a table, from one listing of its log; None without one."""
     if not is_local(location):
