@@ -229,6 +229,37 @@ def test_a_store_removed_between_the_look_and_the_read_is_no_store(tmp_path, mon
         engine.connect(store)
 
 
+def test_two_processes_creating_the_tables_at_once_make_only_the_two_creation_commits(tmp_path):
+    """The processes of `index --jobs` create the tables together. One that found no table and lost
+    the race for version 0 was retried by delta-rs as a second CREATE TABLE (with a table id of its
+    own) at version 2: the run, failing then, could not tell the tables for its own and kept them."""
+    import threading
+
+    from indexer.store.delta import DeltaStore
+
+    def create(store: str, start: threading.Barrier, failures: list) -> None:
+        start.wait()
+        try:
+            DeltaStore(store).create("run")
+        except Exception as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    for attempt in range(12):
+        store = str(tmp_path / f"store{attempt}")
+        start = threading.Barrier(2)
+        failures: list = []
+        workers = [threading.Thread(target=create, args=(store, start, failures)) for _ in range(2)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        assert not failures
+        for table in paths.TABLES:
+            log = os.path.join(store, table, "_delta_log")
+            assert sorted(os.listdir(log)) == [f"{0:020d}.json", f"{1:020d}.json"], (attempt, table)
+            assert DeltaStore(store).made_only_by(table, "run")
+
+
 def test_a_fifo_in_a_log_is_not_taken_for_a_creation_commit(tmp_path):
     """The check of what a failed first run may remove reads commits as every log reader does:
     a FIFO named as a commit is refused at once, never waited on."""

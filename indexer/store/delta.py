@@ -2084,7 +2084,11 @@ def _creation_properties(operation: str, run_id: str) -> CommitProperties:
     metadata = {_META + "operation": operation}
     if run_id:
         metadata[_META + "runId"] = run_id
-    return CommitProperties(custom_metadata=metadata)
+    # No retries: delta-rs retried a create that lost the race for version 0 as a second CREATE
+    # TABLE at the next free version, with a table id of its own, and a run of two processes that
+    # failed then kept its tables (they were not only its two creation commits). The callers
+    # take a lost race as the table made, or the property set, by the other process.
+    return CommitProperties(custom_metadata=metadata, max_commit_retries=0)
 
 
 def _created_by(table: str, log: str, name: str, run_id: str) -> bool:
