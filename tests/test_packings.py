@@ -11,6 +11,7 @@ import io
 import json
 import lzma
 import os
+import random
 import shutil
 import subprocess
 import tarfile
@@ -89,7 +90,10 @@ def test_a_sample_piped_xz_or_bzip2_gives_the_plain_tars_images(tmp_path, sample
 
 
 def _damaged(packing: str, damage: str) -> bytes:
-    data = tar_bytes(classic_save_files([{"tags": ["app:1"], "layers": [os.urandom(4096)]}]))
+    # Fixed bytes: which error the decoder meets in bytes flipped mid-stream depends on them (a
+    # flipped bzip2 block may also read as a stream cut short).
+    layer = random.Random(4096).randbytes(4096)
+    data = tar_bytes(classic_save_files([{"tags": ["app:1"], "layers": [layer]}]))
     packed = bytearray(lzma.compress(data) if packing == "tar.xz" else bz2.compress(data))
     middle = len(packed) // 2
     if damage == "cut":
