@@ -1431,8 +1431,11 @@ class DeltaStore:
                 # The commits after `seen`, read by version from the log: delta-rs's history lists
                 # the newest commits at the time it is asked, and numbers them from the version the
                 # table was loaded at, so a commit landing in between took the place of the one
-                # to check (two runs then gave one tag to two images).
-                history = self._commits_between(table, seen, latest)
+                # to check (two runs then gave one tag to two images). A blind append of images
+                # asks nothing of them.
+                history = (
+                    self._commits_between(table, seen, latest) if table == "tags" or read_version is not None else []
+                )
                 # The tags files of a batch may be committed by two writers at once: its own, late,
                 # and one that found them stray. Whichever comes second adds nothing.
                 if table == "tags" and (done := _landed(history, seen, _names(adds))) is not None:

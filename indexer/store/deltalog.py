@@ -721,7 +721,7 @@ def _check_contiguous(table: str, commits: dict[int, str], start: int, version: 
     if len(held) == version - start:
         return
     if (held and held[-1] == version and held[-1] - held[0] + 1 == len(held)) or (
-        not held and start < 0 and _cleaned_up(commits, version)
+        not held and start < 0 and _cleaned_up(commits)
     ):
         # only the oldest are gone: log clean-up removed them (all up to a checkpoint after
         # `version`, as delta-rs cleans up)
@@ -737,13 +737,13 @@ def _check_contiguous(table: str, commits: dict[int, str], start: int, version: 
     raise StoreError(f"table {table}: its log skips from version {before} to {after}; a commit is missing")
 
 
-def _cleaned_up(commits: dict[int, str], version: int) -> bool:
-    """Whether every commit up to past `version` is gone while those after are all there: what
-    log clean-up leaves, rather than one commit lost in the middle."""
+def _cleaned_up(commits: dict[int, str]) -> bool:
+    """Whether the log's first commits are gone and every one after them is there: what log
+    clean-up leaves, rather than one commit lost in the middle."""
     if not commits:
         return False
     first = min(commits)
-    return first > version and len(commits) == max(commits) - first + 1
+    return first > 0 and len(commits) == max(commits) - first + 1
 
 
 def last_checkpoint_flaw(location: str, table: str) -> str | None:
@@ -905,7 +905,7 @@ def _version_at(table: str, log: str, commits: dict[int, str], when_ms: int, inf
         if stamp is not None and int(stamp) <= when_ms:
             found = v
     if found is None:
-        if commits and min(commits) > 0 and _cleaned_up(commits, min(commits) - 1):
+        if _cleaned_up(commits):
             # The commits before the oldest kept one were removed by log clean-up: the time may be
             # one the store had a version at, which can no longer be read.
             raise StoreError(

@@ -88,7 +88,7 @@ def _request(message_class, query: dict[str, list[str]], **path):
             given.setdefault(field.name, []).extend([key] * len(values))
     for keys in given.values():
         if len(keys) > 1:
-            spellings = sorted(set(keys), key=keys.index)
+            spellings = list(dict.fromkeys(keys))
             how = f" (as {' and '.join(spellings)})" if len(spellings) > 1 else ""
             raise QueryError(
                 f"invalid request parameter: {keys[0]} is given {len(keys)} times{how} and takes one value"
