@@ -161,6 +161,25 @@ def test_a_commit_that_is_no_regular_file_is_refused_without_waiting(store, some
     )
 
 
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+@pytest.mark.parametrize("command", ["history", "compact", "index"])
+def test_a_last_checkpoint_hint_that_is_no_regular_file_is_refused_without_waiting(store, kind, command):
+    """delta-rs reads the hint before anything else: a FIFO there held compact, index and history
+    for ever. Readers do not read it, and read the store."""
+    path = os.path.join(store, LOG, "_last_checkpoint")
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        os.symlink("/dev/zero", path)
+    args = ["index", os.path.join(ROOT, "data", "samples", "docker-save-app.tar")] if command == "index" else [command]
+    run = run_capped([*args, "--store", store])
+    kind_name = "named pipe" if kind == "fifo" else "character device"
+    prefix = r"^imgdex: cannot open store \S+: " if command == "index" else "^imgdex: "
+    named = rf"table images: its log file _last_checkpoint is not a regular file \({kind_name}\)$"
+    assert_refused(run, prefix + named)
+    assert run_capped(["list", "--store", store]).code == 0
+
+
 def test_a_checkpoint_that_is_no_regular_file_is_refused_without_waiting(store, some_id):
     from deltalake import DeltaTable
 

@@ -666,6 +666,9 @@ class DeltaStore:
         return f"{self._root.rstrip('/')}/{table}"
 
     def _delta(self, table: str, version: int | None = None) -> DeltaTable:
+        special = deltalog.special_last_checkpoint(self.location(table), table)
+        if special is not None:
+            raise StoreError(special)
         try:
             return DeltaTable(self.location(table), version=version, storage_options=self.storage_options or None)
         except TableNotFoundError:

@@ -746,6 +746,25 @@ def _cleaned_up(commits: dict[int, str]) -> bool:
     return first > 0 and len(commits) == max(commits) - first + 1
 
 
+LAST_CHECKPOINT = "_last_checkpoint"
+
+
+def special_last_checkpoint(location: str, table: str) -> str | None:
+    """Why delta-rs cannot be let open a local table whose log's `_last_checkpoint` is no regular
+    file: it reads the hint first, and a FIFO there held `compact`, `index` and `history` for ever.
+    One stat; None for a hint that is a file or is absent (or object storage)."""
+    if not is_local(location):
+        return None
+    path = os.path.join(local_path(location), LOG_DIR, LAST_CHECKPOINT)
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    return f"table {table}: {not_regular(f'its log file {LAST_CHECKPOINT}', mode)}"
+
+
 def last_checkpoint_flaw(location: str, table: str) -> str | None:
     """What is wrong with the `_last_checkpoint` hint of a local table's log, when it names a
     checkpoint the log does not hold whole: delta-rs then refuses the table (`Invalid
@@ -755,9 +774,9 @@ def last_checkpoint_flaw(location: str, table: str) -> str | None:
         return None
     log = os.path.join(local_path(location), LOG_DIR)
     try:
-        with open(os.path.join(log, "_last_checkpoint"), "rb") as f:
+        with open_readable(os.path.join(log, LAST_CHECKPOINT)) as f:
             hint = json.loads(f.read(64 << 10))
-    except (OSError, ValueError, RecursionError):
+    except (OSError, SourceError, ValueError, RecursionError):
         return None
     version = hint.get("version") if isinstance(hint, dict) else None
     if type(version) is not int or version < 0:
@@ -766,8 +785,8 @@ def last_checkpoint_flaw(location: str, table: str) -> str | None:
     if version in checkpoints:
         return None
     return (
-        f"table {table}: its log's _last_checkpoint names checkpoint {version}, which the log does not hold "
-        "(the commits are read without it; removing _last_checkpoint lets delta-rs read them too)"
+        f"table {table}: its log's {LAST_CHECKPOINT} names checkpoint {version}, which the log does not hold "
+        f"(the commits are read without it; removing {LAST_CHECKPOINT} lets delta-rs read them too)"
     )
 
 
