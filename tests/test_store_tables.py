@@ -423,3 +423,52 @@ def test_get_by_id_reads_only_the_files_with_rows_of_it_and_answers_as_the_whole
             assert set(narrowed._files) == holding.get(image_id, set()), image_id
             narrowed_somewhere |= len(narrowed._files) < len(ranged)
     assert narrowed_somewhere and any(len(files) > 1 for files in holding.values())
+
+
+def test_history_numbers_each_commit_by_its_own_version_when_a_commit_lands_while_it_reads(
+    run_cli, tmp_path, monkeypatch
+):
+    """delta-rs's history() lists the newest commits when asked and numbers them from the version
+    the table was loaded at: a commit landing in between took the place of the one listed, and a
+    user reading the list would ask --as-of a version holding another run's rows."""
+    from indexer.store.delta import DeltaStore
+
+    store = str(tmp_path / "store")
+    args = ["--registry", "cr.example", "--repository", "team/app"]
+    for n in range(2):
+        assert (
+            run_cli(
+                "index", "--store", store, *args, f"oci:{layout(str(tmp_path / f'l{n}'), {'v1': b'%d' % n})}"
+            ).exit_code
+            == 0
+        )
+    real = DeltaStore._delta
+    landed: list[bool] = []
+
+    def late(n: int) -> str:
+        return layout(str(tmp_path / f"late{n}"), {"v1": b"late %d" % n})
+
+    def load_then_a_commit_lands(self, table):
+        dt = real(self, table)
+        if table == "images" and len(landed) < 3:  # after each load of the table that history makes
+            landed.append(True)
+            # Another process's run: a separate store object, as another process has its own.
+            done = subprocess.run(
+                [sys.executable, "-m", "queries.cli", "index", "--store", store, *args, f"oci:{late(len(landed))}"],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+            )
+            assert done.returncode == 0, done.stderr
+        return dt
+
+    monkeypatch.setattr(DeltaStore, "_delta", load_then_a_commit_lands)
+    versions = as_json(run_cli("history", "--store", store, "--format", "json"))["versions"]
+    assert landed
+    listed = [v for v in versions if v["table"] == "images"]
+    log = os.path.join(store, "images", "_delta_log")
+    for entry in listed:
+        with open(os.path.join(log, f"{entry['version']:020d}.json")) as f:
+            info = next(json.loads(line)["commitInfo"] for line in f if '"commitInfo"' in line)
+        assert entry["run"] == info.get("imgdex.runId"), entry
+    assert [v["version"] for v in listed] == sorted({v["version"] for v in listed}, reverse=True)

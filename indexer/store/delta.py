@@ -1297,48 +1297,65 @@ class DeltaStore:
         except Exception:  # noqa: BLE001 - the caller keeps every file in doubt
             return None
 
+    def _log_commit(self, table: str, version: int) -> bytes | None:
+        """The text of commit `version` of `table`, None when the log holds no such commit; read by
+        version, as delta-rs's history() numbers the newest commits from the version the table was
+        loaded at, and a commit landing in between takes the place of the one asked about."""
+        path = f"{self._table_dir(table)}/_delta_log/{version:020d}.json"
+        try:
+            with self._fs.open_input_stream(path) as stream:
+                text = stream.read(deltalog.MAX_COMMIT_BYTES + 1)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StoreError(f"store {self.store}: cannot read commit {version} of {table}: {_cause(exc)}") from None
+        if len(text) > deltalog.MAX_COMMIT_BYTES:
+            raise StoreError(
+                f"store {self.store}: commit {version} of {table} is larger than {deltalog.MAX_COMMIT_BYTES >> 20} MiB"
+            )
+        return text
+
+    def _commit_info(self, table: str, version: int) -> dict | None:
+        """The commitInfo of commit `version`, with its version; {} with the version when the commit
+        states none (or none that parses), None when the log holds no such commit."""
+        text = self._log_commit(table, version)
+        if text is None:
+            return None
+        info = None
+        for line in text.splitlines():
+            if b'"commitInfo"' in line:
+                with contextlib.suppress(ValueError, AttributeError):
+                    info = json.loads(line).get("commitInfo")
+                break
+        info = dict(info) if isinstance(info, dict) else {}
+        info["version"] = version
+        return info
+
     def _commits_between(self, table: str, since: int, latest: int) -> list[dict]:
         """The commitInfo of each commit after version `since` up to `latest`, with its version."""
-        log = f"{self._table_dir(table)}/_delta_log"
         infos = []
         for version in range(since + 1, latest + 1):
-            try:
-                with self._fs.open_input_stream(f"{log}/{version:020d}.json") as stream:
-                    text = stream.read(deltalog.MAX_COMMIT_BYTES + 1)
-            except OSError as exc:
-                raise StoreError(
-                    f"store {self.store}: cannot read commit {version} of {table}: {_cause(exc)}"
-                ) from None
-            info = None
-            if len(text) <= deltalog.MAX_COMMIT_BYTES:
-                for line in text.splitlines():
-                    if b'"commitInfo"' in line:
-                        with contextlib.suppress(ValueError, AttributeError):
-                            info = json.loads(line).get("commitInfo")
-                        break
-            # A commit whose info cannot be read is taken as another run's: its files are read.
-            info = dict(info) if isinstance(info, dict) else {_META + "runId": f"unknown commit {version}"}
-            info["version"] = version
+            info = self._commit_info(table, version)
+            if info is None:
+                raise StoreError(f"store {self.store}: cannot read commit {version} of {table}: it is missing")
+            if len(info) == 1:
+                # A commit whose info cannot be read is taken as another run's: its files are read.
+                info[_META + "runId"] = f"unknown commit {version}"
             infos.append(info)
         return infos
 
     def _committed_since(self, table: str, since: int, names: set[str]) -> set[str]:
         """Those of `names` (data files of the table) that a commit after version `since` adds."""
-        log = f"{self._table_dir(table)}/_delta_log"
         found: set[str] = set()
         version = max(since, -1) + 1
-        while True:
-            try:
-                with self._fs.open_input_stream(f"{log}/{version:020d}.json") as stream:
-                    text = stream.read().decode("utf-8")
-            except FileNotFoundError:
-                return found
-            for line in text.splitlines():
+        while (text := self._log_commit(table, version)) is not None:
+            for line in text.decode("utf-8").splitlines():
                 if '"add"' in line and any(name in line for name in names):
                     path = (json.loads(line).get("add") or {}).get("path")
                     if path in names:
                         found.add(path)
             version += 1
+        return found
 
     def _land_stray_tags(self, files: dict[str, deltalog.TableFiles]) -> bool:
         """Commit the tags files of batches whose images commit landed and whose tags commit did
@@ -1808,34 +1825,40 @@ class DeltaStore:
         self._check_schema_versions(tables)
         entries = []
         for table in tables:
-            dt = self._delta(table)
             try:
-                entries.extend(_history_entries(table, dt, limit))
+                entries.extend(self._history_entries(table, limit))
             except (DeltaError, OSError, ValueError, TypeError, OverflowError, KeyError) as exc:
                 # a time or count that delta-rs or Python cannot take (a commit time in year 33658)
                 raise StoreError(f"cannot read the history of table {table}: {first_line(exc)}") from None
         entries.sort(key=lambda e: (e.time, e.table, e.version), reverse=True)
         return entries[:limit] if limit else entries
 
-
-def _history_entries(table: str, dt: DeltaTable, limit: int | None) -> Iterator[HistoryEntry]:
-    # delta-rs takes the limit as a machine word: a larger one means every commit.
-    for info in dt.history(limit if limit is not None and limit <= dt.version() + 1 else None):
-        operation = info.get(_META + "operation") or str(info.get("operation", "")).lower()
-        if info.get(_META + "landedLate"):
-            # The tags of an earlier run's batch, committed by a later run or compact: read as a
-            # plain append, it looked like that earlier run writing again.
-            operation += " (landed late)"
-        stamp = datetime.fromtimestamp(int(info.get("timestamp", 0)) / 1000, timezone.utc)
-        yield HistoryEntry(
-            table,
-            int(info["version"]),
-            stamp,
-            operation,
-            info.get(_META + "runId"),
-            _int(info.get(_META + "rows")),
-            _int(info.get(_META + "tombstones")),
-        )
+    def _history_entries(self, table: str, limit: int | None) -> Iterator[HistoryEntry]:
+        """The table's commits, newest first, from the version it is at now back to the oldest its
+        log still holds (clean-up removes those before its newest checkpoint), or `limit` of them."""
+        version = self._delta(table).version()
+        while version >= 0 and (limit is None or limit > 0):
+            info = self._commit_info(table, version)
+            if info is None:
+                return
+            operation = info.get(_META + "operation") or str(info.get("operation", "")).lower()
+            if info.get(_META + "landedLate"):
+                # The tags of an earlier run's batch, committed by a later run or compact: read as a
+                # plain append, it looked like that earlier run writing again.
+                operation += " (landed late)"
+            stamp = datetime.fromtimestamp(int(info.get("timestamp", 0)) / 1000, timezone.utc)
+            yield HistoryEntry(
+                table,
+                version,
+                stamp,
+                operation,
+                info.get(_META + "runId"),
+                _int(info.get(_META + "rows")),
+                _int(info.get(_META + "tombstones")),
+            )
+            version -= 1
+            if limit is not None:
+                limit -= 1
 
 
 # ---- a reference pre-merge: what a run appends, given the store as it is
