@@ -15,10 +15,12 @@ from datetime import datetime, timedelta, timezone
 # Any number of fractional digits, of which the first nine count: Go's time parser (docker,
 # containerd, go-containerregistry) reads a longer fraction and truncates it, so an image those
 # tools run has that time. An offset is RFC 3339's time-numoffset, hours 00-23 and minutes 00-59:
-# `+00:99` is no offset that any writer means, and read as 99 minutes it moved the time.
+# `+00:99` is no offset that any writer means, and read as 99 minutes it moved the time. The "T"
+# and "Z" are capitals: RFC 3339 lets a reader take "t", "z" and a space, but Go's parser does not,
+# and docker and skopeo fail on a config that holds them; the time was none those tools can show.
 _RFC3339 = re.compile(
-    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
-    r"(?:([Zz])|([+-])([01][0-9]|2[0-3]):([0-5][0-9]))"
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
+    r"(?:(Z)|([+-])([01][0-9]|2[0-3]):([0-5][0-9]))"
 )
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _NS_MIN = -(2**63)

@@ -382,3 +382,18 @@ def test_a_config_listed_in_index_json_is_skipped_with_a_note(tmp_path):
     assert notes == [
         f"{tmp_path}: skipped {config['digest']}: unknown media type application/vnd.oci.image.config.v1+json"
     ]
+
+
+@pytest.mark.parametrize(
+    "created", ["2026-01-02t03:04:05z", "2026-01-02 03:04:05Z", "2026-01-02T03:04:05z", "2026-01-02t03:04:05.5Z"]
+)
+def test_a_created_time_that_go_refuses_is_no_time(tmp_path, created):
+    """RFC 3339 lets a reader take a lowercase "t" or "z" or a space for the "T"; Go's parser
+    refuses them, and skopeo and docker fail on such a config: the image has no time they show."""
+    blobs = Blobs()
+    odd, plain = blobs.image(layers=(b"1",), created=created), blobs.image(layers=(b"2",))
+    write_dir(str(tmp_path), blobs.layout_files([named(odd, "odd"), named(plain, "plain")]))
+    records, errors, _ = collect(f"oci:{tmp_path}", registry="reg.example", repository="team/app")
+    assert not errors
+    times = {r.tags: r.created for r in records}
+    assert times == {("odd",): None, ("plain",): "2026-11-29T10:54:27.000347894Z"}

@@ -15,7 +15,6 @@ from indexer import timestamps
         ("2026-11-29T10:54:27.5Z", "2026-11-29T10:54:27.500Z"),
         ("2026-11-29T10:54:27.1234Z", "2026-11-29T10:54:27.123400Z"),
         ("2026-11-29T10:54:27.000000000Z", "2026-11-29T10:54:27Z"),
-        ("2026-11-29t10:54:27z", "2026-11-29T10:54:27Z"),
         ("0001-01-01T00:00:00Z", "0001-01-01T00:00:00Z"),
         ("2026-11-29T23:59:00-23:59", "2026-11-30T23:58:00Z"),
         # Go (docker, containerd) reads any number of fractional digits and keeps the first nine.
@@ -49,6 +48,13 @@ def test_normalise_to_utc_with_proto_fraction_digits(text, expected):
         "2016-12-31T23:59:60Z",
         "2016-12-31T23:59:60.5Z",
         "2017-01-01T02:59:60+03:00",
+        # A lowercase "t" or "z", or a space for the "T": RFC 3339 lets a reader take them, Go's
+        # parser does not, so docker and skopeo fail on such a config.
+        "2026-11-29t10:54:27z",
+        "2026-11-29t10:54:27Z",
+        "2026-11-29T10:54:27z",
+        "2026-11-29 10:54:27Z",
+        "2026-11-29T10:54:27.5z",
     ],
 )
 def test_normalise_rejects_non_rfc3339(text):
