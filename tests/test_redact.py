@@ -57,3 +57,16 @@ def test_an_at_sign_in_a_socket_path_is_no_userinfo():
     assert redact_url_secrets("engine at unix:///tmp/a:b@c.sock stopped") == "engine at unix:///tmp/a:b@c.sock stopped"
     assert redact_url_secrets("npipe:////./pipe/x@y") == "npipe:////./pipe/x@y"
     assert redact_url_secrets("tcp://a:pw@127.0.0.1:1/") == "tcp://***@127.0.0.1:1/"
+
+
+def test_a_query_in_a_registry_source_is_refused_without_its_value(run_cli, tmp_path):
+    """The source name is shown masked; the reason used to quote the reference whole, value and all."""
+    store = tmp_path / "store"
+    result = run_cli("index", "docker://127.0.0.1:9/app1?token=S3cr3t", "--store", store)
+    assert result.exit_code == 1
+    assert "S3cr3t" not in result.output
+    assert result.stderr.strip().splitlines() == [
+        "imgdex: docker://127.0.0.1:9/app1?token=***: a registry source takes no query (`?...`): "
+        "a reference ends at its tag or digest"
+    ]
+    assert not store.exists() or "S3cr3t" not in run_cli("sql", "SELECT * FROM runs", "--store", store).output

@@ -543,3 +543,21 @@ def test_a_catalog_that_pages_for_ever_is_cut_at_its_bound_and_what_it_listed_la
     assert len(catalog) == 1 and "more than 30 repositories listed (after 4 pages)" in catalog[0], errors
     listed = sum(count for path, count in fake.hits.items() if path.endswith("/tags/list"))
     assert listed == 30  # the repositories listed before the bound are crawled
+
+
+@pytest.mark.parametrize("jobs", [1, 4])
+def test_a_config_one_repository_lacks_is_not_taken_from_another(fake, jobs):
+    """The registry serves a blob of a repository only if that repository holds it (skopeo and
+    crane fail such an image alike). With configs shared across a crawl, the image landed
+    whenever another repository's thread fetched the config first: the same registry gave two
+    stores and two exit codes."""
+    manifest, configs, _ = image()
+    [config_digest] = configs
+    for repo in ("a/has", "b/lacks", "c/has"):
+        fake.add_image(repo, {"v1": manifest}, configs if repo.endswith("has") else {}, OCI_MANIFEST)
+    fake.catalog(["a/has", "b/lacks", "c/has"])
+    for _ in range(3):
+        records, errors, _ = crawl(f"docker://{fake.host}", jobs=jobs)
+        assert sorted(r.name for r in records) == ["a/has", "c/has"]
+        assert len(errors) == 1 and "b/lacks" in errors[0] and config_digest in errors[0], errors
+    assert fake.hits[f"/v2/b/lacks/blobs/{config_digest}"] >= 3

@@ -180,7 +180,7 @@ def test_a_thread_waiting_on_a_config_that_was_not_kept_fetches_it_itself():
         target=lambda: got.append(cache.fetch_once(digest, lambda: calls.append("second") or data))
     )
     second.start()
-    while cache._fetching._locks[digest][1] < 2:  # until the second waits for the first
+    while cache._fetching._locks["", digest][1] < 2:  # until the second waits for the first
         threading.Event().wait(0.001)
     release.set()
     first.join(10)

@@ -146,6 +146,9 @@ def _parse_target(text: str) -> Target:
     spec = PREFIX + text
     if not text:
         raise SourceError(spec, "no registry host")
+    if "?" in text:
+        # Said without the text: what follows a `?` may be a token, and the spec is shown masked.
+        raise SourceError(spec, "a registry source takes no query (`?...`): a reference ends at its tag or digest")
     host_only = text.endswith("/") and "/" not in text.rstrip("/")
     if host_only or ("/" not in text and _looks_like_host(text)):
         host = text.rstrip("/")
@@ -432,38 +435,44 @@ class Pool:
 
 
 class ConfigCache:
-    """Config blobs by digest, verified before they are kept, shared by every repository of a crawl."""
+    """Config blobs by repository and digest, verified before they are kept.
+
+    Per repository, as skopeo and crane read them: a registry serves a blob of one repository only
+    if that repository holds it. Shared across repositories, a config missing from one was taken
+    from another whenever that one's thread fetched it first, and the same registry crawled twice
+    gave two stores and two exit codes."""
 
     def __init__(self, limit: int = _CONFIG_CACHE_BYTES):
         self.limit = limit
         self.size = 0
-        self._blobs: dict[str, bytes] = {}
+        self._blobs: dict[tuple[str, str], bytes] = {}
         self._lock = threading.Lock()
         self._fetching = KeyedLocks()
 
-    def fetch_once(self, digest: str, fetch: Callable[[], bytes]) -> bytes:
+    def fetch_once(self, digest: str, fetch: Callable[[], bytes], repository: str = "") -> bytes:
         """The cached blob, or `fetch()` run by one thread while the others wanting it wait.
 
         A thread that waited finds the blob cached, or fetches it in turn when it was not kept
         (too big for what is left of the cache, or not matching its digest)."""
-        cached = self._blobs.get(digest)
+        key = (repository, digest)
+        cached = self._blobs.get(key)
         if cached is not None:
             return cached
-        with self._fetching.hold(digest):
-            cached = self._blobs.get(digest)
+        with self._fetching.hold(key):
+            cached = self._blobs.get(key)
             if cached is not None:
                 return cached
             data = fetch()
-            self.put(digest, data)
+            self.put(digest, data, repository)
             return data
 
-    def put(self, digest: str, data: bytes) -> None:
+    def put(self, digest: str, data: bytes, repository: str = "") -> None:
         algorithm, _, _ = digest.partition(":")
         if algorithm not in DIGEST_ALGORITHMS or f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}" != digest:
             return
         with self._lock:
-            if digest not in self._blobs and self.size + len(data) <= self.limit:
-                self._blobs[digest] = data
+            if (repository, digest) not in self._blobs and self.size + len(data) <= self.limit:
+                self._blobs[repository, digest] = data
                 self.size += len(data)
 
 
@@ -610,7 +619,7 @@ class Crawl:
         return (None if method == "HEAD" else reply.body), digest, _media_type(reply.headers.get("Content-Type", ""))
 
     def get_config(self, repository: str, digest: str, limit: int, where: str) -> bytes:
-        return self.configs.fetch_once(digest, lambda: self._fetch_blob(repository, digest, limit, where))
+        return self.configs.fetch_once(digest, lambda: self._fetch_blob(repository, digest, limit, where), repository)
 
     def _fetch_blob(self, repository: str, digest: str, limit: int, where: str) -> bytes:
         try:

@@ -21,7 +21,7 @@ import time
 import urllib.parse
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Hashable, Iterator
 
 from ..errors import AuthError
 from ..references import DOCKER_HUB, DOCKER_HUB_ALIASES, is_docker_hub
@@ -285,10 +285,10 @@ class KeyedLocks:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._locks: dict[str, list] = {}  # key -> [lock, threads holding or waiting for it]
+        self._locks: dict[Hashable, list] = {}  # key -> [lock, threads holding or waiting for it]
 
     @contextlib.contextmanager
-    def hold(self, key: str) -> Iterator[None]:
+    def hold(self, key: Hashable) -> Iterator[None]:
         with self._lock:
             entry = self._locks.get(key)
             if entry is None:
