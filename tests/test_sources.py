@@ -397,3 +397,16 @@ def test_a_created_time_that_go_refuses_is_no_time(tmp_path, created):
     assert not errors
     times = {r.tags: r.created for r in records}
     assert times == {("odd",): None, ("plain",): "2026-11-29T10:54:27.000347894Z"}
+
+
+def test_an_image_of_no_layers_has_no_compressed_sizes(tmp_path):
+    """`layers_compressed` says whether the layer sizes are compressed; with no layers there are
+    none. An engine's or a classic `docker save`'s image of none was stored as compressed, which
+    the sizes of those sources never are."""
+    write_tar(str(tmp_path / "save.tar"), classic_save_files([{"tags": ["empty:1"], "layers": []}]))
+    blobs = Blobs()
+    write_dir(str(tmp_path / "layout"), blobs.layout_files([named(blobs.image(layers=()), "empty")]))
+    for spec in (f"docker-archive:{tmp_path / 'save.tar'}", f"oci:{tmp_path / 'layout'}"):
+        records, errors, _ = collect(spec, registry="reg.example", repository="team/app")
+        assert not errors and len(records) == 1 and records[0].layers == (), spec
+        assert records[0].layers_compressed is False, spec

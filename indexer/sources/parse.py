@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Protocol
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 from .. import timestamps
 from ..errors import SourceError
@@ -351,8 +351,10 @@ def _config_fields(config: ImageConfig | None) -> dict:
 _NO_CONFIG = ImageConfig()
 
 
-def layers_compressed(layers: Iterable[Blob]) -> bool:
-    return not any(layer.media_type in mt.UNCOMPRESSED_LAYERS for layer in layers)
+def layers_compressed(layers: Sequence[Blob]) -> bool:
+    """Whether the layer sizes are those of compressed blobs. An image of no layers has none: read
+    as compressed, an engine's or a `docker save`'s image of none said what those never are."""
+    return bool(layers) and not any(layer.media_type in mt.UNCOMPRESSED_LAYERS for layer in layers)
 
 
 def platform_of(config: ImageConfig) -> Platform | None:
