@@ -252,6 +252,11 @@ def test_ref_that_names_no_image_is_refused_before_the_engine_is_asked(ref):
     records, errors, _ = collect(fake, ref)
     assert not records and [error.reason for error in errors] == [f"{ref!r} is not an image reference or ID"]
     assert fake.count("inspect") == 0
+    # Not even reached: with no engine at the address, the refusal is still what is said.
+    connected = []
+    source = DockerDaemon(location="tcp://127.0.0.1:1", ref=ref, connect=lambda address: connected.append(address))
+    [error] = list(source.records(Context(source.kind, source.location)))
+    assert error.reason == f"{ref!r} is not an image reference or ID" and not connected
 
 
 @pytest.mark.parametrize("length", [4, 12, 64])

@@ -1035,6 +1035,15 @@ class DockerDaemon:
 
     def records(self, ctx: Context) -> Iterator[ImageRecord | SourceError]:
         where = self.spec
+        if self.ref and not _IMAGE_ID.fullmatch(self.ref):
+            try:
+                parse_reference(self.ref)
+            except ImgdexError:
+                # `..` or `x/../y` would reach the engine as another path (it answered 301), and no
+                # image is named so: refused as the docker CLI refuses it, before any engine is asked.
+                if in_shard(ctx.shard, self._ref_key()):
+                    yield SourceError(where, f"{self.ref!r} is not an image reference or ID")
+                return
         try:
             client = (self.connect or connect_engine)(self.location)
         except EngineUnavailable as exc:
@@ -1123,15 +1132,6 @@ class DockerDaemon:
         # The one inspect is asked for by every shard: only the image's names tell which shard's
         # it is (a name may be an alias, an ID prefix stands for all its repositories). A failure
         # to find it is said by the shard that owns the name as given.
-        if not _IMAGE_ID.fullmatch(self.ref):
-            try:
-                parse_reference(self.ref)
-            except ImgdexError:
-                # `..` or `x/../y` would reach the engine as another path (it answered 301), and no
-                # image is named so: refused as the docker CLI refuses it.
-                if in_shard(ctx.shard, self._ref_key()):
-                    yield SourceError(where, f"{self.ref!r} is not an image reference or ID")
-                return
         try:
             inspect = requests.inspect_image(self.ref)
         except NoSuchImage:
