@@ -88,6 +88,10 @@ def test_help_describes_no_empty_range(run_cli):
 def test_version(run_cli):
     result = run_cli("--version")
     assert result.exit_code == 0 and result.stdout.startswith("imgdex, version ")
+    # The store layout that index, history and compact refuse is "the layout of imgdex 0.1": the
+    # version that says so must not be 0.1 itself.
+    version = result.stdout.split()[-1]
+    assert not version.startswith("0.1"), version
 
 
 def _list_all(run_cli, store, *extra):
