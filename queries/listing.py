@@ -348,11 +348,26 @@ def _decode(token: str, fingerprint: str, order) -> tuple:
         raise QueryError("invalid page token: it belongs to another query (filter, order or scope)")
     keys = payload["k"]
     kinds = [_KEY_TYPES[field] for field, _ in order]
+    if len(keys) == len(kinds) + 1 and keys[-1] is None and isinstance(payload.get("h"), str):
+        if not _ID_HASH.fullmatch(payload["h"]) or any(value is not None for value in keys[:-1]):
+            raise QueryError("invalid page token")
+        return (*keys[:-1], IdHash(payload["h"]))
     if len(keys) != len(kinds) + 1 or not _valid_text(keys[-1]):
         raise QueryError("invalid page token")
     if not all(_valid_key(value, kind) for value, kind in zip(keys[:-1], kinds, strict=True)):
         raise QueryError("invalid page token")
     return tuple(keys)
+
+
+class IdHash(str):
+    """A token's stand-in for an id too long to fit it: the first 16 hex digits of its sha256."""
+
+
+_ID_HASH = re.compile(r"[0-9a-f]{16}", re.ASCII)
+
+
+def _id_hash(image_id: str) -> str:
+    return hashlib.sha256(image_id.encode()).hexdigest()[:16]
 
 
 def page_token(plan: Plan, key: tuple) -> str:
@@ -366,6 +381,11 @@ def page_token(plan: Plan, key: tuple) -> str:
         # Not with 20-character ids: the longest order (all four fields) then fits in 100 exactly.
         # Longer ids would have every value read back, rather than a token the API refuses.
         token = _encode({"q": plan.fingerprint, "k": [None] * len(plan.order) + [key[-1]]})
+    if len(token) > _TOKEN_LIMIT:
+        # An imported id is kept as written, of any length: one of ~30 characters or more does not
+        # fit even alone, and a token past the limit is one the API (and imgdex) refuses. The id
+        # is found again by its hash.
+        token = _encode({"q": plan.fingerprint, "k": [None] * (len(plan.order) + 1), "h": _id_hash(key[-1])})
     return token
 
 
@@ -413,6 +433,8 @@ class Source:
 
     def resolve(self, plan: Plan, token_keys: tuple) -> tuple:
         """A token's key with the values it leaves to be read back filled in."""
+        if isinstance(token_keys[-1], IdHash):
+            token_keys = (*token_keys[:-1], self._id_of_hash(token_keys[-1]))
         if None not in token_keys:
             return token_keys
         current = self.keys_of(plan, token_keys[-1])
@@ -422,6 +444,19 @@ class Source:
                 " start the list again"
             )
         return tuple(current[i] if value is None else value for i, value in enumerate(token_keys))
+
+    def _id_of_hash(self, wanted: IdHash) -> str:
+        """The indexed id whose hash a token carries (a scan of the ids: only ids too long for a
+        token are carried so)."""
+        found = self.con.execute(
+            "SELECT DISTINCT id FROM images WHERE length(id) > 20 AND starts_with(sha256(id), ?) LIMIT 2", [wanted]
+        ).fetchall()
+        if len(found) != 1:
+            # None: the image is gone. Two: 64 bits of sha256 alike, which no real ids are.
+            raise QueryError(
+                "page token is stale: the image it continues after is no longer indexed; start the list again"
+            )
+        return found[0][0]
 
     def _top(self, relation: str, plan: Plan, where: str, params: list, limit: int) -> list[tuple]:
         return self.con.execute(

@@ -311,9 +311,17 @@ def test_foreign_and_garbled_tokens_are_invalid(listers):
         _token({**payload, "k": [*payload["k"][:-1], 7]}),
         _token({**payload, "k": ["a", 1, payload["k"][-1]]}),
         _token({"k": payload["k"]}),
+        # The stand-in for an id too long for a token: 16 lowercase hex digits, and no other value.
+        _token({**payload, "k": [None] * len(payload["k"]), "h": "ABCDEF0123456789"}),
+        _token({**payload, "k": [None] * len(payload["k"]), "h": "0123"}),
+        _token({**payload, "k": [None] * len(payload["k"]), "h": 7}),
+        _token({**payload, "k": ["a", *[None] * (len(payload["k"]) - 1)], "h": "0123456789abcdef"}),
     ):
         with pytest.raises(QueryError, match="^invalid page token$"):
             by_cli(page_size=2, page_token=garbled)
+    gone = _token({**payload, "k": [None] * len(payload["k"]), "h": "0123456789abcdef"})
+    with pytest.raises(QueryError, match="^page token is stale"):
+        by_cli(page_size=2, page_token=gone)
 
 
 @pytest.mark.parametrize("via", ["cli", "server"])

@@ -709,3 +709,33 @@ def test_an_imported_id_that_is_another_images_id_fails_the_import(run_cli, tmp_
     kept = get(run_cli, store, "cr.yandex/crp1/lay:v1")
     assert kept["id"] == stolen and kept["name"] == "crp1/lay" and kept["tags"] == ["v1"]
     assert run_cli("get", "cr.yandex/crp7/other:t", "--store", store).exit_code == 1
+
+
+@pytest.mark.parametrize(
+    "order", ["", "name desc", "digest desc, name", "last_modified desc, created_at desc, digest desc, name desc"]
+)
+def test_images_of_long_imported_ids_are_paged_with_tokens_the_api_takes(run_cli, tmp_path, order):
+    """Imported ids are kept as written, of any length: a token carrying one of ~30 characters or
+    more was over the API's 100 and refused, so the list could not go past its first page."""
+    docs = []
+    for n, image in enumerate(images_of("image-array.json") * 2):
+        long_id = ("crp" + "a" * 40 + str(n)) if n % 3 else ("x" * (150 + n))
+        docs.append(dict(image, id=long_id, digest="sha256:" + f"{n:02d}" * 32, tags=[f"t{n}"]))
+    path = tmp_path / "long.json"
+    path.write_text(json.dumps(docs), encoding="utf-8")
+    store = str(tmp_path / "store")
+    assert run_cli("index", f"ycr-json:{path}", "--store", store).exit_code == 0
+    every = json.loads(run_cli("list", "--store", store, "--page-size", "1000", "--order-by", order).stdout)["images"]
+    assert len(every) == len(docs)
+    walked, token = [], ""
+    while True:
+        args = ["list", "--store", store, "--page-size", "1", "--order-by", order]
+        result = run_cli(*args, *(["--page-token", token] if token else []))
+        assert result.exit_code == 0, result.output
+        page = json.loads(result.stdout)
+        walked += page.get("images", [])
+        token = page.get("nextPageToken", "")
+        assert len(token) <= 100, token
+        if not token:
+            break
+    assert [i["id"] for i in walked] == [i["id"] for i in every]
