@@ -242,7 +242,7 @@ def run_tasks(
         how many of its images this run had not written before: a batch may hold again an image that
         an earlier one wrote (the same image in two sources, or reached again past a batch)."""
         try:
-            writer.write(records, now())
+            stored = writer.write(records, now())
         except StoreError:
             raise  # the store itself cannot be written: no batch would land
         except Exception as exc:
@@ -255,7 +255,9 @@ def run_tasks(
             pass_notes()
         # Outside the try: what fails once the batch is in must not be taken for a record the store
         # refused, and the batch written again by halves.
-        return summary.written.add_new([key_of(record.id) for record in records])
+        # Under the ids they were stored by: an import and a manifest source of one image, read in
+        # one run, are one image under the imported id.
+        return summary.written.add_new([key_of(image_id) for image_id in stored or [r.id for r in records]])
 
     def settle() -> None:
         if settling:

@@ -139,6 +139,19 @@ def test_import_after_manifest_source_replaces_the_derived_id(run_cli, tmp_path)
     assert get(run_cli, store, doc["id"]) == dict(doc, tags=sorted(set(doc["tags"]) | {"v1"}))
 
 
+@pytest.mark.parametrize("import_first", [True, False])
+def test_an_import_and_a_manifest_source_of_one_image_in_one_run_count_as_one_image(run_cli, tmp_path, import_first):
+    """The summary counts each image the run read once: the layout's record is stored under the
+    imported id, so the run indexed one image, not two."""
+    store = str(tmp_path)
+    doc, naming = _layout_source()
+    sources = [f"ycr-json:{os.path.join(YCR, 'image-get.json')}", f"oci:{os.path.join(REAL, 'oci-layout')}:v1"]
+    result = run_cli("index", *(sources if import_first else sources[::-1]), "--store", store, *naming, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["indexed"] == 1
+    assert [d["id"] for d in listing(run_cli, store) if d.get("digest") == doc["digest"]] == [doc["id"]]
+
+
 @pytest.mark.parametrize("again", ["layout", "import"])
 def test_an_import_and_a_manifest_source_that_committed_at_once_are_one_resource_after_either_runs_again(
     run_cli, tmp_path, monkeypatch, again

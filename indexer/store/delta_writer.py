@@ -272,16 +272,19 @@ class DeltaWriter:
 
     # ---- what an index run calls
 
-    def write(self, records: list[ImageRecord], indexed_at: datetime) -> None:
-        """One commit. StoreError when the store cannot be written; any other exception means
-        something in `records` cannot be stored, and nothing was written."""
+    def write(self, records: list[ImageRecord], indexed_at: datetime) -> list[str]:
+        """One commit; the ids the records were stored under (an imported id of the same manifest
+        takes the place of a derived one). StoreError when the store cannot be written; any other
+        exception means something in `records` cannot be stored, and nothing was written."""
         if not records:
-            return
+            return []
         records = _in_id_order(_one_per_id(records))
+        stored: list[str] = []
 
         # A record that cannot become Arrow fails in prepare, before any file is written.
         def prepare(snapshot: Snapshot) -> Changes:
             adopted, retired = _adopt_ids(snapshot, records)
+            stored[:] = [record.id for record in adopted]
             return premerge(snapshot, records_to_arrow(adopted, indexed_at), retired_images=retired, merge=_merge_rows)
 
         def ids() -> set[str]:
@@ -290,6 +293,7 @@ class DeltaWriter:
         self._ensure_tables()
         with collector.paused():
             self._commit(partial(self._tables.write_changes, seed=ids), self.run_id, prepare)
+        return stored or [record.id for record in records]
 
     def take_notes(self) -> list[str]:
         return self._tables.take_notes()
