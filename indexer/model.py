@@ -1,6 +1,7 @@
 """The normalised image record that every source yields and the store keeps.
 
-This module imports nothing else of ours, so every layer can depend on it.
+This module imports nothing else of ours but `timestamps` (which imports nothing of ours), so every
+layer can depend on it.
 """
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from typing import NamedTuple
+
+from . import timestamps
 
 # How much a record can be trusted; a store never replaces a record with a less exact one.
 IMPORTED = 4  # a registry's own record (YCR JSON): its id is the real one
@@ -213,10 +216,19 @@ def _join_layers(a: tuple[Blob, ...], b: tuple[Blob, ...]) -> tuple[Blob, ...]:
 
 
 def _history_key(history: tuple[HistoryEntry, ...]) -> list[tuple]:
-    # The engine's API gives history times in whole seconds ("…:26Z") where the config says
-    # "…:26.566970946Z". As text "Z" sorts after ".", so the cut time was the greater; without
-    # the "Z" it is a prefix of the exact one and sorts first. The whole text breaks ties.
-    return [(e.created.removesuffix("Z"), e.created, e.created_by, e.comment, e.empty_layer) for e in history]
+    # The engine's API gives history times in whole seconds, in UTC ("…:26Z"), where the config says
+    # "…:26.566970946Z", or the same instant in another offset ("…21:42:26.5-05:00"). Compared as
+    # UTC text without the "Z", the cut time is a prefix of the exact one and sorts first (as text,
+    # "Z" sorts after "." and "-05:00" before a later UTC hour). Of one instant, the text as the
+    # config wrote it (not in the engine's form) is kept; the whole text breaks ties.
+    return [(*_history_time(e.created), e.created, e.created_by, e.comment, e.empty_layer) for e in history]
+
+
+def _history_time(text: str) -> tuple[str, bool]:
+    utc = timestamps.normalise(text) if text else None
+    if utc is None:
+        return text.removesuffix("Z"), False
+    return utc.removesuffix("Z"), utc != text
 
 
 def _join_history(a: tuple[HistoryEntry, ...], b: tuple[HistoryEntry, ...]) -> tuple[HistoryEntry, ...]:

@@ -614,6 +614,27 @@ def test_merge_records_keeps_known_fields_whatever_the_order(exact_record):
     assert merge_records(loose, exact_record).layers == merge_records(exact_record, loose).layers == exact_record.layers
 
 
+@pytest.mark.parametrize(
+    "config_time, engine_time",
+    [
+        # The config wrote local time: the instant in UTC is the engine's, with the fraction it cut.
+        ("2023-05-05T20:59:58.5-05:00", "2023-05-06T01:59:58Z"),
+        ("2023-05-06T07:29:58.5+05:30", "2023-05-06T01:59:58Z"),
+        ("2023-05-06T01:59:58.000000001Z", "2023-05-06T01:59:58Z"),
+        # One instant in whole seconds: the config's text is kept over the engine's form.
+        ("2023-05-05T20:59:58-05:00", "2023-05-06T01:59:58Z"),
+        ("2023-05-06T01:59:58.000Z", "2023-05-06T01:59:58Z"),
+    ],
+)
+def test_a_history_with_the_configs_times_is_kept_over_the_engines(exact_record, config_time, engine_time):
+    """The engine's API gives history times in whole seconds in UTC. Compared as text, a config's
+    local time with a negative offset ("…20:59:58.5-05:00") sorted below the engine's UTC text, and
+    the merge kept the engine's cut times."""
+    config = dataclasses.replace(exact_record, history=(HistoryEntry(config_time, "RUN a"),))
+    engine = dataclasses.replace(exact_record, history=(HistoryEntry(engine_time, "RUN a"),))
+    assert merge_records(config, engine).history == merge_records(engine, config).history == config.history
+
+
 _SIZES = st.sampled_from([0, 4, 5, 7])
 _TEXTS = st.sampled_from(["", "a", "b"])
 _DIGESTS = st.sampled_from(["sha256:" + c * 64 for c in "abc"])
