@@ -84,7 +84,7 @@ def _request(message_class, query: dict[str, list[str]], **path):
         # is one naming a field the path gives.
         if field is None or field.camelcase_name in path or field.name in path:
             continue
-        if field.label != field.LABEL_REPEATED:
+        if not _repeated(field):
             given.setdefault(field.name, []).extend([key] * len(values))
     for keys in given.values():
         if len(keys) > 1:
@@ -105,6 +105,12 @@ def _request(message_class, query: dict[str, list[str]], **path):
         return json_format.ParseDict(fields, message_class(), ignore_unknown_fields=True)
     except json_format.ParseError as exc:
         raise QueryError(f"invalid request parameter: {cut(str(exc))}") from None
+
+
+def _repeated(field) -> bool:
+    # protobuf 6.32 has `is_repeated` and deprecates `label`, which later releases drop.
+    repeated = getattr(field, "is_repeated", None)
+    return repeated if isinstance(repeated, bool) else field.label == field.LABEL_REPEATED
 
 
 def route(api: Api, method: str, path: str, query: dict[str, list[str]]) -> dict | str:
