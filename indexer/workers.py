@@ -52,6 +52,7 @@ from .sources import ArchiveFolder, DetectedArchive, DockerArchive, OciArchive, 
 from .sources.layout import is_layout_dir
 from .files import open_readable, walk
 from .sources.tarball import MAGIC_BYTES, MAX_INDEX_BYTES, STDIN_NAMES, is_compressed
+from .store import paths
 from .store.hashset import HashSet
 
 # Below this much work (in images, or their equivalent in compressed bytes) one process is
@@ -254,6 +255,9 @@ def index_parallel(
     settings = dataclasses.replace(settings, key=key)
     shared = RunSettings(registry=settings.registry, repository=settings.repository, verify=settings.verify, key=key)
     merged = _Merge(work, observer)
+    # Whichever process makes the store's folder, this one removes it if the run lands nothing.
+    root = paths.local_folder(store)
+    made_folder = paths.outermost_missing(root) if root is not None else None
     context = multiprocessing.get_context(method)
     children: list[_Child] = []
     try:
@@ -280,7 +284,7 @@ def index_parallel(
         from .store.delta_writer import DeltaWriter
 
         # The workers' commits carry the run's id too: one run in `history`.
-        with DeltaWriter(store, run_id) as writer:
+        with DeltaWriter(store, run_id, made_folder) as writer:
             try:
                 own = run_tasks(
                     work.shares[0],

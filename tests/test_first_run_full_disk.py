@@ -382,6 +382,8 @@ def test_a_first_run_of_several_processes_on_a_full_disk_leaves_no_tables(tmp_pa
             break  # a batch landed: it stays, as after kill -9
         stages.add("tables" if "cannot create" in result.stderr else "batch")
         assert not [t for t in paths.TABLES if os.path.exists(store / t)], (leave, result.stderr, _tree(store))
+        # Nor the folder the run made for the store, as one process leaves none either.
+        assert not os.path.lexists(store), (leave, result.stderr, _tree(store))
         _says_no_store(store)
     else:
         raise AssertionError("no run had room enough")

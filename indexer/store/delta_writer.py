@@ -59,7 +59,9 @@ _UNDER = "registry = ? AND (? = '' OR name = ? OR starts_with(name, ? || '/'))"
 class DeltaWriter:
     """Writes one index run into a store of Delta tables. Many may write one store at once."""
 
-    def __init__(self, store: str, run_id: str = ""):
+    def __init__(self, store: str, run_id: str = "", made_folder: str | None = None):
+        """`made_folder`: the outermost folder of the store that was missing when the run began, for
+        a run of several processes (`index --jobs`), any of which may be the one that makes it."""
         self.store = store
         paths.refuse_old_layout(store)
         # Every commit of the run carries it, the runs row too (workers of one run share it).
@@ -68,7 +70,7 @@ class DeltaWriter:
         local = deltalog.is_local(self._tables.store)
         self._root = deltalog.local_path(self._tables.store) if local else None
         self._lock: int | None = None  # the store folder, share-locked
-        self._made_folder: str | None = None  # the outermost folder this run made for the store
+        self._made_folder = made_folder  # the outermost folder this run made for the store
         self._made_tables: set[str] = set()  # the tables whose folders were missing when it created them
         if self._root is not None:
             self._refuse_files_for_folders()
@@ -133,11 +135,8 @@ class DeltaWriter:
     def _make_root(self) -> None:
         self._refuse_dangling_link()
         for _ in range(5):  # each retry: a failed run removed the folder between making and locking it
-            if self._made_folder is None and not os.path.isdir(self._root):
-                outermost = self._root
-                while not os.path.lexists(os.path.dirname(outermost)) and os.path.dirname(outermost) != outermost:
-                    outermost = os.path.dirname(outermost)
-                self._made_folder = outermost
+            if self._made_folder is None:
+                self._made_folder = paths.outermost_missing(self._root)
             os.makedirs(self._root, exist_ok=True)
             self._hold()
             if self._lock is not None:

@@ -148,6 +148,17 @@ def delta_rs_refusal(folder: str) -> str | None:
     return f"a control character ({printable(found)}), which delta-rs cannot take"
 
 
+def outermost_missing(folder: str) -> str | None:
+    """The outermost of `folder` and its parents that does not exist (what `mkdir -p` would make
+    first), None when `folder` is there."""
+    if os.path.isdir(folder):
+        return None
+    outermost = folder
+    while not os.path.lexists(os.path.dirname(outermost)) and os.path.dirname(outermost) != outermost:
+        outermost = os.path.dirname(outermost)
+    return outermost
+
+
 def local_folder(store: str) -> str | None:
     """The absolute folder a local store names (a `file://` URL's path decoded, as delta-rs
     decodes it), or None for object storage."""
