@@ -447,9 +447,9 @@ class Source:
 
     def _id_of_hash(self, wanted: IdHash) -> str:
         """The indexed id whose hash a token carries (a scan of the ids: only ids too long for a
-        token are carried so)."""
+        token are carried so, which a short id of non-ASCII characters is too, escaped in JSON)."""
         found = self.con.execute(
-            "SELECT DISTINCT id FROM images WHERE length(id) > 20 AND starts_with(sha256(id), ?) LIMIT 2", [wanted]
+            "SELECT DISTINCT id FROM images WHERE starts_with(sha256(id), ?) LIMIT 2", [wanted]
         ).fetchall()
         if len(found) != 1:
             # None: the image is gone. Two: 64 bits of sha256 alike, which no real ids are.

@@ -732,7 +732,10 @@ def test_images_of_long_imported_ids_are_paged_with_tokens_the_api_takes(run_cli
     more was over the API's 100 and refused, so the list could not go past its first page."""
     docs = []
     for n, image in enumerate(images_of("image-array.json") * 2):
-        long_id = ("crp" + "a" * 40 + str(n)) if n % 3 else ("x" * (150 + n))
+        # Long, or short but escaped in JSON past the limit (non-ASCII).
+        long_id = ("crp" + "a" * 40 + str(n), "x" * (150 + n), "crp" + "漢字" * 3 + str(n), "crp😀😀😀😀" + str(n))[
+            n % 4
+        ]
         docs.append(dict(image, id=long_id, digest="sha256:" + f"{n:02d}" * 32, tags=[f"t{n}"]))
     path = tmp_path / "long.json"
     path.write_text(json.dumps(docs), encoding="utf-8")
