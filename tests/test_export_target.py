@@ -136,3 +136,15 @@ def test_a_target_that_exists_and_is_no_folder_is_one_usage_line(store, tmp_path
         f"imgdex export: Invalid value for 'DIRECTORY': '{target}' exists and is not a directory. "
         "See 'imgdex export --help'."
     ]
+
+
+@pytest.mark.parametrize("command", [("get", "app:1"), ("list",), ("sql", "SELECT 1")])
+def test_as_of_on_an_export_says_it_keeps_no_history_not_to_migrate(store, command):
+    """Migrating an export would replace its files, and it holds current rows only: the old
+    layout's advice to migrate was the wrong one for it."""
+    assert _invoke("export", "out", "--store", store).exit_code == 0
+    result = _invoke(*command, "--store", "out", "--as-of", "1")
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        "imgdex: store out holds plain Parquet files (an `imgdex export`), which keep no history"
+    ]
