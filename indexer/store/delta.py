@@ -1820,23 +1820,24 @@ class DeltaStore:
         # The logs are read by imgdex's own reader first, so that a log every other command
         # refuses (a FIFO or an empty file for a commit, a gap) is refused here alike, rather than
         # listed as delta-rs reads it (it skips what it cannot list) or in its words.
-        for table in tables:
-            deltalog.read_table(self.location(table), table=table, con=self._duckdb)
+        # Each table is listed from the version that read found, its commits read by version.
+        versions = {
+            table: deltalog.read_table(self.location(table), table=table, con=self._duckdb).version for table in tables
+        }
         self._check_schema_versions(tables)
         entries = []
         for table in tables:
             try:
-                entries.extend(self._history_entries(table, limit))
+                entries.extend(self._history_entries(table, versions[table], limit))
             except (DeltaError, OSError, ValueError, TypeError, OverflowError, KeyError) as exc:
                 # a time or count that delta-rs or Python cannot take (a commit time in year 33658)
                 raise StoreError(f"cannot read the history of table {table}: {first_line(exc)}") from None
         entries.sort(key=lambda e: (e.time, e.table, e.version), reverse=True)
         return entries[:limit] if limit else entries
 
-    def _history_entries(self, table: str, limit: int | None) -> Iterator[HistoryEntry]:
-        """The table's commits, newest first, from the version it is at now back to the oldest its
-        log still holds (clean-up removes those before its newest checkpoint), or `limit` of them."""
-        version = self._delta(table).version()
+    def _history_entries(self, table: str, version: int, limit: int | None) -> Iterator[HistoryEntry]:
+        """The table's commits, newest first, from `version` back to the oldest its log still holds
+        (clean-up removes those before its newest checkpoint), or `limit` of them."""
         while version >= 0 and (limit is None or limit > 0):
             info = self._commit_info(table, version)
             if info is None:
