@@ -257,7 +257,7 @@ def run_tasks(
         # refused, and the batch written again by halves.
         # Under the ids they were stored by: an import and a manifest source of one image, read in
         # one run, are one image under the imported id.
-        return summary.written.add_new([key_of(image_id) for image_id in stored or [r.id for r in records]])
+        return summary.written.add_new([key_of(image_id) for image_id in stored])
 
     def settle() -> None:
         if settling:

@@ -280,7 +280,8 @@ class DeltaWriter:
         records = _in_id_order(_one_per_id(records))
         stored: list[str] = []
 
-        # A record that cannot become Arrow fails in prepare, before any file is written.
+        # A record that cannot become Arrow fails in prepare, before any file is written. Every
+        # attempt prepares before it commits: `stored` holds the ids of the one that landed.
         def prepare(snapshot: Snapshot) -> Changes:
             adopted, retired = _adopt_ids(snapshot, records)
             stored[:] = [record.id for record in adopted]
@@ -292,7 +293,7 @@ class DeltaWriter:
         self._ensure_tables()
         with collector.paused():
             self._commit(partial(self._tables.write_changes, seed=ids), self.run_id, prepare)
-        return stored or [record.id for record in records]
+        return stored
 
     def take_notes(self) -> list[str]:
         return self._tables.take_notes()
