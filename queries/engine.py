@@ -442,9 +442,7 @@ def connect(
         with paths.gone_is_no_store(store):
             return _over_tables(store, tables, as_of, key, memory_limit)
     if as_of is not None and (paths.is_old_layout(store)):
-        if os.path.isfile(os.path.join(store, paths.DATABASE)) or os.path.lexists(
-            os.path.join(store, paths.SNAPSHOT_LINK)
-        ):
+        if paths.holds_old_database(store):
             raise StoreError(f"store {store} keeps no history in its old layout; convert it with `imgdex migrate`")
         # An export: its files hold the current rows only, and migrating would replace them.
         raise StoreError(f"store {store} holds plain Parquet files (an `imgdex export`), which keep no history")

@@ -87,11 +87,17 @@ def dangling_link(folder: str) -> tuple[str, str] | None:
     return None
 
 
+def holds_old_database(store: str) -> bool:
+    """Whether a store of the first layout (`is_old_layout`) has its database or snapshot link, as
+    imgdex 0.1 wrote it; without them it is bare Parquet files, as `imgdex export` writes them."""
+    return os.path.isfile(os.path.join(store, DATABASE)) or os.path.lexists(os.path.join(store, SNAPSHOT_LINK))
+
+
 def refuse_old_layout(store: str) -> None:
     """StoreError when `store` is of the first layout, which only `imgdex migrate` turns into tables."""
     if is_table_store(store) or not is_old_layout(store):
         return
-    if os.path.isfile(os.path.join(store, DATABASE)) or os.path.lexists(os.path.join(store, SNAPSHOT_LINK)):
+    if holds_old_database(store):
         raise StoreError(
             f"store {store} has the layout of imgdex 0.1 (imgdex.duckdb and Parquet snapshots); "
             f"convert it once with `imgdex migrate --store {store}`"
