@@ -180,6 +180,25 @@ def test_a_last_checkpoint_hint_that_is_no_regular_file_is_refused_without_waiti
     assert run_capped(["list", "--store", store]).code == 0
 
 
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_commit_before_the_checkpoint_that_is_no_regular_file_is_refused_by_history(store, kind):
+    """history reads every commit the log holds, the ones a checkpoint stands for too, which the
+    log reader never opens: a FIFO there held it for ever."""
+    from deltalake import DeltaTable
+
+    DeltaTable(os.path.join(store, "images")).create_checkpoint()
+    path = os.path.join(store, LOG, "00000000000000000001.json")
+    os.remove(path)
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        os.symlink("/dev/zero", path)
+    run = run_capped(["history", "--store", store])
+    kind_name = "named pipe" if kind == "fifo" else "character device"
+    assert_refused(run, rf"^imgdex: store \S+: cannot read commit 1 of images: not a regular file \({kind_name}\)$")
+    assert run_capped(["list", "--store", store]).code == 0
+
+
 def test_a_checkpoint_that_is_no_regular_file_is_refused_without_waiting(store, some_id):
     from deltalake import DeltaTable
 

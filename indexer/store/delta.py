@@ -68,7 +68,8 @@ from deltalake import CommitProperties, DeltaTable, Field, PostCommitHookPropert
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.transaction import AddAction, RemoveAction
 
-from ..errors import StoreError, first_line
+from ..errors import SourceError, StoreError, first_line
+from ..files import open_readable
 from ..model import IMPORTED, one_image, shown
 from . import arrow, deltalog, duck, schema, stored_rows
 from .paths import delta_rs_refusal, local_folder
@@ -1301,12 +1302,20 @@ class DeltaStore:
         """The text of commit `version` of `table`, None when the log holds no such commit; read by
         version, as delta-rs's history() numbers the newest commits from the version the table was
         loaded at, and a commit landing in between takes the place of the one asked about."""
-        path = f"{self._table_dir(table)}/_delta_log/{version:020d}.json"
+        location = self.location(table)
+        name = f"{version:020d}.json"
         try:
-            with self._fs.open_input_stream(path) as stream:
-                text = stream.read(deltalog.MAX_COMMIT_BYTES + 1)
+            if deltalog.is_local(location):
+                # Without blocking, as the log reader opens commits: a FIFO there held `history`.
+                with open_readable(os.path.join(deltalog.local_path(location), deltalog.LOG_DIR, name)) as f:
+                    text = f.read(deltalog.MAX_COMMIT_BYTES + 1)
+            else:
+                with self._fs.open_input_stream(f"{self._table_dir(table)}/_delta_log/{name}") as stream:
+                    text = stream.read(deltalog.MAX_COMMIT_BYTES + 1)
         except FileNotFoundError:
             return None
+        except SourceError as exc:
+            raise StoreError(f"store {self.store}: cannot read commit {version} of {table}: {exc.reason}") from None
         except OSError as exc:
             raise StoreError(f"store {self.store}: cannot read commit {version} of {table}: {_cause(exc)}") from None
         if len(text) > deltalog.MAX_COMMIT_BYTES:
