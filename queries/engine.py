@@ -19,6 +19,7 @@ A reader of the first layout also pins its snapshot (see `paths.pin_snapshot`).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import weakref
 
@@ -132,6 +133,31 @@ class Result:
             raise QueryError(f"a value of the result cannot be read in Python: {exc}") from None
 
 
+# Statements whose rows `Reader.run` reads through a select list over a relation of them.
+_SHOWN_AS_RUN = (duckdb.StatementType.EXECUTE, duckdb.StatementType.MULTI)
+# The name that select list reads those rows under; the relation's own, for that query alone.
+_ROWS = "imgdex_rows"
+
+
+class _Rows:
+    """A relation's rows, read once, through the cursor methods `Result` calls."""
+
+    __slots__ = ("description", "_rows")
+
+    def __init__(self, relation):
+        self.description = None if relation is None else relation.description
+        self._rows = iter(()) if relation is None else relation.iter_rows()
+
+    def fetchone(self):
+        return next(self._rows, None)
+
+    def fetchall(self):
+        return list(self._rows)
+
+    def fetchmany(self, size: int):
+        return list(itertools.islice(self._rows, size))
+
+
 class Reader:
     """One store, opened read-only by `connect`; every read path (get, list, sql) uses one.
 
@@ -196,9 +222,23 @@ class Reader:
             self._guard(self._begin)
             self._outside = True
             if shown is not None and index == len(statements) - 1:
-                statement = self._shown(statement, shown) or statement
+                wrapped = self._shown(statement, shown)
+                if wrapped is None and statement.type in _SHOWN_AS_RUN:
+                    return Result(self, self._guard(self._run_shown, statement.query, shown))
+                statement = wrapped or statement
             cursor = self._guard(self._con.execute, statement)
         return None if cursor is None else Result(self, cursor)
+
+    def _run_shown(self, query: str, shown) -> _Rows:
+        """The rows of `query`, a statement whose text cannot be spliced into a query (an EXECUTE; a
+        PIVOT without an IN list, which DuckDB runs as several statements), read through `shown`'s
+        select list: DuckDB knows its columns' types once it has bound it, and selects over its rows."""
+        rows = self._con.sql(query)
+        listed = None if rows is None else shown(rows.types)
+        if listed is not None:
+            names = ", ".join(f"{item} AS {_identifier(name)}" for item, name in zip(listed, rows.columns, strict=True))
+            rows = rows.query(_ROWS, f"SELECT {names} FROM {_ROWS}")
+        return _Rows(rows)
 
     def _shown(self, statement, shown) -> str | None:
         """`statement`, a query or the CALL of a table function, as a query over its rows through

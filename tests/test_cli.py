@@ -618,28 +618,28 @@ _TYPED = {
 }
 
 
+# A value of each of `_TYPED`'s kinds that Python would print otherwise than DuckDB.
+_TYPED_EXAMPLE = {
+    "ns": "TIMESTAMP_NS '2026-11-29 11:42:44.000339065'",
+    "tz": "TIMESTAMPTZ '2026-11-29 11:42:44.000339+00'",
+    "ts": "'-infinity'::TIMESTAMP",
+    "ms": "TIMESTAMP_MS '12345-01-01 00:00:00.5'",
+    "d": "DATE '0044-03-15 (BC)'",
+    "i": "INTERVAL 1 DAY",
+    "t": "TIME '24:00:00'",
+    "ttz": "TIMETZ '01:02:03.5+05:30'",
+    "dec": "1.50::DECIMAL(5, 2)",
+    "u": "'12345678-1234-5678-1234-567812345678'::UUID",
+    "h": "170141183460469231731687303715884105727::HUGEINT",
+    "uh": "340282366920938463463374607431768211455::UHUGEINT",
+    "b": "'0101'::BIT",
+    "e": f"'b,c'::{_ENUM}",
+}
+
+
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.fixed_dictionaries(_TYPED), min_size=1, max_size=4))
-@example(
-    [
-        {
-            "ns": "TIMESTAMP_NS '2026-11-29 11:42:44.000339065'",
-            "tz": "TIMESTAMPTZ '2026-11-29 11:42:44.000339+00'",
-            "ts": "'-infinity'::TIMESTAMP",
-            "ms": "TIMESTAMP_MS '12345-01-01 00:00:00.5'",
-            "d": "DATE '0044-03-15 (BC)'",
-            "i": "INTERVAL 1 DAY",
-            "t": "TIME '24:00:00'",
-            "ttz": "TIMETZ '01:02:03.5+05:30'",
-            "dec": "1.50::DECIMAL(5, 2)",
-            "u": "'12345678-1234-5678-1234-567812345678'::UUID",
-            "h": "170141183460469231731687303715884105727::HUGEINT",
-            "uh": "340282366920938463463374607431768211455::UHUGEINT",
-            "b": "'0101'::BIT",
-            "e": f"'b,c'::{_ENUM}",
-        }
-    ]
-)
+@example([_TYPED_EXAMPLE])
 def test_sql_writes_typed_values_as_duckdbs_csv_writer_does(run_cli, samples_store, tmp_path_factory, rows):
     # Python's values: TIMESTAMPTZ ended +00:00 (DuckDB: +00), an INTERVAL read `1 day, 0:00:00` and
     # lost its months, a TIMESTAMP_NS its nanoseconds, an infinite DATE read 9999-12-31, a DECIMAL
@@ -729,6 +729,31 @@ def test_sql_values_python_cannot_hold_are_duckdbs_text(run_cli, samples_store, 
     result = run_cli("sql", query, "--store", samples_store, "--format", "csv")
     assert result.exit_code == 0, result.output
     assert result.stdout == _copied(query.replace("CALL ", "FROM "), tmp_path / "copy.csv")
+
+
+def test_sql_writes_an_executed_or_pivoted_querys_values_as_duckdb_does(run_cli, samples_store, tmp_path):
+    # Neither an EXECUTE nor a PIVOT without an IN list can be spliced into a query, so their rows were
+    # read as they are, and printed as Python's values (10:00:00+00:00, 0.10000000149011612).
+    names = list(_TYPED)
+    flat = "SELECT " + ", ".join(f"{_TYPED_EXAMPLE[name]} AS {name}" for name in names) + ", 0.1::FLOAT AS f"
+    pivot = f"PIVOT (SELECT 'k' AS k, * FROM ({flat})) ON k USING " + ", ".join(
+        f"first({name}) AS {name}" for name in [*names, "f"]
+    )
+    for query, copied in [(f"PREPARE p AS {flat}; EXECUTE p", flat), (pivot, pivot)]:
+        result = run_cli("sql", query, "--store", samples_store, "--format", "csv")
+        assert result.exit_code == 0, result.output
+        expected = _copied(copied, tmp_path / "copy.csv")
+        assert result.stdout == expected and "+00:00" not in expected
+        texts = next(csv.reader(result.stdout.splitlines()[1:]))
+        row = json.loads(run_cli("sql", query, "--store", samples_store, "--format", "json").stdout)
+        assert [str(value) for value in row.values()] == texts
+    # A failure when its rows are read, and a prepared query that returns none.
+    failed = run_cli("sql", "PREPARE p AS SELECT $1::INT AS x; EXECUTE p('y')", "--store", samples_store)
+    assert failed.exit_code == 1 and failed.stderr.splitlines() == [
+        "imgdex: Conversion Error: Could not convert string 'y' to INT32"
+    ]
+    empty = run_cli("sql", "PREPARE p AS SELECT 0.1::FLOAT AS f WHERE false; EXECUTE p", "--store", samples_store)
+    assert empty.exit_code == 0 and empty.stdout.splitlines()[1].strip("| ") == "f"
 
 
 def test_sql_layers_view(run_cli, samples_store):
