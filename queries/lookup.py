@@ -161,6 +161,8 @@ _ARCHES = {
 _NO_VARIANT = {"amd64": ("v1",), "arm64": ("8", "v8", "v8.0")}
 # What an arm variant runs, best first: a v7 machine runs v6 and v5 code, as containerd matches.
 _ARM_RUNS = {"v8": ("v8", "v7", "v6", "v5"), "v7": ("v7", "v6", "v5"), "v6": ("v6", "v5"), "v5": ("v5",)}
+# An amd64 variant that names a microarchitecture level (x86-64-v2 and on), as containerd reads it.
+_AMD64_LEVEL = re.compile(r"v[1-9][0-9]{0,8}", re.ASCII)
 
 
 def normalise_platform(os_name: str, arch: str, variant: str) -> tuple[str, str, str]:
@@ -185,6 +187,14 @@ def _rank(want: tuple[str, str, str], have: tuple[str, str, str]):
     if want[1] == "arm" and want[2] in _ARM_RUNS:
         runs = _ARM_RUNS[want[2]]
         return runs.index(have[2]) if have[2] in runs else None
+    if want[1] == "amd64" and _AMD64_LEVEL.fullmatch(want[2]):
+        # An x86-64-vN machine runs the older levels' code, the nearest first; v1 is the plain one.
+        level = int(want[2][1:])
+        if not have[2]:
+            return level - 1
+        if _AMD64_LEVEL.fullmatch(have[2]) and int(have[2][1:]) <= level:
+            return level - int(have[2][1:])
+        return None
     if want[2]:
         return 0 if have[2] == want[2] else None
     # No variant asked for: any will do, the plain one first ("" sorts first).

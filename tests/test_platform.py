@@ -151,3 +151,34 @@ def test_stored_platforms_are_normalised_and_arm_falls_back_to_older_variants(ar
     assert _get(run_cli, store, f"{REG}/team/arches:old", "--platform", asked)["digest"] == digests[child]
     missing = run_cli("get", f"{REG}/team/arches:old", "--platform", "linux/arm/v5", "--store", store)
     assert missing.exit_code == 1 and "no manifest for platform linux/arm/v5" in missing.stderr
+
+
+def test_an_amd64_level_falls_back_to_the_older_levels_nearest_first(tmp_path, run_cli):
+    # containerd's platforms.Only: an x86-64-v3 machine runs v2 and plain amd64 code, not v4's. The
+    # variant was compared as it is, so linux/amd64/v3 found nothing in an index of v2 and v4.
+    blobs = Blobs()
+    children = {level: blobs.image(layers=(level.encode(),)) for level in ("v4", "", "v2")}
+    top = [
+        named(
+            _index(blobs, [(children[level], {**LINUX_AMD64, "variant": level}) for level in children]),
+            f"{REG}/team/levels:1",
+        ),
+        named(_index(blobs, [(children[""], LINUX_AMD64)]), f"{REG}/team/levels:plain"),
+    ]
+    store = _store(tmp_path, run_cli, blobs, top)
+    for asked, child in [
+        ("linux/amd64", ""),
+        ("linux/amd64/v1", ""),
+        ("linux/amd64/v2", "v2"),
+        ("linux/amd64/v3", "v2"),
+        ("linux/amd64/V4", "v4"),
+        ("linux/amd64/v9", "v4"),
+    ]:
+        assert _get(run_cli, store, f"{REG}/team/levels:1", "--platform", asked)["digest"] == children[child]["digest"]
+    assert (
+        _get(run_cli, store, f"{REG}/team/levels:plain", "--platform", "linux/amd64/v3")["digest"]
+        == children[""]["digest"]
+    )
+    for asked in ("linux/amd64/v3x", "linux/amd64/v99999999999"):
+        missing = run_cli("get", f"{REG}/team/levels:1", "--platform", asked, "--store", store)
+        assert missing.exit_code == 1 and f"no manifest for platform {asked}" in missing.stderr
