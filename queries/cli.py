@@ -554,6 +554,8 @@ def index(
             for source in sources:
                 if _reads_stdin(source):
                     raise click.UsageError(f"--password-stdin and {source} cannot both read standard input")
+            if sys.stdin is None:
+                raise click.UsageError("--password-stdin: standard input is closed")
             password = sys.stdin.read(_MAX_PASSWORD + 1)
             if len(password) > _MAX_PASSWORD:
                 raise click.UsageError(f"--password-stdin takes at most {_MAX_PASSWORD} characters")
@@ -687,6 +689,8 @@ class _QueriesFile(click.File):
             # what errors name the input by, as `grep` and `jq` do: the path as given
             ctx.meta[_QUERIES_NAME] = "<stdin>" if os.fspath(value) == "-" else click.format_filename(value)
         if not isinstance(value, (str, os.PathLike)) or os.fspath(value) == "-":
+            if sys.stdin is None and isinstance(value, (str, os.PathLike)):
+                self.fail("'-': standard input is closed", param, ctx)
             return super().convert(value, param, ctx)
         from indexer.errors import SourceError
         from indexer.files import open_readable

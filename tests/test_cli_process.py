@@ -115,6 +115,25 @@ def test_closed_stdout_is_one_line(samples_store, one_id, tmp_path):
     assert json.loads(_imgdex("list", "--store", store, "--format", "json").stdout)["images"]
 
 
+def test_closed_stdin_is_one_usage_line(samples_store, tmp_path):
+    """Started with standard input closed (`<&-`), the two options that read it failed with a
+    traceback (sys.stdin is None)."""
+    for args, expected in [
+        (
+            ("index", "--store", str(tmp_path / "s"), "--password-stdin", "--username", "u", "docker://127.0.0.1:1/x"),
+            "imgdex index: --password-stdin: standard input is closed. See 'imgdex index --help'.",
+        ),
+        (
+            ("get", "--store", samples_store, "--ids-from", "-"),
+            "imgdex get: Invalid value for '--ids-from': '-': standard input is closed. See 'imgdex get --help'.",
+        ),
+    ]:
+        command = ["sh", "-c", 'exec "$@" <&-', "sh", sys.executable, "-m", "queries.cli", *args]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and result.stderr.splitlines() == [expected], args
+    assert not os.path.exists(tmp_path / "s")
+
+
 @pytest.mark.parametrize("args", [("--help",), ("--version",), ("get", "--help")])
 def test_closed_stdout_fails_clicks_own_output_too(args):
     """Help and version are written by click itself, which used to exit 0 having printed nothing."""
