@@ -91,6 +91,9 @@ _DIGEST_AFTER_AT = re.compile(r"@[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32
 
 
 _URL_REST = re.compile(r"(?<=://)\S+")
+# A URL whose scheme a message left out: skopeo's names split at the first ':', so the path of
+# `docker-archive:http://u:p@host/x.tar` is `http` and its reference `//u:p@host/x.tar`.
+_SCHEMELESS_URL = re.compile(r"(?:^|(?<=[\s'\"(\[=]))//\S+")
 
 
 # Query parameters whose values say nothing secret: the distribution API's paging and the token
@@ -109,8 +112,11 @@ def _hidden_value(match: re.Match) -> str:
 
 
 def _hide_secrets(match: re.Match) -> str:
-    rest = match.group()
     local = match.string.endswith(("unix", "npipe"), 0, match.start() - 3)  # a path: an '@' in it is no userinfo
+    return _hidden(match.group(), local)
+
+
+def _hidden(rest: str, local: bool = False) -> str:
     ends = [i for i, c in enumerate(rest) if c == "@" and not _DIGEST_AFTER_AT.match(rest, i)]
     if ends and not local:
         rest = "***" + rest[ends[-1] :]
@@ -129,7 +135,11 @@ def redact_url_secrets(text: str) -> str:
     so a password holding '/' or '@' is hidden whole and `docker://app@sha256:...` is left as it
     is. Query values are hidden but for the few keys known to hold nothing secret.
     """
-    return _URL_REST.sub(_hide_secrets, text) if "://" in text else text
+    if "//" not in text:
+        return text
+    if "://" in text:
+        text = _URL_REST.sub(_hide_secrets, text)
+    return _SCHEMELESS_URL.sub(lambda match: "//" + _hidden(match.group()[2:]), text)
 
 
 @dataclass(frozen=True)

@@ -70,3 +70,23 @@ def test_a_query_in_a_registry_source_is_refused_without_its_value(run_cli, tmp_
         "a reference ends at its tag or digest"
     ]
     assert not store.exists() or "S3cr3t" not in run_cli("sql", "SELECT * FROM runs", "--store", store).output
+
+
+def test_a_url_whose_scheme_a_message_left_out_is_hidden_too():
+    # skopeo's names split at the first ':', so `docker-archive:http://u:p@h/x.tar` names the path
+    # `http` and the reference `//u:p@h/x.tar`, which the reason quoted without its scheme.
+    assert redact_url_secrets("http: invalid reference '//alice:S3cr3t@h/x.tar'") == (
+        "http: invalid reference '//***@h/x.tar'"
+    )
+    assert redact_url_secrets("//alice:S3cr3t@h/x (//bob:pw@h/y)") == "//***@h/x (//***@h/y)"
+    for text in ("/tmp//x@y.tar", "a //b c", "unix:///tmp/a@b.sock", f"'//h/app@{DIGEST}'"):
+        assert redact_url_secrets(text) == text
+
+
+def test_a_password_in_a_path_read_as_a_reference_reaches_no_message(run_cli, tmp_path):
+    store = tmp_path / "store"
+    for source in ("docker-archive:http://alice:S3cr3t@h/x.tar", "ycr-json://alice:S3cr3t@h/x.json"):
+        result = run_cli("index", source, "--store", store, "--json")
+        assert result.exit_code == 1 and result.stderr.startswith("imgdex: ")
+        assert "S3cr3t" not in result.output
+    assert not store.exists() or "S3cr3t" not in run_cli("sql", "SELECT * FROM runs", "--store", store).output
