@@ -87,7 +87,11 @@ def _valid_name(registry: str, path: str) -> bool:
 
 
 # Up to the last '@' before the path: a password may hold '@' or ':' and must not leak a part.
-_DIGEST_AFTER_AT = re.compile(r"@[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}")
+# An '@' that starts a digest, or what is meant for one (`@sha256:abc`, a known algorithm's
+# name), is none of that; nor is an '@' that ends the URL, with no host after it.
+_DIGEST_AFTER_AT = re.compile(
+    r"""@(?:[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}|sha(?:256|384|512):|[)\]>'",.:]*$)"""
+)
 
 
 _URL_REST = re.compile(r"(?<=://)\S+")
@@ -169,8 +173,8 @@ def parse_reference(text: str, default_registry: str = DOCKER_HUB) -> Reference:
     """Parse `[HOST/]NAME[:TAG][@DIGEST]`; raises ReferenceError_ on anything else."""
     if not isinstance(text, str) or not text or len(text) > 4096:
         raise ReferenceError_(f"invalid reference {text!r}")
-    remainder, _, digest = text.partition("@")
-    if digest and not is_valid_digest(digest):
+    remainder, at, digest = text.partition("@")
+    if at and not is_valid_digest(digest):  # `name@` too: docker's grammar has no empty digest
         raise ReferenceError_(f"invalid digest in reference {text!r}")
     host, path = _split_host(remainder)
     tag = ""

@@ -84,6 +84,7 @@ def test_the_image_skopeo_selects_is_the_one_indexed(archive, selection, tmp_pat
         ("@-1", "invalid image position '@-1': expected @N, N a number from 0"),
         ("@", "invalid image position '@': expected @N, N a number from 0"),
         ("UPPER", "invalid repository name in reference 'UPPER'"),
+        ("imgdex-test/app@", "invalid digest in reference 'imgdex-test/app@'"),  # it selected the image
         (
             "imgdex-test/app@sha256:" + "0" * 64,
             "the image must be named by a tag, not a digest: 'imgdex-test/app@sha256:" + "0" * 64 + "'",

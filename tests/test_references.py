@@ -105,6 +105,8 @@ def test_short_hash_equals_the_rfc4648_base32hex_definition(text):
         "a" * 246,
         "ａpp",
         "app:v١",
+        "app@",  # docker's grammar has no empty digest; it was read as `app`
+        "reg.example/app:1@",
     ],
 )
 def test_parse_reference_rejects_what_docker_rejects(text):
@@ -244,6 +246,11 @@ def test_is_valid_name_counts_the_host():
         ("docker://reg.example/app@sha256:" + "a" * 64, "docker://reg.example/app@sha256:" + "a" * 64),
         ("reg.example/app:v1 (no URL)", "reg.example/app:v1 (no URL)"),
         ("proxy https://a:b@c failed: https://d:e@f", "proxy https://***@c failed: https://***@f"),
+        # What is meant for a digest, or an '@' with no host after it, ends no userinfo: the source
+        # was shown as `docker://***@sha256:abc`, naming neither host nor repository.
+        ("docker://reg.example/app@sha256:abc: invalid", "docker://reg.example/app@sha256:abc: invalid"),
+        ("docker://reg.example/app@: invalid", "docker://reg.example/app@: invalid"),
+        ("docker://a:b@reg.example/app@sha256:abc", "docker://***@reg.example/app@sha256:abc"),
     ],
 )
 def test_redact_url_secrets(text, expected):

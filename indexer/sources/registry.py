@@ -130,8 +130,8 @@ def parse_target(text: str) -> Target:
         return _parse_target(text)
     except SourceError:
         signs = [position for position, char in enumerate(text) if char == "@"]
-        if signs and text[signs[-1] + 1 :].startswith(_DIGEST_PREFIXES):
-            signs.pop()  # NAME@DIGEST: that @ is the digest's
+        if signs and (not text[signs[-1] + 1 :] or text[signs[-1] + 1 :].startswith(_DIGEST_PREFIXES)):
+            signs.pop()  # NAME@DIGEST: that @ is the digest's; with no host after it, no userinfo ends there
         if not signs:
             raise
         # everything up to the last @ before the host may be a password, @ and / included
