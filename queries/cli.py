@@ -542,6 +542,16 @@ def index(
 
     from indexer import workers
     from indexer.errors import StoreError
+    from indexer.store.paths import enclosing_store, local_folder
+
+    folder = local_folder(store)
+    outer = None if folder is None else enclosing_store(folder)
+    if outer is not None:
+        raise click.BadParameter(
+            f"{printable(store)} lies inside the store {printable(outer)}, whose folders are its own (compact"
+            " deletes the files its tables do not list): give a store outside it",
+            param_hint="'--store'",
+        )
     from indexer.run import MAX_MESSAGES, Kept, RunObserver, RunSettings, RunSummary, index_sources
     from indexer.sources import SourceOptions
 

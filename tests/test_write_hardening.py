@@ -739,3 +739,27 @@ def test_a_store_that_cannot_be_opened_leaves_no_descriptor_open(tmp_path):
         with pytest.raises(StoreError, match="cannot open store"):
             DeltaWriter(str(store))
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+@pytest.mark.parametrize("inner", ["images", "tags/_delta_log", "new/deeper", "../store/runs", "link"])
+def test_a_store_inside_another_store_is_refused(tmp_path, run_cli, inner):
+    """A store made in `store/images` was accepted, and `compact` of the outer store deleted its
+    files, which the outer tables do not list."""
+    from conftest import sample_sources
+
+    outer = tmp_path / "store"
+    assert run_cli("index", "--store", outer, "-q", *sample_sources()).exit_code == 0
+    os.symlink(outer / "images", tmp_path / "link")
+    target = str(tmp_path / inner) if inner == "link" else f"{outer}/{inner}"
+    before = sorted(str(p) for p in outer.rglob("*"))
+    result = run_cli("index", "--store", target, *sample_sources())
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines()[-1] == (
+        f"imgdex index: Invalid value for '--store': {target} lies inside the store {os.path.realpath(outer)},"
+        " whose folders are its own (compact deletes the files its tables do not list): give a store outside it."
+        " See 'imgdex index --help'."
+    )
+    assert sorted(str(p) for p in outer.rglob("*")) == before
+    # Beside the store, and the store itself, as before.
+    for store in (tmp_path / "beside", outer):
+        assert run_cli("index", "--store", store, "-q", *sample_sources()).exit_code == 0

@@ -64,6 +64,19 @@ def is_old_layout(store: str) -> bool:
     return os.path.isfile(os.path.join(store, DATABASE)) or snapshot_dir(store) is not None
 
 
+def enclosing_store(folder: str) -> str | None:
+    """The store, of either layout, in a folder above `folder` (resolved), or None. A store there
+    owns its folders: `compact` deletes the files in its tables' folders that its tables do not list."""
+    path = os.path.realpath(folder)
+    while (parent := os.path.dirname(path)) != path:
+        path = parent
+        # A folder above that cannot be read holds no store this run could tell of.
+        with contextlib.suppress(StoreError, OSError):
+            if is_table_store(path) or is_old_layout(path):
+                return path
+    return None
+
+
 def no_store_message(store: str) -> str:
     folder = local_folder(store)
     link = dangling_link(folder) if folder is not None else None
