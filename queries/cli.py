@@ -1071,11 +1071,17 @@ def history(store, limit, fmt):
     echo(format_table([c.upper() for c in columns], cells))
 
 
+_DURATION = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)(e[+-]?[0-9]+)?[smhd]?|[+-]?(nan|inf|infinity)[smhd]?")
+
+
 def _duration(_ctx, param, value: str):
     from datetime import timedelta
 
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    text = value.strip().lower()
+    text = value.lower()
+    # Spelled as --timeout's seconds are (no `1_0`, blanks or `١`, which float() takes), then a unit.
+    if not _DURATION.fullmatch(text):
+        raise click.BadParameter(f"{value!r} is not a duration such as 7d, 12h, 30m or 0", param=param)
     try:
         if text and text[-1] in units:
             return timedelta(seconds=float(text[:-1]) * units[text[-1]])

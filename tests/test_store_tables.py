@@ -107,7 +107,8 @@ def test_compact_keeps_every_answer_and_leaves_one_file_per_table(run_cli, tmp_p
     refused = run_cli("compact", "--store", store, "--retention", "10m")
     assert refused.exit_code == 2 and refused.output.count("\n") == 1
     assert "--retention: under 1:00:00 could delete files of a run that is still writing" in refused.output
-    for bad in ("inf", "nan", "1e300d", "10x", ""):
+    # Spelled as the other numbers are: float() also took `1_0`, blanks and other scripts' digits.
+    for bad in ("inf", "nan", "1e300d", "10x", "", "1_0h", "\u0661h", " 1h", "1h ", "7 d"):
         result = run_cli("compact", "--store", store, "--retention", bad)
         assert result.exit_code == 2 and "is not a duration" in result.output, bad
     negative = run_cli("compact", "--store", store, "--retention", "-5d")
