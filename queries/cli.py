@@ -1145,6 +1145,8 @@ def export(directory, store, as_of):
     its tables do not list."""
     from queries.export import check_outside_store, export_from_store
 
+    if not directory:
+        raise click.BadParameter("an empty value names no folder (`.` is this one)", param_hint="'DIRECTORY'")
     if os.path.lexists(directory) and not os.path.isdir(directory):
         # click's Path refuses a regular file only; a device or a FIFO is no folder either
         raise click.BadParameter(f"{shown_value(directory)} exists and is not a directory", param_hint="'DIRECTORY'")

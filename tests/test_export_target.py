@@ -138,6 +138,16 @@ def test_a_target_that_exists_and_is_no_folder_is_one_usage_line(store, tmp_path
     ]
 
 
+def test_an_empty_target_is_one_usage_line(store):
+    # It failed as `cannot create : No such file or directory`, naming nothing.
+    result = _invoke("export", "", "--store", store)
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        "imgdex export: Invalid value for 'DIRECTORY': an empty value names no folder (`.` is this one). "
+        "See 'imgdex export --help'."
+    ]
+
+
 @pytest.mark.parametrize("command", [("get", "app:1"), ("list",), ("sql", "SELECT 1")])
 def test_as_of_on_an_export_says_it_keeps_no_history_not_to_migrate(store, command):
     """Migrating an export would replace its files, and it holds current rows only: the old

@@ -43,6 +43,8 @@ from indexer.sources.registry_client import _retry_after
         ("reg.example/a/b@sha256:" + "a" * 64, Target("reg.example", "reg.example", "a/b", "", "sha256:" + "a" * 64)),
         ("ubuntu:22", Target("docker.io", "registry-1.docker.io", "library/ubuntu", "22")),
         ("docker.io", Target("docker.io", "registry-1.docker.io")),
+        ("127.0.0.1:65535/a", Target("127.0.0.1:65535", "127.0.0.1:65535", "a")),
+        ("[::1]/a", Target("[::1]", "[::1]", "a")),
     ],
 )
 def test_parse_target(text, target):
@@ -53,6 +55,15 @@ def test_parse_target(text, target):
 def test_parse_target_rejects(text):
     with pytest.raises(SourceError):
         parse_target(text)
+
+
+@pytest.mark.parametrize("text", ["127.0.0.1:99999/x", "127.0.0.1:65536", "[::1]:070000/x:1"])
+def test_a_port_out_of_range_is_refused_before_any_request(text):
+    # Docker's grammar takes any digits; each was tried over https and http, four times, and then
+    # said to be a connection that failed.
+    with pytest.raises(SourceError) as raised:
+        parse_target(text)
+    assert raised.value.where == f"docker://{text}" and "is out of range" in raised.value.reason
 
 
 def test_under_prefix_is_by_path_component():

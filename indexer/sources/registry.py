@@ -157,16 +157,21 @@ def _parse_target(text: str) -> Target:
         except ImgdexError:
             raise SourceError(spec, f"invalid registry host {host!r}") from None
         registry = DOCKER_HUB if is_docker_hub(host) else host.lower()
-        return Target(registry, _api_host(registry))
+        return Target(registry, _api_host(spec, registry))
     try:
         ref = parse_reference(text)
     except ImgdexError as exc:
         raise SourceError(spec, str(exc)) from None
     registry = ref.registry.lower()
-    return Target(registry, _api_host(registry), ref.name, ref.tag, ref.digest)
+    return Target(registry, _api_host(spec, registry), ref.name, ref.tag, ref.digest)
 
 
-def _api_host(registry: str) -> str:
+def _api_host(spec: str, registry: str) -> str:
+    # Docker's grammar takes any digits for a port; a connection cannot, so it is said at once
+    # rather than after every attempt over https and http.
+    after_address = registry.rpartition("]")[2]
+    if ":" in after_address and int(port := after_address.rpartition(":")[2]) > 65535:
+        raise SourceError(spec, f"invalid registry host {registry!r}: port {int(port)} is out of range")
     return "registry-1.docker.io" if registry == DOCKER_HUB else registry
 
 
