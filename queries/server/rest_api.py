@@ -64,6 +64,7 @@ MAX_LINE = 65536
 MAX_HEADERS = 65536
 _DRAIN_CHUNK = 1 << 16
 _DECIMAL = re.compile(r"-?[0-9]+")
+_NON_ASCII = re.compile(rb"[\x80-\xff]")
 _INTEGER_TYPES = frozenset({1, 2, 3, 4})  # FieldDescriptor.CPPTYPE_INT32, INT64, UINT32, UINT64
 
 
@@ -267,6 +268,7 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # one line per request would drown the ready line and errors
 
     def parse_request(self) -> bool:
+        self._sent_line = None
         if self.raw_requestline in (b"\r\n", b"\n"):
             # RFC 9112 2.2: an empty line before a request line is ignored (a client may end the
             # body of its last request with a stray CRLF); the standard library hung up instead.
@@ -275,12 +277,21 @@ class _Handler(BaseHTTPRequestHandler):
                 self.requestline, self.command = "", None
                 self.send_error(414)
                 return False
-        requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
-        if len(requestline.split()) not in (0, 3):
+        line = self.raw_requestline.rstrip(b"\r\n")
+        requestline = str(line, "iso-8859-1")
+        # Split as bytes, at ASCII whitespace only: str.split() also splits at \x85 and \xa0, which
+        # are bytes of UTF-8 characters a client may send raw (à is C3 A0).
+        words = line.split()
+        if len(words) not in (0, 3):
             # HTTP/0.9 (no version) would be answered without a status line; junk is junk.
             self.requestline, self.command, self.request_version = requestline, None, self.protocol_version
             self._refuse(400, f"malformed request line {shown(requestline)}")
             return False
+        self._sent_line = requestline
+        if not line.isascii():
+            # The standard library splits the line as text: it gets the non-ASCII bytes escaped,
+            # and the target as sent is put back once it has parsed the rest.
+            self.raw_requestline = _NON_ASCII.sub(lambda byte: b"%%%02X" % byte[0][0], self.raw_requestline)
         rfile = self.rfile
         self.rfile = lines = _HeaderLines(rfile)
         try:
@@ -289,6 +300,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.rfile = rfile
         if not parsed:
             return False
+        if not line.isascii():
+            path = str(words[1], "iso-8859-1")
+            # As the standard library does to the target (gh-87389: `//host` read as another host).
+            self.requestline, self.path = requestline, "/" + path.lstrip("/") if path.startswith("//") else path
         if lines.cut:
             self.close_connection = True  # the client left mid-headers: no request to answer
             return False
@@ -332,6 +347,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """The errors BaseHTTPRequestHandler answers itself, as Status bodies in imgdex's words."""
+        self.requestline = getattr(self, "_sent_line", None) or getattr(self, "requestline", "")
         if code == 414:
             message = f"request line over {MAX_LINE:,} bytes"
         elif code == 431:
