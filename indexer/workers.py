@@ -260,6 +260,7 @@ def index_parallel(
     made_folder = paths.outermost_missing(root) if root is not None else None
     context = multiprocessing.get_context(method)
     children: list[_Child] = []
+    writer = None
     try:
         for worker in range(1, len(work.shares)):
             receiver, sender = context.Pipe(duplex=False)
@@ -284,7 +285,8 @@ def index_parallel(
         from .store.delta_writer import DeltaWriter
 
         # The workers' commits carry the run's id too: one run in `history`.
-        with DeltaWriter(store, run_id, made_folder) as writer:
+        writer = DeltaWriter(store, run_id, made_folder)
+        with writer:
             try:
                 own = run_tasks(
                     work.shares[0],
@@ -326,8 +328,24 @@ def index_parallel(
             summary.seconds = time.monotonic() - started
             record_run(writer, work.specs, summary, started_at, sharded=settings.shard is not None)
         return summary
+    except BaseException:
+        if writer is None and children:
+            # Stopped (Ctrl-C, a worker that could not start) before this process opened the
+            # store: a worker may have made its tables, which the run then leaves behind empty.
+            _stop(children)
+            _leave_nothing(store, run_id, made_folder)
+        raise
     finally:
         _stop(children)
+
+
+def _leave_nothing(store: str, run_id: str, made_folder: str | None) -> None:
+    """Remove the tables and folders run `run_id` made and landed nothing in, as its first
+    process does when it fails holding the store (`DeltaWriter.leave_nothing`)."""
+    from .store.delta_writer import DeltaWriter
+
+    with contextlib.suppress(ImgdexError, OSError), DeltaWriter(store, run_id, made_folder) as writer:
+        writer.leave_nothing()
 
 
 def _start_method() -> str:

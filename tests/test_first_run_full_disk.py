@@ -391,3 +391,52 @@ def test_a_first_run_of_several_processes_on_a_full_disk_leaves_no_tables(tmp_pa
     shutil.rmtree(store, ignore_errors=True)
     assert invoke("index", "-q", f"oci:{layout}", "--store", store).exit_code == 0
     assert count(store) == 40
+
+
+def test_tables_a_worker_made_after_the_first_process_looked_are_removed_by_it(tmp_path):
+    """The first process of `index --jobs` opens the store as its workers start: when a worker made
+    the folder and tables after it looked, it held no lock on them, and a Ctrl-C left them behind,
+    an empty store."""
+    store = str(tmp_path / "new" / "store")
+    made = paths.outermost_missing(store)
+    first = DeltaWriter(store, "f" * 32, made)  # the folder is missing: nothing to hold yet
+    with DeltaWriter(store, "f" * 32, made) as worker:
+        worker._ensure_tables()
+    assert paths.is_table_store(store)
+    assert first.leave_nothing()
+    first.close()
+    assert os.listdir(tmp_path) == []
+    # Another run's tables, made after it looked, are not its own to remove.
+    first = DeltaWriter(store, "f" * 32, made)
+    with DeltaWriter(store, "0" * 32, made) as other:
+        other._ensure_tables()
+    assert not first.leave_nothing()
+    first.close()
+    assert paths.is_table_store(store)
+
+
+def test_a_jobs_run_stopped_before_its_first_process_opened_the_store_leaves_nothing(tmp_path, monkeypatch):
+    from indexer import workers
+    from indexer.run import Task
+    from indexer.store import delta_writer
+
+    store = str(tmp_path / "new" / "store")
+    real = delta_writer.DeltaWriter
+    calls = []
+
+    class Interrupted(real):
+        def __init__(self, store, run_id="", made_folder=None):
+            calls.append(run_id)
+            if len(calls) == 1:
+                with real(store, run_id, made_folder) as worker:  # a worker got there first
+                    worker._ensure_tables()
+                raise KeyboardInterrupt
+            super().__init__(store, run_id, made_folder)
+
+    monkeypatch.setattr(delta_writer, "DeltaWriter", Interrupted)
+    missing = str(tmp_path / "missing.tar")  # the worker's share: it finds nothing and makes nothing
+    plan = workers.Plan([missing, missing], [[Task(0, missing)], [Task(1, missing)]])
+    with pytest.raises(KeyboardInterrupt):
+        workers.index_parallel(plan, store)
+    assert len(calls) == 2 and calls[0] == calls[1]
+    assert os.listdir(tmp_path) == []

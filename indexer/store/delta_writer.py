@@ -79,6 +79,9 @@ class DeltaWriter:
         except Exception as exc:  # an unreadable folder, an unreachable bucket
             self.close()  # the lock taken on the way: no caller holds this object to close it
             raise StoreError(f"cannot open store {store}: {store_failure(exc) or exc}") from None
+        except BaseException:  # Ctrl-C: the lock would be held until this object is collected
+            self.close()
+            raise
         self._touched = False
 
     def _refuse_files_for_folders(self) -> None:
@@ -179,8 +182,15 @@ class DeltaWriter:
         and no other writer holds the store. Tables another process of this run made (a worker of
         `index --jobs`, which shares the run's id) are the run's own too: whichever of its
         processes fails last, once the others let go of the store, removes them."""
-        if self._touched or self._lock is None:
+        if self._touched:
             return
+        if self._lock is None:
+            # The folder may have been made since this writer looked, by a worker of this run (the
+            # first process of `index --jobs` opens the store as its workers start).
+            with contextlib.suppress(OSError):
+                self._hold()
+            if self._lock is None:
+                return
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
