@@ -1822,7 +1822,17 @@ ENCODINGS = {
     "utf-16-le": (lambda text: text.decode().encode("utf-16-le"), "its first bytes are UTF-16LE text"),
     "utf-16-be": (lambda text: text.decode().encode("utf-16-be"), "its first bytes are UTF-16BE text"),
     "utf-32": (lambda text: text.decode().encode("utf-32"), "its first bytes are UTF-32 text"),
+    # Not JSON at all, though json.loads reads them: the fast parser refused them, and the exact one
+    # it falls back to took them, digest and all.
+    "nan": (lambda text: _with_member(text, b"NaN"), "NaN is not a JSON value"),
+    "-infinity": (lambda text: _with_member(text, b"-Infinity"), "-Infinity is not a JSON value"),
 }
+
+
+def _with_member(text: bytes, value: bytes) -> bytes:
+    """`text` with a member `"x": value` last in its last object."""
+    end = text.rindex(b"}")
+    return text[:end] + b',"x":' + value + text[end:]
 
 
 def _encoded_layout(which: str, encode) -> dict[str, bytes]:
@@ -1881,7 +1891,7 @@ def _packed(tmp_path, files: dict[str, bytes], packing: str) -> str:
         ("oci-archive", "config", "tar.zst"),
     ],
 )
-def test_json_that_is_not_plain_utf8_is_refused_alike_by_every_source(tmp_path, encoding, kind, which, packing):
+def test_json_that_is_not_plain_utf8_json_is_refused_alike_by_every_source(tmp_path, encoding, kind, which, packing):
     """json.loads reads a byte order mark, UTF-16 and UTF-32; Docker, containerd and skopeo (Go's
     encoding/json) refuse them. A plain tar took a BOM that a gzip one refused as "not JSON"."""
     encode, reason = ENCODINGS[encoding]
@@ -1902,6 +1912,21 @@ def test_json_that_is_not_plain_utf8_is_refused_alike_by_every_source(tmp_path, 
     plain.mkdir()
     records, errors, _ = collect(f"{kind}:{_packed(plain, files, packing)}")
     assert not errors and len(records) == 1
+
+
+def test_a_streamed_index_json_refuses_nan_as_a_parsed_one_does():
+    blobs = Blobs()
+    data = _with_member(blobs.layout_files([blobs.image()])["index.json"], b"NaN")
+    pieces = [data[i : i + 3] for i in range(0, len(data), 3)]
+    saved = layout.MAX_JSON_BYTES
+    layout.MAX_JSON_BYTES = -1  # read a descriptor at a time, as a large index.json is
+    try:
+        with pytest.raises(SourceError, match=r"index.json is not valid JSON \(NaN is not a JSON value: char \d+\)$"):
+            list(IndexJson("index.json", len(data), lambda: iter(pieces)).descriptors())
+    finally:
+        layout.MAX_JSON_BYTES = saved
+    with pytest.raises(SourceError, match=r"index.json is not valid JSON \(NaN is not a JSON value\)$"):
+        top_descriptors(data, "index.json")
 
 
 def test_a_streamed_index_json_refuses_a_byte_order_mark_as_a_parsed_one_does():

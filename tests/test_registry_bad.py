@@ -288,12 +288,14 @@ def test_a_child_fetched_by_digest_is_judged_by_its_listing_and_its_body_not_its
     ]
 
 
-@pytest.mark.parametrize("encode", ["bom", "utf-16"])
-def test_a_manifest_or_config_that_is_not_plain_utf8_is_refused(fake, encode):
-    """As Docker and containerd read JSON: UTF-8 without a byte order mark."""
-    encoded = {"bom": lambda text: b"\xef\xbb\xbf" + text, "utf-16": lambda text: text.decode().encode("utf-16")}[
-        encode
-    ]
+@pytest.mark.parametrize("encode", ["bom", "utf-16", "nan"])
+def test_a_manifest_or_config_that_is_not_plain_utf8_json_is_refused(fake, encode):
+    """As Docker and containerd read JSON: UTF-8 without a byte order mark, and no NaN."""
+    encoded = {
+        "bom": lambda text: b"\xef\xbb\xbf" + text,
+        "utf-16": lambda text: text.decode().encode("utf-16"),
+        "nan": lambda text: text[: text.rindex(b"}")] + b',"x":NaN}',
+    }[encode]
     manifest, configs, _ = image()
     fake.add_image("good/app", {"v1": manifest}, configs, OCI_MANIFEST)
     fake.add_image("bad/manifest", {"v1": encoded(manifest)}, configs, OCI_MANIFEST)
@@ -303,7 +305,11 @@ def test_a_manifest_or_config_that_is_not_plain_utf8_is_refused(fake, encode):
     fake.add_image("bad/config", {"v1": with_config}, blobs.blobs, OCI_MANIFEST)
     fake.catalog(["bad/config", "bad/manifest", "good/app"])
     records, errors, _ = crawl(f"docker://{fake.host}")
-    reason = "it starts with a UTF-8 byte order mark" if encode == "bom" else "its first bytes are UTF-16 text"
+    reason = {
+        "bom": "it starts with a UTF-8 byte order mark",
+        "utf-16": "its first bytes are UTF-16 text",
+        "nan": "NaN is not a JSON value",
+    }[encode]
     assert len(errors) == 2 and all(f"is not valid JSON ({reason}" in error for error in errors), errors
     assert [r.name for r in records] == ["good/app"]
 

@@ -15,7 +15,19 @@ from ..errors import SourceError
 GROW = 1 << 20
 _NOT_BLANK = re.compile(r"[^ \t\n\r]")
 _MAYBE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]|[\ud800-\udfff]")
-_DECODER = json.JSONDecoder()
+
+
+class NotJson(ValueError):
+    """`NaN`, `Infinity` or `-Infinity`: json.loads reads them, JSON has none, and Go's decoder
+    (Docker, containerd, skopeo) refuses a document holding one; a digest over it names nothing
+    they would index."""
+
+
+def refuse_constant(name: str):
+    raise NotJson(f"{name} is not a JSON value")
+
+
+_DECODER = json.JSONDecoder(parse_constant=refuse_constant)
 # A value that ends this close to the end of the decoded window may go on in the next piece
 # (`12` of `123`), and an error this close to it may be the piece boundary: read more first.
 _MARGIN = 64
@@ -68,16 +80,24 @@ def _long_decoder(decoder: json.JSONDecoder) -> json.JSONDecoder:
     )
 
 
+_LONG_DECODER = _long_decoder(_DECODER)
+
+
 def loads(text: str | bytes) -> object:
-    """json.loads, but for integers of more digits than int() converts, read as LongInteger. Read
-    again only when the first parse met one: no cost to other documents. Time stays linear in the
+    """json.loads, but `NaN` and `Infinity` refused (NotJson) and integers of more digits than
+    int() converts read as LongInteger. Read again only when the first parse met one: no cost to
+    other documents. Time stays linear in the
     text (int() refuses by length before converting)."""
+    if not isinstance(text, str):
+        text = text.decode(json.detect_encoding(text), "surrogatepass")  # as json.loads decodes bytes
+    if text.startswith("\ufeff"):
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
     try:
-        return json.loads(text)
+        return _DECODER.decode(text)
     except ValueError as exc:
-        if type(exc) is not ValueError:  # a JSONDecodeError or UnicodeDecodeError stands
+        if type(exc) is not ValueError:  # a JSONDecodeError, NotJson or UnicodeDecodeError stands
             raise
-    return json.loads(text, parse_int=_integer)
+    return _LONG_DECODER.decode(text)
 
 
 def dumped(value: object) -> str:
@@ -262,6 +282,8 @@ class JsonText:
                 self.fail(exc.msg, exc.pos)
             except RecursionError:
                 raise SourceError(self.where, f"{self.what} is not valid JSON (nested too deeply)") from None
+            except NotJson as exc:
+                self.fail(str(exc))  # at the value that holds it
             except ValueError:
                 # An integer of more digits than int() converts: rare, so this value alone is parsed
                 # again, with such integers kept as LongInteger, as `loads` does.

@@ -34,7 +34,7 @@ from ..model import IMPORTED, KIND_IMAGE, KIND_INDEX, Blob, ImageRecord
 from ..references import ID_RE, is_valid_digest, is_valid_tag, parse_reference
 from ..store.hashset import HashSet
 from .configbounds import MAX_ENTRIES, too_many_values
-from .jsonstream import MAX_PARSED_VALUES, JsonText, LongInteger
+from .jsonstream import MAX_PARSED_VALUES, JsonText, LongInteger, refuse_constant
 from .parse import INT64_MAX, Context, check_sizes
 
 DEFAULT_REGISTRY = "cr.yandex"
@@ -74,7 +74,7 @@ def _pairs(pairs: list[tuple[str, object]]) -> dict:
     return doc
 
 
-_JSON = json.JSONDecoder(object_pairs_hook=_pairs)
+_JSON = json.JSONDecoder(object_pairs_hook=_pairs, parse_constant=refuse_constant)
 
 
 def _repeats(raw: dict, where: str, what: str) -> None:
