@@ -1914,33 +1914,25 @@ def test_json_that_is_not_plain_utf8_json_is_refused_alike_by_every_source(tmp_p
     assert not errors and len(records) == 1
 
 
-def test_a_streamed_index_json_refuses_nan_as_a_parsed_one_does():
+@pytest.mark.parametrize(
+    "encoding, streamed, parsed",
+    [
+        ("bom", r"\(it starts with a UTF-8 byte order mark", r"\(it starts with a UTF-8 byte order mark"),
+        ("nan", r"\(NaN is not a JSON value: char \d+\)$", r"\(NaN is not a JSON value\)$"),
+    ],
+)
+def test_a_streamed_index_json_refuses_what_a_parsed_one_does(encoding, streamed, parsed):
     blobs = Blobs()
-    data = _with_member(blobs.layout_files([blobs.image()])["index.json"], b"NaN")
+    data = ENCODINGS[encoding][0](blobs.layout_files([blobs.image()])["index.json"])
     pieces = [data[i : i + 3] for i in range(0, len(data), 3)]
     saved = layout.MAX_JSON_BYTES
     layout.MAX_JSON_BYTES = -1  # read a descriptor at a time, as a large index.json is
     try:
-        with pytest.raises(SourceError, match=r"index.json is not valid JSON \(NaN is not a JSON value: char \d+\)$"):
+        with pytest.raises(SourceError, match=r"index.json is not valid JSON " + streamed):
             list(IndexJson("index.json", len(data), lambda: iter(pieces)).descriptors())
     finally:
         layout.MAX_JSON_BYTES = saved
-    with pytest.raises(SourceError, match=r"index.json is not valid JSON \(NaN is not a JSON value\)$"):
-        top_descriptors(data, "index.json")
-
-
-def test_a_streamed_index_json_refuses_a_byte_order_mark_as_a_parsed_one_does():
-    blobs = Blobs()
-    data = b"\xef\xbb\xbf" + blobs.layout_files([blobs.image()])["index.json"]
-    pieces = [data[i : i + 3] for i in range(0, len(data), 3)]
-    saved = layout.MAX_JSON_BYTES
-    layout.MAX_JSON_BYTES = -1  # read a descriptor at a time, as a large index.json is
-    try:
-        with pytest.raises(SourceError, match=r"index.json is not valid JSON \(it starts with a UTF-8 byte order mark"):
-            list(IndexJson("index.json", len(data), lambda: iter(pieces)).descriptors())
-    finally:
-        layout.MAX_JSON_BYTES = saved
-    with pytest.raises(SourceError, match=r"index.json is not valid JSON \(it starts with a UTF-8 byte order mark"):
+    with pytest.raises(SourceError, match=r"index.json is not valid JSON " + parsed):
         top_descriptors(data, "index.json")
 
 
