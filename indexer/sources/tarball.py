@@ -102,6 +102,7 @@ class Member:
     layer_size: int | None = None
     undecodable: str = ""  # why a streaming pass could not measure it so
     unkept: str = ""  # why a streaming pass did not keep the bytes of a member
+    broken: str = ""  # why the member cannot be read at all, said whenever it is asked for
 
 
 NOT_AN_ARCHIVE = "not a tar archive (nor gzip, zstd, xz or bzip2)"
@@ -303,7 +304,12 @@ class _Table:
             target = posixpath.normpath(posixpath.join(base, info.linkname))
             if info.linkname.startswith("/") or target == ".." or target.startswith("../"):
                 raise SourceError(self.where, f"member {info.name!r} links outside the archive ({info.linkname!r})")
-            member.link = target
+            if info.islnk() and target not in self.members:
+                # A hard link names a member already extracted: `docker load` fails on one to a
+                # later member (no such file), and skopeo reads it as empty.
+                member.broken = f"is a hard link to {info.linkname!r}, which is not an earlier member"
+            else:
+                member.link = target
         old = self.members.get(name)
         if old is None:
             self.name_bytes += len(name)
@@ -420,6 +426,8 @@ class TarMembers:
             if seen > 16:
                 raise SourceError(self.where, f"member {name!r}: too many levels of links")
             member = self._members.get(member.link)
+        if member is not None and member.broken:
+            raise SourceError(self.where, f"member {name!r} {member.broken}")
         return member
 
     def same(self, name: str) -> tuple[int, bool] | None:

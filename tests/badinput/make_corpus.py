@@ -213,6 +213,39 @@ def build_config_not_json_save(path: str) -> None:
     write_tar(path, files)
 
 
+def build_config_nan_save(path: str) -> None:
+    files = save_files("registry.example/bad/config-nan:v1")
+    old_config, _ = save_names(files)
+    config = json.loads(files[old_config])
+    bad = dumps(config)[:-1] + b', "x": NaN}'  # JSON but for NaN, which json.loads takes and Go refuses
+    new_config = digest_of(bad).split(":")[1] + ".json"
+    del files[old_config]
+    files[new_config] = bad
+    entry = json.loads(files["manifest.json"])
+    entry[0]["Config"] = new_config
+    files["manifest.json"] = dumps(entry)
+    write_tar(path, files)
+
+
+def build_hardlink_forward(path: str) -> None:
+    files = save_files("registry.example/bad/hardlink-forward:v1")
+    config, _ = save_names(files)
+    entry = json.loads(files["manifest.json"])
+    entry[0]["Config"] = "cfg.json"
+    files["manifest.json"] = dumps(entry)
+    data = files.pop(config)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, body in [*files.items(), ("cfg.json", None), (config, data)]:
+            if body is None:
+                tar.addfile(link_info(name, config, tarfile.LNKTYPE))  # before the member it links to
+                continue
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(body), 0
+            tar.addfile(info, io.BytesIO(body))
+    write_bytes(path, buffer.getvalue())
+
+
 def build_member_dotdot(path: str) -> None:
     files = save_files("registry.example/bad/dotdot:v1")
     files["../escape.txt"] = b"written outside the extraction directory\n"
@@ -639,6 +672,22 @@ ENTRIES: list[Entry] = [
         "A classic save whose config member is not JSON; the member is named by the true sha256 of its bad bytes, "
         "so only the parse can fail.",
         build_config_not_json_save,
+    ),
+    Entry(
+        "config-nan-save.tar",
+        "docker-archive:{path}",
+        LINE + r"{path}: config is not valid JSON \(NaN is not a JSON value\)$",
+        "A classic save whose config is JSON but for a NaN, which Python's decoder reads and Go's (docker load, "
+        "skopeo) refuses; the member is named by the true sha256 of its bytes.",
+        build_config_nan_save,
+    ),
+    Entry(
+        "hardlink-forward.tar",
+        "{path}",
+        LINE + r"{path}: member 'cfg\.json' is a hard link to '" + HEX + r"\.json', which is not an earlier member$",
+        "A classic save whose config member is a hard link to a member that comes after it: docker load cannot "
+        "make that link, and skopeo reads it as empty.",
+        build_hardlink_forward,
     ),
     Entry(
         "member-dotdot.tar",
