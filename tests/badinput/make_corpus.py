@@ -200,31 +200,27 @@ def build_missing_layer(path: str) -> None:
     write_tar(path, files)
 
 
-def build_config_not_json_save(path: str) -> None:
-    files = save_files("registry.example/bad/config-not-json:v1")
+def _save_with_config(path: str, tag: str, bad) -> None:
+    """A classic save whose config is `bad(config bytes)`, named by the true digest of those bytes."""
+    files = save_files(tag)
     old_config, _ = save_names(files)
-    bad = b'{"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [\n'
-    new_config = digest_of(bad).split(":")[1] + ".json"  # named by the true digest of the bad bytes
-    del files[old_config]
-    files[new_config] = bad
+    data = bad(files.pop(old_config))
+    new_config = digest_of(data).split(":")[1] + ".json"
+    files[new_config] = data
     entry = json.loads(files["manifest.json"])
     entry[0]["Config"] = new_config
     files["manifest.json"] = dumps(entry)
     write_tar(path, files)
+
+
+def build_config_not_json_save(path: str) -> None:
+    bad = b'{"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [\n'
+    _save_with_config(path, "registry.example/bad/config-not-json:v1", lambda _config: bad)
 
 
 def build_config_nan_save(path: str) -> None:
-    files = save_files("registry.example/bad/config-nan:v1")
-    old_config, _ = save_names(files)
-    config = json.loads(files[old_config])
-    bad = dumps(config)[:-1] + b', "x": NaN}'  # JSON but for NaN, which json.loads takes and Go refuses
-    new_config = digest_of(bad).split(":")[1] + ".json"
-    del files[old_config]
-    files[new_config] = bad
-    entry = json.loads(files["manifest.json"])
-    entry[0]["Config"] = new_config
-    files["manifest.json"] = dumps(entry)
-    write_tar(path, files)
+    # JSON but for NaN, which json.loads takes and Go refuses
+    _save_with_config(path, "registry.example/bad/config-nan:v1", lambda config: config[:-1] + b', "x": NaN}')
 
 
 def build_hardlink_forward(path: str) -> None:
