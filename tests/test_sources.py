@@ -2,6 +2,7 @@
 
 import bz2
 import gzip
+import json
 import lzma
 import os
 import tarfile
@@ -410,3 +411,46 @@ def test_an_image_of_no_layers_has_no_compressed_sizes(tmp_path):
         records, errors, _ = collect(spec, registry="reg.example", repository="team/app")
         assert not errors and len(records) == 1 and records[0].layers == (), spec
         assert records[0].layers_compressed is False, spec
+
+
+@pytest.mark.parametrize(
+    "key, value, reason",
+    [
+        ("LayerSources", 5, "manifest.json: LayerSources is not an object"),
+        ("LayerSources", [], "manifest.json: LayerSources is not an object"),
+        ("LayerSources", "", "manifest.json: LayerSources is not an object"),
+        ("Layers", "", "manifest.json: Layers is not a list of paths"),
+        ("Layers", 0, "manifest.json: Layers is not a list of paths"),
+        ("RepoTags", False, "manifest.json: RepoTags is not a list"),
+    ],
+)
+def test_a_manifest_json_field_of_the_wrong_type_fails_as_docker_load_does(tmp_path, key, value, reason):
+    # A false value of another type (0, "", []) was read as empty, and a LayerSources of any other
+    # type was skipped: docker load fails on each ("cannot unmarshal ..."). null is empty to both.
+    files = classic_save_files([{"tags": ["a/app:1"], "layers": [] if key == "Layers" else [b"one"]}])
+    entries = json.loads(files["manifest.json"])
+    for given, expected in ((value, reason), (None, None)):
+        entries[0][key] = given
+        files["manifest.json"] = dumps(entries)
+        path = write_tar(str(tmp_path / f"{key}-{given!r}.tar"), files)
+        records, errors, _ = collect(f"docker-archive:{path}")
+        if expected is None:
+            assert not errors and len(records) == 1
+        else:
+            assert records == [] and [str(e) for e in errors] == [f"{path}: {expected}"]
+
+
+@pytest.mark.parametrize("urls", ["", 0, False, {}, None])
+def test_a_descriptor_whose_urls_are_no_list_fails(tmp_path, urls):
+    # Read as no urls, as docker and skopeo read null alone.
+    blobs = Blobs()
+    image = blobs.image(layers=(b"one",))
+    manifest = json.loads(blobs.blobs[image["digest"]])
+    manifest["layers"][0]["urls"] = urls
+    image = blobs.add(dumps(manifest), OCI_MANIFEST)
+    layout = write_dir(str(tmp_path / "layout"), blobs.layout_files([named(image, "reg.example/a/app:1")]))
+    records, errors, _ = collect(f"oci:{layout}")
+    if urls is None:
+        assert not errors and len(records) == 1
+    else:
+        assert records == [] and len(errors) == 1 and str(errors[0]).endswith(" layers[0] has invalid urls"), errors

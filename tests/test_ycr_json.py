@@ -241,11 +241,21 @@ def test_unreadable_files_fail_the_source(tmp_path):
         list(parse_source(f"ycr-json:{tmp_path}/missing.json").records(Context("ycr-json", "x")))
 
 
-def test_empty_list_response(run_cli, tmp_path):
+@pytest.mark.parametrize("text", ["{}", '{"images": null}', '{"images": []}'])
+def test_empty_list_response(run_cli, tmp_path, text):
     path = tmp_path / "empty.json"
-    path.write_text("{}")
+    path.write_text(text)
     result = run_cli("index", f"ycr-json:{path}", "--store", str(tmp_path / "s"))
     assert result.exit_code == 0 and "no images" in result.output
+
+
+@pytest.mark.parametrize("images", ['""', "0", "false", "{}"])
+def test_images_of_another_type_are_no_empty_list(run_cli, tmp_path, images):
+    # "" , 0 and false were read as no images, where protobuf's JSON parser refuses them.
+    path = tmp_path / "list.json"
+    path.write_text(f'{{"images": {images}}}')
+    result = run_cli("index", f"ycr-json:{path}", "--store", str(tmp_path / "s"))
+    assert result.exit_code == 1 and result.stderr.splitlines() == [f"imgdex: {path}: images is not a list"]
 
 
 @pytest.mark.parametrize("imported_first", [True, False])

@@ -71,9 +71,16 @@ def _selected(entries: list[dict], selection: Selection, ctx: Context, where: st
     raise SourceError(where, f"manifest.json has no image tagged {selection}")
 
 
+def _listed(entry: dict, key: str) -> object:
+    """An entry's list, [] when absent or null, as Go reads them; any other value as it is, for the
+    caller to refuse (`""`, `0` or `false` read as empty were no list to docker load)."""
+    value = entry.get(key)
+    return [] if value is None else value
+
+
 def _repo_tags(entry: dict, ctx: Context, where: str, quiet: bool = False) -> list[Reference]:
     """The entry's RepoTags; what is no reference is noted (unless `quiet`: read again) and skipped."""
-    tags = entry.get("RepoTags") or []
+    tags = _listed(entry, "RepoTags")
     if not isinstance(tags, list):
         if quiet:
             return []
@@ -187,7 +194,7 @@ class _Configs:
 def _classic_records(members: TarMembers, configs: _Configs, entry: dict, ctx: Context) -> list[ImageRecord]:
     where = members.where
     config_raw, config_digest, config = configs.read_parsed(entry)
-    layer_paths = entry.get("Layers") or []
+    layer_paths = _listed(entry, "Layers")
     if not isinstance(layer_paths, list) or not all(isinstance(p, str) for p in layer_paths):
         raise SourceError(where, "manifest.json: Layers is not a list of paths")
     sizes = []
@@ -197,10 +204,11 @@ def _classic_records(members: TarMembers, configs: _Configs, entry: dict, ctx: C
             raise SourceError(where, f"layer {layer_path!r} listed in manifest.json is missing from the archive")
         sizes.append(size)
     foreign: dict[str, Blob] = {}
-    sources = entry.get("LayerSources") or {}
-    if isinstance(sources, dict):
-        for diff_id, raw in sources.items():
-            foreign[diff_id] = parse_descriptor(raw, where, f"LayerSources[{diff_id}]")
+    sources = entry.get("LayerSources")
+    if sources is not None and not isinstance(sources, dict):
+        raise SourceError(where, "manifest.json: LayerSources is not an object")
+    for diff_id, raw in (sources or {}).items():
+        foreign[diff_id] = parse_descriptor(raw, where, f"LayerSources[{diff_id}]")
     records = record_from_config(
         config_raw, config_digest, sizes, _repo_tags(entry, ctx, where), ctx, where, UNCOMPRESSED, foreign, config
     )

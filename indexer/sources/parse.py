@@ -187,7 +187,8 @@ def parse_descriptor(raw: object, where: str, what: str, known_shapes: dict | No
     digest = raw.get("digest")
     size = raw.get("size")
     media_type = raw.get("mediaType", "")
-    urls = raw.get("urls") or []
+    urls = raw.get("urls")
+    urls = [] if urls is None else urls  # as Go reads null; "" or 0 is no list
     if not is_valid_digest(digest):
         raise SourceError(where, f"{what} has an invalid digest {digest!r}")
     if not valid_size(size):

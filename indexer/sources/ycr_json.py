@@ -440,7 +440,8 @@ def _images(value: object, where: str, notes: list[str]) -> Iterator[tuple[str, 
         return
     if "images" in doc or "nextPageToken" in doc or not doc:
         _repeats(value, where, "the response")
-        images = doc.get("images") or []
+        images = doc.get("images")
+        images = [] if images is None else images
         if not isinstance(images, list):
             raise SourceError(where, "images is not a list")
         if doc.get("nextPageToken"):
