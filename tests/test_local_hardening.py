@@ -1975,3 +1975,59 @@ def test_many_manifests_naming_one_large_config_are_cut_by_the_allowance(tmp_pat
     monkeypatch.setattr(parse, "MAX_WALKED_IN_ALL", 1000)
     records, errors, _ = collect(f"oci:{tmp_path / 'shared'}")
     assert not errors and len(records) == 31
+
+
+# ---------------------------------------------------------------------------------------------
+# pax records as Go's archive/tar (docker load, skopeo) reads them
+
+
+def _with_pax_member(records: dict[str, str]) -> bytes:
+    """A valid docker save, then a member `junk` of one byte preceded by a pax header of `records`,
+    written byte for byte (tarfile's writer would fix what the test breaks)."""
+    raw = tar_bytes(save("registry.example/pax/app:v1"))
+    while raw.endswith(b"\0" * 512):
+        raw = raw[:-512]
+
+    def block(name: str, kind: bytes, data: bytes) -> bytes:
+        info = tarfile.TarInfo(name)
+        info.size, info.type, info.mtime = len(data), kind, 0
+        return info.tobuf(format=tarfile.USTAR_FORMAT) + data + b"\0" * (-len(data) % 512)
+
+    body = b""
+    for key, value in records.items():
+        text = f" {key}={value}\n".encode()
+        length = len(text) + len(str(len(text)))
+        length += len(str(length)) - len(str(len(text)))
+        body += str(length).encode() + text
+    return raw + block("././@PaxHeader", tarfile.XHDTYPE, body) + block("junk", tarfile.REGTYPE, b"x") + b"\0" * 1024
+
+
+@pytest.mark.parametrize("packing", ["tar", "tar.gz"])
+@pytest.mark.parametrize(
+    "records",
+    [
+        {"path": "a\0b"},
+        {"size": " 1"},
+        {"size": "1_0"},
+        {"uid": "9" * 26},
+        {"mtime": "nan"},
+        {"mtime": "1e400"},
+        {"atime": "1.5e3"},
+        {"mtime": ".5"},
+    ],
+)
+def test_a_pax_record_go_refuses_fails_the_archive(tmp_path, records, packing):
+    # tarfile read int(" 1") and float("nan"); docker load and skopeo fail: invalid tar header.
+    path = tmp_path / f"pax.{packing}"
+    raw = _with_pax_member(records)
+    path.write_bytes(gzip.compress(raw, mtime=0) if packing == "tar.gz" else raw)
+    with pytest.raises(SourceError, match=r"invalid tar header: member '.*' has the pax record '"):
+        collect(str(path))
+
+
+@pytest.mark.parametrize("records", [{"mtime": "1.5"}, {"mtime": "-7"}, {"uid": "+5"}, {"uname": ""}, {"size": "1"}])
+def test_a_pax_record_go_takes_is_read(tmp_path, records):
+    path = tmp_path / "pax.tar"
+    path.write_bytes(_with_pax_member(records))
+    found, errors, _ = collect(str(path))
+    assert not errors and len(found) == 1

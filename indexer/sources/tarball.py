@@ -574,9 +574,38 @@ def _scan_seekable(raw, where: str) -> dict[str, Member]:
     return table.members
 
 
+# Go's archive/tar, which docker load and skopeo read archives with, refuses a pax record these
+# values fail (strconv.ParseInt and its parsePAXTime), where tarfile reads `int(" 1")` and `float("nan")`.
+_PAX_INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_PAX_TIME = re.compile(r"([+-]?[0-9]+)(?:\.[0-9]*)?", re.ASCII)
+_PAX_NAMES = frozenset({"path", "linkpath", "uname", "gname"})
+
+
+def _check_pax(where: str, info: tarfile.TarInfo | ustar.Header) -> None:
+    records = getattr(info, "pax_headers", None)
+    if not records:
+        return
+    for key, value in records.items():
+        if not key or "=" in key or "\0" in key or (key in _PAX_NAMES and "\0" in value):
+            bad = True
+        elif not value:
+            continue  # the ustar field stands, as Go reads an empty record
+        elif key in ("size", "uid", "gid"):
+            bad = not _PAX_INTEGER.fullmatch(value) or not -(2**63) <= int(value) < 2**63
+        elif key in ("mtime", "atime", "ctime"):
+            match = _PAX_TIME.fullmatch(value)
+            bad = match is None or not -(2**63) <= int(match[1]) < 2**63
+        else:
+            continue
+        if bad:
+            record = f"{key}={value}"[:100]
+            raise SourceError(where, f"invalid tar header: member {info.name!r} has the pax record {record!r}")
+
+
 def _take(table: _Table, info: tarfile.TarInfo | ustar.Header, file_size: int) -> None:
     where = table.where
     table.count()
+    _check_pax(where, info)
     if info.isreg():
         if info.offset_data + info.size > file_size:
             raise SourceError(where, f"truncated tar: member {info.name!r} ends past the end of the file")
@@ -848,6 +877,7 @@ def _scan_stream(
                 for info in tar:
                     tar.members.clear()  # tarfile keeps every header it reads; a long archive would hold them all
                     table.count()
+                    _check_pax(where, info)
                     if info.isreg():
                         name = _safe_name(where, info.name)
                         table.drop_data(name)
