@@ -81,6 +81,26 @@ def test_history_and_as_of_answer_what_a_tag_pointed_at_then(run_cli, tmp_path):
     assert early.exit_code == 1 and early.output.count("\n") == 1 and "Traceback" not in early.output
 
 
+def test_as_of_each_time_history_shows_reads_the_store_as_it_was(run_cli, tmp_path):
+    """The first run makes the tables one after another: at the time of the images table's
+    creation the tags and runs tables did not exist yet, and `get --as-of` that time failed."""
+    store = str(tmp_path / "store")
+    assert run_cli("index", "--store", store, *sample_sources()).exit_code == 0
+    versions = as_json(run_cli("history", "--store", store, "--format", "json"))["versions"]
+    count = (
+        "SELECT (SELECT count(*) FROM images) AS i, (SELECT count(*) FROM tags) AS t, (SELECT count(*) FROM runs) AS r"
+    )
+    for entry in versions:
+        result = run_cli("sql", count, "--store", store, "--as-of", entry["time"], "--format", "json")
+        assert result.exit_code == 0, (entry, result.output)
+        if entry["operation"] != "append":
+            assert json.loads(result.output) == {"i": 0, "t": 0, "r": 0}
+            lookup = run_cli("get", "imgdex-test/app:1.0", "--store", store, "--as-of", entry["time"])
+            assert lookup.exit_code == 1 and lookup.stderr == "imgdex: image imgdex-test/app:1.0 not found\n"
+    early = run_cli("get", "imgdex-test/app:1.0", "--store", store, "--as-of", "2001-01-01T00:00:00Z")
+    assert early.stderr == "imgdex: table images has no version committed at or before that time\n"
+
+
 def test_a_recrawl_that_finds_nothing_new_writes_only_its_run_record(run_cli, tmp_path):
     store = str(tmp_path / "store")
     assert run_cli("index", "--store", store, *sample_sources()).exit_code == 0

@@ -931,8 +931,12 @@ def _version_at(table: str, log: str, commits: dict[int, str], when_ms: int, inf
                 f"table {table} has no version committed at or before that time that can still be read "
                 "(its log was cleaned up)"
             )
-        raise StoreError(f"table {table} has no version committed at or before that time")
+        raise _NoVersionYet(f"table {table} has no version committed at or before that time")
     return found
+
+
+class _NoVersionYet(StoreError):
+    """A time before a table's first commit (its log kept whole)."""
 
 
 def _read_with_deltalake(location: str, table: str, version, as_of) -> TableFiles:
@@ -1057,9 +1061,17 @@ def read_store(
             if table != "images":
                 out[table] = _same_run(table_location(store, table), table, images, con, mates)
         return {t: out[t] for t in tables}
-    for table in tables:
-        out[table] = read_table(table_location(store, table), table=table, as_of=as_of, con=con)
-    return out
+    for table in ("images", *(t for t in tables if t != "images")):
+        location = table_location(store, table)
+        try:
+            out[table] = read_table(location, table=table, as_of=as_of, con=con)
+        except _NoVersionYet:
+            if table == "images" or "images" not in out:
+                raise
+            # The first run makes the tables one after another: at a time between, a table made
+            # after the images table did not exist yet, and held no rows. Read at its creation.
+            out[table] = read_table(location, table=table, version=0, con=con)
+    return {t: out[t] for t in tables}
 
 
 def _mates(images: TableFiles):
