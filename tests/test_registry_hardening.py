@@ -244,7 +244,17 @@ def test_a_plain_http_answer_that_is_no_registry_still_says_what_https_met(fake)
     assert "answered 400: not a registry" in message and "; over https: " in message, message
 
 
-@pytest.mark.parametrize("lifetime", ["1" + "0" * 400, "NaN", "Infinity", "-5", "1e308"])
+@pytest.mark.parametrize("lifetime", ["NaN", "Infinity", "-Infinity"])
+def test_a_token_answer_holding_nan_is_no_json(lifetime):
+    # As Go's decoder (docker) reads a token answer: NaN and Infinity are no JSON values.
+    from indexer.errors import AuthError
+    from indexer.sources import registry_auth
+
+    with pytest.raises(AuthError, match="answered with something that is not JSON"):
+        registry_auth.parse_token_response(f'{{"token": "t", "expires_in": {lifetime}}}'.encode(), "r")
+
+
+@pytest.mark.parametrize("lifetime", ["1" + "0" * 400, "-5", "1e308", "1e400"])
 def test_a_token_lifetime_no_clock_can_hold_is_one_the_crawl_survives(fake, lifetime):
     from indexer.sources import registry_auth
 
