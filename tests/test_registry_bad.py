@@ -567,3 +567,72 @@ def test_a_config_one_repository_lacks_is_not_taken_from_another(fake, jobs):
         assert sorted(r.name for r in records) == ["a/has", "c/has"]
         assert len(errors) == 1 and "b/lacks" in errors[0] and config_digest in errors[0], errors
     assert fake.hits[f"/v2/b/lacks/blobs/{config_digest}"] >= 3
+
+
+PASSWORD = "S3cr3tPW"
+
+
+def _behind_basic_auth(fake) -> None:
+    """`fake` asks for Basic credentials at /v2/."""
+    fake.routes["/v2/"] = lambda _method, headers: (
+        Reply(200, b"{}", {"Content-Type": "application/json"})
+        if headers.get("Authorization")
+        else Reply(401, b"{}", {"WWW-Authenticate": 'Basic realm="r"', "Content-Type": "application/json"})
+    )
+
+
+@pytest.mark.parametrize("answer", ["page", "challenge"])
+def test_a_list_a_redirect_moved_elsewhere_never_gets_the_credentials_on_its_next_page(fake, answer):
+    """The registry redirects its catalog to another host, whose page links to a next one there.
+    That page was asked for with the registry's Basic credentials, and a 401 from it was answered
+    with them too: the Link was checked against the host that served the page, not the registry."""
+    from registry_server import FakeRegistry
+
+    other = FakeRegistry()
+    try:
+        _behind_basic_auth(fake)
+        carried: list[tuple[str, str]] = []
+
+        def logged(reply):
+            def route(method, headers):
+                carried.append((method, headers.get("Authorization", "")))
+                return reply
+
+            return route
+
+        fake.routes["/v2/_catalog"] = Reply(307, b"", {"Location": f"http://{other.host}/v2/_catalog"})
+        listing = json.dumps({"repositories": ["app"]}).encode()
+        other.routes["/v2/_catalog"] = logged(
+            Reply(200, listing, {"Content-Type": "application/json", "Link": '</v2/_catalog?last=app>; rel="next"'})
+        )
+        second = (
+            Reply(200, b'{"repositories": []}', {"Content-Type": "application/json"})
+            if answer == "page"
+            else Reply(401, b"{}", {"WWW-Authenticate": 'Basic realm="elsewhere"'})
+        )
+        other.routes["/v2/_catalog?last=app"] = logged(second)
+        _, errors, notes = crawl(f"docker://{fake.host}", username="alice", password=PASSWORD)
+        assert carried and all(auth == "" for _, auth in carried), carried
+        assert other.hits.get("/v2/_catalog?last=app") is None
+        assert any(f"the Link header points to another host ({other.host})" in e for e in errors), errors
+        assert PASSWORD not in " ".join(errors + notes)
+    finally:
+        other.stop()
+
+
+def test_a_credential_a_registry_echoes_in_a_link_or_location_is_never_shown(fake):
+    # Quoted as the registry wrote them, in the message and the runs table.
+    _behind_basic_auth(fake)
+    manifest, configs, _ = image()
+    fake.add_image("app", {"v1": manifest}, configs, OCI_MANIFEST)
+    fake.add_image("bad", {"v1": manifest}, configs, OCI_MANIFEST)
+    fake.routes["/v2/app/tags/list"] = Reply(
+        200, b'{"name": "app", "tags": ["v1"]}', {"Link": f'</v2/{PASSWORD}/tags/list>; rel="next"'}
+    )
+    fake.routes["/v2/bad/manifests/v1"] = Reply(307, b"", {"Location": f"ftp://127.0.0.1/{PASSWORD}"})
+    fake.catalog(["app", "bad"])
+    _, errors, _ = crawl(f"docker://{fake.host}", username="alice", password=PASSWORD)
+    assert sorted(errors) == [
+        f"{fake.host}/app: GET tags/list: the Link header points away from /v2/app/tags/list ('/v2/***/tags/list')",
+        f"{fake.host}/bad:v1: GET manifest: refusing to follow a redirect to 'ftp://127.0.0.1/***': not an http(s) URL",
+    ]

@@ -52,7 +52,7 @@ from .bodies import decimal
 from .jsonstream import LongInteger, loads
 from ..shard import in_shard, repository_key
 from .parse import MAX_JSON_BYTES, Context, walk
-from .registry_auth import CATALOG_SCOPE, Credentials, KeyedLocks, find_credentials, repository_scope
+from .registry_auth import CATALOG_SCOPE, Credentials, KeyedLocks, find_credentials, repository_scope, scrub
 from .registry_client import (
     CATALOG_LIMIT,
     MANIFEST_ACCEPT,
@@ -185,7 +185,9 @@ def _media_type(content_type: str) -> str:
     return value if value in _KNOWN_MANIFEST_TYPES else ""
 
 
-def _next_link(reply, where: str) -> str:
+def _next_link(reply, where: str, base: str, path: str) -> str:
+    """The next page of the list at `path` of the registry at `base`, from the answer's Link header;
+    "" when there is none. It must be that list on that registry, wherever a redirect took the page."""
     header = reply.headers.get("Link", "")
     match = _LINK_NEXT.search(header) if header else None
     if not match:
@@ -195,15 +197,16 @@ def _next_link(reply, where: str) -> str:
         raise HttpError(where, f"the Link header's URL is {len(target):,} bytes, over the {_MAX_LINK_URL:,}-byte limit")
     try:
         url = urllib.parse.urljoin(reply.url, target)
-        here, there = urllib.parse.urlsplit(reply.url), urllib.parse.urlsplit(url)
+        home, there = urllib.parse.urlsplit(base), urllib.parse.urlsplit(url)
     except ValueError:  # `http://[zz/…`: a bracketed host that is no IPv6 address
         raise HttpError(where, f"the Link header holds no valid URL ({redact_url_secrets(target)[:200]!r})") from None
-    if there.netloc != here.netloc:
-        raise HttpError(where, f"the Link header points to another host ({redact_url_secrets(url)})")
+    if (there.scheme, there.netloc) != (home.scheme, home.netloc):
+        raise HttpError(where, f"the Link header points to another host ({there.netloc.rpartition('@')[2]})")
     # A next page is the same list with another query; a path of the server's choosing (`..`
     # included, which urllib3 would resolve) would make the crawl ask for something else.
-    if there.path != here.path or there.scheme != here.scheme or not target.isascii() or not target.isprintable():
-        raise HttpError(where, f"the Link header points away from {here.path} ({target[:200]!r})")
+    if there.path != path or not target.isascii() or not target.isprintable():
+        shown = redact_url_secrets(f"//{home.netloc}{target[:200]}")[len(home.netloc) + 2 :]
+        raise HttpError(where, f"the Link header points away from {path} ({shown!r})")
     return url
 
 
@@ -698,7 +701,7 @@ class Crawl:
                             error = f"more than {max_entries:,} {key} listed (after {pages} pages)"
                             return list(found), HttpError(what, error)
                         found[entry] = None
-                url = _next_link(reply, what)
+                url = _next_link(reply, what, self.client.base, path)
                 idle = 0 if len(found) > before else idle + 1
                 if url and idle >= _MAX_IDLE_PAGES:
                     error = (
@@ -793,13 +796,20 @@ class Crawl:
     # -------------------------------------------------------------- the crawl (calling thread)
 
     def run(self) -> Iterator[ImageRecord | SourceError | TagMoves | TagsRetired]:
+        # A registry may echo a credential anywhere (a Location's or Link's path, an error body): no
+        # message of the crawl, error or note, quotes one.
+        note, secrets = self.ctx.note, self.client.auth.secrets
+        self.ctx = dataclasses.replace(self.ctx, note=lambda message: note(scrub(message, secrets())))
         try:
             self.client.ping()
         except HttpError as exc:
-            raise SourceError(self.spec, str(exc)) from None
+            raise SourceError(self.spec, scrub(str(exc), secrets())) from None
         self._pool = Pool(max(1, self.options.jobs), "imgdex-registry")
         try:
-            yield from self._crawl()
+            for item in self._crawl():
+                if isinstance(item, SourceError):
+                    item = SourceError(scrub(item.where, secrets()), scrub(item.reason, secrets()))
+                yield item
         finally:
             # after an error, or when the caller stops reading, the requests not yet sent never are
             self._pool.shutdown(cancel_futures=True)

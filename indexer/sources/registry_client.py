@@ -721,7 +721,9 @@ class RegistryClient:
     def _from_elsewhere(self, what: str, url: str, reply: Reply) -> HttpError | None:
         """A 401 from a host a redirect led to: its challenge is not learned (the credentials, and the
         token realm they go to, come from the registry alone), so it is an error of that request."""
-        if reply.status != 401 or _origin(reply.url) == _origin(url):
+        # Compared with the registry, not the URL asked: a Link page of a list that a redirect
+        # moved elsewhere would name that host, and its challenge would get the credentials.
+        if reply.status != 401 or _origin(reply.url) == _origin(self.base or url):
             return None
         there = _host_of(reply.url)
         return HttpError(
@@ -797,6 +799,9 @@ class RegistryClient:
         if "://" not in path and not is_canonical_path(path):
             raise HttpError(what, f"refusing to request {path!r}: not a plain path (it would be rewritten)")
         url = path if "://" in path else self.base + path
+        if _origin(url) != _origin(self.base):
+            # Credentials are the registry's: a URL of another host (a Link page) never gets them.
+            raise HttpError(what, f"refusing to send {self.registry}'s credentials to {_host_of(url)}")
         extra = headers or {}
         sent = self._auth_headers(scope)
         reply = self._own_send(method, url, {**extra, **sent}, limit, what)
