@@ -636,3 +636,14 @@ def test_a_credential_a_registry_echoes_in_a_link_or_location_is_never_shown(fak
         f"{fake.host}/app: GET tags/list: the Link header points away from /v2/app/tags/list ('/v2/***/tags/list')",
         f"{fake.host}/bad:v1: GET manifest: refusing to follow a redirect to 'ftp://127.0.0.1/***': not an http(s) URL",
     ]
+
+
+@pytest.mark.parametrize("wait", ["61", "9" * 20])
+def test_a_retry_after_past_the_bound_fails_at_once(fake, wait):
+    manifest, configs, _ = image()
+    fake.add_image("app", {"v1": manifest}, configs, OCI_MANIFEST)
+    fake.routes["/v2/app/manifests/v1"] = Reply(503, b"{}", {"Retry-After": wait})
+    started = time.monotonic()
+    _, errors, _ = crawl(f"docker://{fake.host}/app:v1", retries=3, backoff=1.0)
+    assert time.monotonic() - started < 1.0 and fake.hits["/v2/app/manifests/v1"] == 1
+    assert len(errors) == 1 and "503 Service Unavailable, and the server asks to retry after " in errors[0], errors

@@ -146,6 +146,8 @@ def _retry_after(reply_headers) -> float | None:
     seconds = decimal(value)
     if seconds is not None:
         return float(seconds)
+    if value.isascii() and value.isdigit():
+        return float("inf")  # more digits than any wait: longer than any allowed, not absent
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -620,7 +622,8 @@ class RegistryClient:
                 wait = _retry_after(response.headers)
                 text = f"{status} {reason}".strip()
                 if wait is not None and wait > self.options.max_retry_after:
-                    raise HttpError(what, f"{text}, and the server asks to retry after {wait:.0f} s", status)
+                    shown = f"{wait:.0f}" if wait != float("inf") else "over 10**19"
+                    raise HttpError(what, f"{text}, and the server asks to retry after {shown} s", status)
                 if attempt < retries:
                     delay = max(wait or 0.0, self._backoff(attempt))
                     if waited + delay > self.options.max_retry_wait:
