@@ -421,3 +421,15 @@ def test_every_ca_of_a_certs_d_folder_is_trusted(fake, tmp_path):
     records, errors, _ = crawl(f"docker://{fake.host}/a/app", certs_dirs=(str(tmp_path / "certs.d"),))
 
     assert not errors and [r.name for r in records] == ["a/app"], errors
+
+
+def test_a_redirect_to_a_port_past_65535_fails_at_once(fake):
+    # urllib3 failed to parse it on every attempt: four tries with backoff, then `Failed to parse`.
+    manifest, configs, _ = image()
+    fake.add_image("app", {"v1": manifest}, configs, OCI_MANIFEST)
+    fake.routes["/v2/app/manifests/v1"] = redirect("http://127.0.0.1:99999/m")
+    records, errors, _ = crawl(f"docker://{fake.host}/app:v1", retries=3, backoff=1.0)
+    assert records == [] and fake.hits["/v2/app/manifests/v1"] == 1
+    assert errors == [
+        f"{fake.host}/app:v1: GET manifest: the redirect Location 'http://127.0.0.1:99999/m' is not a valid URL"
+    ]

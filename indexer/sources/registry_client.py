@@ -537,6 +537,7 @@ class RegistryClient:
         try:
             target = urllib.parse.urljoin(url, location.strip())
             parts = urllib.parse.urlsplit(target)
+            parts.port  # noqa: B018 - raises for a port past 65535, which no retry would mend
         except ValueError:
             raise HttpError(what, f"the redirect Location {shown!r} is not a valid URL") from None
         host = parts.netloc.rpartition("@")[2]
