@@ -61,6 +61,17 @@ def distinct_images(count: int):
     return tags, configs
 
 
+def behind_bearer(fake, challenge: str) -> None:
+    """Image a/one:v1, whose requests are answered only with an Authorization header."""
+    manifest, configs, _ = image()
+    fake.add_image("a/one", {"v1": manifest}, configs, OCI_MANIFEST)
+    served = dict(fake.routes)
+    for path in [p for p in served if p.startswith("/v2/a/")]:
+        fake.routes[path] = lambda method, headers, reply=served[path]: (
+            reply if "Authorization" in headers else Reply(401, b"{}", {**JSON, "WWW-Authenticate": challenge})
+        )
+
+
 # ---------------------------------------------------------------- names and tags
 
 
@@ -261,14 +272,7 @@ def test_a_token_lifetime_no_clock_can_hold_is_one_the_crawl_survives(fake, life
     token, seconds = registry_auth.parse_token_response(f'{{"token": "t", "expires_in": {lifetime}}}'.encode(), "r")
     assert token == "t" and 0 < seconds <= registry_auth._MAX_TOKEN_LIFETIME
 
-    manifest, configs, _ = image()
-    fake.add_image("a/one", {"v1": manifest}, configs, OCI_MANIFEST)
-    challenge = f'Bearer realm="http://{fake.host}/token",service="x"'
-    served = dict(fake.routes)
-    for path in [p for p in served if p.startswith("/v2/a/")]:
-        fake.routes[path] = lambda method, headers, reply=served[path]: (
-            reply if "Authorization" in headers else Reply(401, b"{}", {**JSON, "WWW-Authenticate": challenge})
-        )
+    behind_bearer(fake, f'Bearer realm="http://{fake.host}/token",service="x"')
     fake.routes["/token"] = Reply(200, f'{{"token": "tok", "expires_in": {lifetime}}}'.encode(), JSON)
     records, errors, _ = crawl(f"docker://{fake.host}/a/one")
     assert not errors and [r.name for r in records] == ["a/one"]
@@ -399,6 +403,28 @@ def test_credentials_in_a_token_realm_are_never_echoed(fake):
     with pytest.raises(SourceError) as caught:
         crawl(f"docker://{fake.host}")
     assert "refusing to ask" in str(caught.value) and "T0kS3cret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("answer", [200, 401])
+def test_a_loopback_realm_with_user_info_is_asked_with_it_as_basic_credentials(fake, answer):
+    """As Go's client sends a URL's user info when no credentials are set; never echoed."""
+    import base64
+
+    behind_bearer(fake, f'Bearer realm="http://tok:T0k%40S3c@{fake.host}/token",service="x"')
+    sent = []
+
+    def token(method, headers):
+        sent.append(headers.get("Authorization"))
+        return Reply(answer, b'{"token": "tok"}', JSON)
+
+    fake.routes["/token"] = token
+    records, errors, _ = crawl(f"docker://{fake.host}/a/one")
+    assert sent and set(sent) == {"Basic " + base64.b64encode(b"tok:T0k@S3c").decode()}
+    if answer == 200:
+        assert not errors and [r.name for r in records] == ["a/one"]
+    else:
+        assert len(errors) == 1 and "refused the credentials its URL holds" in errors[0], errors
+        assert "S3c" not in errors[0] and "T0k" not in errors[0]
 
 
 # ---------------------------------------------------------------- engine first, registry second

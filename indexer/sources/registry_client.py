@@ -15,6 +15,7 @@ no answer `breaker_threshold` times in a row is given up on for the rest of the 
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import glob
 import http.client
@@ -667,12 +668,21 @@ class RegistryClient:
             if auth.credentials is not None:
                 params.append(("account", auth.credentials.username))
                 headers = auth.basic_header()
+            elif realm.username is not None:
+                # Go's client sends a URL's user info as basic credentials when none are set.
+                raw = f"{urllib.parse.unquote(realm.username)}:{urllib.parse.unquote(realm.password or '')}"
+                headers = {"Authorization": "Basic " + base64.b64encode(raw.encode()).decode()}
             joiner = "&" if realm.query else "?"
-            url = auth.realm + joiner + urllib.parse.urlencode(params)
+            asked = auth.realm
+            if "@" in realm.netloc:
+                asked = urllib.parse.urlunsplit(realm._replace(netloc=realm.netloc.rpartition("@")[2]))
+            url = asked + joiner + urllib.parse.urlencode(params)
             verify = False if realm_insecure else None
             reply = self.send("GET", url, headers, SMALL_LIMIT, f"{self.registry}: token for {scope}", verify=verify)
             if reply.status == 401:
                 who = f"the credentials of {auth.credentials.username}" if auth.credentials else "anonymous access"
+                if auth.credentials is None and headers:
+                    who = "the credentials its URL holds"
                 raise HttpError(self.registry, f"the token server {shown} refused {who}", 401)
             if reply.status != 200:
                 raise HttpError(self.registry, f"the token server {shown} answered {reply.status}", reply.status)
@@ -693,8 +703,9 @@ class RegistryClient:
             raise HttpError(self.registry, f"the token realm {shown[:200]!r} is not a valid URL", 401) from None
         if realm.scheme not in ("https", "http") or not realm.netloc:
             raise HttpError(self.registry, f"the token realm {shown!r} is not an http(s) URL", 401)
-        insecure = is_insecure(realm.netloc, self.options.insecure_registries)
-        if realm.scheme == "http" and not (insecure or is_loopback(realm.netloc)):
+        host = realm.netloc.rpartition("@")[2]
+        insecure = is_insecure(host, self.options.insecure_registries)
+        if realm.scheme == "http" and not (insecure or is_loopback(host)):
             raise HttpError(self.registry, f"refusing to ask {shown} for a token over plain HTTP", 401)
         return realm, insecure
 
