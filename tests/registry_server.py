@@ -383,6 +383,7 @@ class Reply:
     content_length: int | None = None  # a larger value than len(body) makes a truncated response
     trickle: float = 0.0  # seconds between the bytes of the body, one byte at a time
     trickle_headers: bool = False  # trickle the status line and headers too
+    interim: tuple[int, ...] = ()  # 1xx answers sent first, each with one header and no body
 
 
 class FakeRegistry:
@@ -440,6 +441,8 @@ class FakeRegistry:
                     self.close_connection = True
                     return
                 try:
+                    for status in route.interim:
+                        self.wfile.write(f"HTTP/1.1 {status} Interim\r\nLink: </x>; rel=preload\r\n\r\n".encode())
                     if route.trickle_headers:
                         self._headers_buffer = []
                         self.send_response_only(route.status)

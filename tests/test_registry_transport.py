@@ -193,6 +193,47 @@ def test_a_chunk_size_past_int64_is_one_error_and_the_rest_land(raw):
     assert len(errors) == 1 and errors[0].startswith(f"{raw.host}/h/hostile:v1: GET manifest"), errors
 
 
+# ---------------------------------------------------------------- interim answers
+
+
+def three_repositories(fake, interim: tuple[int, ...]) -> None:
+    """a/r0..a/r2 listed in the catalog, a/r1's manifest answered after the `interim` 1xx answers."""
+    import dataclasses
+
+    from test_registry_hardening import distinct_images
+
+    tags, configs = distinct_images(3)
+    for number, (tag, manifest) in enumerate(tags.items()):
+        fake.add_image(f"a/r{number}", {tag: manifest}, configs, OCI_MANIFEST)
+    fake.catalog([f"a/r{number}" for number in range(3)])
+    path = "/v2/a/r1/manifests/t1"
+    fake.routes[path] = dataclasses.replace(fake.routes[path], interim=interim)
+
+
+@pytest.mark.parametrize("interim", [(103,), (102, 103), (100, 103, 199), (103,) * 5])
+def test_interim_answers_before_the_real_one_are_read_past(fake, interim):
+    """As Go's client does (http.client skips only 100): taken as the answer, a 103 Early Hints
+    failed the image and left the real answer on the connection."""
+    three_repositories(fake, interim)
+    records, errors, _ = crawl(f"docker://{fake.host}", jobs=1)
+    assert not errors and sorted(r.name for r in records) == ["a/r0", "a/r1", "a/r2"], errors
+
+
+def test_more_than_five_interim_answers_fail_that_image_in_one_line(fake):
+    three_repositories(fake, (103,) * 6)
+    records, errors, _ = crawl(f"docker://{fake.host}", jobs=1)
+    assert sorted(r.name for r in records) == ["a/r0", "a/r2"]
+    assert len(errors) == 1 and "a/r1:t1" in errors[0], errors
+    assert "the answer is not valid HTTP (more than 5 interim (1xx) answers)" in errors[0], errors
+
+
+def test_a_switch_of_protocols_fails_that_image_and_its_connection_is_not_used_again(fake):
+    three_repositories(fake, (101,))
+    records, errors, _ = crawl(f"docker://{fake.host}", jobs=1)
+    assert sorted(r.name for r in records) == ["a/r0", "a/r2"]
+    assert len(errors) == 1 and errors[0].endswith("a/r1:t1: GET manifest t1: 101"), errors
+
+
 # ---------------------------------------------------------------- a registry's error text
 
 

@@ -189,6 +189,9 @@ def _classify(exc: BaseException, timeout: float) -> tuple[str, str]:
     """(kind, one-line reason) of a failed attempt."""
     if isinstance(exc, MaxRetryError) and exc.reason is not None:
         exc = exc.reason
+    refused = exc.args[-1] if isinstance(exc, ProtocolError) and exc.args else None
+    if isinstance(refused, (http.client.HTTPException, OverflowError)) and not isinstance(refused, ConnectionError):
+        exc = refused  # http.client refused the status line or headers; urllib3 says "Connection aborted."
     text = _innermost(exc)
     if "Connection refused" in text:
         return "refused", "connection refused"
@@ -290,6 +293,9 @@ def _host_of(url: str) -> str:
     return urllib.parse.urlsplit(url).netloc.rpartition("@")[2]
 
 
+# Interim answers taken before the real one, as Go's client takes them.
+_MAX_INTERIM = 5
+
 # The deadline of the attempt running on this thread, for the responses it creates: urllib3 builds
 # them deep inside `urlopen`, where no argument reaches.
 _attempt = threading.local()
@@ -326,9 +332,28 @@ class _DeadlineReader(io.RawIOBase):
 class _DeadlineResponse(http.client.HTTPResponse):
     def __init__(self, sock, *args, **kwargs):
         super().__init__(sock, *args, **kwargs)
+        self._interim = 0
         deadline = getattr(_attempt, "deadline", None)
         if deadline is not None:
             self.fp = io.BufferedReader(_DeadlineReader(sock, self.fp.detach(), deadline))
+
+    def _read_status(self):
+        # An interim 1xx answer (102, 103 Early Hints) precedes the real one on the same
+        # connection: taken as the answer, it would leave the real one there for the next
+        # request to read. http.client skips only 100; Go skips any but 101, five at most.
+        while True:
+            version, status, reason = super()._read_status()
+            if 100 <= status < 200 and status != 101:
+                self._interim += 1
+                if self._interim > _MAX_INTERIM:
+                    raise http.client.HTTPException(f"more than {_MAX_INTERIM} interim (1xx) answers")
+            if not 102 <= status < 200:  # http.client's begin() skips a 100's headers itself
+                return version, status, reason
+            http.client.parse_headers(self.fp)
+
+    def _check_close(self) -> bool:
+        # A switch of protocols no request asked for: what follows on the connection is not HTTP.
+        return self.status == 101 or super()._check_close()
 
 
 class _HTTPConnection(HTTPConnection):
