@@ -183,14 +183,17 @@ def test_an_engine_answer_chunked_despite_its_content_length_is_refused_at_the_l
         server.close()
 
 
-def test_a_chunk_size_past_int64_is_one_error_and_the_rest_land(raw):
+@pytest.mark.parametrize("size", [b"ffffffffffffffff", b"-5"])
+def test_a_chunk_size_past_int64_or_negative_is_one_error_and_the_rest_land(raw, size):
     head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-    raw_registry_with(raw, head + b"ffffffffffffffff\r\n")
+    raw_registry_with(raw, head + size + b"\r\nabcde\r\n0\r\n\r\n")
 
     records, errors, _ = crawl(f"docker://{raw.host}", retries=0)
 
     assert [r.name for r in records] == ["a/good"]
     assert len(errors) == 1 and errors[0].startswith(f"{raw.host}/h/hostile:v1: GET manifest"), errors
+    assert "cannot be sent" not in errors[0], errors  # nothing was wrong with the request
+    assert size != b"-5" or errors[0].endswith("not valid HTTP (a chunk size is out of range)"), errors
 
 
 # ---------------------------------------------------------------- interim answers

@@ -627,8 +627,10 @@ class RegistryClient:
                 tries = f" (after {attempt + 1} attempts)" if attempt else ""
                 raise HttpError(what, f"{reason}{tries}") from None
             except ValueError:
-                # http.client refusing a header or URL it cannot send; its message quotes the value,
-                # which may be a credential
+                # Its message quotes the value, which may be a credential.
+                if response is not None:  # a negative chunk size, read as a length
+                    raise HttpError(what, "the answer is not valid HTTP (a chunk size is out of range)") from None
+                # http.client refusing a header or URL it cannot send
                 raise HttpError(what, "the request cannot be sent: a header or the URL is not valid HTTP") from None
             finally:
                 _attempt.deadline = outer
