@@ -465,6 +465,34 @@ def test_a_manifest_asked_for_by_digest_that_hashes_otherwise_says_what_was_aske
     ]
 
 
+@pytest.mark.parametrize("served", ["its sha256", "none", "another sha256", "another sha512"])
+def test_a_manifest_asked_for_by_sha512_may_be_answered_with_its_sha256(fake, served):
+    """Registries name a manifest by sha256 in Docker-Content-Digest whatever it was asked by: one
+    asked for by its sha512 digest was refused for that. A header that names other bytes still is."""
+    import hashlib
+
+    manifest, configs, _ = image()
+    fake.add_image("a/app", {"v1": manifest}, configs, OCI_MANIFEST)
+    asked = "sha512:" + hashlib.sha512(manifest).hexdigest()
+    header = {
+        "its sha256": digest_of(manifest),
+        "none": "",
+        "another sha256": "sha256:" + "0" * 64,
+        "another sha512": "sha512:" + "1" * 128,
+    }[served]
+    fake.routes[f"/v2/a/app/manifests/{asked}"] = Reply(
+        200, manifest, {"Content-Type": OCI_MANIFEST, **({"Docker-Content-Digest": header} if header else {})}
+    )
+
+    records, errors, _ = crawl(f"docker://{fake.host}/a/app@{asked}")
+
+    if served in ("its sha256", "none"):
+        assert not errors and [(r.name, r.digest) for r in records] == [("a/app", asked)], errors
+    else:
+        assert records == []
+        assert errors == [f"{fake.host}/a/app@{asked}: asked for manifest {asked}, the registry answered with {header}"]
+
+
 def test_listed_values_that_are_no_strings_are_skipped_and_the_rest_kept(fake):
     """A tags or catalog page listing a number, null or an object beside valid names failed the
     whole listing ('the answer has no list of tags'); invalid string names were skipped alone."""

@@ -475,8 +475,7 @@ class ConfigCache:
             return data
 
     def put(self, digest: str, data: bytes, repository: str = "") -> None:
-        algorithm, _, _ = digest.partition(":")
-        if algorithm not in DIGEST_ALGORITHMS or f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}" != digest:
+        if not _is_digest_of(digest, data):
             return
         with self._lock:
             if (repository, digest) not in self._blobs and self.size + len(data) <= self.limit:
@@ -770,7 +769,7 @@ class Crawl:
         try:
             if data is None:
                 data, served, media_type = self.get_manifest(repository, digest, where)
-                if served and served != digest:
+                if served and served != digest and not _also_names(served, digest, data):
                     return [
                         SourceError(where, f"asked for manifest {digest}, the registry answered with {served}")
                     ], notes
@@ -1032,6 +1031,17 @@ def _digest_of(data: bytes, media_type: str) -> str:
     if _is_signed(media_type, data):
         return payload_digest(data)
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _also_names(served: str, asked: str, data: bytes) -> bool:
+    """Whether `served` is a digest of `data` by another algorithm than `asked`: registries answer
+    a manifest asked for by its sha512 digest with its sha256 one. The walk checks `asked`."""
+    return served.partition(":")[0] != asked.partition(":")[0] and _is_digest_of(served, data)
+
+
+def _is_digest_of(digest: str, data: bytes) -> bool:
+    algorithm = digest.partition(":")[0]
+    return algorithm in DIGEST_ALGORITHMS and digest == f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
 
 
 def _not_its_digest(digest: str, data: bytes, asked: bool = False) -> str:
