@@ -52,6 +52,41 @@ def test_layout_names_from_full_reference_bare_tag_and_containerd(tmp_path):
     assert record.layers_compressed and record.exactness == 3
 
 
+def test_a_name_that_carries_another_manifest_s_digest_is_dropped_with_a_note(tmp_path):
+    """A name with a digest names that manifest: kept where it is this one's, else not stored
+    (its digest was dropped without a word, leaving the name on a manifest it does not name)."""
+    blobs = Blobs()
+    a, b, c = blobs.image(layers=(b"1",)), blobs.image(layers=(b"2",)), blobs.image(layers=(b"3",))
+    top = [
+        named(a, f"cr.example/team/app:1@{a['digest']}"),
+        named(b, f"cr.example/team/app:2@{a['digest']}"),
+        named(c, "3", containerd=f"docker.io/library/redis@{a['digest']}"),
+    ]
+    write_dir(str(tmp_path), blobs.layout_files(top))
+    records, errors, notes = collect(f"oci:{tmp_path}", registry="reg.example", repository="team/app")
+    assert not errors
+    assert {(r.digest, r.name, r.tags) for r in records} == {
+        (a["digest"], "team/app", ("1",)),
+        (b["digest"], "team/app", ()),
+        (c["digest"], "team/app", ()),
+    }
+    assert [r.registry for r in records] == ["cr.example", "reg.example", "reg.example"]
+    assert notes == [
+        f"{tmp_path}: ignoring name 'cr.example/team/app:2@{a['digest']}': it names manifest {a['digest']}, "
+        f"not {b['digest']}",
+        f"{tmp_path}: ignoring name 'docker.io/library/redis@{a['digest']}': it names manifest {a['digest']}, "
+        f"not {c['digest']}",
+    ]
+
+
+def test_a_repo_tag_with_a_digest_is_dropped_with_a_note(tmp_path):
+    """`docker load` refuses such a RepoTag; it was kept as the tag alone."""
+    files = classic_save_files([{"tags": ["app:1", f"app:2@sha256:{'a' * 64}"], "layers": [b"x"]}])
+    records, errors, notes = collect(write_tar(str(tmp_path / "save.tar"), files))
+    assert not errors and [(r.name, r.tags) for r in records] == [("library/app", ("1",))]
+    assert notes == [f"{tmp_path / 'save.tar'}: ignoring RepoTag 'app:2@sha256:{'a' * 64}': a RepoTag names no digest"]
+
+
 def test_layout_ref_selects_one_image(tmp_path):
     blobs = Blobs()
     a, b = blobs.image(layers=(b"1",)), blobs.image(layers=(b"2",))

@@ -92,10 +92,16 @@ def _repo_tags(entry: dict, ctx: Context, where: str, quiet: bool = False) -> li
                 ctx.note(f"{where}: ignoring a RepoTag that is not a string ({type(text).__name__})")
             continue
         try:
-            names.append(parse_reference(text))
+            ref = parse_reference(text)
         except ImgdexError as exc:
             if not quiet:
                 ctx.note(f"{where}: ignoring RepoTag {text!r}: {exc}")
+            continue
+        if ref.digest:  # names a manifest this archive does not hold; `docker load` refuses it
+            if not quiet:
+                ctx.note(f"{where}: ignoring RepoTag {text!r}: a RepoTag names no digest")
+            continue
+        names.append(ref)
     return names
 
 

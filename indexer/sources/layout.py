@@ -256,23 +256,29 @@ class TarBlobs:
         return None if hexpart is None else f"{algorithm}:{hexpart}"
 
 
-def names_from_annotations(annotations: dict, ctx: Context, where: str) -> list[Reference]:
-    """Names of a top-level descriptor: containerd's full name, else ref.name (a tag or a reference)."""
+def names_from_annotations(annotations: dict, ctx: Context, where: str, digest: str = "") -> list[Reference]:
+    """Names of a top-level descriptor of manifest `digest`: containerd's full name, else ref.name
+    (a tag or a reference). A name whose own digest is another manifest's names none of this one."""
     full = annotations.get(mt.ANNOTATION_CONTAINERD_NAME)
     ref_name = annotations.get(mt.ANNOTATION_REF_NAME)
     try:
         if isinstance(full, str) and full:
-            ref = parse_reference(full)
+            text, ref = full, parse_reference(full)
             if not ref.tag and isinstance(ref_name, str) and is_bare_tag(ref_name):
-                ref = Reference(ref.registry, ref.name, ref_name)
-            return [ref]
-        if isinstance(ref_name, str) and ref_name:
+                ref = Reference(ref.registry, ref.name, ref_name, ref.digest)
+        elif isinstance(ref_name, str) and ref_name:
             if is_bare_tag(ref_name):
                 return [Reference(ctx.registry, ctx.repository, ref_name)]
-            return [parse_reference(ref_name)]
+            text, ref = ref_name, parse_reference(ref_name)
+        else:
+            return []
     except ImgdexError as exc:
         ctx.note(f"{where}: ignoring name: {exc}")
-    return []
+        return []
+    if ref.digest and digest and ref.digest != digest:
+        ctx.note(f"{where}: ignoring name {printable(text)!r}: it names manifest {ref.digest}, not {digest}")
+        return []
+    return [ref]
 
 
 def _matches(annotations: dict, wanted: str) -> bool:
@@ -458,7 +464,7 @@ def _walk_layout(blobs, index, ctx, where, ref, extra_names, keys, wanted) -> It
         except SourceError as exc:
             yield exc
             continue
-        names = names_from_annotations(notes, ctx, where)
+        names = names_from_annotations(notes, ctx, where, descriptor.digest)
         if extra_names is not None:
             names = names + extra_names(descriptor)
         yield from walk(blobs, descriptor, names, ctx, where, annotations=notes, walks=walks)
