@@ -83,6 +83,12 @@ class RunSummary:
     # `RunSettings.key` of each image the run wrote, so that an image met again (in another
     # source, past a batch, or by another worker of `index --jobs`) counts once in `indexed`.
     written: HashSet = field(default_factory=HashSet, repr=False)
+    # Keys of the ids an import retired (the derived id of a manifest it gives its own id to): an
+    # image this run wrote under such an id, then under the imported one, counts once.
+    retired: set = field(default_factory=set, repr=False)
+
+    def retired_written(self) -> int:
+        return sum(1 for key in self.retired if key in self.written)
 
     @property
     def ok(self) -> bool:
@@ -242,7 +248,7 @@ def run_tasks(
         how many of its images this run had not written before: a batch may hold again an image that
         an earlier one wrote (the same image in two sources, or reached again past a batch)."""
         try:
-            stored = writer.write(records, now())
+            stored, retired = writer.write(records, now())
         except StoreError:
             raise  # the store itself cannot be written: no batch would land
         except Exception as exc:
@@ -257,7 +263,10 @@ def run_tasks(
         # refused, and the batch written again by halves.
         # Under the ids they were stored by: an import and a manifest source of one image, read in
         # one run, are one image under the imported id.
-        return summary.written.add_new([key_of(image_id) for image_id in stored])
+        new = summary.written.add_new([key_of(image_id) for image_id in stored])
+        gone = {key_of(image_id) for image_id in retired} - summary.retired
+        summary.retired |= gone
+        return new - sum(1 for key in gone if key in summary.written)
 
     def settle() -> None:
         if settling:
@@ -367,7 +376,7 @@ def run_tasks(
         # What landed before the store failed is still the caller's to report. A batch halved
         # around a bad record may have landed its first half before the store failed: `written`
         # knows those images, `indexed` has yet to add them.
-        summary.indexed = len(summary.written)
+        summary.indexed = len(summary.written) - summary.retired_written()
         exc.tasks_summary = finish()
         raise
     return finish()

@@ -300,7 +300,7 @@ def index_parallel(
                     ),
                     keep_claims=True,
                 )
-                merged.finished(0, own.written.values(), own.claims.sealed())
+                merged.finished(0, own.written.values(), own.claims.sealed(), own.retired)
                 merged.wait(children)
             except (StoreError, KeyboardInterrupt):
                 # Every process of the run holds the store while it runs, so none that failed could
@@ -409,7 +409,7 @@ def _work(conn, parent: int, store: str, run_id: str, tasks: list[Task], setting
                 keep_claims=True,
             )
         written = array.array("q", summary.written.values()).tobytes()
-        conn.send(("done", written, summary.claims.sealed()))
+        conn.send(("done", written, summary.claims.sealed(), array.array("q", summary.retired).tobytes()))
     except StoreError as exc:
         conn.send(("store", str(exc)))
         sys.exit(1)
@@ -439,6 +439,7 @@ class _Merge:
     observer: RunObserver
     indexed: int = 0
     written: HashSet = field(default_factory=HashSet)  # image_key of each image a worker wrote
+    retired: set = field(default_factory=set)  # image_key of each id an import retired (RunSummary.retired)
     errors: Kept = field(default_factory=Kept)  # (where, message)
     notes: Kept = field(default_factory=Kept)  # (where, message)
     claims: dict = field(default_factory=dict)  # worker -> its claims, sealed (claims.ClaimLog)
@@ -491,10 +492,12 @@ class _Merge:
             del self._unfinished[position]
             self.observer.on_source(self.work.specs[position])
 
-    def finished(self, worker: int, written, claims: list) -> None:
+    def finished(self, worker: int, written, claims: list, retired=()) -> None:
         """A worker's end: `written` holds the keys of the images it wrote (`RunSummary.written`);
-        one that another worker wrote too counts once."""
+        one that another worker wrote too counts once, as does one written under an id that an
+        import of any worker retired, and then under the imported id."""
         self.indexed += self.written.add_new(written)
+        self.retired.update(retired)
         self.claims[worker] = claims
 
     # ---- the workers' pipes
@@ -521,7 +524,7 @@ class _Merge:
             self._source_done(item[1], item[2])
         elif kind == "done":
             child.done = True
-            self.finished(child.worker, array.array("q", item[1]), item[2])
+            self.finished(child.worker, array.array("q", item[1]), item[2], array.array("q", item[3]))
         elif kind == "store":
             self.store_error = self.store_error or item[1]
 
@@ -591,7 +594,7 @@ class _Merge:
         errors = [message for _, message in sorted(self.errors.items, key=lambda e: e[0])]
         notes = [message for _, message in sorted(self.notes.items, key=lambda n: n[0])]
         return RunSummary(
-            indexed=self.indexed,
+            indexed=self.indexed - sum(1 for key in self.retired if key in self.written),
             failed=self.errors.count,
             errors=self.errors.listed(errors, "errors"),
             notes=self.notes.listed(notes, "notes"),

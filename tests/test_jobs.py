@@ -409,7 +409,7 @@ def test_a_worker_that_exits_before_it_is_done_is_one_failure(tmp_path):
 
 
 def _done_then_linger(conn) -> None:
-    conn.send(("done", array.array("q", range(7)).tobytes(), []))
+    conn.send(("done", array.array("q", range(7)).tobytes(), [], b""))
     time.sleep(60)  # a slow exit: its interpreter's teardown, say
 
 
@@ -453,6 +453,16 @@ def test_the_merged_run_keeps_the_first_messages_and_counts_them_all(monkeypatch
         "3 more errors not listed here",
     ]
     assert summary.notes == ["x: a note"]
+
+
+def test_an_image_one_worker_wrote_under_an_id_another_s_import_retired_counts_once():
+    """Worker 1 wrote a layout's image under its derived id; this process's import then stored it
+    under the imported id, retiring the derived one. Both ids are written keys: one image."""
+    merged = workers._Merge(workers.Plan(["x", "y"], [[], []]), RunObserver())
+    derived, imported, other = 11, 22, 33
+    merged.finished(1, array.array("q", [derived, other]), [], array.array("q", []))
+    merged.finished(0, array.array("q", [imported]), [], {derived, 44})  # 44: retired, never written here
+    assert merged.summary().indexed == 2
 
 
 def children_of(pid: int) -> list[int]:

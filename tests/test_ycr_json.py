@@ -152,6 +152,21 @@ def test_an_import_and_a_manifest_source_of_one_image_in_one_run_count_as_one_im
     assert [d["id"] for d in listing(run_cli, store) if d.get("digest") == doc["digest"]] == [doc["id"]]
 
 
+def test_an_image_written_under_its_derived_id_then_imported_in_one_run_counts_once(run_cli, tmp_path, monkeypatch):
+    """The layout's batch lands before the import's (a batch of one image), and the import retires
+    the derived id: the run still indexed one image, not two."""
+    from indexer import run
+
+    monkeypatch.setattr(run, "BATCH", 1)
+    store = str(tmp_path)
+    doc, naming = _layout_source()
+    sources = [f"oci:{os.path.join(REAL, 'oci-layout')}:v1", f"ycr-json:{os.path.join(YCR, 'image-get.json')}"]
+    result = run_cli("index", *sources, "--store", store, *naming, "--json", "--jobs", "1")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["indexed"] == 1
+    assert [d["id"] for d in listing(run_cli, store) if d.get("digest") == doc["digest"]] == [doc["id"]]
+
+
 @pytest.mark.parametrize("again", ["layout", "import"])
 def test_an_import_and_a_manifest_source_that_committed_at_once_are_one_resource_after_either_runs_again(
     run_cli, tmp_path, monkeypatch, again

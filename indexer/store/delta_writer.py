@@ -281,21 +281,25 @@ class DeltaWriter:
 
     # ---- what an index run calls
 
-    def write(self, records: list[ImageRecord], indexed_at: datetime) -> list[str]:
+    def write(self, records: list[ImageRecord], indexed_at: datetime) -> tuple[list[str], list[str]]:
         """One commit; the ids the records were stored under (an imported id of the same manifest
-        takes the place of a derived one). StoreError when the store cannot be written; any other
-        exception means something in `records` cannot be stored, and nothing was written."""
+        takes the place of a derived one), and the ids it retired so. StoreError when the store
+        cannot be written; any other exception means something in `records` cannot be stored, and
+        nothing was written."""
         if not records:
-            return []
+            return [], []
         records = _in_id_order(_one_per_id(records))
         stored: list[str] = []
+        retired: list[str] = []
 
         # A record that cannot become Arrow fails in prepare, before any file is written. Every
-        # attempt prepares before it commits: `stored` holds the ids of the one that landed.
+        # attempt prepares before it commits: `stored` and `retired` hold what the one that landed did.
         def prepare(snapshot: Snapshot) -> Changes:
-            adopted, retired = _adopt_ids(snapshot, records)
+            adopted, retired[:] = _adopt_ids(snapshot, records)
             stored[:] = [record.id for record in adopted]
-            return premerge(snapshot, records_to_arrow(adopted, indexed_at), retired_images=retired, merge=_merge_rows)
+            return premerge(
+                snapshot, records_to_arrow(adopted, indexed_at), retired_images=list(retired), merge=_merge_rows
+            )
 
         def ids() -> set[str]:
             return {r.id for r in records}
@@ -303,7 +307,7 @@ class DeltaWriter:
         self._ensure_tables()
         with collector.paused():
             self._commit(partial(self._tables.write_changes, seed=ids), self.run_id, prepare)
-        return stored
+        return stored, retired
 
     def take_notes(self) -> list[str]:
         return self._tables.take_notes()
