@@ -56,7 +56,8 @@ def _engine_of(*images) -> FakeEngine:
 
 
 class _Answers:
-    """An HTTP server on a unix socket giving fixed (status, body) answers by path, 404 otherwise."""
+    """An HTTP server on a unix socket giving fixed (status, body[, interim statuses]) answers by
+    path, 404 otherwise."""
 
     def __init__(self, answers: dict[str, tuple[int, bytes]]):
         import http.server
@@ -68,7 +69,9 @@ class _Answers:
                 pass
 
             def do_GET(self):
-                status, body = answers.get(self.path.split("?")[0], (404, b'{"message":"no such path"}'))
+                status, body, *interim = answers.get(self.path.split("?")[0], (404, b'{"message":"no such path"}'))
+                for early in interim[0] if interim else ():  # 1xx answers before the real one
+                    self.wfile.write(f"HTTP/1.1 {early} Interim\r\nLink: </x>; rel=preload\r\n\r\n".encode())
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -134,6 +137,29 @@ def test_an_inspect_error_nested_too_deeply_fails_that_image_only():
     assert (
         len(errors) == 1 and errors[0].startswith(f"docker-daemon: image {bad}: ") and errors[0].endswith(": HTTP 500")
     )
+
+
+# ----------------------------------------------------------------------------- interim answers
+
+
+@pytest.mark.parametrize("interim", [(103,), (102, 103), (100, 103, 199), (103,) * 5, (103,) * 6, (101,)])
+def test_interim_answers_are_read_past_as_go_does_and_no_answer_is_left_for_the_next_request(interim):
+    """Taken as the answer, a 103 failed the image and left the real answer on the kept-alive
+    connection, for the next request to read as its own."""
+    bad = _BAD["inspect"]["Id"]
+    status, body = _answers()[f"/v1.49/images/{bad}/json"]
+    with _Answers(_answers(**{f"/v1.49/images/{bad}/json": (status, body, interim)})) as engine:
+        source = DockerDaemon(location=engine.address, workers=1)
+        items = list(source.records(Context(source.kind, source.location)))
+    names = sorted(i.name for i in items if isinstance(i, ImageRecord))
+    errors = [str(i) for i in items if isinstance(i, SourceError)]
+    if len(interim) <= 5 and 101 not in interim:
+        assert not errors and names == ["bad/app", "good/app"], errors
+        return
+    assert names == ["good/app"] and len(errors) == 1, errors
+    assert errors[0].startswith(f"docker-daemon: image {bad}: "), errors
+    ending = "HTTP 101" if 101 in interim else ": more than 5 interim (1xx) answers"
+    assert errors[0].endswith(ending), errors
 
 
 # ----------------------------------------------------------------------------- inspects nested too deeply

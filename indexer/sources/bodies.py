@@ -1,5 +1,6 @@
-"""HTTP response bodies read to a bound, for the registry and the Docker engine clients alike: a
-server that sends more than the bound, or says it will, is refused before memory follows it."""
+"""HTTP responses for the registry and the Docker engine clients alike: bodies read to a bound (a
+server that sends more than the bound, or says it will, is refused before memory follows it), and
+interim answers read past as Go's client reads them."""
 
 from __future__ import annotations
 
@@ -11,6 +12,37 @@ def decimal(text: str) -> int | None:
     (beyond int64, and no body or wait is that large); else None. str.isdigit alone also takes
     `²`, which int() refuses, and int() refuses more than 4,300 digits."""
     return int(text) if 0 < len(text) <= 19 and text.isascii() and text.isdigit() else None
+
+
+# Interim answers taken before the real one, as Go's client takes them.
+MAX_INTERIM = 5
+
+
+class TooManyInterim(http.client.HTTPException):
+    pass
+
+
+class InterimSkipping(http.client.HTTPResponse):
+    """A response that reads past interim 1xx answers (102, 103 Early Hints) to the real one, on the
+    same connection: taken as the answer, one would leave the real one there for the next request
+    to read. http.client skips only 100; Go skips any but 101, five at most. A 101, a switch of
+    protocols no request asked for, ends the connection: what follows on it is not HTTP."""
+
+    _interim = 0
+
+    def _read_status(self):
+        while True:
+            version, status, reason = super()._read_status()
+            if 100 <= status < 200 and status != 101:
+                self._interim += 1
+                if self._interim > MAX_INTERIM:
+                    raise TooManyInterim(f"more than {MAX_INTERIM} interim (1xx) answers")
+            if not 102 <= status < 200:  # http.client's begin() skips a 100's headers itself
+                return version, status, reason
+            http.client.parse_headers(self.fp)
+
+    def _check_close(self) -> bool:
+        return self.status == 101 or super()._check_close()
 
 
 class BodyTooLarge(Exception):

@@ -61,7 +61,7 @@ from ..model import (
 from ..references import DIGEST_ALGORITHMS, Reference, is_valid_digest, parse_reference
 from ..shard import Shard, in_shard, repository_key
 from . import mediatypes as mt
-from .bodies import BodyTooLarge, read_capped
+from .bodies import BodyTooLarge, InterimSkipping, TooManyInterim, read_capped
 from .configbounds import MAX_ENTRIES, too_many_values
 from .jsonshape import list_at, object_at, string_at
 from .jsonstream import LongInteger, loads
@@ -394,7 +394,7 @@ def _connect_tcp(host: str, port: int, deadline: float) -> socket.socket:
     raise failure
 
 
-class _Response(http.client.HTTPResponse):
+class _Response(InterimSkipping):
     def _read_next_chunk_size(self) -> int:
         # int(line, 16) takes a sign: -5 made read() raise a bare ValueError, -1 read to the deadline.
         # http.client turns a ValueError here into IncompleteRead, an answer cut short.
@@ -451,7 +451,7 @@ class AnswerLost(EngineUnavailable):
 
 def _reason(exc: BaseException) -> str:
     """Why an exchange with the engine failed, in a few words."""
-    if isinstance(exc, _AnswerTooLong):
+    if isinstance(exc, (_AnswerTooLong, TooManyInterim)):
         return str(exc)
     if isinstance(exc, ssl.SSLError):
         detail = getattr(exc, "verify_message", "") or (exc.reason or "").lower().replace("_", " ")

@@ -43,7 +43,7 @@ from urllib3.exceptions import TimeoutError as Urllib3Timeout
 from ..errors import AuthError, HostDown, HttpError
 from ..references import redact_url_secrets
 from . import mediatypes as mt
-from .bodies import BodyTooLarge, decimal, read_capped, read_prefix
+from .bodies import BodyTooLarge, InterimSkipping, decimal, read_capped, read_prefix
 from .registry_auth import (
     Credentials,
     HostAuth,
@@ -293,9 +293,6 @@ def _host_of(url: str) -> str:
     return urllib.parse.urlsplit(url).netloc.rpartition("@")[2]
 
 
-# Interim answers taken before the real one, as Go's client takes them.
-_MAX_INTERIM = 5
-
 # The deadline of the attempt running on this thread, for the responses it creates: urllib3 builds
 # them deep inside `urlopen`, where no argument reaches.
 _attempt = threading.local()
@@ -329,31 +326,12 @@ class _DeadlineReader(io.RawIOBase):
         super().close()
 
 
-class _DeadlineResponse(http.client.HTTPResponse):
+class _DeadlineResponse(InterimSkipping):
     def __init__(self, sock, *args, **kwargs):
         super().__init__(sock, *args, **kwargs)
-        self._interim = 0
         deadline = getattr(_attempt, "deadline", None)
         if deadline is not None:
             self.fp = io.BufferedReader(_DeadlineReader(sock, self.fp.detach(), deadline))
-
-    def _read_status(self):
-        # An interim 1xx answer (102, 103 Early Hints) precedes the real one on the same
-        # connection: taken as the answer, it would leave the real one there for the next
-        # request to read. http.client skips only 100; Go skips any but 101, five at most.
-        while True:
-            version, status, reason = super()._read_status()
-            if 100 <= status < 200 and status != 101:
-                self._interim += 1
-                if self._interim > _MAX_INTERIM:
-                    raise http.client.HTTPException(f"more than {_MAX_INTERIM} interim (1xx) answers")
-            if not 102 <= status < 200:  # http.client's begin() skips a 100's headers itself
-                return version, status, reason
-            http.client.parse_headers(self.fp)
-
-    def _check_close(self) -> bool:
-        # A switch of protocols no request asked for: what follows on the connection is not HTTP.
-        return self.status == 101 or super()._check_close()
 
 
 class _HTTPConnection(HTTPConnection):
