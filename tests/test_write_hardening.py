@@ -410,6 +410,45 @@ def test_a_data_file_gone_from_the_store_is_one_line_not_one_per_record(tmp_path
     assert line.startswith(f"imgdex: store {base_store}: ") and os.path.basename(gone) in line, line
 
 
+def test_a_run_whose_files_a_compaction_vacuums_meanwhile_reads_again_and_lands(tmp_path, monkeypatch, base_store):
+    """`compact --retention 0` committing between a run's snapshot and its reads (its old files
+    deleted at once): the run failed in DuckDB's words. It now takes the new snapshot."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from indexer.store import delta
+
+    assert invoke("index", _more(tmp_path, 2), "--store", base_store).exit_code == 0
+    before = _data_files(base_store)
+    snapshot, compacted = delta.DeltaStore.snapshot, []
+
+    def compacting_snapshot(self, *args, **kwargs):
+        taken = snapshot(self, *args, **kwargs)
+        if not compacted:
+            command = ["compact", "--store", str(base_store), "--retention", "0", "--allow-short-retention"]
+            compacted.append(subprocess.run([sys.executable, "-m", "queries.cli", *command], cwd=ROOT))
+        return taken
+
+    monkeypatch.setattr(delta.DeltaStore, "snapshot", compacting_snapshot)
+    result = invoke("index", f"oci:{tmp_path / 'base'}", "--store", base_store)
+    monkeypatch.undo()
+    assert compacted[0].returncode == 0 and not before & _data_files(base_store)  # every file it read is gone
+    assert result.exit_code == 0, result.output
+    assert count(base_store) == 5
+
+
+def test_a_data_file_deleted_by_hand_is_said_so(tmp_path, base_store):
+    [gone] = [p for p in _data_files(base_store) if os.sep + "images" + os.sep in p]
+    os.remove(gone)
+    result = invoke("index", f"oci:{tmp_path / 'base'}", "--store", base_store)
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"imgdex: store {base_store}: data file {gone} is listed by the log but gone (deleted, or vacuumed by a "
+        "compact whose retention was shorter than a run)\n"
+    )
+
+
 def test_a_store_failure_in_a_batch_before_the_last_is_one_line(tmp_path, monkeypatch, base_store):
     monkeypatch.setattr(run_module, "BATCH", 1)  # every image a batch of its own, flushed mid-source
     [gone] = [p for p in _data_files(base_store) if os.sep + "images" + os.sep in p]

@@ -376,6 +376,15 @@ class OwnRows:
         )
 
 
+def _first_gone(files: dict[str, deltalog.TableFiles]) -> str | None:
+    """The first data file `files` lists that is no longer there."""
+    for table_files in files.values():
+        for path in table_files.files:
+            if not os.path.exists(path):
+                return path
+    return None
+
+
 class Snapshot:
     """The store at fixed versions, over DuckDB: views `images`, `tags`, `runs` (current rows) and
     `TABLE_versions` (every row version). What a run reads to decide what it appends.
@@ -993,6 +1002,7 @@ class DeltaStore:
         the batch's ids on demand) lets a small store be read for its keys first (`_seed`)."""
         versions: dict = {"images": None, "tags": None, "runs": None}
         rows: dict = {"images": 0, "tags": 0, "runs": 0}
+        vanished = None
         for attempt in range(1, max_attempts + 1):
             snapshot = self.snapshot(run_id=run_id, seed=seed)
             # A store others wrote may hold a batch that landed half (`_land_stray_tags`): looked
@@ -1002,7 +1012,21 @@ class DeltaStore:
                 self._seek_strays = self._own_strays = self._seeded = False
                 if landed:
                     snapshot = self.snapshot(run_id=run_id)
-            changes = prepare(snapshot) if callable(prepare) else (prepare or Changes())
+            try:
+                changes = prepare(snapshot) if callable(prepare) else (prepare or Changes())
+            except Exception:
+                # A compaction that committed since the snapshot may have vacuumed its files (with
+                # a retention shorter than this run): the next snapshot no longer lists them.
+                gone = _first_gone(snapshot.files)
+                if gone is None:
+                    raise
+                if gone == vanished:
+                    raise StoreError(
+                        f"store {self.store}: data file {gone} is listed by the log but gone (deleted, or "
+                        "vacuumed by a compact whose retention was shorter than a run)"
+                    ) from None
+                vanished = gone
+                continue
             written_at = _next_time(snapshot.latest_written_at())
             try:
                 outcome = self._attempt(
