@@ -21,8 +21,8 @@ _SHOWN = 120
 
 def shown(query: str) -> str:
     """A query as messages quote it: cut short, and on one line whatever it holds."""
-    if not query:
-        return "''"
+    if not query.strip():  # nothing, or only blanks, which would vanish from the message
+        return repr(query[:_SHOWN])
     text = query if len(query) <= _SHOWN else query[:_SHOWN] + "..."
     # printable escapes a byte that was not UTF-8 (kept as a lone surrogate) as the byte, `\xff`
     return text if text.isprintable() else printable(text)

@@ -242,6 +242,14 @@ def test_get_ids_from_escapes_bytes_that_are_not_utf8_as_the_bytes(run_cli, samp
     ]
 
 
+@pytest.mark.parametrize("query", ["", " ", "  ", "\u3000"])
+def test_get_of_nothing_or_blanks_quotes_what_was_given(run_cli, samples_store, query):
+    """A blank query was written as it stands, and vanished from its own message."""
+    result = run_cli("get", query, "--store", samples_store)
+    assert result.exit_code == 1
+    assert result.stderr == f"imgdex: invalid image {query!r}: not an image id, a reference or an image ID prefix\n"
+
+
 def test_get_ids_from_names_its_file_in_one_line_whatever_the_name(run_cli, samples_store, tmp_path):
     path = tmp_path / "ids\nfrom\x1b[31m.txt"
     path.write_bytes(b"\n\ncrp00000000000000000\n")
