@@ -88,11 +88,17 @@ class RunSummary:
     retired: set = field(default_factory=set, repr=False)
 
     def retired_written(self) -> int:
-        return sum(1 for key in self.retired if key in self.written)
+        return counted_twice(self.retired, self.written)
 
     @property
     def ok(self) -> bool:
         return self.failed == 0
+
+
+def counted_twice(retired, written: HashSet) -> int:
+    """How many `retired` keys were written too: images a run wrote under a derived id, then
+    under the imported id that retired it."""
+    return sum(1 for key in retired if key in written)
 
 
 @dataclass(frozen=True)
@@ -266,7 +272,7 @@ def run_tasks(
         new = summary.written.add_new([key_of(image_id) for image_id in stored])
         gone = {key_of(image_id) for image_id in retired} - summary.retired
         summary.retired |= gone
-        return new - sum(1 for key in gone if key in summary.written)
+        return new - counted_twice(gone, summary.written)
 
     def settle() -> None:
         if settling:

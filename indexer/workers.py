@@ -42,6 +42,7 @@ from .run import (
     RunSummary,
     Task,
     TaskObserver,
+    counted_twice,
     image_key,
     now,
     record_run,
@@ -594,7 +595,7 @@ class _Merge:
         errors = [message for _, message in sorted(self.errors.items, key=lambda e: e[0])]
         notes = [message for _, message in sorted(self.notes.items, key=lambda n: n[0])]
         return RunSummary(
-            indexed=self.indexed - sum(1 for key in self.retired if key in self.written),
+            indexed=self.indexed - counted_twice(self.retired, self.written),
             failed=self.errors.count,
             errors=self.errors.listed(errors, "errors"),
             notes=self.notes.listed(notes, "notes"),

@@ -11,12 +11,17 @@ import os
 import signal
 
 
-def _interrupted_early(_signum, _frame) -> None:
-    # Nothing has been opened or written yet: leave at once, in the words every command uses.
+def _say_interrupted() -> None:
+    """The words every command uses, written at once: from a signal handler too."""
     try:
         os.write(2, b"imgdex: interrupted\n")
     except OSError:
         pass
+
+
+def _interrupted_early(_signum, _frame) -> None:
+    # Nothing has been opened or written yet: leave at once.
+    _say_interrupted()
     os._exit(130)
 
 
@@ -1208,8 +1213,7 @@ def main():
         code = _exit_code(exc.code)
     except KeyboardInterrupt:  # past the command's own handling, before its exit
         code = INTERRUPTED
-        with contextlib.suppress(OSError):
-            os.write(2, b"imgdex: interrupted\n")
+        _say_interrupted()
     except _OutputFailed as exc:
         code, output_ok = 1, False
         _say_output_failed(str(exc))
@@ -1224,8 +1228,7 @@ def main():
         # The command is over: Ctrl-C now would only cut its exit short, in a traceback, or by
         # SIGINT after the teardown (~50 ms with the store's libraries loaded), saying nothing.
         if not done:
-            with contextlib.suppress(OSError):
-                os.write(2, b"imgdex: interrupted\n")
+            _say_interrupted()
         os._exit(code if done else INTERRUPTED)
 
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not ignored, nor someone else's
