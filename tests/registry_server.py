@@ -374,6 +374,11 @@ class TokenServer:
 # ---------------------------------------------------------------- fake registry
 
 
+def interim_answer(status: int) -> bytes:
+    """A 1xx answer as a server sends it before the real one: a header, no body."""
+    return f"HTTP/1.1 {status} Interim\r\nLink: </x>; rel=preload\r\n\r\n".encode()
+
+
 @dataclass
 class Reply:
     status: int = 200
@@ -442,7 +447,7 @@ class FakeRegistry:
                     return
                 try:
                     for status in route.interim:
-                        self.wfile.write(f"HTTP/1.1 {status} Interim\r\nLink: </x>; rel=preload\r\n\r\n".encode())
+                        self.wfile.write(interim_answer(status))
                     if route.trickle_headers:
                         self._headers_buffer = []
                         self.send_response_only(route.status)

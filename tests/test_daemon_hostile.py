@@ -25,6 +25,7 @@ from indexer.sources import daemon
 from indexer.sources.daemon import DockerDaemon, EngineApiClient
 from indexer.sources.parse import Context
 
+from registry_server import interim_answer
 from fake_engine import (
     EngineUnavailable,
     FakeEngine,
@@ -71,7 +72,7 @@ class _Answers:
             def do_GET(self):
                 status, body, *interim = answers.get(self.path.split("?")[0], (404, b'{"message":"no such path"}'))
                 for early in interim[0] if interim else ():  # 1xx answers before the real one
-                    self.wfile.write(f"HTTP/1.1 {early} Interim\r\nLink: </x>; rel=preload\r\n\r\n".encode())
+                    self.wfile.write(interim_answer(early))
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
