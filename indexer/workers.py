@@ -4,10 +4,10 @@ Each worker runs `run.run_tasks` over its share of the local sources and commits
 with its own writer (concurrent appends to the Delta tables are safe, and equal records merge the
 same whatever the order); this process is worker 0. A layout or a folder is read by every worker,
 each taking its slice of the units (`Shard.within` the run's --shard); an archive file, which
-is read whole, goes to one worker. Sources that can be read once only (standard input, a pipe),
-or that are not files (engines, registries, YCR JSON) stay here. Back come only counts, errors,
-notes and each worker's last claim of every tag, and this process records the run's one `runs`
-row, so a run with workers looks like any other run.
+is read whole, goes to one worker, as does a skopeo dir: copy. Sources that can be read once
+only (standard input, a pipe), or that are not files (engines, registries, YCR JSON) stay here.
+Back come only counts, errors, notes and each worker's last claim of every tag, and this process
+records the run's one `runs` row, so a run with workers looks like any other run.
 
 Within a run, the claim of a tag that one process reading the sources in turn would meet last
 wins. Workers commit in any order, so when two images of the run claim one tag, this process
@@ -49,8 +49,17 @@ from .run import (
     run_tasks,
 )
 from .shard import CountedShard, Shard
-from .sources import ArchiveFolder, DetectedArchive, DockerArchive, OciArchive, OciLayout, SourceOptions, parse_source
-from .sources.layout import is_layout_dir
+from .sources import (
+    ArchiveFolder,
+    DetectedArchive,
+    DockerArchive,
+    OciArchive,
+    OciLayout,
+    SkopeoDir,
+    SourceOptions,
+    image_dir_kind,
+    parse_source,
+)
 from .files import open_readable, walk
 from .sources.tarball import MAGIC_BYTES, MAX_INDEX_BYTES, STDIN_NAMES, is_compressed
 from .store import paths
@@ -155,6 +164,8 @@ def _estimate(spec: str, options: SourceOptions, verify: bool, jobs: int) -> tup
     if isinstance(source, ArchiveFolder):
         size, count = _folder_work(source.location, verify, jobs)
         return "folder", size, count
+    if isinstance(source, SkopeoDir):
+        return "whole", 1, 1
     if isinstance(source, (DockerArchive, OciArchive, DetectedArchive)) and source.location not in STDIN_NAMES:
         size = _file_work(source.location, verify)
         if size is not None:
@@ -210,8 +221,9 @@ def _folder_work(root: str, verify: bool, jobs: int) -> tuple[float, int]:
             path = os.path.join(folder, name)
             if os.path.islink(path):
                 continue
-            if is_layout_dir(path):
-                size += _layout_images(path, max(MIN_WORK, jobs))
+            kind = image_dir_kind(path)
+            if kind is not None:
+                size += _layout_images(path, max(MIN_WORK, jobs)) if kind == "oci" else 1
                 count += 1
             else:
                 descend.append(name)

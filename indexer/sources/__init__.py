@@ -20,6 +20,7 @@ from ..shard import in_shard
 from .docker_archive import Selection, parse_selection, read_docker_archive
 from .layout import is_layout_dir, read_layout_dir, read_layout_tar
 from .parse import Context
+from .skopeo_dir import is_skopeo_dir, read_skopeo_dir
 from ..files import not_regular, walk
 from .tarball import STDIN_NAMES, TarMembers
 
@@ -100,6 +101,17 @@ class OciLayout(_LocalFiles):
         return read_layout_dir(self.location, ctx, self.ref)
 
 
+@dataclass
+class SkopeoDir(_LocalFiles):
+    """`dir:DIR`, as `skopeo copy … dir:DIR` writes it."""
+
+    location: str
+    kind: str = "dir"
+
+    def _read(self, ctx):
+        return read_skopeo_dir(self.location, ctx)
+
+
 def _read_detected(members: TarMembers, ctx: Context) -> tuple[str, Iterator[ImageRecord | SourceError]]:
     """(kind, records) of a tar: docker-archive when it has manifest.json, else oci-archive."""
     if members.size("manifest.json") is not None:
@@ -143,11 +155,12 @@ def _folder_key(root: str, path: str) -> str:
     return "/".join(os.path.relpath(path, root).split(os.sep))
 
 
-def _folder_contents(root: str, ctx: Context) -> list[tuple[str, bool]]:
-    """(path, is a layout directory) of everything to try below `root`, sorted by path components.
+def _folder_contents(root: str, ctx: Context) -> list[tuple[str, str]]:
+    """(path, kind) of everything to try below `root`, sorted by path components: an OCI layout
+    ("oci") or a skopeo dir: ("dir"), each a directory, else a file ("archive").
 
     Notes about what is skipped come from the shard that owns the path, so each is said once."""
-    found: list[tuple[tuple[str, ...], str, bool]] = []
+    found: list[tuple[tuple[str, ...], str, str]] = []
     errors: list[OSError] = []
 
     def note(path: str, message: str) -> None:
@@ -160,8 +173,8 @@ def _folder_contents(root: str, ctx: Context) -> list[tuple[str, bool]]:
             path = os.path.join(folder, name)
             if os.path.islink(path):
                 note(path, f"{printable(path)}: symlinked directory not followed; skipped")
-            elif is_layout_dir(path):
-                found.append((tuple(os.path.relpath(path, root).split(os.sep)), path, True))
+            elif (kind := image_dir_kind(path)) is not None:
+                found.append((tuple(os.path.relpath(path, root).split(os.sep)), path, kind))
             else:
                 descend.append(name)
         dirs[:] = descend
@@ -175,12 +188,20 @@ def _folder_contents(root: str, ctx: Context) -> list[tuple[str, bool]]:
             if not stat.S_ISREG(mode):  # never opened: a FIFO would block, a device never end
                 note(path, f"{printable(path)}: {not_regular('', mode)}; skipped")
                 continue
-            found.append((tuple(os.path.relpath(path, root).split(os.sep)), path, False))
+            found.append((tuple(os.path.relpath(path, root).split(os.sep)), path, "archive"))
     for exc in errors:
         if exc.filename == root:
             raise SourceError(printable(root), exc.strerror or str(exc))
         note(exc.filename or root, f"{printable(exc.filename or root)}: {exc.strerror or exc}; skipped")
-    return [(path, layout) for _, path, layout in sorted(found)]
+    return [(path, kind) for _, path, kind in sorted(found)]
+
+
+def image_dir_kind(path: str) -> str | None:
+    """ "oci" for an OCI layout, "dir" for a skopeo dir:, None for any other directory. A layout
+    wins: `docker save` since Docker 25 writes a manifest.json beside index.json."""
+    if is_layout_dir(path):
+        return "oci"
+    return "dir" if is_skopeo_dir(path) else None
 
 
 def _read_folder(root: str, ctx: Context) -> Iterator[ImageRecord | SourceError]:
@@ -188,17 +209,17 @@ def _read_folder(root: str, ctx: Context) -> Iterator[ImageRecord | SourceError]
     below the folder; the others never open it."""
     archives = 0
     others = 0  # candidates another shard takes: whether they are archives is not known here
-    for path, layout in _folder_contents(root, ctx):
+    for path, kind in _folder_contents(root, ctx):
         if not in_shard(ctx.shard, _folder_key(root, path)):
             others += 1
             continue
         # Records take their source from the context: one per archive. The archive is this
         # shard's whole, so its images are not sharded again.
-        sub = dataclasses.replace(ctx, source_kind="oci", source_path=_stored_path(path), shard=None)
+        sub = dataclasses.replace(ctx, source_kind=kind, source_path=_stored_path(path), shard=None)
         try:
-            if layout:
+            if kind != "archive":
                 archives += 1
-                yield from read_layout_dir(path, sub)
+                yield from (read_layout_dir if kind == "oci" else read_skopeo_dir)(path, sub)
                 continue
             kind, records = _read_detected(TarMembers.open(path, hash_members=ctx.verify), sub)
             archives += 1
@@ -254,6 +275,7 @@ SCHEMES: dict[str, Callable[[str, SourceOptions], Source]] = {
     "docker-archive:": _docker_archive,
     "oci-archive:": lambda rest, options: OciArchive(*_split_ref(rest)),
     "oci:": lambda rest, options: OciLayout(*_split_ref(rest)),
+    "dir:": lambda rest, options: SkopeoDir(rest),
     "docker-daemon:": _daemon,
     "docker://": _registry,
     "ycr-json:": _ycr_json,
@@ -279,7 +301,8 @@ def parse_source(text: str, options: SourceOptions | None = None, *, registry_op
     if text in STDIN_NAMES:
         return DetectedArchive(text)
     if os.path.isdir(text):
-        return OciLayout(text) if is_layout_dir(text) else ArchiveFolder(text)
+        kind = image_dir_kind(text)
+        return OciLayout(text) if kind == "oci" else SkopeoDir(text) if kind == "dir" else ArchiveFolder(text)
     if os.path.lexists(text):
         return DetectedArchive(text)
     prefix, colon, _ = text.partition(":")

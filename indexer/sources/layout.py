@@ -74,6 +74,8 @@ def _blob_path(digest: str) -> str:
 class DirBlobs:
     """Blobs of a layout directory. A blob reached through a symlink must stay inside the layout."""
 
+    holder = "layout"  # what errors call the root
+
     def __init__(self, root: str):
         self.root = os.path.abspath(root)
         self._real_root = os.path.realpath(root)
@@ -86,19 +88,25 @@ class DirBlobs:
         self._regular: dict[str, frozenset[str]] = {}
         self._reads: dict[str, int] = {}
 
+    def _relative(self, digest: str) -> str:
+        """Where the blob lies below the root."""
+        return _blob_path(digest)
+
     def _checked_path(self, digest: str) -> str:
-        relative = _blob_path(digest)
+        return self.checked(self._relative(digest), digest.partition(":")[0])
+
+    def checked(self, relative: str, algorithm: str = "", what: str = "blob") -> str:
+        """The path of `relative` below the root, once what leads there is found inside it."""
         path = os.path.join(self.root, relative)
         folder = os.path.dirname(relative)
         if folder not in self._safe_folders:
             self.check_inside(os.path.join(self.root, folder))
             self._safe_folders.add(folder)
-            algorithm = digest.partition(":")[0]
             if folder == f"blobs/{algorithm}" and "/" not in algorithm and algorithm not in (".", ".."):
                 self._open_plain_folder(algorithm, os.path.join(self.root, folder))
         try:
             if stat.S_ISLNK(os.lstat(path).st_mode):
-                self.check_inside(path)
+                self.check_inside(path, what)
         except OSError:
             pass  # missing, a name too long, a folder that is a file: the caller's access says which
         return path
@@ -120,8 +128,8 @@ class DirBlobs:
             for end in range(1, len(relative)):
                 folder = os.path.join(self.root, *relative[:end])
                 if not self._inside(folder):
-                    raise SourceError(printable(folder), "folder is a symlink that points outside the layout")
-            raise SourceError(printable(path), f"{what} is a symlink that points outside the layout")
+                    raise SourceError(printable(folder), f"folder is a symlink that points outside the {self.holder}")
+            raise SourceError(printable(path), f"{what} is a symlink that points outside the {self.holder}")
 
     def _inside(self, path: str) -> bool:
         try:
@@ -203,22 +211,25 @@ class DirBlobs:
         return self._read_checked(digest, limit)
 
     def _read_checked(self, digest: str, limit: int) -> bytes:
-        path = self._checked_path(digest)
+        return self.read_path(self._checked_path(digest), limit)
+
+    def read_path(self, path: str, limit: int, what: str = "blob") -> bytes:
+        """A checked path's bytes (`checked`), up to `limit`; errors name the file."""
         try:
-            with open_readable(path, "blob") as f:
+            with open_readable(path, what) as f:
                 size = os.fstat(f.fileno()).st_size
                 if size > limit:
-                    raise SourceError(printable(path), f"blob is {size} bytes, over the {limit}-byte limit")
+                    raise SourceError(printable(path), f"{what} is {size} bytes, over the {limit}-byte limit")
                 # Never more than the size checked (read(n) allocates n bytes up front), plus one
                 # byte to see whether the file grew since.
                 data = f.read(size)
                 grew = bool(f.read(1))
         except FileNotFoundError:
-            raise SourceError(printable(path), "blob is missing") from None
+            raise SourceError(printable(path), f"{what} is missing") from None
         except OSError as exc:
             raise SourceError(printable(path), exc.strerror or str(exc)) from None
         if grew or len(data) != size:
-            raise SourceError(printable(path), "blob changed size while it was read")
+            raise SourceError(printable(path), f"{what} changed size while it was read")
         return data
 
     def blob_digest(self, digest: str) -> str | None:

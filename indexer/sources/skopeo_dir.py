@@ -1,0 +1,82 @@
+"""skopeo's `dir:DIR`: one image (or, copied with `--all`, an index and its images) as loose files.
+
+containers/image writes the top manifest as `manifest.json`, the manifests an index lists as
+`HEX.manifest.json`, and every other blob (configs, layers) under its digest's hex alone, with
+a `version` file ("Directory Transport Version: 1.1"). The directory names no image: records
+take the name given by --registry/--repository, as an unnamed layout's do.
+
+The top manifest has no descriptor: its digest is the sha256 of `manifest.json`, as skopeo
+reports it. It is read again by the walk, which checks those bytes against that digest, so a
+file changed in between fails the image instead of landing under the digest of other bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Iterator
+
+from .. import collector
+from ..errors import SourceError, printable
+from ..files import open_readable
+from ..model import Blob, ImageRecord
+from ..shard import in_shard
+from .layout import DirBlobs
+from .parse import MAX_JSON_BYTES, Context, walk
+
+MANIFEST = "manifest.json"
+VERSION = "version"
+# What every version of the transport writes first in `version`.
+_VERSION_PREFIX = b"Directory Transport Version: "
+_INSTANCE = ".manifest.json"
+
+
+def is_skopeo_dir(path: str) -> bool:
+    """Whether a directory is one `skopeo copy … dir:` wrote: a `version` file that says so, beside
+    a `manifest.json` (of any type: the source then says what is wrong with it)."""
+    try:
+        if not os.path.lexists(os.path.join(path, MANIFEST)):
+            return False
+        with open_readable(os.path.join(path, VERSION)) as f:
+            return f.read(len(_VERSION_PREFIX)) == _VERSION_PREFIX
+    except (OSError, SourceError):
+        return False
+
+
+class SkopeoDirBlobs(DirBlobs):
+    """The blobs of a dir: image, by the names containers/image gives them."""
+
+    holder = "directory"
+
+    def __init__(self, root: str):
+        super().__init__(root)
+        self.top = ""  # the digest of manifest.json, once read
+
+    def _relative(self, digest: str) -> str:
+        if digest == self.top:
+            return MANIFEST
+        encoded = digest.partition(":")[2]
+        # A manifest an index lists has a name of its own; anything else is its hex alone.
+        instance = encoded + _INSTANCE
+        return instance if os.path.lexists(os.path.join(self.root, instance)) else encoded
+
+
+def read_skopeo_dir(path: str, ctx: Context) -> Iterator[ImageRecord | SourceError]:
+    where = printable(path)
+    if not path:
+        raise SourceError("dir", "no directory given")
+    if not os.path.isdir(path):
+        raise SourceError(where, "not a directory" if os.path.lexists(path) else "no such file or directory")
+    manifest = os.path.join(path, MANIFEST)
+    if not os.path.lexists(manifest):
+        raise SourceError(where, "directory is not a dir: image (no manifest.json)")
+    blobs = SkopeoDirBlobs(path)
+    # A link that leaves the directory is refused unread; anything but a regular file is refused
+    # unopened.
+    data = blobs.read_path(blobs.checked(MANIFEST, what=MANIFEST), MAX_JSON_BYTES, MANIFEST)
+    blobs.top = "sha256:" + hashlib.sha256(data).hexdigest()
+    if not in_shard(ctx.shard, blobs.top):
+        return
+    # No media type: the walk tells a manifest from an index by what it holds, as skopeo does.
+    top = Blob(blobs.top, len(data), "", ())
+    yield from collector.paused_while(walk(blobs, top, [], ctx, where, annotations={}))
