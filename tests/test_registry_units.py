@@ -120,7 +120,7 @@ def test_json_nested_too_deeply_is_bad_json_not_a_crash():
 
     with pytest.raises(AuthError, match="answered with something that is not JSON"):
         parse_token_response(TOO_DEEP, "https://auth.example/token")
-    assert registry._is_schema1(TOO_DEEP) is False
+    assert registry_schema1.is_schema1(TOO_DEEP) is False
     with pytest.raises(SourceError, match=r"history\[0\].v1Compatibility is not JSON"):
         registry_schema1._v1({"v1Compatibility": TOO_DEEP.decode()}, "where", 0)
     protected = base64.urlsafe_b64encode(TOO_DEEP).decode().rstrip("=")

@@ -46,6 +46,7 @@ def copies(tmp_path_factory) -> dict[str, str]:
         ("app", f"oci-archive:{APP}", []),
         ("multiarch", f"oci-archive:{MULTIARCH}", ["--all"]),
         ("classic", f"docker-archive:{CLASSIC}:@0", []),
+        ("schema1", f"oci-archive:{APP}", ["--format", "v2s1"]),  # signed with a key of the copy's own
     ):
         target = str(root / name)
         env = dict(os.environ, TMPDIR=str(tmp_path_factory.mktemp("skopeo-tmp")))
@@ -121,6 +122,45 @@ def test_a_converted_copy_keeps_the_config(copies, tmp_path):
     }
     assert got["config"]["digest"] == manifest["config"]["digest"]
     assert [layer["digest"] for layer in got["layers"]] == [layer["digest"] for layer in manifest["layers"]]
+
+
+def test_a_schema1_copy_is_named_by_its_payload(copies, tmp_path):
+    """skopeo names a signed schema1 manifest by its payload, without the signatures, as registries do."""
+    from_dir, from_archive = str(tmp_path / "dir"), str(tmp_path / "archive")
+    _index(from_dir, f"dir:{copies['schema1']}", "--verify")
+    _index(from_archive, APP)
+    (got,), (want,) = _images(from_dir), _images(from_archive)
+    inspected = json.loads(
+        subprocess.run(
+            [_skopeo(), "inspect", f"dir:{copies['schema1']}"], check=True, capture_output=True, timeout=60
+        ).stdout
+    )
+    assert got["digest"] == inspected["Digest"] != _top(copies["schema1"])
+    assert b'"signatures"' in open(os.path.join(copies["schema1"], "manifest.json"), "rb").read()
+    # The same layer blobs, without the empty ones schema1 lists for steps that made no layer.
+    assert got["layers"] == want["layers"] and got["compressedSize"] == want["compressedSize"]
+    assert got["createdAt"] == want["createdAt"] and "config" not in got
+    rows = sql_rows(from_dir, "SELECT media_type, exactness FROM images")
+    assert rows[0]["media_type"] == "application/vnd.docker.distribution.manifest.v1+prettyjws"
+
+
+def test_a_schema1_copy_checks_its_layers(copies, tmp_path):
+    folder = _copy(copies, "schema1", tmp_path)
+    layer = _images_of(f"dir:{folder}", tmp_path / "first")[0]["layers"][0]["digest"]
+    path = os.path.join(folder, layer.split(":")[1])
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(bytes([data[0] ^ 1]) + data[1:])
+    (line,) = error_lines(_index(str(tmp_path / "verify"), f"dir:{folder}", "--verify", code=1))
+    assert line.startswith(f"imgdex: {folder}: manifest sha256:") and f"layer {layer} content hashes to" in line
+    os.remove(path)
+    (line,) = error_lines(_index(str(tmp_path / "missing"), f"dir:{folder}", code=1))
+    assert line.startswith(f"imgdex: {folder}: manifest sha256:") and line.endswith(f"layer {layer} is missing")
+
+
+def _images_of(source: str, store) -> list[dict]:
+    _index(str(store), source)
+    return _images(str(store))
 
 
 def test_a_bare_path_is_detected(copies, tmp_path):

@@ -60,7 +60,7 @@ from .registry_client import (
     RegistryOptions,
     registry_error_text,
 )
-from .registry_schema1 import payload_digest, schema1_records
+from .registry_schema1 import is_schema1, payload_digest, schema1_records
 
 PREFIX = "docker://"
 _LINK_NEXT = re.compile(r'<([^>]*)>\s*;\s*(?:[^,]*;\s*)*rel="?next"?', re.IGNORECASE)
@@ -1022,7 +1022,7 @@ class Crawl:
 def _is_signed(media_type: str, data: bytes) -> bool:
     """A schema 1 manifest, by its media type or, without one, its bytes: its digest is that of
     its payload without the signatures, not of the bytes served."""
-    return media_type in mt.SCHEMA1 or (not media_type and _is_schema1(data))
+    return media_type in mt.SCHEMA1 or (not media_type and is_schema1(data))
 
 
 def _digest_of(data: bytes, media_type: str) -> str:
@@ -1056,16 +1056,6 @@ def _not_its_digest(digest: str, data: bytes, asked: bool = False) -> str:
     if asked:
         return f"asked for manifest {digest}, but the bytes the registry answered with hash to {hashed}"
     return f"the registry says the manifest is {digest} (Docker-Content-Digest), but its bytes hash to {hashed}"
-
-
-def _is_schema1(data: bytes) -> bool:
-    if configbounds.too_many_values(data):
-        return False  # the walk refuses it
-    try:
-        doc = loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return False
-    return isinstance(doc, dict) and doc.get("schemaVersion") == 1
 
 
 def _is_incremental_store(store) -> bool:

@@ -18,6 +18,7 @@ from .. import timestamps
 from ..errors import SourceError
 from ..model import EXACT_MANIFEST, KIND_IMAGE, Blob, HistoryEntry, ImageRecord, Platform
 from ..references import DIGEST_ALGORITHMS, DIGEST_RE, Reference
+from . import configbounds
 from . import mediatypes as mt
 from .jsonstream import LongInteger, loads
 from .parse import Context, _strings, check_values, group_names, load_object, new_record
@@ -45,6 +46,17 @@ def canonical_payload(data: bytes, doc: dict, where: str) -> bytes:
     if not 0 < length <= len(data):
         raise SourceError(where, "schema1 manifest: formatLength is out of range")
     return data[:length] + tail
+
+
+def is_schema1(data: bytes) -> bool:
+    """Whether `data` is a schema1 manifest by what it holds, for a source that gives no media type."""
+    if configbounds.too_many_values(data):
+        return False  # the walk refuses it
+    try:
+        doc = loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return False
+    return isinstance(doc, dict) and doc.get("schemaVersion") == 1
 
 
 def payload_digest(data: bytes) -> str:

@@ -22,7 +22,8 @@ from ..files import open_readable
 from ..model import Blob, ImageRecord
 from ..shard import in_shard
 from .layout import DirBlobs
-from .parse import MAX_JSON_BYTES, Context, walk
+from .parse import MAX_JSON_BYTES, Context, verify_layers, walk
+from .registry_schema1 import is_schema1, payload_digest, schema1_records
 
 MANIFEST = "manifest.json"
 VERSION = "version"
@@ -74,9 +75,37 @@ def read_skopeo_dir(path: str, ctx: Context) -> Iterator[ImageRecord | SourceErr
     # A link that leaves the directory is refused unread; anything but a regular file is refused
     # unopened.
     data = blobs.read_path(blobs.checked(MANIFEST, what=MANIFEST), MAX_JSON_BYTES, MANIFEST)
+    if is_schema1(data):
+        yield from _schema1_records(blobs, data, ctx, where)
+        return
     blobs.top = "sha256:" + hashlib.sha256(data).hexdigest()
     if not in_shard(ctx.shard, blobs.top):
         return
     # No media type: the walk tells a manifest from an index by what it holds, as skopeo does.
     top = Blob(blobs.top, len(data), "", ())
     yield from collector.paused_while(walk(blobs, top, [], ctx, where, annotations={}))
+
+
+def _schema1_records(blobs: SkopeoDirBlobs, data: bytes, ctx: Context, where: str) -> Iterator:
+    """A schema1 manifest (`skopeo copy --format v2s1`, or a copy from a registry that serves one):
+    named by the digest of its payload, as skopeo and registries name it, and read as the registry
+    source reads one, with each layer's size from its file."""
+    digest = payload_digest(data)
+    if not in_shard(ctx.shard, digest):
+        return
+    label = f"manifest {digest}"
+
+    def size(layer: str) -> int:
+        found = blobs.blob_size(layer)
+        if found is None:
+            raise SourceError(where, f"{label}: layer {layer} is missing")
+        return found
+
+    try:
+        records = schema1_records(data, digest, "", [], ctx, where, size)
+        if ctx.verify and records:
+            verify_layers(blobs, records[0].layers, ctx, where, label)
+    except SourceError as exc:
+        yield exc
+        return
+    yield from records
