@@ -6,8 +6,9 @@ a `version` file ("Directory Transport Version: 1.1"). The directory names no im
 take the name given by --registry/--repository, as an unnamed layout's do.
 
 The top manifest has no descriptor: its digest is the sha256 of `manifest.json`, as skopeo
-reports it. It is read again by the walk, which checks those bytes against that digest, so a
-file changed in between fails the image instead of landing under the digest of other bytes.
+reports it (that of its payload for a signed schema1 one). It is read again by the walk, which
+checks those bytes against that digest, so a file changed in between fails the image instead of
+landing under the digest of other bytes.
 """
 
 from __future__ import annotations
