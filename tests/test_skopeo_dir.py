@@ -271,6 +271,13 @@ def _no_manifest(folder):
     return f"{folder}: directory is not a dir: image (no manifest.json)"
 
 
+def _docker_save_manifest(folder):
+    path = os.path.join(folder, "manifest.json")
+    with open(path, "w") as f:
+        f.write(' [{"Config": "x.json", "RepoTags": ["app:1"], "Layers": []}]')
+    return f"{path}: a list of images, as a docker save's is, not a dir: manifest"
+
+
 def _manifest_too_large(folder):
     from indexer.sources.parse import MAX_JSON_BYTES
 
@@ -281,7 +288,16 @@ def _manifest_too_large(folder):
 
 @pytest.mark.parametrize(
     "damage",
-    [_missing_config, _altered_config, _fifo_manifest, _manifest_out, _config_out, _no_manifest, _manifest_too_large],
+    [
+        _missing_config,
+        _altered_config,
+        _fifo_manifest,
+        _manifest_out,
+        _config_out,
+        _no_manifest,
+        _manifest_too_large,
+        _docker_save_manifest,
+    ],
 )
 def test_a_broken_copy_is_one_line_and_the_others_land(copies, damage, tmp_path):
     broken = _copy(copies, "app", tmp_path)

@@ -76,6 +76,9 @@ def read_skopeo_dir(path: str, ctx: Context) -> Iterator[ImageRecord | SourceErr
     # A link that leaves the directory is refused unread; anything but a regular file is refused
     # unopened.
     data = blobs.read_path(blobs.checked(MANIFEST, what=MANIFEST), MAX_JSON_BYTES, MANIFEST)
+    if data.lstrip(b" \t\r\n")[:1] == b"[":
+        # What an unpacked `docker save` holds: its images are read from the tar, as docker load does.
+        raise SourceError(printable(manifest), "a list of images, as a docker save's is, not a dir: manifest")
     if is_schema1(data):
         yield from _schema1_records(blobs, data, ctx, where)
         return
