@@ -665,7 +665,7 @@ class RegistryClient:
             if token:
                 return token
             shown = redact_url_secrets(auth.realm)  # a realm may carry credentials; never echo them
-            realm, realm_insecure = self._checked_realm(auth.realm)
+            realm, host, realm_insecure = self._checked_realm(auth.realm)
             params = [("scope", scope)]
             if auth.service:
                 params.insert(0, ("service", auth.service))
@@ -678,9 +678,8 @@ class RegistryClient:
                 raw = f"{urllib.parse.unquote(realm.username)}:{urllib.parse.unquote(realm.password or '')}"
                 headers = {"Authorization": "Basic " + base64.b64encode(raw.encode()).decode()}
             joiner = "&" if realm.query else "?"
-            asked = auth.realm
-            if "@" in realm.netloc:
-                asked = urllib.parse.urlunsplit(realm._replace(netloc=realm.netloc.rpartition("@")[2]))
+            # Asked without its user info, which goes (if anywhere) in the header above.
+            asked = auth.realm if host == realm.netloc else urllib.parse.urlunsplit(realm._replace(netloc=host))
             url = asked + joiner + urllib.parse.urlencode(params)
             verify = False if realm_insecure else None
             reply = self.send("GET", url, headers, SMALL_LIMIT, f"{self.registry}: token for {scope}", verify=verify)
@@ -698,9 +697,9 @@ class RegistryClient:
             auth.store_token(scope, token, lifetime)
             return token
 
-    def _checked_realm(self, text: str) -> tuple[urllib.parse.SplitResult, bool]:
-        """(the parsed realm, whether its host is an insecure registry); HttpError for a realm no
-        token is asked of."""
+    def _checked_realm(self, text: str) -> tuple[urllib.parse.SplitResult, str, bool]:
+        """(the parsed realm, its netloc without user info, whether that host is an insecure
+        registry); HttpError for a realm no token is asked of."""
         shown = redact_url_secrets(text)  # a realm may carry credentials; never echo them
         try:
             realm = urllib.parse.urlsplit(text)
@@ -712,7 +711,7 @@ class RegistryClient:
         insecure = is_insecure(host, self.options.insecure_registries)
         if realm.scheme == "http" and not (insecure or is_loopback(host)):
             raise HttpError(self.registry, f"refusing to ask {shown} for a token over plain HTTP", 401)
-        return realm, insecure
+        return realm, host, insecure
 
     def _retry_headers(self, reply: Reply, scope: str, sent: dict) -> dict | None:
         """After a 401: the auth headers worth one more try, or None."""
