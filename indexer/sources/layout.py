@@ -588,12 +588,18 @@ def _file_chunks(f, where: str, limit: int) -> Iterator[bytes]:
         yield chunk
 
 
-def read_layout_dir(path: str, ctx: Context, ref: str = "") -> Iterator[ImageRecord | SourceError]:
-    where = printable(path)
+def directory_where(path: str, transport: str, nothing: str) -> str:
+    """`path` as messages name it, once it is found to be a directory; else one SourceError, which
+    names the transport when no path was given (`nothing` says what is missing)."""
     if not path:
-        raise SourceError("oci", "no layout directory given")
+        raise SourceError(transport, nothing)
     if not os.path.isdir(path):
-        raise SourceError(where, "not a directory" if os.path.lexists(path) else "no such file or directory")
+        raise SourceError(printable(path), "not a directory" if os.path.lexists(path) else "no such file or directory")
+    return printable(path)
+
+
+def read_layout_dir(path: str, ctx: Context, ref: str = "") -> Iterator[ImageRecord | SourceError]:
+    where = directory_where(path, "oci", "no layout directory given")
     marker = os.path.join(path, "oci-layout")
     try:
         mode = os.stat(marker).st_mode

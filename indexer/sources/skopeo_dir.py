@@ -22,7 +22,7 @@ from ..errors import SourceError, printable
 from ..files import open_readable
 from ..model import Blob, ImageRecord
 from ..shard import in_shard
-from .layout import DirBlobs
+from .layout import DirBlobs, directory_where
 from .parse import MAX_JSON_BYTES, Context, verify_layers, walk
 from .registry_schema1 import is_schema1, payload_digest, schema1_records
 
@@ -64,11 +64,7 @@ class SkopeoDirBlobs(DirBlobs):
 
 
 def read_skopeo_dir(path: str, ctx: Context) -> Iterator[ImageRecord | SourceError]:
-    where = printable(path)
-    if not path:
-        raise SourceError("dir", "no directory given")
-    if not os.path.isdir(path):
-        raise SourceError(where, "not a directory" if os.path.lexists(path) else "no such file or directory")
+    where = directory_where(path, "dir", "no directory given")
     manifest = os.path.join(path, MANIFEST)
     if not os.path.lexists(manifest):
         raise SourceError(where, "directory is not a dir: image (no manifest.json)")
