@@ -179,6 +179,8 @@ def test_a_version_file_that_says_otherwise_is_no_copy(copies, tmp_path):
     assert not is_skopeo_dir(folder)
     os.remove(os.path.join(folder, "version"))
     assert not is_skopeo_dir(folder)
+    os.mkfifo(os.path.join(folder, "version"))  # never opened for a blocking read: no writer comes
+    assert not is_skopeo_dir(folder)
 
 
 def test_a_folder_indexes_the_copies_below_it(copies, tmp_path):
