@@ -79,3 +79,16 @@ def run_cli():
         return CliRunner().invoke(cli, [str(a) for a in args], input=input, catch_exceptions=False, prog_name="imgdex")
 
     return invoke
+
+
+def need_skopeo(purpose: str) -> str:
+    """The skopeo program; a missing one fails the test under CI (`purpose` says what it is needed
+    for) and skips it elsewhere."""
+    import shutil
+
+    found = shutil.which("skopeo")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"skopeo is needed to {purpose}")
+        pytest.skip("skopeo missing")
+    return found

@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from conftest import REAL
+from conftest import REAL, need_skopeo
 from indexer.errors import SourceError
 from indexer.sources import SkopeoDir, parse_source
 from indexer.sources.skopeo_dir import is_skopeo_dir
@@ -27,12 +27,7 @@ SAME = ("digest", "compressedSize", "config", "layers", "createdAt")
 
 
 def _skopeo() -> str:
-    found = shutil.which("skopeo")
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("skopeo is needed to write the dir: copies these tests read")
-        pytest.skip("skopeo missing")
-    return found
+    return need_skopeo("write the dir: copies these tests read")
 
 
 @pytest.fixture(scope="session")
