@@ -536,9 +536,12 @@ def index(
     SOURCE is docker-archive:PATH[:@N|:NAME[:TAG]] (one image of the archive, as skopeo takes it),
     oci-archive:PATH[:REF], oci:DIR[:REF], dir:DIR (a skopeo copy), docker-daemon:[REF]
     (a running Docker engine: every image, or the one named by reference or ID),
+    containers-storage:[[DRIVER@]ROOT]REF (podman's and buildah's local store, read from its files:
+    every image, or the one named; the store storage.conf names by default),
     docker://HOST[/REPO[:TAG|@DIGEST]] (a registry: every repository, every tag of one, or one
     image), ycr-json:PATH (Image.Get / Image.List JSON of Yandex Cloud; names go under
-    cr.yandex unless --registry), or a bare path (a layout directory, a dir: copy, a folder of
+    cr.yandex unless --registry), or a bare path (a layout directory, a dir: copy, a
+    containers-storage graph root, a folder of
     archives, layouts and copies, every one below it indexed, or a tar that is uncompressed, gzip,
     zstd, xz or bzip2; - is standard input).
     """

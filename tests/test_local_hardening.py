@@ -51,7 +51,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 with open(os.path.join(REAL, "expected.json")) as _f:
     REAL_EXPECTED = json.load(_f)
 
-TRANSPORTS_TEXT = "valid: docker-archive:, oci-archive:, oci:, dir:, docker-daemon:, docker://, ycr-json:"
+TRANSPORTS_TEXT = (
+    "valid: docker-archive:, oci-archive:, oci:, dir:, docker-daemon:, containers-storage:, docker://, ycr-json:"
+)
 
 
 def collect(spec: str, **ctx):

@@ -17,6 +17,7 @@ from typing import Callable, Iterator, Protocol
 from ..errors import NotAnArchive, SourceError, printable
 from ..model import ImageRecord
 from ..shard import in_shard
+from .containers_storage import ContainersStorage, is_storage_root, read_storage
 from .docker_archive import Selection, parse_selection, read_docker_archive
 from .layout import is_layout_dir, read_layout_dir, read_layout_tar
 from .parse import Context
@@ -197,11 +198,21 @@ def _folder_contents(root: str, ctx: Context) -> list[tuple[str, str]]:
 
 
 def image_dir_kind(path: str) -> str | None:
-    """ "oci" for an OCI layout, "dir" for a skopeo dir:, None for any other directory. A layout
-    wins: `docker save` since Docker 25 writes a manifest.json beside index.json."""
+    """ "oci" for an OCI layout, "dir" for a skopeo dir:, "containers-storage" for the graph root of
+    podman's store, None for any other directory. A layout wins: `docker save` since Docker 25
+    writes a manifest.json beside index.json."""
     if is_layout_dir(path):
         return "oci"
-    return "dir" if is_skopeo_dir(path) else None
+    if is_skopeo_dir(path):
+        return "dir"
+    return "containers-storage" if is_storage_root(path) else None
+
+
+_DIR_READERS = {
+    "oci": read_layout_dir,
+    "dir": read_skopeo_dir,
+    "containers-storage": lambda path, ctx: read_storage(path, "", "", ctx),
+}
 
 
 def _read_folder(root: str, ctx: Context) -> Iterator[ImageRecord | SourceError]:
@@ -219,7 +230,7 @@ def _read_folder(root: str, ctx: Context) -> Iterator[ImageRecord | SourceError]
         try:
             if kind != "archive":
                 archives += 1
-                yield from (read_layout_dir if kind == "oci" else read_skopeo_dir)(path, sub)
+                yield from _DIR_READERS[kind](path, sub)
                 continue
             kind, records = _read_detected(TarMembers.open(path, hash_members=ctx.verify), sub)
             archives += 1
@@ -264,6 +275,10 @@ def _registry(rest: str, options: SourceOptions) -> Source:
     return RegistrySource(PREFIX + rest, options.registry)
 
 
+def _containers_storage(rest: str, options: SourceOptions) -> Source:
+    return ContainersStorage.from_spec(rest)
+
+
 def _ycr_json(rest: str, options: SourceOptions) -> Source:
     from .ycr_json import YcrJson
 
@@ -277,6 +292,7 @@ SCHEMES: dict[str, Callable[[str, SourceOptions], Source]] = {
     "oci:": lambda rest, options: OciLayout(*_split_ref(rest)),
     "dir:": lambda rest, options: SkopeoDir(rest),
     "docker-daemon:": _daemon,
+    "containers-storage:": _containers_storage,
     "docker://": _registry,
     "ycr-json:": _ycr_json,
 }
@@ -302,6 +318,8 @@ def parse_source(text: str, options: SourceOptions | None = None, *, registry_op
         return DetectedArchive(text)
     if os.path.isdir(text):
         kind = image_dir_kind(text)
+        if kind == "containers-storage":
+            return ContainersStorage(text)
         return OciLayout(text) if kind == "oci" else SkopeoDir(text) if kind == "dir" else ArchiveFolder(text)
     if os.path.lexists(text):
         return DetectedArchive(text)

@@ -1036,7 +1036,7 @@ ENTRIES: list[Entry] = [
         "typo",
         "docker-achive:{path}",
         LINE + r"docker-achive:{path}: unknown source type \"docker-achive:\"; valid: docker-archive:, oci-archive:, "
-        r"oci:, dir:, docker-daemon:, docker://, ycr-json:$",
+        r"oci:, dir:, docker-daemon:, containers-storage:, docker://, ycr-json:$",
         "A mistyped transport (docker-achive: for docker-archive:) before a path that does not exist.",
         generate_nothing,
         generated=True,

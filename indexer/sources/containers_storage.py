@@ -1,0 +1,362 @@
+"""skopeo's `containers-storage:`: the local image store of podman, buildah and CRI-O
+(containers/storage), read from its files, with no daemon and nothing mounted.
+
+A store keeps its images in `GRAPHROOT/DRIVER-images/images.json`, one entry per image: its id,
+its names (`localhost/app:1`, `docker.io/library/busybox:latest`) and the names of its "big data"
+items, each a file in the image's folder. containers/image stores there the image's own manifest
+(`manifest`), every manifest it was pulled through (`manifest-DIGEST`, the list of a
+multi-platform pull among them) and the config (under its digest). Layers are kept unpacked by the
+driver, not as the blobs the manifest names: their digests and sizes are the manifest's, as
+`podman image inspect` reports them, and --verify does not apply.
+
+The image's manifest has no descriptor: its digest is the sha256 of its bytes, which the walk
+checks again when it reads them, and the config is checked against the manifest's descriptor, as
+for every source.
+"""
+
+from __future__ import annotations
+
+import base64
+import glob
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from typing import Iterator
+
+from .. import collector
+from ..errors import ImgdexError, SourceError, printable
+from ..model import Blob, ImageRecord
+from ..references import Reference, is_valid_digest, parse_reference
+from ..shard import in_shard
+from .layout import DirBlobs, directory_where
+from .parse import MAX_JSON_BYTES, MAX_PARSED_BYTES, Context, load_json, parsed_size, walk
+from .registry_schema1 import is_schema1
+
+TRANSPORT = "containers-storage:"
+IMAGES_JSON = "images.json"
+# images.json lists every image of the store, about 2 KB each: 64 MiB is some 30,000 images.
+MAX_IMAGES_JSON_BYTES = 64 * 1024 * 1024
+_OWN_MANIFEST = "manifest"  # containers/image's key for the image's own manifest
+_MANIFEST_PREFIX = "manifest-"
+_ID = re.compile(r"[0-9a-f]{64}")
+_ID_PREFIX = re.compile(r"[0-9a-f]{3,64}")
+# The drivers containers/storage has; a root holding images of several is named with its driver.
+_IMAGES_SUFFIX = "-images"
+
+
+def big_data_file(key: str) -> str:
+    """The file name containers/storage gives the big-data item `key` (makeBigDataBaseName): the key
+    itself when it holds only lowercase letters, digits and dots, else "=" and its base64."""
+    if key and all(c == "." or "0" <= c <= "9" or "a" <= c <= "z" for c in key):
+        return key
+    return "=" + base64.b64encode(key.encode()).decode("ascii")
+
+
+def is_storage_root(path: str) -> bool:
+    """Whether a directory is a containers/storage graph root: `storage.lock` beside a
+    `DRIVER-images` folder."""
+    return os.path.isfile(os.path.join(path, "storage.lock")) and bool(_image_folders(path))
+
+
+def _image_folders(root: str) -> list[str]:
+    """The `DRIVER-images` folders of a root that hold an images.json, sorted."""
+    found = glob.glob(os.path.join(glob.escape(root), "*" + _IMAGES_SUFFIX, IMAGES_JSON))
+    return sorted(os.path.dirname(path) for path in found if not os.path.islink(os.path.dirname(path)))
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    """What `containers-storage:[DRIVER@ROOT+RUNROOT:OPTIONS]REF` names; the root and driver are
+    empty when not given."""
+
+    driver: str
+    root: str
+    ref: str
+
+
+def parse_spec(rest: str) -> StorageSpec:
+    """The store specifier and the reference, split as containers/image splits them."""
+    if not rest.startswith("["):
+        return StorageSpec("", "", rest)
+    where = TRANSPORT + rest
+    close = rest.find("]")
+    if close < 1:
+        raise SourceError(where, "the store specifier [DRIVER@ROOT] has no closing ']'")
+    inner, ref = rest[1:close], rest[close + 1 :]
+    driver, at, root = inner.partition("@")
+    if not at:
+        driver, root = "", inner
+    elif not driver:
+        raise SourceError(where, "the store specifier names no driver before '@'")
+    root = root.partition(":")[0].partition("+")[0]  # options, then the run root: not read
+    if not root:
+        raise SourceError(where, "the store specifier names no graph root")
+    return StorageSpec(driver, root, ref)
+
+
+def default_store() -> tuple[str, str]:
+    """(graph root, driver) as podman finds them: storage.conf (`CONTAINERS_STORAGE_CONF`, else the
+    user's, else the system's), else the default root of this user; the driver may be empty."""
+    rootless = os.geteuid() != 0
+    home = os.path.expanduser("~")
+    config_home = os.environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
+    candidates = [os.environ.get("CONTAINERS_STORAGE_CONF", "")]
+    if rootless:
+        candidates.append(os.path.join(config_home, "containers", "storage.conf"))
+    candidates += ["/etc/containers/storage.conf", "/usr/share/containers/storage.conf"]
+    settings = next((found for path in candidates if path and (found := _storage_conf(path)) is not None), {})
+    driver = settings.get("driver", "")
+    if rootless:
+        data_home = os.environ.get("XDG_DATA_HOME") or os.path.join(home, ".local", "share")
+        root = settings.get("rootless_storage_path", "") or os.path.join(data_home, "containers", "storage")
+    else:
+        root = settings.get("graphroot", "") or "/var/lib/containers/storage"
+    return root.replace("$HOME", home).replace("$UID", str(os.geteuid())), driver
+
+
+def _storage_conf(path: str) -> dict[str, str] | None:
+    """The `[storage]` strings of a storage.conf; None when there is no such file; a file that
+    cannot be read or parsed is one SourceError."""
+    if not os.path.lexists(path):
+        return None
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: the defaults stand, a spec names anything else
+        return {}
+    try:
+        with open(path, "rb") as f:
+            if not os.path.isfile(path):
+                raise SourceError(printable(path), "storage.conf is not a regular file")
+            data = f.read(1 << 20)
+        table = tomllib.loads(data.decode("utf-8")).get("storage", {})
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise SourceError(printable(path), f"storage.conf cannot be read ({exc})") from None
+    if not isinstance(table, dict):
+        return {}
+    return {key: value for key, value in table.items() if isinstance(value, str)}
+
+
+@dataclass
+class ContainersStorage:
+    """`containers-storage:[[DRIVER@]ROOT]REF`, or a bare graph root."""
+
+    location: str  # the graph root
+    driver: str = ""
+    ref: str = ""
+    given: str = ""  # the source as named, for messages about REF
+    kind: str = "containers-storage"
+    reads_layers = False
+    reads_index = False
+
+    @classmethod
+    def from_spec(cls, rest: str) -> "ContainersStorage":
+        spec = parse_spec(rest)
+        root, driver = (spec.root, spec.driver) if spec.root else default_store()
+        return cls(location=root, driver=spec.driver or driver, ref=spec.ref, given=TRANSPORT + rest)
+
+    def records(self, ctx: Context) -> Iterator[ImageRecord | SourceError]:
+        try:
+            self.location.encode("utf-8")
+        except UnicodeEncodeError:  # stored as text: kept escaped, as the local files' paths are
+            ctx.source_path = printable(self.location)
+        ctx.verify = False  # the layers are unpacked: nothing holds the bytes their digests name
+        return read_storage(self.location, self.driver, self.ref, ctx, self.given or TRANSPORT + self.ref)
+
+
+def images_folder(root: str, driver: str) -> str:
+    """`ROOT/DRIVER-images`; without a driver, the only one the root holds."""
+    where = directory_where(root, "containers-storage", "no graph root given")
+    if driver:
+        folder = os.path.join(root, driver + _IMAGES_SUFFIX)
+        if not os.path.isdir(folder):
+            raise SourceError(printable(folder), f"the store has no {driver} images (no such directory)")
+        return folder
+    folders = _image_folders(root)
+    if not folders:
+        raise SourceError(where, "not a containers-storage graph root (no DRIVER-images/images.json)")
+    if len(folders) > 1:
+        drivers = ", ".join(os.path.basename(f)[: -len(_IMAGES_SUFFIX)] for f in folders)
+        raise SourceError(where, f"holds images of several drivers ({drivers}): name one as [DRIVER@ROOT]")
+    return folders[0]
+
+
+def read_storage(
+    root: str, driver: str, ref: str, ctx: Context, given: str = ""
+) -> Iterator[ImageRecord | SourceError]:
+    """The images of a store; with `ref`, those it names (`given`, the source's name, is what a
+    message about it names)."""
+    folder = images_folder(root, driver)
+    entries = _entries(folder)
+    try:
+        chosen = _chosen(entries, ref, given or TRANSPORT + ref) if ref else entries
+    except SourceError:
+        if in_shard(ctx.shard, given or ref):  # said by one shard, as one process says it
+            raise
+        return
+    for position, entry in chosen:
+        image_id = entry.get("id")
+        if not isinstance(image_id, str) or not _ID.fullmatch(image_id):
+            if in_shard(ctx.shard, f"entry {position}"):
+                yield SourceError(
+                    printable(os.path.join(folder, IMAGES_JSON)), f"entry {position}: id is not 64 hex digits"
+                )
+            continue
+        if not in_shard(ctx.shard, image_id):
+            continue
+        try:
+            yield from _image(folder, image_id, entry, ctx)
+        except SourceError as exc:
+            yield exc
+
+
+def _entries(folder: str) -> list[tuple[int, dict]]:
+    """(position, entry) of every image images.json lists."""
+    blobs = DirBlobs(folder)
+    blobs.holder = "store"
+    path = blobs.checked(IMAGES_JSON, what=IMAGES_JSON)
+    where = printable(path)
+    data = blobs.read_path(path, MAX_IMAGES_JSON_BYTES, IMAGES_JSON)
+    if parsed_size(data) > 4 * MAX_PARSED_BYTES:
+        raise SourceError(where, f"images.json holds too many values for its {len(data)} bytes")
+    doc = load_json(data, where, IMAGES_JSON)
+    if not isinstance(doc, list):
+        raise SourceError(where, "images.json is not a JSON list of images")
+    return [(position, entry if isinstance(entry, dict) else {}) for position, entry in enumerate(doc)]
+
+
+def _strings(value: object) -> list[str]:
+    return [item for item in value if isinstance(item, str)] if isinstance(value, list) else []
+
+
+def _chosen(entries: list[tuple[int, dict]], ref: str, where: str) -> list[tuple[int, dict]]:
+    """The entries `ref` names: an image id or a unique prefix of one, else a reference matched
+    against the images' names as containers/image matches it (`app` is
+    `docker.io/library/app:latest`; `NAME@DIGEST` the image of that name holding that manifest)."""
+    if _ID_PREFIX.fullmatch(ref):
+        found = [(p, e) for p, e in entries if isinstance(e.get("id"), str) and e["id"].startswith(ref)]
+        if len(found) > 1:
+            raise SourceError(where, f"the ID prefix {ref!r} names {len(found)} images")
+        if found:
+            return found
+    try:
+        wanted = parse_reference(ref)
+    except ImgdexError:
+        raise SourceError(where, f"{ref!r} is not an image reference or ID") from None
+    if not wanted.tag and not wanted.digest:
+        wanted = Reference(wanted.registry, wanted.name, "latest")
+    found = []
+    for position, entry in entries:
+        names = [_parsed(name) for name in _strings(entry.get("names"))]
+        if wanted.digest:
+            held = {name[len(_MANIFEST_PREFIX) :] for name in _strings(entry.get("big-data-names"))}
+            held.update(_strings(entry.get("digests")) + _strings([entry.get("digest")]))
+            if wanted.digest in held and any(
+                n and (n.registry, n.name) == (wanted.registry, wanted.name) for n in names
+            ):
+                found.append((position, entry))
+        elif any(n and (n.registry, n.name, n.tag) == (wanted.registry, wanted.name, wanted.tag) for n in names):
+            found.append((position, entry))
+    if not found:
+        raise SourceError(where, "no such image in the store")
+    return found
+
+
+def _parsed(name: str) -> Reference | None:
+    try:
+        return parse_reference(name)
+    except ImgdexError:
+        return None
+
+
+class StorageBlobs(DirBlobs):
+    """The big-data items of one image, by digest: the image's manifest, the manifests it was
+    pulled through, its config. A layer is known by the size its manifest declares."""
+
+    holder = "image's folder"
+
+    def __init__(self, root: str, top: str, manifests: set[str]):
+        super().__init__(root)
+        self.top = top
+        self.manifests = manifests
+        self.layers: dict[str, int] = {}
+
+    def _relative(self, digest: str) -> str:
+        if digest == self.top:
+            return big_data_file(_OWN_MANIFEST)
+        if digest in self.manifests:
+            return big_data_file(_MANIFEST_PREFIX + digest)
+        return big_data_file(digest)
+
+    def read_blob(self, digest: str, limit: int) -> bytes:
+        data = super().read_blob(digest, limit)
+        if digest == self.top or digest in self.manifests:
+            self._declare(data)
+        return data
+
+    def _declare(self, data: bytes) -> None:
+        """Note the layers a manifest declares; the walk says what is wrong with one that is not
+        plain (it reads the same bytes)."""
+        try:
+            doc = load_json(data, "", "")
+        except SourceError:
+            return
+        layers = doc.get("layers") if isinstance(doc, dict) else None
+        for layer in layers if isinstance(layers, list) else ():
+            if isinstance(layer, dict) and isinstance(layer.get("digest"), str) and type(layer.get("size")) is int:
+                self.layers.setdefault(layer["digest"], layer["size"])
+
+    def blob_size(self, digest: str) -> int | None:
+        declared = self.layers.get(digest)
+        return declared if declared is not None else super().blob_size(digest)
+
+
+def _image(folder: str, image_id: str, entry: dict, ctx: Context) -> Iterator[ImageRecord | SourceError]:
+    where = printable(os.path.join(folder, image_id))
+    big = set(_strings(entry.get("big-data-names")))
+    manifests = {
+        name[len(_MANIFEST_PREFIX) :]
+        for name in big
+        if name.startswith(_MANIFEST_PREFIX) and is_valid_digest(name[len(_MANIFEST_PREFIX) :])
+    }
+    if not os.path.isdir(os.path.join(folder, image_id)):
+        raise SourceError(where, "the image's folder is missing (removed since images.json was read?)")
+    if _OWN_MANIFEST in big:
+        blobs = StorageBlobs(os.path.join(folder, image_id), "", manifests)
+        data = blobs.read_path(blobs.checked(big_data_file(_OWN_MANIFEST), what="manifest"), MAX_JSON_BYTES, "manifest")
+        if is_schema1(data):
+            raise SourceError(where, "the image's manifest is a schema1 manifest, which is not supported")
+        blobs.top = "sha256:" + hashlib.sha256(data).hexdigest()
+        recorded = entry.get("big-data-digests")
+        recorded = recorded.get(_OWN_MANIFEST) if isinstance(recorded, dict) else None
+        if isinstance(recorded, str) and recorded != blobs.top:
+            # containers/storage recorded the digest of the bytes it wrote: these are others.
+            raise SourceError(where, f"manifest is {blobs.top}, not {recorded} as images.json records it")
+        tops = [Blob(blobs.top, len(data), "", ())]
+    elif manifests:  # stored by an older containers/image: each manifest under its digest alone
+        blobs = StorageBlobs(os.path.join(folder, image_id), "", manifests)
+        tops = []
+        for digest in sorted(manifests):
+            size = blobs.blob_size(digest)
+            if size is None:
+                raise SourceError(where, f"manifest {digest} is missing")
+            tops.append(Blob(digest, size, "", ()))
+    else:
+        raise SourceError(where, "the image holds no manifest")
+    names = _names(entry, ctx, where, {top.digest for top in tops} | manifests)
+    for top in tops:
+        yield from collector.paused_while(walk(blobs, top, names, ctx, where, annotations={}))
+
+
+def _names(entry: dict, ctx: Context, where: str, digests: set[str]) -> list[Reference]:
+    """The image's names; one that does not parse, or names another manifest, is noted and left out."""
+    names = []
+    for text in _strings(entry.get("names")):
+        ref = _parsed(text)
+        if ref is None:
+            ctx.note(f"{where}: ignoring name {printable(text)!r}: not an image reference")
+        elif ref.digest and ref.digest not in digests:
+            ctx.note(f"{where}: ignoring name {printable(text)!r}: it names another manifest")
+        else:
+            names.append(ref)
+    return names

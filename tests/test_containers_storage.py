@@ -1,0 +1,406 @@
+"""`containers-storage:`, podman's and buildah's local image store: a real store written by skopeo
+(the vfs driver, in a temporary root), read from its files. Each image is the image of the archive
+it was copied from, named as the store names it; REF selects images as skopeo does; a bare graph
+root is detected; damage to the store's files fails one image or the source in one line."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from conftest import REAL, need_skopeo
+from indexer.errors import SourceError
+from indexer.sources import ContainersStorage, parse_source
+from indexer.sources.containers_storage import big_data_file, is_storage_root, parse_spec
+from test_badinput import error_lines, invoke, sql_rows
+
+APP = os.path.join(REAL, "oci-archive-app.tar")
+MULTIARCH = os.path.join(REAL, "oci-archive-base-multiarch.tar")
+CLASSIC = os.path.join(REAL, "docker-save-app.tar")
+SAME = ("digest", "compressedSize", "config", "layers", "createdAt")
+
+
+def _skopeo() -> str:
+    return need_skopeo("write the containers-storage store these tests read")
+
+
+def _spec(root: str) -> str:
+    return f"containers-storage:[vfs@{root}+{root}-run]"
+
+
+@pytest.fixture(scope="session")
+def store_root(tmp_path_factory) -> str:
+    """A vfs store written by skopeo: one image of an OCI archive under two names, the amd64 and
+    arm64 images of a multi-arch archive (each copied through its index), and one image of a
+    classic docker save."""
+    skopeo = _skopeo()
+    root = str(tmp_path_factory.mktemp("containers-storage") / "root")
+    env = dict(os.environ, TMPDIR=str(tmp_path_factory.mktemp("skopeo-tmp")))
+    for source, name, extra in (
+        (f"oci-archive:{APP}", "localhost/app:1", []),
+        (f"oci-archive:{MULTIARCH}", "localhost/base:amd64", ["--override-arch", "amd64"]),
+        (f"oci-archive:{MULTIARCH}", "localhost/base:arm64", ["--override-arch", "arm64"]),
+        (f"docker-archive:{CLASSIC}:@0", "localhost/classic:1", []),
+    ):
+        subprocess.run(
+            [skopeo, "--insecure-policy", *extra, "copy", "-q", source, _spec(root) + name],
+            check=True,
+            capture_output=True,
+            timeout=120,
+            env=env,
+        )
+    # A second name for the same image: the store adds it to the image it holds (the same id).
+    subprocess.run(
+        [skopeo, "--insecure-policy", "copy", "-q", f"oci-archive:{APP}", _spec(root) + "cr.example.com/team/app:v1"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+        env=env,
+    )
+    return root
+
+
+def _copy(root: str, tmp_path) -> str:
+    target = str(tmp_path / "root")
+    shutil.copytree(root, target, symlinks=True)
+    return target
+
+
+def _index(store, *sources: str, code: int = 0) -> str:
+    out = invoke("index", *sources, "--store", str(store))
+    assert out.code == code, out.stderr
+    return out.stderr
+
+
+def _images(store) -> list[dict]:
+    out = invoke("list", "--store", str(store), "--page-size", "1000")
+    assert out.code == 0, out.stderr
+    return sorted(
+        json.loads(out.stdout).get("images", []),
+        key=lambda doc: (doc.get("name", ""), doc.get("tags", []), doc.get("digest", "")),
+    )
+
+
+def _raw(source: str) -> bytes:
+    return subprocess.run([_skopeo(), "inspect", "--raw", source], check=True, capture_output=True, timeout=60).stdout
+
+
+def _entries(root: str) -> list[dict]:
+    with open(os.path.join(root, "vfs-images", "images.json"), "rb") as f:
+        return json.load(f)
+
+
+def _by_name(root: str, name: str) -> dict:
+    return next(entry for entry in _entries(root) if name in entry.get("names", []))
+
+
+def test_each_image_is_named_as_the_store_names_it(store_root, tmp_path):
+    _index(tmp_path, _spec(store_root))
+    got = [(doc["name"], doc.get("tags")) for doc in _images(tmp_path)]
+    assert got == [
+        ("app", ["1"]),
+        ("base", ["amd64"]),
+        ("base", ["arm64"]),
+        ("classic", ["1"]),
+        ("team/app", ["v1"]),
+    ]
+    rows = sql_rows(str(tmp_path), "SELECT DISTINCT registry, source_kind, source_path FROM images ORDER BY registry")
+    assert rows == [
+        {"registry": "cr.example.com", "source_kind": "containers-storage", "source_path": store_root},
+        {"registry": "localhost", "source_kind": "containers-storage", "source_path": store_root},
+    ]
+
+
+@pytest.mark.parametrize(
+    "name, archive, platform",
+    [
+        ("localhost/app:1", APP, None),
+        ("localhost/base:arm64", MULTIARCH, "arm64"),
+        ("localhost/base:amd64", MULTIARCH, "amd64"),
+    ],
+)
+def test_an_image_is_the_image_of_its_archive(store_root, name, archive, platform, tmp_path):
+    _index(tmp_path / "storage", _spec(store_root) + name)
+    _index(tmp_path / "archive", archive)
+    got = _images(tmp_path / "storage")  # the app has two names: a record in each repository
+    wanted = _images(tmp_path / "archive")
+    if platform is not None:  # the archive's index and both images: the one of that platform
+        rows = sql_rows(
+            str(tmp_path / "archive"), f"SELECT digest FROM images WHERE platform_architecture = '{platform}'"
+        )
+        wanted = [doc for doc in wanted if doc["digest"] == rows[0]["digest"]]
+    assert [{key: doc.get(key) for key in SAME} for doc in got] == [{key: wanted[0].get(key) for key in SAME}] * len(
+        got
+    )
+    # The digest is the one skopeo reports for the stored image: that of its own manifest.
+    assert got[0]["digest"] == "sha256:" + hashlib.sha256(_raw(_spec(store_root) + name)).hexdigest()
+
+
+def test_a_converted_image_keeps_the_config(store_root, tmp_path):
+    """skopeo gives a docker save's image a manifest of its own: the config is the archive's."""
+    _index(tmp_path / "storage", _spec(store_root) + "localhost/classic:1")
+    _index(tmp_path / "archive", f"docker-archive:{CLASSIC}:@0")
+    (got,), wanted = _images(tmp_path / "storage"), _images(tmp_path / "archive")
+    assert {(doc["config"]["digest"], doc["createdAt"]) for doc in wanted} == {
+        (got["config"]["digest"], got["createdAt"])
+    }
+    manifest = json.loads(_raw(_spec(store_root) + "localhost/classic:1"))
+    assert [layer["digest"] for layer in got["layers"]] == [layer["digest"] for layer in manifest["layers"]]
+
+
+def test_ref_selects_by_name_id_or_prefix(store_root, tmp_path):
+    entry = _by_name(store_root, "localhost/app:1")
+    for number, ref in enumerate(("localhost/app:1", "cr.example.com/team/app:v1", entry["id"], entry["id"][:12])):
+        store = tmp_path / str(number)
+        _index(store, _spec(store_root) + ref)
+        # The image, under every name the store gives it.
+        assert [(doc["name"], doc["tags"]) for doc in _images(store)] == [("app", ["1"]), ("team/app", ["v1"])]
+    digest = "sha256:" + hashlib.sha256(_raw(_spec(store_root) + "localhost/app:1")).hexdigest()
+    _index(tmp_path / "digest", _spec(store_root) + f"localhost/app@{digest}")
+    assert {doc["digest"] for doc in _images(tmp_path / "digest")} == {digest}
+
+
+@pytest.mark.parametrize(
+    "ref, reason",
+    [
+        ("localhost/app:2", "no such image in the store"),
+        ("app:1", "no such image in the store"),  # docker.io/library/app:1, as skopeo reads it
+        ("x/../y", "'x/../y' is not an image reference or ID"),
+    ],
+)
+def test_a_ref_that_names_nothing_is_one_line(store_root, ref, reason, tmp_path):
+    (line,) = error_lines(_index(tmp_path, _spec(store_root) + ref, code=1))
+    assert line == f"imgdex: {_spec(store_root)}{ref}: {reason}"
+
+
+def test_the_store_of_storage_conf_is_the_default(store_root, tmp_path, monkeypatch):
+    conf = tmp_path / "storage.conf"
+    conf.write_text(f'[storage]\ndriver = "vfs"\ngraphroot = "{store_root}"\nrootless_storage_path = "{store_root}"\n')
+    monkeypatch.setenv("CONTAINERS_STORAGE_CONF", str(conf))
+    source = parse_source("containers-storage:")
+    assert (source.location, source.driver) == (store_root, "vfs")
+    named, default = tmp_path / "named", tmp_path / "default"
+    _index(named, _spec(store_root))
+    _index(default, "containers-storage:")
+    assert _images(default) == _images(named)
+    conf.write_text("[storage\n")
+    (line,) = error_lines(_index(tmp_path / "broken", "containers-storage:", code=1))
+    assert line.startswith(f"imgdex: {conf}: storage.conf cannot be read (")
+
+
+def test_a_bare_root_is_detected(store_root, tmp_path):
+    assert is_storage_root(store_root)
+    assert isinstance(parse_source(store_root), ContainersStorage)
+    _index(tmp_path / "bare", store_root)
+    _index(tmp_path / "named", _spec(store_root))
+    assert _images(tmp_path / "bare") == _images(tmp_path / "named")
+
+
+def test_a_root_in_a_folder_is_read_not_walked(store_root, tmp_path):
+    """The layers below a root are whole file systems: never tried one file at a time as archives."""
+    folder = tmp_path / "exports"
+    shutil.copytree(store_root, folder / "podman", symlinks=True)
+    shutil.copy(CLASSIC, folder / "save.tar")
+    stderr = _index(tmp_path / "store", str(folder))
+    assert "note:" not in stderr
+    rows = sql_rows(str(tmp_path / "store"), "SELECT source_kind, count(*) AS n FROM images GROUP BY 1 ORDER BY 1")
+    assert [(row["source_kind"], row["n"]) for row in rows] == [("containers-storage", 5), ("docker-archive", 4)]
+
+
+def test_big_data_files_are_named_as_containers_storage_names_them(store_root):
+    entry = _by_name(store_root, "localhost/app:1")
+    folder = os.path.join(store_root, "vfs-images", entry["id"])
+    assert sorted(os.listdir(folder)) == sorted(big_data_file(key) for key in entry["big-data-names"])
+    assert big_data_file("manifest") == "manifest"
+
+
+def test_verify_does_not_apply(store_root, tmp_path):
+    stderr = _index(tmp_path, _spec(store_root) + "localhost/app:1", "--verify")
+    assert "--verify does not apply" in stderr
+
+
+def _damaged(store_root: str, tmp_path, name: str, key: str) -> tuple[str, str, str]:
+    root = _copy(store_root, tmp_path)
+    entry = _by_name(root, name)
+    folder = os.path.join(root, "vfs-images", entry["id"])
+    return root, folder, os.path.join(folder, big_data_file(key))
+
+
+def test_an_altered_config_fails_its_image_alone(store_root, tmp_path):
+    entry = _by_name(store_root, "localhost/app:1")
+    root, folder, path = _damaged(store_root, tmp_path, "localhost/app:1", f"sha256:{entry['id']}")
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data.replace(b"amd64", b"AMD64"))
+    (line,) = error_lines(_index(tmp_path / "store", _spec(root), code=1))
+    assert line.startswith(f"imgdex: {folder}: manifest sha256:") and "config" in line and "bytes hash to" in line
+    assert {doc["name"] for doc in _images(tmp_path / "store")} == {"base", "classic"}
+
+
+def test_an_altered_manifest_is_refused(store_root, tmp_path):
+    root, folder, path = _damaged(store_root, tmp_path, "localhost/app:1", "manifest")
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data + b"\n")  # the same manifest, but bytes whose digest images.json does not record
+    (line,) = error_lines(_index(tmp_path / "store", _spec(root), code=1))
+    assert line.startswith(f"imgdex: {folder}: manifest is sha256:") and line.endswith("as images.json records it")
+
+
+@pytest.mark.parametrize("damage", ["missing folder", "manifest a FIFO", "manifest linked out", "config missing"])
+def test_a_broken_image_fails_alone(store_root, damage, tmp_path):
+    entry = _by_name(store_root, "localhost/app:1")
+    root, folder, manifest = _damaged(store_root, tmp_path, "localhost/app:1", "manifest")
+    if damage == "missing folder":
+        shutil.rmtree(folder)
+        reason = "the image's folder is missing"
+    elif damage == "manifest a FIFO":
+        os.remove(manifest)
+        os.mkfifo(manifest)
+        reason = "manifest is not a regular file (named pipe)"
+    elif damage == "manifest linked out":
+        outside = tmp_path / "outside"
+        outside.write_bytes(open(manifest, "rb").read())
+        os.remove(manifest)
+        os.symlink(outside, manifest)
+        reason = "symlink that points outside the image's folder"
+    else:
+        os.remove(os.path.join(folder, big_data_file(f"sha256:{entry['id']}")))
+        reason = "missing"
+    (line,) = error_lines(_index(tmp_path / "store", _spec(root), code=1))
+    assert line.startswith("imgdex: ") and reason in line and entry["id"] in line
+    assert {doc["name"] for doc in _images(tmp_path / "store")} == {"base", "classic"}
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        (b"{not json", "images.json is not valid JSON ("),
+        (b'{"id": "x"}', "images.json is not a JSON list of images"),
+        (b"NaN", "images.json is not valid JSON (NaN is not a JSON value)"),
+    ],
+)
+def test_a_broken_images_json_is_one_line(store_root, content, reason, tmp_path):
+    root = _copy(store_root, tmp_path)
+    path = os.path.join(root, "vfs-images", "images.json")
+    with open(path, "wb") as f:
+        f.write(content)
+    (line,) = error_lines(_index(tmp_path / "store", _spec(root), code=1))
+    assert line == f"imgdex: {path}: {reason}" or (
+        reason.endswith("(") and line.startswith(f"imgdex: {path}: {reason}")
+    )
+
+
+def test_images_json_that_is_special_or_linked_out_is_refused_unread(store_root, tmp_path):
+    root = _copy(store_root, tmp_path)
+    path = os.path.join(root, "vfs-images", "images.json")
+    os.remove(path)
+    os.mkfifo(path)  # no writer comes: it would block a reader for ever
+    (line,) = error_lines(_index(tmp_path / "fifo", _spec(root), code=1))
+    assert line == f"imgdex: {path}: images.json is not a regular file (named pipe)"
+    os.remove(path)
+    outside = tmp_path / "images.json"
+    outside.write_text(json.dumps(_entries(store_root)))
+    os.symlink(outside, path)
+    (line,) = error_lines(_index(tmp_path / "linked", _spec(root), code=1))
+    assert line == f"imgdex: {path}: images.json is a symlink that points outside the store"
+
+
+def test_an_entry_without_an_id_fails_alone(store_root, tmp_path):
+    root = _copy(store_root, tmp_path)
+    path = os.path.join(root, "vfs-images", "images.json")
+    entries = _entries(root)
+    entries.insert(1, {"id": "../../etc", "names": ["localhost/evil:1"]})
+    with open(path, "w") as f:
+        json.dump(entries, f)
+    (line,) = error_lines(_index(tmp_path / "store", _spec(root), code=1))
+    assert line == f"imgdex: {path}: entry 1: id is not 64 hex digits"
+    assert len(_images(tmp_path / "store")) == 5
+
+
+def test_roots_of_several_drivers_need_one_named(store_root, tmp_path):
+    root = _copy(store_root, tmp_path)
+    os.mkdir(os.path.join(root, "overlay-images"))
+    with open(os.path.join(root, "overlay-images", "images.json"), "w") as f:
+        f.write("[]")
+    (line,) = error_lines(_index(tmp_path / "any", f"containers-storage:[{root}]", code=1))
+    assert line == f"imgdex: {root}: holds images of several drivers (overlay, vfs): name one as [DRIVER@ROOT]"
+    _index(tmp_path / "vfs", f"containers-storage:[vfs@{root}]")
+    assert len(_images(tmp_path / "vfs")) == 5
+    _index(tmp_path / "overlay", f"containers-storage:[overlay@{root}]")  # no image: nothing lands
+    missing = os.path.join(root, "btrfs-images")
+    (line,) = error_lines(_index(tmp_path / "btrfs", f"containers-storage:[btrfs@{root}]", code=1))
+    assert line == f"imgdex: {missing}: the store has no btrfs images (no such directory)"
+
+
+@pytest.mark.parametrize(
+    "rest, spec",
+    [
+        ("[vfs@/r+/run:opt=1]app:1", ("vfs", "/r", "app:1")),
+        ("[/r]app", ("", "/r", "app")),
+        ("[overlay@/r]", ("overlay", "/r", "")),
+        ("localhost/app", ("", "", "localhost/app")),
+        ("", ("", "", "")),
+    ],
+)
+def test_the_store_specifier_is_split_as_skopeo_splits_it(rest, spec):
+    got = parse_spec(rest)
+    assert (got.driver, got.root, got.ref) == spec
+
+
+@pytest.mark.parametrize("rest", ["[vfs@/r", "[]", "[@/r]app", "[vfs@]app"])
+def test_a_broken_store_specifier_is_one_error(rest):
+    with pytest.raises(SourceError) as raised:
+        parse_spec(rest)
+    assert str(raised.value).startswith(f"containers-storage:{rest}: ")
+
+
+@given(
+    driver=st.sampled_from(["", "vfs", "overlay"]),
+    root=st.text(st.characters(blacklist_characters="]@+:\x00"), min_size=1, max_size=20),
+    run=st.text(st.characters(blacklist_characters="]:\x00"), max_size=10),
+    ref=st.text(max_size=20),
+)
+def test_any_specifier_parses_to_its_parts(driver, root, run, ref):
+    text = "[" + (driver + "@" if driver else "") + root + ("+" + run if run else "") + "]" + ref
+    got = parse_spec(text)
+    assert (got.driver, got.root, got.ref) == (driver, root, ref)
+
+
+@given(st.text(max_size=40))
+def test_parse_spec_raises_only_source_errors(text):
+    try:
+        parse_spec(text)
+    except SourceError:
+        pass
+
+
+def test_an_image_stored_under_two_manifests_is_the_one_skopeo_reports(store_root, tmp_path):
+    """Copied from the store into itself, an image's layers come out unpacked, under a manifest of
+    their own: the store keeps both manifests and makes the new one the image's."""
+    root = _copy(store_root, tmp_path)
+    subprocess.run(
+        [
+            _skopeo(),
+            "--insecure-policy",
+            "copy",
+            "-q",
+            _spec(root) + "localhost/app:1",
+            _spec(root) + "localhost/app:2",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+        env=dict(os.environ, TMPDIR=str(tmp_path)),
+    )
+    entry = _by_name(root, "localhost/app:2")
+    assert len([name for name in entry["big-data-names"] if name.startswith("manifest-")]) == 2
+    _index(tmp_path / "store", _spec(root) + "localhost/app:2")
+    digests = {doc["digest"] for doc in _images(tmp_path / "store")}
+    assert digests == {"sha256:" + hashlib.sha256(_raw(_spec(root) + "localhost/app:2")).hexdigest()}
