@@ -404,3 +404,46 @@ def test_an_image_stored_under_two_manifests_is_the_one_skopeo_reports(store_roo
     _index(tmp_path / "store", _spec(root) + "localhost/app:2")
     digests = {doc["digest"] for doc in _images(tmp_path / "store")}
     assert digests == {"sha256:" + hashlib.sha256(_raw(_spec(root) + "localhost/app:2")).hexdigest()}
+
+
+def test_shards_take_each_image_once(store_root, tmp_path):
+    _index(tmp_path / "whole", _spec(store_root))
+    halves = []
+    for shard in ("1/2", "2/2"):
+        out = invoke("index", _spec(store_root), "--store", str(tmp_path / shard.replace("/", "-")), "--shard", shard)
+        assert out.code == 0, out.stderr
+        halves += _images(tmp_path / shard.replace("/", "-"))
+    assert sorted(halves, key=json.dumps) == sorted(_images(tmp_path / "whole"), key=json.dumps)
+    for shard in ("1/2", "2/2"):  # a REF that names nothing is said by one shard
+        out = invoke("index", _spec(store_root) + "nothing:1", "--store", str(tmp_path / "none"), "--shard", shard)
+        halves.append(len(error_lines(out.stderr)))
+    assert halves[-2:] in ([1, 0], [0, 1])
+
+
+def test_an_image_without_names_takes_the_given_repository(store_root, tmp_path):
+    root = _copy(store_root, tmp_path)
+    entries = _entries(root)
+    for entry in entries:
+        entry["names"] = []
+    with open(os.path.join(root, "vfs-images", "images.json"), "w") as f:
+        json.dump(entries, f)
+    out = invoke("index", _spec(root), "--store", str(tmp_path / "store"), "--repository", "mirror/unnamed")
+    assert out.code == 0, out.stderr
+    assert {(doc["name"], tuple(doc.get("tags", ()))) for doc in _images(tmp_path / "store")} == {
+        ("mirror/unnamed", ())
+    }
+    assert len(_images(tmp_path / "store")) == 4  # one per image: the app's two names were one image
+
+
+def test_a_store_before_its_first_image_holds_none(tmp_path):
+    root = tmp_path / "root"
+    (root / "overlay-images").mkdir(parents=True)
+    (root / "overlay-images" / "images.lock").write_bytes(b"")
+    (root / "storage.lock").write_bytes(b"")
+    assert is_storage_root(str(root))
+    out = invoke("index", f"containers-storage:[{root}]", "--store", str(tmp_path / "store"))
+    assert (out.code, error_lines(out.stderr)) == (0, [])
+    assert out.stdout.startswith("indexed 0 images, 0 failed")
+    os.rename(root / "overlay-images", root / "overlay-other")
+    (line,) = error_lines(_index(tmp_path / "store", f"containers-storage:[{root}]", code=1))
+    assert line == f"imgdex: {root}: not a containers-storage graph root (no DRIVER-images folder)"

@@ -35,6 +35,7 @@ from .registry_schema1 import is_schema1
 
 TRANSPORT = "containers-storage:"
 IMAGES_JSON = "images.json"
+_IMAGES_LOCK = "images.lock"
 # images.json lists every image of the store, about 2 KB each: 64 MiB is some 30,000 images.
 MAX_IMAGES_JSON_BYTES = 64 * 1024 * 1024
 _OWN_MANIFEST = "manifest"  # containers/image's key for the image's own manifest
@@ -60,9 +61,14 @@ def is_storage_root(path: str) -> bool:
 
 
 def _image_folders(root: str) -> list[str]:
-    """The `DRIVER-images` folders of a root that hold an images.json, sorted."""
-    found = glob.glob(os.path.join(glob.escape(root), "*" + _IMAGES_SUFFIX, IMAGES_JSON))
-    return sorted(os.path.dirname(path) for path in found if not os.path.islink(os.path.dirname(path)))
+    """The `DRIVER-images` folders of a root, sorted: those holding an images.json, or the lock a
+    store makes before its first image."""
+    found = set()
+    for name in (IMAGES_JSON, _IMAGES_LOCK):
+        for path in glob.glob(os.path.join(glob.escape(root), "*" + _IMAGES_SUFFIX, name)):
+            if not os.path.islink(os.path.dirname(path)):
+                found.add(os.path.dirname(path))
+    return sorted(found)
 
 
 @dataclass(frozen=True)
@@ -174,7 +180,7 @@ def images_folder(root: str, driver: str) -> str:
         return folder
     folders = _image_folders(root)
     if not folders:
-        raise SourceError(where, "not a containers-storage graph root (no DRIVER-images/images.json)")
+        raise SourceError(where, "not a containers-storage graph root (no DRIVER-images folder)")
     if len(folders) > 1:
         drivers = ", ".join(os.path.basename(f)[: -len(_IMAGES_SUFFIX)] for f in folders)
         raise SourceError(where, f"holds images of several drivers ({drivers}): name one as [DRIVER@ROOT]")
@@ -215,6 +221,8 @@ def _entries(folder: str) -> list[tuple[int, dict]]:
     blobs = DirBlobs(folder)
     blobs.holder = "store"
     path = blobs.checked(IMAGES_JSON, what=IMAGES_JSON)
+    if not os.path.lexists(path):
+        return []  # containers/storage writes it with the store's first image
     where = printable(path)
     data = blobs.read_path(path, MAX_IMAGES_JSON_BYTES, IMAGES_JSON)
     if parsed_size(data) > 4 * MAX_PARSED_BYTES:
