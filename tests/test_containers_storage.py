@@ -253,13 +253,19 @@ def test_an_altered_manifest_is_refused(store_root, tmp_path):
     assert line.startswith(f"imgdex: {folder}: manifest is sha256:") and line.endswith("as images.json records it")
 
 
-@pytest.mark.parametrize("damage", ["missing folder", "manifest a FIFO", "manifest linked out", "config missing"])
+@pytest.mark.parametrize(
+    "damage", ["missing folder", "folder linked out", "manifest a FIFO", "manifest linked out", "config missing"]
+)
 def test_a_broken_image_fails_alone(store_root, damage, tmp_path):
     entry = _by_name(store_root, "localhost/app:1")
     root, folder, manifest = _damaged(store_root, tmp_path, "localhost/app:1", "manifest")
     if damage == "missing folder":
         shutil.rmtree(folder)
         reason = "the image's folder is missing"
+    elif damage == "folder linked out":
+        shutil.move(folder, tmp_path / "elsewhere")
+        os.symlink(tmp_path / "elsewhere", folder)
+        reason = "folder is a symlink that points outside the store"
     elif damage == "manifest a FIFO":
         os.remove(manifest)
         os.mkfifo(manifest)
@@ -269,7 +275,7 @@ def test_a_broken_image_fails_alone(store_root, damage, tmp_path):
         outside.write_bytes(open(manifest, "rb").read())
         os.remove(manifest)
         os.symlink(outside, manifest)
-        reason = "symlink that points outside the image's folder"
+        reason = "manifest is a symlink that points outside the store"
     else:
         os.remove(os.path.join(folder, big_data_file(f"sha256:{entry['id']}")))
         reason = "missing"
@@ -364,7 +370,7 @@ def test_a_broken_store_specifier_is_one_error(rest):
 @given(
     driver=st.sampled_from(["", "vfs", "overlay"]),
     root=st.text(st.characters(blacklist_characters="]@+:\x00"), min_size=1, max_size=20),
-    run=st.text(st.characters(blacklist_characters="]:\x00"), max_size=10),
+    run=st.text(st.characters(blacklist_characters="]@:\x00"), max_size=10),
     ref=st.text(max_size=20),
 )
 def test_any_specifier_parses_to_its_parts(driver, root, run, ref):
@@ -447,3 +453,14 @@ def test_a_store_before_its_first_image_holds_none(tmp_path):
     os.rename(root / "overlay-images", root / "overlay-other")
     (line,) = error_lines(_index(tmp_path / "store", f"containers-storage:[{root}]", code=1))
     assert line == f"imgdex: {root}: not a containers-storage graph root (no DRIVER-images folder)"
+
+
+def test_an_image_folder_linked_inside_the_store_is_read(store_root, tmp_path):
+    root = _copy(store_root, tmp_path)
+    entry = _by_name(root, "localhost/app:1")
+    folder = os.path.join(root, "vfs-images", entry["id"])
+    os.rename(folder, folder + ".moved")
+    os.symlink(entry["id"] + ".moved", folder)
+    _index(tmp_path / "linked", _spec(root))
+    _index(tmp_path / "plain", _spec(store_root))
+    assert _images(tmp_path / "linked") == _images(tmp_path / "plain")

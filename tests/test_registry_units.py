@@ -9,10 +9,13 @@ from collections import deque
 from concurrent.futures import CancelledError, Future
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from indexer.errors import AuthError, HttpError, SourceError
 from indexer.model import TagMoves, TagsRetired
-from indexer.sources import registry
+from indexer.sources import registry, registry_schema1
+from indexer.sources.jsonstream import loads
 from indexer.sources.parse import Context
 from indexer.sources.registry import (
     FETCH,
@@ -607,3 +610,32 @@ def test_a_repository_keeps_manifest_bytes_up_to_its_budget_then_digests_only(mo
         f"registry.example/app:liar: the registry says the manifest is {digest(b'another manifest')} "
         f"(Docker-Content-Digest), but its bytes hash to {digest(manifests['liar'])}"
     ]
+
+
+_VERSIONS = st.one_of(
+    st.integers(-2, 12),
+    st.sampled_from([1.0, 1e0, True, "1", None, [1], 1.5]),
+)
+_SPACE = st.sampled_from(["", " ", "\n  ", "\t", "\r\n"])
+
+
+@given(
+    version=_VERSIONS,
+    space=_SPACE,
+    escaped=st.booleans(),
+    extra=st.dictionaries(st.sampled_from(["name", "tag", "schemaVersio", "x"]), st.integers() | st.text(max_size=5)),
+    encoding=st.sampled_from(["utf-8", "utf-16", "utf-16-le", "utf-32"]),
+)
+def test_the_quick_schema1_test_answers_as_the_parse(version, space, escaped, extra, encoding):
+    """is_schema1 skips the parse for text that cannot hold the key with a value of 1: whatever the
+    spelling, the answer is the parse's."""
+    key = '"schema\\u0056ersion"' if escaped else '"schemaVersion"'
+    body = ",".join(f"{json.dumps(k)}:{json.dumps(v)}" for k, v in extra.items())
+    text = "{" + space + key + space + ":" + space + json.dumps(version) + ("," + body if body else "") + space + "}"
+    data = text.encode(encoding)
+    try:
+        doc = loads(data)
+        wanted = isinstance(doc, dict) and type(doc.get("schemaVersion")) is int and doc["schemaVersion"] == 1
+    except ValueError:
+        wanted = False
+    assert registry_schema1.is_schema1(data) is wanted

@@ -21,8 +21,11 @@ import glob
 import hashlib
 import os
 import re
+import stat
 from dataclasses import dataclass
 from typing import Iterator
+
+import msgspec
 
 from .. import collector
 from ..errors import ImgdexError, SourceError, printable
@@ -200,6 +203,15 @@ def read_storage(
         if in_shard(ctx.shard, given or ref):  # said by one shard, as one process says it
             raise
         return
+    blobs = StorageBlobs(folder)
+    try:
+        yield from collector.paused_while(_images(blobs, chosen, ctx))
+    finally:
+        blobs.close()
+
+
+def _images(blobs: StorageBlobs, chosen: list[tuple[int, dict]], ctx: Context) -> Iterator[ImageRecord | SourceError]:
+    folder = blobs.root
     for position, entry in chosen:
         image_id = entry.get("id")
         if not isinstance(image_id, str) or not _ID.fullmatch(image_id):
@@ -211,7 +223,7 @@ def read_storage(
         if not in_shard(ctx.shard, image_id):
             continue
         try:
-            yield from _image(folder, image_id, entry, ctx)
+            yield from _image(blobs, image_id, entry, ctx)
         except SourceError as exc:
             yield exc
 
@@ -277,28 +289,96 @@ def _parsed(name: str) -> Reference | None:
         return None
 
 
+class _Layer(msgspec.Struct, gc=False):
+    digest: str = ""
+    size: int = -1
+
+
+class _Layers(msgspec.Struct, gc=False):
+    layers: list[_Layer] | None = None
+
+
+_LAYERS = msgspec.json.Decoder(_Layers)
+_PLAIN_OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_FOLDER_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 class StorageBlobs(DirBlobs):
-    """The big-data items of one image, by digest: the image's manifest, the manifests it was
-    pulled through, its config. A layer is known by the size its manifest declares."""
+    """The big-data items of the store's images, one image at a time (`select`), by digest: the
+    image's own manifest, the manifests it was pulled through, its config. A layer is known by
+    the size its manifest declares.
 
-    holder = "image's folder"
+    A plain file is opened relative to its image's folder, itself opened without following a link:
+    what is found so lies inside the store. Anything else (a link, a special file, a file that
+    changes, any error) goes the checked way of DirBlobs, which also words the error."""
 
-    def __init__(self, root: str, top: str, manifests: set[str]):
-        super().__init__(root)
-        self.top = top
-        self.manifests = manifests
+    holder = "store"
+
+    def __init__(self, folder: str):
+        super().__init__(folder)
+        self.image = ""
+        self.top = ""  # the digest of the image's own manifest, once read
+        self.top_data = b""
+        self.manifests: set[str] = set()
         self.layers: dict[str, int] = {}
+        self._folder = -1
+
+    def select(self, image_id: str, manifests: set[str]) -> None:
+        self.close()
+        self.image, self.manifests, self.layers, self.top, self.top_data = image_id, manifests, {}, "", b""
+        self._safe_folders.clear()  # one image's folder at a time
+        try:
+            self._folder = os.open(os.path.join(self.root, image_id), _FOLDER_OPEN)
+        except FileNotFoundError:
+            raise SourceError(
+                printable(os.path.join(self.root, image_id)),
+                "the image's folder is missing (removed since images.json was read?)",
+            ) from None
+        except OSError:
+            pass  # a link, or a file: the checked way says which and whether it may be read
+
+    def close(self) -> None:
+        if self._folder >= 0:
+            os.close(self._folder)
+            self._folder = -1
+
+    def _file(self, digest: str) -> tuple[str, str]:
+        """(file name, what it is) of a digest."""
+        if digest == self.top:
+            return big_data_file(_OWN_MANIFEST), "manifest"
+        if digest in self.manifests:
+            return big_data_file(_MANIFEST_PREFIX + digest), "manifest"
+        return big_data_file(digest), "config"
 
     def _relative(self, digest: str) -> str:
-        if digest == self.top:
-            return big_data_file(_OWN_MANIFEST)
-        if digest in self.manifests:
-            return big_data_file(_MANIFEST_PREFIX + digest)
-        return big_data_file(digest)
+        return f"{self.image}/{self._file(digest)[0]}"
+
+    def read_item(self, name: str, limit: int, what: str) -> bytes:
+        """The bytes of the file `name` of the selected image, up to `limit`."""
+        if self._folder >= 0:
+            try:
+                fd = os.open(name, _PLAIN_OPEN, dir_fd=self._folder)
+            except OSError:
+                pass
+            else:
+                try:
+                    info = os.fstat(fd)
+                    if stat.S_ISREG(info.st_mode) and info.st_size <= limit:
+                        data = os.read(fd, info.st_size + 1)
+                        if len(data) == info.st_size:
+                            return data
+                except OSError:
+                    pass
+                finally:
+                    os.close(fd)
+        return self.read_path(self.checked(f"{self.image}/{name}", what=what), limit, what)
 
     def read_blob(self, digest: str, limit: int) -> bytes:
-        data = super().read_blob(digest, limit)
-        if digest == self.top or digest in self.manifests:
+        if digest == self.top and self.top_data:
+            return self.top_data  # the bytes its digest was computed from
+        name, what = self._file(digest)
+        data = self.read_item(name, limit, what)
+        if what == "manifest":
             self._declare(data)
         return data
 
@@ -306,43 +386,59 @@ class StorageBlobs(DirBlobs):
         """Note the layers a manifest declares; the walk says what is wrong with one that is not
         plain (it reads the same bytes)."""
         try:
+            layers = _LAYERS.decode(data).layers
+        except (msgspec.DecodeError, RecursionError):
+            layers = None  # the exact parser's turn: it says what the walk will say
+        if layers is not None:
+            for layer in layers:
+                self.layers.setdefault(layer.digest, layer.size)
+            return
+        try:
             doc = load_json(data, "", "")
         except SourceError:
             return
-        layers = doc.get("layers") if isinstance(doc, dict) else None
-        for layer in layers if isinstance(layers, list) else ():
+        raw = doc.get("layers") if isinstance(doc, dict) else None
+        for layer in raw if isinstance(raw, list) else ():
             if isinstance(layer, dict) and isinstance(layer.get("digest"), str) and type(layer.get("size")) is int:
                 self.layers.setdefault(layer["digest"], layer["size"])
 
     def blob_size(self, digest: str) -> int | None:
         declared = self.layers.get(digest)
-        return declared if declared is not None else super().blob_size(digest)
+        if declared is not None and declared >= 0:
+            return declared
+        if self._folder >= 0:
+            try:
+                info = os.stat(self._file(digest)[0], dir_fd=self._folder, follow_symlinks=False)
+            except OSError:
+                return None
+            if stat.S_ISREG(info.st_mode):
+                return info.st_size
+        return super().blob_size(digest)
 
 
-def _image(folder: str, image_id: str, entry: dict, ctx: Context) -> Iterator[ImageRecord | SourceError]:
-    where = printable(os.path.join(folder, image_id))
+def _image(blobs: StorageBlobs, image_id: str, entry: dict, ctx: Context) -> Iterator[ImageRecord | SourceError]:
+    where = printable(os.path.join(blobs.root, image_id))
     big = set(_strings(entry.get("big-data-names")))
     manifests = {
         name[len(_MANIFEST_PREFIX) :]
         for name in big
         if name.startswith(_MANIFEST_PREFIX) and is_valid_digest(name[len(_MANIFEST_PREFIX) :])
     }
-    if not os.path.isdir(os.path.join(folder, image_id)):
-        raise SourceError(where, "the image's folder is missing (removed since images.json was read?)")
+    blobs.select(image_id, manifests)
     if _OWN_MANIFEST in big:
-        blobs = StorageBlobs(os.path.join(folder, image_id), "", manifests)
-        data = blobs.read_path(blobs.checked(big_data_file(_OWN_MANIFEST), what="manifest"), MAX_JSON_BYTES, "manifest")
+        data = blobs.read_item(big_data_file(_OWN_MANIFEST), MAX_JSON_BYTES, "manifest")
         if is_schema1(data):
             raise SourceError(where, "the image's manifest is a schema1 manifest, which is not supported")
-        blobs.top = "sha256:" + hashlib.sha256(data).hexdigest()
+        top = "sha256:" + hashlib.sha256(data).hexdigest()
         recorded = entry.get("big-data-digests")
         recorded = recorded.get(_OWN_MANIFEST) if isinstance(recorded, dict) else None
-        if isinstance(recorded, str) and recorded != blobs.top:
+        if isinstance(recorded, str) and recorded != top:
             # containers/storage recorded the digest of the bytes it wrote: these are others.
-            raise SourceError(where, f"manifest is {blobs.top}, not {recorded} as images.json records it")
-        tops = [Blob(blobs.top, len(data), "", ())]
+            raise SourceError(where, f"manifest is {top}, not {recorded} as images.json records it")
+        blobs.top, blobs.top_data = top, data
+        blobs._declare(data)
+        tops = [Blob(top, len(data), "", ())]
     elif manifests:  # stored by an older containers/image: each manifest under its digest alone
-        blobs = StorageBlobs(os.path.join(folder, image_id), "", manifests)
         tops = []
         for digest in sorted(manifests):
             size = blobs.blob_size(digest)
@@ -353,7 +449,7 @@ def _image(folder: str, image_id: str, entry: dict, ctx: Context) -> Iterator[Im
         raise SourceError(where, "the image holds no manifest")
     names = _names(entry, ctx, where, {top.digest for top in tops} | manifests)
     for top in tops:
-        yield from collector.paused_while(walk(blobs, top, names, ctx, where, annotations={}))
+        yield from walk(blobs, top, names, ctx, where, annotations={})
 
 
 def _names(entry: dict, ctx: Context, where: str, digests: set[str]) -> list[Reference]:

@@ -100,7 +100,7 @@ class DirBlobs:
         path = os.path.join(self.root, relative)
         folder = os.path.dirname(relative)
         if folder not in self._safe_folders:
-            self.check_inside(os.path.join(self.root, folder))
+            self.check_inside(os.path.join(self.root, folder), "folder")
             self._safe_folders.add(folder)
             if folder == f"blobs/{algorithm}" and "/" not in algorithm and algorithm not in (".", ".."):
                 self._open_plain_folder(algorithm, os.path.join(self.root, folder))

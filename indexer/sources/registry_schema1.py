@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 from typing import Callable
 
 from .. import timestamps
@@ -48,15 +49,25 @@ def canonical_payload(data: bytes, doc: dict, where: str) -> bytes:
     return data[:length] + tail
 
 
+# What a schema1 manifest must hold when no escape can spell its key: a cheap test before the parse.
+_VERSION_ONE = re.compile(rb'"schemaVersion"\s*:\s*1')
+
+
 def is_schema1(data: bytes) -> bool:
     """Whether `data` is a schema1 manifest by what it holds, for a source that gives no media type."""
+    # UTF-8 text (json.loads would also read UTF-16 and UTF-32) without escapes holds the key as
+    # it is spelled, with a value that starts with 1 (1, 1.0, 1e0) if it is one.
+    plain = data[:1] in (b"{", b" ", b"\t", b"\r", b"\n") and b"\x00" not in data[:4] and b"\\u" not in data
+    if plain and not _VERSION_ONE.search(data):
+        return False
     if configbounds.too_many_values(data):
         return False  # the walk refuses it
     try:
         doc = loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return False
-    return isinstance(doc, dict) and doc.get("schemaVersion") == 1
+    # An integer, as Go decodes it: neither `true` nor `1.0` (which Python holds equal to 1).
+    return isinstance(doc, dict) and type(doc.get("schemaVersion")) is int and doc["schemaVersion"] == 1
 
 
 def payload_digest(data: bytes) -> str:
