@@ -32,7 +32,7 @@ from ..errors import ImgdexError, SourceError, printable
 from ..model import Blob, ImageRecord
 from ..references import Reference, is_valid_digest, parse_reference
 from ..shard import in_shard
-from .layout import DirBlobs, directory_where
+from .layout import DirBlobs, directory_where, read_plain
 from .parse import MAX_JSON_BYTES, MAX_PARSED_BYTES, Context, load_json, parsed_size, walk
 from .registry_schema1 import is_schema1
 
@@ -299,7 +299,6 @@ class _Layers(msgspec.Struct, gc=False):
 
 
 _LAYERS = msgspec.json.Decoder(_Layers)
-_PLAIN_OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _FOLDER_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -356,21 +355,9 @@ class StorageBlobs(DirBlobs):
     def read_item(self, name: str, limit: int, what: str) -> bytes:
         """The bytes of the file `name` of the selected image, up to `limit`."""
         if self._folder >= 0:
-            try:
-                fd = os.open(name, _PLAIN_OPEN, dir_fd=self._folder)
-            except OSError:
-                pass
-            else:
-                try:
-                    info = os.fstat(fd)
-                    if stat.S_ISREG(info.st_mode) and info.st_size <= limit:
-                        data = os.read(fd, info.st_size + 1)
-                        if len(data) == info.st_size:
-                            return data
-                except OSError:
-                    pass
-                finally:
-                    os.close(fd)
+            data = read_plain(name, self._folder, limit)
+            if data is not None:
+                return data
         return self.read_path(self.checked(f"{self.image}/{name}", what=what), limit, what)
 
     def read_blob(self, digest: str, limit: int) -> bytes:

@@ -66,6 +66,27 @@ def _regular_names(folder: int) -> frozenset[str]:
     return frozenset(names)
 
 
+def read_plain(name: str, folder: int, limit: int) -> bytes | None:
+    """The bytes of `name` in the open folder `folder` when it is a regular file (not a link) of at
+    most `limit` bytes that reads whole; None for anything else, which the caller reads the
+    checked way, wording any error."""
+    try:
+        fd = os.open(name, _PLAIN_OPEN, dir_fd=folder)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode) and info.st_size <= limit:
+            data = os.read(fd, info.st_size + 1)
+            if len(data) == info.st_size:
+                return data
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return None
+
+
 def _blob_path(digest: str) -> str:
     algorithm, _, encoded = digest.partition(":")
     return f"blobs/{algorithm}/{encoded}"
@@ -193,21 +214,9 @@ class DirBlobs:
         # file that changes, any error) goes the checked way below, which also words the error.
         plain = self._plain_read_path(digest)
         if plain is not None:
-            try:
-                fd = os.open(plain[0], _PLAIN_OPEN, dir_fd=plain[1])
-            except OSError:
-                pass
-            else:
-                try:
-                    info = os.fstat(fd)
-                    if stat.S_ISREG(info.st_mode) and info.st_size <= limit:
-                        data = os.read(fd, info.st_size + 1)
-                        if len(data) == info.st_size:
-                            return data
-                except OSError:
-                    pass
-                finally:
-                    os.close(fd)
+            data = read_plain(plain[0], plain[1], limit)
+            if data is not None:
+                return data
         return self._read_checked(digest, limit)
 
     def _read_checked(self, digest: str, limit: int) -> bytes:
