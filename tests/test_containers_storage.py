@@ -464,3 +464,38 @@ def test_an_image_folder_linked_inside_the_store_is_read(store_root, tmp_path):
     _index(tmp_path / "linked", _spec(root))
     _index(tmp_path / "plain", _spec(store_root))
     assert _images(tmp_path / "linked") == _images(tmp_path / "plain")
+
+
+def test_additional_image_stores_of_storage_conf_are_read(store_root, tmp_path, monkeypatch):
+    """As podman lists them: a read-only store's images beside the main one's; an image both hold
+    is the main store's, and a store that cannot be read is a note."""
+    extra = str(tmp_path / "extra")
+    for source, name in ((f"oci-archive:{APP}", "localhost/app:1"), (f"docker-archive:{CLASSIC}:@1", "quay.io/x/y:2")):
+        subprocess.run(
+            [_skopeo(), "--insecure-policy", "copy", "-q", source, _spec(extra) + name],
+            check=True,
+            capture_output=True,
+            timeout=120,
+            env=dict(os.environ, TMPDIR=str(tmp_path)),
+        )
+    conf = tmp_path / "storage.conf"
+    missing = str(tmp_path / "missing")
+    conf.write_text(
+        f'[storage]\ndriver = "vfs"\ngraphroot = "{store_root}"\nrootless_storage_path = "{store_root}"\n'
+        f'[storage.options]\nadditionalimagestores = ["{extra}", "{missing}"]\n'
+    )
+    monkeypatch.setenv("CONTAINERS_STORAGE_CONF", str(conf))
+    assert parse_source("containers-storage:").extra == (extra, missing)
+    stderr = _index(tmp_path / "store", "containers-storage:")
+    notes = [line for line in stderr.splitlines() if line.startswith("imgdex: note:")]
+    assert notes == [
+        f"imgdex: note: {missing}: no such file or directory (an additional image store of storage.conf); skipped"
+    ]
+    rows = sql_rows(str(tmp_path / "store"), "SELECT registry, name, source_path FROM images ORDER BY 1, 2")
+    by_source = {(row["registry"], row["name"]): row["source_path"] for row in rows}
+    assert by_source[("quay.io", "x/y")] == extra  # only the extra store holds it
+    assert by_source[("localhost", "app")] == store_root  # both do: the main store's
+    assert len(rows) == 6
+    # A REF is looked for in every store.
+    _index(tmp_path / "one", "containers-storage:quay.io/x/y:2")
+    assert [(doc["name"], doc["tags"]) for doc in _images(tmp_path / "one")] == [("x/y", ["2"])]

@@ -17,6 +17,7 @@ for every source.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import glob
 import hashlib
 import os
@@ -104,9 +105,10 @@ def parse_spec(rest: str) -> StorageSpec:
     return StorageSpec(driver, root, ref)
 
 
-def default_store() -> tuple[str, str]:
-    """(graph root, driver) as podman finds them: storage.conf (`CONTAINERS_STORAGE_CONF`, else the
-    user's, else the system's), else the default root of this user; the driver may be empty."""
+def default_store() -> tuple[str, str, tuple[str, ...]]:
+    """(graph root, driver, additional image stores) as podman finds them: storage.conf
+    (`CONTAINERS_STORAGE_CONF`, else the user's, else the system's), else the default root of this
+    user; the driver may be empty."""
     rootless = os.geteuid() != 0
     home = os.path.expanduser("~")
     config_home = os.environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
@@ -121,12 +123,17 @@ def default_store() -> tuple[str, str]:
         root = settings.get("rootless_storage_path", "") or os.path.join(data_home, "containers", "storage")
     else:
         root = settings.get("graphroot", "") or "/var/lib/containers/storage"
-    return root.replace("$HOME", home).replace("$UID", str(os.geteuid())), driver
+    extra = settings.get(_ADDITIONAL, ())
+    return root.replace("$HOME", home).replace("$UID", str(os.geteuid())), driver, tuple(extra)
 
 
-def _storage_conf(path: str) -> dict[str, str] | None:
-    """The `[storage]` strings of a storage.conf; None when there is no such file; a file that
-    cannot be read or parsed is one SourceError."""
+_ADDITIONAL = "additionalimagestores"
+
+
+def _storage_conf(path: str) -> dict | None:
+    """The `[storage]` strings of a storage.conf, and the list of `[storage.options]`
+    `additionalimagestores`; None when there is no such file; a file that cannot be read or parsed
+    is one SourceError."""
     if not os.path.lexists(path):
         return None
     try:
@@ -143,7 +150,13 @@ def _storage_conf(path: str) -> dict[str, str] | None:
         raise SourceError(printable(path), f"storage.conf cannot be read ({exc})") from None
     if not isinstance(table, dict):
         return {}
-    return {key: value for key, value in table.items() if isinstance(value, str)}
+    settings: dict = {key: value for key, value in table.items() if isinstance(value, str)}
+    options = table.get("options")
+    extra = options.get(_ADDITIONAL) if isinstance(options, dict) else None
+    settings[_ADDITIONAL] = (
+        [item for item in extra if isinstance(item, str) and item] if isinstance(extra, list) else []
+    )
+    return settings
 
 
 @dataclass
@@ -154,6 +167,7 @@ class ContainersStorage:
     driver: str = ""
     ref: str = ""
     given: str = ""  # the source as named, for messages about REF
+    extra: tuple[str, ...] = ()  # read-only stores storage.conf adds to the default one
     kind: str = "containers-storage"
     reads_layers = False
     reads_index = False
@@ -161,8 +175,8 @@ class ContainersStorage:
     @classmethod
     def from_spec(cls, rest: str) -> "ContainersStorage":
         spec = parse_spec(rest)
-        root, driver = (spec.root, spec.driver) if spec.root else default_store()
-        return cls(location=root, driver=spec.driver or driver, ref=spec.ref, given=TRANSPORT + rest)
+        root, driver, extra = (spec.root, spec.driver, ()) if spec.root else default_store()
+        return cls(location=root, driver=spec.driver or driver, ref=spec.ref, given=TRANSPORT + rest, extra=extra)
 
     def records(self, ctx: Context) -> Iterator[ImageRecord | SourceError]:
         try:
@@ -170,7 +184,7 @@ class ContainersStorage:
         except UnicodeEncodeError:  # stored as text: kept escaped, as the local files' paths are
             ctx.source_path = printable(self.location)
         ctx.verify = False  # the layers are unpacked: nothing holds the bytes their digests name
-        return read_storage(self.location, self.driver, self.ref, ctx, self.given or TRANSPORT + self.ref)
+        return read_storage(self.location, self.driver, self.ref, ctx, self.given or TRANSPORT + self.ref, self.extra)
 
 
 def images_folder(root: str, driver: str) -> str:
@@ -191,28 +205,44 @@ def images_folder(root: str, driver: str) -> str:
 
 
 def read_storage(
-    root: str, driver: str, ref: str, ctx: Context, given: str = ""
+    root: str, driver: str, ref: str, ctx: Context, given: str = "", extra: tuple[str, ...] = ()
 ) -> Iterator[ImageRecord | SourceError]:
-    """The images of a store; with `ref`, those it names (`given`, the source's name, is what a
-    message about it names)."""
+    """The images of a store, and of the read-only stores `extra` (an image the store holds too is
+    its); with `ref`, those it names (`given`, the source's name, is what a message about it names)."""
     folder = images_folder(root, driver)
-    entries = _entries(folder)
+    entries = [(folder, position, entry) for position, entry in _entries(folder)]
+    driver = driver or os.path.basename(folder)[: -len(_IMAGES_SUFFIX)]  # the one the others use too
+    held = {entry.get("id") for _, _, entry in entries}
+    for other in extra:
+        try:
+            other_folder = images_folder(other, driver)
+            others = _entries(other_folder)
+        except SourceError as exc:
+            if in_shard(ctx.shard, other):
+                ctx.note(f"{exc} (an additional image store of storage.conf); skipped")
+            continue
+        entries += [(other_folder, p, e) for p, e in others if e.get("id") not in held]
+        held.update(e.get("id") for _, e in others)
     try:
         chosen = _chosen(entries, ref, given or TRANSPORT + ref) if ref else entries
     except SourceError:
         if in_shard(ctx.shard, given or ref):  # said by one shard, as one process says it
             raise
         return
-    blobs = StorageBlobs(folder)
-    try:
-        yield from collector.paused_while(_images(blobs, chosen, ctx))
-    finally:
-        blobs.close()
+    for store_folder in dict.fromkeys(f for f, _, _ in chosen):
+        blobs = StorageBlobs(store_folder)
+        sub = ctx if store_folder == folder else dataclasses.replace(ctx, source_path=os.path.dirname(store_folder))
+        try:
+            yield from collector.paused_while(_images(blobs, [c for c in chosen if c[0] == store_folder], sub))
+        finally:
+            blobs.close()
 
 
-def _images(blobs: StorageBlobs, chosen: list[tuple[int, dict]], ctx: Context) -> Iterator[ImageRecord | SourceError]:
+def _images(
+    blobs: StorageBlobs, chosen: list[tuple[str, int, dict]], ctx: Context
+) -> Iterator[ImageRecord | SourceError]:
     folder = blobs.root
-    for position, entry in chosen:
+    for _, position, entry in chosen:
         image_id = entry.get("id")
         if not isinstance(image_id, str) or not _ID.fullmatch(image_id):
             if in_shard(ctx.shard, f"entry {position}"):
@@ -249,12 +279,12 @@ def _strings(value: object) -> list[str]:
     return [item for item in value if isinstance(item, str)] if isinstance(value, list) else []
 
 
-def _chosen(entries: list[tuple[int, dict]], ref: str, where: str) -> list[tuple[int, dict]]:
+def _chosen(entries: list[tuple[str, int, dict]], ref: str, where: str) -> list[tuple[str, int, dict]]:
     """The entries `ref` names: an image id or a unique prefix of one, else a reference matched
     against the images' names as containers/image matches it (`app` is
     `docker.io/library/app:latest`; `NAME@DIGEST` the image of that name holding that manifest)."""
     if _ID_PREFIX.fullmatch(ref):
-        found = [(p, e) for p, e in entries if isinstance(e.get("id"), str) and e["id"].startswith(ref)]
+        found = [(f, p, e) for f, p, e in entries if isinstance(e.get("id"), str) and e["id"].startswith(ref)]
         if len(found) > 1:
             raise SourceError(where, f"the ID prefix {ref!r} names {len(found)} images")
         if found:
@@ -266,7 +296,7 @@ def _chosen(entries: list[tuple[int, dict]], ref: str, where: str) -> list[tuple
     if not wanted.tag and not wanted.digest:
         wanted = Reference(wanted.registry, wanted.name, "latest")
     found = []
-    for position, entry in entries:
+    for folder, position, entry in entries:
         names = [_parsed(name) for name in _strings(entry.get("names"))]
         if wanted.digest:
             held = {name[len(_MANIFEST_PREFIX) :] for name in _strings(entry.get("big-data-names"))}
@@ -274,9 +304,9 @@ def _chosen(entries: list[tuple[int, dict]], ref: str, where: str) -> list[tuple
             if wanted.digest in held and any(
                 n and (n.registry, n.name) == (wanted.registry, wanted.name) for n in names
             ):
-                found.append((position, entry))
+                found.append((folder, position, entry))
         elif any(n and (n.registry, n.name, n.tag) == (wanted.registry, wanted.name, wanted.tag) for n in names):
-            found.append((position, entry))
+            found.append((folder, position, entry))
     if not found:
         raise SourceError(where, "no such image in the store")
     return found
