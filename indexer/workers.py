@@ -2,10 +2,11 @@
 
 Each worker runs `run.run_tasks` over its share of the local sources and commits its own batches
 with its own writer (concurrent appends to the Delta tables are safe, and equal records merge the
-same whatever the order); this process is worker 0. A layout or a folder is read by every worker,
-each taking its slice of the units (`Shard.within` the run's --shard); an archive file, which
-is read whole, goes to one worker, as does a skopeo dir: copy. Sources that can be read once
-only (standard input, a pipe), or that are not files (engines, registries, YCR JSON) stay here.
+same whatever the order); this process is worker 0. A layout, a folder or a containers-storage
+store is read by every worker, each taking its slice of the units (`Shard.within` the run's
+--shard); an archive file, which is read whole, goes to one worker, as does a skopeo dir: copy.
+Sources that can be read once only (standard input, a pipe), or that are not files (engines,
+registries, YCR JSON) stay here.
 Back come only counts, errors, notes and each worker's last claim of every tag, and this process
 records the run's one `runs` row, so a run with workers looks like any other run.
 
@@ -51,6 +52,7 @@ from .run import (
 from .shard import CountedShard, Shard
 from .sources import (
     ArchiveFolder,
+    ContainersStorage,
     DetectedArchive,
     DockerArchive,
     OciArchive,
@@ -61,6 +63,7 @@ from .sources import (
     parse_source,
 )
 from .files import open_readable, walk
+from .sources.containers_storage import IMAGES_JSON, images_folder
 from .sources.tarball import MAGIC_BYTES, MAX_INDEX_BYTES, STDIN_NAMES, is_compressed
 from .store import paths
 from .store.hashset import HashSet
@@ -166,6 +169,9 @@ def _estimate(spec: str, options: SourceOptions, verify: bool, jobs: int) -> tup
         return "folder", size, count
     if isinstance(source, SkopeoDir):
         return "whole", 1, 1
+    if isinstance(source, ContainersStorage):
+        count = 0 if source.ref else _storage_images(source, enough)  # a REF names one image or a few
+        return ("split", count, count) if count else ("here", 0, 0)
     if isinstance(source, (DockerArchive, OciArchive, DetectedArchive)) and source.location not in STDIN_NAMES:
         size = _file_work(source.location, verify)
         if size is not None:
@@ -185,7 +191,12 @@ def _open_regular(path: str):
 def _layout_images(path: str, enough: int) -> int:
     """About how many images a layout's index.json lists (its descriptors, counted unparsed), read
     no further than `enough` of them."""
-    f = _open_regular(os.path.join(path, "index.json"))
+    return _entries_of(os.path.join(path, "index.json"), b'"digest"', enough)
+
+
+def _entries_of(path: str, key: bytes, enough: int) -> int:
+    """How many times `key` occurs in the JSON file `path`, counted no further than `enough`."""
+    f = _open_regular(path)
     if f is None:
         return 0
     count, tail = 0, b""
@@ -193,8 +204,21 @@ def _layout_images(path: str, enough: int) -> int:
         # No further than the source reads an index.json either.
         while count < enough and f.tell() < MAX_INDEX_BYTES and (chunk := f.read(1 << 20)):
             data = tail + chunk
-            count += data.count(b'"digest"')
-            tail = data[-7:]  # a key cut in two is counted in the next chunk, never twice
+            count += data.count(key)
+            tail = data[-(len(key) - 1) :]  # a key cut in two is counted in the next chunk, never twice
+    return count
+
+
+def _storage_images(source: ContainersStorage, enough: int) -> int:
+    """About how many images a containers-storage store and its additional stores hold (their
+    images.json entries, counted unparsed), counted no further than `enough`."""
+    count = 0
+    for root in (source.location, *source.extra):
+        try:
+            folder = images_folder(root, source.driver)
+        except SourceError:
+            continue
+        count += _entries_of(os.path.join(folder, IMAGES_JSON), b'"id"', enough - count)
     return count
 
 

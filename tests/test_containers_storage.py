@@ -499,3 +499,25 @@ def test_additional_image_stores_of_storage_conf_are_read(store_root, tmp_path, 
     # A REF is looked for in every store.
     _index(tmp_path / "one", "containers-storage:quay.io/x/y:2")
     assert [(doc["name"], doc["tags"]) for doc in _images(tmp_path / "one")] == [("x/y", ["2"])]
+
+
+def test_jobs_split_the_store_between_processes(store_root, tmp_path, monkeypatch):
+    from indexer import workers
+
+    monkeypatch.setattr(workers, "MIN_WORK", 0)  # five images are far below what a worker pays for
+    work = workers.plan([_spec(store_root)], jobs=2)
+    assert [[task.spec for task in share] for share in work.shares] == [[_spec(store_root)]] * 2
+    stores = []
+    for jobs in ("1", "2"):
+        out = invoke("index", _spec(store_root), "--store", str(tmp_path / jobs), "--jobs", jobs)
+        assert out.code == 0, out.stderr
+        assert out.stdout.startswith("indexed 5 images, 0 failed")
+        stores.append(_images(tmp_path / jobs))
+    assert stores[0] == stores[1] and len(stores[0]) == 5
+    # What does not depend on the slice is said once, as by one process.
+    root = _copy(store_root, tmp_path)
+    with open(os.path.join(root, "vfs-images", "images.json"), "w") as f:
+        f.write("[")
+    out = invoke("index", _spec(root), "--store", str(tmp_path / "broken"), "--jobs", "2")
+    assert out.code == 1 and len(error_lines(out.stderr)) == 1, out.stderr
+    assert workers.plan([_spec(store_root) + "localhost/app:1"], jobs=2) is None  # one image: one process
