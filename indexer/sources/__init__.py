@@ -208,11 +208,13 @@ def image_dir_kind(path: str) -> str | None:
     return "containers-storage" if is_storage_root(path) else None
 
 
-_DIR_READERS = {
-    "oci": read_layout_dir,
-    "dir": read_skopeo_dir,
-    "containers-storage": lambda path, ctx: read_storage(path, "", "", ctx),
-}
+def _read_dir(kind: str, path: str, ctx: Context) -> Iterator[ImageRecord | SourceError]:
+    """The records of a directory `image_dir_kind` found to be of `kind`."""
+    if kind == "oci":
+        return read_layout_dir(path, ctx)
+    if kind == "dir":
+        return read_skopeo_dir(path, ctx)
+    return read_storage(path, "", "", ctx)
 
 
 def _read_folder(root: str, ctx: Context) -> Iterator[ImageRecord | SourceError]:
@@ -230,7 +232,7 @@ def _read_folder(root: str, ctx: Context) -> Iterator[ImageRecord | SourceError]
         try:
             if kind != "archive":
                 archives += 1
-                yield from _DIR_READERS[kind](path, sub)
+                yield from _read_dir(kind, path, sub)
                 continue
             kind, records = _read_detected(TarMembers.open(path, hash_members=ctx.verify), sub)
             archives += 1
