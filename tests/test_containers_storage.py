@@ -12,7 +12,7 @@ import shutil
 import subprocess
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import REAL, need_skopeo
@@ -521,3 +521,58 @@ def test_jobs_split_the_store_between_processes(store_root, tmp_path, monkeypatc
     out = invoke("index", _spec(root), "--store", str(tmp_path / "broken"), "--jobs", "2")
     assert out.code == 1 and len(error_lines(out.stderr)) == 1, out.stderr
     assert workers.plan([_spec(store_root) + "localhost/app:1"], jobs=2) is None  # one image: one process
+
+
+_JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+_HEX = "5b34b50846cefb3672853d03351cfa3be9275d03c46fc5b8e16d656a7ac5292e"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "id": st.sampled_from([_HEX, "../x", "", _HEX.upper()]) | _JSONISH,
+                "names": st.lists(
+                    st.sampled_from(["localhost/a:1", "a@sha256:" + _HEX, "bad name", "x/../y"]) | _JSONISH
+                )
+                | _JSONISH,
+                "big-data-names": st.lists(st.sampled_from(["manifest", "manifest-sha256:" + _HEX, "sha256:" + _HEX]))
+                | _JSONISH,
+                "big-data-digests": st.dictionaries(st.sampled_from(["manifest", "x"]), _JSONISH) | _JSONISH,
+                "digest": _JSONISH,
+            },
+        )
+        | _JSONISH,
+        max_size=4,
+    ),
+    st.sampled_from(["", _HEX[:6], "localhost/a:1", "a@sha256:" + _HEX, "x/../y"]),
+)
+def test_any_images_json_gives_records_or_one_line_errors(entries, ref):
+    """Whatever images.json holds, the source yields records or SourceErrors, or raises one."""
+    import tempfile
+
+    from indexer.model import ImageRecord
+    from indexer.sources.containers_storage import read_storage
+    from indexer.sources.parse import Context
+
+    with tempfile.TemporaryDirectory() as root:
+        os.makedirs(os.path.join(root, "vfs-images", _HEX))
+        with open(os.path.join(root, "vfs-images", _HEX, "manifest"), "wb") as f:
+            f.write(b'{"schemaVersion": 2, "config": {"digest": "sha256:' + _HEX.encode() + b'", "size": 2}}')
+        with open(os.path.join(root, "vfs-images", "images.json"), "w") as f:
+            json.dump(entries, f)
+        ctx = Context("containers-storage", root)
+        try:
+            items = list(read_storage(root, "vfs", ref, ctx))
+        except SourceError as exc:
+            assert "\n" not in str(exc)
+            return
+        for item in items:
+            assert isinstance(item, (ImageRecord, SourceError))
+            assert "\n" not in str(item) if isinstance(item, SourceError) else True

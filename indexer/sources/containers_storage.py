@@ -212,7 +212,7 @@ def read_storage(
     folder = images_folder(root, driver)
     entries = [(folder, position, entry) for position, entry in _entries(folder)]
     driver = driver or os.path.basename(folder)[: -len(_IMAGES_SUFFIX)]  # the one the others use too
-    held = {entry.get("id") for _, _, entry in entries}
+    held = {_id_of(entry) for _, _, entry in entries}
     for other in extra:
         try:
             other_folder = images_folder(other, driver)
@@ -221,8 +221,8 @@ def read_storage(
             if in_shard(ctx.shard, other):
                 ctx.note(f"{exc} (an additional image store of storage.conf); skipped")
             continue
-        entries += [(other_folder, p, e) for p, e in others if e.get("id") not in held]
-        held.update(e.get("id") for _, e in others)
+        entries += [(other_folder, p, e) for p, e in others if not _id_of(e) or _id_of(e) not in held]
+        held.update(_id_of(e) for _, e in others)
     try:
         chosen = _chosen(entries, ref, given or TRANSPORT + ref) if ref else entries
     except SourceError:
@@ -236,6 +236,12 @@ def read_storage(
             yield from collector.paused_while(_images(blobs, [c for c in chosen if c[0] == store_folder], sub))
         finally:
             blobs.close()
+
+
+def _id_of(entry: dict) -> str:
+    """The entry's id as text ("" for any other value: `_images` says what is wrong with it)."""
+    value = entry.get("id")
+    return value if isinstance(value, str) else ""
 
 
 def _images(
