@@ -576,3 +576,43 @@ def test_any_images_json_gives_records_or_one_line_errors(entries, ref):
         for item in items:
             assert isinstance(item, (ImageRecord, SourceError))
             assert "\n" not in str(item) if isinstance(item, SourceError) else True
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "storage = 5\n",
+        "[storage]\ngraphroot = 5\ndriver = []\n",
+        "[storage]\noptions = 5\n",
+        "[storage.options]\nadditionalimagestores = 'x'\n",
+        "[storage.options]\nadditionalimagestores = [1, '', {a = 1}]\n",
+    ],
+)
+def test_settings_of_other_types_are_read_as_absent(text, tmp_path, monkeypatch):
+    conf = tmp_path / "storage.conf"
+    conf.write_text(text)
+    monkeypatch.setenv("CONTAINERS_STORAGE_CONF", str(conf))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    source = parse_source("containers-storage:")
+    assert source.driver == "" and source.extra == ()
+    assert source.location in ("/var/lib/containers/storage", str(tmp_path / "data" / "containers" / "storage"))
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe", b"[storage\n", b"a = 1\na = 2\n"])
+def test_a_storage_conf_that_does_not_parse_is_one_line(content, tmp_path, monkeypatch):
+    conf = tmp_path / "storage.conf"
+    conf.write_bytes(content)
+    monkeypatch.setenv("CONTAINERS_STORAGE_CONF", str(conf))
+    out = invoke("index", "containers-storage:", "--store", str(tmp_path / "store"))
+    (line,) = error_lines(out.stderr)
+    assert out.code == 1 and line.startswith(f"imgdex: {conf}: storage.conf cannot be read (")
+
+
+def test_a_storage_conf_that_is_a_fifo_is_refused_unopened(tmp_path, monkeypatch):
+    conf = tmp_path / "storage.conf"
+    os.mkfifo(conf)  # no writer comes: an open would wait for ever
+    monkeypatch.setenv("CONTAINERS_STORAGE_CONF", str(conf))
+    out = invoke("index", "containers-storage:", "--store", str(tmp_path / "store"))
+    assert out.code == 1 and error_lines(out.stderr) == [
+        f"imgdex: {conf}: storage.conf is not a regular file (named pipe)"
+    ]

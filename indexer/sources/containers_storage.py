@@ -30,6 +30,7 @@ import msgspec
 
 from .. import collector
 from ..errors import ImgdexError, SourceError, printable
+from ..files import open_readable
 from ..model import Blob, ImageRecord
 from ..references import Reference, is_valid_digest, parse_reference
 from ..shard import in_shard
@@ -141,9 +142,7 @@ def _storage_conf(path: str) -> dict | None:
     except ImportError:  # Python 3.10: the defaults stand, a spec names anything else
         return {}
     try:
-        with open(path, "rb") as f:
-            if not os.path.isfile(path):
-                raise SourceError(printable(path), "storage.conf is not a regular file")
+        with open_readable(path, "storage.conf") as f:  # a FIFO would block an open for ever
             data = f.read(1 << 20)
         table = tomllib.loads(data.decode("utf-8")).get("storage", {})
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
