@@ -171,7 +171,10 @@ def test_ref_selects_by_name_id_or_prefix(store_root, tmp_path):
     "ref, reason",
     [
         ("localhost/app:2", "no such image in the store"),
-        ("app:1", "no such image in the store"),  # docker.io/library/app:1, as skopeo reads it
+        # docker.io/library/app:1, as skopeo reads it; podman would look in localhost/ too
+        ("app:1", "no such image in the store (it holds localhost/app:1: name it so)"),
+        ("base", "no such image in the store"),  # localhost/base:latest is no image either
+        ("team/app:v1", "no such image in the store"),  # the host is cr.example.com, not localhost
         ("x/../y", "'x/../y' is not an image reference or ID"),
     ],
 )

@@ -313,8 +313,29 @@ def _chosen(entries: list[tuple[str, int, dict]], ref: str, where: str) -> list[
         elif any(n and (n.registry, n.name, n.tag) == (wanted.registry, wanted.name, wanted.tag) for n in names):
             found.append((folder, position, entry))
     if not found:
+        local = _local_name(ref)
+        if local and _chosen_quietly(entries, local):
+            # podman names a short name it built or loaded localhost/NAME; skopeo does not look there
+            raise SourceError(where, f"no such image in the store (it holds {local}: name it so)")
         raise SourceError(where, "no such image in the store")
     return found
+
+
+def _local_name(ref: str) -> str:
+    """`localhost/REF` for a short name without a registry host, as podman names its own builds;
+    "" for anything else."""
+    first = ref.partition("/")[0]
+    if "@" in ref or "/" in ref and (first == "localhost" or "." in first or ":" in first):
+        return ""
+    name = "localhost/" + ref
+    return name if ":" in ref.rpartition("/")[2] else name + ":latest"
+
+
+def _chosen_quietly(entries: list[tuple[str, int, dict]], ref: str) -> bool:
+    try:
+        return bool(_chosen(entries, ref, ""))
+    except SourceError:
+        return False
 
 
 def _parsed(name: str) -> Reference | None:
