@@ -619,3 +619,56 @@ def test_a_storage_conf_that_is_a_fifo_is_refused_unopened(tmp_path, monkeypatch
     assert out.code == 1 and error_lines(out.stderr) == [
         f"imgdex: {conf}: storage.conf is not a regular file (named pipe)"
     ]
+
+
+def _add_list(root: str, tmp_path, *, drop: str = "") -> str:
+    """An image holding only the multi-arch archive's index, as `podman manifest create` and
+    `podman build --manifest` keep a list; its children are images of the store of their own."""
+    import base64
+
+    raw = _raw(f"oci-archive:{MULTIARCH}")
+    digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+    list_id = "ab" * 32
+    folder = os.path.join(root, "vfs-images", list_id)
+    os.makedirs(folder)
+    key = f"manifest-{digest}"
+    for name in ("manifest", "=" + base64.b64encode(key.encode()).decode()):
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(raw)
+    entries = [entry for entry in _entries(root) if drop not in entry.get("names", [])] if drop else _entries(root)
+    entries.append(
+        {"id": list_id, "digest": digest, "names": ["localhost/list:1"], "big-data-names": ["manifest", key]}
+    )
+    with open(os.path.join(root, "vfs-images", "images.json"), "w") as f:
+        json.dump(entries, f)
+    return digest
+
+
+def test_a_manifest_list_is_an_index_of_the_store_images(store_root, tmp_path):
+    root = _copy(store_root, tmp_path)
+    digest = _add_list(root, tmp_path)
+    stderr = _index(tmp_path / "store", _spec(root) + "localhost/list:1")
+    assert "note:" not in stderr
+    rows = sql_rows(
+        str(tmp_path / "store"), "SELECT name, kind, digest, parent_digest, tags FROM images ORDER BY kind DESC, digest"
+    )
+    children = sql_rows(
+        str(tmp_path / "store"), "SELECT 1 FROM images WHERE platform_architecture IN ('amd64', 'arm64')"
+    )
+    assert rows[0] == {"name": "list", "kind": "index", "digest": digest, "parent_digest": "", "tags": ["1"]}
+    assert [(row["name"], row["kind"], row["parent_digest"], row["tags"]) for row in rows[1:]] == [
+        ("list", "image", digest, [])
+    ] * 2
+    assert len(children) == 2
+    # The children are the store's images of their own, whose manifests they are.
+    _index(tmp_path / "bases", _spec(root) + "localhost/base:amd64", _spec(root) + "localhost/base:arm64")
+    assert {row["digest"] for row in rows[1:]} == {doc["digest"] for doc in _images(tmp_path / "bases")}
+
+
+def test_a_child_the_store_does_not_hold_is_a_note(store_root, tmp_path):
+    root = _copy(store_root, tmp_path)
+    digest = _add_list(root, tmp_path, drop="localhost/base:arm64")
+    stderr = _index(tmp_path / "store", _spec(root) + "localhost/list:1")
+    (note,) = [line for line in stderr.splitlines() if line.startswith("imgdex: note:")]
+    assert note.endswith(f"of index {digest} is not in the source; skipped")
+    assert len(sql_rows(str(tmp_path / "store"), "SELECT 1 FROM images")) == 2

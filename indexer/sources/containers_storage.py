@@ -229,12 +229,26 @@ def read_storage(
             raise
         return
     for store_folder in dict.fromkeys(f for f, _, _ in chosen):
-        blobs = StorageBlobs(store_folder)
+        blobs = StorageBlobs(store_folder, _items([e for f, _, e in entries if f == store_folder]))
         sub = ctx if store_folder == folder else dataclasses.replace(ctx, source_path=os.path.dirname(store_folder))
         try:
             yield from collector.paused_while(_images(blobs, [c for c in chosen if c[0] == store_folder], sub))
         finally:
             blobs.close()
+
+
+def _items(entries: list[dict]) -> dict[str, tuple[str, str]]:
+    """digest -> (image id, big-data key) of the manifests and configs the store's images hold."""
+    items: dict[str, tuple[str, str]] = {}
+    for entry in entries:
+        image_id = _id_of(entry)
+        if not _ID.fullmatch(image_id):
+            continue
+        for key in _strings(entry.get("big-data-names")):
+            digest = key[len(_MANIFEST_PREFIX) :] if key.startswith(_MANIFEST_PREFIX) else key
+            if is_valid_digest(digest):
+                items.setdefault(digest, (image_id, key))
+    return items
 
 
 def _id_of(entry: dict) -> str:
@@ -361,7 +375,9 @@ _FOLDER_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 class StorageBlobs(DirBlobs):
     """The big-data items of the store's images, one image at a time (`select`), by digest: the
     image's own manifest, the manifests it was pulled through, its config. A layer is known by
-    the size its manifest declares.
+    the size its manifest declares. What the image does not hold is looked for among the other
+    images' items (`elsewhere`): the images a manifest list lists (`podman manifest create`,
+    `podman build --manifest`) are images of the store of their own.
 
     A plain file is opened relative to its image's folder, itself opened without following a link:
     what is found so lies inside the store. Anything else (a link, a special file, a file that
@@ -369,8 +385,10 @@ class StorageBlobs(DirBlobs):
 
     holder = "store"
 
-    def __init__(self, folder: str):
+    def __init__(self, folder: str, elsewhere: dict[str, tuple[str, str]] | None = None):
         super().__init__(folder)
+        self.elsewhere = elsewhere or {}  # digest -> (image id, big-data key) of the store's images
+        self.own: set[str] = set()  # the digests the selected image holds under their own key
         self.image = ""
         self.top = ""  # the digest of the image's own manifest, once read
         self.top_data = b""
@@ -378,9 +396,10 @@ class StorageBlobs(DirBlobs):
         self.layers: dict[str, int] = {}
         self._folder = -1
 
-    def select(self, image_id: str, manifests: set[str]) -> None:
+    def select(self, image_id: str, manifests: set[str], own: set[str] = frozenset()) -> None:
         self.close()
         self.image, self.manifests, self.layers, self.top, self.top_data = image_id, manifests, {}, "", b""
+        self.own = own
         self._safe_folders.clear()  # one image's folder at a time
         try:
             self._folder = os.open(os.path.join(self.root, image_id), _FOLDER_OPEN)
@@ -397,16 +416,20 @@ class StorageBlobs(DirBlobs):
             os.close(self._folder)
             self._folder = -1
 
-    def _file(self, digest: str) -> tuple[str, str]:
-        """(file name, what it is) of a digest."""
+    def _located(self, digest: str) -> tuple[str, str, str]:
+        """(image id, file name, what it is) of a digest: the selected image's, else another's."""
         if digest == self.top:
-            return big_data_file(_OWN_MANIFEST), "manifest"
+            return self.image, big_data_file(_OWN_MANIFEST), "manifest"
         if digest in self.manifests:
-            return big_data_file(_MANIFEST_PREFIX + digest), "manifest"
-        return big_data_file(digest), "config"
+            return self.image, big_data_file(_MANIFEST_PREFIX + digest), "manifest"
+        if digest not in self.own and digest in self.elsewhere:
+            image, key = self.elsewhere[digest]
+            return image, big_data_file(key), "manifest" if key.startswith(_MANIFEST_PREFIX) else "config"
+        return self.image, big_data_file(digest), "config"
 
     def _relative(self, digest: str) -> str:
-        return f"{self.image}/{self._file(digest)[0]}"
+        image, name, _ = self._located(digest)
+        return f"{image}/{name}"
 
     def read_item(self, name: str, limit: int, what: str) -> bytes:
         """The bytes of the file `name` of the selected image, up to `limit`."""
@@ -419,8 +442,11 @@ class StorageBlobs(DirBlobs):
     def read_blob(self, digest: str, limit: int) -> bytes:
         if digest == self.top and self.top_data:
             return self.top_data  # the bytes its digest was computed from
-        name, what = self._file(digest)
-        data = self.read_item(name, limit, what)
+        image, name, what = self._located(digest)
+        if image == self.image:
+            data = self.read_item(name, limit, what)
+        else:  # another image's: read the checked way, which also finds its folder inside the store
+            data = self.read_path(self.checked(f"{image}/{name}", what=what), limit, what)
         if what == "manifest":
             self._declare(data)
         return data
@@ -449,9 +475,10 @@ class StorageBlobs(DirBlobs):
         declared = self.layers.get(digest)
         if declared is not None and declared >= 0:
             return declared
-        if self._folder >= 0:
+        image, name, _ = self._located(digest)
+        if self._folder >= 0 and image == self.image:
             try:
-                info = os.stat(self._file(digest)[0], dir_fd=self._folder, follow_symlinks=False)
+                info = os.stat(name, dir_fd=self._folder, follow_symlinks=False)
             except OSError:
                 return None
             if stat.S_ISREG(info.st_mode):
@@ -467,7 +494,7 @@ def _image(blobs: StorageBlobs, image_id: str, entry: dict, ctx: Context) -> Ite
         for name in big
         if name.startswith(_MANIFEST_PREFIX) and is_valid_digest(name[len(_MANIFEST_PREFIX) :])
     }
-    blobs.select(image_id, manifests)
+    blobs.select(image_id, manifests, {name for name in big if is_valid_digest(name)})
     if _OWN_MANIFEST in big:
         data = blobs.read_item(big_data_file(_OWN_MANIFEST), MAX_JSON_BYTES, "manifest")
         if is_schema1(data):
