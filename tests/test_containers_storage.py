@@ -672,3 +672,22 @@ def test_a_child_the_store_does_not_hold_is_a_note(store_root, tmp_path):
     (note,) = [line for line in stderr.splitlines() if line.startswith("imgdex: note:")]
     assert note.endswith(f"of index {digest} is not in the source; skipped")
     assert len(sql_rows(str(tmp_path / "store"), "SELECT 1 FROM images")) == 2
+
+
+def test_files_over_their_limits_are_refused_unread(store_root, tmp_path):
+    """Sizes are checked before a byte is read: sparse files stand for large ones."""
+    from indexer.sources.containers_storage import MAX_IMAGES_JSON_BYTES
+    from indexer.sources.parse import MAX_JSON_BYTES
+
+    root, folder, manifest = _damaged(store_root, tmp_path, "localhost/app:1", "manifest")
+    os.truncate(manifest, MAX_JSON_BYTES + 1)
+    (line,) = error_lines(_index(tmp_path / "manifest", _spec(root), code=1))
+    assert line == f"imgdex: {manifest}: manifest is {MAX_JSON_BYTES + 1} bytes, over the {MAX_JSON_BYTES}-byte limit"
+    assert len(_images(tmp_path / "manifest")) == 3  # the app's two names were its image's
+    images_json = os.path.join(root, "vfs-images", "images.json")
+    os.truncate(images_json, MAX_IMAGES_JSON_BYTES + 1)
+    (line,) = error_lines(_index(tmp_path / "images", _spec(root), code=1))
+    assert line == (
+        f"imgdex: {images_json}: images.json is {MAX_IMAGES_JSON_BYTES + 1} bytes,"
+        f" over the {MAX_IMAGES_JSON_BYTES}-byte limit"
+    )
