@@ -9,9 +9,9 @@ multi-platform pull among them) and the config (under its digest). Layers are ke
 driver, not as the blobs the manifest names: their digests and sizes are the manifest's, as
 `podman image inspect` reports them, and --verify does not apply.
 
-The image's manifest has no descriptor: its digest is the sha256 of its bytes, which the walk
-checks again when it reads them, and the config is checked against the manifest's descriptor, as
-for every source.
+The image's manifest has no descriptor: its digest is the sha256 of the bytes read, the same bytes
+the walk then parses, and it must be the digest images.json records for that item; the config is
+checked against the manifest's descriptor, as for every source.
 """
 
 from __future__ import annotations
@@ -47,14 +47,14 @@ _OWN_MANIFEST = "manifest"  # containers/image's key for the image's own manifes
 _MANIFEST_PREFIX = "manifest-"
 _ID = re.compile(r"[0-9a-f]{64}")
 _ID_PREFIX = re.compile(r"[0-9a-f]{3,64}")
-# The drivers containers/storage has; a root holding images of several is named with its driver.
+# Each driver keeps its images in DRIVER-images; a root holding several is read with one named.
 _IMAGES_SUFFIX = "-images"
 
 
 def big_data_file(key: str) -> str:
     """The file name containers/storage gives the big-data item `key` (makeBigDataBaseName): the key
     itself when it holds only lowercase letters, digits and dots, else "=" and its base64."""
-    if key and all(c == "." or "0" <= c <= "9" or "a" <= c <= "z" for c in key):
+    if all(c == "." or "0" <= c <= "9" or "a" <= c <= "z" for c in key):
         return key
     return "=" + base64.b64encode(key.encode()).decode("ascii")
 
