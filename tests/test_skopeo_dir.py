@@ -350,3 +350,19 @@ def test_jobs_give_each_copy_whole_to_one_process(copies, tmp_path, monkeypatch)
         assert out.stdout.startswith("indexed 5 images, 0 failed")
         stores.append(_images(store))
     assert stores[0] == stores[1] and len(stores[0]) == 5
+
+
+def test_an_instance_manifest_is_named_in_its_errors(copies, tmp_path):
+    """A manifest an index lists is refused under its own name, not as a blob."""
+    folder = _copy(copies, "multiarch", tmp_path)
+    instance = sorted(name for name in os.listdir(folder) if name.endswith(".manifest.json"))[0]
+    path = os.path.join(folder, instance)
+    os.remove(path)
+    os.symlink(APP, path)
+    (line,) = error_lines(_index(str(tmp_path / "linked"), f"dir:{folder}", code=1))
+    assert line == f"imgdex: {path}: {instance} is a symlink that points outside the directory"
+    os.remove(path)
+    with open(path, "wb") as f:
+        f.truncate(8 * 1024 * 1024 + 1)
+    (line,) = error_lines(_index(str(tmp_path / "large"), f"dir:{folder}", code=1))
+    assert line.startswith(f"imgdex: {path}: {instance} is {8 * 1024 * 1024 + 1} bytes, over the")

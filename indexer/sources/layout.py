@@ -113,8 +113,13 @@ class DirBlobs:
         """Where the blob lies below the root."""
         return _blob_path(digest)
 
+    def _what(self, relative: str) -> str:
+        """What messages call the file at `relative`."""
+        return "blob"
+
     def _checked_path(self, digest: str) -> str:
-        return self.checked(self._relative(digest), digest.partition(":")[0])
+        relative = self._relative(digest)
+        return self.checked(relative, digest.partition(":")[0], self._what(relative))
 
     def checked(self, relative: str, algorithm: str = "", what: str = "blob") -> str:
         """The path of `relative` below the root, once what leads there is found inside it."""
@@ -220,7 +225,7 @@ class DirBlobs:
         return self._read_checked(digest, limit)
 
     def _read_checked(self, digest: str, limit: int) -> bytes:
-        return self.read_path(self._checked_path(digest), limit)
+        return self.read_path(self._checked_path(digest), limit, self._what(self._relative(digest)))
 
     def read_path(self, path: str, limit: int, what: str = "blob") -> bytes:
         """A checked path's bytes (`checked`), up to `limit`; errors name the file."""

@@ -62,6 +62,9 @@ class SkopeoDirBlobs(DirBlobs):
         instance = encoded + _INSTANCE
         return instance if os.path.lexists(os.path.join(self.root, instance)) else encoded
 
+    def _what(self, relative: str) -> str:
+        return relative if relative.endswith(MANIFEST) else "blob"  # manifest.json, HEX.manifest.json
+
 
 def read_skopeo_dir(path: str, ctx: Context) -> Iterator[ImageRecord | SourceError]:
     where = directory_where(path, "dir", "no directory given")
