@@ -691,3 +691,19 @@ def test_files_over_their_limits_are_refused_unread(store_root, tmp_path):
         f"imgdex: {images_json}: images.json is {MAX_IMAGES_JSON_BYTES + 1} bytes,"
         f" over the {MAX_IMAGES_JSON_BYTES}-byte limit"
     )
+
+
+def test_a_child_linked_out_of_the_store_is_refused_by_name(store_root, tmp_path):
+    root = _copy(store_root, tmp_path)
+    digest = _add_list(root, tmp_path)
+    child = _by_name(root, "localhost/base:arm64")
+    key = next(name for name in child["big-data-names"] if name.startswith("manifest-") and digest not in name)
+    path = os.path.join(root, "vfs-images", child["id"], big_data_file(key))
+    outside = tmp_path / "outside"
+    outside.write_bytes(open(path, "rb").read())
+    os.remove(path)
+    os.symlink(outside, path)
+    stderr = _index(tmp_path / "store", _spec(root) + "localhost/list:1", code=1)
+    (line,) = error_lines(stderr)
+    assert line == f"imgdex: {path}: manifest is a symlink that points outside the store"
+    assert digest in {row["digest"] for row in sql_rows(str(tmp_path / "store"), "SELECT digest FROM images")}

@@ -431,6 +431,14 @@ class StorageBlobs(DirBlobs):
         image, name, _ = self._located(digest)
         return f"{image}/{name}"
 
+    def _what(self, relative: str) -> str:
+        name = relative.rpartition("/")[2]
+        try:
+            key = base64.b64decode(name[1:], validate=True).decode() if name.startswith("=") else name
+        except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+            return "blob"
+        return "manifest" if key.startswith(_OWN_MANIFEST) else "config"
+
     def read_item(self, name: str, limit: int, what: str) -> bytes:
         """The bytes of the file `name` of the selected image, up to `limit`."""
         if self._folder >= 0:
