@@ -707,3 +707,9 @@ def test_a_child_linked_out_of_the_store_is_refused_by_name(store_root, tmp_path
     (line,) = error_lines(stderr)
     assert line == f"imgdex: {path}: manifest is a symlink that points outside the store"
     assert digest in {row["digest"] for row in sql_rows(str(tmp_path / "store"), "SELECT digest FROM images")}
+
+
+def test_a_digest_ref_names_a_manifest_not_a_config(store_root, tmp_path):
+    entry = _by_name(store_root, "localhost/app:1")
+    (line,) = error_lines(_index(tmp_path, _spec(store_root) + f"localhost/app@sha256:{entry['id']}", code=1))
+    assert line.endswith(": no such image in the store")

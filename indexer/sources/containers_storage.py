@@ -318,7 +318,11 @@ def _chosen(entries: list[tuple[str, int, dict]], ref: str, where: str) -> list[
     for folder, position, entry in entries:
         names = [_parsed(name) for name in _strings(entry.get("names"))]
         if wanted.digest:
-            held = {name[len(_MANIFEST_PREFIX) :] for name in _strings(entry.get("big-data-names"))}
+            held = {
+                name[len(_MANIFEST_PREFIX) :]
+                for name in _strings(entry.get("big-data-names"))
+                if name.startswith(_MANIFEST_PREFIX)
+            }
             held.update(_strings(entry.get("digests")) + _strings([entry.get("digest")]))
             if wanted.digest in held and any(
                 n and (n.registry, n.name) == (wanted.registry, wanted.name) for n in names
