@@ -90,3 +90,13 @@ def walk(top: str, onerror=None) -> Iterator[tuple[str, list[str], list[str]]]:
             path = os.path.join(folder, name)
             if not os.path.islink(path):
                 stack.append(path)
+
+
+def stored_path(path: str) -> str:
+    """A path as records keep it: bytes that are not UTF-8 cannot be stored as text, so a name
+    holding them is kept escaped (the file is still opened by its real name)."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return printable(path)

@@ -6,9 +6,9 @@ same whatever the order); this process is worker 0. A layout, a folder or a cont
 store is read by every worker, each taking its slice of the units (`Shard.within` the run's
 --shard); an archive file, which is read whole, goes to one worker, as does a skopeo dir: copy.
 Sources that can be read once only (standard input, a pipe), or that are not files (engines,
-registries, YCR JSON) stay here.
-Back come only counts, errors, notes and each worker's last claim of every tag, and this process
-records the run's one `runs` row, so a run with workers looks like any other run.
+registries, YCR JSON) stay here. Back come only counts, errors, notes and each worker's last claim
+of every tag, and this process records the run's one `runs` row, so a run with workers looks like
+any other run.
 
 Within a run, the claim of a tag that one process reading the sources in turn would meet last
 wins. Workers commit in any order, so when two images of the run claim one tag, this process

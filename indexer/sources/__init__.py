@@ -22,21 +22,11 @@ from .docker_archive import Selection, parse_selection, read_docker_archive
 from .layout import is_layout_dir, read_layout_dir, read_layout_tar
 from .parse import Context
 from .skopeo_dir import is_skopeo_dir, read_skopeo_dir
-from ..files import not_regular, walk
+from ..files import not_regular, stored_path, walk
 from .tarball import STDIN_NAMES, TarMembers
 
 # What a mistyped transport looks like; two characters at least, so `C:` stays a path.
 _TRANSPORT_LIKE = re.compile(r"[A-Za-z][A-Za-z0-9._+-]+")
-
-
-def _stored_path(path: str) -> str:
-    """The path as records keep it: bytes that are not UTF-8 cannot be stored as text, so a
-    name holding them is kept escaped (the file is still opened by its real name)."""
-    try:
-        path.encode("utf-8")
-        return path
-    except UnicodeEncodeError:
-        return printable(path)
 
 
 class Source(Protocol):
@@ -68,7 +58,7 @@ class _LocalFiles:
     reads_index = False
 
     def records(self, ctx):
-        ctx.source_path = _stored_path(ctx.source_path)
+        ctx.source_path = stored_path(ctx.source_path)
         return self._read(ctx)
 
 
@@ -228,7 +218,7 @@ def _read_folder(root: str, ctx: Context) -> Iterator[ImageRecord | SourceError]
             continue
         # Records take their source from the context: one per archive. The archive is this
         # shard's whole, so its images are not sharded again.
-        sub = dataclasses.replace(ctx, source_kind=kind, source_path=_stored_path(path), shard=None)
+        sub = dataclasses.replace(ctx, source_kind=kind, source_path=stored_path(path), shard=None)
         try:
             if kind != "archive":
                 archives += 1
@@ -319,10 +309,8 @@ def parse_source(text: str, options: SourceOptions | None = None, *, registry_op
     if text in STDIN_NAMES:
         return DetectedArchive(text)
     if os.path.isdir(text):
-        kind = image_dir_kind(text)
-        if kind == "containers-storage":
-            return ContainersStorage(text)
-        return OciLayout(text) if kind == "oci" else SkopeoDir(text) if kind == "dir" else ArchiveFolder(text)
+        kinds = {"oci": OciLayout, "dir": SkopeoDir, "containers-storage": ContainersStorage}
+        return kinds.get(image_dir_kind(text), ArchiveFolder)(text)
     if os.path.lexists(text):
         return DetectedArchive(text)
     prefix, colon, _ = text.partition(":")

@@ -30,7 +30,7 @@ import msgspec
 
 from .. import collector
 from ..errors import ImgdexError, SourceError, printable
-from ..files import open_readable
+from ..files import open_readable, stored_path
 from ..model import Blob, ImageRecord
 from ..references import Reference, is_valid_digest, parse_reference
 from ..shard import in_shard
@@ -178,10 +178,7 @@ class ContainersStorage:
         return cls(location=root, driver=spec.driver or driver, ref=spec.ref, given=TRANSPORT + rest, extra=extra)
 
     def records(self, ctx: Context) -> Iterator[ImageRecord | SourceError]:
-        try:
-            self.location.encode("utf-8")
-        except UnicodeEncodeError:  # stored as text: kept escaped, as the local files' paths are
-            ctx.source_path = printable(self.location)
+        ctx.source_path = stored_path(self.location)
         ctx.verify = False  # the layers are unpacked: nothing holds the bytes their digests name
         return read_storage(self.location, self.driver, self.ref, ctx, self.given or TRANSPORT + self.ref, self.extra)
 
@@ -230,7 +227,11 @@ def read_storage(
         return
     for store_folder in dict.fromkeys(f for f, _, _ in chosen):
         blobs = StorageBlobs(store_folder, _items([e for f, _, e in entries if f == store_folder]))
-        sub = ctx if store_folder == folder else dataclasses.replace(ctx, source_path=os.path.dirname(store_folder))
+        sub = (
+            ctx
+            if store_folder == folder
+            else dataclasses.replace(ctx, source_path=stored_path(os.path.dirname(store_folder)))
+        )
         try:
             yield from collector.paused_while(_images(blobs, [c for c in chosen if c[0] == store_folder], sub))
         finally:
