@@ -713,3 +713,17 @@ def test_a_digest_ref_names_a_manifest_not_a_config(store_root, tmp_path):
     entry = _by_name(store_root, "localhost/app:1")
     (line,) = error_lines(_index(tmp_path, _spec(store_root) + f"localhost/app@sha256:{entry['id']}", code=1))
     assert line.endswith(": no such image in the store")
+
+
+def test_an_image_without_its_own_manifest_item_is_read_from_the_manifests_kept(store_root, tmp_path):
+    root = _copy(store_root, tmp_path)
+    entries = _entries(root)
+    for entry in entries:
+        if "localhost/app:1" in entry.get("names", []):
+            entry["big-data-names"].remove("manifest")
+            os.remove(os.path.join(root, "vfs-images", entry["id"], "manifest"))
+    with open(os.path.join(root, "vfs-images", "images.json"), "w") as f:
+        json.dump(entries, f)
+    _index(tmp_path / "kept", _spec(root) + "localhost/app:1")
+    _index(tmp_path / "whole", _spec(store_root) + "localhost/app:1")
+    assert _images(tmp_path / "kept") == _images(tmp_path / "whole")

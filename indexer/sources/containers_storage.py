@@ -521,7 +521,7 @@ def _image(blobs: StorageBlobs, image_id: str, entry: dict, ctx: Context) -> Ite
         blobs.top, blobs.top_data = top, data
         blobs._declare(data)
         tops = [Blob(top, len(data), "", ())]
-    elif manifests:  # stored by an older containers/image: each manifest under its digest alone
+    elif manifests:  # no item names the image's own manifest: each manifest kept is walked
         tops = []
         for digest in sorted(manifests):
             size = blobs.blob_size(digest)
