@@ -6,9 +6,9 @@ a `version` file ("Directory Transport Version: 1.1"). The directory names no im
 take the name given by --registry/--repository, as an unnamed layout's do.
 
 The top manifest has no descriptor: its digest is the sha256 of `manifest.json`, as skopeo
-reports it (that of its payload for a signed schema1 one). It is read again by the walk, which
-checks those bytes against that digest, so a file changed in between fails the image instead of
-landing under the digest of other bytes.
+reports it (that of its payload for a signed schema1 one). The walk parses the bytes that digest
+was computed from, not the file read again, so a file changed in between cannot land under the
+digest of other bytes.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ class SkopeoDirBlobs(DirBlobs):
     def __init__(self, root: str):
         super().__init__(root)
         self.top = ""  # the digest of manifest.json, once read
+        self.top_data = b""  # its bytes
 
     def _relative(self, digest: str) -> str:
         if digest == self.top:
@@ -64,6 +65,11 @@ class SkopeoDirBlobs(DirBlobs):
 
     def _what(self, relative: str) -> str:
         return relative if relative.endswith(MANIFEST) else "blob"  # manifest.json, HEX.manifest.json
+
+    def read_blob(self, digest: str, limit: int) -> bytes:
+        if digest == self.top and self.top_data:
+            return self.top_data
+        return super().read_blob(digest, limit)
 
 
 def read_skopeo_dir(path: str, ctx: Context) -> Iterator[ImageRecord | SourceError]:
@@ -81,7 +87,7 @@ def read_skopeo_dir(path: str, ctx: Context) -> Iterator[ImageRecord | SourceErr
     if is_schema1(data):
         yield from _schema1_records(blobs, data, ctx, where)
         return
-    blobs.top = "sha256:" + hashlib.sha256(data).hexdigest()
+    blobs.top, blobs.top_data = "sha256:" + hashlib.sha256(data).hexdigest(), data
     if not in_shard(ctx.shard, blobs.top):
         return
     # No media type: the walk tells a manifest from an index by what it holds, as skopeo does.
