@@ -727,3 +727,12 @@ def test_an_image_without_its_own_manifest_item_is_read_from_the_manifests_kept(
     _index(tmp_path / "kept", _spec(root) + "localhost/app:1")
     _index(tmp_path / "whole", _spec(store_root) + "localhost/app:1")
     assert _images(tmp_path / "kept") == _images(tmp_path / "whole")
+
+
+def test_a_storage_conf_over_its_limit_is_refused_not_cut(tmp_path, monkeypatch):
+    conf = tmp_path / "storage.conf"
+    # Cut at 1 MiB, this would still read as valid TOML, without the line that says where the store is.
+    conf.write_text("# padding\n" * (1 << 17) + '[storage]\ngraphroot = "/elsewhere"\n')
+    monkeypatch.setenv("CONTAINERS_STORAGE_CONF", str(conf))
+    out = invoke("index", "containers-storage:", "--store", str(tmp_path / "store"))
+    assert out.code == 1 and error_lines(out.stderr) == [f"imgdex: {conf}: storage.conf is over the 1048576-byte limit"]

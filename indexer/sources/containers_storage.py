@@ -129,6 +129,8 @@ def default_store() -> tuple[str, str, tuple[str, ...]]:
 
 
 _ADDITIONAL = "additionalimagestores"
+# Read whole or refused: a cut file could read as valid TOML that says less than the file does.
+_MAX_CONF_BYTES = 1 << 20
 
 
 def _storage_conf(path: str) -> dict | None:
@@ -143,7 +145,9 @@ def _storage_conf(path: str) -> dict | None:
         return {}
     try:
         with open_readable(path, "storage.conf") as f:  # a FIFO would block an open for ever
-            data = f.read(1 << 20)
+            data = f.read(_MAX_CONF_BYTES + 1)
+        if len(data) > _MAX_CONF_BYTES:
+            raise SourceError(printable(path), f"storage.conf is over the {_MAX_CONF_BYTES}-byte limit")
         table = tomllib.loads(data.decode("utf-8")).get("storage", {})
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise SourceError(printable(path), f"storage.conf cannot be read ({exc})") from None
