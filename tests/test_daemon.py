@@ -1344,3 +1344,113 @@ def test_engine_path_imports_neither_the_docker_sdk_nor_requests():
     finally:
         stub.stop()
     assert result.returncode == 0, result.stderr
+
+
+# ----------------------------------------------------------------------------- tags the engine no longer holds
+
+
+def _index_engine(monkeypatch, fake: FakeEngine, store: str, *args: str, code: int = 0):
+    monkeypatch.setattr(daemon, "connect_engine", lambda address: fake)
+    result = CliRunner().invoke(cli, ["index", *args, "--store", store])
+    assert result.exit_code == code, result.output
+    return result
+
+
+def _tags(store: str) -> dict[str, list[str]]:
+    out = CliRunner().invoke(cli, ["list", "--store", store, "--page-size", "1000"])
+    assert out.exit_code == 0, out.output
+    return {doc["name"]: doc.get("tags", []) for doc in json.loads(out.stdout).get("images", [])}
+
+
+def test_tags_the_engine_no_longer_lists_are_retired(tmp_path, monkeypatch):
+    fake = FakeEngine()
+    app = fake.add(classic_image("app", tags=["t/app:1", "t/app:2", "t/other:x"]))
+    gone = fake.add(classic_image("gone", tags=["t/gone:1"]))
+    store = str(tmp_path / "store")
+    _index_engine(monkeypatch, fake, store, "docker-daemon:")
+    assert _tags(store) == {"t/app": ["1", "2"], "t/other": ["x"], "t/gone": ["1"]}
+    # `docker rmi t/app:2 t/other:x t/gone:1`: the last removes the image
+    app["inspect"]["RepoTags"] = ["t/app:1"]
+    fake.images.remove(gone)
+    result = _index_engine(monkeypatch, fake, store, "docker-daemon:")
+    # the images stay, untagged, as after a registry re-crawl
+    assert _tags(store) == {"t/app": ["1"], "t/other": [], "t/gone": []}
+    assert result.stderr.splitlines() == [
+        "imgdex: note: docker-daemon: removed 3 tags it no longer holds "
+        "(docker.io/t/app:2, docker.io/t/gone:1, docker.io/t/other:x)"
+    ]
+    # Said once: an unchanged engine retires nothing more.
+    assert not _index_engine(monkeypatch, fake, store, "docker-daemon:").stderr
+
+
+def test_a_named_image_is_not_the_engines_list_of_tags(tmp_path, monkeypatch):
+    fake = FakeEngine()
+    app = fake.add(classic_image("app", tags=["t/app:1", "t/app:2"]))
+    fake.add(classic_image("other", tags=["t/other:1"]))
+    store = str(tmp_path / "store")
+    _index_engine(monkeypatch, fake, store, "docker-daemon:")
+    app["inspect"]["RepoTags"] = ["t/app:1"]
+    fake.images[1]["inspect"]["RepoTags"] = []
+    _index_engine(monkeypatch, fake, store, "docker-daemon:t/app:1")
+    assert _tags(store) == {"t/app": ["1", "2"], "t/other": ["1"]}
+
+
+def test_another_engine_retires_none_of_this_ones_tags(tmp_path, monkeypatch):
+    fake = FakeEngine()
+    fake.add(classic_image("app", tags=["t/app:1"]))
+    store = str(tmp_path / "store")
+    _index_engine(monkeypatch, fake, store, "docker-daemon:")
+    empty = FakeEngine(address="unix:///other/docker.sock")
+    _index_engine(monkeypatch, empty, store, "docker-daemon:", "--docker-host", empty.address)
+    assert _tags(store) == {"t/app": ["1"]}
+    _index_engine(monkeypatch, FakeEngine(), store, "docker-daemon:")  # the first engine, emptied
+    assert _tags(store) == {"t/app": []}
+
+
+def test_tags_of_an_image_a_more_exact_source_recorded_are_not_the_engines(tmp_path, monkeypatch):
+    fake, _, layout = _engine_and_layout_of_one_image(tmp_path)
+    store = str(tmp_path / "store")
+    _index_engine(monkeypatch, fake, store, f"oci:{layout}", "docker-daemon:")
+    assert _tags(store) == {"team/app": ["stable", "v1"]}
+    fake.images[0]["inspect"]["RepoTags"] = []  # the layout's record is the store's: its tags are its word
+    _index_engine(monkeypatch, fake, store, "docker-daemon:")
+    assert _tags(store) == {"team/app": ["stable", "v1"]}
+
+
+def test_a_listing_not_read_whole_retires_nothing(tmp_path, monkeypatch):
+    fake = FakeEngine()
+    app = fake.add(classic_image("app", tags=["t/app:1", "t/app:2"]))
+    store = str(tmp_path / "store")
+    _index_engine(monkeypatch, fake, store, "docker-daemon:")
+    app["inspect"]["RepoTags"] = ["t/app:1"]
+    listing = fake.list_images
+    # An entry that is no object: whatever tags it held are unknown.
+    monkeypatch.setattr(fake, "list_images", lambda **kw: [*listing(**kw), 5])
+    result = _index_engine(monkeypatch, fake, store, "docker-daemon:", code=1)
+    assert "entry 1 is a number, not an object" in result.stderr
+    assert _tags(store) == {"t/app": ["1", "2"]}
+    # An engine that stops answering part way through: the run ends before any tag is retired.
+    monkeypatch.setattr(fake, "list_images", listing)
+    fake.fail_inspect[app["inspect"]["Id"]] = EngineUnavailable("the engine is gone")
+    _index_engine(monkeypatch, fake, store, "docker-daemon:", code=1)
+    assert _tags(store) == {"t/app": ["1", "2"]}
+
+
+def test_each_shard_retires_the_tags_of_its_repositories(tmp_path, monkeypatch):
+    from indexer.shard import Shard, repository_key
+
+    fake = FakeEngine()
+    names = [f"t/app{i}" for i in range(8)]
+    for name in names:
+        fake.add(classic_image(name, tags=[f"{name}:1", f"{name}:2"]))
+    store = str(tmp_path / "store")
+    _index_engine(monkeypatch, fake, store, "docker-daemon:")
+    for image in fake.images:
+        image["inspect"]["RepoTags"] = image["inspect"]["RepoTags"][:1]
+    first = Shard.parse("1/2")
+    _index_engine(monkeypatch, fake, store, "docker-daemon:", "--shard", "1/2")
+    mine = {name for name in names if first.owns(repository_key("docker.io", name))}
+    assert mine and mine != set(names)
+    assert _tags(store) == {name: ["1"] if name in mine else ["1", "2"] for name in names}
+    _index_engine(monkeypatch, fake, store, "docker-daemon:", "--shard", "2/2")
+    assert _tags(store) == {name: ["1"] for name in names}

@@ -407,6 +407,33 @@ def test_ref_by_name_and_by_id(engine, world, tmp_path):  # noqa: F811
     ]
 
 
+def test_tags_removed_with_docker_rmi_are_retired_on_the_next_run(engine, world, tmp_path):  # noqa: F811
+    gone_tar = make_rootfs_tar(str(tmp_path), {"gone": b"removed before the next run\n"}, "gone.tar")
+    engine.docker("tag", "imgdex-live/base:1.0", "imgdex-live/extra:tmp")
+    gone_id = engine.docker("import", gone_tar, "imgdex-live/gone:1").strip()
+    store = tmp_path / "store"
+    try:
+        imgdex("index", "docker-daemon:", "--docker-host", engine.host, "--store", store)
+        tags = {row.get("name", ""): row.get("tags", []) for row in listing(str(store))}
+        assert tags["imgdex-live/extra"] == ["tmp"] and tags["imgdex-live/gone"] == ["1"]
+    finally:
+        # the second removes the image: the engine's image list is again as `world` saw it
+        engine.docker("rmi", "imgdex-live/extra:tmp", "imgdex-live/gone:1")
+    assert gone_id not in engine.docker("images", "-q", "--no-trunc")
+    again = imgdex("index", "docker-daemon:", "--docker-host", engine.host, "--store", store)
+    assert again.stderr.splitlines() == [
+        "imgdex: note: docker-daemon: removed 2 tags it no longer holds "
+        "(docker.io/imgdex-live/extra:tmp, docker.io/imgdex-live/gone:1)"
+    ]
+    rows = listing(str(store))
+    tags = {row.get("name", ""): row.get("tags", []) for row in rows}
+    # The images stay, untagged, as after a registry re-crawl; the engine's other tags are kept.
+    assert tags["imgdex-live/extra"] == [] and tags["imgdex-live/gone"] == []
+    assert tags["imgdex-live/base"] == ["1.0"] and tags["imgdex-live/app"] == ["1.0", "latest"]
+    gone = next(row for row in rows if row.get("name") == "imgdex-live/gone")
+    assert gone["config"]["digest"] == gone_id
+
+
 def test_engine_found_through_docker_host(engine, world, tmp_path):  # noqa: F811
     env = dict(os.environ, DOCKER_HOST=engine.host)
     imgdex("index", "docker-daemon:imgdex-live/base:1.0", "--store", tmp_path, env=env)

@@ -57,6 +57,7 @@ from ..model import (
     ImageConfig,
     ImageRecord,
     Platform,
+    TagsRetired,
 )
 from ..references import DIGEST_ALGORITHMS, Reference, is_valid_digest, parse_reference
 from ..shard import Shard, in_shard, repository_key
@@ -76,6 +77,7 @@ from .parse import (
     size_problem,
     valid_size,
 )
+from .vanished import holds_tags, vanished_tags
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 CONNECT_TIMEOUT = 10.0  # seconds for the whole first contact: an absent or silent engine fails fast
@@ -864,6 +866,14 @@ def repositories(inspect: dict, ctx: Context, where: str, only: Reference | None
     return [found[key] for key in sorted(found)]
 
 
+# In a listing's tags: an entry whose tags cannot be known, so none is retired.
+_UNKNOWN_TAGS = ("", "", "")
+
+
+def _tag_keys(repos: list[_Repository]) -> Iterator[tuple[str, str, str]]:
+    return ((repo.registry, repo.name, tag) for repo in repos if repo.named for tag in repo.tags)
+
+
 def _owned(repos: list[_Repository], image: str, shard: Shard | None) -> tuple[list[_Repository], bool]:
     """(the repositories this shard takes, whether it speaks for the whole image).
 
@@ -1020,7 +1030,9 @@ class DockerDaemon:
     all_images: bool = False
     kind: str = "docker-daemon"
     reads_layers = False
-    reads_index = False
+    # A whole listing is the engine's word on the tags of the images recorded from it (vanished.py)
+    reads_index = True
+    store = None
     connect: Callable[[str], EngineClient] | None = None  # None: connect_engine, the engine's HTTP API
     workers: int = WORKERS
     window: int = WINDOW
@@ -1033,7 +1045,10 @@ class DockerDaemon:
     def spec(self) -> str:
         return f"docker-daemon:{self.ref}" if self.ref else "docker-daemon"
 
-    def records(self, ctx: Context) -> Iterator[ImageRecord | SourceError]:
+    def bind_store(self, store) -> None:
+        self.store = store
+
+    def records(self, ctx: Context) -> Iterator[ImageRecord | SourceError | TagsRetired]:
         where = self.spec
         if self.ref and not _IMAGE_ID.fullmatch(self.ref):
             try:
@@ -1065,16 +1080,25 @@ class DockerDaemon:
             return False  # an engine that does not say which store it runs on is read as the classic one
         return any(isinstance(pair, list) and CONTAINERD_SNAPSHOTTER in pair for pair in status)
 
-    def _targets(self, client: EngineClient, containerd: bool, ctx: Context) -> list[ImageSummary]:
+    def _targets(
+        self, client: EngineClient, containerd: bool, ctx: Context, listed: set[tuple[str, str, str]] | None
+    ) -> list[ImageSummary]:
         """The images to read, each once, in the engine's order; only IDs (and manifests) are kept.
 
         With a shard, an image none of whose repositories (as the listing names them) the shard
-        takes is dropped here, before its inspect and history are asked for."""
+        takes is dropped here, before its inspect and history are asked for. Every tag the listing
+        names, in every shard, goes into `listed` (`_UNKNOWN_TAGS` for an entry that is no object,
+        whose tags cannot be known)."""
         targets = []
         seen = set()
         quiet = replace(ctx, note=lambda message: None)  # what the listing names wrongly is noted by the mapping
         for position, doc in enumerate(client.list_images(all=self.all_images, manifests=containerd)):
             problem = _listing_problem(doc, position)
+            if listed is not None:
+                if isinstance(doc, dict):
+                    listed.update(_tag_keys(repositories(doc, quiet, self.spec)))
+                else:
+                    listed.add(_UNKNOWN_TAGS)
             doc = doc if isinstance(doc, dict) else {}
             image = "" if problem else doc["Id"]
             if not problem:
@@ -1091,10 +1115,13 @@ class DockerDaemon:
             targets.append(ImageSummary(image, manifests, lead, problem))
         return targets
 
-    def _records(self, client: EngineClient, ctx: Context, where: str) -> Iterator[ImageRecord | SourceError]:
+    def _records(
+        self, client: EngineClient, ctx: Context, where: str
+    ) -> Iterator[ImageRecord | SourceError | TagsRetired]:
         containerd = self._containerd(client)
         requests = _ImageRequests(client)
         if self.ref:
+            # One image is not the engine's list of tags: none is retired.
             yield from self._named(client, requests, ctx, where, containerd)
             return
 
@@ -1103,7 +1130,9 @@ class DockerDaemon:
                 return None
             return self._fetch(requests, target.image_id, target.manifests, containerd)
 
-        with closing(prefetch(self._targets(client, containerd, ctx), fetch, self.workers, self.window)) as fetched:
+        listed: set[tuple[str, str, str]] | None = set() if holds_tags(self.store) else None
+        targets = self._targets(client, containerd, ctx, listed)
+        with closing(prefetch(targets, fetch, self.workers, self.window)) as fetched:
             for target, details in fetched:
                 if target.problem:
                     if target.lead:
@@ -1124,7 +1153,13 @@ class DockerDaemon:
                             where, text if target.image_id in text else f"image {target.image_id}: {text}"
                         )
                     continue
-                yield from self._map(details, ctx, where, None, containerd)
+                for item in self._map(details, ctx, where, None, containerd):
+                    if listed is not None and isinstance(item, ImageRecord):
+                        # An image tagged again between the listing and its inspect
+                        listed.update((item.registry, item.name, tag) for tag in item.tags)
+                    yield item
+        if listed is not None and _UNKNOWN_TAGS not in listed:
+            yield from vanished_tags(self.store, self.kind, self.location, listed, ctx.shard, where, ctx.note)
 
     def _named(
         self, client: EngineClient, requests: _ImageRequests, ctx: Context, where: str, containerd: bool
