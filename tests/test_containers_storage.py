@@ -469,9 +469,8 @@ def test_an_image_folder_linked_inside_the_store_is_read(store_root, tmp_path):
     assert _images(tmp_path / "linked") == _images(tmp_path / "plain")
 
 
-def test_additional_image_stores_of_storage_conf_are_read(store_root, tmp_path, monkeypatch):
-    """As podman lists them: a read-only store's images beside the main one's; an image both hold
-    is the main store's, and a store that cannot be read is a note."""
+def _extra_store(tmp_path) -> str:
+    """A second store: the app image the main one holds too, and one image only it holds (quay.io/x/y:2)."""
     extra = str(tmp_path / "extra")
     for source, name in ((f"oci-archive:{APP}", "localhost/app:1"), (f"docker-archive:{CLASSIC}:@1", "quay.io/x/y:2")):
         subprocess.run(
@@ -481,6 +480,13 @@ def test_additional_image_stores_of_storage_conf_are_read(store_root, tmp_path, 
             timeout=120,
             env=dict(os.environ, TMPDIR=str(tmp_path)),
         )
+    return extra
+
+
+def test_additional_image_stores_of_storage_conf_are_read(store_root, tmp_path, monkeypatch):
+    """As podman lists them: a read-only store's images beside the main one's; an image both hold
+    is the main store's, and a store that cannot be read is a note."""
+    extra = _extra_store(tmp_path)
     conf = tmp_path / "storage.conf"
     missing = str(tmp_path / "missing")
     conf.write_text(
@@ -736,3 +742,97 @@ def test_a_storage_conf_over_its_limit_is_refused_not_cut(tmp_path, monkeypatch)
     monkeypatch.setenv("CONTAINERS_STORAGE_CONF", str(conf))
     out = invoke("index", "containers-storage:", "--store", str(tmp_path / "store"))
     assert out.code == 1 and error_lines(out.stderr) == [f"imgdex: {conf}: storage.conf is over the 1048576-byte limit"]
+
+
+def _tags(store) -> dict[tuple[str, str], list[str]]:
+    rows = sql_rows(str(store), "SELECT registry, name, tags FROM images ORDER BY 1, 2")
+    found: dict[tuple[str, str], list[str]] = {}
+    for row in rows:
+        found.setdefault((row["registry"], row["name"]), []).extend(row["tags"])
+    return {key: sorted(tags) for key, tags in found.items()}
+
+
+WHOLE = {
+    ("cr.example.com", "team/app"): ["v1"],
+    ("localhost", "app"): ["1"],
+    ("localhost", "base"): ["amd64", "arm64"],
+    ("localhost", "classic"): ["1"],
+}
+
+
+def _write_entries(root: str, entries: list) -> None:
+    with open(os.path.join(root, "vfs-images", "images.json"), "w") as f:
+        json.dump(entries, f)
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_tags_the_store_no_longer_holds_are_retired(store_root, tmp_path, monkeypatch, jobs):
+    from indexer import workers
+
+    monkeypatch.setattr(workers, "MIN_WORK", 0)  # so that --jobs 2 splits five images
+    root = _copy(store_root, tmp_path)
+    store = tmp_path / "store"
+    _index(store, _spec(root))
+    assert _tags(store) == WHOLE
+    # `skopeo delete` of an image (podman rmi), and one name taken off an image (podman untag)
+    subprocess.run(
+        [_skopeo(), "delete", _spec(root) + "localhost/classic:1"], check=True, capture_output=True, timeout=60
+    )
+    entries = _entries(root)
+    for entry in entries:
+        entry["names"] = [name for name in entry.get("names", []) if name != "cr.example.com/team/app:v1"]
+    _write_entries(root, entries)
+    stderr = _index(store, _spec(root), "--jobs", jobs)
+    if jobs == "1":
+        assert stderr.splitlines() == [
+            f"imgdex: note: {root}: removed 2 tags it no longer holds (cr.example.com/team/app:v1, localhost/classic:1)"
+        ]
+    else:  # each process retires the tags of its repositories
+        assert sorted(stderr.splitlines()) == [
+            f"imgdex: note: {root}: removed a tag it no longer holds (cr.example.com/team/app:v1)",
+            f"imgdex: note: {root}: removed a tag it no longer holds (localhost/classic:1)",
+        ]
+    # the images stay, untagged, as after a registry re-crawl
+    assert _tags(store) == {**WHOLE, ("cr.example.com", "team/app"): [], ("localhost", "classic"): []}
+    assert not _index(store, _spec(root))  # nothing more to say
+
+
+def test_a_ref_or_a_store_not_read_whole_retires_no_tag(store_root, tmp_path):
+    root = _copy(store_root, tmp_path)
+    store = tmp_path / "store"
+    _index(store, _spec(root))
+    entries = _entries(root)
+    for entry in entries:
+        entry["names"] = [name for name in entry.get("names", []) if not name.startswith("localhost/base")]
+    _write_entries(root, entries)
+    _index(store, _spec(root) + "localhost/app:1")  # one image is not the store's list of tags
+    assert _tags(store) == WHOLE
+    for damaged in ([*entries, {"id": "x"}], [*entries, 5], [*entries[:-1], dict(entries[-1], names="x")]):
+        _write_entries(root, damaged)  # an entry whose names cannot be known
+        _index(store, _spec(root), code=1 if damaged[-1] in (5, {"id": "x"}) else 0)
+        # (the images without names now land unnamed as well)
+        assert _tags(store)[("localhost", "base")] == ["amd64", "arm64"]
+    _write_entries(root, entries)
+    _index(store, _spec(root))
+    assert _tags(store) == {**WHOLE, ("localhost", "base"): [], ("", ""): []}
+
+
+def test_tags_of_an_additional_store_that_cannot_be_read_stay(store_root, tmp_path, monkeypatch):
+    extra = _extra_store(tmp_path)
+    conf = tmp_path / "storage.conf"
+    conf.write_text(
+        f'[storage]\ndriver = "vfs"\ngraphroot = "{store_root}"\nrootless_storage_path = "{store_root}"\n'
+        f'[storage.options]\nadditionalimagestores = ["{extra}"]\n'
+    )
+    monkeypatch.setenv("CONTAINERS_STORAGE_CONF", str(conf))
+    store = tmp_path / "store"
+    _index(store, "containers-storage:")
+    assert _tags(store)[("quay.io", "x/y")] == ["2"]
+    os.rename(extra, extra + ".away")
+    _index(store, "containers-storage:")  # a note: the store is skipped, and its tags are not taken for gone
+    assert _tags(store) == {**WHOLE, ("quay.io", "x/y"): ["2"]}
+    os.rename(extra + ".away", extra)
+    _write_entries(extra, [e for e in _entries(extra) if "quay.io/x/y:2" not in e.get("names", [])])
+    stderr = _index(store, "containers-storage:")
+    assert stderr.splitlines() == [f"imgdex: note: {extra}: removed a tag it no longer holds (quay.io/x/y:2)"]
+    assert _tags(store) == {**WHOLE, ("quay.io", "x/y"): []}

@@ -31,12 +31,13 @@ import msgspec
 from .. import collector
 from ..errors import ImgdexError, SourceError, printable
 from ..files import open_readable, stored_path
-from ..model import Blob, ImageRecord
+from ..model import Blob, ImageRecord, TagsRetired
 from ..references import Reference, is_valid_digest, parse_reference
 from ..shard import in_shard
 from .layout import DirBlobs, directory_where, read_plain
 from .parse import MAX_JSON_BYTES, MAX_PARSED_BYTES, Context, load_json, parsed_size, walk
 from .registry_schema1 import is_schema1
+from .vanished import holds_tags, vanished_tags
 
 TRANSPORT = "containers-storage:"
 IMAGES_JSON = "images.json"
@@ -173,7 +174,8 @@ class ContainersStorage:
     extra: tuple[str, ...] = ()  # read-only stores storage.conf adds to the default one
     kind: str = "containers-storage"
     reads_layers = False
-    reads_index = False
+    reads_index = True  # a whole store is its word on the tags of the images recorded from it (vanished.py)
+    store = None
 
     @classmethod
     def from_spec(cls, rest: str) -> "ContainersStorage":
@@ -181,10 +183,14 @@ class ContainersStorage:
         root, driver, extra = (spec.root, spec.driver, ()) if spec.root else default_store()
         return cls(location=root, driver=spec.driver or driver, ref=spec.ref, given=TRANSPORT + rest, extra=extra)
 
-    def records(self, ctx: Context) -> Iterator[ImageRecord | SourceError]:
+    def bind_store(self, store) -> None:
+        self.store = store
+
+    def records(self, ctx: Context) -> Iterator[ImageRecord | SourceError | TagsRetired]:
         ctx.source_path = stored_path(self.location)
         ctx.verify = False  # the layers are unpacked: nothing holds the bytes their digests name
-        return read_storage(self.location, self.driver, self.ref, ctx, self.given or TRANSPORT + self.ref, self.extra)
+        given = self.given or TRANSPORT + self.ref
+        return read_storage(self.location, self.driver, self.ref, ctx, given, self.extra, self.store)
 
 
 def images_folder(root: str, driver: str) -> str:
@@ -205,14 +211,23 @@ def images_folder(root: str, driver: str) -> str:
 
 
 def read_storage(
-    root: str, driver: str, ref: str, ctx: Context, given: str = "", extra: tuple[str, ...] = ()
-) -> Iterator[ImageRecord | SourceError]:
+    root: str,
+    driver: str,
+    ref: str,
+    ctx: Context,
+    given: str = "",
+    extra: tuple[str, ...] = (),
+    store=None,
+) -> Iterator[ImageRecord | SourceError | TagsRetired]:
     """The images of a store, and of the read-only stores `extra` (an image the store holds too is
-    its); with `ref`, those it names (`given`, the source's name, is what a message about it names)."""
+    its); with `ref`, those it names (`given`, the source's name, is what a message about it names).
+    Read whole, with the index's `store`: the tags stored from these stores that they no longer hold
+    are retired."""
     folder = images_folder(root, driver)
     entries = [(folder, position, entry) for position, entry in _entries(folder)]
     driver = driver or os.path.basename(folder)[: -len(_IMAGES_SUFFIX)]  # the one the others use too
     held = {_id_of(entry) for _, _, entry in entries}
+    listed = [(folder, [entry for _, _, entry in entries])]  # every image of each store read
     for other in extra:
         try:
             other_folder = images_folder(other, driver)
@@ -223,6 +238,7 @@ def read_storage(
             continue
         entries += [(other_folder, p, e) for p, e in others if not _id_of(e) or _id_of(e) not in held]
         held.update(_id_of(e) for _, e in others)
+        listed.append((other_folder, [e for _, e in others]))
     try:
         chosen = _chosen(entries, ref, given or TRANSPORT + ref) if ref else entries
     except SourceError:
@@ -240,6 +256,30 @@ def read_storage(
             yield from collector.paused_while(_images(blobs, [c for c in chosen if c[0] == store_folder], sub))
         finally:
             blobs.close()
+    if ref or not holds_tags(store):
+        return  # the images a REF names are not the store's list of tags
+    tags = _tags_of([entry for _, held_entries in listed for entry in held_entries])
+    if tags is None:
+        return
+    for store_folder, _ in listed:
+        held_in = os.path.dirname(store_folder)
+        where = printable(held_in)
+        yield from vanished_tags(store, ctx.source_kind, stored_path(held_in), tags, ctx.shard, where, ctx.note)
+
+
+def _tags_of(entries: list[dict]) -> set[tuple[str, str, str]] | None:
+    """(registry, name, tag) of every tag the entries' names give; None when an entry's names
+    cannot be known (it is no object, or its names no list), so that no tag is taken for gone."""
+    tags = set()
+    for entry in entries:
+        names = entry.get("names", [])
+        if not _ID.fullmatch(_id_of(entry)) or not isinstance(names, list):
+            return None
+        for text in _strings(names):
+            ref = _parsed(text)
+            if ref is not None and ref.tag:
+                tags.add((ref.registry, ref.name, ref.tag))
+    return tags
 
 
 def _items(entries: list[dict]) -> dict[str, tuple[str, str]]:
