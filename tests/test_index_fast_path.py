@@ -572,3 +572,32 @@ def test_a_store_file_declaring_huge_key_columns_leaves_the_questions_to_the_fil
     monkeypatch.setattr(delta, "SEED_FILE_BYTES", 1 << 20)
     with DeltaWriter(store) as writer:
         assert writer._tables.snapshot(seed=True).own is not None
+
+
+def test_the_tags_of_a_source_in_a_small_store_come_from_its_rows(tmp_path, monkeypatch):
+    """What a whole engine read again asks before it retires tags: answered from a small store's
+    rows without starting DuckDB, as the files answer it, and its retirement settled alike."""
+    records = _records(tmp_path, 3)
+    others = _records(tmp_path, 2, "team/other")
+    store = str(tmp_path / "store")
+    _runs_each_its_own(store, [records[:2], others, records[2:]])
+    kind, location = records[0].source_kind, records[0].source_path
+    with DeltaWriter(store) as writer:
+        tags = writer.source_tags(kind, location)
+        assert writer._tables._con is None
+        writer.retire_tags("cr.example", "team/app", ["v1"])
+        assert writer._tables._con is None
+    assert tags == [("cr.example", "team/app", f"v{i}") for i in range(3)]
+    with DeltaWriter(store) as writer:
+        assert writer.source_tags(others[0].source_kind, others[0].source_path) == [
+            ("cr.example", "team/other", f"v{i}") for i in range(2)
+        ]
+    # The same questions of the files alone
+    files = str(tmp_path / "files")
+    _runs_each_its_own(files, [records[:2], others, records[2:]])
+    with monkeypatch.context() as patch:
+        patch.setattr(stored_rows.StoredRows, "source_tags", lambda self, kind, location: None)
+        with DeltaWriter(files) as writer:
+            assert writer.source_tags(kind, location) == tags
+            writer.retire_tags("cr.example", "team/app", ["v1"])
+    assert _state(store) == _state(files)

@@ -23,8 +23,9 @@ def _id(n: int) -> str:
 
 
 def _row(n: int, exactness: int, tags, note: str) -> dict:
-    # One name per image, as an id is made from it.
-    return image(n, exactness, tags=sorted(set(tags)), note=note, name=NAMES[n % 2])
+    # One name per image, as an id is made from it; two sources, whose rows of one image differ.
+    row = image(n, exactness, tags=sorted(set(tags)), note=note, name=NAMES[n % 2])
+    return dict(row, source_path=f"/src/{note}")
 
 
 _images = st.integers(1, 3)
@@ -100,6 +101,8 @@ def test_stored_rows_settle_what_duckdb_resolves(tmp_path_factory, steps):
         digests = {f"sha256:{n:064x}" for n in range(1, 6)}
         columns = ("id", "registry", "name", "digest", "id_origin", "tags")
         assert sorted(rows.with_digests(digests, columns)) == sorted(_with_digests(duck, digests, columns))
+        for source in ("/src/a", "/src/b"):
+            assert rows.source_tags("oci", source) == duck.source_tags("oci", source)
         # The same data as stored, by value here and by content hash in DuckDB.
         incoming = delta._cast("images", images(*(_row(n, 1, (), "a") for n in range(1, 4))))
         incoming = incoming.select([f.name for f in schema.IMAGES])

@@ -546,6 +546,17 @@ class Snapshot:
             return arrow.empty(schema.IMAGES)
         return _arrow(self._connect(), deltalog.resolved_sql(*versions)).select([f.name for f in schema.IMAGES])
 
+    def source_tags(self, kind: str, location: str) -> list[tuple[str, str, str]]:
+        """(registry, name, tag) of every tag held by the current images whose record is that of
+        the source `kind` at `location` (the source of the data row that wins: a more exact record
+        of the image from elsewhere makes it that source's), sorted."""
+        if self.rows is not None and (found := self.rows.source_tags(kind, location)) is not None:
+            return found
+        where = "source_kind = ? AND source_path = ?"
+        images = self.current_images(where, ("registry", "name", "tags", "source_kind", "source_path"))
+        sql = f"SELECT registry, name, unnest(tags) FROM ({images}) WHERE {where} ORDER BY 1, 2, 3"
+        return [tuple(row) for row in self.versions_con.execute(sql, [kind, location] * 2).fetchall()]
+
     def tag_holders(self, keys: pa.Table) -> pa.Table:
         """registry, name, tag, image_id of the current claims among `keys` (registry, name, tag)."""
         keys = keys.select(["registry", "name", "tag"])

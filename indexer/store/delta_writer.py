@@ -374,16 +374,14 @@ class DeltaWriter:
                 yield name, tags, exact
 
     def source_tags(self, kind: str, location: str) -> list[tuple[str, str, str]]:
-        """(registry, name, tag) of every tag held by the current images whose record is that of
-        the source `kind` at `location` (the source of the data row that wins: a more exact
-        record of the image from elsewhere makes it that source's)."""
-        snapshot = self._snapshot()
-        if snapshot is None:
+        """`Snapshot.source_tags` of the store as it is now (the tags an engine or a podman store
+        read whole may retire: sources/vanished.py)."""
+        if not self._exists:
             return []
-        where = "source_kind = ? AND source_path = ?"
-        images = snapshot.current_images(where, ("registry", "name", "tags", "source_kind", "source_path"))
-        sql = f"SELECT registry, name, unnest(tags) FROM ({images}) WHERE {where} ORDER BY 1, 2, 3"
-        return self._guarded(lambda: snapshot.versions_con.execute(sql, [kind, location] * 2).fetchall())
+        # Seeded as a first commit seeds it: a small store's rows then answer without DuckDB, and
+        # the run's first batch finds them read.
+        snapshot = self._guarded(self._tables.snapshot, seed=True)
+        return self._guarded(snapshot.source_tags, kind, location)
 
     def settle_tags(self, moves: dict[str, list[tuple[str, str, str]]], retired: list[tuple[str, str, str]]) -> None:
         """In one commit, like `write`: point each tag of `moves` (registry -> (name, tag, digest))

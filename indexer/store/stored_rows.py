@@ -257,3 +257,26 @@ class StoredRows:
             for tag in row[_TAGS] or ()
             if (row[_REGISTRY], row[_NAME], tag) in wanted
         ]
+
+    def source_tags(self, kind: str, location: str) -> list[tuple[str, str, str]] | None:
+        """`Snapshot.source_tags`: (registry, name, tag) of the tags held by the current images
+        whose data row is the record of the source `kind` at `location`, sorted; None when one of
+        them cannot be settled or read here."""
+        candidates = self._ids_where(_TAGS, bool)
+        settled = self._settled(candidates) if candidates else []
+        if settled is None:
+            return None
+        by_file: dict[str, list[tuple]] = {}
+        for row in settled:
+            if row[_TAGS]:
+                by_file.setdefault(row[_PATH], []).append(row)
+        found = []
+        for path, rows in by_file.items():
+            sources = self._rows_at(path, {row[_POSITION] for row in rows}, ("source_kind", "source_path"))
+            if sources is None:
+                return None
+            for row in rows:
+                source = sources[row[_POSITION]]
+                if (source["source_kind"], source["source_path"]) == (kind, location):
+                    found += [(row[_REGISTRY], row[_NAME], tag) for tag in row[_TAGS]]
+        return sorted(found)
