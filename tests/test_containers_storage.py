@@ -836,3 +836,13 @@ def test_tags_of_an_additional_store_that_cannot_be_read_stay(store_root, tmp_pa
     stderr = _index(store, "containers-storage:")
     assert stderr.splitlines() == [f"imgdex: note: {extra}: removed a tag it no longer holds (quay.io/x/y:2)"]
     assert _tags(store) == {**WHOLE, ("quay.io", "x/y"): []}
+
+
+def test_a_root_named_with_a_trailing_slash_retires_its_own_tags(store_root, tmp_path):
+    root = _copy(store_root, tmp_path)
+    spec = f"containers-storage:[vfs@{root}/]"  # the records' source path is the root as named
+    store = tmp_path / "store"
+    _index(store, spec)
+    _write_entries(root, [e for e in _entries(root) if "localhost/classic:1" not in e.get("names", [])])
+    assert "removed a tag it no longer holds (localhost/classic:1)" in _index(store, spec)
+    assert _tags(store) == {**WHOLE, ("localhost", "classic"): []}

@@ -245,13 +245,14 @@ def read_storage(
         if in_shard(ctx.shard, given or ref):  # said by one shard, as one process says it
             raise
         return
+
+    def held_in(store_folder: str) -> str:
+        """The source_path of a store's records: the root as given, an additional store's own."""
+        return ctx.source_path if store_folder == folder else stored_path(os.path.dirname(store_folder))
+
     for store_folder in dict.fromkeys(f for f, _, _ in chosen):
         blobs = StorageBlobs(store_folder, _items([e for f, _, e in entries if f == store_folder]))
-        sub = (
-            ctx
-            if store_folder == folder
-            else dataclasses.replace(ctx, source_path=stored_path(os.path.dirname(store_folder)))
-        )
+        sub = ctx if store_folder == folder else dataclasses.replace(ctx, source_path=held_in(store_folder))
         try:
             yield from collector.paused_while(_images(blobs, [c for c in chosen if c[0] == store_folder], sub))
         finally:
@@ -262,9 +263,8 @@ def read_storage(
     if tags is None:
         return
     for store_folder, _ in listed:
-        held_in = os.path.dirname(store_folder)
-        where = printable(held_in)
-        yield from vanished_tags(store, ctx.source_kind, stored_path(held_in), tags, ctx.shard, where, ctx.note)
+        path = held_in(store_folder)
+        yield from vanished_tags(store, ctx.source_kind, path, tags, ctx.shard, printable(path), ctx.note)
 
 
 def _tags_of(entries: list[dict]) -> set[tuple[str, str, str]] | None:

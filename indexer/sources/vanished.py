@@ -20,7 +20,8 @@ _SHOWN = 5  # tags named in the note
 
 
 def holds_tags(store) -> bool:
-    """Whether `store` can say which tags came from a source (the index's store, not a test's)."""
+    """Whether `store` can say which tags came from a source (a writer of the index can; without
+    one, nothing is retired)."""
     return store is not None and callable(getattr(store, "source_tags", None))
 
 
