@@ -11,11 +11,14 @@ import shutil
 import subprocess
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from conftest import REAL, need_skopeo
 from indexer.errors import SourceError
 from indexer.sources import SkopeoDir, parse_source
-from indexer.sources.skopeo_dir import is_skopeo_dir
+from indexer.sources.skopeo_dir import is_skopeo_dir, synced_name
+from services import registry, services_folder  # noqa: F401  (session fixtures)
 from test_badinput import error_lines, invoke, sql_rows
 
 APP = os.path.join(REAL, "oci-archive-app.tar")
@@ -366,3 +369,109 @@ def test_an_instance_manifest_is_named_in_its_errors(copies, tmp_path):
         f.truncate(8 * 1024 * 1024 + 1)
     (line,) = error_lines(_index(str(tmp_path / "large"), f"dir:{folder}", code=1))
     assert line.startswith(f"imgdex: {path}: {instance} is {8 * 1024 * 1024 + 1} bytes, over the")
+
+
+# ----------------------------------------------------------------------------- skopeo sync --dest dir
+
+
+def _run_skopeo(*args: str, tmp_path) -> None:
+    subprocess.run(
+        [_skopeo(), "--insecure-policy", *args],
+        check=True,
+        capture_output=True,
+        timeout=300,
+        env=dict(os.environ, TMPDIR=str(tmp_path)),
+    )
+
+
+@pytest.fixture(scope="module")
+def synced(registry, tmp_path_factory) -> dict[str, str]:  # noqa: F811
+    """A registry's repositories mirrored by `skopeo sync --dest dir`, with and without --scoped:
+    team/app tagged v1 and v2 (one image), base:1 a multi-arch index with its images."""
+    work = tmp_path_factory.mktemp("sync")
+    host = registry.address
+    for source, ref, extra in (
+        (f"oci-archive:{APP}", "team/app:v1", []),
+        (f"oci-archive:{APP}", "team/app:v2", []),
+        (f"oci-archive:{MULTIARCH}", "base:1", ["--all"]),
+    ):
+        _run_skopeo("copy", "-q", *extra, "--dest-tls-verify=false", source, f"docker://{host}/{ref}", tmp_path=work)
+    made = {}
+    for kind, scoped in (("scoped", ["--scoped"]), ("plain", [])):
+        made[kind] = str(work / kind)
+        for repository in ("team/app", "base"):
+            _run_skopeo(
+                "sync", "--all", *scoped, "--src", "docker", "--dest", "dir", "--src-tls-verify=false",
+                f"{host}/{repository}", made[kind], tmp_path=work,
+            )  # fmt: skip
+    return made
+
+
+def _plain_images(store: str, *sources: str) -> list[dict]:
+    out = invoke("index", *sources, "--store", store)
+    assert out.code == 0, out.stderr
+    return _images(store)
+
+
+@pytest.mark.services
+def test_a_scoped_sync_is_named_as_the_registry_it_mirrors(synced, registry, tmp_path):  # noqa: F811
+    host = registry.address
+    assert os.path.isdir(os.path.join(synced["scoped"], host, "team", "app:v1"))
+    mirrored = _plain_images(str(tmp_path / "mirror"), synced["scoped"])
+    crawled = _plain_images(str(tmp_path / "crawl"), f"docker://{host}", "--insecure-registry", host)
+    # Every Image.Get answer of the mirror is the registry's own: ids, names, tags, digests.
+    assert mirrored == crawled
+    tagged = sorted((doc["name"], doc["tags"]) for doc in mirrored if doc.get("tags"))
+    assert tagged == [("base", ["1"]), ("team/app", ["v1", "v2"])]
+    assert len(mirrored) == 4  # base's two platform images, untagged, beside its index
+    rows = sql_rows(str(tmp_path / "mirror"), "SELECT DISTINCT registry FROM images")
+    assert rows == [{"registry": host}]
+
+
+@pytest.mark.services
+def test_an_unscoped_sync_or_a_path_that_names_another_manifest_names_nothing(synced, registry, tmp_path):  # noqa: F811
+    # Without --scoped the path gives no registry: the copies land unnamed.
+    assert sorted(os.listdir(synced["plain"])) == ["app:v1", "app:v2", "base:1"]
+    assert {doc.get("name", "") for doc in _plain_images(str(tmp_path / "plain"), synced["plain"])} == {""}
+    # A digest in the path must be the copy's own manifest's.
+    folder = str(tmp_path / "mirror")
+    shutil.copytree(synced["scoped"], folder)
+    app = os.path.join(folder, registry.address, "team")
+    other = "sha256:" + "0" * 64
+    os.rename(os.path.join(app, "app:v2"), os.path.join(app, f"app@{other}"))
+    out = invoke("index", folder, "--store", str(tmp_path / "store"))
+    assert out.code == 0, out.stderr
+    assert error_lines(out.stderr) == []
+    assert f"ignoring the name '{registry.address}/team/app@{other}' its path gives" in out.stderr
+    tagged = sorted((doc.get("name", ""), doc.get("tags", [])) for doc in _images(str(tmp_path / "store")))
+    assert ("team/app", ["v1"]) in tagged
+
+
+@pytest.mark.parametrize(
+    "path, name",
+    [
+        ("quay.io/libpod/busybox:latest", "quay.io/libpod/busybox:latest"),
+        ("127.0.0.1:5000/team/app:v1", "127.0.0.1:5000/team/app:v1"),
+        ("localhost/app:1", "localhost/app:1"),
+        ("docker.io/library/busybox:1", "docker.io/library/busybox:1"),
+        ("docker.io/busybox:1", "docker.io/library/busybox:1"),
+        (f"r.example/app@sha256:{'a' * 64}", f"r.example/app@sha256:{'a' * 64}"),
+        ("busybox:latest", None),  # sync without --scoped: no registry
+        ("team/app:v1", None),  # a path, not a host, first
+        ("Mirror/app:v1", None),  # a folder in another case is no host here
+        ("quay.io/libpod/busybox", None),  # no tag: not what sync writes
+        ("mirror.d/quay.io/app:1:x", None),  # not a reference
+        ("quay.io", None),
+    ],
+)
+def test_a_synced_path_names_its_copy_only_when_it_is_a_full_reference(path, name):
+    found = synced_name(path.split("/"))
+    assert (str(found) if found else None) == name
+
+
+@given(st.lists(st.text(alphabet="abc.:@/-_0123456789ABCsha", max_size=12), min_size=1, max_size=5))
+def test_any_path_gives_a_reference_with_a_host_or_none(parts):
+    found = synced_name(parts)
+    if found is not None:
+        assert found.registry == parts[0] or parts[0] == "docker.io"
+        assert found.tag or found.digest

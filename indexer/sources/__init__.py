@@ -21,7 +21,7 @@ from .containers_storage import ContainersStorage, is_storage_root, read_storage
 from .docker_archive import Selection, parse_selection, read_docker_archive
 from .layout import is_layout_dir, read_layout_dir, read_layout_tar
 from .parse import Context
-from .skopeo_dir import is_skopeo_dir, read_skopeo_dir
+from .skopeo_dir import is_skopeo_dir, read_skopeo_dir, synced_name
 from ..files import not_regular, stored_path, walk
 from .tarball import STDIN_NAMES, TarMembers
 
@@ -198,12 +198,12 @@ def image_dir_kind(path: str) -> str | None:
     return "containers-storage" if is_storage_root(path) else None
 
 
-def _read_dir(kind: str, path: str, ctx: Context) -> Iterator[ImageRecord | SourceError]:
-    """The records of a directory `image_dir_kind` found to be of `kind`."""
+def _read_dir(kind: str, path: str, ctx: Context, root: str) -> Iterator[ImageRecord | SourceError]:
+    """The records of a directory `image_dir_kind` found to be of `kind` below the folder `root`."""
     if kind == "oci":
         return read_layout_dir(path, ctx)
     if kind == "dir":
-        return read_skopeo_dir(path, ctx)
+        return read_skopeo_dir(path, ctx, synced_name(os.path.relpath(path, root).split(os.sep)))
     return read_storage(path, "", "", ctx)
 
 
@@ -222,7 +222,7 @@ def _read_folder(root: str, ctx: Context) -> Iterator[ImageRecord | SourceError]
         try:
             if kind != "archive":
                 archives += 1
-                yield from _read_dir(kind, path, sub)
+                yield from _read_dir(kind, path, sub, root)
                 continue
             kind, records = _read_detected(TarMembers.open(path, hash_members=ctx.verify), sub)
             archives += 1
