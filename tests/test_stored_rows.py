@@ -111,6 +111,23 @@ def test_stored_rows_settle_what_duckdb_resolves(tmp_path_factory, steps):
         assert rows.same_data(incoming, delta.DATA_COLUMNS) == same
 
 
+def test_the_tags_of_a_source_are_those_of_the_images_whose_current_row_is_its(tmp_path):
+    with DeltaStore(str(tmp_path / "store")) as store:
+        store.create()
+        # Image 1 read from /src/a, then more exactly from /src/b: b's now, with a's tags pooled.
+        store.write_run({"run_id": "a"}, lambda snap: premerge(snap, images(_row(1, 1, ["v1"], "a"))))
+        store.write_run({"run_id": "b"}, lambda snap: premerge(snap, images(_row(1, 3, ["v2"], "b"))))
+        store.write_run({"run_id": "c"}, lambda snap: premerge(snap, images(_row(2, 1, ["stable"], "a"))))
+        rows = _stored_rows(store, store.files())
+        duck = Snapshot(store.files(), store._duckdb)
+        for source, tags in (
+            ("/src/a", [("r.example", "app", "stable")]),
+            ("/src/b", [("r.example", "web", "v1"), ("r.example", "web", "v2")]),
+        ):
+            assert duck.source_tags("oci", source) == tags
+            assert rows.source_tags("oci", source) == tags
+
+
 def test_a_hash_the_rows_lack_is_left_to_duckdb(tmp_path):
     with DeltaStore(str(tmp_path / "store")) as store:
         store.create()

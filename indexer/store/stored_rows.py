@@ -261,22 +261,28 @@ class StoredRows:
     def source_tags(self, kind: str, location: str) -> list[tuple[str, str, str]] | None:
         """`Snapshot.source_tags`: (registry, name, tag) of the tags held by the current images
         whose data row is the record of the source `kind` at `location`, sorted; None when one of
-        them cannot be settled or read here."""
-        candidates = self._ids_where(_TAGS, bool)
+        them cannot be settled or read here. The source columns of every file are read (two narrow
+        columns), so that only the ids with a row of that source are settled."""
+        columns = ("source_kind", "source_path")
+        sources: dict[str, dict[str, list]] = {}
+        candidates: set[str] = set()
+        for path, keys in self._keys.items():
+            read = self._read(path, columns)
+            if read is None or len(read) != len(columns):
+                return None
+            sources[path] = read
+            candidates.update(
+                row_id
+                for row_id, row_kind, row_path in zip(keys[_ID], read["source_kind"], read["source_path"])
+                if row_kind == kind and row_path == location
+            )
         settled = self._settled(candidates) if candidates else []
         if settled is None:
             return None
-        by_file: dict[str, list[tuple]] = {}
-        for row in settled:
-            if row[_TAGS]:
-                by_file.setdefault(row[_PATH], []).append(row)
         found = []
-        for path, rows in by_file.items():
-            sources = self._rows_at(path, {row[_POSITION] for row in rows}, ("source_kind", "source_path"))
-            if sources is None:
-                return None
-            for row in rows:
-                source = sources[row[_POSITION]]
-                if (source["source_kind"], source["source_path"]) == (kind, location):
-                    found += [(row[_REGISTRY], row[_NAME], tag) for tag in row[_TAGS]]
+        for row in settled:
+            source = sources[row[_PATH]]
+            position = row[_POSITION]
+            if row[_TAGS] and (source["source_kind"][position], source["source_path"][position]) == (kind, location):
+                found += [(row[_REGISTRY], row[_NAME], tag) for tag in row[_TAGS]]
         return sorted(found)
