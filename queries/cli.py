@@ -454,7 +454,8 @@ def shown_value(value: str) -> str:
     "--docker-host",
     default="",
     metavar="URL",
-    help="Docker engine for docker-daemon: sources. Default: $DOCKER_HOST, else the local socket.",
+    help="Docker engine for docker-daemon: sources. Default: $DOCKER_HOST, else the current docker context, "
+    "else the local socket.",
 )
 @click.option("--all", "all_images", is_flag=True, help="docker-daemon: also index intermediate images.")
 @click.option(

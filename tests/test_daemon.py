@@ -344,7 +344,7 @@ def test_history_sizes_adding_up_past_int64_fail_that_image_only(tmp_path, monke
     assert [r.name for r in records] == ["good/app"]
     assert len(errors) == 1 and "add up to 9223372036854775808" in str(errors[0])
     # Through the CLI: one line, and what is good lands.
-    monkeypatch.setattr(daemon, "connect_engine", lambda address: fake)
+    monkeypatch.setattr(daemon, "connect_engine", lambda address, environ=None: fake)
     result = CliRunner().invoke(cli, ["index", "docker-daemon:", "--store", str(tmp_path / "store")])
     assert result.exit_code == 1 and result.stdout.startswith("indexed 1 images, 1 failed")
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
@@ -620,7 +620,7 @@ def test_cli_passes_docker_host_and_all(monkeypatch, tmp_path):
     fake.add(classic_image("app", tags=["t/app:1"], steps=APP_STEPS))
     fake.add(classic_image("step"), intermediate=True)
     addresses = []
-    monkeypatch.setattr(daemon, "connect_engine", lambda address: addresses.append(address) or fake)
+    monkeypatch.setattr(daemon, "connect_engine", lambda address, environ=None: addresses.append(address) or fake)
     store = str(tmp_path)
     result = CliRunner().invoke(
         cli, ["index", "docker-daemon:", "--docker-host", "unix:///run/x.sock", "--all", "--store", store]
@@ -1350,7 +1350,7 @@ def test_engine_path_imports_neither_the_docker_sdk_nor_requests():
 
 
 def _index_engine(monkeypatch, fake: FakeEngine, store: str, *args: str, code: int = 0):
-    monkeypatch.setattr(daemon, "connect_engine", lambda address: fake)
+    monkeypatch.setattr(daemon, "connect_engine", lambda address, environ=None: fake)
     result = CliRunner().invoke(cli, ["index", *args, "--store", store])
     assert result.exit_code == code, result.output
     return result

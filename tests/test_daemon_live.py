@@ -509,25 +509,32 @@ class _Relay:
                 pass
 
 
+def _checking_client_certificates(tmp_path):
+    """(a server TLS context that requires a client certificate, the folder of the client's
+    ca.pem, cert.pem and key.pem), as an engine started with --tlsverify checks them."""
+    import ssl
+
+    from fake_engine import make_tls_files
+
+    try:
+        files = make_tls_files(str(tmp_path / "tls"))
+    except FileNotFoundError as exc:
+        pytest.fail(str(exc)) if os.environ.get("CI") else pytest.skip(str(exc))
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(files["server_cert"], files["server_key"])
+    tls.verify_mode = ssl.CERT_REQUIRED
+    tls.load_verify_locations(files["ca"])
+    return tls, files["client"]
+
+
 @pytest.mark.parametrize("secure", [False, True], ids=["tcp", "tls"])
 def test_engine_over_tcp_and_tls_found_through_the_environment(engine, store, tmp_path, secure):  # noqa: F811
     """DOCKER_HOST=tcp://..., and DOCKER_TLS_VERIFY with DOCKER_CERT_PATH for an engine checking client certificates."""
     env = {key: value for key, value in os.environ.items() if key not in ("DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")}
     tls = None
     if secure:
-        import ssl
-
-        from fake_engine import make_tls_files
-
-        try:
-            files = make_tls_files(str(tmp_path / "tls"))
-        except FileNotFoundError as exc:
-            pytest.fail(str(exc)) if os.environ.get("CI") else pytest.skip(str(exc))
-        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        tls.load_cert_chain(files["server_cert"], files["server_key"])
-        tls.verify_mode = ssl.CERT_REQUIRED
-        tls.load_verify_locations(files["ca"])
-        env.update(DOCKER_TLS_VERIFY="1", DOCKER_CERT_PATH=files["client"])
+        tls, client = _checking_client_certificates(tmp_path)
+        env.update(DOCKER_TLS_VERIFY="1", DOCKER_CERT_PATH=client)
     relay = _Relay(engine.socket_path, tls)
     try:
         env["DOCKER_HOST"] = f"tcp://127.0.0.1:{relay.port}"
@@ -542,6 +549,37 @@ def test_engine_over_tcp_and_tls_found_through_the_environment(engine, store, tm
             )
     finally:
         relay.stop()
+
+
+@pytest.mark.parametrize("kind", ["unix", "tls"])
+def test_engine_found_through_the_docker_clis_current_context(engine, store, tmp_path, kind):  # noqa: F811
+    """`docker context create` and `docker context use`, run by the docker CLI itself: without
+    DOCKER_HOST, the engine of the current context is indexed, over TLS with the context's files."""
+    from services import DOCKER
+
+    unset = ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "DOCKER_CONTEXT")
+    env = {key: value for key, value in os.environ.items() if key not in unset}
+    env["DOCKER_CONFIG"] = str(tmp_path / "docker-config")
+    relay = None
+    if kind == "unix":
+        endpoint = f"host=unix://{engine.socket_path}"
+    else:
+        tls, client = _checking_client_certificates(tmp_path)
+        relay = _Relay(engine.socket_path, tls)
+        endpoint = f"host=tcp://127.0.0.1:{relay.port},ca={client}/ca.pem,cert={client}/cert.pem,key={client}/key.pem"
+    try:
+        for args in (("context", "create", "imgdex-live", "--docker", endpoint), ("context", "use", "imgdex-live")):
+            subprocess.run([DOCKER, *args], env=env, check=True, capture_output=True, timeout=60)
+        imgdex("index", "docker-daemon:", "--store", tmp_path / "store", env=env)
+        assert listing(str(tmp_path / "store")) == listing(store)
+    finally:
+        if relay is not None:
+            relay.stop()
+    # DOCKER_CONTEXT names another, which does not exist: one line, as the CLI refuses it.
+    env["DOCKER_CONTEXT"] = "nope"
+    result = imgdex("index", "docker-daemon:", "--store", tmp_path / "none", env=env, check=False)
+    assert result.returncode == 1 and len(result.stderr.splitlines()) == 1
+    assert "docker context 'nope' (named by DOCKER_CONTEXT) does not exist" in result.stderr
 
 
 def test_stopped_engine_is_one_line_and_exit_1(tmp_path, services_folder):  # noqa: F811

@@ -138,7 +138,10 @@ class _Served:
 
 @pytest.fixture
 def serve(monkeypatch):
-    monkeypatch.setattr(daemon, "connect_engine", lambda address: EngineApiClient(address, timeout=TIMEOUT))
+    def connect(address, environ=None):
+        return EngineApiClient(address, timeout=TIMEOUT, environ=environ)
+
+    monkeypatch.setattr(daemon, "connect_engine", connect)
     servers = []
 
     def start(fake: FakeEngine, faults: dict | None = None) -> _Served:

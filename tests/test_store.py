@@ -554,7 +554,7 @@ def test_equally_exact_records_merge_field_by_field_in_any_order(tmp_path, monke
 
     specs, fake, config_size = corpus(tmp_path)
     if fake is not None:
-        monkeypatch.setattr(daemon, "connect_engine", lambda address: fake)
+        monkeypatch.setattr(daemon, "connect_engine", lambda address, environ=None: fake)
     a, b = specs
     layouts = {"a-then-b": [[a], [b]], "b-then-a": [[b], [a]], "one-run-ab": [[a, b]], "one-run-ba": [[b, a]]}
     results = {}

@@ -77,6 +77,7 @@ from .parse import (
     size_problem,
     valid_size,
 )
+from .docker_context import current_context
 from .vanished import holds_tags, vanished_tags
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
@@ -153,9 +154,16 @@ def api_at_least(version: str, wanted: str) -> bool:
     return parts(version) >= parts(wanted)
 
 
-def resolve_host(docker_host: str = "") -> str:
-    """The engine address: --docker-host, else DOCKER_HOST, else the local socket, as the Docker SDK orders them."""
-    return docker_host or os.environ.get("DOCKER_HOST") or DEFAULT_HOST
+def resolve_host(docker_host: str = "") -> tuple[str, dict[str, str] | None]:
+    """The engine address, and the TLS variables to read in place of the environment's (None: the
+    environment's): --docker-host, else DOCKER_HOST, else the docker CLI's current context (see
+    docker_context.py), else the local socket."""
+    if docker_host or os.environ.get("DOCKER_HOST"):
+        return docker_host or os.environ["DOCKER_HOST"], None
+    context = current_context()
+    if context is None:
+        return DEFAULT_HOST, None
+    return context.host, context.environ
 
 
 # ----------------------------------------------------------------------------- where the engine is
@@ -703,8 +711,8 @@ def _platform_json(platform: Platform) -> str:
     return json.dumps(doc, separators=(",", ":"))
 
 
-def connect_engine(address: str) -> EngineClient:
-    return EngineApiClient(address)
+def connect_engine(address: str, environ: Mapping[str, str] | None = None) -> EngineClient:
+    return EngineApiClient(address, environ=environ)
 
 
 # ----------------------------------------------------------------------------- mapping
@@ -1036,10 +1044,19 @@ class DockerDaemon:
     connect: Callable[[str], EngineClient] | None = None  # None: connect_engine, the engine's HTTP API
     workers: int = WORKERS
     window: int = WINDOW
+    tls_environ: dict[str, str] | None = None  # a docker context's TLS settings, read in place of the environment's
 
     @classmethod
     def from_spec(cls, ref: str, docker_host: str = "", all_images: bool = False) -> "DockerDaemon":
-        return cls(location=resolve_host(docker_host), ref=ref, all_images=all_images, workers=WORKERS, window=WINDOW)
+        location, tls_environ = resolve_host(docker_host)
+        return cls(
+            location=location,
+            ref=ref,
+            all_images=all_images,
+            workers=WORKERS,
+            window=WINDOW,
+            tls_environ=tls_environ,
+        )
 
     @property
     def spec(self) -> str:
@@ -1060,7 +1077,10 @@ class DockerDaemon:
                     yield SourceError(where, f"{self.ref!r} is not an image reference or ID")
                 return
         try:
-            client = (self.connect or connect_engine)(self.location)
+            if self.connect is not None:
+                client = self.connect(self.location)
+            else:
+                client = connect_engine(self.location, self.tls_environ)
         except EngineUnavailable as exc:
             raise SourceError(where, str(exc)) from None
         try:
