@@ -54,6 +54,18 @@ def open_readable(path: str, what: str = "", *, pipes: bool = False, buffering: 
     return os.fdopen(fd, "rb", buffering)
 
 
+def read_small(path: str, limit: int, what: str) -> bytes:
+    """The whole of `path`, a regular file of at most `limit` bytes (`what` names it in errors):
+    SourceError for anything else, a FIFO or device refused unopened, a longer file refused rather
+    than cut (a cut at a line's end can parse as valid text that says less). OSError (missing,
+    unreadable) is left to the caller."""
+    with open_readable(path, what) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise SourceError(printable(path), f"{what} is over the {limit}-byte limit")
+    return data
+
+
 def walk(top: str, onerror=None) -> Iterator[tuple[str, list[str], list[str]]]:
     """`os.walk(top, onerror=onerror)`, top-down, in the same order, without following symlinks,
     and without its recursion: before Python 3.12 it recurses once per level, and a folder nested

@@ -104,7 +104,7 @@ def test_the_cli_reads_the_engine_of_the_current_context(tmp_path, monkeypatch):
         ("no host", "docker context 'remote' names no engine (Endpoints.docker.Host)"),
         ("not json", "not JSON"),
         ("fifo", "not a regular file (named pipe)"),
-        ("huge", "larger than 1 MiB, not a file the docker CLI writes"),
+        ("huge", "meta.json is over the 1048576-byte limit"),
         ("config fifo", "not a regular file (named pipe)"),
     ],
 )

@@ -9,6 +9,7 @@ the server stops). The exact-record test uses a real `docker-registry`.
 import dataclasses
 import json
 import os
+import re
 import random
 import threading
 import time
@@ -544,3 +545,25 @@ def test_retry_after_on_every_answer_waits_at_most_the_retry_budget_of_one_reque
     assert "past the 1.5 s one request may wait in all (after 2 attempts)" in errors[0], errors
     assert fake.hits["/v2/b/two/manifests/v1"] == 2  # one wait of 1 s; a second would pass 1.5 s
     assert seconds < BOUND
+
+
+@pytest.mark.parametrize("kind", ["fifo", "huge", "device"])
+def test_an_auth_file_that_is_no_small_regular_file_is_refused_in_one_line(tmp_path, kind):
+    from indexer.errors import AuthError
+    from indexer.sources.registry_auth import MAX_AUTH_FILE_BYTES, find_credentials
+
+    path = tmp_path / "config.json"
+    if kind == "fifo":
+        os.mkfifo(path)  # opened for reading, it would wait for a writer for ever
+    elif kind == "huge":
+        with open(path, "wb") as f:
+            f.truncate(MAX_AUTH_FILE_BYTES + 1)
+    else:
+        os.symlink("/dev/zero", path)  # read whole, it would never end
+    reason = {
+        "fifo": "config.json is not a regular file (named pipe)",
+        "huge": "config.json is over the 16777216-byte limit",
+        "device": "config.json is not a regular file (character device)",
+    }
+    with pytest.raises(AuthError, match=r"cannot read credentials from .*config\.json: " + re.escape(reason[kind])):
+        find_credentials("registry.example", "a/one", [str(path)])

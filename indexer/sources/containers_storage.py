@@ -30,7 +30,7 @@ import msgspec
 
 from .. import collector
 from ..errors import ImgdexError, SourceError, printable
-from ..files import open_readable, stored_path
+from ..files import read_small, stored_path
 from ..model import Blob, ImageRecord, TagsRetired
 from ..references import Reference, is_valid_digest, parse_reference
 from ..shard import in_shard
@@ -145,10 +145,7 @@ def _storage_conf(path: str) -> dict | None:
     except ImportError:  # Python 3.10: the defaults stand, a spec names anything else
         return {}
     try:
-        with open_readable(path, "storage.conf") as f:  # a FIFO would block an open for ever
-            data = f.read(_MAX_CONF_BYTES + 1)
-        if len(data) > _MAX_CONF_BYTES:
-            raise SourceError(printable(path), f"storage.conf is over the {_MAX_CONF_BYTES}-byte limit")
+        data = read_small(path, _MAX_CONF_BYTES, "storage.conf")
         table = tomllib.loads(data.decode("utf-8")).get("storage", {})
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise SourceError(printable(path), f"storage.conf cannot be read ({exc})") from None

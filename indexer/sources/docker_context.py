@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..errors import SourceError, printable
-from ..files import open_readable
+from ..files import read_small
 
 DEFAULT_CONTEXT = "default"
 # config.json and meta.json are a few hundred bytes; past this, a file is not one the CLI wrote.
@@ -80,16 +80,13 @@ def _read_json(path: str, missing: str) -> object:
     saying `missing`. Any other failure is SourceError naming the file."""
     where = printable(path)
     try:
-        with open_readable(path) as f:
-            data = f.read(MAX_FILE_BYTES + 1)
+        data = read_small(path, MAX_FILE_BYTES, os.path.basename(path))
     except FileNotFoundError:
         if missing:
             raise SourceError(where, missing) from None
         return None
     except OSError as exc:
         raise SourceError(where, exc.strerror or str(exc)) from None
-    if len(data) > MAX_FILE_BYTES:
-        raise SourceError(where, f"larger than {MAX_FILE_BYTES >> 20} MiB, not a file the docker CLI writes")
     try:
         return json.loads(data)
     except (ValueError, RecursionError) as exc:

@@ -23,7 +23,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Hashable, Iterator
 
-from ..errors import AuthError
+from ..errors import AuthError, SourceError
+from ..files import read_small
 from ..references import DOCKER_HUB, DOCKER_HUB_ALIASES, is_docker_hub
 from .jsonstream import LongInteger, loads
 
@@ -96,6 +97,9 @@ def parse_challenges(header: str) -> list[Challenge]:
 
 
 # ---------------------------------------------------------------- credential files
+
+# A docker config.json or containers auth.json holds a few entries; far past that, it is no auth file.
+MAX_AUTH_FILE_BYTES = 16 << 20
 
 
 def auth_files(env: dict | None = None) -> list[str]:
@@ -229,10 +233,12 @@ def find_credentials(registry: str, repository: str = "", files: list[str] | Non
     """
     for path in files if files is not None else auth_files():
         try:
-            with open(path, "rb") as f:
-                doc = json.load(f)
+            # A FIFO would wait for a writer for ever, a link to /dev/zero never end.
+            doc = json.loads(read_small(path, MAX_AUTH_FILE_BYTES, os.path.basename(path)))
         except FileNotFoundError:
             continue
+        except SourceError as exc:
+            raise AuthError(f"cannot read credentials from {path}: {exc.reason}") from None
         except (OSError, ValueError, RecursionError) as exc:
             raise AuthError(f"cannot read credentials from {path}: {exc}") from None
         if not isinstance(doc, dict):
