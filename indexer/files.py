@@ -54,16 +54,26 @@ def open_readable(path: str, what: str = "", *, pipes: bool = False, buffering: 
     return os.fdopen(fd, "rb", buffering)
 
 
-def read_small(path: str, limit: int, what: str) -> bytes:
+def read_small(path: str, limit: int, what: str, *, pipes: bool = False) -> bytes:
     """The whole of `path`, a regular file of at most `limit` bytes (`what` names it in errors):
-    SourceError for anything else, a FIFO or device refused unopened, a longer file refused rather
-    than cut (a cut at a line's end can parse as valid text that says less). OSError (missing,
-    unreadable) is left to the caller."""
-    with open_readable(path, what) as f:
+    SourceError for anything else, a FIFO (unless `pipes`, then read as it is written) or device
+    refused unopened, a longer file refused rather than cut (a cut at a line's end can parse as
+    valid text that says less). OSError (missing, unreadable) is left to the caller."""
+    with open_readable(path, what, pipes=pipes) as f:
         data = f.read(limit + 1)
     if len(data) > limit:
         raise SourceError(printable(path), f"{what} is over the {limit}-byte limit")
     return data
+
+
+def check_small(path: str, limit: int, what: str) -> None:
+    """SourceError unless `path` is a regular file of at most `limit` bytes: for files a library
+    opens by name (a FIFO would block its open for ever, a device never end). OSError is the caller's."""
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise SourceError(printable(path), not_regular(what, info.st_mode))
+    if info.st_size > limit:
+        raise SourceError(printable(path), f"{what} is over the {limit}-byte limit")
 
 
 def walk(top: str, onerror=None) -> Iterator[tuple[str, list[str], list[str]]]:

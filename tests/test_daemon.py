@@ -1321,6 +1321,21 @@ def test_unusable_tls_files_are_one_line(tls_files, tmp_path):
     )
 
 
+def test_a_tls_file_over_its_limit_is_refused_unread(tmp_path):
+    from indexer.sources.tlsfiles import MAX_TLS_FILE_BYTES
+
+    folder = tmp_path / "huge"
+    folder.mkdir()
+    with open(folder / "ca.pem", "wb") as f:
+        f.truncate(MAX_TLS_FILE_BYTES + 1)  # sparse: what a link to a device would never stop giving
+    with pytest.raises(EngineUnavailable) as caught:
+        EngineApiClient("tcp://127.0.0.1:9", environ={"DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(folder)})
+    assert str(caught.value) == (
+        f"cannot reach the Docker engine at tcp://127.0.0.1:9: the TLS file {folder}/ca.pem:"
+        f" CA file is over the {MAX_TLS_FILE_BYTES}-byte limit"
+    )
+
+
 def test_engine_path_imports_neither_the_docker_sdk_nor_requests():
     stub = _StubEngine("unix")
     code = (

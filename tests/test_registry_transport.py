@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import socket
 import ssl
 import threading
@@ -477,3 +478,58 @@ def test_a_redirect_to_a_port_past_65535_fails_at_once(fake):
     assert errors == [
         f"{fake.host}/app:v1: GET manifest: the redirect Location 'http://127.0.0.1:99999/m' is not a valid URL"
     ]
+
+
+@pytest.mark.parametrize("damage", ["fifo ca", "huge ca", "fifo cert"])
+def test_a_tls_file_of_certs_d_that_cannot_be_read_is_one_error_not_a_hang(fake, tmp_path, damage):
+    """OpenSSL opens TLS files by name: a FIFO there blocked the crawl for ever (the open waits for
+    a writer) before they were read or checked first."""
+    from indexer.errors import SourceError
+    from indexer.sources.tlsfiles import MAX_TLS_FILE_BYTES
+
+    try:
+        files = make_tls_files(str(tmp_path / "tls"))
+    except FileNotFoundError as exc:
+        give_up(str(exc))
+    serve_tls(fake, files)
+    folder = tmp_path / "certs.d" / fake.host
+    folder.mkdir(parents=True)
+    ca = folder / "a.crt"
+    if damage == "fifo ca":
+        os.mkfifo(ca)  # no one writes it: read as a pipe, it is empty
+        reason = f"{ca}: the CA file cannot be used ("
+    elif damage == "huge ca":
+        with open(ca, "wb") as f:
+            f.truncate(MAX_TLS_FILE_BYTES + 1)
+        reason = f"{ca}: CA file is over the {MAX_TLS_FILE_BYTES}-byte limit"
+    else:
+        ca.write_bytes(open(files["ca"], "rb").read())
+        os.mkfifo(folder / "client.cert")
+        (folder / "client.key").write_text("not read")
+        reason = f"{folder / 'client.cert'}: client certificate is not a regular file (named pipe)"
+    manifest, configs, _ = image()
+    fake.add_image("a/app", {"v1": manifest}, configs, OCI_MANIFEST)
+    with pytest.raises(SourceError) as raised:
+        crawl(f"docker://{fake.host}/a/app", certs_dirs=(str(tmp_path / "certs.d"),))
+    assert reason in str(raised.value) and "\n" not in str(raised.value)
+    assert not fake.hits  # refused before any request
+
+
+def test_a_ca_cert_given_through_a_pipe_is_read_as_it_is_written(fake, tmp_path):
+    """`--ca-cert <(vault read …)`: the shell hands a pipe, which is read, not refused."""
+    try:
+        files = make_tls_files(str(tmp_path / "tls"))
+    except FileNotFoundError as exc:
+        give_up(str(exc))
+    serve_tls(fake, files)
+    manifest, configs, _ = image()
+    fake.add_image("a/app", {"v1": manifest}, configs, OCI_MANIFEST)
+    read_end, write_end = os.pipe()
+    with open(files["ca"], "rb") as f:
+        os.write(write_end, f.read())  # a CA is far below a pipe's buffer
+    os.close(write_end)
+    try:
+        records, errors, _ = crawl(f"docker://{fake.host}/a/app", ca_cert=f"/dev/fd/{read_end}")
+    finally:
+        os.close(read_end)
+    assert not errors and [r.name for r in records] == ["a/app"], errors

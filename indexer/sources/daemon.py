@@ -78,6 +78,7 @@ from .parse import (
     valid_size,
 )
 from .docker_context import current_context
+from .tlsfiles import load_cas, load_key_pair
 from .vanished import holds_tags, vanished_tags
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
@@ -289,11 +290,13 @@ def _tls_context(tls: TlsSettings) -> ssl.SSLContext:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         elif tls.ca_file:
-            context.load_verify_locations(cafile=tls.ca_file)
+            load_cas(context, [tls.ca_file])
         else:
             context.load_default_certs()
         if tls.cert_file:
-            context.load_cert_chain(tls.cert_file, tls.key_file)
+            load_key_pair(context, tls.cert_file, tls.key_file)
+    except SourceError as exc:
+        raise ValueError(f"the TLS file {exc}") from None
     except (OSError, ValueError) as exc:
         files = ", ".join(path for path in (tls.ca_file, tls.cert_file, tls.key_file) if path)
         raise ValueError(f"the TLS files ({files}) cannot be used: {_reason(exc)}") from None

@@ -40,7 +40,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, ProtocolError, ReadTimeoutError, SSLError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
-from ..errors import AuthError, HostDown, HttpError
+from ..errors import AuthError, HostDown, HttpError, SourceError
 from ..references import redact_url_secrets
 from . import mediatypes as mt
 from .bodies import BodyTooLarge, InterimSkipping, decimal, read_capped, read_prefix
@@ -53,6 +53,7 @@ from .registry_auth import (
     scrub_bytes,
     sent_secrets,
 )
+from .tlsfiles import load_cas, load_key_pair
 
 USER_AGENT = "imgdex-registry-crawler/0.1"
 MANIFEST_ACCEPT = ", ".join(
@@ -158,9 +159,13 @@ def _retry_after(reply_headers) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _with_system_cas(cas: tuple[str, ...], client_cert: tuple[str, str] | None) -> tuple[ssl.SSLContext | None, str]:
-    """(a context trusting the system's CAs and those of `cas`, ''), or (None, the CA file that cannot
-    be loaded, or '' when it is the client certificate).
+class UnusableTlsFiles(Exception):
+    """A CA file, client certificate or key that cannot be loaded: every request says why."""
+
+
+def _with_system_cas(cas: tuple[str, ...], client_cert: tuple[str, str] | None) -> ssl.SSLContext:
+    """A context trusting the system's CAs and those of `cas`, offering `client_cert`;
+    UnusableTlsFiles naming the file that cannot be loaded, and why.
 
     Docker and skopeo add a registry's own CAs (every certs.d `*.crt`, a CA file) to the system's
     rather than trust them alone: the blob store or CDN a registry redirects to, and its token
@@ -169,15 +174,25 @@ def _with_system_cas(cas: tuple[str, ...], client_cert: tuple[str, str] | None) 
     context.load_default_certs()
     for path in cas:
         try:
-            context.load_verify_locations(path)
-        except (OSError, ValueError):  # ssl.SSLError is an OSError
-            return None, path
-    try:
-        if client_cert:
-            context.load_cert_chain(*client_cert)
-    except (OSError, ValueError):
-        return None, ""
-    return context, ""
+            load_cas(context, [path])
+        except SourceError as exc:
+            raise UnusableTlsFiles(str(exc)) from None
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise UnusableTlsFiles(f"{path}: the CA file cannot be used ({_tls_reason(exc)})") from None
+    if client_cert:
+        try:
+            load_key_pair(context, *client_cert)
+        except SourceError as exc:
+            raise UnusableTlsFiles(str(exc)) from None
+        except (OSError, ValueError) as exc:
+            raise UnusableTlsFiles(
+                f"{client_cert[0]}: the client certificate cannot be used ({_tls_reason(exc)})"
+            ) from None
+    return context
+
+
+def _tls_reason(exc: Exception) -> str:
+    return getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc) or type(exc).__name__
 
 
 # What a failed attempt says about its host: these kinds mean no answer came at all, and count
@@ -460,15 +475,11 @@ class RegistryClient:
                 manager = self._managers.get(key)
                 if manager is None:
                     tls: dict = {"cert_reqs": "CERT_NONE"} if insecure else {"cert_reqs": "CERT_REQUIRED"}
-                    context, unreadable = None, ""
-                    if not insecure and isinstance(verify, tuple):
-                        context, unreadable = _with_system_cas(verify, self.client_cert)
-                    if context is not None:
-                        tls["ssl_context"] = context
-                    elif not insecure and isinstance(verify, tuple):
-                        tls["ca_certs"] = unreadable or verify[0]  # each https request fails with why
-                    if self.client_cert and not insecure and context is None:
-                        tls["cert_file"], tls["key_file"] = self.client_cert
+                    if not insecure and (isinstance(verify, tuple) or self.client_cert):
+                        # Loaded here, each file read or checked first: urllib3 would open them by
+                        # name on every connection, and a FIFO among them would hold it for ever.
+                        cas = verify if isinstance(verify, tuple) else ()
+                        tls["ssl_context"] = _with_system_cas(cas, self.client_cert)
                     # One connection per worker, and a few for token servers and redirects.
                     size = max(1, self.options.jobs) + 2
                     if proxy:
@@ -566,7 +577,10 @@ class RegistryClient:
         """One URL, its transient failures retried: (the answer, the seconds waited in all so far).
         `waited` carries over from the hops before, so redirects add no retry time of their own."""
         retries = self.options.retries if retries is None else retries
-        manager, breaker = self._route(url, self.verify if verify is None else verify)
+        try:
+            manager, breaker = self._route(url, self.verify if verify is None else verify)
+        except UnusableTlsFiles as exc:
+            raise HttpError(what, str(exc)) from None
         timeout = self.options.timeout
         attempt = 0
         while True:
