@@ -68,6 +68,12 @@ def test_the_current_context_gives_its_engine_and_tls_files(tmp_path):
     assert remote.environ == {"DOCKER_CERT_PATH": folder, "DOCKER_TLS_VERIFY": "1"}
     lax = current_context(_env(config, DOCKER_CONTEXT="lax"))
     assert "DOCKER_TLS_VERIFY" not in lax.environ and lax.environ["DOCKER_CERT_PATH"].endswith("docker")
+    # SkipTLSVerify without files of its own is TLS without verification too, as in the CLI.
+    _context(config, "bare", "tcp://bare:2376", skip_verify=True)
+    bare = current_context(_env(config, DOCKER_CONTEXT="bare"))
+    assert list(bare.environ) == ["DOCKER_CERT_PATH"]
+    assert daemon.tls_from_env(bare.environ) == daemon.TlsSettings(verify=False)
+    assert current_context(_env(config, DOCKER_CONTEXT="desktop")).environ == {}  # no TLS at all
 
 
 def test_the_cli_reads_the_engine_of_the_current_context(tmp_path, monkeypatch):

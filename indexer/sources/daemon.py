@@ -64,6 +64,7 @@ from ..shard import Shard, in_shard, repository_key
 from . import mediatypes as mt
 from .bodies import BodyTooLarge, InterimSkipping, TooManyInterim, read_capped
 from .configbounds import MAX_ENTRIES, too_many_values
+from .docker_context import current_context
 from .jsonshape import list_at, object_at, string_at
 from .jsonstream import LongInteger, loads
 from .parse import (
@@ -77,7 +78,6 @@ from .parse import (
     size_problem,
     valid_size,
 )
-from .docker_context import current_context
 from .tlsfiles import load_cas, load_key_pair
 from .vanished import holds_tags, vanished_tags
 

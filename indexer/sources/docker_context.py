@@ -59,12 +59,15 @@ def current_context(environ: Mapping[str, str] | None = None) -> EngineContext |
         raise SourceError(
             printable(meta_path), f"docker context {printable(name)!r} names no engine (Endpoints.docker.Host)"
         )
+    # As the CLI: TLS when the context keeps TLS files or skips verification, verified unless it
+    # skips it (DOCKER_CERT_PATH alone is TLS without verification, for daemon.tls_from_env).
     tls_folder = os.path.join(folder, "contexts", "tls", key, "docker")
+    has_files, skip = os.path.isdir(tls_folder), endpoint.get("SkipTLSVerify") is True
     tls = {}
-    if os.path.isdir(tls_folder):
+    if has_files or skip:
         tls["DOCKER_CERT_PATH"] = tls_folder
-        if endpoint.get("SkipTLSVerify") is not True:
-            tls["DOCKER_TLS_VERIFY"] = "1"
+    if has_files and not skip:
+        tls["DOCKER_TLS_VERIFY"] = "1"
     return EngineContext(name, host, tls)
 
 
