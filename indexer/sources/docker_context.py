@@ -34,6 +34,7 @@ class EngineContext:
 
 
 def docker_config_dir(environ: Mapping[str, str]) -> str:
+    """Where the docker CLI keeps config.json and its contexts: $DOCKER_CONFIG, else ~/.docker."""
     return environ.get("DOCKER_CONFIG") or os.path.join(environ.get("HOME") or os.path.expanduser("~"), ".docker")
 
 

@@ -26,6 +26,7 @@ from typing import Hashable, Iterator
 from ..errors import AuthError, SourceError
 from ..files import read_small
 from ..references import DOCKER_HUB, DOCKER_HUB_ALIASES, is_docker_hub
+from .docker_context import docker_config_dir
 from .jsonstream import LongInteger, loads
 
 DOCKER_HUB_KEYS = (*DOCKER_HUB_ALIASES, "https://index.docker.io/v1/")
@@ -112,8 +113,7 @@ def auth_files(env: dict | None = None) -> list[str]:
     if env.get("XDG_RUNTIME_DIR"):
         files.append(os.path.join(env["XDG_RUNTIME_DIR"], "containers", "auth.json"))
     files.append(os.path.join(env.get("XDG_CONFIG_HOME") or os.path.join(home, ".config"), "containers", "auth.json"))
-    docker_config = env.get("DOCKER_CONFIG") or os.path.join(home, ".docker")
-    files.append(os.path.join(docker_config, "config.json"))
+    files.append(os.path.join(docker_config_dir(env), "config.json"))
     files.append(os.path.join(home, ".dockercfg"))
     return files
 
