@@ -78,7 +78,7 @@ from .parse import (
     size_problem,
     valid_size,
 )
-from .tlsfiles import load_cas, load_key_pair
+from .tlsfiles import load_ca, load_key_pair
 from .vanished import holds_tags, vanished_tags
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
@@ -290,7 +290,7 @@ def _tls_context(tls: TlsSettings) -> ssl.SSLContext:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         elif tls.ca_file:
-            load_cas(context, [tls.ca_file])
+            load_ca(context, tls.ca_file)
         else:
             context.load_default_certs()
         if tls.cert_file:

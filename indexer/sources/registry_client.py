@@ -53,7 +53,7 @@ from .registry_auth import (
     scrub_bytes,
     sent_secrets,
 )
-from .tlsfiles import load_cas, load_key_pair
+from .tlsfiles import load_ca, load_key_pair
 
 USER_AGENT = "imgdex-registry-crawler/0.1"
 MANIFEST_ACCEPT = ", ".join(
@@ -174,7 +174,7 @@ def _with_system_cas(cas: tuple[str, ...], client_cert: tuple[str, str] | None) 
     context.load_default_certs()
     for path in cas:
         try:
-            load_cas(context, [path])
+            load_ca(context, path)
         except SourceError as exc:
             raise UnusableTlsFiles(str(exc)) from None
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError

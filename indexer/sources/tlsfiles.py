@@ -17,16 +17,15 @@ from ..files import check_small, read_small
 MAX_TLS_FILE_BYTES = 16 << 20  # a system CA bundle is ~200 KB
 
 
-def load_cas(context: ssl.SSLContext, paths) -> None:
-    """Add the CAs of each file of `paths` to `context`, as load_verify_locations(cafile=…) adds
-    them. SourceError for a file that is not one to read; OSError or ValueError (ssl.SSLError) as
+def load_ca(context: ssl.SSLContext, path: str) -> None:
+    """Add the CAs of the file `path` to `context`, as load_verify_locations(cafile=…) adds them.
+    SourceError for a file that is not one to read; OSError or ValueError (ssl.SSLError) as
     OpenSSL refuses its content."""
-    for path in paths:
-        data = read_small(path, MAX_TLS_FILE_BYTES, "CA file", pipes=True)
-        with tempfile.NamedTemporaryFile(prefix="imgdex-ca-") as copy:
-            copy.write(data)
-            copy.flush()
-            context.load_verify_locations(cafile=copy.name)
+    data = read_small(path, MAX_TLS_FILE_BYTES, "CA file", pipes=True)
+    with tempfile.NamedTemporaryFile(prefix="imgdex-ca-") as copy:
+        copy.write(data)
+        copy.flush()
+        context.load_verify_locations(cafile=copy.name)
 
 
 def load_key_pair(context: ssl.SSLContext, cert_file: str, key_file: str) -> None:
