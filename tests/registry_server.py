@@ -280,12 +280,72 @@ class TokenServer:
         self._x5c = base64.b64encode(der).decode()
         self.requests: list[tuple[list[str], str]] = []
         self.denied_repositories: set[str] = set()
+        # OAuth2 refresh tokens (docker's identity tokens) -> user; `rotate` answers each use with a
+        # new one and retires the one used, as RFC 6819's rotation does.
+        self.refresh_tokens: dict[str, str] = {}
+        self.rotate = False
+        self.posts: list[dict[str, list[str]]] = []
         self._lock = threading.Lock()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
                 pass
+
+            def _answer(self, status: int, doc: dict | None = None) -> None:
+                body = json.dumps(doc).encode() if doc is not None else b""
+                self.send_response(status)
+                if doc is not None:
+                    self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
+                    return self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                # Go's client sends a body it cannot size (skopeo's token form) chunked.
+                body = b""
+                while True:
+                    size = int(self.rfile.readline().split(b";")[0], 16)
+                    if not size:
+                        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                            pass  # trailers
+                        return body
+                    body += self.rfile.read(size)
+                    self.rfile.readline()
+
+            def do_POST(self):
+                # The distribution spec's OAuth2 endpoint (docs/spec/auth/oauth.md), refresh-token grant.
+                form = urllib.parse.parse_qs(self._body().decode())
+                with server._lock:
+                    server.posts.append({**form, "user-agent": [self.headers.get("User-Agent", "")]})
+                    given = form.get("refresh_token", [""])[0]
+                    user = server.refresh_tokens.get(given, "")
+                    fresh = ""
+                    if user and server.rotate:
+                        del server.refresh_tokens[given]
+                        fresh = "rt-" + os.urandom(12).hex()
+                        server.refresh_tokens[fresh] = user
+                if self.headers.get("Content-Type", "") != "application/x-www-form-urlencoded":
+                    return self._answer(400, {"error": "invalid_request"})
+                if form.get("grant_type") != ["refresh_token"] or not form.get("client_id", [""])[0]:
+                    return self._answer(400, {"error": "unsupported_grant_type"})
+                if form.get("service", [""])[0] != server.service:
+                    return self._answer(400, {"error": "invalid_request", "error_description": "unknown service"})
+                if not user:
+                    return self._answer(400, {"error": "invalid_grant", "error_description": "refresh token not valid"})
+                scopes = [scope for field in form.get("scope", []) for scope in field.split(" ") if scope]
+                access = []
+                for scope in scopes:
+                    kind, _, rest = scope.partition(":")
+                    name, _, actions = rest.rpartition(":")
+                    if name not in server.denied_repositories:
+                        access.append({"type": kind, "name": name, "actions": actions.split(",")})
+                doc = {"access_token": server.sign(user, access), "expires_in": 300, "scope": " ".join(scopes)}
+                if fresh:
+                    doc["refresh_token"] = fresh
+                self._answer(200, doc)
 
             def do_GET(self):
                 parsed = urllib.parse.urlparse(self.path)
@@ -403,6 +463,7 @@ class FakeRegistry:
         self.routes: dict[str, Reply | Callable[[str, dict], Reply]] = {}
         self.hits: dict[str, int] = {}
         self.log: list[tuple[str, str]] = []
+        self.posted: list[tuple[str, bytes]] = []  # (path, body) of every POST
         self.connections = 0
         self.stopping = threading.Event()
         self._lock = threading.Lock()
@@ -480,6 +541,12 @@ class FakeRegistry:
 
             def do_HEAD(self):
                 self._serve("HEAD")
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                with fake._lock:
+                    fake.posted.append((self.path, body))
+                self._serve("POST")
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True

@@ -8,10 +8,11 @@ Without docker-registry or skopeo these tests skip, and fail when CI is set.
 import base64
 import json
 import os
+import subprocess
 
 import pytest
 
-from conftest import REAL
+from conftest import REAL, need_skopeo
 from indexer.references import blob_id, image_id
 from indexer.timestamps import normalise
 from registry_server import RealRegistry, TokenServer, htpasswd_line, http, sha256, skopeo_copy, skopeo_raw
@@ -358,6 +359,7 @@ def token_registry(tmp_path_factory):
         reg.expected = served_documents(
             reg.host, {"team/app-oci": ["v1"], "team/base": ["1.0"]}, creds="crawler:t0ken-pass"
         )
+        reg.expected_digests = {doc["digest"] for doc in reg.expected.values()}
         reg.tokens = tokens
         yield reg
     finally:
@@ -394,6 +396,142 @@ def test_bearer_without_credentials_is_a_clear_error(token_registry, run_cli, tm
     assert result.exit_code == 1
     assert "cannot list the repositories" in result.output and "401" in result.output
     assert "no credentials were given" in result.output
+
+
+# ---------------------------------------------------------------- identity tokens (OAuth2 refresh tokens)
+
+# What `az acr login` leaves in config.json: a placeholder user with no password, and the token.
+IDENTITY_USER = "00000000-0000-0000-0000-000000000000"
+
+
+def _identity_config(home, host: str, token: str) -> str:
+    docker = home / ".docker"
+    docker.mkdir(exist_ok=True)
+    auth = base64.b64encode(f"{IDENTITY_USER}:".encode()).decode()
+    path = docker / "config.json"
+    path.write_text(json.dumps({"auths": {host: {"auth": auth, "identitytoken": token}}}))
+    return str(path)
+
+
+@pytest.fixture
+def identity(token_registry, monkeypatch):
+    """A refresh token the token server knows, and a registry that denies nothing for the test."""
+    tokens = token_registry.tokens
+    token = "rt-" + os.urandom(12).hex()
+    monkeypatch.setattr(tokens, "denied_repositories", set())
+    monkeypatch.setattr(tokens, "rotate", False)
+    monkeypatch.setitem(tokens.refresh_tokens, token, "crawler")
+    return token
+
+
+TOKEN_REPOSITORIES = ("team/app-oci", "team/base")
+
+
+def _repositories(host: str) -> list[str]:
+    return [f"docker://{host}/{repo}" for repo in TOKEN_REPOSITORIES]
+
+
+def test_identity_token_from_docker_config(token_registry, identity, run_cli, tmp_path, no_auth_files):
+    tokens = token_registry.tokens
+    _identity_config(no_auth_files, token_registry.host, identity)
+    gets, posts = len(tokens.requests), len(tokens.posts)
+    store = str(tmp_path / "store")
+    result = index(run_cli, store, *_repositories(token_registry.host))
+    assert identity not in result.output
+    assert listing(run_cli, store) == token_registry.expected
+    asked = tokens.posts[posts:]
+    assert {form["scope"][0] for form in asked} == {f"repository:{repo}:pull" for repo in TOKEN_REPOSITORIES}
+    for form in asked:
+        assert form["grant_type"] == ["refresh_token"] and form["refresh_token"] == [identity]
+        assert form["client_id"] == ["imgdex"] and form["service"] == [tokens.service]
+        assert form["user-agent"][0].startswith("imgdex")
+    # the placeholder user's empty password is never tried as basic credentials
+    assert not [agent for _, _, agent in tokens.requests[gets:] if agent.startswith("imgdex")]
+
+
+def test_identity_token_from_a_credential_helper(
+    token_registry, identity, run_cli, tmp_path, no_auth_files, monkeypatch
+):
+    helpers = tmp_path / "bin"
+    helpers.mkdir()
+    helper = helpers / "docker-credential-acr-test"
+    answer = json.dumps({"Username": "<token>", "Secret": identity})
+    helper.write_text(f"#!/bin/sh\ncat > /dev/null\necho '{answer}'\n")
+    helper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{helpers}{os.pathsep}{os.environ['PATH']}")
+    docker = no_auth_files / ".docker"
+    docker.mkdir()
+    (docker / "config.json").write_text(json.dumps({"credHelpers": {token_registry.host: "acr-test"}}))
+    posts = len(token_registry.tokens.posts)
+    store = str(tmp_path / "store")
+    result = index(run_cli, store, *_repositories(token_registry.host))
+    assert identity not in result.output
+    assert listing(run_cli, store) == token_registry.expected
+    assert {form["refresh_token"][0] for form in token_registry.tokens.posts[posts:]} == {identity}
+
+
+def test_a_rotated_refresh_token_is_the_one_traded_next(token_registry, identity, run_cli, tmp_path, no_auth_files):
+    tokens = token_registry.tokens
+    tokens.rotate = True  # each use answers with a new refresh token and retires the one used
+    _identity_config(no_auth_files, token_registry.host, identity)
+    posts = len(tokens.posts)
+    store = str(tmp_path / "store")
+    # the whole registry, four jobs: the catalog's and three repositories' tokens, asked in parallel
+    tokens.denied_repositories = {"team/secret"}
+    result = index(run_cli, store, f"docker://{token_registry.host}", "--jobs", "4", ok=False)
+    errors = [line for line in result.output.splitlines() if line.startswith("imgdex: ") and "note:" not in line]
+    assert len(errors) == 1 and f"{token_registry.host}/team/secret" in errors[0], result.output
+    assert listing(run_cli, store) == token_registry.expected
+    used = [form["refresh_token"][0] for form in tokens.posts[posts:]]
+    assert used[0] == identity and len(set(used)) >= 4  # every later request traded a newer one
+    assert not any(token in result.output for token in used)
+
+
+def test_a_refused_identity_token_is_one_line_without_the_secret(
+    token_registry, identity, run_cli, tmp_path, no_auth_files
+):
+    wrong = "rt-" + os.urandom(12).hex()
+    path = _identity_config(no_auth_files, token_registry.host, wrong)
+    result = index(run_cli, str(tmp_path / "store"), *_repositories(token_registry.host), ok=False)
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("imgdex: ") and "note:" not in line]
+    assert len(errors) == len(TOKEN_REPOSITORIES), result.output
+    for line in errors:
+        assert f"refused the identity token of {path} ({token_registry.host})" in line, line
+        assert "invalid_grant: refresh token not valid" in line
+    assert wrong not in result.output
+
+
+def test_skopeo_trades_the_same_identity_token(token_registry, identity, tmp_path):
+    """The token server's refresh-token grant is the one a real client speaks: skopeo reads the
+    same auth file entry and is served by it."""
+    tokens = token_registry.tokens
+    auth = base64.b64encode(f"{IDENTITY_USER}:".encode()).decode()
+    authfile = tmp_path / "auth.json"
+    authfile.write_text(json.dumps({"auths": {token_registry.host: {"auth": auth, "identitytoken": identity}}}))
+    posts = len(tokens.posts)
+    ref = f"docker://{token_registry.host}/team/base:1.0"
+    raw = subprocess.run(
+        [need_skopeo("read a registry with an identity token"), "inspect", "--raw", "--tls-verify=false"]
+        + ["--authfile", str(authfile), ref],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    ).stdout
+    assert sha256(raw) in token_registry.expected_digests
+    skopeo_forms = tokens.posts[posts:]
+    assert skopeo_forms and all(form["refresh_token"] == [identity] for form in skopeo_forms)
+    assert {form["grant_type"][0] for form in skopeo_forms} == {"refresh_token"}
+
+
+def test_an_identity_token_does_not_answer_a_basic_challenge(basic_registry, run_cli, tmp_path, no_auth_files):
+    path = _identity_config(no_auth_files, basic_registry.host, "rt-not-a-password")
+    result = index(run_cli, str(tmp_path / "store"), f"docker://{basic_registry.host}", ok=False)
+    assert result.exit_code == 1
+    assert f"the credentials for {basic_registry.host} are an identity token ({path} ({basic_registry.host}))" in (
+        result.output
+    )
+    assert "rt-not-a-password" not in result.output
 
 
 # ---------------------------------------------------------------- schema1

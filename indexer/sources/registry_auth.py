@@ -1,9 +1,10 @@
 """Registry credentials and the distribution auth protocols: anonymous, basic, and bearer tokens.
 
 Credentials come from the command line first, then from the auth files docker and skopeo read
-(`auths` entries with a base64 `auth`, `credHelpers` and `credsStore` helpers). A bearer token
-is asked for per scope from the realm named in the `WWW-Authenticate` challenge, and cached
-until shortly before it expires.
+(`auths` entries with a base64 `auth` or an `identitytoken`, `credHelpers` and `credsStore`
+helpers). A bearer token is asked for per scope from the realm named in the `WWW-Authenticate`
+challenge (by GET with basic credentials, or by an OAuth2 refresh-token POST for an identity
+token, as docker does), and cached until shortly before it expires.
 """
 
 from __future__ import annotations
@@ -46,17 +47,25 @@ class Credentials:
     username: str
     password: str = field(repr=False)
     origin: str = ""  # where they were found, for messages (never the secret)
+    # An OAuth2 refresh token (docker's `identitytoken`, a helper's `<token>` secret): traded at
+    # the token realm for access tokens, never sent to the registry itself.
+    identity_token: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
-        # They go into a Basic header as UTF-8; bytes that are not (a password read from stdin or
-        # the environment keeps them as surrogates) would fail there, deep in a request.
-        for value in (self.username, self.password):
+        # They go into a Basic header or a form as UTF-8; bytes that are not (a password read from
+        # stdin or the environment keeps them as surrogates) would fail there, deep in a request.
+        for value in (self.username, self.password, self.identity_token):
             try:
                 value.encode("utf-8")
             except UnicodeEncodeError:
                 raise AuthError(
                     f"{self.origin or 'credentials'}: the username or password is not valid UTF-8"
                 ) from None
+
+    @property
+    def basic(self) -> bool:
+        """Whether these answer a Basic challenge: an identity token alone does not, as in docker."""
+        return not (self.identity_token and not self.password)
 
 
 @dataclass(frozen=True)
@@ -133,6 +142,10 @@ def _normalise_key(key: str) -> str:
 
 
 def _decode_auth(entry: dict, origin: str) -> Credentials | None:
+    # `docker login` to a registry that hands out refresh tokens (Azure's, through `az acr login`)
+    # keeps one here beside `auth` (then `user:` with no password), as skopeo reads it too.
+    token = entry.get("identitytoken")
+    token = token if isinstance(token, str) else ""
     encoded = entry.get("auth")
     if isinstance(encoded, str) and encoded:
         try:
@@ -141,10 +154,12 @@ def _decode_auth(entry: dict, origin: str) -> Credentials | None:
             raise AuthError(f"{origin}: the auth value is not base64 of user:password") from None
         if not sep:
             raise AuthError(f"{origin}: the auth value is not base64 of user:password")
-        return Credentials(user, password, origin)
+        return Credentials(user, password, origin, token)
     user, password = entry.get("username"), entry.get("password")
     if isinstance(user, str) and user and isinstance(password, str):
-        return Credentials(user, password, origin)
+        return Credentials(user, password, origin, token)
+    if token:
+        return Credentials("", "", origin, token)
     return None
 
 
@@ -216,8 +231,8 @@ def _run_helper(helper: str, server: str, origin: str) -> Credentials | None:
     # the protocol's fields are strings; a number, null or object is no credential
     if not (isinstance(user, str) and isinstance(secret, str)):
         raise AuthError(f"{origin}: credential helper {program} printed no Username/Secret")
-    if user == "<token>":
-        return None  # an identity token for the OAuth refresh flow, which this client does not speak
+    if user == "<token>":  # the helper protocol's way of handing over an identity token
+        return Credentials("", "", f"{origin} ({program})", secret) if secret else None
     return Credentials(user, secret, f"{origin} ({program})")
 
 
@@ -323,7 +338,13 @@ class HostAuth:
         self.realm = ""
         self.service = ""
         self._tokens: OrderedDict[str, tuple[str, float]] = OrderedDict()  # least recently used first
+        # The refresh token to trade next: a token server may answer with a new one and retire the
+        # one it was given (RFC 6819's rotation). Every one held is a secret.
+        self._refresh = credentials.identity_token if credentials is not None else ""
+        self._refreshes: list[str] = [self._refresh] if self._refresh else []
+        self._trading: dict[str, int] = {}  # refresh token -> requests under way with it
         self._lock = threading.Lock()
+        self._traded = threading.Condition(self._lock)
         self._scope_locks = KeyedLocks()
 
     def learn(self, header: str) -> Challenge | None:
@@ -342,8 +363,44 @@ class HostAuth:
             else:
                 self.scheme = "basic"
 
+    @property
+    def refresh_token(self) -> str:
+        with self._lock:
+            return self._refresh
+
+    def begin_trade(self) -> str:
+        """The refresh token to send now, counted as under way until `end_trade`."""
+        with self._lock:
+            used = self._refresh
+            self._trading[used] = self._trading.get(used, 0) + 1
+            return used
+
+    def end_trade(self, used: str, new: str = "") -> None:
+        """A request that sent `used` is over; the token server answered it with `new`, if any,
+        which is traded from now on."""
+        with self._lock:
+            left = self._trading[used] - 1
+            if left:
+                self._trading[used] = left
+            else:
+                del self._trading[used]
+            if new and new != used:
+                if self._refresh == used:
+                    self._refresh = new
+                if new not in self._refreshes:
+                    self._refreshes.append(new)
+            self._traded.notify_all()
+
+    def refused_for_good(self, used: str, timeout: float) -> bool:
+        """After `used` was refused: False when a newer refresh token is to be tried. A server
+        that rotates them retires `used` as soon as a parallel request traded it, and that
+        request's answer (the new one) may still be on its way: it is waited for."""
+        with self._lock:
+            self._traded.wait_for(lambda: self._refresh != used or used not in self._trading, timeout)
+            return self._refresh == used
+
     def basic_header(self) -> dict:
-        if self.credentials is None:
+        if self.credentials is None or not self.credentials.basic:
             return {}
         raw = f"{self.credentials.username}:{self.credentials.password}".encode()
         return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
@@ -385,8 +442,10 @@ class HostAuth:
         Basic value that carries it, and the tokens still kept."""
         found = []
         if self.credentials is not None:
-            found += [self.credentials.password, self.basic_header()["Authorization"][len("Basic ") :]]
+            found.append(self.credentials.password)
+            found += [value.partition(" ")[2] for value in self.basic_header().values()]
         with self._lock:
+            found += self._refreshes
             found += [token for token, _ in self._tokens.values()]
         return [secret for secret in found if secret]
 
@@ -433,6 +492,28 @@ def first_usable(header: str) -> Challenge | None:
         if (challenge.scheme == "bearer" and challenge.realm) or challenge.scheme == "basic":
             return challenge
     return None
+
+
+def refresh_token_of(body: bytes) -> str:
+    """The `refresh_token` a token server's answer holds, if it is one that can be sent again."""
+    try:
+        doc = loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return ""
+    token = doc.get("refresh_token") if isinstance(doc, dict) else None
+    return token if isinstance(token, str) and _TOKEN.match(token) else ""
+
+
+def oauth_error_text(body: bytes) -> str:
+    """`error: error_description` of an RFC 6749 error answer, or ''."""
+    try:
+        doc = loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return ""
+    if not isinstance(doc, dict):
+        return ""
+    parts = [doc.get(key) for key in ("error", "error_description")]
+    return ": ".join(part for part in parts if isinstance(part, str) and part)
 
 
 def parse_token_response(body: bytes, realm: str) -> tuple[str, float]:

@@ -48,7 +48,9 @@ from .registry_auth import (
     Credentials,
     HostAuth,
     first_usable,
+    oauth_error_text,
     parse_token_response,
+    refresh_token_of,
     scrub,
     scrub_bytes,
     sent_secrets,
@@ -56,6 +58,10 @@ from .registry_auth import (
 from .tlsfiles import load_ca, load_key_pair
 
 USER_AGENT = "imgdex-registry-crawler/0.1"
+# The OAuth2 `client_id` a refresh-token grant must name (docker says `docker`, skopeo `containers/image`).
+CLIENT_ID = "imgdex"
+# How many times a token request is asked again because a parallel one rotated the refresh token.
+_REFRESH_RACES = 8
 MANIFEST_ACCEPT = ", ".join(
     [mt.OCI_INDEX, mt.OCI_MANIFEST, mt.DOCKER_LIST, mt.DOCKER_MANIFEST, mt.DOCKER_SCHEMA1_SIGNED, mt.DOCKER_SCHEMA1]
 )
@@ -520,14 +526,24 @@ class RegistryClient:
         return delay * random.uniform(0.5, 1.0)
 
     def send(
-        self, method: str, url: str, headers: dict, limit: int, what: str, *, retries: int | None = None, verify=None
+        self,
+        method: str,
+        url: str,
+        headers: dict,
+        limit: int,
+        what: str,
+        *,
+        retries: int | None = None,
+        verify=None,
+        body: bytes | None = None,
     ) -> Reply:
         """One request with retries of transient failures and its redirects followed; every final
-        answer is returned, 4xx too, its `url` the one that gave it."""
+        answer is returned, 4xx too, its `url` the one that gave it. A `body` (a token request's
+        form, which holds a secret) goes to the host it was meant for only."""
         first = _origin(url)
         hop_what, hops, waited = what, 0, 0.0
         while True:
-            reply, waited = self._send_hop(method, url, headers, limit, hop_what, retries, verify, waited)
+            reply, waited = self._send_hop(method, url, headers, limit, hop_what, retries, verify, waited, body)
             location = reply.headers.get("Location", "") if reply.status in _REDIRECT_STATUSES else ""
             if not location:
                 if reply.status >= 300 and reply.body:
@@ -537,6 +553,11 @@ class RegistryClient:
             if hops > MAX_REDIRECTS:
                 raise HttpError(hop_what, f"more than {MAX_REDIRECTS} redirects", reply.status)
             url = self._redirect_target(url, location, hop_what)
+            if body is not None and reply.status in (301, 302, 303):
+                method, body = "GET", None  # as Go's client and browsers do with a POST
+            if body is not None and _origin(url) != first:
+                there = _host_of(url)
+                raise HttpError(hop_what, f"refusing to send the request's form to {there}, where it was redirected")
             if _origin(url) != first:
                 # credentials are for the host they were sent to; a blob store gets them in its signed URL
                 headers = {k: v for k, v in headers.items() if k.lower() not in _CREDENTIAL_HEADERS}
@@ -572,7 +593,16 @@ class RegistryClient:
         return sent_secrets(headers) + self.auth.secrets()
 
     def _send_hop(
-        self, method: str, url: str, headers: dict, limit: int, what: str, retries: int | None, verify, waited: float
+        self,
+        method: str,
+        url: str,
+        headers: dict,
+        limit: int,
+        what: str,
+        retries: int | None,
+        verify,
+        waited: float,
+        data: bytes | None = None,
     ) -> tuple[Reply, float]:
         """One URL, its transient failures retried: (the answer, the seconds waited in all so far).
         `waited` carries over from the hops before, so redirects add no retry time of their own."""
@@ -593,6 +623,7 @@ class RegistryClient:
                 response = manager.urlopen(
                     method,
                     url,
+                    body=data,
                     headers={"User-Agent": USER_AGENT, **headers},
                     timeout=self._timeout,
                     retries=_NO_RETRIES,
@@ -680,6 +711,8 @@ class RegistryClient:
                 return token
             shown = redact_url_secrets(auth.realm)  # a realm may carry credentials; never echo them
             realm, host, realm_insecure = self._checked_realm(auth.realm)
+            if auth.refresh_token:
+                return self._trade_refresh_token(scope, realm, host, realm_insecure, shown)
             params = [("scope", scope)]
             if auth.service:
                 params.insert(0, ("service", auth.service))
@@ -711,6 +744,51 @@ class RegistryClient:
             auth.store_token(scope, token, lifetime)
             return token
 
+    def _trade_refresh_token(
+        self, scope: str, realm: urllib.parse.SplitResult, host: str, realm_insecure: bool, shown: str
+    ) -> str:
+        """An access token for `scope` by the OAuth2 refresh-token grant (the distribution spec's
+        `POST /token`), as docker asks for one with an identity token."""
+        auth = self.auth
+        url = urllib.parse.urlunsplit(realm._replace(netloc=host))  # user info is not sent
+        verify = False if realm_insecure else None
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        origin = auth.credentials.origin if auth.credentials is not None else ""
+        # A server that rotates refresh tokens retires the one a parallel request still holds:
+        # that request is asked again with the newest, as long as the token keeps moving.
+        for _ in range(_REFRESH_RACES):
+            used = auth.begin_trade()
+            new = ""
+            try:
+                form = [("grant_type", "refresh_token"), ("refresh_token", used), ("client_id", CLIENT_ID)]
+                if auth.service:
+                    form.append(("service", auth.service))
+                form.append(("scope", scope))
+                data = urllib.parse.urlencode(form).encode()
+                what = f"{self.registry}: token for {scope}"
+                reply = self.send("POST", url, headers, SMALL_LIMIT, what, verify=verify, body=data)
+                if reply.status == 200:
+                    new = refresh_token_of(reply.body)
+            finally:
+                auth.end_trade(used, new)
+            if reply.status == 200:
+                try:
+                    token, lifetime = parse_token_response(reply.body, shown)
+                except AuthError as exc:
+                    raise HttpError(self.registry, f"{exc}", reply.status) from None
+                auth.store_token(scope, token, lifetime)
+                return token
+            if reply.status not in (400, 401) or auth.refused_for_good(used, self.options.timeout):
+                break
+        secrets = self.auth.secrets()
+        detail = quoted(oauth_error_text(reply.body), secrets) or registry_error_text(reply.body, secrets)
+        detail = f" ({detail})" if detail else ""
+        if reply.status in (400, 401):
+            raise HttpError(
+                self.registry, f"the token server {shown} refused the identity token of {origin}{detail}", 401
+            )
+        raise HttpError(self.registry, f"the token server {shown} answered {reply.status}{detail}", reply.status)
+
     def _checked_realm(self, text: str) -> tuple[urllib.parse.SplitResult, str, bool]:
         """(the parsed realm, its netloc without user info, whether that host is an insecure
         registry); HttpError for a realm no token is asked of."""
@@ -738,7 +816,7 @@ class RegistryClient:
             self._checked_realm(challenge.realm)
         self.auth.remember(challenge)
         if challenge.scheme == "basic":
-            if self.auth.credentials is None or "Authorization" in sent:
+            if self.auth.credentials is None or not self.auth.credentials.basic or "Authorization" in sent:
                 return None
             return self.auth.basic_header()
         wanted = challenge.params.get("scope") or scope
@@ -770,6 +848,12 @@ class RegistryClient:
         detail = registry_error_text(reply.body, self._secrets(sent))
         if self.auth.scheme == "basic" and self.auth.credentials is None:
             hint = f"authentication required and no credentials for {self.registry} (use --username, or docker login)"
+        elif self.auth.scheme == "basic" and not self.auth.credentials.basic:
+            credentials = self.auth.credentials
+            hint = (
+                f"the registry asks for a password, and the credentials for {self.registry} are an identity "
+                f"token ({credentials.origin}), which is traded at a token server only"
+            )
         elif self.auth.scheme == "basic":
             credentials = self.auth.credentials
             hint = f"the registry rejected the credentials of {credentials.username} ({credentials.origin})"
