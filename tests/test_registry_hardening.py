@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import re
+import socket
 import random
 import threading
 import time
@@ -567,3 +568,36 @@ def test_an_auth_file_that_is_no_small_regular_file_is_refused_in_one_line(tmp_p
     }
     with pytest.raises(AuthError, match=r"cannot read credentials from .*config\.json: " + re.escape(reason[kind])):
         find_credentials("registry.example", "a/one", [str(path)])
+
+
+# ---------------------------------------------------------------- host names that do not resolve
+
+
+@pytest.mark.parametrize(
+    "code, words, attempts",
+    [
+        # the resolver's own "no such name": told at once, as no retry makes the name exist
+        (socket.EAI_NONAME, "Name or service not known", 1),
+        # a resolver that did not answer: retried like any connection that failed
+        (socket.EAI_AGAIN, "Temporary failure in name resolution", 3),
+    ],
+)
+def test_a_host_name_that_does_not_resolve_is_one_plain_line(monkeypatch, code, words, attempts):
+    asked = []
+    real = socket.getaddrinfo
+
+    def resolve(host, *args, **kwargs):
+        if host == "registry.nowhere.example":
+            asked.append(host)
+            raise socket.gaierror(code, words)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    with pytest.raises(SourceError) as caught:
+        crawl("docker://registry.nowhere.example/team/app", retries=2)
+    assert len(asked) == attempts
+    tries = f" (after {attempts} attempts)" if attempts > 1 else ""
+    assert str(caught.value) == (
+        "docker://registry.nowhere.example/team/app: registry.nowhere.example: GET "
+        f"https://registry.nowhere.example/v2/: cannot resolve registry.nowhere.example: {words}{tries}"
+    )

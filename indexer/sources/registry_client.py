@@ -37,7 +37,14 @@ import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import HTTPError as Urllib3Error
-from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, ProtocolError, ReadTimeoutError, SSLError
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    MaxRetryError,
+    NameResolutionError,
+    ProtocolError,
+    ReadTimeoutError,
+    SSLError,
+)
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
 from ..errors import AuthError, HostDown, HttpError, SourceError
@@ -203,7 +210,11 @@ def _tls_reason(exc: Exception) -> str:
 
 # What a failed attempt says about its host: these kinds mean no answer came at all, and count
 # towards giving the host up. A TLS error or a cut-short body is an answer of sorts.
-_NO_ANSWER = frozenset({"timeout", "refused", "broken", "failed"})
+_NO_ANSWER = frozenset({"timeout", "refused", "broken", "failed", "unresolved"})
+# Failures no retry mends: a certificate, a host name the resolver says does not exist.
+_FINAL = frozenset({"tls", "unresolved"})
+# The resolver's "no such name" answers; EAI_AGAIN (a resolver that did not answer) is retried.
+_NO_SUCH_HOST = frozenset(code for code in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", None)) if code is not None)
 
 
 def _classify(exc: BaseException, timeout: float) -> tuple[str, str]:
@@ -213,6 +224,12 @@ def _classify(exc: BaseException, timeout: float) -> tuple[str, str]:
     refused = exc.args[-1] if isinstance(exc, ProtocolError) and exc.args else None
     if isinstance(refused, (http.client.HTTPException, OverflowError)) and not isinstance(refused, ConnectionError):
         exc = refused  # http.client refused the status line or headers; urllib3 says "Connection aborted."
+    if isinstance(exc, NameResolutionError):
+        cause = exc.__cause__ if isinstance(exc.__cause__, socket.gaierror) else getattr(exc, "_reason", None)
+        host = redact_url_secrets(str(getattr(exc, "_host", "") or "the host"))[:200]
+        words = getattr(cause, "strerror", None) or "no address"
+        kind = "unresolved" if getattr(cause, "errno", None) in _NO_SUCH_HOST else "failed"
+        return kind, f"cannot resolve {host}: {words}"
     text = _innermost(exc)
     if "Connection refused" in text:
         return "refused", "connection refused"
@@ -640,7 +657,7 @@ class RegistryClient:
                 reason = scrub(reason, self._secrets(headers))  # http.client quotes what the server sent
                 if kind in _NO_ANSWER:
                     breaker.failed(reason)
-                if kind != "tls" and attempt < retries and not breaker.down:
+                if kind not in _FINAL and attempt < retries and not breaker.down:
                     delay = self._backoff(attempt)
                     if waited + delay <= self.options.max_retry_wait:
                         time.sleep(delay)
@@ -904,7 +921,7 @@ class RegistryClient:
                 http_error.where, f"{http_error.reason}; over https: {https_error.reason}", http_error.status
             )
         _, error = failures[0]
-        if not self.plain_http_allowed:
+        if not self.plain_http_allowed and not error.reason.startswith("cannot resolve "):
             hint = "plain HTTP is used only for --insecure-registry hosts and loopback"
             raise HttpError(error.where, f"{error.reason} ({hint})", error.status)
         raise error
