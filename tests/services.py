@@ -191,6 +191,23 @@ def start_engine(folder: str) -> Engine:
     raise Unavailable(f"dockerd did not come up in {START_SECONDS} s: {tail.strip()[-500:]}")
 
 
+def _serve(command: list[str], log_path: str, name: str, address: str, ready) -> subprocess.Popen:
+    """`command` started with its output in `log_path`, once `ready()`; Unavailable, with the log's
+    end, when it exits first or is not ready within START_SECONDS (then it is stopped)."""
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + START_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            with open(log_path, errors="replace") as f:
+                raise Unavailable(f"{name} exited: {f.read()[-500:]}")
+        if ready():
+            return process
+        time.sleep(0.1)
+    _stop(process, grace=10)
+    raise Unavailable(f"{name} did not come up on {address}")
+
+
 @dataclass
 class Registry:
     """A private docker-registry (distribution 2.8) on 127.0.0.1; `address` is HOST:PORT."""
@@ -224,25 +241,80 @@ def start_registry(folder: str) -> Registry:
             f"http:\n  addr: {registry.address}\n  secret: imgdex-tests-not-a-secret\n"
         )
     log_path = os.path.join(folder, "registry.log")
-    with open(log_path, "wb") as log:
-        registry.process = subprocess.Popen(
-            [REGISTRY_BIN, "serve", config], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
     session = requests.Session()
     session.trust_env = False  # loopback only, whatever proxy the environment names
-    deadline = time.monotonic() + START_SECONDS
-    while time.monotonic() < deadline:
-        if registry.process.poll() is not None:
-            with open(log_path, errors="replace") as f:
-                raise Unavailable(f"docker-registry exited: {f.read()[-500:]}")
+
+    def ready() -> bool:
         try:
-            if session.get(f"{registry.url}/v2/", timeout=2).status_code == 200:
-                return registry
+            return session.get(f"{registry.url}/v2/", timeout=2).status_code == 200
         except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    registry.stop()
-    raise Unavailable(f"docker-registry did not come up on {registry.address}")
+            return False
+
+    registry.process = _serve([REGISTRY_BIN, "serve", config], log_path, "docker-registry", registry.address, ready)
+    return registry
+
+
+SSHD = os.environ.get("SSHD", "/usr/sbin/sshd")
+
+
+@dataclass
+class Sshd:
+    """A private OpenSSH server on 127.0.0.1 that lets root in with one key, its sessions' DOCKER_HOST
+    set to a test engine; `bin` holds an `ssh` that runs the real client with this server's key and
+    config (OpenSSH reads ~/.ssh of the passwd entry, not $HOME, so the tests cannot point it there)."""
+
+    folder: str
+    port: int = 0
+    bin: str = ""
+    process: subprocess.Popen | None = None
+
+    def stop(self) -> None:
+        _stop(self.process, grace=10)
+
+
+def start_sshd(folder: str, docker_host: str) -> Sshd:
+    reason = missing_tools("ssh", "ssh-keygen", SSHD)
+    if reason:
+        raise Unavailable(reason)
+    os.makedirs(folder, exist_ok=True)
+    os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege separation folder on Debian
+    for name in ("host_key", "client_key"):
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "imgdex-test", "-f", os.path.join(folder, name)],
+            check=True,
+            capture_output=True,
+        )
+    shutil.copy(os.path.join(folder, "client_key.pub"), os.path.join(folder, "authorized_keys"))
+    server = Sshd(folder, port=free_port(), bin=os.path.join(folder, "bin"))
+    config = os.path.join(folder, "sshd_config")
+    with open(config, "w") as f:
+        f.write(
+            f"Port {server.port}\nListenAddress 127.0.0.1\nHostKey {folder}/host_key\nPidFile {folder}/sshd.pid\n"
+            f"AuthorizedKeysFile {folder}/authorized_keys\nPermitRootLogin prohibit-password\n"
+            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nAllowUsers root\n"
+            f"SetEnv DOCKER_HOST={docker_host}\n"
+        )
+    with open(os.path.join(folder, "ssh_config"), "w") as f:
+        f.write(
+            f"Host *\n  IdentityFile {folder}/client_key\n  IdentitiesOnly yes\n  StrictHostKeyChecking no\n"
+            "  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n"
+        )
+    os.makedirs(server.bin, exist_ok=True)
+    wrapper = os.path.join(server.bin, "ssh")
+    with open(wrapper, "w") as f:
+        f.write(f'#!/bin/sh\nexec {shutil.which("ssh")} -F {folder}/ssh_config "$@"\n')
+    os.chmod(wrapper, 0o755)
+    log_path = os.path.join(folder, "sshd.log")
+
+    def ready() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=1) as probe:
+                return probe.recv(4).startswith(b"SSH-")
+        except OSError:
+            return False
+
+    server.process = _serve([SSHD, "-D", "-e", "-f", config], log_path, "sshd", f"127.0.0.1:{server.port}", ready)
+    return server
 
 
 def short_folder(prefix: str) -> str:

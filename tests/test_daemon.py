@@ -1197,10 +1197,13 @@ def test_tls_files_are_taken_from_docker_cert_path_or_home(tmp_path, monkeypatch
 @pytest.mark.parametrize(
     "address, reason",
     [
-        ("ssh://me@build-host", "ssh:// addresses are not supported (unix://, tcp://, http:// and https:// are)"),
+        (
+            "ssh://me@build-host;id",
+            "not an ssh address: after ssh: comes [USER@]HOST[:PORT][/SOCKET], of letters, digits and . _ -",
+        ),
         (
             "npipe:////./pipe/docker_engine",
-            "npipe:// addresses are not supported (unix://, tcp://, http:// and https:// are)",
+            "npipe:// addresses are not supported (unix://, tcp://, http://, https:// and ssh:// are)",
         ),
         ("tcp://10.0.0.1", "not an engine address (unix://PATH or tcp://HOST:PORT)"),
         ("tcp://10.0.0.1:99999", "not an engine address (unix://PATH or tcp://HOST:PORT)"),

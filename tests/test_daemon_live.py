@@ -582,6 +582,49 @@ def test_engine_found_through_the_docker_clis_current_context(engine, store, tmp
     assert "docker context 'nope' (named by DOCKER_CONTEXT) does not exist" in result.stderr
 
 
+def test_engine_reached_over_ssh_as_the_docker_cli_reaches_it(engine, store, tmp_path, services_folder):  # noqa: F811
+    """`ssh://root@127.0.0.1:PORT`, given as the address or as a docker context's host: a real sshd,
+    whose session runs the real docker CLI's `system dial-stdio` against the test engine."""
+    from services import DOCKER, Unavailable, start_sshd
+
+    try:
+        sshd = start_sshd(os.path.join(services_folder, f"sshd-{os.getpid()}"), engine.host)
+    except (Unavailable, OSError, subprocess.SubprocessError) as exc:
+        pytest.fail(str(exc)) if os.environ.get("CI") else pytest.skip(str(exc))
+    unset = ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "DOCKER_CONTEXT")
+    env = {key: value for key, value in os.environ.items() if key not in unset}
+    env["PATH"] = f"{sshd.bin}{os.pathsep}{env['PATH']}"
+    env["DOCKER_CONFIG"] = str(tmp_path / "docker-config")
+    address = f"ssh://root@127.0.0.1:{sshd.port}"
+    try:
+        imgdex("index", "docker-daemon:", "--docker-host", address, "--store", tmp_path / "by-address", env=env)
+        assert listing(str(tmp_path / "by-address")) == listing(store)
+        for args in (("context", "create", "remote", "--docker", f"host={address}"), ("context", "use", "remote")):
+            subprocess.run([DOCKER, *args], env=env, check=True, capture_output=True, timeout=60)
+        imgdex("index", "docker-daemon:", "--store", tmp_path / "by-context", env=env)
+        assert listing(str(tmp_path / "by-context")) == listing(store)
+        # A login ssh refuses, and an engine socket that is not there: one line each, in ssh's or
+        # the remote docker's own words, and no ssh process left behind.
+        shown = f"ssh://***@127.0.0.1:{sshd.port}"  # the run shows no user of an address
+        for where, words in (
+            (
+                f"ssh://nobody@127.0.0.1:{sshd.port}",
+                f"{shown}: over ssh: nobody@127.0.0.1: Permission denied (publickey)",
+            ),
+            (f"{address}/nowhere.sock", f"{shown}/nowhere.sock: over ssh: failed to open the raw stream connection"),
+        ):
+            result = imgdex(
+                "index", "docker-daemon:", "--docker-host", where, "--store", tmp_path / "no", env=env, check=False
+            )
+            assert result.returncode == 1 and len(result.stderr.splitlines()) == 1, result.stderr
+            assert f"cannot reach the Docker engine at {words}" in result.stderr, result.stderr
+        assert "dial unix /nowhere.sock" in result.stderr
+    finally:
+        sshd.stop()
+    left = subprocess.run(["pgrep", "-f", "dial-stdio"], capture_output=True, text=True).stdout.split()
+    assert not left
+
+
 def test_stopped_engine_is_one_line_and_exit_1(tmp_path, services_folder):  # noqa: F811
     from services import Unavailable, start_engine
 

@@ -78,6 +78,7 @@ from .parse import (
     size_problem,
     valid_size,
 )
+from .ssh_dial import DialHelper, SshTarget, helper_command, parse_ssh
 from .tlsfiles import load_ca, load_key_pair
 from .vanished import holds_tags, vanished_tags
 
@@ -189,6 +190,7 @@ class Endpoint:
     port: int = 0
     tls: TlsSettings | None = None
     prefix: str = ""  # the path the API is served under (tcp://host:2375/prefix)
+    ssh: SshTarget | None = None  # another machine's engine, through `docker system dial-stdio` there
 
 
 def tls_from_env(environ: Mapping[str, str]) -> TlsSettings | None:
@@ -257,7 +259,8 @@ def endpoint_of(address: str, environ: Mapping[str, str] | None = None) -> Endpo
     """The endpoint of an engine address, in the forms the Docker SDK takes: unix://PATH, tcp://HOST:PORT (TLS
     when the environment asks for it), http://HOST:PORT, https://HOST:PORT and a bare HOST:PORT.
 
-    ValueError, with a short reason, for anything else (ssh:// and npipe:// among them).
+    ssh://[USER@]HOST[:PORT][/SOCKET] reaches another machine's engine as the docker CLI does.
+    ValueError, with a short reason, for anything else (npipe:// among them).
     """
     environ = os.environ if environ is None else environ
     scheme, rest = _split_scheme(address.strip())
@@ -271,8 +274,10 @@ def endpoint_of(address: str, environ: Mapping[str, str] | None = None) -> Endpo
         tls = tls_from_env(environ) or TlsSettings(verify=True)
     elif scheme == "http":
         tls = None
+    elif scheme == "ssh":
+        return Endpoint(ssh=parse_ssh(rest))
     else:
-        raise ValueError(f"{scheme}:// addresses are not supported (unix://, tcp://, http:// and https:// are)")
+        raise ValueError(f"{scheme}:// addresses are not supported (unix://, tcp://, http://, https:// and ssh:// are)")
     parts = urlsplit("//" + rest)
     try:
         port = parts.port
@@ -422,11 +427,14 @@ class _Connection(http.client.HTTPConnection):
 
     response_class = _Response
 
-    def __init__(self, endpoint: Endpoint, context: ssl.SSLContext | None):
+    def __init__(self, endpoint: Endpoint, context: ssl.SSLContext | None, connect_timeout: float = CONNECT_TIMEOUT):
         super().__init__(endpoint.host or "localhost", endpoint.port or None)
         self._endpoint = endpoint
         self._context = context
+        self._connect_timeout = connect_timeout
         self.deadline = 0.0
+        self.helper: DialHelper | None = None  # the ssh process of an ssh:// engine's connection
+        self._last_words = ""  # what that process said as it ended in failure, once it is gone
 
     def bound(self, deadline: float) -> None:
         """The next request, and the connect it may need, end by `deadline`."""
@@ -435,7 +443,28 @@ class _Connection(http.client.HTTPConnection):
             self.sock.deadline = deadline
 
     def connect(self) -> None:
-        self.sock = _open_socket(self._endpoint, self._context, self.deadline)
+        if self._endpoint.ssh is None:
+            self.sock = _open_socket(self._endpoint, self._context, self.deadline)
+            return
+        if self.deadline <= time.monotonic():
+            raise TimeoutError("timed out")
+        self.helper = DialHelper(helper_command(self._endpoint.ssh, self._connect_timeout))
+        plain = self.helper.socket
+        self.sock = _DeadlineSocket(plain.family, plain.type, plain.proto, fileno=plain.detach())
+        self.sock.deadline = self.deadline
+
+    def helper_failure(self) -> str:
+        """What ssh said when it ended in failure (a login refused, a host not reached, no docker
+        there), waited for until the deadline; "" otherwise."""
+        if self.helper is None:
+            return self._last_words
+        return self.helper.failure(min(self.deadline - time.monotonic(), 5.0))
+
+    def close(self) -> None:
+        super().close()
+        helper, self.helper = self.helper, None
+        if helper is not None:
+            self._last_words = helper.stop()
 
 
 # A reused keep-alive connection that the engine closed in the meantime fails in one of these ways
@@ -548,7 +577,7 @@ class EngineApiClient:
                 connection = self._idle.pop() if self._idle else None
                 reused = connection is not None
                 if connection is None:
-                    connection = _Connection(self._endpoint, self._context)
+                    connection = _Connection(self._endpoint, self._context, self._connect_timeout)
                 self._busy.add(connection)
             connection.bound(deadline)
             try:
@@ -559,7 +588,10 @@ class EngineApiClient:
                 except BodyTooLarge:
                     raise _AnswerTooLong(f"the answer is over {limit:,} bytes") from None
             except BaseException as exc:
+                said = connection.helper_failure() if isinstance(exc, (OSError, http.client.HTTPException)) else ""
                 connection.close()
+                if said:
+                    raise ConnectionError(said) from None
                 if reused and isinstance(exc, _STALE):
                     continue  # each idle connection is tried at most once, then a new one
                 raise
