@@ -201,3 +201,13 @@ def test_a_refusal_with_no_trade_under_way_is_final():
     auth.end_trade(used)
     assert auth.refused_for_good(used, timeout=10) is True
     assert auth.basic_header() == {}  # and no empty Basic password goes to the registry
+
+
+def test_the_refresh_tokens_kept_as_secrets_stay_few_however_often_they_rotate():
+    auth = HostAuth("reg", Credentials("", "", "cfg", IDENTITY))
+    for number in range(1, 10_001):
+        used = auth.begin_trade()
+        auth.end_trade(used, f"rt-{number}")
+    secrets = auth.secrets()
+    assert auth.refresh_token == "rt-10000" and {IDENTITY, "rt-10000", "rt-9999"} <= set(secrets)
+    assert len(secrets) <= 20

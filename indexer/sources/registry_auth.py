@@ -40,6 +40,8 @@ _MAX_TOKEN_LIFETIME = 24 * 3600.0
 # would otherwise keep a million; only the repositories under way at once (a few per job) use theirs,
 # and a token dropped too early costs one more request to the token server.
 _MAX_TOKENS = 4096
+# Rotated refresh tokens kept (as secrets to hide) besides the one the credentials gave.
+_KEPT_REFRESH_TOKENS = 16
 
 
 @dataclass(frozen=True)
@@ -388,7 +390,10 @@ class HostAuth:
                 if self._refresh == used:
                     self._refresh = new
                 if new not in self._refreshes:
+                    # The one given and the latest few: a server that rotates retires the others,
+                    # and a crawl of a million repositories would keep a million.
                     self._refreshes.append(new)
+                    del self._refreshes[1:-_KEPT_REFRESH_TOKENS]
             self._traded.notify_all()
 
     def refused_for_good(self, used: str, timeout: float) -> bool:
