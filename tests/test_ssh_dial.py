@@ -179,3 +179,13 @@ def test_an_ssh_that_never_answers_is_stopped_at_the_deadline(tmp_path, monkeypa
     assert str(caught.value) == "cannot reach the Docker engine at ssh://build-host: no answer in 1 s"
     time.sleep(0.2)
     assert not _helpers_left(tmp_path)
+
+
+def test_without_an_ssh_program_the_address_is_one_line_saying_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # a folder without ssh in it
+    with pytest.raises(EngineUnavailable) as caught:
+        EngineApiClient("ssh://build-host")
+    assert str(caught.value) == (
+        "cannot reach the Docker engine at ssh://build-host: no ssh program on PATH "
+        "(ssh:// engines are reached through OpenSSH's client)"
+    )

@@ -90,6 +90,11 @@ class DialHelper:
                 stderr=subprocess.PIPE,
                 start_new_session=True,
             )
+        except FileNotFoundError:
+            ours.close()
+            raise OSError(
+                f"no {command[0]} program on PATH (ssh:// engines are reached through OpenSSH's client)"
+            ) from None
         except BaseException:
             ours.close()
             raise
