@@ -477,6 +477,22 @@ def shown_value(value: str) -> str:
     help="CA bundle for registry TLS.",
 )
 @click.option(
+    "--cert-dir",
+    default=None,
+    metavar="DIR",
+    type=click.Path(exists=True, file_okay=False),
+    help="Registry TLS files (*.crt CAs, a *.cert/*.key client pair) for every docker:// host, read instead "
+    "of /etc/docker/certs.d/HOST and /etc/containers/certs.d/HOST, as skopeo's --cert-dir.",
+)
+@click.option(
+    "--authfile",
+    default=None,
+    metavar="FILE",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Registry credentials (a docker config.json or containers auth.json) read instead of the default "
+    "files, as skopeo's --authfile.",
+)
+@click.option(
     "--insecure-registry",
     "insecure_registries",
     multiple=True,
@@ -527,6 +543,8 @@ def index(
     password_stdin,
     tls_verify,
     ca_cert,
+    cert_dir,
+    authfile,
     insecure_registries,
     jobs,
     shard,
@@ -597,6 +615,8 @@ def index(
             password=password,
             tls_verify=tls_verify,
             ca_cert=ca_cert or "",
+            cert_dir=cert_dir or "",
+            auth_files=[authfile] if authfile else None,
             insecure_registries=tuple(insecure_registries),
             jobs=jobs or 8,
             timeout=timeout,

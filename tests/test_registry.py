@@ -339,6 +339,23 @@ def test_basic_auth_from_docker_config(basic_registry, run_cli, tmp_path, no_aut
     assert listing(run_cli, store) == basic_registry.expected
 
 
+def test_an_authfile_is_read_instead_of_the_default_files(basic_registry, run_cli, tmp_path, no_auth_files):
+    """skopeo's --authfile: its credentials are used, and the user's config.json (here with a wrong
+    password, which would be refused) is not read."""
+    docker = no_auth_files / ".docker"
+    docker.mkdir()
+    wrong = base64.b64encode(b"crawler:wrong-pass").decode()
+    (docker / "config.json").write_text(json.dumps({"auths": {basic_registry.host: {"auth": wrong}}}))
+    authfile = tmp_path / "auth.json"
+    right = base64.b64encode(b"crawler:s3cret-pass").decode()
+    authfile.write_text(json.dumps({"auths": {basic_registry.host: {"auth": right}}}))
+    result = index(run_cli, str(tmp_path / "default"), f"docker://{basic_registry.host}", ok=False)
+    assert result.exit_code == 1 and "rejected the credentials of crawler" in result.output
+    store = str(tmp_path / "store")
+    index(run_cli, store, f"docker://{basic_registry.host}", "--authfile", authfile)
+    assert listing(run_cli, store) == basic_registry.expected
+
+
 # ---------------------------------------------------------------- bearer tokens
 
 

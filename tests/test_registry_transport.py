@@ -533,3 +533,32 @@ def test_a_ca_cert_given_through_a_pipe_is_read_as_it_is_written(fake, tmp_path)
     finally:
         os.close(read_end)
     assert not errors and [r.name for r in records] == ["a/app"], errors
+
+
+def test_a_cert_dir_is_every_host_s_folder_instead_of_certs_d(fake, tmp_path, run_cli):
+    """skopeo's --cert-dir: the CAs lie in the folder itself, and the host's certs.d folder (here one
+    with a FIFO that would hold the crawl) is not read."""
+    try:
+        files = make_tls_files(str(tmp_path / "tls"))
+    except FileNotFoundError as exc:
+        give_up(str(exc))
+    serve_tls(fake, files)
+    certs_d = tmp_path / "certs.d" / fake.host
+    certs_d.mkdir(parents=True)
+    os.mkfifo(certs_d / "a.crt")
+    cert_dir = tmp_path / "mine"
+    cert_dir.mkdir()
+    (cert_dir / "ca.crt").write_bytes(open(files["ca"], "rb").read())
+    manifest, configs, _ = image()
+    fake.add_image("a/app", {"v1": manifest}, configs, OCI_MANIFEST)
+
+    records, errors, _ = crawl(
+        f"docker://{fake.host}/a/app", certs_dirs=(str(tmp_path / "certs.d"),), cert_dir=str(cert_dir)
+    )
+    assert not errors and [r.name for r in records] == ["a/app"], errors
+
+    # the same from the command line; without the folder the registry's certificate is not trusted
+    result = run_cli("index", f"docker://{fake.host}/a/app", "--store", tmp_path / "s", "--cert-dir", cert_dir)
+    assert result.exit_code == 0, result.output
+    result = run_cli("index", f"docker://{fake.host}/a/app", "--store", tmp_path / "t")
+    assert result.exit_code == 1 and "certificate verify failed" in result.output

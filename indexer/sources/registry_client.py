@@ -107,6 +107,9 @@ class RegistryOptions:
     max_retry_wait: float = 60.0
     auth_files: list[str] | None = None  # None: the files docker and skopeo read
     certs_dirs: tuple[str, ...] = CERTS_DIRS
+    # skopeo's --cert-dir: one folder of *.crt, *.cert and *.key for every host, read instead of
+    # the host's folder under certs_dirs
+    cert_dir: str = ""
 
 
 @dataclass
@@ -460,8 +463,12 @@ class RegistryClient:
             return False, None
         verify: bool | tuple[str, ...] = True
         client_cert = None
-        for base in self.options.certs_dirs:
-            folder = os.path.join(base, host)
+        folders = (
+            [self.options.cert_dir]
+            if self.options.cert_dir
+            else [os.path.join(b, host) for b in self.options.certs_dirs]
+        )
+        for folder in folders:
             if not os.path.isdir(folder):
                 continue
             cas = sorted(glob.glob(os.path.join(folder, "*.crt")))
