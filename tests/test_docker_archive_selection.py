@@ -2,6 +2,7 @@
 
 skopeo, reading the same real archives, is the judge of which image a name selects."""
 
+import gzip
 import io
 import json
 import os
@@ -209,3 +210,28 @@ def test_any_name_is_a_selection_or_a_source_error(text):
         assert text == f"@{selected}"
     else:
         assert selected.tag and not selected.digest
+
+
+@pytest.mark.parametrize("packing", ["tar", "gzip"])
+def test_a_member_given_twice_is_read_as_tar_x_and_docker_load_read_it_the_last(tmp_path, packing):
+    """`tar -rf` appends an updated manifest.json; extracting, as `docker load` does, keeps the last.
+    (skopeo reads the first; the README says so.) Both ways of reading an archive agree."""
+    with open(os.path.join(REAL, "docker-save-app.tar"), "rb") as f:
+        members = tar_members(f.read())
+    manifest = json.loads(members["manifest.json"])
+    assert "imgdex-test/app:1.0" in manifest[0]["RepoTags"]
+    renamed = [dict(manifest[0], RepoTags=["appended/app:2"]), *manifest[1:]]
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in [*members.items(), ("manifest.json", json.dumps(renamed).encode())]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    data = buffer.getvalue()
+    path = tmp_path / ("twice.tar" if packing == "tar" else "twice.tar.gz")
+    path.write_bytes(data if packing == "tar" else gzip.compress(data))
+
+    _index(str(path), str(tmp_path / "store"))
+    names = sorted((image["name"], tuple(image.get("tags", ()))) for image in _listed(str(tmp_path / "store")))
+    assert ("appended/app", ("2",)) in names
+    assert not [name for name, _ in names if name == "imgdex-test/app"]
