@@ -438,7 +438,32 @@ def shown_value(value: str) -> str:
     return shown(value)
 
 
-@cli.command()
+# Go's strconv.ParseBool, which skopeo's `--tls-verify=false` goes through.
+_GO_BOOLS = {word: True for word in ("1", "t", "T", "TRUE", "true", "True")} | {
+    word: False for word in ("0", "f", "F", "FALSE", "false", "False")
+}
+
+
+class _IndexCommand(click.Command):
+    """`index`, which also takes skopeo's `--tls-verify=false` (Go's flags give a boolean its value
+    after `=`): click's flag pair takes no value."""
+
+    def parse_args(self, ctx, args):
+        taken = []
+        for position, arg in enumerate(args):
+            if arg == "--":
+                taken += args[position:]
+                break
+            name, equals, value = arg.partition("=")
+            if name == "--tls-verify" and equals:
+                if value not in _GO_BOOLS:
+                    raise click.BadParameter(f"{value!r} is not a boolean", param_hint="'--tls-verify'")
+                arg = "--tls-verify" if _GO_BOOLS[value] else "--no-tls-verify"
+            taken.append(arg)
+        return super().parse_args(ctx, taken)
+
+
+@cli.command(cls=_IndexCommand)
 @click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
 @delta_store_option
 @click.option("--registry", default="", metavar="HOST", help="Registry host for images whose source carries no name.")
@@ -468,7 +493,12 @@ def shown_value(value: str) -> str:
     help="Registry user for docker:// sources; the password comes from --password-stdin or $IMGDEX_PASSWORD.",
 )
 @click.option("--password-stdin", is_flag=True, help="Read the registry password from standard input.")
-@click.option("--tls-verify/--no-tls-verify", default=True, show_default=True, help="Verify registry TLS certificates.")
+@click.option(
+    "--tls-verify/--no-tls-verify",
+    default=True,
+    show_default=True,
+    help="Verify registry TLS certificates (skopeo's --tls-verify=false is taken too).",
+)
 @click.option(
     "--ca-cert",
     default=None,

@@ -562,3 +562,28 @@ def test_a_cert_dir_is_every_host_s_folder_instead_of_certs_d(fake, tmp_path, ru
     assert result.exit_code == 0, result.output
     result = run_cli("index", f"docker://{fake.host}/a/app", "--store", tmp_path / "t")
     assert result.exit_code == 1 and "certificate verify failed" in result.output
+
+
+@pytest.mark.parametrize(
+    "flag, verified",
+    [("--tls-verify=false", False), ("--tls-verify=0", False), ("--tls-verify=true", True), ("--no-tls-verify", False)],
+)
+def test_skopeo_s_tls_verify_with_a_value_is_taken(fake, tmp_path, run_cli, flag, verified):
+    try:
+        files = make_tls_files(str(tmp_path / "tls"))
+    except FileNotFoundError as exc:
+        give_up(str(exc))
+    serve_tls(fake, files)  # a certificate no CA of the system signed
+    manifest, configs, _ = image()
+    fake.add_image("a/app", {"v1": manifest}, configs, OCI_MANIFEST)
+    result = run_cli("index", f"docker://{fake.host}/a/app", flag, "--store", tmp_path / "s")
+    if verified:
+        assert result.exit_code == 1 and "certificate verify failed" in result.output
+    else:
+        assert result.exit_code == 0, result.output
+
+
+def test_a_tls_verify_value_that_is_no_boolean_is_a_usage_error(run_cli, tmp_path):
+    result = run_cli("index", "docker://127.0.0.1:1/a/app", "--tls-verify=maybe", "--store", tmp_path)
+    assert result.exit_code == 2
+    assert "Invalid value for '--tls-verify': 'maybe' is not a boolean" in result.output
