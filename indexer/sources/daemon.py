@@ -78,7 +78,7 @@ from .parse import (
     size_problem,
     valid_size,
 )
-from .ssh_dial import DialHelper, SshTarget, helper_command, parse_ssh
+from .ssh_dial import LOGIN, DialHelper, SshTarget, helper_command, parse_ssh
 from .tlsfiles import load_ca, load_key_pair
 from .vanished import holds_tags, vanished_tags
 
@@ -221,8 +221,6 @@ def tls_from_env(environ: Mapping[str, str]) -> TlsSettings | None:
 # RFC 3986's scheme: what precedes "://" is a scheme only in this form. Anything else is part of a
 # bare HOST:PORT, a password holding "://" among them, and is never quoted as a scheme.
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
-# A login name as ssh:// addresses carry it (ssh://me@build-host): kept in messages, it is no secret.
-_LOGIN = re.compile(r"[A-Za-z0-9._-]+")
 
 
 def _split_scheme(text: str) -> tuple[str, str]:
@@ -252,7 +250,8 @@ def shown_address(address: str) -> str:
 def _keeps_at(scheme: str, before: str) -> bool:
     if scheme in ("unix", "http+unix"):
         return before.startswith("/")  # a socket path, which may hold an '@'
-    return scheme == "ssh" and _LOGIN.fullmatch(before) is not None
+    # a login name as ssh:// addresses carry it (ssh://me@build-host) is no secret
+    return scheme == "ssh" and LOGIN.fullmatch(before) is not None
 
 
 def endpoint_of(address: str, environ: Mapping[str, str] | None = None) -> Endpoint:
