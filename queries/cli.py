@@ -557,6 +557,15 @@ class _IndexCommand(click.Command):
     callback=_finite_seconds,
     help="Deadline for each registry request, whole response included (at most a day).",
 )
+@click.option(
+    "--retry-times",
+    type=Integer(0, 100),
+    default=3,
+    show_default=True,
+    metavar="N",
+    help="Times a registry request that got no answer, a 429 or a 5xx is tried again, with backoff "
+    "(as skopeo's --retry-times).",
+)
 @library_errors
 def index(
     sources,
@@ -579,6 +588,7 @@ def index(
     jobs,
     shard,
     timeout,
+    retry_times,
 ):
     """Index every image found in each SOURCE.
 
@@ -650,6 +660,7 @@ def index(
             insecure_registries=tuple(insecure_registries),
             jobs=jobs or 8,
             timeout=timeout,
+            retries=retry_times,
         )
     options = SourceOptions(docker_host=docker_host, all_images=all_images, registry=registry_options)
     settings = RunSettings(options=options, registry=registry, repository=repository, verify=verify, shard=shard)

@@ -675,3 +675,19 @@ def test_a_retry_after_past_the_bound_fails_at_once(fake, wait):
     _, errors, _ = crawl(f"docker://{fake.host}/app:v1", retries=3, backoff=1.0)
     assert time.monotonic() - started < 1.0 and fake.hits["/v2/app/manifests/v1"] == 1
     assert len(errors) == 1 and "503 Service Unavailable, and the server asks to retry after " in errors[0], errors
+
+
+@pytest.mark.parametrize("retry_times, lands", [(0, False), (1, False), (2, True)])
+def test_retry_times_is_how_often_a_failed_request_is_asked_again(fake, run_cli, tmp_path, retry_times, lands):
+    manifest, configs, _ = image()
+    fake.add_image("flaky/app", {"v1": manifest}, configs, OCI_MANIFEST)
+    down = Flaky(Reply(503, b""), fake.routes["/v2/flaky/app/manifests/v1"], failures=2)
+    fake.routes["/v2/flaky/app/manifests/v1"] = down
+    result = run_cli(
+        "index", f"docker://{fake.host}/flaky/app:v1", "--retry-times", retry_times, "--store", tmp_path / "s"
+    )
+    assert len(down.times) == min(retry_times + 1, 3)
+    if lands:
+        assert result.exit_code == 0, result.output
+    else:
+        assert result.exit_code == 1 and "GET manifest: 503 Service Unavailable" in result.output, result.output
