@@ -558,6 +558,11 @@ class _IndexCommand(click.Command):
     help="Deadline for each registry request, whole response included (at most a day).",
 )
 @click.option(
+    "--no-creds",
+    is_flag=True,
+    help="Crawl registries anonymously: no auth file, helper or $IMGDEX_PASSWORD is read (as skopeo's --no-creds).",
+)
+@click.option(
     "--retry-times",
     type=Integer(0, 100),
     default=3,
@@ -588,6 +593,7 @@ def index(
     jobs,
     shard,
     timeout,
+    no_creds,
     retry_times,
 ):
     """Index every image found in each SOURCE.
@@ -624,9 +630,12 @@ def index(
 
     password = None
     crawls_registries = any(source.startswith("docker://") for source in sources)
+    if no_creds and (username or password_stdin or authfile):
+        given = "--username" if username else "--password-stdin" if password_stdin else "--authfile"
+        raise click.UsageError(f"--no-creds and {given} cannot both be given")
     # The password is for registries only: an exported IMGDEX_PASSWORD must not get in the way
-    # of indexing archives.
-    if crawls_registries:
+    # of indexing archives (nor of an anonymous crawl).
+    if crawls_registries and not no_creds:
         if password_stdin:
             for source in sources:
                 if _reads_stdin(source):
@@ -656,7 +665,7 @@ def index(
             tls_verify=tls_verify,
             ca_cert=ca_cert or "",
             cert_dir=cert_dir or "",
-            auth_files=[authfile] if authfile else None,
+            auth_files=[] if no_creds else [authfile] if authfile else None,
             insecure_registries=tuple(insecure_registries),
             jobs=jobs or 8,
             timeout=timeout,

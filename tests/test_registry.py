@@ -576,3 +576,22 @@ def test_schema1_manifest_is_recorded(run_cli, tmp_path):
         assert "config" not in old
     finally:
         reg.stop()
+
+
+def test_no_creds_crawls_anonymously_whatever_the_auth_files_hold(basic_registry, run_cli, tmp_path, no_auth_files):
+    docker = no_auth_files / ".docker"
+    docker.mkdir()
+    right = base64.b64encode(b"crawler:s3cret-pass").decode()
+    (docker / "config.json").write_text(json.dumps({"auths": {basic_registry.host: {"auth": right}}}))
+    index(run_cli, str(tmp_path / "with"), f"docker://{basic_registry.host}")
+    result = index(run_cli, str(tmp_path / "without"), f"docker://{basic_registry.host}", "--no-creds", ok=False)
+    assert result.exit_code == 1
+    assert f"authentication required and no credentials for {basic_registry.host}" in result.output
+
+
+@pytest.mark.parametrize("given", [("--username", "crawler"), ("--authfile", "auth.json"), ("--password-stdin",)])
+def test_no_creds_with_credentials_is_a_usage_error(run_cli, tmp_path, given):
+    (tmp_path / "auth.json").write_text("{}")
+    given = tuple(str(tmp_path / part) if part == "auth.json" else part for part in given)
+    result = run_cli("index", "docker://127.0.0.1:1/a", "--no-creds", *given, "--store", tmp_path / "s")
+    assert result.exit_code == 2 and f"--no-creds and {given[0]} cannot both be given" in result.output
