@@ -428,6 +428,16 @@ def serve_tls(server: FakeRegistry, files: dict) -> None:
     server.httpd.socket = context.wrap_socket(server.httpd.socket, server_side=True)
 
 
+def served_with_a_ca_of_its_own(server: FakeRegistry, tmp_path) -> dict:
+    """`server` over TLS with a certificate of a new CA (which no system trusts); its files."""
+    try:
+        files = make_tls_files(str(tmp_path / "tls"))
+    except FileNotFoundError as exc:
+        give_up(str(exc))
+    serve_tls(server, files)
+    return files
+
+
 def test_a_ca_cert_is_added_to_the_system_s_so_a_public_host_a_registry_redirects_to_is_trusted(
     fake, elsewhere, tmp_path, monkeypatch
 ):
@@ -487,11 +497,7 @@ def test_a_tls_file_of_certs_d_that_cannot_be_read_is_one_error_not_a_hang(fake,
     from indexer.errors import SourceError
     from indexer.sources.tlsfiles import MAX_TLS_FILE_BYTES
 
-    try:
-        files = make_tls_files(str(tmp_path / "tls"))
-    except FileNotFoundError as exc:
-        give_up(str(exc))
-    serve_tls(fake, files)
+    files = served_with_a_ca_of_its_own(fake, tmp_path)
     folder = tmp_path / "certs.d" / fake.host
     folder.mkdir(parents=True)
     ca = folder / "a.crt"
@@ -517,11 +523,7 @@ def test_a_tls_file_of_certs_d_that_cannot_be_read_is_one_error_not_a_hang(fake,
 
 def test_a_ca_cert_given_through_a_pipe_is_read_as_it_is_written(fake, tmp_path):
     """`--ca-cert <(vault read …)`: the shell hands a pipe, which is read, not refused."""
-    try:
-        files = make_tls_files(str(tmp_path / "tls"))
-    except FileNotFoundError as exc:
-        give_up(str(exc))
-    serve_tls(fake, files)
+    files = served_with_a_ca_of_its_own(fake, tmp_path)
     manifest, configs, _ = image()
     fake.add_image("a/app", {"v1": manifest}, configs, OCI_MANIFEST)
     read_end, write_end = os.pipe()
@@ -538,11 +540,7 @@ def test_a_ca_cert_given_through_a_pipe_is_read_as_it_is_written(fake, tmp_path)
 def test_a_cert_dir_is_every_host_s_folder_instead_of_certs_d(fake, tmp_path, run_cli):
     """skopeo's --cert-dir: the CAs lie in the folder itself, and the host's certs.d folder (here one
     with a FIFO that would hold the crawl) is not read."""
-    try:
-        files = make_tls_files(str(tmp_path / "tls"))
-    except FileNotFoundError as exc:
-        give_up(str(exc))
-    serve_tls(fake, files)
+    files = served_with_a_ca_of_its_own(fake, tmp_path)
     certs_d = tmp_path / "certs.d" / fake.host
     certs_d.mkdir(parents=True)
     os.mkfifo(certs_d / "a.crt")
@@ -569,11 +567,7 @@ def test_a_cert_dir_is_every_host_s_folder_instead_of_certs_d(fake, tmp_path, ru
     [("--tls-verify=false", False), ("--tls-verify=0", False), ("--tls-verify=true", True), ("--no-tls-verify", False)],
 )
 def test_skopeo_s_tls_verify_with_a_value_is_taken(fake, tmp_path, run_cli, flag, verified):
-    try:
-        files = make_tls_files(str(tmp_path / "tls"))
-    except FileNotFoundError as exc:
-        give_up(str(exc))
-    serve_tls(fake, files)  # a certificate no CA of the system signed
+    served_with_a_ca_of_its_own(fake, tmp_path)
     manifest, configs, _ = image()
     fake.add_image("a/app", {"v1": manifest}, configs, OCI_MANIFEST)
     result = run_cli("index", f"docker://{fake.host}/a/app", flag, "--store", tmp_path / "s")
