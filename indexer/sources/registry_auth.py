@@ -499,24 +499,24 @@ def first_usable(header: str) -> Challenge | None:
     return None
 
 
-def refresh_token_of(body: bytes) -> str:
-    """The `refresh_token` a token server's answer holds, if it is one that can be sent again."""
+def _object_of(body: bytes) -> dict:
+    """A token server's answer as a JSON object; {} for anything else."""
     try:
         doc = loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return ""
-    token = doc.get("refresh_token") if isinstance(doc, dict) else None
+    except (ValueError, UnicodeDecodeError, RecursionError):  # `[[[[…`: too deep for the parser
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def refresh_token_of(body: bytes) -> str:
+    """The `refresh_token` a token server's answer holds, if it is one that can be sent again."""
+    token = _object_of(body).get("refresh_token")
     return token if isinstance(token, str) and _TOKEN.match(token) else ""
 
 
 def oauth_error_text(body: bytes) -> str:
     """`error: error_description` of an RFC 6749 error answer, or ''."""
-    try:
-        doc = loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return ""
-    if not isinstance(doc, dict):
-        return ""
+    doc = _object_of(body)
     parts = [doc.get(key) for key in ("error", "error_description")]
     return ": ".join(part for part in parts if isinstance(part, str) and part)
 

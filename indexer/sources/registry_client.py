@@ -218,6 +218,8 @@ _NO_ANSWER = frozenset({"timeout", "refused", "broken", "failed", "unresolved"})
 _FINAL = frozenset({"tls", "unresolved"})
 # The resolver's "no such name" answers; EAI_AGAIN (a resolver that did not answer) is retried.
 _NO_SUCH_HOST = frozenset(code for code in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", None)) if code is not None)
+# How a failed name lookup begins its reason: no plain-HTTP hint applies to it.
+_UNRESOLVED = "cannot resolve "
 
 
 def _classify(exc: BaseException, timeout: float) -> tuple[str, str]:
@@ -232,7 +234,7 @@ def _classify(exc: BaseException, timeout: float) -> tuple[str, str]:
         host = redact_url_secrets(str(getattr(exc, "_host", "") or "the host"))[:200]
         words = getattr(cause, "strerror", None) or "no address"
         kind = "unresolved" if getattr(cause, "errno", None) in _NO_SUCH_HOST else "failed"
-        return kind, f"cannot resolve {host}: {words}"
+        return kind, f"{_UNRESOLVED}{host}: {words}"
     text = _innermost(exc)
     if "Connection refused" in text:
         return "refused", "connection refused"
@@ -928,7 +930,7 @@ class RegistryClient:
                 http_error.where, f"{http_error.reason}; over https: {https_error.reason}", http_error.status
             )
         _, error = failures[0]
-        if not self.plain_http_allowed and not error.reason.startswith("cannot resolve "):
+        if not self.plain_http_allowed and not error.reason.startswith(_UNRESOLVED):
             hint = "plain HTTP is used only for --insecure-registry hosts and loopback"
             raise HttpError(error.where, f"{error.reason} ({hint})", error.status)
         raise error
