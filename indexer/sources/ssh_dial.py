@@ -134,7 +134,7 @@ class DialHelper:
         ssh ends by itself when its input ends, at once when it was failing anyway (http.client
         closes a connection as soon as an answer fails, before the words are asked for), so it is
         given `grace` before it is stopped; one stopped here has said nothing of its own."""
-        self.socket.close()
+        self.socket.close()  # nothing once the connection has taken its descriptor over
         process = self._process
         words = self.failure(grace)
         if process.poll() is None:
