@@ -44,7 +44,7 @@ def missing_tools(*tools: str) -> str:
     if missing:
         return "missing tools: " + ", ".join(missing)
     if os.geteuid() != 0:
-        return "dockerd must run as root"
+        return "the services (dockerd, docker-registry, sshd) are started as root"
     return ""
 
 
