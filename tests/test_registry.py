@@ -15,7 +15,16 @@ import pytest
 from conftest import REAL, need_skopeo
 from indexer.references import blob_id, image_id
 from indexer.timestamps import normalise
-from registry_server import RealRegistry, TokenServer, htpasswd_line, http, sha256, skopeo_copy, skopeo_raw
+from registry_server import (
+    RealRegistry,
+    TokenServer,
+    htpasswd_line,
+    http,
+    push_manifest,
+    sha256,
+    skopeo_copy,
+    skopeo_raw,
+)
 
 pytestmark = pytest.mark.services
 
@@ -170,12 +179,22 @@ def test_layers_are_never_fetched(registry, run_cli, tmp_path, monkeypatch):
     assert len([u for m, u in seen if "/blobs/" in u]) == len(config_digests)  # each config once: cached by digest
 
 
+def retag(url: str, repo: str, source: str, target: str) -> None:
+    """Point `target` at the manifest `source` names, bytes unchanged, as `crane tag` does. Copying
+    the docker-save archive again is not the same: skopeo compresses its layers anew, and took a
+    different compressed blob now and then (its blob-info cache is shared by every test)."""
+    accept = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json"
+    status, headers, data = http("GET", f"{url}/v2/{repo}/manifests/{source}", headers={"Accept": accept})
+    assert status == 200, data
+    push_manifest(url, repo, target, data, headers["Content-Type"])
+
+
 def test_recrawl_is_incremental_moves_and_retires_tags(run_cli, tmp_path):
     reg = RealRegistry(str(tmp_path / "registry"))
     try:
         host = reg.host
         skopeo_copy(f"docker-archive:{DOCKER_SAVE}:imgdex-test/app:1.0", f"docker://{host}/team/app:v1")
-        skopeo_copy(f"docker-archive:{DOCKER_SAVE}:imgdex-test/app:1.0", f"docker://{host}/team/app:latest")
+        retag(reg.url, "team/app", "v1", "latest")
         skopeo_copy(f"oci:{LAYOUT}:base-1.0-amd64", f"docker://{host}/team/app:moving")
         skopeo_copy(f"oci:{LAYOUT}:v1", f"docker://{host}/team/app:gone")
         store = str(tmp_path / "store")
@@ -191,7 +210,7 @@ def test_recrawl_is_incremental_moves_and_retires_tags(run_cli, tmp_path):
         assert "0 manifests fetched, 4 tags unchanged, 0 retagged, 0 removed" in second.output
 
         # moving -> a manifest already indexed here; latest -> a new multi-platform index; gone -> deleted
-        skopeo_copy(f"docker-archive:{DOCKER_SAVE}:imgdex-test/app:1.0", f"docker://{host}/team/app:moving")
+        retag(reg.url, "team/app", "v1", "moving")
         skopeo_copy(f"oci-archive:{MULTIARCH}:1.0", f"docker://{host}/team/app:latest", all_images=True)
         status, _, body = http("DELETE", f"{reg.url}/v2/team/app/manifests/{gone['digest']}")
         assert status == 202, body
