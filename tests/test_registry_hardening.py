@@ -601,3 +601,32 @@ def test_a_host_name_that_does_not_resolve_is_one_plain_line(monkeypatch, code, 
         "docker://registry.nowhere.example/team/app: registry.nowhere.example: GET "
         f"https://registry.nowhere.example/v2/: cannot resolve registry.nowhere.example: {words}{tries}"
     )
+
+
+def test_a_name_server_that_does_not_answer_costs_the_attempt_deadline_not_its_own(monkeypatch):
+    """getaddrinfo takes no timeout and glibc waits 5 s a try, per attempt and name server: the
+    lookup is bounded by the attempt's deadline, and retried like any connection that failed."""
+    released, asked = threading.Event(), []
+    real = socket.getaddrinfo
+
+    def unanswered(host, *args, **kwargs):
+        if host == "registry.silent.example":
+            asked.append(host)
+            released.wait(60)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", unanswered)
+    started = time.monotonic()
+    try:
+        with pytest.raises(SourceError) as caught:
+            crawl("docker://registry.silent.example/team/app", timeout=0.3, retries=1)
+        took = time.monotonic() - started
+    finally:
+        released.set()
+    assert took < 10  # two attempts of 0.3 s, not the 60 s the resolver would hold each
+    assert len(asked) == 2
+    assert str(caught.value) == (
+        "docker://registry.silent.example/team/app: registry.silent.example: GET https://registry.silent.example/v2/:"
+        " cannot resolve registry.silent.example: the name server gave no answer in time (after 2 attempts)"
+    )

@@ -79,6 +79,7 @@ from .parse import (
     valid_size,
 )
 from .ssh_dial import LOGIN, DialHelper, SshTarget, helper_command, parse_ssh
+from .tcp_dial import connect_tcp
 from .tlsfiles import load_ca, load_key_pair
 from .vanished import holds_tags, vanished_tags
 
@@ -357,7 +358,7 @@ def _open_socket(endpoint: Endpoint, context: ssl.SSLContext | None, deadline: f
             sock.close()
             raise
     else:
-        plain = _connect_tcp(endpoint.host, endpoint.port, deadline)
+        plain = connect_tcp(endpoint.host, endpoint.port, deadline)
         plain.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock = _DeadlineSocket(plain.family, plain.type, plain.proto, fileno=plain.detach())
         if context is not None:
@@ -369,46 +370,6 @@ def _open_socket(endpoint: Endpoint, context: ssl.SSLContext | None, deadline: f
                 raise
     sock.deadline = deadline
     return sock
-
-
-def _connect_tcp(host: str, port: int, deadline: float) -> socket.socket:
-    """A TCP connection to the first of the host's addresses that takes one, all by `deadline`.
-
-    socket.create_connection would wait out the resolver's own timeouts (5 s a try, for each
-    attempt and name server) and give each address the whole timeout again."""
-    resolved: list = []
-
-    def resolve() -> None:
-        try:
-            resolved.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
-        except OSError as exc:
-            resolved.append(exc)
-
-    # getaddrinfo takes no timeout: a resolver that does not answer is left behind in its thread.
-    resolver = threading.Thread(target=resolve, name="docker-daemon-resolve", daemon=True)
-    resolver.start()
-    resolver.join(max(deadline - time.monotonic(), 0))
-    if not resolved:
-        raise TimeoutError("timed out")
-    if isinstance(resolved[0], OSError):
-        raise resolved[0]
-    failure: OSError = OSError(f"{host} has no address")
-    for family, kind, proto, _, address in resolved[0]:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("timed out")
-        sock = socket.socket(family, kind, proto)
-        try:
-            sock.settimeout(left)
-            sock.connect(address)
-            return sock
-        except OSError as exc:
-            sock.close()
-            failure = exc
-        except BaseException:
-            sock.close()
-            raise
-    raise failure
 
 
 class _Response(InterimSkipping):

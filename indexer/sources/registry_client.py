@@ -39,13 +39,16 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import (
     ConnectTimeoutError,
+    LocationParseError,
     MaxRetryError,
     NameResolutionError,
+    NewConnectionError,
     ProtocolError,
     ReadTimeoutError,
     SSLError,
 )
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
+from urllib3.util.connection import allowed_gai_family
 
 from ..errors import AuthError, HostDown, HttpError, SourceError
 from ..references import redact_url_secrets
@@ -62,6 +65,7 @@ from .registry_auth import (
     scrub_bytes,
     sent_secrets,
 )
+from .tcp_dial import ResolverTimeout, connect_tcp
 from .tlsfiles import load_ca, load_key_pair
 
 USER_AGENT = "imgdex-registry-crawler/0.1"
@@ -220,6 +224,8 @@ _FINAL = frozenset({"tls", "unresolved"})
 _NO_SUCH_HOST = frozenset(code for code in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", None)) if code is not None)
 # How a failed name lookup begins its reason: no plain-HTTP hint applies to it.
 _UNRESOLVED = "cannot resolve "
+# Why a lookup failed when the name server said nothing before the attempt's deadline.
+_NO_LOOKUP = "the name server gave no answer in time"
 
 
 def _classify(exc: BaseException, timeout: float) -> tuple[str, str]:
@@ -377,11 +383,37 @@ class _DeadlineResponse(InterimSkipping):
             self.fp = io.BufferedReader(_DeadlineReader(sock, self.fp.detach(), deadline))
 
 
-class _HTTPConnection(HTTPConnection):
+class _DeadlineDial:
+    """urllib3's dial, the name lookup bounded by the attempt's deadline (see tcp_dial)."""
+
+    def _new_conn(self) -> socket.socket:
+        deadline = getattr(_attempt, "deadline", None)
+        if deadline is None:
+            timeout = self.timeout if isinstance(self.timeout, (int, float)) else RegistryOptions.timeout
+            deadline = time.monotonic() + timeout
+        host = self._dns_host.strip("[]")
+        try:
+            host.encode("idna")
+        except UnicodeError:
+            raise LocationParseError(f"'{host}', label empty or too long") from None
+        try:
+            sock = connect_tcp(host, self.port, deadline, allowed_gai_family(), self.socket_options or ())
+        except ResolverTimeout as exc:
+            raise NameResolutionError(self.host, self, socket.gaierror(socket.EAI_AGAIN, _NO_LOOKUP)) from exc
+        except socket.gaierror as exc:
+            raise NameResolutionError(self.host, self, exc) from exc
+        except TimeoutError as exc:
+            raise ConnectTimeoutError(self, f"Connection to {self.host} timed out.") from exc
+        except OSError as exc:
+            raise NewConnectionError(self, f"Failed to establish a new connection: {exc}") from exc
+        return sock
+
+
+class _HTTPConnection(_DeadlineDial, HTTPConnection):
     response_class = _DeadlineResponse
 
 
-class _HTTPSConnection(HTTPSConnection):
+class _HTTPSConnection(_DeadlineDial, HTTPSConnection):
     response_class = _DeadlineResponse
 
 
