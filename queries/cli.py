@@ -523,6 +523,14 @@ class _IndexCommand(click.Command):
     "files, as skopeo's --authfile.",
 )
 @click.option(
+    "--registries-conf",
+    default=None,
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    help="The registries.conf that says which registries are blocked, insecure or served by another host, "
+    "read instead of the default ones, as skopeo's --registries-conf.",
+)
+@click.option(
     "--insecure-registry",
     "insecure_registries",
     multiple=True,
@@ -589,6 +597,7 @@ def index(
     ca_cert,
     cert_dir,
     authfile,
+    registries_conf,
     insecure_registries,
     jobs,
     shard,
@@ -666,6 +675,7 @@ def index(
             ca_cert=ca_cert or "",
             cert_dir=cert_dir or "",
             auth_files=[] if no_creds else [authfile] if authfile else None,
+            registries_conf=registries_conf or "",
             insecure_registries=tuple(insecure_registries),
             jobs=jobs or 8,
             timeout=timeout,

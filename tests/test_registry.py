@@ -179,6 +179,79 @@ def test_layers_are_never_fetched(registry, run_cli, tmp_path, monkeypatch):
     assert len([u for m, u in seen if "/blobs/" in u]) == len(config_digests)  # each config once: cached by digest
 
 
+# ---------------------------------------------------------------- registries.conf, beside skopeo
+
+
+def _skopeo_inspect(conf: str, ref: str) -> subprocess.CompletedProcess:
+    args = ["skopeo", "--registries-conf", conf, "inspect", "--raw", "--tls-verify=false", ref]
+    return subprocess.run(args, capture_output=True, timeout=60)
+
+
+def test_a_registry_another_host_serves_is_crawled_there_and_named_as_asked(registry, run_cli, tmp_path):
+    conf = tmp_path / "registries.conf"
+    conf.write_text(f'[[registry]]\nprefix = "registry.imgdex.test"\nlocation = "{registry.host}"\n')
+    store = str(tmp_path / "store")
+    # registry.imgdex.test resolves nowhere: every request goes to the location
+    index(run_cli, store, "docker://registry.imgdex.test/team/app:v1", "--registries-conf", str(conf))
+    [only] = listing(run_cli, store).values()
+    served = skopeo_raw(f"docker://{registry.host}/team/app:v1")
+    assert only["digest"] == sha256(served) and only["tags"] == ["v1"]
+    doc = get(run_cli, store, "registry.imgdex.test/team/app:v1")
+    assert doc["digest"] == only["digest"]
+    skopeo = _skopeo_inspect(str(conf), "docker://registry.imgdex.test/team/app:v1")
+    assert skopeo.returncode == 0 and skopeo.stdout == served, skopeo.stderr
+
+
+def test_a_blocked_repository_is_one_line_and_the_rest_of_the_catalog_lands(registry, run_cli, tmp_path):
+    conf = tmp_path / "registries.conf"
+    conf.write_text(f'[[registry]]\nlocation = "{registry.host}/team/app"\nblocked = true\n')
+    store = str(tmp_path / "store")
+    result = index(run_cli, store, f"docker://{registry.host}", "--registries-conf", str(conf), ok=False)
+    assert result.exit_code == 1
+    line = f"imgdex: {registry.host}/team/app: registry {registry.host}/team/app is blocked in {conf}"
+    assert line in result.output.splitlines(), result.output
+    assert {d["name"] for d in listing(run_cli, store).values()} == {"team/app-oci", "team/base"}
+
+    result = index(run_cli, store, f"docker://{registry.host}/team/app:v1", "--registries-conf", str(conf), ok=False)
+    assert result.exit_code == 1
+    assert f"registry {registry.host}/team/app is blocked in {conf}" in result.output
+    skopeo = _skopeo_inspect(str(conf), f"docker://{registry.host}/team/app:v1")
+    assert skopeo.returncode != 0 and b"is blocked" in skopeo.stderr
+
+
+def test_registries_conf_comes_from_the_environment_as_podman_s_does(registry, run_cli, tmp_path, monkeypatch):
+    """CONTAINERS_REGISTRIES_CONF, which podman and buildah read (skopeo only takes --registries-conf);
+    a version 1 file, as older systems have."""
+    conf = tmp_path / "registries.conf"
+    conf.write_text(f'[registries.block]\nregistries = ["{registry.host}"]\n')
+    monkeypatch.setenv("CONTAINERS_REGISTRIES_CONF", str(conf))
+    result = index(run_cli, str(tmp_path / "store"), f"docker://{registry.host}/team/app:v1", ok=False)
+    assert result.exit_code == 1
+    assert f"registry {registry.host} is blocked in {conf}" in result.output
+    skopeo = _skopeo_inspect(str(conf), f"docker://{registry.host}/team/app:v1")
+    assert skopeo.returncode != 0 and b"is blocked" in skopeo.stderr
+    monkeypatch.delenv("CONTAINERS_REGISTRIES_CONF")
+    index(run_cli, str(tmp_path / "store"), f"docker://{registry.host}/team/app:v1")
+
+
+def test_a_registries_conf_that_cannot_be_used_is_one_line_naming_it(registry, run_cli, tmp_path):
+    conf = tmp_path / "registries.conf"
+    conf.write_text('[[registry]]\nlocation = "https://example.com"\n')
+    result = index(run_cli, str(tmp_path / "a"), f"docker://{registry.host}", "--registries-conf", str(conf), ok=False)
+    assert result.exit_code == 1
+    assert (
+        f"imgdex: docker://{registry.host}: {conf}: registry entry 1: invalid location 'https://example.com': "
+        "URI schemes are not supported"
+    ) in result.output.splitlines()
+    assert "Traceback" not in result.output
+    missing = tmp_path / "nowhere.conf"
+    result = index(
+        run_cli, str(tmp_path / "b"), f"docker://{registry.host}", "--registries-conf", str(missing), ok=False
+    )
+    assert result.exit_code == 1
+    assert f"imgdex: docker://{registry.host}: {missing}: no such registries.conf" in result.output.splitlines()
+
+
 def retag(url: str, repo: str, source: str, target: str) -> None:
     """Point `target` at the manifest `source` names, bytes unchanged, as `crane tag` does. Copying
     the docker-save archive again is not the same: skopeo compresses its layers anew, and took a

@@ -19,6 +19,7 @@ import pytest
 
 from builders import OCI_MANIFEST
 from fake_engine import make_tls_files
+from indexer.errors import SourceError
 from registry_server import FakeRegistry, Reply, free_port, give_up, sha256
 from test_badinput import assert_no_traceback, error_lines, run_measured
 from test_registry_bad import crawl, image
@@ -478,6 +479,24 @@ def test_every_ca_of_a_certs_d_folder_is_trusted(fake, tmp_path):
     assert not errors and [r.name for r in records] == ["a/app"], errors
 
 
+def test_a_registry_registries_conf_calls_insecure_is_crawled_without_verifying_its_certificate(fake, tmp_path):
+    """`insecure = true` in registries.conf is --insecure-registry for that host, as skopeo takes it."""
+    served_with_a_ca_of_its_own(fake, tmp_path)
+    manifest, configs, _ = image()
+    fake.add_image("a/app", {"v1": manifest}, configs, OCI_MANIFEST)
+    conf = tmp_path / "registries.conf"
+    conf.write_text(f'[[registry]]\nlocation = "{fake.host}/a"\ninsecure = true\n')
+
+    records, errors, _ = crawl(f"docker://{fake.host}/a/app", registries_conf=str(conf))
+    assert not errors and [r.name for r in records] == ["a/app"], errors
+
+    # the entry is for the a/ namespace: another repository of the host is verified
+    fake.add_image("b/app", {"v1": manifest}, configs, OCI_MANIFEST)
+    with pytest.raises(SourceError) as caught:
+        crawl(f"docker://{fake.host}/b/app", registries_conf=str(conf))
+    assert "certificate verify failed" in str(caught.value)
+
+
 def test_a_redirect_to_a_port_past_65535_fails_at_once(fake):
     # urllib3 failed to parse it on every attempt: four tries with backoff, then `Failed to parse`.
     manifest, configs, _ = image()
@@ -494,7 +513,6 @@ def test_a_redirect_to_a_port_past_65535_fails_at_once(fake):
 def test_a_tls_file_of_certs_d_that_cannot_be_read_is_one_error_not_a_hang(fake, tmp_path, damage):
     """OpenSSL opens TLS files by name: a FIFO there blocked the crawl for ever (the open waits for
     a writer) before they were read or checked first."""
-    from indexer.errors import SourceError
     from indexer.sources.tlsfiles import MAX_TLS_FILE_BYTES
 
     files = served_with_a_ca_of_its_own(fake, tmp_path)

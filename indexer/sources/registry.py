@@ -52,12 +52,14 @@ from .bodies import decimal
 from .jsonstream import LongInteger, loads
 from ..shard import in_shard, repository_key
 from .parse import MAX_JSON_BYTES, Context, walk
+from . import registries_conf
 from .registry_auth import CATALOG_SCOPE, Credentials, KeyedLocks, find_credentials, repository_scope, scrub
 from .registry_client import (
     CATALOG_LIMIT,
     MANIFEST_ACCEPT,
     RegistryClient,
     RegistryOptions,
+    is_insecure,
     registry_error_text,
 )
 from .registry_schema1 import is_schema1, payload_digest, schema1_records
@@ -173,6 +175,17 @@ def _api_host(spec: str, registry: str) -> str:
     if ":" in after_address and int(port := after_address.rpartition(":")[2]) > 65535:
         raise SourceError(spec, f"invalid registry host {registry!r}: port {int(port)} is out of range")
     return "registry-1.docker.io" if registry == DOCKER_HUB else registry
+
+
+def _blocked(entry: registries_conf.RegistryEntry) -> str:
+    return f"registry {entry.prefix} is blocked in {entry.origin}"
+
+
+def _unfollowed(entry: registries_conf.RegistryEntry) -> str:
+    return (
+        f"{entry.origin} has {entry.prefix} served as {entry.location}: imgdex follows a registries.conf "
+        "location only from one host to another, not into or out of a namespace"
+    )
 
 
 def under_prefix(name: str, prefix: str) -> bool:
@@ -561,13 +574,54 @@ class Crawl:
         self.options = source.options
         self.registry = self.target.registry
         self.spec = source.location
-        self.client = RegistryClient(self.registry, self.target.api_host, self.options, self._credentials())
+        self.conf = self._registries_conf()
+        # the host that serves the images, when registries.conf moves the registry to another
+        self.served = self._served_by(self.target.repository)
+        self.client = RegistryClient(self.served, _api_host(self.spec, self.served), self.options, self._credentials())
         self.configs = ConfigCache()
         self.stats = Stats()
         self.store = source.store if _is_incremental_store(source.store) else None
         self._down_reported: set[str] = set()
         self._pool: Pool | None = None
         self._out: deque = deque()  # what the flows found, for `interleave` to hand on
+
+    def _registries_conf(self) -> registries_conf.RegistriesConf:
+        try:
+            return registries_conf.load(self.options.registries_conf)
+        except SourceError as exc:
+            raise SourceError(self.spec, f"{exc.where}: {exc.reason}") from None
+
+    def _served_by(self, repository: str) -> str:
+        """The registry that serves `repository` (the whole registry for ''), by registries.conf,
+        as containers/image finds it: blocked, insecure, and a registry that another host serves.
+        An insecure one joins the --insecure-registry hosts."""
+        name = f"{self.registry}/{repository}" if repository else self.registry
+        entry = self.conf.find(name)
+        served = self.registry
+        if entry is not None and entry.blocked:
+            raise SourceError(self.spec, _blocked(entry))
+        if entry is not None and entry.location and entry.location != entry.prefix:
+            if "/" in entry.prefix or "/" in entry.location:
+                raise SourceError(self.spec, _unfollowed(entry))
+            served = DOCKER_HUB if is_docker_hub(entry.location) else entry.location.lower()
+            entry = self.conf.find(f"{served}/{repository}" if repository else served)
+            if entry is not None and entry.blocked:
+                raise SourceError(self.spec, _blocked(entry))
+        if entry is not None and entry.insecure and not is_insecure(served, self.options.insecure_registries):
+            insecure = (*self.options.insecure_registries, served)
+            self.options = dataclasses.replace(self.options, insecure_registries=insecure)
+        return served
+
+    def _refusal(self, repository: str) -> str:
+        """Why registries.conf keeps a repository of the catalog from being crawled here, or ''."""
+        entry = self.conf.find(f"{self.registry}/{repository}")
+        if entry is None or "/" not in entry.prefix:
+            return ""  # the registry's own entry, already applied to the whole crawl
+        if entry.blocked:
+            return _blocked(entry)
+        if entry.location and entry.location != entry.prefix:
+            return _unfollowed(entry)
+        return ""
 
     def _credentials(self) -> Credentials | None:
         options = self.options
@@ -582,7 +636,7 @@ class Crawl:
         try:
             if options.username:
                 return Credentials(options.username, options.password, "--username")
-            return find_credentials(self.registry, self.target.repository, options.auth_files)
+            return find_credentials(self.served, self.target.repository, options.auth_files)
         except AuthError as exc:
             raise SourceError(self.spec, str(exc)) from None
 
@@ -904,6 +958,10 @@ class Crawl:
 
     def _repository(self, state: RepoState) -> Flow:
         """One repository: list its tags, retire those that vanished, crawl the others."""
+        refusal = self._refusal(state.name) if not self.target.repository else ""
+        if refusal:
+            self._emit(state.name, [SourceError(self._where(state.name), refusal)])
+            return
         listing = self._pool.submit(FETCH, self._list_tags, state.name)
         yield listing
         tags, error = listing.result()

@@ -114,6 +114,8 @@ class RegistryOptions:
     # skopeo's --cert-dir: one folder of *.crt, *.cert and *.key for every host, read instead of
     # the host's folder under certs_dirs
     cert_dir: str = ""
+    # skopeo's --registries-conf: the registries.conf read instead of the usual ones ('' for those)
+    registries_conf: str = ""
 
 
 @dataclass

@@ -1,0 +1,253 @@
+"""registries.conf as skopeo and podman read it (containers-registries.conf(5)): which registries
+are blocked, which are insecure, and which host serves a registry's images.
+
+The files are those containers/image reads: `--registries-conf`, else CONTAINERS_REGISTRIES_CONF
+or REGISTRIES_CONFIG_PATH, else `~/.config/containers/registries.conf` if it exists (with only
+the drop-ins beside it), else `/etc/containers/registries.conf` (it may be missing) with the
+drop-ins of `/etc/containers/registries.conf.d` and then the user's. A drop-in's `[[registry]]`
+replaces the one of the same prefix; inside one file the first of a prefix wins.
+
+Mirrors are not tried: a crawl lists tags and catalogs, which only the registry itself answers
+for. Short names, aliases and credential helpers do not apply to `docker://` references."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+
+from ..errors import SourceError, printable
+from ..files import read_small
+
+MAX_CONF_BYTES = 1024 * 1024
+SYSTEM_FILE = "/etc/containers/registries.conf"
+SYSTEM_DIR = "/etc/containers/registries.conf.d"
+_USER_FILE = os.path.join(".config", "containers", "registries.conf")
+_USER_DIR = os.path.join(".config", "containers", "registries.conf.d")
+# Drop-ins a folder may hold before it is refused: each is read whole.
+MAX_DROP_INS = 1000
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    """One `[[registry]]` table, or a v1 `[registries.insecure]` / `[registries.block]` host."""
+
+    prefix: str
+    location: str
+    insecure: bool = False
+    blocked: bool = False
+    origin: str = ""  # the file it came from, for messages
+
+
+@dataclass(frozen=True)
+class RegistriesConf:
+    entries: tuple[RegistryEntry, ...] = ()
+    files: tuple[str, ...] = field(default=())  # every file read, for messages
+
+    def find(self, name: str) -> RegistryEntry | None:
+        """The entry with the longest prefix matching `name` (a host, `host/namespace` or
+        `host/repository`), as containers/image's FindRegistry."""
+        best, length = None, 0
+        for entry in self.entries:
+            if _matches(name, entry.prefix) and len(entry.prefix) > length:
+                best, length = entry, len(entry.prefix)
+        return best
+
+    def described(self) -> str:
+        return " and ".join(self.files) if self.files else "no registries.conf"
+
+
+def _matches(name: str, prefix: str) -> bool:
+    if prefix.startswith("*."):
+        # `*.example.com`: any host under example.com, the wildcard only in the host
+        at = name.find(prefix[1:])
+        if at == -1 or "/" in name[:at]:
+            return False
+        end = at + len(prefix) - 1
+        return end == len(name) or name[end] in ":/@"
+    if not name.startswith(prefix):
+        return False
+    return len(name) == len(prefix) or name[len(prefix)] in ":/@"
+
+
+def config_files(explicit: str = "", env: dict | None = None) -> tuple[str, list[str], bool]:
+    """(the main file, the drop-in folders in order, whether the main file must exist)."""
+    env = os.environ if env is None else env
+    home = env.get("HOME") or os.path.expanduser("~")
+    system_dirs = [SYSTEM_DIR, os.path.join(home, _USER_DIR)]
+    chosen = explicit or env.get("CONTAINERS_REGISTRIES_CONF") or env.get("REGISTRIES_CONFIG_PATH") or ""
+    if chosen:
+        return chosen, system_dirs, True
+    user = os.path.join(home, _USER_FILE)
+    if os.path.lexists(user):
+        return user, [os.path.join(home, _USER_DIR)], True
+    return SYSTEM_FILE, system_dirs, False
+
+
+def load(explicit: str = "", env: dict | None = None) -> RegistriesConf:
+    """The merged configuration; SourceError naming the file and the reason for one that cannot
+    be read or says something containers/image would refuse."""
+    main, dirs, required = config_files(explicit, env)
+    files: list[str] = []
+    by_prefix: dict[str, RegistryEntry] = {}
+    try:
+        data = read_small(main, MAX_CONF_BYTES, "registries.conf")
+    except FileNotFoundError:
+        if required:
+            raise SourceError(printable(main), "no such registries.conf") from None
+    except OSError as exc:
+        raise SourceError(printable(main), f"cannot read it: {exc.strerror or exc}") from None
+    else:
+        files.append(main)
+        for entry in parse(data, main, drop_in=False):
+            by_prefix.setdefault(entry.prefix, entry)
+    for folder in dirs:
+        for path in _drop_ins(folder):
+            try:
+                data = read_small(path, MAX_CONF_BYTES, "registries.conf drop-in")
+            except FileNotFoundError:
+                continue  # removed since the listing, as containers/image allows
+            except OSError as exc:
+                raise SourceError(printable(path), f"cannot read it: {exc.strerror or exc}") from None
+            files.append(path)
+            seen: set[str] = set()
+            for entry in parse(data, path, drop_in=True):
+                if entry.prefix not in seen:
+                    seen.add(entry.prefix)
+                    by_prefix[entry.prefix] = entry
+    return RegistriesConf(tuple(by_prefix[p] for p in sorted(by_prefix)), tuple(files))
+
+
+def _drop_ins(folder: str) -> list[str]:
+    try:
+        with os.scandir(folder) as listing:
+            names = []
+            for item in listing:
+                if item.name.endswith(".conf") and not item.is_dir():
+                    names.append(item.name)
+                    if len(names) > MAX_DROP_INS:
+                        raise SourceError(printable(folder), f"more than {MAX_DROP_INS} drop-in files")
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as exc:
+        raise SourceError(printable(folder), f"cannot list it: {exc.strerror or exc}") from None
+    return [os.path.join(folder, name) for name in sorted(names)]
+
+
+def parse(data: bytes, origin: str, drop_in: bool = False) -> list[RegistryEntry]:
+    """The registry entries of one file, checked as containers/image checks them."""
+
+    def fail(reason: str) -> SourceError:
+        return SourceError(printable(origin), reason)
+
+    try:
+        doc = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise fail("not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise fail(f"not valid TOML: {exc}") from None
+    v1 = doc.get("registries")
+    v2 = doc.get("registry")
+    if v1 is not None:
+        if drop_in:
+            raise fail("a drop-in must be in the version 2 format, and this one has a [registries] table")
+        if v2 is not None or any(key in doc for key in _V2_KEYS):
+            raise fail("mixing the version 1 ([registries]) and version 2 formats is not supported")
+        return _v1_entries(v1, origin, fail)
+    if v2 is None:
+        return []
+    if not isinstance(v2, list):
+        raise fail("`registry` must be an array of tables ([[registry]])")
+    entries = []
+    for number, table in enumerate(v2, 1):
+        if not isinstance(table, dict):
+            raise fail(f"registry entry {number} is not a table")
+        entries.append(_v2_entry(table, number, origin, fail))
+    _check_conflicts(entries, fail)
+    return entries
+
+
+_V2_KEYS = (
+    "unqualified-search-registries",
+    "short-name-mode",
+    "credential-helpers",
+    "aliases",
+    "additional-layer-store-auth-helper",
+)
+
+
+def _text(table: dict, key: str, where: str, fail) -> str:
+    value = table.get(key, "")
+    if not isinstance(value, str):
+        raise fail(f"{where}: `{key}` is not a string")
+    return value
+
+
+def _flag(table: dict, key: str, where: str, fail) -> bool:
+    value = table.get(key, False)
+    if not isinstance(value, bool):
+        raise fail(f"{where}: `{key}` is not true or false")
+    return value
+
+
+def _location(value: str, where: str, fail) -> str:
+    trimmed = value.rstrip("/")
+    if trimmed.startswith(("http://", "https://")):
+        raise fail(f"{where}: invalid location {printable(value)!r}: URI schemes are not supported")
+    return trimmed
+
+
+def _v2_entry(table: dict, number: int, origin: str, fail) -> RegistryEntry:
+    where = f"registry entry {number}"
+    location = _location(_text(table, "location", where, fail), where, fail)
+    prefix = _location(_text(table, "prefix", where, fail), where, fail)
+    if not prefix:
+        if not location:
+            raise fail(f"{where}: both location and prefix are unset")
+        prefix = location
+    elif not location and not prefix.startswith("*."):
+        raise fail(f"{where}: location is unset and prefix is not in the format *.example.com")
+    if prefix.startswith("*.") and any(char in prefix for char in "/@:"):
+        raise fail(f"{where}: a wildcard prefix must be in the format *.example.com, not {printable(prefix)!r}")
+    mirrors = table.get("mirror", [])
+    if not isinstance(mirrors, list) or not all(isinstance(m, dict) for m in mirrors):
+        raise fail(f"{where}: `mirror` must be an array of tables ([[registry.mirror]])")
+    for mirror in mirrors:
+        if not _location(_text(mirror, "location", f"{where}, a mirror", fail), where, fail):
+            raise fail(f"{where}: a mirror's location is unset")
+    return RegistryEntry(
+        prefix=prefix,
+        location=location,
+        insecure=_flag(table, "insecure", where, fail),
+        blocked=_flag(table, "blocked", where, fail),
+        origin=origin,
+    )
+
+
+def _v1_entries(v1: object, origin: str, fail) -> list[RegistryEntry]:
+    if not isinstance(v1, dict):
+        raise fail("`registries` must be a table")
+    flags: dict[str, dict[str, bool]] = {}
+    for kind in ("block", "insecure"):
+        section = v1.get(kind, {})
+        hosts = section.get("registries", []) if isinstance(section, dict) else None
+        if not isinstance(hosts, list) or not all(isinstance(host, str) for host in hosts):
+            raise fail(f"[registries.{kind}] registries must be an array of strings")
+        for host in hosts:
+            location = _location(host, f"[registries.{kind}]", fail)
+            flags.setdefault(location, {})[kind] = True
+    return [
+        RegistryEntry(location, location, set_.get("insecure", False), set_.get("block", False), origin)
+        for location, set_ in flags.items()
+    ]
+
+
+def _check_conflicts(entries: list[RegistryEntry], fail) -> None:
+    seen: dict[str, RegistryEntry] = {}
+    for entry in entries:
+        key = entry.location or entry.prefix
+        other = seen.setdefault(key, entry)
+        for setting in ("insecure", "blocked"):
+            if getattr(other, setting) != getattr(entry, setting):
+                conflict = f"conflicting {setting!r} settings"
+                raise fail(f"registry {printable(key)!r} is defined more than once with {conflict}")

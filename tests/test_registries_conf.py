@@ -1,0 +1,234 @@
+"""registries.conf read as containers/image reads it: which files, in which order, what they say,
+and a one-line error naming the file for anything it would refuse."""
+
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from indexer.errors import SourceError
+from indexer.sources import registries_conf as rc
+from indexer.sources.registries_conf import RegistryEntry, config_files, load, parse
+
+
+def entries(text: str, drop_in: bool = False) -> list[RegistryEntry]:
+    return parse(text.encode(), "/conf", drop_in=drop_in)
+
+
+def refused(text: str, drop_in: bool = False) -> str:
+    with pytest.raises(SourceError) as caught:
+        entries(text, drop_in)
+    assert caught.value.where == "/conf"
+    return caught.value.reason
+
+
+# ---------------------------------------------------------------- what one file says
+
+
+def test_a_v2_file_gives_its_entries_with_the_prefix_defaulting_to_the_location():
+    got = entries(
+        '[[registry]]\nlocation = "a.example/"\ninsecure = true\n'
+        '[[registry]]\nprefix = "b.example"\nlocation = "mirror.example:5000"\n'
+        '[[registry]]\nprefix = "*.c.example"\nblocked = true\n'
+    )
+    assert got == [
+        RegistryEntry("a.example", "a.example", insecure=True, origin="/conf"),
+        RegistryEntry("b.example", "mirror.example:5000", origin="/conf"),
+        RegistryEntry("*.c.example", "", blocked=True, origin="/conf"),
+    ]
+
+
+def test_a_v1_file_is_converted_as_containers_image_converts_it():
+    got = entries(
+        '[registries.search]\nregistries = ["docker.io"]\n[registries.insecure]\nregistries = ["a:5000"]\n'
+        '[registries.block]\nregistries = ["a:5000", "b"]\n'
+    )
+    assert sorted(got, key=lambda e: e.prefix) == [
+        RegistryEntry("a:5000", "a:5000", insecure=True, blocked=True, origin="/conf"),
+        RegistryEntry("b", "b", blocked=True, origin="/conf"),
+    ]
+
+
+def test_what_a_crawl_does_not_use_is_read_past():
+    text = (
+        'unqualified-search-registries = ["docker.io"]\nshort-name-mode = "enforcing"\n'
+        '[aliases]\n"alpine" = "docker.io/library/alpine"\n'
+        '[[registry]]\nlocation = "a.example"\n[[registry.mirror]]\nlocation = "m.example"\n'
+    )
+    assert entries(text) == [RegistryEntry("a.example", "a.example", origin="/conf")]
+    assert entries("") == [] and entries("# only a comment\n") == []
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("[[registry]\n", "not valid TOML: "),
+        ('[[registry]]\nlocation = "https://a.example"\n', "registry entry 1: invalid location 'https://a.example'"),
+        ("[[registry]]\ninsecure = true\n", "registry entry 1: both location and prefix are unset"),
+        ('[[registry]]\nprefix = "a.example"\n', "registry entry 1: location is unset and prefix is not in the format"),
+        ('[[registry]]\nprefix = "*.a.example/ns"\n', "registry entry 1: a wildcard prefix must be in the format"),
+        ('[[registry]]\nlocation = "a"\ninsecure = "yes"\n', "registry entry 1: `insecure` is not true or false"),
+        ("[[registry]]\nlocation = 5\n", "registry entry 1: `location` is not a string"),
+        ('registry = "a"\n', "`registry` must be an array of tables"),
+        ('[[registry]]\nlocation = "a"\n[[registry.mirror]]\ninsecure = true\n', "registry entry 1: a mirror's"),
+        (
+            '[[registry]]\nlocation = "a"\n[[registry]]\nprefix = "b"\nlocation = "a"\ninsecure = true\n',
+            "registry 'a' is defined more than once with conflicting 'insecure' settings",
+        ),
+        (
+            '[registries.block]\nregistries = ["a"]\n[[registry]]\nlocation = "b"\n',
+            "mixing the version 1 ([registries]) and version 2 formats is not supported",
+        ),
+        ("[registries.block]\nregistries = [1]\n", "[registries.block] registries must be an array of strings"),
+    ],
+)
+def test_what_containers_image_refuses_is_one_reason(text, reason):
+    assert refused(text).startswith(reason)
+
+
+def test_a_drop_in_must_be_version_2_and_text():
+    assert refused('[registries.block]\nregistries = ["a"]\n', drop_in=True).startswith("a drop-in must be")
+    with pytest.raises(SourceError) as caught:
+        parse(b"\xff\xfe", "/conf")
+    assert caught.value.reason == "not UTF-8 text"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=300), st.text(max_size=300).map(str.encode)))
+def test_any_bytes_give_entries_or_one_source_error(data):
+    try:
+        got = parse(data, "/conf")
+    except SourceError as exc:
+        assert exc.where == "/conf" and "\n" not in exc.reason
+    else:
+        assert all(isinstance(entry, RegistryEntry) and entry.prefix for entry in got)
+
+
+_values = st.one_of(st.booleans(), st.integers(), st.text(max_size=20), st.lists(st.text(max_size=5), max_size=3))
+_tables = st.dictionaries(
+    st.sampled_from(["prefix", "location", "insecure", "blocked", "mirror", "mirror-by-digest-only"]), _values
+)
+
+
+def _toml(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.encode("unicode_escape").decode().replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(item) for item in value) + "]"
+    return str(value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_tables, max_size=4))
+def test_any_registry_tables_give_entries_or_one_source_error(tables):
+    text = "".join("[[registry]]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in t.items()) for t in tables)
+    try:
+        got = entries(text)
+    except SourceError as exc:
+        assert "\n" not in exc.reason
+    else:
+        assert len(got) == len(tables)
+        for entry in got:
+            assert entry.prefix and not entry.prefix.startswith(("http://", "https://"))
+
+
+# ---------------------------------------------------------------- which entry a name meets
+
+
+@pytest.mark.parametrize(
+    "name, found",
+    [
+        ("a.example", "a.example"),
+        ("a.example/team/app", "a.example/team"),
+        ("a.example/team", "a.example/team"),
+        ("a.example/teams/app", "a.example"),  # a prefix ends at a / : or @
+        ("a.example:5000/x", "a.example"),  # as containers/image matches it
+        ("a.examples/x", None),
+        ("x.b.example/app", "*.b.example"),
+        ("b.example/app", None),  # the wildcard wants a subdomain
+        ("c.example/x.b.example", None),  # the wildcard is for the host only
+    ],
+)
+def test_the_longest_matching_prefix_wins(name, found):
+    conf = rc.RegistriesConf(
+        tuple(
+            RegistryEntry(prefix, prefix if not prefix.startswith("*") else "")
+            for prefix in ("a.example", "a.example/team", "*.b.example")
+        )
+    )
+    entry = conf.find(name)
+    assert (entry.prefix if entry else None) == found
+
+
+# ---------------------------------------------------------------- which files, in which order
+
+
+def test_the_files_are_those_containers_image_reads(tmp_path):
+    home = tmp_path / "home"
+    env = {"HOME": str(home)}
+    user_dir = str(home / ".config/containers/registries.conf.d")
+    assert config_files("", env) == (rc.SYSTEM_FILE, [rc.SYSTEM_DIR, user_dir], False)
+    assert config_files("/x.conf", env) == ("/x.conf", [rc.SYSTEM_DIR, user_dir], True)
+    assert config_files("", dict(env, CONTAINERS_REGISTRIES_CONF="/e.conf"))[0] == "/e.conf"
+    assert config_files("", dict(env, REGISTRIES_CONFIG_PATH="/r.conf"))[0] == "/r.conf"
+    assert config_files("/x.conf", dict(env, CONTAINERS_REGISTRIES_CONF="/e.conf"))[0] == "/x.conf"
+    os.makedirs(home / ".config/containers")
+    (home / ".config/containers/registries.conf").write_text("")
+    # a user's own file: only the drop-ins beside it
+    assert config_files("", env) == (str(home / ".config/containers/registries.conf"), [user_dir], True)
+
+
+def test_drop_ins_replace_entries_of_their_prefix_in_name_order(tmp_path, monkeypatch):
+    main = tmp_path / "registries.conf"
+    main.write_text('[[registry]]\nlocation = "a"\ninsecure = true\n[[registry]]\nlocation = "b"\n')
+    system_dir, user_dir = tmp_path / "system.d", tmp_path / "home/.config/containers/registries.conf.d"
+    system_dir.mkdir()
+    user_dir.mkdir(parents=True)
+    (system_dir / "20-b.conf").write_text('[[registry]]\nlocation = "b"\nblocked = true\n')
+    (system_dir / "10-a.conf").write_text('[[registry]]\nlocation = "a"\n')
+    (system_dir / "30-ignored.toml").write_text("not read")
+    (system_dir / "sub.conf").mkdir()
+    (user_dir / "00-b.conf").write_text('[[registry]]\nlocation = "b"\ninsecure = true\n')
+    monkeypatch.setattr(rc, "SYSTEM_DIR", str(system_dir))
+    conf = load(str(main), {"HOME": str(tmp_path / "home")})
+    assert conf.files == (
+        str(main),
+        str(system_dir / "10-a.conf"),
+        str(system_dir / "20-b.conf"),
+        str(user_dir / "00-b.conf"),
+    )
+    assert conf.find("a").insecure is False  # 10-a.conf replaced the main file's entry
+    b = conf.find("b")
+    assert (b.insecure, b.blocked, b.origin) == (True, False, str(user_dir / "00-b.conf"))
+
+
+def test_the_first_entry_of_a_prefix_in_one_file_wins(tmp_path):
+    main = tmp_path / "registries.conf"
+    main.write_text('[[registry]]\nlocation = "a"\n[[registry]]\nprefix = "a"\nlocation = "c"\n')
+    conf = load(str(main), {"HOME": str(tmp_path)})
+    assert conf.find("a/x").location == "a"
+
+
+@pytest.mark.parametrize("kind", ["missing", "fifo", "huge", "folder"])
+def test_a_file_that_cannot_be_read_is_one_line_naming_it(tmp_path, kind):
+    path = tmp_path / "registries.conf"
+    if kind == "fifo":
+        os.mkfifo(path)  # no one writes it: refused unopened, not waited on
+    elif kind == "huge":
+        with open(path, "wb") as f:
+            f.truncate(rc.MAX_CONF_BYTES + 1)
+    elif kind == "folder":
+        path.mkdir()
+    with pytest.raises(SourceError) as caught:
+        load(str(path), {"HOME": str(tmp_path)})
+    assert caught.value.where == str(path) and "\n" not in caught.value.reason
+
+
+def test_a_missing_system_file_is_no_configuration(tmp_path, monkeypatch):
+    monkeypatch.setattr(rc, "SYSTEM_FILE", str(tmp_path / "absent.conf"))
+    monkeypatch.setattr(rc, "SYSTEM_DIR", str(tmp_path / "absent.d"))
+    conf = load("", {"HOME": str(tmp_path)})
+    assert conf.entries == () and conf.files == ()
