@@ -232,3 +232,37 @@ def test_a_missing_system_file_is_no_configuration(tmp_path, monkeypatch):
     monkeypatch.setattr(rc, "SYSTEM_DIR", str(tmp_path / "absent.d"))
     conf = load("", {"HOME": str(tmp_path)})
     assert conf.entries == () and conf.files == ()
+
+
+# ---------------------------------------------------------------- where a name is served
+
+
+@pytest.mark.parametrize(
+    "prefix, location, name, served",
+    [
+        ("a.example", "b.example:5000", "a.example/team/app", "b.example:5000/team/app"),
+        ("a.example", "proxy.example/cache", "a.example/team/app", "proxy.example/cache/team/app"),
+        ("a.example/team", "proxy.example/t", "a.example/team/app", "proxy.example/t/app"),
+        ("a.example/team/app", "b.example/other", "a.example/team/app", "b.example/other"),
+        ("*.a.example", "", "x.a.example/app", "x.a.example/app"),
+        ("*.a.example", "b.example", "x.a.example/app", "b.example/app"),
+        ("a.example", "b.example", "a.example:5000/app", "b.example:5000/app"),  # containers/image's own quirk
+    ],
+)
+def test_a_name_is_served_where_containers_image_rewrites_it(prefix, location, name, served):
+    assert rc.rewritten(RegistryEntry(prefix, location), name) == served
+
+
+def test_a_location_that_makes_no_valid_name_is_one_line(tmp_path):
+    from indexer.sources import parse_source
+    from indexer.sources.parse import Context
+    from indexer.sources.registry_client import RegistryOptions
+
+    conf = tmp_path / "registries.conf"
+    conf.write_text('[[registry]]\nprefix = "a.example"\nlocation = "b.example/Upper"\n')
+    source = parse_source("docker://a.example/app:v1", registry_options=RegistryOptions(registries_conf=str(conf)))
+    with pytest.raises(SourceError) as caught:
+        list(source.records(Context(source.kind, source.location)))
+    assert str(caught.value).startswith(
+        f"docker://a.example/app:v1: {conf} has a.example served as b.example/Upper, which makes 'b.example/Upper/app'"
+    )

@@ -202,6 +202,43 @@ def test_a_registry_another_host_serves_is_crawled_there_and_named_as_asked(regi
     assert skopeo.returncode == 0 and skopeo.stdout == served, skopeo.stderr
 
 
+def test_a_namespace_registries_conf_moves_is_crawled_there_as_skopeo_pulls_it(registry, run_cli, tmp_path):
+    """A proxy cache's layout: `prefix = "registry.imgdex.test/apps"` served as HOST/team."""
+    conf = tmp_path / "registries.conf"
+    conf.write_text(f'[[registry]]\nprefix = "registry.imgdex.test/apps"\nlocation = "{registry.host}/team"\n')
+    store = str(tmp_path / "one")
+    index(run_cli, store, "docker://registry.imgdex.test/apps/app", "--registries-conf", str(conf))
+    got = listing(run_cli, store)
+    expected = {d["digest"]: d.get("tags") for d in registry.expected.values() if d["name"] == "team/app"}
+    assert {d["digest"]: d.get("tags") for d in got.values()} == expected
+    assert {d["name"] for d in got.values()} == {"apps/app"}
+    skopeo = _skopeo_inspect(str(conf), "docker://registry.imgdex.test/apps/app:v1")
+    assert skopeo.returncode == 0 and skopeo.stdout == skopeo_raw(f"docker://{registry.host}/team/app:v1")
+
+
+def test_a_whole_registry_moved_into_a_namespace_is_listed_from_that_namespace(registry, run_cli, tmp_path):
+    conf = tmp_path / "registries.conf"
+    conf.write_text(
+        f'[[registry]]\nprefix = "registry.imgdex.test"\nlocation = "{registry.host}/team"\n'
+        # a repository moved on its own is not followed by a crawl of the whole registry
+        f'[[registry]]\nprefix = "registry.imgdex.test/base"\nlocation = "{registry.host}/team/app-oci"\n'
+    )
+    store = str(tmp_path / "all")
+    result = index(run_cli, store, "docker://registry.imgdex.test", "--registries-conf", str(conf), ok=False)
+    assert result.exit_code == 1
+    assert (
+        f"imgdex: registry.imgdex.test/base: {conf} has registry.imgdex.test/base served as "
+        f"{registry.host}/team/app-oci, which a crawl of the whole registry does not follow: crawl docker://registry.imgdex.test/base"
+    ) in result.output.splitlines(), result.output
+    got = listing(run_cli, store)
+    served = {
+        (d["name"].removeprefix("team/"), d["digest"], tuple(d.get("tags", ())))
+        for d in registry.expected.values()
+        if d["name"] in ("team/app", "team/app-oci")
+    }
+    assert {(d["name"], d["digest"], tuple(d.get("tags", ()))) for d in got.values()} == served
+
+
 def test_a_blocked_repository_is_one_line_and_the_rest_of_the_catalog_lands(registry, run_cli, tmp_path):
     conf = tmp_path / "registries.conf"
     conf.write_text(f'[[registry]]\nlocation = "{registry.host}/team/app"\nblocked = true\n')

@@ -49,7 +49,7 @@ class RegistriesConf:
         `host/repository`), as containers/image's FindRegistry."""
         best, length = None, 0
         for entry in self.entries:
-            if _matches(name, entry.prefix) and len(entry.prefix) > length:
+            if match_end(name, entry.prefix) != -1 and len(entry.prefix) > length:
                 best, length = entry, len(entry.prefix)
         return best
 
@@ -57,17 +57,27 @@ class RegistriesConf:
         return " and ".join(self.files) if self.files else "no registries.conf"
 
 
-def _matches(name: str, prefix: str) -> bool:
+def match_end(name: str, prefix: str) -> int:
+    """Where in `name` the part `prefix` matches ends, or -1 (containers/image's refMatchingPrefix)."""
     if prefix.startswith("*."):
         # `*.example.com`: any host under example.com, the wildcard only in the host
         at = name.find(prefix[1:])
         if at == -1 or "/" in name[:at]:
-            return False
+            return -1
         end = at + len(prefix) - 1
-        return end == len(name) or name[end] in ":/@"
-    if not name.startswith(prefix):
-        return False
-    return len(name) == len(prefix) or name[len(prefix)] in ":/@"
+    elif name.startswith(prefix):
+        end = len(prefix)
+    else:
+        return -1
+    return end if end == len(name) or name[end] in ":/@" else -1
+
+
+def rewritten(entry: RegistryEntry, name: str) -> str:
+    """`name` (which the entry's prefix matches) as the entry's location serves it: the location
+    in place of the part the prefix matched, as containers/image rewrites a reference."""
+    if not entry.location:
+        return name  # a wildcard prefix without a location only sets what it says
+    return entry.location + name[match_end(name, entry.prefix) :]
 
 
 def config_files(explicit: str = "", env: dict | None = None) -> tuple[str, list[str], bool]:

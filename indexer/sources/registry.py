@@ -181,13 +181,6 @@ def _blocked(entry: registries_conf.RegistryEntry) -> str:
     return f"registry {entry.prefix} is blocked in {entry.origin}"
 
 
-def _unfollowed(entry: registries_conf.RegistryEntry) -> str:
-    return (
-        f"{entry.origin} has {entry.prefix} served as {entry.location}: imgdex follows a registries.conf "
-        "location only from one host to another, not into or out of a namespace"
-    )
-
-
 def under_prefix(name: str, prefix: str) -> bool:
     prefix = prefix.strip("/")
     return not prefix or name == prefix or name.startswith(prefix + "/")
@@ -592,35 +585,66 @@ class Crawl:
             raise SourceError(self.spec, f"{exc.where}: {exc.reason}") from None
 
     def _served_by(self, repository: str) -> str:
-        """The registry that serves `repository` (the whole registry for ''), by registries.conf,
-        as containers/image finds it: blocked, insecure, and a registry that another host serves.
-        An insecure one joins the --insecure-registry hosts."""
+        """The host that serves `repository` (the whole registry for ''), by registries.conf, as
+        containers/image finds it: blocked, insecure, and a location that another host or
+        namespace serves. Sets the entry that moves the crawl, and adds an insecure host to the
+        --insecure-registry ones."""
         name = f"{self.registry}/{repository}" if repository else self.registry
         entry = self.conf.find(name)
-        served = self.registry
+        self._moved: registries_conf.RegistryEntry | None = None
+        self._served_path = ""  # the namespace the served host holds the registry's repositories in
+        served_name = name
         if entry is not None and entry.blocked:
             raise SourceError(self.spec, _blocked(entry))
         if entry is not None and entry.location and entry.location != entry.prefix:
-            if "/" in entry.prefix or "/" in entry.location:
-                raise SourceError(self.spec, _unfollowed(entry))
-            served = DOCKER_HUB if is_docker_hub(entry.location) else entry.location.lower()
-            entry = self.conf.find(f"{served}/{repository}" if repository else served)
+            served_name = registries_conf.rewritten(entry, name)
+            try:
+                parse_reference(served_name if repository else f"{served_name}/probe")
+            except ImgdexError as exc:
+                where = f"{entry.origin} has {entry.prefix} served as {entry.location}"
+                raise SourceError(self.spec, f"{where}, which makes {served_name!r}: {exc}") from None
+            self._moved = entry
+            if not repository:
+                self._served_path = served_name.partition("/")[2]
+            entry = self.conf.find(served_name)
             if entry is not None and entry.blocked:
                 raise SourceError(self.spec, _blocked(entry))
+        host = served_name.partition("/")[0]
+        served = DOCKER_HUB if is_docker_hub(host) else host.lower()
         if entry is not None and entry.insecure and not is_insecure(served, self.options.insecure_registries):
             insecure = (*self.options.insecure_registries, served)
             self.options = dataclasses.replace(self.options, insecure_registries=insecure)
         return served
 
+    def served_repository(self, repository: str) -> str:
+        """The path on the served host of one of the registry's repositories."""
+        if self._moved is None:
+            return repository
+        return registries_conf.rewritten(self._moved, f"{self.registry}/{repository}").partition("/")[2]
+
+    def _listed_repository(self, served: str) -> str | None:
+        """The registry's name for a repository the served host's catalog lists; None for one
+        outside the namespace registries.conf moves the registry into."""
+        if not self._served_path:
+            return served
+        head = self._served_path + "/"
+        return served[len(head) :] if served.startswith(head) else None
+
     def _refusal(self, repository: str) -> str:
         """Why registries.conf keeps a repository of the catalog from being crawled here, or ''."""
         entry = self.conf.find(f"{self.registry}/{repository}")
-        if entry is None or "/" not in entry.prefix:
-            return ""  # the registry's own entry, already applied to the whole crawl
-        if entry.blocked:
-            return _blocked(entry)
-        if entry.location and entry.location != entry.prefix:
-            return _unfollowed(entry)
+        if entry is not None and "/" in entry.prefix:  # not the registry's own entry, applied to the whole crawl
+            if entry.blocked:
+                return _blocked(entry)
+            if entry.location and entry.location != entry.prefix:
+                return (
+                    f"{entry.origin} has {entry.prefix} served as {entry.location}, which a crawl of the "
+                    f"whole registry does not follow: crawl docker://{self.registry}/{repository}"
+                )
+        if self._moved is not None:
+            served = self.conf.find(f"{self.served}/{self.served_repository(repository)}")
+            if served is not None and served.blocked:
+                return _blocked(served)
         return ""
 
     def _credentials(self) -> Credentials | None:
@@ -636,7 +660,8 @@ class Crawl:
         try:
             if options.username:
                 return Credentials(options.username, options.password, "--username")
-            return find_credentials(self.served, self.target.repository, options.auth_files)
+            repository = self.served_repository(self.target.repository) if self.target.repository else ""
+            return find_credentials(self.served, repository, options.auth_files)
         except AuthError as exc:
             raise SourceError(self.spec, str(exc)) from None
 
@@ -660,10 +685,11 @@ class Crawl:
         self, repository: str, reference: str, where: str, method: str = "GET"
     ) -> tuple[bytes | None, str, str]:
         """(bytes or None for HEAD, the registry's digest or '', media type or '')."""
+        served = self.served_repository(repository)
         reply = self.client.request(
             method,
-            self._path(repository, "manifests", reference, where),
-            scope=repository_scope(repository),
+            self._path(served, "manifests", reference, where),
+            scope=repository_scope(served),
             what=f"{where}: {method} manifest",
             limit=MAX_JSON_BYTES,
             headers={"Accept": MANIFEST_ACCEPT},
@@ -683,11 +709,12 @@ class Crawl:
         return self.configs.fetch_once(digest, lambda: self._fetch_blob(repository, digest, limit, where), repository)
 
     def _fetch_blob(self, repository: str, digest: str, limit: int, where: str) -> bytes:
+        served = self.served_repository(repository)
         try:
             reply = self.client.request(
                 "GET",
-                self._path(repository, "blobs", digest, where),
-                scope=repository_scope(repository),
+                self._path(served, "blobs", digest, where),
+                scope=repository_scope(served),
                 what=f"{where}: GET blob {digest}",
                 limit=limit,
             )
@@ -699,11 +726,12 @@ class Crawl:
         return reply.body
 
     def head_blob_size(self, repository: str, digest: str, where: str) -> int:
+        served = self.served_repository(repository)
         try:
             reply = self.client.request(
                 "HEAD",
-                self._path(repository, "blobs", digest, where),
-                scope=repository_scope(repository),
+                self._path(served, "blobs", digest, where),
+                scope=repository_scope(served),
                 what=f"{where}: HEAD blob {digest}",
                 limit=0,
             )
@@ -770,11 +798,10 @@ class Crawl:
 
     def _list_tags(self, repository: str) -> tuple[list[str], HttpError | None]:
         what = f"{self.registry}/{repository}: GET tags/list"
-        if not is_valid_repository(repository):
-            return [], HttpError(what, f"refusing to request repository {_shown(repository)}: {_NOT_A_NAME}")
-        return self._paged(
-            f"/v2/{repository}/tags/list", "tags", repository_scope(repository), what, CATALOG_LIMIT, _MAX_TAGS
-        )
+        served = self.served_repository(repository)
+        if not is_valid_repository(served):
+            return [], HttpError(what, f"refusing to request repository {_shown(served)}: {_NOT_A_NAME}")
+        return self._paged(f"/v2/{served}/tags/list", "tags", repository_scope(served), what, CATALOG_LIMIT, _MAX_TAGS)
 
     def _fetch_kept(self, state: RepoState, tag: str, budget: "_Budget") -> Fetched | SourceError:
         """`_fetch_tag`, keeping the manifest's bytes while `budget` lasts. Bytes let go must match
@@ -919,9 +946,8 @@ class Crawl:
             if not repositories:
                 raise SourceError(self.spec, f"cannot list the repositories: {error}")
             yield SourceError(f"{self.registry} catalog", str(error))
-        repositories = [
-            name for name in self._valid_repositories(repositories) if under_prefix(name, prefix) and self.owns(name)
-        ]
+        listed = (self._listed_repository(name) for name in self._valid_repositories(repositories))
+        repositories = [name for name in listed if name and under_prefix(name, prefix) and self.owns(name)]
         self.stats.repositories = len(repositories)
         # Repositories and the store's states meet in name order, so the store's side is read as the
         # crawl goes; those of the store that the catalog no longer lists have their tags retired as
