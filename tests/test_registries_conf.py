@@ -266,3 +266,25 @@ def test_a_location_that_makes_no_valid_name_is_one_line(tmp_path):
     assert str(caught.value).startswith(
         f"docker://a.example/app:v1: {conf} has a.example served as b.example/Upper, which makes 'b.example/Upper/app'"
     )
+
+
+_parts = st.sampled_from(["a", "b", "a.b", "x", "example", "5000", "team"])
+_names = st.builds(
+    lambda host, port, path, end: host + port + path + end,
+    st.lists(_parts, min_size=1, max_size=3).map(".".join),
+    st.sampled_from(["", ":5000"]),
+    st.lists(_parts, max_size=3).map(lambda parts: "".join("/" + part for part in parts)),
+    st.sampled_from(["", ":v1", "@sha256:0"]),
+)
+_prefixes = st.one_of(_names, st.lists(_parts, min_size=1, max_size=3).map(lambda parts: "*." + ".".join(parts)))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_prefixes, max_size=8, unique=True), _names)
+def test_the_found_entry_is_the_one_every_entry_tried_in_turn_finds(prefixes, name):
+    conf = rc.RegistriesConf(tuple(RegistryEntry(p, "" if p.startswith("*") else p) for p in sorted(prefixes)))
+    best, length = None, 0
+    for entry in conf.entries:  # containers/image's FindRegistry, as written
+        if rc.match_end(name, entry.prefix) != -1 and len(entry.prefix) > length:
+            best, length = entry, len(entry.prefix)
+    assert conf.find(name) == best

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ..errors import SourceError, printable
@@ -41,20 +42,37 @@ class RegistryEntry:
 
 @dataclass(frozen=True)
 class RegistriesConf:
-    entries: tuple[RegistryEntry, ...] = ()
+    entries: tuple[RegistryEntry, ...] = ()  # in prefix order, one per prefix
     files: tuple[str, ...] = field(default=())  # every file read, for messages
+    _by_prefix: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._by_prefix.update((entry.prefix, entry) for entry in self.entries)
 
     def find(self, name: str) -> RegistryEntry | None:
         """The entry with the longest prefix matching `name` (a host, `host/namespace` or
-        `host/repository`), as containers/image's FindRegistry."""
-        best, length = None, 0
-        for entry in self.entries:
-            if match_end(name, entry.prefix) != -1 and len(entry.prefix) > length:
-                best, length = entry, len(entry.prefix)
-        return best
+        `host/repository`), as containers/image's FindRegistry: the first in prefix order of the
+        longest. A catalog asks once per repository, so the prefixes that could match are looked
+        up rather than every entry tried."""
+        found = [entry for entry in map(self._by_prefix.get, _candidates(name)) if entry is not None]
+        if not found:
+            return None
+        return min(found, key=lambda entry: (-len(entry.prefix), entry.prefix))
 
-    def described(self) -> str:
-        return " and ".join(self.files) if self.files else "no registries.conf"
+
+def _candidates(name: str) -> Iterator[str]:
+    """Every prefix that could match `name`: the name cut at a `:`, `/` or `@`, or whole; and the
+    wildcards `*.DOMAIN` whose DOMAIN first occurs in the host part at a `.` and ends at one."""
+    ends = [end for end, char in enumerate(name) if char in ":/@"] + [len(name)]
+    for end in ends:
+        yield name[:end]
+    host_end = name.find("/")
+    host_end = len(name) if host_end == -1 else host_end
+    for start, char in enumerate(name[:host_end]):
+        if char == ".":
+            for end in ends:
+                if end > start + 1 and name.find(name[start:end]) == start:
+                    yield "*" + name[start:end]
 
 
 def match_end(name: str, prefix: str) -> int:
