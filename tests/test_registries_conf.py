@@ -56,7 +56,7 @@ def test_what_a_crawl_does_not_use_is_read_past():
         '[aliases]\n"alpine" = "docker.io/library/alpine"\n'
         '[[registry]]\nlocation = "a.example"\n[[registry.mirror]]\nlocation = "m.example"\n'
     )
-    assert entries(text) == [RegistryEntry("a.example", "a.example", origin="/conf")]
+    assert entries(text) == [RegistryEntry("a.example", "a.example", origin="/conf", mirrors=(rc.Mirror("m.example"),))]
     assert entries("") == [] and entries("# only a comment\n") == []
 
 
@@ -81,6 +81,19 @@ def test_what_a_crawl_does_not_use_is_read_past():
             "mixing the version 1 ([registries]) and version 2 formats is not supported",
         ),
         ("[registries.block]\nregistries = [1]\n", "[registries.block] registries must be an array of strings"),
+        (
+            '[[registry]]\nlocation = "a"\n[[registry.mirror]]\nlocation = "m"\npull-from-mirror = "some"\n',
+            "registry entry 1, a mirror: unsupported pull-from-mirror value 'some'",
+        ),
+        (
+            '[[registry]]\nlocation = "a"\npull-from-mirror = "all"\n',
+            "registry entry 1: pull-from-mirror is a mirror's",
+        ),
+        (
+            '[[registry]]\nlocation = "a"\nmirror-by-digest-only = true\n'
+            '[[registry.mirror]]\nlocation = "m"\npull-from-mirror = "all"\n',
+            "registry entry 1: mirror-by-digest-only and a mirror's pull-from-mirror cannot both be set",
+        ),
     ],
 )
 def test_what_containers_image_refuses_is_one_reason(text, reason):
@@ -288,3 +301,47 @@ def test_the_found_entry_is_the_one_every_entry_tried_in_turn_finds(prefixes, na
         if rc.match_end(name, entry.prefix) != -1 and len(entry.prefix) > length:
             best, length = entry, len(entry.prefix)
     assert conf.find(name) == best
+
+
+@pytest.mark.parametrize(
+    "conf_text, sent",
+    [
+        ("", True),
+        ('[[registry]]\nprefix = "a.example"\nlocation = "a.example"\ninsecure = true\n', True),
+        ('[[registry]]\nprefix = "a.example"\nlocation = "b.example/ns"\n', False),
+        ('[[registry]]\nlocation = "a.example"\n[[registry.mirror]]\nlocation = "m.example"\n', False),
+    ],
+)
+def test_credentials_given_for_a_registry_go_to_no_other_host_that_serves_it(tmp_path, conf_text, sent):
+    """As containers/image: --username is for the registry named; a host it is moved to or
+    mirrored on has credentials of its own (from the auth files), or none."""
+    from indexer.sources import parse_source
+    from indexer.sources.parse import Context
+    from indexer.sources.registry import Crawl
+    from indexer.sources.registry_client import RegistryOptions
+
+    conf_path = tmp_path / "registries.conf"
+    conf_path.write_text(conf_text)
+    options = RegistryOptions(username="u", password="p", auth_files=[], registries_conf=str(conf_path))
+    source = parse_source("docker://a.example/app:v1", registry_options=options)
+    conf = load(str(conf_path), {"HOME": str(tmp_path)})
+    entry = conf.find("a.example/app")
+    mirror = entry.pull_sources(digested=False)[0] if entry is not None and entry.mirrors else None
+    crawl = Crawl(source, Context(source.kind, source.location), conf, mirror)
+    assert (crawl.client.auth.credentials is not None) == sent
+    if sent:
+        assert crawl.served == "a.example"
+
+
+def test_an_image_is_pulled_from_the_mirrors_its_reference_allows_then_the_registry():
+    [entry] = entries(
+        '[[registry]]\nprefix = "a.example"\nlocation = "b.example"\n'
+        '[[registry.mirror]]\nlocation = "m1.example"\n'
+        '[[registry.mirror]]\nlocation = "m2.example/ns"\ninsecure = true\npull-from-mirror = "digest-only"\n'
+        '[[registry.mirror]]\nlocation = "m3.example"\npull-from-mirror = "tag-only"\n'
+    )
+    by_digest = [(e.location, e.insecure) for e in entry.pull_sources(digested=True)]
+    by_tag = [(e.location, e.insecure) for e in entry.pull_sources(digested=False)]
+    assert by_digest == [("m1.example", False), ("m2.example/ns", True), ("b.example", False)]
+    assert by_tag == [("m1.example", False), ("m3.example", False), ("b.example", False)]
+    assert rc.rewritten(entry.pull_sources(True)[1], "a.example/app") == "m2.example/ns/app"

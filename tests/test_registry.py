@@ -239,6 +239,72 @@ def test_a_whole_registry_moved_into_a_namespace_is_listed_from_that_namespace(r
     assert {(d["name"], d["digest"], tuple(d.get("tags", ()))) for d in got.values()} == served
 
 
+def _mirrored(tmp_path, registry, settings: str = "", mirror: str = "") -> str:
+    """A registries.conf whose registry 127.0.0.1:1 (nothing listens there) has HOST/team as its mirror."""
+    conf = tmp_path / "registries.conf"
+    conf.write_text(
+        f'[[registry]]\nlocation = "127.0.0.1:1"\n{settings}'
+        f'[[registry.mirror]]\nlocation = "{registry.host}/team"\n{mirror}'
+    )
+    return str(conf)
+
+
+def test_an_image_comes_from_its_mirror_as_skopeo_pulls_it(registry, run_cli, tmp_path):
+    conf = _mirrored(tmp_path, registry)
+    store = str(tmp_path / "store")
+    result = index(run_cli, store, "docker://127.0.0.1:1/app:v1", "--registries-conf", conf, "--retry-times", "0")
+    [only] = listing(run_cli, store).values()
+    served = skopeo_raw(f"docker://{registry.host}/team/app:v1")
+    assert (only["name"], only["digest"], only["tags"]) == ("app", sha256(served), ["v1"])
+    assert get(run_cli, store, "127.0.0.1:1/app:v1")["digest"] == sha256(served)
+    skopeo = _skopeo_inspect(conf, "docker://127.0.0.1:1/app:v1")
+    assert skopeo.returncode == 0 and skopeo.stdout == served, skopeo.stderr
+    assert "Traceback" not in result.output
+
+
+def test_when_every_mirror_fails_the_registry_s_error_says_how_each_did(registry, run_cli, tmp_path):
+    conf = _mirrored(tmp_path, registry)
+    result = index(
+        run_cli,
+        str(tmp_path / "s"),
+        "docker://127.0.0.1:1/nothing:v1",
+        "--registries-conf",
+        conf,
+        "--retry-times",
+        "0",
+        ok=False,
+    )
+    assert result.exit_code == 1
+    [line] = [line for line in result.output.splitlines() if line.startswith("imgdex: ")]
+    assert "connection refused" in line
+    assert line.endswith(")") and f"(mirrors also failed: [{registry.host}/team/nothing:v1: " in line, line
+    skopeo = _skopeo_inspect(conf, "docker://127.0.0.1:1/nothing:v1")
+    assert skopeo.returncode != 0 and b"Mirrors also failed" in skopeo.stderr
+
+
+@pytest.mark.parametrize(
+    "settings, mirror, by_digest, by_tag",
+    [
+        ("mirror-by-digest-only = true\n", "", True, False),
+        ("", 'pull-from-mirror = "digest-only"\n', True, False),
+        ("", 'pull-from-mirror = "tag-only"\n', False, True),
+    ],
+)
+def test_a_mirror_is_asked_only_for_the_references_it_is_for(
+    registry, run_cli, tmp_path, settings, mirror, by_digest, by_tag
+):
+    conf = _mirrored(tmp_path, registry, settings, mirror)
+    digest = sha256(skopeo_raw(f"docker://{registry.host}/team/app:v1"))
+    for reference, used in ((f"@{digest}", by_digest), (":v1", by_tag)):
+        store = str(tmp_path / reference.strip(":@").replace(":", "-"))
+        source = f"docker://127.0.0.1:1/app{reference}"
+        result = index(run_cli, store, source, "--registries-conf", conf, "--retry-times", "0", ok=False)
+        assert (result.exit_code == 0) == used, result.output
+        assert ("mirrors also failed" in result.output) is False
+        skopeo = _skopeo_inspect(conf, source)
+        assert (skopeo.returncode == 0) == used, skopeo.stderr
+
+
 def test_a_blocked_repository_is_one_line_and_the_rest_of_the_catalog_lands(registry, run_cli, tmp_path):
     conf = tmp_path / "registries.conf"
     conf.write_text(f'[[registry]]\nlocation = "{registry.host}/team/app"\nblocked = true\n')

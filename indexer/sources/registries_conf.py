@@ -7,8 +7,9 @@ the drop-ins beside it), else `/etc/containers/registries.conf` (it may be missi
 drop-ins of `/etc/containers/registries.conf.d` and then the user's. A drop-in's `[[registry]]`
 replaces the one of the same prefix; inside one file the first of a prefix wins.
 
-Mirrors are not tried: a crawl lists tags and catalogs, which only the registry itself answers
-for. Short names, aliases and credential helpers do not apply to `docker://` references."""
+Mirrors are tried for one image (a tag or a digest), as containers/image pulls it; tag lists and
+catalogs are the registry's own. Short names, aliases and credential helpers do not apply to
+`docker://` references."""
 
 from __future__ import annotations
 
@@ -38,6 +39,26 @@ class RegistryEntry:
     insecure: bool = False
     blocked: bool = False
     origin: str = ""  # the file it came from, for messages
+    mirrors: tuple[Mirror, ...] = ()
+    mirror_by_digest_only: bool = False
+
+    def pull_sources(self, digested: bool) -> list[RegistryEntry]:
+        """Where one image is pulled from, in order, as containers/image's PullSourcesFromReference:
+        the mirrors its settings allow for a reference by digest or by tag, then the registry."""
+        allowed = {"": True, "all": True, "digest-only": digested, "tag-only": not digested}
+        mirrors = [
+            RegistryEntry(self.prefix, mirror.location, mirror.insecure, origin=self.origin)
+            for mirror in self.mirrors
+            if (digested if self.mirror_by_digest_only else allowed[mirror.pull_from_mirror])
+        ]
+        return [*mirrors, self]
+
+
+@dataclass(frozen=True)
+class Mirror:
+    location: str
+    insecure: bool = False
+    pull_from_mirror: str = ""  # '', 'all', 'digest-only' or 'tag-only'
 
 
 @dataclass(frozen=True)
@@ -240,15 +261,29 @@ def _v2_entry(table: dict, number: int, origin: str, fail) -> RegistryEntry:
     mirrors = table.get("mirror", [])
     if not isinstance(mirrors, list) or not all(isinstance(m, dict) for m in mirrors):
         raise fail(f"{where}: `mirror` must be an array of tables ([[registry.mirror]])")
+    if "pull-from-mirror" in table:
+        raise fail(f"{where}: pull-from-mirror is a mirror's setting, not the registry's")
+    by_digest_only = _flag(table, "mirror-by-digest-only", where, fail)
+    found = []
     for mirror in mirrors:
-        if not _location(_text(mirror, "location", f"{where}, a mirror", fail), where, fail):
+        mirror_where = f"{where}, a mirror"
+        mirror_location = _location(_text(mirror, "location", mirror_where, fail), where, fail)
+        if not mirror_location:
             raise fail(f"{where}: a mirror's location is unset")
+        pull = _text(mirror, "pull-from-mirror", mirror_where, fail)
+        if pull not in ("", "all", "digest-only", "tag-only"):
+            raise fail(f"{mirror_where}: unsupported pull-from-mirror value {printable(pull)!r}")
+        if pull and by_digest_only:
+            raise fail(f"{where}: mirror-by-digest-only and a mirror's pull-from-mirror cannot both be set")
+        found.append(Mirror(mirror_location, _flag(mirror, "insecure", mirror_where, fail), pull))
     return RegistryEntry(
         prefix=prefix,
         location=location,
         insecure=_flag(table, "insecure", where, fail),
         blocked=_flag(table, "blocked", where, fail),
         origin=origin,
+        mirrors=tuple(found),
+        mirror_by_digest_only=by_digest_only,
     )
 
 

@@ -560,16 +560,22 @@ class HttpBlobs:
 class Crawl:
     """One run of a registry source: the pool, the client and the bookkeeping of one crawl."""
 
-    def __init__(self, source: "RegistrySource", ctx: Context):
+    def __init__(
+        self,
+        source: "RegistrySource",
+        ctx: Context,
+        conf: registries_conf.RegistriesConf | None = None,
+        mirror: registries_conf.RegistryEntry | None = None,
+    ):
         self.source = source
         self.ctx = ctx
         self.target = source.target
         self.options = source.options
         self.registry = self.target.registry
         self.spec = source.location
-        self.conf = self._registries_conf()
-        # the host that serves the images, when registries.conf moves the registry to another
-        self.served = self._served_by(self.target.repository)
+        self.conf = conf if conf is not None else registries_conf.RegistriesConf()
+        # the host that serves the images: the registry's, or where registries.conf moves it
+        self.served = self._served_by(self.target.repository, mirror)
         self.client = RegistryClient(self.served, _api_host(self.spec, self.served), self.options, self._credentials())
         self.configs = ConfigCache()
         self.stats = Stats()
@@ -578,17 +584,11 @@ class Crawl:
         self._pool: Pool | None = None
         self._out: deque = deque()  # what the flows found, for `interleave` to hand on
 
-    def _registries_conf(self) -> registries_conf.RegistriesConf:
-        try:
-            return registries_conf.load(self.options.registries_conf)
-        except SourceError as exc:
-            raise SourceError(self.spec, f"{exc.where}: {exc.reason}") from None
-
-    def _served_by(self, repository: str) -> str:
+    def _served_by(self, repository: str, mirror: registries_conf.RegistryEntry | None) -> str:
         """The host that serves `repository` (the whole registry for ''), by registries.conf, as
-        containers/image finds it: blocked, insecure, and a location that another host or
-        namespace serves. Sets the entry that moves the crawl, and adds an insecure host to the
-        --insecure-registry ones."""
+        containers/image finds it: blocked, insecure, and a location (or the `mirror` asked
+        for) that another host or namespace serves. Sets the entry that moves the crawl, and adds
+        an insecure host to the --insecure-registry ones."""
         name = f"{self.registry}/{repository}" if repository else self.registry
         entry = self.conf.find(name)
         self._moved: registries_conf.RegistryEntry | None = None
@@ -596,6 +596,8 @@ class Crawl:
         served_name = name
         if entry is not None and entry.blocked:
             raise SourceError(self.spec, _blocked(entry))
+        insecure_mirror = mirror is not None and mirror.insecure
+        entry = mirror or entry
         if entry is not None and entry.location and entry.location != entry.prefix:
             served_name = registries_conf.rewritten(entry, name)
             try:
@@ -611,7 +613,8 @@ class Crawl:
                 raise SourceError(self.spec, _blocked(entry))
         host = served_name.partition("/")[0]
         served = DOCKER_HUB if is_docker_hub(host) else host.lower()
-        if entry is not None and entry.insecure and not is_insecure(served, self.options.insecure_registries):
+        insecure = insecure_mirror or (entry is not None and entry.insecure)
+        if insecure and not is_insecure(served, self.options.insecure_registries):
             insecure = (*self.options.insecure_registries, served)
             self.options = dataclasses.replace(self.options, insecure_registries=insecure)
         return served
@@ -658,7 +661,8 @@ class Crawl:
         elif options.password is not None:
             raise SourceError(self.spec, "a password was given without --username")
         try:
-            if options.username:
+            # as containers/image, credentials given for a registry go to no other host that serves it
+            if options.username and self.served == self.registry:
                 return Credentials(options.username, options.password, "--username")
             repository = self.served_repository(self.target.repository) if self.target.repository else ""
             return find_credentials(self.served, repository, options.auth_files)
@@ -1170,4 +1174,45 @@ class RegistrySource:
         target = self.target
         if target.repository and not in_shard(ctx.shard, repository_key(target.registry, target.repository)):
             return iter(())  # another shard's repository: no request, no credential helper run
-        return Crawl(self, ctx).run()
+        try:
+            conf = registries_conf.load(self.options.registries_conf)
+        except SourceError as exc:
+            raise SourceError(self.location, f"{exc.where}: {exc.reason}") from None
+        entry = conf.find(f"{target.registry}/{target.repository}") if target.repository else None
+        if entry is None or entry.blocked or not (target.tag or target.digest):
+            return Crawl(self, ctx, conf).run()  # a tag list or a catalog is the registry's own
+        mirrors = entry.pull_sources(digested=bool(target.digest))[:-1]
+        return self._pulled(ctx, conf, mirrors) if mirrors else Crawl(self, ctx, conf).run()
+
+    def _pulled(
+        self, ctx: Context, conf: registries_conf.RegistriesConf, mirrors: list[registries_conf.RegistryEntry]
+    ) -> Iterator[ImageRecord | SourceError]:
+        """One image from the first of its mirrors that serves it whole, else from the registry,
+        whose errors then say how each mirror failed (as containers/image says it)."""
+        target = self.target
+        name = f"{target.registry}/{target.repository}"
+        reference = (f":{target.tag}" if target.tag else "") + (f"@{target.digest}" if target.digest else "")
+        failures = []
+        for mirror in mirrors:
+            there = registries_conf.rewritten(mirror, name) + reference
+            notes: list[str] = []  # a mirror that fails leaves no note, only its line in the error
+            try:
+                items = list(Crawl(self, dataclasses.replace(ctx, note=notes.append), conf, mirror).run())
+            except SourceError as exc:
+                failures.append(f"[{there}: {exc.reason}]")
+                continue
+            failed = next((item for item in items if isinstance(item, SourceError)), None)
+            if failed is not None:
+                failures.append(f"[{there}: {failed.reason}]")
+                continue
+            for note in notes:
+                ctx.note(note)
+            ctx.note(f"{self.location}: pulled from the mirror {there}")
+            yield from items
+            return
+        also = f" (mirrors also failed: {' '.join(failures)})"
+        try:
+            for item in Crawl(self, ctx, conf).run():
+                yield SourceError(item.where, item.reason + also) if isinstance(item, SourceError) else item
+        except SourceError as exc:
+            raise SourceError(exc.where, exc.reason + also) from None
