@@ -574,6 +574,8 @@ class Crawl:
         self.registry = self.target.registry
         self.spec = source.location
         self.conf = conf if conf is not None else registries_conf.RegistriesConf()
+        self._moved: registries_conf.RegistryEntry | None = None  # the entry that moves the crawl
+        self._served_path = ""  # the namespace the served host holds the registry's repositories in
         # the host that serves the images: the registry's, or where registries.conf moves it
         self.served = self._served_by(self.target.repository, mirror)
         self.client = RegistryClient(self.served, _api_host(self.spec, self.served), self.options, self._credentials())
@@ -587,12 +589,10 @@ class Crawl:
     def _served_by(self, repository: str, mirror: registries_conf.RegistryEntry | None) -> str:
         """The host that serves `repository` (the whole registry for ''), by registries.conf, as
         containers/image finds it: blocked, insecure, and a location (or the `mirror` asked
-        for) that another host or namespace serves. Sets the entry that moves the crawl, and adds
+        for) that another host or namespace serves. Sets `_moved` and `_served_path`, and adds
         an insecure host to the --insecure-registry ones."""
         name = f"{self.registry}/{repository}" if repository else self.registry
         entry = self.conf.find(name)
-        self._moved: registries_conf.RegistryEntry | None = None
-        self._served_path = ""  # the namespace the served host holds the registry's repositories in
         served_name = name
         if entry is not None and entry.blocked:
             raise SourceError(self.spec, _blocked(entry))
@@ -615,8 +615,8 @@ class Crawl:
         served = DOCKER_HUB if is_docker_hub(host) else host.lower()
         insecure = insecure_mirror or (entry is not None and entry.insecure)
         if insecure and not is_insecure(served, self.options.insecure_registries):
-            insecure = (*self.options.insecure_registries, served)
-            self.options = dataclasses.replace(self.options, insecure_registries=insecure)
+            hosts = (*self.options.insecure_registries, served)
+            self.options = dataclasses.replace(self.options, insecure_registries=hosts)
         return served
 
     def served_repository(self, repository: str) -> str:
