@@ -1,4 +1,5 @@
 import os
+import socket
 import sys
 
 import pytest
@@ -11,6 +12,17 @@ sys.path.insert(0, HERE)  # tests import builders.py directly
 REAL = os.path.join(HERE, "fixtures", "real")
 SAMPLES = os.path.join(ROOT, "data", "samples")
 GOLDEN = os.path.join(HERE, "golden")
+
+
+# getaddrinfo as it is before any test stands in for it: a stand-in that holds a name's lookup
+# still answers an address literal's (AI_NUMERICHOST, which asks no name server) at once.
+real_getaddrinfo = socket.getaddrinfo
+
+
+def numeric_only(args: tuple, kwargs: dict) -> bool:
+    """Whether a getaddrinfo call, given these arguments after the host, is for a literal address."""
+    flags = kwargs.get("flags", args[4] if len(args) > 4 else 0)
+    return bool(flags & socket.AI_NUMERICHOST)
 
 
 def sample_sources() -> list[str]:

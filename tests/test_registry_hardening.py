@@ -18,7 +18,7 @@ import time
 import pytest
 
 from builders import OCI_MANIFEST, Blobs
-from conftest import store_views
+from conftest import numeric_only, real_getaddrinfo, store_views
 from indexer.errors import SourceError
 from indexer.model import UNCOMPRESSED, Blob, ImageRecord
 from indexer.sources import mediatypes as mt
@@ -587,6 +587,8 @@ def test_a_host_name_that_does_not_resolve_is_one_plain_line(monkeypatch, code, 
     real = socket.getaddrinfo
 
     def resolve(host, *args, **kwargs):
+        if numeric_only(args, kwargs):  # an address literal's lookup, which asks no name server
+            return real_getaddrinfo(host, *args, **kwargs)
         if host == "registry.nowhere.example":
             asked.append(host)
             raise socket.gaierror(code, words)
@@ -610,6 +612,8 @@ def test_a_name_server_that_does_not_answer_costs_the_attempt_deadline_not_its_o
     real = socket.getaddrinfo
 
     def unanswered(host, *args, **kwargs):
+        if numeric_only(args, kwargs):  # an address literal's lookup, which asks no name server
+            return real_getaddrinfo(host, *args, **kwargs)
         if host == "registry.silent.example":
             asked.append(host)
             released.wait(60)
@@ -630,3 +634,25 @@ def test_a_name_server_that_does_not_answer_costs_the_attempt_deadline_not_its_o
         "docker://registry.silent.example/team/app: registry.silent.example: GET https://registry.silent.example/v2/:"
         " cannot resolve registry.silent.example: the name server gave no answer in time (after 2 attempts)"
     )
+
+
+def test_an_address_literal_is_dialled_without_waiting_on_a_name_server(monkeypatch):
+    from indexer.sources import tcp_dial
+
+    released = threading.Event()
+
+    def silent(host, *args, **kwargs):
+        if numeric_only(args, kwargs):
+            return real_getaddrinfo(host, *args, **kwargs)
+        released.wait(30)  # a name server that does not answer
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", silent)
+    deadline = time.monotonic() + 0.2
+    try:
+        assert [a[4][0] for a in tcp_dial.resolve("127.0.0.1", 80, deadline)] == ["127.0.0.1"]
+        assert [a[4][0] for a in tcp_dial.resolve("::1", 80, deadline, socket.AF_INET6)] == ["::1"]
+        with pytest.raises(tcp_dial.ResolverTimeout):
+            tcp_dial.resolve("registry.example", 80, deadline)
+    finally:
+        released.set()

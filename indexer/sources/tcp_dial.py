@@ -19,6 +19,10 @@ class ResolverTimeout(TimeoutError):
 
 def resolve(host: str, port: int, deadline: float, family: int = socket.AF_UNSPEC) -> list:
     """getaddrinfo's stream addresses for (host, port), or ResolverTimeout once `deadline` passes."""
+    try:  # an address literal needs no name server, nor a thread to wait on one
+        return socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
+    except (OSError, UnicodeError):
+        pass
     answer: list = []
 
     def lookup() -> None:
