@@ -345,3 +345,14 @@ def test_an_image_is_pulled_from_the_mirrors_its_reference_allows_then_the_regis
     assert by_digest == [("m1.example", False), ("m2.example/ns", True), ("b.example", False)]
     assert by_tag == [("m1.example", False), ("m3.example", False), ("b.example", False)]
     assert rc.rewritten(entry.pull_sources(True)[1], "a.example/app") == "m2.example/ns/app"
+
+
+def test_a_run_reads_registries_conf_once_for_all_its_registry_sources(tmp_path, monkeypatch):
+    conf = tmp_path / "registries.conf"
+    conf.write_text('[[registry]]\nlocation = "a.example"\nblocked = true\n')
+    first = rc.load_once(str(conf))
+    conf.write_text("not toml [")  # not read again by this process
+    assert rc.load_once(str(conf)) is first and first.find("a.example/x").blocked
+    monkeypatch.setenv("CONTAINERS_REGISTRIES_CONF", str(conf))  # another environment reads anew
+    with pytest.raises(SourceError):
+        rc.load_once("")

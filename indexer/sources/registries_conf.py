@@ -133,6 +133,20 @@ def config_files(explicit: str = "", env: dict | None = None) -> tuple[str, list
     return SYSTEM_FILE, system_dirs, False
 
 
+def load_once(explicit: str = "") -> RegistriesConf:
+    """`load` for this process's environment, read once for all the registry sources of a run
+    (as containers/image keeps what it read); a file that cannot be used is tried again."""
+    env = os.environ
+    key = (explicit, *(env.get(name) for name in ("CONTAINERS_REGISTRIES_CONF", "REGISTRIES_CONFIG_PATH", "HOME")))
+    conf = _loaded.get(key)
+    if conf is None:
+        conf = _loaded[key] = load(explicit)
+    return conf
+
+
+_loaded: dict[tuple, RegistriesConf] = {}
+
+
 def load(explicit: str = "", env: dict | None = None) -> RegistriesConf:
     """The merged configuration; SourceError naming the file and the reason for one that cannot
     be read or says something containers/image would refuse."""

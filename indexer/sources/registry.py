@@ -1175,7 +1175,7 @@ class RegistrySource:
         if target.repository and not in_shard(ctx.shard, repository_key(target.registry, target.repository)):
             return iter(())  # another shard's repository: no request, no credential helper run
         try:
-            conf = registries_conf.load(self.options.registries_conf)
+            conf = registries_conf.load_once(self.options.registries_conf)
         except SourceError as exc:
             raise SourceError(self.location, f"{exc.where}: {exc.reason}") from None
         entry = conf.find(f"{target.registry}/{target.repository}") if target.repository else None
