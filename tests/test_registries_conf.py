@@ -100,6 +100,28 @@ def test_what_containers_image_refuses_is_one_reason(text, reason):
     assert refused(text).startswith(reason)
 
 
+@pytest.mark.parametrize("data", [b"a = " + b"[\n" * 100_000, b"a = " + b"{x=" * 1300])
+def test_nesting_deeper_than_the_stack_is_one_reason_not_a_traceback(data):
+    with pytest.raises(SourceError) as caught:
+        parse(data, "/conf")
+    assert caught.value.reason == "not valid TOML for registries.conf: arrays or tables nested too deeply"
+
+
+def test_a_line_longer_than_any_registries_conf_needs_is_refused_unparsed():
+    """tomllib's cost grows with the square of the parts of one dotted key: a 600 KB table header
+    took two minutes. A key cannot span lines, so a bound on the line bounds it."""
+    header = b"[" + b"a." * (rc.MAX_LINE_BYTES // 2) + b"a]\n"
+    with pytest.raises(SourceError) as caught:
+        parse(b'[[registry]]\nlocation = "a"\n' + header, "/conf")
+    assert caught.value.reason == f"line 3 is longer than {rc.MAX_LINE_BYTES} bytes, which no registries.conf needs"
+
+
+def test_a_toml_error_quoting_a_long_key_is_cut():
+    key = b"a." * 1000 + b"a"
+    reason = refused((b"[" + key + b"]\n[" + key + b"]\n").decode())
+    assert reason.startswith("not valid TOML: Cannot declare") and len(reason) <= len("not valid TOML: ") + 201
+
+
 def test_a_drop_in_must_be_version_2_and_text():
     assert refused('[registries.block]\nregistries = ["a"]\n', drop_in=True).startswith("a drop-in must be")
     with pytest.raises(SourceError) as caught:
