@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from conftest import REAL, need_skopeo
 from indexer.errors import SourceError
+from indexer.sources import tomlfile
 from indexer.sources import ContainersStorage, parse_source
 from indexer.sources.containers_storage import big_data_file, is_storage_root, parse_spec
 from test_badinput import error_lines, invoke, sql_rows
@@ -196,6 +197,23 @@ def test_the_store_of_storage_conf_is_the_default(store_root, tmp_path, monkeypa
     conf.write_text("[storage\n")
     (line,) = error_lines(_index(tmp_path / "broken", "containers-storage:", code=1))
     assert line.startswith(f"imgdex: {conf}: storage.conf cannot be read (")
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        # tomllib's time grows with the square of a dotted key's parts: 600 KB of them took minutes
+        ("[" + "a." * 3000 + "a]\n", "line 1 is longer than 4096 bytes, which no storage.conf needs"),
+        ("a = " + "[\n" * 100_000, "not valid TOML for storage.conf: arrays or tables nested too deeply"),
+    ],
+)
+def test_a_storage_conf_built_to_cost_is_one_line_at_once(tmp_path, monkeypatch, text, reason):
+    conf = tmp_path / "storage.conf"
+    conf.write_text(text)
+    monkeypatch.setenv("CONTAINERS_STORAGE_CONF", str(conf))
+    with pytest.raises(SourceError) as caught:
+        parse_source("containers-storage:")
+    assert str(caught.value) == f"{conf}: storage.conf cannot be read ({reason})"
 
 
 def test_a_bare_root_is_detected(store_root, tmp_path):
@@ -737,11 +755,12 @@ def test_an_image_without_its_own_manifest_item_is_read_from_the_manifests_kept(
 
 def test_a_storage_conf_over_its_limit_is_refused_not_cut(tmp_path, monkeypatch):
     conf = tmp_path / "storage.conf"
-    # Cut at 1 MiB, this would still read as valid TOML, without the line that says where the store is.
-    conf.write_text("# padding\n" * (1 << 17) + '[storage]\ngraphroot = "/elsewhere"\n')
+    # Cut at its limit, this would still read as valid TOML, without the line that says where the store is.
+    conf.write_text("# padding\n" * (tomlfile.MAX_FILE_BYTES // 10) + '[storage]\ngraphroot = "/elsewhere"\n')
     monkeypatch.setenv("CONTAINERS_STORAGE_CONF", str(conf))
     out = invoke("index", "containers-storage:", "--store", str(tmp_path / "store"))
-    assert out.code == 1 and error_lines(out.stderr) == [f"imgdex: {conf}: storage.conf is over the 1048576-byte limit"]
+    limit = f"storage.conf is over the {tomlfile.MAX_FILE_BYTES}-byte limit"
+    assert out.code == 1 and error_lines(out.stderr) == [f"imgdex: {conf}: {limit}"]
 
 
 def _tags(store) -> dict[tuple[str, str], list[str]]:

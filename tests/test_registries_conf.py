@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from indexer.errors import SourceError
 from indexer.sources import registries_conf as rc
+from indexer.sources import tomlfile
 from indexer.sources.registries_conf import RegistryEntry, config_files, load, parse
 
 
@@ -110,10 +111,11 @@ def test_nesting_deeper_than_the_stack_is_one_reason_not_a_traceback(data):
 def test_a_line_longer_than_any_registries_conf_needs_is_refused_unparsed():
     """tomllib's cost grows with the square of the parts of one dotted key: a 600 KB table header
     took two minutes. A key cannot span lines, so a bound on the line bounds it."""
-    header = b"[" + b"a." * (rc.MAX_LINE_BYTES // 2) + b"a]\n"
+    header = b"[" + b"a." * (tomlfile.MAX_LINE_BYTES // 2) + b"a]\n"
     with pytest.raises(SourceError) as caught:
         parse(b'[[registry]]\nlocation = "a"\n' + header, "/conf")
-    assert caught.value.reason == f"line 3 is longer than {rc.MAX_LINE_BYTES} bytes, which no registries.conf needs"
+    limit = tomlfile.MAX_LINE_BYTES
+    assert caught.value.reason == f"line 3 is longer than {limit} bytes, which no registries.conf needs"
 
 
 def test_a_toml_error_quoting_a_long_key_is_cut():

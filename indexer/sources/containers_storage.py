@@ -130,8 +130,6 @@ def default_store() -> tuple[str, str, tuple[str, ...]]:
 
 
 _ADDITIONAL = "additionalimagestores"
-# Read whole or refused: a cut file could read as valid TOML that says less than the file does.
-_MAX_CONF_BYTES = 1 << 20
 
 
 def _storage_conf(path: str) -> dict | None:
@@ -140,14 +138,12 @@ def _storage_conf(path: str) -> dict | None:
     is one SourceError."""
     if not os.path.lexists(path):
         return None
+    from . import tomlfile
+
     try:
-        import tomllib
-    except ImportError:  # Python 3.10: the defaults stand, a spec names anything else
-        return {}
-    try:
-        data = read_small(path, _MAX_CONF_BYTES, "storage.conf")
-        table = tomllib.loads(data.decode("utf-8")).get("storage", {})
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        data = read_small(path, tomlfile.MAX_FILE_BYTES, "storage.conf")
+        table = tomlfile.loads(data, "storage.conf").get("storage", {})
+    except (OSError, tomlfile.TomlRefused) as exc:
         raise SourceError(printable(path), f"storage.conf cannot be read ({exc})") from None
     if not isinstance(table, dict):
         return {}

@@ -14,18 +14,14 @@ catalogs are the registry's own. Short names, aliases and credential helpers do 
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ..errors import SourceError, printable
 from ..files import read_small
+from .tomlfile import MAX_FILE_BYTES as MAX_CONF_BYTES
+from .tomlfile import TomlRefused, loads
 
-# Real files are a few KiB (Debian's registries.conf with its drop-in of aliases: 7 KiB, lines under
-# 100 characters). tomllib's cost grows with the square of the parts of one dotted key, and a key
-# cannot span lines: a 600 KB table header took two minutes, a line of 4 KiB takes milliseconds.
-MAX_CONF_BYTES = 256 * 1024
-MAX_LINE_BYTES = 4096
 SYSTEM_FILE = "/etc/containers/registries.conf"
 SYSTEM_DIR = "/etc/containers/registries.conf.d"
 _USER_FILE = os.path.join(".config", "containers", "registries.conf")
@@ -207,18 +203,10 @@ def parse(data: bytes, origin: str, drop_in: bool = False) -> list[RegistryEntry
     def fail(reason: str) -> SourceError:
         return SourceError(printable(origin), reason)
 
-    for number, line in enumerate(data.split(b"\n"), 1):
-        if len(line) > MAX_LINE_BYTES:
-            raise fail(f"line {number} is longer than {MAX_LINE_BYTES} bytes, which no registries.conf needs")
     try:
-        doc = tomllib.loads(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise fail("not UTF-8 text") from None
-    except tomllib.TOMLDecodeError as exc:
-        text = str(exc)  # it may quote a whole key, as long as a line
-        raise fail(f"not valid TOML: {text if len(text) <= 200 else text[:200] + '…'}") from None
-    except RecursionError:  # tomllib descends into nested arrays and inline tables on the stack
-        raise fail("not valid TOML for registries.conf: arrays or tables nested too deeply") from None
+        doc = loads(data, "registries.conf")
+    except TomlRefused as exc:
+        raise fail(str(exc)) from None
     v1 = doc.get("registries")
     v2 = doc.get("registry")
     if v1 is not None:
