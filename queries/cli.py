@@ -364,6 +364,19 @@ def _finite_seconds(_ctx, param, value: float) -> float:
     return value
 
 
+def _secret_from_stdin(flag: str, sources) -> str:
+    """A password or token, the whole of standard input but for its line end."""
+    for source in sources:
+        if _reads_stdin(source):
+            raise click.UsageError(f"{flag} and {source} cannot both read standard input")
+    if sys.stdin is None:
+        raise click.UsageError(f"{flag}: standard input is closed")
+    secret = sys.stdin.read(_MAX_PASSWORD + 1)
+    if len(secret) > _MAX_PASSWORD:
+        raise click.UsageError(f"{flag} takes at most {_MAX_PASSWORD} characters")
+    return secret.rstrip("\r\n")
+
+
 def _insecure_registries(_ctx, param, values: tuple[str, ...]) -> tuple[str, ...]:
     # An entry that matches no host would leave plain HTTP refused with no word of why, as a typo
     # in dockerd's insecure-registries would not: dockerd refuses to start.
@@ -494,6 +507,12 @@ class _IndexCommand(click.Command):
 )
 @click.option("--password-stdin", is_flag=True, help="Read the registry password from standard input.")
 @click.option(
+    "--registry-token-stdin",
+    is_flag=True,
+    help="Read a bearer token for the registry from standard input (or give it in $IMGDEX_REGISTRY_TOKEN), "
+    "sent instead of one from its token server, as skopeo's --registry-token.",
+)
+@click.option(
     "--tls-verify/--no-tls-verify",
     default=True,
     show_default=True,
@@ -568,7 +587,8 @@ class _IndexCommand(click.Command):
 @click.option(
     "--no-creds",
     is_flag=True,
-    help="Crawl registries anonymously: no auth file, helper or $IMGDEX_PASSWORD is read (as skopeo's --no-creds).",
+    help="Crawl registries anonymously: no auth file, helper, $IMGDEX_PASSWORD or $IMGDEX_REGISTRY_TOKEN is read "
+    "(as skopeo's --no-creds).",
 )
 @click.option(
     "--retry-times",
@@ -593,6 +613,7 @@ def index(
     repository_prefix,
     username,
     password_stdin,
+    registry_token_stdin,
     tls_verify,
     ca_cert,
     cert_dir,
@@ -638,29 +659,40 @@ def index(
     from indexer.sources import SourceOptions
 
     password = None
+    token = ""
     crawls_registries = any(source.startswith("docker://") for source in sources)
-    if no_creds and (username or password_stdin or authfile):
-        given = "--username" if username else "--password-stdin" if password_stdin else "--authfile"
+    if no_creds and (username or password_stdin or registry_token_stdin or authfile):
+        given = next(
+            flag
+            for flag, value in (
+                ("--username", username),
+                ("--password-stdin", password_stdin),
+                ("--registry-token-stdin", registry_token_stdin),
+                ("--authfile", authfile),
+            )
+            if value
+        )
         raise click.UsageError(f"--no-creds and {given} cannot both be given")
-    # The password is for registries only: an exported IMGDEX_PASSWORD must not get in the way
-    # of indexing archives (nor of an anonymous crawl).
+    if password_stdin and registry_token_stdin:
+        raise click.UsageError("--password-stdin and --registry-token-stdin cannot both read standard input")
+    # The password and token are for registries only: an exported IMGDEX_PASSWORD must not get in
+    # the way of indexing archives (nor of an anonymous crawl).
     if crawls_registries and not no_creds:
         if password_stdin:
-            for source in sources:
-                if _reads_stdin(source):
-                    raise click.UsageError(f"--password-stdin and {source} cannot both read standard input")
-            if sys.stdin is None:
-                raise click.UsageError("--password-stdin: standard input is closed")
-            password = sys.stdin.read(_MAX_PASSWORD + 1)
-            if len(password) > _MAX_PASSWORD:
-                raise click.UsageError(f"--password-stdin takes at most {_MAX_PASSWORD} characters")
-            password = password.rstrip("\r\n")
+            password = _secret_from_stdin("--password-stdin", sources)
         elif os.environ.get("IMGDEX_PASSWORD") is not None:
             password = os.environ["IMGDEX_PASSWORD"]
         if password is not None and not username:
             raise click.UsageError("a registry password needs --username")
-    elif password_stdin:
-        raise click.UsageError("--password-stdin is for docker:// sources, and none is given")
+        if registry_token_stdin:
+            token = _secret_from_stdin("--registry-token-stdin", sources)
+        else:
+            token = os.environ.get("IMGDEX_REGISTRY_TOKEN", "")
+        if registry_token_stdin and not token:
+            raise click.UsageError("--registry-token-stdin: standard input held no token")
+    elif password_stdin or registry_token_stdin:
+        flag = "--password-stdin" if password_stdin else "--registry-token-stdin"
+        raise click.UsageError(f"{flag} is for docker:// sources, and none is given")
     registry, repository = _split_repository(registry, repository)
     progress = _Progress(len(sources), MAX_MESSAGES)
     registry_options = None
@@ -676,6 +708,7 @@ def index(
             cert_dir=cert_dir or "",
             auth_files=[] if no_creds else [authfile] if authfile else None,
             registries_conf=registries_conf or "",
+            registry_token=token,
             insecure_registries=tuple(insecure_registries),
             jobs=jobs or 8,
             timeout=timeout,

@@ -485,6 +485,16 @@ def test_basic_auth_needs_credentials(basic_registry, run_cli, tmp_path, no_auth
     assert f"authentication required and no credentials for {basic_registry.host}" in result.output
 
 
+def test_a_registry_token_does_not_answer_a_basic_challenge(
+    basic_registry, run_cli, tmp_path, no_auth_files, monkeypatch
+):
+    monkeypatch.setenv("IMGDEX_REGISTRY_TOKEN", "t0ken")
+    result = index(run_cli, str(tmp_path), f"docker://{basic_registry.host}", ok=False)
+    assert result.exit_code == 1 and "t0ken" not in result.output
+    said = f"the registry asks for a password, and only a registry token was given for {basic_registry.host}"
+    assert said in result.output, result.output
+
+
 def test_basic_auth_with_password_from_environment(basic_registry, run_cli, tmp_path, no_auth_files, monkeypatch):
     monkeypatch.setenv("IMGDEX_PASSWORD", "s3cret-pass")
     store = str(tmp_path)
@@ -601,6 +611,59 @@ def test_bearer_token_flow(token_registry, run_cli, tmp_path, no_auth_files, mon
     assert {user for _, user in asked} == {"crawler"}
     # one token per scope, reused by every request of the crawl; an insufficient_scope answer is final
     assert len(asked) == len(scopes)
+
+
+def test_a_registry_token_given_is_sent_as_it_is_as_skopeo_s_registry_token(
+    token_registry, run_cli, tmp_path, no_auth_files, monkeypatch
+):
+    tokens = token_registry.tokens
+    token = tokens.sign("crawler", [{"type": "repository", "name": "team/app-oci", "actions": ["pull"]}])
+    before = len(tokens.requests)
+    store = str(tmp_path / "env")
+    monkeypatch.setenv("IMGDEX_REGISTRY_TOKEN", token)
+    result = index(run_cli, store, f"docker://{token_registry.host}/team/app-oci")
+    assert token not in result.output
+    assert listing(run_cli, store) == {k: v for k, v in token_registry.expected.items() if v["name"] == "team/app-oci"}
+    assert tokens.requests[before:] == []  # its token server was never asked
+    monkeypatch.delenv("IMGDEX_REGISTRY_TOKEN")
+    result = run_cli(
+        "index",
+        f"docker://{token_registry.host}/team/app-oci",
+        "--registry-token-stdin",
+        "--store",
+        str(tmp_path / "stdin"),
+        input=token + "\n",
+    )
+    assert result.exit_code == 0, result.output
+    assert listing(run_cli, str(tmp_path / "stdin")) == listing(run_cli, store)
+    skopeo = subprocess.run(
+        [
+            "skopeo",
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            "--registry-token",
+            token,
+            f"docker://{token_registry.host}/team/app-oci:v1",
+        ],
+        capture_output=True,
+        timeout=60,
+    )
+    assert skopeo.returncode == 0 and sha256(skopeo.stdout) in {d["digest"] for d in listing(run_cli, store).values()}
+
+    # a token for another repository: one line, the token never quoted, no other token asked for
+    result = run_cli(
+        "index",
+        f"docker://{token_registry.host}/team/base",
+        "--registry-token-stdin",
+        "--store",
+        str(tmp_path / "other"),
+        input=token,
+    )
+    assert result.exit_code == 1 and token not in result.output
+    [line] = [line for line in result.output.splitlines() if line.startswith("imgdex: ") and "note:" not in line]
+    assert "401 Unauthorized: the registry token given does not grant access" in line, result.output
+    assert tokens.requests[before:] == []
 
 
 def test_bearer_without_credentials_is_a_clear_error(token_registry, run_cli, tmp_path, no_auth_files):
@@ -784,9 +847,55 @@ def test_no_creds_crawls_anonymously_whatever_the_auth_files_hold(basic_registry
     assert f"authentication required and no credentials for {basic_registry.host}" in result.output
 
 
-@pytest.mark.parametrize("given", [("--username", "crawler"), ("--authfile", "auth.json"), ("--password-stdin",)])
+@pytest.mark.parametrize(
+    "given",
+    [("--username", "crawler"), ("--authfile", "auth.json"), ("--password-stdin",), ("--registry-token-stdin",)],
+)
 def test_no_creds_with_credentials_is_a_usage_error(run_cli, tmp_path, given):
     (tmp_path / "auth.json").write_text("{}")
     given = tuple(str(tmp_path / part) if part == "auth.json" else part for part in given)
     result = run_cli("index", "docker://127.0.0.1:1/a", "--no-creds", *given, "--store", tmp_path / "s")
     assert result.exit_code == 2 and f"--no-creds and {given[0]} cannot both be given" in result.output
+
+
+@pytest.mark.parametrize(
+    "args, stdin, said",
+    [
+        (
+            ["docker://127.0.0.1:1/a", "--password-stdin", "--username", "u", "--registry-token-stdin"],
+            "x",
+            "--password-stdin and --registry-token-stdin cannot both read standard input",
+        ),
+        (
+            ["docker://127.0.0.1:1/a", "--registry-token-stdin"],
+            "\n",
+            "--registry-token-stdin: standard input held no token",
+        ),
+        (["docker://127.0.0.1:1/a", "-", "--registry-token-stdin"], "t", "cannot both read standard input"),
+        (
+            ["x.tar", "--registry-token-stdin"],
+            "t",
+            "--registry-token-stdin is for docker:// sources, and none is given",
+        ),
+    ],
+)
+def test_a_registry_token_from_stdin_that_cannot_be_had_is_a_usage_error(run_cli, tmp_path, args, stdin, said):
+    result = run_cli("index", *args, "--store", tmp_path / "s", input=stdin)
+    assert result.exit_code == 2 and said in result.output, result.output
+
+
+def test_an_exported_registry_token_is_ignored_off_registries_and_by_no_creds(run_cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("IMGDEX_REGISTRY_TOKEN", "t0ken")
+    from indexer.sources.registry_client import RegistryOptions
+
+    seen = []
+    real = RegistryOptions.__init__
+
+    def spy(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        seen.append(self.registry_token)
+
+    monkeypatch.setattr(RegistryOptions, "__init__", spy)
+    run_cli("index", "docker://127.0.0.1:1/a", "--no-creds", "--retry-times", "0", "--store", tmp_path / "a")
+    run_cli("index", "docker://127.0.0.1:1/a", "--retry-times", "0", "--store", tmp_path / "b")
+    assert seen == ["", "t0ken"]

@@ -662,8 +662,11 @@ class Crawl:
             raise SourceError(self.spec, "a password was given without --username")
         try:
             # as containers/image, credentials given for a registry go to no other host that serves it
-            if options.username and self.served == self.registry:
-                return Credentials(options.username, options.password, "--username")
+            if (options.username or options.registry_token) and self.served == self.registry:
+                origin = "--username" if options.username else "the registry token given"
+                return Credentials(
+                    options.username, options.password or "", origin, registry_token=options.registry_token
+                )
             repository = self.served_repository(self.target.repository) if self.target.repository else ""
             return find_credentials(self.served, repository, options.auth_files)
         except AuthError as exc:

@@ -52,11 +52,14 @@ class Credentials:
     # An OAuth2 refresh token (docker's `identitytoken`, a helper's `<token>` secret): traded at
     # the token realm for access tokens, never sent to the registry itself.
     identity_token: str = field(default="", repr=False)
+    # skopeo's --registry-token: a bearer token sent to the registry as it is, for a Bearer
+    # challenge, instead of one asked of its token server.
+    registry_token: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         # They go into a Basic header or a form as UTF-8; bytes that are not (a password read from
         # stdin or the environment keeps them as surrogates) would fail there, deep in a request.
-        for value in (self.username, self.password, self.identity_token):
+        for value in (self.username, self.password, self.identity_token, self.registry_token):
             try:
                 value.encode("utf-8")
             except UnicodeEncodeError:
@@ -66,8 +69,9 @@ class Credentials:
 
     @property
     def basic(self) -> bool:
-        """Whether these answer a Basic challenge: an identity token alone does not, as in docker."""
-        return not (self.identity_token and not self.password)
+        """Whether these answer a Basic challenge: an identity token or a registry token alone
+        does not, as in docker and skopeo."""
+        return bool(self.username or self.password) and not (self.identity_token and not self.password)
 
 
 @dataclass(frozen=True)
@@ -447,7 +451,7 @@ class HostAuth:
         Basic value that carries it, and the tokens still kept."""
         found = []
         if self.credentials is not None:
-            found.append(self.credentials.password)
+            found += [self.credentials.password, self.credentials.registry_token]
             found += [value.partition(" ")[2] for value in self.basic_header().values()]
         with self._lock:
             found += self._refreshes

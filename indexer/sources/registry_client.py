@@ -116,6 +116,9 @@ class RegistryOptions:
     cert_dir: str = ""
     # skopeo's --registries-conf: the registries.conf read instead of the usual ones ('' for those)
     registries_conf: str = ""
+    # skopeo's --registry-token: a bearer token for the registry named, sent instead of one asked
+    # of its token server
+    registry_token: str = field(default="", repr=False)
 
 
 @dataclass
@@ -769,6 +772,8 @@ class RegistryClient:
             token = auth.cached_token(scope)
             if token:
                 return token
+            if auth.credentials is not None and auth.credentials.registry_token:
+                return auth.credentials.registry_token  # given for every scope; its server is not asked
             shown = redact_url_secrets(auth.realm)  # a realm may carry credentials; never echo them
             realm, host, realm_insecure = self._checked_realm(auth.realm)
             if auth.refresh_token:
@@ -885,6 +890,8 @@ class RegistryClient:
         if sent.get("Authorization", "").startswith("Bearer "):
             if challenge.params.get("error") == "insufficient_scope":
                 return None
+            if self.auth.credentials is not None and self.auth.credentials.registry_token:
+                return None  # the token given is the only one there is
             self.auth.drop_token(wanted)  # expired early or revoked: one fresh token is worth a try
         token = self.auth.cached_token(wanted) or self._fetch_token(wanted)
         return {"Authorization": f"Bearer {token}"}
@@ -908,6 +915,8 @@ class RegistryClient:
         detail = registry_error_text(reply.body, self._secrets(sent))
         if self.auth.scheme == "basic" and self.auth.credentials is None:
             hint = f"authentication required and no credentials for {self.registry} (use --username, or docker login)"
+        elif self.auth.scheme == "basic" and not self.auth.credentials.basic and self.auth.credentials.registry_token:
+            hint = f"the registry asks for a password, and only a registry token was given for {self.registry}"
         elif self.auth.scheme == "basic" and not self.auth.credentials.basic:
             credentials = self.auth.credentials
             hint = (
@@ -917,6 +926,8 @@ class RegistryClient:
         elif self.auth.scheme == "basic":
             credentials = self.auth.credentials
             hint = f"the registry rejected the credentials of {credentials.username} ({credentials.origin})"
+        elif self.auth.scheme == "bearer" and self.auth.credentials and self.auth.credentials.registry_token:
+            hint = "the registry token given does not grant access"
         elif self.auth.scheme == "bearer":
             hint = "the token does not grant access" + ("" if self.auth.credentials else " (no credentials were given)")
         else:
