@@ -606,13 +606,13 @@ def test_engine_reached_over_ssh_as_the_docker_cli_reaches_it(engine, store, tmp
         assert listing(str(tmp_path / "by-context")) == listing(store)
         # A login ssh refuses, and an engine socket that is not there: one line each, in ssh's or
         # the remote docker's own words, and no ssh process left behind.
-        shown = f"ssh://***@127.0.0.1:{sshd.port}"  # the run shows no user of an address
+        # the login names the engine as docker shows it: no secret
         for where, words in (
             (
                 f"ssh://nobody@127.0.0.1:{sshd.port}",
-                f"{shown}: over ssh: nobody@127.0.0.1: Permission denied (publickey)",
+                f"ssh://nobody@127.0.0.1:{sshd.port}: over ssh: nobody@127.0.0.1: Permission denied (publickey)",
             ),
-            (f"{address}/nowhere.sock", f"{shown}/nowhere.sock: over ssh: failed to open the raw stream connection"),
+            (f"{address}/nowhere.sock", f"{address}/nowhere.sock: over ssh: failed to open the raw stream connection"),
         ):
             result = imgdex(
                 "index", "docker-daemon:", "--docker-host", where, "--store", tmp_path / "no", env=env, check=False

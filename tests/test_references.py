@@ -251,6 +251,11 @@ def test_is_valid_name_counts_the_host():
         ("docker://reg.example/app@sha256:abc: invalid", "docker://reg.example/app@sha256:abc: invalid"),
         ("docker://reg.example/app@: invalid", "docker://reg.example/app@: invalid"),
         ("docker://a:b@reg.example/app@sha256:abc", "docker://***@reg.example/app@sha256:abc"),
+        # an ssh login name is no secret and tells one engine from another; a password is hidden
+        ("ssh://me@build-host: over ssh: denied", "ssh://me@build-host: over ssh: denied"),
+        ("ssh://me:s3cret@build-host", "ssh://***@build-host"),
+        ("ssh://me@s3cret@build-host", "ssh://***@build-host"),
+        ("docker://me@reg.example/app", "docker://***@reg.example/app"),
     ],
 )
 def test_redact_url_secrets(text, expected):
