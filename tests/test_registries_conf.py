@@ -264,6 +264,22 @@ def test_a_file_that_cannot_be_read_is_one_line_naming_it(tmp_path, kind):
     assert caught.value.where == str(path) and "\n" not in caught.value.reason
 
 
+def test_drop_ins_that_add_up_to_more_than_any_configuration_needs_are_one_line(tmp_path, monkeypatch):
+    folder = tmp_path / "system.d"
+    folder.mkdir()
+    entry = b'[[registry]]\nlocation = "a"\n'
+    padding = b"# padding\n" * ((rc.MAX_CONF_BYTES - len(entry)) // 10)
+    for number in range(rc.MAX_TOTAL_BYTES // rc.MAX_CONF_BYTES + 1):
+        (folder / f"{number:02}.conf").write_bytes(entry + padding)
+    monkeypatch.setattr(rc, "SYSTEM_FILE", str(tmp_path / "absent.conf"))
+    monkeypatch.setattr(rc, "SYSTEM_DIR", str(folder))
+    with pytest.raises(SourceError) as caught:
+        load("", {"HOME": str(tmp_path)})
+    last = rc.MAX_TOTAL_BYTES // rc.MAX_CONF_BYTES
+    assert caught.value.where == str(folder / f"{last:02}.conf")
+    assert caught.value.reason == f"the registries.conf files add up to over {rc.MAX_TOTAL_BYTES} bytes"
+
+
 def test_a_missing_system_file_is_no_configuration(tmp_path, monkeypatch):
     monkeypatch.setattr(rc, "SYSTEM_FILE", str(tmp_path / "absent.conf"))
     monkeypatch.setattr(rc, "SYSTEM_DIR", str(tmp_path / "absent.d"))
