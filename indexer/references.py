@@ -115,9 +115,10 @@ def _hidden_value(match: re.Match) -> str:
     return f"{match.group(1)}{key}=***"
 
 
-# A login name as ssh:// addresses carry it (ssh://me@build-host), which is no secret and tells
-# one engine from another; anything else before an ssh host's '@' is hidden.
-_SSH_LOGIN = re.compile(r"[A-Za-z0-9_.-]+")
+# A login name as ssh:// addresses carry it (ssh://me@build-host): what ssh is handed as the user,
+# and no secret, so messages keep it (it tells one engine from another); anything else before an
+# ssh host's '@' is hidden.
+SSH_LOGIN = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 def _hide_secrets(match: re.Match) -> str:
@@ -127,7 +128,7 @@ def _hide_secrets(match: re.Match) -> str:
 
 def _hidden(rest: str, local: bool = False, ssh: bool = False) -> str:
     ends = [i for i, c in enumerate(rest) if c == "@" and not _DIGEST_AFTER_AT.match(rest, i)]
-    if ends and not local and not (ssh and _SSH_LOGIN.fullmatch(rest, 0, ends[-1])):
+    if ends and not local and not (ssh and SSH_LOGIN.fullmatch(rest, 0, ends[-1])):
         rest = "***" + rest[ends[-1] :]
     query = rest.find("?")
     if query < 0:

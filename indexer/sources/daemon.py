@@ -59,7 +59,7 @@ from ..model import (
     Platform,
     TagsRetired,
 )
-from ..references import DIGEST_ALGORITHMS, Reference, is_valid_digest, parse_reference
+from ..references import DIGEST_ALGORITHMS, SSH_LOGIN, Reference, is_valid_digest, parse_reference
 from ..shard import Shard, in_shard, repository_key
 from . import mediatypes as mt
 from .bodies import BodyTooLarge, InterimSkipping, TooManyInterim, read_capped
@@ -78,7 +78,7 @@ from .parse import (
     size_problem,
     valid_size,
 )
-from .ssh_dial import LOGIN, DialHelper, SshTarget, helper_command, parse_ssh
+from .ssh_dial import DialHelper, SshTarget, helper_command, parse_ssh
 from .tcp_dial import connect_tcp
 from .tlsfiles import load_ca, load_key_pair
 from .vanished import holds_tags, vanished_tags
@@ -252,7 +252,7 @@ def _keeps_at(scheme: str, before: str) -> bool:
     if scheme in ("unix", "http+unix"):
         return before.startswith("/")  # a socket path, which may hold an '@'
     # a login name as ssh:// addresses carry it (ssh://me@build-host) is no secret
-    return scheme == "ssh" and LOGIN.fullmatch(before) is not None
+    return scheme == "ssh" and SSH_LOGIN.fullmatch(before) is not None
 
 
 def endpoint_of(address: str, environ: Mapping[str, str] | None = None) -> Endpoint:

@@ -16,6 +16,8 @@ import threading
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from ..references import SSH_LOGIN
+
 # ssh's own words on a failure end its standard error; a helper that prints without end keeps
 # only this much of it.
 _KEPT_WORDS = 4096
@@ -23,7 +25,6 @@ _SHOWN_WORDS = 300
 # What goes on ssh's command line: the host after `--`, so no host is taken for an option, and
 # the rest as plain words, since the remote command line is read by the remote user's shell.
 _HOST = re.compile(r"[A-Za-z0-9_.:%-]+")
-LOGIN = re.compile(r"[A-Za-z0-9_.-]+")  # a login name, as ssh:// addresses carry it
 _SOCKET_PATH = re.compile(r"/[A-Za-z0-9_./@+-]*")
 
 # Said without "//": a message's URLs lose what precedes an '@'.
@@ -56,7 +57,7 @@ def parse_ssh(rest: str) -> SshTarget:
         or parts.fragment
         or not _HOST.fullmatch(host)
         or host.startswith("-")
-        or (user and not LOGIN.fullmatch(user))
+        or (user and not SSH_LOGIN.fullmatch(user))
         or (path and not _SOCKET_PATH.fullmatch(path))
     ):
         raise ValueError(f"not an ssh address: {SSH_FORM}, of letters, digits and . _ -")
