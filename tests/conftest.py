@@ -14,15 +14,22 @@ SAMPLES = os.path.join(ROOT, "data", "samples")
 GOLDEN = os.path.join(HERE, "golden")
 
 
-# getaddrinfo as it is before any test stands in for it: a stand-in that holds a name's lookup
-# still answers an address literal's (AI_NUMERICHOST, which asks no name server) at once.
-real_getaddrinfo = socket.getaddrinfo
+# getaddrinfo as it is before any test stands in for it
+_real_getaddrinfo = socket.getaddrinfo
 
 
-def numeric_only(args: tuple, kwargs: dict) -> bool:
-    """Whether a getaddrinfo call, given these arguments after the host, is for a literal address."""
-    flags = kwargs.get("flags", args[4] if len(args) > 4 else 0)
-    return bool(flags & socket.AI_NUMERICHOST)
+def resolver_for(host: str | None, answer):
+    """A stand-in for socket.getaddrinfo: `answer()` for a lookup of `host` (of any name for None)
+    that may ask a name server, the real one for any other, and for a lookup with AI_NUMERICHOST,
+    which asks none."""
+
+    def getaddrinfo(name, *args, **kwargs):
+        flags = kwargs.get("flags", args[4] if len(args) > 4 else 0)
+        if host in (None, name) and not flags & socket.AI_NUMERICHOST:
+            return answer()
+        return _real_getaddrinfo(name, *args, **kwargs)
+
+    return getaddrinfo
 
 
 def sample_sources() -> list[str]:

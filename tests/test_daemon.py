@@ -16,7 +16,7 @@ import time
 
 import pytest
 from click.testing import CliRunner
-from conftest import numeric_only, real_getaddrinfo
+from conftest import resolver_for
 
 from indexer.errors import SourceError
 from indexer.model import (
@@ -723,17 +723,12 @@ def test_a_name_server_that_does_not_answer_costs_no_more_than_the_first_contact
     """The resolver's own timeouts (5 s a try, for each attempt and name server) are not the
     engine's: a host name that does not resolve in time is the same one line as a silent engine."""
     released = threading.Event()
-    resolve = socket.getaddrinfo
 
-    def unanswered(host, *args, **kwargs):
-        if numeric_only(args, kwargs):  # an address literal's lookup, which asks no name server
-            return real_getaddrinfo(host, *args, **kwargs)
-        if host == "engine.example":
-            released.wait(30)
-            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
-        return resolve(host, *args, **kwargs)
+    def unanswered():
+        released.wait(30)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
 
-    monkeypatch.setattr(socket, "getaddrinfo", unanswered)
+    monkeypatch.setattr(socket, "getaddrinfo", resolver_for("engine.example", unanswered))
     source = DockerDaemon(
         location="tcp://engine.example:2375", connect=lambda address: EngineApiClient(address, connect_timeout=1.0)
     )

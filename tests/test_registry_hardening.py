@@ -18,7 +18,7 @@ import time
 import pytest
 
 from builders import OCI_MANIFEST, Blobs
-from conftest import numeric_only, real_getaddrinfo, store_views
+from conftest import resolver_for, store_views
 from indexer.errors import SourceError
 from indexer.model import UNCOMPRESSED, Blob, ImageRecord
 from indexer.sources import mediatypes as mt
@@ -584,17 +584,12 @@ def test_an_auth_file_that_is_no_small_regular_file_is_refused_in_one_line(tmp_p
 )
 def test_a_host_name_that_does_not_resolve_is_one_plain_line(monkeypatch, code, words, attempts):
     asked = []
-    real = socket.getaddrinfo
 
-    def resolve(host, *args, **kwargs):
-        if numeric_only(args, kwargs):  # an address literal's lookup, which asks no name server
-            return real_getaddrinfo(host, *args, **kwargs)
-        if host == "registry.nowhere.example":
-            asked.append(host)
-            raise socket.gaierror(code, words)
-        return real(host, *args, **kwargs)
+    def refused():
+        asked.append("registry.nowhere.example")
+        raise socket.gaierror(code, words)
 
-    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    monkeypatch.setattr(socket, "getaddrinfo", resolver_for("registry.nowhere.example", refused))
     with pytest.raises(SourceError) as caught:
         crawl("docker://registry.nowhere.example/team/app", retries=2)
     assert len(asked) == attempts
@@ -609,18 +604,13 @@ def test_a_name_server_that_does_not_answer_costs_the_attempt_deadline_not_its_o
     """getaddrinfo takes no timeout and glibc waits 5 s a try, per attempt and name server: the
     lookup is bounded by the attempt's deadline, and retried like any connection that failed."""
     released, asked = threading.Event(), []
-    real = socket.getaddrinfo
 
-    def unanswered(host, *args, **kwargs):
-        if numeric_only(args, kwargs):  # an address literal's lookup, which asks no name server
-            return real_getaddrinfo(host, *args, **kwargs)
-        if host == "registry.silent.example":
-            asked.append(host)
-            released.wait(60)
-            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
-        return real(host, *args, **kwargs)
+    def unanswered():
+        asked.append("registry.silent.example")
+        released.wait(60)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
 
-    monkeypatch.setattr(socket, "getaddrinfo", unanswered)
+    monkeypatch.setattr(socket, "getaddrinfo", resolver_for("registry.silent.example", unanswered))
     started = time.monotonic()
     try:
         with pytest.raises(SourceError) as caught:
@@ -641,13 +631,12 @@ def test_an_address_literal_is_dialled_without_waiting_on_a_name_server(monkeypa
 
     released = threading.Event()
 
-    def silent(host, *args, **kwargs):
-        if numeric_only(args, kwargs):
-            return real_getaddrinfo(host, *args, **kwargs)
-        released.wait(30)  # a name server that does not answer
+    def unanswered():
+        released.wait(30)
         raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
 
-    monkeypatch.setattr(socket, "getaddrinfo", silent)
+    # every lookup that may ask a name server waits, an address literal's included
+    monkeypatch.setattr(socket, "getaddrinfo", resolver_for(None, unanswered))
     deadline = time.monotonic() + 0.2
     try:
         assert [a[4][0] for a in tcp_dial.resolve("127.0.0.1", 80, deadline)] == ["127.0.0.1"]
